@@ -1,0 +1,1 @@
+//! Detection: Sigma rules (rsigma) evaluated over sensor events.

@@ -1,0 +1,103 @@
+//! The events sensors produce and detection consumes. Plain data: no IO here.
+
+use serde::{Deserialize, Serialize};
+
+/// One observation from a sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When the sensor observed it, Unix milliseconds.
+    pub observed_at_ms: u64,
+    pub data: EventData,
+}
+
+/// What was observed, by sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventData {
+    Process(ProcessEvent),
+    File(FileEvent),
+    Auth(AuthEvent),
+    Audit(AuditEvent),
+    /// A sensor's blind spot: it may have missed something (watch limit reached,
+    /// unreadable path, a poll too slow for a short-lived process, dropped events).
+    Gap(SensorGap),
+}
+
+/// A process that started.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Unix milliseconds; with `pid` it identifies the process.
+    pub start_time_ms: u64,
+    pub exe: String,
+    pub cmdline: String,
+    pub cwd: String,
+    pub user: String,
+    pub uid: Option<u32>,
+    pub sha256: Option<[u8; 32]>,
+    pub parent_exe: String,
+    pub parent_cmdline: String,
+    /// True when the executable was deleted from disk while the process runs.
+    pub exe_deleted: bool,
+}
+
+/// What happened to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileOp {
+    Create,
+    Modify,
+    Rename,
+    Delete,
+    Chmod,
+}
+
+/// A change in a watched path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEvent {
+    pub op: FileOp,
+    pub path: String,
+    /// For a rename, where the file came from.
+    pub from_path: Option<String>,
+    /// SHA-256 of a regular file under the size limit.
+    pub sha256: Option<[u8; 32]>,
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+}
+
+/// An authentication-related log line (auth log or journal), parsed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AuthEvent {
+    /// The program that logged it: sshd, sudo, su, useradd, groupadd, cron...
+    pub service: String,
+    /// What it means, e.g. `ssh_login`, `ssh_failed`, `sudo`, `user_added`.
+    pub action: String,
+    pub user: Option<String>,
+    pub source_ip: Option<String>,
+    pub success: Option<bool>,
+    /// The message part of the line, as logged (Sigma keyword rules match on it).
+    pub message: String,
+    pub host: String,
+}
+
+/// One reassembled Linux audit event (all records of one serial number).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub serial: u64,
+    /// The main record type (SYSCALL, EXECVE, USER_LOGIN, ...).
+    pub record_type: String,
+    /// Every record's key=value pairs, names as in the log (`a0`, `exe`, `comm`,
+    /// `name`, `key`, ...); EXECVE arguments are decoded from hex.
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// All record types in the event.
+    pub record_types: Vec<String>,
+}
+
+/// A blind spot, reported so that silence never means "nothing happened".
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SensorGap {
+    pub sensor: String,
+    pub detail: String,
+}

@@ -1,0 +1,1 @@
+//! Sensors: processes, files, authentication, audit, inventory.

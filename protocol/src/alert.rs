@@ -1,0 +1,142 @@
+//! The alert: what an agent (or a feed) saw, which rule judged it, and the typed
+//! entities that correlation links on.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AlertId, DeviceId};
+
+/// Severity, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    Informational,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Informational,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Informational => "informational",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Parses Sigma's `level` values (and `info`) case-insensitively.
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s.to_ascii_lowercase().as_str() {
+            "informational" | "info" => Some(Severity::Informational),
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// The rule that produced an alert. `author` is kept because the Detection Rule
+/// License requires every view of a match to credit it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub id: String,
+    pub title: String,
+    pub author: String,
+    pub severity: Severity,
+    /// MITRE ATT&CK technique ids, e.g. `T1059.004`.
+    pub techniques: Vec<String>,
+    /// MITRE ATT&CK tactic ids, e.g. `TA0002`.
+    pub tactics: Vec<String>,
+}
+
+/// A typed thing an alert is about. Correlation links alerts through these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entity {
+    Device {
+        hostname: String,
+    },
+    User {
+        name: String,
+        uid: Option<u32>,
+    },
+    Process {
+        pid: u32,
+        ppid: u32,
+        /// Process start, Unix milliseconds; with `pid` it names one process.
+        start_time_ms: u64,
+        exe: String,
+        cmdline: String,
+        sha256: Option<[u8; 32]>,
+    },
+    File {
+        path: String,
+        sha256: Option<[u8; 32]>,
+    },
+    Ip {
+        addr: IpAddr,
+    },
+    Domain {
+        name: String,
+    },
+    Url {
+        url: String,
+    },
+    Mailbox {
+        address: String,
+    },
+}
+
+impl Entity {
+    /// The entity's kind as a lowercase word, for storage and display.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entity::Device { .. } => "device",
+            Entity::User { .. } => "user",
+            Entity::Process { .. } => "process",
+            Entity::File { .. } => "file",
+            Entity::Ip { .. } => "ip",
+            Entity::Domain { .. } => "domain",
+            Entity::Url { .. } => "url",
+            Entity::Mailbox { .. } => "mailbox",
+        }
+    }
+}
+
+/// One event field that took part in the match, as the rule saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchedField {
+    pub name: String,
+    pub value: String,
+}
+
+/// An alert as signed by the device that raised it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: AlertId,
+    pub device_id: DeviceId,
+    /// Per-device sequence number, from 1, without gaps unless alerts were dropped.
+    pub seq: u64,
+    /// When the (first) event was observed, Unix milliseconds.
+    pub observed_at_ms: u64,
+    /// When the last aggregated repeat was observed, Unix milliseconds.
+    pub last_observed_at_ms: u64,
+    pub rule: RuleRef,
+    pub entities: Vec<Entity>,
+    /// How many matching events this alert stands for (repeats are aggregated).
+    pub count: u32,
+    pub matched: Vec<MatchedField>,
+}

@@ -1,0 +1,111 @@
+//! Command authorization: the check an agent runs before it acts on a command.
+//! Pure: the caller supplies the pinned keys, its device id, the last sequence it
+//! accepted (persisted by the caller) and the current time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::command::{ActionKind, Command};
+use crate::error::SignatureError;
+use crate::ids::DeviceId;
+use crate::sign::{PublicKey, SignatureKind, Signed};
+
+/// Why a command was refused. Reported back to the collector, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum Refusal {
+    #[error("signed by a key this device has not pinned")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("payload does not decode")]
+    Malformed,
+    #[error("command is for device {0}, not this one")]
+    WrongDevice(String),
+    #[error("command expired at {expires_at_ms} (now {now_ms})")]
+    Expired { expires_at_ms: u64, now_ms: u64 },
+    #[error("command issued at {issued_at_ms} is in the future (now {now_ms})")]
+    NotYetValid { issued_at_ms: u64, now_ms: u64 },
+    #[error("sequence {seq} already reached (last accepted {last_seq})")]
+    Replayed { seq: u64, last_seq: u64 },
+    #[error("{kind:?} needs {needed} approvals, command has {got}")]
+    InsufficientApprovals { kind: ActionKind, needed: u8, got: u8 },
+    #[error("{0:?} is disabled on this device")]
+    ActionDisabled(ActionKind),
+}
+
+/// The agent's own policy, enforced whatever the collector says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandPolicy {
+    /// Allowed difference between the collector's clock and ours.
+    pub clock_skew_ms: u64,
+    /// Independent approvals required per action kind; a missing kind needs 1.
+    pub min_approvals: BTreeMap<ActionKind, u8>,
+    /// Action kinds this device refuses outright.
+    pub disabled: Vec<ActionKind>,
+}
+
+impl Default for CommandPolicy {
+    fn default() -> Self {
+        CommandPolicy {
+            clock_skew_ms: 120_000,
+            min_approvals: ActionKind::ALL.iter().map(|k| (*k, 1)).collect(),
+            disabled: Vec::new(),
+        }
+    }
+}
+
+impl CommandPolicy {
+    pub fn approvals_needed(&self, kind: ActionKind) -> u8 {
+        self.min_approvals.get(&kind).copied().unwrap_or(1)
+    }
+}
+
+/// Verifies and authorizes a command. On success the caller must persist
+/// `command.seq` as its new last sequence *before* acting on it.
+pub fn authorize(
+    signed: &Signed,
+    pinned: &[PublicKey],
+    device: DeviceId,
+    last_seq: u64,
+    now_ms: u64,
+    policy: &CommandPolicy,
+) -> Result<Command, Refusal> {
+    let command: Command = signed.open_with(SignatureKind::Command, pinned).map_err(|e| match e {
+        SignatureError::UnknownKey => Refusal::UnknownKey,
+        SignatureError::Decode(_) => Refusal::Malformed,
+        _ => Refusal::BadSignature,
+    })?;
+    if command.device_id != device {
+        return Err(Refusal::WrongDevice(command.device_id.to_string()));
+    }
+    if now_ms > command.expires_at_ms.saturating_add(policy.clock_skew_ms) {
+        return Err(Refusal::Expired {
+            expires_at_ms: command.expires_at_ms,
+            now_ms,
+        });
+    }
+    if command.issued_at_ms > now_ms.saturating_add(policy.clock_skew_ms) {
+        return Err(Refusal::NotYetValid {
+            issued_at_ms: command.issued_at_ms,
+            now_ms,
+        });
+    }
+    if command.seq <= last_seq {
+        return Err(Refusal::Replayed {
+            seq: command.seq,
+            last_seq,
+        });
+    }
+    let kind = command.action.kind();
+    if policy.disabled.contains(&kind) {
+        return Err(Refusal::ActionDisabled(kind));
+    }
+    let needed = policy.approvals_needed(kind);
+    let got = u8::try_from(command.approval.independent_approvals()).unwrap_or(u8::MAX);
+    if got < needed {
+        return Err(Refusal::InsufficientApprovals { kind, needed, got });
+    }
+    Ok(command)
+}

@@ -1,0 +1,32 @@
+//! Ward's wire protocol, sans-IO: message types, framing, signing and command
+//! authorization shared by the agent and the collector.
+//!
+//! Nothing here opens a socket, reads a clock or touches a file: time is a
+//! parameter and randomness comes from the caller's `ring` RNG, so every rule of
+//! the protocol can be tested and fuzzed on its own.
+
+pub mod alert;
+pub mod auth;
+pub mod codec;
+pub mod command;
+pub mod enroll;
+pub mod error;
+pub mod ids;
+pub mod inventory;
+pub mod message;
+pub mod rulepack;
+pub mod sign;
+pub mod version;
+
+pub use alert::{Alert, Entity, MatchedField, RuleRef, Severity};
+pub use auth::{CommandPolicy, Refusal, authorize};
+pub use codec::{FrameDecoder, FrameHeader, decode_frame, encode_frame};
+pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult};
+pub use enroll::{EnrollEnvelope, EnrollRequest, EnrollResponse, JoinToken, TokenError};
+pub use error::{DecodeError, FrameError, SignatureError};
+pub use ids::{AlertId, CommandId, DeviceId, Id128};
+pub use inventory::{Inventory, IsolationState};
+pub use message::{Ack, AgentMessage, AlertBatch, CollectorMessage, DropReport, Heartbeat, Hello, Welcome};
+pub use rulepack::{RuleFile, RulePack};
+pub use sign::{KeyId, PublicKey, SignatureKind, Signed, SigningKey};
+pub use version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};

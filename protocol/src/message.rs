@@ -1,0 +1,98 @@
+//! The messages of both directions. Variants are only ever appended: postcard
+//! encodes the variant index, and frozen golden encodings must keep decoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::enroll::{EnrollEnvelope, EnrollResponse};
+use crate::ids::DeviceId;
+use crate::inventory::{Inventory, IsolationState};
+use crate::sign::Signed;
+
+/// The first message of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Informational: the collector takes identity from the client certificate
+    /// and refuses a session whose hello names another device.
+    pub device_id: DeviceId,
+    pub agent_version: String,
+    pub protocol_major: u8,
+    pub protocol_minor: u8,
+    pub rule_pack_version: u64,
+    /// The last command sequence the agent accepted, so nothing is resent twice.
+    pub last_command_seq: u64,
+}
+
+/// The collector's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub server_time_ms: u64,
+    pub protocol_major: u8,
+    pub protocol_minor: u8,
+}
+
+/// Signed alerts, acknowledged together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertBatch {
+    /// Chosen by the agent; the acknowledgement names it.
+    pub batch_id: u64,
+    /// Each is an [`crate::Alert`] signed with [`crate::SignatureKind::Alert`].
+    pub alerts: Vec<Signed>,
+}
+
+/// Sent only after the batch's transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub batch_id: u64,
+    /// Alerts newly stored.
+    pub stored: u32,
+    /// Alerts already stored before (resent after a lost acknowledgement).
+    pub duplicates: u32,
+}
+
+/// Liveness and state, sent periodically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub sent_at_ms: u64,
+    /// Present at start and whenever it changed.
+    pub inventory: Option<Inventory>,
+    pub isolation: IsolationState,
+    pub outbox_depth: u64,
+    pub rule_pack_version: u64,
+}
+
+/// Alerts the agent's outbox had to drop when full: lost, and said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropReport {
+    pub dropped: u64,
+    /// Sequence numbers of dropped alerts (at most a few thousand per report).
+    pub seqs: Vec<u64>,
+    pub reason: String,
+}
+
+/// Agent to collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Enroll(EnrollEnvelope),
+    Hello(Hello),
+    Alerts(AlertBatch),
+    Heartbeat(Heartbeat),
+    /// A [`crate::CommandResult`] signed with [`crate::SignatureKind::CommandResult`].
+    CommandResult(Signed),
+    Dropped(DropReport),
+}
+
+/// Collector to agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CollectorMessage {
+    Enrolled(EnrollResponse),
+    Welcome(Welcome),
+    Ack(Ack),
+    /// A [`crate::Command`] signed with [`crate::SignatureKind::Command`].
+    Command(Signed),
+    /// A [`crate::RulePack`] signed with [`crate::SignatureKind::RulePack`].
+    RulePack(Signed),
+    /// The collector is closing the session, and why.
+    Goodbye {
+        reason: String,
+    },
+}

