@@ -1,1 +1,15 @@
-//! The Ward collector.
+//! The Ward collector: enrolls agents, ingests their signed alerts over QUIC,
+//! stores them durably and serves the HTTP API. `main.rs` only parses arguments.
+
+pub mod api;
+pub mod config;
+pub mod entity;
+pub mod ingest;
+pub mod metrics;
+pub mod pki;
+pub mod readpool;
+pub mod server;
+pub mod setup;
+pub mod store;
+pub mod transport;
+pub mod util;

@@ -1,1 +1,186 @@
-fn main() {}
+//! `ward-collector`: the command line. Parses arguments, then hands over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use ward_collector::config::Config;
+use ward_collector::{server, setup, util};
+
+#[derive(Parser)]
+#[command(
+    name = "ward-collector",
+    version,
+    about = "Ward collector: agents' alerts in, incidents and actions out"
+)]
+struct Cli {
+    /// The collector's data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "WARD_DATA_DIR",
+        default_value = "/var/lib/ward/collector"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new data dir: config, CA and certificates, command key, database, admin token.
+    Init {
+        /// host:port agents will use to reach this collector's QUIC endpoint.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        public_addr: String,
+    },
+    /// Run the collector.
+    Serve,
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Enrolled devices.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// API users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a join token for `ward-agent enroll --token`.
+    Create {
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid: e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Collector address to put in the token instead of the config's public_addr.
+        #[arg(long)]
+        addr: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List enrolled devices.
+    List,
+    /// Make a device's keys useless at once (its open connection is closed too).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (or give an existing one a new token and role); prints the token.
+    Add {
+        name: String,
+        /// viewer, analyst, approver or admin.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let dir = &cli.data_dir;
+    match cli.command {
+        Command::Init { public_addr } => {
+            let token = setup::init(dir, &public_addr)?;
+            println!("initialized {}", dir.display());
+            println!("admin API token (shown once, keep it safe): {token}");
+        }
+        Command::Serve => serve(dir)?,
+        Command::Token {
+            command: TokenCommand::Create { uses, ttl, addr },
+        } => {
+            let ttl_ms = util::parse_duration_ms(&ttl).map_err(anyhow::Error::msg)?;
+            println!("{}", setup::create_join_token(dir, uses, ttl_ms, addr.as_deref())?);
+        }
+        Command::Device {
+            command: DeviceCommand::Revoke { id },
+        } => {
+            setup::revoke_device(dir, &id)?;
+            println!("revoked {id}");
+        }
+        Command::Device {
+            command: DeviceCommand::List,
+        } => {
+            println!(
+                "{:<26}  {:<24}  {:<10}  {:<9}  LAST SEEN (ms)",
+                "ID", "HOSTNAME", "VERSION", "STATE"
+            );
+            for d in setup::list_devices(dir)? {
+                let state = if d.revoked_at_ms.is_some() {
+                    "revoked"
+                } else {
+                    d.isolation.as_str()
+                };
+                println!(
+                    "{:<26}  {:<24}  {:<10}  {:<9}  {}",
+                    d.id,
+                    d.hostname,
+                    d.agent_version,
+                    state,
+                    d.last_seen_ms.unwrap_or(0)
+                );
+            }
+        }
+        Command::User {
+            command: UserCommand::Add { name, role },
+        } => {
+            let token = setup::add_user(dir, &name, &role)?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn serve(dir: &std::path::Path) -> Result<()> {
+    let config = Config::load(dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        server::run(dir, config, stop_rx, |bound| {
+            println!("QUIC listening on {}", bound.quic);
+            println!("HTTP listening on http://{}", bound.http);
+        })
+        .await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -96,3 +96,27 @@ pub enum CollectorMessage {
         reason: String,
     },
 }
+
+/// QUIC application close codes: why the collector (or agent) closed a connection.
+pub mod close_code {
+    /// Normal end, e.g. shutdown.
+    pub const DONE: u32 = 0;
+    /// A frame was malformed, oversized, of another version, or out of place.
+    pub const PROTOCOL: u32 = 1;
+    /// An alert's signature did not verify against the device's key.
+    pub const BAD_SIGNATURE: u32 = 2;
+    /// The client certificate belongs to no enrolled device.
+    pub const UNKNOWN_DEVICE: u32 = 3;
+    /// The device was revoked.
+    pub const REVOKED: u32 = 4;
+    /// A payload named another device than the connection's own.
+    pub const WRONG_DEVICE: u32 = 5;
+    /// A newer connection of the same device replaced this one.
+    pub const SUPERSEDED: u32 = 6;
+    /// The collector is shutting down.
+    pub const SHUTDOWN: u32 = 7;
+    /// The collector is at its connection limit.
+    pub const BUSY: u32 = 8;
+    /// Enrollment was refused.
+    pub const ENROLL_REFUSED: u32 = 9;
+}

@@ -1,0 +1,193 @@
+//! Route handlers: parse and check input, call the store, shape JSON.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+use ward_protocol::message::close_code;
+use ward_protocol::{DeviceId, Severity};
+
+use super::ApiState;
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ApiResult};
+use crate::store::{AlertFilter, DeviceView};
+use crate::util::now_ms;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+pub async fn metrics(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Role::Viewer)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    ))
+}
+
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
+    Json(json!({"name": caller.name, "role": caller.role.to_string()}))
+}
+
+fn with_liveness(state: &ApiState, mut d: DeviceView) -> DeviceView {
+    let connected =
+        d.id.parse::<DeviceId>()
+            .map(|id| state.registry.is_online(&id))
+            .unwrap_or(false);
+    let recent = d
+        .last_seen_ms
+        .is_some_and(|t| now_ms().saturating_sub(t.max(0) as u64) < state.offline_after_ms);
+    d.online = connected && recent && d.revoked_at_ms.is_none();
+    d
+}
+
+pub async fn list_devices(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let devices = state.reads.run(|s| s.list_devices()).await??;
+    let devices: Vec<DeviceView> = devices.into_iter().map(|d| with_liveness(&state, d)).collect();
+    Ok(Json(json!({ "devices": devices })))
+}
+
+fn device_id(id: &str) -> ApiResult<DeviceId> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request("device id must be a 26-character id"))
+}
+
+pub async fn get_device(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = device_id(&id)?.to_string();
+    let lookup = id.clone();
+    let device = state
+        .reads
+        .run(move |s| s.get_device(&lookup))
+        .await??
+        .ok_or_else(|| ApiError::not_found("device"))?;
+    let gaps = state.reads.run(move |s| s.sequence_gaps(&id)).await??;
+    let mut body = serde_json::to_value(with_liveness(&state, device)).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut body {
+        map.insert(
+            "sequence_gaps".into(),
+            serde_json::to_value(gaps).unwrap_or(Value::Null),
+        );
+    }
+    Ok(Json(body))
+}
+
+pub async fn revoke_device(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    let device = device_id(&id)?;
+    let actor = caller.name.clone();
+    let id = device.to_string();
+    let found = state
+        .writer
+        .run(move |s| s.revoke_device(&id, &actor, now_ms()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down"))??;
+    if !found {
+        return Err(ApiError::not_found("device"));
+    }
+    if let Ok(mut set) = state.revoked.write() {
+        set.insert(device);
+    }
+    let was_connected = state.registry.close(&device, close_code::REVOKED, "device revoked");
+    Ok(Json(
+        json!({"device_id": device.to_string(), "revoked": true, "disconnected": was_connected}),
+    ))
+}
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+fn parse_i64(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("{name} must be an integer")))
+        })
+        .transpose()
+}
+
+pub async fn list_alerts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    const KNOWN: [&str; 7] = ["device", "severity", "rule", "since", "until", "cursor", "limit"];
+    if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown filter {unknown:?}; known: {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let limit = match parse_i64(&q, "limit")? {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=i64::from(MAX_PAGE)).contains(&n) => n as u32,
+        Some(_) => return Err(ApiError::bad_request(format!("limit must be 1..={MAX_PAGE}"))),
+    };
+    let filter = AlertFilter {
+        device_id: q
+            .get("device")
+            .map(|d| device_id(d).map(|d| d.to_string()))
+            .transpose()?,
+        min_severity: q
+            .get("severity")
+            .map(|s| {
+                Severity::parse(s).ok_or_else(|| {
+                    ApiError::bad_request("severity must be informational, low, medium, high or critical")
+                })
+            })
+            .transpose()?,
+        rule_id: q.get("rule").cloned(),
+        since_ms: parse_i64(&q, "since")?,
+        until_ms: parse_i64(&q, "until")?,
+        before_rowid: parse_i64(&q, "cursor")?,
+        limit,
+    };
+    let alerts = state.reads.run(move |s| s.list_alerts(&filter)).await??;
+    let next_cursor = if alerts.len() == limit as usize {
+        alerts.last().map(|a| a.rowid.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "alerts": alerts, "next_cursor": next_cursor })))
+}
+
+pub async fn get_alert(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id: ward_protocol::AlertId = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("alert id must be a 26-character id"))?;
+    let id = id.to_string();
+    let alert = state
+        .reads
+        .run(move |s| s.get_alert(&id))
+        .await??
+        .ok_or_else(|| ApiError::not_found("alert"))?;
+    Ok(Json(serde_json::to_value(alert).unwrap_or(Value::Null)))
+}

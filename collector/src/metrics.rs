@@ -1,0 +1,191 @@
+//! Counters and gauges the collector exports in Prometheus text format at
+//! `/metrics`. Lock-free atomics: updating a metric never blocks ingest.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds, in seconds, of the commit-latency histogram buckets.
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Reasons a frame, batch or connection is refused; each has its own counter.
+pub const REJECT_REASONS: [&str; 9] = [
+    "bad_signature",
+    "malformed",
+    "wrong_device",
+    "invalid_field",
+    "bad_frame",
+    "unknown_device",
+    "revoked",
+    "too_many_connections",
+    "protocol",
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub alerts_received: Counter,
+    pub alerts_stored: Counter,
+    pub alerts_duplicate: Counter,
+    rejected: [Counter; 9],
+    pub connected_agents: Gauge,
+    pub identity_conflicts: Counter,
+    pub enrollments_accepted: Counter,
+    pub enrollments_refused: Counter,
+    pub commit_failures: Counter,
+    pub batch_commit: Histogram,
+    pub throttled_batches: Counter,
+}
+
+impl Metrics {
+    pub fn reject(&self, reason: &str) {
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.rejected[i].inc();
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) -> u64 {
+        REJECT_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map(|i| self.rejected[i].get())
+            .unwrap_or(0)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+        };
+        counter(
+            "ward_alerts_received_total",
+            "Alerts received from agents.",
+            self.alerts_received.get(),
+        );
+        counter(
+            "ward_alerts_stored_total",
+            "Alerts durably stored.",
+            self.alerts_stored.get(),
+        );
+        counter(
+            "ward_alerts_duplicate_total",
+            "Alerts received again and not stored twice.",
+            self.alerts_duplicate.get(),
+        );
+        counter(
+            "ward_identity_conflicts_total",
+            "Connections that replaced a live connection of the same device.",
+            self.identity_conflicts.get(),
+        );
+        counter(
+            "ward_enrollments_accepted_total",
+            "Devices enrolled.",
+            self.enrollments_accepted.get(),
+        );
+        counter(
+            "ward_enrollments_refused_total",
+            "Enrollments refused.",
+            self.enrollments_refused.get(),
+        );
+        counter(
+            "ward_commit_failures_total",
+            "Alert transactions that failed (batches not acknowledged).",
+            self.commit_failures.get(),
+        );
+        counter(
+            "ward_throttled_batches_total",
+            "Batches delayed because their agent was over its rate.",
+            self.throttled_batches.get(),
+        );
+        let _ = write!(
+            out,
+            "# HELP ward_rejected_total Frames, alerts or connections refused, by reason.\n# TYPE ward_rejected_total counter\n"
+        );
+        for (i, reason) in REJECT_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ward_rejected_total{{reason=\"{reason}\"}} {}",
+                self.rejected[i].get()
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP ward_connected_agents Agents with an open session.\n# TYPE ward_connected_agents gauge\nward_connected_agents {}\n",
+            self.connected_agents.get()
+        );
+        let h = &self.batch_commit;
+        let _ = write!(
+            out,
+            "# HELP ward_batch_commit_seconds Time to commit one round of alert batches.\n# TYPE ward_batch_commit_seconds histogram\n"
+        );
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ward_batch_commit_seconds_bucket{{le=\"{le}\"}} {}",
+                h.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "ward_batch_commit_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "ward_batch_commit_seconds_sum {}",
+            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "ward_batch_commit_seconds_count {count}");
+        out
+    }
+}

@@ -1,0 +1,180 @@
+//! `serve`: wires storage, ingest, the QUIC endpoint and the HTTP API together,
+//! and shuts them down in order: stop reading, finish in-flight commits, close.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+use ward_protocol::message::close_code;
+use ward_protocol::{DeviceId, SigningKey};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::ingest::{VerifyPool, Writer};
+use crate::metrics::Metrics;
+use crate::pki::{self, Ca};
+use crate::readpool::ReadPool;
+use crate::setup::{COMMAND_KEY, DB_FILE};
+use crate::transport::{self, Context, Registry, tls};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
+    move |e| ServeError::Setup(format!("{what}: {e}"))
+}
+
+/// Where the server ended up listening (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Runs the collector until `shutdown` flips. `on_bound` is told the addresses.
+pub async fn run(
+    data_dir: &Path,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServeError> {
+    if config.tls_cert_pem.is_some() {
+        return Err(ServeError::Setup(
+            "HTTPS for the API is not available in this build; terminate TLS in a reverse proxy and keep http_listen on loopback"
+                .into(),
+        ));
+    }
+    tls::install_crypto_provider();
+    let db = data_dir.join(DB_FILE);
+    let metrics = Arc::new(Metrics::default());
+    let (writer, writer_thread) =
+        Writer::start(&db, config.ingest.writer_max_batch_alerts, Arc::clone(&metrics)).map_err(setup("database"))?;
+    let reads = ReadPool::open(&db, 4).map_err(setup("database"))?;
+    let ca = Ca::load(data_dir).map_err(setup("CA"))?;
+    let command_pkcs8 = std::fs::read(data_dir.join(COMMAND_KEY)).map_err(setup("command key"))?;
+    let command_key = SigningKey::from_pkcs8(&command_pkcs8)
+        .map_err(setup("command key"))?
+        .public_key();
+    let (chain, key) = pki::server_identity(data_dir).map_err(setup("server certificate"))?;
+    let server_config = tls::server_config(chain, key, &ca.cert_der).map_err(setup("TLS"))?;
+
+    let revoked_ids = reads
+        .run(|s| s.revoked_devices())
+        .await
+        .map_err(setup("database"))?
+        .map_err(setup("database"))?;
+    let revoked: Arc<RwLock<HashSet<DeviceId>>> = Arc::new(RwLock::new(
+        revoked_ids.iter().filter_map(|id| id.parse().ok()).collect(),
+    ));
+    let registry = Arc::new(Registry::default());
+
+    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen).map_err(|source| ServeError::Bind {
+        addr: config.quic_listen,
+        source,
+    })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.quic_listen,
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.http_listen,
+        source,
+    })?;
+
+    let api_state = ApiState {
+        reads: reads.clone(),
+        writer: writer.clone(),
+        metrics: Arc::clone(&metrics),
+        registry: Arc::clone(&registry),
+        revoked: Arc::clone(&revoked),
+        offline_after_ms: config.devices.offline_after_ms,
+    };
+    let ctx = Arc::new(Context {
+        verify: VerifyPool::start(config.ingest.verify_threads).map_err(setup("verify threads"))?,
+        config: config.clone(),
+        ca,
+        command_key,
+        writer: writer.clone(),
+        reads: reads.clone(),
+        metrics,
+        registry: Arc::clone(&registry),
+        revoked: Arc::clone(&revoked),
+        enroll_slots: Semaphore::new(16),
+    });
+    drop(writer);
+
+    info!(%quic_addr, %http_addr, "collector listening");
+    on_bound(Bound {
+        quic: quic_addr,
+        http: http_addr,
+    });
+
+    let poller = tokio::spawn(poll_revocations(
+        reads,
+        Arc::clone(&registry),
+        revoked,
+        Duration::from_millis(config.devices.revocation_poll_ms),
+        shutdown.clone(),
+    ));
+    let mut http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let app = api::router(api_state);
+        let stop = async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            warn!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    transport::serve(endpoint, ctx, shutdown).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    poller.abort();
+    // Every writer handle is gone now: the thread finishes what was queued and exits.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    info!("collector stopped");
+    Ok(())
+}
+
+/// Picks up revocations made by other processes (the CLI) and closes those
+/// devices' connections.
+async fn poll_revocations(
+    reads: ReadPool,
+    registry: Arc<Registry>,
+    revoked: Arc<RwLock<HashSet<DeviceId>>>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(Ok(ids)) = reads.run(|s| s.revoked_devices()).await else {
+            continue;
+        };
+        for id in ids.iter().filter_map(|id| id.parse::<DeviceId>().ok()) {
+            let newly = revoked.write().map(|mut set| set.insert(id)).unwrap_or(false);
+            if newly && registry.close(&id, close_code::REVOKED, "device revoked") {
+                info!(device = %id, "revoked device disconnected");
+            }
+        }
+    }
+}

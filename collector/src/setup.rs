@@ -1,0 +1,176 @@
+//! Operator commands that prepare and administer a data dir while the server may
+//! or may not be running: init, join tokens, users, device revocation.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use thiserror::Error;
+use ward_protocol::{JoinToken, SigningKey};
+
+use crate::config::{CONFIG_FILE, Config, ConfigError};
+use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
+use crate::store::{Store, StoreError};
+use crate::util::{now_ms, random_secret, sha256};
+
+pub const DB_FILE: &str = "ward.db";
+pub const COMMAND_KEY: &str = "command.key";
+
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error("{0} already exists and is not empty; refusing to overwrite a collector's data")]
+    NotEmpty(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the system random source failed")]
+    Random,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
+    move |source| SetupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SetupError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// A fresh API token: 32 random bytes, URL-safe.
+fn new_api_token() -> Result<String, SetupError> {
+    Ok(format!(
+        "ward_{}",
+        URL_SAFE_NO_PAD.encode(random_secret().map_err(|_| SetupError::Random)?)
+    ))
+}
+
+/// Creates a collector's data dir; returns the admin API token (shown once).
+pub fn init(data_dir: &Path, public_addr: &str) -> Result<String, SetupError> {
+    if data_dir.exists() && fs::read_dir(data_dir).map_err(io(data_dir))?.next().is_some() {
+        return Err(SetupError::NotEmpty(data_dir.to_path_buf()));
+    }
+    let config_text = Config::template(public_addr);
+    let config = Config::parse(&config_text).map_err(SetupError::Invalid)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io(data_dir))?;
+
+    let host = public_addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']))
+        .unwrap_or("");
+    let generated = pki::generate(&config.server_name, host)?;
+    write_private(&data_dir.join(CA_KEY), &generated.ca_key_pkcs8)?;
+    write_private(&data_dir.join(CA_CERT), &generated.ca_cert_der)?;
+    write_private(&data_dir.join(SERVER_KEY), &generated.server_key_pkcs8)?;
+    write_private(&data_dir.join(SERVER_CERT), &generated.server_cert_der)?;
+    let (_, command_pkcs8) = SigningKey::generate(&SystemRandom::new()).map_err(|_| SetupError::Random)?;
+    write_private(&data_dir.join(COMMAND_KEY), &command_pkcs8)?;
+    write_private(&data_dir.join(CONFIG_FILE), config_text.as_bytes())?;
+
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    let token = new_api_token()?;
+    store.add_user("admin", "admin", &sha256(token.as_bytes()), now_ms())?;
+    Ok(token)
+}
+
+/// Creates a join token valid for `uses` enrollments until `ttl_ms` from now.
+pub fn create_join_token(data_dir: &Path, uses: u32, ttl_ms: u64, addr: Option<&str>) -> Result<String, SetupError> {
+    if uses == 0 {
+        return Err(SetupError::Invalid("--uses must be at least 1".into()));
+    }
+    let config = Config::load(data_dir)?;
+    let ca = fs::read(data_dir.join(CA_CERT)).map_err(io(&data_dir.join(CA_CERT)))?;
+    let secret = random_secret().map_err(|_| SetupError::Random)?;
+    let now = now_ms();
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    store.create_enroll_token(&sha256(&secret), uses, now, now.saturating_add(ttl_ms))?;
+    let token = JoinToken {
+        collector_addr: addr.unwrap_or(&config.public_addr).to_string(),
+        server_name: config.server_name,
+        ca_sha256: pki::fingerprint(&ca),
+        secret,
+    };
+    Ok(token.to_string())
+}
+
+/// Adds (or re-keys) an API user; returns the new token (shown once).
+pub fn add_user(data_dir: &Path, name: &str, role: &str) -> Result<String, SetupError> {
+    role.parse::<crate::api::auth::Role>().map_err(SetupError::Invalid)?;
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)) {
+        return Err(SetupError::Invalid(
+            "user names are 1-64 characters of letters, digits and . _ - @".into(),
+        ));
+    }
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    let token = new_api_token()?;
+    store.add_user(name, role, &sha256(token.as_bytes()), now_ms())?;
+    Ok(token)
+}
+
+/// Revokes a device; a running collector closes its connection within its poll interval.
+pub fn revoke_device(data_dir: &Path, id: &str) -> Result<(), SetupError> {
+    let id: ward_protocol::DeviceId = id
+        .parse()
+        .map_err(|_| SetupError::Invalid(format!("{id:?} is not a device id")))?;
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    if store.revoke_device(&id.to_string(), "cli", now_ms())? {
+        Ok(())
+    } else {
+        Err(SetupError::Invalid(format!("no device {id}")))
+    }
+}
+
+pub fn list_devices(data_dir: &Path) -> Result<Vec<crate::store::DeviceView>, SetupError> {
+    Ok(Store::open(&data_dir.join(DB_FILE))?.list_devices()?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_refuses_to_overwrite_and_tokens_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("c");
+        let admin = init(&data, "127.0.0.1:4433").unwrap();
+        assert!(admin.starts_with("ward_"));
+        assert!(matches!(init(&data, "127.0.0.1:4433"), Err(SetupError::NotEmpty(_))));
+        let mode = fs::metadata(data.join(CA_KEY)).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+
+        let token: JoinToken = create_join_token(&data, 2, 60_000, None).unwrap().parse().unwrap();
+        assert_eq!(token.collector_addr, "127.0.0.1:4433");
+        assert_eq!(
+            token.ca_sha256,
+            pki::fingerprint(&fs::read(data.join(CA_CERT)).unwrap())
+        );
+        assert!(create_join_token(&data, 0, 60_000, None).is_err());
+        assert!(add_user(&data, "eve", "root").is_err());
+        assert!(add_user(&data, "alice", "analyst").unwrap().starts_with("ward_"));
+    }
+}

@@ -1,0 +1,700 @@
+//! Durable storage behind one narrow interface: the rest of the collector never
+//! writes SQL. SQLite in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives a crash or power loss; a PostgreSQL backend can implement
+//! the same methods later without touching ingest or the API.
+
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use thiserror::Error;
+use ward_protocol::{Alert, DeviceId, Inventory, IsolationState, PublicKey, Severity, Signed};
+
+use crate::entity;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database holds an unexpected value: {0}")]
+    Corrupt(String),
+    #[error("database schema version {found} is newer than this collector ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+/// A device being registered at enrollment.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: DeviceId,
+    pub signing_key: PublicKey,
+    pub cert_sha256: [u8; 32],
+    pub inventory: Inventory,
+}
+
+/// Why an enrollment token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TokenRefusal {
+    #[error("unknown enrollment token")]
+    Unknown,
+    #[error("enrollment token expired")]
+    Expired,
+    #[error("enrollment token has no uses left")]
+    UsedUp,
+}
+
+/// What a session needs to know about the device on the other end.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    pub id: DeviceId,
+    pub signing_key: PublicKey,
+    pub revoked: bool,
+}
+
+/// An alert whose signature has been verified against its device's key.
+#[derive(Debug, Clone)]
+pub struct VerifiedAlert {
+    pub alert: Alert,
+    pub signed: Signed,
+}
+
+/// What happened to one batch in a commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertOutcome {
+    pub stored: u32,
+    pub duplicates: u32,
+}
+
+/// A device's state from a heartbeat.
+#[derive(Debug, Clone)]
+pub struct DeviceState {
+    pub seen_at_ms: u64,
+    pub inventory: Option<Inventory>,
+    pub isolation: IsolationState,
+    pub outbox_depth: u64,
+    pub rule_pack_version: u64,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub id: String,
+    pub hostname: String,
+    pub enrolled_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+    pub agent_version: String,
+    pub os: String,
+    pub kernel: String,
+    pub addresses: serde_json::Value,
+    pub logged_on_users: serde_json::Value,
+    pub isolation: String,
+    pub outbox_depth: i64,
+    pub rule_pack_version: i64,
+    pub last_seq: i64,
+    pub dropped_total: i64,
+    pub missing_alerts: i64,
+    /// Filled in by the caller from the live connection table.
+    pub online: bool,
+}
+
+/// An alert as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertView {
+    pub id: String,
+    pub device_id: String,
+    pub seq: i64,
+    pub observed_at_ms: i64,
+    pub last_observed_at_ms: i64,
+    pub received_at_ms: i64,
+    pub rule: RuleView,
+    pub severity: &'static str,
+    pub count: i64,
+    pub entities: serde_json::Value,
+    pub matched: serde_json::Value,
+    /// Position for cursor pagination.
+    #[serde(skip)]
+    pub rowid: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleView {
+    pub id: String,
+    pub title: String,
+    /// Shown wherever a match is shown (Detection Rule License).
+    pub author: String,
+    pub techniques: serde_json::Value,
+    pub tactics: serde_json::Value,
+}
+
+/// A range of sequence numbers a device never delivered.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SequenceGap {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub reason: String,
+}
+
+/// Filters for listing alerts, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub device_id: Option<String>,
+    pub min_severity: Option<Severity>,
+    pub rule_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only alerts older than this position (from the previous page).
+    pub before_rowid: Option<i64>,
+    pub limit: u32,
+}
+
+/// An API user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub role: String,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn sev_num(s: Severity) -> i64 {
+    s as i64
+}
+
+fn sev_from(n: i64) -> &'static str {
+    Severity::ALL.get(n as usize).map(Severity::as_str).unwrap_or("unknown")
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// A read-only connection for the API.
+    pub fn open_readonly(path: &Path) -> Result<Store, StoreError> {
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(Store { conn })
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let current: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = schema::MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::TooNew { found: current, known });
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    // ---- enrollment tokens and devices ----
+
+    pub fn create_enroll_token(
+        &self,
+        secret_sha256: &[u8; 32],
+        max_uses: u32,
+        now_ms: u64,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO enroll_tokens (secret_sha256, created_at_ms, expires_at_ms, max_uses) VALUES (?1, ?2, ?3, ?4)",
+            params![&secret_sha256[..], i64_of(now_ms), i64_of(expires_at_ms), max_uses],
+        )?;
+        Ok(())
+    }
+
+    /// Spends one use of the token and registers the device, in one transaction.
+    pub fn enroll(
+        &mut self,
+        secret_sha256: &[u8; 32],
+        device: &NewDevice,
+        now_ms: u64,
+    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(i64, i64, i64, i64)> = tx
+            .query_row(
+                "SELECT id, expires_at_ms, max_uses, uses FROM enroll_tokens WHERE secret_sha256 = ?1",
+                params![&secret_sha256[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((token_id, expires_at_ms, max_uses, uses)) = row else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if i64_of(now_ms) >= expires_at_ms {
+            return Ok(Err(TokenRefusal::Expired));
+        }
+        if uses >= max_uses {
+            return Ok(Err(TokenRefusal::UsedUp));
+        }
+        tx.execute(
+            "UPDATE enroll_tokens SET uses = uses + 1 WHERE id = ?1",
+            params![token_id],
+        )?;
+        let inv = &device.inventory;
+        tx.execute(
+            "INSERT INTO devices (id, hostname, signing_key, cert_sha256, enrolled_at_ms, last_seen_ms, agent_version,
+                                  os, kernel, addresses, logged_on_users)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                device.id.to_string(),
+                inv.hostname,
+                &device.signing_key.0[..],
+                &device.cert_sha256[..],
+                i64_of(now_ms),
+                inv.agent_version,
+                inv.os,
+                inv.kernel,
+                serde_json::to_string(&inv.addresses).unwrap_or_default(),
+                serde_json::to_string(&inv.logged_on_users).unwrap_or_default(),
+            ],
+        )?;
+        audit(
+            &tx,
+            now_ms,
+            "enrollment",
+            "device.enroll",
+            &device.id.to_string(),
+            &inv.hostname,
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// The device a client certificate belongs to.
+    pub fn device_by_cert(&self, cert_sha256: &[u8; 32]) -> Result<Option<DeviceAuth>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, signing_key, revoked_at_ms FROM devices WHERE cert_sha256 = ?1",
+                params![&cert_sha256[..]],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(id, key, revoked)| {
+                Ok(DeviceAuth {
+                    id: id.parse().map_err(|_| StoreError::Corrupt(format!("device id {id}")))?,
+                    signing_key: PublicKey::from_slice(&key)
+                        .map_err(|_| StoreError::Corrupt(format!("signing key of {id}")))?,
+                    revoked: revoked.is_some(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Revokes a device; returns false if there is no such device.
+    pub fn revoke_device(&self, id: &str, actor: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let n = tx.execute(
+            "UPDATE devices SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+            params![id, i64_of(now_ms)],
+        )?;
+        let exists = n == 1
+            || tx
+                .query_row("SELECT 1 FROM devices WHERE id = ?1", params![id], |_| Ok(()))
+                .optional()?
+                .is_some();
+        if n == 1 {
+            audit(&tx, now_ms, actor, "device.revoke", id, "")?;
+        }
+        tx.commit()?;
+        Ok(exists)
+    }
+
+    pub fn revoked_devices(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM devices WHERE revoked_at_ms IS NOT NULL")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    pub fn update_device_state(&self, id: DeviceId, state: &DeviceState) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE devices SET last_seen_ms = ?2, isolation = ?3, outbox_depth = ?4, rule_pack_version = ?5 WHERE id = ?1",
+            params![
+                id.to_string(),
+                i64_of(state.seen_at_ms),
+                state.isolation.as_str(),
+                i64_of(state.outbox_depth),
+                i64_of(state.rule_pack_version)
+            ],
+        )?;
+        if let Some(inv) = &state.inventory {
+            tx.execute(
+                "UPDATE devices SET hostname = ?2, agent_version = ?3, os = ?4, kernel = ?5, addresses = ?6,
+                                    logged_on_users = ?7 WHERE id = ?1",
+                params![
+                    id.to_string(),
+                    inv.hostname,
+                    inv.agent_version,
+                    inv.os,
+                    inv.kernel,
+                    serde_json::to_string(&inv.addresses).unwrap_or_default(),
+                    serde_json::to_string(&inv.logged_on_users).unwrap_or_default(),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn touch_device(&self, id: DeviceId, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
+            params![id.to_string(), i64_of(now_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// Records alerts the agent says it dropped, so their gap is explained.
+    pub fn record_drops(&self, id: DeviceId, dropped: u64, seqs: &[u64], now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE devices SET dropped_total = dropped_total + ?2 WHERE id = ?1",
+            params![id.to_string(), i64_of(dropped)],
+        )?;
+        for &seq in seqs {
+            tx.execute(
+                "UPDATE sequence_gaps SET reason = 'dropped by agent (outbox full)'
+                 WHERE device_id = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+                params![id.to_string(), i64_of(seq)],
+            )?;
+        }
+        audit(
+            &tx,
+            now_ms,
+            &id.to_string(),
+            "device.dropped_alerts",
+            &id.to_string(),
+            &dropped.to_string(),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceView> {
+        let json = |s: String| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null);
+        Ok(DeviceView {
+            id: r.get(0)?,
+            hostname: r.get(1)?,
+            enrolled_at_ms: r.get(2)?,
+            revoked_at_ms: r.get(3)?,
+            last_seen_ms: r.get(4)?,
+            agent_version: r.get(5)?,
+            os: r.get(6)?,
+            kernel: r.get(7)?,
+            addresses: json(r.get(8)?),
+            logged_on_users: json(r.get(9)?),
+            isolation: r.get(10)?,
+            outbox_depth: r.get(11)?,
+            rule_pack_version: r.get(12)?,
+            last_seq: r.get(13)?,
+            dropped_total: r.get(14)?,
+            missing_alerts: r.get(15)?,
+            online: false,
+        })
+    }
+
+    const DEVICE_COLUMNS: &'static str = "d.id, d.hostname, d.enrolled_at_ms, d.revoked_at_ms, d.last_seen_ms,
+        d.agent_version, d.os, d.kernel, d.addresses, d.logged_on_users, d.isolation, d.outbox_depth,
+        d.rule_pack_version, d.last_seq, d.dropped_total,
+        (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM sequence_gaps g WHERE g.device_id = d.id)";
+
+    pub fn list_devices(&self) -> Result<Vec<DeviceView>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM devices d ORDER BY d.hostname, d.id",
+            Self::DEVICE_COLUMNS
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], Self::device_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn get_device(&self, id: &str) -> Result<Option<DeviceView>, StoreError> {
+        let sql = format!("SELECT {} FROM devices d WHERE d.id = ?1", Self::DEVICE_COLUMNS);
+        Ok(self.conn.query_row(&sql, params![id], Self::device_row).optional()?)
+    }
+
+    pub fn sequence_gaps(&self, device_id: &str) -> Result<Vec<SequenceGap>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_seq, last_seq, reason FROM sequence_gaps WHERE device_id = ?1 ORDER BY first_seq",
+        )?;
+        let gaps = stmt
+            .query_map(params![device_id], |r| {
+                Ok(SequenceGap {
+                    first_seq: r.get(0)?,
+                    last_seq: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(gaps)
+    }
+
+    // ---- alerts ----
+
+    /// Stores verified alerts of several batches in ONE transaction and returns
+    /// each batch's outcome. Nothing is acknowledged before this returns `Ok`.
+    pub fn insert_alert_batches(
+        &mut self,
+        batches: &[(DeviceId, &[VerifiedAlert])],
+        now_ms: u64,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for (device, alerts) in batches {
+            let mut outcome = InsertOutcome::default();
+            let device_id = device.to_string();
+            let mut last_seq: i64 =
+                tx.query_row("SELECT last_seq FROM devices WHERE id = ?1", params![device_id], |r| {
+                    r.get(0)
+                })?;
+            for v in alerts.iter() {
+                if insert_alert(&tx, &device_id, v, now_ms)? {
+                    outcome.stored += 1;
+                    last_seq = track_sequence(&tx, &device_id, i64_of(v.alert.seq), last_seq, now_ms)?;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            }
+            tx.execute(
+                "UPDATE devices SET last_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
+                params![device_id, last_seq, i64_of(now_ms)],
+            )?;
+            outcomes.push(outcome);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertView> {
+        let json = |s: String| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null);
+        Ok(AlertView {
+            rowid: r.get(0)?,
+            id: r.get(1)?,
+            device_id: r.get(2)?,
+            seq: r.get(3)?,
+            observed_at_ms: r.get(4)?,
+            last_observed_at_ms: r.get(5)?,
+            received_at_ms: r.get(6)?,
+            rule: RuleView {
+                id: r.get(7)?,
+                title: r.get(8)?,
+                author: r.get(9)?,
+                techniques: json(r.get(11)?),
+                tactics: json(r.get(12)?),
+            },
+            severity: sev_from(r.get(10)?),
+            count: r.get(13)?,
+            entities: json(r.get(14)?),
+            matched: json(r.get(15)?),
+        })
+    }
+
+    const ALERT_COLUMNS: &'static str = "rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms,
+        received_at_ms, rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched";
+
+    pub fn list_alerts(&self, f: &AlertFilter) -> Result<Vec<AlertView>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM alerts
+             WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR severity >= ?2) AND (?3 IS NULL OR rule_id = ?3)
+               AND (?4 IS NULL OR observed_at_ms >= ?4) AND (?5 IS NULL OR observed_at_ms < ?5)
+               AND (?6 IS NULL OR rowid < ?6)
+             ORDER BY rowid DESC LIMIT ?7",
+            Self::ALERT_COLUMNS
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    f.device_id,
+                    f.min_severity.map(sev_num),
+                    f.rule_id,
+                    f.since_ms,
+                    f.until_ms,
+                    f.before_rowid,
+                    f.limit
+                ],
+                Self::alert_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn get_alert(&self, id: &str) -> Result<Option<AlertView>, StoreError> {
+        let sql = format!("SELECT {} FROM alerts WHERE id = ?1", Self::ALERT_COLUMNS);
+        Ok(self.conn.query_row(&sql, params![id], Self::alert_row).optional()?)
+    }
+
+    pub fn count_alerts(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?)
+    }
+
+    // ---- users ----
+
+    pub fn add_user(&self, name: &str, role: &str, token_sha256: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO users (name, role, token_sha256, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET role = excluded.role, token_sha256 = excluded.token_sha256",
+            params![name, role, &token_sha256[..], i64_of(now_ms)],
+        )?;
+        audit(&tx, now_ms, "cli", "user.add", name, role)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn user_by_token(&self, token_sha256: &[u8; 32]) -> Result<Option<User>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name, role FROM users WHERE token_sha256 = ?1")?
+            .query_row(params![&token_sha256[..]], |r| {
+                Ok(User {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                })
+            })
+            .optional()?)
+    }
+}
+
+fn audit(
+    tx: &Transaction<'_>,
+    now_ms: u64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![i64_of(now_ms), actor, action, target, detail],
+    )?;
+    Ok(())
+}
+
+/// Inserts one alert and its entities; false if its id was already stored.
+fn insert_alert(tx: &Transaction<'_>, device_id: &str, v: &VerifiedAlert, now_ms: u64) -> Result<bool, StoreError> {
+    let a = &v.alert;
+    let entities: Vec<serde_json::Value> = a.entities.iter().map(entity::to_json).collect();
+    let matched: serde_json::Map<String, serde_json::Value> = a
+        .matched
+        .iter()
+        .map(|m| (m.name.clone(), serde_json::Value::String(m.value.clone())))
+        .collect();
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO alerts (id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms, rule_id,
+                 rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             ON CONFLICT(id) DO NOTHING",
+        )?
+        .execute(params![
+            a.id.to_string(),
+            device_id,
+            i64_of(a.seq),
+            i64_of(a.observed_at_ms),
+            i64_of(a.last_observed_at_ms),
+            i64_of(now_ms),
+            a.rule.id,
+            a.rule.title,
+            a.rule.author,
+            sev_num(a.rule.severity),
+            serde_json::to_string(&a.rule.techniques).unwrap_or_default(),
+            serde_json::to_string(&a.rule.tactics).unwrap_or_default(),
+            a.count,
+            serde_json::Value::Array(entities).to_string(),
+            serde_json::Value::Object(matched).to_string(),
+            v.signed.payload,
+            v.signed.signature,
+        ])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let rowid = tx.last_insert_rowid();
+    let mut stmt = tx.prepare_cached("INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
+    for e in &a.entities {
+        let (kind, value) = entity::key(e);
+        stmt.execute(params![rowid, kind, value])?;
+    }
+    Ok(true)
+}
+
+/// Keeps the device's sequence gaps true after a newly stored `seq`: a jump
+/// opens a gap, a late arrival closes (part of) one. Returns the new high mark.
+fn track_sequence(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    seq: i64,
+    last_seq: i64,
+    now_ms: u64,
+) -> Result<i64, StoreError> {
+    if seq > last_seq {
+        if seq > last_seq + 1 {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO sequence_gaps (device_id, first_seq, last_seq, reason, recorded_at_ms)
+                 VALUES (?1, ?2, ?3, 'missing', ?4)",
+            )?
+            .execute(params![device_id, last_seq + 1, seq - 1, i64_of(now_ms)])?;
+        }
+        return Ok(seq);
+    }
+    let gap: Option<(i64, i64, String)> = tx
+        .prepare_cached(
+            "SELECT first_seq, last_seq, reason FROM sequence_gaps
+             WHERE device_id = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+        )?
+        .query_row(params![device_id, seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((first, last, reason)) = gap {
+        tx.execute(
+            "DELETE FROM sequence_gaps WHERE device_id = ?1 AND first_seq = ?2",
+            params![device_id, first],
+        )?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO sequence_gaps (device_id, first_seq, last_seq, reason, recorded_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        if first < seq {
+            insert.execute(params![device_id, first, seq - 1, reason, i64_of(now_ms)])?;
+        }
+        if seq < last {
+            insert.execute(params![device_id, seq + 1, last, reason, i64_of(now_ms)])?;
+        }
+    }
+    Ok(last_seq)
+}

@@ -1,0 +1,87 @@
+//! Versioned migrations. Each entry runs once, in order, inside a transaction;
+//! `PRAGMA user_version` records how far a database has come. Append only.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: devices, enrollment tokens, users, alerts and their entities, sequence gaps, audit.
+    r#"
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        signing_key BLOB NOT NULL,
+        cert_sha256 BLOB NOT NULL UNIQUE,
+        enrolled_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER,
+        last_seen_ms INTEGER,
+        agent_version TEXT NOT NULL DEFAULT '',
+        os TEXT NOT NULL DEFAULT '',
+        kernel TEXT NOT NULL DEFAULT '',
+        addresses TEXT NOT NULL DEFAULT '[]',
+        logged_on_users TEXT NOT NULL DEFAULT '[]',
+        isolation TEXT NOT NULL DEFAULT 'none',
+        outbox_depth INTEGER NOT NULL DEFAULT 0,
+        rule_pack_version INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        dropped_total INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE enroll_tokens (
+        id INTEGER PRIMARY KEY,
+        secret_sha256 BLOB NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        max_uses INTEGER NOT NULL,
+        uses INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        token_sha256 BLOB NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE alerts (
+        rowid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        seq INTEGER NOT NULL,
+        observed_at_ms INTEGER NOT NULL,
+        last_observed_at_ms INTEGER NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        rule_id TEXT NOT NULL,
+        rule_title TEXT NOT NULL,
+        rule_author TEXT NOT NULL,
+        severity INTEGER NOT NULL,
+        techniques TEXT NOT NULL,
+        tactics TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        entities TEXT NOT NULL,
+        matched TEXT NOT NULL,
+        signed_payload BLOB NOT NULL,
+        signature BLOB NOT NULL
+    );
+    CREATE INDEX alerts_by_device ON alerts(device_id, rowid);
+    CREATE INDEX alerts_by_time ON alerts(observed_at_ms);
+    CREATE INDEX alerts_by_rule ON alerts(rule_id);
+    CREATE TABLE alert_entities (
+        alert_rowid INTEGER NOT NULL REFERENCES alerts(rowid),
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL
+    );
+    CREATE INDEX alert_entities_by_value ON alert_entities(kind, value);
+    CREATE INDEX alert_entities_by_alert ON alert_entities(alert_rowid);
+    CREATE TABLE sequence_gaps (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        recorded_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, first_seq)
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    "#,
+];

@@ -1,0 +1,145 @@
+//! The agent-facing QUIC endpoint: accepts connections up to the configured cap,
+//! dispatches by ALPN to enrollment or to a session, and frames messages on the
+//! streams. The only module (with `tls`) that touches quinn or rustls.
+
+mod enroll;
+pub mod registry;
+mod session;
+pub mod tls;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info};
+use ward_protocol::codec::{FrameHeader, HEADER_LEN, decode_body, encode_frame};
+use ward_protocol::message::close_code;
+use ward_protocol::version::{ALPN_ENROLL, ALPN_SESSION};
+use ward_protocol::{FrameError, PublicKey};
+
+use crate::config::Config;
+use crate::ingest::{VerifyPool, Writer};
+use crate::metrics::Metrics;
+use crate::pki::Ca;
+use crate::readpool::ReadPool;
+pub use registry::Registry;
+
+/// What every connection handler shares.
+pub struct Context {
+    pub config: Config,
+    pub ca: Ca,
+    pub command_key: PublicKey,
+    pub writer: Writer,
+    pub verify: VerifyPool,
+    pub reads: ReadPool,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    /// Devices revoked since start (and at start), checked before every batch.
+    pub revoked: Arc<std::sync::RwLock<std::collections::HashSet<ward_protocol::DeviceId>>>,
+    pub enroll_slots: Semaphore,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections until `shutdown` flips, then waits for sessions to finish
+/// their in-flight batch and closes the endpoint.
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if ctx.registry.online_count() as u64 >= u64::from(ctx.config.ingest.max_connections) {
+                    ctx.metrics.reject("too_many_connections");
+                    incoming.refuse();
+                    continue;
+                }
+                let ctx = Arc::clone(&ctx);
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move { handle(incoming, ctx, shutdown).await });
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    info!("agent endpoint stopping: letting sessions finish their current batch");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    ctx.registry.close_all(close_code::SHUTDOWN, "collector shutting down");
+    endpoint.close(close_code::SHUTDOWN.into(), b"collector shutting down");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match alpn.as_deref() {
+        Some(p) if p == ALPN_ENROLL => enroll::handle(conn, &ctx).await,
+        Some(p) if p == ALPN_SESSION => session::handle(conn, &ctx, shutdown).await,
+        _ => conn.close(close_code::PROTOCOL.into(), b"unknown application protocol"),
+    }
+}
+
+/// Reading a frame failed.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("stream: {0}")]
+    Stream(String),
+}
+
+/// Reads one frame; `Ok(None)` when the peer finished the stream cleanly.
+/// The header's length is checked against `max` before the body is allocated.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<T>, ReadError> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(FrameError::Truncated { needed: HEADER_LEN - n }.into());
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Stream(e.to_string())),
+    }
+    let header = FrameHeader::parse(&header, max)?;
+    let mut body = vec![0u8; header.body_len as usize];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => ReadError::Frame(FrameError::Truncated {
+            needed: body_len(&header) - n,
+        }),
+        quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
+    })?;
+    Ok(Some(decode_body(&body)?))
+}
+
+fn body_len(h: &FrameHeader) -> usize {
+    h.body_len as usize
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T, max: u32) -> Result<(), ReadError> {
+    let frame = encode_frame(msg, max)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| ReadError::Stream(e.to_string()))
+}

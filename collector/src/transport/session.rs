@@ -1,0 +1,290 @@
+//! One enrolled agent's session. Identity comes from the client certificate,
+//! never from the payload. Frames are read one at a time from the agent's single
+//! long-lived stream; an alert batch is rate-limited, verified on the pool,
+//! committed by the writer and only then acknowledged. A bad frame or signature
+//! closes this connection with a reason and affects no other agent.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use ward_protocol::codec::MAX_COLLECTOR_FRAME;
+use ward_protocol::message::{Ack, AlertBatch, Welcome, close_code};
+use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, PublicKey};
+
+use super::{Context, ReadError, read_frame, write_frame};
+use crate::pki::fingerprint;
+use crate::store::DeviceState;
+use crate::util::now_ms;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Receiver<bool>) {
+    let Some((device, key)) = identify(&conn, ctx).await else {
+        return;
+    };
+    let Ok(Ok((send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+        conn.close(close_code::PROTOCOL.into(), b"no session stream");
+        return;
+    };
+    match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame::<AgentMessage>(&mut recv, ctx.config.ingest.max_frame_bytes),
+    )
+    .await
+    {
+        Ok(Ok(Some(AgentMessage::Hello(hello)))) if hello.device_id == device => {
+            debug!(%device, version = %hello.agent_version, "session hello");
+        }
+        Ok(Ok(Some(AgentMessage::Hello(_)))) => {
+            ctx.metrics.reject("wrong_device");
+            conn.close(close_code::WRONG_DEVICE.into(), b"hello names another device");
+            return;
+        }
+        _ => {
+            ctx.metrics.reject("protocol");
+            conn.close(close_code::PROTOCOL.into(), b"expected hello");
+            return;
+        }
+    }
+
+    let (out_tx, out_rx) = mpsc::channel::<CollectorMessage>(64);
+    tokio::spawn(outbound(send, out_rx));
+    let welcome = Welcome {
+        server_time_ms: now_ms(),
+        protocol_major: PROTOCOL_MAJOR,
+        protocol_minor: PROTOCOL_MINOR,
+    };
+    if out_tx.send(CollectorMessage::Welcome(welcome)).await.is_err() {
+        return;
+    }
+    if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
+        ctx.metrics.identity_conflicts.inc();
+        warn!(%device, remote = %conn.remote_address(), "device connected while its previous connection was alive");
+    }
+    ctx.metrics.connected_agents.inc();
+    info!(%device, remote = %conn.remote_address(), "agent connected");
+    let reason = run(&conn, ctx, device, key, &mut recv, &out_tx, shutdown).await;
+    ctx.registry.unregister(device, &conn);
+    ctx.metrics.connected_agents.dec();
+    info!(%device, %reason, "agent session ended");
+    let _ = ctx.writer.run(move |store| store.touch_device(device, now_ms())).await;
+}
+
+/// Maps the client certificate to an enrolled, unrevoked device.
+async fn identify(conn: &quinn::Connection, ctx: &Context) -> Option<(DeviceId, PublicKey)> {
+    let cert = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|c| fingerprint(c.as_ref())));
+    let Some(fp) = cert else {
+        ctx.metrics.reject("unknown_device");
+        conn.close(
+            close_code::UNKNOWN_DEVICE.into(),
+            b"a session needs a client certificate",
+        );
+        return None;
+    };
+    match ctx.reads.run(move |s| s.device_by_cert(&fp)).await {
+        Ok(Ok(Some(d))) if !d.revoked => Some((d.id, d.signing_key)),
+        Ok(Ok(Some(_))) => {
+            ctx.metrics.reject("revoked");
+            conn.close(close_code::REVOKED.into(), b"device revoked");
+            None
+        }
+        Ok(Ok(None)) => {
+            ctx.metrics.reject("unknown_device");
+            conn.close(close_code::UNKNOWN_DEVICE.into(), b"unknown device");
+            None
+        }
+        Ok(Err(e)) | Err(e) => {
+            warn!(error = %e, "device lookup failed");
+            conn.close(close_code::SHUTDOWN.into(), b"collector storage unavailable");
+            None
+        }
+    }
+}
+
+/// Token bucket of alerts per second. Over the rate, the session sleeps before
+/// reading on: the agent is slowed by QUIC flow control, nothing is dropped.
+struct RateLimit {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(per_sec));
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens; returns how long to wait before they are paid for.
+    fn take(&mut self, n: usize) -> Duration {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.burst);
+        self.last = now;
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
+}
+
+async fn run(
+    conn: &quinn::Connection,
+    ctx: &Context,
+    device: DeviceId,
+    key: PublicKey,
+    recv: &mut quinn::RecvStream,
+    out: &mpsc::Sender<CollectorMessage>,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
+    let mut limit = RateLimit::new(
+        ctx.config.ingest.max_alerts_per_second_per_agent,
+        ctx.config.ingest.burst_alerts_per_agent,
+    );
+    let max = ctx.config.ingest.max_frame_bytes;
+    loop {
+        let frame = tokio::select! {
+            f = read_frame::<AgentMessage>(recv, max) => f,
+            _ = shutdown.changed() => return "collector shutting down".into(),
+        };
+        let msg = match frame {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return "agent finished the stream".into(),
+            Err(ReadError::Frame(e)) => {
+                ctx.metrics.reject("bad_frame");
+                warn!(%device, error = %e, "bad frame");
+                conn.close(close_code::PROTOCOL.into(), format!("bad frame: {e}").as_bytes());
+                return format!("bad frame: {e}");
+            }
+            Err(ReadError::Stream(e)) => return e,
+        };
+        if is_revoked(ctx, &device) {
+            ctx.metrics.reject("revoked");
+            conn.close(close_code::REVOKED.into(), b"device revoked");
+            return "device revoked".into();
+        }
+        match msg {
+            AgentMessage::Alerts(batch) => {
+                if let Err(reason) = alerts(conn, ctx, device, key, batch, &mut limit, out).await {
+                    return reason;
+                }
+            }
+            AgentMessage::Heartbeat(hb) => {
+                let state = DeviceState {
+                    seen_at_ms: now_ms(),
+                    inventory: hb.inventory,
+                    isolation: hb.isolation,
+                    outbox_depth: hb.outbox_depth,
+                    rule_pack_version: hb.rule_pack_version,
+                };
+                let _ = ctx
+                    .writer
+                    .run(move |store| store.update_device_state(device, &state))
+                    .await;
+            }
+            AgentMessage::Dropped(report) => {
+                warn!(%device, dropped = report.dropped, reason = %report.reason, "agent dropped alerts");
+                let seqs: Vec<u64> = report.seqs.into_iter().take(10_000).collect();
+                let _ = ctx
+                    .writer
+                    .run(move |s| s.record_drops(device, report.dropped, &seqs, now_ms()))
+                    .await;
+            }
+            AgentMessage::CommandResult(_) => {
+                debug!(%device, "command result received (response actions are not handled yet)");
+            }
+            AgentMessage::Hello(_) | AgentMessage::Enroll(_) => {
+                ctx.metrics.reject("protocol");
+                conn.close(close_code::PROTOCOL.into(), b"unexpected message in session");
+                return "unexpected message".into();
+            }
+        }
+    }
+}
+
+fn is_revoked(ctx: &Context, device: &DeviceId) -> bool {
+    ctx.revoked.read().map(|set| set.contains(device)).unwrap_or(false)
+}
+
+async fn alerts(
+    conn: &quinn::Connection,
+    ctx: &Context,
+    device: DeviceId,
+    key: PublicKey,
+    batch: AlertBatch,
+    limit: &mut RateLimit,
+    out: &mpsc::Sender<CollectorMessage>,
+) -> Result<(), String> {
+    ctx.metrics.alerts_received.add(batch.alerts.len() as u64);
+    let wait = limit.take(batch.alerts.len());
+    if !wait.is_zero() {
+        ctx.metrics.throttled_batches.inc();
+        tokio::time::sleep(wait).await;
+    }
+    let verified = match ctx.verify.verify(device, key, batch.alerts).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(rejection)) => {
+            ctx.metrics.reject(rejection.label());
+            warn!(%device, %rejection, "batch refused");
+            let code = match rejection.label() {
+                "bad_signature" => close_code::BAD_SIGNATURE,
+                "wrong_device" => close_code::WRONG_DEVICE,
+                _ => close_code::PROTOCOL,
+            };
+            conn.close(code.into(), rejection.to_string().as_bytes());
+            return Err(rejection.to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let outcome = ctx
+        .writer
+        .store_alerts(device, verified)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ack = Ack {
+        batch_id: batch.batch_id,
+        stored: outcome.stored,
+        duplicates: outcome.duplicates,
+    };
+    out.send(CollectorMessage::Ack(ack))
+        .await
+        .map_err(|_| "outbound closed".to_string())
+}
+
+/// Writes queued messages to the agent until the queue closes.
+async fn outbound(mut send: quinn::SendStream, mut rx: mpsc::Receiver<CollectorMessage>) {
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = write_frame(&mut send, &msg, MAX_COLLECTOR_FRAME).await {
+            debug!(error = %e, "outbound stream closed");
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_the_burst_then_paces() {
+        let mut l = RateLimit::new(1000, 2000);
+        assert_eq!(l.take(2000), Duration::ZERO);
+        let wait = l.take(500);
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(501),
+            "{wait:?}"
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! Small shared helpers: wall-clock time, secrets and their hashes.
+
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Unix milliseconds now. Only edges of the collector read the clock; the
+/// protocol and storage take time as a parameter.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// 32 random bytes from the system's secure source.
+pub fn random_secret() -> Result<[u8; 32], ring::error::Unspecified> {
+    let mut s = [0u8; 32];
+    SystemRandom::new().fill(&mut s)?;
+    Ok(s)
+}
+
+/// Parses `30s`, `15m`, `24h`, `7d` (or plain seconds) into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (use e.g. 30m, 24h, 7d)"))?;
+    let factor = match unit {
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("unknown unit in {s:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("duration too long: {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("90"), Ok(90_000));
+        assert_eq!(parse_duration_ms("15m"), Ok(900_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
+        assert!(parse_duration_ms("7y").is_err());
+        assert!(parse_duration_ms("h").is_err());
+    }
+}
