@@ -117,7 +117,10 @@ fn parse_pairs(record_type: &str, body: &str, out: &mut BTreeMap<String, String>
                 while b.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
                     i += 1;
                 }
-                (body.get(vs..i).unwrap_or("").trim_end_matches([',', ')']), None)
+                let raw = body.get(vs..i).unwrap_or("");
+                // "(hostname=?, addr=?, terminal=cron res=success)": drop the list's ',' and ')'.
+                let v = if raw.starts_with('(') { raw.trim_end_matches(',') } else { raw.trim_end_matches([',', ')']) };
+                (v, None)
             }
         };
         if key.is_empty() {
