@@ -16,13 +16,15 @@ fn fixtures() -> PathBuf {
 /// contexts, `unset` for -1 ids, `result` from `res`/`success`, decoded sockaddr): Ward's
 /// parser keeps raw values and leaves naming to detection's mapping.
 const ENRICHED: &[&str] = &[
-    "arch", "syscall", "exit", "auid", "ses", "result", "seresult", "seperms", "addr", "family", "port", "path",
-    "sig", "tty", "old-auid", "old-ses", "old_auid", "new_auid",
+    "arch", "syscall", "exit", "auid", "ses", "result", "seresult", "seperms", "addr", "family", "port", "path", "sig",
+    "tty", "old-auid", "old-ses", "old_auid", "new_auid",
 ];
 
 fn is_enriched(key: &str) -> bool {
     ENRICHED.contains(&key)
-        || ["subj_", "obj_", "scontext_", "tcontext_", "old_", "new_", "socket"].iter().any(|p| key.starts_with(p))
+        || ["subj_", "obj_", "scontext_", "tcontext_", "old_", "new_", "socket"]
+            .iter()
+            .any(|p| key.starts_with(p))
 }
 
 #[test]
@@ -39,20 +41,29 @@ fn parser_matches_go_libaudit_golden_files() {
         let golden: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for g in golden {
             // Lines go-libaudit could not parse are null in the golden file.
-            let (Some(ty), Some(raw)) = (g["record_type"].as_str(), g["raw_msg"].as_str()) else { continue };
+            let (Some(ty), Some(raw)) = (g["record_type"].as_str(), g["raw_msg"].as_str()) else {
+                continue;
+            };
             let ty = ty.to_uppercase();
             let line = format!("type={ty} msg={raw}");
             let rec = parse_record(&line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
             assert_eq!(u64::from(rec.serial), g["sequence"].as_u64().unwrap(), "{line}");
             let want: BTreeMap<String, String> = g["data"]
                 .as_object()
-                .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
                 .unwrap_or_default();
             for (k, v) in &want {
                 if is_enriched(k) {
                     continue;
                 }
-                let got = rec.fields.get(k).unwrap_or_else(|| panic!("{}: missing {k} in {line}\n{:?}", path.display(), rec.fields));
+                let got = rec
+                    .fields
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{}: missing {k} in {line}\n{:?}", path.display(), rec.fields));
                 assert_eq!(got, v, "{}: field {k} of {line}", path.display());
                 checked_values += 1;
             }
@@ -105,7 +116,10 @@ fn reassembles_normal_stream() {
     assert_eq!(grep.fields.get("cwd").unwrap(), "/home/andrew_kroh");
     assert_eq!(grep.fields.get("key").unwrap(), "user_commands");
     let first = events.first().unwrap();
-    assert_eq!(first.fields.get("exe").unwrap(), "/usr/bin/python2.7;58d1ccfb (deleted)");
+    assert_eq!(
+        first.fields.get("exe").unwrap(),
+        "/usr/bin/python2.7;58d1ccfb (deleted)"
+    );
 }
 
 #[test]
@@ -114,8 +128,14 @@ fn reassembles_out_of_order_stream() {
     let s = summary(&events);
     assert_eq!(s.len(), 5, "{s:?}");
     let by_serial: BTreeMap<u64, Vec<String>> = s.into_iter().collect();
-    assert_eq!(by_serial.get(&60).unwrap(), &types(&["SYSCALL", "EXECVE", "CWD", "PATH", "PATH"]));
-    assert_eq!(by_serial.get(&61).unwrap(), &types(&["SYSCALL", "SOCKADDR", "CWD", "PATH"]));
+    assert_eq!(
+        by_serial.get(&60).unwrap(),
+        &types(&["SYSCALL", "EXECVE", "CWD", "PATH", "PATH"])
+    );
+    assert_eq!(
+        by_serial.get(&61).unwrap(),
+        &types(&["SYSCALL", "SOCKADDR", "CWD", "PATH"])
+    );
     assert_eq!(lost, 0);
 }
 

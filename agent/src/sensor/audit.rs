@@ -38,9 +38,37 @@ pub struct AuditRecord {
 
 /// Fields whose unquoted values are hex-encoded by the kernel (string with special chars).
 const HEX_FIELDS: &[&str] = &[
-    "acct", "cmd", "comm", "cwd", "data", "dir", "exe", "file", "grp", "name", "new_group", "ocomm", "path",
-    "proctitle", "sample", "vm", "watch", "old-chardev", "new-chardev", "old-disk", "new-disk", "old-fs", "new-fs",
-    "old-net", "new-net", "old-rng", "new-rng", "old-vcpu", "new-vcpu", "root_dir", "key",
+    "acct",
+    "cmd",
+    "comm",
+    "cwd",
+    "data",
+    "dir",
+    "exe",
+    "file",
+    "grp",
+    "name",
+    "new_group",
+    "ocomm",
+    "path",
+    "proctitle",
+    "sample",
+    "vm",
+    "watch",
+    "old-chardev",
+    "new-chardev",
+    "old-disk",
+    "new-disk",
+    "old-fs",
+    "new-fs",
+    "old-net",
+    "new-net",
+    "old-rng",
+    "new-rng",
+    "old-vcpu",
+    "new-vcpu",
+    "root_dir",
+    "key",
 ];
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
@@ -108,9 +136,15 @@ fn parse_pairs(record_type: &str, body: &str, out: &mut BTreeMap<String, String>
         let (value, quoted) = match b.get(i) {
             Some(q @ (b'"' | b'\'')) => {
                 let vs = i + 1;
-                let ve = b.get(vs..).and_then(|r| r.iter().position(|c| c == q)).map_or(b.len(), |p| vs + p);
+                let ve = b
+                    .get(vs..)
+                    .and_then(|r| r.iter().position(|c| c == q))
+                    .map_or(b.len(), |p| vs + p);
                 i = ve + 1;
-                (body.get(vs..ve).unwrap_or(""), if *q == b'"' { Some('"') } else { Some('\'') })
+                (
+                    body.get(vs..ve).unwrap_or(""),
+                    if *q == b'"' { Some('"') } else { Some('\'') },
+                )
             }
             _ => {
                 let vs = i;
@@ -119,7 +153,11 @@ fn parse_pairs(record_type: &str, body: &str, out: &mut BTreeMap<String, String>
                 }
                 let raw = body.get(vs..i).unwrap_or("");
                 // "(hostname=?, addr=?, terminal=cron res=success)": drop the list's ',' and ')'.
-                let v = if raw.starts_with('(') { raw.trim_end_matches(',') } else { raw.trim_end_matches([',', ')']) };
+                let v = if raw.starts_with('(') {
+                    raw.trim_end_matches(',')
+                } else {
+                    raw.trim_end_matches([',', ')'])
+                };
                 (v, None)
             }
         };
@@ -135,7 +173,11 @@ fn parse_pairs(record_type: &str, body: &str, out: &mut BTreeMap<String, String>
             prefix = None;
             continue;
         }
-        let value = if quoted.is_some() { value.to_string() } else { decode_value(record_type, key, value) };
+        let value = if quoted.is_some() {
+            value.to_string()
+        } else {
+            decode_value(record_type, key, value)
+        };
         let key = match prefix.take() {
             Some(p) => format!("{p}{key}"),
             None => key.to_string(),
@@ -146,7 +188,11 @@ fn parse_pairs(record_type: &str, body: &str, out: &mut BTreeMap<String, String>
 
 /// Joins EXECVE arguments split into pieces (`a1_len=..., a1[0]=..., a1[1]=...`) into `a1`.
 fn join_execve_pieces(fields: &mut BTreeMap<String, String>) {
-    let pieces: Vec<String> = fields.keys().filter(|k| k.starts_with('a') && k.contains('[')).cloned().collect();
+    let pieces: Vec<String> = fields
+        .keys()
+        .filter(|k| k.starts_with('a') && k.contains('['))
+        .cloned()
+        .collect();
     if pieces.is_empty() {
         return;
     }
@@ -173,7 +219,10 @@ pub fn parse_record(line: &str) -> Result<AuditRecord, AuditParseError> {
     };
     let rest = line.strip_prefix("type=").ok_or(AuditParseError::NoType)?;
     let (record_type, rest) = rest.split_once(' ').ok_or(AuditParseError::NoHeader)?;
-    let rest = rest.trim_start().strip_prefix("msg=audit(").ok_or(AuditParseError::NoHeader)?;
+    let rest = rest
+        .trim_start()
+        .strip_prefix("msg=audit(")
+        .ok_or(AuditParseError::NoHeader)?;
     // The header normally ends with "):"; daemon messages sometimes omit the colon.
     let (header, body) = rest.split_once(')').ok_or(AuditParseError::NoHeader)?;
     let body = body.strip_prefix(':').unwrap_or(body);
@@ -181,7 +230,10 @@ pub fn parse_record(line: &str) -> Result<AuditRecord, AuditParseError> {
     let (secs, frac) = ts.split_once('.').unwrap_or((ts, "0"));
     let secs: u64 = secs.parse().map_err(|_| AuditParseError::BadHeader)?;
     let frac3 = format!("{frac:0<3}");
-    let ms: u64 = frac3.get(..3).and_then(|f| f.parse().ok()).ok_or(AuditParseError::BadHeader)?;
+    let ms: u64 = frac3
+        .get(..3)
+        .and_then(|f| f.parse().ok())
+        .ok_or(AuditParseError::BadHeader)?;
     let serial: u32 = serial.parse().map_err(|_| AuditParseError::BadHeader)?;
     let mut fields = BTreeMap::new();
     parse_pairs(record_type, body, &mut fields);
@@ -200,14 +252,61 @@ pub fn parse_record(line: &str) -> Result<AuditRecord, AuditParseError> {
 /// ends with EOE. Others (user-space messages: USER_*, CRED_*, DAEMON_*, ...) stand alone.
 fn is_multipart(record_type: &str) -> bool {
     const MULTI: &[&str] = &[
-        "SYSCALL", "PATH", "IPC", "SOCKETCALL", "CONFIG_CHANGE", "SOCKADDR", "CWD", "EXECVE", "IPC_SET_PERM",
-        "MQ_OPEN", "MQ_SENDRECV", "MQ_NOTIFY", "MQ_GETSETATTR", "KERNEL_OTHER", "FD_PAIR", "OBJ_PID", "TTY", "EOE",
-        "BPRM_FCAPS", "CAPSET", "MMAP", "NETFILTER_PKT", "NETFILTER_CFG", "SECCOMP", "PROCTITLE", "FEATURE_CHANGE",
-        "REPLACE", "KERN_MODULE", "FANOTIFY", "TIME_INJOFFSET", "TIME_ADJNTPVAL", "BPF", "EVENT_LISTENER",
-        "URINGOP", "OPENAT2", "DM_CTRL", "DM_EVENT", "AVC", "SELINUX_ERR", "AVC_PATH", "MAC_POLICY_LOAD",
-        "MAC_STATUS", "MAC_CONFIG_CHANGE", "ANOM_PROMISCUOUS", "ANOM_ABEND", "ANOM_LINK", "ANOM_CREAT",
-        "INTEGRITY_DATA", "INTEGRITY_METADATA", "INTEGRITY_STATUS", "INTEGRITY_HASH", "INTEGRITY_PCR",
-        "INTEGRITY_RULE", "INTEGRITY_EVM_XATTR", "INTEGRITY_POLICY_RULE",
+        "SYSCALL",
+        "PATH",
+        "IPC",
+        "SOCKETCALL",
+        "CONFIG_CHANGE",
+        "SOCKADDR",
+        "CWD",
+        "EXECVE",
+        "IPC_SET_PERM",
+        "MQ_OPEN",
+        "MQ_SENDRECV",
+        "MQ_NOTIFY",
+        "MQ_GETSETATTR",
+        "KERNEL_OTHER",
+        "FD_PAIR",
+        "OBJ_PID",
+        "TTY",
+        "EOE",
+        "BPRM_FCAPS",
+        "CAPSET",
+        "MMAP",
+        "NETFILTER_PKT",
+        "NETFILTER_CFG",
+        "SECCOMP",
+        "PROCTITLE",
+        "FEATURE_CHANGE",
+        "REPLACE",
+        "KERN_MODULE",
+        "FANOTIFY",
+        "TIME_INJOFFSET",
+        "TIME_ADJNTPVAL",
+        "BPF",
+        "EVENT_LISTENER",
+        "URINGOP",
+        "OPENAT2",
+        "DM_CTRL",
+        "DM_EVENT",
+        "AVC",
+        "SELINUX_ERR",
+        "AVC_PATH",
+        "MAC_POLICY_LOAD",
+        "MAC_STATUS",
+        "MAC_CONFIG_CHANGE",
+        "ANOM_PROMISCUOUS",
+        "ANOM_ABEND",
+        "ANOM_LINK",
+        "ANOM_CREAT",
+        "INTEGRITY_DATA",
+        "INTEGRITY_METADATA",
+        "INTEGRITY_STATUS",
+        "INTEGRITY_HASH",
+        "INTEGRITY_PCR",
+        "INTEGRITY_RULE",
+        "INTEGRITY_EVM_XATTR",
+        "INTEGRITY_POLICY_RULE",
     ];
     MULTI.contains(&record_type) || record_type.starts_with("UNKNOWN[13")
 }
@@ -244,7 +343,13 @@ pub struct Reassembler {
 
 impl Reassembler {
     pub fn new(timeout_ms: u64, max_in_flight: usize) -> Self {
-        Reassembler { pending: Vec::new(), timeout_ms, max_in_flight: max_in_flight.max(1), last_completed: None, lost: 0 }
+        Reassembler {
+            pending: Vec::new(),
+            timeout_ms,
+            max_in_flight: max_in_flight.max(1),
+            last_completed: None,
+            lost: 0,
+        }
     }
 
     /// Adds a record; returns the events completed by it or by time passing.
@@ -258,7 +363,12 @@ impl Reassembler {
                 out.push(self.complete(p));
             }
         } else if idx.is_none() && !is_multipart(&record.record_type) {
-            let p = Pending { serial, records: vec![record], first_seen_ms: now_ms, newer_seen_ms: None };
+            let p = Pending {
+                serial,
+                records: vec![record],
+                first_seen_ms: now_ms,
+                newer_seen_ms: None,
+            };
             out.push(self.complete(p));
         } else {
             match idx {
@@ -267,9 +377,12 @@ impl Reassembler {
                         p.records.push(record);
                     }
                 }
-                None => {
-                    self.pending.push(Pending { serial, records: vec![record], first_seen_ms: now_ms, newer_seen_ms: None })
-                }
+                None => self.pending.push(Pending {
+                    serial,
+                    records: vec![record],
+                    first_seen_ms: now_ms,
+                    newer_seen_ms: None,
+                }),
             }
         }
         for p in &mut self.pending {
@@ -298,7 +411,10 @@ impl Reassembler {
 
     /// Completes everything pending (at shutdown or end of input).
     pub fn flush_all(&mut self) -> Vec<AuditEvent> {
-        std::mem::take(&mut self.pending).into_iter().map(|p| self.complete(p)).collect()
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|p| self.complete(p))
+            .collect()
     }
 
     /// Serial numbers skipped since the last call (records the kernel or auditd lost).
@@ -343,7 +459,11 @@ pub fn build_event(serial: u32, records: Vec<AuditRecord>) -> AuditEvent {
     let mut repeats: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, r) in order {
         let n = repeats.entry(r.record_type.as_str()).or_insert(0);
-        let qual = if *n == 0 { r.record_type.to_lowercase() } else { format!("{}.{n}", r.record_type.to_lowercase()) };
+        let qual = if *n == 0 {
+            r.record_type.to_lowercase()
+        } else {
+            format!("{}.{n}", r.record_type.to_lowercase())
+        };
         *n += 1;
         for (k, v) in &r.fields {
             match fields.get(k) {
@@ -357,7 +477,12 @@ pub fn build_event(serial: u32, records: Vec<AuditRecord>) -> AuditEvent {
             }
         }
     }
-    AuditEvent { serial: u64::from(serial), record_type: main, fields, record_types }
+    AuditEvent {
+        serial: u64::from(serial),
+        record_type: main,
+        fields,
+        record_types,
+    }
 }
 
 /// Tails the audit log until the sensor stops.
@@ -405,7 +530,10 @@ mod tests {
     #[test]
     fn parses_header_quotes_hex_and_nested_msg() {
         let r = parse_record(r#"node=h1 type=SYSCALL msg=audit(1490137971.011:50406): arch=c000003e syscall=42 comm="curl" exe=2F746D702F782028646571) key=(null) a0=3"#).unwrap();
-        assert_eq!((r.record_type.as_str(), r.timestamp_ms, r.serial), ("SYSCALL", 1_490_137_971_011, 50406));
+        assert_eq!(
+            (r.record_type.as_str(), r.timestamp_ms, r.serial),
+            ("SYSCALL", 1_490_137_971_011, 50406)
+        );
         assert_eq!(r.fields.get("comm").unwrap(), "curl");
         assert_eq!(r.fields.get("exe").unwrap(), "/tmp/x (deq");
         assert_eq!(r.fields.get("a0").unwrap(), "3");
@@ -415,13 +543,17 @@ mod tests {
         assert_eq!(r.fields.get("acct").unwrap(), "root");
         assert_eq!(r.fields.get("res").unwrap(), "failed");
         assert!(!r.fields.contains_key("hostname"));
-        let r = parse_record("type=EXECVE msg=audit(1.000:8): argc=2 a0=\"sh\" a1_len=6 a1[0]=414243 a1[1]=444546").unwrap();
+        let r = parse_record("type=EXECVE msg=audit(1.000:8): argc=2 a0=\"sh\" a1_len=6 a1[0]=414243 a1[1]=444546")
+            .unwrap();
         assert_eq!(r.fields.get("a1").unwrap(), "ABCDEF");
         assert!(!r.fields.contains_key("a1_len"));
         let r = parse_record("type=PROCTITLE msg=audit(1.000:9): proctitle=6375726C002D73").unwrap();
         assert_eq!(r.fields.get("proctitle").unwrap(), "curl -s");
         assert_eq!(parse_record("garbage"), Err(AuditParseError::NoType));
-        assert_eq!(parse_record("type=X msg=audit(abc:1): a=b"), Err(AuditParseError::BadHeader));
+        assert_eq!(
+            parse_record("type=X msg=audit(abc:1): a=b"),
+            Err(AuditParseError::BadHeader)
+        );
         assert_eq!(parse_record("type=X hello"), Err(AuditParseError::NoHeader));
     }
 
@@ -429,10 +561,25 @@ mod tests {
     fn eoe_and_standalone_records_complete_events() {
         let mut r = Reassembler::new(1000, 16);
         let rec = |l: &str| parse_record(l).unwrap();
-        assert!(r.push(rec(r#"type=SYSCALL msg=audit(1.0:10): syscall=59 exe="/bin/ls" a0=55"#), 0).is_empty());
-        assert!(r.push(rec(r#"type=EXECVE msg=audit(1.0:10): argc=2 a0="ls" a1="-l""#), 0).is_empty());
-        assert!(r.push(rec(r#"type=PATH msg=audit(1.0:10): item=0 name="/bin/ls""#), 0).is_empty());
-        assert!(r.push(rec(r#"type=PATH msg=audit(1.0:10): item=1 name="/lib/ld.so""#), 0).is_empty());
+        assert!(
+            r.push(
+                rec(r#"type=SYSCALL msg=audit(1.0:10): syscall=59 exe="/bin/ls" a0=55"#),
+                0
+            )
+            .is_empty()
+        );
+        assert!(
+            r.push(rec(r#"type=EXECVE msg=audit(1.0:10): argc=2 a0="ls" a1="-l""#), 0)
+                .is_empty()
+        );
+        assert!(
+            r.push(rec(r#"type=PATH msg=audit(1.0:10): item=0 name="/bin/ls""#), 0)
+                .is_empty()
+        );
+        assert!(
+            r.push(rec(r#"type=PATH msg=audit(1.0:10): item=1 name="/lib/ld.so""#), 0)
+                .is_empty()
+        );
         let ev = r.push(rec("type=EOE msg=audit(1.0:10): "), 0);
         assert_eq!(ev.len(), 1);
         let ev = ev.first().unwrap();
@@ -442,7 +589,10 @@ mod tests {
         assert_eq!(ev.fields.get("syscall.a0").unwrap(), "55");
         assert_eq!(ev.fields.get("name").unwrap(), "/bin/ls");
         assert_eq!(ev.fields.get("path.1.name").unwrap(), "/lib/ld.so");
-        let ev = r.push(rec("type=USER_LOGIN msg=audit(2.0:11): pid=1 msg='op=login acct=\"bob\" res=success'"), 5);
+        let ev = r.push(
+            rec("type=USER_LOGIN msg=audit(2.0:11): pid=1 msg='op=login acct=\"bob\" res=success'"),
+            5,
+        );
         assert_eq!(ev.len(), 1);
         assert_eq!(ev.first().unwrap().fields.get("acct").unwrap(), "bob");
         assert_eq!(r.take_lost(), 0);

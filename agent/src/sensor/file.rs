@@ -31,8 +31,11 @@ pub fn expand(pattern: &str) -> Vec<PathBuf> {
         for base in acc {
             if comp == "*" {
                 if let Ok(rd) = std::fs::read_dir(&base) {
-                    let mut found: Vec<PathBuf> =
-                        rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+                    let mut found: Vec<PathBuf> = rd
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir())
+                        .collect();
                     found.sort();
                     next.extend(found);
                 }
@@ -72,12 +75,22 @@ pub struct Coalescer {
 
 impl Coalescer {
     pub fn new(settle: Duration, max_delay: Duration) -> Self {
-        Coalescer { settle, max_delay, writes: HashMap::new(), moved_from: HashMap::new(), moved_to: HashMap::new() }
+        Coalescer {
+            settle,
+            max_delay,
+            writes: HashMap::new(),
+            moved_from: HashMap::new(),
+            moved_to: HashMap::new(),
+        }
     }
 
     fn flush_path(&mut self, path: &Path, out: &mut Vec<Ready>) {
         if let Some(p) = self.writes.remove(path) {
-            out.push(Ready { op: p.op, path: path.to_path_buf(), from_path: None });
+            out.push(Ready {
+                op: p.op,
+                path: path.to_path_buf(),
+                from_path: None,
+            });
         }
     }
 
@@ -88,7 +101,14 @@ impl Coalescer {
         match ev.kind {
             EventKind::Create(_) => {
                 if let Some(p) = first {
-                    self.writes.insert(p, PendingWrite { op: FileOp::Create, first: now, last: now });
+                    self.writes.insert(
+                        p,
+                        PendingWrite {
+                            op: FileOp::Create,
+                            first: now,
+                            last: now,
+                        },
+                    );
                 }
             }
             EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => {
@@ -96,7 +116,11 @@ impl Coalescer {
                     self.writes
                         .entry(p)
                         .and_modify(|w| w.last = now)
-                        .or_insert(PendingWrite { op: FileOp::Modify, first: now, last: now });
+                        .or_insert(PendingWrite {
+                            op: FileOp::Modify,
+                            first: now,
+                            last: now,
+                        });
                 }
             }
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
@@ -111,7 +135,11 @@ impl Coalescer {
                 if let Some(p) = first
                     && !self.writes.get(&p).is_some_and(|w| w.op == FileOp::Create)
                 {
-                    out.push(Ready { op: FileOp::Chmod, path: p, from_path: None });
+                    out.push(Ready {
+                        op: FileOp::Chmod,
+                        path: p,
+                        from_path: None,
+                    });
                 }
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
@@ -121,7 +149,11 @@ impl Coalescer {
                         self.moved_to.remove(&t);
                     }
                     self.flush_path(from, &mut out);
-                    out.push(Ready { op: FileOp::Rename, path: to.clone(), from_path: Some(from.clone()) });
+                    out.push(Ready {
+                        op: FileOp::Rename,
+                        path: to.clone(),
+                        from_path: Some(from.clone()),
+                    });
                 }
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) => match (first, ev.attrs.tracker()) {
@@ -129,7 +161,11 @@ impl Coalescer {
                     self.moved_from.insert(t, (p, now));
                 }
                 // MOVE_SELF of a watched root: it left its place.
-                (Some(p), None) => out.push(Ready { op: FileOp::Delete, path: p, from_path: None }),
+                (Some(p), None) => out.push(Ready {
+                    op: FileOp::Delete,
+                    path: p,
+                    from_path: None,
+                }),
                 _ => {}
             },
             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
@@ -140,7 +176,11 @@ impl Coalescer {
             EventKind::Remove(_) => {
                 if let Some(p) = first {
                     self.flush_path(&p, &mut out);
-                    out.push(Ready { op: FileOp::Delete, path: p, from_path: None });
+                    out.push(Ready {
+                        op: FileOp::Delete,
+                        path: p,
+                        from_path: None,
+                    });
                 }
             }
             _ => {}
@@ -161,18 +201,37 @@ impl Coalescer {
         ready.sort_by_key(|(_, _, first)| *first);
         for (p, op, _) in ready {
             self.writes.remove(&p);
-            out.push(Ready { op, path: p, from_path: None });
+            out.push(Ready {
+                op,
+                path: p,
+                from_path: None,
+            });
         }
         // Half a rename whose other half never came: moved out of, or into, the watched paths.
         let expired = |m: &mut HashMap<usize, (PathBuf, Instant)>| {
-            let keys: Vec<usize> = m.iter().filter(|(_, (_, t))| now.duration_since(*t) >= settle).map(|(k, _)| *k).collect();
-            keys.into_iter().filter_map(|k| m.remove(&k)).map(|(p, _)| p).collect::<Vec<_>>()
+            let keys: Vec<usize> = m
+                .iter()
+                .filter(|(_, (_, t))| now.duration_since(*t) >= settle)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| m.remove(&k))
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
         };
         for p in expired(&mut self.moved_from) {
-            out.push(Ready { op: FileOp::Delete, path: p, from_path: None });
+            out.push(Ready {
+                op: FileOp::Delete,
+                path: p,
+                from_path: None,
+            });
         }
         for p in expired(&mut self.moved_to) {
-            out.push(Ready { op: FileOp::Create, path: p, from_path: None });
+            out.push(Ready {
+                op: FileOp::Create,
+                path: p,
+                from_path: None,
+            });
         }
         out
     }
@@ -183,8 +242,11 @@ impl Coalescer {
 pub fn describe(ready: Ready, hashes: &mut HashCache) -> FileEvent {
     let meta = std::fs::symlink_metadata(&ready.path).ok();
     let is_file = meta.as_ref().is_some_and(|m| m.is_file());
-    let sha256 =
-        if is_file && ready.op != FileOp::Delete { hashes.hash(&ready.path).ok() } else { None };
+    let sha256 = if is_file && ready.op != FileOp::Delete {
+        hashes.hash(&ready.path).ok()
+    } else {
+        None
+    };
     let meta = meta.filter(|_| ready.op != FileOp::Delete);
     FileEvent {
         op: ready.op,
@@ -212,8 +274,10 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
     let mut hashes = HashCache::new(config.hash_cache_entries, config.file_hash_max_bytes);
-    let mut coalescer =
-        Coalescer::new(Duration::from_millis(config.file_settle_ms), Duration::from_millis(config.file_max_delay_ms));
+    let mut coalescer = Coalescer::new(
+        Duration::from_millis(config.file_settle_ms),
+        Duration::from_millis(config.file_max_delay_ms),
+    );
     let mut watched: HashSet<PathBuf> = HashSet::new();
     let mut failed: HashSet<PathBuf> = HashSet::new();
     let recheck = Duration::from_millis(config.file_missing_recheck_ms.max(1000));
@@ -321,24 +385,57 @@ mod tests {
         let t0 = Instant::now();
         let p = PathBuf::from("/x/f");
         let ev = |k| notify::Event::new(k).add_path(p.clone());
-        assert!(c.on_event(&ev(EventKind::Create(notify::event::CreateKind::File)), t0).is_empty());
+        assert!(
+            c.on_event(&ev(EventKind::Create(notify::event::CreateKind::File)), t0)
+                .is_empty()
+        );
         for i in 1..10 {
             let at = t0 + Duration::from_millis(i * 20);
-            assert!(c.on_event(&ev(EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any))), at).is_empty());
+            assert!(
+                c.on_event(
+                    &ev(EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any))),
+                    at
+                )
+                .is_empty()
+            );
             if i * 20 < 200 {
                 assert!(c.due(at).is_empty(), "reported too early at {i}");
             }
         }
         let due = c.due(t0 + Duration::from_millis(200));
-        assert_eq!(due, vec![Ready { op: FileOp::Create, path: p.clone(), from_path: None }]);
+        assert_eq!(
+            due,
+            vec![Ready {
+                op: FileOp::Create,
+                path: p.clone(),
+                from_path: None
+            }]
+        );
         // A modify, then close-after-write: reported at once.
         c.on_event(&ev(EventKind::Modify(ModifyKind::Any)), t0);
         let out = c.on_event(&ev(EventKind::Access(AccessKind::Close(AccessMode::Write))), t0);
-        assert_eq!(out, vec![Ready { op: FileOp::Modify, path: p.clone(), from_path: None }]);
+        assert_eq!(
+            out,
+            vec![Ready {
+                op: FileOp::Modify,
+                path: p.clone(),
+                from_path: None
+            }]
+        );
         // A rename out of the watched paths becomes a delete once its other half is overdue.
-        c.on_event(&ev(EventKind::Modify(ModifyKind::Name(RenameMode::From))).set_tracker(7), t0);
+        c.on_event(
+            &ev(EventKind::Modify(ModifyKind::Name(RenameMode::From))).set_tracker(7),
+            t0,
+        );
         assert!(c.due(t0).is_empty());
-        assert_eq!(c.due(t0 + Duration::from_millis(80)), vec![Ready { op: FileOp::Delete, path: p, from_path: None }]);
+        assert_eq!(
+            c.due(t0 + Duration::from_millis(80)),
+            vec![Ready {
+                op: FileOp::Delete,
+                path: p,
+                from_path: None
+            }]
+        );
     }
 
     #[test]
@@ -371,7 +468,11 @@ mod tests {
         let started = Instant::now();
         std::fs::write(&f, b"#!/bin/sh\necho hi\n").unwrap();
         let ev = next("create");
-        assert!(started.elapsed() < Duration::from_millis(500), "create took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "create took {:?}",
+            started.elapsed()
+        );
         assert_eq!((ev.op, ev.path.as_str()), (FileOp::Create, f.to_str().unwrap()));
         assert_eq!(ev.sha256, Some(sha(b"#!/bin/sh\necho hi\n")));
         assert_eq!(ev.size, Some(18));
@@ -396,7 +497,10 @@ mod tests {
 
         std::fs::remove_file(&g).unwrap();
         let ev = next("delete");
-        assert_eq!((ev.op, ev.path.as_str(), ev.sha256), (FileOp::Delete, g.to_str().unwrap(), None));
+        assert_eq!(
+            (ev.op, ev.path.as_str(), ev.sha256),
+            (FileOp::Delete, g.to_str().unwrap(), None)
+        );
 
         stop.store(true, Ordering::Relaxed);
         handle.join().unwrap().unwrap();

@@ -189,8 +189,14 @@ mod tests {
         std::fs::write(&p, vec![7u8; 1000]).unwrap();
         assert!(matches!(sha256_file(&p, 999), Err(HashError::TooLarge { .. })));
         assert!(sha256_file(&p, 1000).is_ok());
-        assert!(matches!(sha256_file(dir.path(), 1000), Err(HashError::NotRegular { .. })));
-        assert!(matches!(sha256_file(&dir.path().join("nope"), 1000), Err(HashError::Io { .. })));
+        assert!(matches!(
+            sha256_file(dir.path(), 1000),
+            Err(HashError::NotRegular { .. })
+        ));
+        assert!(matches!(
+            sha256_file(&dir.path().join("nope"), 1000),
+            Err(HashError::Io { .. })
+        ));
         let mut r: &[u8] = &[1u8; 10];
         assert_eq!(sha256_reader(&mut r, 9).unwrap(), None);
     }

@@ -28,13 +28,19 @@ pub fn parse_os_release(content: &str) -> Option<String> {
 pub fn parse_utmp(bytes: &[u8]) -> Vec<String> {
     let mut users = BTreeSet::new();
     for rec in bytes.chunks_exact(UTMP_RECORD_BYTES) {
-        let ty = rec.get(UT_TYPE_AT..UT_TYPE_AT + 2).map(|b| i16::from_ne_bytes([b[0], b[1]]));
+        let ty = rec
+            .get(UT_TYPE_AT..UT_TYPE_AT + 2)
+            .map(|b| i16::from_ne_bytes([b[0], b[1]]));
         if ty != Some(USER_PROCESS) {
             continue;
         }
-        let Some(raw) = rec.get(UT_USER_AT..UT_USER_AT + UT_USER_LEN) else { continue };
+        let Some(raw) = rec.get(UT_USER_AT..UT_USER_AT + UT_USER_LEN) else {
+            continue;
+        };
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let name = String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).trim().to_string();
+        let name = String::from_utf8_lossy(raw.get(..end).unwrap_or_default())
+            .trim()
+            .to_string();
         if !name.is_empty() {
             users.insert(name);
         }
@@ -88,7 +94,9 @@ mod tests {
     fn utmp_record(ty: i16, user: &str) -> Vec<u8> {
         let mut r = vec![0u8; UTMP_RECORD_BYTES];
         r.get_mut(0..2).unwrap().copy_from_slice(&ty.to_ne_bytes());
-        r.get_mut(UT_USER_AT..UT_USER_AT + user.len()).unwrap().copy_from_slice(user.as_bytes());
+        r.get_mut(UT_USER_AT..UT_USER_AT + user.len())
+            .unwrap()
+            .copy_from_slice(user.as_bytes());
         r
     }
 

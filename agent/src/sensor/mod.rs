@@ -153,7 +153,10 @@ pub enum SensorError {
 
 impl SensorError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        SensorError::Io { context: context.into(), source }
+        SensorError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -192,7 +195,10 @@ impl SensorCtx {
     /// Sends an event, waiting while the channel is full. False when the sensor should stop.
     /// Must be called from a blocking thread, not from async code.
     pub fn emit(&self, data: EventData) -> bool {
-        let mut event = Event { observed_at_ms: now_ms(), data };
+        let mut event = Event {
+            observed_at_ms: now_ms(),
+            data,
+        };
         loop {
             match self.events.try_send(event) {
                 Ok(()) => return true,
@@ -208,13 +214,14 @@ impl SensorCtx {
         }
     }
 
-    /// Sends an event only if there is room now; gives the event back otherwise.
-    pub fn try_emit(&self, data: EventData) -> Result<(), EventData> {
+    /// Sends an event only if there is room now. False when it was not sent.
+    pub fn try_emit(&self, data: EventData) -> bool {
         self.events
-            .try_send(Event { observed_at_ms: now_ms(), data })
-            .map_err(|e| match e {
-                TrySendError::Full(ev) | TrySendError::Closed(ev) => ev.data,
+            .try_send(Event {
+                observed_at_ms: now_ms(),
+                data,
             })
+            .is_ok()
     }
 
     /// Reports a blind spot of this sensor (waits for room like [`SensorCtx::emit`]).
@@ -242,7 +249,10 @@ impl SensorCtx {
 
 /// A gap event.
 pub fn gap(sensor: &str, detail: impl Into<String>) -> EventData {
-    EventData::Gap(SensorGap { sensor: sensor.to_string(), detail: detail.into() })
+    EventData::Gap(SensorGap {
+        sensor: sensor.to_string(),
+        detail: detail.into(),
+    })
 }
 
 type Runner = Arc<dyn Fn(&SensorCtx) -> Result<(), SensorError> + Send + Sync>;
@@ -257,7 +267,10 @@ pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut 
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners: Vec<(&'static str, Runner)> = Vec::new();
-    let tracker = Arc::new(process::ProcessTracker::new(config.exe_hash_max_bytes, config.hash_cache_entries));
+    let tracker = Arc::new(process::ProcessTracker::new(
+        config.exe_hash_max_bytes,
+        config.hash_cache_entries,
+    ));
     if config.process_enabled {
         let (c, t) = (config.clone(), tracker.clone());
         runners.push(("process", Arc::new(move |ctx| process::run_poller(&c, &t, ctx))));
@@ -331,7 +344,15 @@ async fn supervise(runner: Runner, ctx: SensorCtx, config: Arc<SensorConfig>, mu
         let detail = format!("{why}; not observing until restart in {} ms", backoff.as_millis());
         tracing::error!(sensor = ctx.sensor(), %detail, "sensor stopped");
         let data = gap(ctx.sensor(), detail);
-        if ctx.events.send(Event { observed_at_ms: now_ms(), data }).await.is_err() {
+        if ctx
+            .events
+            .send(Event {
+                observed_at_ms: now_ms(),
+                data,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::select! {
@@ -360,7 +381,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = SensorCtx::new("boom", tx, stop.clone());
-        let config = Arc::new(SensorConfig { restart_backoff_min_ms: 10, ..SensorConfig::default() });
+        let config = Arc::new(SensorConfig {
+            restart_backoff_min_ms: 10,
+            ..SensorConfig::default()
+        });
         let (_stx, srx) = watch::channel(false);
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let r = runs.clone();
@@ -371,13 +395,22 @@ mod tests {
             Err(SensorError::Failed("second run fails".into()))
         });
         let task = tokio::spawn(supervise(runner, ctx, config, srx));
-        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(&first.data, EventData::Gap(g) if g.sensor == "boom" && g.detail.contains("panicked")));
-        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(&second.data, EventData::Gap(g) if g.detail.contains("second run fails")));
         stop.store(true, Ordering::Relaxed);
         drop(rx);
-        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -394,7 +427,10 @@ mod tests {
         let task = tokio::spawn(run_sensors(config, tx, srx));
         tokio::time::sleep(Duration::from_millis(300)).await;
         stx.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
         while rx.try_recv().is_ok() {}
     }
 }

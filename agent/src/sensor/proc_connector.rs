@@ -54,9 +54,18 @@ impl Connector {
     #[allow(unsafe_code)]
     pub fn open(recv_timeout: Duration) -> Result<Self, ConnectorError> {
         // SAFETY: socket() takes only integer arguments; the result is checked before use.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_CONNECTOR) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_CONNECTOR,
+            )
+        };
         if raw < 0 {
-            return Err(ConnectorError::Io { what: "socket", source: io::Error::last_os_error() });
+            return Err(ConnectorError::Io {
+                what: "socket",
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: `raw` is a valid, open descriptor just returned by socket() and owned by
         // nobody else; OwnedFd takes sole ownership and closes it exactly once.
@@ -81,7 +90,10 @@ impl Connector {
             return Err(if e.raw_os_error() == Some(libc::EPERM) {
                 ConnectorError::NoPrivilege(e)
             } else {
-                ConnectorError::Io { what: "bind", source: e }
+                ConnectorError::Io {
+                    what: "bind",
+                    source: e,
+                }
             });
         }
 
@@ -102,7 +114,10 @@ impl Connector {
             return Err(if e.raw_os_error() == Some(libc::EPERM) {
                 ConnectorError::NoPrivilege(e)
             } else {
-                ConnectorError::Io { what: "send listen", source: e }
+                ConnectorError::Io {
+                    what: "send listen",
+                    source: e,
+                }
             });
         }
         Ok(Connector { fd })
@@ -142,7 +157,10 @@ fn set_opt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T, what: &'static str) -> 
         )
     };
     if rc < 0 {
-        return Err(ConnectorError::Io { what, source: io::Error::last_os_error() });
+        return Err(ConnectorError::Io {
+            what,
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -179,7 +197,9 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
 pub fn parse_datagram(mut b: &[u8]) -> Vec<ConnectorMsg> {
     let mut out = Vec::new();
     while b.len() >= NLMSG_HDRLEN {
-        let Some(len) = u32_at(b, 0).map(|l| l as usize) else { break };
+        let Some(len) = u32_at(b, 0).map(|l| l as usize) else {
+            break;
+        };
         let ty = u16_at(b, 4).unwrap_or(0);
         if len < NLMSG_HDRLEN || len > b.len() {
             break;
@@ -235,9 +255,12 @@ pub fn run(tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError>
                 Ok(Some(ev)) => ev,
                 Ok(None) => continue,
                 // Gone before we could read it: report what the kernel told us.
-                Err(_) => ProcessEvent { pid, ..ProcessEvent::default() },
+                Err(_) => ProcessEvent {
+                    pid,
+                    ..ProcessEvent::default()
+                },
             };
-            if ctx.try_emit(EventData::Process(ev)).is_err() {
+            if !ctx.try_emit(EventData::Process(ev)) {
                 dropped += 1;
             }
         }
@@ -246,13 +269,16 @@ pub fn run(tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError>
                 ctx.sensor(),
                 format!("kernel dropped process connector messages ({kernel_overflows} overflows): exec events lost"),
             );
-            if ctx.try_emit(g).is_ok() {
+            if ctx.try_emit(g) {
                 kernel_overflows = 0;
             }
         }
         if dropped > 0 {
-            let g = super::gap(ctx.sensor(), format!("events channel full: {dropped} process events dropped"));
-            if ctx.try_emit(g).is_ok() {
+            let g = super::gap(
+                ctx.sensor(),
+                format!("events channel full: {dropped} process events dropped"),
+            );
+            if ctx.try_emit(g) {
                 dropped = 0;
             }
         }
@@ -298,7 +324,11 @@ mod tests {
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|v| v.split_whitespace().nth(1) == Some("0")))
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .map(|v| v.split_whitespace().nth(1) == Some("0"))
+            })
             .unwrap_or(false)
     }
 

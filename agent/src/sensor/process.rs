@@ -47,7 +47,10 @@ fn proc_path(root: &Path, pid: u32, file: &str) -> PathBuf {
 }
 
 fn read_string(path: &Path) -> Result<String, ProcError> {
-    fs::read_to_string(path).map_err(|source| ProcError::Io { path: path.display().to_string(), source })
+    fs::read_to_string(path).map_err(|source| ProcError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Parses the content of /proc/PID/stat: ppid and start time in clock ticks since boot.
@@ -78,7 +81,10 @@ fn boot_clock() -> BootClock {
                     .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))
             })
             .unwrap_or(0);
-        BootClock { boot_ms: boot_s.saturating_mul(1000), ticks_per_s: clock_ticks_per_second() }
+        BootClock {
+            boot_ms: boot_s.saturating_mul(1000),
+            ticks_per_s: clock_ticks_per_second(),
+        }
     })
 }
 
@@ -94,10 +100,18 @@ fn clock_ticks_per_second() -> u64 {
 pub fn read_stat(root: &Path, pid: u32) -> Result<ProcStat, ProcError> {
     let path = proc_path(root, pid, "stat");
     let content = read_string(&path)?;
-    let (ppid, ticks) = parse_stat(&content).ok_or(ProcError::Malformed { path: path.display().to_string() })?;
+    let (ppid, ticks) = parse_stat(&content).ok_or(ProcError::Malformed {
+        path: path.display().to_string(),
+    })?;
     let clock = boot_clock();
-    let start_time_ms = clock.boot_ms.saturating_add(ticks.saturating_mul(1000) / clock.ticks_per_s.max(1));
-    Ok(ProcStat { pid, ppid, start_time_ms })
+    let start_time_ms = clock
+        .boot_ms
+        .saturating_add(ticks.saturating_mul(1000) / clock.ticks_per_s.max(1));
+    Ok(ProcStat {
+        pid,
+        ppid,
+        start_time_ms,
+    })
 }
 
 /// The executable of a process and whether it was deleted from disk.
@@ -127,7 +141,10 @@ pub fn read_cmdline(root: &Path, pid: u32) -> String {
 
 fn read_uid(root: &Path, pid: u32) -> Option<u32> {
     let status = fs::read_to_string(proc_path(root, pid, "status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// User names by uid, from /etc/passwd, reloaded when the file changes.
@@ -155,7 +172,9 @@ impl UserNames {
             return;
         }
         self.loaded_mtime = mtime;
-        self.names = fs::read_to_string("/etc/passwd").map(|s| parse_passwd(&s)).unwrap_or_default();
+        self.names = fs::read_to_string("/etc/passwd")
+            .map(|s| parse_passwd(&s))
+            .unwrap_or_default();
     }
 }
 
@@ -212,13 +231,22 @@ impl ProcessTracker {
             return false;
         };
         let (exe, _) = read_exe(&self.proc_root, pid);
-        lock(&self.seen).insert(pid, Seen { start_time_ms: stat.start_time_ms, exe, at: Instant::now() });
+        lock(&self.seen).insert(
+            pid,
+            Seen {
+                start_time_ms: stat.start_time_ms,
+                exe,
+                at: Instant::now(),
+            },
+        );
         true
     }
 
     /// True when this pid with this start time (Unix seconds, as sysinfo gives it) is known.
     fn knows(&self, pid: u32, start_s: u64) -> bool {
-        lock(&self.seen).get(&pid).is_some_and(|s| (s.start_time_ms / 1000).abs_diff(start_s) <= 1)
+        lock(&self.seen)
+            .get(&pid)
+            .is_some_and(|s| (s.start_time_ms / 1000).abs_diff(start_s) <= 1)
     }
 
     /// Reads a process and returns its event unless it was already reported.
@@ -236,15 +264,31 @@ impl ProcessTracker {
             {
                 return Ok(None);
             }
-            seen.insert(pid, Seen { start_time_ms: stat.start_time_ms, exe: exe.clone(), at: Instant::now() });
+            seen.insert(
+                pid,
+                Seen {
+                    start_time_ms: stat.start_time_ms,
+                    exe: exe.clone(),
+                    at: Instant::now(),
+                },
+            );
         }
         let cmdline = read_cmdline(root, pid);
-        let cwd = fs::read_link(proc_path(root, pid, "cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let cwd = fs::read_link(proc_path(root, pid, "cwd"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let uid = read_uid(root, pid);
         let user = uid.map(|u| lock(&self.users).name(u)).unwrap_or_default();
-        let sha256 = if exe.is_empty() { None } else { lock(&self.hashes).hash(&proc_path(root, pid, "exe")).ok() };
-        let (parent_exe, parent_cmdline) =
-            if stat.ppid == 0 { (String::new(), String::new()) } else { (read_exe(root, stat.ppid).0, read_cmdline(root, stat.ppid)) };
+        let sha256 = if exe.is_empty() {
+            None
+        } else {
+            lock(&self.hashes).hash(&proc_path(root, pid, "exe")).ok()
+        };
+        let (parent_exe, parent_cmdline) = if stat.ppid == 0 {
+            (String::new(), String::new())
+        } else {
+            (read_exe(root, stat.ppid).0, read_cmdline(root, stat.ppid))
+        };
         Ok(Some(ProcessEvent {
             pid,
             ppid: stat.ppid,
@@ -311,13 +355,10 @@ pub fn run_poller(config: &SensorConfig, tracker: &ProcessTracker, ctx: &SensorC
             if p.thread_kind().is_some() || tracker.knows(pid, p.start_time()) {
                 continue;
             }
-            match tracker.observe(pid) {
-                Ok(Some(ev)) => {
-                    if !ctx.emit(EventData::Process(ev)) {
-                        return Ok(());
-                    }
-                }
-                Ok(None) | Err(_) => {}
+            if let Ok(Some(ev)) = tracker.observe(pid)
+                && !ctx.emit(EventData::Process(ev))
+            {
+                return Ok(());
             }
         }
         let procs = system.processes();
@@ -385,7 +426,11 @@ mod tests {
         // Wait for the baseline gap before starting the child.
         let first = rx.blocking_recv().unwrap();
         assert!(matches!(first.data, EventData::Gap(ref g) if g.detail.contains("baseline")));
-        let mut child = std::process::Command::new("sleep").arg("2").current_dir("/tmp").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("2")
+            .current_dir("/tmp")
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut found = None;
         while Instant::now() < deadline && found.is_none() {

@@ -71,7 +71,10 @@ impl Tailer {
     }
 
     fn err(&self, source: io::Error) -> TailError {
-        TailError::Io { path: self.path.display().to_string(), source }
+        TailError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     fn open(&mut self, at_end: bool) -> Result<bool, TailError> {
@@ -82,7 +85,11 @@ impl Tailer {
         };
         let meta = f.metadata().map_err(|e| self.err(e))?;
         self.id = (meta.dev(), meta.ino());
-        self.pos = if at_end { f.seek(SeekFrom::End(0)).map_err(|e| self.err(e))? } else { 0 };
+        self.pos = if at_end {
+            f.seek(SeekFrom::End(0)).map_err(|e| self.err(e))?
+        } else {
+            0
+        };
         self.partial.clear();
         self.skipping_long_line = false;
         self.file = Some(f);
@@ -191,6 +198,66 @@ impl Tailer {
     }
 }
 
+/// Follows the first existing file among `candidates` until the sensor stops, calling
+/// `handle(lines)` after every poll (with no lines when nothing new was written, so a caller
+/// can act on time passing). `handle` returns false to stop.
+///
+/// Reports as gaps: no candidate exists (once, until one appears), the file is unreadable
+/// (once per streak of failures). Neither ends the sensor.
+pub fn follow(
+    ctx: &super::SensorCtx,
+    candidates: &[String],
+    interval: std::time::Duration,
+    mut handle: impl FnMut(Vec<String>) -> bool,
+) -> Result<(), super::SensorError> {
+    let mut reported_missing = false;
+    let path = loop {
+        if let Some(p) = candidates.iter().find(|p| Path::new(p).exists()) {
+            break p.clone();
+        }
+        if !reported_missing {
+            reported_missing = true;
+            if !ctx.gap(format!(
+                "no log file found among {candidates:?}: not observed until one appears"
+            )) {
+                return Ok(());
+            }
+        }
+        if !ctx.sleep(interval.max(std::time::Duration::from_secs(5))) {
+            return Ok(());
+        }
+    };
+    let mut tailer = Tailer::new(
+        &path,
+        if reported_missing {
+            StartAt::Beginning
+        } else {
+            StartAt::End
+        },
+    );
+    let mut failing = false;
+    loop {
+        let mut lines = Vec::new();
+        match tailer.poll(&mut lines) {
+            Ok(_) => failing = false,
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    if !ctx.gap(format!("{e}: lines are not observed until it is readable again")) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !handle(lines) {
+            return Ok(());
+        }
+        if !ctx.sleep(interval) {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -256,56 +323,5 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v.first().unwrap().len(), MAX_LINE_BYTES);
         assert_eq!(v.get(1).unwrap(), "short");
-    }
-}
-
-/// Follows the first existing file among `candidates` until the sensor stops, calling
-/// `handle(lines)` after every poll (with no lines when nothing new was written, so a caller
-/// can act on time passing). `handle` returns false to stop.
-///
-/// Reports as gaps: no candidate exists (once, until one appears), the file is unreadable
-/// (once per streak of failures). Neither ends the sensor.
-pub fn follow(
-    ctx: &super::SensorCtx,
-    candidates: &[String],
-    interval: std::time::Duration,
-    mut handle: impl FnMut(Vec<String>) -> bool,
-) -> Result<(), super::SensorError> {
-    let mut reported_missing = false;
-    let path = loop {
-        if let Some(p) = candidates.iter().find(|p| Path::new(p).exists()) {
-            break p.clone();
-        }
-        if !reported_missing {
-            reported_missing = true;
-            if !ctx.gap(format!("no log file found among {candidates:?}: not observed until one appears")) {
-                return Ok(());
-            }
-        }
-        if !ctx.sleep(interval.max(std::time::Duration::from_secs(5))) {
-            return Ok(());
-        }
-    };
-    let mut tailer = Tailer::new(&path, if reported_missing { StartAt::Beginning } else { StartAt::End });
-    let mut failing = false;
-    loop {
-        let mut lines = Vec::new();
-        match tailer.poll(&mut lines) {
-            Ok(_) => failing = false,
-            Err(e) => {
-                if !failing {
-                    failing = true;
-                    if !ctx.gap(format!("{e}: lines are not observed until it is readable again")) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if !handle(lines) {
-            return Ok(());
-        }
-        if !ctx.sleep(interval) {
-            return Ok(());
-        }
     }
 }
