@@ -1,1 +1,436 @@
-//! Sensors: processes, files, authentication, audit, inventory.
+//! Sensors: processes, files, authentication, audit, inventory; their config and their supervisor.
+//!
+//! Sensors observe and report, nothing else: they must not evaluate rules, block the agent
+//! when one of them fails, or stay silent about what they could not see (that is a
+//! [`SensorGap`](crate::event::SensorGap) event).
+//!
+//! # Tasks and the events channel
+//!
+//! [`run_sensors`] starts each enabled sensor on its own blocking thread (tokio's
+//! `spawn_blocking`) under a supervisor task. A sensor that returns an error or panics is
+//! reported as a gap and restarted after a back-off that doubles from
+//! `restart_backoff_min_ms` to `restart_backoff_max_ms` (reset once a run lasted a minute).
+//!
+//! The events channel is bounded. When it is full:
+//! - the process poller, file, auth and audit sensors wait for room (back-pressure: the
+//!   poller's next poll is late, the tailers' read position simply stays behind, inotify
+//!   queues in the kernel and a kernel queue overflow is reported as a gap);
+//! - the netlink process connector does not wait (the kernel would drop its messages
+//!   instead): it counts what it dropped and reports the count as a gap once there is room.
+//!
+//! Every wait checks the stop flag, so shutdown never hangs on a full channel.
+
+pub mod audit;
+pub mod auth;
+pub mod file;
+pub mod hash;
+pub mod inventory;
+pub mod proc_connector;
+pub mod process;
+pub mod tail;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
+
+use crate::event::{Event, EventData, SensorGap};
+
+/// Sensor settings. Every field has a default (shown in its doc); unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Report new processes by polling /proc. Default: true.
+    pub process_enabled: bool,
+    /// How often to poll /proc for new processes, milliseconds. Default: 1000.
+    pub process_poll_interval_ms: u64,
+    /// Also subscribe to the kernel's netlink process connector (needs root or
+    /// CAP_NET_ADMIN; without it the poller alone runs and a gap says so). Default: true.
+    pub process_connector_enabled: bool,
+    /// Largest executable to hash, bytes. Default: 67108864 (64 MiB).
+    pub exe_hash_max_bytes: u64,
+    /// Hashes to remember per sensor, entries (about 80 bytes each). Default: 4096.
+    pub hash_cache_entries: usize,
+    /// Watch files in `file_watch_paths`. Default: true.
+    pub file_enabled: bool,
+    /// Paths to watch recursively; a `*` path component is expanded (e.g. `/home/*/.ssh`).
+    /// Missing paths are skipped and looked for again every `file_missing_recheck_ms`.
+    /// Default: /etc, /root/.ssh, /home/*/.ssh, /tmp, /var/tmp, /dev/shm, /var/spool/cron,
+    /// /lib/systemd/system, /usr/lib/systemd/system, /root/.config/systemd/user,
+    /// /home/*/.config/systemd/user (/etc covers /etc/cron.* and /etc/systemd/system).
+    pub file_watch_paths: Vec<String>,
+    /// Largest file to hash, bytes. Default: 33554432 (32 MiB).
+    pub file_hash_max_bytes: u64,
+    /// A modified file is reported once writes to it have paused this long, milliseconds.
+    /// Default: 75.
+    pub file_settle_ms: u64,
+    /// A created or modified file is reported at the latest this long after its first event,
+    /// even if writes continue, milliseconds. Default: 200.
+    pub file_max_delay_ms: u64,
+    /// How often to look again for watch paths that did not exist, milliseconds. Default: 30000.
+    pub file_missing_recheck_ms: u64,
+    /// Tail the authentication log. Default: true.
+    pub auth_enabled: bool,
+    /// Candidate auth logs; the first that exists is tailed.
+    /// Default: /var/log/auth.log, /var/log/secure.
+    pub auth_log_paths: Vec<String>,
+    /// Tail the Linux audit log. Default: true.
+    pub audit_enabled: bool,
+    /// The audit log. Default: /var/log/audit/audit.log.
+    pub audit_log_path: String,
+    /// An audit event without its EOE record is complete once a newer serial has been seen
+    /// for this long, or it has waited twice this long, milliseconds. Default: 1000.
+    pub audit_event_timeout_ms: u64,
+    /// Audit events being reassembled at once; beyond it the oldest is completed. Default: 256.
+    pub audit_max_in_flight_events: usize,
+    /// How often the log tailers look for new lines, milliseconds. Default: 250.
+    pub log_poll_interval_ms: u64,
+    /// First restart delay of a failed sensor, milliseconds. Default: 1000.
+    pub restart_backoff_min_ms: u64,
+    /// Longest restart delay of a failed sensor, milliseconds. Default: 60000.
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            process_enabled: true,
+            process_poll_interval_ms: 1000,
+            process_connector_enabled: true,
+            exe_hash_max_bytes: 64 * 1024 * 1024,
+            hash_cache_entries: 4096,
+            file_enabled: true,
+            file_watch_paths: [
+                "/etc",
+                "/root/.ssh",
+                "/home/*/.ssh",
+                "/tmp",
+                "/var/tmp",
+                "/dev/shm",
+                "/var/spool/cron",
+                "/lib/systemd/system",
+                "/usr/lib/systemd/system",
+                "/root/.config/systemd/user",
+                "/home/*/.config/systemd/user",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            file_hash_max_bytes: 32 * 1024 * 1024,
+            file_settle_ms: 75,
+            file_max_delay_ms: 200,
+            file_missing_recheck_ms: 30_000,
+            auth_enabled: true,
+            auth_log_paths: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
+            audit_enabled: true,
+            audit_log_path: "/var/log/audit/audit.log".into(),
+            audit_event_timeout_ms: 1000,
+            audit_max_in_flight_events: 256,
+            log_poll_interval_ms: 250,
+            restart_backoff_min_ms: 1000,
+            restart_backoff_max_ms: 60_000,
+        }
+    }
+}
+
+/// Why a sensor stopped working (it is then reported and restarted).
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file watcher: {0}")]
+    Notify(#[from] notify::Error),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SensorError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SensorError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Unix time now, milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a sensor thread uses to report: the events channel, its name and the stop flag.
+#[derive(Debug, Clone)]
+pub struct SensorCtx {
+    events: mpsc::Sender<Event>,
+    stop: Arc<AtomicBool>,
+    sensor: &'static str,
+}
+
+impl SensorCtx {
+    /// A context for the sensor named `sensor`.
+    pub fn new(sensor: &'static str, events: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> Self {
+        SensorCtx { events, stop, sensor }
+    }
+
+    /// The sensor's name, as used in its gaps.
+    pub fn sensor(&self) -> &'static str {
+        self.sensor
+    }
+
+    /// True once the sensor should end: shutdown, or nobody receives events any more.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+
+    /// Sends an event, waiting while the channel is full. False when the sensor should stop.
+    /// Must be called from a blocking thread, not from async code.
+    pub fn emit(&self, data: EventData) -> bool {
+        let mut event = Event {
+            observed_at_ms: now_ms(),
+            data,
+        };
+        loop {
+            match self.events.try_send(event) {
+                Ok(()) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    event = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Sends an event only if there is room now. False when it was not sent.
+    pub fn try_emit(&self, data: EventData) -> bool {
+        self.events
+            .try_send(Event {
+                observed_at_ms: now_ms(),
+                data,
+            })
+            .is_ok()
+    }
+
+    /// Reports a blind spot of this sensor (waits for room like [`SensorCtx::emit`]).
+    pub fn gap(&self, detail: impl Into<String>) -> bool {
+        let detail = detail.into();
+        tracing::warn!(sensor = self.sensor, %detail, "sensor gap");
+        self.emit(gap(self.sensor, detail))
+    }
+
+    /// Sleeps up to `d`, waking early when the sensor should stop. False when it should stop.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.stopped() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return true;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// A gap event.
+pub fn gap(sensor: &str, detail: impl Into<String>) -> EventData {
+    EventData::Gap(SensorGap {
+        sensor: sensor.to_string(),
+        detail: detail.into(),
+    })
+}
+
+type Runner = Arc<dyn Fn(&SensorCtx) -> Result<(), SensorError> + Send + Sync>;
+
+/// Runs every enabled sensor until `shutdown` becomes true (or its sender is dropped).
+///
+/// Each sensor runs on a blocking thread under a supervisor: errors and panics become gaps
+/// and the sensor is restarted with back-off. A sensor that ends by itself (for example the
+/// netlink connector without privilege, after reporting so) is not restarted. Returns once
+/// every sensor thread has ended.
+pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut shutdown: watch::Receiver<bool>) {
+    let config = Arc::new(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut runners: Vec<(&'static str, Runner)> = Vec::new();
+    let tracker = Arc::new(process::ProcessTracker::new(
+        config.exe_hash_max_bytes,
+        config.hash_cache_entries,
+    ));
+    if config.process_enabled {
+        let (c, t) = (config.clone(), tracker.clone());
+        runners.push(("process", Arc::new(move |ctx| process::run_poller(&c, &t, ctx))));
+        if config.process_connector_enabled {
+            let t = tracker.clone();
+            runners.push(("process_connector", Arc::new(move |ctx| proc_connector::run(&t, ctx))));
+        }
+    }
+    if config.file_enabled {
+        let c = config.clone();
+        runners.push(("file", Arc::new(move |ctx| file::run(&c, ctx))));
+    }
+    if config.auth_enabled {
+        let c = config.clone();
+        runners.push(("auth", Arc::new(move |ctx| auth::run(&c, ctx))));
+    }
+    if config.audit_enabled {
+        let c = config.clone();
+        runners.push(("audit", Arc::new(move |ctx| audit::run(&c, ctx))));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, runner) in runners {
+        let ctx = SensorCtx::new(name, events.clone(), stop.clone());
+        tasks.spawn(supervise(runner, ctx, config.clone(), shutdown.clone()));
+    }
+    drop(events);
+    wait_for_shutdown(&mut shutdown).await;
+    stop.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn wait_for_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn supervise(runner: Runner, ctx: SensorCtx, config: Arc<SensorConfig>, mut shutdown: watch::Receiver<bool>) {
+    let min = Duration::from_millis(config.restart_backoff_min_ms.max(1));
+    let max = Duration::from_millis(config.restart_backoff_max_ms).max(min);
+    let mut backoff = min;
+    loop {
+        let started = Instant::now();
+        let (r, c) = (runner.clone(), ctx.clone());
+        let result = tokio::task::spawn_blocking(move || r(&c)).await;
+        if ctx.stopped() {
+            return;
+        }
+        let why = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("sensor failed: {e}"),
+            Err(join) if join.is_panic() => {
+                let payload = join.into_panic();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                format!("sensor panicked: {msg}")
+            }
+            Err(_) => return,
+        };
+        if started.elapsed() >= Duration::from_secs(60) {
+            backoff = min;
+        }
+        let detail = format!("{why}; not observing until restart in {} ms", backoff.as_millis());
+        tracing::error!(sensor = ctx.sensor(), %detail, "sensor stopped");
+        let data = gap(ctx.sensor(), detail);
+        if ctx
+            .events
+            .send(Event {
+                observed_at_ms: now_ms(),
+                data,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = wait_for_shutdown(&mut shutdown) => return,
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: SensorConfig = toml::from_str("process_poll_interval_ms = 500").unwrap();
+        assert_eq!(c.process_poll_interval_ms, 500);
+        assert_eq!(c.file_hash_max_bytes, 32 * 1024 * 1024);
+        assert!(toml::from_str::<SensorConfig>("poll = 1").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sensor_is_reported_and_restarted() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = SensorCtx::new("boom", tx, stop.clone());
+        let config = Arc::new(SensorConfig {
+            restart_backoff_min_ms: 10,
+            ..SensorConfig::default()
+        });
+        let (_stx, srx) = watch::channel(false);
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = runs.clone();
+        let runner: Runner = Arc::new(move |_ctx| {
+            if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("first run fails");
+            }
+            Err(SensorError::Failed("second run fails".into()))
+        });
+        let task = tokio::spawn(supervise(runner, ctx, config, srx));
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&first.data, EventData::Gap(g) if g.sensor == "boom" && g.detail.contains("panicked")));
+        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(&second.data, EventData::Gap(g) if g.detail.contains("second run fails")));
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_sensors_ends_on_shutdown() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (stx, srx) = watch::channel(false);
+        let dir = tempfile::tempdir().unwrap();
+        let config = SensorConfig {
+            file_watch_paths: vec![dir.path().display().to_string()],
+            auth_log_paths: vec![dir.path().join("auth.log").display().to_string()],
+            audit_log_path: dir.path().join("audit.log").display().to_string(),
+            ..SensorConfig::default()
+        };
+        let task = tokio::spawn(run_sensors(config, tx, srx));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        while rx.try_recv().is_ok() {}
+    }
+}

@@ -1,0 +1,508 @@
+//! File changes in watched paths (inotify through notify): create, modify, rename, delete, chmod.
+//!
+//! Bursts of writes to one file are coalesced: a file is reported (and hashed once) when its
+//! writes pause for `file_settle_ms`, when it is closed after writing, or at the latest
+//! `file_max_delay_ms` after its first event. Renames, deletes and permission changes are
+//! reported at once. A file moved out of the watched paths is reported as deleted, one moved
+//! in as created. Must not follow a file's content beyond the hash limit, block on a slow
+//! consumer forever (it checks the stop flag), or hide what it cannot watch: an exhausted
+//! watch limit, an unreadable path and a kernel queue overflow are gaps.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+
+use super::hash::HashCache;
+use super::{SensorConfig, SensorCtx, SensorError};
+use crate::event::{EventData, FileEvent, FileOp};
+
+/// Expands `*` path components (one directory level each) of an absolute pattern.
+/// Paths that do not exist are left out.
+pub fn expand(pattern: &str) -> Vec<PathBuf> {
+    let mut acc = vec![PathBuf::from("/")];
+    for comp in Path::new(pattern).components().skip(1) {
+        let comp = comp.as_os_str().to_string_lossy();
+        let mut next = Vec::new();
+        for base in acc {
+            if comp == "*" {
+                if let Ok(rd) = std::fs::read_dir(&base) {
+                    let mut found: Vec<PathBuf> = rd
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir())
+                        .collect();
+                    found.sort();
+                    next.extend(found);
+                }
+            } else {
+                next.push(base.join(comp.as_ref()));
+            }
+        }
+        acc = next;
+    }
+    acc.into_iter().filter(|p| p.exists()).collect()
+}
+
+/// A change ready to be reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub op: FileOp,
+    pub path: PathBuf,
+    pub from_path: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    op: FileOp,
+    first: Instant,
+    last: Instant,
+}
+
+/// Turns notify events into [`Ready`] changes, coalescing writes. Pure: time is passed in.
+#[derive(Debug)]
+pub struct Coalescer {
+    settle: Duration,
+    max_delay: Duration,
+    writes: HashMap<PathBuf, PendingWrite>,
+    moved_from: HashMap<usize, (PathBuf, Instant)>,
+    moved_to: HashMap<usize, (PathBuf, Instant)>,
+}
+
+impl Coalescer {
+    pub fn new(settle: Duration, max_delay: Duration) -> Self {
+        Coalescer {
+            settle,
+            max_delay,
+            writes: HashMap::new(),
+            moved_from: HashMap::new(),
+            moved_to: HashMap::new(),
+        }
+    }
+
+    fn flush_path(&mut self, path: &Path, out: &mut Vec<Ready>) {
+        if let Some(p) = self.writes.remove(path) {
+            out.push(Ready {
+                op: p.op,
+                path: path.to_path_buf(),
+                from_path: None,
+            });
+        }
+    }
+
+    /// Takes one notify event; returns what is ready at once.
+    pub fn on_event(&mut self, ev: &notify::Event, now: Instant) -> Vec<Ready> {
+        let mut out = Vec::new();
+        let first = ev.paths.first().cloned();
+        match ev.kind {
+            EventKind::Create(_) => {
+                if let Some(p) = first {
+                    self.writes.insert(
+                        p,
+                        PendingWrite {
+                            op: FileOp::Create,
+                            first: now,
+                            last: now,
+                        },
+                    );
+                }
+            }
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => {
+                if let Some(p) = first {
+                    self.writes
+                        .entry(p)
+                        .and_modify(|w| w.last = now)
+                        .or_insert(PendingWrite {
+                            op: FileOp::Modify,
+                            first: now,
+                            last: now,
+                        });
+                }
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                if let Some(p) = first {
+                    self.flush_path(&p, &mut out);
+                }
+            }
+            EventKind::Modify(ModifyKind::Metadata(
+                MetadataKind::Any | MetadataKind::Permissions | MetadataKind::Ownership,
+            )) => {
+                // A file still being created is reported with its final mode anyway.
+                if let Some(p) = first
+                    && !self.writes.get(&p).is_some_and(|w| w.op == FileOp::Create)
+                {
+                    out.push(Ready {
+                        op: FileOp::Chmod,
+                        path: p,
+                        from_path: None,
+                    });
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                if let (Some(from), Some(to)) = (ev.paths.first(), ev.paths.get(1)) {
+                    if let Some(t) = ev.attrs.tracker() {
+                        self.moved_from.remove(&t);
+                        self.moved_to.remove(&t);
+                    }
+                    self.flush_path(from, &mut out);
+                    out.push(Ready {
+                        op: FileOp::Rename,
+                        path: to.clone(),
+                        from_path: Some(from.clone()),
+                    });
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => match (first, ev.attrs.tracker()) {
+                (Some(p), Some(t)) => {
+                    self.moved_from.insert(t, (p, now));
+                }
+                // MOVE_SELF of a watched root: it left its place.
+                (Some(p), None) => out.push(Ready {
+                    op: FileOp::Delete,
+                    path: p,
+                    from_path: None,
+                }),
+                _ => {}
+            },
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                if let (Some(p), Some(t)) = (first, ev.attrs.tracker()) {
+                    self.moved_to.insert(t, (p, now));
+                }
+            }
+            EventKind::Remove(_) => {
+                if let Some(p) = first {
+                    self.flush_path(&p, &mut out);
+                    out.push(Ready {
+                        op: FileOp::Delete,
+                        path: p,
+                        from_path: None,
+                    });
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// What has waited long enough.
+    pub fn due(&mut self, now: Instant) -> Vec<Ready> {
+        let mut out = Vec::new();
+        let (settle, max_delay) = (self.settle, self.max_delay);
+        let mut ready: Vec<(PathBuf, FileOp, Instant)> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last) >= settle || now.duration_since(w.first) >= max_delay)
+            .map(|(p, w)| (p.clone(), w.op, w.first))
+            .collect();
+        ready.sort_by_key(|(_, _, first)| *first);
+        for (p, op, _) in ready {
+            self.writes.remove(&p);
+            out.push(Ready {
+                op,
+                path: p,
+                from_path: None,
+            });
+        }
+        // Half a rename whose other half never came: moved out of, or into, the watched paths.
+        let expired = |m: &mut HashMap<usize, (PathBuf, Instant)>| {
+            let keys: Vec<usize> = m
+                .iter()
+                .filter(|(_, (_, t))| now.duration_since(*t) >= settle)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| m.remove(&k))
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
+        };
+        for p in expired(&mut self.moved_from) {
+            out.push(Ready {
+                op: FileOp::Delete,
+                path: p,
+                from_path: None,
+            });
+        }
+        for p in expired(&mut self.moved_to) {
+            out.push(Ready {
+                op: FileOp::Create,
+                path: p,
+                from_path: None,
+            });
+        }
+        out
+    }
+}
+
+/// Builds the event for a ready change: mode, owner, size and (regular files under the limit)
+/// SHA-256. A file already gone is reported without them.
+pub fn describe(ready: Ready, hashes: &mut HashCache) -> FileEvent {
+    let meta = std::fs::symlink_metadata(&ready.path).ok();
+    let is_file = meta.as_ref().is_some_and(|m| m.is_file());
+    let sha256 = if is_file && ready.op != FileOp::Delete {
+        hashes.hash(&ready.path).ok()
+    } else {
+        None
+    };
+    let meta = meta.filter(|_| ready.op != FileOp::Delete);
+    FileEvent {
+        op: ready.op,
+        path: ready.path.to_string_lossy().into_owned(),
+        from_path: ready.from_path.map(|p| p.to_string_lossy().into_owned()),
+        sha256,
+        size: meta.as_ref().filter(|_| is_file).map(|m| m.size()),
+        mode: meta.as_ref().map(|m| m.mode() & 0o7777),
+        uid: meta.as_ref().map(|m| m.uid()),
+    }
+}
+
+fn watch_error_gap(path: &Path, e: &notify::Error) -> String {
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => format!(
+            "inotify watch limit reached while watching {} (raise fs.inotify.max_user_watches): changes there are not seen",
+            path.display()
+        ),
+        _ => format!("cannot watch {}: {e}: changes there are not seen", path.display()),
+    }
+}
+
+/// Watches the configured paths until the sensor stops.
+pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
+    let mut hashes = HashCache::new(config.hash_cache_entries, config.file_hash_max_bytes);
+    let mut coalescer = Coalescer::new(
+        Duration::from_millis(config.file_settle_ms),
+        Duration::from_millis(config.file_max_delay_ms),
+    );
+    let mut watched: HashSet<PathBuf> = HashSet::new();
+    let mut failed: HashSet<PathBuf> = HashSet::new();
+    let recheck = Duration::from_millis(config.file_missing_recheck_ms.max(1000));
+    let mut last_check: Option<Instant> = None;
+    let tick = Duration::from_millis((config.file_settle_ms / 3).clamp(5, 50));
+    loop {
+        if ctx.stopped() {
+            return Ok(());
+        }
+        if last_check.is_none_or(|t| t.elapsed() >= recheck) {
+            last_check = Some(Instant::now());
+            for pattern in &config.file_watch_paths {
+                for path in expand(pattern) {
+                    if watched.contains(&path) || failed.contains(&path) {
+                        continue;
+                    }
+                    match watcher.watch(&path, RecursiveMode::Recursive) {
+                        Ok(()) => {
+                            watched.insert(path);
+                        }
+                        Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
+                        Err(e) => {
+                            let detail = watch_error_gap(&path, &e);
+                            failed.insert(path);
+                            if !ctx.gap(detail) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut ready = Vec::new();
+        let mut next = rx.recv_timeout(tick);
+        loop {
+            let now = Instant::now();
+            match next {
+                Ok(Ok(ev)) => {
+                    if ev.need_rescan() {
+                        let detail = "inotify queue overflowed: some file changes were lost";
+                        if !ctx.gap(detail) {
+                            return Ok(());
+                        }
+                    }
+                    ready.extend(coalescer.on_event(&ev, now));
+                }
+                Ok(Err(e)) => {
+                    let path = e.paths.first().cloned().unwrap_or_default();
+                    if !ctx.gap(watch_error_gap(&path, &e)) {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(SensorError::Failed("file watcher thread ended".into()));
+                }
+            }
+            if ready.len() >= 1024 {
+                break;
+            }
+            next = rx.try_recv().map_err(|e| match e {
+                mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+                mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+            });
+        }
+        ready.extend(coalescer.due(Instant::now()));
+        for r in ready {
+            if !ctx.emit(EventData::File(describe(r, &mut hashes))) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    #[test]
+    fn expands_star_components() {
+        let dir = tempfile::tempdir().unwrap();
+        for u in ["alice", "bob"] {
+            std::fs::create_dir_all(dir.path().join(u).join(".ssh")).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("carol")).unwrap();
+        let got = expand(&format!("{}/*/.ssh", dir.path().display()));
+        assert_eq!(got, vec![dir.path().join("alice/.ssh"), dir.path().join("bob/.ssh")]);
+        assert!(expand("/definitely/not/here").is_empty());
+    }
+
+    #[test]
+    fn coalesces_writes_but_never_delays_beyond_the_limit() {
+        let mut c = Coalescer::new(Duration::from_millis(75), Duration::from_millis(200));
+        let t0 = Instant::now();
+        let p = PathBuf::from("/x/f");
+        let ev = |k| notify::Event::new(k).add_path(p.clone());
+        assert!(
+            c.on_event(&ev(EventKind::Create(notify::event::CreateKind::File)), t0)
+                .is_empty()
+        );
+        for i in 1..10 {
+            let at = t0 + Duration::from_millis(i * 20);
+            assert!(
+                c.on_event(
+                    &ev(EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any))),
+                    at
+                )
+                .is_empty()
+            );
+            if i * 20 < 200 {
+                assert!(c.due(at).is_empty(), "reported too early at {i}");
+            }
+        }
+        let due = c.due(t0 + Duration::from_millis(200));
+        assert_eq!(
+            due,
+            vec![Ready {
+                op: FileOp::Create,
+                path: p.clone(),
+                from_path: None
+            }]
+        );
+        // A modify, then close-after-write: reported at once.
+        c.on_event(&ev(EventKind::Modify(ModifyKind::Any)), t0);
+        let out = c.on_event(&ev(EventKind::Access(AccessKind::Close(AccessMode::Write))), t0);
+        assert_eq!(
+            out,
+            vec![Ready {
+                op: FileOp::Modify,
+                path: p.clone(),
+                from_path: None
+            }]
+        );
+        // A rename out of the watched paths becomes a delete once its other half is overdue.
+        c.on_event(
+            &ev(EventKind::Modify(ModifyKind::Name(RenameMode::From))).set_tracker(7),
+            t0,
+        );
+        assert!(c.due(t0).is_empty());
+        assert_eq!(
+            c.due(t0 + Duration::from_millis(80)),
+            vec![Ready {
+                op: FileOp::Delete,
+                path: p,
+                from_path: None
+            }]
+        );
+    }
+
+    #[test]
+    fn reports_create_modify_chmod_rename_delete_with_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = SensorCtx::new("file", tx, stop.clone());
+        let config = SensorConfig {
+            file_watch_paths: vec![root.display().to_string(), "/nonexistent/ward/test".into()],
+            ..SensorConfig::default()
+        };
+        let handle = std::thread::spawn(move || run(&config, &ctx));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut next = |what: &str| -> FileEvent {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                match rx.try_recv() {
+                    Ok(ev) => match ev.data {
+                        EventData::File(f) => return f,
+                        other => panic!("unexpected {other:?}"),
+                    },
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            panic!("no event for {what}");
+        };
+        let f = root.join("payload.sh");
+        let started = Instant::now();
+        std::fs::write(&f, b"#!/bin/sh\necho hi\n").unwrap();
+        let ev = next("create");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "create took {:?}",
+            started.elapsed()
+        );
+        assert_eq!((ev.op, ev.path.as_str()), (FileOp::Create, f.to_str().unwrap()));
+        assert_eq!(ev.sha256, Some(sha(b"#!/bin/sh\necho hi\n")));
+        assert_eq!(ev.size, Some(18));
+
+        let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut h, b"id\n").unwrap();
+        drop(h);
+        let ev = next("modify");
+        assert_eq!(ev.op, FileOp::Modify);
+        assert_eq!(ev.sha256, Some(sha(b"#!/bin/sh\necho hi\nid\n")));
+
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let ev = next("chmod");
+        assert_eq!((ev.op, ev.mode), (FileOp::Chmod, Some(0o4755)));
+
+        let g = root.join("renamed.sh");
+        std::fs::rename(&f, &g).unwrap();
+        let ev = next("rename");
+        assert_eq!(ev.op, FileOp::Rename);
+        assert_eq!(ev.path, g.display().to_string());
+        assert_eq!(ev.from_path, Some(f.display().to_string()));
+
+        std::fs::remove_file(&g).unwrap();
+        let ev = next("delete");
+        assert_eq!(
+            (ev.op, ev.path.as_str(), ev.sha256),
+            (FileOp::Delete, g.to_str().unwrap(), None)
+        );
+
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap().unwrap();
+    }
+}
