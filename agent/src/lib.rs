@@ -3,5 +3,7 @@
 
 pub mod detect;
 pub mod event;
+pub mod identity;
+pub mod link;
 pub mod outbox;
 pub mod sensor;

@@ -1,1 +1,397 @@
-//! Test harness
+//! Test harness: starts the real `ward-collector` (and `ward-agent`) binaries in
+//! temporary directories on loopback, and a test device built on the protocol
+//! crate and the agent's link that can send good and deliberately bad traffic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ring::rand::SystemRandom;
+use serde_json::Value;
+use tempfile::TempDir;
+use ward_agent::identity::{Enrollment, Identity};
+use ward_agent::link::{self, LinkError, Session};
+use ward_protocol::message::{Ack, AlertBatch};
+use ward_protocol::*;
+
+/// Path of a workspace binary built next to this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so it is built",
+        path.display()
+    );
+    path
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A collector process on loopback with its own data dir.
+pub struct Collector {
+    pub dir: TempDir,
+    child: Option<Child>,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub admin_token: String,
+    http_client: reqwest::Client,
+}
+
+impl Collector {
+    /// `init` then `serve` on ephemeral loopback ports.
+    pub fn start() -> Result<Collector> {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`Collector::start`], editing the config text first.
+    pub fn start_with(edit: impl FnOnce(&mut String)) -> Result<Collector> {
+        let dir = tempfile::tempdir()?;
+        let out = Command::new(bin("ward-collector"))
+            .args(["--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["init", "--public-addr", "127.0.0.1:4433"])
+            .output()?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8(out.stdout)?;
+        let admin_token = stdout
+            .lines()
+            .find_map(|l| l.split("token (shown once, keep it safe): ").nth(1))
+            .ok_or_else(|| anyhow!("no admin token in {stdout}"))?
+            .trim()
+            .to_string();
+        let config_path = dir.path().join("data/collector.toml");
+        let mut config = std::fs::read_to_string(&config_path)?;
+        config = config
+            .replace("quic_listen = \"0.0.0.0:4433\"", "quic_listen = \"127.0.0.1:0\"")
+            .replace("http_listen = \"127.0.0.1:8080\"", "http_listen = \"127.0.0.1:0\"")
+            .replace("revocation_poll_ms = 1000", "revocation_poll_ms = 200");
+        edit(&mut config);
+        std::fs::write(&config_path, config)?;
+        let mut c = Collector {
+            dir,
+            child: None,
+            quic: "127.0.0.1:0".parse()?,
+            http: "127.0.0.1:0".parse()?,
+            admin_token,
+            http_client: reqwest::Client::new(),
+        };
+        c.serve()?;
+        Ok(c)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `serve` (again) and waits for its listening addresses. The QUIC
+    /// port is pinned after the first start so agents can reconnect after a restart.
+    pub fn serve(&mut self) -> Result<()> {
+        let mut child = Command::new(bin("ward-collector"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut quic = None;
+        let mut http = None;
+        while quic.is_none() || http.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .context("collector did not report its addresses")?;
+            if let Some(a) = line.strip_prefix("QUIC listening on ") {
+                quic = Some(a.trim().parse()?);
+            } else if let Some(a) = line.strip_prefix("HTTP listening on http://") {
+                http = Some(a.trim().parse()?);
+            }
+        }
+        self.quic = quic.context("quic")?;
+        self.http = http.context("http")?;
+        self.child = Some(child);
+        let config_path = self.data_dir().join("collector.toml");
+        let config = std::fs::read_to_string(&config_path)?
+            .replace(
+                "quic_listen = \"127.0.0.1:0\"",
+                &format!("quic_listen = \"{}\"", self.quic),
+            )
+            .replace(
+                "http_listen = \"127.0.0.1:0\"",
+                &format!("http_listen = \"{}\"", self.http),
+            );
+        std::fs::write(config_path, config)?;
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        Ok(c.wait()?)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin("ward-collector"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("ward-collector {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    pub fn join_token(&self, uses: u32, ttl: &str) -> Result<JoinToken> {
+        let t = self.cli(&[
+            "token",
+            "create",
+            "--uses",
+            &uses.to_string(),
+            "--ttl",
+            ttl,
+            "--addr",
+            &self.quic.to_string(),
+        ])?;
+        Ok(t.parse()?)
+    }
+
+    pub fn db(&self) -> Result<rusqlite::Connection> {
+        Ok(rusqlite::Connection::open_with_flags(
+            self.data_dir().join("ward.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?)
+    }
+
+    /// GET with the admin token; returns the status and the JSON body.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        self.get_as(path, &self.admin_token.clone()).await
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> Result<(u16, Value)> {
+        let resp = self
+            .http_client
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub async fn post_as(&self, path: &str, token: &str, body: Value) -> Result<(u16, Value)> {
+        let resp = self
+            .http_client
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .http_client
+            .get(format!("http://{}/metrics", self.http))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The value of a metric line (`name{labels} value`) in Prometheus text.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// A device enrolled with the real collector, speaking the protocol directly.
+pub struct TestDevice {
+    pub identity: Identity,
+    pub session: Option<Session>,
+    pub next_seq: u64,
+    next_batch: u64,
+}
+
+impl TestDevice {
+    pub async fn enroll(token: &JoinToken, hostname: &str) -> Result<TestDevice, LinkError> {
+        let rng = SystemRandom::new();
+        let (signing_key, _) = SigningKey::generate(&rng).expect("key");
+        let (_, tls_pkcs8) = SigningKey::generate(&rng).expect("key");
+        let inventory = Inventory {
+            hostname: hostname.into(),
+            os: "Test OS".into(),
+            kernel: "6.1".into(),
+            addresses: vec!["192.0.2.10".into()],
+            logged_on_users: vec!["alice".into()],
+            agent_version: "test".into(),
+        };
+        let enrollment: Enrollment = link::enroll(token, &signing_key, &tls_pkcs8, inventory).await?;
+        Ok(TestDevice {
+            identity: Identity {
+                enrollment,
+                signing_key,
+                tls_key_pkcs8: tls_pkcs8,
+            },
+            session: None,
+            next_seq: 1,
+            next_batch: 1,
+        })
+    }
+
+    pub fn id(&self) -> DeviceId {
+        self.identity.enrollment.device_id
+    }
+
+    pub async fn connect(&mut self) -> Result<(), LinkError> {
+        self.session = Some(Session::open(&self.identity, 0, 0).await?);
+        Ok(())
+    }
+
+    /// An alert of this device with the next sequence number.
+    pub fn next_alert(&mut self) -> Alert {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        test_alert(self.id(), seq)
+    }
+
+    pub fn sign(&self, alert: &Alert) -> Signed {
+        self.identity
+            .signing_key
+            .sign_value(SignatureKind::Alert, alert)
+            .expect("encode")
+    }
+
+    /// Sends signed alerts as one batch and waits for its acknowledgement.
+    pub async fn send_batch(&mut self, alerts: Vec<Signed>) -> Result<Ack, LinkError> {
+        let batch_id = self.next_batch;
+        self.next_batch += 1;
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| LinkError::Closed("not connected".into()))?;
+        session
+            .send(&AgentMessage::Alerts(AlertBatch { batch_id, alerts }))
+            .await?;
+        // A collector that died sends no close: give up on the ack after a while, as the agent does.
+        let wait_ack = async {
+            loop {
+                match session.recv().await? {
+                    Some(CollectorMessage::Ack(ack)) if ack.batch_id == batch_id => return Ok(ack),
+                    Some(_) => continue,
+                    None => return Err(LinkError::Closed("stream finished".into())),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait_ack)
+            .await
+            .map_err(|_| LinkError::Closed("no acknowledgement within 5 s".into()))?
+    }
+
+    /// Sends `n` fresh alerts in one batch.
+    pub async fn send_new(&mut self, n: usize) -> Result<Ack, LinkError> {
+        let alerts: Vec<Signed> = (0..n)
+            .map(|_| {
+                let a = self.next_alert();
+                self.sign(&a)
+            })
+            .collect();
+        self.send_batch(alerts).await
+    }
+
+    /// Waits until the collector closes the connection; returns its reason.
+    pub async fn closed_reason(&mut self) -> String {
+        let Some(s) = self.session.as_mut() else {
+            return "not connected".into();
+        };
+        let conn = s.conn.clone();
+        match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await {
+            Ok(e) => e.to_string(),
+            Err(_) => "still open".into(),
+        }
+    }
+}
+
+/// A realistic alert for tests.
+pub fn test_alert(device: DeviceId, seq: u64) -> Alert {
+    let now = now_ms();
+    Alert {
+        id: AlertId::generate(now, &SystemRandom::new()).expect("rng"),
+        device_id: device,
+        seq,
+        observed_at_ms: now,
+        last_observed_at_ms: now,
+        rule: RuleRef {
+            id: "ward-test-rule".into(),
+            title: "Test rule".into(),
+            author: "Ward tests".into(),
+            severity: Severity::Medium,
+            techniques: vec!["T1059.004".into()],
+            tactics: vec!["TA0002".into()],
+        },
+        entities: vec![
+            Entity::User {
+                name: "alice".into(),
+                uid: Some(1000),
+            },
+            Entity::File {
+                path: format!("/tmp/test-{seq}"),
+                sha256: Some([7; 32]),
+            },
+        ],
+        count: 1,
+        matched: vec![MatchedField {
+            name: "TargetFilename".into(),
+            value: format!("/tmp/test-{seq}"),
+        }],
+    }
+}

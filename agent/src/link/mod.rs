@@ -1,0 +1,230 @@
+//! The QUIC link to the collector: enrollment, and the session that carries
+//! alert batches, heartbeats and results up and acknowledgements, commands and
+//! rule packs down. The only agent module that uses quinn or rustls.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use ward_protocol::codec::{FrameHeader, HEADER_LEN, MAX_AGENT_FRAME, MAX_COLLECTOR_FRAME, decode_body, encode_frame};
+use ward_protocol::enroll::EnrollEnvelope;
+use ward_protocol::message::Hello;
+use ward_protocol::{
+    AgentMessage, CollectorMessage, EnrollRequest, EnrollResponse, FrameError, Inventory, JoinToken, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, SignatureKind, SigningKey,
+};
+
+use crate::identity::{Enrollment, Identity, public_of};
+
+/// A link failure. `retryable` says whether trying again later can help.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("cannot resolve collector address {0}")]
+    Resolve(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("connection: {0}")]
+    Connect(String),
+    #[error("collector closed the connection: {0}")]
+    Closed(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("enrollment refused: {0}")]
+    Refused(String),
+}
+
+impl LinkError {
+    pub fn retryable(&self) -> bool {
+        !matches!(self, LinkError::Tls(_) | LinkError::Refused(_))
+    }
+}
+
+impl From<FrameError> for LinkError {
+    fn from(e: FrameError) -> Self {
+        LinkError::Protocol(e.to_string())
+    }
+}
+
+pub async fn resolve(addr: &str) -> Result<SocketAddr, LinkError> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| LinkError::Resolve(format!("{addr}: {e}")))?
+        .next()
+        .ok_or_else(|| LinkError::Resolve(addr.to_string()))
+}
+
+fn client_endpoint(remote: &SocketAddr) -> Result<quinn::Endpoint, LinkError> {
+    let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| LinkError::Connect("bind address".into()))?;
+    quinn::Endpoint::client(bind).map_err(|e| LinkError::Connect(e.to_string()))
+}
+
+/// Reads one frame from a stream; `Ok(None)` when the peer finished it.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<T>, LinkError> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(closed(e)),
+    }
+    let header = FrameHeader::parse(&header, max)?;
+    let mut body = vec![0u8; header.body_len as usize];
+    recv.read_exact(&mut body).await.map_err(closed)?;
+    Ok(Some(decode_body(&body)?))
+}
+
+fn closed(e: quinn::ReadExactError) -> LinkError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => LinkError::Closed(c.to_string()),
+        other => LinkError::Closed(other.to_string()),
+    }
+}
+
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), LinkError> {
+    let frame = encode_frame(msg, MAX_AGENT_FRAME)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| LinkError::Closed(e.to_string()))
+}
+
+/// Enrolls with the collector named in `token`; the caller stores the result.
+pub async fn enroll(
+    token: &JoinToken,
+    signing_key: &SigningKey,
+    tls_key_pkcs8: &[u8],
+    inventory: Inventory,
+) -> Result<Enrollment, LinkError> {
+    let remote = resolve(&token.collector_addr).await?;
+    let endpoint = client_endpoint(&remote)?;
+    let conn = endpoint
+        .connect_with(tls::enroll_config(token.ca_sha256)?, remote, &token.server_name)
+        .map_err(|e| LinkError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let tls_key = public_of(tls_key_pkcs8).ok_or_else(|| LinkError::Tls("TLS key is not Ed25519 PKCS#8".into()))?;
+    let request = EnrollRequest {
+        token_secret: token.secret,
+        signing_key: signing_key.public_key(),
+        tls_key,
+        inventory,
+    };
+    let signed = signing_key
+        .sign_value(SignatureKind::Enrollment, &request)
+        .map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Connect(e.to_string()))?;
+    let msg = AgentMessage::Enroll(EnrollEnvelope {
+        signing_key: signing_key.public_key(),
+        request: signed,
+    });
+    write_frame(&mut send, &msg).await?;
+    let _ = send.finish();
+    let answer: Option<CollectorMessage> = read_frame(&mut recv, MAX_COLLECTOR_FRAME).await?;
+    conn.close(0u32.into(), b"enrolled");
+    endpoint.wait_idle().await;
+    match answer {
+        Some(CollectorMessage::Enrolled(EnrollResponse::Accepted {
+            device_id,
+            client_cert_der,
+            ca_cert_der,
+            command_keys,
+        })) => {
+            if ring::digest::digest(&ring::digest::SHA256, &ca_cert_der).as_ref() != token.ca_sha256 {
+                return Err(LinkError::Protocol(
+                    "collector sent a CA that does not match the pin".into(),
+                ));
+            }
+            Ok(Enrollment {
+                device_id,
+                collector_addr: token.collector_addr.clone(),
+                server_name: token.server_name.clone(),
+                client_cert_der,
+                ca_cert_der,
+                command_keys,
+            })
+        }
+        Some(CollectorMessage::Enrolled(EnrollResponse::Refused { reason })) => Err(LinkError::Refused(reason)),
+        Some(_) => Err(LinkError::Protocol("unexpected answer to enrollment".into())),
+        None => Err(LinkError::Protocol("collector closed without answering".into())),
+    }
+}
+
+/// An open session: the QUIC connection and its one long-lived stream.
+pub struct Session {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Connects with the device's certificate and exchanges hello/welcome.
+    pub async fn open(
+        identity: &Identity,
+        rule_pack_version: u64,
+        last_command_seq: u64,
+    ) -> Result<Session, LinkError> {
+        let e = &identity.enrollment;
+        let remote = resolve(&e.collector_addr).await?;
+        let endpoint = client_endpoint(&remote)?;
+        let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
+        let conn = endpoint
+            .connect_with(config, remote, &e.server_name)
+            .map_err(|e| LinkError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| LinkError::Connect(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Connect(e.to_string()))?;
+        let hello = Hello {
+            device_id: e.device_id,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            rule_pack_version,
+            last_command_seq,
+        };
+        write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
+        match read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME).await {
+            Ok(Some(CollectorMessage::Welcome(_))) => Ok(Session {
+                endpoint,
+                conn,
+                send,
+                recv,
+            }),
+            Ok(Some(CollectorMessage::Goodbye { reason })) => Err(LinkError::Closed(reason)),
+            Ok(Some(_)) => Err(LinkError::Protocol("expected welcome".into())),
+            Ok(None) => Err(LinkError::Closed("stream finished before welcome".into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn send(&mut self, msg: &AgentMessage) -> Result<(), LinkError> {
+        write_frame(&mut self.send, msg).await
+    }
+
+    /// Sends bytes as they are (tests use this to send malformed frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| LinkError::Closed(e.to_string()))
+    }
+
+    pub async fn recv(&mut self) -> Result<Option<CollectorMessage>, LinkError> {
+        read_frame(&mut self.recv, MAX_COLLECTOR_FRAME).await
+    }
+
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
