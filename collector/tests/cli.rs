@@ -1,5 +1,7 @@
 //! The `ward-collector` binary's set-up commands, run as an operator would.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn collector(dir: &std::path::Path, args: &[&str]) -> std::process::Output {

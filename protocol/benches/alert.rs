@@ -1,6 +1,8 @@
 //! Encode+sign and verify+decode of a realistic alert (the per-alert work an agent
 //! and the collector do). Run: `cargo bench -p ward-protocol --bench alert`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};

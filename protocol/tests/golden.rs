@@ -1,6 +1,8 @@
 //! Frozen v1 encodings: postcard is not self-describing, so a change to a type's
 //! layout must show up here. Regenerate deliberately with WARD_BLESS_GOLDEN=1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 

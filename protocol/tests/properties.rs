@@ -1,6 +1,8 @@
 //! Property tests: round trips, tamper evidence, domain separation, and hostile
 //! frames that must give typed errors and never panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

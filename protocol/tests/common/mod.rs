@@ -1,5 +1,7 @@
 //! proptest strategies for every protocol type, shared by the property tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::IpAddr;
 
 use proptest::collection::vec;
