@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -23,8 +23,13 @@ use ward_protocol::*;
 /// Path of a workspace binary built next to this test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
+    // Tests run from target/<profile>/deps, tools from target/<profile>.
+    let here = exe.parent().expect("executable dir");
+    let path = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or(here.join(name));
     assert!(
         path.exists(),
         "{} is missing: run the tests with `cargo test --workspace` so it is built",
@@ -143,6 +148,19 @@ impl Collector {
             );
         std::fs::write(config_path, config)?;
         Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the collector process, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn kill9(&mut self) {
@@ -294,6 +312,12 @@ impl TestDevice {
 
     pub async fn connect(&mut self) -> Result<(), LinkError> {
         self.session = Some(Session::open(&self.identity, 0, 0).await?);
+        Ok(())
+    }
+
+    /// Connects over a shared client endpoint (load tests run thousands of devices).
+    pub async fn connect_on(&mut self, endpoint: &quinn::Endpoint, remote: SocketAddr) -> Result<(), LinkError> {
+        self.session = Some(Session::open_on(endpoint.clone(), remote, &self.identity, 0, 0).await?);
         Ok(())
     }
 

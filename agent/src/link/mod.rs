@@ -56,7 +56,8 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, LinkError> {
         .ok_or_else(|| LinkError::Resolve(addr.to_string()))
 }
 
-fn client_endpoint(remote: &SocketAddr) -> Result<quinn::Endpoint, LinkError> {
+/// A client endpoint (one UDP socket) that many connections can share.
+pub fn client_endpoint(remote: &SocketAddr) -> Result<quinn::Endpoint, LinkError> {
     let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(|_| LinkError::Connect("bind address".into()))?;
@@ -175,9 +176,20 @@ impl Session {
         rule_pack_version: u64,
         last_command_seq: u64,
     ) -> Result<Session, LinkError> {
-        let e = &identity.enrollment;
-        let remote = resolve(&e.collector_addr).await?;
+        let remote = resolve(&identity.enrollment.collector_addr).await?;
         let endpoint = client_endpoint(&remote)?;
+        Self::open_on(endpoint, remote, identity, rule_pack_version, last_command_seq).await
+    }
+
+    /// Like [`Session::open`], on an existing endpoint to a resolved address.
+    pub async fn open_on(
+        endpoint: quinn::Endpoint,
+        remote: SocketAddr,
+        identity: &Identity,
+        rule_pack_version: u64,
+        last_command_seq: u64,
+    ) -> Result<Session, LinkError> {
+        let e = &identity.enrollment;
         let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
         let conn = endpoint
             .connect_with(config, remote, &e.server_name)

@@ -1,0 +1,219 @@
+//! Load generator for the collector benchmarks in BENCHMARKS.md. Starts a real
+//! collector (the binary next to this one) and drives it with simulated agents
+//! built on the protocol crate.
+//!
+//!   cargo build --release -p ward-collector -p ward-tests
+//!   target/release/ward-loadgen ingest --agents 100 --alerts-per-agent 3000
+//!   target/release/ward-loadgen storm --agents 5000
+//!   target/release/ward-loadgen idle --agents 1000
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use tokio::sync::Semaphore;
+use ward_agent::link;
+use ward_protocol::{JoinToken, Signed};
+use ward_tests::{Collector, TestDevice};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Sustained signed alerts per second, end to end (QUIC, verify, decode, dedup, durable commit).
+    Ingest {
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 3000)]
+        alerts_per_agent: usize,
+        #[arg(long, default_value_t = 250)]
+        batch: usize,
+    },
+    /// Connect N agents, kill -9 and restart the collector, time until all are back.
+    Storm {
+        #[arg(long, default_value_t = 5000)]
+        agents: usize,
+    },
+    /// Collector memory with N connected idle agents.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+    },
+}
+
+fn unthrottled(config: &mut String) {
+    *config = config
+        .replace(
+            "max_alerts_per_second_per_agent = 5000",
+            "max_alerts_per_second_per_agent = 10000000",
+        )
+        .replace("burst_alerts_per_agent = 20000", "burst_alerts_per_agent = 10000000");
+}
+
+async fn enroll_many(token: &JoinToken, n: usize) -> Result<Vec<TestDevice>> {
+    let slots = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let token = token.clone();
+        let slots = Arc::clone(&slots);
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire().await.expect("semaphore");
+            TestDevice::enroll(&token, &format!("sim-{i}")).await
+        }));
+    }
+    let mut devices = Vec::with_capacity(n);
+    for t in tasks {
+        devices.push(t.await??);
+    }
+    Ok(devices)
+}
+
+/// Connects every device, retrying with jittered back-off until all are in.
+async fn connect_all(devices: Vec<TestDevice>, endpoint: &quinn::Endpoint, remote: SocketAddr) -> Vec<TestDevice> {
+    let mut tasks = Vec::new();
+    for (i, mut d) in devices.into_iter().enumerate() {
+        let endpoint = endpoint.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match d.connect_on(&endpoint, remote).await {
+                    Ok(()) => return d,
+                    Err(_) => {
+                        let jitter = Duration::from_millis((i as u64 * 7919) % (backoff.as_millis() as u64 + 1));
+                        tokio::time::sleep(backoff / 2 + jitter / 2).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("connect task"));
+    }
+    out
+}
+
+async fn ingest(agents: usize, per_agent: usize, batch: usize) -> Result<()> {
+    let collector = Collector::start_with(unthrottled)?;
+    let token = collector.join_token(agents as u32, "1h")?;
+    let devices = enroll_many(&token, agents).await?;
+    println!("enrolled {agents} agents; signing {} alerts", agents * per_agent);
+    let (devices, work): (Vec<TestDevice>, Vec<Vec<Signed>>) = devices
+        .into_iter()
+        .map(|mut d| {
+            let signed = (0..per_agent)
+                .map(|_| {
+                    let a = d.next_alert();
+                    d.sign(&a)
+                })
+                .collect();
+            (d, signed)
+        })
+        .unzip();
+    let endpoint = link::client_endpoint(&collector.quic)?;
+    let devices = connect_all(devices, &endpoint, collector.quic).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (d, signed) in devices.into_iter().zip(work) {
+        tasks.push(tokio::spawn(async move {
+            let mut d = d;
+            for chunk in signed.chunks(batch) {
+                d.send_batch(chunk.to_vec()).await.expect("batch acknowledged");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed();
+    let stored: i64 = collector
+        .db()?
+        .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?;
+    if stored as usize != agents * per_agent {
+        bail!("stored {stored}, expected {}", agents * per_agent);
+    }
+    println!(
+        "ingest: {} alerts from {agents} agents in {:.2} s = {:.0} alerts/s (batches of {batch}, every alert committed before its ack)",
+        stored,
+        elapsed.as_secs_f64(),
+        stored as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn storm(agents: usize) -> Result<()> {
+    let mut collector = Collector::start()?;
+    let token = collector.join_token(agents as u32, "1h")?;
+    let t = Instant::now();
+    let devices = enroll_many(&token, agents).await?;
+    println!("enrolled {agents} agents in {:.1} s", t.elapsed().as_secs_f64());
+    let endpoint = link::client_endpoint(&collector.quic)?;
+    let baseline = collector.rss_kib().unwrap_or(0);
+    let t = Instant::now();
+    let devices = connect_all(devices, &endpoint, collector.quic).await;
+    println!("connected {agents} agents in {:.1} s", t.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = collector.rss_kib().unwrap_or(0);
+    println!(
+        "idle: collector RSS {rss} KiB with {agents} agents (baseline {baseline} KiB) = {:.1} KiB per agent",
+        (rss.saturating_sub(baseline)) as f64 / agents as f64
+    );
+    collector.kill9();
+    let mut devices = devices;
+    for d in &mut devices {
+        d.session = None;
+    }
+    let restarted = Instant::now();
+    collector.serve()?;
+    let devices = connect_all(devices, &endpoint, collector.quic).await;
+    println!(
+        "storm: all {} agents reconnected {:.1} s after the collector was restarted (kill -9, restart, jittered back-off from 100 ms to 2 s)",
+        devices.len(),
+        restarted.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn idle(agents: usize) -> Result<()> {
+    let collector = Collector::start()?;
+    let token = collector.join_token(agents as u32, "1h")?;
+    let devices = enroll_many(&token, agents).await?;
+    let endpoint = link::client_endpoint(&collector.quic)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = collector.rss_kib().unwrap_or(0);
+    let devices = connect_all(devices, &endpoint, collector.quic).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = collector.rss_kib().unwrap_or(0);
+    println!(
+        "idle: collector RSS {rss} KiB with {} agents connected (baseline {baseline} KiB) = {:.1} KiB per agent",
+        devices.len(),
+        (rss.saturating_sub(baseline)) as f64 / agents as f64
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.command {
+            Scenario::Ingest {
+                agents,
+                alerts_per_agent,
+                batch,
+            } => ingest(agents, alerts_per_agent, batch).await,
+            Scenario::Storm { agents } => storm(agents).await,
+            Scenario::Idle { agents } => idle(agents).await,
+        }
+    })
+}
