@@ -1,0 +1,133 @@
+//! The agent's TOML configuration: parsed and validated without side effects.
+//! Without a config file the defaults apply; `packaging/agent.toml` documents
+//! every setting with its default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::sensor::SensorConfig;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub sensors: SensorConfig,
+    pub detection: DetectionConfig,
+    pub outbox: OutboxConfig,
+    pub link: LinkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Heartbeat period, milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// How often the inventory is collected and sent if it changed, milliseconds.
+    pub inventory_interval_ms: u64,
+    /// How often `status.json` in the state dir is refreshed, milliseconds.
+    pub status_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// Extra Sigma rules loaded at start, besides the built-in pack (missing dir: none).
+    pub rules_dir: PathBuf,
+    /// Repeats of one rule on the same entities within this window become one alert.
+    pub aggregate_window_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Disk the outbox may use; when full the oldest low-severity alerts go first.
+    pub max_bytes: u64,
+    /// Alerts per batch sent to the collector.
+    pub batch_max_alerts: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// First reconnect delay; doubles up to `reconnect_max_ms`, with jitter.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// A batch not acknowledged within this time means the connection is dead.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { heartbeat_interval_ms: 30_000, inventory_interval_ms: 60_000, status_interval_ms: 2_000 }
+    }
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig { rules_dir: PathBuf::from("/etc/ward/rules.d"), aggregate_window_ms: 60_000 }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { max_bytes: 64 * 1024 * 1024, batch_max_alerts: 256 }
+    }
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig { reconnect_min_ms: 500, reconnect_max_ms: 30_000, ack_timeout_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when no path is given.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.outbox.batch_max_alerts == 0 || config.outbox.max_bytes < 64 * 1024 {
+            return Err("outbox.batch_max_alerts must be > 0 and outbox.max_bytes at least 65536".into());
+        }
+        if config.link.reconnect_min_ms == 0 || config.link.reconnect_max_ms < config.link.reconnect_min_ms {
+            return Err("link.reconnect_min_ms must be > 0 and not above link.reconnect_max_ms".into());
+        }
+        if config.agent.heartbeat_interval_ms < 1_000 {
+            return Err("agent.heartbeat_interval_ms must be at least 1000".into());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let shipped = include_str!("../../packaging/agent.toml");
+        assert_eq!(Config::parse(shipped).unwrap(), Config::default());
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(Config::parse("[outbox]\nbatch_max_alerts = 0").is_err());
+        assert!(Config::parse("[agent]\nwhat = 1").unwrap_err().contains("unknown field"));
+    }
+}
