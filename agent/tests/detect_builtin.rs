@@ -26,7 +26,9 @@ fn check(det: &Detector, what: &str, event: &Event, expected: &BTreeSet<String>,
 }
 
 fn event(v: &Value) -> Event {
-    let Value::Object(m) = v.clone() else { panic!("event is not a map: {v}") };
+    let Value::Object(m) = v.clone() else {
+        panic!("event is not a map: {v}")
+    };
     event_from_partial(1_700_000_000_000, m).unwrap()
 }
 
@@ -46,7 +48,9 @@ fn builtin_pack_is_big_enough_and_well_formed() {
     }
     // execution, persistence, privilege escalation, defense evasion, credential
     // access, discovery, command and control, impact
-    for t in ["TA0002", "TA0003", "TA0004", "TA0005", "TA0006", "TA0007", "TA0011", "TA0040"] {
+    for t in [
+        "TA0002", "TA0003", "TA0004", "TA0005", "TA0006", "TA0007", "TA0011", "TA0040",
+    ] {
         assert!(tactics.contains(t), "no built-in rule for {t}");
     }
 }
@@ -62,12 +66,22 @@ fn every_builtin_rule_fires_on_its_true_positives_and_not_on_its_false_positives
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name} has no tests ({e})"));
         let doc: Value = serde_yaml::from_str(&text).unwrap();
         let id = doc["rule"].as_str().unwrap().to_string();
-        assert!(yaml.contains(&format!("id: {id}")), "{stem}: test file names another rule");
-        let also: BTreeSet<String> =
-            doc["also"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert!(
+            yaml.contains(&format!("id: {id}")),
+            "{stem}: test file names another rule"
+        );
+        let also: BTreeSet<String> = doc["also"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         let tps = doc["true_positives"].as_array().unwrap();
         let fps = doc["false_positives"].as_array().unwrap();
-        assert!(!tps.is_empty() && !fps.is_empty(), "{stem}: needs a true and a false positive");
+        assert!(
+            !tps.is_empty() && !fps.is_empty(),
+            "{stem}: needs a true and a false positive"
+        );
         for tp in tps {
             let e = event(tp);
             let fired: BTreeSet<String> = det.evaluate(&e).into_iter().map(|d| d.rule.id).collect();
@@ -76,7 +90,13 @@ fn every_builtin_rule_fires_on_its_true_positives_and_not_on_its_false_positives
             check(&det, &format!("{stem} true positive"), &e, &expected, &mut failures);
         }
         for fp in fps {
-            check(&det, &format!("{stem} false positive"), &event(fp), &BTreeSet::new(), &mut failures);
+            check(
+                &det,
+                &format!("{stem} false positive"),
+                &event(fp),
+                &BTreeSet::new(),
+                &mut failures,
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -26,14 +26,32 @@ fn bad_rules_are_reported_with_their_file_and_skipped() {
         file("not-yaml.yml", "title: [unclosed"),
         file("binary.yml", "\u{0}\u{1}\u{2}"),
         file("no-detection.yml", "title: x\nlogsource: {product: linux}\n"),
-        file("bad-condition.yml", rule("a", "CommandLine").replace("condition: sel", "condition: sel and and (")),
-        file("bad-regex.yml", rule("b", "CommandLine|re").replace(": x", ": '(unclosed'")),
+        file(
+            "bad-condition.yml",
+            rule("a", "CommandLine").replace("condition: sel", "condition: sel and and ("),
+        ),
+        file(
+            "bad-regex.yml",
+            rule("b", "CommandLine|re").replace(": x", ": '(unclosed'"),
+        ),
         file("unknown-modifier.yml", rule("c", "CommandLine|frobnicate")),
-        file("undefined-selection.yml", rule("d", "CommandLine").replace("condition: sel", "condition: nope")),
-        file("deep.yml", format!("title: {}x{}", "[".repeat(10_000), "]".repeat(10_000))),
-        file("aliases.yml", "a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"),
+        file(
+            "undefined-selection.yml",
+            rule("d", "CommandLine").replace("condition: sel", "condition: nope"),
+        ),
+        file(
+            "deep.yml",
+            format!("title: {}x{}", "[".repeat(10_000), "]".repeat(10_000)),
+        ),
+        file(
+            "aliases.yml",
+            "a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n",
+        ),
         file("huge.yml", "#".repeat(MAX_RULE_FILE_BYTES + 1)),
-        file("good.yml", rule("11111111-0000-0000-0000-000000000001", "CommandLine|contains")),
+        file(
+            "good.yml",
+            rule("11111111-0000-0000-0000-000000000001", "CommandLine|contains"),
+        ),
         file("dup.yml", rule("11111111-0000-0000-0000-000000000001", "Image")),
         file(
             "correlation.yml",
@@ -60,7 +78,11 @@ fn bad_rules_are_reported_with_their_file_and_skipped() {
     ] {
         assert!(files.contains(&name), "{name} not reported: {errors:#?}");
     }
-    assert!(errors.iter().any(|e| matches!(e.kind, RuleErrorKind::FileTooLarge { .. })));
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e.kind, RuleErrorKind::FileTooLarge { .. }))
+    );
     assert!(errors.iter().any(|e| matches!(e.kind, RuleErrorKind::DuplicateId(_))));
     // every error prints as "file (rule): reason"
     assert!(errors.iter().all(|e| e.to_string().starts_with(&e.file)));
@@ -70,19 +92,31 @@ fn bad_rules_are_reported_with_their_file_and_skipped() {
 #[test]
 fn a_pack_over_the_rule_limit_is_cut_and_reported() {
     let files: Vec<RuleFile> = (0..MAX_RULES + 3)
-        .map(|i| file(&format!("r{i}.yml"), rule(&format!("00000000-0000-0000-0000-{i:012}"), "CommandLine")))
+        .map(|i| {
+            file(
+                &format!("r{i}.yml"),
+                rule(&format!("00000000-0000-0000-0000-{i:012}"), "CommandLine"),
+            )
+        })
         .collect();
     let (det, errors) = Detector::load(&files);
     assert_eq!(det.stats().loaded, MAX_RULES);
     assert_eq!(errors.len(), 3);
-    assert!(errors.iter().all(|e| matches!(e.kind, RuleErrorKind::TooManyRules { .. })));
+    assert!(
+        errors
+            .iter()
+            .all(|e| matches!(e.kind, RuleErrorKind::TooManyRules { .. }))
+    );
 }
 
 #[test]
 fn builtin_and_extra_rules_load_together() {
     let mut files = builtin_rule_files();
     let n = files.len();
-    files.push(file("extra.yml", rule("22222222-0000-0000-0000-000000000001", "CommandLine")));
+    files.push(file(
+        "extra.yml",
+        rule("22222222-0000-0000-0000-000000000001", "CommandLine"),
+    ));
     let (det, errors) = Detector::load(&files);
     assert!(errors.is_empty());
     assert_eq!(det.stats().loaded, n + 1);
@@ -92,8 +126,16 @@ fn builtin_and_extra_rules_load_together() {
 fn load_dir_reads_yaml_files_recursively_and_reports_unreadable_dirs() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("sub")).unwrap();
-    std::fs::write(dir.path().join("a.yml"), rule("33333333-0000-0000-0000-000000000001", "Image")).unwrap();
-    std::fs::write(dir.path().join("sub/b.yaml"), rule("33333333-0000-0000-0000-000000000002", "Image")).unwrap();
+    std::fs::write(
+        dir.path().join("a.yml"),
+        rule("33333333-0000-0000-0000-000000000001", "Image"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sub/b.yaml"),
+        rule("33333333-0000-0000-0000-000000000002", "Image"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("README.md"), "not a rule").unwrap();
     let (files, errors) = load_dir(dir.path()).unwrap();
     assert!(errors.is_empty());

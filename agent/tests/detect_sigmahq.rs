@@ -103,18 +103,42 @@ fn chosen_sigmahq_rules_fire_on_matching_events_only() {
     // auditd
     c(
         "4b3cb710-5e83-4715-8c45-8b2b5b3e5751", // Modification of ld.so.preload (PATH record)
-        audit("SYSCALL", &["SYSCALL", "CWD", "PATH"], json!({"name": "/etc/ld.so.preload", "exe": "/usr/bin/vi", "pid": "77"})),
-        audit("SYSCALL", &["SYSCALL", "CWD", "PATH"], json!({"name": "/etc/ld.so.conf", "exe": "/usr/bin/vi", "pid": "77"})),
+        audit(
+            "SYSCALL",
+            &["SYSCALL", "CWD", "PATH"],
+            json!({"name": "/etc/ld.so.preload", "exe": "/usr/bin/vi", "pid": "77"}),
+        ),
+        audit(
+            "SYSCALL",
+            &["SYSCALL", "CWD", "PATH"],
+            json!({"name": "/etc/ld.so.conf", "exe": "/usr/bin/vi", "pid": "77"}),
+        ),
     );
     c(
         "710bdbce-495d-491d-9a8f-7d0d88d2b41e", // Special File Creation via Mknod Syscall
-        audit("SYSCALL", &["SYSCALL"], json!({"syscall": "mknod", "exe": "/usr/bin/mknod"})),
-        audit("SYSCALL", &["SYSCALL"], json!({"syscall": "133", "exe": "/usr/bin/mknod"})),
+        audit(
+            "SYSCALL",
+            &["SYSCALL"],
+            json!({"syscall": "mknod", "exe": "/usr/bin/mknod"}),
+        ),
+        audit(
+            "SYSCALL",
+            &["SYSCALL"],
+            json!({"syscall": "133", "exe": "/usr/bin/mknod"}),
+        ),
     );
     c(
         "071d5e5a-9cef-47ec-bc4e-a42e34d8d0ed", // Possible Coin Miner CPU Priority Param
-        audit("EXECVE", &["SYSCALL", "EXECVE"], json!({"argc": "3", "a0": "./miner", "a1": "--cpu-priority=5", "a2": "-B"})),
-        audit("EXECVE", &["SYSCALL", "EXECVE"], json!({"argc": "2", "a0": "nice", "a1": "-n5"})),
+        audit(
+            "EXECVE",
+            &["SYSCALL", "EXECVE"],
+            json!({"argc": "3", "a0": "./miner", "a1": "--cpu-priority=5", "a2": "-B"}),
+        ),
+        audit(
+            "EXECVE",
+            &["SYSCALL", "EXECVE"],
+            json!({"argc": "2", "a0": "nice", "a1": "-n5"}),
+        ),
     );
 
     // keyword rules on auth lines and command lines
@@ -150,7 +174,11 @@ fn benign_everyday_events_fire_nothing_high() {
         process("/usr/bin/cargo", "cargo build -p ward-agent"),
         json!({"kind": "file", "op": "modify", "path": "/home/alice/notes.txt"}),
         json!({"kind": "auth", "service": "sshd", "message": "Accepted publickey for alice from 192.0.2.1 port 5000 ssh2"}),
-        audit("SYSCALL", &["SYSCALL"], json!({"syscall": "openat", "exe": "/usr/bin/ls", "name": "/home/alice"})),
+        audit(
+            "SYSCALL",
+            &["SYSCALL"],
+            json!({"syscall": "openat", "exe": "/usr/bin/ls", "name": "/home/alice"}),
+        ),
     ];
     for b in benign {
         let fired: Vec<String> = det

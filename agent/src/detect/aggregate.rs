@@ -207,14 +207,24 @@ mod tests {
 
     fn counts(v: &[AggregatedDetection]) -> Vec<(String, u32, u64, u64)> {
         v.iter()
-            .map(|a| (a.detection.rule.id.clone(), a.count, a.first_observed_ms, a.last_observed_ms))
+            .map(|a| {
+                (
+                    a.detection.rule.id.clone(),
+                    a.count,
+                    a.first_observed_ms,
+                    a.last_observed_ms,
+                )
+            })
             .collect()
     }
 
     #[test]
     fn first_passes_repeats_fold_until_window_closes() {
         let mut a = Aggregator::new(AggregatorConfig::default());
-        assert_eq!(counts(&a.push(det("r", 1, 1000), 1000)), vec![("r".into(), 1, 1000, 1000)]);
+        assert_eq!(
+            counts(&a.push(det("r", 1, 1000), 1000)),
+            vec![("r".into(), 1, 1000, 1000)]
+        );
         for t in [2000, 3000, 4000] {
             assert!(a.push(det("r", 1, t), t).is_empty());
         }

@@ -97,7 +97,9 @@ pub struct Detector {
 
 impl fmt::Debug for Detector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Detector").field("stats", &self.stats).finish_non_exhaustive()
+        f.debug_struct("Detector")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +187,9 @@ impl Detector {
             ));
             return;
         }
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rsigma_parser::parse_sigma_yaml(&file.yaml)));
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rsigma_parser::parse_sigma_yaml(&file.yaml)
+        }));
         let collection = match parsed {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -207,7 +211,10 @@ impl Detector {
             ));
         }
         for f in &collection.filters {
-            errors.push(err(Some(f.title.clone()), RuleErrorKind::Unsupported("filter rules".into())));
+            errors.push(err(
+                Some(f.title.clone()),
+                RuleErrorKind::Unsupported("filter rules".into()),
+            ));
         }
         if collection.rules.is_empty() && collection.errors.is_empty() && collection.correlations.is_empty() {
             if collection.filters.is_empty() {
@@ -266,7 +273,9 @@ impl Detector {
             }
         };
         for engine in engines {
-            engine.add_rule(&rule).map_err(|e| RuleErrorKind::Compile(e.to_string()))?;
+            engine
+                .add_rule(&rule)
+                .map_err(|e| RuleErrorKind::Compile(e.to_string()))?;
         }
         if matches!(place, Placement::Inactive(_)) {
             self.stats.inactive += 1;
@@ -297,7 +306,10 @@ impl Detector {
             Bucket::FileDelete => &mut self.file_delete,
             Bucket::FileRename => &mut self.file_rename,
             Bucket::AuthGeneric => &mut self.auth_generic,
-            Bucket::AuthService => self.auth_service.entry(service.unwrap_or_default().to_string()).or_default(),
+            Bucket::AuthService => self
+                .auth_service
+                .entry(service.unwrap_or_default().to_string())
+                .or_default(),
             Bucket::Audit => &mut self.audit,
         }
     }

@@ -125,7 +125,10 @@ pub fn entities(event: &Event) -> Vec<Entity> {
         }
         EventData::Audit(a) => {
             let f = &a.fields;
-            let uid = f.get("auid").or_else(|| f.get("uid")).and_then(|u| u.parse::<u32>().ok());
+            let uid = f
+                .get("auid")
+                .or_else(|| f.get("uid"))
+                .and_then(|u| u.parse::<u32>().ok());
             let name = f.get("AUID").or_else(|| f.get("UID")).cloned();
             if let Some(uid) = uid.filter(|u| *u != u32::MAX) {
                 out.push(Entity::User {
@@ -195,7 +198,9 @@ pub fn network_entities(cmdline: &str, out: &mut Vec<Entity>) {
             }
             continue;
         }
-        let dev = token.strip_prefix("/dev/tcp/").or_else(|| token.strip_prefix("/dev/udp/"));
+        let dev = token
+            .strip_prefix("/dev/tcp/")
+            .or_else(|| token.strip_prefix("/dev/udp/"));
         if let Some(rest) = dev {
             let host = rest.split('/').next().unwrap_or("");
             if !host.is_empty() {
@@ -267,7 +272,10 @@ mod tests {
                 &["url:stratum+tcp://pool.x.io:3333", "domain:pool.x.io"],
             ),
             ("ls -la /tmp a.sh", &[]),
-            ("wget 'https://[2001:db8::1]:8443/a'", &["url:https://[2001:db8::1]:8443/a", "ip:2001:db8::1"]),
+            (
+                "wget 'https://[2001:db8::1]:8443/a'",
+                &["url:https://[2001:db8::1]:8443/a", "ip:2001:db8::1"],
+            ),
         ];
         for (cmd, want) in cases {
             assert_eq!(net(cmd), *want, "{cmd}");

@@ -206,7 +206,9 @@ fn file_field<'a>(f: &'a FileEvent, name: &str) -> Option<EventValue<'a>> {
         "Hashes" => hashes(&f.sha256),
         "sha256" => sha(&f.sha256),
         "FileSize" => f.size.map(|n| EventValue::Int(i64::try_from(n).unwrap_or(i64::MAX))),
-        "FileMode" => f.mode.map(|m| EventValue::Str(Cow::Owned(format!("{:04o}", m & 0o7777)))),
+        "FileMode" => f
+            .mode
+            .map(|m| EventValue::Str(Cow::Owned(format!("{:04o}", m & 0o7777)))),
         "UserId" => f.uid.map(|u| EventValue::Int(i64::from(u))),
         "Operation" => s(file_op_name(f.op)),
         _ => None,
@@ -380,7 +382,13 @@ mod tests {
             Placement::One(Bucket::AuthService, Some("sshd".into()))
         );
         assert_eq!(placement(None, Some("Linux"), None), Placement::AllPrimary);
-        assert!(matches!(placement(Some("process_creation"), Some("windows"), None), Placement::Inactive(_)));
-        assert!(matches!(placement(Some("network_connection"), Some("linux"), None), Placement::Inactive(_)));
+        assert!(matches!(
+            placement(Some("process_creation"), Some("windows"), None),
+            Placement::Inactive(_)
+        ));
+        assert!(matches!(
+            placement(Some("network_connection"), Some("linux"), None),
+            Placement::Inactive(_)
+        ));
     }
 }
