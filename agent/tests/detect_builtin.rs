@@ -25,6 +25,24 @@ fn check(det: &Detector, what: &str, event: &Event, expected: &BTreeSet<String>,
     }
 }
 
+/// For correlation rules: feeds `events` in order, one a second, through a fresh
+/// correlator; `rule` must fire on some event (true positive) or on none.
+fn check_sequence(det: &Detector, stem: &str, rule: &str, events: &[Value], fire: bool, failures: &mut Vec<String>) {
+    let mut corr = det.correlator().expect("the pack has correlation rules");
+    let mut fired = false;
+    for (i, v) in events.iter().enumerate() {
+        let e = event(v);
+        let now = e.observed_at_ms + i as u64 * 1000;
+        fired |= corr.process(det, &e, now).iter().any(|d| d.rule.id == rule);
+    }
+    if fired != fire {
+        failures.push(format!(
+            "{stem}: correlation fired = {fired} on its {} sequence",
+            if fire { "true-positive" } else { "false-positive" }
+        ));
+    }
+}
+
 fn event(v: &Value) -> Event {
     let Value::Object(m) = v.clone() else {
         panic!("event is not a map: {v}")
@@ -82,6 +100,11 @@ fn every_builtin_rule_fires_on_its_true_positives_and_not_on_its_false_positives
             !tps.is_empty() && !fps.is_empty(),
             "{stem}: needs a true and a false positive"
         );
+        if doc["correlation"].as_bool() == Some(true) {
+            check_sequence(&det, stem, &id, tps, true, &mut failures);
+            check_sequence(&det, stem, &id, fps, false, &mut failures);
+            continue;
+        }
         for tp in tps {
             let e = event(tp);
             let fired: BTreeSet<String> = det.evaluate(&e).into_iter().map(|d| d.rule.id).collect();
@@ -119,4 +142,33 @@ fn detections_carry_entities_and_matched_fields() {
     let kinds: Vec<&str> = d.entities.iter().map(|e| e.kind()).collect();
     assert_eq!(kinds, vec!["user", "process", "ip"]);
     assert_eq!(d.matched[0].name, "CommandLine");
+}
+
+#[test]
+fn brute_force_correlation_counts_per_source_and_window() {
+    let det = detector();
+    assert_eq!(det.stats().correlations, 1);
+    let mut corr = det.correlator().unwrap();
+    let fail = |ip: &str| {
+        event(&serde_json::json!({"kind": "auth", "service": "sshd", "source_ip": ip,
+            "message": format!("Failed password for root from {ip} port 1 ssh2")}))
+    };
+    let brute = |d: &ward_agent::detect::Detection| d.rule.title.starts_with("SSH Brute Force: Many");
+    // nine failures, then a ten-minute pause: the window has moved on
+    for i in 0..9 {
+        assert!(!corr.process(&det, &fail("203.0.113.7"), i * 1000).iter().any(brute));
+    }
+    assert!(!corr.process(&det, &fail("203.0.113.7"), 600_000).iter().any(brute));
+    // ten within the window from one source fire once, with the source as entity
+    let mut hits = Vec::new();
+    for i in 0..10 {
+        hits.extend(
+            corr.process(&det, &fail("198.51.100.1"), 700_000 + i * 1000)
+                .into_iter()
+                .filter(brute),
+        );
+    }
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].entities.iter().any(|e| e.kind() == "ip"));
+    assert_eq!(hits[0].rule.severity, ward_protocol::Severity::High);
 }

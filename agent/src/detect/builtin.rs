@@ -40,6 +40,7 @@ builtin!(
     "lnx_ward_shadow_read_auditd.yml",
     "lnx_ward_shadow_read_cmdline.yml",
     "lnx_ward_ssh_auth_failure.yml",
+    "lnx_ward_ssh_bruteforce_correlation.yml",
     "lnx_ward_ssh_authorized_keys.yml",
     "lnx_ward_ssh_bruteforce_limit.yml",
     "lnx_ward_ssh_root_login.yml",

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use rsigma_eval::Engine;
 use rsigma_eval::event::JsonEvent;
 use rsigma_eval::result::EvaluationResult;
-use rsigma_parser::{Level, SigmaRule};
+use rsigma_eval::{CorrelationConfig, CorrelationEngine};
+use rsigma_parser::{CorrelationRule, Level, SigmaRule};
 use ward_protocol::{Entity, MatchedField, RuleFile, RuleRef, Severity};
 
 use super::entities::{attack_ids, entities};
@@ -74,6 +75,8 @@ pub struct DetectorStats {
     /// Loaded rules whose logsource Ward has no events for (another product,
     /// `network_connection`...): they never fire.
     pub inactive: usize,
+    /// Loaded correlation rules (counted in `loaded` too).
+    pub correlations: usize,
 }
 
 /// One loaded rule: what an alert says about it, and where it sits.
@@ -92,6 +95,11 @@ pub struct Detector {
     auth_service: HashMap<String, Engine>,
     audit: Engine,
     rules: HashMap<String, LoadedRule>,
+    /// Correlation rules, validated; run by a [`super::Correlator`].
+    correlations: Vec<CorrelationRule>,
+    /// The parsed detection rules, kept only while correlations need their ids
+    /// and names (dropped at the end of loading when there is no correlation).
+    sources: Vec<SigmaRule>,
     stats: DetectorStats,
 }
 
@@ -114,6 +122,8 @@ impl Default for Detector {
             auth_service: HashMap::new(),
             audit: Engine::new(),
             rules: HashMap::new(),
+            correlations: Vec::new(),
+            sources: Vec::new(),
             stats: DetectorStats::default(),
         }
     }
@@ -150,8 +160,21 @@ impl Detector {
     pub fn load(files: &[RuleFile]) -> (Detector, Vec<RuleError>) {
         let mut det = Detector::default();
         let mut errors = Vec::new();
+        let mut correlations = Vec::new();
         for file in files {
-            det.load_file(file, &mut errors);
+            det.load_file(file, &mut errors, &mut correlations);
+        }
+        for (file, corr) in correlations {
+            if let Err(kind) = det.add_correlation(corr.clone()) {
+                errors.push(RuleError {
+                    file,
+                    rule: Some(corr.id.unwrap_or(corr.title)),
+                    kind,
+                });
+            }
+        }
+        if det.correlations.is_empty() {
+            det.sources = Vec::new();
         }
         (det, errors)
     }
@@ -171,7 +194,12 @@ impl Detector {
         self.rules.values().map(|r| r.rule_ref.as_ref())
     }
 
-    fn load_file(&mut self, file: &RuleFile, errors: &mut Vec<RuleError>) {
+    fn load_file(
+        &mut self,
+        file: &RuleFile,
+        errors: &mut Vec<RuleError>,
+        correlations: &mut Vec<(String, CorrelationRule)>,
+    ) {
         let err = |rule: Option<String>, kind| RuleError {
             file: file.name.clone(),
             rule,
@@ -204,11 +232,9 @@ impl Detector {
         for e in &collection.errors {
             errors.push(err(None, RuleErrorKind::Parse(e.clone())));
         }
-        for c in &collection.correlations {
-            errors.push(err(
-                Some(c.title.clone()),
-                RuleErrorKind::Unsupported("correlation rules (aggregation is done by the agent's Aggregator)".into()),
-            ));
+        let had_correlations = !collection.correlations.is_empty();
+        for c in collection.correlations {
+            correlations.push((file.name.clone(), c));
         }
         for f in &collection.filters {
             errors.push(err(
@@ -216,7 +242,7 @@ impl Detector {
                 RuleErrorKind::Unsupported("filter rules".into()),
             ));
         }
-        if collection.rules.is_empty() && collection.errors.is_empty() && collection.correlations.is_empty() {
+        if collection.rules.is_empty() && collection.errors.is_empty() && !had_correlations {
             if collection.filters.is_empty() {
                 errors.push(err(None, RuleErrorKind::Parse("no Sigma rule in file".into())));
             }
@@ -295,8 +321,107 @@ impl Detector {
                 rule_ref: Arc::new(rule_ref),
             },
         );
+        self.sources.push(rule);
         self.stats.loaded += 1;
         Ok(())
+    }
+
+    fn add_correlation(&mut self, mut corr: CorrelationRule) -> Result<(), RuleErrorKind> {
+        if self.rules.len() >= MAX_RULES {
+            return Err(RuleErrorKind::TooManyRules { max: MAX_RULES });
+        }
+        let id = corr
+            .id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| RuleErrorKind::Unsupported("a correlation rule without an id".into()))?;
+        if self.rules.contains_key(&id) {
+            return Err(RuleErrorKind::DuplicateId(id));
+        }
+        corr.id = Some(id.clone());
+        for r in &corr.rules {
+            let known = self
+                .sources
+                .iter()
+                .any(|s| s.id.as_deref() == Some(r) || s.name.as_deref() == Some(r));
+            if !known {
+                return Err(RuleErrorKind::Compile(format!(
+                    "correlation refers to unknown rule {r}"
+                )));
+            }
+        }
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            CorrelationEngine::new(CorrelationConfig::default()).add_correlation(&corr)
+        }));
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RuleErrorKind::Compile(e.to_string())),
+            Err(p) => return Err(RuleErrorKind::Panicked(panic_message(p.as_ref()))),
+        }
+        let (techniques, tactics) = attack_ids(&corr.tags);
+        let rule_ref = RuleRef {
+            id: id.clone(),
+            title: corr.title.clone(),
+            author: corr.author.clone().unwrap_or_default(),
+            severity: severity(corr.level),
+            techniques,
+            tactics,
+        };
+        self.rules.insert(
+            id,
+            LoadedRule {
+                rule_ref: Arc::new(rule_ref),
+            },
+        );
+        self.correlations.push(corr);
+        self.stats.loaded += 1;
+        self.stats.correlations += 1;
+        Ok(())
+    }
+
+    /// A fresh correlation state for this detector's correlation rules, or `None`
+    /// when it has none (then [`Detector::evaluate`] is all there is to do).
+    pub fn correlator(&self) -> Option<super::Correlator> {
+        if self.correlations.is_empty() {
+            return None;
+        }
+        let config = CorrelationConfig {
+            timestamp_fields: Vec::new(),
+            max_state_entries: 10_000,
+            max_group_entries: Some(1_000),
+            action_on_match: rsigma_eval::CorrelationAction::Reset,
+            ..CorrelationConfig::default()
+        };
+        let mut engine = CorrelationEngine::new(config);
+        // The detection rules are registered so correlations can resolve rule ids
+        // and names; they are never evaluated there (detections are fed in).
+        for rule in &self.sources {
+            if engine.add_rule(rule).is_err() {
+                continue;
+            }
+        }
+        for corr in &self.correlations {
+            if engine.add_correlation(corr).is_err() {
+                continue;
+            }
+        }
+        Some(super::Correlator::new(engine))
+    }
+
+    /// The rsigma results for `event` (detection rules only), for correlation.
+    pub(crate) fn evaluate_raw(&self, view: &SigmaView<'_>, event: &Event) -> Vec<EvaluationResult> {
+        let (buckets, service) = mapping::buckets(event);
+        let mut out = Vec::new();
+        for bucket in buckets {
+            if let Some(engine) = self.engine(*bucket, service.as_deref())
+                && engine.rule_count() > 0
+            {
+                out.extend(engine.evaluate(view));
+            }
+        }
+        out
     }
 
     fn engine_mut(&mut self, bucket: Bucket, service: Option<&str>) -> &mut Engine {
@@ -327,24 +452,13 @@ impl Detector {
     }
 
     /// Every rule that matches `event`. Pure: no IO, no clock, never fails.
+    /// Correlation rules need state: use a [`super::Correlator`] for them.
     pub fn evaluate(&self, event: &Event) -> Vec<Detection> {
-        let (buckets, service) = mapping::buckets(event);
         let view = SigmaView::new(event);
-        let mut out = Vec::new();
-        for bucket in buckets {
-            let Some(engine) = self.engine(*bucket, service.as_deref()) else {
-                continue;
-            };
-            if engine.rule_count() == 0 {
-                continue;
-            }
-            for result in engine.evaluate(&view) {
-                if let Some(d) = self.detection(&result, event) {
-                    out.push(d);
-                }
-            }
-        }
-        out
+        self.evaluate_raw(&view, event)
+            .iter()
+            .filter_map(|r| self.detection(r, event))
+            .collect()
     }
 
     /// Matches a flat object of Sigma fields (as Sigma rule tests write events)
@@ -368,7 +482,7 @@ impl Detector {
             .collect()
     }
 
-    fn detection(&self, result: &EvaluationResult, event: &Event) -> Option<Detection> {
+    pub(crate) fn detection(&self, result: &EvaluationResult, event: &Event) -> Option<Detection> {
         let rule = self.rules.get(result.header.rule_id.as_deref()?)?;
         let matched = result
             .as_detection()

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod builtin;
+pub mod correlate;
 pub mod engine;
 pub mod entities;
 pub mod mapping;
@@ -11,6 +12,7 @@ pub mod rulestest;
 
 pub use aggregate::{AggregatedDetection, Aggregator, AggregatorConfig};
 pub use builtin::{BUILTIN_RULES, builtin_rule_files};
+pub use correlate::Correlator;
 pub use engine::{
     Detection, Detector, DetectorStats, LoadDirError, MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind,
     load_dir,
