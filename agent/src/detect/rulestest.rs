@@ -10,6 +10,9 @@
 //!   written as 64 hex digits;
 //! - flat Sigma fields with a logsource hint, as Sigma rule tests write them:
 //!   `{"logsource": {"category": "process_creation"}, "CommandLine": "..."}`.
+//!
+//! Ward events go through correlation rules too, in line order, timed by their
+//! `observed_at_ms`; flat Sigma-field lines see detection rules only.
 
 use std::fmt;
 use std::io::BufRead;
@@ -18,6 +21,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use ward_protocol::{RuleFile, RuleRef};
 
+use super::correlate::Correlator;
 use super::engine::{Detector, LoadDirError, RuleError, load_dir};
 use super::mapping::{self, Bucket, Placement};
 use crate::event::{AuditEvent, AuthEvent, Event, ProcessEvent, SensorGap};
@@ -87,6 +91,7 @@ pub fn run(rules_dir: &Path, events_path: &Path) -> Result<RulesTestReport, Rule
         rule_errors: read_errors,
         ..Default::default()
     };
+    let mut correlator = detector.correlator();
     let mut reader = std::io::BufReader::new(file);
     let mut buf = Vec::new();
     let mut line_no = 0;
@@ -96,7 +101,7 @@ pub fn run(rules_dir: &Path, events_path: &Path) -> Result<RulesTestReport, Rule
         match read_capped_line(&mut reader, &mut buf) {
             Ok(None) => break,
             Ok(Some(true)) => match std::str::from_utf8(&buf) {
-                Ok(line) => test_line(&detector, line_no, line, &mut report),
+                Ok(line) => test_line(&detector, correlator.as_mut(), line_no, line, &mut report),
                 Err(_) => report.line_errors.push(LineError {
                     line: line_no,
                     message: "not UTF-8".into(),
@@ -154,6 +159,7 @@ pub fn test_rules(files: &[RuleFile], events_jsonl: &str) -> RulesTestReport {
         rule_errors,
         ..Default::default()
     };
+    let mut correlator = detector.correlator();
     for (i, line) in events_jsonl.lines().enumerate() {
         if line.len() > MAX_LINE_BYTES {
             report.line_errors.push(LineError {
@@ -162,12 +168,18 @@ pub fn test_rules(files: &[RuleFile], events_jsonl: &str) -> RulesTestReport {
             });
             continue;
         }
-        test_line(&detector, i + 1, line, &mut report);
+        test_line(&detector, correlator.as_mut(), i + 1, line, &mut report);
     }
     report
 }
 
-fn test_line(detector: &Detector, line_no: usize, line: &str, report: &mut RulesTestReport) {
+fn test_line(
+    detector: &Detector,
+    correlator: Option<&mut Correlator>,
+    line_no: usize,
+    line: &str,
+    report: &mut RulesTestReport,
+) {
     let trimmed = line.trim();
     if trimmed.is_empty() || trimmed.starts_with('#') {
         return;
@@ -175,7 +187,11 @@ fn test_line(detector: &Detector, line_no: usize, line: &str, report: &mut Rules
     report.events += 1;
     match parse_event_line(trimmed) {
         Ok(EventLine::Ward(event)) => {
-            for d in detector.evaluate(&event) {
+            let detections = match correlator {
+                Some(c) => c.process(detector, &event, event.observed_at_ms),
+                None => detector.evaluate(&event),
+            };
+            for d in detections {
                 report.matches.push(LineMatch {
                     line: line_no,
                     rule: d.rule,
@@ -353,6 +369,45 @@ level: low
         assert_eq!(r.line_errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![6, 7, 8]);
         let table = r.to_string();
         assert!(table.contains("11111111-1111-1111-1111-111111111111"), "{table}");
+    }
+
+    #[test]
+    fn correlation_rules_see_ward_event_lines_in_order() {
+        let corr = r#"
+title: Three whoami
+id: 22222222-2222-2222-2222-222222222222
+author: Ward
+correlation:
+  type: event_count
+  rules: [11111111-1111-1111-1111-111111111111]
+  group-by: [User]
+  timespan: 1m
+  condition: {gte: 3}
+  generate: true
+level: high
+"#;
+        let files = vec![
+            RuleFile {
+                name: "a.yml".into(),
+                yaml: RULE.into(),
+            },
+            RuleFile {
+                name: "c.yml".into(),
+                yaml: corr.into(),
+            },
+        ];
+        let line =
+            |t: u64| format!(r#"{{"observed_at_ms":{t},"data":{{"kind":"process","cmdline":"whoami","user":"bob"}}}}"#);
+        let events = [line(1_000), line(2_000), line(3_000)].join("\n");
+        let r = test_rules(&files, &events);
+        assert!(r.rule_errors.is_empty(), "{:?}", r.rule_errors);
+        let corr_hits: Vec<usize> = r
+            .matches
+            .iter()
+            .filter(|m| m.rule.id.starts_with("2222"))
+            .map(|m| m.line)
+            .collect();
+        assert_eq!(corr_hits, vec![3]);
     }
 
     #[test]
