@@ -143,3 +143,12 @@ fn load_dir_reads_yaml_files_recursively_and_reports_unreadable_dirs() {
     assert_eq!(names, vec!["a.yml", "sub/b.yaml"]);
     assert!(load_dir(&dir.path().join("missing")).is_err());
 }
+
+#[test]
+fn detection_state_can_move_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Detector>();
+    send::<ward_agent::detect::Aggregator>();
+    send::<ward_agent::detect::Correlator>();
+}

@@ -1,6 +1,12 @@
 //! Detection: Sigma rules (rsigma) evaluated over sensor events. Pure: no IO at
-//! match time and no clock (`now` is a parameter); reading rule files is the
-//! separate [`load_dir`] / [`rulestest`] edge.
+//! match time and no clock (`now_ms` is a parameter); reading rule files is the
+//! separate [`load_dir`] / [`rulestest::run`] edge.
+//!
+//! Flow: [`Detector::load`] (built-in pack from [`builtin_rule_files`] + pushed
+//! rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the
+//! rules include Sigma correlations → [`Aggregator::push`] / [`Aggregator::flush`]
+//! folds repeats into one alert with a count. [`mapping`] is the only place that
+//! knows both Ward's event fields and Sigma's field names.
 
 pub mod aggregate;
 pub mod builtin;
