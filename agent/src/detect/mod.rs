@@ -1,1 +1,26 @@
-//! Detection: Sigma rules (rsigma) evaluated over sensor events.
+//! Detection: Sigma rules (rsigma) evaluated over sensor events. Pure: no IO at
+//! match time and no clock (`now_ms` is a parameter); reading rule files is the
+//! separate [`load_dir`] / [`rulestest::run`] edge.
+//!
+//! Flow: [`Detector::load`] (built-in pack from [`builtin_rule_files`] + pushed
+//! rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the
+//! rules include Sigma correlations → [`Aggregator::push`] / [`Aggregator::flush`]
+//! folds repeats into one alert with a count. [`mapping`] is the only place that
+//! knows both Ward's event fields and Sigma's field names.
+
+pub mod aggregate;
+pub mod builtin;
+pub mod correlate;
+pub mod engine;
+pub mod entities;
+pub mod mapping;
+pub mod rulestest;
+
+pub use aggregate::{AggregatedDetection, Aggregator, AggregatorConfig};
+pub use builtin::{BUILTIN_RULES, builtin_rule_files};
+pub use correlate::Correlator;
+pub use engine::{
+    Detection, Detector, DetectorStats, LoadDirError, MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind,
+    load_dir,
+};
+pub use rulestest::{RulesTestError, RulesTestReport};

@@ -1,0 +1,266 @@
+//! Folds repeats of one rule on the same entities into one alert with a count.
+//! The first occurrence passes through at once (latency matters); repeats within
+//! the window are counted and come out once, as one aggregated detection, when the
+//! window closes ([`Aggregator::flush`]). Memory is bounded: when `max_keys` keys
+//! are tracked, the key whose window closes first is emitted early to make room;
+//! nothing is dropped. Pure: `now_ms` is a parameter; no IO, no clock.
+//!
+//! The key is the rule id plus the entities, except that a process is keyed by
+//! executable and command line (not pid or start time), so a loop that runs the
+//! same command again and again becomes one alert.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ward_protocol::Entity;
+
+use super::engine::Detection;
+
+/// Aggregation settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregatorConfig {
+    /// How long after a first occurrence repeats are folded, milliseconds.
+    pub window_ms: u64,
+    /// At most this many (rule, entities) keys are tracked at once.
+    pub max_keys: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            window_ms: 60_000,
+            max_keys: 10_000,
+        }
+    }
+}
+
+/// A detection that stands for `count` matching events observed between
+/// `first_observed_ms` and `last_observed_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregatedDetection {
+    /// The first event's detection (for repeats: the first repeat's).
+    pub detection: Detection,
+    pub count: u32,
+    pub first_observed_ms: u64,
+    pub last_observed_ms: u64,
+}
+
+impl AggregatedDetection {
+    fn single(detection: Detection) -> Self {
+        let t = detection.observed_at_ms;
+        AggregatedDetection {
+            detection,
+            count: 1,
+            first_observed_ms: t,
+            last_observed_ms: t,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    deadline_ms: u64,
+    seq: u64,
+    /// The repeats folded so far (none yet: only the first occurrence was seen).
+    repeats: Option<AggregatedDetection>,
+}
+
+/// Repeat folding state. See the module doc.
+#[derive(Debug)]
+pub struct Aggregator {
+    config: AggregatorConfig,
+    slots: HashMap<String, Slot>,
+    by_deadline: BTreeMap<(u64, u64), String>,
+    next_seq: u64,
+}
+
+fn key(d: &Detection) -> String {
+    use std::fmt::Write;
+    let mut k = d.rule.id.clone();
+    for e in &d.entities {
+        k.push('\u{1f}');
+        let _ = match e {
+            Entity::Process { exe, cmdline, .. } => write!(k, "process\u{1e}{exe}\u{1e}{cmdline}"),
+            other => write!(k, "{other:?}"),
+        };
+    }
+    k
+}
+
+impl Aggregator {
+    pub fn new(config: AggregatorConfig) -> Self {
+        Aggregator {
+            config: AggregatorConfig {
+                window_ms: config.window_ms,
+                max_keys: config.max_keys.max(1),
+            },
+            slots: HashMap::new(),
+            by_deadline: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// How many keys are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Takes one detection seen at `now_ms`. Returns what must be sent now: the
+    /// detection itself if it is a first occurrence, plus any aggregate pushed out
+    /// early to stay within `max_keys` or whose window had already closed.
+    pub fn push(&mut self, detection: Detection, now_ms: u64) -> Vec<AggregatedDetection> {
+        let mut out = Vec::new();
+        let k = key(&detection);
+        if let Some(slot) = self.slots.get_mut(&k) {
+            if now_ms < slot.deadline_ms {
+                match &mut slot.repeats {
+                    Some(agg) => {
+                        agg.count = agg.count.saturating_add(1);
+                        agg.first_observed_ms = agg.first_observed_ms.min(detection.observed_at_ms);
+                        agg.last_observed_ms = agg.last_observed_ms.max(detection.observed_at_ms);
+                    }
+                    None => slot.repeats = Some(AggregatedDetection::single(detection)),
+                }
+                return out;
+            }
+            // The window closed but flush was not called yet: close it now.
+            if let Some(slot) = self.slots.remove(&k) {
+                self.by_deadline.remove(&(slot.deadline_ms, slot.seq));
+                out.extend(slot.repeats);
+            }
+        }
+        while self.slots.len() >= self.config.max_keys {
+            let Some(((deadline, seq), oldest)) = self.by_deadline.pop_first() else {
+                break;
+            };
+            if let Some(slot) = self.slots.remove(&oldest) {
+                debug_assert_eq!((slot.deadline_ms, slot.seq), (deadline, seq));
+                out.extend(slot.repeats);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let deadline_ms = now_ms.saturating_add(self.config.window_ms);
+        self.by_deadline.insert((deadline_ms, seq), k.clone());
+        self.slots.insert(
+            k,
+            Slot {
+                deadline_ms,
+                seq,
+                repeats: None,
+            },
+        );
+        out.push(AggregatedDetection::single(detection));
+        out
+    }
+
+    /// Closes every window that ended at or before `now_ms`; returns the aggregates
+    /// of those that saw repeats.
+    pub fn flush(&mut self, now_ms: u64) -> Vec<AggregatedDetection> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.by_deadline.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let k = entry.remove();
+            if let Some(slot) = self.slots.remove(&k) {
+                out.extend(slot.repeats);
+            }
+        }
+        out
+    }
+
+    /// Closes every window (shutdown).
+    pub fn flush_all(&mut self) -> Vec<AggregatedDetection> {
+        self.flush(u64::MAX)
+    }
+
+    /// When the next window closes, so the caller knows when to call `flush`.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.by_deadline.keys().next().map(|(d, _)| *d)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+    use ward_protocol::{RuleRef, Severity};
+
+    fn det(rule: &str, ip: u8, t: u64) -> Detection {
+        Detection {
+            rule: RuleRef {
+                id: rule.into(),
+                title: rule.into(),
+                author: "Ward".into(),
+                severity: Severity::Low,
+                techniques: vec![],
+                tactics: vec![],
+            },
+            entities: vec![Entity::Ip {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, ip)),
+            }],
+            matched: vec![],
+            observed_at_ms: t,
+        }
+    }
+
+    fn counts(v: &[AggregatedDetection]) -> Vec<(String, u32, u64, u64)> {
+        v.iter()
+            .map(|a| {
+                (
+                    a.detection.rule.id.clone(),
+                    a.count,
+                    a.first_observed_ms,
+                    a.last_observed_ms,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_passes_repeats_fold_until_window_closes() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        assert_eq!(
+            counts(&a.push(det("r", 1, 1000), 1000)),
+            vec![("r".into(), 1, 1000, 1000)]
+        );
+        for t in [2000, 3000, 4000] {
+            assert!(a.push(det("r", 1, t), t).is_empty());
+        }
+        // another entity is another key
+        assert_eq!(a.push(det("r", 2, 5000), 5000).len(), 1);
+        assert!(a.flush(60_999).is_empty());
+        assert_eq!(counts(&a.flush(61_000)), vec![("r".into(), 3, 2000, 4000)]);
+        // the entity with no repeats closes silently
+        assert!(a.flush(65_000).is_empty());
+        assert_eq!(a.tracked(), 0);
+        // after the window, the next one is a first occurrence again
+        assert_eq!(a.push(det("r", 1, 70_000), 70_000).len(), 1);
+    }
+
+    #[test]
+    fn late_repeat_without_flush_closes_the_old_window() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        a.push(det("r", 1, 0), 0);
+        a.push(det("r", 1, 10), 10);
+        let out = counts(&a.push(det("r", 1, 90_000), 90_000));
+        assert_eq!(out, vec![("r".into(), 1, 10, 10), ("r".into(), 1, 90_000, 90_000)]);
+    }
+
+    #[test]
+    fn full_table_emits_instead_of_dropping() {
+        let mut a = Aggregator::new(AggregatorConfig {
+            window_ms: 60_000,
+            max_keys: 2,
+        });
+        a.push(det("r", 1, 0), 0);
+        a.push(det("r", 1, 1), 1);
+        a.push(det("r", 2, 2), 2);
+        let out = counts(&a.push(det("r", 3, 3), 3));
+        assert_eq!(out, vec![("r".into(), 1, 1, 1), ("r".into(), 1, 3, 3)]);
+        assert_eq!(a.tracked(), 2);
+        assert_eq!(a.next_deadline_ms(), Some(60_002));
+        assert!(a.flush_all().is_empty());
+    }
+}

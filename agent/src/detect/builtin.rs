@@ -1,0 +1,65 @@
+//! The built-in Linux Sigma rule pack, embedded in the binary so the agent detects
+//! with no files on disk. Content only: the rules live in `agent/rules/builtin/`,
+//! each with true- and false-positive events in `agent/rules/tests/`.
+
+use ward_protocol::RuleFile;
+
+macro_rules! builtin {
+    ($($name:literal),* $(,)?) => {
+        /// `(file name, YAML)` of every built-in rule.
+        pub const BUILTIN_RULES: &[(&str, &str)] = &[
+            $(($name, include_str!(concat!("../../rules/builtin/", $name))),)*
+        ];
+    };
+}
+
+builtin!(
+    "lnx_ward_base64_decode_exec.yml",
+    "lnx_ward_cron_persistence.yml",
+    "lnx_ward_crontab_from_stdin.yml",
+    "lnx_ward_cryptominer.yml",
+    "lnx_ward_deleted_binary_running.yml",
+    "lnx_ward_discovery_commands.yml",
+    "lnx_ward_download_pipe_shell.yml",
+    "lnx_ward_exec_from_tmp.yml",
+    "lnx_ward_firewall_or_selinux_disabled.yml",
+    "lnx_ward_history_clearing.yml",
+    "lnx_ward_history_file_deleted.yml",
+    "lnx_ward_kernel_module_auditd.yml",
+    "lnx_ward_kernel_module_load.yml",
+    "lnx_ward_known_bad_file_hash.yml",
+    "lnx_ward_known_bad_process_hash.yml",
+    "lnx_ward_ld_so_preload.yml",
+    "lnx_ward_log_file_deleted.yml",
+    "lnx_ward_log_tampering_cmd.yml",
+    "lnx_ward_revshell_dev_tcp.yml",
+    "lnx_ward_revshell_netcat_exec.yml",
+    "lnx_ward_revshell_script_socket.yml",
+    "lnx_ward_setuid_chmod.yml",
+    "lnx_ward_setuid_file_mode.yml",
+    "lnx_ward_shadow_read_auditd.yml",
+    "lnx_ward_shadow_read_cmdline.yml",
+    "lnx_ward_ssh_auth_failure.yml",
+    "lnx_ward_ssh_bruteforce_correlation.yml",
+    "lnx_ward_ssh_authorized_keys.yml",
+    "lnx_ward_ssh_bruteforce_limit.yml",
+    "lnx_ward_ssh_root_login.yml",
+    "lnx_ward_sudo_root_shell.yml",
+    "lnx_ward_sudo_shell_command_log.yml",
+    "lnx_ward_systemd_unit_persistence.yml",
+    "lnx_ward_user_added.yml",
+    "lnx_ward_user_added_log.yml",
+    "lnx_ward_user_added_to_admin_group.yml",
+    "lnx_ward_webserver_spawns_shell.yml",
+);
+
+/// The built-in pack as rule files, ready for [`super::Detector::load`].
+pub fn builtin_rule_files() -> Vec<RuleFile> {
+    BUILTIN_RULES
+        .iter()
+        .map(|(name, yaml)| RuleFile {
+            name: format!("builtin/{name}"),
+            yaml: (*yaml).to_string(),
+        })
+        .collect()
+}

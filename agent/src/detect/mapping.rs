@@ -1,0 +1,394 @@
+//! The one mapping layer between Ward's events and Sigma: which logsource an event
+//! belongs to and which Sigma field name reads which event field. It borrows the
+//! event (no copies on the hot path); it must not do IO and must not know any rule.
+//!
+//! | Ward event | Sigma logsource | fields |
+//! | --- | --- | --- |
+//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, the closest Linux value), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool) |
+//! | file create / modify / chmod / rename | `category: file_event` | `TargetFilename`, `SourceFilename` (rename), `Hashes`, `sha256`, `FileSize`, `FileMode` (4-digit octal permission bits), `UserId`, `Operation` |
+//! | file rename | also `category: file_rename` | as above |
+//! | file delete | `category: file_delete` | as above |
+//! | auth line | `service: <program>` (sshd, sudo, su, cron, useradd...), and the generic `service: auth` / `service: syslog` | keyword rules search `message`; fields `service`, `action`, `User`, `USER`, `SourceIp`, `success`, `Hostname`, `message` |
+//! | audit | `service: auditd` | every audit field as logged (`a0`..`aN`, `exe`, `comm`, `name`, `key`, `nametype`, `euid`, ...); `type` is every record type of the event; `SYSCALL` falls back to a non-numeric `syscall` |
+//!
+//! Rules with only `product: linux` see every event kind; their keywords search the
+//! command line (process), the message (auth) or every audit value.
+
+use std::borrow::Cow;
+
+use rsigma_eval::event::{Event as SigmaEventTrait, EventValue};
+use serde_json::{Map, Value};
+
+use crate::event::{AuditEvent, AuthEvent, Event, EventData, FileEvent, FileOp, ProcessEvent};
+
+/// Which group of rules an event is evaluated against. A rule lives in exactly one
+/// bucket, except rules with no category and no service, which live in every
+/// [`Bucket::PRIMARY`] bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    Process,
+    FileEvent,
+    FileDelete,
+    FileRename,
+    /// Auth lines of any program: rules with `service: auth` or `service: syslog`.
+    AuthGeneric,
+    /// Auth lines of one program: rules with `service: <program>`.
+    AuthService,
+    Audit,
+}
+
+impl Bucket {
+    /// The buckets that hold rules written for `product: linux` alone. An event
+    /// reaches exactly one of them, so such a rule fires at most once per event.
+    pub const PRIMARY: [Bucket; 5] = [
+        Bucket::Process,
+        Bucket::FileEvent,
+        Bucket::FileDelete,
+        Bucket::AuthGeneric,
+        Bucket::Audit,
+    ];
+}
+
+/// Where a rule belongs, from its logsource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// One bucket (with the program name for [`Bucket::AuthService`]).
+    One(Bucket, Option<String>),
+    /// `product: linux` (or no product) with no category and no service.
+    AllPrimary,
+    /// A logsource Ward has no events for (another product, network_connection...).
+    Inactive(String),
+}
+
+/// Decides a rule's bucket from its logsource (case-insensitive, as Sigma).
+pub fn placement(category: Option<&str>, product: Option<&str>, service: Option<&str>) -> Placement {
+    if let Some(p) = product
+        && !p.eq_ignore_ascii_case("linux")
+    {
+        return Placement::Inactive(format!("product {p}"));
+    }
+    if let Some(c) = category {
+        let bucket = match c.to_ascii_lowercase().as_str() {
+            "process_creation" => Bucket::Process,
+            "file_event" => Bucket::FileEvent,
+            "file_delete" => Bucket::FileDelete,
+            "file_rename" => Bucket::FileRename,
+            other => return Placement::Inactive(format!("category {other}")),
+        };
+        return Placement::One(bucket, None);
+    }
+    if let Some(s) = service {
+        let s = s.to_ascii_lowercase();
+        return match s.as_str() {
+            "auditd" => Placement::One(Bucket::Audit, None),
+            "auth" | "syslog" => Placement::One(Bucket::AuthGeneric, None),
+            _ => Placement::One(Bucket::AuthService, Some(s)),
+        };
+    }
+    Placement::AllPrimary
+}
+
+/// The buckets one event is evaluated against, and the program name for
+/// [`Bucket::AuthService`]. Gaps are evaluated against nothing.
+pub fn buckets(event: &Event) -> (&'static [Bucket], Option<String>) {
+    match &event.data {
+        EventData::Process(_) => (&[Bucket::Process], None),
+        EventData::File(f) => match f.op {
+            FileOp::Delete => (&[Bucket::FileDelete], None),
+            FileOp::Rename => (&[Bucket::FileEvent, Bucket::FileRename], None),
+            FileOp::Create | FileOp::Modify | FileOp::Chmod => (&[Bucket::FileEvent], None),
+        },
+        EventData::Auth(a) => (
+            &[Bucket::AuthGeneric, Bucket::AuthService],
+            Some(a.service.to_ascii_lowercase()),
+        ),
+        EventData::Audit(_) => (&[Bucket::Audit], None),
+        EventData::Gap(_) => (&[], None),
+    }
+}
+
+/// Lowercase hex of a SHA-256.
+pub fn sha256_hex(h: &[u8; 32]) -> String {
+    hex::encode(h)
+}
+
+/// The file operation as a word (the `Operation` field).
+pub fn file_op_name(op: FileOp) -> &'static str {
+    match op {
+        FileOp::Create => "create",
+        FileOp::Modify => "modify",
+        FileOp::Rename => "rename",
+        FileOp::Delete => "delete",
+        FileOp::Chmod => "chmod",
+    }
+}
+
+const PROCESS_FIELDS: &[&str] = &[
+    "Image",
+    "CommandLine",
+    "ParentImage",
+    "ParentCommandLine",
+    "CurrentDirectory",
+    "User",
+    "UserId",
+    "LogonId",
+    "ProcessId",
+    "ParentProcessId",
+    "Hashes",
+    "sha256",
+    "ImageDeleted",
+];
+const FILE_FIELDS: &[&str] = &[
+    "TargetFilename",
+    "SourceFilename",
+    "Hashes",
+    "sha256",
+    "FileSize",
+    "FileMode",
+    "UserId",
+    "Operation",
+];
+const AUTH_FIELDS: &[&str] = &[
+    "service", "action", "User", "USER", "SourceIp", "success", "Hostname", "message",
+];
+
+/// A Ward event seen through Sigma field names. Implements rsigma's `Event`.
+#[derive(Debug, Clone, Copy)]
+pub struct SigmaView<'a> {
+    event: &'a Event,
+}
+
+impl<'a> SigmaView<'a> {
+    pub fn new(event: &'a Event) -> Self {
+        SigmaView { event }
+    }
+}
+
+fn s(v: &str) -> Option<EventValue<'_>> {
+    Some(EventValue::Str(Cow::Borrowed(v)))
+}
+
+fn opt_s(v: Option<&str>) -> Option<EventValue<'_>> {
+    v.map(|v| EventValue::Str(Cow::Borrowed(v)))
+}
+
+fn hashes(h: &Option<[u8; 32]>) -> Option<EventValue<'static>> {
+    h.as_ref()
+        .map(|h| EventValue::Str(Cow::Owned(format!("SHA256={}", sha256_hex(h).to_ascii_uppercase()))))
+}
+
+fn sha(h: &Option<[u8; 32]>) -> Option<EventValue<'static>> {
+    h.as_ref().map(|h| EventValue::Str(Cow::Owned(sha256_hex(h))))
+}
+
+fn process_field<'a>(p: &'a ProcessEvent, name: &str) -> Option<EventValue<'a>> {
+    match name {
+        "Image" => s(&p.exe),
+        "CommandLine" => s(&p.cmdline),
+        "ParentImage" => s(&p.parent_exe),
+        "ParentCommandLine" => s(&p.parent_cmdline),
+        "CurrentDirectory" => s(&p.cwd),
+        "User" => s(&p.user),
+        "UserId" | "LogonId" => p.uid.map(|u| EventValue::Int(i64::from(u))),
+        "ProcessId" => Some(EventValue::Int(i64::from(p.pid))),
+        "ParentProcessId" => Some(EventValue::Int(i64::from(p.ppid))),
+        "Hashes" => hashes(&p.sha256),
+        "sha256" => sha(&p.sha256),
+        "ImageDeleted" => Some(EventValue::Bool(p.exe_deleted)),
+        _ => None,
+    }
+}
+
+fn file_field<'a>(f: &'a FileEvent, name: &str) -> Option<EventValue<'a>> {
+    match name {
+        "TargetFilename" => s(&f.path),
+        "SourceFilename" => opt_s(f.from_path.as_deref()),
+        "Hashes" => hashes(&f.sha256),
+        "sha256" => sha(&f.sha256),
+        "FileSize" => f.size.map(|n| EventValue::Int(i64::try_from(n).unwrap_or(i64::MAX))),
+        "FileMode" => f
+            .mode
+            .map(|m| EventValue::Str(Cow::Owned(format!("{:04o}", m & 0o7777)))),
+        "UserId" => f.uid.map(|u| EventValue::Int(i64::from(u))),
+        "Operation" => s(file_op_name(f.op)),
+        _ => None,
+    }
+}
+
+fn auth_field<'a>(a: &'a AuthEvent, name: &str) -> Option<EventValue<'a>> {
+    match name {
+        "service" => s(&a.service),
+        "action" => s(&a.action),
+        "User" | "USER" => opt_s(a.user.as_deref()),
+        "SourceIp" => opt_s(a.source_ip.as_deref()),
+        "success" => a.success.map(EventValue::Bool),
+        "Hostname" => s(&a.host),
+        "message" => s(&a.message),
+        _ => None,
+    }
+}
+
+fn audit_field<'a>(a: &'a AuditEvent, name: &str) -> Option<EventValue<'a>> {
+    match name {
+        "type" => {
+            if a.record_types.is_empty() {
+                s(&a.record_type)
+            } else {
+                let mut all = Vec::with_capacity(a.record_types.len() + 1);
+                all.push(EventValue::Str(Cow::Borrowed(a.record_type.as_str())));
+                all.extend(
+                    a.record_types
+                        .iter()
+                        .filter(|t| **t != a.record_type)
+                        .map(|t| EventValue::Str(Cow::Borrowed(t.as_str()))),
+                );
+                Some(EventValue::Array(all))
+            }
+        }
+        "SYSCALL" => match a.fields.get("SYSCALL") {
+            Some(v) => s(v),
+            None => a
+                .fields
+                .get("syscall")
+                .filter(|v| !v.is_empty() && !v.bytes().all(|b| b.is_ascii_digit()))
+                .map(|v| EventValue::Str(Cow::Borrowed(v.as_str()))),
+        },
+        other => a.fields.get(other).map(|v| EventValue::Str(Cow::Borrowed(v.as_str()))),
+    }
+}
+
+impl SigmaEventTrait for SigmaView<'_> {
+    fn get_field(&self, path: &str) -> Option<EventValue<'_>> {
+        match &self.event.data {
+            EventData::Process(p) => process_field(p, path),
+            EventData::File(f) => file_field(f, path),
+            EventData::Auth(a) => auth_field(a, path),
+            EventData::Audit(a) => audit_field(a, path),
+            EventData::Gap(_) => None,
+        }
+    }
+
+    fn any_string_value(&self, pred: &dyn Fn(&str) -> bool) -> bool {
+        let mut hit = false;
+        self.visit_string_values(&mut |v| {
+            if !hit && pred(v) {
+                hit = true;
+            }
+        });
+        hit
+    }
+
+    fn all_string_values(&self) -> Vec<Cow<'_, str>> {
+        let mut out = Vec::new();
+        self.visit_string_values(&mut |v| out.push(Cow::Owned(v.to_string())));
+        out
+    }
+
+    /// The strings keyword rules search: the command line, the auth message, or
+    /// every audit value. Paths and hashes are not keyword material.
+    fn visit_string_values(&self, visit: &mut dyn FnMut(&str)) {
+        match &self.event.data {
+            EventData::Process(p) => visit(&p.cmdline),
+            EventData::Auth(a) => visit(&a.message),
+            EventData::Audit(a) => a.fields.values().for_each(|v| visit(v)),
+            EventData::File(_) | EventData::Gap(_) => {}
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        let mut put = |k: &str| {
+            if let Some(v) = self.get_field(k) {
+                map.insert(k.to_string(), v.to_json());
+            }
+        };
+        match &self.event.data {
+            EventData::Process(_) => PROCESS_FIELDS.iter().for_each(|k| put(k)),
+            EventData::File(_) => FILE_FIELDS.iter().for_each(|k| put(k)),
+            EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| put(k)),
+            EventData::Audit(a) => {
+                put("type");
+                put("SYSCALL");
+                for (k, v) in &a.fields {
+                    map.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+                }
+            }
+            EventData::Gap(_) => {}
+        }
+        Value::Object(map)
+    }
+
+    fn top_level_keys(&self) -> Option<Vec<Cow<'_, str>>> {
+        let mut out = Vec::new();
+        self.visit_top_level_keys(&mut |k| out.push(Cow::Owned(k.to_string())));
+        Some(out)
+    }
+
+    fn visit_top_level_keys(&self, visit: &mut dyn FnMut(&str)) -> bool {
+        match &self.event.data {
+            EventData::Process(_) => PROCESS_FIELDS.iter().for_each(|k| visit(k)),
+            EventData::File(_) => FILE_FIELDS.iter().for_each(|k| visit(k)),
+            EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| visit(k)),
+            EventData::Audit(a) => {
+                visit("type");
+                visit("SYSCALL");
+                a.fields.keys().for_each(|k| visit(k));
+            }
+            EventData::Gap(_) => {}
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn proc_event() -> Event {
+        Event {
+            observed_at_ms: 1,
+            data: EventData::Process(ProcessEvent {
+                pid: 10,
+                exe: "/usr/bin/curl".into(),
+                cmdline: "curl http://x/y.sh".into(),
+                sha256: Some([0xab; 32]),
+                exe_deleted: true,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn process_fields_use_sigma_names() {
+        let e = proc_event();
+        let v = SigmaView::new(&e);
+        assert_eq!(v.get_field("Image"), s("/usr/bin/curl"));
+        assert_eq!(v.get_field("ProcessId"), Some(EventValue::Int(10)));
+        assert_eq!(v.get_field("ImageDeleted"), Some(EventValue::Bool(true)));
+        let h = v.get_field("Hashes").unwrap();
+        assert!(h.as_str().unwrap().starts_with("SHA256=ABAB"));
+        assert_eq!(v.get_field("Nope"), None);
+    }
+
+    #[test]
+    fn placement_follows_logsource() {
+        assert_eq!(
+            placement(Some("process_creation"), Some("linux"), None),
+            Placement::One(Bucket::Process, None)
+        );
+        assert_eq!(
+            placement(None, Some("linux"), Some("sshd")),
+            Placement::One(Bucket::AuthService, Some("sshd".into()))
+        );
+        assert_eq!(placement(None, Some("Linux"), None), Placement::AllPrimary);
+        assert!(matches!(
+            placement(Some("process_creation"), Some("windows"), None),
+            Placement::Inactive(_)
+        ));
+        assert!(matches!(
+            placement(Some("network_connection"), Some("linux"), None),
+            Placement::Inactive(_)
+        ));
+    }
+}

