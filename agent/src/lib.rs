@@ -1,9 +1,15 @@
 //! The Ward endpoint agent: sensors feed detection, detection raises alerts, alerts
 //! are signed and kept in a durable outbox until the collector acknowledges them.
 
+pub mod config;
+pub mod delivery;
 pub mod detect;
 pub mod event;
 pub mod identity;
 pub mod link;
 pub mod outbox;
+pub mod pipeline;
+pub mod rulepack;
+pub mod run;
 pub mod sensor;
+pub mod status;

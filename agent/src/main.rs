@@ -1,1 +1,146 @@
-fn main() {}
+//! `ward-agent`: the command line. Parses arguments, then hands over to the library.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use ward_agent::config::Config;
+use ward_agent::identity::{self, Identity};
+use ward_agent::status::Status;
+use ward_agent::{detect, link, run, sensor};
+
+#[derive(Parser)]
+#[command(name = "ward-agent", version, about = "Ward endpoint agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this device with the collector named in a join token.
+    Enroll {
+        #[arg(long, env = "WARD_JOIN_TOKEN")]
+        token: String,
+        #[arg(long, default_value = "/var/lib/ward/agent")]
+        state_dir: PathBuf,
+    },
+    /// Run the agent.
+    Run {
+        /// TOML config; without it the defaults apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "/var/lib/ward/agent")]
+        state_dir: PathBuf,
+    },
+    /// Enrollment, connection, outbox depth, rule pack and isolation state.
+    Status {
+        #[arg(long, default_value = "/var/lib/ward/agent")]
+        state_dir: PathBuf,
+    },
+    /// Detection engineering.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Show which rules in RULES_DIR match which events in EVENTS.jsonl.
+    Test { rules_dir: PathBuf, events: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Enroll { token, state_dir } => enroll(&token, &state_dir),
+        Command::Run { config, state_dir } => {
+            let config = Config::load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            runtime.block_on(async {
+                let (stop_tx, stop_rx) = watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    let _ = stop_tx.send(true);
+                });
+                run::run(config, state_dir, stop_rx).await
+            })?;
+            Ok(())
+        }
+        Command::Status { state_dir } => status(&state_dir),
+        Command::Rules { command: RulesCommand::Test { rules_dir, events } } => {
+            let report = detect::rulestest::run(&rules_dir, &events)?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+fn enroll(token: &str, state_dir: &Path) -> Result<()> {
+    let token: ward_protocol::JoinToken = token.parse().context("join token")?;
+    let (signing_key, tls_pkcs8) = identity::load_or_create_keys(state_dir)?;
+    let inventory = sensor::inventory::collect(env!("CARGO_PKG_VERSION"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let enrollment = runtime
+        .block_on(link::enroll(&token, &signing_key, &tls_pkcs8, inventory))
+        .with_context(|| format!("enrolling with {}", token.collector_addr))?;
+    Identity::save_enrollment(state_dir, &enrollment)?;
+    println!("enrolled as device {} with collector {}", enrollment.device_id, enrollment.collector_addr);
+    Ok(())
+}
+
+fn status(state_dir: &Path) -> Result<()> {
+    let identity = match Identity::load(state_dir) {
+        Ok(i) => i,
+        Err(identity::IdentityError::NotEnrolled(_)) => {
+            println!("enrolled: no ({} holds no identity)", state_dir.display());
+            return Ok(());
+        }
+        Err(e) => bail!(e),
+    };
+    let e = &identity.enrollment;
+    println!("enrolled: yes, device {} with collector {}", e.device_id, e.collector_addr);
+    match Status::read(state_dir) {
+        Some(s) if s.is_live(sensor::now_ms(), 2_000) => {
+            let link = if s.connected { "connected".to_string() } else { format!("disconnected ({})", s.last_error.as_deref().unwrap_or("connecting")) };
+            println!("agent: running (pid {})", s.pid);
+            println!("connection: {link}");
+            println!("outbox: {} alerts, {} bytes", s.outbox_depth, s.outbox_bytes);
+            println!("rule pack: version {} ({} rules, {} skipped)", s.rule_pack_version, s.rules_loaded, s.rule_errors);
+            println!("isolation: {}", s.isolation);
+            println!("alerts: {} raised, {} delivered", s.alerts_raised, s.alerts_delivered);
+        }
+        Some(s) => {
+            println!("agent: not running (last status from pid {})", s.pid);
+            println!("outbox: {} alerts waiting", s.outbox_depth);
+            println!("rule pack: version {}", s.rule_pack_version);
+            println!("isolation: {}", s.isolation);
+        }
+        None => println!("agent: has not run yet"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

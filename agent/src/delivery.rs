@@ -1,0 +1,269 @@
+//! Delivery: keeps a session with the collector open (reconnecting with jittered
+//! back-off), sends outbox batches one at a time and removes them only when their
+//! acknowledgement arrives, sends heartbeats and drop reports, and takes rule packs.
+//! A batch not acknowledged in time means the connection is dead: its lease is
+//! released and everything unacknowledged is sent again on the next session.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::rand::SecureRandom;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use ward_protocol::message::{AlertBatch, Heartbeat};
+use ward_protocol::{AgentMessage, CollectorMessage, Inventory, IsolationState};
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::link::{LinkError, Session};
+use crate::pipeline::{Rules, Shared};
+use crate::sensor::{inventory, now_ms};
+use crate::{detect, rulepack};
+
+pub struct Delivery {
+    pub identity: Identity,
+    pub config: Config,
+    pub state_dir: PathBuf,
+    pub shared: Arc<Shared>,
+    pub rules_tx: mpsc::Sender<Rules>,
+    pub rule_pack_version: u64,
+}
+
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+impl Delivery {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let min = Duration::from_millis(self.config.link.reconnect_min_ms);
+        let max = Duration::from_millis(self.config.link.reconnect_max_ms);
+        let mut backoff = min;
+        loop {
+            let opened = tokio::select! {
+                s = Session::open(&self.identity, self.rule_pack_version, 0) => s,
+                _ = shutdown.changed() => return,
+            };
+            let reason = match opened {
+                Ok(session) => {
+                    backoff = min;
+                    self.set_connected(true, None);
+                    info!(collector = %self.identity.enrollment.collector_addr, "connected");
+                    match self.session(session, &mut shutdown).await {
+                        End::Shutdown => return,
+                        End::Lost(reason) => reason,
+                    }
+                }
+                Err(e) => {
+                    if let LinkError::Closed(r) = &e
+                        && r.contains("revoked")
+                    {
+                        warn!("this device was revoked by the collector");
+                    }
+                    e.to_string()
+                }
+            };
+            warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "collector link down");
+            self.set_connected(false, Some(reason));
+            if let Ok(mut outbox) = self.shared.outbox.lock() {
+                outbox.release_leases();
+            }
+            let sleep = jitter(backoff);
+            backoff = (backoff * 2).min(max);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn set_connected(&self, connected: bool, error: Option<String>) {
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.connected = connected;
+            if error.is_some() || connected {
+                s.last_error = error;
+            }
+        }
+    }
+
+    async fn session(&mut self, session: Session, shutdown: &mut watch::Receiver<bool>) -> End {
+        let Session { conn, mut send, mut recv, endpoint: _endpoint } = session;
+        let (tx, mut rx) = mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = crate::link::read_frame::<CollectorMessage>(&mut recv, ward_protocol::codec::MAX_COLLECTOR_FRAME).await;
+                let done = !matches!(msg, Ok(Some(_)));
+                let item = match msg {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => Err(LinkError::Closed("collector finished the stream".into())),
+                    Err(e) => Err(e),
+                };
+                if tx.send(item).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        let end = self.exchange(&mut send, &mut rx, shutdown).await;
+        reader.abort();
+        conn.close(0u32.into(), b"agent closing");
+        end
+    }
+
+    async fn exchange(
+        &mut self,
+        send: &mut quinn::SendStream,
+        rx: &mut mpsc::Receiver<Result<CollectorMessage, LinkError>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let ack_timeout = Duration::from_millis(self.config.link.ack_timeout_ms);
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.agent.heartbeat_interval_ms));
+        let mut inventory_tick = tokio::time::interval(Duration::from_millis(self.config.agent.inventory_interval_ms));
+        let mut last_inventory: Option<Inventory> = None;
+        let mut in_flight: Option<(u64, tokio::time::Instant)> = None;
+        let mut drops_sent = false;
+        loop {
+            if in_flight.is_none() {
+                match self.next_batch() {
+                    Ok(Some((batch_id, msg))) => {
+                        if let Err(e) = crate::link::write_frame(send, &msg).await {
+                            return End::Lost(e.to_string());
+                        }
+                        in_flight = Some((batch_id, tokio::time::Instant::now() + ack_timeout));
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "outbox read failed"),
+                }
+            }
+            if !drops_sent {
+                drops_sent = true;
+                if let Some(msg) = self.drop_report() {
+                    if let Err(e) = crate::link::write_frame(send, &msg).await {
+                        return End::Lost(e.to_string());
+                    }
+                }
+            }
+            let deadline = in_flight.map(|(_, d)| d).unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Ok(CollectorMessage::Ack(ack))) => {
+                        if in_flight.is_some_and(|(id, _)| id == ack.batch_id) {
+                            in_flight = None;
+                            self.acknowledged(ack.batch_id, u64::from(ack.stored) + u64::from(ack.duplicates));
+                        }
+                    }
+                    Some(Ok(CollectorMessage::RulePack(signed))) => self.rule_pack(&signed).await,
+                    Some(Ok(CollectorMessage::Command(_))) => {
+                        warn!("command received: response actions are not supported by this agent version");
+                    }
+                    Some(Ok(CollectorMessage::Goodbye { reason })) => return End::Lost(reason),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return End::Lost(e.to_string()),
+                    None => return End::Lost("reader stopped".into()),
+                },
+                _ = self.shared.new_alerts.notified(), if in_flight.is_none() => {}
+                _ = tokio::time::sleep_until(deadline), if in_flight.is_some() => {
+                    return End::Lost(format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
+                }
+                _ = inventory_tick.tick() => {
+                    let inv = tokio::task::spawn_blocking(|| inventory::collect(env!("CARGO_PKG_VERSION"))).await.ok();
+                    if inv.is_some() && inv != last_inventory {
+                        last_inventory = inv.clone();
+                        if let Err(e) = crate::link::write_frame(send, &self.heartbeat(inv)).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
+                        return End::Lost(e.to_string());
+                    }
+                    drops_sent = false;
+                }
+                _ = shutdown.changed() => return End::Shutdown,
+            }
+        }
+    }
+
+    fn next_batch(&self) -> Result<Option<(u64, AgentMessage)>, crate::outbox::OutboxError> {
+        let Ok(mut outbox) = self.shared.outbox.lock() else { return Ok(None) };
+        let max_bytes = u64::from(ward_protocol::codec::MAX_AGENT_FRAME) / 2;
+        let lease = outbox.lease(self.config.outbox.batch_max_alerts, max_bytes)?;
+        Ok(lease.map(|l| (l.batch_id, AgentMessage::Alerts(AlertBatch { batch_id: l.batch_id, alerts: l.entries }))))
+    }
+
+    fn acknowledged(&self, batch_id: u64, n: u64) {
+        if let Ok(mut outbox) = self.shared.outbox.lock() {
+            if let Err(e) = outbox.ack(batch_id) {
+                warn!(error = %e, batch_id, "cannot remove acknowledged batch");
+            }
+            if let Ok(mut s) = self.shared.status.lock() {
+                s.alerts_delivered += n;
+                s.outbox_depth = outbox.depth();
+                s.outbox_bytes = outbox.bytes();
+            }
+        }
+    }
+
+    /// The pending drop report; cleared once handed to the session.
+    fn drop_report(&self) -> Option<AgentMessage> {
+        let mut outbox = self.shared.outbox.lock().ok()?;
+        let pending = outbox.pending_drops().ok()??;
+        let _ = outbox.clear_drops(pending.upto);
+        Some(AgentMessage::Dropped(pending.report))
+    }
+
+    fn heartbeat(&self, inventory: Option<Inventory>) -> AgentMessage {
+        let depth = self.shared.outbox.lock().map(|o| o.depth()).unwrap_or(0);
+        AgentMessage::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms(),
+            inventory,
+            isolation: IsolationState::None,
+            outbox_depth: depth,
+            rule_pack_version: self.rule_pack_version,
+        })
+    }
+
+    /// Verifies, compiles and swaps in a pushed rule pack; keeps the old one on any failure.
+    async fn rule_pack(&mut self, signed: &ward_protocol::Signed) {
+        let pack = match rulepack::verify(signed, &self.identity.enrollment.command_keys, self.rule_pack_version) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "rule pack refused");
+                return;
+            }
+        };
+        let (mut files, local_errors) = rulepack::local_rules(&self.config.detection.rules_dir);
+        files.extend(pack.rules.iter().cloned());
+        let version = pack.version;
+        let compiled = tokio::task::spawn_blocking(move || detect::Detector::load(&files)).await;
+        let Ok((detector, errors)) = compiled else {
+            warn!(version, "rule pack failed to compile; keeping the running rules");
+            return;
+        };
+        for e in &errors {
+            warn!(version, error = %e, "rule skipped");
+        }
+        if let Err(e) = rulepack::save(&self.state_dir, signed) {
+            warn!(error = %e, "rule pack not kept on disk");
+        }
+        let loaded = detector.stats().loaded;
+        if self.rules_tx.send(Rules { version, detector }).await.is_ok() {
+            self.rule_pack_version = version;
+            if let Ok(mut s) = self.shared.status.lock() {
+                s.rule_pack_version = version;
+                s.rules_loaded = loaded;
+                s.rule_errors = errors.len() + local_errors.len();
+            }
+            info!(version, loaded, skipped = errors.len(), "rule pack running");
+        }
+    }
+}
+
+/// Between half and all of `d`, so reconnecting agents spread out.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = ring::rand::SystemRandom::new().fill(&mut b).map(|_| u16::from_le_bytes(b)).unwrap_or(0);
+    let half = d / 2;
+    half + half.mul_f64(f64::from(r) / f64::from(u16::MAX))
+}

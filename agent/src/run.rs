@@ -1,0 +1,121 @@
+//! `ward-agent run`: loads the identity, rules and outbox, then runs sensors,
+//! detection, delivery and the status writer until shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::detect::Detector;
+use crate::identity::{Identity, IdentityError};
+use crate::outbox::Outbox;
+use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
+use crate::sensor::{inventory, now_ms, run_sensors};
+use crate::status::Status;
+use crate::rulepack;
+
+pub const OUTBOX_FILE: &str = "outbox.db";
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
+}
+
+/// Compiles the rules the agent starts with: built-in, the local rules dir, and
+/// the last known good pushed pack.
+pub fn initial_rules(config: &Config, state_dir: &Path, identity: &Identity) -> (Rules, usize) {
+    let (mut files, local_errors) = rulepack::local_rules(&config.detection.rules_dir);
+    for e in &local_errors {
+        warn!(error = %e, "local rule skipped");
+    }
+    let pack = rulepack::load(state_dir, &identity.enrollment.command_keys);
+    let version = pack.as_ref().map(|p| p.version).unwrap_or(0);
+    if let Some(pack) = pack {
+        files.extend(pack.rules);
+    }
+    let (detector, errors) = Detector::load(&files);
+    for e in &errors {
+        warn!(error = %e, "rule skipped");
+    }
+    (Rules { version, detector }, errors.len() + local_errors.len())
+}
+
+pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let identity = Identity::load(&state_dir)?;
+    let outbox = Outbox::open(&state_dir.join(OUTBOX_FILE), config.outbox.max_bytes)?;
+    let (rules, rule_errors) = initial_rules(&config, &state_dir, &identity);
+    let stats = rules.detector.stats();
+    info!(device = %identity.enrollment.device_id, rules = stats.loaded, rule_errors, pack = rules.version, "agent starting");
+    let status = Status {
+        pid: std::process::id(),
+        collector: identity.enrollment.collector_addr.clone(),
+        outbox_depth: outbox.depth(),
+        outbox_bytes: outbox.bytes(),
+        rule_pack_version: rules.version,
+        rules_loaded: stats.loaded,
+        rule_errors,
+        isolation: "none".into(),
+        ..Status::default()
+    };
+    let shared = Arc::new(Shared { outbox: Mutex::new(outbox), new_alerts: Notify::new(), status: Mutex::new(status) });
+
+    let hostname = inventory::collect(env!("CARGO_PKG_VERSION")).hostname;
+    // The builder owns its own handle on the signing key (ring keys are not Clone).
+    let key = Identity::load(&state_dir)?.signing_key;
+    let builder = AlertBuilder::new(identity.enrollment.device_id, hostname, key);
+    let (events_tx, events_rx) = mpsc::channel::<crate::event::Event>(4096);
+    let (rules_tx, rules_rx) = mpsc::channel::<Rules>(1);
+    let pack_version = rules.version;
+
+    let sensors = tokio::spawn(run_sensors(config.sensors.clone(), events_tx, shutdown.clone()));
+    let detection = tokio::spawn(run_detection(
+        rules,
+        rules_rx,
+        events_rx,
+        builder,
+        Arc::clone(&shared),
+        config.detection.aggregate_window_ms,
+        shutdown.clone(),
+    ));
+    let delivery = Delivery {
+        identity,
+        config: config.clone(),
+        state_dir: state_dir.clone(),
+        shared: Arc::clone(&shared),
+        rules_tx,
+        rule_pack_version: pack_version,
+    };
+    let link = tokio::spawn(delivery.run(shutdown.clone()));
+
+    let mut tick = tokio::time::interval(Duration::from_millis(config.agent.status_interval_ms));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_status(&shared, &state_dir),
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), detection).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), link).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), sensors).await;
+    write_status(&shared, &state_dir);
+    info!("agent stopped");
+    Ok(())
+}
+
+fn write_status(shared: &Shared, state_dir: &Path) {
+    let (depth, bytes) = shared.outbox.lock().map(|o| (o.depth(), o.bytes())).unwrap_or((0, 0));
+    if let Ok(mut s) = shared.status.lock() {
+        s.updated_at_ms = now_ms();
+        s.outbox_depth = depth;
+        s.outbox_bytes = bytes;
+        s.write(state_dir);
+    }
+}

@@ -1,0 +1,46 @@
+//! The running agent's state as `status.json` in the state dir, refreshed
+//! periodically, so `ward-agent status` can report on a running agent without
+//! talking to it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::write_atomic;
+
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub updated_at_ms: u64,
+    pub connected: bool,
+    pub collector: String,
+    pub last_error: Option<String>,
+    pub outbox_depth: u64,
+    pub outbox_bytes: u64,
+    pub rule_pack_version: u64,
+    pub rules_loaded: usize,
+    pub rule_errors: usize,
+    pub isolation: String,
+    pub alerts_raised: u64,
+    pub alerts_delivered: u64,
+}
+
+impl Status {
+    pub fn write(&self, state_dir: &Path) {
+        if let Ok(json) = serde_json::to_vec_pretty(self) {
+            let _ = write_atomic(&state_dir.join(STATUS_FILE), &json, 0o644);
+        }
+    }
+
+    pub fn read(state_dir: &Path) -> Option<Status> {
+        serde_json::from_slice(&std::fs::read(state_dir.join(STATUS_FILE)).ok()?).ok()
+    }
+
+    /// Whether the process that wrote this is still alive and writing.
+    pub fn is_live(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let fresh = now_ms.saturating_sub(self.updated_at_ms) <= interval_ms.saturating_mul(3).max(5_000);
+        fresh && Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
