@@ -267,7 +267,11 @@ impl Outbox {
             self.bytes += size;
             self.depth += 1;
         } else {
-            tracing::warn!(seq, size, "outbox dropped a new alert (too large, or outranked by everything stored)");
+            tracing::warn!(
+                seq,
+                size,
+                "outbox dropped a new alert (too large, or outranked by everything stored)"
+            );
         }
         if !evicted.is_empty() {
             tracing::warn!(count = evicted.len(), "outbox full: evicted lower-ranked alerts");
@@ -553,7 +557,9 @@ fn salvage(path: &Path) -> Salvaged {
         return Salvaged::default();
     };
     let meta_next: Option<u64> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| r.get::<_, i64>(0))
+        .query_row("SELECT value FROM meta WHERE key = 'next_seq'", [], |r| {
+            r.get::<_, i64>(0)
+        })
         .ok()
         .and_then(|v| u64::try_from(v).ok());
     let (max_seq, count) = conn
@@ -599,7 +605,10 @@ fn quarantine(path: &Path) -> Result<PathBuf, OutboxError> {
 }
 
 fn record_quarantine(conn: &mut Connection, why: &str, aside: &Path, salvaged: Salvaged) -> Result<(), OutboxError> {
-    let name = aside.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = aside
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let lost = match salvaged.entries {
         Some(n) => format!("{n} undelivered alerts lost"),
         None => "an unknown number of undelivered alerts lost".to_string(),
@@ -616,4 +625,359 @@ fn record_quarantine(conn: &mut Connection, why: &str, aside: &Path, salvaged: S
     insert_drop(&tx, None, salvaged.entries.unwrap_or(0), &reason)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use ward_protocol::{Alert, Id128, SignatureKind, SigningKey};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    /// A fake signed alert whose payload starts with its seq, `pad` bytes long in all.
+    fn fake(seq: u64, pad: usize) -> (AlertId, Signed) {
+        let mut payload = seq.to_le_bytes().to_vec();
+        payload.resize(pad.max(8), 0xa5);
+        let signed = Signed {
+            key_id: KeyId([7; 8]),
+            payload,
+            signature: vec![1; 64],
+        };
+        (AlertId(Id128::from_u128(u128::from(seq))), signed)
+    }
+
+    fn append(ob: &mut Outbox, sev: Severity, pad: usize) -> Appended {
+        ob.append_with(sev, |seq| Ok::<_, Never>(fake(seq, pad))).unwrap()
+    }
+
+    fn seq_of(s: &Signed) -> u64 {
+        u64::from_le_bytes(s.payload[..8].try_into().unwrap())
+    }
+
+    fn size_for(pad: usize) -> u64 {
+        entry_size(&fake(1, pad).1)
+    }
+
+    #[test]
+    fn append_lease_ack_release_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        for i in 1..=5 {
+            let a = append(&mut ob, Severity::Medium, 100);
+            assert_eq!(
+                a,
+                Appended {
+                    seq: i,
+                    stored: true,
+                    dropped: 0
+                }
+            );
+        }
+        assert_eq!(ob.depth(), 5);
+        assert_eq!(ob.bytes(), 5 * size_for(100));
+
+        let a = ob.lease(2, u64::MAX).unwrap().unwrap();
+        assert_eq!(a.seqs, vec![1, 2]);
+        assert_eq!(a.entries.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2]);
+        let b = ob.lease(10, u64::MAX).unwrap().unwrap();
+        assert_eq!(b.seqs, vec![3, 4, 5]);
+        assert_ne!(a.batch_id, b.batch_id);
+        assert!(ob.lease(10, u64::MAX).unwrap().is_none(), "everything is leased");
+
+        assert_eq!(ob.ack(b.batch_id).unwrap(), 3);
+        assert_eq!(ob.ack(b.batch_id).unwrap(), 0, "a second ack is a no-op");
+        ob.release_leases();
+        assert_eq!(ob.ack(a.batch_id).unwrap(), 0, "an ack for a released batch is a no-op");
+        let again = ob.lease(10, u64::MAX).unwrap().unwrap();
+        assert_eq!(again.seqs, vec![1, 2]);
+        assert_eq!(ob.ack(again.batch_id).unwrap(), 2);
+        assert_eq!((ob.depth(), ob.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn lease_respects_byte_budget_but_always_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1 << 20).unwrap();
+        for _ in 0..4 {
+            append(&mut ob, Severity::Low, 1000);
+        }
+        let one = size_for(1000);
+        let l = ob.lease(100, 2 * one + 1).unwrap().unwrap();
+        assert_eq!(l.seqs, vec![1, 2]);
+        assert_eq!(l.bytes, 2 * one);
+        let l = ob.lease(100, 1).unwrap().unwrap();
+        assert_eq!(l.seqs, vec![3], "the first entry goes even if over budget");
+        assert!(ob.lease(0, u64::MAX).unwrap().is_none());
+    }
+
+    #[test]
+    fn seq_and_batch_ids_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let (first_batch, leased) = {
+            let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+            append(&mut ob, Severity::High, 10);
+            append(&mut ob, Severity::High, 10);
+            let l = ob.lease(1, u64::MAX).unwrap().unwrap();
+            ob.ack(l.batch_id).unwrap();
+            let l2 = ob.lease(1, u64::MAX).unwrap().unwrap();
+            (l.batch_id, l2)
+        };
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(ob.next_seq(), 3);
+        assert_eq!(ob.depth(), 1);
+        assert_eq!(ob.ack(leased.batch_id).unwrap(), 0, "leases do not survive a restart");
+        let l = ob.lease(10, u64::MAX).unwrap().unwrap();
+        assert_eq!(l.seqs, vec![2]);
+        assert!(l.batch_id > leased.batch_id && l.batch_id > first_batch);
+        assert_eq!(append(&mut ob, Severity::High, 10).seq, 3);
+    }
+
+    #[test]
+    fn a_failing_build_writes_nothing_and_keeps_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1 << 20).unwrap();
+        let err = ob
+            .append_with(Severity::Low, |_| Err::<(AlertId, Signed), _>(Never))
+            .unwrap_err();
+        assert!(matches!(err, OutboxError::Build(_)));
+        assert!(!err.is_retryable());
+        assert_eq!(ob.depth(), 0);
+        assert_eq!(append(&mut ob, Severity::Low, 10).seq, 1);
+    }
+
+    #[test]
+    fn full_outbox_evicts_lowest_severity_then_oldest_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = size_for(100);
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 4 * one).unwrap();
+        append(&mut ob, Severity::High, 100); // 1
+        append(&mut ob, Severity::Low, 100); // 2
+        append(&mut ob, Severity::Medium, 100); // 3
+        append(&mut ob, Severity::Low, 100); // 4
+        assert_eq!(ob.bytes(), 4 * one);
+
+        // A medium alert evicts the oldest low one.
+        assert_eq!(
+            append(&mut ob, Severity::Medium, 100),
+            Appended {
+                seq: 5,
+                stored: true,
+                dropped: 1
+            }
+        );
+        // An informational alert outranks nothing: it is dropped itself.
+        assert_eq!(
+            append(&mut ob, Severity::Informational, 100),
+            Appended {
+                seq: 6,
+                stored: false,
+                dropped: 1
+            }
+        );
+        // A double-size critical alert evicts the low one, then the oldest medium.
+        assert_eq!(
+            append(&mut ob, Severity::Critical, 100 + one as usize),
+            Appended {
+                seq: 7,
+                stored: true,
+                dropped: 2
+            }
+        );
+        assert!(ob.bytes() <= ob.max_bytes());
+        let l = ob.lease(100, u64::MAX).unwrap().unwrap();
+        assert_eq!(l.seqs, vec![1, 5, 7]);
+
+        let drops = ob.pending_drops().unwrap().unwrap();
+        assert_eq!(drops.report.seqs, vec![2, 6, 4, 3]);
+        assert_eq!(drops.report.dropped, 4);
+        assert_eq!(drops.report.reason, REASON_FULL);
+        assert_eq!(ob.clear_drops(drops.upto).unwrap(), 4);
+        assert!(ob.pending_drops().unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_entries_are_dropped_and_reported_separately() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1000).unwrap();
+        assert_eq!(
+            append(&mut ob, Severity::Critical, 2000),
+            Appended {
+                seq: 1,
+                stored: false,
+                dropped: 1
+            }
+        );
+        append(&mut ob, Severity::Low, 500);
+        assert_eq!(append(&mut ob, Severity::Informational, 500).stored, false);
+        let first = ob.pending_drops().unwrap().unwrap();
+        assert_eq!(first.report.reason, REASON_TOO_LARGE);
+        assert_eq!(first.report.seqs, vec![1]);
+        ob.clear_drops(first.upto).unwrap();
+        let second = ob.pending_drops().unwrap().unwrap();
+        assert_eq!(
+            (second.report.reason.as_str(), second.report.seqs.clone()),
+            (REASON_FULL, vec![3])
+        );
+    }
+
+    #[test]
+    fn drop_reports_survive_reopen_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        {
+            let mut ob = Outbox::open(&path, 1000).unwrap();
+            append(&mut ob, Severity::Low, 5000);
+        }
+        let mut ob = Outbox::open(&path, 1000).unwrap();
+        let d = ob.pending_drops().unwrap().unwrap();
+        assert_eq!(d.report.seqs, vec![1]);
+        ob.clear_drops(d.upto).unwrap();
+        drop(ob);
+        assert!(Outbox::open(&path, 1000).unwrap().pending_drops().unwrap().is_none());
+    }
+
+    #[test]
+    fn lowering_the_cap_evicts_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let one = size_for(100);
+        {
+            let mut ob = Outbox::open(&path, 10 * one).unwrap();
+            append(&mut ob, Severity::High, 100);
+            append(&mut ob, Severity::Low, 100);
+            append(&mut ob, Severity::Medium, 100);
+        }
+        let mut ob = Outbox::open(&path, 2 * one).unwrap();
+        assert_eq!((ob.depth(), ob.bytes()), (2, 2 * one));
+        let d = ob.pending_drops().unwrap().unwrap();
+        assert_eq!((d.report.seqs, d.report.reason.as_str()), (vec![2], REASON_CAP_LOWERED));
+        assert_eq!(ob.lease(10, u64::MAX).unwrap().unwrap().seqs, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_second_opener_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        append(&mut ob, Severity::Low, 10);
+        let conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_millis(10)).unwrap();
+        let err = OutboxError::from(
+            conn.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get::<_, i64>(0))
+                .unwrap_err(),
+        );
+        assert!(matches!(err, OutboxError::Locked), "{err:?}");
+        assert!(err.is_retryable());
+        conn.close().unwrap();
+        drop(ob);
+        assert_eq!(Outbox::open(&path, 1 << 20).unwrap().depth(), 1);
+    }
+
+    #[test]
+    fn garbage_file_is_quarantined_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        let aside = ob.quarantined().unwrap().to_path_buf();
+        assert_eq!(aside, dir.path().join("o.db.corrupt.1"));
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            vec![0x42u8; 8192],
+            "the evidence is kept as it was"
+        );
+        let d = ob.pending_drops().unwrap().unwrap();
+        assert!(d.report.reason.contains("corrupt"), "{}", d.report.reason);
+        assert!(d.report.reason.contains("restart at 1"), "{}", d.report.reason);
+        assert!(d.report.seqs.is_empty());
+        assert_eq!(append(&mut ob, Severity::Low, 10).seq, 1);
+        drop(ob);
+        assert!(Outbox::open(&path, 1 << 20).unwrap().quarantined().is_none());
+    }
+
+    #[test]
+    fn damaged_pages_are_quarantined_and_counters_salvaged_when_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        {
+            let mut ob = Outbox::open(&path, 1 << 30).unwrap();
+            for _ in 0..300 {
+                append(&mut ob, Severity::Low, 3000);
+            }
+            // Fold the WAL into the main file so the damage below hits the real pages.
+            ob.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+        }
+        // Scribble over the middle of the file, leaving the header and first pages alone.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 64 * 1024] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut ob = Outbox::open(&path, 1 << 30).unwrap();
+        assert!(ob.quarantined().is_some());
+        assert_eq!(ob.depth(), 0);
+        let d = ob.pending_drops().unwrap().unwrap();
+        assert!(d.report.reason.contains("corrupt"), "{}", d.report.reason);
+        // meta lives in the first pages, so the counter is salvaged and never reused.
+        assert_eq!(append(&mut ob, Severity::Low, 10).seq, 301, "{}", d.report.reason);
+    }
+
+    #[test]
+    fn unknown_format_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        {
+            let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+            append(&mut ob, Severity::Low, 10);
+            write_meta(&ob.conn, "format", 99).unwrap();
+        }
+        let ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert!(ob.quarantined().is_some());
+        assert_eq!(ob.next_seq(), 2, "counters salvaged from a readable file");
+        assert!(ob.pending_drops().unwrap().unwrap().report.reason.contains("format 99"));
+    }
+
+    #[test]
+    fn real_signed_alerts_come_back_verifiable() {
+        let rng = ring::rand::SystemRandom::new();
+        let (key, _) = SigningKey::generate(&rng).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        let appended = ob
+            .append_with(Severity::High, |seq| {
+                let alert = Alert {
+                    id: AlertId(Id128::from_u128(77)),
+                    device_id: Default::default(),
+                    seq,
+                    observed_at_ms: 1,
+                    last_observed_at_ms: 1,
+                    rule: ward_protocol::RuleRef {
+                        id: "r".into(),
+                        title: "t".into(),
+                        author: "a".into(),
+                        severity: Severity::High,
+                        techniques: vec![],
+                        tactics: vec![],
+                    },
+                    entities: vec![],
+                    count: 1,
+                    matched: vec![],
+                };
+                let signed = key.sign_value(SignatureKind::Alert, &alert)?;
+                Ok::<_, ward_protocol::DecodeError>((alert.id, signed))
+            })
+            .unwrap();
+        drop(ob);
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        let lease = ob.lease(1, u64::MAX).unwrap().unwrap();
+        let alert: Alert = lease.entries[0].open(SignatureKind::Alert, &key.public_key()).unwrap();
+        assert_eq!(alert.seq, appended.seq);
+    }
 }
