@@ -813,7 +813,7 @@ mod tests {
             }
         );
         append(&mut ob, Severity::Low, 500);
-        assert_eq!(append(&mut ob, Severity::Informational, 500).stored, false);
+        assert!(!append(&mut ob, Severity::Informational, 500).stored);
         let first = ob.pending_drops().unwrap().unwrap();
         assert_eq!(first.report.reason, REASON_TOO_LARGE);
         assert_eq!(first.report.seqs, vec![1]);
