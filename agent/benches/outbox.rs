@@ -35,13 +35,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("outbox");
     g.throughput(Throughput::Elements(1));
     g.bench_function("append_durable", |b| {
-        b.iter(|| ob.append_with(Severity::Medium, |seq| Ok::<_, Never>(fake(seq))).unwrap())
+        b.iter(|| {
+            ob.append_with(Severity::Medium, |seq| Ok::<_, Never>(fake(seq)))
+                .unwrap()
+        })
     });
     g.throughput(Throughput::Elements(100));
     g.bench_function("append_100_lease_ack", |b| {
         b.iter(|| {
             for _ in 0..100 {
-                ob.append_with(Severity::Medium, |seq| Ok::<_, Never>(fake(seq))).unwrap();
+                ob.append_with(Severity::Medium, |seq| Ok::<_, Never>(fake(seq)))
+                    .unwrap();
             }
             ob.release_leases();
             while let Some(l) = ob.lease(100, 1 << 20).unwrap() {

@@ -43,8 +43,9 @@
 //! ```
 //!
 //! The [`ward_protocol::Signed`] is stored as its three fields, byte for byte as it
-//! was signed; the outbox never decodes or re-encodes the payload. A row that does not
-//! read back as a valid `Signed` (wrong key id length, unknown severity) is corruption.
+//! was signed; the outbox never decodes or re-encodes the payload. `CHECK` constraints
+//! hold severity to 0..=4 and the id lengths; a row that does not read back as a valid
+//! `Signed` is reported as [`OutboxError::Corrupt`].
 //!
 //! ## Sequence numbers
 //!
@@ -100,7 +101,10 @@
 //!
 //! [`Outbox::pending_drops`] returns the oldest unreported drops with a single reason
 //! (at most `MAX_REPORT_SEQS` seqs) as a [`ward_protocol::DropReport`], plus the last
-//! drop row id it covers. After the collector has taken it, [`Outbox::clear_drops`]
+//! drop row id it covers. At most `MAX_DROP_ROWS` rows are kept; past that, further
+//! drops are counted on one row with no seq (the report's `dropped` still counts them,
+//! its `seqs` just does not name them), so an endless outage cannot grow the file
+//! without bound. After the collector has taken it, [`Outbox::clear_drops`]
 //! removes those rows durably. Until then the same report is offered again, after any
 //! restart: drops are reported at least once.
 //!
@@ -130,6 +134,6 @@
 mod store;
 
 pub use store::{
-    Appended, Lease, MAX_ENTRY_BYTES, MAX_REPORT_SEQS, Outbox, OutboxError, PendingDrops, RECORD_OVERHEAD,
-    WAL_LIMIT_BYTES,
+    Appended, Lease, MAX_DROP_ROWS, MAX_ENTRY_BYTES, MAX_REPORT_SEQS, Outbox, OutboxError, PendingDrops,
+    RECORD_OVERHEAD, WAL_LIMIT_BYTES,
 };

@@ -17,6 +17,9 @@ pub const RECORD_OVERHEAD: u64 = 64;
 pub const MAX_ENTRY_BYTES: u64 = 512 * 1024;
 /// The most sequence numbers one [`DropReport`] names.
 pub const MAX_REPORT_SEQS: usize = 4096;
+/// Drop rows kept with their seq; past this, further drops are only counted (one
+/// row per reason with `seq` NULL), so a long outage cannot grow the file without bound.
+pub const MAX_DROP_ROWS: i64 = 65_536;
 /// The WAL is truncated to this size after a checkpoint.
 pub const WAL_LIMIT_BYTES: i64 = 4 << 20;
 
@@ -31,9 +34,9 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
-    severity INTEGER NOT NULL,
-    alert_id BLOB NOT NULL,
-    key_id BLOB NOT NULL,
+    severity INTEGER NOT NULL CHECK (severity BETWEEN 0 AND 4),
+    alert_id BLOB NOT NULL CHECK (length(alert_id) = 16),
+    key_id BLOB NOT NULL CHECK (length(key_id) = 8),
     payload BLOB NOT NULL,
     signature BLOB NOT NULL,
     size INTEGER NOT NULL
@@ -45,6 +48,7 @@ CREATE TABLE IF NOT EXISTS drops (
     lost INTEGER NOT NULL,
     reason TEXT NOT NULL
 ) STRICT;
+CREATE INDEX IF NOT EXISTS drops_counting ON drops (reason) WHERE seq IS NULL;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('format', 1), ('next_seq', 1), ('epoch', 0);
 ";
 
@@ -261,8 +265,8 @@ impl Outbox {
 
         self.next_seq = next;
         let freed: u64 = evicted.iter().map(|&(_, s)| s).sum();
-        self.bytes -= freed;
-        self.depth -= evicted.len() as u64;
+        self.bytes = self.bytes.saturating_sub(freed);
+        self.depth = self.depth.saturating_sub(evicted.len() as u64);
         if stored {
             self.bytes += size;
             self.depth += 1;
@@ -347,8 +351,8 @@ impl Outbox {
         tx.commit()?;
         self.leases.remove(&batch_id);
         let count = from_i64(count)?;
-        self.depth -= count;
-        self.bytes -= from_i64(freed)?;
+        self.depth = self.depth.saturating_sub(count);
+        self.bytes = self.bytes.saturating_sub(from_i64(freed)?);
         usize::try_from(count).map_err(|_| OutboxError::Corrupt("entry count overflow".into()))
     }
 
@@ -448,8 +452,8 @@ impl Outbox {
             insert_drop(&tx, Some(victim), 1, REASON_CAP_LOWERED)?;
         }
         tx.commit()?;
-        self.bytes -= victims.iter().map(|&(_, s)| s).sum::<u64>();
-        self.depth -= victims.len() as u64;
+        self.bytes = self.bytes.saturating_sub(victims.iter().map(|&(_, s)| s).sum::<u64>());
+        self.depth = self.depth.saturating_sub(victims.len() as u64);
         tracing::warn!(count = victims.len(), "outbox cap lowered: evicted lower-ranked alerts");
         Ok(())
     }
@@ -494,7 +498,25 @@ fn write_meta(conn: &Connection, key: &str, value: u64) -> Result<(), OutboxErro
 }
 
 fn insert_drop(tx: &Transaction<'_>, seq: Option<u64>, lost: u64, reason: &str) -> Result<(), OutboxError> {
-    let seq = seq.map(to_i64).transpose()?;
+    let mut seq = seq.map(to_i64).transpose()?;
+    let span: Option<i64> = tx.query_row(
+        "SELECT (SELECT MAX(id) FROM drops) - (SELECT MIN(id) FROM drops)",
+        [],
+        |r| r.get(0),
+    )?;
+    // Row ids are contiguous apart from cleared prefixes, so span + 1 is the row count.
+    if span.is_some_and(|span| span + 1 >= MAX_DROP_ROWS - 1) {
+        // Full: count this drop on the seq-less row of the same reason, or start one.
+        let merged = tx.execute(
+            "UPDATE drops SET lost = lost + ?1
+             WHERE id = (SELECT MAX(id) FROM drops WHERE seq IS NULL AND reason = ?2)",
+            params![to_i64(lost)?, reason],
+        )?;
+        if merged == 1 {
+            return Ok(());
+        }
+        seq = None;
+    }
     tx.execute(
         "INSERT INTO drops (seq, lost, reason) VALUES (?1, ?2, ?3)",
         params![seq, to_i64(lost)?, reason],
@@ -941,6 +963,38 @@ mod tests {
         assert!(ob.quarantined().is_some());
         assert_eq!(ob.next_seq(), 2, "counters salvaged from a readable file");
         assert!(ob.pending_drops().unwrap().unwrap().report.reason.contains("format 99"));
+    }
+
+    #[test]
+    fn drop_rows_are_bounded_and_the_excess_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(&dir.path().join("o.db"), 1 << 20).unwrap();
+        let extra = 1000u64;
+        let total = MAX_DROP_ROWS as u64 + extra;
+        let tx = ob.conn.transaction().unwrap();
+        for seq in 1..=total {
+            insert_drop(&tx, Some(seq), 1, REASON_FULL).unwrap();
+        }
+        tx.commit().unwrap();
+        let rows: i64 = ob
+            .conn
+            .query_row("SELECT COUNT(*) FROM drops", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, MAX_DROP_ROWS);
+        let mut reported = 0;
+        let mut named = 0;
+        while let Some(p) = ob.pending_drops().unwrap() {
+            assert!(p.report.seqs.len() <= MAX_REPORT_SEQS);
+            reported += p.report.dropped;
+            named += p.report.seqs.len() as u64;
+            ob.clear_drops(p.upto).unwrap();
+        }
+        assert_eq!(reported, total, "every drop is counted");
+        assert_eq!(
+            named,
+            MAX_DROP_ROWS as u64 - 1,
+            "all but the counting row name their seq"
+        );
     }
 
     #[test]
