@@ -60,25 +60,39 @@ pub struct LinkConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { heartbeat_interval_ms: 30_000, inventory_interval_ms: 60_000, status_interval_ms: 2_000 }
+        AgentConfig {
+            heartbeat_interval_ms: 30_000,
+            inventory_interval_ms: 60_000,
+            status_interval_ms: 2_000,
+        }
     }
 }
 
 impl Default for DetectionConfig {
     fn default() -> Self {
-        DetectionConfig { rules_dir: PathBuf::from("/etc/ward/rules.d"), aggregate_window_ms: 60_000 }
+        DetectionConfig {
+            rules_dir: PathBuf::from("/etc/ward/rules.d"),
+            aggregate_window_ms: 60_000,
+        }
     }
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { max_bytes: 64 * 1024 * 1024, batch_max_alerts: 256 }
+        OutboxConfig {
+            max_bytes: 64 * 1024 * 1024,
+            batch_max_alerts: 256,
+        }
     }
 }
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        LinkConfig { reconnect_min_ms: 500, reconnect_max_ms: 30_000, ack_timeout_ms: 10_000 }
+        LinkConfig {
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            ack_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -94,9 +108,14 @@ impl Config {
     /// Loads `path`, or the defaults when no path is given.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else { return Ok(Config::default()) };
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
@@ -128,6 +147,10 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         assert!(Config::parse("[outbox]\nbatch_max_alerts = 0").is_err());
-        assert!(Config::parse("[agent]\nwhat = 1").unwrap_err().contains("unknown field"));
+        assert!(
+            Config::parse("[agent]\nwhat = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 }

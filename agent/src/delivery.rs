@@ -88,11 +88,18 @@ impl Delivery {
     }
 
     async fn session(&mut self, session: Session, shutdown: &mut watch::Receiver<bool>) -> End {
-        let Session { conn, mut send, mut recv, endpoint: _endpoint } = session;
+        let Session {
+            conn,
+            mut send,
+            mut recv,
+            endpoint: _endpoint,
+        } = session;
         let (tx, mut rx) = mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
         let reader = tokio::spawn(async move {
             loop {
-                let msg = crate::link::read_frame::<CollectorMessage>(&mut recv, ward_protocol::codec::MAX_COLLECTOR_FRAME).await;
+                let msg =
+                    crate::link::read_frame::<CollectorMessage>(&mut recv, ward_protocol::codec::MAX_COLLECTOR_FRAME)
+                        .await;
                 let done = !matches!(msg, Ok(Some(_)));
                 let item = match msg {
                     Ok(Some(m)) => Ok(m),
@@ -137,13 +144,15 @@ impl Delivery {
             }
             if !drops_sent {
                 drops_sent = true;
-                if let Some(msg) = self.drop_report() {
-                    if let Err(e) = crate::link::write_frame(send, &msg).await {
-                        return End::Lost(e.to_string());
-                    }
+                if let Some(msg) = self.drop_report()
+                    && let Err(e) = crate::link::write_frame(send, &msg).await
+                {
+                    return End::Lost(e.to_string());
                 }
             }
-            let deadline = in_flight.map(|(_, d)| d).unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let deadline = in_flight
+                .map(|(_, d)| d)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Ok(CollectorMessage::Ack(ack))) => {
@@ -186,10 +195,20 @@ impl Delivery {
     }
 
     fn next_batch(&self) -> Result<Option<(u64, AgentMessage)>, crate::outbox::OutboxError> {
-        let Ok(mut outbox) = self.shared.outbox.lock() else { return Ok(None) };
+        let Ok(mut outbox) = self.shared.outbox.lock() else {
+            return Ok(None);
+        };
         let max_bytes = u64::from(ward_protocol::codec::MAX_AGENT_FRAME) / 2;
         let lease = outbox.lease(self.config.outbox.batch_max_alerts, max_bytes)?;
-        Ok(lease.map(|l| (l.batch_id, AgentMessage::Alerts(AlertBatch { batch_id: l.batch_id, alerts: l.entries }))))
+        Ok(lease.map(|l| {
+            (
+                l.batch_id,
+                AgentMessage::Alerts(AlertBatch {
+                    batch_id: l.batch_id,
+                    alerts: l.entries,
+                }),
+            )
+        }))
     }
 
     fn acknowledged(&self, batch_id: u64, n: u64) {
@@ -233,8 +252,8 @@ impl Delivery {
                 return;
             }
         };
-        let (mut files, local_errors) = rulepack::local_rules(&self.config.detection.rules_dir);
-        files.extend(pack.rules.iter().cloned());
+        let (local, local_errors) = rulepack::local_rules(&self.config.detection.rules_dir);
+        let files = rulepack::compose(local, &pack.rules);
         let version = pack.version;
         let compiled = tokio::task::spawn_blocking(move || detect::Detector::load(&files)).await;
         let Ok((detector, errors)) = compiled else {
@@ -263,7 +282,10 @@ impl Delivery {
 /// Between half and all of `d`, so reconnecting agents spread out.
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
-    let r = ring::rand::SystemRandom::new().fill(&mut b).map(|_| u16::from_le_bytes(b)).unwrap_or(0);
+    let r = ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map(|_| u16::from_le_bytes(b))
+        .unwrap_or(0);
     let half = d / 2;
     half + half.mul_f64(f64::from(r) / f64::from(u16::MAX))
 }

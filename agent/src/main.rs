@@ -81,7 +81,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Status { state_dir } => status(&state_dir),
-        Command::Rules { command: RulesCommand::Test { rules_dir, events } } => {
+        Command::Rules {
+            command: RulesCommand::Test { rules_dir, events },
+        } => {
             let report = detect::rulestest::run(&rules_dir, &events)?;
             print!("{report}");
             Ok(())
@@ -98,7 +100,10 @@ fn enroll(token: &str, state_dir: &Path) -> Result<()> {
         .block_on(link::enroll(&token, &signing_key, &tls_pkcs8, inventory))
         .with_context(|| format!("enrolling with {}", token.collector_addr))?;
     Identity::save_enrollment(state_dir, &enrollment)?;
-    println!("enrolled as device {} with collector {}", enrollment.device_id, enrollment.collector_addr);
+    println!(
+        "enrolled as device {} with collector {}",
+        enrollment.device_id, enrollment.collector_addr
+    );
     Ok(())
 }
 
@@ -112,14 +117,24 @@ fn status(state_dir: &Path) -> Result<()> {
         Err(e) => bail!(e),
     };
     let e = &identity.enrollment;
-    println!("enrolled: yes, device {} with collector {}", e.device_id, e.collector_addr);
+    println!(
+        "enrolled: yes, device {} with collector {}",
+        e.device_id, e.collector_addr
+    );
     match Status::read(state_dir) {
         Some(s) if s.is_live(sensor::now_ms(), 2_000) => {
-            let link = if s.connected { "connected".to_string() } else { format!("disconnected ({})", s.last_error.as_deref().unwrap_or("connecting")) };
+            let link = if s.connected {
+                "connected".to_string()
+            } else {
+                format!("disconnected ({})", s.last_error.as_deref().unwrap_or("connecting"))
+            };
             println!("agent: running (pid {})", s.pid);
             println!("connection: {link}");
             println!("outbox: {} alerts, {} bytes", s.outbox_depth, s.outbox_bytes);
-            println!("rule pack: version {} ({} rules, {} skipped)", s.rule_pack_version, s.rules_loaded, s.rule_errors);
+            println!(
+                "rule pack: version {} ({} rules, {} skipped)",
+                s.rule_pack_version, s.rules_loaded, s.rule_errors
+            );
             println!("isolation: {}", s.isolation);
             println!("alerts: {} raised, {} delivered", s.alerts_raised, s.alerts_delivered);
         }

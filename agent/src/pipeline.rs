@@ -38,14 +38,26 @@ pub struct AlertBuilder {
 
 impl AlertBuilder {
     pub fn new(device_id: DeviceId, hostname: String, key: SigningKey) -> Self {
-        AlertBuilder { device_id, hostname, key, rng: SystemRandom::new() }
+        AlertBuilder {
+            device_id,
+            hostname,
+            key,
+            rng: SystemRandom::new(),
+        }
     }
 
     /// The alert for an aggregated detection, numbered `seq`.
-    pub fn alert(&self, agg: &AggregatedDetection, seq: u64, now_ms: u64) -> Result<Alert, ward_protocol::ids::RandomError> {
+    pub fn alert(
+        &self,
+        agg: &AggregatedDetection,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<Alert, ward_protocol::ids::RandomError> {
         let d = &agg.detection;
         let mut entities = Vec::with_capacity(d.entities.len() + 1);
-        entities.push(Entity::Device { hostname: self.hostname.clone() });
+        entities.push(Entity::Device {
+            hostname: self.hostname.clone(),
+        });
         entities.extend(d.entities.iter().cloned());
         Ok(Alert {
             id: AlertId::generate(now_ms, &self.rng)?,
@@ -65,13 +77,19 @@ impl AlertBuilder {
         let now = now_ms();
         let result = outbox.append_with(agg.detection.rule.severity, |seq| {
             let alert = self.alert(agg, seq, now).map_err(BuildError::Random)?;
-            let signed = self.key.sign_value(SignatureKind::Alert, &alert).map_err(BuildError::Encode)?;
+            let signed = self
+                .key
+                .sign_value(SignatureKind::Alert, &alert)
+                .map_err(BuildError::Encode)?;
             Ok::<_, BuildError>((alert.id, signed))
         });
         match result {
             Ok(a) => {
                 if a.dropped > 0 {
-                    warn!(dropped = a.dropped, "outbox full: alerts dropped (reported to the collector)");
+                    warn!(
+                        dropped = a.dropped,
+                        "outbox full: alerts dropped (reported to the collector)"
+                    );
                 }
                 a.stored
             }
@@ -102,7 +120,10 @@ pub async fn run_detection(
     window_ms: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut aggregator = Aggregator::new(AggregatorConfig { window_ms, ..AggregatorConfig::default() });
+    let mut aggregator = Aggregator::new(AggregatorConfig {
+        window_ms,
+        ..AggregatorConfig::default()
+    });
     let mut correlator: Option<Correlator> = rules.detector.correlator();
     loop {
         let deadline = aggregator.next_deadline_ms();

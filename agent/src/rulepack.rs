@@ -25,7 +25,10 @@ pub enum PackError {
 pub fn verify(signed: &Signed, keys: &[PublicKey], running: u64) -> Result<RulePack, PackError> {
     let pack: RulePack = signed.open_with(SignatureKind::RulePack, keys)?;
     if pack.version <= running {
-        return Err(PackError::NotNewer { got: pack.version, running });
+        return Err(PackError::NotNewer {
+            got: pack.version,
+            running,
+        });
     }
     Ok(pack)
 }
@@ -52,4 +55,13 @@ pub fn local_rules(dir: &Path) -> (Vec<RuleFile>, Vec<String>) {
         Ok((files, errors)) => (files, errors.iter().map(ToString::to_string).collect()),
         Err(e) => (Vec::new(), vec![e.to_string()]),
     }
+}
+
+/// The rule files the agent runs: the built-in pack, the local rules dir, then
+/// the pushed pack's rules.
+pub fn compose(local: Vec<RuleFile>, pushed: &[RuleFile]) -> Vec<RuleFile> {
+    let mut files = crate::detect::builtin_rule_files();
+    files.extend(local);
+    files.extend(pushed.iter().cloned());
+    files
 }

@@ -15,9 +15,9 @@ use crate::detect::Detector;
 use crate::identity::{Identity, IdentityError};
 use crate::outbox::Outbox;
 use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
+use crate::rulepack;
 use crate::sensor::{inventory, now_ms, run_sensors};
 use crate::status::Status;
-use crate::rulepack;
 
 pub const OUTBOX_FILE: &str = "outbox.db";
 
@@ -32,15 +32,13 @@ pub enum RunError {
 /// Compiles the rules the agent starts with: built-in, the local rules dir, and
 /// the last known good pushed pack.
 pub fn initial_rules(config: &Config, state_dir: &Path, identity: &Identity) -> (Rules, usize) {
-    let (mut files, local_errors) = rulepack::local_rules(&config.detection.rules_dir);
+    let (local, local_errors) = rulepack::local_rules(&config.detection.rules_dir);
     for e in &local_errors {
         warn!(error = %e, "local rule skipped");
     }
     let pack = rulepack::load(state_dir, &identity.enrollment.command_keys);
     let version = pack.as_ref().map(|p| p.version).unwrap_or(0);
-    if let Some(pack) = pack {
-        files.extend(pack.rules);
-    }
+    let files = rulepack::compose(local, pack.as_ref().map(|p| p.rules.as_slice()).unwrap_or(&[]));
     let (detector, errors) = Detector::load(&files);
     for e in &errors {
         warn!(error = %e, "rule skipped");
@@ -65,7 +63,11 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         isolation: "none".into(),
         ..Status::default()
     };
-    let shared = Arc::new(Shared { outbox: Mutex::new(outbox), new_alerts: Notify::new(), status: Mutex::new(status) });
+    let shared = Arc::new(Shared {
+        outbox: Mutex::new(outbox),
+        new_alerts: Notify::new(),
+        status: Mutex::new(status),
+    });
 
     let hostname = inventory::collect(env!("CARGO_PKG_VERSION")).hostname;
     // The builder owns its own handle on the signing key (ring keys are not Clone).
