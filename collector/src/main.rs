@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Sigma rule packs for the agents.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// API users.
     User {
         #[command(subcommand)]
@@ -76,6 +81,12 @@ enum DeviceCommand {
     List,
     /// Make a device's keys useless at once (its open connection is closed too).
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate every rule in DIR, sign them as the next pack and push it to the agents.
+    Push { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +150,12 @@ fn main() -> Result<()> {
                     d.last_seen_ms.unwrap_or(0)
                 );
             }
+        }
+        Command::Rules {
+            command: RulesCommand::Push { dir: rules },
+        } => {
+            let (version, count) = setup::push_rules(dir, &rules)?;
+            println!("rule pack {version} with {count} rules signed; connected agents receive it within a second");
         }
         Command::User {
             command: UserCommand::Add { name, role },

@@ -116,6 +116,7 @@ pub async fn run(
         registry: Arc::clone(&registry),
         revoked: Arc::clone(&revoked),
         enroll_slots: Semaphore::new(16),
+        rule_pack: std::sync::RwLock::new(None),
     });
     drop(writer);
 
@@ -125,9 +126,9 @@ pub async fn run(
         http: http_addr,
     });
 
-    let poller = tokio::spawn(poll_revocations(
+    let poller = tokio::spawn(poll_changes(
         reads,
-        Arc::clone(&registry),
+        Arc::clone(&ctx),
         revoked,
         Duration::from_millis(config.devices.revocation_poll_ms),
         shutdown.clone(),
@@ -143,7 +144,8 @@ pub async fn run(
         }
     });
 
-    transport::serve(endpoint, ctx, shutdown).await;
+    transport::serve(endpoint, Arc::clone(&ctx), shutdown).await;
+    drop(ctx);
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     poller.abort();
     // Every writer handle is gone now: the thread finishes what was queued and exits.
@@ -152,11 +154,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Picks up revocations made by other processes (the CLI) and closes those
-/// devices' connections.
-async fn poll_revocations(
+/// Picks up what other processes (the CLI) changed: revocations close those
+/// devices' connections; a new rule pack is pushed to every connected agent.
+async fn poll_changes(
     reads: ReadPool,
-    registry: Arc<Registry>,
+    ctx: Arc<Context>,
     revoked: Arc<RwLock<HashSet<DeviceId>>>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -167,13 +169,33 @@ async fn poll_revocations(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let Ok(Ok(ids)) = reads.run(|s| s.revoked_devices()).await else {
-            continue;
-        };
-        for id in ids.iter().filter_map(|id| id.parse::<DeviceId>().ok()) {
-            let newly = revoked.write().map(|mut set| set.insert(id)).unwrap_or(false);
-            if newly && registry.close(&id, close_code::REVOKED, "device revoked") {
-                info!(device = %id, "revoked device disconnected");
+        if let Ok(Ok(ids)) = reads.run(|s| s.revoked_devices()).await {
+            for id in ids.iter().filter_map(|id| id.parse::<DeviceId>().ok()) {
+                let newly = revoked.write().map(|mut set| set.insert(id)).unwrap_or(false);
+                if newly && ctx.registry.close(&id, close_code::REVOKED, "device revoked") {
+                    info!(device = %id, "revoked device disconnected");
+                }
+            }
+        }
+        if let Ok(Ok(Some((version, bytes)))) = reads.run(|s| s.latest_rule_pack()).await {
+            let current = ctx
+                .rule_pack
+                .read()
+                .map(|p| p.as_ref().map(|(v, _)| *v).unwrap_or(0))
+                .unwrap_or(0);
+            if version > current {
+                match ward_protocol::codec::decode_body::<ward_protocol::Signed>(&bytes) {
+                    Ok(signed) => {
+                        if let Ok(mut slot) = ctx.rule_pack.write() {
+                            *slot = Some((version, signed.clone()));
+                        }
+                        let sent = ctx
+                            .registry
+                            .broadcast(&ward_protocol::CollectorMessage::RulePack(signed));
+                        info!(version, agents = sent, "rule pack pushed");
+                    }
+                    Err(e) => warn!(version, error = %e, "stored rule pack does not decode"),
+                }
             }
         }
     }

@@ -144,6 +144,53 @@ pub fn revoke_device(data_dir: &Path, id: &str) -> Result<(), SetupError> {
     }
 }
 
+/// Validates every rule in `dir`, signs them as the next rule pack with the
+/// command key and stores it; a running collector pushes it to agents. Any rule
+/// that does not load refuses the whole push, with every reason listed.
+pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupError> {
+    let (files, mut errors) =
+        ward_agent::detect::load_dir(dir).map_err(|e| SetupError::Invalid(format!("{}: {e}", dir.display())))?;
+    if files.is_empty() && errors.is_empty() {
+        return Err(SetupError::Invalid(format!(
+            "{} holds no .yml or .yaml rules",
+            dir.display()
+        )));
+    }
+    let mut all = ward_agent::detect::builtin_rule_files();
+    all.extend(files.iter().cloned());
+    // Duplicates of built-in ids and compile failures count as much as parse errors.
+    errors.extend(ward_agent::detect::Detector::validate(&all));
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        return Err(SetupError::Invalid(format!(
+            "{} rule(s) refused, nothing pushed:\n{}",
+            errors.len(),
+            list.join("\n")
+        )));
+    }
+    let key_pkcs8 = fs::read(data_dir.join(COMMAND_KEY)).map_err(io(&data_dir.join(COMMAND_KEY)))?;
+    let key = SigningKey::from_pkcs8(&key_pkcs8).map_err(|e| SetupError::Invalid(format!("command key: {e}")))?;
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    let version = store.next_rule_pack_version()?;
+    let pack = ward_protocol::RulePack {
+        version,
+        created_at_ms: now_ms(),
+        rules: files,
+    };
+    let signed = key
+        .sign_value(ward_protocol::SignatureKind::RulePack, &pack)
+        .map_err(|e| SetupError::Invalid(format!("rule pack does not encode: {e}")))?;
+    let bytes = postcard::to_stdvec(&signed).map_err(|e| SetupError::Invalid(e.to_string()))?;
+    if bytes.len() as u64 > u64::from(ward_protocol::codec::MAX_COLLECTOR_FRAME) / 2 {
+        return Err(SetupError::Invalid(format!(
+            "rule pack of {} bytes is too large",
+            bytes.len()
+        )));
+    }
+    store.add_rule_pack(version, pack.rules.len(), &bytes, "cli", now_ms())?;
+    Ok((version, pack.rules.len()))
+}
+
 pub fn list_devices(data_dir: &Path) -> Result<Vec<crate::store::DeviceView>, SetupError> {
     Ok(Store::open(&data_dir.join(DB_FILE))?.list_devices()?)
 }

@@ -191,3 +191,71 @@ async fn offline_alerts_arrive_once_and_survive_agent_kill() {
         .unwrap();
     assert_eq!(gaps, 0);
 }
+
+/// `ward-collector rules push` validates, signs and pushes a pack; the agent
+/// verifies it, swaps it in, keeps it across a restart, and detects with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_rule_pack_runs_on_the_agent() {
+    let collector = Collector::start().unwrap();
+    let mut agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(bad.path().join("broken.yml"), "title: broken\ndetection: [unclosed\n").unwrap();
+    let err = collector
+        .cli(&["rules", "push", bad.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broken.yml") && err.contains("nothing pushed"), "{err}");
+
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("canary.yml"),
+        r#"title: Canary File Touched
+id: 6f1d2c1e-0000-4000-8000-00000000c0de
+author: Test Author
+logsource:
+    product: linux
+    category: file_event
+detection:
+    selection:
+        TargetFilename|endswith: '/ward-canary.txt'
+    condition: selection
+level: medium
+tags:
+    - attack.collection
+    - attack.t1005
+"#,
+    )
+    .unwrap();
+    let out = collector
+        .cli(&["rules", "push", rules.path().to_str().unwrap()])
+        .unwrap();
+    assert!(out.contains("rule pack 1 with 1 rules"), "{out}");
+    let running = |agent: &Agent| agent.status().unwrap().contains("rule pack: version 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !running(&agent) {
+        assert!(
+            Instant::now() < deadline,
+            "pack not running: {}",
+            agent.status().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Kept as the last known good pack across a restart.
+    agent.kill9();
+    agent.run().unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    assert!(running(&agent), "{}", agent.status().unwrap());
+
+    std::fs::write(agent.watch.join("ward-canary.txt"), "tweet").unwrap();
+    let alert = collector
+        .wait_alert(&agent.device_id, Duration::from_secs(2), |a| {
+            a["rule"]["title"] == "Canary File Touched"
+        })
+        .await
+        .unwrap();
+    assert_eq!(alert["rule"]["author"], "Test Author");
+    assert_eq!(alert["rule"]["tactics"][0], "TA0009");
+}

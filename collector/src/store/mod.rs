@@ -565,6 +565,53 @@ impl Store {
         Ok(self.conn.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?)
     }
 
+    // ---- rule packs ----
+
+    /// The next rule-pack version to issue.
+    pub fn next_rule_pack_version(&self) -> Result<u64, StoreError> {
+        let max: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM rule_packs", [], |r| r.get(0))?;
+        Ok(max as u64 + 1)
+    }
+
+    pub fn add_rule_pack(
+        &self,
+        version: u64,
+        rule_count: usize,
+        signed: &[u8],
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO rule_packs (version, created_at_ms, created_by, rule_count, signed) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![i64_of(version), i64_of(now_ms), actor, rule_count as i64, signed],
+        )?;
+        audit(
+            &tx,
+            now_ms,
+            actor,
+            "rules.push",
+            &version.to_string(),
+            &format!("{rule_count} rules"),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest rule pack: its version and signed encoding.
+    pub fn latest_rule_pack(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT version, signed FROM rule_packs ORDER BY version DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     // ---- users ----
 
     pub fn add_user(&self, name: &str, role: &str, token_sha256: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {

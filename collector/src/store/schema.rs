@@ -84,4 +84,14 @@ pub const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // 2: signed rule packs pushed to agents.
+    r#"
+    CREATE TABLE rule_packs (
+        version INTEGER PRIMARY KEY,
+        created_at_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        rule_count INTEGER NOT NULL,
+        signed BLOB NOT NULL
+    );
+    "#,
 ];

@@ -39,6 +39,20 @@ pub struct Context {
     /// Devices revoked since start (and at start), checked before every batch.
     pub revoked: Arc<std::sync::RwLock<std::collections::HashSet<ward_protocol::DeviceId>>>,
     pub enroll_slots: Semaphore,
+    /// The newest signed rule pack, pushed to every agent that runs an older one.
+    pub rule_pack: std::sync::RwLock<Option<(u64, ward_protocol::Signed)>>,
+}
+
+impl Context {
+    /// The newest rule pack if it is newer than `running`.
+    pub fn newer_rule_pack(&self, running: u64) -> Option<(u64, ward_protocol::Signed)> {
+        self.rule_pack
+            .read()
+            .ok()?
+            .as_ref()
+            .filter(|(v, _)| *v > running)
+            .cloned()
+    }
 }
 
 impl std::fmt::Debug for Context {

@@ -87,6 +87,15 @@ impl Registry {
         tx.is_some_and(|tx| tx.try_send(msg).is_ok())
     }
 
+    /// Queues a message for every connected device; returns how many took it.
+    pub fn broadcast(&self, msg: &CollectorMessage) -> usize {
+        let senders: Vec<_> = match self.sessions.lock() {
+            Ok(map) => map.values().map(|e| e.outbound.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        senders.iter().filter(|tx| tx.try_send(msg.clone()).is_ok()).count()
+    }
+
     pub fn close_all(&self, code: u32, reason: &str) {
         if let Ok(mut map) = self.sessions.lock() {
             for (_, e) in map.drain() {

@@ -27,7 +27,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         conn.close(close_code::PROTOCOL.into(), b"no session stream");
         return;
     };
-    match tokio::time::timeout(
+    let running_pack = match tokio::time::timeout(
         HELLO_TIMEOUT,
         read_frame::<AgentMessage>(&mut recv, ctx.config.ingest.max_frame_bytes),
     )
@@ -35,6 +35,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     {
         Ok(Ok(Some(AgentMessage::Hello(hello)))) if hello.device_id == device => {
             debug!(%device, version = %hello.agent_version, "session hello");
+            hello.rule_pack_version
         }
         Ok(Ok(Some(AgentMessage::Hello(_)))) => {
             ctx.metrics.reject("wrong_device");
@@ -46,7 +47,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
             conn.close(close_code::PROTOCOL.into(), b"expected hello");
             return;
         }
-    }
+    };
 
     let (out_tx, out_rx) = mpsc::channel::<CollectorMessage>(64);
     tokio::spawn(outbound(send, out_rx));
@@ -64,7 +65,9 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     }
     ctx.metrics.connected_agents.inc();
     info!(%device, remote = %conn.remote_address(), "agent connected");
-    let reason = run(&conn, ctx, device, key, &mut recv, &out_tx, shutdown).await;
+    let mut pack_sent = running_pack;
+    offer_rule_pack(ctx, &out_tx, &mut pack_sent);
+    let reason = run(&conn, ctx, device, key, &mut recv, &out_tx, shutdown, &mut pack_sent).await;
     ctx.registry.unregister(device, &conn);
     ctx.metrics.connected_agents.dec();
     info!(%device, %reason, "agent session ended");
@@ -147,6 +150,7 @@ async fn run(
     recv: &mut quinn::RecvStream,
     out: &mpsc::Sender<CollectorMessage>,
     mut shutdown: watch::Receiver<bool>,
+    pack_sent: &mut u64,
 ) -> String {
     let mut limit = RateLimit::new(
         ctx.config.ingest.max_alerts_per_second_per_agent,
@@ -181,6 +185,11 @@ async fn run(
                 }
             }
             AgentMessage::Heartbeat(hb) => {
+                if hb.rule_pack_version < *pack_sent {
+                    // The agent did not take the pack it was sent (or lost it): offer it again.
+                    *pack_sent = hb.rule_pack_version;
+                }
+                offer_rule_pack(ctx, out, pack_sent);
                 let state = DeviceState {
                     seen_at_ms: now_ms(),
                     inventory: hb.inventory,
@@ -210,6 +219,15 @@ async fn run(
                 return "unexpected message".into();
             }
         }
+    }
+}
+
+/// Sends the newest rule pack if the agent has not been sent it yet.
+fn offer_rule_pack(ctx: &Context, out: &mpsc::Sender<CollectorMessage>, sent: &mut u64) {
+    if let Some((version, signed)) = ctx.newer_rule_pack(*sent)
+        && out.try_send(CollectorMessage::RulePack(signed)).is_ok()
+    {
+        *sent = version;
     }
 }
 
