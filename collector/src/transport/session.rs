@@ -67,7 +67,13 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     info!(%device, remote = %conn.remote_address(), "agent connected");
     let mut pack_sent = running_pack;
     offer_rule_pack(ctx, &out_tx, &mut pack_sent);
-    let reason = run(&conn, ctx, device, key, &mut recv, &out_tx, shutdown, &mut pack_sent).await;
+    let peer = Peer {
+        conn: &conn,
+        device,
+        key,
+        out: &out_tx,
+    };
+    let reason = run(&peer, ctx, &mut recv, shutdown, &mut pack_sent).await;
     ctx.registry.unregister(device, &conn);
     ctx.metrics.connected_agents.dec();
     info!(%device, %reason, "agent session ended");
@@ -142,16 +148,22 @@ impl RateLimit {
     }
 }
 
-async fn run(
-    conn: &quinn::Connection,
-    ctx: &Context,
+/// The authenticated device on the other end of a session.
+struct Peer<'a> {
+    conn: &'a quinn::Connection,
     device: DeviceId,
     key: PublicKey,
+    out: &'a mpsc::Sender<CollectorMessage>,
+}
+
+async fn run(
+    peer: &Peer<'_>,
+    ctx: &Context,
     recv: &mut quinn::RecvStream,
-    out: &mpsc::Sender<CollectorMessage>,
     mut shutdown: watch::Receiver<bool>,
     pack_sent: &mut u64,
 ) -> String {
+    let Peer { conn, device, out, .. } = *peer;
     let mut limit = RateLimit::new(
         ctx.config.ingest.max_alerts_per_second_per_agent,
         ctx.config.ingest.burst_alerts_per_agent,
@@ -180,7 +192,7 @@ async fn run(
         }
         match msg {
             AgentMessage::Alerts(batch) => {
-                if let Err(reason) = alerts(conn, ctx, device, key, batch, &mut limit, out).await {
+                if let Err(reason) = alerts(peer, ctx, batch, &mut limit).await {
                     return reason;
                 }
             }
@@ -235,15 +247,8 @@ fn is_revoked(ctx: &Context, device: &DeviceId) -> bool {
     ctx.revoked.read().map(|set| set.contains(device)).unwrap_or(false)
 }
 
-async fn alerts(
-    conn: &quinn::Connection,
-    ctx: &Context,
-    device: DeviceId,
-    key: PublicKey,
-    batch: AlertBatch,
-    limit: &mut RateLimit,
-    out: &mpsc::Sender<CollectorMessage>,
-) -> Result<(), String> {
+async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut RateLimit) -> Result<(), String> {
+    let Peer { conn, device, key, out } = *peer;
     ctx.metrics.alerts_received.add(batch.alerts.len() as u64);
     let wait = limit.take(batch.alerts.len());
     if !wait.is_zero() {
