@@ -140,6 +140,33 @@ pub fn verify(kind: SignatureKind, key: &PublicKey, signed: &Signed) -> Result<(
         .map_err(|_| SignatureError::Invalid)
 }
 
+/// Checks many signatures of one kind by one key at once (ed25519-dalek's batch
+/// equation, about twice the one-by-one rate). If the batch fails, each item is
+/// checked on its own with [`verify`], which decides, and the first bad index is
+/// returned. Used by the collector's ingest; [`verify`] stays the reference.
+pub fn verify_batch(kind: SignatureKind, key: &PublicKey, items: &[&Signed]) -> Result<(), (usize, SignatureError)> {
+    if let Some(i) = items.iter().position(|s| s.signature.len() != 64) {
+        return Err((i, SignatureError::BadLength(items[i].signature.len())));
+    }
+    let batch_ok = ed25519_dalek::VerifyingKey::from_bytes(&key.0).ok().is_some_and(|vk| {
+        let messages: Vec<Vec<u8>> = items.iter().map(|s| tagged(kind, &s.payload)).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let sigs: Option<Vec<ed25519_dalek::Signature>> = items
+            .iter()
+            .map(|s| ed25519_dalek::Signature::from_slice(&s.signature).ok())
+            .collect();
+        let keys = vec![vk; items.len()];
+        sigs.is_some_and(|sigs| ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok())
+    });
+    if batch_ok {
+        return Ok(());
+    }
+    for (i, item) in items.iter().enumerate() {
+        verify(kind, key, item).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
 impl Signed {
     /// Verifies, then decodes: the payload is never parsed unless the signature holds.
     pub fn open<T: DeserializeOwned>(&self, kind: SignatureKind, key: &PublicKey) -> Result<T, SignatureError> {
@@ -187,6 +214,23 @@ mod tests {
             verify(SignatureKind::Alert, &key.public_key(), &short),
             Err(SignatureError::BadLength(63))
         );
+    }
+
+    #[test]
+    fn batch_verification_agrees_and_names_the_bad_item() {
+        let (key, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
+        let items: Vec<Signed> = (0..20u8).map(|i| key.sign(SignatureKind::Alert, vec![i; 40])).collect();
+        let refs: Vec<&Signed> = items.iter().collect();
+        assert_eq!(verify_batch(SignatureKind::Alert, &key.public_key(), &refs), Ok(()));
+        assert!(verify_batch(SignatureKind::Command, &key.public_key(), &refs).is_err());
+        let mut bad = items.clone();
+        bad[13].payload[0] ^= 1;
+        let refs: Vec<&Signed> = bad.iter().collect();
+        assert_eq!(
+            verify_batch(SignatureKind::Alert, &key.public_key(), &refs),
+            Err((13, SignatureError::Invalid))
+        );
+        assert_eq!(verify_batch(SignatureKind::Alert, &key.public_key(), &[]), Ok(()));
     }
 
     #[test]

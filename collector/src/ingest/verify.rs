@@ -39,9 +39,10 @@ impl Rejection {
 
 /// Checks one batch: signatures first, then decoding, then attribution.
 pub fn verify_batch(device: DeviceId, key: &PublicKey, alerts: Vec<Signed>) -> Result<Vec<VerifiedAlert>, Rejection> {
+    let refs: Vec<&Signed> = alerts.iter().collect();
+    sign::verify_batch(SignatureKind::Alert, key, &refs).map_err(|(index, _)| Rejection::BadSignature { index })?;
     let mut out = Vec::with_capacity(alerts.len());
     for (index, signed) in alerts.into_iter().enumerate() {
-        sign::verify(SignatureKind::Alert, key, &signed).map_err(|_| Rejection::BadSignature { index })?;
         let alert: Alert = decode_body(&signed.payload).map_err(|e| Rejection::Malformed {
             index,
             detail: e.to_string(),
