@@ -80,6 +80,14 @@ fn bench(c: &mut Criterion) {
                 .expect("verify")
         })
     });
+    let batch: Vec<Signed> = (0..250)
+        .map(|_| key.sign_value(SignatureKind::Alert, &alert).expect("encode"))
+        .collect();
+    let refs: Vec<&Signed> = batch.iter().collect();
+    group.throughput(criterion::Throughput::Elements(250));
+    group.bench_function("verify_batch_250", |b| {
+        b.iter(|| sign::verify_batch(SignatureKind::Alert, &public, std::hint::black_box(&refs)).expect("verify"))
+    });
     group.finish();
 }
 

@@ -153,6 +153,9 @@ pub async fn enroll(
     }
 }
 
+/// How long connecting plus hello/welcome may take.
+pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// An open session: the QUIC connection and its one long-lived stream.
 pub struct Session {
     pub endpoint: quinn::Endpoint,
@@ -182,7 +185,23 @@ impl Session {
     }
 
     /// Like [`Session::open`], on an existing endpoint to a resolved address.
+    /// Gives up after [`OPEN_TIMEOUT`]: a lost handshake never stalls the agent.
     pub async fn open_on(
+        endpoint: quinn::Endpoint,
+        remote: SocketAddr,
+        identity: &Identity,
+        rule_pack_version: u64,
+        last_command_seq: u64,
+    ) -> Result<Session, LinkError> {
+        tokio::time::timeout(
+            OPEN_TIMEOUT,
+            Self::handshake(endpoint, remote, identity, rule_pack_version, last_command_seq),
+        )
+        .await
+        .map_err(|_| LinkError::Connect(format!("no session within {} s", OPEN_TIMEOUT.as_secs())))?
+    }
+
+    async fn handshake(
         endpoint: quinn::Endpoint,
         remote: SocketAddr,
         identity: &Identity,

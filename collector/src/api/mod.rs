@@ -47,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/alerts/{id}", get(routes::get_alert))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
+        .route("/", get(routes::console))
         .route("/healthz", get(routes::healthz))
         .merge(protected)
         .fallback(routes::not_found)
