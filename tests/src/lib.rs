@@ -432,6 +432,16 @@ impl Agent {
     /// Enrolls (with the real CLI) and starts an agent whose file sensor watches
     /// only a temporary directory; auth and audit logs are left alone.
     pub fn start(collector: &Collector) -> Result<Agent> {
+        Self::start_with(collector, |watch| {
+            format!(
+                "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
+                watch.display().to_string()
+            )
+        })
+    }
+
+    /// Like [`Agent::start`] with the config text `config(watch_dir)` returns.
+    pub fn start_with(collector: &Collector, config: impl FnOnce(&std::path::Path) -> String) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let watch = dir.path().join("watched");
         std::fs::create_dir_all(&watch)?;
@@ -451,11 +461,7 @@ impl Agent {
             .nth(1)
             .ok_or_else(|| anyhow!("no device id in {stdout}"))?
             .to_string();
-        let config = format!(
-            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
-            watch.display().to_string()
-        );
-        std::fs::write(dir.path().join("agent.toml"), config)?;
+        std::fs::write(dir.path().join("agent.toml"), config(&watch))?;
         let mut agent = Agent {
             dir,
             watch,
@@ -491,6 +497,10 @@ impl Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `ward-agent status` output.

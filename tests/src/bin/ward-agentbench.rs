@@ -1,0 +1,127 @@
+//! Agent benchmarks for BENCHMARKS.md: resident memory and CPU while idle and
+//! under 1,000 file events per second, and file-created-to-alert-stored latency.
+//! Starts a real collector and a real agent (the binaries next to this one).
+//!
+//!   cargo build --release -p ward-collector -p ward-agent -p ward-tests
+//!   target/release/ward-agentbench
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ward_tests::{Agent, Collector, now_ms};
+
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// CPU time (user + system) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no memory effects; _SC_CLK_TCK is a valid name.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+/// CPU share of one core and the RSS at the end of `secs` seconds.
+fn sample(pid: u32, secs: u64, during: impl FnOnce(Duration)) -> Result<(f64, u64)> {
+    let c0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    during(Duration::from_secs(secs));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let c1 = cpu_seconds(pid)?;
+    Ok(((c1 - c0) / elapsed * 100.0, rss_kib(pid)?))
+}
+
+fn main() -> Result<()> {
+    let collector = Collector::start()?;
+    // The default sensors (watches /etc, /tmp, ... and polls /proc every second), plus the bench dir.
+    let agent = Agent::start_with(&collector, |watch| {
+        let defaults = ward_agent::sensor::SensorConfig::default();
+        let mut paths = defaults.file_watch_paths.clone();
+        paths.push(watch.display().to_string());
+        format!("[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = {paths:?}\n")
+    })?;
+    agent.wait_connected(Duration::from_secs(20))?;
+    let pid = agent.pid().context("agent pid")?;
+    std::thread::sleep(Duration::from_secs(5));
+
+    let (cpu, rss) = sample(pid, 30, std::thread::sleep)?;
+    println!(
+        "idle (default watches, 1 poll/s): {cpu:.2}% of one core, RSS {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+
+    let dir = agent.watch.join("load");
+    std::fs::create_dir_all(&dir)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu, rss) = sample(pid, 20, |d| {
+        let start = Instant::now();
+        let mut i: u64 = 0;
+        while start.elapsed() < d {
+            // 1,000 events/s: a create or a modify of one of 200 benign files.
+            let due = start + Duration::from_millis(i);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let _ = std::fs::write(dir.join(format!("f{}.txt", i % 200)), i.to_le_bytes());
+            i += 1;
+        }
+    })?;
+    println!(
+        "1,000 file events/s: {cpu:.1}% of one core, RSS {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+
+    // File created -> alert stored: 200 EICAR drops, 10 per second.
+    let lat_dir = agent.watch.join("latency");
+    std::fs::create_dir_all(&lat_dir)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut written = Vec::new();
+    for i in 0..200 {
+        let name = format!("sample-{i:03}.bin");
+        let t = now_ms();
+        std::fs::write(lat_dir.join(&name), EICAR)?;
+        written.push((name, t));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let db = collector.db()?;
+    let mut latencies = Vec::new();
+    for (name, t) in &written {
+        let received: Option<i64> = db
+            .query_row(
+                "SELECT MIN(received_at_ms) FROM alerts WHERE entities LIKE ?1",
+                [format!("%{name}%")],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten();
+        if let Some(r) = received {
+            latencies.push(r - *t as i64);
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "file created -> alert stored at the collector ({} of {} samples): p50 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        written.len(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
