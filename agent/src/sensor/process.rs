@@ -326,7 +326,8 @@ impl ProcessTracker {
 pub fn run_poller(config: &SensorConfig, tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError> {
     let interval = Duration::from_millis(config.process_poll_interval_ms.max(10));
     let mut system = System::new().map_err(|e| SensorError::Failed(format!("sysinfo: {e}")))?;
-    let kind = ProcessRefreshKind::nothing();
+    // Threads are not processes here, and listing every /proc/PID/task is the poll's main cost.
+    let kind = ProcessRefreshKind::nothing().without_tasks();
     system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
     let mut baseline = 0usize;
     for pid in system.processes().keys() {
