@@ -460,13 +460,6 @@ fn copy_into(src: &File, dir: &OwnedFd, name: &OsStr, expected: &[u8; 32], path:
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn dev_of(fd: &OwnedFd) -> io::Result<u64> {
     File::from(fd.try_clone()?).metadata().map(|m| m.dev())
 }
@@ -506,7 +499,7 @@ pub fn quarantine(
         mode: v.mode,
         size: v.size,
         sha256: hex::encode(expected_sha256),
-        quarantined_at_ms: now_ms(),
+        quarantined_at_ms: crate::sensor::now_ms(),
         other_links: v.nlink.saturating_sub(1),
     };
     let record_path = quarantine_dir.join(format!("{id}.json"));
