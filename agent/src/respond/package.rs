@@ -721,7 +721,10 @@ fn b64_decode(s: &str) -> Option<Vec<u8>> {
 fn b64_encode_unpadded(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
         let chars = chunk.len() + 1;
         for i in 0..chars {
             let idx = (n >> (18 - 6 * i)) & 0x3f;

@@ -230,7 +230,10 @@ impl PathPolicy {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(Refusal::NoFileName(show(path)));
         };
-        debug_assert!(path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
+        debug_assert!(
+            path.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        );
 
         // As given.
         if !self.inside_allowed(path) {
@@ -287,13 +290,28 @@ mod tests {
         let p = PathPolicy::default();
         assert_eq!(p.check(Path::new("")), Err(Refusal::Empty));
         assert!(matches!(p.check(Path::new("tmp/x")), Err(Refusal::Relative(_))));
-        assert!(matches!(p.check(Path::new("/tmp/../etc/passwd")), Err(Refusal::DotComponent(_))));
+        assert!(matches!(
+            p.check(Path::new("/tmp/../etc/passwd")),
+            Err(Refusal::DotComponent(_))
+        ));
         assert!(matches!(p.check(Path::new("/tmp/./x")), Err(Refusal::DotComponent(_))));
         assert!(matches!(p.check(Path::new("/tmp/x/")), Err(Refusal::NoFileName(_))));
-        assert!(matches!(p.check(Path::new("/")), Err(Refusal::OutsideAllowedRoots(_)) | Err(Refusal::NoFileName(_))));
-        assert!(matches!(p.check(Path::new("/tmp")), Err(Refusal::OutsideAllowedRoots(_))));
-        assert!(matches!(p.check(Path::new("/etc/passwd")), Err(Refusal::OutsideAllowedRoots(_))));
-        assert!(matches!(p.check(Path::new("/proc/self/exe")), Err(Refusal::OutsideAllowedRoots(_))));
+        assert!(matches!(
+            p.check(Path::new("/")),
+            Err(Refusal::OutsideAllowedRoots(_)) | Err(Refusal::NoFileName(_))
+        ));
+        assert!(matches!(
+            p.check(Path::new("/tmp")),
+            Err(Refusal::OutsideAllowedRoots(_))
+        ));
+        assert!(matches!(
+            p.check(Path::new("/etc/passwd")),
+            Err(Refusal::OutsideAllowedRoots(_))
+        ));
+        assert!(matches!(
+            p.check(Path::new("/proc/self/exe")),
+            Err(Refusal::OutsideAllowedRoots(_))
+        ));
         let long = format!("/tmp/{}", "a".repeat(MAX_PATH_BYTES));
         assert_eq!(p.check(Path::new(&long)), Err(Refusal::TooLong));
         use std::os::unix::ffi::OsStrExt;
@@ -306,7 +324,10 @@ mod tests {
         assert!(p.check(Path::new("/dev/shm/payload")).is_ok());
         let mut with_dev = p.clone();
         with_dev.allowed_roots.push(PathBuf::from("/dev"));
-        assert!(matches!(with_dev.check(Path::new("/dev/null")), Err(Refusal::Protected { .. })));
+        assert!(matches!(
+            with_dev.check(Path::new("/dev/null")),
+            Err(Refusal::Protected { .. })
+        ));
     }
 
     #[test]
@@ -315,7 +336,10 @@ mod tests {
         let root = dir.path().canonicalize().unwrap();
         std::fs::create_dir(root.join("state")).unwrap();
         let p = policy_for(&root);
-        assert!(matches!(p.check(&root.join("state/key")), Err(Refusal::Protected { .. })));
+        assert!(matches!(
+            p.check(&root.join("state/key")),
+            Err(Refusal::Protected { .. })
+        ));
         assert!(p.check(&root.join("file")).is_ok());
     }
 

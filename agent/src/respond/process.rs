@@ -132,7 +132,9 @@ mod sys {
 
 fn not_found_or(pid: u32, e: ProcError) -> ProcessActionError {
     match e {
-        ProcError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => ProcessActionError::NotFound { pid },
+        ProcError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            ProcessActionError::NotFound { pid }
+        }
         other => ProcessActionError::Unidentifiable {
             pid,
             reason: other.to_string(),
@@ -323,7 +325,7 @@ fn kill_in(proc: &Path, pid: u32, start_time_ms: u64, exe: &str, tree: bool) -> 
     let mut order = if tree {
         signal(&root, libc::SIGSTOP)?;
         let mut held = stop_tree(proc, &root, &untouchable, &mut report);
-        held.sort_by(|a, b| b.depth.cmp(&a.depth));
+        held.sort_by_key(|h| std::cmp::Reverse(h.depth));
         held
     } else {
         Vec::new()
