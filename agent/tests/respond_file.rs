@@ -255,9 +255,11 @@ fn toctou_swap_race_never_touches_the_symlink_target() {
                 let _ = std::fs::remove_file(&tmp_file);
                 std::fs::write(&tmp_file, &content).unwrap();
                 std::fs::rename(&tmp_file, &target).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(300));
                 let _ = std::fs::remove_file(&tmp_link);
                 std::os::unix::fs::symlink(&canary, &tmp_link).unwrap();
                 std::fs::rename(&tmp_link, &target).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(100));
                 swaps += 1;
             }
             swaps
@@ -266,6 +268,7 @@ fn toctou_swap_race_never_touches_the_symlink_target() {
 
     let h = sha(&content);
     let (mut ok, mut refused) = (0, 0);
+    let mut reasons: std::collections::BTreeMap<String, u32> = Default::default();
     for i in 0..3000 {
         let r = if i % 2 == 0 {
             quarantine(&target, &h, &t.policy, &t.qdir).map(|_| ())
@@ -274,7 +277,15 @@ fn toctou_swap_race_never_touches_the_symlink_target() {
         };
         match r {
             Ok(()) => ok += 1,
-            Err(_) => refused += 1,
+            Err(e) => {
+                refused += 1;
+                let key = format!("{e:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *reasons.entry(key).or_default() += 1;
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -295,7 +306,7 @@ fn toctou_swap_race_never_touches_the_symlink_target() {
             assert_ne!(m.ino(), canary_ino);
         }
     }
-    eprintln!("race: {swaps} swaps, {ok} actions done, {refused} refused");
+    eprintln!("race: {swaps} swaps, {ok} actions done, {refused} refused: {reasons:?}");
     assert!(
         ok > 0 && refused > 0,
         "the race should exercise both outcomes: {ok} ok, {refused} refused"

@@ -486,6 +486,16 @@ pub fn quarantine(
 ) -> Result<QuarantineRecord, FileActionError> {
     let target = policy.check(path)?;
     let qdir = open_quarantine_dir(quarantine_dir, true)?;
+    // Whatever the policy says, nothing inside the quarantine directory is quarantined again.
+    if let Ok(q) = quarantine_dir.canonicalize()
+        && target.resolved().starts_with(&q)
+    {
+        return Err(Refusal::Protected {
+            path: show(path),
+            protected: show(quarantine_dir),
+        }
+        .into());
+    }
     let (parent, v) = open_verified(&target, expected_sha256, policy)?;
     let id = new_id()?;
     let data_name = OsString::from(&id);
@@ -493,7 +503,14 @@ pub fn quarantine(
 
     // 1. The verified inode gets a name in the quarantine directory (or a verified copy does).
     let stored = if v.dev == qdev {
-        sys::link_fd(v.file.as_fd(), qdir.as_fd(), &data_name).map_err(io_err("link into quarantine", path))?;
+        sys::link_fd(v.file.as_fd(), qdir.as_fd(), &data_name).map_err(|e| match e.raw_os_error() {
+            // The verified inode lost its last name meanwhile.
+            Some(libc::ENOENT) => FileActionError::Changed {
+                path: show(path),
+                detail: "it was removed".into(),
+            },
+            _ => io_err("link into quarantine", path)(e),
+        })?;
         None
     } else {
         Some(copy_into(&v.file, &qdir, &data_name, expected_sha256, path)?)
@@ -537,9 +554,11 @@ pub fn quarantine(
         Some(f) => f,
         None => v.file,
     };
-    stored_file
-        .set_permissions(Permissions::from_mode(v.mode & QUARANTINE_KEEP_BITS))
-        .map_err(io_err("chmod quarantined file", path))?;
+    // The file is already out of reach (0700 directory); a failure here must not report the
+    // action as failed when it took effect.
+    if let Err(e) = stored_file.set_permissions(Permissions::from_mode(v.mode & QUARANTINE_KEEP_BITS)) {
+        tracing::warn!(id = %id, error = %e, "cannot strip exec bits of a quarantined file");
+    }
     fsync_dir(&qdir);
     tracing::info!(path = %show(path), id = %id, "file quarantined");
     Ok(record)
@@ -762,6 +781,21 @@ mod tests {
         ));
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert!(f.qdir.join(&rec.id).exists());
+    }
+
+    #[test]
+    fn quarantine_dir_contents_are_never_quarantined() {
+        let mut f = fixture();
+        let p = f.allowed.join("x");
+        std::fs::write(&p, b"q").unwrap();
+        let rec = quarantine(&p, &sha(b"q"), &f.policy, &f.qdir).unwrap();
+        // Even with a policy that forgets to protect it.
+        f.policy.protected.clear();
+        f.policy.allowed_roots.push(f.qdir.parent().unwrap().to_path_buf());
+        assert!(matches!(
+            quarantine(&f.qdir.join(&rec.id), &sha(b"q"), &f.policy, &f.qdir),
+            Err(FileActionError::Refused(Refusal::Protected { .. }))
+        ));
     }
 
     #[test]
