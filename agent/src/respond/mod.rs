@@ -1,0 +1,6 @@
+//! Response actions carried out on the device.
+
+pub mod file;
+pub mod package;
+pub mod policy;
+pub mod process;
