@@ -17,6 +17,45 @@ pub struct Config {
     pub detection: DetectionConfig,
     pub outbox: OutboxConfig,
     pub link: LinkConfig,
+    pub response: ResponseConfig,
+}
+
+/// The device's own veto over commands, enforced whatever the collector says.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseConfig {
+    /// Allowed difference between the collector's clock and this device's.
+    pub clock_skew_ms: u64,
+    /// Independent approvals (besides the requester) each action needs.
+    pub min_approvals: u8,
+    /// Action kinds this device refuses: isolate, release, quarantine_file,
+    /// restore_file, delete_file, kill_process, collect_package.
+    pub disabled_actions: Vec<String>,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            clock_skew_ms: 120_000,
+            min_approvals: 1,
+            disabled_actions: Vec::new(),
+        }
+    }
+}
+
+impl ResponseConfig {
+    pub fn policy(&self) -> ward_protocol::CommandPolicy {
+        let kinds = ward_protocol::ActionKind::ALL;
+        ward_protocol::CommandPolicy {
+            clock_skew_ms: self.clock_skew_ms,
+            min_approvals: kinds.iter().map(|k| (*k, self.min_approvals)).collect(),
+            disabled: kinds
+                .iter()
+                .filter(|k| self.disabled_actions.iter().any(|d| d == k.as_str()))
+                .copied()
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,6 +164,18 @@ impl Config {
         }
         if config.link.reconnect_min_ms == 0 || config.link.reconnect_max_ms < config.link.reconnect_min_ms {
             return Err("link.reconnect_min_ms must be > 0 and not above link.reconnect_max_ms".into());
+        }
+        let kinds: Vec<&str> = ward_protocol::ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+        if let Some(bad) = config
+            .response
+            .disabled_actions
+            .iter()
+            .find(|d| !kinds.contains(&d.as_str()))
+        {
+            return Err(format!(
+                "response.disabled_actions: unknown action {bad:?} (known: {})",
+                kinds.join(", ")
+            ));
         }
         if config.agent.heartbeat_interval_ms < 1_000 {
             return Err("agent.heartbeat_interval_ms must be at least 1000".into());

@@ -28,6 +28,11 @@ pub struct Delivery {
     pub shared: Arc<Shared>,
     pub rules_tx: mpsc::Sender<Rules>,
     pub rule_pack_version: u64,
+    /// Verified-later commands go to the executor; its signed results come back.
+    pub commands_tx: mpsc::Sender<ward_protocol::Signed>,
+    pub results_rx: mpsc::Receiver<ward_protocol::Signed>,
+    /// A result taken from the executor but not yet written to a session.
+    pub pending_result: Option<ward_protocol::Signed>,
 }
 
 enum End {
@@ -42,7 +47,7 @@ impl Delivery {
         let mut backoff = min;
         loop {
             let opened = tokio::select! {
-                s = Session::open(&self.identity, self.rule_pack_version, 0) => s,
+                s = Session::open(&self.identity, self.rule_pack_version, crate::commands::last_seq(&self.state_dir)) => s,
                 _ = shutdown.changed() => return,
             };
             let reason = match opened {
@@ -130,6 +135,12 @@ impl Delivery {
         let mut in_flight: Option<(u64, tokio::time::Instant)> = None;
         let mut drops_sent = false;
         loop {
+            if let Some(result) = self.pending_result.take()
+                && let Err(e) = crate::link::write_frame(send, &AgentMessage::CommandResult(result.clone())).await
+            {
+                self.pending_result = Some(result);
+                return End::Lost(e.to_string());
+            }
             if in_flight.is_none() {
                 match self.next_batch() {
                     Ok(Some((batch_id, msg))) => {
@@ -162,8 +173,10 @@ impl Delivery {
                         }
                     }
                     Some(Ok(CollectorMessage::RulePack(signed))) => self.rule_pack(&signed).await,
-                    Some(Ok(CollectorMessage::Command(_))) => {
-                        warn!("command received: response actions are not supported by this agent version");
+                    Some(Ok(CollectorMessage::Command(signed))) => {
+                        if self.commands_tx.try_send(signed).is_err() {
+                            warn!("command queue full: command dropped (the collector resends it on reconnect)");
+                        }
                     }
                     Some(Ok(CollectorMessage::Goodbye { reason })) => return End::Lost(reason),
                     Some(Ok(_)) => {}
@@ -171,6 +184,10 @@ impl Delivery {
                     None => return End::Lost("reader stopped".into()),
                 },
                 _ = self.shared.new_alerts.notified(), if in_flight.is_none() => {}
+                result = self.results_rx.recv() => {
+                    // Written at the top of the loop; kept there if the session dies first.
+                    self.pending_result = result;
+                }
                 _ = tokio::time::sleep_until(deadline), if in_flight.is_some() => {
                     return End::Lost(format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
                 }
@@ -234,10 +251,20 @@ impl Delivery {
 
     fn heartbeat(&self, inventory: Option<Inventory>) -> AgentMessage {
         let depth = self.shared.outbox.lock().map(|o| o.depth()).unwrap_or(0);
+        let isolated = self
+            .shared
+            .status
+            .lock()
+            .map(|s| s.isolation == "isolated")
+            .unwrap_or(false);
         AgentMessage::Heartbeat(Heartbeat {
             sent_at_ms: now_ms(),
             inventory,
-            isolation: IsolationState::None,
+            isolation: if isolated {
+                IsolationState::Isolated
+            } else {
+                IsolationState::None
+            },
             outbox_depth: depth,
             rule_pack_version: self.rule_pack_version,
         })

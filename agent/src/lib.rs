@@ -1,6 +1,7 @@
 //! The Ward endpoint agent: sensors feed detection, detection raises alerts, alerts
 //! are signed and kept in a durable outbox until the collector acknowledges them.
 
+pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod detect;

@@ -26,6 +26,8 @@ pub struct Shared {
     pub outbox: Mutex<Outbox>,
     pub new_alerts: Notify,
     pub status: Mutex<Status>,
+    /// Recent file changes, for investigation packages.
+    pub recent: crate::commands::RecentChanges,
 }
 
 /// Turns detections into signed alerts in the outbox.
@@ -131,6 +133,7 @@ pub async fn run_detection(
         let ready = tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => {
+                    remember_change(&shared, &ev);
                     let now = now_ms();
                     let detections = match correlator.as_mut() {
                         Some(c) => c.process(&rules.detector, &ev, now),
@@ -162,6 +165,17 @@ pub async fn run_detection(
     let rest = aggregator.flush_all();
     if !rest.is_empty() {
         store_all(&builder, &shared, &rest);
+    }
+}
+
+fn remember_change(shared: &Shared, event: &Event) {
+    if let Some(change) = crate::respond::package::RecentChange::from_event(event)
+        && let Ok(mut recent) = shared.recent.lock()
+    {
+        if recent.len() >= crate::commands::RECENT_CHANGES {
+            recent.pop_front();
+        }
+        recent.push_back(change);
     }
 }
 

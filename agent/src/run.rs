@@ -9,6 +9,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::commands::Executor;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::detect::Detector;
@@ -67,6 +68,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         outbox: Mutex::new(outbox),
         new_alerts: Notify::new(),
         status: Mutex::new(status),
+        recent: Arc::new(Mutex::new(std::collections::VecDeque::new())),
     });
 
     let hostname = inventory::collect(env!("CARGO_PKG_VERSION")).hostname;
@@ -87,6 +89,18 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         config.detection.aggregate_window_ms,
         shutdown.clone(),
     ));
+    let (commands_tx, commands_rx) = mpsc::channel(16);
+    let (results_tx, results_rx) = mpsc::channel(16);
+    let executor = Executor::new(
+        identity.enrollment.device_id,
+        identity.enrollment.command_keys.clone(),
+        config.response.policy(),
+        state_dir.clone(),
+        config.sensors.file_watch_paths.iter().map(PathBuf::from).collect(),
+        Arc::clone(&shared.recent),
+        Identity::load(&state_dir)?.signing_key,
+    );
+    let commands = tokio::spawn(crate::commands::run(executor, commands_rx, results_tx));
     let delivery = Delivery {
         identity,
         config: config.clone(),
@@ -94,6 +108,9 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         shared: Arc::clone(&shared),
         rules_tx,
         rule_pack_version: pack_version,
+        commands_tx,
+        results_rx,
+        pending_result: None,
     };
     let link = tokio::spawn(delivery.run(shutdown.clone()));
 
@@ -106,6 +123,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), detection).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), link).await;
+    commands.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), sensors).await;
     write_status(&shared, &state_dir);
     info!("agent stopped");
