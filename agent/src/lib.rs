@@ -9,6 +9,7 @@ pub mod identity;
 pub mod link;
 pub mod outbox;
 pub mod pipeline;
+pub mod respond;
 pub mod rulepack;
 pub mod run;
 pub mod sensor;

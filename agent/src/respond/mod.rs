@@ -1,0 +1,3 @@
+//! Response actions carried out on the device.
+
+pub mod isolate;
