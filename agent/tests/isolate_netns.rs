@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use ward_agent::respond::isolate::{
-    self, AllowEntry, BlockedProbe, BreakGlassError, BreakGlassToken, IsolateError, IsolationPlan, IsolationState,
-    Nft, Reassert, SelfTest, TableStatus,
+    self, AllowEntry, BlockedProbe, BreakGlassError, BreakGlassToken, IsolateError, IsolationPlan, IsolationState, Nft,
+    Reassert, SelfTest, TableStatus,
 };
 use ward_protocol::{DeviceId, Id128, SigningKey};
 
@@ -187,7 +187,12 @@ fn start_peer() -> PeerNs {
     let pid = child.id().to_string();
     // unshare execs the program in place, so the pid is the peer's.
     run("ip", &["link", "set", "lo", "up"]);
-    run("ip", &["link", "add", "ward0", "type", "veth", "peer", "name", "ward1", "netns", &pid]);
+    run(
+        "ip",
+        &[
+            "link", "add", "ward0", "type", "veth", "peer", "name", "ward1", "netns", &pid,
+        ],
+    );
     run("ip", &["addr", "add", "10.77.0.1/24", "dev", "ward0"]);
     run("ip", &["-6", "addr", "add", "fd77::1/64", "dev", "ward0", "nodad"]);
     run("ip", &["link", "set", "ward0", "up"]);
@@ -318,7 +323,10 @@ fn agent_host() {
     println!("{version}");
     let _peer = start_peer();
     let state = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // The host's own firewall, which Ward must never touch.
     nft_stdin("table inet host_fw {\n chain input { type filter hook input priority 0; policy accept; }\n}\n");
@@ -381,7 +389,9 @@ fn agent_host() {
 
     // A restart (or reboot: table gone) restores from the state file.
     run("nft", &["delete", "table", "inet", "ward_isolation"]);
-    let restored = isolate::restore_with(state.path(), &nft).unwrap().expect("state says isolated");
+    let restored = isolate::restore_with(state.path(), &nft)
+        .unwrap()
+        .expect("state says isolated");
     assert!(nft.is_intact(restored.fingerprint()).unwrap());
     assert_isolated(loopback);
 
@@ -403,9 +413,15 @@ fn agent_host() {
         matches!(&err, IsolateError::RolledBack { reason } if reason.starts_with("collector unreachable")),
         "{err}"
     );
-    assert!(err.to_string().starts_with("isolation rolled back: collector unreachable"));
+    assert!(
+        err.to_string()
+            .starts_with("isolation rolled back: collector unreachable")
+    );
     assert_eq!(IsolationState::load(state.path()).unwrap().unwrap().plan, plan());
-    assert!(nft.is_intact(restored.fingerprint()).unwrap(), "previous isolation is back");
+    assert!(
+        nft.is_intact(restored.fingerprint()).unwrap(),
+        "previous isolation is back"
+    );
     assert_isolated(loopback);
     println!("restore and rollback to previous: ok");
 
@@ -451,10 +467,11 @@ fn agent_host() {
     let (key, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
     let device = DeviceId(Id128([5; 16]));
     let now = 1_800_000_000_000;
-    let token = BreakGlassToken::new(device, now + 3_600_000, [1; 16]).sign(&key).unwrap();
-    let release = |text: &str| {
-        isolate::break_glass_release_with(state.path(), &nft, text, device, &[key.public_key()], now)
-    };
+    let token = BreakGlassToken::new(device, now + 3_600_000, [1; 16])
+        .sign(&key)
+        .unwrap();
+    let release =
+        |text: &str| isolate::break_glass_release_with(state.path(), &nft, text, device, &[key.public_key()], now);
     release(&token).unwrap();
     assert!(!tables().contains("ward_isolation"));
     assert_eq!(run("nft", &["list", "table", "inet", "host_fw"]), host_fw_before);

@@ -332,8 +332,7 @@ pub fn render(plan: &IsolationPlan) -> String {
     }
     output.push("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept".to_string());
     input.push(
-        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept"
-            .to_string(),
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept".to_string(),
     );
     for net in &allow {
         let f = family(&net.addr);
@@ -347,14 +346,18 @@ pub fn render(plan: &IsolationPlan) -> String {
     out.push_str(&format!("table inet {TABLE} {{\n"));
     for (name, hook, rules) in [("input", "input", &input), ("output", "output", &output)] {
         out.push_str(&format!("\tchain {name} {{\n"));
-        out.push_str(&format!("\t\ttype filter hook {hook} priority {PRIORITY}; policy drop;\n"));
+        out.push_str(&format!(
+            "\t\ttype filter hook {hook} priority {PRIORITY}; policy drop;\n"
+        ));
         for r in rules {
             out.push_str(&format!("\t\t{r}\n"));
         }
         out.push_str("\t}\n");
     }
     out.push_str("\tchain forward {\n");
-    out.push_str(&format!("\t\ttype filter hook forward priority {PRIORITY}; policy drop;\n"));
+    out.push_str(&format!(
+        "\t\ttype filter hook forward priority {PRIORITY}; policy drop;\n"
+    ));
     out.push_str("\t}\n");
     out.push_str("}\n");
     out
@@ -369,7 +372,11 @@ pub enum NftError {
     #[error("cannot run {program}: {source}")]
     Spawn { program: PathBuf, source: std::io::Error },
     #[error("`nft {args}` failed ({status}): {stderr}")]
-    Failed { args: String, status: String, stderr: String },
+    Failed {
+        args: String,
+        status: String,
+        stderr: String,
+    },
     #[error("`nft {args}` printed output that is not UTF-8")]
     NotUtf8 { args: String },
 }
@@ -1308,7 +1315,10 @@ table inet ward_isolation {
     fn state_round_trips_and_missing_means_not_isolated() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(IsolationState::load(dir.path()).unwrap(), None);
-        assert_eq!(IsolationState::heartbeat_state(None), ward_protocol::IsolationState::None);
+        assert_eq!(
+            IsolationState::heartbeat_state(None),
+            ward_protocol::IsolationState::None
+        );
         let state = IsolationState {
             isolated: true,
             plan: plan(),
@@ -1345,7 +1355,10 @@ table inet ward_isolation {
 
     fn keys() -> (SigningKey, SigningKey) {
         let rng = SystemRandom::new();
-        (SigningKey::generate(&rng).unwrap().0, SigningKey::generate(&rng).unwrap().0)
+        (
+            SigningKey::generate(&rng).unwrap().0,
+            SigningKey::generate(&rng).unwrap().0,
+        )
     }
 
     const NOW: u64 = 1_800_000_000_000;
@@ -1384,12 +1397,16 @@ table inet ward_isolation {
             release(&token, device, NOW + 3 * DAY),
             Err(BreakGlassError::Expired { .. })
         ));
-        let foreign = BreakGlassToken::new(device, NOW + DAY, [8; 16]).sign(&other_key).unwrap();
+        let foreign = BreakGlassToken::new(device, NOW + DAY, [8; 16])
+            .sign(&other_key)
+            .unwrap();
         assert!(matches!(
             release(&foreign, device, NOW),
             Err(BreakGlassError::Signature(SignatureError::UnknownKey))
         ));
-        let long = BreakGlassToken::new(device, NOW + 30 * DAY, [6; 16]).sign(&key).unwrap();
+        let long = BreakGlassToken::new(device, NOW + 30 * DAY, [6; 16])
+            .sign(&key)
+            .unwrap();
         assert!(matches!(
             release(&long, device, NOW),
             Err(BreakGlassError::TooLongLived { .. })
@@ -1436,7 +1453,11 @@ table inet ward_isolation {
 
         let token = BreakGlassToken::new(DeviceId(Id128([1; 16])), NOW, [3; 16]);
         let signed_token = key.sign_value(SignatureKind::Command, &token).unwrap();
-        assert!(signed_token.open_with::<Command>(SignatureKind::Command, &pins).is_err());
+        assert!(
+            signed_token
+                .open_with::<Command>(SignatureKind::Command, &pins)
+                .is_err()
+        );
         // The magic as documented.
         assert_eq!(&BREAK_GLASS_MAGIC[..27], b"ward-break-glass-release-v1");
         assert!(BREAK_GLASS_MAGIC[32..].iter().all(|b| *b == 0xFF));
