@@ -453,17 +453,20 @@ fn agent_host() {
     assert_open_network(loopback);
     println!("rollback to open: ok");
 
-    // Break-glass: isolate again, release with a signed one-time token.
-    rt.block_on(isolate::isolate(
-        state.path(),
-        &nft,
-        plan(),
-        None,
-        4,
-        &self_test(Duration::from_secs(2)),
-        || probe(sa(COLLECTOR, QUIC_PORT)),
-    ))
-    .unwrap();
+    // Break-glass: isolate again, release with a signed one-time token (as the
+    // console command would, from another process: the agent's guard stands down).
+    let mut guard = rt
+        .block_on(isolate::isolate(
+            state.path(),
+            &nft,
+            plan(),
+            None,
+            4,
+            &self_test(Duration::from_secs(2)),
+            || probe(sa(COLLECTOR, QUIC_PORT)),
+        ))
+        .unwrap()
+        .guard;
     let (key, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
     let device = DeviceId(Id128([5; 16]));
     let now = 1_800_000_000_000;
@@ -477,6 +480,10 @@ fn agent_host() {
     assert_eq!(run("nft", &["list", "table", "inet", "host_fw"]), host_fw_before);
     assert_open_network(loopback);
     assert!(matches!(release(&token), Err(BreakGlassError::Reused)));
+    assert_eq!(guard.reassert().unwrap(), Reassert::Released);
+    assert!(!tables().contains("ward_isolation"), "the guard must not re-isolate");
+    assert!(isolate::restore_with(state.path(), &nft).unwrap().is_none());
+    assert!(!tables().contains("ward_isolation"));
     println!("break-glass: ok");
 
     assert_no_leftovers(state.path());

@@ -28,7 +28,8 @@
 //! [`Guard`] returned by both is re-asserted every few seconds: a missing or
 //! changed table is put back and reported as [`Reassert::Tampered`], so the
 //! caller raises an alert. [`release`] and the offline [`break_glass_release`]
-//! record the release first, then delete the table.
+//! record the release first, then delete the table; a guard that finds the state
+//! released (even by another process) stands down instead of re-applying.
 //!
 //! What this module must never do:
 //! - touch any table other than `inet ward_isolation` (no `flush ruleset`, no
@@ -632,6 +633,9 @@ pub enum IsolateError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reassert {
     Intact,
+    /// The state file says released (e.g. a break-glass release run from the
+    /// console by another process): nothing was touched; drop the guard.
+    Released,
     /// The table was missing or changed and has been put back: raise an alert.
     Tampered(TableStatus),
 }
@@ -640,14 +644,16 @@ pub enum Reassert {
 #[derive(Debug, Clone)]
 pub struct Guard {
     nft: Nft,
+    state_dir: PathBuf,
     ruleset: String,
     fingerprint: Fingerprint,
 }
 
 impl Guard {
-    pub fn new(nft: Nft, ruleset: String, fingerprint: Fingerprint) -> Guard {
+    pub fn new(nft: Nft, state_dir: PathBuf, ruleset: String, fingerprint: Fingerprint) -> Guard {
         Guard {
             nft,
+            state_dir,
             ruleset,
             fingerprint,
         }
@@ -662,8 +668,12 @@ impl Guard {
     }
 
     /// Re-applies the ruleset if the table is missing or differs from what was
-    /// applied. Blocking (runs `nft` two or three times, milliseconds).
+    /// applied, unless the state file says the device was released meanwhile.
+    /// Blocking (reads the state file, runs `nft` two or three times: milliseconds).
     pub fn reassert(&mut self) -> Result<Reassert, IsolateError> {
+        if !IsolationState::load(&self.state_dir)?.is_some_and(|s| s.isolated) {
+            return Ok(Reassert::Released);
+        }
         reassert(&self.nft, &self.ruleset, &mut self.fingerprint)
     }
 }
@@ -751,7 +761,12 @@ pub async fn probe_blocked(addr: SocketAddr, timeout: Duration) -> BlockedProbe 
 /// If the probe fails or times out, the previous state is restored (the previous
 /// isolation re-applied, or the table deleted) and
 /// [`IsolateError::RolledBack`] says why. If the blocked address answers,
-/// [`IsolateError::NotEnforced`] is returned with the table kept in place.
+/// [`IsolateError::NotEnforced`] is returned with the table kept in place and
+/// the state persisted ([`restore`] gives its guard).
+///
+/// The caller serialises isolate, release and the guard's reassert (one task owns
+/// them): a guard for the previous plan reasserted while this runs would put the
+/// previous ruleset back. Replace the old guard with the returned one.
 pub async fn isolate<F, Fut, E>(
     state_dir: &Path,
     nft: &Nft,
@@ -825,7 +840,7 @@ where
         return Err(IsolateError::NotEnforced(addr));
     }
     Ok(Isolated {
-        guard: Guard::new(nft.clone(), ruleset, fingerprint),
+        guard: Guard::new(nft.clone(), state_dir.to_path_buf(), ruleset, fingerprint),
         report: SelfTestReport {
             collector_round_trip,
             blocked,
@@ -846,12 +861,19 @@ pub fn restore_with(state_dir: &Path, nft: &Nft) -> Result<Option<Guard>, Isolat
         Some(state) if state.isolated => {
             let ruleset = render(&state.plan);
             let fingerprint = nft.apply(&ruleset)?;
-            Ok(Some(Guard::new(nft.clone(), ruleset, fingerprint)))
+            Ok(Some(Guard::new(
+                nft.clone(),
+                state_dir.to_path_buf(),
+                ruleset,
+                fingerprint,
+            )))
         }
-        _ => {
-            nft.release()?;
-            Ok(None)
-        }
+        _ => match nft.release() {
+            Ok(()) => Ok(None),
+            // Never isolated and no nft on this host: nothing can be left over.
+            Err(NftError::Spawn { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
