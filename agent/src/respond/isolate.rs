@@ -1386,15 +1386,18 @@ table inet ward_isolation {
     const NOW: u64 = 1_800_000_000_000;
     const DAY: u64 = 24 * 3600 * 1000;
 
-    /// A fake `nft` that accepts everything: break-glass logic without root.
+    /// A stand-in for `nft -f -` without root: `sort -f -` (ignore case, read
+    /// stdin) drains the ruleset and exits 0. An existing binary, so no freshly
+    /// written executable races with other tests' forks (ETXTBSY).
     fn fake_nft() -> Nft {
-        Nft::with_program("/bin/true")
+        Nft::with_program("sort")
     }
 
     #[test]
     fn break_glass_works_once_for_its_device_before_expiry() {
         let (key, other_key) = keys();
         let dir = tempfile::tempdir().unwrap();
+        let nft = fake_nft();
         let device = DeviceId(Id128([1; 16]));
         let other_device = DeviceId(Id128([2; 16]));
         let pins = [key.public_key()];
@@ -1406,9 +1409,8 @@ table inet ward_isolation {
         }
         .store(dir.path())
         .unwrap();
-        let release = |text: &str, dev: DeviceId, now: u64| {
-            break_glass_release_with(dir.path(), &fake_nft(), text, dev, &pins, now)
-        };
+        let release =
+            |text: &str, dev: DeviceId, now: u64| break_glass_release_with(dir.path(), &nft, text, dev, &pins, now);
 
         let token = BreakGlassToken::new(device, NOW + 3 * DAY, [9; 16]).sign(&key).unwrap();
         assert!(matches!(
