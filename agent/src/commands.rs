@@ -17,7 +17,10 @@ use ward_protocol::{
     SignatureKind, Signed, SigningKey, authorize,
 };
 
-use crate::identity::write_atomic;
+use crate::detect::{AggregatedDetection, Detection};
+use crate::identity::{Identity, write_atomic};
+use crate::pipeline::{AlertBuilder, Shared};
+use crate::respond::isolate::{self, AllowEntry, Guard, IsolationPlan, Nft, Reassert, SelfTest};
 use crate::respond::package::{PackageLimits, RecentChange};
 use crate::respond::policy::PathPolicy;
 use crate::respond::{file, package, process};
@@ -49,6 +52,20 @@ pub struct Executor {
     /// Signs results.
     pub key: SigningKey,
     last_seq: u64,
+    /// Network isolation: the identity for the collector probe, and the guard of the
+    /// applied rule set while isolated. Isolate, release and re-assert all run here.
+    pub isolation: Option<IsolationControl>,
+}
+
+/// What isolation needs besides the command.
+pub struct IsolationControl {
+    pub identity: Identity,
+    pub nft: Nft,
+    pub guard: Option<Guard>,
+    pub self_test: SelfTest,
+    pub shared: Arc<Shared>,
+    /// Raises the tamper alert.
+    pub alerts: AlertBuilder,
 }
 
 impl std::fmt::Debug for Executor {
@@ -91,6 +108,7 @@ impl Executor {
             watched_paths,
             recent,
             key,
+            isolation: None,
         }
     }
 
@@ -210,11 +228,18 @@ impl Executor {
                     }
                     Ok((format!("investigation package, {} bytes", bytes.len()), Some(bytes)))
                 }
-                Action::Isolate { .. } | Action::Release => {
-                    Err("network isolation is not available in this agent build".to_string())
-                }
+                Action::Isolate { .. } | Action::Release => Err("handled by the isolation control".to_string()),
             }
         });
+        if matches!(command.action, Action::Isolate { .. } | Action::Release) {
+            return match self.isolation.as_mut() {
+                Some(control) => control.execute(&self.state_dir, command).await,
+                None => {
+                    let reason = "isolation is not available on this device (no nft)".to_string();
+                    (CommandOutcome::Failed { reason: reason.clone() }, reason, None)
+                }
+            };
+        }
         match run.await {
             Ok(Ok((detail, attachment))) => (CommandOutcome::Succeeded, detail, attachment),
             Ok(Err(reason)) => (CommandOutcome::Failed { reason: reason.clone() }, reason, None),
@@ -229,6 +254,147 @@ impl Executor {
     }
 }
 
+impl IsolationControl {
+    async fn execute(&mut self, state_dir: &Path, command: &Command) -> (CommandOutcome, String, Option<Vec<u8>>) {
+        let outcome = match &command.action {
+            Action::Isolate { allow } => self.isolate(state_dir, command.id, allow).await,
+            _ => {
+                let nft = self.nft.clone();
+                let dir = state_dir.to_path_buf();
+                match tokio::task::spawn_blocking(move || isolate::release(&dir, &nft)).await {
+                    Ok(Ok(())) => {
+                        self.guard = None;
+                        self.set_state("none");
+                        Ok("released: Ward's isolation table removed".to_string())
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        match outcome {
+            Ok(detail) => (CommandOutcome::Succeeded, detail, None),
+            Err(reason) => (CommandOutcome::Failed { reason: reason.clone() }, reason, None),
+        }
+    }
+
+    async fn isolate(&mut self, state_dir: &Path, id: CommandId, allow: &[String]) -> Result<String, String> {
+        let plan = plan(&self.identity.enrollment.collector_addr, allow).await?;
+        let identity = &self.identity;
+        let probe = || async move { crate::link::probe(identity).await.map(|_| ()) };
+        match isolate::isolate(state_dir, &self.nft, plan, Some(id), now_ms(), &self.self_test, probe).await {
+            Ok(isolated) => {
+                let detail = format!(
+                    "isolated; collector round trip {} ms after applying; blocked-address probe: {:?}",
+                    isolated.report.collector_round_trip.as_millis(),
+                    isolated.report.blocked
+                );
+                self.guard = Some(isolated.guard);
+                self.set_state("isolated");
+                Ok(detail)
+            }
+            Err(e) => {
+                if let Ok(Some(state)) = isolate::IsolationState::load(state_dir) {
+                    self.set_state(if state.isolated { "isolated" } else { "none" });
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn set_state(&self, state: &str) {
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.isolation = state.to_string();
+        }
+    }
+
+    /// Puts the rule set back if it was removed or changed, and raises an alert.
+    pub fn reassert(&mut self) {
+        let Some(guard) = self.guard.as_mut() else { return };
+        match guard.reassert() {
+            Ok(Reassert::Tampered(status)) => {
+                warn!(?status, "isolation rule set was tampered with; restored");
+                self.tamper_alert(&format!("{status:?}"));
+            }
+            Ok(Reassert::Released) => {
+                // Released from outside (break-glass at the console): stop guarding.
+                self.guard = None;
+                self.set_state("none");
+            }
+            Ok(Reassert::Intact) => {}
+            Err(e) => warn!(error = %e, "cannot re-assert isolation"),
+        }
+    }
+
+    fn tamper_alert(&self, status: &str) {
+        let now = now_ms();
+        let detection = Detection {
+            rule: ward_protocol::RuleRef {
+                id: "ward-isolation-tamper".into(),
+                title: "Ward network isolation removed or changed on an isolated device".into(),
+                author: "Ward".into(),
+                severity: ward_protocol::Severity::High,
+                techniques: vec!["T1562.004".into()],
+                tactics: vec!["TA0005".into()],
+            },
+            entities: vec![],
+            matched: vec![ward_protocol::MatchedField {
+                name: "nft_table_status".into(),
+                value: status.into(),
+            }],
+            observed_at_ms: now,
+        };
+        let agg = AggregatedDetection {
+            detection,
+            count: 1,
+            first_observed_ms: now,
+            last_observed_ms: now,
+        };
+        if let Ok(mut outbox) = self.shared.outbox.lock() {
+            self.alerts.store(&mut outbox, &agg);
+        }
+        self.shared.new_alerts.notify_one();
+    }
+}
+
+/// The rule set's inputs: the collector's addresses (both families, pinned now),
+/// the system's resolvers, and the exceptions (domains resolved now).
+async fn plan(collector_addr: &str, allow: &[String]) -> Result<IsolationPlan, String> {
+    let collector: Vec<std::net::SocketAddr> = tokio::net::lookup_host(collector_addr)
+        .await
+        .map_err(|e| format!("cannot resolve the collector {collector_addr}: {e}"))?
+        .collect();
+    let resolvers = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .filter_map(|a| a.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut entries = Vec::new();
+    for a in allow {
+        let entry = AllowEntry::parse(a).map_err(|e| format!("exception {a:?}: {e}"))?;
+        entries.push(match entry {
+            AllowEntry::Domain { name, .. } => {
+                let addrs = tokio::net::lookup_host((name.as_str(), 0))
+                    .await
+                    .map_err(|e| format!("cannot resolve exception {name}: {e}"))?
+                    .map(|s| s.ip())
+                    .collect();
+                AllowEntry::Domain { name, addrs }
+            }
+            other => other,
+        });
+    }
+    Ok(IsolationPlan {
+        collector,
+        resolvers,
+        allow: entries,
+        allow_dhcp: true,
+    })
+}
+
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -237,12 +403,27 @@ fn postcard_or_empty<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
-/// Runs commands one at a time, in arrival order, sending each signed result on.
+/// How often the isolation rule set is checked while isolated.
+const REASSERT_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs commands one at a time, in arrival order, sending each signed result on;
+/// between commands, keeps an applied isolation in force.
 pub async fn run(mut executor: Executor, mut commands: mpsc::Receiver<Signed>, results: mpsc::Sender<Signed>) {
-    while let Some(signed) = commands.recv().await {
-        let result = executor.handle(&signed).await;
-        if results.send(result).await.is_err() {
-            return;
+    let mut tick = tokio::time::interval(REASSERT_EVERY);
+    loop {
+        tokio::select! {
+            signed = commands.recv() => {
+                let Some(signed) = signed else { return };
+                let result = executor.handle(&signed).await;
+                if results.send(result).await.is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(control) = executor.isolation.as_mut() {
+                    tokio::task::block_in_place(|| control.reassert());
+                }
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::detect::Detector;
 use crate::identity::{Identity, IdentityError};
 use crate::outbox::Outbox;
 use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
+use crate::respond::isolate;
 use crate::rulepack;
 use crate::sensor::{inventory, now_ms, run_sensors};
 use crate::status::Status;
@@ -100,6 +101,8 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         Arc::clone(&shared.recent),
         Identity::load(&state_dir)?.signing_key,
     );
+    let mut executor = executor;
+    executor.isolation = isolation_control(&state_dir, &shared, &identity)?;
     let commands = tokio::spawn(crate::commands::run(executor, commands_rx, results_tx));
     let delivery = Delivery {
         identity,
@@ -128,6 +131,54 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     write_status(&shared, &state_dir);
     info!("agent stopped");
     Ok(())
+}
+
+/// Puts a persisted isolation back in force before anything else talks to the
+/// network, and prepares isolate/release for commands. `None` when this device has
+/// no usable nft (commands to isolate then fail with that reason).
+fn isolation_control(
+    state_dir: &Path,
+    shared: &Arc<Shared>,
+    identity: &Identity,
+) -> Result<Option<crate::commands::IsolationControl>, RunError> {
+    let nft = isolate::Nft::new();
+    if let Err(e) = nft.version() {
+        warn!(error = %e, "nft not usable: network isolation unavailable on this device");
+        return Ok(None);
+    }
+    let guard = match isolate::restore_with(state_dir, &nft) {
+        Ok(guard) => guard,
+        Err(e) => {
+            warn!(error = %e, "cannot restore the persisted isolation");
+            None
+        }
+    };
+    if guard.is_some() {
+        info!("isolation restored from the state dir");
+    }
+    if let Ok(mut s) = shared.status.lock() {
+        s.isolation = if guard.is_some() {
+            "isolated".into()
+        } else {
+            "none".into()
+        };
+    }
+    let alerts_key = Identity::load(state_dir)?.signing_key;
+    Ok(Some(crate::commands::IsolationControl {
+        identity: Identity::load(state_dir)?,
+        nft,
+        guard,
+        self_test: isolate::SelfTest {
+            blocked_timeout: Duration::from_secs(1),
+            ..isolate::SelfTest::default()
+        },
+        shared: Arc::clone(shared),
+        alerts: AlertBuilder::new(
+            identity.enrollment.device_id,
+            inventory::collect(env!("CARGO_PKG_VERSION")).hostname,
+            alerts_key,
+        ),
+    }))
 }
 
 fn write_status(shared: &Shared, state_dir: &Path) {

@@ -153,6 +153,27 @@ pub async fn enroll(
     }
 }
 
+/// A fresh authenticated round trip to the collector: a full QUIC + mutual TLS
+/// handshake with the device's certificate, then closed. Used to prove that the
+/// collector is still reachable after isolating.
+pub async fn probe(identity: &Identity) -> Result<std::time::Duration, LinkError> {
+    let started = std::time::Instant::now();
+    let e = &identity.enrollment;
+    let remote = resolve(&e.collector_addr).await?;
+    let endpoint = client_endpoint(&remote)?;
+    let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
+    let connecting = endpoint
+        .connect_with(config, remote, &e.server_name)
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let conn = tokio::time::timeout(OPEN_TIMEOUT, connecting)
+        .await
+        .map_err(|_| LinkError::Connect("handshake timed out".into()))?
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    conn.close(0u32.into(), b"probe");
+    endpoint.wait_idle().await;
+    Ok(started.elapsed())
+}
+
 /// How long connecting plus hello/welcome may take.
 pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
