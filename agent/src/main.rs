@@ -39,6 +39,14 @@ enum Command {
         #[arg(long, default_value = "/var/lib/ward/agent")]
         state_dir: PathBuf,
     },
+    /// Lift network isolation at the console of a device that lost its collector
+    /// for good, with a one-time token from `ward-collector device break-glass`.
+    BreakGlass {
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "/var/lib/ward/agent")]
+        state_dir: PathBuf,
+    },
     /// Detection engineering.
     Rules {
         #[command(subcommand)]
@@ -81,6 +89,20 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Status { state_dir } => status(&state_dir),
+        Command::BreakGlass { token, state_dir } => {
+            let identity = Identity::load(&state_dir)?;
+            let e = &identity.enrollment;
+            ward_agent::respond::isolate::break_glass_release(
+                &state_dir,
+                &token,
+                e.device_id,
+                &e.command_keys,
+                sensor::now_ms(),
+            )
+            .context("break-glass release")?;
+            println!("isolation released; the running agent stops enforcing it within seconds");
+            Ok(())
+        }
         Command::Rules {
             command: RulesCommand::Test { rules_dir, events },
         } => {

@@ -81,6 +81,14 @@ enum DeviceCommand {
     List,
     /// Make a device's keys useless at once (its open connection is closed too).
     Revoke { id: String },
+    /// Print a one-time token that lifts isolation at the device's console
+    /// (`ward-agent break-glass --token ...`), for a device that lost its collector.
+    BreakGlass {
+        id: String,
+        /// How long it is valid: e.g. 12h, 3d (at most 7d).
+        #[arg(long, default_value = "3d")]
+        ttl: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +135,12 @@ fn main() -> Result<()> {
         } => {
             setup::revoke_device(dir, &id)?;
             println!("revoked {id}");
+        }
+        Command::Device {
+            command: DeviceCommand::BreakGlass { id, ttl },
+        } => {
+            let ttl_ms = util::parse_duration_ms(&ttl).map_err(anyhow::Error::msg)?;
+            println!("{}", setup::break_glass_token(dir, &id, ttl_ms)?);
         }
         Command::Device {
             command: DeviceCommand::List,

@@ -191,6 +191,38 @@ pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupErro
     Ok((version, pack.rules.len()))
 }
 
+/// A one-time token that lifts isolation on one device at its console, valid for
+/// `ttl_ms` (at most 7 days), signed with the command key.
+pub fn break_glass_token(data_dir: &Path, id: &str, ttl_ms: u64) -> Result<String, SetupError> {
+    use ward_agent::respond::isolate::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassToken};
+    let device: ward_protocol::DeviceId = id
+        .parse()
+        .map_err(|_| SetupError::Invalid(format!("{id:?} is not a device id")))?;
+    if ttl_ms == 0 || ttl_ms > BREAK_GLASS_MAX_VALIDITY_MS {
+        return Err(SetupError::Invalid("--ttl must be above zero and at most 7d".into()));
+    }
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    if store.get_device(&device.to_string())?.is_none() {
+        return Err(SetupError::Invalid(format!("no device {device}")));
+    }
+    let key_pkcs8 = fs::read(data_dir.join(COMMAND_KEY)).map_err(io(&data_dir.join(COMMAND_KEY)))?;
+    let key = SigningKey::from_pkcs8(&key_pkcs8).map_err(|e| SetupError::Invalid(format!("command key: {e}")))?;
+    let secret = random_secret().map_err(|_| SetupError::Random)?;
+    let mut nonce = [0u8; 16];
+    nonce.copy_from_slice(&secret[..16]);
+    let token = BreakGlassToken::new(device, now_ms().saturating_add(ttl_ms), nonce)
+        .sign(&key)
+        .map_err(|e| SetupError::Invalid(e.to_string()))?;
+    store.audit(
+        "cli",
+        "device.break_glass_issued",
+        &device.to_string(),
+        &format!("valid {ttl_ms} ms"),
+        now_ms(),
+    )?;
+    Ok(token)
+}
+
 pub fn list_devices(data_dir: &Path) -> Result<Vec<crate::store::DeviceView>, SetupError> {
     Ok(Store::open(&data_dir.join(DB_FILE))?.list_devices()?)
 }

@@ -565,6 +565,14 @@ impl Store {
         Ok(self.conn.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?)
     }
 
+    /// Appends an operator action to the audit log.
+    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str, now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        audit(&tx, now_ms, actor, action, target, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     // ---- rule packs ----
 
     /// The next rule-pack version to issue.
