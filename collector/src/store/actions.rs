@@ -863,3 +863,196 @@ fn dispatch(
     )?;
     Ok(Ok((device_id, seq)))
 }
+
+#[cfg(test)]
+mod tests {
+    use ring::rand::SystemRandom;
+    use ward_protocol::{CommandOutcome, Inventory, SigningKey};
+
+    use super::*;
+    use crate::api::auth::Role;
+    use crate::store::NewDevice;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).unwrap();
+        (dir, store)
+    }
+
+    fn device(store: &mut Store, n: u8) -> DeviceId {
+        let rng = SystemRandom::new();
+        let secret = [n; 32];
+        store.create_enroll_token(&secret, 1, T0, T0 + 1000).unwrap();
+        let id = DeviceId::generate(T0, &rng).unwrap();
+        let (key, _) = SigningKey::generate(&rng).unwrap();
+        let new = NewDevice {
+            id,
+            signing_key: key.public_key(),
+            cert_sha256: [n; 32],
+            inventory: Inventory {
+                hostname: format!("host-{n}"),
+                os: String::new(),
+                kernel: String::new(),
+                addresses: vec![],
+                logged_on_users: vec![],
+                agent_version: String::new(),
+            },
+        };
+        store.enroll(&secret, &new, T0).unwrap().unwrap();
+        id
+    }
+
+    fn propose(store: &Store, dev: DeviceId, action: Action, at: u64) -> String {
+        let new = NewAction {
+            id: CommandId::generate(at, &SystemRandom::new()).unwrap(),
+            device_id: dev,
+            action,
+            reason: "why".into(),
+            requested_by: "ann".into(),
+            now_ms: at,
+        };
+        store.create_action(&new).unwrap().unwrap().id
+    }
+
+    fn approve(store: &mut Store, id: &str, at: u64, key: &SigningKey) -> Result<DecisionOutcome, DecideError> {
+        let bob = Actor {
+            name: "bob".into(),
+            role: Role::Approver,
+        };
+        let sign = |c: &Command| {
+            key.sign_value(ward_protocol::SignatureKind::Command, c)
+                .map_err(|e| e.to_string())
+        };
+        store
+            .decide_action(id, &bob, Decision::Approve, "ok", at, &sign)
+            .unwrap()
+    }
+
+    #[test]
+    fn sequences_are_per_device_and_monotonic_and_commands_expire() {
+        let (_dir, mut store) = open();
+        let (key, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
+        let a = device(&mut store, 1);
+        let b = device(&mut store, 2);
+        let mut seqs = Vec::new();
+        for (dev, action) in [
+            (a, Action::Release),
+            (b, Action::CollectPackage),
+            (a, Action::CollectPackage),
+        ] {
+            let id = propose(&store, dev, action, T0);
+            let out = approve(&mut store, &id, T0 + 10, &key).unwrap();
+            assert_eq!(out.view.status, "dispatched");
+            seqs.push(out.dispatched.unwrap());
+        }
+        assert_eq!(seqs, vec![(a, 1), (b, 1), (a, 2)]);
+        let pending = store.pending_commands(a, 0, T0 + 20).unwrap();
+        assert_eq!(pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(store.pending_commands(a, 1, T0 + 20).unwrap().len(), 1);
+
+        // Host actions expire after 5 minutes, isolation after 15; expired ones are not delivered.
+        let later = T0 + 10 + policy::HOST_COMMAND_TTL_MS;
+        assert_eq!(store.next_action_expiry().unwrap(), Some(later));
+        let expired = store.expire_actions(later).unwrap();
+        assert_eq!(expired.len(), 2, "the two collect_package commands");
+        assert_eq!(store.pending_commands(a, 0, later).unwrap().len(), 1);
+        assert_eq!(store.pending_commands(b, 0, later).unwrap().len(), 0);
+        // A late result for an expired command is still recorded: the device did it.
+        let late_id = &expired[0];
+        let row = store.get_action(late_id).unwrap().unwrap();
+        let dev: DeviceId = row.device_id.parse().unwrap();
+        let result = CommandResult {
+            command_id: late_id.parse().unwrap(),
+            device_id: dev,
+            seq: row.seq.unwrap() as u64,
+            finished_at_ms: later,
+            outcome: CommandOutcome::Succeeded,
+            detail: "d".into(),
+            attachment: Some(vec![0; 100]),
+        };
+        // Wrong device: nothing recorded.
+        let other = if dev == a { b } else { a };
+        assert!(matches!(
+            store.record_command_result(other, &result, 10, later).unwrap(),
+            ResultRecord::Unknown(_)
+        ));
+        let rec = store.record_command_result(dev, &result, 10, later).unwrap();
+        assert!(
+            matches!(
+                rec,
+                ResultRecord::Recorded {
+                    status: Status::Succeeded,
+                    ..
+                }
+            ),
+            "{rec:?}"
+        );
+        let v = store.get_action(late_id).unwrap().unwrap();
+        assert_eq!(v.package_bytes, None, "attachment over the cap is not stored");
+        assert!(v.result.unwrap().detail.contains("exceeds"));
+
+        // A pending proposal past its approval deadline cannot be approved, and expires.
+        let stale = propose(&store, a, Action::Release, T0);
+        let too_late = T0 + policy::PENDING_APPROVAL_TTL_MS;
+        assert!(matches!(
+            approve(&mut store, &stale, too_late, &key),
+            Err(DecideError::Workflow(WorkflowError::WrongState { .. }))
+        ));
+        let swept = store.expire_actions(too_late).unwrap();
+        assert_eq!(swept.len(), 2, "the stale proposal and the unexecuted release");
+        assert!(swept.contains(&stale));
+        assert_eq!(store.get_action(&stale).unwrap().unwrap().status, "expired");
+        assert!(store.verify_audit_chain().unwrap().ok());
+    }
+
+    #[test]
+    fn audit_chain_covers_new_entries_and_detects_edits_and_removals() {
+        let (_dir, mut store) = open();
+        // An entry from before the chain existed.
+        store
+            .conn
+            .execute(
+                "INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES (1, 'old', 'x', 'y', 'z')",
+                [],
+            )
+            .unwrap();
+        let a = device(&mut store, 1);
+        for _ in 0..3 {
+            propose(&store, a, Action::Release, T0);
+        }
+        let report = store.verify_audit_chain().unwrap();
+        assert_eq!(
+            (report.unchained_legacy, report.verified, report.broken_at),
+            (1, 4, None)
+        );
+        let ids: Vec<i64> = store
+            .list_audit(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.hash.is_some())
+            .map(|e| e.id)
+            .collect();
+        // Removing a middle entry breaks the chain at its successor.
+        store
+            .conn
+            .execute("DELETE FROM audit_log WHERE id = ?1", [ids[1]])
+            .unwrap();
+        assert_eq!(store.verify_audit_chain().unwrap().broken_at, Some(ids[0]));
+        // An inserted unchained entry after the chain began is caught too.
+        let (_dir2, mut fresh) = open();
+        let d = device(&mut fresh, 3);
+        propose(&fresh, d, Action::Release, T0);
+        fresh
+            .conn
+            .execute(
+                "INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES (1, 'sneaky', 'x', 'y', 'z')",
+                [],
+            )
+            .unwrap();
+        let r = fresh.verify_audit_chain().unwrap();
+        assert!(!r.ok());
+        assert_eq!(r.verified, 2);
+    }
+}
