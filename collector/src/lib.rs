@@ -1,6 +1,7 @@
 //! The Ward collector: enrolls agents, ingests their signed alerts over QUIC,
 //! stores them durably and serves the HTTP API. `main.rs` only parses arguments.
 
+pub mod actions;
 pub mod api;
 pub mod config;
 pub mod entity;

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use ward_protocol::message::close_code;
 use ward_protocol::{DeviceId, SigningKey};
 
+use crate::actions;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::ingest::{VerifyPool, Writer};
@@ -62,9 +63,8 @@ pub async fn run(
     let reads = ReadPool::open(&db, 4).map_err(setup("database"))?;
     let ca = Ca::load(data_dir).map_err(setup("CA"))?;
     let command_pkcs8 = std::fs::read(data_dir.join(COMMAND_KEY)).map_err(setup("command key"))?;
-    let command_key = SigningKey::from_pkcs8(&command_pkcs8)
-        .map_err(setup("command key"))?
-        .public_key();
+    let command_signer = SigningKey::from_pkcs8(&command_pkcs8).map_err(setup("command key"))?;
+    let command_key = command_signer.public_key();
     let (chain, key) = pki::server_identity(data_dir).map_err(setup("server certificate"))?;
     let server_config = tls::server_config(chain, key, &ca.cert_der).map_err(setup("TLS"))?;
 
@@ -104,6 +104,12 @@ pub async fn run(
         registry: Arc::clone(&registry),
         revoked: Arc::clone(&revoked),
         offline_after_ms: config.devices.offline_after_ms,
+        actions: Arc::new(actions::Dispatcher::new(
+            writer.clone(),
+            reads.clone(),
+            Arc::clone(&registry),
+            command_signer,
+        )),
     };
     let ctx = Arc::new(Context {
         verify: VerifyPool::start(config.ingest.verify_threads).map_err(setup("verify threads"))?,
@@ -126,6 +132,11 @@ pub async fn run(
         http: http_addr,
     });
 
+    let expiry = tokio::spawn(actions::dispatch::run_expiry(
+        ctx.writer.clone(),
+        reads.clone(),
+        shutdown.clone(),
+    ));
     let poller = tokio::spawn(poll_changes(
         reads,
         Arc::clone(&ctx),
@@ -148,6 +159,8 @@ pub async fn run(
     drop(ctx);
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     poller.abort();
+    expiry.abort();
+    let _ = expiry.await;
     // Every writer handle is gone now: the thread finishes what was queued and exits.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("collector stopped");

@@ -558,3 +558,95 @@ impl Collector {
         )?)
     }
 }
+
+// ---- response actions (collector approval workflow and command dispatch) ----
+
+impl Collector {
+    /// Adds (or re-keys) an API user with `role`; returns the user's token.
+    pub fn user(&self, name: &str, role: &str) -> Result<String> {
+        self.cli(&["user", "add", name, "--role", role])
+    }
+
+    /// Polls `GET /api/v1/actions/{id}` until its status is `status`; returns the action.
+    pub async fn wait_action_status(&self, id: &str, status: &str, within: Duration) -> Result<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let (_, body) = self.get(&format!("/api/v1/actions/{id}")).await?;
+            if body["status"] == status {
+                return Ok(body);
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("action {id} not {status} within {within:?}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl TestDevice {
+    /// Connects telling the collector the last command sequence this device accepted.
+    pub async fn connect_after(&mut self, last_command_seq: u64) -> Result<(), LinkError> {
+        self.session = Some(Session::open(&self.identity, 0, last_command_seq).await?);
+        Ok(())
+    }
+
+    /// Waits for the next signed command the collector pushes, skipping other messages.
+    pub async fn recv_command(&mut self, within: Duration) -> Result<Signed> {
+        let session = self.session.as_mut().context("not connected")?;
+        let wait = async {
+            loop {
+                match session.recv().await? {
+                    Some(CollectorMessage::Command(signed)) => return Ok(signed),
+                    Some(_) => continue,
+                    None => bail!("stream finished"),
+                }
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .map_err(|_| anyhow!("no command within {within:?}"))?
+    }
+
+    /// Checks a command as the agent does, with the command keys pinned at enrollment.
+    pub fn authorize(&self, signed: &Signed, last_seq: u64) -> Result<ward_protocol::Command, Refusal> {
+        authorize(
+            signed,
+            &self.identity.enrollment.command_keys,
+            self.id(),
+            last_seq,
+            now_ms(),
+            &CommandPolicy::default(),
+        )
+    }
+
+    /// The result of `command` signed by `key` (the device's own key unless a test forges one).
+    pub fn command_result(
+        &self,
+        command: &ward_protocol::Command,
+        outcome: CommandOutcome,
+        attachment: Option<Vec<u8>>,
+        key: Option<&SigningKey>,
+    ) -> Signed {
+        let result = CommandResult {
+            command_id: command.id,
+            device_id: self.id(),
+            seq: command.seq,
+            finished_at_ms: now_ms(),
+            outcome,
+            detail: format!("test device did {:?}", command.action.kind()),
+            attachment,
+        };
+        key.unwrap_or(&self.identity.signing_key)
+            .sign_value(SignatureKind::CommandResult, &result)
+            .expect("encode")
+    }
+
+    /// Sends a signed command result.
+    pub async fn send_result(&mut self, signed: Signed) -> Result<(), LinkError> {
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| LinkError::Closed("not connected".into()))?;
+        session.send(&AgentMessage::CommandResult(signed)).await
+    }
+}

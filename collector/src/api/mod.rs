@@ -1,6 +1,7 @@
 //! The HTTP API (axum). The router is built by a function so tests can call it
 //! without a socket. Every route but `/healthz` needs a bearer token.
 
+mod actions;
 pub mod auth;
 pub mod error;
 mod routes;
@@ -25,6 +26,8 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub revoked: Arc<RwLock<HashSet<DeviceId>>>,
     pub offline_after_ms: u64,
+    /// The response-action workflow (proposals, decisions, command dispatch).
+    pub actions: Arc<crate::actions::Dispatcher>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -45,6 +48,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/revoke", post(routes::revoke_device))
         .route("/api/v1/alerts", get(routes::list_alerts))
         .route("/api/v1/alerts/{id}", get(routes::get_alert))
+        .route("/api/v1/actions", post(actions::propose).get(actions::list))
+        .route("/api/v1/actions/{id}", get(actions::get))
+        .route("/api/v1/actions/{id}/approve", post(actions::approve))
+        .route("/api/v1/actions/{id}/reject", post(actions::reject))
+        .route("/api/v1/actions/{id}/package", get(actions::package))
+        .route("/api/v1/audit", get(actions::audit))
+        .route("/api/v1/audit/verify", get(actions::verify_audit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .route("/", get(routes::console))

@@ -3,7 +3,13 @@
 //! transaction survives a crash or power loss; a PostgreSQL backend can implement
 //! the same methods later without touching ingest or the API.
 
+mod actions;
 mod schema;
+
+pub use actions::{
+    ActionFilter, ActionView, AuditChainReport, AuditEntry, DecideError, Decision, DecisionOutcome, NewAction,
+    ResultRecord, TargetRefusal,
+};
 
 use std::path::Path;
 use std::time::Duration;
@@ -648,6 +654,7 @@ impl Store {
     }
 }
 
+/// Appends an audit entry chained to the previous one (see [`actions::audit_hash`]).
 fn audit(
     tx: &Transaction<'_>,
     now_ms: u64,
@@ -656,11 +663,7 @@ fn audit(
     target: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![i64_of(now_ms), actor, action, target, detail],
-    )?;
-    Ok(())
+    actions::append_audit(tx, now_ms, actor, action, target, detail)
 }
 
 /// Inserts one alert and its entities; false if its id was already stored.

@@ -94,4 +94,40 @@ pub const MIGRATIONS: &[&str] = &[
         signed BLOB NOT NULL
     );
     "#,
+    // 3: response actions and their approval workflow, per-device command sequence
+    // numbers, and a hash chain over the audit log (entries written from now on).
+    r#"
+    CREATE TABLE actions (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        kind TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at_ms INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        approvals TEXT NOT NULL DEFAULT '[]',
+        decided_by TEXT,
+        decided_at_ms INTEGER,
+        decision_comment TEXT,
+        seq INTEGER,
+        issued_at_ms INTEGER,
+        expires_at_ms INTEGER NOT NULL,
+        signed_command BLOB,
+        outcome TEXT,
+        outcome_reason TEXT,
+        detail TEXT,
+        finished_at_ms INTEGER,
+        attachment BLOB,
+        updated_at_ms INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX actions_by_device_seq ON actions(device_id, seq) WHERE seq IS NOT NULL;
+    CREATE INDEX actions_by_device ON actions(device_id, requested_at_ms);
+    CREATE INDEX actions_by_status ON actions(status, expires_at_ms);
+    CREATE TABLE command_seqs (
+        device_id TEXT PRIMARY KEY REFERENCES devices(id),
+        last_seq INTEGER NOT NULL
+    );
+    ALTER TABLE audit_log ADD COLUMN hash BLOB;
+    "#,
 ];

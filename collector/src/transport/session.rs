@@ -13,6 +13,7 @@ use ward_protocol::message::{Ack, AlertBatch, Welcome, close_code};
 use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, PublicKey};
 
 use super::{Context, ReadError, read_frame, write_frame};
+use crate::actions;
 use crate::pki::fingerprint;
 use crate::store::DeviceState;
 use crate::util::now_ms;
@@ -27,7 +28,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         conn.close(close_code::PROTOCOL.into(), b"no session stream");
         return;
     };
-    let running_pack = match tokio::time::timeout(
+    let (running_pack, last_command_seq) = match tokio::time::timeout(
         HELLO_TIMEOUT,
         read_frame::<AgentMessage>(&mut recv, ctx.config.ingest.max_frame_bytes),
     )
@@ -35,7 +36,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     {
         Ok(Ok(Some(AgentMessage::Hello(hello)))) if hello.device_id == device => {
             debug!(%device, version = %hello.agent_version, "session hello");
-            hello.rule_pack_version
+            (hello.rule_pack_version, hello.last_command_seq)
         }
         Ok(Ok(Some(AgentMessage::Hello(_)))) => {
             ctx.metrics.reject("wrong_device");
@@ -59,6 +60,8 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     if out_tx.send(CollectorMessage::Welcome(welcome)).await.is_err() {
         return;
     }
+    // Commands approved while this session starts wait for `session_ready` below.
+    actions::dispatch::session_starting(device, conn.stable_id()).await;
     if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
         ctx.metrics.identity_conflicts.inc();
         warn!(%device, remote = %conn.remote_address(), "device connected while its previous connection was alive");
@@ -67,6 +70,8 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     info!(%device, remote = %conn.remote_address(), "agent connected");
     let mut pack_sent = running_pack;
     offer_rule_pack(ctx, &out_tx, &mut pack_sent);
+    // Approved commands that waited for this device, in sequence order.
+    actions::dispatch::session_ready(&ctx.reads, device, conn.stable_id(), last_command_seq, &out_tx).await;
     let peer = Peer {
         conn: &conn,
         device,
@@ -74,6 +79,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         out: &out_tx,
     };
     let reason = run(&peer, ctx, &mut recv, shutdown, &mut pack_sent).await;
+    actions::dispatch::session_ended(device, conn.stable_id()).await;
     ctx.registry.unregister(device, &conn);
     ctx.metrics.connected_agents.dec();
     info!(%device, %reason, "agent session ended");
@@ -222,8 +228,10 @@ async fn run(
                     .run(move |s| s.record_drops(device, report.dropped, &seqs, now_ms()))
                     .await;
             }
-            AgentMessage::CommandResult(_) => {
-                debug!(%device, "command result received (response actions are not handled yet)");
+            AgentMessage::CommandResult(signed) => {
+                if let Err(reason) = command_result(peer, ctx, &signed).await {
+                    return reason;
+                }
             }
             AgentMessage::Hello(_) | AgentMessage::Enroll(_) => {
                 ctx.metrics.reject("protocol");
@@ -283,6 +291,31 @@ async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut R
     out.send(CollectorMessage::Ack(ack))
         .await
         .map_err(|_| "outbound closed".to_string())
+}
+
+/// Verifies (with the device's enrolled key, before decoding) and stores a
+/// command result. A bad signature or a result naming another device closes
+/// the connection, as a bad alert does; both are audited.
+async fn command_result(peer: &Peer<'_>, ctx: &Context, signed: &ward_protocol::Signed) -> Result<(), String> {
+    let Peer { conn, device, key, .. } = *peer;
+    match actions::dispatch::record_result(&ctx.writer, device, &key, signed).await {
+        Ok(Ok(_)) => {
+            // The device may have been sent less than it should (a full queue): catch up.
+            actions::dispatch::push(&ctx.reads, &ctx.registry, device).await;
+            Ok(())
+        }
+        Ok(Err(refusal)) => {
+            let (label, code) = match refusal {
+                actions::dispatch::ResultRefusal::Signature(_) => ("bad_signature", close_code::BAD_SIGNATURE),
+                actions::dispatch::ResultRefusal::WrongDevice(_) => ("wrong_device", close_code::WRONG_DEVICE),
+            };
+            ctx.metrics.reject(label);
+            warn!(%device, %refusal, "command result refused");
+            conn.close(code.into(), refusal.to_string().as_bytes());
+            Err(refusal.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Writes queued messages to the agent until the queue closes.

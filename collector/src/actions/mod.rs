@@ -1,0 +1,18 @@
+//! Response actions at the collector: analysts propose, approvers decide, the
+//! collector signs the command and pushes it to the device, the device's signed
+//! result closes the action. Everything is audited in the same transaction.
+//!
+//! - [`workflow`] — the state machine, pure and table-tested.
+//! - [`policy`] — the permission matrix: every action kind and workflow route.
+//! - [`params`] — the JSON form of actions and its validation.
+//! - [`dispatch`] — signing, storing, delivering commands; results; expiry.
+//!
+//! Carrying commands out is the agent's job; it authorizes each one again with
+//! `ward_protocol::authorize` before anything happens.
+
+pub mod dispatch;
+pub mod params;
+pub mod policy;
+pub mod workflow;
+
+pub use dispatch::Dispatcher;

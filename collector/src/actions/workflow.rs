@@ -1,0 +1,392 @@
+//! The approval state machine of a response action, pure: no clock, no storage.
+//!
+//! ```text
+//!   requested ──approve (enough approvers)──► approved ──dispatch──► dispatched ──ack──► acked
+//!       │  └─approve (more needed): stays requested          │                      │
+//!       ├──reject──► rejected                                 ├──result──► succeeded | failed | refused
+//!       └──expire──► expired ◄──expire── approved             └──expire──► expired ──late result──► (outcome)
+//! ```
+//!
+//! Who may do what comes from the permission matrix in [`super::policy`]: analyst
+//! and above propose, approver and above approve or reject, and nobody approves
+//! or rejects their own request (four eyes). A late result for an expired
+//! command is still recorded: the device reports what it actually did.
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+use ward_protocol::ActionKind;
+
+use super::policy;
+use crate::api::auth::Role;
+
+/// Where an action stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Proposed, waiting for approval.
+    Requested,
+    /// Approved by enough people; the command is being built and signed.
+    Approved,
+    /// Signed, stored and queued for (or sent to) the device.
+    Dispatched,
+    /// The device said it accepted the command (reserved: the protocol has no
+    /// acknowledgement message yet, results move straight from dispatched).
+    Acked,
+    Succeeded,
+    Failed,
+    /// The device refused the command (its own authorization said no).
+    Refused,
+    /// An approver said no.
+    Rejected,
+    /// Not approved, or not carried out, in time.
+    Expired,
+}
+
+impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Requested,
+        Status::Approved,
+        Status::Dispatched,
+        Status::Acked,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Refused,
+        Status::Rejected,
+        Status::Expired,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Requested => "requested",
+            Status::Approved => "approved",
+            Status::Dispatched => "dispatched",
+            Status::Acked => "acked",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Refused => "refused",
+            Status::Rejected => "rejected",
+            Status::Expired => "expired",
+        }
+    }
+
+    /// No event but a late result moves an action out of a final status.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded | Status::Failed | Status::Refused | Status::Rejected | Status::Expired
+        )
+    }
+
+    /// Statuses whose action may still expire.
+    pub const EXPIRABLE: [Status; 3] = [Status::Requested, Status::Approved, Status::Dispatched];
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+/// How the device said a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Refused,
+}
+
+impl Outcome {
+    pub fn status(self) -> Status {
+        match self {
+            Outcome::Succeeded => Status::Succeeded,
+            Outcome::Failed => Status::Failed,
+            Outcome::Refused => Status::Refused,
+        }
+    }
+}
+
+/// A person acting through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+}
+
+/// What is known about the action when an event arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub kind: ActionKind,
+    pub requested_by: &'a str,
+    /// People who approved so far.
+    pub approvals: &'a [String],
+}
+
+/// Something that happens to an action.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    Approve(&'a Actor),
+    Reject(&'a Actor),
+    Dispatch,
+    Ack,
+    Result(Outcome),
+    Expire,
+}
+
+impl Event<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Approve(_) => "approve",
+            Event::Reject(_) => "reject",
+            Event::Dispatch => "dispatch",
+            Event::Ack => "ack",
+            Event::Result(_) => "result",
+            Event::Expire => "expire",
+        }
+    }
+}
+
+/// Why an event is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WorkflowError {
+    #[error("{action} a {kind} action needs the {needed} role; {actor} is {role}")]
+    Forbidden {
+        action: &'static str,
+        kind: &'static str,
+        needed: Role,
+        actor: String,
+        role: Role,
+    },
+    #[error("{0} requested this action and may not approve or reject it (four eyes)")]
+    OwnRequest(String),
+    #[error("{0} has already approved this action")]
+    AlreadyApproved(String),
+    #[error("cannot {event} an action that is {status}")]
+    WrongState { event: &'static str, status: Status },
+    #[error("{0} actions are not in the permission matrix")]
+    UnknownKind(&'static str),
+}
+
+/// What an accepted event does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub to: Status,
+    /// The approver to add to the approval record, if any.
+    pub add_approver: Option<String>,
+}
+
+impl Transition {
+    fn to(to: Status) -> Self {
+        Transition { to, add_approver: None }
+    }
+}
+
+/// May `actor` propose an action of `kind`?
+pub fn may_propose(kind: ActionKind, actor: &Actor) -> Result<(), WorkflowError> {
+    let p = policy::for_kind(kind).ok_or(WorkflowError::UnknownKind(kind.as_str()))?;
+    if actor.role < p.propose {
+        return Err(WorkflowError::Forbidden {
+            action: "proposing",
+            kind: kind.as_str(),
+            needed: p.propose,
+            actor: actor.name.clone(),
+            role: actor.role,
+        });
+    }
+    Ok(())
+}
+
+/// Applies `event` to an action in `status`: the next status, or why not.
+pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Transition, WorkflowError> {
+    let p = policy::for_kind(facts.kind).ok_or(WorkflowError::UnknownKind(facts.kind.as_str()))?;
+    let wrong = || WorkflowError::WrongState {
+        event: event.name(),
+        status,
+    };
+    match event {
+        Event::Approve(actor) | Event::Reject(actor) => {
+            let approving = matches!(event, Event::Approve(_));
+            if actor.role < p.decide {
+                return Err(WorkflowError::Forbidden {
+                    action: if approving { "approving" } else { "rejecting" },
+                    kind: facts.kind.as_str(),
+                    needed: p.decide,
+                    actor: actor.name.clone(),
+                    role: actor.role,
+                });
+            }
+            if status != Status::Requested {
+                return Err(wrong());
+            }
+            if actor.name == facts.requested_by && !p.requester_may_decide {
+                return Err(WorkflowError::OwnRequest(actor.name.clone()));
+            }
+            if !approving {
+                return Ok(Transition::to(Status::Rejected));
+            }
+            if facts.approvals.contains(&actor.name) {
+                return Err(WorkflowError::AlreadyApproved(actor.name.clone()));
+            }
+            let approvals = facts.approvals.len() + 1;
+            Ok(Transition {
+                to: if approvals >= usize::from(p.approvals_needed) {
+                    Status::Approved
+                } else {
+                    Status::Requested
+                },
+                add_approver: Some(actor.name.clone()),
+            })
+        }
+        Event::Dispatch => match status {
+            Status::Approved => Ok(Transition::to(Status::Dispatched)),
+            _ => Err(wrong()),
+        },
+        Event::Ack => match status {
+            Status::Dispatched => Ok(Transition::to(Status::Acked)),
+            _ => Err(wrong()),
+        },
+        Event::Result(outcome) => match status {
+            Status::Dispatched | Status::Acked | Status::Expired => Ok(Transition::to(outcome.status())),
+            _ => Err(wrong()),
+        },
+        Event::Expire => match status {
+            Status::Requested | Status::Approved | Status::Dispatched => Ok(Transition::to(Status::Expired)),
+            _ => Err(wrong()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(name: &str, role: Role) -> Actor {
+        Actor {
+            name: name.into(),
+            role,
+        }
+    }
+
+    fn facts<'a>(approvals: &'a [String]) -> Facts<'a> {
+        Facts {
+            kind: ActionKind::Isolate,
+            requested_by: "ann",
+            approvals,
+        }
+    }
+
+    #[test]
+    fn transition_table() {
+        use Status::*;
+        let bob = actor("bob", Role::Approver);
+        let ev_approve = Event::Approve(&bob);
+        let ev_reject = Event::Reject(&bob);
+        let ok_events: [Event<'_>; 7] = [
+            ev_approve,
+            ev_reject,
+            Event::Dispatch,
+            Event::Ack,
+            Event::Result(Outcome::Succeeded),
+            Event::Result(Outcome::Refused),
+            Event::Expire,
+        ];
+        // (from, event index, expected to) for every allowed transition; everything else is WrongState.
+        let allowed: &[(Status, usize, Status)] = &[
+            (Requested, 0, Approved),
+            (Requested, 1, Rejected),
+            (Requested, 6, Expired),
+            (Approved, 2, Dispatched),
+            (Approved, 6, Expired),
+            (Dispatched, 3, Acked),
+            (Dispatched, 4, Succeeded),
+            (Dispatched, 5, Refused),
+            (Dispatched, 6, Expired),
+            (Acked, 4, Succeeded),
+            (Acked, 5, Refused),
+            (Expired, 4, Succeeded),
+            (Expired, 5, Refused),
+        ];
+        for from in Status::ALL {
+            for (i, ev) in ok_events.iter().enumerate() {
+                let got = apply(from, facts(&[]), *ev);
+                match allowed.iter().find(|(f, e, _)| *f == from && *e == i) {
+                    Some((_, _, to)) => assert_eq!(got.map(|t| t.to), Ok(*to), "{from} --{}-->", ev.name()),
+                    None => assert_eq!(
+                        got,
+                        Err(WorkflowError::WrongState {
+                            event: ev.name(),
+                            status: from
+                        }),
+                        "{from} --{}--> must be refused",
+                        ev.name()
+                    ),
+                }
+            }
+        }
+        assert_eq!(
+            apply(Dispatched, facts(&[]), Event::Result(Outcome::Failed)).map(|t| t.to),
+            Ok(Failed)
+        );
+    }
+
+    #[test]
+    fn roles_and_four_eyes() {
+        let none: [String; 0] = [];
+        let cases: &[(&str, Role, bool, Result<Status, &str>)] = &[
+            // (actor, role, approve?, expected)
+            ("vera", Role::Viewer, true, Err("forbidden")),
+            ("carl", Role::Analyst, true, Err("forbidden")),
+            ("carl", Role::Analyst, false, Err("forbidden")),
+            ("bob", Role::Approver, true, Ok(Status::Approved)),
+            ("bob", Role::Approver, false, Ok(Status::Rejected)),
+            ("root", Role::Admin, true, Ok(Status::Approved)),
+            ("ann", Role::Approver, true, Err("own")),
+            ("ann", Role::Admin, false, Err("own")),
+        ];
+        for (name, role, approve, want) in cases {
+            let a = actor(name, *role);
+            let ev = if *approve {
+                Event::Approve(&a)
+            } else {
+                Event::Reject(&a)
+            };
+            let got = apply(Status::Requested, facts(&none), ev);
+            match (want, got) {
+                (Ok(to), Ok(t)) => assert_eq!(t.to, *to),
+                (Err("forbidden"), Err(WorkflowError::Forbidden { .. })) => {}
+                (Err("own"), Err(WorkflowError::OwnRequest(_))) => {}
+                (want, got) => panic!("{name} as {role}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // Proposing needs analyst.
+        assert!(may_propose(ActionKind::Isolate, &actor("vera", Role::Viewer)).is_err());
+        for kind in ActionKind::ALL {
+            assert_eq!(may_propose(kind, &actor("ann", Role::Analyst)), Ok(()));
+        }
+        // The same approver twice does not count twice.
+        let bob = actor("bob", Role::Approver);
+        let approvals = ["bob".to_string()];
+        assert_eq!(
+            apply(Status::Requested, facts(&approvals), Event::Approve(&bob)),
+            Err(WorkflowError::AlreadyApproved("bob".into()))
+        );
+    }
+
+    #[test]
+    fn statuses_parse_back() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+        }
+        assert!("pending".parse::<Status>().is_err());
+    }
+}

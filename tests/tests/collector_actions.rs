@@ -1,0 +1,479 @@
+//! Response actions end to end against a real collector: an analyst proposes,
+//! the wrong people cannot approve, an approver approves, and the connected
+//! device has the signed command within a second; offline devices get theirs on
+//! reconnect; results come back signed by the device (a forged one changes
+//! nothing); rejections; every route's roles; the audit chain verifies, and
+//! detects an edited entry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use ring::rand::SystemRandom;
+use serde_json::{Value, json};
+use ward_protocol::*;
+use ward_tests::*;
+
+fn id_of(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {body}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propose_approve_dispatch_and_result() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let amy = collector.user("amy", "approver").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+
+    let mut dev = TestDevice::enroll(&collector.join_token(3, "1h").unwrap(), "web-1")
+        .await
+        .unwrap();
+    dev.connect().await.unwrap();
+    let device = dev.id().to_string();
+
+    // The analyst proposes an isolation; the API says exactly what will happen where.
+    let isolate = json!({
+        "device_id": device,
+        "action": {"kind": "isolate", "allow": ["10.1.2.3", "updates.example.com"]},
+        "reason": "reverse shell to 203.0.113.9"
+    });
+    let (status, body) = collector
+        .post_as("/api/v1/actions", &ann, isolate.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "requested");
+    assert_eq!(body["device_hostname"], "web-1");
+    assert_eq!(body["kind"], "isolate");
+    assert_eq!(body["action"]["allow"][1], "updates.example.com");
+    assert!(body["summary"].as_str().unwrap().contains("isolate web-1"), "{body}");
+    assert!(body["expires_at_ms"].as_u64().unwrap() > now_ms());
+    let isolate_id = id_of(&body);
+
+    // A viewer may read but not propose.
+    let (status, _) = collector
+        .post_as("/api/v1/actions", &vera, isolate.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = collector
+        .get_as(&format!("/api/v1/actions/{isolate_id}"), &vera)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // The analyst cannot approve.
+    let approve = format!("/api/v1/actions/{isolate_id}/approve");
+    let (status, body) = collector
+        .post_as(&approve, &ann, json!({"comment": "mine"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // An approver cannot approve their own request.
+    let (status, body) = collector
+        .post_as(
+            "/api/v1/actions",
+            &amy,
+            json!({"device_id": device, "action": {"kind": "collect_package"}, "reason": "triage"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let own = id_of(&body);
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{own}/approve"), &amy, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("four eyes"), "{body}");
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{own}/reject"), &amy, json!({"comment": "no"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let (_, body) = collector.get(&format!("/api/v1/actions/{own}")).await.unwrap();
+    assert_eq!(body["status"], "requested", "refused decisions change nothing");
+
+    // Another approver approves: the connected device has the signed command within a second.
+    let started = Instant::now();
+    let (status, body) = collector
+        .post_as(&approve, &bob, json!({"comment": "confirmed C2"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "dispatched");
+    assert_eq!(body["delivered"], true);
+    assert_eq!(body["seq"], 1);
+    let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+    let latency = started.elapsed();
+    assert!(latency < Duration::from_secs(1), "approve to command took {latency:?}");
+    let command = dev.authorize(&signed, 0).expect("signed by the pinned command key");
+    assert_eq!(command.id.to_string(), isolate_id);
+    assert_eq!(command.device_id, dev.id());
+    assert_eq!(command.seq, 1);
+    assert_eq!(
+        command.action,
+        Action::Isolate {
+            allow: vec!["10.1.2.3".into(), "updates.example.com".into()]
+        }
+    );
+    assert_eq!(command.approval.requested_by, "ann");
+    assert_eq!(command.approval.approved_by, vec!["bob".to_string()]);
+    assert_eq!(command.approval.reason, "reverse shell to 203.0.113.9");
+    let ttl = command.expires_at_ms - command.issued_at_ms;
+    assert_eq!(ttl, 15 * 60_000, "isolation commands live 15 minutes");
+    // The same command again is a replay for the agent.
+    assert!(matches!(dev.authorize(&signed, 1), Err(Refusal::Replayed { .. })));
+    // A second approval is a conflict.
+    let (status, _) = collector.post_as(&approve, &amy, json!({})).await.unwrap();
+    assert_eq!(status, 409);
+
+    // The device reports success, signed with its own key.
+    let result = dev.command_result(&command, CommandOutcome::Succeeded, None, None);
+    dev.send_result(result).await.unwrap();
+    let done = collector
+        .wait_action_status(&isolate_id, "succeeded", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(done["result"]["outcome"], "succeeded");
+    assert_eq!(done["decided_by"], "bob");
+    assert_eq!(done["approvals"][0]["comment"], "confirmed C2");
+    let (status, _) = collector
+        .get(&format!("/api/v1/actions/{isolate_id}/package"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "no package for an isolation");
+
+    // The connection is still good: alerts flow as before.
+    dev.send_new(1).await.unwrap();
+
+    // Reject path: a comment is required; a rejected action cannot be approved.
+    let (_, body) = collector
+        .post_as(
+            "/api/v1/actions",
+            &ann,
+            json!({"device_id": device, "action": {"kind": "delete_file", "path": "/tmp/dropper",
+                   "sha256": "ab".repeat(32)}, "reason": "dropper"}),
+        )
+        .await
+        .unwrap();
+    let del = id_of(&body);
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{del}/reject"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "rejecting needs a comment");
+    let (status, body) = collector
+        .post_as(
+            &format!("/api/v1/actions/{del}/reject"),
+            &bob,
+            json!({"comment": "quarantine instead"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "rejected");
+    assert_eq!(body["decision_comment"], "quarantine instead");
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{del}/approve"), &amy, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+    // Filters.
+    let (_, list) = collector.get("/api/v1/actions?status=rejected").await.unwrap();
+    let ids: Vec<&str> = list["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![del.as_str()]);
+    let (_, list) = collector
+        .get(&format!("/api/v1/actions?device={device}"))
+        .await
+        .unwrap();
+    assert_eq!(list["actions"].as_array().unwrap().len(), 3);
+    let (status, _) = collector.get("/api/v1/actions?status=pending").await.unwrap();
+    assert_eq!(status, 400);
+
+    // Parameters are validated; unknown and revoked devices are refused.
+    let sha = "cd".repeat(32);
+    let bad = [
+        json!({"kind": "quarantine_file", "path": "relative/file", "sha256": sha}),
+        json!({"kind": "quarantine_file", "path": "/tmp/x", "sha256": "1234"}),
+        json!({"kind": "kill_process", "pid": 1, "start_time_ms": 5, "exe": "/sbin/init"}),
+        json!({"kind": "run_script", "path": "/tmp/x.sh"}),
+    ];
+    for action in bad {
+        let (status, body) = collector
+            .post_as(
+                "/api/v1/actions",
+                &ann,
+                json!({"device_id": device, "action": action, "reason": "r"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{action} -> {body}");
+    }
+    let (status, _) = collector
+        .post_as(
+            "/api/v1/actions",
+            &ann,
+            json!({"device_id": device, "action": {"kind": "release"}, "reason": "  "}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "a reason is required");
+    let unknown = DeviceId::generate(now_ms(), &SystemRandom::new()).unwrap().to_string();
+    let (status, _) = collector
+        .post_as(
+            "/api/v1/actions",
+            &ann,
+            json!({"device_id": unknown, "action": {"kind": "release"}, "reason": "r"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let gone = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "gone")
+        .await
+        .unwrap();
+    let (status, _) = collector
+        .post_as(
+            &format!("/api/v1/devices/{}/revoke", gone.id()),
+            &collector.admin_token,
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = collector
+        .post_as(
+            "/api/v1/actions",
+            &ann,
+            json!({"device_id": gone.id().to_string(), "action": {"kind": "release"}, "reason": "r"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_device_gets_commands_on_reconnect_and_forged_results_change_nothing() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "db-1")
+        .await
+        .unwrap();
+    let device = dev.id().to_string();
+
+    // Two actions approved while the device is offline.
+    let mut ids = Vec::new();
+    for action in [
+        json!({"kind": "collect_package"}),
+        json!({"kind": "quarantine_file", "path": "/var/tmp/.x", "sha256": "ef".repeat(32)}),
+    ] {
+        let (status, body) = collector
+            .post_as(
+                "/api/v1/actions",
+                &ann,
+                json!({"device_id": device, "action": action, "reason": "incident 7"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        let id = id_of(&body);
+        let (status, body) = collector
+            .post_as(&format!("/api/v1/actions/{id}/approve"), &bob, json!({"comment": "ok"}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "dispatched");
+        assert_eq!(body["delivered"], false, "device is offline");
+        ids.push(id);
+    }
+
+    // On connect both arrive, in sequence order, signed by the command key.
+    dev.connect().await.unwrap();
+    let signed = dev.recv_command(Duration::from_secs(2)).await.unwrap();
+    let first = dev.authorize(&signed, 0).unwrap();
+    let signed = dev.recv_command(Duration::from_secs(2)).await.unwrap();
+    let second = dev.authorize(&signed, 1).unwrap();
+    assert_eq!((first.seq, first.id.to_string()), (1, ids[0].clone()));
+    assert_eq!((second.seq, second.id.to_string()), (2, ids[1].clone()));
+    assert_eq!(first.action, Action::CollectPackage);
+    assert_eq!(second.expires_at_ms - second.issued_at_ms, 5 * 60_000);
+
+    // A result signed by another key is refused: the connection is closed, nothing changes.
+    let (forger, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
+    let forged = dev.command_result(&first, CommandOutcome::Succeeded, Some(b"evil".to_vec()), Some(&forger));
+    dev.send_result(forged).await.unwrap();
+    let reason = dev.closed_reason().await;
+    assert!(reason.contains("signature"), "{reason}");
+    let (_, body) = collector.get(&format!("/api/v1/actions/{}", ids[0])).await.unwrap();
+    assert_eq!(body["status"], "dispatched", "{body}");
+    assert!(body["result"].is_null());
+
+    // Reconnected after accepting seq 1: only seq 2 is delivered again.
+    dev.connect_after(1).await.unwrap();
+    let signed = dev.recv_command(Duration::from_secs(2)).await.unwrap();
+    let again = dev.authorize(&signed, 1).unwrap();
+    assert_eq!(again.seq, 2);
+
+    // A result naming a command of nobody is ignored (audited); the session stays up.
+    let mut stranger = first.clone();
+    stranger.id = CommandId::generate(now_ms(), &SystemRandom::new()).unwrap();
+    let unknown = dev.command_result(&stranger, CommandOutcome::Succeeded, None, None);
+    dev.send_result(unknown).await.unwrap();
+
+    // Genuine results: a package comes back and is downloadable; a refusal is recorded.
+    let package = b"ward investigation package\nps: ...\n".to_vec();
+    let ok = dev.command_result(&first, CommandOutcome::Succeeded, Some(package.clone()), None);
+    dev.send_result(ok).await.unwrap();
+    let refused = dev.command_result(
+        &again,
+        CommandOutcome::Refused {
+            reason: Refusal::ActionDisabled(ActionKind::QuarantineFile),
+        },
+        None,
+        None,
+    );
+    dev.send_result(refused).await.unwrap();
+    let done = collector
+        .wait_action_status(&ids[0], "succeeded", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(done["package_bytes"], package.len());
+    let r = collector
+        .wait_action_status(&ids[1], "refused", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(r["result"]["reason"].as_str().unwrap().contains("disabled"), "{r}");
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/actions/{}/package", collector.http, ids[0]))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), package);
+    // A duplicate result for an ended action changes nothing.
+    let late = dev.command_result(&first, CommandOutcome::Failed { reason: "x".into() }, None, None);
+    dev.send_result(late).await.unwrap();
+    dev.send_new(1).await.unwrap();
+    let (_, body) = collector.get(&format!("/api/v1/actions/{}", ids[0])).await.unwrap();
+    assert_eq!(body["status"], "succeeded");
+
+    // The audit log has every transition and its chain verifies.
+    let (status, audit) = collector.get("/api/v1/audit?limit=1000").await.unwrap();
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit["entries"].as_array().unwrap();
+    let count = |action: &str, target: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && (target.is_empty() || e["target"] == target))
+            .count()
+    };
+    for id in &ids {
+        for step in ["action.request", "action.approve", "action.dispatch", "action.result"] {
+            assert_eq!(count(step, id), 1, "{step} of {id}: {audit}");
+        }
+    }
+    assert_eq!(
+        count("action.result_refused", ""),
+        2,
+        "forged and unknown results: {audit}"
+    );
+    assert_eq!(count("action.result_ignored", ""), 1, "{audit}");
+    let (status, report) = collector.get("/api/v1/audit/verify").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["verified"].as_u64().unwrap() >= 10, "{report}");
+
+    // Editing one entry behind the collector's back breaks the chain there.
+    let approve_entry = entries
+        .iter()
+        .find(|e| e["action"] == "action.approve" && e["target"] == ids[1].as_str())
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let db = rusqlite::Connection::open(collector.data_dir().join("ward.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute("UPDATE audit_log SET actor = 'mallory' WHERE id = ?1", [approve_entry])
+        .unwrap();
+    let (_, report) = collector.get("/api/v1/audit/verify").await.unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["broken_at"], approve_entry);
+}
+
+/// Every workflow route against every role: below the route's role is 403,
+/// at or above it is anything but 403; no token is 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_matrix_over_all_routes() {
+    let collector = Collector::start().unwrap();
+    let dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "h")
+        .await
+        .unwrap();
+    let roles = ["viewer", "analyst", "approver", "admin"];
+    let tokens: Vec<String> = roles
+        .iter()
+        .map(|r| collector.user(&format!("u-{r}"), r).unwrap())
+        .collect();
+    let missing = CommandId::generate(now_ms(), &SystemRandom::new()).unwrap().to_string();
+    let propose = json!({"device_id": dev.id().to_string(), "action": {"kind": "release"}, "reason": "r"});
+    // (method, path, least role index, body)
+    let routes: Vec<(&str, String, usize, Value)> = vec![
+        ("POST", "/api/v1/actions".into(), 1, propose),
+        ("GET", "/api/v1/actions".into(), 0, Value::Null),
+        ("GET", format!("/api/v1/actions/{missing}"), 0, Value::Null),
+        ("POST", format!("/api/v1/actions/{missing}/approve"), 2, json!({})),
+        (
+            "POST",
+            format!("/api/v1/actions/{missing}/reject"),
+            2,
+            json!({"comment": "c"}),
+        ),
+        ("GET", format!("/api/v1/actions/{missing}/package"), 0, Value::Null),
+        ("GET", "/api/v1/audit".into(), 3, Value::Null),
+        ("GET", "/api/v1/audit/verify".into(), 3, Value::Null),
+    ];
+    for (method, path, least, body) in &routes {
+        for (i, token) in tokens.iter().enumerate() {
+            let (status, resp) = match *method {
+                "GET" => collector.get_as(path, token).await.unwrap(),
+                _ => collector.post_as(path, token, body.clone()).await.unwrap(),
+            };
+            if i < *least {
+                assert_eq!(status, 403, "{method} {path} as {}: {resp}", roles[i]);
+            } else {
+                assert_ne!(status, 403, "{method} {path} as {}: {resp}", roles[i]);
+                assert!(status < 500, "{method} {path} as {}: {status} {resp}", roles[i]);
+            }
+        }
+        let (status, _) = match *method {
+            "GET" => collector.get_as(path, "ward_nobody").await.unwrap(),
+            _ => collector.post_as(path, "ward_nobody", body.clone()).await.unwrap(),
+        };
+        assert_eq!(status, 401, "{method} {path} without a valid token");
+    }
+    // Malformed input is a 400, never a 500.
+    let analyst = &tokens[1];
+    for raw in ["", "{", "[]", "{\"device_id\": 5}"] {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/actions", collector.http))
+            .bearer_auth(analyst)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{raw:?}");
+    }
+    let (status, _) = collector.get_as("/api/v1/actions/not-an-id", analyst).await.unwrap();
+    assert_eq!(status, 400);
+}
