@@ -22,6 +22,7 @@ pub struct Config {
     /// TCP address of the HTTP API and console.
     pub http_listen: SocketAddr,
     /// PEM certificate chain and key: when both are set the API is served over HTTPS.
+    /// Relative paths are taken from the data dir.
     pub tls_cert_pem: Option<PathBuf>,
     pub tls_key_pem: Option<PathBuf>,
     pub ingest: IngestConfig,
@@ -155,7 +156,8 @@ public_addr = "127.0.0.1:4433"
 server_name = "ward-collector"
 # TCP address of the HTTP API and console.
 http_listen = "127.0.0.1:8080"
-# Serve the API over HTTPS with this PEM certificate chain and key (both or neither).
+# Serve the API over HTTPS (TLS 1.2/1.3) with this PEM certificate chain (leaf first)
+# and PEM private key (both or neither; relative paths are inside the data dir).
 # tls_cert_pem = "/etc/ward/console.crt"
 # tls_key_pem = "/etc/ward/console.key"
 

@@ -195,7 +195,8 @@ fn serve(dir: &std::path::Path) -> Result<()> {
         });
         server::run(dir, config, stop_rx, |bound| {
             println!("QUIC listening on {}", bound.quic);
-            println!("HTTP listening on http://{}", bound.http);
+            let scheme = if bound.https { "https" } else { "http" };
+            println!("HTTP listening on {scheme}://{}", bound.http);
         })
         .await
     })?;

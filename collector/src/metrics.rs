@@ -87,6 +87,7 @@ pub struct Metrics {
     pub commit_failures: Counter,
     pub batch_commit: Histogram,
     pub throttled_batches: Counter,
+    pub https_handshake_failures: Counter,
 }
 
 impl Metrics {
@@ -149,6 +150,11 @@ impl Metrics {
             "ward_throttled_batches_total",
             "Batches delayed because their agent was over its rate.",
             self.throttled_batches.get(),
+        );
+        counter(
+            "ward_https_handshake_failures_total",
+            "API connections whose TLS handshake failed or timed out.",
+            self.https_handshake_failures.get(),
         );
         let _ = write!(
             out,

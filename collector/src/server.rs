@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::pki::{self, Ca};
 use crate::readpool::ReadPool;
 use crate::setup::{COMMAND_KEY, DB_FILE};
-use crate::transport::{self, Context, Registry, tls};
+use crate::transport::{self, Context, Registry, https, tls};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -29,6 +29,8 @@ pub enum ServeError {
     Setup(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Https(#[from] https::HttpsError),
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
@@ -40,6 +42,8 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ 
 pub struct Bound {
     pub quic: SocketAddr,
     pub http: SocketAddr,
+    /// The API is served over TLS (`tls_cert_pem` and `tls_key_pem` are set).
+    pub https: bool,
 }
 
 /// Runs the collector until `shutdown` flips. `on_bound` is told the addresses.
@@ -49,13 +53,12 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
-    if config.tls_cert_pem.is_some() {
-        return Err(ServeError::Setup(
-            "HTTPS for the API is not available in this build; terminate TLS in a reverse proxy and keep http_listen on loopback"
-                .into(),
-        ));
-    }
     tls::install_crypto_provider();
+    // Load the API's certificate first: a bad file should stop us before anything opens.
+    let https_config = match (&config.tls_cert_pem, &config.tls_key_pem) {
+        (Some(cert), Some(key)) => Some(https::server_config(&data_dir.join(cert), &data_dir.join(key))?),
+        _ => None,
+    };
     let db = data_dir.join(DB_FILE);
     let metrics = Arc::new(Metrics::default());
     let (writer, writer_thread) =
@@ -130,6 +133,7 @@ pub async fn run(
     on_bound(Bound {
         quic: quic_addr,
         http: http_addr,
+        https: https_config.is_some(),
     });
 
     let expiry = tokio::spawn(actions::dispatch::run_expiry(
@@ -145,15 +149,25 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let app = api::router(api_state);
-        let stop = async move {
-            let _ = http_shutdown.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            warn!(error = %e, "HTTP server stopped");
+    let app = api::router(api_state);
+    let stop = async move {
+        let _ = http_shutdown.wait_for(|s| *s).await;
+    };
+    let http = match https_config {
+        Some(tls) => {
+            let listener = https::TlsListener::new(listener, http_addr, tls, Arc::clone(&ctx.metrics));
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                    warn!(error = %e, "HTTPS server stopped");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        }),
+    };
 
     transport::serve(endpoint, Arc::clone(&ctx), shutdown).await;
     drop(ctx);

@@ -129,7 +129,10 @@ impl Collector {
                 .context("collector did not report its addresses")?;
             if let Some(a) = line.strip_prefix("QUIC listening on ") {
                 quic = Some(a.trim().parse()?);
-            } else if let Some(a) = line.strip_prefix("HTTP listening on http://") {
+            } else if let Some(a) = line
+                .strip_prefix("HTTP listening on http://")
+                .or_else(|| line.strip_prefix("HTTP listening on https://"))
+            {
                 http = Some(a.trim().parse()?);
             }
         }

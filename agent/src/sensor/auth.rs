@@ -3,14 +3,42 @@
 //! Tails the log from its end (rotation and truncation survived, see [`super::tail`]) and
 //! turns each syslog line into an [`AuthEvent`]: sshd logins and failures, sudo, su, account
 //! and group changes, password changes, PAM sessions; any other line becomes action
-//! `other` so keyword rules still see it. Must not drop a line because it is not
-//! understood, nor trust the line's content (every field is parsed defensively).
+//! `other` so keyword rules still see it. Without an auth log (journald-only hosts) it
+//! follows the journal's auth entries instead (see [`super::journal`]) and parses their
+//! messages the same way. Must not drop a line because it is not understood, nor trust
+//! the line's content (every field is parsed defensively).
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use super::journal::{self, JournalEntry, JournalError};
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::event::{AuthEvent, EventData};
+
+/// journalctl matches for the fallback: what rsyslog writes to auth.log (facilities auth
+/// and authpriv), or (`+`) any entry of an auth program, for those that log without one.
+const JOURNAL_MATCHES: &[&str] = &[
+    "SYSLOG_FACILITY=4",
+    "SYSLOG_FACILITY=10",
+    "+",
+    "_COMM=sshd",
+    "_COMM=sshd-session",
+    "_COMM=sshd-auth",
+    "_COMM=sudo",
+    "_COMM=su",
+    "_COMM=useradd",
+    "_COMM=usermod",
+    "_COMM=userdel",
+    "_COMM=groupadd",
+    "_COMM=groupdel",
+    "_COMM=groupmod",
+    "_COMM=passwd",
+    "_COMM=chpasswd",
+    "_COMM=gpasswd",
+    "_COMM=chage",
+    "_COMM=systemd-logind",
+];
 
 /// The parts of a syslog line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,13 +378,35 @@ fn parse_logind(msg: &str) -> Option<Parsed> {
 /// Parses one auth log line. `None` only for lines that are not syslog lines at all.
 pub fn parse_auth_line(line: &str) -> Option<AuthEvent> {
     let s = parse_syslog(line)?;
+    Some(parse_auth_message(s.host, s.program, s.tag, s.message))
+}
+
+/// Parses one journal entry: the program is `SYSLOG_IDENTIFIER` (else `_COMM`), the host
+/// `_HOSTNAME`. `None` when the entry names no program.
+pub fn parse_journal_entry(entry: &JournalEntry) -> Option<AuthEvent> {
+    let tag = entry
+        .identifier
+        .as_deref()
+        .or(entry.comm.as_deref())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())?;
+    let program = tag.split(['[', '(']).next().unwrap_or(tag);
+    Some(parse_auth_message(
+        entry.hostname.as_deref().unwrap_or(""),
+        program,
+        tag,
+        &entry.message,
+    ))
+}
+
+/// The event for `message` logged by `program` (`tag` is the whole syslog tag).
+fn parse_auth_message(host: &str, program: &str, tag: &str, msg: &str) -> AuthEvent {
     // OpenSSH 9.8+ logs from "sshd-session"; rules know it as sshd.
-    let service = match s.program {
+    let service = match program {
         "sshd-session" | "sshd-auth" => "sshd",
         p => p,
     };
-    let msg = s.message;
-    let parsed = parse_pam(msg, s.tag.contains("(pam_")).or_else(|| match service {
+    let parsed = parse_pam(msg, tag.contains("(pam_")).or_else(|| match service {
         "sshd" => parse_sshd(msg),
         "sudo" => parse_sudo(msg),
         "su" => parse_su(msg),
@@ -371,20 +421,36 @@ pub fn parse_auth_line(line: &str) -> Option<AuthEvent> {
         source_ip,
         success,
     } = parsed.unwrap_or(Parsed::new("other", None, None));
-    Some(AuthEvent {
+    AuthEvent {
         service: service.to_string(),
         action: action.to_string(),
         user,
         source_ip,
         success,
         message: msg.to_string(),
-        host: s.host.to_string(),
-    })
+        host: host.to_string(),
+    }
 }
 
-/// Tails the auth log until the sensor stops.
+/// Tails the auth log until the sensor stops; without one, follows the journal if allowed
+/// and journalctl is installed (its failures end the run and the supervisor restarts it).
 pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     let interval = Duration::from_millis(config.log_poll_interval_ms.max(10));
+    let no_log = !config.auth_log_paths.iter().any(|p| Path::new(p).exists());
+    if config.auth_journal_fallback && no_log {
+        tracing::info!(paths = ?config.auth_log_paths, "no auth log: following the journal");
+        let followed = journal::follow(ctx, JOURNAL_MATCHES, interval, |entry| {
+            match parse_journal_entry(&entry) {
+                Some(ev) => ctx.emit_at(entry.realtime_ms.unwrap_or_else(super::now_ms), EventData::Auth(ev)),
+                None => true,
+            }
+        });
+        match followed {
+            // The log tailer below reports that nothing is observed.
+            Err(JournalError::NotInstalled) => {}
+            other => return Ok(other?),
+        }
+    }
     super::tail::follow(ctx, &config.auth_log_paths, interval, |lines| {
         for line in lines {
             if let Some(ev) = parse_auth_line(&line)
@@ -760,6 +826,103 @@ mod tests {
             None,
             None,
         );
+    }
+
+    #[test]
+    fn journal_entries_parse_like_log_lines() {
+        let entry = |json: &str| journal::parse_entry(json).unwrap_or_else(|| panic!("not an entry: {json}"));
+        /// (journalctl -o json line, service, action, user, source_ip, success)
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<bool>,
+        );
+        let cases: &[Case] = &[
+            (
+                r#"{"__CURSOR":"s=6f1e;i=1a2b","__REALTIME_TIMESTAMP":"1718000000123456","__MONOTONIC_TIMESTAMP":"5120340","_BOOT_ID":"9e1d","_TRANSPORT":"syslog","PRIORITY":"6","SYSLOG_FACILITY":"4","SYSLOG_IDENTIFIER":"sshd-session","SYSLOG_PID":"4242","SYSLOG_TIMESTAMP":"Jun 10 06:13:20 ","_PID":"4242","_UID":"0","_GID":"0","_COMM":"sshd-session","_EXE":"/usr/lib/openssh/sshd-session","_CMDLINE":"sshd-session: ann [priv]","_SYSTEMD_UNIT":"ssh.service","_HOSTNAME":"web1","MESSAGE":"Accepted publickey for ann from 192.0.2.7 port 40022 ssh2: ED25519 SHA256:abc"}"#,
+                "sshd",
+                "ssh_login",
+                Some("ann"),
+                Some("192.0.2.7"),
+                Some(true),
+            ),
+            (
+                r#"{"__REALTIME_TIMESTAMP":"1718000001000000","SYSLOG_FACILITY":"4","SYSLOG_IDENTIFIER":"sshd","_COMM":"sshd","_HOSTNAME":"web1","MESSAGE":"Failed password for invalid user oracle from 203.0.113.4 port 5522 ssh2"}"#,
+                "sshd",
+                "ssh_failed",
+                Some("oracle"),
+                Some("203.0.113.4"),
+                Some(false),
+            ),
+            (
+                r#"{"__REALTIME_TIMESTAMP":"1718000002000000","SYSLOG_FACILITY":"10","SYSLOG_IDENTIFIER":"sudo","_COMM":"sudo","_HOSTNAME":"web1","MESSAGE":"   carol : TTY=pts/1 ; PWD=/home/carol ; USER=root ; COMMAND=/usr/bin/id"}"#,
+                "sudo",
+                "sudo",
+                Some("carol"),
+                None,
+                Some(true),
+            ),
+            (
+                r#"{"__REALTIME_TIMESTAMP":"1718000003000000","SYSLOG_FACILITY":"10","SYSLOG_IDENTIFIER":"sudo","_COMM":"sudo","_HOSTNAME":"web1","MESSAGE":"pam_unix(sudo:session): session opened for user root(uid=0) by carol(uid=1000)"}"#,
+                "sudo",
+                "session_opened",
+                Some("root"),
+                None,
+                Some(true),
+            ),
+            (
+                r#"{"__REALTIME_TIMESTAMP":"1718000004000000","SYSLOG_FACILITY":"10","SYSLOG_IDENTIFIER":"useradd","_COMM":"useradd","_HOSTNAME":"web1","MESSAGE":"new user: name=mallory, UID=1005, GID=1005, home=/home/mallory, shell=/bin/bash, from=/dev/pts/0"}"#,
+                "useradd",
+                "user_added",
+                Some("mallory"),
+                None,
+                Some(true),
+            ),
+            // Native journal logging, no SYSLOG_IDENTIFIER: the process name is the program.
+            (
+                r#"{"__REALTIME_TIMESTAMP":"1718000005000000","_COMM":"su","_HOSTNAME":"box","MESSAGE":"FAILED SU (to root) erin on pts/2"}"#,
+                "su",
+                "su_failed",
+                Some("erin"),
+                None,
+                Some(false),
+            ),
+            (
+                r#"{"__REALTIME_TIMESTAMP":"1718000006000000","SYSLOG_IDENTIFIER":"systemd-logind","_COMM":"systemd-logind","_HOSTNAME":"box","MESSAGE":"New session 12 of user mallory."}"#,
+                "systemd-logind",
+                "session_opened",
+                Some("mallory"),
+                None,
+                Some(true),
+            ),
+        ];
+        for (json, service, action, user, ip, success) in cases {
+            let ev = parse_journal_entry(&entry(json)).unwrap();
+            assert_eq!(
+                (
+                    ev.service.as_str(),
+                    ev.action.as_str(),
+                    ev.user.as_deref(),
+                    ev.source_ip.as_deref(),
+                    ev.success
+                ),
+                (*service, *action, *user, *ip, *success),
+                "{json}"
+            );
+        }
+        let first = entry(cases[0].0);
+        assert_eq!(first.realtime_ms, Some(1_718_000_000_123));
+        let ev = parse_journal_entry(&first).unwrap();
+        assert_eq!(ev.host, "web1");
+        assert!(ev.message.starts_with("Accepted publickey"));
+        // Journal and log line agree.
+        let line = format!("Jun 10 06:13:20 web1 sshd-session[4242]: {}", first.message);
+        assert_eq!(parse_auth_line(&line), Some(ev));
+        // No program at all: not an auth event.
+        assert_eq!(parse_journal_entry(&entry(r#"{"MESSAGE":"kernel says hi"}"#)), None);
     }
 
     #[test]

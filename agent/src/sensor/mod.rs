@@ -25,6 +25,7 @@ pub mod auth;
 pub mod file;
 pub mod hash;
 pub mod inventory;
+pub mod journal;
 pub mod proc_connector;
 pub mod process;
 pub mod tail;
@@ -77,6 +78,10 @@ pub struct SensorConfig {
     /// Candidate auth logs; the first that exists is tailed.
     /// Default: /var/log/auth.log, /var/log/secure.
     pub auth_log_paths: Vec<String>,
+    /// When none of `auth_log_paths` exists and `journalctl` is installed, follow the
+    /// systemd journal's auth entries (syslog facilities auth and authpriv, and the auth
+    /// programs by name) instead. Default: true.
+    pub auth_journal_fallback: bool,
     /// Tail the Linux audit log. Default: true.
     pub audit_enabled: bool,
     /// The audit log. Default: /var/log/audit/audit.log.
@@ -125,6 +130,7 @@ impl Default for SensorConfig {
             file_missing_recheck_ms: 30_000,
             auth_enabled: true,
             auth_log_paths: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
+            auth_journal_fallback: true,
             audit_enabled: true,
             audit_log_path: "/var/log/audit/audit.log".into(),
             audit_event_timeout_ms: 1000,
@@ -147,6 +153,8 @@ pub enum SensorError {
     },
     #[error("file watcher: {0}")]
     Notify(#[from] notify::Error),
+    #[error("journal: {0}")]
+    Journal(#[from] journal::JournalError),
     #[error("{0}")]
     Failed(String),
 }
@@ -195,10 +203,12 @@ impl SensorCtx {
     /// Sends an event, waiting while the channel is full. False when the sensor should stop.
     /// Must be called from a blocking thread, not from async code.
     pub fn emit(&self, data: EventData) -> bool {
-        let mut event = Event {
-            observed_at_ms: now_ms(),
-            data,
-        };
+        self.emit_at(now_ms(), data)
+    }
+
+    /// Like [`SensorCtx::emit`], for a source that says when it saw the event (the journal).
+    pub fn emit_at(&self, observed_at_ms: u64, data: EventData) -> bool {
+        let mut event = Event { observed_at_ms, data };
         loop {
             match self.events.try_send(event) {
                 Ok(()) => return true,

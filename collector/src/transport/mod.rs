@@ -1,8 +1,10 @@
 //! The agent-facing QUIC endpoint: accepts connections up to the configured cap,
 //! dispatches by ALPN to enrollment or to a session, and frames messages on the
-//! streams. The only module (with `tls`) that touches quinn or rustls.
+//! streams. The only module (with `tls`, and `https` for the API) that touches
+//! quinn or rustls.
 
 mod enroll;
+pub mod https;
 pub mod registry;
 mod session;
 pub mod tls;
