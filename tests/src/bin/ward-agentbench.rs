@@ -3,14 +3,40 @@
 //! Starts a real collector and a real agent (the binaries next to this one).
 //!
 //!   cargo build --release -p ward-collector -p ward-agent -p ward-tests
-//!   target/release/ward-agentbench
+//!   target/release/ward-agentbench resources
+//!   target/release/ward-agentbench actions --kind quarantine --count 200
+//!   target/release/ward-agentbench actions --kind isolate --count 200   (root; runs in its own network namespace)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
 use ward_tests::{Agent, Collector, now_ms};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Idle and loaded CPU and memory, and file-created-to-alert-stored latency.
+    Resources,
+    /// From the approve call to the result stored at the collector.
+    Actions {
+        /// quarantine or isolate
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
+}
+
+const IN_NS: &str = "WARD_AGENTBENCH_IN_NS";
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
@@ -46,6 +72,109 @@ fn sample(pid: u32, secs: u64, during: impl FnOnce(Duration)) -> Result<(f64, u6
 }
 
 fn main() -> Result<()> {
+    match Cli::parse().command {
+        Bench::Resources => resources(),
+        Bench::Actions { kind, count } if kind == "isolate" && std::env::var_os(IN_NS).is_none() => {
+            // nftables rules must never touch this machine's network: run in a namespace of our own.
+            let status = std::process::Command::new("unshare")
+                .args(["--net", "--mount"])
+                .arg(std::env::current_exe()?)
+                .args(["actions", "--kind", "isolate", "--count", &count.to_string()])
+                .env(IN_NS, "1")
+                .status()
+                .context("unshare (run as root)")?;
+            if !status.success() {
+                bail!("isolate benchmark failed in its namespace: {status}");
+            }
+            Ok(())
+        }
+        Bench::Actions { kind, count } => actions(&kind, count),
+    }
+}
+
+fn percentiles(mut v: Vec<i64>) -> (i64, i64, i64) {
+    v.sort_unstable();
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (pct(0.5), pct(0.99), v.last().copied().unwrap_or(0))
+}
+
+/// Proposes, approves and waits for the stored result of `count` actions; returns
+/// approve-call-to-result-stored latencies in ms.
+fn actions(kind: &str, count: usize) -> Result<()> {
+    if std::env::var_os(IN_NS).is_some() {
+        std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let collector = Collector::start()?;
+    let agent = Agent::start(&collector)?;
+    agent.wait_connected(Duration::from_secs(20))?;
+    let ann = collector.user("ann", "analyst")?;
+    let bob = collector.user("bob", "approver")?;
+    let db = collector.db()?;
+    let device = agent.device_id.clone();
+    let mut latencies = Vec::new();
+    rt.block_on(async {
+        for i in 0..count {
+            let action = match kind {
+                "quarantine" => {
+                    let path = agent.watch.join(format!("q-{i}.bin"));
+                    let body = format!("sample {i}");
+                    std::fs::write(&path, &body)?;
+                    let sha = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+                    let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                    json!({"kind": "quarantine_file", "path": path.display().to_string(), "sha256": hex})
+                }
+                "isolate" if i % 2 == 0 => json!({"kind": "isolate", "allow": []}),
+                "isolate" => json!({"kind": "release"}),
+                other => bail!("unknown kind {other}"),
+            };
+            let (status, body) = collector
+                .post_as(
+                    "/api/v1/actions",
+                    &ann,
+                    json!({"device_id": device, "action": action, "reason": "bench"}),
+                )
+                .await?;
+            if status != 201 {
+                bail!("propose: {status} {body}");
+            }
+            let id = body["id"].as_str().context("id")?.to_string();
+            let t0 = now_ms() as i64;
+            collector
+                .post_as(
+                    &format!("/api/v1/actions/{id}/approve"),
+                    &bob,
+                    json!({"comment": "bench"}),
+                )
+                .await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, updated): (String, i64) =
+                    db.query_row("SELECT status, updated_at_ms FROM actions WHERE id = ?1", [&id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                if status == "succeeded" {
+                    latencies.push(updated - t0);
+                    break;
+                }
+                if status == "failed" || status == "refused" || Instant::now() > deadline {
+                    bail!("action {id} ended {status}");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(())
+    })?;
+    let (p50, p99, max) = percentiles(latencies);
+    println!(
+        "{kind}: {count} actions, approve call -> result stored at the collector: p50 {p50} ms, p99 {p99} ms, max {max} ms"
+    );
+    Ok(())
+}
+
+fn resources() -> Result<()> {
     let collector = Collector::start()?;
     // The default sensors (watches /etc, /tmp, ... and polls /proc every second), plus the bench dir.
     let agent = Agent::start_with(&collector, |watch| {
@@ -113,15 +242,11 @@ fn main() -> Result<()> {
             latencies.push(r - *t as i64);
         }
     }
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let samples = latencies.len();
+    let (p50, p99, max) = percentiles(latencies);
     println!(
-        "file created -> alert stored at the collector ({} of {} samples): p50 {} ms, p99 {} ms, max {} ms",
-        latencies.len(),
-        written.len(),
-        pct(0.50),
-        pct(0.99),
-        latencies.last().copied().unwrap_or(0)
+        "file created -> alert stored at the collector ({samples} of {} samples): p50 {p50} ms, p99 {p99} ms, max {max} ms",
+        written.len()
     );
     Ok(())
 }
