@@ -411,6 +411,119 @@ async fn offline_device_gets_commands_on_reconnect_and_forged_results_change_not
     assert_eq!(report["broken_at"], approve_entry);
 }
 
+/// Cancelling: the requester or an approver, before dispatch or while the
+/// command waits for an offline device; never once it may have reached the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_delivery_only() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let carl = collector.user("carl", "analyst").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+    let amy = collector.user("amy", "approver").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "app-1")
+        .await
+        .unwrap();
+    let device = dev.id().to_string();
+    let propose = |kind: &str| json!({"device_id": device, "action": {"kind": kind}, "reason": "triage"});
+
+    // A pending request: other analysts and viewers may not cancel it, its requester may.
+    let (status, body) = collector
+        .post_as("/api/v1/actions", &ann, propose("collect_package"))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let pending = id_of(&body);
+    let cancel = format!("/api/v1/actions/{pending}/cancel");
+    for token in [&carl, &vera] {
+        let (status, body) = collector.post_as(&cancel, token, json!({})).await.unwrap();
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, body) = collector
+        .post_as(&cancel, &ann, json!({"comment": "wrong host"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["cancelled_by"], "ann");
+    assert_eq!(body["cancel_comment"], "wrong host");
+    assert!(body["cancelled_at_ms"].as_u64().is_some(), "{body}");
+    // Ended: neither cancelled again nor approved.
+    let (status, _) = collector.post_as(&cancel, &ann, json!({})).await.unwrap();
+    assert_eq!(status, 409);
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{pending}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+
+    // Approved for an offline device: an approver withdraws it, and it is never delivered.
+    let (_, body) = collector
+        .post_as("/api/v1/actions", &ann, propose("release"))
+        .await
+        .unwrap();
+    let waiting = id_of(&body);
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{waiting}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["status"]), (200, &json!("dispatched")), "{body}");
+    assert_eq!(body["delivered"], false);
+    let (status, body) = collector
+        .post_as(
+            &format!("/api/v1/actions/{waiting}/cancel"),
+            &amy,
+            json!({"comment": "resolved"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    dev.connect().await.unwrap();
+    assert!(
+        dev.recv_command(Duration::from_millis(500)).await.is_err(),
+        "a cancelled command is not delivered"
+    );
+
+    // Delivered to the connected device: too late to cancel.
+    let (_, body) = collector
+        .post_as("/api/v1/actions", &ann, propose("collect_package"))
+        .await
+        .unwrap();
+    let sent = id_of(&body);
+    let (_, body) = collector
+        .post_as(&format!("/api/v1/actions/{sent}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(body["delivered"], true, "{body}");
+    let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+    let command = dev.authorize(&signed, 0).unwrap();
+    assert_eq!(command.id.to_string(), sent);
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{sent}/cancel"), &ann, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reached the device"), "{body}");
+
+    // Both cancellations are audited, and the chain holds.
+    let (_, audit) = collector.get("/api/v1/audit?limit=1000").await.unwrap();
+    let cancels: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "action.cancel")
+        .collect();
+    assert_eq!(cancels.len(), 2, "{audit}");
+    assert!(
+        cancels
+            .iter()
+            .any(|e| e["target"] == waiting.as_str() && e["actor"] == "amy")
+    );
+    let (_, report) = collector.get("/api/v1/audit/verify").await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+}
+
 /// Every workflow route against every role: below the route's role is 403,
 /// at or above it is anything but 403; no token is 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,6 +549,12 @@ async fn role_matrix_over_all_routes() {
             "POST",
             format!("/api/v1/actions/{missing}/reject"),
             2,
+            json!({"comment": "c"}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/actions/{missing}/cancel"),
+            1,
             json!({"comment": "c"}),
         ),
         ("GET", format!("/api/v1/actions/{missing}/package"), 0, Value::Null),

@@ -5,7 +5,14 @@
 //!       │  └─approve (more needed): stays requested          │                      │
 //!       ├──reject──► rejected                                 ├──result──► succeeded | failed | refused
 //!       └──expire──► expired ◄──expire── approved             └──expire──► expired ──late result──► (outcome)
+//!
+//!   requested | approved | dispatched ──cancel──► cancelled ──late result──► (outcome)
 //! ```
+//!
+//! Cancelling is open to the requester and to approvers and above. The workflow
+//! allows it up to `dispatched`; whether a dispatched command may still be
+//! withdrawn (it must never have reached the device) is decided by
+//! [`super::dispatch`], which knows what was pushed.
 //!
 //! Who may do what comes from the permission matrix in [`super::policy`]: analyst
 //! and above propose, approver and above approve or reject, and nobody approves
@@ -41,10 +48,12 @@ pub enum Status {
     Rejected,
     /// Not approved, or not carried out, in time.
     Expired,
+    /// Withdrawn by the requester or an approver before the device had it.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Requested,
         Status::Approved,
         Status::Dispatched,
@@ -54,6 +63,7 @@ impl Status {
         Status::Refused,
         Status::Rejected,
         Status::Expired,
+        Status::Cancelled,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -67,6 +77,7 @@ impl Status {
             Status::Refused => "refused",
             Status::Rejected => "rejected",
             Status::Expired => "expired",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -74,7 +85,12 @@ impl Status {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Status::Succeeded | Status::Failed | Status::Refused | Status::Rejected | Status::Expired
+            Status::Succeeded
+                | Status::Failed
+                | Status::Refused
+                | Status::Rejected
+                | Status::Expired
+                | Status::Cancelled
         )
     }
 
@@ -141,6 +157,7 @@ pub enum Event<'a> {
     Ack,
     Result(Outcome),
     Expire,
+    Cancel(&'a Actor),
 }
 
 impl Event<'_> {
@@ -152,6 +169,7 @@ impl Event<'_> {
             Event::Ack => "ack",
             Event::Result(_) => "result",
             Event::Expire => "expire",
+            Event::Cancel(_) => "cancel",
         }
     }
 }
@@ -256,13 +274,30 @@ pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Trans
             _ => Err(wrong()),
         },
         Event::Result(outcome) => match status {
-            Status::Dispatched | Status::Acked | Status::Expired => Ok(Transition::to(outcome.status())),
+            Status::Dispatched | Status::Acked | Status::Expired | Status::Cancelled => {
+                Ok(Transition::to(outcome.status()))
+            }
             _ => Err(wrong()),
         },
         Event::Expire => match status {
             Status::Requested | Status::Approved | Status::Dispatched => Ok(Transition::to(Status::Expired)),
             _ => Err(wrong()),
         },
+        Event::Cancel(actor) => {
+            if actor.name != facts.requested_by && actor.role < p.decide {
+                return Err(WorkflowError::Forbidden {
+                    action: "cancelling",
+                    kind: facts.kind.as_str(),
+                    needed: p.decide,
+                    actor: actor.name.clone(),
+                    role: actor.role,
+                });
+            }
+            match status {
+                Status::Requested | Status::Approved | Status::Dispatched => Ok(Transition::to(Status::Cancelled)),
+                _ => Err(wrong()),
+            }
+        }
     }
 }
 
@@ -291,7 +326,7 @@ mod tests {
         let bob = actor("bob", Role::Approver);
         let ev_approve = Event::Approve(&bob);
         let ev_reject = Event::Reject(&bob);
-        let ok_events: [Event<'_>; 7] = [
+        let ok_events: [Event<'_>; 8] = [
             ev_approve,
             ev_reject,
             Event::Dispatch,
@@ -299,6 +334,7 @@ mod tests {
             Event::Result(Outcome::Succeeded),
             Event::Result(Outcome::Refused),
             Event::Expire,
+            Event::Cancel(&bob),
         ];
         // (from, event index, expected to) for every allowed transition; everything else is WrongState.
         let allowed: &[(Status, usize, Status)] = &[
@@ -315,6 +351,11 @@ mod tests {
             (Acked, 5, Refused),
             (Expired, 4, Succeeded),
             (Expired, 5, Refused),
+            (Requested, 7, Cancelled),
+            (Approved, 7, Cancelled),
+            (Dispatched, 7, Cancelled),
+            (Cancelled, 4, Succeeded),
+            (Cancelled, 5, Refused),
         ];
         for from in Status::ALL {
             for (i, ev) in ok_events.iter().enumerate() {
@@ -380,6 +421,26 @@ mod tests {
             apply(Status::Requested, facts(&approvals), Event::Approve(&bob)),
             Err(WorkflowError::AlreadyApproved("bob".into()))
         );
+    }
+
+    #[test]
+    fn who_may_cancel() {
+        let none: [String; 0] = [];
+        for (name, role, ok) in [
+            ("ann", Role::Analyst, true),
+            ("carl", Role::Analyst, false),
+            ("vera", Role::Viewer, false),
+            ("bob", Role::Approver, true),
+            ("root", Role::Admin, true),
+        ] {
+            let a = actor(name, role);
+            let got = apply(Status::Requested, facts(&none), Event::Cancel(&a));
+            match (ok, got) {
+                (true, Ok(t)) => assert_eq!(t.to, Status::Cancelled),
+                (false, Err(WorkflowError::Forbidden { .. })) => {}
+                (ok, got) => panic!("{name} as {role}: wanted {ok}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::error::{ApiError, ApiResult};
 use crate::actions::dispatch::DispatchError;
 use crate::actions::params::ActionSpec;
 use crate::actions::workflow::{self, Actor, Status, WorkflowError};
-use crate::store::{ActionFilter, DecideError, Decision, TargetRefusal};
+use crate::store::{ActionFilter, CancelError, DecideError, Decision, TargetRefusal};
 
 const MAX_TEXT: usize = 4096;
 const DEFAULT_PAGE: u32 = 100;
@@ -225,6 +225,26 @@ pub async fn reject(
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     decide(state, caller, id, raw, Decision::Reject).await
+}
+
+/// `POST /api/v1/actions/{id}/cancel` {comment}: the requester, or approver and
+/// above; before dispatch, or after it while the command never left the collector.
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let id = action_id(&id)?;
+    let b: DecisionBody = body(&raw, true)?;
+    let comment = text("comment", &b.comment, false)?;
+    match state.actions.cancel(id, actor(&caller), comment).await? {
+        Ok(view) => Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null))),
+        Err(CancelError::NotFound) => Err(ApiError::not_found("action")),
+        Err(CancelError::Workflow(e)) => Err(e.into()),
+        Err(e @ CancelError::MayBeDelivered) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
 }
 
 /// `GET /api/v1/actions/{id}/package`: the attachment a device returned.

@@ -71,6 +71,17 @@ pub enum DecideError {
     Sign(String),
 }
 
+/// Why a cancellation was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CancelError {
+    #[error("action not found")]
+    NotFound,
+    #[error("{0}")]
+    Workflow(#[from] WorkflowError),
+    #[error("the command may already have reached the device; it can no longer be cancelled")]
+    MayBeDelivered,
+}
+
 /// A recorded decision, and the command to deliver if it was dispatched.
 #[derive(Debug, Clone)]
 pub struct DecisionOutcome {
@@ -131,6 +142,9 @@ pub struct ActionView {
     /// Size of the returned package, if any (`GET .../package`).
     pub package_bytes: Option<i64>,
     pub updated_at_ms: i64,
+    pub cancelled_by: Option<String>,
+    pub cancelled_at_ms: Option<i64>,
+    pub cancel_comment: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -323,7 +337,7 @@ fn next_command_seq(tx: &Transaction<'_>, device_id: &str) -> Result<u64, StoreE
 const VIEW_COLUMNS: &str = "a.id, a.device_id, COALESCE(d.hostname, ''), a.kind, a.action, a.reason, a.requested_by,
     a.requested_at_ms, a.status, a.approvals, a.decided_by, a.decided_at_ms, a.decision_comment, a.seq,
     a.issued_at_ms, a.expires_at_ms, a.outcome, a.outcome_reason, a.detail, a.finished_at_ms,
-    length(a.attachment), a.updated_at_ms";
+    length(a.attachment), a.updated_at_ms, a.cancelled_by, a.cancelled_at_ms, a.cancel_comment";
 
 fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
     let hostname: String = r.get(2)?;
@@ -373,6 +387,9 @@ fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
         result,
         package_bytes: r.get(20)?,
         updated_at_ms: r.get(21)?,
+        cancelled_by: r.get(22)?,
+        cancelled_at_ms: r.get(23)?,
+        cancel_comment: r.get(24)?,
     })
 }
 
@@ -526,6 +543,54 @@ impl Store {
             .get_action(id)?
             .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))?;
         Ok(Ok(DecisionOutcome { view, dispatched }))
+    }
+
+    /// Cancels an action (requested, approved, or dispatched when
+    /// `dispatched_seq_undelivered` says the device never had that sequence
+    /// number), with its audit entry.
+    pub fn cancel_action(
+        &mut self,
+        id: &str,
+        actor: &Actor,
+        comment: &str,
+        now_ms: u64,
+        dispatched_seq_undelivered: &dyn Fn(i64) -> bool,
+    ) -> Result<Result<ActionView, CancelError>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let Some(row) = load_row(&tx, id)? else {
+            return Ok(Err(CancelError::NotFound));
+        };
+        let approvers = row.approvers();
+        let facts = Facts {
+            kind: row.action.kind(),
+            requested_by: &row.requested_by,
+            approvals: &approvers,
+        };
+        if let Err(e) = workflow::apply(row.status, facts, Event::Cancel(actor)) {
+            return Ok(Err(e.into()));
+        }
+        if row.status == Status::Dispatched && !row.seq.is_some_and(dispatched_seq_undelivered) {
+            return Ok(Err(CancelError::MayBeDelivered));
+        }
+        let comment = clip(comment, MAX_TEXT_BYTES);
+        let now = i64_of(now_ms);
+        tx.execute(
+            "UPDATE actions SET status = ?2, cancelled_by = ?3, cancelled_at_ms = ?4, cancel_comment = ?5,
+                                updated_at_ms = ?4 WHERE id = ?1",
+            params![id, Status::Cancelled.as_str(), actor.name, now, comment],
+        )?;
+        append_audit(
+            &tx,
+            now_ms,
+            &actor.name,
+            "action.cancel",
+            id,
+            &json!({"was": row.status.as_str(), "seq": row.seq, "comment": comment}).to_string(),
+        )?;
+        tx.commit()?;
+        self.get_action(id)?
+            .map(Ok)
+            .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))
     }
 
     /// Signed commands of `device` still waiting to be carried out, with a

@@ -7,8 +7,8 @@ mod actions;
 mod schema;
 
 pub use actions::{
-    ActionFilter, ActionView, AuditChainReport, AuditEntry, DecideError, Decision, DecisionOutcome, NewAction,
-    ResultRecord, TargetRefusal,
+    ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
+    NewAction, ResultRecord, TargetRefusal,
 };
 
 use std::path::Path;

@@ -130,4 +130,10 @@ pub const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE audit_log ADD COLUMN hash BLOB;
     "#,
+    // 4: who cancelled an action, when, and why.
+    r#"
+    ALTER TABLE actions ADD COLUMN cancelled_by TEXT;
+    ALTER TABLE actions ADD COLUMN cancelled_at_ms INTEGER;
+    ALTER TABLE actions ADD COLUMN cancel_comment TEXT;
+    "#,
 ];
