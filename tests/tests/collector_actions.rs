@@ -524,6 +524,135 @@ async fn cancel_before_delivery_only() {
     assert_eq!(report["ok"], true, "{report}");
 }
 
+/// Undo from the action: a succeeded isolation proposes a release, a succeeded
+/// quarantine a restore of the record the device returned; both wait for approval
+/// and link back to the original. Other kinds, and unfinished actions, have no undo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_proposes_release_and_restore() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "ws-9")
+        .await
+        .unwrap();
+    dev.connect().await.unwrap();
+    let device = dev.id().to_string();
+
+    // Proposes, approves and completes an action on the test device with `detail`.
+    let mut last_seq = 0;
+    let mut run = async |action: Value, detail: &str| -> String {
+        let (status, body) = collector
+            .post_as(
+                "/api/v1/actions",
+                &ann,
+                json!({"device_id": device, "action": action, "reason": "incident 12"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        let id = id_of(&body);
+        let (status, body) = collector
+            .post_as(&format!("/api/v1/actions/{id}/approve"), &bob, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+        let command = dev.authorize(&signed, last_seq).unwrap();
+        last_seq = command.seq;
+        let result = CommandResult {
+            command_id: command.id,
+            device_id: dev.id(),
+            seq: command.seq,
+            finished_at_ms: now_ms(),
+            outcome: CommandOutcome::Succeeded,
+            detail: detail.into(),
+            attachment: None,
+        };
+        let signed = dev
+            .identity
+            .signing_key
+            .sign_value(SignatureKind::CommandResult, &result)
+            .unwrap();
+        dev.send_result(signed).await.unwrap();
+        collector
+            .wait_action_status(&id, "succeeded", Duration::from_secs(2))
+            .await
+            .unwrap();
+        id
+    };
+    let isolated = run(json!({"kind": "isolate"}), "isolated").await;
+    let record = json!({"id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "original_path": "/tmp/evil", "sha256": "ab"});
+    let quarantined = run(
+        json!({"kind": "quarantine_file", "path": "/tmp/evil", "sha256": "ab".repeat(32)}),
+        &record.to_string(),
+    )
+    .await;
+    let collected = run(json!({"kind": "collect_package"}), "package").await;
+
+    // A viewer may not undo.
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{isolated}/undo"), &vera, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // Isolation -> release, waiting for approval, linked back.
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{isolated}/undo"), &ann, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["kind"], "release");
+    assert_eq!(body["status"], "requested");
+    assert_eq!(body["undo_of"], isolated.as_str());
+    assert_eq!(body["device_id"], device.as_str());
+    assert_eq!(body["requested_by"], "ann");
+    let release = id_of(&body);
+
+    // Quarantine -> restore of the device's record.
+    let (status, body) = collector
+        .post_as(
+            &format!("/api/v1/actions/{quarantined}/undo"),
+            &ann,
+            json!({"reason": "false positive"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["kind"], "restore_file");
+    assert_eq!(body["action"]["quarantine_id"], record["id"]);
+    assert_eq!(body["reason"], "false positive");
+    assert_eq!(body["undo_of"], quarantined.as_str());
+
+    // The undo goes through approval as usual and reaches the device.
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{release}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["delivered"]), (200, &json!(true)), "{body}");
+    let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+    let command = dev.authorize(&signed, last_seq).unwrap();
+    assert_eq!(command.action, Action::Release);
+
+    // No undo for other kinds, nor for an action that has not succeeded.
+    for id in [collected.as_str(), release.as_str()] {
+        let (status, body) = collector
+            .post_as(&format!("/api/v1/actions/{id}/undo"), &ann, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 409, "{body}");
+    }
+    let (_, audit) = collector.get("/api/v1/audit?limit=1000").await.unwrap();
+    let linked = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "action.request" && e["detail"].as_str().unwrap().contains("undo_of"))
+        .count();
+    assert_eq!(linked, 2, "{audit}");
+}
+
 /// Every workflow route against every role: below the route's role is 403,
 /// at or above it is anything but 403; no token is 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,6 +686,7 @@ async fn role_matrix_over_all_routes() {
             1,
             json!({"comment": "c"}),
         ),
+        ("POST", format!("/api/v1/actions/{missing}/undo"), 1, json!({})),
         ("GET", format!("/api/v1/actions/{missing}/package"), 0, Value::Null),
         ("GET", "/api/v1/audit".into(), 3, Value::Null),
         ("GET", "/api/v1/audit/verify".into(), 3, Value::Null),

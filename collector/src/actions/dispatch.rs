@@ -105,6 +105,7 @@ impl Dispatcher {
         device: DeviceId,
         action: Action,
         reason: String,
+        undo_of: Option<String>,
     ) -> Result<Result<ActionView, TargetRefusal>, DispatchError> {
         let now = now_ms();
         let id = CommandId::generate(now, &ring::rand::SystemRandom::new())
@@ -116,6 +117,7 @@ impl Dispatcher {
             reason,
             requested_by: actor.name.clone(),
             now_ms: now,
+            undo_of,
         };
         let stored = self
             .writer

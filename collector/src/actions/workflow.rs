@@ -209,6 +209,47 @@ impl Transition {
     }
 }
 
+/// Why an action cannot be undone.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UndoRefusal {
+    #[error("{0} actions have no undo")]
+    NoUndo(&'static str),
+    #[error("only a succeeded action can be undone; this one is {0}")]
+    NotSucceeded(Status),
+    #[error("the quarantine result names no quarantine record id")]
+    NoQuarantineId,
+}
+
+/// The action that undoes `action`, which ended in `status` with the device's
+/// result `detail`: a release for an isolation, a restore (of the record the
+/// device returned) for a quarantine. Nothing else has an undo.
+pub fn undo(
+    action: &ward_protocol::Action,
+    status: Status,
+    detail: Option<&str>,
+) -> Result<ward_protocol::Action, UndoRefusal> {
+    use ward_protocol::Action;
+    let kind = action.kind();
+    if !matches!(kind, ActionKind::Isolate | ActionKind::QuarantineFile) {
+        return Err(UndoRefusal::NoUndo(kind.as_str()));
+    }
+    if status != Status::Succeeded {
+        return Err(UndoRefusal::NotSucceeded(status));
+    }
+    match action {
+        Action::Isolate { .. } => Ok(Action::Release),
+        _ => {
+            // The agent's detail is the JSON of its quarantine record; its id is validated as any proposal's.
+            let id = detail
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+                .ok_or(UndoRefusal::NoQuarantineId)?;
+            super::params::ActionSpec::parse(serde_json::json!({"kind": "restore_file", "quarantine_id": id}))
+                .map_err(|_| UndoRefusal::NoQuarantineId)
+        }
+    }
+}
+
 /// May `actor` propose an action of `kind`?
 pub fn may_propose(kind: ActionKind, actor: &Actor) -> Result<(), WorkflowError> {
     let p = policy::for_kind(kind).ok_or(WorkflowError::UnknownKind(kind.as_str()))?;
@@ -440,6 +481,43 @@ mod tests {
                 (false, Err(WorkflowError::Forbidden { .. })) => {}
                 (ok, got) => panic!("{name} as {role}: wanted {ok}, got {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn undo_releases_isolations_and_restores_quarantines() {
+        use ward_protocol::Action;
+        let isolate = Action::Isolate { allow: vec![] };
+        assert_eq!(undo(&isolate, Status::Succeeded, None), Ok(Action::Release));
+        assert_eq!(
+            undo(&isolate, Status::Dispatched, None),
+            Err(UndoRefusal::NotSucceeded(Status::Dispatched))
+        );
+        let quarantine = Action::QuarantineFile {
+            path: "/tmp/x".into(),
+            sha256: [1; 32],
+        };
+        assert_eq!(
+            undo(
+                &quarantine,
+                Status::Succeeded,
+                Some(r#"{"id": "ab12", "original_path": "/tmp/x"}"#)
+            ),
+            Ok(Action::RestoreFile {
+                quarantine_id: "ab12".into()
+            })
+        );
+        for bad in [None, Some("moved"), Some(r#"{"id": "../x"}"#), Some(r#"{"id": 5}"#)] {
+            assert_eq!(
+                undo(&quarantine, Status::Succeeded, bad),
+                Err(UndoRefusal::NoQuarantineId)
+            );
+        }
+        for action in [Action::Release, Action::CollectPackage] {
+            assert!(matches!(
+                undo(&action, Status::Succeeded, None),
+                Err(UndoRefusal::NoUndo(_))
+            ));
         }
     }
 

@@ -105,7 +105,7 @@ pub async fn propose(
     let reason = text("reason", &b.reason, true)?;
     let actor = actor(&caller);
     workflow::may_propose(action.kind(), &actor)?;
-    match state.actions.propose(&actor, device, action, reason).await? {
+    match state.actions.propose(&actor, device, action, reason, None).await? {
         Ok(view) => Ok((
             StatusCode::CREATED,
             Json(serde_json::to_value(view).unwrap_or(Value::Null)),
@@ -244,6 +244,47 @@ pub async fn cancel(
         Err(CancelError::NotFound) => Err(ApiError::not_found("action")),
         Err(CancelError::Workflow(e)) => Err(e.into()),
         Err(e @ CancelError::MayBeDelivered) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UndoBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /api/v1/actions/{id}/undo` {reason}: proposes the action that undoes a
+/// succeeded one (release for isolate, restore for quarantine), linked to it by
+/// `undo_of`; it waits for approval like any proposal (analyst and above).
+pub async fn undo(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Role::Analyst)?;
+    let id = action_id(&id)?;
+    let b: UndoBody = body(&raw, true)?;
+    let reason = match text("reason", &b.reason, false)? {
+        r if r.is_empty() => format!("undo of {id}"),
+        r => r,
+    };
+    let lookup = id.clone();
+    let (device, action) = match state.reads.run(move |s| s.undo_target(&lookup)).await?? {
+        None => return Err(ApiError::not_found("action")),
+        Some(Err(e)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Some(Ok(t)) => t,
+    };
+    let actor = actor(&caller);
+    workflow::may_propose(action.kind(), &actor)?;
+    match state.actions.propose(&actor, device, action, reason, Some(id)).await? {
+        Ok(view) => Ok((
+            StatusCode::CREATED,
+            Json(serde_json::to_value(view).unwrap_or(Value::Null)),
+        )),
+        Err(TargetRefusal::UnknownDevice) => Err(ApiError::not_found("device")),
+        Err(TargetRefusal::RevokedDevice) => Err(ApiError::new(StatusCode::CONFLICT, "device is revoked")),
     }
 }
 

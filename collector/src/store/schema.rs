@@ -136,4 +136,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE actions ADD COLUMN cancelled_at_ms INTEGER;
     ALTER TABLE actions ADD COLUMN cancel_comment TEXT;
     "#,
+    // 5: an action proposed to undo another (a release for an isolation, a restore for a quarantine).
+    r#"
+    ALTER TABLE actions ADD COLUMN undo_of TEXT REFERENCES actions(id);
+    "#,
 ];
