@@ -726,3 +726,85 @@ async fn role_matrix_over_all_routes() {
     let (status, _) = collector.get_as("/api/v1/actions/not-an-id", analyst).await.unwrap();
     assert_eq!(status, 400);
 }
+
+/// An isolated device that goes silent: the collector raises ONE alert per
+/// silence (unsigned, seq 0, source collector), which opens no sequence gap; a
+/// device that comes back and falls silent again raises another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_device_going_silent_raises_one_alert() {
+    let collector =
+        Collector::start_with(|c| *c = c.replace("offline_after_ms = 90000", "offline_after_ms = 800")).unwrap();
+    let token = collector.join_token(2, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "iso-1").await.unwrap();
+    let mut calm = TestDevice::enroll(&token, "calm-1").await.unwrap();
+    let device = dev.id().to_string();
+    let heartbeat = |isolation| {
+        AgentMessage::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms(),
+            inventory: None,
+            isolation,
+            outbox_depth: 0,
+            rule_pack_version: 0,
+        })
+    };
+    let alerts_of = async |device: &str| -> Vec<Value> {
+        let (status, body) = collector
+            .get(&format!(
+                "/api/v1/alerts?device={device}&rule=ward-isolated-device-silent"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["alerts"].as_array().cloned().unwrap_or_default()
+    };
+    // Goes quiet while isolated: reports it, then its connection ends.
+    let go_silent = async |dev: &mut TestDevice, isolation| {
+        dev.connect().await.unwrap();
+        dev.session.as_mut().unwrap().send(&heartbeat(isolation)).await.unwrap();
+        dev.send_new(1).await.unwrap(); // the ack proves the heartbeat was handled
+        dev.session.take().unwrap().conn.close(0u32.into(), b"bye");
+    };
+    go_silent(&mut dev, IsolationState::Isolated).await;
+    go_silent(&mut calm, IsolationState::None).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let alert = loop {
+        if let Some(a) = alerts_of(&device).await.pop() {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert for the silent isolated device"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(alert["rule"]["id"], "ward-isolated-device-silent");
+    assert_eq!(alert["rule"]["author"], "Ward");
+    assert_eq!(alert["rule"]["techniques"], json!(["T1562"]));
+    assert_eq!(alert["rule"]["tactics"], json!(["TA0005"]));
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["source"], "collector");
+    assert_eq!(alert["seq"], 0);
+    assert_eq!(alert["entities"], json!([{"kind": "device", "hostname": "iso-1"}]));
+
+    // One per silence: several more checks later there is still one; the device
+    // that was not isolated has none; no sequence gap was opened.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(alerts_of(&device).await.len(), 1);
+    assert!(alerts_of(&calm.id().to_string()).await.is_empty());
+    let (_, view) = collector.get(&format!("/api/v1/devices/{device}")).await.unwrap();
+    assert_eq!(view["missing_alerts"], 0, "{view}");
+    assert_eq!(view["sequence_gaps"], json!([]), "{view}");
+
+    // Back, then silent again: a new silence, a new alert.
+    go_silent(&mut dev, IsolationState::Isolated).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alerts_of(&device).await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no alert for the second silence");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(alerts_of(&device).await.len(), 2);
+    let (_, view) = collector.get(&format!("/api/v1/devices/{device}")).await.unwrap();
+    assert_eq!(view["missing_alerts"], 0, "{view}");
+}

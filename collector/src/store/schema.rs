@@ -140,4 +140,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE actions ADD COLUMN undo_of TEXT REFERENCES actions(id);
     "#,
+    // 6: alerts raised by the collector itself (no agent signature, seq 0, outside
+    // the device's sequence tracking), and which silence of an isolated device
+    // already raised one (the last_seen_ms it went silent at).
+    r#"
+    ALTER TABLE alerts ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';
+    ALTER TABLE devices ADD COLUMN silence_alerted_seen_ms INTEGER;
+    "#,
 ];
