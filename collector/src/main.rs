@@ -57,6 +57,17 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the audit log's hash chain; exits non-zero if an entry was altered, removed or inserted.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +187,19 @@ fn main() -> Result<()> {
         } => {
             let token = setup::add_user(dir, &name, &role)?;
             println!("{token}");
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let report = setup::verify_audit(dir)?;
+            println!("verified entries: {}", report.verified);
+            println!("unchained legacy entries: {}", report.unchained_legacy);
+            println!("head: {}", report.head.as_deref().unwrap_or("(none)"));
+            if let Some(id) = report.broken_at {
+                println!("BROKEN at entry {id}");
+                anyhow::bail!("the audit chain is broken at entry {id}: it was altered, removed or inserted");
+            }
+            println!("OK");
         }
     }
     Ok(())

@@ -141,6 +141,12 @@ pub async fn run(
         reads.clone(),
         shutdown.clone(),
     ));
+    let silence = tokio::spawn(actions::silence::run_silence_watch(
+        ctx.writer.clone(),
+        reads.clone(),
+        config.devices.offline_after_ms,
+        shutdown.clone(),
+    ));
     let poller = tokio::spawn(poll_changes(
         reads,
         Arc::clone(&ctx),
@@ -174,7 +180,9 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     poller.abort();
     expiry.abort();
+    silence.abort();
     let _ = expiry.await;
+    let _ = silence.await;
     // Every writer handle is gone now: the thread finishes what was queued and exits.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("collector stopped");

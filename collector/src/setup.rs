@@ -14,7 +14,7 @@ use ward_protocol::{JoinToken, SigningKey};
 
 use crate::config::{CONFIG_FILE, Config, ConfigError};
 use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
-use crate::store::{Store, StoreError};
+use crate::store::{AuditChainReport, Store, StoreError};
 use crate::util::{now_ms, random_secret, sha256};
 
 pub const DB_FILE: &str = "ward.db";
@@ -129,6 +129,12 @@ pub fn add_user(data_dir: &Path, name: &str, role: &str) -> Result<String, Setup
     let token = new_api_token()?;
     store.add_user(name, role, &sha256(token.as_bytes()), now_ms())?;
     Ok(token)
+}
+
+/// Recomputes the audit log's hash chain (`ward-collector audit verify`).
+pub fn verify_audit(data_dir: &Path) -> Result<AuditChainReport, SetupError> {
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    Ok(store.verify_audit_chain()?)
 }
 
 /// Revokes a device; a running collector closes its connection within its poll interval.

@@ -38,3 +38,39 @@ fn init_token_user_and_refusals() {
     let no_device = collector(&dir, &["device", "revoke", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert!(!no_device.status.success());
 }
+
+#[test]
+fn audit_verify_detects_a_tampered_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    assert!(collector(&dir, &["init"]).status.success());
+    for (name, role) in [("ann", "analyst"), ("bob", "approver")] {
+        assert!(collector(&dir, &["user", "add", name, "--role", role]).status.success());
+    }
+    let ok = collector(&dir, &["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("OK"), "{stdout}");
+    let verified: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("verified entries: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(verified >= 2, "{stdout}");
+
+    // Change who added ann, behind the collector's back.
+    let db = rusqlite::Connection::open(dir.join("ward.db")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE audit_log SET actor = 'mallory' WHERE id = (SELECT MIN(id) FROM audit_log WHERE target = 'ann')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let bad = collector(&dir, &["audit", "verify"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("BROKEN"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("broken"));
+}

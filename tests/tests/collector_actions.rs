@@ -411,6 +411,248 @@ async fn offline_device_gets_commands_on_reconnect_and_forged_results_change_not
     assert_eq!(report["broken_at"], approve_entry);
 }
 
+/// Cancelling: the requester or an approver, before dispatch or while the
+/// command waits for an offline device; never once it may have reached the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_delivery_only() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let carl = collector.user("carl", "analyst").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+    let amy = collector.user("amy", "approver").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "app-1")
+        .await
+        .unwrap();
+    let device = dev.id().to_string();
+    let propose = |kind: &str| json!({"device_id": device, "action": {"kind": kind}, "reason": "triage"});
+
+    // A pending request: other analysts and viewers may not cancel it, its requester may.
+    let (status, body) = collector
+        .post_as("/api/v1/actions", &ann, propose("collect_package"))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let pending = id_of(&body);
+    let cancel = format!("/api/v1/actions/{pending}/cancel");
+    for token in [&carl, &vera] {
+        let (status, body) = collector.post_as(&cancel, token, json!({})).await.unwrap();
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, body) = collector
+        .post_as(&cancel, &ann, json!({"comment": "wrong host"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["cancelled_by"], "ann");
+    assert_eq!(body["cancel_comment"], "wrong host");
+    assert!(body["cancelled_at_ms"].as_u64().is_some(), "{body}");
+    // Ended: neither cancelled again nor approved.
+    let (status, _) = collector.post_as(&cancel, &ann, json!({})).await.unwrap();
+    assert_eq!(status, 409);
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{pending}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409);
+
+    // Approved for an offline device: an approver withdraws it, and it is never delivered.
+    let (_, body) = collector
+        .post_as("/api/v1/actions", &ann, propose("release"))
+        .await
+        .unwrap();
+    let waiting = id_of(&body);
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{waiting}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["status"]), (200, &json!("dispatched")), "{body}");
+    assert_eq!(body["delivered"], false);
+    let (status, body) = collector
+        .post_as(
+            &format!("/api/v1/actions/{waiting}/cancel"),
+            &amy,
+            json!({"comment": "resolved"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    dev.connect().await.unwrap();
+    assert!(
+        dev.recv_command(Duration::from_millis(500)).await.is_err(),
+        "a cancelled command is not delivered"
+    );
+
+    // Delivered to the connected device: too late to cancel.
+    let (_, body) = collector
+        .post_as("/api/v1/actions", &ann, propose("collect_package"))
+        .await
+        .unwrap();
+    let sent = id_of(&body);
+    let (_, body) = collector
+        .post_as(&format!("/api/v1/actions/{sent}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(body["delivered"], true, "{body}");
+    let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+    let command = dev.authorize(&signed, 0).unwrap();
+    assert_eq!(command.id.to_string(), sent);
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{sent}/cancel"), &ann, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reached the device"), "{body}");
+
+    // Both cancellations are audited, and the chain holds.
+    let (_, audit) = collector.get("/api/v1/audit?limit=1000").await.unwrap();
+    let cancels: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "action.cancel")
+        .collect();
+    assert_eq!(cancels.len(), 2, "{audit}");
+    assert!(
+        cancels
+            .iter()
+            .any(|e| e["target"] == waiting.as_str() && e["actor"] == "amy")
+    );
+    let (_, report) = collector.get("/api/v1/audit/verify").await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+/// Undo from the action: a succeeded isolation proposes a release, a succeeded
+/// quarantine a restore of the record the device returned; both wait for approval
+/// and link back to the original. Other kinds, and unfinished actions, have no undo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_proposes_release_and_restore() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "ws-9")
+        .await
+        .unwrap();
+    dev.connect().await.unwrap();
+    let device = dev.id().to_string();
+
+    // Proposes, approves and completes an action on the test device with `detail`.
+    let mut last_seq = 0;
+    let mut run = async |action: Value, detail: &str| -> String {
+        let (status, body) = collector
+            .post_as(
+                "/api/v1/actions",
+                &ann,
+                json!({"device_id": device, "action": action, "reason": "incident 12"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        let id = id_of(&body);
+        let (status, body) = collector
+            .post_as(&format!("/api/v1/actions/{id}/approve"), &bob, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+        let command = dev.authorize(&signed, last_seq).unwrap();
+        last_seq = command.seq;
+        let result = CommandResult {
+            command_id: command.id,
+            device_id: dev.id(),
+            seq: command.seq,
+            finished_at_ms: now_ms(),
+            outcome: CommandOutcome::Succeeded,
+            detail: detail.into(),
+            attachment: None,
+        };
+        let signed = dev
+            .identity
+            .signing_key
+            .sign_value(SignatureKind::CommandResult, &result)
+            .unwrap();
+        dev.send_result(signed).await.unwrap();
+        collector
+            .wait_action_status(&id, "succeeded", Duration::from_secs(2))
+            .await
+            .unwrap();
+        id
+    };
+    let isolated = run(json!({"kind": "isolate"}), "isolated").await;
+    let record = json!({"id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "original_path": "/tmp/evil", "sha256": "ab"});
+    let quarantined = run(
+        json!({"kind": "quarantine_file", "path": "/tmp/evil", "sha256": "ab".repeat(32)}),
+        &record.to_string(),
+    )
+    .await;
+    let collected = run(json!({"kind": "collect_package"}), "package").await;
+
+    // A viewer may not undo.
+    let (status, _) = collector
+        .post_as(&format!("/api/v1/actions/{isolated}/undo"), &vera, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // Isolation -> release, waiting for approval, linked back.
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{isolated}/undo"), &ann, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["kind"], "release");
+    assert_eq!(body["status"], "requested");
+    assert_eq!(body["undo_of"], isolated.as_str());
+    assert_eq!(body["device_id"], device.as_str());
+    assert_eq!(body["requested_by"], "ann");
+    let release = id_of(&body);
+
+    // Quarantine -> restore of the device's record.
+    let (status, body) = collector
+        .post_as(
+            &format!("/api/v1/actions/{quarantined}/undo"),
+            &ann,
+            json!({"reason": "false positive"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["kind"], "restore_file");
+    assert_eq!(body["action"]["quarantine_id"], record["id"]);
+    assert_eq!(body["reason"], "false positive");
+    assert_eq!(body["undo_of"], quarantined.as_str());
+
+    // The undo goes through approval as usual and reaches the device.
+    let (status, body) = collector
+        .post_as(&format!("/api/v1/actions/{release}/approve"), &bob, json!({}))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["delivered"]), (200, &json!(true)), "{body}");
+    let signed = dev.recv_command(Duration::from_secs(1)).await.unwrap();
+    let command = dev.authorize(&signed, last_seq).unwrap();
+    assert_eq!(command.action, Action::Release);
+
+    // No undo for other kinds, nor for an action that has not succeeded.
+    for id in [collected.as_str(), release.as_str()] {
+        let (status, body) = collector
+            .post_as(&format!("/api/v1/actions/{id}/undo"), &ann, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 409, "{body}");
+    }
+    let (_, audit) = collector.get("/api/v1/audit?limit=1000").await.unwrap();
+    let linked = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "action.request" && e["detail"].as_str().unwrap().contains("undo_of"))
+        .count();
+    assert_eq!(linked, 2, "{audit}");
+}
+
 /// Every workflow route against every role: below the route's role is 403,
 /// at or above it is anything but 403; no token is 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,6 +680,13 @@ async fn role_matrix_over_all_routes() {
             2,
             json!({"comment": "c"}),
         ),
+        (
+            "POST",
+            format!("/api/v1/actions/{missing}/cancel"),
+            1,
+            json!({"comment": "c"}),
+        ),
+        ("POST", format!("/api/v1/actions/{missing}/undo"), 1, json!({})),
         ("GET", format!("/api/v1/actions/{missing}/package"), 0, Value::Null),
         ("GET", "/api/v1/audit".into(), 3, Value::Null),
         ("GET", "/api/v1/audit/verify".into(), 3, Value::Null),
@@ -476,4 +725,86 @@ async fn role_matrix_over_all_routes() {
     }
     let (status, _) = collector.get_as("/api/v1/actions/not-an-id", analyst).await.unwrap();
     assert_eq!(status, 400);
+}
+
+/// An isolated device that goes silent: the collector raises ONE alert per
+/// silence (unsigned, seq 0, source collector), which opens no sequence gap; a
+/// device that comes back and falls silent again raises another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_device_going_silent_raises_one_alert() {
+    let collector =
+        Collector::start_with(|c| *c = c.replace("offline_after_ms = 90000", "offline_after_ms = 800")).unwrap();
+    let token = collector.join_token(2, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "iso-1").await.unwrap();
+    let mut calm = TestDevice::enroll(&token, "calm-1").await.unwrap();
+    let device = dev.id().to_string();
+    let heartbeat = |isolation| {
+        AgentMessage::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms(),
+            inventory: None,
+            isolation,
+            outbox_depth: 0,
+            rule_pack_version: 0,
+        })
+    };
+    let alerts_of = async |device: &str| -> Vec<Value> {
+        let (status, body) = collector
+            .get(&format!(
+                "/api/v1/alerts?device={device}&rule=ward-isolated-device-silent"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["alerts"].as_array().cloned().unwrap_or_default()
+    };
+    // Goes quiet while isolated: reports it, then its connection ends.
+    let go_silent = async |dev: &mut TestDevice, isolation| {
+        dev.connect().await.unwrap();
+        dev.session.as_mut().unwrap().send(&heartbeat(isolation)).await.unwrap();
+        dev.send_new(1).await.unwrap(); // the ack proves the heartbeat was handled
+        dev.session.take().unwrap().conn.close(0u32.into(), b"bye");
+    };
+    go_silent(&mut dev, IsolationState::Isolated).await;
+    go_silent(&mut calm, IsolationState::None).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let alert = loop {
+        if let Some(a) = alerts_of(&device).await.pop() {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert for the silent isolated device"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(alert["rule"]["id"], "ward-isolated-device-silent");
+    assert_eq!(alert["rule"]["author"], "Ward");
+    assert_eq!(alert["rule"]["techniques"], json!(["T1562"]));
+    assert_eq!(alert["rule"]["tactics"], json!(["TA0005"]));
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["source"], "collector");
+    assert_eq!(alert["seq"], 0);
+    assert_eq!(alert["entities"], json!([{"kind": "device", "hostname": "iso-1"}]));
+
+    // One per silence: several more checks later there is still one; the device
+    // that was not isolated has none; no sequence gap was opened.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(alerts_of(&device).await.len(), 1);
+    assert!(alerts_of(&calm.id().to_string()).await.is_empty());
+    let (_, view) = collector.get(&format!("/api/v1/devices/{device}")).await.unwrap();
+    assert_eq!(view["missing_alerts"], 0, "{view}");
+    assert_eq!(view["sequence_gaps"], json!([]), "{view}");
+
+    // Back, then silent again: a new silence, a new alert.
+    go_silent(&mut dev, IsolationState::Isolated).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alerts_of(&device).await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no alert for the second silence");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(alerts_of(&device).await.len(), 2);
+    let (_, view) = collector.get(&format!("/api/v1/devices/{device}")).await.unwrap();
+    assert_eq!(view["missing_alerts"], 0, "{view}");
 }

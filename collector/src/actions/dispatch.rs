@@ -14,6 +14,12 @@
 //! Without it, an approval racing a reconnect could send a command twice (the
 //! agent would refuse the copy as a replay) or out of order.
 //!
+//! Cancelling a dispatched command is allowed only while it provably never left
+//! the collector: it was issued by this process (so no earlier process pushed it)
+//! and no connection of this process was ever handed its sequence number. The
+//! check and the cancellation happen under the device's delivery lock, so a
+//! reconnect cannot slip it onto the wire in between.
+//!
 //! Results arrive signed by the device key: the signature is checked against the
 //! key enrolled for the session's device before the payload is decoded, the
 //! result must name that device and one of its dispatched commands (id and
@@ -35,7 +41,7 @@ use super::workflow::Actor;
 use crate::ingest::Writer;
 use crate::readpool::ReadPool;
 use crate::store::{
-    ActionView, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, StoreError, TargetRefusal,
+    ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, StoreError, TargetRefusal,
 };
 use crate::transport::Registry;
 use crate::util::now_ms;
@@ -83,6 +89,7 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     pub fn new(writer: Writer, reads: ReadPool, registry: Arc<Registry>, key: SigningKey) -> Dispatcher {
+        LazyLock::force(&PROCESS_START_MS);
         Dispatcher {
             writer,
             reads,
@@ -98,6 +105,7 @@ impl Dispatcher {
         device: DeviceId,
         action: Action,
         reason: String,
+        undo_of: Option<String>,
     ) -> Result<Result<ActionView, TargetRefusal>, DispatchError> {
         let now = now_ms();
         let id = CommandId::generate(now, &ring::rand::SystemRandom::new())
@@ -109,6 +117,7 @@ impl Dispatcher {
             reason,
             requested_by: actor.name.clone(),
             now_ms: now,
+            undo_of,
         };
         let stored = self
             .writer
@@ -148,6 +157,53 @@ impl Dispatcher {
         }
         Ok(Ok((outcome, pushed)))
     }
+
+    /// Cancels an action for `actor`: any time before dispatch, and after
+    /// dispatch only if the command never left the collector (see the module doc).
+    pub async fn cancel(
+        &self,
+        id: String,
+        actor: Actor,
+        comment: String,
+    ) -> Result<Result<ActionView, CancelError>, DispatchError> {
+        let lookup = id.clone();
+        let Some(view) = self
+            .reads
+            .run(move |s| s.get_action(&lookup))
+            .await
+            .map_err(|_| DispatchError::Stopped)??
+        else {
+            return Ok(Err(CancelError::NotFound));
+        };
+        let device: Option<DeviceId> = view.device_id.parse().ok();
+        // Hold the device's delivery lock through the cancellation so nothing is pushed meanwhile.
+        let slot = device.map(slot);
+        let guard = match &slot {
+            Some(s) => Some(s.lock().await),
+            None => None,
+        };
+        let pushed_high = guard.as_ref().map_or(u64::MAX, |g| g.pushed_high);
+        let issued_here = view.issued_at_ms.is_some_and(|t| t > i64_of(*PROCESS_START_MS));
+        let undelivered = move |seq: i64| issued_here && u64::try_from(seq).is_ok_and(|seq| seq > pushed_high);
+        let cancelled = self
+            .writer
+            .run(move |s| s.cancel_action(&id, &actor, &comment, now_ms(), &undelivered))
+            .await
+            .map_err(|_| DispatchError::Stopped)??;
+        drop(guard);
+        if let Ok(v) = &cancelled {
+            info!(action = %v.id, device = %v.device_id, by = ?v.cancelled_by, "action cancelled");
+        }
+        Ok(cancelled)
+    }
+}
+
+/// When this process started: commands issued earlier may have been pushed by a
+/// previous process, so they are never cancelled after dispatch.
+static PROCESS_START_MS: LazyLock<u64> = LazyLock::new(now_ms);
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 // ---- delivery ----
@@ -162,7 +218,17 @@ struct Delivery {
     high: u64,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Delivery>>>;
+/// A device's delivery state in this process.
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The current connection, if any.
+    live: Option<Delivery>,
+    /// Highest command sequence number ever handed to any connection of this
+    /// device (or reported accepted by it) in this process.
+    pushed_high: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
 /// Per-device delivery state, shared by sessions and the API in this process.
 /// Slots are kept for the life of the process (a few dozen bytes per device)
@@ -170,11 +236,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Delivery>>>;
 static DELIVERY: LazyLock<Mutex<HashMap<DeviceId, Slot>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn slot(device: DeviceId) -> Slot {
-    match DELIVERY.lock() {
-        Ok(mut map) => Arc::clone(map.entry(device).or_default()),
-        // A poisoned map only means another thread panicked mid-insert; use a lone slot.
-        Err(_) => Slot::default(),
-    }
+    // A poisoned map only means another thread panicked mid-insert; the map itself is intact.
+    let mut map = DELIVERY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(map.entry(device).or_default())
 }
 
 async fn pending(reads: &ReadPool, device: DeviceId, after: u64) -> Vec<(u64, Signed)> {
@@ -190,7 +254,7 @@ async fn pending(reads: &ReadPool, device: DeviceId, after: u64) -> Vec<(u64, Si
 /// A session of `device` on connection `conn` is starting: the approval path
 /// holds back until [`session_ready`] has delivered what was pending.
 pub async fn session_starting(device: DeviceId, conn: usize) {
-    *slot(device).lock().await = Some(Delivery {
+    slot(device).lock().await.live = Some(Delivery {
         conn,
         ready: false,
         high: 0,
@@ -208,18 +272,21 @@ pub async fn session_ready(
 ) {
     let slot = slot(device);
     let mut state = slot.lock().await;
-    if state.is_some_and(|d| d.conn != conn) {
+    if state.live.is_some_and(|d| d.conn != conn) {
         return; // A newer connection took over.
     }
     let mut high = last_command_seq;
+    state.pushed_high = state.pushed_high.max(last_command_seq);
     for (seq, signed) in pending(reads, device, last_command_seq).await {
+        // Counted as pushed before the attempt: a failed send may still have left.
+        state.pushed_high = state.pushed_high.max(seq);
         if out.send(CollectorMessage::Command(signed)).await.is_err() {
             break;
         }
         debug!(%device, seq, "pending command delivered on session start");
         high = seq;
     }
-    *state = Some(Delivery {
+    state.live = Some(Delivery {
         conn,
         ready: true,
         high,
@@ -230,8 +297,8 @@ pub async fn session_ready(
 pub async fn session_ended(device: DeviceId, conn: usize) {
     let slot = slot(device);
     let mut state = slot.lock().await;
-    if state.is_some_and(|d| d.conn == conn) {
-        *state = None;
+    if state.live.is_some_and(|d| d.conn == conn) {
+        state.live = None;
     }
 }
 
@@ -241,19 +308,20 @@ pub async fn session_ended(device: DeviceId, conn: usize) {
 pub async fn push(reads: &ReadPool, registry: &Registry, device: DeviceId) -> usize {
     let slot = slot(device);
     let mut state = slot.lock().await;
-    let Some(mut d) = *state else { return 0 };
+    let Some(mut d) = state.live else { return 0 };
     if !d.ready {
         return 0;
     }
     let mut sent = 0;
     for (seq, signed) in pending(reads, device, d.high).await {
+        state.pushed_high = state.pushed_high.max(seq);
         if !registry.send(&device, CollectorMessage::Command(signed)) {
             break;
         }
         d.high = seq;
         sent += 1;
     }
-    *state = Some(d);
+    state.live = Some(d);
     sent
 }
 

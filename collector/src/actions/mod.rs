@@ -13,6 +13,7 @@
 pub mod dispatch;
 pub mod params;
 pub mod policy;
+pub mod silence;
 pub mod workflow;
 
 pub use dispatch::Dispatcher;

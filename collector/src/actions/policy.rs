@@ -62,13 +62,16 @@ pub fn for_kind(kind: ActionKind) -> Option<&'static KindPolicy> {
 }
 
 /// The workflow's API routes and the least role each needs. Decisions also
-/// need the caller not to be the requester (see [`KindPolicy::requester_may_decide`]).
-pub const ROUTES: [(&str, &str, Role); 6] = [
+/// need the caller not to be the requester (see [`KindPolicy::requester_may_decide`]);
+/// cancelling needs the caller to be the requester or to hold [`KindPolicy::decide`].
+pub const ROUTES: [(&str, &str, Role); 8] = [
     ("POST", "/api/v1/actions", Role::Analyst),
     ("GET", "/api/v1/actions", Role::Viewer),
     ("GET", "/api/v1/actions/{id}", Role::Viewer),
     ("POST", "/api/v1/actions/{id}/approve", Role::Approver),
     ("POST", "/api/v1/actions/{id}/reject", Role::Approver),
+    ("POST", "/api/v1/actions/{id}/cancel", Role::Analyst),
+    ("POST", "/api/v1/actions/{id}/undo", Role::Analyst),
     ("GET", "/api/v1/actions/{id}/package", Role::Viewer),
 ];
 

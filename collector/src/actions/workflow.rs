@@ -5,7 +5,14 @@
 //!       │  └─approve (more needed): stays requested          │                      │
 //!       ├──reject──► rejected                                 ├──result──► succeeded | failed | refused
 //!       └──expire──► expired ◄──expire── approved             └──expire──► expired ──late result──► (outcome)
+//!
+//!   requested | approved | dispatched ──cancel──► cancelled ──late result──► (outcome)
 //! ```
+//!
+//! Cancelling is open to the requester and to approvers and above. The workflow
+//! allows it up to `dispatched`; whether a dispatched command may still be
+//! withdrawn (it must never have reached the device) is decided by
+//! [`super::dispatch`], which knows what was pushed.
 //!
 //! Who may do what comes from the permission matrix in [`super::policy`]: analyst
 //! and above propose, approver and above approve or reject, and nobody approves
@@ -41,10 +48,12 @@ pub enum Status {
     Rejected,
     /// Not approved, or not carried out, in time.
     Expired,
+    /// Withdrawn by the requester or an approver before the device had it.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 9] = [
+    pub const ALL: [Status; 10] = [
         Status::Requested,
         Status::Approved,
         Status::Dispatched,
@@ -54,6 +63,7 @@ impl Status {
         Status::Refused,
         Status::Rejected,
         Status::Expired,
+        Status::Cancelled,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -67,6 +77,7 @@ impl Status {
             Status::Refused => "refused",
             Status::Rejected => "rejected",
             Status::Expired => "expired",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -74,7 +85,12 @@ impl Status {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Status::Succeeded | Status::Failed | Status::Refused | Status::Rejected | Status::Expired
+            Status::Succeeded
+                | Status::Failed
+                | Status::Refused
+                | Status::Rejected
+                | Status::Expired
+                | Status::Cancelled
         )
     }
 
@@ -141,6 +157,7 @@ pub enum Event<'a> {
     Ack,
     Result(Outcome),
     Expire,
+    Cancel(&'a Actor),
 }
 
 impl Event<'_> {
@@ -152,6 +169,7 @@ impl Event<'_> {
             Event::Ack => "ack",
             Event::Result(_) => "result",
             Event::Expire => "expire",
+            Event::Cancel(_) => "cancel",
         }
     }
 }
@@ -188,6 +206,47 @@ pub struct Transition {
 impl Transition {
     fn to(to: Status) -> Self {
         Transition { to, add_approver: None }
+    }
+}
+
+/// Why an action cannot be undone.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UndoRefusal {
+    #[error("{0} actions have no undo")]
+    NoUndo(&'static str),
+    #[error("only a succeeded action can be undone; this one is {0}")]
+    NotSucceeded(Status),
+    #[error("the quarantine result names no quarantine record id")]
+    NoQuarantineId,
+}
+
+/// The action that undoes `action`, which ended in `status` with the device's
+/// result `detail`: a release for an isolation, a restore (of the record the
+/// device returned) for a quarantine. Nothing else has an undo.
+pub fn undo(
+    action: &ward_protocol::Action,
+    status: Status,
+    detail: Option<&str>,
+) -> Result<ward_protocol::Action, UndoRefusal> {
+    use ward_protocol::Action;
+    let kind = action.kind();
+    if !matches!(kind, ActionKind::Isolate | ActionKind::QuarantineFile) {
+        return Err(UndoRefusal::NoUndo(kind.as_str()));
+    }
+    if status != Status::Succeeded {
+        return Err(UndoRefusal::NotSucceeded(status));
+    }
+    match action {
+        Action::Isolate { .. } => Ok(Action::Release),
+        _ => {
+            // The agent's detail is the JSON of its quarantine record; its id is validated as any proposal's.
+            let id = detail
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+                .ok_or(UndoRefusal::NoQuarantineId)?;
+            super::params::ActionSpec::parse(serde_json::json!({"kind": "restore_file", "quarantine_id": id}))
+                .map_err(|_| UndoRefusal::NoQuarantineId)
+        }
     }
 }
 
@@ -256,13 +315,30 @@ pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Trans
             _ => Err(wrong()),
         },
         Event::Result(outcome) => match status {
-            Status::Dispatched | Status::Acked | Status::Expired => Ok(Transition::to(outcome.status())),
+            Status::Dispatched | Status::Acked | Status::Expired | Status::Cancelled => {
+                Ok(Transition::to(outcome.status()))
+            }
             _ => Err(wrong()),
         },
         Event::Expire => match status {
             Status::Requested | Status::Approved | Status::Dispatched => Ok(Transition::to(Status::Expired)),
             _ => Err(wrong()),
         },
+        Event::Cancel(actor) => {
+            if actor.name != facts.requested_by && actor.role < p.decide {
+                return Err(WorkflowError::Forbidden {
+                    action: "cancelling",
+                    kind: facts.kind.as_str(),
+                    needed: p.decide,
+                    actor: actor.name.clone(),
+                    role: actor.role,
+                });
+            }
+            match status {
+                Status::Requested | Status::Approved | Status::Dispatched => Ok(Transition::to(Status::Cancelled)),
+                _ => Err(wrong()),
+            }
+        }
     }
 }
 
@@ -291,7 +367,7 @@ mod tests {
         let bob = actor("bob", Role::Approver);
         let ev_approve = Event::Approve(&bob);
         let ev_reject = Event::Reject(&bob);
-        let ok_events: [Event<'_>; 7] = [
+        let ok_events: [Event<'_>; 8] = [
             ev_approve,
             ev_reject,
             Event::Dispatch,
@@ -299,6 +375,7 @@ mod tests {
             Event::Result(Outcome::Succeeded),
             Event::Result(Outcome::Refused),
             Event::Expire,
+            Event::Cancel(&bob),
         ];
         // (from, event index, expected to) for every allowed transition; everything else is WrongState.
         let allowed: &[(Status, usize, Status)] = &[
@@ -315,6 +392,11 @@ mod tests {
             (Acked, 5, Refused),
             (Expired, 4, Succeeded),
             (Expired, 5, Refused),
+            (Requested, 7, Cancelled),
+            (Approved, 7, Cancelled),
+            (Dispatched, 7, Cancelled),
+            (Cancelled, 4, Succeeded),
+            (Cancelled, 5, Refused),
         ];
         for from in Status::ALL {
             for (i, ev) in ok_events.iter().enumerate() {
@@ -380,6 +462,63 @@ mod tests {
             apply(Status::Requested, facts(&approvals), Event::Approve(&bob)),
             Err(WorkflowError::AlreadyApproved("bob".into()))
         );
+    }
+
+    #[test]
+    fn who_may_cancel() {
+        let none: [String; 0] = [];
+        for (name, role, ok) in [
+            ("ann", Role::Analyst, true),
+            ("carl", Role::Analyst, false),
+            ("vera", Role::Viewer, false),
+            ("bob", Role::Approver, true),
+            ("root", Role::Admin, true),
+        ] {
+            let a = actor(name, role);
+            let got = apply(Status::Requested, facts(&none), Event::Cancel(&a));
+            match (ok, got) {
+                (true, Ok(t)) => assert_eq!(t.to, Status::Cancelled),
+                (false, Err(WorkflowError::Forbidden { .. })) => {}
+                (ok, got) => panic!("{name} as {role}: wanted {ok}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn undo_releases_isolations_and_restores_quarantines() {
+        use ward_protocol::Action;
+        let isolate = Action::Isolate { allow: vec![] };
+        assert_eq!(undo(&isolate, Status::Succeeded, None), Ok(Action::Release));
+        assert_eq!(
+            undo(&isolate, Status::Dispatched, None),
+            Err(UndoRefusal::NotSucceeded(Status::Dispatched))
+        );
+        let quarantine = Action::QuarantineFile {
+            path: "/tmp/x".into(),
+            sha256: [1; 32],
+        };
+        assert_eq!(
+            undo(
+                &quarantine,
+                Status::Succeeded,
+                Some(r#"{"id": "ab12", "original_path": "/tmp/x"}"#)
+            ),
+            Ok(Action::RestoreFile {
+                quarantine_id: "ab12".into()
+            })
+        );
+        for bad in [None, Some("moved"), Some(r#"{"id": "../x"}"#), Some(r#"{"id": 5}"#)] {
+            assert_eq!(
+                undo(&quarantine, Status::Succeeded, bad),
+                Err(UndoRefusal::NoQuarantineId)
+            );
+        }
+        for action in [Action::Release, Action::CollectPackage] {
+            assert!(matches!(
+                undo(&action, Status::Succeeded, None),
+                Err(UndoRefusal::NoUndo(_))
+            ));
+        }
     }
 
     #[test]

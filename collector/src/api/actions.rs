@@ -21,7 +21,7 @@ use super::error::{ApiError, ApiResult};
 use crate::actions::dispatch::DispatchError;
 use crate::actions::params::ActionSpec;
 use crate::actions::workflow::{self, Actor, Status, WorkflowError};
-use crate::store::{ActionFilter, DecideError, Decision, TargetRefusal};
+use crate::store::{ActionFilter, CancelError, DecideError, Decision, TargetRefusal};
 
 const MAX_TEXT: usize = 4096;
 const DEFAULT_PAGE: u32 = 100;
@@ -105,7 +105,7 @@ pub async fn propose(
     let reason = text("reason", &b.reason, true)?;
     let actor = actor(&caller);
     workflow::may_propose(action.kind(), &actor)?;
-    match state.actions.propose(&actor, device, action, reason).await? {
+    match state.actions.propose(&actor, device, action, reason, None).await? {
         Ok(view) => Ok((
             StatusCode::CREATED,
             Json(serde_json::to_value(view).unwrap_or(Value::Null)),
@@ -225,6 +225,67 @@ pub async fn reject(
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     decide(state, caller, id, raw, Decision::Reject).await
+}
+
+/// `POST /api/v1/actions/{id}/cancel` {comment}: the requester, or approver and
+/// above; before dispatch, or after it while the command never left the collector.
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let id = action_id(&id)?;
+    let b: DecisionBody = body(&raw, true)?;
+    let comment = text("comment", &b.comment, false)?;
+    match state.actions.cancel(id, actor(&caller), comment).await? {
+        Ok(view) => Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null))),
+        Err(CancelError::NotFound) => Err(ApiError::not_found("action")),
+        Err(CancelError::Workflow(e)) => Err(e.into()),
+        Err(e @ CancelError::MayBeDelivered) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UndoBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /api/v1/actions/{id}/undo` {reason}: proposes the action that undoes a
+/// succeeded one (release for isolate, restore for quarantine), linked to it by
+/// `undo_of`; it waits for approval like any proposal (analyst and above).
+pub async fn undo(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Role::Analyst)?;
+    let id = action_id(&id)?;
+    let b: UndoBody = body(&raw, true)?;
+    let reason = match text("reason", &b.reason, false)? {
+        r if r.is_empty() => format!("undo of {id}"),
+        r => r,
+    };
+    let lookup = id.clone();
+    let (device, action) = match state.reads.run(move |s| s.undo_target(&lookup)).await?? {
+        None => return Err(ApiError::not_found("action")),
+        Some(Err(e)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Some(Ok(t)) => t,
+    };
+    let actor = actor(&caller);
+    workflow::may_propose(action.kind(), &actor)?;
+    match state.actions.propose(&actor, device, action, reason, Some(id)).await? {
+        Ok(view) => Ok((
+            StatusCode::CREATED,
+            Json(serde_json::to_value(view).unwrap_or(Value::Null)),
+        )),
+        Err(TargetRefusal::UnknownDevice) => Err(ApiError::not_found("device")),
+        Err(TargetRefusal::RevokedDevice) => Err(ApiError::new(StatusCode::CONFLICT, "device is revoked")),
+    }
 }
 
 /// `GET /api/v1/actions/{id}/package`: the attachment a device returned.

@@ -52,6 +52,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/actions/{id}", get(actions::get))
         .route("/api/v1/actions/{id}/approve", post(actions::approve))
         .route("/api/v1/actions/{id}/reject", post(actions::reject))
+        .route("/api/v1/actions/{id}/cancel", post(actions::cancel))
+        .route("/api/v1/actions/{id}/undo", post(actions::undo))
         .route("/api/v1/actions/{id}/package", get(actions::package))
         .route("/api/v1/audit", get(actions::audit))
         .route("/api/v1/audit/verify", get(actions::verify_audit))

@@ -24,7 +24,7 @@ use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, Comman
 use super::{Store, StoreError, i64_of};
 use crate::actions::params::{ActionSpec, describe};
 use crate::actions::policy;
-use crate::actions::workflow::{self, Actor, Event, Facts, Outcome, Status, WorkflowError};
+use crate::actions::workflow::{self, Actor, Event, Facts, Outcome, Status, UndoRefusal, WorkflowError};
 use crate::util::sha256;
 
 /// Longest result detail kept; longer ones are cut.
@@ -41,6 +41,8 @@ pub struct NewAction {
     pub reason: String,
     pub requested_by: String,
     pub now_ms: u64,
+    /// The action this one undoes, if any.
+    pub undo_of: Option<String>,
 }
 
 /// Why a proposal names a device it cannot act on.
@@ -70,6 +72,20 @@ pub enum DecideError {
     #[error("cannot sign the command: {0}")]
     Sign(String),
 }
+
+/// Why a cancellation was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CancelError {
+    #[error("action not found")]
+    NotFound,
+    #[error("{0}")]
+    Workflow(#[from] WorkflowError),
+    #[error("the command may already have reached the device; it can no longer be cancelled")]
+    MayBeDelivered,
+}
+
+/// The device and action that undo an action, or why it cannot be undone.
+pub type UndoTarget = Result<(DeviceId, Action), UndoRefusal>;
 
 /// A recorded decision, and the command to deliver if it was dispatched.
 #[derive(Debug, Clone)]
@@ -131,6 +147,11 @@ pub struct ActionView {
     /// Size of the returned package, if any (`GET .../package`).
     pub package_bytes: Option<i64>,
     pub updated_at_ms: i64,
+    pub cancelled_by: Option<String>,
+    pub cancelled_at_ms: Option<i64>,
+    pub cancel_comment: Option<String>,
+    /// The action this one undoes, if any.
+    pub undo_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -323,7 +344,7 @@ fn next_command_seq(tx: &Transaction<'_>, device_id: &str) -> Result<u64, StoreE
 const VIEW_COLUMNS: &str = "a.id, a.device_id, COALESCE(d.hostname, ''), a.kind, a.action, a.reason, a.requested_by,
     a.requested_at_ms, a.status, a.approvals, a.decided_by, a.decided_at_ms, a.decision_comment, a.seq,
     a.issued_at_ms, a.expires_at_ms, a.outcome, a.outcome_reason, a.detail, a.finished_at_ms,
-    length(a.attachment), a.updated_at_ms";
+    length(a.attachment), a.updated_at_ms, a.cancelled_by, a.cancelled_at_ms, a.cancel_comment, a.undo_of";
 
 fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
     let hostname: String = r.get(2)?;
@@ -373,6 +394,10 @@ fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
         result,
         package_bytes: r.get(20)?,
         updated_at_ms: r.get(21)?,
+        cancelled_by: r.get(22)?,
+        cancelled_at_ms: r.get(23)?,
+        cancel_comment: r.get(24)?,
+        undo_of: r.get(25)?,
     })
 }
 
@@ -411,8 +436,8 @@ impl Store {
         let expires = i64_of(new.now_ms.saturating_add(policy::PENDING_APPROVAL_TTL_MS));
         tx.execute(
             "INSERT INTO actions (id, device_id, kind, action, reason, requested_by, requested_at_ms, status,
-                                  expires_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7)",
+                                  expires_at_ms, updated_at_ms, undo_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10)",
             params![
                 id,
                 device_id,
@@ -422,10 +447,14 @@ impl Store {
                 new.requested_by,
                 now,
                 Status::Requested.as_str(),
-                expires
+                expires,
+                new.undo_of
             ],
         )?;
-        let detail = json!({"device": device_id, "kind": kind.as_str(), "action": serde_json::from_str::<Value>(&spec).unwrap_or(Value::Null), "reason": reason});
+        let mut detail = json!({"device": device_id, "kind": kind.as_str(), "action": serde_json::from_str::<Value>(&spec).unwrap_or(Value::Null), "reason": reason});
+        if let (Some(of), Value::Object(map)) = (&new.undo_of, &mut detail) {
+            map.insert("undo_of".into(), Value::String(of.clone()));
+        }
         append_audit(
             &tx,
             new.now_ms,
@@ -526,6 +555,72 @@ impl Store {
             .get_action(id)?
             .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))?;
         Ok(Ok(DecisionOutcome { view, dispatched }))
+    }
+
+    /// Cancels an action (requested, approved, or dispatched when
+    /// `dispatched_seq_undelivered` says the device never had that sequence
+    /// number), with its audit entry.
+    pub fn cancel_action(
+        &mut self,
+        id: &str,
+        actor: &Actor,
+        comment: &str,
+        now_ms: u64,
+        dispatched_seq_undelivered: &dyn Fn(i64) -> bool,
+    ) -> Result<Result<ActionView, CancelError>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let Some(row) = load_row(&tx, id)? else {
+            return Ok(Err(CancelError::NotFound));
+        };
+        let approvers = row.approvers();
+        let facts = Facts {
+            kind: row.action.kind(),
+            requested_by: &row.requested_by,
+            approvals: &approvers,
+        };
+        if let Err(e) = workflow::apply(row.status, facts, Event::Cancel(actor)) {
+            return Ok(Err(e.into()));
+        }
+        if row.status == Status::Dispatched && !row.seq.is_some_and(dispatched_seq_undelivered) {
+            return Ok(Err(CancelError::MayBeDelivered));
+        }
+        let comment = clip(comment, MAX_TEXT_BYTES);
+        let now = i64_of(now_ms);
+        tx.execute(
+            "UPDATE actions SET status = ?2, cancelled_by = ?3, cancelled_at_ms = ?4, cancel_comment = ?5,
+                                updated_at_ms = ?4 WHERE id = ?1",
+            params![id, Status::Cancelled.as_str(), actor.name, now, comment],
+        )?;
+        append_audit(
+            &tx,
+            now_ms,
+            &actor.name,
+            "action.cancel",
+            id,
+            &json!({"was": row.status.as_str(), "seq": row.seq, "comment": comment}).to_string(),
+        )?;
+        tx.commit()?;
+        self.get_action(id)?
+            .map(Ok)
+            .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))
+    }
+
+    /// The device and the action that would undo action `id` (`None` if there is
+    /// no such action), or why there is none.
+    pub fn undo_target(&self, id: &str) -> Result<Option<UndoTarget>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let Some(row) = load_row(&tx, id)? else {
+            return Ok(None);
+        };
+        let detail: Option<String> =
+            tx.query_row("SELECT detail FROM actions WHERE id = ?1", params![id], |r| r.get(0))?;
+        let device: DeviceId = row
+            .device_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("action {id}: device id")))?;
+        Ok(Some(
+            workflow::undo(&row.action, row.status, detail.as_deref()).map(|a| (device, a)),
+        ))
     }
 
     /// Signed commands of `device` still waiting to be carried out, with a
@@ -912,6 +1007,7 @@ mod tests {
             reason: "why".into(),
             requested_by: "ann".into(),
             now_ms: at,
+            undo_of: None,
         };
         store.create_action(&new).unwrap().unwrap().id
     }

@@ -5,11 +5,13 @@
 
 mod actions;
 mod schema;
+mod silence;
 
 pub use actions::{
-    ActionFilter, ActionView, AuditChainReport, AuditEntry, DecideError, Decision, DecisionOutcome, NewAction,
-    ResultRecord, TargetRefusal,
+    ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
+    NewAction, ResultRecord, TargetRefusal,
 };
+pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 
 use std::path::Path;
 use std::time::Duration;
@@ -117,6 +119,8 @@ pub struct AlertView {
     pub received_at_ms: i64,
     pub rule: RuleView,
     pub severity: &'static str,
+    /// `agent` (signed by the device) or `collector` (raised by the collector itself).
+    pub source: String,
     pub count: i64,
     pub entities: serde_json::Value,
     pub matched: serde_json::Value,
@@ -529,11 +533,12 @@ impl Store {
             count: r.get(13)?,
             entities: json(r.get(14)?),
             matched: json(r.get(15)?),
+            source: r.get(16)?,
         })
     }
 
     const ALERT_COLUMNS: &'static str = "rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms,
-        received_at_ms, rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched";
+        received_at_ms, rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched, source";
 
     pub fn list_alerts(&self, f: &AlertFilter) -> Result<Vec<AlertView>, StoreError> {
         let sql = format!(

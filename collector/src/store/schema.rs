@@ -130,4 +130,21 @@ pub const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE audit_log ADD COLUMN hash BLOB;
     "#,
+    // 4: who cancelled an action, when, and why.
+    r#"
+    ALTER TABLE actions ADD COLUMN cancelled_by TEXT;
+    ALTER TABLE actions ADD COLUMN cancelled_at_ms INTEGER;
+    ALTER TABLE actions ADD COLUMN cancel_comment TEXT;
+    "#,
+    // 5: an action proposed to undo another (a release for an isolation, a restore for a quarantine).
+    r#"
+    ALTER TABLE actions ADD COLUMN undo_of TEXT REFERENCES actions(id);
+    "#,
+    // 6: alerts raised by the collector itself (no agent signature, seq 0, outside
+    // the device's sequence tracking), and which silence of an isolated device
+    // already raised one (the last_seen_ms it went silent at).
+    r#"
+    ALTER TABLE alerts ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';
+    ALTER TABLE devices ADD COLUMN silence_alerted_seen_ms INTEGER;
+    "#,
 ];
