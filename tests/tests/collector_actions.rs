@@ -46,7 +46,7 @@ async fn propose_approve_dispatch_and_result() {
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["status"], "requested");
+    assert_eq!(body["status"], "pending_approval");
     assert_eq!(body["device_hostname"], "web-1");
     assert_eq!(body["kind"], "isolate");
     assert_eq!(body["action"]["allow"][1], "updates.example.com");
@@ -97,7 +97,7 @@ async fn propose_approve_dispatch_and_result() {
         .unwrap();
     assert_eq!(status, 403);
     let (_, body) = collector.get(&format!("/api/v1/actions/{own}")).await.unwrap();
-    assert_eq!(body["status"], "requested", "refused decisions change nothing");
+    assert_eq!(body["status"], "pending_approval", "refused decisions change nothing");
 
     // Another approver approves: the connected device has the signed command within a second.
     let started = Instant::now();
@@ -604,7 +604,7 @@ async fn undo_proposes_release_and_restore() {
         .unwrap();
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["kind"], "release");
-    assert_eq!(body["status"], "requested");
+    assert_eq!(body["status"], "pending_approval");
     assert_eq!(body["undo_of"], isolated.as_str());
     assert_eq!(body["device_id"], device.as_str());
     assert_eq!(body["requested_by"], "ann");

@@ -68,7 +68,7 @@ impl Status {
 
     pub fn as_str(&self) -> &'static str {
         match self {
-            Status::Requested => "requested",
+            Status::Requested => "pending_approval",
             Status::Approved => "approved",
             Status::Dispatched => "dispatched",
             Status::Acked => "acked",

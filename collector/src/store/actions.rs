@@ -748,7 +748,7 @@ impl Store {
         let due: Vec<(String, String)> = tx
             .prepare_cached(
                 "SELECT id, status FROM actions
-                 WHERE status IN ('requested', 'approved', 'dispatched') AND expires_at_ms <= ?1",
+                 WHERE status IN ('pending_approval', 'approved', 'dispatched') AND expires_at_ms <= ?1",
             )?
             .query_map(params![i64_of(now_ms)], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -775,7 +775,7 @@ impl Store {
     /// The earliest deadline of an action that can still expire.
     pub fn next_action_expiry(&self) -> Result<Option<u64>, StoreError> {
         let t: Option<i64> = self.conn.query_row(
-            "SELECT MIN(expires_at_ms) FROM actions WHERE status IN ('requested', 'approved', 'dispatched')",
+            "SELECT MIN(expires_at_ms) FROM actions WHERE status IN ('pending_approval', 'approved', 'dispatched')",
             [],
             |r| r.get(0),
         )?;
