@@ -158,20 +158,29 @@ pub async fn enroll(
 /// collector is still reachable after isolating.
 pub async fn probe(identity: &Identity) -> Result<std::time::Duration, LinkError> {
     let started = std::time::Instant::now();
-    let e = &identity.enrollment;
-    let remote = resolve(&e.collector_addr).await?;
+    let remote = resolve(&identity.enrollment.collector_addr).await?;
     let endpoint = client_endpoint(&remote)?;
-    let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
-    let connecting = endpoint
-        .connect_with(config, remote, &e.server_name)
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
-    let conn = tokio::time::timeout(OPEN_TIMEOUT, connecting)
+    let conn = tokio::time::timeout(OPEN_TIMEOUT, connect_device(&endpoint, remote, identity))
         .await
-        .map_err(|_| LinkError::Connect("handshake timed out".into()))?
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
+        .map_err(|_| LinkError::Connect("handshake timed out".into()))??;
     conn.close(0u32.into(), b"probe");
     endpoint.wait_idle().await;
     Ok(started.elapsed())
+}
+
+/// A QUIC connection authenticated with the device's certificate (mutual TLS).
+async fn connect_device(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    identity: &Identity,
+) -> Result<quinn::Connection, LinkError> {
+    let e = &identity.enrollment;
+    let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
+    endpoint
+        .connect_with(config, remote, &e.server_name)
+        .map_err(|e| LinkError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| LinkError::Connect(e.to_string()))
 }
 
 /// How long connecting plus hello/welcome may take.
@@ -230,12 +239,7 @@ impl Session {
         last_command_seq: u64,
     ) -> Result<Session, LinkError> {
         let e = &identity.enrollment;
-        let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
-        let conn = endpoint
-            .connect_with(config, remote, &e.server_name)
-            .map_err(|e| LinkError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| LinkError::Connect(e.to_string()))?;
+        let conn = connect_device(&endpoint, remote, identity).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Connect(e.to_string()))?;
         let hello = Hello {
             device_id: e.device_id,
