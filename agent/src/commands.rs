@@ -189,6 +189,16 @@ impl Executor {
     }
 
     async fn execute(&mut self, command: &Command) -> (CommandOutcome, String, Option<Vec<u8>>) {
+        // Isolation is async (self-test over the network) and owns its guard: not a blocking job.
+        if matches!(command.action, Action::Isolate { .. } | Action::Release) {
+            return match self.isolation.as_mut() {
+                Some(control) => control.execute(&self.state_dir, command).await,
+                None => {
+                    let reason = "isolation is not available on this device (no nft)".to_string();
+                    (CommandOutcome::Failed { reason: reason.clone() }, reason, None)
+                }
+            };
+        }
         let policy = self.path_policy.clone();
         let qdir = self.quarantine_dir.clone();
         let action = command.action.clone();
@@ -228,18 +238,10 @@ impl Executor {
                     }
                     Ok((format!("investigation package, {} bytes", bytes.len()), Some(bytes)))
                 }
-                Action::Isolate { .. } | Action::Release => Err("handled by the isolation control".to_string()),
+                // Returned above; listed so the match stays exhaustive over the closed enum.
+                Action::Isolate { .. } | Action::Release => Err("isolation is not a blocking action".to_string()),
             }
         });
-        if matches!(command.action, Action::Isolate { .. } | Action::Release) {
-            return match self.isolation.as_mut() {
-                Some(control) => control.execute(&self.state_dir, command).await,
-                None => {
-                    let reason = "isolation is not available on this device (no nft)".to_string();
-                    (CommandOutcome::Failed { reason: reason.clone() }, reason, None)
-                }
-            };
-        }
         match run.await {
             Ok(Ok((detail, attachment))) => (CommandOutcome::Succeeded, detail, attachment),
             Ok(Err(reason)) => (CommandOutcome::Failed { reason: reason.clone() }, reason, None),

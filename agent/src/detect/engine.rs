@@ -315,12 +315,20 @@ impl Detector {
         if matches!(place, Placement::Inactive(_)) {
             self.stats.inactive += 1;
         }
-        let (techniques, tactics) = attack_ids(&rule.tags);
+        self.register(id, &rule.title, rule.author.as_deref(), rule.level, &rule.tags);
+        self.sources.push(rule);
+        self.stats.loaded += 1;
+        Ok(())
+    }
+
+    /// Records what alerts of a loaded rule carry: title, author, severity, ATT&CK ids.
+    fn register(&mut self, id: String, title: &str, author: Option<&str>, level: Option<Level>, tags: &[String]) {
+        let (techniques, tactics) = attack_ids(tags);
         let rule_ref = RuleRef {
             id: id.clone(),
-            title: rule.title.clone(),
-            author: rule.author.clone().unwrap_or_default(),
-            severity: severity(rule.level),
+            title: title.to_string(),
+            author: author.unwrap_or_default().to_string(),
+            severity: severity(level),
             techniques,
             tactics,
         };
@@ -330,9 +338,6 @@ impl Detector {
                 rule_ref: Arc::new(rule_ref),
             },
         );
-        self.sources.push(rule);
-        self.stats.loaded += 1;
-        Ok(())
     }
 
     fn add_correlation(&mut self, mut corr: CorrelationRule) -> Result<(), RuleErrorKind> {
@@ -369,21 +374,7 @@ impl Detector {
             Ok(Err(e)) => return Err(RuleErrorKind::Compile(e.to_string())),
             Err(p) => return Err(RuleErrorKind::Panicked(panic_message(p.as_ref()))),
         }
-        let (techniques, tactics) = attack_ids(&corr.tags);
-        let rule_ref = RuleRef {
-            id: id.clone(),
-            title: corr.title.clone(),
-            author: corr.author.clone().unwrap_or_default(),
-            severity: severity(corr.level),
-            techniques,
-            tactics,
-        };
-        self.rules.insert(
-            id,
-            LoadedRule {
-                rule_ref: Arc::new(rule_ref),
-            },
-        );
+        self.register(id, &corr.title, corr.author.as_deref(), corr.level, &corr.tags);
         self.correlations.push(corr);
         self.stats.loaded += 1;
         self.stats.correlations += 1;
