@@ -6,12 +6,14 @@
 mod actions;
 mod schema;
 mod silence;
+mod sourced;
 
 pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, TargetRefusal,
 };
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
+pub use sourced::{AlertSource, SourcedAlert};
 
 use std::path::Path;
 use std::time::Duration;
@@ -112,7 +114,8 @@ pub struct DeviceView {
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertView {
     pub id: String,
-    pub device_id: String,
+    /// None for alerts from the identity and mailbox feeds.
+    pub device_id: Option<String>,
     pub seq: i64,
     pub observed_at_ms: i64,
     pub last_observed_at_ms: i64,
@@ -216,12 +219,26 @@ impl Store {
         if current > known {
             return Err(StoreError::TooNew { found: current, known });
         }
+        if current == known {
+            return Ok(());
+        }
+        // Migrations that rebuild a table need foreign-key enforcement off (it cannot
+        // change inside a transaction); the check below proves they left no dangling row.
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
             let tx = self.conn.transaction()?;
             tx.execute_batch(sql)?;
+            let dangling: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            if dangling > 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} left {dangling} rows with dangling references",
+                    i + 1
+                )));
+            }
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(())
     }
 

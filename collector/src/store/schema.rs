@@ -147,4 +147,84 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN source TEXT NOT NULL DEFAULT 'agent';
     ALTER TABLE devices ADD COLUMN silence_alerted_seen_ms INTEGER;
     "#,
+    // 7: alerts from the identity and mailbox feeds belong to no device: the alerts
+    // table is rebuilt with a nullable device_id (SQLite cannot relax NOT NULL in
+    // place). Rows keep their rowids, so alert_entities stays valid.
+    r#"
+    CREATE TABLE alerts_v7 (
+        rowid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        device_id TEXT REFERENCES devices(id),
+        seq INTEGER NOT NULL,
+        observed_at_ms INTEGER NOT NULL,
+        last_observed_at_ms INTEGER NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        rule_id TEXT NOT NULL,
+        rule_title TEXT NOT NULL,
+        rule_author TEXT NOT NULL,
+        severity INTEGER NOT NULL,
+        techniques TEXT NOT NULL,
+        tactics TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        entities TEXT NOT NULL,
+        matched TEXT NOT NULL,
+        signed_payload BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        source TEXT NOT NULL DEFAULT 'agent'
+    );
+    INSERT INTO alerts_v7 SELECT rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms,
+        rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload,
+        signature, source FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_v7 RENAME TO alerts;
+    CREATE INDEX alerts_by_device ON alerts(device_id, rowid);
+    CREATE INDEX alerts_by_time ON alerts(observed_at_ms);
+    CREATE INDEX alerts_by_rule ON alerts(rule_id);
+    CREATE INDEX alerts_by_source ON alerts(source, rowid);
+    "#,
 ];
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::MIGRATIONS;
+    use crate::store::Store;
+
+    /// A database made before migration 7 keeps its alerts, their rowids and
+    /// their entities when the alerts table is rebuilt.
+    #[test]
+    fn rebuilding_alerts_keeps_rows_and_entities() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 6;
+                 INSERT INTO devices (id, hostname, signing_key, cert_sha256, enrolled_at_ms)
+                     VALUES ('d1', 'laptop', x'00', x'01', 1);
+                 INSERT INTO alerts (rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms,
+                     rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched,
+                     signed_payload, signature)
+                     VALUES (7, 'a1', 'd1', 1, 10, 10, 11, 'r', 'R', 'me', 3, '[]', '[]', 1, '[]', '{}', x'02', x'03');
+                 INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (7, 'device', 'laptop');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let alert = store.get_alert("a1").unwrap().unwrap();
+        assert_eq!((alert.rowid, alert.device_id.as_deref()), (7, Some("d1")));
+        let (kind, fk): (String, i64) = store
+            .conn
+            .query_row(
+                "SELECT kind, (SELECT COUNT(*) FROM pragma_foreign_key_check) FROM alert_entities WHERE alert_rowid = 7",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((kind.as_str(), fk), ("device", 0));
+    }
+}

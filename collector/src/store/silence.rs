@@ -6,15 +6,13 @@
 //! the next check does not raise it again, and a device that comes back and goes
 //! silent again (a new `last_seen_ms`) raises a new one.
 //!
-//! Such alerts have no agent signature (empty `signed_payload` and `signature`),
-//! sequence number 0 and `source = 'collector'`; they never go through the
-//! device's sequence tracking, so they open no gap.
+//! Such alerts are stored as unsigned alerts of source `collector` (see `sourced`).
 
 use rusqlite::params;
-use ward_protocol::{AlertId, Entity, Severity};
+use ward_protocol::{AlertId, Entity, RuleRef, Severity};
 
-use super::{Store, StoreError, i64_of, sev_num};
-use crate::entity;
+use super::sourced::{AlertSource, SourcedAlert, insert_sourced};
+use super::{Store, StoreError, i64_of};
 
 /// Rule id of the alert for an isolated device that went silent.
 pub const SILENT_ISOLATED_RULE_ID: &str = "ward-isolated-device-silent";
@@ -70,34 +68,29 @@ impl Store {
             let host = Entity::Device {
                 hostname: hostname.clone(),
             };
-            let matched = serde_json::json!({
-                "isolation": "isolated",
-                "last_seen_ms": last_seen.to_string(),
-                "offline_after_ms": offline_after_ms.to_string(),
-            });
-            let now = i64_of(now_ms);
-            tx.prepare_cached(
-                "INSERT INTO alerts (id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms, rule_id,
-                     rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload,
-                     signature, source)
-                 VALUES (?1, ?2, 0, ?3, ?3, ?3, ?4, ?5, 'Ward', ?6, ?7, ?8, 1, ?9, ?10, x'', x'', 'collector')",
-            )?
-            .execute(params![
-                alert_id.to_string(),
-                device_id,
-                now,
-                SILENT_ISOLATED_RULE_ID,
-                SILENT_ISOLATED_TITLE,
-                sev_num(Severity::High),
-                serde_json::json!([TECHNIQUE]).to_string(),
-                serde_json::json!([TACTIC]).to_string(),
-                serde_json::json!([entity::to_json(&host)]).to_string(),
-                matched.to_string(),
-            ])?;
-            let rowid = tx.last_insert_rowid();
-            let (kind, value) = entity::key(&host);
-            tx.prepare_cached("INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?
-                .execute(params![rowid, kind, value])?;
+            let mut matched = serde_json::Map::new();
+            matched.insert("isolation".into(), "isolated".into());
+            matched.insert("last_seen_ms".into(), last_seen.to_string().into());
+            matched.insert("offline_after_ms".into(), offline_after_ms.to_string().into());
+            let alert = SourcedAlert {
+                id: alert_id.to_string(),
+                source: AlertSource::Collector,
+                device_id: Some(device_id.clone()),
+                observed_at_ms: now_ms,
+                last_observed_at_ms: now_ms,
+                rule: RuleRef {
+                    id: SILENT_ISOLATED_RULE_ID.into(),
+                    title: SILENT_ISOLATED_TITLE.into(),
+                    author: "Ward".into(),
+                    severity: Severity::High,
+                    techniques: vec![TECHNIQUE.into()],
+                    tactics: vec![TACTIC.into()],
+                },
+                entities: vec![host],
+                count: 1,
+                matched,
+            };
+            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms)?;
             tx.prepare_cached("UPDATE devices SET silence_alerted_seen_ms = ?2 WHERE id = ?1")?
                 .execute(params![device_id, last_seen])?;
             raised.push(RaisedAlert {
