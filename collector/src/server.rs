@@ -100,7 +100,9 @@ pub async fn run(
         source,
     })?;
 
+    let correlator = crate::incidents::Correlator::new(config.correlation.settings());
     let api_state = ApiState {
+        correlator: Arc::clone(&correlator),
         reads: reads.clone(),
         writer: writer.clone(),
         metrics: Arc::clone(&metrics),
@@ -147,6 +149,7 @@ pub async fn run(
         config.devices.offline_after_ms,
         shutdown.clone(),
     ));
+    let correlation = tokio::spawn(crate::incidents::run(correlator, ctx.writer.clone(), shutdown.clone()));
     let poller = tokio::spawn(poll_changes(
         reads,
         Arc::clone(&ctx),
@@ -181,6 +184,8 @@ pub async fn run(
     poller.abort();
     expiry.abort();
     silence.abort();
+    correlation.abort();
+    let _ = correlation.await;
     let _ = expiry.await;
     let _ = silence.await;
     // Every writer handle is gone now: the thread finishes what was queued and exits.

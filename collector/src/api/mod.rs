@@ -4,6 +4,7 @@
 mod actions;
 pub mod auth;
 pub mod error;
+mod incidents;
 mod routes;
 
 use std::collections::HashSet;
@@ -28,6 +29,8 @@ pub struct ApiState {
     pub offline_after_ms: u64,
     /// The response-action workflow (proposals, decisions, command dispatch).
     pub actions: Arc<crate::actions::Dispatcher>,
+    /// Incident correlation; analyst changes to incidents go through it.
+    pub correlator: Arc<crate::incidents::Correlator>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -55,6 +58,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/actions/{id}/cancel", post(actions::cancel))
         .route("/api/v1/actions/{id}/undo", post(actions::undo))
         .route("/api/v1/actions/{id}/package", get(actions::package))
+        .route("/api/v1/incidents", get(incidents::list))
+        .route("/api/v1/incidents/{id}", get(incidents::get).patch(incidents::patch))
+        .route("/api/v1/incidents/{id}/comments", post(incidents::comment))
+        .route("/api/v1/incidents/{id}/merge", post(incidents::merge))
+        .route(
+            "/api/v1/incidents/{id}/alerts/{alert_id}/move",
+            post(incidents::move_alert),
+        )
         .route("/api/v1/audit", get(actions::audit))
         .route("/api/v1/audit/verify", get(actions::verify_audit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));

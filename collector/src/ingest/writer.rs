@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::error;
 use ward_protocol::DeviceId;
 
@@ -36,6 +36,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Notified after each commit that stored alerts (the correlator waits on it).
+    committed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -61,6 +63,8 @@ impl Writer {
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let committed = Arc::new(Notify::new());
+        let notify = Arc::clone(&committed);
         let handle = std::thread::Builder::new()
             .name("ward-writer".into())
             .spawn(move || {
@@ -76,11 +80,23 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    run_round(&mut store, round, &metrics);
+                    if run_round(&mut store, round, &metrics) {
+                        notify.notify_one();
+                    }
                 }
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok((Writer { jobs: tx }, handle))
+        Ok((Writer { jobs: tx, committed }, handle))
+    }
+
+    /// Notified after every commit that stored alerts.
+    pub fn alerts_committed(&self) -> Arc<Notify> {
+        Arc::clone(&self.committed)
+    }
+
+    /// Says alerts were stored another way (a task inserting feed alerts).
+    pub fn notify_alerts(&self) {
+        self.committed.notify_one();
     }
 
     /// Stores a verified batch; returns once it has been committed.
@@ -124,7 +140,8 @@ fn round_alerts(round: &[Job]) -> usize {
         .sum()
 }
 
-fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) {
+/// Runs one round; true if it stored alerts.
+fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
     let mut batches = Vec::new();
     let mut replies = Vec::new();
     for job in round {
@@ -137,18 +154,21 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) {
         }
     }
     if batches.is_empty() {
-        return;
+        return false;
     }
     let started = Instant::now();
     let refs: Vec<(DeviceId, &[VerifiedAlert])> = batches.iter().map(|(d, a)| (*d, a.as_slice())).collect();
     match store.insert_alert_batches(&refs, now_ms()) {
         Ok(outcomes) => {
             metrics.batch_commit.observe(started.elapsed());
+            let mut stored = false;
             for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                stored |= outcome.stored > 0;
                 metrics.alerts_stored.add(u64::from(outcome.stored));
                 metrics.alerts_duplicate.add(u64::from(outcome.duplicates));
                 let _ = reply.send(Ok(outcome));
             }
+            stored
         }
         Err(e) => {
             error!(error = %e, "alert commit failed; batches not acknowledged");
@@ -156,6 +176,7 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) {
             for reply in replies {
                 let _ = reply.send(Err(e.to_string()));
             }
+            false
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the same methods later without touching ingest or the API.
 
 mod actions;
+mod incidents;
 mod schema;
 mod silence;
 mod sourced;
@@ -11,6 +12,10 @@ mod sourced;
 pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, TargetRefusal,
+};
+pub use incidents::{
+    ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
+    IncidentSort, IncidentSummary, StoredAlert, TacticView,
 };
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
