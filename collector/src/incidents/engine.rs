@@ -336,10 +336,19 @@ impl Engine {
         self.incidents.insert(inc.seq, inc);
     }
 
-    /// Drops an incident from memory (its index entries go at the next sweep).
+    /// Drops an incident from memory, with its index entries.
     pub fn forget(&mut self, id: &str) {
         if let Some(seq) = self.by_id.remove(id) {
-            self.incidents.remove(&seq);
+            if let Some(inc) = self.incidents.remove(&seq) {
+                for key in inc.keys.keys() {
+                    if let Some(seqs) = self.index.get_mut(key) {
+                        seqs.retain(|s| *s != seq);
+                        if seqs.is_empty() {
+                            self.index.remove(key);
+                        }
+                    }
+                }
+            }
             self.dirty.remove(&seq);
         }
     }
@@ -455,6 +464,7 @@ impl Engine {
             }
             for seq in self.index.get(&id).map(Vec::as_slice).unwrap_or(&[]) {
                 if let Some(inc) = self.incidents.get(seq)
+                    && inc.keys.contains_key(&id)
                     && self.reachable(inc, a.at_ms)
                 {
                     best.entry(*seq).or_insert((k, id.clone()));
@@ -665,5 +675,219 @@ pub fn human(ms: u64) -> String {
         format!("{} min", s.div_ceil(60))
     } else {
         format!("{} s", s.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: u64 = 3_600_000;
+
+    fn key(kind: KeyKind, value: &str) -> LinkKey {
+        LinkKey {
+            kind,
+            value: value.into(),
+            label: value.into(),
+            via: None,
+        }
+    }
+
+    fn alert(rowid: i64, at_ms: u64, device: Option<&str>, keys: Vec<LinkKey>) -> AlertIn {
+        AlertIn {
+            rowid,
+            id: format!("A{rowid}"),
+            at_ms,
+            severity: Severity::Medium,
+            tactics: vec!["TA0002".into()],
+            source: "agent".into(),
+            title: format!("rule {rowid}"),
+            device: device.map(str::to_string),
+            keys,
+        }
+    }
+
+    fn engine() -> Engine {
+        Engine::new(EngineConfig {
+            window_ms: 24 * H,
+            prevalence_threshold: 3,
+        })
+    }
+
+    #[test]
+    fn shared_hash_joins_with_its_reason_and_strangers_stay_out() {
+        let mut e = engine();
+        let first = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        assert!(first.created);
+        assert_eq!(first.reason, "first alert of the incident");
+        let second = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::File, "aa")]));
+        assert_eq!(second.incident_id, first.incident_id);
+        assert_eq!(second.reason, "shares file aa with alert A1");
+        let stranger = e.correlate(&alert(3, 3_000, Some("D3"), vec![key(KeyKind::File, "bb")]));
+        assert!(stranger.created);
+        assert_ne!(stranger.incident_id, first.incident_id);
+    }
+
+    #[test]
+    fn users_link_within_the_window_only() {
+        let mut e = engine();
+        let a = e.correlate(&alert(1, 10 * H, None, vec![key(KeyKind::User, "alice")]));
+        let b = e.correlate(&alert(2, 12 * H, None, vec![key(KeyKind::User, "alice")]));
+        assert_eq!(b.incident_id, a.incident_id);
+        assert_eq!(b.reason, "same user alice within 2 h of alert A1");
+        // More than 24 h after the incident's last activity: a new incident.
+        let c = e.correlate(&alert(3, 12 * H + 25 * H, None, vec![key(KeyKind::User, "alice")]));
+        assert!(c.created);
+    }
+
+    #[test]
+    fn prevalent_entities_stop_linking() {
+        let mut e = engine();
+        // A system binary's hash on four devices (threshold 3): the fourth no longer links.
+        let mut incidents = BTreeSet::new();
+        for (i, d) in ["D1", "D2", "D3", "D4", "D5"].iter().enumerate() {
+            let l = e.correlate(&alert(
+                i as i64 + 1,
+                1_000 + i as u64,
+                Some(d),
+                vec![key(KeyKind::File, "ls")],
+            ));
+            incidents.insert(l.incident_id);
+        }
+        // D1..D3 share one incident; D4 and D5 each get their own.
+        assert_eq!(incidents.len(), 3);
+    }
+
+    #[test]
+    fn a_bridging_alert_merges_into_the_older_incident() {
+        let mut e = engine();
+        let a = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let b = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        e.take_changes();
+        let bridge = e.correlate(&alert(
+            3,
+            3_000,
+            Some("D3"),
+            vec![key(KeyKind::User, "bob"), key(KeyKind::File, "aa")],
+        ));
+        assert_eq!(bridge.incident_id, a.incident_id, "the older survives");
+        assert!(
+            bridge.reason.contains(&format!("(merged incident {})", b.incident_id)),
+            "{}",
+            bridge.reason
+        );
+        let changes = e.take_changes();
+        assert_eq!(changes.merges.len(), 1);
+        assert_eq!(
+            (changes.merges[0].from.as_str(), changes.merges[0].into.as_str()),
+            (b.incident_id.as_str(), a.incident_id.as_str())
+        );
+        assert_eq!(e.incidents().len(), 1);
+        let inc = e.get(&a.incident_id).unwrap();
+        assert_eq!(inc.alert_count, 3);
+        // Later alerts of the merged incident's entities land in the survivor.
+        let later = e.correlate(&alert(4, 4_000, Some("D4"), vec![key(KeyKind::User, "bob")]));
+        assert_eq!(later.incident_id, a.incident_id);
+    }
+
+    fn bridged(triage: impl Fn(&mut Engine, &str, &str)) -> (Link, Link, Link, Changes) {
+        let mut e = engine();
+        let a = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let b = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        triage(&mut e, &a.incident_id, &b.incident_id);
+        e.take_changes();
+        let bridge = e.correlate(&alert(
+            3,
+            3_000,
+            Some("D3"),
+            vec![key(KeyKind::User, "bob"), key(KeyKind::File, "aa")],
+        ));
+        (a, b, bridge, e.take_changes())
+    }
+
+    #[test]
+    fn resolved_incidents_are_not_merged_or_joined() {
+        let (a, b, bridge, changes) = bridged(|e, _, b| e.set_triage(b, Status::Resolved, None, None));
+        assert!(changes.merges.is_empty());
+        assert_eq!(bridge.incident_id, a.incident_id);
+        assert_ne!(bridge.incident_id, b.incident_id);
+    }
+
+    #[test]
+    fn different_assignees_are_not_merged() {
+        let (a, b, bridge, changes) = bridged(|e, a, b| {
+            e.set_triage(a, Status::InProgress, Some("ann".into()), None);
+            e.set_triage(b, Status::Active, Some("ben".into()), None);
+        });
+        assert!(changes.merges.is_empty());
+        assert_eq!(bridge.incident_id, a.incident_id);
+        assert!(
+            bridge
+                .reason
+                .contains(&format!("incident {} not merged: different assignees", b.incident_id)),
+            "{}",
+            bridge.reason
+        );
+    }
+
+    #[test]
+    fn different_classifications_are_not_merged() {
+        let (a, _, bridge, changes) = bridged(|e, a, b| {
+            e.set_triage(a, Status::Active, None, Some(Classification::TruePositive));
+            e.set_triage(b, Status::Active, None, Some(Classification::FalsePositive));
+        });
+        assert!(changes.merges.is_empty());
+        assert_eq!(bridge.incident_id, a.incident_id);
+        assert!(bridge.reason.contains("different classifications"), "{}", bridge.reason);
+        // Same assignee and one classification unset: they merge.
+        let (_, _, _, merged) = bridged(|e, a, b| {
+            e.set_triage(
+                a,
+                Status::Active,
+                Some("ann".into()),
+                Some(Classification::TruePositive),
+            );
+            e.set_triage(b, Status::Active, Some("ann".into()), None);
+        });
+        assert_eq!(merged.merges.len(), 1);
+    }
+
+    #[test]
+    fn severity_tactics_and_title_follow_the_alerts() {
+        let mut e = engine();
+        let mut mail = alert(1, 1_000, None, vec![key(KeyKind::User, "alice")]);
+        mail.source = "mailbox".into();
+        mail.tactics = vec!["TA0001".into()];
+        mail.title = "Phishing".into();
+        let l = e.correlate(&mail);
+        let mut shell = alert(
+            2,
+            2_000,
+            Some("D1"),
+            vec![key(KeyKind::Device, "D1"), key(KeyKind::User, "alice")],
+        );
+        shell.tactics = vec!["TA0011".into(), "TA0002".into()];
+        shell.severity = Severity::High;
+        e.correlate(&shell);
+        let inc = e.get(&l.incident_id).unwrap();
+        assert_eq!(inc.tactic_ids(), ["TA0001", "TA0002", "TA0011"]);
+        assert_eq!(
+            inc.severity(),
+            Severity::Critical,
+            "high, raised for three stages and two sources"
+        );
+        assert_eq!(
+            inc.title(),
+            "Multi-stage incident involving Initial Access & Command and Control on D1 for alice reported by 2 sources"
+        );
+    }
+
+    #[test]
+    fn ids_are_ulids_made_from_the_opening_alert() {
+        let a = alert(1, 1_700_000_000_000, None, Vec::new());
+        let id = incident_id_for(&a);
+        assert_eq!(id.len(), 26);
+        assert_eq!(id.parse::<Id128>().unwrap().timestamp_ms(), 1_700_000_000_000);
+        assert_eq!(id, incident_id_for(&a));
     }
 }

@@ -287,3 +287,354 @@ pub async fn run(correlator: Arc<Correlator>, writer: Writer, mut shutdown: watc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AlertSource, NewDevice, SourcedAlert};
+    use model::Status;
+    use ward_protocol::{DeviceId, Entity, Inventory, PublicKey, RuleRef, Severity};
+
+    const H: u64 = 3_600_000;
+
+    fn settings() -> Settings {
+        Settings {
+            window_ms: 24 * H,
+            prevalence_threshold: 3,
+            user_map: HashMap::new(),
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("ward.db")).unwrap()
+    }
+
+    fn enroll(store: &mut Store, n: u8, hostname: &str, address: &str) -> String {
+        let secret = [n; 32];
+        store.create_enroll_token(&secret, 1, 0, u64::MAX / 2).unwrap();
+        let id = DeviceId(ward_protocol::Id128::from_u128((u128::from(n) << 80) | 7));
+        let device = NewDevice {
+            id,
+            signing_key: PublicKey([n; 32]),
+            cert_sha256: [n; 32],
+            inventory: Inventory {
+                hostname: hostname.into(),
+                os: "Linux".into(),
+                kernel: "6".into(),
+                addresses: vec![address.into()],
+                logged_on_users: vec![],
+                agent_version: "t".into(),
+            },
+        };
+        store.enroll(&secret, &device, 1).unwrap().unwrap();
+        id.to_string()
+    }
+
+    fn sourced(
+        id: String,
+        source: AlertSource,
+        device: Option<&str>,
+        at: u64,
+        tactic: &str,
+        entities: Vec<Entity>,
+    ) -> SourcedAlert {
+        SourcedAlert {
+            id,
+            source,
+            device_id: device.map(str::to_string),
+            observed_at_ms: at,
+            last_observed_at_ms: at,
+            rule: RuleRef {
+                id: "r".into(),
+                title: format!("rule {tactic}"),
+                author: "tests".into(),
+                severity: Severity::Medium,
+                techniques: vec![],
+                tactics: vec![tactic.into()],
+            },
+            entities,
+            count: 1,
+            matched: serde_json::Map::new(),
+        }
+    }
+
+    fn user(name: &str) -> Entity {
+        Entity::User {
+            name: name.into(),
+            uid: Some(1000),
+        }
+    }
+
+    fn file(h: u8) -> Entity {
+        Entity::File {
+            path: format!("/tmp/{h}"),
+            sha256: Some([h; 32]),
+        }
+    }
+
+    fn drain(c: &Correlator, store: &mut Store) {
+        while c.step(store, 7).unwrap() > 0 {}
+    }
+
+    /// A seeded mix of feed and device alerts over several days, so windows,
+    /// prevalence, merges and the reach horizon all come into play.
+    fn story(devices: &[String]) -> Vec<SourcedAlert> {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        (0..400)
+            .map(|i| {
+                let at = 1_000 * H + i * H / 3 + next(H);
+                let u = format!("user{}", next(12));
+                let mut entities = vec![user(&u)];
+                if next(3) == 0 {
+                    entities.push(file(next(30) as u8));
+                }
+                let tactic = ["TA0001", "TA0002", "TA0003", "TA0011"][next(4) as usize];
+                if next(4) == 0 {
+                    entities = vec![
+                        Entity::User {
+                            name: format!("{u}@contoso.com"),
+                            uid: None,
+                        },
+                        Entity::Ip {
+                            addr: format!("203.0.113.{}", next(5)).parse().unwrap(),
+                        },
+                    ];
+                    sourced(format!("s{i}"), AlertSource::Identity, None, at, tactic, entities)
+                } else {
+                    let d = &devices[next(devices.len() as u64) as usize];
+                    sourced(format!("s{i}"), AlertSource::Collector, Some(d), at, tactic, entities)
+                }
+            })
+            .collect()
+    }
+
+    fn outcome(store: &Store) -> Vec<(String, String, String)> {
+        store
+            .alerts_after(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                let inc = store.incident_alerts_of(&a.id).unwrap();
+                (a.id, inc.0, inc.1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_gives_the_same_incidents() {
+        let run = |restart_every: Option<usize>| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(&dir);
+            let devices: Vec<String> = (1..=6)
+                .map(|n| enroll(&mut store, n, &format!("host{n}"), "10.0.0.1"))
+                .collect();
+            let alerts = story(&devices);
+            let mut c = Correlator::new(settings());
+            for (i, chunk) in alerts.chunks(restart_every.unwrap_or(alerts.len())).enumerate() {
+                store.insert_sourced_alerts(chunk, 5).unwrap();
+                if i > 0 {
+                    // A new process: only what the store holds.
+                    drop(store);
+                    store = open(&dir);
+                    c = Correlator::new(settings());
+                }
+                drain(&c, &mut store);
+            }
+            let incidents: Vec<_> = store
+                .list_incidents(&IncidentFilterAll::all())
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.id, s.status, s.redirected_to, s.alert_count, s.title, s.severity))
+                .collect();
+            (outcome(&store), incidents)
+        };
+        let one = run(None);
+        assert!(one.1.len() > 5 && one.1.len() < 300, "{} incidents", one.1.len());
+        assert!(
+            one.1.iter().any(|i| i.1 == "redirected"),
+            "the story merges some incidents"
+        );
+        for every in [37, 100, 211] {
+            let split = run(Some(every));
+            assert_eq!(split.0, one.0, "links differ with a restart every {every} alerts");
+            assert_eq!(split.1, one.1, "incidents differ with a restart every {every} alerts");
+        }
+    }
+
+    struct IncidentFilterAll;
+    impl IncidentFilterAll {
+        fn all() -> crate::store::IncidentFilter {
+            crate::store::IncidentFilter {
+                statuses: vec![Status::Active, Status::InProgress, Status::Resolved, Status::Redirected],
+                since_ms: 0,
+                limit: 10_000,
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn a_bridge_merge_moves_comments_tags_and_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let c = Correlator::new(settings());
+        store
+            .insert_sourced_alerts(
+                &[
+                    sourced(
+                        "a1".into(),
+                        AlertSource::Identity,
+                        None,
+                        10 * H,
+                        "TA0001",
+                        vec![user("ann")],
+                    ),
+                    sourced(
+                        "a2".into(),
+                        AlertSource::Identity,
+                        None,
+                        11 * H,
+                        "TA0002",
+                        vec![file(9)],
+                    ),
+                ],
+                1,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        let (older, _) = store.incident_alerts_of("a1").unwrap();
+        let (newer, _) = store.incident_alerts_of("a2").unwrap();
+        assert_ne!(older, newer);
+        let patch = IncidentPatch {
+            tags: Some(vec!["phish".into()]),
+            ..Default::default()
+        };
+        c.patch(&mut store, &newer, &patch, "eve").unwrap().unwrap();
+        store
+            .add_incident_comment(&newer, "C1", "look at this", "eve", 2)
+            .unwrap()
+            .unwrap();
+        store
+            .insert_sourced_alerts(
+                &[sourced(
+                    "a3".into(),
+                    AlertSource::Identity,
+                    None,
+                    12 * H,
+                    "TA0002",
+                    vec![user("ann"), file(9)],
+                )],
+                3,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        let (into, reason) = store.incident_alerts_of("a3").unwrap();
+        assert_eq!(into, older, "the older incident survives");
+        assert!(reason.contains(&format!("merged incident {newer}")), "{reason}");
+        assert_eq!(store.incident_alerts_of("a2").unwrap().0, older, "alerts move along");
+        let merged = store.incident_summary(&newer).unwrap().unwrap();
+        assert_eq!(
+            (merged.status.as_str(), merged.redirected_to.as_deref()),
+            ("redirected", Some(older.as_str()))
+        );
+        let survivor = store.incident_summary(&older).unwrap().unwrap();
+        assert_eq!(survivor.tags, ["phish"]);
+        assert_eq!(survivor.alert_count, 3);
+        assert_eq!(store.incident_comments(&older).unwrap()[0].text, "look at this");
+        let kinds: Vec<String> = store
+            .incident_activity(&older)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.kind)
+            .collect();
+        assert!(
+            kinds.contains(&"tags".to_string()) && kinds.contains(&"merged".to_string()),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn analysts_merge_and_move_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let c = Correlator::new(settings());
+        store
+            .insert_sourced_alerts(
+                &[
+                    sourced(
+                        "b1".into(),
+                        AlertSource::Mailbox,
+                        None,
+                        10 * H,
+                        "TA0001",
+                        vec![user("bob")],
+                    ),
+                    sourced(
+                        "b2".into(),
+                        AlertSource::Mailbox,
+                        None,
+                        10 * H + 5,
+                        "TA0001",
+                        vec![user("bob")],
+                    ),
+                    sourced(
+                        "c1".into(),
+                        AlertSource::Identity,
+                        None,
+                        11 * H,
+                        "TA0006",
+                        vec![user("carol")],
+                    ),
+                ],
+                1,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        let (bob, _) = store.incident_alerts_of("b1").unwrap();
+        let (carol, _) = store.incident_alerts_of("c1").unwrap();
+        c.merge(&mut store, &bob, std::slice::from_ref(&carol), "eve")
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.incident_alerts_of("c1").unwrap().0, bob);
+        let s = store.incident_summary(&bob).unwrap().unwrap();
+        assert_eq!((s.alert_count, s.user_count), (3, 2));
+        assert_eq!(s.tactics.len(), 2);
+        // Merging a redirected incident is refused.
+        let again = c.merge(&mut store, &bob, std::slice::from_ref(&carol), "eve").unwrap();
+        assert!(matches!(again, Err(IncidentRefusal::Redirected(..))), "{again:?}");
+        // Move an alert out into a new incident.
+        let dest = c
+            .move_alert(&mut store, &bob, "c1", None, "not related", "eve")
+            .unwrap()
+            .unwrap();
+        assert_ne!(dest, bob);
+        let (now_in, reason) = store.incident_alerts_of("c1").unwrap();
+        assert_eq!(now_in, dest);
+        assert_eq!(reason, format!("moved by eve from incident {bob}: not related"));
+        assert_eq!(store.incident_summary(&bob).unwrap().unwrap().alert_count, 2);
+        let moved = store.incident_summary(&dest).unwrap().unwrap();
+        assert_eq!((moved.alert_count, moved.user_count), (1, 1));
+        // A later carol alert joins the incident the alert was moved to.
+        store
+            .insert_sourced_alerts(
+                &[sourced(
+                    "c2".into(),
+                    AlertSource::Identity,
+                    None,
+                    12 * H,
+                    "TA0006",
+                    vec![user("carol")],
+                )],
+                3,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        assert_eq!(store.incident_alerts_of("c2").unwrap().0, dest);
+    }
+}

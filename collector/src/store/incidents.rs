@@ -856,6 +856,16 @@ impl Store {
         Ok(rows)
     }
 
+    /// The incident an alert is in and why (tests and tools).
+    pub fn incident_alerts_of(&self, alert_id: &str) -> Result<(String, String), StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT ia.incident_id, ia.reason FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+             WHERE a.id = ?1",
+            params![alert_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
     /// The devices an incident's keys name.
     pub fn incident_device_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
