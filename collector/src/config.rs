@@ -69,6 +69,9 @@ pub struct CorrelationConfig {
     /// User principal name → the device-local account names it stands for.
     /// Names not listed map to the part before the "@".
     pub user_map: std::collections::HashMap<String, Vec<String>>,
+    /// Mail domains whose mailboxes are our users (so a recipient's address links to
+    /// the user); empty: every mailbox address is taken for a user.
+    pub mail_domains: Vec<String>,
 }
 
 impl Default for CorrelationConfig {
@@ -77,6 +80,7 @@ impl Default for CorrelationConfig {
             window_ms: 24 * 3_600_000,
             prevalence_threshold: 10,
             user_map: std::collections::HashMap::new(),
+            mail_domains: Vec::new(),
         }
     }
 }
@@ -87,6 +91,7 @@ impl CorrelationConfig {
             window_ms: self.window_ms,
             prevalence_threshold: self.prevalence_threshold,
             user_map: self.user_map.clone(),
+            mail_domains: self.mail_domains.clone(),
         }
     }
 }
@@ -174,6 +179,9 @@ impl Config {
         if c.prevalence_threshold == 0 || c.prevalence_threshold > 10_000 {
             return Err("correlation.prevalence_threshold must be 1..=10000".into());
         }
+        if c.mail_domains.len() > 1_000 {
+            return Err("correlation.mail_domains is too long".into());
+        }
         if c.user_map.len() > 100_000 || c.user_map.values().any(|v| v.len() > 100) {
             return Err("correlation.user_map is too large".into());
         }
@@ -236,6 +244,9 @@ window_ms = 86400000
 # An entity seen on more distinct devices than this, or shared by more open
 # incidents than this, stops linking alerts (system binaries, resolvers, admins).
 prevalence_threshold = 10
+# Mail domains whose mailboxes are our users: a recipient's address then stands for
+# that user, a sender from elsewhere does not. Empty: every address is taken for a user.
+mail_domains = []
 
 # User principal names (sign-ins, mailboxes) → device-local account names. Names
 # not listed map to the part before the "@" ("alice@contoso.com" → "alice").

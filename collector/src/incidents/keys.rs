@@ -82,6 +82,8 @@ pub struct KnownDevice {
 pub struct KeyContext {
     /// User principal name (lowercase) → local account names.
     pub user_map: HashMap<String, Vec<String>>,
+    /// Mail domains whose mailboxes are our users; empty: every mailbox is.
+    pub mail_domains: Vec<String>,
     devices: HashMap<String, KnownDevice>,
     by_hostname: HashMap<String, String>,
     by_address: HashMap<IpAddr, String>,
@@ -107,7 +109,16 @@ const SYSTEM_ACCOUNTS: [&str; 14] = [
 
 impl KeyContext {
     pub fn new(user_map: HashMap<String, Vec<String>>, devices: Vec<KnownDevice>) -> KeyContext {
+        Self::with_mail_domains(user_map, Vec::new(), devices)
+    }
+
+    pub fn with_mail_domains(
+        user_map: HashMap<String, Vec<String>>,
+        mail_domains: Vec<String>,
+        devices: Vec<KnownDevice>,
+    ) -> KeyContext {
         let mut ctx = KeyContext {
+            mail_domains: mail_domains.into_iter().map(|d| d.to_ascii_lowercase()).collect(),
             user_map: user_map
                 .into_iter()
                 .map(|(k, v)| {
@@ -211,9 +222,16 @@ impl KeyContext {
                     if addr.is_empty() {
                         continue;
                     }
-                    // A recipient's address is that user too.
-                    for local in self.local_users(&addr, None) {
-                        keys.push(user_key(local, address));
+                    // A recipient's address is that user too (senders outside our
+                    // mail domains are not, when the domains are configured).
+                    let ours = self.mail_domains.is_empty()
+                        || addr
+                            .rsplit_once('@')
+                            .is_some_and(|(_, d)| self.mail_domains.iter().any(|m| m == d));
+                    if ours {
+                        for local in self.local_users(&addr, None) {
+                            keys.push(user_key(local, address));
+                        }
                     }
                     keys.push(LinkKey {
                         kind: KeyKind::Mailbox,

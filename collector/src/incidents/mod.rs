@@ -37,6 +37,7 @@ pub struct Settings {
     pub window_ms: u64,
     pub prevalence_threshold: usize,
     pub user_map: HashMap<String, Vec<String>>,
+    pub mail_domains: Vec<String>,
 }
 
 struct Running {
@@ -77,7 +78,7 @@ pub fn alert_in(ctx: &KeyContext, a: &StoredAlert) -> AlertIn {
 impl Correlator {
     pub fn new(settings: Settings) -> Arc<Correlator> {
         Arc::new(Correlator {
-            users: KeyContext::new(settings.user_map.clone(), Vec::new()),
+            users: KeyContext::with_mail_domains(settings.user_map.clone(), settings.mail_domains.clone(), Vec::new()),
             settings,
             state: Mutex::new(None),
         })
@@ -99,6 +100,14 @@ impl Correlator {
             .collect()
     }
 
+    fn key_context(&self, store: &Store) -> Result<KeyContext, StoreError> {
+        Ok(KeyContext::with_mail_domains(
+            self.settings.user_map.clone(),
+            self.settings.mail_domains.clone(),
+            store.known_devices()?,
+        ))
+    }
+
     /// Loads the engine from the store: counters, prevalence, reachable open incidents.
     fn rebuild(&self, store: &Store) -> Result<Running, StoreError> {
         let counters = store.correlation_counters()?;
@@ -112,7 +121,7 @@ impl Correlator {
         }
         Ok(Running {
             engine,
-            ctx: KeyContext::new(self.settings.user_map.clone(), store.known_devices()?),
+            ctx: self.key_context(store)?,
             fingerprint: store.devices_fingerprint()?,
             watermark: counters.watermark,
         })
@@ -151,7 +160,7 @@ impl Correlator {
             };
             let fingerprint = store.devices_fingerprint()?;
             if fingerprint != r.fingerprint {
-                r.ctx = KeyContext::new(self.settings.user_map.clone(), store.known_devices()?);
+                r.ctx = self.key_context(store)?;
                 r.fingerprint = fingerprint;
             }
             for a in &alerts {
@@ -302,6 +311,7 @@ mod tests {
             window_ms: 24 * H,
             prevalence_threshold: 3,
             user_map: HashMap::new(),
+            mail_domains: Vec::new(),
         }
     }
 
