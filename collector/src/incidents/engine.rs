@@ -11,8 +11,9 @@
 //!   activity (before its first or after its last).
 //! - Incidents whose last activity is older than `2 × window_ms` before the newest
 //!   alert seen are out of reach (and dropped from memory), in one run as after a restart.
-//! - A key seen on more than `prevalence_threshold` distinct devices, or shared by
-//!   more than that many reachable incidents, no longer links (system binaries, resolvers).
+//! - A key seen on more than `prevalence_threshold` distinct devices (and, for keys
+//!   other than users, distinct users), or shared by more than that many reachable
+//!   incidents, no longer links (system binaries, resolvers, mass mailers).
 //! - An alert that matches several incidents joins the oldest; each other one is
 //!   merged into it unless their assignees or classifications differ (both set).
 
@@ -77,6 +78,8 @@ pub struct Incident {
     pub first_title: String,
     pub several_titles: bool,
     pub keys: BTreeMap<String, KeySeen>,
+    /// Keys added or updated since the store last saw this incident.
+    pub touched: BTreeSet<String>,
 }
 
 impl Incident {
@@ -96,6 +99,7 @@ impl Incident {
             first_title: a.title.clone(),
             several_titles: false,
             keys: BTreeMap::new(),
+            touched: BTreeSet::new(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Incident {
         let mut new = Vec::new();
         for k in &a.keys {
             let id = k.id();
+            self.touched.insert(id.clone());
             match self.keys.get_mut(&id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(a.at_ms);
@@ -155,6 +160,7 @@ impl Incident {
         self.alert_count += other.alert_count;
         let mut new = Vec::new();
         for (id, k) in &other.keys {
+            self.touched.insert(id.clone());
             match self.keys.get_mut(id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(k.first_ms);
@@ -246,12 +252,13 @@ pub struct Changes {
     pub merged_away: Vec<Incident>,
     /// Incidents whose summary or keys changed (current state).
     pub incidents: Vec<Incident>,
-    /// Keys whose distinct devices changed: key id → device ids.
+    /// Keys whose distinct contexts changed: key id → `d:<device id>` / `user:<name>`.
     pub prevalence: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Prevalence {
+    /// Interned contexts: `d:<device id>` or `user:<name>`, at most threshold + 1.
     devices: Vec<u32>,
 }
 
@@ -323,8 +330,9 @@ impl Engine {
 
     /// Puts an incident (from the store, or rebuilt) in memory, replacing any
     /// copy; incidents that are not open or out of reach are only forgotten.
-    pub fn load(&mut self, inc: Incident) {
+    pub fn load(&mut self, mut inc: Incident) {
         self.forget(&inc.id);
+        inc.touched.clear();
         self.next_seq = self.next_seq.max(inc.seq + 1);
         if !inc.status.is_open() || inc.last_ms < self.horizon_ms() {
             return;
@@ -441,15 +449,34 @@ impl Engine {
     /// Correlates one alert.
     pub fn correlate(&mut self, a: &AlertIn) -> Link {
         self.high_ms = self.high_ms.max(a.at_ms);
-        if let Some(dev) = &a.device {
-            let d = self.intern(dev);
-            let cap = self.cfg.prevalence_threshold + 1;
-            for k in a.keys.iter().filter(|k| k.kind != KeyKind::Device) {
+        // Prevalence: the distinct devices and users a key was seen with. A user
+        // counts only its devices (a person may get mail from many senders).
+        let device = a.device.as_ref().map(|d| self.intern(&format!("d:{d}")));
+        let users: Vec<(String, u32)> = a
+            .keys
+            .iter()
+            .filter(|k| k.kind == KeyKind::User)
+            .map(|k| {
                 let id = k.id();
+                let i = self.intern(&id);
+                (id, i)
+            })
+            .collect();
+        let cap = self.cfg.prevalence_threshold + 1;
+        for k in a.keys.iter().filter(|k| k.kind != KeyKind::Device) {
+            let id = k.id();
+            let contexts = device.into_iter().chain(
+                users
+                    .iter()
+                    .filter(|_| k.kind != KeyKind::User)
+                    .filter(|(u, _)| *u != id)
+                    .map(|(_, i)| *i),
+            );
+            for c in contexts {
                 let p = self.prevalence.entry(id.clone()).or_default();
-                if p.devices.len() < cap && !p.devices.contains(&d) {
-                    p.devices.push(d);
-                    self.dirty_prevalence.insert(id);
+                if p.devices.len() < cap && !p.devices.contains(&c) {
+                    p.devices.push(c);
+                    self.dirty_prevalence.insert(id.clone());
                 }
             }
         }
@@ -628,7 +655,15 @@ impl Engine {
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = std::mem::take(&mut self.changes);
         let dirty = std::mem::take(&mut self.dirty);
-        changes.incidents = dirty.iter().filter_map(|s| self.incidents.get(s).cloned()).collect();
+        changes.incidents = dirty
+            .iter()
+            .filter_map(|s| {
+                let inc = self.incidents.get_mut(s)?;
+                let copy = inc.clone();
+                inc.touched.clear();
+                Some(copy)
+            })
+            .collect();
         let keys = std::mem::take(&mut self.dirty_prevalence);
         changes.prevalence = keys
             .into_iter()
@@ -756,6 +791,24 @@ mod tests {
         }
         // D1..D3 share one incident; D4 and D5 each get their own.
         assert_eq!(incidents.len(), 3);
+    }
+
+    #[test]
+    fn a_sender_mailing_many_users_stops_linking() {
+        let mut e = engine();
+        let mut incidents = BTreeSet::new();
+        for (i, u) in ["ann", "ben", "cat", "dan", "eve", "fay"].iter().enumerate() {
+            let keys = vec![key(KeyKind::User, u), key(KeyKind::Mailbox, "spam@bulk.example")];
+            incidents.insert(
+                e.correlate(&alert(i as i64 + 1, 1_000 + i as u64, None, keys))
+                    .incident_id,
+            );
+        }
+        // Three recipients share one incident; from the fourth on the sender is too common.
+        assert_eq!(incidents.len(), 4);
+        // The recipients themselves stay strong.
+        let again = e.correlate(&alert(9, 2_000, None, vec![key(KeyKind::User, "fay")]));
+        assert!(!again.created);
     }
 
     #[test]

@@ -314,6 +314,7 @@ impl Store {
             first_title,
             several_titles: several,
             keys,
+            touched: BTreeSet::new(),
         }))
     }
 
@@ -418,7 +419,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM incident_entities WHERE incident_id = ?1", params![inc.id])?;
         upsert_incident(&tx, inc, now_ms)?;
-        upsert_keys(&tx, inc)?;
+        upsert_keys(&tx, inc, false)?;
         tx.commit()?;
         Ok(())
     }
@@ -997,7 +998,8 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &Incident, now_ms: u64) -> Result<
     Ok(())
 }
 
-fn upsert_keys(tx: &Transaction<'_>, inc: &Incident) -> Result<(), StoreError> {
+/// Saves the incident's keys: all of them, or only those touched since the last save.
+fn upsert_keys(tx: &Transaction<'_>, inc: &Incident, touched_only: bool) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -1005,6 +1007,9 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &Incident) -> Result<(), StoreError> {
              last_ms = excluded.last_ms, last_alert = excluded.last_alert",
     )?;
     for (key, k) in &inc.keys {
+        if touched_only && !inc.touched.contains(key) {
+            continue;
+        }
         stmt.execute(params![
             inc.id,
             key,
@@ -1098,7 +1103,7 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
         merge_rows(tx, &m.from, &m.into, &m.reason, "correlation", now_ms)?;
     }
     for inc in &changes.incidents {
-        upsert_keys(tx, inc)?;
+        upsert_keys(tx, inc, true)?;
     }
     let mut prev = tx.prepare_cached(
         "INSERT INTO correlation_keys (key, devices) VALUES (?1, ?2)
