@@ -538,7 +538,8 @@ impl Engine {
         };
         self.changes.links.push(link.clone());
         self.since_sweep += 1;
-        if self.since_sweep >= 4096 {
+        // Sweeping costs the size of the state: do it as often as that is cheap.
+        if self.since_sweep >= 4096.max(self.incidents.len()) {
             self.sweep();
         }
         link
