@@ -784,7 +784,7 @@ impl Store {
         for keys in [&f.device_keys, &f.user_keys] {
             if !keys.is_empty() {
                 sql.push_str(&format!(
-                    " AND EXISTS (SELECT 1 FROM incident_entities e WHERE e.incident_id = i.id AND e.key IN ({}))",
+                    " AND i.id IN (SELECT e.incident_id FROM incident_entities e WHERE e.key IN ({}))",
                     vec!["?"; keys.len()].join(",")
                 ));
                 p.extend(keys.iter().map(|k| k.clone().into()));
