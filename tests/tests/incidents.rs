@@ -288,6 +288,7 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
     .await;
     let (in_incident, latency) = incident_of(&collector, &ssh_key).await;
     // From the collector's acknowledgement to the alert's place in an incident.
+    eprintln!("alert to incident after the acknowledgement: {latency:?}");
     assert!(latency < Duration::from_secs(1), "alert to incident took {latency:?}");
     assert_eq!(in_incident, incident);
     for a in [&signin_id, &dropped, &shell] {
@@ -412,6 +413,20 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
         .await
         .unwrap();
     assert_eq!(status, 403);
+    for (path, body) in [
+        (format!("/api/v1/incidents/{incident}/comments"), json!({"text": "hi"})),
+        (
+            format!("/api/v1/incidents/{incident}/merge"),
+            json!({"from": [incident]}),
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/alerts/{ssh_key}/move"),
+            json!({"to": null}),
+        ),
+    ] {
+        let (status, _) = collector.post_as(&path, &vera, body).await.unwrap();
+        assert_eq!(status, 403, "{path}");
+    }
     let (status, patched) = collector
         .patch_as(
             &format!("/api/v1/incidents/{incident}"),
