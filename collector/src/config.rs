@@ -186,11 +186,12 @@ impl Config {
         if f.spray_window_ms == 0 || f.brute_force_window_ms == 0 || f.mfa_fatigue_window_ms == 0 {
             return Err("feeds windows must be above zero".into());
         }
-        if !(f.impossible_travel_max_kmh > 0.0 && f.impossible_travel_min_km >= 0.0)
-            || !f.impossible_travel_max_kmh.is_finite()
-            || !f.impossible_travel_min_km.is_finite()
-        {
-            return Err("feeds.impossible_travel_max_kmh must be above zero and impossible_travel_min_km not negative".into());
+        let kmh_ok = f.impossible_travel_max_kmh.is_finite() && f.impossible_travel_max_kmh > 0.0;
+        let km_ok = f.impossible_travel_min_km.is_finite() && f.impossible_travel_min_km >= 0.0;
+        if !(kmh_ok && km_ok) {
+            return Err(
+                "feeds.impossible_travel_max_kmh must be above zero and impossible_travel_min_km not negative".into(),
+            );
         }
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
@@ -281,12 +282,32 @@ mod tests {
         assert_eq!(parsed.devices.offline_after_ms, defaults.devices.offline_after_ms);
         let (f, d) = (&parsed.feeds, &defaults.feeds);
         assert_eq!(
-            (f.max_import_bytes, f.max_record_bytes, f.spray_min_users, f.spray_window_ms),
-            (d.max_import_bytes, d.max_record_bytes, d.spray_min_users, d.spray_window_ms)
+            (
+                f.max_import_bytes,
+                f.max_record_bytes,
+                f.spray_min_users,
+                f.spray_window_ms
+            ),
+            (
+                d.max_import_bytes,
+                d.max_record_bytes,
+                d.spray_min_users,
+                d.spray_window_ms
+            )
         );
         assert_eq!(
-            (f.brute_force_min_failures, f.brute_force_window_ms, f.mfa_fatigue_min_denials, f.mfa_fatigue_window_ms),
-            (d.brute_force_min_failures, d.brute_force_window_ms, d.mfa_fatigue_min_denials, d.mfa_fatigue_window_ms)
+            (
+                f.brute_force_min_failures,
+                f.brute_force_window_ms,
+                f.mfa_fatigue_min_denials,
+                f.mfa_fatigue_window_ms
+            ),
+            (
+                d.brute_force_min_failures,
+                d.brute_force_window_ms,
+                d.mfa_fatigue_min_denials,
+                d.mfa_fatigue_window_ms
+            )
         );
         assert_eq!(
             (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
@@ -303,7 +324,15 @@ mod tests {
                 .contains("max_frame_bytes")
         );
         assert!(Config::parse("tls_cert_pem = \"/x\"").unwrap_err().contains("together"));
-        assert!(Config::parse("[feeds]\nspray_min_users = 1").unwrap_err().contains("at least 2"));
-        assert!(Config::parse("[feeds]\nnope = 1").unwrap_err().contains("unknown field"));
+        assert!(
+            Config::parse("[feeds]\nspray_min_users = 1")
+                .unwrap_err()
+                .contains("at least 2")
+        );
+        assert!(
+            Config::parse("[feeds]\nnope = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 }

@@ -22,7 +22,12 @@ pub fn detect(tx: &FeedTx<'_>, fresh: &[SignIn], cfg: &FeedsConfig) -> Result<Ve
     let mut out = Vec::new();
     // (rule, subject, bucket) that already raised in this import.
     let mut raised: HashSet<(&'static str, String, u64)> = HashSet::new();
-    let mut once = |rule: Rule, subject: String, window: u64, time_ms: u64, alert: &mut dyn FnMut() -> Result<Option<SourcedAlert>, StoreError>| -> Result<Option<SourcedAlert>, StoreError> {
+    let mut once = |rule: Rule,
+                    subject: String,
+                    window: u64,
+                    time_ms: u64,
+                    alert: &mut dyn FnMut() -> Result<Option<SourcedAlert>, StoreError>|
+     -> Result<Option<SourcedAlert>, StoreError> {
         let key = (rule.id, subject, time_ms / window.max(1));
         if raised.contains(&key) {
             return Ok(None);
@@ -40,18 +45,46 @@ pub fn detect(tx: &FeedTx<'_>, fresh: &[SignIn], cfg: &FeedsConfig) -> Result<Ve
         match s.outcome {
             SignInOutcome::Failure => {
                 if let Some(ip) = s.ip {
-                    out.extend(once(PASSWORD_SPRAY, ip.to_string(), cfg.spray_window_ms, s.time_ms, &mut || {
-                        spray(tx, s, ip, cfg)
-                    })?);
+                    out.extend(once(
+                        PASSWORD_SPRAY,
+                        ip.to_string(),
+                        cfg.spray_window_ms,
+                        s.time_ms,
+                        &mut || spray(tx, s, ip, cfg),
+                    )?);
                 }
-                out.extend(once(BRUTE_FORCE, s.user.clone(), cfg.brute_force_window_ms, s.time_ms, &mut || {
-                    repeated(tx, s, BRUTE_FORCE, cfg.brute_force_min_failures, cfg.brute_force_window_ms)
-                })?);
+                out.extend(once(
+                    BRUTE_FORCE,
+                    s.user.clone(),
+                    cfg.brute_force_window_ms,
+                    s.time_ms,
+                    &mut || {
+                        repeated(
+                            tx,
+                            s,
+                            BRUTE_FORCE,
+                            cfg.brute_force_min_failures,
+                            cfg.brute_force_window_ms,
+                        )
+                    },
+                )?);
             }
             SignInOutcome::MfaDenied => {
-                out.extend(once(MFA_FATIGUE, s.user.clone(), cfg.mfa_fatigue_window_ms, s.time_ms, &mut || {
-                    repeated(tx, s, MFA_FATIGUE, cfg.mfa_fatigue_min_denials, cfg.mfa_fatigue_window_ms)
-                })?);
+                out.extend(once(
+                    MFA_FATIGUE,
+                    s.user.clone(),
+                    cfg.mfa_fatigue_window_ms,
+                    s.time_ms,
+                    &mut || {
+                        repeated(
+                            tx,
+                            s,
+                            MFA_FATIGUE,
+                            cfg.mfa_fatigue_min_denials,
+                            cfg.mfa_fatigue_window_ms,
+                        )
+                    },
+                )?);
             }
             SignInOutcome::Success => out.extend(travel(tx, s, cfg)?),
             SignInOutcome::Interrupted => {}
@@ -101,7 +134,13 @@ fn risky(s: &SignIn) -> Option<SourcedAlert> {
 fn spray(tx: &FeedTx<'_>, s: &SignIn, ip: IpAddr, cfg: &FeedsConfig) -> Result<Option<SourcedAlert>, StoreError> {
     let window = cfg.spray_window_ms;
     let from = s.time_ms.saturating_sub(window);
-    let users = tx.users_from_ip(ip, SignInOutcome::Failure, from, s.time_ms, MAX_LISTED_USERS.max(cfg.spray_min_users))?;
+    let users = tx.users_from_ip(
+        ip,
+        SignInOutcome::Failure,
+        from,
+        s.time_ms,
+        MAX_LISTED_USERS.max(cfg.spray_min_users),
+    )?;
     if (users.len() as u32) < cfg.spray_min_users {
         return Ok(None);
     }
@@ -125,7 +164,13 @@ fn spray(tx: &FeedTx<'_>, s: &SignIn, ip: IpAddr, cfg: &FeedsConfig) -> Result<O
 
 /// Brute force (failures) or MFA fatigue (denials): at least `min` of the user's
 /// sign-ins with the same outcome within `window` up to this one.
-fn repeated(tx: &FeedTx<'_>, s: &SignIn, rule: Rule, min: u32, window: u64) -> Result<Option<SourcedAlert>, StoreError> {
+fn repeated(
+    tx: &FeedTx<'_>,
+    s: &SignIn,
+    rule: Rule,
+    min: u32,
+    window: u64,
+) -> Result<Option<SourcedAlert>, StoreError> {
     let from = s.time_ms.saturating_sub(window);
     let (count, ips) = tx.user_outcomes(&s.user, s.outcome, from, s.time_ms)?;
     if count < min {
@@ -188,10 +233,18 @@ fn travel_alert(s: &SignIn, other: &LocatedSignIn, km: f64, kmh: f64) -> Sourced
         .field("distance_km", Some(format!("{km:.0}")))
         .field(
             "speed_kmh",
-            Some(if kmh.is_finite() { format!("{kmh:.0}") } else { "simultaneous".into() }),
+            Some(if kmh.is_finite() {
+                format!("{kmh:.0}")
+            } else {
+                "simultaneous".into()
+            }),
         );
     // The pair, in a fixed order, names the alert whichever of the two came last.
-    let (k1, k2) = if other.key < s.key { (&other.key, &s.key) } else { (&s.key, &other.key) };
+    let (k1, k2) = if other.key < s.key {
+        (&other.key, &s.key)
+    } else {
+        (&s.key, &other.key)
+    };
     r.build(last_ms, &[k1, k2])
 }
 

@@ -3,7 +3,9 @@
 
 use ward_protocol::{Entity, Severity};
 
-use super::alerts::{MALICIOUS_DELIVERED, MALICIOUS_URL_CLICK, Raise, USER_REPORTED_PHISH, domain_of_address, host_of_url, user};
+use super::alerts::{
+    MALICIOUS_DELIVERED, MALICIOUS_URL_CLICK, Raise, USER_REPORTED_PHISH, domain_of_address, host_of_url, user,
+};
 use super::{MailKind, MailRecord};
 use crate::store::{AlertSource, FeedTx, SourcedAlert, StoreError};
 
@@ -95,9 +97,17 @@ fn delivered_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<SourcedAlert, Stor
         .filter(|p| p.kind == MailKind::Attachment && (p.recipient.is_none() || p.recipient == m.recipient))
         .take(MAX_PARTS)
         .collect();
-    let urls: Vec<&MailRecord> = parts.iter().filter(|p| p.kind == MailKind::Url).take(MAX_PARTS).collect();
+    let urls: Vec<&MailRecord> = parts
+        .iter()
+        .filter(|p| p.kind == MailKind::Url)
+        .take(MAX_PARTS)
+        .collect();
     for a in &attachments {
-        let sha256 = a.sha256.as_deref().and_then(|h| hex::decode(h).ok()).and_then(|b| b.try_into().ok());
+        let sha256 = a
+            .sha256
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| b.try_into().ok());
         r.entity(Entity::File {
             path: a.file_name.clone().unwrap_or_default(),
             sha256,

@@ -71,7 +71,10 @@ pub fn split(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
                         return Ok(from_array(Container::Records, items));
                     }
                 }
-                Ok(from_array(Container::JsonObject, Value::Array(vec![Value::Object(obj)])))
+                Ok(from_array(
+                    Container::JsonObject,
+                    Value::Array(vec![Value::Object(obj)]),
+                ))
             }
             // Several objects: one per line.
             _ => Ok(ndjson(text, max_record_bytes)),
@@ -128,8 +131,10 @@ fn ndjson(text: &str, max_record_bytes: usize) -> Split {
             reason,
         };
         if line.len() > max_record_bytes {
-            out.skipped
-                .push(skip(format!("record of {} bytes is over the {max_record_bytes}-byte limit", line.len())));
+            out.skipped.push(skip(format!(
+                "record of {} bytes is over the {max_record_bytes}-byte limit",
+                line.len()
+            )));
             continue;
         }
         match serde_json::from_str::<Value>(line) {
@@ -222,7 +227,10 @@ mod tests {
     #[test]
     fn shapes_are_recognised_without_a_flag() {
         let s = split(b"[{\"a\":1}, 3]", 100).unwrap();
-        assert_eq!((s.container, s.records.len(), s.skipped.len()), (Container::JsonArray, 1, 1));
+        assert_eq!(
+            (s.container, s.records.len(), s.skipped.len()),
+            (Container::JsonArray, 1, 1)
+        );
         let s = split(b"{\"records\":[{\"a\":1},{\"a\":2}]}", 100).unwrap();
         assert_eq!((s.container, s.records.len()), (Container::Records, 2));
         let s = split(b"{\"a\":1}", 100).unwrap();
@@ -230,11 +238,23 @@ mod tests {
         let s = split(b"\xEF\xBB\xBF{\"a\":1}\n\n{\"a\":\n{\"a\":3}\n", 100).unwrap();
         assert_eq!((s.container, s.records.len()), (Container::Ndjson, 2));
         assert_eq!(s.skipped[0].line, Some(3));
-        assert_eq!(s.records[1].pos, Position { line: Some(4), record: 3 });
+        assert_eq!(
+            s.records[1].pos,
+            Position {
+                line: Some(4),
+                record: 3
+            }
+        );
         let s = split(b"A,B\n1,\"{\"\"x\"\":\n2}\"\n3,4\n5\n", 100).unwrap();
         assert_eq!((s.container, s.records.len()), (Container::Csv, 2));
         assert_eq!(s.records[0].value["B"], "{\"x\":\n2}");
-        assert_eq!(s.records[1].pos, Position { line: Some(4), record: 2 });
+        assert_eq!(
+            s.records[1].pos,
+            Position {
+                line: Some(4),
+                record: 2
+            }
+        );
         assert_eq!(s.skipped[0].line, Some(5));
     }
 

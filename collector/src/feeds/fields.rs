@@ -23,7 +23,7 @@ pub fn lookup<'a>(root: &'a Value, path: &str) -> Option<Cow<'a, Value>> {
 
 fn child<'a>(v: &'a Value, name: &str) -> Option<Cow<'a, Value>> {
     let v = as_json(v)?;
-    let found = match v {
+    match v {
         Cow::Borrowed(Value::Object(map)) => [name.to_string(), format!("{name}_dynamic"), format!("{name}_string")]
             .iter()
             .find_map(|n| {
@@ -37,8 +37,7 @@ fn child<'a>(v: &'a Value, name: &str) -> Option<Cow<'a, Value>> {
             .find(|(k, v)| k.eq_ignore_ascii_case(name) && !is_empty(v))
             .map(|(_, v)| Cow::Owned(v)),
         _ => None,
-    };
-    found
+    }
 }
 
 /// The value itself, or the JSON a string holds when it looks like an object or array.
@@ -84,12 +83,14 @@ pub fn scalar(v: &Value) -> Option<String> {
 
 /// A number at one of `paths` (JSON number or numeric text).
 pub fn number(root: &Value, paths: &[&str]) -> Option<f64> {
-    paths.iter().find_map(|p| match lookup(root, p)?.as_ref() {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    })
-    .filter(|n: &f64| n.is_finite())
+    paths
+        .iter()
+        .find_map(|p| match lookup(root, p)?.as_ref() {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+        .filter(|n: &f64| n.is_finite())
 }
 
 /// A compact JSON rendering of an object or array at one of `paths` (its text for a scalar).
@@ -182,7 +183,10 @@ mod tests {
         assert_eq!(text(&row, &["locationDetails.city"]).unwrap(), "Tel Aviv");
         assert_eq!(number(&row, &["locationdetails.geoCoordinates.latitude"]), Some(32.1));
         assert_eq!(text(&row, &["status.errorCode"]).unwrap(), "50126");
-        assert_eq!(text(&row, &["missing", "UserPrincipalName"]).unwrap(), "Adele@Example.com");
+        assert_eq!(
+            text(&row, &["missing", "UserPrincipalName"]).unwrap(),
+            "Adele@Example.com"
+        );
         assert!(lookup(&row, "status.nothing").is_none());
     }
 

@@ -72,12 +72,25 @@ const MFA_DENIED: [&str; 1] = ["500121"];
 /// `p` holds the sign-in's fields (a diagnostic record's `properties`, or the row
 /// itself); `outer` is the whole record (its `resultType`, `time`, `callerIpAddress`).
 fn entra(p: &Value, outer: &Value) -> Result<SignIn, String> {
-    let time_ms = time(p, &["createdDateTime", "CreatedDateTime [UTC]", "TimeGenerated", "TimeGenerated [UTC]"])
-        .or_else(|| time(outer, &["time", "TimeGenerated"]))
-        .ok_or("no readable createdDateTime")?;
+    let time_ms = time(
+        p,
+        &[
+            "createdDateTime",
+            "CreatedDateTime [UTC]",
+            "TimeGenerated",
+            "TimeGenerated [UTC]",
+        ],
+    )
+    .or_else(|| time(outer, &["time", "TimeGenerated"]))
+    .ok_or("no readable createdDateTime")?;
     let user = address(text(
         p,
-        &["userPrincipalName", "servicePrincipalName", "servicePrincipalId", "userId"],
+        &[
+            "userPrincipalName",
+            "servicePrincipalName",
+            "servicePrincipalId",
+            "userId",
+        ],
     ))
     .ok_or("no userPrincipalName")?;
     let result = text(p, &["status.errorCode", "resultType"])
@@ -88,7 +101,8 @@ fn entra(p: &Value, outer: &Value) -> Result<SignIn, String> {
         &["status.failureReason", "resultDescription", "status.additionalDetails"],
     )
     .or_else(|| text(outer, &["resultDescription"]));
-    let outcome = if result == "0" {
+    // Some exporters write the word instead of the code 0.
+    let outcome = if result == "0" || result.eq_ignore_ascii_case("success") {
         SignInOutcome::Success
     } else if MFA_DENIED.contains(&result.as_str())
         || detail
@@ -176,7 +190,9 @@ fn okta(v: &Value) -> Normalized<SignIn> {
 fn okta_sign_in(v: &Value, event_type: &str) -> Result<SignIn, String> {
     let time_ms = time(v, &["published"]).ok_or("no readable published time")?;
     let user = address(text(v, &["actor.alternateId"])).ok_or("no actor.alternateId")?;
-    let result = text(v, &["outcome.result"]).unwrap_or_else(|| "UNKNOWN".into()).to_ascii_uppercase();
+    let result = text(v, &["outcome.result"])
+        .unwrap_or_else(|| "UNKNOWN".into())
+        .to_ascii_uppercase();
     let denied = event_type == "user.mfa.okta_verify.deny_push"
         || (event_type == "system.push.send_factor_verify_push" && result == "DENY")
         || (event_type == "user.authentication.auth_via_mfa" && result == "FAILURE");
@@ -228,7 +244,10 @@ fn okta_sign_in(v: &Value, event_type: &str) -> Result<SignIn, String> {
         risk_level,
         risk_state: None,
         conditional_access: None,
-        mfa: text(v, &["debugContext.debugData.factor", "authenticationContext.credentialType"]),
+        mfa: text(
+            v,
+            &["debugContext.debugData.factor", "authenticationContext.credentialType"],
+        ),
         device: join(&[
             text(v, &["client.device"]),
             text(v, &["client.userAgent.os"]),
@@ -242,7 +261,7 @@ fn okta_sign_in(v: &Value, event_type: &str) -> Result<SignIn, String> {
 fn risk_in(s: &str) -> Option<String> {
     let lower = s.to_ascii_lowercase();
     let at = lower.find("level")?;
-    let rest = lower[at + 5..].trim_start_matches(|c: char| c == '"' || c == '=' || c == ':' || c == ' ');
+    let rest = lower[at + 5..].trim_start_matches(['"', '=', ':', ' ']);
     let word: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
     (!word.is_empty()).then_some(word)
 }
@@ -292,7 +311,10 @@ mod tests {
         assert_eq!(s.coords, Some((55.75, 37.61)));
         assert_eq!((s.outcome, s.result.as_str()), (SignInOutcome::Success, "0"));
         assert_eq!(s.risk_level.as_deref(), Some("high"));
-        assert_eq!(s.mfa.as_deref(), Some("multiFactorAuthentication, PhoneAppNotification"));
+        assert_eq!(
+            s.mfa.as_deref(),
+            Some("multiFactorAuthentication, PhoneAppNotification")
+        );
         assert_eq!(s.device.as_deref(), Some("{\"operatingSystem\":\"Windows\"}"));
     }
 
@@ -302,7 +324,8 @@ mod tests {
             normalize(&json!({"category": "AuditLogs", "properties": {"x": 1}})),
             Normalized::Ignored { .. }
         ));
-        let Normalized::Bad(why) = normalize(&json!({"category": "SignInLogs", "properties": {"userPrincipalName": "a@b"}}))
+        let Normalized::Bad(why) =
+            normalize(&json!({"category": "SignInLogs", "properties": {"userPrincipalName": "a@b"}}))
         else {
             panic!("accepted")
         };
@@ -335,14 +358,31 @@ mod tests {
                 "target": [{"type": "AppInstance", "displayName": "Salesforce"}]})
         };
         let (kind, s) = record(event("user.session.start", "FAILURE"));
-        assert_eq!((kind, s.key.as_str(), s.user.as_str()), ("okta-systemlog", "okta:u-1", "casey@hey.com"));
+        assert_eq!(
+            (kind, s.key.as_str(), s.user.as_str()),
+            ("okta-systemlog", "okta:u-1", "casey@hey.com")
+        );
         assert_eq!(s.outcome, SignInOutcome::Failure);
         assert_eq!(s.risk_level.as_deref(), Some("medium"));
         assert_eq!(s.app.as_deref(), Some("Salesforce"));
         assert_eq!(s.coords, Some((32.7, -96.8)));
-        assert_eq!(record(event("user.mfa.okta_verify.deny_push", "SUCCESS")).1.outcome, SignInOutcome::MfaDenied);
-        assert_eq!(record(event("system.push.send_factor_verify_push", "DENY")).1.outcome, SignInOutcome::MfaDenied);
-        assert_eq!(record(event("system.push.send_factor_verify_push", "SUCCESS")).1.outcome, SignInOutcome::Interrupted);
-        assert!(matches!(normalize(&event("system.api_token.create", "SUCCESS")), Normalized::Ignored { .. }));
+        assert_eq!(
+            record(event("user.mfa.okta_verify.deny_push", "SUCCESS")).1.outcome,
+            SignInOutcome::MfaDenied
+        );
+        assert_eq!(
+            record(event("system.push.send_factor_verify_push", "DENY")).1.outcome,
+            SignInOutcome::MfaDenied
+        );
+        assert_eq!(
+            record(event("system.push.send_factor_verify_push", "SUCCESS"))
+                .1
+                .outcome,
+            SignInOutcome::Interrupted
+        );
+        assert!(matches!(
+            normalize(&event("system.api_token.create", "SUCCESS")),
+            Normalized::Ignored { .. }
+        ));
     }
 }

@@ -11,7 +11,11 @@ use super::{MailKind, MailRecord, Normalized};
 /// Table names and the kinds they hold.
 const TABLES: [(&str, MailKind, &str); 5] = [
     ("EmailEvents", MailKind::Email, "defender-emailevents"),
-    ("EmailAttachmentInfo", MailKind::Attachment, "defender-emailattachmentinfo"),
+    (
+        "EmailAttachmentInfo",
+        MailKind::Attachment,
+        "defender-emailattachmentinfo",
+    ),
     ("EmailUrlInfo", MailKind::Url, "defender-emailurlinfo"),
     ("UrlClickEvents", MailKind::Click, "defender-urlclickevents"),
     (
@@ -53,15 +57,13 @@ fn by_columns(v: &Value) -> Option<&'static (&'static str, MailKind, &'static st
     let has = |f: &str| lookup(v, f).is_some();
     let kind = if has("ActionType") && has("Url") && (has("AccountUpn") || has("IsClickedThrough")) {
         MailKind::Click
-    } else if !has("NetworkMessageId") {
-        return None;
     } else if has("ActionTrigger") || has("ActionResult") {
         MailKind::PostDelivery
     } else if has("FileName") || has("SHA256") {
         MailKind::Attachment
     } else if has("Url") && (has("UrlLocation") || has("UrlDomain")) {
         MailKind::Url
-    } else if has("DeliveryAction") || has("EmailDirection") || has("Subject") {
+    } else if has("DeliveryAction") || has("EmailDirection") || (has("Subject") && has("RecipientEmailAddress")) {
         MailKind::Email
     } else {
         return None;
@@ -156,8 +158,10 @@ mod tests {
             "SenderFromAddress": "Billing@Evil.example", "RecipientEmailAddress": "Adele@Contoso.com",
             "Subject": "Invoice", "ThreatTypes": "Phish", "DeliveryAction": "Delivered", "DeliveryLocation": "Inbox/folder",
             "SenderIPv4": "203.0.113.9"});
-        let (kind, streamed) = record(json!({"time": "2026-11-20T09:15:01Z", "category": "AdvancedHunting-EmailEvents",
-            "properties": props.clone()}));
+        let (kind, streamed) = record(
+            json!({"time": "2026-11-20T09:15:01Z", "category": "AdvancedHunting-EmailEvents",
+            "properties": props.clone()}),
+        );
         assert_eq!(kind, "defender-emailevents");
         assert_eq!(streamed.key, "email:ab-1:adele@contoso.com");
         assert_eq!(streamed.sender.as_deref(), Some("billing@evil.example"));
@@ -170,10 +174,16 @@ mod tests {
     fn each_table_is_told_by_its_columns() {
         let (kind, a) = record(json!({"Timestamp": "2026-11-20T09:15:00Z", "NetworkMessageId": "m",
             "RecipientEmailAddress": "a@b.c", "FileName": "invoice.docm", "SHA256": "AB".repeat(32), "ThreatTypes": "Malware"}));
-        assert_eq!((kind, a.sha256.unwrap()), ("defender-emailattachmentinfo", "ab".repeat(32)));
+        assert_eq!(
+            (kind, a.sha256.unwrap()),
+            ("defender-emailattachmentinfo", "ab".repeat(32))
+        );
         let (kind, u) = record(json!({"Timestamp": "2026-11-20T09:15:00Z", "NetworkMessageId": "m",
             "Url": "https://evil.example/login", "UrlDomain": "evil.example", "UrlLocation": "Body"}));
-        assert_eq!((kind, u.key.as_str()), ("defender-emailurlinfo", "url:m:https://evil.example/login"));
+        assert_eq!(
+            (kind, u.key.as_str()),
+            ("defender-emailurlinfo", "url:m:https://evil.example/login")
+        );
         let (kind, c) = record(json!({"Timestamp": "2026-11-20T09:20:00Z", "NetworkMessageId": "m",
             "Url": "https://evil.example/login", "ActionType": "ClickAllowed", "AccountUpn": "A@B.C", "IsClickedThrough": "true",
             "IPAddress": "198.51.100.7"}));

@@ -253,9 +253,14 @@ pub fn parse_mailbox(bytes: &[u8], cfg: &FeedsConfig) -> Result<Parsed<MailRecor
 
 /// What a normalizer made of one record.
 pub(crate) enum Normalized<T> {
-    Record { kind: &'static str, item: T },
+    Record {
+        kind: &'static str,
+        item: T,
+    },
     /// A record of a known source that is not a sign-in / mail event.
-    Ignored { kind: &'static str },
+    Ignored {
+        kind: &'static str,
+    },
     Bad(String),
 }
 
@@ -312,7 +317,11 @@ fn parse_with<T>(
         return Err(FeedError::Unreadable(format!(
             "none of the {} records is a {}: {first}",
             r.records,
-            if kinds == ["unrecognised"] { "supported record" } else { "readable record" }
+            if kinds == ["unrecognised"] {
+                "supported record"
+            } else {
+                "readable record"
+            }
         )));
     }
     Ok(parsed)
@@ -410,3 +419,7 @@ pub fn import(
         Feed::Mailbox => store_mailbox(store, parse_mailbox(bytes, cfg)?, actor, now_ms)?,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -106,13 +106,7 @@ impl FeedTx<'_> {
         )?;
         let users = stmt
             .query_map(
-                params![
-                    ip.to_string(),
-                    outcome.as_str(),
-                    i64_of(from_ms),
-                    i64_of(to_ms),
-                    limit
-                ],
+                params![ip.to_string(), outcome.as_str(), i64_of(from_ms), i64_of(to_ms), limit],
                 |r| r.get(0),
             )?
             .collect::<Result<Vec<String>, _>>()?;
