@@ -15,13 +15,20 @@ const MAX_PARTS: usize = 20;
 pub fn detect(tx: &FeedTx<'_>, fresh: &[MailRecord]) -> Result<Vec<SourcedAlert>, StoreError> {
     let mut out = Vec::new();
     for m in fresh {
-        let alert = match m.kind {
-            MailKind::Email if malicious(m.threat_types.as_deref()) && delivered(m) => Some(delivered_alert(tx, m)?),
-            MailKind::Click => click_alert(tx, m)?,
-            MailKind::PostDelivery if user_reported(m) => Some(reported_alert(tx, m)?),
-            _ => None,
-        };
-        out.extend(alert);
+        match m.kind {
+            MailKind::Email if malicious(m.threat_types.as_deref()) => {
+                if delivered(m) {
+                    out.push(delivered_alert(tx, m)?);
+                }
+                // Clicks stored before the message's verdict arrived (streams come in any order).
+                for click in related(tx, m)?.iter().filter(|p| p.kind == MailKind::Click) {
+                    out.extend(click_alert(tx, click)?);
+                }
+            }
+            MailKind::Click => out.extend(click_alert(tx, m)?),
+            MailKind::PostDelivery if user_reported(m) => out.push(reported_alert(tx, m)?),
+            _ => {}
+        }
     }
     Ok(out)
 }
