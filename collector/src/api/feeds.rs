@@ -2,6 +2,8 @@
 //! read and normalized on a blocking thread, then stored and judged on the single
 //! writer in one transaction with its audit entry. Roles: [`FEED_ROUTES`].
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
@@ -38,43 +40,31 @@ pub async fn mailbox(
 
 async fn import(state: ApiState, caller: Caller, feed: Feed, body: Bytes) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
-    let cfg = state.feeds.clone();
-    let actor = caller.name.clone();
-    let stopped = |_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down");
-    let result: Result<ImportReport, FeedError> = match feed {
-        Feed::Identity => {
-            let parse_cfg = cfg.clone();
-            match tokio::task::spawn_blocking(move || feeds::parse_identity(&body, &parse_cfg)).await {
-                Ok(Ok(parsed)) => state
-                    .writer
-                    .run(move |s| feeds::store_identity(s, parsed, &cfg, &actor, now_ms()))
-                    .await
-                    .map_err(stopped)?
-                    .map_err(FeedError::from),
-                Ok(Err(e)) => Err(e),
-                Err(_) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "import failed")),
-            }
-        }
-        Feed::Mailbox => match tokio::task::spawn_blocking(move || feeds::parse_mailbox(&body, &cfg)).await {
-            Ok(Ok(parsed)) => state
-                .writer
-                .run(move |s| feeds::store_mailbox(s, parsed, &actor, now_ms()))
-                .await
-                .map_err(stopped)?
-                .map_err(FeedError::from),
-            Ok(Err(e)) => Err(e),
-            Err(_) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "import failed")),
-        },
-    };
+    let result = run(&state, feed, caller.name.clone(), body).await?;
     feeds::record_outcome(&state.metrics, feed, &caller.name, &result);
     match result {
         Ok(report) => Ok(Json(json!(report))),
-        Err(FeedError::TooLarge { .. }) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, result_message(&result))),
-        Err(FeedError::Unreadable(_)) => Err(ApiError::new(StatusCode::BAD_REQUEST, result_message(&result))),
         Err(FeedError::Store(e)) => Err(e.into()),
+        Err(e @ FeedError::TooLarge { .. }) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())),
+        Err(e @ FeedError::Unreadable(_)) => Err(ApiError::bad_request(e.to_string())),
     }
 }
 
-fn result_message(r: &Result<ImportReport, FeedError>) -> String {
-    r.as_ref().err().map(ToString::to_string).unwrap_or_default()
+/// Parses on a blocking thread, then stores on the writer.
+async fn run(state: &ApiState, feed: Feed, actor: String, body: Bytes) -> ApiResult<Result<ImportReport, FeedError>> {
+    let cfg = Arc::clone(&state.feeds);
+    let parse_cfg = Arc::clone(&cfg);
+    let parsed = tokio::task::spawn_blocking(move || feeds::parse(feed, &body, &parse_cfg))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "import failed"))?;
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let stored = state
+        .writer
+        .run(move |s| feeds::store(s, parsed, &cfg, &actor, now_ms()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down"))?;
+    Ok(stored.map_err(FeedError::from))
 }

@@ -15,7 +15,7 @@ use crate::store::{AlertSource, FeedTx, LocatedSignIn, SourcedAlert, StoreError}
 
 /// Risk states that mean the risk was handled.
 const HANDLED_RISK: [&str; 3] = ["dismissed", "remediated", "confirmedsafe"];
-/// Most users listed in a spray alert (all are counted).
+/// Most users named in a spray alert (all are counted).
 const MAX_LISTED_USERS: u32 = 50;
 
 pub fn detect(tx: &FeedTx<'_>, fresh: &[SignIn], cfg: &FeedsConfig) -> Result<Vec<SourcedAlert>, StoreError> {
@@ -134,26 +134,25 @@ fn risky(s: &SignIn) -> Option<SourcedAlert> {
 fn spray(tx: &FeedTx<'_>, s: &SignIn, ip: IpAddr, cfg: &FeedsConfig) -> Result<Option<SourcedAlert>, StoreError> {
     let window = cfg.spray_window_ms;
     let from = s.time_ms.saturating_sub(window);
-    let users = tx.users_from_ip(
-        ip,
-        SignInOutcome::Failure,
-        from,
-        s.time_ms,
-        MAX_LISTED_USERS.max(cfg.spray_min_users),
-    )?;
-    if (users.len() as u32) < cfg.spray_min_users {
+    let (count, users, first) = tx.users_from_ip(ip, SignInOutcome::Failure, from, s.time_ms, MAX_LISTED_USERS)?;
+    if count < cfg.spray_min_users {
         return Ok(None);
     }
     let bucket = s.time_ms / window.max(1);
-    let mut r = Raise::new(PASSWORD_SPRAY, AlertSource::Identity, Severity::Medium, from);
+    let mut r = Raise::new(
+        PASSWORD_SPRAY,
+        AlertSource::Identity,
+        Severity::Medium,
+        first.unwrap_or(s.time_ms),
+    );
     r.last_ms = s.time_ms;
-    r.count = users.len() as u32;
+    r.count = count;
     r.entity(Entity::Ip { addr: ip });
-    for u in users.iter().take(MAX_LISTED_USERS as usize) {
+    for u in &users {
         r.entity(user(u));
     }
     r.field("ip", Some(ip))
-        .field("distinct_users", Some(users.len()))
+        .field("distinct_users", Some(count))
         .field("users", Some(users.join(", ")))
         .field("window_ms", Some(window))
         .field("location", s.location.as_ref())
@@ -172,13 +171,13 @@ fn repeated(
     window: u64,
 ) -> Result<Option<SourcedAlert>, StoreError> {
     let from = s.time_ms.saturating_sub(window);
-    let (count, ips) = tx.user_outcomes(&s.user, s.outcome, from, s.time_ms)?;
+    let (count, first, ips) = tx.user_outcomes(&s.user, s.outcome, from, s.time_ms)?;
     if count < min {
         return Ok(None);
     }
     let bucket = s.time_ms / window.max(1);
     let mut r = base(rule, Severity::Medium, s);
-    r.first_ms = from;
+    r.first_ms = first.unwrap_or(s.time_ms);
     r.count = count;
     for ip in ips.iter().filter_map(|ip| ip.parse().ok()) {
         r.entity(Entity::Ip { addr: ip });

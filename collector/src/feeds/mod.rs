@@ -405,7 +405,36 @@ pub fn record_outcome(metrics: &Metrics, feed: Feed, actor: &str, result: &Resul
     }
 }
 
-/// Reads, stores and judges one file (the CLI's path; the API parses off the writer thread).
+/// A file read and normalized, ready to store.
+#[derive(Debug)]
+pub enum ParsedFeed {
+    Identity(Parsed<SignIn>),
+    Mailbox(Parsed<MailRecord>),
+}
+
+/// Reads and normalizes a file of `feed` (no storage; the API runs this off the writer thread).
+pub fn parse(feed: Feed, bytes: &[u8], cfg: &FeedsConfig) -> Result<ParsedFeed, FeedError> {
+    Ok(match feed {
+        Feed::Identity => ParsedFeed::Identity(parse_identity(bytes, cfg)?),
+        Feed::Mailbox => ParsedFeed::Mailbox(parse_mailbox(bytes, cfg)?),
+    })
+}
+
+/// Stores a parsed file and raises its alerts, in one transaction with its audit entry.
+pub fn store(
+    store: &mut Store,
+    parsed: ParsedFeed,
+    cfg: &FeedsConfig,
+    actor: &str,
+    now_ms: u64,
+) -> Result<ImportReport, StoreError> {
+    match parsed {
+        ParsedFeed::Identity(p) => store_identity(store, p, cfg, actor, now_ms),
+        ParsedFeed::Mailbox(p) => store_mailbox(store, p, actor, now_ms),
+    }
+}
+
+/// Reads, stores and judges one file (the CLI's path).
 pub fn import(
     store: &mut Store,
     feed: Feed,
@@ -414,10 +443,8 @@ pub fn import(
     actor: &str,
     now_ms: u64,
 ) -> Result<ImportReport, FeedError> {
-    Ok(match feed {
-        Feed::Identity => store_identity(store, parse_identity(bytes, cfg)?, cfg, actor, now_ms)?,
-        Feed::Mailbox => store_mailbox(store, parse_mailbox(bytes, cfg)?, actor, now_ms)?,
-    })
+    let parsed = parse(feed, bytes, cfg)?;
+    Ok(self::store(store, parsed, cfg, actor, now_ms)?)
 }
 
 #[cfg(test)]

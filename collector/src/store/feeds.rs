@@ -91,7 +91,9 @@ impl FeedTx<'_> {
         Ok(n == 1)
     }
 
-    /// Distinct users with a sign-in of `outcome` from `ip` in `[from_ms, to_ms]`, sorted, at most `limit`.
+    /// Users with a sign-in of `outcome` from `ip` in `[from_ms, to_ms]`: how many
+    /// distinct ones, the first of them (sorted, at most `limit`), and the time of the
+    /// first such sign-in.
     pub fn users_from_ip(
         &self,
         ip: IpAddr,
@@ -99,35 +101,46 @@ impl FeedTx<'_> {
         from_ms: u64,
         to_ms: u64,
         limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT DISTINCT user FROM sign_ins WHERE ip = ?1 AND outcome = ?2 AND time_ms BETWEEN ?3 AND ?4
-             ORDER BY user LIMIT ?5",
-        )?;
-        let users = stmt
+    ) -> Result<(u32, Vec<String>, Option<u64>), StoreError> {
+        let args = params![ip.to_string(), outcome.as_str(), i64_of(from_ms), i64_of(to_ms)];
+        let users = self
+            .tx
+            .prepare_cached(
+                "SELECT DISTINCT user FROM sign_ins WHERE ip = ?1 AND outcome = ?2 AND time_ms BETWEEN ?3 AND ?4
+                 ORDER BY user LIMIT ?5",
+            )?
             .query_map(
                 params![ip.to_string(), outcome.as_str(), i64_of(from_ms), i64_of(to_ms), limit],
                 |r| r.get(0),
             )?
             .collect::<Result<Vec<String>, _>>()?;
-        Ok(users)
+        let (count, first): (u32, Option<i64>) = self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(DISTINCT user), MIN(time_ms) FROM sign_ins
+                 WHERE ip = ?1 AND outcome = ?2 AND time_ms BETWEEN ?3 AND ?4",
+            )?
+            .query_row(args, |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((count, users, first.map(ms)))
     }
 
-    /// Sign-ins of `user` with `outcome` in `[from_ms, to_ms]`: how many, and their distinct IPs (at most 20).
+    /// Sign-ins of `user` with `outcome` in `[from_ms, to_ms]`: how many, the first's
+    /// time, and their distinct IPs (at most 20).
     pub fn user_outcomes(
         &self,
         user: &str,
         outcome: SignInOutcome,
         from_ms: u64,
         to_ms: u64,
-    ) -> Result<(u32, Vec<String>), StoreError> {
+    ) -> Result<(u32, Option<u64>, Vec<String>), StoreError> {
         let args = params![user, outcome.as_str(), i64_of(from_ms), i64_of(to_ms)];
-        let count: u32 = self
+        let (count, first): (u32, Option<i64>) = self
             .tx
             .prepare_cached(
-                "SELECT COUNT(*) FROM sign_ins WHERE user = ?1 AND outcome = ?2 AND time_ms BETWEEN ?3 AND ?4",
+                "SELECT COUNT(*), MIN(time_ms) FROM sign_ins
+                 WHERE user = ?1 AND outcome = ?2 AND time_ms BETWEEN ?3 AND ?4",
             )?
-            .query_row(args, |r| r.get(0))?;
+            .query_row(args, |r| Ok((r.get(0)?, r.get(1)?)))?;
         let ips = self
             .tx
             .prepare_cached(
@@ -136,7 +149,7 @@ impl FeedTx<'_> {
             )?
             .query_map(args, |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
-        Ok((count, ips))
+        Ok((count, first.map(ms), ips))
     }
 
     /// The user's successful sign-ins with coordinates just before and just after `time_ms`
