@@ -6,8 +6,6 @@
 
 use serde_json::{Map, Value};
 
-use super::Skipped;
-
 /// Where a record is in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -38,22 +36,13 @@ impl Container {
     }
 }
 
-#[derive(Debug)]
-pub struct RawRecord {
-    pub pos: Position,
-    pub value: Value,
-}
+/// One record of the file in order: its JSON value, or why it could not be read.
+pub type Sink<'a> = dyn FnMut(Position, Result<Value, String>) + 'a;
 
-#[derive(Debug)]
-pub struct Split {
-    pub container: Container,
-    pub records: Vec<RawRecord>,
-    pub skipped: Vec<Skipped>,
-}
-
-/// Splits a file into records. Err only when the file as a whole cannot be read
-/// (empty, not UTF-8, broken JSON document, CSV without a header).
-pub fn split(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
+/// Splits a file into records, handing each to `sink` in file order (so a file
+/// of millions of bad lines costs a counter, not a list). Err only when the file
+/// as a whole cannot be read (empty, not UTF-8, broken JSON document, no CSV header).
+pub fn split(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Result<Container, String> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
     let trimmed = text.trim_start();
@@ -61,59 +50,46 @@ pub fn split(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
         None => Err("the file is empty".into()),
         Some('[') => {
             let doc: Value = serde_json::from_str(trimmed).map_err(|e| format!("not a JSON array: {e}"))?;
-            Ok(from_array(Container::JsonArray, doc))
+            from_array(doc, sink);
+            Ok(Container::JsonArray)
         }
         Some('{') => match serde_json::from_str::<Value>(trimmed) {
             Ok(Value::Object(mut obj)) => {
                 for list in ["records", "value"] {
                     if let Some(Value::Array(_)) = obj.get(list) {
-                        let items = obj.remove(list).unwrap_or(Value::Null);
-                        return Ok(from_array(Container::Records, items));
+                        from_array(obj.remove(list).unwrap_or(Value::Null), sink);
+                        return Ok(Container::Records);
                     }
                 }
-                Ok(from_array(
-                    Container::JsonObject,
-                    Value::Array(vec![Value::Object(obj)]),
-                ))
+                from_array(Value::Array(vec![Value::Object(obj)]), sink);
+                Ok(Container::JsonObject)
             }
             // Several objects: one per line.
-            _ => Ok(ndjson(text, max_record_bytes)),
+            _ => {
+                ndjson(text, max_record_bytes, sink);
+                Ok(Container::Ndjson)
+            }
         },
-        Some(_) => csv_rows(bytes, max_record_bytes),
+        Some(_) => csv_rows(bytes, max_record_bytes, sink).map(|()| Container::Csv),
     }
 }
 
-fn from_array(container: Container, doc: Value) -> Split {
-    let mut out = Split {
-        container,
-        records: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let Value::Array(items) = doc else { return out };
+fn from_array(doc: Value, sink: &mut Sink<'_>) {
+    let Value::Array(items) = doc else { return };
     for (i, value) in items.into_iter().enumerate() {
         let pos = Position {
             line: None,
             record: i as u64 + 1,
         };
         if value.is_object() {
-            out.records.push(RawRecord { pos, value });
+            sink(pos, Ok(value));
         } else {
-            out.skipped.push(Skipped {
-                line: None,
-                record: pos.record,
-                reason: "not a JSON object".into(),
-            });
+            sink(pos, Err("not a JSON object".into()));
         }
     }
-    out
 }
 
-fn ndjson(text: &str, max_record_bytes: usize) -> Split {
-    let mut out = Split {
-        container: Container::Ndjson,
-        records: Vec::new(),
-        skipped: Vec::new(),
-    };
+fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
     let mut record = 0;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -125,28 +101,25 @@ fn ndjson(text: &str, max_record_bytes: usize) -> Split {
             line: Some(i as u64 + 1),
             record,
         };
-        let skip = |reason: String| Skipped {
-            line: pos.line,
-            record,
-            reason,
-        };
         if line.len() > max_record_bytes {
-            out.skipped.push(skip(format!(
-                "record of {} bytes is over the {max_record_bytes}-byte limit",
-                line.len()
-            )));
+            sink(
+                pos,
+                Err(format!(
+                    "record of {} bytes is over the {max_record_bytes}-byte limit",
+                    line.len()
+                )),
+            );
             continue;
         }
         match serde_json::from_str::<Value>(line) {
-            Ok(value @ Value::Object(_)) => out.records.push(RawRecord { pos, value }),
-            Ok(_) => out.skipped.push(skip("not a JSON object".into())),
-            Err(e) => out.skipped.push(skip(format!("not JSON: {e}"))),
+            Ok(value @ Value::Object(_)) => sink(pos, Ok(value)),
+            Ok(_) => sink(pos, Err("not a JSON object".into())),
+            Err(e) => sink(pos, Err(format!("not JSON: {e}"))),
         }
     }
-    out
 }
 
-fn csv_rows(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
+fn csv_rows(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Result<(), String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let headers: Vec<String> = reader
         .headers()
@@ -157,17 +130,12 @@ fn csv_rows(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
     if headers.len() < 2 || headers.iter().all(String::is_empty) {
         return Err("not a supported shape: neither JSON nor CSV with a header row".into());
     }
-    let mut out = Split {
-        container: Container::Csv,
-        records: Vec::new(),
-        skipped: Vec::new(),
-    };
     let mut row = csv::StringRecord::new();
     let mut record = 0;
     loop {
         let line = reader.position().line() + 1;
         match reader.read_record(&mut row) {
-            Ok(false) => break,
+            Ok(false) => return Ok(()),
             Ok(true) => {
                 record += 1;
                 let pos = Position {
@@ -176,47 +144,42 @@ fn csv_rows(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
                 };
                 let size = row.as_byte_record().as_slice().len();
                 if size > max_record_bytes {
-                    out.skipped.push(Skipped {
-                        line: pos.line,
-                        record,
-                        reason: format!("record of {size} bytes is over the {max_record_bytes}-byte limit"),
-                    });
-                    continue;
+                    sink(
+                        pos,
+                        Err(format!(
+                            "record of {size} bytes is over the {max_record_bytes}-byte limit"
+                        )),
+                    );
+                } else if row.len() != headers.len() {
+                    sink(
+                        pos,
+                        Err(format!("{} cells where the header has {}", row.len(), headers.len())),
+                    );
+                } else {
+                    let obj: Map<String, Value> = headers
+                        .iter()
+                        .zip(row.iter())
+                        .filter(|(_, cell)| !cell.trim().is_empty())
+                        .map(|(name, cell)| (name.clone(), Value::String(cell.to_string())))
+                        .collect();
+                    sink(pos, Ok(Value::Object(obj)));
                 }
-                if row.len() != headers.len() {
-                    out.skipped.push(Skipped {
-                        line: pos.line,
-                        record,
-                        reason: format!("{} cells where the header has {}", row.len(), headers.len()),
-                    });
-                    continue;
-                }
-                let mut obj = Map::new();
-                for (name, cell) in headers.iter().zip(row.iter()) {
-                    if !cell.trim().is_empty() {
-                        obj.insert(name.clone(), Value::String(cell.to_string()));
-                    }
-                }
-                out.records.push(RawRecord {
-                    pos,
-                    value: Value::Object(obj),
-                });
             }
             Err(e) => {
                 record += 1;
-                out.skipped.push(Skipped {
+                let pos = Position {
                     line: Some(e.position().map_or(line, |p| p.line())),
                     record,
-                    reason: format!("unreadable CSV record: {e}"),
-                });
-                // A record that is not UTF-8 is skipped; a broken quote leaves nothing to resync on.
-                if !matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
-                    break;
+                };
+                let utf8 = matches!(e.kind(), csv::ErrorKind::Utf8 { .. });
+                sink(pos, Err(format!("unreadable CSV record: {e}")));
+                // A record that is not UTF-8 is skipped; after a broken quote there is nothing to resync on.
+                if !utf8 {
+                    return Ok(());
                 }
             }
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -224,50 +187,57 @@ fn csv_rows(bytes: &[u8], max_record_bytes: usize) -> Result<Split, String> {
 mod tests {
     use super::*;
 
+    /// The container, the records read (position, value) and the positions skipped.
+    type Seen = (Container, Vec<(Position, Value)>, Vec<(Position, String)>);
+
+    fn run(bytes: &[u8], max: usize) -> Result<Seen, String> {
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        let container = split(bytes, max, &mut |pos, r| match r {
+            Ok(v) => ok.push((pos, v)),
+            Err(e) => bad.push((pos, e)),
+        })?;
+        Ok((container, ok, bad))
+    }
+
     #[test]
     fn shapes_are_recognised_without_a_flag() {
-        let s = split(b"[{\"a\":1}, 3]", 100).unwrap();
+        let (c, ok, bad) = run(b"[{\"a\":1}, 3]", 100).unwrap();
+        assert_eq!((c, ok.len(), bad.len()), (Container::JsonArray, 1, 1));
+        let (c, ok, _) = run(b"{\"records\":[{\"a\":1},{\"a\":2}]}", 100).unwrap();
+        assert_eq!((c, ok.len()), (Container::Records, 2));
+        let (c, ok, _) = run(b"{\"a\":1}", 100).unwrap();
+        assert_eq!((c, ok.len()), (Container::JsonObject, 1));
+        let (c, ok, bad) = run(b"\xEF\xBB\xBF{\"a\":1}\n\n{\"a\":\n{\"a\":3}\n", 100).unwrap();
+        assert_eq!((c, ok.len()), (Container::Ndjson, 2));
+        assert_eq!(bad[0].0.line, Some(3));
         assert_eq!(
-            (s.container, s.records.len(), s.skipped.len()),
-            (Container::JsonArray, 1, 1)
-        );
-        let s = split(b"{\"records\":[{\"a\":1},{\"a\":2}]}", 100).unwrap();
-        assert_eq!((s.container, s.records.len()), (Container::Records, 2));
-        let s = split(b"{\"a\":1}", 100).unwrap();
-        assert_eq!((s.container, s.records.len()), (Container::JsonObject, 1));
-        let s = split(b"\xEF\xBB\xBF{\"a\":1}\n\n{\"a\":\n{\"a\":3}\n", 100).unwrap();
-        assert_eq!((s.container, s.records.len()), (Container::Ndjson, 2));
-        assert_eq!(s.skipped[0].line, Some(3));
-        assert_eq!(
-            s.records[1].pos,
+            ok[1].0,
             Position {
                 line: Some(4),
                 record: 3
             }
         );
-        let s = split(b"A,B\n1,\"{\"\"x\"\":\n2}\"\n3,4\n5\n", 100).unwrap();
-        assert_eq!((s.container, s.records.len()), (Container::Csv, 2));
-        assert_eq!(s.records[0].value["B"], "{\"x\":\n2}");
+        let (c, ok, bad) = run(b"A,B\n1,\"{\"\"x\"\":\n2}\"\n3,4\n5\n", 100).unwrap();
+        assert_eq!((c, ok.len()), (Container::Csv, 2));
+        assert_eq!(ok[0].1["B"], "{\"x\":\n2}");
         assert_eq!(
-            s.records[1].pos,
+            ok[1].0,
             Position {
                 line: Some(4),
                 record: 2
             }
         );
-        assert_eq!(s.skipped[0].line, Some(5));
+        assert_eq!(bad[0].0.line, Some(5));
     }
 
     #[test]
     fn unreadable_files_and_oversized_records_are_refused() {
-        assert!(split(b"", 100).is_err());
-        assert!(split(b"   \n", 100).is_err());
-        assert!(split(b"[{\"a\":", 100).is_err());
-        assert!(split(b"\xff\xfe", 100).is_err());
-        assert!(split(b"just text\n", 100).is_err());
+        for bad in [&b""[..], b"   \n", b"[{\"a\":", b"\xff\xfe", b"just text\n"] {
+            assert!(run(bad, 100).is_err(), "{bad:?}");
+        }
         let long = format!("{{\"a\":\"{}\"}}\n{{\"a\":1}}\n", "x".repeat(200));
-        let s = split(long.as_bytes(), 100).unwrap();
-        assert_eq!((s.records.len(), s.skipped.len()), (1, 1));
-        assert!(s.skipped[0].reason.contains("limit"));
+        let (_, ok, bad) = run(long.as_bytes(), 100).unwrap();
+        assert_eq!((ok.len(), bad.len()), (1, 1));
+        assert!(bad[0].1.contains("limit"));
     }
 }

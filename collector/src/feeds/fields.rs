@@ -146,11 +146,11 @@ pub fn record_hash(v: &Value) -> String {
 fn canonical(v: &Value) -> String {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let body: Vec<String> = keys
+            let mut pairs: Vec<(&String, &Value)> = map.iter().collect();
+            pairs.sort_by_key(|(k, _)| *k);
+            let body: Vec<String> = pairs
                 .iter()
-                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&map[k.as_str()])))
+                .map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical(v)))
                 .collect();
             format!("{{{}}}", body.join(","))
         }

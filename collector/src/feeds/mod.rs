@@ -275,24 +275,30 @@ fn parse_with<T>(
             limit: cfg.max_import_bytes,
         });
     }
-    let split = detect::split(bytes, cfg.max_record_bytes).map_err(FeedError::Unreadable)?;
     let mut parsed = Parsed {
         report: ImportReport::default(),
         items: Vec::new(),
     };
     let mut kinds: Vec<&'static str> = Vec::new();
     let r = &mut parsed.report;
-    r.records = split.records.len() as u64 + split.skipped.len() as u64;
-    for s in split.skipped {
-        r.skip(s);
-    }
-    for raw in split.records {
-        match normalize(&raw.value) {
+    let items = &mut parsed.items;
+    let container = detect::split(bytes, cfg.max_record_bytes, &mut |pos, value| {
+        r.records += 1;
+        let skipped = |reason| Skipped {
+            line: pos.line,
+            record: pos.record,
+            reason,
+        };
+        let value = match value {
+            Ok(v) => v,
+            Err(reason) => return r.skip(skipped(reason)),
+        };
+        match normalize(&value) {
             Normalized::Record { kind, item } => {
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
                 }
-                parsed.items.push(item);
+                items.push(item);
             }
             Normalized::Ignored { kind } => {
                 if !kinds.contains(&kind) {
@@ -300,18 +306,14 @@ fn parse_with<T>(
                 }
                 r.ignored += 1;
             }
-            Normalized::Bad(reason) => r.skip(Skipped {
-                line: raw.pos.line,
-                record: raw.pos.record,
-                reason,
-            }),
+            Normalized::Bad(reason) => r.skip(skipped(reason)),
         }
-    }
-    r.skipped.sort_by_key(|s| s.record);
+    })
+    .map_err(FeedError::Unreadable)?;
     if kinds.is_empty() {
         kinds.push("unrecognised");
     }
-    r.format = format!("{}-{}", kinds.join("+"), split.container.as_str());
+    r.format = format!("{}-{}", kinds.join("+"), container.as_str());
     if parsed.items.is_empty() && r.ignored == 0 && r.records > 0 {
         let first = r.skipped.first().map(|s| s.reason.clone()).unwrap_or_default();
         return Err(FeedError::Unreadable(format!(

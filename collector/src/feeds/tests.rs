@@ -392,6 +392,20 @@ fn bad_lines_are_skipped_and_the_rest_imported() {
 }
 
 #[test]
+fn many_bad_lines_are_all_counted_and_the_first_listed() {
+    let (_d, mut store) = store();
+    let mut body = ndjson(&[entra("ok1", "a@contoso.com", "192.0.2.1", T0, "0", None)]);
+    for _ in 0..1000 {
+        body.extend_from_slice(b"{broken\n");
+    }
+    body.extend(ndjson(&[entra("ok2", "b@contoso.com", "192.0.2.1", T0, "0", None)]));
+    let r = run(&mut store, Feed::Identity, &body);
+    assert_eq!((r.records, r.imported, r.skipped_count), (1002, 2, 1000));
+    assert_eq!(r.skipped.len(), MAX_SKIPPED_LISTED);
+    assert_eq!((r.skipped[0].line, r.skipped[99].line), (Some(2), Some(101)));
+}
+
+#[test]
 fn files_with_nothing_readable_or_too_large_are_refused() {
     let (_d, mut store) = store();
     let cfg = FeedsConfig::default();
@@ -499,4 +513,58 @@ fn every_import_is_audited() {
     let entry = audit.iter().find(|e| e.action == "feed.import").unwrap();
     assert_eq!((entry.actor.as_str(), entry.target.as_str()), ("test", "mailbox"));
     assert!(entry.detail.contains("3 imported"), "{}", entry.detail);
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn samples() -> Vec<Vec<u8>> {
+        [
+            "sentinel/sign-in_adelete.first7rows.csv",
+            "panther/okta_systemlog.ndjson",
+            "panther/entra_diagnostic_records.json",
+            "defender/email_events.csv",
+            "defender/defender_streaming.json",
+        ]
+        .iter()
+        .map(|f| fixture(f))
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Random bytes, and real files cut short or with a byte changed, are read
+        /// or refused with a reason; the readable part is imported.
+        #[test]
+        fn malformed_files_are_refused_or_partly_read(
+            raw in proptest::collection::vec(any::<u8>(), 0..512),
+            which in 0usize..5,
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let cfg = FeedsConfig { max_record_bytes: 4096, ..FeedsConfig::default() };
+            let _ = parse_identity(&raw, &cfg);
+            let _ = parse_mailbox(&raw, &cfg);
+            let mut file = samples().swap_remove(which);
+            file.truncate(cut.index(file.len() + 1));
+            if !file.is_empty() {
+                let at = flip.index(file.len());
+                file[at] = byte;
+            }
+            for feed in [Feed::Identity, Feed::Mailbox] {
+                if let Ok(p) = parse(feed, &file, &cfg) {
+                    let r = match &p {
+                        ParsedFeed::Identity(p) => &p.report,
+                        ParsedFeed::Mailbox(p) => &p.report,
+                    };
+                    prop_assert!(r.skipped.len() <= MAX_SKIPPED_LISTED);
+                    prop_assert!(r.skipped_count + r.ignored <= r.records);
+                }
+            }
+        }
+    }
 }
