@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use super::stream::{self, Top};
+
 /// Where a record is in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -48,73 +50,91 @@ pub fn split(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Resu
     let trimmed = text.trim_start();
     match trimmed.chars().next() {
         None => Err("the file is empty".into()),
-        Some('[') => {
-            let doc: Value = serde_json::from_str(trimmed).map_err(|e| format!("not a JSON array: {e}"))?;
-            from_array(doc, sink);
-            Ok(Container::JsonArray)
-        }
-        Some('{') => match serde_json::from_str::<Value>(trimmed) {
-            Ok(Value::Object(mut obj)) => {
-                for list in ["records", "value"] {
-                    if let Some(Value::Array(_)) = obj.get(list) {
-                        from_array(obj.remove(list).unwrap_or(Value::Null), sink);
-                        return Ok(Container::Records);
-                    }
-                }
-                from_array(Value::Array(vec![Value::Object(obj)]), sink);
-                Ok(Container::JsonObject)
-            }
-            // Several objects: one per line.
-            _ => {
+        Some(first @ ('[' | '{')) => {
+            if is_ndjson(trimmed) {
                 ndjson(text, max_record_bytes, sink);
-                Ok(Container::Ndjson)
+                return Ok(Container::Ndjson);
             }
-        },
+            let container = if first == '[' {
+                Container::JsonArray
+            } else {
+                Container::Records
+            };
+            let mut counter = 0;
+            let after = |counter: u64| Position {
+                line: None,
+                record: counter + 1,
+            };
+            match stream::read(trimmed, None, sink, &mut counter) {
+                Ok((top, alone)) => {
+                    let container = match top {
+                        Top::Streamed => container,
+                        Top::Object(obj) => {
+                            counter += 1;
+                            sink(after(counter - 1), Ok(Value::Object(obj)));
+                            Container::JsonObject
+                        }
+                    };
+                    if !alone {
+                        sink(after(counter), Err("text after the end of the JSON document".into()));
+                    }
+                    Ok(container)
+                }
+                // The records before the break were handed on; the break is reported as one more.
+                Err(e) if counter > 0 => {
+                    sink(after(counter), Err(format!("the JSON document breaks off: {e}")));
+                    Ok(container)
+                }
+                Err(e) => Err(format!("not a JSON document: {e}")),
+            }
+        }
         Some(_) => csv_rows(bytes, max_record_bytes, sink).map(|()| Container::Csv),
     }
 }
 
-fn from_array(doc: Value, sink: &mut Sink<'_>) {
-    let Value::Array(items) = doc else { return };
-    for (i, value) in items.into_iter().enumerate() {
-        let pos = Position {
-            line: None,
-            record: i as u64 + 1,
-        };
-        if value.is_object() {
-            sink(pos, Ok(value));
-        } else {
-            sink(pos, Err("not a JSON object".into()));
-        }
-    }
+/// One JSON value per line: the first line holds a whole value and more follows.
+fn is_ndjson(trimmed: &str) -> bool {
+    let first = trimmed.lines().next().unwrap_or("");
+    serde_json::from_str::<serde::de::IgnoredAny>(first).is_ok() && !trimmed[first.len()..].trim().is_empty()
 }
 
+/// Line by line; a line may be one record or a `records[]` batch (Event Hubs capture).
 fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
-    let mut record = 0;
+    let mut counter = 0;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        record += 1;
-        let pos = Position {
-            line: Some(i as u64 + 1),
-            record,
+        let at = Some(i as u64 + 1);
+        let here = |counter: u64| Position {
+            line: at,
+            record: counter,
         };
         if line.len() > max_record_bytes {
-            sink(
-                pos,
-                Err(format!(
-                    "record of {} bytes is over the {max_record_bytes}-byte limit",
-                    line.len()
-                )),
+            counter += 1;
+            let reason = format!(
+                "record of {} bytes is over the {max_record_bytes}-byte limit",
+                line.len()
             );
+            sink(here(counter), Err(reason));
             continue;
         }
-        match serde_json::from_str::<Value>(line) {
-            Ok(value @ Value::Object(_)) => sink(pos, Ok(value)),
-            Ok(_) => sink(pos, Err("not a JSON object".into())),
-            Err(e) => sink(pos, Err(format!("not JSON: {e}"))),
+        match stream::read(line, at, sink, &mut counter) {
+            Ok((top, alone)) => {
+                if let Top::Object(obj) = top {
+                    counter += 1;
+                    sink(here(counter), Ok(Value::Object(obj)));
+                }
+                if !alone {
+                    counter += 1;
+                    sink(here(counter), Err("text after the JSON value on this line".into()));
+                }
+            }
+            Err(e) => {
+                counter += 1;
+                sink(here(counter), Err(format!("not a JSON object: {e}")));
+            }
         }
     }
 }
@@ -228,6 +248,43 @@ mod tests {
             }
         );
         assert_eq!(bad[0].0.line, Some(5));
+    }
+
+    #[test]
+    fn large_documents_are_streamed_and_a_break_keeps_what_came_before() {
+        let (c, ok, bad) = run(b"{\"records\": [{\"a\":1}, {\"a\":2}, {\"a\":", 100).unwrap();
+        assert_eq!((c, ok.len(), bad.len()), (Container::Records, 2, 1));
+        assert_eq!(bad[0].0.record, 3);
+        assert!(bad[0].1.contains("breaks off"), "{}", bad[0].1);
+        // A record that merely has a `value` field is one record.
+        let (c, ok, _) = run(b"{\"value\": \"x\", \"b\": {\"c\": 1}}", 100).unwrap();
+        assert_eq!((c, ok[0].1["b"]["c"].as_i64()), (Container::JsonObject, Some(1)));
+        // Event Hubs capture: one records[] batch per line.
+        let (c, ok, bad) = run(
+            b"{\"records\":[{\"a\":1},{\"a\":2}]}\n{\"records\":[{\"a\":3}]}\n[1]\n",
+            100,
+        )
+        .unwrap();
+        assert_eq!((c, ok.len(), bad.len()), (Container::Ndjson, 3, 1));
+        assert_eq!(
+            ok[2].0,
+            Position {
+                line: Some(2),
+                record: 3
+            }
+        );
+        assert_eq!(
+            bad[0].0,
+            Position {
+                line: Some(3),
+                record: 4
+            }
+        );
+        let (_, ok, bad) = run(b"[{\"a\":1}] trailing", 100).unwrap();
+        assert_eq!(
+            (ok.len(), bad[0].1.as_str()),
+            (1, "text after the end of the JSON document")
+        );
     }
 
     #[test]

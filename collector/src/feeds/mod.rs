@@ -37,6 +37,7 @@ mod detect;
 mod fields;
 mod identity;
 mod mailbox;
+mod stream;
 
 use std::net::IpAddr;
 
