@@ -49,8 +49,6 @@ use crate::config::FeedsConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-pub use detect::Position;
-
 /// Which feed a file belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
@@ -312,7 +310,7 @@ fn parse_with<T>(
     })
     .map_err(FeedError::Unreadable)?;
     if kinds.is_empty() {
-        kinds.push("unrecognised");
+        kinds.push(if r.records == 0 { "empty" } else { "unrecognised" });
     }
     r.format = format!("{}-{}", kinds.join("+"), container.as_str());
     if parsed.items.is_empty() && r.ignored == 0 && r.records > 0 {

@@ -425,6 +425,9 @@ fn files_with_nothing_readable_or_too_large_are_refused() {
         max_record_bytes: 10,
         ..FeedsConfig::default()
     };
+    // An export of a quiet hour is not an error.
+    let empty = import(&mut store, Feed::Mailbox, b"{\"records\": []}", &cfg, "t", 1).unwrap();
+    assert_eq!((empty.format.as_str(), empty.records), ("empty-records", 0));
     let err = import(&mut store, Feed::Mailbox, &[b' '; 11], &small, "t", 1).unwrap_err();
     assert!(matches!(err, FeedError::TooLarge { size: 11, limit: 10 }));
     assert_eq!(store.count_alerts().unwrap(), 0);
