@@ -28,6 +28,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub devices: DeviceConfig,
     pub correlation: CorrelationConfig,
+    pub feeds: FeedsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,9 +70,6 @@ pub struct CorrelationConfig {
     /// User principal name → the device-local account names it stands for.
     /// Names not listed map to the part before the "@".
     pub user_map: std::collections::HashMap<String, Vec<String>>,
-    /// Mail domains whose mailboxes are our users (so a recipient's address links to
-    /// the user); empty: every mailbox address is taken for a user.
-    pub mail_domains: Vec<String>,
 }
 
 impl Default for CorrelationConfig {
@@ -80,7 +78,6 @@ impl Default for CorrelationConfig {
             window_ms: 24 * 3_600_000,
             prevalence_threshold: 10,
             user_map: std::collections::HashMap::new(),
-            mail_domains: Vec::new(),
         }
     }
 }
@@ -91,7 +88,49 @@ impl CorrelationConfig {
             window_ms: self.window_ms,
             prevalence_threshold: self.prevalence_threshold,
             user_map: self.user_map.clone(),
-            mail_domains: self.mail_domains.clone(),
+        }
+    }
+}
+
+/// Identity and mailbox feed imports: size limits and detection thresholds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedsConfig {
+    /// Largest file one import accepts (API body or CLI file), in bytes.
+    pub max_import_bytes: usize,
+    /// Largest single record (NDJSON line, CSV row), in bytes; larger ones are skipped.
+    pub max_record_bytes: usize,
+    /// Password spray: this many distinct users failing from one IP ...
+    pub spray_min_users: u32,
+    /// ... within this window.
+    pub spray_window_ms: u64,
+    /// Brute force: this many failed sign-ins of one user ...
+    pub brute_force_min_failures: u32,
+    /// ... within this window.
+    pub brute_force_window_ms: u64,
+    /// MFA fatigue: this many denied MFA prompts of one user ...
+    pub mfa_fatigue_min_denials: u32,
+    /// ... within this window.
+    pub mfa_fatigue_window_ms: u64,
+    /// Impossible travel: faster than this between two successful sign-ins ...
+    pub impossible_travel_max_kmh: f64,
+    /// ... and at least this far apart (nearby places are geolocation noise).
+    pub impossible_travel_min_km: f64,
+}
+
+impl Default for FeedsConfig {
+    fn default() -> Self {
+        FeedsConfig {
+            max_import_bytes: 64 << 20,
+            max_record_bytes: 1 << 20,
+            spray_min_users: 10,
+            spray_window_ms: 3_600_000,
+            brute_force_min_failures: 10,
+            brute_force_window_ms: 600_000,
+            mfa_fatigue_min_denials: 3,
+            mfa_fatigue_window_ms: 600_000,
+            impossible_travel_max_kmh: 900.0,
+            impossible_travel_min_km: 500.0,
         }
     }
 }
@@ -108,6 +147,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             devices: DeviceConfig::default(),
             correlation: CorrelationConfig::default(),
+            feeds: FeedsConfig::default(),
         }
     }
 }
@@ -179,11 +219,25 @@ impl Config {
         if c.prevalence_threshold == 0 || c.prevalence_threshold > 10_000 {
             return Err("correlation.prevalence_threshold must be 1..=10000".into());
         }
-        if c.mail_domains.len() > 1_000 {
-            return Err("correlation.mail_domains is too long".into());
-        }
         if c.user_map.len() > 100_000 || c.user_map.values().any(|v| v.len() > 100) {
             return Err("correlation.user_map is too large".into());
+        }
+        let f = &self.feeds;
+        if f.max_import_bytes == 0 || f.max_record_bytes == 0 || f.max_record_bytes > f.max_import_bytes {
+            return Err("feeds.max_record_bytes must be above zero and at most feeds.max_import_bytes".into());
+        }
+        if f.spray_min_users < 2 || f.brute_force_min_failures < 2 || f.mfa_fatigue_min_denials < 2 {
+            return Err("feeds thresholds (spray_min_users, brute_force_min_failures, mfa_fatigue_min_denials) must be at least 2".into());
+        }
+        if f.spray_window_ms == 0 || f.brute_force_window_ms == 0 || f.mfa_fatigue_window_ms == 0 {
+            return Err("feeds windows must be above zero".into());
+        }
+        let kmh_ok = f.impossible_travel_max_kmh.is_finite() && f.impossible_travel_max_kmh > 0.0;
+        let km_ok = f.impossible_travel_min_km.is_finite() && f.impossible_travel_min_km >= 0.0;
+        if !(kmh_ok && km_ok) {
+            return Err(
+                "feeds.impossible_travel_max_kmh must be above zero and impossible_travel_min_km not negative".into(),
+            );
         }
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
@@ -236,6 +290,27 @@ offline_after_ms = 90000
 # How often revocations made from the command line are picked up.
 revocation_poll_ms = 1000
 
+[feeds]
+# Identity (sign-in) and mailbox (email) imports: POST /api/v1/feeds/{identity,mailbox}
+# or `ward-collector import identity|mailbox FILE`.
+# Largest file one import accepts, in bytes (64 MiB).
+max_import_bytes = 67108864
+# Largest single record (NDJSON line, CSV row); larger ones are skipped and reported.
+max_record_bytes = 1048576
+# Password spray: this many distinct users failing from one IP within the window.
+spray_min_users = 10
+spray_window_ms = 3600000
+# Brute force: this many failed sign-ins of one user within the window.
+brute_force_min_failures = 10
+brute_force_window_ms = 600000
+# MFA fatigue: this many denied MFA prompts of one user within the window.
+mfa_fatigue_min_denials = 3
+mfa_fatigue_window_ms = 600000
+# Impossible travel: two successful sign-ins of one user at least min_km apart
+# and faster than max_kmh between them (an airliner flies about 900 km/h).
+impossible_travel_max_kmh = 900.0
+impossible_travel_min_km = 500.0
+
 [correlation]
 # An alert joins an open incident that shares a strong entity with it (device, user,
 # file hash, mailbox, URL, domain, uncommon IP) when it is at most this long before
@@ -244,11 +319,8 @@ window_ms = 86400000
 # An entity seen on more distinct devices than this, or shared by more open
 # incidents than this, stops linking alerts (system binaries, resolvers, admins).
 prevalence_threshold = 10
-# Mail domains whose mailboxes are our users: a recipient's address then stands for
-# that user, a sender from elsewhere does not. Empty: every address is taken for a user.
-mail_domains = []
 
-# User principal names (sign-ins, mailboxes) → device-local account names. Names
+# User principal names (sign-ins, mail recipients) → device-local account names. Names
 # not listed map to the part before the "@" ("alice@contoso.com" → "alice").
 [correlation.user_map]
 # "a.smith@contoso.com" = ["asmith", "alice"]
@@ -280,6 +352,39 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown field")
         );
+        let (f, d) = (&parsed.feeds, &defaults.feeds);
+        assert_eq!(
+            (
+                f.max_import_bytes,
+                f.max_record_bytes,
+                f.spray_min_users,
+                f.spray_window_ms
+            ),
+            (
+                d.max_import_bytes,
+                d.max_record_bytes,
+                d.spray_min_users,
+                d.spray_window_ms
+            )
+        );
+        assert_eq!(
+            (
+                f.brute_force_min_failures,
+                f.brute_force_window_ms,
+                f.mfa_fatigue_min_denials,
+                f.mfa_fatigue_window_ms
+            ),
+            (
+                d.brute_force_min_failures,
+                d.brute_force_window_ms,
+                d.mfa_fatigue_min_denials,
+                d.mfa_fatigue_window_ms
+            )
+        );
+        assert_eq!(
+            (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
+            (d.impossible_travel_max_kmh, d.impossible_travel_min_km)
+        );
     }
 
     #[test]
@@ -291,5 +396,15 @@ mod tests {
                 .contains("max_frame_bytes")
         );
         assert!(Config::parse("tls_cert_pem = \"/x\"").unwrap_err().contains("together"));
+        assert!(
+            Config::parse("[feeds]\nspray_min_users = 1")
+                .unwrap_err()
+                .contains("at least 2")
+        );
+        assert!(
+            Config::parse("[feeds]\nnope = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 }

@@ -6,9 +6,10 @@
 //! from other devices and users stays out. Analysts triage it through the API,
 //! and a restarted collector keeps correlating into the same incident.
 //!
-//! The mail and sign-in alerts are written into the store from this process, as
-//! `ward-collector import` does from another one: the correlator tails the alerts
-//! table, so it picks them up however they arrived.
+//! The mail and sign-in alerts come from the real feed routes (Defender email
+//! records, Entra sign-in records); the merge test writes feed alerts into the
+//! store from this process, as `ward-collector import` does from another one: the
+//! correlator tails the alerts table, so it picks them up however they arrived.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -120,10 +121,7 @@ fn reason_of(detail: &Value, alert: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
-    let mut collector = Collector::start_with(|c| {
-        *c = c.replace("mail_domains = []", "mail_domains = [\"contoso.com\"]");
-    })
-    .unwrap();
+    let mut collector = Collector::start().unwrap();
     let ann = collector.user("ann", "analyst").unwrap();
     let vera = collector.user("vera", "viewer").unwrap();
     let token = collector.join_token(5, "1h").unwrap();
@@ -141,65 +139,25 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
     other.connect().await.unwrap();
     let t0 = now_ms() - 3 * 60 * MIN;
 
-    // 1. The phishing mail with an attachment, delivered to alice.
-    let mail = feed(
-        AlertSource::Mailbox,
-        t0,
-        rule(
-            "ward-mail-malicious-attachment",
-            "Malicious attachment delivered",
-            Severity::High,
-            "T1566.001",
-            &["TA0001"],
-        ),
-        vec![
-            Entity::Mailbox {
-                address: "alice@contoso.com".into(),
-            },
-            Entity::Mailbox {
-                address: "billing@invoices.example".into(),
-            },
-            Entity::File {
-                path: "invoice.docm".into(),
-                sha256: Some(HASH),
-            },
-            Entity::Domain {
-                name: "invoices.example".into(),
-            },
-        ],
-    );
-    let mail_id = mail.id.clone();
-    // Noise: another user's risky sign-in, another device's alert.
-    let noise_signin = feed(
-        AlertSource::Identity,
-        t0 + MIN,
-        rule(
-            "ward-identity-risky-sign-in",
-            "Risky sign-in",
-            Severity::High,
-            "T1078",
-            &["TA0001"],
-        ),
-        vec![user("carol@contoso.com", None), ip("192.0.2.77")],
-    );
-    import(&collector, &[mail, noise_signin.clone()]);
+    // 1. The phishing mail with an attachment, delivered to alice (Defender EmailEvents
+    //    and EmailAttachmentInfo, as the streaming API exports them).
+    let (status, report) = collector
+        .post_bytes_as("/api/v1/feeds/mailbox", &ann, mail_export(t0))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    let mail_id = feed_alert(&collector, "ward-mailbox-malicious-delivered", "alice@contoso.com").await;
     let (incident, _) = incident_of(&collector, &mail_id).await;
 
-    // 2. alice's risky sign-in from a new country.
-    let signin = feed(
-        AlertSource::Identity,
-        t0 + 20 * MIN,
-        rule(
-            "ward-identity-risky-sign-in",
-            "Risky sign-in from a new country",
-            Severity::High,
-            "T1078",
-            &["TA0001"],
-        ),
-        vec![user("alice@contoso.com", None), ip("198.51.100.23")],
-    );
-    let signin_id = signin.id.clone();
-    import(&collector, &[signin]);
+    // 2. alice's risky sign-in from a new country (an Entra SigninLogs record), and
+    //    noise: carol's risky sign-in from elsewhere.
+    let (status, report) = collector
+        .post_bytes_as("/api/v1/feeds/identity", &ann, sign_in_export(t0 + 20 * MIN))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    let signin_id = feed_alert(&collector, "ward-identity-risky-sign-in", "alice@contoso.com").await;
+    let noise_signin = feed_alert(&collector, "ward-identity-risky-sign-in", "carol@contoso.com").await;
 
     // 3. The attachment lands on alice's laptop; 4. a reverse shell spawned from it.
     let dropped = send(
@@ -294,7 +252,7 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
     for a in [&signin_id, &dropped, &shell] {
         assert_eq!(incident_of(&collector, a).await.0, incident, "alert {a}");
     }
-    for noise in [&noise_signin.id, &noise_device] {
+    for noise in [&noise_signin, &noise_device] {
         assert_ne!(
             incident_of(&collector, noise).await.0,
             incident,
@@ -486,6 +444,89 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
     )
     .await;
     assert_eq!(incident_of(&collector, &later).await.0, incident);
+}
+
+/// RFC 3339 of Unix milliseconds (civil date from days since 1970, Howard Hinnant's algorithm).
+fn ms_rfc3339(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A Defender streaming export: a malicious mail with an attachment delivered to alice.
+fn mail_export(at: u64) -> Vec<u8> {
+    let t = ms_rfc3339(at);
+    let msg = "a11ce000-0000-4c1e-9a53-0b6f1e2d3c4a";
+    json!({"records": [
+        {"time": t, "category": "AdvancedHunting-EmailEvents", "properties": {
+            "Timestamp": t, "NetworkMessageId": msg, "InternetMessageId": "<inv-1@invoices.example>",
+            "SenderMailFromAddress": "billing@invoices.example", "SenderFromAddress": "Billing@Invoices.example",
+            "SenderFromDomain": "invoices.example", "SenderIPv4": "203.0.113.25",
+            "RecipientEmailAddress": "Alice@contoso.com", "Subject": "Invoice overdue", "EmailDirection": "Inbound",
+            "DeliveryAction": "Delivered", "DeliveryLocation": "Inbox/folder", "ThreatTypes": "Malware",
+            "DetectionMethods": "{\"Malware\":[\"File detonation\"]}", "AttachmentCount": 1, "UrlCount": 0,
+            "ReportId": format!("{msg}-1")}},
+        {"time": t, "category": "AdvancedHunting-EmailAttachmentInfo", "properties": {
+            "Timestamp": t, "NetworkMessageId": msg, "SenderFromAddress": "Billing@Invoices.example",
+            "RecipientEmailAddress": "Alice@contoso.com", "FileName": "invoice.docm", "FileType": "docm",
+            "SHA256": hex_of(&HASH).to_ascii_uppercase(), "FileSize": 48213, "ThreatTypes": "Malware",
+            "ReportId": format!("{msg}-2")}}
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// Entra sign-in records: alice at high risk from a country she never signed in from;
+/// carol at high risk from elsewhere.
+fn sign_in_export(at: u64) -> Vec<u8> {
+    let record = |id: &str, upn: &str, ip: &str, city: &str, country: &str| {
+        json!({"category": "SignInLogs", "resultType": "0", "callerIpAddress": ip, "time": ms_rfc3339(at),
+            "properties": {"id": id, "userPrincipalName": upn, "createdDateTime": ms_rfc3339(at), "ipAddress": ip,
+                "appDisplayName": "Office 365", "clientAppUsed": "Browser",
+                "location": {"city": city, "countryOrRegion": country},
+                "riskLevelDuringSignIn": "High", "riskState": "atRisk", "status": {"errorCode": 0}}})
+    };
+    json!({"records": [
+        record("sign-in-alice", "alice@contoso.com", "198.51.100.23", "Lagos", "NG"),
+        record("sign-in-carol", "carol@contoso.com", "192.0.2.77", "Lima", "PE"),
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// The id of the alert `rule` raised about `user` (as its user entity names them).
+async fn feed_alert(collector: &Collector, rule: &str, user: &str) -> String {
+    let (status, body) = collector.get(&format!("/api/v1/alerts?rule={rule}")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| {
+            a["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "user" && e["name"] == user)
+        })
+        .unwrap_or_else(|| panic!("no {rule} alert for {user} in {body}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn hex_of(h: &[u8; 32]) -> String {

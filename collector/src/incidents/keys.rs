@@ -2,8 +2,9 @@
 //! entities become keys: a device, a user who is a person (not a system account),
 //! a file or process image with a hash, a mailbox, a URL, a domain, and an IP that
 //! is routable and not one of our own devices' addresses (that one names the device).
-//! A user principal name ("alice@contoso.com") and a mailbox address are mapped to
-//! the device-local account names they stand for, so sign-ins, mail and shells meet.
+//! A user principal name ("alice@contoso.com", as sign-ins and mail recipients name
+//! users) is mapped to the device-local account names it stands for, so sign-ins,
+//! mail and shells meet.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -82,8 +83,6 @@ pub struct KnownDevice {
 pub struct KeyContext {
     /// User principal name (lowercase) → local account names.
     pub user_map: HashMap<String, Vec<String>>,
-    /// Mail domains whose mailboxes are our users; empty: every mailbox is.
-    pub mail_domains: Vec<String>,
     devices: HashMap<String, KnownDevice>,
     by_hostname: HashMap<String, String>,
     by_address: HashMap<IpAddr, String>,
@@ -109,16 +108,7 @@ const SYSTEM_ACCOUNTS: [&str; 14] = [
 
 impl KeyContext {
     pub fn new(user_map: HashMap<String, Vec<String>>, devices: Vec<KnownDevice>) -> KeyContext {
-        Self::with_mail_domains(user_map, Vec::new(), devices)
-    }
-
-    pub fn with_mail_domains(
-        user_map: HashMap<String, Vec<String>>,
-        mail_domains: Vec<String>,
-        devices: Vec<KnownDevice>,
-    ) -> KeyContext {
         let mut ctx = KeyContext {
-            mail_domains: mail_domains.into_iter().map(|d| d.to_ascii_lowercase()).collect(),
             user_map: user_map
                 .into_iter()
                 .map(|(k, v)| {
@@ -222,17 +212,7 @@ impl KeyContext {
                     if addr.is_empty() {
                         continue;
                     }
-                    // A recipient's address is that user too (senders outside our
-                    // mail domains are not, when the domains are configured).
-                    let ours = self.mail_domains.is_empty()
-                        || addr
-                            .rsplit_once('@')
-                            .is_some_and(|(_, d)| self.mail_domains.iter().any(|m| m == d));
-                    if ours {
-                        for local in self.local_users(&addr, None) {
-                            keys.push(user_key(local, address));
-                        }
-                    }
+                    // Only a mailbox: the feeds name a recipient as a user too, a sender not.
                     keys.push(LinkKey {
                         kind: KeyKind::Mailbox,
                         label: addr.clone(),
@@ -378,13 +358,27 @@ mod tests {
             )
             .is_empty()
         );
+        // Feeds name a recipient as a user and a mailbox; a sender only as a mailbox.
         let mail = c.keys(
             None,
-            &[Entity::Mailbox {
-                address: "alice@contoso.com".into(),
-            }],
+            &[
+                user("alice@contoso.com", None),
+                Entity::Mailbox {
+                    address: "alice@contoso.com".into(),
+                },
+                Entity::Mailbox {
+                    address: "billing@invoices.example".into(),
+                },
+            ],
         );
-        assert_eq!(ids(&mail), ["user:alice", "mailbox:alice@contoso.com"]);
+        assert_eq!(
+            ids(&mail),
+            [
+                "user:alice",
+                "mailbox:alice@contoso.com",
+                "mailbox:billing@invoices.example"
+            ]
+        );
     }
 
     #[test]

@@ -37,7 +37,6 @@ pub struct Settings {
     pub window_ms: u64,
     pub prevalence_threshold: usize,
     pub user_map: HashMap<String, Vec<String>>,
-    pub mail_domains: Vec<String>,
 }
 
 struct Running {
@@ -78,7 +77,7 @@ pub fn alert_in(ctx: &KeyContext, a: &StoredAlert) -> AlertIn {
 impl Correlator {
     pub fn new(settings: Settings) -> Arc<Correlator> {
         Arc::new(Correlator {
-            users: KeyContext::with_mail_domains(settings.user_map.clone(), settings.mail_domains.clone(), Vec::new()),
+            users: KeyContext::new(settings.user_map.clone(), Vec::new()),
             settings,
             state: Mutex::new(None),
         })
@@ -101,11 +100,7 @@ impl Correlator {
     }
 
     fn key_context(&self, store: &Store) -> Result<KeyContext, StoreError> {
-        Ok(KeyContext::with_mail_domains(
-            self.settings.user_map.clone(),
-            self.settings.mail_domains.clone(),
-            store.known_devices()?,
-        ))
+        Ok(KeyContext::new(self.settings.user_map.clone(), store.known_devices()?))
     }
 
     /// Loads the engine from the store: counters, prevalence, reachable open incidents.
@@ -311,7 +306,6 @@ mod tests {
             window_ms: 24 * H,
             prevalence_threshold: 3,
             user_map: HashMap::new(),
-            mail_domains: Vec::new(),
         }
     }
 

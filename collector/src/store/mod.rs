@@ -4,6 +4,7 @@
 //! the same methods later without touching ingest or the API.
 
 mod actions;
+mod feeds;
 mod incidents;
 mod schema;
 mod silence;
@@ -13,6 +14,7 @@ pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, TargetRefusal,
 };
+pub use feeds::{FeedTx, LocatedSignIn};
 pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
     IncidentSort, IncidentSummary, StoredAlert, TacticView,

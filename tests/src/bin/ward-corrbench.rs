@@ -11,7 +11,7 @@
 //! sign-ins (UPN, address), 10 % mail (recipient, sender, attachment hash). Device
 //! alerts are stored as the collector's own (source `collector`, with a device id):
 //! signing a million alerts over QUIC is the ingest benchmark's business, not this one's.
-//! Settings: window 24 h, prevalence threshold 10, mail domain contoso.com.
+//! Settings: window 24 h, prevalence threshold 10.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -150,6 +150,11 @@ impl Gen {
             });
             (AlertSource::Identity, None, "Risky sign-in")
         } else {
+            // As the mailbox feed names them: the recipient as user and mailbox, the sender as mailbox.
+            entities.push(Entity::User {
+                name: format!("user{u:05}@contoso.com"),
+                uid: None,
+            });
             entities.push(Entity::Mailbox {
                 address: format!("user{u:05}@contoso.com"),
             });
@@ -238,7 +243,7 @@ fn known_devices(n: u64) -> Vec<KnownDevice> {
 /// The engine alone, one core: key derivation and correlation of every alert.
 fn engine_run(cli: &Cli) {
     let mut g = generator(cli);
-    let ctx = KeyContext::with_mail_domains(HashMap::new(), vec!["contoso.com".into()], known_devices(cli.devices));
+    let ctx = KeyContext::new(HashMap::new(), known_devices(cli.devices));
     let mut engine = Engine::new(EngineConfig {
         window_ms: DAY,
         prevalence_threshold: 10,
@@ -296,9 +301,7 @@ async fn time_get(client: &reqwest::Client, url: &str, token: &str) -> Result<(D
 
 /// A real collector correlating everything from its store, then its incident API timed.
 async fn collector_run(cli: &Cli) -> Result<()> {
-    let collector = Collector::start_with(|c| {
-        *c = c.replace("mail_domains = []", "mail_domains = [\"contoso.com\"]");
-    })?;
+    let collector = Collector::start()?;
     let db = collector.data_dir().join("ward.db");
     let mut store = Store::open(&db)?;
     {
