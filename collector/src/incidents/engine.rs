@@ -80,9 +80,92 @@ pub struct Incident {
     pub keys: BTreeMap<String, KeySeen>,
     /// Keys added or updated since the store last saw this incident.
     pub touched: BTreeSet<String>,
+    /// Keys per kind, and the lowest key id of each kind with its label (for titles);
+    /// kept as keys are added so a large incident is summed up without a scan.
+    pub counts: [usize; 7],
+    pub first_of: [Option<(String, String)>; 7],
+}
+
+/// What the store keeps of an incident: its summary and the keys to save.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentRow {
+    pub id: String,
+    pub seq: u64,
+    pub title: String,
+    pub severity: Severity,
+    pub alert_severity: Severity,
+    pub sources: Vec<String>,
+    pub tactics: Vec<&'static str>,
+    pub first_title: String,
+    pub several_titles: bool,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub alert_count: u64,
+    pub devices: usize,
+    pub users: usize,
+    pub mailboxes: usize,
+    pub keys: Vec<(String, KeySeen)>,
 }
 
 impl Incident {
+    /// Its row, with all keys or only those touched since the last save.
+    pub fn row(&self, all_keys: bool) -> IncidentRow {
+        let keys = if all_keys {
+            self.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            self.touched
+                .iter()
+                .filter_map(|k| self.keys.get(k).map(|v| (k.clone(), v.clone())))
+                .collect()
+        };
+        IncidentRow {
+            id: self.id.clone(),
+            seq: self.seq,
+            title: self.title(),
+            severity: self.severity(),
+            alert_severity: self.alert_severity,
+            sources: self.sources.iter().cloned().collect(),
+            tactics: self.tactic_ids(),
+            first_title: self.first_title.clone(),
+            several_titles: self.several_titles,
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            alert_count: self.alert_count,
+            devices: self.count(KeyKind::Device),
+            users: self.count(KeyKind::User),
+            mailboxes: self.count(KeyKind::Mailbox),
+            keys,
+        }
+    }
+
+    fn note(&mut self, id: &str, kind: KeyKind, label: &str) {
+        let k = kind as usize;
+        self.counts[k] += 1;
+        if self.first_of[k].as_ref().is_none_or(|(first, _)| id < first.as_str()) {
+            self.first_of[k] = Some((id.to_string(), label.to_string()));
+        }
+    }
+
+    /// The same incident with its per-kind counts computed from its keys.
+    pub fn recounted(mut self) -> Incident {
+        self.recount();
+        self
+    }
+
+    /// Recomputes the per-kind counts from the keys (after loading).
+    pub fn recount(&mut self) {
+        self.counts = [0; 7];
+        self.first_of = Default::default();
+        let keys: Vec<(String, KeyKind, String)> = self
+            .keys
+            .iter()
+            .map(|(id, k)| (id.clone(), k.kind, k.label.clone()))
+            .collect();
+        for (id, kind, label) in keys {
+            self.note(&id, kind, &label);
+        }
+    }
+
     fn new(id: String, seq: u64, a: &AlertIn) -> Incident {
         Incident {
             id,
@@ -100,11 +183,19 @@ impl Incident {
             several_titles: false,
             keys: BTreeMap::new(),
             touched: BTreeSet::new(),
+            counts: [0; 7],
+            first_of: Default::default(),
         }
     }
 
     /// Adds an alert's facts; returns the ids of keys new to this incident.
     pub fn absorb(&mut self, a: &AlertIn) -> Vec<String> {
+        let ids: Vec<String> = a.keys.iter().map(LinkKey::id).collect();
+        self.absorb_keys(a, &ids)
+    }
+
+    /// [`Incident::absorb`] with the alert's key ids already made (`ids[i]` is `a.keys[i]`'s).
+    fn absorb_keys(&mut self, a: &AlertIn, ids: &[String]) -> Vec<String> {
         self.first_ms = self.first_ms.min(a.at_ms);
         self.last_ms = self.last_ms.max(a.at_ms);
         self.alert_severity = self.alert_severity.max(a.severity);
@@ -115,10 +206,9 @@ impl Incident {
         self.several_titles |= a.title != self.first_title;
         self.alert_count += 1;
         let mut new = Vec::new();
-        for k in &a.keys {
-            let id = k.id();
+        for (k, id) in a.keys.iter().zip(ids) {
             self.touched.insert(id.clone());
-            match self.keys.get_mut(&id) {
+            match self.keys.get_mut(id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(a.at_ms);
                     if a.at_ms >= seen.last_ms {
@@ -130,6 +220,7 @@ impl Incident {
                     }
                 }
                 None => {
+                    self.note(id, k.kind, &k.label);
                     self.keys.insert(
                         id.clone(),
                         KeySeen {
@@ -142,7 +233,7 @@ impl Incident {
                             last_alert: a.id.clone(),
                         },
                     );
-                    new.push(id);
+                    new.push(id.clone());
                 }
             }
         }
@@ -170,6 +261,7 @@ impl Incident {
                     }
                 }
                 None => {
+                    self.note(id, k.kind, &k.label);
                     self.keys.insert(id.clone(), k.clone());
                     new.push(id.clone());
                 }
@@ -179,7 +271,7 @@ impl Incident {
     }
 
     pub fn count(&self, kind: KeyKind) -> usize {
-        self.keys.values().filter(|k| k.kind == kind).count()
+        self.counts[kind as usize]
     }
 
     /// The severity shown: highest alert, raised for breadth.
@@ -202,13 +294,10 @@ impl Incident {
         } else {
             format!("{} and related alerts", self.first_title)
         };
-        let label = |kind: KeyKind, many: &str| {
-            let mut of_kind = self.keys.values().filter(|k| k.kind == kind);
-            match (of_kind.next(), of_kind.count()) {
-                (None, _) => None,
-                (Some(k), 0) => Some(k.label.clone()),
-                (Some(_), more) => Some(format!("{} {many}", more + 1)),
-            }
+        let label = |kind: KeyKind, many: &str| match (self.count(kind), &self.first_of[kind as usize]) {
+            (0, _) | (_, None) => None,
+            (1, Some((_, label))) => Some(label.clone()),
+            (n, Some(_)) => Some(format!("{n} {many}")),
         };
         let mut title = base;
         if let Some(d) = label(KeyKind::Device, "devices") {
@@ -249,9 +338,9 @@ pub struct Changes {
     pub links: Vec<Link>,
     pub merges: Vec<Merge>,
     /// Incidents merged away, as they were just before (their rows must exist).
-    pub merged_away: Vec<Incident>,
+    pub merged_away: Vec<IncidentRow>,
     /// Incidents whose summary or keys changed (current state).
-    pub incidents: Vec<Incident>,
+    pub incidents: Vec<IncidentRow>,
     /// Keys whose distinct contexts changed: key id → `d:<device id>` / `user:<name>`.
     pub prevalence: Vec<(String, Vec<String>)>,
 }
@@ -333,6 +422,7 @@ impl Engine {
     pub fn load(&mut self, mut inc: Incident) {
         self.forget(&inc.id);
         inc.touched.clear();
+        inc.recount();
         self.next_seq = self.next_seq.max(inc.seq + 1);
         if !inc.status.is_open() || inc.last_ms < self.horizon_ms() {
             return;
@@ -451,29 +541,29 @@ impl Engine {
         self.high_ms = self.high_ms.max(a.at_ms);
         // Prevalence: the distinct devices and users a key was seen with. A user
         // counts only its devices (a person may get mail from many senders).
+        let ids: Vec<String> = a.keys.iter().map(LinkKey::id).collect();
         let device = a.device.as_ref().map(|d| self.intern(&format!("d:{d}")));
-        let users: Vec<(String, u32)> = a
+        let users: Vec<(&str, u32)> = a
             .keys
             .iter()
-            .filter(|k| k.kind == KeyKind::User)
-            .map(|k| {
-                let id = k.id();
-                let i = self.intern(&id);
-                (id, i)
-            })
+            .zip(&ids)
+            .filter(|(k, _)| k.kind == KeyKind::User)
+            .map(|(_, id)| (id.as_str(), self.intern(id)))
             .collect();
         let cap = self.cfg.prevalence_threshold + 1;
-        for k in a.keys.iter().filter(|k| k.kind != KeyKind::Device) {
-            let id = k.id();
+        for (k, id) in a.keys.iter().zip(&ids).filter(|(k, _)| k.kind != KeyKind::Device) {
             let contexts = device.into_iter().chain(
                 users
                     .iter()
                     .filter(|_| k.kind != KeyKind::User)
-                    .filter(|(u, _)| *u != id)
+                    .filter(|(u, _)| u != id)
                     .map(|(_, i)| *i),
             );
             for c in contexts {
-                let p = self.prevalence.entry(id.clone()).or_default();
+                let p = match self.prevalence.get_mut(id) {
+                    Some(p) => p,
+                    None => self.prevalence.entry(id.clone()).or_default(),
+                };
                 if p.devices.len() < cap && !p.devices.contains(&c) {
                     p.devices.push(c);
                     self.dirty_prevalence.insert(id.clone());
@@ -481,17 +571,17 @@ impl Engine {
             }
         }
         // Candidates: for each reachable incident, the best key it shares (keys in kind order).
-        let mut ordered: Vec<&LinkKey> = a.keys.iter().collect();
-        ordered.sort_by_key(|k| k.kind);
+        let mut ordered: Vec<(&LinkKey, &String)> = a.keys.iter().zip(&ids).collect();
+        ordered.sort_by_key(|(k, _)| k.kind);
         let mut best: BTreeMap<u64, (&LinkKey, String)> = BTreeMap::new();
-        for k in ordered {
-            let id = k.id();
-            if self.is_common(&id, k.kind) {
+        for (k, id) in ordered {
+            let Some(seqs) = self.index.get(id) else { continue };
+            if self.is_common(id, k.kind) {
                 continue;
             }
-            for seq in self.index.get(&id).map(Vec::as_slice).unwrap_or(&[]) {
+            for seq in seqs {
                 if let Some(inc) = self.incidents.get(seq)
-                    && inc.keys.contains_key(&id)
+                    && inc.keys.contains_key(id)
                     && self.reachable(inc, a.at_ms)
                 {
                     best.entry(*seq).or_insert((k, id.clone()));
@@ -513,7 +603,7 @@ impl Engine {
                     Some(blocker) => reasons.push(format!("{why} (incident {other_id} not merged: {blocker})")),
                 }
             }
-            self.add(target, a);
+            self.add(target, a, &ids);
             Link {
                 alert_rowid: a.rowid,
                 alert_id: a.id.clone(),
@@ -527,7 +617,7 @@ impl Engine {
             let inc = Incident::new(id.clone(), seq, a);
             self.by_id.insert(id.clone(), seq);
             self.incidents.insert(seq, inc);
-            self.add(seq, a);
+            self.add(seq, a, &ids);
             Link {
                 alert_rowid: a.rowid,
                 alert_id: a.id.clone(),
@@ -545,11 +635,11 @@ impl Engine {
         link
     }
 
-    fn add(&mut self, seq: u64, a: &AlertIn) {
+    fn add(&mut self, seq: u64, a: &AlertIn, ids: &[String]) {
         let Some(inc) = self.incidents.get_mut(&seq) else {
             return;
         };
-        for key in inc.absorb(a) {
+        for key in inc.absorb_keys(a, ids) {
             self.index.entry(key).or_default().push(seq);
         }
         self.dirty.insert(seq);
@@ -593,7 +683,7 @@ impl Engine {
             into: target.id.clone(),
             reason,
         });
-        self.changes.merged_away.push(other);
+        self.changes.merged_away.push(other.row(false));
         self.dirty.insert(into);
     }
 
@@ -660,9 +750,9 @@ impl Engine {
             .iter()
             .filter_map(|s| {
                 let inc = self.incidents.get_mut(s)?;
-                let copy = inc.clone();
+                let row = inc.row(false);
                 inc.touched.clear();
-                Some(copy)
+                Some(row)
             })
             .collect();
         let keys = std::mem::take(&mut self.dirty_prevalence);

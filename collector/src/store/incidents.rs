@@ -11,7 +11,7 @@ use ward_protocol::{Entity, Severity};
 
 use super::{AlertView, Store, StoreError, audit, i64_of, sev_from, sev_num};
 use crate::entity;
-use crate::incidents::engine::{Changes, Incident, KeySeen};
+use crate::incidents::engine::{Changes, Incident, IncidentRow, KeySeen};
 use crate::incidents::keys::{KeyKind, KnownDevice};
 use crate::incidents::model::{Classification, Status, severity_from, tactic_name, tactic_rank};
 
@@ -299,23 +299,29 @@ impl Store {
                 },
             );
         }
-        Ok(Some(Incident {
-            id: id.to_string(),
-            seq: seq.max(0) as u64,
-            status: Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("incident status {status}")))?,
-            assignee,
-            classification: class.as_deref().and_then(Classification::parse),
-            first_ms: first.max(0) as u64,
-            last_ms: last.max(0) as u64,
-            alert_severity: severity_from(sev),
-            tactics: json_strings(&tactics).iter().filter_map(|t| tactic_rank(t)).collect(),
-            sources: json_strings(&sources).into_iter().collect(),
-            alert_count: count.max(0) as u64,
-            first_title,
-            several_titles: several,
-            keys,
-            touched: BTreeSet::new(),
-        }))
+        Ok(Some(
+            Incident {
+                id: id.to_string(),
+                seq: seq.max(0) as u64,
+                status: Status::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("incident status {status}")))?,
+                assignee,
+                classification: class.as_deref().and_then(Classification::parse),
+                first_ms: first.max(0) as u64,
+                last_ms: last.max(0) as u64,
+                alert_severity: severity_from(sev),
+                tactics: json_strings(&tactics).iter().filter_map(|t| tactic_rank(t)).collect(),
+                sources: json_strings(&sources).into_iter().collect(),
+                alert_count: count.max(0) as u64,
+                first_title,
+                several_titles: several,
+                keys,
+                touched: BTreeSet::new(),
+                counts: [0; 7],
+                first_of: Default::default(),
+            }
+            .recounted(),
+        ))
     }
 
     /// Distinct devices each key was seen on.
@@ -418,8 +424,9 @@ impl Store {
     pub fn replace_incident_state(&mut self, inc: &Incident, now_ms: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM incident_entities WHERE incident_id = ?1", params![inc.id])?;
-        upsert_incident(&tx, inc, now_ms)?;
-        upsert_keys(&tx, inc, false)?;
+        let row = inc.row(true);
+        upsert_incident(&tx, &row, now_ms)?;
+        upsert_keys(&tx, &row)?;
         tx.commit()?;
         Ok(())
     }
@@ -753,8 +760,22 @@ impl Store {
     // ---- reading ----
 
     pub fn list_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentSummary>, StoreError> {
-        let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM incidents i WHERE i.last_activity_ms >= ?");
-        let mut p: Vec<rusqlite::types::Value> = vec![f.since_ms.into()];
+        // With an entity filter the few incidents holding that entity are found through
+        // the entity index first (CROSS JOIN fixes that order), not by scanning by time.
+        let driver = [&f.device_keys, &f.user_keys].into_iter().find(|k| !k.is_empty());
+        let mut p: Vec<rusqlite::types::Value> = Vec::new();
+        let mut sql = match driver {
+            Some(keys) => {
+                p.extend(keys.iter().map(|k| k.clone().into()));
+                format!(
+                    "SELECT DISTINCT {SUMMARY_COLUMNS} FROM incident_entities d CROSS JOIN incidents i ON i.id = d.incident_id
+                     WHERE d.key IN ({}) AND i.last_activity_ms >= ?",
+                    vec!["?"; keys.len()].join(",")
+                )
+            }
+            None => format!("SELECT {SUMMARY_COLUMNS} FROM incidents i WHERE i.last_activity_ms >= ?"),
+        };
+        p.push(f.since_ms.into());
         if let Some(u) = f.until_ms {
             sql.push_str(" AND i.last_activity_ms < ?");
             p.push(u.into());
@@ -782,7 +803,7 @@ impl Store {
             }
         }
         for keys in [&f.device_keys, &f.user_keys] {
-            if !keys.is_empty() {
+            if !keys.is_empty() && !driver.is_some_and(|d| std::ptr::eq(d, keys)) {
                 sql.push_str(&format!(
                     " AND i.id IN (SELECT e.incident_id FROM incident_entities e WHERE e.key IN ({}))",
                     vec!["?"; keys.len()].join(",")
@@ -960,8 +981,7 @@ fn save_counters(tx: &Transaction<'_>, c: CorrelationCounters) -> Result<(), Sto
     Ok(())
 }
 
-fn upsert_incident(tx: &Transaction<'_>, inc: &Incident, now_ms: u64) -> Result<(), StoreError> {
-    let sources: Vec<&String> = inc.sources.iter().collect();
+fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, now_ms: u64) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics, first_title,
              several_titles, first_activity_ms, last_activity_ms, created_at_ms, updated_at_ms, alert_count,
@@ -980,26 +1000,26 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &Incident, now_ms: u64) -> Result<
     .execute(params![
         inc.id,
         i64_of(inc.seq),
-        inc.title(),
-        sev_num(inc.severity()),
+        inc.title,
+        sev_num(inc.severity),
         sev_num(inc.alert_severity),
-        to_json_text(&sources),
-        to_json_text(&inc.tactic_ids()),
+        to_json_text(&inc.sources),
+        to_json_text(&inc.tactics),
         inc.first_title,
         inc.several_titles,
         i64_of(inc.first_ms),
         i64_of(inc.last_ms),
         i64_of(now_ms),
         i64_of(inc.alert_count),
-        inc.count(KeyKind::Device) as i64,
-        inc.count(KeyKind::User) as i64,
-        inc.count(KeyKind::Mailbox) as i64,
+        inc.devices as i64,
+        inc.users as i64,
+        inc.mailboxes as i64,
     ])?;
     Ok(())
 }
 
-/// Saves the incident's keys: all of them, or only those touched since the last save.
-fn upsert_keys(tx: &Transaction<'_>, inc: &Incident, touched_only: bool) -> Result<(), StoreError> {
+/// Saves the keys a row carries.
+fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -1007,9 +1027,6 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &Incident, touched_only: bool) -> Resu
              last_ms = excluded.last_ms, last_alert = excluded.last_alert",
     )?;
     for (key, k) in &inc.keys {
-        if touched_only && !inc.touched.contains(key) {
-            continue;
-        }
         stmt.execute(params![
             inc.id,
             key,
@@ -1103,7 +1120,7 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
         merge_rows(tx, &m.from, &m.into, &m.reason, "correlation", now_ms)?;
     }
     for inc in &changes.incidents {
-        upsert_keys(tx, inc, true)?;
+        upsert_keys(tx, inc)?;
     }
     let mut prev = tx.prepare_cached(
         "INSERT INTO correlation_keys (key, devices) VALUES (?1, ?2)

@@ -5,7 +5,7 @@
 //!   cargo build --release -p ward-collector -p ward-tests
 //!   target/release/ward-corrbench --alerts 1000000 --devices 10000 --users 20000
 //!
-//! Alerts span 30 days: 80 % from devices (the device's user, sometimes a dropped
+//! Alerts span 365 days (80 per device a year on average): 80 % from devices (the device's user, sometimes a dropped
 //! file's hash, a remote address; some system-binary hashes and DNS resolvers seen
 //! everywhere, some connections from another device's address), 10 % risky
 //! sign-ins (UPN, address), 10 % mail (recipient, sender, attachment hash). Device
@@ -122,8 +122,14 @@ impl Gen {
             }
             let r = self.next(100);
             if r < 20 {
+                // Mostly addresses seen once; one in twenty from a few popular services.
+                let addr = if self.next(20) == 0 {
+                    format!("203.0.113.{}", self.next(20))
+                } else {
+                    format!("100.{}.{}.{}", 64 + self.next(64), self.next(256), self.next(256))
+                };
                 entities.push(Entity::Ip {
-                    addr: format!("203.0.{}.{}", self.next(200), self.next(250)).parse().unwrap(),
+                    addr: addr.parse().unwrap(),
                 });
             } else if r < 25 {
                 entities.push(Entity::Ip {
@@ -145,8 +151,14 @@ impl Gen {
                 name: format!("user{u:05}@contoso.com"),
                 uid: None,
             });
+            // Mostly the user's usual address; sometimes one seen once.
+            let addr = if self.next(10) == 0 {
+                format!("100.{}.{}.{}", 64 + self.next(64), self.next(256), self.next(256))
+            } else {
+                format!("198.{}.{}.{}", 18 + u / 65_536, u / 256 % 256, u % 256)
+            };
             entities.push(Entity::Ip {
-                addr: format!("198.51.{}.{}", self.next(200), self.next(250)).parse().unwrap(),
+                addr: addr.parse().unwrap(),
             });
             (AlertSource::Identity, None, "Risky sign-in")
         } else {
@@ -158,12 +170,25 @@ impl Gen {
             entities.push(Entity::Mailbox {
                 address: format!("user{u:05}@contoso.com"),
             });
-            entities.push(Entity::Mailbox {
-                address: format!("s{}@sender{}.example", self.next(100), self.next(500)),
-            });
+            // Senders: bulk senders (50, seen by many) or one-off ones; the sender's domain too.
+            let (sender, domain) = if self.next(10) < 6 {
+                let b = self.next(50);
+                (format!("news@bulk{b}.example"), format!("bulk{b}.example"))
+            } else {
+                let d = self.next(1 << 40);
+                (format!("s@x{d}.example"), format!("x{d}.example"))
+            };
+            entities.push(Entity::Mailbox { address: sender });
+            entities.push(Entity::Domain { name: domain });
+            // Attachments: half one-off, half from 200 campaigns that hit many users.
+            let h = if self.next(2) == 0 {
+                Self::hash(3, self.next(200))
+            } else {
+                Self::hash(4, self.next(1 << 40))
+            };
             entities.push(Entity::File {
                 path: "invoice.docm".into(),
-                sha256: Some(Self::hash(3, self.next(50_000))),
+                sha256: Some(h),
             });
             (AlertSource::Mailbox, None, "Malicious attachment delivered")
         };
@@ -219,8 +244,8 @@ fn rss_kib(pid: &str, field: &str) -> u64 {
 }
 
 fn generator(cli: &Cli) -> Gen {
-    let span = 30 * DAY;
-    let start_ms = ward_tests::now_ms() - span - DAY;
+    let span = 365 * DAY;
+    let start_ms = ward_tests::now_ms() - span - 60_000;
     Gen {
         x: cli.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         devices: cli.devices,
@@ -377,13 +402,28 @@ async fn collector_run(cli: &Cli) -> Result<()> {
     ];
     let mut g2 = generator(cli);
     let mut list_times = Vec::new();
+    let mut per_mix: Vec<Vec<Duration>> = vec![Vec::new(); 8];
     for k in 0..cli.requests {
         let path = match k % 8 {
             6 => format!("/api/v1/incidents?user=user{:05}", g2.next(cli.users)),
             7 => format!("/api/v1/incidents?device=host-{:05}", g2.next(cli.devices)),
             n => lists[n].clone(),
         };
-        list_times.push(time_get(&client, &format!("{base}{path}"), &token).await?.0);
+        let t = time_get(&client, &format!("{base}{path}"), &token).await?.0;
+        per_mix[k % 8].push(t);
+        list_times.push(t);
+    }
+    for (n, times) in per_mix.into_iter().enumerate() {
+        let name = match n {
+            6 => "?user=<random user>".to_string(),
+            7 => "?device=<random hostname>".to_string(),
+            n => lists[n].trim_start_matches("/api/v1/incidents").to_string(),
+        };
+        println!(
+            "  list {name:40} p50 {:.1} ms, p99 {:.1} ms",
+            percentile(times.clone(), 0.5).as_secs_f64() * 1e3,
+            percentile(times, 0.99).as_secs_f64() * 1e3
+        );
     }
     let ids: Vec<String> = {
         let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
