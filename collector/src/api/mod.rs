@@ -3,6 +3,7 @@
 
 mod actions;
 pub mod auth;
+mod console;
 pub mod error;
 mod routes;
 
@@ -59,7 +60,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/audit/verify", get(actions::verify_audit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
-        .route("/", get(routes::console))
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/healthz", get(routes::healthz))
         .merge(protected)
         .fallback(routes::not_found)
