@@ -25,6 +25,7 @@ async function route() {
   const name = path[0] || "incidents";
   const view = ROUTES[name] || queueView;
   $$("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === name || a.dataset.nav + "s" === name));
+  pendingBadge().catch(() => {});
   const mine = ++rendering;
   const root = $("#view");
   try {

@@ -310,7 +310,7 @@ export async function deviceView(root, args, _q, current) {
     alerts.sort((a, b) => a.observed_at_ms - b.observed_at_ms);
     root.innerHTML = `<section class="card"><h2>${esc(d.hostname)} <span class="muted small mono">${esc(d.id)}</span></h2>
       <div class="summary"><span><span class="k">status</span>${deviceState(d)}</span>
-      <span><span class="k">isolation</span>${esc(d.isolation)}</span><span><span class="k">last seen</span>${esc(time(d.last_seen_ms))}</span>
+      <span><span class="k">isolation</span><span id="dev-isolation">${esc(d.isolation)}</span></span><span><span class="k">last seen</span>${esc(time(d.last_seen_ms))}</span>
       <span><span class="k">agent</span>${esc(d.agent_version)}</span><span><span class="k">OS</span>${esc(d.os)} ${esc(d.kernel)}</span>
       <span><span class="k">addresses</span>${pills(d.addresses)}</span><span><span class="k">users</span>${pills(d.logged_on_users)}</span></div>
       ${can("analyst") ? `<div class="form-row"><button id="dev-isolate">Isolate…</button><button id="dev-release">Release…</button>
