@@ -107,10 +107,7 @@ impl Browser {
         };
         let target = b.call("Target.createTarget", json!({"url": "about:blank"}))?;
         let target_id = target["targetId"].as_str().context("targetId")?.to_string();
-        let attached = b.call(
-            "Target.attachToTarget",
-            json!({"targetId": target_id, "flatten": true}),
-        )?;
+        let attached = b.call("Target.attachToTarget", json!({"targetId": target_id, "flatten": true}))?;
         b.session = attached["sessionId"].as_str().context("sessionId")?.to_string();
         b.call(
             "Emulation.setDeviceMetricsOverride",
@@ -157,7 +154,10 @@ impl Browser {
             json!({"expression": expr, "awaitPromise": true, "returnByValue": true, "userGesture": true}),
         )?;
         if let Some(ex) = r.get("exceptionDetails") {
-            bail!("{expr}: {}", ex["exception"]["description"].as_str().unwrap_or(&ex.to_string()));
+            bail!(
+                "{expr}: {}",
+                ex["exception"]["description"].as_str().unwrap_or(&ex.to_string())
+            );
         }
         Ok(r["result"]["value"].clone())
     }
@@ -168,15 +168,16 @@ impl Browser {
         loop {
             // An exception (the page still loading) counts as "not yet".
             let v = self.eval(expr).unwrap_or(Value::Null);
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy = !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return Ok(v);
             }
             if Instant::now() >= deadline {
                 let text = self.eval("document.body ? document.body.innerText.slice(0, 2000) : ''")?;
-                bail!("{what} did not happen within {within:?}; the page shows:\n{}", text.as_str().unwrap_or(""));
+                bail!(
+                    "{what} did not happen within {within:?}; the page shows:\n{}",
+                    text.as_str().unwrap_or("")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

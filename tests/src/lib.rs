@@ -655,3 +655,33 @@ impl TestDevice {
         session.send(&AgentMessage::CommandResult(signed)).await
     }
 }
+
+// ---- the `ward` command line ----
+
+/// Runs `ward ARGS` against `collector` with `token` in the environment and a
+/// home directory of its own (so no user config is read); returns (success, stdout, stderr).
+pub fn ward(collector: &Collector, token: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let home = tempfile::tempdir()?;
+    let out = Command::new(bin("ward"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("WARD_URL", format!("http://{}", collector.http))
+        .env("WARD_TOKEN", token)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// Like [`ward`], failing unless it succeeds; returns stdout.
+pub fn ward_ok(collector: &Collector, token: &str, args: &[&str]) -> Result<String> {
+    let (ok, stdout, stderr) = ward(collector, token, args)?;
+    if !ok {
+        bail!("ward {args:?} failed: {stderr}");
+    }
+    Ok(stdout)
+}

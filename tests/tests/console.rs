@@ -50,7 +50,12 @@ fn console_story_in_a_real_browser() {
     let out = Command::new("unshare")
         .args(&ns_args)
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "console_story_in_a_real_browser", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "console_story_in_a_real_browser",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(IN_NS, "1")
         .output()
         .unwrap_or_else(|e| panic!("cannot run unshare to create the test's network namespace: {e}"));
@@ -62,7 +67,10 @@ fn console_story_in_a_real_browser() {
         "scenario failed in the namespace ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(stdout.contains(DONE), "the scenario did not run to the end:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(DONE),
+        "the scenario did not run to the end:\n{stdout}\n{stderr}"
+    );
 }
 
 fn screenshots() -> PathBuf {
@@ -74,14 +82,20 @@ fn nft_table() -> Option<String> {
         .args(["list", "table", "inet", "ward_isolation"])
         .output()
         .expect("nft runs");
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Signs in through the form with `token` and waits for the role to show.
 fn sign_in(b: &mut Browser, base: &str, token: &str, expect: &str) {
     b.navigate(&format!("{base}/")).unwrap();
-    b.wait_for("the sign-in form", "!document.querySelector('#signin').hidden", SECS(10))
-        .unwrap();
+    b.wait_for(
+        "the sign-in form",
+        "!document.querySelector('#signin').hidden",
+        SECS(10),
+    )
+    .unwrap();
     b.eval(&format!(
         "document.querySelector('#token').value = {}; document.querySelector('#signin-button').click(); true",
         serde_json::to_string(token).unwrap()
@@ -89,7 +103,10 @@ fn sign_in(b: &mut Browser, base: &str, token: &str, expect: &str) {
     .unwrap();
     b.wait_for(
         "the signed-in user and role",
-        &format!("document.querySelector('#who').textContent === {}", serde_json::to_string(expect).unwrap()),
+        &format!(
+            "document.querySelector('#who').textContent === {}",
+            serde_json::to_string(expect).unwrap()
+        ),
         SECS(10),
     )
     .unwrap();
@@ -97,12 +114,19 @@ fn sign_in(b: &mut Browser, base: &str, token: &str, expect: &str) {
 
 fn sign_out(b: &mut Browser) {
     b.eval("document.querySelector('#signout').click(); true").unwrap();
-    b.wait_for("the sign-in form again", "!document.querySelector('#signin').hidden", SECS(10))
-        .unwrap();
+    b.wait_for(
+        "the sign-in form again",
+        "!document.querySelector('#signin').hidden",
+        SECS(10),
+    )
+    .unwrap();
 }
 
 async fn scenario() {
-    let lo = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip runs");
+    let lo = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip runs");
     assert!(lo.success(), "cannot bring up loopback in the namespace");
 
     let collector = Collector::start().unwrap();
@@ -128,8 +152,12 @@ async fn scenario() {
     b.wait_for("the device page", "!!document.querySelector('#dev-isolate')", SECS(10))
         .unwrap();
     b.eval("document.querySelector('#dev-isolate').click(); true").unwrap();
-    b.wait_for("the propose panel", "!!document.querySelector('#propose-submit')", SECS(5))
-        .unwrap();
+    b.wait_for(
+        "the propose panel",
+        "!!document.querySelector('#propose-submit')",
+        SECS(5),
+    )
+    .unwrap();
     b.eval("document.querySelector('#propose-reason').value = 'console e2e'; document.querySelector('#propose-submit').click(); true")
         .unwrap();
     b.wait_for("the proposal", "document.querySelector('#propose').hidden", SECS(10))
@@ -143,17 +171,27 @@ async fn scenario() {
         SECS(10),
     )
     .unwrap();
-    assert_eq!(b.eval("document.querySelectorAll('#pending .approve').length").unwrap(), 0);
+    assert_eq!(
+        b.eval("document.querySelectorAll('#pending .approve').length").unwrap(),
+        0
+    );
     sign_out(&mut b);
 
     // The approver approves it with a comment and watches the result arrive.
     sign_in(&mut b, &base, &bob, "bob · approver");
     b.eval("location.hash = '#/actions'; true").unwrap();
-    b.wait_for("the approve button", "!!document.querySelector('#pending .approve')", SECS(10))
-        .unwrap();
+    b.wait_for(
+        "the approve button",
+        "!!document.querySelector('#pending .approve')",
+        SECS(10),
+    )
+    .unwrap();
     let shown = b.eval("document.querySelector('#pending').innerText").unwrap();
     let shown = shown.as_str().unwrap();
-    assert!(shown.contains("\"kind\": \"isolate\"") && shown.contains(&device), "{shown}");
+    assert!(
+        shown.contains("\"kind\": \"isolate\"") && shown.contains(&device),
+        "{shown}"
+    );
     b.eval(
         "const c = document.querySelector('#pending .decision-comment'); c.value = 'approved in the console';
          c.dispatchEvent(new Event('input')); document.querySelector('#pending .approve').click(); true",

@@ -20,11 +20,31 @@ const INDEX: &str = include_str!("../console/index.html");
 /// The assets under `/console/`, with their content types.
 const ASSETS: [(&str, &str, &str); 6] = [
     ("app.css", "text/css; charset=utf-8", include_str!("../console/app.css")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../console/app.js")),
-    ("util.js", "text/javascript; charset=utf-8", include_str!("../console/util.js")),
-    ("views.js", "text/javascript; charset=utf-8", include_str!("../console/views.js")),
-    ("incident.js", "text/javascript; charset=utf-8", include_str!("../console/incident.js")),
-    ("graph.js", "text/javascript; charset=utf-8", include_str!("../console/graph.js")),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/app.js"),
+    ),
+    (
+        "util.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/util.js"),
+    ),
+    (
+        "views.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/views.js"),
+    ),
+    (
+        "incident.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/incident.js"),
+    ),
+    (
+        "graph.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/graph.js"),
+    ),
 ];
 
 fn respond(content_type: &'static str, body: &'static str) -> Response {
@@ -59,7 +79,10 @@ mod tests {
     #[test]
     fn the_page_has_no_inline_code_and_every_asset_it_names_is_served() {
         assert!(!INDEX.contains("<style"), "inline style is blocked by the CSP");
-        assert!(!INDEX.contains("style="), "inline style attributes are blocked by the CSP");
+        assert!(
+            !INDEX.contains("style="),
+            "inline style attributes are blocked by the CSP"
+        );
         for (i, _) in INDEX.match_indices("<script") {
             let tag = &INDEX[i..INDEX[i..].find('>').map_or(INDEX.len(), |e| i + e)];
             assert!(tag.contains("src=\"/console/"), "inline script: {tag}");
