@@ -103,7 +103,7 @@ export function proposeAction({ deviceId, deviceName, action, incidentId, what }
   if (!panel) {
     panel = document.createElement("div");
     panel.id = "propose";
-    panel.className = "card propose";
+    panel.className = "card propose-panel";
     document.body.appendChild(panel);
   }
   panel.hidden = false;

@@ -293,7 +293,7 @@ export function alertTimeline(alerts) {
     class="sevdot sevdot-${esc(a.severity)}"><title>${esc(time(a.observed_at_ms) + " " + a.rule.title)}</title></circle>`).join("");
   return `<svg class="strip" viewBox="0 0 ${W} 40" preserveAspectRatio="none"><line class="axis" x1="0" y1="20" x2="${W}" y2="20"></line>${dots}</svg>
     <div class="muted small strip-range"><span>${esc(time(t0))}</span><span>${esc(time(t1))}</span></div>
-    <div class="timeline">${alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span>${esc(time(a.observed_at_ms))}</span>
+    <div class="timeline">${alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span title="${esc(time(a.observed_at_ms))}">${esc(shortTime(a.observed_at_ms))}</span>
       <span>${sev(a.severity)}</span><span>${esc(a.rule.title)} <span class="muted small">${esc((a.rule.tactics || []).join(" "))}</span></span></div>`).join("")}</div>`;
 }
 
