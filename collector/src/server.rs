@@ -113,6 +113,7 @@ pub async fn run(
             Arc::clone(&registry),
             command_signer,
         )),
+        feeds: Arc::new(config.feeds.clone()),
     };
     let ctx = Arc::new(Context {
         verify: VerifyPool::start(config.ingest.verify_threads).map_err(setup("verify threads"))?,

@@ -4,6 +4,7 @@
 //! the same methods later without touching ingest or the API.
 
 mod actions;
+mod feeds;
 mod schema;
 mod silence;
 mod sourced;
@@ -12,6 +13,7 @@ pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, TargetRefusal,
 };
+pub use feeds::{FeedTx, LocatedSignIn};
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
 
