@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ring::rand::SystemRandom;
-use serde_json::Value;
-use ward_collector::store::{AlertSource, SourcedAlert, Store};
+use serde_json::{Value, json};
 use ward_protocol::*;
 use ward_tests::browser::{Browser, chromium_path};
 use ward_tests::*;
@@ -143,30 +141,14 @@ fn rule(id: &str, title: &str, severity: Severity, technique: &str, tactics: &[&
     }
 }
 
-/// Writes feed alerts (mail, sign-in) into the collector's store, as the feed import does.
-fn import(collector: &Collector, source: AlertSource, at: u64, rule: RuleRef, entities: Vec<Entity>) {
-    let alert = SourcedAlert {
-        id: AlertId::generate(at, &SystemRandom::new()).unwrap().to_string(),
-        source,
-        device_id: None,
-        observed_at_ms: at,
-        last_observed_at_ms: at,
-        rule,
-        entities,
-        count: 1,
-        matched: serde_json::Map::new(),
-    };
-    let mut store = Store::open(&collector.data_dir().join("ward.db")).unwrap();
-    let out = store.insert_sourced_alerts(&[alert], now_ms()).unwrap();
-    assert_eq!(out.stored, 1);
-}
-
-fn sha(hex: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
+/// Posts a feed export (NDJSON records) through the real feed route as an analyst.
+async fn feed(collector: &Collector, token: &str, kind: &str, records: &[Value]) {
+    let body: String = records.iter().map(|r| r.to_string() + "\n").collect();
+    let (status, report) = collector
+        .post_bytes_as(&format!("/api/v1/feeds/{kind}"), token, body.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{kind} feed: {report}");
 }
 
 /// Sends alerts with chosen rules and entities from a test device, in batches.
@@ -227,54 +209,34 @@ async fn scenario() {
     // her risky sign-in, the file written on the real agent's device (the agent's
     // own known-bad-hash rule), and a new SSH key for alice on a server.
     let t0 = now_ms() - 20 * MIN;
-    import(
+    feed(
         &collector,
-        AlertSource::Mailbox,
-        t0,
-        rule(
-            "ward-mail-malicious-attachment",
-            "Malicious attachment delivered",
-            Severity::High,
-            "T1566.001",
-            &["TA0001"],
-        ),
-        vec![
-            Entity::Mailbox {
-                address: "alice@contoso.com".into(),
-            },
-            Entity::Mailbox {
-                address: "billing@invoices.example".into(),
-            },
-            Entity::File {
-                path: "invoice.docm".into(),
-                sha256: Some(sha(EICAR_SHA256)),
-            },
-            Entity::Domain {
-                name: "invoices.example".into(),
-            },
+        &ann,
+        "mailbox",
+        &[
+            json!({"Timestamp": rfc3339_ms(t0), "NetworkMessageId": "7d1c0f3e-5b2a-4e8f-9c61-2a9e3b4c5d6e",
+                "SenderFromAddress": "billing@invoices.example", "SenderIPv4": "203.0.113.25",
+                "RecipientEmailAddress": "alice@contoso.com", "Subject": "Invoice overdue", "EmailDirection": "Inbound",
+                "DeliveryAction": "Delivered", "DeliveryLocation": "Inbox/folder", "ThreatTypes": "Malware", "AttachmentCount": 1}),
+            json!({"Timestamp": rfc3339_ms(t0), "NetworkMessageId": "7d1c0f3e-5b2a-4e8f-9c61-2a9e3b4c5d6e",
+                "SenderFromAddress": "billing@invoices.example", "RecipientEmailAddress": "alice@contoso.com",
+                "FileName": "invoice.docm", "FileType": "docm", "SHA256": EICAR_SHA256, "ThreatTypes": "Malware"}),
         ],
-    );
-    import(
+    )
+    .await;
+    feed(
         &collector,
-        AlertSource::Identity,
-        t0 + 5 * MIN,
-        rule(
-            "ward-identity-risky-sign-in",
-            "Risky sign-in from a new country",
-            Severity::High,
-            "T1078",
-            &["TA0001"],
-        ),
-        vec![
-            Entity::User {
-                name: "alice@contoso.com".into(),
-                uid: None,
-            },
-            Entity::Ip {
-                addr: "198.51.100.23".parse().unwrap(),
-            },
+        &ann,
+        "identity",
+        &[
+            json!({"category": "SignInLogs", "resultType": "0", "time": rfc3339_ms(t0 + 5 * MIN), "properties": {
+            "id": "5f0c2b7e-1d3a-4b9c-8e2f-6a7b8c9d0e1f", "userPrincipalName": "alice@contoso.com",
+            "createdDateTime": rfc3339_ms(t0 + 5 * MIN), "ipAddress": "198.51.100.23", "appDisplayName": "Office 365",
+            "clientAppUsed": "Browser", "location": {"city": "Lagos", "countryOrRegion": "NG"},
+            "riskLevelDuringSignIn": "high", "riskState": "atRisk", "status": {"errorCode": 0}}}),
         ],
-    );
+    )
+    .await;
     std::fs::write(agent.watch.join("invoice.docm"), EICAR).unwrap();
     collector
         .wait_alert(&device, SECS(15), |a| a["entities"].to_string().contains(EICAR_SHA256))
@@ -305,7 +267,10 @@ async fn scenario() {
     )
     .await;
     let story = wait_incident(&collector, "the attack story", |i| {
-        i["sources"].to_string().contains("mailbox") && i["device_count"] == 2 && i["alert_count"].as_u64() >= Some(4)
+        i["sources"].to_string().contains("mailbox")
+            && i["sources"].to_string().contains("identity")
+            && i["device_count"] == 2
+            && i["alert_count"].as_u64() >= Some(4)
     })
     .await;
     let story_id = story["id"].as_str().unwrap().to_string();
