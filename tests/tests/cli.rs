@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::Value;
 use ward_protocol::CommandOutcome;
 use ward_tests::*;
@@ -149,4 +150,58 @@ async fn devices_and_actions_from_the_command_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no collector URL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_checks_an_https_api_against_the_given_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let (cert, key, ca_file) = (
+        certs.path().join("api.crt"),
+        certs.path().join("api.key"),
+        certs.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, format!("{}{}", server.pem(), ca.pem())).unwrap();
+    std::fs::write(&key, server_key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let collector = Collector::start_with(|config| {
+        config.insert_str(
+            0,
+            &format!(
+                "tls_cert_pem = \"{}\"\ntls_key_pem = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+    })
+    .unwrap();
+    let url = format!("https://localhost:{}", collector.http.port());
+    let run = |extra: &[&str]| {
+        Command::new(bin("ward"))
+            .args(["--url", &url, "--token", &collector.admin_token])
+            .args(extra)
+            .args(["devices", "list", "--json"])
+            .env_clear()
+            .env("HOME", certs.path())
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["--ca-cert", ca_file.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        json(&String::from_utf8_lossy(&ok.stdout))["devices"],
+        serde_json::json!([])
+    );
+    // Without the CA the certificate is not trusted, and the CLI says why.
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("certificate") || err.contains("CA"), "{err}");
 }
