@@ -90,7 +90,8 @@ export function parseHash() {
 
 /** Navigates to `path` with the non-empty entries of `query` (an object). */
 export function go(path, query = {}) {
-  const q = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== "" && v != null)).toString();
+  // Commas stay readable in bookmarks (status=active,in_progress).
+  const q = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== "" && v != null)).toString().replace(/%2C/g, ",");
   location.hash = "#/" + path + (q ? "?" + q : "");
 }
 
