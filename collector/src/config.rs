@@ -1,6 +1,7 @@
 //! The collector's TOML configuration: parsed and validated without side effects.
 //! Every setting has a default; `init` writes this file with each one documented.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,7 @@ pub struct Config {
     pub tls_key_pem: Option<PathBuf>,
     pub ingest: IngestConfig,
     pub devices: DeviceConfig,
+    pub actions: ActionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,46 @@ pub struct DeviceConfig {
     pub revocation_poll_ms: u64,
 }
 
+/// The response-action policy: defaults for every kind, then overrides per kind
+/// (`[actions.policy.<kind>]`). Laid over the permission matrix by
+/// [`crate::actions::policy::Policy::from_config`], which validates it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// How long a proposal waits for a decision before it expires.
+    pub pending_ttl_ms: u64,
+    /// How long an approved command waits for its device (to reconnect).
+    pub command_ttl_ms: u64,
+    /// Distinct approvers each action needs.
+    pub approvals: u8,
+    /// Whether a requester may approve (or reject) their own request.
+    pub requester_may_approve: bool,
+    /// Per action kind (isolate, release, quarantine_file, restore_file,
+    /// delete_file, kill_process, collect_package).
+    pub policy: BTreeMap<String, KindOverride>,
+}
+
+/// One kind's settings; what is left out comes from `[actions]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindOverride {
+    pub approvals: Option<u8>,
+    pub requester_may_approve: Option<bool>,
+    pub command_ttl_ms: Option<u64>,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            pending_ttl_ms: crate::actions::policy::PENDING_APPROVAL_TTL_MS,
+            command_ttl_ms: crate::actions::policy::COMMAND_TTL_MS,
+            approvals: 1,
+            requester_may_approve: false,
+            policy: BTreeMap::new(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -67,6 +109,7 @@ impl Default for Config {
             tls_key_pem: None,
             ingest: IngestConfig::default(),
             devices: DeviceConfig::default(),
+            actions: ActionsConfig::default(),
         }
     }
 }
@@ -134,6 +177,7 @@ impl Config {
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
         }
+        crate::actions::policy::Policy::from_config(&self.actions)?;
         Ok(())
     }
 
@@ -181,6 +225,24 @@ max_connections = 20000
 offline_after_ms = 90000
 # How often revocations made from the command line are picked up.
 revocation_poll_ms = 1000
+
+[actions]
+# How long a proposed response action waits for approval before it expires (7 days).
+pending_ttl_ms = 604800000
+# How long an approved command waits for its device: an offline device gets it
+# when it reconnects, until then (3 days).
+command_ttl_ms = 259200000
+# Distinct approvers every action needs (2 = two-person rule). Agents count only
+# approvers other than the requester, against their own [response] min_approvals.
+approvals = 1
+# Whether whoever proposed an action may approve (or reject) it themselves.
+requester_may_approve = false
+# Per action kind (isolate, release, quarantine_file, restore_file, delete_file,
+# kill_process, collect_package), any of the three settings above but pending_ttl_ms:
+# [actions.policy.isolate]
+# approvals = 2
+# requester_may_approve = false
+# command_ttl_ms = 86400000
 "#;
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ pub async fn run(
             reads.clone(),
             Arc::clone(&registry),
             command_signer,
+            actions::policy::Policy::from_config(&config.actions).map_err(ServeError::Setup)?,
         )),
     };
     let ctx = Arc::new(Context {
