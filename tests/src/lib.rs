@@ -435,12 +435,16 @@ impl Agent {
     /// Enrolls (with the real CLI) and starts an agent whose file sensor watches
     /// only a temporary directory; auth and audit logs are left alone.
     pub fn start(collector: &Collector) -> Result<Agent> {
-        Self::start_with(collector, |watch| {
-            format!(
-                "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
-                watch.display().to_string()
-            )
-        })
+        Self::start_with(collector, Agent::test_config)
+    }
+
+    /// The config [`Agent::start`] uses: fast status, heartbeats and reconnects,
+    /// the file sensor on `watch` only. Tables may be appended to it.
+    pub fn test_config(watch: &std::path::Path) -> String {
+        format!(
+            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
+            watch.display().to_string()
+        )
     }
 
     /// Like [`Agent::start`] with the config text `config(watch_dir)` returns.
@@ -612,13 +616,23 @@ impl TestDevice {
 
     /// Checks a command as the agent does, with the command keys pinned at enrollment.
     pub fn authorize(&self, signed: &Signed, last_seq: u64) -> Result<ward_protocol::Command, Refusal> {
+        self.authorize_with(signed, last_seq, &CommandPolicy::default())
+    }
+
+    /// Like [`TestDevice::authorize`] under the device policy `policy`.
+    pub fn authorize_with(
+        &self,
+        signed: &Signed,
+        last_seq: u64,
+        policy: &CommandPolicy,
+    ) -> Result<ward_protocol::Command, Refusal> {
         authorize(
             signed,
             &self.identity.enrollment.command_keys,
             self.id(),
             last_seq,
             now_ms(),
-            &CommandPolicy::default(),
+            policy,
         )
     }
 

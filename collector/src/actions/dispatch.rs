@@ -42,7 +42,8 @@ use super::workflow::Actor;
 use crate::ingest::Writer;
 use crate::readpool::ReadPool;
 use crate::store::{
-    ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, StoreError, TargetRefusal,
+    ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, Rules, StoreError,
+    TargetRefusal,
 };
 use crate::transport::Registry;
 use crate::util::now_ms;
@@ -160,7 +161,13 @@ impl Dispatcher {
         let sign = move |c: &Command| key.sign_value(SignatureKind::Command, c).map_err(|e| e.to_string());
         let outcome = self
             .writer
-            .run(move |s| s.decide_action(&id, &actor, decision, &comment, now_ms(), &policy, &sign))
+            .run(move |s| {
+                let rules = Rules {
+                    policy: &policy,
+                    sign: &sign,
+                };
+                s.decide_action(&id, &actor, decision, &comment, now_ms(), rules)
+            })
             .await
             .map_err(|_| DispatchError::Stopped)??;
         let outcome = match outcome {

@@ -93,6 +93,14 @@ pub enum CancelError {
 /// The device and action that undo an action, or why it cannot be undone.
 pub type UndoTarget = Result<(DeviceId, Action), UndoRefusal>;
 
+/// What a decision is taken under: the permission table, and how to sign the
+/// command when the decision completes the approval.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub policy: &'a Policy,
+    pub sign: &'a dyn Fn(&Command) -> Result<Signed, String>,
+}
+
 /// A recorded decision, and the command to deliver if it was dispatched.
 #[derive(Debug, Clone)]
 pub struct DecisionOutcome {
@@ -443,9 +451,9 @@ impl Store {
         decision: Decision,
         comment: &str,
         now_ms: u64,
-        policy: &Policy,
-        sign: &dyn Fn(&Command) -> Result<Signed, String>,
+        rules: Rules<'_>,
     ) -> Result<Result<DecisionOutcome, DecideError>, StoreError> {
+        let Rules { policy, sign } = rules;
         let tx = self.conn.transaction()?;
         let Some(row) = load_row(&tx, id)? else {
             return Ok(Err(DecideError::NotFound));
@@ -1062,7 +1070,17 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         store
-            .decide_action(id, &bob, Decision::Approve, "ok", at, &Policy::default(), &sign)
+            .decide_action(
+                id,
+                &bob,
+                Decision::Approve,
+                "ok",
+                at,
+                Rules {
+                    policy: &Policy::default(),
+                    sign: &sign,
+                },
+            )
             .unwrap()
     }
 

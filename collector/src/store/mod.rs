@@ -10,7 +10,7 @@ mod sourced;
 
 pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
-    NewAction, ResultRecord, TargetRefusal,
+    NewAction, ResultRecord, Rules, TargetRefusal,
 };
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
