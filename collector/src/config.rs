@@ -29,6 +29,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub devices: DeviceConfig,
     pub actions: ActionsConfig,
+    /// `[[automation]]` rules: alerts that propose response actions by themselves.
+    pub automation: Vec<crate::actions::automation::RuleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +112,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             devices: DeviceConfig::default(),
             actions: ActionsConfig::default(),
+            automation: Vec::new(),
         }
     }
 }
@@ -177,7 +180,8 @@ impl Config {
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
         }
-        crate::actions::policy::Policy::from_config(&self.actions)?;
+        let policy = crate::actions::policy::Policy::from_config(&self.actions)?;
+        crate::actions::automation::compile(&self.automation, &policy)?;
         Ok(())
     }
 
@@ -243,6 +247,29 @@ requester_may_approve = false
 # approvals = 2
 # requester_may_approve = false
 # command_ttl_ms = 86400000
+
+# Automation rules: an alert matching a rule's condition proposes an action by
+# itself, as actor "automation:<name>", once per rule and alert (and never a second
+# isolate of a device already isolated or being isolated). It waits for approval
+# unless auto_approve = true (refused for kinds needing more than one approver);
+# agents count an automation approval as no one, so a device acts on auto-approved
+# commands only for kinds its [response] min_approvals_by_kind sets to 0.
+# Actions: isolate (the alert's device; allow = [...] stays reachable),
+# kill_process (the alert's process), quarantine_file (the alert's file with its
+# SHA-256), collect_package (from the alert's device). Every criterion listed must
+# hold; within a list any entry may; rules see alerts stored after they were enabled.
+# [[automation]]
+# name = "isolate-on-ransomware"
+# action = "isolate"
+# auto_approve = false
+# allow = []
+# [automation.alert]
+# min_severity = "high"              # informational, low, medium, high, critical
+# rule_ids = []
+# techniques = ["T1486"]             # also matches sub-techniques (T1486.001)
+# tactics = []                       # e.g. "TA0040"
+# sources = ["agent"]                # agent, identity, mailbox, collector
+# devices = []                       # device ids or hostnames
 "#;
 
 #[cfg(test)]

@@ -75,11 +75,11 @@ pub enum ResultRefusal {
 
 /// The approval workflow's entry points for the API.
 pub struct Dispatcher {
-    writer: Writer,
-    reads: ReadPool,
-    registry: Arc<Registry>,
-    key: Arc<SigningKey>,
-    policy: Arc<Policy>,
+    pub(super) writer: Writer,
+    pub(super) reads: ReadPool,
+    pub(super) registry: Arc<Registry>,
+    pub(super) key: Arc<SigningKey>,
+    pub(super) policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Dispatcher {
