@@ -429,6 +429,21 @@ pub struct Agent {
     pub watch: PathBuf,
     child: Option<Child>,
     pub device_id: String,
+    /// A command line `ward-agent` runs under (e.g. `nsenter -t <pid> -n --` to
+    /// run it in another network namespace); empty to run it directly.
+    wrapper: Vec<String>,
+}
+
+/// `program` run under `wrapper` (see [`Agent::start_wrapped`]).
+fn wrapped(wrapper: &[String], program: PathBuf) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
 }
 
 impl Agent {
@@ -449,12 +464,22 @@ impl Agent {
 
     /// Like [`Agent::start`] with the config text `config(watch_dir)` returns.
     pub fn start_with(collector: &Collector, config: impl FnOnce(&std::path::Path) -> String) -> Result<Agent> {
+        Self::start_wrapped(collector, config, Vec::new())
+    }
+
+    /// Like [`Agent::start_with`], enrolling and running `ward-agent` under
+    /// `wrapper` (e.g. `["nsenter", "-t", pid, "-n", "--"]`).
+    pub fn start_wrapped(
+        collector: &Collector,
+        config: impl FnOnce(&std::path::Path) -> String,
+        wrapper: Vec<String>,
+    ) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let watch = dir.path().join("watched");
         std::fs::create_dir_all(&watch)?;
         let token = collector.join_token(1, "1h")?.to_string();
         let state = dir.path().join("state");
-        let out = Command::new(bin("ward-agent"))
+        let out = wrapped(&wrapper, bin("ward-agent"))
             .args(["enroll", "--token", &token, "--state-dir"])
             .arg(&state)
             .output()?;
@@ -474,6 +499,7 @@ impl Agent {
             watch,
             child: None,
             device_id,
+            wrapper,
         };
         agent.run()?;
         Ok(agent)
@@ -485,7 +511,7 @@ impl Agent {
 
     /// Starts (or restarts) `ward-agent run`.
     pub fn run(&mut self) -> Result<()> {
-        let child = Command::new(bin("ward-agent"))
+        let child = wrapped(&self.wrapper, bin("ward-agent"))
             .arg("run")
             .arg("--config")
             .arg(self.dir.path().join("agent.toml"))
