@@ -300,4 +300,35 @@ async fn actions_link_to_incidents() {
     }
     let (status, _) = collector.get("/api/v1/actions?incident_id=a%20b").await.unwrap();
     assert_eq!(status, 400);
+
+    // The undo of an incident's action belongs to the same incident.
+    let bob = collector.user("bob", "approver").unwrap();
+    let mut dev = dev;
+    dev.connect().await.unwrap();
+    let isolate = propose(
+        &collector,
+        &ann,
+        json!({"device_id": device, "action": {"kind": "isolate"}, "reason": "r", "incident_id": "inc-42"}),
+    )
+    .await;
+    let (status, body) = approve(&collector, &isolate, &bob).await;
+    assert_eq!(status, 200, "{body}");
+    let signed = dev.recv_command(Duration::from_secs(2)).await.unwrap();
+    let command = dev.authorize(&signed, 0).unwrap();
+    dev.send_result(dev.command_result(&command, CommandOutcome::Succeeded, None, None))
+        .await
+        .unwrap();
+    collector
+        .wait_action_status(&isolate, "succeeded", Duration::from_secs(3))
+        .await
+        .unwrap();
+    let (status, undo) = collector
+        .post_as(&format!("/api/v1/actions/{isolate}/undo"), &ann, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{undo}");
+    assert_eq!(
+        (undo["kind"].as_str(), undo["incident_id"].as_str()),
+        (Some("release"), Some("inc-42"))
+    );
 }

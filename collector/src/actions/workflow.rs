@@ -180,7 +180,8 @@ impl Event<'_> {
     }
 }
 
-/// Actor names automation rules act under; no API user may have one.
+/// Actor names automation rules act under (`automation:<rule>`); API user
+/// names cannot contain ':', so no person can act under one.
 pub const AUTOMATION_PREFIX: &str = "automation:";
 
 /// Why an event is not allowed.

@@ -281,7 +281,8 @@ struct UndoBody {
 
 /// `POST /api/v1/actions/{id}/undo` {reason}: proposes the action that undoes a
 /// succeeded one (release for isolate, restore for quarantine), linked to it by
-/// `undo_of`; it waits for approval like any proposal (analyst and above).
+/// `undo_of` (and to its incident, if any); it waits for approval like any
+/// proposal (analyst and above).
 pub async fn undo(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -303,9 +304,16 @@ pub async fn undo(
     };
     let actor = actor(&caller);
     workflow::may_propose(state.actions.policy().for_kind(action.kind()), &actor)?;
+    // The undo belongs to the undone action's incident.
+    let lookup = id.clone();
+    let incident_id = state
+        .reads
+        .run(move |s| s.get_action(&lookup))
+        .await??
+        .and_then(|v| v.incident_id);
     let links = Links {
         undo_of: Some(id),
-        incident_id: None,
+        incident_id,
     };
     match state.actions.propose(&actor, device, action, reason, links).await? {
         Ok(view) => Ok((
