@@ -31,6 +31,7 @@ pub struct Config {
     pub actions: ActionsConfig,
     /// `[[automation]]` rules: alerts that propose response actions by themselves.
     pub automation: Vec<crate::actions::automation::RuleConfig>,
+    pub feeds: FeedsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +101,49 @@ impl Default for ActionsConfig {
     }
 }
 
+/// Identity and mailbox feed imports: size limits and detection thresholds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedsConfig {
+    /// Largest file one import accepts (API body or CLI file), in bytes.
+    pub max_import_bytes: usize,
+    /// Largest single record (NDJSON line, CSV row), in bytes; larger ones are skipped.
+    pub max_record_bytes: usize,
+    /// Password spray: this many distinct users failing from one IP ...
+    pub spray_min_users: u32,
+    /// ... within this window.
+    pub spray_window_ms: u64,
+    /// Brute force: this many failed sign-ins of one user ...
+    pub brute_force_min_failures: u32,
+    /// ... within this window.
+    pub brute_force_window_ms: u64,
+    /// MFA fatigue: this many denied MFA prompts of one user ...
+    pub mfa_fatigue_min_denials: u32,
+    /// ... within this window.
+    pub mfa_fatigue_window_ms: u64,
+    /// Impossible travel: faster than this between two successful sign-ins ...
+    pub impossible_travel_max_kmh: f64,
+    /// ... and at least this far apart (nearby places are geolocation noise).
+    pub impossible_travel_min_km: f64,
+}
+
+impl Default for FeedsConfig {
+    fn default() -> Self {
+        FeedsConfig {
+            max_import_bytes: 64 << 20,
+            max_record_bytes: 1 << 20,
+            spray_min_users: 10,
+            spray_window_ms: 3_600_000,
+            brute_force_min_failures: 10,
+            brute_force_window_ms: 600_000,
+            mfa_fatigue_min_denials: 3,
+            mfa_fatigue_window_ms: 600_000,
+            impossible_travel_max_kmh: 900.0,
+            impossible_travel_min_km: 500.0,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -113,6 +157,7 @@ impl Default for Config {
             devices: DeviceConfig::default(),
             actions: ActionsConfig::default(),
             automation: Vec::new(),
+            feeds: FeedsConfig::default(),
         }
     }
 }
@@ -177,6 +222,23 @@ impl Config {
         if self.tls_cert_pem.is_some() != self.tls_key_pem.is_some() {
             return Err("tls_cert_pem and tls_key_pem must be set together".into());
         }
+        let f = &self.feeds;
+        if f.max_import_bytes == 0 || f.max_record_bytes == 0 || f.max_record_bytes > f.max_import_bytes {
+            return Err("feeds.max_record_bytes must be above zero and at most feeds.max_import_bytes".into());
+        }
+        if f.spray_min_users < 2 || f.brute_force_min_failures < 2 || f.mfa_fatigue_min_denials < 2 {
+            return Err("feeds thresholds (spray_min_users, brute_force_min_failures, mfa_fatigue_min_denials) must be at least 2".into());
+        }
+        if f.spray_window_ms == 0 || f.brute_force_window_ms == 0 || f.mfa_fatigue_window_ms == 0 {
+            return Err("feeds windows must be above zero".into());
+        }
+        let kmh_ok = f.impossible_travel_max_kmh.is_finite() && f.impossible_travel_max_kmh > 0.0;
+        let km_ok = f.impossible_travel_min_km.is_finite() && f.impossible_travel_min_km >= 0.0;
+        if !(kmh_ok && km_ok) {
+            return Err(
+                "feeds.impossible_travel_max_kmh must be above zero and impossible_travel_min_km not negative".into(),
+            );
+        }
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
         }
@@ -229,6 +291,27 @@ max_connections = 20000
 offline_after_ms = 90000
 # How often revocations made from the command line are picked up.
 revocation_poll_ms = 1000
+
+[feeds]
+# Identity (sign-in) and mailbox (email) imports: POST /api/v1/feeds/{identity,mailbox}
+# or `ward-collector import identity|mailbox FILE`.
+# Largest file one import accepts, in bytes (64 MiB).
+max_import_bytes = 67108864
+# Largest single record (NDJSON line, CSV row); larger ones are skipped and reported.
+max_record_bytes = 1048576
+# Password spray: this many distinct users failing from one IP within the window.
+spray_min_users = 10
+spray_window_ms = 3600000
+# Brute force: this many failed sign-ins of one user within the window.
+brute_force_min_failures = 10
+brute_force_window_ms = 600000
+# MFA fatigue: this many denied MFA prompts of one user within the window.
+mfa_fatigue_min_denials = 3
+mfa_fatigue_window_ms = 600000
+# Impossible travel: two successful sign-ins of one user at least min_km apart
+# and faster than max_kmh between them (an airliner flies about 900 km/h).
+impossible_travel_max_kmh = 900.0
+impossible_travel_min_km = 500.0
 
 [actions]
 # How long a proposed response action waits for approval before it expires (7 days).
@@ -286,6 +369,39 @@ mod tests {
         assert_eq!(parsed.http_listen, defaults.http_listen);
         assert_eq!(parsed.ingest.max_frame_bytes, defaults.ingest.max_frame_bytes);
         assert_eq!(parsed.devices.offline_after_ms, defaults.devices.offline_after_ms);
+        let (f, d) = (&parsed.feeds, &defaults.feeds);
+        assert_eq!(
+            (
+                f.max_import_bytes,
+                f.max_record_bytes,
+                f.spray_min_users,
+                f.spray_window_ms
+            ),
+            (
+                d.max_import_bytes,
+                d.max_record_bytes,
+                d.spray_min_users,
+                d.spray_window_ms
+            )
+        );
+        assert_eq!(
+            (
+                f.brute_force_min_failures,
+                f.brute_force_window_ms,
+                f.mfa_fatigue_min_denials,
+                f.mfa_fatigue_window_ms
+            ),
+            (
+                d.brute_force_min_failures,
+                d.brute_force_window_ms,
+                d.mfa_fatigue_min_denials,
+                d.mfa_fatigue_window_ms
+            )
+        );
+        assert_eq!(
+            (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
+            (d.impossible_travel_max_kmh, d.impossible_travel_min_km)
+        );
     }
 
     #[test]
@@ -297,5 +413,15 @@ mod tests {
                 .contains("max_frame_bytes")
         );
         assert!(Config::parse("tls_cert_pem = \"/x\"").unwrap_err().contains("together"));
+        assert!(
+            Config::parse("[feeds]\nspray_min_users = 1")
+                .unwrap_err()
+                .contains("at least 2")
+        );
+        assert!(
+            Config::parse("[feeds]\nnope = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use ward_collector::config::Config;
+use ward_collector::feeds::Feed;
 use ward_collector::{server, setup, util};
 
 #[derive(Parser)]
@@ -62,6 +63,19 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Import a feed file as exported (shape recognised: JSON, NDJSON, records[], CSV); prints the report as JSON.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Sign-ins: Entra ID SigninLogs rows or diagnostic records, Okta System Log events.
+    Identity { file: PathBuf },
+    /// Email: Defender EmailEvents, EmailAttachmentInfo, EmailUrlInfo, UrlClickEvents, EmailPostDeliveryEvents.
+    Mailbox { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +214,15 @@ fn main() -> Result<()> {
                 anyhow::bail!("the audit chain is broken at entry {id}: it was altered, removed or inserted");
             }
             println!("OK");
+        }
+        Command::Import { command } => {
+            let (feed, file) = match command {
+                ImportCommand::Identity { file } => (Feed::Identity, file),
+                ImportCommand::Mailbox { file } => (Feed::Mailbox, file),
+            };
+            // Fails (non-zero exit) only when nothing in the file could be read.
+            let report = setup::import_feed(dir, feed, &file)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }
     Ok(())

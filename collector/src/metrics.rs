@@ -88,6 +88,11 @@ pub struct Metrics {
     pub batch_commit: Histogram,
     pub throttled_batches: Counter,
     pub https_handshake_failures: Counter,
+    pub feed_records_imported: Counter,
+    pub feed_records_duplicate: Counter,
+    pub feed_records_skipped: Counter,
+    pub feed_alerts_raised: Counter,
+    pub feed_imports_refused: Counter,
 }
 
 impl Metrics {
@@ -155,6 +160,31 @@ impl Metrics {
             "ward_https_handshake_failures_total",
             "API connections whose TLS handshake failed or timed out.",
             self.https_handshake_failures.get(),
+        );
+        counter(
+            "ward_feed_records_imported_total",
+            "Identity and mailbox feed records stored.",
+            self.feed_records_imported.get(),
+        );
+        counter(
+            "ward_feed_records_duplicate_total",
+            "Feed records imported again and not stored twice.",
+            self.feed_records_duplicate.get(),
+        );
+        counter(
+            "ward_feed_records_skipped_total",
+            "Feed records that could not be read (malformed, too large, incomplete).",
+            self.feed_records_skipped.get(),
+        );
+        counter(
+            "ward_feed_alerts_raised_total",
+            "Alerts raised by the identity and mailbox feed detections.",
+            self.feed_alerts_raised.get(),
+        );
+        counter(
+            "ward_feed_imports_refused_total",
+            "Feed imports refused whole (too large, nothing readable).",
+            self.feed_imports_refused.get(),
         );
         let _ = write!(
             out,

@@ -117,6 +117,7 @@ pub async fn run(
         revoked: Arc::clone(&revoked),
         offline_after_ms: config.devices.offline_after_ms,
         actions: Arc::clone(&dispatcher),
+        feeds: Arc::new(config.feeds.clone()),
     };
     let ctx = Arc::new(Context {
         verify: VerifyPool::start(config.ingest.verify_threads).map_err(setup("verify threads"))?,

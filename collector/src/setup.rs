@@ -229,6 +229,31 @@ pub fn break_glass_token(data_dir: &Path, id: &str, ttl_ms: u64) -> Result<Strin
     Ok(token)
 }
 
+/// Imports an identity or mailbox feed file into the data dir's database
+/// (`ward-collector import identity|mailbox FILE`); the file's size is checked
+/// before it is read.
+pub fn import_feed(
+    data_dir: &Path,
+    feed: crate::feeds::Feed,
+    file: &Path,
+) -> Result<crate::feeds::ImportReport, SetupError> {
+    let config = Config::load(data_dir)?;
+    let limit = config.feeds.max_import_bytes;
+    let size = fs::metadata(file).map_err(io(file))?.len();
+    if size > limit as u64 {
+        return Err(SetupError::Invalid(format!(
+            "{}: {size} bytes is over feeds.max_import_bytes ({limit})",
+            file.display()
+        )));
+    }
+    let bytes = fs::read(file).map_err(io(file))?;
+    let mut store = Store::open(&data_dir.join(DB_FILE))?;
+    crate::feeds::import(&mut store, feed, &bytes, &config.feeds, "cli", now_ms()).map_err(|e| match e {
+        crate::feeds::FeedError::Store(e) => SetupError::Store(e),
+        other => SetupError::Invalid(format!("{}: {other}", file.display())),
+    })
+}
+
 pub fn list_devices(data_dir: &Path) -> Result<Vec<crate::store::DeviceView>, SetupError> {
     Ok(Store::open(&data_dir.join(DB_FILE))?.list_devices()?)
 }

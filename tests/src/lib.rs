@@ -247,6 +247,20 @@ impl Collector {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    /// POST a raw body (a feed file as exported); returns the status and the JSON body.
+    pub async fn post_bytes_as(&self, path: &str, token: &str, body: Vec<u8>) -> Result<(u16, Value)> {
+        let resp = self
+            .http_client
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
     pub async fn metrics(&self) -> Result<String> {
         Ok(self
             .http_client

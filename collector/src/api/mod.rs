@@ -4,6 +4,7 @@
 mod actions;
 pub mod auth;
 pub mod error;
+pub mod feeds;
 mod routes;
 
 use std::collections::HashSet;
@@ -32,6 +33,8 @@ pub struct ApiState {
     pub offline_after_ms: u64,
     /// The response-action workflow (proposals, decisions, command dispatch).
     pub actions: Arc<crate::actions::Dispatcher>,
+    /// Feed import limits and detection thresholds.
+    pub feeds: Arc<crate::config::FeedsConfig>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -43,6 +46,14 @@ impl std::fmt::Debug for ApiState {
 /// Request bodies larger than this are refused before they are read.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// Feed files are larger than other bodies: their own limit, checked before the body is read.
+fn feed_routes(max_import_bytes: usize) -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/feeds/identity", post(feeds::identity))
+        .route("/api/v1/feeds/mailbox", post(feeds::mailbox))
+        .layer(axum::extract::DefaultBodyLimit::max(max_import_bytes))
+}
+
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/metrics", get(routes::metrics))
@@ -53,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/alerts", get(routes::list_alerts))
         .route("/api/v1/alerts/{id}", get(routes::get_alert))
         .merge(workflow_routes())
+        .merge(feed_routes(state.feeds.max_import_bytes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .route("/", get(routes::console))

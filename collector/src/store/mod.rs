@@ -5,6 +5,7 @@
 
 mod actions;
 mod automation;
+mod feeds;
 mod schema;
 mod silence;
 mod sourced;
@@ -14,6 +15,7 @@ pub use actions::{
     NewAction, ResultRecord, Rules, TargetRefusal,
 };
 pub use automation::{AutomationAlert, AutomationOutcome};
+pub use feeds::{FeedTx, LocatedSignIn};
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
 

@@ -182,13 +182,67 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX alerts_by_rule ON alerts(rule_id);
     CREATE INDEX alerts_by_source ON alerts(source, rowid);
     "#,
-    // 8: the incident a response action belongs to (optional; no foreign key, so
+    // 8: normalized identity (sign-in) and mailbox (email) feed records. `record_key`
+    // is the record's natural id (Entra Id, Okta uuid, NetworkMessageId + recipient
+    // + attachment / URL / click, or a SHA-256 of the record), so a re-import stores
+    // nothing twice. Detections query these by user, IP and message within windows.
+    r#"
+    CREATE TABLE sign_ins (
+        rowid INTEGER PRIMARY KEY,
+        record_key TEXT NOT NULL UNIQUE,
+        provider TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        ip TEXT,
+        location TEXT,
+        latitude REAL,
+        longitude REAL,
+        app TEXT,
+        client TEXT,
+        outcome TEXT NOT NULL,
+        result TEXT NOT NULL,
+        result_detail TEXT,
+        risk_level TEXT,
+        risk_state TEXT,
+        conditional_access TEXT,
+        mfa TEXT,
+        device TEXT,
+        raw TEXT NOT NULL,
+        imported_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX sign_ins_by_user ON sign_ins(user, outcome, time_ms);
+    CREATE INDEX sign_ins_by_ip ON sign_ins(ip, outcome, time_ms);
+    CREATE TABLE mail_events (
+        rowid INTEGER PRIMARY KEY,
+        record_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        network_message_id TEXT,
+        sender TEXT,
+        recipient TEXT,
+        subject TEXT,
+        threat_types TEXT,
+        detection_methods TEXT,
+        delivery_action TEXT,
+        delivery_location TEXT,
+        file_name TEXT,
+        sha256 TEXT,
+        url TEXT,
+        action TEXT,
+        ip TEXT,
+        raw TEXT NOT NULL,
+        imported_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX mail_events_by_message ON mail_events(network_message_id, kind);
+    CREATE INDEX mail_events_by_recipient ON mail_events(recipient, time_ms);
+    "#,
+    // 9: the incident a response action belongs to (optional; no foreign key, so
     // actions can name incidents whatever stores them).
     r#"
     ALTER TABLE actions ADD COLUMN incident_id TEXT;
     CREATE INDEX actions_by_incident ON actions(incident_id) WHERE incident_id IS NOT NULL;
     "#,
-    // 9: automation rules: how far they have read the alerts table (rowid
+    // 10: automation rules: how far they have read the alerts table (rowid
     // watermark), and which rule proposed which action for which alert, so each
     // rule proposes at most once per alert.
     r#"

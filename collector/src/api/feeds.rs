@@ -1,0 +1,70 @@
+//! Feed imports: the body is the file as exported (any supported shape). It is
+//! read and normalized on a blocking thread, then stored and judged on the single
+//! writer in one transaction with its audit entry. Roles: [`FEED_ROUTES`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ApiResult};
+use crate::feeds::{self, Feed, FeedError, ImportReport};
+use crate::util::now_ms;
+
+/// The feed routes and the least role each needs.
+pub const FEED_ROUTES: [(&str, &str, Role); 2] = [
+    ("POST", "/api/v1/feeds/identity", Role::Analyst),
+    ("POST", "/api/v1/feeds/mailbox", Role::Analyst),
+];
+
+pub async fn identity(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    import(state, caller, Feed::Identity, body).await
+}
+
+pub async fn mailbox(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    import(state, caller, Feed::Mailbox, body).await
+}
+
+async fn import(state: ApiState, caller: Caller, feed: Feed, body: Bytes) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let result = run(&state, feed, caller.name.clone(), body).await?;
+    feeds::record_outcome(&state.metrics, feed, &caller.name, &result);
+    match result {
+        Ok(report) => Ok(Json(json!(report))),
+        Err(FeedError::Store(e)) => Err(e.into()),
+        Err(e @ FeedError::TooLarge { .. }) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())),
+        Err(e @ FeedError::Unreadable(_)) => Err(ApiError::bad_request(e.to_string())),
+    }
+}
+
+/// Parses on a blocking thread, then stores on the writer.
+async fn run(state: &ApiState, feed: Feed, actor: String, body: Bytes) -> ApiResult<Result<ImportReport, FeedError>> {
+    let cfg = Arc::clone(&state.feeds);
+    let parse_cfg = Arc::clone(&cfg);
+    let parsed = tokio::task::spawn_blocking(move || feeds::parse(feed, &body, &parse_cfg))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "import failed"))?;
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let stored = state
+        .writer
+        .run(move |s| feeds::store(s, parsed, &cfg, &actor, now_ms()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down"))?;
+    Ok(stored.map_err(FeedError::from))
+}

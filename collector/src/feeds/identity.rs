@@ -1,0 +1,388 @@
+//! Sign-in records → [`SignIn`]: Entra ID `SigninLogs` table rows (Log Analytics
+//! JSON or CSV export), Entra diagnostic-settings records (`category` + `properties`,
+//! as streamed to storage or Event Hubs; Graph `signIns` objects read the same way),
+//! and Okta System Log events.
+
+use serde_json::Value;
+
+use super::fields::{address, compact, lookup, number, record_hash, text, time};
+use super::{Normalized, SignIn, SignInOutcome};
+
+/// Diagnostic categories that hold sign-ins; other categories (AuditLogs, ...) are ignored.
+const SIGN_IN_CATEGORIES: [&str; 5] = [
+    "SignInLogs",
+    "NonInteractiveUserSignInLogs",
+    "ServicePrincipalSignInLogs",
+    "ManagedIdentitySignInLogs",
+    "ADFSSignInLogs",
+];
+
+/// Log Analytics table names (`Type` column) of sign-in tables.
+const SIGN_IN_TABLES: [&str; 4] = [
+    "SigninLogs",
+    "AADNonInteractiveUserSignInLogs",
+    "AADServicePrincipalSignInLogs",
+    "AADManagedIdentitySignInLogs",
+];
+
+pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
+    if let (Some(category), Some(props)) = (text(v, &["category"]), lookup(v, "properties")) {
+        if !props.is_object() {
+            return Normalized::Bad("`properties` is not an object".into());
+        }
+        if !SIGN_IN_CATEGORIES.iter().any(|c| c.eq_ignore_ascii_case(&category)) {
+            return Normalized::Ignored {
+                kind: "entra-diagnostic",
+            };
+        }
+        return match entra(&props, v) {
+            Ok(s) => Normalized::Record {
+                kind: "entra-diagnostic",
+                item: s,
+            },
+            Err(e) => Normalized::Bad(e),
+        };
+    }
+    if text(v, &["eventType"]).is_some() && text(v, &["published"]).is_some() {
+        return okta(v);
+    }
+    let table = text(v, &["Type"]);
+    let is_table = table
+        .as_deref()
+        .is_some_and(|t| SIGN_IN_TABLES.iter().any(|n| n.eq_ignore_ascii_case(t)));
+    if is_table || (text(v, &["userPrincipalName"]).is_some() && text(v, &["createdDateTime"]).is_some()) {
+        return match entra(v, v) {
+            Ok(s) => Normalized::Record {
+                kind: "entra-signinlogs",
+                item: s,
+            },
+            Err(e) => Normalized::Bad(e),
+        };
+    }
+    Normalized::Bad("not an Entra ID sign-in or an Okta System Log event".into())
+}
+
+/// Entra result types that interrupt a sign-in for more proof rather than refuse it.
+const INTERRUPTS: [&str; 10] = [
+    "50058", "50072", "50074", "50076", "50079", "50097", "50125", "50140", "50158", "50199",
+];
+/// Entra result type of a denied or unanswered MFA prompt ("Authentication failed during strong authentication request").
+const MFA_DENIED: [&str; 1] = ["500121"];
+
+/// `p` holds the sign-in's fields (a diagnostic record's `properties`, or the row
+/// itself); `outer` is the whole record (its `resultType`, `time`, `callerIpAddress`).
+fn entra(p: &Value, outer: &Value) -> Result<SignIn, String> {
+    let time_ms = time(
+        p,
+        &[
+            "createdDateTime",
+            "CreatedDateTime [UTC]",
+            "TimeGenerated",
+            "TimeGenerated [UTC]",
+        ],
+    )
+    .or_else(|| time(outer, &["time", "TimeGenerated"]))
+    .ok_or("no readable createdDateTime")?;
+    let user = address(text(
+        p,
+        &[
+            "userPrincipalName",
+            "servicePrincipalName",
+            "servicePrincipalId",
+            "userId",
+        ],
+    ))
+    .ok_or("no userPrincipalName")?;
+    let result = text(p, &["status.errorCode", "resultType"])
+        .or_else(|| text(outer, &["resultType"]))
+        .ok_or("no result type (status.errorCode / ResultType)")?;
+    let detail = text(
+        p,
+        &["status.failureReason", "resultDescription", "status.additionalDetails"],
+    )
+    .or_else(|| text(outer, &["resultDescription"]));
+    // Some exporters write the word instead of the code 0.
+    let outcome = if result == "0" || result.eq_ignore_ascii_case("success") {
+        SignInOutcome::Success
+    } else if MFA_DENIED.contains(&result.as_str())
+        || detail
+            .as_deref()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("mfa denied"))
+    {
+        SignInOutcome::MfaDenied
+    } else if INTERRUPTS.contains(&result.as_str()) {
+        SignInOutcome::Interrupted
+    } else {
+        SignInOutcome::Failure
+    };
+    // A table row's `Location` is a country code; the details are in LocationDetails.
+    let loc_path = if lookup(p, "locationDetails").is_some() {
+        "locationDetails"
+    } else {
+        "location"
+    };
+    let sub = |f: &str| format!("{loc_path}.{f}");
+    let location = join(&[
+        text(p, &[&sub("city")]),
+        text(p, &[&sub("state")]),
+        text(p, &[&sub("countryOrRegion")]),
+    ]);
+    let coords = number(p, &[&sub("geoCoordinates.latitude")]).zip(number(p, &[&sub("geoCoordinates.longitude")]));
+    let key = match text(p, &["id"]).or_else(|| text(p, &["originalRequestId"])) {
+        Some(id) => format!("entra:{}", id.to_ascii_lowercase()),
+        // The correlation id alone is shared by the steps of one sign-in.
+        None => match text(p, &["correlationId"]) {
+            Some(c) => format!("entra:{}:{time_ms}:{result}", c.to_ascii_lowercase()),
+            None => format!("entra:sha256:{}", record_hash(outer)),
+        },
+    };
+    let mfa = join(&[
+        text(p, &["authenticationRequirement"]),
+        text(p, &["mfaDetail.authMethod"]),
+        text(p, &["mfaDetail.authDetail"]),
+    ]);
+    Ok(SignIn {
+        key,
+        provider: "entra",
+        time_ms,
+        user,
+        ip: text(p, &["ipAddress"])
+            .or_else(|| text(outer, &["callerIpAddress"]))
+            .and_then(|s| s.parse().ok()),
+        location,
+        coords: coords.filter(|&(lat, lon)| valid_coords(lat, lon)),
+        app: text(p, &["appDisplayName", "resourceDisplayName", "appId"]),
+        client: text(p, &["clientAppUsed", "userAgent"]),
+        outcome,
+        result,
+        result_detail: detail,
+        risk_level: text(p, &["riskLevelDuringSignIn"]).map(|s| s.to_ascii_lowercase()),
+        risk_state: text(p, &["riskState"]),
+        conditional_access: text(p, &["conditionalAccessStatus"]),
+        mfa,
+        device: compact(p, &["deviceDetail"]),
+        raw: outer.to_string(),
+    })
+}
+
+/// Okta event types that are sign-ins or MFA prompts; the rest of the System Log is ignored.
+fn okta_is_sign_in(event_type: &str) -> bool {
+    event_type == "user.session.start"
+        || event_type.starts_with("user.authentication.")
+        || event_type.starts_with("user.mfa.okta_verify")
+        || event_type == "system.push.send_factor_verify_push"
+}
+
+fn okta(v: &Value) -> Normalized<SignIn> {
+    let event_type = text(v, &["eventType"]).unwrap_or_default();
+    if !okta_is_sign_in(&event_type) {
+        return Normalized::Ignored { kind: "okta-systemlog" };
+    }
+    match okta_sign_in(v, &event_type) {
+        Ok(item) => Normalized::Record {
+            kind: "okta-systemlog",
+            item,
+        },
+        Err(e) => Normalized::Bad(e),
+    }
+}
+
+fn okta_sign_in(v: &Value, event_type: &str) -> Result<SignIn, String> {
+    let time_ms = time(v, &["published"]).ok_or("no readable published time")?;
+    let user = address(text(v, &["actor.alternateId"])).ok_or("no actor.alternateId")?;
+    let result = text(v, &["outcome.result"])
+        .unwrap_or_else(|| "UNKNOWN".into())
+        .to_ascii_uppercase();
+    let denied = event_type == "user.mfa.okta_verify.deny_push"
+        || (event_type == "system.push.send_factor_verify_push" && result == "DENY")
+        || (event_type == "user.authentication.auth_via_mfa" && result == "FAILURE");
+    let outcome = if denied {
+        SignInOutcome::MfaDenied
+    } else if event_type.starts_with("user.mfa.") || event_type.starts_with("system.push.") {
+        SignInOutcome::Interrupted
+    } else {
+        match result.as_str() {
+            "SUCCESS" | "ALLOW" => SignInOutcome::Success,
+            "FAILURE" | "DENY" => SignInOutcome::Failure,
+            _ => SignInOutcome::Interrupted,
+        }
+    };
+    let geo = "client.geographicalContext";
+    let location = join(&[
+        text(v, &[&format!("{geo}.city")]),
+        text(v, &[&format!("{geo}.state")]),
+        text(v, &[&format!("{geo}.country")]),
+    ]);
+    let coords = number(v, &[&format!("{geo}.geolocation.lat")]).zip(number(v, &[&format!("{geo}.geolocation.lon")]));
+    let app = lookup(v, "target").and_then(|t| {
+        t.as_array()?
+            .iter()
+            .find(|x| text(x, &["type"]).is_some_and(|ty| ty.eq_ignore_ascii_case("AppInstance")))
+            .and_then(|x| text(x, &["displayName", "alternateId"]))
+    });
+    let risk_level = text(v, &["debugContext.debugData.logOnlySecurityData"])
+        .and_then(|s| risk_in(&s))
+        .or_else(|| text(v, &["debugContext.debugData.risk"]).and_then(|s| risk_in(&s)))
+        .or_else(|| text(v, &["securityContext.risk.level"]).map(|s| s.to_ascii_lowercase()));
+    let key = match text(v, &["uuid"]) {
+        Some(id) => format!("okta:{}", id.to_ascii_lowercase()),
+        None => format!("okta:sha256:{}", record_hash(v)),
+    };
+    Ok(SignIn {
+        key,
+        provider: "okta",
+        time_ms,
+        user,
+        ip: text(v, &["client.ipAddress"]).and_then(|s| s.parse().ok()),
+        location,
+        coords: coords.filter(|&(lat, lon)| valid_coords(lat, lon)),
+        app,
+        client: text(v, &["client.userAgent.rawUserAgent"]),
+        outcome,
+        result,
+        result_detail: join(&[Some(event_type.to_string()), text(v, &["outcome.reason"])]),
+        risk_level,
+        risk_state: None,
+        conditional_access: None,
+        mfa: text(
+            v,
+            &["debugContext.debugData.factor", "authenticationContext.credentialType"],
+        ),
+        device: join(&[
+            text(v, &["client.device"]),
+            text(v, &["client.userAgent.os"]),
+            text(v, &["client.userAgent.browser"]),
+        ]),
+        raw: v.to_string(),
+    })
+}
+
+/// The level in Okta's risk text: `{reasons=..., level=HIGH}` or JSON `{"level":"HIGH"}`.
+fn risk_in(s: &str) -> Option<String> {
+    let lower = s.to_ascii_lowercase();
+    let at = lower.find("level")?;
+    let rest = lower[at + 5..].trim_start_matches(['"', '=', ':', ' ']);
+    let word: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    (!word.is_empty()).then_some(word)
+}
+
+fn valid_coords(lat: f64, lon: f64) -> bool {
+    (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) && !(lat == 0.0 && lon == 0.0)
+}
+
+fn join(parts: &[Option<String>]) -> Option<String> {
+    let parts: Vec<&str> = parts.iter().flatten().map(String::as_str).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(v: Value) -> (&'static str, SignIn) {
+        match normalize(&v) {
+            Normalized::Record { kind, item } => (kind, item),
+            Normalized::Ignored { kind } => panic!("ignored as {kind}"),
+            Normalized::Bad(e) => panic!("bad: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_diagnostic_record_is_read_from_properties() {
+        let (kind, s) = record(json!({
+            "category": "SignInLogs", "resultType": "0", "callerIpAddress": "4.4.4.4", "time": "2025-01-15 14:23:10.123",
+            "properties": {
+                "id": "ABC-1", "userPrincipalName": "John@Justice.org", "createdDateTime": "2025-01-15T14:23:10.1234567Z",
+                "ipAddress": "4.4.4.4", "appDisplayName": "Office", "clientAppUsed": "Browser",
+                "location": {"city": "Moscow", "countryOrRegion": "RU", "geoCoordinates": {"latitude": 55.75, "longitude": 37.61}},
+                "riskLevelDuringSignIn": "High", "riskState": "atRisk", "status": {"errorCode": 0},
+                "conditionalAccessStatus": "success", "deviceDetail": {"operatingSystem": "Windows"},
+                "authenticationRequirement": "multiFactorAuthentication", "mfaDetail": {"authMethod": "PhoneAppNotification"}
+            }
+        }));
+        assert_eq!(kind, "entra-diagnostic");
+        assert_eq!(s.key, "entra:abc-1");
+        assert_eq!(s.user, "john@justice.org");
+        assert_eq!(s.time_ms, 1_736_950_990_123);
+        assert_eq!(s.ip, Some("4.4.4.4".parse().unwrap()));
+        assert_eq!(s.location.as_deref(), Some("Moscow, RU"));
+        assert_eq!(s.coords, Some((55.75, 37.61)));
+        assert_eq!((s.outcome, s.result.as_str()), (SignInOutcome::Success, "0"));
+        assert_eq!(s.risk_level.as_deref(), Some("high"));
+        assert_eq!(
+            s.mfa.as_deref(),
+            Some("multiFactorAuthentication, PhoneAppNotification")
+        );
+        assert_eq!(s.device.as_deref(), Some("{\"operatingSystem\":\"Windows\"}"));
+    }
+
+    #[test]
+    fn audit_categories_are_ignored_and_broken_records_explained() {
+        assert!(matches!(
+            normalize(&json!({"category": "AuditLogs", "properties": {"x": 1}})),
+            Normalized::Ignored { .. }
+        ));
+        let Normalized::Bad(why) =
+            normalize(&json!({"category": "SignInLogs", "properties": {"userPrincipalName": "a@b"}}))
+        else {
+            panic!("accepted")
+        };
+        assert!(why.contains("createdDateTime"), "{why}");
+        assert!(matches!(normalize(&json!({"hello": "world"})), Normalized::Bad(_)));
+    }
+
+    #[test]
+    fn entra_result_types_map_to_outcomes() {
+        let row = |code: &str| {
+            record(json!({"Type": "SigninLogs", "UserPrincipalName": "a@b.c", "CreatedDateTime [UTC]": "4/28/2021, 2:08:45.221 PM",
+                "ResultType": code, "Id": code}))
+            .1
+            .outcome
+        };
+        assert_eq!(row("0"), SignInOutcome::Success);
+        assert_eq!(row("50126"), SignInOutcome::Failure);
+        assert_eq!(row("500121"), SignInOutcome::MfaDenied);
+        assert_eq!(row("50074"), SignInOutcome::Interrupted);
+    }
+
+    #[test]
+    fn okta_events_are_sign_ins_or_ignored() {
+        let event = |event_type: &str, result: &str| {
+            json!({"uuid": "U-1", "published": "2024-04-02T19:17:37.621Z", "eventType": event_type,
+                "actor": {"alternateId": "Casey@Hey.com"}, "outcome": {"result": result},
+                "client": {"ipAddress": "99.108.5.25", "geographicalContext": {"city": "Dallas", "country": "United States",
+                    "geolocation": {"lat": 32.7, "lon": -96.8}}},
+                "debugContext": {"debugData": {"risk": "{reasons=Anomalous Device, level=MEDIUM}"}},
+                "target": [{"type": "AppInstance", "displayName": "Salesforce"}]})
+        };
+        let (kind, s) = record(event("user.session.start", "FAILURE"));
+        assert_eq!(
+            (kind, s.key.as_str(), s.user.as_str()),
+            ("okta-systemlog", "okta:u-1", "casey@hey.com")
+        );
+        assert_eq!(s.outcome, SignInOutcome::Failure);
+        assert_eq!(s.risk_level.as_deref(), Some("medium"));
+        assert_eq!(s.app.as_deref(), Some("Salesforce"));
+        assert_eq!(s.coords, Some((32.7, -96.8)));
+        assert_eq!(
+            record(event("user.mfa.okta_verify.deny_push", "SUCCESS")).1.outcome,
+            SignInOutcome::MfaDenied
+        );
+        assert_eq!(
+            record(event("system.push.send_factor_verify_push", "DENY")).1.outcome,
+            SignInOutcome::MfaDenied
+        );
+        assert_eq!(
+            record(event("system.push.send_factor_verify_push", "SUCCESS"))
+                .1
+                .outcome,
+            SignInOutcome::Interrupted
+        );
+        assert!(matches!(
+            normalize(&event("system.api_token.create", "SUCCESS")),
+            Normalized::Ignored { .. }
+        ));
+    }
+}

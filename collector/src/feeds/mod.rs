@@ -1,0 +1,453 @@
+//! Identity (sign-in) and mailbox (email) feeds: files as the field exports them,
+//! recognised by their shape, normalized, stored once, and judged by detections
+//! that look back over the stored history.
+//!
+//! Shapes (`detect`): a JSON array, an object with `records[]` (Entra diagnostic
+//! settings, Defender streaming API) or `value[]`, one JSON object, NDJSON, or CSV
+//! with a header row (cells holding JSON are read as JSON).
+//! - identity: Entra ID `SigninLogs` rows (Log Analytics JSON / CSV export), Entra
+//!   diagnostic records (`category` *SignInLogs with `properties`), Okta System Log events.
+//! - mailbox: Defender `EmailEvents`, `EmailAttachmentInfo`, `EmailUrlInfo`,
+//!   `UrlClickEvents`, `EmailPostDeliveryEvents` rows or streaming records
+//!   (`category` `AdvancedHunting-EmailEvents` ... with `properties`).
+//!
+//! Alerts are stored with source `identity` or `mailbox`, no device, author "Ward",
+//! and an id derived from the records that raised them (a re-import raises nothing twice).
+//! Rule ids (MITRE technique / tactic):
+//! - `ward-identity-risky-sign-in` (T1078 / TA0001): risk level during sign-in medium or high, risk not dismissed or remediated.
+//! - `ward-identity-password-spray` (T1110.003 / TA0006): many users failing from one IP within a window.
+//! - `ward-identity-brute-force` (T1110.001 / TA0006): many failures for one user within a window.
+//! - `ward-identity-impossible-travel` (T1078 / TA0001): two successful sign-ins further apart than a plane flies.
+//! - `ward-identity-mfa-fatigue` (T1621 / TA0006): repeated MFA denials for one user within a window.
+//! - `ward-mailbox-malicious-delivered` (T1566.001 attachment, T1566.002 link, else T1566 / TA0001): phish or malware delivered.
+//! - `ward-mailbox-malicious-url-click` (T1204.001 / TA0002): a click on a URL judged malicious (by the click or its message).
+//! - `ward-mailbox-user-reported-phish` (T1566 / TA0001): a user reported a message.
+//!
+//! Entity conventions: `User{name: user principal name lowercased, uid: None}` for
+//! the signing-in user and for mail recipients (the recipient address as the user);
+//! `Ip` (sign-in client IP, sender IP, clicking IP); `Mailbox{address}` lowercased for
+//! recipients and, for delivered mail, the sender; `File{path: attachment file name,
+//! sha256}`; `Url`; `Domain` (sender domain, URL host). `matched` holds the key fields
+//! as strings (time, ip, location, app, result, risk, message id, subject...).
+
+mod alerts;
+mod alerts_identity;
+mod alerts_mailbox;
+mod detect;
+mod fields;
+mod identity;
+mod mailbox;
+mod stream;
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::FeedsConfig;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Which feed a file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    Identity,
+    Mailbox,
+}
+
+impl Feed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feed::Identity => "identity",
+            Feed::Mailbox => "mailbox",
+        }
+    }
+}
+
+/// How a sign-in ended, as the detections need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInOutcome {
+    Success,
+    /// Wrong credentials, locked or disabled account and other refusals.
+    Failure,
+    /// The user denied (or let time out) an MFA prompt.
+    MfaDenied,
+    /// Interrupted for more proof (MFA required, consent, ...): neither success nor failure.
+    Interrupted,
+}
+
+impl SignInOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignInOutcome::Success => "success",
+            SignInOutcome::Failure => "failure",
+            SignInOutcome::MfaDenied => "mfa_denied",
+            SignInOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// A normalized sign-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignIn {
+    /// Natural dedup key: `entra:<id>`, `okta:<uuid>`, or `<provider>:sha256:<hex>`.
+    pub key: String,
+    /// `entra` or `okta`.
+    pub provider: &'static str,
+    pub time_ms: u64,
+    /// User principal name (or service principal), lowercased.
+    pub user: String,
+    pub ip: Option<IpAddr>,
+    /// "City, State, Country" as far as known.
+    pub location: Option<String>,
+    /// Latitude, longitude.
+    pub coords: Option<(f64, f64)>,
+    pub app: Option<String>,
+    pub client: Option<String>,
+    pub outcome: SignInOutcome,
+    /// Entra result type (error code) or Okta outcome.result.
+    pub result: String,
+    pub result_detail: Option<String>,
+    pub risk_level: Option<String>,
+    pub risk_state: Option<String>,
+    pub conditional_access: Option<String>,
+    pub mfa: Option<String>,
+    pub device: Option<String>,
+    /// The record as it came, compact JSON.
+    pub raw: String,
+}
+
+/// What a mail record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailKind {
+    Email,
+    Attachment,
+    Url,
+    Click,
+    PostDelivery,
+}
+
+impl MailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::Email => "email",
+            MailKind::Attachment => "attachment",
+            MailKind::Url => "url",
+            MailKind::Click => "click",
+            MailKind::PostDelivery => "post_delivery",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MailKind> {
+        [
+            MailKind::Email,
+            MailKind::Attachment,
+            MailKind::Url,
+            MailKind::Click,
+            MailKind::PostDelivery,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A normalized mail record (one row of one of the Defender email tables).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailRecord {
+    /// Natural dedup key from the message id, recipient and the row's own part.
+    pub key: String,
+    pub kind: MailKind,
+    pub time_ms: u64,
+    pub network_message_id: Option<String>,
+    /// Sender address (FROM header), lowercased.
+    pub sender: Option<String>,
+    /// Recipient address (the clicking account for clicks), lowercased.
+    pub recipient: Option<String>,
+    pub subject: Option<String>,
+    pub threat_types: Option<String>,
+    pub detection_methods: Option<String>,
+    pub delivery_action: Option<String>,
+    pub delivery_location: Option<String>,
+    pub file_name: Option<String>,
+    /// Lowercase hex.
+    pub sha256: Option<String>,
+    pub url: Option<String>,
+    /// Click action (ClickAllowed, ...) or post-delivery action type.
+    pub action: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub raw: String,
+}
+
+/// A record that was not imported, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Line of the file where the record starts (NDJSON, CSV).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// Position of the record in the file, from 1.
+    pub record: u64,
+    pub reason: String,
+}
+
+/// At most this many skipped records are listed in a report (all are counted).
+pub const MAX_SKIPPED_LISTED: usize = 100;
+
+/// What one import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// The shape recognised, e.g. `entra-signinlogs-csv`, `okta-systemlog-ndjson`.
+    pub format: String,
+    /// Records found in the file.
+    pub records: u64,
+    /// Records stored now.
+    pub imported: u64,
+    /// Records stored by an earlier import.
+    pub duplicates: u64,
+    /// Well-formed records that are not sign-ins or mail events (e.g. Entra audit logs).
+    pub ignored: u64,
+    /// Records that could not be read (all counted; the first ones listed).
+    pub skipped_count: u64,
+    pub skipped: Vec<Skipped>,
+    /// Alerts stored now.
+    pub alerts_raised: u64,
+}
+
+impl ImportReport {
+    fn skip(&mut self, s: Skipped) {
+        self.skipped_count += 1;
+        if self.skipped.len() < MAX_SKIPPED_LISTED {
+            self.skipped.push(s);
+        }
+    }
+}
+
+/// Why a whole file could not be imported.
+#[derive(Debug, Error)]
+pub enum FeedError {
+    #[error("the file is {size} bytes; at most {limit} are accepted")]
+    TooLarge { size: usize, limit: usize },
+    #[error("nothing could be read: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Records read from a file, before storage.
+#[derive(Debug, Default)]
+pub struct Parsed<T> {
+    pub report: ImportReport,
+    pub items: Vec<T>,
+}
+
+/// Reads and normalizes a feed file (no storage). Fails only when nothing in it can be read.
+pub fn parse_identity(bytes: &[u8], cfg: &FeedsConfig) -> Result<Parsed<SignIn>, FeedError> {
+    parse_with(bytes, cfg, identity::normalize)
+}
+
+/// Reads and normalizes a mailbox file (no storage).
+pub fn parse_mailbox(bytes: &[u8], cfg: &FeedsConfig) -> Result<Parsed<MailRecord>, FeedError> {
+    parse_with(bytes, cfg, mailbox::normalize)
+}
+
+/// What a normalizer made of one record.
+pub(crate) enum Normalized<T> {
+    Record {
+        kind: &'static str,
+        item: T,
+    },
+    /// A record of a known source that is not a sign-in / mail event.
+    Ignored {
+        kind: &'static str,
+    },
+    Bad(String),
+}
+
+fn parse_with<T>(
+    bytes: &[u8],
+    cfg: &FeedsConfig,
+    normalize: fn(&serde_json::Value) -> Normalized<T>,
+) -> Result<Parsed<T>, FeedError> {
+    if bytes.len() > cfg.max_import_bytes {
+        return Err(FeedError::TooLarge {
+            size: bytes.len(),
+            limit: cfg.max_import_bytes,
+        });
+    }
+    let mut parsed = Parsed {
+        report: ImportReport::default(),
+        items: Vec::new(),
+    };
+    let mut kinds: Vec<&'static str> = Vec::new();
+    let r = &mut parsed.report;
+    let items = &mut parsed.items;
+    let container = detect::split(bytes, cfg.max_record_bytes, &mut |pos, value| {
+        r.records += 1;
+        let skipped = |reason| Skipped {
+            line: pos.line,
+            record: pos.record,
+            reason,
+        };
+        let value = match value {
+            Ok(v) => v,
+            Err(reason) => return r.skip(skipped(reason)),
+        };
+        match normalize(&value) {
+            Normalized::Record { kind, item } => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+                items.push(item);
+            }
+            Normalized::Ignored { kind } => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+                r.ignored += 1;
+            }
+            Normalized::Bad(reason) => r.skip(skipped(reason)),
+        }
+    })
+    .map_err(FeedError::Unreadable)?;
+    if kinds.is_empty() {
+        kinds.push(if r.records == 0 { "empty" } else { "unrecognised" });
+    }
+    r.format = format!("{}-{}", kinds.join("+"), container.as_str());
+    if parsed.items.is_empty() && r.ignored == 0 && r.records > 0 {
+        let first = r.skipped.first().map(|s| s.reason.clone()).unwrap_or_default();
+        return Err(FeedError::Unreadable(format!(
+            "none of the {} records is a {}: {first}",
+            r.records,
+            if kinds == ["unrecognised"] {
+                "supported record"
+            } else {
+                "readable record"
+            }
+        )));
+    }
+    Ok(parsed)
+}
+
+/// Stores parsed sign-ins and raises identity alerts, in one transaction with its audit entry.
+pub fn store_identity(
+    store: &mut Store,
+    parsed: Parsed<SignIn>,
+    cfg: &FeedsConfig,
+    actor: &str,
+    now_ms: u64,
+) -> Result<ImportReport, StoreError> {
+    let Parsed { mut report, items } = parsed;
+    store.feed_import(now_ms, |tx| {
+        let mut fresh = Vec::new();
+        for s in items {
+            if tx.insert_sign_in(&s)? {
+                fresh.push(s);
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        report.imported = fresh.len() as u64;
+        let alerts = alerts_identity::detect(tx, &fresh, cfg)?;
+        report.alerts_raised = u64::from(tx.insert_alerts(&alerts)?.stored);
+        tx.audit(actor, "feed.import", Feed::Identity.as_str(), &summary(&report))?;
+        Ok(report)
+    })
+}
+
+/// Stores parsed mail records and raises mailbox alerts, in one transaction with its audit entry.
+pub fn store_mailbox(
+    store: &mut Store,
+    parsed: Parsed<MailRecord>,
+    actor: &str,
+    now_ms: u64,
+) -> Result<ImportReport, StoreError> {
+    let Parsed { mut report, items } = parsed;
+    store.feed_import(now_ms, |tx| {
+        let mut fresh = Vec::new();
+        for m in items {
+            if tx.insert_mail(&m)? {
+                fresh.push(m);
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        report.imported = fresh.len() as u64;
+        let alerts = alerts_mailbox::detect(tx, &fresh)?;
+        report.alerts_raised = u64::from(tx.insert_alerts(&alerts)?.stored);
+        tx.audit(actor, "feed.import", Feed::Mailbox.as_str(), &summary(&report))?;
+        Ok(report)
+    })
+}
+
+fn summary(r: &ImportReport) -> String {
+    format!(
+        "{}: {} records, {} imported, {} duplicates, {} ignored, {} skipped, {} alerts",
+        r.format, r.records, r.imported, r.duplicates, r.ignored, r.skipped_count, r.alerts_raised
+    )
+}
+
+/// Counts and logs an import's outcome.
+pub fn record_outcome(metrics: &Metrics, feed: Feed, actor: &str, result: &Result<ImportReport, FeedError>) {
+    match result {
+        Ok(r) => {
+            metrics.feed_records_imported.add(r.imported);
+            metrics.feed_records_duplicate.add(r.duplicates);
+            metrics.feed_records_skipped.add(r.skipped_count);
+            metrics.feed_alerts_raised.add(r.alerts_raised);
+            if r.skipped_count > 0 {
+                warn!(feed = feed.as_str(), actor, skipped = r.skipped_count, first = ?r.skipped.first(), "feed records skipped");
+            }
+            info!(feed = feed.as_str(), actor, report = %summary(r), "feed imported");
+        }
+        Err(e) => {
+            metrics.feed_imports_refused.inc();
+            warn!(feed = feed.as_str(), actor, error = %e, "feed import refused");
+        }
+    }
+}
+
+/// A file read and normalized, ready to store.
+#[derive(Debug)]
+pub enum ParsedFeed {
+    Identity(Parsed<SignIn>),
+    Mailbox(Parsed<MailRecord>),
+}
+
+/// Reads and normalizes a file of `feed` (no storage; the API runs this off the writer thread).
+pub fn parse(feed: Feed, bytes: &[u8], cfg: &FeedsConfig) -> Result<ParsedFeed, FeedError> {
+    Ok(match feed {
+        Feed::Identity => ParsedFeed::Identity(parse_identity(bytes, cfg)?),
+        Feed::Mailbox => ParsedFeed::Mailbox(parse_mailbox(bytes, cfg)?),
+    })
+}
+
+/// Stores a parsed file and raises its alerts, in one transaction with its audit entry.
+pub fn store(
+    store: &mut Store,
+    parsed: ParsedFeed,
+    cfg: &FeedsConfig,
+    actor: &str,
+    now_ms: u64,
+) -> Result<ImportReport, StoreError> {
+    match parsed {
+        ParsedFeed::Identity(p) => store_identity(store, p, cfg, actor, now_ms),
+        ParsedFeed::Mailbox(p) => store_mailbox(store, p, actor, now_ms),
+    }
+}
+
+/// Reads, stores and judges one file (the CLI's path).
+pub fn import(
+    store: &mut Store,
+    feed: Feed,
+    bytes: &[u8],
+    cfg: &FeedsConfig,
+    actor: &str,
+    now_ms: u64,
+) -> Result<ImportReport, FeedError> {
+    let parsed = parse(feed, bytes, cfg)?;
+    Ok(self::store(store, parsed, cfg, actor, now_ms)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

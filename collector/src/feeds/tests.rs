@@ -1,0 +1,574 @@
+//! Imports through the real store: public samples as they are, each detection
+//! with a case that raises and one that does not, and re-imports.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::store::AlertFilter;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ward.db")).unwrap();
+    (dir, store)
+}
+
+fn fixture(path: &str) -> Vec<u8> {
+    let full = format!("{}/../tests/fixtures/feeds/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
+}
+
+fn import_as(store: &mut Store, feed: Feed, bytes: &[u8], cfg: &FeedsConfig) -> ImportReport {
+    import(store, feed, bytes, cfg, "test", 1).unwrap()
+}
+
+fn run(store: &mut Store, feed: Feed, bytes: &[u8]) -> ImportReport {
+    import_as(store, feed, bytes, &FeedsConfig::default())
+}
+
+fn ndjson(records: &[Value]) -> Vec<u8> {
+    records
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Alerts of a rule: (severity, entities, matched).
+fn alerts(store: &Store, rule: &str) -> Vec<crate::store::AlertView> {
+    store
+        .list_alerts(&AlertFilter {
+            rule_id: Some(rule.into()),
+            limit: 100,
+            ..AlertFilter::default()
+        })
+        .unwrap()
+}
+
+const T0: u64 = 1_795_000_000_000;
+
+/// An Entra diagnostic sign-in record.
+fn entra(id: &str, user: &str, ip: &str, t_ms: u64, code: &str, coords: Option<(f64, f64)>) -> Value {
+    let time = chrono::DateTime::from_timestamp_millis(t_ms as i64)
+        .unwrap()
+        .to_rfc3339();
+    let mut location = json!({"city": "Somewhere", "countryOrRegion": "XX"});
+    if let Some((lat, lon)) = coords {
+        location["geoCoordinates"] = json!({"latitude": lat, "longitude": lon});
+    }
+    json!({"category": "SignInLogs", "resultType": code, "time": time,
+        "properties": {"id": id, "userPrincipalName": user, "createdDateTime": time, "ipAddress": ip,
+            "appDisplayName": "Office 365", "clientAppUsed": "Browser", "status": {"errorCode": code.parse::<i64>().unwrap()},
+            "location": location}})
+}
+
+/// An Okta MFA push denial.
+fn okta_deny(uuid: &str, user: &str, t_ms: u64) -> Value {
+    let time = chrono::DateTime::from_timestamp_millis(t_ms as i64)
+        .unwrap()
+        .to_rfc3339();
+    json!({"uuid": uuid, "published": time, "eventType": "user.mfa.okta_verify.deny_push",
+        "actor": {"alternateId": user, "type": "User"}, "outcome": {"result": "FAILURE", "reason": "User rejected Okta push verify"},
+        "client": {"ipAddress": "198.51.100.9"}})
+}
+
+#[test]
+fn the_sentinel_csv_export_imports_with_its_json_cells() {
+    let (_d, mut store) = store();
+    let r = run(
+        &mut store,
+        Feed::Identity,
+        &fixture("sentinel/sign-in_adelete.first7rows.csv"),
+    );
+    assert_eq!(r.format, "entra-signinlogs-csv");
+    assert_eq!((r.records, r.imported, r.skipped_count), (7, 7, 0), "{r:?}");
+    let parsed = parse_identity(
+        &fixture("sentinel/sign-in_adelete.first7rows.csv"),
+        &FeedsConfig::default(),
+    )
+    .unwrap();
+    let s = &parsed.items[0];
+    assert_eq!(s.key, "entra:cfb68155-70f5-4e28-b046-0a3a7086c401");
+    assert_eq!(s.user, "adelev@m365x816222.onmicrosoft.com");
+    assert_eq!(s.ip, Some("175.45.176.99".parse().unwrap()));
+    assert_eq!(s.time_ms, 1_619_618_925_221);
+    assert_eq!(s.app.as_deref(), Some("Azure Portal"));
+    assert_eq!(s.outcome, SignInOutcome::Success);
+    assert!(
+        s.location.as_deref().is_some_and(|l| l.ends_with("IL")),
+        "{:?}",
+        s.location
+    );
+    assert!(
+        s.coords
+            .is_some_and(|(lat, lon)| (lat - 32.0).abs() < 1.0 && (lon - 34.8).abs() < 0.1)
+    );
+    assert!(
+        s.device.as_deref().is_some_and(|d| d.contains("Windows 10")),
+        "{:?}",
+        s.device
+    );
+    assert_eq!(s.mfa.as_deref(), Some("singleFactorAuthentication"));
+    // Same file again: nothing new.
+    let again = run(
+        &mut store,
+        Feed::Identity,
+        &fixture("sentinel/sign-in_adelete.first7rows.csv"),
+    );
+    assert_eq!((again.imported, again.duplicates, again.alerts_raised), (0, 7, 0));
+}
+
+#[test]
+fn the_panther_entra_records_import_and_risky_sign_ins_alert() {
+    let (_d, mut store) = store();
+    let r = run(
+        &mut store,
+        Feed::Identity,
+        &fixture("panther/entra_diagnostic_records.json"),
+    );
+    assert_eq!(r.format, "entra-diagnostic-records");
+    assert_eq!(r.records, 47);
+    // Audit-log and policy records are not sign-ins; nothing is unreadable.
+    assert_eq!((r.skipped_count, r.ignored), (0, 21), "{r:?}");
+    assert_eq!(r.imported + r.duplicates, 26);
+    let risky = alerts(&store, "ward-identity-risky-sign-in");
+    let users: Vec<String> = risky
+        .iter()
+        .map(|a| a.matched["user"].as_str().unwrap().to_string())
+        .collect();
+    // "High Risk During Sign-In" alerts, "High Risk Dismissed" (cross@lotr.com) does not.
+    assert!(users.contains(&"john@justice.org".to_string()), "{users:?}");
+    assert!(!users.contains(&"cross@lotr.com".to_string()), "{users:?}");
+    let john = risky.iter().find(|a| a.matched["user"] == "john@justice.org").unwrap();
+    assert_eq!(
+        (john.severity, john.source.as_str(), john.device_id.as_deref()),
+        ("high", "identity", None)
+    );
+    assert_eq!(john.rule.techniques, json!(["T1078"]));
+    assert_eq!(john.rule.author, "Ward");
+    assert_eq!(john.matched["location"], "Moscow, Moscow, RU");
+    assert!(
+        john.entities
+            .as_array()
+            .unwrap()
+            .contains(&json!({"kind": "ip", "addr": "4.4.4.4"}))
+    );
+    let again = run(
+        &mut store,
+        Feed::Identity,
+        &fixture("panther/entra_diagnostic_records.json"),
+    );
+    assert_eq!((again.imported, again.alerts_raised), (0, 0));
+    assert_eq!(alerts(&store, "ward-identity-risky-sign-in").len(), risky.len());
+}
+
+#[test]
+fn the_panther_okta_events_import_and_bad_ones_are_reported_by_line() {
+    let (_d, mut store) = store();
+    let r = run(&mut store, Feed::Identity, &fixture("panther/okta_systemlog.ndjson"));
+    assert_eq!(r.format, "okta-systemlog-ndjson");
+    assert_eq!(r.records, 100);
+    assert!(r.imported >= 3, "{r:?}");
+    // Test events of Panther's own anomaly rules are not Okta events; "redacted" times are unreadable.
+    assert!(
+        r.skipped
+            .iter()
+            .any(|s| s.line == Some(3) && s.reason.contains("not an Entra ID sign-in"))
+    );
+    assert!(r.skipped.iter().any(|s| s.reason.contains("published")));
+    assert_eq!(r.records, r.imported + r.duplicates + r.ignored + r.skipped_count);
+}
+
+#[test]
+fn password_spray_needs_enough_users_from_one_ip() {
+    let (_d, mut store) = store();
+    let failures = |n: usize, ip: &str, prefix: &str| -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                entra(
+                    &format!("{prefix}{i}"),
+                    &format!("user{i}@contoso.com"),
+                    ip,
+                    T0 + i as u64 * 60_000,
+                    "50126",
+                    None,
+                )
+            })
+            .collect()
+    };
+    let r = run(&mut store, Feed::Identity, &ndjson(&failures(9, "203.0.113.50", "a")));
+    assert_eq!((r.imported, r.alerts_raised), (9, 0));
+    let r = run(&mut store, Feed::Identity, &ndjson(&failures(10, "203.0.113.51", "b")));
+    assert_eq!(r.alerts_raised, 1);
+    let spray = alerts(&store, "ward-identity-password-spray");
+    assert_eq!(spray.len(), 1);
+    let a = &spray[0];
+    assert_eq!((a.count, a.rule.techniques.clone()), (10, json!(["T1110.003"])));
+    assert_eq!(a.matched["ip"], "203.0.113.51");
+    let ents = a.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "ip", "addr": "203.0.113.51"})));
+    assert!(ents.contains(&json!({"kind": "user", "name": "user9@contoso.com", "uid": null})));
+    // The burst again, in another order: no new alert.
+    let mut again = failures(10, "203.0.113.51", "b");
+    again.reverse();
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&again)).alerts_raised, 0);
+}
+
+#[test]
+fn brute_force_needs_the_failures_within_the_window() {
+    let (_d, mut store) = store();
+    let spread: Vec<Value> = (0..10)
+        .map(|i| {
+            entra(
+                &format!("s{i}"),
+                "meganb@contoso.com",
+                "198.51.100.1",
+                T0 + i * 15 * 60_000,
+                "50126",
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&spread)).alerts_raised, 0);
+    let burst: Vec<Value> = (0..10)
+        .map(|i| {
+            entra(
+                &format!("b{i}"),
+                "AlexW@contoso.com",
+                "198.51.100.2",
+                T0 + i * 30_000,
+                "50126",
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&burst)).alerts_raised, 1);
+    let a = &alerts(&store, "ward-identity-brute-force")[0];
+    assert_eq!((a.count, a.severity), (10, "medium"));
+    assert_eq!(a.matched["user"], "alexw@contoso.com");
+    assert_eq!(a.rule.techniques, json!(["T1110.001"]));
+    assert_eq!(a.rule.tactics, json!(["TA0006"]));
+}
+
+#[test]
+fn impossible_travel_needs_distance_and_speed() {
+    let (_d, mut store) = store();
+    let london = Some((51.5074, -0.1278));
+    let sydney = Some((-33.8688, 151.2093));
+    let paris = Some((48.8566, 2.3522));
+    let new_york = Some((40.7128, -74.0060));
+    let h = 3_600_000;
+    let records = [
+        // London then Paris 10 minutes later: 343 km, under the minimum distance.
+        entra("p1", "near@contoso.com", "192.0.2.1", T0, "0", london),
+        entra("p2", "near@contoso.com", "192.0.2.2", T0 + 600_000, "0", paris),
+        // London then New York 10 hours later: 557 km/h, a plane could.
+        entra("n1", "slow@contoso.com", "192.0.2.1", T0, "0", london),
+        entra("n2", "slow@contoso.com", "192.0.2.3", T0 + 10 * h, "0", new_york),
+        // No coordinates: nothing to compare.
+        entra("x1", "blind@contoso.com", "192.0.2.1", T0, "0", london),
+        entra("x2", "blind@contoso.com", "192.0.2.4", T0 + 60_000, "0", None),
+        // A failed sign-in does not count.
+        entra("f1", "failed@contoso.com", "192.0.2.1", T0, "0", london),
+        entra("f2", "failed@contoso.com", "192.0.2.5", T0 + h, "50126", sydney),
+    ];
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&records)).alerts_raised, 0);
+    // Sydney one hour after London (17,000 km); imported later, in reverse order.
+    let trip = [
+        entra("t2", "adelev@contoso.com", "192.0.2.9", T0 + h, "0", sydney),
+        entra("t1", "adelev@contoso.com", "192.0.2.8", T0, "0", london),
+    ];
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&trip)).alerts_raised, 1);
+    let a = &alerts(&store, "ward-identity-impossible-travel")[0];
+    let km: f64 = a.matched["distance_km"].as_str().unwrap().parse().unwrap();
+    assert!((16_900.0..17_100.0).contains(&km), "{km}");
+    let ents = a.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "ip", "addr": "192.0.2.8"})));
+    assert!(ents.contains(&json!({"kind": "ip", "addr": "192.0.2.9"})));
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&trip)).alerts_raised, 0);
+}
+
+#[test]
+fn mfa_fatigue_needs_repeated_denials() {
+    let (_d, mut store) = store();
+    let two = [
+        okta_deny("d1", "lee@contoso.com", T0),
+        okta_deny("d2", "lee@contoso.com", T0 + 60_000),
+    ];
+    let r = run(&mut store, Feed::Identity, &ndjson(&two));
+    assert_eq!(
+        (r.format.as_str(), r.imported, r.alerts_raised),
+        ("okta-systemlog-ndjson", 2, 0)
+    );
+    let third = [okta_deny("d3", "lee@contoso.com", T0 + 120_000)];
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&third)).alerts_raised, 1);
+    let a = &alerts(&store, "ward-identity-mfa-fatigue")[0];
+    assert_eq!((a.count, a.rule.techniques.clone()), (3, json!(["T1621"])));
+    // Entra's denial code counts as well.
+    let entra_denials: Vec<Value> = (0..3)
+        .map(|i| {
+            entra(
+                &format!("m{i}"),
+                "diego@contoso.com",
+                "192.0.2.7",
+                T0 + i * 60_000,
+                "500121",
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(
+        run(&mut store, Feed::Identity, &ndjson(&entra_denials)).alerts_raised,
+        1
+    );
+}
+
+#[test]
+fn risk_levels_below_medium_or_handled_do_not_alert() {
+    let (_d, mut store) = store();
+    let with_risk = |id: &str, level: &str, state: &str| {
+        let mut r = entra(id, "risk@contoso.com", "192.0.2.1", T0, "0", None);
+        r["properties"]["riskLevelDuringSignIn"] = json!(level);
+        r["properties"]["riskState"] = json!(state);
+        r
+    };
+    let quiet = [
+        with_risk("r1", "low", "atRisk"),
+        with_risk("r2", "high", "remediated"),
+        with_risk("r3", "none", "none"),
+    ];
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&quiet)).alerts_raised, 0);
+    assert_eq!(
+        run(
+            &mut store,
+            Feed::Identity,
+            &ndjson(&[with_risk("r4", "medium", "atRisk")])
+        )
+        .alerts_raised,
+        1
+    );
+    assert_eq!(alerts(&store, "ward-identity-risky-sign-in")[0].severity, "medium");
+}
+
+#[test]
+fn thresholds_come_from_the_config() {
+    let (_d, mut store) = store();
+    let cfg = FeedsConfig {
+        brute_force_min_failures: 3,
+        ..FeedsConfig::default()
+    };
+    let burst: Vec<Value> = (0..3)
+        .map(|i| {
+            entra(
+                &format!("c{i}"),
+                "x@contoso.com",
+                "198.51.100.3",
+                T0 + i * 1000,
+                "50126",
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(
+        import_as(&mut store, Feed::Identity, &ndjson(&burst), &cfg).alerts_raised,
+        1
+    );
+}
+
+#[test]
+fn bad_lines_are_skipped_and_the_rest_imported() {
+    let (_d, mut store) = store();
+    let mut body = ndjson(&[entra("g1", "a@contoso.com", "192.0.2.1", T0, "0", None)]);
+    body.extend_from_slice(b"{\"category\": \"SignInLogs\", \"properties\": \n");
+    body.extend_from_slice(b"[1,2]\n");
+    body.extend(ndjson(&[
+        json!({"category": "SignInLogs", "properties": {"userPrincipalName": "b@contoso.com"}}),
+    ]));
+    body.extend(ndjson(&[entra("g2", "c@contoso.com", "192.0.2.1", T0, "0", None)]));
+    let r = run(&mut store, Feed::Identity, &body);
+    // The array on line 3 holds two records that are not objects.
+    assert_eq!((r.records, r.imported, r.skipped_count), (6, 2, 4), "{r:?}");
+    let lines: Vec<Option<u64>> = r.skipped.iter().map(|s| s.line).collect();
+    assert_eq!(lines, [Some(2), Some(3), Some(3), Some(4)]);
+    assert!(r.skipped[3].reason.contains("createdDateTime"), "{:?}", r.skipped[3]);
+}
+
+#[test]
+fn many_bad_lines_are_all_counted_and_the_first_listed() {
+    let (_d, mut store) = store();
+    let mut body = ndjson(&[entra("ok1", "a@contoso.com", "192.0.2.1", T0, "0", None)]);
+    for _ in 0..1000 {
+        body.extend_from_slice(b"{broken\n");
+    }
+    body.extend(ndjson(&[entra("ok2", "b@contoso.com", "192.0.2.1", T0, "0", None)]));
+    let r = run(&mut store, Feed::Identity, &body);
+    assert_eq!((r.records, r.imported, r.skipped_count), (1002, 2, 1000));
+    assert_eq!(r.skipped.len(), MAX_SKIPPED_LISTED);
+    assert_eq!((r.skipped[0].line, r.skipped[99].line), (Some(2), Some(101)));
+}
+
+#[test]
+fn files_with_nothing_readable_or_too_large_are_refused() {
+    let (_d, mut store) = store();
+    let cfg = FeedsConfig::default();
+    for bad in [
+        &b""[..],
+        b"[not json",
+        b"hello there\n",
+        b"{\"foo\": 1}",
+        b"\xff\xfe\x00",
+    ] {
+        let err = import(&mut store, Feed::Identity, bad, &cfg, "t", 1).unwrap_err();
+        assert!(matches!(err, FeedError::Unreadable(_)), "{err}");
+    }
+    let small = FeedsConfig {
+        max_import_bytes: 10,
+        max_record_bytes: 10,
+        ..FeedsConfig::default()
+    };
+    // An export of a quiet hour is not an error.
+    let empty = import(&mut store, Feed::Mailbox, b"{\"records\": []}", &cfg, "t", 1).unwrap();
+    assert_eq!((empty.format.as_str(), empty.records), ("empty-records", 0));
+    let err = import(&mut store, Feed::Mailbox, &[b' '; 11], &small, "t", 1).unwrap_err();
+    assert!(matches!(err, FeedError::TooLarge { size: 11, limit: 10 }));
+    assert_eq!(store.count_alerts().unwrap(), 0);
+}
+
+#[test]
+fn defender_mail_rows_and_streaming_records_raise_mailbox_alerts_once() {
+    let (_d, mut store) = store();
+    let csv = run(&mut store, Feed::Mailbox, &fixture("defender/email_events.csv"));
+    assert_eq!(csv.format, "defender-emailevents-csv");
+    assert_eq!(
+        (csv.records, csv.imported, csv.skipped_count, csv.alerts_raised),
+        (4, 3, 1, 1),
+        "{csv:?}"
+    );
+    assert_eq!(csv.skipped[0].line, Some(5));
+    assert!(csv.skipped[0].reason.contains("NetworkMessageId"), "{:?}", csv.skipped);
+    let streamed = run(&mut store, Feed::Mailbox, &fixture("defender/defender_streaming.json"));
+    assert_eq!(
+        (
+            streamed.records,
+            streamed.imported,
+            streamed.ignored,
+            streamed.skipped_count
+        ),
+        (8, 6, 1, 1)
+    );
+    assert_eq!(streamed.alerts_raised, 3, "{streamed:?}");
+
+    let delivered = alerts(&store, "ward-mailbox-malicious-delivered");
+    assert_eq!(delivered.len(), 2);
+    // The phish with a link (its URL row came later) and the malware attachment, not the blocked one.
+    let malware = delivered
+        .iter()
+        .find(|a| a.matched["threat_types"] == "Malware")
+        .unwrap();
+    assert_eq!((malware.severity, malware.source.as_str()), ("high", "mailbox"));
+    assert_eq!(malware.rule.techniques, json!(["T1566.001"]));
+    let ents = malware.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "file", "path": "customs_form.docm",
+        "sha256": "3f4a9c0d1e2b5a6978c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2"})));
+    assert!(ents.contains(&json!({"kind": "user", "name": "meganb@contoso.com", "uid": null})));
+    assert!(ents.contains(&json!({"kind": "mailbox", "address": "meganb@contoso.com"})));
+    assert!(ents.contains(&json!({"kind": "domain", "name": "shipping-notice.example"})));
+
+    let click = &alerts(&store, "ward-mailbox-malicious-url-click")[0];
+    assert_eq!(
+        (click.severity, click.rule.techniques.clone()),
+        ("high", json!(["T1204.001"]))
+    );
+    assert_eq!(click.matched["message_threat_types"], "Phish");
+    let ents = click.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "url", "url": "https://login.evil-invoices.example/o365/signin?id=adelev"})));
+    assert!(ents.contains(&json!({"kind": "domain", "name": "login.evil-invoices.example"})));
+    assert!(ents.contains(&json!({"kind": "ip", "addr": "175.45.176.99"})));
+
+    let reported = &alerts(&store, "ward-mailbox-user-reported-phish")[0];
+    assert_eq!(reported.matched["subject"], "Your invoice is overdue");
+
+    let again = run(&mut store, Feed::Mailbox, &fixture("defender/defender_streaming.json"));
+    assert_eq!((again.imported, again.duplicates, again.alerts_raised), (0, 6, 0));
+    assert_eq!(store.count_alerts().unwrap(), 4);
+}
+
+#[test]
+fn a_benign_click_or_blocked_mail_raises_nothing() {
+    let (_d, mut store) = store();
+    let rows = [
+        json!({"Type": "EmailEvents", "Timestamp": "2026-11-20T10:00:00Z", "NetworkMessageId": "m1",
+            "RecipientEmailAddress": "a@contoso.com", "SenderFromAddress": "x@evil.example", "ThreatTypes": "Phish",
+            "DeliveryAction": "Junked", "DeliveryLocation": "Junk folder"}),
+        json!({"Type": "UrlClickEvents", "Timestamp": "2026-11-20T10:05:00Z", "NetworkMessageId": "m2",
+            "AccountUpn": "a@contoso.com", "Url": "https://contoso.com/", "ActionType": "ClickAllowed"}),
+    ];
+    let r = run(&mut store, Feed::Mailbox, &serde_json::to_vec(&rows).unwrap());
+    assert_eq!(
+        (r.format.as_str(), r.imported, r.alerts_raised),
+        ("defender-emailevents+defender-urlclickevents-json", 2, 0)
+    );
+}
+
+#[test]
+fn every_import_is_audited() {
+    let (_d, mut store) = store();
+    run(&mut store, Feed::Mailbox, &fixture("defender/email_events.csv"));
+    let audit = store.list_audit(None, 10).unwrap();
+    let entry = audit.iter().find(|e| e.action == "feed.import").unwrap();
+    assert_eq!((entry.actor.as_str(), entry.target.as_str()), ("test", "mailbox"));
+    assert!(entry.detail.contains("3 imported"), "{}", entry.detail);
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn samples() -> Vec<Vec<u8>> {
+        [
+            "sentinel/sign-in_adelete.first7rows.csv",
+            "panther/okta_systemlog.ndjson",
+            "panther/entra_diagnostic_records.json",
+            "defender/email_events.csv",
+            "defender/defender_streaming.json",
+        ]
+        .iter()
+        .map(|f| fixture(f))
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Random bytes, and real files cut short or with a byte changed, are read
+        /// or refused with a reason; the readable part is imported.
+        #[test]
+        fn malformed_files_are_refused_or_partly_read(
+            raw in proptest::collection::vec(any::<u8>(), 0..512),
+            which in 0usize..5,
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let cfg = FeedsConfig { max_record_bytes: 4096, ..FeedsConfig::default() };
+            let _ = parse_identity(&raw, &cfg);
+            let _ = parse_mailbox(&raw, &cfg);
+            let mut file = samples().swap_remove(which);
+            file.truncate(cut.index(file.len() + 1));
+            if !file.is_empty() {
+                let at = flip.index(file.len());
+                file[at] = byte;
+            }
+            for feed in [Feed::Identity, Feed::Mailbox] {
+                if let Ok(p) = parse(feed, &file, &cfg) {
+                    let r = match &p {
+                        ParsedFeed::Identity(p) => &p.report,
+                        ParsedFeed::Mailbox(p) => &p.report,
+                    };
+                    prop_assert!(r.skipped.len() <= MAX_SKIPPED_LISTED);
+                    prop_assert!(r.skipped_count + r.ignored <= r.records);
+                }
+            }
+        }
+    }
+}

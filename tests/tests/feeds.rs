@@ -1,0 +1,301 @@
+//! Identity and mailbox feeds against the real collector: the fixture files as
+//! they were exported are POSTed (and imported with the CLI), the reports say what
+//! happened, the alerts are visible through the alerts API with their source, and
+//! importing the same files again adds nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use ward_tests::{Collector, metric, now_ms};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/feeds")
+        .join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    let path = fixture(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+async fn alerts(c: &Collector) -> Vec<Value> {
+    let (status, body) = c.get("/api/v1/alerts?limit=500").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["alerts"].as_array().unwrap().clone()
+}
+
+fn count(alerts: &[Value], rule: &str) -> usize {
+    alerts.iter().filter(|a| a["rule"]["id"] == rule).count()
+}
+
+/// Ten users failing from one IP within minutes (a spray), padded with Okta
+/// events that are not sign-ins so the body is larger than other API bodies may be.
+fn spray_file(base_ms: u64) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..10u64 {
+        let t = base_ms + i * 30_000;
+        out.push_str(
+            &json!({"uuid": format!("spray-{i}"), "published": ms_rfc3339(t), "eventType": "user.session.start",
+                "actor": {"alternateId": format!("user{i}@contoso.com"), "type": "User"},
+                "outcome": {"result": "FAILURE", "reason": "INVALID_CREDENTIALS"},
+                "client": {"ipAddress": "203.0.113.66", "userAgent": {"rawUserAgent": "python-requests/2.31"}}})
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    let mut i = 0;
+    while out.len() < 1_300_000 {
+        out.push_str(
+            &json!({"uuid": format!("pad-{i}"), "published": ms_rfc3339(base_ms), "eventType": "system.org.rate_limit.warning",
+                "actor": {"alternateId": "system@okta.com"}, "displayMessage": "x".repeat(300)})
+            .to_string(),
+        );
+        out.push('\n');
+        i += 1;
+    }
+    out.into_bytes()
+}
+
+/// RFC 3339 of Unix milliseconds, computed here without a date library.
+fn ms_rfc3339(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[tokio::test]
+async fn feed_files_import_raise_alerts_once_and_are_audited() {
+    let c = Collector::start().unwrap();
+    let analyst = c.user("alice", "analyst").unwrap();
+    let viewer = c.user("victor", "viewer").unwrap();
+
+    // Viewers read, they do not import.
+    let (status, _) = c
+        .post_bytes_as(
+            "/api/v1/feeds/identity",
+            &viewer,
+            read("sentinel/sign-in_adelete.first7rows.csv"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    let post = |path: &'static str, file: &'static str| {
+        let c = &c;
+        let analyst = analyst.clone();
+        async move {
+            let (status, report) = c.post_bytes_as(path, &analyst, read(file)).await.unwrap();
+            assert_eq!(status, 200, "{file}: {report}");
+            report
+        }
+    };
+    let sentinel = post("/api/v1/feeds/identity", "sentinel/sign-in_adelete.first7rows.csv").await;
+    assert_eq!(sentinel["format"], "entra-signinlogs-csv");
+    assert_eq!(
+        (sentinel["records"].as_u64(), sentinel["imported"].as_u64()),
+        (Some(7), Some(7))
+    );
+    let entra = post("/api/v1/feeds/identity", "panther/entra_diagnostic_records.json").await;
+    assert_eq!(entra["format"], "entra-diagnostic-records");
+    assert!(entra["alerts_raised"].as_u64().unwrap() >= 1, "{entra}");
+    let okta = post("/api/v1/feeds/identity", "panther/okta_systemlog.ndjson").await;
+    assert_eq!(okta["format"], "okta-systemlog-ndjson");
+    assert!(okta["skipped_count"].as_u64().unwrap() > 0);
+    assert!(okta["skipped"][0]["line"].as_u64().is_some(), "{okta}");
+    let mail_csv = post("/api/v1/feeds/mailbox", "defender/email_events.csv").await;
+    assert_eq!(
+        (mail_csv["imported"].as_u64(), mail_csv["skipped"][0]["line"].as_u64()),
+        (Some(3), Some(5))
+    );
+    let streamed = post("/api/v1/feeds/mailbox", "defender/defender_streaming.json").await;
+    assert_eq!(streamed["alerts_raised"], 3, "{streamed}");
+
+    // A spray file larger than the 1 MiB other bodies may be.
+    let spray = spray_file(now_ms() - 3_600_000);
+    assert!(spray.len() > 1 << 20);
+    let (status, report) = c
+        .post_bytes_as("/api/v1/feeds/identity", &analyst, spray.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["imported"].as_u64(), report["alerts_raised"].as_u64()),
+        (Some(10), Some(1))
+    );
+
+    let all = alerts(&c).await;
+    let identity: Vec<&Value> = all.iter().filter(|a| a["source"] == "identity").collect();
+    let mailbox: Vec<&Value> = all.iter().filter(|a| a["source"] == "mailbox").collect();
+    assert!(
+        identity
+            .iter()
+            .all(|a| a["device_id"].is_null() && a["rule"]["author"] == "Ward")
+    );
+    assert_eq!(count(&all, "ward-identity-password-spray"), 1);
+    assert!(count(&all, "ward-identity-risky-sign-in") >= 1);
+    assert_eq!(count(&all, "ward-mailbox-malicious-delivered"), 2);
+    assert_eq!(count(&all, "ward-mailbox-malicious-url-click"), 1);
+    assert_eq!(count(&all, "ward-mailbox-user-reported-phish"), 1);
+    assert_eq!(mailbox.len(), 4);
+    let spray_alert = all
+        .iter()
+        .find(|a| a["rule"]["id"] == "ward-identity-password-spray")
+        .unwrap();
+    assert_eq!(spray_alert["rule"]["techniques"], json!(["T1110.003"]));
+    assert!(
+        spray_alert["entities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"kind": "ip", "addr": "203.0.113.66"}))
+    );
+    let click = all
+        .iter()
+        .find(|a| a["rule"]["id"] == "ward-mailbox-malicious-url-click")
+        .unwrap();
+    let (status, one) = c
+        .get(&format!("/api/v1/alerts/{}", click["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!((status, one["source"].as_str()), (200, Some("mailbox")));
+
+    // Everything again: nothing new is stored, no alert is raised twice.
+    for (path, file) in [
+        ("/api/v1/feeds/identity", "sentinel/sign-in_adelete.first7rows.csv"),
+        ("/api/v1/feeds/identity", "panther/entra_diagnostic_records.json"),
+        ("/api/v1/feeds/mailbox", "defender/defender_streaming.json"),
+    ] {
+        let again = post(path, file).await;
+        assert_eq!(
+            (again["imported"].as_u64(), again["alerts_raised"].as_u64()),
+            (Some(0), Some(0)),
+            "{file}"
+        );
+    }
+    let (_, again) = c
+        .post_bytes_as("/api/v1/feeds/identity", &analyst, spray)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["imported"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(10))
+    );
+    assert_eq!(alerts(&c).await.len(), all.len());
+
+    // Nothing readable: refused with the reason; the wrong feed's file is nothing readable too.
+    let (status, body) = c
+        .post_bytes_as("/api/v1/feeds/identity", &analyst, b"this is not an export".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = c
+        .post_bytes_as(
+            "/api/v1/feeds/mailbox",
+            &analyst,
+            read("sentinel/sign-in_adelete.first7rows.csv"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("nothing could be read"),
+        "{body}"
+    );
+
+    let (_, audit) = c.get("/api/v1/audit?limit=100").await.unwrap();
+    let imports: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "feed.import")
+        .collect();
+    assert_eq!(imports.len(), 10);
+    assert!(imports.iter().all(|e| e["actor"] == "alice"));
+
+    let m = c.metrics().await.unwrap();
+    assert!(metric(&m, "ward_feed_records_imported_total") > 30);
+    assert!(metric(&m, "ward_feed_records_duplicate_total") >= 10);
+    assert_eq!(metric(&m, "ward_feed_imports_refused_total"), 2);
+    assert_eq!(
+        metric(&m, "ward_feed_alerts_raised_total") as usize,
+        identity.len() + mailbox.len()
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_import_limit_are_refused_before_reading() {
+    let c = Collector::start_with(|cfg| {
+        *cfg = cfg
+            .replace("max_import_bytes = 67108864", "max_import_bytes = 100000")
+            .replace("max_record_bytes = 1048576", "max_record_bytes = 100000");
+    })
+    .unwrap();
+    let analyst = c.user("alice", "analyst").unwrap();
+    let (status, _) = c
+        .post_bytes_as("/api/v1/feeds/identity", &analyst, vec![b' '; 100_001])
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+    let (status, body) = c
+        .post_bytes_as("/api/v1/feeds/mailbox", &analyst, read("defender/email_events.csv"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn the_cli_imports_into_the_data_dir() {
+    let c = Collector::start().unwrap();
+    let streaming = fixture("defender/defender_streaming.json");
+    let out = c.cli(&["import", "mailbox", streaming.to_str().unwrap()]).unwrap();
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report["imported"].as_u64(), report["skipped_count"].as_u64()),
+        (Some(6), Some(1))
+    );
+    let csv = fixture("defender/email_events.csv");
+    let report: Value = serde_json::from_str(&c.cli(&["import", "mailbox", csv.to_str().unwrap()]).unwrap()).unwrap();
+    // The click on the phish's URL came first; with the message's verdict now, the click is judged too.
+    assert_eq!(report["alerts_raised"], 2, "{report}");
+    let again = c.cli(&["import", "mailbox", streaming.to_str().unwrap()]).unwrap();
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (again["imported"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(6))
+    );
+    let all = alerts(&c).await;
+    assert!(all.iter().all(|a| a["source"] == "mailbox"));
+    assert_eq!(count(&all, "ward-mailbox-malicious-delivered"), 2);
+    assert_eq!(count(&all, "ward-mailbox-malicious-url-click"), 1);
+    // A file with nothing readable exits non-zero.
+    let err = c
+        .cli(&["import", "identity", csv.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nothing could be read"), "{err}");
+    let (_, audit) = c.get("/api/v1/audit?limit=100").await.unwrap();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "feed.import" && e["actor"] == "cli")
+    );
+}
