@@ -36,7 +36,7 @@ use super::params::ActionSpec;
 use super::policy::{Policy, kind_named};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
 use crate::api::auth::Role;
-use crate::store::{AutomationAlert, AutomationOutcome, Decision, NewAction, Rules};
+use crate::store::{AutomationAlert, AutomationOutcome, Decision, NewAction, Rules, Store};
 use crate::util::now_ms;
 
 /// How often the runner looks for alerts committed by other processes.
@@ -299,6 +299,78 @@ pub struct Pass {
     pub skipped: usize,
 }
 
+/// What became of one rule matching one alert.
+enum Handled {
+    Skipped,
+    Proposed,
+    /// Proposed and auto-approved; the command for this device is dispatched.
+    Dispatched(DeviceId),
+}
+
+/// Proposes `rule`'s action for alert `a` (and approves it if the rule says
+/// so), on the writer's store.
+fn handle_match(s: &mut Store, rule: &Rule, a: &AutomationAlert, rules: Rules<'_>) -> Result<Handled, String> {
+    let (device, action) = match action_for(rule, a) {
+        Ok(t) => t,
+        Err(why) => {
+            debug!(rule = %rule.name, alert = %a.id, %why, "automation rule matched, nothing to propose");
+            return Ok(Handled::Skipped);
+        }
+    };
+    let actor = rule.actor();
+    let now = now_ms();
+    let id = ward_protocol::CommandId::generate(now, &ring::rand::SystemRandom::new())
+        .map_err(|e| format!("cannot create an id: {e:?}"))?;
+    let new = NewAction {
+        id,
+        device_id: device,
+        action,
+        reason: format!(
+            "automation rule {}: alert {} ({}, {}) {}",
+            rule.name,
+            a.rule_id,
+            a.severity.as_str(),
+            a.source,
+            a.id
+        ),
+        requested_by: actor.name.clone(),
+        now_ms: now,
+        undo_of: None,
+        expires_at_ms: now.saturating_add(rules.policy.pending_ttl_ms),
+        incident_id: None,
+    };
+    if let AutomationOutcome::Skipped(why) = s
+        .automation_propose(&rule.name, &a.id, &new)
+        .map_err(|e| e.to_string())?
+    {
+        debug!(rule = %rule.name, alert = %a.id, %why, "automation proposal skipped");
+        return Ok(Handled::Skipped);
+    }
+    info!(rule = %rule.name, alert = %a.id, action = %id, kind = rule.kind.as_str(), "automation proposed an action");
+    if !rule.auto_approve {
+        return Ok(Handled::Proposed);
+    }
+    let comment = format!("auto-approved by automation rule {}", rule.name);
+    match s.decide_action(
+        &id.to_string(),
+        &actor,
+        Decision::AutoApprove,
+        &comment,
+        now_ms(),
+        rules,
+    ) {
+        Ok(Ok(outcome)) => Ok(outcome
+            .dispatched
+            .map_or(Handled::Proposed, |(d, _)| Handled::Dispatched(d))),
+        Ok(Err(e)) => {
+            // Stays pending for people (e.g. the device was revoked meanwhile).
+            warn!(rule = %rule.name, action = %id, error = %e, "automation could not approve");
+            Ok(Handled::Proposed)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Evaluates the alerts above the watermark (one batch) with `rules` on the
 /// writer; returns what it did and the devices with new commands to push.
 async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, Vec<DeviceId>), String> {
@@ -311,6 +383,10 @@ async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, 
             let sign = move |c: &ward_protocol::Command| {
                 key.sign_value(ward_protocol::SignatureKind::Command, c)
                     .map_err(|e| e.to_string())
+            };
+            let signing = Rules {
+                policy: &policy,
+                sign: &sign,
             };
             let alerts = s.automation_alerts(BATCH).map_err(|e| e.to_string())?;
             let mut done = Pass {
@@ -327,60 +403,14 @@ async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, 
                     if !m.matches(a) {
                         continue;
                     }
-                    let (device, action) = match action_for(rule, a) {
-                        Ok(t) => t,
-                        Err(why) => {
-                            debug!(rule = %rule.name, alert = %a.id, %why, "automation rule matched, nothing to propose");
-                            done.skipped += 1;
-                            continue;
-                        }
-                    };
-                    let actor = rule.actor();
-                    let now = now_ms();
-                    let id = ward_protocol::CommandId::generate(now, &ring::rand::SystemRandom::new())
-                        .map_err(|e| format!("cannot create an id: {e:?}"))?;
-                    let new = NewAction {
-                        id,
-                        device_id: device,
-                        action,
-                        reason: format!(
-                            "automation rule {}: alert {} ({}, {}) {}",
-                            rule.name,
-                            a.rule_id,
-                            a.severity.as_str(),
-                            a.source,
-                            a.id
-                        ),
-                        requested_by: actor.name.clone(),
-                        now_ms: now,
-                        undo_of: None,
-                        expires_at_ms: now.saturating_add(policy.pending_ttl_ms),
-                        incident_id: None,
-                    };
-                    match s.automation_propose(&rule.name, &a.id, &new).map_err(|e| e.to_string())? {
-                        AutomationOutcome::Proposed => done.proposed += 1,
-                        AutomationOutcome::Skipped(why) => {
-                            debug!(rule = %rule.name, alert = %a.id, %why, "automation proposal skipped");
-                            done.skipped += 1;
-                            continue;
-                        }
-                    }
-                    info!(rule = %rule.name, alert = %a.id, action = %id, kind = rule.kind.as_str(), "automation proposed an action");
-                    if !rule.auto_approve {
-                        continue;
-                    }
-                    let rules = Rules {
-                        policy: &policy,
-                        sign: &sign,
-                    };
-                    let comment = format!("auto-approved by automation rule {}", rule.name);
-                    match s.decide_action(&id.to_string(), &actor, Decision::AutoApprove, &comment, now_ms(), rules) {
-                        Ok(Ok(outcome)) => {
+                    match handle_match(s, rule, a, signing)? {
+                        Handled::Skipped => done.skipped += 1,
+                        Handled::Proposed => done.proposed += 1,
+                        Handled::Dispatched(device) => {
+                            done.proposed += 1;
                             done.auto_approved += 1;
-                            devices.extend(outcome.dispatched.map(|(d, _)| d));
+                            devices.push(device);
                         }
-                        Ok(Err(e)) => warn!(rule = %rule.name, action = %id, error = %e, "automation could not approve"),
-                        Err(e) => return Err(e.to_string()),
                     }
                 }
             }
@@ -439,7 +469,13 @@ pub async fn run_automation(
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "automation pass failed; retrying on the next wake");
+                    // The failed pass was itself a writer round: wait a poll period
+                    // rather than be woken by it at once.
+                    warn!(error = %e, "automation pass failed; retrying shortly");
+                    tokio::select! {
+                        _ = tokio::time::sleep(AUTOMATION_POLL) => {}
+                        _ = shutdown.changed() => return,
+                    }
                     break;
                 }
             }
