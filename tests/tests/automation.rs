@@ -2,7 +2,8 @@
 //! an action by themselves (actor `automation:<rule>`, audited), once; a second
 //! isolate of a device already being isolated is never proposed; an
 //! auto-approving rule's command is signed and delivered at once, its approval
-//! record naming the rule; alerts written by another process are picked up too.
+//! record naming the rule; alerts written by another process are picked up too;
+//! and on a real agent, a known-bad file is quarantined with no person involved.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -189,4 +190,47 @@ async fn alerts_propose_actions_by_rule() {
         )
         .unwrap();
     assert_eq!(skipped, 2, "the second and the late ransomware alert");
+}
+
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+/// The built-in rule for known-bad file hashes (EICAR among them).
+const KNOWN_BAD_FILE_RULE: &str = "39a5ce10-6434-5895-9602-83e385b7aa40";
+
+/// From sensor to automated response on a real agent: a known-bad file is
+/// written, the agent's alert matches an auto-approving quarantine rule, the
+/// command is signed and delivered, and the agent (which accepts automation's
+/// approval for quarantines only) moves the file away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_bad_file_is_quarantined_automatically_on_a_real_agent() {
+    let collector = Collector::start_with(|c| {
+        c.push_str(&format!(
+            "\n[[automation]]\nname = \"quarantine-known-bad\"\naction = \"quarantine_file\"\nauto_approve = true\n\
+             [automation.alert]\nrule_ids = [\"{KNOWN_BAD_FILE_RULE}\"]\n"
+        ));
+    })
+    .unwrap();
+    let agent = Agent::start_with(&collector, |watch| {
+        format!(
+            "{}\n[response]\nmin_approvals_by_kind = {{ quarantine_file = 0 }}\n",
+            Agent::test_config(watch)
+        )
+    })
+    .unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let device = agent.device_id.clone();
+    let target = agent.watch.join("dropper.bin");
+    let started = Instant::now();
+    std::fs::write(&target, EICAR).unwrap();
+    let action = wait_actions(&collector, &device, 1).await.remove(0);
+    assert_eq!(action["requested_by"], "automation:quarantine-known-bad", "{action}");
+    assert_eq!(action["kind"], "quarantine_file");
+    assert_eq!(action["action"]["path"], target.display().to_string());
+    let id = action["id"].as_str().unwrap().to_string();
+    let done = collector
+        .wait_action_status(&id, "succeeded", Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!("file written to quarantined: {:?}", started.elapsed());
+    assert!(!target.exists(), "the file was moved to quarantine: {done}");
+    assert_eq!(done["approvals"][0]["by"], "automation:quarantine-known-bad");
 }
