@@ -445,28 +445,57 @@ pub struct Agent {
     pub watch: PathBuf,
     child: Option<Child>,
     pub device_id: String,
+    /// A command line `ward-agent` runs under (e.g. `nsenter -t <pid> -n --` to
+    /// run it in another network namespace); empty to run it directly.
+    wrapper: Vec<String>,
+}
+
+/// `program` run under `wrapper` (see [`Agent::start_wrapped`]).
+fn wrapped(wrapper: &[String], program: PathBuf) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
 }
 
 impl Agent {
     /// Enrolls (with the real CLI) and starts an agent whose file sensor watches
     /// only a temporary directory; auth and audit logs are left alone.
     pub fn start(collector: &Collector) -> Result<Agent> {
-        Self::start_with(collector, |watch| {
-            format!(
-                "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
-                watch.display().to_string()
-            )
-        })
+        Self::start_with(collector, Agent::test_config)
+    }
+
+    /// The config [`Agent::start`] uses: fast status, heartbeats and reconnects,
+    /// the file sensor on `watch` only. Tables may be appended to it.
+    pub fn test_config(watch: &std::path::Path) -> String {
+        format!(
+            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
+            watch.display().to_string()
+        )
     }
 
     /// Like [`Agent::start`] with the config text `config(watch_dir)` returns.
     pub fn start_with(collector: &Collector, config: impl FnOnce(&std::path::Path) -> String) -> Result<Agent> {
+        Self::start_wrapped(collector, config, Vec::new())
+    }
+
+    /// Like [`Agent::start_with`], enrolling and running `ward-agent` under
+    /// `wrapper` (e.g. `["nsenter", "-t", pid, "-n", "--"]`).
+    pub fn start_wrapped(
+        collector: &Collector,
+        config: impl FnOnce(&std::path::Path) -> String,
+        wrapper: Vec<String>,
+    ) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let watch = dir.path().join("watched");
         std::fs::create_dir_all(&watch)?;
         let token = collector.join_token(1, "1h")?.to_string();
         let state = dir.path().join("state");
-        let out = Command::new(bin("ward-agent"))
+        let out = wrapped(&wrapper, bin("ward-agent"))
             .args(["enroll", "--token", &token, "--state-dir"])
             .arg(&state)
             .output()?;
@@ -486,6 +515,7 @@ impl Agent {
             watch,
             child: None,
             device_id,
+            wrapper,
         };
         agent.run()?;
         Ok(agent)
@@ -497,7 +527,7 @@ impl Agent {
 
     /// Starts (or restarts) `ward-agent run`.
     pub fn run(&mut self) -> Result<()> {
-        let child = Command::new(bin("ward-agent"))
+        let child = wrapped(&self.wrapper, bin("ward-agent"))
             .arg("run")
             .arg("--config")
             .arg(self.dir.path().join("agent.toml"))
@@ -628,13 +658,23 @@ impl TestDevice {
 
     /// Checks a command as the agent does, with the command keys pinned at enrollment.
     pub fn authorize(&self, signed: &Signed, last_seq: u64) -> Result<ward_protocol::Command, Refusal> {
+        self.authorize_with(signed, last_seq, &CommandPolicy::default())
+    }
+
+    /// Like [`TestDevice::authorize`] under the device policy `policy`.
+    pub fn authorize_with(
+        &self,
+        signed: &Signed,
+        last_seq: u64,
+        policy: &CommandPolicy,
+    ) -> Result<ward_protocol::Command, Refusal> {
         authorize(
             signed,
             &self.identity.enrollment.command_keys,
             self.id(),
             last_seq,
             now_ms(),
-            &CommandPolicy::default(),
+            policy,
         )
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 use ward_protocol::DeviceId;
 
@@ -36,6 +36,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Counts rounds committed (alerts or tasks), for tasks that follow new rows.
+    rounds: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -61,6 +63,7 @@ impl Writer {
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let (rounds_tx, rounds) = watch::channel(0u64);
         let handle = std::thread::Builder::new()
             .name("ward-writer".into())
             .spawn(move || {
@@ -77,10 +80,18 @@ impl Writer {
                         }
                     }
                     run_round(&mut store, round, &metrics);
+                    rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
                 }
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok((Writer { jobs: tx }, handle))
+        Ok((Writer { jobs: tx, rounds }, handle))
+    }
+
+    /// Changes after every round the writer finished (its commits are visible).
+    pub fn rounds(&self) -> watch::Receiver<u64> {
+        let mut r = self.rounds.clone();
+        r.mark_unchanged();
+        r
     }
 
     /// Stores a verified batch; returns once it has been committed.

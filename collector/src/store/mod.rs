@@ -4,6 +4,7 @@
 //! the same methods later without touching ingest or the API.
 
 mod actions;
+mod automation;
 mod feeds;
 mod schema;
 mod silence;
@@ -11,8 +12,9 @@ mod sourced;
 
 pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
-    NewAction, ResultRecord, TargetRefusal,
+    NewAction, ResultRecord, Rules, TargetRefusal,
 };
+pub use automation::{AutomationAlert, AutomationOutcome};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
