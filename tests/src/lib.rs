@@ -761,3 +761,24 @@ pub fn rfc3339_ms(ms: u64) -> String {
         rem % 60
     )
 }
+
+impl TestDevice {
+    /// Enrolls with a chosen inventory (hostname, addresses, logged-on users), for
+    /// tests where what the collector knows about a device decides correlation.
+    pub async fn enroll_with(token: &JoinToken, inventory: Inventory) -> Result<TestDevice, LinkError> {
+        let rng = SystemRandom::new();
+        let (signing_key, _) = SigningKey::generate(&rng).expect("key");
+        let (_, tls_pkcs8) = SigningKey::generate(&rng).expect("key");
+        let enrollment: Enrollment = link::enroll(token, &signing_key, &tls_pkcs8, inventory).await?;
+        Ok(TestDevice {
+            identity: Identity {
+                enrollment,
+                signing_key,
+                tls_key_pkcs8: tls_pkcs8,
+            },
+            session: None,
+            next_seq: 1,
+            next_batch: 1,
+        })
+    }
+}

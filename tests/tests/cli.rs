@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::Value;
-use ward_protocol::CommandOutcome;
+use ward_protocol::{CommandOutcome, Entity};
 use ward_tests::*;
 
 fn json(out: &str) -> Value {
@@ -204,4 +204,157 @@ async fn the_cli_checks_an_https_api_against_the_given_ca() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("certificate") || err.contains("CA"), "{err}");
+}
+
+/// A device of its own: its hostname, address and logged-on user shared with no other.
+async fn device(token: &ward_protocol::JoinToken, host: &str, addr: &str, user: &str) -> TestDevice {
+    let inventory = ward_protocol::Inventory {
+        hostname: host.into(),
+        os: "Test OS".into(),
+        kernel: "6.1".into(),
+        addresses: vec![addr.into()],
+        logged_on_users: vec![user.into()],
+        agent_version: "test".into(),
+    };
+    TestDevice::enroll_with(token, inventory).await.unwrap()
+}
+
+/// Sends `n` alerts from `dev` naming only `user` and files of its own (so devices share no entity).
+async fn send_as(dev: &mut TestDevice, user: &str, salt: u8, n: usize) {
+    let alerts = (0..n)
+        .map(|k| {
+            let mut a = dev.next_alert();
+            a.entities = vec![
+                Entity::User {
+                    name: user.into(),
+                    uid: Some(1500),
+                },
+                Entity::File {
+                    path: format!("/home/{user}/payload-{k}"),
+                    sha256: Some([salt.wrapping_add(k as u8); 32]),
+                },
+            ];
+            dev.sign(&a)
+        })
+        .collect();
+    dev.send_batch(alerts).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_from_the_command_line() {
+    let collector = Collector::start().unwrap();
+    let token = collector.join_token(2, "1h").unwrap();
+    let mut one = device(&token, "web-01", "10.1.0.1", "dora").await;
+    let mut two = device(&token, "web-02", "10.1.0.2", "eve").await;
+    one.connect().await.unwrap();
+    two.connect().await.unwrap();
+    send_as(&mut one, "dora", 100, 3).await;
+    send_as(&mut two, "eve", 200, 2).await;
+    let ann = collector.user("ann", "analyst").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+
+    // Both incidents appear in the list (correlation runs beside ingest).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = json(&ward_ok(&collector, &vera, &["incidents", "list", "--json"]).unwrap());
+        if list["incidents"].as_array().unwrap().len() == 2 {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "two incidents expected: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_count = |n: u64| {
+        list["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["alert_count"] == n)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (big, small) = (by_count(3), by_count(2));
+    let table = ward_ok(&collector, &vera, &["incidents", "list"]).unwrap();
+    assert!(
+        table.starts_with("ID") && table.contains(&big) && table.contains("active"),
+        "{table}"
+    );
+    let shown = ward_ok(&collector, &vera, &["incidents", "show", &big]).unwrap();
+    assert!(shown.contains("ALERTS (3)") && shown.contains("Test rule"), "{shown}");
+
+    // Triage: status, assignee, classification, tags; a viewer may not.
+    let updated = json(
+        &ward_ok(
+            &collector,
+            &ann,
+            &[
+                "incidents",
+                "update",
+                &big,
+                "--status",
+                "in_progress",
+                "--assignee",
+                "ann",
+                "--classification",
+                "true_positive",
+                "--tags",
+                "web,phishing",
+                "--json",
+            ],
+        )
+        .unwrap(),
+    );
+    assert_eq!(updated["incident"]["status"], "in_progress");
+    assert_eq!(updated["incident"]["assignee"], "ann");
+    assert_eq!(updated["incident"]["classification"], "true_positive");
+    let tags: Vec<&str> = updated["incident"]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tags.contains(&"web") && tags.contains(&"phishing") && tags.len() == 2,
+        "{tags:?}"
+    );
+    let (ok, _, err) = ward(
+        &collector,
+        &vera,
+        &["incidents", "update", &big, "--status", "resolved"],
+    )
+    .unwrap();
+    assert!(!ok && err.contains("403"), "{err}");
+    let mine = json(&ward_ok(&collector, &vera, &["incidents", "list", "--assignee", "ann", "--json"]).unwrap());
+    assert_eq!(mine["incidents"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["incidents"][0]["id"], big);
+    let cleared = json(&ward_ok(&collector, &ann, &["incidents", "update", &big, "--unassign", "--json"]).unwrap());
+    assert!(cleared["incident"]["assignee"].is_null());
+
+    // Comments.
+    let added = ward_ok(
+        &collector,
+        &ann,
+        &["incidents", "comment", &big, "payload hashes sent to the sandbox"],
+    )
+    .unwrap();
+    assert!(added.starts_with("comment "), "{added}");
+    let shown = ward_ok(&collector, &vera, &["incidents", "show", &big]).unwrap();
+    assert!(shown.contains("ann: payload hashes sent to the sandbox"), "{shown}");
+
+    // Merge the small one into the big one: it redirects there.
+    let merged = json(
+        &ward_ok(
+            &collector,
+            &ann,
+            &["incidents", "merge", &big, "--from", &small, "--json"],
+        )
+        .unwrap(),
+    );
+    assert_eq!(merged["incident"]["alert_count"], 5);
+    let gone = json(&ward_ok(&collector, &vera, &["incidents", "show", &small, "--json"]).unwrap());
+    assert_eq!(gone["incident"]["status"], "redirected");
+    assert_eq!(gone["incident"]["redirected_to"], big);
+    let (ok, _, err) = ward(&collector, &ann, &["incidents", "show", "../../metrics"]).unwrap();
+    assert!(!ok && err.contains("26-character id"), "{err}");
 }
