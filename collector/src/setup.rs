@@ -12,7 +12,7 @@ use ring::rand::SystemRandom;
 use thiserror::Error;
 use ward_protocol::{JoinToken, SigningKey};
 
-use crate::config::{CONFIG_FILE, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
 use crate::store::{AuditChainReport, Store, StoreError};
 use crate::util::{now_ms, random_secret, sha256};
@@ -268,6 +268,7 @@ pub fn list_devices(data_dir: &Path) -> Result<Vec<crate::store::DeviceView>, Se
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::CONFIG_FILE;
 
     #[test]
     fn init_uses_an_existing_config_outside_the_data_dir_and_leaves_it_alone() {
