@@ -193,13 +193,26 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where the settings are: `explicit` (`--config`, as the Debian package's
+    /// /etc/ward/collector.toml), else `collector.toml` in the data dir.
+    pub fn path(data_dir: &Path, explicit: Option<&Path>) -> PathBuf {
+        explicit.map_or_else(|| data_dir.join(CONFIG_FILE), Path::to_path_buf)
+    }
+
+    /// Loads `collector.toml` in the data dir.
     pub fn load(data_dir: &Path) -> Result<Config, ConfigError> {
-        let path = data_dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
+        Config::load_file(&data_dir.join(CONFIG_FILE))
+    }
+
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
@@ -402,6 +415,20 @@ mod tests {
             (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
             (d.impossible_travel_max_kmh, d.impossible_travel_min_km)
         );
+    }
+
+    #[test]
+    fn the_packaged_config_is_the_template() {
+        let packaged = include_str!("../../packaging/collector.toml");
+        assert_eq!(packaged, Config::template("127.0.0.1:4433"));
+    }
+
+    #[test]
+    fn an_explicit_config_path_wins_over_the_data_dir() {
+        let data = Path::new("/var/lib/ward/collector");
+        assert_eq!(Config::path(data, None), data.join(CONFIG_FILE));
+        let etc = Path::new("/etc/ward/collector.toml");
+        assert_eq!(Config::path(data, Some(etc)), etc);
     }
 
     #[test]
