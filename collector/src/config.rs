@@ -31,6 +31,7 @@ pub struct Config {
     pub actions: ActionsConfig,
     /// `[[automation]]` rules: alerts that propose response actions by themselves.
     pub automation: Vec<crate::actions::automation::RuleConfig>,
+    pub correlation: CorrelationConfig,
     pub feeds: FeedsConfig,
 }
 
@@ -101,6 +102,40 @@ impl Default for ActionsConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorrelationConfig {
+    /// An alert joins an incident that shares a strong entity with it when it is
+    /// at most this long before the incident's first or after its last activity.
+    pub window_ms: u64,
+    /// An entity seen on more distinct devices than this, or shared by more open
+    /// incidents than this, no longer links alerts (system binaries, resolvers).
+    pub prevalence_threshold: usize,
+    /// User principal name → the device-local account names it stands for.
+    /// Names not listed map to the part before the "@".
+    pub user_map: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        CorrelationConfig {
+            window_ms: 24 * 3_600_000,
+            prevalence_threshold: 10,
+            user_map: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl CorrelationConfig {
+    pub fn settings(&self) -> crate::incidents::Settings {
+        crate::incidents::Settings {
+            window_ms: self.window_ms,
+            prevalence_threshold: self.prevalence_threshold,
+            user_map: self.user_map.clone(),
+        }
+    }
+}
+
 /// Identity and mailbox feed imports: size limits and detection thresholds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -157,6 +192,7 @@ impl Default for Config {
             devices: DeviceConfig::default(),
             actions: ActionsConfig::default(),
             automation: Vec::new(),
+            correlation: CorrelationConfig::default(),
             feeds: FeedsConfig::default(),
         }
     }
@@ -234,6 +270,16 @@ impl Config {
         }
         if self.tls_cert_pem.is_some() != self.tls_key_pem.is_some() {
             return Err("tls_cert_pem and tls_key_pem must be set together".into());
+        }
+        let c = &self.correlation;
+        if c.window_ms == 0 || c.window_ms > 30 * 24 * 3_600_000 {
+            return Err("correlation.window_ms must be 1..=2592000000 (30 days)".into());
+        }
+        if c.prevalence_threshold == 0 || c.prevalence_threshold > 10_000 {
+            return Err("correlation.prevalence_threshold must be 1..=10000".into());
+        }
+        if c.user_map.len() > 100_000 || c.user_map.values().any(|v| v.len() > 100) {
+            return Err("correlation.user_map is too large".into());
         }
         let f = &self.feeds;
         if f.max_import_bytes == 0 || f.max_record_bytes == 0 || f.max_record_bytes > f.max_import_bytes {
@@ -366,6 +412,20 @@ requester_may_approve = false
 # tactics = []                       # e.g. "TA0040"
 # sources = ["agent"]                # agent, identity, mailbox, collector
 # devices = []                       # device ids or hostnames
+
+[correlation]
+# An alert joins an open incident that shares a strong entity with it (device, user,
+# file hash, mailbox, URL, domain, uncommon IP) when it is at most this long before
+# the incident's first or after its last activity (24 h).
+window_ms = 86400000
+# An entity seen on more distinct devices than this, or shared by more open
+# incidents than this, stops linking alerts (system binaries, resolvers, admins).
+prevalence_threshold = 10
+
+# User principal names (sign-ins, mail recipients) → device-local account names. Names
+# not listed map to the part before the "@" ("alice@contoso.com" → "alice").
+[correlation.user_map]
+# "a.smith@contoso.com" = ["asmith", "alice"]
 "#;
 
 #[cfg(test)]
@@ -382,6 +442,18 @@ mod tests {
         assert_eq!(parsed.http_listen, defaults.http_listen);
         assert_eq!(parsed.ingest.max_frame_bytes, defaults.ingest.max_frame_bytes);
         assert_eq!(parsed.devices.offline_after_ms, defaults.devices.offline_after_ms);
+        assert_eq!(parsed.correlation.window_ms, defaults.correlation.window_ms);
+        assert_eq!(
+            parsed.correlation.prevalence_threshold,
+            defaults.correlation.prevalence_threshold
+        );
+        let mapped = Config::parse("[correlation.user_map]\n\"a.smith@contoso.com\" = [\"asmith\"]").unwrap();
+        assert_eq!(mapped.correlation.user_map["a.smith@contoso.com"], ["asmith"]);
+        assert!(
+            Config::parse("[correlation]\nwindow = 5")
+                .unwrap_err()
+                .contains("unknown field")
+        );
         let (f, d) = (&parsed.feeds, &defaults.feeds);
         assert_eq!(
             (

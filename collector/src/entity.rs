@@ -47,6 +47,51 @@ pub fn to_json(entity: &Entity) -> Value {
     }
 }
 
+/// The entity back from its JSON view (as stored with an alert); `None` for
+/// anything malformed, which then simply takes no part in correlation.
+pub fn from_json(v: &Value) -> Option<Entity> {
+    let s = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_string);
+    let hash = |name: &str| -> Option<Option<[u8; 32]>> {
+        match v.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(h)) => {
+                let bytes = hex::decode(h).ok()?;
+                Some(Some(<[u8; 32]>::try_from(bytes.as_slice()).ok()?))
+            }
+            Some(_) => None,
+        }
+    };
+    let int = |name: &str| v.get(name).and_then(Value::as_u64);
+    Some(match v.get("kind")?.as_str()? {
+        "device" => Entity::Device {
+            hostname: s("hostname")?,
+        },
+        "user" => Entity::User {
+            name: s("name")?,
+            uid: int("uid").and_then(|u| u32::try_from(u).ok()),
+        },
+        "process" => Entity::Process {
+            pid: u32::try_from(int("pid")?).ok()?,
+            ppid: int("ppid").and_then(|u| u32::try_from(u).ok()).unwrap_or(0),
+            start_time_ms: int("start_time_ms").unwrap_or(0),
+            exe: s("exe").unwrap_or_default(),
+            cmdline: s("cmdline").unwrap_or_default(),
+            sha256: hash("sha256")?,
+        },
+        "file" => Entity::File {
+            path: s("path").unwrap_or_default(),
+            sha256: hash("sha256")?,
+        },
+        "ip" => Entity::Ip {
+            addr: s("addr")?.parse().ok()?,
+        },
+        "domain" => Entity::Domain { name: s("name")? },
+        "url" => Entity::Url { url: s("url")? },
+        "mailbox" => Entity::Mailbox { address: s("address")? },
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +113,40 @@ mod tests {
             .1,
             "ab".repeat(32)
         );
+        let all = [
+            Entity::Device { hostname: "h".into() },
+            Entity::User {
+                name: "alice".into(),
+                uid: Some(1000),
+            },
+            Entity::Process {
+                pid: 5,
+                ppid: 1,
+                start_time_ms: 9,
+                exe: "/bin/sh".into(),
+                cmdline: "sh -i".into(),
+                sha256: Some([1; 32]),
+            },
+            Entity::File {
+                path: "/x".into(),
+                sha256: None,
+            },
+            Entity::Ip {
+                addr: "10.0.0.5".parse().unwrap(),
+            },
+            Entity::Domain {
+                name: "evil.example".into(),
+            },
+            Entity::Url {
+                url: "https://evil.example/a".into(),
+            },
+            Entity::Mailbox {
+                address: "a@b.c".into(),
+            },
+        ];
+        for e in all {
+            assert_eq!(from_json(&to_json(&e)), Some(e));
+        }
         assert_eq!(
             key(&Entity::Domain {
                 name: "Evil.Example.".into()

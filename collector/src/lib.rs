@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod entity;
 pub mod feeds;
+pub mod incidents;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;

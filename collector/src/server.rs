@@ -109,7 +109,9 @@ pub async fn run(
         command_signer,
         policy,
     ));
+    let correlator = crate::incidents::Correlator::new(config.correlation.settings());
     let api_state = ApiState {
+        correlator: Arc::clone(&correlator),
         reads: reads.clone(),
         writer: writer.clone(),
         metrics: Arc::clone(&metrics),
@@ -161,6 +163,7 @@ pub async fn run(
         ctx.writer.rounds(),
         shutdown.clone(),
     ));
+    let correlation = tokio::spawn(crate::incidents::run(correlator, ctx.writer.clone(), shutdown.clone()));
     let poller = tokio::spawn(poll_changes(
         reads,
         Arc::clone(&ctx),
@@ -197,6 +200,8 @@ pub async fn run(
     silence.abort();
     automation.abort();
     let _ = automation.await;
+    correlation.abort();
+    let _ = correlation.await;
     let _ = expiry.await;
     let _ = silence.await;
     // Every writer handle is gone now: the thread finishes what was queued and exits.

@@ -249,6 +249,19 @@ impl Collector {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    pub async fn patch_as(&self, path: &str, token: &str, body: Value) -> Result<(u16, Value)> {
+        let resp = self
+            .http_client
+            .patch(format!("http://{}{path}", self.http))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
     /// POST a raw body (a feed file as exported); returns the status and the JSON body.
     pub async fn post_bytes_as(&self, path: &str, token: &str, body: Vec<u8>) -> Result<(u16, Value)> {
         let resp = self
@@ -301,6 +314,16 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub async fn enroll(token: &JoinToken, hostname: &str) -> Result<TestDevice, LinkError> {
+        Self::enroll_at(token, hostname, "192.0.2.10", "alice").await
+    }
+
+    /// Enrolls reporting its own network address and logged-on user in the inventory.
+    pub async fn enroll_at(
+        token: &JoinToken,
+        hostname: &str,
+        address: &str,
+        user: &str,
+    ) -> Result<TestDevice, LinkError> {
         let rng = SystemRandom::new();
         let (signing_key, _) = SigningKey::generate(&rng).expect("key");
         let (_, tls_pkcs8) = SigningKey::generate(&rng).expect("key");
@@ -308,8 +331,8 @@ impl TestDevice {
             hostname: hostname.into(),
             os: "Test OS".into(),
             kernel: "6.1".into(),
-            addresses: vec!["192.0.2.10".into()],
-            logged_on_users: vec!["alice".into()],
+            addresses: vec![address.into()],
+            logged_on_users: vec![user.into()],
             agent_version: "test".into(),
         };
         let enrollment: Enrollment = link::enroll(token, &signing_key, &tls_pkcs8, inventory).await?;

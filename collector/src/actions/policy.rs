@@ -184,6 +184,16 @@ pub const ROUTES: [(&str, &str, Role); 8] = [
     ("GET", "/api/v1/actions/{id}/package", Role::Viewer),
 ];
 
+/// Incident routes and the least role each needs (handlers in `api/incidents`).
+pub const INCIDENT_ROUTES: [(&str, &str, Role); 6] = [
+    ("GET", "/api/v1/incidents", Role::Viewer),
+    ("GET", "/api/v1/incidents/{id}", Role::Viewer),
+    ("PATCH", "/api/v1/incidents/{id}", Role::Analyst),
+    ("POST", "/api/v1/incidents/{id}/comments", Role::Analyst),
+    ("POST", "/api/v1/incidents/{id}/merge", Role::Analyst),
+    ("POST", "/api/v1/incidents/{id}/alerts/{alert_id}/move", Role::Analyst),
+];
+
 /// Audit routes, admin only.
 pub const AUDIT_ROUTES: [(&str, &str, Role); 2] = [
     ("GET", "/api/v1/audit", Role::Admin),

@@ -66,5 +66,7 @@ async fn run(state: &ApiState, feed: Feed, actor: String, body: Bytes) -> ApiRes
         .run(move |s| feeds::store(s, parsed, &cfg, &actor, now_ms()))
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down"))?;
+    // Alerts stored: the correlator need not wait for its timer.
+    state.writer.notify_alerts();
     Ok(stored.map_err(FeedError::from))
 }

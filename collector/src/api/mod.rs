@@ -6,6 +6,7 @@ pub mod auth;
 mod console;
 pub mod error;
 pub mod feeds;
+mod incidents;
 mod routes;
 
 use std::collections::HashSet;
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, patch, post};
 use ward_protocol::DeviceId;
 
 use crate::actions::policy;
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub offline_after_ms: u64,
     /// The response-action workflow (proposals, decisions, command dispatch).
     pub actions: Arc<crate::actions::Dispatcher>,
+    /// Incident correlation; analyst changes to incidents go through it.
+    pub correlator: Arc<crate::incidents::Correlator>,
     /// Feed import limits and detection thresholds.
     pub feeds: Arc<crate::config::FeedsConfig>,
 }
@@ -83,7 +86,11 @@ pub fn router(state: ApiState) -> Router {
 /// handler is left out, and a unit test fails.
 fn workflow_routes() -> Router<ApiState> {
     let mut router = Router::new();
-    for &(method, path, role) in policy::ROUTES.iter().chain(policy::AUDIT_ROUTES.iter()) {
+    for &(method, path, role) in policy::ROUTES
+        .iter()
+        .chain(policy::AUDIT_ROUTES.iter())
+        .chain(policy::INCIDENT_ROUTES.iter())
+    {
         let Some(handler) = workflow_handler(method, path) else {
             tracing::error!(method, path, "permission table route without a handler");
             continue;
@@ -105,9 +112,15 @@ fn unauthenticated() -> Response {
 }
 
 /// The handler of one table route. The only place in this file naming the
-/// workflow and audit paths (a unit test counts them).
+/// workflow, audit and incident paths (a unit test counts them).
 fn workflow_handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
     Some(match (method, path) {
+        ("GET", "/api/v1/incidents") => get(incidents::list),
+        ("GET", "/api/v1/incidents/{id}") => get(incidents::get),
+        ("PATCH", "/api/v1/incidents/{id}") => patch(incidents::patch),
+        ("POST", "/api/v1/incidents/{id}/comments") => post(incidents::comment),
+        ("POST", "/api/v1/incidents/{id}/merge") => post(incidents::merge),
+        ("POST", "/api/v1/incidents/{id}/alerts/{alert_id}/move") => post(incidents::move_alert),
         ("POST", "/api/v1/actions") => post(actions::propose),
         ("GET", "/api/v1/actions") => get(actions::list),
         ("GET", "/api/v1/actions/{id}") => get(actions::get),
@@ -131,6 +144,7 @@ mod tests {
         policy::ROUTES
             .iter()
             .chain(policy::AUDIT_ROUTES.iter())
+            .chain(policy::INCIDENT_ROUTES.iter())
             .copied()
             .collect()
     }
@@ -138,7 +152,7 @@ mod tests {
     /// Table to router: every entry has a handler (so it is registered).
     /// Router to table: this file names each workflow path exactly as often as
     /// the table has entries for it (once, in `workflow_handler`), so no route
-    /// under /api/v1/actions or /api/v1/audit is registered around the table.
+    /// under /api/v1/actions, /api/v1/audit or /api/v1/incidents is registered around the table.
     #[test]
     fn the_permission_table_is_the_router() {
         for (method, path, _) in table() {
@@ -149,13 +163,13 @@ mod tests {
         }
         let source = include_str!("mod.rs");
         let code = &source[..source.find("#[cfg(test)]").unwrap()];
-        for prefix in ["\"/api/v1/actions", "\"/api/v1/audit"] {
+        for prefix in ["\"/api/v1/actions", "\"/api/v1/audit", "\"/api/v1/incidents"] {
             let in_code = code.matches(prefix).count();
             let in_table = table().iter().filter(|(_, p, _)| p.starts_with(&prefix[1..])).count();
             assert_eq!(
                 in_code, in_table,
                 "api/mod.rs names {prefix}… {in_code} times, the permission table has {in_table} such routes: \
-                 register workflow routes only through policy::ROUTES / AUDIT_ROUTES"
+                 register workflow routes only through policy::ROUTES / AUDIT_ROUTES / INCIDENT_ROUTES"
             );
         }
         // Nothing else under those prefixes matches a handler.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::error;
 use ward_protocol::DeviceId;
 
@@ -38,6 +38,8 @@ pub struct Writer {
     jobs: mpsc::Sender<Job>,
     /// Counts rounds committed (alerts or tasks), for tasks that follow new rows.
     rounds: watch::Receiver<u64>,
+    /// Notified after each commit that stored alerts (the correlator waits on it).
+    committed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -64,6 +66,8 @@ impl Writer {
         let mut store = Store::open(db_path)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);
+        let committed = Arc::new(Notify::new());
+        let notify = Arc::clone(&committed);
         let handle = std::thread::Builder::new()
             .name("ward-writer".into())
             .spawn(move || {
@@ -79,12 +83,21 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    run_round(&mut store, round, &metrics);
+                    if run_round(&mut store, round, &metrics) {
+                        notify.notify_one();
+                    }
                     rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
                 }
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok((Writer { jobs: tx, rounds }, handle))
+        Ok((
+            Writer {
+                jobs: tx,
+                rounds,
+                committed,
+            },
+            handle,
+        ))
     }
 
     /// Changes after every round the writer finished (its commits are visible).
@@ -92,6 +105,16 @@ impl Writer {
         let mut r = self.rounds.clone();
         r.mark_unchanged();
         r
+    }
+
+    /// Notified after every commit that stored alerts.
+    pub fn alerts_committed(&self) -> Arc<Notify> {
+        Arc::clone(&self.committed)
+    }
+
+    /// Says alerts were stored another way (a task inserting feed alerts).
+    pub fn notify_alerts(&self) {
+        self.committed.notify_one();
     }
 
     /// Stores a verified batch; returns once it has been committed.
@@ -135,7 +158,8 @@ fn round_alerts(round: &[Job]) -> usize {
         .sum()
 }
 
-fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) {
+/// Runs one round; true if it stored alerts.
+fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
     let mut batches = Vec::new();
     let mut replies = Vec::new();
     for job in round {
@@ -148,18 +172,21 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) {
         }
     }
     if batches.is_empty() {
-        return;
+        return false;
     }
     let started = Instant::now();
     let refs: Vec<(DeviceId, &[VerifiedAlert])> = batches.iter().map(|(d, a)| (*d, a.as_slice())).collect();
     match store.insert_alert_batches(&refs, now_ms()) {
         Ok(outcomes) => {
             metrics.batch_commit.observe(started.elapsed());
+            let mut stored = false;
             for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                stored |= outcome.stored > 0;
                 metrics.alerts_stored.add(u64::from(outcome.stored));
                 metrics.alerts_duplicate.add(u64::from(outcome.duplicates));
                 let _ = reply.send(Ok(outcome));
             }
+            stored
         }
         Err(e) => {
             error!(error = %e, "alert commit failed; batches not acknowledged");
@@ -167,6 +194,7 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) {
             for reply in replies {
                 let _ = reply.send(Err(e.to_string()));
             }
+            false
         }
     }
 }

@@ -6,6 +6,7 @@
 mod actions;
 mod automation;
 mod feeds;
+mod incidents;
 mod schema;
 mod silence;
 mod sourced;
@@ -16,6 +17,10 @@ pub use actions::{
 };
 pub use automation::{AutomationAlert, AutomationOutcome};
 pub use feeds::{FeedTx, LocatedSignIn};
+pub use incidents::{
+    ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
+    IncidentSort, IncidentSummary, StoredAlert, TacticView,
+};
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
 

@@ -259,6 +259,90 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rule, alert_id)
     );
     "#,
+    // 11 (incidents): correlated incidents. `incident_alerts` says which incident each
+    // alert is in and why; `incident_entities` holds each incident's correlation keys
+    // (filters, detail, and the index rebuilt after a restart); activity and comments;
+    // `correlation_keys` the distinct devices a key was seen on (prevalence);
+    // `correlation_state` the tail watermark (alert rowid), the next incident number and
+    // the newest alert time correlated.
+    r#"
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        title TEXT NOT NULL,
+        title_manual INTEGER NOT NULL DEFAULT 0,
+        severity INTEGER NOT NULL,
+        severity_manual INTEGER NOT NULL DEFAULT 0,
+        alert_severity INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        redirected_to TEXT,
+        assignee TEXT,
+        classification TEXT,
+        determination TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        sources TEXT NOT NULL,
+        tactics TEXT NOT NULL,
+        first_title TEXT NOT NULL,
+        several_titles INTEGER NOT NULL,
+        first_activity_ms INTEGER NOT NULL,
+        last_activity_ms INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        alert_count INTEGER NOT NULL,
+        device_count INTEGER NOT NULL,
+        user_count INTEGER NOT NULL,
+        mailbox_count INTEGER NOT NULL
+    );
+    CREATE INDEX incidents_by_last ON incidents(last_activity_ms, id);
+    CREATE INDEX incidents_by_severity ON incidents(severity, last_activity_ms, id);
+    CREATE INDEX incidents_by_status ON incidents(status, last_activity_ms);
+    CREATE TABLE incident_alerts (
+        alert_rowid INTEGER PRIMARY KEY REFERENCES alerts(rowid),
+        incident_id TEXT NOT NULL REFERENCES incidents(id),
+        reason TEXT NOT NULL,
+        linked_by TEXT NOT NULL,
+        linked_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX incident_alerts_by_incident ON incident_alerts(incident_id);
+    CREATE TABLE incident_entities (
+        incident_id TEXT NOT NULL REFERENCES incidents(id),
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        label TEXT NOT NULL,
+        via TEXT,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        last_alert TEXT NOT NULL,
+        PRIMARY KEY (incident_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX incident_entities_by_key ON incident_entities(key, incident_id);
+    CREATE TABLE incident_activity (
+        id INTEGER PRIMARY KEY,
+        incident_id TEXT NOT NULL REFERENCES incidents(id),
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX incident_activity_by_incident ON incident_activity(incident_id, id);
+    CREATE TABLE incident_comments (
+        id TEXT PRIMARY KEY,
+        incident_id TEXT NOT NULL REFERENCES incidents(id),
+        at_ms INTEGER NOT NULL,
+        author TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX incident_comments_by_incident ON incident_comments(incident_id, at_ms);
+    CREATE TABLE correlation_keys (
+        key TEXT PRIMARY KEY,
+        devices TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE correlation_state (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 #[cfg(test)]

@@ -1,0 +1,662 @@
+//! Incident routes (contract: notes/incident-api.md). Reads go through the read
+//! pool; every change goes through the correlator on the writer thread, so the
+//! correlation engine and the store never disagree.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+use ward_protocol::{Entity, Id128, Severity};
+
+use super::ApiState;
+use super::auth::{Caller, Role};
+use super::error::{ApiError, ApiResult};
+use crate::entity;
+use crate::incidents::model::{Classification, Status};
+use crate::store::{
+    ActionFilter, ActionView, DeviceView, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal, IncidentSort,
+    IncidentSummary, Store, StoreError,
+};
+use crate::util::now_ms;
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+const DEFAULT_RANGE_MS: i64 = 30 * 24 * 3_600_000;
+/// Alerts shown on an incident page; larger incidents say how many there are in `scope`.
+const MAX_DETAIL_ALERTS: u32 = 2_000;
+const MAX_TEXT: usize = 4096;
+const MAX_TAGS: usize = 50;
+const MAX_TAG: usize = 64;
+const MAX_MERGE: usize = 50;
+
+impl From<IncidentRefusal> for ApiError {
+    fn from(e: IncidentRefusal) -> Self {
+        let status = match e {
+            IncidentRefusal::NotFound => StatusCode::NOT_FOUND,
+            IncidentRefusal::Redirected(..) => StatusCode::CONFLICT,
+            IncidentRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+fn stopped<E>(_: E) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down")
+}
+
+fn incident_id(id: &str) -> ApiResult<String> {
+    id.parse::<Id128>()
+        .map(|i| i.to_string())
+        .map_err(|_| ApiError::bad_request("incident id must be a 26-character id"))
+}
+
+fn text(name: &str, s: &str, required: bool, max: usize) -> ApiResult<String> {
+    let s = s.trim();
+    if required && s.is_empty() {
+        return Err(ApiError::bad_request(format!("{name} is required")));
+    }
+    if s.len() > max {
+        return Err(ApiError::bad_request(format!("{name} is longer than {max} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::bad_request(format!("{name} contains control characters")));
+    }
+    Ok(s.to_string())
+}
+
+fn body_object(raw: &Bytes) -> ApiResult<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request("body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("body: {e}"))),
+    }
+}
+
+fn known_fields(m: &Map<String, Value>, known: &[&str]) -> ApiResult<()> {
+    match m.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!(
+            "unknown field {k:?}; known: {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn severity_of(s: &str) -> ApiResult<Severity> {
+    Severity::parse(s)
+        .ok_or_else(|| ApiError::bad_request("severity must be informational, low, medium, high or critical"))
+}
+
+fn parse_i64(q: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("{name} must be an integer")))
+        })
+        .transpose()
+}
+
+fn cursor_of(s: &IncidentSummary) -> String {
+    format!("{}.{}.{}", s.severity_num, s.last_activity_ms, s.id)
+}
+
+fn parse_cursor(c: &str) -> ApiResult<(i64, i64, String)> {
+    let bad = || ApiError::bad_request("cursor is not one this API gave out");
+    let mut parts = c.splitn(3, '.');
+    let sev = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let last = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let id = parts.next().filter(|p| p.len() <= 64).ok_or_else(bad)?;
+    Ok((sev, last, id.to_string()))
+}
+
+/// `GET /api/v1/incidents`.
+pub async fn list(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    const KNOWN: [&str; 14] = [
+        "status", "severity", "assignee", "tag", "source", "device", "user", "tactic", "since_ms", "until_ms", "sort",
+        "cursor", "limit", "since",
+    ];
+    if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown filter {unknown:?}; known: {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let limit = match parse_i64(&q, "limit")? {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=i64::from(MAX_PAGE)).contains(&n) => n as u32,
+        Some(_) => return Err(ApiError::bad_request(format!("limit must be 1..={MAX_PAGE}"))),
+    };
+    let statuses = match q.get("status") {
+        None => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(|s| {
+                Status::parse(s.trim())
+                    .ok_or_else(|| ApiError::bad_request("status must be active, in_progress, resolved or redirected"))
+            })
+            .collect::<ApiResult<Vec<_>>>()?,
+    };
+    let sort = match q.get("sort").map(String::as_str) {
+        None | Some("last_activity") => IncidentSort::LastActivity,
+        Some("severity") => IncidentSort::Severity,
+        Some(_) => return Err(ApiError::bad_request("sort must be last_activity or severity")),
+    };
+    let user_keys = match q.get("user") {
+        Some(u) => {
+            let keys = state.correlator.user_filter_keys(u);
+            if keys.is_empty() {
+                // A system account never links; nothing is filed under it.
+                vec![format!("user:{}", u.to_ascii_lowercase())]
+            } else {
+                keys
+            }
+        }
+        None => Vec::new(),
+    };
+    let since_ms = parse_i64(&q, "since_ms")?
+        .or(parse_i64(&q, "since")?)
+        .unwrap_or_else(|| i64::try_from(now_ms()).unwrap_or(i64::MAX) - DEFAULT_RANGE_MS);
+    let mut filter = IncidentFilter {
+        statuses,
+        min_severity: q.get("severity").map(|s| severity_of(s)).transpose()?,
+        assignee: q.get("assignee").cloned(),
+        tag: q.get("tag").cloned(),
+        source: q.get("source").cloned(),
+        device_keys: Vec::new(),
+        user_keys,
+        tactic: q.get("tactic").map(|t| t.to_ascii_uppercase()),
+        since_ms,
+        until_ms: parse_i64(&q, "until_ms")?,
+        sort,
+        after: q.get("cursor").map(|c| parse_cursor(c)).transpose()?,
+        limit,
+    };
+    let device = q.get("device").cloned();
+    let incidents = state
+        .reads
+        .run(move |s| {
+            if let Some(d) = device {
+                filter.device_keys = s.device_filter_keys(&d)?;
+            }
+            s.list_incidents(&filter)
+        })
+        .await??;
+    let next_cursor = if incidents.len() == limit as usize {
+        incidents.last().map(cursor_of)
+    } else {
+        None
+    };
+    Ok(Json(json!({ "incidents": incidents, "next_cursor": next_cursor })))
+}
+
+/// Everything the incident page needs, read in one go.
+struct DetailRows {
+    summary: IncidentSummary,
+    alerts: Vec<IncidentAlert>,
+    devices: Vec<DeviceView>,
+    actions: Vec<ActionView>,
+    activity: Vec<crate::store::ActivityEntry>,
+    comments: Vec<crate::store::CommentView>,
+}
+
+fn read_detail(s: &Store, id: &str) -> Result<Option<DetailRows>, StoreError> {
+    let Some(summary) = s.incident_summary(id)? else {
+        return Ok(None);
+    };
+    let alerts = s.incident_alerts(id, MAX_DETAIL_ALERTS)?;
+    let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
+    for a in &alerts {
+        if let Some(d) = &a.alert.device_id
+            && !device_ids.contains(d)
+        {
+            device_ids.push(d.clone());
+        }
+    }
+    let mut devices = Vec::new();
+    let mut actions: BTreeMap<String, ActionView> = BTreeMap::new();
+    for d in &device_ids {
+        if let Some(v) = s.get_device(d)? {
+            devices.push(v);
+        }
+        let filter = ActionFilter {
+            device_id: Some(d.clone()),
+            limit: 100,
+            ..ActionFilter::default()
+        };
+        for a in s.list_actions(&filter)? {
+            actions.insert(a.id.clone(), a);
+        }
+    }
+    for aid in s.incident_action_ids(id)? {
+        if let Some(a) = s.get_action(&aid)? {
+            actions.insert(a.id.clone(), a);
+        }
+    }
+    Ok(Some(DetailRows {
+        summary,
+        alerts,
+        devices,
+        actions: actions.into_values().rev().collect(),
+        activity: s.incident_activity(id)?,
+        comments: s.incident_comments(id)?,
+    }))
+}
+
+fn remediation_of(status: &str) -> Option<&'static str> {
+    match status {
+        "pending_approval" | "approved" => Some("pending"),
+        "dispatched" | "acked" => Some("in_progress"),
+        "succeeded" => Some("remediated"),
+        "failed" | "refused" => Some("failed"),
+        _ => None,
+    }
+}
+
+struct EntityAcc {
+    kind: &'static str,
+    key: String,
+    value: Value,
+    entity: Entity,
+    roles: BTreeSet<&'static str>,
+    alert_ids: Vec<String>,
+    first: i64,
+    last: i64,
+    malicious: bool,
+    devices: BTreeSet<String>,
+}
+
+fn role(e: &Entity, source: &str) -> &'static str {
+    match (e, source) {
+        (Entity::Device { .. }, _) => "impacted device",
+        (Entity::User { .. }, "identity") => "signed-in user",
+        (Entity::User { .. }, _) => "impacted user",
+        (Entity::Mailbox { .. }, "mailbox") => "recipient or sender",
+        (Entity::Mailbox { .. }, _) => "mailbox",
+        (Entity::File { .. }, "mailbox") => "attachment",
+        (Entity::File { .. }, _) => "file",
+        (Entity::Process { .. }, _) => "process",
+        (Entity::Ip { .. }, "identity") => "sign-in address",
+        (Entity::Ip { .. }, _) => "network address",
+        (Entity::Domain { .. } | Entity::Url { .. }, _) => "indicator",
+    }
+}
+
+/// Shapes the incident page: alerts with reasons, entities with roles, verdicts and
+/// remediation, the timeline, tactics, scope, devices, actions, activity, comments.
+fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
+    let hostnames: HashMap<&str, &str> = rows
+        .devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.hostname.as_str()))
+        .collect();
+    let mut entities: BTreeMap<(String, String), EntityAcc> = BTreeMap::new();
+    for ia in &rows.alerts {
+        let a = &ia.alert;
+        let high = matches!(a.severity, "high" | "critical");
+        let mut list: Vec<Entity> = a
+            .entities
+            .as_array()
+            .map(|v| v.iter().filter_map(entity::from_json).collect())
+            .unwrap_or_default();
+        if let Some(host) = a.device_id.as_deref().and_then(|d| hostnames.get(d)) {
+            let device = Entity::Device {
+                hostname: (*host).to_string(),
+            };
+            if !list.contains(&device) {
+                list.push(device);
+            }
+        }
+        for e in list {
+            let (kind, key) = entity::key(&e);
+            let acc = entities
+                .entry((kind.to_string(), key.clone()))
+                .or_insert_with(|| EntityAcc {
+                    kind,
+                    key,
+                    value: entity::to_json(&e),
+                    entity: e.clone(),
+                    roles: BTreeSet::new(),
+                    alert_ids: Vec::new(),
+                    first: a.observed_at_ms,
+                    last: a.observed_at_ms,
+                    malicious: false,
+                    devices: BTreeSet::new(),
+                });
+            acc.roles.insert(role(&e, &a.source));
+            if !acc.alert_ids.contains(&a.id) {
+                acc.alert_ids.push(a.id.clone());
+            }
+            acc.first = acc.first.min(a.observed_at_ms);
+            acc.last = acc.last.max(a.observed_at_ms);
+            acc.malicious |= high;
+            if let Some(d) = &a.device_id {
+                acc.devices.insert(d.clone());
+            }
+        }
+    }
+    // The newest action on an entity says where its remediation stands.
+    let remediation = |acc: &EntityAcc| -> &'static str {
+        let matching = rows.actions.iter().filter(|act| {
+            let text = act.action.to_string();
+            match &acc.entity {
+                Entity::Device { hostname } => {
+                    matches!(act.kind.as_str(), "isolate" | "release")
+                        && act.device_hostname.eq_ignore_ascii_case(hostname)
+                }
+                Entity::File { sha256: Some(h), .. } => {
+                    matches!(act.kind.as_str(), "quarantine_file" | "delete_file") && text.contains(&hex::encode(h))
+                }
+                Entity::Process { pid, .. } => {
+                    act.kind == "kill_process"
+                        && acc.devices.contains(&act.device_id)
+                        && text.contains(&format!("\"pid\":{pid}"))
+                }
+                _ => false,
+            }
+        });
+        matching
+            .max_by_key(|act| act.requested_at_ms)
+            .and_then(|act| remediation_of(&act.status))
+            .unwrap_or("none")
+    };
+    let mut count: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let entity_list: Vec<Value> = entities
+        .values()
+        .map(|acc| {
+            *count.entry(acc.kind).or_default() += 1;
+            json!({
+                "kind": acc.kind, "key": acc.key, "value": acc.value, "roles": acc.roles,
+                "alert_ids": acc.alert_ids, "first_seen_ms": acc.first, "last_seen_ms": acc.last,
+                "verdict": if acc.malicious { "malicious" } else { "suspicious" },
+                "remediation": remediation(acc),
+            })
+        })
+        .collect();
+    let mut timeline: Vec<(i64, Value)> = Vec::new();
+    for ia in &rows.alerts {
+        let a = &ia.alert;
+        timeline.push((
+            a.observed_at_ms,
+            json!({"at_ms": a.observed_at_ms, "kind": "alert", "summary": format!("{} ({})", a.rule.title, a.severity), "ref": a.id}),
+        ));
+    }
+    for act in &rows.activity {
+        timeline.push((
+            act.at_ms,
+            json!({"at_ms": act.at_ms, "kind": "activity", "summary": format!("{}: {}", act.actor, act.detail), "ref": rows.summary.id}),
+        ));
+    }
+    for act in &rows.actions {
+        timeline.push((
+            act.requested_at_ms,
+            json!({"at_ms": act.requested_at_ms, "kind": "action", "summary": format!("{} ({})", act.summary, act.status), "ref": act.id}),
+        ));
+    }
+    timeline.sort_by_key(|(t, _)| *t);
+    let now = now_ms();
+    let devices: Vec<Value> = rows
+        .devices
+        .iter()
+        .map(|d| {
+            let connected =
+                d.id.parse::<ward_protocol::DeviceId>()
+                    .map(|id| state.registry.is_online(&id))
+                    .unwrap_or(false);
+            let recent = d
+                .last_seen_ms
+                .is_some_and(|t| now.saturating_sub(t.max(0) as u64) < state.offline_after_ms);
+            json!({
+                "id": d.id, "hostname": d.hostname, "online": connected && recent && d.revoked_at_ms.is_none(),
+                "isolation": d.isolation, "last_seen_ms": d.last_seen_ms,
+            })
+        })
+        .collect();
+    let s = &rows.summary;
+    let n = |k: &str| count.get(k).copied().unwrap_or(0);
+    json!({
+        "incident": s,
+        "alerts": rows.alerts,
+        "entities": entity_list,
+        "timeline": timeline.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "tactics": s.tactics,
+        "scope": {
+            "alerts": s.alert_count, "devices": s.device_count, "users": s.user_count, "mailboxes": s.mailbox_count,
+            "files": n("file"), "ips": n("ip"), "urls": n("url"), "domains": n("domain"), "processes": n("process"),
+        },
+        "devices": devices,
+        "actions": rows.actions,
+        "activity": rows.activity,
+        "comments": rows.comments,
+    })
+}
+
+async fn detail(state: &ApiState, id: String) -> ApiResult<Json<Value>> {
+    let rows = state
+        .reads
+        .run(move |s| read_detail(s, &id))
+        .await??
+        .ok_or_else(|| ApiError::not_found("incident"))?;
+    Ok(Json(detail_json(state, rows)))
+}
+
+/// `GET /api/v1/incidents/{id}`.
+pub async fn get(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = incident_id(&id)?;
+    detail(&state, id).await
+}
+
+fn optional_text(v: &Value, name: &str, max: usize) -> ApiResult<Option<String>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => {
+            let t = text(name, s, false, max)?;
+            Ok((!t.is_empty()).then_some(t))
+        }
+        _ => Err(ApiError::bad_request(format!("{name} must be a string or null"))),
+    }
+}
+
+fn parse_patch(m: &Map<String, Value>) -> ApiResult<IncidentPatch> {
+    known_fields(
+        m,
+        &[
+            "status",
+            "assignee",
+            "classification",
+            "determination",
+            "tags",
+            "title",
+            "severity",
+        ],
+    )?;
+    let mut p = IncidentPatch::default();
+    if let Some(v) = m.get("status") {
+        let s = v
+            .as_str()
+            .and_then(Status::parse)
+            .filter(|s| *s != Status::Redirected)
+            .ok_or_else(|| ApiError::bad_request("status must be active, in_progress or resolved"))?;
+        p.status = Some(s);
+    }
+    if let Some(v) = m.get("assignee") {
+        p.assignee = Some(optional_text(v, "assignee", 256)?);
+    }
+    if let Some(v) = m.get("classification") {
+        p.classification = Some(match v {
+            Value::Null => None,
+            Value::String(s) => Some(Classification::parse(s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "classification must be true_positive, informational_expected_activity, false_positive or null",
+                )
+            })?),
+            _ => return Err(ApiError::bad_request("classification must be a string or null")),
+        });
+    }
+    if let Some(v) = m.get("determination") {
+        p.determination = Some(optional_text(v, "determination", 256)?);
+    }
+    if let Some(v) = m.get("tags") {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| ApiError::bad_request("tags must be an array of strings"))?;
+        if arr.len() > MAX_TAGS {
+            return Err(ApiError::bad_request(format!("at most {MAX_TAGS} tags")));
+        }
+        let mut tags = BTreeSet::new();
+        for t in arr {
+            let t = t
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("tags must be an array of strings"))?;
+            tags.insert(text("tag", t, true, MAX_TAG)?);
+        }
+        p.tags = Some(tags.into_iter().collect());
+    }
+    if let Some(v) = m.get("title") {
+        let t = v
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request("title must be a string"))?;
+        p.title = Some(text("title", t, true, 512)?);
+    }
+    if let Some(v) = m.get("severity") {
+        let s = v
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request("severity must be a string"))?;
+        p.severity = Some(severity_of(s)?);
+    }
+    Ok(p)
+}
+
+/// `PATCH /api/v1/incidents/{id}` (analyst).
+pub async fn patch(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let id = incident_id(&id)?;
+    let patch = parse_patch(&body_object(&raw)?)?;
+    let c = state.correlator.clone();
+    let (pid, actor) = (id.clone(), caller.name.clone());
+    state
+        .writer
+        .run(move |s| c.patch(s, &pid, &patch, &actor))
+        .await
+        .map_err(stopped)???;
+    detail(&state, id).await
+}
+
+/// `POST /api/v1/incidents/{id}/comments` (analyst).
+pub async fn comment(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Analyst)?;
+    let id = incident_id(&id)?;
+    let m = body_object(&raw)?;
+    known_fields(&m, &["text"])?;
+    let t = m
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("text is required"))?;
+    let t = text("text", t, true, MAX_TEXT)?;
+    let now = now_ms();
+    let comment_id = Id128::generate(now, &ring::rand::SystemRandom::new())
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "try again"))?
+        .to_string();
+    let author = caller.name.clone();
+    let c = state
+        .writer
+        .run(move |s| s.add_incident_comment(&id, &comment_id, &t, &author, now))
+        .await
+        .map_err(stopped)???;
+    Ok((StatusCode::CREATED, Json(json!({ "comment": c }))))
+}
+
+/// `POST /api/v1/incidents/{id}/merge {"from": [...]}` (analyst).
+pub async fn merge(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let id = incident_id(&id)?;
+    let m = body_object(&raw)?;
+    known_fields(&m, &["from"])?;
+    let from = m
+        .get("from")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty() && a.len() <= MAX_MERGE)
+        .ok_or_else(|| ApiError::bad_request(format!("from must be a list of 1..={MAX_MERGE} incident ids")))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| ApiError::bad_request("from must hold incident ids"))
+                .and_then(incident_id)
+        })
+        .collect::<ApiResult<BTreeSet<String>>>()?;
+    let from: Vec<String> = from.into_iter().collect();
+    let c = state.correlator.clone();
+    let (into, actor) = (id.clone(), caller.name.clone());
+    state
+        .writer
+        .run(move |s| c.merge(s, &into, &from, &actor))
+        .await
+        .map_err(stopped)???;
+    detail(&state, id).await
+}
+
+/// `POST /api/v1/incidents/{id}/alerts/{alert_id}/move {"to": id|null, "reason"?}` (analyst).
+pub async fn move_alert(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, alert_id)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let id = incident_id(&id)?;
+    if alert_id.is_empty() || alert_id.len() > 128 {
+        return Err(ApiError::bad_request("alert id is malformed"));
+    }
+    let m = if raw.is_empty() { Map::new() } else { body_object(&raw)? };
+    known_fields(&m, &["to", "reason"])?;
+    let to = match m.get("to") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(incident_id(s)?),
+        Some(_) => return Err(ApiError::bad_request("to must be an incident id or null")),
+    };
+    let reason = match m.get("reason") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => text("reason", s, false, MAX_TEXT)?,
+        Some(_) => return Err(ApiError::bad_request("reason must be a string")),
+    };
+    let c = state.correlator.clone();
+    let actor = caller.name.clone();
+    let dest = state
+        .writer
+        .run(move |s| c.move_alert(s, &id, &alert_id, to.as_deref(), &reason, &actor))
+        .await
+        .map_err(stopped)???;
+    let summary = state
+        .reads
+        .run(move |s| s.incident_summary(&dest))
+        .await??
+        .ok_or_else(|| ApiError::not_found("incident"))?;
+    Ok(Json(json!({ "incident": summary })))
+}

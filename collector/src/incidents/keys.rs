@@ -1,0 +1,420 @@
+//! From an alert's entities to the keys correlation links on. Only strong
+//! entities become keys: a device, a user who is a person (not a system account),
+//! a file or process image with a hash, a mailbox, a URL, a domain, and an IP that
+//! is routable and not one of our own devices' addresses (that one names the device).
+//! A user principal name ("alice@contoso.com", as sign-ins and mail recipients name
+//! users) is mapped to the device-local account names it stands for, so sign-ins,
+//! mail and shells meet.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ward_protocol::Entity;
+
+/// What a key names; its order is the order reasons prefer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyKind {
+    Device,
+    File,
+    Mailbox,
+    User,
+    Url,
+    Domain,
+    Ip,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Device => "device",
+            KeyKind::File => "file",
+            KeyKind::Mailbox => "mailbox",
+            KeyKind::User => "user",
+            KeyKind::Url => "url",
+            KeyKind::Domain => "domain",
+            KeyKind::Ip => "ip",
+        }
+    }
+    pub fn parse(s: &str) -> Option<KeyKind> {
+        [
+            KeyKind::Device,
+            KeyKind::File,
+            KeyKind::Mailbox,
+            KeyKind::User,
+            KeyKind::Url,
+            KeyKind::Domain,
+            KeyKind::Ip,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One correlation key of an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkKey {
+    pub kind: KeyKind,
+    /// Normalized value: a device id, a local account name, a hex SHA-256, an address...
+    pub value: String,
+    /// How a person reads it in a reason ("laptop-alice", "alice").
+    pub label: String,
+    /// Set when the key was found through another entity, e.g. "connection from
+    /// 10.0.0.5, the address of laptop-alice"; reasons quote it.
+    pub via: Option<String>,
+}
+
+impl LinkKey {
+    /// `kind:value`, the key's identity in indexes and the store.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.value)
+    }
+}
+
+/// An enrolled device as correlation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownDevice {
+    pub id: String,
+    pub hostname: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// What key derivation needs besides the alert: the user map and the devices.
+#[derive(Debug, Clone, Default)]
+pub struct KeyContext {
+    /// User principal name (lowercase) → local account names.
+    pub user_map: HashMap<String, Vec<String>>,
+    devices: HashMap<String, KnownDevice>,
+    by_hostname: HashMap<String, String>,
+    by_address: HashMap<IpAddr, String>,
+}
+
+/// Accounts that exist on every system and say nothing about a person.
+const SYSTEM_ACCOUNTS: [&str; 14] = [
+    "root",
+    "nobody",
+    "daemon",
+    "bin",
+    "sys",
+    "system",
+    "admin",
+    "administrator",
+    "guest",
+    "www-data",
+    "systemd-network",
+    "sshd",
+    "messagebus",
+    "syslog",
+];
+
+impl KeyContext {
+    pub fn new(user_map: HashMap<String, Vec<String>>, devices: Vec<KnownDevice>) -> KeyContext {
+        let mut ctx = KeyContext {
+            user_map: user_map
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_ascii_lowercase(),
+                        v.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
+                    )
+                })
+                .collect(),
+            ..KeyContext::default()
+        };
+        for d in devices {
+            ctx.add_device(d);
+        }
+        ctx
+    }
+
+    /// Adds or replaces a device (inventory changes its addresses).
+    pub fn add_device(&mut self, d: KnownDevice) {
+        ctx_remove(self, &d.id);
+        self.by_hostname.insert(d.hostname.to_ascii_lowercase(), d.id.clone());
+        for a in &d.addresses {
+            if routable(a) {
+                // An address claimed by two devices names neither.
+                match self.by_address.get(a) {
+                    Some(other) if *other != d.id => {
+                        self.by_address.insert(*a, String::new());
+                    }
+                    _ => {
+                        self.by_address.insert(*a, d.id.clone());
+                    }
+                }
+            }
+        }
+        self.devices.insert(d.id.clone(), d);
+    }
+
+    pub fn hostname(&self, device_id: &str) -> Option<&str> {
+        self.devices.get(device_id).map(|d| d.hostname.as_str())
+    }
+
+    fn device_key(&self, id: &str, via: Option<String>) -> LinkKey {
+        LinkKey {
+            kind: KeyKind::Device,
+            value: id.to_string(),
+            label: self.hostname(id).unwrap_or(id).to_string(),
+            via,
+        }
+    }
+
+    /// The local account names a user name or mail address stands for; empty for
+    /// system accounts.
+    pub fn local_users(&self, name: &str, uid: Option<u32>) -> Vec<String> {
+        let name = name.trim().to_ascii_lowercase();
+        if uid.is_some_and(|u| u < 1000) {
+            return Vec::new();
+        }
+        let locals = if let Some(mapped) = self.user_map.get(&name) {
+            mapped.clone()
+        } else if let Some((local, _)) = name.split_once('@') {
+            vec![local.to_string()]
+        } else if let Some((_, local)) = name.rsplit_once('\\') {
+            vec![local.to_string()]
+        } else {
+            vec![name]
+        };
+        locals
+            .into_iter()
+            .filter(|l| !l.is_empty() && !SYSTEM_ACCOUNTS.contains(&l.as_str()))
+            .collect()
+    }
+
+    /// The strong keys of an alert, deduplicated, in a stable order.
+    pub fn keys(&self, device_id: Option<&str>, entities: &[Entity]) -> Vec<LinkKey> {
+        let mut keys = Vec::new();
+        if let Some(id) = device_id {
+            keys.push(self.device_key(id, None));
+        }
+        for e in entities {
+            match e {
+                Entity::Device { hostname } => {
+                    let host = hostname.to_ascii_lowercase();
+                    match self.by_hostname.get(&host) {
+                        Some(id) => keys.push(self.device_key(id, None)),
+                        None if !host.is_empty() => keys.push(LinkKey {
+                            kind: KeyKind::Device,
+                            value: format!("host/{host}"),
+                            label: hostname.clone(),
+                            via: None,
+                        }),
+                        None => {}
+                    }
+                }
+                Entity::User { name, uid } => {
+                    for local in self.local_users(name, *uid) {
+                        keys.push(user_key(local, name));
+                    }
+                }
+                Entity::Mailbox { address } => {
+                    let addr = address.trim().to_ascii_lowercase();
+                    if addr.is_empty() {
+                        continue;
+                    }
+                    // Only a mailbox: the feeds name a recipient as a user too, a sender not.
+                    keys.push(LinkKey {
+                        kind: KeyKind::Mailbox,
+                        label: addr.clone(),
+                        value: addr,
+                        via: None,
+                    });
+                }
+                Entity::File { sha256: Some(h), .. } | Entity::Process { sha256: Some(h), .. } => {
+                    let hex = hex::encode(h);
+                    keys.push(LinkKey {
+                        kind: KeyKind::File,
+                        label: hex.clone(),
+                        value: hex,
+                        via: None,
+                    });
+                }
+                Entity::File { sha256: None, .. } | Entity::Process { sha256: None, .. } => {}
+                Entity::Ip { addr } => {
+                    if !routable(addr) {
+                        continue;
+                    }
+                    match self.by_address.get(addr).filter(|id| !id.is_empty()) {
+                        Some(id) => {
+                            let host = self.hostname(id).unwrap_or(id);
+                            let via = format!("connection from {addr}, the address of {host}");
+                            keys.push(self.device_key(id, Some(via)));
+                        }
+                        None => keys.push(LinkKey {
+                            kind: KeyKind::Ip,
+                            value: addr.to_string(),
+                            label: addr.to_string(),
+                            via: None,
+                        }),
+                    }
+                }
+                Entity::Domain { name } => {
+                    let d = name.trim().trim_end_matches('.').to_ascii_lowercase();
+                    if !d.is_empty() {
+                        keys.push(LinkKey {
+                            kind: KeyKind::Domain,
+                            label: d.clone(),
+                            value: d,
+                            via: None,
+                        });
+                    }
+                }
+                Entity::Url { url } => {
+                    if !url.trim().is_empty() {
+                        keys.push(LinkKey {
+                            kind: KeyKind::Url,
+                            value: url.trim().to_string(),
+                            label: url.trim().to_string(),
+                            via: None,
+                        });
+                    }
+                }
+            }
+        }
+        // One key per identity; a plain sighting wins over one found through another entity.
+        let mut out: Vec<LinkKey> = Vec::with_capacity(keys.len());
+        for k in keys {
+            match out.iter_mut().find(|o| o.kind == k.kind && o.value == k.value) {
+                Some(o) => {
+                    if k.via.is_none() {
+                        o.via = None;
+                    }
+                }
+                None => out.push(k),
+            }
+        }
+        out
+    }
+}
+
+fn ctx_remove(ctx: &mut KeyContext, id: &str) {
+    if let Some(old) = ctx.devices.remove(id) {
+        ctx.by_hostname.retain(|_, v| v != id);
+        for a in old.addresses {
+            if ctx.by_address.get(&a).is_some_and(|v| v == id) {
+                ctx.by_address.remove(&a);
+            }
+        }
+    }
+}
+
+fn user_key(local: String, seen_as: &str) -> LinkKey {
+    LinkKey {
+        kind: KeyKind::User,
+        label: local.clone(),
+        via: (!seen_as.eq_ignore_ascii_case(&local)).then(|| format!("{seen_as} is the user {local}")),
+        value: local,
+    }
+}
+
+/// Whether an address can name one host: not loopback, unspecified, multicast,
+/// link-local or broadcast.
+pub fn routable(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => {
+            !(v.is_loopback() || v.is_unspecified() || v.is_multicast() || v.is_link_local() || v.is_broadcast())
+        }
+        IpAddr::V6(v) => {
+            let link_local = (v.segments()[0] & 0xffc0) == 0xfe80;
+            !(v.is_loopback() || v.is_unspecified() || v.is_multicast() || link_local)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> KeyContext {
+        KeyContext::new(
+            HashMap::from([("a.smith@contoso.com".to_string(), vec!["asmith".to_string()])]),
+            vec![KnownDevice {
+                id: "D1".into(),
+                hostname: "laptop-alice".into(),
+                addresses: vec!["10.0.0.5".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            }],
+        )
+    }
+
+    fn ids(keys: &[LinkKey]) -> Vec<String> {
+        keys.iter().map(LinkKey::id).collect()
+    }
+
+    #[test]
+    fn users_map_to_local_accounts_and_system_accounts_are_weak() {
+        let c = ctx();
+        let user = |name: &str, uid| Entity::User { name: name.into(), uid };
+        assert_eq!(ids(&c.keys(None, &[user("Alice@Contoso.com", None)])), ["user:alice"]);
+        assert_eq!(
+            ids(&c.keys(None, &[user("a.smith@contoso.com", None)])),
+            ["user:asmith"]
+        );
+        assert_eq!(ids(&c.keys(None, &[user("CONTOSO\\bob", None)])), ["user:bob"]);
+        assert!(
+            c.keys(
+                None,
+                &[user("root", Some(0)), user("svc", Some(998)), user("nobody", None)]
+            )
+            .is_empty()
+        );
+        // Feeds name a recipient as a user and a mailbox; a sender only as a mailbox.
+        let mail = c.keys(
+            None,
+            &[
+                user("alice@contoso.com", None),
+                Entity::Mailbox {
+                    address: "alice@contoso.com".into(),
+                },
+                Entity::Mailbox {
+                    address: "billing@invoices.example".into(),
+                },
+            ],
+        );
+        assert_eq!(
+            ids(&mail),
+            [
+                "user:alice",
+                "mailbox:alice@contoso.com",
+                "mailbox:billing@invoices.example"
+            ]
+        );
+    }
+
+    #[test]
+    fn device_addresses_name_the_device_and_weak_ips_are_dropped() {
+        let c = ctx();
+        let ip = |s: &str| Entity::Ip {
+            addr: s.parse().unwrap(),
+        };
+        let keys = c.keys(
+            Some("D2"),
+            &[
+                ip("10.0.0.5"),
+                ip("127.0.0.1"),
+                ip("fe80::1"),
+                ip("224.0.0.1"),
+                ip("203.0.113.9"),
+            ],
+        );
+        assert_eq!(ids(&keys), ["device:D2", "device:D1", "ip:203.0.113.9"]);
+        assert_eq!(
+            keys[1].via.as_deref(),
+            Some("connection from 10.0.0.5, the address of laptop-alice")
+        );
+        let files = c.keys(
+            None,
+            &[
+                Entity::File {
+                    path: "/tmp/x".into(),
+                    sha256: None,
+                },
+                Entity::File {
+                    path: "/tmp/y".into(),
+                    sha256: Some([1; 32]),
+                },
+            ],
+        );
+        assert_eq!(ids(&files), [format!("file:{}", "01".repeat(32))]);
+    }
+}

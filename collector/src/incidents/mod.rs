@@ -1,0 +1,644 @@
+//! Incidents: alerts from agents, the collector and the identity and mailbox feeds
+//! correlated into incidents (see `engine` for the rules).
+//!
+//! The correlator tails the `alerts` table by rowid from a saved watermark, so it
+//! sees alerts however they were written (agent ingest, feeds, the CLI in another
+//! process). It runs on the single writer thread: each step reads the next alerts,
+//! correlates them in memory and commits the incident changes together with the
+//! new watermark, so a crash never leaves an alert half-correlated. Analyst changes
+//! run on the same thread and reload the incidents they touch, so the engine always
+//! matches the store, and a restart rebuilds the same state from it.
+
+pub mod engine;
+pub mod keys;
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ring::rand::SystemRandom;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+use ward_protocol::Id128;
+
+use crate::ingest::Writer;
+use crate::store::{CorrelationCounters, IncidentPatch, IncidentRefusal, Store, StoreError, StoredAlert};
+use crate::util::now_ms;
+use engine::{AlertIn, Engine, EngineConfig};
+use keys::KeyContext;
+
+/// Alerts correlated per writer task, so ingest waits at most one step.
+pub const STEP_ALERTS: u32 = 2_000;
+
+/// Correlation settings (`[correlation]` in the config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub window_ms: u64,
+    pub prevalence_threshold: usize,
+    pub user_map: HashMap<String, Vec<String>>,
+}
+
+struct Running {
+    engine: Engine,
+    ctx: KeyContext,
+    fingerprint: (i64, i64),
+    watermark: i64,
+}
+
+/// The correlator: engine state behind a lock only the writer thread takes.
+pub struct Correlator {
+    settings: Settings,
+    users: KeyContext,
+    state: Mutex<Option<Running>>,
+}
+
+impl std::fmt::Debug for Correlator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Correlator").finish_non_exhaustive()
+    }
+}
+
+/// An alert from the store as the engine takes it.
+pub fn alert_in(ctx: &KeyContext, a: &StoredAlert) -> AlertIn {
+    AlertIn {
+        rowid: a.rowid,
+        id: a.id.clone(),
+        at_ms: a.at_ms,
+        severity: a.severity,
+        tactics: a.tactics.clone(),
+        source: a.source.clone(),
+        title: a.title.clone(),
+        device: a.device_id.clone(),
+        keys: ctx.keys(a.device_id.as_deref(), &a.entities),
+    }
+}
+
+impl Correlator {
+    pub fn new(settings: Settings) -> Arc<Correlator> {
+        Arc::new(Correlator {
+            users: KeyContext::new(settings.user_map.clone(), Vec::new()),
+            settings,
+            state: Mutex::new(None),
+        })
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            window_ms: self.settings.window_ms,
+            prevalence_threshold: self.settings.prevalence_threshold,
+        }
+    }
+
+    /// The `user:` keys a user filter stands for (UPN or local account name).
+    pub fn user_filter_keys(&self, name: &str) -> Vec<String> {
+        self.users
+            .local_users(name, None)
+            .into_iter()
+            .map(|u| format!("user:{u}"))
+            .collect()
+    }
+
+    fn key_context(&self, store: &Store) -> Result<KeyContext, StoreError> {
+        Ok(KeyContext::new(self.settings.user_map.clone(), store.known_devices()?))
+    }
+
+    /// Loads the engine from the store: counters, prevalence, reachable open incidents.
+    fn rebuild(&self, store: &Store) -> Result<Running, StoreError> {
+        let counters = store.correlation_counters()?;
+        let mut engine = Engine::new(self.engine_config());
+        engine.restore_counters(counters.next_seq, counters.high_ms);
+        for (key, devices) in store.key_prevalence()? {
+            engine.load_prevalence(key, &devices);
+        }
+        for inc in store.open_incidents(engine.horizon_ms())? {
+            engine.load(inc);
+        }
+        Ok(Running {
+            engine,
+            ctx: self.key_context(store)?,
+            fingerprint: store.devices_fingerprint()?,
+            watermark: counters.watermark,
+        })
+    }
+
+    fn with_running<R>(
+        &self,
+        store: &mut Store,
+        f: impl FnOnce(&mut Running, &mut Store) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Corrupt("correlator state poisoned".into()))?;
+        if guard.is_none() {
+            *guard = Some(self.rebuild(store)?);
+        }
+        let Some(running) = guard.as_mut() else {
+            return Err(StoreError::Corrupt("correlator state missing".into()));
+        };
+        let out = f(running, store);
+        if out.is_err() {
+            // The store may not hold what the engine decided: start again from the store.
+            *guard = None;
+        }
+        out
+    }
+
+    /// Correlates up to `max` new alerts and commits the result; returns how many.
+    /// Runs on the writer thread.
+    pub fn step(&self, store: &mut Store, max: u32) -> Result<usize, StoreError> {
+        self.with_running(store, |r, store| {
+            let alerts = store.alerts_after(r.watermark, max)?;
+            let Some(last) = alerts.last().map(|a| a.rowid) else {
+                return Ok(0);
+            };
+            let fingerprint = store.devices_fingerprint()?;
+            if fingerprint != r.fingerprint {
+                r.ctx = self.key_context(store)?;
+                r.fingerprint = fingerprint;
+            }
+            for a in &alerts {
+                r.engine.correlate(&alert_in(&r.ctx, a));
+            }
+            let changes = r.engine.take_changes();
+            let counters = CorrelationCounters {
+                watermark: last,
+                next_seq: r.engine.next_seq(),
+                high_ms: r.engine.high_ms(),
+            };
+            store.apply_correlation(&changes, counters, now_ms())?;
+            r.watermark = last;
+            debug!(alerts = alerts.len(), incidents = changes.incidents.len(), "correlated");
+            Ok(alerts.len())
+        })
+    }
+
+    /// Rebuilds an incident's summary and keys from its alerts, saves it, and
+    /// puts it back in the engine.
+    fn replay(r: &mut Running, store: &mut Store, id: &str) -> Result<(), StoreError> {
+        let Some(mut current) = store.load_incident(id)? else {
+            r.engine.forget(id);
+            return Ok(());
+        };
+        let alerts: Vec<AlertIn> = store
+            .incident_stored_alerts(id)?
+            .iter()
+            .map(|a| alert_in(&r.ctx, a))
+            .collect();
+        if let Some(fresh) = Engine::replay(id.to_string(), current.seq, &alerts) {
+            current = engine::Incident {
+                status: current.status,
+                assignee: current.assignee,
+                classification: current.classification,
+                ..fresh
+            };
+            store.replace_incident_state(&current, now_ms())?;
+        }
+        r.engine.load(current);
+        Ok(())
+    }
+
+    /// An analyst's change (PATCH).
+    pub fn patch(
+        &self,
+        store: &mut Store,
+        id: &str,
+        patch: &IncidentPatch,
+        actor: &str,
+    ) -> Result<Result<(), IncidentRefusal>, StoreError> {
+        self.with_running(store, |r, store| {
+            let out = store.patch_incident(id, patch, actor, now_ms())?;
+            if out.is_ok() {
+                match store.load_incident(id)? {
+                    Some(inc) => r.engine.load(inc),
+                    None => r.engine.forget(id),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Merges incidents by hand.
+    pub fn merge(
+        &self,
+        store: &mut Store,
+        into: &str,
+        from: &[String],
+        actor: &str,
+    ) -> Result<Result<(), IncidentRefusal>, StoreError> {
+        self.with_running(store, |r, store| {
+            let out = store.merge_incidents_by_hand(into, from, actor, now_ms())?;
+            if out.is_ok() {
+                for f in from {
+                    r.engine.forget(f);
+                }
+                Self::replay(r, store, into)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Moves an alert to another incident, or to a new one (`to` = None); returns the destination.
+    pub fn move_alert(
+        &self,
+        store: &mut Store,
+        from: &str,
+        alert_id: &str,
+        to: Option<&str>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Result<String, IncidentRefusal>, StoreError> {
+        self.with_running(store, |r, store| {
+            let now = now_ms();
+            let new_id = Id128::generate(now, &SystemRandom::new())
+                .map_err(|_| StoreError::Corrupt("no randomness for an incident id".into()))?
+                .to_string();
+            let seq = r.engine.take_seq();
+            store.save_next_seq(r.engine.next_seq())?;
+            let out = store.move_incident_alert(from, alert_id, to, (&new_id, seq), reason, actor, now)?;
+            if let Ok(dest) = &out {
+                Self::replay(r, store, from)?;
+                Self::replay(r, store, dest)?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Tails the alerts table until shutdown: woken after alert commits and every second
+/// (alerts written by another process, feed imports).
+pub async fn run(correlator: Arc<Correlator>, writer: Writer, mut shutdown: watch::Receiver<bool>) {
+    let wake = writer.alerts_committed();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        loop {
+            let c = Arc::clone(&correlator);
+            match writer.run(move |store| c.step(store, STEP_ALERTS)).await {
+                Ok(Ok(n)) if n as u32 >= STEP_ALERTS => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "correlation step failed; retrying from the store");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AlertSource, NewDevice, SourcedAlert};
+    use model::Status;
+    use ward_protocol::{DeviceId, Entity, Inventory, PublicKey, RuleRef, Severity};
+
+    const H: u64 = 3_600_000;
+
+    fn settings() -> Settings {
+        Settings {
+            window_ms: 24 * H,
+            prevalence_threshold: 3,
+            user_map: HashMap::new(),
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("ward.db")).unwrap()
+    }
+
+    fn enroll(store: &mut Store, n: u8, hostname: &str, address: &str) -> String {
+        let secret = [n; 32];
+        store.create_enroll_token(&secret, 1, 0, u64::MAX / 2).unwrap();
+        let id = DeviceId(ward_protocol::Id128::from_u128((u128::from(n) << 80) | 7));
+        let device = NewDevice {
+            id,
+            signing_key: PublicKey([n; 32]),
+            cert_sha256: [n; 32],
+            inventory: Inventory {
+                hostname: hostname.into(),
+                os: "Linux".into(),
+                kernel: "6".into(),
+                addresses: vec![address.into()],
+                logged_on_users: vec![],
+                agent_version: "t".into(),
+            },
+        };
+        store.enroll(&secret, &device, 1).unwrap().unwrap();
+        id.to_string()
+    }
+
+    fn sourced(
+        id: String,
+        source: AlertSource,
+        device: Option<&str>,
+        at: u64,
+        tactic: &str,
+        entities: Vec<Entity>,
+    ) -> SourcedAlert {
+        SourcedAlert {
+            id,
+            source,
+            device_id: device.map(str::to_string),
+            observed_at_ms: at,
+            last_observed_at_ms: at,
+            rule: RuleRef {
+                id: "r".into(),
+                title: format!("rule {tactic}"),
+                author: "tests".into(),
+                severity: Severity::Medium,
+                techniques: vec![],
+                tactics: vec![tactic.into()],
+            },
+            entities,
+            count: 1,
+            matched: serde_json::Map::new(),
+        }
+    }
+
+    fn user(name: &str) -> Entity {
+        Entity::User {
+            name: name.into(),
+            uid: Some(1000),
+        }
+    }
+
+    fn file(h: u8) -> Entity {
+        Entity::File {
+            path: format!("/tmp/{h}"),
+            sha256: Some([h; 32]),
+        }
+    }
+
+    fn drain(c: &Correlator, store: &mut Store) {
+        while c.step(store, 7).unwrap() > 0 {}
+    }
+
+    /// A seeded mix of feed and device alerts over several days, so windows,
+    /// prevalence, merges and the reach horizon all come into play.
+    fn story(devices: &[String]) -> Vec<SourcedAlert> {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        (0..400)
+            .map(|i| {
+                let at = 1_000 * H + i * H / 3 + next(H);
+                let u = format!("user{}", next(12));
+                let mut entities = vec![user(&u)];
+                if next(3) == 0 {
+                    entities.push(file(next(30) as u8));
+                }
+                let tactic = ["TA0001", "TA0002", "TA0003", "TA0011"][next(4) as usize];
+                if next(4) == 0 {
+                    entities = vec![
+                        Entity::User {
+                            name: format!("{u}@contoso.com"),
+                            uid: None,
+                        },
+                        Entity::Ip {
+                            addr: format!("203.0.113.{}", next(5)).parse().unwrap(),
+                        },
+                    ];
+                    sourced(format!("s{i}"), AlertSource::Identity, None, at, tactic, entities)
+                } else {
+                    let d = &devices[next(devices.len() as u64) as usize];
+                    sourced(format!("s{i}"), AlertSource::Collector, Some(d), at, tactic, entities)
+                }
+            })
+            .collect()
+    }
+
+    fn outcome(store: &Store) -> Vec<(String, String, String)> {
+        store
+            .alerts_after(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                let inc = store.incident_alerts_of(&a.id).unwrap();
+                (a.id, inc.0, inc.1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_gives_the_same_incidents() {
+        let run = |restart_every: Option<usize>| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(&dir);
+            let devices: Vec<String> = (1..=6)
+                .map(|n| enroll(&mut store, n, &format!("host{n}"), "10.0.0.1"))
+                .collect();
+            let alerts = story(&devices);
+            let mut c = Correlator::new(settings());
+            for (i, chunk) in alerts.chunks(restart_every.unwrap_or(alerts.len())).enumerate() {
+                store.insert_sourced_alerts(chunk, 5).unwrap();
+                if i > 0 {
+                    // A new process: only what the store holds.
+                    drop(store);
+                    store = open(&dir);
+                    c = Correlator::new(settings());
+                }
+                drain(&c, &mut store);
+            }
+            let incidents: Vec<_> = store
+                .list_incidents(&IncidentFilterAll::all())
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.id, s.status, s.redirected_to, s.alert_count, s.title, s.severity))
+                .collect();
+            (outcome(&store), incidents)
+        };
+        let one = run(None);
+        assert!(one.1.len() > 5 && one.1.len() < 300, "{} incidents", one.1.len());
+        assert!(
+            one.1.iter().any(|i| i.1 == "redirected"),
+            "the story merges some incidents"
+        );
+        for every in [37, 100, 211] {
+            let split = run(Some(every));
+            assert_eq!(split.0, one.0, "links differ with a restart every {every} alerts");
+            assert_eq!(split.1, one.1, "incidents differ with a restart every {every} alerts");
+        }
+    }
+
+    struct IncidentFilterAll;
+    impl IncidentFilterAll {
+        fn all() -> crate::store::IncidentFilter {
+            crate::store::IncidentFilter {
+                statuses: vec![Status::Active, Status::InProgress, Status::Resolved, Status::Redirected],
+                since_ms: 0,
+                limit: 10_000,
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn a_bridge_merge_moves_comments_tags_and_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let c = Correlator::new(settings());
+        store
+            .insert_sourced_alerts(
+                &[
+                    sourced(
+                        "a1".into(),
+                        AlertSource::Identity,
+                        None,
+                        10 * H,
+                        "TA0001",
+                        vec![user("ann")],
+                    ),
+                    sourced(
+                        "a2".into(),
+                        AlertSource::Identity,
+                        None,
+                        11 * H,
+                        "TA0002",
+                        vec![file(9)],
+                    ),
+                ],
+                1,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        let (older, _) = store.incident_alerts_of("a1").unwrap();
+        let (newer, _) = store.incident_alerts_of("a2").unwrap();
+        assert_ne!(older, newer);
+        let patch = IncidentPatch {
+            tags: Some(vec!["phish".into()]),
+            ..Default::default()
+        };
+        c.patch(&mut store, &newer, &patch, "eve").unwrap().unwrap();
+        store
+            .add_incident_comment(&newer, "C1", "look at this", "eve", 2)
+            .unwrap()
+            .unwrap();
+        store
+            .insert_sourced_alerts(
+                &[sourced(
+                    "a3".into(),
+                    AlertSource::Identity,
+                    None,
+                    12 * H,
+                    "TA0002",
+                    vec![user("ann"), file(9)],
+                )],
+                3,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        let (into, reason) = store.incident_alerts_of("a3").unwrap();
+        assert_eq!(into, older, "the older incident survives");
+        assert!(reason.contains(&format!("merged incident {newer}")), "{reason}");
+        assert_eq!(store.incident_alerts_of("a2").unwrap().0, older, "alerts move along");
+        let merged = store.incident_summary(&newer).unwrap().unwrap();
+        assert_eq!(
+            (merged.status.as_str(), merged.redirected_to.as_deref()),
+            ("redirected", Some(older.as_str()))
+        );
+        let survivor = store.incident_summary(&older).unwrap().unwrap();
+        assert_eq!(survivor.tags, ["phish"]);
+        assert_eq!(survivor.alert_count, 3);
+        assert_eq!(store.incident_comments(&older).unwrap()[0].text, "look at this");
+        let kinds: Vec<String> = store
+            .incident_activity(&older)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.kind)
+            .collect();
+        assert!(
+            kinds.contains(&"tags".to_string()) && kinds.contains(&"merged".to_string()),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn analysts_merge_and_move_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let c = Correlator::new(settings());
+        store
+            .insert_sourced_alerts(
+                &[
+                    sourced(
+                        "b1".into(),
+                        AlertSource::Mailbox,
+                        None,
+                        10 * H,
+                        "TA0001",
+                        vec![user("bob")],
+                    ),
+                    sourced(
+                        "b2".into(),
+                        AlertSource::Mailbox,
+                        None,
+                        10 * H + 5,
+                        "TA0001",
+                        vec![user("bob")],
+                    ),
+                    sourced(
+                        "c1".into(),
+                        AlertSource::Identity,
+                        None,
+                        11 * H,
+                        "TA0006",
+                        vec![user("carol")],
+                    ),
+                ],
+                1,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        let (bob, _) = store.incident_alerts_of("b1").unwrap();
+        let (carol, _) = store.incident_alerts_of("c1").unwrap();
+        c.merge(&mut store, &bob, std::slice::from_ref(&carol), "eve")
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.incident_alerts_of("c1").unwrap().0, bob);
+        let s = store.incident_summary(&bob).unwrap().unwrap();
+        assert_eq!((s.alert_count, s.user_count), (3, 2));
+        assert_eq!(s.tactics.len(), 2);
+        // Merging a redirected incident is refused.
+        let again = c.merge(&mut store, &bob, std::slice::from_ref(&carol), "eve").unwrap();
+        assert!(matches!(again, Err(IncidentRefusal::Redirected(..))), "{again:?}");
+        // Move an alert out into a new incident.
+        let dest = c
+            .move_alert(&mut store, &bob, "c1", None, "not related", "eve")
+            .unwrap()
+            .unwrap();
+        assert_ne!(dest, bob);
+        let (now_in, reason) = store.incident_alerts_of("c1").unwrap();
+        assert_eq!(now_in, dest);
+        assert_eq!(reason, format!("moved by eve from incident {bob}: not related"));
+        assert_eq!(store.incident_summary(&bob).unwrap().unwrap().alert_count, 2);
+        let moved = store.incident_summary(&dest).unwrap().unwrap();
+        assert_eq!((moved.alert_count, moved.user_count), (1, 1));
+        // A later carol alert joins the incident the alert was moved to.
+        store
+            .insert_sourced_alerts(
+                &[sourced(
+                    "c2".into(),
+                    AlertSource::Identity,
+                    None,
+                    12 * H,
+                    "TA0006",
+                    vec![user("carol")],
+                )],
+                3,
+            )
+            .unwrap();
+        drain(&c, &mut store);
+        assert_eq!(store.incident_alerts_of("c2").unwrap().0, dest);
+    }
+}

