@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -728,5 +730,78 @@ impl TestDevice {
             .as_mut()
             .ok_or_else(|| LinkError::Closed("not connected".into()))?;
         session.send(&AgentMessage::CommandResult(signed)).await
+    }
+}
+
+// ---- the `ward` command line ----
+
+/// Runs `ward ARGS` against `collector` with `token` in the environment and a
+/// home directory of its own (so no user config is read); returns (success, stdout, stderr).
+pub fn ward(collector: &Collector, token: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let home = tempfile::tempdir()?;
+    let out = Command::new(bin("ward"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("WARD_URL", format!("http://{}", collector.http))
+        .env("WARD_TOKEN", token)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// Like [`ward`], failing unless it succeeds; returns stdout.
+pub fn ward_ok(collector: &Collector, token: &str, args: &[&str]) -> Result<String> {
+    let (ok, stdout, stderr) = ward(collector, token, args)?;
+    if !ok {
+        bail!("ward {args:?} failed: {stderr}");
+    }
+    Ok(stdout)
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC ("2026-11-23T15:30:00.000Z"), as feed exports write times.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl TestDevice {
+    /// Enrolls with a chosen inventory (hostname, addresses, logged-on users), for
+    /// tests where what the collector knows about a device decides correlation.
+    pub async fn enroll_with(token: &JoinToken, inventory: Inventory) -> Result<TestDevice, LinkError> {
+        let rng = SystemRandom::new();
+        let (signing_key, _) = SigningKey::generate(&rng).expect("key");
+        let (_, tls_pkcs8) = SigningKey::generate(&rng).expect("key");
+        let enrollment: Enrollment = link::enroll(token, &signing_key, &tls_pkcs8, inventory).await?;
+        Ok(TestDevice {
+            identity: Identity {
+                enrollment,
+                signing_key,
+                tls_key_pkcs8: tls_pkcs8,
+            },
+            session: None,
+            next_seq: 1,
+            next_batch: 1,
+        })
     }
 }

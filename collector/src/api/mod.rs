@@ -3,6 +3,7 @@
 
 mod actions;
 pub mod auth;
+mod console;
 pub mod error;
 pub mod feeds;
 mod incidents;
@@ -70,7 +71,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(feed_routes(state.feeds.max_import_bytes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
-        .route("/", get(routes::console))
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route("/healthz", get(routes::healthz))
         .merge(protected)
         .fallback(routes::not_found)
