@@ -28,6 +28,9 @@ pub struct ResponseConfig {
     pub clock_skew_ms: u64,
     /// Independent approvals (besides the requester) each action needs.
     pub min_approvals: u8,
+    /// Per action kind, overriding `min_approvals` (e.g. `isolate = 2` for a
+    /// two-person rule; `0` accepts automation-approved commands of that kind).
+    pub min_approvals_by_kind: std::collections::BTreeMap<String, u8>,
     /// Action kinds this device refuses: isolate, release, quarantine_file,
     /// restore_file, delete_file, kill_process, collect_package.
     pub disabled_actions: Vec<String>,
@@ -38,6 +41,7 @@ impl Default for ResponseConfig {
         ResponseConfig {
             clock_skew_ms: 120_000,
             min_approvals: 1,
+            min_approvals_by_kind: std::collections::BTreeMap::new(),
             disabled_actions: Vec::new(),
         }
     }
@@ -48,7 +52,13 @@ impl ResponseConfig {
         let kinds = ward_protocol::ActionKind::ALL;
         ward_protocol::CommandPolicy {
             clock_skew_ms: self.clock_skew_ms,
-            min_approvals: kinds.iter().map(|k| (*k, self.min_approvals)).collect(),
+            min_approvals: kinds
+                .iter()
+                .map(|k| {
+                    let n = self.min_approvals_by_kind.get(k.as_str()).copied();
+                    (*k, n.unwrap_or(self.min_approvals))
+                })
+                .collect(),
             disabled: kinds
                 .iter()
                 .filter(|k| self.disabled_actions.iter().any(|d| d == k.as_str()))
@@ -177,6 +187,17 @@ impl Config {
                 kinds.join(", ")
             ));
         }
+        if let Some(bad) = config
+            .response
+            .min_approvals_by_kind
+            .keys()
+            .find(|k| !kinds.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "response.min_approvals_by_kind: unknown action {bad:?} (known: {})",
+                kinds.join(", ")
+            ));
+        }
         if config.agent.heartbeat_interval_ms < 1_000 {
             return Err("agent.heartbeat_interval_ms must be at least 1000".into());
         }
@@ -193,6 +214,17 @@ mod tests {
         let shipped = include_str!("../../packaging/agent.toml");
         assert_eq!(Config::parse(shipped).unwrap(), Config::default());
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn approvals_per_kind_override_the_default() {
+        let c =
+            Config::parse("[response]\nmin_approvals = 1\n[response.min_approvals_by_kind]\nisolate = 2\n").unwrap();
+        let p = c.response.policy();
+        assert_eq!(p.approvals_needed(ward_protocol::ActionKind::Isolate), 2);
+        assert_eq!(p.approvals_needed(ward_protocol::ActionKind::Release), 1);
+        let err = Config::parse("[response.min_approvals_by_kind]\nisolat = 2\n").unwrap_err();
+        assert!(err.contains("unknown action \"isolat\""), "{err}");
     }
 
     #[test]

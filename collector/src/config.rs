@@ -1,6 +1,7 @@
 //! The collector's TOML configuration: parsed and validated without side effects.
 //! Every setting has a default; `init` writes this file with each one documented.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,9 @@ pub struct Config {
     pub tls_key_pem: Option<PathBuf>,
     pub ingest: IngestConfig,
     pub devices: DeviceConfig,
+    pub actions: ActionsConfig,
+    /// `[[automation]]` rules: alerts that propose response actions by themselves.
+    pub automation: Vec<crate::actions::automation::RuleConfig>,
     pub correlation: CorrelationConfig,
     pub feeds: FeedsConfig,
 }
@@ -56,6 +60,46 @@ pub struct DeviceConfig {
     pub offline_after_ms: u64,
     /// How often revocations made by other processes (the CLI) are picked up.
     pub revocation_poll_ms: u64,
+}
+
+/// The response-action policy: defaults for every kind, then overrides per kind
+/// (`[actions.policy.<kind>]`). Laid over the permission matrix by
+/// [`crate::actions::policy::Policy::from_config`], which validates it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// How long a proposal waits for a decision before it expires.
+    pub pending_ttl_ms: u64,
+    /// How long an approved command waits for its device (to reconnect).
+    pub command_ttl_ms: u64,
+    /// Distinct approvers each action needs.
+    pub approvals: u8,
+    /// Whether a requester may approve (or reject) their own request.
+    pub requester_may_approve: bool,
+    /// Per action kind (isolate, release, quarantine_file, restore_file,
+    /// delete_file, kill_process, collect_package).
+    pub policy: BTreeMap<String, KindOverride>,
+}
+
+/// One kind's settings; what is left out comes from `[actions]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindOverride {
+    pub approvals: Option<u8>,
+    pub requester_may_approve: Option<bool>,
+    pub command_ttl_ms: Option<u64>,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            pending_ttl_ms: crate::actions::policy::PENDING_APPROVAL_TTL_MS,
+            command_ttl_ms: crate::actions::policy::COMMAND_TTL_MS,
+            approvals: 1,
+            requester_may_approve: false,
+            policy: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +190,8 @@ impl Default for Config {
             tls_key_pem: None,
             ingest: IngestConfig::default(),
             devices: DeviceConfig::default(),
+            actions: ActionsConfig::default(),
+            automation: Vec::new(),
             correlation: CorrelationConfig::default(),
             feeds: FeedsConfig::default(),
         }
@@ -183,13 +229,26 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where the settings are: `explicit` (`--config`, as the Debian package's
+    /// /etc/ward/collector.toml), else `collector.toml` in the data dir.
+    pub fn path(data_dir: &Path, explicit: Option<&Path>) -> PathBuf {
+        explicit.map_or_else(|| data_dir.join(CONFIG_FILE), Path::to_path_buf)
+    }
+
+    /// Loads `collector.toml` in the data dir.
     pub fn load(data_dir: &Path) -> Result<Config, ConfigError> {
-        let path = data_dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
+        Config::load_file(&data_dir.join(CONFIG_FILE))
+    }
+
+    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
@@ -242,6 +301,8 @@ impl Config {
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
         }
+        let policy = crate::actions::policy::Policy::from_config(&self.actions)?;
+        crate::actions::automation::compile(&self.automation, &policy)?;
         Ok(())
     }
 
@@ -310,6 +371,47 @@ mfa_fatigue_window_ms = 600000
 # and faster than max_kmh between them (an airliner flies about 900 km/h).
 impossible_travel_max_kmh = 900.0
 impossible_travel_min_km = 500.0
+
+[actions]
+# How long a proposed response action waits for approval before it expires (7 days).
+pending_ttl_ms = 604800000
+# How long an approved command waits for its device: an offline device gets it
+# when it reconnects, until then (3 days).
+command_ttl_ms = 259200000
+# Distinct approvers every action needs (2 = two-person rule). Agents count only
+# approvers other than the requester, against their own [response] min_approvals.
+approvals = 1
+# Whether whoever proposed an action may approve (or reject) it themselves.
+requester_may_approve = false
+# Per action kind (isolate, release, quarantine_file, restore_file, delete_file,
+# kill_process, collect_package), any of the three settings above but pending_ttl_ms:
+# [actions.policy.isolate]
+# approvals = 2
+# requester_may_approve = false
+# command_ttl_ms = 86400000
+
+# Automation rules: an alert matching a rule's condition proposes an action by
+# itself, as actor "automation:<name>", once per rule and alert (and never a second
+# isolate of a device already isolated or being isolated). It waits for approval
+# unless auto_approve = true (refused for kinds needing more than one approver);
+# agents count an automation approval as no one, so a device acts on auto-approved
+# commands only for kinds its [response] min_approvals_by_kind sets to 0.
+# Actions: isolate (the alert's device; allow = [...] stays reachable),
+# kill_process (the alert's process), quarantine_file (the alert's file with its
+# SHA-256), collect_package (from the alert's device). Every criterion listed must
+# hold; within a list any entry may; rules see alerts stored after they were enabled.
+# [[automation]]
+# name = "isolate-on-ransomware"
+# action = "isolate"
+# auto_approve = false
+# allow = []
+# [automation.alert]
+# min_severity = "high"              # informational, low, medium, high, critical
+# rule_ids = []
+# techniques = ["T1486"]             # also matches sub-techniques (T1486.001)
+# tactics = []                       # e.g. "TA0040"
+# sources = ["agent"]                # agent, identity, mailbox, collector
+# devices = []                       # device ids or hostnames
 
 [correlation]
 # An alert joins an open incident that shares a strong entity with it (device, user,
@@ -385,6 +487,20 @@ mod tests {
             (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
             (d.impossible_travel_max_kmh, d.impossible_travel_min_km)
         );
+    }
+
+    #[test]
+    fn the_packaged_config_is_the_template() {
+        let packaged = include_str!("../../packaging/collector.toml");
+        assert_eq!(packaged, Config::template("127.0.0.1:4433"));
+    }
+
+    #[test]
+    fn an_explicit_config_path_wins_over_the_data_dir() {
+        let data = Path::new("/var/lib/ward/collector");
+        assert_eq!(Config::path(data, None), data.join(CONFIG_FILE));
+        let etc = Path::new("/etc/ward/collector.toml");
+        assert_eq!(Config::path(data, Some(etc)), etc);
     }
 
     #[test]

@@ -24,6 +24,10 @@ struct Cli {
         default_value = "/var/lib/ward/collector"
     )]
     data_dir: PathBuf,
+    /// The settings file; without it, collector.toml in the data dir. The Debian
+    /// package uses /etc/ward/collector.toml.
+    #[arg(long, global = true, env = "WARD_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,9 +36,11 @@ struct Cli {
 enum Command {
     /// Create a new data dir: config, CA and certificates, command key, database, admin token.
     Init {
-        /// host:port agents will use to reach this collector's QUIC endpoint.
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        public_addr: String,
+        /// host:port agents will use to reach this collector's QUIC endpoint, written
+        /// into a new config (default 127.0.0.1:4433). Refused when the config file
+        /// exists: its public_addr is used.
+        #[arg(long)]
+        public_addr: Option<String>,
     },
     /// Run the collector.
     Serve,
@@ -140,20 +146,26 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd stderr goes to the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let dir = &cli.data_dir;
+    let config_path = Config::path(dir, cli.config.as_deref());
     match cli.command {
         Command::Init { public_addr } => {
-            let token = setup::init(dir, &public_addr)?;
+            let token = setup::init(dir, &config_path, public_addr.as_deref())?;
             println!("initialized {}", dir.display());
             println!("admin API token (shown once, keep it safe): {token}");
         }
-        Command::Serve => serve(dir)?,
+        Command::Serve => serve(dir, &config_path)?,
         Command::Token {
             command: TokenCommand::Create { uses, ttl, addr },
         } => {
             let ttl_ms = util::parse_duration_ms(&ttl).map_err(anyhow::Error::msg)?;
-            println!("{}", setup::create_join_token(dir, uses, ttl_ms, addr.as_deref())?);
+            println!(
+                "{}",
+                setup::create_join_token(dir, &config_path, uses, ttl_ms, addr.as_deref())?
+            );
         }
         Command::Device {
             command: DeviceCommand::Revoke { id },
@@ -228,8 +240,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn serve(dir: &std::path::Path) -> Result<()> {
-    let config = Config::load(dir)?;
+fn serve(dir: &std::path::Path, config_path: &std::path::Path) -> Result<()> {
+    let config = Config::load_file(config_path)?;
+    tracing::info!(config = %config_path.display(), data_dir = %dir.display(), "collector starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

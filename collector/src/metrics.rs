@@ -225,3 +225,34 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/metrics.md explains every metric and every refusal reason to operators; a
+    /// metric added here without a line there fails this test.
+    #[test]
+    fn every_metric_and_reason_is_documented() {
+        let docs = include_str!("../../docs/metrics.md");
+        let rendered = Metrics::default().render();
+        let names: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 10, "render() lists its metrics: {names:?}");
+        for name in names {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "docs/metrics.md does not explain {name}"
+            );
+        }
+        for reason in REJECT_REASONS {
+            assert!(
+                docs.contains(&format!("| `{reason}` |")),
+                "docs/metrics.md does not explain ward_rejected_total{{reason=\"{reason}\"}}"
+            );
+        }
+    }
+}

@@ -100,6 +100,15 @@ pub async fn run(
         source,
     })?;
 
+    let policy = actions::policy::Policy::from_config(&config.actions).map_err(ServeError::Setup)?;
+    let automation_rules = actions::automation::compile(&config.automation, &policy).map_err(ServeError::Setup)?;
+    let dispatcher = Arc::new(actions::Dispatcher::new(
+        writer.clone(),
+        reads.clone(),
+        Arc::clone(&registry),
+        command_signer,
+        policy,
+    ));
     let correlator = crate::incidents::Correlator::new(config.correlation.settings());
     let api_state = ApiState {
         correlator: Arc::clone(&correlator),
@@ -109,12 +118,7 @@ pub async fn run(
         registry: Arc::clone(&registry),
         revoked: Arc::clone(&revoked),
         offline_after_ms: config.devices.offline_after_ms,
-        actions: Arc::new(actions::Dispatcher::new(
-            writer.clone(),
-            reads.clone(),
-            Arc::clone(&registry),
-            command_signer,
-        )),
+        actions: Arc::clone(&dispatcher),
         feeds: Arc::new(config.feeds.clone()),
     };
     let ctx = Arc::new(Context {
@@ -148,6 +152,15 @@ pub async fn run(
         ctx.writer.clone(),
         reads.clone(),
         config.devices.offline_after_ms,
+        shutdown.clone(),
+    ));
+    if !automation_rules.is_empty() {
+        info!(rules = automation_rules.len(), "automation rules loaded");
+    }
+    let automation = tokio::spawn(actions::automation::run_automation(
+        dispatcher,
+        automation_rules,
+        ctx.writer.rounds(),
         shutdown.clone(),
     ));
     let correlation = tokio::spawn(crate::incidents::run(correlator, ctx.writer.clone(), shutdown.clone()));
@@ -185,6 +198,8 @@ pub async fn run(
     poller.abort();
     expiry.abort();
     silence.abort();
+    automation.abort();
+    let _ = automation.await;
     correlation.abort();
     let _ = correlation.await;
     let _ = expiry.await;

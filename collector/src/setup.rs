@@ -12,7 +12,7 @@ use ring::rand::SystemRandom;
 use thiserror::Error;
 use ward_protocol::{JoinToken, SigningKey};
 
-use crate::config::{CONFIG_FILE, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
 use crate::store::{AuditChainReport, Store, StoreError};
 use crate::util::{now_ms, random_secret, sha256};
@@ -65,13 +65,33 @@ fn new_api_token() -> Result<String, SetupError> {
     ))
 }
 
+/// The address `init` writes into a new config when none is given.
+pub const DEFAULT_PUBLIC_ADDR: &str = "127.0.0.1:4433";
+
 /// Creates a collector's data dir; returns the admin API token (shown once).
-pub fn init(data_dir: &Path, public_addr: &str) -> Result<String, SetupError> {
+///
+/// When `config_path` exists (the Debian package's /etc/ward/collector.toml) its
+/// settings are used and it is left alone; its `public_addr` is then the one to edit,
+/// so a `public_addr` argument is refused. Otherwise the documented template is written
+/// there with `public_addr` (default [`DEFAULT_PUBLIC_ADDR`]).
+pub fn init(data_dir: &Path, config_path: &Path, public_addr: Option<&str>) -> Result<String, SetupError> {
     if data_dir.exists() && fs::read_dir(data_dir).map_err(io(data_dir))?.next().is_some() {
         return Err(SetupError::NotEmpty(data_dir.to_path_buf()));
     }
-    let config_text = Config::template(public_addr);
-    let config = Config::parse(&config_text).map_err(SetupError::Invalid)?;
+    let existing = config_path.exists();
+    let (config, new_config_text) = if existing {
+        if public_addr.is_some() {
+            return Err(SetupError::Invalid(format!(
+                "{} exists: set public_addr there instead of --public-addr",
+                config_path.display()
+            )));
+        }
+        (Config::load_file(config_path)?, None)
+    } else {
+        let text = Config::template(public_addr.unwrap_or(DEFAULT_PUBLIC_ADDR));
+        (Config::parse(&text).map_err(SetupError::Invalid)?, Some(text))
+    };
+    let public_addr = config.public_addr.as_str();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -89,8 +109,13 @@ pub fn init(data_dir: &Path, public_addr: &str) -> Result<String, SetupError> {
     write_private(&data_dir.join(SERVER_CERT), &generated.server_cert_der)?;
     let (_, command_pkcs8) = SigningKey::generate(&SystemRandom::new()).map_err(|_| SetupError::Random)?;
     write_private(&data_dir.join(COMMAND_KEY), &command_pkcs8)?;
-    write_private(&data_dir.join(CONFIG_FILE), config_text.as_bytes())?;
+    if let Some(text) = new_config_text {
+        write_private(config_path, text.as_bytes())?;
+    }
 
+    // An empty file is a new database to SQLite; made here so that it, and the -wal and
+    // -shm files SQLite gives the same mode, are the owner's only whatever the umask.
+    write_private(&data_dir.join(DB_FILE), b"")?;
     let store = Store::open(&data_dir.join(DB_FILE))?;
     let token = new_api_token()?;
     store.add_user("admin", "admin", &sha256(token.as_bytes()), now_ms())?;
@@ -98,11 +123,17 @@ pub fn init(data_dir: &Path, public_addr: &str) -> Result<String, SetupError> {
 }
 
 /// Creates a join token valid for `uses` enrollments until `ttl_ms` from now.
-pub fn create_join_token(data_dir: &Path, uses: u32, ttl_ms: u64, addr: Option<&str>) -> Result<String, SetupError> {
+pub fn create_join_token(
+    data_dir: &Path,
+    config_path: &Path,
+    uses: u32,
+    ttl_ms: u64,
+    addr: Option<&str>,
+) -> Result<String, SetupError> {
     if uses == 0 {
         return Err(SetupError::Invalid("--uses must be at least 1".into()));
     }
-    let config = Config::load(data_dir)?;
+    let config = Config::load_file(config_path)?;
     let ca = fs::read(data_dir.join(CA_CERT)).map_err(io(&data_dir.join(CA_CERT)))?;
     let secret = random_secret().map_err(|_| SetupError::Random)?;
     let now = now_ms();
@@ -262,24 +293,70 @@ pub fn list_devices(data_dir: &Path) -> Result<Vec<crate::store::DeviceView>, Se
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::CONFIG_FILE;
+
+    #[test]
+    fn init_uses_an_existing_config_outside_the_data_dir_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("collector.toml");
+        let text = Config::template("collector.example:4433");
+        fs::write(&etc, &text).unwrap();
+        let data = dir.path().join("data");
+        let refused = init(&data, &etc, Some("10.0.0.1:4433")).unwrap_err();
+        assert!(refused.to_string().contains("set public_addr there"), "{refused}");
+        assert!(!data.exists(), "a refused init must not create the data dir");
+
+        init(&data, &etc, None).unwrap();
+        assert_eq!(fs::read_to_string(&etc).unwrap(), text);
+        assert!(!data.join(CONFIG_FILE).exists());
+        let token: JoinToken = create_join_token(&data, &etc, 1, 60_000, None)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(token.collector_addr, "collector.example:4433");
+        // The server certificate names the configured public host, so agents can verify it.
+        let cert = fs::read(data.join(SERVER_CERT)).unwrap();
+        assert!(
+            cert.windows(b"collector.example".len())
+                .any(|w| w == b"collector.example")
+        );
+    }
+
+    #[test]
+    fn init_writes_a_missing_config_where_it_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc-collector.toml");
+        init(&dir.path().join("data"), &etc, None).unwrap();
+        assert_eq!(fs::read_to_string(&etc).unwrap(), Config::template(DEFAULT_PUBLIC_ADDR));
+    }
 
     #[test]
     fn init_refuses_to_overwrite_and_tokens_parse() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("c");
-        let admin = init(&data, "127.0.0.1:4433").unwrap();
+        let config = data.join(CONFIG_FILE);
+        let admin = init(&data, &config, Some("127.0.0.1:4433")).unwrap();
         assert!(admin.starts_with("ward_"));
-        assert!(matches!(init(&data, "127.0.0.1:4433"), Err(SetupError::NotEmpty(_))));
-        let mode = fs::metadata(data.join(CA_KEY)).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert!(matches!(init(&data, &config, None), Err(SetupError::NotEmpty(_))));
+        for private in [CA_KEY, COMMAND_KEY, DB_FILE] {
+            let mode = fs::metadata(data.join(private)).unwrap().permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600,
+                "{private}"
+            );
+        }
 
-        let token: JoinToken = create_join_token(&data, 2, 60_000, None).unwrap().parse().unwrap();
+        let token: JoinToken = create_join_token(&data, &config, 2, 60_000, None)
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(token.collector_addr, "127.0.0.1:4433");
         assert_eq!(
             token.ca_sha256,
             pki::fingerprint(&fs::read(data.join(CA_CERT)).unwrap())
         );
-        assert!(create_join_token(&data, 0, 60_000, None).is_err());
+        assert!(create_join_token(&data, &config, 0, 60_000, None).is_err());
         assert!(add_user(&data, "eve", "root").is_err());
         assert!(add_user(&data, "alice", "analyst").unwrap().starts_with("ward_"));
     }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -466,28 +468,57 @@ pub struct Agent {
     pub watch: PathBuf,
     child: Option<Child>,
     pub device_id: String,
+    /// A command line `ward-agent` runs under (e.g. `nsenter -t <pid> -n --` to
+    /// run it in another network namespace); empty to run it directly.
+    wrapper: Vec<String>,
+}
+
+/// `program` run under `wrapper` (see [`Agent::start_wrapped`]).
+fn wrapped(wrapper: &[String], program: PathBuf) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
 }
 
 impl Agent {
     /// Enrolls (with the real CLI) and starts an agent whose file sensor watches
     /// only a temporary directory; auth and audit logs are left alone.
     pub fn start(collector: &Collector) -> Result<Agent> {
-        Self::start_with(collector, |watch| {
-            format!(
-                "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
-                watch.display().to_string()
-            )
-        })
+        Self::start_with(collector, Agent::test_config)
+    }
+
+    /// The config [`Agent::start`] uses: fast status, heartbeats and reconnects,
+    /// the file sensor on `watch` only. Tables may be appended to it.
+    pub fn test_config(watch: &std::path::Path) -> String {
+        format!(
+            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
+            watch.display().to_string()
+        )
     }
 
     /// Like [`Agent::start`] with the config text `config(watch_dir)` returns.
     pub fn start_with(collector: &Collector, config: impl FnOnce(&std::path::Path) -> String) -> Result<Agent> {
+        Self::start_wrapped(collector, config, Vec::new())
+    }
+
+    /// Like [`Agent::start_with`], enrolling and running `ward-agent` under
+    /// `wrapper` (e.g. `["nsenter", "-t", pid, "-n", "--"]`).
+    pub fn start_wrapped(
+        collector: &Collector,
+        config: impl FnOnce(&std::path::Path) -> String,
+        wrapper: Vec<String>,
+    ) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let watch = dir.path().join("watched");
         std::fs::create_dir_all(&watch)?;
         let token = collector.join_token(1, "1h")?.to_string();
         let state = dir.path().join("state");
-        let out = Command::new(bin("ward-agent"))
+        let out = wrapped(&wrapper, bin("ward-agent"))
             .args(["enroll", "--token", &token, "--state-dir"])
             .arg(&state)
             .output()?;
@@ -507,6 +538,7 @@ impl Agent {
             watch,
             child: None,
             device_id,
+            wrapper,
         };
         agent.run()?;
         Ok(agent)
@@ -518,7 +550,7 @@ impl Agent {
 
     /// Starts (or restarts) `ward-agent run`.
     pub fn run(&mut self) -> Result<()> {
-        let child = Command::new(bin("ward-agent"))
+        let child = wrapped(&self.wrapper, bin("ward-agent"))
             .arg("run")
             .arg("--config")
             .arg(self.dir.path().join("agent.toml"))
@@ -649,13 +681,23 @@ impl TestDevice {
 
     /// Checks a command as the agent does, with the command keys pinned at enrollment.
     pub fn authorize(&self, signed: &Signed, last_seq: u64) -> Result<ward_protocol::Command, Refusal> {
+        self.authorize_with(signed, last_seq, &CommandPolicy::default())
+    }
+
+    /// Like [`TestDevice::authorize`] under the device policy `policy`.
+    pub fn authorize_with(
+        &self,
+        signed: &Signed,
+        last_seq: u64,
+        policy: &CommandPolicy,
+    ) -> Result<ward_protocol::Command, Refusal> {
         authorize(
             signed,
             &self.identity.enrollment.command_keys,
             self.id(),
             last_seq,
             now_ms(),
-            &CommandPolicy::default(),
+            policy,
         )
     }
 
@@ -688,5 +730,78 @@ impl TestDevice {
             .as_mut()
             .ok_or_else(|| LinkError::Closed("not connected".into()))?;
         session.send(&AgentMessage::CommandResult(signed)).await
+    }
+}
+
+// ---- the `ward` command line ----
+
+/// Runs `ward ARGS` against `collector` with `token` in the environment and a
+/// home directory of its own (so no user config is read); returns (success, stdout, stderr).
+pub fn ward(collector: &Collector, token: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let home = tempfile::tempdir()?;
+    let out = Command::new(bin("ward"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("WARD_URL", format!("http://{}", collector.http))
+        .env("WARD_TOKEN", token)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// Like [`ward`], failing unless it succeeds; returns stdout.
+pub fn ward_ok(collector: &Collector, token: &str, args: &[&str]) -> Result<String> {
+    let (ok, stdout, stderr) = ward(collector, token, args)?;
+    if !ok {
+        bail!("ward {args:?} failed: {stderr}");
+    }
+    Ok(stdout)
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC ("2026-11-23T15:30:00.000Z"), as feed exports write times.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl TestDevice {
+    /// Enrolls with a chosen inventory (hostname, addresses, logged-on users), for
+    /// tests where what the collector knows about a device decides correlation.
+    pub async fn enroll_with(token: &JoinToken, inventory: Inventory) -> Result<TestDevice, LinkError> {
+        let rng = SystemRandom::new();
+        let (signing_key, _) = SigningKey::generate(&rng).expect("key");
+        let (_, tls_pkcs8) = SigningKey::generate(&rng).expect("key");
+        let enrollment: Enrollment = link::enroll(token, &signing_key, &tls_pkcs8, inventory).await?;
+        Ok(TestDevice {
+            identity: Identity {
+                enrollment,
+                signing_key,
+                tls_key_pkcs8: tls_pkcs8,
+            },
+            session: None,
+            next_seq: 1,
+            next_batch: 1,
+        })
     }
 }

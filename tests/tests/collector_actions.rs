@@ -126,7 +126,11 @@ async fn propose_approve_dispatch_and_result() {
     assert_eq!(command.approval.approved_by, vec!["bob".to_string()]);
     assert_eq!(command.approval.reason, "reverse shell to 203.0.113.9");
     let ttl = command.expires_at_ms - command.issued_at_ms;
-    assert_eq!(ttl, 15 * 60_000, "isolation commands live 15 minutes");
+    assert_eq!(
+        ttl,
+        3 * 24 * 3_600_000,
+        "commands wait 3 days for their device by default"
+    );
     // The same command again is a replay for the agent.
     assert!(matches!(dev.authorize(&signed, 1), Err(Refusal::Replayed { .. })));
     // A second approval is a conflict.
@@ -307,7 +311,7 @@ async fn offline_device_gets_commands_on_reconnect_and_forged_results_change_not
     assert_eq!((first.seq, first.id.to_string()), (1, ids[0].clone()));
     assert_eq!((second.seq, second.id.to_string()), (2, ids[1].clone()));
     assert_eq!(first.action, Action::CollectPackage);
-    assert_eq!(second.expires_at_ms - second.issued_at_ms, 5 * 60_000);
+    assert_eq!(second.expires_at_ms - second.issued_at_ms, 3 * 24 * 3_600_000);
 
     // A result signed by another key is refused: the connection is closed, nothing changes.
     let (forger, _) = SigningKey::generate(&SystemRandom::new()).unwrap();

@@ -37,11 +37,13 @@ use ward_protocol::{
     Signed, SigningKey,
 };
 
+use super::policy::Policy;
 use super::workflow::Actor;
 use crate::ingest::Writer;
 use crate::readpool::ReadPool;
 use crate::store::{
-    ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, StoreError, TargetRefusal,
+    ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, Rules, StoreError,
+    TargetRefusal,
 };
 use crate::transport::Registry;
 use crate::util::now_ms;
@@ -73,10 +75,11 @@ pub enum ResultRefusal {
 
 /// The approval workflow's entry points for the API.
 pub struct Dispatcher {
-    writer: Writer,
-    reads: ReadPool,
-    registry: Arc<Registry>,
-    key: Arc<SigningKey>,
+    pub(super) writer: Writer,
+    pub(super) reads: ReadPool,
+    pub(super) registry: Arc<Registry>,
+    pub(super) key: Arc<SigningKey>,
+    pub(super) policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -88,14 +91,26 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(writer: Writer, reads: ReadPool, registry: Arc<Registry>, key: SigningKey) -> Dispatcher {
+    pub fn new(
+        writer: Writer,
+        reads: ReadPool,
+        registry: Arc<Registry>,
+        key: SigningKey,
+        policy: Policy,
+    ) -> Dispatcher {
         LazyLock::force(&PROCESS_START_MS);
         Dispatcher {
             writer,
             reads,
             registry,
             key: Arc::new(key),
+            policy: Arc::new(policy),
         }
+    }
+
+    /// The permission table in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Stores a proposal. Roles are checked by the caller ([`super::workflow::may_propose`]).
@@ -105,7 +120,7 @@ impl Dispatcher {
         device: DeviceId,
         action: Action,
         reason: String,
-        undo_of: Option<String>,
+        links: Links,
     ) -> Result<Result<ActionView, TargetRefusal>, DispatchError> {
         let now = now_ms();
         let id = CommandId::generate(now, &ring::rand::SystemRandom::new())
@@ -117,7 +132,9 @@ impl Dispatcher {
             reason,
             requested_by: actor.name.clone(),
             now_ms: now,
-            undo_of,
+            undo_of: links.undo_of,
+            expires_at_ms: now.saturating_add(self.policy.pending_ttl_ms),
+            incident_id: links.incident_id,
         };
         let stored = self
             .writer
@@ -140,10 +157,17 @@ impl Dispatcher {
         comment: String,
     ) -> Result<Result<(DecisionOutcome, bool), DecideError>, DispatchError> {
         let key = Arc::clone(&self.key);
+        let policy = Arc::clone(&self.policy);
         let sign = move |c: &Command| key.sign_value(SignatureKind::Command, c).map_err(|e| e.to_string());
         let outcome = self
             .writer
-            .run(move |s| s.decide_action(&id, &actor, decision, &comment, now_ms(), &sign))
+            .run(move |s| {
+                let rules = Rules {
+                    policy: &policy,
+                    sign: &sign,
+                };
+                s.decide_action(&id, &actor, decision, &comment, now_ms(), rules)
+            })
             .await
             .map_err(|_| DispatchError::Stopped)??;
         let outcome = match outcome {
@@ -185,9 +209,10 @@ impl Dispatcher {
         let pushed_high = guard.as_ref().map_or(u64::MAX, |g| g.pushed_high);
         let issued_here = view.issued_at_ms.is_some_and(|t| t > i64_of(*PROCESS_START_MS));
         let undelivered = move |seq: i64| issued_here && u64::try_from(seq).is_ok_and(|seq| seq > pushed_high);
+        let policy = Arc::clone(&self.policy);
         let cancelled = self
             .writer
-            .run(move |s| s.cancel_action(&id, &actor, &comment, now_ms(), &undelivered))
+            .run(move |s| s.cancel_action(&id, &actor, &comment, now_ms(), &policy, &undelivered))
             .await
             .map_err(|_| DispatchError::Stopped)??;
         drop(guard);
@@ -196,6 +221,15 @@ impl Dispatcher {
         }
         Ok(cancelled)
     }
+}
+
+/// What a proposal is linked to.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// The action it undoes.
+    pub undo_of: Option<String>,
+    /// The incident it belongs to.
+    pub incident_id: Option<String>,
 }
 
 /// When this process started: commands issued earlier may have been pushed by a

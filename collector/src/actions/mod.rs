@@ -6,10 +6,12 @@
 //! - [`policy`] — the permission matrix: every action kind and workflow route.
 //! - [`params`] — the JSON form of actions and its validation.
 //! - [`dispatch`] — signing, storing, delivering commands; results; expiry.
+//! - [`automation`] — config rules that propose (and may auto-approve) actions from alerts.
 //!
 //! Carrying commands out is the agent's job; it authorizes each one again with
 //! `ward_protocol::authorize` before anything happens.
 
+pub mod automation;
 pub mod dispatch;
 pub mod params;
 pub mod policy;

@@ -14,10 +14,13 @@
 //! withdrawn (it must never have reached the device) is decided by
 //! [`super::dispatch`], which knows what was pushed.
 //!
-//! Who may do what comes from the permission matrix in [`super::policy`]: analyst
-//! and above propose, approver and above approve or reject, and nobody approves
-//! or rejects their own request (four eyes). A late result for an expired
-//! command is still recorded: the device reports what it actually did.
+//! Who may do what comes from the permission table in [`super::policy`], handed
+//! in with each event that needs it: analyst and above propose, approver and
+//! above approve or reject, as many distinct approvers as the kind needs, and
+//! nobody approves or rejects their own request unless the kind allows it. An
+//! automation rule may approve its own proposal (`AutoApprove`) only for kinds
+//! that need a single approval. A late result for an expired command is still
+//! recorded: the device reports what it actually did.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,7 +28,7 @@ use std::str::FromStr;
 use thiserror::Error;
 use ward_protocol::ActionKind;
 
-use super::policy;
+use super::policy::KindPolicy;
 use crate::api::auth::Role;
 
 /// Where an action stands.
@@ -148,31 +151,38 @@ pub struct Facts<'a> {
     pub approvals: &'a [String],
 }
 
-/// Something that happens to an action.
+/// Something that happens to an action; decisions carry the kind's rules.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
-    Approve(&'a Actor),
-    Reject(&'a Actor),
+    Approve(&'a Actor, &'a KindPolicy),
+    Reject(&'a Actor, &'a KindPolicy),
+    /// An automation rule approving the proposal it made itself.
+    AutoApprove(&'a Actor, &'a KindPolicy),
     Dispatch,
     Ack,
     Result(Outcome),
     Expire,
-    Cancel(&'a Actor),
+    Cancel(&'a Actor, &'a KindPolicy),
 }
 
 impl Event<'_> {
     pub fn name(&self) -> &'static str {
         match self {
-            Event::Approve(_) => "approve",
-            Event::Reject(_) => "reject",
+            Event::Approve(..) => "approve",
+            Event::Reject(..) => "reject",
+            Event::AutoApprove(..) => "auto-approve",
             Event::Dispatch => "dispatch",
             Event::Ack => "ack",
             Event::Result(_) => "result",
             Event::Expire => "expire",
-            Event::Cancel(_) => "cancel",
+            Event::Cancel(..) => "cancel",
         }
     }
 }
+
+/// Actor names automation rules act under (`automation:<rule>`); API user
+/// names cannot contain ':', so no person can act under one.
+pub const AUTOMATION_PREFIX: &str = "automation:";
 
 /// Why an event is not allowed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -187,12 +197,12 @@ pub enum WorkflowError {
     },
     #[error("{0} requested this action and may not approve or reject it (four eyes)")]
     OwnRequest(String),
+    #[error("{kind} actions need {needed} approvals; automation cannot approve them alone")]
+    NeedsPeople { kind: &'static str, needed: u8 },
     #[error("{0} has already approved this action")]
     AlreadyApproved(String),
     #[error("cannot {event} an action that is {status}")]
     WrongState { event: &'static str, status: Status },
-    #[error("{0} actions are not in the permission matrix")]
-    UnknownKind(&'static str),
 }
 
 /// What an accepted event does.
@@ -250,13 +260,12 @@ pub fn undo(
     }
 }
 
-/// May `actor` propose an action of `kind`?
-pub fn may_propose(kind: ActionKind, actor: &Actor) -> Result<(), WorkflowError> {
-    let p = policy::for_kind(kind).ok_or(WorkflowError::UnknownKind(kind.as_str()))?;
+/// May `actor` propose an action with rules `p`?
+pub fn may_propose(p: &KindPolicy, actor: &Actor) -> Result<(), WorkflowError> {
     if actor.role < p.propose {
         return Err(WorkflowError::Forbidden {
             action: "proposing",
-            kind: kind.as_str(),
+            kind: p.kind.as_str(),
             needed: p.propose,
             actor: actor.name.clone(),
             role: actor.role,
@@ -267,14 +276,13 @@ pub fn may_propose(kind: ActionKind, actor: &Actor) -> Result<(), WorkflowError>
 
 /// Applies `event` to an action in `status`: the next status, or why not.
 pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Transition, WorkflowError> {
-    let p = policy::for_kind(facts.kind).ok_or(WorkflowError::UnknownKind(facts.kind.as_str()))?;
     let wrong = || WorkflowError::WrongState {
         event: event.name(),
         status,
     };
     match event {
-        Event::Approve(actor) | Event::Reject(actor) => {
-            let approving = matches!(event, Event::Approve(_));
+        Event::Approve(actor, p) | Event::Reject(actor, p) => {
+            let approving = matches!(event, Event::Approve(..));
             if actor.role < p.decide {
                 return Err(WorkflowError::Forbidden {
                     action: if approving { "approving" } else { "rejecting" },
@@ -306,6 +314,30 @@ pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Trans
                 add_approver: Some(actor.name.clone()),
             })
         }
+        Event::AutoApprove(actor, p) => {
+            if status != Status::Requested {
+                return Err(wrong());
+            }
+            if !actor.name.starts_with(AUTOMATION_PREFIX) || actor.name != facts.requested_by {
+                return Err(WorkflowError::Forbidden {
+                    action: "auto-approving",
+                    kind: facts.kind.as_str(),
+                    needed: p.decide,
+                    actor: actor.name.clone(),
+                    role: actor.role,
+                });
+            }
+            if p.approvals_needed > 1 || !facts.approvals.is_empty() {
+                return Err(WorkflowError::NeedsPeople {
+                    kind: facts.kind.as_str(),
+                    needed: p.approvals_needed,
+                });
+            }
+            Ok(Transition {
+                to: Status::Approved,
+                add_approver: Some(actor.name.clone()),
+            })
+        }
         Event::Dispatch => match status {
             Status::Approved => Ok(Transition::to(Status::Dispatched)),
             _ => Err(wrong()),
@@ -324,7 +356,7 @@ pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Trans
             Status::Requested | Status::Approved | Status::Dispatched => Ok(Transition::to(Status::Expired)),
             _ => Err(wrong()),
         },
-        Event::Cancel(actor) => {
+        Event::Cancel(actor, p) => {
             if actor.name != facts.requested_by && actor.role < p.decide {
                 return Err(WorkflowError::Forbidden {
                     action: "cancelling",
@@ -345,6 +377,10 @@ pub fn apply(status: Status, facts: Facts<'_>, event: Event<'_>) -> Result<Trans
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actions::policy::{MATRIX, Policy};
+
+    /// The default rules of an isolation.
+    const RULES: &KindPolicy = &MATRIX[0];
 
     fn actor(name: &str, role: Role) -> Actor {
         Actor {
@@ -365,8 +401,8 @@ mod tests {
     fn transition_table() {
         use Status::*;
         let bob = actor("bob", Role::Approver);
-        let ev_approve = Event::Approve(&bob);
-        let ev_reject = Event::Reject(&bob);
+        let ev_approve = Event::Approve(&bob, RULES);
+        let ev_reject = Event::Reject(&bob, RULES);
         let ok_events: [Event<'_>; 8] = [
             ev_approve,
             ev_reject,
@@ -375,7 +411,7 @@ mod tests {
             Event::Result(Outcome::Succeeded),
             Event::Result(Outcome::Refused),
             Event::Expire,
-            Event::Cancel(&bob),
+            Event::Cancel(&bob, RULES),
         ];
         // (from, event index, expected to) for every allowed transition; everything else is WrongState.
         let allowed: &[(Status, usize, Status)] = &[
@@ -438,9 +474,9 @@ mod tests {
         for (name, role, approve, want) in cases {
             let a = actor(name, *role);
             let ev = if *approve {
-                Event::Approve(&a)
+                Event::Approve(&a, RULES)
             } else {
-                Event::Reject(&a)
+                Event::Reject(&a, RULES)
             };
             let got = apply(Status::Requested, facts(&none), ev);
             match (want, got) {
@@ -451,16 +487,99 @@ mod tests {
             }
         }
         // Proposing needs analyst.
-        assert!(may_propose(ActionKind::Isolate, &actor("vera", Role::Viewer)).is_err());
+        let policy = Policy::default();
+        assert!(may_propose(RULES, &actor("vera", Role::Viewer)).is_err());
         for kind in ActionKind::ALL {
-            assert_eq!(may_propose(kind, &actor("ann", Role::Analyst)), Ok(()));
+            assert_eq!(may_propose(policy.for_kind(kind), &actor("ann", Role::Analyst)), Ok(()));
         }
         // The same approver twice does not count twice.
         let bob = actor("bob", Role::Approver);
         let approvals = ["bob".to_string()];
         assert_eq!(
-            apply(Status::Requested, facts(&approvals), Event::Approve(&bob)),
+            apply(Status::Requested, facts(&approvals), Event::Approve(&bob, RULES)),
             Err(WorkflowError::AlreadyApproved("bob".into()))
+        );
+    }
+
+    #[test]
+    fn two_person_rule_and_self_approval_when_configured() {
+        let two = KindPolicy {
+            approvals_needed: 2,
+            ..*RULES
+        };
+        let bob = actor("bob", Role::Approver);
+        let cat = actor("cat", Role::Approver);
+        let none: [String; 0] = [];
+        let first = apply(Status::Requested, facts(&none), Event::Approve(&bob, &two)).unwrap();
+        assert_eq!(
+            (first.to, first.add_approver.as_deref()),
+            (Status::Requested, Some("bob"))
+        );
+        let one = ["bob".to_string()];
+        assert_eq!(
+            apply(Status::Requested, facts(&one), Event::Approve(&bob, &two)),
+            Err(WorkflowError::AlreadyApproved("bob".into()))
+        );
+        let second = apply(Status::Requested, facts(&one), Event::Approve(&cat, &two)).unwrap();
+        assert_eq!(second.to, Status::Approved);
+        // The requester approving counts only where the kind allows it.
+        let ann = actor("ann", Role::Approver);
+        assert_eq!(
+            apply(Status::Requested, facts(&none), Event::Approve(&ann, RULES)),
+            Err(WorkflowError::OwnRequest("ann".into()))
+        );
+        let own_ok = KindPolicy {
+            requester_may_decide: true,
+            ..*RULES
+        };
+        assert_eq!(
+            apply(Status::Requested, facts(&none), Event::Approve(&ann, &own_ok)).map(|t| t.to),
+            Ok(Status::Approved)
+        );
+    }
+
+    #[test]
+    fn automation_approves_only_its_own_single_approval_proposals() {
+        let rule = actor("automation:ransomware", Role::Approver);
+        let none: [String; 0] = [];
+        let mine = Facts {
+            kind: ActionKind::Isolate,
+            requested_by: "automation:ransomware",
+            approvals: &none,
+        };
+        assert_eq!(
+            apply(Status::Requested, mine, Event::AutoApprove(&rule, RULES)).map(|t| t.to),
+            Ok(Status::Approved)
+        );
+        // Not its own proposal, not an automation name, not pending: refused.
+        assert!(matches!(
+            apply(Status::Requested, facts(&none), Event::AutoApprove(&rule, RULES)),
+            Err(WorkflowError::Forbidden { .. })
+        ));
+        let bob = actor("bob", Role::Admin);
+        let bobs = Facts {
+            requested_by: "bob",
+            ..mine
+        };
+        assert!(matches!(
+            apply(Status::Requested, bobs, Event::AutoApprove(&bob, RULES)),
+            Err(WorkflowError::Forbidden { .. })
+        ));
+        assert!(matches!(
+            apply(Status::Approved, mine, Event::AutoApprove(&rule, RULES)),
+            Err(WorkflowError::WrongState { .. })
+        ));
+        // A two-person kind needs people.
+        let two = KindPolicy {
+            approvals_needed: 2,
+            ..*RULES
+        };
+        assert_eq!(
+            apply(Status::Requested, mine, Event::AutoApprove(&rule, &two)),
+            Err(WorkflowError::NeedsPeople {
+                kind: "isolate",
+                needed: 2
+            })
         );
     }
 
@@ -475,7 +594,7 @@ mod tests {
             ("root", Role::Admin, true),
         ] {
             let a = actor(name, role);
-            let got = apply(Status::Requested, facts(&none), Event::Cancel(&a));
+            let got = apply(Status::Requested, facts(&none), Event::Cancel(&a, RULES));
             match (ok, got) {
                 (true, Ok(t)) => assert_eq!(t.to, Status::Cancelled),
                 (false, Err(WorkflowError::Forbidden { .. })) => {}

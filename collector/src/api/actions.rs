@@ -18,7 +18,7 @@ use ward_protocol::{CommandId, DeviceId};
 use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult};
-use crate::actions::dispatch::DispatchError;
+use crate::actions::dispatch::{DispatchError, Links};
 use crate::actions::params::ActionSpec;
 use crate::actions::workflow::{self, Actor, Status, WorkflowError};
 use crate::store::{ActionFilter, CancelError, DecideError, Decision, TargetRefusal};
@@ -40,7 +40,7 @@ impl From<DispatchError> for ApiError {
 impl From<WorkflowError> for ApiError {
     fn from(e: WorkflowError) -> Self {
         let status = match e {
-            WorkflowError::Forbidden { .. } | WorkflowError::OwnRequest(_) | WorkflowError::UnknownKind(_) => {
+            WorkflowError::Forbidden { .. } | WorkflowError::OwnRequest(_) | WorkflowError::NeedsPeople { .. } => {
                 StatusCode::FORBIDDEN
             }
             WorkflowError::AlreadyApproved(_) | WorkflowError::WrongState { .. } => StatusCode::CONFLICT,
@@ -81,15 +81,35 @@ fn action_id(id: &str) -> ApiResult<String> {
         .map_err(|_| ApiError::bad_request("action id must be a 26-character id"))
 }
 
+/// Longest incident id accepted.
+const MAX_INCIDENT_ID: usize = 64;
+
+/// An incident id: 1..=64 characters of `[A-Za-z0-9_-]`. Incidents are
+/// stored elsewhere, so only the form is checked.
+fn incident_id(id: &str) -> ApiResult<String> {
+    if id.is_empty()
+        || id.len() > MAX_INCIDENT_ID
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::bad_request(format!(
+            "incident_id must be 1..={MAX_INCIDENT_ID} characters of letters, digits, '-' and '_'"
+        )));
+    }
+    Ok(id.to_string())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProposeBody {
     device_id: String,
     action: Value,
     reason: String,
+    #[serde(default)]
+    incident_id: Option<String>,
 }
 
-/// `POST /api/v1/actions`: propose an action (analyst and above).
+/// `POST /api/v1/actions`: propose an action (analyst and above), optionally
+/// as part of an incident (`incident_id`).
 pub async fn propose(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -103,9 +123,13 @@ pub async fn propose(
         .map_err(|_| ApiError::bad_request("device_id must be a 26-character id"))?;
     let action = ActionSpec::parse(b.action).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let reason = text("reason", &b.reason, true)?;
+    let links = Links {
+        undo_of: None,
+        incident_id: b.incident_id.as_deref().map(incident_id).transpose()?,
+    };
     let actor = actor(&caller);
-    workflow::may_propose(action.kind(), &actor)?;
-    match state.actions.propose(&actor, device, action, reason, None).await? {
+    workflow::may_propose(state.actions.policy().for_kind(action.kind()), &actor)?;
+    match state.actions.propose(&actor, device, action, reason, links).await? {
         Ok(view) => Ok((
             StatusCode::CREATED,
             Json(serde_json::to_value(view).unwrap_or(Value::Null)),
@@ -115,14 +139,14 @@ pub async fn propose(
     }
 }
 
-/// `GET /api/v1/actions?status=&device=&limit=&cursor=`.
+/// `GET /api/v1/actions?status=&device=&incident_id=&limit=&cursor=`.
 pub async fn list(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    const KNOWN: [&str; 4] = ["status", "device", "limit", "cursor"];
+    const KNOWN: [&str; 5] = ["status", "device", "incident_id", "limit", "cursor"];
     if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown filter {unknown:?}; known: {}",
@@ -147,6 +171,7 @@ pub async fn list(
                     .map_err(|_| ApiError::bad_request("device must be a 26-character id"))
             })
             .transpose()?,
+        incident_id: q.get("incident_id").map(|i| incident_id(i)).transpose()?,
         before_id: q.get("cursor").map(|c| action_id(c)).transpose()?,
         limit,
     };
@@ -256,7 +281,8 @@ struct UndoBody {
 
 /// `POST /api/v1/actions/{id}/undo` {reason}: proposes the action that undoes a
 /// succeeded one (release for isolate, restore for quarantine), linked to it by
-/// `undo_of`; it waits for approval like any proposal (analyst and above).
+/// `undo_of` (and to its incident, if any); it waits for approval like any
+/// proposal (analyst and above).
 pub async fn undo(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -277,8 +303,19 @@ pub async fn undo(
         Some(Ok(t)) => t,
     };
     let actor = actor(&caller);
-    workflow::may_propose(action.kind(), &actor)?;
-    match state.actions.propose(&actor, device, action, reason, Some(id)).await? {
+    workflow::may_propose(state.actions.policy().for_kind(action.kind()), &actor)?;
+    // The undo belongs to the undone action's incident.
+    let lookup = id.clone();
+    let incident_id = state
+        .reads
+        .run(move |s| s.get_action(&lookup))
+        .await??
+        .and_then(|v| v.incident_id);
+    let links = Links {
+        undo_of: Some(id),
+        incident_id,
+    };
+    match state.actions.propose(&actor, device, action, reason, links).await? {
         Ok(view) => Ok((
             StatusCode::CREATED,
             Json(serde_json::to_value(view).unwrap_or(Value::Null)),

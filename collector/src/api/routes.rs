@@ -16,12 +16,6 @@ use super::error::{ApiError, ApiResult};
 use crate::store::{AlertFilter, DeviceView};
 use crate::util::now_ms;
 
-/// A minimal console (devices and latest alerts); it signs in with an API token
-/// kept in the browser tab and reads the same API as everyone else.
-pub async fn console() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("../console/index.html"))
-}
-
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

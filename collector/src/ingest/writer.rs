@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::error;
 use ward_protocol::DeviceId;
 
@@ -36,6 +36,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Counts rounds committed (alerts or tasks), for tasks that follow new rows.
+    rounds: watch::Receiver<u64>,
     /// Notified after each commit that stored alerts (the correlator waits on it).
     committed: Arc<Notify>,
 }
@@ -63,6 +65,7 @@ impl Writer {
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let (rounds_tx, rounds) = watch::channel(0u64);
         let committed = Arc::new(Notify::new());
         let notify = Arc::clone(&committed);
         let handle = std::thread::Builder::new()
@@ -83,10 +86,25 @@ impl Writer {
                     if run_round(&mut store, round, &metrics) {
                         notify.notify_one();
                     }
+                    rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
                 }
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start writer thread: {e}")))?;
-        Ok((Writer { jobs: tx, committed }, handle))
+        Ok((
+            Writer {
+                jobs: tx,
+                rounds,
+                committed,
+            },
+            handle,
+        ))
+    }
+
+    /// Changes after every round the writer finished (its commits are visible).
+    pub fn rounds(&self) -> watch::Receiver<u64> {
+        let mut r = self.rounds.clone();
+        r.mark_unchanged();
+        r
     }
 
     /// Notified after every commit that stored alerts.

@@ -23,7 +23,7 @@ use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, Comman
 
 use super::{Store, StoreError, i64_of};
 use crate::actions::params::{ActionSpec, describe};
-use crate::actions::policy;
+use crate::actions::policy::Policy;
 use crate::actions::workflow::{self, Actor, Event, Facts, Outcome, Status, UndoRefusal, WorkflowError};
 use crate::util::sha256;
 
@@ -43,6 +43,10 @@ pub struct NewAction {
     pub now_ms: u64,
     /// The action this one undoes, if any.
     pub undo_of: Option<String>,
+    /// The approval deadline (now + the policy's pending time).
+    pub expires_at_ms: u64,
+    /// The incident this action belongs to, if any.
+    pub incident_id: Option<String>,
 }
 
 /// Why a proposal names a device it cannot act on.
@@ -58,6 +62,8 @@ pub enum TargetRefusal {
 pub enum Decision {
     Approve,
     Reject,
+    /// An automation rule approving its own proposal.
+    AutoApprove,
 }
 
 /// Why a decision was not recorded.
@@ -86,6 +92,14 @@ pub enum CancelError {
 
 /// The device and action that undo an action, or why it cannot be undone.
 pub type UndoTarget = Result<(DeviceId, Action), UndoRefusal>;
+
+/// What a decision is taken under: the permission table, and how to sign the
+/// command when the decision completes the approval.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub policy: &'a Policy,
+    pub sign: &'a dyn Fn(&Command) -> Result<Signed, String>,
+}
 
 /// A recorded decision, and the command to deliver if it was dispatched.
 #[derive(Debug, Clone)]
@@ -116,6 +130,7 @@ pub enum ResultRecord {
 pub struct ActionFilter {
     pub status: Option<Status>,
     pub device_id: Option<String>,
+    pub incident_id: Option<String>,
     /// Only actions older than this id (from the previous page).
     pub before_id: Option<String>,
     pub limit: u32,
@@ -152,6 +167,8 @@ pub struct ActionView {
     pub cancel_comment: Option<String>,
     /// The action this one undoes, if any.
     pub undo_of: Option<String>,
+    /// The incident this action belongs to, if any.
+    pub incident_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -344,7 +361,7 @@ fn next_command_seq(tx: &Transaction<'_>, device_id: &str) -> Result<u64, StoreE
 const VIEW_COLUMNS: &str = "a.id, a.device_id, COALESCE(d.hostname, ''), a.kind, a.action, a.reason, a.requested_by,
     a.requested_at_ms, a.status, a.approvals, a.decided_by, a.decided_at_ms, a.decision_comment, a.seq,
     a.issued_at_ms, a.expires_at_ms, a.outcome, a.outcome_reason, a.detail, a.finished_at_ms,
-    length(a.attachment), a.updated_at_ms, a.cancelled_by, a.cancelled_at_ms, a.cancel_comment, a.undo_of";
+    length(a.attachment), a.updated_at_ms, a.cancelled_by, a.cancelled_at_ms, a.cancel_comment, a.undo_of, a.incident_id";
 
 fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
     let hostname: String = r.get(2)?;
@@ -398,6 +415,7 @@ fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
         cancelled_at_ms: r.get(23)?,
         cancel_comment: r.get(24)?,
         undo_of: r.get(25)?,
+        incident_id: r.get(26)?,
     })
 }
 
@@ -410,66 +428,20 @@ fn outcome_parts(outcome: &CommandOutcome) -> (Outcome, &'static str, Option<Str
 }
 
 impl Store {
-    /// Stores a proposal (status requested) with its audit entry. The approval
-    /// deadline is [`policy::PENDING_APPROVAL_TTL_MS`] from now.
+    /// Stores a proposal (status requested) with its audit entry.
     pub fn create_action(&self, new: &NewAction) -> Result<Result<ActionView, TargetRefusal>, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        let device_id = new.device_id.to_string();
-        let revoked: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT revoked_at_ms FROM devices WHERE id = ?1",
-                params![device_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match revoked {
-            None => return Ok(Err(TargetRefusal::UnknownDevice)),
-            Some(Some(_)) => return Ok(Err(TargetRefusal::RevokedDevice)),
-            Some(None) => {}
+        if let Err(refusal) = insert_action(&tx, new)? {
+            return Ok(Err(refusal));
         }
-        let id = new.id.to_string();
-        let kind = new.action.kind();
-        let spec = serde_json::to_string(&ActionSpec::of(&new.action))
-            .map_err(|e| StoreError::Corrupt(format!("action does not encode: {e}")))?;
-        let reason = clip(&new.reason, MAX_TEXT_BYTES);
-        let now = i64_of(new.now_ms);
-        let expires = i64_of(new.now_ms.saturating_add(policy::PENDING_APPROVAL_TTL_MS));
-        tx.execute(
-            "INSERT INTO actions (id, device_id, kind, action, reason, requested_by, requested_at_ms, status,
-                                  expires_at_ms, updated_at_ms, undo_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10)",
-            params![
-                id,
-                device_id,
-                kind.as_str(),
-                spec,
-                reason,
-                new.requested_by,
-                now,
-                Status::Requested.as_str(),
-                expires,
-                new.undo_of
-            ],
-        )?;
-        let mut detail = json!({"device": device_id, "kind": kind.as_str(), "action": serde_json::from_str::<Value>(&spec).unwrap_or(Value::Null), "reason": reason});
-        if let (Some(of), Value::Object(map)) = (&new.undo_of, &mut detail) {
-            map.insert("undo_of".into(), Value::String(of.clone()));
-        }
-        append_audit(
-            &tx,
-            new.now_ms,
-            &new.requested_by,
-            "action.request",
-            &id,
-            &detail.to_string(),
-        )?;
         tx.commit()?;
+        let id = new.id.to_string();
         self.get_action(&id)?
             .map(Ok)
             .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))
     }
 
-    /// Approves or rejects. When the last needed approval arrives the command is
+    /// Approves or rejects under `policy`. When the last needed approval arrives the command is
     /// built, signed with `sign` and stored as dispatched, with its sequence
     /// number, in the same transaction: it exists on disk before anyone sends it.
     pub fn decide_action(
@@ -479,12 +451,14 @@ impl Store {
         decision: Decision,
         comment: &str,
         now_ms: u64,
-        sign: &dyn Fn(&Command) -> Result<Signed, String>,
+        rules: Rules<'_>,
     ) -> Result<Result<DecisionOutcome, DecideError>, StoreError> {
+        let Rules { policy, sign } = rules;
         let tx = self.conn.transaction()?;
         let Some(row) = load_row(&tx, id)? else {
             return Ok(Err(DecideError::NotFound));
         };
+        let rules = policy.for_kind(row.action.kind());
         let approvers = row.approvers();
         let facts = Facts {
             kind: row.action.kind(),
@@ -492,8 +466,9 @@ impl Store {
             approvals: &approvers,
         };
         let event = match decision {
-            Decision::Approve => Event::Approve(actor),
-            Decision::Reject => Event::Reject(actor),
+            Decision::Approve => Event::Approve(actor, rules),
+            Decision::Reject => Event::Reject(actor, rules),
+            Decision::AutoApprove => Event::AutoApprove(actor, rules),
         };
         let transition = match workflow::apply(row.status, facts, event) {
             Ok(t) => t,
@@ -527,12 +502,16 @@ impl Store {
                     "UPDATE actions SET status = ?2, approvals = ?3, updated_at_ms = ?4 WHERE id = ?1",
                     params![id, to.as_str(), approvals_text, now],
                 )?;
-                let needed = policy::for_kind(row.action.kind()).map_or(1, |p| p.approvals_needed);
+                let needed = rules.approvals_needed;
                 append_audit(
                     &tx,
                     now_ms,
                     &actor.name,
-                    "action.approve",
+                    if decision == Decision::AutoApprove {
+                        "action.auto_approve"
+                    } else {
+                        "action.approve"
+                    },
                     id,
                     &json!({"approval": approvers.len() + 1, "of": needed, "comment": comment}).to_string(),
                 )?;
@@ -543,7 +522,7 @@ impl Store {
                     )?;
                     let mut all = approvers.clone();
                     all.extend(transition.add_approver);
-                    match dispatch(&tx, &row, all, now_ms, sign)? {
+                    match dispatch(&tx, &row, all, now_ms, rules.command_ttl_ms, sign)? {
                         Ok(d) => dispatched = Some(d),
                         Err(e) => return Ok(Err(e)),
                     }
@@ -566,6 +545,7 @@ impl Store {
         actor: &Actor,
         comment: &str,
         now_ms: u64,
+        policy: &Policy,
         dispatched_seq_undelivered: &dyn Fn(i64) -> bool,
     ) -> Result<Result<ActionView, CancelError>, StoreError> {
         let tx = self.conn.transaction()?;
@@ -578,7 +558,8 @@ impl Store {
             requested_by: &row.requested_by,
             approvals: &approvers,
         };
-        if let Err(e) = workflow::apply(row.status, facts, Event::Cancel(actor)) {
+        let rules = policy.for_kind(row.action.kind());
+        if let Err(e) = workflow::apply(row.status, facts, Event::Cancel(actor, rules)) {
             return Ok(Err(e.into()));
         }
         if row.status == Status::Dispatched && !row.seq.is_some_and(dispatched_seq_undelivered) {
@@ -792,12 +773,19 @@ impl Store {
         let sql = format!(
             "SELECT {VIEW_COLUMNS} FROM actions a LEFT JOIN devices d ON d.id = a.device_id
              WHERE (?1 IS NULL OR a.status = ?1) AND (?2 IS NULL OR a.device_id = ?2) AND (?3 IS NULL OR a.id < ?3)
+               AND (?5 IS NULL OR a.incident_id = ?5)
              ORDER BY a.id DESC LIMIT ?4"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt
             .query_map(
-                params![f.status.map(|s| s.as_str()), f.device_id, f.before_id, f.limit],
+                params![
+                    f.status.map(|s| s.as_str()),
+                    f.device_id,
+                    f.before_id,
+                    f.limit,
+                    f.incident_id
+                ],
                 view_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -883,6 +871,66 @@ impl Store {
     }
 }
 
+/// Inserts a proposal and its audit entry into `tx`.
+pub(super) fn insert_action(tx: &Transaction<'_>, new: &NewAction) -> Result<Result<(), TargetRefusal>, StoreError> {
+    let device_id = new.device_id.to_string();
+    let revoked: Option<Option<i64>> = tx
+        .query_row(
+            "SELECT revoked_at_ms FROM devices WHERE id = ?1",
+            params![device_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match revoked {
+        None => return Ok(Err(TargetRefusal::UnknownDevice)),
+        Some(Some(_)) => return Ok(Err(TargetRefusal::RevokedDevice)),
+        Some(None) => {}
+    }
+    let id = new.id.to_string();
+    let kind = new.action.kind();
+    let spec = serde_json::to_string(&ActionSpec::of(&new.action))
+        .map_err(|e| StoreError::Corrupt(format!("action does not encode: {e}")))?;
+    let reason = clip(&new.reason, MAX_TEXT_BYTES);
+    let now = i64_of(new.now_ms);
+    let expires = i64_of(new.expires_at_ms);
+    tx.execute(
+        "INSERT INTO actions (id, device_id, kind, action, reason, requested_by, requested_at_ms, status,
+                                  expires_at_ms, updated_at_ms, undo_of, incident_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?7, ?10, ?11)",
+        params![
+            id,
+            device_id,
+            kind.as_str(),
+            spec,
+            reason,
+            new.requested_by,
+            now,
+            Status::Requested.as_str(),
+            expires,
+            new.undo_of,
+            new.incident_id
+        ],
+    )?;
+    let mut detail = json!({"device": device_id, "kind": kind.as_str(), "action": serde_json::from_str::<Value>(&spec).unwrap_or(Value::Null), "reason": reason});
+    if let Value::Object(map) = &mut detail {
+        if let Some(of) = &new.undo_of {
+            map.insert("undo_of".into(), Value::String(of.clone()));
+        }
+        if let Some(incident) = &new.incident_id {
+            map.insert("incident_id".into(), Value::String(incident.clone()));
+        }
+    }
+    append_audit(
+        tx,
+        new.now_ms,
+        &new.requested_by,
+        "action.request",
+        &id,
+        &detail.to_string(),
+    )?;
+    Ok(Ok(()))
+}
+
 /// Approved → dispatched: the next sequence number, the command, its signature,
 /// all stored (and audited) in `tx`.
 fn dispatch(
@@ -890,6 +938,7 @@ fn dispatch(
     row: &Row,
     approved_by: Vec<String>,
     now_ms: u64,
+    ttl: u64,
     sign: &dyn Fn(&Command) -> Result<Signed, String>,
 ) -> Result<Result<(DeviceId, u64), DecideError>, StoreError> {
     let revoked: Option<i64> = tx.query_row(
@@ -912,9 +961,6 @@ fn dispatch(
     let corrupt = |what: &str| StoreError::Corrupt(format!("action {}: {what}", row.id));
     let command_id: CommandId = row.id.parse().map_err(|_| corrupt("id"))?;
     let device_id: DeviceId = row.device_id.parse().map_err(|_| corrupt("device id"))?;
-    let ttl = policy::for_kind(row.action.kind())
-        .map(|p| p.command_ttl_ms)
-        .ok_or_else(|| corrupt("kind missing from the permission matrix"))?;
     let seq = next_command_seq(tx, &row.device_id)?;
     let command = Command {
         id: command_id,
@@ -1008,6 +1054,8 @@ mod tests {
             requested_by: "ann".into(),
             now_ms: at,
             undo_of: None,
+            expires_at_ms: at + Policy::default().pending_ttl_ms,
+            incident_id: None,
         };
         store.create_action(&new).unwrap().unwrap().id
     }
@@ -1022,7 +1070,17 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         store
-            .decide_action(id, &bob, Decision::Approve, "ok", at, &sign)
+            .decide_action(
+                id,
+                &bob,
+                Decision::Approve,
+                "ok",
+                at,
+                Rules {
+                    policy: &Policy::default(),
+                    sign: &sign,
+                },
+            )
             .unwrap()
     }
 
@@ -1048,12 +1106,13 @@ mod tests {
         assert_eq!(pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(store.pending_commands(a, 1, T0 + 20).unwrap().len(), 1);
 
-        // Host actions expire after 5 minutes, isolation after 15; expired ones are not delivered.
-        let later = T0 + 10 + policy::HOST_COMMAND_TTL_MS;
+        // Commands wait for their device until they expire (3 days by default); expired ones are not delivered.
+        let later = T0 + 10 + crate::actions::policy::COMMAND_TTL_MS;
+        assert_eq!(store.pending_commands(a, 0, later - 1).unwrap().len(), 2);
         assert_eq!(store.next_action_expiry().unwrap(), Some(later));
         let expired = store.expire_actions(later).unwrap();
-        assert_eq!(expired.len(), 2, "the two collect_package commands");
-        assert_eq!(store.pending_commands(a, 0, later).unwrap().len(), 1);
+        assert_eq!(expired.len(), 3, "every command");
+        assert_eq!(store.pending_commands(a, 0, later).unwrap().len(), 0);
         assert_eq!(store.pending_commands(b, 0, later).unwrap().len(), 0);
         // A late result for an expired command is still recorded: the device did it.
         let late_id = &expired[0];
@@ -1091,13 +1150,13 @@ mod tests {
 
         // A pending proposal past its approval deadline cannot be approved, and expires.
         let stale = propose(&store, a, Action::Release, T0);
-        let too_late = T0 + policy::PENDING_APPROVAL_TTL_MS;
+        let too_late = T0 + crate::actions::policy::PENDING_APPROVAL_TTL_MS;
         assert!(matches!(
             approve(&mut store, &stale, too_late, &key),
             Err(DecideError::Workflow(WorkflowError::WrongState { .. }))
         ));
         let swept = store.expire_actions(too_late).unwrap();
-        assert_eq!(swept.len(), 2, "the stale proposal and the unexecuted release");
+        assert_eq!(swept, vec![stale.clone()]);
         assert!(swept.contains(&stale));
         assert_eq!(store.get_action(&stale).unwrap().unwrap().status, "expired");
         assert!(store.verify_audit_chain().unwrap().ok());

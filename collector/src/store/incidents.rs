@@ -941,20 +941,11 @@ impl Store {
         Ok(rows)
     }
 
-    /// Ids of actions linked to the incident itself, when actions carry an
-    /// `incident_id` (added with the actions' incident link; absent before).
+    /// Ids of actions proposed for the incident itself (`actions.incident_id`).
     pub fn incident_action_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        let has_column: bool = self.conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('actions') WHERE name = 'incident_id'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_column {
-            return Ok(Vec::new());
-        }
         let mut stmt = self
             .conn
-            .prepare("SELECT id FROM actions WHERE incident_id = ?1 ORDER BY id DESC LIMIT 200")?;
+            .prepare_cached("SELECT id FROM actions WHERE incident_id = ?1 ORDER BY id DESC LIMIT 200")?;
         let rows = stmt
             .query_map(params![id], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;

@@ -4,6 +4,7 @@
 //! the same methods later without touching ingest or the API.
 
 mod actions;
+mod automation;
 mod feeds;
 mod incidents;
 mod schema;
@@ -12,8 +13,9 @@ mod sourced;
 
 pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
-    NewAction, ResultRecord, TargetRefusal,
+    NewAction, ResultRecord, Rules, TargetRefusal,
 };
+pub use automation::{AutomationAlert, AutomationOutcome};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,

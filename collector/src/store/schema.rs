@@ -236,7 +236,30 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX mail_events_by_message ON mail_events(network_message_id, kind);
     CREATE INDEX mail_events_by_recipient ON mail_events(recipient, time_ms);
     "#,
-    // 9 (incidents): correlated incidents. `incident_alerts` says which incident each
+    // 9: the incident a response action belongs to (optional; no foreign key, so
+    // actions can name incidents whatever stores them).
+    r#"
+    ALTER TABLE actions ADD COLUMN incident_id TEXT;
+    CREATE INDEX actions_by_incident ON actions(incident_id) WHERE incident_id IS NOT NULL;
+    "#,
+    // 10: automation rules: how far they have read the alerts table (rowid
+    // watermark), and which rule proposed which action for which alert, so each
+    // rule proposes at most once per alert.
+    r#"
+    CREATE TABLE automation_watermarks (
+        stream TEXT PRIMARY KEY,
+        last_rowid INTEGER NOT NULL
+    );
+    CREATE TABLE automation_proposals (
+        rule TEXT NOT NULL,
+        alert_id TEXT NOT NULL,
+        action_id TEXT,
+        outcome TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (rule, alert_id)
+    );
+    "#,
+    // 11 (incidents): correlated incidents. `incident_alerts` says which incident each
     // alert is in and why; `incident_entities` holds each incident's correlation keys
     // (filters, detail, and the index rebuilt after a restart); activity and comments;
     // `correlation_keys` the distinct devices a key was seen on (prevalence);

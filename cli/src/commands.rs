@@ -1,0 +1,749 @@
+//! The commands, their flags, and how each answer is shown.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::config;
+use crate::table::render;
+
+#[derive(Parser, Debug)]
+#[command(name = "ward", version, about = "Command line for a Ward collector's API")]
+pub struct Cli {
+    /// Collector API URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "WARD_URL", global = true)]
+    url: Option<String>,
+    /// API token (`ward-collector user add` prints one).
+    #[arg(long, env = "WARD_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA that signed the API's HTTPS certificate (default: the system's).
+    #[arg(long, env = "WARD_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Incidents: list, show, update, comment, merge.
+    #[command(subcommand)]
+    Incidents(Incidents),
+    /// Response actions: list, propose, approve, reject.
+    #[command(subcommand)]
+    Actions(Actions),
+    /// Enrolled devices: list, show.
+    #[command(subcommand)]
+    Devices(Devices),
+}
+
+#[derive(Subcommand, Debug)]
+enum Incidents {
+    /// The incident queue (the API's filters and sorts).
+    List(IncidentFilter),
+    /// One incident: summary, alerts, entities, actions, comments.
+    Show { id: String },
+    /// Changes status, assignee, classification, determination, tags, title or severity.
+    Update(IncidentUpdate),
+    /// Adds a comment.
+    Comment { id: String, text: String },
+    /// Merges the `--from` incidents into ID.
+    Merge {
+        id: String,
+        #[arg(long, required = true, num_args = 1..)]
+        from: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct IncidentFilter {
+    /// Comma-separated: active, in_progress, resolved, redirected.
+    #[arg(long)]
+    status: Option<String>,
+    /// Minimum severity.
+    #[arg(long)]
+    severity: Option<String>,
+    #[arg(long)]
+    assignee: Option<String>,
+    #[arg(long)]
+    tag: Option<String>,
+    /// agent, collector, identity or mailbox.
+    #[arg(long)]
+    source: Option<String>,
+    /// Device id or hostname.
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    /// ATT&CK tactic id, e.g. TA0001.
+    #[arg(long)]
+    tactic: Option<String>,
+    #[arg(long)]
+    since_ms: Option<i64>,
+    #[arg(long)]
+    until_ms: Option<i64>,
+    /// last_activity (default) or severity.
+    #[arg(long)]
+    sort: Option<String>,
+    #[arg(long)]
+    limit: Option<u32>,
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct IncidentUpdate {
+    id: String,
+    /// active, in_progress or resolved.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long, conflicts_with = "unassign")]
+    assignee: Option<String>,
+    /// Clears the assignee.
+    #[arg(long)]
+    unassign: bool,
+    /// true_positive, informational_expected_activity or false_positive.
+    #[arg(long)]
+    classification: Option<String>,
+    #[arg(long)]
+    determination: Option<String>,
+    /// Replaces the tags (repeat for several; `--tags ""` clears them).
+    #[arg(long = "tags", value_delimiter = ',', num_args = 0..)]
+    tags: Option<Vec<String>>,
+    #[arg(long)]
+    title: Option<String>,
+    #[arg(long)]
+    severity: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Actions {
+    /// Actions, newest first.
+    List {
+        /// pending_approval, approved, dispatched, succeeded, failed, refused, rejected, expired, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Device id.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Proposes an action on a device; an approver other than you must approve it.
+    Propose {
+        /// Device id or hostname.
+        #[arg(long)]
+        device: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Incident the action belongs to.
+        #[arg(long)]
+        incident: Option<String>,
+        #[command(subcommand)]
+        action: ProposeKind,
+    },
+    /// Approves a pending action.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Rejects a pending action (a comment is required).
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProposeKind {
+    /// Cut the device off the network (the collector stays reachable).
+    Isolate {
+        /// Addresses or names still allowed (repeat).
+        #[arg(long)]
+        allow: Vec<String>,
+    },
+    /// Lift isolation.
+    Release,
+    /// Move a file (bound to its SHA-256) into quarantine.
+    QuarantineFile {
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        sha256: String,
+    },
+    /// Put a quarantined file back.
+    RestoreFile {
+        #[arg(long)]
+        quarantine_id: String,
+    },
+    /// Delete a file (bound to its SHA-256).
+    DeleteFile {
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        sha256: String,
+    },
+    /// Kill a process (bound to its pid, start time and executable).
+    KillProcess {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        start_time_ms: u64,
+        #[arg(long)]
+        exe: String,
+        /// Its children too.
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Collect an investigation package.
+    CollectPackage,
+}
+
+#[derive(Subcommand, Debug)]
+enum Devices {
+    /// Enrolled devices.
+    List,
+    /// One device (by id or hostname), with its latest alerts.
+    Show { device: String },
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    let file = config::load()?;
+    let url = cli
+        .url
+        .clone()
+        .or(file.url)
+        .context("no collector URL: pass --url, set WARD_URL, or put url in ~/.config/ward/cli.toml")?;
+    let token = cli
+        .token
+        .clone()
+        .or(file.token)
+        .context("no API token: pass --token, set WARD_TOKEN, or put token in ~/.config/ward/cli.toml")?;
+    Client::new(&url, &token, cli.ca_cert.as_deref().or(file.ca_cert.as_deref()))
+}
+
+/// Runs the command; returns what to print.
+pub async fn run(cli: Cli) -> Result<String> {
+    let c = client(&cli)?;
+    let json = cli.json;
+    let out = |v: Value, table: fn(&Value) -> String| {
+        if json {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            table(&v)
+        }
+    };
+    Ok(match cli.command {
+        Command::Incidents(Incidents::List(f)) => {
+            let mut q: Vec<(&str, String)> = Vec::new();
+            let text = [
+                ("status", f.status),
+                ("severity", f.severity),
+                ("assignee", f.assignee),
+                ("tag", f.tag),
+                ("source", f.source),
+                ("device", f.device),
+                ("user", f.user),
+                ("tactic", f.tactic),
+                ("sort", f.sort),
+                ("cursor", f.cursor),
+            ];
+            q.extend(text.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+            let nums = [
+                ("since_ms", f.since_ms),
+                ("until_ms", f.until_ms),
+                ("limit", f.limit.map(i64::from)),
+            ];
+            q.extend(nums.into_iter().filter_map(|(k, v)| v.map(|v| (k, v.to_string()))));
+            out(c.get("/api/v1/incidents", &q).await?, incident_table)
+        }
+        Command::Incidents(Incidents::Show { id }) => out(c.get(&incident_path(&id)?, &[]).await?, incident_detail),
+        Command::Incidents(Incidents::Update(u)) => {
+            let body = update_body(
+                u.status,
+                u.assignee,
+                u.unassign,
+                u.classification,
+                u.determination,
+                u.tags,
+                u.title,
+                u.severity,
+            )?;
+            out(c.patch(&incident_path(&u.id)?, &body).await?, incident_detail)
+        }
+        Command::Incidents(Incidents::Comment { id, text }) => {
+            let v = c
+                .post(&format!("{}/comments", incident_path(&id)?), &json!({"text": text}))
+                .await?;
+            out(v, |v| format!("comment {} added", s(&v["comment"]["id"])))
+        }
+        Command::Incidents(Incidents::Merge { id, from }) => {
+            let v = c
+                .post(&format!("{}/merge", incident_path(&id)?), &json!({"from": from}))
+                .await?;
+            out(v, incident_detail)
+        }
+        Command::Actions(Actions::List { status, device, limit }) => {
+            let mut q: Vec<(&str, String)> = Vec::new();
+            if let Some(s) = status {
+                q.push(("status", s));
+            }
+            if let Some(d) = device {
+                q.push(("device", device_id(&c, &d).await?));
+            }
+            if let Some(l) = limit {
+                q.push(("limit", l.to_string()));
+            }
+            out(c.get("/api/v1/actions", &q).await?, |v| action_table(&v["actions"]))
+        }
+        Command::Actions(Actions::Propose {
+            device,
+            reason,
+            incident,
+            action,
+        }) => {
+            let mut body =
+                json!({"device_id": device_id(&c, &device).await?, "action": action_json(action), "reason": reason});
+            if let Some(i) = incident {
+                body["incident_id"] = Value::String(i);
+            }
+            out(c.post("/api/v1/actions", &body).await?, action_line)
+        }
+        Command::Actions(Actions::Approve { id, comment }) => out(
+            c.post(&action_path(&id, "approve")?, &json!({"comment": comment}))
+                .await?,
+            action_line,
+        ),
+        Command::Actions(Actions::Reject { id, comment }) => out(
+            c.post(&action_path(&id, "reject")?, &json!({"comment": comment}))
+                .await?,
+            action_line,
+        ),
+        Command::Devices(Devices::List) => out(c.get("/api/v1/devices", &[]).await?, |v| device_table(&v["devices"])),
+        Command::Devices(Devices::Show { device }) => {
+            let id = device_id(&c, &device).await?;
+            let mut d = c.get(&format!("/api/v1/devices/{id}"), &[]).await?;
+            let alerts = c
+                .get("/api/v1/alerts", &[("device", id), ("limit", "20".into())])
+                .await?;
+            d["latest_alerts"] = alerts["alerts"].clone();
+            out(d, device_detail)
+        }
+    })
+}
+
+/// Ids go into URL paths: only the 26-character id alphabet is accepted.
+fn checked_id(id: &str) -> Result<&str> {
+    if id.len() != 26 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("{id:?} is not a 26-character id");
+    }
+    Ok(id)
+}
+
+fn incident_path(id: &str) -> Result<String> {
+    Ok(format!("/api/v1/incidents/{}", checked_id(id)?))
+}
+
+fn action_path(id: &str, verb: &str) -> Result<String> {
+    Ok(format!("/api/v1/actions/{}/{verb}", checked_id(id)?))
+}
+
+/// A device id as given, or the id of the one device with that hostname.
+async fn device_id(c: &Client, device: &str) -> Result<String> {
+    if checked_id(device).is_ok() {
+        return Ok(device.to_string());
+    }
+    let list = c.get("/api/v1/devices", &[]).await?;
+    let matches: Vec<&Value> = list["devices"]
+        .as_array()
+        .map(|d| d.iter().filter(|d| d["hostname"] == device).collect())
+        .unwrap_or_default();
+    match matches.as_slice() {
+        [one] => Ok(s(&one["id"])),
+        [] => bail!("no device with the id or hostname {device:?}"),
+        _ => bail!("{} devices are called {device:?}: give the id", matches.len()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_body(
+    status: Option<String>,
+    assignee: Option<String>,
+    unassign: bool,
+    classification: Option<String>,
+    determination: Option<String>,
+    tags: Option<Vec<String>>,
+    title: Option<String>,
+    severity: Option<String>,
+) -> Result<Value> {
+    let mut body = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            body.insert(k.into(), Value::String(v));
+        }
+    };
+    put("status", status);
+    put("assignee", assignee);
+    put("classification", classification);
+    put("determination", determination);
+    put("title", title);
+    put("severity", severity);
+    if unassign {
+        body.insert("assignee".into(), Value::Null);
+    }
+    if let Some(tags) = tags {
+        let tags: Vec<Value> = tags.into_iter().filter(|t| !t.is_empty()).map(Value::String).collect();
+        body.insert("tags".into(), Value::Array(tags));
+    }
+    if body.is_empty() {
+        bail!(
+            "nothing to change: give at least one of --status --assignee --unassign --classification --determination --tags --title --severity"
+        );
+    }
+    Ok(Value::Object(body))
+}
+
+fn action_json(a: ProposeKind) -> Value {
+    match a {
+        ProposeKind::Isolate { allow } => json!({"kind": "isolate", "allow": allow}),
+        ProposeKind::Release => json!({"kind": "release"}),
+        ProposeKind::QuarantineFile { path, sha256 } => {
+            json!({"kind": "quarantine_file", "path": path, "sha256": sha256})
+        }
+        ProposeKind::RestoreFile { quarantine_id } => json!({"kind": "restore_file", "quarantine_id": quarantine_id}),
+        ProposeKind::DeleteFile { path, sha256 } => json!({"kind": "delete_file", "path": path, "sha256": sha256}),
+        ProposeKind::KillProcess {
+            pid,
+            start_time_ms,
+            exe,
+            tree,
+        } => {
+            json!({"kind": "kill_process", "pid": pid, "start_time_ms": start_time_ms, "exe": exe, "tree": tree})
+        }
+        ProposeKind::CollectPackage => json!({"kind": "collect_package"}),
+    }
+}
+
+// ---- output ----
+
+/// A JSON value as plain text ("" for null).
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn join(v: &Value, field: Option<&str>) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| field.map_or_else(|| s(x), |f| s(&x[f])))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch as "YYYY-MM-DD HH:MM:SS" UTC.
+fn when(v: &Value) -> String {
+    let Some(ms) = v.as_i64() else { return String::new() };
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn incident_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["incidents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    vec![
+                        s(&i["id"]),
+                        s(&i["severity"]),
+                        s(&i["status"]),
+                        s(&i["title"]),
+                        s(&i["assignee"]),
+                        join(&i["sources"], None),
+                        s(&i["device_count"]),
+                        s(&i["user_count"]),
+                        join(&i["tactics"], Some("name")),
+                        when(&i["last_activity_ms"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut t = render(
+        &[
+            "id",
+            "severity",
+            "status",
+            "title",
+            "assignee",
+            "sources",
+            "devices",
+            "users",
+            "tactics",
+            "last activity",
+        ],
+        &rows,
+    );
+    if let Some(next) = v["next_cursor"].as_str() {
+        t.push_str(&format!("\n(more: --cursor {next})"));
+    }
+    t
+}
+
+fn incident_detail(v: &Value) -> String {
+    let i = &v["incident"];
+    let mut out = vec![
+        format!(
+            "{}  {}  [{}] {}",
+            s(&i["id"]),
+            s(&i["severity"]),
+            s(&i["status"]),
+            s(&i["title"])
+        ),
+        format!(
+            "assignee: {}  classification: {}  determination: {}  tags: {}",
+            if i["assignee"].is_null() {
+                "-".into()
+            } else {
+                s(&i["assignee"])
+            },
+            if i["classification"].is_null() {
+                "-".into()
+            } else {
+                s(&i["classification"])
+            },
+            if i["determination"].is_null() {
+                "-".into()
+            } else {
+                s(&i["determination"])
+            },
+            join(&i["tags"], None),
+        ),
+        format!(
+            "tactics: {}  sources: {}",
+            join(&i["tactics"], Some("name")),
+            join(&i["sources"], None)
+        ),
+        format!(
+            "activity: {} .. {}",
+            when(&i["first_activity_ms"]),
+            when(&i["last_activity_ms"])
+        ),
+    ];
+    if let Some(to) = i["redirected_to"].as_str() {
+        out.push(format!("merged into {to}"));
+    }
+    let alerts: Vec<Vec<String>> = v["alerts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| {
+                    let a = &l["alert"];
+                    vec![
+                        when(&a["observed_at_ms"]),
+                        s(&a["severity"]),
+                        s(&a["rule"]["title"]),
+                        s(&a["source"]),
+                        s(&l["reason"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(format!("\nALERTS ({})", alerts.len()));
+    out.push(render(
+        &["observed", "severity", "rule", "source", "why linked"],
+        &alerts,
+    ));
+    let entities: Vec<Vec<String>> = v["entities"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    vec![
+                        s(&e["kind"]),
+                        s(&e["key"]),
+                        s(&e["verdict"]),
+                        s(&e["remediation"]),
+                        e["alert_ids"].as_array().map_or(0, Vec::len).to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(format!("\nENTITIES ({})", entities.len()));
+    out.push(render(
+        &["kind", "value", "verdict", "remediation", "alerts"],
+        &entities,
+    ));
+    if v["actions"].as_array().is_some_and(|a| !a.is_empty()) {
+        out.push("\nACTIONS".into());
+        out.push(action_table(&v["actions"]));
+    }
+    if let Some(comments) = v["comments"].as_array().filter(|c| !c.is_empty()) {
+        out.push("\nCOMMENTS".into());
+        for c in comments {
+            out.push(format!("{}  {}: {}", when(&c["at_ms"]), s(&c["author"]), s(&c["text"])));
+        }
+    }
+    out.join("\n")
+}
+
+fn action_table(actions: &Value) -> String {
+    let rows: Vec<Vec<String>> = actions
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| {
+                    vec![
+                        s(&a["id"]),
+                        s(&a["status"]),
+                        s(&a["kind"]),
+                        s(&a["device_hostname"]),
+                        s(&a["requested_by"]),
+                        s(&a["decided_by"]),
+                        s(&a["result"]["detail"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    render(
+        &["id", "status", "kind", "device", "requested by", "decided by", "result"],
+        &rows,
+    )
+}
+
+fn action_line(a: &Value) -> String {
+    format!("{}  {}  {}", s(&a["id"]), s(&a["status"]), s(&a["summary"]))
+}
+
+fn device_state(d: &Value) -> &'static str {
+    if !d["revoked_at_ms"].is_null() {
+        "revoked"
+    } else if d["online"] == true {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+fn device_table(devices: &Value) -> String {
+    let rows: Vec<Vec<String>> = devices
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    vec![
+                        s(&d["id"]),
+                        s(&d["hostname"]),
+                        device_state(d).into(),
+                        s(&d["isolation"]),
+                        when(&d["last_seen_ms"]),
+                        s(&d["agent_version"]),
+                        s(&d["os"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    render(
+        &["id", "hostname", "state", "isolation", "last seen", "agent", "os"],
+        &rows,
+    )
+}
+
+fn device_detail(d: &Value) -> String {
+    let mut out = vec![
+        format!("{}  {}  {}", s(&d["id"]), s(&d["hostname"]), device_state(d)),
+        format!(
+            "isolation: {}  last seen: {}",
+            s(&d["isolation"]),
+            when(&d["last_seen_ms"])
+        ),
+        format!(
+            "agent: {}  os: {} {}",
+            s(&d["agent_version"]),
+            s(&d["os"]),
+            s(&d["kernel"])
+        ),
+        format!(
+            "addresses: {}  users: {}",
+            join(&d["addresses"], None),
+            join(&d["logged_on_users"], None)
+        ),
+        format!(
+            "outbox: {}  missing alerts: {}",
+            s(&d["outbox_depth"]),
+            s(&d["missing_alerts"])
+        ),
+    ];
+    let alerts: Vec<Vec<String>> = d["latest_alerts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| vec![when(&a["observed_at_ms"]), s(&a["severity"]), s(&a["rule"]["title"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(format!("\nLATEST ALERTS ({})", alerts.len()));
+    out.push(render(&["observed", "severity", "rule"], &alerts));
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(when(&json!(0)), "1970-01-01 00:00:00");
+        assert_eq!(when(&json!(1_795_392_000_000_i64)), "2026-11-23 00:00:00");
+        assert_eq!(when(&json!(951_782_400_000_i64 + 3_661_000)), "2000-02-29 01:01:01");
+        assert_eq!(when(&Value::Null), "");
+    }
+
+    #[test]
+    fn ids_in_paths_are_checked() {
+        assert!(incident_path("01JABCDEFGHJKMNPQRSTVWXYZ0").is_ok());
+        assert!(incident_path("../../metrics").is_err());
+        assert!(action_path("01JABCDEFGHJKMNPQRSTVWXYZ0/x", "approve").is_err());
+    }
+
+    #[test]
+    fn an_update_needs_a_change_and_unassign_sends_null() {
+        assert!(update_body(None, None, false, None, None, None, None, None).is_err());
+        let b = update_body(None, None, true, None, None, Some(vec![]), None, None).unwrap_or_default();
+        assert_eq!(b, json!({"assignee": null, "tags": []}));
+    }
+}

@@ -1,0 +1,707 @@
+//! Automation rules (`[[automation]]` in the collector's config): an alert that
+//! matches a rule's condition proposes a response action by itself, as actor
+//! `automation:<rule name>`. The proposal waits for approval like any other,
+//! unless the rule says `auto_approve`: then the rule approves it at once and the
+//! command is signed and dispatched as after a human approval (the approval
+//! record names `automation:<rule name>`). Agents count only approvers other
+//! than the requester, so a device accepts auto-approved commands only for
+//! kinds its `[response]` config sets to 0 approvals.
+//!
+//! The runner tails the `alerts` table by rowid from a persisted watermark, so
+//! alerts from agents, feeds, the collector itself and other processes are all
+//! seen, once. It is woken after every writer commit and on a timer (for other
+//! processes' commits); each wake is one cheap read, and the writer is used only
+//! when there are new alerts. On first start the watermark is the newest alert:
+//! rules act on alerts that arrive after automation was first enabled.
+//!
+//! Deduplication: one proposal per rule and alert; no proposal identical to one
+//! of the same rule still waiting or running on the device; and no isolate of a
+//! device with an isolate pending or in force (whoever proposed it).
+//!
+//! Conditions are a closed set ([`Trigger`]); alerts are the one source today.
+//! Incidents (minimum incident severity, tactics) are meant to be a second
+//! variant, evaluated from the incidents table the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use ward_protocol::{Action, ActionKind, DeviceId, Entity, Severity};
+
+use super::dispatch::{Dispatcher, push};
+use super::params::ActionSpec;
+use super::policy::{Policy, kind_named};
+use super::workflow::{AUTOMATION_PREFIX, Actor};
+use crate::api::auth::Role;
+use crate::store::{AutomationAlert, AutomationOutcome, Decision, NewAction, Rules, Store};
+use crate::util::now_ms;
+
+/// How often the runner looks for alerts committed by other processes.
+pub const AUTOMATION_POLL: Duration = Duration::from_secs(1);
+/// Most alerts evaluated in one writer task.
+pub const BATCH: u32 = 256;
+/// Most rules in a config.
+pub const MAX_RULES: usize = 64;
+/// Longest rule name.
+const MAX_NAME: usize = 48;
+/// Most entries in one condition list.
+const MAX_LIST: usize = 64;
+
+/// One `[[automation]]` entry as written in the config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique; the actor is `automation:<name>`.
+    pub name: String,
+    /// What to propose: isolate (the alert's device), kill_process (the alert's
+    /// process), quarantine_file (the alert's file; needs its SHA-256),
+    /// collect_package (from the alert's device).
+    pub action: String,
+    /// Approve (and dispatch) without waiting for a person.
+    #[serde(default)]
+    pub auto_approve: bool,
+    /// For `isolate`: addresses, networks or names that stay reachable.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Condition on alerts.
+    #[serde(default)]
+    pub alert: Option<AlertCondition>,
+}
+
+/// Every listed criterion must hold; within a list, any entry may match; an
+/// empty list (or no `min_severity`) does not restrict.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertCondition {
+    /// informational, low, medium, high or critical.
+    pub min_severity: Option<String>,
+    /// Rule ids, exactly.
+    pub rule_ids: Vec<String>,
+    /// ATT&CK technique ids; `T1059` also matches its sub-techniques (`T1059.001`).
+    pub techniques: Vec<String>,
+    /// ATT&CK tactic ids (`TA0002`).
+    pub tactics: Vec<String>,
+    /// agent, identity, mailbox or collector.
+    pub sources: Vec<String>,
+    /// Device ids or hostnames.
+    pub devices: Vec<String>,
+}
+
+/// What a rule reacts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    Alert(AlertMatch),
+}
+
+/// A validated alert condition, normalized for matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertMatch {
+    pub min_severity: Option<Severity>,
+    pub rule_ids: Vec<String>,
+    pub techniques: Vec<String>,
+    pub tactics: Vec<String>,
+    pub sources: Vec<String>,
+    pub devices: Vec<String>,
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub kind: ActionKind,
+    pub auto_approve: bool,
+    pub allow: Vec<String>,
+    pub trigger: Trigger,
+}
+
+impl Rule {
+    /// The actor the rule proposes (and auto-approves) as.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: format!("{AUTOMATION_PREFIX}{}", self.name),
+            role: Role::Approver,
+        }
+    }
+}
+
+const SOURCES: [&str; 4] = ["agent", "identity", "mailbox", "collector"];
+const KINDS: [ActionKind; 4] = [
+    ActionKind::Isolate,
+    ActionKind::KillProcess,
+    ActionKind::QuarantineFile,
+    ActionKind::CollectPackage,
+];
+
+fn list(at: &str, field: &str, v: &[String], lower: bool) -> Result<Vec<String>, String> {
+    if v.len() > MAX_LIST {
+        return Err(format!("{at}.{field} has more than {MAX_LIST} entries"));
+    }
+    v.iter()
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
+                return Err(format!("{at}.{field}: {s:?} is not a valid entry"));
+            }
+            Ok(if lower { s.to_ascii_lowercase() } else { s.to_string() })
+        })
+        .collect()
+}
+
+/// Validates the configured rules against the permission table in force.
+pub fn compile(configs: &[RuleConfig], policy: &Policy) -> Result<Vec<Rule>, String> {
+    if configs.len() > MAX_RULES {
+        return Err(format!("at most {MAX_RULES} [[automation]] rules"));
+    }
+    let mut rules: Vec<Rule> = Vec::with_capacity(configs.len());
+    for c in configs {
+        let at = format!("automation {:?}", c.name);
+        if c.name.is_empty()
+            || c.name.len() > MAX_NAME
+            || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "{at}: a name is 1..={MAX_NAME} characters of letters, digits, '-', '_' and '.'"
+            ));
+        }
+        if rules.iter().any(|r| r.name == c.name) {
+            return Err(format!("{at}: two rules have this name"));
+        }
+        let kind = kind_named(&c.action).filter(|k| KINDS.contains(k)).ok_or_else(|| {
+            format!("{at}: action must be one of isolate, kill_process, quarantine_file, collect_package")
+        })?;
+        if !c.allow.is_empty() && kind != ActionKind::Isolate {
+            return Err(format!("{at}: allow is only for isolate"));
+        }
+        if kind == ActionKind::Isolate {
+            ActionSpec::parse(json!({"kind": "isolate", "allow": c.allow})).map_err(|e| format!("{at}.allow: {e}"))?;
+        }
+        let needed = policy.for_kind(kind).approvals_needed;
+        if c.auto_approve && needed > 1 {
+            return Err(format!(
+                "{at}: auto_approve is refused for {}: the actions policy needs {needed} approvers",
+                kind.as_str()
+            ));
+        }
+        let Some(cond) = &c.alert else {
+            return Err(format!("{at}: needs a condition ([automation.alert])"));
+        };
+        let min_severity = cond
+            .min_severity
+            .as_deref()
+            .map(|s| Severity::parse(s).ok_or_else(|| format!("{at}.alert.min_severity: unknown severity {s:?}")))
+            .transpose()?;
+        let sources = list(&at, "alert.sources", &cond.sources, true)?;
+        if let Some(bad) = sources.iter().find(|s| !SOURCES.contains(&s.as_str())) {
+            return Err(format!(
+                "{at}.alert.sources: unknown source {bad:?}; known: {}",
+                SOURCES.join(", ")
+            ));
+        }
+        let m = AlertMatch {
+            min_severity,
+            rule_ids: list(&at, "alert.rule_ids", &cond.rule_ids, false)?,
+            techniques: list(&at, "alert.techniques", &cond.techniques, true)?,
+            tactics: list(&at, "alert.tactics", &cond.tactics, true)?,
+            sources,
+            devices: list(&at, "alert.devices", &cond.devices, true)?,
+        };
+        if m == (AlertMatch {
+            min_severity: None,
+            rule_ids: vec![],
+            techniques: vec![],
+            tactics: vec![],
+            sources: vec![],
+            devices: vec![],
+        }) {
+            return Err(format!(
+                "{at}.alert: an empty condition would match every alert; name at least one criterion"
+            ));
+        }
+        rules.push(Rule {
+            name: c.name.clone(),
+            kind,
+            auto_approve: c.auto_approve,
+            allow: c.allow.clone(),
+            trigger: Trigger::Alert(m),
+        });
+    }
+    Ok(rules)
+}
+
+impl AlertMatch {
+    pub fn matches(&self, a: &AutomationAlert) -> bool {
+        let any = |want: &[String], have: &[String], eq: &dyn Fn(&str, &str) -> bool| {
+            want.is_empty() || want.iter().any(|w| have.iter().any(|h| eq(w, h)))
+        };
+        let same = |w: &str, h: &str| w.eq_ignore_ascii_case(h);
+        // A technique matches itself and its sub-techniques.
+        let technique = |w: &str, h: &str| {
+            let h = h.to_ascii_lowercase();
+            h == w || h.strip_prefix(w).is_some_and(|rest| rest.starts_with('.'))
+        };
+        let device: Vec<String> = a.device_id.iter().chain(a.hostname.iter()).cloned().collect();
+        self.min_severity.is_none_or(|min| a.severity >= min)
+            && (self.rule_ids.is_empty() || self.rule_ids.contains(&a.rule_id))
+            && any(&self.techniques, &a.techniques, &technique)
+            && any(&self.tactics, &a.tactics, &same)
+            && (self.sources.is_empty() || self.sources.iter().any(|s| s == &a.source))
+            && any(&self.devices, &device, &same)
+    }
+}
+
+/// The action `rule` proposes for alert `a`, on which device, or why none.
+pub fn action_for(rule: &Rule, a: &AutomationAlert) -> Result<(DeviceId, Action), String> {
+    let device: DeviceId = a
+        .device_id
+        .as_deref()
+        .ok_or("the alert names no enrolled device")?
+        .parse()
+        .map_err(|_| "the alert's device id does not parse")?;
+    let spec = match rule.kind {
+        ActionKind::Isolate => json!({"kind": "isolate", "allow": rule.allow}),
+        ActionKind::CollectPackage => json!({"kind": "collect_package"}),
+        ActionKind::KillProcess => {
+            let Some(Entity::Process {
+                pid,
+                start_time_ms,
+                exe,
+                ..
+            }) = a.entities.iter().find(|e| matches!(e, Entity::Process { .. }))
+            else {
+                return Err("the alert names no process".into());
+            };
+            json!({"kind": "kill_process", "pid": pid, "start_time_ms": start_time_ms, "exe": exe})
+        }
+        ActionKind::QuarantineFile => {
+            let Some((path, sha256)) = a.entities.iter().find_map(|e| match e {
+                Entity::File { path, sha256: Some(h) } => Some((path, h)),
+                _ => None,
+            }) else {
+                return Err("the alert names no file with a SHA-256".into());
+            };
+            json!({"kind": "quarantine_file", "path": path, "sha256": hex::encode(sha256)})
+        }
+        other => return Err(format!("{} is not an automation action", other.as_str())),
+    };
+    let action = ActionSpec::parse(spec).map_err(|e| format!("the alert's target is not usable: {e}"))?;
+    Ok((device, action))
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub alerts: usize,
+    pub proposed: usize,
+    pub auto_approved: usize,
+    pub skipped: usize,
+}
+
+/// What became of one rule matching one alert.
+enum Handled {
+    Skipped,
+    Proposed,
+    /// Proposed and auto-approved; the command for this device is dispatched.
+    Dispatched(DeviceId),
+}
+
+/// Proposes `rule`'s action for alert `a` (and approves it if the rule says
+/// so), on the writer's store.
+fn handle_match(s: &mut Store, rule: &Rule, a: &AutomationAlert, rules: Rules<'_>) -> Result<Handled, String> {
+    let (device, action) = match action_for(rule, a) {
+        Ok(t) => t,
+        Err(why) => {
+            debug!(rule = %rule.name, alert = %a.id, %why, "automation rule matched, nothing to propose");
+            return Ok(Handled::Skipped);
+        }
+    };
+    let actor = rule.actor();
+    let now = now_ms();
+    let id = ward_protocol::CommandId::generate(now, &ring::rand::SystemRandom::new())
+        .map_err(|e| format!("cannot create an id: {e:?}"))?;
+    let new = NewAction {
+        id,
+        device_id: device,
+        action,
+        reason: format!(
+            "automation rule {}: alert {} ({}, {}) {}",
+            rule.name,
+            a.rule_id,
+            a.severity.as_str(),
+            a.source,
+            a.id
+        ),
+        requested_by: actor.name.clone(),
+        now_ms: now,
+        undo_of: None,
+        expires_at_ms: now.saturating_add(rules.policy.pending_ttl_ms),
+        incident_id: None,
+    };
+    if let AutomationOutcome::Skipped(why) = s
+        .automation_propose(&rule.name, &a.id, &new)
+        .map_err(|e| e.to_string())?
+    {
+        debug!(rule = %rule.name, alert = %a.id, %why, "automation proposal skipped");
+        return Ok(Handled::Skipped);
+    }
+    info!(rule = %rule.name, alert = %a.id, action = %id, kind = rule.kind.as_str(), "automation proposed an action");
+    if !rule.auto_approve {
+        return Ok(Handled::Proposed);
+    }
+    let comment = format!("auto-approved by automation rule {}", rule.name);
+    match s.decide_action(
+        &id.to_string(),
+        &actor,
+        Decision::AutoApprove,
+        &comment,
+        now_ms(),
+        rules,
+    ) {
+        Ok(Ok(outcome)) => Ok(outcome
+            .dispatched
+            .map_or(Handled::Proposed, |(d, _)| Handled::Dispatched(d))),
+        Ok(Err(e)) => {
+            // Stays pending for people (e.g. the device was revoked meanwhile).
+            warn!(rule = %rule.name, action = %id, error = %e, "automation could not approve");
+            Ok(Handled::Proposed)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Evaluates the alerts above the watermark (one batch) with `rules` on the
+/// writer; returns what it did and the devices with new commands to push.
+async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, Vec<DeviceId>), String> {
+    let rules = Arc::clone(rules);
+    let policy = Arc::clone(&dispatcher.policy);
+    let key = Arc::clone(&dispatcher.key);
+    dispatcher
+        .writer
+        .run(move |s| {
+            let sign = move |c: &ward_protocol::Command| {
+                key.sign_value(ward_protocol::SignatureKind::Command, c)
+                    .map_err(|e| e.to_string())
+            };
+            let signing = Rules {
+                policy: &policy,
+                sign: &sign,
+            };
+            let alerts = s.automation_alerts(BATCH).map_err(|e| e.to_string())?;
+            let mut done = Pass {
+                alerts: alerts.len(),
+                ..Pass::default()
+            };
+            let mut devices = Vec::new();
+            let Some(last) = alerts.last().map(|a| a.rowid) else {
+                return Ok((done, devices));
+            };
+            for a in &alerts {
+                for rule in rules.iter() {
+                    let Trigger::Alert(m) = &rule.trigger;
+                    if !m.matches(a) {
+                        continue;
+                    }
+                    match handle_match(s, rule, a, signing)? {
+                        Handled::Skipped => done.skipped += 1,
+                        Handled::Proposed => done.proposed += 1,
+                        Handled::Dispatched(device) => {
+                            done.proposed += 1;
+                            done.auto_approved += 1;
+                            devices.push(device);
+                        }
+                    }
+                }
+            }
+            s.automation_advance(last).map_err(|e| e.to_string())?;
+            Ok((done, devices))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// Runs `rules` until `shutdown` flips: after every writer commit (`commits`)
+/// and every [`AUTOMATION_POLL`], if the alerts table grew.
+pub async fn run_automation(
+    dispatcher: Arc<Dispatcher>,
+    rules: Vec<Rule>,
+    mut commits: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if rules.is_empty() {
+        return;
+    }
+    let rules = Arc::new(rules);
+    let mut tick = tokio::time::interval(AUTOMATION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The newest alert rowid already evaluated, as far as this process knows.
+    let mut seen: Option<i64> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = commits.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let newest = match dispatcher.reads.run(|s| s.newest_alert_rowid()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                warn!(error = %e, "automation cannot read the alerts table");
+                continue;
+            }
+            Err(_) => return,
+        };
+        if seen.is_some_and(|s| s >= newest) {
+            continue;
+        }
+        loop {
+            match pass(&dispatcher, &rules).await {
+                Ok((done, devices)) => {
+                    for device in devices {
+                        push(&dispatcher.reads, &dispatcher.registry, device).await;
+                    }
+                    if done.proposed > 0 || done.skipped > 0 {
+                        info!(?done, "automation pass");
+                    }
+                    if done.alerts < BATCH as usize {
+                        seen = Some(newest);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // The failed pass was itself a writer round: wait a poll period
+                    // rather than be woken by it at once.
+                    warn!(error = %e, "automation pass failed; retrying shortly");
+                    tokio::select! {
+                        _ = tokio::time::sleep(AUTOMATION_POLL) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn rules(toml: &str) -> Result<Vec<Rule>, String> {
+        let c = Config::parse(toml)?;
+        compile(&c.automation, &Policy::from_config(&c.actions)?)
+    }
+
+    fn alert() -> AutomationAlert {
+        AutomationAlert {
+            rowid: 1,
+            id: "A1".into(),
+            device_id: Some("01M84H66737TZZBQQJZAPV3RTC".into()),
+            hostname: Some("Web-1".into()),
+            source: "agent".into(),
+            rule_id: "ward-ransom-note".into(),
+            severity: Severity::High,
+            techniques: vec!["T1486".into(), "T1059.004".into()],
+            tactics: vec!["TA0040".into()],
+            entities: vec![
+                Entity::Process {
+                    pid: 42,
+                    ppid: 1,
+                    start_time_ms: 7,
+                    exe: "/usr/bin/evil".into(),
+                    cmdline: "evil".into(),
+                    sha256: None,
+                },
+                Entity::File {
+                    path: "/tmp/note.txt".into(),
+                    sha256: None,
+                },
+                Entity::File {
+                    path: "/tmp/x.bin".into(),
+                    sha256: Some([0xab; 32]),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn conditions_match_every_listed_criterion() {
+        let r = rules(
+            "[[automation]]\nname = \"r\"\naction = \"isolate\"\n[automation.alert]\nmin_severity = \"high\"\n\
+             techniques = [\"t1059\"]\ntactics = [\"ta0040\"]\nsources = [\"agent\"]\ndevices = [\"web-1\"]\n",
+        )
+        .unwrap();
+        let Trigger::Alert(m) = &r[0].trigger;
+        let a = alert();
+        assert!(m.matches(&a), "sub-technique, case-insensitive tactic and hostname");
+        let cases: Vec<(&str, AutomationAlert)> = vec![
+            (
+                "severity",
+                AutomationAlert {
+                    severity: Severity::Medium,
+                    ..alert()
+                },
+            ),
+            (
+                "technique",
+                AutomationAlert {
+                    techniques: vec!["T10590".into()],
+                    ..alert()
+                },
+            ),
+            (
+                "tactic",
+                AutomationAlert {
+                    tactics: vec![],
+                    ..alert()
+                },
+            ),
+            (
+                "source",
+                AutomationAlert {
+                    source: "identity".into(),
+                    ..alert()
+                },
+            ),
+            (
+                "device",
+                AutomationAlert {
+                    hostname: Some("web-2".into()),
+                    device_id: None,
+                    ..alert()
+                },
+            ),
+        ];
+        for (what, a) in cases {
+            assert!(!m.matches(&a), "{what} must not match");
+        }
+        let by_rule = rules("[[automation]]\nname = \"r\"\naction = \"collect_package\"\n[automation.alert]\nrule_ids = [\"ward-ransom-note\", \"other\"]\n").unwrap();
+        let Trigger::Alert(m) = &by_rule[0].trigger;
+        assert!(m.matches(&alert()));
+        assert!(!m.matches(&AutomationAlert {
+            rule_id: "ward-other".into(),
+            ..alert()
+        }));
+    }
+
+    #[test]
+    fn actions_take_their_target_from_the_alert() {
+        let compiled = rules(
+            "[[automation]]\nname = \"kill\"\naction = \"kill_process\"\n[automation.alert]\nmin_severity = \"low\"\n\
+             [[automation]]\nname = \"q\"\naction = \"quarantine_file\"\n[automation.alert]\nmin_severity = \"low\"\n\
+             [[automation]]\nname = \"iso\"\naction = \"isolate\"\nallow = [\"10.0.0.53\"]\nauto_approve = true\n[automation.alert]\nmin_severity = \"low\"\n",
+        )
+        .unwrap();
+        let a = alert();
+        let (_, kill) = action_for(&compiled[0], &a).unwrap();
+        assert_eq!(
+            kill,
+            Action::KillProcess {
+                pid: 42,
+                start_time_ms: 7,
+                exe: "/usr/bin/evil".into(),
+                tree: false
+            }
+        );
+        let (_, q) = action_for(&compiled[1], &a).unwrap();
+        assert_eq!(
+            q,
+            Action::QuarantineFile {
+                path: "/tmp/x.bin".into(),
+                sha256: [0xab; 32]
+            }
+        );
+        let (_, iso) = action_for(&compiled[2], &a).unwrap();
+        assert_eq!(
+            iso,
+            Action::Isolate {
+                allow: vec!["10.0.0.53".into()]
+            }
+        );
+        assert_eq!(compiled[2].actor().name, "automation:iso");
+        // No target, no proposal.
+        let bare = AutomationAlert {
+            entities: vec![],
+            device_id: None,
+            ..alert()
+        };
+        for r in &compiled {
+            assert!(action_for(r, &bare).is_err());
+        }
+        let no_hash = AutomationAlert {
+            entities: vec![Entity::File {
+                path: "/tmp/a".into(),
+                sha256: None,
+            }],
+            ..alert()
+        };
+        assert!(action_for(&compiled[1], &no_hash).unwrap_err().contains("SHA-256"));
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_a_reason() {
+        let ok_cond = "[automation.alert]\nmin_severity = \"high\"\n";
+        for (text, needle) in [
+            (
+                format!("[[automation]]\nname = \"a b\"\naction = \"isolate\"\n{ok_cond}"),
+                "a name is",
+            ),
+            (
+                format!("[[automation]]\nname = \"a\"\naction = \"release\"\n{ok_cond}"),
+                "action must be one of",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n".to_string(),
+                "needs a condition",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.alert]\n".to_string(),
+                "empty condition",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.alert]\nmin_severity = \"huge\"\n"
+                    .to_string(),
+                "unknown severity",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.alert]\nsources = [\"email\"]\n"
+                    .to_string(),
+                "unknown source",
+            ),
+            (
+                format!(
+                    "[[automation]]\nname = \"a\"\naction = \"isolate\"\n{ok_cond}[[automation]]\nname = \"a\"\naction = \"isolate\"\n{ok_cond}"
+                ),
+                "two rules",
+            ),
+            (
+                format!("[[automation]]\nname = \"a\"\naction = \"collect_package\"\nallow = [\"1.2.3.4\"]\n{ok_cond}"),
+                "only for isolate",
+            ),
+            (
+                format!("[[automation]]\nname = \"a\"\naction = \"isolate\"\nallow = [\"not a host!\"]\n{ok_cond}"),
+                "allow",
+            ),
+            (
+                format!("[[automation]]\nname = \"a\"\naction = \"isolate\"\nwhen = 1\n{ok_cond}"),
+                "unknown field",
+            ),
+            (
+                format!(
+                    "[actions.policy.isolate]\napprovals = 2\n[[automation]]\nname = \"a\"\naction = \"isolate\"\nauto_approve = true\n{ok_cond}"
+                ),
+                "auto_approve is refused",
+            ),
+        ] {
+            let err = rules(&text).unwrap_err();
+            assert!(err.contains(needle), "{text}\n=> {err}");
+        }
+        // Without auto-approve, a two-person kind is fine: people approve.
+        rules(&format!(
+            "[actions.policy.isolate]\napprovals = 2\n[[automation]]\nname = \"a\"\naction = \"isolate\"\n{ok_cond}"
+        ))
+        .unwrap();
+    }
+}

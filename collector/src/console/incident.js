@@ -1,0 +1,330 @@
+// The incident page: summary, the attack story (graph with a play control and the
+// alerts as a timeline), tabs (alerts, assets, evidence and response, activity),
+// editing and comments. Re-fetched every 3 s; the graph is redrawn only when the
+// incident's alerts change.
+
+import {
+  session, api, can, $, $$, esc, time, shortTime, ago, sev, pills, poll, toast, KILL_CHAIN, entityLabel, proposeAction,
+} from "./util.js";
+import { drawGraph } from "./graph.js";
+import { renderActions } from "./views.js";
+
+const CLASSIFICATIONS = ["", "true_positive", "informational_expected_activity", "false_positive"];
+const TABS = [["alerts", "Alerts"], ["assets", "Assets"], ["evidence", "Evidence and response"], ["activity", "Activity log"]];
+
+function summary(inc, scope) {
+  const on = new Set(inc.tactics.map((t) => t.id));
+  const known = new Set(KILL_CHAIN.map(([id]) => id));
+  const other = inc.tactics.filter((t) => !known.has(t.id));
+  const count = (k, label) => (scope[k] ? `<span><span class="k">${label}</span>${esc(scope[k])}</span>` : "");
+  return `<h2 id="incident-title">${sev(inc.severity)} ${esc(inc.title)} <span class="muted small mono">${esc(inc.id)}</span></h2>
+    <div class="summary"><span class="st-${esc(inc.status)}" id="incident-status">${esc(inc.status.replace("_", " "))}</span>
+      <span><span class="k">assignee</span>${esc(inc.assignee || "unassigned")}</span>
+      <span><span class="k">classification</span>${esc((inc.classification || "none").replaceAll("_", " "))}${inc.determination ? " · " + esc(inc.determination) : ""}</span>
+      <span><span class="k">tags</span>${pills(inc.tags) || "—"}</span><span><span class="k">sources</span>${pills(inc.sources)}</span>
+      <span><span class="k">first</span>${esc(time(inc.first_activity_ms))}</span><span><span class="k">last</span>${esc(time(inc.last_activity_ms))}</span></div>
+    <div class="killchain">${KILL_CHAIN.map(([id, name]) => `<span class="${on.has(id) ? "on" : ""}" title="${id}">${esc(name)}</span>`).join("")}</div>
+    ${other.length ? `<div>${pills(other.map((t) => t.name))}</div>` : ""}
+    <div class="summary">${count("alerts", "alerts")}${count("devices", "devices")}${count("users", "users")}${count("mailboxes", "mailboxes")}
+      ${count("processes", "processes")}${count("files", "files")}${count("ips", "IPs")}${count("domains", "domains")}${count("urls", "URLs")}</div>`;
+}
+
+function entityText(e) {
+  const v = e.value;
+  switch (v.kind) {
+    case "file": return v.path + (v.sha256 ? " sha256:" + v.sha256.slice(0, 12) + "…" : "");
+    case "process": return v.exe + " pid " + v.pid + (v.cmdline ? " · " + v.cmdline : "");
+    default: return entityLabel(v);
+  }
+}
+
+/** Device (id, hostname) an entity's action would target: the device of its first alert. */
+function deviceOf(detail, e) {
+  const byAlert = new Map(detail.alerts.map((l) => [l.alert.id, l.alert.device_id]));
+  if (e.kind === "device") {
+    const d = detail.devices.find((d) => d.hostname === e.value.hostname);
+    if (d) return d;
+  }
+  for (const id of e.alert_ids) {
+    const dev = byAlert.get(id);
+    if (dev) return detail.devices.find((d) => d.id === dev) || { id: dev, hostname: dev };
+  }
+  return null;
+}
+
+/** The actions an entity offers: [label, action JSON, description]. */
+function entityActions(e) {
+  const v = e.value;
+  switch (v.kind) {
+    case "device": return [["Isolate", { kind: "isolate", allow: [] }, "isolate the device from the network"],
+      ["Collect package", { kind: "collect_package" }, "collect an investigation package"]];
+    case "file": return v.sha256 ? [["Quarantine", { kind: "quarantine_file", path: v.path, sha256: v.sha256 }, "quarantine " + v.path]] : [];
+    case "process": return [["Kill", { kind: "kill_process", pid: v.pid, start_time_ms: v.start_time_ms, exe: v.exe, tree: false }, "kill " + v.exe + " (pid " + v.pid + ")"]];
+    default: return [];
+  }
+}
+
+function entityButtons(detail, i) {
+  if (!can("analyst")) return "";
+  const e = detail.entities[i];
+  const dev = deviceOf(detail, e);
+  if (!dev) return "";
+  return entityActions(e).map(([label], k) => `<button class="propose" data-entity="${i}" data-k="${k}">${esc(label)}…</button>`).join(" ");
+}
+
+function entityPanel(detail, i) {
+  const e = detail.entities[i];
+  const alerts = new Set(e.alert_ids);
+  return `<div class="panel" id="entity-panel"><h3>${esc(e.kind)}: ${esc(entityLabel(e.value))}</h3>
+    <div class="kv"><div>Value</div><div class="mono">${esc(entityText(e))}</div><div>Verdict</div><div>${esc(e.verdict)}</div>
+    <div>Remediation</div><div>${esc(e.remediation)}</div><div>Roles</div><div>${pills(e.roles)}</div>
+    <div>Alerts</div><div>${esc(alerts.size)}</div><div>Seen</div><div>${esc(time(e.first_seen_ms))} – ${esc(time(e.last_seen_ms))}</div></div>
+    <div class="form-row">${entityButtons(detail, i)}</div></div>`;
+}
+
+function alertPanel(detail, id) {
+  const link = detail.alerts.find((l) => l.alert.id === id);
+  if (!link) return "";
+  const a = link.alert;
+  return `<div class="panel"><h3>${sev(a.severity)} ${esc(a.rule.title)}</h3><div class="kv">
+    <div>Observed</div><div>${esc(time(a.observed_at_ms))}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
+    <div>ATT&amp;CK</div><div>${pills(a.rule.tactics)}${pills(a.rule.techniques)}</div><div>Source</div><div>${esc(a.source)}</div>
+    <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
+    <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div></div>`;
+}
+
+/** Rows of the alerts tab drawn at first; the rest on request (a 500-alert incident stays quick). */
+const FIRST_ROWS = 100;
+
+function alertsTab(detail, all) {
+  const devices = new Map(detail.devices.map((d) => [d.id, d.hostname]));
+  const rows = all ? detail.alerts : detail.alerts.slice(0, FIRST_ROWS);
+  return `<table id="incident-alerts"><thead><tr><th>Observed</th><th>Severity</th><th>Rule</th><th>Source</th><th>Device</th><th>Entities</th><th>Why linked</th></tr></thead><tbody>
+    ${rows.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}</td><td>${sev(a.severity)}</td>
+      <td>${esc(a.rule.title)}<div class="muted small">${esc((a.rule.tactics || []).join(" "))} ${esc((a.rule.techniques || []).join(" "))}</div></td>
+      <td>${esc(a.source)}</td><td>${esc(a.device_id ? devices.get(a.device_id) || a.device_id : "—")}</td>
+      <td class="small">${a.entities.slice(0, 4).map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
+      <td>${esc(reason)} <span class="muted small">${esc(linked_by)}</span></td></tr>`).join("")}</tbody></table>
+    ${rows.length < detail.alerts.length ? `<p><button id="alerts-all">Show all ${esc(detail.alerts.length)} alerts</button></p>` : ""}`;
+}
+
+function assetsTab(detail) {
+  const of = (kind) => detail.entities.map((e, i) => [e, i]).filter(([e]) => e.kind === kind);
+  const isolate = (d) => {
+    if (!can("analyst")) return "";
+    const i = detail.entities.findIndex((e) => e.kind === "device" && e.value.hostname === d.hostname);
+    return i >= 0 ? entityButtons(detail, i) : `<button class="propose-device" data-device="${esc(d.id)}">Isolate…</button>`;
+  };
+  return `<h3>Devices</h3><table id="incident-devices"><thead><tr><th>Host</th><th>Online</th><th>Isolation</th><th>Last seen</th><th></th></tr></thead><tbody>
+    ${detail.devices.map((d) => `<tr><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a></td><td>${d.online ? `<span class="ok">online</span>` : "offline"}</td>
+      <td>${esc(d.isolation)}</td><td>${esc(ago(d.last_seen_ms))}</td><td>${isolate(d)}</td></tr>`).join("")}</tbody></table>
+    <h3>Users</h3>${of("user").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
+    <h3>Mailboxes</h3>${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+}
+
+function evidenceTab(detail) {
+  return `<h3>Entities</h3><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
+    ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${esc(entityText(e))}</td>
+      <td>${esc(e.verdict)}</td><td>${esc(e.remediation)}</td><td>${esc(e.alert_ids.length)}</td><td>${entityButtons(detail, i)}</td></tr>`).join("")}</tbody></table>
+    <h3>Actions</h3><div id="incident-actions"></div>`;
+}
+
+function activityTab(detail) {
+  return `<table><thead><tr><th>When</th><th>Who</th><th>What</th><th>Detail</th></tr></thead><tbody>
+    ${detail.activity.map((a) => `<tr><td>${esc(time(a.at_ms))}</td><td>${esc(a.actor)}</td><td>${esc(a.kind)}</td><td>${esc(a.detail)}</td></tr>`).join("")
+    || `<tr><td colspan="4" class="muted">Nothing yet.</td></tr>`}</tbody></table>`;
+}
+
+function editForm(inc) {
+  if (!can("analyst")) return `<p class="hint">Viewers cannot change incidents.</p>`;
+  const opt = (vals, cur) => vals.map((v) => `<option value="${esc(v)}"${(cur || "") === v ? " selected" : ""}>${esc(v ? v.replaceAll("_", " ") : "—")}</option>`).join("");
+  return `<form id="incident-edit">
+    <div class="form-row"><label>Title</label><input type="text" name="title" size="34" value="${esc(inc.title)}"></div>
+    <div class="form-row"><label>Status</label><select name="status">${opt(["active", "in_progress", "resolved"], inc.status)}</select></div>
+    <div class="form-row"><label>Severity</label><select name="severity">${opt(["informational", "low", "medium", "high", "critical"], inc.severity)}</select></div>
+    <div class="form-row"><label>Assignee</label><input type="text" name="assignee" value="${esc(inc.assignee || "")}"><button type="button" id="assign-me">Me</button></div>
+    <div class="form-row"><label>Classification</label><select name="classification">${opt(CLASSIFICATIONS, inc.classification)}</select></div>
+    <div class="form-row"><label>Determination</label><input type="text" name="determination" value="${esc(inc.determination || "")}"></div>
+    <div class="form-row"><label>Tags</label><input type="text" name="tags" value="${esc(inc.tags.join(", "))}" placeholder="comma separated"></div>
+    <div class="form-row"><button class="primary" id="incident-save">Save</button></div></form>`;
+}
+
+function changes(form, inc) {
+  const f = new FormData(form);
+  const out = {};
+  const str = (k) => String(f.get(k) || "").trim();
+  if (str("title") && str("title") !== inc.title) out.title = str("title");
+  if (str("status") !== inc.status) out.status = str("status");
+  if (str("severity") !== inc.severity) out.severity = str("severity");
+  if (str("assignee") !== (inc.assignee || "")) out.assignee = str("assignee") || null;
+  if (str("classification") !== (inc.classification || "")) out.classification = str("classification") || null;
+  if (str("determination") !== (inc.determination || "")) out.determination = str("determination") || null;
+  const tags = str("tags").split(",").map((t) => t.trim()).filter(Boolean);
+  if (tags.join(",") !== inc.tags.join(",")) out.tags = tags;
+  return out;
+}
+
+function comments(detail) {
+  return `<div id="comments">${detail.comments.map((c) => `<div class="comment"><b>${esc(c.author)}</b> <span class="muted small">${esc(time(c.at_ms))}</span><div>${esc(c.text)}</div></div>`).join("")
+    || `<p class="muted">No comments.</p>`}</div>
+    ${can("analyst") ? `<form id="comment-form"><textarea id="comment-text" rows="2" cols="34" placeholder="Add a comment"></textarea><div><button class="primary">Comment</button></div></form>` : ""}`;
+}
+
+export async function incidentView(root, args, q, current) {
+  const started = performance.now();
+  const id = args[0];
+  let detail = await api(`/api/v1/incidents/${encodeURIComponent(id)}`);
+  const fetched = performance.now();
+  if (!current()) return;
+  let tab = q.get("tab") || "alerts";
+  let allAlerts = false;
+  let selected = null;
+  root.innerHTML = `<section class="card" id="incident-summary"></section>
+    <div class="grid2"><section class="card"><h3>Attack story</h3>
+      <div class="graph-controls"><button id="play">▶ Play</button><input id="play-step" type="range" min="0" value="0">
+        <span id="play-label" class="muted small"></span><button id="graph-all">Show all</button></div>
+      <div class="graph-wrap" id="graph-box"></div></section>
+      <section class="card"><div id="side"></div><h3>Timeline</h3><div class="timeline" id="incident-timeline"></div></section></div>
+    <div class="grid2"><section class="card"><div class="tabs">${TABS.map(([k, l]) => `<button data-tab="${k}">${esc(l)}</button>`).join("")}</div><div id="tab"></div></section>
+      <section class="card"><h3>Triage</h3><div id="edit"></div><h3>Comments</h3><div id="comment-box"></div></section></div>`;
+
+  let graph = null;
+  let alertSig = "";
+  const side = () => {
+    $("#side", root).innerHTML = selected == null ? `<p class="hint">Select an entity in the graph to see its alerts and act on it.</p>`
+      : selected.kind === "entity" ? entityPanel(detail, selected.i) : alertPanel(detail, selected.id);
+    const hl = selected?.kind === "entity" ? new Set(detail.entities[selected.i]?.alert_ids || []) : new Set(selected ? [selected.id] : []);
+    for (const el of $$("#incident-timeline .item", root)) el.classList.toggle("hl", hl.has(el.dataset.alert));
+  };
+  const drawStory = () => {
+    const sig = detail.alerts.map((l) => l.alert.id).join() + "|" + detail.entities.length;
+    if (sig === alertSig) return;
+    alertSig = sig;
+    const alerts = detail.alerts.map((l) => l.alert);
+    $("#incident-timeline", root).innerHTML = alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span title="${esc(time(a.observed_at_ms))}">${esc(shortTime(a.observed_at_ms))}</span>
+      <span>${sev(a.severity)}</span><span>${esc(a.rule.title)}</span></div>`).join("");
+    graph = drawGraph($("#graph-box", root), detail, {
+      onSelectEntity: (i) => { selected = i == null ? null : { kind: "entity", i }; side(); },
+      onSelectAlert: (aid) => { selected = { kind: "alert", id: aid }; side(); },
+    });
+    const range = $("#play-step", root);
+    range.max = String(graph.steps);
+    range.value = String(graph.steps);
+    $("#play-label", root).textContent = `${graph.steps} / ${graph.steps}`;
+  };
+  const drawTab = () => {
+    $$(".tabs button", root).forEach((b) => b.classList.toggle("active", b.dataset.tab === tab));
+    const box = $("#tab", root);
+    box.innerHTML = tab === "assets" ? assetsTab(detail) : tab === "evidence" ? evidenceTab(detail)
+      : tab === "activity" ? activityTab(detail) : alertsTab(detail, allAlerts);
+    if (tab === "evidence") renderActions($("#incident-actions", root), detail.actions, refresh);
+  };
+  const phases = {};
+  const timed = (name, f) => { const t = performance.now(); f(); phases[name] = (phases[name] || 0) + performance.now() - t; };
+  const drawAll = () => {
+    timed("summary", () => { $("#incident-summary", root).innerHTML = summary(detail.incident, detail.scope)
+      + (detail.incident.status === "redirected" && detail.incident.redirected_to
+        ? `<p>Merged into <a href="#/incident/${esc(detail.incident.redirected_to)}">${esc(detail.incident.redirected_to)}</a>.</p>` : ""); });
+    timed("story", drawStory);
+    timed("side", side);
+    timed("tab", drawTab);
+    const editing = root.contains(document.activeElement) && document.activeElement.closest("#edit, #comment-box");
+    if (!editing) {
+      $("#edit", root).innerHTML = editForm(detail.incident);
+      $("#comment-box", root).innerHTML = comments(detail);
+    }
+  };
+  async function refresh() {
+    const fresh = await api(`/api/v1/incidents/${encodeURIComponent(id)}`);
+    if (!current()) return;
+    const before = JSON.stringify([detail.incident, detail.actions, detail.comments, detail.activity, detail.entities.length, detail.alerts.length]);
+    detail = fresh;
+    if (before !== JSON.stringify([detail.incident, detail.actions, detail.comments, detail.activity, detail.entities.length, detail.alerts.length])) drawAll();
+  }
+
+  // Proposals from entities (graph panel, evidence and assets tabs).
+  root.addEventListener("click", (ev) => {
+    const b = ev.target.closest("button.propose, button.propose-device");
+    if (!b) return;
+    let device;
+    let action;
+    let what;
+    if (b.classList.contains("propose-device")) {
+      device = detail.devices.find((d) => d.id === b.dataset.device);
+      [action, what] = [{ kind: "isolate", allow: [] }, "isolate the device from the network"];
+    } else {
+      const e = detail.entities[Number(b.dataset.entity)];
+      device = deviceOf(detail, e);
+      [, action, what] = entityActions(e)[Number(b.dataset.k)];
+    }
+    if (!device) return;
+    proposeAction({ deviceId: device.id, deviceName: device.hostname, action, incidentId: id, what }).then((v) => v && refresh());
+  });
+  $("#tab", root).addEventListener("click", (ev) => {
+    if (ev.target.id === "alerts-all") { allAlerts = true; drawTab(); }
+  });
+  $(".tabs", root).addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-tab]");
+    if (!b) return;
+    tab = b.dataset.tab;
+    history.replaceState(null, "", `#/incident/${encodeURIComponent(id)}?tab=${tab}`);
+    drawTab();
+  });
+  $("#edit", root).addEventListener("click", (ev) => {
+    if (ev.target.id === "assign-me") $("#incident-edit [name=assignee]", root).value = session.me.name;
+  });
+  $("#edit", root).addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = changes(ev.target, detail.incident);
+    if (!Object.keys(body).length) { toast("Nothing changed"); return; }
+    try {
+      detail = await api(`/api/v1/incidents/${encodeURIComponent(id)}`, { method: "PATCH", body });
+      document.activeElement?.blur();
+      drawAll();
+      toast("Saved");
+    } catch (e) { toast(e.message, true); }
+  });
+  $("#comment-box", root).addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const text = $("#comment-text", root).value.trim();
+    if (!text) return;
+    try {
+      await api(`/api/v1/incidents/${encodeURIComponent(id)}/comments`, { method: "POST", body: { text } });
+      document.activeElement?.blur();
+      $("#comment-text", root).value = "";
+      await refresh();
+      $("#comment-box", root).innerHTML = comments(detail);
+    } catch (e) { toast(e.message, true); }
+  });
+
+  // Play: reveal the story's nodes in time order over about five seconds.
+  let player = null;
+  const show = (k) => { graph.step(k); $("#play-step", root).value = String(k); $("#play-label", root).textContent = `${k} / ${graph.steps}`; };
+  const stop = () => { clearInterval(player); player = null; $("#play", root).textContent = "▶ Play"; };
+  $("#play", root).addEventListener("click", () => {
+    if (player) { stop(); return; }
+    let k = Number($("#play-step", root).value) >= graph.steps ? 0 : Number($("#play-step", root).value);
+    $("#play", root).textContent = "❚❚ Pause";
+    const per = Math.max(15, Math.min(400, 5000 / Math.max(graph.steps, 1)));
+    show(k);
+    player = setInterval(() => {
+      if (!current()) { clearInterval(player); return; }
+      k += 1;
+      show(k);
+      if (k >= graph.steps) stop();
+    }, per);
+  });
+  $("#play-step", root).addEventListener("input", (ev) => { if (player) stop(); show(Number(ev.target.value)); });
+  $("#graph-all", root).addEventListener("click", () => { if (player) stop(); show(graph.steps); });
+
+  drawAll();
+  // Reported for the browser test: from navigation to the graph on screen.
+  const built = performance.now();
+  await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const drawn = performance.now();
+  phases.layoutAndPaint = drawn - built;
+  window.wardPerf = { incident: id, alerts: detail.alerts.length, entities: detail.entities.length,
+    phases, fetchMs: fetched - started, renderMs: drawn - fetched, totalMs: drawn - started };
+  document.body.dataset.incidentRendered = id;
+  poll(refresh, 3000);
+}

@@ -1,0 +1,330 @@
+// The incident queue, the action centre and the device pages.
+
+import {
+  session, api, can, $, $$, esc, time, ago, sev, pills, poll, go, toast, SEVERITIES, proposeAction, shortTime,
+} from "./util.js";
+
+const STATUSES = ["active", "in_progress", "resolved", "redirected"];
+const SOURCES = ["agent", "collector", "identity", "mailbox"];
+const TEXT_FILTERS = ["assignee", "tag", "device", "user", "tactic"];
+/** Query keys the queue passes to the API unchanged. */
+const API_FILTERS = ["status", "severity", "source", "sort", "since_ms", "until_ms", "limit", ...TEXT_FILTERS];
+
+function unavailable(e) {
+  return e.status === 404 && /route/.test(e.message);
+}
+
+// ---- incident queue ----
+
+/** Keyboard cursor of the queue, kept across refreshes by incident id. */
+const queue = { cursorId: null, ids: [], seen: new Set() };
+
+function queueRows(incidents, fresh) {
+  return incidents.map((i) => `<tr class="row${fresh.has(i.id) ? " new" : ""}${i.id === queue.cursorId ? " cursor" : ""}" data-id="${esc(i.id)}">
+    <td>${sev(i.severity)}</td>
+    <td><a href="#/incident/${esc(i.id)}">${esc(i.title)}</a></td>
+    <td class="st-${esc(i.status)}">${esc(i.status.replace("_", " "))}</td>
+    <td>${esc(i.assignee || "—")}</td>
+    <td>${pills(i.sources)}</td>
+    <td>${esc(i.device_count)}</td><td>${esc(i.user_count)}</td>
+    <td>${(i.tactics || []).map((t) => `<span class="pill" title="${esc(t.id)}">${esc(t.name)}</span>`).join("")}</td>
+    <td title="${esc(time(i.last_activity_ms))}">${esc(ago(i.last_activity_ms))}</td></tr>`).join("");
+}
+
+function filterBar(q) {
+  const status = (q.get("status") || "active,in_progress").split(",");
+  const text = (name, label) =>
+    `<label>${label}<input type="text" data-filter="${name}" value="${esc(q.get(name) || "")}"></label>`;
+  return `<div class="filters">
+    ${STATUSES.map((s) => `<label><input type="checkbox" data-status="${s}"${status.includes(s) ? " checked" : ""}>${s.replace("_", " ")}</label>`).join("")}
+    <label>Severity ≥ <select data-filter="severity"><option value="">any</option>${SEVERITIES.map((s) =>
+      `<option${q.get("severity") === s ? " selected" : ""}>${s}</option>`).join("")}</select></label>
+    <label>Source <select data-filter="source"><option value="">any</option>${SOURCES.map((s) =>
+      `<option${q.get("source") === s ? " selected" : ""}>${s}</option>`).join("")}</select></label>
+    ${text("assignee", "Assignee")}${text("tag", "Tag")}${text("device", "Device")}${text("user", "User")}${text("tactic", "Tactic")}
+    <label>Sort <select data-filter="sort">${["last_activity", "severity"].map((s) =>
+      `<option${(q.get("sort") || "last_activity") === s ? " selected" : ""} value="${s}">${s.replace("_", " ")}</option>`).join("")}</select></label>
+    <span class="hint">j/k to move, Enter to open</span></div>`;
+}
+
+function readFilters(root, q) {
+  const out = {};
+  for (const k of API_FILTERS) if (q.get(k)) out[k] = q.get(k);
+  out.status = $$("[data-status]", root).filter((c) => c.checked).map((c) => c.dataset.status).join(",");
+  for (const el of $$("[data-filter]", root)) out[el.dataset.filter] = el.value.trim();
+  return out;
+}
+
+function apiQuery(q) {
+  const p = new URLSearchParams();
+  for (const k of API_FILTERS) if (q.get(k)) p.set(k, q.get(k));
+  if (!q.get("status")) p.set("status", "active,in_progress");
+  return p.toString();
+}
+
+function moveCursor(root, delta) {
+  const rows = $$("tbody tr.row", root);
+  if (!rows.length) return;
+  let i = rows.findIndex((r) => r.dataset.id === queue.cursorId);
+  i = Math.max(0, Math.min(rows.length - 1, i < 0 ? 0 : i + delta));
+  rows.forEach((r) => r.classList.remove("cursor"));
+  rows[i].classList.add("cursor");
+  rows[i].scrollIntoView({ block: "nearest" });
+  queue.cursorId = rows[i].dataset.id;
+}
+
+let queueKeys = null;
+
+export async function queueView(root, _args, q, current) {
+  const query = apiQuery(q);
+  let data;
+  try {
+    data = await api("/api/v1/incidents?" + query);
+  } catch (e) {
+    if (!unavailable(e)) throw e;
+    root.innerHTML = `<section class="card"><h2>Incidents</h2><p>This collector has no incidents API.</p></section>`;
+    return;
+  }
+  if (!current()) return;
+  let incidents = data.incidents;
+  let next = data.next_cursor;
+  queue.seen = new Set(incidents.map((i) => i.id));
+  root.innerHTML = `<section class="card"><h2>Incidents <span id="queue-count" class="muted small"></span></h2>${filterBar(q)}</section>
+    <section class="card"><table id="queue"><thead><tr><th>Severity</th><th>Title</th><th>Status</th><th>Assignee</th>
+    <th>Sources</th><th>Devices</th><th>Users</th><th>Tactics</th><th>Last activity</th></tr></thead><tbody></tbody></table>
+    <p><button id="queue-more" hidden>More</button></p></section>`;
+  const draw = (fresh = new Set()) => {
+    $("#queue tbody", root).innerHTML = queueRows(incidents, fresh)
+      || `<tr><td colspan="9" class="muted">No incidents match.</td></tr>`;
+    $("#queue-count", root).textContent = incidents.length + (next ? "+" : "") + " shown";
+    $("#queue-more", root).hidden = !next;
+  };
+  draw();
+  $("#queue tbody", root).addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr.row");
+    if (tr && ev.target.tagName !== "A") go("incident/" + tr.dataset.id);
+  });
+  for (const el of $$("[data-status], select[data-filter]", root)) el.addEventListener("change", () => go("incidents", readFilters(root, q)));
+  for (const el of $$("input[data-filter]", root)) {
+    el.addEventListener("keydown", (ev) => { if (ev.key === "Enter") go("incidents", readFilters(root, q)); });
+    el.addEventListener("change", () => go("incidents", readFilters(root, q)));
+  }
+  $("#queue-more", root).addEventListener("click", async () => {
+    const page = await api("/api/v1/incidents?" + query + "&cursor=" + encodeURIComponent(next));
+    incidents = incidents.concat(page.incidents);
+    next = page.next_cursor;
+    draw();
+  });
+  if (queueKeys) document.removeEventListener("keydown", queueKeys);
+  queueKeys = (ev) => {
+    if (!current() || !$("#queue", root) || ev.target.closest("input, select, textarea")) return;
+    if (ev.key === "j" || ev.key === "ArrowDown") { moveCursor(root, 1); ev.preventDefault(); }
+    else if (ev.key === "k" || ev.key === "ArrowUp") { moveCursor(root, -1); ev.preventDefault(); }
+    else if (ev.key === "Enter" && queue.cursorId) go("incident/" + queue.cursorId);
+  };
+  document.addEventListener("keydown", queueKeys);
+  // New and changed incidents appear without a reload; new ones flash.
+  poll(async () => {
+    const fresh = await api("/api/v1/incidents?" + query);
+    if (!current()) return;
+    const added = new Set(fresh.incidents.filter((i) => !queue.seen.has(i.id)).map((i) => i.id));
+    fresh.incidents.forEach((i) => queue.seen.add(i.id));
+    const byId = new Map(fresh.incidents.map((i) => [i.id, i]));
+    const rest = incidents.slice(fresh.incidents.length).filter((i) => !byId.has(i.id));
+    incidents = fresh.incidents.concat(rest);
+    if (!rest.length) next = fresh.next_cursor;
+    draw(added);
+  }, 3000);
+}
+
+// ---- action centre ----
+
+const IN_FLIGHT = ["approved", "dispatched", "acked"];
+const UNDOABLE = ["isolate", "quarantine_file"];
+/** Comments typed into pending cards, kept across refreshes. */
+const drafts = new Map();
+
+function actionCard(a) {
+  const mayDecide = can("approver") && a.requested_by !== session.me.name;
+  const mayCancel = a.requested_by === session.me.name || can("approver");
+  return `<div class="action-card" data-action="${esc(a.id)}">
+    <div class="summary"><b>${esc(a.summary)}</b><span><span class="k">on</span><a href="#/device/${esc(a.device_id)}">${esc(a.device_hostname)}</a>
+      <span class="muted mono small">${esc(a.device_id)}</span></span>
+      <span><span class="k">requested by</span>${esc(a.requested_by)} ${esc(ago(a.requested_at_ms))}</span>
+      <span><span class="k">expires</span>${esc(time(a.expires_at_ms))}</span></div>
+    <div><span class="k muted">Reason:</span> ${esc(a.reason)}</div>
+    <div class="muted small">Exactly what the device will be told to do:</div>
+    <pre class="mono">${esc(JSON.stringify(a.action, null, 1))}</pre>
+    ${mayDecide ? `<div class="form-row"><input type="text" size="50" class="decision-comment" placeholder="comment (required to reject)"
+      value="${esc(drafts.get(a.id) || "")}"><button class="primary approve">Approve</button><button class="danger reject">Reject</button>
+      ${mayCancel ? `<button class="cancel">Cancel request</button>` : ""}</div>`
+    : `<div class="hint">${a.requested_by === session.me.name ? "Your request: another approver must decide." : "Approvers decide."}
+      ${mayCancel ? `<button class="cancel">Cancel request</button>` : ""}</div>`}</div>`;
+}
+
+function resultCell(a) {
+  if (a.result) return `<span class="${a.result.outcome === "succeeded" ? "ok" : "error"}">${esc(a.result.outcome)}</span> ${esc(a.result.detail)}`;
+  if (a.status === "rejected") return `rejected by ${esc(a.decided_by)}: ${esc(a.decision_comment)}`;
+  if (a.status === "cancelled") return `cancelled by ${esc(a.cancelled_by)}`;
+  return "";
+}
+
+function historyRows(actions) {
+  return actions.map((a) => `<tr data-action="${esc(a.id)}"><td title="${esc(time(a.updated_at_ms))}">${esc(ago(a.updated_at_ms))}</td>
+    <td>${esc(a.summary)}${a.undo_of ? ` <span class="pill">undo</span>` : ""}</td>
+    <td><a href="#/device/${esc(a.device_id)}">${esc(a.device_hostname)}</a></td>
+    <td>${esc(a.requested_by)}</td><td>${esc(a.decided_by || "")}</td>
+    <td class="action-status">${esc(a.status.replace("_", " "))}</td><td>${resultCell(a)}</td>
+    <td>${can("analyst") && a.status === "succeeded" && UNDOABLE.includes(a.kind) ? `<button class="undo">Undo</button>` : ""}
+      ${a.package_bytes ? `<button class="package">Package (${esc(a.package_bytes)} B)</button>` : ""}</td></tr>`).join("");
+}
+
+/** Renders action rows (pending cards, in-flight and history tables) into `root`. */
+export function renderActions(root, actions, onChange) {
+  const pending = actions.filter((a) => a.status === "pending_approval");
+  const flight = actions.filter((a) => IN_FLIGHT.includes(a.status));
+  const done = actions.filter((a) => a.status !== "pending_approval" && !IN_FLIGHT.includes(a.status));
+  const head = `<thead><tr><th>Updated</th><th>Action</th><th>Device</th><th>Requested by</th><th>Decided by</th><th>Status</th><th>Result</th><th></th></tr></thead>`;
+  root.innerHTML = `<section class="card"><h3>Waiting for approval (${pending.length})</h3>
+      <div id="pending">${pending.map(actionCard).join("") || `<p class="muted">Nothing waits for approval.</p>`}</div></section>
+    <section class="card"><h3>In flight (${flight.length})</h3><table>${head}<tbody>${historyRows(flight)}</tbody></table></section>
+    <section class="card"><h3>History</h3><table>${head}<tbody id="action-history">${historyRows(done)}</tbody></table></section>`;
+  const decide = async (id, verb, card) => {
+    const comment = $(".decision-comment", card)?.value.trim() || "";
+    try {
+      const v = await api(`/api/v1/actions/${id}/${verb}`, { method: "POST", body: { comment } });
+      drafts.delete(id);
+      toast(`${v.summary}: ${v.status.replace("_", " ")}`);
+      onChange();
+    } catch (e) { toast(e.message, true); }
+  };
+  for (const card of $$("[data-action]", root)) {
+    const id = card.dataset.action;
+    $(".decision-comment", card)?.addEventListener("input", (ev) => drafts.set(id, ev.target.value));
+    $(".approve", card)?.addEventListener("click", () => decide(id, "approve", card));
+    $(".reject", card)?.addEventListener("click", () => decide(id, "reject", card));
+    $(".cancel", card)?.addEventListener("click", () => decide(id, "cancel", card));
+    $(".undo", card)?.addEventListener("click", async () => {
+      try {
+        const v = await api(`/api/v1/actions/${id}/undo`, { method: "POST", body: {} });
+        toast("Proposed " + v.summary + ": waiting for approval");
+        onChange();
+      } catch (e) { toast(e.message, true); }
+    });
+    $(".package", card)?.addEventListener("click", () => downloadPackage(id));
+  }
+}
+
+async function downloadPackage(id) {
+  const r = await fetch(`/api/v1/actions/${id}/package`, { headers: { Authorization: "Bearer " + session.token } });
+  if (!r.ok) { toast("package: " + r.statusText, true); return; }
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = `ward-package-${id}.bin`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+export async function actionsView(root, _args, _q, current) {
+  root.innerHTML = `<div id="action-centre"></div>`;
+  const box = $("#action-centre", root);
+  let signature = "";
+  const refresh = async () => {
+    const { actions } = await api("/api/v1/actions?limit=200");
+    if (!current()) return;
+    const sig = actions.map((a) => a.id + a.status + a.updated_at_ms).join();
+    // Redraw only when something changed, so a comment being typed is not disturbed.
+    if (sig === signature) return;
+    const focused = document.activeElement?.closest?.("[data-action]")?.dataset.action;
+    signature = sig;
+    renderActions(box, actions, refresh);
+    if (focused) $(`[data-action="${focused}"] .decision-comment`, box)?.focus();
+  };
+  await refresh();
+  poll(refresh, 2000);
+}
+
+// ---- devices ----
+
+function deviceState(d) {
+  return d.revoked_at_ms ? "revoked" : d.online ? `<span class="ok">online</span>` : `<span class="muted">offline</span>`;
+}
+
+async function openIncidents(device) {
+  try {
+    const r = await api(`/api/v1/incidents?status=active,in_progress&limit=500&device=${encodeURIComponent(device)}`);
+    return r.incidents;
+  } catch (e) {
+    if (unavailable(e)) return null;
+    throw e;
+  }
+}
+
+export async function devicesView(root, _args, _q, current) {
+  const draw = async () => {
+    const { devices } = await api("/api/v1/devices");
+    const counts = await Promise.all(devices.slice(0, 50).map((d) => openIncidents(d.id)));
+    if (!current()) return;
+    root.innerHTML = `<section class="card"><h2>Devices (${devices.length})</h2><table id="devices"><thead><tr><th>Host</th><th>Status</th>
+      <th>Isolation</th><th>Last seen</th><th>Agent</th><th>OS</th><th>Open incidents</th><th>Missing alerts</th></tr></thead><tbody>
+      ${devices.map((d, i) => `<tr class="row" data-id="${esc(d.id)}"><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a>
+        <div class="muted small mono">${esc(d.id)}</div></td><td>${deviceState(d)}</td>
+        <td>${d.isolation === "none" ? "—" : `<b class="error">${esc(d.isolation)}</b>`}</td>
+        <td title="${esc(time(d.last_seen_ms))}">${esc(ago(d.last_seen_ms))}</td><td>${esc(d.agent_version)}</td><td>${esc(d.os)}</td>
+        <td>${counts[i] == null ? "—" : esc(counts[i].length)}</td><td>${esc(d.missing_alerts)}</td></tr>`).join("")}
+      </tbody></table></section>`;
+    $("#devices tbody", root).addEventListener("click", (ev) => {
+      const tr = ev.target.closest("tr.row");
+      if (tr && ev.target.tagName !== "A") go("device/" + tr.dataset.id);
+    });
+  };
+  await draw();
+  poll(draw, 5000);
+}
+
+/** Alerts on a time axis (one dot per alert, coloured by severity) above the list. */
+export function alertTimeline(alerts) {
+  if (!alerts.length) return `<p class="muted">No alerts.</p>`;
+  const t0 = alerts[0].observed_at_ms;
+  const t1 = Math.max(alerts[alerts.length - 1].observed_at_ms, t0 + 1);
+  const W = 1000;
+  const dots = alerts.map((a) => `<circle cx="${(10 + ((a.observed_at_ms - t0) / (t1 - t0)) * (W - 20)).toFixed(1)}" cy="20" r="5"
+    class="sevdot sevdot-${esc(a.severity)}"><title>${esc(time(a.observed_at_ms) + " " + a.rule.title)}</title></circle>`).join("");
+  return `<svg class="strip" viewBox="0 0 ${W} 40" preserveAspectRatio="none"><line class="axis" x1="0" y1="20" x2="${W}" y2="20"></line>${dots}</svg>
+    <div class="muted small strip-range"><span>${esc(time(t0))}</span><span>${esc(time(t1))}</span></div>
+    <div class="timeline">${alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span title="${esc(time(a.observed_at_ms))}">${esc(shortTime(a.observed_at_ms))}</span>
+      <span>${sev(a.severity)}</span><span>${esc(a.rule.title)} <span class="muted small">${esc((a.rule.tactics || []).join(" "))}</span></span></div>`).join("")}</div>`;
+}
+
+export async function deviceView(root, args, _q, current) {
+  const id = args[0];
+  const draw = async () => {
+    const [d, { alerts }, incidents, { actions }] = await Promise.all([
+      api(`/api/v1/devices/${encodeURIComponent(id)}`),
+      api(`/api/v1/alerts?device=${encodeURIComponent(id)}&limit=500`),
+      openIncidents(id),
+      api(`/api/v1/actions?device=${encodeURIComponent(id)}&limit=50`),
+    ]);
+    if (!current()) return;
+    alerts.sort((a, b) => a.observed_at_ms - b.observed_at_ms);
+    root.innerHTML = `<section class="card"><h2>${esc(d.hostname)} <span class="muted small mono">${esc(d.id)}</span></h2>
+      <div class="summary"><span><span class="k">status</span>${deviceState(d)}</span>
+      <span><span class="k">isolation</span><span id="dev-isolation">${esc(d.isolation)}</span></span><span><span class="k">last seen</span>${esc(time(d.last_seen_ms))}</span>
+      <span><span class="k">agent</span>${esc(d.agent_version)}</span><span><span class="k">OS</span>${esc(d.os)} ${esc(d.kernel)}</span>
+      <span><span class="k">addresses</span>${pills(d.addresses)}</span><span><span class="k">users</span>${pills(d.logged_on_users)}</span></div>
+      ${can("analyst") ? `<div class="form-row"><button id="dev-isolate">Isolate…</button><button id="dev-release">Release…</button>
+        <button id="dev-package">Collect package…</button></div>` : ""}</section>
+      <div class="grid2"><section class="card"><h3>Alerts (${alerts.length})</h3>${alertTimeline(alerts)}</section>
+      <section class="card"><h3>Open incidents</h3>${incidents == null ? `<p class="muted">No incidents API.</p>`
+        : incidents.map((i) => `<div>${sev(i.severity)} <a href="#/incident/${esc(i.id)}">${esc(i.title)}</a></div>`).join("") || `<p class="muted">None.</p>`}
+      <h3>Actions</h3>${actions.map((a) => `<div>${esc(shortTime(a.updated_at_ms))} ${esc(a.summary)}: <b>${esc(a.status.replace("_", " "))}</b></div>`).join("") || `<p class="muted">None.</p>`}
+      </section></div>`;
+    const propose = (action, what) => proposeAction({ deviceId: d.id, deviceName: d.hostname, action, what }).then((v) => v && draw());
+    $("#dev-isolate", root)?.addEventListener("click", () => propose({ kind: "isolate", allow: [] }, "isolate the device from the network"));
+    $("#dev-release", root)?.addEventListener("click", () => propose({ kind: "release" }, "release the device from isolation"));
+    $("#dev-package", root)?.addEventListener("click", () => propose({ kind: "collect_package" }, "collect an investigation package"));
+  };
+  await draw();
+  poll(async () => { if (!$("#propose") || $("#propose").hidden) await draw(); }, 5000);
+}

@@ -1,0 +1,358 @@
+//! Storage for automation rules ([`crate::actions::automation`]): the alerts
+//! table read by rowid from a persisted watermark, and proposals recorded once
+//! per rule and alert, in the same transaction as the action they create.
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+use ward_protocol::{Entity, Severity};
+
+use super::actions::insert_action;
+use super::{NewAction, Store, StoreError};
+use crate::actions::params::ActionSpec;
+
+/// The watermark row of the alert stream.
+const ALERTS: &str = "alerts";
+
+/// What automation needs to know about an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutomationAlert {
+    pub rowid: i64,
+    pub id: String,
+    pub device_id: Option<String>,
+    pub hostname: Option<String>,
+    pub source: String,
+    pub rule_id: String,
+    pub severity: Severity,
+    pub techniques: Vec<String>,
+    pub tactics: Vec<String>,
+    /// The entities an action can target (processes, files); others are left out.
+    pub entities: Vec<Entity>,
+}
+
+/// What became of a rule's match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutomationOutcome {
+    Proposed,
+    /// Not proposed, and why (already proposed for this alert, or a duplicate).
+    Skipped(String),
+}
+
+/// A process or file entity from its stored JSON view ([`crate::entity::to_json`]).
+fn target_entity(v: &Value) -> Option<Entity> {
+    let hash = |v: &Value| -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(v.as_str()?, &mut out).ok()?;
+        Some(out)
+    };
+    match v["kind"].as_str()? {
+        "process" => Some(Entity::Process {
+            pid: u32::try_from(v["pid"].as_u64()?).ok()?,
+            ppid: v["ppid"].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            start_time_ms: v["start_time_ms"].as_u64()?,
+            exe: v["exe"].as_str()?.to_string(),
+            cmdline: v["cmdline"].as_str().unwrap_or_default().to_string(),
+            sha256: hash(&v["sha256"]),
+        }),
+        "file" => Some(Entity::File {
+            path: v["path"].as_str()?.to_string(),
+            sha256: hash(&v["sha256"]),
+        }),
+        _ => None,
+    }
+}
+
+fn strings(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+impl Store {
+    /// The newest alert's rowid (0 when there is none).
+    pub fn newest_alert_rowid(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM alerts", [], |r| r.get(0))?)
+    }
+
+    /// Up to `limit` alerts above the automation watermark, oldest first. The
+    /// first call on a database sets the watermark to the newest alert, so
+    /// rules act only on alerts that arrive after automation was enabled.
+    pub fn automation_alerts(&mut self, limit: u32) -> Result<Vec<AutomationAlert>, StoreError> {
+        let mark: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last_rowid FROM automation_watermarks WHERE stream = ?1",
+                [ALERTS],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(mark) = mark else {
+            let newest = self.newest_alert_rowid()?;
+            self.automation_advance(newest)?;
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.rowid, a.id, a.device_id, d.hostname, a.source, a.rule_id, a.severity, a.techniques, a.tactics,
+                    a.entities
+             FROM alerts a LEFT JOIN devices d ON d.id = a.device_id
+             WHERE a.rowid > ?1 ORDER BY a.rowid LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![mark, limit], |r| {
+                let severity: i64 = r.get(6)?;
+                let entities: String = r.get(9)?;
+                Ok(AutomationAlert {
+                    rowid: r.get(0)?,
+                    id: r.get(1)?,
+                    device_id: r.get(2)?,
+                    hostname: r.get(3)?,
+                    source: r.get(4)?,
+                    rule_id: r.get(5)?,
+                    severity: usize::try_from(severity)
+                        .ok()
+                        .and_then(|i| Severity::ALL.get(i).copied())
+                        .unwrap_or(Severity::Informational),
+                    techniques: strings(&r.get::<_, String>(7)?),
+                    tactics: strings(&r.get::<_, String>(8)?),
+                    entities: serde_json::from_str::<Vec<Value>>(&entities)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(target_entity)
+                        .collect(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Moves the automation watermark to `rowid` (never backwards).
+    pub fn automation_advance(&self, rowid: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO automation_watermarks (stream, last_rowid) VALUES (?1, ?2)
+             ON CONFLICT(stream) DO UPDATE SET last_rowid = MAX(last_rowid, excluded.last_rowid)",
+            params![ALERTS, rowid],
+        )?;
+        Ok(())
+    }
+
+    /// Stores `new`, proposed by automation rule `rule` for alert `alert_id`,
+    /// unless the rule already proposed for that alert, the same rule has the
+    /// same action waiting or running on the device, or (for an isolate) the
+    /// device has an isolate pending or in force. Proposal, its record and its
+    /// audit entry are one transaction.
+    pub fn automation_propose(
+        &mut self,
+        rule: &str,
+        alert_id: &str,
+        new: &NewAction,
+    ) -> Result<AutomationOutcome, StoreError> {
+        let tx = self.conn.transaction()?;
+        let done: Option<String> = tx
+            .query_row(
+                "SELECT outcome FROM automation_proposals WHERE rule = ?1 AND alert_id = ?2",
+                params![rule, alert_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(outcome) = done {
+            return Ok(AutomationOutcome::Skipped(format!(
+                "already handled for this alert: {outcome}"
+            )));
+        }
+        let device = new.device_id.to_string();
+        let spec = serde_json::to_string(&ActionSpec::of(&new.action))
+            .map_err(|e| StoreError::Corrupt(format!("action does not encode: {e}")))?;
+        let same: Option<String> = tx
+            .query_row(
+                "SELECT id FROM actions WHERE device_id = ?1 AND requested_by = ?2 AND action = ?3
+                   AND status IN ('pending_approval', 'approved', 'dispatched', 'acked') LIMIT 1",
+                params![device, new.requested_by, spec],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let isolated: Option<String> = if new.action.kind() == ward_protocol::ActionKind::Isolate {
+            tx.query_row(
+                "SELECT 'action ' || id FROM actions WHERE device_id = ?1 AND kind = 'isolate'
+                   AND status IN ('pending_approval', 'approved', 'dispatched', 'acked')
+                 UNION ALL
+                 SELECT 'action ' || id FROM (SELECT id, kind FROM actions
+                     WHERE device_id = ?1 AND kind IN ('isolate', 'release') AND status = 'succeeded'
+                     ORDER BY finished_at_ms DESC, id DESC LIMIT 1) WHERE kind = 'isolate'
+                 UNION ALL
+                 SELECT 'the device reports it' FROM devices WHERE id = ?1 AND isolation = 'isolated'
+                 LIMIT 1",
+                params![device],
+                |r| r.get(0),
+            )
+            .optional()?
+        } else {
+            None
+        };
+        let skipped = match (isolated, same) {
+            (Some(by), _) => Some(format!("the device is already isolated or being isolated ({by})")),
+            (None, Some(id)) => Some(format!("the same action {id} is already waiting or running")),
+            (None, None) => None,
+        };
+        let (action_id, outcome) = match skipped {
+            Some(why) => (None, AutomationOutcome::Skipped(why)),
+            None => match insert_action(&tx, new)? {
+                Ok(()) => (Some(new.id.to_string()), AutomationOutcome::Proposed),
+                Err(refusal) => (None, AutomationOutcome::Skipped(refusal.to_string())),
+            },
+        };
+        let text = match &outcome {
+            AutomationOutcome::Proposed => "proposed".to_string(),
+            AutomationOutcome::Skipped(why) => format!("skipped: {why}"),
+        };
+        tx.execute(
+            "INSERT INTO automation_proposals (rule, alert_id, action_id, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![rule, alert_id, action_id, text, super::i64_of(new.now_ms)],
+        )?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::entity::to_json;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn enrolled(store: &mut Store) -> ward_protocol::DeviceId {
+        use ring::rand::SystemRandom;
+        let rng = SystemRandom::new();
+        store.create_enroll_token(&[1; 32], 1, T0, T0 + 1000).unwrap();
+        let id = ward_protocol::DeviceId::generate(T0, &rng).unwrap();
+        let (key, _) = ward_protocol::SigningKey::generate(&rng).unwrap();
+        let new = super::super::NewDevice {
+            id,
+            signing_key: key.public_key(),
+            cert_sha256: [1; 32],
+            inventory: ward_protocol::Inventory {
+                hostname: "h".into(),
+                os: String::new(),
+                kernel: String::new(),
+                addresses: vec![],
+                logged_on_users: vec![],
+                agent_version: String::new(),
+            },
+        };
+        store.enroll(&[1; 32], &new, T0).unwrap().unwrap();
+        id
+    }
+
+    fn new_action(device: ward_protocol::DeviceId, action: ward_protocol::Action, by: &str) -> NewAction {
+        NewAction {
+            id: ward_protocol::CommandId::generate(T0, &ring::rand::SystemRandom::new()).unwrap(),
+            device_id: device,
+            action,
+            reason: "r".into(),
+            requested_by: by.into(),
+            now_ms: T0,
+            undo_of: None,
+            expires_at_ms: T0 + 1_000_000,
+            incident_id: None,
+        }
+    }
+
+    #[test]
+    fn one_proposal_per_rule_and_alert_and_no_second_isolate() {
+        use ward_protocol::Action;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let dev = enrolled(&mut store);
+        let isolate = || Action::Isolate { allow: vec![] };
+        let p = |store: &mut Store, rule: &str, alert: &str, action: Action| {
+            let new = new_action(dev, action, &format!("automation:{rule}"));
+            store.automation_propose(rule, alert, &new).unwrap()
+        };
+        assert_eq!(
+            p(&mut store, "pkg", "a1", Action::CollectPackage),
+            AutomationOutcome::Proposed
+        );
+        // The same rule and alert again (a crash before the watermark moved): skipped.
+        let again = p(&mut store, "pkg", "a1", Action::CollectPackage);
+        assert!(
+            matches!(again, AutomationOutcome::Skipped(ref w) if w.contains("already handled")),
+            "{again:?}"
+        );
+        // The same rule, another alert, the same action still waiting: skipped.
+        let same = p(&mut store, "pkg", "a2", Action::CollectPackage);
+        assert!(
+            matches!(same, AutomationOutcome::Skipped(ref w) if w.contains("same action")),
+            "{same:?}"
+        );
+        // An isolate a person proposed is pending: no isolate from a rule.
+        store
+            .create_action(&new_action(dev, isolate(), "ann"))
+            .unwrap()
+            .unwrap();
+        let iso = p(&mut store, "iso", "a3", isolate());
+        assert!(
+            matches!(iso, AutomationOutcome::Skipped(ref w) if w.contains("isolated")),
+            "{iso:?}"
+        );
+        // Once nothing is pending and the device does not report isolation, it may.
+        store
+            .conn
+            .execute("UPDATE actions SET status = 'rejected' WHERE kind = 'isolate'", [])
+            .unwrap();
+        assert_eq!(p(&mut store, "iso", "a4", isolate()), AutomationOutcome::Proposed);
+        store
+            .conn
+            .execute("UPDATE actions SET status = 'rejected' WHERE kind = 'isolate'", [])
+            .unwrap();
+        store
+            .conn
+            .execute("UPDATE devices SET isolation = 'isolated'", [])
+            .unwrap();
+        let reported = p(&mut store, "iso", "a5", isolate());
+        assert!(
+            matches!(reported, AutomationOutcome::Skipped(ref w) if w.contains("reports")),
+            "{reported:?}"
+        );
+        let recorded: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM automation_proposals", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(recorded, 5, "one row each for a1..a5; the repeat of a1 adds none");
+    }
+
+    #[test]
+    fn the_watermark_starts_at_the_newest_alert_and_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("ward.db")).unwrap();
+        assert_eq!(store.automation_alerts(10).unwrap(), vec![]);
+        store.automation_advance(5).unwrap();
+        store.automation_advance(3).unwrap();
+        let mark: i64 = store
+            .conn
+            .query_row("SELECT last_rowid FROM automation_watermarks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mark, 5);
+    }
+
+    #[test]
+    fn targets_read_back_from_the_stored_view() {
+        let p = Entity::Process {
+            pid: 9,
+            ppid: 1,
+            start_time_ms: 5,
+            exe: "/bin/x".into(),
+            cmdline: "x -y".into(),
+            sha256: Some([3; 32]),
+        };
+        let f = Entity::File {
+            path: "/tmp/f".into(),
+            sha256: None,
+        };
+        assert_eq!(target_entity(&to_json(&p)), Some(p));
+        assert_eq!(target_entity(&to_json(&f)), Some(f));
+        assert_eq!(target_entity(&json!({"kind": "device", "hostname": "h"})), None);
+        assert_eq!(target_entity(&json!({"kind": "process", "pid": -1})), None);
+    }
+}
