@@ -783,11 +783,18 @@ impl Store {
         if f.statuses.is_empty() {
             sql.push_str(" AND i.status <> 'redirected'");
         } else {
-            sql.push_str(&format!(" AND i.status IN ({})", vec!["?"; f.statuses.len()].join(",")));
+            // `+` keeps SQLite on the time index: most incidents match, and the first page comes at once.
+            sql.push_str(&format!(
+                " AND +i.status IN ({})",
+                vec!["?"; f.statuses.len()].join(",")
+            ));
             p.extend(f.statuses.iter().map(|s| s.as_str().to_string().into()));
         }
         if let Some(s) = f.min_severity {
-            sql.push_str(" AND i.severity >= ?");
+            sql.push_str(match f.sort {
+                IncidentSort::LastActivity => " AND +i.severity >= ?",
+                IncidentSort::Severity => " AND i.severity >= ?",
+            });
             p.push(sev_num(s).into());
         }
         if let Some(a) = &f.assignee {
