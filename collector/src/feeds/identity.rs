@@ -50,7 +50,13 @@ pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
     let is_table = table
         .as_deref()
         .is_some_and(|t| SIGN_IN_TABLES.iter().any(|n| n.eq_ignore_ascii_case(t)));
-    if is_table || (text(v, &["userPrincipalName"]).is_some() && text(v, &["createdDateTime"]).is_some()) {
+    // Graph API sign-ins (createdDateTime), and SigninLogs rows exported with a
+    // `project` that left out the `Type` column (TimeGenerated + ResultType).
+    let graph = text(v, &["userPrincipalName"]).is_some() && text(v, &["createdDateTime"]).is_some();
+    let projected_row = text(v, &["UserPrincipalName"]).is_some()
+        && text(v, &["TimeGenerated"]).is_some()
+        && text(v, &["ResultType"]).is_some();
+    if is_table || graph || projected_row {
         return match entra(v, v) {
             Ok(s) => Normalized::Record {
                 kind: "entra-signinlogs",

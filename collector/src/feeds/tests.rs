@@ -572,3 +572,15 @@ mod never_panics {
         }
     }
 }
+
+/// A SigninLogs export whose query projected columns (no `Type`) is still a sign-in.
+#[test]
+fn signinlogs_rows_without_a_type_column_are_recognised() {
+    let (_dir, mut store) = store();
+    let row = json!({"TimeGenerated": "2026-11-20T09:00:00Z", "Id": "row-1", "UserPrincipalName": "bob@contoso.com",
+        "IPAddress": "203.0.113.9", "ResultType": "0", "RiskLevelDuringSignIn": "high", "RiskState": "atRisk",
+        "LocationDetails": {"city": "Lima", "countryOrRegion": "PE"}});
+    let report = run(&mut store, Feed::Identity, &ndjson(&[row]));
+    assert_eq!((report.imported, report.skipped_count), (1, 0), "{report:?}");
+    assert_eq!(alerts(&store, "ward-identity-risky-sign-in").len(), 1);
+}
