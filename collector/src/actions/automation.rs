@@ -995,6 +995,30 @@ mod tests {
     }
 
     #[test]
+    fn the_template_examples_compile() {
+        // The commented `[[automation]]` examples, uncommented, are valid rules.
+        let template = Config::template("127.0.0.1:4433");
+        let mut examples = String::new();
+        let mut inside = false;
+        for line in template.lines() {
+            if line == "# [[automation]]" {
+                inside = true;
+            } else if !line.starts_with("# [") && !line.contains(" = ") {
+                // Prose or a blank line ends an example.
+                inside = false;
+            }
+            if inside {
+                examples.push_str(line.trim_start_matches("# "));
+                examples.push('\n');
+            }
+        }
+        let compiled = rules(&examples).unwrap();
+        assert_eq!(compiled.len(), 2, "{examples}");
+        assert!(matches!(compiled[0].trigger, Trigger::Alert(_)));
+        assert!(matches!(compiled[1].trigger, Trigger::Incident(_)));
+    }
+
+    #[test]
     fn bad_rules_are_refused_with_a_reason() {
         let ok_cond = "[automation.alert]\nmin_severity = \"high\"\n";
         for (text, needle) in [
