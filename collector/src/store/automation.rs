@@ -472,6 +472,110 @@ mod tests {
     }
 
     #[test]
+    fn the_incident_stream_reads_each_touched_incident_once_with_all_its_targets() {
+        use super::super::{AlertSource, SourcedAlert};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let device = enrolled(&mut store).to_string();
+        let alert = |id: &str, device: Option<&str>, pid: u32| SourcedAlert {
+            id: id.into(),
+            source: AlertSource::Collector,
+            device_id: device.map(str::to_string),
+            observed_at_ms: T0,
+            last_observed_at_ms: T0,
+            rule: ward_protocol::RuleRef {
+                id: "r".into(),
+                title: "R".into(),
+                author: "t".into(),
+                severity: Severity::High,
+                techniques: vec![],
+                tactics: vec![],
+            },
+            entities: vec![Entity::Process {
+                pid,
+                ppid: 1,
+                start_time_ms: 5,
+                exe: "/bin/x".into(),
+                cmdline: String::new(),
+                sha256: None,
+            }],
+            count: 1,
+            matched: serde_json::Map::new(),
+        };
+        let incident = |store: &Store, id: &str, seq: i64, status: &str| {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
+                         first_title, several_titles, first_activity_ms, last_activity_ms, created_at_ms,
+                         updated_at_ms, alert_count, device_count, user_count, mailbox_count)
+                     VALUES (?1, ?2, 't', 3, 3, ?3, '[\"agent\"]', '[\"TA0040\"]', 't', 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+                    params![id, seq, status],
+                )
+                .unwrap();
+        };
+        let link = |store: &mut Store, alert: SourcedAlert, incident: &str| {
+            store.insert_sourced_alerts(&[alert.clone()], T0).unwrap();
+            store
+                .conn
+                .execute(
+                    "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms)
+                     SELECT rowid, ?2, 'test', 'correlator', 0 FROM alerts WHERE id = ?1",
+                    params![alert.id, incident],
+                )
+                .unwrap();
+        };
+        incident(&store, "INC-A", 1, "active");
+        incident(&store, "INC-B", 2, "resolved");
+        link(&mut store, alert("a1", Some(&device), 1), "INC-A");
+        // The first read starts the stream at the newest link.
+        assert_eq!(store.automation_incidents(10).unwrap(), IncidentBatch::default());
+        link(&mut store, alert("a2", Some(&device), 2), "INC-A");
+        link(&mut store, alert("a3", Some(&device), 2), "INC-A");
+        link(&mut store, alert("a4", None, 3), "INC-B");
+        let batch = store.automation_incidents(10).unwrap();
+        assert_eq!(batch.links, 3);
+        assert_eq!(batch.last, Some(store.newest_incident_link().unwrap()));
+        let ids: Vec<&str> = batch.incidents.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["INC-A", "INC-B"],
+            "each touched incident once, resolved too (rules filter)"
+        );
+        let a = &batch.incidents[0];
+        assert_eq!((a.status.as_str(), a.severity), ("active", Severity::High));
+        assert_eq!(
+            (a.tactics.clone(), a.sources.clone()),
+            (vec!["TA0040".to_string()], vec!["agent".to_string()])
+        );
+        let pids: Vec<u32> = a
+            .alerts
+            .iter()
+            .map(|(d, e)| {
+                assert_eq!(d, &device);
+                match e.as_slice() {
+                    [Entity::Process { pid, .. }] => *pid,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(pids, vec![1, 2, 2], "all its alerts, the ones before the watermark too");
+        assert_eq!(
+            batch.incidents[1].alerts,
+            vec![],
+            "alerts without a device give no target"
+        );
+        // A batch stops at the limit; advancing moves past what was read.
+        let first = store.automation_incidents(2).unwrap();
+        assert_eq!((first.links, first.incidents.len()), (2, 1));
+        store.automation_advance_incidents(first.last.unwrap()).unwrap();
+        let rest = store.automation_incidents(10).unwrap();
+        assert_eq!((rest.links, rest.incidents[0].id.as_str()), (1, "INC-B"));
+        store.automation_advance_incidents(rest.last.unwrap()).unwrap();
+        assert_eq!(store.automation_incidents(10).unwrap().links, 0);
+    }
+
+    #[test]
     fn targets_read_back_from_the_stored_view() {
         let p = Entity::Process {
             pid: 9,
