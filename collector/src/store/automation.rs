@@ -515,7 +515,7 @@ mod tests {
                 .unwrap();
         };
         let link = |store: &mut Store, alert: SourcedAlert, incident: &str| {
-            store.insert_sourced_alerts(&[alert.clone()], T0).unwrap();
+            store.insert_sourced_alerts(std::slice::from_ref(&alert), T0).unwrap();
             store
                 .conn
                 .execute(
