@@ -390,9 +390,9 @@ requester_may_approve = false
 # requester_may_approve = false
 # command_ttl_ms = 86400000
 
-# Automation rules: an alert matching a rule's condition proposes an action by
-# itself, as actor "automation:<name>", once per rule and alert (and never a second
-# isolate of a device already isolated or being isolated). It waits for approval
+# Automation rules: an alert (or an incident, below) matching a rule's condition
+# proposes an action by itself, as actor "automation:<name>", once per rule and
+# alert (and never a second isolate of a device already isolated or being isolated). It waits for approval
 # unless auto_approve = true (refused for kinds needing more than one approver);
 # agents count an automation approval as no one, so a device acts on auto-approved
 # commands only for kinds its [response] min_approvals_by_kind sets to 0.
@@ -412,6 +412,19 @@ requester_may_approve = false
 # tactics = []                       # e.g. "TA0040"
 # sources = ["agent"]                # agent, identity, mailbox, collector
 # devices = []                       # device ids or hostnames
+# A rule has exactly one condition: [automation.alert] above, or one on incidents,
+# checked each time an alert joins an incident (in its state then; open incidents
+# only). The action is proposed for each target among the incident's alerts (isolate
+# and collect_package: each device; kill_process, quarantine_file: each alert's
+# process or file on its device), tied to the incident, once per rule, incident and
+# target; rules see alerts joining incidents after they were enabled.
+# [[automation]]
+# name = "isolate-on-broad-incident"
+# action = "isolate"
+# [automation.incident]
+# min_severity = "high"              # the incident's severity
+# tactics = ["TA0040", "TA0008"]     # any of them in the incident
+# sources_all = ["agent", "mailbox"] # all of them in the incident
 
 [correlation]
 # An alert joins an open incident that shares a strong entity with it (device, user,

@@ -3,7 +3,9 @@
 //! isolate of a device already being isolated is never proposed; an
 //! auto-approving rule's command is signed and delivered at once, its approval
 //! record naming the rule; alerts written by another process are picked up too;
-//! and on a real agent, a known-bad file is quarantined with no person involved.
+//! on a real agent, a known-bad file is quarantined with no person involved; and
+//! an incident crossing a rule's severity and tactic condition proposes one
+//! isolate of its device, tied to the incident, however many alerts join later.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -233,4 +235,115 @@ async fn known_bad_file_is_quarantined_automatically_on_a_real_agent() {
     println!("file written to quarantined: {:?}", started.elapsed());
     assert!(!target.exists(), "the file was moved to quarantine: {done}");
     assert_eq!(done["approvals"][0]["by"], "automation:quarantine-known-bad");
+}
+
+async fn incidents_of(collector: &Collector) -> Vec<Value> {
+    let (status, body) = collector.get("/api/v1/incidents").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["incidents"].as_array().cloned().unwrap_or_default()
+}
+
+/// The one incident, once it holds `alerts` alerts.
+async fn wait_incident(collector: &Collector, alerts: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let incidents = incidents_of(collector).await;
+        if let Some(i) = incidents.iter().find(|i| i["alert_count"].as_i64() >= Some(alerts)) {
+            assert_eq!(
+                incidents.len(),
+                1,
+                "the alerts correlate into one incident: {incidents:?}"
+            );
+            return i.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an incident with {alerts} alerts expected, have {incidents:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tactic_alert(dev: &mut TestDevice, severity: Severity, tactic: &str) -> Signed {
+    let mut a = dev.next_alert();
+    a.rule.severity = severity;
+    a.rule.tactics = vec![tactic.into()];
+    dev.sign(&a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_crossing_a_condition_proposes_once() {
+    let collector = Collector::start_with(|c| {
+        c.push_str(
+            "\n[[automation]]\nname = \"isolate-broad-incident\"\naction = \"isolate\"\n\
+             [automation.incident]\nmin_severity = \"high\"\ntactics = [\"TA0040\"]\n\
+             [[automation]]\nname = \"phish-to-host\"\naction = \"collect_package\"\n\
+             [automation.incident]\nsources_all = [\"agent\", \"mailbox\"]\n",
+        )
+    })
+    .unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "web-1").await.unwrap();
+    dev.connect().await.unwrap();
+    let device = dev.id().to_string();
+
+    // Medium alerts on two kill-chain stages, Impact among them: the incident is
+    // medium, below the rule's severity; and no mailbox alert is in it.
+    let early = vec![
+        tactic_alert(&mut dev, Severity::Medium, "TA0002"),
+        tactic_alert(&mut dev, Severity::Medium, "TA0040"),
+    ];
+    dev.send_batch(early).await.unwrap();
+    let incident = wait_incident(&collector, 2).await;
+    assert_eq!(incident["severity"], "medium", "{incident}");
+    let id = incident["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(actions_of(&collector, &device).await, Vec::<Value>::new());
+
+    // A third stage raises the incident to high: the rule matches.
+    let started = Instant::now();
+    let third = tactic_alert(&mut dev, Severity::Medium, "TA0008");
+    dev.send_batch(vec![third]).await.unwrap();
+    let actions = wait_actions(&collector, &device, 1).await;
+    println!("third stage to proposal: {:?}", started.elapsed());
+    let isolate = &actions[0];
+    assert_eq!(isolate["kind"], "isolate", "{isolate}");
+    assert_eq!(isolate["status"], "pending_approval", "it waits for a person");
+    assert_eq!(isolate["requested_by"], "automation:isolate-broad-incident");
+    assert_eq!(isolate["incident_id"], id.as_str(), "{isolate}");
+    assert!(isolate["reason"].as_str().unwrap().contains(&id), "{isolate}");
+    assert_eq!(wait_incident(&collector, 3).await["severity"], "high");
+
+    // More alerts join (the incident matches again each time): still one.
+    let later = vec![
+        tactic_alert(&mut dev, Severity::High, "TA0040"),
+        tactic_alert(&mut dev, Severity::Critical, "TA0040"),
+    ];
+    dev.send_batch(later).await.unwrap();
+    wait_incident(&collector, 5).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (status, body) = collector
+        .get(&format!("/api/v1/actions?incident_id={id}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let tied = body["actions"].as_array().unwrap();
+    assert_eq!(tied.len(), 1, "{body}");
+    assert_eq!(tied[0]["id"], isolate["id"]);
+    assert_eq!(actions_of(&collector, &device).await.len(), 1, "nothing else proposed");
+
+    let db = rusqlite::Connection::open(collector.data_dir().join("ward.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let records: Vec<(String, String)> = db
+        .prepare("SELECT rule, alert_id FROM automation_proposals")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        records,
+        vec![("isolate-broad-incident".to_string(), format!("incident:{id}:{device}"))],
+        "recorded once per rule, incident and device"
+    );
 }

@@ -18,9 +18,16 @@
 //! of the same rule still waiting or running on the device; and no isolate of a
 //! device with an isolate pending or in force (whoever proposed it).
 //!
-//! Conditions are a closed set ([`Trigger`]); alerts are the one source today.
-//! Incidents (minimum incident severity, tactics) are meant to be a second
-//! variant, evaluated from the incidents table the same way.
+//! Conditions are a closed set ([`Trigger`]): alerts, or incidents. Incident
+//! rules are evaluated when alerts join an incident: a second watermark tails
+//! `incident_alerts` by alert rowid (links are written by the correlator in
+//! rowid order), and each incident touched is checked in its current state
+//! (open, minimum incident severity, any of the tactics, all of the sources).
+//! A matching incident proposes the action for each target among its alerts
+//! (each device; each alert's process or file on its device), with the
+//! proposal's `incident_id` set, once per rule, incident and target. Analyst
+//! changes alone (a severity raised by hand) do not re-evaluate an incident;
+//! the next alert joining it does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +43,8 @@ use super::params::ActionSpec;
 use super::policy::{Policy, kind_named};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
 use crate::api::auth::Role;
-use crate::store::{AutomationAlert, AutomationOutcome, Decision, NewAction, Rules, Store};
+use crate::incidents::model::tactic_rank;
+use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, Decision, NewAction, Rules, Store};
 use crate::util::now_ms;
 
 /// How often the runner looks for alerts committed by other processes.
@@ -66,9 +74,25 @@ pub struct RuleConfig {
     /// For `isolate`: addresses, networks or names that stay reachable.
     #[serde(default)]
     pub allow: Vec<String>,
-    /// Condition on alerts.
+    /// Condition on alerts (exactly one of `alert` and `incident`).
     #[serde(default)]
     pub alert: Option<AlertCondition>,
+    /// Condition on incidents.
+    #[serde(default)]
+    pub incident: Option<IncidentCondition>,
+}
+
+/// Every listed criterion must hold; an empty list (or no `min_severity`) does
+/// not restrict. Only open incidents (active, in progress) match.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentCondition {
+    /// The incident's severity at least this.
+    pub min_severity: Option<String>,
+    /// ATT&CK tactic ids (`TA0040`); any of them.
+    pub tactics: Vec<String>,
+    /// Alert sources (agent, identity, mailbox, collector); all of them present.
+    pub sources_all: Vec<String>,
 }
 
 /// Every listed criterion must hold; within a list, any entry may match; an
@@ -94,6 +118,15 @@ pub struct AlertCondition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     Alert(AlertMatch),
+    Incident(IncidentMatch),
+}
+
+/// A validated incident condition, normalized for matching.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IncidentMatch {
+    pub min_severity: Option<Severity>,
+    pub tactics: Vec<String>,
+    pub sources_all: Vec<String>,
 }
 
 /// A validated alert condition, normalized for matching.
@@ -185,50 +218,106 @@ pub fn compile(configs: &[RuleConfig], policy: &Policy) -> Result<Vec<Rule>, Str
                 kind.as_str()
             ));
         }
-        let Some(cond) = &c.alert else {
-            return Err(format!("{at}: needs a condition ([automation.alert])"));
+        let trigger = match (&c.alert, &c.incident) {
+            (Some(cond), None) => Trigger::Alert(alert_match(&at, cond)?),
+            (None, Some(cond)) => Trigger::Incident(incident_match(&at, cond)?),
+            (None, None) => {
+                return Err(format!(
+                    "{at}: needs a condition ([automation.alert] or [automation.incident])"
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: has both [automation.alert] and [automation.incident]; a rule has exactly one condition"
+                ));
+            }
         };
-        let min_severity = cond
-            .min_severity
-            .as_deref()
-            .map(|s| Severity::parse(s).ok_or_else(|| format!("{at}.alert.min_severity: unknown severity {s:?}")))
-            .transpose()?;
-        let sources = list(&at, "alert.sources", &cond.sources, true)?;
-        if let Some(bad) = sources.iter().find(|s| !SOURCES.contains(&s.as_str())) {
-            return Err(format!(
-                "{at}.alert.sources: unknown source {bad:?}; known: {}",
-                SOURCES.join(", ")
-            ));
-        }
-        let m = AlertMatch {
-            min_severity,
-            rule_ids: list(&at, "alert.rule_ids", &cond.rule_ids, false)?,
-            techniques: list(&at, "alert.techniques", &cond.techniques, true)?,
-            tactics: list(&at, "alert.tactics", &cond.tactics, true)?,
-            sources,
-            devices: list(&at, "alert.devices", &cond.devices, true)?,
-        };
-        if m == (AlertMatch {
-            min_severity: None,
-            rule_ids: vec![],
-            techniques: vec![],
-            tactics: vec![],
-            sources: vec![],
-            devices: vec![],
-        }) {
-            return Err(format!(
-                "{at}.alert: an empty condition would match every alert; name at least one criterion"
-            ));
-        }
         rules.push(Rule {
             name: c.name.clone(),
             kind,
             auto_approve: c.auto_approve,
             allow: c.allow.clone(),
-            trigger: Trigger::Alert(m),
+            trigger,
         });
     }
     Ok(rules)
+}
+
+fn severity(at: &str, field: &str, s: Option<&str>) -> Result<Option<Severity>, String> {
+    s.map(|s| Severity::parse(s).ok_or_else(|| format!("{at}.{field}: unknown severity {s:?}")))
+        .transpose()
+}
+
+fn sources(at: &str, field: &str, v: &[String]) -> Result<Vec<String>, String> {
+    let sources = list(at, field, v, true)?;
+    if let Some(bad) = sources.iter().find(|s| !SOURCES.contains(&s.as_str())) {
+        return Err(format!(
+            "{at}.{field}: unknown source {bad:?}; known: {}",
+            SOURCES.join(", ")
+        ));
+    }
+    Ok(sources)
+}
+
+fn alert_match(at: &str, cond: &AlertCondition) -> Result<AlertMatch, String> {
+    let m = AlertMatch {
+        min_severity: severity(at, "alert.min_severity", cond.min_severity.as_deref())?,
+        rule_ids: list(at, "alert.rule_ids", &cond.rule_ids, false)?,
+        techniques: list(at, "alert.techniques", &cond.techniques, true)?,
+        tactics: list(at, "alert.tactics", &cond.tactics, true)?,
+        sources: sources(at, "alert.sources", &cond.sources)?,
+        devices: list(at, "alert.devices", &cond.devices, true)?,
+    };
+    if m == (AlertMatch {
+        min_severity: None,
+        rule_ids: vec![],
+        techniques: vec![],
+        tactics: vec![],
+        sources: vec![],
+        devices: vec![],
+    }) {
+        return Err(format!(
+            "{at}.alert: an empty condition would match every alert; name at least one criterion"
+        ));
+    }
+    Ok(m)
+}
+
+fn incident_match(at: &str, cond: &IncidentCondition) -> Result<IncidentMatch, String> {
+    let tactics = list(at, "incident.tactics", &cond.tactics, false)?;
+    if let Some(bad) = tactics.iter().find(|t| tactic_rank(t).is_none()) {
+        return Err(format!(
+            "{at}.incident.tactics: {bad:?} is not an ATT&CK Enterprise tactic id (TA0001 ... TA0043)"
+        ));
+    }
+    let m = IncidentMatch {
+        min_severity: severity(at, "incident.min_severity", cond.min_severity.as_deref())?,
+        tactics: tactics.iter().map(|t| t.to_ascii_uppercase()).collect(),
+        sources_all: sources(at, "incident.sources_all", &cond.sources_all)?,
+    };
+    if m == IncidentMatch::default() {
+        return Err(format!(
+            "{at}.incident: an empty condition would match every incident; name at least one criterion"
+        ));
+    }
+    Ok(m)
+}
+
+impl IncidentMatch {
+    /// Open incidents only: redirected (merged) and resolved ones never match.
+    pub fn matches(&self, i: &AutomationIncident) -> bool {
+        matches!(i.status.as_str(), "active" | "in_progress")
+            && self.min_severity.is_none_or(|min| i.severity >= min)
+            && (self.tactics.is_empty()
+                || self
+                    .tactics
+                    .iter()
+                    .any(|t| i.tactics.iter().any(|h| h.eq_ignore_ascii_case(t))))
+            && self
+                .sources_all
+                .iter()
+                .all(|s| i.sources.iter().any(|h| h.eq_ignore_ascii_case(s)))
+    }
 }
 
 impl AlertMatch {
@@ -260,6 +349,11 @@ pub fn action_for(rule: &Rule, a: &AutomationAlert) -> Result<(DeviceId, Action)
         .ok_or("the alert names no enrolled device")?
         .parse()
         .map_err(|_| "the alert's device id does not parse")?;
+    Ok((device, action_on(rule, &a.entities)?))
+}
+
+/// The action `rule` proposes on a device, from one alert's `entities`.
+fn action_on(rule: &Rule, entities: &[Entity]) -> Result<Action, String> {
     let spec = match rule.kind {
         ActionKind::Isolate => json!({"kind": "isolate", "allow": rule.allow}),
         ActionKind::CollectPackage => json!({"kind": "collect_package"}),
@@ -269,14 +363,14 @@ pub fn action_for(rule: &Rule, a: &AutomationAlert) -> Result<(DeviceId, Action)
                 start_time_ms,
                 exe,
                 ..
-            }) = a.entities.iter().find(|e| matches!(e, Entity::Process { .. }))
+            }) = entities.iter().find(|e| matches!(e, Entity::Process { .. }))
             else {
                 return Err("the alert names no process".into());
             };
             json!({"kind": "kill_process", "pid": pid, "start_time_ms": start_time_ms, "exe": exe})
         }
         ActionKind::QuarantineFile => {
-            let Some((path, sha256)) = a.entities.iter().find_map(|e| match e {
+            let Some((path, sha256)) = entities.iter().find_map(|e| match e {
                 Entity::File { path, sha256: Some(h) } => Some((path, h)),
                 _ => None,
             }) else {
@@ -286,14 +380,56 @@ pub fn action_for(rule: &Rule, a: &AutomationAlert) -> Result<(DeviceId, Action)
         }
         other => return Err(format!("{} is not an automation action", other.as_str())),
     };
-    let action = ActionSpec::parse(spec).map_err(|e| format!("the alert's target is not usable: {e}"))?;
-    Ok((device, action))
+    ActionSpec::parse(spec).map_err(|e| format!("the alert's target is not usable: {e}"))
+}
+
+/// One proposal an incident rule makes: the subject it is recorded under
+/// (`incident:<id>:<device>[:<target>]`), the device and the action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentTarget {
+    pub subject: String,
+    pub device: DeviceId,
+    pub action: Action,
+}
+
+/// What `rule` proposes for incident `i`: for isolate and collect_package each
+/// device of its alerts; for kill_process and quarantine_file each alert's
+/// process or file on that alert's device. Distinct, in the alerts' order.
+pub fn incident_targets(rule: &Rule, i: &AutomationIncident) -> Vec<IncidentTarget> {
+    let mut out: Vec<IncidentTarget> = Vec::new();
+    for (device, entities) in &i.alerts {
+        let Ok(parsed) = device.parse::<DeviceId>() else {
+            continue;
+        };
+        let Ok(action) = action_on(rule, entities) else {
+            continue;
+        };
+        let subject = match &action {
+            Action::KillProcess { pid, start_time_ms, .. } => {
+                format!("incident:{}:{device}:process:{pid}:{start_time_ms}", i.id)
+            }
+            Action::QuarantineFile { path, sha256 } => {
+                format!("incident:{}:{device}:file:{}:{path}", i.id, hex::encode(sha256))
+            }
+            _ => format!("incident:{}:{device}", i.id),
+        };
+        if !out.iter().any(|t| t.subject == subject) {
+            out.push(IncidentTarget {
+                subject,
+                device: parsed,
+                action,
+            });
+        }
+    }
+    out
 }
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
     pub alerts: usize,
+    /// Alert links to incidents read (the incident stream's batch).
+    pub links: usize,
     pub proposed: usize,
     pub auto_approved: usize,
     pub skipped: usize,
@@ -317,6 +453,43 @@ fn handle_match(s: &mut Store, rule: &Rule, a: &AutomationAlert, rules: Rules<'_
             return Ok(Handled::Skipped);
         }
     };
+    let reason = format!(
+        "automation rule {}: alert {} ({}, {}) {}",
+        rule.name,
+        a.rule_id,
+        a.severity.as_str(),
+        a.source,
+        a.id
+    );
+    let proposal = Proposal {
+        subject: &a.id,
+        device,
+        action,
+        reason,
+        incident_id: None,
+    };
+    propose(s, rule, proposal, rules)
+}
+
+/// What a rule proposes, under which subject.
+struct Proposal<'a> {
+    subject: &'a str,
+    device: DeviceId,
+    action: Action,
+    reason: String,
+    incident_id: Option<String>,
+}
+
+/// Stores `p` as `rule`'s proposal (once per rule and subject) and approves it
+/// if the rule says so.
+fn propose(s: &mut Store, rule: &Rule, p: Proposal<'_>, rules: Rules<'_>) -> Result<Handled, String> {
+    let Proposal {
+        subject,
+        device,
+        action,
+        reason,
+        incident_id,
+    } = p;
     let actor = rule.actor();
     let now = now_ms();
     let id = ward_protocol::CommandId::generate(now, &ring::rand::SystemRandom::new())
@@ -325,28 +498,21 @@ fn handle_match(s: &mut Store, rule: &Rule, a: &AutomationAlert, rules: Rules<'_
         id,
         device_id: device,
         action,
-        reason: format!(
-            "automation rule {}: alert {} ({}, {}) {}",
-            rule.name,
-            a.rule_id,
-            a.severity.as_str(),
-            a.source,
-            a.id
-        ),
+        reason,
         requested_by: actor.name.clone(),
         now_ms: now,
         undo_of: None,
         expires_at_ms: now.saturating_add(rules.policy.pending_ttl_ms),
-        incident_id: None,
+        incident_id,
     };
     if let AutomationOutcome::Skipped(why) = s
-        .automation_propose(&rule.name, &a.id, &new)
+        .automation_propose(&rule.name, subject, &new)
         .map_err(|e| e.to_string())?
     {
-        debug!(rule = %rule.name, alert = %a.id, %why, "automation proposal skipped");
+        debug!(rule = %rule.name, %subject, %why, "automation proposal skipped");
         return Ok(Handled::Skipped);
     }
-    info!(rule = %rule.name, alert = %a.id, action = %id, kind = rule.kind.as_str(), "automation proposed an action");
+    info!(rule = %rule.name, %subject, action = %id, kind = rule.kind.as_str(), "automation proposed an action");
     if !rule.auto_approve {
         return Ok(Handled::Proposed);
     }
@@ -388,33 +554,77 @@ async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, 
                 policy: &policy,
                 sign: &sign,
             };
-            let alerts = s.automation_alerts(BATCH).map_err(|e| e.to_string())?;
-            let mut done = Pass {
-                alerts: alerts.len(),
-                ..Pass::default()
-            };
+            let mut done = Pass::default();
             let mut devices = Vec::new();
-            let Some(last) = alerts.last().map(|a| a.rowid) else {
-                return Ok((done, devices));
+            let mut tally = |h: Handled, done: &mut Pass| match h {
+                Handled::Skipped => done.skipped += 1,
+                Handled::Proposed => done.proposed += 1,
+                Handled::Dispatched(device) => {
+                    done.proposed += 1;
+                    done.auto_approved += 1;
+                    devices.push(device);
+                }
             };
-            for a in &alerts {
-                for rule in rules.iter() {
-                    let Trigger::Alert(m) = &rule.trigger;
-                    if !m.matches(a) {
-                        continue;
-                    }
-                    match handle_match(s, rule, a, signing)? {
-                        Handled::Skipped => done.skipped += 1,
-                        Handled::Proposed => done.proposed += 1,
-                        Handled::Dispatched(device) => {
-                            done.proposed += 1;
-                            done.auto_approved += 1;
-                            devices.push(device);
+            let alert_rules: Vec<(&Rule, &AlertMatch)> = rules
+                .iter()
+                .filter_map(|r| match &r.trigger {
+                    Trigger::Alert(m) => Some((r, m)),
+                    Trigger::Incident(_) => None,
+                })
+                .collect();
+            let incident_rules: Vec<(&Rule, &IncidentMatch)> = rules
+                .iter()
+                .filter_map(|r| match &r.trigger {
+                    Trigger::Incident(m) => Some((r, m)),
+                    Trigger::Alert(_) => None,
+                })
+                .collect();
+            if !alert_rules.is_empty() {
+                let alerts = s.automation_alerts(BATCH).map_err(|e| e.to_string())?;
+                done.alerts = alerts.len();
+                for a in &alerts {
+                    for (rule, m) in &alert_rules {
+                        if m.matches(a) {
+                            tally(handle_match(s, rule, a, signing)?, &mut done);
                         }
                     }
                 }
+                if let Some(last) = alerts.last().map(|a| a.rowid) {
+                    s.automation_advance(last).map_err(|e| e.to_string())?;
+                }
             }
-            s.automation_advance(last).map_err(|e| e.to_string())?;
+            if !incident_rules.is_empty() {
+                let batch = s.automation_incidents(BATCH).map_err(|e| e.to_string())?;
+                done.links = batch.links;
+                for i in &batch.incidents {
+                    for (rule, m) in &incident_rules {
+                        if !m.matches(i) {
+                            continue;
+                        }
+                        for t in incident_targets(rule, i) {
+                            let reason = format!(
+                                "automation rule {}: incident {} ({}, tactics {}, sources {})",
+                                rule.name,
+                                i.id,
+                                i.severity.as_str(),
+                                i.tactics.join(" "),
+                                i.sources.join(" ")
+                            );
+                            let proposal = Proposal {
+                                subject: &t.subject,
+                                device: t.device,
+                                action: t.action,
+                                reason,
+                                incident_id: Some(i.id.clone()),
+                            };
+                            tally(propose(s, rule, proposal, signing)?, &mut done);
+                        }
+                    }
+                }
+                if let Some(last) = batch.last {
+                    s.automation_advance_incidents(last).map_err(|e| e.to_string())?;
+                }
+            }
             Ok((done, devices))
         })
         .await
@@ -422,7 +632,7 @@ async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, 
 }
 
 /// Runs `rules` until `shutdown` flips: after every writer commit (`commits`)
-/// and every [`AUTOMATION_POLL`], if the alerts table grew.
+/// and every [`AUTOMATION_POLL`], if the alerts table or the incident links grew.
 pub async fn run_automation(
     dispatcher: Arc<Dispatcher>,
     rules: Vec<Rule>,
@@ -435,15 +645,20 @@ pub async fn run_automation(
     let rules = Arc::new(rules);
     let mut tick = tokio::time::interval(AUTOMATION_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The newest alert rowid already evaluated, as far as this process knows.
-    let mut seen: Option<i64> = None;
+    // The newest alert rowid and incident link already evaluated, as far as
+    // this process knows.
+    let mut seen: Option<(i64, i64)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             r = commits.changed() => if r.is_err() { return },
             _ = shutdown.changed() => return,
         }
-        let newest = match dispatcher.reads.run(|s| s.newest_alert_rowid()).await {
+        let newest = match dispatcher
+            .reads
+            .run(|s| Ok::<_, crate::store::StoreError>((s.newest_alert_rowid()?, s.newest_incident_link()?)))
+            .await
+        {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 warn!(error = %e, "automation cannot read the alerts table");
@@ -451,7 +666,7 @@ pub async fn run_automation(
             }
             Err(_) => return,
         };
-        if seen.is_some_and(|s| s >= newest) {
+        if seen.is_some_and(|(a, l)| a >= newest.0 && l >= newest.1) {
             continue;
         }
         loop {
@@ -463,7 +678,7 @@ pub async fn run_automation(
                     if done.proposed > 0 || done.skipped > 0 {
                         info!(?done, "automation pass");
                     }
-                    if done.alerts < BATCH as usize {
+                    if done.alerts < BATCH as usize && done.links < BATCH as usize {
                         seen = Some(newest);
                         break;
                     }
@@ -533,7 +748,9 @@ mod tests {
              techniques = [\"t1059\"]\ntactics = [\"ta0040\"]\nsources = [\"agent\"]\ndevices = [\"web-1\"]\n",
         )
         .unwrap();
-        let Trigger::Alert(m) = &r[0].trigger;
+        let Trigger::Alert(m) = &r[0].trigger else {
+            panic!("an alert rule")
+        };
         let a = alert();
         assert!(m.matches(&a), "sub-technique, case-insensitive tactic and hostname");
         let cases: Vec<(&str, AutomationAlert)> = vec![
@@ -578,7 +795,9 @@ mod tests {
             assert!(!m.matches(&a), "{what} must not match");
         }
         let by_rule = rules("[[automation]]\nname = \"r\"\naction = \"collect_package\"\n[automation.alert]\nrule_ids = [\"ward-ransom-note\", \"other\"]\n").unwrap();
-        let Trigger::Alert(m) = &by_rule[0].trigger;
+        let Trigger::Alert(m) = &by_rule[0].trigger else {
+            panic!("an alert rule")
+        };
         assert!(m.matches(&alert()));
         assert!(!m.matches(&AutomationAlert {
             rule_id: "ward-other".into(),
@@ -640,6 +859,165 @@ mod tests {
         assert!(action_for(&compiled[1], &no_hash).unwrap_err().contains("SHA-256"));
     }
 
+    const DEV_A: &str = "01M84H66737TZZBQQJZAPV3RTC";
+    const DEV_B: &str = "01M84H66737TZZBQQJZAPV3RTD";
+
+    fn incident() -> AutomationIncident {
+        let process = |pid| Entity::Process {
+            pid,
+            ppid: 1,
+            start_time_ms: 7,
+            exe: "/usr/bin/evil".into(),
+            cmdline: "evil".into(),
+            sha256: None,
+        };
+        AutomationIncident {
+            id: "INC-1".into(),
+            status: "active".into(),
+            severity: Severity::High,
+            tactics: vec!["TA0002".into(), "TA0040".into()],
+            sources: vec!["agent".into(), "mailbox".into()],
+            alerts: vec![
+                (DEV_A.into(), vec![process(42)]),
+                (DEV_A.into(), vec![process(42)]),
+                (DEV_A.into(), vec![process(43)]),
+                (DEV_B.into(), vec![]),
+                ("not-a-device".into(), vec![process(44)]),
+            ],
+        }
+    }
+
+    fn incident_rule(cond: &str, action: &str) -> Rule {
+        rules(&format!(
+            "[[automation]]\nname = \"i\"\naction = \"{action}\"\n[automation.incident]\n{cond}"
+        ))
+        .unwrap()
+        .remove(0)
+    }
+
+    fn incident_match(r: &Rule) -> &IncidentMatch {
+        let Trigger::Incident(m) = &r.trigger else {
+            panic!("an incident rule")
+        };
+        m
+    }
+
+    #[test]
+    fn incident_conditions_match_open_incidents_only() {
+        let r = incident_rule(
+            "min_severity = \"high\"\ntactics = [\"ta0040\", \"TA0008\"]\nsources_all = [\"Agent\", \"mailbox\"]\n",
+            "isolate",
+        );
+        let m = incident_match(&r);
+        assert!(
+            m.matches(&incident()),
+            "severity, any tactic (case-insensitive), all sources"
+        );
+        assert!(m.matches(&AutomationIncident {
+            status: "in_progress".into(),
+            severity: Severity::Critical,
+            ..incident()
+        }));
+        for (what, i) in [
+            (
+                "severity",
+                AutomationIncident {
+                    severity: Severity::Medium,
+                    ..incident()
+                },
+            ),
+            (
+                "tactics",
+                AutomationIncident {
+                    tactics: vec!["TA0002".into()],
+                    ..incident()
+                },
+            ),
+            (
+                "one source missing",
+                AutomationIncident {
+                    sources: vec!["agent".into()],
+                    ..incident()
+                },
+            ),
+            (
+                "resolved",
+                AutomationIncident {
+                    status: "resolved".into(),
+                    ..incident()
+                },
+            ),
+            (
+                "redirected",
+                AutomationIncident {
+                    status: "redirected".into(),
+                    ..incident()
+                },
+            ),
+        ] {
+            assert!(!m.matches(&i), "{what} must not match");
+        }
+        // A single criterion is enough.
+        let only = incident_rule("sources_all = [\"identity\"]\n", "isolate");
+        assert!(!incident_match(&only).matches(&incident()));
+        assert!(incident_match(&only).matches(&AutomationIncident {
+            sources: vec!["identity".into()],
+            severity: Severity::Informational,
+            ..incident()
+        }));
+    }
+
+    #[test]
+    fn incident_targets_are_each_device_or_each_alert_target() {
+        let iso = incident_rule("min_severity = \"low\"\n", "isolate");
+        let t = incident_targets(&iso, &incident());
+        let subjects: Vec<&str> = t.iter().map(|t| t.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            vec![format!("incident:INC-1:{DEV_A}"), format!("incident:INC-1:{DEV_B}")],
+            "one isolate per device; an unparsable device is left out"
+        );
+        assert_eq!(t[1].device.to_string(), DEV_B);
+        assert_eq!(t[0].action, Action::Isolate { allow: vec![] });
+        let kill = incident_rule("min_severity = \"low\"\n", "kill_process");
+        let t = incident_targets(&kill, &incident());
+        let subjects: Vec<&str> = t.iter().map(|t| t.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            vec![
+                format!("incident:INC-1:{DEV_A}:process:42:7"),
+                format!("incident:INC-1:{DEV_A}:process:43:7")
+            ],
+            "each distinct process, on its alert's device; alerts without one give none"
+        );
+        let q = incident_rule("min_severity = \"low\"\n", "quarantine_file");
+        assert!(incident_targets(&q, &incident()).is_empty(), "no file with a hash");
+    }
+
+    #[test]
+    fn the_template_examples_compile() {
+        // The commented `[[automation]]` examples, uncommented, are valid rules.
+        let template = Config::template("127.0.0.1:4433");
+        let mut examples = String::new();
+        let mut inside = false;
+        for line in template.lines() {
+            if line == "# [[automation]]" {
+                inside = true;
+            } else if !line.starts_with("# [") && !line.contains(" = ") {
+                // Prose or a blank line ends an example.
+                inside = false;
+            }
+            if inside {
+                examples.push_str(line.trim_start_matches("# "));
+                examples.push('\n');
+            }
+        }
+        let compiled = rules(&examples).unwrap();
+        assert_eq!(compiled.len(), 2, "{examples}");
+        assert!(matches!(compiled[0].trigger, Trigger::Alert(_)));
+        assert!(matches!(compiled[1].trigger, Trigger::Incident(_)));
+    }
+
     #[test]
     fn bad_rules_are_refused_with_a_reason() {
         let ok_cond = "[automation.alert]\nmin_severity = \"high\"\n";
@@ -659,6 +1037,34 @@ mod tests {
             (
                 "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.alert]\n".to_string(),
                 "empty condition",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.incident]\n".to_string(),
+                "empty condition would match every incident",
+            ),
+            (
+                format!("[[automation]]\nname = \"a\"\naction = \"isolate\"\n{ok_cond}[automation.incident]\nmin_severity = \"high\"\n"),
+                "a rule has exactly one condition",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.incident]\ntactics = [\"TA9999\"]\n"
+                    .to_string(),
+                "not an ATT&CK Enterprise tactic",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.incident]\nsources_all = [\"email\"]\n"
+                    .to_string(),
+                "incident.sources_all: unknown source",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.incident]\nmin_severity = \"huge\"\n"
+                    .to_string(),
+                "incident.min_severity: unknown severity",
+            ),
+            (
+                "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.incident]\nrule_ids = [\"x\"]\n"
+                    .to_string(),
+                "unknown field",
             ),
             (
                 "[[automation]]\nname = \"a\"\naction = \"isolate\"\n[automation.alert]\nmin_severity = \"huge\"\n"

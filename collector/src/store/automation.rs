@@ -1,6 +1,8 @@
 //! Storage for automation rules ([`crate::actions::automation`]): the alerts
-//! table read by rowid from a persisted watermark, and proposals recorded once
-//! per rule and alert, in the same transaction as the action they create.
+//! table read by rowid from a persisted watermark, the incidents that alerts
+//! joined (read from `incident_alerts` by alert rowid, from a second
+//! watermark), and proposals recorded once per rule and subject (an alert, or
+//! an incident and target), in the same transaction as the action they create.
 
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
@@ -12,6 +14,10 @@ use crate::actions::params::ActionSpec;
 
 /// The watermark row of the alert stream.
 const ALERTS: &str = "alerts";
+/// The watermark row of the incident stream (alert rowids linked to incidents).
+const INCIDENTS: &str = "incidents";
+/// Most alerts of one incident read for its targets.
+pub const MAX_INCIDENT_ALERTS: u32 = 2_000;
 
 /// What automation needs to know about an alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +33,30 @@ pub struct AutomationAlert {
     pub tactics: Vec<String>,
     /// The entities an action can target (processes, files); others are left out.
     pub entities: Vec<Entity>,
+}
+
+/// What automation needs to know about an incident that alerts joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutomationIncident {
+    pub id: String,
+    /// `active`, `in_progress`, `resolved` or `redirected`.
+    pub status: String,
+    pub severity: Severity,
+    pub tactics: Vec<String>,
+    pub sources: Vec<String>,
+    /// Its alerts on enrolled devices (at most [`MAX_INCIDENT_ALERTS`], oldest
+    /// first): the device and the alert's targetable entities.
+    pub alerts: Vec<(String, Vec<Entity>)>,
+}
+
+/// One read of the incident stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IncidentBatch {
+    /// The incidents the links name, each once.
+    pub incidents: Vec<AutomationIncident>,
+    /// How many links were read, and the newest (the watermark to advance to).
+    pub links: usize,
+    pub last: Option<i64>,
 }
 
 /// What became of a rule's match.
@@ -126,36 +156,141 @@ impl Store {
 
     /// Moves the automation watermark to `rowid` (never backwards).
     pub fn automation_advance(&self, rowid: i64) -> Result<(), StoreError> {
+        self.advance(ALERTS, rowid)
+    }
+
+    /// Moves the incident stream's watermark to alert `rowid` (never backwards).
+    pub fn automation_advance_incidents(&self, rowid: i64) -> Result<(), StoreError> {
+        self.advance(INCIDENTS, rowid)
+    }
+
+    fn advance(&self, stream: &str, rowid: i64) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO automation_watermarks (stream, last_rowid) VALUES (?1, ?2)
              ON CONFLICT(stream) DO UPDATE SET last_rowid = MAX(last_rowid, excluded.last_rowid)",
-            params![ALERTS, rowid],
+            params![stream, rowid],
         )?;
         Ok(())
     }
 
-    /// Stores `new`, proposed by automation rule `rule` for alert `alert_id`,
-    /// unless the rule already proposed for that alert, the same rule has the
+    /// The newest alert rowid linked to an incident (0 when none is).
+    pub fn newest_incident_link(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(alert_rowid), 0) FROM incident_alerts", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The incidents joined by up to `limit` alerts linked above the incident
+    /// watermark (in their current state: a merge moves links to the survivor),
+    /// and the newest link read, to advance to. The correlator links alerts in
+    /// rowid order on the writer, so links never appear below the watermark.
+    /// The first call on a database sets the watermark to the newest link.
+    pub fn automation_incidents(&mut self, limit: u32) -> Result<IncidentBatch, StoreError> {
+        let mark: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last_rowid FROM automation_watermarks WHERE stream = ?1",
+                [INCIDENTS],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(mark) = mark else {
+            let newest = self.newest_incident_link()?;
+            self.automation_advance_incidents(newest)?;
+            return Ok(IncidentBatch::default());
+        };
+        let links: Vec<(i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT alert_rowid, incident_id FROM incident_alerts WHERE alert_rowid > ?1
+                 ORDER BY alert_rowid LIMIT ?2",
+            )?
+            .query_map(params![mark, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut batch = IncidentBatch {
+            incidents: Vec::new(),
+            links: links.len(),
+            last: links.last().map(|(rowid, _)| *rowid),
+        };
+        let mut ids: Vec<&str> = Vec::new();
+        for (_, id) in &links {
+            if !ids.contains(&id.as_str()) {
+                ids.push(id);
+            }
+        }
+        for id in ids {
+            if let Some(inc) = self.automation_incident(id)? {
+                batch.incidents.push(inc);
+            }
+        }
+        Ok(batch)
+    }
+
+    fn automation_incident(&self, id: &str) -> Result<Option<AutomationIncident>, StoreError> {
+        let head: Option<(String, i64, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT status, severity, tactics, sources FROM incidents WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((status, severity, tactics, sources)) = head else {
+            return Ok(None);
+        };
+        let alerts = self
+            .conn
+            .prepare_cached(
+                "SELECT a.device_id, a.entities FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+                 WHERE ia.incident_id = ?1 AND a.device_id IS NOT NULL ORDER BY ia.alert_rowid LIMIT ?2",
+            )?
+            .query_map(params![id, MAX_INCIDENT_ALERTS], |r| {
+                let entities: String = r.get(1)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    serde_json::from_str::<Vec<Value>>(&entities)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(target_entity)
+                        .collect(),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(AutomationIncident {
+            id: id.to_string(),
+            status,
+            severity: crate::incidents::model::severity_from(severity),
+            tactics: strings(&tactics),
+            sources: strings(&sources),
+            alerts,
+        }))
+    }
+
+    /// Stores `new`, proposed by automation rule `rule` for `subject` (an alert
+    /// id, or `incident:<id>:<device>[:<target>]`), unless the rule already
+    /// proposed for that subject, the same rule has the
     /// same action waiting or running on the device, or (for an isolate) the
     /// device has an isolate pending or in force. Proposal, its record and its
     /// audit entry are one transaction.
     pub fn automation_propose(
         &mut self,
         rule: &str,
-        alert_id: &str,
+        subject: &str,
         new: &NewAction,
     ) -> Result<AutomationOutcome, StoreError> {
         let tx = self.conn.transaction()?;
         let done: Option<String> = tx
             .query_row(
                 "SELECT outcome FROM automation_proposals WHERE rule = ?1 AND alert_id = ?2",
-                params![rule, alert_id],
+                params![rule, subject],
                 |r| r.get(0),
             )
             .optional()?;
         if let Some(outcome) = done {
             return Ok(AutomationOutcome::Skipped(format!(
-                "already handled for this alert: {outcome}"
+                "already handled for {subject}: {outcome}"
             )));
         }
         let device = new.device_id.to_string();
@@ -205,7 +340,7 @@ impl Store {
         };
         tx.execute(
             "INSERT INTO automation_proposals (rule, alert_id, action_id, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![rule, alert_id, action_id, text, super::i64_of(new.now_ms)],
+            params![rule, subject, action_id, text, super::i64_of(new.now_ms)],
         )?;
         tx.commit()?;
         Ok(outcome)
@@ -334,6 +469,110 @@ mod tests {
             .query_row("SELECT last_rowid FROM automation_watermarks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mark, 5);
+    }
+
+    #[test]
+    fn the_incident_stream_reads_each_touched_incident_once_with_all_its_targets() {
+        use super::super::{AlertSource, SourcedAlert};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let device = enrolled(&mut store).to_string();
+        let alert = |id: &str, device: Option<&str>, pid: u32| SourcedAlert {
+            id: id.into(),
+            source: AlertSource::Collector,
+            device_id: device.map(str::to_string),
+            observed_at_ms: T0,
+            last_observed_at_ms: T0,
+            rule: ward_protocol::RuleRef {
+                id: "r".into(),
+                title: "R".into(),
+                author: "t".into(),
+                severity: Severity::High,
+                techniques: vec![],
+                tactics: vec![],
+            },
+            entities: vec![Entity::Process {
+                pid,
+                ppid: 1,
+                start_time_ms: 5,
+                exe: "/bin/x".into(),
+                cmdline: String::new(),
+                sha256: None,
+            }],
+            count: 1,
+            matched: serde_json::Map::new(),
+        };
+        let incident = |store: &Store, id: &str, seq: i64, status: &str| {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
+                         first_title, several_titles, first_activity_ms, last_activity_ms, created_at_ms,
+                         updated_at_ms, alert_count, device_count, user_count, mailbox_count)
+                     VALUES (?1, ?2, 't', 3, 3, ?3, '[\"agent\"]', '[\"TA0040\"]', 't', 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+                    params![id, seq, status],
+                )
+                .unwrap();
+        };
+        let link = |store: &mut Store, alert: SourcedAlert, incident: &str| {
+            store.insert_sourced_alerts(std::slice::from_ref(&alert), T0).unwrap();
+            store
+                .conn
+                .execute(
+                    "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms)
+                     SELECT rowid, ?2, 'test', 'correlator', 0 FROM alerts WHERE id = ?1",
+                    params![alert.id, incident],
+                )
+                .unwrap();
+        };
+        incident(&store, "INC-A", 1, "active");
+        incident(&store, "INC-B", 2, "resolved");
+        link(&mut store, alert("a1", Some(&device), 1), "INC-A");
+        // The first read starts the stream at the newest link.
+        assert_eq!(store.automation_incidents(10).unwrap(), IncidentBatch::default());
+        link(&mut store, alert("a2", Some(&device), 2), "INC-A");
+        link(&mut store, alert("a3", Some(&device), 2), "INC-A");
+        link(&mut store, alert("a4", None, 3), "INC-B");
+        let batch = store.automation_incidents(10).unwrap();
+        assert_eq!(batch.links, 3);
+        assert_eq!(batch.last, Some(store.newest_incident_link().unwrap()));
+        let ids: Vec<&str> = batch.incidents.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["INC-A", "INC-B"],
+            "each touched incident once, resolved too (rules filter)"
+        );
+        let a = &batch.incidents[0];
+        assert_eq!((a.status.as_str(), a.severity), ("active", Severity::High));
+        assert_eq!(
+            (a.tactics.clone(), a.sources.clone()),
+            (vec!["TA0040".to_string()], vec!["agent".to_string()])
+        );
+        let pids: Vec<u32> = a
+            .alerts
+            .iter()
+            .map(|(d, e)| {
+                assert_eq!(d, &device);
+                match e.as_slice() {
+                    [Entity::Process { pid, .. }] => *pid,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(pids, vec![1, 2, 2], "all its alerts, the ones before the watermark too");
+        assert_eq!(
+            batch.incidents[1].alerts,
+            vec![],
+            "alerts without a device give no target"
+        );
+        // A batch stops at the limit; advancing moves past what was read.
+        let first = store.automation_incidents(2).unwrap();
+        assert_eq!((first.links, first.incidents.len()), (2, 1));
+        store.automation_advance_incidents(first.last.unwrap()).unwrap();
+        let rest = store.automation_incidents(10).unwrap();
+        assert_eq!((rest.links, rest.incidents[0].id.as_str()), (1, "INC-B"));
+        store.automation_advance_incidents(rest.last.unwrap()).unwrap();
+        assert_eq!(store.automation_incidents(10).unwrap().links, 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, Rules, TargetRefusal,
 };
-pub use automation::{AutomationAlert, AutomationOutcome};
+pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
