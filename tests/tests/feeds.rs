@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use ward_tests::{Collector, metric, now_ms};
+use ward_tests::{Collector, metric, now_ms, rfc3339_ms};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -38,7 +38,7 @@ fn spray_file(base_ms: u64) -> Vec<u8> {
     for i in 0..10u64 {
         let t = base_ms + i * 30_000;
         out.push_str(
-            &json!({"uuid": format!("spray-{i}"), "published": ms_rfc3339(t), "eventType": "user.session.start",
+            &json!({"uuid": format!("spray-{i}"), "published": rfc3339_ms(t), "eventType": "user.session.start",
                 "actor": {"alternateId": format!("user{i}@contoso.com"), "type": "User"},
                 "outcome": {"result": "FAILURE", "reason": "INVALID_CREDENTIALS"},
                 "client": {"ipAddress": "203.0.113.66", "userAgent": {"rawUserAgent": "python-requests/2.31"}}})
@@ -49,7 +49,7 @@ fn spray_file(base_ms: u64) -> Vec<u8> {
     let mut i = 0;
     while out.len() < 1_300_000 {
         out.push_str(
-            &json!({"uuid": format!("pad-{i}"), "published": ms_rfc3339(base_ms), "eventType": "system.org.rate_limit.warning",
+            &json!({"uuid": format!("pad-{i}"), "published": rfc3339_ms(base_ms), "eventType": "system.org.rate_limit.warning",
                 "actor": {"alternateId": "system@okta.com"}, "displayMessage": "x".repeat(300)})
             .to_string(),
         );
@@ -57,28 +57,6 @@ fn spray_file(base_ms: u64) -> Vec<u8> {
         i += 1;
     }
     out.into_bytes()
-}
-
-/// RFC 3339 of Unix milliseconds, computed here without a date library.
-fn ms_rfc3339(ms: u64) -> String {
-    let (secs, millis) = (ms / 1000, ms % 1000);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[tokio::test]

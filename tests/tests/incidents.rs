@@ -446,30 +446,9 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
     assert_eq!(incident_of(&collector, &later).await.0, incident);
 }
 
-/// RFC 3339 of Unix milliseconds (civil date from days since 1970, Howard Hinnant's algorithm).
-fn ms_rfc3339(ms: u64) -> String {
-    let (secs, millis) = (ms / 1000, ms % 1000);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// A Defender streaming export: a malicious mail with an attachment delivered to alice.
 fn mail_export(at: u64) -> Vec<u8> {
-    let t = ms_rfc3339(at);
+    let t = rfc3339_ms(at);
     let msg = "a11ce000-0000-4c1e-9a53-0b6f1e2d3c4a";
     json!({"records": [
         {"time": t, "category": "AdvancedHunting-EmailEvents", "properties": {
@@ -494,8 +473,8 @@ fn mail_export(at: u64) -> Vec<u8> {
 /// carol at high risk from elsewhere.
 fn sign_in_export(at: u64) -> Vec<u8> {
     let record = |id: &str, upn: &str, ip: &str, city: &str, country: &str| {
-        json!({"category": "SignInLogs", "resultType": "0", "callerIpAddress": ip, "time": ms_rfc3339(at),
-            "properties": {"id": id, "userPrincipalName": upn, "createdDateTime": ms_rfc3339(at), "ipAddress": ip,
+        json!({"category": "SignInLogs", "resultType": "0", "callerIpAddress": ip, "time": rfc3339_ms(at),
+            "properties": {"id": id, "userPrincipalName": upn, "createdDateTime": rfc3339_ms(at), "ipAddress": ip,
                 "appDisplayName": "Office 365", "clientAppUsed": "Browser",
                 "location": {"city": city, "countryOrRegion": country},
                 "riskLevelDuringSignIn": "High", "riskState": "atRisk", "status": {"errorCode": 0}}})
