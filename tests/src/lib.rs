@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use ring::rand::SystemRandom;
@@ -789,4 +789,63 @@ impl TestDevice {
             next_batch: 1,
         })
     }
+}
+
+/// Whether this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `scenario` in a network and mount namespace of its own, so that nftables
+/// rules and veth pairs never touch the machine's network: the test binary runs
+/// itself again (only the test named `test`) under `unshare`, as root or inside a
+/// user namespace otherwise, and that run executes `scenario`. Fails with the
+/// reason (unshare missing, no user namespaces, the scenario's panic); never skips.
+pub fn in_own_namespace<F: std::future::Future<Output = ()>>(test: &str, scenario: impl FnOnce() -> F) {
+    const INSIDE: &str = "WARD_TEST_IN_OWN_NAMESPACE";
+    const DONE: &str = "WARD NAMESPACE SCENARIO COMPLETE";
+    if std::env::var_os(INSIDE).is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"));
+        runtime.block_on(scenario());
+        println!("{DONE}");
+        return;
+    }
+    let mut ns_args = vec!["--net", "--mount"];
+    if !is_root() {
+        ns_args.splice(0..0, ["--user", "--map-root-user"]);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("cannot find the test binary: {e}"));
+    let started = Instant::now();
+    let out = Command::new("unshare")
+        .args(&ns_args)
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run unshare to create the test's namespaces: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{test} failed in its namespace (unshare {}: {}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        ns_args.join(" "),
+        out.status
+    );
+    assert!(
+        stdout.contains(DONE),
+        "{test} did not run to the end:\n{stdout}\n{stderr}"
+    );
+    println!("{test} took {:?} in its namespace", started.elapsed());
 }

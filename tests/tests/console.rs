@@ -16,8 +16,6 @@ use ward_protocol::*;
 use ward_tests::browser::{Browser, chromium_path};
 use ward_tests::*;
 
-const IN_NS: &str = "WARD_CONSOLE_TEST_IN_NS";
-const DONE: &str = "CONSOLE E2E COMPLETE";
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const MIN: u64 = 60_000;
 const EICAR: &str = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -26,59 +24,11 @@ const EICAR_SHA256: &str = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c453
 /// Alerts in the large incident whose rendering time is measured.
 const LARGE: usize = 500;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn console_story_in_a_real_browser() {
-    if std::env::var_os(IN_NS).is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario());
-        println!("{DONE}");
-        return;
-    }
     // Fails (never skips) with the reason when Chromium is missing.
     chromium_path().unwrap();
-    let mut ns_args = vec!["--net", "--mount"];
-    if !is_root() {
-        ns_args.splice(0..0, ["--user", "--map-root-user"]);
-    }
-    let out = Command::new("unshare")
-        .args(&ns_args)
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "console_story_in_a_real_browser",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(IN_NS, "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run unshare to create the test's network namespace: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    print!("{stdout}");
-    assert!(
-        out.status.success(),
-        "scenario failed in the namespace ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains(DONE),
-        "the scenario did not run to the end:\n{stdout}\n{stderr}"
-    );
+    in_own_namespace("console_story_in_a_real_browser", scenario);
 }
 
 fn screenshots() -> PathBuf {

@@ -29,10 +29,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use ward_tests::*;
 
-const IN_NS: &str = "WARD_THREE_HOSTS_IN_NS";
 const LISTENER: &str = "WARD_THREE_HOSTS_LISTENER";
 const PROBE: &str = "WARD_THREE_HOSTS_PROBE";
-const DONE: &str = "THREE HOSTS SCENARIO COMPLETE";
 
 const COLLECTOR_IP: &str = "10.78.1.1";
 const AGENT_TO_COLLECTOR_IP: &str = "10.78.1.2";
@@ -41,17 +39,6 @@ const THIRD_IP: &str = "10.78.2.1";
 const EXCEPTION_IP: &str = "10.78.2.9";
 const PORT: u16 = 9000;
 const TABLE: &str = "ward_isolation";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// Runs `program args`, failing the test with its stderr if it fails.
 fn run(program: &str, args: &[&str]) -> String {
@@ -85,46 +72,7 @@ fn run_in(pid: u32, args: &[&str]) -> String {
 
 #[test]
 fn isolation_across_three_hosts() {
-    if std::env::var_os(IN_NS).is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario());
-        println!("{DONE}");
-        return;
-    }
-    let mut ns_args = vec!["--net", "--mount"];
-    if !is_root() {
-        ns_args.splice(0..0, ["--user", "--map-root-user"]);
-    }
-    let started = Instant::now();
-    let out = Command::new("unshare")
-        .args(&ns_args)
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "isolation_across_three_hosts",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(IN_NS, "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run unshare to create the test's namespaces: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the three-host scenario failed (unshare {}: {}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        ns_args.join(" "),
-        out.status
-    );
-    assert!(
-        stdout.contains(DONE),
-        "the scenario did not run to the end:\n{stdout}\n{stderr}"
-    );
-    println!("{stdout}\nthree-host scenario took {:?}", started.elapsed());
+    in_own_namespace("isolation_across_three_hosts", scenario);
 }
 
 /// Not a test on its own: the third host's TCP listeners when started by the
@@ -216,7 +164,6 @@ fn start_listener(third: &Host) -> Listener {
         .arg(exe)
         .args(["--exact", "third_host_listener", "--nocapture", "--test-threads=1"])
         .env(LISTENER, format!("{THIRD_IP}:{PORT},{EXCEPTION_IP}:{PORT}"))
-        .env_remove(IN_NS)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -240,7 +187,6 @@ fn reachable_from(agent_host: &Host, ip: &str) -> bool {
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", "reachability_probe", "--nocapture", "--test-threads=1"])
         .env(PROBE, format!("{ip}:{PORT}"))
-        .env_remove(IN_NS)
         .output()
         .expect("cannot run the probe in the agent host");
     let stdout = String::from_utf8_lossy(&out.stdout);

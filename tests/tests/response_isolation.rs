@@ -11,59 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use ward_tests::*;
 
-const IN_NS: &str = "WARD_RESPONSE_ISOLATION_IN_NS";
-const DONE: &str = "ISOLATION E2E COMPLETE";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn isolate_and_release_through_the_command_path() {
-    if std::env::var_os(IN_NS).is_some() {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario());
-        println!("{DONE}");
-        return;
-    }
-    let mut ns_args = vec!["--net", "--mount"];
-    if !is_root() {
-        ns_args.splice(0..0, ["--user", "--map-root-user"]);
-    }
-    let out = Command::new("unshare")
-        .args(&ns_args)
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "isolate_and_release_through_the_command_path",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(IN_NS, "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run unshare to create the test's network namespace: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scenario failed in the namespace ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains(DONE),
-        "the scenario did not run to the end:\n{stdout}\n{stderr}"
-    );
+    in_own_namespace("isolate_and_release_through_the_command_path", scenario);
 }
 
 fn nft_table() -> Option<String> {
