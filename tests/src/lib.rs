@@ -95,7 +95,7 @@ impl Collector {
             quic: "127.0.0.1:0".parse()?,
             http: "127.0.0.1:0".parse()?,
             admin_token,
-            http_client: reqwest::Client::new(),
+            http_client: http_client(),
         };
         c.serve()?;
         Ok(c)
@@ -848,4 +848,20 @@ pub fn in_own_namespace<F: std::future::Future<Output = ()>>(test: &str, scenari
         "{test} did not run to the end:\n{stdout}\n{stderr}"
     );
     println!("{test} took {:?} in its namespace", started.elapsed());
+}
+
+/// An HTTP client for the API on loopback. The workspace's reqwest has rustls with no
+/// crypto provider (the `ward` CLI's choice: one TLS stack, ring), and such a client
+/// needs a TLS configuration even for plain http://; this one trusts no certificate.
+pub fn http_client() -> reqwest::Client {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("TLS versions: {e}"))
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"))
 }

@@ -358,7 +358,7 @@ async fn offline_device_gets_commands_on_reconnect_and_forged_results_change_not
         .await
         .unwrap();
     assert!(r["result"]["reason"].as_str().unwrap().contains("disabled"), "{r}");
-    let resp = reqwest::Client::new()
+    let resp = ward_tests::http_client()
         .get(format!("http://{}/api/v1/actions/{}/package", collector.http, ids[0]))
         .bearer_auth(&ann)
         .send()
@@ -717,7 +717,7 @@ async fn role_matrix_over_all_routes() {
     // Malformed input is a 400, never a 500.
     let analyst = &tokens[1];
     for raw in ["", "{", "[]", "{\"device_id\": 5}"] {
-        let resp = reqwest::Client::new()
+        let resp = ward_tests::http_client()
             .post(format!("http://{}/api/v1/actions", collector.http))
             .bearer_auth(analyst)
             .header("content-type", "application/json")

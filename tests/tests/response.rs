@@ -144,7 +144,7 @@ async fn quarantine_restore_kill_and_package_on_a_real_agent() {
     let done = run_action(&collector, &ann, &bob, &device, json!({"kind": "collect_package"})).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let id = done["id"].as_str().unwrap();
-    let resp = reqwest::Client::new()
+    let resp = ward_tests::http_client()
         .get(format!("http://{}/api/v1/actions/{id}/package", collector.http))
         .bearer_auth(&collector.admin_token)
         .send()

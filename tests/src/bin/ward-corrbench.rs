@@ -399,7 +399,7 @@ async fn collector_run(cli: &Cli) -> Result<()> {
         rss_kib(&pid, "VmHWM:") as f64 / 1024.0
     );
 
-    let client = reqwest::Client::new();
+    let client = ward_tests::http_client();
     let base = format!("http://{}", collector.http);
     let token = collector.admin_token.clone();
     let (_, first) = time_get(&client, &format!("{base}/api/v1/incidents"), &token).await?;
