@@ -17,7 +17,7 @@ use ward_protocol::{CommandId, DeviceId};
 
 use super::ApiState;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, text};
 use crate::actions::dispatch::{DispatchError, Links};
 use crate::actions::params::ActionSpec;
 use crate::actions::workflow::{self, Actor, Status, WorkflowError};
@@ -59,20 +59,6 @@ fn actor(caller: &Caller) -> Actor {
 fn body<T: DeserializeOwned>(bytes: &Bytes, empty_ok: bool) -> ApiResult<T> {
     let bytes: &[u8] = if bytes.is_empty() && empty_ok { b"{}" } else { bytes };
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
-}
-
-fn text(name: &str, s: &str, required: bool) -> ApiResult<String> {
-    let s = s.trim();
-    if required && s.is_empty() {
-        return Err(ApiError::bad_request(format!("{name} is required")));
-    }
-    if s.len() > MAX_TEXT {
-        return Err(ApiError::bad_request(format!("{name} is longer than {MAX_TEXT} bytes")));
-    }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ApiError::bad_request(format!("{name} contains control characters")));
-    }
-    Ok(s.to_string())
 }
 
 fn action_id(id: &str) -> ApiResult<String> {
@@ -122,7 +108,7 @@ pub async fn propose(
         .parse()
         .map_err(|_| ApiError::bad_request("device_id must be a 26-character id"))?;
     let action = ActionSpec::parse(b.action).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let reason = text("reason", &b.reason, true)?;
+    let reason = text("reason", &b.reason, true, MAX_TEXT)?;
     let links = Links {
         undo_of: None,
         incident_id: b.incident_id.as_deref().map(incident_id).transpose()?,
@@ -211,7 +197,7 @@ async fn decide(state: ApiState, caller: Caller, id: String, raw: Bytes, decisio
     caller.require(Role::Approver)?;
     let id = action_id(&id)?;
     let b: DecisionBody = body(&raw, true)?;
-    let comment = text("comment", &b.comment, decision == Decision::Reject)?;
+    let comment = text("comment", &b.comment, decision == Decision::Reject, MAX_TEXT)?;
     let (outcome, delivered) = match state.actions.decide(id, actor(&caller), decision, comment).await? {
         Ok(o) => o,
         Err(DecideError::NotFound) => return Err(ApiError::not_found("action")),
@@ -263,7 +249,7 @@ pub async fn cancel(
     caller.require(Role::Analyst)?;
     let id = action_id(&id)?;
     let b: DecisionBody = body(&raw, true)?;
-    let comment = text("comment", &b.comment, false)?;
+    let comment = text("comment", &b.comment, false, MAX_TEXT)?;
     match state.actions.cancel(id, actor(&caller), comment).await? {
         Ok(view) => Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null))),
         Err(CancelError::NotFound) => Err(ApiError::not_found("action")),
@@ -292,7 +278,7 @@ pub async fn undo(
     caller.require(Role::Analyst)?;
     let id = action_id(&id)?;
     let b: UndoBody = body(&raw, true)?;
-    let reason = match text("reason", &b.reason, false)? {
+    let reason = match text("reason", &b.reason, false, MAX_TEXT)? {
         r if r.is_empty() => format!("undo of {id}"),
         r => r,
     };

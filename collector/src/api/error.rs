@@ -44,3 +44,19 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A free-text field from a request body: trimmed, present when `required`, at most
+/// `max` bytes, and without control characters other than newline and tab.
+pub fn text(name: &str, s: &str, required: bool, max: usize) -> ApiResult<String> {
+    let s = s.trim();
+    if required && s.is_empty() {
+        return Err(ApiError::bad_request(format!("{name} is required")));
+    }
+    if s.len() > max {
+        return Err(ApiError::bad_request(format!("{name} is longer than {max} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::bad_request(format!("{name} contains control characters")));
+    }
+    Ok(s.to_string())
+}

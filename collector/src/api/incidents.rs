@@ -13,7 +13,7 @@ use ward_protocol::{Entity, Id128, Severity};
 
 use super::ApiState;
 use super::auth::{Caller, Role};
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, text};
 use crate::entity;
 use crate::incidents::model::{Classification, Status};
 use crate::store::{
@@ -51,20 +51,6 @@ fn incident_id(id: &str) -> ApiResult<String> {
     id.parse::<Id128>()
         .map(|i| i.to_string())
         .map_err(|_| ApiError::bad_request("incident id must be a 26-character id"))
-}
-
-fn text(name: &str, s: &str, required: bool, max: usize) -> ApiResult<String> {
-    let s = s.trim();
-    if required && s.is_empty() {
-        return Err(ApiError::bad_request(format!("{name} is required")));
-    }
-    if s.len() > max {
-        return Err(ApiError::bad_request(format!("{name} is longer than {max} bytes")));
-    }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ApiError::bad_request(format!("{name} contains control characters")));
-    }
-    Ok(s.to_string())
 }
 
 fn body_object(raw: &Bytes) -> ApiResult<Map<String, Value>> {
