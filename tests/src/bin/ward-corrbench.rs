@@ -43,6 +43,11 @@ struct Cli {
     /// Requests per API measurement.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
+    /// Print a digest of everything the engine decided (links, merges, incident rows,
+    /// prevalence), to check that a change to the engine keeps its results. Alert times
+    /// then start at a fixed instant instead of a year before now, so runs compare.
+    #[arg(long)]
+    digest: bool,
 }
 
 const DAY: u64 = 86_400_000;
@@ -245,7 +250,11 @@ fn rss_kib(pid: &str, field: &str) -> u64 {
 
 fn generator(cli: &Cli) -> Gen {
     let span = 365 * DAY;
-    let start_ms = ward_tests::now_ms() - span - 60_000;
+    let start_ms = if cli.digest {
+        1_600_000_000_000
+    } else {
+        ward_tests::now_ms() - span - 60_000
+    };
     Gen {
         x: cli.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         devices: cli.devices,
@@ -277,6 +286,7 @@ fn engine_run(cli: &Cli) {
     let mut busy = Duration::ZERO;
     let mut cpu = Duration::ZERO;
     let (mut links, mut merges, mut created) = (0u64, 0u64, 0u64);
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
     let mut i = 0;
     while i < cli.alerts {
         let n = u64::from(STEP_ALERTS).min(cli.alerts - i);
@@ -292,6 +302,9 @@ fn engine_run(cli: &Cli) {
         busy += t.elapsed();
         links += changes.links.len() as u64;
         merges += changes.merges.len() as u64;
+        if cli.digest {
+            digest_changes(&mut digest, &changes);
+        }
         i += n;
     }
     println!(
@@ -308,6 +321,82 @@ fn engine_run(cli: &Cli) {
         rss_before as f64 / 1024.0,
         rss_kib("self", "VmHWM:") as f64 / 1024.0
     );
+    if cli.digest {
+        use std::hash::Hasher;
+        println!("engine digest: {:016x}", digest.finish());
+    }
+}
+
+/// Feeds what the engine decided into a hash, in an order that does not depend on
+/// how the engine keeps its tables.
+fn digest_changes(h: &mut impl std::hash::Hasher, c: &ward_collector::incidents::engine::Changes) {
+    use std::hash::Hash;
+    for l in &c.links {
+        (
+            l.alert_rowid,
+            l.alert_id.to_string(),
+            l.incident_id.to_string(),
+            l.reason.to_string(),
+            l.created,
+        )
+            .hash(h);
+    }
+    for m in &c.merges {
+        (m.from.to_string(), m.into.to_string(), m.reason.to_string()).hash(h);
+    }
+    let mut rows: Vec<_> = c
+        .merged_away
+        .iter()
+        .map(|r| (0, r))
+        .chain(c.incidents.iter().map(|r| (1, r)))
+        .collect();
+    rows.sort_by_key(|(n, r)| (*n, r.id.to_string()));
+    for (n, r) in rows {
+        (
+            n,
+            r.id.to_string(),
+            r.seq,
+            r.title.to_string(),
+            r.severity as u8,
+            r.alert_severity as u8,
+        )
+            .hash(h);
+        (r.sources.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &r.tactics).hash(h);
+        (
+            r.first_title.to_string(),
+            r.several_titles,
+            r.first_ms,
+            r.last_ms,
+            r.alert_count,
+        )
+            .hash(h);
+        (r.devices, r.users, r.mailboxes).hash(h);
+        let mut keys: Vec<_> = r
+            .keys
+            .iter()
+            .map(|(name, k)| {
+                let via = k.via.as_deref().map(str::to_string);
+                (
+                    name.to_string(),
+                    k.kind as u8,
+                    k.label.to_string(),
+                    via,
+                    k.first_ms,
+                    k.last_ms,
+                    k.last_alert.to_string(),
+                )
+            })
+            .collect();
+        keys.sort();
+        keys.hash(h);
+    }
+    let mut prevalence: Vec<_> = c
+        .prevalence
+        .iter()
+        .map(|(k, d)| (k.to_string(), d.iter().map(|s| s.to_string()).collect::<Vec<_>>()))
+        .collect();
+    prevalence.sort();
+    prevalence.hash(h);
 }
 
 /// CPU time this thread has used: the engine's cost on one core, whatever else runs
