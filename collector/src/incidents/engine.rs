@@ -2,7 +2,7 @@
 //! arrival (rowid) order with their keys, it decides whether each one opens an
 //! incident, joins one, or bridges several (merging them), and says why. The same
 //! alerts in the same order give the same incidents; the state it needs is saved
-//! as rows ([`IncidentRow`], [`EntityRow`], prevalence) so a restarted collector
+//! as rows ([`IncidentRow`], [`KeyRow`], prevalence) so a restarted collector
 //! loads it and goes on exactly where it stopped.
 //!
 //! Rules:
@@ -16,12 +16,20 @@
 //!   incidents, no longer links (system binaries, resolvers, mass mailers).
 //! - An alert that matches several incidents joins the oldest; each other one is
 //!   merged into it unless their assignees or classifications differ (both set).
+//!
+//! Representation: every key is interned once as a number ([`KeyId`]) in one table
+//! that also holds its prevalence and the incidents holding it; incidents refer to
+//! keys by number, and the strings they share (alert ids, labels, reasons quoted
+//! from elsewhere) are reference-counted. Correlation is mostly lookups then, not
+//! allocation: an alert costs a few allocations, not one per key and copy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 // Fx: a fixed, fast hash for the engine's lookup tables (none of them is iterated in an
 // order that reaches results), instead of SipHash, a measurable share of the engine's time.
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use smallvec::SmallVec;
 
 use ward_protocol::Severity;
 use ward_protocol::ids::Id128;
@@ -50,20 +58,33 @@ pub struct AlertIn {
     pub keys: Vec<LinkKey>,
 }
 
-/// A key as seen within one incident.
+/// A key as one incident holds it: what the store keeps per incident and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeySeen {
+pub struct KeyRow {
+    /// `kind:value` ([`LinkKey::id`]).
+    pub key: Arc<str>,
     pub kind: KeyKind,
-    pub value: String,
-    pub label: String,
-    pub via: Option<String>,
+    /// How a person reads it when that is not its value (a device's hostname).
+    pub label: Option<Arc<str>>,
+    pub via: Option<Arc<str>>,
     pub first_ms: u64,
     pub last_ms: u64,
     /// The latest alert (by time) that carried it.
-    pub last_alert: String,
+    pub last_alert: Arc<str>,
 }
 
-/// An incident's correlation state.
+impl KeyRow {
+    /// The normalized value: the key without its `kind:` prefix.
+    pub fn value(&self) -> &str {
+        self.key.get(self.kind.as_str().len() + 1..).unwrap_or_default()
+    }
+
+    pub fn label(&self) -> &str {
+        self.label.as_deref().unwrap_or_else(|| self.value())
+    }
+}
+
+/// An incident as the store keeps it, for [`Engine::load`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incident {
     pub id: String,
@@ -81,26 +102,20 @@ pub struct Incident {
     pub alert_count: u64,
     pub first_title: String,
     pub several_titles: bool,
-    pub keys: BTreeMap<String, KeySeen>,
-    /// Keys added or updated since the store last saw this incident.
-    pub touched: BTreeSet<String>,
-    /// Keys per kind, and the lowest key id of each kind with its label (for titles);
-    /// kept as keys are added so a large incident is summed up without a scan.
-    pub counts: [usize; 7],
-    pub first_of: [Option<(String, String)>; 7],
+    pub keys: Vec<KeyRow>,
 }
 
 /// What the store keeps of an incident: its summary and the keys to save.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncidentRow {
-    pub id: String,
+    pub id: Arc<str>,
     pub seq: u64,
     pub title: String,
     pub severity: Severity,
     pub alert_severity: Severity,
-    pub sources: Vec<String>,
+    pub sources: Vec<Arc<str>>,
     pub tactics: Vec<&'static str>,
-    pub first_title: String,
+    pub first_title: Arc<str>,
     pub several_titles: bool,
     pub first_ms: u64,
     pub last_ms: u64,
@@ -108,199 +123,278 @@ pub struct IncidentRow {
     pub devices: usize,
     pub users: usize,
     pub mailboxes: usize,
-    pub keys: Vec<(String, KeySeen)>,
+    pub keys: Vec<KeyRow>,
 }
 
-impl Incident {
-    /// Its row, with all keys or only those touched since the last save.
-    pub fn row(&self, all_keys: bool) -> IncidentRow {
-        let keys = if all_keys {
-            self.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        } else {
-            self.touched
-                .iter()
-                .filter_map(|k| self.keys.get(k).map(|v| (k.clone(), v.clone())))
-                .collect()
-        };
-        IncidentRow {
-            id: self.id.clone(),
-            seq: self.seq,
-            title: self.title(),
-            severity: self.severity(),
-            alert_severity: self.alert_severity,
-            sources: self.sources.iter().cloned().collect(),
-            tactics: self.tactic_ids(),
-            first_title: self.first_title.clone(),
-            several_titles: self.several_titles,
-            first_ms: self.first_ms,
-            last_ms: self.last_ms,
-            alert_count: self.alert_count,
-            devices: self.count(KeyKind::Device),
-            users: self.count(KeyKind::User),
-            mailboxes: self.count(KeyKind::Mailbox),
-            keys,
-        }
-    }
+/// Why an alert went where it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub alert_rowid: i64,
+    pub alert_id: Arc<str>,
+    pub incident_id: Arc<str>,
+    pub reason: Arc<str>,
+    /// True when the alert opened the incident.
+    pub created: bool,
+}
 
-    fn note(&mut self, id: &str, kind: KeyKind, label: &str) {
-        let k = kind as usize;
-        self.counts[k] += 1;
-        if self.first_of[k].as_ref().is_none_or(|(first, _)| id < first.as_str()) {
-            self.first_of[k] = Some((id.to_string(), label.to_string()));
-        }
-    }
+/// An incident merged into an older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    pub from: Arc<str>,
+    pub into: Arc<str>,
+    pub reason: String,
+}
 
-    /// The same incident with its per-kind counts computed from its keys.
-    pub fn recounted(mut self) -> Incident {
-        self.recount();
-        self
-    }
+/// What the store must write after some alerts were correlated.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub links: Vec<Link>,
+    pub merges: Vec<Merge>,
+    /// Incidents merged away, as they were just before (their rows must exist).
+    pub merged_away: Vec<IncidentRow>,
+    /// Incidents whose summary or keys changed (current state).
+    pub incidents: Vec<IncidentRow>,
+    /// Keys whose distinct contexts changed: key id → `d:<device id>` / `user:<name>`.
+    pub prevalence: Vec<(Arc<str>, Vec<Arc<str>>)>,
+}
 
-    /// Recomputes the per-kind counts from the keys (after loading).
-    pub fn recount(&mut self) {
-        self.counts = [0; 7];
-        self.first_of = Default::default();
-        let keys: Vec<(String, KeyKind, String)> = self
-            .keys
-            .iter()
-            .map(|(id, k)| (id.clone(), k.kind, k.label.clone()))
-            .collect();
-        for (id, kind, label) in keys {
-            self.note(&id, kind, &label);
-        }
-    }
+/// A key's number in the engine's key table.
+type KeyId = u32;
 
-    fn new(id: String, seq: u64, a: &AlertIn) -> Incident {
-        Incident {
+/// Everything the engine knows of one key, whichever incidents hold it.
+#[derive(Debug)]
+struct KeyEntry {
+    name: Arc<str>,
+    kind: KeyKind,
+    /// Distinct contexts it was seen with (interned `d:<device id>` / `user:<name>`),
+    /// at most threshold + 1: its prevalence.
+    contexts: SmallVec<[u32; 2]>,
+    /// Its contexts changed since the store last saw them.
+    contexts_dirty: bool,
+    /// The incidents in memory (seq) that hold it: exact, kept as incidents come and go.
+    holders: SmallVec<[u64; 1]>,
+}
+
+/// A key within one incident.
+#[derive(Debug, Clone)]
+struct Seen {
+    label: Option<Arc<str>>,
+    via: Option<Arc<str>>,
+    first_ms: u64,
+    last_ms: u64,
+    last_alert: Arc<str>,
+    /// Added or updated since the store last saw this incident.
+    touched: bool,
+}
+
+/// An incident in memory.
+#[derive(Debug)]
+struct Live {
+    id: Arc<str>,
+    seq: u64,
+    status: Status,
+    assignee: Option<String>,
+    classification: Option<Classification>,
+    first_ms: u64,
+    last_ms: u64,
+    alert_severity: Severity,
+    /// Kill-chain ranks of its tactics, one bit each.
+    tactics: u32,
+    /// Sorted, distinct.
+    sources: SmallVec<[Arc<str>; 2]>,
+    alert_count: u64,
+    first_title: Arc<str>,
+    several_titles: bool,
+    keys: HashMap<KeyId, Seen>,
+    /// Keys with `touched` set, in the order they were touched.
+    touched: Vec<KeyId>,
+    /// Keys per kind, and the key of each kind with the lowest name (for titles);
+    /// kept as keys are added so a large incident is summed up without a scan.
+    counts: [usize; 7],
+    first_of: [Option<KeyId>; 7],
+}
+
+impl Live {
+    fn new(id: Arc<str>, seq: u64, at_ms: u64, severity: Severity, first_title: Arc<str>) -> Live {
+        Live {
             id,
             seq,
             status: Status::Active,
             assignee: None,
             classification: None,
-            first_ms: a.at_ms,
-            last_ms: a.at_ms,
-            alert_severity: a.severity,
-            tactics: BTreeSet::new(),
-            sources: BTreeSet::new(),
+            first_ms: at_ms,
+            last_ms: at_ms,
+            alert_severity: severity,
+            tactics: 0,
+            sources: SmallVec::new(),
             alert_count: 0,
-            first_title: a.title.clone(),
+            first_title,
             several_titles: false,
-            keys: BTreeMap::new(),
-            touched: BTreeSet::new(),
+            keys: HashMap::default(),
+            touched: Vec::new(),
             counts: [0; 7],
-            first_of: Default::default(),
+            first_of: [None; 7],
         }
     }
 
-    /// Adds an alert's facts; returns the ids of keys new to this incident.
-    pub fn absorb(&mut self, a: &AlertIn) -> Vec<String> {
-        let ids: Vec<String> = a.keys.iter().map(LinkKey::id).collect();
-        self.absorb_keys(a, &ids)
+    fn add_source(&mut self, source: &Arc<str>) {
+        if let Err(at) = self.sources.binary_search(source) {
+            self.sources.insert(at, Arc::clone(source));
+        }
     }
 
-    /// [`Incident::absorb`] with the alert's key ids already made (`ids[i]` is `a.keys[i]`'s).
-    fn absorb_keys(&mut self, a: &AlertIn, ids: &[String]) -> Vec<String> {
+    /// Counts a key new to this incident.
+    fn note(&mut self, table: &[KeyEntry], id: KeyId) {
+        let entry = &table[id as usize];
+        let k = entry.kind as usize;
+        self.counts[k] += 1;
+        if self.first_of[k].is_none_or(|first| entry.name < table[first as usize].name) {
+            self.first_of[k] = Some(id);
+        }
+    }
+
+    fn touch(&mut self, id: KeyId) {
+        if let Some(seen) = self.keys.get_mut(&id)
+            && !seen.touched
+        {
+            seen.touched = true;
+            self.touched.push(id);
+        }
+    }
+
+    fn clear_touched(&mut self) {
+        for id in std::mem::take(&mut self.touched) {
+            if let Some(seen) = self.keys.get_mut(&id) {
+                seen.touched = false;
+            }
+        }
+    }
+
+    /// Takes in an alert whose keys are `ids` (`ids[i]` is `a.keys[i]`'s); returns
+    /// the keys new to this incident.
+    fn absorb(
+        &mut self,
+        ctx: &mut Shared<'_>,
+        a: &AlertIn,
+        ids: &[KeyId],
+        alert_id: &Arc<str>,
+    ) -> SmallVec<[KeyId; 8]> {
         self.first_ms = self.first_ms.min(a.at_ms);
         self.last_ms = self.last_ms.max(a.at_ms);
         self.alert_severity = self.alert_severity.max(a.severity);
-        self.tactics.extend(a.tactics.iter().filter_map(|t| tactic_rank(t)));
-        if !self.sources.contains(&a.source) {
-            self.sources.insert(a.source.clone());
+        for t in a.tactics.iter().filter_map(|t| tactic_rank(t)) {
+            self.tactics |= 1 << t;
         }
-        self.several_titles |= a.title != self.first_title;
+        if !self.sources.iter().any(|s| **s == *a.source) {
+            let source = ctx.intern(&a.source);
+            self.add_source(&source);
+        }
+        self.several_titles |= *a.title != *self.first_title;
         self.alert_count += 1;
-        let mut new = Vec::new();
-        for (k, id) in a.keys.iter().zip(ids) {
-            self.touched.insert(id.clone());
-            match self.keys.get_mut(id) {
+        let mut new = SmallVec::new();
+        for (k, &id) in a.keys.iter().zip(ids) {
+            match self.keys.get_mut(&id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(a.at_ms);
                     if a.at_ms >= seen.last_ms {
                         seen.last_ms = a.at_ms;
-                        seen.last_alert = a.id.clone();
+                        seen.last_alert = Arc::clone(alert_id);
                     }
                     if k.via.is_none() {
                         seen.via = None;
                     }
                 }
                 None => {
-                    self.note(id, k.kind, &k.label);
-                    self.keys.insert(
-                        id.clone(),
-                        KeySeen {
-                            kind: k.kind,
-                            value: k.value.clone(),
-                            label: k.label.clone(),
-                            via: k.via.clone(),
-                            first_ms: a.at_ms,
-                            last_ms: a.at_ms,
-                            last_alert: a.id.clone(),
-                        },
-                    );
-                    new.push(id.clone());
+                    let seen = Seen {
+                        label: (k.label != k.value).then(|| ctx.intern(&k.label)),
+                        via: k.via.as_deref().map(|v| ctx.intern(v)),
+                        first_ms: a.at_ms,
+                        last_ms: a.at_ms,
+                        last_alert: Arc::clone(alert_id),
+                        touched: false,
+                    };
+                    self.keys.insert(id, seen);
+                    self.note(ctx.table, id);
+                    new.push(id);
                 }
             }
+            self.touch(id);
         }
         new
     }
 
-    /// Takes in everything of a merged incident; returns the ids of keys new here.
-    fn absorb_incident(&mut self, other: &Incident) -> Vec<String> {
+    /// Takes in everything of a merged incident; returns the keys new here.
+    fn absorb_incident(&mut self, table: &[KeyEntry], other: &Live) -> Vec<KeyId> {
         self.first_ms = self.first_ms.min(other.first_ms);
         self.last_ms = self.last_ms.max(other.last_ms);
         self.alert_severity = self.alert_severity.max(other.alert_severity);
-        self.tactics.extend(other.tactics.iter().copied());
-        self.sources.extend(other.sources.iter().cloned());
+        self.tactics |= other.tactics;
+        for s in &other.sources {
+            self.add_source(s);
+        }
         self.several_titles |= other.several_titles || other.first_title != self.first_title;
         self.alert_count += other.alert_count;
         let mut new = Vec::new();
-        for (id, k) in &other.keys {
-            self.touched.insert(id.clone());
-            match self.keys.get_mut(id) {
+        for (&id, k) in &other.keys {
+            match self.keys.get_mut(&id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(k.first_ms);
                     if k.last_ms > seen.last_ms {
                         seen.last_ms = k.last_ms;
-                        seen.last_alert = k.last_alert.clone();
+                        seen.last_alert = Arc::clone(&k.last_alert);
                     }
                 }
                 None => {
-                    self.note(id, k.kind, &k.label);
-                    self.keys.insert(id.clone(), k.clone());
-                    new.push(id.clone());
+                    self.keys.insert(
+                        id,
+                        Seen {
+                            touched: false,
+                            ..k.clone()
+                        },
+                    );
+                    self.note(table, id);
+                    new.push(id);
                 }
             }
+            self.touch(id);
         }
         new
     }
 
-    pub fn count(&self, kind: KeyKind) -> usize {
+    fn count(&self, kind: KeyKind) -> usize {
         self.counts[kind as usize]
     }
 
-    /// The severity shown: highest alert, raised for breadth.
-    pub fn severity(&self) -> Severity {
-        incident_severity(self.alert_severity, self.tactics.len(), self.sources.len())
+    fn tactic_ranks(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..TACTICS.len()).filter(|&t| self.tactics & (1 << t) != 0)
     }
 
-    pub fn tactic_ids(&self) -> Vec<&'static str> {
-        self.tactics.iter().map(|&i| TACTICS[i].0).collect()
+    /// The severity shown: highest alert, raised for breadth.
+    fn severity(&self) -> Severity {
+        incident_severity(
+            self.alert_severity,
+            self.tactics.count_ones() as usize,
+            self.sources.len(),
+        )
     }
 
     /// A title made from its alerts: what happened, then where and to whom.
-    pub fn title(&self) -> String {
+    fn title(&self, table: &[KeyEntry]) -> String {
         let base = if !self.several_titles {
-            self.first_title.clone()
-        } else if self.tactics.len() >= 2 {
-            let first = self.tactics.first().map(|&i| TACTICS[i].1).unwrap_or("");
-            let last = self.tactics.last().map(|&i| TACTICS[i].1).unwrap_or("");
+            self.first_title.to_string()
+        } else if self.tactics.count_ones() >= 2 {
+            let first = self.tactic_ranks().next().map(|i| TACTICS[i].1).unwrap_or("");
+            let last = self.tactic_ranks().last().map(|i| TACTICS[i].1).unwrap_or("");
             format!("Multi-stage incident involving {first} & {last}")
         } else {
             format!("{} and related alerts", self.first_title)
         };
-        let label = |kind: KeyKind, many: &str| match (self.count(kind), &self.first_of[kind as usize]) {
+        let label = |kind: KeyKind, many: &str| match (self.count(kind), self.first_of[kind as usize]) {
             (0, _) | (_, None) => None,
-            (1, Some((_, label))) => Some(label.clone()),
+            (1, Some(id)) => self
+                .keys
+                .get(&id)
+                .map(|seen| key_row(table, id, seen).label().to_string()),
             (n, Some(_)) => Some(format!("{n} {many}")),
         };
         let mut title = base;
@@ -315,62 +409,92 @@ impl Incident {
         }
         title
     }
+
+    /// Its row, with all keys or only those touched since the last save.
+    fn row(&self, table: &[KeyEntry], all_keys: bool) -> IncidentRow {
+        let keys = if all_keys {
+            self.keys.iter().map(|(&id, seen)| key_row(table, id, seen)).collect()
+        } else {
+            self.touched
+                .iter()
+                .filter_map(|&id| self.keys.get(&id).map(|seen| key_row(table, id, seen)))
+                .collect()
+        };
+        IncidentRow {
+            id: Arc::clone(&self.id),
+            seq: self.seq,
+            title: self.title(table),
+            severity: self.severity(),
+            alert_severity: self.alert_severity,
+            sources: self.sources.to_vec(),
+            tactics: self.tactic_ranks().map(|i| TACTICS[i].0).collect(),
+            first_title: Arc::clone(&self.first_title),
+            several_titles: self.several_titles,
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            alert_count: self.alert_count,
+            devices: self.count(KeyKind::Device),
+            users: self.count(KeyKind::User),
+            mailboxes: self.count(KeyKind::Mailbox),
+            keys,
+        }
+    }
 }
 
-/// Why an alert went where it went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub alert_rowid: i64,
-    pub alert_id: String,
-    pub incident_id: String,
-    pub reason: String,
-    /// True when the alert opened the incident.
-    pub created: bool,
+fn key_row(table: &[KeyEntry], id: KeyId, seen: &Seen) -> KeyRow {
+    let entry = &table[id as usize];
+    KeyRow {
+        key: Arc::clone(&entry.name),
+        kind: entry.kind,
+        label: seen.label.clone(),
+        via: seen.via.clone(),
+        first_ms: seen.first_ms,
+        last_ms: seen.last_ms,
+        last_alert: Arc::clone(&seen.last_alert),
+    }
 }
 
-/// An incident merged into an older one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Merge {
-    pub from: String,
-    pub into: String,
-    pub reason: String,
+/// What absorbing an alert needs besides the incident: the key table and the
+/// shared strings.
+struct Shared<'a> {
+    table: &'a [KeyEntry],
+    strings: &'a mut HashSet<Arc<str>>,
 }
 
-/// What the store must write after some alerts were correlated.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub links: Vec<Link>,
-    pub merges: Vec<Merge>,
-    /// Incidents merged away, as they were just before (their rows must exist).
-    pub merged_away: Vec<IncidentRow>,
-    /// Incidents whose summary or keys changed (current state).
-    pub incidents: Vec<IncidentRow>,
-    /// Keys whose distinct contexts changed: key id → `d:<device id>` / `user:<name>`.
-    pub prevalence: Vec<(String, Vec<String>)>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Prevalence {
-    /// Interned contexts: `d:<device id>` or `user:<name>`, at most threshold + 1.
-    devices: Vec<u32>,
+impl Shared<'_> {
+    /// One shared copy of a string that recurs (labels, vias, sources).
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(Arc::clone(&a));
+        a
+    }
 }
 
 /// The in-memory correlation state.
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
-    incidents: HashMap<u64, Incident>,
-    by_id: HashMap<String, u64>,
-    /// Key id → incidents (seq) holding it.
-    index: HashMap<String, Vec<u64>>,
-    prevalence: HashMap<String, Prevalence>,
-    device_ids: HashMap<String, u32>,
-    device_names: Vec<String>,
+    incidents: HashMap<u64, Live>,
+    by_id: HashMap<Arc<str>, u64>,
+    /// Every key seen, by number; numbers by name.
+    table: Vec<KeyEntry>,
+    key_ids: HashMap<Arc<str>, KeyId>,
+    /// Prevalence contexts by number; numbers by name.
+    context_names: Vec<Arc<str>>,
+    context_ids: HashMap<Arc<str>, u32>,
+    /// Labels, vias and sources, one copy each (they recur across incidents).
+    strings: HashSet<Arc<str>>,
+    /// Reused to build key and context names without allocating.
+    scratch: String,
+    first_reason: Arc<str>,
     next_seq: u64,
     /// Newest alert time seen.
     high_ms: u64,
     dirty: BTreeSet<u64>,
-    dirty_prevalence: BTreeSet<String>,
+    dirty_prevalence: Vec<KeyId>,
     changes: Changes,
     since_sweep: usize,
 }
@@ -381,14 +505,17 @@ impl Engine {
             cfg,
             incidents: HashMap::default(),
             by_id: HashMap::default(),
-            index: HashMap::default(),
-            prevalence: HashMap::default(),
-            device_ids: HashMap::default(),
-            device_names: Vec::new(),
+            table: Vec::new(),
+            key_ids: HashMap::default(),
+            context_names: Vec::new(),
+            context_ids: HashMap::default(),
+            strings: HashSet::default(),
+            scratch: String::new(),
+            first_reason: Arc::from("first alert of the incident"),
             next_seq: 1,
             high_ms: 0,
             dirty: BTreeSet::new(),
-            dirty_prevalence: BTreeSet::new(),
+            dirty_prevalence: Vec::new(),
             changes: Changes::default(),
             since_sweep: 0,
         }
@@ -415,48 +542,157 @@ impl Engine {
         self.high_ms.saturating_sub(self.cfg.window_ms.saturating_mul(2))
     }
 
-    /// Restores the distinct devices a key was seen on.
-    pub fn load_prevalence(&mut self, key: String, devices: &[String]) {
-        let ids = devices.iter().map(|d| self.intern(d)).collect();
-        self.prevalence.insert(key, Prevalence { devices: ids });
+    /// The number of a key named `kind:value`, added to the table when new.
+    fn key_id(&mut self, kind: KeyKind, value: &str) -> KeyId {
+        let mut name = std::mem::take(&mut self.scratch);
+        name.clear();
+        name.push_str(kind.as_str());
+        name.push(':');
+        name.push_str(value);
+        let id = match self.key_ids.get(name.as_str()) {
+            Some(&id) => id,
+            None => self.add_key(Arc::from(name.as_str()), kind),
+        };
+        self.scratch = name;
+        id
     }
 
-    /// Puts an incident (from the store, or rebuilt) in memory, replacing any
-    /// copy; incidents that are not open or out of reach are only forgotten.
-    pub fn load(&mut self, mut inc: Incident) {
+    /// The number of a key by its stored name.
+    fn key_id_of(&mut self, name: &Arc<str>, kind: KeyKind) -> KeyId {
+        match self.key_ids.get(&**name) {
+            Some(&id) => id,
+            None => self.add_key(Arc::clone(name), kind),
+        }
+    }
+
+    fn add_key(&mut self, name: Arc<str>, kind: KeyKind) -> KeyId {
+        // Key numbers are u32 to keep the tables small: four billion distinct keys
+        // would need hundreds of gigabytes of names first.
+        let id = self.table.len() as KeyId;
+        self.key_ids.insert(Arc::clone(&name), id);
+        self.table.push(KeyEntry {
+            name,
+            kind,
+            contexts: SmallVec::new(),
+            contexts_dirty: false,
+            holders: SmallVec::new(),
+        });
+        id
+    }
+
+    fn context_id(&mut self, name: &str) -> u32 {
+        if let Some(&c) = self.context_ids.get(name) {
+            return c;
+        }
+        let c = self.context_names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.context_names.push(Arc::clone(&name));
+        self.context_ids.insert(name, c);
+        c
+    }
+
+    fn device_context(&mut self, device: &str) -> u32 {
+        let mut name = std::mem::take(&mut self.scratch);
+        name.clear();
+        name.push_str("d:");
+        name.push_str(device);
+        let c = self.context_id(&name);
+        self.scratch = name;
+        c
+    }
+
+    /// Restores the distinct devices a key was seen on.
+    pub fn load_prevalence(&mut self, key: String, devices: &[String]) {
+        let Some(kind) = key.split_once(':').and_then(|(kind, _)| KeyKind::parse(kind)) else {
+            return;
+        };
+        let id = self.key_id_of(&Arc::from(key), kind);
+        let contexts = devices.iter().map(|d| self.context_id(d)).collect();
+        self.table[id as usize].contexts = contexts;
+    }
+
+    /// Puts an incident (from the store) in memory, replacing any copy; incidents
+    /// that are not open or out of reach are only forgotten.
+    pub fn load(&mut self, inc: Incident) {
         self.forget(&inc.id);
-        inc.touched.clear();
-        inc.recount();
         self.next_seq = self.next_seq.max(inc.seq + 1);
         if !inc.status.is_open() || inc.last_ms < self.horizon_ms() {
             return;
         }
-        for key in inc.keys.keys() {
-            self.index.entry(key.clone()).or_default().push(inc.seq);
+        let mut live = Live::new(
+            Arc::from(inc.id),
+            inc.seq,
+            inc.first_ms,
+            inc.alert_severity,
+            Arc::from(inc.first_title),
+        );
+        live.status = inc.status;
+        live.assignee = inc.assignee;
+        live.classification = inc.classification;
+        live.last_ms = inc.last_ms;
+        live.tactics = inc
+            .tactics
+            .iter()
+            .filter(|&&t| t < TACTICS.len())
+            .fold(0, |bits, t| bits | 1 << t);
+        let mut shared = Shared {
+            table: &self.table,
+            strings: &mut self.strings,
+        };
+        let sources: Vec<Arc<str>> = inc.sources.iter().map(|s| shared.intern(s)).collect();
+        for s in &sources {
+            live.add_source(s);
         }
-        self.by_id.insert(inc.id.clone(), inc.seq);
-        self.incidents.insert(inc.seq, inc);
+        live.alert_count = inc.alert_count;
+        live.several_titles = inc.several_titles;
+        for k in inc.keys {
+            let id = self.key_id_of(&k.key, k.kind);
+            live.keys.insert(
+                id,
+                Seen {
+                    label: k.label,
+                    via: k.via,
+                    first_ms: k.first_ms,
+                    last_ms: k.last_ms,
+                    last_alert: k.last_alert,
+                    touched: false,
+                },
+            );
+            live.note(&self.table, id);
+        }
+        self.install(live);
+    }
+
+    /// Makes an incident reachable: in the index and the tables.
+    fn install(&mut self, live: Live) {
+        for &id in live.keys.keys() {
+            self.table[id as usize].holders.push(live.seq);
+        }
+        self.by_id.insert(Arc::clone(&live.id), live.seq);
+        self.incidents.insert(live.seq, live);
     }
 
     /// Drops an incident from memory, with its index entries.
     pub fn forget(&mut self, id: &str) {
         if let Some(seq) = self.by_id.remove(id) {
-            if let Some(inc) = self.incidents.remove(&seq) {
-                for key in inc.keys.keys() {
-                    if let Some(seqs) = self.index.get_mut(key) {
-                        seqs.retain(|s| *s != seq);
-                        if seqs.is_empty() {
-                            self.index.remove(key);
-                        }
-                    }
-                }
-            }
-            self.dirty.remove(&seq);
+            self.drop_incident(seq);
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<&Incident> {
-        self.by_id.get(id).and_then(|s| self.incidents.get(s))
+    /// Removes an incident (already out of `by_id`) and its index entries; returns it.
+    fn drop_incident(&mut self, seq: u64) -> Option<Live> {
+        self.dirty.remove(&seq);
+        let inc = self.incidents.remove(&seq)?;
+        for &id in inc.keys.keys() {
+            self.table[id as usize].holders.retain(|s| *s != seq);
+        }
+        Some(inc)
+    }
+
+    /// An incident's current row with all its keys.
+    pub fn get(&self, id: &str) -> Option<IncidentRow> {
+        let inc = self.by_id.get(id).and_then(|s| self.incidents.get(s))?;
+        Some(inc.row(&self.table, true))
     }
 
     /// Analyst changes that decide joins and merges.
@@ -477,14 +713,40 @@ impl Engine {
         }
     }
 
-    /// A fresh incident state from alerts alone (after an analyst moved alerts).
-    pub fn replay(id: String, seq: u64, alerts: &[AlertIn]) -> Option<Incident> {
-        let first = alerts.first()?;
-        let mut inc = Incident::new(id, seq, first);
+    /// Rebuilds an incident's summary and keys from its alerts alone (after an
+    /// analyst moved alerts), keeping its triage; puts it in memory like [`Engine::load`]
+    /// and returns its row with all keys. Without alerts it is loaded as it is.
+    pub fn rebuild(&mut self, current: Incident, alerts: &[AlertIn]) -> Option<IncidentRow> {
+        let Some(first) = alerts.first() else {
+            self.load(current);
+            return None;
+        };
+        let mut live = Live::new(
+            Arc::from(current.id.as_str()),
+            current.seq,
+            first.at_ms,
+            first.severity,
+            Arc::from(first.title.as_str()),
+        );
+        live.status = current.status;
+        live.assignee = current.assignee;
+        live.classification = current.classification;
         for a in alerts {
-            inc.absorb(a);
+            let ids = self.key_ids_of(a);
+            let mut shared = Shared {
+                table: &self.table,
+                strings: &mut self.strings,
+            };
+            live.absorb(&mut shared, a, &ids, &Arc::from(a.id.as_str()));
         }
-        Some(inc)
+        let row = live.row(&self.table, true);
+        live.clear_touched();
+        self.forget(&current.id);
+        self.next_seq = self.next_seq.max(live.seq + 1);
+        if live.status.is_open() && live.last_ms >= self.horizon_ms() {
+            self.install(live);
+        }
+        Some(row)
     }
 
     /// Assigns the next creation number (for incidents analysts open by hand).
@@ -501,17 +763,11 @@ impl Engine {
         }
     }
 
-    fn intern(&mut self, device: &str) -> u32 {
-        if let Some(&i) = self.device_ids.get(device) {
-            return i;
-        }
-        let i = u32::try_from(self.device_names.len()).unwrap_or(u32::MAX);
-        self.device_names.push(device.to_string());
-        self.device_ids.insert(device.to_string(), i);
-        i
+    fn key_ids_of(&mut self, a: &AlertIn) -> SmallVec<[KeyId; 8]> {
+        a.keys.iter().map(|k| self.key_id(k.kind, &k.value)).collect()
     }
 
-    fn reachable(&self, inc: &Incident, at_ms: u64) -> bool {
+    fn reachable(&self, inc: &Live, at_ms: u64) -> bool {
         inc.status.is_open()
             && inc.last_ms >= self.horizon_ms()
             && at_ms.saturating_add(self.cfg.window_ms) >= inc.first_ms
@@ -519,114 +775,128 @@ impl Engine {
     }
 
     /// Whether a key is too common to link.
-    fn is_common(&self, key: &str, kind: KeyKind) -> bool {
-        if kind == KeyKind::Device {
+    fn is_common(&self, id: KeyId) -> bool {
+        let entry = &self.table[id as usize];
+        if entry.kind == KeyKind::Device {
             return false;
         }
         let t = self.cfg.prevalence_threshold;
-        if self.prevalence.get(key).is_some_and(|p| p.devices.len() > t) {
+        if entry.contexts.len() > t {
             return true;
         }
         let horizon = self.horizon_ms();
-        let live = self.index.get(key).map_or(0, |seqs| {
-            seqs.iter()
-                .filter(|s| {
-                    self.incidents
-                        .get(s)
-                        .is_some_and(|i| i.status.is_open() && i.last_ms >= horizon)
-                })
-                .count()
-        });
+        let live = entry
+            .holders
+            .iter()
+            .filter(|s| {
+                self.incidents
+                    .get(s)
+                    .is_some_and(|i| i.status.is_open() && i.last_ms >= horizon)
+            })
+            .count();
         live > t
+    }
+
+    /// Prevalence: the distinct devices and users each key of the alert was seen
+    /// with. A user counts only its devices (a person may get mail from many senders).
+    fn count_contexts(&mut self, a: &AlertIn, ids: &[KeyId]) {
+        let device = a.device.as_deref().map(|d| self.device_context(d));
+        let users: SmallVec<[(KeyId, u32); 2]> = a
+            .keys
+            .iter()
+            .zip(ids)
+            .filter(|(k, _)| k.kind == KeyKind::User)
+            .map(|(_, &id)| {
+                let name = Arc::clone(&self.table[id as usize].name);
+                (id, self.context_id(&name))
+            })
+            .collect();
+        let cap = self.cfg.prevalence_threshold + 1;
+        for (k, &id) in a.keys.iter().zip(ids).filter(|(k, _)| k.kind != KeyKind::Device) {
+            let contexts = device.into_iter().chain(
+                users
+                    .iter()
+                    .filter(|_| k.kind != KeyKind::User)
+                    .filter(|(u, _)| *u != id)
+                    .map(|(_, c)| *c),
+            );
+            let entry = &mut self.table[id as usize];
+            for c in contexts {
+                if entry.contexts.len() < cap && !entry.contexts.contains(&c) {
+                    entry.contexts.push(c);
+                    if !entry.contexts_dirty {
+                        entry.contexts_dirty = true;
+                        self.dirty_prevalence.push(id);
+                    }
+                }
+            }
+        }
     }
 
     /// Correlates one alert.
     pub fn correlate(&mut self, a: &AlertIn) -> Link {
         self.high_ms = self.high_ms.max(a.at_ms);
-        // Prevalence: the distinct devices and users a key was seen with. A user
-        // counts only its devices (a person may get mail from many senders).
-        let ids: Vec<String> = a.keys.iter().map(LinkKey::id).collect();
-        let device = a.device.as_ref().map(|d| self.intern(&format!("d:{d}")));
-        let users: Vec<(&str, u32)> = a
-            .keys
-            .iter()
-            .zip(&ids)
-            .filter(|(k, _)| k.kind == KeyKind::User)
-            .map(|(_, id)| (id.as_str(), self.intern(id)))
-            .collect();
-        let cap = self.cfg.prevalence_threshold + 1;
-        for (k, id) in a.keys.iter().zip(&ids).filter(|(k, _)| k.kind != KeyKind::Device) {
-            let contexts = device.into_iter().chain(
-                users
-                    .iter()
-                    .filter(|_| k.kind != KeyKind::User)
-                    .filter(|(u, _)| u != id)
-                    .map(|(_, i)| *i),
-            );
-            for c in contexts {
-                let p = match self.prevalence.get_mut(id) {
-                    Some(p) => p,
-                    None => self.prevalence.entry(id.clone()).or_default(),
-                };
-                if p.devices.len() < cap && !p.devices.contains(&c) {
-                    p.devices.push(c);
-                    self.dirty_prevalence.insert(id.clone());
-                }
-            }
-        }
-        // Candidates: for each reachable incident, the best key it shares (keys in kind order).
-        let mut ordered: Vec<(&LinkKey, &String)> = a.keys.iter().zip(&ids).collect();
-        ordered.sort_by_key(|(k, _)| k.kind);
-        let mut best: BTreeMap<u64, (&LinkKey, String)> = BTreeMap::new();
-        for (k, id) in ordered {
-            let Some(seqs) = self.index.get(id) else { continue };
-            if self.is_common(id, k.kind) {
+        let ids = self.key_ids_of(a);
+        self.count_contexts(a, &ids);
+        // Candidates: for each reachable incident, the best key it shares (keys in
+        // kind order), as (incident seq, index of the key in the alert).
+        let mut order: SmallVec<[usize; 8]> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| a.keys[i].kind);
+        let mut candidates: SmallVec<[(u64, usize); 8]> = SmallVec::new();
+        for i in order {
+            let id = ids[i];
+            if self.table[id as usize].holders.is_empty() || self.is_common(id) {
                 continue;
             }
-            for seq in seqs {
+            for seq in &self.table[id as usize].holders {
                 if let Some(inc) = self.incidents.get(seq)
-                    && inc.keys.contains_key(id)
                     && self.reachable(inc, a.at_ms)
                 {
-                    best.entry(*seq).or_insert((k, id.clone()));
+                    candidates.push((*seq, i));
                 }
             }
         }
-        let link = if let Some((&target, _)) = best.iter().next() {
-            let mut reasons = Vec::new();
-            let target_reason = self.describe(target, &best[&target], a);
-            reasons.push(target_reason);
-            for (&seq, m) in best.iter().skip(1) {
-                let why = self.describe(seq, m, a);
-                let other_id = self.incidents.get(&seq).map(|i| i.id.clone()).unwrap_or_default();
+        // The oldest incident first; per incident the first (best) key found.
+        candidates.sort_by_key(|&(seq, _)| seq);
+        candidates.dedup_by_key(|&mut (seq, _)| seq);
+        let alert_id: Arc<str> = Arc::from(a.id.as_str());
+        let link = if let Some(&(target, i)) = candidates.first() {
+            let mut reason = self.describe(target, i, &ids, a);
+            for &(seq, i) in &candidates[1..] {
+                let why = self.describe(seq, i, &ids, a);
+                let other_id = self.incidents.get(&seq).map(|i| Arc::clone(&i.id)).unwrap_or_default();
                 match self.merge_blocker(target, seq) {
                     None => {
                         self.merge(target, seq, format!("alert {} bridges them: {why}", a.id));
-                        reasons.push(format!("{why} (merged incident {other_id})"));
+                        reason.push_str(&format!("; {why} (merged incident {other_id})"));
                     }
-                    Some(blocker) => reasons.push(format!("{why} (incident {other_id} not merged: {blocker})")),
+                    Some(blocker) => reason.push_str(&format!("; {why} (incident {other_id} not merged: {blocker})")),
                 }
             }
-            self.add(target, a, &ids);
+            self.add(target, a, &ids, &alert_id);
             Link {
                 alert_rowid: a.rowid,
-                alert_id: a.id.clone(),
-                incident_id: self.incidents.get(&target).map(|i| i.id.clone()).unwrap_or_default(),
-                reason: reasons.join("; "),
+                alert_id,
+                incident_id: self
+                    .incidents
+                    .get(&target)
+                    .map(|i| Arc::clone(&i.id))
+                    .unwrap_or_default(),
+                reason: Arc::from(reason),
                 created: false,
             }
         } else {
             let seq = self.take_seq();
-            let id = incident_id_for(a);
-            let inc = Incident::new(id.clone(), seq, a);
-            self.by_id.insert(id.clone(), seq);
+            let id: Arc<str> = Arc::from(incident_id_for(a));
+            let inc = Live::new(Arc::clone(&id), seq, a.at_ms, a.severity, Arc::from(a.title.as_str()));
+            self.by_id.insert(Arc::clone(&id), seq);
             self.incidents.insert(seq, inc);
-            self.add(seq, a, &ids);
+            self.add(seq, a, &ids, &alert_id);
             Link {
                 alert_rowid: a.rowid,
-                alert_id: a.id.clone(),
+                alert_id,
                 incident_id: id,
-                reason: "first alert of the incident".into(),
+                reason: Arc::clone(&self.first_reason),
                 created: true,
             }
         };
@@ -639,12 +909,16 @@ impl Engine {
         link
     }
 
-    fn add(&mut self, seq: u64, a: &AlertIn, ids: &[String]) {
+    fn add(&mut self, seq: u64, a: &AlertIn, ids: &[KeyId], alert_id: &Arc<str>) {
         let Some(inc) = self.incidents.get_mut(&seq) else {
             return;
         };
-        for key in inc.absorb_keys(a, ids) {
-            self.index.entry(key).or_default().push(seq);
+        let mut shared = Shared {
+            table: &self.table,
+            strings: &mut self.strings,
+        };
+        for id in inc.absorb(&mut shared, a, ids, alert_id) {
+            self.table[id as usize].holders.push(seq);
         }
         self.dirty.insert(seq);
     }
@@ -670,24 +944,26 @@ impl Engine {
 
     /// Merges incident `from` into `into` (both in memory).
     fn merge(&mut self, into: u64, from: u64, reason: String) {
-        let Some(other) = self.incidents.remove(&from) else {
+        if !self.incidents.contains_key(&into) {
+            return;
+        }
+        let Some(other) = self.drop_incident(from) else {
             return;
         };
         self.by_id.remove(&other.id);
-        self.dirty.remove(&from);
         let Some(target) = self.incidents.get_mut(&into) else {
             return;
         };
-        let new_keys = target.absorb_incident(&other);
-        for key in new_keys {
-            self.index.entry(key).or_default().push(into);
-        }
+        let new_keys = target.absorb_incident(&self.table, &other);
         self.changes.merges.push(Merge {
-            from: other.id.clone(),
-            into: target.id.clone(),
+            from: Arc::clone(&other.id),
+            into: Arc::clone(&target.id),
             reason,
         });
-        self.changes.merged_away.push(other.row(false));
+        for id in new_keys {
+            self.table[id as usize].holders.push(into);
+        }
+        self.changes.merged_away.push(other.row(&self.table, false));
         self.dirty.insert(into);
     }
 
@@ -702,8 +978,10 @@ impl Engine {
         }
     }
 
-    fn describe(&self, seq: u64, (key, id): &(&LinkKey, String), a: &AlertIn) -> String {
-        let Some(seen) = self.incidents.get(&seq).and_then(|i| i.keys.get(id)) else {
+    /// Why alert `a` matches incident `seq` through its key `a.keys[i]`.
+    fn describe(&self, seq: u64, i: usize, ids: &[KeyId], a: &AlertIn) -> String {
+        let key = &a.keys[i];
+        let Some(seen) = self.incidents.get(&seq).and_then(|inc| inc.keys.get(&ids[i])) else {
             return format!("shares {} {}", key.kind.as_str(), key.label);
         };
         let other = &seen.last_alert;
@@ -719,67 +997,49 @@ impl Engine {
             KeyKind::Domain => format!("shares domain {} with alert {other}", key.label),
             KeyKind::Ip => format!("shares IP {} with alert {other}", key.label),
         };
-        match key.via.as_ref().or(seen.via.as_ref()) {
+        match key.via.as_deref().or(seen.via.as_deref()) {
             Some(via) => format!("{via}: {base}"),
             None => base,
         }
     }
 
-    /// Drops unreachable incidents and stale index entries.
+    /// Drops unreachable incidents (with their index entries).
     pub fn sweep(&mut self) {
         self.since_sweep = 0;
         let horizon = self.horizon_ms();
-        let gone: Vec<(u64, String)> = self
+        let gone: Vec<u64> = self
             .incidents
             .iter()
             .filter(|(s, i)| (!i.status.is_open() || i.last_ms < horizon) && !self.dirty.contains(s))
-            .map(|(s, i)| (*s, i.id.clone()))
+            .map(|(s, _)| *s)
             .collect();
-        for (seq, id) in gone {
-            self.incidents.remove(&seq);
-            self.by_id.remove(&id);
+        for seq in gone {
+            if let Some(inc) = self.drop_incident(seq) {
+                self.by_id.remove(&inc.id);
+            }
         }
-        let incidents = &self.incidents;
-        self.index.retain(|_, seqs| {
-            seqs.retain(|s| incidents.contains_key(s));
-            !seqs.is_empty()
-        });
     }
 
     /// What changed since the last call, for the store.
     pub fn take_changes(&mut self) -> Changes {
         let mut changes = std::mem::take(&mut self.changes);
-        let dirty = std::mem::take(&mut self.dirty);
-        changes.incidents = dirty
-            .iter()
-            .filter_map(|s| {
-                let inc = self.incidents.get_mut(s)?;
-                let row = inc.row(false);
-                inc.touched.clear();
-                Some(row)
-            })
-            .collect();
-        let keys = std::mem::take(&mut self.dirty_prevalence);
-        changes.prevalence = keys
-            .into_iter()
-            .filter_map(|k| {
-                let p = self.prevalence.get(&k)?;
-                let names = p
-                    .devices
-                    .iter()
-                    .filter_map(|&d| self.device_names.get(d as usize).cloned())
-                    .collect();
-                Some((k, names))
-            })
-            .collect();
+        for seq in std::mem::take(&mut self.dirty) {
+            if let Some(inc) = self.incidents.get_mut(&seq) {
+                changes.incidents.push(inc.row(&self.table, false));
+                inc.clear_touched();
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_prevalence) {
+            let entry = &mut self.table[id as usize];
+            entry.contexts_dirty = false;
+            let names = entry
+                .contexts
+                .iter()
+                .filter_map(|&c| self.context_names.get(c as usize).cloned())
+                .collect();
+            changes.prevalence.push((Arc::clone(&entry.name), names));
+        }
         changes
-    }
-
-    /// Incidents in memory, oldest first (for tests and checks).
-    pub fn incidents(&self) -> Vec<&Incident> {
-        let mut v: Vec<&Incident> = self.incidents.values().collect();
-        v.sort_by_key(|i| i.seq);
-        v
     }
 }
 
@@ -849,10 +1109,10 @@ mod tests {
         let mut e = engine();
         let first = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
         assert!(first.created);
-        assert_eq!(first.reason, "first alert of the incident");
+        assert_eq!(&*first.reason, "first alert of the incident");
         let second = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::File, "aa")]));
         assert_eq!(second.incident_id, first.incident_id);
-        assert_eq!(second.reason, "shares file aa with alert A1");
+        assert_eq!(&*second.reason, "shares file aa with alert A1");
         let stranger = e.correlate(&alert(3, 3_000, Some("D3"), vec![key(KeyKind::File, "bb")]));
         assert!(stranger.created);
         assert_ne!(stranger.incident_id, first.incident_id);
@@ -864,7 +1124,7 @@ mod tests {
         let a = e.correlate(&alert(1, 10 * H, None, vec![key(KeyKind::User, "alice")]));
         let b = e.correlate(&alert(2, 12 * H, None, vec![key(KeyKind::User, "alice")]));
         assert_eq!(b.incident_id, a.incident_id);
-        assert_eq!(b.reason, "same user alice within 2 h of alert A1");
+        assert_eq!(&*b.reason, "same user alice within 2 h of alert A1");
         // More than 24 h after the incident's last activity: a new incident.
         let c = e.correlate(&alert(3, 12 * H + 25 * H, None, vec![key(KeyKind::User, "alice")]));
         assert!(c.created);
@@ -927,10 +1187,10 @@ mod tests {
         let changes = e.take_changes();
         assert_eq!(changes.merges.len(), 1);
         assert_eq!(
-            (changes.merges[0].from.as_str(), changes.merges[0].into.as_str()),
-            (b.incident_id.as_str(), a.incident_id.as_str())
+            (&*changes.merges[0].from, &*changes.merges[0].into),
+            (&*b.incident_id, &*a.incident_id)
         );
-        assert_eq!(e.incidents().len(), 1);
+        assert_eq!(e.incident_count(), 1);
         let inc = e.get(&a.incident_id).unwrap();
         assert_eq!(inc.alert_count, 3);
         // Later alerts of the merged incident's entities land in the survivor.
@@ -1018,14 +1278,14 @@ mod tests {
         shell.severity = Severity::High;
         e.correlate(&shell);
         let inc = e.get(&l.incident_id).unwrap();
-        assert_eq!(inc.tactic_ids(), ["TA0001", "TA0002", "TA0011"]);
+        assert_eq!(inc.tactics, ["TA0001", "TA0002", "TA0011"]);
         assert_eq!(
-            inc.severity(),
+            inc.severity,
             Severity::Critical,
             "high, raised for three stages and two sources"
         );
         assert_eq!(
-            inc.title(),
+            inc.title,
             "Multi-stage incident involving Initial Access & Command and Control on D1 for alice reported by 2 sources"
         );
     }

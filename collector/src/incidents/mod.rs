@@ -60,17 +60,17 @@ impl std::fmt::Debug for Correlator {
 }
 
 /// An alert from the store as the engine takes it.
-pub fn alert_in(ctx: &KeyContext, a: &StoredAlert) -> AlertIn {
+pub fn alert_in(ctx: &KeyContext, a: StoredAlert) -> AlertIn {
     AlertIn {
+        keys: ctx.keys(a.device_id.as_deref(), &a.entities),
         rowid: a.rowid,
-        id: a.id.clone(),
+        id: a.id,
         at_ms: a.at_ms,
         severity: a.severity,
-        tactics: a.tactics.clone(),
-        source: a.source.clone(),
-        title: a.title.clone(),
-        device: a.device_id.clone(),
-        keys: ctx.keys(a.device_id.as_deref(), &a.entities),
+        tactics: a.tactics,
+        source: a.source,
+        title: a.title,
+        device: a.device_id,
     }
 }
 
@@ -158,7 +158,8 @@ impl Correlator {
                 r.ctx = self.key_context(store)?;
                 r.fingerprint = fingerprint;
             }
-            for a in &alerts {
+            let count = alerts.len();
+            for a in alerts {
                 r.engine.correlate(&alert_in(&r.ctx, a));
             }
             let changes = r.engine.take_changes();
@@ -169,33 +170,26 @@ impl Correlator {
             };
             store.apply_correlation(&changes, counters, now_ms())?;
             r.watermark = last;
-            debug!(alerts = alerts.len(), incidents = changes.incidents.len(), "correlated");
-            Ok(alerts.len())
+            debug!(alerts = count, incidents = changes.incidents.len(), "correlated");
+            Ok(count)
         })
     }
 
     /// Rebuilds an incident's summary and keys from its alerts, saves it, and
     /// puts it back in the engine.
     fn replay(r: &mut Running, store: &mut Store, id: &str) -> Result<(), StoreError> {
-        let Some(mut current) = store.load_incident(id)? else {
+        let Some(current) = store.load_incident(id)? else {
             r.engine.forget(id);
             return Ok(());
         };
         let alerts: Vec<AlertIn> = store
             .incident_stored_alerts(id)?
-            .iter()
+            .into_iter()
             .map(|a| alert_in(&r.ctx, a))
             .collect();
-        if let Some(fresh) = Engine::replay(id.to_string(), current.seq, &alerts) {
-            current = engine::Incident {
-                status: current.status,
-                assignee: current.assignee,
-                classification: current.classification,
-                ..fresh
-            };
-            store.replace_incident_state(&current, now_ms())?;
+        if let Some(row) = r.engine.rebuild(current, &alerts) {
+            store.replace_incident_state(&row, now_ms())?;
         }
-        r.engine.load(current);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! prevalence, the tail watermark), analyst changes with their activity log, and
 //! the queries behind the incident API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
@@ -11,7 +11,7 @@ use ward_protocol::{Entity, Severity};
 
 use super::{AlertView, Store, StoreError, audit, i64_of, sev_from, sev_num};
 use crate::entity;
-use crate::incidents::engine::{Changes, Incident, IncidentRow, KeySeen};
+use crate::incidents::engine::{Changes, Incident, IncidentRow, KeyRow};
 use crate::incidents::keys::{KeyKind, KnownDevice};
 use crate::incidents::model::{Classification, Status, severity_from, tactic_name, tactic_rank};
 
@@ -266,7 +266,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let mut keys = BTreeMap::new();
+        let mut keys = Vec::new();
         let mut stmt = self.conn.prepare_cached(
             "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert FROM incident_entities
              WHERE incident_id = ?1",
@@ -286,42 +286,32 @@ impl Store {
         for row in rows {
             let (key, kind, value, label, via, first_ms, last_ms, last_alert) = row?;
             let kind = KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entity kind {kind}")))?;
-            keys.insert(
-                key,
-                KeySeen {
-                    kind,
-                    value,
-                    label,
-                    via,
-                    first_ms: first_ms.max(0) as u64,
-                    last_ms: last_ms.max(0) as u64,
-                    last_alert,
-                },
-            );
+            keys.push(KeyRow {
+                key: key.into(),
+                kind,
+                label: (label != value).then(|| label.into()),
+                via: via.map(Into::into),
+                first_ms: first_ms.max(0) as u64,
+                last_ms: last_ms.max(0) as u64,
+                last_alert: last_alert.into(),
+            });
         }
-        Ok(Some(
-            Incident {
-                id: id.to_string(),
-                seq: seq.max(0) as u64,
-                status: Status::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("incident status {status}")))?,
-                assignee,
-                classification: class.as_deref().and_then(Classification::parse),
-                first_ms: first.max(0) as u64,
-                last_ms: last.max(0) as u64,
-                alert_severity: severity_from(sev),
-                tactics: json_strings(&tactics).iter().filter_map(|t| tactic_rank(t)).collect(),
-                sources: json_strings(&sources).into_iter().collect(),
-                alert_count: count.max(0) as u64,
-                first_title,
-                several_titles: several,
-                keys,
-                touched: BTreeSet::new(),
-                counts: [0; 7],
-                first_of: Default::default(),
-            }
-            .recounted(),
-        ))
+        Ok(Some(Incident {
+            id: id.to_string(),
+            seq: seq.max(0) as u64,
+            status: Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("incident status {status}")))?,
+            assignee,
+            classification: class.as_deref().and_then(Classification::parse),
+            first_ms: first.max(0) as u64,
+            last_ms: last.max(0) as u64,
+            alert_severity: severity_from(sev),
+            tactics: json_strings(&tactics).iter().filter_map(|t| tactic_rank(t)).collect(),
+            sources: json_strings(&sources).into_iter().collect(),
+            alert_count: count.max(0) as u64,
+            first_title,
+            several_titles: several,
+            keys,
+        }))
     }
 
     /// Distinct devices each key was seen on.
@@ -421,12 +411,14 @@ impl Store {
     }
 
     /// Writes a rebuilt incident: its summary and all its keys (the old ones go).
-    pub fn replace_incident_state(&mut self, inc: &Incident, now_ms: u64) -> Result<(), StoreError> {
+    pub fn replace_incident_state(&mut self, row: &IncidentRow, now_ms: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM incident_entities WHERE incident_id = ?1", params![inc.id])?;
-        let row = inc.row(true);
-        upsert_incident(&tx, &row, now_ms)?;
-        upsert_keys(&tx, &row)?;
+        tx.execute(
+            "DELETE FROM incident_entities WHERE incident_id = ?1",
+            params![&*row.id],
+        )?;
+        upsert_incident(&tx, row, now_ms)?;
+        upsert_keys(&tx, row)?;
         tx.commit()?;
         Ok(())
     }
@@ -1001,7 +993,7 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, now_ms: u64) -> Resu
         inc.title,
         sev_num(inc.severity),
         sev_num(inc.alert_severity),
-        to_json_text(&inc.sources),
+        to_json_text(&inc.sources.iter().map(|s| &**s).collect::<Vec<&str>>()),
         to_json_text(&inc.tactics),
         inc.first_title,
         inc.several_titles,
@@ -1024,17 +1016,17 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError
          ON CONFLICT(incident_id, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
              last_ms = excluded.last_ms, last_alert = excluded.last_alert",
     )?;
-    for (key, k) in &inc.keys {
+    for k in &inc.keys {
         stmt.execute(params![
-            inc.id,
-            key,
+            &*inc.id,
+            &*k.key,
             k.kind.as_str(),
-            k.value,
-            k.label,
-            k.via,
+            k.value(),
+            k.label(),
+            k.via.as_deref(),
             i64_of(k.first_ms),
             i64_of(k.last_ms),
-            k.last_alert
+            &*k.last_alert
         ])?;
     }
     Ok(())

@@ -293,7 +293,7 @@ fn engine_run(cli: &Cli) {
         let batch: Vec<StoredAlert> = (i..i + n).map(|k| stored(k, &g.alert(k))).collect();
         let t = Instant::now();
         let c = thread_cpu();
-        for a in &batch {
+        for a in batch {
             let l = engine.correlate(&alert_in(&ctx, a));
             created += u64::from(l.created);
         }
@@ -374,12 +374,12 @@ fn digest_changes(h: &mut impl std::hash::Hasher, c: &ward_collector::incidents:
         let mut keys: Vec<_> = r
             .keys
             .iter()
-            .map(|(name, k)| {
+            .map(|k| {
                 let via = k.via.as_deref().map(str::to_string);
                 (
-                    name.to_string(),
+                    k.key.to_string(),
                     k.kind as u8,
-                    k.label.to_string(),
+                    k.label().to_string(),
                     via,
                     k.first_ms,
                     k.last_ms,
