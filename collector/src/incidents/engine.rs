@@ -756,13 +756,6 @@ impl Engine {
         s
     }
 
-    /// Marks an incident for saving.
-    pub fn touch(&mut self, id: &str) {
-        if let Some(&seq) = self.by_id.get(id) {
-            self.dirty.insert(seq);
-        }
-    }
-
     fn key_ids_of(&mut self, a: &AlertIn) -> SmallVec<[KeyId; 8]> {
         a.keys.iter().map(|k| self.key_id(k.kind, &k.value)).collect()
     }
@@ -967,17 +960,6 @@ impl Engine {
         self.dirty.insert(into);
     }
 
-    /// Merges by hand: `from` into `into`, both loaded. False if either is not in memory.
-    pub fn merge_by_hand(&mut self, into: &str, from: &str, reason: String) -> bool {
-        match (self.by_id.get(into).copied(), self.by_id.get(from).copied()) {
-            (Some(i), Some(f)) if i != f => {
-                self.merge(i, f, reason);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Why alert `a` matches incident `seq` through its key `a.keys[i]`.
     fn describe(&self, seq: u64, i: usize, ids: &[KeyId], a: &AlertIn) -> String {
         let key = &a.keys[i];
@@ -1004,7 +986,7 @@ impl Engine {
     }
 
     /// Drops unreachable incidents (with their index entries).
-    pub fn sweep(&mut self) {
+    fn sweep(&mut self) {
         self.since_sweep = 0;
         let horizon = self.horizon_ms();
         let gone: Vec<u64> = self
