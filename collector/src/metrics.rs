@@ -32,12 +32,15 @@ impl Gauge {
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
     }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
-/// Upper bounds, in seconds, of the commit-latency histogram buckets.
+/// Upper bounds, in seconds, of the latency histograms' buckets.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 #[derive(Debug, Default)]
@@ -58,6 +61,25 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
@@ -93,6 +115,12 @@ pub struct Metrics {
     pub feed_records_skipped: Counter,
     pub feed_alerts_raised: Counter,
     pub feed_imports_refused: Counter,
+    pub alerts_correlated: Counter,
+    pub incidents_opened: Counter,
+    pub incidents_merged: Counter,
+    pub correlation_failures: Counter,
+    pub correlation_backlog: Gauge,
+    pub alert_to_incident: Histogram,
 }
 
 impl Metrics {
@@ -182,6 +210,26 @@ impl Metrics {
             self.feed_alerts_raised.get(),
         );
         counter(
+            "ward_alerts_correlated_total",
+            "Alerts correlated into incidents.",
+            self.alerts_correlated.get(),
+        );
+        counter(
+            "ward_incidents_opened_total",
+            "Incidents opened by correlation.",
+            self.incidents_opened.get(),
+        );
+        counter(
+            "ward_incidents_merged_total",
+            "Incidents merged into another by a bridging alert.",
+            self.incidents_merged.get(),
+        );
+        counter(
+            "ward_correlation_failures_total",
+            "Correlation steps that failed and were retried from the store.",
+            self.correlation_failures.get(),
+        );
+        counter(
             "ward_feed_imports_refused_total",
             "Feed imports refused whole (too large, nothing readable).",
             self.feed_imports_refused.get(),
@@ -202,26 +250,21 @@ impl Metrics {
             "# HELP ward_connected_agents Agents with an open session.\n# TYPE ward_connected_agents gauge\nward_connected_agents {}\n",
             self.connected_agents.get()
         );
-        let h = &self.batch_commit;
         let _ = write!(
             out,
-            "# HELP ward_batch_commit_seconds Time to commit one round of alert batches.\n# TYPE ward_batch_commit_seconds histogram\n"
+            "# HELP ward_correlation_backlog_alerts Alerts stored and not yet correlated.\n# TYPE ward_correlation_backlog_alerts gauge\nward_correlation_backlog_alerts {}\n",
+            self.correlation_backlog.get()
         );
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ward_batch_commit_seconds_bucket{{le=\"{le}\"}} {}",
-                h.buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = h.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "ward_batch_commit_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "ward_batch_commit_seconds_sum {}",
-            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        self.batch_commit.render(
+            &mut out,
+            "ward_batch_commit_seconds",
+            "Time to commit one round of alert batches.",
         );
-        let _ = writeln!(out, "ward_batch_commit_seconds_count {count}");
+        self.alert_to_incident.render(
+            &mut out,
+            "ward_alert_to_incident_seconds",
+            "Time from an alert stored to its incident committed.",
+        );
         out
     }
 }

@@ -109,7 +109,7 @@ pub async fn run(
         command_signer,
         policy,
     ));
-    let correlator = crate::incidents::Correlator::new(config.correlation.settings());
+    let correlator = crate::incidents::Correlator::new(config.correlation.settings(), Arc::clone(&metrics));
     let api_state = ApiState {
         correlator: Arc::clone(&correlator),
         reads: reads.clone(),

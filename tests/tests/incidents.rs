@@ -426,6 +426,35 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
         .unwrap();
     assert_eq!(status, 400, "{bad}");
 
+    // The correlator's metrics: every alert correlated and timed, every incident counted.
+    let db = collector.db().unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+    let started = Instant::now();
+    loop {
+        let m = collector.metrics().await.unwrap();
+        let (alerts, linked) = (
+            count("SELECT COUNT(*) FROM alerts"),
+            count("SELECT COUNT(*) FROM incident_alerts"),
+        );
+        if metric(&m, "ward_alerts_correlated_total") == alerts && linked == alerts {
+            assert_eq!(metric(&m, "ward_alert_to_incident_seconds_count"), alerts, "{m}");
+            assert_eq!(
+                metric(&m, "ward_incidents_opened_total"),
+                count("SELECT COUNT(*) FROM incidents"),
+                "{m}"
+            );
+            assert_eq!(metric(&m, "ward_correlation_backlog_alerts"), 0, "{m}");
+            assert_eq!(metric(&m, "ward_correlation_failures_total"), 0, "{m}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{alerts} alerts, {linked} linked:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(db);
+
     // A restarted collector rebuilds its state and keeps correlating into the same incident.
     collector.stop().unwrap();
     collector.serve().unwrap();

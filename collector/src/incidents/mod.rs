@@ -23,9 +23,10 @@ use tracing::{debug, warn};
 use ward_protocol::Id128;
 
 use crate::ingest::Writer;
+use crate::metrics::Metrics;
 use crate::store::{CorrelationCounters, IncidentPatch, IncidentRefusal, Store, StoreError, StoredAlert};
 use crate::util::now_ms;
-use engine::{AlertIn, Engine, EngineConfig};
+use engine::{AlertIn, Changes, Engine, EngineConfig};
 use keys::KeyContext;
 
 /// Alerts correlated per writer task, so ingest waits at most one step.
@@ -49,6 +50,7 @@ struct Running {
 /// The correlator: engine state behind a lock only the writer thread takes.
 pub struct Correlator {
     settings: Settings,
+    metrics: Arc<Metrics>,
     users: KeyContext,
     state: Mutex<Option<Running>>,
 }
@@ -75,10 +77,11 @@ pub fn alert_in(ctx: &KeyContext, a: StoredAlert) -> AlertIn {
 }
 
 impl Correlator {
-    pub fn new(settings: Settings) -> Arc<Correlator> {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Arc<Correlator> {
         Arc::new(Correlator {
             users: KeyContext::new(settings.user_map.clone(), Vec::new()),
             settings,
+            metrics,
             state: Mutex::new(None),
         })
     }
@@ -151,6 +154,7 @@ impl Correlator {
         self.with_running(store, |r, store| {
             let alerts = store.alerts_after(r.watermark, max)?;
             let Some(last) = alerts.last().map(|a| a.rowid) else {
+                self.metrics.correlation_backlog.set(0);
                 return Ok(0);
             };
             let fingerprint = store.devices_fingerprint()?;
@@ -158,7 +162,7 @@ impl Correlator {
                 r.ctx = self.key_context(store)?;
                 r.fingerprint = fingerprint;
             }
-            let count = alerts.len();
+            let received: Vec<u64> = alerts.iter().map(|a| a.received_ms).collect();
             for a in alerts {
                 r.engine.correlate(&alert_in(&r.ctx, a));
             }
@@ -170,9 +174,29 @@ impl Correlator {
             };
             store.apply_correlation(&changes, counters, now_ms())?;
             r.watermark = last;
-            debug!(alerts = count, incidents = changes.incidents.len(), "correlated");
-            Ok(count)
+            let backlog = store.last_alert_rowid()?.saturating_sub(last);
+            self.record(&changes, &received, backlog);
+            debug!(
+                alerts = received.len(),
+                incidents = changes.incidents.len(),
+                "correlated"
+            );
+            Ok(received.len())
         })
+    }
+
+    fn record(&self, changes: &Changes, received: &[u64], backlog: i64) {
+        let m = &self.metrics;
+        let now = now_ms();
+        m.alerts_correlated.add(received.len() as u64);
+        m.incidents_opened
+            .add(changes.links.iter().filter(|l| l.created).count() as u64);
+        m.incidents_merged.add(changes.merges.len() as u64);
+        for &at in received {
+            m.alert_to_incident
+                .observe(Duration::from_millis(now.saturating_sub(at)));
+        }
+        m.correlation_backlog.set(backlog.max(0) as u64);
     }
 
     /// Rebuilds an incident's summary and keys from its alerts, saves it, and
@@ -277,6 +301,7 @@ pub async fn run(correlator: Arc<Correlator>, writer: Writer, mut shutdown: watc
                 Ok(Ok(n)) if n as u32 >= STEP_ALERTS => continue,
                 Ok(Ok(_)) => break,
                 Ok(Err(e)) => {
+                    correlator.metrics.correlation_failures.inc();
                     warn!(error = %e, "correlation step failed; retrying from the store");
                     break;
                 }
@@ -433,14 +458,14 @@ mod tests {
                 .map(|n| enroll(&mut store, n, &format!("host{n}"), "10.0.0.1"))
                 .collect();
             let alerts = story(&devices);
-            let mut c = Correlator::new(settings());
+            let mut c = Correlator::new(settings(), Arc::default());
             for (i, chunk) in alerts.chunks(restart_every.unwrap_or(alerts.len())).enumerate() {
                 store.insert_sourced_alerts(chunk, 5).unwrap();
                 if i > 0 {
                     // A new process: only what the store holds.
                     drop(store);
                     store = open(&dir);
-                    c = Correlator::new(settings());
+                    c = Correlator::new(settings(), Arc::default());
                 }
                 drain(&c, &mut store);
             }
@@ -481,7 +506,7 @@ mod tests {
     fn a_bridge_merge_moves_comments_tags_and_activity() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir);
-        let c = Correlator::new(settings());
+        let c = Correlator::new(settings(), Arc::default());
         store
             .insert_sourced_alerts(
                 &[
@@ -561,7 +586,7 @@ mod tests {
     fn analysts_merge_and_move_by_hand() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir);
-        let c = Correlator::new(settings());
+        let c = Correlator::new(settings(), Arc::default());
         store
             .insert_sourced_alerts(
                 &[

@@ -22,6 +22,8 @@ pub struct StoredAlert {
     pub id: String,
     pub device_id: Option<String>,
     pub at_ms: u64,
+    /// When the collector stored it (for the alert-to-incident time).
+    pub received_ms: u64,
     pub severity: Severity,
     pub tactics: Vec<String>,
     pub source: String,
@@ -360,11 +362,13 @@ impl Store {
         let rows = stmt
             .query_map(p, |r| {
                 let entities: Vec<Value> = serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default();
+                let received_ms = r.get::<_, i64>(9)?.max(0) as u64;
                 Ok(StoredAlert {
                     rowid: r.get(0)?,
                     id: r.get(1)?,
                     device_id: r.get(2)?,
                     at_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                    received_ms,
                     severity: severity_from(r.get(4)?),
                     tactics: json_strings(&r.get::<_, String>(5)?),
                     source: r.get(6)?,
@@ -379,17 +383,26 @@ impl Store {
     /// Alerts after `rowid`, in rowid order.
     pub fn alerts_after(&self, rowid: i64, limit: u32) -> Result<Vec<StoredAlert>, StoreError> {
         self.stored_alerts(
-            "SELECT rowid, id, device_id, observed_at_ms, severity, tactics, source, rule_title, entities
+            "SELECT rowid, id, device_id, observed_at_ms, severity, tactics, source, rule_title, entities,
+                    received_at_ms
              FROM alerts WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
             params![rowid, limit],
         )
+    }
+
+    /// The newest alert's rowid (0 without alerts): how far correlation has to go.
+    pub fn last_alert_rowid(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM alerts")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// An incident's alerts, in rowid order.
     pub fn incident_stored_alerts(&self, id: &str) -> Result<Vec<StoredAlert>, StoreError> {
         self.stored_alerts(
             "SELECT a.rowid, a.id, a.device_id, a.observed_at_ms, a.severity, a.tactics, a.source, a.rule_title,
-                    a.entities
+                    a.entities, a.received_at_ms
              FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
              WHERE ia.incident_id = ?1 ORDER BY a.rowid",
             params![id],

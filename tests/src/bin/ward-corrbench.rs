@@ -229,6 +229,7 @@ fn stored(i: u64, a: &SourcedAlert) -> StoredAlert {
         id: a.id.clone(),
         device_id: a.device_id.clone(),
         at_ms: a.observed_at_ms,
+        received_ms: a.observed_at_ms,
         severity: a.rule.severity,
         tactics: a.rule.tactics.clone(),
         source: a.source.as_str().to_string(),
