@@ -4,8 +4,10 @@
 //! touches nftables): an analyst signs in, walks the queue with the keyboard,
 //! opens the incident of a scripted attack story, plays its graph and proposes an
 //! isolate; an approver approves it in the action centre and watches it succeed.
-//! Saves docs/screenshots/{queue,incident}.png and reports how long an incident
-//! of 500 alerts takes from navigation to its graph on screen.
+//! Takes screenshots of the queue and the incident (into docs/screenshots/ with
+//! `WARD_UPDATE_SCREENSHOTS=1`, else into a temporary file, so a test run leaves the
+//! checkout clean) and reports how long an incident of 500 alerts takes from
+//! navigation to its graph on screen.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,8 +33,25 @@ fn console_story_in_a_real_browser() {
     in_own_namespace("console_story_in_a_real_browser", scenario);
 }
 
-fn screenshots() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots")
+/// Captures the page as `name` and checks the capture is a PNG image.
+fn screenshot(b: &mut Browser, name: &str) {
+    let update = std::env::var_os("WARD_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
+    let path = if update {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/screenshots")
+            .join(name)
+    } else {
+        std::env::temp_dir().join(format!("ward-console-{}-{name}", std::process::id()))
+    };
+    b.screenshot(&path).unwrap();
+    let png = std::fs::read(&path).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{name} is not a screenshot"
+    );
+    if !update {
+        std::fs::remove_file(&path).unwrap();
+    }
 }
 
 fn nft_table() -> Option<String> {
@@ -325,7 +344,7 @@ async fn scenario() {
         }
     }
     assert!(on_story, "j never reached the story's row");
-    b.screenshot(&screenshots().join("queue.png")).unwrap();
+    screenshot(&mut b, "queue.png");
     b.key("Enter").unwrap();
     b.wait_for(
         "the story's page drawn",
@@ -395,7 +414,7 @@ async fn scenario() {
         SECS(5),
     )
     .unwrap();
-    b.screenshot(&screenshots().join("incident.png")).unwrap();
+    screenshot(&mut b, "incident.png");
 
     // Propose the isolation from the entity.
     b.eval("document.querySelector('#entity-panel button.propose').click(); true")
