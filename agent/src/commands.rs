@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use ward_protocol::{
-    Action, Command, CommandId, CommandOutcome, CommandPolicy, CommandResult, DeviceId, PublicKey, Refusal,
-    SignatureKind, Signed, SigningKey, authorize,
+    Action, Command, CommandId, CommandOutcome, CommandPolicy, CommandResult, DeviceId, Refusal, SignatureKind, Signed,
+    SigningKey, authorize,
 };
 
 use crate::detect::{AggregatedDetection, Detection};
 use crate::identity::{Identity, write_atomic};
+use crate::keys::PinnedKeys;
 use crate::pipeline::{AlertBuilder, Shared};
 use crate::respond::isolate::{self, AllowEntry, Guard, IsolationPlan, Nft, Reassert, SelfTest};
 use crate::respond::package::{PackageLimits, RecentChange};
@@ -42,7 +43,7 @@ pub type RecentChanges = Arc<Mutex<VecDeque<RecentChange>>>;
 
 pub struct Executor {
     pub device_id: DeviceId,
-    pub command_keys: Vec<PublicKey>,
+    pub keys: PinnedKeys,
     pub policy: CommandPolicy,
     pub path_policy: PathPolicy,
     pub quarantine_dir: PathBuf,
@@ -89,7 +90,7 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         device_id: DeviceId,
-        command_keys: Vec<PublicKey>,
+        keys: PinnedKeys,
         policy: CommandPolicy,
         state_dir: PathBuf,
         watched_paths: Vec<PathBuf>,
@@ -99,7 +100,7 @@ impl Executor {
         let quarantine_dir = state_dir.join("quarantine");
         Executor {
             device_id,
-            command_keys,
+            keys,
             policy,
             path_policy: PathPolicy::for_agent(&state_dir, &quarantine_dir),
             quarantine_dir,
@@ -115,14 +116,8 @@ impl Executor {
     /// Checks, records and carries out one command; returns the signed result.
     pub async fn handle(&mut self, signed: &Signed) -> Signed {
         let now = now_ms();
-        let result = match authorize(
-            signed,
-            &self.command_keys,
-            self.device_id,
-            self.last_seq,
-            now,
-            &self.policy,
-        ) {
+        let keys = self.keys.active(now);
+        let result = match authorize(signed, &keys, self.device_id, self.last_seq, now, &self.policy) {
             Ok(command) => match self.record(command.seq) {
                 Ok(()) => {
                     info!(id = %command.id, seq = command.seq, kind = command.action.kind().as_str(), "executing command");
@@ -144,7 +139,7 @@ impl Executor {
                 // Only a payload whose signature held is decoded, to name the refused command.
                 let named: Option<Command> = match refusal {
                     Refusal::UnknownKey | Refusal::BadSignature | Refusal::Malformed => None,
-                    _ => signed.open_with(SignatureKind::Command, &self.command_keys).ok(),
+                    _ => signed.open_with(SignatureKind::Command, &keys).ok(),
                 };
                 let (id, seq) = named.map(|c| (c.id, c.seq)).unwrap_or((CommandId::default(), 0));
                 let detail = refusal.to_string();
@@ -466,7 +461,7 @@ mod tests {
     fn executor(s: &Setup) -> Executor {
         Executor::new(
             s.device,
-            vec![s.command_key.public_key()],
+            PinnedKeys::in_memory(vec![s.command_key.public_key()]),
             CommandPolicy::default(),
             s.state.clone(),
             vec![s.work.clone()],

@@ -16,6 +16,7 @@ use ward_protocol::{AgentMessage, CollectorMessage, Inventory, IsolationState};
 
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::keys::PinnedKeys;
 use crate::link::{LinkError, Session};
 use crate::pipeline::{Rules, Shared};
 use crate::sensor::{inventory, now_ms};
@@ -23,6 +24,8 @@ use crate::{detect, rulepack};
 
 pub struct Delivery {
     pub identity: Identity,
+    /// The command keys accepted: rollovers change them, rule packs are checked with them.
+    pub keys: PinnedKeys,
     pub config: Config,
     pub state_dir: PathBuf,
     pub shared: Arc<Shared>,
@@ -173,6 +176,7 @@ impl Delivery {
                         }
                     }
                     Some(Ok(CollectorMessage::RulePack(signed))) => self.rule_pack(&signed).await,
+                    Some(Ok(CollectorMessage::KeyRollover(signed))) => self.key_rollover(&signed),
                     Some(Ok(CollectorMessage::Command(signed))) => {
                         if self.commands_tx.try_send(signed).is_err() {
                             warn!("command queue full: command dropped (the collector resends it on reconnect)");
@@ -270,9 +274,27 @@ impl Delivery {
         })
     }
 
+    /// Applies a key rollover before reading the next message, so the commands
+    /// and rule packs that follow it are checked with the new key. The collector
+    /// sends every rollover at each connect: one already applied is skipped quietly.
+    fn key_rollover(&mut self, signed: &ward_protocol::Signed) {
+        match self.keys.apply(signed, crate::sensor::now_ms()) {
+            Ok(r) => {
+                info!(serial = r.serial, new_key = %hex::encode(r.new_key.0), retire_at_ms = r.retire_at_ms, "command key rollover applied")
+            }
+            // An old rollover: applied already, or signed by a key retired since.
+            Err(
+                crate::keys::RolloverError::NotNewer { .. }
+                | crate::keys::RolloverError::Signature(ward_protocol::SignatureError::UnknownKey),
+            ) => {}
+            Err(e) => warn!(error = %e, "command key rollover refused"),
+        }
+    }
+
     /// Verifies, compiles and swaps in a pushed rule pack; keeps the old one on any failure.
     async fn rule_pack(&mut self, signed: &ward_protocol::Signed) {
-        let pack = match rulepack::verify(signed, &self.identity.enrollment.command_keys, self.rule_pack_version) {
+        let keys = self.keys.active(crate::sensor::now_ms());
+        let pack = match rulepack::verify(signed, &keys, self.rule_pack_version) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "rule pack refused");

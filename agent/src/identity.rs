@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use ward_protocol::{DeviceId, PublicKey, SigningKey};
+use ward_protocol::{DeviceId, KeyRollover, PublicKey, SigningKey};
 
 const IDENTITY_FILE: &str = "identity.json";
 const SIGNING_KEY_FILE: &str = "device.key";
@@ -35,7 +35,60 @@ pub struct Enrollment {
     pub server_name: String,
     pub client_cert_der: Vec<u8>,
     pub ca_cert_der: Vec<u8>,
+    /// The command keys it accepts (in the same JSON object, as before rollovers existed).
+    #[serde(flatten)]
+    pub keys: CommandKeys,
+}
+
+/// The collector's command keys a device accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandKeys {
+    /// Pinned at enrollment or by a key rollover.
     pub command_keys: Vec<PublicKey>,
+    /// Pinned keys on their way out after a key rollover, with the time (epoch ms)
+    /// from which they are refused.
+    #[serde(default)]
+    pub retiring_keys: Vec<(PublicKey, u64)>,
+    /// The serial of the last key rollover applied (0: none).
+    #[serde(default)]
+    pub key_serial: u64,
+}
+
+impl CommandKeys {
+    pub fn pinned(keys: Vec<PublicKey>) -> CommandKeys {
+        CommandKeys {
+            command_keys: keys,
+            ..CommandKeys::default()
+        }
+    }
+
+    /// The keys accepted at `now_ms`: pinned and not retired.
+    pub fn active(&self, now_ms: u64) -> Vec<PublicKey> {
+        self.command_keys
+            .iter()
+            .filter(|k| !self.retiring_keys.iter().any(|(r, at)| r == *k && now_ms >= *at))
+            .copied()
+            .collect()
+    }
+
+    /// Pins a rollover's key; every other key is retired at its `retire_at_ms`
+    /// (or earlier, if an earlier rollover said so). Retired keys are dropped.
+    pub fn apply_rollover(&mut self, r: &KeyRollover, now_ms: u64) {
+        for k in self.command_keys.iter().filter(|k| **k != r.new_key) {
+            match self.retiring_keys.iter_mut().find(|(old, _)| old == k) {
+                Some((_, at)) => *at = (*at).min(r.retire_at_ms),
+                None => self.retiring_keys.push((*k, r.retire_at_ms)),
+            }
+        }
+        self.retiring_keys.retain(|(k, _)| *k != r.new_key);
+        if !self.command_keys.contains(&r.new_key) {
+            self.command_keys.push(r.new_key);
+        }
+        self.key_serial = r.serial;
+        self.command_keys = self.active(now_ms);
+        self.retiring_keys
+            .retain(|(k, at)| self.command_keys.contains(k) && now_ms < *at);
+    }
 }
 
 /// A loaded identity: enrollment plus keys.

@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod detect;
 pub mod event;
 pub mod identity;
+pub mod keys;
 pub mod link;
 pub mod outbox;
 pub mod pipeline;

@@ -98,7 +98,7 @@ fn main() -> Result<()> {
                 &state_dir,
                 &token,
                 e.device_id,
-                &e.command_keys,
+                &e.keys.active(sensor::now_ms()),
                 sensor::now_ms(),
             )
             .context("break-glass release")?;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::detect::Detector;
 use crate::identity::{Identity, IdentityError};
+use crate::keys::PinnedKeys;
 use crate::outbox::Outbox;
 use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
 use crate::respond::isolate;
@@ -38,7 +39,7 @@ pub fn initial_rules(config: &Config, state_dir: &Path, identity: &Identity) -> 
     for e in &local_errors {
         warn!(error = %e, "local rule skipped");
     }
-    let pack = rulepack::load(state_dir, &identity.enrollment.command_keys);
+    let pack = rulepack::load(state_dir, &identity.enrollment.keys.active(now_ms()));
     let version = pack.as_ref().map(|p| p.version).unwrap_or(0);
     let files = rulepack::compose(local, pack.as_ref().map(|p| p.rules.as_slice()).unwrap_or(&[]));
     let (detector, errors) = Detector::load(&files);
@@ -92,9 +93,10 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     ));
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let (results_tx, results_rx) = mpsc::channel(16);
+    let keys = PinnedKeys::new(identity.enrollment.keys.clone(), &state_dir);
     let executor = Executor::new(
         identity.enrollment.device_id,
-        identity.enrollment.command_keys.clone(),
+        keys.clone(),
         config.response.policy(),
         state_dir.clone(),
         config.sensors.file_watch_paths.iter().map(PathBuf::from).collect(),
@@ -106,6 +108,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     let commands = tokio::spawn(crate::commands::run(executor, commands_rx, results_tx));
     let delivery = Delivery {
         identity,
+        keys,
         config: config.clone(),
         state_dir: state_dir.clone(),
         shared: Arc::clone(&shared),

@@ -69,6 +69,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Replace the command key: agents learn the new key from a rollover signed with the
+    /// current one at their next connect; restart the collector afterwards.
+    RotateCommandKey {
+        /// How long agents keep accepting the keys they pinned before: e.g. 1h, 7d.
+        #[arg(long, default_value = "7d")]
+        overlap: String,
+    },
     /// Import a feed file as exported (shape recognised: JSON, NDJSON, records[], CSV); prints the report as JSON.
     Import {
         #[command(subcommand)]
@@ -165,6 +172,18 @@ fn main() -> Result<()> {
             println!(
                 "{}",
                 setup::create_join_token(dir, &config_path, uses, ttl_ms, addr.as_deref())?
+            );
+        }
+        Command::RotateCommandKey { overlap } => {
+            let overlap_ms = util::parse_duration_ms(&overlap).map_err(anyhow::Error::msg)?;
+            let r = setup::rotate_command_key(dir, overlap_ms)?;
+            println!("rollover {} to command key {}", r.serial, hex::encode(r.new_key.0));
+            if let Some(v) = r.pack_version {
+                println!("rule pack signed again with the new key as version {v}");
+            }
+            println!(
+                "agents accept the previous keys until {} (epoch ms); restart the collector now to sign with the new key",
+                r.retire_at_ms
             );
         }
         Command::Device {

@@ -80,6 +80,15 @@ pub async fn run(
         revoked_ids.iter().filter_map(|id| id.parse().ok()).collect(),
     ));
     let registry = Arc::new(Registry::default());
+    let key_rollovers = reads
+        .run(|s| s.key_rollovers())
+        .await
+        .map_err(setup("database"))?
+        .map_err(setup("database"))?
+        .iter()
+        .map(|bytes| ward_protocol::codec::decode_body::<ward_protocol::Signed>(bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(setup("stored key rollover"))?;
 
     let endpoint = quinn::Endpoint::server(server_config, config.quic_listen).map_err(|source| ServeError::Bind {
         addr: config.quic_listen,
@@ -132,6 +141,7 @@ pub async fn run(
         registry: Arc::clone(&registry),
         revoked: Arc::clone(&revoked),
         enroll_slots: Semaphore::new(16),
+        key_rollovers,
         rule_pack: std::sync::RwLock::new(None),
     });
     drop(writer);

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
 use thiserror::Error;
-use ward_protocol::{JoinToken, SigningKey};
+use ward_protocol::{JoinToken, PublicKey, SignatureKind, SigningKey};
 
 use crate::config::{Config, ConfigError};
 use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
@@ -226,6 +226,87 @@ pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupErro
     }
     store.add_rule_pack(version, pack.rules.len(), &bytes, "cli", now_ms())?;
     Ok((version, pack.rules.len()))
+}
+
+/// What a rotation did.
+#[derive(Debug)]
+pub struct Rotation {
+    pub serial: u64,
+    pub new_key: PublicKey,
+    pub retire_at_ms: u64,
+    /// The rule pack signed again with the new key, if one had been pushed.
+    pub pack_version: Option<u64>,
+}
+
+/// Replaces the command key: a new key, announced to agents by a rollover signed
+/// with the current one (sent at the start of every session), with the current
+/// rule pack signed again by the new key. Agents accept the keys they pinned
+/// before until `overlap_ms` from now. The running collector goes on signing with
+/// the old key until it is restarted. Order: the new key goes to `command.key.next`
+/// first, then the rollover into the database, then the rename; a failure before
+/// the rename leaves the old key in charge.
+pub fn rotate_command_key(data_dir: &Path, overlap_ms: u64) -> Result<Rotation, SetupError> {
+    if overlap_ms == 0 {
+        return Err(SetupError::Invalid("--overlap must be above zero".into()));
+    }
+    let key_path = data_dir.join(COMMAND_KEY);
+    let old = SigningKey::from_pkcs8(&fs::read(&key_path).map_err(io(&key_path))?)
+        .map_err(|e| SetupError::Invalid(format!("command key: {e}")))?;
+    let rng = SystemRandom::new();
+    let (new, new_pkcs8) = SigningKey::generate(&rng).map_err(|_| SetupError::Random)?;
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    let now = now_ms();
+    let rollover = ward_protocol::KeyRollover {
+        serial: store.next_key_serial()?,
+        new_key: new.public_key(),
+        retire_at_ms: now.saturating_add(overlap_ms),
+        created_at_ms: now,
+    };
+    let signed = old
+        .sign_value(SignatureKind::KeyRollover, &rollover)
+        .and_then(|s| Ok(postcard::to_stdvec(&s)?))
+        .map_err(|e| SetupError::Invalid(format!("rollover does not encode: {e}")))?;
+    let pack = match store.latest_rule_pack()? {
+        Some((_, bytes)) => {
+            let signed: ward_protocol::Signed = ward_protocol::codec::decode_body(&bytes)
+                .map_err(|e| SetupError::Invalid(format!("stored rule pack: {e}")))?;
+            let mut pack: ward_protocol::RulePack = signed
+                .open(SignatureKind::RulePack, &old.public_key())
+                .map_err(|e| SetupError::Invalid(format!("stored rule pack is not signed by the command key: {e}")))?;
+            pack.version = store.next_rule_pack_version()?;
+            pack.created_at_ms = now;
+            let resigned = new
+                .sign_value(SignatureKind::RulePack, &pack)
+                .and_then(|s| Ok(postcard::to_stdvec(&s)?))
+                .map_err(|e| SetupError::Invalid(format!("rule pack does not encode: {e}")))?;
+            Some((pack.version, pack.rules.len(), resigned))
+        }
+        None => None,
+    };
+    let next_path = data_dir.join(format!("{COMMAND_KEY}.next"));
+    let _ = fs::remove_file(&next_path);
+    write_private(&next_path, &new_pkcs8)?;
+    if let Err(e) = store.add_key_rollover(
+        &rollover,
+        &signed,
+        pack.as_ref().map(|(v, n, b)| (*v, *n, b.as_slice())),
+    ) {
+        let _ = fs::remove_file(&next_path);
+        return Err(e.into());
+    }
+    fs::rename(&next_path, &key_path).map_err(|e| {
+        SetupError::Invalid(format!(
+            "the rollover is stored but {} could not replace {}: {e}; move it there by hand before restarting",
+            next_path.display(),
+            key_path.display()
+        ))
+    })?;
+    Ok(Rotation {
+        serial: rollover.serial,
+        new_key: rollover.new_key,
+        retire_at_ms: rollover.retire_at_ms,
+        pack_version: pack.map(|(v, _, _)| v),
+    })
 }
 
 /// A one-time token that lifts isolation on one device at its console, valid for

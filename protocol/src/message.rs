@@ -95,6 +95,9 @@ pub enum CollectorMessage {
     Goodbye {
         reason: String,
     },
+    /// A [`crate::KeyRollover`] signed with [`crate::SignatureKind::KeyRollover`];
+    /// sent first in a session, before any command signed with the new key.
+    KeyRollover(Signed),
 }
 
 /// QUIC application close codes: why the collector (or agent) closed a connection.

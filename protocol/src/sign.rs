@@ -21,15 +21,17 @@ pub enum SignatureKind {
     CommandResult,
     RulePack,
     Enrollment,
+    KeyRollover,
 }
 
 impl SignatureKind {
-    pub const ALL: [SignatureKind; 5] = [
+    pub const ALL: [SignatureKind; 6] = [
         SignatureKind::Alert,
         SignatureKind::Command,
         SignatureKind::CommandResult,
         SignatureKind::RulePack,
         SignatureKind::Enrollment,
+        SignatureKind::KeyRollover,
     ];
 
     /// NUL-terminated, so no tag is a prefix of another.
@@ -40,6 +42,7 @@ impl SignatureKind {
             SignatureKind::CommandResult => b"ward-cmd-result-v1\0",
             SignatureKind::RulePack => b"ward-rulepack-v1\0",
             SignatureKind::Enrollment => b"ward-enroll-v1\0",
+            SignatureKind::KeyRollover => b"ward-key-rollover-v1\0",
         }
     }
 }

@@ -104,6 +104,13 @@ fn v1_encodings_are_frozen() {
     let alert_bytes = postcard::to_stdvec(&alert).unwrap();
     check("alert", alert_bytes.clone());
     check("command", postcard::to_stdvec(&command()).unwrap());
+    let rollover = KeyRollover {
+        serial: 2,
+        new_key: PublicKey([9; 32]),
+        retire_at_ms: 1_760_604_800_000,
+        created_at_ms: 1_760_000_000_000,
+    };
+    check("key_rollover", postcard::to_stdvec(&rollover).unwrap());
     let batch = AgentMessage::Alerts(AlertBatch {
         batch_id: 11,
         alerts: vec![Signed {

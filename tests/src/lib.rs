@@ -693,7 +693,7 @@ impl TestDevice {
     ) -> Result<ward_protocol::Command, Refusal> {
         authorize(
             signed,
-            &self.identity.enrollment.command_keys,
+            &self.identity.enrollment.keys.command_keys,
             self.id(),
             last_seq,
             now_ms(),

@@ -17,7 +17,7 @@ use ward_protocol::{
     PROTOCOL_MINOR, SignatureKind, SigningKey,
 };
 
-use crate::identity::{Enrollment, Identity, public_of};
+use crate::identity::{CommandKeys, Enrollment, Identity, public_of};
 
 /// A link failure. `retryable` says whether trying again later can help.
 #[derive(Debug, Error)]
@@ -144,7 +144,7 @@ pub async fn enroll(
                 server_name: token.server_name.clone(),
                 client_cert_der,
                 ca_cert_der,
-                command_keys,
+                keys: CommandKeys::pinned(command_keys),
             })
         }
         Some(CollectorMessage::Enrolled(EnrollResponse::Refused { reason })) => Err(LinkError::Refused(reason)),

@@ -646,9 +646,13 @@ impl Store {
         let device_id = device.to_string();
         let row = load_row(&tx, &id)?.filter(|r| r.device_id == device_id);
         let Some(row) = row.filter(|r| r.seq == Some(i64_of(result.seq))) else {
+            // An agent names no command when it could not verify one (unknown key,
+            // bad signature): its reason is the evidence, so keep it.
+            let (_, outcome, reason) = outcome_parts(&result.outcome);
             let why = format!(
-                "no dispatched command {id} with sequence {} for this device",
-                result.seq
+                "no dispatched command {id} with sequence {} for this device ({outcome}{})",
+                result.seq,
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
             );
             append_audit(&tx, now_ms, &device_id, "action.result_refused", &id, &why)?;
             tx.commit()?;

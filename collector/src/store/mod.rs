@@ -657,6 +657,68 @@ impl Store {
             .optional()?)
     }
 
+    // ---- command-key rollovers ----
+
+    /// The next rollover serial (1 for the first).
+    pub fn next_key_serial(&self) -> Result<u64, StoreError> {
+        let max: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(serial), 0) FROM key_rollovers", [], |r| r.get(0))?;
+        Ok(max.max(0) as u64 + 1)
+    }
+
+    /// Stores a signed rollover and, when there is one, the rule pack signed again
+    /// with the new key, in one transaction, audited.
+    pub fn add_key_rollover(
+        &self,
+        rollover: &ward_protocol::KeyRollover,
+        signed: &[u8],
+        pack: Option<(u64, usize, &[u8])>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO key_rollovers (serial, new_key, retire_at_ms, created_at_ms, signed) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                i64_of(rollover.serial),
+                &rollover.new_key.0[..],
+                i64_of(rollover.retire_at_ms),
+                i64_of(rollover.created_at_ms),
+                signed
+            ],
+        )?;
+        if let Some((version, rule_count, pack)) = pack {
+            tx.execute(
+                "INSERT INTO rule_packs (version, created_at_ms, created_by, rule_count, signed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![i64_of(version), i64_of(rollover.created_at_ms), "cli", rule_count as i64, pack],
+            )?;
+        }
+        audit(
+            &tx,
+            rollover.created_at_ms,
+            "cli",
+            "command_key.rotate",
+            &rollover.serial.to_string(),
+            &format!(
+                "new key {}, previous keys retire at {}{}",
+                hex::encode(rollover.new_key.0),
+                rollover.retire_at_ms,
+                pack.map(|(v, _, _)| format!(", rule pack {v} signed again"))
+                    .unwrap_or_default()
+            ),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every rollover's signed encoding, oldest first.
+    pub fn key_rollovers(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT signed FROM key_rollovers ORDER BY serial")?;
+        let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     // ---- users ----
 
     pub fn add_user(&self, name: &str, role: &str, token_sha256: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {

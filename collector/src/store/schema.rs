@@ -343,6 +343,17 @@ pub const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 12: command-key rollovers, each signed by the key it replaces; every agent
+    // session starts with all of them, oldest first.
+    r#"
+    CREATE TABLE key_rollovers (
+        serial INTEGER PRIMARY KEY,
+        new_key BLOB NOT NULL,
+        retire_at_ms INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        signed BLOB NOT NULL
+    );
+    "#,
 ];
 
 #[cfg(test)]

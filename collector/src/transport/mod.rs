@@ -41,6 +41,8 @@ pub struct Context {
     /// Devices revoked since start (and at start), checked before every batch.
     pub revoked: Arc<std::sync::RwLock<std::collections::HashSet<ward_protocol::DeviceId>>>,
     pub enroll_slots: Semaphore,
+    /// Every command-key rollover, oldest first: the first thing each session sends.
+    pub key_rollovers: Vec<ward_protocol::Signed>,
     /// The newest signed rule pack, pushed to every agent that runs an older one.
     pub rule_pack: std::sync::RwLock<Option<(u64, ward_protocol::Signed)>>,
 }

@@ -60,6 +60,16 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     if out_tx.send(CollectorMessage::Welcome(welcome)).await.is_err() {
         return;
     }
+    // Before any command or rule pack, which may be signed with a rolled-over key.
+    for signed in &ctx.key_rollovers {
+        if out_tx
+            .send(CollectorMessage::KeyRollover(signed.clone()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
     // Commands approved while this session starts wait for `session_ready` below.
     actions::dispatch::session_starting(device, conn.stable_id()).await;
     if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
