@@ -5,7 +5,8 @@
 //! record naming the rule; alerts written by another process are picked up too;
 //! on a real agent, a known-bad file is quarantined with no person involved; and
 //! an incident crossing a rule's severity and tactic condition proposes one
-//! isolate of its device, tied to the incident, however many alerts join later.
+//! isolate of its device, tied to the incident, however many alerts join later;
+//! an analyst's change to an incident (severity raised) is checked like an alert.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -346,4 +347,58 @@ async fn an_incident_crossing_a_condition_proposes_once() {
         vec![("isolate-broad-incident".to_string(), format!("incident:{id}:{device}"))],
         "recorded once per rule, incident and device"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_change_is_evaluated_like_a_new_alert() {
+    let collector = Collector::start_with(|c| {
+        c.push_str(
+            "\n[[automation]]\nname = \"package-critical\"\naction = \"collect_package\"\n\
+             [automation.incident]\nmin_severity = \"critical\"\n",
+        )
+    })
+    .unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "db-1").await.unwrap();
+    dev.connect().await.unwrap();
+    let device = dev.id().to_string();
+    let first = tactic_alert(&mut dev, Severity::Medium, "TA0002");
+    dev.send_batch(vec![first]).await.unwrap();
+    let incident = wait_incident(&collector, 1).await;
+    let id = incident["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        actions_of(&collector, &device).await,
+        Vec::<Value>::new(),
+        "medium: no match"
+    );
+
+    // An analyst raises it to critical: no alert joins, yet the rule now matches.
+    let (status, body) = collector
+        .patch_as(
+            &format!("/api/v1/incidents/{id}"),
+            &ann,
+            json!({"severity": "critical", "assignee": "ann"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let actions = wait_actions(&collector, &device, 1).await;
+    assert_eq!(actions[0]["kind"], "collect_package", "{:?}", actions[0]);
+    assert_eq!(actions[0]["requested_by"], "automation:package-critical");
+    assert_eq!(actions[0]["incident_id"], id.as_str());
+
+    // A later change is checked again; the proposal is not repeated.
+    let (status, _) = collector
+        .patch_as(
+            &format!("/api/v1/incidents/{id}"),
+            &ann,
+            json!({"status": "in_progress"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(actions_of(&collector, &device).await.len(), 1);
 }

@@ -25,9 +25,10 @@
 //! (open, minimum incident severity, any of the tactics, all of the sources).
 //! A matching incident proposes the action for each target among its alerts
 //! (each device; each alert's process or file on its device), with the
-//! proposal's `incident_id` set, once per rule, incident and target. Analyst
-//! changes alone (a severity raised by hand) do not re-evaluate an incident;
-//! the next alert joining it does.
+//! proposal's `incident_id` set, once per rule, incident and target. A third
+//! watermark tails `incident_activity`: an analyst's change that can make an
+//! incident match (reopened, severity set, merged into, alerts moved) has it
+//! checked again the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -430,6 +431,8 @@ pub struct Pass {
     pub alerts: usize,
     /// Alert links to incidents read (the incident stream's batch).
     pub links: usize,
+    /// Incident activity entries read (analysts' changes among them).
+    pub changes: usize,
     pub proposed: usize,
     pub auto_approved: usize,
     pub skipped: usize,
@@ -596,6 +599,7 @@ async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, 
             if !incident_rules.is_empty() {
                 let batch = s.automation_incidents(BATCH).map_err(|e| e.to_string())?;
                 done.links = batch.links;
+                done.changes = batch.changes;
                 for i in &batch.incidents {
                     for (rule, m) in &incident_rules {
                         if !m.matches(i) {
@@ -624,6 +628,9 @@ async fn pass(dispatcher: &Dispatcher, rules: &Arc<Vec<Rule>>) -> Result<(Pass, 
                 if let Some(last) = batch.last {
                     s.automation_advance_incidents(last).map_err(|e| e.to_string())?;
                 }
+                if let Some(last) = batch.last_change {
+                    s.automation_advance_changes(last).map_err(|e| e.to_string())?;
+                }
             }
             Ok((done, devices))
         })
@@ -645,9 +652,9 @@ pub async fn run_automation(
     let rules = Arc::new(rules);
     let mut tick = tokio::time::interval(AUTOMATION_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The newest alert rowid and incident link already evaluated, as far as
-    // this process knows.
-    let mut seen: Option<(i64, i64)> = None;
+    // The newest alert rowid, incident link and incident change already
+    // evaluated, as far as this process knows.
+    let mut seen: Option<(i64, i64, i64)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -656,7 +663,13 @@ pub async fn run_automation(
         }
         let newest = match dispatcher
             .reads
-            .run(|s| Ok::<_, crate::store::StoreError>((s.newest_alert_rowid()?, s.newest_incident_link()?)))
+            .run(|s| {
+                Ok::<_, crate::store::StoreError>((
+                    s.newest_alert_rowid()?,
+                    s.newest_incident_link()?,
+                    s.newest_incident_change()?,
+                ))
+            })
             .await
         {
             Ok(Ok(n)) => n,
@@ -666,7 +679,7 @@ pub async fn run_automation(
             }
             Err(_) => return,
         };
-        if seen.is_some_and(|(a, l)| a >= newest.0 && l >= newest.1) {
+        if seen.is_some_and(|(a, l, c)| a >= newest.0 && l >= newest.1 && c >= newest.2) {
             continue;
         }
         loop {
@@ -678,7 +691,7 @@ pub async fn run_automation(
                     if done.proposed > 0 || done.skipped > 0 {
                         info!(?done, "automation pass");
                     }
-                    if done.alerts < BATCH as usize && done.links < BATCH as usize {
+                    if done.alerts < BATCH as usize && done.links < BATCH as usize && done.changes < BATCH as usize {
                         seen = Some(newest);
                         break;
                     }

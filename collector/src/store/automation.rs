@@ -16,6 +16,11 @@ use crate::actions::params::ActionSpec;
 const ALERTS: &str = "alerts";
 /// The watermark row of the incident stream (alert rowids linked to incidents).
 const INCIDENTS: &str = "incidents";
+/// The watermark row of analysts' incident changes (`incident_activity` ids).
+const CHANGES: &str = "incident_changes";
+/// Analyst changes that can make an incident match a rule it did not match:
+/// reopened, severity set by hand, another incident merged in, alerts moved.
+const RECHECK_KINDS: [&str; 4] = ["status", "severity", "merged", "alert_moved"];
 /// Most alerts of one incident read for its targets.
 pub const MAX_INCIDENT_ALERTS: u32 = 2_000;
 
@@ -57,6 +62,10 @@ pub struct IncidentBatch {
     /// How many links were read, and the newest (the watermark to advance to).
     pub links: usize,
     pub last: Option<i64>,
+    /// How many activity entries were read, and the newest (the analyst-change
+    /// watermark to advance to).
+    pub changes: usize,
+    pub last_change: Option<i64>,
 }
 
 /// What became of a rule's match.
@@ -188,44 +197,85 @@ impl Store {
     /// rowid order on the writer, so links never appear below the watermark.
     /// The first call on a database sets the watermark to the newest link.
     pub fn automation_incidents(&mut self, limit: u32) -> Result<IncidentBatch, StoreError> {
+        let mut batch = IncidentBatch::default();
+        let mut ids: Vec<String> = Vec::new();
+        if let Some(mark) = self.watermark(INCIDENTS, |s| s.newest_incident_link())? {
+            let links: Vec<(i64, String)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT alert_rowid, incident_id FROM incident_alerts WHERE alert_rowid > ?1
+                     ORDER BY alert_rowid LIMIT ?2",
+                )?
+                .query_map(params![mark, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            batch.links = links.len();
+            batch.last = links.last().map(|(rowid, _)| *rowid);
+            ids.extend(links.into_iter().map(|(_, id)| id));
+        }
+        // An analyst's change is evaluated like a new alert joining the incident.
+        if let Some(mark) = self.watermark(CHANGES, |s| s.newest_incident_change())? {
+            let changes: Vec<(i64, String, String, String)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, incident_id, actor, kind FROM incident_activity WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![mark, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            batch.changes = changes.len();
+            batch.last_change = changes.last().map(|c| c.0);
+            ids.extend(
+                changes
+                    .into_iter()
+                    .filter(|(_, _, actor, kind)| actor != "correlation" && RECHECK_KINDS.contains(&kind.as_str()))
+                    .map(|(_, id, _, _)| id),
+            );
+        }
+        let mut seen = Vec::new();
+        for id in ids {
+            if seen.contains(&id) {
+                continue;
+            }
+            if let Some(inc) = self.automation_incident(&id)? {
+                batch.incidents.push(inc);
+            }
+            seen.push(id);
+        }
+        Ok(batch)
+    }
+
+    /// A stream's watermark; the first read on a database sets it to the stream's
+    /// newest entry and returns none (rules act on what comes after they exist).
+    fn watermark(
+        &self,
+        stream: &str,
+        newest: impl Fn(&Self) -> Result<i64, StoreError>,
+    ) -> Result<Option<i64>, StoreError> {
         let mark: Option<i64> = self
             .conn
             .query_row(
                 "SELECT last_rowid FROM automation_watermarks WHERE stream = ?1",
-                [INCIDENTS],
+                [stream],
                 |r| r.get(0),
             )
             .optional()?;
-        let Some(mark) = mark else {
-            let newest = self.newest_incident_link()?;
-            self.automation_advance_incidents(newest)?;
-            return Ok(IncidentBatch::default());
-        };
-        let links: Vec<(i64, String)> = self
+        if mark.is_none() {
+            self.advance(stream, newest(self)?)?;
+        }
+        Ok(mark)
+    }
+
+    /// The newest incident activity entry (0 when none).
+    pub fn newest_incident_change(&self) -> Result<i64, StoreError> {
+        Ok(self
             .conn
-            .prepare_cached(
-                "SELECT alert_rowid, incident_id FROM incident_alerts WHERE alert_rowid > ?1
-                 ORDER BY alert_rowid LIMIT ?2",
-            )?
-            .query_map(params![mark, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut batch = IncidentBatch {
-            incidents: Vec::new(),
-            links: links.len(),
-            last: links.last().map(|(rowid, _)| *rowid),
-        };
-        let mut ids: Vec<&str> = Vec::new();
-        for (_, id) in &links {
-            if !ids.contains(&id.as_str()) {
-                ids.push(id);
-            }
-        }
-        for id in ids {
-            if let Some(inc) = self.automation_incident(id)? {
-                batch.incidents.push(inc);
-            }
-        }
-        Ok(batch)
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM incident_activity", [], |r| r.get(0))?)
+    }
+
+    /// Moves the analyst-change watermark to activity entry `id` (never backwards).
+    pub fn automation_advance_changes(&self, id: i64) -> Result<(), StoreError> {
+        self.advance(CHANGES, id)
     }
 
     fn automation_incident(&self, id: &str) -> Result<Option<AutomationIncident>, StoreError> {
