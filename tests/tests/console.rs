@@ -488,6 +488,56 @@ async fn scenario() {
         median < 1000.0,
         "an incident of {LARGE} alerts must render in under a second: {times:?}"
     );
+
+    // Move one of its alerts out to a new incident from the alert's panel, then
+    // merge that incident back from the triage card.
+    let moved = b
+        .eval(
+            "(() => { const c = document.querySelector('#graph circle.alert');
+              c.dispatchEvent(new MouseEvent('click', {bubbles: true})); return c.dataset.alert; })()",
+        )
+        .unwrap();
+    let moved = moved.as_str().unwrap().to_string();
+    b.wait_for(
+        "the move form",
+        "!!document.querySelector('#side form.move-alert')",
+        SECS(5),
+    )
+    .unwrap();
+    b.eval("document.querySelector('#side form.move-alert [name=reason]').value = 'not part of it'; document.querySelector('#side form.move-alert button').click(); true")
+        .unwrap();
+    b.wait_for(
+        "the incident redrawn without the moved alert",
+        &format!(
+            "document.querySelectorAll('#graph circle.alert').length === {}",
+            LARGE - 1
+        ),
+        SECS(10),
+    )
+    .unwrap();
+    let new_id: String = collector
+        .db()
+        .unwrap()
+        .query_row(
+            "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE a.id = ?1",
+            [&moved],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(new_id, big_id, "the alert is in a new incident");
+    b.eval(&format!(
+        "document.querySelector('#incident-merge [name=from]').value = '{new_id}'; document.querySelector('#incident-merge button').click(); true"
+    ))
+    .unwrap();
+    b.wait_for(
+        "the incident whole again",
+        &format!("document.querySelectorAll('#graph circle.alert').length === {LARGE}"),
+        SECS(10),
+    )
+    .unwrap();
+    let (_, merged) = collector.get(&format!("/api/v1/incidents/{new_id}")).await.unwrap();
+    assert_eq!(merged["incident"]["status"], "redirected", "{merged}");
+    assert_eq!(merged["incident"]["redirected_to"], big_id.as_str(), "{merged}");
     sign_out(&mut b);
 
     // The approver approves with a comment and watches the result arrive live.

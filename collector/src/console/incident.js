@@ -90,7 +90,23 @@ function alertPanel(detail, id) {
     <div>Observed</div><div>${esc(time(a.observed_at_ms))}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
     <div>ATT&amp;CK</div><div>${pills(a.rule.tactics)}${pills(a.rule.techniques)}</div><div>Source</div><div>${esc(a.source)}</div>
     <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
-    <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div></div>`;
+    <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div>
+    ${can("analyst") ? moveForm(a.id) : ""}</div>`;
+}
+
+/** Moving an alert out: to another incident by id, or (id left empty) to a new one. */
+function moveForm(alertId) {
+  return `<form class="move-alert" data-alert="${esc(alertId)}"><h3>Move this alert</h3>
+    <div class="form-row"><label>To incident</label><input type="text" name="to" size="28" placeholder="empty: a new incident"></div>
+    <div class="form-row"><label>Reason</label><input type="text" name="reason" size="28"></div>
+    <div class="form-row"><button class="primary">Move</button></div></form>`;
+}
+
+/** Merging other incidents into this one (the older survives either way). */
+function mergeForm() {
+  return `<form id="incident-merge"><h3>Merge</h3>
+    <div class="form-row"><label>Incidents</label><input type="text" name="from" size="34" placeholder="ids to merge into this one, comma separated"></div>
+    <div class="form-row"><button class="primary">Merge into this one</button></div></form>`;
 }
 
 /** Rows of the alerts tab drawn at first; the rest on request (a 500-alert incident stays quick). */
@@ -226,11 +242,13 @@ export async function incidentView(root, args, q, current) {
       + (detail.incident.status === "redirected" && detail.incident.redirected_to
         ? `<p>Merged into <a href="#/incident/${esc(detail.incident.redirected_to)}">${esc(detail.incident.redirected_to)}</a>.</p>` : ""); });
     timed("story", drawStory);
-    timed("side", side);
+    // Not under the hands of someone typing in the side panel (moving an alert).
+    timed("side", () => { if (!$("#side", root).querySelector("form")?.contains(document.activeElement)) side(); });
     timed("tab", drawTab);
     const editing = root.contains(document.activeElement) && document.activeElement.closest("#edit, #comment-box");
     if (!editing) {
-      $("#edit", root).innerHTML = editForm(detail.incident);
+      const open = ["active", "in_progress"].includes(detail.incident.status);
+      $("#edit", root).innerHTML = editForm(detail.incident) + (can("analyst") && open ? mergeForm() : "");
       $("#comment-box", root).innerHTML = comments(detail);
     }
   };
@@ -275,6 +293,17 @@ export async function incidentView(root, args, q, current) {
   });
   $("#edit", root).addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (ev.target.id === "incident-merge") {
+      const from = String(new FormData(ev.target).get("from") || "").split(",").map((t) => t.trim()).filter(Boolean);
+      if (!from.length) { toast("Name the incidents to merge", true); return; }
+      try {
+        detail = await api(`/api/v1/incidents/${encodeURIComponent(id)}/merge`, { method: "POST", body: { from } });
+        document.activeElement?.blur();
+        drawAll();
+        toast(`Merged ${from.length} incident${from.length > 1 ? "s" : ""}`);
+      } catch (e) { toast(e.message, true); }
+      return;
+    }
     const body = changes(ev.target, detail.incident);
     if (!Object.keys(body).length) { toast("Nothing changed"); return; }
     try {
@@ -282,6 +311,22 @@ export async function incidentView(root, args, q, current) {
       document.activeElement?.blur();
       drawAll();
       toast("Saved");
+    } catch (e) { toast(e.message, true); }
+  });
+  $("#side", root).addEventListener("submit", async (ev) => {
+    const form = ev.target.closest("form.move-alert");
+    if (!form) return;
+    ev.preventDefault();
+    const f = new FormData(form);
+    const to = String(f.get("to") || "").trim() || null;
+    const reason = String(f.get("reason") || "").trim();
+    try {
+      const moved = await api(`/api/v1/incidents/${encodeURIComponent(id)}/alerts/${encodeURIComponent(form.dataset.alert)}/move`,
+        { method: "POST", body: { to, reason } });
+      selected = null;
+      await refresh();
+      side();
+      toast(`Moved to ${moved.incident.id}`);
     } catch (e) { toast(e.message, true); }
   });
   $("#comment-box", root).addEventListener("submit", async (ev) => {
