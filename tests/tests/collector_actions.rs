@@ -812,3 +812,68 @@ async fn isolated_device_going_silent_raises_one_alert() {
     let (_, view) = collector.get(&format!("/api/v1/devices/{device}")).await.unwrap();
     assert_eq!(view["missing_alerts"], 0, "{view}");
 }
+
+/// A device that accepted commands the collector no longer remembers (its
+/// database restored from an older backup) moves the collector's sequence ahead
+/// when it connects, so the next command is not refused as a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_ahead_of_a_restored_database_moves_the_sequence_on() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "web-9")
+        .await
+        .unwrap();
+    let device = dev.id().to_string();
+    let package = |dev: &str| json!({"device_id": dev, "action": {"kind": "collect_package"}, "reason": "check"});
+    let approve = |id: String| {
+        let (collector, bob) = (&collector, &bob);
+        async move {
+            let (status, body) = collector
+                .post_as(&format!("/api/v1/actions/{id}/approve"), bob, json!({}))
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+
+    // The device has accepted up to 40; the collector's database knows none of it.
+    dev.connect_after(40).await.unwrap();
+    let (status, body) = collector
+        .post_as("/api/v1/actions", &ann, package(&device))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    approve(id_of(&body)).await;
+    let signed = dev.recv_command(Duration::from_secs(5)).await.unwrap();
+    let command = dev
+        .authorize(&signed, 40)
+        .expect("numbered above what the device accepted");
+    assert_eq!(command.seq, 41);
+    let db = collector.db().unwrap();
+    let audited: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'device.command_seq_caught_up' AND target = ?1",
+            [&device],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 1);
+
+    // A device behind the collector (it lost nothing) changes nothing.
+    drop(dev.session.take());
+    dev.connect_after(3).await.unwrap();
+    let (_, body) = collector
+        .post_as("/api/v1/actions", &ann, package(&device))
+        .await
+        .unwrap();
+    approve(id_of(&body)).await;
+    loop {
+        let signed = dev.recv_command(Duration::from_secs(5)).await.unwrap();
+        let seq = dev.authorize(&signed, 3).unwrap().seq;
+        if seq > 41 {
+            assert_eq!(seq, 42);
+            break;
+        }
+    }
+}

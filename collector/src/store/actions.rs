@@ -347,6 +347,47 @@ fn set_status(tx: &Transaction<'_>, id: &str, status: Status, now_ms: u64) -> Re
     Ok(())
 }
 
+impl Store {
+    /// Moves a device's command sequence up to what the device says it has
+    /// accepted, when that is ahead of ours (a database restored from an older
+    /// backup); returns the previous value when it moved. Without this the device
+    /// would refuse every new command as a replay.
+    pub fn catch_up_command_seq(
+        &self,
+        device: DeviceId,
+        accepted: u64,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let device_id = device.to_string();
+        let tx = self.conn.unchecked_transaction()?;
+        let ours: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(last_seq), 0) FROM command_seqs WHERE device_id = ?1",
+            params![device_id],
+            |r| r.get(0),
+        )?;
+        // A device can only push its own sequence ahead; the cap keeps it an i64.
+        let accepted = i64::try_from(accepted).unwrap_or(i64::MAX).min(i64::MAX / 2);
+        if accepted <= ours {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO command_seqs (device_id, last_seq) VALUES (?1, ?2)
+             ON CONFLICT(device_id) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+            params![device_id, accepted],
+        )?;
+        append_audit(
+            &tx,
+            now_ms,
+            &device_id,
+            "device.command_seq_caught_up",
+            &device_id,
+            &format!("the device has accepted commands up to {accepted}, the collector was at {ours}"),
+        )?;
+        tx.commit()?;
+        Ok(Some(ours.max(0) as u64))
+    }
+}
+
 /// The next command sequence number of a device (persisted, monotonic).
 fn next_command_seq(tx: &Transaction<'_>, device_id: &str) -> Result<u64, StoreError> {
     let seq: i64 = tx

@@ -50,6 +50,25 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         }
     };
 
+    // Before the welcome, so a command approved once the session is up is numbered
+    // above what the device has accepted.
+    if last_command_seq > 0 {
+        match ctx
+            .writer
+            .run(move |s| s.catch_up_command_seq(device, last_command_seq, now_ms()))
+            .await
+        {
+            Ok(Ok(Some(ours))) => warn!(
+                %device,
+                accepted = last_command_seq,
+                ours,
+                "device is ahead of the collector's command sequence (database restored from an older backup?); moved ahead"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(%device, error = %e, "command sequence not checked"),
+            Err(_) => return, // The writer stopped: shutting down.
+        }
+    }
     let (out_tx, out_rx) = mpsc::channel::<CollectorMessage>(64);
     tokio::spawn(outbound(send, out_rx));
     let welcome = Welcome {
