@@ -141,7 +141,9 @@ impl Executor {
                     Refusal::UnknownKey | Refusal::BadSignature | Refusal::Malformed => None,
                     _ => signed.open_with(SignatureKind::Command, &keys).ok(),
                 };
-                let (id, seq) = named.map(|c| (c.id, c.seq)).unwrap_or((CommandId::default(), 0));
+                let (id, seq) = named
+                    .map(|c| (c.id, c.seq))
+                    .unwrap_or_else(|| (ward_protocol::unread_command_id(signed), 0));
                 let detail = refusal.to_string();
                 self.result(id, seq, CommandOutcome::Refused { reason: refusal }, detail, None)
             }

@@ -135,6 +135,8 @@ pub enum CommandOutcome {
 /// The device's signed report of what it did with a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
+    /// The command's id; for a command refused before it could be read (unknown
+    /// key, bad signature, malformed), [`unread_command_id`] of its bytes, with `seq` 0.
     pub command_id: CommandId,
     pub device_id: DeviceId,
     pub seq: u64,
@@ -144,4 +146,53 @@ pub struct CommandResult {
     pub detail: String,
     /// Output that belongs to the result, e.g. an investigation package.
     pub attachment: Option<Vec<u8>>,
+}
+
+/// Names a signed command that was refused unread: its payload is never decoded
+/// when its signature does not hold, so the device names it by a hash of the bytes
+/// it received (domain-separated SHA-256 of payload and signature, first 16 bytes).
+/// The collector, which keeps what it sent, finds the command by the same hash.
+pub fn unread_command_id(signed: &crate::sign::Signed) -> CommandId {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"ward-unread-cmd-v1\0");
+    ctx.update(&(signed.payload.len() as u64).to_le_bytes());
+    ctx.update(&signed.payload);
+    ctx.update(&signed.signature);
+    let d = ctx.finish();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d.as_ref()[..16]);
+    CommandId(crate::ids::Id128::from_u128(u128::from_be_bytes(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::{KeyId, Signed};
+
+    #[test]
+    fn an_unread_command_is_named_by_its_exact_bytes() {
+        let signed = Signed {
+            key_id: KeyId([1; 8]),
+            payload: vec![1, 2, 3],
+            signature: vec![9; 64],
+        };
+        let id = unread_command_id(&signed);
+        assert_eq!(id, unread_command_id(&signed.clone()), "stable");
+        let mut other_key = signed.clone();
+        other_key.key_id = KeyId([2; 8]);
+        assert_eq!(unread_command_id(&other_key), id, "the key id is not part of it");
+        let mut payload = signed.clone();
+        payload.payload[0] ^= 1;
+        assert_ne!(unread_command_id(&payload), id);
+        let mut signature = signed.clone();
+        signature.signature[0] ^= 1;
+        assert_ne!(unread_command_id(&signature), id);
+        // The length prefix keeps payload and signature apart.
+        let shifted = Signed {
+            key_id: signed.key_id,
+            payload: vec![1, 2, 3, 9],
+            signature: vec![9; 63],
+        };
+        assert_ne!(unread_command_id(&shifted), id);
+    }
 }

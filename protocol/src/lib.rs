@@ -22,7 +22,7 @@ pub mod version;
 pub use alert::{Alert, Entity, MatchedField, RuleRef, Severity};
 pub use auth::{CommandPolicy, Refusal, authorize};
 pub use codec::{FrameDecoder, FrameHeader, decode_frame, encode_frame};
-pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult};
+pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult, unread_command_id};
 pub use enroll::{EnrollEnvelope, EnrollRequest, EnrollResponse, JoinToken, TokenError};
 pub use error::{DecodeError, FrameError, SignatureError};
 pub use ids::{AlertId, CommandId, DeviceId, Id128};

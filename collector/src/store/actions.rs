@@ -19,7 +19,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
-use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, CommandResult, DeviceId, Signed};
+use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, CommandResult, DeviceId, Refusal, Signed};
 
 use super::{Store, StoreError, i64_of};
 use crate::actions::params::{ActionSpec, describe};
@@ -388,6 +388,37 @@ impl Store {
     }
 }
 
+/// A refusal of a command the device could not read (it names the command by
+/// [`ward_protocol::unread_command_id`]).
+fn refused_unread(outcome: &CommandOutcome) -> bool {
+    matches!(
+        outcome,
+        CommandOutcome::Refused {
+            reason: Refusal::UnknownKey | Refusal::BadSignature | Refusal::Malformed
+        }
+    )
+}
+
+/// The device's dispatched command whose signed bytes hash to `unread`.
+fn unread_command(tx: &Transaction<'_>, device_id: &str, unread: CommandId) -> Result<Option<Row>, StoreError> {
+    let sent: Vec<(String, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT id, signed_command FROM actions
+             WHERE device_id = ?1 AND status = 'dispatched' AND signed_command IS NOT NULL",
+        )?
+        .query_map(params![device_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, bytes) in sent {
+        let Ok(signed) = postcard::from_bytes::<Signed>(&bytes) else {
+            continue;
+        };
+        if ward_protocol::unread_command_id(&signed) == unread {
+            return load_row(tx, &id);
+        }
+    }
+    Ok(None)
+}
+
 /// The next command sequence number of a device (persisted, monotonic).
 fn next_command_seq(tx: &Transaction<'_>, device_id: &str) -> Result<u64, StoreError> {
     let seq: i64 = tx
@@ -683,12 +714,16 @@ impl Store {
         now_ms: u64,
     ) -> Result<ResultRecord, StoreError> {
         let tx = self.conn.transaction()?;
-        let id = result.command_id.to_string();
         let device_id = device.to_string();
-        let row = load_row(&tx, &id)?.filter(|r| r.device_id == device_id);
-        let Some(row) = row.filter(|r| r.seq == Some(i64_of(result.seq))) else {
-            // An agent names no command when it could not verify one (unknown key,
-            // bad signature): its reason is the evidence, so keep it.
+        let mut row = load_row(&tx, &result.command_id.to_string())?
+            .filter(|r| r.device_id == device_id && r.seq == Some(i64_of(result.seq)));
+        if row.is_none() && result.seq == 0 && refused_unread(&result.outcome) {
+            row = unread_command(&tx, &device_id, result.command_id)?;
+        }
+        let id = row
+            .as_ref()
+            .map_or_else(|| result.command_id.to_string(), |r| r.id.clone());
+        let Some(row) = row else {
             let (_, outcome, reason) = outcome_parts(&result.outcome);
             let why = format!(
                 "no dispatched command {id} with sequence {} for this device ({outcome}{})",
