@@ -545,7 +545,7 @@ mod tests {
         assert_eq!(result.outcome, CommandOutcome::Succeeded, "{}", result.detail);
         assert_eq!(std::fs::read(&target).unwrap(), b"evil bytes");
 
-        // Signed by a key this device never pinned: refused without naming the command.
+        // Signed by a key this device never pinned: refused unread, named by its bytes.
         let (rogue, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
         let forged = rogue
             .sign_value(SignatureKind::Command, &command(&s, 3, Action::CollectPackage))
@@ -557,7 +557,8 @@ mod tests {
                 reason: Refusal::UnknownKey
             }
         );
-        assert_eq!(result.command_id, CommandId::default());
+        assert_eq!(result.command_id, ward_protocol::unread_command_id(&forged));
+        assert_eq!(result.seq, 0);
 
         // A hash that does not match: the file stays where it is.
         let wrong = Action::DeleteFile {
