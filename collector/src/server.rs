@@ -141,6 +141,7 @@ pub async fn run(
         registry: Arc::clone(&registry),
         revoked: Arc::clone(&revoked),
         enroll_slots: Semaphore::new(16),
+        heartbeats: Default::default(),
         key_rollovers,
         rule_pack: std::sync::RwLock::new(None),
     });
@@ -174,6 +175,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let correlation = tokio::spawn(crate::incidents::run(correlator, ctx.writer.clone(), shutdown.clone()));
+    let heartbeats = tokio::spawn(transport::write_heartbeats(Arc::clone(&ctx), shutdown.clone()));
     let poller = tokio::spawn(poll_changes(
         reads,
         Arc::clone(&ctx),
@@ -203,6 +205,8 @@ pub async fn run(
     };
 
     transport::serve(endpoint, Arc::clone(&ctx), shutdown).await;
+    let _ = heartbeats.await;
+    transport::flush_heartbeats(&ctx).await;
     drop(ctx);
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     poller.abort();

@@ -1125,6 +1125,35 @@ mod tests {
         id
     }
 
+    #[test]
+    fn heartbeats_are_written_together_and_last_seen_only_moves_forward() {
+        let (_dir, mut store) = open();
+        let (a, b) = (device(&mut store, 1), device(&mut store, 2));
+        let state = |seen_at_ms, isolation, outbox_depth| crate::store::DeviceState {
+            seen_at_ms,
+            inventory: None,
+            isolation,
+            outbox_depth,
+            rule_pack_version: 3,
+        };
+        store.touch_device(a, T0 + 500).unwrap();
+        store
+            .update_device_states(&[
+                (a, state(T0 + 100, ward_protocol::IsolationState::Isolated, 7)),
+                (b, state(T0 + 200, ward_protocol::IsolationState::None, 0)),
+            ])
+            .unwrap();
+        let a = store.get_device(&a.to_string()).unwrap().unwrap();
+        assert_eq!(
+            a.last_seen_ms,
+            Some(i64_of(T0 + 500)),
+            "a session end recorded later stays"
+        );
+        assert_eq!((a.isolation.as_str(), a.outbox_depth), ("isolated", 7));
+        let b = store.get_device(&b.to_string()).unwrap().unwrap();
+        assert_eq!(b.last_seen_ms, Some(i64_of(T0 + 200)));
+    }
+
     fn propose(store: &Store, dev: DeviceId, action: Action, at: u64) -> String {
         let new = NewAction {
             id: CommandId::generate(at, &SystemRandom::new()).unwrap(),

@@ -378,23 +378,28 @@ impl Store {
         Ok(ids)
     }
 
-    pub fn update_device_state(&self, id: DeviceId, state: &DeviceState) -> Result<(), StoreError> {
+    /// Writes heartbeat states, all in one transaction. The last-seen time only
+    /// moves forward (a session's end may have been recorded after the heartbeat).
+    pub fn update_device_states(&self, states: &[(DeviceId, DeviceState)]) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
-            "UPDATE devices SET last_seen_ms = ?2, isolation = ?3, outbox_depth = ?4, rule_pack_version = ?5 WHERE id = ?1",
-            params![
+        for (id, state) in states {
+            tx.prepare_cached(
+                "UPDATE devices SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?2), isolation = ?3, outbox_depth = ?4,
+                                    rule_pack_version = ?5 WHERE id = ?1",
+            )?
+            .execute(params![
                 id.to_string(),
                 i64_of(state.seen_at_ms),
                 state.isolation.as_str(),
                 i64_of(state.outbox_depth),
                 i64_of(state.rule_pack_version)
-            ],
-        )?;
-        if let Some(inv) = &state.inventory {
-            tx.execute(
-                "UPDATE devices SET hostname = ?2, agent_version = ?3, os = ?4, kernel = ?5, addresses = ?6,
-                                    logged_on_users = ?7 WHERE id = ?1",
-                params![
+            ])?;
+            if let Some(inv) = &state.inventory {
+                tx.prepare_cached(
+                    "UPDATE devices SET hostname = ?2, agent_version = ?3, os = ?4, kernel = ?5, addresses = ?6,
+                                        logged_on_users = ?7 WHERE id = ?1",
+                )?
+                .execute(params![
                     id.to_string(),
                     inv.hostname,
                     inv.agent_version,
@@ -402,8 +407,8 @@ impl Store {
                     inv.kernel,
                     serde_json::to_string(&inv.addresses).unwrap_or_default(),
                     serde_json::to_string(&inv.logged_on_users).unwrap_or_default(),
-                ],
-            )?;
+                ])?;
+            }
         }
         tx.commit()?;
         Ok(())

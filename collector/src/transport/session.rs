@@ -244,10 +244,9 @@ async fn run(
                     outbox_depth: hb.outbox_depth,
                     rule_pack_version: hb.rule_pack_version,
                 };
-                let _ = ctx
-                    .writer
-                    .run(move |store| store.update_device_state(device, &state))
-                    .await;
+                if let Ok(mut pending) = ctx.heartbeats.lock() {
+                    pending.insert(device, state);
+                }
             }
             AgentMessage::Dropped(report) => {
                 warn!(%device, dropped = report.dropped, reason = %report.reason, "agent dropped alerts");
