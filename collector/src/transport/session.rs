@@ -19,6 +19,8 @@ use crate::store::DeviceState;
 use crate::util::now_ms;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The protocol minor version that added [`CollectorMessage::KeyRollover`].
+const ROLLOVER_MINOR: u8 = 1;
 
 pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Receiver<bool>) {
     let Some((device, key)) = identify(&conn, ctx).await else {
@@ -28,7 +30,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         conn.close(close_code::PROTOCOL.into(), b"no session stream");
         return;
     };
-    let (running_pack, last_command_seq) = match tokio::time::timeout(
+    let (running_pack, last_command_seq, agent_minor) = match tokio::time::timeout(
         HELLO_TIMEOUT,
         read_frame::<AgentMessage>(&mut recv, ctx.config.ingest.max_frame_bytes),
     )
@@ -36,7 +38,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     {
         Ok(Ok(Some(AgentMessage::Hello(hello)))) if hello.device_id == device => {
             debug!(%device, version = %hello.agent_version, "session hello");
-            (hello.rule_pack_version, hello.last_command_seq)
+            (hello.rule_pack_version, hello.last_command_seq, hello.protocol_minor)
         }
         Ok(Ok(Some(AgentMessage::Hello(_)))) => {
             ctx.metrics.reject("wrong_device");
@@ -80,7 +82,11 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         return;
     }
     // Before any command or rule pack, which may be signed with a rolled-over key.
-    for signed in &ctx.key_rollovers {
+    // Agents of protocol minor 0 predate rollovers and could not decode one.
+    if agent_minor < ROLLOVER_MINOR && !ctx.key_rollovers.is_empty() {
+        warn!(%device, agent_minor, "agent too old for command-key rollovers: upgrade it, or it refuses commands signed with the new key");
+    }
+    for signed in ctx.key_rollovers.iter().filter(|_| agent_minor >= ROLLOVER_MINOR) {
         if out_tx
             .send(CollectorMessage::KeyRollover(signed.clone()))
             .await
