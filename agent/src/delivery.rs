@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ring::rand::SecureRandom;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use ward_protocol::message::{AlertBatch, Heartbeat};
 use ward_protocol::{AgentMessage, CollectorMessage, Inventory, IsolationState};
 
@@ -296,6 +296,12 @@ impl Delivery {
         let keys = self.keys.active(crate::sensor::now_ms());
         let pack = match rulepack::verify(signed, &keys, self.rule_pack_version) {
             Ok(p) => p,
+            // Offered again (a push to every session and the session's own offer can
+            // cross): nothing to do.
+            Err(e @ rulepack::PackError::NotNewer { .. }) => {
+                debug!(error = %e, "rule pack already running");
+                return;
+            }
             Err(e) => {
                 warn!(error = %e, "rule pack refused");
                 return;
