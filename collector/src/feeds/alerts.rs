@@ -63,6 +63,18 @@ pub const USER_REPORTED_PHISH: Rule = Rule {
     technique: "T1566",
     tactic: "TA0001",
 };
+pub const HIDING_INBOX_RULE: Rule = Rule {
+    id: "ward-mailbox-hiding-inbox-rule",
+    title: "Inbox rule hides incoming mail",
+    technique: "T1564.008",
+    tactic: "TA0005",
+};
+pub const EXTERNAL_FORWARDING: Rule = Rule {
+    id: "ward-mailbox-external-forwarding",
+    title: "Mail forwarded outside the organisation",
+    technique: "T1114.003",
+    tactic: "TA0009",
+};
 
 /// A ULID-shaped id: `time_ms` in the 48-bit time part, then 80 bits of
 /// SHA-256(rule id, keys), so the same records always give the same id.

@@ -4,7 +4,8 @@
 use ward_protocol::{Entity, Severity};
 
 use super::alerts::{
-    MALICIOUS_DELIVERED, MALICIOUS_URL_CLICK, Raise, USER_REPORTED_PHISH, domain_of_address, host_of_url, user,
+    EXTERNAL_FORWARDING, HIDING_INBOX_RULE, MALICIOUS_DELIVERED, MALICIOUS_URL_CLICK, Raise, Rule, USER_REPORTED_PHISH,
+    domain_of_address, host_of_url, user,
 };
 use super::{MailKind, MailRecord};
 use crate::store::{AlertSource, FeedTx, SourcedAlert, StoreError};
@@ -27,17 +28,18 @@ pub fn detect(tx: &FeedTx<'_>, fresh: &[MailRecord]) -> Result<Vec<SourcedAlert>
             }
             MailKind::Click => out.extend(click_alert(tx, m)?),
             MailKind::PostDelivery if user_reported(m) => out.push(reported_alert(tx, m)?),
+            MailKind::InboxRule => out.extend(inbox_rule_alerts(m)),
             _ => {}
         }
     }
     Ok(out)
 }
 
-/// Phish or malware in a Defender verdict ("Phish", "Malware, Phish", ...).
+/// Phish, malware or impersonation in a verdict ("Phish", "Malware, Phish", Proofpoint's "Impostor").
 fn malicious(threat_types: Option<&str>) -> bool {
     threat_types.is_some_and(|t| {
         let t = t.to_ascii_lowercase();
-        t.contains("phish") || t.contains("malware")
+        t.contains("phish") || t.contains("malware") || t.contains("impostor")
     })
 }
 
@@ -201,4 +203,44 @@ fn reported_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<SourcedAlert, Store
         .field("action", m.delivery_action.as_ref())
         .field("time_ms", Some(m.time_ms));
     Ok(r.build(m.time_ms, &[&m.key]))
+}
+
+/// An inbox rule that hides mail from its owner, and one that forwards it outside
+/// the organisation: each its own alert (a rule doing both raises both).
+fn inbox_rule_alerts(m: &MailRecord) -> Vec<SourcedAlert> {
+    let Some(rule) = &m.rule else {
+        return Vec::new();
+    };
+    let external = rule.external_targets();
+    let mut out = Vec::new();
+    let mut raise = |r: Rule, severity: Severity| {
+        let mut a = Raise::new(r, AlertSource::Mailbox, severity, m.time_ms);
+        recipient_entities(&mut a, m);
+        if let Some(actor) = &m.sender {
+            a.entity(user(actor));
+        }
+        if let Some(ip) = m.ip {
+            a.entity(Entity::Ip { addr: ip });
+        }
+        for target in &external {
+            sender_entities(&mut a, Some(&target.to_string()));
+        }
+        a.field("operation", Some(&rule.operation))
+            .field("mailbox", m.recipient.as_ref())
+            .field("changed_by", m.sender.as_ref())
+            .field("rule_name", rule.name.as_ref())
+            .field("what_it_does", m.delivery_action.as_ref())
+            .field("conditions", m.detection_methods.as_ref())
+            .field("forwards_outside", (!external.is_empty()).then(|| external.join(", ")))
+            .field("client_ip", m.ip)
+            .field("time_ms", Some(m.time_ms));
+        out.push(a.build(m.time_ms, &[&m.key]));
+    };
+    if !rule.hides.is_empty() {
+        raise(HIDING_INBOX_RULE, Severity::Medium);
+    }
+    if !external.is_empty() {
+        raise(EXTERNAL_FORWARDING, Severity::High);
+    }
+    out
 }

@@ -93,6 +93,19 @@ pub fn number(root: &Value, paths: &[&str]) -> Option<f64> {
         .filter(|n: &f64| n.is_finite())
 }
 
+/// The elements of an array at `path` (also when a CSV cell holds it as JSON text);
+/// a scalar there is a list of one.
+pub fn list(root: &Value, path: &str) -> Vec<Value> {
+    let Some(v) = lookup(root, path) else {
+        return Vec::new();
+    };
+    match as_json(&v).map(Cow::into_owned) {
+        Some(Value::Array(items)) => items,
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => vec![other],
+    }
+}
+
 /// A compact JSON rendering of an object or array at one of `paths` (its text for a scalar).
 pub fn compact(root: &Value, paths: &[&str]) -> Option<String> {
     paths.iter().find_map(|p| {

@@ -291,6 +291,7 @@ mod tests {
         match normalize(&v) {
             Normalized::Record { kind, item } => (kind, item),
             Normalized::Ignored { kind } => panic!("ignored as {kind}"),
+            Normalized::Many { kind, .. } => panic!("several records as {kind}"),
             Normalized::Bad(e) => panic!("bad: {e}"),
         }
     }

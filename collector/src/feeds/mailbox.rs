@@ -1,12 +1,13 @@
 //! Email records → [`MailRecord`]: Defender XDR `EmailEvents`, `EmailAttachmentInfo`,
 //! `EmailUrlInfo`, `UrlClickEvents` and `EmailPostDeliveryEvents`, as advanced-hunting
 //! table rows (JSON or CSV export, with or without a `Type` column) or as streaming-API
-//! records (`category` `AdvancedHunting-<Table>` with the row in `properties`).
+//! records (`category` `AdvancedHunting-<Table>` with the row in `properties`);
+//! Proofpoint TAP events (`proofpoint`) and Exchange audit records (`inbox_rules`).
 
 use serde_json::Value;
 
 use super::fields::{address, lookup, record_hash, text, time};
-use super::{MailKind, MailRecord, Normalized};
+use super::{MailKind, MailRecord, Normalized, inbox_rules, proofpoint};
 
 /// Table names and the kinds they hold.
 const TABLES: [(&str, MailKind, &str); 5] = [
@@ -26,6 +27,9 @@ const TABLES: [(&str, MailKind, &str); 5] = [
 ];
 
 pub(crate) fn normalize(v: &Value) -> Normalized<MailRecord> {
+    if let Some(n) = proofpoint::normalize(v).or_else(|| inbox_rules::normalize(v)) {
+        return n;
+    }
     let (row, table) = match (text(v, &["category"]), lookup(v, "properties")) {
         (Some(category), Some(props)) => {
             let Some(table) = category.strip_prefix("AdvancedHunting-") else {
@@ -44,7 +48,10 @@ pub(crate) fn normalize(v: &Value) -> Normalized<MailRecord> {
         }
     };
     let Some(&(_, kind, name)) = table else {
-        return Normalized::Bad("not a Defender email, attachment, URL, click or post-delivery record".into());
+        return Normalized::Bad(
+            "not a Defender email, attachment, URL, click or post-delivery record, a Proofpoint TAP event or an Exchange audit record"
+                .into(),
+        );
     };
     match record(&row, kind, v) {
         Ok(item) => Normalized::Record { kind: name, item },
@@ -116,6 +123,8 @@ fn record(row: &Value, kind: MailKind, outer: &Value) -> Result<MailRecord, Stri
             // Two post-delivery actions on one message in the same millisecond differ by content.
             &record_hash(row)[..16]
         ),
+        // No Defender table holds inbox rules (`inbox_rules` reads them).
+        MailKind::InboxRule => return Err("not a Defender table".into()),
     };
     Ok(MailRecord {
         key,
@@ -134,6 +143,7 @@ fn record(row: &Value, kind: MailKind, outer: &Value) -> Result<MailRecord, Stri
         url,
         action,
         ip: text(row, &["SenderIPv4", "SenderIPv6", "IPAddress"]).and_then(|s| s.parse().ok()),
+        rule: None,
         raw: outer.to_string(),
     })
 }
@@ -148,6 +158,7 @@ mod tests {
         match normalize(&v) {
             Normalized::Record { kind, item } => (kind, item),
             Normalized::Ignored { kind } => panic!("ignored as {kind}"),
+            Normalized::Many { kind, .. } => panic!("several records as {kind}"),
             Normalized::Bad(e) => panic!("bad: {e}"),
         }
     }

@@ -9,7 +9,11 @@
 //!   diagnostic records (`category` *SignInLogs with `properties`), Okta System Log events.
 //! - mailbox: Defender `EmailEvents`, `EmailAttachmentInfo`, `EmailUrlInfo`,
 //!   `UrlClickEvents`, `EmailPostDeliveryEvents` rows or streaming records
-//!   (`category` `AdvancedHunting-EmailEvents` ... with `properties`).
+//!   (`category` `AdvancedHunting-EmailEvents` ... with `properties`); Proofpoint TAP
+//!   SIEM API message and click events, one at a time or as the API's batch
+//!   (`messagesDelivered`, `messagesBlocked`, `clicksPermitted`, `clicksBlocked`);
+//!   Exchange inbox-rule and mailbox-forwarding changes from the Microsoft 365 audit
+//!   log (Sentinel `OfficeActivity` rows or Management Activity API records).
 //!
 //! Alerts are stored with source `identity` or `mailbox`, no device, author "Ward",
 //! and an id derived from the records that raised them (a re-import raises nothing twice).
@@ -22,6 +26,9 @@
 //! - `ward-mailbox-malicious-delivered` (T1566.001 attachment, T1566.002 link, else T1566 / TA0001): phish or malware delivered.
 //! - `ward-mailbox-malicious-url-click` (T1204.001 / TA0002): a click on a URL judged malicious (by the click or its message).
 //! - `ward-mailbox-user-reported-phish` (T1566 / TA0001): a user reported a message.
+//! - `ward-mailbox-suspicious-inbox-rule` (T1564.008 / TA0005 hiding, T1114.003 / TA0009
+//!   forwarding outside the organisation): an inbox rule or mailbox setting that deletes,
+//!   hides or forwards mail.
 //!
 //! Entity conventions: `User{name: user principal name lowercased, uid: None}` for
 //! the signing-in user and for mail recipients (the recipient address as the user);
@@ -36,7 +43,9 @@ mod alerts_mailbox;
 mod detect;
 mod fields;
 mod identity;
+mod inbox_rules;
 mod mailbox;
+mod proofpoint;
 mod stream;
 
 use std::net::IpAddr;
@@ -126,6 +135,8 @@ pub enum MailKind {
     Url,
     Click,
     PostDelivery,
+    /// An inbox rule or mailbox forwarding set (Exchange audit).
+    InboxRule,
 }
 
 impl MailKind {
@@ -136,6 +147,7 @@ impl MailKind {
             MailKind::Url => "url",
             MailKind::Click => "click",
             MailKind::PostDelivery => "post_delivery",
+            MailKind::InboxRule => "inbox_rule",
         }
     }
 
@@ -146,13 +158,15 @@ impl MailKind {
             MailKind::Url,
             MailKind::Click,
             MailKind::PostDelivery,
+            MailKind::InboxRule,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
     }
 }
 
-/// A normalized mail record (one row of one of the Defender email tables).
+/// A normalized mail record: one row of one of the Defender email tables, one
+/// recipient, attachment or URL of a Proofpoint message, or one inbox-rule change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MailRecord {
     /// Natural dedup key from the message id, recipient and the row's own part.
@@ -176,7 +190,26 @@ pub struct MailRecord {
     /// Click action (ClickAllowed, ...) or post-delivery action type.
     pub action: Option<String>,
     pub ip: Option<IpAddr>,
+    /// What an inbox-rule change does (`InboxRule` records only; not a column of its
+    /// own in the store: the detection reads it from the fresh record).
+    pub rule: Option<Box<InboxRule>>,
     pub raw: String,
+}
+
+/// An inbox rule or mailbox forwarding as the audit log records its change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InboxRule {
+    /// `New-InboxRule`, `Set-InboxRule`, `Set-Mailbox`, ...
+    pub operation: String,
+    pub name: Option<String>,
+    /// Addresses mail is forwarded or redirected to, lowercased, without `smtp:`.
+    pub forward_to: Vec<String>,
+    /// How the rule keeps mail from its owner ("deletes it", "moves it to Junk Email", ...).
+    pub hides: Vec<String>,
+    /// The rule's conditions as `Name=Value`.
+    pub conditions: Vec<String>,
+    /// Domains of the owner's organisation (its address and the tenant name).
+    pub own_domains: Vec<String>,
 }
 
 /// A record that was not imported, and why.
@@ -200,9 +233,9 @@ pub struct ImportReport {
     pub format: String,
     /// Records found in the file.
     pub records: u64,
-    /// Records stored now.
+    /// Rows stored now (a Proofpoint message stores one per recipient, attachment and URL).
     pub imported: u64,
-    /// Records stored by an earlier import.
+    /// Rows stored by an earlier import.
     pub duplicates: u64,
     /// Well-formed records that are not sign-ins or mail events (e.g. Entra audit logs).
     pub ignored: u64,
@@ -256,6 +289,13 @@ pub(crate) enum Normalized<T> {
         kind: &'static str,
         item: T,
     },
+    /// A record that holds several (a Proofpoint message: one per recipient, attachment
+    /// and URL; a TAP batch), with the reasons its unreadable parts were left out.
+    Many {
+        kind: &'static str,
+        items: Vec<T>,
+        bad: Vec<String>,
+    },
     /// A record of a known source that is not a sign-in / mail event.
     Ignored {
         kind: &'static str,
@@ -298,6 +338,15 @@ fn parse_with<T>(
                     kinds.push(kind);
                 }
                 items.push(item);
+            }
+            Normalized::Many { kind, items: many, bad } => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+                items.extend(many);
+                for reason in bad {
+                    r.skip(skipped(reason));
+                }
             }
             Normalized::Ignored { kind } => {
                 if !kinds.contains(&kind) {

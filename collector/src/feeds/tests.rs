@@ -510,6 +510,136 @@ fn a_benign_click_or_blocked_mail_raises_nothing() {
 }
 
 #[test]
+fn the_panther_proofpoint_events_import_and_delivered_threats_alert() {
+    let (_d, mut store) = store();
+    let r = run(&mut store, Feed::Mailbox, &fixture("panther/proofpoint_tap.ndjson"));
+    assert_eq!(r.format, "proofpoint-message-ndjson");
+    // 35 messages: one row per recipient, plus the URL threats they list.
+    assert_eq!((r.records, r.skipped_count, r.imported), (35, 0, 52), "{r:?}");
+    let mut subjects: Vec<String> = alerts(&store, "ward-mailbox-malicious-delivered")
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a.matched["threat_types"].as_str().unwrap(),
+                a.matched["subject"].as_str().unwrap()
+            )
+        })
+        .collect();
+    subjects.sort();
+    // Delivered and judged malicious; the quarantined ones (Panther alerts on those too)
+    // were blocked, and the low scores and cleared threats are no verdict.
+    assert_eq!(
+        subjects,
+        [
+            "Impostor Password Reset Required",
+            "Impostor Update Your Benefits",
+            "Impostor Urgent Wire Transfer Request",
+            "Malware Suspicious Attachment",
+            "Phish Action Required: Confirm Your Payment",
+            "Phish Password Reset Required",
+        ]
+    );
+    assert_eq!(r.alerts_raised, 6);
+    let again = run(&mut store, Feed::Mailbox, &fixture("panther/proofpoint_tap.ndjson"));
+    assert_eq!((again.imported, again.duplicates, again.alerts_raised), (0, 52, 0));
+}
+
+#[test]
+fn a_proofpoint_batch_links_a_permitted_click_to_its_delivered_message() {
+    let (_d, mut store) = store();
+    let message = json!({"messageTime": "2026-11-20T09:00:00Z", "GUID": "pp-1", "messageID": "<a@evil.example>",
+        "fromAddress": ["billing@evil.example"], "recipient": ["adele@contoso.com"], "subject": "Invoice",
+        "senderIP": "192.0.2.9", "phishScore": 10, "malwareScore": 0, "impostorScore": 0,
+        "messageParts": [{"disposition": "attached", "filename": "invoice.docm", "sha256": "cd".repeat(32)}],
+        "threatsInfoMap": [{"threatType": "url", "classification": "phish", "threatStatus": "active",
+            "threat": "https://login.evil.example/"}]});
+    let click = json!({"clickTime": "2026-11-20T09:05:00Z", "GUID": "pp-1", "url": "https://login.evil.example/",
+        "recipient": "adele@contoso.com", "clickIP": "198.51.100.7", "classification": "phish", "threatStatus": "active"});
+    let batch = json!({"queryEndTime": "2026-11-20T10:00:00Z", "messagesDelivered": [message],
+        "messagesBlocked": [], "clicksPermitted": [click], "clicksBlocked": []});
+    let r = run(&mut store, Feed::Mailbox, &serde_json::to_vec(&batch).unwrap());
+    assert_eq!(
+        (r.format.as_str(), r.records, r.imported),
+        ("proofpoint-siem-json", 1, 4),
+        "{r:?}"
+    );
+    let delivered = &alerts(&store, "ward-mailbox-malicious-delivered")[0];
+    assert_eq!(delivered.rule.techniques, json!(["T1566.001"]));
+    let ents = delivered.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "file", "path": "invoice.docm", "sha256": "cd".repeat(32)})));
+    assert!(ents.contains(&json!({"kind": "url", "url": "https://login.evil.example/"})));
+    let clicked = &alerts(&store, "ward-mailbox-malicious-url-click")[0];
+    assert_eq!(
+        (clicked.severity, clicked.matched["subject"].as_str()),
+        ("high", Some("Invoice"))
+    );
+}
+
+#[test]
+fn exchange_audit_samples_import_and_hiding_or_forwarding_rules_alert() {
+    let (_d, mut store) = store();
+    let sentinel = run(
+        &mut store,
+        Feed::Mailbox,
+        &fixture("sentinel/office_activity_inbox_rule.csv"),
+    );
+    assert_eq!(
+        (sentinel.format.as_str(), sentinel.imported, sentinel.alerts_raised),
+        ("m365-audit-inbox-rule-csv", 2, 2)
+    );
+    let hiding = alerts(&store, "ward-mailbox-hiding-inbox-rule");
+    let mut what: Vec<&str> = hiding
+        .iter()
+        .map(|a| a.matched["what_it_does"].as_str().unwrap())
+        .collect();
+    what.sort();
+    assert_eq!(what, ["deletes it", "moves it to Junk Email"]);
+    let a = &hiding[0];
+    assert_eq!(
+        (a.severity, a.rule.techniques.clone()),
+        ("medium", json!(["T1564.008"]))
+    );
+    let ents = a.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "user", "name": "adelev@contoso.onmicrosoft.com", "uid": null})));
+    assert!(ents.contains(&json!({"kind": "ip", "addr": "2a01:110:8068:7:9bf8:aa87:e00a:5f1f"})));
+
+    // Panther's M365 events all share one Id: the first (forwarding to another
+    // organisation) is stored, the other Exchange ones are duplicates; logins and
+    // sharing are audit records of no mailbox meaning; records without a workload are
+    // not audit records Ward knows.
+    let panther = run(&mut store, Feed::Mailbox, &fixture("panther/m365_audit.ndjson"));
+    assert_eq!(
+        (
+            panther.records,
+            panther.imported,
+            panther.duplicates,
+            panther.ignored,
+            panther.skipped_count
+        ),
+        (25, 4, 6, 8, 7),
+        "{panther:?}"
+    );
+    let forwarding = alerts(&store, "ward-mailbox-external-forwarding");
+    assert_eq!(forwarding.len(), 1);
+    let f = &forwarding[0];
+    assert_eq!((f.severity, f.rule.tactics.clone()), ("high", json!(["TA0009"])));
+    assert_eq!(f.matched["forwards_outside"], "peter.griffin@familyguy.com");
+    assert!(
+        f.entities
+            .as_array()
+            .unwrap()
+            .contains(&json!({"kind": "domain", "name": "familyguy.com"}))
+    );
+    let again = run(
+        &mut store,
+        Feed::Mailbox,
+        &fixture("sentinel/office_activity_inbox_rule.csv"),
+    );
+    assert_eq!((again.duplicates, again.alerts_raised), (2, 0));
+}
+
+#[test]
 fn every_import_is_audited() {
     let (_d, mut store) = store();
     run(&mut store, Feed::Mailbox, &fixture("defender/email_events.csv"));
@@ -531,6 +661,9 @@ mod never_panics {
             "panther/entra_diagnostic_records.json",
             "defender/email_events.csv",
             "defender/defender_streaming.json",
+            "panther/proofpoint_tap.ndjson",
+            "panther/m365_audit.ndjson",
+            "sentinel/office_activity_inbox_rule.csv",
         ]
         .iter()
         .map(|f| fixture(f))

@@ -255,6 +255,7 @@ impl FeedTx<'_> {
                     url: r.get(13)?,
                     action: r.get(14)?,
                     ip: ip.and_then(|s| s.parse().ok()),
+                    rule: None,
                     raw: String::new(),
                 })
             })?
