@@ -56,6 +56,16 @@ pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
     let projected_row = text(v, &["UserPrincipalName"]).is_some()
         && text(v, &["TimeGenerated"]).is_some()
         && text(v, &["ResultType"]).is_some();
+    // A query over the table that summarised it (`summarize ... by IPAddress`): it
+    // names the table but holds no sign-in of its own (no user, no result).
+    let summary = is_table
+        && text(v, &["UserPrincipalName", "userId", "servicePrincipalName"]).is_none()
+        && text(v, &["ResultType", "status.errorCode"]).is_none();
+    if summary {
+        return Normalized::Ignored {
+            kind: "entra-signinlogs-summary",
+        };
+    }
     if is_table || graph || projected_row {
         return match entra(v, v) {
             Ok(s) => Normalized::Record {

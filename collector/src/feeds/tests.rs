@@ -118,6 +118,16 @@ fn the_sentinel_csv_export_imports_with_its_json_cells() {
 }
 
 #[test]
+fn a_summary_query_over_signinlogs_is_recognised_and_ignored() {
+    let (_d, mut store) = store();
+    let r = run(&mut store, Feed::Identity, &fixture("sentinel/signinLogs.csv"));
+    assert_eq!(
+        (r.format.as_str(), r.records, r.imported, r.ignored, r.skipped_count),
+        ("entra-signinlogs-summary-csv", 1, 0, 1, 0)
+    );
+}
+
+#[test]
 fn the_panther_entra_records_import_and_risky_sign_ins_alert() {
     let (_d, mut store) = store();
     let r = run(
@@ -664,6 +674,7 @@ mod never_panics {
             "panther/proofpoint_tap.ndjson",
             "panther/m365_audit.ndjson",
             "sentinel/office_activity_inbox_rule.csv",
+            "sentinel/signinLogs.csv",
         ]
         .iter()
         .map(|f| fixture(f))
