@@ -26,9 +26,10 @@
 //! - `ward-mailbox-malicious-delivered` (T1566.001 attachment, T1566.002 link, else T1566 / TA0001): phish or malware delivered.
 //! - `ward-mailbox-malicious-url-click` (T1204.001 / TA0002): a click on a URL judged malicious (by the click or its message).
 //! - `ward-mailbox-user-reported-phish` (T1566 / TA0001): a user reported a message.
-//! - `ward-mailbox-suspicious-inbox-rule` (T1564.008 / TA0005 hiding, T1114.003 / TA0009
-//!   forwarding outside the organisation): an inbox rule or mailbox setting that deletes,
-//!   hides or forwards mail.
+//! - `ward-mailbox-hiding-inbox-rule` (T1564.008 / TA0005): an inbox rule that deletes
+//!   mail or moves it out of its owner's sight.
+//! - `ward-mailbox-external-forwarding` (T1114.003 / TA0009): an inbox rule or mailbox
+//!   setting that forwards or redirects mail outside the organisation.
 //!
 //! Entity conventions: `User{name: user principal name lowercased, uid: None}` for
 //! the signing-in user and for mail recipients (the recipient address as the user);
