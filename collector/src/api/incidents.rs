@@ -259,12 +259,21 @@ struct EntityAcc {
     devices: BTreeSet<String>,
 }
 
-fn role(e: &Entity, source: &str) -> &'static str {
+/// An entity's role in one alert (`all` are that alert's entities).
+fn role(e: &Entity, source: &str, all: &[Entity]) -> &'static str {
     match (e, source) {
+        // The feeds name a recipient as a user and a mailbox, a sender only as a mailbox.
+        (Entity::Mailbox { address }, "mailbox")
+            if all
+                .iter()
+                .any(|u| matches!(u, Entity::User { name, .. } if name.eq_ignore_ascii_case(address))) =>
+        {
+            "recipient"
+        }
         (Entity::Device { .. }, _) => "impacted device",
         (Entity::User { .. }, "identity") => "signed-in user",
         (Entity::User { .. }, _) => "impacted user",
-        (Entity::Mailbox { .. }, "mailbox") => "recipient or sender",
+        (Entity::Mailbox { .. }, "mailbox") => "sender",
         (Entity::Mailbox { .. }, _) => "mailbox",
         (Entity::File { .. }, "mailbox") => "attachment",
         (Entity::File { .. }, _) => "file",
@@ -300,8 +309,8 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
                 list.push(device);
             }
         }
-        for e in list {
-            let (kind, key) = entity::key(&e);
+        for e in &list {
+            let (kind, key) = entity::key(e);
             let acc = entities
                 .entry((kind.to_string(), key.clone()))
                 .or_insert_with(|| EntityAcc {
@@ -316,7 +325,7 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
                     malicious: false,
                     devices: BTreeSet::new(),
                 });
-            acc.roles.insert(role(&e, &a.source));
+            acc.roles.insert(role(e, &a.source, &list));
             if !acc.alert_ids.contains(&a.id) {
                 acc.alert_ids.push(a.id.clone());
             }

@@ -135,7 +135,7 @@ function assetsTab(detail) {
     ${detail.devices.map((d) => `<tr><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a></td><td>${d.online ? `<span class="ok">online</span>` : "offline"}</td>
       <td>${esc(d.isolation)}</td><td>${esc(ago(d.last_seen_ms))}</td><td>${isolate(d)}</td></tr>`).join("")}</tbody></table>
     <h3>Users</h3>${of("user").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
-    <h3>Mailboxes</h3>${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+    <h3>Mailboxes</h3>${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
 }
 
 function evidenceTab(detail) {

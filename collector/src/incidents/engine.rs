@@ -210,8 +210,8 @@ struct Live {
     touched: Vec<KeyId>,
     /// Keys per kind, and the key of each kind with the lowest name (for titles);
     /// kept as keys are added so a large incident is summed up without a scan.
-    counts: [usize; 7],
-    first_of: [Option<KeyId>; 7],
+    counts: [usize; KeyKind::ALL.len()],
+    first_of: [Option<KeyId>; KeyKind::ALL.len()],
 }
 
 impl Live {
@@ -232,8 +232,8 @@ impl Live {
             several_titles: false,
             keys: HashMap::default(),
             touched: Vec::new(),
-            counts: [0; 7],
-            first_of: [None; 7],
+            counts: [0; KeyKind::ALL.len()],
+            first_of: [None; KeyKind::ALL.len()],
         }
     }
 
@@ -971,6 +971,7 @@ impl Engine {
             KeyKind::Device => format!("same device {} as alert {other}", key.label),
             KeyKind::File => format!("shares file {} with alert {other}", key.value),
             KeyKind::Mailbox => format!("same mailbox {} as alert {other}", key.label),
+            KeyKind::Sender => format!("same sender {} as alert {other}", key.label),
             KeyKind::User => {
                 let gap = a.at_ms.abs_diff(seen.last_ms).min(a.at_ms.abs_diff(seen.first_ms));
                 format!("same user {} within {} of alert {other}", key.label, human(gap))
@@ -1135,7 +1136,7 @@ mod tests {
         let mut e = engine();
         let mut incidents = BTreeSet::new();
         for (i, u) in ["ann", "ben", "cat", "dan", "eve", "fay"].iter().enumerate() {
-            let keys = vec![key(KeyKind::User, u), key(KeyKind::Mailbox, "spam@bulk.example")];
+            let keys = vec![key(KeyKind::User, u), key(KeyKind::Sender, "spam@bulk.example")];
             incidents.insert(
                 e.correlate(&alert(i as i64 + 1, 1_000 + i as u64, None, keys))
                     .incident_id,

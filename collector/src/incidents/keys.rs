@@ -1,7 +1,9 @@
 //! From an alert's entities to the keys correlation links on. Only strong
 //! entities become keys: a device, a user who is a person (not a system account),
-//! a file or process image with a hash, a mailbox, a URL, a domain, and an IP that
-//! is routable and not one of our own devices' addresses (that one names the device).
+//! a file or process image with a hash, a recipient's mailbox, another mail address
+//! (a sender), a URL, a domain, and an IP that is routable and not one of our own
+//! devices' addresses (that one names the device). A hostname names a device only
+//! when exactly one enrolled device carries it.
 //! A user principal name ("alice@contoso.com", as sign-ins and mail recipients name
 //! users) is mapped to the device-local account names it stands for, so sign-ins,
 //! mail and shells meet.
@@ -16,7 +18,10 @@ use ward_protocol::Entity;
 pub enum KeyKind {
     Device,
     File,
+    /// A recipient's mailbox (the organisation's own).
     Mailbox,
+    /// A mail address that is not a recipient: a sender, a forwarding target.
+    Sender,
     User,
     Url,
     Domain,
@@ -29,24 +34,26 @@ impl KeyKind {
             KeyKind::Device => "device",
             KeyKind::File => "file",
             KeyKind::Mailbox => "mailbox",
+            KeyKind::Sender => "sender",
             KeyKind::User => "user",
             KeyKind::Url => "url",
             KeyKind::Domain => "domain",
             KeyKind::Ip => "ip",
         }
     }
+    pub const ALL: [KeyKind; 8] = [
+        KeyKind::Device,
+        KeyKind::File,
+        KeyKind::Mailbox,
+        KeyKind::Sender,
+        KeyKind::User,
+        KeyKind::Url,
+        KeyKind::Domain,
+        KeyKind::Ip,
+    ];
+
     pub fn parse(s: &str) -> Option<KeyKind> {
-        [
-            KeyKind::Device,
-            KeyKind::File,
-            KeyKind::Mailbox,
-            KeyKind::User,
-            KeyKind::Url,
-            KeyKind::Domain,
-            KeyKind::Ip,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        KeyKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -84,7 +91,9 @@ pub struct KeyContext {
     /// User principal name (lowercase) → local account names.
     pub user_map: HashMap<String, Vec<String>>,
     devices: HashMap<String, KnownDevice>,
-    by_hostname: HashMap<String, String>,
+    /// Lowercase hostname → the devices that carry it (cloned images and default
+    /// names repeat): a hostname names a device only when exactly one has it.
+    by_hostname: HashMap<String, Vec<String>>,
     by_address: HashMap<IpAddr, String>,
 }
 
@@ -129,7 +138,10 @@ impl KeyContext {
     /// Adds or replaces a device (inventory changes its addresses).
     pub fn add_device(&mut self, d: KnownDevice) {
         ctx_remove(self, &d.id);
-        self.by_hostname.insert(d.hostname.to_ascii_lowercase(), d.id.clone());
+        self.by_hostname
+            .entry(d.hostname.to_ascii_lowercase())
+            .or_default()
+            .push(d.id.clone());
         for a in &d.addresses {
             if routable(a) {
                 // An address claimed by two devices names neither.
@@ -191,8 +203,11 @@ impl KeyContext {
             match e {
                 Entity::Device { hostname } => {
                     let host = hostname.to_ascii_lowercase();
-                    match self.by_hostname.get(&host) {
-                        Some(id) => keys.push(self.device_key(id, None)),
+                    match self.by_hostname.get(&host).map(Vec::as_slice) {
+                        Some([id]) => keys.push(self.device_key(id, None)),
+                        // Several devices carry it: it names none of them (the alert's
+                        // own device is keyed by its id above).
+                        Some(_) => {}
                         None if !host.is_empty() => keys.push(LinkKey {
                             kind: KeyKind::Device,
                             value: format!("host/{host}"),
@@ -212,9 +227,12 @@ impl KeyContext {
                     if addr.is_empty() {
                         continue;
                     }
-                    // Only a mailbox: the feeds name a recipient as a user too, a sender not.
+                    // The feeds name a recipient as a user too, a sender not.
+                    let recipient = entities
+                        .iter()
+                        .any(|e| matches!(e, Entity::User { name, .. } if name.trim().eq_ignore_ascii_case(&addr)));
                     keys.push(LinkKey {
-                        kind: KeyKind::Mailbox,
+                        kind: if recipient { KeyKind::Mailbox } else { KeyKind::Sender },
                         label: addr.clone(),
                         value: addr,
                         via: None,
@@ -289,7 +307,13 @@ impl KeyContext {
 
 fn ctx_remove(ctx: &mut KeyContext, id: &str) {
     if let Some(old) = ctx.devices.remove(id) {
-        ctx.by_hostname.retain(|_, v| v != id);
+        let host = old.hostname.to_ascii_lowercase();
+        if let Some(ids) = ctx.by_hostname.get_mut(&host) {
+            ids.retain(|v| v != id);
+            if ids.is_empty() {
+                ctx.by_hostname.remove(&host);
+            }
+        }
         for a in old.addresses {
             if ctx.by_address.get(&a).is_some_and(|v| v == id) {
                 ctx.by_address.remove(&a);
@@ -358,7 +382,8 @@ mod tests {
             )
             .is_empty()
         );
-        // Feeds name a recipient as a user and a mailbox; a sender only as a mailbox.
+        // Feeds name a recipient as a user and a mailbox; a sender only as a mailbox,
+        // which makes it a sender key (not an impacted mailbox).
         let mail = c.keys(
             None,
             &[
@@ -376,9 +401,27 @@ mod tests {
             [
                 "user:alice",
                 "mailbox:alice@contoso.com",
-                "mailbox:billing@invoices.example"
+                "sender:billing@invoices.example"
             ]
         );
+    }
+
+    #[test]
+    fn a_hostname_two_devices_carry_names_neither() {
+        let device = |id: &str, host: &str| KnownDevice {
+            id: id.into(),
+            hostname: host.into(),
+            addresses: Vec::new(),
+        };
+        let mut c = KeyContext::new(HashMap::new(), vec![device("D1", "ubuntu"), device("D2", "Ubuntu")]);
+        let host = |h: &str| Entity::Device { hostname: h.into() };
+        // Each alert names its own device by id; the shared name adds no other device.
+        assert_eq!(ids(&c.keys(Some("D1"), &[host("ubuntu")])), ["device:D1"]);
+        assert!(c.keys(None, &[host("UBUNTU")]).is_empty());
+        // Renamed: the name is unique again and names its one device.
+        c.add_device(device("D2", "build-7"));
+        assert_eq!(ids(&c.keys(None, &[host("ubuntu")])), ["device:D1"]);
+        assert_eq!(ids(&c.keys(None, &[host("build-7")])), ["device:D2"]);
     }
 
     #[test]

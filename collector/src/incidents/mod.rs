@@ -43,7 +43,7 @@ pub struct Settings {
 struct Running {
     engine: Engine,
     ctx: KeyContext,
-    fingerprint: (i64, i64),
+    fingerprint: i64,
     watermark: i64,
 }
 
@@ -314,7 +314,7 @@ pub async fn run(correlator: Arc<Correlator>, writer: Writer, mut shutdown: watc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AlertSource, NewDevice, SourcedAlert};
+    use crate::store::{AlertSource, DeviceState, NewDevice, SourcedAlert};
     use model::Status;
     use ward_protocol::{DeviceId, Entity, Inventory, PublicKey, RuleRef, Severity};
 
@@ -488,6 +488,67 @@ mod tests {
             assert_eq!(split.0, one.0, "links differ with a restart every {every} alerts");
             assert_eq!(split.1, one.1, "incidents differ with a restart every {every} alerts");
         }
+    }
+
+    #[test]
+    fn a_changed_device_address_is_seen_by_the_next_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let laptop = enroll(&mut store, 1, "laptop", "10.0.0.5");
+        let c = Correlator::new(settings(), Arc::default());
+        let ip = |s: &str| Entity::Ip {
+            addr: s.parse().unwrap(),
+        };
+        let shell = sourced(
+            "a1".into(),
+            AlertSource::Collector,
+            Some(&laptop),
+            10 * H,
+            "TA0002",
+            vec![],
+        );
+        store.insert_sourced_alerts(&[shell], 5).unwrap();
+        drain(&c, &mut store);
+
+        // DHCP gives the laptop another address of the same length; a heartbeat
+        // without an inventory changes nothing.
+        let id = laptop.parse::<DeviceId>().unwrap();
+        let state = |inventory: Option<Inventory>| DeviceState {
+            seen_at_ms: 11 * H,
+            inventory,
+            isolation: ward_protocol::IsolationState::None,
+            outbox_depth: 0,
+            rule_pack_version: 0,
+        };
+        let before = store.devices_fingerprint().unwrap();
+        store.update_device_states(&[(id, state(None))]).unwrap();
+        assert_eq!(store.devices_fingerprint().unwrap(), before);
+        let moved = Inventory {
+            hostname: "laptop".into(),
+            os: "Linux".into(),
+            kernel: "6".into(),
+            addresses: vec!["10.0.0.9".into()],
+            logged_on_users: vec![],
+            agent_version: "t".into(),
+        };
+        store.update_device_states(&[(id, state(Some(moved)))]).unwrap();
+        assert_ne!(store.devices_fingerprint().unwrap(), before);
+
+        // A connection from the new address is the laptop.
+        let ssh = sourced(
+            "a2".into(),
+            AlertSource::Collector,
+            None,
+            12 * H,
+            "TA0008",
+            vec![ip("10.0.0.9")],
+        );
+        store.insert_sourced_alerts(&[ssh], 5).unwrap();
+        drain(&c, &mut store);
+        let (inc1, _) = store.incident_alerts_of("a1").unwrap();
+        let (inc2, reason) = store.incident_alerts_of("a2").unwrap();
+        assert_eq!(inc1, inc2, "{reason}");
+        assert!(reason.contains("the address of laptop"), "{reason}");
     }
 
     struct IncidentFilterAll;

@@ -354,6 +354,23 @@ pub const MIGRATIONS: &[&str] = &[
         signed BLOB NOT NULL
     );
     "#,
+    // 13: a counter that every change of a device's hostname or addresses bumps
+    // (triggers, so no write path can forget it): correlation reloads its device
+    // table when it moves.
+    r#"
+    CREATE TABLE device_inventory_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        n INTEGER NOT NULL
+    );
+    INSERT INTO device_inventory_version (id, n) VALUES (1, 0);
+    CREATE TRIGGER devices_inserted AFTER INSERT ON devices
+        BEGIN UPDATE device_inventory_version SET n = n + 1; END;
+    CREATE TRIGGER devices_deleted AFTER DELETE ON devices
+        BEGIN UPDATE device_inventory_version SET n = n + 1; END;
+    CREATE TRIGGER devices_renamed AFTER UPDATE OF hostname, addresses ON devices
+        WHEN OLD.hostname IS NOT NEW.hostname OR OLD.addresses IS NOT NEW.addresses
+        BEGIN UPDATE device_inventory_version SET n = n + 1; END;
+    "#,
 ];
 
 #[cfg(test)]
