@@ -316,7 +316,7 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
                 .or_insert_with(|| EntityAcc {
                     kind,
                     key,
-                    value: entity::to_json(&e),
+                    value: entity::to_json(e),
                     entity: e.clone(),
                     roles: BTreeSet::new(),
                     alert_ids: Vec::new(),
