@@ -15,7 +15,9 @@
 //!   other than users, distinct users), or shared by more than that many reachable
 //!   incidents, no longer links (system binaries, resolvers, mass mailers).
 //! - An alert that matches several incidents joins the oldest; each other one is
-//!   merged into it unless their assignees or classifications differ (both set).
+//!   merged into it unless their assignees or classifications differ (both set). The
+//!   survivor takes the assignee, classification and "in progress" it lacks from each
+//!   incident it absorbs, so the next one is judged against those.
 //!
 //! Representation: every key is interned once as a number ([`KeyId`]) in one table
 //! that also holds its prevalence and the incidents holding it; incidents refer to
@@ -325,6 +327,17 @@ impl Live {
 
     /// Takes in everything of a merged incident; returns the keys new here.
     fn absorb_incident(&mut self, table: &[KeyEntry], other: &Live) -> Vec<KeyId> {
+        // Triage the survivor lacks comes along (as the store's merge does), so the
+        // next incident a bridge reaches is judged against it.
+        if self.assignee.is_none() {
+            self.assignee.clone_from(&other.assignee);
+        }
+        if self.classification.is_none() {
+            self.classification = other.classification;
+        }
+        if self.status == Status::Active && other.status == Status::InProgress {
+            self.status = Status::InProgress;
+        }
         self.first_ms = self.first_ms.min(other.first_ms);
         self.last_ms = self.last_ms.max(other.last_ms);
         self.alert_severity = self.alert_severity.max(other.alert_severity);
@@ -1218,6 +1231,43 @@ mod tests {
                 .contains(&format!("incident {} not merged: different assignees", b.incident_id)),
             "{}",
             bridge.reason
+        );
+    }
+
+    #[test]
+    fn a_bridge_over_three_incidents_keeps_different_assignees_apart() {
+        let mut e = engine();
+        let a = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let b = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        let c = e.correlate(&alert(3, 2_500, Some("D3"), vec![key(KeyKind::Url, "u")]));
+        e.set_triage(&b.incident_id, Status::InProgress, Some("ann".into()), None);
+        e.set_triage(&c.incident_id, Status::Active, Some("ben".into()), None);
+        e.take_changes();
+        let bridge = e.correlate(&alert(
+            4,
+            3_000,
+            Some("D4"),
+            vec![
+                key(KeyKind::User, "bob"),
+                key(KeyKind::File, "aa"),
+                key(KeyKind::Url, "u"),
+            ],
+        ));
+        let changes = e.take_changes();
+        // The unassigned oldest takes ann's incident and her triage; ben's stays apart.
+        assert_eq!(changes.merges.len(), 1, "{}", bridge.reason);
+        assert_eq!(changes.merges[0].from, b.incident_id);
+        assert!(
+            bridge
+                .reason
+                .contains(&format!("incident {} not merged: different assignees", c.incident_id)),
+            "{}",
+            bridge.reason
+        );
+        let survivor = e.by_id.get(&a.incident_id).and_then(|s| e.incidents.get(s)).unwrap();
+        assert_eq!(
+            (survivor.assignee.as_deref(), survivor.status),
+            (Some("ann"), Status::InProgress)
         );
     }
 

@@ -597,6 +597,8 @@ mod tests {
         assert_ne!(older, newer);
         let patch = IncidentPatch {
             tags: Some(vec!["phish".into()]),
+            status: Some(Status::InProgress),
+            assignee: Some(Some("eve".into())),
             ..Default::default()
         };
         c.patch(&mut store, &newer, &patch, "eve").unwrap().unwrap();
@@ -630,6 +632,11 @@ mod tests {
         let survivor = store.incident_summary(&older).unwrap().unwrap();
         assert_eq!(survivor.tags, ["phish"]);
         assert_eq!(survivor.alert_count, 3);
+        // The unassigned survivor takes the triage, so eve's work is not lost.
+        assert_eq!(
+            (survivor.status.as_str(), survivor.assignee.as_deref()),
+            ("in_progress", Some("eve"))
+        );
         assert_eq!(store.incident_comments(&older).unwrap()[0].text, "look at this");
         let kinds: Vec<String> = store
             .incident_activity(&older)
@@ -638,7 +645,9 @@ mod tests {
             .map(|a| a.kind)
             .collect();
         assert!(
-            kinds.contains(&"tags".to_string()) && kinds.contains(&"merged".to_string()),
+            ["tags", "merged", "triage_inherited"]
+                .iter()
+                .all(|k| kinds.contains(&k.to_string())),
             "{kinds:?}"
         );
     }

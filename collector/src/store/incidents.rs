@@ -1068,6 +1068,7 @@ fn merge_rows(
             .query_row(params![id], |r| r.get(0))?;
         Ok(json_strings(&t))
     };
+    inherit_triage(tx, from, into, actor, now_ms)?;
     let mut tags: BTreeSet<String> = tags_of(into)?.into_iter().collect();
     tags.extend(tags_of(from)?);
     let tags: Vec<String> = tags.into_iter().collect();
@@ -1094,6 +1095,52 @@ fn merge_rows(
         &format!("merged into incident {into}: {reason}"),
     )?;
     Ok(())
+}
+
+/// The survivor of a merge takes the other's assignee, classification and
+/// determination where it has none, and "in progress" over "active", so no triage
+/// is lost, and a later bridge sees them (the engine does the same in memory).
+fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now_ms: u64) -> Result<(), StoreError> {
+    type Triage = (String, Option<String>, Option<String>, Option<String>);
+    let triage_of = |id: &str| -> Result<Triage, StoreError> {
+        Ok(tx
+            .prepare_cached("SELECT status, assignee, classification, determination FROM incidents WHERE id = ?1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?)
+    };
+    let (status, assignee, classification, determination) = triage_of(into)?;
+    let (other_status, other_assignee, other_classification, other_determination) = triage_of(from)?;
+    let mut taken = Vec::new();
+    let mut take = |mine: Option<String>, theirs: Option<String>, what: &str| match (mine, theirs) {
+        (None, Some(t)) => {
+            taken.push(format!("{what} {t}"));
+            Some(t)
+        }
+        (mine, _) => mine,
+    };
+    let assignee = take(assignee, other_assignee, "assignee");
+    let classification = take(classification, other_classification, "classification");
+    let determination = take(determination, other_determination, "determination");
+    let status = if status == "active" && other_status == "in_progress" {
+        taken.push("status in_progress".into());
+        other_status
+    } else {
+        status
+    };
+    if taken.is_empty() {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "UPDATE incidents SET status = ?2, assignee = ?3, classification = ?4, determination = ?5 WHERE id = ?1",
+    )?
+    .execute(params![into, status, assignee, classification, determination])?;
+    activity(
+        tx,
+        into,
+        now_ms,
+        actor,
+        "triage_inherited",
+        &format!("took {} from incident {from}", taken.join(", ")),
+    )
 }
 
 fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result<(), StoreError> {
