@@ -729,5 +729,76 @@ mod tests {
             .unwrap();
         drain(&c, &mut store);
         assert_eq!(store.incident_alerts_of("c2").unwrap().0, dest);
+
+        // Both sides of each change say so in their activity logs.
+        fn logged(store: &Store, id: &str, kind: &str, detail: &str) {
+            let log: Vec<(String, String)> = store
+                .incident_activity(id)
+                .unwrap()
+                .into_iter()
+                .map(|a| (a.kind, a.detail))
+                .collect();
+            assert!(
+                log.iter().any(|(k, d)| k == kind && d.contains(detail)),
+                "{id} has no {kind} naming {detail}: {log:?}"
+            );
+        }
+        logged(
+            &store,
+            &bob,
+            "merged",
+            &format!("incident {carol} merged into this one"),
+        );
+        logged(&store, &carol, "redirected", &format!("merged into incident {bob}"));
+        logged(
+            &store,
+            &bob,
+            "alert_moved",
+            &format!("alert c1 moved to incident {dest}"),
+        );
+        logged(&store, &dest, "created", "opened by hand for alert c1");
+        logged(
+            &store,
+            &dest,
+            "alert_moved",
+            &format!("alert c1 moved here from incident {bob}"),
+        );
+
+        // Moving the last alert out redirects the emptied incident, and its comments
+        // and tags go along.
+        store
+            .add_incident_comment(&dest, "C9", "carol's laptop is clean", "eve", 4)
+            .unwrap()
+            .unwrap();
+        let tag = IncidentPatch {
+            tags: Some(vec!["carol".into()]),
+            ..Default::default()
+        };
+        c.patch(&mut store, &dest, &tag, "eve").unwrap().unwrap();
+        for alert in ["c1", "c2"] {
+            c.move_alert(&mut store, &dest, alert, Some(&bob), "", "eve")
+                .unwrap()
+                .unwrap();
+        }
+        let emptied = store.incident_summary(&dest).unwrap().unwrap();
+        assert_eq!(
+            (emptied.status.as_str(), emptied.redirected_to.as_deref()),
+            ("redirected", Some(bob.as_str()))
+        );
+        let survivor = store.incident_summary(&bob).unwrap().unwrap();
+        assert!(survivor.tags.contains(&"carol".to_string()), "{:?}", survivor.tags);
+        assert!(
+            store
+                .incident_comments(&bob)
+                .unwrap()
+                .iter()
+                .any(|c| c.text == "carol's laptop is clean")
+        );
+        logged(
+            &store,
+            &dest,
+            "redirected",
+            &format!("merged into incident {bob}: its last alert c2 moved"),
+        );
     }
 }

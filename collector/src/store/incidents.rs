@@ -741,19 +741,15 @@ impl Store {
             |r| r.get(0),
         )?;
         if left == 0 {
-            // Nothing is left in it: it lives on in the destination.
-            tx.execute(
-                "UPDATE incidents SET status = 'redirected', redirected_to = ?2, updated_at_ms = ?3 WHERE id = ?1",
-                params![from, dest, i64_of(now_ms)],
-            )?;
-            tx.execute("DELETE FROM incident_entities WHERE incident_id = ?1", params![from])?;
-            activity(
+            // Nothing is left in it: it lives on in the destination, as a merge does
+            // (comments, tags, activity and triage along).
+            merge_rows(
                 &tx,
                 from,
-                now_ms,
+                &dest,
+                &format!("its last alert {alert_id} moved"),
                 actor,
-                "redirected",
-                &format!("its last alert moved to incident {dest}"),
+                now_ms,
             )?;
         }
         tx.commit()?;
