@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
@@ -604,6 +605,26 @@ async fn analysts_merge_and_move_alerts_through_the_api() {
     );
     let (_, redirected) = collector.get("/api/v1/incidents?status=redirected").await.unwrap();
     assert_eq!(redirected["incidents"].as_array().unwrap().len(), 1);
+    // A redirected incident takes no more changes; the answer names where it went.
+    let (s, b) = collector
+        .patch_as(
+            &format!("/api/v1/incidents/{erin}"),
+            &ann,
+            json!({"status": "resolved"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 409, "{b}");
+    assert!(b.to_string().contains(dave.as_str()), "{b}");
+    let (s, _) = collector
+        .post_as(
+            &format!("/api/v1/incidents/{erin}/comments"),
+            &ann,
+            json!({"text": "too late"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 409);
 
     // Move erin's first alert out into a new incident.
     let (s, moved) = collector
@@ -634,4 +655,147 @@ async fn analysts_merge_and_move_alerts_through_the_api() {
     assert_eq!(s, 400, "the alert is no longer there");
     let (s, _) = collector.get("/api/v1/incidents/not-an-id").await.unwrap();
     assert_eq!(s, 400);
+}
+
+/// Lists every page of `query` (limit 2) by following `next_cursor`.
+async fn all_pages(collector: &Collector, query: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let url = match &cursor {
+            Some(c) => format!("/api/v1/incidents?{query}&limit=2&cursor={c}"),
+            None => format!("/api/v1/incidents?{query}&limit=2"),
+        };
+        let (s, page) = collector.get(&url).await.unwrap();
+        assert_eq!(s, 200, "{page}");
+        for i in page["incidents"].as_array().unwrap() {
+            ids.push(i["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return ids,
+        }
+    }
+    panic!("more than 50 pages for {query}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_list_filters_sorts_and_pages() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let now = now_ms();
+    let day = 24 * 60 * MIN;
+    // Seven people, one incident each; three share one time and severity (ties).
+    let at = [
+        now - 3 * MIN,
+        now - 2 * day,
+        now - 2 * day,
+        now - 2 * day,
+        now - 5 * day,
+        now - 9 * day,
+    ];
+    let severity = [
+        Severity::Low,
+        Severity::High,
+        Severity::High,
+        Severity::High,
+        Severity::Critical,
+        Severity::Medium,
+    ];
+    let mut alerts: Vec<SourcedAlert> = (0..6)
+        .map(|i| {
+            let (source, tactic) = if i % 2 == 0 {
+                (AlertSource::Identity, "TA0001")
+            } else {
+                (AlertSource::Mailbox, "TA0006")
+            };
+            feed(
+                source,
+                at[i],
+                rule("r", &format!("alert {i}"), severity[i], "T1078", &[tactic]),
+                vec![user(&format!("person{i}@contoso.com"), None)],
+            )
+        })
+        .collect();
+    // Older than the default 30 days.
+    alerts.push(feed(
+        AlertSource::Identity,
+        now - 40 * day,
+        rule("r", "old", Severity::High, "T1078", &["TA0001"]),
+        vec![user("person6@contoso.com", None)],
+    ));
+    import(&collector, &alerts);
+    let mut ids = Vec::new();
+    for a in &alerts {
+        ids.push(incident_of(&collector, &a.id).await.0);
+    }
+    for (i, patch) in [
+        (1, json!({"assignee": "ann", "tags": ["vip"]})),
+        (4, json!({"assignee": "ann"})),
+        (5, json!({"tags": ["vip"]})),
+    ] {
+        let (s, b) = collector
+            .patch_as(&format!("/api/v1/incidents/{}", ids[i]), &ann, patch)
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+    }
+    let list = |q: String| {
+        let collector = &collector;
+        async move {
+            let (s, b) = collector.get(&format!("/api/v1/incidents?{q}")).await.unwrap();
+            assert_eq!(s, 200, "{q}: {b}");
+            b["incidents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    let set = |is: &[usize]| is.iter().map(|&i| ids[i].clone()).collect::<BTreeSet<String>>();
+
+    assert_eq!(
+        list(String::new()).await,
+        set(&[0, 1, 2, 3, 4, 5]),
+        "the last 30 days by default"
+    );
+    assert_eq!(list("since_ms=0".into()).await, set(&[0, 1, 2, 3, 4, 5, 6]));
+    assert_eq!(list(format!("since_ms=0&until_ms={}", now - 30 * day)).await, set(&[6]));
+    assert_eq!(list("assignee=ann".into()).await, set(&[1, 4]));
+    assert_eq!(list("tag=vip".into()).await, set(&[1, 5]));
+    assert_eq!(list("source=mailbox".into()).await, set(&[1, 3, 5]));
+    assert_eq!(list("tactic=TA0006".into()).await, set(&[1, 3, 5]));
+    assert_eq!(list("severity=high".into()).await, set(&[1, 2, 3, 4]), "high and above");
+    assert_eq!(list("user=person2@contoso.com".into()).await, set(&[2]));
+    assert_eq!(list("status=active&assignee=ann&tag=vip".into()).await, set(&[1]));
+
+    // Pages of two, followed by cursor, give the one full list in its order, ties
+    // (three incidents with one severity and time) neither lost nor repeated.
+    for sort in ["severity", "last_activity"] {
+        let (_, full) = collector
+            .get(&format!("/api/v1/incidents?sort={sort}&limit=100"))
+            .await
+            .unwrap();
+        let full: Vec<String> = full["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(full.len(), 6);
+        assert_eq!(
+            all_pages(&collector, &format!("sort={sort}")).await,
+            full,
+            "sort={sort}"
+        );
+        if sort == "severity" {
+            assert_eq!(full[0], ids[4], "critical first");
+            assert_eq!(full[5], ids[0], "low last");
+        } else {
+            assert_eq!(full[0], ids[0], "newest first");
+        }
+    }
+    let (s, b) = collector.get("/api/v1/incidents?cursor=nonsense").await.unwrap();
+    assert_eq!(s, 400, "{b}");
 }

@@ -1,4 +1,4 @@
-//! Incident routes (contract: notes/incident-api.md). Reads go through the read
+//! Incident routes (listed in the README's API section). Reads go through the read
 //! pool; every change goes through the correlator on the writer thread, so the
 //! correlation engine and the store never disagree.
 

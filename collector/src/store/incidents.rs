@@ -47,7 +47,7 @@ pub struct TacticView {
     pub name: String,
 }
 
-/// An incident in lists (see notes/incident-api.md).
+/// An incident in lists and at the head of its page.
 #[derive(Debug, Clone, Serialize)]
 pub struct IncidentSummary {
     pub id: String,
