@@ -551,6 +551,49 @@ mod tests {
         assert!(reason.contains("the address of laptop"), "{reason}");
     }
 
+    #[test]
+    fn a_severity_raised_by_correlation_is_in_the_activity_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let laptop = enroll(&mut store, 1, "laptop", "10.0.0.5");
+        let c = Correlator::new(settings(), Arc::default());
+        let signin = sourced(
+            "a1".into(),
+            AlertSource::Identity,
+            None,
+            10 * H,
+            "TA0001",
+            vec![user("ann")],
+        );
+        store.insert_sourced_alerts(&[signin], 1).unwrap();
+        drain(&c, &mut store);
+        let (id, _) = store.incident_alerts_of("a1").unwrap();
+        let shell = sourced(
+            "a2".into(),
+            AlertSource::Collector,
+            Some(&laptop),
+            11 * H,
+            "TA0002",
+            vec![user("ann")],
+        );
+        store.insert_sourced_alerts(&[shell], 2).unwrap();
+        drain(&c, &mut store);
+        assert_eq!(store.incident_alerts_of("a2").unwrap().0, id);
+        let raised: Vec<String> = store
+            .incident_activity(&id)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == "severity_raised")
+            .map(|a| a.detail)
+            .collect();
+        assert_eq!(
+            raised,
+            [
+                "severity raised from medium to high: highest alert medium, raised because its alerts come from collector, identity"
+            ]
+        );
+    }
+
     struct IncidentFilterAll;
     impl IncidentFilterAll {
         fn all() -> crate::store::IncidentFilter {

@@ -979,6 +979,27 @@ fn save_counters(tx: &Transaction<'_>, c: CorrelationCounters) -> Result<(), Sto
 }
 
 fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, now_ms: u64) -> Result<(), StoreError> {
+    let before: Option<(i64, bool)> = tx
+        .prepare_cached("SELECT severity, severity_manual FROM incidents WHERE id = ?1")?
+        .query_row(params![inc.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((old, false)) = before
+        && sev_num(inc.severity) > old
+    {
+        activity(
+            tx,
+            &inc.id,
+            now_ms,
+            "correlation",
+            "severity_raised",
+            &format!(
+                "severity raised from {} to {}: {}",
+                sev_from(old),
+                inc.severity.as_str(),
+                severity_reason(inc)
+            ),
+        )?;
+    }
     tx.prepare_cached(
         "INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics, first_title,
              several_titles, first_activity_ms, last_activity_ms, created_at_ms, updated_at_ms, alert_count,
@@ -1013,6 +1034,26 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, now_ms: u64) -> Resu
         inc.mailboxes as i64,
     ])?;
     Ok(())
+}
+
+/// Why an incident has the severity it has (see `model::incident_severity`).
+fn severity_reason(inc: &IncidentRow) -> String {
+    if inc.severity <= inc.alert_severity {
+        return format!("an alert of severity {} joined", inc.alert_severity.as_str());
+    }
+    let mut breadth = Vec::new();
+    if inc.tactics.len() >= 3 {
+        breadth.push(format!("it spans {} ATT&CK tactics", inc.tactics.len()));
+    }
+    if inc.sources.len() >= 2 {
+        let sources: Vec<&str> = inc.sources.iter().map(|s| &**s).collect();
+        breadth.push(format!("its alerts come from {}", sources.join(", ")));
+    }
+    format!(
+        "highest alert {}, raised because {}",
+        inc.alert_severity.as_str(),
+        breadth.join(" and ")
+    )
 }
 
 /// Saves the keys a row carries.
