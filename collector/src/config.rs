@@ -235,11 +235,6 @@ impl Config {
         explicit.map_or_else(|| data_dir.join(CONFIG_FILE), Path::to_path_buf)
     }
 
-    /// Loads `collector.toml` in the data dir.
-    pub fn load(data_dir: &Path) -> Result<Config, ConfigError> {
-        Config::load_file(&data_dir.join(CONFIG_FILE))
-    }
-
     pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -252,7 +252,7 @@ fn main() -> Result<()> {
                 ImportCommand::Mailbox { file } => (Feed::Mailbox, file),
             };
             // Fails (non-zero exit) only when nothing in the file could be read.
-            let report = setup::import_feed(dir, feed, &file)?;
+            let report = setup::import_feed(dir, &config_path, feed, &file)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

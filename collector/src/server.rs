@@ -184,7 +184,8 @@ pub async fn run(
         shutdown.clone(),
     ));
     let mut http_shutdown = shutdown.clone();
-    let app = api::router(api_state);
+    // The client's address, for the API's logs of refused requests.
+    let app = api::router(api_state).into_make_service_with_connect_info::<api::extract::Peer>();
     let stop = async move {
         let _ = http_shutdown.wait_for(|s| *s).await;
     };

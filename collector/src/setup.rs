@@ -342,26 +342,38 @@ pub fn break_glass_token(data_dir: &Path, id: &str, ttl_ms: u64) -> Result<Strin
 }
 
 /// Imports an identity or mailbox feed file into the data dir's database
-/// (`ward-collector import identity|mailbox FILE`); the file's size is checked
-/// before it is read.
+/// (`ward-collector import identity|mailbox FILE`) with the limits of the config at
+/// `config_path` (as `serve` resolves it); the file's size is checked before it is
+/// read. The outcome is logged as the API's import logs it.
 pub fn import_feed(
     data_dir: &Path,
+    config_path: &Path,
     feed: crate::feeds::Feed,
     file: &Path,
 ) -> Result<crate::feeds::ImportReport, SetupError> {
-    let config = Config::load(data_dir)?;
+    use crate::feeds::FeedError;
+    const ACTOR: &str = "cli";
+    let config = Config::load_file(config_path)?;
     let limit = config.feeds.max_import_bytes;
     let size = fs::metadata(file).map_err(io(file))?.len();
-    if size > limit as u64 {
-        return Err(SetupError::Invalid(format!(
-            "{}: {size} bytes is over feeds.max_import_bytes ({limit})",
-            file.display()
-        )));
-    }
-    let bytes = fs::read(file).map_err(io(file))?;
-    let mut store = Store::open(&data_dir.join(DB_FILE))?;
-    crate::feeds::import(&mut store, feed, &bytes, &config.feeds, "cli", now_ms()).map_err(|e| match e {
-        crate::feeds::FeedError::Store(e) => SetupError::Store(e),
+    let result = if size > limit as u64 {
+        Err(FeedError::TooLarge {
+            size: usize::try_from(size).unwrap_or(usize::MAX),
+            limit,
+        })
+    } else {
+        let bytes = fs::read(file).map_err(io(file))?;
+        let mut store = Store::open(&data_dir.join(DB_FILE))?;
+        crate::feeds::import(&mut store, feed, &bytes, &config.feeds, ACTOR, now_ms())
+    };
+    crate::feeds::log_outcome(feed, ACTOR, &result);
+    result.map_err(|e| match e {
+        FeedError::Store(e) => SetupError::Store(e),
+        FeedError::TooLarge { .. } => SetupError::Invalid(format!(
+            "{}: {e} (feeds.max_import_bytes in {})",
+            file.display(),
+            config_path.display()
+        )),
         other => SetupError::Invalid(format!("{}: {other}", file.display())),
     })
 }
@@ -440,5 +452,42 @@ mod tests {
         assert!(create_join_token(&data, &config, 0, 60_000, None).is_err());
         assert!(add_user(&data, "eve", "root").is_err());
         assert!(add_user(&data, "alice", "analyst").unwrap().starts_with("ward_"));
+    }
+
+    #[test]
+    fn import_uses_the_config_it_is_given_not_the_data_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc-collector.toml");
+        let text = Config::template("collector.example:4433")
+            .replace("max_import_bytes = 67108864", "max_import_bytes = 2000")
+            .replace("max_record_bytes = 1048576", "max_record_bytes = 2000");
+        fs::write(&etc, text).unwrap();
+        let data = dir.path().join("data");
+        init(&data, &etc, None).unwrap();
+        let file = dir.path().join("okta.json");
+        let event = serde_json::json!({"uuid": "e1", "published": "2024-05-01T10:00:00.000Z",
+            "eventType": "user.session.start", "actor": {"alternateId": "bob@contoso.com", "type": "User"},
+            "outcome": {"result": "SUCCESS"}, "client": {"ipAddress": "203.0.113.7"}});
+        fs::write(&file, event.to_string()).unwrap();
+        let report = import_feed(&data, &etc, crate::feeds::Feed::Identity, &file).unwrap();
+        assert_eq!(report.imported, 1);
+
+        // The limit is the given config's, and the error names where it is set.
+        fs::write(&file, vec![b' '; 2001]).unwrap();
+        let err = import_feed(&data, &etc, crate::feeds::Feed::Identity, &file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2001 bytes; at most 2000"), "{err}");
+        assert!(
+            err.contains(&format!("feeds.max_import_bytes in {}", etc.display())),
+            "{err}"
+        );
+
+        // There is no collector.toml in the data dir to fall back on.
+        let missing = import_feed(&data, &data.join(CONFIG_FILE), crate::feeds::Feed::Identity, &file).unwrap_err();
+        assert!(
+            matches!(missing, SetupError::Config(ConfigError::Read { .. })),
+            "{missing}"
+        );
     }
 }

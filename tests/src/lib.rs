@@ -276,6 +276,57 @@ impl Collector {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    /// A request written by hand on a fresh connection, for what reqwest will not
+    /// send: a chunked body (no Content-Length) in `chunk`-byte pieces, or a raw
+    /// path. Returns the status and the body (JSON if it parses, else a string).
+    pub async fn raw_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<(&[u8], usize)>,
+    ) -> Result<(u16, Value)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.http).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n",
+            self.http
+        );
+        if body.is_some() {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+        }
+        head.push_str("\r\n");
+        conn.write_all(head.as_bytes()).await?;
+        if let Some((body, chunk)) = body {
+            // The server may answer and close before it has all of it: stop writing then.
+            for piece in body.chunks(chunk.max(1)) {
+                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                framed.extend_from_slice(piece);
+                framed.extend_from_slice(b"\r\n");
+                if conn.write_all(&framed).await.is_err() {
+                    break;
+                }
+            }
+            let _ = conn.write_all(b"0\r\n\r\n").await;
+        }
+        let mut raw = Vec::new();
+        // A reset after the answer arrived (the server closed with our body unread) still leaves the answer read.
+        let _ = conn.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("no HTTP response: {text:?}"))?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+        Ok((
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_string())),
+        ))
+    }
+
     pub async fn metrics(&self) -> Result<String> {
         Ok(self
             .http_client

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The Debian package's layout: settings in a file outside the data dir (`--config`,
-//! or `WARD_CONFIG`), used by `init`, `serve` and `token create`, and a real agent
-//! enrolling with the token that layout produces.
+//! or `WARD_CONFIG`), used by `init`, `serve`, `token create` and `import`, and a
+//! real agent enrolling with the token that layout produces.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -102,4 +102,50 @@ fn the_packaged_config_outside_the_data_dir_serves_and_enrolls() {
     let _ = serve.wait();
     assert!(enroll.status.success(), "{}", text(&enroll));
     assert!(text(&enroll).contains("enrolled as device"), "{}", text(&enroll));
+}
+
+#[test]
+fn import_reads_the_config_outside_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc-collector.toml");
+    let config = include_str!("../../packaging/collector.toml")
+        .replace("max_import_bytes = 67108864", "max_import_bytes = 2000")
+        .replace("max_record_bytes = 1048576", "max_record_bytes = 2000");
+    std::fs::write(&etc, &config).unwrap();
+    let data = dir.path().join("data");
+    let init = collector(&etc, &data, &["init"]);
+    assert!(init.status.success(), "{}", text(&init));
+
+    let file = dir.path().join("okta.json");
+    let event = serde_json::json!({"uuid": "e1", "published": "2024-05-01T10:00:00.000Z",
+        "eventType": "user.session.start", "actor": {"alternateId": "bob@contoso.com", "type": "User"},
+        "outcome": {"result": "SUCCESS"}, "client": {"ipAddress": "203.0.113.7"}});
+    std::fs::write(&file, event.to_string()).unwrap();
+    // From the environment, as serve takes it; the outcome is logged as the API's import is.
+    let import = Command::new(bin("ward-collector"))
+        .env("WARD_CONFIG", &etc)
+        .env_remove("RUST_LOG")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["import", "identity"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{}", text(&import));
+    let report: serde_json::Value = serde_json::from_slice(&import.stdout).unwrap();
+    assert_eq!(report["imported"], 1, "{report}");
+    let log = String::from_utf8_lossy(&import.stderr);
+    assert!(log.contains("feed imported") && log.contains("actor=\"cli\""), "{log}");
+
+    // The limit is that file's, not the built-in 64 MiB.
+    std::fs::write(&file, vec![b' '; 2001]).unwrap();
+    let refused = collector(&etc, &data, &["import", "identity", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let out = text(&refused);
+    assert!(out.contains("2001 bytes; at most 2000"), "{out}");
+    assert!(
+        out.contains(&format!("feeds.max_import_bytes in {}", etc.display())),
+        "{out}"
+    );
+    assert!(out.contains("feed import refused"), "{out}");
 }

@@ -218,7 +218,7 @@ async fn feed_files_import_raise_alerts_once_and_are_audited() {
 }
 
 #[tokio::test]
-async fn bodies_over_the_import_limit_are_refused_before_reading() {
+async fn bodies_over_the_import_limit_are_refused_as_json_and_counted() {
     let c = Collector::start_with(|cfg| {
         *cfg = cfg
             .replace("max_import_bytes = 67108864", "max_import_bytes = 100000")
@@ -226,16 +226,32 @@ async fn bodies_over_the_import_limit_are_refused_before_reading() {
     })
     .unwrap();
     let analyst = c.user("alice", "analyst").unwrap();
-    let (status, _) = c
+    let too_large = json!({"error": "request body is larger than the 100000 bytes this route accepts"});
+    // Declared too large (Content-Length): refused before it is read.
+    let (status, body) = c
         .post_bytes_as("/api/v1/feeds/identity", &analyst, vec![b' '; 100_001])
         .await
         .unwrap();
-    assert_eq!(status, 413);
+    assert_eq!((status, &body), (413, &too_large));
+    // Chunked, no length: refused once it passes the limit.
+    let (status, body) = c
+        .raw_request(
+            "POST",
+            "/api/v1/feeds/mailbox",
+            &analyst,
+            Some((&vec![b' '; 150_000], 16_384)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, &body), (413, &too_large));
+    // The limit is not the other routes' 1 MiB: a file within it is imported.
     let (status, body) = c
         .post_bytes_as("/api/v1/feeds/mailbox", &analyst, read("defender/email_events.csv"))
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "ward_feed_imports_refused_total"), 2, "{m}");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -18,6 +18,7 @@ use ward_protocol::{CommandId, DeviceId};
 use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, text};
+use super::extract::{Body, Path, Query};
 use crate::actions::dispatch::{DispatchError, Links};
 use crate::actions::params::ActionSpec;
 use crate::actions::workflow::{self, Actor, Status, WorkflowError};
@@ -99,7 +100,7 @@ struct ProposeBody {
 pub async fn propose(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Analyst)?;
     let b: ProposeBody = body(&raw, false)?;
@@ -223,7 +224,7 @@ pub async fn approve(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<Json<Value>> {
     decide(state, caller, id, raw, Decision::Approve).await
 }
@@ -233,7 +234,7 @@ pub async fn reject(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<Json<Value>> {
     decide(state, caller, id, raw, Decision::Reject).await
 }
@@ -244,7 +245,7 @@ pub async fn cancel(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
     let id = action_id(&id)?;
@@ -273,7 +274,7 @@ pub async fn undo(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Analyst)?;
     let id = action_id(&id)?;

@@ -4,7 +4,7 @@
 //! secrets and no logic the API does not check again: it signs in with an API
 //! token kept in the browser tab and reads the same API as everyone else.
 
-use axum::extract::Path;
+use super::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult};
+use super::extract::{Body, BodyRejection};
 use crate::feeds::{self, Feed, FeedError, ImportReport};
 use crate::util::now_ms;
 
@@ -25,7 +26,7 @@ pub const FEED_ROUTES: [(&str, &str, Role); 2] = [
 pub async fn identity(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: Result<Body, BodyRejection>,
 ) -> ApiResult<Json<Value>> {
     import(state, caller, Feed::Identity, body).await
 }
@@ -33,13 +34,28 @@ pub async fn identity(
 pub async fn mailbox(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    body: Bytes,
+    body: Result<Body, BodyRejection>,
 ) -> ApiResult<Json<Value>> {
     import(state, caller, Feed::Mailbox, body).await
 }
 
-async fn import(state: ApiState, caller: Caller, feed: Feed, body: Bytes) -> ApiResult<Json<Value>> {
+async fn import(
+    state: ApiState,
+    caller: Caller,
+    feed: Feed,
+    body: Result<Body, BodyRejection>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
+    let body = match body {
+        Ok(Body(b)) => b,
+        // A file over feeds.max_import_bytes, refused before it was read: a
+        // refused import (the extractor logged it with the route, peer and user).
+        Err(e @ BodyRejection::TooLarge(_)) => {
+            state.metrics.feed_imports_refused.inc();
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let result = run(&state, feed, caller.name.clone(), body).await?;
     feeds::record_outcome(&state.metrics, feed, &caller.name, &result);
     match result {

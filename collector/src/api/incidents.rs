@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use ward_protocol::{Entity, Id128, Severity};
@@ -14,6 +14,7 @@ use ward_protocol::{Entity, Id128, Severity};
 use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, text};
+use super::extract::{Body, Path, Query};
 use crate::entity;
 use crate::incidents::model::{Classification, Status};
 use crate::store::{
@@ -539,7 +540,7 @@ pub async fn patch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
     let id = incident_id(&id)?;
@@ -559,7 +560,7 @@ pub async fn comment(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Analyst)?;
     let id = incident_id(&id)?;
@@ -588,7 +589,7 @@ pub async fn merge(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
     let id = incident_id(&id)?;
@@ -622,7 +623,7 @@ pub async fn move_alert(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path((id, alert_id)): Path<(String, String)>,
-    raw: Bytes,
+    Body(raw): Body,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
     let id = incident_id(&id)?;

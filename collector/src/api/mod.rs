@@ -5,6 +5,7 @@ mod actions;
 pub mod auth;
 mod console;
 pub mod error;
+pub mod extract;
 pub mod feeds;
 mod incidents;
 mod routes;
@@ -47,15 +48,12 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
-/// Request bodies larger than this are refused before they are read.
-const MAX_BODY_BYTES: usize = 1 << 20;
-
-/// Feed files are larger than other bodies: their own limit, checked before the body is read.
+/// Feed files are larger than other bodies: their own limit.
 fn feed_routes(max_import_bytes: usize) -> Router<ApiState> {
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/feeds/identity", post(feeds::identity))
-        .route("/api/v1/feeds/mailbox", post(feeds::mailbox))
-        .layer(axum::extract::DefaultBodyLimit::max(max_import_bytes))
+        .route("/api/v1/feeds/mailbox", post(feeds::mailbox));
+    extract::limit_body(routes, max_import_bytes)
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -70,14 +68,15 @@ pub fn router(state: ApiState) -> Router {
         .merge(workflow_routes())
         .merge(feed_routes(state.feeds.max_import_bytes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
-    Router::new()
+    let app = Router::new()
         .route("/", get(console::index))
         .route("/console/{file}", get(console::asset))
         .route("/healthz", get(routes::healthz))
         .merge(protected)
         .fallback(routes::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        // After every route is added: it applies to the routes present.
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    extract::limit_body(app, extract::DEFAULT_BODY_LIMIT).with_state(state)
 }
 
 /// The response-action and audit routes, built only from the permission table

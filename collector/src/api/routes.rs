@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
@@ -13,6 +13,7 @@ use ward_protocol::{DeviceId, Severity};
 use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult};
+use super::extract::{Path, Query};
 use crate::store::{AlertFilter, DeviceView};
 use crate::util::now_ms;
 
@@ -22,6 +23,11 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// A known route with another method (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
 }
 
 pub async fn metrics(

@@ -436,7 +436,7 @@ fn summary(r: &ImportReport) -> String {
     )
 }
 
-/// Counts and logs an import's outcome.
+/// Counts and logs an import's outcome (the API's path).
 pub fn record_outcome(metrics: &Metrics, feed: Feed, actor: &str, result: &Result<ImportReport, FeedError>) {
     match result {
         Ok(r) => {
@@ -444,15 +444,22 @@ pub fn record_outcome(metrics: &Metrics, feed: Feed, actor: &str, result: &Resul
             metrics.feed_records_duplicate.add(r.duplicates);
             metrics.feed_records_skipped.add(r.skipped_count);
             metrics.feed_alerts_raised.add(r.alerts_raised);
+        }
+        Err(_) => metrics.feed_imports_refused.inc(),
+    }
+    log_outcome(feed, actor, result);
+}
+
+/// Logs an import's outcome; the CLI's one-shot process has no metrics to count in.
+pub fn log_outcome(feed: Feed, actor: &str, result: &Result<ImportReport, FeedError>) {
+    match result {
+        Ok(r) => {
             if r.skipped_count > 0 {
                 warn!(feed = feed.as_str(), actor, skipped = r.skipped_count, first = ?r.skipped.first(), "feed records skipped");
             }
             info!(feed = feed.as_str(), actor, report = %summary(r), "feed imported");
         }
-        Err(e) => {
-            metrics.feed_imports_refused.inc();
-            warn!(feed = feed.as_str(), actor, error = %e, "feed import refused");
-        }
+        Err(e) => warn!(feed = feed.as_str(), actor, error = %e, "feed import refused"),
     }
 }
 
