@@ -142,7 +142,8 @@ impl CorrelationConfig {
 pub struct FeedsConfig {
     /// Largest file one import accepts (API body or CLI file), in bytes.
     pub max_import_bytes: usize,
-    /// Largest single record (NDJSON line, CSV row), in bytes; larger ones are skipped.
+    /// Largest single record (NDJSON line, CSV row, element of a JSON array), in bytes;
+    /// larger ones are skipped.
     pub max_record_bytes: usize,
     /// Password spray: this many distinct users failing from one IP ...
     pub spray_min_users: u32,
@@ -351,7 +352,7 @@ revocation_poll_ms = 1000
 # or `ward-collector import identity|mailbox FILE`.
 # Largest file one import accepts, in bytes (64 MiB).
 max_import_bytes = 67108864
-# Largest single record (NDJSON line, CSV row); larger ones are skipped and reported.
+# Largest single record (NDJSON line, CSV row, element of a JSON array); larger ones are skipped and reported.
 max_record_bytes = 1048576
 # Password spray: this many distinct users failing from one IP within the window.
 spray_min_users = 10

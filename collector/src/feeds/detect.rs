@@ -2,7 +2,9 @@
 //! records, an object with `records[]` (Azure diagnostic settings, Defender
 //! streaming API) or `value[]` (Graph API pages), a single JSON object, NDJSON
 //! (one object per line), or CSV with a header row. Each record comes out as a
-//! JSON value (a CSV row as an object of strings) with its position in the file.
+//! JSON value (a CSV row as an object of strings) with its position in the file:
+//! its line and its number. `max_record_bytes` bounds each NDJSON line, CSV row and
+//! element of a JSON array.
 
 use serde_json::{Map, Value};
 
@@ -11,7 +13,8 @@ use super::stream::{self, Top};
 /// Where a record is in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
-    /// Line where the record starts (NDJSON, CSV); None inside a JSON document.
+    /// Line of the file where the record starts, from 1 (always known; Option as in
+    /// `Skipped`, whose API field it fills).
     pub line: Option<u64>,
     /// Position among the file's records, from 1.
     pub record: u64,
@@ -43,7 +46,8 @@ pub type Sink<'a> = dyn FnMut(Position, Result<Value, String>) + 'a;
 
 /// Splits a file into records, handing each to `sink` in file order (so a file
 /// of millions of bad lines costs a counter, not a list). Err only when the file
-/// as a whole cannot be read (empty, not UTF-8, broken JSON document, no CSV header).
+/// as a whole cannot be read (empty, not UTF-8, a JSON document broken before its
+/// first record, no CSV header).
 pub fn split(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Result<Container, String> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
@@ -60,35 +64,51 @@ pub fn split(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Resu
             } else {
                 Container::Records
             };
-            let mut counter = 0;
-            let after = |counter: u64| Position {
-                line: None,
-                record: counter + 1,
-            };
-            match stream::read(trimmed, None, sink, &mut counter) {
-                Ok((top, alone)) => {
-                    let container = match top {
-                        Top::Streamed => container,
-                        Top::Object(obj) => {
-                            counter += 1;
-                            sink(after(counter - 1), Ok(Value::Object(obj)));
-                            Container::JsonObject
-                        }
-                    };
-                    if !alone {
-                        sink(after(counter), Err("text after the end of the JSON document".into()));
-                    }
-                    Ok(container)
-                }
-                // The records before the break were handed on; the break is reported as one more.
-                Err(e) if counter > 0 => {
-                    sink(after(counter), Err(format!("the JSON document breaks off: {e}")));
-                    Ok(container)
-                }
-                Err(e) => Err(format!("not a JSON document: {e}")),
-            }
+            let skipped = text.len() - trimmed.len();
+            let line = 1 + text.bytes().take(skipped).filter(|&b| b == b'\n').count() as u64;
+            json_document(trimmed, line, container, max_record_bytes, sink)
         }
         Some(_) => csv_rows(bytes, max_record_bytes, sink).map(|()| Container::Csv),
+    }
+}
+
+/// A JSON document starting on `line`: its records streamed, or itself one record.
+/// A break in its structure keeps the records before it and is reported as one more.
+fn json_document(
+    text: &str,
+    line: u64,
+    container: Container,
+    max_record_bytes: usize,
+    sink: &mut Sink<'_>,
+) -> Result<Container, String> {
+    let mut counter = 0;
+    let at = |line: u64, counter: u64| Position {
+        line: Some(line),
+        record: counter + 1,
+    };
+    match stream::read(text.as_bytes(), line, max_record_bytes, sink, &mut counter) {
+        Ok(read) => {
+            let container = match read.top {
+                Top::Streamed => container,
+                Top::Object(obj) => {
+                    sink(at(line, counter), Ok(Value::Object(obj)));
+                    counter += 1;
+                    Container::JsonObject
+                }
+            };
+            if let Some(trailing) = read.trailing {
+                sink(
+                    at(trailing, counter),
+                    Err("text after the end of the JSON document".into()),
+                );
+            }
+            Ok(container)
+        }
+        Err(e) if counter > 0 => {
+            sink(at(e.line, counter), Err(format!("the JSON document breaks off: {e}")));
+            Ok(container)
+        }
+        Err(e) => Err(format!("not a JSON document: {e}")),
     }
 }
 
@@ -120,13 +140,13 @@ fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
             sink(here(counter), Err(reason));
             continue;
         }
-        match stream::read(line, at, sink, &mut counter) {
-            Ok((top, alone)) => {
-                if let Top::Object(obj) = top {
+        match stream::read(line.as_bytes(), i as u64 + 1, max_record_bytes, sink, &mut counter) {
+            Ok(read) => {
+                if let Top::Object(obj) = read.top {
                     counter += 1;
                     sink(here(counter), Ok(Value::Object(obj)));
                 }
-                if !alone {
+                if read.trailing.is_some() {
                     counter += 1;
                     sink(here(counter), Err("text after the JSON value on this line".into()));
                 }
@@ -254,7 +274,13 @@ mod tests {
     fn large_documents_are_streamed_and_a_break_keeps_what_came_before() {
         let (c, ok, bad) = run(b"{\"records\": [{\"a\":1}, {\"a\":2}, {\"a\":", 100).unwrap();
         assert_eq!((c, ok.len(), bad.len()), (Container::Records, 2, 1));
-        assert_eq!(bad[0].0.record, 3);
+        assert_eq!(
+            bad[0].0,
+            Position {
+                line: Some(1),
+                record: 3
+            }
+        );
         assert!(bad[0].1.contains("breaks off"), "{}", bad[0].1);
         // A record that merely has a `value` field is one record.
         let (c, ok, _) = run(b"{\"value\": \"x\", \"b\": {\"c\": 1}}", 100).unwrap();
@@ -285,6 +311,28 @@ mod tests {
             (ok.len(), bad[0].1.as_str()),
             (1, "text after the end of the JSON document")
         );
+    }
+
+    #[test]
+    fn a_bad_element_of_a_json_document_is_skipped_alone_with_its_line() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(5000), "]".repeat(5000));
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(3 << 20));
+        // Leading blank lines count; the document starts on line 3.
+        let text = format!("\n\n{{\"records\": [\n{deep},\n{{\"a\":1}},\n{big},\n{{\"a\":2}}\n]}}\n");
+        let (c, ok, bad) = run(text.as_bytes(), 1 << 20).unwrap();
+        assert_eq!((c, ok.len(), bad.len()), (Container::Records, 2, 2));
+        let at = |line, record| Position {
+            line: Some(line),
+            record,
+        };
+        let read: Vec<Position> = ok.iter().map(|(p, _)| *p).collect();
+        let skipped: Vec<Position> = bad.iter().map(|(p, _)| *p).collect();
+        assert_eq!((read, skipped), (vec![at(5, 2), at(7, 4)], vec![at(4, 1), at(6, 3)]));
+        assert!(bad[0].1.contains("recursion limit"), "{}", bad[0].1);
+        assert!(bad[1].1.contains("over the 1048576-byte limit"), "{}", bad[1].1);
+        // One object is one record, on the line it starts.
+        let (_, ok, bad) = run(b"\n{\"a\": [1,\n2]}\nx", 100).unwrap();
+        assert_eq!((ok[0].0, bad[0].0), (at(2, 1), at(4, 2)));
     }
 
     #[test]

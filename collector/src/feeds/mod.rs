@@ -4,7 +4,9 @@
 //!
 //! Shapes (`detect`): a JSON array, an object with `records[]` (Entra diagnostic
 //! settings, Defender streaming API) or `value[]`, one JSON object, NDJSON, or CSV
-//! with a header row (cells holding JSON are read as JSON).
+//! with a header row (cells holding JSON are read as JSON). The elements of a JSON
+//! document are read one at a time (`stream`), each alone, so a bad one is skipped
+//! with its line like a bad NDJSON line.
 //! - identity: Entra ID `SigninLogs` rows (Log Analytics JSON / CSV export), Entra
 //!   diagnostic records (`category` *SignInLogs with `properties`), Okta System Log events.
 //! - mailbox: Defender `EmailEvents`, `EmailAttachmentInfo`, `EmailUrlInfo`,
@@ -216,7 +218,8 @@ pub struct InboxRule {
 /// A record that was not imported, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
-    /// Line of the file where the record starts (NDJSON, CSV).
+    /// Line of the file where the record starts, from 1 (also for an element of a
+    /// JSON document; for the rest of a broken document, where it breaks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
     /// Position of the record in the file, from 1.

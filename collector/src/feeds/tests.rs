@@ -403,6 +403,30 @@ fn bad_lines_are_skipped_and_the_rest_imported() {
 }
 
 #[test]
+fn bad_records_of_a_json_document_are_skipped_by_line_and_the_rest_imported() {
+    let (_d, mut store) = store();
+    let one = |id: &str| serde_json::to_string_pretty(&entra(id, "a@contoso.com", "192.0.2.1", T0, "0", None)).unwrap();
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(5000), "]".repeat(5000));
+    let big = format!("{{\"a\":\"{}\"}}", "x".repeat(3 << 20));
+    // The too-deep record comes first: before, it refused the whole file.
+    let parts = [deep, one("j1"), big, "{\"a\": tru}".into(), one("j2")];
+    let body = format!("{{\"records\": [\n{}\n]}}\n", parts.join(",\n"));
+    let r = run(&mut store, Feed::Identity, body.as_bytes());
+    assert_eq!((r.records, r.imported, r.skipped_count), (5, 2, 3), "{r:?}");
+    let j1_lines = one("j1").lines().count() as u64;
+    let lines: Vec<Option<u64>> = r.skipped.iter().map(|s| s.line).collect();
+    assert_eq!(lines, [Some(2), Some(3 + j1_lines), Some(4 + j1_lines)]);
+    assert!(r.skipped[1].reason.contains("limit"), "{:?}", r.skipped[1]);
+    // A document broken after some records keeps them.
+    let cut = format!("[{},\n{{\"a\": [1}}\n", one("j3"));
+    let r = run(&mut store, Feed::Identity, cut.as_bytes());
+    assert_eq!((r.records, r.imported, r.skipped_count), (2, 1, 1), "{r:?}");
+    let j3_lines = one("j3").lines().count() as u64;
+    assert_eq!(r.skipped[0].line, Some(1 + j3_lines));
+    assert!(r.skipped[0].reason.contains("breaks off"), "{:?}", r.skipped[0]);
+}
+
+#[test]
 fn many_bad_lines_are_all_counted_and_the_first_listed() {
     let (_d, mut store) = store();
     let mut body = ndjson(&[entra("ok1", "a@contoso.com", "192.0.2.1", T0, "0", None)]);
