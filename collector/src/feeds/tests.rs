@@ -185,6 +185,24 @@ fn the_panther_okta_events_import_and_bad_ones_are_reported_by_line() {
             .any(|s| s.line == Some(3) && s.reason.contains("not an Entra ID sign-in"))
     );
     assert!(r.skipped.iter().any(|s| s.reason.contains("published")));
+    // Okta events (uuid, actor or outcome with an eventType) that lack `published` are
+    // named as Okta events; Panther's anomaly rows only borrow Okta's event types.
+    let untimed: Vec<Option<u64>> = r
+        .skipped
+        .iter()
+        .filter(|s| s.reason == "Okta event without a published time")
+        .map(|s| s.line)
+        .collect();
+    assert_eq!(untimed, [Some(70), Some(71), Some(73), Some(95)]);
+    assert!(
+        r.skipped
+            .iter()
+            .filter(|s| (9..=16).contains(&s.line.unwrap()))
+            .all(|s| s.reason.contains("not an Entra ID sign-in")),
+        "{:?}",
+        r.skipped
+    );
+    assert_eq!((r.imported, r.duplicates, r.ignored, r.skipped_count), (3, 10, 45, 42));
     assert_eq!(r.records, r.imported + r.duplicates + r.ignored + r.skipped_count);
 }
 
