@@ -103,8 +103,9 @@ async fn feed_files_import_raise_alerts_once_and_are_audited() {
         (mail_csv["imported"].as_u64(), mail_csv["skipped"][0]["line"].as_u64()),
         (Some(3), Some(5))
     );
+    // With the phish's follow-up: its URL row came after its EmailEvents row.
     let streamed = post("/api/v1/feeds/mailbox", "defender/defender_streaming.json").await;
-    assert_eq!(streamed["alerts_raised"], 3, "{streamed}");
+    assert_eq!(streamed["alerts_raised"], 4, "{streamed}");
 
     // A spray file larger than the 1 MiB other bodies may be.
     let spray = spray_file(now_ms() - 3_600_000);
@@ -129,10 +130,10 @@ async fn feed_files_import_raise_alerts_once_and_are_audited() {
     );
     assert_eq!(count(&all, "ward-identity-password-spray"), 1);
     assert!(count(&all, "ward-identity-risky-sign-in") >= 1);
-    assert_eq!(count(&all, "ward-mailbox-malicious-delivered"), 2);
+    assert_eq!(count(&all, "ward-mailbox-malicious-delivered"), 3);
     assert_eq!(count(&all, "ward-mailbox-malicious-url-click"), 1);
     assert_eq!(count(&all, "ward-mailbox-user-reported-phish"), 1);
-    assert_eq!(mailbox.len(), 4);
+    assert_eq!(mailbox.len(), 5);
     let spray_alert = all
         .iter()
         .find(|a| a["rule"]["id"] == "ward-identity-password-spray")
@@ -292,4 +293,80 @@ async fn the_cli_imports_into_the_data_dir() {
             .iter()
             .any(|e| e["action"] == "feed.import" && e["actor"] == "cli")
     );
+}
+
+/// The alerts about one message, as sorted sets of rule ids, techniques and entities.
+fn message_view(alerts: &[Value], message_id: &str) -> [Vec<String>; 3] {
+    let mut view: [Vec<String>; 3] = Default::default();
+    for a in alerts
+        .iter()
+        .filter(|a| a["matched"]["network_message_id"] == message_id)
+    {
+        view[0].push(a["rule"]["id"].to_string());
+        view[1].extend(a["rule"]["techniques"].as_array().unwrap().iter().map(Value::to_string));
+        view[2].extend(a["entities"].as_array().unwrap().iter().map(Value::to_string));
+    }
+    for v in &mut view {
+        v.sort();
+        v.dedup();
+    }
+    view
+}
+
+/// The incident the correlator put an alert in, waiting for it.
+async fn incident_of(c: &Collector, alert: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let found: Option<String> = c
+            .db()
+            .unwrap()
+            .query_row(
+                "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE a.id = ?1",
+                [alert],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(started.elapsed().as_secs() < 10, "alert {alert} not correlated");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_message_reads_the_same_whichever_of_its_rows_came_first() {
+    let phish = "8e5b1c2a-7d4f-4c1e-9a53-0b6f1e2d3c4a";
+    let mut views = Vec::new();
+    for order in [
+        ["defender/email_events.csv", "defender/defender_streaming.json"],
+        ["defender/defender_streaming.json", "defender/email_events.csv"],
+    ] {
+        let c = Collector::start().unwrap();
+        let analyst = c.user("alice", "analyst").unwrap();
+        for file in order {
+            let (status, report) = c
+                .post_bytes_as("/api/v1/feeds/mailbox", &analyst, read(file))
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{file}: {report}");
+        }
+        let all = alerts(&c).await;
+        // Every alert about the message, the follow-up too, is in one incident.
+        let mut incidents = Vec::new();
+        for a in all.iter().filter(|a| a["matched"]["network_message_id"] == phish) {
+            incidents.push(incident_of(&c, a["id"].as_str().unwrap()).await);
+        }
+        incidents.dedup();
+        assert_eq!(incidents.len(), 1, "{order:?}: {incidents:?}");
+        views.push(message_view(&all, phish));
+    }
+    assert_eq!(views[0], views[1]);
+    let [rules, techniques, entities] = &views[0];
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(techniques.contains(&json!("T1566.002").to_string()), "{techniques:?}");
+    assert!(entities.contains(
+        &json!({"kind": "url", "url": "https://login.evil-invoices.example/o365/signin?id=adelev"}).to_string()
+    ));
+    assert!(entities.contains(&json!({"kind": "domain", "name": "login.evil-invoices.example"}).to_string()));
 }

@@ -1,11 +1,18 @@
 //! Mailbox detections over newly stored mail records; what else is known about
 //! the same message (its attachments, URLs, verdict) is read from the store.
+//!
+//! Stored alerts are never changed (the correlator has already placed them), so
+//! when a message's rows come in several imports, what an earlier alert could not
+//! name is raised as a further `ward-mailbox-malicious-delivered` alert, its id
+//! from the rows that are new (see [`part_alerts`]).
+
+use std::collections::{BTreeMap, HashSet};
 
 use ward_protocol::{Entity, Severity};
 
 use super::alerts::{
     EXTERNAL_FORWARDING, HIDING_INBOX_RULE, MALICIOUS_DELIVERED, MALICIOUS_URL_CLICK, Raise, Rule, USER_REPORTED_PHISH,
-    domain_of_address, host_of_url, user,
+    alert_id, domain_of_address, host_of_url, user,
 };
 use super::{MailKind, MailRecord};
 use crate::store::{AlertSource, FeedTx, SourcedAlert, StoreError};
@@ -14,6 +21,9 @@ use crate::store::{AlertSource, FeedTx, SourcedAlert, StoreError};
 const MAX_PARTS: usize = 20;
 
 pub fn detect(tx: &FeedTx<'_>, fresh: &[MailRecord]) -> Result<Vec<SourcedAlert>, StoreError> {
+    let fresh_keys: HashSet<&str> = fresh.iter().map(|m| m.key.as_str()).collect();
+    // New attachment and URL rows by message, judged once all of the import is stored.
+    let mut parts: BTreeMap<&str, Vec<&MailRecord>> = BTreeMap::new();
     let mut out = Vec::new();
     for m in fresh {
         match m.kind {
@@ -26,11 +36,19 @@ pub fn detect(tx: &FeedTx<'_>, fresh: &[MailRecord]) -> Result<Vec<SourcedAlert>
                     out.extend(click_alert(tx, click)?);
                 }
             }
+            MailKind::Attachment | MailKind::Url => {
+                if let Some(id) = &m.network_message_id {
+                    parts.entry(id).or_default().push(m);
+                }
+            }
             MailKind::Click => out.extend(click_alert(tx, m)?),
             MailKind::PostDelivery if user_reported(m) => out.push(reported_alert(tx, m)?),
             MailKind::InboxRule => out.extend(inbox_rule_alerts(m)),
             _ => {}
         }
+    }
+    for (id, new_parts) in parts {
+        out.extend(part_alerts(tx, id, &new_parts, &fresh_keys)?);
     }
     Ok(out)
 }
@@ -47,6 +65,16 @@ fn delivered(m: &MailRecord) -> bool {
     let action = m.delivery_action.as_deref().unwrap_or("");
     let location = m.delivery_location.as_deref().unwrap_or("").to_ascii_lowercase();
     action.eq_ignore_ascii_case("Delivered") || location.starts_with("inbox")
+}
+
+fn malicious_delivered(m: &MailRecord) -> bool {
+    malicious(m.threat_types.as_deref()) && delivered(m)
+}
+
+/// Whether an attachment or URL row belongs to the copy of the message an email row
+/// describes: attachment rows name their recipient, URL rows (and Proofpoint parts) none.
+fn concerns(email: &MailRecord, part: &MailRecord) -> bool {
+    part.recipient.is_none() || email.recipient.is_none() || part.recipient == email.recipient
 }
 
 /// Reported by the user: Defender names it in the post-delivery action type or action.
@@ -93,7 +121,11 @@ fn related(tx: &FeedTx<'_>, m: &MailRecord) -> Result<Vec<MailRecord>, StoreErro
 }
 
 fn delivered_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<SourcedAlert, StoreError> {
-    let parts = related(tx, m)?;
+    let stored = related(tx, m)?;
+    let parts: Vec<&MailRecord> = stored
+        .iter()
+        .filter(|p| matches!(p.kind, MailKind::Attachment | MailKind::Url) && concerns(m, p))
+        .collect();
     let mut r = Raise::new(MALICIOUS_DELIVERED, AlertSource::Mailbox, Severity::High, m.time_ms);
     recipient_entities(&mut r, m);
     sender_entities(&mut r, m.sender.as_ref());
@@ -101,13 +133,24 @@ fn delivered_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<SourcedAlert, Stor
         r.entity(Entity::Ip { addr: ip });
     }
     message_fields(&mut r, m);
+    part_entities(&mut r, &parts);
+    r.field("sender_ip", m.ip);
+    Ok(r.build(m.time_ms, &[&m.key]))
+}
+
+/// Names attachments (file and hash) and URLs (and their hosts), at most
+/// [`MAX_PARTS`] of each, and sets the technique: T1566.001 for an attachment,
+/// else T1566.002 for a link.
+fn part_entities(r: &mut Raise, parts: &[&MailRecord]) {
     let attachments: Vec<&MailRecord> = parts
         .iter()
-        .filter(|p| p.kind == MailKind::Attachment && (p.recipient.is_none() || p.recipient == m.recipient))
+        .copied()
+        .filter(|p| p.kind == MailKind::Attachment)
         .take(MAX_PARTS)
         .collect();
     let urls: Vec<&MailRecord> = parts
         .iter()
+        .copied()
         .filter(|p| p.kind == MailKind::Url)
         .take(MAX_PARTS)
         .collect();
@@ -139,9 +182,154 @@ fn delivered_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<SourcedAlert, Stor
     };
     let names: Vec<&str> = attachments.iter().filter_map(|a| a.file_name.as_deref()).collect();
     r.field("attachments", (!names.is_empty()).then(|| names.join(", ")))
-        .field("urls", Some(urls.len()).filter(|n| *n > 0))
-        .field("sender_ip", m.ip);
-    Ok(r.build(m.time_ms, &[&m.key]))
+        .field("urls", Some(urls.len()).filter(|n| *n > 0));
+}
+
+/// Attachment and URL rows new in this import, for one message. Alerts already
+/// stored cannot take them in, so:
+/// - a copy of the message that an earlier import alerted on as malicious and
+///   delivered gets a follow-up alert naming the new parts (`follow_up_of` the
+///   message's alert); a copy whose email row is new now is covered by its own
+///   alert, which reads the parts from the store;
+/// - a part judged malicious itself (its own ThreatTypes) on a copy whose verdict is
+///   clean alerts when that copy was delivered, or when no email row for it is
+///   stored yet (delivery unknown: the email row may come in a later import).
+///
+/// The id comes from the new rows, so a re-import raises nothing again; a part is
+/// new in one import only, so no two of these alerts name it.
+fn part_alerts(
+    tx: &FeedTx<'_>,
+    message_id: &str,
+    new_parts: &[&MailRecord],
+    fresh_keys: &HashSet<&str>,
+) -> Result<Vec<SourcedAlert>, StoreError> {
+    let stored = tx.message_records(message_id)?;
+    let emails: Vec<&MailRecord> = stored.iter().filter(|r| r.kind == MailKind::Email).collect();
+    let mut follow_up: Vec<&MailRecord> = Vec::new();
+    let mut alerted: Vec<&MailRecord> = Vec::new();
+    let mut hostile: Vec<&MailRecord> = Vec::new();
+    let mut delivered_to: Vec<&MailRecord> = Vec::new();
+    for &p in new_parts {
+        let copies: Vec<&MailRecord> = emails.iter().copied().filter(|e| concerns(e, p)).collect();
+        if copies.iter().any(|e| malicious_delivered(e)) {
+            let earlier: Vec<&MailRecord> = copies
+                .iter()
+                .copied()
+                .filter(|e| malicious_delivered(e) && !fresh_keys.contains(e.key.as_str()))
+                .collect();
+            if !earlier.is_empty() {
+                follow_up.push(p);
+                for e in earlier {
+                    push(&mut alerted, e);
+                }
+            }
+        } else if malicious(p.threat_types.as_deref()) {
+            let reached: Vec<&MailRecord> = copies.iter().copied().filter(|e| delivered(e)).collect();
+            if copies.is_empty() || !reached.is_empty() {
+                hostile.push(p);
+                for e in reached {
+                    push(&mut delivered_to, e);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(first) = alerted.first() {
+        let mut r = Raise::new(MALICIOUS_DELIVERED, AlertSource::Mailbox, Severity::High, first.time_ms);
+        for e in &alerted {
+            recipient_entities(&mut r, e);
+        }
+        sender_entities(&mut r, first.sender.as_ref());
+        if let Some(ip) = first.ip {
+            r.entity(Entity::Ip { addr: ip });
+        }
+        message_fields(&mut r, first);
+        part_entities(&mut r, &follow_up);
+        let earlier_ids: Vec<String> = alerted
+            .iter()
+            .map(|e| alert_id(e.time_ms, MALICIOUS_DELIVERED.id, &[&e.key]))
+            .collect();
+        r.field("sender_ip", first.ip)
+            .field("follow_up_of", Some(earlier_ids.join(", ")));
+        out.push(build_for_parts(r, &follow_up));
+    }
+    out.extend(hostile_parts_alert(&hostile, &delivered_to));
+    Ok(out)
+}
+
+fn push<'a>(list: &mut Vec<&'a MailRecord>, e: &'a MailRecord) {
+    if !list.iter().any(|x| x.key == e.key) {
+        list.push(e);
+    }
+}
+
+/// Malicious parts on a message not alerted as malicious: `delivered_to` holds the
+/// delivered copies' email rows, empty when none is stored yet.
+fn hostile_parts_alert(parts: &[&MailRecord], delivered_to: &[&MailRecord]) -> Option<SourcedAlert> {
+    let first_part = *parts.first()?;
+    let known = delivered_to.first().copied();
+    let time_ms = known.map_or_else(|| parts.iter().map(|p| p.time_ms).min().unwrap_or(0), |e| e.time_ms);
+    // Without the email row, whether it reached the mailbox is not known yet.
+    let severity = if known.is_some() {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    let mut r = Raise::new(MALICIOUS_DELIVERED, AlertSource::Mailbox, severity, time_ms);
+    for e in delivered_to {
+        recipient_entities(&mut r, e);
+    }
+    for p in parts {
+        recipient_entities(&mut r, p);
+    }
+    // Defender attachment rows and Proofpoint parts carry the sender themselves.
+    let sender = known
+        .and_then(|e| e.sender.as_ref())
+        .or_else(|| parts.iter().find_map(|p| p.sender.as_ref()));
+    sender_entities(&mut r, sender);
+    let ip = known.and_then(|e| e.ip).or_else(|| parts.iter().find_map(|p| p.ip));
+    if let Some(ip) = ip {
+        r.entity(Entity::Ip { addr: ip });
+    }
+    part_entities(&mut r, parts);
+    let mut verdicts: Vec<&str> = Vec::new();
+    for v in parts.iter().filter_map(|p| p.threat_types.as_deref()) {
+        if !verdicts.contains(&v) {
+            verdicts.push(v);
+        }
+    }
+    r.field("network_message_id", first_part.network_message_id.as_ref())
+        .field(
+            "recipient",
+            known
+                .and_then(|e| e.recipient.as_ref())
+                .or(first_part.recipient.as_ref()),
+        )
+        .field("sender", sender)
+        .field("subject", known.and_then(|e| e.subject.as_ref()))
+        .field("threat_types", Some(verdicts.join(", ")))
+        .field("message_threat_types", known.and_then(|e| e.threat_types.as_ref()))
+        .field("delivery_action", known.and_then(|e| e.delivery_action.as_ref()))
+        .field("delivery_location", known.and_then(|e| e.delivery_location.as_ref()))
+        .field(
+            "delivery",
+            Some(if known.is_some() {
+                "delivered"
+            } else {
+                "unknown: no email row for the message is stored yet"
+            }),
+        )
+        .field("sender_ip", ip)
+        .field("time_ms", Some(time_ms));
+    Some(build_for_parts(r, parts))
+}
+
+/// The id of an alert raised for parts: their earliest time and their keys, sorted.
+fn build_for_parts(r: Raise, parts: &[&MailRecord]) -> SourcedAlert {
+    let mut keys: Vec<&str> = parts.iter().map(|p| p.key.as_str()).collect();
+    keys.sort_unstable();
+    let id_time = parts.iter().map(|p| p.time_ms).min().unwrap_or(r.first_ms);
+    r.build(id_time, &keys)
 }
 
 fn click_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<Option<SourcedAlert>, StoreError> {

@@ -43,7 +43,11 @@ pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
             Err(e) => Normalized::Bad(e),
         };
     }
-    if text(v, &["eventType"]).is_some() && text(v, &["published"]).is_some() {
+    if okta_shaped(v) {
+        // Every System Log event has `published`; without it there is no time to judge by.
+        if text(v, &["published"]).is_none() {
+            return Normalized::Bad("Okta event without a published time".into());
+        }
         return okta(v);
     }
     let table = text(v, &["Type"]);
@@ -179,6 +183,14 @@ fn entra(p: &Value, outer: &Value) -> Result<SignIn, String> {
         device: compact(p, &["deviceDetail"]),
         raw: outer.to_string(),
     })
+}
+
+/// An Okta System Log event by its shape: an `eventType` with the event's `uuid`,
+/// `actor` or `outcome` object (rows of other tools that only borrow Okta's event
+/// type names, such as Panther's anomaly summaries, have none of them).
+fn okta_shaped(v: &Value) -> bool {
+    let object = |name: &str| lookup(v, name).is_some_and(|o| o.is_object());
+    text(v, &["eventType"]).is_some() && (text(v, &["uuid"]).is_some() || object("actor") || object("outcome"))
 }
 
 /// Okta event types that are sign-ins or MFA prompts; the rest of the System Log is ignored.
@@ -401,5 +413,23 @@ mod tests {
             normalize(&event("system.api_token.create", "SUCCESS")),
             Normalized::Ignored { .. }
         ));
+    }
+
+    #[test]
+    fn okta_events_without_a_published_time_are_named_as_such() {
+        let mut no_time = json!({"uuid": "U-2", "eventType": "user.session.start",
+            "actor": {"alternateId": "casey@hey.com"}, "outcome": {"result": "SUCCESS"}});
+        let reason = |v: &Value| match normalize(v) {
+            Normalized::Bad(why) => why,
+            _ => panic!("accepted {v}"),
+        };
+        assert_eq!(reason(&no_time), "Okta event without a published time");
+        // Any one of uuid, actor or outcome makes the shape; a blank time is no time.
+        no_time["uuid"] = Value::Null;
+        no_time["published"] = json!(" ");
+        assert_eq!(reason(&no_time), "Okta event without a published time");
+        let borrowed =
+            json!({"eventType": "system.api_token.create", "actorId": "a@b.c", "p_event_time": "2024-01-15 14:23:45"});
+        assert!(reason(&borrowed).contains("not an Entra ID sign-in"));
     }
 }

@@ -25,7 +25,18 @@
 //! - `ward-identity-brute-force` (T1110.001 / TA0006): many failures for one user within a window.
 //! - `ward-identity-impossible-travel` (T1078 / TA0001): two successful sign-ins further apart than a plane flies.
 //! - `ward-identity-mfa-fatigue` (T1621 / TA0006): repeated MFA denials for one user within a window.
-//! - `ward-mailbox-malicious-delivered` (T1566.001 attachment, T1566.002 link, else T1566 / TA0001): phish or malware delivered.
+//! - `ward-mailbox-malicious-delivered` (T1566.001 attachment, T1566.002 link, else T1566 / TA0001): phish or
+//!   malware delivered, naming the message's stored attachments and URLs. Stored alerts never change (the
+//!   correlator has placed them), so rows of a message that arrive in a later import raise a further alert
+//!   of this rule, its id from the new rows: attachment / URL rows of a copy already alerted on give a
+//!   follow-up (`follow_up_of` the first alert; the same recipient and sender entities, so the same
+//!   incident); an attachment or URL judged malicious itself on a copy whose verdict is clean alerts when
+//!   that copy was delivered, or (medium, `delivery` unknown) when its email row is not stored yet. A part
+//!   is new in one import only, so no two of these alerts name it, and a part of a message alerted as
+//!   malicious (before or in the same import) raises no alert of its own. For a message judged malicious either order of its
+//!   rows names the same entities; the order decides whether as one alert or two (the first of two, raised
+//!   before the parts were known, says T1566). A part alerted before its email row lacks what only that
+//!   row tells (the sender IP; the recipient, for a URL row).
 //! - `ward-mailbox-malicious-url-click` (T1204.001 / TA0002): a click on a URL judged malicious (by the click or its message).
 //! - `ward-mailbox-user-reported-phish` (T1566 / TA0001): a user reported a message.
 //! - `ward-mailbox-hiding-inbox-rule` (T1564.008 / TA0005): an inbox rule that deletes

@@ -185,6 +185,24 @@ fn the_panther_okta_events_import_and_bad_ones_are_reported_by_line() {
             .any(|s| s.line == Some(3) && s.reason.contains("not an Entra ID sign-in"))
     );
     assert!(r.skipped.iter().any(|s| s.reason.contains("published")));
+    // Okta events (uuid, actor or outcome with an eventType) that lack `published` are
+    // named as Okta events; Panther's anomaly rows only borrow Okta's event types.
+    let untimed: Vec<Option<u64>> = r
+        .skipped
+        .iter()
+        .filter(|s| s.reason == "Okta event without a published time")
+        .map(|s| s.line)
+        .collect();
+    assert_eq!(untimed, [Some(70), Some(71), Some(73), Some(95)]);
+    assert!(
+        r.skipped
+            .iter()
+            .filter(|s| (9..=16).contains(&s.line.unwrap()))
+            .all(|s| s.reason.contains("not an Entra ID sign-in")),
+        "{:?}",
+        r.skipped
+    );
+    assert_eq!((r.imported, r.duplicates, r.ignored, r.skipped_count), (3, 10, 45, 42));
     assert_eq!(r.records, r.imported + r.duplicates + r.ignored + r.skipped_count);
 }
 
@@ -489,11 +507,12 @@ fn defender_mail_rows_and_streaming_records_raise_mailbox_alerts_once() {
         ),
         (8, 6, 1, 1)
     );
-    assert_eq!(streamed.alerts_raised, 3, "{streamed:?}");
+    // The malware mail, the follow-up naming the phish's late URL row, the click, the report.
+    assert_eq!(streamed.alerts_raised, 4, "{streamed:?}");
 
     let delivered = alerts(&store, "ward-mailbox-malicious-delivered");
-    assert_eq!(delivered.len(), 2);
-    // The phish with a link (its URL row came later) and the malware attachment, not the blocked one.
+    assert_eq!(delivered.len(), 3);
+    // The phish (and its follow-up: the URL row came later) and the malware attachment, not the blocked one.
     let malware = delivered
         .iter()
         .find(|a| a.matched["threat_types"] == "Malware")
@@ -523,7 +542,249 @@ fn defender_mail_rows_and_streaming_records_raise_mailbox_alerts_once() {
 
     let again = run(&mut store, Feed::Mailbox, &fixture("defender/defender_streaming.json"));
     assert_eq!((again.imported, again.duplicates, again.alerts_raised), (0, 6, 0));
-    assert_eq!(store.count_alerts().unwrap(), 4);
+    assert_eq!(store.count_alerts().unwrap(), 5);
+}
+
+/// What the alerts about one message say, whatever the order its rows came in:
+/// rule ids, techniques and entities, each as a sorted set.
+fn message_view(store: &Store, message_id: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let all = store
+        .list_alerts(&AlertFilter {
+            limit: 100,
+            ..AlertFilter::default()
+        })
+        .unwrap();
+    let (mut rules, mut techniques, mut entities) = (Vec::new(), Vec::new(), Vec::new());
+    for a in all.iter().filter(|a| a.matched["network_message_id"] == message_id) {
+        rules.push(a.rule.id.clone());
+        techniques.extend(a.rule.techniques.as_array().unwrap().iter().map(|t| t.to_string()));
+        entities.extend(a.entities.as_array().unwrap().iter().map(|e| e.to_string()));
+    }
+    for v in [&mut rules, &mut techniques, &mut entities] {
+        v.sort();
+        v.dedup();
+    }
+    (rules, techniques, entities)
+}
+
+#[test]
+fn a_message_alerted_before_its_parts_came_gets_a_follow_up_naming_them() {
+    let phish = "8e5b1c2a-7d4f-4c1e-9a53-0b6f1e2d3c4a";
+    let (_a, mut message_first) = store();
+    run(&mut message_first, Feed::Mailbox, &fixture("defender/email_events.csv"));
+    run(
+        &mut message_first,
+        Feed::Mailbox,
+        &fixture("defender/defender_streaming.json"),
+    );
+    let (_b, mut parts_first) = store();
+    run(
+        &mut parts_first,
+        Feed::Mailbox,
+        &fixture("defender/defender_streaming.json"),
+    );
+    run(&mut parts_first, Feed::Mailbox, &fixture("defender/email_events.csv"));
+
+    let view = message_view(&message_first, phish);
+    assert_eq!(view, message_view(&parts_first, phish));
+    assert_eq!(view.1, [r#""T1204.001""#, r#""T1566""#, r#""T1566.002""#], "{view:?}");
+    for e in [
+        json!({"kind": "url", "url": "https://login.evil-invoices.example/o365/signin?id=adelev"}),
+        json!({"kind": "domain", "name": "login.evil-invoices.example"}),
+        json!({"kind": "user", "name": "adelev@contoso.com", "uid": null}),
+    ] {
+        assert!(view.2.contains(&e.to_string()), "{e} not in {:?}", view.2);
+    }
+
+    // Message first: its alert (T1566, nothing to name yet), then the follow-up.
+    let delivered: Vec<_> = alerts(&message_first, "ward-mailbox-malicious-delivered")
+        .into_iter()
+        .filter(|a| a.matched["network_message_id"] == phish)
+        .collect();
+    assert_eq!(delivered.len(), 2);
+    let (first, follow_up) = if delivered[0].matched.get("follow_up_of").is_some() {
+        (&delivered[1], &delivered[0])
+    } else {
+        (&delivered[0], &delivered[1])
+    };
+    assert_eq!(first.rule.techniques, json!(["T1566"]));
+    assert_eq!(follow_up.rule.techniques, json!(["T1566.002"]));
+    assert_eq!(follow_up.matched["follow_up_of"], first.id.as_str());
+    assert_eq!(
+        (follow_up.severity, follow_up.matched["subject"].as_str()),
+        ("high", Some("Your invoice is overdue"))
+    );
+    let ents = follow_up.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "mailbox", "address": "adelev@contoso.com"})));
+    assert!(ents.contains(&json!({"kind": "domain", "name": "evil-invoices.example"})));
+    // Parts first: one alert that names the URL.
+    let one: Vec<_> = alerts(&parts_first, "ward-mailbox-malicious-delivered")
+        .into_iter()
+        .filter(|a| a.matched["network_message_id"] == phish)
+        .collect();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].rule.techniques, json!(["T1566.002"]));
+
+    // Nothing is raised twice, in either store.
+    for store in [&mut message_first, &mut parts_first] {
+        for f in ["defender/email_events.csv", "defender/defender_streaming.json"] {
+            assert_eq!(run(store, Feed::Mailbox, &fixture(f)).alerts_raised, 0, "{f}");
+        }
+    }
+}
+
+const SHA: &str = "9b0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f80";
+
+/// A Defender EmailEvents row.
+fn email_row(id: &str, to: &str, verdict: &str, action: &str) -> Value {
+    json!({"Type": "EmailEvents", "Timestamp": "2026-11-21T08:00:00Z", "NetworkMessageId": id,
+        "SenderFromAddress": "hr@payroll-update.example", "RecipientEmailAddress": to, "Subject": "Payslip",
+        "SenderIPv4": "192.0.2.77", "ThreatTypes": verdict, "DeliveryAction": action,
+        "DeliveryLocation": if action == "Delivered" { "Inbox/folder" } else { "Quarantine" }})
+}
+
+/// A Defender EmailAttachmentInfo row.
+fn attachment_row(id: &str, to: &str, verdict: &str) -> Value {
+    json!({"Type": "EmailAttachmentInfo", "Timestamp": "2026-11-21T08:00:00Z", "NetworkMessageId": id,
+        "SenderFromAddress": "hr@payroll-update.example", "RecipientEmailAddress": to, "FileName": "payslip.xlsm",
+        "SHA256": SHA, "ThreatTypes": verdict})
+}
+
+fn mail(store: &mut Store, rows: &[Value]) -> ImportReport {
+    run(store, Feed::Mailbox, &ndjson(rows))
+}
+
+#[test]
+fn a_late_attachment_of_an_alerted_message_is_a_follow_up_with_its_hash() {
+    let (_d, mut store) = store();
+    assert_eq!(
+        mail(
+            &mut store,
+            &[email_row("m1", "diego@contoso.com", "Phish", "Delivered")]
+        )
+        .alerts_raised,
+        1
+    );
+    // A copy for someone else is not the alerted one: nothing to follow up.
+    assert_eq!(
+        mail(&mut store, &[attachment_row("m1", "lynne@contoso.com", "")]).alerts_raised,
+        0
+    );
+    let r = mail(&mut store, &[attachment_row("m1", "diego@contoso.com", "")]);
+    assert_eq!(r.alerts_raised, 1);
+    let follow_up = alerts(&store, "ward-mailbox-malicious-delivered")
+        .into_iter()
+        .find(|a| a.matched.get("follow_up_of").is_some())
+        .unwrap();
+    assert_eq!(follow_up.rule.techniques, json!(["T1566.001"]));
+    let ents = follow_up.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "file", "path": "payslip.xlsm", "sha256": SHA})));
+    assert!(ents.contains(&json!({"kind": "user", "name": "diego@contoso.com", "uid": null})));
+    assert!(!ents.contains(&json!({"kind": "user", "name": "lynne@contoso.com", "uid": null})));
+    assert_eq!(
+        mail(&mut store, &[attachment_row("m1", "diego@contoso.com", "")]).alerts_raised,
+        0
+    );
+}
+
+#[test]
+fn a_malicious_part_on_a_clean_or_unseen_message_alerts_once() {
+    let (_d, mut store) = store();
+    let delivered = |store: &Store| alerts(store, "ward-mailbox-malicious-delivered");
+
+    // Clean verdict, delivered, the attachment is malware: alert, high.
+    let r = mail(
+        &mut store,
+        &[
+            email_row("c1", "diego@contoso.com", "", "Delivered"),
+            attachment_row("c1", "diego@contoso.com", "Malware"),
+        ],
+    );
+    assert_eq!(r.alerts_raised, 1);
+    let a = delivered(&store).pop().unwrap();
+    assert_eq!((a.severity, a.rule.techniques.clone()), ("high", json!(["T1566.001"])));
+    assert_eq!(
+        (a.matched["threat_types"].as_str(), a.matched["delivery"].as_str()),
+        (Some("Malware"), Some("delivered"))
+    );
+    let ents = a.entities.as_array().unwrap();
+    assert!(ents.contains(&json!({"kind": "file", "path": "payslip.xlsm", "sha256": SHA})));
+    assert!(ents.contains(&json!({"kind": "mailbox", "address": "diego@contoso.com"})));
+    assert!(ents.contains(&json!({"kind": "ip", "addr": "192.0.2.77"})));
+
+    // No email row yet: alert as delivery unknown (medium); the clean delivered row later adds nothing.
+    assert_eq!(
+        mail(&mut store, &[attachment_row("u1", "lee@contoso.com", "Malware")]).alerts_raised,
+        1
+    );
+    let unknown = delivered(&store)
+        .into_iter()
+        .find(|a| a.matched["network_message_id"] == "u1")
+        .unwrap();
+    assert_eq!(unknown.severity, "medium");
+    assert!(unknown.matched["delivery"].as_str().unwrap().starts_with("unknown"));
+    assert!(
+        unknown
+            .entities
+            .as_array()
+            .unwrap()
+            .contains(&json!({"kind": "user", "name": "lee@contoso.com", "uid": null}))
+    );
+    assert_eq!(
+        mail(&mut store, &[email_row("u1", "lee@contoso.com", "", "Delivered")]).alerts_raised,
+        0
+    );
+
+    // Message and part both malicious: one alert, the message's, in one import or in two.
+    let r = mail(
+        &mut store,
+        &[
+            email_row("b1", "alex@contoso.com", "Phish, Malware", "Delivered"),
+            attachment_row("b1", "alex@contoso.com", "Malware"),
+        ],
+    );
+    assert_eq!(r.alerts_raised, 1);
+    mail(
+        &mut store,
+        &[email_row("b2", "alex@contoso.com", "Malware", "Delivered")],
+    );
+    assert_eq!(
+        mail(&mut store, &[attachment_row("b2", "alex@contoso.com", "Malware")]).alerts_raised,
+        1,
+        "a follow-up, not a follow-up and a part alert"
+    );
+
+    // Blocked, or the part clean: nothing.
+    let r = mail(
+        &mut store,
+        &[
+            email_row("q1", "megan@contoso.com", "", "Blocked"),
+            attachment_row("q1", "megan@contoso.com", "Malware"),
+            email_row("n1", "megan@contoso.com", "", "Delivered"),
+            attachment_row("n1", "megan@contoso.com", ""),
+        ],
+    );
+    assert_eq!(r.alerts_raised, 0);
+
+    // A URL judged malicious itself (Proofpoint names URL threats; a Defender export may carry it too).
+    let url = json!({"Type": "EmailUrlInfo", "Timestamp": "2026-11-21T08:00:00Z", "NetworkMessageId": "c1",
+        "Url": "https://payroll-update.example/view", "UrlLocation": "Body", "ThreatTypes": "Phish"});
+    assert_eq!(mail(&mut store, std::slice::from_ref(&url)).alerts_raised, 1);
+    let link = delivered(&store)
+        .into_iter()
+        .find(|a| a.rule.techniques == json!(["T1566.002"]))
+        .unwrap();
+    assert!(
+        link.entities
+            .as_array()
+            .unwrap()
+            .contains(&json!({"kind": "domain", "name": "payroll-update.example"}))
+    );
+    assert_eq!(link.matched["recipient"], "diego@contoso.com");
+
+    let total = store.count_alerts().unwrap();
+    assert_eq!(mail(&mut store, &[url]).alerts_raised, 0);
+    assert_eq!(store.count_alerts().unwrap(), total);
 }
 
 #[test]
