@@ -219,6 +219,31 @@ impl Collector {
         )?)
     }
 
+    /// Waits until the correlator placed `alert` (10 s at most); returns its
+    /// incident id and how long that took.
+    pub async fn incident_of(&self, alert: &str) -> (String, Duration) {
+        let started = Instant::now();
+        loop {
+            let found: Option<String> = self.db().ok().and_then(|db| {
+                db.query_row(
+                    "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+                     WHERE a.id = ?1",
+                    [alert],
+                    |r| r.get(0),
+                )
+                .ok()
+            });
+            if let Some(id) = found {
+                return (id, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "alert {alert} was not correlated within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GET with the admin token; returns the status and the JSON body.
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         self.get_as(path, &self.admin_token.clone()).await

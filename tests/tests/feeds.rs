@@ -313,27 +313,6 @@ fn message_view(alerts: &[Value], message_id: &str) -> [Vec<String>; 3] {
     view
 }
 
-/// The incident the correlator put an alert in, waiting for it.
-async fn incident_of(c: &Collector, alert: &str) -> String {
-    let started = std::time::Instant::now();
-    loop {
-        let found: Option<String> = c
-            .db()
-            .unwrap()
-            .query_row(
-                "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE a.id = ?1",
-                [alert],
-                |r| r.get(0),
-            )
-            .ok();
-        if let Some(id) = found {
-            return id;
-        }
-        assert!(started.elapsed().as_secs() < 10, "alert {alert} not correlated");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_message_reads_the_same_whichever_of_its_rows_came_first() {
     let phish = "8e5b1c2a-7d4f-4c1e-9a53-0b6f1e2d3c4a";
@@ -355,7 +334,7 @@ async fn a_message_reads_the_same_whichever_of_its_rows_came_first() {
         // Every alert about the message, the follow-up too, is in one incident.
         let mut incidents = Vec::new();
         for a in all.iter().filter(|a| a["matched"]["network_message_id"] == phish) {
-            incidents.push(incident_of(&c, a["id"].as_str().unwrap()).await);
+            incidents.push(c.incident_of(a["id"].as_str().unwrap()).await.0);
         }
         incidents.dedup();
         assert_eq!(incidents.len(), 1, "{order:?}: {incidents:?}");

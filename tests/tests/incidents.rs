@@ -74,30 +74,6 @@ async fn send(dev: &mut TestDevice, at: u64, rule: RuleRef, entities: Vec<Entity
     id
 }
 
-/// Waits until the correlator placed `alert`; returns its incident id and how long it took.
-async fn incident_of(collector: &Collector, alert: &str) -> (String, Duration) {
-    let started = Instant::now();
-    loop {
-        let found: Option<String> = collector
-            .db()
-            .unwrap()
-            .query_row(
-                "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE a.id = ?1",
-                [alert],
-                |r| r.get(0),
-            )
-            .ok();
-        if let Some(id) = found {
-            return (id, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "alert {alert} was not correlated within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn user(name: &str, uid: Option<u32>) -> Entity {
     Entity::User { name: name.into(), uid }
 }
@@ -148,7 +124,7 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
         .unwrap();
     assert_eq!(status, 200, "{report}");
     let mail_id = feed_alert(&collector, "ward-mailbox-malicious-delivered", "alice@contoso.com").await;
-    let (incident, _) = incident_of(&collector, &mail_id).await;
+    let (incident, _) = collector.incident_of(&mail_id).await;
 
     // 2. alice's risky sign-in from a new country (an Entra SigninLogs record), and
     //    noise: carol's risky sign-in from elsewhere.
@@ -245,17 +221,17 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
         ],
     )
     .await;
-    let (in_incident, latency) = incident_of(&collector, &ssh_key).await;
+    let (in_incident, latency) = collector.incident_of(&ssh_key).await;
     // From the collector's acknowledgement to the alert's place in an incident.
     eprintln!("alert to incident after the acknowledgement: {latency:?}");
     assert!(latency < Duration::from_secs(1), "alert to incident took {latency:?}");
     assert_eq!(in_incident, incident);
     for a in [&signin_id, &dropped, &shell] {
-        assert_eq!(incident_of(&collector, a).await.0, incident, "alert {a}");
+        assert_eq!(collector.incident_of(a).await.0, incident, "alert {a}");
     }
     for noise in [&noise_signin, &noise_device] {
         assert_ne!(
-            incident_of(&collector, noise).await.0,
+            collector.incident_of(noise).await.0,
             incident,
             "noise alert {noise} joined"
         );
@@ -473,7 +449,7 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
         vec![user("alice", Some(1000))],
     )
     .await;
-    assert_eq!(incident_of(&collector, &later).await.0, incident);
+    assert_eq!(collector.incident_of(&later).await.0, incident);
 }
 
 /// A Defender streaming export: a malicious mail with an attachment delivered to alice.
@@ -564,8 +540,8 @@ async fn analysts_merge_and_move_alerts_through_the_api() {
     };
     let (d1, e1) = (signin("dave", t0), signin("erin", t0 + MIN));
     import(&collector, &[d1.clone(), e1.clone()]);
-    let dave = incident_of(&collector, &d1.id).await.0;
-    let erin = incident_of(&collector, &e1.id).await.0;
+    let dave = collector.incident_of(&d1.id).await.0;
+    let erin = collector.incident_of(&e1.id).await.0;
     assert_ne!(dave, erin);
     // Different assignees: a bridging alert does not merge them.
     for (inc, who) in [(&dave, "ann"), (&erin, "ben")] {
@@ -578,7 +554,7 @@ async fn analysts_merge_and_move_alerts_through_the_api() {
     let mut bridge = signin("dave", t0 + 2 * MIN);
     bridge.entities.push(user("erin@contoso.com", None));
     import(&collector, &[bridge.clone()]);
-    assert_eq!(incident_of(&collector, &bridge.id).await.0, dave);
+    assert_eq!(collector.incident_of(&bridge.id).await.0, dave);
     let (_, e) = collector.get(&format!("/api/v1/incidents/{erin}")).await.unwrap();
     assert_eq!(e["incident"]["status"], "active");
     let (_, d) = collector.get(&format!("/api/v1/incidents/{dave}")).await.unwrap();
@@ -727,7 +703,7 @@ async fn the_incident_list_filters_sorts_and_pages() {
     import(&collector, &alerts);
     let mut ids = Vec::new();
     for a in &alerts {
-        ids.push(incident_of(&collector, &a.id).await.0);
+        ids.push(collector.incident_of(&a.id).await.0);
     }
     for (i, patch) in [
         (1, json!({"assignee": "ann", "tags": ["vip"]})),
