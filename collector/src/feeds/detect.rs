@@ -133,11 +133,7 @@ fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
         };
         if line.len() > max_record_bytes {
             counter += 1;
-            let reason = format!(
-                "record of {} bytes is over the {max_record_bytes}-byte limit",
-                line.len()
-            );
-            sink(here(counter), Err(reason));
+            sink(here(counter), Err(oversize(line.len(), max_record_bytes)));
             continue;
         }
         match stream::read(line.as_bytes(), i as u64 + 1, max_record_bytes, sink, &mut counter) {
@@ -157,6 +153,11 @@ fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
             }
         }
     }
+}
+
+/// Why a record over `feeds.max_record_bytes` is skipped, whatever its container.
+pub(super) fn oversize(size: usize, max_record_bytes: usize) -> String {
+    format!("record of {size} bytes is over the {max_record_bytes}-byte limit")
 }
 
 fn csv_rows(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Result<(), String> {
@@ -184,12 +185,7 @@ fn csv_rows(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Resul
                 };
                 let size = row.as_byte_record().as_slice().len();
                 if size > max_record_bytes {
-                    sink(
-                        pos,
-                        Err(format!(
-                            "record of {size} bytes is over the {max_record_bytes}-byte limit"
-                        )),
-                    );
+                    sink(pos, Err(oversize(size, max_record_bytes)));
                 } else if row.len() != headers.len() {
                     sink(
                         pos,

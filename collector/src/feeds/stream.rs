@@ -16,7 +16,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::detect::{Position, Sink};
+use super::detect::{Position, Sink, oversize};
 
 /// What the top-level value turned out to be.
 #[derive(Debug)]
@@ -122,10 +122,7 @@ impl Records<'_, '_> {
 /// One element's bytes as a record, or why not; too large ones are not parsed at all.
 fn record(bytes: &[u8], line: u64, max_record_bytes: usize) -> Result<Value, String> {
     if bytes.len() > max_record_bytes {
-        return Err(format!(
-            "record of {} bytes is over the {max_record_bytes}-byte limit",
-            bytes.len()
-        ));
+        return Err(oversize(bytes.len(), max_record_bytes));
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(v @ Value::Object(_)) => Ok(v),
