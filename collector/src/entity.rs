@@ -2,7 +2,7 @@
 //! (kind, value) key per entity for correlation indexes, and a JSON view for the API.
 
 use serde_json::{Value, json};
-use ward_protocol::Entity;
+use ward_protocol::{Entity, ProcessNode};
 
 /// The lookup key of an entity: names that mean the same thing compare equal.
 pub fn key(entity: &Entity) -> (&'static str, String) {
@@ -18,6 +18,7 @@ pub fn key(entity: &Entity) -> (&'static str, String) {
         Entity::Domain { name } => name.trim_end_matches('.').to_ascii_lowercase(),
         Entity::Url { url } => url.clone(),
         Entity::Mailbox { address } => address.to_ascii_lowercase(),
+        Entity::Lineage { process, .. } => format!("{}@{}", process.pid, process.start_time_ms),
     };
     (entity.kind(), value)
 }
@@ -44,7 +45,36 @@ pub fn to_json(entity: &Entity) -> Value {
         Entity::Domain { name } => json!({"kind": "domain", "name": name}),
         Entity::Url { url } => json!({"kind": "url", "url": url}),
         Entity::Mailbox { address } => json!({"kind": "mailbox", "address": address}),
+        Entity::Lineage {
+            process,
+            ancestors,
+            rooted,
+        } => json!({
+            "kind": "lineage", "process": node_json(process),
+            "ancestors": ancestors.iter().map(node_json).collect::<Vec<_>>(), "rooted": rooted,
+        }),
     }
+}
+
+fn node_json(n: &ProcessNode) -> Value {
+    json!({
+        "pid": n.pid, "ppid": n.ppid, "start_time_ms": n.start_time_ms, "exe": n.exe,
+        "cmdline": n.cmdline, "user": n.user, "login_user": n.login_user,
+    })
+}
+
+fn node_from_json(v: &Value) -> Option<ProcessNode> {
+    let s = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_string);
+    let int = |name: &str| v.get(name).and_then(Value::as_u64);
+    Some(ProcessNode {
+        pid: u32::try_from(int("pid")?).ok()?,
+        ppid: int("ppid").and_then(|u| u32::try_from(u).ok()).unwrap_or(0),
+        start_time_ms: int("start_time_ms").unwrap_or(0),
+        exe: s("exe").unwrap_or_default(),
+        cmdline: s("cmdline").unwrap_or_default(),
+        user: s("user"),
+        login_user: s("login_user"),
+    })
 }
 
 /// The entity back from its JSON view (as stored with an alert); `None` for
@@ -88,6 +118,15 @@ pub fn from_json(v: &Value) -> Option<Entity> {
         "domain" => Entity::Domain { name: s("name")? },
         "url" => Entity::Url { url: s("url")? },
         "mailbox" => Entity::Mailbox { address: s("address")? },
+        "lineage" => Entity::Lineage {
+            process: node_from_json(v.get("process")?)?,
+            ancestors: v
+                .get("ancestors")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(node_from_json).collect())
+                .unwrap_or_default(),
+            rooted: v.get("rooted").and_then(Value::as_bool).unwrap_or(false),
+        },
         _ => return None,
     })
 }

@@ -98,6 +98,38 @@ pub enum Entity {
     Mailbox {
         address: String,
     },
+    /// The process tree an alerted process belongs to (added in protocol 1.2): the
+    /// process itself and its ancestors, so correlation can tie `whoami` to the shell
+    /// that ran it and to the server that spawned that shell.
+    Lineage {
+        /// The alerted process.
+        process: ProcessNode,
+        /// Its ancestors, parent first: at most [`MAX_ANCESTORS`], up to and
+        /// including the service or session root when `rooted`.
+        ancestors: Vec<ProcessNode>,
+        /// The last ancestor is the root of the tree: a service's main process (a
+        /// child of init) or a session manager (`systemd --user`). Without it the
+        /// chain was cut at [`MAX_ANCESTORS`] or by a process that had exited.
+        rooted: bool,
+    },
+}
+
+/// How many ancestors a [`Entity::Lineage`] carries at most.
+pub const MAX_ANCESTORS: usize = 8;
+
+/// One process of a lineage, as the agent read it while the process lived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessNode {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Process start, Unix milliseconds; with `pid` it names one process.
+    pub start_time_ms: u64,
+    pub exe: String,
+    pub cmdline: String,
+    /// The effective user's name (or its uid as text when it has no name).
+    pub user: Option<String>,
+    /// The login user (audit `loginuid`): the human behind `sudo` and `su`.
+    pub login_user: Option<String>,
 }
 
 impl Entity {
@@ -112,6 +144,7 @@ impl Entity {
             Entity::Domain { .. } => "domain",
             Entity::Url { .. } => "url",
             Entity::Mailbox { .. } => "mailbox",
+            Entity::Lineage { .. } => "lineage",
         }
     }
 }

@@ -19,7 +19,7 @@ pub mod rulepack;
 pub mod sign;
 pub mod version;
 
-pub use alert::{Alert, Entity, MatchedField, RuleRef, Severity};
+pub use alert::{Alert, Entity, MAX_ANCESTORS, MatchedField, ProcessNode, RuleRef, Severity};
 pub use auth::{CommandPolicy, Refusal, authorize};
 pub use codec::{FrameDecoder, FrameHeader, decode_frame, encode_frame};
 pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult, unread_command_id};

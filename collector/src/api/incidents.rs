@@ -279,6 +279,7 @@ fn role(e: &Entity, source: &str, all: &[Entity]) -> &'static str {
         (Entity::File { .. }, "mailbox") => "attachment",
         (Entity::File { .. }, _) => "file",
         (Entity::Process { .. }, _) => "process",
+        (Entity::Lineage { .. }, _) => "process tree",
         (Entity::Ip { .. }, "identity") => "sign-in address",
         (Entity::Ip { .. }, _) => "network address",
         (Entity::Domain { .. } | Entity::Url { .. }, _) => "indicator",

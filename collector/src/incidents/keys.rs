@@ -248,6 +248,7 @@ impl KeyContext {
                     });
                 }
                 Entity::File { sha256: None, .. } | Entity::Process { sha256: None, .. } => {}
+                Entity::Lineage { .. } => {}
                 Entity::Ip { addr } => {
                     if !routable(addr) {
                         continue;
