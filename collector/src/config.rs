@@ -114,6 +114,16 @@ pub struct CorrelationConfig {
     /// User principal name → the device-local account names it stands for.
     /// Names not listed map to the part before the "@".
     pub user_map: std::collections::HashMap<String, Vec<String>>,
+    /// An alert observed further than this ahead of its arrival at the collector (a
+    /// device clock running ahead) keeps that time for display but is correlated and
+    /// sorted at its arrival.
+    pub max_clock_skew_ms: u64,
+    /// Alerts that share only their device (or only a system account on it) join an
+    /// incident only within this long of that incident's nearest alert on the device.
+    pub device_proximity_ms: u64,
+    /// An incident spans at most this long from its first alert to its last; later
+    /// alerts open a new incident that names the one it continues.
+    pub max_span_ms: u64,
 }
 
 impl Default for CorrelationConfig {
@@ -122,6 +132,9 @@ impl Default for CorrelationConfig {
             window_ms: 24 * 3_600_000,
             prevalence_threshold: 10,
             user_map: std::collections::HashMap::new(),
+            max_clock_skew_ms: 5 * 60_000,
+            device_proximity_ms: 30 * 60_000,
+            max_span_ms: 72 * 3_600_000,
         }
     }
 }
@@ -132,6 +145,9 @@ impl CorrelationConfig {
             window_ms: self.window_ms,
             prevalence_threshold: self.prevalence_threshold,
             user_map: self.user_map.clone(),
+            max_clock_skew_ms: self.max_clock_skew_ms,
+            device_proximity_ms: self.device_proximity_ms,
+            max_span_ms: self.max_span_ms,
         }
     }
 }
@@ -273,6 +289,15 @@ impl Config {
         }
         if c.prevalence_threshold == 0 || c.prevalence_threshold > 10_000 {
             return Err("correlation.prevalence_threshold must be 1..=10000".into());
+        }
+        if c.device_proximity_ms == 0 || c.device_proximity_ms > c.window_ms {
+            return Err("correlation.device_proximity_ms must be 1..=correlation.window_ms".into());
+        }
+        if c.max_span_ms < c.window_ms {
+            return Err("correlation.max_span_ms must be at least correlation.window_ms".into());
+        }
+        if c.max_clock_skew_ms > 7 * 86_400_000 {
+            return Err("correlation.max_clock_skew_ms must be at most 604800000 (7 days)".into());
         }
         if c.user_map.len() > 100_000 || c.user_map.values().any(|v| v.len() > 100) {
             return Err("correlation.user_map is too large".into());
@@ -430,6 +455,17 @@ window_ms = 86400000
 # An entity seen on more distinct devices than this, or shared by more open
 # incidents than this, stops linking alerts (system binaries, resolvers, admins).
 prevalence_threshold = 10
+# Alerts that share only their device (or only a system account on it) join an
+# incident only within this long of its nearest alert on that device (30 min), so
+# a busy host's unrelated alerts do not pile into one incident.
+device_proximity_ms = 1800000
+# An incident spans at most this long from its first alert to its last (72 h);
+# later alerts open a new incident that names the one it continues.
+max_span_ms = 259200000
+# An alert observed more than this ahead of its arrival at the collector (a device
+# clock running ahead) keeps that time for display but is correlated and sorted at
+# its arrival (5 min; counted in ward_alerts_clock_skewed_total).
+max_clock_skew_ms = 300000
 
 # User principal names (sign-ins, mail recipients) → device-local account names. Names
 # not listed map to the part before the "@" ("alice@contoso.com" → "alice").

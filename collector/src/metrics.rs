@@ -116,6 +116,7 @@ pub struct Metrics {
     pub feed_alerts_raised: Counter,
     pub feed_imports_refused: Counter,
     pub alerts_correlated: Counter,
+    pub alerts_clock_skewed: Counter,
     pub incidents_opened: Counter,
     pub incidents_merged: Counter,
     pub correlation_failures: Counter,
@@ -213,6 +214,11 @@ impl Metrics {
             "ward_alerts_correlated_total",
             "Alerts correlated into incidents.",
             self.alerts_correlated.get(),
+        );
+        counter(
+            "ward_alerts_clock_skewed_total",
+            "Alerts observed further ahead of their arrival than correlation.max_clock_skew_ms, correlated at their arrival.",
+            self.alerts_clock_skewed.get(),
         );
         counter(
             "ward_incidents_opened_total",

@@ -12,6 +12,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A Unix-millisecond time as people read it in notes: `2026-12-06 10:00:00 UTC`.
+pub fn show_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());

@@ -7,10 +7,23 @@
 //!
 //! Rules:
 //! - An alert joins an open incident (active or in progress) when it shares a
-//!   strong key with it and its time is within `window_ms` of the incident's
-//!   activity (before its first or after its last).
-//! - Incidents whose last activity is older than `2 × window_ms` before the newest
-//!   alert seen are out of reach (and dropped from memory), in one run as after a restart.
+//!   strong key with it (a process tree, a file hash, a person, a mailbox, a URL, a
+//!   domain, an uncommon IP, a device named by a connection from its address) and its
+//!   time is within `window_ms` of the incident's activity (before its first or after
+//!   its last), or when it shares only its device and is within `proximity_ms` of the
+//!   nearest alert of that incident on that device (a busy host's unrelated alerts do
+//!   not pile into one incident).
+//! - An incident spans at most `max_span_ms` from its first alert to its last; an
+//!   alert that would stretch it further opens a new incident that names the one it
+//!   continues, and two incidents that together would span more are not merged.
+//! - An informational alert never opens an incident by itself (it may join one).
+//! - Reach is judged from each alert's own time: an old alert (a backlog, a backfill,
+//!   a replay) joins the incidents of its time. Memory holds the open incidents whose
+//!   last activity is within `2 × window_ms` of the newest alert time; an older alert's
+//!   incidents are loaded from the store first ([`Engine::needs_history`],
+//!   [`Engine::load_history`]). Alert times reach the engine already disciplined (a
+//!   device's clock ahead of the collector's is replaced by the arrival time), so no
+//!   device clock can move the engine's.
 //! - A key seen on more than `prevalence_threshold` distinct devices (and, for keys
 //!   other than users, distinct users), or shared by more than that many reachable
 //!   incidents, no longer links (system binaries, resolvers, mass mailers).
@@ -43,6 +56,10 @@ use super::model::{Classification, Status, TACTICS, incident_severity, tactic_ra
 pub struct EngineConfig {
     pub window_ms: u64,
     pub prevalence_threshold: usize,
+    /// How near an alert sharing only the device must be to the incident's alerts there.
+    pub proximity_ms: u64,
+    /// The longest an incident may span, first alert to last.
+    pub max_span_ms: u64,
 }
 
 /// One alert as correlation sees it.
@@ -50,7 +67,10 @@ pub struct EngineConfig {
 pub struct AlertIn {
     pub rowid: i64,
     pub id: String,
+    /// The time correlation uses: the observed time, or the arrival time when the
+    /// observed time was too far ahead of it (then `clock_note` says so).
     pub at_ms: u64,
+    pub clock_note: Option<String>,
     pub severity: Severity,
     pub tactics: Vec<String>,
     pub source: String,
@@ -73,6 +93,10 @@ pub struct KeyRow {
     pub last_ms: u64,
     /// The latest alert (by time) that carried it.
     pub last_alert: Arc<str>,
+    /// For device keys: the times of the incident's alerts on the device, as runs
+    /// whose gaps are at most the proximity window (the nearest alert is then within
+    /// the window of a time exactly when the time is within it of a run).
+    pub runs: Vec<(u64, u64)>,
 }
 
 impl KeyRow {
@@ -137,6 +161,11 @@ pub struct Link {
     pub reason: Arc<str>,
     /// True when the alert opened the incident.
     pub created: bool,
+    /// The time it was correlated at (see [`AlertIn::at_ms`]).
+    pub at_ms: u64,
+    pub clock_note: Option<Arc<str>>,
+    /// The incident a new incident continues (the older one reached its maximum span).
+    pub continues: Option<Arc<str>>,
 }
 
 /// An incident merged into an older one.
@@ -185,8 +214,36 @@ struct Seen {
     first_ms: u64,
     last_ms: u64,
     last_alert: Arc<str>,
+    /// Device keys only: see [`KeyRow::runs`].
+    runs: SmallVec<[(u64, u64); 1]>,
     /// Added or updated since the store last saw this incident.
     touched: bool,
+}
+
+/// Adds a time to sorted runs whose gaps exceed `gap_ms`, joining the runs it bridges.
+fn add_run(runs: &mut SmallVec<[(u64, u64); 1]>, t: u64, gap_ms: u64) {
+    let near = |&(s, e): &(u64, u64)| t.saturating_add(gap_ms) >= s && t <= e.saturating_add(gap_ms);
+    match runs.iter().position(near) {
+        None => {
+            let at = runs.partition_point(|&(s, _)| s < t);
+            runs.insert(at, (t, t));
+        }
+        Some(i) => {
+            let last = runs.iter().rposition(near).unwrap_or(i);
+            let start = runs[i].0.min(t);
+            let end = runs[last].1.max(t);
+            runs.drain(i + 1..=last);
+            runs[i] = (start, end);
+        }
+    }
+}
+
+/// How far `t` is from the nearest time in the runs (0 inside one).
+fn run_distance(runs: &[(u64, u64)], t: u64) -> u64 {
+    runs.iter()
+        .map(|&(s, e)| if t < s { s - t } else { t.saturating_sub(e) })
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 /// An incident in memory.
@@ -305,14 +362,22 @@ impl Live {
                     if k.via.is_none() {
                         seen.via = None;
                     }
+                    if k.kind == KeyKind::Device {
+                        add_run(&mut seen.runs, a.at_ms, ctx.proximity_ms);
+                    }
                 }
                 None => {
+                    let mut runs = SmallVec::new();
+                    if k.kind == KeyKind::Device {
+                        runs.push((a.at_ms, a.at_ms));
+                    }
                     let seen = Seen {
                         label: (k.label != k.value).then(|| ctx.intern(&k.label)),
                         via: k.via.as_deref().map(|v| ctx.intern(v)),
                         first_ms: a.at_ms,
                         last_ms: a.at_ms,
                         last_alert: Arc::clone(alert_id),
+                        runs,
                         touched: false,
                     };
                     self.keys.insert(id, seen);
@@ -326,7 +391,7 @@ impl Live {
     }
 
     /// Takes in everything of a merged incident; returns the keys new here.
-    fn absorb_incident(&mut self, table: &[KeyEntry], other: &Live) -> Vec<KeyId> {
+    fn absorb_incident(&mut self, table: &[KeyEntry], other: &Live, proximity_ms: u64) -> Vec<KeyId> {
         // Triage the survivor lacks comes along (as the store's merge does), so the
         // next incident a bridge reaches is judged against it.
         if self.assignee.is_none() {
@@ -355,6 +420,10 @@ impl Live {
                     if k.last_ms > seen.last_ms {
                         seen.last_ms = k.last_ms;
                         seen.last_alert = Arc::clone(&k.last_alert);
+                    }
+                    for &(s, e) in &k.runs {
+                        add_run(&mut seen.runs, s, proximity_ms);
+                        add_run(&mut seen.runs, e, proximity_ms);
                     }
                 }
                 None => {
@@ -464,6 +533,7 @@ fn key_row(table: &[KeyEntry], id: KeyId, seen: &Seen) -> KeyRow {
         first_ms: seen.first_ms,
         last_ms: seen.last_ms,
         last_alert: Arc::clone(&seen.last_alert),
+        runs: seen.runs.to_vec(),
     }
 }
 
@@ -472,6 +542,7 @@ fn key_row(table: &[KeyEntry], id: KeyId, seen: &Seen) -> KeyRow {
 struct Shared<'a> {
     table: &'a [KeyEntry],
     strings: &'a mut HashSet<Arc<str>>,
+    proximity_ms: u64,
 }
 
 impl Shared<'_> {
@@ -632,6 +703,10 @@ impl Engine {
         if !inc.status.is_open() || inc.last_ms < self.horizon_ms() {
             return;
         }
+        self.load_live(inc);
+    }
+
+    fn load_live(&mut self, inc: Incident) {
         let mut live = Live::new(
             Arc::from(inc.id),
             inc.seq,
@@ -651,6 +726,7 @@ impl Engine {
         let mut shared = Shared {
             table: &self.table,
             strings: &mut self.strings,
+            proximity_ms: self.cfg.proximity_ms,
         };
         let sources: Vec<Arc<str>> = inc.sources.iter().map(|s| shared.intern(s)).collect();
         for s in &sources {
@@ -668,6 +744,7 @@ impl Engine {
                     first_ms: k.first_ms,
                     last_ms: k.last_ms,
                     last_alert: k.last_alert,
+                    runs: k.runs.into_iter().collect(),
                     touched: false,
                 },
             );
@@ -749,6 +826,7 @@ impl Engine {
             let mut shared = Shared {
                 table: &self.table,
                 strings: &mut self.strings,
+                proximity_ms: self.cfg.proximity_ms,
             };
             live.absorb(&mut shared, a, &ids, &Arc::from(a.id.as_str()));
         }
@@ -773,17 +851,56 @@ impl Engine {
         a.keys.iter().map(|k| self.key_id(k.kind, &k.value)).collect()
     }
 
-    fn reachable(&self, inc: &Live, at_ms: u64) -> bool {
-        inc.status.is_open()
-            && inc.last_ms >= self.horizon_ms()
-            && at_ms.saturating_add(self.cfg.window_ms) >= inc.first_ms
-            && at_ms <= inc.last_ms.saturating_add(self.cfg.window_ms)
+    /// Whether an alert at `at_ms` sharing key `i` of `a` may join `inc` by its time:
+    /// within the window of the incident for a strong key, within the proximity window
+    /// of the incident's alerts on the device for a device-only link.
+    fn in_time(&self, inc: &Live, a: &AlertIn, i: usize, id: KeyId) -> bool {
+        if !inc.status.is_open() {
+            return false;
+        }
+        if a.keys[i].kind == KeyKind::Device && a.keys[i].via.is_none() {
+            return inc
+                .keys
+                .get(&id)
+                .is_some_and(|seen| run_distance(&seen.runs, a.at_ms) <= self.cfg.proximity_ms);
+        }
+        a.at_ms.saturating_add(self.cfg.window_ms) >= inc.first_ms
+            && a.at_ms <= inc.last_ms.saturating_add(self.cfg.window_ms)
+    }
+
+    /// Whether taking in an alert at `at_ms` keeps the incident within its maximum span.
+    fn within_span(&self, inc: &Live, at_ms: u64) -> bool {
+        inc.last_ms.max(at_ms) - inc.first_ms.min(at_ms) <= self.cfg.max_span_ms
+    }
+
+    /// Whether an alert's incidents may lie outside memory: it is older than what
+    /// memory is sure to hold (open incidents active within `2 × window` of the newest
+    /// alert). The caller then loads them with [`Engine::load_history`] first.
+    pub fn needs_history(&self, a: &AlertIn) -> bool {
+        let horizon = self.horizon_ms();
+        horizon > 0 && a.at_ms.saturating_sub(self.cfg.window_ms) < horizon
+    }
+
+    /// The stored names of an alert's keys (to find its incidents in the store).
+    pub fn key_names(a: &AlertIn) -> Vec<String> {
+        a.keys.iter().map(LinkKey::id).collect()
+    }
+
+    /// Puts an incident an old alert may join in memory, unless it is there already
+    /// (memory is newer than the store within a step); it stays until swept.
+    pub fn load_history(&mut self, inc: Incident) {
+        if self.by_id.contains_key(inc.id.as_str()) || !inc.status.is_open() {
+            return;
+        }
+        self.next_seq = self.next_seq.max(inc.seq + 1);
+        self.load_live(inc);
     }
 
     /// Whether a key is too common to link.
     fn is_common(&self, id: KeyId) -> bool {
         let entry = &self.table[id as usize];
-        if entry.kind == KeyKind::Device {
+        // Device and process-tree keys name one thing on one device: never common.
+        if matches!(entry.kind, KeyKind::Device | KeyKind::Process) {
             return false;
         }
         let t = self.cfg.prevalence_threshold;
@@ -839,16 +956,18 @@ impl Engine {
         }
     }
 
-    /// Correlates one alert.
-    pub fn correlate(&mut self, a: &AlertIn) -> Link {
+    /// Correlates one alert; `None` when it is informational and joins nothing.
+    pub fn correlate(&mut self, a: &AlertIn) -> Option<Link> {
         self.high_ms = self.high_ms.max(a.at_ms);
         let ids = self.key_ids_of(a);
         self.count_contexts(a, &ids);
-        // Candidates: for each reachable incident, the best key it shares (keys in
-        // kind order), as (incident seq, index of the key in the alert).
+        // Candidates: for each incident in reach, the best key it shares (keys in
+        // kind order), as (incident seq, index of the key in the alert). Incidents
+        // in reach but at their maximum span are only continued.
         let mut order: SmallVec<[usize; 8]> = (0..ids.len()).collect();
         order.sort_by_key(|&i| a.keys[i].kind);
         let mut candidates: SmallVec<[(u64, usize); 8]> = SmallVec::new();
+        let mut full: Option<u64> = None;
         for i in order {
             let id = ids[i];
             if self.table[id as usize].holders.is_empty() || self.is_common(id) {
@@ -856,9 +975,13 @@ impl Engine {
             }
             for seq in &self.table[id as usize].holders {
                 if let Some(inc) = self.incidents.get(seq)
-                    && self.reachable(inc, a.at_ms)
+                    && self.in_time(inc, a, i, id)
                 {
-                    candidates.push((*seq, i));
+                    if self.within_span(inc, a.at_ms) {
+                        candidates.push((*seq, i));
+                    } else {
+                        full = Some(full.map_or(*seq, |f| f.min(*seq)));
+                    }
                 }
             }
         }
@@ -866,6 +989,7 @@ impl Engine {
         candidates.sort_by_key(|&(seq, _)| seq);
         candidates.dedup_by_key(|&mut (seq, _)| seq);
         let alert_id: Arc<str> = Arc::from(a.id.as_str());
+        let clock_note = a.clock_note.as_deref().map(Arc::from);
         let link = if let Some(&(target, i)) = candidates.first() {
             let mut reason = self.describe(target, i, &ids, a);
             for &(seq, i) in &candidates[1..] {
@@ -890,7 +1014,12 @@ impl Engine {
                     .unwrap_or_default(),
                 reason: Arc::from(reason),
                 created: false,
+                at_ms: a.at_ms,
+                clock_note,
+                continues: None,
             }
+        } else if a.severity == Severity::Informational {
+            return None;
         } else {
             let seq = self.take_seq();
             let id: Arc<str> = Arc::from(incident_id_for(a));
@@ -898,12 +1027,23 @@ impl Engine {
             self.by_id.insert(Arc::clone(&id), seq);
             self.incidents.insert(seq, inc);
             self.add(seq, a, &ids, &alert_id);
+            let continues = full.and_then(|f| self.incidents.get(&f)).map(|f| Arc::clone(&f.id));
+            let reason = match &continues {
+                Some(old) => Arc::from(format!(
+                    "first alert of the incident; continues incident {old}, which reached its maximum span of {}",
+                    human(self.cfg.max_span_ms)
+                )),
+                None => Arc::clone(&self.first_reason),
+            };
             Link {
                 alert_rowid: a.rowid,
                 alert_id,
                 incident_id: id,
-                reason: Arc::clone(&self.first_reason),
+                reason,
                 created: true,
+                at_ms: a.at_ms,
+                clock_note,
+                continues,
             }
         };
         self.changes.links.push(link.clone());
@@ -912,7 +1052,7 @@ impl Engine {
         if self.since_sweep >= 4096.max(self.incidents.len()) {
             self.sweep();
         }
-        link
+        Some(link)
     }
 
     fn add(&mut self, seq: u64, a: &AlertIn, ids: &[KeyId], alert_id: &Arc<str>) {
@@ -922,6 +1062,7 @@ impl Engine {
         let mut shared = Shared {
             table: &self.table,
             strings: &mut self.strings,
+            proximity_ms: self.cfg.proximity_ms,
         };
         for id in inc.absorb(&mut shared, a, ids, alert_id) {
             self.table[id as usize].holders.push(seq);
@@ -945,6 +1086,9 @@ impl Engine {
         {
             return Some("different classifications");
         }
+        if a.last_ms.max(b.last_ms) - a.first_ms.min(b.first_ms) > self.cfg.max_span_ms {
+            return Some("together they would span more than the maximum");
+        }
         None
     }
 
@@ -960,7 +1104,7 @@ impl Engine {
         let Some(target) = self.incidents.get_mut(&into) else {
             return;
         };
-        let new_keys = target.absorb_incident(&self.table, &other);
+        let new_keys = target.absorb_incident(&self.table, &other, self.cfg.proximity_ms);
         self.changes.merges.push(Merge {
             from: Arc::clone(&other.id),
             into: Arc::clone(&target.id),
@@ -981,6 +1125,12 @@ impl Engine {
         };
         let other = &seen.last_alert;
         let base = match key.kind {
+            KeyKind::Process => format!("same process tree: {}", key.label),
+            KeyKind::Device if key.via.is_none() => format!(
+                "same device {} within {} of this incident's alerts there",
+                key.label,
+                human(run_distance(&seen.runs, a.at_ms))
+            ),
             KeyKind::Device => format!("same device {} as alert {other}", key.label),
             KeyKind::File => format!("shares file {} with alert {other}", key.value),
             KeyKind::Mailbox => format!("same mailbox {} as alert {other}", key.label),
@@ -1090,6 +1240,14 @@ mod tests {
             title: format!("rule {rowid}"),
             device: device.map(str::to_string),
             keys,
+            clock_note: None,
+        }
+    }
+
+    impl Engine {
+        /// Correlates an alert that must land somewhere.
+        fn link(&mut self, a: &AlertIn) -> Link {
+            self.correlate(a).expect("a linked alert")
         }
     }
 
@@ -1097,19 +1255,21 @@ mod tests {
         Engine::new(EngineConfig {
             window_ms: 24 * H,
             prevalence_threshold: 3,
+            proximity_ms: H / 2,
+            max_span_ms: 72 * H,
         })
     }
 
     #[test]
     fn shared_hash_joins_with_its_reason_and_strangers_stay_out() {
         let mut e = engine();
-        let first = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let first = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
         assert!(first.created);
         assert_eq!(&*first.reason, "first alert of the incident");
-        let second = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::File, "aa")]));
+        let second = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::File, "aa")]));
         assert_eq!(second.incident_id, first.incident_id);
         assert_eq!(&*second.reason, "shares file aa with alert A1");
-        let stranger = e.correlate(&alert(3, 3_000, Some("D3"), vec![key(KeyKind::File, "bb")]));
+        let stranger = e.link(&alert(3, 3_000, Some("D3"), vec![key(KeyKind::File, "bb")]));
         assert!(stranger.created);
         assert_ne!(stranger.incident_id, first.incident_id);
     }
@@ -1117,12 +1277,12 @@ mod tests {
     #[test]
     fn users_link_within_the_window_only() {
         let mut e = engine();
-        let a = e.correlate(&alert(1, 10 * H, None, vec![key(KeyKind::User, "alice")]));
-        let b = e.correlate(&alert(2, 12 * H, None, vec![key(KeyKind::User, "alice")]));
+        let a = e.link(&alert(1, 10 * H, None, vec![key(KeyKind::User, "alice")]));
+        let b = e.link(&alert(2, 12 * H, None, vec![key(KeyKind::User, "alice")]));
         assert_eq!(b.incident_id, a.incident_id);
         assert_eq!(&*b.reason, "same user alice within 2 h of alert A1");
         // More than 24 h after the incident's last activity: a new incident.
-        let c = e.correlate(&alert(3, 12 * H + 25 * H, None, vec![key(KeyKind::User, "alice")]));
+        let c = e.link(&alert(3, 12 * H + 25 * H, None, vec![key(KeyKind::User, "alice")]));
         assert!(c.created);
     }
 
@@ -1132,7 +1292,7 @@ mod tests {
         // A system binary's hash on four devices (threshold 3): the fourth no longer links.
         let mut incidents = BTreeSet::new();
         for (i, d) in ["D1", "D2", "D3", "D4", "D5"].iter().enumerate() {
-            let l = e.correlate(&alert(
+            let l = e.link(&alert(
                 i as i64 + 1,
                 1_000 + i as u64,
                 Some(d),
@@ -1150,25 +1310,22 @@ mod tests {
         let mut incidents = BTreeSet::new();
         for (i, u) in ["ann", "ben", "cat", "dan", "eve", "fay"].iter().enumerate() {
             let keys = vec![key(KeyKind::User, u), key(KeyKind::Sender, "spam@bulk.example")];
-            incidents.insert(
-                e.correlate(&alert(i as i64 + 1, 1_000 + i as u64, None, keys))
-                    .incident_id,
-            );
+            incidents.insert(e.link(&alert(i as i64 + 1, 1_000 + i as u64, None, keys)).incident_id);
         }
         // Three recipients share one incident; from the fourth on the sender is too common.
         assert_eq!(incidents.len(), 4);
         // The recipients themselves stay strong.
-        let again = e.correlate(&alert(9, 2_000, None, vec![key(KeyKind::User, "fay")]));
+        let again = e.link(&alert(9, 2_000, None, vec![key(KeyKind::User, "fay")]));
         assert!(!again.created);
     }
 
     #[test]
     fn a_bridging_alert_merges_into_the_older_incident() {
         let mut e = engine();
-        let a = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
-        let b = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
         e.take_changes();
-        let bridge = e.correlate(&alert(
+        let bridge = e.link(&alert(
             3,
             3_000,
             Some("D3"),
@@ -1190,17 +1347,17 @@ mod tests {
         let inc = e.get(&a.incident_id).unwrap();
         assert_eq!(inc.alert_count, 3);
         // Later alerts of the merged incident's entities land in the survivor.
-        let later = e.correlate(&alert(4, 4_000, Some("D4"), vec![key(KeyKind::User, "bob")]));
+        let later = e.link(&alert(4, 4_000, Some("D4"), vec![key(KeyKind::User, "bob")]));
         assert_eq!(later.incident_id, a.incident_id);
     }
 
     fn bridged(triage: impl Fn(&mut Engine, &str, &str)) -> (Link, Link, Link, Changes) {
         let mut e = engine();
-        let a = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
-        let b = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
         triage(&mut e, &a.incident_id, &b.incident_id);
         e.take_changes();
-        let bridge = e.correlate(&alert(
+        let bridge = e.link(&alert(
             3,
             3_000,
             Some("D3"),
@@ -1237,13 +1394,13 @@ mod tests {
     #[test]
     fn a_bridge_over_three_incidents_keeps_different_assignees_apart() {
         let mut e = engine();
-        let a = e.correlate(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
-        let b = e.correlate(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
-        let c = e.correlate(&alert(3, 2_500, Some("D3"), vec![key(KeyKind::Url, "u")]));
+        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
+        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        let c = e.link(&alert(3, 2_500, Some("D3"), vec![key(KeyKind::Url, "u")]));
         e.set_triage(&b.incident_id, Status::InProgress, Some("ann".into()), None);
         e.set_triage(&c.incident_id, Status::Active, Some("ben".into()), None);
         e.take_changes();
-        let bridge = e.correlate(&alert(
+        let bridge = e.link(&alert(
             4,
             3_000,
             Some("D4"),
@@ -1300,7 +1457,7 @@ mod tests {
         mail.source = "mailbox".into();
         mail.tactics = vec!["TA0001".into()];
         mail.title = "Phishing".into();
-        let l = e.correlate(&mail);
+        let l = e.link(&mail);
         let mut shell = alert(
             2,
             2_000,
@@ -1309,7 +1466,7 @@ mod tests {
         );
         shell.tactics = vec!["TA0011".into(), "TA0002".into()];
         shell.severity = Severity::High;
-        e.correlate(&shell);
+        e.link(&shell);
         let inc = e.get(&l.incident_id).unwrap();
         assert_eq!(inc.tactics, ["TA0001", "TA0002", "TA0011"]);
         assert_eq!(
@@ -1330,5 +1487,168 @@ mod tests {
         assert_eq!(id.len(), 26);
         assert_eq!(id.parse::<Id128>().unwrap().timestamp_ms(), 1_700_000_000_000);
         assert_eq!(id, incident_id_for(&a));
+    }
+
+    const MIN: u64 = 60_000;
+
+    fn dev(d: &str) -> LinkKey {
+        key(KeyKind::Device, d)
+    }
+
+    #[test]
+    fn device_only_links_stay_within_the_proximity_of_the_nearest_alert() {
+        let mut e = engine();
+        let a = e.link(&alert(1, 10 * H, Some("D1"), vec![dev("D1")]));
+        // 20 min later: near enough (proximity 30 min).
+        let b = e.link(&alert(2, 10 * H + 20 * MIN, Some("D1"), vec![dev("D1")]));
+        assert_eq!(b.incident_id, a.incident_id);
+        assert_eq!(
+            &*b.reason,
+            "same device D1 within 20 min of this incident's alerts there"
+        );
+        // 2 h later, well inside the 24 h window but far from any alert on D1: apart.
+        let c = e.link(&alert(3, 12 * H, Some("D1"), vec![dev("D1")]));
+        assert!(c.created, "{}", c.reason);
+        // A strong key keeps the long window: the same file 5 h later joins the first.
+        let d = e.link(&alert(4, 15 * H, Some("D2"), vec![key(KeyKind::File, "ff")]));
+        let f = e.link(&alert(
+            5,
+            15 * H + MIN,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::File, "ff")],
+        ));
+        assert_eq!(f.incident_id, d.incident_id, "{}", f.reason);
+    }
+
+    #[test]
+    fn a_device_alert_between_two_far_apart_alerts_of_an_incident_stays_out() {
+        let mut e = engine();
+        // One incident on D1 at 10:00 and 20:00, tied by a user.
+        let alice = || key(KeyKind::User, "alice");
+        let a = e.link(&alert(1, 10 * H, Some("D1"), vec![dev("D1"), alice()]));
+        let b = e.link(&alert(2, 20 * H, Some("D1"), vec![dev("D1"), alice()]));
+        assert_eq!(b.incident_id, a.incident_id);
+        // At 15:00 the nearest of its alerts on D1 is 5 h away.
+        let c = e.link(&alert(3, 15 * H, Some("D1"), vec![dev("D1")]));
+        assert!(c.created, "{}", c.reason);
+        // Near the 20:00 one it joins.
+        let d = e.link(&alert(4, 20 * H + 10 * MIN, Some("D1"), vec![dev("D1")]));
+        assert_eq!(d.incident_id, a.incident_id);
+    }
+
+    #[test]
+    fn runs_join_what_a_time_bridges() {
+        let mut runs: SmallVec<[(u64, u64); 1]> = SmallVec::new();
+        for t in [100, 10, 300, 50] {
+            add_run(&mut runs, t, 60);
+        }
+        assert_eq!(runs.as_slice(), [(10, 100), (300, 300)]);
+        add_run(&mut runs, 200, 100);
+        assert_eq!(runs.as_slice(), [(10, 300)]);
+        assert_eq!(run_distance(&runs, 5), 5);
+        assert_eq!(run_distance(&runs, 150), 0);
+        assert_eq!(run_distance(&runs, 400), 100);
+    }
+
+    #[test]
+    fn an_incident_spans_at_most_its_maximum_and_the_next_one_says_whose_story_it_continues() {
+        let mut e = engine();
+        let bob = || vec![key(KeyKind::User, "bob")];
+        let first = e.link(&alert(1, 0, None, bob()));
+        for (i, h) in [20, 40, 60, 72].into_iter().enumerate() {
+            let l = e.link(&alert(i as i64 + 2, h * H, None, bob()));
+            assert_eq!(l.incident_id, first.incident_id, "at {h} h");
+        }
+        let next = e.link(&alert(9, 73 * H, None, bob()));
+        assert!(next.created);
+        assert_eq!(next.continues.as_deref(), Some(&*first.incident_id));
+        assert!(next.reason.contains("continues incident"), "{}", next.reason);
+        // Later alerts of bob join the continuation.
+        let later = e.link(&alert(10, 74 * H, None, bob()));
+        assert_eq!(later.incident_id, next.incident_id);
+        assert_eq!(e.get(&first.incident_id).unwrap().last_ms, 72 * H);
+    }
+
+    #[test]
+    fn incidents_that_together_would_span_too_long_are_not_merged() {
+        let mut e = engine();
+        let a = e.link(&alert(1, 0, None, vec![key(KeyKind::User, "ann")]));
+        for (i, h) in [20, 40, 60].into_iter().enumerate() {
+            e.link(&alert(i as i64 + 10, h * H, None, vec![key(KeyKind::User, "ann")]));
+        }
+        let b = e.link(&alert(3, 70 * H, None, vec![key(KeyKind::File, "ff")]));
+        e.link(&alert(4, 80 * H, None, vec![key(KeyKind::File, "ff")]));
+        e.take_changes();
+        let bridge = e.link(&alert(
+            5,
+            70 * H + 1,
+            None,
+            vec![key(KeyKind::User, "ann"), key(KeyKind::File, "ff")],
+        ));
+        assert_eq!(bridge.incident_id, a.incident_id);
+        assert!(e.take_changes().merges.is_empty());
+        assert!(
+            bridge.reason.contains(&format!(
+                "incident {} not merged: together they would span more than the maximum",
+                b.incident_id
+            )),
+            "{}",
+            bridge.reason
+        );
+    }
+
+    #[test]
+    fn informational_alerts_never_open_an_incident_but_may_join_one() {
+        let mut e = engine();
+        let mut info = alert(1, 10 * H, Some("D1"), vec![dev("D1")]);
+        info.severity = Severity::Informational;
+        assert!(e.correlate(&info).is_none());
+        assert!(e.take_changes().links.is_empty());
+        let shell = e.link(&alert(2, 10 * H + MIN, Some("D1"), vec![dev("D1")]));
+        assert!(shell.created);
+        info.rowid = 3;
+        info.id = "A3".into();
+        info.at_ms = 10 * H + 2 * MIN;
+        assert_eq!(e.correlate(&info).map(|l| l.incident_id), Some(shell.incident_id));
+    }
+
+    #[test]
+    fn a_process_tree_is_a_strong_device_local_link_and_reads_as_one() {
+        let mut e = engine();
+        let tree = || LinkKey {
+            kind: KeyKind::Process,
+            value: "D1/17794@1000".into(),
+            label: "bash 17794 started 1970-01-01 00:00:01 UTC by java (tomcat) 4410".into(),
+            via: None,
+        };
+        let a = e.link(&alert(1, 10 * H, Some("D1"), vec![dev("D1"), tree()]));
+        // 5 h later, beyond the device proximity: the process tree still ties them.
+        let b = e.link(&alert(2, 15 * H, Some("D1"), vec![dev("D1"), tree()]));
+        assert_eq!(b.incident_id, a.incident_id);
+        assert_eq!(
+            &*b.reason,
+            "same process tree: bash 17794 started 1970-01-01 00:00:01 UTC by java (tomcat) 4410"
+        );
+    }
+
+    #[test]
+    fn an_old_alert_joins_the_incidents_of_its_own_time() {
+        let mut e = engine();
+        let old = e.link(&alert(1, 10 * H, None, vec![key(KeyKind::User, "carl")]));
+        e.take_changes();
+        // Current alerts move the newest time three years on; the old incident leaves memory.
+        for i in 0..5000 {
+            e.link(&alert(
+                10 + i,
+                26_000 * H + i as u64,
+                None,
+                vec![key(KeyKind::User, "u")],
+            ));
+        }
+        assert!(e.get(&old.incident_id).is_none(), "swept from memory");
+        let late = alert(2, 10 * H + 5 * MIN, None, vec![key(KeyKind::User, "carl")]);
+        assert!(e.needs_history(&late));
+        let fresh = alert(3, 26_000 * H, None, vec![key(KeyKind::User, "carl")]);
+        assert!(!e.needs_history(&fresh));
     }
 }

@@ -11,11 +11,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use ward_protocol::Entity;
+use ward_protocol::{Entity, ProcessNode};
 
 /// What a key names; its order is the order reasons prefer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyKind {
+    /// A process tree on one device: the strongest device-local link.
+    Process,
     Device,
     File,
     /// A recipient's mailbox (the organisation's own).
@@ -31,6 +33,7 @@ pub enum KeyKind {
 impl KeyKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            KeyKind::Process => "process",
             KeyKind::Device => "device",
             KeyKind::File => "file",
             KeyKind::Mailbox => "mailbox",
@@ -41,7 +44,8 @@ impl KeyKind {
             KeyKind::Ip => "ip",
         }
     }
-    pub const ALL: [KeyKind; 8] = [
+    pub const ALL: [KeyKind; 9] = [
+        KeyKind::Process,
         KeyKind::Device,
         KeyKind::File,
         KeyKind::Mailbox,
@@ -248,7 +252,15 @@ impl KeyContext {
                     });
                 }
                 Entity::File { sha256: None, .. } | Entity::Process { sha256: None, .. } => {}
-                Entity::Lineage { .. } => {}
+                Entity::Lineage {
+                    process,
+                    ancestors,
+                    rooted,
+                } => {
+                    if let Some(device) = device_id {
+                        keys.push(lineage_key(device, process, ancestors, *rooted));
+                    }
+                }
                 Entity::Ip { addr } => {
                     if !routable(addr) {
                         continue;
@@ -303,6 +315,43 @@ impl KeyContext {
             }
         }
         out
+    }
+}
+
+/// The process tree an alerted process belongs to: the nearest ancestor below the
+/// service or session root (the root itself is shared by every tree it spawns), the
+/// topmost one known when the chain was cut, the process itself when it has none.
+fn lineage_key(device: &str, process: &ProcessNode, ancestors: &[ProcessNode], rooted: bool) -> LinkKey {
+    let (node, root) = match (rooted, ancestors.len()) {
+        (_, 0) => (process, None),
+        (true, 1) => (process, ancestors.first()),
+        (true, n) => (&ancestors[n - 2], ancestors.last()),
+        (false, n) => (&ancestors[n - 1], None),
+    };
+    let name = |n: &ProcessNode| {
+        let exe = n.exe.rsplit('/').next().unwrap_or_default();
+        if exe.is_empty() {
+            n.cmdline.split_whitespace().next().unwrap_or("process").to_string()
+        } else {
+            exe.to_string()
+        }
+    };
+    let started = chrono::DateTime::from_timestamp_millis(i64::try_from(node.start_time_ms).unwrap_or(i64::MAX))
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| node.start_time_ms.to_string());
+    let mut label = format!("{} {} started {started} UTC", name(node), node.pid);
+    if let Some(root) = root {
+        label.push_str(&format!(" by {}", name(root)));
+        if let Some(user) = &root.user {
+            label.push_str(&format!(" ({user})"));
+        }
+        label.push_str(&format!(" {}", root.pid));
+    }
+    LinkKey {
+        kind: KeyKind::Process,
+        value: format!("{device}/{}@{}", node.pid, node.start_time_ms),
+        label,
+        via: None,
     }
 }
 
@@ -460,5 +509,56 @@ mod tests {
             ],
         );
         assert_eq!(ids(&files), [format!("file:{}", "01".repeat(32))]);
+    }
+
+    fn node(pid: u32, ppid: u32, exe: &str, cmdline: &str, user: &str) -> ProcessNode {
+        ProcessNode {
+            pid,
+            ppid,
+            start_time_ms: 1_795_000_000_000 + u64::from(pid),
+            exe: exe.into(),
+            cmdline: cmdline.into(),
+            user: Some(user.into()),
+            login_user: None,
+        }
+    }
+
+    fn tree_key(ancestors: Vec<ProcessNode>, rooted: bool) -> LinkKey {
+        let whoami = node(17801, 17800, "/usr/bin/whoami", "whoami", "tomcat");
+        let keys = ctx().keys(
+            Some("D1"),
+            &[Entity::Lineage {
+                process: whoami,
+                ancestors,
+                rooted,
+            }],
+        );
+        keys.into_iter().find(|k| k.kind == KeyKind::Process).unwrap()
+    }
+
+    #[test]
+    fn a_process_tree_is_keyed_by_the_ancestor_below_its_root() {
+        let web_shell = vec![
+            node(17800, 17794, "/usr/bin/bash", "bash -i", "tomcat"),
+            node(17794, 4410, "/usr/bin/bash", "bash -c bash -i", "tomcat"),
+            node(
+                4410,
+                1,
+                "/usr/lib/jvm/java-17/bin/java",
+                "java -jar tomcat.jar",
+                "tomcat",
+            ),
+        ];
+        let k = tree_key(web_shell.clone(), true);
+        assert_eq!(k.value, "D1/17794@1795000017794");
+        assert_eq!(
+            k.label,
+            "bash 17794 started 2026-11-18 11:06:57 UTC by java (tomcat) 4410"
+        );
+        // Cut short (no root known): the topmost ancestor known.
+        assert_eq!(tree_key(web_shell[..2].to_vec(), false).value, "D1/17794@1795000017794");
+        // The root's own child: the process itself; no ancestors: the process.
+        assert_eq!(tree_key(web_shell[2..].to_vec(), true).value, "D1/17801@1795000017801");
+        assert_eq!(tree_key(Vec::new(), true).value, "D1/17801@1795000017801");
     }
 }

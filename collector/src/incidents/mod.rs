@@ -38,6 +38,10 @@ pub struct Settings {
     pub window_ms: u64,
     pub prevalence_threshold: usize,
     pub user_map: HashMap<String, Vec<String>>,
+    /// An alert observed further than this ahead of its arrival is correlated at its arrival.
+    pub max_clock_skew_ms: u64,
+    pub device_proximity_ms: u64,
+    pub max_span_ms: u64,
 }
 
 struct Running {
@@ -61,19 +65,38 @@ impl std::fmt::Debug for Correlator {
     }
 }
 
-/// An alert from the store as the engine takes it.
-pub fn alert_in(ctx: &KeyContext, a: StoredAlert) -> AlertIn {
+/// An alert from the store as the engine takes it. Its time is the one it was
+/// observed at, unless that is more than `max_skew_ms` ahead of its arrival (the
+/// collector's own clock): then the arrival, with a note saying why, so one device's
+/// clock can never move correlation's.
+pub fn alert_in(ctx: &KeyContext, a: StoredAlert, max_skew_ms: u64) -> AlertIn {
+    let (at_ms, clock_note) = disciplined_time(a.at_ms, a.received_ms, max_skew_ms);
     AlertIn {
         keys: ctx.keys(a.device_id.as_deref(), &a.entities),
         rowid: a.rowid,
         id: a.id,
-        at_ms: a.at_ms,
+        at_ms,
+        clock_note,
         severity: a.severity,
         tactics: a.tactics,
         source: a.source,
         title: a.title,
         device: a.device_id,
     }
+}
+
+/// The time to correlate an alert at, and why when it is not the observed one.
+pub fn disciplined_time(observed_ms: u64, received_ms: u64, max_skew_ms: u64) -> (u64, Option<String>) {
+    if observed_ms <= received_ms.saturating_add(max_skew_ms) {
+        return (observed_ms, None);
+    }
+    let note = format!(
+        "observed at {} by the device's clock, {} ahead of its arrival at the collector ({}); correlated and sorted at its arrival",
+        crate::util::show_ms(observed_ms),
+        engine::human(observed_ms - received_ms),
+        crate::util::show_ms(received_ms),
+    );
+    (received_ms, Some(note))
 }
 
 impl Correlator {
@@ -90,6 +113,8 @@ impl Correlator {
         EngineConfig {
             window_ms: self.settings.window_ms,
             prevalence_threshold: self.settings.prevalence_threshold,
+            proximity_ms: self.settings.device_proximity_ms,
+            max_span_ms: self.settings.max_span_ms,
         }
     }
 
@@ -163,9 +188,21 @@ impl Correlator {
                 r.fingerprint = fingerprint;
             }
             let received: Vec<u64> = alerts.iter().map(|a| a.received_ms).collect();
+            let mut skewed = 0;
             for a in alerts {
-                r.engine.correlate(&alert_in(&r.ctx, a));
+                let a = alert_in(&r.ctx, a, self.settings.max_clock_skew_ms);
+                skewed += u64::from(a.clock_note.is_some());
+                if r.engine.needs_history(&a) {
+                    // An old alert (backlog, backfill, replay): its incidents first.
+                    let from = a.at_ms.saturating_sub(self.settings.window_ms);
+                    let to = a.at_ms.saturating_add(self.settings.window_ms);
+                    for inc in store.incidents_holding(&Engine::key_names(&a), from, to)? {
+                        r.engine.load_history(inc);
+                    }
+                }
+                r.engine.correlate(&a);
             }
+            self.metrics.alerts_clock_skewed.add(skewed);
             let changes = r.engine.take_changes();
             let counters = CorrelationCounters {
                 watermark: last,
@@ -201,7 +238,7 @@ impl Correlator {
 
     /// Rebuilds an incident's summary and keys from its alerts, saves it, and
     /// puts it back in the engine.
-    fn replay(r: &mut Running, store: &mut Store, id: &str) -> Result<(), StoreError> {
+    fn replay(&self, r: &mut Running, store: &mut Store, id: &str) -> Result<(), StoreError> {
         let Some(current) = store.load_incident(id)? else {
             r.engine.forget(id);
             return Ok(());
@@ -209,7 +246,7 @@ impl Correlator {
         let alerts: Vec<AlertIn> = store
             .incident_stored_alerts(id)?
             .into_iter()
-            .map(|a| alert_in(&r.ctx, a))
+            .map(|a| alert_in(&r.ctx, a, self.settings.max_clock_skew_ms))
             .collect();
         if let Some(row) = r.engine.rebuild(current, &alerts) {
             store.replace_incident_state(&row, now_ms())?;
@@ -251,7 +288,7 @@ impl Correlator {
                 for f in from {
                     r.engine.forget(f);
                 }
-                Self::replay(r, store, into)?;
+                self.replay(r, store, into)?;
             }
             Ok(out)
         })
@@ -276,8 +313,8 @@ impl Correlator {
             store.save_next_seq(r.engine.next_seq())?;
             let out = store.move_incident_alert(from, alert_id, to, (&new_id, seq), reason, actor, now)?;
             if let Ok(dest) = &out {
-                Self::replay(r, store, from)?;
-                Self::replay(r, store, dest)?;
+                self.replay(r, store, from)?;
+                self.replay(r, store, dest)?;
             }
             Ok(out)
         })
@@ -316,6 +353,7 @@ mod tests {
     use super::*;
     use crate::store::{AlertSource, DeviceState, NewDevice, SourcedAlert};
     use model::Status;
+    use std::collections::BTreeSet;
     use ward_protocol::{DeviceId, Entity, Inventory, PublicKey, RuleRef, Severity};
 
     const H: u64 = 3_600_000;
@@ -325,6 +363,9 @@ mod tests {
             window_ms: 24 * H,
             prevalence_threshold: 3,
             user_map: HashMap::new(),
+            max_clock_skew_ms: 5 * 60_000,
+            device_proximity_ms: H / 2,
+            max_span_ms: 72 * H,
         }
     }
 
@@ -842,6 +883,123 @@ mod tests {
             &dest,
             "redirected",
             &format!("merged into incident {bob}: its last alert c2 moved"),
+        );
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+    const YEAR: u64 = 365 * 24 * H;
+
+    #[test]
+    fn a_chain_dated_years_back_is_one_incident_on_a_busy_collector() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let host = enroll(&mut store, 1, "web01", "10.0.0.5");
+        let other = enroll(&mut store, 2, "web02", "10.0.0.6");
+        // Today's alerts: many incidents, the newest time correlated is now.
+        let current: Vec<SourcedAlert> = (0..300)
+            .map(|i| {
+                let d = if i % 2 == 0 { &host } else { &other };
+                let entities = vec![user(&format!("u{}", i % 40)), file((i % 200) as u8)];
+                sourced(
+                    format!("now{i}"),
+                    AlertSource::Collector,
+                    Some(d),
+                    NOW + i * 60_000,
+                    "TA0002",
+                    entities,
+                )
+            })
+            .collect();
+        store.insert_sourced_alerts(&current, NOW + 300 * 60_000).unwrap();
+        let c = Correlator::new(settings(), Arc::default());
+        drain(&c, &mut store);
+        // A chain recorded three years ago, replayed now, one alert at a time with a
+        // restart in the middle: every part joins the incident of its own time.
+        let then = NOW - 3 * YEAR;
+        let mut c = c;
+        for k in 0..5u64 {
+            let a = sourced(
+                format!("old{k}"),
+                AlertSource::Collector,
+                Some(&host),
+                then + k * 7 * 60_000,
+                ["TA0001", "TA0002", "TA0007", "TA0011", "TA0010"][k as usize],
+                vec![user("mallory")],
+            );
+            store.insert_sourced_alerts(&[a], NOW + H + k).unwrap();
+            if k == 2 {
+                c = Correlator::new(settings(), Arc::default());
+            }
+            drain(&c, &mut store);
+        }
+        let incidents: BTreeSet<String> = (0..5)
+            .map(|k| store.incident_alerts_of(&format!("old{k}")).unwrap().0)
+            .collect();
+        assert_eq!(incidents.len(), 1, "{incidents:?}");
+        let inc = store.incident_summary(incidents.first().unwrap()).unwrap().unwrap();
+        assert_eq!((inc.alert_count, inc.tactics.len()), (5, 5));
+        assert_eq!(inc.first_activity_ms, then as i64);
+    }
+
+    #[test]
+    fn a_device_clock_years_ahead_moves_no_other_devices_incidents() {
+        let run = |with_skewed: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(&dir);
+            let fast = enroll(&mut store, 1, "fast", "10.0.0.5");
+            let other = enroll(&mut store, 2, "other", "10.0.0.6");
+            let metrics = Arc::new(Metrics::default());
+            let c = Correlator::new(settings(), Arc::clone(&metrics));
+            let mut ids = Vec::new();
+            for k in 0..6u64 {
+                let at = NOW + k * 2 * H;
+                if with_skewed {
+                    let future = sourced(
+                        format!("fast{k}"),
+                        AlertSource::Collector,
+                        Some(&fast),
+                        at + 3 * YEAR,
+                        "TA0002",
+                        vec![user("fred")],
+                    );
+                    store.insert_sourced_alerts(&[future], at).unwrap();
+                    drain(&c, &mut store);
+                }
+                let id = format!("other{k}");
+                let a = sourced(
+                    id.clone(),
+                    AlertSource::Collector,
+                    Some(&other),
+                    at,
+                    "TA0007",
+                    vec![user("olga")],
+                );
+                store.insert_sourced_alerts(&[a], at + 1000).unwrap();
+                drain(&c, &mut store);
+                ids.push(store.incident_alerts_of(&id).unwrap().0);
+            }
+            let high = store.correlation_counters().unwrap().high_ms;
+            (ids, high, metrics.alerts_clock_skewed.get(), store)
+        };
+        let (alone, _, _, _) = run(false);
+        let (beside, high, skewed, store) = run(true);
+        assert_eq!(alone, beside, "the other device's incidents are the same");
+        assert_eq!(beside.iter().collect::<BTreeSet<_>>().len(), 1, "one incident for olga");
+        assert!(
+            high < NOW + 12 * H,
+            "correlation's clock stayed with the collector's: {high}"
+        );
+        assert_eq!(skewed, 6);
+        // The skewed alerts sit at their arrival, with the reason.
+        let (fast_inc, _) = store.incident_alerts_of("fast0").unwrap();
+        let alerts = store.incident_alerts(&fast_inc, 10).unwrap();
+        assert_eq!(alerts[0].correlated_at_ms, NOW as i64);
+        let note = alerts[0].clock_note.as_deref().unwrap_or_default();
+        assert!(note.contains("ahead of its arrival"), "{note}");
+        assert_eq!(
+            alerts[0].alert.observed_at_ms,
+            (NOW + 3 * YEAR) as i64,
+            "the claimed time is kept"
         );
     }
 }

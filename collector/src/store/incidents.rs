@@ -108,6 +108,10 @@ pub struct IncidentAlert {
     pub reason: String,
     pub linked_at_ms: i64,
     pub linked_by: String,
+    /// The time correlation placed it at: its observed time, or its arrival when the
+    /// device's clock was ahead (`clock_note` says so). Alerts are sorted by it.
+    pub correlated_at_ms: i64,
+    pub clock_note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,7 +274,7 @@ impl Store {
         };
         let mut keys = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert FROM incident_entities
+            "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert, runs FROM incident_entities
              WHERE incident_id = ?1",
         )?;
         let rows = stmt.query_map(params![id], |r| {
@@ -283,19 +287,29 @@ impl Store {
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, String>(7)?,
+                r.get::<_, Option<String>>(8)?,
             ))
         })?;
         for row in rows {
-            let (key, kind, value, label, via, first_ms, last_ms, last_alert) = row?;
+            let (key, kind, value, label, via, first_ms, last_ms, last_alert, runs) = row?;
             let kind = KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entity kind {kind}")))?;
+            let (first_ms, last_ms) = (first_ms.max(0) as u64, last_ms.max(0) as u64);
+            // Device keys saved before runs were kept count as one run over their span.
+            let runs = match runs {
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("runs of {key} in {id}: {e}")))?,
+                None if kind == KeyKind::Device => vec![(first_ms, last_ms)],
+                None => Vec::new(),
+            };
             keys.push(KeyRow {
                 key: key.into(),
                 kind,
                 label: (label != value).then(|| label.into()),
                 via: via.map(Into::into),
-                first_ms: first_ms.max(0) as u64,
-                last_ms: last_ms.max(0) as u64,
+                first_ms,
+                last_ms,
                 last_alert: last_alert.into(),
+                runs,
             });
         }
         Ok(Some(Incident {
@@ -314,6 +328,34 @@ impl Store {
             several_titles: several,
             keys,
         }))
+    }
+
+    /// Open incidents holding any of `keys` whose activity reaches from `from_ms` to
+    /// `to_ms` (the incidents an old alert may join), oldest first.
+    pub fn incidents_holding(&self, keys: &[String], from_ms: u64, to_ms: u64) -> Result<Vec<Incident>, StoreError> {
+        let mut ids: Vec<(i64, String)> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.seq, i.id FROM incident_entities ie JOIN incidents i ON i.id = ie.incident_id
+             WHERE ie.key = ?1 AND i.status IN ('active', 'in_progress')
+               AND i.last_activity_ms >= ?2 AND i.first_activity_ms <= ?3",
+        )?;
+        for key in keys {
+            let rows = stmt.query_map(params![key, i64_of(from_ms), i64_of(to_ms)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                ids.push(row?);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            if let Some(inc) = self.load_incident(&id)? {
+                out.push(inc);
+            }
+        }
+        Ok(out)
     }
 
     /// Distinct devices each key was seen on.
@@ -862,12 +904,13 @@ impl Store {
         Ok(keys)
     }
 
-    /// An incident's alerts in time order, with link reasons (at most `limit`).
+    /// An incident's alerts in the order correlation placed them, with link reasons (at most `limit`).
     pub fn incident_alerts(&self, id: &str, limit: u32) -> Result<Vec<IncidentAlert>, StoreError> {
         let sql = format!(
-            "SELECT {}, ia.reason, ia.linked_at_ms, ia.linked_by FROM incident_alerts ia
+            "SELECT {}, ia.reason, ia.linked_at_ms, ia.linked_by,
+                    COALESCE(ia.at_ms, alerts.observed_at_ms) AS at, ia.clock_note FROM incident_alerts ia
              JOIN alerts ON alerts.rowid = ia.alert_rowid WHERE ia.incident_id = ?1
-             ORDER BY alerts.observed_at_ms, alerts.rowid LIMIT ?2",
+             ORDER BY at, alerts.rowid LIMIT ?2",
             Self::ALERT_COLUMNS.replace("rowid,", "alerts.rowid,")
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -878,6 +921,8 @@ impl Store {
                     reason: r.get(17)?,
                     linked_at_ms: r.get(18)?,
                     linked_by: r.get(19)?,
+                    correlated_at_ms: r.get(20)?,
+                    clock_note: r.get(21)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1059,12 +1104,13 @@ fn severity_reason(inc: &IncidentRow) -> String {
 /// Saves the keys a row carries.
 fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert, runs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT(incident_id, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
-             last_ms = excluded.last_ms, last_alert = excluded.last_alert",
+             last_ms = excluded.last_ms, last_alert = excluded.last_alert, runs = excluded.runs",
     )?;
     for k in &inc.keys {
+        let runs = (!k.runs.is_empty()).then(|| to_json_text(&k.runs));
         stmt.execute(params![
             &*inc.id,
             &*k.key,
@@ -1074,7 +1120,8 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError
             k.via.as_deref(),
             i64_of(k.first_ms),
             i64_of(k.last_ms),
-            &*k.last_alert
+            &*k.last_alert,
+            runs
         ])?;
     }
     Ok(())
@@ -1185,11 +1232,18 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
         upsert_incident(tx, inc, now_ms)?;
     }
     let mut link = tx.prepare_cached(
-        "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms)
-         VALUES (?1, ?2, ?3, 'correlation', ?4) ON CONFLICT(alert_rowid) DO NOTHING",
+        "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms, at_ms, clock_note)
+         VALUES (?1, ?2, ?3, 'correlation', ?4, ?5, ?6) ON CONFLICT(alert_rowid) DO NOTHING",
     )?;
     for l in &changes.links {
-        link.execute(params![l.alert_rowid, l.incident_id, l.reason, i64_of(now_ms)])?;
+        link.execute(params![
+            l.alert_rowid,
+            l.incident_id,
+            l.reason,
+            i64_of(now_ms),
+            i64_of(l.at_ms),
+            l.clock_note.as_deref()
+        ])?;
         if l.created {
             activity(
                 tx,
@@ -1198,6 +1252,26 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
                 "correlation",
                 "created",
                 &format!("opened by alert {}", l.alert_id),
+            )?;
+        }
+        if let Some(old) = &l.continues {
+            tx.prepare_cached("UPDATE incidents SET continues_from = ?2 WHERE id = ?1")?
+                .execute(params![&*l.incident_id, &**old])?;
+            activity(
+                tx,
+                &l.incident_id,
+                now_ms,
+                "correlation",
+                "continues",
+                &format!("continues incident {old}, which reached its maximum span"),
+            )?;
+            activity(
+                tx,
+                old,
+                now_ms,
+                "correlation",
+                "continued",
+                &format!("continued by incident {} (alert {})", l.incident_id, l.alert_id),
             )?;
         }
     }

@@ -371,6 +371,17 @@ pub const MIGRATIONS: &[&str] = &[
         WHEN OLD.hostname IS NOT NEW.hostname OR OLD.addresses IS NOT NEW.addresses
         BEGIN UPDATE device_inventory_version SET n = n + 1; END;
     "#,
+    // 14 (time discipline, device proximity, continuations): the time each alert was
+    // correlated at and why it is not its observed time (a device clock ahead of the
+    // collector's); a device key's activity runs in an incident (JSON [[first, last]],
+    // NULL for other keys); the incident a new one continues after the older reached
+    // its maximum span.
+    r#"
+    ALTER TABLE incident_alerts ADD COLUMN at_ms INTEGER;
+    ALTER TABLE incident_alerts ADD COLUMN clock_note TEXT;
+    ALTER TABLE incident_entities ADD COLUMN runs TEXT;
+    ALTER TABLE incidents ADD COLUMN continues_from TEXT;
+    "#,
 ];
 
 #[cfg(test)]

@@ -279,9 +279,12 @@ fn known_devices(n: u64) -> Vec<KnownDevice> {
 fn engine_run(cli: &Cli) {
     let mut g = generator(cli);
     let ctx = KeyContext::new(HashMap::new(), known_devices(cli.devices));
+    let defaults = ward_collector::config::CorrelationConfig::default();
     let mut engine = Engine::new(EngineConfig {
         window_ms: DAY,
         prevalence_threshold: 10,
+        proximity_ms: defaults.device_proximity_ms,
+        max_span_ms: defaults.max_span_ms,
     });
     let rss_before = rss_kib("self", "VmRSS:");
     let mut busy = Duration::ZERO;
@@ -295,8 +298,10 @@ fn engine_run(cli: &Cli) {
         let t = Instant::now();
         let c = thread_cpu();
         for a in batch {
-            let l = engine.correlate(&alert_in(&ctx, a));
-            created += u64::from(l.created);
+            let skew = defaults.max_clock_skew_ms;
+            if let Some(l) = engine.correlate(&alert_in(&ctx, a, skew)) {
+                created += u64::from(l.created);
+            }
         }
         let changes = engine.take_changes();
         cpu += thread_cpu().saturating_sub(c);
