@@ -238,6 +238,11 @@ fn add_run(runs: &mut SmallVec<[(u64, u64); 1]>, t: u64, gap_ms: u64) {
     }
 }
 
+/// A key that names only the alert's own device: it links within the proximity window.
+fn weak(k: &LinkKey) -> bool {
+    k.kind == KeyKind::Device && k.via.is_none()
+}
+
 /// How far `t` is from the nearest time in the runs (0 inside one).
 fn run_distance(runs: &[(u64, u64)], t: u64) -> u64 {
     runs.iter()
@@ -330,13 +335,17 @@ impl Live {
     }
 
     /// Takes in an alert whose keys are `ids` (`ids[i]` is `a.keys[i]`'s); returns
-    /// the keys new to this incident.
+    /// the keys new to this incident. Only an alert that opened the incident or joined
+    /// it through a strong key extends its device runs: alerts that came in on the
+    /// device alone never widen the reach of the next one (a steady stream of a busy
+    /// host's alerts would otherwise chain into one incident).
     fn absorb(
         &mut self,
         ctx: &mut Shared<'_>,
         a: &AlertIn,
         ids: &[KeyId],
         alert_id: &Arc<str>,
+        extend_runs: bool,
     ) -> SmallVec<[KeyId; 8]> {
         self.first_ms = self.first_ms.min(a.at_ms);
         self.last_ms = self.last_ms.max(a.at_ms);
@@ -362,13 +371,13 @@ impl Live {
                     if k.via.is_none() {
                         seen.via = None;
                     }
-                    if k.kind == KeyKind::Device {
+                    if k.kind == KeyKind::Device && extend_runs {
                         add_run(&mut seen.runs, a.at_ms, ctx.proximity_ms);
                     }
                 }
                 None => {
                     let mut runs = SmallVec::new();
-                    if k.kind == KeyKind::Device {
+                    if k.kind == KeyKind::Device && extend_runs {
                         runs.push((a.at_ms, a.at_ms));
                     }
                     let seen = Seen {
@@ -828,7 +837,7 @@ impl Engine {
                 strings: &mut self.strings,
                 proximity_ms: self.cfg.proximity_ms,
             };
-            live.absorb(&mut shared, a, &ids, &Arc::from(a.id.as_str()));
+            live.absorb(&mut shared, a, &ids, &Arc::from(a.id.as_str()), true);
         }
         let row = live.row(&self.table, true);
         live.clear_touched();
@@ -858,7 +867,7 @@ impl Engine {
         if !inc.status.is_open() {
             return false;
         }
-        if a.keys[i].kind == KeyKind::Device && a.keys[i].via.is_none() {
+        if weak(&a.keys[i]) {
             return inc
                 .keys
                 .get(&id)
@@ -965,7 +974,7 @@ impl Engine {
         // kind order), as (incident seq, index of the key in the alert). Incidents
         // in reach but at their maximum span are only continued.
         let mut order: SmallVec<[usize; 8]> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| a.keys[i].kind);
+        order.sort_by_key(|&i| (weak(&a.keys[i]), a.keys[i].kind));
         let mut candidates: SmallVec<[(u64, usize); 8]> = SmallVec::new();
         let mut full: Option<u64> = None;
         for i in order {
@@ -1003,7 +1012,7 @@ impl Engine {
                     Some(blocker) => reason.push_str(&format!("; {why} (incident {other_id} not merged: {blocker})")),
                 }
             }
-            self.add(target, a, &ids, &alert_id);
+            self.add(target, a, &ids, &alert_id, !weak(&a.keys[i]));
             Link {
                 alert_rowid: a.rowid,
                 alert_id,
@@ -1026,7 +1035,7 @@ impl Engine {
             let inc = Live::new(Arc::clone(&id), seq, a.at_ms, a.severity, Arc::from(a.title.as_str()));
             self.by_id.insert(Arc::clone(&id), seq);
             self.incidents.insert(seq, inc);
-            self.add(seq, a, &ids, &alert_id);
+            self.add(seq, a, &ids, &alert_id, true);
             let continues = full.and_then(|f| self.incidents.get(&f)).map(|f| Arc::clone(&f.id));
             let reason = match &continues {
                 Some(old) => Arc::from(format!(
@@ -1055,7 +1064,7 @@ impl Engine {
         Some(link)
     }
 
-    fn add(&mut self, seq: u64, a: &AlertIn, ids: &[KeyId], alert_id: &Arc<str>) {
+    fn add(&mut self, seq: u64, a: &AlertIn, ids: &[KeyId], alert_id: &Arc<str>, extend_runs: bool) {
         let Some(inc) = self.incidents.get_mut(&seq) else {
             return;
         };
@@ -1064,7 +1073,7 @@ impl Engine {
             strings: &mut self.strings,
             proximity_ms: self.cfg.proximity_ms,
         };
-        for id in inc.absorb(&mut shared, a, ids, alert_id) {
+        for id in inc.absorb(&mut shared, a, ids, alert_id, extend_runs) {
             self.table[id as usize].holders.push(seq);
         }
         self.dirty.insert(seq);
@@ -1650,5 +1659,33 @@ mod tests {
         assert!(e.needs_history(&late));
         let fresh = alert(3, 26_000 * H, None, vec![key(KeyKind::User, "carl")]);
         assert!(!e.needs_history(&fresh));
+    }
+
+    #[test]
+    fn a_steady_stream_of_device_only_alerts_does_not_chain_into_one_incident() {
+        let mut e = engine();
+        let story = e.link(&alert(
+            1,
+            10 * H,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::User, "alice")],
+        ));
+        let mut joined = 0;
+        for i in 1..=30u64 {
+            let l = e.link(&alert(1 + i as i64, 10 * H + i * 10 * MIN, Some("D1"), vec![dev("D1")]));
+            joined += u64::from(l.incident_id == story.incident_id);
+        }
+        // Only the build noise within 30 min of the story's own alert joins it.
+        assert_eq!(joined, 3);
+        // A strong link further on widens its reach again.
+        let later = e.link(&alert(
+            99,
+            16 * H,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::User, "alice")],
+        ));
+        assert_eq!(later.incident_id, story.incident_id);
+        let near = e.link(&alert(100, 16 * H + 5 * MIN, Some("D1"), vec![dev("D1")]));
+        assert_eq!(near.incident_id, story.incident_id);
     }
 }
