@@ -371,6 +371,11 @@ pub const MIGRATIONS: &[&str] = &[
         WHEN OLD.hostname IS NOT NEW.hostname OR OLD.addresses IS NOT NEW.addresses
         BEGIN UPDATE device_inventory_version SET n = n + 1; END;
     "#,
+    // 14 (console): a device's alerts in time order, for the device page's pages and
+    // time ranges (rowid, part of every index, breaks ties for the cursor).
+    r#"
+    CREATE INDEX alerts_by_device_time ON alerts(device_id, observed_at_ms);
+    "#,
 ];
 
 #[cfg(test)]
