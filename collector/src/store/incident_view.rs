@@ -311,8 +311,10 @@ impl Store {
         let kept: Vec<_> = all.into_iter().take(limit as usize).collect();
         let lists = self.alert_entity_lists(&kept.iter().map(|k| k.3).collect::<Vec<_>>())?;
         let mut sample = self.conn.prepare_cached(
+            // CROSS JOIN keeps SQLite on the entity index (a process names few alerts)
+            // instead of walking the incident's alerts once per process.
             "SELECT a.id, a.rule_title, a.severity, a.observed_at_ms FROM alert_entities ae
-             JOIN incident_alerts ia ON ia.alert_rowid = ae.alert_rowid JOIN alerts a ON a.rowid = ae.alert_rowid
+             CROSS JOIN incident_alerts ia ON ia.alert_rowid = ae.alert_rowid CROSS JOIN alerts a ON a.rowid = ae.alert_rowid
              WHERE ae.kind IN ('lineage', 'process') AND ae.value = ?1 AND ia.incident_id = ?2 AND a.device_id IS ?3
              GROUP BY a.rowid ORDER BY a.observed_at_ms, a.rowid LIMIT ?4",
         )?;
