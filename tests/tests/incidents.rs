@@ -814,7 +814,13 @@ async fn a_large_incident_pages_and_counts_the_whole_incident() {
             let mut a = feed(
                 AlertSource::Collector,
                 t0 + i * 1_000,
-                rule(&format!("r{}", i % 3), "Dropper seen", Severity::High, "T1105", &["TA0011"]),
+                rule(
+                    &format!("r{}", i % 3),
+                    "Dropper seen",
+                    Severity::High,
+                    "T1105",
+                    &["TA0011"],
+                ),
                 vec![hash.clone(), ip(&format!("10.9.{}.{}", i / 200, i % 200))],
             );
             if i == 7 {
@@ -826,9 +832,13 @@ async fn a_large_incident_pages_and_counts_the_whole_incident() {
         .collect();
     // Three alerted processes of one web-shell tree: java > sh > bash -c > bash -i > whoami / id.
     let chain = [(5, "bash -i"), (4, "bash -c"), (3, "sh"), (2, "java")];
-    for (k, (pid, exe, up)) in [(6, "whoami", &chain[..]), (7, "id", &chain[..]), (5, "bash -i", &chain[1..])]
-        .into_iter()
-        .enumerate()
+    for (k, (pid, exe, up)) in [
+        (6, "whoami", &chain[..]),
+        (7, "id", &chain[..]),
+        (5, "bash -i", &chain[1..]),
+    ]
+    .into_iter()
+    .enumerate()
     {
         alerts[10 + k].entities.push(lineage(pid, exe, up));
     }
@@ -868,12 +878,21 @@ async fn a_large_incident_pages_and_counts_the_whole_incident() {
     assert_eq!(file["verdict"], "malicious");
     assert_eq!(d["entity_totals"]["ip"], N);
     assert_eq!(
-        d["entities"].as_array().unwrap().iter().filter(|e| e["kind"] == "ip").count(),
+        d["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "ip")
+            .count(),
         100,
         "the most alerted of each kind are listed, the totals count them all"
     );
     assert!(
-        d["page_entities"].as_array().unwrap().iter().all(|e| e["alert_ids"].as_array().is_some_and(|a| !a.is_empty())),
+        d["page_entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["alert_ids"].as_array().is_some_and(|a| !a.is_empty())),
         "the graph's entities name the page's alerts"
     );
 
@@ -888,8 +907,17 @@ async fn a_large_incident_pages_and_counts_the_whole_incident() {
             }
             let (status, p) = collector.get(&path).await.unwrap();
             assert_eq!(status, 200, "{p}");
-            assert_eq!((p["total"].as_u64(), p["totals"]["alerts"].as_u64()), (Some(N), Some(N)));
-            seen.extend(p["alerts"].as_array().unwrap().iter().map(|a| a["alert"]["id"].as_str().unwrap().to_string()));
+            assert_eq!(
+                (p["total"].as_u64(), p["totals"]["alerts"].as_u64()),
+                (Some(N), Some(N))
+            );
+            seen.extend(
+                p["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["alert"]["id"].as_str().unwrap().to_string()),
+            );
             match p["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => break,
@@ -919,21 +947,34 @@ async fn a_large_incident_pages_and_counts_the_whole_incident() {
         .1;
     assert_eq!(folded["alerts"][7]["alert"]["count"], 40);
     for bad in ["order=sideways", "cursor=nope", "limit=0", "limit=5000", "colour=red"] {
-        let (status, b) = collector.get(&format!("/api/v1/incidents/{incident}/alerts?{bad}")).await.unwrap();
+        let (status, b) = collector
+            .get(&format!("/api/v1/incidents/{incident}/alerts?{bad}"))
+            .await
+            .unwrap();
         assert_eq!(status, 400, "{bad}: {b}");
     }
 
     // The process tree: one tree, quiet ancestors folded, alerted processes marked.
-    let (status, t) = collector.get(&format!("/api/v1/incidents/{incident}/process_tree")).await.unwrap();
+    let (status, t) = collector
+        .get(&format!("/api/v1/incidents/{incident}/process_tree"))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{t}");
     assert_eq!(t["alerted_processes"], 3);
     assert_eq!(t["trees"].as_array().unwrap().len(), 1, "{t}");
     let java = &t["trees"][0];
     assert_eq!(java["exe"], "java");
     let bash_c = &java["children"][0];
-    assert_eq!((bash_c["exe"].as_str(), bash_c["folded"]["count"].as_u64()), (Some("bash -c"), Some(1)), "{t}");
+    assert_eq!(
+        (bash_c["exe"].as_str(), bash_c["folded"]["count"].as_u64()),
+        (Some("bash -c"), Some(1)),
+        "{t}"
+    );
     let bash_i = &bash_c["children"][0];
-    assert_eq!((bash_i["exe"].as_str(), bash_i["alert_count"].as_i64()), (Some("bash -i"), Some(1)));
+    assert_eq!(
+        (bash_i["exe"].as_str(), bash_i["alert_count"].as_i64()),
+        (Some("bash -i"), Some(1))
+    );
     let leaves: Vec<&str> = bash_i["children"]
         .as_array()
         .unwrap()

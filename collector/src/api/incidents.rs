@@ -12,10 +12,10 @@ use serde_json::{Map, Value, json};
 use ward_protocol::{Entity, Id128, Severity};
 
 use super::ApiState;
-use super::process_tree::{self, AlertedProcess};
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
+use super::process_tree::{self, AlertedProcess};
 use crate::entity;
 use crate::incidents::model::{Classification, Status};
 use crate::store::{

@@ -268,7 +268,11 @@ mod tests {
             out.push(format!(
                 "{}{}{}{}",
                 "  ".repeat(depth),
-                if folded > 0 { format!("(… {folded} more) ") } else { String::new() },
+                if folded > 0 {
+                    format!("(… {folded} more) ")
+                } else {
+                    String::new()
+                },
                 n["exe"].as_str().unwrap_or(""),
                 match n["alert_count"].as_i64() {
                     Some(0) | None => String::new(),
@@ -293,7 +297,11 @@ mod tests {
         let root = [(5, "bash -i"), (4, "bash -c"), (3, "sh"), (2, "java"), (1, "tomcat")];
         let tree = build(
             &[
-                alerted(6, "whoami", &[(5, "bash -i"), (4, "bash -c"), (3, "sh"), (2, "java"), (1, "tomcat")]),
+                alerted(
+                    6,
+                    "whoami",
+                    &[(5, "bash -i"), (4, "bash -c"), (3, "sh"), (2, "java"), (1, "tomcat")],
+                ),
                 alerted(5, "bash -i", &root[1..]),
                 alerted(7, "curl", &[(2, "java"), (1, "tomcat")]),
             ],
@@ -311,7 +319,10 @@ mod tests {
             ],
             "{tree}"
         );
-        assert_eq!((tree["nodes"].as_u64(), tree["truncated"].as_bool()), (Some(7), Some(false)));
+        assert_eq!(
+            (tree["nodes"].as_u64(), tree["truncated"].as_bool()),
+            (Some(7), Some(false))
+        );
     }
 
     #[test]

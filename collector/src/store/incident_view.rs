@@ -123,10 +123,10 @@ impl Store {
             range.push_str(" AND alerts.observed_at_ms < ?");
             p.push(u.into());
         }
-        let total: i64 =
-            self.conn
-                .prepare_cached(&format!("SELECT COUNT(*) {from}{range}"))?
-                .query_row(params_from_iter(p.iter()), |r| r.get(0))?;
+        let total: i64 = self
+            .conn
+            .prepare_cached(&format!("SELECT COUNT(*) {from}{range}"))?
+            .query_row(params_from_iter(p.iter()), |r| r.get(0))?;
         let (cmp, dir) = match q.order {
             AlertOrder::Newest => ("<", "DESC"),
             AlertOrder::Oldest => (">", "ASC"),
@@ -172,13 +172,9 @@ impl Store {
 
     /// A page of a device's alerts.
     pub fn device_alert_page(&self, device_id: &str, q: &AlertPageQuery) -> Result<AlertPage<AlertView>, StoreError> {
-        self.alert_page_rows(
-            Scope::Device(device_id),
-            "",
-            q,
-            Self::alert_row,
-            |a| (a.observed_at_ms, a.rowid),
-        )
+        self.alert_page_rows(Scope::Device(device_id), "", q, Self::alert_row, |a| {
+            (a.observed_at_ms, a.rowid)
+        })
     }
 
     fn totals(&self, scope: Scope<'_>) -> Result<AlertTotals, StoreError> {
@@ -261,10 +257,7 @@ impl Store {
             if out.contains_key(&rowid) {
                 continue;
             }
-            let text: Option<String> = stmt
-                .query_map(params![rowid], |r| r.get(0))?
-                .next()
-                .transpose()?;
+            let text: Option<String> = stmt.query_map(params![rowid], |r| r.get(0))?.next().transpose()?;
             if let Some(t) = text {
                 out.insert(rowid, serde_json::from_str(&t).unwrap_or(Value::Null));
             }

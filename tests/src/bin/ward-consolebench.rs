@@ -138,16 +138,26 @@ async fn main() -> Result<()> {
             i += n;
         }
     }
-    println!("seeded {} alerts in {:.1} s", cli.alerts, started.elapsed().as_secs_f64());
+    println!(
+        "seeded {} alerts in {:.1} s",
+        cli.alerts,
+        started.elapsed().as_secs_f64()
+    );
     let (incident, _) = collector.incident_of(&first).await;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let (_, list) = collector.get(&format!("/api/v1/incidents/{incident}/alerts?limit=1")).await?;
+        let (_, list) = collector
+            .get(&format!("/api/v1/incidents/{incident}/alerts?limit=1"))
+            .await?;
         if list["totals"]["alerts"].as_u64() == Some(cli.alerts) {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the incident holds {} of {} alerts after 10 min", list["totals"]["alerts"], cli.alerts);
+            bail!(
+                "the incident holds {} of {} alerts after 10 min",
+                list["totals"]["alerts"],
+                cli.alerts
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -216,7 +226,11 @@ async fn main() -> Result<()> {
     let mut outside = Vec::new();
     for _ in 0..cli.runs {
         b.eval("location.hash = '#/incidents'; true")?;
-        b.wait_for("the queue", "!!document.querySelector('#queue')", Duration::from_secs(10))?;
+        b.wait_for(
+            "the queue",
+            "!!document.querySelector('#queue')",
+            Duration::from_secs(10),
+        )?;
         let t = Instant::now();
         b.eval(&format!(
             "delete document.body.dataset.incidentRendered; location.hash = '#/incident/{incident}'; true"
