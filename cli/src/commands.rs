@@ -332,7 +332,7 @@ pub async fn run(cli: Cli) -> Result<String> {
             let id = device_id(&c, &device).await?;
             let mut d = c.get(&format!("/api/v1/devices/{id}"), &[]).await?;
             let alerts = c
-                .get("/api/v1/alerts", &[("device", id), ("limit", "20".into())])
+                .get(&format!("/api/v1/devices/{id}/alerts"), &[("limit", "20".into())])
                 .await?;
             d["latest_alerts"] = alerts["alerts"].clone();
             out(d, device_detail)
@@ -558,6 +558,7 @@ fn incident_detail(v: &Value) -> String {
                         when(&a["observed_at_ms"]),
                         s(&a["severity"]),
                         s(&a["rule"]["title"]),
+                        folded(a),
                         s(&a["source"]),
                         s(&l["reason"]),
                     ]
@@ -565,9 +566,17 @@ fn incident_detail(v: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    out.push(format!("\nALERTS ({})", alerts.len()));
+    let page = &v["alerts_page"];
+    out.push(match page["total"].as_u64() {
+        Some(total) if total > alerts.len() as u64 => format!(
+            "\nALERTS ({} of {total}, {} first; --json and the API's /alerts pages give the rest)",
+            alerts.len(),
+            page["order"].as_str().unwrap_or("newest")
+        ),
+        _ => format!("\nALERTS ({})", alerts.len()),
+    });
     out.push(render(
-        &["observed", "severity", "rule", "source", "why linked"],
+        &["observed", "severity", "rule", "repeats", "source", "why linked"],
         &alerts,
     ));
     let entities: Vec<Vec<String>> = v["entities"]
@@ -580,13 +589,20 @@ fn incident_detail(v: &Value) -> String {
                         s(&e["key"]),
                         s(&e["verdict"]),
                         s(&e["remediation"]),
-                        e["alert_ids"].as_array().map_or(0, Vec::len).to_string(),
+                        e["alert_count"].as_i64().unwrap_or(0).to_string(),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    out.push(format!("\nENTITIES ({})", entities.len()));
+    let all: u64 = v["entity_totals"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    out.push(if all > entities.len() as u64 {
+        format!("\nENTITIES ({} most alerted of {all})", entities.len())
+    } else {
+        format!("\nENTITIES ({})", entities.len())
+    });
     out.push(render(
         &["kind", "value", "verdict", "remediation", "alerts"],
         &entities,
@@ -602,6 +618,14 @@ fn incident_detail(v: &Value) -> String {
         }
     }
     out.join("\n")
+}
+
+/// "x40 until <time>" for an alert standing for several detections, else "-".
+fn folded(a: &Value) -> String {
+    match a["count"].as_i64() {
+        Some(n) if n > 1 => format!("x{n} until {}", when(&a["last_observed_at_ms"])),
+        _ => "-".into(),
+    }
 }
 
 fn action_table(actions: &Value) -> String {
@@ -701,7 +725,10 @@ fn device_detail(d: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    out.push(format!("\nLATEST ALERTS ({})", alerts.len()));
+    out.push(match d["alert_totals"]["alerts"].as_u64() {
+        Some(total) if total > alerts.len() as u64 => format!("\nLATEST ALERTS ({} of {total})", alerts.len()),
+        _ => format!("\nLATEST ALERTS ({})", alerts.len()),
+    });
     out.push(render(&["observed", "severity", "rule"], &alerts));
     out.join("\n")
 }

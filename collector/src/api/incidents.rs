@@ -15,19 +15,31 @@ use super::ApiState;
 use super::auth::{Caller, Role};
 use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
+use super::process_tree::{self, AlertedProcess};
 use crate::entity;
 use crate::incidents::model::{Classification, Status};
 use crate::store::{
-    ActionFilter, ActionView, DeviceView, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal, IncidentSort,
-    IncidentSummary, Store, StoreError,
+    ActionFilter, ActionView, AlertOrder, AlertPage, AlertPageQuery, AlertTotals, DeviceView, EntityAggregate,
+    IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal, IncidentSort, IncidentSummary, Store, StoreError,
 };
 use crate::util::now_ms;
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 const DEFAULT_RANGE_MS: i64 = 30 * 24 * 3_600_000;
-/// Alerts shown on an incident page; larger incidents say how many there are in `scope`.
-const MAX_DETAIL_ALERTS: u32 = 2_000;
+/// Alerts in a page of an incident's or a device's alerts, by default and at most.
+const ALERT_PAGE: u32 = 200;
+const MAX_ALERT_PAGE: u32 = 1_000;
+/// Entities of each kind the incident page lists in full (the most alerted); the
+/// totals count them all.
+const MAX_ENTITIES_PER_KIND: usize = 100;
+/// Devices an entity lists (where its actions go).
+const MAX_ENTITY_DEVICES: usize = 20;
+/// Devices the incident page lists with their state and actions.
+const MAX_DETAIL_DEVICES: u32 = 200;
+/// Alerted processes read for the process tree, and tree nodes drawn.
+const MAX_TREE_PROCESSES: u32 = 1_000;
+const MAX_TREE_NODES: usize = 1_500;
 const MAX_TEXT: usize = 4096;
 const MAX_TAGS: usize = 50;
 const MAX_TAG: usize = 64;
@@ -184,29 +196,121 @@ pub async fn list(
     Ok(Json(json!({ "incidents": incidents, "next_cursor": next_cursor })))
 }
 
+/// Parses an alert page's query (`order`, `since_ms`, `until_ms`, `cursor`, `limit`),
+/// refusing any other parameter.
+pub(super) fn alert_page_query(q: &HashMap<String, String>) -> ApiResult<AlertPageQuery> {
+    const KNOWN: [&str; 5] = ["order", "since_ms", "until_ms", "cursor", "limit"];
+    if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {unknown:?}; known: {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let order = match q.get("order").map(String::as_str) {
+        None | Some("newest") => AlertOrder::Newest,
+        Some("oldest") => AlertOrder::Oldest,
+        Some(_) => return Err(ApiError::bad_request("order must be newest or oldest")),
+    };
+    let limit = match parse_i64(q, "limit")? {
+        None => ALERT_PAGE,
+        Some(n) if (1..=i64::from(MAX_ALERT_PAGE)).contains(&n) => n as u32,
+        Some(_) => return Err(ApiError::bad_request(format!("limit must be 1..={MAX_ALERT_PAGE}"))),
+    };
+    let after = q
+        .get("cursor")
+        .map(|c| {
+            let (t, rowid) = c
+                .split_once('.')
+                .and_then(|(t, r)| Some((t.parse::<i64>().ok()?, r.parse::<i64>().ok()?)))
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this API gave out"))?;
+            Ok::<_, ApiError>((t, rowid))
+        })
+        .transpose()?;
+    Ok(AlertPageQuery {
+        order,
+        since_ms: parse_i64(q, "since_ms")?,
+        until_ms: parse_i64(q, "until_ms")?,
+        after,
+        limit,
+    })
+}
+
+/// The page an incident shows after a change: its newest alerts.
+fn first_page() -> AlertPageQuery {
+    AlertPageQuery {
+        limit: ALERT_PAGE,
+        ..AlertPageQuery::default()
+    }
+}
+
+/// How a page of alerts is described beside its alerts.
+pub(super) fn page_json<T>(q: &AlertPageQuery, page: &AlertPage<T>) -> Value {
+    json!({
+        "order": match q.order { AlertOrder::Newest => "newest", AlertOrder::Oldest => "oldest" },
+        "since_ms": q.since_ms, "until_ms": q.until_ms, "limit": q.limit,
+        "total": page.total, "shown": page.items.len(),
+        "next_cursor": page.next.map(|(t, rowid)| format!("{t}.{rowid}")),
+    })
+}
+
 /// Everything the incident page needs, read in one go.
 struct DetailRows {
     summary: IncidentSummary,
-    alerts: Vec<IncidentAlert>,
+    query: AlertPageQuery,
+    page: AlertPage<IncidentAlert>,
+    totals: AlertTotals,
+    entities: Vec<EntityAggregate>,
+    /// Distinct entities of each kind in the whole incident (`entities` shows the most alerted).
+    entity_totals: BTreeMap<String, usize>,
+    /// Each shown aggregate's entity in full (from one alert naming it).
+    entity_lists: HashMap<i64, Value>,
     devices: Vec<DeviceView>,
+    devices_total: i64,
     actions: Vec<ActionView>,
     activity: Vec<crate::store::ActivityEntry>,
     comments: Vec<crate::store::CommentView>,
 }
 
-fn read_detail(s: &Store, id: &str) -> Result<Option<DetailRows>, StoreError> {
+/// The entities the page lists in full: the most alerted of each kind.
+fn shown_entities(mut all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
+    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &all {
+        *totals.entry(e.kind.clone()).or_default() += 1;
+    }
+    all.sort_by(|a, b| {
+        (&a.kind, std::cmp::Reverse(a.alert_count), a.first_ms, &a.key).cmp(&(
+            &b.kind,
+            std::cmp::Reverse(b.alert_count),
+            b.first_ms,
+            &b.key,
+        ))
+    });
+    let mut per_kind: HashMap<String, usize> = HashMap::new();
+    all.retain(|e| {
+        let n = per_kind.entry(e.kind.clone()).or_default();
+        *n += 1;
+        *n <= MAX_ENTITIES_PER_KIND
+    });
+    (all, totals)
+}
+
+fn read_detail(s: &Store, id: &str, query: AlertPageQuery) -> Result<Option<DetailRows>, StoreError> {
     let Some(summary) = s.incident_summary(id)? else {
         return Ok(None);
     };
-    let alerts = s.incident_alerts(id, MAX_DETAIL_ALERTS)?;
+    let page = s.incident_alert_page(id, &query)?;
+    let totals = s.incident_alert_totals(id)?;
+    let (entities, entity_totals) = shown_entities(s.incident_entity_aggregates(id)?);
+    let entity_lists = s.alert_entity_lists(&entities.iter().map(|e| e.sample_rowid).collect::<Vec<_>>())?;
     let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
-    for a in &alerts {
-        if let Some(d) = &a.alert.device_id
-            && !device_ids.contains(d)
-        {
-            device_ids.push(d.clone());
+    let (alert_devices, alert_device_total) = s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?;
+    for d in alert_devices {
+        if !device_ids.contains(&d) {
+            device_ids.push(d);
         }
     }
+    let devices_total = alert_device_total.max(i64::try_from(device_ids.len()).unwrap_or(i64::MAX));
+    device_ids.truncate(MAX_DETAIL_DEVICES as usize);
     let mut devices = Vec::new();
     let mut actions: BTreeMap<String, ActionView> = BTreeMap::new();
     for d in &device_ids {
@@ -229,8 +333,14 @@ fn read_detail(s: &Store, id: &str) -> Result<Option<DetailRows>, StoreError> {
     }
     Ok(Some(DetailRows {
         summary,
-        alerts,
+        query,
+        page,
+        totals,
+        entities,
+        entity_totals,
+        entity_lists,
         devices,
+        devices_total,
         actions: actions.into_values().rev().collect(),
         activity: s.incident_activity(id)?,
         comments: s.incident_comments(id)?,
@@ -253,24 +363,21 @@ struct EntityAcc {
     value: Value,
     entity: Entity,
     roles: BTreeSet<&'static str>,
-    alert_ids: Vec<String>,
+    /// The alerts of the page naming it (page entities only).
+    alert_ids: Option<Vec<String>>,
+    alert_count: i64,
     first: i64,
     last: i64,
     malicious: bool,
     devices: BTreeSet<String>,
 }
 
-/// An entity's role in one alert (`all` are that alert's entities).
-fn role(e: &Entity, source: &str, all: &[Entity]) -> &'static str {
+/// An entity's role in one alert from its kind, the alert's source and, for a
+/// mailbox, whether the same alert names it as a user too (a recipient).
+fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
     match (e, source) {
         // The feeds name a recipient as a user and a mailbox, a sender only as a mailbox.
-        (Entity::Mailbox { address }, "mailbox")
-            if all
-                .iter()
-                .any(|u| matches!(u, Entity::User { name, .. } if name.eq_ignore_ascii_case(address))) =>
-        {
-            "recipient"
-        }
+        (Entity::Mailbox { .. }, "mailbox") if recipient => "recipient",
         (Entity::Device { .. }, _) => "impacted device",
         (Entity::User { .. }, "identity") => "signed-in user",
         (Entity::User { .. }, _) => "impacted user",
@@ -286,16 +393,15 @@ fn role(e: &Entity, source: &str, all: &[Entity]) -> &'static str {
     }
 }
 
-/// Shapes the incident page: alerts with reasons, entities with roles, verdicts and
-/// remediation, the timeline, tactics, scope, devices, actions, activity, comments.
-fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
-    let hostnames: HashMap<&str, &str> = rows
-        .devices
-        .iter()
-        .map(|d| (d.id.as_str(), d.hostname.as_str()))
-        .collect();
+fn is_recipient(e: &Entity, all: &[Entity]) -> bool {
+    matches!(e, Entity::Mailbox { address }
+        if all.iter().any(|u| matches!(u, Entity::User { name, .. } if name.eq_ignore_ascii_case(address))))
+}
+
+/// The entities of the page's alerts, each with the page's alerts naming it (for the graph).
+fn page_entities(alerts: &[IncidentAlert], hostnames: &HashMap<&str, &str>) -> Vec<EntityAcc> {
     let mut entities: BTreeMap<(String, String), EntityAcc> = BTreeMap::new();
-    for ia in &rows.alerts {
+    for ia in alerts {
         let a = &ia.alert;
         let high = matches!(a.severity, "high" | "critical");
         let mut list: Vec<Entity> = a
@@ -321,24 +427,87 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
                     value: entity::to_json(e),
                     entity: e.clone(),
                     roles: BTreeSet::new(),
-                    alert_ids: Vec::new(),
+                    alert_ids: Some(Vec::new()),
+                    alert_count: 0,
                     first: a.observed_at_ms,
                     last: a.observed_at_ms,
                     malicious: false,
                     devices: BTreeSet::new(),
                 });
-            acc.roles.insert(role(e, &a.source, &list));
-            if !acc.alert_ids.contains(&a.id) {
-                acc.alert_ids.push(a.id.clone());
+            acc.roles.insert(role(e, &a.source, is_recipient(e, &list)));
+            if let Some(ids) = acc.alert_ids.as_mut()
+                && !ids.contains(&a.id)
+            {
+                ids.push(a.id.clone());
+                acc.alert_count += 1;
             }
             acc.first = acc.first.min(a.observed_at_ms);
-            acc.last = acc.last.max(a.observed_at_ms);
+            acc.last = acc.last.max(a.last_observed_at_ms.max(a.observed_at_ms));
             acc.malicious |= high;
             if let Some(d) = &a.device_id {
                 acc.devices.insert(d.clone());
             }
         }
     }
+    entities.into_values().collect()
+}
+
+/// The whole incident's entities (the shown share of them), each in full from one of its alerts.
+fn incident_entities(rows: &DetailRows, hostnames: &HashMap<&str, &str>) -> Vec<EntityAcc> {
+    let high = Severity::High as i64;
+    rows.entities
+        .iter()
+        .filter_map(|agg| {
+            let listed = rows
+                .entity_lists
+                .get(&agg.sample_rowid)
+                .and_then(Value::as_array)
+                .and_then(|list| {
+                    list.iter()
+                        .filter_map(entity::from_json)
+                        .find(|e| entity::key(e) == (agg.kind.as_str(), agg.key.clone()))
+                });
+            // A device named only by the alerts' device: its hostname as the devices table has it.
+            let e = listed.or_else(|| {
+                (agg.kind == "device").then(|| Entity::Device {
+                    hostname: hostnames
+                        .values()
+                        .find(|h| h.eq_ignore_ascii_case(&agg.key))
+                        .map_or_else(|| agg.key.clone(), |h| (*h).to_string()),
+                })
+            })?;
+            let (kind, key) = entity::key(&e);
+            Some(EntityAcc {
+                kind,
+                key,
+                value: entity::to_json(&e),
+                roles: agg
+                    .sources
+                    .iter()
+                    .map(|src| role(&e, src, agg.recipient && src == "mailbox"))
+                    .collect(),
+                entity: e,
+                alert_ids: None,
+                alert_count: agg.alert_count,
+                first: agg.first_ms,
+                last: agg.last_ms,
+                malicious: agg.max_severity >= high,
+                devices: agg.device_ids.iter().cloned().collect(),
+            })
+        })
+        .collect()
+}
+
+/// Shapes the incident page: the incident with its totals, the page of alerts with
+/// reasons and the entities they name (the story graph), every entity of the whole
+/// incident with roles, verdicts and remediation, the timeline of the page, tactics,
+/// scope, devices, actions, activity and comments.
+fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
+    let hostnames: HashMap<&str, &str> = rows
+        .devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.hostname.as_str()))
+        .collect();
     // The newest action on an entity says where its remediation stands.
     let remediation = |acc: &EntityAcc| -> &'static str {
         let matching = rows.actions.iter().filter(|act| {
@@ -364,21 +533,25 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
             .and_then(|act| remediation_of(&act.status))
             .unwrap_or("none")
     };
-    let mut count: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let entity_list: Vec<Value> = entities
-        .values()
-        .map(|acc| {
-            *count.entry(acc.kind).or_default() += 1;
-            json!({
-                "kind": acc.kind, "key": acc.key, "value": acc.value, "roles": acc.roles,
-                "alert_ids": acc.alert_ids, "first_seen_ms": acc.first, "last_seen_ms": acc.last,
-                "verdict": if acc.malicious { "malicious" } else { "suspicious" },
-                "remediation": remediation(acc),
-            })
-        })
-        .collect();
+    let entity_json = |acc: &EntityAcc| {
+        let mut v = json!({
+            "kind": acc.kind, "key": acc.key, "value": acc.value, "roles": acc.roles,
+            "alert_count": acc.alert_count, "first_seen_ms": acc.first, "last_seen_ms": acc.last,
+            "device_ids": acc.devices.iter().take(MAX_ENTITY_DEVICES).collect::<Vec<_>>(),
+            "verdict": if acc.malicious { "malicious" } else { "suspicious" },
+            "remediation": remediation(acc),
+        });
+        if let (Some(ids), Value::Object(m)) = (&acc.alert_ids, &mut v) {
+            m.insert("alert_ids".into(), json!(ids));
+        }
+        v
+    };
+    let alerts = &rows.page.items;
+    let page_list: Vec<Value> = page_entities(alerts, &hostnames).iter().map(entity_json).collect();
+    let whole = incident_entities(&rows, &hostnames);
+    let entity_list: Vec<Value> = whole.iter().map(entity_json).collect();
     let mut timeline: Vec<(i64, Value)> = Vec::new();
-    for ia in &rows.alerts {
+    for ia in alerts {
         let a = &ia.alert;
         timeline.push((
             a.observed_at_ms,
@@ -417,42 +590,150 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
         })
         .collect();
     let s = &rows.summary;
-    let n = |k: &str| count.get(k).copied().unwrap_or(0);
+    let n = |k: &str| rows.entity_totals.get(k).copied().unwrap_or(0);
     json!({
         "incident": s,
-        "alerts": rows.alerts,
+        "totals": rows.totals,
+        "alerts": alerts,
+        "alerts_page": page_json(&rows.query, &rows.page),
+        "page_entities": page_list,
         "entities": entity_list,
+        "entity_totals": rows.entity_totals,
         "timeline": timeline.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
         "tactics": s.tactics,
         "scope": {
-            "alerts": s.alert_count, "devices": s.device_count, "users": s.user_count, "mailboxes": s.mailbox_count,
+            "alerts": rows.totals.alerts, "events": rows.totals.events,
+            "devices": s.device_count.max(rows.devices_total), "users": s.user_count, "mailboxes": s.mailbox_count,
             "files": n("file"), "ips": n("ip"), "urls": n("url"), "domains": n("domain"), "processes": n("process"),
         },
         "devices": devices,
+        "devices_total": rows.devices_total,
         "actions": rows.actions,
         "activity": rows.activity,
         "comments": rows.comments,
     })
 }
 
-async fn detail(state: &ApiState, id: String) -> ApiResult<Json<Value>> {
+async fn detail(state: &ApiState, id: String, query: AlertPageQuery) -> ApiResult<Json<Value>> {
     let rows = state
         .reads
-        .run(move |s| read_detail(s, &id))
+        .run(move |s| read_detail(s, &id, query))
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(detail_json(state, rows)))
 }
 
-/// `GET /api/v1/incidents/{id}`.
+/// `GET /api/v1/incidents/{id}`: the whole incident with the first page of its
+/// alerts (the alert page parameters choose another).
 pub async fn get(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = incident_id(&id)?;
+    let query = alert_page_query(&q)?;
+    detail(&state, id, query).await
+}
+
+/// `GET /api/v1/incidents/{id}/alerts`: a page of the incident's alerts (newest
+/// first unless `order=oldest`, in `since_ms..until_ms`, after `cursor`) with the
+/// entities they name, the range's `total` and the incident's `totals`.
+pub async fn alerts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = incident_id(&id)?;
+    let query = alert_page_query(&q)?;
+    let (page, totals, devices) = state
+        .reads
+        .run(move |s| -> Result<_, StoreError> {
+            if s.incident_summary(&id)?.is_none() {
+                return Ok(None);
+            }
+            let page = s.incident_alert_page(&id, &query)?;
+            let mut devices = Vec::new();
+            let ids: BTreeSet<&String> = page.items.iter().filter_map(|a| a.alert.device_id.as_ref()).collect();
+            for d in ids {
+                if let Some(v) = s.get_device(d)? {
+                    devices.push(v);
+                }
+            }
+            Ok(Some(((query, page), s.incident_alert_totals(&id)?, devices)))
+        })
+        .await??
+        .ok_or_else(|| ApiError::not_found("incident"))?;
+    let (query, page) = page;
+    let hostnames: HashMap<&str, &str> = devices.iter().map(|d| (d.id.as_str(), d.hostname.as_str())).collect();
+    let entities: Vec<Value> = page_entities(&page.items, &hostnames)
+        .iter()
+        .map(|acc| {
+            json!({
+                "kind": acc.kind, "key": acc.key, "value": acc.value, "roles": acc.roles,
+                "alert_ids": acc.alert_ids, "alert_count": acc.alert_count,
+                "first_seen_ms": acc.first, "last_seen_ms": acc.last,
+                "device_ids": acc.devices.iter().take(MAX_ENTITY_DEVICES).collect::<Vec<_>>(),
+                "verdict": if acc.malicious { "malicious" } else { "suspicious" },
+            })
+        })
+        .collect();
+    let mut body = page_json(&query, &page);
+    if let Value::Object(m) = &mut body {
+        m.insert("alerts".into(), json!(page.items));
+        m.insert("entities".into(), json!(entities));
+        m.insert("totals".into(), json!(totals));
+    }
+    Ok(Json(body))
+}
+
+/// `GET /api/v1/incidents/{id}/process_tree`: the processes of the whole incident's
+/// alerts as trees (see `process_tree`), at most so many processes and nodes.
+pub async fn process_tree(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let id = incident_id(&id)?;
-    detail(&state, id).await
+    let (processes, total) = state
+        .reads
+        .run(move |s| -> Result<_, StoreError> {
+            if s.incident_summary(&id)?.is_none() {
+                return Ok(None);
+            }
+            s.incident_processes(&id, MAX_TREE_PROCESSES).map(Some)
+        })
+        .await??
+        .ok_or_else(|| ApiError::not_found("incident"))?;
+    let inputs: Vec<AlertedProcess> = processes
+        .into_iter()
+        .filter_map(|p| {
+            let list: Vec<Entity> = p
+                .entities
+                .as_array()
+                .map(|v| v.iter().filter_map(entity::from_json).collect())
+                .unwrap_or_default();
+            // The entity of this process (an alert may name more than one).
+            let mine: Vec<Entity> = list.into_iter().filter(|e| entity::key(e).1 == p.key).collect();
+            let alerts = p
+                .sample
+                .iter()
+                .map(|(id, title, severity, at)| json!({"id": id, "title": title, "severity": severity, "observed_at_ms": at}))
+                .collect();
+            AlertedProcess::from_entities(p.device_id, &mine, p.alert_count, alerts)
+        })
+        .collect();
+    let shown = inputs.len();
+    let mut tree = process_tree::build(&inputs, MAX_TREE_NODES);
+    if let Value::Object(m) = &mut tree {
+        m.insert("alerted_processes".into(), json!(total));
+        m.insert("alerted_processes_shown".into(), json!(shown));
+    }
+    Ok(Json(tree))
 }
 
 fn optional_text(v: &Value, name: &str, max: usize) -> ApiResult<Option<String>> {
@@ -553,7 +834,7 @@ pub async fn patch(
         .run(move |s| c.patch(s, &pid, &patch, &actor))
         .await
         .map_err(stopped)???;
-    detail(&state, id).await
+    detail(&state, id, first_page()).await
 }
 
 /// `POST /api/v1/incidents/{id}/comments` (analyst).
@@ -616,7 +897,7 @@ pub async fn merge(
         .run(move |s| c.merge(s, &into, &from, &actor))
         .await
         .map_err(stopped)???;
-    detail(&state, id).await
+    detail(&state, id, first_page()).await
 }
 
 /// `POST /api/v1/incidents/{id}/alerts/{alert_id}/move {"to": id|null, "reason"?}` (analyst).

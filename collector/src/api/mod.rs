@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod feeds;
 mod incidents;
+mod process_tree;
 mod routes;
 
 use std::collections::HashSet;
@@ -62,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/whoami", get(routes::whoami))
         .route("/api/v1/devices", get(routes::list_devices))
         .route("/api/v1/devices/{id}", get(routes::get_device))
+        .route("/api/v1/devices/{id}/alerts", get(routes::device_alerts))
         .route("/api/v1/devices/{id}/revoke", post(routes::revoke_device))
         .route("/api/v1/alerts", get(routes::list_alerts))
         .route("/api/v1/alerts/{id}", get(routes::get_alert))
@@ -116,6 +118,8 @@ fn workflow_handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> 
     Some(match (method, path) {
         ("GET", "/api/v1/incidents") => get(incidents::list),
         ("GET", "/api/v1/incidents/{id}") => get(incidents::get),
+        ("GET", "/api/v1/incidents/{id}/alerts") => get(incidents::alerts),
+        ("GET", "/api/v1/incidents/{id}/process_tree") => get(incidents::process_tree),
         ("PATCH", "/api/v1/incidents/{id}") => patch(incidents::patch),
         ("POST", "/api/v1/incidents/{id}/comments") => post(incidents::comment),
         ("POST", "/api/v1/incidents/{id}/merge") => post(incidents::merge),

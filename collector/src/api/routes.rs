@@ -85,13 +85,51 @@ pub async fn get_device(
         .run(move |s| s.get_device(&lookup))
         .await??
         .ok_or_else(|| ApiError::not_found("device"))?;
-    let gaps = state.reads.run(move |s| s.sequence_gaps(&id)).await??;
+    let (gaps, totals) = state
+        .reads
+        .run(move |s| Ok::<_, crate::store::StoreError>((s.sequence_gaps(&id)?, s.device_alert_totals(&id)?)))
+        .await??;
     let mut body = serde_json::to_value(with_liveness(&state, device)).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut body {
         map.insert(
             "sequence_gaps".into(),
             serde_json::to_value(gaps).unwrap_or(Value::Null),
         );
+        map.insert(
+            "alert_totals".into(),
+            serde_json::to_value(totals).unwrap_or(Value::Null),
+        );
+    }
+    Ok(Json(body))
+}
+
+/// `GET /api/v1/devices/{id}/alerts`: a page of the device's alerts by time (newest
+/// first unless `order=oldest`, in `since_ms..until_ms`, after `cursor`), with the
+/// range's `total` and the device's `totals`.
+pub async fn device_alerts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = device_id(&id)?.to_string();
+    let query = super::incidents::alert_page_query(&q)?;
+    let (query, page, totals) = state
+        .reads
+        .run(move |s| -> Result<_, crate::store::StoreError> {
+            if s.get_device(&id)?.is_none() {
+                return Ok(None);
+            }
+            let page = s.device_alert_page(&id, &query)?;
+            Ok(Some((query, page, s.device_alert_totals(&id)?)))
+        })
+        .await??
+        .ok_or_else(|| ApiError::not_found("device"))?;
+    let mut body = super::incidents::page_json(&query, &page);
+    if let Value::Object(m) = &mut body {
+        m.insert("alerts".into(), json!(page.items));
+        m.insert("totals".into(), json!(totals));
     }
     Ok(Json(body))
 }

@@ -1,11 +1,17 @@
 // The attack-story graph: alerts on a time axis along the top, entities in one
 // lane per kind below, each placed under the alerts that name it. The layout is
 // deterministic (same incident, same picture). Drawn as one SVG string with few
-// elements (all edges are one path) so an incident of 500 alerts draws quickly.
+// elements (all edges are one path). It draws one page of alerts (the caller's) and
+// at most MAX_PER_LANE entities a lane (the most alerted), saying how many more, so
+// even an incident of 100,000 alerts gives a picture of bounded size.
 
 import { esc, entityLabel, shortTime } from "./util.js";
 
-const LANES = ["device", "user", "mailbox", "process", "file", "ip", "domain", "url"];
+const LANES = ["device", "user", "mailbox", "process", "lineage", "file", "ip", "domain", "url"];
+const LANE_NAMES = { device: "devices", user: "users", mailbox: "mailboxes", process: "processes", lineage: "process trees",
+  file: "files", ip: "IPs", domain: "domains", url: "URLs" };
+/** Entities drawn in one lane at most (the most alerted of the page). */
+const MAX_PER_LANE = 60;
 const TOP = 40;
 const LANE_H = 44;
 const LEFT = 80;
@@ -29,13 +35,25 @@ function pathOf(edges) {
 export function drawGraph(box, detail, { onSelectEntity, onSelectAlert }) {
   const alerts = detail.alerts.map((l) => l.alert).sort((a, b) => a.observed_at_ms - b.observed_at_ms);
   const width = Math.max(box.clientWidth || 900, 900);
-  const dx = Math.max(6, Math.min(160, (width - LEFT - 60) / Math.max(alerts.length, 1)));
+  const dx = Math.max(4, Math.min(160, (width - LEFT - 60) / Math.max(alerts.length, 1)));
   const ax = new Map(alerts.map((a, i) => [a.id, LEFT + dx * (i + 0.5)]));
   const lanes = LANES.filter((k) => detail.entities.some((e) => e.kind === k));
-  const ents = detail.entities.map((e, i) => {
+  // The most alerted entities of each lane; the others are counted, not drawn.
+  const hidden = new Map();
+  const kept = new Set();
+  for (const k of lanes) {
+    const mine = detail.entities.map((e, i) => [e, i]).filter(([e]) => e.kind === k)
+      .sort(([a], [b]) => b.alert_ids.length - a.alert_ids.length);
+    mine.slice(0, MAX_PER_LANE).forEach(([, i]) => kept.add(i));
+    if (mine.length > MAX_PER_LANE) hidden.set(k, mine.length - MAX_PER_LANE);
+  }
+  const ents = [];
+  detail.entities.forEach((e, i) => {
+    if (!kept.has(i)) return;
     const xs = e.alert_ids.map((id) => ax.get(id)).filter((x) => x !== undefined);
-    return { e, i, lane: lanes.indexOf(e.kind), x: xs.length ? xs.reduce((s, x) => s + x, 0) / xs.length : LEFT, y: 0 };
+    ents.push({ e, i, lane: lanes.indexOf(e.kind), x: xs.length ? xs.reduce((s, x) => s + x, 0) / xs.length : LEFT, y: 0 });
   });
+  const entByIndex = new Map(ents.map((n) => [n.i, n]));
   // Spread entities of one lane so none overlaps, keeping their order on the time axis.
   const perLane = lanes.map(() => []);
   for (const n of ents) perLane[n.lane].push(n);
@@ -73,7 +91,10 @@ export function drawGraph(box, detail, { onSelectEntity, onSelectAlert }) {
 
   const parts = [`<svg id="graph" xmlns="http://www.w3.org/2000/svg" width="${maxX}" height="${height}">`,
     `<line class="axis" x1="${LEFT}" y1="${TOP}" x2="${maxX}" y2="${TOP}"></line><text class="lane" x="4" y="${TOP + 4}">alerts</text>`];
-  lanes.forEach((k, l) => parts.push(`<text class="lane" x="4" y="${TOP + 54 + l * LANE_H}">${esc(k)}s</text>`));
+  lanes.forEach((k, l) => {
+    parts.push(`<text class="lane" x="4" y="${TOP + 54 + l * LANE_H}">${esc(LANE_NAMES[k] || k)}</text>`);
+    if (hidden.has(k)) parts.push(`<text class="lane" x="4" y="${TOP + 66 + l * LANE_H}">+${esc(hidden.get(k))} more</text>`);
+  });
   if (alerts.length) {
     parts.push(`<text class="lane" x="${LEFT}" y="14">${esc(shortTime(alerts[0].observed_at_ms))}</text>`,
       `<text class="lane" x="${maxX - 90}" y="14">${esc(shortTime(alerts[alerts.length - 1].observed_at_ms))}</text>`);
@@ -113,7 +134,7 @@ export function drawGraph(box, detail, { onSelectEntity, onSelectAlert }) {
     /** Highlights entity `i` and its alerts, dims the rest. */
     selectEntity(i) {
       ctl.clear();
-      const n = ents[i];
+      const n = entByIndex.get(i);
       if (!n) return;
       const mine = new Set(n.e.alert_ids);
       for (const c of svg.querySelectorAll("circle.alert")) c.classList.add(mine.has(c.dataset.alert) ? "hl" : "dim");
@@ -142,7 +163,8 @@ export function drawGraph(box, detail, { onSelectEntity, onSelectAlert }) {
     const el = ev.target.closest(".node");
     if (!el) { tip.hidden = true; return; }
     const a = el.dataset.alert && alertById.get(el.dataset.alert);
-    const e = el.dataset.entity !== undefined && ents[Number(el.dataset.entity)].e;
+    const e = el.dataset.entity !== undefined && entByIndex.get(Number(el.dataset.entity))?.e;
+    if (!a && !e) { tip.hidden = true; return; }
     tip.textContent = a ? `${a.rule.title} · ${a.severity} · ${new Date(a.observed_at_ms).toLocaleString()}`
       : `${e.kind}: ${entityLabel(e.value)} · ${e.verdict} · ${e.alert_ids.length} alerts`;
     tip.style.left = Math.max(0, Number(el.getAttribute("cx") || el.getAttribute("x")) - box.scrollLeft + 12) + "px";

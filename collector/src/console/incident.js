@@ -1,7 +1,8 @@
-// The incident page: summary, the attack story (graph with a play control and the
-// alerts as a timeline), tabs (alerts, assets, evidence and response, activity),
-// editing and comments. Re-fetched every 3 s; the graph is redrawn only when the
-// incident's alerts change.
+// The incident page: summary with the whole incident's totals, the attack story
+// (graph of the current page of alerts with a play control, and those alerts as a
+// timeline), tabs (alerts paged by time, assets and evidence of the whole incident,
+// the process tree, activity), editing and comments. Re-fetched every 3 s (the page
+// being looked at); the graph is redrawn only when the page's alerts change.
 
 import {
   session, api, can, $, $$, esc, time, shortTime, ago, sev, pills, poll, toast, KILL_CHAIN, entityLabel, proposeAction,
@@ -9,14 +10,23 @@ import {
 import { drawGraph } from "./graph.js";
 import { renderActions } from "./views.js";
 
+const SEVERITY_ORDER = ["critical", "high", "medium", "low", "informational"];
 const CLASSIFICATIONS = ["", "true_positive", "informational_expected_activity", "false_positive"];
-const TABS = [["alerts", "Alerts"], ["assets", "Assets"], ["evidence", "Evidence and response"], ["activity", "Activity log"]];
+const TABS = [["alerts", "Alerts"], ["assets", "Assets"], ["evidence", "Evidence and response"], ["tree", "Process tree"], ["activity", "Activity log"]];
+/** Alerts in one page of the alert list and the graph. */
+const PAGE = 200;
+const num = (n) => Number(n || 0).toLocaleString("en-US");
 
-function summary(inc, scope) {
+/** "×40, last seen 10:02:11" for an alert that stands for several detections. */
+export function folded(a) {
+  return a.count > 1 ? `<span class="fold" title="${esc(a.count)} detections folded into this alert">×${esc(num(a.count))}, last seen ${esc(time(a.last_observed_at_ms))}</span>` : "";
+}
+
+function summary(inc, scope, totals) {
   const on = new Set(inc.tactics.map((t) => t.id));
   const known = new Set(KILL_CHAIN.map(([id]) => id));
   const other = inc.tactics.filter((t) => !known.has(t.id));
-  const count = (k, label) => (scope[k] ? `<span><span class="k">${label}</span>${esc(scope[k])}</span>` : "");
+  const count = (k, label) => (scope[k] ? `<span><span class="k">${label}</span>${esc(num(scope[k]))}</span>` : "");
   return `<h2 id="incident-title">${sev(inc.severity)} ${esc(inc.title)} <span class="muted small mono">${esc(inc.id)}</span></h2>
     <div class="summary"><span class="st-${esc(inc.status)}" id="incident-status">${esc(inc.status.replace("_", " "))}</span>
       <span><span class="k">assignee</span>${esc(inc.assignee || "unassigned")}</span>
@@ -25,7 +35,10 @@ function summary(inc, scope) {
       <span><span class="k">first</span>${esc(time(inc.first_activity_ms))}</span><span><span class="k">last</span>${esc(time(inc.last_activity_ms))}</span></div>
     <div class="killchain">${KILL_CHAIN.map(([id, name]) => `<span class="${on.has(id) ? "on" : ""}" title="${id}">${esc(name)}</span>`).join("")}</div>
     ${other.length ? `<div>${pills(other.map((t) => t.name))}</div>` : ""}
-    <div class="summary">${count("alerts", "alerts")}${count("devices", "devices")}${count("users", "users")}${count("mailboxes", "mailboxes")}
+    <div class="summary" id="incident-totals"><span><span class="k">alerts</span>${esc(num(totals.alerts))}</span>
+      ${totals.events > totals.alerts ? `<span><span class="k">detections</span>${esc(num(totals.events))}</span>` : ""}
+      ${SEVERITY_ORDER.filter((k) => totals.by_severity[k]).map((k) => `<span>${sev(k)} ${esc(num(totals.by_severity[k]))}</span>`).join("")}
+      ${count("devices", "devices")}${count("users", "users")}${count("mailboxes", "mailboxes")}
       ${count("processes", "processes")}${count("files", "files")}${count("ips", "IPs")}${count("domains", "domains")}${count("urls", "URLs")}</div>`;
 }
 
@@ -38,19 +51,18 @@ function entityText(e) {
   }
 }
 
-/** Device (id, hostname) an entity's action would target: the device of its first alert. */
+/** Device (id, hostname) an entity's action would target: the first device of its alerts. */
 function deviceOf(detail, e) {
-  const byAlert = new Map(detail.alerts.map((l) => [l.alert.id, l.alert.device_id]));
   if (e.kind === "device") {
-    const d = detail.devices.find((d) => d.hostname === e.value.hostname);
+    const d = detail.devices.find((d) => d.hostname.toLowerCase() === String(e.value.hostname).toLowerCase());
     if (d) return d;
   }
-  for (const id of e.alert_ids) {
-    const dev = byAlert.get(id);
-    if (dev) return detail.devices.find((d) => d.id === dev) || { id: dev, hostname: dev };
-  }
-  return null;
+  const dev = (e.device_ids || [])[0];
+  return dev ? detail.devices.find((d) => d.id === dev) || { id: dev, hostname: dev } : null;
 }
+
+/** An entity list: "page" (the entities of the page's alerts, in the graph) or "whole" (the incident's). */
+const listOf = (detail, list) => (list === "page" ? detail.page_entities : detail.entities);
 
 /** The actions an entity offers: [label, action JSON, description]. */
 function entityActions(e) {
@@ -64,22 +76,25 @@ function entityActions(e) {
   }
 }
 
-function entityButtons(detail, i) {
+function entityButtons(detail, i, list = "whole") {
   if (!can("analyst")) return "";
-  const e = detail.entities[i];
-  const dev = deviceOf(detail, e);
+  const e = listOf(detail, list)[i];
+  const dev = e && deviceOf(detail, e);
   if (!dev) return "";
-  return entityActions(e).map(([label], k) => `<button class="propose" data-entity="${i}" data-k="${k}">${esc(label)}…</button>`).join(" ");
+  return entityActions(e).map(([label], k) => `<button class="propose" data-list="${list}" data-entity="${i}" data-k="${k}">${esc(label)}…</button>`).join(" ");
 }
 
+/** A graph entity: what the page shows of it, and the whole incident's count when listed. */
 function entityPanel(detail, i) {
-  const e = detail.entities[i];
-  const alerts = new Set(e.alert_ids);
+  const e = detail.page_entities[i];
+  if (!e) return "";
+  const whole = detail.entities.find((w) => w.kind === e.kind && w.key === e.key) || e;
   return `<div class="panel" id="entity-panel"><h3>${esc(e.kind)}: ${esc(entityLabel(e.value))}</h3>
-    <div class="kv"><div>Value</div><div class="mono">${esc(entityText(e))}</div><div>Verdict</div><div>${esc(e.verdict)}</div>
-    <div>Remediation</div><div>${esc(e.remediation)}</div><div>Roles</div><div>${pills(e.roles)}</div>
-    <div>Alerts</div><div>${esc(alerts.size)}</div><div>Seen</div><div>${esc(time(e.first_seen_ms))} – ${esc(time(e.last_seen_ms))}</div></div>
-    <div class="form-row">${entityButtons(detail, i)}</div></div>`;
+    <div class="kv"><div>Value</div><div class="mono">${esc(entityText(e))}</div><div>Verdict</div><div>${esc(whole.verdict)}</div>
+    <div>Remediation</div><div>${esc(whole.remediation || "none")}</div><div>Roles</div><div>${pills(whole.roles)}</div>
+    <div>Alerts</div><div>${esc(num(e.alert_ids.length))} on this page${whole !== e ? ` · ${esc(num(whole.alert_count))} in the incident` : ""}</div>
+    <div>Seen</div><div>${esc(time(whole.first_seen_ms))} – ${esc(time(whole.last_seen_ms))}</div></div>
+    <div class="form-row">${entityButtons(detail, i, "page")}</div></div>`;
 }
 
 function alertPanel(detail, id) {
@@ -87,7 +102,7 @@ function alertPanel(detail, id) {
   if (!link) return "";
   const a = link.alert;
   return `<div class="panel"><h3>${sev(a.severity)} ${esc(a.rule.title)}</h3><div class="kv">
-    <div>Observed</div><div>${esc(time(a.observed_at_ms))}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
+    <div>Observed</div><div>${esc(time(a.observed_at_ms))} ${folded(a)}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
     <div>ATT&amp;CK</div><div>${pills(a.rule.tactics)}${pills(a.rule.techniques)}</div><div>Source</div><div>${esc(a.source)}</div>
     <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
     <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div>
@@ -109,19 +124,44 @@ function mergeForm() {
     <div class="form-row"><button class="primary">Merge into this one</button></div></form>`;
 }
 
-/** Rows of the alerts tab drawn at first; the rest on request (a 500-alert incident stays quick). */
-const FIRST_ROWS = 100;
+/** "showing 1–200 of 100,000" for the page in view (`first` is its offset in the range). */
+function pageText(detail, first) {
+  const p = detail.alerts_page;
+  if (!p.total) return "no alerts in this range";
+  const from = first + 1;
+  const to = first + detail.alerts.length;
+  return `showing ${num(from)}–${num(to)} of ${num(p.total)}${p.total !== detail.totals.alerts ? ` in this range (${num(detail.totals.alerts)} in the incident)` : ""}, ${p.order} first`;
+}
 
-function alertsTab(detail, all) {
+const toLocalInput = (ms) => (ms == null ? "" : new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 16));
+
+/** The pager: order, time range, newer/older pages. */
+function pager(detail, view) {
+  const p = detail.alerts_page;
+  return `<form id="alerts-pager" class="form-row pager"><span id="alerts-showing" class="muted">${esc(pageText(detail, view.first))}</span>
+    <select name="order">${["newest", "oldest"].map((o) => `<option value="${o}"${p.order === o ? " selected" : ""}>${o} first</option>`).join("")}</select>
+    <label>from</label><input type="datetime-local" name="since" value="${esc(toLocalInput(view.since_ms))}">
+    <label>to</label><input type="datetime-local" name="until" value="${esc(toLocalInput(view.until_ms))}">
+    <button type="submit">Apply</button>
+    <button type="button" id="alerts-prev"${view.stack.length ? "" : " disabled"}>◀ Previous ${esc(PAGE)}</button>
+    <button type="button" id="alerts-next"${p.next_cursor ? "" : " disabled"}>Next ${esc(PAGE)} ▶</button></form>`;
+}
+
+function alertsTab(detail, view) {
   const devices = new Map(detail.devices.map((d) => [d.id, d.hostname]));
-  const rows = all ? detail.alerts : detail.alerts.slice(0, FIRST_ROWS);
-  return `<table id="incident-alerts"><thead><tr><th>Observed</th><th>Severity</th><th>Rule</th><th>Source</th><th>Device</th><th>Entities</th><th>Why linked</th></tr></thead><tbody>
-    ${rows.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}</td><td>${sev(a.severity)}</td>
+  return `${pager(detail, view)}<table id="incident-alerts"><thead><tr><th>Observed</th><th>Severity</th><th>Rule</th><th>Source</th><th>Device</th><th>Entities</th><th>Why linked</th></tr></thead><tbody>
+    ${detail.alerts.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}<div class="small">${folded(a)}</div></td><td>${sev(a.severity)}</td>
       <td>${esc(a.rule.title)}<div class="muted small">${esc((a.rule.tactics || []).join(" "))} ${esc((a.rule.techniques || []).join(" "))}</div></td>
       <td>${esc(a.source)}</td><td>${esc(a.device_id ? devices.get(a.device_id) || a.device_id : "—")}</td>
       <td class="small">${a.entities.slice(0, 4).map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
-      <td>${esc(reason)} <span class="muted small">${esc(linked_by)}</span></td></tr>`).join("")}</tbody></table>
-    ${rows.length < detail.alerts.length ? `<p><button id="alerts-all">Show all ${esc(detail.alerts.length)} alerts</button></p>` : ""}`;
+      <td>${esc(reason)} <span class="muted small">${esc(linked_by)}</span></td></tr>`).join("")}</tbody></table>`;
+}
+
+/** "showing 100 of 4,512 files" when the incident has more of a kind than are listed. */
+function shownOf(detail, kind, label) {
+  const total = (detail.entity_totals || {})[kind] || 0;
+  const shown = detail.entities.filter((e) => e.kind === kind).length;
+  return total > shown ? `<p class="muted small">The ${esc(num(shown))} most alerted of ${esc(num(total))} ${esc(label)}.</p>` : "";
 }
 
 function assetsTab(detail) {
@@ -134,15 +174,39 @@ function assetsTab(detail) {
   return `<h3>Devices</h3><table id="incident-devices"><thead><tr><th>Host</th><th>Online</th><th>Isolation</th><th>Last seen</th><th></th></tr></thead><tbody>
     ${detail.devices.map((d) => `<tr><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a></td><td>${d.online ? `<span class="ok">online</span>` : "offline"}</td>
       <td>${esc(d.isolation)}</td><td>${esc(ago(d.last_seen_ms))}</td><td>${isolate(d)}</td></tr>`).join("")}</tbody></table>
-    <h3>Users</h3>${of("user").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
-    <h3>Mailboxes</h3>${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(e.alert_ids.length)} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+    ${detail.devices_total > detail.devices.length ? `<p class="muted small">${esc(num(detail.devices.length))} of ${esc(num(detail.devices_total))} devices listed.</p>` : ""}
+    <h3>Users</h3>${shownOf(detail, "user", "users")}${of("user").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
+    <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
 }
 
 function evidenceTab(detail) {
-  return `<h3>Entities</h3><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
+  const more = Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > detail.entities.filter((e) => e.kind === k).length);
+  return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident${more.length
+    ? `; the most alerted are listed of ${more.map(([k, n]) => `${esc(num(n))} ${esc(k)}`).join(", ")}` : ""}.</p><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
     ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${esc(entityText(e))}</td>
-      <td>${esc(e.verdict)}</td><td>${esc(e.remediation)}</td><td>${esc(e.alert_ids.length)}</td><td>${entityButtons(detail, i)}</td></tr>`).join("")}</tbody></table>
+      <td>${esc(e.verdict)}</td><td>${esc(e.remediation)}</td><td>${esc(num(e.alert_count))}</td><td>${entityButtons(detail, i)}</td></tr>`).join("")}</tbody></table>
     <h3>Actions</h3><div id="incident-actions"></div>`;
+}
+
+/** One process of the tree and its children, as nested lists. */
+function treeNode(n) {
+  const fold = n.folded.count ? `<div class="muted small" title="${esc(n.folded.exes.join(" › "))}">… ${esc(n.folded.count)} more</div>` : "";
+  const who = [n.user, n.login_user && n.login_user !== n.user ? `login ${n.login_user}` : ""].filter(Boolean).join(", ");
+  const alerts = n.alert_count ? `<div class="small">${n.alerts.map((a) => `${sev(a.severity)} ${esc(a.title)}`).join(" · ")}${n.alert_count > n.alerts.length ? ` <span class="muted">and ${esc(num(n.alert_count - n.alerts.length))} more</span>` : ""}</div>` : "";
+  return `<li>${fold}<div class="proc${n.alert_count ? " alerted" : ""}"><span class="mono">${esc(n.exe.split("/").pop() || n.exe)}</span>
+    <span class="muted small">pid ${esc(n.pid)} · ${esc(shortTime(n.start_time_ms))}${who ? " · " + esc(who) : ""}</span>
+    <div class="mono small muted">${esc(n.cmdline)}</div>${alerts}</div>
+    ${n.children.length || n.children_not_shown ? `<ul>${n.children.map(treeNode).join("")}${n.children_not_shown ? `<li class="muted small">${esc(n.children_not_shown)} more not shown</li>` : ""}</ul>` : ""}</li>`;
+}
+
+function treeTab(tree) {
+  if (!tree) return `<p class="muted">Loading…</p>`;
+  if (!tree.trees.length) return `<p class="muted">No alert of this incident names a process.</p>`;
+  const notes = [];
+  if (tree.alerted_processes > tree.alerted_processes_shown) notes.push(`the first ${num(tree.alerted_processes_shown)} of ${num(tree.alerted_processes)} alerted processes`);
+  if (tree.truncated) notes.push(`${num(tree.nodes_shown)} of ${num(tree.nodes)} processes drawn`);
+  return `<p class="muted small">Processes of all alerts, merged by pid and start time; quiet ancestors folded; alerted processes marked.${notes.length ? " Showing " + esc(notes.join("; ")) + "." : ""}</p>
+    <ul class="ptree" id="process-tree">${tree.trees.map(treeNode).join("")}</ul>`;
 }
 
 function activityTab(detail) {
@@ -189,17 +253,28 @@ function comments(detail) {
 export async function incidentView(root, args, q, current) {
   const started = performance.now();
   const id = args[0];
-  let detail = await api(`/api/v1/incidents/${encodeURIComponent(id)}`);
+  // The page of alerts in view: order, time range, its cursor, the cursors of the
+  // pages before it (for "previous") and its offset in the range.
+  const view = { order: "newest", since_ms: null, until_ms: null, cursor: null, stack: [], first: 0 };
+  const pageQuery = () => {
+    const p = new URLSearchParams({ limit: String(PAGE), order: view.order });
+    if (view.since_ms != null) p.set("since_ms", String(view.since_ms));
+    if (view.until_ms != null) p.set("until_ms", String(view.until_ms));
+    if (view.cursor) p.set("cursor", view.cursor);
+    return p.toString();
+  };
+  const load = () => api(`/api/v1/incidents/${encodeURIComponent(id)}?${pageQuery()}`);
+  let detail = await load();
   const fetched = performance.now();
   if (!current()) return;
   let tab = q.get("tab") || "alerts";
-  let allAlerts = false;
+  let tree = null;
   let selected = null;
   root.innerHTML = `<section class="card" id="incident-summary"></section>
     <div class="grid2"><section class="card"><h3>Attack story</h3>
       <div class="graph-controls"><button id="play">▶ Play</button><input id="play-step" type="range" min="0" value="0">
         <span id="play-label" class="muted small"></span><button id="graph-all">Show all</button></div>
-      <div class="graph-wrap" id="graph-box"></div></section>
+      <div class="muted small" id="graph-note"></div><div class="graph-wrap" id="graph-box"></div></section>
       <section class="card"><div id="side"></div><h3>Timeline</h3><div class="timeline" id="incident-timeline"></div></section></div>
     <div class="grid2"><section class="card"><div class="tabs">${TABS.map(([k, l]) => `<button data-tab="${k}">${esc(l)}</button>`).join("")}</div><div id="tab"></div></section>
       <section class="card"><h3>Triage</h3><div id="edit"></div><h3>Comments</h3><div id="comment-box"></div></section></div>`;
@@ -209,17 +284,20 @@ export async function incidentView(root, args, q, current) {
   const side = () => {
     $("#side", root).innerHTML = selected == null ? `<p class="hint">Select an entity in the graph to see its alerts and act on it.</p>`
       : selected.kind === "entity" ? entityPanel(detail, selected.i) : alertPanel(detail, selected.id);
-    const hl = selected?.kind === "entity" ? new Set(detail.entities[selected.i]?.alert_ids || []) : new Set(selected ? [selected.id] : []);
+    const hl = selected?.kind === "entity" ? new Set(detail.page_entities[selected.i]?.alert_ids || []) : new Set(selected ? [selected.id] : []);
     for (const el of $$("#incident-timeline .item", root)) el.classList.toggle("hl", hl.has(el.dataset.alert));
   };
   const drawStory = () => {
-    const sig = detail.alerts.map((l) => l.alert.id).join() + "|" + detail.entities.length;
+    const sig = detail.alerts.map((l) => l.alert.id).join() + "|" + detail.page_entities.length;
     if (sig === alertSig) return;
     alertSig = sig;
     const alerts = detail.alerts.map((l) => l.alert);
     $("#incident-timeline", root).innerHTML = alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span title="${esc(time(a.observed_at_ms))}">${esc(shortTime(a.observed_at_ms))}</span>
       <span>${sev(a.severity)}</span><span>${esc(a.rule.title)}</span></div>`).join("");
-    graph = drawGraph($("#graph-box", root), detail, {
+    const p = detail.alerts_page;
+    $("#graph-note", root).textContent = p.total > detail.alerts.length
+      ? `The graph shows this page of alerts (${pageText(detail, view.first)}); page through them in the alerts tab.` : "";
+    graph = drawGraph($("#graph-box", root), { alerts: detail.alerts, entities: detail.page_entities }, {
       onSelectEntity: (i) => { selected = i == null ? null : { kind: "entity", i }; side(); },
       onSelectAlert: (aid) => { selected = { kind: "alert", id: aid }; side(); },
     });
@@ -232,13 +310,19 @@ export async function incidentView(root, args, q, current) {
     $$(".tabs button", root).forEach((b) => b.classList.toggle("active", b.dataset.tab === tab));
     const box = $("#tab", root);
     box.innerHTML = tab === "assets" ? assetsTab(detail) : tab === "evidence" ? evidenceTab(detail)
-      : tab === "activity" ? activityTab(detail) : alertsTab(detail, allAlerts);
+      : tab === "activity" ? activityTab(detail) : tab === "tree" ? treeTab(tree) : alertsTab(detail, view);
+    if (tab === "tree" && !tree) {
+      api(`/api/v1/incidents/${encodeURIComponent(id)}/process_tree`).then((t) => {
+        tree = t;
+        if (current() && tab === "tree") drawTab();
+      }).catch((e) => { if (tab === "tree") box.innerHTML = `<p class="error">${esc(e.message)}</p>`; });
+    }
     if (tab === "evidence") renderActions($("#incident-actions", root), detail.actions, refresh);
   };
   const phases = {};
   const timed = (name, f) => { const t = performance.now(); f(); phases[name] = (phases[name] || 0) + performance.now() - t; };
   const drawAll = () => {
-    timed("summary", () => { $("#incident-summary", root).innerHTML = summary(detail.incident, detail.scope)
+    timed("summary", () => { $("#incident-summary", root).innerHTML = summary(detail.incident, detail.scope, detail.totals)
       + (detail.incident.status === "redirected" && detail.incident.redirected_to
         ? `<p>Merged into <a href="#/incident/${esc(detail.incident.redirected_to)}">${esc(detail.incident.redirected_to)}</a>.</p>` : ""); });
     timed("story", drawStory);
@@ -252,12 +336,24 @@ export async function incidentView(root, args, q, current) {
       $("#comment-box", root).innerHTML = comments(detail);
     }
   };
+  const signature = (d) => JSON.stringify([d.incident, d.totals, d.actions, d.comments, d.activity, d.entities.length,
+    d.alerts_page, d.alerts.map((l) => l.alert.id + l.alert.count)]);
   async function refresh() {
-    const fresh = await api(`/api/v1/incidents/${encodeURIComponent(id)}`);
+    const fresh = await load();
     if (!current()) return;
-    const before = JSON.stringify([detail.incident, detail.actions, detail.comments, detail.activity, detail.entities.length, detail.alerts.length]);
+    const before = signature(detail);
     detail = fresh;
-    if (before !== JSON.stringify([detail.incident, detail.actions, detail.comments, detail.activity, detail.entities.length, detail.alerts.length])) drawAll();
+    if (before !== signature(detail)) { tree = null; drawAll(); }
+  }
+  /** Shows another page of alerts (the graph, timeline and list follow it). */
+  async function turn(change) {
+    change();
+    try {
+      detail = await load();
+      if (!current()) return;
+      selected = null;
+      drawAll();
+    } catch (e) { toast(e.message, true); }
   }
 
   // Proposals from entities (graph panel, evidence and assets tabs).
@@ -271,7 +367,7 @@ export async function incidentView(root, args, q, current) {
       device = detail.devices.find((d) => d.id === b.dataset.device);
       [action, what] = [{ kind: "isolate", allow: [] }, "isolate the device from the network"];
     } else {
-      const e = detail.entities[Number(b.dataset.entity)];
+      const e = listOf(detail, b.dataset.list)[Number(b.dataset.entity)];
       device = deviceOf(detail, e);
       [, action, what] = entityActions(e)[Number(b.dataset.k)];
     }
@@ -279,7 +375,20 @@ export async function incidentView(root, args, q, current) {
     proposeAction({ deviceId: device.id, deviceName: device.hostname, action, incidentId: id, what }).then((v) => v && refresh());
   });
   $("#tab", root).addEventListener("click", (ev) => {
-    if (ev.target.id === "alerts-all") { allAlerts = true; drawTab(); }
+    if (ev.target.id === "alerts-next" && detail.alerts_page.next_cursor) {
+      turn(() => { view.stack.push(view.cursor); view.first += detail.alerts.length; view.cursor = detail.alerts_page.next_cursor; });
+    } else if (ev.target.id === "alerts-prev" && view.stack.length) {
+      turn(() => { view.cursor = view.stack.pop(); view.first = Math.max(0, view.first - PAGE); });
+    }
+  });
+  $("#tab", root).addEventListener("submit", (ev) => {
+    if (ev.target.id !== "alerts-pager") return;
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const at = (k) => { const v = String(f.get(k) || ""); return v ? new Date(v).getTime() : null; };
+    turn(() => {
+      Object.assign(view, { order: String(f.get("order")) === "oldest" ? "oldest" : "newest", since_ms: at("since"), until_ms: at("until"), cursor: null, stack: [], first: 0 });
+    });
   });
   $(".tabs", root).addEventListener("click", (ev) => {
     const b = ev.target.closest("button[data-tab]");
@@ -368,7 +477,7 @@ export async function incidentView(root, args, q, current) {
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
   const drawn = performance.now();
   phases.layoutAndPaint = drawn - built;
-  window.wardPerf = { incident: id, alerts: detail.alerts.length, entities: detail.entities.length,
+  window.wardPerf = { incident: id, alerts: detail.alerts.length, totalAlerts: detail.totals.alerts, entities: detail.page_entities.length,
     phases, fetchMs: fetched - started, renderMs: drawn - fetched, totalMs: drawn - started };
   document.body.dataset.incidentRendered = id;
   poll(refresh, 3000);

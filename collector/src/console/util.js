@@ -59,6 +59,7 @@ export function entityLabel(e) {
     case "mailbox": return e.address;
     case "file": return e.path;
     case "process": return (e.exe || "?").split("/").pop() + " (" + e.pid + ")";
+    case "lineage": return ((e.process || {}).exe || "?").split("/").pop() + " (" + (e.process || {}).pid + ")";
     case "ip": return e.addr;
     case "domain": return e.name;
     case "url": return e.url;

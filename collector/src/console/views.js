@@ -294,20 +294,28 @@ export function alertTimeline(alerts) {
   return `<svg class="strip" viewBox="0 0 ${W} 40" preserveAspectRatio="none"><line class="axis" x1="0" y1="20" x2="${W}" y2="20"></line>${dots}</svg>
     <div class="muted small strip-range"><span>${esc(time(t0))}</span><span>${esc(time(t1))}</span></div>
     <div class="timeline">${alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span title="${esc(time(a.observed_at_ms))}">${esc(shortTime(a.observed_at_ms))}</span>
-      <span>${sev(a.severity)}</span><span>${esc(a.rule.title)} <span class="muted small">${esc((a.rule.tactics || []).join(" "))}</span></span></div>`).join("")}</div>`;
+      <span>${sev(a.severity)}</span><span>${esc(a.rule.title)} ${a.count > 1 ? `<span class="fold">×${esc(a.count)}, last seen ${esc(time(a.last_observed_at_ms))}</span>` : ""}
+      <span class="muted small">${esc((a.rule.tactics || []).join(" "))}</span></span></div>`).join("")}</div>`;
 }
+
+/** Alerts a device page shows at a time (newest first, paged). */
+const DEVICE_PAGE = 200;
 
 export async function deviceView(root, args, _q, current) {
   const id = args[0];
+  // The page of alerts in view: its cursor, those of the newer pages, its offset.
+  const view = { cursor: null, stack: [], first: 0 };
   const draw = async () => {
-    const [d, { alerts }, incidents, { actions }] = await Promise.all([
+    const [d, page, incidents, { actions }] = await Promise.all([
       api(`/api/v1/devices/${encodeURIComponent(id)}`),
-      api(`/api/v1/alerts?device=${encodeURIComponent(id)}&limit=500`),
+      api(`/api/v1/devices/${encodeURIComponent(id)}/alerts?limit=${DEVICE_PAGE}${view.cursor ? "&cursor=" + encodeURIComponent(view.cursor) : ""}`),
       openIncidents(id),
       api(`/api/v1/actions?device=${encodeURIComponent(id)}&limit=50`),
     ]);
     if (!current()) return;
-    alerts.sort((a, b) => a.observed_at_ms - b.observed_at_ms);
+    const alerts = page.alerts.slice().sort((a, b) => a.observed_at_ms - b.observed_at_ms);
+    const total = page.totals.alerts;
+    const showing = page.total ? `showing ${(view.first + 1).toLocaleString("en-US")}–${(view.first + page.alerts.length).toLocaleString("en-US")} of ${total.toLocaleString("en-US")}, newest first` : "no alerts";
     root.innerHTML = `<section class="card"><h2>${esc(d.hostname)} <span class="muted small mono">${esc(d.id)}</span></h2>
       <div class="summary"><span><span class="k">status</span>${deviceState(d)}</span>
       <span><span class="k">isolation</span><span id="dev-isolation">${esc(d.isolation)}</span></span><span><span class="k">last seen</span>${esc(time(d.last_seen_ms))}</span>
@@ -315,7 +323,10 @@ export async function deviceView(root, args, _q, current) {
       <span><span class="k">addresses</span>${pills(d.addresses)}</span><span><span class="k">users</span>${pills(d.logged_on_users)}</span></div>
       ${can("analyst") ? `<div class="form-row"><button id="dev-isolate">Isolate…</button><button id="dev-release">Release…</button>
         <button id="dev-package">Collect package…</button></div>` : ""}</section>
-      <div class="grid2"><section class="card"><h3>Alerts (${alerts.length})</h3>${alertTimeline(alerts)}</section>
+      <div class="grid2"><section class="card"><h3>Alerts (${esc(total.toLocaleString("en-US"))})</h3>
+        <div class="form-row pager"><span class="muted" id="device-alerts-showing">${esc(showing)}</span>
+        <button id="dev-newer"${view.stack.length ? "" : " disabled"}>◀ Newer</button><button id="dev-older"${page.next_cursor ? "" : " disabled"}>Older ▶</button></div>
+        ${alertTimeline(alerts)}</section>
       <section class="card"><h3>Open incidents</h3>${incidents == null ? `<p class="muted">No incidents API.</p>`
         : incidents.map((i) => `<div>${sev(i.severity)} <a href="#/incident/${esc(i.id)}">${esc(i.title)}</a></div>`).join("") || `<p class="muted">None.</p>`}
       <h3>Actions</h3>${actions.map((a) => `<div>${esc(shortTime(a.updated_at_ms))} ${esc(a.summary)}: <b>${esc(a.status.replace("_", " "))}</b></div>`).join("") || `<p class="muted">None.</p>`}
@@ -324,6 +335,17 @@ export async function deviceView(root, args, _q, current) {
     $("#dev-isolate", root)?.addEventListener("click", () => propose({ kind: "isolate", allow: [] }, "isolate the device from the network"));
     $("#dev-release", root)?.addEventListener("click", () => propose({ kind: "release" }, "release the device from isolation"));
     $("#dev-package", root)?.addEventListener("click", () => propose({ kind: "collect_package" }, "collect an investigation package"));
+    $("#dev-older", root)?.addEventListener("click", () => {
+      view.stack.push(view.cursor);
+      view.first += page.alerts.length;
+      view.cursor = page.next_cursor;
+      draw();
+    });
+    $("#dev-newer", root)?.addEventListener("click", () => {
+      view.cursor = view.stack.pop() ?? null;
+      view.first = Math.max(0, view.first - DEVICE_PAGE);
+      draw();
+    });
   };
   await draw();
   poll(async () => { if (!$("#propose") || $("#propose").hidden) await draw(); }, 5000);

@@ -992,7 +992,12 @@ mod tests {
         assert_eq!(skewed, 6);
         // The skewed alerts sit at their arrival, with the reason.
         let (fast_inc, _) = store.incident_alerts_of("fast0").unwrap();
-        let alerts = store.incident_alerts(&fast_inc, 10).unwrap();
+        let query = crate::store::AlertPageQuery {
+            order: crate::store::AlertOrder::Oldest,
+            limit: 10,
+            ..Default::default()
+        };
+        let alerts = store.incident_alert_page(&fast_inc, &query).unwrap().items;
         assert_eq!(alerts[0].correlated_at_ms, NOW as i64);
         let note = alerts[0].clock_note.as_deref().unwrap_or_default();
         assert!(note.contains("ahead of its arrival"), "{note}");

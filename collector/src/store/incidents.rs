@@ -904,31 +904,6 @@ impl Store {
         Ok(keys)
     }
 
-    /// An incident's alerts in the order correlation placed them, with link reasons (at most `limit`).
-    pub fn incident_alerts(&self, id: &str, limit: u32) -> Result<Vec<IncidentAlert>, StoreError> {
-        let sql = format!(
-            "SELECT {}, ia.reason, ia.linked_at_ms, ia.linked_by,
-                    COALESCE(ia.at_ms, alerts.observed_at_ms) AS at, ia.clock_note FROM incident_alerts ia
-             JOIN alerts ON alerts.rowid = ia.alert_rowid WHERE ia.incident_id = ?1
-             ORDER BY at, alerts.rowid LIMIT ?2",
-            Self::ALERT_COLUMNS.replace("rowid,", "alerts.rowid,")
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt
-            .query_map(params![id, limit], |r| {
-                Ok(IncidentAlert {
-                    alert: Self::alert_row(r)?,
-                    reason: r.get(17)?,
-                    linked_at_ms: r.get(18)?,
-                    linked_by: r.get(19)?,
-                    correlated_at_ms: r.get(20)?,
-                    clock_note: r.get(21)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
     /// The incident an alert is in and why (tests and tools).
     pub fn incident_alerts_of(&self, alert_id: &str) -> Result<(String, String), StoreError> {
         Ok(self.conn.query_row(

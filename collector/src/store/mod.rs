@@ -6,6 +6,7 @@
 mod actions;
 mod automation;
 mod feeds;
+mod incident_view;
 mod incidents;
 mod schema;
 mod silence;
@@ -17,6 +18,7 @@ pub use actions::{
 };
 pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome};
 pub use feeds::{FeedTx, LocatedSignIn};
+pub use incident_view::{AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, ProcessAlerts};
 pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
     IncidentSort, IncidentSummary, StoredAlert, TacticView,

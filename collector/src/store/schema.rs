@@ -382,6 +382,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE incident_entities ADD COLUMN runs TEXT;
     ALTER TABLE incidents ADD COLUMN continues_from TEXT;
     "#,
+    // 15 (console): a device's alerts in time order, for the device page's pages and
+    // time ranges (rowid, part of every index, breaks ties for the cursor).
+    r#"
+    CREATE INDEX alerts_by_device_time ON alerts(device_id, observed_at_ms);
+    "#,
 ];
 
 #[cfg(test)]

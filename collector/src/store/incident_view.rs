@@ -1,0 +1,333 @@
+//! Reading whole incidents and devices for the API: alert pages in time order with a
+//! stable cursor, totals, evidence aggregated over every alert with SQL (never over a
+//! cut of the alerts), and the processes behind the process tree. Reads only.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{params, params_from_iter};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::incidents::IncidentAlert;
+use super::{AlertView, Store, StoreError, sev_from};
+
+/// Which end of the time axis a page starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlertOrder {
+    #[default]
+    Newest,
+    Oldest,
+}
+
+/// A page of alerts: a time range (`since_ms` inclusive, `until_ms` exclusive, on
+/// `observed_at_ms`), the position to continue after, and its size.
+#[derive(Debug, Clone, Default)]
+pub struct AlertPageQuery {
+    pub order: AlertOrder,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// (observed_at_ms, rowid) of the last alert of the previous page.
+    pub after: Option<(i64, i64)>,
+    pub limit: u32,
+}
+
+/// One page and how many alerts the range holds in all.
+#[derive(Debug, Clone)]
+pub struct AlertPage<T> {
+    pub items: Vec<T>,
+    /// Alerts in the time range (every page of it).
+    pub total: i64,
+    /// Where the next page starts, when there is one.
+    pub next: Option<(i64, i64)>,
+}
+
+/// Counts over every alert of an incident or device.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct AlertTotals {
+    pub alerts: i64,
+    /// Detections in all: a folded alert stands for `count` of them.
+    pub events: i64,
+    pub folded_alerts: i64,
+    pub by_severity: BTreeMap<&'static str, i64>,
+    pub first_observed_ms: Option<i64>,
+    pub last_observed_ms: Option<i64>,
+}
+
+/// One entity of a whole incident (kind and lookup key as `entity::key` gives them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityAggregate {
+    pub kind: String,
+    pub key: String,
+    pub alert_count: i64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub max_severity: i64,
+    /// An alert naming it (the first stored), to show the entity in full.
+    pub sample_rowid: i64,
+    pub sources: Vec<String>,
+    /// A mailbox some alert of the mail feed also names as a user: a recipient.
+    pub recipient: bool,
+    pub device_ids: Vec<String>,
+}
+
+/// An alerted process of an incident: its device, the alerts naming it, and the
+/// stored entities of one of them (where its lineage is).
+#[derive(Debug, Clone)]
+pub struct ProcessAlerts {
+    pub device_id: Option<String>,
+    pub key: String,
+    pub alert_count: i64,
+    pub entities: Value,
+    /// The first few alerts: (id, rule title, severity, observed_at_ms).
+    pub sample: Vec<(String, String, &'static str, i64)>,
+}
+
+/// Alerts a process lists with itself in the tree.
+const PROCESS_SAMPLE: u32 = 3;
+
+/// What a page query is scoped to.
+enum Scope<'a> {
+    Incident(&'a str),
+    Device(&'a str),
+}
+
+impl Scope<'_> {
+    fn from_where(&self) -> (&'static str, &str) {
+        match self {
+            Scope::Incident(id) => (
+                "FROM incident_alerts ia JOIN alerts ON alerts.rowid = ia.alert_rowid WHERE ia.incident_id = ?",
+                id,
+            ),
+            Scope::Device(id) => ("FROM alerts WHERE alerts.device_id = ?", id),
+        }
+    }
+}
+
+impl Store {
+    fn alert_page_rows<T>(
+        &self,
+        scope: Scope<'_>,
+        extra_columns: &str,
+        q: &AlertPageQuery,
+        row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        position: impl Fn(&T) -> (i64, i64),
+    ) -> Result<AlertPage<T>, StoreError> {
+        let (from, id) = scope.from_where();
+        let mut range = String::new();
+        let mut p: Vec<rusqlite::types::Value> = vec![id.to_string().into()];
+        if let Some(s) = q.since_ms {
+            range.push_str(" AND alerts.observed_at_ms >= ?");
+            p.push(s.into());
+        }
+        if let Some(u) = q.until_ms {
+            range.push_str(" AND alerts.observed_at_ms < ?");
+            p.push(u.into());
+        }
+        let total: i64 = self
+            .conn
+            .prepare_cached(&format!("SELECT COUNT(*) {from}{range}"))?
+            .query_row(params_from_iter(p.iter()), |r| r.get(0))?;
+        let (cmp, dir) = match q.order {
+            AlertOrder::Newest => ("<", "DESC"),
+            AlertOrder::Oldest => (">", "ASC"),
+        };
+        if let Some((t, rowid)) = q.after {
+            range.push_str(&format!(" AND (alerts.observed_at_ms, alerts.rowid) {cmp} (?, ?)"));
+            p.push(t.into());
+            p.push(rowid.into());
+        }
+        p.push(i64::from(q.limit).into());
+        let sql = format!(
+            "SELECT {}{extra_columns} {from}{range} ORDER BY alerts.observed_at_ms {dir}, alerts.rowid {dir} LIMIT ?",
+            Self::ALERT_COLUMNS.replace("rowid,", "alerts.rowid,")
+        );
+        let items = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(p.iter()), row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (items.len() == q.limit as usize)
+            .then(|| items.last().map(&position))
+            .flatten();
+        Ok(AlertPage { items, total, next })
+    }
+
+    /// A page of an incident's alerts with their link reasons.
+    pub fn incident_alert_page(&self, id: &str, q: &AlertPageQuery) -> Result<AlertPage<IncidentAlert>, StoreError> {
+        self.alert_page_rows(
+            Scope::Incident(id),
+            ", ia.reason, ia.linked_at_ms, ia.linked_by, COALESCE(ia.at_ms, alerts.observed_at_ms), ia.clock_note",
+            q,
+            |r| {
+                Ok(IncidentAlert {
+                    alert: Self::alert_row(r)?,
+                    reason: r.get(17)?,
+                    linked_at_ms: r.get(18)?,
+                    linked_by: r.get(19)?,
+                    correlated_at_ms: r.get(20)?,
+                    clock_note: r.get(21)?,
+                })
+            },
+            |a| (a.alert.observed_at_ms, a.alert.rowid),
+        )
+    }
+
+    /// A page of a device's alerts.
+    pub fn device_alert_page(&self, device_id: &str, q: &AlertPageQuery) -> Result<AlertPage<AlertView>, StoreError> {
+        self.alert_page_rows(Scope::Device(device_id), "", q, Self::alert_row, |a| {
+            (a.observed_at_ms, a.rowid)
+        })
+    }
+
+    fn totals(&self, scope: Scope<'_>) -> Result<AlertTotals, StoreError> {
+        let (from, id) = scope.from_where();
+        let sql = format!(
+            "SELECT alerts.severity, COUNT(*), SUM(alerts.count), SUM(alerts.count > 1), MIN(alerts.observed_at_ms),
+                    MAX(alerts.last_observed_at_ms) {from} GROUP BY alerts.severity"
+        );
+        let mut t = AlertTotals::default();
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![id])?;
+        while let Some(r) = rows.next()? {
+            let (n, events, folded): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+            t.alerts += n;
+            t.events += events;
+            t.folded_alerts += folded;
+            *t.by_severity.entry(sev_from(r.get(0)?)).or_default() += n;
+            let (first, last): (i64, i64) = (r.get(4)?, r.get(5)?);
+            t.first_observed_ms = Some(t.first_observed_ms.map_or(first, |f| f.min(first)));
+            t.last_observed_ms = Some(t.last_observed_ms.map_or(last, |l| l.max(last)));
+        }
+        Ok(t)
+    }
+
+    /// Counts over every alert of an incident.
+    pub fn incident_alert_totals(&self, id: &str) -> Result<AlertTotals, StoreError> {
+        self.totals(Scope::Incident(id))
+    }
+
+    /// Counts over every alert of a device.
+    pub fn device_alert_totals(&self, device_id: &str) -> Result<AlertTotals, StoreError> {
+        self.totals(Scope::Device(device_id))
+    }
+
+    /// Every entity of an incident with its counts, over all its alerts. An alert's
+    /// device counts as a device entity of it (by hostname), as the correlator sees it.
+    pub fn incident_entity_aggregates(&self, id: &str) -> Result<Vec<EntityAggregate>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH r AS (SELECT alert_rowid FROM incident_alerts WHERE incident_id = ?1),
+             e AS (SELECT ae.kind, ae.value, ae.alert_rowid FROM r JOIN alert_entities ae ON ae.alert_rowid = r.alert_rowid
+                   UNION SELECT 'device', lower(d.hostname), a.rowid FROM r JOIN alerts a ON a.rowid = r.alert_rowid
+                   JOIN devices d ON d.id = a.device_id)
+             SELECT e.kind, e.value, COUNT(*), MIN(a.observed_at_ms), MAX(a.last_observed_at_ms), MAX(a.severity),
+                    MIN(e.alert_rowid), group_concat(DISTINCT a.source),
+                    MAX(CASE WHEN e.kind = 'mailbox' AND a.source = 'mailbox' THEN EXISTS (SELECT 1 FROM alert_entities u
+                        WHERE u.alert_rowid = e.alert_rowid AND u.kind = 'user' AND u.value = e.value) ELSE 0 END),
+                    group_concat(DISTINCT a.device_id)
+             FROM e JOIN alerts a ON a.rowid = e.alert_rowid GROUP BY e.kind, e.value",
+        )?;
+        let split = |s: Option<String>| -> Vec<String> {
+            s.map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(EntityAggregate {
+                    kind: r.get(0)?,
+                    key: r.get(1)?,
+                    alert_count: r.get(2)?,
+                    first_ms: r.get(3)?,
+                    last_ms: r.get(4)?,
+                    max_severity: r.get(5)?,
+                    sample_rowid: r.get(6)?,
+                    sources: split(r.get(7)?),
+                    recipient: r.get::<_, i64>(8)? != 0,
+                    device_ids: split(r.get(9)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The stored entity lists (JSON) of the given alerts, by rowid.
+    pub fn alert_entity_lists(&self, rowids: &[i64]) -> Result<HashMap<i64, Value>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT entities FROM alerts WHERE rowid = ?1")?;
+        let mut out = HashMap::new();
+        for &rowid in rowids {
+            if out.contains_key(&rowid) {
+                continue;
+            }
+            let text: Option<String> = stmt.query_map(params![rowid], |r| r.get(0))?.next().transpose()?;
+            if let Some(t) = text {
+                out.insert(rowid, serde_json::from_str(&t).unwrap_or(Value::Null));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every device an incident's alerts came from (at most `limit`) and how many there are.
+    pub fn incident_alert_devices(&self, id: &str, limit: u32) -> Result<(Vec<String>, i64), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.device_id, MIN(a.observed_at_ms) first FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+             WHERE ia.incident_id = ?1 AND a.device_id IS NOT NULL GROUP BY a.device_id ORDER BY first, a.device_id",
+        )?;
+        let all = stmt
+            .query_map(params![id], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
+        Ok((all.into_iter().take(limit as usize).collect(), total))
+    }
+
+    /// The alerted processes of an incident (entities of kind `lineage` or `process`,
+    /// one per device and pid@start), the first `limit` by first alert, and how many
+    /// there are in all.
+    pub fn incident_processes(&self, id: &str, limit: u32) -> Result<(Vec<ProcessAlerts>, i64), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.device_id, ae.value, COUNT(DISTINCT ae.alert_rowid),
+                    COALESCE(MIN(CASE WHEN ae.kind = 'lineage' THEN ae.alert_rowid END), MIN(ae.alert_rowid)) sample
+             FROM incident_alerts ia JOIN alert_entities ae ON ae.alert_rowid = ia.alert_rowid
+             JOIN alerts a ON a.rowid = ia.alert_rowid
+             WHERE ia.incident_id = ?1 AND ae.kind IN ('lineage', 'process')
+             GROUP BY a.device_id, ae.value ORDER BY MIN(a.observed_at_ms), sample",
+        )?;
+        let all = stmt
+            .query_map(params![id], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
+        let kept: Vec<_> = all.into_iter().take(limit as usize).collect();
+        let lists = self.alert_entity_lists(&kept.iter().map(|k| k.3).collect::<Vec<_>>())?;
+        let mut sample = self.conn.prepare_cached(
+            // CROSS JOIN keeps SQLite on the entity index (a process names few alerts)
+            // instead of walking the incident's alerts once per process.
+            "SELECT a.id, a.rule_title, a.severity, a.observed_at_ms FROM alert_entities ae
+             CROSS JOIN incident_alerts ia ON ia.alert_rowid = ae.alert_rowid CROSS JOIN alerts a ON a.rowid = ae.alert_rowid
+             WHERE ae.kind IN ('lineage', 'process') AND ae.value = ?1 AND ia.incident_id = ?2 AND a.device_id IS ?3
+             GROUP BY a.rowid ORDER BY a.observed_at_ms, a.rowid LIMIT ?4",
+        )?;
+        let mut out = Vec::with_capacity(kept.len());
+        for (device_id, key, alert_count, rowid) in kept {
+            let alerts = sample
+                .query_map(params![key, id, device_id, PROCESS_SAMPLE], |r| {
+                    Ok((r.get(0)?, r.get(1)?, sev_from(r.get(2)?), r.get(3)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(ProcessAlerts {
+                entities: lists.get(&rowid).cloned().unwrap_or(Value::Null),
+                device_id,
+                key,
+                alert_count,
+                sample: alerts,
+            });
+        }
+        Ok((out, total))
+    }
+}
