@@ -12,7 +12,8 @@
 //! Sensors call it when they build an event, because short processes and their parents
 //! exit. A small bounded cache of nodes by (pid, start time) spares a burst of execs
 //! under one shell from re-reading each ancestor's exe, command line and users: an
-//! ancestor costs one /proc/PID/stat read when cached. This module must not trust /proc
+//! ancestor costs one /proc/PID/stat read when cached. Command lines in nodes are cut
+//! at [`MAX_NODE_CMDLINE_BYTES`]. This module must not trust /proc
 //! (every read may fail or race with an exit) nor ever signal or trace a process; it
 //! reads from a configurable proc root so it is tested on a fake tree.
 
@@ -28,6 +29,9 @@ use crate::event::Lineage;
 
 /// Nodes remembered by default (a few hundred bytes each).
 pub const DEFAULT_CACHE_ENTRIES: usize = 1024;
+/// Longest command line kept in a node, bytes: nine nodes stay small in an alert (the
+/// alerted process's full command line is in its `Process` entity).
+pub const MAX_NODE_CMDLINE_BYTES: usize = 4096;
 /// `/proc/PID/loginuid` of a process no login set (-1 as unsigned).
 const LOGINUID_UNSET: u32 = u32::MAX;
 
@@ -81,6 +85,18 @@ pub fn is_root_exe(exe: &str) -> bool {
     name == "systemd" || name == "conmon" || name.starts_with("containerd-shim")
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
 /// A parent pid that means "child of init (or of the kernel)".
 fn is_init(ppid: u32) -> bool {
     ppid <= 1
@@ -127,7 +143,7 @@ impl LineageReader {
             ppid: stat.ppid,
             start_time_ms: stat.start_time_ms,
             exe: read_exe(&self.proc_root, pid).0,
-            cmdline: read_cmdline(&self.proc_root, pid),
+            cmdline: cut(read_cmdline(&self.proc_root, pid), MAX_NODE_CMDLINE_BYTES),
             user: read_uids(&self.proc_root, pid).map(|(_, euid)| self.user_name(euid)),
             login_user: self.login_user(pid),
         };
@@ -154,7 +170,8 @@ impl LineageReader {
 
     /// The lineage of `process` (a node the caller has just read): its ancestors up to the
     /// root, see the module doc.
-    pub fn lineage_of(&self, process: ProcessNode) -> Lineage {
+    pub fn lineage_of(&self, mut process: ProcessNode) -> Lineage {
+        process.cmdline = cut(process.cmdline, MAX_NODE_CMDLINE_BYTES);
         lock(&self.cache).put(&process);
         let mut ancestors: Vec<ProcessNode> = Vec::new();
         let rooted = if is_init(process.ppid) {
@@ -432,6 +449,21 @@ mod tests {
         p.add(601, 1, 20, "/usr/bin/bash", &["changed"], 1000, 1000);
         let l = r.lineage(603).unwrap();
         assert_eq!((l.ancestors.len(), l.ancestors[0].ppid, l.rooted), (1, 1, true));
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_on_a_character_boundary() {
+        let p = FakeProc::new();
+        let long = "é".repeat(MAX_NODE_CMDLINE_BYTES);
+        p.add(10, 1, 1, "/bin/sh", &["sh", &long], 0, UNSET);
+        p.add(11, 10, 2, "/bin/sh", &["sh", &long], 0, UNSET);
+        let l = check(&p, 11, &[10], true);
+        for n in [&l.process, &l.ancestors[0]] {
+            assert!(n.cmdline.len() <= MAX_NODE_CMDLINE_BYTES && n.cmdline.len() > MAX_NODE_CMDLINE_BYTES - 4);
+            assert!(n.cmdline.starts_with("sh éé"));
+        }
+        assert_eq!(cut("abc".into(), 2), "ab");
+        assert_eq!(cut("é".into(), 1), "");
     }
 
     #[test]
