@@ -96,6 +96,13 @@ pub struct AuthEvent {
     /// The message part of the line, as logged (Sigma keyword rules match on it).
     pub message: String,
     pub host: String,
+    /// The logging process (`program[pid]`, the journal's `_PID`).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// That process and its ancestors, when it still ran the logging program as the
+    /// sensor read the line (an sshd session's monitor, sudo, su).
+    #[serde(default)]
+    pub lineage: Option<Box<Lineage>>,
 }
 
 /// One reassembled Linux audit event (all records of one serial number).

@@ -125,6 +125,9 @@ pub fn entities(event: &Event) -> Vec<Entity> {
             if let Some(ip) = a.source_ip.as_deref().and_then(|ip| ip.trim().parse::<IpAddr>().ok()) {
                 out.push(Entity::Ip { addr: ip });
             }
+            if let Some(l) = &a.lineage {
+                out.push(lineage_entity(l));
+            }
         }
         EventData::Audit(a) => {
             let f = &a.fields;
@@ -297,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn process_and_audit_events_carry_their_lineage() {
+    fn process_audit_and_auth_events_carry_their_lineage() {
         use crate::event::{AuditEvent, Lineage, ProcessEvent};
         let node = |pid: u32| ward_protocol::ProcessNode {
             pid,
@@ -336,10 +339,15 @@ mod tests {
         let bare = ProcessEvent { lineage: None, ..p };
         assert!(lineages(EventData::Process(bare)).is_empty());
         let a = AuditEvent {
+            lineage: Some(lineage.clone()),
+            ..Default::default()
+        };
+        assert_eq!(lineages(EventData::Audit(a)), vec![want.clone()]);
+        let a = crate::event::AuthEvent {
             lineage: Some(lineage),
             ..Default::default()
         };
-        assert_eq!(lineages(EventData::Audit(a)), vec![want]);
+        assert_eq!(lineages(EventData::Auth(a)), vec![want]);
     }
 
     #[test]

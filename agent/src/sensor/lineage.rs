@@ -10,7 +10,10 @@
 //! already exited (its pid gone, or reused by a process younger than its child).
 //!
 //! Sensors call it when they build an event, because short processes and their parents
-//! exit. A small bounded cache of nodes by (pid, start time) spares a burst of execs
+//! exit: the process sensor (poller and netlink connector) for every new process, the
+//! audit sensor for a record's `pid`, the auth sensor for the logging process
+//! (`sshd[811]`, the journal's `_PID`), the last two only while that pid still runs the
+//! program the record names. A small bounded cache of nodes by (pid, start time) spares a burst of execs
 //! under one shell from re-reading each ancestor's exe, command line and users: an
 //! ancestor costs one /proc/PID/stat read when cached. Command lines in nodes are cut
 //! at [`MAX_NODE_CMDLINE_BYTES`]. This module must not trust /proc

@@ -298,7 +298,8 @@ pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut 
     }
     if config.auth_enabled {
         let c = config.clone();
-        runners.push(("auth", Arc::new(move |ctx| auth::run(&c, ctx))));
+        let l = lineage.clone();
+        runners.push(("auth", Arc::new(move |ctx| auth::run(&c, &l, ctx))));
     }
     if config.audit_enabled {
         let c = config.clone();
