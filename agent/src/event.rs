@@ -1,6 +1,7 @@
 //! The events sensors produce and detection consumes. Plain data: no IO here.
 
 use serde::{Deserialize, Serialize};
+use ward_protocol::ProcessNode;
 
 /// One observation from a sensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,21 @@ pub struct ProcessEvent {
     pub parent_cmdline: String,
     /// True when the executable was deleted from disk while the process runs.
     pub exe_deleted: bool,
+    /// The process and its ancestors, read when the event was built (boxed: most
+    /// events on the channel are not alerts, keep them small).
+    #[serde(default)]
+    pub lineage: Option<Box<Lineage>>,
+}
+
+/// A process and its ancestors, parent first, up to the service or session root (see
+/// `sensor::lineage`); becomes the alert's `Entity::Lineage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub process: ProcessNode,
+    /// At most `ward_protocol::MAX_ANCESTORS`, parent first.
+    pub ancestors: Vec<ProcessNode>,
+    /// The last ancestor (or, with none, the process itself) is a tree's root.
+    pub rooted: bool,
 }
 
 /// What happened to a file.
@@ -80,6 +96,13 @@ pub struct AuthEvent {
     /// The message part of the line, as logged (Sigma keyword rules match on it).
     pub message: String,
     pub host: String,
+    /// The logging process (`program[pid]`, the journal's `_PID`).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// That process and its ancestors, when it still ran the logging program as the
+    /// sensor read the line (an sshd session's monitor, sudo, su).
+    #[serde(default)]
+    pub lineage: Option<Box<Lineage>>,
 }
 
 /// One reassembled Linux audit event (all records of one serial number).
@@ -93,6 +116,13 @@ pub struct AuditEvent {
     pub fields: std::collections::BTreeMap<String, String>,
     /// All record types in the event.
     pub record_types: Vec<String>,
+    /// When the kernel logged it (the first record's header), Unix milliseconds.
+    #[serde(default)]
+    pub timestamp_ms: u64,
+    /// The process of the record's `pid` and its ancestors, when that process still
+    /// ran the record's executable as the sensor read the record.
+    #[serde(default)]
+    pub lineage: Option<Box<Lineage>>,
 }
 
 /// A blind spot, reported so that silence never means "nothing happened".

@@ -51,6 +51,9 @@ pub fn initial_rules(config: &Config, state_dir: &Path, identity: &Identity) -> 
 
 pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let identity = Identity::load(&state_dir)?;
+    // Before any start time is read: the same process keeps the same start time across
+    // agent restarts (kill commands and correlation compare it exactly).
+    crate::sensor::process::pin_boot_time(&state_dir);
     let outbox = Outbox::open(&state_dir.join(OUTBOX_FILE), config.outbox.max_bytes)?;
     let (rules, rule_errors) = initial_rules(&config, &state_dir, &identity);
     let stats = rules.detector.stats();

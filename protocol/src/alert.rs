@@ -108,8 +108,10 @@ pub enum Entity {
         /// including the service or session root when `rooted`.
         ancestors: Vec<ProcessNode>,
         /// The last ancestor is the root of the tree: a service's main process (a
-        /// child of init) or a session manager (`systemd --user`). Without it the
-        /// chain was cut at [`MAX_ANCESTORS`] or by a process that had exited.
+        /// child of init), a session manager (`systemd --user`) or a container shim
+        /// (`containerd-shim*`, `conmon`); with no ancestors, the process itself is a
+        /// child of init. Without it the chain was cut at [`MAX_ANCESTORS`] or by a
+        /// process that had exited.
         rooted: bool,
     },
 }
@@ -147,6 +149,28 @@ impl Entity {
             Entity::Lineage { .. } => "lineage",
         }
     }
+
+    /// For a [`Entity::Lineage`], the process that names its tree: below a root, the
+    /// root's child on the way to the process (the login shell under sshd, the shell a
+    /// web server spawned); the process itself when its parent is the root or it is a
+    /// root itself; the topmost ancestor read when the chain was cut. `None` for
+    /// other kinds.
+    pub fn lineage_key(&self) -> Option<&ProcessNode> {
+        let Entity::Lineage {
+            process,
+            ancestors,
+            rooted,
+        } = self
+        else {
+            return None;
+        };
+        let key = if *rooted {
+            ancestors.len().checked_sub(2).and_then(|i| ancestors.get(i))
+        } else {
+            ancestors.last()
+        };
+        Some(key.unwrap_or(process))
+    }
 }
 
 /// One event field that took part in the match, as the rule saw it.
@@ -172,4 +196,38 @@ pub struct Alert {
     /// How many matching events this alert stands for (repeats are aggregated).
     pub count: u32,
     pub matched: Vec<MatchedField>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(pid: u32) -> ProcessNode {
+        ProcessNode {
+            pid,
+            ppid: pid.saturating_sub(1),
+            start_time_ms: u64::from(pid) * 10,
+            exe: format!("/bin/p{pid}"),
+            cmdline: format!("p{pid}"),
+            user: None,
+            login_user: None,
+        }
+    }
+
+    #[test]
+    fn lineage_key_is_the_child_of_the_root_or_the_top_of_a_cut_chain() {
+        let lineage = |ancestors: &[u32], rooted: bool| Entity::Lineage {
+            process: node(100),
+            ancestors: ancestors.iter().map(|p| node(*p)).collect(),
+            rooted,
+        };
+        let key = |e: &Entity| e.lineage_key().map(|n| n.pid);
+        // whoami <- bash 40 <- sshd session 30 <- sshd 20 (root): the session's process.
+        assert_eq!(key(&lineage(&[40, 30, 20], true)), Some(30));
+        assert_eq!(key(&lineage(&[20], true)), Some(100));
+        assert_eq!(key(&lineage(&[], true)), Some(100));
+        assert_eq!(key(&lineage(&[40, 30], false)), Some(30));
+        assert_eq!(key(&lineage(&[], false)), Some(100));
+        assert_eq!(key(&Entity::Domain { name: "x".into() }), None);
+    }
 }

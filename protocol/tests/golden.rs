@@ -65,6 +65,45 @@ fn alert() -> Alert {
     }
 }
 
+/// An alert with a process lineage (protocol 1.2): `whoami` run by a shell that a
+/// Java web server spawned.
+fn lineage_alert() -> Alert {
+    let node = |pid: u32, ppid: u32, start_time_ms: u64, exe: &str, cmdline: &str, user: &str| ProcessNode {
+        pid,
+        ppid,
+        start_time_ms,
+        exe: exe.into(),
+        cmdline: cmdline.into(),
+        user: Some(user.into()),
+        login_user: None,
+    };
+    let mut a = alert();
+    a.entities = vec![
+        Entity::Device {
+            hostname: "web-1".into(),
+        },
+        Entity::Lineage {
+            process: node(17801, 17794, 1_760_000_021_350, "/usr/bin/whoami", "whoami", "tomcat"),
+            ancestors: vec![
+                node(17794, 4410, 1_760_000_021_120, "/usr/bin/bash", "bash -i", "tomcat"),
+                ProcessNode {
+                    login_user: Some("alice".into()),
+                    ..node(
+                        4410,
+                        1,
+                        1_759_990_000_010,
+                        "/usr/lib/jvm/java-17/bin/java",
+                        "java -jar tomcat.jar",
+                        "1001",
+                    )
+                },
+            ],
+            rooted: true,
+        },
+    ];
+    a
+}
+
 fn command() -> Command {
     Command {
         id: CommandId(Id128::from_u128(9)),
@@ -112,6 +151,7 @@ fn v1_encodings_are_frozen() {
     let alert_bytes = postcard::to_stdvec(&alert).unwrap();
     check("alert", alert_bytes.clone());
     check("command", postcard::to_stdvec(&command()).unwrap());
+    check("alert_lineage", postcard::to_stdvec(&lineage_alert()).unwrap());
     let rollover = KeyRollover {
         serial: 2,
         new_key: PublicKey([9; 32]),
@@ -147,13 +187,22 @@ fn v1_encodings_are_frozen() {
     );
 }
 
-#[test]
-fn golden_files_decode_to_the_values() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1/alert.hex");
+fn golden_bytes(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/v1")
+        .join(format!("{name}.hex"));
     let hex = std::fs::read_to_string(path).unwrap();
-    let bytes: Vec<u8> = (0..hex.trim().len())
+    (0..hex.trim().len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    assert_eq!(postcard::from_bytes::<Alert>(&bytes).unwrap(), alert());
+        .collect()
+}
+
+#[test]
+fn golden_files_decode_to_the_values() {
+    assert_eq!(postcard::from_bytes::<Alert>(&golden_bytes("alert")).unwrap(), alert());
+    assert_eq!(
+        postcard::from_bytes::<Alert>(&golden_bytes("alert_lineage")).unwrap(),
+        lineage_alert()
+    );
 }

@@ -7,7 +7,9 @@
 //!
 //! The key is the rule id plus the entities, except that a process is keyed by
 //! executable and command line (not pid or start time), so a loop that runs the
-//! same command again and again becomes one alert.
+//! same command again and again becomes one alert, and a lineage by the process
+//! that names its tree (`Entity::lineage_key`, or the parent when that is the
+//! process itself), so the loop folds within one tree and not across trees.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -80,6 +82,16 @@ fn key(d: &Detection) -> String {
         k.push('\u{1f}');
         let _ = match e {
             Entity::Process { exe, cmdline, .. } => write!(k, "process\u{1e}{exe}\u{1e}{cmdline}"),
+            // Repeats in one process tree fold, the same command in another tree does not.
+            // The tree is named by its key node, or by the parent when that node is the
+            // repeated process itself (a service's direct children).
+            Entity::Lineage { process, ancestors, .. } => {
+                let node = e.lineage_key().filter(|n| *n != process).or(ancestors.first());
+                match node {
+                    Some(n) => write!(k, "lineage\u{1e}{}\u{1e}{}", n.pid, n.start_time_ms),
+                    None => write!(k, "lineage"),
+                }
+            }
             other => write!(k, "{other:?}"),
         };
     }
@@ -237,6 +249,50 @@ mod tests {
         assert_eq!(a.tracked(), 0);
         // after the window, the next one is a first occurrence again
         assert_eq!(a.push(det("r", 1, 70_000), 70_000).len(), 1);
+    }
+
+    /// `whoami` (a new pid each time) under `parents`, pids from the top down.
+    fn in_tree(pid: u32, parents: &[u32], t: u64) -> Detection {
+        let node = |pid: u32| ward_protocol::ProcessNode {
+            pid,
+            ppid: 0,
+            start_time_ms: u64::from(pid) * 7,
+            exe: "/usr/bin/whoami".into(),
+            cmdline: "whoami".into(),
+            user: None,
+            login_user: None,
+        };
+        let mut d = det("r", 1, t);
+        d.entities.push(Entity::Process {
+            pid,
+            ppid: 0,
+            start_time_ms: t,
+            exe: "/usr/bin/whoami".into(),
+            cmdline: "whoami".into(),
+            sha256: None,
+        });
+        d.entities.push(Entity::Lineage {
+            process: node(pid),
+            ancestors: parents.iter().rev().map(|p| node(*p)).collect(),
+            rooted: true,
+        });
+        d
+    }
+
+    #[test]
+    fn repeats_fold_within_one_process_tree_only() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        // A loop in one login shell (sshd 10 > session 20 > bash 30): one alert.
+        assert_eq!(a.push(in_tree(100, &[10, 20, 30], 1000), 1000).len(), 1);
+        assert!(a.push(in_tree(101, &[10, 20, 30], 1100), 1100).is_empty());
+        // Each under a new shell of the same session: still the session's tree.
+        assert!(a.push(in_tree(103, &[10, 20, 31], 1200), 1200).is_empty());
+        // Another session is another tree.
+        assert_eq!(a.push(in_tree(104, &[10, 21, 32], 1300), 1300).len(), 1);
+        // Direct children of a service fold under the service.
+        assert_eq!(a.push(in_tree(105, &[10], 1400), 1400).len(), 1);
+        assert!(a.push(in_tree(106, &[10], 1500), 1500).is_empty());
+        assert_eq!(a.push(in_tree(107, &[11], 1600), 1600).len(), 1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Typed entities (user, process, file, IP, URL, domain) pulled out of one Ward event
+//! Typed entities (user, process and its lineage, file, IP, URL, domain) pulled out of one Ward event
 //! for the alert, and ATT&CK ids pulled out of a rule's tags. Pure string work: no
 //! IO, no DNS, no rule knowledge beyond the tag names.
 
@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ward_protocol::Entity;
 
-use crate::event::{Event, EventData};
+use crate::event::{Event, EventData, Lineage};
 
 /// Caps so a hostile command line cannot make an alert huge.
 const MAX_NETWORK_ENTITIES: usize = 16;
@@ -98,6 +98,9 @@ pub fn entities(event: &Event) -> Vec<Entity> {
                 cmdline: p.cmdline.clone(),
                 sha256: p.sha256,
             });
+            if let Some(l) = &p.lineage {
+                out.push(lineage_entity(l));
+            }
             if !p.exe.is_empty() && p.sha256.is_some() {
                 out.push(Entity::File {
                     path: p.exe.clone(),
@@ -121,6 +124,9 @@ pub fn entities(event: &Event) -> Vec<Entity> {
             }
             if let Some(ip) = a.source_ip.as_deref().and_then(|ip| ip.trim().parse::<IpAddr>().ok()) {
                 out.push(Entity::Ip { addr: ip });
+            }
+            if let Some(l) = &a.lineage {
+                out.push(lineage_entity(l));
             }
         }
         EventData::Audit(a) => {
@@ -148,6 +154,9 @@ pub fn entities(event: &Event) -> Vec<Entity> {
                 });
                 network_entities(&cmdline, &mut out);
             }
+            if let Some(l) = &a.lineage {
+                out.push(lineage_entity(l));
+            }
             if let Some(name) = f.get("name").filter(|n| n.starts_with('/')) {
                 out.push(Entity::File {
                     path: name.trim_matches('"').to_string(),
@@ -158,6 +167,14 @@ pub fn entities(event: &Event) -> Vec<Entity> {
         EventData::Gap(_) => {}
     }
     out
+}
+
+fn lineage_entity(l: &Lineage) -> Entity {
+    Entity::Lineage {
+        process: l.process.clone(),
+        ancestors: l.ancestors.clone(),
+        rooted: l.rooted,
+    }
 }
 
 /// The command line of an audit EXECVE record (`a0`, `a1`, ... joined by spaces).
@@ -280,6 +297,57 @@ mod tests {
         for (cmd, want) in cases {
             assert_eq!(net(cmd), *want, "{cmd}");
         }
+    }
+
+    #[test]
+    fn process_audit_and_auth_events_carry_their_lineage() {
+        use crate::event::{AuditEvent, Lineage, ProcessEvent};
+        let node = |pid: u32| ward_protocol::ProcessNode {
+            pid,
+            ppid: pid - 1,
+            start_time_ms: 1000 + u64::from(pid),
+            exe: "/usr/bin/bash".into(),
+            cmdline: format!("bash {pid}"),
+            user: Some("alice".into()),
+            login_user: Some("alice".into()),
+        };
+        let lineage = Box::new(Lineage {
+            process: node(30),
+            ancestors: vec![node(29), node(28)],
+            rooted: true,
+        });
+        let want = Entity::Lineage {
+            process: node(30),
+            ancestors: vec![node(29), node(28)],
+            rooted: true,
+        };
+        let lineages = |data: EventData| -> Vec<Entity> {
+            entities(&Event {
+                observed_at_ms: 1,
+                data,
+            })
+            .into_iter()
+            .filter(|e| e.kind() == "lineage")
+            .collect()
+        };
+        let p = ProcessEvent {
+            pid: 30,
+            lineage: Some(lineage.clone()),
+            ..Default::default()
+        };
+        assert_eq!(lineages(EventData::Process(p.clone())), vec![want.clone()]);
+        let bare = ProcessEvent { lineage: None, ..p };
+        assert!(lineages(EventData::Process(bare)).is_empty());
+        let a = AuditEvent {
+            lineage: Some(lineage.clone()),
+            ..Default::default()
+        };
+        assert_eq!(lineages(EventData::Audit(a)), vec![want.clone()]);
+        let a = crate::event::AuthEvent {
+            lineage: Some(lineage),
+            ..Default::default()
+        };
+        assert_eq!(lineages(EventData::Auth(a)), vec![want]);
     }
 
     #[test]

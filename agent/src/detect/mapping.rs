@@ -4,7 +4,7 @@
 //!
 //! | Ward event | Sigma logsource | fields |
 //! | --- | --- | --- |
-//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, the closest Linux value), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool) |
+//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `ParentUser` (the parent's effective user, from the lineage), `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, the closest Linux value), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool) |
 //! | file create / modify / chmod / rename | `category: file_event` | `TargetFilename`, `SourceFilename` (rename), `Hashes`, `sha256`, `FileSize`, `FileMode` (4-digit octal permission bits), `UserId`, `Operation` |
 //! | file rename | also `category: file_rename` | as above |
 //! | file delete | `category: file_delete` | as above |
@@ -128,6 +128,7 @@ const PROCESS_FIELDS: &[&str] = &[
     "CommandLine",
     "ParentImage",
     "ParentCommandLine",
+    "ParentUser",
     "CurrentDirectory",
     "User",
     "UserId",
@@ -187,6 +188,7 @@ fn process_field<'a>(p: &'a ProcessEvent, name: &str) -> Option<EventValue<'a>> 
         "CommandLine" => s(&p.cmdline),
         "ParentImage" => s(&p.parent_exe),
         "ParentCommandLine" => s(&p.parent_cmdline),
+        "ParentUser" => opt_s(p.lineage.as_ref()?.ancestors.first()?.user.as_deref()),
         "CurrentDirectory" => s(&p.cwd),
         "User" => s(&p.user),
         "UserId" | "LogonId" => p.uid.map(|u| EventValue::Int(i64::from(u))),
@@ -369,6 +371,25 @@ mod tests {
         let h = v.get_field("Hashes").unwrap();
         assert!(h.as_str().unwrap().starts_with("SHA256=ABAB"));
         assert_eq!(v.get_field("Nope"), None);
+        assert_eq!(v.get_field("ParentUser"), None, "no lineage, no parent user");
+        let mut e = proc_event();
+        if let EventData::Process(p) = &mut e.data {
+            let node = |pid: u32, user: &str| ward_protocol::ProcessNode {
+                pid,
+                ppid: 1,
+                start_time_ms: 5,
+                exe: "/usr/bin/bash".into(),
+                cmdline: "bash".into(),
+                user: Some(user.into()),
+                login_user: None,
+            };
+            p.lineage = Some(Box::new(crate::event::Lineage {
+                process: node(10, "www-data"),
+                ancestors: vec![node(9, "root")],
+                rooted: true,
+            }));
+        }
+        assert_eq!(SigmaView::new(&e).get_field("ParentUser"), s("root"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError, now_ms};
 use crate::event::{AuditEvent, EventData};
 
@@ -482,11 +483,23 @@ pub fn build_event(serial: u32, records: Vec<AuditRecord>) -> AuditEvent {
         record_type: main,
         fields,
         record_types,
+        timestamp_ms: records.first().map(|r| r.timestamp_ms).unwrap_or(0),
+        lineage: None,
     }
 }
 
+/// Attaches the lineage of the event's process (its `pid` field), if that process still
+/// lives and runs the event's `exe`.
+pub fn attach_lineage(ev: &mut AuditEvent, lineage: &LineageReader) {
+    let Some(pid) = ev.fields.get("pid").and_then(|p| p.parse::<u32>().ok()) else {
+        return;
+    };
+    let exe = ev.fields.get("exe").map(|e| e.trim_matches('"'));
+    ev.lineage = lineage.lineage_if_same(pid, ev.timestamp_ms, exe).map(Box::new);
+}
+
 /// Tails the audit log until the sensor stops.
-pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
+pub fn run(config: &SensorConfig, lineage: &LineageReader, ctx: &SensorCtx) -> Result<(), SensorError> {
     let interval = Duration::from_millis(config.log_poll_interval_ms.max(10));
     let mut reasm = Reassembler::new(config.audit_event_timeout_ms, config.audit_max_in_flight_events);
     let mut malformed: u64 = 0;
@@ -502,7 +515,8 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
             }
         }
         events.extend(reasm.flush_expired(now));
-        for ev in events {
+        for mut ev in events {
+            attach_lineage(&mut ev, lineage);
             if !ctx.emit(EventData::Audit(ev)) {
                 return false;
             }
@@ -555,6 +569,37 @@ mod tests {
             Err(AuditParseError::BadHeader)
         );
         assert_eq!(parse_record("type=X hello"), Err(AuditParseError::NoHeader));
+    }
+
+    #[test]
+    fn events_of_a_live_process_carry_its_lineage() {
+        let me = std::process::id();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap().display().to_string();
+        let line = |pid: u32, exe: &str| {
+            let ts = crate::sensor::now_ms();
+            format!(
+                "type=SYSCALL msg=audit({}.{:03}:7): syscall=59 pid={pid} ppid=1 exe=\"{exe}\"",
+                ts / 1000,
+                ts % 1000
+            )
+        };
+        let reader = LineageReader::new();
+        let mut ev = build_event(7, vec![parse_record(&line(me, &exe)).unwrap()]);
+        assert!(ev.timestamp_ms > 0);
+        attach_lineage(&mut ev, &reader);
+        let l = ev.lineage.expect("a live process has a lineage");
+        assert_eq!((l.process.pid, l.process.exe.as_str()), (me, exe.as_str()));
+        assert!(!l.ancestors.is_empty() || l.rooted);
+        // Another program on that pid, or no pid: none.
+        let mut ev = build_event(8, vec![parse_record(&line(me, "/usr/bin/other")).unwrap()]);
+        attach_lineage(&mut ev, &reader);
+        assert!(ev.lineage.is_none());
+        let mut ev = build_event(
+            9,
+            vec![parse_record("type=USER_LOGIN msg=audit(1.000:9): uid=0").unwrap()],
+        );
+        attach_lineage(&mut ev, &reader);
+        assert!(ev.lineage.is_none());
     }
 
     #[test]

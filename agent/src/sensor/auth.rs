@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::journal::{self, JournalEntry, JournalError};
+use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::event::{AuthEvent, EventData};
 
@@ -378,7 +379,35 @@ fn parse_logind(msg: &str) -> Option<Parsed> {
 /// Parses one auth log line. `None` only for lines that are not syslog lines at all.
 pub fn parse_auth_line(line: &str) -> Option<AuthEvent> {
     let s = parse_syslog(line)?;
-    Some(parse_auth_message(s.host, s.program, s.tag, s.message))
+    let mut ev = parse_auth_message(s.host, s.program, s.tag, s.message);
+    ev.pid = tag_pid(s.tag);
+    Some(ev)
+}
+
+/// The pid in a syslog tag: `sshd[811]`, `su(pam_unix)[23164]`.
+fn tag_pid(tag: &str) -> Option<u32> {
+    let (_, rest) = tag.rsplit_once('[')?;
+    rest.strip_suffix(']')?.parse().ok()
+}
+
+/// The program that logged an auth event, as its tag names it (`sshd-session`, `su`).
+fn tag_program(tag: &str) -> &str {
+    tag.split(['[', '(']).next().unwrap_or(tag)
+}
+
+/// Attaches the lineage of the logging process, if it still runs the program that logged
+/// (its executable's name is the tag's program: a pid reused since is not taken).
+pub fn attach_lineage(ev: &mut AuthEvent, program: &str, seen_at_ms: u64, lineage: &LineageReader) {
+    let Some(pid) = ev.pid else {
+        return;
+    };
+    ev.lineage = lineage
+        .lineage_if_same(pid, seen_at_ms, None)
+        .filter(|l| {
+            let exe = l.process.exe.rsplit('/').next().unwrap_or_default();
+            !program.is_empty() && exe.eq_ignore_ascii_case(program)
+        })
+        .map(Box::new);
 }
 
 /// Parses one journal entry: the program is `SYSLOG_IDENTIFIER` (else `_COMM`), the host
@@ -391,12 +420,9 @@ pub fn parse_journal_entry(entry: &JournalEntry) -> Option<AuthEvent> {
         .map(str::trim)
         .filter(|t| !t.is_empty())?;
     let program = tag.split(['[', '(']).next().unwrap_or(tag);
-    Some(parse_auth_message(
-        entry.hostname.as_deref().unwrap_or(""),
-        program,
-        tag,
-        &entry.message,
-    ))
+    let mut ev = parse_auth_message(entry.hostname.as_deref().unwrap_or(""), program, tag, &entry.message);
+    ev.pid = entry.pid;
+    Some(ev)
 }
 
 /// The event for `message` logged by `program` (`tag` is the whole syslog tag).
@@ -429,19 +455,26 @@ fn parse_auth_message(host: &str, program: &str, tag: &str, msg: &str) -> AuthEv
         success,
         message: msg.to_string(),
         host: host.to_string(),
+        pid: None,
+        lineage: None,
     }
 }
 
 /// Tails the auth log until the sensor stops; without one, follows the journal if allowed
 /// and journalctl is installed (its failures end the run and the supervisor restarts it).
-pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
+pub fn run(config: &SensorConfig, lineage: &LineageReader, ctx: &SensorCtx) -> Result<(), SensorError> {
     let interval = Duration::from_millis(config.log_poll_interval_ms.max(10));
     let no_log = !config.auth_log_paths.iter().any(|p| Path::new(p).exists());
     if config.auth_journal_fallback && no_log {
         tracing::info!(paths = ?config.auth_log_paths, "no auth log: following the journal");
         let followed = journal::follow(ctx, JOURNAL_MATCHES, interval, |entry| {
             match parse_journal_entry(&entry) {
-                Some(ev) => ctx.emit_at(entry.realtime_ms.unwrap_or_else(super::now_ms), EventData::Auth(ev)),
+                Some(mut ev) => {
+                    let at = entry.realtime_ms.unwrap_or_else(super::now_ms);
+                    let program = entry.identifier.as_deref().or(entry.comm.as_deref()).unwrap_or("");
+                    attach_lineage(&mut ev, tag_program(program.trim()), at, lineage);
+                    ctx.emit_at(at, EventData::Auth(ev))
+                }
                 None => true,
             }
         });
@@ -453,9 +486,13 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     }
     super::tail::follow(ctx, &config.auth_log_paths, interval, |lines| {
         for line in lines {
-            if let Some(ev) = parse_auth_line(&line)
-                && !ctx.emit(EventData::Auth(ev))
-            {
+            let Some(mut ev) = parse_auth_line(&line) else {
+                continue;
+            };
+            if let Some(s) = parse_syslog(&line) {
+                attach_lineage(&mut ev, s.program, super::now_ms(), lineage);
+            }
+            if !ctx.emit(EventData::Auth(ev)) {
                 return false;
             }
         }
@@ -482,6 +519,35 @@ mod tests {
             (service, action, user, ip, success),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_logging_process_and_its_lineage() {
+        assert_eq!(tag_pid("sshd[811]"), Some(811));
+        assert_eq!(tag_pid("su(pam_unix)[23164]"), Some(23164));
+        assert_eq!(tag_pid("sshd"), None);
+        assert_eq!(tag_program("su(pam_unix)[23164]"), "su");
+        let ev = parse_auth_line("Jan 15 10:00:00 web1 sshd[811]: Accepted password for ann from 10.0.0.1 port 5 ssh2")
+            .unwrap();
+        assert_eq!(ev.pid, Some(811));
+
+        // This test process logging as itself: its lineage; under another name: none.
+        let me = std::process::id();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap().to_string();
+        let reader = LineageReader::new();
+        let mut ev = parse_auth_line(&format!(
+            "Jan 15 10:00:00 web1 {name}[{me}]: session opened for user root"
+        ))
+        .unwrap();
+        attach_lineage(&mut ev, &name, crate::sensor::now_ms(), &reader);
+        assert_eq!(ev.lineage.as_ref().map(|l| l.process.pid), Some(me));
+        let mut ev = parse_auth_line(&format!(
+            "Jan 15 10:00:00 web1 sshd[{me}]: session opened for user root"
+        ))
+        .unwrap();
+        attach_lineage(&mut ev, "sshd", crate::sensor::now_ms(), &reader);
+        assert!(ev.lineage.is_none(), "the pid runs another program");
     }
 
     #[test]
@@ -952,7 +1018,7 @@ mod tests {
             log_poll_interval_ms: 20,
             ..SensorConfig::default()
         };
-        let handle = std::thread::spawn(move || run(&config, &ctx));
+        let handle = std::thread::spawn(move || run(&config, &LineageReader::new(), &ctx));
         std::thread::sleep(Duration::from_millis(100));
         append("Jan  1 00:00:01 h sshd[1]: Failed password for new1 from 10.0.0.2 port 1 ssh2\n");
         let ev = rx.blocking_recv().unwrap();

@@ -47,6 +47,8 @@ pub struct JournalEntry {
     pub hostname: Option<String>,
     /// `__REALTIME_TIMESTAMP` in Unix milliseconds: when journald received the entry.
     pub realtime_ms: Option<u64>,
+    /// `_PID` (set by journald, trusted), else `SYSLOG_PID`: the logging process.
+    pub pid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +63,10 @@ struct RawEntry {
     hostname: Option<Value>,
     #[serde(rename = "__REALTIME_TIMESTAMP")]
     realtime_us: Option<Value>,
+    #[serde(rename = "_PID")]
+    pid: Option<Value>,
+    #[serde(rename = "SYSLOG_PID")]
+    syslog_pid: Option<Value>,
 }
 
 /// A field as text: journald writes strings, byte arrays for values that are not valid
@@ -96,6 +102,9 @@ pub fn parse_entry(line: &str) -> Option<JournalEntry> {
         realtime_ms: text(raw.realtime_us)
             .and_then(|us| us.parse::<u64>().ok())
             .map(|us| us / 1000),
+        pid: text(raw.pid)
+            .or_else(|| text(raw.syslog_pid))
+            .and_then(|p| p.trim().parse().ok()),
     })
 }
 
@@ -264,6 +273,7 @@ mod tests {
                 comm: Some("sshd".into()),
                 hostname: Some("web1".into()),
                 realtime_ms: Some(1_718_000_000_123),
+                pid: Some(811),
             })
         );
         // A message with a byte that is not printable comes as an array of bytes.

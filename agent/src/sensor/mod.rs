@@ -26,6 +26,7 @@ pub mod file;
 pub mod hash;
 pub mod inventory;
 pub mod journal;
+pub mod lineage;
 pub mod proc_connector;
 pub mod process;
 pub mod tail;
@@ -277,9 +278,11 @@ pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut 
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners: Vec<(&'static str, Runner)> = Vec::new();
-    let tracker = Arc::new(process::ProcessTracker::new(
+    let lineage = Arc::new(lineage::LineageReader::new());
+    let tracker = Arc::new(process::ProcessTracker::with_lineage(
         config.exe_hash_max_bytes,
         config.hash_cache_entries,
+        lineage.clone(),
     ));
     if config.process_enabled {
         let (c, t) = (config.clone(), tracker.clone());
@@ -295,11 +298,12 @@ pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut 
     }
     if config.auth_enabled {
         let c = config.clone();
-        runners.push(("auth", Arc::new(move |ctx| auth::run(&c, ctx))));
+        let l = lineage.clone();
+        runners.push(("auth", Arc::new(move |ctx| auth::run(&c, &l, ctx))));
     }
     if config.audit_enabled {
         let c = config.clone();
-        runners.push(("audit", Arc::new(move |ctx| audit::run(&c, ctx))));
+        runners.push(("audit", Arc::new(move |ctx| audit::run(&c, &lineage, ctx))));
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (name, runner) in runners {

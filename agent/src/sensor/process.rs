@@ -13,12 +13,15 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
+use ward_protocol::ProcessNode;
+
 use super::hash::HashCache;
+use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::event::{EventData, ProcessEvent};
 
@@ -71,22 +74,129 @@ struct BootClock {
     ticks_per_s: u64,
 }
 
+static CLOCK: OnceLock<BootClock> = OnceLock::new();
+
+/// The one boot clock of this agent process: every start time (process events, lineage,
+/// the kill action's identity check, investigation packages) goes through it, so they
+/// always agree. Set by [`pin_boot_time`] at startup, else measured on first use.
 fn boot_clock() -> BootClock {
-    static CLOCK: OnceLock<BootClock> = OnceLock::new();
-    *CLOCK.get_or_init(|| {
-        let boot_s = fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok()))
-            })
-            .unwrap_or(0);
-        BootClock {
-            boot_ms: boot_s.saturating_mul(1000),
-            ticks_per_s: clock_ticks_per_second(),
-        }
+    *CLOCK.get_or_init(|| BootClock {
+        boot_ms: measure_boot_ms(),
+        ticks_per_s: clock_ticks_per_second(),
     })
 }
+
+/// The boot time in Unix milliseconds this agent uses for start times.
+pub fn boot_time_ms() -> u64 {
+    boot_clock().boot_ms
+}
+
+/// /proc/uptime's first field (CLOCK_BOOTTIME) in centiseconds.
+fn parse_uptime_cs(content: &str) -> Option<u64> {
+    let up = content.split_whitespace().next()?;
+    let (secs, frac) = up.split_once('.').unwrap_or((up, "0"));
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(2).collect();
+    secs.parse::<u64>()
+        .ok()?
+        .checked_mul(100)?
+        .checked_add(frac.parse().ok()?)
+}
+
+fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Boot time, Unix milliseconds, to well under a millisecond.
+///
+/// /proc/stat's `btime` is whole seconds, which would put every start time up to a
+/// second off. /proc/uptime is CLOCK_BOOTTIME cut to 10 ms, computed at each read: it
+/// changes exactly when the true uptime crosses a 10 ms boundary. So read it until it
+/// changes; at that moment the uptime is the new value, and the wall clock then (between
+/// the start of the previous read and the end of this one) minus it is the boot time.
+/// A thread preempted in that window widens it, so a few edges are timed (at most
+/// 8, about 80 ms once per agent start) and the narrowest window wins.
+fn measure_boot_ms() -> u64 {
+    const GOOD_WINDOW_US: u64 = 100;
+    const MAX_EDGES: usize = 8;
+    let read = || {
+        fs::read_to_string("/proc/uptime")
+            .ok()
+            .as_deref()
+            .and_then(parse_uptime_cs)
+    };
+    let fallback = || {
+        let now_us = unix_us(SystemTime::now());
+        let up_cs = read().unwrap_or(0);
+        now_us.saturating_sub(up_cs.saturating_mul(10_000)) / 1000
+    };
+    let Some(mut last) = read() else {
+        return fallback();
+    };
+    // (window, boot time) of the narrowest edge, microseconds.
+    let mut best: Option<(u64, u64)> = None;
+    let mut edges = 0;
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut prev_start = unix_us(SystemTime::now());
+    while edges < MAX_EDGES && Instant::now() < deadline {
+        let start = unix_us(SystemTime::now());
+        let Some(now) = read() else {
+            break;
+        };
+        let end = unix_us(SystemTime::now());
+        if now != last {
+            edges += 1;
+            let window = end.saturating_sub(prev_start);
+            let boot_us = (prev_start + window / 2).saturating_sub(now.saturating_mul(10_000));
+            if best.is_none_or(|(w, _)| window < w) {
+                best = Some((window, boot_us));
+            }
+            if window <= GOOD_WINDOW_US {
+                break;
+            }
+            last = now;
+        }
+        prev_start = start;
+    }
+    best.map(|(_, boot_us)| (boot_us + 500) / 1000).unwrap_or_else(fallback)
+}
+
+/// Keeps the boot time stable across agent restarts: the first agent after a boot
+/// measures it and saves it in `state_dir` under the kernel's boot id; later agents of
+/// the same boot use the saved value, so a process keeps the very same start time (the
+/// kill action compares it exactly, and correlation keys on it). Call before any start
+/// time is read; returns the boot time in use.
+pub fn pin_boot_time(state_dir: &Path) -> u64 {
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let file = state_dir.join(BOOT_TIME_FILE);
+    let saved = fs::read_to_string(&file).ok().and_then(|s| saved_boot_ms(&s, &boot_id));
+    let clock = *CLOCK.get_or_init(|| BootClock {
+        boot_ms: saved.unwrap_or_else(measure_boot_ms),
+        ticks_per_s: clock_ticks_per_second(),
+    });
+    if saved != Some(clock.boot_ms)
+        && !boot_id.is_empty()
+        && let Err(e) = fs::write(&file, format!("{boot_id} {}\n", clock.boot_ms))
+    {
+        tracing::warn!(error = %e, "cannot save the boot time: start times may move by a millisecond after a restart");
+    }
+    clock.boot_ms
+}
+
+/// The boot time saved in `content` if it was saved during the boot `boot_id`.
+fn saved_boot_ms(content: &str, boot_id: &str) -> Option<u64> {
+    let (id, ms) = content.trim().split_once(' ')?;
+    if id != boot_id || boot_id.is_empty() {
+        return None;
+    }
+    ms.parse().ok()
+}
+
+/// The file [`pin_boot_time`] keeps: `<boot id> <boot time, Unix ms>`.
+pub const BOOT_TIME_FILE: &str = "boot_time";
 
 #[allow(unsafe_code)]
 fn clock_ticks_per_second() -> u64 {
@@ -139,23 +249,41 @@ pub fn read_cmdline(root: &Path, pid: u32) -> String {
     s.trim_end_matches('\0').replace('\0', " ")
 }
 
-fn read_uid(root: &Path, pid: u32) -> Option<u32> {
+/// The real and effective uid of a process, from /proc/PID/status.
+pub fn read_uids(root: &Path, pid: u32) -> Option<(u32, u32)> {
     let status = fs::read_to_string(proc_path(root, pid, "status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    let mut ids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace();
+    let real = ids.next()?.parse().ok()?;
+    let effective = ids.next().and_then(|e| e.parse().ok()).unwrap_or(real);
+    Some((real, effective))
 }
 
-/// User names by uid, from /etc/passwd, reloaded when the file changes.
-#[derive(Debug, Default)]
+/// User names by uid, from a passwd file, reloaded when the file changes.
+#[derive(Debug)]
 pub struct UserNames {
+    path: PathBuf,
     names: HashMap<u32, String>,
     loaded_mtime: Option<SystemTime>,
     checked_at: Option<Instant>,
 }
 
+impl Default for UserNames {
+    fn default() -> Self {
+        UserNames::new(PathBuf::from("/etc/passwd"))
+    }
+}
+
 impl UserNames {
+    /// Names from the passwd file at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        UserNames {
+            path,
+            names: HashMap::new(),
+            loaded_mtime: None,
+            checked_at: None,
+        }
+    }
+
     /// The name of `uid`, or the number as text when unknown.
     pub fn name(&mut self, uid: u32) -> String {
         self.refresh();
@@ -167,12 +295,12 @@ impl UserNames {
             return;
         }
         self.checked_at = Some(Instant::now());
-        let mtime = fs::metadata("/etc/passwd").and_then(|m| m.modified()).ok();
+        let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         if mtime.is_some() && mtime == self.loaded_mtime {
             return;
         }
         self.loaded_mtime = mtime;
-        self.names = fs::read_to_string("/etc/passwd")
+        self.names = fs::read_to_string(&self.path)
             .map(|s| parse_passwd(&s))
             .unwrap_or_default();
     }
@@ -205,7 +333,7 @@ struct Seen {
 pub struct ProcessTracker {
     seen: Mutex<HashMap<u32, Seen>>,
     hashes: Mutex<HashCache>,
-    users: Mutex<UserNames>,
+    lineage: Arc<LineageReader>,
     proc_root: PathBuf,
 }
 
@@ -217,10 +345,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ProcessTracker {
     /// A tracker hashing executables up to `exe_hash_max_bytes`, caching `cache_entries` hashes.
     pub fn new(exe_hash_max_bytes: u64, cache_entries: usize) -> Self {
+        Self::with_lineage(exe_hash_max_bytes, cache_entries, Arc::new(LineageReader::new()))
+    }
+
+    /// Like [`ProcessTracker::new`], reading lineages (and user names) through `lineage`.
+    pub fn with_lineage(exe_hash_max_bytes: u64, cache_entries: usize, lineage: Arc<LineageReader>) -> Self {
         ProcessTracker {
             seen: Mutex::new(HashMap::new()),
             hashes: Mutex::new(HashCache::new(cache_entries, exe_hash_max_bytes)),
-            users: Mutex::new(UserNames::default()),
+            lineage,
             proc_root: PathBuf::from("/proc"),
         }
     }
@@ -277,17 +410,31 @@ impl ProcessTracker {
         let cwd = fs::read_link(proc_path(root, pid, "cwd"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let uid = read_uid(root, pid);
-        let user = uid.map(|u| lock(&self.users).name(u)).unwrap_or_default();
+        let uids = read_uids(root, pid);
+        let uid = uids.map(|(real, _)| real);
+        let user = uid.map(|u| self.lineage.user_name(u)).unwrap_or_default();
         let sha256 = if exe.is_empty() {
             None
         } else {
             lock(&self.hashes).hash(&proc_path(root, pid, "exe")).ok()
         };
-        let (parent_exe, parent_cmdline) = if stat.ppid == 0 {
-            (String::new(), String::new())
-        } else {
-            (read_exe(root, stat.ppid).0, read_cmdline(root, stat.ppid))
+        // Read at once, while the parents live; the parent fields come from it (the
+        // parent's node is checked against the child's start time, so a reused pid is
+        // never taken for the parent).
+        let lineage = self.lineage.lineage_of(ProcessNode {
+            pid,
+            ppid: stat.ppid,
+            start_time_ms: stat.start_time_ms,
+            exe: exe.clone(),
+            cmdline: cmdline.clone(),
+            user: uids.map(|(_, euid)| self.lineage.user_name(euid)),
+            login_user: self.lineage.login_user(pid),
+        });
+        let (parent_exe, parent_cmdline) = match lineage.ancestors.first() {
+            Some(parent) => (parent.exe.clone(), parent.cmdline.clone()),
+            // A child of init (the walk does not include init), else the parent is gone.
+            None if stat.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
+            None => (String::new(), String::new()),
         };
         Ok(Some(ProcessEvent {
             pid,
@@ -302,6 +449,7 @@ impl ProcessTracker {
             parent_exe,
             parent_cmdline,
             exe_deleted,
+            lineage: Some(Box::new(lineage)),
         }))
     }
 
@@ -383,6 +531,39 @@ mod tests {
         assert_eq!(parse_stat(line), Some((77, 98765)));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S"), None);
+    }
+
+    #[test]
+    fn boot_time_is_precise_and_pinned_per_boot() {
+        assert_eq!(parse_uptime_cs("350735.47 4939.96\n"), Some(35_073_547));
+        assert_eq!(parse_uptime_cs("12.5 1.0"), Some(1250));
+        assert_eq!(parse_uptime_cs("12 1"), Some(1200));
+        assert_eq!(parse_uptime_cs("x"), None);
+        let btime_ms = fs::read_to_string("/proc/stat")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            * 1000;
+        // btime is the same instant cut to the second.
+        let a = measure_boot_ms();
+        assert!(a + 5 >= btime_ms && a < btime_ms + 1005, "{a} vs btime {btime_ms}");
+        let b = measure_boot_ms();
+        assert!(a.abs_diff(b) <= 2, "two measures {a} and {b}");
+
+        assert_eq!(saved_boot_ms("abc 1234\n", "abc"), Some(1234));
+        assert_eq!(saved_boot_ms("abc 1234", "other-boot"), None);
+        assert_eq!(saved_boot_ms("abc x", "abc"), None);
+        assert_eq!(saved_boot_ms("", ""), None);
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = pin_boot_time(dir.path());
+        assert_eq!(pinned, boot_time_ms());
+        let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let saved = fs::read_to_string(dir.path().join(BOOT_TIME_FILE)).unwrap();
+        assert_eq!(saved_boot_ms(&saved, boot_id.trim()), Some(pinned));
     }
 
     #[test]

@@ -47,7 +47,37 @@ pub fn entity() -> impl Strategy<Value = Entity> {
         text().prop_map(|name| Entity::Domain { name }),
         text().prop_map(|url| Entity::Url { url }),
         text().prop_map(|address| Entity::Mailbox { address }),
+        (process_node(), vec(process_node(), 0..=MAX_ANCESTORS), any::<bool>()).prop_map(
+            |(process, ancestors, rooted)| Entity::Lineage {
+                process,
+                ancestors,
+                rooted
+            }
+        ),
     ]
+}
+
+pub fn process_node() -> impl Strategy<Value = ProcessNode> {
+    (
+        (any::<u32>(), any::<u32>(), any::<u64>()),
+        (
+            text(),
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+        ),
+    )
+        .prop_map(
+            |((pid, ppid, start_time_ms), (exe, cmdline, user, login_user))| ProcessNode {
+                pid,
+                ppid,
+                start_time_ms,
+                exe,
+                cmdline,
+                user,
+                login_user,
+            },
+        )
 }
 
 pub fn alert() -> impl Strategy<Value = Alert> {
