@@ -252,13 +252,11 @@ impl KeyContext {
                     });
                 }
                 Entity::File { sha256: None, .. } | Entity::Process { sha256: None, .. } => {}
-                Entity::Lineage {
-                    process,
-                    ancestors,
-                    rooted,
-                } => {
-                    if let Some(device) = device_id {
-                        keys.push(lineage_key(device, process, ancestors, *rooted));
+                lineage @ Entity::Lineage { ancestors, rooted, .. } => {
+                    if let (Some(device), Some(node)) = (device_id, lineage.lineage_key()) {
+                        // The root is named in the label: the service the tree hangs from.
+                        let root = rooted.then(|| ancestors.last()).flatten().filter(|r| r.pid != node.pid);
+                        keys.push(lineage_key(device, node, root));
                     }
                 }
                 Entity::Ip { addr } => {
@@ -318,16 +316,8 @@ impl KeyContext {
     }
 }
 
-/// The process tree an alerted process belongs to: the nearest ancestor below the
-/// service or session root (the root itself is shared by every tree it spawns), the
-/// topmost one known when the chain was cut, the process itself when it has none.
-fn lineage_key(device: &str, process: &ProcessNode, ancestors: &[ProcessNode], rooted: bool) -> LinkKey {
-    let (node, root) = match (rooted, ancestors.len()) {
-        (_, 0) => (process, None),
-        (true, 1) => (process, ancestors.first()),
-        (true, n) => (&ancestors[n - 2], ancestors.last()),
-        (false, n) => (&ancestors[n - 1], None),
-    };
+/// The key of a process tree ([`Entity::lineage_key`] names its node) on a device.
+fn lineage_key(device: &str, node: &ProcessNode, root: Option<&ProcessNode>) -> LinkKey {
     let name = |n: &ProcessNode| {
         let exe = n.exe.rsplit('/').next().unwrap_or_default();
         if exe.is_empty() {
@@ -336,10 +326,12 @@ fn lineage_key(device: &str, process: &ProcessNode, ancestors: &[ProcessNode], r
             exe.to_string()
         }
     };
-    let started = chrono::DateTime::from_timestamp_millis(i64::try_from(node.start_time_ms).unwrap_or(i64::MAX))
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| node.start_time_ms.to_string());
-    let mut label = format!("{} {} started {started} UTC", name(node), node.pid);
+    let mut label = format!(
+        "{} {} started {}",
+        name(node),
+        node.pid,
+        crate::util::show_ms(node.start_time_ms)
+    );
     if let Some(root) = root {
         label.push_str(&format!(" by {}", name(root)));
         if let Some(user) = &root.user {
