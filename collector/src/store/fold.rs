@@ -442,6 +442,12 @@ mod tests {
         assert_eq!(rows(&s, dev), vec![(2, 1_000, 2_000, 1)]);
     }
 
+    /// Queries that select more after the alert's columns find them where they are.
+    #[test]
+    fn the_alert_column_count_is_true() {
+        assert_eq!(Store::ALERT_COLUMNS.split(',').count(), Store::ALERT_COLUMN_COUNT);
+    }
+
     /// The fold lookup is one search of its index, not a scan of the alerts.
     #[test]
     fn the_lookup_uses_its_index() {

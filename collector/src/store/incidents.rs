@@ -875,9 +875,9 @@ impl Store {
             .query_map(params![id, limit], |r| {
                 Ok(IncidentAlert {
                     alert: Self::alert_row(r)?,
-                    reason: r.get(17)?,
-                    linked_at_ms: r.get(18)?,
-                    linked_by: r.get(19)?,
+                    reason: r.get(Self::ALERT_COLUMN_COUNT)?,
+                    linked_at_ms: r.get(Self::ALERT_COLUMN_COUNT + 1)?,
+                    linked_by: r.get(Self::ALERT_COLUMN_COUNT + 2)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

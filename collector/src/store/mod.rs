@@ -609,6 +609,8 @@ impl Store {
         })
     }
 
+    /// How many columns [`Store::ALERT_COLUMNS`] selects (a query may select more after them).
+    const ALERT_COLUMN_COUNT: usize = 18;
     const ALERT_COLUMNS: &'static str = "rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms,
         received_at_ms, rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched, source,
         folds";
