@@ -84,7 +84,9 @@ pub struct AgentConfig {
 pub struct DetectionConfig {
     /// Extra Sigma rules loaded at start, besides the built-in pack (missing dir: none).
     pub rules_dir: PathBuf,
-    /// Repeats of one rule on the same entities within this window become one alert.
+    /// Repeats of one rule with the same key entity (the file's folder and writing
+    /// process, the process image and tree, the source IP) within this window
+    /// become one alert with a count; 0 turns folding off.
     pub aggregate_window_ms: u64,
 }
 

@@ -51,6 +51,23 @@ pub struct IngestConfig {
     pub writer_max_batch_alerts: usize,
     /// Connected agents at most; further connections are refused.
     pub max_connections: u32,
+    /// An alert repeating a stored one (same device, rule and fold key) observed at
+    /// most this long after its last (or before its first) observation folds into it:
+    /// its count grows, no row is added. 0 turns folding off.
+    pub fold_window_ms: u64,
+    /// Longest span, first to last observation, one folded alert may cover; a flood
+    /// lasting longer starts a new alert after it.
+    pub fold_max_span_ms: u64,
+}
+
+impl IngestConfig {
+    /// The store's fold settings.
+    pub fn fold(&self) -> crate::store::Fold {
+        crate::store::Fold {
+            window_ms: self.fold_window_ms,
+            max_span_ms: self.fold_max_span_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +241,13 @@ impl Default for IngestConfig {
             verify_threads: 0,
             writer_max_batch_alerts: 8_192,
             max_connections: 20_000,
+            // Five agent aggregation windows (60 s): an agent's aggregate, delivered
+            // when its window closes, and a backlog delivered in bursts still land
+            // in the first alert; a pause longer than that shows as a new alert.
+            fold_window_ms: 300_000,
+            // A flood lasting all day shows as one alert per hour, so the alert list
+            // and its incident keep moving while it lasts.
+            fold_max_span_ms: 3_600_000,
         }
     }
 }
@@ -279,6 +303,9 @@ impl Config {
         }
         if i.max_alerts_per_second_per_agent == 0 || i.writer_max_batch_alerts == 0 || i.max_connections == 0 {
             return Err("ingest limits must be above zero".into());
+        }
+        if i.fold_window_ms > 0 && (i.fold_max_span_ms < i.fold_window_ms || i.fold_max_span_ms > 30 * 24 * 3_600_000) {
+            return Err("ingest.fold_max_span_ms must be at least ingest.fold_window_ms and at most 30 days".into());
         }
         if self.tls_cert_pem.is_some() != self.tls_key_pem.is_some() {
             return Err("tls_cert_pem and tls_key_pem must be set together".into());
@@ -365,6 +392,14 @@ verify_threads = 0
 writer_max_batch_alerts = 8192
 # Connected agents at most; further connections are refused.
 max_connections = 20000
+# Repeats fold: an alert of the same device, rule and key entity (the file's folder
+# and writing process, the process image and tree, the source IP) observed within
+# this many milliseconds of a stored one is added to its count instead of stored
+# as a new alert, so a flood opens one incident. 0 turns folding off.
+fold_window_ms = 300000
+# Longest span, in milliseconds, one folded alert covers; a longer flood starts a
+# new alert after it.
+fold_max_span_ms = 3600000
 
 [devices]
 # A device not heard from for this long is shown offline.
@@ -486,6 +521,7 @@ mod tests {
         assert_eq!(parsed.quic_listen, defaults.quic_listen);
         assert_eq!(parsed.http_listen, defaults.http_listen);
         assert_eq!(parsed.ingest.max_frame_bytes, defaults.ingest.max_frame_bytes);
+        assert_eq!(parsed.ingest.fold(), defaults.ingest.fold());
         assert_eq!(parsed.devices.offline_after_ms, defaults.devices.offline_after_ms);
         assert_eq!(parsed.correlation.window_ms, defaults.correlation.window_ms);
         assert_eq!(
@@ -551,6 +587,12 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
         assert!(Config::parse("nonsense = 1").unwrap_err().contains("unknown field"));
+        assert!(
+            Config::parse("[ingest]\nfold_window_ms = 600000\nfold_max_span_ms = 60000")
+                .unwrap_err()
+                .contains("fold_max_span_ms")
+        );
+        assert!(Config::parse("[ingest]\nfold_window_ms = 0\nfold_max_span_ms = 0").is_ok());
         assert!(
             Config::parse("[ingest]\nmax_frame_bytes = 99999999")
                 .unwrap_err()

@@ -101,6 +101,7 @@ pub struct Metrics {
     pub alerts_received: Counter,
     pub alerts_stored: Counter,
     pub alerts_duplicate: Counter,
+    pub alerts_folded: Counter,
     rejected: [Counter; 9],
     pub connected_agents: Gauge,
     pub identity_conflicts: Counter,
@@ -159,6 +160,11 @@ impl Metrics {
             "ward_alerts_duplicate_total",
             "Alerts received again and not stored twice.",
             self.alerts_duplicate.get(),
+        );
+        counter(
+            "ward_alerts_folded_total",
+            "Alerts folded into a stored alert with the same device, rule and key entity (no new row).",
+            self.alerts_folded.get(),
         );
         counter(
             "ward_identity_conflicts_total",

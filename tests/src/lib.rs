@@ -503,6 +503,13 @@ impl TestDevice {
     }
 }
 
+/// A collector config edit (for [`Collector::start_with`]) that turns the folding of
+/// repeats off, for tests whose synthetic alerts stand for distinct detections even
+/// though they share rule and key entity.
+pub fn without_folding(config: &mut String) {
+    *config = config.replace("fold_window_ms = 300000", "fold_window_ms = 0");
+}
+
 /// A realistic alert for tests.
 pub fn test_alert(device: DeviceId, seq: u64) -> Alert {
     let now = now_ms();
@@ -525,15 +532,17 @@ pub fn test_alert(device: DeviceId, seq: u64) -> Alert {
                 name: "alice".into(),
                 uid: Some(1000),
             },
+            // A folder of its own: distinct alerts, none a repeat of another (the
+            // collector folds repeats of a rule in one folder).
             Entity::File {
-                path: format!("/tmp/test-{seq}"),
+                path: format!("/tmp/test-{seq}/payload"),
                 sha256: Some([7; 32]),
             },
         ],
         count: 1,
         matched: vec![MatchedField {
             name: "TargetFilename".into(),
-            value: format!("/tmp/test-{seq}"),
+            value: format!("/tmp/test-{seq}/payload"),
         }],
     }
 }

@@ -115,13 +115,18 @@ async fn detections_reach_the_api_within_two_seconds() {
 /// once each. Then kill -9 the agent while it sends: nothing doubles or goes missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_alerts_arrive_once_and_survive_agent_kill() {
-    let mut collector = Collector::start().unwrap();
-    let mut agent = Agent::start(&collector).unwrap();
+    // Folding off at both ends, so every file is an alert of its own in the outbox
+    // (`floods_fold_into_one_alert_and_one_incident` tests folding).
+    let mut collector = Collector::start_with(without_folding).unwrap();
+    let mut agent = Agent::start_with(&collector, |w| {
+        format!("{}\n[detection]\naggregate_window_ms = 0\n", Agent::test_config(w))
+    })
+    .unwrap();
     agent.wait_connected(Duration::from_secs(15)).unwrap();
     let dev = agent.device_id.clone();
 
     collector.stop().unwrap();
-    // 1,000 distinct EICAR drops: distinct files are distinct alerts (no aggregation).
+    // 1,000 distinct EICAR drops: distinct files are distinct alerts (no folding).
     for i in 0..1000 {
         std::fs::write(agent.watch.join(format!("drop-{i:04}.bin")), EICAR).unwrap();
         if i % 100 == 99 {

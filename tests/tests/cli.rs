@@ -230,7 +230,8 @@ async fn send_as(dev: &mut TestDevice, user: &str, salt: u8, n: usize) {
                     uid: Some(1500),
                 },
                 Entity::File {
-                    path: format!("/home/{user}/payload-{k}"),
+                    // A folder each: distinct detections, not repeats to fold.
+                    path: format!("/home/{user}/{k}/payload"),
                     sha256: Some([salt.wrapping_add(k as u8); 32]),
                 },
             ];

@@ -5,15 +5,17 @@
 //! are tracked, the key whose window closes first is emitted early to make room;
 //! nothing is dropped. Pure: `now_ms` is a parameter; no IO, no clock.
 //!
-//! The key is the rule id plus the entities, except that a process is keyed by
-//! executable and command line (not pid or start time), so a loop that runs the
-//! same command again and again becomes one alert, and a lineage by the process
-//! that names its tree (`Entity::lineage_key`, or the parent when that is the
-//! process itself), so the loop folds within one tree and not across trees.
+//! The key is the rule id plus the alert's key entity ([`ward_protocol::fold_key`],
+//! the same key the collector folds by again at ingest): for a file its folder (and
+//! the writing process), for a process its image and process tree (or command line),
+//! for auth and network alerts the IP. So a loop that writes 10,000 test files into
+//! one folder, or runs one command again and again, becomes one alert per window.
+//! The aggregate keeps the first repeat's entities; the count and the first and last
+//! times say how many there were.
 
 use std::collections::{BTreeMap, HashMap};
 
-use ward_protocol::Entity;
+use ward_protocol::fold_key;
 
 use super::engine::Detection;
 
@@ -76,25 +78,9 @@ pub struct Aggregator {
 }
 
 fn key(d: &Detection) -> String {
-    use std::fmt::Write;
     let mut k = d.rule.id.clone();
-    for e in &d.entities {
-        k.push('\u{1f}');
-        let _ = match e {
-            Entity::Process { exe, cmdline, .. } => write!(k, "process\u{1e}{exe}\u{1e}{cmdline}"),
-            // Repeats in one process tree fold, the same command in another tree does not.
-            // The tree is named by its key node, or by the parent when that node is the
-            // repeated process itself (a service's direct children).
-            Entity::Lineage { process, ancestors, .. } => {
-                let node = e.lineage_key().filter(|n| *n != process).or(ancestors.first());
-                match node {
-                    Some(n) => write!(k, "lineage\u{1e}{}\u{1e}{}", n.pid, n.start_time_ms),
-                    None => write!(k, "lineage"),
-                }
-            }
-            other => write!(k, "{other:?}"),
-        };
-    }
+    k.push('\u{1f}');
+    k.push_str(&fold_key(&d.entities, &d.matched));
     k
 }
 
@@ -197,7 +183,7 @@ impl Aggregator {
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
-    use ward_protocol::{RuleRef, Severity};
+    use ward_protocol::{Entity, MatchedField, RuleRef, Severity};
 
     fn det(rule: &str, ip: u8, t: u64) -> Detection {
         Detection {
@@ -318,5 +304,76 @@ mod tests {
         assert_eq!(a.tracked(), 2);
         assert_eq!(a.next_deadline_ms(), Some(60_002));
         assert!(a.flush_all().is_empty());
+    }
+
+    fn file_det(rule: &str, path: &str, t: u64) -> Detection {
+        Detection {
+            entities: vec![Entity::File {
+                path: path.into(),
+                sha256: Some([7; 32]),
+            }],
+            matched: vec![MatchedField {
+                name: "sha256".into(),
+                value: "07".repeat(32),
+            }],
+            ..det(rule, 0, t)
+        }
+    }
+
+    /// A loop writes 10,000 files with the same content into one folder (one every
+    /// 10 ms, 100 s in all): one alert at once, then one per window with the count
+    /// of the repeats; every file is counted once, with nothing tracked afterwards.
+    #[test]
+    fn a_flood_of_files_in_one_folder_folds_into_one_alert_per_window() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        let mut out = Vec::new();
+        for i in 0..10_000u64 {
+            let t = 1_000_000 + i * 10;
+            out.extend(a.flush(t));
+            out.extend(a.push(file_det("eicar", &format!("/srv/tests/f{i:05}.txt"), t), t));
+            // Another folder and another rule are other keys, alerted at once.
+            if i == 5_000 {
+                out.extend(a.push(file_det("eicar", "/home/alice/x.txt", t), t));
+                out.extend(a.push(file_det("other", "/srv/tests/y.txt", t), t));
+            }
+        }
+        out.extend(a.flush_all());
+        assert_eq!(a.tracked(), 0);
+        let flood: Vec<_> = counts(&out).into_iter().filter(|(rule, ..)| rule == "eicar").collect();
+        // 100 s of writes with a 60 s window: the first file, the repeats of the
+        // first window, the first file after it and the repeats of the second.
+        assert_eq!(
+            flood,
+            vec![
+                ("eicar".into(), 1, 1_000_000, 1_000_000),
+                ("eicar".into(), 1, 1_050_000, 1_050_000),
+                ("eicar".into(), 5_999, 1_000_010, 1_059_990),
+                ("eicar".into(), 1, 1_060_000, 1_060_000),
+                ("eicar".into(), 3_999, 1_060_010, 1_099_990),
+            ]
+        );
+        let total: u32 = out
+            .iter()
+            .filter(|a| a.detection.rule.id == "eicar")
+            .map(|a| a.count)
+            .sum();
+        assert_eq!(total, 10_001);
+        assert_eq!(out.len(), 6);
+        // The aggregate keeps the entities of the first file it folded.
+        assert!(matches!(&out[3].detection.entities[0], Entity::File { path, .. } if path == "/srv/tests/f00001.txt"));
+    }
+
+    /// Distinct files with distinct content for a rule that matched on the hash stay apart.
+    #[test]
+    fn different_known_bad_contents_in_one_folder_stay_apart() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        let mut other = file_det("bad-hash", "/srv/b", 2);
+        other.entities = vec![Entity::File {
+            path: "/srv/b".into(),
+            sha256: Some([8; 32]),
+        }];
+        assert_eq!(a.push(file_det("bad-hash", "/srv/a", 1), 1).len(), 1);
+        assert_eq!(a.push(other, 2).len(), 1);
+        assert!(a.push(file_det("bad-hash", "/srv/c", 3), 3).is_empty());
     }
 }

@@ -16,7 +16,7 @@ use tracing::error;
 use ward_protocol::DeviceId;
 
 use crate::metrics::Metrics;
-use crate::store::{InsertOutcome, Store, StoreError, VerifiedAlert};
+use crate::store::{Fold, InsertOutcome, Store, StoreError, VerifiedAlert};
 use crate::util::now_ms;
 
 /// Other work that needs the writable connection; runs in its own transaction.
@@ -58,12 +58,15 @@ pub enum WriteError {
 
 impl Writer {
     /// Opens the database and starts the writer thread.
+    /// Repeats fold as `fold` says (`[ingest] fold_window_ms`, see `store::fold`).
     pub fn start(
         db_path: &Path,
         max_batch_alerts: usize,
+        fold: Fold,
         metrics: Arc<Metrics>,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
+        store.set_fold(fold);
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);
         let committed = Arc::new(Notify::new());
@@ -183,6 +186,7 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
             for (outcome, reply) in outcomes.into_iter().zip(replies) {
                 stored |= outcome.stored > 0;
                 metrics.alerts_stored.add(u64::from(outcome.stored));
+                metrics.alerts_folded.add(u64::from(outcome.folded));
                 metrics.alerts_duplicate.add(u64::from(outcome.duplicates));
                 let _ = reply.send(Ok(outcome));
             }

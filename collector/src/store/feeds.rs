@@ -265,7 +265,7 @@ impl FeedTx<'_> {
 
     /// Stores feed alerts; ids already stored are counted as duplicates.
     pub fn insert_alerts(&self, alerts: &[SourcedAlert]) -> Result<InsertOutcome, StoreError> {
-        insert_sourced(&self.tx, alerts, self.now_ms)
+        insert_sourced(&self.tx, alerts, self.now_ms, super::Fold::OFF)
     }
 
     /// Appends the import's audit entry.

@@ -161,11 +161,11 @@ impl Store {
             |r| {
                 Ok(IncidentAlert {
                     alert: Self::alert_row(r)?,
-                    reason: r.get(17)?,
-                    linked_at_ms: r.get(18)?,
-                    linked_by: r.get(19)?,
-                    correlated_at_ms: r.get(20)?,
-                    clock_note: r.get(21)?,
+                    reason: r.get(Self::ALERT_COLUMN_COUNT)?,
+                    linked_at_ms: r.get(Self::ALERT_COLUMN_COUNT + 1)?,
+                    linked_by: r.get(Self::ALERT_COLUMN_COUNT + 2)?,
+                    correlated_at_ms: r.get(Self::ALERT_COLUMN_COUNT + 3)?,
+                    clock_note: r.get(Self::ALERT_COLUMN_COUNT + 4)?,
                 })
             },
             |a| (a.alert.observed_at_ms, a.alert.rowid),

@@ -6,6 +6,7 @@
 mod actions;
 mod automation;
 mod feeds;
+mod fold;
 mod incident_view;
 mod incidents;
 mod schema;
@@ -18,6 +19,7 @@ pub use actions::{
 };
 pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome};
 pub use feeds::{FeedTx, LocatedSignIn};
+pub use fold::Fold;
 pub use incident_view::{AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, ProcessAlerts};
 pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
@@ -84,7 +86,10 @@ pub struct VerifiedAlert {
 /// What happened to one batch in a commit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InsertOutcome {
+    /// New rows.
     pub stored: u32,
+    /// Alerts folded into a row stored before (see `store::fold`): durably kept, no new row.
+    pub folded: u32,
     pub duplicates: u32,
 }
 
@@ -135,7 +140,11 @@ pub struct AlertView {
     pub severity: &'static str,
     /// `agent` (signed by the device) or `collector` (raised by the collector itself).
     pub source: String,
+    /// How many matching events the alert stands for, with every repeat folded into
+    /// it; `observed_at_ms` is the first of them and `last_observed_at_ms` the last.
     pub count: i64,
+    /// How many alerts (agent deliveries) were folded into this one at ingest.
+    pub folded_alerts: i64,
     pub entities: serde_json::Value,
     pub matched: serde_json::Value,
     /// Position for cursor pagination.
@@ -183,6 +192,8 @@ pub struct User {
 
 pub struct Store {
     conn: Connection,
+    /// How agent alerts and the collector's own device alerts fold at insert.
+    fold: Fold,
 }
 
 impl std::fmt::Debug for Store {
@@ -211,7 +222,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, fold: Fold::OFF };
         store.migrate()?;
         Ok(store)
     }
@@ -221,7 +232,12 @@ impl Store {
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        Ok(Store { conn })
+        Ok(Store { conn, fold: Fold::OFF })
+    }
+
+    /// Folds repeats from now on as `fold` says (off until set; the writer sets `[ingest]`'s).
+    pub fn set_fold(&mut self, fold: Fold) {
+        self.fold = fold;
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -513,11 +529,13 @@ impl Store {
 
     /// Stores verified alerts of several batches in ONE transaction and returns
     /// each batch's outcome. Nothing is acknowledged before this returns `Ok`.
+    /// Repeats fold into rows stored before as [`Store::set_fold`] says (see `store::fold`).
     pub fn insert_alert_batches(
         &mut self,
         batches: &[(DeviceId, &[VerifiedAlert])],
         now_ms: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let fold = self.fold;
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for (device, alerts) in batches {
@@ -528,9 +546,31 @@ impl Store {
                     r.get(0)
                 })?;
             for v in alerts.iter() {
-                if insert_alert(&tx, &device_id, v, now_ms)? {
-                    outcome.stored += 1;
-                    last_seq = track_sequence(&tx, &device_id, i64_of(v.alert.seq), last_seq, now_ms)?;
+                let a = &v.alert;
+                let hash = fold.hash(&device_id, &a.rule.id, &a.entities, &a.matched);
+                let placed = fold::place(
+                    &tx,
+                    &a.id.to_string(),
+                    hash.as_ref(),
+                    fold::Observed::of(a),
+                    fold,
+                    fold::Evidence::of(v),
+                    now_ms,
+                )?;
+                let kept = match placed {
+                    fold::Placement::Duplicate => false,
+                    fold::Placement::Folded(_) => {
+                        outcome.folded += 1;
+                        true
+                    }
+                    fold::Placement::NewRow => {
+                        let stored = insert_alert(&tx, &device_id, v, hash.as_ref(), now_ms)?;
+                        outcome.stored += u32::from(stored);
+                        stored
+                    }
+                };
+                if kept {
+                    last_seq = track_sequence(&tx, &device_id, i64_of(a.seq), last_seq, now_ms)?;
                 } else {
                     outcome.duplicates += 1;
                 }
@@ -567,11 +607,15 @@ impl Store {
             entities: json(r.get(14)?),
             matched: json(r.get(15)?),
             source: r.get(16)?,
+            folded_alerts: r.get(17)?,
         })
     }
 
+    /// How many columns [`Store::ALERT_COLUMNS`] selects (a query may select more after them).
+    const ALERT_COLUMN_COUNT: usize = 18;
     const ALERT_COLUMNS: &'static str = "rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms,
-        received_at_ms, rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched, source";
+        received_at_ms, rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched, source,
+        folds";
 
     pub fn list_alerts(&self, f: &AlertFilter) -> Result<Vec<AlertView>, StoreError> {
         let sql = format!(
@@ -600,8 +644,16 @@ impl Store {
         Ok(rows)
     }
 
+    /// The alert with this id, or the one it was folded into.
     pub fn get_alert(&self, id: &str) -> Result<Option<AlertView>, StoreError> {
-        let sql = format!("SELECT {} FROM alerts WHERE id = ?1", Self::ALERT_COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM alerts WHERE id = ?1
+             UNION ALL
+             SELECT {} FROM alerts WHERE rowid = (SELECT into_rowid FROM alert_folds WHERE alert_id = ?1)
+             LIMIT 1",
+            Self::ALERT_COLUMNS,
+            Self::ALERT_COLUMNS
+        );
         Ok(self.conn.query_row(&sql, params![id], Self::alert_row).optional()?)
     }
 
@@ -767,7 +819,13 @@ fn audit(
 }
 
 /// Inserts one alert and its entities; false if its id was already stored.
-fn insert_alert(tx: &Transaction<'_>, device_id: &str, v: &VerifiedAlert, now_ms: u64) -> Result<bool, StoreError> {
+fn insert_alert(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    v: &VerifiedAlert,
+    fold_hash: Option<&[u8; 16]>,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
     let a = &v.alert;
     let entities: Vec<serde_json::Value> = a.entities.iter().map(entity::to_json).collect();
     let matched: serde_json::Map<String, serde_json::Value> = a
@@ -778,8 +836,9 @@ fn insert_alert(tx: &Transaction<'_>, device_id: &str, v: &VerifiedAlert, now_ms
     let inserted = tx
         .prepare_cached(
             "INSERT INTO alerts (id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms, rule_id,
-                 rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload, signature,
+                 fold_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
              ON CONFLICT(id) DO NOTHING",
         )?
         .execute(params![
@@ -800,6 +859,7 @@ fn insert_alert(tx: &Transaction<'_>, device_id: &str, v: &VerifiedAlert, now_ms
             serde_json::Value::Object(matched).to_string(),
             v.signed.payload,
             v.signed.signature,
+            fold_hash.map(|h| &h[..]),
         ])?;
     if inserted == 0 {
         return Ok(false);

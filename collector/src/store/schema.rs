@@ -387,6 +387,28 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX alerts_by_device_time ON alerts(device_id, observed_at_ms);
     "#,
+    // 16 (fold): repeats folded at ingest (store/fold). `fold_hash` is 16 bytes of
+    // SHA-256 over device, rule id and fold key (NULL for alerts that never fold:
+    // feeds, rows stored before this migration); `folds` how many alerts were folded
+    // into the row. `alert_folds` keeps each folded alert's id (a re-delivery is a
+    // duplicate), sequence number, times, count and signed payload as evidence.
+    r#"
+    ALTER TABLE alerts ADD COLUMN fold_hash BLOB;
+    ALTER TABLE alerts ADD COLUMN folds INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX alerts_by_fold ON alerts(fold_hash, last_observed_at_ms) WHERE fold_hash IS NOT NULL;
+    CREATE TABLE alert_folds (
+        alert_id TEXT PRIMARY KEY,
+        into_rowid INTEGER NOT NULL REFERENCES alerts(rowid),
+        seq INTEGER NOT NULL,
+        observed_at_ms INTEGER NOT NULL,
+        last_observed_at_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        signed_payload BLOB NOT NULL,
+        signature BLOB NOT NULL
+    );
+    CREATE INDEX alert_folds_by_row ON alert_folds(into_rowid);
+    "#,
 ];
 
 #[cfg(test)]

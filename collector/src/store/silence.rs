@@ -90,7 +90,7 @@ impl Store {
                 count: 1,
                 matched,
             };
-            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms)?;
+            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms, self.fold)?;
             tx.prepare_cached("UPDATE devices SET silence_alerted_seen_ms = ?2 WHERE id = ?1")?
                 .execute(params![device_id, last_seen])?;
             raised.push(RaisedAlert {

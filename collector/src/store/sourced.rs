@@ -9,6 +9,7 @@
 use rusqlite::params;
 use ward_protocol::{Entity, RuleRef};
 
+use super::fold::{self, Evidence, Fold, Observed, Placement};
 use super::{InsertOutcome, Store, StoreError, i64_of, sev_num};
 use crate::entity;
 
@@ -55,32 +56,61 @@ pub struct SourcedAlert {
 
 impl Store {
     /// Stores unsigned alerts in one transaction; alerts whose id is already
-    /// stored are skipped and counted as duplicates.
+    /// stored are skipped and counted as duplicates. Nothing folds here (imports,
+    /// and tests that stand in for devices with `collector` alerts).
     pub fn insert_sourced_alerts(&mut self, alerts: &[SourcedAlert], now_ms: u64) -> Result<InsertOutcome, StoreError> {
         let tx = self.conn.transaction()?;
-        let outcome = insert_sourced(&tx, alerts, now_ms)?;
+        let outcome = insert_sourced(&tx, alerts, now_ms, Fold::OFF)?;
         tx.commit()?;
         Ok(outcome)
     }
 }
 
 /// Inserts into an open transaction (for callers that store more in the same one).
+/// With `fold` on, the collector's own alerts about a device fold like agent alerts
+/// (see `store::fold`); feed alerts never do.
 pub(crate) fn insert_sourced(
     tx: &rusqlite::Transaction<'_>,
     alerts: &[SourcedAlert],
     now_ms: u64,
+    fold: Fold,
 ) -> Result<InsertOutcome, StoreError> {
     let mut outcome = InsertOutcome::default();
     let mut insert = tx.prepare_cached(
         "INSERT INTO alerts (id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms, rule_id,
              rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload,
-             signature, source)
-         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, x'', x'', ?15)
+             signature, source, fold_hash)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, x'', x'', ?15, ?16)
          ON CONFLICT(id) DO NOTHING",
     )?;
     let mut insert_entity =
         tx.prepare_cached("INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
     for a in alerts {
+        let hash = match (&a.device_id, a.source) {
+            (Some(device), AlertSource::Collector) => fold.hash(device, &a.rule.id, &a.entities, &[]),
+            _ => None,
+        };
+        let seen = Observed {
+            first_ms: a.observed_at_ms,
+            last_ms: a.last_observed_at_ms.max(a.observed_at_ms),
+            count: a.count,
+        };
+        let evidence = Evidence {
+            seq: 0,
+            payload: &[],
+            signature: &[],
+        };
+        match fold::place(tx, &a.id, hash.as_ref(), seen, fold, evidence, now_ms)? {
+            Placement::Duplicate => {
+                outcome.duplicates += 1;
+                continue;
+            }
+            Placement::Folded(_) => {
+                outcome.folded += 1;
+                continue;
+            }
+            Placement::NewRow => {}
+        }
         let entities: Vec<serde_json::Value> = a.entities.iter().map(entity::to_json).collect();
         let inserted = insert.execute(params![
             a.id,
@@ -98,6 +128,7 @@ pub(crate) fn insert_sourced(
             serde_json::Value::Array(entities).to_string(),
             serde_json::Value::Object(a.matched.clone()).to_string(),
             a.source.as_str(),
+            hash.as_ref().map(|h| &h[..]),
         ])?;
         if inserted == 0 {
             outcome.duplicates += 1;

@@ -319,7 +319,8 @@ async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut R
         .map_err(|e| e.to_string())?;
     let ack = Ack {
         batch_id: batch.batch_id,
-        stored: outcome.stored,
+        // A folded alert is durably kept too (in the row it was folded into).
+        stored: outcome.stored + outcome.folded,
         duplicates: outcome.duplicates,
     };
     out.send(CollectorMessage::Ack(ack))

@@ -3,7 +3,7 @@
 //! built on the protocol crate.
 //!
 //!   cargo build --release -p ward-collector -p ward-tests
-//!   target/release/ward-loadgen ingest --agents 100 --alerts-per-agent 3000
+//!   target/release/ward-loadgen ingest --agents 100 --alerts-per-agent 3000 [--flood]
 //!   target/release/ward-loadgen storm --agents 5000
 //!   target/release/ward-loadgen idle --agents 1000
 
@@ -17,7 +17,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use tokio::sync::Semaphore;
 use ward_agent::link;
-use ward_protocol::{JoinToken, Signed};
+use ward_protocol::{Entity, JoinToken, Signed};
 use ward_tests::{Collector, TestDevice};
 
 #[derive(Parser)]
@@ -36,6 +36,10 @@ enum Scenario {
         alerts_per_agent: usize,
         #[arg(long, default_value_t = 250)]
         batch: usize,
+        /// Every alert of an agent repeats its first (same rule and folder), so the
+        /// collector folds them all into one row per agent (the flood path).
+        #[arg(long)]
+        flood: bool,
     },
     /// Connect N agents, kill -9 and restart the collector, time until all are back.
     Storm {
@@ -102,7 +106,7 @@ async fn connect_all(devices: Vec<TestDevice>, endpoint: &quinn::Endpoint, remot
     out
 }
 
-async fn ingest(agents: usize, per_agent: usize, batch: usize) -> Result<()> {
+async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> Result<()> {
     let collector = Collector::start_with(unthrottled)?;
     let token = collector.join_token(agents as u32, "1h")?;
     let devices = enroll_many(&token, agents).await?;
@@ -112,7 +116,13 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize) -> Result<()> {
         .map(|mut d| {
             let signed = (0..per_agent)
                 .map(|_| {
-                    let a = d.next_alert();
+                    let mut a = d.next_alert();
+                    if flood {
+                        a.entities = vec![Entity::File {
+                            path: format!("/tmp/flood/test-{}", a.seq),
+                            sha256: Some([7; 32]),
+                        }];
+                    }
                     d.sign(&a)
                 })
                 .collect();
@@ -135,14 +145,21 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize) -> Result<()> {
         t.await?;
     }
     let elapsed = started.elapsed();
-    let stored: i64 = collector
-        .db()?
-        .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?;
-    if stored as usize != agents * per_agent {
-        bail!("stored {stored}, expected {}", agents * per_agent);
+    let (rows, stored): (i64, i64) =
+        collector
+            .db()?
+            .query_row("SELECT COUNT(*), COALESCE(SUM(count), 0) FROM alerts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+    let want_rows = if flood { agents } else { agents * per_agent };
+    if stored as usize != agents * per_agent || rows as usize != want_rows {
+        bail!(
+            "{rows} rows standing for {stored} alerts, expected {want_rows} for {}",
+            agents * per_agent
+        );
     }
     println!(
-        "ingest: {} alerts from {agents} agents in {:.2} s = {:.0} alerts/s (batches of {batch}, every alert committed before its ack)",
+        "ingest: {} alerts from {agents} agents in {:.2} s = {:.0} alerts/s (batches of {batch}, every alert committed before its ack; {rows} rows)",
         stored,
         elapsed.as_secs_f64(),
         stored as f64 / elapsed.as_secs_f64()
@@ -211,7 +228,8 @@ fn main() -> Result<()> {
                 agents,
                 alerts_per_agent,
                 batch,
-            } => ingest(agents, alerts_per_agent, batch).await,
+                flood,
+            } => ingest(agents, alerts_per_agent, batch, flood).await,
             Scenario::Storm { agents } => storm(agents).await,
             Scenario::Idle { agents } => idle(agents).await,
         }
