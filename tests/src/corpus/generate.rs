@@ -226,6 +226,7 @@ impl Gen {
     }
 
     /// A child run as another user (su, sudo, a privilege drop).
+    #[allow(clippy::too_many_arguments)]
     fn child_as(&mut self, dev: usize, tree: &Tree, at: u64, exe: &str, cmd: &str, user: &str, uid: u32) -> Tree {
         let mut t = self.child_at(dev, tree, at, exe, cmd);
         if let Some(p) = t.last_mut() {
@@ -412,6 +413,7 @@ impl Gen {
     }
 
     /// A file_event alert (the sensor knows the path and hash, not the writer).
+    #[allow(clippy::too_many_arguments)]
     fn file_alert(&mut self, label: &str, episode: &str, dev: usize, stem: &str, t: u64, path: &str, sha256: [u8; 32]) {
         let (observed, received) = self.times(dev, t);
         let tc = self.time_case(dev);
