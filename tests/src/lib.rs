@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod corpus;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -51,7 +51,8 @@
 //! sha256}`; `Url`; `Domain` (sender domain, URL host). `matched` holds the key fields
 //! as strings (time, ip, location, app, result, risk, message id, subject...).
 
-mod alerts;
+// Public for the labelled correlation corpus, which builds its feed alerts with these rules.
+pub mod alerts;
 mod alerts_identity;
 mod alerts_mailbox;
 mod detect;
