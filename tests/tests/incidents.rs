@@ -262,7 +262,7 @@ async fn an_attack_across_mail_identity_and_devices_is_one_incident() {
     );
     assert_eq!(
         reason_of(&detail, &shell),
-        "same device laptop-alice within 1 min of this incident's alerts there"
+        format!("same user alice within 1 min of alert {dropped}")
     );
     assert_eq!(
         reason_of(&detail, &ssh_key),

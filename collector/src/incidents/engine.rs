@@ -863,15 +863,27 @@ impl Engine {
     /// Whether an alert at `at_ms` sharing key `i` of `a` may join `inc` by its time:
     /// within the window of the incident for a strong key, within the proximity window
     /// of the incident's alerts on the device for a device-only link.
-    fn in_time(&self, inc: &Live, a: &AlertIn, i: usize, id: KeyId) -> bool {
+    ///
+    /// A person shared by two alerts of the same device says no more than the device
+    /// (a developer's own builds and tests on their laptop): when the incident already
+    /// holds alerts of the alert's device, a user link is judged like the device's.
+    fn in_time(&self, inc: &Live, a: &AlertIn, ids: &[KeyId], i: usize) -> bool {
         if !inc.status.is_open() {
             return false;
         }
-        if weak(&a.keys[i]) {
-            return inc
-                .keys
+        let near = |id: KeyId| {
+            inc.keys
                 .get(&id)
-                .is_some_and(|seen| run_distance(&seen.runs, a.at_ms) <= self.cfg.proximity_ms);
+                .map(|seen| run_distance(&seen.runs, a.at_ms) <= self.cfg.proximity_ms)
+        };
+        if weak(&a.keys[i]) {
+            return near(ids[i]).unwrap_or(false);
+        }
+        if a.keys[i].kind == KeyKind::User
+            && let Some(own) = a.keys.iter().position(weak)
+            && let Some(close) = near(ids[own])
+        {
+            return close;
         }
         a.at_ms.saturating_add(self.cfg.window_ms) >= inc.first_ms
             && a.at_ms <= inc.last_ms.saturating_add(self.cfg.window_ms)
@@ -984,7 +996,7 @@ impl Engine {
             }
             for seq in &self.table[id as usize].holders {
                 if let Some(inc) = self.incidents.get(seq)
-                    && self.in_time(inc, a, i, id)
+                    && self.in_time(inc, a, &ids, i)
                 {
                     if self.within_span(inc, a.at_ms) {
                         candidates.push((*seq, i));
@@ -1532,8 +1544,8 @@ mod tests {
     #[test]
     fn a_device_alert_between_two_far_apart_alerts_of_an_incident_stays_out() {
         let mut e = engine();
-        // One incident on D1 at 10:00 and 20:00, tied by a user.
-        let alice = || key(KeyKind::User, "alice");
+        // One incident on D1 at 10:00 and 20:00, tied by a file.
+        let alice = || key(KeyKind::File, "ff");
         let a = e.link(&alert(1, 10 * H, Some("D1"), vec![dev("D1"), alice()]));
         let b = e.link(&alert(2, 20 * H, Some("D1"), vec![dev("D1"), alice()]));
         assert_eq!(b.incident_id, a.incident_id);
@@ -1664,12 +1676,7 @@ mod tests {
     #[test]
     fn a_steady_stream_of_device_only_alerts_does_not_chain_into_one_incident() {
         let mut e = engine();
-        let story = e.link(&alert(
-            1,
-            10 * H,
-            Some("D1"),
-            vec![dev("D1"), key(KeyKind::User, "alice")],
-        ));
+        let story = e.link(&alert(1, 10 * H, Some("D1"), vec![dev("D1"), key(KeyKind::File, "ff")]));
         let mut joined = 0;
         for i in 1..=30u64 {
             let l = e.link(&alert(1 + i as i64, 10 * H + i * 10 * MIN, Some("D1"), vec![dev("D1")]));
@@ -1682,10 +1689,26 @@ mod tests {
             99,
             16 * H,
             Some("D1"),
-            vec![dev("D1"), key(KeyKind::User, "alice")],
+            vec![dev("D1"), key(KeyKind::File, "ff")],
         ));
         assert_eq!(later.incident_id, story.incident_id);
         let near = e.link(&alert(100, 16 * H + 5 * MIN, Some("D1"), vec![dev("D1")]));
         assert_eq!(near.incident_id, story.incident_id);
+    }
+
+    #[test]
+    fn a_person_on_the_same_device_links_like_the_device() {
+        let mut e = engine();
+        let alice = || key(KeyKind::User, "alice");
+        let mail = e.link(&alert(1, 10 * H, None, vec![alice()]));
+        // Her laptop 3 h later: a person across sources keeps the long window.
+        let shell = e.link(&alert(2, 13 * H, Some("D1"), vec![dev("D1"), alice()]));
+        assert_eq!(shell.incident_id, mail.incident_id);
+        // Her own builds on that laptop 2 h after the shell: no closer than the device.
+        let build = e.link(&alert(3, 15 * H, Some("D1"), vec![dev("D1"), alice()]));
+        assert!(build.created, "{}", build.reason);
+        // Within the proximity of the shell they do join.
+        let near = e.link(&alert(4, 13 * H + 10 * MIN, Some("D1"), vec![dev("D1"), alice()]));
+        assert_eq!(near.incident_id, mail.incident_id);
     }
 }

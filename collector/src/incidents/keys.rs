@@ -221,6 +221,9 @@ impl KeyContext {
                         None => {}
                     }
                 }
+                // On a device, an account without a uid does not exist there (a name an
+                // SSH scanner tried): it names no person.
+                Entity::User { uid: None, name } if device_id.is_some() && !name.contains('@') => {}
                 Entity::User { name, uid } => {
                     for local in self.local_users(name, *uid) {
                         keys.push(user_key(local, name));
@@ -242,6 +245,9 @@ impl KeyContext {
                         via: None,
                     });
                 }
+                // A packaged system binary (bash, id, uname) is on every host of a
+                // release and in every admin's and build's alerts: its hash names no attack.
+                Entity::File { path, .. } | Entity::Process { exe: path, .. } if system_binary(path) => {}
                 Entity::File { sha256: Some(h), .. } | Entity::Process { sha256: Some(h), .. } => {
                     let hex = hex::encode(h);
                     keys.push(LinkKey {
@@ -314,6 +320,22 @@ impl KeyContext {
         }
         out
     }
+}
+
+/// Whether a path is in the directories the distribution's packages own.
+fn system_binary(path: &str) -> bool {
+    const DIRS: [&str; 9] = [
+        "/usr/bin/",
+        "/usr/sbin/",
+        "/bin/",
+        "/sbin/",
+        "/usr/lib/",
+        "/usr/lib64/",
+        "/usr/libexec/",
+        "/lib/",
+        "/lib64/",
+    ];
+    DIRS.iter().any(|d| path.starts_with(d))
 }
 
 /// The key of a process tree ([`Entity::lineage_key`] names its node) on a device.
@@ -552,5 +574,34 @@ mod tests {
         // The root's own child: the process itself; no ancestors: the process.
         assert_eq!(tree_key(web_shell[2..].to_vec(), true).value, "D1/17801@1795000017801");
         assert_eq!(tree_key(Vec::new(), true).value, "D1/17801@1795000017801");
+    }
+
+    #[test]
+    fn system_binaries_and_accounts_a_device_does_not_have_name_nothing() {
+        let c = ctx();
+        let bash = Entity::Process {
+            pid: 7,
+            ppid: 1,
+            start_time_ms: 1,
+            exe: "/usr/bin/bash".into(),
+            cmdline: "bash".into(),
+            sha256: Some([1; 32]),
+        };
+        let dropped = Entity::File {
+            path: "/tmp/x".into(),
+            sha256: Some([2; 32]),
+        };
+        let scanner = Entity::User {
+            name: "oracle".into(),
+            uid: None,
+        };
+        let keys = c.keys(Some("D1"), &[bash, dropped, scanner.clone()]);
+        let kinds: Vec<_> = keys.iter().map(|k| (k.kind, k.value.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [(KeyKind::Device, "D1"), (KeyKind::File, hex::encode([2; 32]).as_str())]
+        );
+        // A feed's user without a uid is a person.
+        assert_eq!(c.keys(None, &[scanner])[0].kind, KeyKind::User);
     }
 }

@@ -952,7 +952,7 @@ mod tests {
             let c = Correlator::new(settings(), Arc::clone(&metrics));
             let mut ids = Vec::new();
             for k in 0..6u64 {
-                let at = NOW + k * 2 * H;
+                let at = NOW + k * 10 * 60_000;
                 if with_skewed {
                     let future = sourced(
                         format!("fast{k}"),
