@@ -25,7 +25,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::alert::{Entity, MatchedField, ProcessNode};
+use crate::alert::{Entity, MatchedField};
 
 /// Separates the parts of a key (a control character no path or command line
 /// written by a sensor contains unescaped, so parts cannot run into each other).
@@ -65,11 +65,11 @@ pub fn fold_key(entities: &[Entity], matched: &[MatchedField]) -> String {
         key.push(SEP);
         key.push_str(p.exe);
         key.push(SEP);
-        match p.tree {
-            Some((pid, start)) => {
-                let _ = write!(key, "tree{SEP}{pid}{SEP}{start}");
-            }
-            None => key.push_str(p.cmdline),
+        if let Some((pid, start)) = p.tree {
+            let _ = write!(key, "tree{SEP}{pid}{SEP}{start}{SEP}");
+        }
+        if p.tree.is_none() || p.tree_is_parent {
+            key.push_str(p.cmdline);
         }
         return key;
     }
@@ -102,27 +102,29 @@ pub fn fold_key(entities: &[Entity], matched: &[MatchedField]) -> String {
 struct Alerted<'a> {
     exe: &'a str,
     cmdline: &'a str,
-    /// The process tree (pid, start time of the node below the root) when known
-    /// and not the process itself.
+    /// The process tree (pid and start time of its key node, or of the parent when
+    /// that node is the process itself) when known.
     tree: Option<(u32, u64)>,
+    /// The tree is the parent's (the process is itself the key node): the command
+    /// line tells its repeats apart from the service's other children.
+    tree_is_parent: bool,
 }
 
 fn alerted_process(entities: &[Entity]) -> Option<Alerted<'_>> {
     let lineage = entities.iter().find_map(|e| match e {
-        Entity::Lineage {
-            process,
-            ancestors,
-            rooted,
-        } => Some((process, ancestors, *rooted)),
+        Entity::Lineage { process, ancestors, .. } => Some((process, ancestors, e.lineage_key()?)),
         _ => None,
     });
-    if let Some((process, ancestors, rooted)) = lineage {
-        let node = tree_node(process, ancestors, rooted);
+    if let Some((process, ancestors, node)) = lineage {
+        // The tree is named by its key node; when that is the repeated process itself
+        // (a service's direct children), by its parent, so the loop folds under it.
         let itself = node.pid == process.pid && node.start_time_ms == process.start_time_ms;
+        let tree = if itself { ancestors.first() } else { Some(node) };
         return Some(Alerted {
             exe: &process.exe,
             cmdline: &process.cmdline,
-            tree: (!itself).then_some((node.pid, node.start_time_ms)),
+            tree: tree.map(|n| (n.pid, n.start_time_ms)),
+            tree_is_parent: itself,
         });
     }
     entities.iter().find_map(|e| match e {
@@ -130,23 +132,10 @@ fn alerted_process(entities: &[Entity]) -> Option<Alerted<'_>> {
             exe,
             cmdline,
             tree: None,
+            tree_is_parent: false,
         }),
         _ => None,
     })
-}
-
-/// The node that names a process tree: the child of the root when the chain
-/// reached the root (the process itself when it is that child), else the topmost
-/// ancestor known (the process when there is none).
-pub fn tree_node<'a>(process: &'a ProcessNode, ancestors: &'a [ProcessNode], rooted: bool) -> &'a ProcessNode {
-    if rooted {
-        match ancestors.len() {
-            0 | 1 => process,
-            n => &ancestors[n - 2],
-        }
-    } else {
-        ancestors.last().unwrap_or(process)
-    }
 }
 
 /// The folder a path is in (`/` for a file at the root, empty for a bare name).
@@ -268,7 +257,8 @@ mod tests {
         assert!(same((&compile(1, 700), no), (&compile(2, 700), no)));
         // ...and stay apart from the same compiler in another session.
         assert!(!same((&compile(1, 700), no), (&compile(1, 701), no)));
-        // A process that is itself the node below the root keys by its command line.
+        // A process that is itself the node below the root keys by its parent and
+        // command line.
         let lone = |cmd: &str| {
             vec![Entity::Lineage {
                 process: node(5, "/bin/sh", cmd),
@@ -302,19 +292,5 @@ mod tests {
         // Without a key entity, all entities count.
         assert!(same((&[user("a")], no), (&[user("a")], no)));
         assert!(!same((&[user("a")], no), (&[user("b")], no)));
-    }
-
-    #[test]
-    fn tree_nodes() {
-        let p = node(10, "/usr/bin/whoami", "whoami");
-        let a = [
-            node(9, "/bin/bash", "bash -i"),
-            node(8, "/bin/bash", "bash -c"),
-            node(7, "/usr/bin/java", "java"),
-        ];
-        assert_eq!(tree_node(&p, &a, true).pid, 8);
-        assert_eq!(tree_node(&p, &a[..1], true).pid, 10);
-        assert_eq!(tree_node(&p, &a, false).pid, 7);
-        assert_eq!(tree_node(&p, &[], false).pid, 10);
     }
 }

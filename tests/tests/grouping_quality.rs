@@ -60,9 +60,9 @@ fn agent_alerts_carry_the_built_in_rules_as_they_are() {
 }
 
 /// Recall meets its target (0.90). Precision does NOT yet meet its target (0.95):
-/// measured 0.125 on 2026-12-06, mostly the phishing incident taking the CI host's
-/// EICAR test files through the shared hash (BENCHMARKS.md, issue 14's note). The
-/// floor below only keeps it from falling further while that work is open.
+/// measured 0.310 on 2026-12-06 (BENCHMARKS.md, issue 14's note: two attacks bridged
+/// by a shared miner build, one by an admin's session and a spray's targets, users'
+/// own activity near their attacks). The floor only keeps it from falling further.
 #[test]
 fn grouping_recall_meets_its_target_and_precision_does_not_fall() {
     let s = &report().full.score;
@@ -72,8 +72,8 @@ fn grouping_recall_meets_its_target_and_precision_does_not_fall() {
         s.recall
     );
     assert!(
-        s.precision >= 0.12,
-        "precision {:.3} fell below the measured 0.125 (target 0.95); see the report above",
+        s.precision >= 0.30,
+        "precision {:.3} fell below the measured 0.310 (target 0.95); see the report above",
         s.precision
     );
 }

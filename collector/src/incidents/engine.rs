@@ -1013,10 +1013,19 @@ impl Engine {
         let clock_note = a.clock_note.as_deref().map(Arc::from);
         let link = if let Some(&(target, i)) = candidates.first() {
             let mut reason = self.describe(target, i, &ids, a);
+            // An alert naming several people (a password spray, a bulk mail) says
+            // nothing about how they relate: it joins one incident but does not merge
+            // incidents through its people.
+            let people = a.keys.iter().filter(|k| k.kind == KeyKind::User).count();
             for &(seq, i) in &candidates[1..] {
                 let why = self.describe(seq, i, &ids, a);
                 let other_id = self.incidents.get(&seq).map(|i| Arc::clone(&i.id)).unwrap_or_default();
-                match self.merge_blocker(target, seq) {
+                let blocker = if people > 1 && a.keys[i].kind == KeyKind::User {
+                    Some("linked only through one of the several people the alert names")
+                } else {
+                    self.merge_blocker(target, seq)
+                };
+                match blocker {
                     None => {
                         self.merge(target, seq, format!("alert {} bridges them: {why}", a.id));
                         reason.push_str(&format!("; {why} (merged incident {other_id})"));
@@ -1710,5 +1719,31 @@ mod tests {
         // Within the proximity of the shell they do join.
         let near = e.link(&alert(4, 13 * H + 10 * MIN, Some("D1"), vec![dev("D1"), alice()]));
         assert_eq!(near.incident_id, mail.incident_id);
+    }
+
+    #[test]
+    fn an_alert_naming_several_people_does_not_merge_their_incidents() {
+        let mut e = engine();
+        let ann = e.link(&alert(1, 10 * H, None, vec![key(KeyKind::User, "ann")]));
+        let ben = e.link(&alert(2, 11 * H, None, vec![key(KeyKind::User, "ben")]));
+        let spray = e.link(&alert(
+            3,
+            12 * H,
+            None,
+            vec![
+                key(KeyKind::User, "ann"),
+                key(KeyKind::User, "ben"),
+                key(KeyKind::Ip, "203.0.113.9"),
+            ],
+        ));
+        assert_eq!(spray.incident_id, ann.incident_id);
+        assert!(
+            spray.reason.contains(&format!(
+                "incident {} not merged: linked only through one of the several people the alert names",
+                ben.incident_id
+            )),
+            "{}",
+            spray.reason
+        );
     }
 }

@@ -31,6 +31,11 @@ const DAVE_OFFLINE: (u64, u64) = (D0 + 2 * DAY + 8 * H, D0 + 4 * DAY + 8 * H + 3
 /// The 2022 recording is replayed through replay-lab on Thursday 16:00.
 const REPLAY_AT: u64 = D0 + 3 * DAY + 16 * H;
 const EICAR: &str = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f";
+/// The phishing attachment: a stage-one loader. An attack's payload is not the
+/// antivirus test string (the quickstart story uses EICAR only to stay harmless), so
+/// it does not share a hash with the build host's EICAR test files. The value is
+/// SHA-256 of "ward corpus: invoice.com, the stage-one loader of phish-alice".
+const PAYLOAD: &str = "edbcfef5c38d353f86a6752fddd88808059ce7639fabb45f449daf44c207fb35";
 
 /// How a device's alerts reach the collector.
 #[derive(Debug, Clone, Copy)]
@@ -1172,7 +1177,7 @@ fn identity_noise(g: &mut Gen) {
     }
 }
 
-/// demo/story at scale: a phishing mail with invoice.com (the EICAR file) to alice,
+/// demo/story at scale: a phishing mail with invoice.com (a stage-one loader) to alice,
 /// run from her file manager; it opens a /dev/tcp shell, fetches a stage two and
 /// installs a crontab; her account then signs in from Singapore.
 fn phish_alice(g: &mut Gen) {
@@ -1194,7 +1199,7 @@ fn phish_alice(g: &mut Gen) {
         .entity(ip("91.215.85.40"))
         .entity(Entity::File {
             path: "invoice.com".into(),
-            sha256: Some(hex32(EICAR)),
+            sha256: Some(hex32(PAYLOAD)),
         });
     r.field("subject", Some("Invoice 88231 overdue"))
         .field("threat_types", Some("Malware"))
@@ -1210,7 +1215,7 @@ fn phish_alice(g: &mut Gen) {
         "known_bad_file_hash",
         saved,
         "/home/alice/Downloads/invoice.com",
-        hex32(EICAR),
+        hex32(PAYLOAD),
     );
     let sess = session(g, dev, "alice", 1000, D0 + DAY + 7 * H + 52 * MIN);
     let files = g.child(
@@ -1228,7 +1233,7 @@ fn phish_alice(g: &mut Gen) {
         "/home/alice/Downloads/invoice.com",
     );
     if let Some(p) = inv.last_mut() {
-        p.sha256 = hex32(EICAR);
+        p.sha256 = hex32(PAYLOAD);
     }
     let start = inv[inv.len() - 1].start;
     let bash_c = g.child_at(
