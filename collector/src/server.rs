@@ -61,14 +61,13 @@ pub async fn run(
     };
     let db = data_dir.join(DB_FILE);
     let metrics = Arc::new(Metrics::default());
-    let (writer, writer_thread) =
-        Writer::start(
-            &db,
-            config.ingest.writer_max_batch_alerts,
-            config.ingest.writer_cache_mib,
-            Arc::clone(&metrics),
-        )
-        .map_err(setup("database"))?;
+    let (writer, writer_thread) = Writer::start(
+        &db,
+        config.ingest.writer_max_batch_alerts,
+        config.ingest.writer_cache_mib,
+        Arc::clone(&metrics),
+    )
+    .map_err(setup("database"))?;
     let reads = ReadPool::open(&db, 4).map_err(setup("database"))?;
     let ca = Ca::load(data_dir).map_err(setup("CA"))?;
     let command_pkcs8 = std::fs::read(data_dir.join(COMMAND_KEY)).map_err(setup("command key"))?;

@@ -43,7 +43,7 @@ pub const STEP_ALERTS: u32 = 2_000;
 /// About how long one step holds the writer: every ingest round waits for at most
 /// one step, and a long step spreads its commit and its rewrites of hot incident
 /// pages over many alerts.
-pub const STEP_BUDGET: Duration = Duration::from_millis(250);
+pub const STEP_BUDGET: Duration = Duration::from_millis(500);
 
 /// Bounds of a step, whatever its measured cost per alert.
 const STEP_MIN_ALERTS: u32 = 500;
@@ -138,7 +138,10 @@ impl Correlator {
     }
 
     fn take_touched(&self) -> Vec<String> {
-        self.touched.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default()
+        self.touched
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
     }
 
     /// Puts an incident back in the engine as the store has it.
@@ -297,21 +300,19 @@ impl Correlator {
             .state
             .lock()
             .map_err(|_| StoreError::Corrupt("correlator state poisoned".into()))?;
-        let out = store
-            .patch_incident(id, patch, actor, now_ms())
-            .and_then(|out| {
-                if out.is_ok() {
-                    match guard.as_mut() {
-                        Some(r) => Self::reload(r, store, id)?,
-                        None => {
-                            if let Ok(mut t) = self.touched.lock() {
-                                t.push(id.to_string());
-                            }
+        let out = store.patch_incident(id, patch, actor, now_ms()).and_then(|out| {
+            if out.is_ok() {
+                match guard.as_mut() {
+                    Some(r) => Self::reload(r, store, id)?,
+                    None => {
+                        if let Ok(mut t) = self.touched.lock() {
+                            t.push(id.to_string());
                         }
                     }
                 }
-                Ok(out)
-            });
+            }
+            Ok(out)
+        });
         if out.is_err() {
             *guard = None;
         }
@@ -378,7 +379,9 @@ impl Pace {
             return STEP_ALERTS;
         };
         let n = STEP_BUDGET.as_nanos() / per.as_nanos().max(1);
-        u32::try_from(n).unwrap_or(u32::MAX).clamp(STEP_MIN_ALERTS, STEP_MAX_ALERTS)
+        u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .clamp(STEP_MIN_ALERTS, STEP_MAX_ALERTS)
     }
 
     fn record(&mut self, alerts: usize, took: Duration) {
@@ -748,17 +751,17 @@ mod tests {
         // A few alerts cost mostly the commit: they do not size the steps.
         pace.record(3, Duration::from_millis(30));
         assert_eq!(pace.step_alerts(), STEP_ALERTS);
-        pace.record(2_000, Duration::from_millis(100));
+        pace.record(2_000, Duration::from_millis(200));
         assert_eq!(pace.step_alerts(), 5_000);
         // Cheaper steps grow them, smoothed, up to the cap.
-        pace.record(5_000, Duration::from_millis(50));
+        pace.record(5_000, Duration::from_millis(100));
         assert_eq!(pace.step_alerts(), 6_250);
         for _ in 0..50 {
             pace.record(50_000, Duration::from_millis(1));
         }
         assert_eq!(pace.step_alerts(), STEP_MAX_ALERTS);
         for _ in 0..50 {
-            pace.record(1_000, Duration::from_secs(10));
+            pace.record(1_000, Duration::from_secs(20));
         }
         assert_eq!(pace.step_alerts(), STEP_MIN_ALERTS);
     }

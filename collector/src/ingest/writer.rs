@@ -286,18 +286,25 @@ mod tests {
         let (writer, _thread) = Writer::start(&dir.path().join("ward.db"), 1, 2, Arc::default()).unwrap();
         let (started_tx, started) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
-        let busy = writer.run(move |_| {
-            started_tx.send(()).unwrap();
-            released.recv().unwrap();
+        let w = writer.clone();
+        let busy = tokio::spawn(async move {
+            w.run(move |_| {
+                started_tx.send(()).unwrap();
+                released.recv().unwrap();
+            })
+            .await
         });
-        let busy = tokio::spawn(busy);
-        tokio::task::spawn_blocking(move || started.recv().unwrap()).await.unwrap();
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
         // Three one-alert rounds queue behind the busy writer (the device is unknown,
         // so each fails; each is a round all the same).
         let mut queued = Vec::new();
         for seq in 1..=3 {
             let w = writer.clone();
-            queued.push(tokio::spawn(async move { w.store_alerts(DeviceId(Id128::from_u128(1)), batch(seq)).await }));
+            queued.push(tokio::spawn(async move {
+                w.store_alerts(DeviceId(Id128::from_u128(1)), batch(seq)).await
+            }));
         }
         while writer.jobs.capacity() > writer.jobs.max_capacity() - 3 {
             tokio::task::yield_now().await;

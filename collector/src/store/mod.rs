@@ -222,8 +222,7 @@ impl Store {
     /// correlation step rewrites pages all over the incident tables; a cache smaller
     /// than what one transaction touches spills dirty pages and reads them back.
     pub fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
-        self.conn
-            .pragma_update(None, "cache_size", -(i64::from(mib) * 1024))?;
+        self.conn.pragma_update(None, "cache_size", -(i64::from(mib) * 1024))?;
         Ok(())
     }
 

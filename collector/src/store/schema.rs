@@ -400,10 +400,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("incidents_by_redirect")),
-            "{plan:?}"
-        );
+        assert!(plan.iter().any(|p| p.contains("incidents_by_redirect")), "{plan:?}");
     }
 
     /// A database made before migration 7 keeps its alerts, their rowids and
