@@ -49,6 +49,8 @@ pub struct IngestConfig {
     pub verify_threads: usize,
     /// Most alerts committed in one transaction.
     pub writer_max_batch_alerts: usize,
+    /// Page cache of the writer's database connection, in MiB.
+    pub writer_cache_mib: u32,
     /// Connected agents at most; further connections are refused.
     pub max_connections: u32,
     /// An alert repeating a stored one (same device, rule and fold key) observed at
@@ -240,6 +242,7 @@ impl Default for IngestConfig {
             max_frame_bytes: ward_protocol::codec::MAX_AGENT_FRAME,
             verify_threads: 0,
             writer_max_batch_alerts: 8_192,
+            writer_cache_mib: 256,
             max_connections: 20_000,
             // Five agent aggregation windows (60 s): an agent's aggregate, delivered
             // when its window closes, and a backlog delivered in bursts still land
@@ -306,6 +309,9 @@ impl Config {
         }
         if i.fold_window_ms > 0 && (i.fold_max_span_ms < i.fold_window_ms || i.fold_max_span_ms > 30 * 24 * 3_600_000) {
             return Err("ingest.fold_max_span_ms must be at least ingest.fold_window_ms and at most 30 days".into());
+        }
+        if !(2..=65_536).contains(&i.writer_cache_mib) {
+            return Err("ingest.writer_cache_mib must be 2..=65536".into());
         }
         if self.tls_cert_pem.is_some() != self.tls_key_pem.is_some() {
             return Err("tls_cert_pem and tls_key_pem must be set together".into());
@@ -390,6 +396,9 @@ max_frame_bytes = 1048576
 verify_threads = 0
 # Most alerts committed in one transaction.
 writer_max_batch_alerts = 8192
+# Page cache of the database connection that writes alerts and incidents, in MiB
+# (used as the database grows; correlation rewrites pages all over the incident tables).
+writer_cache_mib = 256
 # Connected agents at most; further connections are refused.
 max_connections = 20000
 # Repeats fold: an alert of the same device, rule and key entity (the file's folder
@@ -522,6 +531,7 @@ mod tests {
         assert_eq!(parsed.http_listen, defaults.http_listen);
         assert_eq!(parsed.ingest.max_frame_bytes, defaults.ingest.max_frame_bytes);
         assert_eq!(parsed.ingest.fold(), defaults.ingest.fold());
+        assert_eq!(parsed.ingest.writer_cache_mib, defaults.ingest.writer_cache_mib);
         assert_eq!(parsed.devices.offline_after_ms, defaults.devices.offline_after_ms);
         assert_eq!(parsed.correlation.window_ms, defaults.correlation.window_ms);
         assert_eq!(
@@ -599,6 +609,11 @@ mod tests {
                 .contains("max_frame_bytes")
         );
         assert!(Config::parse("tls_cert_pem = \"/x\"").unwrap_err().contains("together"));
+        assert!(
+            Config::parse("[ingest]\nwriter_cache_mib = 1")
+                .unwrap_err()
+                .contains("writer_cache_mib")
+        );
         assert!(
             Config::parse("[feeds]\nspray_min_users = 1")
                 .unwrap_err()

@@ -65,6 +65,7 @@ pub async fn run(
         &db,
         config.ingest.writer_max_batch_alerts,
         config.ingest.fold(),
+        config.ingest.writer_cache_mib,
         Arc::clone(&metrics),
     )
     .map_err(setup("database"))?;
@@ -179,7 +180,12 @@ pub async fn run(
         ctx.writer.rounds(),
         shutdown.clone(),
     ));
-    let correlation = tokio::spawn(crate::incidents::run(correlator, ctx.writer.clone(), shutdown.clone()));
+    let correlation = tokio::spawn(crate::incidents::run(
+        correlator,
+        ctx.writer.clone(),
+        reads.clone(),
+        shutdown.clone(),
+    ));
     let heartbeats = tokio::spawn(transport::write_heartbeats(Arc::clone(&ctx), shutdown.clone()));
     let poller = tokio::spawn(poll_changes(
         reads,

@@ -151,6 +151,7 @@ fn parent_folder(path: &str) -> &str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::alert::ProcessNode;
 
     fn file(path: &str, h: u8) -> Entity {
         Entity::File {

@@ -8,6 +8,12 @@
 //! new watermark, so a crash never leaves an alert half-correlated. Analyst changes
 //! run on the same thread and reload the incidents they touch, so the engine always
 //! matches the store, and a restart rebuilds the same state from it.
+//!
+//! Steps go ahead of the writer's queue and are sized to take about
+//! [`STEP_BUDGET`], so during an ingest burst correlation and ingest rounds
+//! alternate. After a start the engine is loaded from a read-only snapshot off the
+//! writer thread; analysts' changes made before it is in place go to the store and
+//! are reloaded into it when it arrives.
 
 pub mod engine;
 pub mod keys;
@@ -15,7 +21,7 @@ pub mod model;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use tokio::sync::watch;
@@ -24,13 +30,24 @@ use ward_protocol::Id128;
 
 use crate::ingest::Writer;
 use crate::metrics::Metrics;
+use crate::readpool::ReadPool;
 use crate::store::{CorrelationCounters, IncidentPatch, IncidentRefusal, Store, StoreError, StoredAlert};
 use crate::util::now_ms;
 use engine::{AlertIn, Changes, Engine, EngineConfig};
 use keys::KeyContext;
 
-/// Alerts correlated per writer task, so ingest waits at most one step.
+/// Alerts in the first step, before steps are sized by their measured cost (and the
+/// engine benchmark's batch).
 pub const STEP_ALERTS: u32 = 2_000;
+
+/// About how long one step holds the writer: every ingest round waits for at most
+/// one step, and a long step spreads its commit and its rewrites of hot incident
+/// pages over many alerts.
+pub const STEP_BUDGET: Duration = Duration::from_millis(500);
+
+/// Bounds of a step, whatever its measured cost per alert.
+const STEP_MIN_ALERTS: u32 = 500;
+const STEP_MAX_ALERTS: u32 = 50_000;
 
 /// Correlation settings (`[correlation]` in the config).
 #[derive(Debug, Clone)]
@@ -57,7 +74,12 @@ pub struct Correlator {
     metrics: Arc<Metrics>,
     users: KeyContext,
     state: Mutex<Option<Running>>,
+    /// Incidents analysts changed while no engine was running (taken under `state`).
+    touched: Mutex<Vec<String>>,
 }
+
+/// An engine loaded off the writer thread, waiting to be installed there.
+pub struct Prepared(Running);
 
 impl std::fmt::Debug for Correlator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,7 +128,52 @@ impl Correlator {
             settings,
             metrics,
             state: Mutex::new(None),
+            touched: Mutex::new(Vec::new()),
         })
+    }
+
+    fn is_running(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.is_some())
+    }
+
+    /// Loads the engine from one snapshot of the store; for a read-only connection
+    /// off the writer thread (about a second of CPU for a million alerts).
+    pub fn prepare(&self, store: &Store) -> Result<Prepared, StoreError> {
+        store.read_snapshot(|s| self.rebuild(s)).map(Prepared)
+    }
+
+    /// Puts a prepared engine in place (on the writer thread) with the incidents
+    /// analysts changed since; false if an engine was rebuilt here meanwhile (it is newer).
+    pub fn install(&self, store: &Store, prepared: Prepared) -> Result<bool, StoreError> {
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Corrupt("correlator state poisoned".into()))?;
+        if guard.is_some() {
+            return Ok(false);
+        }
+        let mut running = prepared.0;
+        for id in self.take_touched() {
+            Self::reload(&mut running, store, &id)?;
+        }
+        *guard = Some(running);
+        Ok(true)
+    }
+
+    fn take_touched(&self) -> Vec<String> {
+        self.touched
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+    }
+
+    /// Puts an incident back in the engine as the store has it.
+    fn reload(r: &mut Running, store: &Store, id: &str) -> Result<(), StoreError> {
+        match store.load_incident(id)? {
+            Some(inc) => r.engine.load(inc),
+            None => r.engine.forget(id),
+        }
+        Ok(())
     }
 
     fn engine_config(&self) -> EngineConfig {
@@ -160,6 +227,8 @@ impl Correlator {
             .lock()
             .map_err(|_| StoreError::Corrupt("correlator state poisoned".into()))?;
         if guard.is_none() {
+            // Everything analysts changed is in the store this reads.
+            self.take_touched();
             *guard = Some(self.rebuild(store)?);
         }
         let Some(running) = guard.as_mut() else {
@@ -262,16 +331,29 @@ impl Correlator {
         patch: &IncidentPatch,
         actor: &str,
     ) -> Result<Result<(), IncidentRefusal>, StoreError> {
-        self.with_running(store, |r, store| {
-            let out = store.patch_incident(id, patch, actor, now_ms())?;
+        // A patch needs no engine: without one (just started), the store takes it and
+        // the engine reloads the incident when it is installed.
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Corrupt("correlator state poisoned".into()))?;
+        let out = store.patch_incident(id, patch, actor, now_ms()).and_then(|out| {
             if out.is_ok() {
-                match store.load_incident(id)? {
-                    Some(inc) => r.engine.load(inc),
-                    None => r.engine.forget(id),
+                match guard.as_mut() {
+                    Some(r) => Self::reload(r, store, id)?,
+                    None => {
+                        if let Ok(mut t) = self.touched.lock() {
+                            t.push(id.to_string());
+                        }
+                    }
                 }
             }
             Ok(out)
-        })
+        });
+        if out.is_err() {
+            *guard = None;
+        }
+        out
     }
 
     /// Merges incidents by hand.
@@ -321,23 +403,91 @@ impl Correlator {
     }
 }
 
+/// Sizes steps to take about [`STEP_BUDGET`] from what recent steps cost per alert.
+#[derive(Debug)]
+struct Pace {
+    /// Smoothed writer time per alert; None before a step big enough to tell.
+    per_alert: Option<Duration>,
+}
+
+impl Pace {
+    fn step_alerts(&self) -> u32 {
+        let Some(per) = self.per_alert else {
+            return STEP_ALERTS;
+        };
+        let n = STEP_BUDGET.as_nanos() / per.as_nanos().max(1);
+        u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .clamp(STEP_MIN_ALERTS, STEP_MAX_ALERTS)
+    }
+
+    fn record(&mut self, alerts: usize, took: Duration) {
+        // Small steps are mostly the commit's fixed cost and say little per alert.
+        if alerts < STEP_MIN_ALERTS as usize {
+            return;
+        }
+        let sample = took / u32::try_from(alerts).unwrap_or(u32::MAX);
+        self.per_alert = Some(match self.per_alert {
+            Some(old) => (old * 3 + sample) / 4,
+            None => sample,
+        });
+    }
+}
+
+/// Loads the engine on a read connection and installs it on the writer, which
+/// serves ingest and analysts meanwhile. False if the writer stopped.
+async fn prepare(correlator: &Arc<Correlator>, writer: &Writer, reads: &ReadPool) -> bool {
+    let c = Arc::clone(correlator);
+    let prepared = match reads.run(move |store| c.prepare(store)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) | Err(e) => {
+            // The step rebuilds on the writer instead.
+            warn!(error = %e, "cannot load the correlation engine from a read connection");
+            return true;
+        }
+    };
+    let c = Arc::clone(correlator);
+    match writer.run_next(move |store| c.install(store, prepared)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot install the correlation engine; rebuilding on the writer");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Tails the alerts table until shutdown: woken after alert commits and every second
 /// (alerts written by another process, feed imports).
-pub async fn run(correlator: Arc<Correlator>, writer: Writer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(correlator: Arc<Correlator>, writer: Writer, reads: ReadPool, mut shutdown: watch::Receiver<bool>) {
     let wake = writer.alerts_committed();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut pace = Pace { per_alert: None };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = wake.notified() => {}
             _ = shutdown.changed() => return,
         }
+        if !correlator.is_running() && !prepare(&correlator, &writer, &reads).await {
+            return;
+        }
         loop {
             let c = Arc::clone(&correlator);
-            match writer.run(move |store| c.step(store, STEP_ALERTS)).await {
-                Ok(Ok(n)) if n as u32 >= STEP_ALERTS => continue,
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => {
+            let max = pace.step_alerts();
+            let step = writer.run_next(move |store| {
+                let started = Instant::now();
+                (c.step(store, max), started.elapsed())
+            });
+            match step.await {
+                Ok((Ok(n), took)) => {
+                    pace.record(n, took);
+                    if n as u32 >= max {
+                        continue;
+                    }
+                    break;
+                }
+                Ok((Err(e), _)) => {
                     correlator.metrics.correlation_failures.inc();
                     warn!(error = %e, "correlation step failed; retrying from the store");
                     break;
@@ -633,6 +783,62 @@ mod tests {
                 "severity raised from medium to high: highest alert medium, raised because its alerts come from collector, identity"
             ]
         );
+    }
+
+    #[test]
+    fn steps_are_sized_to_the_budget_from_their_cost() {
+        let mut pace = Pace { per_alert: None };
+        assert_eq!(pace.step_alerts(), STEP_ALERTS);
+        // A few alerts cost mostly the commit: they do not size the steps.
+        pace.record(3, Duration::from_millis(30));
+        assert_eq!(pace.step_alerts(), STEP_ALERTS);
+        pace.record(2_000, Duration::from_millis(200));
+        assert_eq!(pace.step_alerts(), 5_000);
+        // Cheaper steps grow them, smoothed, up to the cap.
+        pace.record(5_000, Duration::from_millis(100));
+        assert_eq!(pace.step_alerts(), 6_250);
+        for _ in 0..50 {
+            pace.record(50_000, Duration::from_millis(1));
+        }
+        assert_eq!(pace.step_alerts(), STEP_MAX_ALERTS);
+        for _ in 0..50 {
+            pace.record(1_000, Duration::from_secs(20));
+        }
+        assert_eq!(pace.step_alerts(), STEP_MIN_ALERTS);
+    }
+
+    /// After a start the engine is loaded off the writer thread; an analyst's change
+    /// made before it is installed is in it all the same.
+    #[test]
+    fn a_patch_before_the_engine_is_installed_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let ann = |id: &str, at| sourced(id.into(), AlertSource::Identity, None, at, "TA0001", vec![user("ann")]);
+        store.insert_sourced_alerts(&[ann("a1", 10 * H)], 1).unwrap();
+        drain(&Correlator::new(settings(), Arc::default()), &mut store);
+        let (id, _) = store.incident_alerts_of("a1").unwrap();
+
+        // A restart: the snapshot is taken, then an analyst resolves the incident.
+        let c = Correlator::new(settings(), Arc::default());
+        let reader = Store::open_readonly(&dir.path().join("ward.db")).unwrap();
+        let prepared = c.prepare(&reader).unwrap();
+        let resolve = IncidentPatch {
+            status: Some(Status::Resolved),
+            ..Default::default()
+        };
+        c.patch(&mut store, &id, &resolve, "eve").unwrap().unwrap();
+        assert!(!c.is_running(), "the patch did not wait for an engine");
+        assert!(c.install(&store, prepared).unwrap());
+
+        // A later alert of ann does not join the resolved incident.
+        store.insert_sourced_alerts(&[ann("a2", 11 * H)], 2).unwrap();
+        drain(&c, &mut store);
+        assert_ne!(store.incident_alerts_of("a2").unwrap().0, id);
+        // An engine rebuilt here first wins over one prepared before.
+        let c = Correlator::new(settings(), Arc::default());
+        let prepared = c.prepare(&reader).unwrap();
+        drain(&c, &mut store);
+        assert!(!c.install(&store, prepared).unwrap());
     }
 
     struct IncidentFilterAll;

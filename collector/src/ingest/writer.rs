@@ -5,9 +5,15 @@
 //!
 //! The queue is bounded; when it is full, sessions wait to hand over their
 //! batch, which stops them reading and slows their agents by flow control.
+//!
+//! Work that must not wait behind that queue (the correlator's steps) goes ahead of
+//! it with [`Writer::run_next`]: it runs before the next round, so correlation and
+//! ingest alternate during a burst instead of correlation moving one step per
+//! drained queue.
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use thiserror::Error;
@@ -29,6 +35,8 @@ enum Job {
         reply: oneshot::Sender<Result<InsertOutcome, String>>,
     },
     Task(Task),
+    /// Wakes a writer waiting for jobs to run what [`Writer::run_next`] queued.
+    Wake,
 }
 
 /// The writer's queue; cheap to clone. The thread ends when every clone is dropped,
@@ -36,6 +44,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    /// Tasks to run before the next round, oldest first.
+    next: Arc<Mutex<VecDeque<Task>>>,
     /// Counts rounds committed (alerts or tasks), for tasks that follow new rows.
     rounds: watch::Receiver<u64>,
     /// Notified after each commit that stored alerts (the correlator waits on it).
@@ -57,24 +67,35 @@ pub enum WriteError {
 }
 
 impl Writer {
-    /// Opens the database and starts the writer thread.
+    /// Opens the database (with a page cache of `cache_mib`) and starts the writer thread.
     /// Repeats fold as `fold` says (`[ingest] fold_window_ms`, see `store::fold`).
     pub fn start(
         db_path: &Path,
         max_batch_alerts: usize,
         fold: Fold,
+        cache_mib: u32,
         metrics: Arc<Metrics>,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
         store.set_fold(fold);
+        store.set_cache_mib(cache_mib)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);
         let committed = Arc::new(Notify::new());
         let notify = Arc::clone(&committed);
+        let next: Arc<Mutex<VecDeque<Task>>> = Arc::default();
+        let queued = Arc::clone(&next);
         let handle = std::thread::Builder::new()
             .name("ward-writer".into())
             .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
+                loop {
+                    // Whatever went ahead of the queue runs first, one task at a time (a
+                    // task may queue the next one).
+                    while let Some(task) = queued.lock().ok().and_then(|mut q| q.pop_front()) {
+                        task(&mut store);
+                        rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    let Some(first) = rx.blocking_recv() else { break };
                     let mut round = vec![first];
                     let mut alerts: usize = round_alerts(&round);
                     while alerts < max_batch_alerts {
@@ -86,6 +107,9 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    if round.iter().all(|j| matches!(j, Job::Wake)) {
+                        continue;
+                    }
                     if run_round(&mut store, round, &metrics) {
                         notify.notify_one();
                     }
@@ -96,6 +120,7 @@ impl Writer {
         Ok((
             Writer {
                 jobs: tx,
+                next,
                 rounds,
                 committed,
             },
@@ -132,6 +157,26 @@ impl Writer {
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?.map_err(WriteError::Commit)
+    }
+
+    /// Runs `f` on the writable store before the next round of queued work and
+    /// returns its result: for work that must keep pace with ingest however long the
+    /// queue is. `f` should be bounded in time, as every round waits for it.
+    pub async fn run_next<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> R + Send + 'static,
+    ) -> Result<R, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        let task: Task = Box::new(move |store| {
+            let _ = reply.send(f(store));
+        });
+        self.next.lock().map_err(|_| WriteError::Stopped)?.push_back(task);
+        // A writer waiting for jobs needs one to look again; a full queue means it is
+        // busy and looks after its round anyway; a closed one, that it stopped.
+        if let Err(mpsc::error::TrySendError::Closed(_)) = self.jobs.try_send(Job::Wake) {
+            return Err(WriteError::Stopped);
+        }
+        rx.await.map_err(|_| WriteError::Stopped)
     }
 
     /// Runs `f` on the writable store and returns its result.
@@ -172,6 +217,7 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
                 replies.push(reply);
             }
             Job::Task(task) => task(store),
+            Job::Wake => {}
         }
     }
     if batches.is_empty() {
@@ -200,5 +246,95 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ward_protocol::{Alert, AlertId, Id128, KeyId, RuleRef, Severity, Signed};
+
+    fn batch(seq: u64) -> Vec<VerifiedAlert> {
+        let alert = Alert {
+            id: AlertId(Id128::from_u128(u128::from(seq))),
+            device_id: DeviceId(Id128::from_u128(1)),
+            seq,
+            observed_at_ms: 1,
+            last_observed_at_ms: 1,
+            rule: RuleRef {
+                id: "r".into(),
+                title: "t".into(),
+                author: "a".into(),
+                severity: Severity::Low,
+                techniques: vec![],
+                tactics: vec![],
+            },
+            entities: vec![],
+            count: 1,
+            matched: vec![],
+        };
+        let signed = Signed {
+            key_id: KeyId([0; 8]),
+            payload: vec![],
+            signature: vec![],
+        };
+        vec![VerifiedAlert { alert, signed }]
+    }
+
+    /// Work sent with `run_next` runs after the round in progress, before the
+    /// rounds queued behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_sent_ahead_runs_before_queued_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _thread) = Writer::start(
+            &dir.path().join("ward.db"),
+            1,
+            crate::store::Fold::OFF,
+            2,
+            Arc::default(),
+        )
+        .unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let w = writer.clone();
+        let busy = tokio::spawn(async move {
+            w.run(move |_| {
+                started_tx.send(()).unwrap();
+                released.recv().unwrap();
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        // Three one-alert rounds queue behind the busy writer (the device is unknown,
+        // so each fails; each is a round all the same).
+        let mut queued = Vec::new();
+        for seq in 1..=3 {
+            let w = writer.clone();
+            queued.push(tokio::spawn(async move {
+                w.store_alerts(DeviceId(Id128::from_u128(1)), batch(seq)).await
+            }));
+        }
+        while writer.jobs.capacity() > writer.jobs.max_capacity() - 3 {
+            tokio::task::yield_now().await;
+        }
+        let rounds = writer.rounds();
+        let ahead = {
+            let w = writer.clone();
+            tokio::spawn(async move { w.run_next(move |_| *rounds.borrow()).await })
+        };
+        while writer.next.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        assert_eq!(ahead.await.unwrap().unwrap(), 1, "only the busy round ran before it");
+        for q in queued {
+            assert!(matches!(q.await.unwrap(), Err(WriteError::Commit(_))));
+        }
+        // And with nothing queued, it wakes an idle writer.
+        assert_eq!(writer.run_next(|_| 7).await.unwrap(), 7);
     }
 }

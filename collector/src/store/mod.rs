@@ -31,7 +31,7 @@ pub use sourced::{AlertSource, SourcedAlert};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 use thiserror::Error;
 use ward_protocol::{Alert, DeviceId, Inventory, IsolationState, PublicKey, Severity, Signed};
@@ -223,8 +223,20 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store { conn, fold: Fold::OFF };
+        // Every transaction takes the write lock when it begins, waiting up to the busy
+        // timeout for another process (the CLI) to finish. A deferred one reads first and
+        // fails at once with "database is locked" when another process wrote meanwhile.
+        store.conn.set_transaction_behavior(TransactionBehavior::Immediate);
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Sets how much the page cache may hold, in MiB (SQLite's default is 2 MiB). A
+    /// correlation step rewrites pages all over the incident tables; a cache smaller
+    /// than what one transaction touches spills dirty pages and reads them back.
+    pub fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", -(i64::from(mib) * 1024))?;
+        Ok(())
     }
 
     /// A read-only connection for the API.
@@ -238,6 +250,15 @@ impl Store {
     /// Folds repeats from now on as `fold` says (off until set; the writer sets `[ingest]`'s).
     pub fn set_fold(&mut self, fold: Fold) {
         self.fold = fold;
+    }
+
+    /// Runs `f` on one consistent snapshot of the database (a read transaction), so
+    /// several queries see the same commit however other connections write meanwhile.
+    pub fn read_snapshot<R>(&self, f: impl FnOnce(&Store) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Deferred)?;
+        let out = f(self);
+        tx.commit()?;
+        out
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 //!   target/release/ward-loadgen ingest --agents 100 --alerts-per-agent 3000 [--flood]
 //!   target/release/ward-loadgen storm --agents 5000
 //!   target/release/ward-loadgen idle --agents 1000
+//!   target/release/ward-loadgen correlate --agents 50 --rate 10000 --seconds 30
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +51,20 @@ enum Scenario {
     Idle {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+    },
+    /// A sustained alert rate for a while, then alert-to-incident times: how long
+    /// each alert waited between its commit and its incident link.
+    Correlate {
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        /// Alerts per second, all agents together.
+        #[arg(long, default_value_t = 10_000)]
+        rate: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: usize,
+        /// Batches per agent and second.
+        #[arg(long, default_value_t = 4)]
+        batches_per_second: usize,
     },
 }
 
@@ -167,6 +182,80 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> R
     Ok(())
 }
 
+async fn correlate(agents: usize, rate: usize, seconds: usize, batches_per_second: usize) -> Result<()> {
+    let collector = Collector::start_with(unthrottled)?;
+    let token = collector.join_token(agents as u32, "1h")?;
+    let devices = enroll_many(&token, agents).await?;
+    let batch = (rate / agents / batches_per_second).max(1);
+    let rounds = seconds * batches_per_second;
+    println!(
+        "enrolled {agents} agents; signing {} alerts ({batch} per batch, {batches_per_second} batches per agent and second)",
+        agents * batch * rounds
+    );
+    let (devices, work): (Vec<TestDevice>, Vec<Vec<Signed>>) = devices
+        .into_iter()
+        .map(|mut d| {
+            let signed = (0..batch * rounds)
+                .map(|_| {
+                    let a = d.next_alert();
+                    d.sign(&a)
+                })
+                .collect();
+            (d, signed)
+        })
+        .unzip();
+    let endpoint = link::client_endpoint(&collector.quic)?;
+    let devices = connect_all(devices, &endpoint, collector.quic).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, (d, signed)) in devices.into_iter().zip(work).enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut d = d;
+            let period = Duration::from_secs(1) / batches_per_second as u32;
+            // Agents spread over the period, so the load is even.
+            tokio::time::sleep(period * i as u32 / agents as u32).await;
+            let mut tick = tokio::time::interval(period);
+            for chunk in signed.chunks(batch) {
+                tick.tick().await;
+                d.send_batch(chunk.to_vec()).await.expect("batch acknowledged");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let sent = started.elapsed();
+    let db = collector.db()?;
+    let total: i64 = db.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?;
+    loop {
+        let linked: i64 = db.query_row("SELECT COUNT(*) FROM incident_alerts", [], |r| r.get(0))?;
+        if linked >= total {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("{linked} of {total} alerts correlated after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut waits: Vec<i64> = db
+        .prepare(
+            "SELECT ia.linked_at_ms - a.received_at_ms FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    waits.sort_unstable();
+    let at = |p: f64| waits[((waits.len() as f64 * p).ceil() as usize).clamp(1, waits.len()) - 1];
+    println!(
+        "correlate: {total} alerts from {agents} agents in {:.1} s = {:.0} alerts/s sustained; alert-to-incident (link time minus commit time) p50 {} ms, p99 {} ms, max {} ms",
+        sent.as_secs_f64(),
+        total as f64 / sent.as_secs_f64(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    Ok(())
+}
+
 async fn storm(agents: usize) -> Result<()> {
     let mut collector = Collector::start()?;
     let token = collector.join_token(agents as u32, "1h")?;
@@ -232,6 +321,12 @@ fn main() -> Result<()> {
             } => ingest(agents, alerts_per_agent, batch, flood).await,
             Scenario::Storm { agents } => storm(agents).await,
             Scenario::Idle { agents } => idle(agents).await,
+            Scenario::Correlate {
+                agents,
+                rate,
+                seconds,
+                batches_per_second,
+            } => correlate(agents, rate, seconds, batches_per_second).await,
         }
     })
 }
