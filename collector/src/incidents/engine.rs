@@ -1020,11 +1020,10 @@ impl Engine {
             for &(seq, i) in &candidates[1..] {
                 let why = self.describe(seq, i, &ids, a);
                 let other_id = self.incidents.get(&seq).map(|i| Arc::clone(&i.id)).unwrap_or_default();
-                let blocker = if people > 1 && a.keys[i].kind == KeyKind::User {
-                    Some("linked only through one of the several people the alert names")
-                } else {
-                    self.merge_blocker(target, seq)
-                };
+                let blocker = self.merge_blocker(target, seq).or_else(|| {
+                    (people > 1 && a.keys[i].kind == KeyKind::User)
+                        .then_some("linked only through one of the several people the alert names")
+                });
                 match blocker {
                     None => {
                         self.merge(target, seq, format!("alert {} bridges them: {why}", a.id));

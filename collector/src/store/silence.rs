@@ -12,7 +12,7 @@ use rusqlite::params;
 use ward_protocol::{AlertId, Entity, RuleRef, Severity};
 
 use super::sourced::{AlertSource, SourcedAlert, insert_sourced};
-use super::{Store, StoreError, i64_of};
+use super::{Fold, Store, StoreError, i64_of};
 
 /// Rule id of the alert for an isolated device that went silent.
 pub const SILENT_ISOLATED_RULE_ID: &str = "ward-isolated-device-silent";
@@ -90,7 +90,9 @@ impl Store {
                 count: 1,
                 matched,
             };
-            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms, self.fold)?;
+            // One alert per silence already (the device's last-seen time is its key
+            // here): a later silence is a new event, never a repeat to fold.
+            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms, Fold::OFF)?;
             tx.prepare_cached("UPDATE devices SET silence_alerted_seen_ms = ?2 WHERE id = ?1")?
                 .execute(params![device_id, last_seen])?;
             raised.push(RaisedAlert {
