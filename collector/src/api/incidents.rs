@@ -271,36 +271,46 @@ struct DetailRows {
     comments: Vec<crate::store::CommentView>,
 }
 
-/// The entities the page lists in full: the most alerted of each kind.
-fn shown_entities(mut all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
-    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &all {
-        *totals.entry(e.kind.clone()).or_default() += 1;
+/// The entities the page lists in full: the most alerted of each kind (a partial
+/// selection per kind, not a sort of every entity).
+fn shown_entities(all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
+    let mut by_kind: BTreeMap<String, Vec<EntityAggregate>> = BTreeMap::new();
+    for e in all {
+        match by_kind.get_mut(&e.kind) {
+            Some(v) => v.push(e),
+            None => {
+                by_kind.insert(e.kind.clone(), vec![e]);
+            }
+        }
     }
-    all.sort_by(|a, b| {
-        (&a.kind, std::cmp::Reverse(a.alert_count), a.first_ms, &a.key).cmp(&(
-            &b.kind,
+    let mut totals = BTreeMap::new();
+    let mut shown = Vec::new();
+    let rank = |a: &EntityAggregate, b: &EntityAggregate| {
+        (std::cmp::Reverse(a.alert_count), a.first_ms, &a.key).cmp(&(
             std::cmp::Reverse(b.alert_count),
             b.first_ms,
             &b.key,
         ))
-    });
-    let mut per_kind: HashMap<String, usize> = HashMap::new();
-    all.retain(|e| {
-        let n = per_kind.entry(e.kind.clone()).or_default();
-        *n += 1;
-        *n <= MAX_ENTITIES_PER_KIND
-    });
-    (all, totals)
+    };
+    for (kind, mut v) in by_kind {
+        totals.insert(kind, v.len());
+        if v.len() > MAX_ENTITIES_PER_KIND {
+            v.select_nth_unstable_by(MAX_ENTITIES_PER_KIND, rank);
+            v.truncate(MAX_ENTITIES_PER_KIND);
+        }
+        v.sort_by(rank);
+        shown.extend(v);
+    }
+    (shown, totals)
 }
 
 fn read_detail(s: &Store, id: &str, query: AlertPageQuery) -> Result<Option<DetailRows>, StoreError> {
     let Some(summary) = s.incident_summary(id)? else {
         return Ok(None);
     };
-    let page = s.incident_alert_page(id, &query)?;
-    let totals = s.incident_alert_totals(id)?;
-    let (entities, entity_totals) = shown_entities(s.incident_entity_aggregates(id)?);
+    let (totals, aggregates) = s.incident_evidence(id)?;
+    let page = s.incident_alert_page(id, &query, Some(totals.alerts))?;
+    let (entities, entity_totals) = shown_entities(aggregates);
     let entity_lists = s.alert_entity_lists(&entities.iter().map(|e| e.sample_rowid).collect::<Vec<_>>())?;
     let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
     let (alert_devices, alert_device_total) = s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?;
@@ -655,7 +665,8 @@ pub async fn alerts(
             if s.incident_summary(&id)?.is_none() {
                 return Ok(None);
             }
-            let page = s.incident_alert_page(&id, &query)?;
+            let totals = s.incident_alert_totals(&id)?;
+            let page = s.incident_alert_page(&id, &query, Some(totals.alerts))?;
             let mut devices = Vec::new();
             let ids: BTreeSet<&String> = page.items.iter().filter_map(|a| a.alert.device_id.as_ref()).collect();
             for d in ids {
@@ -663,7 +674,7 @@ pub async fn alerts(
                     devices.push(v);
                 }
             }
-            Ok(Some(((query, page), s.incident_alert_totals(&id)?, devices)))
+            Ok(Some(((query, page), totals, devices)))
         })
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
