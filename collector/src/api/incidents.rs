@@ -304,16 +304,35 @@ fn shown_entities(all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<
     (shown, totals)
 }
 
-fn read_detail(s: &Store, id: &str, query: AlertPageQuery) -> Result<Option<DetailRows>, StoreError> {
+/// Reads the incident page; without `evidence` the whole incident's entities and the
+/// devices of all its alerts are left out (the page's devices are read): the console
+/// draws the page at once and asks `/evidence` for the rest.
+fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Result<Option<DetailRows>, StoreError> {
     let Some(summary) = s.incident_summary(id)? else {
         return Ok(None);
     };
-    let (totals, aggregates) = s.incident_evidence(id)?;
+    let (totals, aggregates) = if evidence {
+        s.incident_evidence(id)?
+    } else {
+        (s.incident_alert_totals(id)?, Vec::new())
+    };
     let page = s.incident_alert_page(id, &query, Some(totals.alerts))?;
     let (entities, entity_totals) = shown_entities(aggregates);
     let entity_lists = s.alert_entity_lists(&entities.iter().map(|e| e.sample_rowid).collect::<Vec<_>>())?;
     let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
-    let (alert_devices, alert_device_total) = s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?;
+    let (alert_devices, alert_device_total) = if evidence {
+        s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?
+    } else {
+        let mut page_devices: Vec<String> = Vec::new();
+        for a in &page.items {
+            if let Some(d) = &a.alert.device_id
+                && !page_devices.contains(d)
+            {
+                page_devices.push(d.clone());
+            }
+        }
+        (page_devices, summary.device_count)
+    };
     for d in alert_devices {
         if !device_ids.contains(&d) {
             device_ids.push(d);
@@ -625,16 +644,21 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
 }
 
 async fn detail(state: &ApiState, id: String, query: AlertPageQuery) -> ApiResult<Json<Value>> {
+    detail_with(state, id, query, true).await
+}
+
+async fn detail_with(state: &ApiState, id: String, query: AlertPageQuery, evidence: bool) -> ApiResult<Json<Value>> {
     let rows = state
         .reads
-        .run(move |s| read_detail(s, &id, query))
+        .run(move |s| read_detail(s, &id, query, evidence))
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(detail_json(state, rows)))
 }
 
 /// `GET /api/v1/incidents/{id}`: the whole incident with the first page of its
-/// alerts (the alert page parameters choose another).
+/// alerts (the alert page parameters choose another); `evidence=deferred` leaves the
+/// whole incident's entities to `/evidence`.
 pub async fn get(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -643,8 +667,47 @@ pub async fn get(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let id = incident_id(&id)?;
+    let mut q = q;
+    let evidence = match q.remove("evidence").as_deref() {
+        None | Some("whole") => true,
+        Some("deferred") => false,
+        Some(_) => return Err(ApiError::bad_request("evidence must be whole or deferred")),
+    };
     let query = alert_page_query(&q)?;
-    detail(&state, id, query).await
+    let mut body = detail_with(&state, id, query, evidence).await?;
+    if let Value::Object(m) = &mut body.0 {
+        m.insert("evidence".into(), json!(if evidence { "whole" } else { "deferred" }));
+    }
+    Ok(body)
+}
+
+/// `GET /api/v1/incidents/{id}/evidence`: the whole incident's entities, their
+/// totals, the scope, totals and devices (what `?evidence=deferred` leaves out).
+pub async fn evidence(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = incident_id(&id)?;
+    let query = AlertPageQuery {
+        limit: 1,
+        ..AlertPageQuery::default()
+    };
+    let Json(full) = detail(&state, id, query).await?;
+    let keep = [
+        "totals",
+        "entities",
+        "entity_totals",
+        "scope",
+        "devices",
+        "devices_total",
+    ];
+    Ok(Json(Value::Object(
+        keep.iter()
+            .map(|k| (k.to_string(), full.get(*k).cloned().unwrap_or(Value::Null)))
+            .collect(),
+    )))
 }
 
 /// `GET /api/v1/incidents/{id}/alerts`: a page of the incident's alerts (newest
