@@ -92,7 +92,7 @@ enum Scope<'a> {
 }
 
 impl Scope<'_> {
-    fn from_where(&self) -> (&'static str, &str) {
+    fn sql_and_key(&self) -> (&'static str, &str) {
         match self {
             Scope::Incident(id) => (
                 "FROM incident_alerts ia JOIN alerts ON alerts.rowid = ia.alert_rowid WHERE ia.incident_id = ?",
@@ -113,7 +113,7 @@ impl Store {
         row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
         position: impl Fn(&T) -> (i64, i64),
     ) -> Result<AlertPage<T>, StoreError> {
-        let (from, id) = scope.from_where();
+        let (from, id) = scope.sql_and_key();
         let mut range = String::new();
         let mut p: Vec<rusqlite::types::Value> = vec![id.to_string().into()];
         if let Some(s) = q.since_ms {
@@ -189,7 +189,7 @@ impl Store {
     }
 
     fn totals(&self, scope: Scope<'_>) -> Result<AlertTotals, StoreError> {
-        let (from, id) = scope.from_where();
+        let (from, id) = scope.sql_and_key();
         let sql = format!(
             "SELECT alerts.severity, COUNT(*), SUM(alerts.count), SUM(alerts.count > 1), MIN(alerts.observed_at_ms),
                     MAX(alerts.last_observed_at_ms) {from} GROUP BY alerts.severity"

@@ -67,7 +67,7 @@ fn alert(i: u64, t0: u64, rng: &SystemRandom) -> SourcedAlert {
             sha256: None,
         },
     ];
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         let ancestors = vec![
             node(5, t0, "/bin/bash -i"),
             node(4, t0, "/bin/bash -c"),
