@@ -896,6 +896,28 @@ async fn a_large_incident_pages_and_counts_the_whole_incident() {
         "the graph's entities name the page's alerts"
     );
 
+    // Deferred: the same page and totals at once, the evidence from /evidence.
+    let (_, light) = collector
+        .get(&format!("/api/v1/incidents/{incident}?evidence=deferred"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (light["evidence"].as_str(), light["totals"]["alerts"].as_u64()),
+        (Some("deferred"), Some(N))
+    );
+    assert_eq!(light["alerts"][0], d["alerts"][0]);
+    assert_eq!(light["entities"], json!([]));
+    let (status, ev) = collector
+        .get(&format!("/api/v1/incidents/{incident}/evidence"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{ev}");
+    assert_eq!(
+        (ev["entities"].clone(), ev["entity_totals"].clone()),
+        (d["entities"].clone(), d["entity_totals"].clone())
+    );
+    assert_eq!(ev["scope"], d["scope"]);
+
     // Every page, both orders: each alert once, in order; totals never change.
     for (order, expect_first) in [("newest", N as usize - 1), ("oldest", 0)] {
         let mut seen: Vec<String> = Vec::new();

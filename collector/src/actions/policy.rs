@@ -185,11 +185,12 @@ pub const ROUTES: [(&str, &str, Role); 8] = [
 ];
 
 /// Incident routes and the least role each needs (handlers in `api/incidents`).
-pub const INCIDENT_ROUTES: [(&str, &str, Role); 8] = [
+pub const INCIDENT_ROUTES: [(&str, &str, Role); 9] = [
     ("GET", "/api/v1/incidents", Role::Viewer),
     ("GET", "/api/v1/incidents/{id}", Role::Viewer),
     ("GET", "/api/v1/incidents/{id}/alerts", Role::Viewer),
     ("GET", "/api/v1/incidents/{id}/process_tree", Role::Viewer),
+    ("GET", "/api/v1/incidents/{id}/evidence", Role::Viewer),
     ("PATCH", "/api/v1/incidents/{id}", Role::Analyst),
     ("POST", "/api/v1/incidents/{id}/comments", Role::Analyst),
     ("POST", "/api/v1/incidents/{id}/merge", Role::Analyst),

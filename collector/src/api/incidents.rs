@@ -271,39 +271,68 @@ struct DetailRows {
     comments: Vec<crate::store::CommentView>,
 }
 
-/// The entities the page lists in full: the most alerted of each kind.
-fn shown_entities(mut all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
-    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &all {
-        *totals.entry(e.kind.clone()).or_default() += 1;
+/// The entities the page lists in full: the most alerted of each kind (a partial
+/// selection per kind, not a sort of every entity).
+fn shown_entities(all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
+    let mut by_kind: BTreeMap<String, Vec<EntityAggregate>> = BTreeMap::new();
+    for e in all {
+        match by_kind.get_mut(&e.kind) {
+            Some(v) => v.push(e),
+            None => {
+                by_kind.insert(e.kind.clone(), vec![e]);
+            }
+        }
     }
-    all.sort_by(|a, b| {
-        (&a.kind, std::cmp::Reverse(a.alert_count), a.first_ms, &a.key).cmp(&(
-            &b.kind,
+    let mut totals = BTreeMap::new();
+    let mut shown = Vec::new();
+    let rank = |a: &EntityAggregate, b: &EntityAggregate| {
+        (std::cmp::Reverse(a.alert_count), a.first_ms, &a.key).cmp(&(
             std::cmp::Reverse(b.alert_count),
             b.first_ms,
             &b.key,
         ))
-    });
-    let mut per_kind: HashMap<String, usize> = HashMap::new();
-    all.retain(|e| {
-        let n = per_kind.entry(e.kind.clone()).or_default();
-        *n += 1;
-        *n <= MAX_ENTITIES_PER_KIND
-    });
-    (all, totals)
+    };
+    for (kind, mut v) in by_kind {
+        totals.insert(kind, v.len());
+        if v.len() > MAX_ENTITIES_PER_KIND {
+            v.select_nth_unstable_by(MAX_ENTITIES_PER_KIND, rank);
+            v.truncate(MAX_ENTITIES_PER_KIND);
+        }
+        v.sort_by(rank);
+        shown.extend(v);
+    }
+    (shown, totals)
 }
 
-fn read_detail(s: &Store, id: &str, query: AlertPageQuery) -> Result<Option<DetailRows>, StoreError> {
+/// Reads the incident page; without `evidence` the whole incident's entities and the
+/// devices of all its alerts are left out (the page's devices are read): the console
+/// draws the page at once and asks `/evidence` for the rest.
+fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Result<Option<DetailRows>, StoreError> {
     let Some(summary) = s.incident_summary(id)? else {
         return Ok(None);
     };
-    let page = s.incident_alert_page(id, &query)?;
-    let totals = s.incident_alert_totals(id)?;
-    let (entities, entity_totals) = shown_entities(s.incident_entity_aggregates(id)?);
+    let (totals, aggregates) = if evidence {
+        s.incident_evidence(id)?
+    } else {
+        (s.incident_alert_totals(id)?, Vec::new())
+    };
+    let page = s.incident_alert_page(id, &query, Some(totals.alerts))?;
+    let (entities, entity_totals) = shown_entities(aggregates);
     let entity_lists = s.alert_entity_lists(&entities.iter().map(|e| e.sample_rowid).collect::<Vec<_>>())?;
     let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
-    let (alert_devices, alert_device_total) = s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?;
+    let (alert_devices, alert_device_total) = if evidence {
+        s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?
+    } else {
+        let mut page_devices: Vec<String> = Vec::new();
+        for a in &page.items {
+            if let Some(d) = &a.alert.device_id
+                && !page_devices.contains(d)
+            {
+                page_devices.push(d.clone());
+            }
+        }
+        (page_devices, summary.device_count)
+    };
     for d in alert_devices {
         if !device_ids.contains(&d) {
             device_ids.push(d);
@@ -615,16 +644,21 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
 }
 
 async fn detail(state: &ApiState, id: String, query: AlertPageQuery) -> ApiResult<Json<Value>> {
+    detail_with(state, id, query, true).await
+}
+
+async fn detail_with(state: &ApiState, id: String, query: AlertPageQuery, evidence: bool) -> ApiResult<Json<Value>> {
     let rows = state
         .reads
-        .run(move |s| read_detail(s, &id, query))
+        .run(move |s| read_detail(s, &id, query, evidence))
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(detail_json(state, rows)))
 }
 
 /// `GET /api/v1/incidents/{id}`: the whole incident with the first page of its
-/// alerts (the alert page parameters choose another).
+/// alerts (the alert page parameters choose another); `evidence=deferred` leaves the
+/// whole incident's entities to `/evidence`.
 pub async fn get(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -633,8 +667,47 @@ pub async fn get(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let id = incident_id(&id)?;
+    let mut q = q;
+    let evidence = match q.remove("evidence").as_deref() {
+        None | Some("whole") => true,
+        Some("deferred") => false,
+        Some(_) => return Err(ApiError::bad_request("evidence must be whole or deferred")),
+    };
     let query = alert_page_query(&q)?;
-    detail(&state, id, query).await
+    let mut body = detail_with(&state, id, query, evidence).await?;
+    if let Value::Object(m) = &mut body.0 {
+        m.insert("evidence".into(), json!(if evidence { "whole" } else { "deferred" }));
+    }
+    Ok(body)
+}
+
+/// `GET /api/v1/incidents/{id}/evidence`: the whole incident's entities, their
+/// totals, the scope, totals and devices (what `?evidence=deferred` leaves out).
+pub async fn evidence(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let id = incident_id(&id)?;
+    let query = AlertPageQuery {
+        limit: 1,
+        ..AlertPageQuery::default()
+    };
+    let Json(full) = detail(&state, id, query).await?;
+    let keep = [
+        "totals",
+        "entities",
+        "entity_totals",
+        "scope",
+        "devices",
+        "devices_total",
+    ];
+    Ok(Json(Value::Object(
+        keep.iter()
+            .map(|k| (k.to_string(), full.get(*k).cloned().unwrap_or(Value::Null)))
+            .collect(),
+    )))
 }
 
 /// `GET /api/v1/incidents/{id}/alerts`: a page of the incident's alerts (newest
@@ -655,7 +728,8 @@ pub async fn alerts(
             if s.incident_summary(&id)?.is_none() {
                 return Ok(None);
             }
-            let page = s.incident_alert_page(&id, &query)?;
+            let totals = s.incident_alert_totals(&id)?;
+            let page = s.incident_alert_page(&id, &query, Some(totals.alerts))?;
             let mut devices = Vec::new();
             let ids: BTreeSet<&String> = page.items.iter().filter_map(|a| a.alert.device_id.as_ref()).collect();
             for d in ids {
@@ -663,7 +737,7 @@ pub async fn alerts(
                     devices.push(v);
                 }
             }
-            Ok(Some(((query, page), s.incident_alert_totals(&id)?, devices)))
+            Ok(Some(((query, page), totals, devices)))
         })
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;

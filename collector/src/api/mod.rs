@@ -120,6 +120,7 @@ fn workflow_handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> 
         ("GET", "/api/v1/incidents/{id}") => get(incidents::get),
         ("GET", "/api/v1/incidents/{id}/alerts") => get(incidents::alerts),
         ("GET", "/api/v1/incidents/{id}/process_tree") => get(incidents::process_tree),
+        ("GET", "/api/v1/incidents/{id}/evidence") => get(incidents::evidence),
         ("PATCH", "/api/v1/incidents/{id}") => patch(incidents::patch),
         ("POST", "/api/v1/incidents/{id}/comments") => post(incidents::comment),
         ("POST", "/api/v1/incidents/{id}/merge") => post(incidents::merge),

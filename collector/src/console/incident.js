@@ -180,6 +180,9 @@ function assetsTab(detail) {
 }
 
 function evidenceTab(detail) {
+  if (detail.evidence === "deferred") {
+    return `<p class="muted">Reading the evidence of all ${esc(num(detail.totals.alerts))} alerts…</p><h3>Actions</h3><div id="incident-actions"></div>`;
+  }
   const more = Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > detail.entities.filter((e) => e.kind === k).length);
   return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident${more.length
     ? `; the most alerted are listed of ${more.map(([k, n]) => `${esc(num(n))} ${esc(k)}`).join(", ")}` : ""}.</p><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
@@ -263,7 +266,16 @@ export async function incidentView(root, args, q, current) {
     if (view.cursor) p.set("cursor", view.cursor);
     return p.toString();
   };
-  const load = () => api(`/api/v1/incidents/${encodeURIComponent(id)}?${pageQuery()}`);
+  // The page comes first (evidence deferred); the whole incident's entities follow
+  // from `/evidence`, again only when the incident's totals change.
+  let evidence = null;
+  let evidenceFor = "";
+  const withEvidence = (d) => {
+    if (evidence) Object.assign(d, { evidence: "whole", entities: evidence.entities, entity_totals: evidence.entity_totals, scope: evidence.scope,
+      devices: evidence.devices, devices_total: evidence.devices_total });
+    return d;
+  };
+  const load = async () => withEvidence(await api(`/api/v1/incidents/${encodeURIComponent(id)}?evidence=deferred&${pageQuery()}`));
   let detail = await load();
   const fetched = performance.now();
   if (!current()) return;
@@ -344,6 +356,19 @@ export async function incidentView(root, args, q, current) {
     const before = signature(detail);
     detail = fresh;
     if (before !== signature(detail)) { tree = null; drawAll(); }
+    loadEvidence();
+  }
+  async function loadEvidence() {
+    const key = JSON.stringify([detail.totals, detail.incident.updated_at_ms, detail.actions.map((a) => a.status)]);
+    if (key === evidenceFor) return;
+    evidenceFor = key;
+    try {
+      evidence = await api(`/api/v1/incidents/${encodeURIComponent(id)}/evidence`);
+    } catch (e) { evidenceFor = ""; throw e; }
+    if (!current()) return;
+    withEvidence(detail);
+    drawAll();
+    document.body.dataset.evidenceLoaded = id;
   }
   /** Shows another page of alerts (the graph, timeline and list follow it). */
   async function turn(change) {
@@ -480,5 +505,6 @@ export async function incidentView(root, args, q, current) {
   window.wardPerf = { incident: id, alerts: detail.alerts.length, totalAlerts: detail.totals.alerts, entities: detail.page_entities.length,
     phases, fetchMs: fetched - started, renderMs: drawn - fetched, totalMs: drawn - started };
   document.body.dataset.incidentRendered = id;
+  loadEvidence().then(() => { window.wardPerf.evidenceMs = performance.now() - started; }).catch((e) => toast(e.message, true));
   poll(refresh, 3000);
 }

@@ -1203,7 +1203,7 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        let alerts = store.incident_alert_page(&fast_inc, &query).unwrap().items;
+        let alerts = store.incident_alert_page(&fast_inc, &query, None).unwrap().items;
         assert_eq!(alerts[0].correlated_at_ms, NOW as i64);
         let note = alerts[0].clock_note.as_deref().unwrap_or_default();
         assert!(note.contains("ahead of its arrival"), "{note}");

@@ -383,9 +383,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE incidents ADD COLUMN continues_from TEXT;
     "#,
     // 15 (console): a device's alerts in time order, for the device page's pages and
-    // time ranges (rowid, part of every index, breaks ties for the cursor).
+    // time ranges (rowid, part of every index, breaks ties for the cursor); the entity
+    // index by alert covers kind and value (it replaces the one on alert_rowid alone).
     r#"
     CREATE INDEX alerts_by_device_time ON alerts(device_id, observed_at_ms);
+    -- An incident's entities are read from this index alone (no row lookup per entity).
+    CREATE INDEX alert_entities_by_alert_kind_value ON alert_entities(alert_rowid, kind, value);
+    DROP INDEX alert_entities_by_alert;
     "#,
     // 16 (fold): repeats folded at ingest (store/fold). `fold_hash` is 16 bytes of
     // SHA-256 over device, rule id and fold key (NULL for alerts that never fold:
