@@ -153,11 +153,12 @@ async fn alerts_propose_actions_by_rule() {
     .unwrap();
     let theirs = wait_actions(&collector, &other.id().to_string(), 1).await;
     assert_eq!(theirs[0]["kind"], "collect_package");
-    assert_eq!(
-        theirs[0]["status"], "dispatched",
-        "auto-approved; waits for the device: {}",
-        theirs[0]
-    );
+    // The rule's own approval follows its proposal: auto-approved, it waits for the device.
+    let id = theirs[0]["id"].as_str().unwrap().to_string();
+    collector
+        .wait_action_status(&id, "dispatched", Duration::from_secs(3))
+        .await
+        .unwrap();
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mine = actions_of(&collector, &device).await;
