@@ -381,16 +381,16 @@ mod tests {
         let a1 = alert(dev, 1, 1, "/w/a", t, 1);
         let a3 = alert(dev, 3, 3, "/w/c", t + 10, 1);
         let a2 = alert(dev, 2, 2, "/w/b", t + 5, 1);
-        assert_eq!(send(&mut s, dev, &[a1.clone()]), (1, 0, 0));
+        assert_eq!(send(&mut s, dev, std::slice::from_ref(&a1)), (1, 0, 0));
         // seq 3 folds; seq 2 is missing meanwhile.
-        assert_eq!(send(&mut s, dev, &[a3.clone()]), (0, 1, 0));
+        assert_eq!(send(&mut s, dev, std::slice::from_ref(&a3)), (0, 1, 0));
         let gaps = |s: &Store| s.sequence_gaps(&dev.to_string()).unwrap();
         assert_eq!(
             gaps(&s).iter().map(|g| (g.first_seq, g.last_seq)).collect::<Vec<_>>(),
             vec![(2, 2)]
         );
         // The late seq 2 folds and closes the gap.
-        assert_eq!(send(&mut s, dev, &[a2.clone()]), (0, 1, 0));
+        assert_eq!(send(&mut s, dev, std::slice::from_ref(&a2)), (0, 1, 0));
         assert!(gaps(&s).is_empty());
         // Everything again, after a lost acknowledgement: nothing counted twice.
         assert_eq!(send(&mut s, dev, &[a1.clone(), a2.clone(), a3.clone()]), (0, 0, 3));
