@@ -77,7 +77,7 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
-        store.set_fold(fold);
+        store.set_fold(fold)?;
         store.set_cache_mib(cache_mib)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);

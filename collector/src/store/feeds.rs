@@ -265,7 +265,13 @@ impl FeedTx<'_> {
 
     /// Stores feed alerts; ids already stored are counted as duplicates.
     pub fn insert_alerts(&self, alerts: &[SourcedAlert]) -> Result<InsertOutcome, StoreError> {
-        insert_sourced(&self.tx, alerts, self.now_ms, super::Fold::OFF)
+        insert_sourced(
+            &self.tx,
+            alerts,
+            self.now_ms,
+            super::Fold::OFF,
+            &mut super::fold::FoldCache::default(),
+        )
     }
 
     /// Appends the import's audit entry.

@@ -194,6 +194,8 @@ pub struct Store {
     conn: Connection,
     /// How agent alerts and the collector's own device alerts fold at insert.
     fold: Fold,
+    /// The newest row of each recent fold key (the writer's; empty elsewhere).
+    fold_cache: fold::FoldCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -222,7 +224,11 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store { conn, fold: Fold::OFF };
+        let mut store = Store {
+            conn,
+            fold: Fold::OFF,
+            fold_cache: fold::FoldCache::default(),
+        };
         // Every transaction takes the write lock when it begins, waiting up to the busy
         // timeout for another process (the CLI) to finish. A deferred one reads first and
         // fails at once with "database is locked" when another process wrote meanwhile.
@@ -249,12 +255,18 @@ impl Store {
         // cache (allocated as used) keep a 100,000-alert incident well under a second.
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.pragma_update(None, "cache_size", -65_536i64)?;
-        Ok(Store { conn, fold: Fold::OFF })
+        Ok(Store {
+            conn,
+            fold: Fold::OFF,
+            fold_cache: fold::FoldCache::default(),
+        })
     }
 
-    /// Folds repeats from now on as `fold` says (off until set; the writer sets `[ingest]`'s).
-    pub fn set_fold(&mut self, fold: Fold) {
+    /// Folds repeats from now on as `fold` says (off until set; the writer sets
+    /// `[ingest]`'s), into the newest rows stored so far too.
+    pub fn set_fold(&mut self, fold: Fold) -> Result<(), StoreError> {
         self.fold = fold;
+        self.fold_cache.load(&self.conn)
     }
 
     /// Runs `f` on one consistent snapshot of the database (a read transaction), so
@@ -561,7 +573,21 @@ impl Store {
         batches: &[(DeviceId, &[VerifiedAlert])],
         now_ms: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let result = self.try_insert_alert_batches(batches, now_ms);
+        if result.is_err() {
+            // Rolled back: the fold cache may name rows that were never committed.
+            self.fold_cache.clear();
+        }
+        result
+    }
+
+    fn try_insert_alert_batches(
+        &mut self,
+        batches: &[(DeviceId, &[VerifiedAlert])],
+        now_ms: u64,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
         let fold = self.fold;
+        let cache = &mut self.fold_cache;
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for (device, alerts) in batches {
@@ -574,9 +600,11 @@ impl Store {
             for v in alerts.iter() {
                 let a = &v.alert;
                 let hash = fold.hash(&device_id, &a.rule.id, &a.entities, &a.matched);
+                let id = a.id.to_string();
                 let placed = fold::place(
                     &tx,
-                    &a.id.to_string(),
+                    cache,
+                    &id,
                     hash.as_ref(),
                     fold::Observed::of(a),
                     fold,
@@ -589,11 +617,16 @@ impl Store {
                         outcome.folded += 1;
                         true
                     }
-                    fold::Placement::NewRow => {
-                        let stored = insert_alert(&tx, &device_id, v, hash.as_ref(), now_ms)?;
-                        outcome.stored += u32::from(stored);
-                        stored
-                    }
+                    fold::Placement::NewRow => match insert_alert(&tx, &device_id, v, hash.as_ref(), now_ms)? {
+                        Some(rowid) => {
+                            if let Some(hash) = hash {
+                                cache.stored(hash, rowid, id, a.observed_at_ms, a.last_observed_at_ms);
+                            }
+                            outcome.stored += 1;
+                            true
+                        }
+                        None => false,
+                    },
                 };
                 if kept {
                     last_seq = track_sequence(&tx, &device_id, i64_of(a.seq), last_seq, now_ms)?;
@@ -844,14 +877,14 @@ fn audit(
     actions::append_audit(tx, now_ms, actor, action, target, detail)
 }
 
-/// Inserts one alert and its entities; false if its id was already stored.
+/// Inserts one alert and its entities; its rowid, or None if its id was already stored.
 fn insert_alert(
     tx: &Transaction<'_>,
     device_id: &str,
     v: &VerifiedAlert,
     fold_hash: Option<&[u8; 16]>,
     now_ms: u64,
-) -> Result<bool, StoreError> {
+) -> Result<Option<i64>, StoreError> {
     let a = &v.alert;
     let entities: Vec<serde_json::Value> = a.entities.iter().map(entity::to_json).collect();
     let matched: serde_json::Map<String, serde_json::Value> = a
@@ -888,7 +921,7 @@ fn insert_alert(
             fold_hash.map(|h| &h[..]),
         ])?;
     if inserted == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let rowid = tx.last_insert_rowid();
     let mut stmt = tx.prepare_cached("INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
@@ -896,7 +929,7 @@ fn insert_alert(
         let (kind, value) = entity::key(e);
         stmt.execute(params![rowid, kind, value])?;
     }
-    Ok(true)
+    Ok(Some(rowid))
 }
 
 /// Keeps the device's sequence gaps true after a newly stored `seq`: a jump

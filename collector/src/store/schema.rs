@@ -395,11 +395,12 @@ pub const MIGRATIONS: &[&str] = &[
     // SHA-256 over device, rule id and fold key (NULL for alerts that never fold:
     // feeds, rows stored before this migration); `folds` how many alerts were folded
     // into the row. `alert_folds` keeps each folded alert's id (a re-delivery is a
-    // duplicate), sequence number, times, count and signed payload as evidence.
+    // duplicate), sequence number, times, count and signed payload as evidence. No
+    // index on the hash: the writer looks keys up in memory (an index on random
+    // hashes halved ingest), the column refills that map at start.
     r#"
     ALTER TABLE alerts ADD COLUMN fold_hash BLOB;
     ALTER TABLE alerts ADD COLUMN folds INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX alerts_by_fold ON alerts(fold_hash, last_observed_at_ms) WHERE fold_hash IS NOT NULL;
     CREATE TABLE alert_folds (
         alert_id TEXT PRIMARY KEY,
         into_rowid INTEGER NOT NULL REFERENCES alerts(rowid),

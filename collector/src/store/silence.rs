@@ -52,6 +52,21 @@ impl Store {
         offline_after_ms: u64,
         new_id: &mut dyn FnMut() -> Option<AlertId>,
     ) -> Result<Vec<RaisedAlert>, StoreError> {
+        let result = self.try_raise_silent_isolated_alerts(now_ms, offline_after_ms, new_id);
+        if result.is_err() {
+            // Rolled back: the fold cache may name rows that were never committed.
+            self.fold_cache.clear();
+        }
+        result
+    }
+
+    fn try_raise_silent_isolated_alerts(
+        &mut self,
+        now_ms: u64,
+        offline_after_ms: u64,
+        new_id: &mut dyn FnMut() -> Option<AlertId>,
+    ) -> Result<Vec<RaisedAlert>, StoreError> {
+        let cache = &mut self.fold_cache;
         let tx = self.conn.transaction()?;
         let sql = format!("SELECT id, hostname, last_seen_ms {DUE}");
         let due: Vec<(String, String, i64)> = tx
@@ -92,7 +107,7 @@ impl Store {
             };
             // One alert per silence already (the device's last-seen time is its key
             // here): a later silence is a new event, never a repeat to fold.
-            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms, Fold::OFF)?;
+            insert_sourced(&tx, std::slice::from_ref(&alert), now_ms, Fold::OFF, cache)?;
             tx.prepare_cached("UPDATE devices SET silence_alerted_seen_ms = ?2 WHERE id = ?1")?
                 .execute(params![device_id, last_seen])?;
             raised.push(RaisedAlert {

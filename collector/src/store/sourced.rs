@@ -9,7 +9,7 @@
 use rusqlite::params;
 use ward_protocol::{Entity, RuleRef};
 
-use super::fold::{self, Evidence, Fold, Observed, Placement};
+use super::fold::{self, Evidence, Fold, FoldCache, Observed, Placement};
 use super::{InsertOutcome, Store, StoreError, i64_of, sev_num};
 use crate::entity;
 
@@ -60,7 +60,7 @@ impl Store {
     /// and tests that stand in for devices with `collector` alerts).
     pub fn insert_sourced_alerts(&mut self, alerts: &[SourcedAlert], now_ms: u64) -> Result<InsertOutcome, StoreError> {
         let tx = self.conn.transaction()?;
-        let outcome = insert_sourced(&tx, alerts, now_ms, Fold::OFF)?;
+        let outcome = insert_sourced(&tx, alerts, now_ms, Fold::OFF, &mut FoldCache::default())?;
         tx.commit()?;
         Ok(outcome)
     }
@@ -74,6 +74,7 @@ pub(crate) fn insert_sourced(
     alerts: &[SourcedAlert],
     now_ms: u64,
     fold: Fold,
+    cache: &mut FoldCache,
 ) -> Result<InsertOutcome, StoreError> {
     let mut outcome = InsertOutcome::default();
     let mut insert = tx.prepare_cached(
@@ -100,7 +101,7 @@ pub(crate) fn insert_sourced(
             payload: &[],
             signature: &[],
         };
-        match fold::place(tx, &a.id, hash.as_ref(), seen, fold, evidence, now_ms)? {
+        match fold::place(tx, cache, &a.id, hash.as_ref(), seen, fold, evidence, now_ms)? {
             Placement::Duplicate => {
                 outcome.duplicates += 1;
                 continue;
@@ -136,6 +137,9 @@ pub(crate) fn insert_sourced(
         }
         outcome.stored += 1;
         let rowid = tx.last_insert_rowid();
+        if let Some(hash) = hash {
+            cache.stored(hash, rowid, a.id.clone(), seen.first_ms, seen.last_ms);
+        }
         for e in &a.entities {
             let (kind, value) = entity::key(e);
             insert_entity.execute(params![rowid, kind, value])?;
