@@ -153,7 +153,9 @@ impl Entity {
     /// For a [`Entity::Lineage`], the process that names its tree: below a root, the
     /// root's child on the way to the process (the login shell under sshd, the shell a
     /// web server spawned); the process itself when its parent is the root or it is a
-    /// root itself; the topmost ancestor read when the chain was cut. `None` for
+    /// root itself; the topmost ancestor read when the chain was cut. A terminal
+    /// emulator or multiplexer hosts many unrelated sessions (every tab, window and
+    /// pane of a day): below the nearest one, its child names the tree. `None` for
     /// other kinds.
     pub fn lineage_key(&self) -> Option<&ProcessNode> {
         let Entity::Lineage {
@@ -164,12 +166,43 @@ impl Entity {
         else {
             return None;
         };
+        if let Some(host) = ancestors.iter().position(ProcessNode::hosts_sessions) {
+            return Some(host.checked_sub(1).and_then(|i| ancestors.get(i)).unwrap_or(process));
+        }
         let key = if *rooted {
             ancestors.len().checked_sub(2).and_then(|i| ancestors.get(i))
         } else {
             ancestors.last()
         };
         Some(key.unwrap_or(process))
+    }
+}
+
+/// Terminal emulators and multiplexers, by executable name: each hosts many sessions.
+const SESSION_HOSTS: [&str; 16] = [
+    "gnome-terminal-server",
+    "konsole",
+    "xfce4-terminal",
+    "mate-terminal",
+    "lxterminal",
+    "qterminal",
+    "tilix",
+    "terminator",
+    "kitty",
+    "alacritty",
+    "wezterm-gui",
+    "foot",
+    "xterm",
+    "urxvt",
+    "tmux",
+    "screen",
+];
+
+impl ProcessNode {
+    /// Whether the process is a terminal emulator or multiplexer.
+    pub fn hosts_sessions(&self) -> bool {
+        let name = self.exe.rsplit('/').next().unwrap_or_default();
+        SESSION_HOSTS.contains(&name)
     }
 }
 
@@ -229,5 +262,25 @@ mod tests {
         assert_eq!(key(&lineage(&[40, 30], false)), Some(30));
         assert_eq!(key(&lineage(&[], false)), Some(100));
         assert_eq!(key(&Entity::Domain { name: "x".into() }), None);
+    }
+
+    #[test]
+    fn below_a_terminal_the_session_names_the_tree() {
+        let mut ancestors: Vec<ProcessNode> = [40, 30, 20, 10].iter().map(|p| node(*p)).collect();
+        ancestors[2].exe = "/usr/libexec/gnome-terminal-server".into();
+        let tab = Entity::Lineage {
+            process: node(100),
+            ancestors: ancestors.clone(),
+            rooted: true,
+        };
+        // cargo 100 <- make 40 <- bash 30 <- gnome-terminal-server 20 <- systemd --user 10.
+        assert_eq!(tab.lineage_key().map(|n| n.pid), Some(30));
+        // The shell of the tab itself names its own tree.
+        let shell = Entity::Lineage {
+            process: node(30),
+            ancestors: ancestors[2..].to_vec(),
+            rooted: true,
+        };
+        assert_eq!(shell.lineage_key().map(|n| n.pid), Some(30));
     }
 }

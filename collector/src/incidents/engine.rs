@@ -97,6 +97,9 @@ pub struct KeyRow {
     /// whose gaps are at most the proximity window (the nearest alert is then within
     /// the window of a time exactly when the time is within it of a run).
     pub runs: Vec<(u64, u64)>,
+    /// Only alerts that came in on a weak tie (the device alone) carried it: it ties
+    /// the next alert no more strongly than the device does.
+    pub weakly_held: bool,
 }
 
 impl KeyRow {
@@ -216,6 +219,8 @@ struct Seen {
     last_alert: Arc<str>,
     /// Device keys only: see [`KeyRow::runs`].
     runs: SmallVec<[(u64, u64); 1]>,
+    /// See [`KeyRow::weakly_held`].
+    weakly_held: bool,
     /// Added or updated since the store last saw this incident.
     touched: bool,
 }
@@ -251,6 +256,97 @@ fn run_distance(runs: &[(u64, u64)], t: u64) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// How strongly a key ties an alert to an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strength {
+    /// A strong entity within the incident's window.
+    Strong,
+    /// The device alone (or a person on the same device) within the proximity window.
+    Weak,
+}
+
+/// An alert's tie to one incident: its best key and the kinds of all its strong keys.
+#[derive(Debug, Clone, Copy)]
+struct Tie {
+    seq: u64,
+    /// Index in the alert's keys of the best key (strong before weak, in kind order).
+    best: usize,
+    strength: Strength,
+    /// The kinds of the strong keys shared, one bit each.
+    kinds: u16,
+    /// Also near the incident's alerts on the alert's device.
+    near: bool,
+    /// How far the alert is from the nearest sighting of a shared key there.
+    gap_ms: u64,
+    /// The incident's severity.
+    severity: Severity,
+}
+
+impl Tie {
+    fn new(seq: u64, i: usize, kind: KeyKind, strength: Strength, gap_ms: u64, severity: Severity) -> Tie {
+        let mut t = Tie {
+            severity,
+            seq,
+            best: i,
+            strength,
+            kinds: 0,
+            near: false,
+            gap_ms,
+        };
+        t.add(i, kind, strength, gap_ms);
+        t
+    }
+
+    /// Adds a key; keys come strong first, then in kind order.
+    fn add(&mut self, i: usize, kind: KeyKind, strength: Strength, gap_ms: u64) {
+        self.gap_ms = self.gap_ms.min(gap_ms);
+        if strength == Strength::Strong {
+            if self.strength == Strength::Weak {
+                (self.best, self.strength) = (i, Strength::Strong);
+            }
+            self.kinds |= 1 << kind as u16;
+        } else {
+            self.near = true;
+        }
+    }
+
+    /// The order ties are preferred in: a tie that could merge before a person's or a
+    /// file's alone (a brute force from the sprayer's address joins the spray, not the
+    /// person's own incident), then the best key's kind, then also near on the
+    /// device, then more kinds shared, then the more severe incident (a risky
+    /// sign-in of a person tied only by the person joins the attack on their laptop,
+    /// not their builds), then nearer in time (the person's incident of that morning,
+    /// not the one of the day before), then the older incident.
+    fn rank(&self, best: KeyKind) -> impl Ord + use<> {
+        (
+            self.too_common_to_merge().is_some(),
+            best,
+            !self.near,
+            std::cmp::Reverse(self.kinds.count_ones()),
+            std::cmp::Reverse(self.severity),
+            self.gap_ms,
+            self.seq,
+        )
+    }
+
+    /// Why this tie alone cannot merge its incident with another, if it cannot: a
+    /// file's hash (unrelated attacks use the same tools) or a person (everyone's
+    /// own harmless alerts name them) says that an alert belongs with an incident, not
+    /// that two stories are one. Two kinds, or an attacker's address, domain, URL or
+    /// sender, or a process tree, do.
+    fn too_common_to_merge(&self) -> Option<&'static str> {
+        const PERSON: u16 = 1 << KeyKind::User as u16 | 1 << KeyKind::Mailbox as u16;
+        if self.kinds.count_ones() > 1 {
+            return None;
+        }
+        if self.kinds == 1 << KeyKind::File as u16 {
+            return Some("a file alone does not merge incidents: unrelated attacks use the same tools");
+        }
+        (self.kinds & PERSON != 0)
+            .then_some("a person alone does not merge incidents: their own harmless alerts name them too")
+    }
+}
+
 /// An incident in memory.
 #[derive(Debug)]
 struct Live {
@@ -276,6 +372,8 @@ struct Live {
     /// kept as keys are added so a large incident is summed up without a scan.
     counts: [usize; KeyKind::ALL.len()],
     first_of: [Option<KeyId>; KeyKind::ALL.len()],
+    /// The devices (their keys) on which it holds a process tree.
+    tree_devices: SmallVec<[KeyId; 2]>,
 }
 
 impl Live {
@@ -298,6 +396,7 @@ impl Live {
             touched: Vec::new(),
             counts: [0; KeyKind::ALL.len()],
             first_of: [None; KeyKind::ALL.len()],
+            tree_devices: SmallVec::new(),
         }
     }
 
@@ -336,17 +435,19 @@ impl Live {
 
     /// Takes in an alert whose keys are `ids` (`ids[i]` is `a.keys[i]`'s); returns
     /// the keys new to this incident. Only an alert that opened the incident or joined
-    /// it through a strong key extends its device runs: alerts that came in on the
-    /// device alone never widen the reach of the next one (a steady stream of a busy
-    /// host's alerts would otherwise chain into one incident).
+    /// it through a strong tie (`strong`) extends its device runs or holds its keys
+    /// strongly: alerts that came in on the device alone never widen the reach of the
+    /// next one (a steady stream of a busy host's alerts, or every later alert of a
+    /// shell that once ran near an attack, would otherwise chain into one incident).
     fn absorb(
         &mut self,
         ctx: &mut Shared<'_>,
         a: &AlertIn,
         ids: &[KeyId],
         alert_id: &Arc<str>,
-        extend_runs: bool,
+        strong: bool,
     ) -> SmallVec<[KeyId; 8]> {
+        let extend_runs = strong;
         self.first_ms = self.first_ms.min(a.at_ms);
         self.last_ms = self.last_ms.max(a.at_ms);
         self.alert_severity = self.alert_severity.max(a.severity);
@@ -360,7 +461,22 @@ impl Live {
         self.several_titles |= *a.title != *self.first_title;
         self.alert_count += 1;
         let mut new = SmallVec::new();
+        if a.keys.iter().any(|k| k.kind == KeyKind::Process)
+            && let Some(own) = a.keys.iter().position(weak)
+        {
+            self.add_tree_device(ids[own]);
+        }
+        let people = a.keys.iter().filter(|k| k.kind == KeyKind::User).count();
         for (k, &id) in a.keys.iter().zip(ids) {
+            // The alert's own context (its shell's tree, its user) is held weakly when
+            // the alert came in on the device alone; the people of an alert naming
+            // several (a spray's targets) always are. Its artifacts (hashes, addresses,
+            // URLs) are the attack's own and stay strong.
+            let weakly_held = match k.kind {
+                KeyKind::User => !strong || people > 1,
+                KeyKind::Process => !strong,
+                _ => false,
+            };
             match self.keys.get_mut(&id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(a.at_ms);
@@ -371,6 +487,7 @@ impl Live {
                     if k.via.is_none() {
                         seen.via = None;
                     }
+                    seen.weakly_held &= weakly_held;
                     if k.kind == KeyKind::Device && extend_runs {
                         add_run(&mut seen.runs, a.at_ms, ctx.proximity_ms);
                     }
@@ -387,6 +504,7 @@ impl Live {
                         last_ms: a.at_ms,
                         last_alert: Arc::clone(alert_id),
                         runs,
+                        weakly_held,
                         touched: false,
                     };
                     self.keys.insert(id, seen);
@@ -421,6 +539,9 @@ impl Live {
         }
         self.several_titles |= other.several_titles || other.first_title != self.first_title;
         self.alert_count += other.alert_count;
+        for &d in &other.tree_devices {
+            self.add_tree_device(d);
+        }
         let mut new = Vec::new();
         for (&id, k) in &other.keys {
             match self.keys.get_mut(&id) {
@@ -434,6 +555,7 @@ impl Live {
                         add_run(&mut seen.runs, s, proximity_ms);
                         add_run(&mut seen.runs, e, proximity_ms);
                     }
+                    seen.weakly_held &= k.weakly_held;
                 }
                 None => {
                     self.keys.insert(
@@ -450,6 +572,12 @@ impl Live {
             self.touch(id);
         }
         new
+    }
+
+    fn add_tree_device(&mut self, device: KeyId) {
+        if !self.tree_devices.contains(&device) {
+            self.tree_devices.push(device);
+        }
     }
 
     fn count(&self, kind: KeyKind) -> usize {
@@ -543,6 +671,7 @@ fn key_row(table: &[KeyEntry], id: KeyId, seen: &Seen) -> KeyRow {
         last_ms: seen.last_ms,
         last_alert: Arc::clone(&seen.last_alert),
         runs: seen.runs.to_vec(),
+        weakly_held: seen.weakly_held,
     }
 }
 
@@ -744,6 +873,11 @@ impl Engine {
         live.alert_count = inc.alert_count;
         live.several_titles = inc.several_titles;
         for k in inc.keys {
+            if k.kind == KeyKind::Process
+                && let Some((device, _)) = k.value().split_once('/')
+            {
+                live.add_tree_device(self.key_id(KeyKind::Device, device));
+            }
             let id = self.key_id_of(&k.key, k.kind);
             live.keys.insert(
                 id,
@@ -754,6 +888,7 @@ impl Engine {
                     last_ms: k.last_ms,
                     last_alert: k.last_alert,
                     runs: k.runs.into_iter().collect(),
+                    weakly_held: k.weakly_held,
                     touched: false,
                 },
             );
@@ -860,33 +995,60 @@ impl Engine {
         a.keys.iter().map(|k| self.key_id(k.kind, &k.value)).collect()
     }
 
-    /// Whether an alert at `at_ms` sharing key `i` of `a` may join `inc` by its time:
-    /// within the window of the incident for a strong key, within the proximity window
-    /// of the incident's alerts on the device for a device-only link.
+    /// How key `i` of `a` ties the alert to `inc`, if it does by its time: strongly
+    /// within the window of the incident for a strong key; weakly, within the
+    /// proximity window of the incident's alerts on the device, for a device-only link.
     ///
     /// A person shared by two alerts of the same device says no more than the device
     /// (a developer's own builds and tests on their laptop): when the incident already
     /// holds alerts of the alert's device, a user link is judged like the device's.
-    fn in_time(&self, inc: &Live, a: &AlertIn, ids: &[KeyId], i: usize) -> bool {
+    fn tie(&self, inc: &Live, a: &AlertIn, ids: &[KeyId], i: usize) -> Option<Strength> {
         if !inc.status.is_open() {
-            return false;
+            return None;
         }
         let near = |id: KeyId| {
             inc.keys
                 .get(&id)
                 .map(|seen| run_distance(&seen.runs, a.at_ms) <= self.cfg.proximity_ms)
         };
+        let weakly = |close: bool| (close && !self.origins_differ(inc, a, ids)).then_some(Strength::Weak);
         if weak(&a.keys[i]) {
-            return near(ids[i]).unwrap_or(false);
+            return weakly(near(ids[i]).unwrap_or(false));
         }
+        let own = a.keys.iter().position(weak).and_then(|own| near(ids[own]));
         if a.keys[i].kind == KeyKind::User
-            && let Some(own) = a.keys.iter().position(weak)
-            && let Some(close) = near(ids[own])
+            && let Some(close) = own
         {
-            return close;
+            return weakly(close);
         }
-        a.at_ms.saturating_add(self.cfg.window_ms) >= inc.first_ms
-            && a.at_ms <= inc.last_ms.saturating_add(self.cfg.window_ms)
+        // A key only weakly joined alerts brought says no more than their device.
+        if inc.keys.get(&ids[i]).is_some_and(|seen| seen.weakly_held) {
+            return weakly(own.unwrap_or(false));
+        }
+        (a.at_ms.saturating_add(self.cfg.window_ms) >= inc.first_ms
+            && a.at_ms <= inc.last_ms.saturating_add(self.cfg.window_ms))
+        .then_some(Strength::Strong)
+    }
+
+    /// Whether the alert and the incident each name where they come from, and it
+    /// differs: the alert runs in a process tree the incident does not hold while it
+    /// holds trees on that device (a developer's build in another terminal, an
+    /// admin's session, a cron job), or it names remote addresses and the incident
+    /// others (the internet's scanners beside one attacker). Then the device alone
+    /// does not tie them.
+    fn origins_differ(&self, inc: &Live, a: &AlertIn, ids: &[KeyId]) -> bool {
+        let own_device = a.keys.iter().position(weak).map(|i| ids[i]);
+        let other_tree = a.keys.iter().zip(ids).any(|(k, id)| {
+            k.kind == KeyKind::Process
+                && !inc.keys.contains_key(id)
+                && own_device.is_some_and(|d| inc.tree_devices.contains(&d))
+        });
+        let other_address = inc.count(KeyKind::Ip) > 0
+            && a.keys
+                .iter()
+                .zip(ids)
+                .any(|(k, id)| k.kind == KeyKind::Ip && !inc.keys.contains_key(id));
+        other_tree || other_address
     }
 
     /// Whether taking in an alert at `at_ms` keeps the incident within its maximum span.
@@ -945,11 +1107,14 @@ impl Engine {
     /// with. A user counts only its devices (a person may get mail from many senders).
     fn count_contexts(&mut self, a: &AlertIn, ids: &[KeyId]) {
         let device = a.device.as_deref().map(|d| self.device_context(d));
+        // An alert naming several people (a spray's targets) is one sighting of its
+        // other keys, not one per person.
+        let people = a.keys.iter().filter(|k| k.kind == KeyKind::User).count();
         let users: SmallVec<[(KeyId, u32); 2]> = a
             .keys
             .iter()
             .zip(ids)
-            .filter(|(k, _)| k.kind == KeyKind::User)
+            .filter(|(k, _)| k.kind == KeyKind::User && people == 1)
             .map(|(_, &id)| {
                 let name = Arc::clone(&self.table[id as usize].name);
                 (id, self.context_id(&name))
@@ -978,61 +1143,92 @@ impl Engine {
     }
 
     /// Correlates one alert; `None` when it is informational and joins nothing.
+    ///
+    /// The alert joins the incident it is tied to most strongly (by the kind of the
+    /// key: a process tree first), and merges the others it is strongly tied to,
+    /// unless a blocker keeps them apart. Weak ties (the device alone) count only
+    /// when there is no strong one, and never merge: they pull an alert that has no
+    /// other home into a story nearby, but a busy host's alerts with a home of their
+    /// own stay in it.
     pub fn correlate(&mut self, a: &AlertIn) -> Option<Link> {
         self.high_ms = self.high_ms.max(a.at_ms);
         let ids = self.key_ids_of(a);
         self.count_contexts(a, &ids);
-        // Candidates: for each incident in reach, the best key it shares (keys in
-        // kind order), as (incident seq, index of the key in the alert). Incidents
-        // in reach but at their maximum span are only continued.
-        let mut order: SmallVec<[usize; 8]> = (0..ids.len()).collect();
+        // An alert naming several people (a password spray, a bulk mail) says nothing
+        // about how they relate to other stories: it is not tied through its people.
+        let people = a.keys.iter().filter(|k| k.kind == KeyKind::User).count();
+        let mut order: SmallVec<[usize; 8]> = (0..ids.len())
+            .filter(|&i| !(people > 1 && a.keys[i].kind == KeyKind::User))
+            .collect();
         order.sort_by_key(|&i| (weak(&a.keys[i]), a.keys[i].kind));
-        let mut candidates: SmallVec<[(u64, usize); 8]> = SmallVec::new();
+        // Ties to the incidents in reach. Incidents in reach but at their maximum
+        // span are only continued.
+        let mut ties: SmallVec<[Tie; 4]> = SmallVec::new();
         let mut full: Option<u64> = None;
         for i in order {
             let id = ids[i];
             if self.table[id as usize].holders.is_empty() || self.is_common(id) {
                 continue;
             }
-            for seq in &self.table[id as usize].holders {
-                if let Some(inc) = self.incidents.get(seq)
-                    && self.in_time(inc, a, &ids, i)
-                {
-                    if self.within_span(inc, a.at_ms) {
-                        candidates.push((*seq, i));
-                    } else {
-                        full = Some(full.map_or(*seq, |f| f.min(*seq)));
-                    }
+            for &seq in &self.table[id as usize].holders {
+                let Some(inc) = self.incidents.get(&seq) else {
+                    continue;
+                };
+                let Some(strength) = self.tie(inc, a, &ids, i) else {
+                    continue;
+                };
+                if !self.within_span(inc, a.at_ms) {
+                    full = Some(full.map_or(seq, |f| f.min(seq)));
+                    continue;
+                }
+                let gap = inc
+                    .keys
+                    .get(&id)
+                    .map_or(u64::MAX, |seen| run_distance(&[(seen.first_ms, seen.last_ms)], a.at_ms));
+                match ties.iter_mut().find(|t| t.seq == seq) {
+                    Some(t) => t.add(i, a.keys[i].kind, strength, gap),
+                    None => ties.push(Tie::new(seq, i, a.keys[i].kind, strength, gap, inc.severity())),
                 }
             }
         }
-        // The oldest incident first; per incident the first (best) key found.
-        candidates.sort_by_key(|&(seq, _)| seq);
-        candidates.dedup_by_key(|&mut (seq, _)| seq);
+        // The strongest tie first; weak ties only when there is no strong one, and then
+        // only the best (the device alone merges nothing).
+        ties.sort_by_key(|t| (t.strength == Strength::Weak, t.rank(a.keys[t.best].kind)));
+        if let Some(first) = ties.iter().position(|t| t.strength == Strength::Weak) {
+            ties.truncate(first.max(1));
+        }
         let alert_id: Arc<str> = Arc::from(a.id.as_str());
         let clock_note = a.clock_note.as_deref().map(Arc::from);
-        let link = if let Some(&(target, i)) = candidates.first() {
-            let mut reason = self.describe(target, i, &ids, a);
-            // An alert naming several people (a password spray, a bulk mail) says
-            // nothing about how they relate: it joins one incident but does not merge
-            // incidents through its people.
-            let people = a.keys.iter().filter(|k| k.kind == KeyKind::User).count();
-            for &(seq, i) in &candidates[1..] {
-                let why = self.describe(seq, i, &ids, a);
-                let other_id = self.incidents.get(&seq).map(|i| Arc::clone(&i.id)).unwrap_or_default();
-                let blocker = self.merge_blocker(target, seq).or_else(|| {
-                    (people > 1 && a.keys[i].kind == KeyKind::User)
-                        .then_some("linked only through one of the several people the alert names")
-                });
+        let link = if let Some(first) = ties.first() {
+            let (mut target, best) = (first.seq, first.best);
+            let mut reason = self.describe(target, best, &ids, a);
+            for t in &ties[1..] {
+                let why = self.describe(t.seq, t.best, &ids, a);
+                let other_id = self
+                    .incidents
+                    .get(&t.seq)
+                    .map(|i| Arc::clone(&i.id))
+                    .unwrap_or_default();
+                let blocker = self
+                    .merge_blocker(target, t.seq)
+                    .or_else(|| t.too_common_to_merge().or_else(|| first.too_common_to_merge()));
                 match blocker {
                     None => {
-                        self.merge(target, seq, format!("alert {} bridges them: {why}", a.id));
-                        reason.push_str(&format!("; {why} (merged incident {other_id})"));
+                        // The older incident survives.
+                        let (into, from) = (target.min(t.seq), target.max(t.seq));
+                        self.merge(into, from, format!("alert {} bridges them: {why}", a.id));
+                        target = into;
+                        let merged = if from == t.seq {
+                            "merged incident"
+                        } else {
+                            "merged into incident"
+                        };
+                        reason.push_str(&format!("; {why} ({merged} {other_id})"));
                     }
                     Some(blocker) => reason.push_str(&format!("; {why} (incident {other_id} not merged: {blocker})")),
                 }
             }
-            self.add(target, a, &ids, &alert_id, !weak(&a.keys[i]));
+            self.add(target, a, &ids, &alert_id, first.strength == Strength::Strong);
             Link {
                 alert_rowid: a.rowid,
                 alert_id,
@@ -1351,18 +1547,21 @@ mod tests {
     #[test]
     fn a_bridging_alert_merges_into_the_older_incident() {
         let mut e = engine();
-        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
-        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::Ip, "198.51.100.7")]));
+        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::Domain, "evil.example")]));
         e.take_changes();
         let bridge = e.link(&alert(
             3,
             3_000,
             Some("D3"),
-            vec![key(KeyKind::User, "bob"), key(KeyKind::File, "aa")],
+            vec![key(KeyKind::Domain, "evil.example"), key(KeyKind::Ip, "198.51.100.7")],
         ));
         assert_eq!(bridge.incident_id, a.incident_id, "the older survives");
+        // Joined on the domain (the better key), then that incident went into the older.
         assert!(
-            bridge.reason.contains(&format!("(merged incident {})", b.incident_id)),
+            bridge
+                .reason
+                .contains(&format!("(merged into incident {})", a.incident_id)),
             "{}",
             bridge.reason
         );
@@ -1376,21 +1575,21 @@ mod tests {
         let inc = e.get(&a.incident_id).unwrap();
         assert_eq!(inc.alert_count, 3);
         // Later alerts of the merged incident's entities land in the survivor.
-        let later = e.link(&alert(4, 4_000, Some("D4"), vec![key(KeyKind::User, "bob")]));
+        let later = e.link(&alert(4, 4_000, Some("D4"), vec![key(KeyKind::Domain, "evil.example")]));
         assert_eq!(later.incident_id, a.incident_id);
     }
 
     fn bridged(triage: impl Fn(&mut Engine, &str, &str)) -> (Link, Link, Link, Changes) {
         let mut e = engine();
-        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
-        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
+        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::Url, "http://x/a")]));
+        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::Ip, "198.51.100.7")]));
         triage(&mut e, &a.incident_id, &b.incident_id);
         e.take_changes();
         let bridge = e.link(&alert(
             3,
             3_000,
             Some("D3"),
-            vec![key(KeyKind::User, "bob"), key(KeyKind::File, "aa")],
+            vec![key(KeyKind::Ip, "198.51.100.7"), key(KeyKind::Url, "http://x/a")],
         ));
         (a, b, bridge, e.take_changes())
     }
@@ -1423,9 +1622,9 @@ mod tests {
     #[test]
     fn a_bridge_over_three_incidents_keeps_different_assignees_apart() {
         let mut e = engine();
-        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::File, "aa")]));
-        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::User, "bob")]));
-        let c = e.link(&alert(3, 2_500, Some("D3"), vec![key(KeyKind::Url, "u")]));
+        let a = e.link(&alert(1, 1_000, Some("D1"), vec![key(KeyKind::Url, "u")]));
+        let b = e.link(&alert(2, 2_000, Some("D2"), vec![key(KeyKind::Domain, "d.example")]));
+        let c = e.link(&alert(3, 2_500, Some("D3"), vec![key(KeyKind::Ip, "198.51.100.7")]));
         e.set_triage(&b.incident_id, Status::InProgress, Some("ann".into()), None);
         e.set_triage(&c.incident_id, Status::Active, Some("ben".into()), None);
         e.take_changes();
@@ -1434,9 +1633,9 @@ mod tests {
             3_000,
             Some("D4"),
             vec![
-                key(KeyKind::User, "bob"),
-                key(KeyKind::File, "aa"),
+                key(KeyKind::Domain, "d.example"),
                 key(KeyKind::Url, "u"),
+                key(KeyKind::Ip, "198.51.100.7"),
             ],
         ));
         let changes = e.take_changes();
@@ -1605,21 +1804,22 @@ mod tests {
         for (i, h) in [20, 40, 60].into_iter().enumerate() {
             e.link(&alert(i as i64 + 10, h * H, None, vec![key(KeyKind::User, "ann")]));
         }
-        let b = e.link(&alert(3, 70 * H, None, vec![key(KeyKind::File, "ff")]));
-        e.link(&alert(4, 80 * H, None, vec![key(KeyKind::File, "ff")]));
+        let b = e.link(&alert(3, 70 * H, None, vec![key(KeyKind::Ip, "198.51.100.7")]));
+        e.link(&alert(4, 80 * H, None, vec![key(KeyKind::Ip, "198.51.100.7")]));
         e.take_changes();
         let bridge = e.link(&alert(
             5,
             70 * H + 1,
             None,
-            vec![key(KeyKind::User, "ann"), key(KeyKind::File, "ff")],
+            vec![key(KeyKind::User, "ann"), key(KeyKind::Ip, "198.51.100.7")],
         ));
-        assert_eq!(bridge.incident_id, a.incident_id);
+        // It joins the address's incident, the person's stays apart.
+        assert_eq!(bridge.incident_id, b.incident_id);
         assert!(e.take_changes().merges.is_empty());
         assert!(
             bridge.reason.contains(&format!(
                 "incident {} not merged: together they would span more than the maximum",
-                b.incident_id
+                a.incident_id
             )),
             "{}",
             bridge.reason
@@ -1639,6 +1839,148 @@ mod tests {
         info.id = "A3".into();
         info.at_ms = 10 * H + 2 * MIN;
         assert_eq!(e.correlate(&info).map(|l| l.incident_id), Some(shell.incident_id));
+    }
+
+    fn tree(device: &str, pid: u32) -> LinkKey {
+        key(KeyKind::Process, &format!("{device}/{pid}@1000"))
+    }
+
+    #[test]
+    fn a_file_alone_does_not_merge_two_stories() {
+        let mut e = engine();
+        // The same miner build on two hosts, each in its own story.
+        let laptop = e.link(&alert(
+            1,
+            H,
+            Some("D1"),
+            vec![dev("D1"), tree("D1", 10), key(KeyKind::File, "xmrig")],
+        ));
+        let bastion = e.link(&alert(
+            2,
+            2 * H,
+            Some("D2"),
+            vec![dev("D2"), tree("D2", 20), key(KeyKind::Ip, "198.51.100.7")],
+        ));
+        let again = e.link(&alert(
+            3,
+            3 * H,
+            Some("D2"),
+            vec![dev("D2"), tree("D2", 20), key(KeyKind::File, "xmrig")],
+        ));
+        assert_eq!(again.incident_id, bastion.incident_id, "{}", again.reason);
+        assert!(
+            again.reason.contains(&format!(
+                "incident {} not merged: a file alone does not merge incidents",
+                laptop.incident_id
+            )),
+            "{}",
+            again.reason
+        );
+        assert_eq!(e.incident_count(), 2);
+        // With no other home, the file still joins.
+        let third = e.link(&alert(
+            4,
+            4 * H,
+            Some("D3"),
+            vec![dev("D3"), key(KeyKind::File, "xmrig")],
+        ));
+        assert!(!third.created, "{}", third.reason);
+    }
+
+    #[test]
+    fn the_device_alone_merges_nothing_and_yields_to_a_strong_tie() {
+        let mut e = engine();
+        let build = e.link(&alert(1, H, Some("D1"), vec![dev("D1"), tree("D1", 10)]));
+        let attack = e.link(&alert(2, H + 60_000, Some("D1"), vec![dev("D1"), tree("D1", 20)]));
+        assert!(attack.created, "another tree on the device: {}", attack.reason);
+        // The build's next alert, near the attack on the device, stays with its tree.
+        let next = e.link(&alert(3, H + 120_000, Some("D1"), vec![dev("D1"), tree("D1", 10)]));
+        assert_eq!(next.incident_id, build.incident_id);
+        assert!(!next.reason.contains("merged"), "{}", next.reason);
+        // A file alert of no process joins the nearest story on the device, merging none.
+        let file = e.link(&alert(4, H + 180_000, Some("D1"), vec![dev("D1")]));
+        assert!(!file.created);
+        assert_eq!(e.incident_count(), 2);
+        assert!(e.take_changes().merges.is_empty());
+    }
+
+    #[test]
+    fn what_came_in_on_the_device_alone_ties_no_more_than_the_device() {
+        let mut e = engine();
+        let first = e.link(&alert(1, H, Some("D1"), vec![dev("D1"), key(KeyKind::File, "payload")]));
+        // A shell nearby joins on the device; its tree is held weakly.
+        let shell = e.link(&alert(2, H + 60_000, Some("D1"), vec![dev("D1"), tree("D1", 30)]));
+        assert_eq!(shell.incident_id, first.incident_id);
+        // The same shell within the proximity: still in.
+        let near = e.link(&alert(3, H + 20 * 60_000, Some("D1"), vec![dev("D1"), tree("D1", 30)]));
+        assert_eq!(near.incident_id, first.incident_id);
+        // Hours later its tree no longer reaches back: a day of that shell's builds
+        // stays out of the story.
+        let later = e.link(&alert(4, 5 * H, Some("D1"), vec![dev("D1"), tree("D1", 30)]));
+        assert!(later.created, "{}", later.reason);
+        // An artifact a weak joiner brought stays strong (the implant it wrote runs later).
+        let implant = e.link(&alert(
+            5,
+            6 * H,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::File, "payload")],
+        ));
+        assert_eq!(implant.incident_id, first.incident_id);
+    }
+
+    #[test]
+    fn different_remote_addresses_are_not_tied_by_the_device_alone() {
+        let mut e = engine();
+        let attacker = e.link(&alert(
+            1,
+            H,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::Ip, "198.51.100.7")],
+        ));
+        let scanner = e.link(&alert(
+            2,
+            H + 60_000,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::Ip, "203.0.113.9")],
+        ));
+        assert!(scanner.created, "{}", scanner.reason);
+        let login = e.link(&alert(
+            3,
+            H + 120_000,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::Ip, "198.51.100.7")],
+        ));
+        assert_eq!(login.incident_id, attacker.incident_id);
+    }
+
+    #[test]
+    fn a_person_tied_only_by_the_person_joins_their_most_severe_incident() {
+        let mut e = engine();
+        let mut attack = alert(
+            1,
+            H,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::User, "alice"), tree("D1", 10)],
+        );
+        attack.severity = Severity::Critical;
+        let attack = e.link(&attack);
+        let mut build = alert(
+            2,
+            2 * H,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::User, "alice"), tree("D1", 20)],
+        );
+        build.severity = Severity::Low;
+        let build = e.link(&build);
+        assert_ne!(build.incident_id, attack.incident_id);
+        // A risky sign-in nearer the build than the attack still joins the attack.
+        let sign_in = e.link(&alert(3, 2 * H + 60_000, None, vec![key(KeyKind::User, "alice")]));
+        assert_eq!(sign_in.incident_id, attack.incident_id, "{}", sign_in.reason);
+        assert!(
+            sign_in.reason.contains("a person alone does not merge"),
+            "{}",
+            sign_in.reason
+        );
     }
 
     #[test]
@@ -1721,28 +2063,35 @@ mod tests {
     }
 
     #[test]
-    fn an_alert_naming_several_people_does_not_merge_their_incidents() {
+    fn an_alert_naming_several_people_is_not_tied_through_them() {
         let mut e = engine();
         let ann = e.link(&alert(1, 10 * H, None, vec![key(KeyKind::User, "ann")]));
         let ben = e.link(&alert(2, 11 * H, None, vec![key(KeyKind::User, "ben")]));
-        let spray = e.link(&alert(
-            3,
-            12 * H,
+        let spray_keys = vec![
+            key(KeyKind::User, "ann"),
+            key(KeyKind::User, "ben"),
+            key(KeyKind::Ip, "203.0.113.9"),
+        ];
+        let spray = e.link(&alert(3, 12 * H, None, spray_keys));
+        // The people it names are its targets: it joins neither person's incident.
+        assert!(spray.created, "{}", spray.reason);
+        assert_ne!(spray.incident_id, ann.incident_id);
+        assert_ne!(spray.incident_id, ben.incident_id);
+        // A later alert of ann alone stays with ann; the sprayer's address joins the spray.
+        let later = e.link(&alert(4, 13 * H, None, vec![key(KeyKind::User, "ann")]));
+        assert_eq!(later.incident_id, ann.incident_id);
+        let brute = e.link(&alert(
+            5,
+            13 * H,
             None,
-            vec![
-                key(KeyKind::User, "ann"),
-                key(KeyKind::User, "ben"),
-                key(KeyKind::Ip, "203.0.113.9"),
-            ],
+            vec![key(KeyKind::User, "ben"), key(KeyKind::Ip, "203.0.113.9")],
         ));
-        assert_eq!(spray.incident_id, ann.incident_id);
+        assert_eq!(brute.incident_id, spray.incident_id, "{}", brute.reason);
+        // Tied to ben's incident by ben alone: joined by the address, not merged.
         assert!(
-            spray.reason.contains(&format!(
-                "incident {} not merged: linked only through one of the several people the alert names",
-                ben.incident_id
-            )),
+            brute.reason.contains("a person alone does not merge"),
             "{}",
-            spray.reason
+            brute.reason
         );
     }
 }

@@ -260,8 +260,10 @@ impl KeyContext {
                 Entity::File { sha256: None, .. } | Entity::Process { sha256: None, .. } => {}
                 lineage @ Entity::Lineage { ancestors, rooted, .. } => {
                     if let (Some(device), Some(node)) = (device_id, lineage.lineage_key()) {
-                        // The root is named in the label: the service the tree hangs from.
-                        let root = rooted.then(|| ancestors.last()).flatten().filter(|r| r.pid != node.pid);
+                        // The tree's parent is named in the label: the service (or the
+                        // terminal) the tree hangs from.
+                        let below = ancestors.iter().position(|n| n.pid == node.pid).map_or(0, |i| i + 1);
+                        let root = ancestors.get(below).filter(|r| *rooted || r.hosts_sessions());
                         keys.push(lineage_key(device, node, root));
                     }
                 }

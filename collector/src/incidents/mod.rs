@@ -590,8 +590,27 @@ mod tests {
         while c.step(store, 7).unwrap() > 0 {}
     }
 
+    /// A process tree: `pid` under a shell under sshd (the root).
+    fn tree(pid: u64) -> Entity {
+        let node = |pid: u64, exe: &str| ward_protocol::ProcessNode {
+            pid: pid as u32,
+            ppid: 1,
+            start_time_ms: pid * 1_000,
+            exe: exe.into(),
+            cmdline: exe.into(),
+            user: None,
+            login_user: None,
+        };
+        Entity::Lineage {
+            process: node(pid * 10, "/tmp/tool"),
+            ancestors: vec![node(pid, "/usr/bin/bash"), node(1, "/usr/sbin/sshd")],
+            rooted: true,
+        }
+    }
+
     /// A seeded mix of feed and device alerts over several days, so windows,
-    /// prevalence, merges and the reach horizon all come into play.
+    /// prevalence, merges (through addresses), weak device ties, process trees and the
+    /// reach horizon all come into play.
     fn story(devices: &[String]) -> Vec<SourcedAlert> {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = |n: u64| {
@@ -608,7 +627,34 @@ mod tests {
                 if next(3) == 0 {
                     entities.push(file(next(30) as u8));
                 }
+                if next(3) == 0 {
+                    entities.push(tree(100 + next(8)));
+                }
+                if next(3) == 0 {
+                    entities.push(Entity::Ip {
+                        addr: format!("198.51.100.{}", next(12)).parse().unwrap(),
+                    });
+                }
                 let tactic = ["TA0001", "TA0002", "TA0003", "TA0011"][next(4) as usize];
+                // Every 100 alerts a bridge: a process tree on one device, an address
+                // on another, then an alert of that tree naming that address.
+                let bridge = |k: u64, on: usize| {
+                    let d = &devices[(k as usize + on) % devices.len()];
+                    let addr = Entity::Ip {
+                        addr: format!("192.0.2.{k}").parse().unwrap(),
+                    };
+                    let entities = match i % 100 {
+                        50 => vec![tree(900 + k)],
+                        51 => vec![addr],
+                        _ => vec![tree(900 + k), addr],
+                    };
+                    sourced(format!("s{i}"), AlertSource::Collector, Some(d), at, tactic, entities)
+                };
+                match i % 100 {
+                    50 | 52 => return bridge(i / 100, 0),
+                    51 => return bridge(i / 100, 1),
+                    _ => {}
+                }
                 if next(4) == 0 {
                     entities = vec![
                         Entity::User {
@@ -867,7 +913,12 @@ mod tests {
                         None,
                         10 * H,
                         "TA0001",
-                        vec![user("ann")],
+                        vec![
+                            user("ann"),
+                            Entity::Domain {
+                                name: "evil.example".into(),
+                            },
+                        ],
                     ),
                     sourced(
                         "a2".into(),
@@ -875,7 +926,9 @@ mod tests {
                         None,
                         11 * H,
                         "TA0002",
-                        vec![file(9)],
+                        vec![Entity::Ip {
+                            addr: "198.51.100.7".parse().unwrap(),
+                        }],
                     ),
                 ],
                 1,
@@ -904,7 +957,15 @@ mod tests {
                     None,
                     12 * H,
                     "TA0002",
-                    vec![user("ann"), file(9)],
+                    vec![
+                        user("ann"),
+                        Entity::Domain {
+                            name: "evil.example".into(),
+                        },
+                        Entity::Ip {
+                            addr: "198.51.100.7".parse().unwrap(),
+                        },
+                    ],
                 )],
                 3,
             )
@@ -1158,7 +1219,7 @@ mod tests {
             let c = Correlator::new(settings(), Arc::clone(&metrics));
             let mut ids = Vec::new();
             for k in 0..6u64 {
-                let at = NOW + k * 10 * 60_000;
+                let at = NOW + k * 5 * 60_000;
                 if with_skewed {
                     let future = sourced(
                         format!("fast{k}"),

@@ -420,6 +420,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX incidents_by_redirect ON incidents(redirected_to) WHERE redirected_to IS NOT NULL;
     "#,
+    // 18: a key only alerts that joined on the device alone brought into an incident
+    // ties later alerts no more strongly than the device (engine `KeyRow::weakly_held`).
+    r#"
+    ALTER TABLE incident_entities ADD COLUMN weakly_held INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 #[cfg(test)]

@@ -61,6 +61,11 @@ struct Cli {
         default_missing_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/correlation")
     )]
     labelled: Option<std::path::PathBuf>,
+    /// With `--labelled`: also write every alert's label, episode, device, time,
+    /// incident and link reason, tab-separated in corpus order, to this file (to read
+    /// why an alert was grouped as it was).
+    #[arg(long, value_name = "FILE", requires = "labelled")]
+    trace: Option<std::path::PathBuf>,
 }
 
 const DAY: u64 = 86_400_000;
@@ -585,8 +590,26 @@ fn store_query(db: &std::path::Path, sql: &str) -> Result<i64> {
 }
 
 /// `--labelled`: the labelled corpus's grouping scores (tests/fixtures/correlation/README.md).
-fn labelled_run(dir: &std::path::Path) -> Result<()> {
+fn labelled_run(dir: &std::path::Path, trace: Option<&std::path::Path>) -> Result<()> {
     let corpus = ward_tests::corpus::Corpus::load(dir)?;
+    if let Some(path) = trace {
+        use std::fmt::Write;
+        let outcome = ward_tests::corpus::correlate(&corpus, ward_tests::corpus::settings(), |_| true)?;
+        let mut out = String::from("label\tepisode\tdevice\tobserved\tincident\treason\n");
+        for ((r, inc), why) in corpus.records.iter().zip(&outcome.incident).zip(&outcome.reason) {
+            let _ = writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                r.label,
+                r.episode,
+                r.device.as_deref().unwrap_or("-"),
+                ward_collector::util::show_ms(r.alert.observed_at_ms),
+                inc.as_deref().unwrap_or("-"),
+                why.as_deref().unwrap_or("-")
+            );
+        }
+        std::fs::write(path, out)?;
+    }
     let started = Instant::now();
     let report = ward_tests::corpus::evaluate(&corpus)?;
     print!("{}", report.render(&corpus));
@@ -601,7 +624,7 @@ fn labelled_run(dir: &std::path::Path) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(dir) = &cli.labelled {
-        return labelled_run(dir);
+        return labelled_run(dir, cli.trace.as_deref());
     }
     engine_run(&cli);
     if cli.engine_only {

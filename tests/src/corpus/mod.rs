@@ -311,6 +311,8 @@ pub struct Part {
     pub reasons: BTreeMap<String, Vec<(String, usize)>>,
     /// Per attack: the kinds of noise pulled into its incidents, with counts.
     pub noise_pulled_by: BTreeMap<String, Vec<(String, usize)>>,
+    /// Why those noise alerts were linked, by attack, most common first.
+    pub noise_pulled_why: BTreeMap<String, Vec<(String, usize)>>,
 }
 
 /// Everything `ward-corrbench --labelled` reports.
@@ -331,6 +333,7 @@ fn explain(corpus: &Corpus, outcome: &Outcome) -> Part {
     let score = score(corpus, outcome);
     let mut reasons: BTreeMap<String, HashMap<String, usize>> = BTreeMap::new();
     let mut pulled: BTreeMap<String, HashMap<String, usize>> = BTreeMap::new();
+    let mut pulled_why: BTreeMap<String, HashMap<String, usize>> = BTreeMap::new();
     let mut cluster_labels: HashMap<&str, Vec<&str>> = HashMap::new();
     for (r, inc) in corpus.records.iter().zip(&outcome.incident) {
         if let Some(inc) = inc
@@ -358,11 +361,17 @@ fn explain(corpus: &Corpus, outcome: &Outcome) -> Part {
             ls.dedup();
             let kind = r.episode.split('/').take(2).collect::<Vec<_>>().join("/");
             let host = r.device.clone().unwrap_or_else(|| "feed".into());
+            let why = outcome.reason.get(i).cloned().flatten().unwrap_or_default();
             for l in ls {
                 *pulled
                     .entry(l.to_string())
                     .or_default()
                     .entry(format!("{kind} on {host}"))
+                    .or_default() += 1;
+                *pulled_why
+                    .entry(l.to_string())
+                    .or_default()
+                    .entry(shape(&why))
                     .or_default() += 1;
             }
         }
@@ -380,6 +389,7 @@ fn explain(corpus: &Corpus, outcome: &Outcome) -> Part {
         score,
         reasons: sorted(reasons),
         noise_pulled_by: sorted(pulled),
+        noise_pulled_why: sorted(pulled_why),
     }
 }
 
@@ -471,6 +481,13 @@ impl Part {
             for (label, rs) in &self.noise_pulled_by {
                 let list: Vec<String> = rs.iter().take(8).map(|(k, n)| format!("{n} {k}")).collect();
                 let _ = writeln!(o, "    {label}: {}", list.join(", "));
+            }
+            let _ = writeln!(o, "  why noise was linked (most common first):");
+            for (label, rs) in &self.noise_pulled_why {
+                let _ = writeln!(o, "    {label}:");
+                for (r, n) in rs.iter().take(5) {
+                    let _ = writeln!(o, "      {n:>4}  {r}");
+                }
             }
         }
     }
