@@ -535,7 +535,11 @@ async fn analysts_merge_and_move_alerts_through_the_api() {
                 "T1078",
                 &["TA0001"],
             ),
-            vec![user(&format!("{who}@contoso.com"), None)],
+            vec![
+                user(&format!("{who}@contoso.com"), None),
+                // Each from an address of their own.
+                ip(if who == "dave" { "198.51.100.4" } else { "198.51.100.5" }),
+            ],
         )
     };
     let (d1, e1) = (signin("dave", t0), signin("erin", t0 + MIN));
@@ -551,8 +555,9 @@ async fn analysts_merge_and_move_alerts_through_the_api() {
             .unwrap();
         assert_eq!(s, 200, "{b}");
     }
+    // Dave's sign-in from erin's address ties both.
     let mut bridge = signin("dave", t0 + 2 * MIN);
-    bridge.entities.push(user("erin@contoso.com", None));
+    bridge.entities.push(ip("198.51.100.5"));
     import(&collector, &[bridge.clone()]);
     assert_eq!(collector.incident_of(&bridge.id).await.0, dave);
     let (_, e) = collector.get(&format!("/api/v1/incidents/{erin}")).await.unwrap();

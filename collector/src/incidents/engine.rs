@@ -100,6 +100,8 @@ pub struct KeyRow {
     /// Only alerts that came in on a weak tie (the device alone) carried it: it ties
     /// the next alert no more strongly than the device does.
     pub weakly_held: bool,
+    /// A device's alert named it (an address the device itself talked to).
+    pub on_device: bool,
 }
 
 impl KeyRow {
@@ -221,6 +223,8 @@ struct Seen {
     runs: SmallVec<[(u64, u64); 1]>,
     /// See [`KeyRow::weakly_held`].
     weakly_held: bool,
+    /// See [`KeyRow::on_device`].
+    on_device: bool,
     /// Added or updated since the store last saw this incident.
     touched: bool,
 }
@@ -374,6 +378,8 @@ struct Live {
     first_of: [Option<KeyId>; KeyKind::ALL.len()],
     /// The devices (their keys) on which it holds a process tree.
     tree_devices: SmallVec<[KeyId; 2]>,
+    /// How many remote addresses named by devices' alerts it holds.
+    device_addresses: usize,
 }
 
 impl Live {
@@ -397,6 +403,7 @@ impl Live {
             counts: [0; KeyKind::ALL.len()],
             first_of: [None; KeyKind::ALL.len()],
             tree_devices: SmallVec::new(),
+            device_addresses: 0,
         }
     }
 
@@ -461,22 +468,28 @@ impl Live {
         self.several_titles |= *a.title != *self.first_title;
         self.alert_count += 1;
         let mut new = SmallVec::new();
-        if a.keys.iter().any(|k| k.kind == KeyKind::Process)
+        if strong
+            && a.keys.iter().any(|k| k.kind == KeyKind::Process)
             && let Some(own) = a.keys.iter().position(weak)
         {
             self.add_tree_device(ids[own]);
         }
         let people = a.keys.iter().filter(|k| k.kind == KeyKind::User).count();
+        let process = a.keys.iter().any(|k| k.kind == KeyKind::Process);
+        let on_device = a.device.is_some();
         for (k, &id) in a.keys.iter().zip(ids) {
-            // The alert's own context (its shell's tree, its user) is held weakly when
-            // the alert came in on the device alone; the people of an alert naming
-            // several (a spray's targets) always are. Its artifacts (hashes, addresses,
-            // URLs) are the attack's own and stay strong.
+            // What an alert that came in on the device alone says of its process (its
+            // tree, its user, the image that ran: a build's test binary runs again and
+            // again) is held weakly; so are the people of an alert naming several (a
+            // spray's targets). A file it wrote and the addresses and URLs it names are
+            // the attack's artifacts and stay strong.
             let weakly_held = match k.kind {
                 KeyKind::User => !strong || people > 1,
                 KeyKind::Process => !strong,
+                KeyKind::File => !strong && process,
                 _ => false,
             };
+            let address = k.kind == KeyKind::Ip && on_device;
             match self.keys.get_mut(&id) {
                 Some(seen) => {
                     seen.first_ms = seen.first_ms.min(a.at_ms);
@@ -488,6 +501,10 @@ impl Live {
                         seen.via = None;
                     }
                     seen.weakly_held &= weakly_held;
+                    if address && !seen.on_device {
+                        self.device_addresses += 1;
+                    }
+                    seen.on_device |= on_device;
                     if k.kind == KeyKind::Device && extend_runs {
                         add_run(&mut seen.runs, a.at_ms, ctx.proximity_ms);
                     }
@@ -505,8 +522,10 @@ impl Live {
                         last_alert: Arc::clone(alert_id),
                         runs,
                         weakly_held,
+                        on_device,
                         touched: false,
                     };
+                    self.device_addresses += usize::from(address);
                     self.keys.insert(id, seen);
                     self.note(ctx.table, id);
                     new.push(id);
@@ -556,8 +575,13 @@ impl Live {
                         add_run(&mut seen.runs, e, proximity_ms);
                     }
                     seen.weakly_held &= k.weakly_held;
+                    if k.on_device && !seen.on_device && table[id as usize].kind == KeyKind::Ip {
+                        self.device_addresses += 1;
+                    }
+                    seen.on_device |= k.on_device;
                 }
                 None => {
+                    self.device_addresses += usize::from(k.on_device && table[id as usize].kind == KeyKind::Ip);
                     self.keys.insert(
                         id,
                         Seen {
@@ -672,6 +696,7 @@ fn key_row(table: &[KeyEntry], id: KeyId, seen: &Seen) -> KeyRow {
         last_alert: Arc::clone(&seen.last_alert),
         runs: seen.runs.to_vec(),
         weakly_held: seen.weakly_held,
+        on_device: seen.on_device,
     }
 }
 
@@ -874,10 +899,12 @@ impl Engine {
         live.several_titles = inc.several_titles;
         for k in inc.keys {
             if k.kind == KeyKind::Process
+                && !k.weakly_held
                 && let Some((device, _)) = k.value().split_once('/')
             {
                 live.add_tree_device(self.key_id(KeyKind::Device, device));
             }
+            live.device_addresses += usize::from(k.kind == KeyKind::Ip && k.on_device);
             let id = self.key_id_of(&k.key, k.kind);
             live.keys.insert(
                 id,
@@ -889,6 +916,7 @@ impl Engine {
                     last_alert: k.last_alert,
                     runs: k.runs.into_iter().collect(),
                     weakly_held: k.weakly_held,
+                    on_device: k.on_device,
                     touched: false,
                 },
             );
@@ -1034,8 +1062,9 @@ impl Engine {
     /// differs: the alert runs in a process tree the incident does not hold while it
     /// holds trees on that device (a developer's build in another terminal, an
     /// admin's session, a cron job), or it names remote addresses and the incident
-    /// others (the internet's scanners beside one attacker). Then the device alone
-    /// does not tie them.
+    /// holds others its devices named (the internet's scanners beside one attacker;
+    /// a sign-in's address says nothing of what a device talks to). Then the device
+    /// alone does not tie them.
     fn origins_differ(&self, inc: &Live, a: &AlertIn, ids: &[KeyId]) -> bool {
         let own_device = a.keys.iter().position(weak).map(|i| ids[i]);
         let other_tree = a.keys.iter().zip(ids).any(|(k, id)| {
@@ -1043,7 +1072,7 @@ impl Engine {
                 && !inc.keys.contains_key(id)
                 && own_device.is_some_and(|d| inc.tree_devices.contains(&d))
         });
-        let other_address = inc.count(KeyKind::Ip) > 0
+        let other_address = inc.device_addresses > 0
             && a.keys
                 .iter()
                 .zip(ids)
@@ -1926,6 +1955,52 @@ mod tests {
             vec![dev("D1"), key(KeyKind::File, "payload")],
         ));
         assert_eq!(implant.incident_id, first.incident_id);
+    }
+
+    #[test]
+    fn a_test_binary_that_came_in_on_the_device_alone_does_not_chain_its_reruns() {
+        let mut e = engine();
+        let story = e.link(&alert(1, H, Some("D1"), vec![dev("D1"), key(KeyKind::File, "payload")]));
+        // A developer's test binary runs near it: in, on the device.
+        let run = |e: &mut Engine, n: i64, at: u64| {
+            e.link(&alert(
+                n,
+                at,
+                Some("D1"),
+                vec![dev("D1"), tree("D1", 100 + n as u32), key(KeyKind::File, "test-bin")],
+            ))
+        };
+        assert_eq!(run(&mut e, 2, H + 60_000).incident_id, story.incident_id);
+        // The same binary runs again all afternoon: its hash does not pull the reruns in.
+        let rerun = run(&mut e, 3, 3 * H);
+        assert_ne!(rerun.incident_id, story.incident_id, "{}", rerun.reason);
+        assert_eq!(run(&mut e, 4, 4 * H).incident_id, rerun.incident_id);
+    }
+
+    #[test]
+    fn a_sign_in_address_does_not_keep_a_device_alert_out() {
+        let mut e = engine();
+        let sign_in = e.link(&alert(
+            1,
+            H,
+            None,
+            vec![key(KeyKind::User, "alice"), key(KeyKind::Ip, "198.51.100.7")],
+        ));
+        let file = e.link(&alert(
+            2,
+            H + 60_000,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::User, "alice")],
+        ));
+        assert_eq!(file.incident_id, sign_in.incident_id);
+        // The reverse shell's address is not the sign-in's: still the same story on D1.
+        let shell = e.link(&alert(
+            3,
+            H + 120_000,
+            Some("D1"),
+            vec![dev("D1"), key(KeyKind::Ip, "203.0.113.50")],
+        ));
+        assert_eq!(shell.incident_id, sign_in.incident_id, "{}", shell.reason);
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl Store {
         };
         let mut keys = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert, runs, weakly_held
+            "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert, runs, flags
              FROM incident_entities WHERE incident_id = ?1",
         )?;
         let rows = stmt.query_map(params![id], |r| {
@@ -288,11 +288,11 @@ impl Store {
                 r.get::<_, i64>(6)?,
                 r.get::<_, String>(7)?,
                 r.get::<_, Option<String>>(8)?,
-                r.get::<_, bool>(9)?,
+                r.get::<_, i64>(9)?,
             ))
         })?;
         for row in rows {
-            let (key, kind, value, label, via, first_ms, last_ms, last_alert, runs, weakly_held) = row?;
+            let (key, kind, value, label, via, first_ms, last_ms, last_alert, runs, flags) = row?;
             let kind = KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entity kind {kind}")))?;
             let (first_ms, last_ms) = (first_ms.max(0) as u64, last_ms.max(0) as u64);
             // Device keys saved before runs were kept count as one run over their span.
@@ -311,7 +311,8 @@ impl Store {
                 last_ms,
                 last_alert: last_alert.into(),
                 runs,
-                weakly_held,
+                weakly_held: flags & KEY_WEAKLY_HELD != 0,
+                on_device: flags & KEY_ON_DEVICE != 0,
             });
         }
         Ok(Some(Incident {
@@ -1078,15 +1079,19 @@ fn severity_reason(inc: &IncidentRow) -> String {
     )
 }
 
+/// `incident_entities.flags` bits (migration 18).
+const KEY_WEAKLY_HELD: i64 = 1;
+const KEY_ON_DEVICE: i64 = 2;
+
 /// Saves the keys a row carries.
 fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO incident_entities
-             (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert, runs, weakly_held)
+             (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert, runs, flags)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT(incident_id, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
              last_ms = excluded.last_ms, last_alert = excluded.last_alert, runs = excluded.runs,
-             weakly_held = excluded.weakly_held",
+             flags = excluded.flags",
     )?;
     for k in &inc.keys {
         let runs = (!k.runs.is_empty()).then(|| to_json_text(&k.runs));
@@ -1101,7 +1106,7 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError
             i64_of(k.last_ms),
             &*k.last_alert,
             runs,
-            k.weakly_held
+            i64::from(k.weakly_held) * KEY_WEAKLY_HELD | i64::from(k.on_device) * KEY_ON_DEVICE
         ])?;
     }
     Ok(())

@@ -420,10 +420,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX incidents_by_redirect ON incidents(redirected_to) WHERE redirected_to IS NOT NULL;
     "#,
-    // 18: a key only alerts that joined on the device alone brought into an incident
-    // ties later alerts no more strongly than the device (engine `KeyRow::weakly_held`).
+    // 18: how an incident holds a key (engine `KeyRow`): bit 1, weakly (only alerts
+    // that joined on the device alone brought it: it ties no more than the device);
+    // bit 2, named by a device's alert (an address the device itself talked to).
     r#"
-    ALTER TABLE incident_entities ADD COLUMN weakly_held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE incident_entities ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
