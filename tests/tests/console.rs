@@ -277,6 +277,15 @@ async fn scenario() {
 
     // A noisy build server: 500 alerts, one incident, to measure rendering.
     let t1 = now_ms() - 10 * MIN;
+    let node = |pid: u32, ppid: u32, exe: &str| ward_protocol::ProcessNode {
+        pid,
+        ppid,
+        start_time_ms: t1 - 60_000,
+        exe: exe.into(),
+        cmdline: exe.into(),
+        user: Some("ci".into()),
+        login_user: None,
+    };
     let tactics = [
         ("TA0002", "T1059.004"),
         ("TA0007", "T1082"),
@@ -305,6 +314,16 @@ async fn scenario() {
                 },
                 Entity::Ip {
                     addr: format!("203.0.113.{}", 100 + k % 30).parse().unwrap(),
+                },
+                // One long CI job: every tool runs under its `make`, so the process
+                // tree ties them into one incident.
+                Entity::Lineage {
+                    process: node(10_000 + k as u32, 9_000, &format!("/opt/build/tool-{}", k % 40)),
+                    ancestors: vec![
+                        node(9_000, 900, "/usr/bin/make"),
+                        node(900, 1, "/usr/bin/gitlab-runner"),
+                    ],
+                    rooted: true,
                 },
             ];
             let r = rule(

@@ -1,6 +1,8 @@
 //! Feed imports: the body is the file as exported (any supported shape). It is
 //! read and normalized on a blocking thread, then stored and judged on the single
-//! writer in one transaction with its audit entry. Roles: [`FEED_ROUTES`].
+//! writer chunk by chunk ([`feeds::Import`]), one transaction and one turn of the
+//! writer each, so agents' alert batches are stored between chunks; the last
+//! chunk writes the audit entry. Roles: [`FEED_ROUTES`].
 
 use std::sync::Arc;
 
@@ -77,12 +79,27 @@ async fn run(state: &ApiState, feed: Feed, actor: String, body: Bytes) -> ApiRes
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
-    let stored = state
-        .writer
-        .run(move |s| feeds::store(s, parsed, &cfg, &actor, now_ms()))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down"))?;
-    // Alerts stored: the correlator need not wait for its timer.
-    state.writer.notify_alerts();
-    Ok(stored.map_err(FeedError::from))
+    // One chunk per turn on the writer: agents' alert batches queued meanwhile are
+    // stored between chunks instead of behind the whole file.
+    let mut import = feeds::Import::new(parsed, &actor);
+    loop {
+        let chunk_cfg = Arc::clone(&cfg);
+        let (back, stored) = state
+            .writer
+            .run(move |s| {
+                let n = import.chunk_for(feeds::IMPORT_CHUNK_BUDGET);
+                let r = import.step(s, &chunk_cfg, n, now_ms());
+                (import, r)
+            })
+            .await
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector is shutting down"))?;
+        import = back;
+        // Alerts stored: the correlator need not wait for its timer.
+        state.writer.notify_alerts();
+        match stored {
+            Ok(None) => continue,
+            Ok(Some(report)) => return Ok(Ok(report)),
+            Err(e) => return Ok(Err(e.into())),
+        }
+    }
 }

@@ -18,10 +18,19 @@ const HANDLED_RISK: [&str; 3] = ["dismissed", "remediated", "confirmedsafe"];
 /// Most users named in a spray alert (all are counted).
 const MAX_LISTED_USERS: u32 = 50;
 
-pub fn detect(tx: &FeedTx<'_>, fresh: &[SignIn], cfg: &FeedsConfig) -> Result<Vec<SourcedAlert>, StoreError> {
+/// The window alerts (rule, subject, bucket) an import raised, carried from chunk
+/// to chunk so one burst raises once.
+#[derive(Debug, Default)]
+pub struct Raised(HashSet<(&'static str, String, u64)>);
+
+pub fn detect(
+    tx: &FeedTx<'_>,
+    fresh: &[SignIn],
+    cfg: &FeedsConfig,
+    raised: &mut Raised,
+) -> Result<Vec<SourcedAlert>, StoreError> {
     let mut out = Vec::new();
-    // (rule, subject, bucket) that already raised in this import.
-    let mut raised: HashSet<(&'static str, String, u64)> = HashSet::new();
+    let raised = &mut raised.0;
     let mut once = |rule: Rule,
                     subject: String,
                     window: u64,

@@ -393,55 +393,166 @@ fn parse_with<T>(
     Ok(parsed)
 }
 
-/// Stores parsed sign-ins and raises identity alerts, in one transaction with its audit entry.
-pub fn store_identity(
-    store: &mut Store,
-    parsed: Parsed<SignIn>,
-    cfg: &FeedsConfig,
-    actor: &str,
-    now_ms: u64,
-) -> Result<ImportReport, StoreError> {
-    let Parsed { mut report, items } = parsed;
-    store.feed_import(now_ms, |tx| {
-        let mut fresh = Vec::new();
-        for s in items {
-            if tx.insert_sign_in(&s)? {
-                fresh.push(s);
-            } else {
-                report.duplicates += 1;
-            }
-        }
-        report.imported = fresh.len() as u64;
-        let alerts = alerts_identity::detect(tx, &fresh, cfg)?;
-        report.alerts_raised = u64::from(tx.insert_alerts(&alerts)?.stored);
-        tx.audit(actor, "feed.import", Feed::Identity.as_str(), &summary(&report))?;
-        Ok(report)
-    })
+/// The most records stored per transaction. An import is stored chunk by chunk,
+/// each its own transaction (and, through the API, its own turn on the writer), so
+/// a file of hundreds of thousands of records never holds the writer long: the
+/// alert batches of every agent are stored between its chunks.
+pub const IMPORT_CHUNK: usize = 2_000;
+
+/// About how long one chunk may take: chunks are sized from the measured cost per
+/// record of the ones before ([`Import::chunk_for`]).
+pub const IMPORT_CHUNK_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The records of a parsed file not stored yet.
+#[derive(Debug)]
+enum Pending {
+    Identity(std::vec::IntoIter<SignIn>),
+    /// Grouped by message, so that no chunk ends inside one: a message and its parts
+    /// are judged together (one alert), as in one import.
+    Mailbox(Box<std::iter::Peekable<std::vec::IntoIter<MailRecord>>>),
 }
 
-/// Stores parsed mail records and raises mailbox alerts, in one transaction with its audit entry.
-pub fn store_mailbox(
-    store: &mut Store,
-    parsed: Parsed<MailRecord>,
-    actor: &str,
-    now_ms: u64,
-) -> Result<ImportReport, StoreError> {
-    let Parsed { mut report, items } = parsed;
-    store.feed_import(now_ms, |tx| {
-        let mut fresh = Vec::new();
-        for m in items {
-            if tx.insert_mail(&m)? {
-                fresh.push(m);
-            } else {
-                report.duplicates += 1;
+/// A parsed file being stored chunk by chunk ([`Import::step`]). Detection judges
+/// each chunk against everything stored before it, as it judges a file against the
+/// imports before it (streams come in any order): a chunked file raises what its
+/// records imported in pieces would. A message's rows stay in one chunk (one alert
+/// for a message and its parts); a window alert raised by an earlier chunk is not
+/// raised again.
+#[derive(Debug)]
+pub struct Import {
+    feed: Feed,
+    actor: String,
+    report: ImportReport,
+    pending: Pending,
+    raised: alerts_identity::Raised,
+    /// Measured cost of a record so far (storing and judging), for sizing chunks.
+    per_record: Option<std::time::Duration>,
+}
+
+impl Import {
+    pub fn new(parsed: ParsedFeed, actor: &str) -> Import {
+        let (feed, report, pending) = match parsed {
+            ParsedFeed::Identity(p) => (Feed::Identity, p.report, Pending::Identity(p.items.into_iter())),
+            ParsedFeed::Mailbox(mut p) => {
+                // A stable sort: rows of one message together, in file order.
+                p.items.sort_by(|a, b| a.network_message_id.cmp(&b.network_message_id));
+                (
+                    Feed::Mailbox,
+                    p.report,
+                    Pending::Mailbox(Box::new(p.items.into_iter().peekable())),
+                )
+            }
+        };
+        Import {
+            feed,
+            actor: actor.to_string(),
+            report,
+            pending,
+            raised: alerts_identity::Raised::default(),
+            per_record: None,
+        }
+    }
+
+    /// How many records the next chunk should take to last about `budget`: a few
+    /// at first, then as many as the cost measured so far allows.
+    pub fn chunk_for(&self, budget: std::time::Duration) -> usize {
+        match self.per_record {
+            None => 20,
+            Some(cost) => {
+                let n = budget.as_nanos() / cost.as_nanos().max(1);
+                usize::try_from(n).unwrap_or(IMPORT_CHUNK).clamp(1, IMPORT_CHUNK)
             }
         }
-        report.imported = fresh.len() as u64;
-        let alerts = alerts_mailbox::detect(tx, &fresh)?;
-        report.alerts_raised = u64::from(tx.insert_alerts(&alerts)?.stored);
-        tx.audit(actor, "feed.import", Feed::Mailbox.as_str(), &summary(&report))?;
-        Ok(report)
-    })
+    }
+
+    /// What is stored so far.
+    pub fn report(&self) -> &ImportReport {
+        &self.report
+    }
+
+    /// Stores the next chunk of at most `max` records and raises its alerts in one
+    /// transaction; the last chunk's transaction also writes the audit entry. `None`
+    /// while records remain, the report when the file is stored.
+    pub fn step(
+        &mut self,
+        store: &mut Store,
+        cfg: &FeedsConfig,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Option<ImportReport>, StoreError> {
+        let max = max.max(1);
+        let started = std::time::Instant::now();
+        let (feed, actor) = (self.feed, self.actor.as_str());
+        let Import {
+            report,
+            pending,
+            raised,
+            ..
+        } = self;
+        let done = store.feed_import(now_ms, |tx| {
+            // Counts go to a copy: a chunk that fails stored nothing.
+            let mut r = report.clone();
+            let (alerts, done) = match pending {
+                Pending::Identity(items) => {
+                    let mut fresh = Vec::new();
+                    for s in items.by_ref().take(max) {
+                        if tx.insert_sign_in(&s)? {
+                            fresh.push(s);
+                        } else {
+                            r.duplicates += 1;
+                        }
+                    }
+                    r.imported += fresh.len() as u64;
+                    (alerts_identity::detect(tx, &fresh, cfg, raised)?, items.len() == 0)
+                }
+                Pending::Mailbox(items) => {
+                    let mut fresh = Vec::new();
+                    let mut taken = 0;
+                    let mut last: Option<String> = None;
+                    while let Some(m) =
+                        items.next_if(|m| taken < max || (last.is_some() && m.network_message_id == last))
+                    {
+                        taken += 1;
+                        last.clone_from(&m.network_message_id);
+                        if tx.insert_mail(&m)? {
+                            fresh.push(m);
+                        } else {
+                            r.duplicates += 1;
+                        }
+                    }
+                    r.imported += fresh.len() as u64;
+                    (alerts_mailbox::detect(tx, &fresh)?, items.peek().is_none())
+                }
+            };
+            r.alerts_raised += u64::from(tx.insert_alerts(&alerts)?.stored);
+            if done {
+                tx.audit(actor, "feed.import", feed.as_str(), &summary(&r))?;
+            }
+            Ok((r, done))
+        });
+        let done = done.map(|(r, done)| {
+            let records = (r.imported + r.duplicates).saturating_sub(report.imported + report.duplicates);
+            if records > 0 {
+                let cost = started.elapsed() / u32::try_from(records).unwrap_or(u32::MAX);
+                // Weighted toward the latest chunk: costs grow with the history judged.
+                self.per_record = Some(self.per_record.map_or(cost, |old| (old + cost * 3) / 4));
+            }
+            *report = r;
+            done
+        });
+        match done {
+            Ok(true) => Ok(Some(self.report.clone())),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                // What earlier chunks stored stays; the audit log says where it stopped.
+                let note = format!("{}; stopped: {e}", summary(&self.report));
+                let _ = store.feed_import(now_ms, |tx| {
+                    tx.audit(&self.actor, "feed.import", self.feed.as_str(), &note)
+                });
+                Err(e)
+            }
+        }
+    }
 }
 
 fn summary(r: &ImportReport) -> String {
@@ -493,7 +604,7 @@ pub fn parse(feed: Feed, bytes: &[u8], cfg: &FeedsConfig) -> Result<ParsedFeed, 
     })
 }
 
-/// Stores a parsed file and raises its alerts, in one transaction with its audit entry.
+/// Stores a parsed file and raises its alerts, chunk by chunk (see [`Import`]).
 pub fn store(
     store: &mut Store,
     parsed: ParsedFeed,
@@ -501,13 +612,17 @@ pub fn store(
     actor: &str,
     now_ms: u64,
 ) -> Result<ImportReport, StoreError> {
-    match parsed {
-        ParsedFeed::Identity(p) => store_identity(store, p, cfg, actor, now_ms),
-        ParsedFeed::Mailbox(p) => store_mailbox(store, p, actor, now_ms),
+    let mut import = Import::new(parsed, actor);
+    loop {
+        let n = import.chunk_for(IMPORT_CHUNK_BUDGET);
+        if let Some(report) = import.step(store, cfg, n, now_ms)? {
+            return Ok(report);
+        }
     }
 }
 
-/// Reads, stores and judges one file (the CLI's path).
+/// Reads, stores and judges one file (the CLI's path: each chunk's transaction is
+/// short, so a running collector's writer is not held behind the file).
 pub fn import(
     store: &mut Store,
     feed: Feed,

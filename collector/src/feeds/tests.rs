@@ -1013,3 +1013,80 @@ fn signinlogs_rows_without_a_type_column_are_recognised() {
     assert_eq!((report.imported, report.skipped_count), (1, 0), "{report:?}");
     assert_eq!(alerts(&store, "ward-identity-risky-sign-in").len(), 1);
 }
+
+/// Every alert of a store as (rule, entities): what an import raised, whatever its ids.
+fn raised(store: &Store) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = store
+        .list_alerts(&AlertFilter {
+            limit: 10_000,
+            ..AlertFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.rule.id.clone(), format!("{:?}", a.entities)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Stores a file one chunk of `max` records at a time, as the API does.
+fn import_in_chunks(store: &mut Store, feed: Feed, bytes: &[u8], max: usize) -> (ImportReport, usize) {
+    let cfg = FeedsConfig::default();
+    let mut import = Import::new(parse(feed, bytes, &cfg).unwrap(), "test");
+    for steps in 1.. {
+        if let Some(report) = import.step(store, &cfg, max, 1).unwrap() {
+            return (report, steps);
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_file_stored_in_small_chunks_raises_what_it_raises_whole() {
+    for (feed, file) in [
+        (Feed::Mailbox, "defender/email_events.csv"),
+        (Feed::Mailbox, "defender/defender_streaming.json"),
+        (Feed::Mailbox, "panther/proofpoint_tap.ndjson"),
+        (Feed::Mailbox, "panther/m365_audit.ndjson"),
+        (Feed::Mailbox, "sentinel/office_activity_inbox_rule.csv"),
+        (Feed::Identity, "panther/entra_diagnostic_records.json"),
+        (Feed::Identity, "sentinel/signinLogs.csv"),
+        (Feed::Identity, "panther/okta_systemlog.ndjson"),
+    ] {
+        let bytes = fixture(file);
+        let (_w, mut whole) = store();
+        let expected = run(&mut whole, feed, &bytes);
+        let (_c, mut chunked) = store();
+        let (report, steps) = import_in_chunks(&mut chunked, feed, &bytes, 1);
+        assert!(steps > 1 || expected.records <= 1, "{file}: {steps} chunks");
+        assert_eq!(
+            (report.imported, report.duplicates, report.alerts_raised),
+            (expected.imported, expected.duplicates, expected.alerts_raised),
+            "{file}"
+        );
+        assert_eq!(raised(&chunked), raised(&whole), "{file}");
+        // One audit entry per import, from its last chunk.
+        let audits = chunked.list_audit(None, 100).unwrap();
+        assert_eq!(audits.iter().filter(|e| e.action == "feed.import").count(), 1, "{file}");
+    }
+}
+
+#[test]
+fn a_spray_split_over_chunks_raises_once() {
+    let records: Vec<Value> = (0..40)
+        .map(|i| {
+            entra(
+                &format!("c{i}"),
+                &format!("user{i}@contoso.com"),
+                "203.0.113.9",
+                T0 + i as u64 * 10_000,
+                "50126",
+                None,
+            )
+        })
+        .collect();
+    let (_d, mut store) = store();
+    let (report, steps) = import_in_chunks(&mut store, Feed::Identity, &ndjson(&records), 7);
+    assert_eq!((report.imported, steps), (40, 6));
+    assert_eq!(alerts(&store, "ward-identity-password-spray").len(), 1);
+}

@@ -1106,7 +1106,7 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError
             i64_of(k.last_ms),
             &*k.last_alert,
             runs,
-            i64::from(k.weakly_held) * KEY_WEAKLY_HELD | i64::from(k.on_device) * KEY_ON_DEVICE
+            (i64::from(k.weakly_held) * KEY_WEAKLY_HELD) | (i64::from(k.on_device) * KEY_ON_DEVICE)
         ])?;
     }
     Ok(())
