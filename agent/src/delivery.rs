@@ -57,6 +57,7 @@ impl Delivery {
                 Ok(session) => {
                     backoff = min;
                     self.set_connected(true, None);
+                    self.set_clock_skew(session.clock_skew_ms);
                     info!(collector = %self.identity.enrollment.collector_addr, "connected");
                     match self.session(session, &mut shutdown).await {
                         End::Shutdown => return,
@@ -86,6 +87,22 @@ impl Delivery {
         }
     }
 
+    /// Records the device's clock skew; beyond what commands allow it is a warning:
+    /// every command the collector sends would be refused as too old or too new.
+    fn set_clock_skew(&self, skew_ms: i64) {
+        let limit = self.config.response.clock_skew_ms;
+        if skew_ms.unsigned_abs() > limit {
+            warn!(
+                skew_ms,
+                limit_ms = limit,
+                "this device's clock differs from the collector's by more than commands allow: fix the time (NTP)"
+            );
+        }
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.clock_skew_ms = Some(skew_ms);
+        }
+    }
+
     fn set_connected(&self, connected: bool, error: Option<String>) {
         if let Ok(mut s) = self.shared.status.lock() {
             s.connected = connected;
@@ -101,6 +118,7 @@ impl Delivery {
             mut send,
             mut recv,
             endpoint: _endpoint,
+            ..
         } = session;
         let (tx, mut rx) = mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
         let reader = tokio::spawn(async move {

@@ -161,6 +161,9 @@ fn status(state_dir: &Path) -> Result<()> {
             );
             println!("isolation: {}", s.isolation);
             println!("alerts: {} raised, {} delivered", s.alerts_raised, s.alerts_delivered);
+            if let Some(skew) = s.clock_skew_ms {
+                println!("clock: {}", ward_agent::status::describe_skew(skew));
+            }
         }
         Some(s) => {
             println!("agent: not running (last status from pid {})", s.pid);

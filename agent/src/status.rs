@@ -25,6 +25,19 @@ pub struct Status {
     pub isolation: String,
     pub alerts_raised: u64,
     pub alerts_delivered: u64,
+    /// This device's clock minus the collector's at the last session start.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// A clock skew as `status` shows it: "3.2 s ahead of the collector".
+pub fn describe_skew(skew_ms: i64) -> String {
+    let secs = skew_ms.unsigned_abs() as f64 / 1000.0;
+    match skew_ms {
+        0 => "in step with the collector".to_string(),
+        s if s > 0 => format!("{secs:.1} s ahead of the collector"),
+        _ => format!("{secs:.1} s behind the collector"),
+    }
 }
 
 impl Status {

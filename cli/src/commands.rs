@@ -667,6 +667,21 @@ fn device_state(d: &Value) -> &'static str {
     }
 }
 
+/// A device's clock against the collector's; `!` beyond the 2 min agents allow for
+/// commands (they refuse them then).
+fn skew(v: &Value) -> String {
+    let Some(ms) = v.as_i64() else {
+        return "-".into();
+    };
+    let secs = ms.unsigned_abs() as f64 / 1000.0;
+    if secs < 1.0 {
+        return "in step".into();
+    }
+    let side = if ms > 0 { "ahead" } else { "behind" };
+    let flag = if ms.unsigned_abs() > 120_000 { " !" } else { "" };
+    format!("{secs:.1} s {side}{flag}")
+}
+
 fn device_table(devices: &Value) -> String {
     let rows: Vec<Vec<String>> = devices
         .as_array()
@@ -679,6 +694,7 @@ fn device_table(devices: &Value) -> String {
                         device_state(d).into(),
                         s(&d["isolation"]),
                         when(&d["last_seen_ms"]),
+                        skew(&d["clock_skew_ms"]),
                         s(&d["agent_version"]),
                         s(&d["os"]),
                     ]
@@ -687,7 +703,16 @@ fn device_table(devices: &Value) -> String {
         })
         .unwrap_or_default();
     render(
-        &["id", "hostname", "state", "isolation", "last seen", "agent", "os"],
+        &[
+            "id",
+            "hostname",
+            "state",
+            "isolation",
+            "last seen",
+            "clock",
+            "agent",
+            "os",
+        ],
         &rows,
     )
 }
@@ -712,9 +737,10 @@ fn device_detail(d: &Value) -> String {
             join(&d["logged_on_users"], None)
         ),
         format!(
-            "outbox: {}  missing alerts: {}",
+            "outbox: {}  missing alerts: {}  clock: {}",
             s(&d["outbox_depth"]),
-            s(&d["missing_alerts"])
+            s(&d["missing_alerts"]),
+            skew(&d["clock_skew_ms"])
         ),
     ];
     let alerts: Vec<Vec<String>> = d["latest_alerts"]

@@ -202,8 +202,8 @@ fn main() -> Result<()> {
             command: DeviceCommand::List,
         } => {
             println!(
-                "{:<26}  {:<24}  {:<10}  {:<9}  LAST SEEN (ms)",
-                "ID", "HOSTNAME", "VERSION", "STATE"
+                "{:<26}  {:<24}  {:<10}  {:<9}  {:<23}  CLOCK (ms, device - collector)",
+                "ID", "HOSTNAME", "VERSION", "STATE", "LAST SEEN"
             );
             for d in setup::list_devices(dir)? {
                 let state = if d.revoked_at_ms.is_some() {
@@ -211,13 +211,14 @@ fn main() -> Result<()> {
                 } else {
                     d.isolation.as_str()
                 };
+                let seen = d.last_seen_ms.map_or_else(
+                    || "never".to_string(),
+                    |ms| util::show_ms(u64::try_from(ms).unwrap_or(0)),
+                );
+                let clock = d.clock_skew_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:+}"));
                 println!(
-                    "{:<26}  {:<24}  {:<10}  {:<9}  {}",
-                    d.id,
-                    d.hostname,
-                    d.agent_version,
-                    state,
-                    d.last_seen_ms.unwrap_or(0)
+                    "{:<26}  {:<24}  {:<10}  {:<9}  {:<23}  {}",
+                    d.id, d.hostname, d.agent_version, state, seen, clock
                 );
             }
         }

@@ -310,3 +310,66 @@ async fn sigterm_stops_cleanly() {
     .unwrap();
     assert!(status.0.unwrap().success());
 }
+
+/// A device's clock against the collector's: from each heartbeat into the devices
+/// API and `ward-collector device list` (with last seen as a time, not milliseconds);
+/// and a real agent's `status` says its own skew from its session's welcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_clock_skew_is_shown_where_operators_look() {
+    let collector = Collector::start().unwrap();
+    let token = collector.join_token(2, "1h").unwrap();
+    let mut fast = TestDevice::enroll(&token, "fast-clock").await.unwrap();
+    let mut good = TestDevice::enroll(&token, "good-clock").await.unwrap();
+    for (dev, ahead) in [(&mut fast, 10 * 60_000), (&mut good, 0)] {
+        dev.connect().await.unwrap();
+        let hb = AgentMessage::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms() + ahead,
+            inventory: None,
+            isolation: IsolationState::None,
+            outbox_depth: 0,
+            rule_pack_version: 0,
+        });
+        dev.session.as_mut().unwrap().send(&hb).await.unwrap();
+        dev.send_new(1).await.unwrap(); // the ack proves the heartbeat was handled
+    }
+    // Heartbeats are written once a second.
+    let skew_of = async |dev: &TestDevice| -> Option<i64> {
+        let (_, view) = collector.get(&format!("/api/v1/devices/{}", dev.id())).await.unwrap();
+        view["clock_skew_ms"]
+            .as_i64()
+            .or_else(|| view["device"]["clock_skew_ms"].as_i64())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (fast_skew, good_skew) = loop {
+        if let (Some(f), Some(g)) = (skew_of(&fast).await, skew_of(&good).await) {
+            break (f, g);
+        }
+        assert!(std::time::Instant::now() < deadline, "no clock skew recorded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!((590_000..=610_000).contains(&fast_skew), "{fast_skew}");
+    assert!(good_skew.abs() < 10_000, "{good_skew}");
+
+    let list = collector.cli(&["device", "list"]).unwrap();
+    let line = list.lines().find(|l| l.contains("fast-clock")).unwrap();
+    assert!(line.contains(" UTC"), "last seen as a time: {list}");
+    let shown: i64 = line.split_whitespace().last().unwrap().parse().unwrap();
+    assert!((590_000..=610_000).contains(&shown), "{list}");
+
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = agent.status().unwrap();
+        if let Some(clock) = status.lines().find(|l| l.starts_with("clock: ")) {
+            // Same machine, same clock: within the round trip.
+            assert!(
+                clock.contains("in step") || clock.contains(" 0.") || clock.contains(" 1."),
+                "{status}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no clock line: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -78,6 +78,13 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: 
     Ok(Some(decode_body(&body)?))
 }
 
+/// This device's clock minus the collector's: the server's time is taken as the
+/// midpoint of the hello's round trip.
+pub fn clock_skew(asked_ms: u64, answered_ms: u64, server_ms: u64) -> i64 {
+    let mid = asked_ms / 2 + answered_ms / 2 + (asked_ms % 2 + answered_ms % 2) / 2;
+    i64::try_from(mid).unwrap_or(i64::MAX) - i64::try_from(server_ms).unwrap_or(i64::MAX)
+}
+
 fn closed(e: quinn::ReadExactError) -> LinkError {
     match e {
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => LinkError::Closed(c.to_string()),
@@ -192,6 +199,9 @@ pub struct Session {
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    /// This device's clock minus the collector's when the welcome came (half the
+    /// round trip is the error): commands are refused beyond the allowed skew.
+    pub clock_skew_ms: i64,
 }
 
 impl std::fmt::Debug for Session {
@@ -249,13 +259,15 @@ impl Session {
             rule_pack_version,
             last_command_seq,
         };
+        let asked = crate::sensor::now_ms();
         write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
         match read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME).await {
-            Ok(Some(CollectorMessage::Welcome(_))) => Ok(Session {
+            Ok(Some(CollectorMessage::Welcome(w))) => Ok(Session {
                 endpoint,
                 conn,
                 send,
                 recv,
+                clock_skew_ms: clock_skew(asked, crate::sensor::now_ms(), w.server_time_ms),
             }),
             Ok(Some(CollectorMessage::Goodbye { reason })) => Err(LinkError::Closed(reason)),
             Ok(Some(_)) => Err(LinkError::Protocol("expected welcome".into())),

@@ -261,17 +261,26 @@ async function openIncidents(device) {
   }
 }
 
+// A device's clock against the collector's: "—" before a heartbeat, flagged beyond
+// the 2 min agents allow for commands (they refuse them then).
+function clockSkew(d) {
+  if (d.clock_skew_ms == null) return "—";
+  const s = Math.abs(d.clock_skew_ms) / 1000;
+  const text = s < 1 ? "in step" : `${s < 120 ? s.toFixed(1) + " s" : Math.round(s / 60) + " min"} ${d.clock_skew_ms > 0 ? "ahead" : "behind"}`;
+  return s * 1000 > 120000 ? `<b class="error" title="beyond the 2 min agents allow: commands will be refused">${esc(text)}</b>` : esc(text);
+}
+
 export async function devicesView(root, _args, _q, current) {
   const draw = async () => {
     const { devices } = await api("/api/v1/devices");
     const counts = await Promise.all(devices.slice(0, 50).map((d) => openIncidents(d.id)));
     if (!current()) return;
     root.innerHTML = `<section class="card"><h2>Devices (${devices.length})</h2><table id="devices"><thead><tr><th>Host</th><th>Status</th>
-      <th>Isolation</th><th>Last seen</th><th>Agent</th><th>OS</th><th>Open incidents</th><th>Missing alerts</th></tr></thead><tbody>
+      <th>Isolation</th><th>Last seen</th><th>Clock</th><th>Agent</th><th>OS</th><th>Open incidents</th><th>Missing alerts</th></tr></thead><tbody>
       ${devices.map((d, i) => `<tr class="row" data-id="${esc(d.id)}"><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a>
         <div class="muted small mono">${esc(d.id)}</div></td><td>${deviceState(d)}</td>
         <td>${d.isolation === "none" ? "—" : `<b class="error">${esc(d.isolation)}</b>`}</td>
-        <td title="${esc(time(d.last_seen_ms))}">${esc(ago(d.last_seen_ms))}</td><td>${esc(d.agent_version)}</td><td>${esc(d.os)}</td>
+        <td title="${esc(time(d.last_seen_ms))}">${esc(ago(d.last_seen_ms))}</td><td class="dev-clock">${clockSkew(d)}</td><td>${esc(d.agent_version)}</td><td>${esc(d.os)}</td>
         <td>${counts[i] == null ? "—" : esc(counts[i].length)}</td><td>${esc(d.missing_alerts)}</td></tr>`).join("")}
       </tbody></table></section>`;
     $("#devices tbody", root).addEventListener("click", (ev) => {
@@ -319,6 +328,7 @@ export async function deviceView(root, args, _q, current) {
     root.innerHTML = `<section class="card"><h2>${esc(d.hostname)} <span class="muted small mono">${esc(d.id)}</span></h2>
       <div class="summary"><span><span class="k">status</span>${deviceState(d)}</span>
       <span><span class="k">isolation</span><span id="dev-isolation">${esc(d.isolation)}</span></span><span><span class="k">last seen</span>${esc(time(d.last_seen_ms))}</span>
+      <span><span class="k">clock</span><span id="dev-clock">${clockSkew(d)}</span></span>
       <span><span class="k">agent</span>${esc(d.agent_version)}</span><span><span class="k">OS</span>${esc(d.os)} ${esc(d.kernel)}</span>
       <span><span class="k">addresses</span>${pills(d.addresses)}</span><span><span class="k">users</span>${pills(d.logged_on_users)}</span></div>
       ${can("analyst") ? `<div class="form-row"><button id="dev-isolate">Isolate…</button><button id="dev-release">Release…</button>

@@ -756,6 +756,7 @@ mod tests {
             isolation: ward_protocol::IsolationState::None,
             outbox_depth: 0,
             rule_pack_version: 0,
+            clock_skew_ms: 0,
         };
         let before = store.devices_fingerprint().unwrap();
         store.update_device_states(&[(id, state(None))]).unwrap();

@@ -1135,6 +1135,7 @@ mod tests {
             isolation,
             outbox_depth,
             rule_pack_version: 3,
+            clock_skew_ms: -1_500,
         };
         store.touch_device(a, T0 + 500).unwrap();
         store

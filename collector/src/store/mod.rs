@@ -101,6 +101,8 @@ pub struct DeviceState {
     pub isolation: IsolationState,
     pub outbox_depth: u64,
     pub rule_pack_version: u64,
+    /// The device's clock minus the collector's when the heartbeat came.
+    pub clock_skew_ms: i64,
 }
 
 /// A device as the API shows it.
@@ -122,6 +124,8 @@ pub struct DeviceView {
     pub last_seq: i64,
     pub dropped_total: i64,
     pub missing_alerts: i64,
+    /// The device's clock minus the collector's at its last heartbeat (None before one).
+    pub clock_skew_ms: Option<i64>,
     /// Filled in by the caller from the live connection table.
     pub online: bool,
 }
@@ -441,14 +445,15 @@ impl Store {
         for (id, state) in states {
             tx.prepare_cached(
                 "UPDATE devices SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), ?2), isolation = ?3, outbox_depth = ?4,
-                                    rule_pack_version = ?5 WHERE id = ?1",
+                                    rule_pack_version = ?5, clock_skew_ms = ?6 WHERE id = ?1",
             )?
             .execute(params![
                 id.to_string(),
                 i64_of(state.seen_at_ms),
                 state.isolation.as_str(),
                 i64_of(state.outbox_depth),
-                i64_of(state.rule_pack_version)
+                i64_of(state.rule_pack_version),
+                state.clock_skew_ms
             ])?;
             if let Some(inv) = &state.inventory {
                 tx.prepare_cached(
@@ -523,6 +528,7 @@ impl Store {
             last_seq: r.get(13)?,
             dropped_total: r.get(14)?,
             missing_alerts: r.get(15)?,
+            clock_skew_ms: r.get(16)?,
             online: false,
         })
     }
@@ -530,7 +536,8 @@ impl Store {
     const DEVICE_COLUMNS: &'static str = "d.id, d.hostname, d.enrolled_at_ms, d.revoked_at_ms, d.last_seen_ms,
         d.agent_version, d.os, d.kernel, d.addresses, d.logged_on_users, d.isolation, d.outbox_depth,
         d.rule_pack_version, d.last_seq, d.dropped_total,
-        (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM sequence_gaps g WHERE g.device_id = d.id)";
+        (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM sequence_gaps g WHERE g.device_id = d.id),
+        d.clock_skew_ms";
 
     pub fn list_devices(&self) -> Result<Vec<DeviceView>, StoreError> {
         let sql = format!(

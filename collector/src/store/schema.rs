@@ -426,6 +426,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE incident_entities ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 19: each device's clock minus the collector's at its last heartbeat.
+    r#"
+    ALTER TABLE devices ADD COLUMN clock_skew_ms INTEGER;
+    "#,
 ];
 
 #[cfg(test)]

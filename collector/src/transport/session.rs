@@ -197,6 +197,10 @@ struct Peer<'a> {
     out: &'a mpsc::Sender<CollectorMessage>,
 }
 
+/// A device clock further from the collector's than this (the agents' default
+/// `response.clock_skew_ms`) makes agents refuse commands: warned about.
+pub const CLOCK_SKEW_WARN_MS: u64 = 120_000;
+
 async fn run(
     peer: &Peer<'_>,
     ctx: &Context,
@@ -210,6 +214,9 @@ async fn run(
         ctx.config.ingest.burst_alerts_per_agent,
     );
     let max = ctx.config.ingest.max_frame_bytes;
+    // The clock skew last warned about in this session.
+    let mut warned_skew = 0i64;
+    let warned_skew = &mut warned_skew;
     loop {
         let frame = tokio::select! {
             f = read_frame::<AgentMessage>(recv, max) => f,
@@ -243,8 +250,16 @@ async fn run(
                     *pack_sent = hb.rule_pack_version;
                 }
                 offer_rule_pack(ctx, out, pack_sent);
+                let now = now_ms();
+                let skew = i64::try_from(hb.sent_at_ms).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX);
+                // Said when it starts or changes by a second, not every heartbeat.
+                if skew.unsigned_abs() > CLOCK_SKEW_WARN_MS && skew.abs_diff(*warned_skew) > 1_000 {
+                    warn!(%device, skew_ms = skew, "device clock differs from the collector's by more than agents allow for commands: they will refuse them");
+                    *warned_skew = skew;
+                }
                 let state = DeviceState {
-                    seen_at_ms: now_ms(),
+                    seen_at_ms: now,
+                    clock_skew_ms: skew,
                     inventory: hb.inventory,
                     isolation: hb.isolation,
                     outbox_depth: hb.outbox_depth,
