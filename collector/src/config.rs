@@ -33,6 +33,10 @@ pub struct Config {
     pub automation: Vec<crate::actions::automation::RuleConfig>,
     pub correlation: CorrelationConfig,
     pub feeds: FeedsConfig,
+    /// Set by `serve --skip-integrity-check`, not by the file: run on a database that
+    /// fails its quick check (to export what it still holds).
+    #[serde(skip)]
+    pub skip_integrity_check: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +234,7 @@ impl Default for Config {
             automation: Vec::new(),
             correlation: CorrelationConfig::default(),
             feeds: FeedsConfig::default(),
+            skip_integrity_check: false,
         }
     }
 }

@@ -43,7 +43,12 @@ enum Command {
         public_addr: Option<String>,
     },
     /// Run the collector.
-    Serve,
+    Serve {
+        /// Start even when the database fails its integrity check at start (to
+        /// export or back up what it still holds; docs/backup-restore.md).
+        #[arg(long)]
+        skip_integrity_check: bool,
+    },
     /// Enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -164,7 +169,7 @@ fn main() -> Result<()> {
             println!("initialized {}", dir.display());
             println!("admin API token (shown once, keep it safe): {token}");
         }
-        Command::Serve => serve(dir, &config_path)?,
+        Command::Serve { skip_integrity_check } => serve(dir, &config_path, skip_integrity_check)?,
         Command::Token {
             command: TokenCommand::Create { uses, ttl, addr },
         } => {
@@ -260,8 +265,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn serve(dir: &std::path::Path, config_path: &std::path::Path) -> Result<()> {
-    let config = Config::load_file(config_path)?;
+fn serve(dir: &std::path::Path, config_path: &std::path::Path, skip_integrity_check: bool) -> Result<()> {
+    let mut config = Config::load_file(config_path)?;
+    config.skip_integrity_check = skip_integrity_check;
     tracing::info!(config = %config_path.display(), data_dir = %dir.display(), "collector starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::pki::{self, Ca};
 use crate::readpool::ReadPool;
 use crate::setup::{COMMAND_KEY, DB_FILE};
+use crate::store::Store;
 use crate::transport::{self, Context, Registry, https, tls};
 
 #[derive(Debug, Error)]
@@ -46,6 +47,31 @@ pub struct Bound {
     pub https: bool,
 }
 
+/// Refuses to start on a database that fails SQLite's quick check: acknowledging
+/// alerts into a damaged file would promise what it may not keep. The way out
+/// (restore a backup, or start with `--skip-integrity-check` to export what it
+/// holds) is in the message and docs/backup-restore.md.
+fn check_integrity(db: &Path, skip: bool) -> Result<(), ServeError> {
+    if !db.exists() {
+        return Ok(());
+    }
+    // A file too damaged to check ("database disk image is malformed") is damaged too.
+    let problems = Store::quick_check(db, 10).unwrap_or_else(|e| vec![e.to_string()]);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let listed = problems.join("; ");
+    if skip {
+        tracing::error!(db = %db.display(), problems = %listed, "database fails its integrity check; running on it as asked (--skip-integrity-check)");
+        return Ok(());
+    }
+    Err(ServeError::Setup(format!(
+        "database integrity check: {} is damaged ({listed}): restore the last backup (docs/backup-restore.md), \
+         or start with `serve --skip-integrity-check` to export what it still holds",
+        db.display()
+    )))
+}
+
 /// Runs the collector until `shutdown` flips. `on_bound` is told the addresses.
 pub async fn run(
     data_dir: &Path,
@@ -60,6 +86,7 @@ pub async fn run(
         _ => None,
     };
     let db = data_dir.join(DB_FILE);
+    check_integrity(&db, config.skip_integrity_check)?;
     let metrics = Arc::new(Metrics::default());
     let (writer, writer_thread) = Writer::start(
         &db,

@@ -373,3 +373,56 @@ async fn device_clock_skew_is_shown_where_operators_look() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A database damaged on disk (8 KiB of garbage mid-file) is refused at start with
+/// the way out; `serve --skip-integrity-check` runs on it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_refused_at_start_with_the_way_out() {
+    let mut collector = Collector::start().unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "laptop-1").await.unwrap();
+    dev.connect().await.unwrap();
+    for _ in 0..20 {
+        dev.send_new(100).await.unwrap();
+    }
+    collector.stop().unwrap();
+    let db = collector.data_dir().join("ward.db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(len > 64 * 1024, "a database of {len} bytes");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(SeekFrom::Start(len / 2 / 4096 * 4096)).unwrap();
+        f.write_all(&[0xA5; 8192]).unwrap();
+    }
+    let out = std::process::Command::new(bin("ward-collector"))
+        .arg("--data-dir")
+        .arg(collector.data_dir())
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a damaged database: {stderr}");
+    assert!(
+        stderr.contains("is damaged") && stderr.contains("--skip-integrity-check") && stderr.contains("backup"),
+        "{stderr}"
+    );
+    // `--skip-integrity-check` goes past the check (what it can still open, it
+    // serves; this damage also breaks opening the store, which it then says).
+    let mut child = std::process::Command::new(bin("ward-collector"))
+        .arg("--data-dir")
+        .arg(collector.data_dir())
+        .args(["serve", "--skip-integrity-check"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("running on it as asked"), "{stderr}");
+}

@@ -17,8 +17,17 @@ use super::extract::{Path, Query};
 use crate::store::{AlertFilter, DeviceView};
 use crate::util::now_ms;
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `ok`, or 503 with the storage error while alert commits fail (a full disk, an
+/// I/O error): load balancers and monitors see the collector cannot keep what it
+/// is sent, though it still answers.
+pub async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
+    match state.writer.storage_failure() {
+        None => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Some(f) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failing", "storage": f.error, "since_ms": f.since_ms})),
+        ),
+    }
 }
 
 pub async fn not_found() -> ApiError {

@@ -28,11 +28,14 @@ use crate::util::now_ms;
 /// Other work that needs the writable connection; runs in its own transaction.
 pub type Task = Box<dyn FnOnce(&mut Store) + Send>;
 
+/// A batch's commit failed: why, and the batch back, for the session to retry.
+type Failed = (String, Vec<VerifiedAlert>);
+
 enum Job {
     Alerts {
         device: DeviceId,
         alerts: Vec<VerifiedAlert>,
-        reply: oneshot::Sender<Result<InsertOutcome, String>>,
+        reply: oneshot::Sender<Result<InsertOutcome, Failed>>,
     },
     Task(Task),
     /// Wakes a writer waiting for jobs to run what [`Writer::run_next`] queued.
@@ -50,6 +53,15 @@ pub struct Writer {
     rounds: watch::Receiver<u64>,
     /// Notified after each commit that stored alerts (the correlator waits on it).
     committed: Arc<Notify>,
+    /// Set while alert commits fail (until one succeeds): `/healthz` reports it.
+    failing: Arc<Mutex<Option<StorageFailure>>>,
+}
+
+/// Alert commits failing: the storage error and since when (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageFailure {
+    pub error: String,
+    pub since_ms: u64,
 }
 
 impl std::fmt::Debug for Writer {
@@ -64,6 +76,14 @@ pub enum WriteError {
     Stopped,
     #[error("commit failed: {0}")]
     Commit(String),
+}
+
+/// A batch that was not stored: why, and the batch, to offer again.
+#[derive(Debug)]
+pub struct NotStored {
+    pub error: WriteError,
+    /// Empty when the writer stopped (nothing to retry).
+    pub alerts: Vec<VerifiedAlert>,
 }
 
 impl Writer {
@@ -85,6 +105,8 @@ impl Writer {
         let notify = Arc::clone(&committed);
         let next: Arc<Mutex<VecDeque<Task>>> = Arc::default();
         let queued = Arc::clone(&next);
+        let failing: Arc<Mutex<Option<StorageFailure>>> = Arc::default();
+        let health = Arc::clone(&failing);
         let handle = std::thread::Builder::new()
             .name("ward-writer".into())
             .spawn(move || {
@@ -110,7 +132,7 @@ impl Writer {
                     if round.iter().all(|j| matches!(j, Job::Wake)) {
                         continue;
                     }
-                    if run_round(&mut store, round, &metrics) {
+                    if run_round(&mut store, round, &metrics, &health) {
                         notify.notify_one();
                     }
                     rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -123,6 +145,7 @@ impl Writer {
                 next,
                 rounds,
                 committed,
+                failing,
             },
             handle,
         ))
@@ -145,18 +168,27 @@ impl Writer {
         self.committed.notify_one();
     }
 
-    /// Stores a verified batch; returns once it has been committed.
-    pub async fn store_alerts(
-        &self,
-        device: DeviceId,
-        alerts: Vec<VerifiedAlert>,
-    ) -> Result<InsertOutcome, WriteError> {
+    /// Stores a verified batch; returns once it has been committed, or the batch
+    /// back when the commit failed.
+    pub async fn store_alerts(&self, device: DeviceId, alerts: Vec<VerifiedAlert>) -> Result<InsertOutcome, NotStored> {
+        let stopped = || NotStored {
+            error: WriteError::Stopped,
+            alerts: Vec::new(),
+        };
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Alerts { device, alerts, reply })
             .await
-            .map_err(|_| WriteError::Stopped)?;
-        rx.await.map_err(|_| WriteError::Stopped)?.map_err(WriteError::Commit)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?.map_err(|(error, alerts)| NotStored {
+            error: WriteError::Commit(error),
+            alerts,
+        })
+    }
+
+    /// Whether alert commits are failing now, since when and why.
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
+        self.failing.lock().ok()?.clone()
     }
 
     /// Runs `f` on the writable store before the next round of queued work and
@@ -207,7 +239,7 @@ fn round_alerts(round: &[Job]) -> usize {
 }
 
 /// Runs one round; true if it stored alerts.
-fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
+fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics, failing: &Mutex<Option<StorageFailure>>) -> bool {
     let mut batches = Vec::new();
     let mut replies = Vec::new();
     for job in round {
@@ -225,8 +257,13 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
     }
     let started = Instant::now();
     let refs: Vec<(DeviceId, &[VerifiedAlert])> = batches.iter().map(|(d, a)| (*d, a.as_slice())).collect();
-    match store.insert_alert_batches(&refs, now_ms()) {
+    let result = store.insert_alert_batches(&refs, now_ms());
+    drop(refs);
+    match result {
         Ok(outcomes) => {
+            if let Ok(mut f) = failing.lock() {
+                *f = None;
+            }
             metrics.batch_commit.observe(started.elapsed());
             let mut stored = false;
             for (outcome, reply) in outcomes.into_iter().zip(replies) {
@@ -241,8 +278,15 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics) -> bool {
         Err(e) => {
             error!(error = %e, "alert commit failed; batches not acknowledged");
             metrics.commit_failures.inc();
-            for reply in replies {
-                let _ = reply.send(Err(e.to_string()));
+            if let Ok(mut f) = failing.lock() {
+                f.get_or_insert_with(|| StorageFailure {
+                    error: e.to_string(),
+                    since_ms: now_ms(),
+                })
+                .error = e.to_string();
+            }
+            for (reply, (_, alerts)) in replies.into_iter().zip(batches) {
+                let _ = reply.send(Err((e.to_string(), alerts)));
             }
             false
         }
@@ -332,7 +376,10 @@ mod tests {
         busy.await.unwrap().unwrap();
         assert_eq!(ahead.await.unwrap().unwrap(), 1, "only the busy round ran before it");
         for q in queued {
-            assert!(matches!(q.await.unwrap(), Err(WriteError::Commit(_))));
+            // A failed commit hands the batch back for the session to retry.
+            let failed = q.await.unwrap().unwrap_err();
+            assert!(matches!(failed.error, WriteError::Commit(_)));
+            assert_eq!(failed.alerts.len(), 1);
         }
         // And with nothing queued, it wakes an idle writer.
         assert_eq!(writer.run_next(|_| 7).await.unwrap(), 7);

@@ -241,6 +241,24 @@ impl Store {
         Ok(store)
     }
 
+    /// SQLite's quick check of the database file: empty when it is sound, else the
+    /// problems it lists (at most `max`). It reads every page: seconds for a large
+    /// database, once at start.
+    pub fn quick_check(path: &Path, max: u32) -> Result<Vec<String>, StoreError> {
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let mut stmt = conn.prepare(&format!("PRAGMA quick_check({max})"))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut problems = Vec::new();
+        for row in rows {
+            let line = row?;
+            if line != "ok" {
+                problems.push(line);
+            }
+        }
+        Ok(problems)
+    }
+
     /// Sets how much the page cache may hold, in MiB (SQLite's default is 2 MiB). A
     /// correlation step rewrites pages all over the incident tables; a cache smaller
     /// than what one transaction touches spills dirty pages and reads them back.

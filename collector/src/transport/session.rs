@@ -304,6 +304,37 @@ fn is_revoked(ctx: &Context, device: &DeviceId) -> bool {
     ctx.revoked.read().map(|set| set.contains(device)).unwrap_or(false)
 }
 
+/// Stores a batch, retrying with back-off while commits fail (a full disk, an I/O
+/// error): the session stays open and reads nothing more meanwhile, so the agent
+/// keeps its batch and waits (flow control), instead of every agent being dropped
+/// into a reconnect storm that cannot succeed either. Ends when stored, when the
+/// agent leaves or when the writer stops.
+async fn store_until_stored(
+    ctx: &Context,
+    conn: &quinn::Connection,
+    device: DeviceId,
+    mut alerts: Vec<crate::store::VerifiedAlert>,
+) -> Result<crate::store::InsertOutcome, String> {
+    const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+    const LONGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut wait = FIRST_RETRY;
+    loop {
+        match ctx.writer.store_alerts(device, alerts).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(failed) if matches!(failed.error, crate::ingest::WriteError::Commit(_)) => {
+                warn!(%device, error = %failed.error, retry_in_ms = wait.as_millis() as u64, "batch not stored: retrying");
+                alerts = failed.alerts;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = conn.closed() => return Err(format!("agent left while storage failed: {}", failed.error)),
+                }
+                wait = (wait * 2).min(LONGEST_RETRY);
+            }
+            Err(failed) => return Err(failed.error.to_string()),
+        }
+    }
+}
+
 async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut RateLimit) -> Result<(), String> {
     let Peer { conn, device, key, out } = *peer;
     ctx.metrics.alerts_received.add(batch.alerts.len() as u64);
@@ -327,11 +358,7 @@ async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut R
         }
         Err(e) => return Err(e.to_string()),
     };
-    let outcome = ctx
-        .writer
-        .store_alerts(device, verified)
-        .await
-        .map_err(|e| e.to_string())?;
+    let outcome = store_until_stored(ctx, conn, device, verified).await?;
     let ack = Ack {
         batch_id: batch.batch_id,
         // A folded alert is durably kept too (in the row it was folded into).

@@ -1,0 +1,107 @@
+//! A collector whose disk fills up: `/healthz` says so (503 with the storage error)
+//! while commits fail, agents' sessions stay open with their batches held (back-
+//! pressure, not a reconnect storm), and when space comes back the held batch is
+//! stored and acknowledged, nothing lost. The collector's data dir is on a small
+//! tmpfs in a mount namespace of the test's own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ward_protocol::message::{AgentMessage, AlertBatch, CollectorMessage};
+use ward_tests::*;
+
+#[test]
+fn a_full_disk_is_reported_and_batches_wait_instead_of_failing() {
+    in_own_namespace("a_full_disk_is_reported_and_batches_wait_instead_of_failing", scenario);
+}
+
+async fn health(collector: &Collector) -> (u16, serde_json::Value) {
+    collector.get("/healthz").await.unwrap()
+}
+
+async fn scenario() {
+    // A 24 MiB tmpfs over /tmp: the collector's temporary data dir lives in it.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs", "/tmp"])
+        .status()
+        .expect("mount runs");
+    assert!(mounted.success(), "cannot mount a tmpfs in the test's mount namespace");
+    let lo = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip runs");
+    assert!(lo.success(), "cannot bring up loopback in the namespace");
+
+    let collector = Collector::start().unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "busy-host").await.unwrap();
+    dev.connect().await.unwrap();
+    assert_eq!(health(&collector).await.0, 200);
+
+    // Fill the disk, keeping a file to delete later.
+    let spare = collector.data_dir().join("spare");
+    std::fs::write(&spare, vec![0u8; 4 << 20]).unwrap();
+    let mut filler = 0;
+    loop {
+        let path = collector.data_dir().join(format!("filler-{filler}"));
+        if std::fs::write(&path, vec![0u8; 1 << 20]).is_err() {
+            break;
+        }
+        filler += 1;
+    }
+    // A batch now cannot be committed: no acknowledgement, the session stays.
+    let alerts: Vec<_> = (0..200)
+        .map(|_| {
+            let a = dev.next_alert();
+            dev.sign(&a)
+        })
+        .collect();
+    let session = dev.session.as_mut().unwrap();
+    session
+        .send(&AgentMessage::Alerts(AlertBatch { batch_id: 900, alerts }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failing = loop {
+        let (status, body) = health(&collector).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "healthz stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(failing["status"], "failing", "{failing}");
+    let why = failing["storage"].as_str().unwrap_or_default().to_lowercase();
+    assert!(why.contains("full"), "{failing}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        session.conn.close_reason().is_none(),
+        "the collector closed the session on a failed commit: {:?}",
+        session.conn.close_reason()
+    );
+
+    // Space again: the held batch is stored and acknowledged on the same session.
+    std::fs::remove_file(&spare).unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match session.recv().await.unwrap() {
+                Some(CollectorMessage::Ack(ack)) if ack.batch_id == 900 => return ack,
+                Some(_) => continue,
+                None => panic!("session ended"),
+            }
+        }
+    })
+    .await
+    .expect("the held batch was acknowledged once space came back");
+    assert_eq!(ack.stored, 200, "{ack:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&collector).await.0 != 200 {
+        assert!(Instant::now() < deadline, "healthz did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for f in 0..filler {
+        let _ = std::fs::remove_file(collector.data_dir().join(format!("filler-{f}")));
+    }
+}
