@@ -17,7 +17,7 @@ pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, Rules, TargetRefusal,
 };
-pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome};
+pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome, EvidenceAlert};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use fold::Fold;
 pub use incident_view::{AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, ProcessAlerts};
