@@ -84,7 +84,7 @@ impl Histogram {
 }
 
 /// Reasons a frame, batch or connection is refused; each has its own counter.
-pub const REJECT_REASONS: [&str; 9] = [
+pub const REJECT_REASONS: [&str; 13] = [
     "bad_signature",
     "malformed",
     "wrong_device",
@@ -94,6 +94,10 @@ pub const REJECT_REASONS: [&str; 9] = [
     "revoked",
     "too_many_connections",
     "protocol",
+    "busy_address",
+    "busy_total",
+    "handshake_timeout",
+    "enroll_request_timeout",
 ];
 
 #[derive(Debug, Default)]
@@ -102,7 +106,7 @@ pub struct Metrics {
     pub alerts_stored: Counter,
     pub alerts_duplicate: Counter,
     pub alerts_folded: Counter,
-    rejected: [Counter; 9],
+    rejected: [Counter; REJECT_REASONS.len()],
     pub connected_agents: Gauge,
     pub identity_conflicts: Counter,
     pub enrollments_accepted: Counter,

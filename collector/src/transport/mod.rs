@@ -3,6 +3,7 @@
 //! streams. The only module (with `tls`, and `https` for the API) that touches
 //! quinn or rustls.
 
+pub mod admission;
 mod enroll;
 pub mod https;
 pub mod registry;
@@ -42,6 +43,8 @@ pub struct Context {
     /// Devices revoked since start (and at start), checked before every batch.
     pub revoked: Arc<std::sync::RwLock<std::collections::HashSet<ward_protocol::DeviceId>>>,
     pub enroll_slots: Semaphore,
+    /// Open connections and unfinished enrollments ([`admission`]).
+    pub admission: admission::Admission,
     /// Heartbeats not yet written: the newest per device ([`write_heartbeats`]).
     pub heartbeats: std::sync::Mutex<std::collections::HashMap<ward_protocol::DeviceId, crate::store::DeviceState>>,
     /// Every command-key rollover, oldest first: the first thing each session sends.
@@ -110,14 +113,28 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if ctx.registry.online_count() as u64 >= u64::from(ctx.config.ingest.max_connections) {
+                // Every connection counts from its first packet: handshaking, enrolling
+                // and not yet welcomed ones too, so they cannot pile up past the cap.
+                let Some(open) = ctx.admission.try_open(ctx.config.ingest.max_connections as usize) else {
                     ctx.metrics.reject("too_many_connections");
                     incoming.refuse();
                     continue;
-                }
+                };
+                // Bounded per address before any handshake work is spent on it.
+                let pending = match ctx.admission.try_pending(incoming.remote_address().ip()) {
+                    Ok(p) => p,
+                    Err(busy) => {
+                        ctx.metrics.reject(busy.as_str());
+                        incoming.refuse();
+                        continue;
+                    }
+                };
                 let ctx = Arc::clone(&ctx);
                 let shutdown = shutdown.clone();
-                tasks.spawn(async move { handle(incoming, ctx, shutdown).await });
+                tasks.spawn(async move {
+                    handle(incoming, pending, ctx, shutdown).await;
+                    drop(open);
+                });
             }
             _ = shutdown.changed() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -131,7 +148,12 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
-async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+async fn handle(
+    incoming: quinn::Incoming,
+    pending: admission::PendingGuard,
+    ctx: Arc<Context>,
+    shutdown: watch::Receiver<bool>,
+) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(conn)) => conn,
@@ -140,6 +162,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::R
             return;
         }
         Err(_) => {
+            ctx.metrics.reject("handshake_timeout");
             debug!(%remote, "handshake timed out");
             return;
         }
@@ -149,8 +172,13 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::R
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(p) if p == ALPN_ENROLL => enroll::handle(conn, &ctx).await,
-        Some(p) if p == ALPN_SESSION => session::handle(conn, &ctx, shutdown).await,
+        // An enrollment stays unauthenticated until it is answered.
+        Some(p) if p == ALPN_ENROLL => enroll::handle(conn, pending, &ctx).await,
+        // A session's client certificate was verified in the handshake.
+        Some(p) if p == ALPN_SESSION => {
+            drop(pending);
+            session::handle(conn, &ctx, shutdown).await
+        }
         _ => conn.close(close_code::PROTOCOL.into(), b"unknown application protocol"),
     }
 }

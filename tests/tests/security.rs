@@ -1,0 +1,104 @@
+//! Attacks on a running collector and agents (issue 15): what an unauthenticated
+//! peer or a compromised device can do to everyone else, with the real
+//! binaries on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ward_tests::*;
+
+/// Issue 15 item 12: 1,000 connections complete the enrollment handshake (which
+/// anyone can) from ten loopback addresses and then say nothing, while 50 real
+/// devices enroll from another. Before, 16 enrollment slots were each held 15 s
+/// by a silent connection and the real enrollments queued behind them; now no
+/// slot is held while waiting for the request, a silent connection is closed 5 s
+/// after its handshake, and each address has at most 16 unauthenticated
+/// connections (handshaking or enrolling): the rest are refused before any
+/// handshake work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_block_enrollment() {
+    let collector = Collector::start().unwrap();
+    let token = collector.join_token(50, "1h").unwrap();
+    let remote: SocketAddr = token.collector_addr.parse().unwrap();
+    let config = ward_agent::link::tls::enroll_config(token.ca_sha256).unwrap();
+
+    let endpoints: Vec<quinn::Endpoint> = (0..10)
+        .map(|i| quinn::Endpoint::client(format!("127.0.0.{}:0", i + 2).parse().unwrap()).unwrap())
+        .collect();
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..1_000 {
+        let (endpoint, config, tx) = (endpoints[i % 10].clone(), config.clone(), tx.clone());
+        let name = token.server_name.clone();
+        flood.spawn(async move {
+            if let Ok(c) = endpoint.connect_with(config, remote, &name) {
+                // Held open, sending nothing.
+                if let Ok(conn) = c.await {
+                    let _ = tx.send(conn);
+                }
+            }
+        });
+    }
+    drop(tx);
+    // The devices come once hundreds of silent connections are open.
+    let mut silent = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while silent.len() < 150 {
+            match rx.recv().await {
+                Some(c) => silent.push(c),
+                None => break,
+            }
+        }
+    })
+    .await;
+    let open_now = silent.iter().filter(|c| c.close_reason().is_none()).count();
+    println!("silent flood: {open_now} open after {:?}", started.elapsed());
+    assert!(open_now >= 100, "the flood is there while the devices enroll");
+
+    let mut real = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let token = token.clone();
+        real.spawn(async move {
+            let t = Instant::now();
+            TestDevice::enroll(&token, &format!("host-{i}"))
+                .await
+                .map(|_| t.elapsed())
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(r) = real.join_next().await {
+            let took = r.unwrap().expect("a real enrollment was refused");
+            slowest = slowest.max(took);
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "real enrollments did not finish within 30 s of a silent flood"
+    );
+    println!("50 enrollments during the silent flood: slowest {slowest:?}");
+
+    // The collector closes every silent connection soon after its handshake.
+    flood.abort_all();
+    while let Ok(c) = rx.try_recv() {
+        silent.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while silent.iter().any(|c| c.close_reason().is_none()) {
+        assert!(Instant::now() < deadline, "silent connections left open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = collector.metrics().await.unwrap();
+    let busy = metric(&m, "ward_rejected_total{reason=\"busy_address\"}");
+    let timed_out = metric(&m, "ward_rejected_total{reason=\"enroll_request_timeout\"}");
+    assert!(busy > 0, "the per-address bound refused some: {m}");
+    assert!(timed_out > 0, "silent ones were timed out");
+    assert_eq!(metric(&m, "ward_enrollments_accepted_total"), 50, "{m}");
+    let (status, devices) = collector.get("/api/v1/devices").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 50);
+}
