@@ -705,12 +705,15 @@ impl Store {
     }
 
     /// Records a device's verified result for one of its dispatched commands.
-    /// The attachment is kept only up to `max_attachment` bytes.
+    /// The attachment is kept only up to `max_attachment` bytes. A result that
+    /// changes nothing (no such command, an ended action) is audited only when
+    /// `audit_noise` (the device's audit budget lasts), with its text clipped.
     pub fn record_command_result(
         &mut self,
         device: DeviceId,
         result: &CommandResult,
         max_attachment: usize,
+        audit_noise: bool,
         now_ms: u64,
     ) -> Result<ResultRecord, StoreError> {
         let tx = self.conn.transaction()?;
@@ -728,9 +731,13 @@ impl Store {
             let why = format!(
                 "no dispatched command {id} with sequence {} for this device ({outcome}{})",
                 result.seq,
-                reason.map(|r| format!(": {r}")).unwrap_or_default()
+                reason
+                    .map(|r| format!(": {}", crate::transport::limits::clip(&r)))
+                    .unwrap_or_default()
             );
-            append_audit(&tx, now_ms, &device_id, "action.result_refused", &id, &why)?;
+            if audit_noise {
+                append_audit(&tx, now_ms, &device_id, "action.result_refused", &id, &why)?;
+            }
             tx.commit()?;
             return Ok(ResultRecord::Unknown(why));
         };
@@ -744,14 +751,16 @@ impl Store {
         let to = match workflow::apply(row.status, facts, Event::Result(outcome)) {
             Ok(t) => t.to,
             Err(_) => {
-                append_audit(
-                    &tx,
-                    now_ms,
-                    &device_id,
-                    "action.result_ignored",
-                    &id,
-                    &format!("{outcome_text} reported for an action that is {}", row.status),
-                )?;
+                if audit_noise {
+                    append_audit(
+                        &tx,
+                        now_ms,
+                        &device_id,
+                        "action.result_ignored",
+                        &id,
+                        &format!("{outcome_text} reported for an action that is {}", row.status),
+                    )?;
+                }
                 tx.commit()?;
                 return Ok(ResultRecord::Ignored { id, status: row.status });
             }
@@ -1239,10 +1248,10 @@ mod tests {
         // Wrong device: nothing recorded.
         let other = if dev == a { b } else { a };
         assert!(matches!(
-            store.record_command_result(other, &result, 10, later).unwrap(),
+            store.record_command_result(other, &result, 10, true, later).unwrap(),
             ResultRecord::Unknown(_)
         ));
-        let rec = store.record_command_result(dev, &result, 10, later).unwrap();
+        let rec = store.record_command_result(dev, &result, 10, true, later).unwrap();
         assert!(
             matches!(
                 rec,

@@ -6,6 +6,7 @@
 pub mod admission;
 mod enroll;
 pub mod https;
+pub mod limits;
 pub mod registry;
 mod session;
 pub mod tls;
@@ -45,6 +46,8 @@ pub struct Context {
     pub enroll_slots: Semaphore,
     /// Open connections and unfinished enrollments ([`admission`]).
     pub admission: admission::Admission,
+    /// Each device's message budgets ([`limits`]).
+    pub limits: limits::Limits,
     /// Heartbeats not yet written: the newest per device ([`write_heartbeats`]).
     pub heartbeats: std::sync::Mutex<std::collections::HashMap<ward_protocol::DeviceId, crate::store::DeviceState>>,
     /// Every command-key rollover, oldest first: the first thing each session sends.
