@@ -348,6 +348,16 @@ fn set_status(tx: &Transaction<'_>, id: &str, status: Status, now_ms: u64) -> Re
 }
 
 impl Store {
+    /// The last command sequence assigned to a device (0: none yet).
+    pub fn command_seq(&self, device: DeviceId) -> Result<u64, StoreError> {
+        let seq: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(last_seq), 0) FROM command_seqs WHERE device_id = ?1",
+            params![device.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(seq.max(0) as u64)
+    }
+
     /// Moves a device's command sequence up to what the device says it has
     /// accepted, when that is ahead of ours (a database restored from an older
     /// backup); returns the previous value when it moved. Without this the device

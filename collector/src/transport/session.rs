@@ -22,6 +22,8 @@ use crate::util::now_ms;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The protocol minor version that added [`CollectorMessage::KeyRollover`].
 const ROLLOVER_MINOR: u8 = 1;
+/// The protocol minor version that added [`CollectorMessage::CommandSequence`].
+const COMMAND_SEQUENCE_MINOR: u8 = 3;
 
 pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Receiver<bool>) {
     let Some((device, key)) = identify(&conn, ctx).await else {
@@ -92,6 +94,27 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
             .send(CollectorMessage::KeyRollover(signed.clone()))
             .await
             .is_err()
+        {
+            return;
+        }
+    }
+    // Before any command: an agent that lost its record of the last command it
+    // accepted refuses commands until it knows ours (replay protection never
+    // falls open).
+    if agent_minor >= COMMAND_SEQUENCE_MINOR {
+        let seq = match ctx.reads.run(move |s| s.command_seq(device)).await {
+            Ok(Ok(seq)) => Some(seq),
+            Ok(Err(e)) | Err(e) => {
+                // The agent keeps refusing commands until a later session tells it.
+                warn!(%device, error = %e, "command sequence not read; not sent");
+                None
+            }
+        };
+        if let Some(last_assigned) = seq
+            && out_tx
+                .send(CollectorMessage::CommandSequence { last_assigned })
+                .await
+                .is_err()
         {
             return;
         }
