@@ -102,3 +102,45 @@ async fn silent_connections_cannot_block_enrollment() {
     assert_eq!(status, 200);
     assert_eq!(devices["devices"].as_array().unwrap().len(), 50);
 }
+
+/// Issue 15 item 14: `ward-agent enroll` takes the join token from a file (or
+/// stdin, as the harness does for every agent), so it is never in the process
+/// list; an empty file or both ways at once are refused with a reason.
+#[test]
+fn enroll_reads_the_join_token_from_a_file() {
+    let collector = Collector::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let token = collector.join_token(1, "1h").unwrap().to_string();
+    std::fs::write(&file, "\n").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("ward-agent"))
+            .args(args)
+            .env_remove("WARD_JOIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let file_arg = file.to_str().unwrap();
+    let empty = run(&["enroll", "--token-file", file_arg, "--state-dir", state]);
+    assert!(!empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("no join token"),
+        "{empty:?}"
+    );
+    let both = run(&[
+        "enroll",
+        "--token",
+        &token,
+        "--token-file",
+        file_arg,
+        "--state-dir",
+        state,
+    ]);
+    assert!(!both.status.success(), "{both:?}");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let ok = run(&["enroll", "--token-file", file_arg, "--state-dir", state]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("enrolled as device"));
+}
