@@ -144,3 +144,52 @@ fn enroll_reads_the_join_token_from_a_file() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("enrolled as device"));
 }
+
+/// Issue 15 item 14: a password inside a URL (`user:pass@host`) in an alert's URL,
+/// command line or matched value is never stored in the alert's fields nor shown
+/// by the API: a short hash stands in, the same for the same credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_urls_are_redacted_on_ingest() {
+    use ward_protocol::*;
+    let collector = Collector::start().unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "web-1").await.unwrap();
+    dev.connect().await.unwrap();
+    let mut a = dev.next_alert();
+    a.entities.push(Entity::Url {
+        url: "https://svc:hunter2@intranet.example/login".into(),
+    });
+    a.entities.push(Entity::Process {
+        pid: 7,
+        ppid: 1,
+        start_time_ms: 1,
+        exe: "/usr/bin/curl".into(),
+        cmdline: "curl -u x https://svc:hunter2@intranet.example/x".into(),
+        sha256: None,
+    });
+    a.matched.push(MatchedField {
+        name: "CommandLine".into(),
+        value: "curl https://svc:hunter2@intranet.example/x".into(),
+    });
+    let signed = dev.sign(&a);
+    dev.send_batch(vec![signed]).await.unwrap();
+    let (status, body) = collector
+        .get(&format!("/api/v1/alerts?device={}", dev.id()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let shown = body.to_string();
+    assert!(shown.contains("intranet.example"), "{shown}");
+    assert!(!shown.contains("hunter2"), "the password is shown: {shown}");
+    assert!(shown.contains("redacted-"), "{shown}");
+    let stored: String = collector
+        .db()
+        .unwrap()
+        .query_row(
+            "SELECT entities || matched FROM alerts WHERE id = ?1",
+            [a.id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!stored.contains("hunter2"), "{stored}");
+}

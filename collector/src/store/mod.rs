@@ -890,7 +890,10 @@ fn insert_alert(
     let matched: serde_json::Map<String, serde_json::Value> = a
         .matched
         .iter()
-        .map(|m| (m.name.clone(), serde_json::Value::String(m.value.clone())))
+        .map(|m| {
+            let value = entity::redact_userinfo(&m.value).into_owned();
+            (m.name.clone(), serde_json::Value::String(value))
+        })
         .collect();
     let inserted = tx
         .prepare_cached(
