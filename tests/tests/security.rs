@@ -193,3 +193,40 @@ async fn credentials_in_urls_are_redacted_on_ingest() {
         .unwrap();
     assert!(!stored.contains("hunter2"), "{stored}");
 }
+
+/// Issue 15 item 14: a frame whose header declares a length that never fully
+/// arrives is not held forever: the collector closes the connection once the
+/// frame is 10 s old (idle time between frames stays unlimited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_never_finished_is_not_held_forever() {
+    use ward_protocol::message::Heartbeat;
+    use ward_protocol::*;
+    let collector = Collector::start().unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "slow").await.unwrap();
+    dev.connect().await.unwrap();
+    let frame = encode_frame(
+        &AgentMessage::Heartbeat(Heartbeat {
+            sent_at_ms: now_ms(),
+            inventory: None,
+            isolation: IsolationState::None,
+            outbox_depth: 0,
+            rule_pack_version: 0,
+        }),
+        codec::MAX_AGENT_FRAME,
+    )
+    .unwrap();
+    let session = dev.session.as_mut().unwrap();
+    let conn = session.conn.clone();
+    let started = Instant::now();
+    session.send_raw(&frame[..frame.len() - 1]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await;
+    assert!(closed.is_ok(), "the half-sent frame was held for 20 s");
+    let reason = closed.unwrap().to_string();
+    println!("closed after {:?}: {reason}", started.elapsed());
+    assert!(reason.contains("not finished"), "{reason}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed before the deadline"
+    );
+}

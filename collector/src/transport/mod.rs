@@ -193,28 +193,56 @@ pub enum ReadError {
     Frame(#[from] FrameError),
     #[error("stream: {0}")]
     Stream(String),
+    #[error("frame not finished in time (10 s, plus 1 s per 32 KiB it declared)")]
+    Stalled,
 }
 
+/// How long a frame may take from its first byte to its last, plus one second
+/// for every [`FRAME_MIN_BYTES_PER_SEC`] of its declared length (a large batch on
+/// a slow uplink). Between frames a peer may be idle as long as it likes; a
+/// frame begun and never finished (a declared length that never arrives) would
+/// otherwise hold its buffer forever.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+/// The slowest sending rate a frame's deadline allows for (256 kbit/s).
+pub const FRAME_MIN_BYTES_PER_SEC: u64 = 32 * 1024;
+
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly.
-/// The header's length is checked against `max` before the body is allocated.
+/// The header's length is checked against `max` before the body is allocated,
+/// and the frame must be complete within its deadline ([`FRAME_DEADLINE`]).
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<T>, ReadError> {
     let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
+    // The first byte may be long in coming; the rest of the frame may not.
+    match recv.read_exact(&mut header[..1]).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(None),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Stream(e.to_string())),
+    }
+    let started = tokio::time::Instant::now();
+    let rest_of_header = tokio::time::timeout(FRAME_DEADLINE, recv.read_exact(&mut header[1..]))
+        .await
+        .map_err(|_| ReadError::Stalled)?;
+    match rest_of_header {
+        Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(FrameError::Truncated { needed: HEADER_LEN - n }.into());
+            return Err(FrameError::Truncated {
+                needed: HEADER_LEN - 1 - n,
+            }
+            .into());
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Stream(e.to_string())),
     }
     let header = FrameHeader::parse(&header, max)?;
     let mut body = vec![0u8; header.body_len as usize];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => ReadError::Frame(FrameError::Truncated {
-            needed: body_len(&header) - n,
-        }),
-        quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
-    })?;
+    let deadline = started + FRAME_DEADLINE + Duration::from_secs(u64::from(header.body_len) / FRAME_MIN_BYTES_PER_SEC);
+    tokio::time::timeout_at(deadline, recv.read_exact(&mut body))
+        .await
+        .map_err(|_| ReadError::Stalled)?
+        .map_err(|e| match e {
+            quinn::ReadExactError::FinishedEarly(n) => ReadError::Frame(FrameError::Truncated {
+                needed: body_len(&header) - n,
+            }),
+            quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
+        })?;
     Ok(Some(decode_body(&body)?))
 }
 

@@ -213,6 +213,12 @@ async fn run(
                 return format!("bad frame: {e}");
             }
             Err(ReadError::Stream(e)) => return e,
+            Err(ReadError::Stalled) => {
+                ctx.metrics.reject("bad_frame");
+                warn!(%device, "frame not finished in time");
+                conn.close(close_code::PROTOCOL.into(), ReadError::Stalled.to_string().as_bytes());
+                return ReadError::Stalled.to_string();
+            }
         };
         if is_revoked(ctx, &device) {
             ctx.metrics.reject("revoked");
