@@ -52,7 +52,8 @@ pub struct Executor {
     pub recent: RecentChanges,
     /// Signs results.
     pub key: SigningKey,
-    last_seq: u64,
+    /// None: no readable record (see [`last_seq`]); every command is refused.
+    last_seq: Option<u64>,
     /// Network isolation: the identity for the collector probe, and the guard of the
     /// applied rule set while isolated. Isolate, release and re-assert all run here.
     pub isolation: Option<IsolationControl>,
@@ -77,13 +78,36 @@ impl std::fmt::Debug for Executor {
     }
 }
 
-/// The last accepted command sequence, as persisted in the state dir.
-pub fn last_seq(state_dir: &Path) -> u64 {
+/// The last accepted command sequence, as persisted in the state dir; none
+/// when the record is missing or unreadable. Replay protection must not fall
+/// open to 0 then: commands are refused until [`learn_collector_seq`] has
+/// written the collector's sequence in its place.
+pub fn last_seq(state_dir: &Path) -> Option<u64> {
     std::fs::read(state_dir.join(COMMANDS_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok())
         .map(|p| p.last_seq)
-        .unwrap_or(0)
+}
+
+/// Takes the collector's last assigned command sequence as the last one seen,
+/// only when this device has no readable record of its own (a fresh
+/// enrollment, or `commands.json` deleted or corrupt; a corrupt file is kept
+/// beside as `commands.json.corrupt`). Every command numbered up to it is then
+/// refused as a replay. Returns whether it was taken.
+pub fn learn_collector_seq(state_dir: &Path, last_assigned: u64) -> Result<bool, crate::identity::IdentityError> {
+    if last_seq(state_dir).is_some() {
+        return Ok(false);
+    }
+    let path = state_dir.join(COMMANDS_FILE);
+    if path.exists() {
+        let _ = std::fs::rename(&path, state_dir.join(format!("{COMMANDS_FILE}.corrupt")));
+    }
+    let bytes = serde_json::to_vec(&Persisted {
+        last_seq: last_assigned,
+    })
+    .unwrap_or_default();
+    write_atomic(&path, &bytes, 0o600)?;
+    Ok(true)
 }
 
 impl Executor {
@@ -117,7 +141,23 @@ impl Executor {
     pub async fn handle(&mut self, signed: &Signed) -> Signed {
         let now = now_ms();
         let keys = self.keys.active(now);
-        let result = match authorize(signed, &keys, self.device_id, self.last_seq, now, &self.policy) {
+        if self.last_seq.is_none() {
+            // The session writes the collector's sequence before passing on any command.
+            self.last_seq = last_seq(&self.state_dir);
+        }
+        let Some(last) = self.last_seq else {
+            let reason = "no record of the last command accepted (commands.json missing or corrupt): \
+                          commands are refused until the collector's command sequence arrives"
+                .to_string();
+            warn!("{reason}");
+            let named: Option<Command> = signed.open_with(SignatureKind::Command, &keys).ok();
+            let (id, seq) = named
+                .map(|c| (c.id, c.seq))
+                .unwrap_or_else(|| (ward_protocol::unread_command_id(signed), 0));
+            let result = self.result(id, seq, CommandOutcome::Failed { reason: reason.clone() }, reason, None);
+            return self.sign_result(result);
+        };
+        let result = match authorize(signed, &keys, self.device_id, last, now, &self.policy) {
             Ok(command) => match self.record(command.seq) {
                 Ok(()) => {
                     info!(id = %command.id, seq = command.seq, kind = command.action.kind().as_str(), "executing command");
@@ -148,6 +188,10 @@ impl Executor {
                 self.result(id, seq, CommandOutcome::Refused { reason: refusal }, detail, None)
             }
         };
+        self.sign_result(result)
+    }
+
+    fn sign_result(&self, result: CommandResult) -> Signed {
         match self.key.sign_value(SignatureKind::CommandResult, &result) {
             Ok(s) => s,
             Err(e) => {
@@ -162,7 +206,7 @@ impl Executor {
     fn record(&mut self, seq: u64) -> Result<(), crate::identity::IdentityError> {
         let bytes = serde_json::to_vec(&Persisted { last_seq: seq }).unwrap_or_default();
         write_atomic(&self.state_dir.join(COMMANDS_FILE), &bytes, 0o600)?;
-        self.last_seq = seq;
+        self.last_seq = Some(seq);
         Ok(())
     }
 
@@ -461,6 +505,8 @@ mod tests {
     }
 
     fn executor(s: &Setup) -> Executor {
+        // What the first session does on a fresh enrollment (the collector is at 0).
+        learn_collector_seq(&s.state, 0).unwrap();
         Executor::new(
             s.device,
             PinnedKeys::in_memory(vec![s.command_key.public_key()]),
@@ -501,6 +547,67 @@ mod tests {
             .as_ref()
             .try_into()
             .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_or_corrupt_record_refuses_commands_until_the_collector_says_where_it_is() {
+        let s = setup();
+        let mut ex = executor(&s);
+        let signed: Vec<Signed> = (1..=3)
+            .map(|seq| {
+                s.command_key
+                    .sign_value(SignatureKind::Command, &command(&s, seq, Action::CollectPackage))
+                    .unwrap()
+            })
+            .collect();
+        let first = open(&s, &ex.handle(&signed[0]).await);
+        assert_eq!(first.outcome, CommandOutcome::Succeeded, "{}", first.detail);
+        let record = s.state.join(COMMANDS_FILE);
+        for damage in ["deleted", "corrupt"] {
+            match damage {
+                "deleted" => std::fs::remove_file(&record).unwrap(),
+                _ => std::fs::write(&record, b"\0\0garbage").unwrap(),
+            }
+            // After a restart the executor has no record: the replay of command 1
+            // must not run as if the sequence were 0.
+            let mut restarted = Executor::new(
+                s.device,
+                PinnedKeys::in_memory(vec![s.command_key.public_key()]),
+                CommandPolicy::default(),
+                s.state.clone(),
+                vec![s.work.clone()],
+                Arc::new(Mutex::new(VecDeque::new())),
+                SigningKey::from_pkcs8(&s.device_key_pkcs8).unwrap(),
+            );
+            let replay = open(&s, &restarted.handle(&signed[0]).await);
+            assert!(
+                matches!(&replay.outcome, CommandOutcome::Failed { reason } if reason.contains("commands.json missing or corrupt")),
+                "{damage}: {replay:?}"
+            );
+            // The collector's sequence arrives (it assigned 1): 1 is a replay, 2 runs.
+            assert!(learn_collector_seq(&s.state, 1).unwrap());
+            assert!(!learn_collector_seq(&s.state, 0).unwrap(), "a readable record is kept");
+            let replay = open(&s, &restarted.handle(&signed[0]).await);
+            assert!(
+                matches!(
+                    replay.outcome,
+                    CommandOutcome::Refused {
+                        reason: Refusal::Replayed { seq: 1, last_seq: 1 }
+                    }
+                ),
+                "{replay:?}"
+            );
+            let next = open(
+                &s,
+                &restarted.handle(&signed[if damage == "deleted" { 1 } else { 2 }]).await,
+            );
+            assert_eq!(next.outcome, CommandOutcome::Succeeded, "{}", next.detail);
+            assert_eq!(last_seq(&s.state), Some(next.seq));
+        }
+        assert!(
+            s.state.join("commands.json.corrupt").exists(),
+            "the corrupt record is kept aside"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

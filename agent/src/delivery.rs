@@ -50,7 +50,7 @@ impl Delivery {
         let mut backoff = min;
         loop {
             let opened = tokio::select! {
-                s = Session::open(&self.identity, self.rule_pack_version, crate::commands::last_seq(&self.state_dir)) => s,
+                s = Session::open(&self.identity, self.rule_pack_version, crate::commands::last_seq(&self.state_dir).unwrap_or(0)) => s,
                 _ = shutdown.changed() => return,
             };
             let reason = match opened {
@@ -198,6 +198,14 @@ impl Delivery {
                     Some(Ok(CollectorMessage::Command(signed))) => {
                         if self.commands_tx.try_send(signed).is_err() {
                             warn!("command queue full: command dropped (the collector resends it on reconnect)");
+                        }
+                    }
+                    Some(Ok(CollectorMessage::CommandSequence { last_assigned })) => {
+                        // Before any command of this session: written before the next is passed on.
+                        match crate::commands::learn_collector_seq(&self.state_dir, last_assigned) {
+                            Ok(true) => warn!(last_assigned, "no record of the last command accepted: took the collector's sequence; commands up to it are refused as replays"),
+                            Ok(false) => {}
+                            Err(e) => warn!(error = %e, "cannot record the collector's command sequence; commands stay refused"),
                         }
                     }
                     Some(Ok(CollectorMessage::Goodbye { reason })) => return End::Lost(reason),

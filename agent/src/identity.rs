@@ -71,13 +71,27 @@ impl CommandKeys {
             .collect()
     }
 
-    /// Pins a rollover's key; every other key is retired at its `retire_at_ms`
-    /// (or earlier, if an earlier rollover said so). Retired keys are dropped.
+    /// The keys that may sign the next rollover: the newest pinned ones (pinned
+    /// and not on their way out), never a retiring key. After a rollover that is
+    /// exactly the key it introduced; before any, the keys pinned at enrollment.
+    /// A retiring key stays valid for commands during the overlap, but letting it
+    /// introduce keys would let whoever holds the old key (a stolen backup) name
+    /// their own key and retire the real one.
+    pub fn rollover_signers(&self, now_ms: u64) -> Vec<PublicKey> {
+        self.active(now_ms)
+            .into_iter()
+            .filter(|k| !self.retiring_keys.iter().any(|(r, _)| r == k))
+            .collect()
+    }
+
+    /// Pins a rollover's key; the keys that were newest until now (the rollover's
+    /// signers) retire at its `retire_at_ms`. A key already retiring keeps the
+    /// time it was given: a later rollover never shortens (nor lengthens) it.
+    /// Retired keys are dropped.
     pub fn apply_rollover(&mut self, r: &KeyRollover, now_ms: u64) {
         for k in self.command_keys.iter().filter(|k| **k != r.new_key) {
-            match self.retiring_keys.iter_mut().find(|(old, _)| old == k) {
-                Some((_, at)) => *at = (*at).min(r.retire_at_ms),
-                None => self.retiring_keys.push((*k, r.retire_at_ms)),
+            if !self.retiring_keys.iter().any(|(old, _)| old == k) {
+                self.retiring_keys.push((*k, r.retire_at_ms));
             }
         }
         self.retiring_keys.retain(|(k, _)| *k != r.new_key);

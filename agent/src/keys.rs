@@ -17,6 +17,10 @@ pub enum RolloverError {
     Signature(#[from] SignatureError),
     #[error("key rollover {got} is not newer than the applied {applied}")]
     NotNewer { got: u64, applied: u64 },
+    #[error("key rollover {got} refused: signed by a retiring key (only the newest pinned key may introduce another)")]
+    RetiringSigner { got: u64 },
+    #[error("key rollover {got} skips ahead: the next after {applied} is {}", applied + 1)]
+    NotNext { got: u64, applied: u64 },
     #[error("key rollover not saved: {0}")]
     Store(#[from] IdentityError),
     #[error("pinned keys unavailable (a thread panicked holding them)")]
@@ -51,15 +55,40 @@ impl PinnedKeys {
         self.inner.read().map(|k| k.active(now_ms)).unwrap_or_default()
     }
 
-    /// Verifies a rollover against the keys accepted now, pins its key and saves
-    /// the result before it takes effect; returns the rollover applied.
+    /// Verifies a rollover against the newest pinned key (never a retiring one),
+    /// requires the serial after the one applied, pins its key and saves the
+    /// result before it takes effect; returns the rollover applied.
+    ///
+    /// An agent that has applied none (serial 0) was enrolled with the key current
+    /// then, whose serial enrollment does not carry: it takes the first rollover
+    /// its key signed, whatever the serial, and the next one after that.
     pub fn apply(&self, signed: &Signed, now_ms: u64) -> Result<KeyRollover, RolloverError> {
         let mut guard = self.inner.write().map_err(|_| RolloverError::Poisoned)?;
-        let rollover: KeyRollover = signed.open_with(SignatureKind::KeyRollover, &guard.active(now_ms))?;
-        if rollover.serial <= guard.key_serial {
+        let applied = guard.key_serial;
+        let rollover: KeyRollover = match signed.open_with(SignatureKind::KeyRollover, &guard.rollover_signers(now_ms))
+        {
+            Ok(r) => r,
+            Err(SignatureError::UnknownKey) => {
+                // Told apart only to say so: an old rollover the session repeats
+                // is quiet, a new one signed by a retiring key is an attack.
+                match signed.open_with::<KeyRollover>(SignatureKind::KeyRollover, &guard.active(now_ms)) {
+                    Ok(r) if r.serial > applied => return Err(RolloverError::RetiringSigner { got: r.serial }),
+                    Ok(r) => return Err(RolloverError::NotNewer { got: r.serial, applied }),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rollover.serial <= applied {
             return Err(RolloverError::NotNewer {
                 got: rollover.serial,
-                applied: guard.key_serial,
+                applied,
+            });
+        }
+        if applied > 0 && rollover.serial != applied + 1 {
+            return Err(RolloverError::NotNext {
+                got: rollover.serial,
+                applied,
             });
         }
         let mut next = guard.clone();
@@ -129,6 +158,57 @@ mod tests {
             keys.apply(&rollover(&a, SignatureKind::KeyRollover, 3, &stranger, 99_000), 5_000),
             Err(RolloverError::Signature(SignatureError::UnknownKey))
         ));
+    }
+
+    #[test]
+    fn a_retiring_key_cannot_introduce_a_key_or_cut_the_overlap_short() {
+        let (a, b, c, attacker) = (key(), key(), key(), key());
+        let keys = PinnedKeys::in_memory(vec![a.public_key()]);
+        keys.apply(&rollover(&a, SignatureKind::KeyRollover, 1, &b, 10_000), 1_000)
+            .unwrap();
+        // During the overlap A still signs commands, but whoever holds A (a stolen
+        // backup) cannot name their key and retire B at once.
+        let takeover = rollover(&a, SignatureKind::KeyRollover, 2, &attacker, 1_000);
+        assert!(matches!(
+            keys.apply(&takeover, 2_000),
+            Err(RolloverError::RetiringSigner { got: 2 })
+        ));
+        assert_eq!(keys.active(2_000), [a.public_key(), b.public_key()]);
+        // The serial after the one applied, no other: not a skip ahead, not a repeat.
+        assert!(matches!(
+            keys.apply(&rollover(&b, SignatureKind::KeyRollover, 5, &c, 20_000), 2_000),
+            Err(RolloverError::NotNext { got: 5, applied: 1 })
+        ));
+        assert!(matches!(
+            keys.apply(&rollover(&a, SignatureKind::KeyRollover, 1, &b, 10_000), 2_000),
+            Err(RolloverError::NotNewer { got: 1, applied: 1 })
+        ));
+        // The newest key's holder rotates again with a short overlap: B retires then,
+        // but A keeps the time it was given, not shortened by the later rollover.
+        keys.apply(&rollover(&b, SignatureKind::KeyRollover, 2, &c, 3_000), 2_000)
+            .unwrap();
+        assert_eq!(keys.active(3_000), [a.public_key(), c.public_key()]);
+        assert_eq!(keys.active(10_000), [c.public_key()]);
+    }
+
+    #[test]
+    fn a_fresh_agent_takes_the_first_rollover_its_key_signed() {
+        // Enrolled after two rotations: pins C with serial 0; the session repeats
+        // rollovers 1 and 2 (signed by keys it never pinned), then brings 3.
+        let (a, b, c, d) = (key(), key(), key(), key());
+        let keys = PinnedKeys::in_memory(vec![c.public_key()]);
+        for r in [
+            rollover(&a, SignatureKind::KeyRollover, 1, &b, 2_000),
+            rollover(&b, SignatureKind::KeyRollover, 2, &c, 3_000),
+        ] {
+            assert!(matches!(
+                keys.apply(&r, 5_000),
+                Err(RolloverError::Signature(SignatureError::UnknownKey))
+            ));
+        }
+        keys.apply(&rollover(&c, SignatureKind::KeyRollover, 3, &d, 9_000), 5_000)
+            .unwrap();
+        assert_eq!(keys.active(5_000), [c.public_key(), d.public_key()]);
     }
 
     #[test]

@@ -19,10 +19,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll this device with the collector named in a join token.
+    /// Enroll this device with the collector named in a join token. Prefer
+    /// `--token-file` (a file, or `-` for stdin) or `WARD_JOIN_TOKEN`: a token
+    /// on the command line is visible to every user in the process list.
     Enroll {
-        #[arg(long, env = "WARD_JOIN_TOKEN")]
-        token: String,
+        /// The join token itself (visible in the process list while enrolling).
+        #[arg(
+            long,
+            env = "WARD_JOIN_TOKEN",
+            conflicts_with = "token_file",
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the join token from this file, or from stdin with `-`.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         #[arg(long, default_value = "/var/lib/ward/agent")]
         state_dir: PathBuf,
     },
@@ -72,7 +83,18 @@ fn main() -> Result<()> {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Enroll { token, state_dir } => enroll(&token, &state_dir),
+        Command::Enroll {
+            token,
+            token_file,
+            state_dir,
+        } => {
+            let token = match (token, token_file) {
+                (_, Some(file)) => read_token(&file)?,
+                (Some(t), None) => t,
+                (None, None) => anyhow::bail!("give --token-file FILE (or - for stdin), or WARD_JOIN_TOKEN"),
+            };
+            enroll(&token, &state_dir)
+        }
         Command::Run { config, state_dir } => {
             let config = Config::load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -113,6 +135,28 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Longest token file read (a token is a few hundred characters).
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The join token from `path`, or stdin for `-`: the first line, trimmed.
+fn read_token(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_TOKEN_FILE_BYTES)
+            .read_to_string(&mut text)
+            .context("reading the join token from stdin")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES).read_to_string(&mut text))
+            .with_context(|| format!("reading the join token from {}", path.display()))?;
+    }
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    anyhow::ensure!(!token.is_empty(), "no join token in {}", path.display());
+    Ok(token)
 }
 
 fn enroll(token: &str, state_dir: &Path) -> Result<()> {

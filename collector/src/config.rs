@@ -487,7 +487,10 @@ requester_may_approve = false
 # only). The action is proposed for each target among the incident's alerts (isolate
 # and collect_package: each device; kill_process, quarantine_file: each alert's
 # process or file on its device), tied to the incident, once per rule, incident and
-# target; rules see alerts joining incidents after they were enabled.
+# target; rules see alerts joining incidents after they were enabled. A device is a
+# target only when the condition holds on its own alerts (severity by the incident's
+# rule over them; plus feed alerts of a source named in sources_all; an analyst-set
+# severity counts for all): another device's alert never triggers an action on it.
 # [[automation]]
 # name = "isolate-on-broad-incident"
 # action = "isolate"

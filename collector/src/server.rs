@@ -174,6 +174,8 @@ pub async fn run(
         registry: Arc::clone(&registry),
         revoked: Arc::clone(&revoked),
         enroll_slots: Semaphore::new(16),
+        admission: Default::default(),
+        limits: Default::default(),
         heartbeats: Default::default(),
         key_rollovers,
         rule_pack: std::sync::RwLock::new(None),

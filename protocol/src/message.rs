@@ -98,6 +98,13 @@ pub enum CollectorMessage {
     /// A [`crate::KeyRollover`] signed with [`crate::SignatureKind::KeyRollover`];
     /// sent first in a session, before any command signed with the new key.
     KeyRollover(Signed),
+    /// The last command sequence the collector assigned this device (protocol
+    /// minor 3), sent after the rollovers and before any command: an agent that
+    /// lost its own record (`commands.json` missing or corrupt) takes it as the
+    /// last one seen, so no command assigned before can be replayed to it.
+    CommandSequence {
+        last_assigned: u64,
+    },
 }
 
 /// QUIC application close codes: why the collector (or agent) closed a connection.

@@ -4,7 +4,8 @@
 /// Incompatible changes bump the major version; peers refuse other majors.
 pub const PROTOCOL_MAJOR: u8 = 1;
 /// Compatible additions bump the minor version; peers accept any minor.
-pub const PROTOCOL_MINOR: u8 = 2;
+/// 3 added [`crate::CollectorMessage::CommandSequence`].
+pub const PROTOCOL_MINOR: u8 = 3;
 
 /// ALPN of an enrolled agent's session (mutual TLS).
 pub const ALPN_SESSION: &[u8] = b"ward/1";

@@ -185,6 +185,11 @@ fn v1_encodings_are_frozen() {
         "agent_heartbeat_frame",
         at_minor_1(encode_frame(&hb, codec::MAX_AGENT_FRAME).unwrap()),
     );
+    // Minor 3: the collector's command sequence, a new variant at the end.
+    check(
+        "collector_command_sequence",
+        postcard::to_stdvec(&CollectorMessage::CommandSequence { last_assigned: 300 }).unwrap(),
+    );
 }
 
 fn golden_bytes(name: &str) -> Vec<u8> {

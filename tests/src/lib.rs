@@ -604,10 +604,19 @@ impl Agent {
         std::fs::create_dir_all(&watch)?;
         let token = collector.join_token(1, "1h")?.to_string();
         let state = dir.path().join("state");
-        let out = wrapped(&wrapper, bin("ward-agent"))
-            .args(["enroll", "--token", &token, "--state-dir"])
+        // The token on stdin, as the docs recommend: never in the process list.
+        let mut child = wrapped(&wrapper, bin("ward-agent"))
+            .args(["enroll", "--token-file", "-", "--state-dir"])
             .arg(&state)
-            .output()?;
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write as _;
+            writeln!(stdin, "{token}")?;
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!("enroll failed: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -403,3 +403,59 @@ async fn an_analyst_change_is_evaluated_like_a_new_alert() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(actions_of(&collector, &device).await.len(), 1);
 }
+
+/// Issue 15 item 11: a rogue device's alert naming a user joins (and raises) the
+/// incident two other devices share through that user; an auto-approving
+/// incident rule then acts on the rogue device only, whose evidence matched, and
+/// never on the devices that merely share the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_devices_alert_cannot_trigger_automation_on_other_devices() {
+    let collector = Collector::start_with(|c| {
+        c.push_str(
+            "\n[[automation]]\nname = \"package-critical\"\naction = \"collect_package\"\nauto_approve = true\n\
+             [automation.incident]\nmin_severity = \"critical\"\n",
+        )
+    })
+    .unwrap();
+    let token = collector.join_token(3, "1h").unwrap();
+    let mut devices = Vec::new();
+    for host in ["laptop-1", "laptop-2", "rogue"] {
+        let mut dev = TestDevice::enroll(&token, host).await.unwrap();
+        dev.connect().await.unwrap();
+        devices.push(dev);
+    }
+    // Alice's activity on two laptops: one medium incident.
+    for dev in &mut devices[..2] {
+        let a = tactic_alert(dev, Severity::Medium, "TA0002");
+        dev.send_batch(vec![a]).await.unwrap();
+    }
+    let incident = wait_incident(&collector, 2).await;
+    assert_eq!(incident["severity"], "medium", "{incident}");
+    // The rogue device claims a critical alert about alice, nothing else.
+    let rogue = &mut devices[2];
+    let mut a = rogue.next_alert();
+    a.rule.severity = Severity::Critical;
+    a.entities = vec![Entity::User {
+        name: "alice".into(),
+        uid: Some(1000),
+    }];
+    let signed = rogue.sign(&a);
+    rogue.send_batch(vec![signed]).await.unwrap();
+    let incident = wait_incident(&collector, 3).await;
+    assert_eq!(incident["severity"], "critical", "{incident}");
+
+    let rogue_id = devices[2].id().to_string();
+    let acted = wait_actions(&collector, &rogue_id, 1).await;
+    assert_eq!(acted[0]["requested_by"], "automation:package-critical");
+    assert_ne!(acted[0]["status"], "pending_approval", "auto-approved: {:?}", acted[0]);
+    // Give automation time for anything else it would have proposed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for dev in &devices[..2] {
+        let id = dev.id().to_string();
+        assert_eq!(
+            actions_of(&collector, &id).await,
+            Vec::<Value>::new(),
+            "{id} was acted on because of another device's alert"
+        );
+    }
+}

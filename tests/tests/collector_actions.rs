@@ -364,6 +364,13 @@ async fn offline_device_gets_commands_on_reconnect_and_forged_results_change_not
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status().as_u16(), 403, "an analyst may not download a package");
+    let resp = ward_tests::http_client()
+        .get(format!("http://{}/api/v1/actions/{}/package", collector.http, ids[0]))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.bytes().await.unwrap().to_vec(), package);
     // A duplicate result for an ended action changes nothing.
@@ -691,7 +698,7 @@ async fn role_matrix_over_all_routes() {
             json!({"comment": "c"}),
         ),
         ("POST", format!("/api/v1/actions/{missing}/undo"), 1, json!({})),
-        ("GET", format!("/api/v1/actions/{missing}/package"), 0, Value::Null),
+        ("GET", format!("/api/v1/actions/{missing}/package"), 2, Value::Null),
         ("GET", "/api/v1/audit".into(), 3, Value::Null),
         ("GET", "/api/v1/audit/verify".into(), 3, Value::Null),
     ];

@@ -153,3 +153,76 @@ async fn a_signed_rollover_reaches_every_agent_and_retires_the_old_key() {
         "{refused}"
     );
 }
+
+/// Issue 15 item 8: whoever holds the retiring key (a backup stolen before the
+/// rotation) forges a rollover during the overlap that names their own key and
+/// retires the new one at once, and gets it in front of the agent (here: into the
+/// collector's rollover table, which every session replays). The agent refuses
+/// it: only the newest pinned key introduces another. The real collector's
+/// commands keep working and the attacker's key signs nothing the agent accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollover_signed_by_the_retiring_key_cannot_take_over_the_agents() {
+    use ward_protocol::{KeyRollover, SignatureKind, SigningKey};
+
+    let mut collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let bob = collector.user("bob", "approver").unwrap();
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+
+    let stolen = key_file(&collector.data_dir());
+    collector.stop().unwrap();
+    collector.cli(&["rotate-command-key", "--overlap", "1h"]).unwrap();
+    let real_key = key_file(&collector.data_dir());
+    collector.serve().unwrap();
+    wait_serial(&agent, 1);
+    succeeds(&collector, &ann, &bob, &agent.device_id).await;
+
+    // The attack: rollover 2, signed by the retiring key, pins the attacker's key
+    // and retires everything else now.
+    let old = SigningKey::from_pkcs8(&stolen).unwrap();
+    let (attacker, attacker_pkcs8) = SigningKey::generate(&ring::rand::SystemRandom::new()).unwrap();
+    let forged = KeyRollover {
+        serial: 2,
+        new_key: attacker.public_key(),
+        retire_at_ms: now_ms(),
+        created_at_ms: now_ms(),
+    };
+    let signed = old.sign_value(SignatureKind::KeyRollover, &forged).unwrap();
+    let bytes = ward_protocol::encode_frame(&signed, u32::MAX).unwrap()[ward_protocol::codec::HEADER_LEN..].to_vec();
+    collector.stop().unwrap();
+    ward_collector::store::Store::open(&collector.data_dir().join("ward.db"))
+        .unwrap()
+        .add_key_rollover(&forged, &bytes, None)
+        .unwrap();
+    collector.serve().unwrap();
+
+    // The session replays rollovers before any command: the command below, signed
+    // with the real new key, runs only if the forged one was refused.
+    succeeds(&collector, &ann, &bob, &agent.device_id).await;
+    let (serial, keys, _) = pinned(&agent);
+    assert_eq!(serial, 1, "the forged rollover was applied: {keys:?}");
+    let attacker_json = serde_json::to_value(attacker.public_key()).unwrap();
+    assert!(!keys.contains(&attacker_json), "attacker's key pinned: {keys:?}");
+
+    // The attacker's key signs nothing the agent accepts.
+    collector.stop().unwrap();
+    std::fs::write(collector.data_dir().join("command.key"), &attacker_pkcs8).unwrap();
+    collector.serve().unwrap();
+    let id = approve(&collector, &ann, &bob, &agent.device_id).await;
+    let refused = collector
+        .wait_action_status(&id, "refused", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains("signed by a key this device has not pinned"),
+        "{refused}"
+    );
+    // And the real key still does.
+    collector.stop().unwrap();
+    std::fs::write(collector.data_dir().join("command.key"), &real_key).unwrap();
+    collector.serve().unwrap();
+    succeeds(&collector, &ann, &bob, &agent.device_id).await;
+}

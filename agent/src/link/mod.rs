@@ -34,6 +34,8 @@ pub enum LinkError {
     Protocol(String),
     #[error("enrollment refused: {0}")]
     Refused(String),
+    #[error("collector busy: {0}")]
+    Busy(String),
 }
 
 impl LinkError {
@@ -87,6 +89,9 @@ pub fn clock_skew(asked_ms: u64, answered_ms: u64, server_ms: u64) -> i64 {
 
 fn closed(e: quinn::ReadExactError) -> LinkError {
     match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) if busy(&c) => {
+            LinkError::Busy(c.to_string())
+        }
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => LinkError::Closed(c.to_string()),
         other => LinkError::Closed(other.to_string()),
     }
@@ -99,8 +104,60 @@ pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) ->
         .map_err(|e| LinkError::Closed(e.to_string()))
 }
 
+/// How long enrollment keeps retrying a collector that says it is busy.
+pub const ENROLL_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a connection error is the collector refusing for load (too many
+/// unauthenticated connections from this address or in all, its handshake or
+/// enrollment deadline passed): worth a retry.
+fn busy(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+                || c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+        }
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            a.error_code == quinn::VarInt::from_u32(ward_protocol::message::close_code::BUSY)
+        }
+        _ => false,
+    }
+}
+
+fn connection_error(e: quinn::ConnectionError) -> LinkError {
+    if busy(&e) {
+        LinkError::Busy(e.to_string())
+    } else {
+        LinkError::Connect(e.to_string())
+    }
+}
+
 /// Enrolls with the collector named in `token`; the caller stores the result.
+/// A busy collector (a fleet enrolling at once behind one address, a flood) is
+/// retried with jittered back-off for up to [`ENROLL_RETRY_FOR`].
 pub async fn enroll(
+    token: &JoinToken,
+    signing_key: &SigningKey,
+    tls_key_pkcs8: &[u8],
+    inventory: Inventory,
+) -> Result<Enrollment, LinkError> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match enroll_once(token, signing_key, tls_key_pkcs8, inventory.clone()).await {
+            Err(LinkError::Busy(why)) if started.elapsed() + wait < ENROLL_RETRY_FOR => {
+                tracing::info!(%why, retry_in_ms = wait.as_millis() as u64, "collector busy; retrying enrollment");
+                let mut b = [0u8; 2];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+                let spread = u64::from(u16::from_le_bytes(b)) * wait.as_millis() as u64 / u64::from(u16::MAX);
+                tokio::time::sleep(wait / 2 + std::time::Duration::from_millis(spread / 2)).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn enroll_once(
     token: &JoinToken,
     signing_key: &SigningKey,
     tls_key_pkcs8: &[u8],
@@ -112,7 +169,7 @@ pub async fn enroll(
         .connect_with(tls::enroll_config(token.ca_sha256)?, remote, &token.server_name)
         .map_err(|e| LinkError::Connect(e.to_string()))?
         .await
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
+        .map_err(connection_error)?;
     let tls_key = public_of(tls_key_pkcs8).ok_or_else(|| LinkError::Tls("TLS key is not Ed25519 PKCS#8".into()))?;
     let request = EnrollRequest {
         token_secret: token.secret,

@@ -19,6 +19,11 @@
 //!   never overwritten.
 //! - delete: the original name is unlinked after the same checks.
 //!
+//! A file with more than one hard link is refused (quarantine and delete): its other names
+//! cannot be listed, so they may be outside the allowed roots (a setuid binary hard-linked
+//! into /tmp, the agent's own key), and stripping the mode would change them too. Files in
+//! the agent's own state are refused by identity whatever name reaches them.
+//!
 //! The one window left is between `fstatat` and `unlinkat`; `unlinkat` never follows a
 //! symlink, so a swap in that window can at worst remove the swapped-in directory entry
 //! itself, never what it points to.
@@ -106,6 +111,10 @@ pub enum FileActionError {
     },
     #[error("{path} is the same file as a protected path; refusing")]
     ProtectedObject { path: String },
+    #[error(
+        "{path} has {links} hard links; refusing: the other names may be outside the allowed roots (a setuid binary, the agent's own keys), and acting on the file would change them too"
+    )]
+    HardLinked { path: String, links: u64 },
     #[error("{path} changed between check and use ({detail}); nothing was changed")]
     Changed { path: String, detail: String },
     #[error("quarantine directory {path} is unusable: {reason}")]
@@ -343,6 +352,14 @@ fn open_verified(
     if policy.protected_identities().contains(&(meta.dev(), meta.ino())) {
         return Err(FileActionError::ProtectedObject { path: show(path) });
     }
+    // Another name for the same inode may sit anywhere on the filesystem, and which
+    // names an inode has cannot be listed: the path policy judged one name only.
+    if meta.nlink() > 1 {
+        return Err(FileActionError::HardLinked {
+            path: show(path),
+            links: meta.nlink(),
+        });
+    }
     let actual = sha256_of(&file).map_err(io_err("read", path))?;
     if &actual != expected {
         return Err(FileActionError::HashMismatch {
@@ -555,8 +572,12 @@ pub fn quarantine(
         None => v.file,
     };
     // The file is already out of reach (0700 directory); a failure here must not report the
-    // action as failed when it took effect.
-    if let Err(e) = stored_file.set_permissions(Permissions::from_mode(v.mode & QUARANTINE_KEEP_BITS)) {
+    // action as failed when it took effect. A name linked to the inode since the check
+    // (nlink above our quarantine name alone) would see the mode change too: leave it.
+    let linked_since = stored_file.metadata().map(|m| m.nlink() > 1).unwrap_or(true);
+    if linked_since {
+        tracing::warn!(id = %id, "quarantined file gained another hard link meanwhile; its mode is left as it was");
+    } else if let Err(e) = stored_file.set_permissions(Permissions::from_mode(v.mode & QUARANTINE_KEEP_BITS)) {
         tracing::warn!(id = %id, error = %e, "cannot strip exec bits of a quarantined file");
     }
     fsync_dir(&qdir);
@@ -766,6 +787,62 @@ mod tests {
             restore(&rec.id, &f.qdir, &f.policy),
             Err(FileActionError::UnknownId(_))
         ));
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_outside_the_allowed_roots_is_refused() {
+        let f = fixture();
+        // A setuid binary outside the allowed roots, hard-linked into one of them.
+        let outside = f.allowed.parent().unwrap().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let target = outside.join("passwd-helper");
+        std::fs::write(&target, b"setuid binary").unwrap();
+        std::fs::set_permissions(&target, Permissions::from_mode(0o4755)).unwrap();
+        let link = f.allowed.join("innocent");
+        std::fs::hard_link(&target, &link).unwrap();
+        let h = sha(b"setuid binary");
+        for r in [
+            quarantine(&link, &h, &f.policy, &f.qdir).map(|_| ()),
+            delete(&link, &h, &f.policy).map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(FileActionError::HardLinked { links: 2, .. })), "{r:?}");
+        }
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().mode() & 0o7777,
+            0o4755,
+            "mode untouched"
+        );
+        assert!(link.exists() && target.exists(), "both names kept");
+        // Once it is the only name, it is an ordinary file inside the roots.
+        std::fs::remove_file(&target).unwrap();
+        quarantine(&link, &h, &f.policy, &f.qdir).unwrap();
+    }
+
+    #[test]
+    fn the_agents_own_state_is_refused_by_any_name() {
+        let f = fixture();
+        let root = f.allowed.parent().unwrap();
+        let state = root.join("state");
+        std::fs::create_dir_all(state.join("outbox")).unwrap();
+        std::fs::write(state.join("device.key"), b"private key").unwrap();
+        std::fs::write(state.join("outbox").join("outbox.db"), b"alerts").unwrap();
+        let policy = PathPolicy {
+            allowed_roots: f.policy.allowed_roots.clone(),
+            protected: vec![f.qdir.clone(), state.clone()],
+        };
+        // A hard link to the key in an allowed root.
+        let link = f.allowed.join("key-copy");
+        std::fs::hard_link(state.join("device.key"), &link).unwrap();
+        let r = quarantine(&link, &sha(b"private key"), &policy, &f.qdir);
+        assert!(matches!(r, Err(FileActionError::ProtectedObject { .. })), "{r:?}");
+        assert!(state.join("device.key").exists());
+        // Whatever name reaches them (a bind mount, say), the state's files are
+        // protected by identity, not only by path.
+        let ids = policy.protected_identities();
+        for file in [state.join("device.key"), state.join("outbox").join("outbox.db")] {
+            let m = std::fs::metadata(&file).unwrap();
+            assert!(ids.contains(&(m.dev(), m.ino())), "{}", file.display());
+        }
     }
 
     #[test]

@@ -53,6 +53,25 @@ pub fn default_allowed_roots() -> Vec<PathBuf> {
     .collect()
 }
 
+/// Most files of the agent's own directories whose identities are protected.
+pub const MAX_OWN_FILES: usize = 10_000;
+
+/// Adds the (device, inode) of the files under `dir` (not following symlinks) to `out`.
+fn own_files(dir: &Path, depth: u32, out: &mut Vec<(u64, u64)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if out.len() >= MAX_OWN_FILES {
+            return;
+        }
+        let Ok(m) = e.path().symlink_metadata() else { continue };
+        if m.is_file() {
+            out.push((m.dev(), m.ino()));
+        } else if m.is_dir() && depth > 1 {
+            own_files(&e.path(), depth - 1, out);
+        }
+    }
+}
+
 /// System trees that are always protected, whatever the configuration says.
 pub fn default_protected() -> Vec<PathBuf> {
     ["/proc", "/sys", DEV, "/boot"].iter().map(PathBuf::from).collect()
@@ -196,13 +215,21 @@ impl PathPolicy {
     }
 
     /// (device, inode) of the protected entries that exist, following symlinks: a hard link
-    /// to the agent's executable elsewhere is still the agent's executable.
+    /// to the agent's executable elsewhere is still the agent's executable. For protected
+    /// directories other than the system trees (the agent's state and quarantine
+    /// directories), the files in them too (two levels, at most [`MAX_OWN_FILES`]), so a
+    /// name that reaches one another way (a bind mount, a hard link) is still refused.
     pub fn protected_identities(&self) -> Vec<(u64, u64)> {
-        self.protected
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| (m.dev(), m.ino()))
-            .collect()
+        let system = default_protected();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for p in &self.protected {
+            let Ok(m) = std::fs::metadata(p) else { continue };
+            out.push((m.dev(), m.ino()));
+            if m.is_dir() && !system.contains(p) {
+                own_files(p, 2, &mut out);
+            }
+        }
+        out
     }
 
     /// Decides whether a file action may name `path`. See the module documentation.

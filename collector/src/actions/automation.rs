@@ -25,7 +25,11 @@
 //! (open, minimum incident severity, any of the tactics, all of the sources).
 //! A matching incident proposes the action for each target among its alerts
 //! (each device; each alert's process or file on its device), with the
-//! proposal's `incident_id` set, once per rule, incident and target. A third
+//! proposal's `incident_id` set, once per rule, incident and target, but only
+//! on a device for which the condition holds by its own evidence (its alerts,
+//! plus device-less alerts of a source the rule names in `sources_all`): an
+//! alert from one device never triggers an action on another, however the
+//! incident was joined ([`IncidentMatch::matches_on`]). A third
 //! watermark tails `incident_activity`: an analyst's change that can make an
 //! incident match (reopened, severity set, merged into, alerts moved) has it
 //! checked again the same way.
@@ -44,7 +48,7 @@ use super::params::ActionSpec;
 use super::policy::{Policy, kind_named};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
 use crate::api::auth::Role;
-use crate::incidents::model::tactic_rank;
+use crate::incidents::model::{incident_severity, tactic_rank};
 use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, Decision, NewAction, Rules, Store};
 use crate::util::now_ms;
 
@@ -307,17 +311,65 @@ fn incident_match(at: &str, cond: &IncidentCondition) -> Result<IncidentMatch, S
 impl IncidentMatch {
     /// Open incidents only: redirected (merged) and resolved ones never match.
     pub fn matches(&self, i: &AutomationIncident) -> bool {
-        matches!(i.status.as_str(), "active" | "in_progress")
-            && self.min_severity.is_none_or(|min| i.severity >= min)
+        self.matches_view(&i.status, i.severity, &i.tactics, &i.sources)
+    }
+
+    fn matches_view(&self, status: &str, severity: Severity, tactics: &[String], sources: &[String]) -> bool {
+        matches!(status, "active" | "in_progress")
+            && self.min_severity.is_none_or(|min| severity >= min)
             && (self.tactics.is_empty()
                 || self
                     .tactics
                     .iter()
-                    .any(|t| i.tactics.iter().any(|h| h.eq_ignore_ascii_case(t))))
+                    .any(|t| tactics.iter().any(|h| h.eq_ignore_ascii_case(t))))
             && self
                 .sources_all
                 .iter()
-                .all(|s| i.sources.iter().any(|h| h.eq_ignore_ascii_case(s)))
+                .all(|s| sources.iter().any(|h| h.eq_ignore_ascii_case(s)))
+    }
+
+    /// Whether the condition holds for `device` on the evidence that counts for
+    /// it: the incident's alerts from that device, and alerts with no device
+    /// (identity, mailbox) from a source the rule names in `sources_all`. Another
+    /// device's alerts never count, so a device that joined an incident only
+    /// through an entity another device's alert claimed (a rogue agent naming a
+    /// user, say) is not acted on because of that alert, and a rogue device's
+    /// alert acts only on the rogue device. The severity is the incident's rule
+    /// (highest alert, raised for breadth) over that evidence, unless an analyst
+    /// set the incident's severity: that judgment covers the incident.
+    pub fn matches_on(&self, i: &AutomationIncident, device: &str) -> bool {
+        let mut own = false;
+        let mut max = Severity::Informational;
+        let mut tactics: Vec<String> = Vec::new();
+        let mut sources: Vec<String> = Vec::new();
+        for a in &i.alerts {
+            let counts = match &a.device_id {
+                Some(d) => d == device,
+                None => self.sources_all.iter().any(|s| s.eq_ignore_ascii_case(&a.source)),
+            };
+            if !counts {
+                continue;
+            }
+            own |= a.device_id.is_some();
+            max = max.max(a.severity);
+            for t in &a.tactics {
+                if tactic_rank(t).is_some() && !tactics.contains(t) {
+                    tactics.push(t.clone());
+                }
+            }
+            if !sources.contains(&a.source) {
+                sources.push(a.source.clone());
+            }
+        }
+        if !own {
+            return false;
+        }
+        let severity = if i.severity_manual {
+            i.severity
+        } else {
+            incident_severity(max, tactics.len(), sources.len())
+        };
+        self.matches_view(&i.status, severity, &tactics, &sources)
     }
 }
 
@@ -395,14 +447,34 @@ pub struct IncidentTarget {
 
 /// What `rule` proposes for incident `i`: for isolate and collect_package each
 /// device of its alerts; for kill_process and quarantine_file each alert's
-/// process or file on that alert's device. Distinct, in the alerts' order.
+/// process or file on that alert's device. Only devices on which the rule's
+/// condition holds by their own evidence ([`IncidentMatch::matches_on`]).
+/// Distinct, in the alerts' order.
 pub fn incident_targets(rule: &Rule, i: &AutomationIncident) -> Vec<IncidentTarget> {
+    let Trigger::Incident(m) = &rule.trigger else {
+        return Vec::new();
+    };
     let mut out: Vec<IncidentTarget> = Vec::new();
-    for (device, entities) in &i.alerts {
+    let mut judged: Vec<(&str, bool)> = Vec::new();
+    for alert in &i.alerts {
+        let Some(device) = alert.device_id.as_deref() else {
+            continue;
+        };
         let Ok(parsed) = device.parse::<DeviceId>() else {
             continue;
         };
-        let Ok(action) = action_on(rule, entities) else {
+        let holds = match judged.iter().find(|(d, _)| *d == device) {
+            Some((_, holds)) => *holds,
+            None => {
+                let holds = m.matches_on(i, device);
+                judged.push((device, holds));
+                holds
+            }
+        };
+        if !holds {
+            continue;
+        }
+        let Ok(action) = action_on(rule, &alert.entities) else {
             continue;
         };
         let subject = match &action {
@@ -716,6 +788,7 @@ pub async fn run_automation(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::store::EvidenceAlert;
 
     fn rules(toml: &str) -> Result<Vec<Rule>, String> {
         let c = Config::parse(toml)?;
@@ -890,14 +963,90 @@ mod tests {
             severity: Severity::High,
             tactics: vec!["TA0002".into(), "TA0040".into()],
             sources: vec!["agent".into(), "mailbox".into()],
+            severity_manual: false,
             alerts: vec![
-                (DEV_A.into(), vec![process(42)]),
-                (DEV_A.into(), vec![process(42)]),
-                (DEV_A.into(), vec![process(43)]),
-                (DEV_B.into(), vec![]),
-                ("not-a-device".into(), vec![process(44)]),
+                ev(Some(DEV_A), "agent", Severity::High, &["TA0002"], vec![process(42)]),
+                ev(Some(DEV_A), "agent", Severity::Medium, &["TA0040"], vec![process(42)]),
+                ev(Some(DEV_A), "agent", Severity::Low, &[], vec![process(43)]),
+                ev(Some(DEV_B), "agent", Severity::Low, &[], vec![]),
+                ev(Some("not-a-device"), "agent", Severity::High, &[], vec![process(44)]),
+                ev(None, "mailbox", Severity::Medium, &[], vec![]),
             ],
         }
+    }
+
+    fn ev(
+        device: Option<&str>,
+        source: &str,
+        severity: Severity,
+        tactics: &[&str],
+        entities: Vec<Entity>,
+    ) -> EvidenceAlert {
+        EvidenceAlert {
+            device_id: device.map(str::to_string),
+            source: source.into(),
+            severity,
+            tactics: tactics.iter().map(|t| t.to_string()).collect(),
+            entities,
+        }
+    }
+
+    #[test]
+    fn an_incident_rule_acts_only_on_devices_whose_own_evidence_matches() {
+        // Two devices share an incident through a user at medium; a rogue device's
+        // critical alert naming that user joins it and makes it critical.
+        let rogue = "01M84H66737TZZBQQJZAPV3RTE";
+        let mut i = AutomationIncident {
+            severity: Severity::Critical,
+            tactics: vec!["TA0002".into()],
+            sources: vec!["agent".into()],
+            alerts: vec![
+                ev(Some(DEV_A), "agent", Severity::Medium, &["TA0002"], vec![]),
+                ev(Some(DEV_B), "agent", Severity::Medium, &["TA0002"], vec![]),
+                ev(Some(rogue), "agent", Severity::Critical, &[], vec![]),
+            ],
+            ..incident()
+        };
+        let r = incident_rule("min_severity = \"critical\"\n", "collect_package");
+        assert!(incident_match(&r).matches(&i), "the incident as a whole matches");
+        let devices: Vec<String> = incident_targets(&r, &i).iter().map(|t| t.device.to_string()).collect();
+        assert_eq!(devices, vec![rogue.to_string()], "only the device whose evidence it is");
+        // Breadth raises a device's severity only from its own alerts: three stages on A.
+        i.alerts
+            .push(ev(Some(DEV_A), "agent", Severity::High, &["TA0008", "TA0040"], vec![]));
+        let devices: Vec<String> = incident_targets(&r, &i).iter().map(|t| t.device.to_string()).collect();
+        assert_eq!(devices, vec![DEV_A.to_string(), rogue.to_string()]);
+        // An analyst's severity is a judgment on the incident: it covers every device.
+        i.severity_manual = true;
+        assert_eq!(incident_targets(&r, &i).len(), 3);
+    }
+
+    #[test]
+    fn alerts_without_a_device_count_only_for_sources_the_rule_names() {
+        let i = AutomationIncident {
+            severity: Severity::High,
+            tactics: vec![],
+            sources: vec!["agent".into(), "identity".into()],
+            alerts: vec![
+                ev(Some(DEV_A), "agent", Severity::Low, &[], vec![]),
+                ev(None, "identity", Severity::High, &[], vec![]),
+            ],
+            ..incident()
+        };
+        let named = incident_rule(
+            "min_severity = \"high\"\nsources_all = [\"agent\", \"identity\"]\n",
+            "isolate",
+        );
+        assert_eq!(incident_targets(&named, &i).len(), 1, "the rule names identity");
+        let unnamed = incident_rule("min_severity = \"high\"\n", "isolate");
+        assert!(incident_match(&unnamed).matches(&i));
+        assert!(incident_targets(&unnamed, &i).is_empty(), "A's own evidence is low");
+        // Evidence with no device at all acts on no one.
+        let only_feed = AutomationIncident {
+            alerts: vec![ev(None, "identity", Severity::Critical, &[], vec![])],
+            ..i
+        };
+        assert!(incident_targets(&named, &only_feed).is_empty());
     }
 
     fn incident_rule(cond: &str, action: &str) -> Rule {

@@ -367,12 +367,15 @@ pub async fn record_result(
     device: DeviceId,
     key: &PublicKey,
     signed: &Signed,
+    audit: bool,
 ) -> Result<Result<ResultRecord, ResultRefusal>, DispatchError> {
     let refused = |why: ResultRefusal| async move {
         let text = why.to_string();
-        let _ = writer
-            .run(move |s| s.audit_refused_result(device, &text, now_ms()))
-            .await;
+        if audit {
+            let _ = writer
+                .run(move |s| s.audit_refused_result(device, &text, now_ms()))
+                .await;
+        }
         Ok(Err(why))
     };
     let result: CommandResult = match signed.open(SignatureKind::CommandResult, key) {
@@ -383,12 +386,14 @@ pub async fn record_result(
         return refused(ResultRefusal::WrongDevice(result.device_id)).await;
     }
     let record = writer
-        .run(move |s| s.record_command_result(device, &result, MAX_ATTACHMENT_BYTES, now_ms()))
+        .run(move |s| s.record_command_result(device, &result, MAX_ATTACHMENT_BYTES, audit, now_ms()))
         .await
         .map_err(|_| DispatchError::Stopped)??;
     match &record {
         ResultRecord::Recorded { id, status } => info!(%device, action = %id, %status, "command result stored"),
-        ResultRecord::Unknown(why) => warn!(%device, %why, "command result for no dispatched command"),
+        ResultRecord::Unknown(why) => {
+            warn!(%device, why = %crate::transport::limits::clip(why), "command result for no dispatched command")
+        }
         ResultRecord::Ignored { id, status } => {
             debug!(%device, action = %id, %status, "command result for an ended action ignored");
         }

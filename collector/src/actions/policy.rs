@@ -181,7 +181,9 @@ pub const ROUTES: [(&str, &str, Role); 8] = [
     ("POST", "/api/v1/actions/{id}/reject", Role::Approver),
     ("POST", "/api/v1/actions/{id}/cancel", Role::Analyst),
     ("POST", "/api/v1/actions/{id}/undo", Role::Analyst),
-    ("GET", "/api/v1/actions/{id}/package", Role::Viewer),
+    // An investigation package holds the device's processes, logins, files and
+    // network state: approvers (who decide what runs on devices) and admins only.
+    ("GET", "/api/v1/actions/{id}/package", Role::Approver),
 ];
 
 /// Incident routes and the least role each needs (handlers in `api/incidents`).

@@ -176,7 +176,7 @@ function historyRows(actions) {
     <td>${esc(a.requested_by)}</td><td>${esc(a.decided_by || "")}</td>
     <td class="action-status">${esc(a.status.replace("_", " "))}</td><td>${resultCell(a)}</td>
     <td>${can("analyst") && a.status === "succeeded" && UNDOABLE.includes(a.kind) ? `<button class="undo">Undo</button>` : ""}
-      ${a.package_bytes ? `<button class="package">Package (${esc(a.package_bytes)} B)</button>` : ""}</td></tr>`).join("");
+      ${a.package_bytes && can("approver") ? `<button class="package">Package (${esc(a.package_bytes)} B)</button>` : ""}</td></tr>`).join("");
 }
 
 /** Renders action rows (pending cards, in-flight and history tables) into `root`. */

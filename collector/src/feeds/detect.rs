@@ -95,6 +95,11 @@ fn json_document(
                     counter += 1;
                     Container::JsonObject
                 }
+                Top::TooLarge(size) => {
+                    sink(at(line, counter), Err(oversize(size, max_record_bytes)));
+                    counter += 1;
+                    Container::JsonObject
+                }
             };
             if let Some(trailing) = read.trailing {
                 sink(
@@ -243,6 +248,16 @@ mod tests {
         assert_eq!((c, ok.len()), (Container::Records, 2));
         let (c, ok, _) = run(b"{\"a\":1}", 100).unwrap();
         assert_eq!((c, ok.len()), (Container::JsonObject, 1));
+        // One object is one record: over the per-record limit it is skipped like
+        // an oversized array element, not parsed whole.
+        let big = format!("{{\"a\":1,\"b\":\"{}\",\"c\":2}}", "x".repeat(200));
+        let (c, ok, bad) = run(big.as_bytes(), 100).unwrap();
+        assert_eq!((c, ok.len(), bad.len()), (Container::JsonObject, 0, 1));
+        assert!(bad[0].1.contains("over the 100-byte limit"), "{bad:?}");
+        // A wrapper with large other members still streams its records.
+        let wrapped = format!("{{\"note\":\"{}\",\"value\":[{{\"a\":1}}]}}", "x".repeat(200));
+        let (c, ok, bad) = run(wrapped.as_bytes(), 100).unwrap();
+        assert_eq!((c, ok.len(), bad.len()), (Container::Records, 1, 0));
         let (c, ok, bad) = run(b"\xEF\xBB\xBF{\"a\":1}\n\n{\"a\":\n{\"a\":3}\n", 100).unwrap();
         assert_eq!((c, ok.len()), (Container::Ndjson, 2));
         assert_eq!(bad[0].0.line, Some(3));

@@ -84,7 +84,8 @@ fn record(row: &Value, kind: MailKind, outer: &Value) -> Result<MailRecord, Stri
         .ok_or("no readable Timestamp")?;
     let nmid = text(row, &["NetworkMessageId"]).map(|s| s.to_ascii_lowercase());
     let recipient = address(text(row, &["RecipientEmailAddress", "AccountUpn"]));
-    let url = text(row, &["Url"]);
+    // Credentials in a URL are never stored (nor in the record key): a hash stands in.
+    let url = text(row, &["Url"]).map(|u| crate::entity::redact_userinfo(&u).into_owned());
     let sha256 = text(row, &["SHA256"])
         .map(|h| h.to_ascii_lowercase())
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));

@@ -240,6 +240,8 @@ fn message(m: &Value, blocked_list: Option<bool>) -> Result<Vec<MailRecord>, Str
             .flatten()
             .map(str::to_string);
         if kind == "url" {
+            // Credentials in a URL are never stored (nor in the record key).
+            let threat = crate::entity::redact_userinfo(&threat).into_owned();
             let mut row = part(MailKind::Url, format!("url:{id}:{threat}"));
             row.url = Some(threat);
             row.threat_types = verdict;
@@ -260,7 +262,7 @@ fn message(m: &Value, blocked_list: Option<bool>) -> Result<Vec<MailRecord>, Str
 
 fn click(c: &Value, permitted: Option<bool>) -> Result<MailRecord, String> {
     let time_ms = time(c, &["clickTime"]).ok_or("no readable clickTime")?;
-    let url = text(c, &["url"]).ok_or("no url")?;
+    let url = crate::entity::redact_userinfo(&text(c, &["url"]).ok_or("no url")?).into_owned();
     let recipient = address(strings(c, "recipient").into_iter().next()).ok_or("no recipient")?;
     let nmid = message_id(c);
     let threat = active(c)

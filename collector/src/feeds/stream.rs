@@ -25,6 +25,9 @@ pub enum Top {
     Streamed,
     /// An object without such an array: one record.
     Object(Map<String, Value>),
+    /// An object without such an array, over `max_record_bytes` (its size): one
+    /// record, skipped; its members past the limit were scanned, never parsed.
+    TooLarge(usize),
 }
 
 /// A document read to its end.
@@ -293,6 +296,7 @@ impl<'t> Cursor<'t> {
     /// The top-level object, from its `{` past its `}`: its first `records` / `value`
     /// array is streamed, the other members are kept in case the object is one record.
     fn object(&mut self, out: &mut Records<'_, '_>) -> Result<Top, Broken> {
+        let start = self.pos;
         self.bump();
         self.skip_ws();
         let mut rest = Map::new();
@@ -316,7 +320,13 @@ impl<'t> Cursor<'t> {
                 streamed = true;
             } else {
                 let span = self.skip_value()?;
-                if !streamed && unreadable.is_none() {
+                // Once the object is past the record limit, it can only be a
+                // wrapper (records or value still to come): stop building it.
+                let too_large = self.pos - start > out.max_record_bytes;
+                if too_large {
+                    rest = Map::new();
+                }
+                if !streamed && unreadable.is_none() && !too_large {
                     match parse(self.bytes(span), span.line, "value") {
                         Ok(v) => {
                             rest.insert(key, v);
@@ -338,8 +348,10 @@ impl<'t> Cursor<'t> {
                 _ => return Err(self.unexpected("',' or '}' after a member")),
             }
         }
+        let size = self.pos - start;
         match (streamed, unreadable) {
             (true, _) => Ok(Top::Streamed),
+            (false, _) if size > out.max_record_bytes => Ok(Top::TooLarge(size)),
             (false, Some(e)) => Err(e),
             (false, None) => Ok(Top::Object(rest)),
         }
@@ -514,8 +526,11 @@ mod tests {
         };
         assert_eq!((obj.len(), &obj["value"]["v"]), (3, &Value::from(2)));
         // A member serde_json refuses makes a record unreadable, not a records[] envelope.
-        let (_, read) = run(&format!("{{\"x\": {}}}", deep(200)), 100);
+        let (_, read) = run(&format!("{{\"x\": {}}}", deep(200)), 10_000);
         assert!(read.unwrap_err().to_string().contains("recursion limit"));
+        // Over the record limit, it is one record too large, never parsed.
+        let (_, read) = run(&format!("{{\"x\": {}}}", deep(200)), 100);
+        assert!(matches!(read.unwrap().top, Top::TooLarge(414)));
         let (seen, read) = run(&format!("{{\"x\": {}, \"records\": [{{}}]}}", deep(200)), 100);
         assert_eq!((seen.len(), read.is_ok()), (1, true));
         let (_, read) = run("{\"a\":1}\n  x", 100);

@@ -348,6 +348,16 @@ fn set_status(tx: &Transaction<'_>, id: &str, status: Status, now_ms: u64) -> Re
 }
 
 impl Store {
+    /// The last command sequence assigned to a device (0: none yet).
+    pub fn command_seq(&self, device: DeviceId) -> Result<u64, StoreError> {
+        let seq: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(last_seq), 0) FROM command_seqs WHERE device_id = ?1",
+            params![device.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(seq.max(0) as u64)
+    }
+
     /// Moves a device's command sequence up to what the device says it has
     /// accepted, when that is ahead of ours (a database restored from an older
     /// backup); returns the previous value when it moved. Without this the device
@@ -705,12 +715,15 @@ impl Store {
     }
 
     /// Records a device's verified result for one of its dispatched commands.
-    /// The attachment is kept only up to `max_attachment` bytes.
+    /// The attachment is kept only up to `max_attachment` bytes. A result that
+    /// changes nothing (no such command, an ended action) is audited only when
+    /// `audit_noise` (the device's audit budget lasts), with its text clipped.
     pub fn record_command_result(
         &mut self,
         device: DeviceId,
         result: &CommandResult,
         max_attachment: usize,
+        audit_noise: bool,
         now_ms: u64,
     ) -> Result<ResultRecord, StoreError> {
         let tx = self.conn.transaction()?;
@@ -728,9 +741,13 @@ impl Store {
             let why = format!(
                 "no dispatched command {id} with sequence {} for this device ({outcome}{})",
                 result.seq,
-                reason.map(|r| format!(": {r}")).unwrap_or_default()
+                reason
+                    .map(|r| format!(": {}", crate::transport::limits::clip(&r)))
+                    .unwrap_or_default()
             );
-            append_audit(&tx, now_ms, &device_id, "action.result_refused", &id, &why)?;
+            if audit_noise {
+                append_audit(&tx, now_ms, &device_id, "action.result_refused", &id, &why)?;
+            }
             tx.commit()?;
             return Ok(ResultRecord::Unknown(why));
         };
@@ -744,14 +761,16 @@ impl Store {
         let to = match workflow::apply(row.status, facts, Event::Result(outcome)) {
             Ok(t) => t.to,
             Err(_) => {
-                append_audit(
-                    &tx,
-                    now_ms,
-                    &device_id,
-                    "action.result_ignored",
-                    &id,
-                    &format!("{outcome_text} reported for an action that is {}", row.status),
-                )?;
+                if audit_noise {
+                    append_audit(
+                        &tx,
+                        now_ms,
+                        &device_id,
+                        "action.result_ignored",
+                        &id,
+                        &format!("{outcome_text} reported for an action that is {}", row.status),
+                    )?;
+                }
                 tx.commit()?;
                 return Ok(ResultRecord::Ignored { id, status: row.status });
             }
@@ -1240,10 +1259,10 @@ mod tests {
         // Wrong device: nothing recorded.
         let other = if dev == a { b } else { a };
         assert!(matches!(
-            store.record_command_result(other, &result, 10, later).unwrap(),
+            store.record_command_result(other, &result, 10, true, later).unwrap(),
             ResultRecord::Unknown(_)
         ));
-        let rec = store.record_command_result(dev, &result, 10, later).unwrap();
+        let rec = store.record_command_result(dev, &result, 10, true, later).unwrap();
         assert!(
             matches!(
                 rec,

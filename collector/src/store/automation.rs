@@ -49,9 +49,23 @@ pub struct AutomationIncident {
     pub severity: Severity,
     pub tactics: Vec<String>,
     pub sources: Vec<String>,
-    /// Its alerts on enrolled devices (at most [`MAX_INCIDENT_ALERTS`], oldest
-    /// first): the device and the alert's targetable entities.
-    pub alerts: Vec<(String, Vec<Entity>)>,
+    /// Its severity was set by an analyst (not derived from its alerts).
+    pub severity_manual: bool,
+    /// Its alerts (at most [`MAX_INCIDENT_ALERTS`], oldest first), with and
+    /// without a device: automation judges each device on its own evidence.
+    pub alerts: Vec<EvidenceAlert>,
+}
+
+/// One alert of an incident, as far as automation judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceAlert {
+    /// The device it came from or is about; none for identity and mailbox alerts.
+    pub device_id: Option<String>,
+    pub source: String,
+    pub severity: Severity,
+    pub tactics: Vec<String>,
+    /// Its targetable entities (processes, files).
+    pub entities: Vec<Entity>,
 }
 
 /// One read of the incident stream.
@@ -279,33 +293,37 @@ impl Store {
     }
 
     fn automation_incident(&self, id: &str) -> Result<Option<AutomationIncident>, StoreError> {
-        let head: Option<(String, i64, String, String)> = self
+        let head: Option<(String, i64, String, String, bool)> = self
             .conn
             .query_row(
-                "SELECT status, severity, tactics, sources FROM incidents WHERE id = ?1",
+                "SELECT status, severity, tactics, sources, severity_manual FROM incidents WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)? != 0)),
             )
             .optional()?;
-        let Some((status, severity, tactics, sources)) = head else {
+        let Some((status, severity, tactics, sources, severity_manual)) = head else {
             return Ok(None);
         };
         let alerts = self
             .conn
             .prepare_cached(
-                "SELECT a.device_id, a.entities FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
-                 WHERE ia.incident_id = ?1 AND a.device_id IS NOT NULL ORDER BY ia.alert_rowid LIMIT ?2",
+                "SELECT a.device_id, a.source, a.severity, a.tactics, a.entities
+                 FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+                 WHERE ia.incident_id = ?1 ORDER BY ia.alert_rowid LIMIT ?2",
             )?
             .query_map(params![id, MAX_INCIDENT_ALERTS], |r| {
-                let entities: String = r.get(1)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    serde_json::from_str::<Vec<Value>>(&entities)
+                let entities: String = r.get(4)?;
+                Ok(EvidenceAlert {
+                    device_id: r.get(0)?,
+                    source: r.get(1)?,
+                    severity: crate::incidents::model::severity_from(r.get(2)?),
+                    tactics: strings(&r.get::<_, String>(3)?),
+                    entities: serde_json::from_str::<Vec<Value>>(&entities)
                         .unwrap_or_default()
                         .iter()
                         .filter_map(target_entity)
                         .collect(),
-                ))
+                })
             })?
             .collect::<Result<_, _>>()?;
         Ok(Some(AutomationIncident {
@@ -314,6 +332,7 @@ impl Store {
             severity: crate::incidents::model::severity_from(severity),
             tactics: strings(&tactics),
             sources: strings(&sources),
+            severity_manual,
             alerts,
         }))
     }
@@ -601,19 +620,20 @@ mod tests {
         let pids: Vec<u32> = a
             .alerts
             .iter()
-            .map(|(d, e)| {
-                assert_eq!(d, &device);
-                match e.as_slice() {
+            .map(|al| {
+                assert_eq!(al.device_id.as_ref(), Some(&device));
+                match al.entities.as_slice() {
                     [Entity::Process { pid, .. }] => *pid,
                     other => panic!("{other:?}"),
                 }
             })
             .collect();
         assert_eq!(pids, vec![1, 2, 2], "all its alerts, the ones before the watermark too");
+        let b: Vec<Option<&String>> = batch.incidents[1].alerts.iter().map(|a| a.device_id.as_ref()).collect();
         assert_eq!(
-            batch.incidents[1].alerts,
-            vec![],
-            "alerts without a device give no target"
+            b,
+            vec![None],
+            "alerts without a device are read too (evidence, not targets)"
         );
         // A batch stops at the limit; advancing moves past what was read.
         let first = store.automation_incidents(2).unwrap();

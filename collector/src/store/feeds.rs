@@ -220,7 +220,7 @@ impl FeedTx<'_> {
                 m.url,
                 m.action,
                 m.ip.map(|ip| ip.to_string()),
-                m.raw,
+                crate::entity::redact_userinfo(&m.raw),
                 i64_of(self.now_ms),
             ])?;
         Ok(n == 1)

@@ -17,7 +17,7 @@ pub use actions::{
     ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
     NewAction, ResultRecord, Rules, TargetRefusal,
 };
-pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome};
+pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome, EvidenceAlert};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use fold::Fold;
 pub use incident_view::{AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, ProcessAlerts};
@@ -915,7 +915,10 @@ fn insert_alert(
     let matched: serde_json::Map<String, serde_json::Value> = a
         .matched
         .iter()
-        .map(|m| (m.name.clone(), serde_json::Value::String(m.value.clone())))
+        .map(|m| {
+            let value = entity::redact_userinfo(&m.value).into_owned();
+            (m.name.clone(), serde_json::Value::String(value))
+        })
         .collect();
     let inserted = tx
         .prepare_cached(

@@ -127,7 +127,19 @@ pub(crate) fn insert_sourced(
             serde_json::to_string(&a.rule.tactics).unwrap_or_default(),
             a.count.max(1),
             serde_json::Value::Array(entities).to_string(),
-            serde_json::Value::Object(a.matched.clone()).to_string(),
+            serde_json::Value::Object(
+                a.matched
+                    .iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(t) => (
+                            k.clone(),
+                            serde_json::Value::String(entity::redact_userinfo(t).into_owned()),
+                        ),
+                        other => (k.clone(), other.clone()),
+                    })
+                    .collect()
+            )
+            .to_string(),
             a.source.as_str(),
             hash.as_ref().map(|h| &h[..]),
         ])?;

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use ring::rand::SystemRandom;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use ward_protocol::codec::MAX_COLLECTOR_FRAME;
 use ward_protocol::message::close_code;
 use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, EnrollRequest, EnrollResponse, SignatureKind};
 
+use super::admission::PendingGuard;
 use super::{Context, read_frame, write_frame};
 use crate::pki::fingerprint;
 use crate::store::NewDevice;
@@ -18,12 +19,42 @@ use crate::util::{now_ms, sha256};
 /// An enrollment request is small; anything larger is refused unread.
 const MAX_ENROLL_FRAME: u32 = 64 * 1024;
 
-pub async fn handle(conn: quinn::Connection, ctx: &Context) {
-    let Ok(_slot) = ctx.enroll_slots.acquire().await else {
-        return;
-    };
+/// How long after the handshake the enrollment request must have arrived: it
+/// is one small frame. A connection that says nothing is closed then, holding
+/// nothing but its own place meanwhile.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a read request may wait for one of the enrollment slots (the
+/// signature check, certificate and database write) and be answered.
+pub const DECIDE_DEADLINE: Duration = Duration::from_secs(10);
+
+pub async fn handle(conn: quinn::Connection, pending: PendingGuard, ctx: &Context) {
     let remote = conn.remote_address();
-    let result = tokio::time::timeout(Duration::from_secs(15), exchange(&conn, ctx)).await;
+    // Counted as unauthenticated (per address and in total) until answered.
+    let _pending = pending;
+    // The request is read without an enrollment slot: slots are held only for
+    // the work, never while a peer keeps quiet.
+    let request = match tokio::time::timeout(REQUEST_DEADLINE, read_request(&conn)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(reason)) => {
+            ctx.metrics.enrollments_refused.inc();
+            debug!(%remote, %reason, "enrollment request unreadable");
+            conn.close(close_code::PROTOCOL.into(), reason.as_bytes());
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.enrollments_refused.inc();
+            ctx.metrics.reject("enroll_request_timeout");
+            conn.close(close_code::PROTOCOL.into(), b"enrollment request not sent in time");
+            return;
+        }
+    };
+    let result = tokio::time::timeout(DECIDE_DEADLINE, async {
+        let Ok(_slot) = ctx.enroll_slots.acquire().await else {
+            return Err("collector stopping".to_string());
+        };
+        exchange(request, ctx).await
+    })
+    .await;
     match result {
         Ok(Ok(device)) => {
             ctx.metrics.enrollments_accepted.inc();
@@ -39,18 +70,23 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context) {
         }
         Err(_) => {
             ctx.metrics.enrollments_refused.inc();
-            conn.close(close_code::PROTOCOL.into(), b"enrollment timed out");
+            conn.close(close_code::BUSY.into(), b"enrollment timed out; retry later");
         }
     }
 }
 
-/// Runs the exchange; on refusal the reason has been sent to the agent too.
-async fn exchange(conn: &quinn::Connection, ctx: &Context) -> Result<DeviceId, String> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+/// The request's stream and message.
+async fn read_request(conn: &quinn::Connection) -> Result<(quinn::SendStream, AgentMessage), String> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
     let msg: AgentMessage = read_frame(&mut recv, MAX_ENROLL_FRAME)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("stream ended before the enrollment request")?;
+    Ok((send, msg))
+}
+
+/// Decides and answers; on refusal the reason has been sent to the agent too.
+async fn exchange((mut send, msg): (quinn::SendStream, AgentMessage), ctx: &Context) -> Result<DeviceId, String> {
     let decision = decide(msg, ctx).await;
     let response = match &decision {
         Ok((device, cert)) => EnrollResponse::Accepted {

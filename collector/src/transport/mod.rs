@@ -3,8 +3,10 @@
 //! streams. The only module (with `tls`, and `https` for the API) that touches
 //! quinn or rustls.
 
+pub mod admission;
 mod enroll;
 pub mod https;
+pub mod limits;
 pub mod registry;
 mod session;
 pub mod tls;
@@ -42,6 +44,10 @@ pub struct Context {
     /// Devices revoked since start (and at start), checked before every batch.
     pub revoked: Arc<std::sync::RwLock<std::collections::HashSet<ward_protocol::DeviceId>>>,
     pub enroll_slots: Semaphore,
+    /// Open connections and unfinished enrollments ([`admission`]).
+    pub admission: admission::Admission,
+    /// Each device's message budgets ([`limits`]).
+    pub limits: limits::Limits,
     /// Heartbeats not yet written: the newest per device ([`write_heartbeats`]).
     pub heartbeats: std::sync::Mutex<std::collections::HashMap<ward_protocol::DeviceId, crate::store::DeviceState>>,
     /// Every command-key rollover, oldest first: the first thing each session sends.
@@ -110,14 +116,28 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if ctx.registry.online_count() as u64 >= u64::from(ctx.config.ingest.max_connections) {
+                // Every connection counts from its first packet: handshaking, enrolling
+                // and not yet welcomed ones too, so they cannot pile up past the cap.
+                let Some(open) = ctx.admission.try_open(ctx.config.ingest.max_connections as usize) else {
                     ctx.metrics.reject("too_many_connections");
                     incoming.refuse();
                     continue;
-                }
+                };
+                // Bounded per address before any handshake work is spent on it.
+                let pending = match ctx.admission.try_pending(incoming.remote_address().ip()) {
+                    Ok(p) => p,
+                    Err(busy) => {
+                        ctx.metrics.reject(busy.as_str());
+                        incoming.refuse();
+                        continue;
+                    }
+                };
                 let ctx = Arc::clone(&ctx);
                 let shutdown = shutdown.clone();
-                tasks.spawn(async move { handle(incoming, ctx, shutdown).await });
+                tasks.spawn(async move {
+                    handle(incoming, pending, ctx, shutdown).await;
+                    drop(open);
+                });
             }
             _ = shutdown.changed() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -131,7 +151,12 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
-async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
+async fn handle(
+    incoming: quinn::Incoming,
+    pending: admission::PendingGuard,
+    ctx: Arc<Context>,
+    shutdown: watch::Receiver<bool>,
+) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(conn)) => conn,
@@ -140,6 +165,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::R
             return;
         }
         Err(_) => {
+            ctx.metrics.reject("handshake_timeout");
             debug!(%remote, "handshake timed out");
             return;
         }
@@ -149,8 +175,13 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<Context>, shutdown: watch::R
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(p) if p == ALPN_ENROLL => enroll::handle(conn, &ctx).await,
-        Some(p) if p == ALPN_SESSION => session::handle(conn, &ctx, shutdown).await,
+        // An enrollment stays unauthenticated until it is answered.
+        Some(p) if p == ALPN_ENROLL => enroll::handle(conn, pending, &ctx).await,
+        // A session's client certificate was verified in the handshake.
+        Some(p) if p == ALPN_SESSION => {
+            drop(pending);
+            session::handle(conn, &ctx, shutdown).await
+        }
         _ => conn.close(close_code::PROTOCOL.into(), b"unknown application protocol"),
     }
 }
@@ -162,28 +193,56 @@ pub enum ReadError {
     Frame(#[from] FrameError),
     #[error("stream: {0}")]
     Stream(String),
+    #[error("frame not finished in time (10 s, plus 1 s per 32 KiB it declared)")]
+    Stalled,
 }
 
+/// How long a frame may take from its first byte to its last, plus one second
+/// for every [`FRAME_MIN_BYTES_PER_SEC`] of its declared length (a large batch on
+/// a slow uplink). Between frames a peer may be idle as long as it likes; a
+/// frame begun and never finished (a declared length that never arrives) would
+/// otherwise hold its buffer forever.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+/// The slowest sending rate a frame's deadline allows for (256 kbit/s).
+pub const FRAME_MIN_BYTES_PER_SEC: u64 = 32 * 1024;
+
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly.
-/// The header's length is checked against `max` before the body is allocated.
+/// The header's length is checked against `max` before the body is allocated,
+/// and the frame must be complete within its deadline ([`FRAME_DEADLINE`]).
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<T>, ReadError> {
     let mut header = [0u8; HEADER_LEN];
-    match recv.read_exact(&mut header).await {
+    // The first byte may be long in coming; the rest of the frame may not.
+    match recv.read_exact(&mut header[..1]).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(None),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Stream(e.to_string())),
+    }
+    let started = tokio::time::Instant::now();
+    let rest_of_header = tokio::time::timeout(FRAME_DEADLINE, recv.read_exact(&mut header[1..]))
+        .await
+        .map_err(|_| ReadError::Stalled)?;
+    match rest_of_header {
+        Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(FrameError::Truncated { needed: HEADER_LEN - n }.into());
+            return Err(FrameError::Truncated {
+                needed: HEADER_LEN - 1 - n,
+            }
+            .into());
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadError::Stream(e.to_string())),
     }
     let header = FrameHeader::parse(&header, max)?;
     let mut body = vec![0u8; header.body_len as usize];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => ReadError::Frame(FrameError::Truncated {
-            needed: body_len(&header) - n,
-        }),
-        quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
-    })?;
+    let deadline = started + FRAME_DEADLINE + Duration::from_secs(u64::from(header.body_len) / FRAME_MIN_BYTES_PER_SEC);
+    tokio::time::timeout_at(deadline, recv.read_exact(&mut body))
+        .await
+        .map_err(|_| ReadError::Stalled)?
+        .map_err(|e| match e {
+            quinn::ReadExactError::FinishedEarly(n) => ReadError::Frame(FrameError::Truncated {
+                needed: body_len(&header) - n,
+            }),
+            quinn::ReadExactError::ReadError(e) => ReadError::Stream(e.to_string()),
+        })?;
     Ok(Some(decode_body(&body)?))
 }
 

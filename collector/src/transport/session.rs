@@ -4,7 +4,7 @@
 //! committed by the writer and only then acknowledged. A bad frame or signature
 //! closes this connection with a reason and affects no other agent.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -12,6 +12,7 @@ use ward_protocol::codec::MAX_COLLECTOR_FRAME;
 use ward_protocol::message::{Ack, AlertBatch, Welcome, close_code};
 use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, PublicKey};
 
+use super::limits::{Kind, MAX_DROP_SEQS, clip};
 use super::{Context, ReadError, read_frame, write_frame};
 use crate::actions;
 use crate::pki::fingerprint;
@@ -21,6 +22,8 @@ use crate::util::now_ms;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The protocol minor version that added [`CollectorMessage::KeyRollover`].
 const ROLLOVER_MINOR: u8 = 1;
+/// The protocol minor version that added [`CollectorMessage::CommandSequence`].
+const COMMAND_SEQUENCE_MINOR: u8 = 3;
 
 pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Receiver<bool>) {
     let Some((device, key)) = identify(&conn, ctx).await else {
@@ -95,6 +98,27 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
             return;
         }
     }
+    // Before any command: an agent that lost its record of the last command it
+    // accepted refuses commands until it knows ours (replay protection never
+    // falls open).
+    if agent_minor >= COMMAND_SEQUENCE_MINOR {
+        let seq = match ctx.reads.run(move |s| s.command_seq(device)).await {
+            Ok(Ok(seq)) => Some(seq),
+            Ok(Err(e)) | Err(e) => {
+                // The agent keeps refusing commands until a later session tells it.
+                warn!(%device, error = %e, "command sequence not read; not sent");
+                None
+            }
+        };
+        if let Some(last_assigned) = seq
+            && out_tx
+                .send(CollectorMessage::CommandSequence { last_assigned })
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
     // Commands approved while this session starts wait for `session_ready` below.
     actions::dispatch::session_starting(device, conn.stable_id()).await;
     if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
@@ -155,40 +179,6 @@ async fn identify(conn: &quinn::Connection, ctx: &Context) -> Option<(DeviceId, 
     }
 }
 
-/// Token bucket of alerts per second. Over the rate, the session sleeps before
-/// reading on: the agent is slowed by QUIC flow control, nothing is dropped.
-struct RateLimit {
-    per_sec: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(per_sec));
-        RateLimit {
-            per_sec: f64::from(per_sec),
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes `n` tokens; returns how long to wait before they are paid for.
-    fn take(&mut self, n: usize) -> Duration {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.burst);
-        self.last = now;
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.per_sec)
-        }
-    }
-}
-
 /// The authenticated device on the other end of a session.
 struct Peer<'a> {
     conn: &'a quinn::Connection,
@@ -209,10 +199,8 @@ async fn run(
     pack_sent: &mut u64,
 ) -> String {
     let Peer { conn, device, out, .. } = *peer;
-    let mut limit = RateLimit::new(
-        ctx.config.ingest.max_alerts_per_second_per_agent,
-        ctx.config.ingest.burst_alerts_per_agent,
-    );
+    // Kept across reconnects: a device cannot buy a fresh burst by reconnecting.
+    let limits = ctx.limits.of(device, &ctx.config.ingest);
     let max = ctx.config.ingest.max_frame_bytes;
     // The clock skew last warned about in this session.
     let mut warned_skew = 0i64;
@@ -232,15 +220,43 @@ async fn run(
                 return format!("bad frame: {e}");
             }
             Err(ReadError::Stream(e)) => return e,
+            Err(ReadError::Stalled) => {
+                ctx.metrics.reject("bad_frame");
+                warn!(%device, "frame not finished in time");
+                conn.close(close_code::PROTOCOL.into(), ReadError::Stalled.to_string().as_bytes());
+                return ReadError::Stalled.to_string();
+            }
         };
         if is_revoked(ctx, &device) {
             ctx.metrics.reject("revoked");
             conn.close(close_code::REVOKED.into(), b"device revoked");
             return "device revoked".into();
         }
+        // Every kind has its budget; over it, the session waits before handling
+        // the message (QUIC flow control slows the device; nothing is dropped).
+        let kind = match &msg {
+            AgentMessage::Alerts(b) => Some(Kind::Alerts(b.alerts.len())),
+            AgentMessage::Heartbeat(_) => Some(Kind::Heartbeat),
+            AgentMessage::Dropped(_) => Some(Kind::Dropped),
+            AgentMessage::CommandResult(_) => Some(Kind::Result),
+            AgentMessage::Hello(_) | AgentMessage::Enroll(_) => None,
+        };
+        if let Some(kind) = kind {
+            let wait = match limits.lock() {
+                Ok(mut l) => l.take(kind),
+                Err(p) => p.into_inner().take(kind),
+            };
+            if !wait.is_zero() {
+                ctx.metrics.throttled(kind.as_str());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return "collector shutting down".into(),
+                }
+            }
+        }
         match msg {
             AgentMessage::Alerts(batch) => {
-                if let Err(reason) = alerts(peer, ctx, batch, &mut limit).await {
+                if let Err(reason) = alerts(peer, ctx, batch).await {
                     return reason;
                 }
             }
@@ -270,15 +286,19 @@ async fn run(
                 }
             }
             AgentMessage::Dropped(report) => {
-                warn!(%device, dropped = report.dropped, reason = %report.reason, "agent dropped alerts");
-                let seqs: Vec<u64> = report.seqs.into_iter().take(10_000).collect();
+                warn!(%device, dropped = report.dropped, reason = %clip(&report.reason), "agent dropped alerts");
+                let seqs: Vec<u64> = report.seqs.into_iter().take(MAX_DROP_SEQS).collect();
                 let _ = ctx
                     .writer
                     .run(move |s| s.record_drops(device, report.dropped, &seqs, now_ms()))
                     .await;
             }
             AgentMessage::CommandResult(signed) => {
-                if let Err(reason) = command_result(peer, ctx, &signed).await {
+                let audit = match limits.lock() {
+                    Ok(mut l) => l.audit(),
+                    Err(p) => p.into_inner().audit(),
+                };
+                if let Err(reason) = command_result(peer, ctx, &signed, audit).await {
                     return reason;
                 }
             }
@@ -335,14 +355,21 @@ async fn store_until_stored(
     }
 }
 
-async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut RateLimit) -> Result<(), String> {
+async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch) -> Result<(), String> {
     let Peer { conn, device, key, out } = *peer;
-    ctx.metrics.alerts_received.add(batch.alerts.len() as u64);
-    let wait = limit.take(batch.alerts.len());
-    if !wait.is_zero() {
-        ctx.metrics.throttled_batches.inc();
-        tokio::time::sleep(wait).await;
+    if batch.alerts.is_empty() {
+        // Nothing to store: answered without the writer.
+        let ack = Ack {
+            batch_id: batch.batch_id,
+            stored: 0,
+            duplicates: 0,
+        };
+        return out
+            .send(CollectorMessage::Ack(ack))
+            .await
+            .map_err(|_| "outbound closed".to_string());
     }
+    ctx.metrics.alerts_received.add(batch.alerts.len() as u64);
     let verified = match ctx.verify.verify(device, key, batch.alerts).await {
         Ok(Ok(v)) => v,
         Ok(Err(rejection)) => {
@@ -372,10 +399,19 @@ async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch, limit: &mut R
 
 /// Verifies (with the device's enrolled key, before decoding) and stores a
 /// command result. A bad signature or a result naming another device closes
-/// the connection, as a bad alert does; both are audited.
-async fn command_result(peer: &Peer<'_>, ctx: &Context, signed: &ward_protocol::Signed) -> Result<(), String> {
+/// the connection, as a bad alert does; both are audited while the device's
+/// audit budget lasts (`audit`), then only counted.
+async fn command_result(
+    peer: &Peer<'_>,
+    ctx: &Context,
+    signed: &ward_protocol::Signed,
+    audit: bool,
+) -> Result<(), String> {
     let Peer { conn, device, key, .. } = *peer;
-    match actions::dispatch::record_result(&ctx.writer, device, &key, signed).await {
+    if !audit {
+        ctx.metrics.device_audit_suppressed.inc();
+    }
+    match actions::dispatch::record_result(&ctx.writer, device, &key, signed, audit).await {
         Ok(Ok(_)) => {
             // The device may have been sent less than it should (a full queue): catch up.
             actions::dispatch::push(&ctx.reads, &ctx.registry, device).await;
@@ -404,20 +440,4 @@ async fn outbound(mut send: quinn::SendStream, mut rx: mpsc::Receiver<CollectorM
         }
     }
     let _ = send.finish();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_allows_the_burst_then_paces() {
-        let mut l = RateLimit::new(1000, 2000);
-        assert_eq!(l.take(2000), Duration::ZERO);
-        let wait = l.take(500);
-        assert!(
-            wait > Duration::from_millis(400) && wait <= Duration::from_millis(501),
-            "{wait:?}"
-        );
-    }
 }

@@ -57,4 +57,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A QUIC + TLS handshake takes a few round trips; one that has not finished by
+/// then is dropped (it holds a place under `max_connections` meanwhile).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
