@@ -2,7 +2,7 @@
 //! prevalence, the tail watermark), analyst changes with their activity log, and
 //! the queries behind the incident API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
@@ -470,7 +470,7 @@ impl Store {
             "DELETE FROM incident_entities WHERE incident_id = ?1",
             params![&*row.id],
         )?;
-        upsert_incident(&tx, row, now_ms)?;
+        upsert_incident(&tx, row, false, now_ms)?;
         upsert_keys(&tx, row)?;
         tx.commit()?;
         Ok(())
@@ -998,11 +998,16 @@ fn save_counters(tx: &Transaction<'_>, c: CorrelationCounters) -> Result<(), Sto
     Ok(())
 }
 
-fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, now_ms: u64) -> Result<(), StoreError> {
-    let before: Option<(i64, bool)> = tx
-        .prepare_cached("SELECT severity, severity_manual FROM incidents WHERE id = ?1")?
-        .query_row(params![inc.id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+/// Saves an incident's summary; `new` when no row of it can exist yet (opened in
+/// this step and not saved before in it), which spares looking for its old severity.
+fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, new: bool, now_ms: u64) -> Result<(), StoreError> {
+    let before: Option<(i64, bool)> = if new {
+        None
+    } else {
+        tx.prepare_cached("SELECT severity, severity_manual FROM incidents WHERE id = ?1")?
+            .query_row(params![inc.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+    };
     if let Some((old, false)) = before
         && sev_num(inc.severity) > old
     {
@@ -1203,8 +1208,15 @@ fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now
 }
 
 fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result<(), StoreError> {
+    // Incidents opened by this step's alerts have no row until their first save here.
+    let mut opened: HashSet<&str> = changes
+        .links
+        .iter()
+        .filter(|l| l.created)
+        .map(|l| &*l.incident_id)
+        .collect();
     for inc in changes.merged_away.iter().chain(&changes.incidents) {
-        upsert_incident(tx, inc, now_ms)?;
+        upsert_incident(tx, inc, opened.remove(&*inc.id), now_ms)?;
     }
     let mut link = tx.prepare_cached(
         "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms, at_ms, clock_note)
