@@ -274,25 +274,26 @@ impl Store {
         };
         let mut keys = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert, runs FROM incident_entities
-             WHERE incident_id = ?1",
+            "SELECT key, label, via, first_ms, last_ms, last_alert, runs FROM incident_entities WHERE incident_id = ?1",
         )?;
         let rows = stmt.query_map(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })?;
         for row in rows {
-            let (key, kind, value, label, via, first_ms, last_ms, last_alert, runs) = row?;
-            let kind = KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entity kind {kind}")))?;
+            let (key, label, via, first_ms, last_ms, last_alert, runs) = row?;
+            // A key is `kind:value`.
+            let kind = key
+                .split_once(':')
+                .and_then(|(kind, _)| KeyKind::parse(kind))
+                .ok_or_else(|| StoreError::Corrupt(format!("entity key {key}")))?;
             let (first_ms, last_ms) = (first_ms.max(0) as u64, last_ms.max(0) as u64);
             // Device keys saved before runs were kept count as one run over their span.
             let runs = match runs {
@@ -304,7 +305,7 @@ impl Store {
             keys.push(KeyRow {
                 key: key.into(),
                 kind,
-                label: (label != value).then(|| label.into()),
+                label: label.map(Into::into),
                 via: via.map(Into::into),
                 first_ms,
                 last_ms,
@@ -917,7 +918,8 @@ impl Store {
     /// The devices an incident's keys name.
     pub fn incident_device_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT value FROM incident_entities WHERE incident_id = ?1 AND kind = 'device' AND value NOT LIKE 'host/%'
+            "SELECT substr(key, 8) AS value FROM incident_entities
+             WHERE incident_id = ?1 AND substr(key, 1, 7) = 'device:' AND substr(key, 8) NOT LIKE 'host/%'
              ORDER BY first_ms, value",
         )?;
         let rows = stmt
@@ -1084,19 +1086,19 @@ fn severity_reason(inc: &IncidentRow) -> String {
 /// Saves the keys a row carries.
 fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert, runs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+        "INSERT INTO incident_entities (incident_id, key, label, via, first_ms, last_ms, last_alert, runs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(incident_id, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
              last_ms = excluded.last_ms, last_alert = excluded.last_alert, runs = excluded.runs",
     )?;
     for k in &inc.keys {
         let runs = (!k.runs.is_empty()).then(|| to_json_text(&k.runs));
+        // The label only where it is not the value (the key holds that).
+        let label = k.label.as_deref().filter(|l| *l != k.value());
         stmt.execute(params![
             &*inc.id,
             &*k.key,
-            k.kind.as_str(),
-            k.value(),
-            k.label(),
+            label,
             k.via.as_deref(),
             i64_of(k.first_ms),
             i64_of(k.last_ms),

@@ -420,6 +420,32 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX incidents_by_redirect ON incidents(redirected_to) WHERE redirected_to IS NOT NULL;
     "#,
+    // 18 (correlation write path): `incident_entities` without the columns its key
+    // already holds (`kind` and `value` are the key's two parts) and with `label`
+    // only where it is not the value; without the foreign key to `incidents`, which
+    // looked the incident up for every key written (the engine writes an incident's
+    // keys in the transaction that writes the incident; merges delete them). Each
+    // correlation step upserts every key it touched: a row half as long is half the
+    // pages to split, log and checkpoint.
+    r#"
+    CREATE TABLE incident_entities_new (
+        incident_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        label TEXT,
+        via TEXT,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        last_alert TEXT NOT NULL,
+        runs TEXT,
+        PRIMARY KEY (incident_id, key)
+    ) WITHOUT ROWID;
+    INSERT INTO incident_entities_new (incident_id, key, label, via, first_ms, last_ms, last_alert, runs)
+        SELECT incident_id, key, NULLIF(label, value), via, first_ms, last_ms, last_alert, runs
+        FROM incident_entities;
+    DROP TABLE incident_entities;
+    ALTER TABLE incident_entities_new RENAME TO incident_entities;
+    CREATE INDEX incident_entities_by_key ON incident_entities(key, incident_id);
+    "#,
 ];
 
 #[cfg(test)]
@@ -444,6 +470,72 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(plan.iter().any(|p| p.contains("incidents_by_redirect")), "{plan:?}");
+    }
+
+    /// Incident keys saved before their table lost its `kind` and `value` columns
+    /// load as they were saved: kind from the key, the label only where it differs.
+    #[test]
+    fn slimmed_incident_keys_load_as_saved() {
+        use crate::incidents::keys::KeyKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let slim = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("incident_entities_new"))
+            .unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..slim] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {slim};
+                 INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
+                     first_title, several_titles, first_activity_ms, last_activity_ms, created_at_ms,
+                     updated_at_ms, alert_count, device_count, user_count, mailbox_count)
+                     VALUES ('i1', 1, 'T', 3, 3, 'active', '[\"collector\"]', '[]', 'T', 0, 10, 20, 30, 30, 2, 1, 1, 0);
+                 INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms,
+                     last_alert, runs) VALUES
+                     ('i1', 'device:d1', 'device', 'd1', 'laptop', NULL, 10, 20, 'a2', '[[10,20]]'),
+                     ('i1', 'device:host/old', 'device', 'host/old', 'host/old', NULL, 10, 10, 'a1', NULL),
+                     ('i1', 'user:alice', 'user', 'alice', 'alice', 'found on d1', 10, 20, 'a2', NULL);"
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let inc = store.load_incident("i1").unwrap().unwrap();
+        let mut keys: Vec<_> = inc
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.key.to_string(),
+                    k.kind,
+                    k.label.as_deref().map(str::to_string),
+                    k.via.as_deref().map(str::to_string),
+                    k.runs.clone(),
+                )
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            keys,
+            vec![
+                ("device:d1".into(), KeyKind::Device, Some("laptop".into()), None, vec![(10, 20)]),
+                ("device:host/old".into(), KeyKind::Device, None, None, vec![(10, 10)]),
+                ("user:alice".into(), KeyKind::User, None, Some("found on d1".into()), vec![]),
+            ]
+        );
+        assert_eq!(store.incident_device_ids("i1").unwrap(), vec!["d1".to_string()]);
+        let kind_columns: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('incident_entities') WHERE name IN ('kind', 'value')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind_columns, 0);
     }
 
     /// A database made before migration 7 keeps its alerts, their rowids and
