@@ -426,8 +426,12 @@ pub const MIGRATIONS: &[&str] = &[
     // looked the incident up for every key written (the engine writes an incident's
     // keys in the transaction that writes the incident; merges delete them). Each
     // correlation step upserts every key it touched: a row half as long is half the
-    // pages to split, log and checkpoint.
+    // pages to split, log and checkpoint. And no index on incidents by status: only
+    // the engine's load used it (open incidents active since a time), which the index
+    // by last activity serves as well, while every step moved an entry in it for each
+    // incident an alert joined.
     r#"
+    DROP INDEX incidents_by_status;
     CREATE TABLE incident_entities_new (
         incident_id TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -536,6 +540,23 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kind_columns, 0);
+    }
+
+    /// The engine's load finds open incidents through the index by last activity
+    /// (there is no index by status: every correlation step would move its entries).
+    #[test]
+    fn open_incidents_are_found_by_last_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", crate::store::incidents::OPEN_INCIDENTS))
+            .unwrap()
+            .query_map([0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("incidents_by_last")), "{plan:?}");
     }
 
     /// A database made before migration 7 keeps its alerts, their rowids and
