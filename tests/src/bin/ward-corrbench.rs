@@ -512,9 +512,10 @@ async fn collector_run(cli: &Cli) -> Result<()> {
     );
     if let Some(cpu) = writer_cpu(&pid) {
         println!(
-            "collector writer thread CPU: {:.1} s = {:.1} us per alert",
+            "collector writer thread CPU: {:.1} s = {:.1} us per alert; {:.1} s runnable but waiting for a core (schedstat: other load on the machine)",
             cpu.as_secs_f64(),
-            cpu.as_secs_f64() * 1e6 / cli.alerts as f64
+            cpu.as_secs_f64() * 1e6 / cli.alerts as f64,
+            writer_waited(&pid).unwrap_or_default().as_secs_f64()
         );
     }
 
@@ -631,25 +632,34 @@ async fn restart_run(mut collector: Collector, client: &reqwest::Client, ids: &[
     Ok(())
 }
 
+/// The `ward-writer` thread's directory under /proc.
+fn writer_task(pid: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .map(|t| t.path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "ward-writer"))
+}
+
+/// How long the `ward-writer` thread was ready to run but waited for a core.
+fn writer_waited(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(writer_task(pid)?.join("schedstat")).ok()?;
+    let waited: u64 = stat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Duration::from_nanos(waited))
+}
+
 /// CPU time (user + system) of the collector's `ward-writer` thread so far.
 fn writer_cpu(pid: &str) -> Option<Duration> {
     // SAFETY: sysconf has no memory effects.
     #[allow(unsafe_code)]
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "ward-writer" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // Fields after the command's closing parenthesis: utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = f.get(11)?.parse().ok()?;
-        let stime: u64 = f.get(12)?.parse().ok()?;
-        return Some(Duration::from_secs_f64((utime + stime) as f64 / ticks.max(1) as f64));
-    }
-    None
+    let stat = std::fs::read_to_string(writer_task(pid)?.join("stat")).ok()?;
+    // Fields after the command's closing parenthesis: utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64((utime + stime) as f64 / ticks.max(1) as f64))
 }
 
 fn store_query(db: &std::path::Path, sql: &str) -> Result<i64> {
