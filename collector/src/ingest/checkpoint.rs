@@ -22,9 +22,13 @@ use tracing::warn;
 
 use crate::store::{Store, StoreError};
 
-/// Frames (pages) in the log past which the writer checkpoints itself: 256 MiB of
-/// 4 KiB pages, far above one step's commit, far below a disk's worth.
-pub const INLINE_FRAMES: u64 = 65_536;
+/// Frames (pages) in the log past which the writer checkpoints itself: 64 MiB of
+/// 4 KiB pages, a few correlation steps' commits. The thread has copied all but the
+/// last commits by then, so the writer copies only those, and the log restarts at
+/// its next transaction (with 256 MiB, a run of 100,000 alerts grew the log to
+/// 220 MiB, larger than the database, and writing fresh log pages cost more than
+/// the checkpoints saved).
+pub const INLINE_FRAMES: u64 = 16_384;
 
 #[derive(Default)]
 struct Wake {
