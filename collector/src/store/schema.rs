@@ -525,9 +525,21 @@ mod tests {
         assert_eq!(
             keys,
             vec![
-                ("device:d1".into(), KeyKind::Device, Some("laptop".into()), None, vec![(10, 20)]),
+                (
+                    "device:d1".into(),
+                    KeyKind::Device,
+                    Some("laptop".into()),
+                    None,
+                    vec![(10, 20)]
+                ),
                 ("device:host/old".into(), KeyKind::Device, None, None, vec![(10, 10)]),
-                ("user:alice".into(), KeyKind::User, None, Some("found on d1".into()), vec![]),
+                (
+                    "user:alice".into(),
+                    KeyKind::User,
+                    None,
+                    Some("found on d1".into()),
+                    vec![]
+                ),
             ]
         );
         assert_eq!(store.incident_device_ids("i1").unwrap(), vec!["d1".to_string()]);
@@ -550,7 +562,10 @@ mod tests {
         let store = Store::open(&dir.path().join("ward.db")).unwrap();
         let plan: Vec<String> = store
             .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", crate::store::incidents::OPEN_INCIDENTS))
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::incidents::OPEN_INCIDENTS
+            ))
             .unwrap()
             .query_map([0], |r| r.get::<_, String>(3))
             .unwrap()
