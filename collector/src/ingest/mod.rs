@@ -1,6 +1,7 @@
 //! Ingest: verification of signed alerts on all cores, then durable storage by
 //! the single writer. Sessions (transport) drive it; nothing here does network IO.
 
+pub mod checkpoint;
 pub mod verify;
 pub mod writer;
 

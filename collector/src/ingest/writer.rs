@@ -10,6 +10,9 @@
 //! it with [`Writer::run_next`]: it runs before the next round, so correlation and
 //! ingest alternate during a burst instead of correlation moving one step per
 //! drained queue.
+//!
+//! The writer's commits do not checkpoint the write-ahead log; `checkpoint` does
+//! that on its own thread.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -21,6 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::error;
 use ward_protocol::DeviceId;
 
+use super::checkpoint::{Checkpointer, INLINE_FRAMES};
 use crate::metrics::Metrics;
 use crate::store::{Fold, InsertOutcome, Store, StoreError, VerifiedAlert};
 use crate::util::now_ms;
@@ -99,6 +103,8 @@ impl Writer {
         let mut store = Store::open(db_path)?;
         store.set_fold(fold)?;
         store.set_cache_mib(cache_mib)?;
+        store.disable_auto_checkpoint()?;
+        let checkpointer = Checkpointer::start(db_path, INLINE_FRAMES)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);
         let committed = Arc::new(Notify::new());
@@ -115,6 +121,7 @@ impl Writer {
                     // task may queue the next one).
                     while let Some(task) = queued.lock().ok().and_then(|mut q| q.pop_front()) {
                         task(&mut store);
+                        checkpointer.after_commit(&store);
                         rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     let Some(first) = rx.blocking_recv() else { break };
@@ -135,6 +142,7 @@ impl Writer {
                     if run_round(&mut store, round, &metrics, &health) {
                         notify.notify_one();
                     }
+                    checkpointer.after_commit(&store);
                     rounds_tx.send_modify(|n| *n = n.wrapping_add(1));
                 }
             })

@@ -2,7 +2,7 @@
 //! prevalence, the tail watermark), analyst changes with their activity log, and
 //! the queries behind the incident API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
@@ -158,6 +158,12 @@ const SUMMARY_COLUMNS: &str = "i.id, i.title, i.severity, i.status, i.redirected
     i.determination, i.tags, i.sources, i.tactics, i.first_activity_ms, i.last_activity_ms, i.created_at_ms,
     i.updated_at_ms, i.alert_count, i.device_count, i.user_count, i.mailbox_count";
 
+/// The engine's load: open incidents active since a time, oldest first. Through
+/// the index by last activity (`+seq`: sorting them beats scanning every incident
+/// in `seq` order).
+pub(crate) const OPEN_INCIDENTS: &str =
+    "SELECT id FROM incidents WHERE status IN ('active', 'in_progress') AND last_activity_ms >= ?1 ORDER BY +seq";
+
 fn json_strings(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
 }
@@ -227,9 +233,7 @@ impl Store {
 
     /// Open incidents whose last activity is at or after `horizon_ms`, with their keys.
     pub fn open_incidents(&self, horizon_ms: u64) -> Result<Vec<Incident>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id FROM incidents WHERE status IN ('active', 'in_progress') AND last_activity_ms >= ?1 ORDER BY seq",
-        )?;
+        let mut stmt = self.conn.prepare_cached(OPEN_INCIDENTS)?;
         let ids = stmt
             .query_map(params![i64_of(horizon_ms)], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -274,26 +278,27 @@ impl Store {
         };
         let mut keys = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, kind, value, label, via, first_ms, last_ms, last_alert, runs, flags
-             FROM incident_entities WHERE incident_id = ?1",
+            "SELECT key, label, via, first_ms, last_ms, last_alert, runs, flags FROM incident_entities WHERE incident_id = ?1",
         )?;
         let rows = stmt.query_map(params![id], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, Option<String>>(8)?,
-                r.get::<_, i64>(9)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?;
         for row in rows {
-            let (key, kind, value, label, via, first_ms, last_ms, last_alert, runs, flags) = row?;
-            let kind = KeyKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("entity kind {kind}")))?;
+            let (key, label, via, first_ms, last_ms, last_alert, runs, flags) = row?;
+            // A key is `kind:value`.
+            let kind = key
+                .split_once(':')
+                .and_then(|(kind, _)| KeyKind::parse(kind))
+                .ok_or_else(|| StoreError::Corrupt(format!("entity key {key}")))?;
             let (first_ms, last_ms) = (first_ms.max(0) as u64, last_ms.max(0) as u64);
             // Device keys saved before runs were kept count as one run over their span.
             let runs = match runs {
@@ -305,7 +310,7 @@ impl Store {
             keys.push(KeyRow {
                 key: key.into(),
                 kind,
-                label: (label != value).then(|| label.into()),
+                label: label.map(Into::into),
                 via: via.map(Into::into),
                 first_ms,
                 last_ms,
@@ -473,7 +478,7 @@ impl Store {
             "DELETE FROM incident_entities WHERE incident_id = ?1",
             params![&*row.id],
         )?;
-        upsert_incident(&tx, row, now_ms)?;
+        upsert_incident(&tx, row, false, now_ms)?;
         upsert_keys(&tx, row)?;
         tx.commit()?;
         Ok(())
@@ -920,7 +925,8 @@ impl Store {
     /// The devices an incident's keys name.
     pub fn incident_device_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT value FROM incident_entities WHERE incident_id = ?1 AND kind = 'device' AND value NOT LIKE 'host/%'
+            "SELECT substr(key, 8) AS value FROM incident_entities
+             WHERE incident_id = ?1 AND substr(key, 1, 7) = 'device:' AND substr(key, 8) NOT LIKE 'host/%'
              ORDER BY first_ms, value",
         )?;
         let rows = stmt
@@ -1001,11 +1007,16 @@ fn save_counters(tx: &Transaction<'_>, c: CorrelationCounters) -> Result<(), Sto
     Ok(())
 }
 
-fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, now_ms: u64) -> Result<(), StoreError> {
-    let before: Option<(i64, bool)> = tx
-        .prepare_cached("SELECT severity, severity_manual FROM incidents WHERE id = ?1")?
-        .query_row(params![inc.id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+/// Saves an incident's summary; `new` when no row of it can exist yet (opened in
+/// this step and not saved before in it), which spares looking for its old severity.
+fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, new: bool, now_ms: u64) -> Result<(), StoreError> {
+    let before: Option<(i64, bool)> = if new {
+        None
+    } else {
+        tx.prepare_cached("SELECT severity, severity_manual FROM incidents WHERE id = ?1")?
+            .query_row(params![inc.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+    };
     if let Some((old, false)) = before
         && sev_num(inc.severity) > old
     {
@@ -1079,28 +1090,27 @@ fn severity_reason(inc: &IncidentRow) -> String {
     )
 }
 
-/// `incident_entities.flags` bits (migration 18).
+/// `incident_entities.flags` bits (migration 19).
 const KEY_WEAKLY_HELD: i64 = 1;
 const KEY_ON_DEVICE: i64 = 2;
 
 /// Saves the keys a row carries.
 fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO incident_entities
-             (incident_id, key, kind, value, label, via, first_ms, last_ms, last_alert, runs, flags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+        "INSERT INTO incident_entities (incident_id, key, label, via, first_ms, last_ms, last_alert, runs, flags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT(incident_id, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
              last_ms = excluded.last_ms, last_alert = excluded.last_alert, runs = excluded.runs,
              flags = excluded.flags",
     )?;
     for k in &inc.keys {
         let runs = (!k.runs.is_empty()).then(|| to_json_text(&k.runs));
+        // The label only where it is not the value (the key holds that).
+        let label = k.label.as_deref().filter(|l| *l != k.value());
         stmt.execute(params![
             &*inc.id,
             &*k.key,
-            k.kind.as_str(),
-            k.value(),
-            k.label(),
+            label,
             k.via.as_deref(),
             i64_of(k.first_ms),
             i64_of(k.last_ms),
@@ -1213,8 +1223,15 @@ fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now
 }
 
 fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result<(), StoreError> {
+    // Incidents opened by this step's alerts have no row until their first save here.
+    let mut opened: HashSet<&str> = changes
+        .links
+        .iter()
+        .filter(|l| l.created)
+        .map(|l| &*l.incident_id)
+        .collect();
     for inc in changes.merged_away.iter().chain(&changes.incidents) {
-        upsert_incident(tx, inc, now_ms)?;
+        upsert_incident(tx, inc, opened.remove(&*inc.id), now_ms)?;
     }
     let mut link = tx.prepare_cached(
         "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms, at_ms, clock_note)

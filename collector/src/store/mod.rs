@@ -267,6 +267,21 @@ impl Store {
         Ok(())
     }
 
+    /// Stops SQLite checkpointing the write-ahead log inside this connection's
+    /// commits (the writer's: `ingest::checkpoint` does it on another thread).
+    pub fn disable_auto_checkpoint(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what it can of the write-ahead log into the database, waiting for no
+    /// one (PASSIVE); returns the frames in the log and how many are copied.
+    pub fn checkpoint(&self) -> Result<(u64, u64), StoreError> {
+        Ok(self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
+        })?)
+    }
+
     /// A read-only connection for the API.
     pub fn open_readonly(path: &Path) -> Result<Store, StoreError> {
         let conn =

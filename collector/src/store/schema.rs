@@ -420,13 +420,43 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX incidents_by_redirect ON incidents(redirected_to) WHERE redirected_to IS NOT NULL;
     "#,
-    // 18: how an incident holds a key (engine `KeyRow`): bit 1, weakly (only alerts
+    // 18 (correlation write path): `incident_entities` without the columns its key
+    // already holds (`kind` and `value` are the key's two parts) and with `label`
+    // only where it is not the value; without the foreign key to `incidents`, which
+    // looked the incident up for every key written (the engine writes an incident's
+    // keys in the transaction that writes the incident; merges delete them). Each
+    // correlation step upserts every key it touched: a row half as long is half the
+    // pages to split, log and checkpoint. And no index on incidents by status: only
+    // the engine's load used it (open incidents active since a time), which the index
+    // by last activity serves as well, while every step moved an entry in it for each
+    // incident an alert joined.
+    r#"
+    DROP INDEX incidents_by_status;
+    CREATE TABLE incident_entities_new (
+        incident_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        label TEXT,
+        via TEXT,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        last_alert TEXT NOT NULL,
+        runs TEXT,
+        PRIMARY KEY (incident_id, key)
+    ) WITHOUT ROWID;
+    INSERT INTO incident_entities_new (incident_id, key, label, via, first_ms, last_ms, last_alert, runs)
+        SELECT incident_id, key, NULLIF(label, value), via, first_ms, last_ms, last_alert, runs
+        FROM incident_entities;
+    DROP TABLE incident_entities;
+    ALTER TABLE incident_entities_new RENAME TO incident_entities;
+    CREATE INDEX incident_entities_by_key ON incident_entities(key, incident_id);
+    "#,
+    // 19: how an incident holds a key (engine `KeyRow`): bit 1, weakly (only alerts
     // that joined on the device alone brought it: it ties no more than the device);
     // bit 2, named by a device's alert (an address the device itself talked to).
     r#"
     ALTER TABLE incident_entities ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
     "#,
-    // 19: each device's clock minus the collector's at its last heartbeat.
+    // 20: each device's clock minus the collector's at its last heartbeat.
     r#"
     ALTER TABLE devices ADD COLUMN clock_skew_ms INTEGER;
     "#,
@@ -454,6 +484,104 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(plan.iter().any(|p| p.contains("incidents_by_redirect")), "{plan:?}");
+    }
+
+    /// Incident keys saved before their table lost its `kind` and `value` columns
+    /// load as they were saved: kind from the key, the label only where it differs.
+    #[test]
+    fn slimmed_incident_keys_load_as_saved() {
+        use crate::incidents::keys::KeyKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let slim = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("incident_entities_new"))
+            .unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..slim] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {slim};
+                 INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
+                     first_title, several_titles, first_activity_ms, last_activity_ms, created_at_ms,
+                     updated_at_ms, alert_count, device_count, user_count, mailbox_count)
+                     VALUES ('i1', 1, 'T', 3, 3, 'active', '[\"collector\"]', '[]', 'T', 0, 10, 20, 30, 30, 2, 1, 1, 0);
+                 INSERT INTO incident_entities (incident_id, key, kind, value, label, via, first_ms, last_ms,
+                     last_alert, runs) VALUES
+                     ('i1', 'device:d1', 'device', 'd1', 'laptop', NULL, 10, 20, 'a2', '[[10,20]]'),
+                     ('i1', 'device:host/old', 'device', 'host/old', 'host/old', NULL, 10, 10, 'a1', NULL),
+                     ('i1', 'user:alice', 'user', 'alice', 'alice', 'found on d1', 10, 20, 'a2', NULL);"
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let inc = store.load_incident("i1").unwrap().unwrap();
+        let mut keys: Vec<_> = inc
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.key.to_string(),
+                    k.kind,
+                    k.label.as_deref().map(str::to_string),
+                    k.via.as_deref().map(str::to_string),
+                    k.runs.clone(),
+                )
+            })
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            keys,
+            vec![
+                (
+                    "device:d1".into(),
+                    KeyKind::Device,
+                    Some("laptop".into()),
+                    None,
+                    vec![(10, 20)]
+                ),
+                ("device:host/old".into(), KeyKind::Device, None, None, vec![(10, 10)]),
+                (
+                    "user:alice".into(),
+                    KeyKind::User,
+                    None,
+                    Some("found on d1".into()),
+                    vec![]
+                ),
+            ]
+        );
+        assert_eq!(store.incident_device_ids("i1").unwrap(), vec!["d1".to_string()]);
+        let kind_columns: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('incident_entities') WHERE name IN ('kind', 'value')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind_columns, 0);
+    }
+
+    /// The engine's load finds open incidents through the index by last activity
+    /// (there is no index by status: every correlation step would move its entries).
+    #[test]
+    fn open_incidents_are_found_by_last_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::incidents::OPEN_INCIDENTS
+            ))
+            .unwrap()
+            .query_map([0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("incidents_by_last")), "{plan:?}");
     }
 
     /// A database made before migration 7 keeps its alerts, their rowids and
