@@ -12,7 +12,9 @@ use ring::rand::SecureRandom;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use ward_protocol::message::{AlertBatch, Heartbeat};
-use ward_protocol::{AgentMessage, CollectorMessage, Inventory, IsolationState};
+use ward_protocol::{
+    AgentHealth, AgentMessage, CollectorMessage, DropNotice, EpochAlertBatch, Inventory, IsolationState,
+};
 
 use crate::config::Config;
 use crate::identity::Identity;
@@ -36,6 +38,9 @@ pub struct Delivery {
     pub results_rx: mpsc::Receiver<ward_protocol::Signed>,
     /// A result taken from the executor but not yet written to a session.
     pub pending_result: Option<ward_protocol::Signed>,
+    /// Whether this session's collector speaks protocol 1.3 (epochs, acknowledged drop
+    /// reports, health); set per session.
+    pub epochs: bool,
 }
 
 enum End {
@@ -101,7 +106,9 @@ impl Delivery {
             mut send,
             mut recv,
             endpoint: _endpoint,
+            collector_minor,
         } = session;
+        self.epochs = collector_minor >= ward_protocol::MINOR_EPOCHS;
         let (tx, mut rx) = mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
         let reader = tokio::spawn(async move {
             loop {
@@ -137,6 +144,13 @@ impl Delivery {
         let mut last_inventory: Option<Inventory> = None;
         let mut in_flight: Option<(u64, tokio::time::Instant)> = None;
         let mut drops_sent = false;
+        // The drop report sent and not yet acknowledged (protocol 1.3).
+        let mut drop_in_flight: Option<u64> = None;
+        if self.epochs
+            && let Err(e) = crate::link::write_frame(send, &self.health()).await
+        {
+            return End::Lost(e.to_string());
+        }
         loop {
             if let Some(result) = self.pending_result.take()
                 && let Err(e) = crate::link::write_frame(send, &AgentMessage::CommandResult(result.clone())).await
@@ -158,10 +172,11 @@ impl Delivery {
             }
             if !drops_sent {
                 drops_sent = true;
-                if let Some(msg) = self.drop_report()
-                    && let Err(e) = crate::link::write_frame(send, &msg).await
-                {
-                    return End::Lost(e.to_string());
+                if let Some((id, msg)) = self.drop_report(drop_in_flight) {
+                    if let Err(e) = crate::link::write_frame(send, &msg).await {
+                        return End::Lost(e.to_string());
+                    }
+                    drop_in_flight = id;
                 }
             }
             let deadline = in_flight
@@ -180,6 +195,14 @@ impl Delivery {
                     Some(Ok(CollectorMessage::Command(signed))) => {
                         if self.commands_tx.try_send(signed).is_err() {
                             warn!("command queue full: command dropped (the collector resends it on reconnect)");
+                        }
+                    }
+                    Some(Ok(CollectorMessage::DropStored { report_id })) => {
+                        if drop_in_flight == Some(report_id) {
+                            drop_in_flight = None;
+                            self.drop_stored(report_id);
+                            // The next one, if any, goes at once.
+                            drops_sent = false;
                         }
                     }
                     Some(Ok(CollectorMessage::Goodbye { reason })) => return End::Lost(reason),
@@ -208,6 +231,12 @@ impl Delivery {
                     if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
                         return End::Lost(e.to_string());
                     }
+                    if self.epochs
+                        && let Err(e) = crate::link::write_frame(send, &self.health()).await
+                    {
+                        return End::Lost(e.to_string());
+                    }
+                    // Unacknowledged reports (and new ones) go again.
                     drops_sent = false;
                 }
                 _ = shutdown.changed() => return End::Shutdown,
@@ -221,14 +250,21 @@ impl Delivery {
         };
         let max_bytes = u64::from(ward_protocol::codec::MAX_AGENT_FRAME) / 2;
         let lease = outbox.lease(self.config.outbox.batch_max_alerts, max_bytes)?;
+        let epoch = outbox.epoch();
         Ok(lease.map(|l| {
-            (
-                l.batch_id,
+            let msg = if self.epochs {
+                AgentMessage::EpochAlerts(EpochAlertBatch {
+                    epoch,
+                    batch_id: l.batch_id,
+                    alerts: l.entries,
+                })
+            } else {
                 AgentMessage::Alerts(AlertBatch {
                     batch_id: l.batch_id,
                     alerts: l.entries,
-                }),
-            )
+                })
+            };
+            (l.batch_id, msg)
         }))
     }
 
@@ -245,12 +281,57 @@ impl Delivery {
         }
     }
 
-    /// The pending drop report; cleared once handed to the session.
-    fn drop_report(&self) -> Option<AgentMessage> {
+    /// The oldest pending drop report and its id. With protocol 1.3 it stays in the
+    /// outbox until the collector says it stored it ("reported at least once");
+    /// an older collector cannot say so, and it is cleared once handed to the session.
+    fn drop_report(&self, in_flight: Option<u64>) -> Option<(Option<u64>, AgentMessage)> {
         let mut outbox = self.shared.outbox.lock().ok()?;
-        let pending = outbox.pending_drops().ok()??;
+        let pending = match outbox.pending_drops_upto(in_flight.unwrap_or(u64::MAX)) {
+            Ok(p) => p?,
+            Err(e) => {
+                warn!(error = %e, "cannot read the drop reports");
+                return None;
+            }
+        };
+        if self.epochs {
+            let id = pending.upto;
+            let notice = DropNotice {
+                epoch: outbox.epoch(),
+                report_id: id,
+                seqs_epoch: pending.seqs_epoch,
+                lost_range: pending.lost_range,
+                report: pending.report,
+            };
+            return Some((Some(id), AgentMessage::DropNotice(notice)));
+        }
         let _ = outbox.clear_drops(pending.upto);
-        Some(AgentMessage::Dropped(pending.report))
+        Some((None, AgentMessage::Dropped(pending.report)))
+    }
+
+    /// The collector stored drop report `id`: its rows go.
+    fn drop_stored(&self, id: u64) {
+        if let Ok(mut outbox) = self.shared.outbox.lock()
+            && let Err(e) = outbox.clear_drops(id)
+        {
+            // Kept, so it is sent again: the collector ignores a report it has.
+            warn!(error = %e, "cannot clear a stored drop report");
+        }
+    }
+
+    fn health(&self) -> AgentMessage {
+        let epoch = self.shared.outbox.lock().map(|o| o.epoch()).unwrap_or(0);
+        let (storage_error, alerts_waiting, alerts_lost) = self
+            .shared
+            .status
+            .lock()
+            .map(|s| (s.storage_error.clone(), s.alerts_waiting, s.alerts_lost_in_memory))
+            .unwrap_or_default();
+        AgentMessage::Health(AgentHealth {
+            epoch,
+            storage_error,
+            alerts_waiting,
+            alerts_lost,
+        })
     }
 
     fn heartbeat(&self, inventory: Option<Inventory>) -> AgentMessage {

@@ -161,6 +161,13 @@ fn status(state_dir: &Path) -> Result<()> {
             );
             println!("isolation: {}", s.isolation);
             println!("alerts: {} raised, {} delivered", s.alerts_raised, s.alerts_delivered);
+            match &s.storage_error {
+                None => println!("storage: ok"),
+                Some(e) => println!(
+                    "storage: FAILING: {e}; {} alerts waiting in memory, {} dropped (reported once storage works)",
+                    s.alerts_waiting, s.alerts_lost_in_memory
+                ),
+            }
         }
         Some(s) => {
             println!("agent: not running (last status from pid {})", s.pid);

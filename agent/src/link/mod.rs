@@ -192,6 +192,9 @@ pub struct Session {
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    /// The collector's protocol minor version (from its welcome): newer messages are
+    /// sent only to a collector that reads them.
+    pub collector_minor: u8,
 }
 
 impl std::fmt::Debug for Session {
@@ -251,11 +254,12 @@ impl Session {
         };
         write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
         match read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME).await {
-            Ok(Some(CollectorMessage::Welcome(_))) => Ok(Session {
+            Ok(Some(CollectorMessage::Welcome(w))) => Ok(Session {
                 endpoint,
                 conn,
                 send,
                 recv,
+                collector_minor: w.protocol_minor,
             }),
             Ok(Some(CollectorMessage::Goodbye { reason })) => Err(LinkError::Closed(reason)),
             Ok(Some(_)) => Err(LinkError::Protocol("expected welcome".into())),

@@ -134,6 +134,6 @@
 mod store;
 
 pub use store::{
-    Appended, Lease, MAX_DROP_ROWS, MAX_ENTRY_BYTES, MAX_REPORT_SEQS, Outbox, OutboxError, PendingDrops,
-    RECORD_OVERHEAD, WAL_LIMIT_BYTES,
+    Appended, JUDGED_KEEP_MS, Lease, MAX_DROP_ROWS, MAX_ENTRY_BYTES, MAX_REPORT_SEQS, Outbox, OutboxError,
+    PendingDrops, Progress, RECORD_OVERHEAD, WAL_LIMIT_BYTES,
 };

@@ -210,6 +210,10 @@ async fn run(
         ctx.config.ingest.burst_alerts_per_agent,
     );
     let max = ctx.config.ingest.max_frame_bytes;
+    // The outbox epoch this session has made current (protocol 1.3), and the storage
+    // state last recorded, so each is written only when it changes.
+    let mut epoch: Option<u64> = None;
+    let mut storage: Option<Option<String>> = None;
     loop {
         let frame = tokio::select! {
             f = read_frame::<AgentMessage>(recv, max) => f,
@@ -259,8 +263,54 @@ async fn run(
                 let seqs: Vec<u64> = report.seqs.into_iter().take(10_000).collect();
                 let _ = ctx
                     .writer
-                    .run(move |s| s.record_drops(device, report.dropped, &seqs, now_ms()))
+                    .run(move |s| s.record_drops(device, report.dropped, &seqs, &report.reason, now_ms()))
                     .await;
+            }
+            AgentMessage::EpochAlerts(batch) => {
+                if let Err(reason) = switch_epoch(ctx, device, batch.epoch, &mut epoch).await {
+                    return reason;
+                }
+                let batch = AlertBatch {
+                    batch_id: batch.batch_id,
+                    alerts: batch.alerts,
+                };
+                if let Err(reason) = alerts(peer, ctx, batch, &mut limit).await {
+                    return reason;
+                }
+            }
+            AgentMessage::DropNotice(notice) => {
+                warn!(%device, dropped = notice.report.dropped, reason = %notice.report.reason, "agent dropped alerts");
+                let report_id = notice.report_id;
+                let stored = ctx
+                    .writer
+                    .run(move |s| s.record_drop_notice(device, &notice, now_ms()))
+                    .await;
+                match stored {
+                    // Acknowledged only once stored: until then the agent keeps it.
+                    Ok(Ok(_)) => {
+                        if out.send(CollectorMessage::DropStored { report_id }).await.is_err() {
+                            return "outbound closed".into();
+                        }
+                    }
+                    Ok(Err(e)) => warn!(%device, error = %e, "drop report not stored; the agent sends it again"),
+                    Err(e) => return e.to_string(),
+                }
+            }
+            AgentMessage::Health(health) => {
+                if let Err(reason) = switch_epoch(ctx, device, health.epoch, &mut epoch).await {
+                    return reason;
+                }
+                if storage.as_ref() != Some(&health.storage_error) {
+                    if let Some(e) = &health.storage_error {
+                        warn!(%device, error = %e, waiting = health.alerts_waiting, lost = health.alerts_lost, "agent cannot store alerts");
+                    }
+                    let error = health.storage_error.clone();
+                    let _ = ctx
+                        .writer
+                        .run(move |s| s.set_storage_error(device, error.as_deref(), now_ms()))
+                        .await;
+                    storage = Some(health.storage_error);
+                }
             }
             AgentMessage::CommandResult(signed) => {
                 if let Err(reason) = command_result(peer, ctx, &signed).await {
@@ -274,6 +324,24 @@ async fn run(
             }
         }
     }
+}
+
+/// Makes `new` the device's outbox epoch before anything numbered in it is stored.
+async fn switch_epoch(ctx: &Context, device: DeviceId, new: u64, current: &mut Option<u64>) -> Result<(), String> {
+    if *current == Some(new) {
+        return Ok(());
+    }
+    let changed = ctx
+        .writer
+        .run(move |s| s.switch_epoch(device, new, now_ms()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if changed {
+        info!(%device, epoch = %format!("{new:016x}"), "device outbox epoch");
+    }
+    *current = Some(new);
+    Ok(())
 }
 
 /// Sends the newest rule pack if the agent has not been sent it yet.
