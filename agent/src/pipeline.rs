@@ -139,9 +139,6 @@ pub enum BuildError {
 const GROUP_MAX_EVENTS: usize = 4096;
 /// The most alerts committed in one transaction.
 const GROUP_MAX_ALERTS: usize = 2048;
-/// Alerts held in memory while the outbox cannot store (disk full, I/O errors); past
-/// this the oldest of the lowest severity are dropped, counted and reported.
-pub const PENDING_MAX_ALERTS: usize = 10_000;
 /// Files remembered for the judged record while storage fails.
 const PENDING_MAX_FILES: usize = 20_000;
 const RETRY_MIN_MS: u64 = 100;
@@ -151,6 +148,8 @@ const RETRY_MAX_MS: u64 = 5_000;
 /// kept across retries when storage fails.
 #[derive(Default)]
 struct Pending {
+    /// `outbox.memory_queue_max_alerts`: past this, alerts are dropped and counted.
+    max_alerts: usize,
     alerts: Vec<AggregatedDetection>,
     files: Vec<(String, u64)>,
     through_ms: u64,
@@ -191,7 +190,9 @@ impl Pending {
 
     fn push(&mut self, ready: Vec<AggregatedDetection>) {
         self.alerts.extend(ready);
-        while self.alerts.len() > PENDING_MAX_ALERTS {
+        // While storage works a group is stored as soon as it is judged (and is bounded
+        // by GROUP_MAX_ALERTS); the memory queue's bound is for while it fails.
+        while self.failing.is_some() && self.alerts.len() > self.max_alerts {
             // The lowest severity goes first, the oldest among equals (as in the outbox).
             let victim = self
                 .alerts
@@ -226,9 +227,10 @@ impl Pending {
             };
             if self.lost > 0 {
                 let reason = format!(
-                    "outbox storage failed ({}): {} alerts dropped from the agent's memory queue (limit {PENDING_MAX_ALERTS})",
+                    "outbox storage failed ({}): {} alerts dropped from the agent's memory queue (limit {})",
                     self.failing.as_deref().unwrap_or("unknown error"),
-                    self.lost
+                    self.lost,
+                    self.max_alerts
                 );
                 outbox.report_loss(self.lost, &reason)?;
                 warn!(
@@ -301,6 +303,7 @@ pub async fn run_detection(
     builder: AlertBuilder,
     shared: Arc<Shared>,
     window_ms: u64,
+    memory_queue_max_alerts: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut aggregator = Aggregator::new(AggregatorConfig {
@@ -308,7 +311,10 @@ pub async fn run_detection(
         ..AggregatorConfig::default()
     });
     let mut correlator: Option<Correlator> = rules.detector.correlator();
-    let mut pending = Pending::default();
+    let mut pending = Pending {
+        max_alerts: memory_queue_max_alerts,
+        ..Pending::default()
+    };
     loop {
         let deadline = aggregator.next_deadline_ms();
         let sleep_ms = deadline.map(|d| d.saturating_sub(now_ms())).unwrap_or(3_600_000);

@@ -116,6 +116,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         builder,
         Arc::clone(&shared),
         config.detection.aggregate_window_ms,
+        config.outbox.memory_queue_max_alerts,
         shutdown.clone(),
     ));
     let (commands_tx, commands_rx) = mpsc::channel(16);
