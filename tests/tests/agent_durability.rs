@@ -277,3 +277,154 @@ fn a_full_agent_disk_holds_alerts_in_memory_says_so_and_reports_what_it_dropped(
         },
     );
 }
+
+/// Waits until `n` alerts naming `needle` are stored.
+async fn wait_stored(collector: &Collector, dev: &str, needle: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while collector.alert_counts(dev, needle).unwrap().0 < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} of {n} {needle} alerts",
+            collector.alert_counts(dev, needle).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A zeroed outbox (the agent's file overwritten while it was stopped, with 4 alerts
+/// undelivered): the agent quarantines it, starts a new epoch and reports the range
+/// lost; the collector records the epoch change and the report as explained gaps of
+/// the old epoch, while the new epoch numbers from 1 without a gap. The report is
+/// kept by the agent until the collector has stored it: refused once (a trigger
+/// makes the store fail) and across an agent restart, it still arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zeroed_outbox_is_a_new_epoch_and_its_loss_is_reported_until_stored() {
+    let mut collector = Collector::start_with(without_folding).unwrap();
+    let mut agent = Agent::start_with(&collector, |w| {
+        format!("{}\n[detection]\naggregate_window_ms = 0\n", Agent::test_config(w))
+    })
+    .unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let dev = agent.device_id.clone();
+    for i in 0..3 {
+        std::fs::write(agent.watch.join(format!("first-{i}.bin")), EICAR).unwrap();
+    }
+    wait_stored(&collector, &dev, "first-", 3).await;
+    let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
+    let old_epoch = device["outbox_epoch"].as_str().unwrap().to_string();
+    assert_eq!(old_epoch.len(), 16, "{device}");
+
+    // Four more while the collector is away, then the agent stops with them queued.
+    collector.stop().unwrap();
+    for i in 0..4 {
+        std::fs::write(agent.watch.join(format!("lost-{i}.bin")), EICAR).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.status().unwrap().contains("outbox: 4 alerts") {
+        assert!(Instant::now() < deadline, "{}", agent.status().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(agent.stop().unwrap().success());
+    let outbox = agent.state_dir().join("outbox.db");
+    let len = std::fs::metadata(&outbox).unwrap().len() as usize;
+    std::fs::write(&outbox, vec![0u8; len.max(4096)]).unwrap();
+    for side in ["outbox.db-wal", "outbox.db-shm"] {
+        let _ = std::fs::remove_file(agent.state_dir().join(side));
+    }
+
+    // The collector refuses to store drop reports for now.
+    let db_path = collector.data_dir().join("ward.db");
+    let writable = || {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db
+    };
+    writable()
+        .execute_batch(
+            "CREATE TABLE test_refuse_drops (x INTEGER);
+             INSERT INTO test_refuse_drops VALUES (1);
+             CREATE TRIGGER test_refuse_drop_reports BEFORE INSERT ON drop_reports
+             WHEN NEW.report_id IS NOT NULL AND (SELECT COUNT(*) FROM test_refuse_drops) > 0
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    collector.serve().unwrap();
+    agent.run().unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let corrupt_reports = |c: &Collector| -> Vec<(String, Option<i64>, Option<i64>, i64)> {
+        let db = c.db().unwrap();
+        let mut stmt = db
+            .prepare(
+                "SELECT printf('%016x', seqs_epoch), first_seq, last_seq, dropped FROM drop_reports
+                 WHERE device_id = ?1 AND reason LIKE '%corrupt%'",
+            )
+            .unwrap();
+        stmt.query_map([&dev], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    // The epoch change is recorded at once; the report is refused (heartbeats resend it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
+        let epoch = device["outbox_epoch"].as_str().unwrap_or_default().to_string();
+        if !epoch.is_empty() && epoch != old_epoch {
+            let reports = device["drop_reports"].as_array().unwrap();
+            assert!(
+                reports
+                    .iter()
+                    .any(|r| r["reason"].as_str().unwrap().contains("epoch changed") && r["first_seq"] == 4),
+                "{device}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no epoch change: {device}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(corrupt_reports(&collector).is_empty(), "the refusal held");
+
+    // A restart of the agent, then the collector accepts: the report still arrives, once.
+    assert!(agent.stop().unwrap().success());
+    agent.run().unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    writable().execute("DELETE FROM test_refuse_drops", []).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while corrupt_reports(&collector).is_empty() {
+        assert!(Instant::now() < deadline, "the quarantine report never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        corrupt_reports(&collector),
+        vec![(old_epoch.clone(), Some(1), Some(7), 0)],
+        "one report, naming the old epoch's numbers"
+    );
+
+    // The new epoch numbers from 1: two new alerts, and no gap in it.
+    for i in 0..2 {
+        std::fs::write(agent.watch.join(format!("after-{i}.bin")), EICAR).unwrap();
+    }
+    wait_stored(&collector, &dev, "after-", 2).await;
+    let db = collector.db().unwrap();
+    let seqs: Vec<i64> = db
+        .prepare("SELECT seq FROM alerts WHERE device_id = ?1 AND entities LIKE '%after-%' ORDER BY seq")
+        .unwrap()
+        .query_map([&dev], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    let gaps: Vec<(String, i64, i64, String)> = db
+        .prepare("SELECT printf('%016x', epoch), first_seq, last_seq, reason FROM sequence_gaps WHERE device_id = ?1 ORDER BY first_seq")
+        .unwrap()
+        .query_map([&dev], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (epoch, first, last, reason) = &gaps[0];
+    assert_eq!((epoch, *first, *last), (&old_epoch, 4, 7), "{reason}");
+    assert!(reason.contains("dropped by agent: outbox file was corrupt"), "{reason}");
+}

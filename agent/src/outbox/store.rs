@@ -186,11 +186,7 @@ impl Outbox {
             Ok(conn) => (conn, None),
             Err(OutboxError::Corrupt(why)) => {
                 let mut salvaged = salvage(path);
-                if salvaged.epoch.is_none() {
-                    // What the sidecar knew of the lost file's numbering.
-                    salvaged.epoch = high_water.map(|h| h.epoch);
-                    salvaged.next_seq = salvaged.next_seq.or(high_water.map(|h| h.next_seq));
-                }
+                salvaged.high_water = high_water;
                 let aside = quarantine(path)?;
                 tracing::warn!(
                     path = %path.display(),
@@ -915,6 +911,8 @@ struct Salvaged {
     /// The lost file's outbox epoch and its oldest undelivered seq, when readable.
     epoch: Option<u64>,
     min_seq: Option<u64>,
+    /// The sidecar's account, for the report when the file itself says nothing.
+    high_water: Option<HighWater>,
 }
 
 fn salvage(path: &Path) -> Salvaged {
@@ -959,6 +957,7 @@ fn salvage(path: &Path) -> Salvaged {
         entries: count,
         epoch,
         min_seq,
+        high_water: None,
     }
 }
 
@@ -997,15 +996,20 @@ fn record_quarantine(conn: &mut Connection, why: &str, aside: &Path, salvaged: S
         Some(n) => format!("{n} undelivered alerts lost"),
         None => "an unknown number of undelivered alerts lost".to_string(),
     };
-    let seq = match salvaged.next_seq {
+    // Kept from the file itself: the same epoch goes on, numbering after its last
+    // seq. Otherwise a new epoch starts at 1 (the sidecar may be a little behind, so
+    // its numbers are only used to name what was lost).
+    let kept = salvaged.epoch.zip(salvaged.next_seq);
+    let seq = match kept {
         Some(_) => String::new(),
-        None => "; sequence numbers restart at 1".to_string(),
+        None => "; a new epoch starts and sequence numbers restart at 1".to_string(),
     };
     let reason = format!("outbox file was corrupt ({why}); moved aside to {name}; {lost}{seq}");
+    let old_epoch = salvaged.epoch.or(salvaged.high_water.map(|h| h.epoch));
+    let old_next = salvaged.next_seq.or(salvaged.high_water.map(|h| h.next_seq));
     // The numbers lost: from the oldest undelivered entry (or, not knowing it, from 1:
     // the collector explains only the gaps it really has) to the last handed out.
-    let range = salvaged
-        .next_seq
+    let range = old_next
         .filter(|&n| n > 1)
         .map(|n| (salvaged.min_seq.unwrap_or(1).min(n - 1), n - 1));
     let reason = match range {
@@ -1013,7 +1017,8 @@ fn record_quarantine(conn: &mut Connection, why: &str, aside: &Path, salvaged: S
         None => reason,
     };
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(next) = salvaged.next_seq {
+    if let Some((epoch, next)) = kept {
+        write_meta(&tx, "outbox_epoch", epoch)?;
         write_meta(&tx, "next_seq", next.max(1))?;
     }
     insert_drop_ext(
@@ -1021,7 +1026,7 @@ fn record_quarantine(conn: &mut Connection, why: &str, aside: &Path, salvaged: S
         None,
         salvaged.entries.unwrap_or(0),
         &reason,
-        Some(salvaged.epoch.unwrap_or(0)),
+        Some(old_epoch.unwrap_or(0)),
         range,
     )?;
     tx.commit()?;

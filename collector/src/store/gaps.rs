@@ -154,7 +154,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let id = device.to_string();
-        let Some((current, mut high)): Option<(i64, i64)> = tx
+        let Some((current, high)): Option<(i64, i64)> = tx
             .query_row(
                 "SELECT outbox_epoch, last_seq FROM devices WHERE id = ?1",
                 params![id],
@@ -165,6 +165,21 @@ impl Store {
             return Ok(());
         };
         let why = format!("dropped by agent: {reason}");
+        // The high mark of the epoch named: the device's for the current one; for an
+        // earlier one, the mark it had when it ended (kept with the epoch change), so
+        // a named loss beyond it opens an explained gap there too.
+        let mut mark: Option<i64> = if epoch == current {
+            Some(high)
+        } else {
+            tx.query_row(
+                "SELECT first_seq - 1 FROM drop_reports
+                 WHERE device_id = ?1 AND seqs_epoch = ?2 AND epoch != ?2 AND report_id IS NULL
+                 ORDER BY id DESC LIMIT 1",
+                params![id, epoch],
+                |r| r.get(0),
+            )
+            .optional()?
+        };
         let mut ranges: Vec<(i64, i64)> = seqs.iter().map(|&s| (i64_of(s), i64_of(s))).collect();
         if let Some((a, b)) = range {
             ranges.push((i64_of(a.min(b)), i64_of(a.max(b))));
@@ -177,28 +192,30 @@ impl Store {
                  WHERE device_id = ?1 AND epoch = ?2 AND first_seq <= ?4 AND last_seq >= ?3",
             )?
             .execute(params![id, epoch, a, b, why])?;
-            let beyond = if epoch == current { high } else { i64::MAX };
-            if b > beyond {
-                let from = a.max(beyond + 1);
-                if from > high + 1 {
-                    tx.prepare_cached(
-                        "INSERT OR REPLACE INTO sequence_gaps (device_id, epoch, first_seq, last_seq, reason, recorded_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, 'missing', ?5)",
-                    )?
-                    .execute(params![id, epoch, high + 1, from - 1, i64_of(now_ms)])?;
-                }
+            let Some(m) = mark.filter(|&m| b > m) else { continue };
+            let from = a.max(m + 1);
+            if from > m + 1 {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO sequence_gaps (device_id, epoch, first_seq, last_seq, reason, recorded_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     VALUES (?1, ?2, ?3, ?4, 'missing', ?5)",
                 )?
-                .execute(params![id, epoch, from, b, why, i64_of(now_ms)])?;
-                high = b;
+                .execute(params![id, epoch, m + 1, from - 1, i64_of(now_ms)])?;
             }
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO sequence_gaps (device_id, epoch, first_seq, last_seq, reason, recorded_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, epoch, from, b, why, i64_of(now_ms)])?;
+            mark = Some(b);
         }
-        tx.execute(
-            "UPDATE devices SET last_seq = MAX(last_seq, ?2) WHERE id = ?1 AND outbox_epoch = ?3",
-            params![id, high, current],
-        )?;
+        if epoch == current
+            && let Some(m) = mark
+        {
+            tx.execute(
+                "UPDATE devices SET last_seq = MAX(last_seq, ?2) WHERE id = ?1",
+                params![id, m],
+            )?;
+        }
         Ok(())
     }
 
@@ -242,4 +259,143 @@ impl Store {
 /// Epochs are random 64-bit values; SQLite keeps them as the same bits, signed.
 fn epoch_of(epoch: u64) -> i64 {
     i64::from_ne_bytes(epoch.to_ne_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use ward_protocol::{
+        Alert, AlertId, DropReport, Entity, Id128, Inventory, KeyId, PublicKey, RuleRef, Severity, Signed,
+    };
+
+    use super::*;
+    use crate::store::{Fold, NewDevice, VerifiedAlert};
+
+    fn store(dir: &tempfile::TempDir) -> (Store, DeviceId) {
+        let mut store = Store::open(&dir.path().join("ward.db")).unwrap();
+        store.set_fold(Fold::OFF).unwrap();
+        store.create_enroll_token(&[1; 32], 1, 0, u64::MAX / 2).unwrap();
+        let id = DeviceId(Id128::from_u128(1 << 80));
+        let device = NewDevice {
+            id,
+            signing_key: PublicKey([1; 32]),
+            cert_sha256: [1; 32],
+            inventory: Inventory {
+                hostname: "host".into(),
+                os: "Linux".into(),
+                kernel: "6".into(),
+                addresses: vec![],
+                logged_on_users: vec![],
+                agent_version: "t".into(),
+            },
+        };
+        store.enroll(&[1; 32], &device, 1).unwrap().unwrap();
+        (store, id)
+    }
+
+    /// Alert `n` (its id) numbered `seq`.
+    fn send(store: &mut Store, device: DeviceId, n: u128, seq: u64) {
+        let alert = Alert {
+            id: AlertId(Id128::from_u128(n)),
+            device_id: device,
+            seq,
+            observed_at_ms: 1_000 + seq,
+            last_observed_at_ms: 1_000 + seq,
+            rule: RuleRef {
+                id: "r".into(),
+                title: "R".into(),
+                author: "Ward".into(),
+                severity: Severity::High,
+                techniques: vec![],
+                tactics: vec![],
+            },
+            entities: vec![Entity::File {
+                path: format!("/w/{n}"),
+                sha256: None,
+            }],
+            count: 1,
+            matched: vec![],
+        };
+        let v = VerifiedAlert {
+            signed: Signed {
+                key_id: KeyId([0; 8]),
+                payload: format!("payload {n}").into_bytes(),
+                signature: vec![1; 64],
+            },
+            alert,
+        };
+        store.insert_alert_batches(&[(device, &[v])], 9).unwrap();
+    }
+
+    fn gaps(store: &Store, device: DeviceId) -> Vec<(i64, i64, i64, String)> {
+        store
+            .sequence_gaps(&device.to_string())
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.epoch, g.first_seq, g.last_seq, g.reason))
+            .collect()
+    }
+
+    fn notice(epoch: u64, report_id: u64, seqs_epoch: u64, seqs: Vec<u64>, range: Option<(u64, u64)>) -> DropNotice {
+        DropNotice {
+            epoch,
+            report_id,
+            seqs_epoch,
+            lost_range: range,
+            report: DropReport {
+                dropped: seqs.len() as u64,
+                seqs,
+                reason: "outbox full".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_drop_of_the_newest_seq_creates_its_gap_and_stays_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, dev) = store(&dir);
+        assert!(s.switch_epoch(dev, 7, 1).unwrap(), "the first epoch is taken");
+        send(&mut s, dev, 1, 1);
+        // The report of seq 2 arrives before anything numbered after it.
+        assert!(s.record_drop_notice(dev, &notice(7, 1, 7, vec![2], None), 2).unwrap());
+        send(&mut s, dev, 3, 3);
+        assert_eq!(gaps(&s, dev), vec![(7, 2, 2, "dropped by agent: outbox full".into())]);
+        // Sent again (no acknowledgement reached the agent): stored once, counted once.
+        assert!(!s.record_drop_notice(dev, &notice(7, 1, 7, vec![2], None), 3).unwrap());
+        assert_eq!(s.drop_reports(&dev.to_string()).unwrap().len(), 1);
+        assert_eq!(s.get_device(&dev.to_string()).unwrap().unwrap().dropped_total, 1);
+    }
+
+    #[test]
+    fn an_epoch_change_is_explained_and_the_epochs_numbers_never_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, dev) = store(&dir);
+        s.switch_epoch(dev, 7, 1).unwrap();
+        for (n, seq) in [(1, 1), (2, 2), (3, 3), (5, 5)] {
+            send(&mut s, dev, n, seq);
+        }
+        assert_eq!(gaps(&s, dev), vec![(7, 4, 4, "missing".into())]);
+        // The outbox was reset: a new epoch numbers from 1 again.
+        assert!(s.switch_epoch(dev, 9, 2).unwrap());
+        let reports = s.drop_reports(&dev.to_string()).unwrap();
+        assert_eq!((reports[0].epoch, reports[0].first_seq), (7, Some(6)));
+        assert!(reports[0].reason.contains("epoch changed"), "{}", reports[0].reason);
+        send(&mut s, dev, 10, 1);
+        send(&mut s, dev, 11, 2);
+        assert_eq!(
+            gaps(&s, dev),
+            vec![(7, 4, 4, "missing".into())],
+            "seqs 1, 2 of the new epoch close nothing of the old"
+        );
+        // The agent names what the old epoch lost: 4 (a gap) and 6..8 (after its end).
+        assert!(
+            s.record_drop_notice(dev, &notice(9, 1, 7, vec![], Some((4, 8))), 3)
+                .unwrap()
+        );
+        let why = "dropped by agent: outbox full".to_string();
+        assert_eq!(gaps(&s, dev), vec![(7, 4, 4, why.clone()), (7, 6, 8, why)]);
+        send(&mut s, dev, 12, 3);
+        assert_eq!(gaps(&s, dev).len(), 2, "the new epoch has no gap");
+        assert_eq!(s.get_device(&dev.to_string()).unwrap().unwrap().last_seq, 3);
+    }
 }

@@ -588,7 +588,7 @@ impl Store {
 
     pub fn sequence_gaps(&self, device_id: &str) -> Result<Vec<SequenceGap>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT epoch, first_seq, last_seq, reason FROM sequence_gaps WHERE device_id = ?1 ORDER BY recorded_at_ms, epoch, first_seq",
+            "SELECT epoch, first_seq, last_seq, reason FROM sequence_gaps WHERE device_id = ?1 ORDER BY epoch, first_seq",
         )?;
         let gaps = stmt
             .query_map(params![device_id], |r| {
