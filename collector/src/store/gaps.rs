@@ -26,8 +26,8 @@ pub(super) fn bounded_reason(reason: &str) -> String {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DropReportView {
     pub received_at_ms: i64,
-    /// The outbox epoch whose sequence numbers it names.
-    pub epoch: i64,
+    /// The outbox epoch whose sequence numbers it names (hex; empty: unknown).
+    pub epoch: String,
     pub dropped: i64,
     pub first_seq: Option<i64>,
     pub last_seq: Option<i64>,
@@ -244,7 +244,7 @@ impl Store {
             .query_map(params![device_id, DROP_REPORTS_SHOWN], |r| {
                 Ok(DropReportView {
                     received_at_ms: r.get(0)?,
-                    epoch: r.get(1)?,
+                    epoch: epoch_hex(r.get(1)?),
                     dropped: r.get(2)?,
                     first_seq: r.get(3)?,
                     last_seq: r.get(4)?,
@@ -256,9 +256,17 @@ impl Store {
     }
 }
 
-/// Epochs are random 64-bit values; SQLite keeps them as the same bits, signed.
+/// Epochs are random 63-bit values; SQLite keeps them as the same bits, signed.
 fn epoch_of(epoch: u64) -> i64 {
     i64::from_ne_bytes(epoch.to_ne_bytes())
+}
+
+/// An epoch as shown: 16 hex digits, or empty for none (0).
+pub fn epoch_hex(epoch: i64) -> String {
+    match epoch {
+        0 => String::new(),
+        e => format!("{:016x}", u64::from_ne_bytes(e.to_ne_bytes())),
+    }
 }
 
 #[cfg(test)]
@@ -332,7 +340,14 @@ mod tests {
             .sequence_gaps(&device.to_string())
             .unwrap()
             .into_iter()
-            .map(|g| (g.epoch, g.first_seq, g.last_seq, g.reason))
+            .map(|g| {
+                (
+                    i64::from_str_radix(&g.epoch, 16).unwrap(),
+                    g.first_seq,
+                    g.last_seq,
+                    g.reason,
+                )
+            })
             .collect()
     }
 
@@ -378,7 +393,10 @@ mod tests {
         // The outbox was reset: a new epoch numbers from 1 again.
         assert!(s.switch_epoch(dev, 9, 2).unwrap());
         let reports = s.drop_reports(&dev.to_string()).unwrap();
-        assert_eq!((reports[0].epoch, reports[0].first_seq), (7, Some(6)));
+        assert_eq!(
+            (reports[0].epoch.as_str(), reports[0].first_seq),
+            ("0000000000000007", Some(6))
+        );
         assert!(reports[0].reason.contains("epoch changed"), "{}", reports[0].reason);
         send(&mut s, dev, 10, 1);
         send(&mut s, dev, 11, 2);

@@ -171,8 +171,8 @@ pub struct RuleView {
 /// A range of sequence numbers a device never delivered.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SequenceGap {
-    /// The outbox epoch the numbers belong to (0: before protocol 1.3).
-    pub epoch: i64,
+    /// The outbox epoch the numbers belong to (hex; empty before protocol 1.3).
+    pub epoch: String,
     pub first_seq: i64,
     pub last_seq: i64,
     pub reason: String,
@@ -556,10 +556,7 @@ impl Store {
             last_seq: r.get(13)?,
             dropped_total: r.get(14)?,
             missing_alerts: r.get(15)?,
-            outbox_epoch: match r.get::<_, i64>(16)? {
-                0 => String::new(),
-                e => format!("{:016x}", u64::from_ne_bytes(e.to_ne_bytes())),
-            },
+            outbox_epoch: gaps::epoch_hex(r.get(16)?),
             storage_error: r.get(17)?,
             online: false,
         })
@@ -593,7 +590,7 @@ impl Store {
         let gaps = stmt
             .query_map(params![device_id], |r| {
                 Ok(SequenceGap {
-                    epoch: r.get(0)?,
+                    epoch: gaps::epoch_hex(r.get(0)?),
                     first_seq: r.get(1)?,
                     last_seq: r.get(2)?,
                     reason: r.get(3)?,
