@@ -109,7 +109,10 @@ pub struct LinkConfig {
     /// First reconnect delay; doubles up to `reconnect_max_ms`, with jitter.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
-    /// A batch not acknowledged within this time means the connection is dead.
+    /// A batch not acknowledged within this time makes the agent check the connection:
+    /// if the collector still answers at the QUIC level it is waited for (a busy
+    /// collector), checking again every this long, up to 12 times; otherwise, or
+    /// then, the connection is dropped and the batch sent again on a new one.
     pub ack_timeout_ms: u64,
 }
 

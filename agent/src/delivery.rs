@@ -43,6 +43,20 @@ pub struct Delivery {
     pub epochs: bool,
 }
 
+/// How many ack timeouts a live but slow collector is waited for before the batch is
+/// sent again on a new connection.
+const SLOW_ACK_LIMIT: u32 = 12;
+
+/// The batch sent and not yet acknowledged.
+#[derive(Clone, Copy)]
+struct InFlight {
+    batch_id: u64,
+    sent: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+    /// QUIC ACK frames received from the collector when last looked at.
+    peer_acks: u64,
+}
+
 enum End {
     Shutdown,
     Lost(String),
@@ -126,7 +140,7 @@ impl Delivery {
                 }
             }
         });
-        let end = self.exchange(&mut send, &mut rx, shutdown).await;
+        let end = self.exchange(&conn, &mut send, &mut rx, shutdown).await;
         reader.abort();
         conn.close(0u32.into(), b"agent closing");
         end
@@ -134,6 +148,7 @@ impl Delivery {
 
     async fn exchange(
         &mut self,
+        conn: &quinn::Connection,
         send: &mut quinn::SendStream,
         rx: &mut mpsc::Receiver<Result<CollectorMessage, LinkError>>,
         shutdown: &mut watch::Receiver<bool>,
@@ -142,7 +157,7 @@ impl Delivery {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.agent.heartbeat_interval_ms));
         let mut inventory_tick = tokio::time::interval(Duration::from_millis(self.config.agent.inventory_interval_ms));
         let mut last_inventory: Option<Inventory> = None;
-        let mut in_flight: Option<(u64, tokio::time::Instant)> = None;
+        let mut in_flight: Option<InFlight> = None;
         let mut drops_sent = false;
         // The drop report sent and not yet acknowledged (protocol 1.3).
         let mut drop_in_flight: Option<u64> = None;
@@ -164,7 +179,13 @@ impl Delivery {
                         if let Err(e) = crate::link::write_frame(send, &msg).await {
                             return End::Lost(e.to_string());
                         }
-                        in_flight = Some((batch_id, tokio::time::Instant::now() + ack_timeout));
+                        let now = tokio::time::Instant::now();
+                        in_flight = Some(InFlight {
+                            batch_id,
+                            sent: now,
+                            deadline: now + ack_timeout,
+                            peer_acks: conn.stats().frame_rx.acks,
+                        });
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "outbox read failed"),
@@ -180,12 +201,12 @@ impl Delivery {
                 }
             }
             let deadline = in_flight
-                .map(|(_, d)| d)
+                .map(|f| f.deadline)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Ok(CollectorMessage::Ack(ack))) => {
-                        if in_flight.is_some_and(|(id, _)| id == ack.batch_id) {
+                        if in_flight.is_some_and(|f| f.batch_id == ack.batch_id) {
                             in_flight = None;
                             self.acknowledged(ack.batch_id, u64::from(ack.stored) + u64::from(ack.duplicates));
                         }
@@ -216,7 +237,29 @@ impl Delivery {
                     self.pending_result = result;
                 }
                 _ = tokio::time::sleep_until(deadline), if in_flight.is_some() => {
-                    return End::Lost(format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
+                    let Some(f) = in_flight.as_mut() else { continue };
+                    // A slow acknowledgement from a live collector (its writer busy) is
+                    // waited for: reconnecting would send the same batch again and throw
+                    // the collector's work away, and under load that repeats without end
+                    // (the 60 s stall after an agent restart). Live means its QUIC stack
+                    // acknowledged packets since the last look; a heartbeat is the next
+                    // probe. A dead peer, or no ack within SLOW_ACK_LIMIT timeouts, ends it.
+                    let acks = conn.stats().frame_rx.acks;
+                    let waited = f.sent.elapsed();
+                    if acks == f.peer_acks || waited >= ack_timeout * SLOW_ACK_LIMIT {
+                        return End::Lost(format!(
+                            "no acknowledgement within {} ms",
+                            waited.as_millis()
+                        ));
+                    }
+                    if waited < ack_timeout * 2 {
+                        warn!(batch_id = f.batch_id, waited_ms = waited.as_millis() as u64, "collector slow to acknowledge; still connected, waiting");
+                    }
+                    f.peer_acks = acks;
+                    f.deadline = tokio::time::Instant::now() + ack_timeout;
+                    if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
+                        return End::Lost(e.to_string());
+                    }
                 }
                 _ = inventory_tick.tick() => {
                     let inv = tokio::task::spawn_blocking(|| inventory::collect(env!("CARGO_PKG_VERSION"))).await.ok();

@@ -296,6 +296,7 @@ impl Pending {
 /// then its alerts are stored in ONE outbox transaction, so a burst is on disk within
 /// one fsync instead of one per alert. When the outbox cannot store (disk full), the
 /// alerts wait in memory (bounded) and storing is retried with back-off.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_detection(
     mut rules: Rules,
     mut rules_rx: mpsc::Receiver<Rules>,

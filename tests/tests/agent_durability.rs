@@ -428,3 +428,64 @@ async fn a_zeroed_outbox_is_a_new_epoch_and_its_loss_is_reported_until_stored() 
     assert_eq!((epoch, *first, *last), (&old_epoch, 4, 7), "{reason}");
     assert!(reason.contains("dropped by agent: outbox file was corrupt"), "{reason}");
 }
+
+/// A collector slower to acknowledge than the agent's ack timeout (every batch takes
+/// about 1.5 ack timeouts to commit: a trigger burns CPU in the writer's transaction,
+/// duplicates included) must still get the outbox delivered. Before, the agent took
+/// each slow ack for a dead connection, reconnected and sent the same batch again, so
+/// nothing was ever acknowledged: the stall of `offline_alerts_arrive_once_and_survive_agent_kill`
+/// when the machine was loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_live_collector_is_waited_for_not_abandoned() {
+    let mut collector = Collector::start_with(without_folding).unwrap();
+    let agent = Agent::start_with(&collector, |w| {
+        format!("{}\n[detection]\naggregate_window_ms = 0\n", Agent::test_config(w))
+    })
+    .unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let dev = agent.device_id.clone();
+    collector.stop().unwrap();
+    for i in 0..20 {
+        std::fs::write(agent.watch.join(format!("slow-{i}.bin")), EICAR).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.status().unwrap().contains("outbox: 20 alerts") {
+        assert!(Instant::now() < deadline, "{}", agent.status().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Calibrate a query that takes about 4.5 s here (the test config's ack timeout is
+    // 3 s), and run it in every ingest commit (each batch updates the device's last_seq).
+    let db = rusqlite::Connection::open(collector.data_dir().join("ward.db")).unwrap();
+    let burn = |n: u64| {
+        format!(
+            "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT x FROM c)"
+        )
+    };
+    let started = Instant::now();
+    db.query_row(&burn(200_000), [], |r| r.get::<_, i64>(0)).unwrap();
+    let per = started.elapsed().as_secs_f64() / 200_000.0;
+    let n = (4.5 / per) as u64;
+    db.execute_batch(&format!(
+        "CREATE TRIGGER test_slow_ingest AFTER UPDATE OF last_seq ON devices BEGIN {}; END;",
+        burn(n)
+    ))
+    .unwrap();
+    drop(db);
+
+    collector.serve().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = agent.status().unwrap();
+        if status.contains("outbox: 0 alerts") && collector.alert_counts(&dev, "slow-").unwrap().0 == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox never drained through a slow collector: {status}; stored {:?}",
+            collector.alert_counts(&dev, "slow-").unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(collector.alert_counts(&dev, "slow-").unwrap(), (20, 20));
+}
