@@ -363,6 +363,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     let mut last_check: Option<Instant> = None;
     let tick = Duration::from_millis((config.file_settle_ms / 3).clamp(5, 50));
     let mut rescan_once = config.file_rescan.clone();
+    let mut reported = Reported::default();
     loop {
         if ctx.stopped() {
             return Ok(());
@@ -448,8 +449,52 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
         }
         ready.extend(coalescer.due(Instant::now()));
         for r in ready {
-            if !ctx.emit(EventData::File(describe(r, &mut hashes))) {
+            let ev = describe(r, &mut hashes);
+            if !reported.is_new(&ev) {
+                continue;
+            }
+            if !ctx.emit(EventData::File(ev)) {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// The last change reported per path, so that one change is reported once: when
+/// inotify's events for one write reach the coalescer late (a loaded machine), the
+/// create is reported when it settles and the write's modify and close come after,
+/// describing the very same file again.
+#[derive(Debug, Default)]
+pub struct Reported {
+    last: HashMap<String, (u64, Option<u64>, Option<[u8; 32]>)>,
+}
+
+/// Paths remembered; past this the memory is cleared (a repeat then is a repeat).
+const REPORTED_MAX: usize = 8192;
+
+impl Reported {
+    /// False when `ev` is a create or modify describing exactly what was last reported
+    /// for its path (same change time, size and hash).
+    pub fn is_new(&mut self, ev: &FileEvent) -> bool {
+        match ev.op {
+            FileOp::Create | FileOp::Modify => {
+                let Some(changed) = ev.changed_ms else { return true };
+                let now = (changed, ev.size, ev.sha256);
+                if self.last.get(&ev.path) == Some(&now) {
+                    return false;
+                }
+                if self.last.len() >= REPORTED_MAX {
+                    self.last.clear();
+                }
+                self.last.insert(ev.path.clone(), now);
+                true
+            }
+            FileOp::Delete | FileOp::Rename | FileOp::Chmod => {
+                self.last.remove(&ev.path);
+                if let Some(from) = &ev.from_path {
+                    self.last.remove(from);
+                }
+                true
             }
         }
     }
@@ -500,6 +545,27 @@ mod tests {
         assert_eq!(got.len(), 2, "a change after the judged one is reported");
         let (_, complete) = rescan(&[root], &what, 2);
         assert!(!complete, "a walk cut short says so");
+    }
+
+    #[test]
+    fn one_change_is_reported_once() {
+        let ev = |op, changed: u64, size: u64| FileEvent {
+            op,
+            path: "/w/f".into(),
+            from_path: None,
+            sha256: Some([1; 32]),
+            size: Some(size),
+            mode: Some(0o644),
+            uid: Some(0),
+            changed_ms: Some(changed),
+        };
+        let mut r = Reported::default();
+        assert!(r.is_new(&ev(FileOp::Create, 10, 5)));
+        assert!(!r.is_new(&ev(FileOp::Modify, 10, 5)), "the same write, described again");
+        assert!(r.is_new(&ev(FileOp::Modify, 11, 6)), "a later write");
+        assert!(r.is_new(&ev(FileOp::Chmod, 12, 6)));
+        assert!(r.is_new(&ev(FileOp::Delete, 12, 6)));
+        assert!(r.is_new(&ev(FileOp::Create, 12, 6)), "created again after its delete");
     }
 
     #[test]
