@@ -466,8 +466,11 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
 /// describing the very same file again.
 #[derive(Debug, Default)]
 pub struct Reported {
-    last: HashMap<String, (u64, Option<u64>, Option<[u8; 32]>)>,
+    last: HashMap<String, Described>,
 }
+
+/// What a report said of a file: change time, size, hash.
+type Described = (u64, Option<u64>, Option<[u8; 32]>);
 
 /// Paths remembered; past this the memory is cleared (a repeat then is a repeat).
 const REPORTED_MAX: usize = 8192;
