@@ -1,5 +1,6 @@
 //! Throughput of the outbox with durable commits: appends per second (each one an
-//! fsynced WAL commit), and a lease + ack cycle of 100 entries. Run with
+//! fsynced WAL commit), group commits of 64 and 512 appends (one fsync each), and a
+//! lease + ack cycle of 100 entries. Run with
 //! `cargo bench -p ward-agent --bench outbox`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,6 +41,20 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // Group commit, as the detection task does during a burst: one transaction (one
+    // fsync) for every alert judged since the last commit.
+    for group in [64usize, 512] {
+        let sevs = vec![Severity::Medium; group];
+        g.throughput(Throughput::Elements(group as u64));
+        g.bench_function(format!("append_group_{group}_durable"), |b| {
+            b.iter(|| ob.append_many(&sevs, |_, seq| Ok::<_, Never>(fake(seq))).unwrap())
+        });
+        // Keep the file from growing across groups: what a steady collector does.
+        ob.release_leases();
+        while let Some(l) = ob.lease(10_000, 64 << 20).unwrap() {
+            ob.ack(l.batch_id).unwrap();
+        }
+    }
     g.throughput(Throughput::Elements(100));
     g.bench_function("append_100_lease_ack", |b| {
         b.iter(|| {

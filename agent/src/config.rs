@@ -97,6 +97,10 @@ pub struct OutboxConfig {
     pub max_bytes: u64,
     /// Alerts per batch sent to the collector.
     pub batch_max_alerts: usize,
+    /// Alerts held in memory while the outbox cannot store them (disk full, I/O
+    /// errors), retried with back-off; past this the lowest-severity, oldest are
+    /// dropped, counted and reported to the collector once storage works.
+    pub memory_queue_max_alerts: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -105,7 +109,10 @@ pub struct LinkConfig {
     /// First reconnect delay; doubles up to `reconnect_max_ms`, with jitter.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
-    /// A batch not acknowledged within this time means the connection is dead.
+    /// A batch not acknowledged within this time makes the agent check the connection:
+    /// if the collector still answers at the QUIC level it is waited for (a busy
+    /// collector), checking again every this long, up to 12 times; otherwise, or
+    /// then, the connection is dropped and the batch sent again on a new one.
     pub ack_timeout_ms: u64,
 }
 
@@ -133,6 +140,7 @@ impl Default for OutboxConfig {
         OutboxConfig {
             max_bytes: 64 * 1024 * 1024,
             batch_max_alerts: 256,
+            memory_queue_max_alerts: 10_000,
         }
     }
 }
@@ -173,6 +181,9 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if config.outbox.batch_max_alerts == 0 || config.outbox.max_bytes < 64 * 1024 {
             return Err("outbox.batch_max_alerts must be > 0 and outbox.max_bytes at least 65536".into());
+        }
+        if config.outbox.memory_queue_max_alerts == 0 {
+            return Err("outbox.memory_queue_max_alerts must be > 0".into());
         }
         if config.link.reconnect_min_ms == 0 || config.link.reconnect_max_ms < config.link.reconnect_min_ms {
             return Err("link.reconnect_min_ms must be > 0 and not above link.reconnect_max_ms".into());
@@ -232,6 +243,7 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         assert!(Config::parse("[outbox]\nbatch_max_alerts = 0").is_err());
+        assert!(Config::parse("[outbox]\nmemory_queue_max_alerts = 0").is_err());
         assert!(
             Config::parse("[agent]\nwhat = 1")
                 .unwrap_err()

@@ -12,7 +12,9 @@ use ring::rand::SecureRandom;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use ward_protocol::message::{AlertBatch, Heartbeat};
-use ward_protocol::{AgentMessage, CollectorMessage, Inventory, IsolationState};
+use ward_protocol::{
+    AgentHealth, AgentMessage, CollectorMessage, DropNotice, EpochAlertBatch, Inventory, IsolationState,
+};
 
 use crate::config::Config;
 use crate::identity::Identity;
@@ -36,6 +38,23 @@ pub struct Delivery {
     pub results_rx: mpsc::Receiver<ward_protocol::Signed>,
     /// A result taken from the executor but not yet written to a session.
     pub pending_result: Option<ward_protocol::Signed>,
+    /// Whether this session's collector speaks protocol 1.4 (epochs, acknowledged drop
+    /// reports, health); set per session.
+    pub epochs: bool,
+}
+
+/// How many ack timeouts a live but slow collector is waited for before the batch is
+/// sent again on a new connection.
+const SLOW_ACK_LIMIT: u32 = 12;
+
+/// The batch sent and not yet acknowledged.
+#[derive(Clone, Copy)]
+struct InFlight {
+    batch_id: u64,
+    sent: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+    /// QUIC ACK frames received from the collector when last looked at.
+    peer_acks: u64,
 }
 
 enum End {
@@ -118,8 +137,10 @@ impl Delivery {
             mut send,
             mut recv,
             endpoint: _endpoint,
+            collector_minor,
             ..
         } = session;
+        self.epochs = collector_minor >= ward_protocol::MINOR_EPOCHS;
         let (tx, mut rx) = mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
         let reader = tokio::spawn(async move {
             loop {
@@ -137,7 +158,7 @@ impl Delivery {
                 }
             }
         });
-        let end = self.exchange(&mut send, &mut rx, shutdown).await;
+        let end = self.exchange(&conn, &mut send, &mut rx, shutdown).await;
         reader.abort();
         conn.close(0u32.into(), b"agent closing");
         end
@@ -145,6 +166,7 @@ impl Delivery {
 
     async fn exchange(
         &mut self,
+        conn: &quinn::Connection,
         send: &mut quinn::SendStream,
         rx: &mut mpsc::Receiver<Result<CollectorMessage, LinkError>>,
         shutdown: &mut watch::Receiver<bool>,
@@ -153,8 +175,15 @@ impl Delivery {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.agent.heartbeat_interval_ms));
         let mut inventory_tick = tokio::time::interval(Duration::from_millis(self.config.agent.inventory_interval_ms));
         let mut last_inventory: Option<Inventory> = None;
-        let mut in_flight: Option<(u64, tokio::time::Instant)> = None;
+        let mut in_flight: Option<InFlight> = None;
         let mut drops_sent = false;
+        // The drop report sent and not yet acknowledged (protocol 1.4).
+        let mut drop_in_flight: Option<u64> = None;
+        if self.epochs
+            && let Err(e) = crate::link::write_frame(send, &self.health()).await
+        {
+            return End::Lost(e.to_string());
+        }
         loop {
             if let Some(result) = self.pending_result.take()
                 && let Err(e) = crate::link::write_frame(send, &AgentMessage::CommandResult(result.clone())).await
@@ -168,7 +197,13 @@ impl Delivery {
                         if let Err(e) = crate::link::write_frame(send, &msg).await {
                             return End::Lost(e.to_string());
                         }
-                        in_flight = Some((batch_id, tokio::time::Instant::now() + ack_timeout));
+                        let now = tokio::time::Instant::now();
+                        in_flight = Some(InFlight {
+                            batch_id,
+                            sent: now,
+                            deadline: now + ack_timeout,
+                            peer_acks: conn.stats().frame_rx.acks,
+                        });
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "outbox read failed"),
@@ -176,19 +211,20 @@ impl Delivery {
             }
             if !drops_sent {
                 drops_sent = true;
-                if let Some(msg) = self.drop_report()
-                    && let Err(e) = crate::link::write_frame(send, &msg).await
-                {
-                    return End::Lost(e.to_string());
+                if let Some((id, msg)) = self.drop_report(drop_in_flight) {
+                    if let Err(e) = crate::link::write_frame(send, &msg).await {
+                        return End::Lost(e.to_string());
+                    }
+                    drop_in_flight = id;
                 }
             }
             let deadline = in_flight
-                .map(|(_, d)| d)
+                .map(|f| f.deadline)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Ok(CollectorMessage::Ack(ack))) => {
-                        if in_flight.is_some_and(|(id, _)| id == ack.batch_id) {
+                        if in_flight.is_some_and(|f| f.batch_id == ack.batch_id) {
                             in_flight = None;
                             self.acknowledged(ack.batch_id, u64::from(ack.stored) + u64::from(ack.duplicates));
                         }
@@ -208,6 +244,14 @@ impl Delivery {
                             Err(e) => warn!(error = %e, "cannot record the collector's command sequence; commands stay refused"),
                         }
                     }
+                    Some(Ok(CollectorMessage::DropStored { report_id })) => {
+                        if drop_in_flight == Some(report_id) {
+                            drop_in_flight = None;
+                            self.drop_stored(report_id);
+                            // The next one, if any, goes at once.
+                            drops_sent = false;
+                        }
+                    }
                     Some(Ok(CollectorMessage::Goodbye { reason })) => return End::Lost(reason),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return End::Lost(e.to_string()),
@@ -219,7 +263,29 @@ impl Delivery {
                     self.pending_result = result;
                 }
                 _ = tokio::time::sleep_until(deadline), if in_flight.is_some() => {
-                    return End::Lost(format!("no acknowledgement within {} ms", ack_timeout.as_millis()));
+                    let Some(f) = in_flight.as_mut() else { continue };
+                    // A slow acknowledgement from a live collector (its writer busy) is
+                    // waited for: reconnecting would send the same batch again and throw
+                    // the collector's work away, and under load that repeats without end
+                    // (the 60 s stall after an agent restart). Live means its QUIC stack
+                    // acknowledged packets since the last look; a heartbeat is the next
+                    // probe. A dead peer, or no ack within SLOW_ACK_LIMIT timeouts, ends it.
+                    let acks = conn.stats().frame_rx.acks;
+                    let waited = f.sent.elapsed();
+                    if acks == f.peer_acks || waited >= ack_timeout * SLOW_ACK_LIMIT {
+                        return End::Lost(format!(
+                            "no acknowledgement within {} ms",
+                            waited.as_millis()
+                        ));
+                    }
+                    if waited < ack_timeout * 2 {
+                        warn!(batch_id = f.batch_id, waited_ms = waited.as_millis() as u64, "collector slow to acknowledge; still connected, waiting");
+                    }
+                    f.peer_acks = acks;
+                    f.deadline = tokio::time::Instant::now() + ack_timeout;
+                    if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
+                        return End::Lost(e.to_string());
+                    }
                 }
                 _ = inventory_tick.tick() => {
                     let inv = tokio::task::spawn_blocking(|| inventory::collect(env!("CARGO_PKG_VERSION"))).await.ok();
@@ -234,6 +300,12 @@ impl Delivery {
                     if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
                         return End::Lost(e.to_string());
                     }
+                    if self.epochs
+                        && let Err(e) = crate::link::write_frame(send, &self.health()).await
+                    {
+                        return End::Lost(e.to_string());
+                    }
+                    // Unacknowledged reports (and new ones) go again.
                     drops_sent = false;
                 }
                 _ = shutdown.changed() => return End::Shutdown,
@@ -247,14 +319,21 @@ impl Delivery {
         };
         let max_bytes = u64::from(ward_protocol::codec::MAX_AGENT_FRAME) / 2;
         let lease = outbox.lease(self.config.outbox.batch_max_alerts, max_bytes)?;
+        let epoch = outbox.epoch();
         Ok(lease.map(|l| {
-            (
-                l.batch_id,
+            let msg = if self.epochs {
+                AgentMessage::EpochAlerts(EpochAlertBatch {
+                    epoch,
+                    batch_id: l.batch_id,
+                    alerts: l.entries,
+                })
+            } else {
                 AgentMessage::Alerts(AlertBatch {
                     batch_id: l.batch_id,
                     alerts: l.entries,
-                }),
-            )
+                })
+            };
+            (l.batch_id, msg)
         }))
     }
 
@@ -271,12 +350,57 @@ impl Delivery {
         }
     }
 
-    /// The pending drop report; cleared once handed to the session.
-    fn drop_report(&self) -> Option<AgentMessage> {
+    /// The oldest pending drop report and its id. With protocol 1.4 it stays in the
+    /// outbox until the collector says it stored it ("reported at least once");
+    /// an older collector cannot say so, and it is cleared once handed to the session.
+    fn drop_report(&self, in_flight: Option<u64>) -> Option<(Option<u64>, AgentMessage)> {
         let mut outbox = self.shared.outbox.lock().ok()?;
-        let pending = outbox.pending_drops().ok()??;
+        let pending = match outbox.pending_drops_upto(in_flight.unwrap_or(u64::MAX)) {
+            Ok(p) => p?,
+            Err(e) => {
+                warn!(error = %e, "cannot read the drop reports");
+                return None;
+            }
+        };
+        if self.epochs {
+            let id = pending.upto;
+            let notice = DropNotice {
+                epoch: outbox.epoch(),
+                report_id: id,
+                seqs_epoch: pending.seqs_epoch,
+                lost_range: pending.lost_range,
+                report: pending.report,
+            };
+            return Some((Some(id), AgentMessage::DropNotice(notice)));
+        }
         let _ = outbox.clear_drops(pending.upto);
-        Some(AgentMessage::Dropped(pending.report))
+        Some((None, AgentMessage::Dropped(pending.report)))
+    }
+
+    /// The collector stored drop report `id`: its rows go.
+    fn drop_stored(&self, id: u64) {
+        if let Ok(mut outbox) = self.shared.outbox.lock()
+            && let Err(e) = outbox.clear_drops(id)
+        {
+            // Kept, so it is sent again: the collector ignores a report it has.
+            warn!(error = %e, "cannot clear a stored drop report");
+        }
+    }
+
+    fn health(&self) -> AgentMessage {
+        let epoch = self.shared.outbox.lock().map(|o| o.epoch()).unwrap_or(0);
+        let (storage_error, alerts_waiting, alerts_lost) = self
+            .shared
+            .status
+            .lock()
+            .map(|s| (s.storage_error.clone(), s.alerts_waiting, s.alerts_lost_in_memory))
+            .unwrap_or_default();
+        AgentMessage::Health(AgentHealth {
+            epoch,
+            storage_error,
+            alerts_waiting,
+            alerts_lost,
+        })
     }
 
     fn heartbeat(&self, inventory: Option<Inventory>) -> AgentMessage {

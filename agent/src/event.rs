@@ -81,6 +81,10 @@ pub struct FileEvent {
     pub size: Option<u64>,
     pub mode: Option<u32>,
     pub uid: Option<u32>,
+    /// The file's last change (later of mtime and ctime), Unix ms, when it was read:
+    /// lets the start-up rescan skip a change whose alert is already in the outbox.
+    #[serde(default)]
+    pub changed_ms: Option<u64>,
 }
 
 /// An authentication-related log line (auth log or journal), parsed.

@@ -8,6 +8,7 @@ pub mod detect;
 pub mod event;
 pub mod identity;
 pub mod keys;
+pub mod lifecycle;
 pub mod link;
 pub mod outbox;
 pub mod pipeline;

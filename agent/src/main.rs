@@ -208,6 +208,13 @@ fn status(state_dir: &Path) -> Result<()> {
             if let Some(skew) = s.clock_skew_ms {
                 println!("clock: {}", ward_agent::status::describe_skew(skew));
             }
+            match &s.storage_error {
+                None => println!("storage: ok"),
+                Some(e) => println!(
+                    "storage: FAILING: {e}; {} alerts waiting in memory, {} dropped (reported once storage works)",
+                    s.alerts_waiting, s.alerts_lost_in_memory
+                ),
+            }
         }
         Some(s) => {
             println!("agent: not running (last status from pid {})", s.pid);

@@ -15,6 +15,7 @@ use crate::delivery::Delivery;
 use crate::detect::Detector;
 use crate::identity::{Identity, IdentityError};
 use crate::keys::PinnedKeys;
+use crate::lifecycle::{self, PreviousRun};
 use crate::outbox::Outbox;
 use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
 use crate::respond::isolate;
@@ -30,6 +31,8 @@ pub enum RunError {
     Identity(#[from] IdentityError),
     #[error("outbox: {0}")]
     Outbox(#[from] crate::outbox::OutboxError),
+    #[error("cannot write the running marker in the state dir: {0}")]
+    Marker(std::io::Error),
 }
 
 /// Compiles the rules the agent starts with: built-in, the local rules dir, and
@@ -54,7 +57,28 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     // Before any start time is read: the same process keeps the same start time across
     // agent restarts (kill commands and correlation compare it exactly).
     crate::sensor::process::pin_boot_time(&state_dir);
-    let outbox = Outbox::open(&state_dir.join(OUTBOX_FILE), config.outbox.max_bytes)?;
+    let mut outbox = Outbox::open(&state_dir.join(OUTBOX_FILE), config.outbox.max_bytes)?;
+    let (judged_through, _) = outbox.judged_since(u64::MAX)?;
+    let previous = PreviousRun::read(&state_dir, judged_through);
+    let max_delay = config.sensors.file_max_delay_ms;
+    if let Some(reason) = previous.unclean_reason(max_delay) {
+        warn!(%reason, "the last run did not stop cleanly");
+        outbox.report_loss(0, &reason)?;
+    }
+    let mut config = config;
+    if let Some(since_ms) = previous.rescan_since_ms(max_delay) {
+        let (_, judged) = outbox.judged_since(since_ms)?;
+        config.sensors.file_rescan = Some(crate::sensor::file::Rescan { since_ms, judged });
+    }
+    let started_at_ms = now_ms();
+    lifecycle::mark_running(
+        &state_dir,
+        lifecycle::Marker {
+            pid: std::process::id(),
+            started_at_ms,
+        },
+    )
+    .map_err(RunError::Marker)?;
     let (rules, rule_errors) = initial_rules(&config, &state_dir, &identity);
     let stats = rules.detector.stats();
     info!(device = %identity.enrollment.device_id, rules = stats.loaded, rule_errors, pack = rules.version, "agent starting");
@@ -92,6 +116,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         builder,
         Arc::clone(&shared),
         config.detection.aggregate_window_ms,
+        config.outbox.memory_queue_max_alerts,
         shutdown.clone(),
     ));
     let (commands_tx, commands_rx) = mpsc::channel(16);
@@ -120,6 +145,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         commands_tx,
         results_rx,
         pending_result: None,
+        epochs: false,
     };
     let link = tokio::spawn(delivery.run(shutdown.clone()));
 
@@ -135,6 +161,9 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     commands.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), sensors).await;
     write_status(&shared, &state_dir);
+    if let Err(e) = lifecycle::mark_stopped(&state_dir) {
+        warn!(error = %e, "cannot clear the running marker: the next start reports an unclean stop");
+    }
     info!("agent stopped");
     Ok(())
 }

@@ -8,9 +8,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::write_atomic;
 
+/// Rewrites an existing file's bytes where they are, then trims it: needs no new
+/// blocks as long as the content does not outgrow the ones it has.
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.write_all(bytes)?;
+    f.set_len(bytes.len() as u64)?;
+    f.sync_data()
+}
+
 pub const STATUS_FILE: &str = "status.json";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub pid: u32,
     pub updated_at_ms: u64,
@@ -28,6 +40,13 @@ pub struct Status {
     /// This device's clock minus the collector's at the last session start.
     #[serde(default)]
     pub clock_skew_ms: Option<i64>,
+    /// Why the outbox cannot store alerts right now (e.g. the disk is full); `None`
+    /// while it works.
+    pub storage_error: Option<String>,
+    /// Alerts judged but waiting in memory for the outbox to store them.
+    pub alerts_waiting: u64,
+    /// Alerts dropped from that memory queue, not yet recorded for the collector.
+    pub alerts_lost_in_memory: u64,
 }
 
 /// A clock skew as `status` shows it: "3.2 s ahead of the collector".
@@ -42,8 +61,14 @@ pub fn describe_skew(skew_ms: i64) -> String {
 
 impl Status {
     pub fn write(&self, state_dir: &Path) {
-        if let Ok(json) = serde_json::to_vec_pretty(self) {
-            let _ = write_atomic(&state_dir.join(STATUS_FILE), &json, 0o644);
+        let Ok(json) = serde_json::to_vec_pretty(self) else {
+            return;
+        };
+        let path = state_dir.join(STATUS_FILE);
+        if write_atomic(&path, &json, 0o644).is_err() {
+            // A full disk refuses the new file; the old one's blocks can still be
+            // overwritten, so `ward-agent status` keeps telling the truth (disk full).
+            let _ = overwrite_in_place(&path, &json);
         }
     }
 

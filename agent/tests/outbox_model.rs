@@ -37,6 +37,12 @@ enum Op {
         sev: Severity,
         pad: usize,
     },
+    /// A group commit: several appends in one transaction, where the `Some(i)`-th
+    /// alert's build fails (it takes no seq, the others are stored as usual).
+    AppendMany {
+        alerts: Vec<(Severity, usize)>,
+        failing: Option<usize>,
+    },
     Lease {
         max_entries: usize,
         max_bytes: u64,
@@ -57,6 +63,8 @@ fn severity() -> impl Strategy<Value = Severity> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (severity(), prop_oneof![9 => 8usize..400, 1 => 1500usize..6000]).prop_map(|(sev, pad)| Op::Append { sev, pad }),
+        3 => (prop::collection::vec((severity(), prop_oneof![9 => 8usize..400, 1 => 1500usize..6000]), 1..12), prop::option::of(0usize..12))
+            .prop_map(|(alerts, failing)| Op::AppendMany { alerts, failing }),
         3 => (1usize..6, prop_oneof![Just(u64::MAX), 100u64..1500]).prop_map(|(max_entries, max_bytes)| Op::Lease { max_entries, max_bytes }),
         3 => any::<usize>().prop_map(Op::Ack),
         1 => any::<usize>().prop_map(Op::AckAny),
@@ -204,6 +212,29 @@ fn run(path: &Path, max_bytes: u64, ops: Vec<Op>) {
                 assert!(got.seq > last_seq, "seq must strictly increase, across crashes too");
                 last_seq = got.seq;
                 assert_eq!(got, model.append(sev, size_for(pad)));
+            }
+            Op::AppendMany { alerts, failing } => {
+                let sevs: Vec<Severity> = alerts.iter().map(|&(s, _)| s).collect();
+                let got = ob
+                    .append_many(&sevs, |i, seq| {
+                        if Some(i) == failing {
+                            Err(Never)
+                        } else {
+                            Ok(fake(seq, alerts[i].1))
+                        }
+                    })
+                    .unwrap();
+                assert_eq!(got.len(), alerts.len());
+                for (i, (got, &(sev, pad))) in got.into_iter().zip(&alerts).enumerate() {
+                    if Some(i) == failing {
+                        assert!(got.is_err(), "the failing build must fail alone");
+                        continue;
+                    }
+                    let got = got.unwrap();
+                    assert!(got.seq > last_seq, "seq must strictly increase within a group");
+                    last_seq = got.seq;
+                    assert_eq!(got, model.append(sev, size_for(pad)), "group append {i}");
+                }
             }
             Op::Lease { max_entries, max_bytes } => {
                 let want = model.lease(max_entries, max_bytes);

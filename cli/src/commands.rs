@@ -737,12 +737,16 @@ fn device_detail(d: &Value) -> String {
             join(&d["logged_on_users"], None)
         ),
         format!(
-            "outbox: {}  missing alerts: {}  clock: {}",
+            "outbox: {}  missing alerts: {}  dropped by the agent: {}  clock: {}",
             s(&d["outbox_depth"]),
             s(&d["missing_alerts"]),
+            s(&d["dropped_total"]),
             skew(&d["clock_skew_ms"])
         ),
     ];
+    if let Some(e) = d["storage_error"].as_str() {
+        out.push(format!("storage: FAILING: {e}"));
+    }
     let alerts: Vec<Vec<String>> = d["latest_alerts"]
         .as_array()
         .map(|a| {
@@ -756,6 +760,43 @@ fn device_detail(d: &Value) -> String {
         _ => format!("\nLATEST ALERTS ({})", alerts.len()),
     });
     out.push(render(&["observed", "severity", "rule"], &alerts));
+    let gaps: Vec<Vec<String>> = d["sequence_gaps"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .map(|g| {
+                    vec![
+                        s(&g["epoch"]),
+                        format!("{}..{}", s(&g["first_seq"]), s(&g["last_seq"])),
+                        s(&g["reason"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !gaps.is_empty() {
+        out.push(format!("\nSEQUENCE GAPS ({})", gaps.len()));
+        out.push(render(&["epoch", "seqs", "reason"], &gaps));
+    }
+    let drops: Vec<Vec<String>> = d["drop_reports"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| {
+                    let range = match (r["first_seq"].as_i64(), r["last_seq"].as_i64()) {
+                        (Some(a), Some(b)) => format!("{a}..{b}"),
+                        (Some(a), None) => format!("{a}.."),
+                        _ => String::new(),
+                    };
+                    vec![when(&r["received_at_ms"]), s(&r["dropped"]), range, s(&r["reason"])]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !drops.is_empty() {
+        out.push(format!("\nDROP REPORTS ({}, newest first)", drops.len()));
+        out.push(render(&["received", "dropped", "seqs", "reason"], &drops));
+    }
     out.join("\n")
 }
 

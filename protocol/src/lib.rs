@@ -29,8 +29,11 @@ pub use error::{DecodeError, FrameError, SignatureError};
 pub use fold::fold_key;
 pub use ids::{AlertId, CommandId, DeviceId, Id128};
 pub use inventory::{Inventory, IsolationState};
-pub use message::{Ack, AgentMessage, AlertBatch, CollectorMessage, DropReport, Heartbeat, Hello, Welcome};
+pub use message::{
+    Ack, AgentHealth, AgentMessage, AlertBatch, CollectorMessage, DropNotice, DropReport, EpochAlertBatch, Heartbeat,
+    Hello, Welcome,
+};
 pub use rollover::KeyRollover;
 pub use rulepack::{RuleFile, RulePack};
 pub use sign::{KeyId, PublicKey, SignatureKind, Signed, SigningKey};
-pub use version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+pub use version::{MINOR_EPOCHS, PROTOCOL_MAJOR, PROTOCOL_MINOR};

@@ -69,6 +69,48 @@ pub struct DropReport {
     pub reason: String,
 }
 
+/// Signed alerts of one outbox epoch (protocol 1.4): an [`AlertBatch`] that says which
+/// outbox numbered them. An outbox that was deleted, zeroed or rolled back starts a new
+/// epoch, so the collector never mixes two epochs' sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochAlertBatch {
+    /// Random, chosen when the outbox began; never reused.
+    pub epoch: u64,
+    pub batch_id: u64,
+    pub alerts: Vec<Signed>,
+}
+
+/// A drop report the collector acknowledges with [`CollectorMessage::DropStored`] once
+/// stored (protocol 1.4); the agent keeps it, and sends it again, until then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropNotice {
+    /// The epoch of the outbox that holds this report (with `report_id`, what makes a
+    /// resend recognisable).
+    pub epoch: u64,
+    /// The agent's id for this report: the acknowledgement names it, a resend repeats it.
+    pub report_id: u64,
+    /// The outbox epoch whose sequence numbers `report.seqs` and `lost_range` are (an
+    /// older one after a reset or quarantine).
+    pub seqs_epoch: u64,
+    /// Sequence numbers lost as a whole range, inclusive, when they are not named one
+    /// by one (a quarantined outbox file).
+    pub lost_range: Option<(u64, u64)>,
+    pub report: DropReport,
+}
+
+/// How the agent is doing beside its heartbeat (protocol 1.4), sent with every
+/// heartbeat: whether its outbox can store alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHealth {
+    pub epoch: u64,
+    /// Why the outbox cannot store alerts (e.g. the disk is full); `None` when it can.
+    pub storage_error: Option<String>,
+    /// Alerts waiting in the agent's memory for the outbox.
+    pub alerts_waiting: u64,
+    /// Alerts dropped from that memory queue, to be reported once storage works.
+    pub alerts_lost: u64,
+}
+
 /// Agent to collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMessage {
@@ -79,6 +121,12 @@ pub enum AgentMessage {
     /// A [`crate::CommandResult`] signed with [`crate::SignatureKind::CommandResult`].
     CommandResult(Signed),
     Dropped(DropReport),
+    /// Protocol 1.4.
+    EpochAlerts(EpochAlertBatch),
+    /// Protocol 1.4; acknowledged by [`CollectorMessage::DropStored`].
+    DropNotice(DropNotice),
+    /// Protocol 1.4.
+    Health(AgentHealth),
 }
 
 /// Collector to agent.
@@ -104,6 +152,10 @@ pub enum CollectorMessage {
     /// last one seen, so no command assigned before can be replayed to it.
     CommandSequence {
         last_assigned: u64,
+    },
+    /// Protocol 1.4: the [`DropNotice`] with this id is stored; the agent may forget it.
+    DropStored {
+        report_id: u64,
     },
 }
 

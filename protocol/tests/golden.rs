@@ -192,6 +192,49 @@ fn v1_encodings_are_frozen() {
     );
 }
 
+/// Protocol 1.4: outbox epochs, acknowledged drop reports and agent health. Frozen as
+/// bodies (postcard), since frames carry the minor version in their header.
+#[test]
+fn v1_4_encodings_are_frozen() {
+    let batch = AgentMessage::EpochAlerts(EpochAlertBatch {
+        epoch: 0x1234_5678_9abc_def0,
+        batch_id: 11,
+        alerts: vec![Signed {
+            key_id: KeyId([1; 8]),
+            payload: vec![3; 4],
+            signature: vec![2; 64],
+        }],
+    });
+    check("agent_epoch_alerts", postcard::to_stdvec(&batch).unwrap());
+    let notice = AgentMessage::DropNotice(DropNotice {
+        epoch: 7,
+        report_id: 42,
+        seqs_epoch: 6,
+        lost_range: Some((5, 300)),
+        report: DropReport {
+            dropped: 3,
+            seqs: vec![1, 2],
+            reason: "outbox full".into(),
+        },
+    });
+    check("agent_drop_notice", postcard::to_stdvec(&notice).unwrap());
+    let health = AgentMessage::Health(AgentHealth {
+        epoch: 7,
+        storage_error: Some("no space left on the device for the outbox".into()),
+        alerts_waiting: 50,
+        alerts_lost: 1,
+    });
+    check("agent_health", postcard::to_stdvec(&health).unwrap());
+    check(
+        "collector_drop_stored",
+        postcard::to_stdvec(&CollectorMessage::DropStored { report_id: 42 }).unwrap(),
+    );
+    // The 1.3 messages keep their variant indexes (appended, never inserted).
+    let frame = encode_frame(&notice, codec::MAX_AGENT_FRAME).unwrap();
+    let (back, _): (AgentMessage, _) = decode_frame(&frame, codec::MAX_AGENT_FRAME).unwrap();
+    assert_eq!(back, notice);
+}
+
 fn golden_bytes(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/v1")

@@ -666,6 +666,19 @@ impl Agent {
         }
     }
 
+    /// Stops the agent cleanly (SIGTERM, as systemd does) and waits for it.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().ok_or_else(|| anyhow!("agent not running"))?;
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("could not signal the agent");
+        }
+        Ok(c.wait()?)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -259,6 +259,9 @@ pub struct Session {
     /// This device's clock minus the collector's when the welcome came (half the
     /// round trip is the error): commands are refused beyond the allowed skew.
     pub clock_skew_ms: i64,
+    /// The collector's protocol minor version (from its welcome): newer messages are
+    /// sent only to a collector that reads them.
+    pub collector_minor: u8,
 }
 
 impl std::fmt::Debug for Session {
@@ -325,6 +328,7 @@ impl Session {
                 send,
                 recv,
                 clock_skew_ms: clock_skew(asked, crate::sensor::now_ms(), w.server_time_ms),
+                collector_minor: w.protocol_minor,
             }),
             Ok(Some(CollectorMessage::Goodbye { reason })) => Err(LinkError::Closed(reason)),
             Ok(Some(_)) => Err(LinkError::Protocol("expected welcome".into())),

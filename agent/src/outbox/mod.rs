@@ -17,6 +17,12 @@
 //! transaction, committed (WAL fsynced) before the call returns `Ok`: what a call
 //! reported as done survives `kill -9` and power loss.
 //!
+//! Group commit: [`Outbox::append_many`] appends many alerts in ONE transaction, with
+//! exactly the outcome of the same [`Outbox::append_with`] calls in a row (seqs,
+//! evictions, drop rows; the model test checks it), for one fsync. The detection task
+//! stores each group of judged events this way, so a burst is durable within one
+//! commit (see BENCHMARKS.md) rather than queued behind one fsync per alert.
+//!
 //! Why `FULL`, not `NORMAL`: with `NORMAL` a power cut can roll back the last
 //! committed transactions. Losing a *delete* (ack) would be harmless (the entry is
 //! resent; the collector deduplicates by alert id), but losing an *append* would also
@@ -27,9 +33,12 @@
 //!
 //! ```text
 //! meta(key TEXT PRIMARY KEY, value INTEGER)
-//!     format     = 1
-//!     next_seq   = the next alert sequence number (starts at 1, only ever grows)
-//!     epoch      = incremented durably on every open; high 32 bits of batch ids
+//!     format       = 1
+//!     next_seq     = the next alert sequence number (starts at 1, only ever grows)
+//!     epoch        = incremented durably on every open; high 32 bits of batch ids
+//!     outbox_epoch = random (63 bits, not 0), chosen when the file begins: see "Epochs"
+//!     judged_through_ms = every event observed up to this time was judged and its
+//!                  alerts are stored (written with each group)
 //! entries(seq INTEGER PRIMARY KEY,     -- the alert's per-device sequence number
 //!         severity INTEGER,            -- 0 informational .. 4 critical
 //!         alert_id BLOB(16),           -- the alert's id, for logs and forensics
@@ -39,8 +48,16 @@
 //! drops(id INTEGER PRIMARY KEY AUTOINCREMENT,
 //!       seq INTEGER NULL,              -- the dropped alert, NULL if unknown (quarantine)
 //!       lost INTEGER,                  -- how many alerts this row stands for
-//!       reason TEXT)
+//!       reason TEXT,
+//!       seqs_epoch INTEGER NULL,       -- whose numbers seq/range are; NULL: this file's
+//!       range_first, range_last INTEGER NULL)  -- a whole range lost (reset, quarantine)
+//! judged(path TEXT PRIMARY KEY, changed_ms INTEGER)  -- files judged in stored groups
 //! ```
+//!
+//! The `drops` range and epoch columns were added after format 1 shipped; opening an
+//! older file adds them (no data changes). Beside the file, `<name>.seq` holds the
+//! outbox epoch and next seq (the high-water mark), rewritten after every group that
+//! handed out numbers (not synced: it is a check, see "Epochs").
 //!
 //! The [`ward_protocol::Signed`] is stored as its three fields, byte for byte as it
 //! was signed; the outbox never decodes or re-encodes the payload. `CHECK` constraints
@@ -97,6 +114,27 @@
 //! counting from 1 within it, so a batch id is never reused and a late ack from an old
 //! connection can never remove another batch's entries.
 //!
+//! ## Epochs
+//!
+//! Sequence numbers are numbered per outbox epoch, and every batch says its epoch
+//! ([`ward_protocol::EpochAlertBatch`]), so the collector never mixes two files'
+//! numbers. A file that begins without history starts a new random epoch at seq 1:
+//! deleted (the sidecar knows the old epoch: a drop row names its numbers 1..next-1),
+//! or quarantined unreadable (the same, from the sidecar). A quarantined file whose
+//! meta could be read keeps its epoch and numbering. A *rolled-back* file (an older
+//! copy of the same epoch, behind the sidecar's mark) keeps its epoch and jumps
+//! `next_seq` to the mark, reporting the numbers in between: a number is never handed
+//! out twice in one epoch (unless the sidecar was rolled back with it, which the agent
+//! cannot see).
+//!
+//! ## Judging progress and the start-up rescan
+//!
+//! With each group, [`Outbox::append_many_judged`] records how far judging got and the
+//! files judged (path and change time; kept for `JUDGED_KEEP_MS` behind the point), in
+//! the same transaction as the alerts. At start, watched files changed after that
+//! point (less a margin) are judged again, except those whose recorded change is the
+//! one they still have: their alert is already here.
+//!
 //! ## Drop reports
 //!
 //! [`Outbox::pending_drops`] returns the oldest unreported drops with a single reason
@@ -104,8 +142,11 @@
 //! drop row id it covers. At most `MAX_DROP_ROWS` rows are kept; past that, further
 //! drops are counted on one row with no seq (the report's `dropped` still counts them,
 //! its `seqs` just does not name them), so an endless outage cannot grow the file
-//! without bound. After the collector has taken it, [`Outbox::clear_drops`]
-//! removes those rows durably. Until then the same report is offered again, after any
+//! without bound. A row with a range, or another epoch's numbers, is a report of its
+//! own ([`PendingDrops::seqs_epoch`], [`PendingDrops::lost_range`]). Once the collector
+//! says it stored the report (protocol 1.4 `DropStored`, naming `upto` as the report
+//! id), [`Outbox::clear_drops`] removes those rows durably. Until then the same report
+//! ([`Outbox::pending_drops_upto`]: no rows recorded since) is offered again, after any
 //! restart: drops are reported at least once.
 //!
 //! ## Crash behaviour
@@ -134,6 +175,6 @@
 mod store;
 
 pub use store::{
-    Appended, Lease, MAX_DROP_ROWS, MAX_ENTRY_BYTES, MAX_REPORT_SEQS, Outbox, OutboxError, PendingDrops,
-    RECORD_OVERHEAD, WAL_LIMIT_BYTES,
+    Appended, JUDGED_KEEP_MS, Lease, MAX_DROP_ROWS, MAX_ENTRY_BYTES, MAX_REPORT_SEQS, Outbox, OutboxError,
+    PendingDrops, Progress, RECORD_OVERHEAD, WAL_LIMIT_BYTES,
 };

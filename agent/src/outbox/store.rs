@@ -20,10 +20,18 @@ pub const MAX_REPORT_SEQS: usize = 4096;
 /// Drop rows kept with their seq; past this, further drops are only counted (one
 /// row per reason with `seq` NULL), so a long outage cannot grow the file without bound.
 pub const MAX_DROP_ROWS: i64 = 65_536;
+/// Judged files are kept this long behind the judging point, for the start-up rescan.
+pub const JUDGED_KEEP_MS: u64 = 120_000;
 /// The WAL is truncated to this size after a checkpoint.
 pub const WAL_LIMIT_BYTES: i64 = 4 << 20;
 
 const FORMAT: i64 = 1;
+/// Columns added to `drops` after format 1 shipped (added at open when missing).
+const DROPS_COLUMNS: &[(&str, &str)] = &[
+    ("seqs_epoch", "ALTER TABLE drops ADD COLUMN seqs_epoch INTEGER"),
+    ("range_first", "ALTER TABLE drops ADD COLUMN range_first INTEGER"),
+    ("range_last", "ALTER TABLE drops ADD COLUMN range_last INTEGER"),
+];
 const REASON_FULL: &str = "outbox full";
 const REASON_TOO_LARGE: &str = "entry too large";
 const REASON_CAP_LOWERED: &str = "outbox cap lowered";
@@ -49,7 +57,9 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS drops_counting ON drops (reason) WHERE seq IS NULL;
-INSERT OR IGNORE INTO meta (key, value) VALUES ('format', 1), ('next_seq', 1), ('epoch', 0);
+CREATE TABLE IF NOT EXISTS judged (path TEXT PRIMARY KEY, changed_ms INTEGER NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS judged_by_time ON judged (changed_ms);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('format', 1), ('next_seq', 1), ('epoch', 0), ('judged_through_ms', 0);
 ";
 
 /// Why an outbox call failed, and whether trying again can help.
@@ -122,12 +132,26 @@ pub struct Lease {
     pub bytes: u64,
 }
 
+/// What a group commit records besides its alerts (see "Judging progress").
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress<'a> {
+    /// Every event observed up to this time (Unix ms) has been judged.
+    pub through_ms: u64,
+    /// Files judged in this group: path and change time.
+    pub files: &'a [(String, u64)],
+}
+
 /// Unreported drops, as a report to send, and the last drop row it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDrops {
     pub report: DropReport,
-    /// Pass to [`Outbox::clear_drops`] once the collector has taken the report.
+    /// Pass to [`Outbox::clear_drops`] once the collector has taken the report; also
+    /// the report's id (unique within this outbox epoch).
     pub upto: u64,
+    /// The outbox epoch the report's sequence numbers belong to.
+    pub seqs_epoch: u64,
+    /// Sequence numbers lost as a range, inclusive, when not named one by one.
+    pub lost_range: Option<(u64, u64)>,
 }
 
 /// The durable outbox. See the module documentation of [`super`] for the contract.
@@ -137,7 +161,10 @@ pub struct Outbox {
     path: PathBuf,
     max_bytes: u64,
     next_seq: u64,
+    /// Bumped at every open: the high 32 bits of batch ids.
     epoch: u64,
+    /// The outbox epoch: random, chosen when this file began; see "Epochs".
+    outbox_epoch: u64,
     /// The low 32 bits of the last batch id handed out in this epoch.
     batch_counter: u64,
     /// Outstanding leases: batch id to the inclusive seq range it covers.
@@ -153,10 +180,13 @@ impl Outbox {
     /// Opens (or creates) the outbox at `path`, bounded to `max_bytes` accounted bytes.
     /// A corrupt file is moved aside and replaced by a fresh one that reports the loss.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
+        let high_water = HighWater::read(path);
+        let existed = path.exists();
         let (mut conn, quarantined) = match open_checked(path) {
             Ok(conn) => (conn, None),
             Err(OutboxError::Corrupt(why)) => {
-                let salvaged = salvage(path);
+                let mut salvaged = salvage(path);
+                salvaged.high_water = high_water;
                 let aside = quarantine(path)?;
                 tracing::warn!(
                     path = %path.display(),
@@ -176,6 +206,52 @@ impl Outbox {
             .checked_add(1)
             .ok_or_else(|| OutboxError::Corrupt("epoch overflow".into()))?;
         write_meta(&tx, "epoch", epoch)?;
+        let outbox_epoch = match read_meta(&tx, "outbox_epoch") {
+            Ok(e) if e != 0 => e,
+            _ => {
+                let e = new_epoch()?;
+                write_meta(&tx, "outbox_epoch", e)?;
+                // A new file where one was known (deleted, or replaced by an empty
+                // one): what the old one held is lost; say which numbers.
+                if quarantined.is_none()
+                    && let Some(h) = high_water.filter(|h| h.epoch != e)
+                {
+                    let reason = if existed {
+                        "outbox file was replaced by one without history (reset)"
+                    } else {
+                        "outbox file was deleted (reset)"
+                    };
+                    let reason = format!(
+                        "{reason}: a new epoch {e:016x} starts; undelivered alerts of epoch {:016x} up to seq {} are lost",
+                        h.epoch,
+                        h.next_seq.saturating_sub(1)
+                    );
+                    tracing::warn!(%reason, "outbox reset");
+                    insert_drop_ext(
+                        &tx,
+                        None,
+                        0,
+                        &reason,
+                        Some(h.epoch),
+                        Some((1, h.next_seq.saturating_sub(1))),
+                    )?;
+                }
+                e
+            }
+        };
+        // Rolled back (an older copy of this very file restored): numbers handed out
+        // since must not be handed out again. Numbering continues past the high-water
+        // mark, and the numbers in between are reported.
+        let file_next = read_meta(&tx, "next_seq")?;
+        if let Some(h) = high_water.filter(|h| h.epoch == outbox_epoch && h.next_seq > file_next) {
+            write_meta(&tx, "next_seq", h.next_seq)?;
+            let reason = format!(
+                "outbox was rolled back (an older copy restored): seqs {file_next}..{} were handed out before and may be lost; numbering continues after them",
+                h.next_seq - 1
+            );
+            tracing::warn!(%reason, "outbox rolled back");
+            insert_drop_ext(&tx, None, 0, &reason, None, Some((file_next, h.next_seq - 1)))?;
+        }
         tx.commit()?;
 
         let next_seq = read_meta(&conn, "next_seq")?;
@@ -188,6 +264,7 @@ impl Outbox {
             max_bytes,
             next_seq,
             epoch,
+            outbox_epoch,
             batch_counter: 0,
             leases: HashMap::new(),
             cursor: 0,
@@ -198,6 +275,7 @@ impl Outbox {
         if outbox.bytes > max_bytes {
             outbox.shrink_to_cap()?;
         }
+        outbox.save_high_water();
         Ok(outbox)
     }
 
@@ -212,40 +290,133 @@ impl Outbox {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        let seq = self.next_seq;
-        let (alert_id, signed) = build(seq).map_err(|e| OutboxError::Build(Box::new(e)))?;
-        let size = entry_size(&signed);
-        let sev = severity_rank(severity);
-        let next = seq
-            .checked_add(1)
-            .ok_or_else(|| OutboxError::Corrupt("sequence counter overflow".into()))?;
+        let mut build = Some(build);
+        let mut out = self.append_group(
+            &[severity],
+            |_, seq| match build.take() {
+                Some(b) => b(seq).map_err(|e| OutboxError::Build(Box::new(e))),
+                None => Err(OutboxError::Corrupt("one alert built twice".into())),
+            },
+            Progress::default(),
+        )?;
+        out.pop()
+            .unwrap_or_else(|| Err(OutboxError::Corrupt("no append result".into())))
+    }
 
+    /// Group commit: appends one alert per entry of `severities`, in order, in ONE
+    /// durable transaction, exactly as the same [`Outbox::append_with`] calls one after
+    /// the other would (same seqs, same evictions, same drop rows), but with one fsync.
+    /// `build(i, seq)` makes and signs the `i`-th alert with its seq; if it fails, that
+    /// alert's result is [`OutboxError::Build`], it takes no seq, and the others go on.
+    /// The outer error means nothing at all was written (the whole group can be retried).
+    pub fn append_many<E>(
+        &mut self,
+        severities: &[Severity],
+        build: impl FnMut(usize, u64) -> Result<(AlertId, Signed), E>,
+    ) -> Result<Vec<Result<Appended, OutboxError>>, OutboxError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.append_many_judged(severities, build, Progress::default())
+    }
+
+    /// [`Outbox::append_many`], also recording in the same transaction how far judging
+    /// got and which files were judged, so that what the outbox holds and what the
+    /// start-up rescan may skip never disagree.
+    pub fn append_many_judged<E>(
+        &mut self,
+        severities: &[Severity],
+        mut build: impl FnMut(usize, u64) -> Result<(AlertId, Signed), E>,
+        progress: Progress<'_>,
+    ) -> Result<Vec<Result<Appended, OutboxError>>, OutboxError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.append_group(
+            severities,
+            |i, seq| build(i, seq).map_err(|e| OutboxError::Build(Box::new(e))),
+            progress,
+        )
+    }
+
+    /// Records judging progress alone (a clean stop).
+    pub fn record_progress(&mut self, progress: Progress<'_>) -> Result<(), OutboxError> {
+        self.append_group(
+            &[],
+            |_, _| Err(OutboxError::Corrupt("nothing to build".into())),
+            progress,
+        )
+        .map(|_| ())
+    }
+
+    /// How far the last run got judging (Unix ms; 0 if never recorded) and the files
+    /// it judged that changed after `since_ms`, with their change times.
+    pub fn judged_since(&self, since_ms: u64) -> Result<(u64, HashMap<String, u64>), OutboxError> {
+        let through = read_meta(&self.conn, "judged_through_ms")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path, changed_ms FROM judged WHERE changed_ms > ?1")?;
+        let mut rows = stmt.query([i64::try_from(since_ms).unwrap_or(i64::MAX)])?;
+        let mut out = HashMap::new();
+        while let Some(row) = rows.next()? {
+            out.insert(row.get::<_, String>(0)?, from_i64(row.get(1)?)?);
+        }
+        Ok((through, out))
+    }
+
+    fn append_group(
+        &mut self,
+        severities: &[Severity],
+        mut build: impl FnMut(usize, u64) -> Result<(AlertId, Signed), OutboxError>,
+        progress: Progress<'_>,
+    ) -> Result<Vec<Result<Appended, OutboxError>>, OutboxError> {
+        let mut results = Vec::with_capacity(severities.len());
+        let mut next_seq = self.next_seq;
+        let mut bytes = self.bytes;
+        let mut depth = self.depth;
+        let mut evicted_total = 0usize;
+        let mut refused = Vec::new();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut evicted: Vec<(u64, u64)> = Vec::new();
-        let stored = if size > self.max_bytes.min(MAX_ENTRY_BYTES) {
-            insert_drop(&tx, Some(seq), 1, REASON_TOO_LARGE)?;
-            false
-        } else {
-            let need = (self.bytes + size).saturating_sub(self.max_bytes);
-            let fits = need == 0 || {
-                // Everything stored is older than `seq`, so "ranks below" is severity <= ours.
-                match select_victims(&tx, sev, need)? {
-                    Some(victims) => {
-                        for &(victim, _) in &victims {
-                            tx.execute("DELETE FROM entries WHERE seq = ?1", [to_i64(victim)?])?;
-                            insert_drop(&tx, Some(victim), 1, REASON_FULL)?;
-                        }
-                        evicted = victims;
-                        true
-                    }
-                    None => false,
+        for (i, &severity) in severities.iter().enumerate() {
+            let seq = next_seq;
+            let (alert_id, signed) = match build(i, seq) {
+                Ok(built) => built,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
                 }
             };
-            if fits {
-                tx.execute(
-                    "INSERT INTO entries (seq, severity, alert_id, key_id, payload, signature, size)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
+            let next = seq
+                .checked_add(1)
+                .ok_or_else(|| OutboxError::Corrupt("sequence counter overflow".into()))?;
+            let size = entry_size(&signed);
+            let sev = severity_rank(severity);
+            let mut evicted: Vec<(u64, u64)> = Vec::new();
+            let stored = if size > self.max_bytes.min(MAX_ENTRY_BYTES) {
+                insert_drop(&tx, Some(seq), 1, REASON_TOO_LARGE)?;
+                false
+            } else {
+                let need = (bytes + size).saturating_sub(self.max_bytes);
+                let fits = need == 0 || {
+                    // Everything stored is older than `seq`, so "ranks below" is severity <= ours.
+                    match select_victims(&tx, sev, need)? {
+                        Some(victims) => {
+                            for &(victim, _) in &victims {
+                                tx.execute("DELETE FROM entries WHERE seq = ?1", [to_i64(victim)?])?;
+                                insert_drop(&tx, Some(victim), 1, REASON_FULL)?;
+                            }
+                            evicted = victims;
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if fits {
+                    tx.prepare_cached(
+                        "INSERT INTO entries (seq, severity, alert_id, key_id, payload, signature, size)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
                         to_i64(seq)?,
                         sev,
                         &alert_id.0.0[..],
@@ -253,35 +424,66 @@ impl Outbox {
                         &signed.payload,
                         &signed.signature,
                         to_i64(size)?
-                    ],
-                )?;
+                    ])?;
+                } else {
+                    insert_drop(&tx, Some(seq), 1, REASON_FULL)?;
+                }
+                fits
+            };
+            next_seq = next;
+            bytes = bytes.saturating_sub(evicted.iter().map(|&(_, s)| s).sum::<u64>());
+            depth = depth.saturating_sub(evicted.len() as u64);
+            if stored {
+                bytes += size;
+                depth += 1;
             } else {
-                insert_drop(&tx, Some(seq), 1, REASON_FULL)?;
+                refused.push((seq, size));
             }
-            fits
-        };
-        write_meta(&tx, "next_seq", next)?;
+            evicted_total += evicted.len();
+            let dropped = evicted.len() as u64 + u64::from(!stored);
+            results.push(Ok(Appended { seq, stored, dropped }));
+        }
+        if next_seq != self.next_seq {
+            write_meta(&tx, "next_seq", next_seq)?;
+        }
+        if progress.through_ms > 0 {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO judged (path, changed_ms) VALUES (?1, ?2)
+                 ON CONFLICT (path) DO UPDATE SET changed_ms = MAX(changed_ms, excluded.changed_ms)",
+            )?;
+            for (path, changed) in progress.files {
+                upsert.execute(params![path, to_i64(*changed)?])?;
+            }
+            drop(upsert);
+            tx.execute(
+                "UPDATE meta SET value = MAX(value, ?1) WHERE key = 'judged_through_ms'",
+                [to_i64(progress.through_ms)?],
+            )?;
+            tx.execute(
+                "DELETE FROM judged WHERE changed_ms < ?1",
+                [to_i64(progress.through_ms.saturating_sub(JUDGED_KEEP_MS))?],
+            )?;
+        }
         tx.commit()?;
 
-        self.next_seq = next;
-        let freed: u64 = evicted.iter().map(|&(_, s)| s).sum();
-        self.bytes = self.bytes.saturating_sub(freed);
-        self.depth = self.depth.saturating_sub(evicted.len() as u64);
-        if stored {
-            self.bytes += size;
-            self.depth += 1;
-        } else {
+        let advanced = next_seq != self.next_seq;
+        self.next_seq = next_seq;
+        self.bytes = bytes;
+        self.depth = depth;
+        if advanced {
+            self.save_high_water();
+        }
+        for (seq, size) in refused {
             tracing::warn!(
                 seq,
                 size,
                 "outbox dropped a new alert (too large, or outranked by everything stored)"
             );
         }
-        if !evicted.is_empty() {
-            tracing::warn!(count = evicted.len(), "outbox full: evicted lower-ranked alerts");
+        if evicted_total > 0 {
+            tracing::warn!(count = evicted_total, "outbox full: evicted lower-ranked alerts");
         }
-        let dropped = evicted.len() as u64 + u64::from(!stored);
-        Ok(Appended { seq, stored, dropped })
+        Ok(results)
     }
 
     /// Leases the oldest entries not already leased: at most `max_entries`, and at most
@@ -363,34 +565,71 @@ impl Outbox {
         self.cursor = 0;
     }
 
-    /// The oldest unreported drops sharing one reason, if any.
+    /// The oldest unreported drops sharing one reason (and epoch), if any.
     pub fn pending_drops(&self) -> Result<Option<PendingDrops>, OutboxError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, seq, lost, reason FROM drops ORDER BY id")?;
-        let mut rows = stmt.query([])?;
-        let mut report: Option<DropReport> = None;
-        let mut upto = 0u64;
+        self.pending_drops_upto(u64::MAX)
+    }
+
+    /// Like [`Outbox::pending_drops`], from rows up to `upto` only: a report sent
+    /// again while unacknowledged is the same report (same id, same content), not one
+    /// grown by drops recorded since.
+    pub fn pending_drops_upto(&self, upto: u64) -> Result<Option<PendingDrops>, OutboxError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, seq, lost, reason, seqs_epoch, range_first, range_last FROM drops WHERE id <= ?1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([i64::try_from(upto).unwrap_or(i64::MAX)])?;
+        let mut pending: Option<PendingDrops> = None;
         while let Some(row) = rows.next()? {
             let id = from_i64(row.get(0)?)?;
             let seq: Option<i64> = row.get(1)?;
             let lost = from_i64(row.get(2)?)?;
             let reason: String = row.get(3)?;
-            let r = report.get_or_insert_with(|| DropReport {
-                dropped: 0,
-                seqs: Vec::new(),
-                reason: reason.clone(),
+            let seqs_epoch = row
+                .get::<_, Option<i64>>(4)?
+                .map(|e| u64::from_ne_bytes(e.to_ne_bytes()))
+                .unwrap_or(self.outbox_epoch);
+            let range = match (row.get::<_, Option<i64>>(5)?, row.get::<_, Option<i64>>(6)?) {
+                (Some(a), Some(b)) => Some((from_i64(a)?, from_i64(b)?)),
+                _ => None,
+            };
+            let p = pending.get_or_insert_with(|| PendingDrops {
+                report: DropReport {
+                    dropped: 0,
+                    seqs: Vec::new(),
+                    reason: reason.clone(),
+                },
+                upto: id,
+                seqs_epoch,
+                lost_range: range,
             });
-            if r.reason != reason || (seq.is_some() && r.seqs.len() >= MAX_REPORT_SEQS) {
+            let first = p.upto == id;
+            // A row with a range is a report of its own; others group by reason and epoch.
+            if !first
+                && (p.report.reason != reason
+                    || p.seqs_epoch != seqs_epoch
+                    || p.lost_range.is_some()
+                    || range.is_some()
+                    || (seq.is_some() && p.report.seqs.len() >= MAX_REPORT_SEQS))
+            {
                 break;
             }
             if let Some(seq) = seq {
-                r.seqs.push(from_i64(seq)?);
+                p.report.seqs.push(from_i64(seq)?);
             }
-            r.dropped += lost;
-            upto = id;
+            p.report.dropped += lost;
+            p.upto = id;
         }
-        Ok(report.map(|report| PendingDrops { report, upto }))
+        Ok(pending)
+    }
+
+    /// Records a loss that has no sequence numbers (alerts that were never numbered:
+    /// in flight at a crash, or dropped before reaching the outbox), `lost` alerts or 0
+    /// when unknown, to be reported like any drop.
+    pub fn report_loss(&mut self, lost: u64, reason: &str) -> Result<(), OutboxError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_drop(&tx, None, lost, reason)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Removes the drop rows up to and including `upto` (from [`PendingDrops::upto`]).
@@ -412,6 +651,25 @@ impl Outbox {
 
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// The outbox epoch: random, new whenever the outbox starts without history.
+    #[allow(clippy::misnamed_getters)] // `epoch` (the field) counts opens; this is the outbox's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.outbox_epoch
+    }
+
+    /// Writes the high-water sidecar (`<file>.seq`: epoch and next seq), read at open to
+    /// tell a deleted or rolled-back file. Not synced: it is a check, not the record;
+    /// failing to write it only weakens that check, and is logged.
+    fn save_high_water(&self) {
+        let h = HighWater {
+            epoch: self.outbox_epoch,
+            next_seq: self.next_seq,
+        };
+        if let Err(e) = h.write(&self.path) {
+            tracing::debug!(error = %e, "outbox high-water mark not written");
+        }
     }
 
     /// The seq the next append will hand out.
@@ -459,6 +717,49 @@ impl Outbox {
     }
 }
 
+/// The sidecar `<outbox file>.seq`: the outbox epoch and next seq last handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HighWater {
+    epoch: u64,
+    next_seq: u64,
+}
+
+impl HighWater {
+    fn path(outbox: &Path) -> PathBuf {
+        let mut s = outbox.as_os_str().to_owned();
+        s.push(".seq");
+        PathBuf::from(s)
+    }
+
+    /// `None` when missing or unreadable (a check that cannot run, not an error).
+    fn read(outbox: &Path) -> Option<HighWater> {
+        let text = std::fs::read_to_string(Self::path(outbox)).ok()?;
+        let mut it = text.split_whitespace();
+        let epoch = u64::from_str_radix(it.next()?, 16).ok()?;
+        let next_seq = it.next()?.parse().ok()?;
+        Some(HighWater { epoch, next_seq })
+    }
+
+    fn write(&self, outbox: &Path) -> std::io::Result<()> {
+        let path = Self::path(outbox);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{:016x} {}\n", self.epoch, self.next_seq))?;
+        std::fs::rename(&tmp, &path)
+    }
+}
+
+/// A fresh outbox epoch: 63 random bits (it is stored as an SQLite integer), never 0
+/// (0 means "none" on the collector).
+fn new_epoch() -> Result<u64, OutboxError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| OutboxError::Io(std::io::Error::other("no random source for the outbox epoch")))?;
+    Ok((u64::from_le_bytes(b) >> 1).max(1))
+}
+
 /// The accounted size of an entry (see the specification).
 fn entry_size(signed: &Signed) -> u64 {
     (signed.payload.len() + signed.signature.len() + 8 + 16) as u64 + RECORD_OVERHEAD
@@ -498,6 +799,32 @@ fn write_meta(conn: &Connection, key: &str, value: u64) -> Result<(), OutboxErro
 }
 
 fn insert_drop(tx: &Transaction<'_>, seq: Option<u64>, lost: u64, reason: &str) -> Result<(), OutboxError> {
+    insert_drop_ext(tx, seq, lost, reason, None, None)
+}
+
+/// A drop row; `seqs_epoch` when its numbers are another epoch's than the file's,
+/// `range` when they are a whole range rather than one seq.
+fn insert_drop_ext(
+    tx: &Transaction<'_>,
+    seq: Option<u64>,
+    lost: u64,
+    reason: &str,
+    seqs_epoch: Option<u64>,
+    range: Option<(u64, u64)>,
+) -> Result<(), OutboxError> {
+    if seqs_epoch.is_some() || range.is_some() {
+        tx.execute(
+            "INSERT INTO drops (seq, lost, reason, seqs_epoch, range_first, range_last) VALUES (NULL, ?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(lost)?,
+                reason,
+                seqs_epoch.map(|e| i64::from_ne_bytes(e.to_ne_bytes())),
+                range.map(|r| to_i64(r.0)).transpose()?,
+                range.map(|r| to_i64(r.1)).transpose()?
+            ],
+        )?;
+        return Ok(());
+    }
     let mut seq = seq.map(to_i64).transpose()?;
     let span: Option<i64> = tx.query_row(
         "SELECT (SELECT MAX(id) FROM drops) - (SELECT MIN(id) FROM drops)",
@@ -560,6 +887,16 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
         return Err(OutboxError::Corrupt(format!("quick_check: {check}")));
     }
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+    for (column, add) in DROPS_COLUMNS {
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('drops') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(add)?;
+        }
+    }
     let format = read_meta(&conn, "format")?;
     if format != FORMAT as u64 {
         return Err(OutboxError::Corrupt(format!("unknown outbox format {format}")));
@@ -572,6 +909,11 @@ fn open_checked(path: &Path) -> Result<Connection, OutboxError> {
 struct Salvaged {
     next_seq: Option<u64>,
     entries: Option<u64>,
+    /// The lost file's outbox epoch and its oldest undelivered seq, when readable.
+    epoch: Option<u64>,
+    min_seq: Option<u64>,
+    /// The sidecar's account, for the report when the file itself says nothing.
+    high_water: Option<HighWater>,
 }
 
 fn salvage(path: &Path) -> Salvaged {
@@ -584,12 +926,29 @@ fn salvage(path: &Path) -> Salvaged {
         })
         .ok()
         .and_then(|v| u64::try_from(v).ok());
-    let (max_seq, count) = conn
-        .query_row("SELECT MAX(seq), COUNT(*) FROM entries", [], |r| {
-            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, i64>(1)?))
+    let epoch: Option<u64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'outbox_epoch'", [], |r| {
+            r.get::<_, i64>(0)
         })
-        .map(|(m, c)| (m.and_then(|m| u64::try_from(m).ok()), u64::try_from(c).ok()))
-        .unwrap_or((None, None));
+        .ok()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|&e| e != 0);
+    let (max_seq, count, min_seq) = conn
+        .query_row("SELECT MAX(seq), COUNT(*), MIN(seq) FROM entries", [], |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .map(|(m, c, n)| {
+            (
+                m.and_then(|m| u64::try_from(m).ok()),
+                u64::try_from(c).ok(),
+                n.and_then(|n| u64::try_from(n).ok()),
+            )
+        })
+        .unwrap_or((None, None, None));
     let next_seq = match (meta_next, max_seq.map(|m| m.saturating_add(1))) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -597,6 +956,9 @@ fn salvage(path: &Path) -> Salvaged {
     Salvaged {
         next_seq,
         entries: count,
+        epoch,
+        min_seq,
+        high_water: None,
     }
 }
 
@@ -635,16 +997,39 @@ fn record_quarantine(conn: &mut Connection, why: &str, aside: &Path, salvaged: S
         Some(n) => format!("{n} undelivered alerts lost"),
         None => "an unknown number of undelivered alerts lost".to_string(),
     };
-    let seq = match salvaged.next_seq {
+    // Kept from the file itself: the same epoch goes on, numbering after its last
+    // seq. Otherwise a new epoch starts at 1 (the sidecar may be a little behind, so
+    // its numbers are only used to name what was lost).
+    let kept = salvaged.epoch.zip(salvaged.next_seq);
+    let seq = match kept {
         Some(_) => String::new(),
-        None => "; sequence numbers restart at 1".to_string(),
+        None => "; a new epoch starts and sequence numbers restart at 1".to_string(),
     };
     let reason = format!("outbox file was corrupt ({why}); moved aside to {name}; {lost}{seq}");
+    let old_epoch = salvaged.epoch.or(salvaged.high_water.map(|h| h.epoch));
+    let old_next = salvaged.next_seq.or(salvaged.high_water.map(|h| h.next_seq));
+    // The numbers lost: from the oldest undelivered entry (or, not knowing it, from 1:
+    // the collector explains only the gaps it really has) to the last handed out.
+    let range = old_next
+        .filter(|&n| n > 1)
+        .map(|n| (salvaged.min_seq.unwrap_or(1).min(n - 1), n - 1));
+    let reason = match range {
+        Some((a, b)) => format!("{reason}; seqs {a}..{b} of the old epoch may be lost"),
+        None => reason,
+    };
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(next) = salvaged.next_seq {
+    if let Some((epoch, next)) = kept {
+        write_meta(&tx, "outbox_epoch", epoch)?;
         write_meta(&tx, "next_seq", next.max(1))?;
     }
-    insert_drop(&tx, None, salvaged.entries.unwrap_or(0), &reason)?;
+    insert_drop_ext(
+        &tx,
+        None,
+        salvaged.entries.unwrap_or(0),
+        &reason,
+        Some(old_epoch.unwrap_or(0)),
+        range,
+    )?;
     tx.commit()?;
     Ok(())
 }
@@ -946,8 +1331,68 @@ mod tests {
         assert_eq!(ob.depth(), 0);
         let d = ob.pending_drops().unwrap().unwrap();
         assert!(d.report.reason.contains("corrupt"), "{}", d.report.reason);
+        assert_eq!(d.lost_range.map(|r| r.1), Some(300), "the report names the range lost");
         // meta lives in the first pages, so the counter is salvaged and never reused.
         assert_eq!(append(&mut ob, Severity::Low, 10).seq, 301, "{}", d.report.reason);
+    }
+
+    #[test]
+    fn a_deleted_outbox_starts_a_new_epoch_and_reports_the_old_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let old_epoch = {
+            let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+            for _ in 0..5 {
+                append(&mut ob, Severity::Low, 10);
+            }
+            ob.epoch()
+        };
+        assert_eq!(
+            Outbox::open(&path, 1 << 20).unwrap().epoch(),
+            old_epoch,
+            "a reopen keeps the epoch"
+        );
+        for f in ["o.db", "o.db-wal", "o.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert_ne!(ob.epoch(), old_epoch);
+        assert_eq!(append(&mut ob, Severity::Low, 10).seq, 1, "a new epoch numbers from 1");
+        let d = ob.pending_drops().unwrap().unwrap();
+        assert_eq!(d.seqs_epoch, old_epoch, "the report names the old epoch's numbers");
+        assert_eq!(d.lost_range, Some((1, 5)));
+        assert!(d.report.reason.contains("deleted"), "{}", d.report.reason);
+    }
+
+    #[test]
+    fn a_rolled_back_outbox_never_hands_out_a_number_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let copy = dir.path().join("copy.db");
+        let epoch = {
+            let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+            append(&mut ob, Severity::Low, 10);
+            append(&mut ob, Severity::Low, 10);
+            ob.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+            std::fs::copy(&path, &copy).unwrap();
+            for _ in 0..8 {
+                append(&mut ob, Severity::Low, 10);
+            }
+            ob.epoch()
+        };
+        // Restore the older copy (seq 3 next) over the file that had reached 11.
+        let _ = std::fs::remove_file(dir.path().join("o.db-wal"));
+        std::fs::copy(&copy, &path).unwrap();
+        let mut ob = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(ob.epoch(), epoch);
+        assert_eq!(
+            append(&mut ob, Severity::Low, 10).seq,
+            11,
+            "numbering continues past the high-water mark"
+        );
+        let d = ob.pending_drops().unwrap().unwrap();
+        assert_eq!((d.seqs_epoch, d.lost_range), (epoch, Some((3, 10))));
+        assert!(d.report.reason.contains("rolled back"), "{}", d.report.reason);
     }
 
     #[test]

@@ -256,7 +256,86 @@ pub fn describe(ready: Ready, hashes: &mut HashCache) -> FileEvent {
         size: meta.as_ref().filter(|_| is_file).map(|m| m.size()),
         mode: meta.as_ref().map(|m| m.mode() & 0o7777),
         uid: meta.as_ref().map(|m| m.uid()),
+        changed_ms: meta.as_ref().map(changed_ms),
     }
+}
+
+/// The later of a file's mtime and ctime, Unix ms.
+pub fn changed_ms(meta: &std::fs::Metadata) -> u64 {
+    let ms =
+        |secs: i64, nsecs: i64| u64::try_from(secs.saturating_mul(1000).saturating_add(nsecs / 1_000_000)).unwrap_or(0);
+    ms(meta.mtime(), meta.mtime_nsec()).max(ms(meta.ctime(), meta.ctime_nsec()))
+}
+
+/// What the start-up rescan looks for: changes after `since_ms`, except those already
+/// judged (path to the change time whose alert the outbox holds; see `outbox`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rescan {
+    pub since_ms: u64,
+    pub judged: HashMap<String, u64>,
+}
+
+/// The most directory entries a start-up rescan looks at; past it a gap says so.
+pub const RESCAN_MAX_ENTRIES: usize = 200_000;
+
+/// Files under `roots` whose content or inode changed (mtime or ctime) after
+/// `what.since_ms` and were not judged since: what changed while the agent was down or
+/// was in flight at a crash. A file born after
+/// `since_ms` is a create, any other a modify; oldest change first. Symbolic links are
+/// not followed. The bool is false when `max_entries` stopped the walk early.
+pub fn rescan(roots: &[PathBuf], what: &Rescan, max_entries: usize) -> (Vec<Ready>, bool) {
+    let since_ms = what.since_ms;
+    let mut found: Vec<(u64, Ready)> = Vec::new();
+    let mut stack: Vec<PathBuf> = roots.to_vec();
+    let mut seen = 0usize;
+    while let Some(path) = stack.pop() {
+        seen += 1;
+        if seen > max_entries {
+            found.sort_by_key(|(t, _)| *t);
+            return (found.into_iter().map(|(_, r)| r).collect(), false);
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&path) {
+                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+            continue;
+        }
+        if !meta.is_file() {
+            continue;
+        }
+        let changed = changed_ms(&meta);
+        if changed <= since_ms
+            || what
+                .judged
+                .get(path.to_string_lossy().as_ref())
+                .is_some_and(|&j| j >= changed)
+        {
+            continue;
+        }
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let op = if born.is_some_and(|b| b > since_ms) {
+            FileOp::Create
+        } else {
+            FileOp::Modify
+        };
+        found.push((
+            changed,
+            Ready {
+                op,
+                path,
+                from_path: None,
+            },
+        ));
+    }
+    found.sort_by_key(|(t, _)| *t);
+    (found.into_iter().map(|(_, r)| r).collect(), true)
 }
 
 fn watch_error_gap(path: &Path, e: &notify::Error) -> String {
@@ -283,6 +362,8 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     let recheck = Duration::from_millis(config.file_missing_recheck_ms.max(1000));
     let mut last_check: Option<Instant> = None;
     let tick = Duration::from_millis((config.file_settle_ms / 3).clamp(5, 50));
+    let mut rescan_once = config.file_rescan.clone();
+    let mut reported = Reported::default();
     loop {
         if ctx.stopped() {
             return Ok(());
@@ -306,6 +387,29 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                                 return Ok(());
                             }
                         }
+                    }
+                }
+            }
+            // Once the watches are up (so nothing falls between the rescan and them):
+            // what changed while the agent was down.
+            if let Some(what) = rescan_once.take() {
+                let roots: Vec<PathBuf> = watched.iter().cloned().collect();
+                let (changed, complete) = rescan(&roots, &what, RESCAN_MAX_ENTRIES);
+                tracing::info!(
+                    since_ms = what.since_ms,
+                    changed = changed.len(),
+                    "watched files rescanned at start"
+                );
+                if !complete
+                    && !ctx.gap(format!(
+                        "start-up rescan stopped after {RESCAN_MAX_ENTRIES} entries: files changed while the agent was down may not be reported"
+                    ))
+                {
+                    return Ok(());
+                }
+                for r in changed {
+                    if !ctx.emit(EventData::File(describe(r, &mut hashes))) {
+                        return Ok(());
                     }
                 }
             }
@@ -345,8 +449,55 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
         }
         ready.extend(coalescer.due(Instant::now()));
         for r in ready {
-            if !ctx.emit(EventData::File(describe(r, &mut hashes))) {
+            let ev = describe(r, &mut hashes);
+            if !reported.is_new(&ev) {
+                continue;
+            }
+            if !ctx.emit(EventData::File(ev)) {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// The last change reported per path, so that one change is reported once: when
+/// inotify's events for one write reach the coalescer late (a loaded machine), the
+/// create is reported when it settles and the write's modify and close come after,
+/// describing the very same file again.
+#[derive(Debug, Default)]
+pub struct Reported {
+    last: HashMap<String, Described>,
+}
+
+/// What a report said of a file: change time, size, hash.
+type Described = (u64, Option<u64>, Option<[u8; 32]>);
+
+/// Paths remembered; past this the memory is cleared (a repeat then is a repeat).
+const REPORTED_MAX: usize = 8192;
+
+impl Reported {
+    /// False when `ev` is a create or modify describing exactly what was last reported
+    /// for its path (same change time, size and hash).
+    pub fn is_new(&mut self, ev: &FileEvent) -> bool {
+        match ev.op {
+            FileOp::Create | FileOp::Modify => {
+                let Some(changed) = ev.changed_ms else { return true };
+                let now = (changed, ev.size, ev.sha256);
+                if self.last.get(&ev.path) == Some(&now) {
+                    return false;
+                }
+                if self.last.len() >= REPORTED_MAX {
+                    self.last.clear();
+                }
+                self.last.insert(ev.path.clone(), now);
+                true
+            }
+            FileOp::Delete | FileOp::Rename | FileOp::Chmod => {
+                self.last.remove(&ev.path);
+                if let Some(from) = &ev.from_path {
+                    self.last.remove(from);
+                }
+                true
             }
         }
     }
@@ -365,6 +516,59 @@ mod tests {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         out
+    }
+
+    #[test]
+    fn rescan_finds_what_changed_after_the_point_and_nothing_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("old"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let since = crate::sensor::now_ms();
+        std::thread::sleep(Duration::from_millis(30));
+        std::fs::write(root.join("sub/new"), b"y").unwrap();
+        std::fs::write(root.join("judged"), b"z").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let judged_at = changed_ms(&std::fs::metadata(root.join("judged")).unwrap());
+        let what = Rescan {
+            since_ms: since,
+            judged: [(root.join("judged").display().to_string(), judged_at)].into(),
+        };
+        let (got, complete) = rescan(std::slice::from_ref(&root), &what, 100);
+        assert!(complete);
+        assert_eq!(
+            got.iter().map(|r| (r.op, r.path.clone())).collect::<Vec<_>>(),
+            vec![(FileOp::Create, root.join("sub/new"))],
+            "only the file changed after the point and not judged; links are not followed"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        std::fs::write(root.join("judged"), b"changed again").unwrap();
+        let (got, _) = rescan(std::slice::from_ref(&root), &what, 100);
+        assert_eq!(got.len(), 2, "a change after the judged one is reported");
+        let (_, complete) = rescan(&[root], &what, 2);
+        assert!(!complete, "a walk cut short says so");
+    }
+
+    #[test]
+    fn one_change_is_reported_once() {
+        let ev = |op, changed: u64, size: u64| FileEvent {
+            op,
+            path: "/w/f".into(),
+            from_path: None,
+            sha256: Some([1; 32]),
+            size: Some(size),
+            mode: Some(0o644),
+            uid: Some(0),
+            changed_ms: Some(changed),
+        };
+        let mut r = Reported::default();
+        assert!(r.is_new(&ev(FileOp::Create, 10, 5)));
+        assert!(!r.is_new(&ev(FileOp::Modify, 10, 5)), "the same write, described again");
+        assert!(r.is_new(&ev(FileOp::Modify, 11, 6)), "a later write");
+        assert!(r.is_new(&ev(FileOp::Chmod, 12, 6)));
+        assert!(r.is_new(&ev(FileOp::Delete, 12, 6)));
+        assert!(r.is_new(&ev(FileOp::Create, 12, 6)), "created again after its delete");
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct SensorConfig {
     pub file_max_delay_ms: u64,
     /// How often to look again for watch paths that did not exist, milliseconds. Default: 30000.
     pub file_missing_recheck_ms: u64,
+    /// Not configurable: set at start from the last run's state (see `lifecycle`).
+    /// Watched files changed since then are reported once the watches are up.
+    #[serde(skip)]
+    pub file_rescan: Option<file::Rescan>,
     /// Tail the authentication log. Default: true.
     pub auth_enabled: bool,
     /// Candidate auth logs; the first that exists is tailed.
@@ -129,6 +133,7 @@ impl Default for SensorConfig {
             file_settle_ms: 75,
             file_max_delay_ms: 200,
             file_missing_recheck_ms: 30_000,
+            file_rescan: None,
             auth_enabled: true,
             auth_log_paths: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
             auth_journal_fallback: true,

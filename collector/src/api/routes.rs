@@ -94,15 +94,25 @@ pub async fn get_device(
         .run(move |s| s.get_device(&lookup))
         .await??
         .ok_or_else(|| ApiError::not_found("device"))?;
-    let (gaps, totals) = state
+    let (gaps, totals, drops) = state
         .reads
-        .run(move |s| Ok::<_, crate::store::StoreError>((s.sequence_gaps(&id)?, s.device_alert_totals(&id)?)))
+        .run(move |s| {
+            Ok::<_, crate::store::StoreError>((
+                s.sequence_gaps(&id)?,
+                s.device_alert_totals(&id)?,
+                s.drop_reports(&id)?,
+            ))
+        })
         .await??;
     let mut body = serde_json::to_value(with_liveness(&state, device)).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut body {
         map.insert(
             "sequence_gaps".into(),
             serde_json::to_value(gaps).unwrap_or(Value::Null),
+        );
+        map.insert(
+            "drop_reports".into(),
+            serde_json::to_value(drops).unwrap_or(Value::Null),
         );
         map.insert(
             "alert_totals".into(),

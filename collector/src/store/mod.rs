@@ -7,6 +7,7 @@ mod actions;
 mod automation;
 mod feeds;
 mod fold;
+mod gaps;
 mod incident_view;
 mod incidents;
 mod schema;
@@ -20,6 +21,7 @@ pub use actions::{
 pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome, EvidenceAlert};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use fold::Fold;
+pub use gaps::DropReportView;
 pub use incident_view::{AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, ProcessAlerts};
 pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
@@ -126,6 +128,10 @@ pub struct DeviceView {
     pub missing_alerts: i64,
     /// The device's clock minus the collector's at its last heartbeat (None before one).
     pub clock_skew_ms: Option<i64>,
+    /// The device's current outbox epoch, hex (empty before protocol 1.4).
+    pub outbox_epoch: String,
+    /// Why the device's outbox cannot store alerts (e.g. its disk is full), as it said.
+    pub storage_error: Option<String>,
     /// Filled in by the caller from the live connection table.
     pub online: bool,
 }
@@ -169,6 +175,8 @@ pub struct RuleView {
 /// A range of sequence numbers a device never delivered.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SequenceGap {
+    /// The outbox epoch the numbers belong to (hex; empty before protocol 1.4).
+    pub epoch: String,
     pub first_seq: i64,
     pub last_seq: i64,
     pub reason: String,
@@ -516,27 +524,52 @@ impl Store {
         Ok(())
     }
 
-    /// Records alerts the agent says it dropped, so their gap is explained.
-    pub fn record_drops(&self, id: DeviceId, dropped: u64, seqs: &[u64], now_ms: u64) -> Result<(), StoreError> {
+    /// Records alerts an agent before protocol 1.4 says it dropped (an unacknowledged
+    /// report, in the device's current epoch), so their gap is explained or created.
+    pub fn record_drops(
+        &self,
+        id: DeviceId,
+        dropped: u64,
+        seqs: &[u64],
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let reason = gaps::bounded_reason(reason);
+        let seqs = &seqs[..seqs.len().min(gaps::MAX_REPORT_SEQS)];
         let tx = self.conn.unchecked_transaction()?;
+        let epoch: i64 = tx
+            .query_row(
+                "SELECT outbox_epoch FROM devices WHERE id = ?1",
+                params![id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        tx.execute(
+            "INSERT INTO drop_reports (device_id, epoch, report_id, seqs_epoch, dropped, first_seq, last_seq, reason, received_at_ms)
+             VALUES (?1, ?2, NULL, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id.to_string(),
+                epoch,
+                i64_of(dropped),
+                seqs.iter().min().map(|&s| i64_of(s)),
+                seqs.iter().max().map(|&s| i64_of(s)),
+                reason,
+                i64_of(now_ms)
+            ],
+        )?;
         tx.execute(
             "UPDATE devices SET dropped_total = dropped_total + ?2 WHERE id = ?1",
             params![id.to_string(), i64_of(dropped)],
         )?;
-        for &seq in seqs {
-            tx.execute(
-                "UPDATE sequence_gaps SET reason = 'dropped by agent (outbox full)'
-                 WHERE device_id = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
-                params![id.to_string(), i64_of(seq)],
-            )?;
-        }
+        self.apply_drops(&tx, id, epoch, seqs, None, &reason, now_ms)?;
         audit(
             &tx,
             now_ms,
             &id.to_string(),
             "device.dropped_alerts",
             &id.to_string(),
-            &dropped.to_string(),
+            &format!("{dropped}: {reason}"),
         )?;
         tx.commit()?;
         Ok(())
@@ -562,6 +595,8 @@ impl Store {
             dropped_total: r.get(14)?,
             missing_alerts: r.get(15)?,
             clock_skew_ms: r.get(16)?,
+            outbox_epoch: gaps::epoch_hex(r.get(17)?),
+            storage_error: r.get(18)?,
             online: false,
         })
     }
@@ -570,7 +605,7 @@ impl Store {
         d.agent_version, d.os, d.kernel, d.addresses, d.logged_on_users, d.isolation, d.outbox_depth,
         d.rule_pack_version, d.last_seq, d.dropped_total,
         (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM sequence_gaps g WHERE g.device_id = d.id),
-        d.clock_skew_ms";
+        d.clock_skew_ms, d.outbox_epoch, d.storage_error";
 
     pub fn list_devices(&self) -> Result<Vec<DeviceView>, StoreError> {
         let sql = format!(
@@ -589,14 +624,15 @@ impl Store {
 
     pub fn sequence_gaps(&self, device_id: &str) -> Result<Vec<SequenceGap>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT first_seq, last_seq, reason FROM sequence_gaps WHERE device_id = ?1 ORDER BY first_seq",
+            "SELECT epoch, first_seq, last_seq, reason FROM sequence_gaps WHERE device_id = ?1 ORDER BY epoch, first_seq",
         )?;
         let gaps = stmt
             .query_map(params![device_id], |r| {
                 Ok(SequenceGap {
-                    first_seq: r.get(0)?,
-                    last_seq: r.get(1)?,
-                    reason: r.get(2)?,
+                    epoch: gaps::epoch_hex(r.get(0)?),
+                    first_seq: r.get(1)?,
+                    last_seq: r.get(2)?,
+                    reason: r.get(3)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -633,10 +669,11 @@ impl Store {
         for (device, alerts) in batches {
             let mut outcome = InsertOutcome::default();
             let device_id = device.to_string();
-            let mut last_seq: i64 =
-                tx.query_row("SELECT last_seq FROM devices WHERE id = ?1", params![device_id], |r| {
-                    r.get(0)
-                })?;
+            let (mut last_seq, epoch): (i64, i64) = tx.query_row(
+                "SELECT last_seq, outbox_epoch FROM devices WHERE id = ?1",
+                params![device_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             for v in alerts.iter() {
                 let a = &v.alert;
                 let hash = fold.hash(&device_id, &a.rule.id, &a.entities, &a.matched);
@@ -669,7 +706,7 @@ impl Store {
                     },
                 };
                 if kept {
-                    last_seq = track_sequence(&tx, &device_id, i64_of(a.seq), last_seq, now_ms)?;
+                    last_seq = track_sequence(&tx, &device_id, epoch, i64_of(a.seq), last_seq, now_ms)?;
                 } else {
                     outcome.duplicates += 1;
                 }
@@ -980,6 +1017,7 @@ fn insert_alert(
 fn track_sequence(
     tx: &Transaction<'_>,
     device_id: &str,
+    epoch: i64,
     seq: i64,
     last_seq: i64,
     now_ms: u64,
@@ -987,33 +1025,35 @@ fn track_sequence(
     if seq > last_seq {
         if seq > last_seq + 1 {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO sequence_gaps (device_id, first_seq, last_seq, reason, recorded_at_ms)
-                 VALUES (?1, ?2, ?3, 'missing', ?4)",
+                "INSERT OR REPLACE INTO sequence_gaps (device_id, epoch, first_seq, last_seq, reason, recorded_at_ms)
+                 VALUES (?1, ?5, ?2, ?3, 'missing', ?4)",
             )?
-            .execute(params![device_id, last_seq + 1, seq - 1, i64_of(now_ms)])?;
+            .execute(params![device_id, last_seq + 1, seq - 1, i64_of(now_ms), epoch])?;
         }
         return Ok(seq);
     }
     let gap: Option<(i64, i64, String)> = tx
         .prepare_cached(
             "SELECT first_seq, last_seq, reason FROM sequence_gaps
-             WHERE device_id = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+             WHERE device_id = ?1 AND epoch = ?3 AND first_seq <= ?2 AND last_seq >= ?2",
         )?
-        .query_row(params![device_id, seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![device_id, seq, epoch], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     if let Some((first, last, reason)) = gap {
         tx.execute(
-            "DELETE FROM sequence_gaps WHERE device_id = ?1 AND first_seq = ?2",
-            params![device_id, first],
+            "DELETE FROM sequence_gaps WHERE device_id = ?1 AND epoch = ?3 AND first_seq = ?2",
+            params![device_id, first, epoch],
         )?;
         let mut insert = tx.prepare_cached(
-            "INSERT INTO sequence_gaps (device_id, first_seq, last_seq, reason, recorded_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO sequence_gaps (device_id, epoch, first_seq, last_seq, reason, recorded_at_ms) VALUES (?1, ?6, ?2, ?3, ?4, ?5)",
         )?;
         if first < seq {
-            insert.execute(params![device_id, first, seq - 1, reason, i64_of(now_ms)])?;
+            insert.execute(params![device_id, first, seq - 1, reason, i64_of(now_ms), epoch])?;
         }
         if seq < last {
-            insert.execute(params![device_id, seq + 1, last, reason, i64_of(now_ms)])?;
+            insert.execute(params![device_id, seq + 1, last, reason, i64_of(now_ms), epoch])?;
         }
     }
     Ok(last_seq)

@@ -460,6 +460,42 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE devices ADD COLUMN clock_skew_ms INTEGER;
     "#,
+    // 21 (durability): outbox epochs and acknowledged drop reports. A device's alerts
+    // are numbered per outbox epoch (a reset or rolled-back outbox starts a new one),
+    // so gaps are keyed by epoch; every drop report an agent sends is kept once (by
+    // its epoch and report id) with the range it names; and the agent's storage state
+    // (disk full) from its health message.
+    r#"
+    ALTER TABLE devices ADD COLUMN outbox_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN storage_error TEXT;
+    CREATE TABLE sequence_gaps_by_epoch (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        epoch INTEGER NOT NULL DEFAULT 0,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        recorded_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, epoch, first_seq)
+    );
+    INSERT INTO sequence_gaps_by_epoch (device_id, epoch, first_seq, last_seq, reason, recorded_at_ms)
+        SELECT device_id, 0, first_seq, last_seq, reason, recorded_at_ms FROM sequence_gaps;
+    DROP TABLE sequence_gaps;
+    ALTER TABLE sequence_gaps_by_epoch RENAME TO sequence_gaps;
+    CREATE TABLE drop_reports (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        epoch INTEGER NOT NULL DEFAULT 0,
+        report_id INTEGER,
+        seqs_epoch INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL,
+        first_seq INTEGER,
+        last_seq INTEGER,
+        reason TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX drop_reports_once ON drop_reports(device_id, epoch, report_id) WHERE report_id IS NOT NULL;
+    CREATE INDEX drop_reports_by_device ON drop_reports(device_id, id);
+    "#,
 ];
 
 #[cfg(test)]

@@ -205,6 +205,10 @@ async fn run(
     // The clock skew last warned about in this session.
     let mut warned_skew = 0i64;
     let warned_skew = &mut warned_skew;
+    // The outbox epoch this session has made current (protocol 1.4), and the storage
+    // state last recorded, so each is written only when it changes.
+    let mut epoch: Option<u64> = None;
+    let mut storage: Option<Option<String>> = None;
     loop {
         let frame = tokio::select! {
             f = read_frame::<AgentMessage>(recv, max) => f,
@@ -236,8 +240,9 @@ async fn run(
         // the message (QUIC flow control slows the device; nothing is dropped).
         let kind = match &msg {
             AgentMessage::Alerts(b) => Some(Kind::Alerts(b.alerts.len())),
-            AgentMessage::Heartbeat(_) => Some(Kind::Heartbeat),
-            AgentMessage::Dropped(_) => Some(Kind::Dropped),
+            AgentMessage::EpochAlerts(b) => Some(Kind::Alerts(b.alerts.len())),
+            AgentMessage::Heartbeat(_) | AgentMessage::Health(_) => Some(Kind::Heartbeat),
+            AgentMessage::Dropped(_) | AgentMessage::DropNotice(_) => Some(Kind::Dropped),
             AgentMessage::CommandResult(_) => Some(Kind::Result),
             AgentMessage::Hello(_) | AgentMessage::Enroll(_) => None,
         };
@@ -290,8 +295,54 @@ async fn run(
                 let seqs: Vec<u64> = report.seqs.into_iter().take(MAX_DROP_SEQS).collect();
                 let _ = ctx
                     .writer
-                    .run(move |s| s.record_drops(device, report.dropped, &seqs, now_ms()))
+                    .run(move |s| s.record_drops(device, report.dropped, &seqs, &report.reason, now_ms()))
                     .await;
+            }
+            AgentMessage::EpochAlerts(batch) => {
+                if let Err(reason) = switch_epoch(ctx, device, batch.epoch, &mut epoch).await {
+                    return reason;
+                }
+                let batch = AlertBatch {
+                    batch_id: batch.batch_id,
+                    alerts: batch.alerts,
+                };
+                if let Err(reason) = alerts(peer, ctx, batch).await {
+                    return reason;
+                }
+            }
+            AgentMessage::DropNotice(notice) => {
+                warn!(%device, dropped = notice.report.dropped, reason = %clip(&notice.report.reason), "agent dropped alerts");
+                let report_id = notice.report_id;
+                let stored = ctx
+                    .writer
+                    .run(move |s| s.record_drop_notice(device, &notice, now_ms()))
+                    .await;
+                match stored {
+                    // Acknowledged only once stored: until then the agent keeps it.
+                    Ok(Ok(_)) => {
+                        if out.send(CollectorMessage::DropStored { report_id }).await.is_err() {
+                            return "outbound closed".into();
+                        }
+                    }
+                    Ok(Err(e)) => warn!(%device, error = %e, "drop report not stored; the agent sends it again"),
+                    Err(e) => return e.to_string(),
+                }
+            }
+            AgentMessage::Health(health) => {
+                if let Err(reason) = switch_epoch(ctx, device, health.epoch, &mut epoch).await {
+                    return reason;
+                }
+                if storage.as_ref() != Some(&health.storage_error) {
+                    if let Some(e) = &health.storage_error {
+                        warn!(%device, error = %e, waiting = health.alerts_waiting, lost = health.alerts_lost, "agent cannot store alerts");
+                    }
+                    let error = health.storage_error.clone();
+                    let _ = ctx
+                        .writer
+                        .run(move |s| s.set_storage_error(device, error.as_deref(), now_ms()))
+                        .await;
+                    storage = Some(health.storage_error);
+                }
             }
             AgentMessage::CommandResult(signed) => {
                 let audit = match limits.lock() {
@@ -309,6 +360,24 @@ async fn run(
             }
         }
     }
+}
+
+/// Makes `new` the device's outbox epoch before anything numbered in it is stored.
+async fn switch_epoch(ctx: &Context, device: DeviceId, new: u64, current: &mut Option<u64>) -> Result<(), String> {
+    if *current == Some(new) {
+        return Ok(());
+    }
+    let changed = ctx
+        .writer
+        .run(move |s| s.switch_epoch(device, new, now_ms()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if changed {
+        info!(%device, epoch = %format!("{new:016x}"), "device outbox epoch");
+    }
+    *current = Some(new);
+    Ok(())
 }
 
 /// Sends the newest rule pack if the agent has not been sent it yet.
