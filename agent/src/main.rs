@@ -45,7 +45,9 @@ enum Command {
         #[arg(long, default_value = "/var/lib/ward/agent")]
         state_dir: PathBuf,
     },
-    /// Enrollment, connection, outbox depth, rule pack and isolation state.
+    /// Enrollment, connection, outbox depth, rule pack and isolation state. Exits 0
+    /// when running, connected and storing; 1 when running but disconnected or its
+    /// storage fails; 3 when not running; 4 when not enrolled.
     Status {
         #[arg(long, default_value = "/var/lib/ward/agent")]
         state_dir: PathBuf,
@@ -112,7 +114,10 @@ fn main() -> Result<()> {
             })?;
             Ok(())
         }
-        Command::Status { state_dir } => status(&state_dir),
+        Command::Status { state_dir } => {
+            let code = status(&state_dir)?;
+            std::process::exit(i32::from(code))
+        }
         Command::BreakGlass { token, state_dir } => {
             let identity = Identity::load(&state_dir)?;
             let e = &identity.enrollment;
@@ -175,12 +180,25 @@ fn enroll(token: &str, state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn status(state_dir: &Path) -> Result<()> {
+/// `ward-agent status`'s exit codes, for scripts and monitoring (documented in
+/// docs/enrolling-devices.md).
+mod exit_code {
+    /// Running, connected, storing alerts.
+    pub const OK: u8 = 0;
+    /// Running but disconnected from the collector, or its storage is failing.
+    pub const DEGRADED: u8 = 1;
+    /// Enrolled, but the agent is not running (or has never run).
+    pub const NOT_RUNNING: u8 = 3;
+    /// Not enrolled.
+    pub const NOT_ENROLLED: u8 = 4;
+}
+
+fn status(state_dir: &Path) -> Result<u8> {
     let identity = match Identity::load(state_dir) {
         Ok(i) => i,
         Err(identity::IdentityError::NotEnrolled(_)) => {
             println!("enrolled: no ({} holds no identity)", state_dir.display());
-            return Ok(());
+            return Ok(exit_code::NOT_ENROLLED);
         }
         Err(e) => bail!(e),
     };
@@ -189,7 +207,7 @@ fn status(state_dir: &Path) -> Result<()> {
         "enrolled: yes, device {} with collector {}",
         e.device_id, e.collector_addr
     );
-    match Status::read(state_dir) {
+    Ok(match Status::read(state_dir) {
         Some(s) if s.is_live(sensor::now_ms(), 2_000) => {
             let link = if s.connected {
                 "connected".to_string()
@@ -215,16 +233,24 @@ fn status(state_dir: &Path) -> Result<()> {
                     s.alerts_waiting, s.alerts_lost_in_memory
                 ),
             }
+            if s.connected && s.storage_error.is_none() {
+                exit_code::OK
+            } else {
+                exit_code::DEGRADED
+            }
         }
         Some(s) => {
             println!("agent: not running (last status from pid {})", s.pid);
             println!("outbox: {} alerts waiting", s.outbox_depth);
             println!("rule pack: version {}", s.rule_pack_version);
             println!("isolation: {}", s.isolation);
+            exit_code::NOT_RUNNING
         }
-        None => println!("agent: has not run yet"),
-    }
-    Ok(())
+        None => {
+            println!("agent: has not run yet");
+            exit_code::NOT_RUNNING
+        }
+    })
 }
 
 async fn wait_for_signal() {

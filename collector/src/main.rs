@@ -149,6 +149,8 @@ enum UserCommand {
         #[arg(long)]
         role: String,
     },
+    /// Every user with their role and when they were added (tokens are never shown again).
+    List,
 }
 
 fn main() -> Result<()> {
@@ -238,6 +240,17 @@ fn main() -> Result<()> {
         } => {
             let token = setup::add_user(dir, &name, &role)?;
             println!("{token}");
+        }
+        Command::User {
+            command: UserCommand::List,
+        } => {
+            println!("{:<32}  {:<9}  ADDED", "NAME", "ROLE");
+            for (name, role, added) in setup::list_users(dir)? {
+                println!(
+                    "{name:<32}  {role:<9}  {}",
+                    util::show_ms(u64::try_from(added).unwrap_or(0))
+                );
+            }
         }
         Command::Audit {
             command: AuditCommand::Verify,

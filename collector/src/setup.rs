@@ -162,6 +162,12 @@ pub fn add_user(data_dir: &Path, name: &str, role: &str) -> Result<String, Setup
     Ok(token)
 }
 
+/// Every user with their role and when they were added (`ward-collector user list`).
+pub fn list_users(data_dir: &Path) -> Result<Vec<(String, String, i64)>, SetupError> {
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    Ok(store.list_users()?)
+}
+
 /// Recomputes the audit log's hash chain (`ward-collector audit verify`).
 pub fn verify_audit(data_dir: &Path) -> Result<AuditChainReport, SetupError> {
     let store = Store::open(&data_dir.join(DB_FILE))?;

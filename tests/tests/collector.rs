@@ -426,3 +426,48 @@ async fn a_damaged_database_is_refused_at_start_with_the_way_out() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("running on it as asked"), "{stderr}");
 }
+
+/// `ward-agent status` as a script sees it: 4 not enrolled, 0 running and connected,
+/// 1 running without its collector, 3 not running; `ward-collector user list` names
+/// every user with role and time, never a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exit_codes_and_the_user_list_are_scriptable() {
+    let code = |dir: &std::path::Path| {
+        std::process::Command::new(bin("ward-agent"))
+            .args(["status", "--state-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(code(empty.path()), Some(4), "not enrolled");
+
+    let mut collector = Collector::start().unwrap();
+    let mut agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    assert_eq!(code(&agent.state_dir()), Some(0), "{}", agent.status().unwrap());
+    collector.stop().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while code(&agent.state_dir()) != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}: {}",
+            code(&agent.state_dir()),
+            agent.status().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.kill9();
+    assert_eq!(code(&agent.state_dir()), Some(3), "{}", agent.status().unwrap());
+
+    let token = collector.user("vera", "viewer").unwrap();
+    let list = collector.cli(&["user", "list"]).unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("vera "))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("viewer") && line.contains(" UTC"), "{list}");
+    assert!(!list.contains(&token), "a token in the user list");
+}

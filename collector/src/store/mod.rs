@@ -928,6 +928,18 @@ impl Store {
         Ok(())
     }
 
+    /// Every user: (name, role, created at, Unix ms), by name. Tokens are stored only
+    /// as hashes and are not listed.
+    pub fn list_users(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, role, created_at_ms FROM users ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     pub fn user_by_token(&self, token_sha256: &[u8; 32]) -> Result<Option<User>, StoreError> {
         Ok(self
             .conn
