@@ -43,7 +43,8 @@ fn status_and_run_without_enrollment_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let out = agent(&["status", "--state-dir", state.to_str().unwrap()]);
-    assert!(out.status.success());
+    // Not enrolled is exit code 4, for scripts.
+    assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stdout).contains("enrolled: no"));
 
     let out = agent(&["run", "--state-dir", state.to_str().unwrap()]);
