@@ -507,6 +507,11 @@ mod tests {
     fn executor(s: &Setup) -> Executor {
         // What the first session does on a fresh enrollment (the collector is at 0).
         learn_collector_seq(&s.state, 0).unwrap();
+        unlearned_executor(s)
+    }
+
+    /// An executor as a restart makes it, with whatever record the state dir holds.
+    fn unlearned_executor(s: &Setup) -> Executor {
         Executor::new(
             s.device,
             PinnedKeys::in_memory(vec![s.command_key.public_key()]),
@@ -570,15 +575,7 @@ mod tests {
             }
             // After a restart the executor has no record: the replay of command 1
             // must not run as if the sequence were 0.
-            let mut restarted = Executor::new(
-                s.device,
-                PinnedKeys::in_memory(vec![s.command_key.public_key()]),
-                CommandPolicy::default(),
-                s.state.clone(),
-                vec![s.work.clone()],
-                Arc::new(Mutex::new(VecDeque::new())),
-                SigningKey::from_pkcs8(&s.device_key_pkcs8).unwrap(),
-            );
+            let mut restarted = unlearned_executor(&s);
             let replay = open(&s, &restarted.handle(&signed[0]).await);
             assert!(
                 matches!(&replay.outcome, CommandOutcome::Failed { reason } if reason.contains("commands.json missing or corrupt")),

@@ -39,7 +39,7 @@ pub struct ResponseConfig {
 impl Default for ResponseConfig {
     fn default() -> Self {
         ResponseConfig {
-            clock_skew_ms: 120_000,
+            clock_skew_ms: ward_protocol::auth::DEFAULT_CLOCK_SKEW_MS,
             min_approvals: 1,
             min_approvals_by_kind: std::collections::BTreeMap::new(),
             disabled_actions: Vec::new(),

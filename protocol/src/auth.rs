@@ -46,10 +46,14 @@ pub struct CommandPolicy {
     pub disabled: Vec<ActionKind>,
 }
 
+/// How far apart the collector's clock and a device's may be before the device
+/// refuses commands, unless its policy says otherwise.
+pub const DEFAULT_CLOCK_SKEW_MS: u64 = 120_000;
+
 impl Default for CommandPolicy {
     fn default() -> Self {
         CommandPolicy {
-            clock_skew_ms: 120_000,
+            clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             min_approvals: ActionKind::ALL.iter().map(|k| (*k, 1)).collect(),
             disabled: Vec::new(),
         }

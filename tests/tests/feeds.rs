@@ -377,16 +377,21 @@ fn sign_ins_file(base_ms: u64, bytes: usize) -> Vec<u8> {
 /// whole file (a 60 MB CSV held every agent's acknowledgements for 50 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maximum_size_import_does_not_hold_agents_alert_batches() {
-    const MAX: usize = 8 << 20;
+    // WARD_IMPORT_TEST_MIB=64 runs it at the default limit (BENCHMARKS.md).
+    let mib: usize = std::env::var("WARD_IMPORT_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let max = mib << 20;
     let collector = Collector::start_with(|c| {
-        *c = c.replace("max_import_bytes = 67108864", &format!("max_import_bytes = {MAX}"));
+        *c = c.replace("max_import_bytes = 67108864", &format!("max_import_bytes = {max}"));
     })
     .unwrap();
     let token = collector.join_token(1, "1h").unwrap();
     let mut dev = ward_tests::TestDevice::enroll(&token, "busy-host").await.unwrap();
     dev.connect().await.unwrap();
-    let file = sign_ins_file(now_ms() - 86_400_000, MAX - 4096);
-    assert!(file.len() <= MAX);
+    let file = sign_ins_file(now_ms() - 86_400_000, max - 4096);
+    assert!(file.len() <= max);
     // The same batches before the import, to compare.
     let mut quiet = Vec::new();
     for _ in 0..20 {

@@ -187,9 +187,9 @@ struct Peer<'a> {
     out: &'a mpsc::Sender<CollectorMessage>,
 }
 
-/// A device clock further from the collector's than this (the agents' default
-/// `response.clock_skew_ms`) makes agents refuse commands: warned about.
-pub const CLOCK_SKEW_WARN_MS: u64 = 120_000;
+/// A device clock further from the collector's than the agents' default
+/// `response.clock_skew_ms` makes them refuse commands: warned about.
+pub const CLOCK_SKEW_WARN_MS: u64 = ward_protocol::auth::DEFAULT_CLOCK_SKEW_MS;
 
 async fn run(
     peer: &Peer<'_>,
