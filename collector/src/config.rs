@@ -1,5 +1,7 @@
-//! The collector's TOML configuration: parsed and validated without side effects.
-//! Every setting has a default; `init` writes this file with each one documented.
+//! The collector's TOML configuration: plain data, parsed and checked on its own
+//! terms; the response settings are checked against the permission table and the
+//! automation rules by their owner at load. Every setting has a default; `init`
+//! writes this file with each one documented.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +12,12 @@ use thiserror::Error;
 
 /// Settings file name inside the data dir.
 pub const CONFIG_FILE: &str = "collector.toml";
+
+const DAY_MS: u64 = 24 * 3_600_000;
+/// How long an approved command waits for its device (to reconnect) by default.
+pub const COMMAND_TTL_MS: u64 = 3 * DAY_MS;
+/// How long a proposal waits for a decision before it expires, by default.
+pub const PENDING_APPROVAL_TTL_MS: u64 = 7 * DAY_MS;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,7 +38,7 @@ pub struct Config {
     pub devices: DeviceConfig,
     pub actions: ActionsConfig,
     /// `[[automation]]` rules: alerts that propose response actions by themselves.
-    pub automation: Vec<crate::actions::automation::RuleConfig>,
+    pub automation: Vec<RuleConfig>,
     pub correlation: CorrelationConfig,
     pub feeds: FeedsConfig,
     /// Set by `serve --skip-integrity-check`, not by the file: run on a database that
@@ -86,8 +94,7 @@ pub struct DeviceConfig {
 }
 
 /// The response-action policy: defaults for every kind, then overrides per kind
-/// (`[actions.policy.<kind>]`). Laid over the permission matrix by
-/// [`crate::actions::policy::Policy::from_config`], which validates it.
+/// (`[actions.policy.<kind>]`), laid over the permission table, which validates it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ActionsConfig {
@@ -116,8 +123,8 @@ pub struct KindOverride {
 impl Default for ActionsConfig {
     fn default() -> Self {
         ActionsConfig {
-            pending_ttl_ms: crate::actions::policy::PENDING_APPROVAL_TTL_MS,
-            command_ttl_ms: crate::actions::policy::COMMAND_TTL_MS,
+            pending_ttl_ms: PENDING_APPROVAL_TTL_MS,
+            command_ttl_ms: COMMAND_TTL_MS,
             approvals: 1,
             requester_may_approve: false,
             policy: BTreeMap::new(),
@@ -162,17 +169,60 @@ impl Default for CorrelationConfig {
     }
 }
 
-impl CorrelationConfig {
-    pub fn settings(&self) -> crate::incidents::Settings {
-        crate::incidents::Settings {
-            window_ms: self.window_ms,
-            prevalence_threshold: self.prevalence_threshold,
-            user_map: self.user_map.clone(),
-            max_clock_skew_ms: self.max_clock_skew_ms,
-            device_proximity_ms: self.device_proximity_ms,
-            max_span_ms: self.max_span_ms,
-        }
-    }
+/// One `[[automation]]` entry as written in the config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique; the actor is `automation:<name>`.
+    pub name: String,
+    /// What to propose: isolate (the alert's device), kill_process (the alert's
+    /// process), quarantine_file (the alert's file; needs its SHA-256),
+    /// collect_package (from the alert's device).
+    pub action: String,
+    /// Approve (and dispatch) without waiting for a person.
+    #[serde(default)]
+    pub auto_approve: bool,
+    /// For `isolate`: addresses, networks or names that stay reachable.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Condition on alerts (exactly one of `alert` and `incident`).
+    #[serde(default)]
+    pub alert: Option<AlertCondition>,
+    /// Condition on incidents.
+    #[serde(default)]
+    pub incident: Option<IncidentCondition>,
+}
+
+/// Every listed criterion must hold; an empty list (or no `min_severity`) does
+/// not restrict. Only open incidents (active, in progress) match.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentCondition {
+    /// The incident's severity at least this.
+    pub min_severity: Option<String>,
+    /// ATT&CK tactic ids (`TA0040`); any of them.
+    pub tactics: Vec<String>,
+    /// Alert sources (agent, identity, mailbox, collector); all of them present.
+    pub sources_all: Vec<String>,
+}
+
+/// Every listed criterion must hold; within a list, any entry may match; an
+/// empty list (or no `min_severity`) does not restrict.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertCondition {
+    /// informational, low, medium, high or critical.
+    pub min_severity: Option<String>,
+    /// Rule ids, exactly.
+    pub rule_ids: Vec<String>,
+    /// ATT&CK technique ids; `T1059` also matches its sub-techniques (`T1059.001`).
+    pub techniques: Vec<String>,
+    /// ATT&CK tactic ids (`TA0002`).
+    pub tactics: Vec<String>,
+    /// agent, identity, mailbox or collector.
+    pub sources: Vec<String>,
+    /// Device ids or hostnames.
+    pub devices: Vec<String>,
 }
 
 /// Identity and mailbox feed imports: size limits and detection thresholds.
@@ -360,8 +410,6 @@ impl Config {
         if !self.public_addr.contains(':') {
             return Err("public_addr must be host:port".into());
         }
-        let policy = crate::actions::policy::Policy::from_config(&self.actions)?;
-        crate::actions::automation::compile(&self.automation, &policy)?;
         Ok(())
     }
 

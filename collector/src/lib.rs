@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pki;
 pub mod readpool;
+pub mod roles;
 pub mod server;
 pub mod setup;
 pub mod store;

@@ -279,7 +279,7 @@ fn main() -> Result<()> {
 }
 
 fn serve(dir: &std::path::Path, config_path: &std::path::Path, skip_integrity_check: bool) -> Result<()> {
-    let mut config = Config::load_file(config_path)?;
+    let mut config = ward_collector::setup::load_config(config_path)?;
     config.skip_integrity_check = skip_integrity_check;
     tracing::info!(config = %config_path.display(), data_dir = %dir.display(), "collector starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()

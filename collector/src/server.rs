@@ -142,8 +142,7 @@ pub async fn run(
         source,
     })?;
 
-    let policy = actions::policy::Policy::from_config(&config.actions).map_err(ServeError::Setup)?;
-    let automation_rules = actions::automation::compile(&config.automation, &policy).map_err(ServeError::Setup)?;
+    let (policy, automation_rules) = actions::check_config(&config).map_err(ServeError::Setup)?;
     let dispatcher = Arc::new(actions::Dispatcher::new(
         writer.clone(),
         reads.clone(),
@@ -151,7 +150,10 @@ pub async fn run(
         command_signer,
         policy,
     ));
-    let correlator = crate::incidents::Correlator::new(config.correlation.settings(), Arc::clone(&metrics));
+    let correlator = crate::incidents::Correlator::new(
+        crate::incidents::Settings::from_config(&config.correlation),
+        Arc::clone(&metrics),
+    );
     let api_state = ApiState {
         correlator: Arc::clone(&correlator),
         reads: reads.clone(),

@@ -38,6 +38,18 @@ pub enum SetupError {
     Random,
 }
 
+/// Reads the settings file and checks its response settings against the domain's
+/// rules (permission table, automation rules): every command refuses a config `serve`
+/// would refuse.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load_file(path)?;
+    crate::actions::check_config(&config).map_err(|message| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
     move |source| SetupError::Io {
         path: path.to_path_buf(),
@@ -86,7 +98,7 @@ pub fn init(data_dir: &Path, config_path: &Path, public_addr: Option<&str>) -> R
                 config_path.display()
             )));
         }
-        (Config::load_file(config_path)?, None)
+        (load_config(config_path)?, None)
     } else {
         let text = Config::template(public_addr.unwrap_or(DEFAULT_PUBLIC_ADDR));
         (Config::parse(&text).map_err(SetupError::Invalid)?, Some(text))
@@ -133,7 +145,7 @@ pub fn create_join_token(
     if uses == 0 {
         return Err(SetupError::Invalid("--uses must be at least 1".into()));
     }
-    let config = Config::load_file(config_path)?;
+    let config = load_config(config_path)?;
     let ca = fs::read(data_dir.join(CA_CERT)).map_err(io(&data_dir.join(CA_CERT)))?;
     let secret = random_secret().map_err(|_| SetupError::Random)?;
     let now = now_ms();
@@ -150,7 +162,7 @@ pub fn create_join_token(
 
 /// Adds (or re-keys) an API user; returns the new token (shown once).
 pub fn add_user(data_dir: &Path, name: &str, role: &str) -> Result<String, SetupError> {
-    role.parse::<crate::api::auth::Role>().map_err(SetupError::Invalid)?;
+    role.parse::<crate::roles::Role>().map_err(SetupError::Invalid)?;
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)) {
         return Err(SetupError::Invalid(
             "user names are 1-64 characters of letters, digits and . _ - @".into(),
@@ -359,7 +371,7 @@ pub fn import_feed(
 ) -> Result<crate::feeds::ImportReport, SetupError> {
     use crate::feeds::FeedError;
     const ACTOR: &str = "cli";
-    let config = Config::load_file(config_path)?;
+    let config = load_config(config_path)?;
     let limit = config.feeds.max_import_bytes;
     let size = fs::metadata(file).map_err(io(file))?.len();
     let result = if size > limit as u64 {

@@ -19,6 +19,26 @@ pub fn show_ms(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
+/// The most of a device's own text kept in an audit row or a log line.
+pub const MAX_DEVICE_TEXT: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A device's own text cut to [`MAX_DEVICE_TEXT`] bytes, for logs and audit rows.
+pub fn clip_device_text(text: &str) -> &str {
+    clip(text, MAX_DEVICE_TEXT)
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
@@ -52,6 +72,15 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_keeps_whole_characters() {
+        let long = "é".repeat(200);
+        let c = clip_device_text(&long);
+        assert!(c.len() <= MAX_DEVICE_TEXT && c.chars().all(|ch| ch == 'é'));
+        assert_eq!(clip_device_text("short"), "short");
+        assert_eq!(clip("aé", 2), "a");
+    }
 
     #[test]
     fn durations() {

@@ -37,7 +37,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -47,8 +46,9 @@ use super::dispatch::{Dispatcher, push};
 use super::params::ActionSpec;
 use super::policy::{Policy, kind_named};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
-use crate::api::auth::Role;
+use crate::config::{AlertCondition, IncidentCondition, RuleConfig};
 use crate::incidents::model::{incident_severity, tactic_rank};
+use crate::roles::Role;
 use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, Decision, NewAction, Rules, Store};
 use crate::util::now_ms;
 
@@ -62,62 +62,6 @@ pub const MAX_RULES: usize = 64;
 const MAX_NAME: usize = 48;
 /// Most entries in one condition list.
 const MAX_LIST: usize = 64;
-
-/// One `[[automation]]` entry as written in the config.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Unique; the actor is `automation:<name>`.
-    pub name: String,
-    /// What to propose: isolate (the alert's device), kill_process (the alert's
-    /// process), quarantine_file (the alert's file; needs its SHA-256),
-    /// collect_package (from the alert's device).
-    pub action: String,
-    /// Approve (and dispatch) without waiting for a person.
-    #[serde(default)]
-    pub auto_approve: bool,
-    /// For `isolate`: addresses, networks or names that stay reachable.
-    #[serde(default)]
-    pub allow: Vec<String>,
-    /// Condition on alerts (exactly one of `alert` and `incident`).
-    #[serde(default)]
-    pub alert: Option<AlertCondition>,
-    /// Condition on incidents.
-    #[serde(default)]
-    pub incident: Option<IncidentCondition>,
-}
-
-/// Every listed criterion must hold; an empty list (or no `min_severity`) does
-/// not restrict. Only open incidents (active, in progress) match.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct IncidentCondition {
-    /// The incident's severity at least this.
-    pub min_severity: Option<String>,
-    /// ATT&CK tactic ids (`TA0040`); any of them.
-    pub tactics: Vec<String>,
-    /// Alert sources (agent, identity, mailbox, collector); all of them present.
-    pub sources_all: Vec<String>,
-}
-
-/// Every listed criterion must hold; within a list, any entry may match; an
-/// empty list (or no `min_severity`) does not restrict.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertCondition {
-    /// informational, low, medium, high or critical.
-    pub min_severity: Option<String>,
-    /// Rule ids, exactly.
-    pub rule_ids: Vec<String>,
-    /// ATT&CK technique ids; `T1059` also matches its sub-techniques (`T1059.001`).
-    pub techniques: Vec<String>,
-    /// ATT&CK tactic ids (`TA0002`).
-    pub tactics: Vec<String>,
-    /// agent, identity, mailbox or collector.
-    pub sources: Vec<String>,
-    /// Device ids or hostnames.
-    pub devices: Vec<String>,
-}
 
 /// What a rule reacts to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -392,7 +392,7 @@ pub async fn record_result(
     match &record {
         ResultRecord::Recorded { id, status } => info!(%device, action = %id, %status, "command result stored"),
         ResultRecord::Unknown(why) => {
-            warn!(%device, why = %crate::transport::limits::clip(why), "command result for no dispatched command")
+            warn!(%device, why = %crate::util::clip_device_text(why), "command result for no dispatched command")
         }
         ResultRecord::Ignored { id, status } => {
             debug!(%device, action = %id, %status, "command result for an ended action ignored");

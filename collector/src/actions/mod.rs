@@ -19,3 +19,13 @@ pub mod silence;
 pub mod workflow;
 
 pub use dispatch::Dispatcher;
+
+use crate::config::Config;
+
+/// A parsed config's response settings checked against the domain's rules: the
+/// permission table and the automation rules, compiled.
+pub fn check_config(config: &Config) -> Result<(policy::Policy, Vec<automation::Rule>), String> {
+    let policy = policy::Policy::from_config(&config.actions)?;
+    let rules = automation::compile(&config.automation, &policy)?;
+    Ok((policy, rules))
+}

@@ -11,15 +11,11 @@
 
 use ward_protocol::ActionKind;
 
-use crate::api::auth::Role;
-use crate::config::{ActionsConfig, KindOverride};
+use crate::config::{ActionsConfig, COMMAND_TTL_MS, KindOverride, PENDING_APPROVAL_TTL_MS};
+use crate::roles::Role;
 
 const MIN: u64 = 60_000;
 const DAY: u64 = 24 * 60 * MIN;
-/// How long an approved command waits for its device (to reconnect) by default.
-pub const COMMAND_TTL_MS: u64 = 3 * DAY;
-/// How long a proposal waits for a decision before it expires, by default.
-pub const PENDING_APPROVAL_TTL_MS: u64 = 7 * DAY;
 /// Longest configurable validity of a proposal or a command.
 pub const MAX_TTL_MS: u64 = 90 * DAY;
 /// Most distinct approvers a kind can be configured to need.
@@ -278,7 +274,7 @@ mod tests {
             ),
             ("[actions.policy.isolate]\napprove = 2", "unknown field"),
         ] {
-            let err = Config::parse(text).unwrap_err();
+            let err = Config::parse(text).and_then(|c| Policy::from_config(&c.actions)).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }

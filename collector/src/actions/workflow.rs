@@ -29,7 +29,7 @@ use thiserror::Error;
 use ward_protocol::ActionKind;
 
 use super::policy::KindPolicy;
-use crate::api::auth::Role;
+use crate::roles::Role;
 
 /// Where an action stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,12 +16,13 @@ use serde_json::{Value, json};
 use ward_protocol::{CommandId, DeviceId};
 
 use super::ApiState;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
 use crate::actions::dispatch::{DispatchError, Links};
 use crate::actions::params::ActionSpec;
 use crate::actions::workflow::{self, Actor, Status, WorkflowError};
+use crate::roles::Role;
 use crate::store::{ActionFilter, CancelError, DecideError, Decision, TargetRefusal};
 
 const MAX_TEXT: usize = 4096;

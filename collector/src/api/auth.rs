@@ -1,9 +1,6 @@
 //! Bearer-token authentication and roles. Tokens are stored only as SHA-256; each
 //! request looks its token up again, so a changed role applies to the next request.
 
-use std::fmt;
-use std::str::FromStr;
-
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -11,40 +8,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
 use super::error::ApiError;
+use crate::roles::Role;
 use crate::util::sha256;
-
-/// Roles, each allowed everything the ones before it are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Viewer,
-    Analyst,
-    Approver,
-    Admin,
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "analyst" => Ok(Role::Analyst),
-            "approver" => Ok(Role::Approver),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {s:?} (viewer, analyst, approver, admin)")),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Viewer => "viewer",
-            Role::Analyst => "analyst",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        })
-    }
-}
 
 /// The authenticated user of a request.
 #[derive(Debug, Clone)]

@@ -261,7 +261,7 @@ mod tests {
         let mut req = b.body(axum::body::Body::from(vec![b'x'; len])).unwrap();
         req.extensions_mut().insert(Caller {
             name: "alice".into(),
-            role: super::super::auth::Role::Analyst,
+            role: crate::roles::Role::Analyst,
         });
         Handler::call(route, req, ()).await
     }

@@ -13,10 +13,11 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, BodyRejection};
 use crate::feeds::{self, Feed, FeedError, ImportReport};
+use crate::roles::Role;
 use crate::util::now_ms;
 
 /// The feed routes and the least role each needs.

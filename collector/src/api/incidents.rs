@@ -12,12 +12,13 @@ use serde_json::{Map, Value, json};
 use ward_protocol::{Entity, Id128, Severity};
 
 use super::ApiState;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
 use super::process_tree::{self, AlertedProcess};
 use crate::entity;
 use crate::incidents::model::{Classification, Status};
+use crate::roles::Role;
 use crate::store::{
     ActionFilter, ActionView, AlertOrder, AlertPage, AlertPageQuery, AlertTotals, DeviceView, EntityAggregate,
     IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal, IncidentSort, IncidentSummary, Store, StoreError,

@@ -144,7 +144,7 @@ fn workflow_handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> 
 mod tests {
     use super::*;
 
-    fn table() -> Vec<(&'static str, &'static str, auth::Role)> {
+    fn table() -> Vec<(&'static str, &'static str, crate::roles::Role)> {
         policy::ROUTES
             .iter()
             .chain(policy::AUDIT_ROUTES.iter())

@@ -11,9 +11,10 @@ use ward_protocol::message::close_code;
 use ward_protocol::{DeviceId, Severity};
 
 use super::ApiState;
-use super::auth::{Caller, Role};
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Path, Query};
+use crate::roles::Role;
 use crate::store::{AlertFilter, DeviceView};
 use crate::util::now_ms;
 

@@ -61,6 +61,19 @@ pub struct Settings {
     pub max_span_ms: u64,
 }
 
+impl Settings {
+    pub fn from_config(c: &crate::config::CorrelationConfig) -> Settings {
+        Settings {
+            window_ms: c.window_ms,
+            prevalence_threshold: c.prevalence_threshold,
+            user_map: c.user_map.clone(),
+            max_clock_skew_ms: c.max_clock_skew_ms,
+            device_proximity_ms: c.device_proximity_ms,
+            max_span_ms: c.max_span_ms,
+        }
+    }
+}
+
 struct Running {
     engine: Engine,
     ctx: KeyContext,

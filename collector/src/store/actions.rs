@@ -264,16 +264,14 @@ pub(super) fn append_audit(
     Ok(())
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
+/// Cuts `s` to at most `max` bytes on a character boundary, marked with `…` when cut.
 fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+    let kept = crate::util::clip(s, max);
+    if kept.len() == s.len() {
+        s.to_string()
+    } else {
+        format!("{kept}…")
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// What a transition needs to know about a stored action.
@@ -742,7 +740,7 @@ impl Store {
                 "no dispatched command {id} with sequence {} for this device ({outcome}{})",
                 result.seq,
                 reason
-                    .map(|r| format!(": {}", crate::transport::limits::clip(&r)))
+                    .map(|r| format!(": {}", crate::util::clip_device_text(&r)))
                     .unwrap_or_default()
             );
             if audit_noise {
@@ -1110,7 +1108,7 @@ mod tests {
     use ward_protocol::{CommandOutcome, Inventory, SigningKey};
 
     use super::*;
-    use crate::api::auth::Role;
+    use crate::roles::Role;
     use crate::store::NewDevice;
 
     const T0: u64 = 1_700_000_000_000;
@@ -1236,7 +1234,7 @@ mod tests {
         assert_eq!(store.pending_commands(a, 1, T0 + 20).unwrap().len(), 1);
 
         // Commands wait for their device until they expire (3 days by default); expired ones are not delivered.
-        let later = T0 + 10 + crate::actions::policy::COMMAND_TTL_MS;
+        let later = T0 + 10 + crate::config::COMMAND_TTL_MS;
         assert_eq!(store.pending_commands(a, 0, later - 1).unwrap().len(), 2);
         assert_eq!(store.next_action_expiry().unwrap(), Some(later));
         let expired = store.expire_actions(later).unwrap();
@@ -1279,7 +1277,7 @@ mod tests {
 
         // A pending proposal past its approval deadline cannot be approved, and expires.
         let stale = propose(&store, a, Action::Release, T0);
-        let too_late = T0 + crate::actions::policy::PENDING_APPROVAL_TTL_MS;
+        let too_late = T0 + crate::config::PENDING_APPROVAL_TTL_MS;
         assert!(matches!(
             approve(&mut store, &stale, too_late, &key),
             Err(DecideError::Workflow(WorkflowError::WrongState { .. }))

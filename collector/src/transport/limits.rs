@@ -37,8 +37,6 @@ pub const MIN_BATCHES_PER_SEC: f64 = 100.0;
 /// Audit rows a device's own messages may cause: a burst, then one a minute.
 pub const AUDIT_BURST: f64 = 20.0;
 pub const AUDIT_PER_SEC: f64 = 1.0 / 60.0;
-/// The most of a device's own text kept in an audit row or a log line.
-pub const MAX_DEVICE_TEXT: usize = 256;
 
 /// Token bucket. Over the rate, [`Bucket::take`] says how long to wait.
 #[derive(Debug, Clone)]
@@ -167,18 +165,6 @@ impl Limits {
     }
 }
 
-/// `text` cut to at most [`MAX_DEVICE_TEXT`] bytes on a character boundary.
-pub fn clip(text: &str) -> &str {
-    if text.len() <= MAX_DEVICE_TEXT {
-        return text;
-    }
-    let mut end = MAX_DEVICE_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,13 +207,5 @@ mod tests {
         let mut d = DeviceLimits::new(&IngestConfig::default());
         let allowed = (0..100).filter(|_| d.audit()).count();
         assert_eq!(allowed, AUDIT_BURST as usize);
-    }
-
-    #[test]
-    fn clip_keeps_whole_characters() {
-        let long = "é".repeat(200);
-        let c = clip(&long);
-        assert!(c.len() <= MAX_DEVICE_TEXT && c.chars().all(|ch| ch == 'é'));
-        assert_eq!(clip("short"), "short");
     }
 }

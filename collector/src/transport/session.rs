@@ -12,11 +12,12 @@ use ward_protocol::codec::MAX_COLLECTOR_FRAME;
 use ward_protocol::message::{Ack, AlertBatch, Welcome, close_code};
 use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, PublicKey};
 
-use super::limits::{Kind, MAX_DROP_SEQS, clip};
+use super::limits::{Kind, MAX_DROP_SEQS};
 use super::{Context, ReadError, read_frame, write_frame};
 use crate::actions;
 use crate::pki::fingerprint;
 use crate::store::DeviceState;
+use crate::util::clip_device_text;
 use crate::util::now_ms;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -291,7 +292,7 @@ async fn run(
                 }
             }
             AgentMessage::Dropped(report) => {
-                warn!(%device, dropped = report.dropped, reason = %clip(&report.reason), "agent dropped alerts");
+                warn!(%device, dropped = report.dropped, reason = %clip_device_text(&report.reason), "agent dropped alerts");
                 let seqs: Vec<u64> = report.seqs.into_iter().take(MAX_DROP_SEQS).collect();
                 let _ = ctx
                     .writer
@@ -311,7 +312,7 @@ async fn run(
                 }
             }
             AgentMessage::DropNotice(notice) => {
-                warn!(%device, dropped = notice.report.dropped, reason = %clip(&notice.report.reason), "agent dropped alerts");
+                warn!(%device, dropped = notice.report.dropped, reason = %clip_device_text(&notice.report.reason), "agent dropped alerts");
                 let report_id = notice.report_id;
                 let stored = ctx
                     .writer

@@ -37,7 +37,7 @@ pub fn fixture_dir() -> PathBuf {
 /// The correlation settings the corpus is scored with: the collector's defaults.
 /// The one place to adapt when `Settings` changes.
 pub fn settings() -> Settings {
-    ward_collector::config::CorrelationConfig::default().settings()
+    ward_collector::incidents::Settings::from_config(&ward_collector::config::CorrelationConfig::default())
 }
 
 /// Where each alert ended up.
