@@ -143,10 +143,15 @@ pub async fn run(
     })?;
 
     let (policy, automation_rules) = actions::check_config(&config).map_err(ServeError::Setup)?;
+    let deliveries = Arc::new(actions::delivery::Deliveries::new(
+        reads.clone(),
+        Arc::clone(&registry) as Arc<dyn actions::delivery::Outbound>,
+        crate::util::now_ms(),
+    ));
     let dispatcher = Arc::new(actions::Dispatcher::new(
         writer.clone(),
         reads.clone(),
-        Arc::clone(&registry),
+        Arc::clone(&deliveries),
         command_signer,
         policy,
     ));
@@ -174,6 +179,7 @@ pub async fn run(
         reads: reads.clone(),
         metrics,
         registry: Arc::clone(&registry),
+        deliveries,
         revoked: Arc::clone(&revoked),
         enroll_slots: Semaphore::new(16),
         admission: Default::default(),

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use ward_protocol::{Action, ActionKind, DeviceId, Entity, Severity};
 
-use super::dispatch::{Dispatcher, push};
+use super::dispatch::Dispatcher;
 use super::params::ActionSpec;
 use super::policy::{Policy, kind_named};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
@@ -702,7 +702,7 @@ pub async fn run_automation(
             match pass(&dispatcher, &rules).await {
                 Ok((done, devices)) => {
                     for device in devices {
-                        push(&dispatcher.reads, &dispatcher.registry, device).await;
+                        dispatcher.deliveries.push(device).await;
                     }
                     if done.proposed > 0 || done.skipped > 0 {
                         info!(?done, "automation pass");

@@ -3,40 +3,31 @@
 //! On the approval that completes an action, the writer thread assigns the
 //! device's next command sequence number, builds the [`ward_protocol::Command`],
 //! signs it with the collector's command key and commits it as dispatched (with
-//! its audit entry). Only then is it pushed: straight onto the device's open
-//! session if there is one, otherwise when its next session starts. Nothing
-//! polls on this path.
-//!
-//! Delivery is ordered and not duplicated per connection: a small per-device
-//! state (which connection, highest sequence pushed on it) is updated under a
-//! per-device lock by both the session start and the approval path, and each
-//! pushes every stored, unexpired command above that mark in sequence order.
-//! Without it, an approval racing a reconnect could send a command twice (the
-//! agent would refuse the copy as a replay) or out of order.
+//! its audit entry). Only then is it pushed ([`super::delivery`]): straight onto
+//! the device's open session if there is one, otherwise when its next session
+//! starts. Nothing polls on this path.
 //!
 //! Cancelling a dispatched command is allowed only while it provably never left
-//! the collector: it was issued by this process (so no earlier process pushed it)
-//! and no connection of this process was ever handed its sequence number. The
-//! check and the cancellation happen under the device's delivery lock, so a
-//! reconnect cannot slip it onto the wire in between.
+//! the collector ([`Deliveries::cancellable`](super::delivery::Deliveries::cancellable)); the check and the cancellation
+//! happen under the device's delivery lock, so a reconnect cannot slip it onto the
+//! wire in between.
 //!
 //! Results arrive signed by the device key: the signature is checked against the
 //! key enrolled for the session's device before the payload is decoded, the
 //! result must name that device and one of its dispatched commands (id and
 //! sequence), and only then is it stored.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use ward_protocol::{
-    Action, CollectorMessage, Command, CommandId, CommandResult, DeviceId, PublicKey, SignatureError, SignatureKind,
-    Signed, SigningKey,
+    Action, Command, CommandId, CommandResult, DeviceId, PublicKey, SignatureError, SignatureKind, Signed, SigningKey,
 };
 
+use super::delivery::Deliveries;
 use super::policy::Policy;
 use super::workflow::Actor;
 use crate::ingest::Writer;
@@ -45,7 +36,6 @@ use crate::store::{
     ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, Rules, StoreError,
     TargetRefusal,
 };
-use crate::transport::Registry;
 use crate::util::now_ms;
 
 /// Largest attachment (investigation package) stored with a result. An agent
@@ -77,7 +67,7 @@ pub enum ResultRefusal {
 pub struct Dispatcher {
     pub(super) writer: Writer,
     pub(super) reads: ReadPool,
-    pub(super) registry: Arc<Registry>,
+    pub(super) deliveries: Arc<Deliveries>,
     pub(super) key: Arc<SigningKey>,
     pub(super) policy: Arc<Policy>,
 }
@@ -94,15 +84,14 @@ impl Dispatcher {
     pub fn new(
         writer: Writer,
         reads: ReadPool,
-        registry: Arc<Registry>,
+        deliveries: Arc<Deliveries>,
         key: SigningKey,
         policy: Policy,
     ) -> Dispatcher {
-        LazyLock::force(&PROCESS_START_MS);
         Dispatcher {
             writer,
             reads,
-            registry,
+            deliveries,
             key: Arc::new(key),
             policy: Arc::new(policy),
         }
@@ -177,7 +166,7 @@ impl Dispatcher {
         let mut pushed = false;
         if let Some((device, seq)) = outcome.dispatched {
             info!(action = %outcome.view.id, %device, seq, "command dispatched");
-            pushed = push(&self.reads, &self.registry, device).await >= 1;
+            pushed = self.deliveries.push(device).await >= 1;
         }
         Ok(Ok((outcome, pushed)))
     }
@@ -201,21 +190,18 @@ impl Dispatcher {
         };
         let device: Option<DeviceId> = view.device_id.parse().ok();
         // Hold the device's delivery lock through the cancellation so nothing is pushed meanwhile.
-        let slot = device.map(slot);
-        let guard = match &slot {
-            Some(s) => Some(s.lock().await),
+        let hold = match device {
+            Some(d) => Some(self.deliveries.hold(d).await),
             None => None,
         };
-        let pushed_high = guard.as_ref().map_or(u64::MAX, |g| g.pushed_high);
-        let issued_here = view.issued_at_ms.is_some_and(|t| t > i64_of(*PROCESS_START_MS));
-        let undelivered = move |seq: i64| issued_here && u64::try_from(seq).is_ok_and(|seq| seq > pushed_high);
+        let undelivered = self.deliveries.cancellable(hold.as_ref(), view.issued_at_ms);
         let policy = Arc::clone(&self.policy);
         let cancelled = self
             .writer
             .run(move |s| s.cancel_action(&id, &actor, &comment, now_ms(), &policy, &undelivered))
             .await
             .map_err(|_| DispatchError::Stopped)??;
-        drop(guard);
+        drop(hold);
         if let Ok(v) = &cancelled {
             info!(action = %v.id, device = %v.device_id, by = ?v.cancelled_by, "action cancelled");
         }
@@ -230,133 +216,6 @@ pub struct Links {
     pub undo_of: Option<String>,
     /// The incident it belongs to.
     pub incident_id: Option<String>,
-}
-
-/// When this process started: commands issued earlier may have been pushed by a
-/// previous process, so they are never cancelled after dispatch.
-static PROCESS_START_MS: LazyLock<u64> = LazyLock::new(now_ms);
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-// ---- delivery ----
-
-/// What has been pushed to a device's current connection.
-#[derive(Debug, Clone, Copy)]
-struct Delivery {
-    conn: usize,
-    /// False while the session is starting: the session start delivers then.
-    ready: bool,
-    /// Highest command sequence number pushed on this connection.
-    high: u64,
-}
-
-/// A device's delivery state in this process.
-#[derive(Debug, Default)]
-struct SlotState {
-    /// The current connection, if any.
-    live: Option<Delivery>,
-    /// Highest command sequence number ever handed to any connection of this
-    /// device (or reported accepted by it) in this process.
-    pushed_high: u64,
-}
-
-type Slot = Arc<tokio::sync::Mutex<SlotState>>;
-
-/// Per-device delivery state, shared by sessions and the API in this process.
-/// Slots are kept for the life of the process (a few dozen bytes per device)
-/// so the lock a caller holds is always the device's one lock.
-static DELIVERY: LazyLock<Mutex<HashMap<DeviceId, Slot>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn slot(device: DeviceId) -> Slot {
-    // A poisoned map only means another thread panicked mid-insert; the map itself is intact.
-    let mut map = DELIVERY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(map.entry(device).or_default())
-}
-
-async fn pending(reads: &ReadPool, device: DeviceId, after: u64) -> Vec<(u64, Signed)> {
-    match reads.run(move |s| s.pending_commands(device, after, now_ms())).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) | Err(e) => {
-            warn!(%device, error = %e, "cannot read pending commands");
-            Vec::new()
-        }
-    }
-}
-
-/// A session of `device` on connection `conn` is starting: the approval path
-/// holds back until [`session_ready`] has delivered what was pending.
-pub async fn session_starting(device: DeviceId, conn: usize) {
-    slot(device).lock().await.live = Some(Delivery {
-        conn,
-        ready: false,
-        high: 0,
-    });
-}
-
-/// Delivers the device's pending commands above `last_command_seq` (what the
-/// agent says it already accepted) on the new session, in sequence order.
-pub async fn session_ready(
-    reads: &ReadPool,
-    device: DeviceId,
-    conn: usize,
-    last_command_seq: u64,
-    out: &mpsc::Sender<CollectorMessage>,
-) {
-    let slot = slot(device);
-    let mut state = slot.lock().await;
-    if state.live.is_some_and(|d| d.conn != conn) {
-        return; // A newer connection took over.
-    }
-    let mut high = last_command_seq;
-    state.pushed_high = state.pushed_high.max(last_command_seq);
-    for (seq, signed) in pending(reads, device, last_command_seq).await {
-        // Counted as pushed before the attempt: a failed send may still have left.
-        state.pushed_high = state.pushed_high.max(seq);
-        if out.send(CollectorMessage::Command(signed)).await.is_err() {
-            break;
-        }
-        debug!(%device, seq, "pending command delivered on session start");
-        high = seq;
-    }
-    state.live = Some(Delivery {
-        conn,
-        ready: true,
-        high,
-    });
-}
-
-/// The session on `conn` ended.
-pub async fn session_ended(device: DeviceId, conn: usize) {
-    let slot = slot(device);
-    let mut state = slot.lock().await;
-    if state.live.is_some_and(|d| d.conn == conn) {
-        state.live = None;
-    }
-}
-
-/// Pushes the device's stored commands not yet pushed on its live session;
-/// returns how many were queued (0 if the device is offline: its next session
-/// start delivers them).
-pub async fn push(reads: &ReadPool, registry: &Registry, device: DeviceId) -> usize {
-    let slot = slot(device);
-    let mut state = slot.lock().await;
-    let Some(mut d) = state.live else { return 0 };
-    if !d.ready {
-        return 0;
-    }
-    let mut sent = 0;
-    for (seq, signed) in pending(reads, device, d.high).await {
-        state.pushed_high = state.pushed_high.max(seq);
-        if !registry.send(&device, CollectorMessage::Command(signed)) {
-            break;
-        }
-        d.high = seq;
-        sent += 1;
-    }
-    state.live = Some(d);
-    sent
 }
 
 // ---- results ----

@@ -5,13 +5,15 @@
 //! - [`workflow`] — the state machine, pure and table-tested.
 //! - [`policy`] — the permission matrix: every action kind and workflow route.
 //! - [`params`] — the JSON form of actions and its validation.
-//! - [`dispatch`] — signing, storing, delivering commands; results; expiry.
+//! - [`dispatch`] — signing and storing commands; results; expiry.
+//! - [`delivery`] — pushing stored commands to sessions, in order, once per connection.
 //! - [`automation`] — config rules that propose (and may auto-approve) actions from alerts.
 //!
 //! Carrying commands out is the agent's job; it authorizes each one again with
 //! `ward_protocol::authorize` before anything happens.
 
 pub mod automation;
+pub mod delivery;
 pub mod dispatch;
 pub mod params;
 pub mod policy;

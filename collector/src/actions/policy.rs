@@ -274,7 +274,9 @@ mod tests {
             ),
             ("[actions.policy.isolate]\napprove = 2", "unknown field"),
         ] {
-            let err = Config::parse(text).and_then(|c| Policy::from_config(&c.actions)).unwrap_err();
+            let err = Config::parse(text)
+                .and_then(|c| Policy::from_config(&c.actions))
+                .unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }

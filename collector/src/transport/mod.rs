@@ -41,6 +41,8 @@ pub struct Context {
     pub reads: ReadPool,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Registry>,
+    /// Pushes stored commands to sessions; told when sessions start and end.
+    pub deliveries: Arc<crate::actions::delivery::Deliveries>,
     /// Devices revoked since start (and at start), checked before every batch.
     pub revoked: Arc<std::sync::RwLock<std::collections::HashSet<ward_protocol::DeviceId>>>,
     pub enroll_slots: Semaphore,

@@ -78,7 +78,7 @@ impl Registry {
 
     /// Queues a message for the device's session; false if it is not connected
     /// or its queue is full (the caller retries on reconnect).
-    pub fn send(&self, device: &DeviceId, msg: CollectorMessage) -> bool {
+    pub fn send_to(&self, device: &DeviceId, msg: CollectorMessage) -> bool {
         let tx = self
             .sessions
             .lock()
@@ -102,5 +102,11 @@ impl Registry {
                 e.conn.close(code.into(), reason.as_bytes());
             }
         }
+    }
+}
+
+impl crate::actions::delivery::Outbound for Registry {
+    fn send(&self, device: &DeviceId, msg: CollectorMessage) -> bool {
+        self.send_to(device, msg)
     }
 }

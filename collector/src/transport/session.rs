@@ -121,7 +121,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         }
     }
     // Commands approved while this session starts wait for `session_ready` below.
-    actions::dispatch::session_starting(device, conn.stable_id()).await;
+    ctx.deliveries.session_starting(device, conn.stable_id()).await;
     if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
         ctx.metrics.identity_conflicts.inc();
         warn!(%device, remote = %conn.remote_address(), "device connected while its previous connection was alive");
@@ -131,7 +131,9 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
     let mut pack_sent = running_pack;
     offer_rule_pack(ctx, &out_tx, &mut pack_sent);
     // Approved commands that waited for this device, in sequence order.
-    actions::dispatch::session_ready(&ctx.reads, device, conn.stable_id(), last_command_seq, &out_tx).await;
+    ctx.deliveries
+        .session_ready(device, conn.stable_id(), last_command_seq, &out_tx)
+        .await;
     let peer = Peer {
         conn: &conn,
         device,
@@ -139,7 +141,7 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
         out: &out_tx,
     };
     let reason = run(&peer, ctx, &mut recv, shutdown, &mut pack_sent).await;
-    actions::dispatch::session_ended(device, conn.stable_id()).await;
+    ctx.deliveries.session_ended(device, conn.stable_id()).await;
     ctx.registry.unregister(device, &conn);
     ctx.metrics.connected_agents.dec();
     info!(%device, %reason, "agent session ended");
@@ -484,7 +486,7 @@ async fn command_result(
     match actions::dispatch::record_result(&ctx.writer, device, &key, signed, audit).await {
         Ok(Ok(_)) => {
             // The device may have been sent less than it should (a full queue): catch up.
-            actions::dispatch::push(&ctx.reads, &ctx.registry, device).await;
+            ctx.deliveries.push(device).await;
             Ok(())
         }
         Ok(Err(refusal)) => {
