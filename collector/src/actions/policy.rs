@@ -5,9 +5,8 @@
 //! [`MATRIX`] holds the defaults, one entry per kind in [`ActionKind::ALL`]
 //! order (a unit test fails until a new kind is added). The collector's
 //! `[actions]` config section is laid over it at load ([`Policy::from_config`]);
-//! roles are not configurable. The API routes of the workflow and the role each
-//! needs are listed in [`ROUTES`] and [`AUDIT_ROUTES`]: the router is built from
-//! them (`api::workflow_routes`), and the roles are enforced from them.
+//! roles are not configurable. Which role may call which API route is the API's
+//! route table.
 
 use ward_protocol::ActionKind;
 
@@ -164,42 +163,6 @@ fn apply_override(p: &mut KindPolicy, o: &KindOverride, at: &str) -> Result<(), 
     }
     Ok(())
 }
-
-/// The workflow's API routes and the least role each needs (enforced by the
-/// router from this table). Decisions also need the caller not to be the
-/// requester unless [`KindPolicy::requester_may_decide`]; cancelling needs the
-/// caller to be the requester or to hold [`KindPolicy::decide`].
-pub const ROUTES: [(&str, &str, Role); 8] = [
-    ("POST", "/api/v1/actions", Role::Analyst),
-    ("GET", "/api/v1/actions", Role::Viewer),
-    ("GET", "/api/v1/actions/{id}", Role::Viewer),
-    ("POST", "/api/v1/actions/{id}/approve", Role::Approver),
-    ("POST", "/api/v1/actions/{id}/reject", Role::Approver),
-    ("POST", "/api/v1/actions/{id}/cancel", Role::Analyst),
-    ("POST", "/api/v1/actions/{id}/undo", Role::Analyst),
-    // An investigation package holds the device's processes, logins, files and
-    // network state: approvers (who decide what runs on devices) and admins only.
-    ("GET", "/api/v1/actions/{id}/package", Role::Approver),
-];
-
-/// Incident routes and the least role each needs (handlers in `api/incidents`).
-pub const INCIDENT_ROUTES: [(&str, &str, Role); 9] = [
-    ("GET", "/api/v1/incidents", Role::Viewer),
-    ("GET", "/api/v1/incidents/{id}", Role::Viewer),
-    ("GET", "/api/v1/incidents/{id}/alerts", Role::Viewer),
-    ("GET", "/api/v1/incidents/{id}/process_tree", Role::Viewer),
-    ("GET", "/api/v1/incidents/{id}/evidence", Role::Viewer),
-    ("PATCH", "/api/v1/incidents/{id}", Role::Analyst),
-    ("POST", "/api/v1/incidents/{id}/comments", Role::Analyst),
-    ("POST", "/api/v1/incidents/{id}/merge", Role::Analyst),
-    ("POST", "/api/v1/incidents/{id}/alerts/{alert_id}/move", Role::Analyst),
-];
-
-/// Audit routes, admin only.
-pub const AUDIT_ROUTES: [(&str, &str, Role); 2] = [
-    ("GET", "/api/v1/audit", Role::Admin),
-    ("GET", "/api/v1/audit/verify", Role::Admin),
-];
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

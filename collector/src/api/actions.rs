@@ -1,6 +1,5 @@
-//! Routes of the response-action workflow and the audit log. Roles follow
-//! [`crate::actions::policy::ROUTES`] and [`crate::actions::policy::AUDIT_ROUTES`];
-//! per-kind rules and four eyes come from the workflow. Bodies are parsed here so
+//! Routes of the response-action workflow and the audit log. Roles follow the
+//! route table (`api/table.rs`); per-kind rules and four eyes come from the workflow. Bodies are parsed here so
 //! every malformed one is a JSON 400, never a 500.
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use serde::de::DeserializeOwned;
 use tracing::{error, warn};
 
@@ -59,6 +60,13 @@ pub fn limit_body<S: Clone + Send + Sync + 'static>(router: Router<S>, max: usiz
     router
         .layer(DefaultBodyLimit::max(max))
         .layer(axum::Extension(BodyLimit(max)))
+}
+
+/// Caps request bodies of one route at `max` bytes; wins over the router's limit.
+pub fn limit_route_body<S: Clone + Send + Sync + 'static>(route: MethodRouter<S>, max: usize) -> MethodRouter<S> {
+    route
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(max))
+        .layer::<_, std::convert::Infallible>(axum::Extension(BodyLimit(max)))
 }
 
 /// A body refused for its size: who sent it where, for the log and the counters.

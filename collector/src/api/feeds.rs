@@ -2,7 +2,7 @@
 //! read and normalized on a blocking thread, then stored and judged on the single
 //! writer chunk by chunk ([`feeds::Import`]), one transaction and one turn of the
 //! writer each, so agents' alert batches are stored between chunks; the last
-//! chunk writes the audit entry. Roles: [`FEED_ROUTES`].
+//! chunk writes the audit entry. Routes and roles: `api/table.rs`.
 
 use std::sync::Arc;
 
@@ -19,12 +19,6 @@ use super::extract::{Body, BodyRejection};
 use crate::feeds::{self, Feed, FeedError, ImportReport};
 use crate::roles::Role;
 use crate::util::now_ms;
-
-/// The feed routes and the least role each needs.
-pub const FEED_ROUTES: [(&str, &str, Role); 2] = [
-    ("POST", "/api/v1/feeds/identity", Role::Analyst),
-    ("POST", "/api/v1/feeds/mailbox", Role::Analyst),
-];
 
 pub async fn identity(
     State(state): State<ApiState>,

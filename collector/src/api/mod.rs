@@ -10,6 +10,7 @@ pub mod feeds;
 mod incidents;
 mod process_tree;
 mod routes;
+mod table;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -18,10 +19,9 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::routing::get;
 use ward_protocol::DeviceId;
 
-use crate::actions::policy;
 use crate::ingest::Writer;
 use crate::metrics::Metrics;
 use crate::readpool::ReadPool;
@@ -49,27 +49,29 @@ impl std::fmt::Debug for ApiState {
     }
 }
 
-/// Feed files are larger than other bodies: their own limit.
-fn feed_routes(max_import_bytes: usize) -> Router<ApiState> {
-    let routes = Router::new()
-        .route("/api/v1/feeds/identity", post(feeds::identity))
-        .route("/api/v1/feeds/mailbox", post(feeds::mailbox));
-    extract::limit_body(routes, max_import_bytes)
-}
-
 pub fn router(state: ApiState) -> Router {
-    let protected = Router::new()
-        .route("/metrics", get(routes::metrics))
-        .route("/api/v1/whoami", get(routes::whoami))
-        .route("/api/v1/devices", get(routes::list_devices))
-        .route("/api/v1/devices/{id}", get(routes::get_device))
-        .route("/api/v1/devices/{id}/alerts", get(routes::device_alerts))
-        .route("/api/v1/devices/{id}/revoke", post(routes::revoke_device))
-        .route("/api/v1/alerts", get(routes::list_alerts))
-        .route("/api/v1/alerts/{id}", get(routes::get_alert))
-        .merge(workflow_routes())
-        .merge(feed_routes(state.feeds.max_import_bytes))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let mut protected = Router::new();
+    for route in &table::ROUTES {
+        let Some(handler) = route.handler() else {
+            tracing::error!(?route, "route table entry with a method axum cannot route");
+            continue;
+        };
+        let role = route.role;
+        let require = move |req: Request, next: Next| async move {
+            match req.extensions().get::<auth::Caller>().map(|c| c.require(role)) {
+                Some(Ok(())) => next.run(req).await,
+                Some(Err(e)) => e.into_response(),
+                None => unauthenticated(),
+            }
+        };
+        let handler = handler.route_layer(axum::middleware::from_fn(require));
+        let handler = match route.body {
+            table::BodySize::Default => handler,
+            table::BodySize::FeedImport => extract::limit_route_body(handler, state.feeds.max_import_bytes),
+        };
+        protected = protected.route(route.path, handler);
+    }
+    let protected = protected.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let app = Router::new()
         .route("/", get(console::index))
         .route("/console/{file}", get(console::asset))
@@ -81,62 +83,8 @@ pub fn router(state: ApiState) -> Router {
     extract::limit_body(app, extract::DEFAULT_BODY_LIMIT).with_state(state)
 }
 
-/// The response-action and audit routes, built only from the permission table
-/// ([`policy::ROUTES`], [`policy::AUDIT_ROUTES`]); each route's least role is
-/// enforced here from the table (handlers check again). A table entry without a
-/// handler is left out, and a unit test fails.
-fn workflow_routes() -> Router<ApiState> {
-    let mut router = Router::new();
-    for &(method, path, role) in policy::ROUTES
-        .iter()
-        .chain(policy::AUDIT_ROUTES.iter())
-        .chain(policy::INCIDENT_ROUTES.iter())
-    {
-        let Some(handler) = workflow_handler(method, path) else {
-            tracing::error!(method, path, "permission table route without a handler");
-            continue;
-        };
-        let require = move |req: Request, next: Next| async move {
-            match req.extensions().get::<auth::Caller>().map(|c| c.require(role)) {
-                Some(Ok(())) => next.run(req).await,
-                Some(Err(e)) => e.into_response(),
-                None => unauthenticated(),
-            }
-        };
-        router = router.route(path, handler.route_layer(axum::middleware::from_fn(require)));
-    }
-    router
-}
-
 fn unauthenticated() -> Response {
     error::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "not authenticated").into_response()
-}
-
-/// The handler of one table route. The only place in this file naming the
-/// workflow, audit and incident paths (a unit test counts them).
-fn workflow_handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
-    Some(match (method, path) {
-        ("GET", "/api/v1/incidents") => get(incidents::list),
-        ("GET", "/api/v1/incidents/{id}") => get(incidents::get),
-        ("GET", "/api/v1/incidents/{id}/alerts") => get(incidents::alerts),
-        ("GET", "/api/v1/incidents/{id}/process_tree") => get(incidents::process_tree),
-        ("GET", "/api/v1/incidents/{id}/evidence") => get(incidents::evidence),
-        ("PATCH", "/api/v1/incidents/{id}") => patch(incidents::patch),
-        ("POST", "/api/v1/incidents/{id}/comments") => post(incidents::comment),
-        ("POST", "/api/v1/incidents/{id}/merge") => post(incidents::merge),
-        ("POST", "/api/v1/incidents/{id}/alerts/{alert_id}/move") => post(incidents::move_alert),
-        ("POST", "/api/v1/actions") => post(actions::propose),
-        ("GET", "/api/v1/actions") => get(actions::list),
-        ("GET", "/api/v1/actions/{id}") => get(actions::get),
-        ("POST", "/api/v1/actions/{id}/approve") => post(actions::approve),
-        ("POST", "/api/v1/actions/{id}/reject") => post(actions::reject),
-        ("POST", "/api/v1/actions/{id}/cancel") => post(actions::cancel),
-        ("POST", "/api/v1/actions/{id}/undo") => post(actions::undo),
-        ("GET", "/api/v1/actions/{id}/package") => get(actions::package),
-        ("GET", "/api/v1/audit") => get(actions::audit),
-        ("GET", "/api/v1/audit/verify") => get(actions::verify_audit),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -144,43 +92,38 @@ fn workflow_handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> 
 mod tests {
     use super::*;
 
-    fn table() -> Vec<(&'static str, &'static str, crate::roles::Role)> {
-        policy::ROUTES
-            .iter()
-            .chain(policy::AUDIT_ROUTES.iter())
-            .chain(policy::INCIDENT_ROUTES.iter())
-            .copied()
-            .collect()
-    }
-
-    /// Table to router: every entry has a handler (so it is registered).
-    /// Router to table: this file names each workflow path exactly as often as
-    /// the table has entries for it (once, in `workflow_handler`), so no route
-    /// under /api/v1/actions, /api/v1/audit or /api/v1/incidents is registered around the table.
+    /// The table is the router: every entry has a handler for its method, no
+    /// (method, path) is listed twice, and no other file of the API names a path
+    /// under /api/v1 or /metrics, so no route is registered around the table.
     #[test]
-    fn the_permission_table_is_the_router() {
-        for (method, path, _) in table() {
+    fn the_route_table_is_the_router() {
+        let mut seen = HashSet::new();
+        for route in &table::ROUTES {
+            assert!(route.handler().is_some(), "{route:?} has no handler");
             assert!(
-                workflow_handler(method, path).is_some(),
-                "{method} {path} is in the permission table but has no handler"
+                seen.insert((route.method.clone(), route.path)),
+                "{route:?} is listed twice"
             );
         }
-        let source = include_str!("mod.rs");
-        let code = &source[..source.find("#[cfg(test)]").unwrap()];
-        for prefix in ["\"/api/v1/actions", "\"/api/v1/audit", "\"/api/v1/incidents"] {
-            let in_code = code.matches(prefix).count();
-            let in_table = table().iter().filter(|(_, p, _)| p.starts_with(&prefix[1..])).count();
-            assert_eq!(
-                in_code, in_table,
-                "api/mod.rs names {prefix}… {in_code} times, the permission table has {in_table} such routes: \
-                 register workflow routes only through policy::ROUTES / AUDIT_ROUTES / INCIDENT_ROUTES"
-            );
-        }
-        // Nothing else under those prefixes matches a handler.
-        for (method, path, _) in table() {
-            let other = if method == "GET" { "POST" } else { "GET" };
-            if !table().iter().any(|(m, p, _)| *m == other && *p == path) {
-                assert!(workflow_handler(other, path).is_none(), "{other} {path} has a handler");
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("routes.rs", include_str!("routes.rs")),
+            ("actions.rs", include_str!("actions.rs")),
+            ("incidents.rs", include_str!("incidents.rs")),
+            ("feeds.rs", include_str!("feeds.rs")),
+            ("auth.rs", include_str!("auth.rs")),
+            ("console.rs", include_str!("console.rs")),
+            ("extract.rs", include_str!("extract.rs")),
+            ("error.rs", include_str!("error.rs")),
+            ("process_tree.rs", include_str!("process_tree.rs")),
+        ];
+        for (file, source) in sources {
+            let code = source.find("#[cfg(test)]").map_or(source, |end| &source[..end]);
+            for prefix in ["\"/api/v1", "\"/metrics"] {
+                assert!(
+                    !code.contains(prefix),
+                    "api/{file} names a {prefix}… path: add routes to api/table.rs"
+                );
             }
         }
     }
