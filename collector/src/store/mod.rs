@@ -4,6 +4,7 @@
 //! the same methods later without touching ingest or the API.
 
 mod actions;
+mod audit;
 mod automation;
 mod feeds;
 mod fold;
@@ -15,9 +16,10 @@ mod silence;
 mod sourced;
 
 pub use actions::{
-    ActionFilter, ActionView, AuditChainReport, AuditEntry, CancelError, DecideError, Decision, DecisionOutcome,
-    NewAction, ResultRecord, Rules, TargetRefusal,
+    ActionFilter, ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, Rules,
+    TargetRefusal,
 };
+pub use audit::{AuditChainReport, AuditEntry};
 pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome, EvidenceAlert};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use fold::Fold;
@@ -954,7 +956,7 @@ impl Store {
     }
 }
 
-/// Appends an audit entry chained to the previous one (see [`actions::audit_hash`]).
+/// Appends an audit entry chained to the previous one (see [`audit::audit_hash`]).
 fn audit(
     tx: &Transaction<'_>,
     now_ms: u64,
@@ -963,7 +965,7 @@ fn audit(
     target: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    actions::append_audit(tx, now_ms, actor, action, target, detail)
+    audit::append_audit(tx, now_ms, actor, action, target, detail)
 }
 
 /// Inserts one alert and its entities; its rowid, or None if its id was already stored.
