@@ -9,6 +9,7 @@ pub mod feeds;
 pub mod incidents;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod pki;
 pub mod readpool;
 pub mod roles;

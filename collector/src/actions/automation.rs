@@ -43,11 +43,11 @@ use tracing::{debug, info, warn};
 use ward_protocol::{Action, ActionKind, DeviceId, Entity, Severity};
 
 use super::dispatch::Dispatcher;
-use super::params::ActionSpec;
 use super::policy::{Policy, kind_named};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
 use crate::config::{AlertCondition, IncidentCondition, RuleConfig};
 use crate::incidents::model::{incident_severity, tactic_rank};
+use crate::model::action::ActionSpec;
 use crate::roles::Role;
 use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, Decision, NewAction, Rules, Store};
 use crate::util::now_ms;

@@ -4,7 +4,6 @@
 //!
 //! - [`workflow`] — the state machine, pure and table-tested.
 //! - [`policy`] — the permission matrix: every action kind and workflow route.
-//! - [`params`] — the JSON form of actions and its validation.
 //! - [`dispatch`] — signing and storing commands; results; expiry.
 //! - [`delivery`] — pushing stored commands to sessions, in order, once per connection.
 //! - [`automation`] — config rules that propose (and may auto-approve) actions from alerts.
@@ -15,7 +14,6 @@
 pub mod automation;
 pub mod delivery;
 pub mod dispatch;
-pub mod params;
 pub mod policy;
 pub mod silence;
 pub mod workflow;

@@ -22,118 +22,12 @@
 //! that need a single approval. A late result for an expired command is still
 //! recorded: the device reports what it actually did.
 
-use std::fmt;
-use std::str::FromStr;
-
 use thiserror::Error;
 use ward_protocol::ActionKind;
 
 use super::policy::KindPolicy;
+use crate::model::action::{Outcome, Status};
 use crate::roles::Role;
-
-/// Where an action stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Proposed, waiting for approval.
-    Requested,
-    /// Approved by enough people; the command is being built and signed.
-    Approved,
-    /// Signed, stored and queued for (or sent to) the device.
-    Dispatched,
-    /// The device said it accepted the command (reserved: the protocol has no
-    /// acknowledgement message yet, results move straight from dispatched).
-    Acked,
-    Succeeded,
-    Failed,
-    /// The device refused the command (its own authorization said no).
-    Refused,
-    /// An approver said no.
-    Rejected,
-    /// Not approved, or not carried out, in time.
-    Expired,
-    /// Withdrawn by the requester or an approver before the device had it.
-    Cancelled,
-}
-
-impl Status {
-    pub const ALL: [Status; 10] = [
-        Status::Requested,
-        Status::Approved,
-        Status::Dispatched,
-        Status::Acked,
-        Status::Succeeded,
-        Status::Failed,
-        Status::Refused,
-        Status::Rejected,
-        Status::Expired,
-        Status::Cancelled,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Status::Requested => "pending_approval",
-            Status::Approved => "approved",
-            Status::Dispatched => "dispatched",
-            Status::Acked => "acked",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::Refused => "refused",
-            Status::Rejected => "rejected",
-            Status::Expired => "expired",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    /// No event but a late result moves an action out of a final status.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            Status::Succeeded
-                | Status::Failed
-                | Status::Refused
-                | Status::Rejected
-                | Status::Expired
-                | Status::Cancelled
-        )
-    }
-
-    /// Statuses whose action may still expire.
-    pub const EXPIRABLE: [Status; 3] = [Status::Requested, Status::Approved, Status::Dispatched];
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Status::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown status {s:?}"))
-    }
-}
-
-/// How the device said a command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Refused,
-}
-
-impl Outcome {
-    pub fn status(self) -> Status {
-        match self {
-            Outcome::Succeeded => Status::Succeeded,
-            Outcome::Failed => Status::Failed,
-            Outcome::Refused => Status::Refused,
-        }
-    }
-}
 
 /// A person acting through the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,7 +148,7 @@ pub fn undo(
                 .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
                 .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
                 .ok_or(UndoRefusal::NoQuarantineId)?;
-            super::params::ActionSpec::parse(serde_json::json!({"kind": "restore_file", "quarantine_id": id}))
+            crate::model::action::ActionSpec::parse(serde_json::json!({"kind": "restore_file", "quarantine_id": id}))
                 .map_err(|_| UndoRefusal::NoQuarantineId)
         }
     }

@@ -19,8 +19,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
 use crate::actions::dispatch::{DispatchError, Links};
-use crate::actions::params::ActionSpec;
-use crate::actions::workflow::{self, Actor, Status, WorkflowError};
+use crate::actions::workflow::{self, Actor, WorkflowError};
+use crate::model::action::ActionSpec;
+use crate::model::action::Status;
 use crate::roles::Role;
 use crate::store::{ActionFilter, CancelError, DecideError, Decision, TargetRefusal};
 

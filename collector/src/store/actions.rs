@@ -14,9 +14,10 @@ use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, Comman
 
 use super::audit::append_audit;
 use super::{Store, StoreError, i64_of};
-use crate::actions::params::{ActionSpec, describe};
 use crate::actions::policy::Policy;
-use crate::actions::workflow::{self, Actor, Event, Facts, Outcome, Status, UndoRefusal, WorkflowError};
+use crate::actions::workflow::{self, Actor, Event, Facts, UndoRefusal, WorkflowError};
+use crate::model::action::{ActionSpec, describe};
+use crate::model::action::{Outcome, Status};
 
 /// Longest result detail kept; longer ones are cut.
 const MAX_DETAIL_BYTES: usize = 64 * 1024;

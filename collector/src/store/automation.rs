@@ -10,7 +10,7 @@ use ward_protocol::{Entity, Severity};
 
 use super::actions::insert_action;
 use super::{NewAction, Store, StoreError};
-use crate::actions::params::ActionSpec;
+use crate::model::action::ActionSpec;
 
 /// The watermark row of the alert stream.
 const ALERTS: &str = "alerts";

@@ -1,6 +1,11 @@
-//! The JSON form of an [`Action`] (API input, stored record, API view) and its
-//! validation. The same form is parsed on the way in and back out of storage, so
-//! what the approver saw is exactly what is signed. Hashes are hex.
+//! A response action as a value: its JSON form (API input, stored record, API
+//! view) with its validation, its plain-words summary, and the statuses it passes
+//! through. The same form is parsed on the way in and back out of storage, so what
+//! the approver saw is exactly what is signed. Hashes are hex. Which status follows
+//! which is the workflow's (`actions::workflow`), not this module's.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -220,6 +225,110 @@ pub fn describe(action: &Action, hostname: &str) -> String {
             if *tree { " and its descendants" } else { "" }
         ),
         Action::CollectPackage => format!("collect an investigation package from {hostname}"),
+    }
+}
+
+/// Where an action stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Proposed, waiting for approval.
+    Requested,
+    /// Approved by enough people; the command is being built and signed.
+    Approved,
+    /// Signed, stored and queued for (or sent to) the device.
+    Dispatched,
+    /// The device said it accepted the command (reserved: the protocol has no
+    /// acknowledgement message yet, results move straight from dispatched).
+    Acked,
+    Succeeded,
+    Failed,
+    /// The device refused the command (its own authorization said no).
+    Refused,
+    /// An approver said no.
+    Rejected,
+    /// Not approved, or not carried out, in time.
+    Expired,
+    /// Withdrawn by the requester or an approver before the device had it.
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Status::Requested,
+        Status::Approved,
+        Status::Dispatched,
+        Status::Acked,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Refused,
+        Status::Rejected,
+        Status::Expired,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Requested => "pending_approval",
+            Status::Approved => "approved",
+            Status::Dispatched => "dispatched",
+            Status::Acked => "acked",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Refused => "refused",
+            Status::Rejected => "rejected",
+            Status::Expired => "expired",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// No event but a late result moves an action out of a final status.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded
+                | Status::Failed
+                | Status::Refused
+                | Status::Rejected
+                | Status::Expired
+                | Status::Cancelled
+        )
+    }
+
+    /// Statuses whose action may still expire.
+    pub const EXPIRABLE: [Status; 3] = [Status::Requested, Status::Approved, Status::Dispatched];
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+/// How the device said a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Refused,
+}
+
+impl Outcome {
+    pub fn status(self) -> Status {
+        match self {
+            Outcome::Succeeded => Status::Succeeded,
+            Outcome::Failed => Status::Failed,
+            Outcome::Refused => Status::Refused,
+        }
     }
 }
 
