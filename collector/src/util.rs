@@ -34,6 +34,16 @@ pub fn clip(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub fn clip_marked(text: &str, max: usize) -> String {
+    let kept = clip(text, max);
+    if kept.len() == text.len() {
+        text.to_string()
+    } else {
+        format!("{kept}…")
+    }
+}
+
 /// A device's own text cut to [`MAX_DEVICE_TEXT`] bytes, for logs and audit rows.
 pub fn clip_device_text(text: &str) -> &str {
     clip(text, MAX_DEVICE_TEXT)
@@ -80,6 +90,8 @@ mod tests {
         assert!(c.len() <= MAX_DEVICE_TEXT && c.chars().all(|ch| ch == 'é'));
         assert_eq!(clip_device_text("short"), "short");
         assert_eq!(clip("aé", 2), "a");
+        assert_eq!(clip_marked("aé", 2), "a…");
+        assert_eq!(clip_marked("ab", 2), "ab");
     }
 
     #[test]

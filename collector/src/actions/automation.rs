@@ -44,12 +44,13 @@ use ward_protocol::{Action, ActionKind, DeviceId, Entity, Severity};
 
 use super::dispatch::Dispatcher;
 use super::policy::{Policy, kind_named};
+use super::transitions::{self, Decision, Rules};
 use super::workflow::{AUTOMATION_PREFIX, Actor};
 use crate::config::{AlertCondition, IncidentCondition, RuleConfig};
 use crate::incidents::model::{incident_severity, tactic_rank};
 use crate::model::action::ActionSpec;
 use crate::roles::Role;
-use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, Decision, NewAction, Rules, Store};
+use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, NewAction, Store};
 use crate::util::now_ms;
 
 /// How often the runner looks for alerts committed by other processes.
@@ -536,7 +537,8 @@ fn propose(s: &mut Store, rule: &Rule, p: Proposal<'_>, rules: Rules<'_>) -> Res
         return Ok(Handled::Proposed);
     }
     let comment = format!("auto-approved by automation rule {}", rule.name);
-    match s.decide_action(
+    match transitions::decide(
+        s,
         &id.to_string(),
         &actor,
         Decision::AutoApprove,

@@ -29,13 +29,11 @@ use ward_protocol::{
 
 use super::delivery::Deliveries;
 use super::policy::Policy;
+use super::transitions::{self, CancelError, DecideError, Decision, DecisionOutcome, ResultRecord, Rules};
 use super::workflow::Actor;
 use crate::ingest::Writer;
 use crate::readpool::ReadPool;
-use crate::store::{
-    ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, Rules, StoreError,
-    TargetRefusal,
-};
+use crate::store::{ActionView, NewAction, StoreError, TargetRefusal};
 use crate::util::now_ms;
 
 /// Largest attachment (investigation package) stored with a result. An agent
@@ -155,7 +153,7 @@ impl Dispatcher {
                     policy: &policy,
                     sign: &sign,
                 };
-                s.decide_action(&id, &actor, decision, &comment, now_ms(), rules)
+                transitions::decide(s, &id, &actor, decision, &comment, now_ms(), rules)
             })
             .await
             .map_err(|_| DispatchError::Stopped)??;
@@ -198,7 +196,7 @@ impl Dispatcher {
         let policy = Arc::clone(&self.policy);
         let cancelled = self
             .writer
-            .run(move |s| s.cancel_action(&id, &actor, &comment, now_ms(), &policy, &undelivered))
+            .run(move |s| transitions::cancel(s, &id, &actor, &comment, now_ms(), &policy, &undelivered))
             .await
             .map_err(|_| DispatchError::Stopped)??;
         drop(hold);
@@ -245,7 +243,7 @@ pub async fn record_result(
         return refused(ResultRefusal::WrongDevice(result.device_id)).await;
     }
     let record = writer
-        .run(move |s| s.record_command_result(device, &result, MAX_ATTACHMENT_BYTES, audit, now_ms()))
+        .run(move |s| transitions::record_result(s, device, &result, MAX_ATTACHMENT_BYTES, audit, now_ms()))
         .await
         .map_err(|_| DispatchError::Stopped)??;
     match &record {
@@ -272,11 +270,11 @@ pub async fn run_expiry(writer: Writer, reads: ReadPool, mut shutdown: watch::Re
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let due = matches!(reads.run(|s| s.next_action_expiry()).await, Ok(Ok(Some(t))) if t <= now_ms());
+        let due = matches!(reads.run(transitions::next_expiry).await, Ok(Ok(Some(t))) if t <= now_ms());
         if !due {
             continue;
         }
-        match writer.run(|s| s.expire_actions(now_ms())).await {
+        match writer.run(|s| transitions::expire(s, now_ms())).await {
             Ok(Ok(ids)) if !ids.is_empty() => info!(count = ids.len(), ids = ?ids, "actions expired"),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "cannot expire actions"),

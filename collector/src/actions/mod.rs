@@ -3,6 +3,7 @@
 //! result closes the action. Everything is audited in the same transaction.
 //!
 //! - [`workflow`] — the state machine, pure and table-tested.
+//! - [`transitions`] — the workflow applied to stored actions, one store transaction each.
 //! - [`policy`] — the permission matrix: every action kind and workflow route.
 //! - [`dispatch`] — signing and storing commands; results; expiry.
 //! - [`delivery`] — pushing stored commands to sessions, in order, once per connection.
@@ -16,6 +17,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod policy;
 pub mod silence;
+pub mod transitions;
 pub mod workflow;
 
 pub use dispatch::Dispatcher;

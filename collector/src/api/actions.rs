@@ -19,11 +19,12 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
 use crate::actions::dispatch::{DispatchError, Links};
+use crate::actions::transitions::{self, CancelError, DecideError, Decision};
 use crate::actions::workflow::{self, Actor, WorkflowError};
 use crate::model::action::ActionSpec;
 use crate::model::action::Status;
 use crate::roles::Role;
-use crate::store::{ActionFilter, CancelError, DecideError, Decision, TargetRefusal};
+use crate::store::{ActionFilter, TargetRefusal};
 
 const MAX_TEXT: usize = 4096;
 const DEFAULT_PAGE: u32 = 100;
@@ -285,7 +286,7 @@ pub async fn undo(
         r => r,
     };
     let lookup = id.clone();
-    let (device, action) = match state.reads.run(move |s| s.undo_target(&lookup)).await?? {
+    let (device, action) = match state.reads.run(move |s| transitions::undo_target(s, &lookup)).await?? {
         None => return Err(ApiError::not_found("action")),
         Some(Err(e)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
         Some(Ok(t)) => t,

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use ward_protocol::Action;
 
+/// Longest reason or comment kept; longer ones are cut.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest result detail kept; longer ones are cut.
+pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
+
 /// Longest accepted path, exe or domain list entry.
 const MAX_PATH: usize = 4096;
 const MAX_ALLOW_ENTRIES: usize = 64;

@@ -1,28 +1,21 @@
 //! Storage of response actions: proposals, decisions, the signed commands and
-//! their per-device sequence numbers, results, and the hash-chained audit log.
+//! their per-device sequence numbers, results.
 //!
-//! Every transition is one transaction that also appends its audit entry, so the
-//! log never misses a change and never records one that did not happen (the chain
-//! is in [`super::audit`]). The transitions themselves are decided by
-//! [`crate::actions::workflow`].
+//! A change of an action is made through [`ActionTx`]: narrow reads and writes
+//! inside one transaction, with the audit entry ([`super::audit`]) in the same
+//! transaction. Which change is allowed is the workflow's (`actions::transitions`);
+//! this module only keeps what it is told.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
-use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, CommandResult, DeviceId, Refusal, Signed};
+use ward_protocol::{Action, CommandId, DeviceId, Signed};
 
 use super::audit::append_audit;
 use super::{Store, StoreError, i64_of};
-use crate::actions::policy::Policy;
-use crate::actions::workflow::{self, Actor, Event, Facts, UndoRefusal, WorkflowError};
-use crate::model::action::{ActionSpec, describe};
-use crate::model::action::{Outcome, Status};
-
-/// Longest result detail kept; longer ones are cut.
-const MAX_DETAIL_BYTES: usize = 64 * 1024;
-/// Longest reason or comment kept.
-const MAX_TEXT_BYTES: usize = 4096;
+use crate::model::action::{ActionSpec, MAX_TEXT_BYTES, Status, describe};
+use crate::util::clip_marked;
 
 /// A proposal being stored.
 #[derive(Debug, Clone)]
@@ -48,73 +41,6 @@ pub enum TargetRefusal {
     UnknownDevice,
     #[error("device is revoked")]
     RevokedDevice,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Approve,
-    Reject,
-    /// An automation rule approving its own proposal.
-    AutoApprove,
-}
-
-/// Why a decision was not recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum DecideError {
-    #[error("action not found")]
-    NotFound,
-    #[error("{0}")]
-    Workflow(#[from] WorkflowError),
-    #[error("the device was revoked; the action cannot be carried out")]
-    DeviceRevoked,
-    #[error("cannot sign the command: {0}")]
-    Sign(String),
-}
-
-/// Why a cancellation was not recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum CancelError {
-    #[error("action not found")]
-    NotFound,
-    #[error("{0}")]
-    Workflow(#[from] WorkflowError),
-    #[error("the command may already have reached the device; it can no longer be cancelled")]
-    MayBeDelivered,
-}
-
-/// The device and action that undo an action, or why it cannot be undone.
-pub type UndoTarget = Result<(DeviceId, Action), UndoRefusal>;
-
-/// What a decision is taken under: the permission table, and how to sign the
-/// command when the decision completes the approval.
-#[derive(Clone, Copy)]
-pub struct Rules<'a> {
-    pub policy: &'a Policy,
-    pub sign: &'a dyn Fn(&Command) -> Result<Signed, String>,
-}
-
-/// A recorded decision, and the command to deliver if it was dispatched.
-#[derive(Debug, Clone)]
-pub struct DecisionOutcome {
-    pub view: ActionView,
-    /// The device and sequence number of the command that is now dispatched.
-    pub dispatched: Option<(DeviceId, u64)>,
-}
-
-/// What happened to a device's command result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResultRecord {
-    Recorded {
-        id: String,
-        status: Status,
-    },
-    /// No dispatched command of this device has that id and sequence number.
-    Unknown(String),
-    /// The action already ended (e.g. a duplicate result); nothing changed.
-    Ignored {
-        id: String,
-        status: Status,
-    },
 }
 
 /// Filters for listing actions, newest first.
@@ -171,31 +97,24 @@ pub struct ResultView {
     pub finished_at_ms: Option<i64>,
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary, marked with `…` when cut.
-fn clip(s: &str, max: usize) -> String {
-    let kept = crate::util::clip(s, max);
-    if kept.len() == s.len() {
-        s.to_string()
-    } else {
-        format!("{kept}…")
-    }
+/// A stored action as the workflow reads it.
+#[derive(Debug, Clone)]
+pub struct ActionRecord {
+    pub id: String,
+    pub device_id: String,
+    pub action: Action,
+    pub reason: String,
+    pub requested_by: String,
+    pub status: Status,
+    /// `{"by", "at_ms", "comment"}` per approval so far.
+    pub approvals: Vec<Value>,
+    pub seq: Option<i64>,
+    pub expires_at_ms: i64,
 }
 
-/// What a transition needs to know about a stored action.
-struct Row {
-    id: String,
-    device_id: String,
-    action: Action,
-    reason: String,
-    requested_by: String,
-    status: Status,
-    approvals: Vec<Value>,
-    seq: Option<i64>,
-    expires_at_ms: i64,
-}
-
-impl Row {
-    fn approvers(&self) -> Vec<String> {
+impl ActionRecord {
+    /// Who approved so far.
+    pub fn approvers(&self) -> Vec<String> {
         self.approvals
             .iter()
             .filter_map(|a| a["by"].as_str().map(str::to_string))
@@ -203,7 +122,7 @@ impl Row {
     }
 }
 
-fn load_row(tx: &Transaction<'_>, id: &str) -> Result<Option<Row>, StoreError> {
+fn load_row(tx: &Transaction<'_>, id: &str) -> Result<Option<ActionRecord>, StoreError> {
     let raw = tx
         .prepare_cached(
             "SELECT id, device_id, action, reason, requested_by, status, approvals, seq, expires_at_ms
@@ -233,7 +152,7 @@ fn load_row(tx: &Transaction<'_>, id: &str) -> Result<Option<Row>, StoreError> {
         .ok_or_else(|| corrupt("stored action does not parse"))?;
     let status = status.parse().map_err(|e: String| corrupt(&e))?;
     let approvals = serde_json::from_str(&approvals).map_err(|_| corrupt("approvals"))?;
-    Ok(Some(Row {
+    Ok(Some(ActionRecord {
         id,
         device_id,
         action,
@@ -244,12 +163,6 @@ fn load_row(tx: &Transaction<'_>, id: &str) -> Result<Option<Row>, StoreError> {
         seq,
         expires_at_ms,
     }))
-}
-
-fn set_status(tx: &Transaction<'_>, id: &str, status: Status, now_ms: u64) -> Result<(), StoreError> {
-    tx.prepare_cached("UPDATE actions SET status = ?2, updated_at_ms = ?3 WHERE id = ?1")?
-        .execute(params![id, status.as_str(), i64_of(now_ms)])?;
-    Ok(())
 }
 
 impl Store {
@@ -303,19 +216,12 @@ impl Store {
     }
 }
 
-/// A refusal of a command the device could not read (it names the command by
-/// [`ward_protocol::unread_command_id`]).
-fn refused_unread(outcome: &CommandOutcome) -> bool {
-    matches!(
-        outcome,
-        CommandOutcome::Refused {
-            reason: Refusal::UnknownKey | Refusal::BadSignature | Refusal::Malformed
-        }
-    )
-}
-
 /// The device's dispatched command whose signed bytes hash to `unread`.
-fn unread_command(tx: &Transaction<'_>, device_id: &str, unread: CommandId) -> Result<Option<Row>, StoreError> {
+fn unread_command(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    unread: CommandId,
+) -> Result<Option<ActionRecord>, StoreError> {
     let sent: Vec<(String, Vec<u8>)> = tx
         .prepare_cached(
             "SELECT id, signed_command FROM actions
@@ -406,14 +312,6 @@ fn view_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionView> {
     })
 }
 
-fn outcome_parts(outcome: &CommandOutcome) -> (Outcome, &'static str, Option<String>) {
-    match outcome {
-        CommandOutcome::Succeeded => (Outcome::Succeeded, "succeeded", None),
-        CommandOutcome::Failed { reason } => (Outcome::Failed, "failed", Some(clip(reason, MAX_TEXT_BYTES))),
-        CommandOutcome::Refused { reason } => (Outcome::Refused, "refused", Some(reason.to_string())),
-    }
-}
-
 impl Store {
     /// Stores a proposal (status requested) with its audit entry.
     pub fn create_action(&self, new: &NewAction) -> Result<Result<ActionView, TargetRefusal>, StoreError> {
@@ -426,169 +324,6 @@ impl Store {
         self.get_action(&id)?
             .map(Ok)
             .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))
-    }
-
-    /// Approves or rejects under `policy`. When the last needed approval arrives the command is
-    /// built, signed with `sign` and stored as dispatched, with its sequence
-    /// number, in the same transaction: it exists on disk before anyone sends it.
-    pub fn decide_action(
-        &mut self,
-        id: &str,
-        actor: &Actor,
-        decision: Decision,
-        comment: &str,
-        now_ms: u64,
-        rules: Rules<'_>,
-    ) -> Result<Result<DecisionOutcome, DecideError>, StoreError> {
-        let Rules { policy, sign } = rules;
-        let tx = self.conn.transaction()?;
-        let Some(row) = load_row(&tx, id)? else {
-            return Ok(Err(DecideError::NotFound));
-        };
-        let rules = policy.for_kind(row.action.kind());
-        let approvers = row.approvers();
-        let facts = Facts {
-            kind: row.action.kind(),
-            requested_by: &row.requested_by,
-            approvals: &approvers,
-        };
-        let event = match decision {
-            Decision::Approve => Event::Approve(actor, rules),
-            Decision::Reject => Event::Reject(actor, rules),
-            Decision::AutoApprove => Event::AutoApprove(actor, rules),
-        };
-        let transition = match workflow::apply(row.status, facts, event) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        if row.expires_at_ms <= i64_of(now_ms) {
-            // Past its deadline; the expiry task has not swept it yet.
-            return Ok(Err(WorkflowError::WrongState {
-                event: event.name(),
-                status: Status::Expired,
-            }
-            .into()));
-        }
-        let comment = clip(comment, MAX_TEXT_BYTES);
-        let now = i64_of(now_ms);
-        let mut dispatched = None;
-        match transition.to {
-            Status::Rejected => {
-                tx.execute(
-                    "UPDATE actions SET status = ?2, decided_by = ?3, decided_at_ms = ?4, decision_comment = ?5,
-                                        updated_at_ms = ?4 WHERE id = ?1",
-                    params![id, Status::Rejected.as_str(), actor.name, now, comment],
-                )?;
-                append_audit(&tx, now_ms, &actor.name, "action.reject", id, &comment)?;
-            }
-            to => {
-                let mut approvals = row.approvals.clone();
-                approvals.push(json!({"by": actor.name, "at_ms": now, "comment": comment}));
-                let approvals_text = Value::Array(approvals).to_string();
-                tx.execute(
-                    "UPDATE actions SET status = ?2, approvals = ?3, updated_at_ms = ?4 WHERE id = ?1",
-                    params![id, to.as_str(), approvals_text, now],
-                )?;
-                let needed = rules.approvals_needed;
-                append_audit(
-                    &tx,
-                    now_ms,
-                    &actor.name,
-                    if decision == Decision::AutoApprove {
-                        "action.auto_approve"
-                    } else {
-                        "action.approve"
-                    },
-                    id,
-                    &json!({"approval": approvers.len() + 1, "of": needed, "comment": comment}).to_string(),
-                )?;
-                if to == Status::Approved {
-                    tx.execute(
-                        "UPDATE actions SET decided_by = ?2, decided_at_ms = ?3, decision_comment = ?4 WHERE id = ?1",
-                        params![id, actor.name, now, comment],
-                    )?;
-                    let mut all = approvers.clone();
-                    all.extend(transition.add_approver);
-                    match dispatch(&tx, &row, all, now_ms, rules.command_ttl_ms, sign)? {
-                        Ok(d) => dispatched = Some(d),
-                        Err(e) => return Ok(Err(e)),
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-        let view = self
-            .get_action(id)?
-            .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))?;
-        Ok(Ok(DecisionOutcome { view, dispatched }))
-    }
-
-    /// Cancels an action (requested, approved, or dispatched when
-    /// `dispatched_seq_undelivered` says the device never had that sequence
-    /// number), with its audit entry.
-    pub fn cancel_action(
-        &mut self,
-        id: &str,
-        actor: &Actor,
-        comment: &str,
-        now_ms: u64,
-        policy: &Policy,
-        dispatched_seq_undelivered: &dyn Fn(i64) -> bool,
-    ) -> Result<Result<ActionView, CancelError>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let Some(row) = load_row(&tx, id)? else {
-            return Ok(Err(CancelError::NotFound));
-        };
-        let approvers = row.approvers();
-        let facts = Facts {
-            kind: row.action.kind(),
-            requested_by: &row.requested_by,
-            approvals: &approvers,
-        };
-        let rules = policy.for_kind(row.action.kind());
-        if let Err(e) = workflow::apply(row.status, facts, Event::Cancel(actor, rules)) {
-            return Ok(Err(e.into()));
-        }
-        if row.status == Status::Dispatched && !row.seq.is_some_and(dispatched_seq_undelivered) {
-            return Ok(Err(CancelError::MayBeDelivered));
-        }
-        let comment = clip(comment, MAX_TEXT_BYTES);
-        let now = i64_of(now_ms);
-        tx.execute(
-            "UPDATE actions SET status = ?2, cancelled_by = ?3, cancelled_at_ms = ?4, cancel_comment = ?5,
-                                updated_at_ms = ?4 WHERE id = ?1",
-            params![id, Status::Cancelled.as_str(), actor.name, now, comment],
-        )?;
-        append_audit(
-            &tx,
-            now_ms,
-            &actor.name,
-            "action.cancel",
-            id,
-            &json!({"was": row.status.as_str(), "seq": row.seq, "comment": comment}).to_string(),
-        )?;
-        tx.commit()?;
-        self.get_action(id)?
-            .map(Ok)
-            .ok_or_else(|| StoreError::Corrupt(format!("action {id} vanished")))
-    }
-
-    /// The device and the action that would undo action `id` (`None` if there is
-    /// no such action), or why there is none.
-    pub fn undo_target(&self, id: &str) -> Result<Option<UndoTarget>, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
-        let Some(row) = load_row(&tx, id)? else {
-            return Ok(None);
-        };
-        let detail: Option<String> =
-            tx.query_row("SELECT detail FROM actions WHERE id = ?1", params![id], |r| r.get(0))?;
-        let device: DeviceId = row
-            .device_id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("action {id}: device id")))?;
-        Ok(Some(
-            workflow::undo(&row.action, row.status, detail.as_deref()).map(|a| (device, a)),
-        ))
     }
 
     /// Signed commands of `device` still waiting to be carried out, with a
@@ -619,103 +354,6 @@ impl Store {
             .collect()
     }
 
-    /// Records a device's verified result for one of its dispatched commands.
-    /// The attachment is kept only up to `max_attachment` bytes. A result that
-    /// changes nothing (no such command, an ended action) is audited only when
-    /// `audit_noise` (the device's audit budget lasts), with its text clipped.
-    pub fn record_command_result(
-        &mut self,
-        device: DeviceId,
-        result: &CommandResult,
-        max_attachment: usize,
-        audit_noise: bool,
-        now_ms: u64,
-    ) -> Result<ResultRecord, StoreError> {
-        let tx = self.conn.transaction()?;
-        let device_id = device.to_string();
-        let mut row = load_row(&tx, &result.command_id.to_string())?
-            .filter(|r| r.device_id == device_id && r.seq == Some(i64_of(result.seq)));
-        if row.is_none() && result.seq == 0 && refused_unread(&result.outcome) {
-            row = unread_command(&tx, &device_id, result.command_id)?;
-        }
-        let id = row
-            .as_ref()
-            .map_or_else(|| result.command_id.to_string(), |r| r.id.clone());
-        let Some(row) = row else {
-            let (_, outcome, reason) = outcome_parts(&result.outcome);
-            let why = format!(
-                "no dispatched command {id} with sequence {} for this device ({outcome}{})",
-                result.seq,
-                reason
-                    .map(|r| format!(": {}", crate::util::clip_device_text(&r)))
-                    .unwrap_or_default()
-            );
-            if audit_noise {
-                append_audit(&tx, now_ms, &device_id, "action.result_refused", &id, &why)?;
-            }
-            tx.commit()?;
-            return Ok(ResultRecord::Unknown(why));
-        };
-        let (outcome, outcome_text, reason) = outcome_parts(&result.outcome);
-        let approvers = row.approvers();
-        let facts = Facts {
-            kind: row.action.kind(),
-            requested_by: &row.requested_by,
-            approvals: &approvers,
-        };
-        let to = match workflow::apply(row.status, facts, Event::Result(outcome)) {
-            Ok(t) => t.to,
-            Err(_) => {
-                if audit_noise {
-                    append_audit(
-                        &tx,
-                        now_ms,
-                        &device_id,
-                        "action.result_ignored",
-                        &id,
-                        &format!("{outcome_text} reported for an action that is {}", row.status),
-                    )?;
-                }
-                tx.commit()?;
-                return Ok(ResultRecord::Ignored { id, status: row.status });
-            }
-        };
-        let mut detail = clip(&result.detail, MAX_DETAIL_BYTES);
-        let attachment = match &result.attachment {
-            Some(a) if a.len() > max_attachment => {
-                detail.push_str(&format!(
-                    "\n[attachment of {} bytes exceeds the {max_attachment}-byte limit; not stored]",
-                    a.len()
-                ));
-                None
-            }
-            other => other.as_deref(),
-        };
-        tx.execute(
-            "UPDATE actions SET status = ?2, outcome = ?3, outcome_reason = ?4, detail = ?5, finished_at_ms = ?6,
-                                attachment = ?7, updated_at_ms = ?8 WHERE id = ?1",
-            params![
-                id,
-                to.as_str(),
-                outcome_text,
-                reason,
-                detail,
-                i64_of(result.finished_at_ms),
-                attachment,
-                i64_of(now_ms)
-            ],
-        )?;
-        let audit_detail = json!({
-            "outcome": outcome_text,
-            "reason": reason,
-            "late": row.status == Status::Expired,
-            "attachment_bytes": attachment.map(<[u8]>::len),
-        });
-        append_audit(&tx, now_ms, &device_id, "action.result", &id, &audit_detail.to_string())?;
-        tx.commit()?;
-        Ok(ResultRecord::Recorded { id, status: to })
-    }
-
     /// Audits a command result refused before it could be matched (bad signature,
     /// another device): the device is the actor.
     pub fn audit_refused_result(&self, device: DeviceId, why: &str, now_ms: u64) -> Result<(), StoreError> {
@@ -726,42 +364,25 @@ impl Store {
         Ok(())
     }
 
-    /// Marks every requested, approved or dispatched action past its deadline as
-    /// expired; returns their ids.
-    pub fn expire_actions(&mut self, now_ms: u64) -> Result<Vec<String>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let due: Vec<(String, String)> = tx
-            .prepare_cached(
-                "SELECT id, status FROM actions
-                 WHERE status IN ('pending_approval', 'approved', 'dispatched') AND expires_at_ms <= ?1",
-            )?
-            .query_map(params![i64_of(now_ms)], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut expired = Vec::with_capacity(due.len());
-        for (id, status) in due {
-            let Some(row) = load_row(&tx, &id)? else { continue };
-            let approvers = row.approvers();
-            let facts = Facts {
-                kind: row.action.kind(),
-                requested_by: &row.requested_by,
-                approvals: &approvers,
-            };
-            if workflow::apply(row.status, facts, Event::Expire).is_err() {
-                continue;
-            }
-            set_status(&tx, &id, Status::Expired, now_ms)?;
-            append_audit(&tx, now_ms, "collector", "action.expire", &id, &format!("was {status}"))?;
-            expired.push(id);
-        }
-        tx.commit()?;
-        Ok(expired)
+    /// An action with the result detail its device reported, read together.
+    pub fn action_with_detail(&self, id: &str) -> Result<Option<(ActionRecord, Option<String>)>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let Some(row) = load_row(&tx, id)? else {
+            return Ok(None);
+        };
+        let detail: Option<String> =
+            tx.query_row("SELECT detail FROM actions WHERE id = ?1", params![id], |r| r.get(0))?;
+        Ok(Some((row, detail)))
     }
 
-    /// The earliest deadline of an action that can still expire.
-    pub fn next_action_expiry(&self) -> Result<Option<u64>, StoreError> {
+    /// The earliest deadline of an action in one of `statuses`.
+    pub fn earliest_deadline(&self, statuses: &[Status]) -> Result<Option<u64>, StoreError> {
         let t: Option<i64> = self.conn.query_row(
-            "SELECT MIN(expires_at_ms) FROM actions WHERE status IN ('pending_approval', 'approved', 'dispatched')",
-            [],
+            &format!(
+                "SELECT MIN(expires_at_ms) FROM actions WHERE status IN ({})",
+                placeholders(1, statuses.len())
+            ),
+            params_from_iter(statuses.iter().map(Status::as_str)),
             |r| r.get(0),
         )?;
         Ok(t.map(|t| t.max(0) as u64))
@@ -827,7 +448,7 @@ pub(super) fn insert_action(tx: &Transaction<'_>, new: &NewAction) -> Result<Res
     let kind = new.action.kind();
     let spec = serde_json::to_string(&ActionSpec::of(&new.action))
         .map_err(|e| StoreError::Corrupt(format!("action does not encode: {e}")))?;
-    let reason = clip(&new.reason, MAX_TEXT_BYTES);
+    let reason = clip_marked(&new.reason, MAX_TEXT_BYTES);
     let now = i64_of(new.now_ms);
     let expires = i64_of(new.expires_at_ms);
     tx.execute(
@@ -868,118 +489,191 @@ pub(super) fn insert_action(tx: &Transaction<'_>, new: &NewAction) -> Result<Res
     Ok(Ok(()))
 }
 
-/// Approved → dispatched: the next sequence number, the command, its signature,
-/// all stored (and audited) in `tx`.
-fn dispatch(
-    tx: &Transaction<'_>,
-    row: &Row,
-    approved_by: Vec<String>,
-    now_ms: u64,
-    ttl: u64,
-    sign: &dyn Fn(&Command) -> Result<Signed, String>,
-) -> Result<Result<(DeviceId, u64), DecideError>, StoreError> {
-    let revoked: Option<i64> = tx.query_row(
-        "SELECT revoked_at_ms FROM devices WHERE id = ?1",
-        params![row.device_id],
-        |r| r.get(0),
-    )?;
-    if revoked.is_some() {
-        return Ok(Err(DecideError::DeviceRevoked));
+/// `?from, ?from+1, …`: `n` numbered SQL parameters.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// One transaction over actions and command sequences: what the workflow reads and
+/// writes for one change, with the change's audit entry. Dropped without
+/// [`ActionTx::commit`], nothing is kept.
+pub struct ActionTx<'a> {
+    tx: Transaction<'a>,
+}
+
+impl Store {
+    pub fn action_tx(&mut self) -> Result<ActionTx<'_>, StoreError> {
+        Ok(ActionTx {
+            tx: self.conn.transaction()?,
+        })
     }
-    let approvers = approved_by.clone();
-    let facts = Facts {
-        kind: row.action.kind(),
-        requested_by: &row.requested_by,
-        approvals: &approvers,
-    };
-    if let Err(e) = workflow::apply(Status::Approved, facts, Event::Dispatch) {
-        return Ok(Err(e.into()));
+}
+
+impl ActionTx<'_> {
+    pub fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
     }
-    let corrupt = |what: &str| StoreError::Corrupt(format!("action {}: {what}", row.id));
-    let command_id: CommandId = row.id.parse().map_err(|_| corrupt("id"))?;
-    let device_id: DeviceId = row.device_id.parse().map_err(|_| corrupt("device id"))?;
-    let seq = next_command_seq(tx, &row.device_id)?;
-    let command = Command {
-        id: command_id,
-        device_id,
-        seq,
-        issued_at_ms: now_ms,
-        expires_at_ms: now_ms.saturating_add(ttl),
-        action: row.action.clone(),
-        approval: Approval {
-            requested_by: row.requested_by.clone(),
-            approved_by,
-            reason: row.reason.clone(),
-        },
-    };
-    let signed = match sign(&command) {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(DecideError::Sign(e))),
-    };
-    let bytes = postcard::to_stdvec(&signed).map_err(|e| corrupt(&format!("signed command encoding: {e}")))?;
-    tx.execute(
-        "UPDATE actions SET status = ?2, seq = ?3, issued_at_ms = ?4, expires_at_ms = ?5, signed_command = ?6,
-                            updated_at_ms = ?4 WHERE id = ?1",
-        params![
-            row.id,
-            Status::Dispatched.as_str(),
-            i64_of(seq),
-            i64_of(command.issued_at_ms),
-            i64_of(command.expires_at_ms),
-            bytes
-        ],
-    )?;
-    append_audit(
-        tx,
-        now_ms,
-        "collector",
-        "action.dispatch",
-        &row.id,
-        &json!({"device": row.device_id, "seq": seq, "expires_at_ms": command.expires_at_ms,
-                "key_id": hex::encode(signed.key_id.0)})
-        .to_string(),
-    )?;
-    Ok(Ok((device_id, seq)))
+
+    pub fn load(&self, id: &str) -> Result<Option<ActionRecord>, StoreError> {
+        load_row(&self.tx, id)
+    }
+
+    /// The device's dispatched command whose signed bytes hash to `unread` (a
+    /// refusal of a command the device could not read names it so).
+    pub fn dispatched_named_by_unread_id(
+        &self,
+        device_id: &str,
+        unread: CommandId,
+    ) -> Result<Option<ActionRecord>, StoreError> {
+        unread_command(&self.tx, device_id, unread)
+    }
+
+    /// Whether the device was revoked (an unknown device counts as not).
+    pub fn device_revoked(&self, device_id: &str) -> Result<bool, StoreError> {
+        let revoked: Option<i64> = self.tx.query_row(
+            "SELECT revoked_at_ms FROM devices WHERE id = ?1",
+            params![device_id],
+            |r| r.get(0),
+        )?;
+        Ok(revoked.is_some())
+    }
+
+    /// The next command sequence number of a device (persisted, monotonic).
+    pub fn next_command_seq(&self, device_id: &str) -> Result<u64, StoreError> {
+        next_command_seq(&self.tx, device_id)
+    }
+
+    /// Ids of actions in one of `statuses` whose deadline is at or before `now_ms`.
+    pub fn due(&self, statuses: &[Status], now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM actions WHERE expires_at_ms <= ?1 AND status IN ({})",
+            placeholders(2, statuses.len())
+        );
+        let now = i64_of(now_ms);
+        let names: Vec<&str> = statuses.iter().map(Status::as_str).collect();
+        let args = std::iter::once(&now as &dyn rusqlite::ToSql).chain(names.iter().map(|s| s as &dyn rusqlite::ToSql));
+        Ok(self
+            .tx
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(args), |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn set_status(&self, id: &str, status: Status, now_ms: u64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE actions SET status = ?2, updated_at_ms = ?3 WHERE id = ?1")?
+            .execute(params![id, status.as_str(), i64_of(now_ms)])?;
+        Ok(())
+    }
+
+    pub fn set_rejected(&self, id: &str, by: &str, now_ms: u64, comment: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE actions SET status = ?2, decided_by = ?3, decided_at_ms = ?4, decision_comment = ?5,
+                                updated_at_ms = ?4 WHERE id = ?1",
+            params![id, Status::Rejected.as_str(), by, i64_of(now_ms), comment],
+        )?;
+        Ok(())
+    }
+
+    /// The approvals so far (a JSON array) and the status they lead to.
+    pub fn set_approvals(&self, id: &str, status: Status, approvals: &Value, now_ms: u64) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE actions SET status = ?2, approvals = ?3, updated_at_ms = ?4 WHERE id = ?1",
+            params![id, status.as_str(), approvals.to_string(), i64_of(now_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// Who completed the approval, when, with what comment.
+    pub fn set_decided(&self, id: &str, by: &str, now_ms: u64, comment: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE actions SET decided_by = ?2, decided_at_ms = ?3, decision_comment = ?4 WHERE id = ?1",
+            params![id, by, i64_of(now_ms), comment],
+        )?;
+        Ok(())
+    }
+
+    /// The signed command with its sequence number, issue and expiry: dispatched.
+    pub fn set_dispatched(
+        &self,
+        id: &str,
+        seq: u64,
+        issued_at_ms: u64,
+        expires_at_ms: u64,
+        signed: &Signed,
+    ) -> Result<(), StoreError> {
+        let bytes = postcard::to_stdvec(signed)
+            .map_err(|e| StoreError::Corrupt(format!("action {id}: signed command encoding: {e}")))?;
+        self.tx.execute(
+            "UPDATE actions SET status = ?2, seq = ?3, issued_at_ms = ?4, expires_at_ms = ?5, signed_command = ?6,
+                                updated_at_ms = ?4 WHERE id = ?1",
+            params![
+                id,
+                Status::Dispatched.as_str(),
+                i64_of(seq),
+                i64_of(issued_at_ms),
+                i64_of(expires_at_ms),
+                bytes
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_cancelled(&self, id: &str, by: &str, now_ms: u64, comment: &str) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE actions SET status = ?2, cancelled_by = ?3, cancelled_at_ms = ?4, cancel_comment = ?5,
+                                updated_at_ms = ?4 WHERE id = ?1",
+            params![id, Status::Cancelled.as_str(), by, i64_of(now_ms), comment],
+        )?;
+        Ok(())
+    }
+
+    /// A device's result: the status it leads to, the outcome, and what came with it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_result(
+        &self,
+        id: &str,
+        status: Status,
+        outcome: &str,
+        reason: Option<&str>,
+        detail: &str,
+        finished_at_ms: u64,
+        attachment: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE actions SET status = ?2, outcome = ?3, outcome_reason = ?4, detail = ?5, finished_at_ms = ?6,
+                                attachment = ?7, updated_at_ms = ?8 WHERE id = ?1",
+            params![
+                id,
+                status.as_str(),
+                outcome,
+                reason,
+                detail,
+                i64_of(finished_at_ms),
+                attachment,
+                i64_of(now_ms)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Appends the change's audit entry.
+    pub fn audit(&self, now_ms: u64, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), StoreError> {
+        append_audit(&self.tx, now_ms, actor, action, target, detail)
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use ring::rand::SystemRandom;
-    use ward_protocol::{CommandOutcome, Inventory, SigningKey};
-
     use super::*;
-    use crate::roles::Role;
-    use crate::store::NewDevice;
+    use crate::store::test_support::{enrolled_device, open};
 
     const T0: u64 = 1_700_000_000_000;
 
-    fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ward.db")).unwrap();
-        (dir, store)
-    }
-
     fn device(store: &mut Store, n: u8) -> DeviceId {
-        let rng = SystemRandom::new();
-        let secret = [n; 32];
-        store.create_enroll_token(&secret, 1, T0, T0 + 1000).unwrap();
-        let id = DeviceId::generate(T0, &rng).unwrap();
-        let (key, _) = SigningKey::generate(&rng).unwrap();
-        let new = NewDevice {
-            id,
-            signing_key: key.public_key(),
-            cert_sha256: [n; 32],
-            inventory: Inventory {
-                hostname: format!("host-{n}"),
-                os: String::new(),
-                kernel: String::new(),
-                addresses: vec![],
-                logged_on_users: vec![],
-                agent_version: String::new(),
-            },
-        };
-        store.enroll(&secret, &new, T0).unwrap().unwrap();
-        id
+        enrolled_device(store, n, T0)
     }
 
     #[test]
@@ -1010,122 +704,5 @@ mod tests {
         assert_eq!((a.isolation.as_str(), a.outbox_depth), ("isolated", 7));
         let b = store.get_device(&b.to_string()).unwrap().unwrap();
         assert_eq!(b.last_seen_ms, Some(i64_of(T0 + 200)));
-    }
-
-    fn propose(store: &Store, dev: DeviceId, action: Action, at: u64) -> String {
-        let new = NewAction {
-            id: CommandId::generate(at, &SystemRandom::new()).unwrap(),
-            device_id: dev,
-            action,
-            reason: "why".into(),
-            requested_by: "ann".into(),
-            now_ms: at,
-            undo_of: None,
-            expires_at_ms: at + Policy::default().pending_ttl_ms,
-            incident_id: None,
-        };
-        store.create_action(&new).unwrap().unwrap().id
-    }
-
-    fn approve(store: &mut Store, id: &str, at: u64, key: &SigningKey) -> Result<DecisionOutcome, DecideError> {
-        let bob = Actor {
-            name: "bob".into(),
-            role: Role::Approver,
-        };
-        let sign = |c: &Command| {
-            key.sign_value(ward_protocol::SignatureKind::Command, c)
-                .map_err(|e| e.to_string())
-        };
-        store
-            .decide_action(
-                id,
-                &bob,
-                Decision::Approve,
-                "ok",
-                at,
-                Rules {
-                    policy: &Policy::default(),
-                    sign: &sign,
-                },
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn sequences_are_per_device_and_monotonic_and_commands_expire() {
-        let (_dir, mut store) = open();
-        let (key, _) = SigningKey::generate(&SystemRandom::new()).unwrap();
-        let a = device(&mut store, 1);
-        let b = device(&mut store, 2);
-        let mut seqs = Vec::new();
-        for (dev, action) in [
-            (a, Action::Release),
-            (b, Action::CollectPackage),
-            (a, Action::CollectPackage),
-        ] {
-            let id = propose(&store, dev, action, T0);
-            let out = approve(&mut store, &id, T0 + 10, &key).unwrap();
-            assert_eq!(out.view.status, "dispatched");
-            seqs.push(out.dispatched.unwrap());
-        }
-        assert_eq!(seqs, vec![(a, 1), (b, 1), (a, 2)]);
-        let pending = store.pending_commands(a, 0, T0 + 20).unwrap();
-        assert_eq!(pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(store.pending_commands(a, 1, T0 + 20).unwrap().len(), 1);
-
-        // Commands wait for their device until they expire (3 days by default); expired ones are not delivered.
-        let later = T0 + 10 + crate::config::COMMAND_TTL_MS;
-        assert_eq!(store.pending_commands(a, 0, later - 1).unwrap().len(), 2);
-        assert_eq!(store.next_action_expiry().unwrap(), Some(later));
-        let expired = store.expire_actions(later).unwrap();
-        assert_eq!(expired.len(), 3, "every command");
-        assert_eq!(store.pending_commands(a, 0, later).unwrap().len(), 0);
-        assert_eq!(store.pending_commands(b, 0, later).unwrap().len(), 0);
-        // A late result for an expired command is still recorded: the device did it.
-        let late_id = &expired[0];
-        let row = store.get_action(late_id).unwrap().unwrap();
-        let dev: DeviceId = row.device_id.parse().unwrap();
-        let result = CommandResult {
-            command_id: late_id.parse().unwrap(),
-            device_id: dev,
-            seq: row.seq.unwrap() as u64,
-            finished_at_ms: later,
-            outcome: CommandOutcome::Succeeded,
-            detail: "d".into(),
-            attachment: Some(vec![0; 100]),
-        };
-        // Wrong device: nothing recorded.
-        let other = if dev == a { b } else { a };
-        assert!(matches!(
-            store.record_command_result(other, &result, 10, true, later).unwrap(),
-            ResultRecord::Unknown(_)
-        ));
-        let rec = store.record_command_result(dev, &result, 10, true, later).unwrap();
-        assert!(
-            matches!(
-                rec,
-                ResultRecord::Recorded {
-                    status: Status::Succeeded,
-                    ..
-                }
-            ),
-            "{rec:?}"
-        );
-        let v = store.get_action(late_id).unwrap().unwrap();
-        assert_eq!(v.package_bytes, None, "attachment over the cap is not stored");
-        assert!(v.result.unwrap().detail.contains("exceeds"));
-
-        // A pending proposal past its approval deadline cannot be approved, and expires.
-        let stale = propose(&store, a, Action::Release, T0);
-        let too_late = T0 + crate::config::PENDING_APPROVAL_TTL_MS;
-        assert!(matches!(
-            approve(&mut store, &stale, too_late, &key),
-            Err(DecideError::Workflow(WorkflowError::WrongState { .. }))
-        ));
-        let swept = store.expire_actions(too_late).unwrap();
-        assert_eq!(swept, vec![stale.clone()]);
-        assert!(swept.contains(&stale));
-        assert_eq!(store.get_action(&stale).unwrap().unwrap().status, "expired");
-        assert!(store.verify_audit_chain().unwrap().ok());
     }
 }

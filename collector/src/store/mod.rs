@@ -14,11 +14,11 @@ mod incidents;
 mod schema;
 mod silence;
 mod sourced;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_support;
 
-pub use actions::{
-    ActionFilter, ActionView, CancelError, DecideError, Decision, DecisionOutcome, NewAction, ResultRecord, Rules,
-    TargetRefusal,
-};
+pub use actions::{ActionFilter, ActionRecord, ActionTx, ActionView, NewAction, TargetRefusal};
 pub use audit::{AuditChainReport, AuditEntry};
 pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome, EvidenceAlert};
 pub use feeds::{FeedTx, LocatedSignIn};
