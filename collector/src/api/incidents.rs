@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult, text};
 use super::extract::{Body, Path, Query};
 use super::process_tree::{self, AlertedProcess};
 use crate::entity;
-use crate::incidents::model::{Classification, Status};
+use crate::model::incident::{Classification, Status};
 use crate::roles::Role;
 use crate::store::{
     ActionFilter, ActionView, AlertOrder, AlertPage, AlertPageQuery, AlertTotals, DeviceView, EntityAggregate,

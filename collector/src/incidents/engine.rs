@@ -50,7 +50,8 @@ use ward_protocol::Severity;
 use ward_protocol::ids::Id128;
 
 use super::keys::{KeyKind, LinkKey};
-use super::model::{Classification, Status, TACTICS, incident_severity, tactic_rank};
+use super::severity::incident_severity;
+use crate::model::incident::{Classification, Status, TACTICS, tactic_rank};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {

@@ -17,7 +17,7 @@
 
 pub mod engine;
 pub mod keys;
-pub mod model;
+pub mod severity;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -515,7 +515,7 @@ pub async fn run(correlator: Arc<Correlator>, writer: Writer, reads: ReadPool, m
 mod tests {
     use super::*;
     use crate::store::{AlertSource, DeviceState, NewDevice, SourcedAlert};
-    use model::Status;
+    use crate::model::incident::Status;
     use std::collections::BTreeSet;
     use ward_protocol::{DeviceId, Entity, Inventory, PublicKey, RuleRef, Severity};
 

@@ -316,7 +316,7 @@ impl Store {
                 Ok(EvidenceAlert {
                     device_id: r.get(0)?,
                     source: r.get(1)?,
-                    severity: crate::incidents::model::severity_from(r.get(2)?),
+                    severity: crate::model::incident::severity_from(r.get(2)?),
                     tactics: strings(&r.get::<_, String>(3)?),
                     entities: serde_json::from_str::<Vec<Value>>(&entities)
                         .unwrap_or_default()
@@ -329,7 +329,7 @@ impl Store {
         Ok(Some(AutomationIncident {
             id: id.to_string(),
             status,
-            severity: crate::incidents::model::severity_from(severity),
+            severity: crate::model::incident::severity_from(severity),
             tactics: strings(&tactics),
             sources: strings(&sources),
             severity_manual,

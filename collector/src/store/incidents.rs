@@ -13,7 +13,7 @@ use super::{AlertView, Store, StoreError, audit, i64_of, sev_from, sev_num};
 use crate::entity;
 use crate::incidents::engine::{Changes, Incident, IncidentRow, KeyRow};
 use crate::incidents::keys::{KeyKind, KnownDevice};
-use crate::incidents::model::{Classification, Status, severity_from, tactic_name, tactic_rank};
+use crate::model::incident::{Classification, Status, severity_from, tactic_name, tactic_rank};
 
 /// An alert as the correlator reads it from the store.
 #[derive(Debug, Clone)]

@@ -1,6 +1,5 @@
 //! Incident vocabulary shared by the engine, the store and the API: statuses,
-//! classifications, the MITRE ATT&CK tactics in kill-chain order, and how an
-//! incident's severity and title follow from its alerts.
+//! classifications, the MITRE ATT&CK tactics in kill-chain order, stored severities.
 
 use ward_protocol::Severity;
 
@@ -97,14 +96,7 @@ impl Classification {
     }
 }
 
-/// The incident's severity: the highest of its alerts, one level higher when it
-/// spans three or more kill-chain stages or two or more sources (capped at critical).
-pub fn incident_severity(max_alert: Severity, tactic_count: usize, source_count: usize) -> Severity {
-    let raise = tactic_count >= 3 || source_count >= 2;
-    let n = max_alert as usize + usize::from(raise);
-    Severity::ALL[n.min(Severity::ALL.len() - 1)]
-}
-
+/// A severity from its stored number (unknown numbers read as informational).
 pub fn severity_from(n: i64) -> Severity {
     usize::try_from(n)
         .ok()
@@ -124,13 +116,5 @@ mod tests {
             vec!["TA0001", "TA0002", "TA0011"]
         );
         assert_eq!(tactic_name("TA0040"), Some("Impact"));
-    }
-
-    #[test]
-    fn severity_is_raised_by_breadth() {
-        assert_eq!(incident_severity(Severity::Medium, 1, 1), Severity::Medium);
-        assert_eq!(incident_severity(Severity::Medium, 3, 1), Severity::High);
-        assert_eq!(incident_severity(Severity::High, 1, 2), Severity::Critical);
-        assert_eq!(incident_severity(Severity::Critical, 5, 3), Severity::Critical);
     }
 }
