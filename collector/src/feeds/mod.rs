@@ -63,7 +63,6 @@ mod mailbox;
 mod proofpoint;
 mod stream;
 
-use std::net::IpAddr;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -71,6 +70,7 @@ use tracing::{info, warn};
 
 use crate::config::FeedsConfig;
 use crate::metrics::Metrics;
+pub use crate::model::feed::{InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
 use crate::store::{Store, StoreError};
 
 /// Which feed a file belongs to.
@@ -87,144 +87,6 @@ impl Feed {
             Feed::Mailbox => "mailbox",
         }
     }
-}
-
-/// How a sign-in ended, as the detections need it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignInOutcome {
-    Success,
-    /// Wrong credentials, locked or disabled account and other refusals.
-    Failure,
-    /// The user denied (or let time out) an MFA prompt.
-    MfaDenied,
-    /// Interrupted for more proof (MFA required, consent, ...): neither success nor failure.
-    Interrupted,
-}
-
-impl SignInOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignInOutcome::Success => "success",
-            SignInOutcome::Failure => "failure",
-            SignInOutcome::MfaDenied => "mfa_denied",
-            SignInOutcome::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// A normalized sign-in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignIn {
-    /// Natural dedup key: `entra:<id>`, `okta:<uuid>`, or `<provider>:sha256:<hex>`.
-    pub key: String,
-    /// `entra` or `okta`.
-    pub provider: &'static str,
-    pub time_ms: u64,
-    /// User principal name (or service principal), lowercased.
-    pub user: String,
-    pub ip: Option<IpAddr>,
-    /// "City, State, Country" as far as known.
-    pub location: Option<String>,
-    /// Latitude, longitude.
-    pub coords: Option<(f64, f64)>,
-    pub app: Option<String>,
-    pub client: Option<String>,
-    pub outcome: SignInOutcome,
-    /// Entra result type (error code) or Okta outcome.result.
-    pub result: String,
-    pub result_detail: Option<String>,
-    pub risk_level: Option<String>,
-    pub risk_state: Option<String>,
-    pub conditional_access: Option<String>,
-    pub mfa: Option<String>,
-    pub device: Option<String>,
-    /// The record as it came, compact JSON.
-    pub raw: String,
-}
-
-/// What a mail record describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MailKind {
-    Email,
-    Attachment,
-    Url,
-    Click,
-    PostDelivery,
-    /// An inbox rule or mailbox forwarding set (Exchange audit).
-    InboxRule,
-}
-
-impl MailKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MailKind::Email => "email",
-            MailKind::Attachment => "attachment",
-            MailKind::Url => "url",
-            MailKind::Click => "click",
-            MailKind::PostDelivery => "post_delivery",
-            MailKind::InboxRule => "inbox_rule",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<MailKind> {
-        [
-            MailKind::Email,
-            MailKind::Attachment,
-            MailKind::Url,
-            MailKind::Click,
-            MailKind::PostDelivery,
-            MailKind::InboxRule,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
-
-/// A normalized mail record: one row of one of the Defender email tables, one
-/// recipient, attachment or URL of a Proofpoint message, or one inbox-rule change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MailRecord {
-    /// Natural dedup key from the message id, recipient and the row's own part.
-    pub key: String,
-    pub kind: MailKind,
-    pub time_ms: u64,
-    pub network_message_id: Option<String>,
-    /// Sender address (FROM header), lowercased.
-    pub sender: Option<String>,
-    /// Recipient address (the clicking account for clicks), lowercased.
-    pub recipient: Option<String>,
-    pub subject: Option<String>,
-    pub threat_types: Option<String>,
-    pub detection_methods: Option<String>,
-    pub delivery_action: Option<String>,
-    pub delivery_location: Option<String>,
-    pub file_name: Option<String>,
-    /// Lowercase hex.
-    pub sha256: Option<String>,
-    pub url: Option<String>,
-    /// Click action (ClickAllowed, ...) or post-delivery action type.
-    pub action: Option<String>,
-    pub ip: Option<IpAddr>,
-    /// What an inbox-rule change does (`InboxRule` records only; not a column of its
-    /// own in the store: the detection reads it from the fresh record).
-    pub rule: Option<Box<InboxRule>>,
-    pub raw: String,
-}
-
-/// An inbox rule or mailbox forwarding as the audit log records its change.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct InboxRule {
-    /// `New-InboxRule`, `Set-InboxRule`, `Set-Mailbox`, ...
-    pub operation: String,
-    pub name: Option<String>,
-    /// Addresses mail is forwarded or redirected to, lowercased, without `smtp:`.
-    pub forward_to: Vec<String>,
-    /// How the rule keeps mail from its owner ("deletes it", "moves it to Junk Email", ...).
-    pub hides: Vec<String>,
-    /// The rule's conditions as `Name=Value`.
-    pub conditions: Vec<String>,
-    /// Domains of the owner's organisation (its address and the tenant name).
-    pub own_domains: Vec<String>,
 }
 
 /// A record that was not imported, and why.

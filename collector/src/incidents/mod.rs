@@ -514,8 +514,8 @@ pub async fn run(correlator: Arc<Correlator>, writer: Writer, reads: ReadPool, m
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AlertSource, DeviceState, NewDevice, SourcedAlert};
     use crate::model::incident::Status;
+    use crate::store::{AlertSource, DeviceState, NewDevice, SourcedAlert};
     use std::collections::BTreeSet;
     use ward_protocol::{DeviceId, Entity, Inventory, PublicKey, RuleRef, Severity};
 

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::sourced::{SourcedAlert, insert_sourced};
 use super::{InsertOutcome, Store, StoreError, audit, i64_of};
-use crate::feeds::{MailKind, MailRecord, SignIn, SignInOutcome};
+use crate::model::feed::{MailKind, MailRecord, SignIn, SignInOutcome};
 
 /// An open feed-import transaction.
 pub struct FeedTx<'a> {
