@@ -49,9 +49,10 @@ use super::workflow::{AUTOMATION_PREFIX, Actor};
 use crate::config::{AlertCondition, IncidentCondition, RuleConfig};
 use crate::incidents::severity::incident_severity;
 use crate::model::action::ActionSpec;
+use crate::model::action::Status;
 use crate::model::incident::tactic_rank;
 use crate::roles::Role;
-use crate::store::{AutomationAlert, AutomationIncident, AutomationOutcome, NewAction, Store};
+use crate::store::{AutomationAlert, AutomationIncident, NewAction, Store, StoreError};
 use crate::util::now_ms;
 
 /// How often the runner looks for alerts committed by other processes.
@@ -501,6 +502,59 @@ struct Proposal<'a> {
     incident_id: Option<String>,
 }
 
+/// What became of a rule's match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutomationOutcome {
+    Proposed,
+    /// Not proposed, and why (already proposed for this subject, or a duplicate).
+    Skipped(String),
+}
+
+/// Stores `new`, proposed by automation rule `rule` for `subject` (an alert id, or
+/// `incident:<id>:<device>[:<target>]`), unless the rule already proposed for that
+/// subject, the same rule has the same action waiting or running on the device, or
+/// (for an isolate) the device has an isolate pending or in force. The proposal,
+/// its record and its audit entry are one transaction.
+pub fn propose_once(
+    store: &mut Store,
+    rule: &str,
+    subject: &str,
+    new: &NewAction,
+) -> Result<AutomationOutcome, StoreError> {
+    let tx = store.action_tx()?;
+    if let Some(outcome) = tx.automation_record(rule, subject)? {
+        return Ok(AutomationOutcome::Skipped(format!(
+            "already handled for {subject}: {outcome}"
+        )));
+    }
+    let open: Vec<Status> = Status::ALL.into_iter().filter(|s| !s.is_final()).collect();
+    let same = tx.same_action(new.device_id, &new.requested_by, &new.action, &open)?;
+    let isolated = if new.action.kind() == ActionKind::Isolate {
+        tx.isolation_evidence(new.device_id, &open)?
+    } else {
+        None
+    };
+    let skipped = match (isolated, same) {
+        (Some(by), _) => Some(format!("the device is already isolated or being isolated ({by})")),
+        (None, Some(id)) => Some(format!("the same action {id} is already waiting or running")),
+        (None, None) => None,
+    };
+    let (action_id, outcome) = match skipped {
+        Some(why) => (None, AutomationOutcome::Skipped(why)),
+        None => match tx.insert(new)? {
+            Ok(()) => (Some(new.id.to_string()), AutomationOutcome::Proposed),
+            Err(refusal) => (None, AutomationOutcome::Skipped(refusal.to_string())),
+        },
+    };
+    let text = match &outcome {
+        AutomationOutcome::Proposed => "proposed".to_string(),
+        AutomationOutcome::Skipped(why) => format!("skipped: {why}"),
+    };
+    tx.set_automation_record(rule, subject, action_id.as_deref(), &text, new.now_ms)?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
 /// Stores `p` as `rule`'s proposal (once per rule and subject) and approves it
 /// if the rule says so.
 fn propose(s: &mut Store, rule: &Rule, p: Proposal<'_>, rules: Rules<'_>) -> Result<Handled, String> {
@@ -526,10 +580,7 @@ fn propose(s: &mut Store, rule: &Rule, p: Proposal<'_>, rules: Rules<'_>) -> Res
         expires_at_ms: now.saturating_add(rules.policy.pending_ttl_ms),
         incident_id,
     };
-    if let AutomationOutcome::Skipped(why) = s
-        .automation_propose(&rule.name, subject, &new)
-        .map_err(|e| e.to_string())?
-    {
+    if let AutomationOutcome::Skipped(why) = propose_once(s, &rule.name, subject, &new).map_err(|e| e.to_string())? {
         debug!(rule = %rule.name, %subject, %why, "automation proposal skipped");
         return Ok(Handled::Skipped);
     }
@@ -736,6 +787,114 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::store::EvidenceAlert;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn new_action(device: DeviceId, action: Action, by: &str) -> NewAction {
+        NewAction {
+            id: ward_protocol::CommandId::generate(T0, &ring::rand::SystemRandom::new()).unwrap(),
+            device_id: device,
+            action,
+            reason: "r".into(),
+            requested_by: by.into(),
+            now_ms: T0,
+            undo_of: None,
+            expires_at_ms: T0 + 1_000_000,
+            incident_id: None,
+        }
+    }
+
+    /// A person rejects every isolate still waiting.
+    fn reject_isolates(store: &mut Store) {
+        let bob = Actor {
+            name: "bob".into(),
+            role: Role::Approver,
+        };
+        let filter = crate::store::ActionFilter {
+            status: Some(Status::Requested),
+            limit: 100,
+            ..Default::default()
+        };
+        for a in store.list_actions(&filter).unwrap() {
+            if a.kind == "isolate" {
+                let rules = Rules {
+                    policy: &Policy::default(),
+                    sign: &|_| Err("no signing in this test".into()),
+                };
+                transitions::decide(store, &a.id, &bob, Decision::Reject, "no", T0, rules)
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn one_proposal_per_rule_and_alert_and_no_second_isolate() {
+        use ward_protocol::Action;
+        let (_dir, mut store) = crate::store::test_support::open();
+        let dev = crate::store::test_support::enrolled_device(&mut store, 1, T0);
+        let isolate = || Action::Isolate { allow: vec![] };
+        let p = |store: &mut Store, rule: &str, alert: &str, action: Action| {
+            let new = new_action(dev, action, &format!("automation:{rule}"));
+            propose_once(store, rule, alert, &new).unwrap()
+        };
+        assert_eq!(
+            p(&mut store, "pkg", "a1", Action::CollectPackage),
+            AutomationOutcome::Proposed
+        );
+        // The same rule and alert again (a crash before the watermark moved): skipped.
+        let again = p(&mut store, "pkg", "a1", Action::CollectPackage);
+        assert!(
+            matches!(again, AutomationOutcome::Skipped(ref w) if w.contains("already handled")),
+            "{again:?}"
+        );
+        // The same rule, another alert, the same action still waiting: skipped.
+        let same = p(&mut store, "pkg", "a2", Action::CollectPackage);
+        assert!(
+            matches!(same, AutomationOutcome::Skipped(ref w) if w.contains("same action")),
+            "{same:?}"
+        );
+        // An isolate a person proposed is pending: no isolate from a rule.
+        store
+            .create_action(&new_action(dev, isolate(), "ann"))
+            .unwrap()
+            .unwrap();
+        let iso = p(&mut store, "iso", "a3", isolate());
+        assert!(
+            matches!(iso, AutomationOutcome::Skipped(ref w) if w.contains("isolated")),
+            "{iso:?}"
+        );
+        // Once nothing is pending and the device does not report isolation, it may.
+        reject_isolates(&mut store);
+        assert_eq!(p(&mut store, "iso", "a4", isolate()), AutomationOutcome::Proposed);
+        reject_isolates(&mut store);
+        let isolated = crate::store::DeviceState {
+            seen_at_ms: T0,
+            inventory: None,
+            isolation: ward_protocol::IsolationState::Isolated,
+            outbox_depth: 0,
+            rule_pack_version: 0,
+            clock_skew_ms: 0,
+        };
+        store.update_device_states(&[(dev, isolated)]).unwrap();
+        let reported = p(&mut store, "iso", "a5", isolate());
+        assert!(
+            matches!(reported, AutomationOutcome::Skipped(ref w) if w.contains("reports")),
+            "{reported:?}"
+        );
+        let tx = store.action_tx().unwrap();
+        let recorded = [
+            ("pkg", "a1"),
+            ("pkg", "a2"),
+            ("iso", "a3"),
+            ("iso", "a4"),
+            ("iso", "a5"),
+        ]
+        .into_iter()
+        .filter(|(rule, alert)| tx.automation_record(rule, alert).unwrap().is_some())
+        .count();
+        assert_eq!(recorded, 5, "one record each for a1..a5");
+    }
 
     fn rules(toml: &str) -> Result<Vec<Rule>, String> {
         let c = Config::parse(toml)?;

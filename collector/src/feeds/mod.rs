@@ -63,7 +63,6 @@ mod mailbox;
 mod proofpoint;
 mod stream;
 
-
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};

@@ -430,7 +430,7 @@ impl Store {
 }
 
 /// Inserts a proposal and its audit entry into `tx`.
-pub(super) fn insert_action(tx: &Transaction<'_>, new: &NewAction) -> Result<Result<(), TargetRefusal>, StoreError> {
+fn insert_action(tx: &Transaction<'_>, new: &NewAction) -> Result<Result<(), TargetRefusal>, StoreError> {
     let device_id = new.device_id.to_string();
     let revoked: Option<Option<i64>> = tx
         .query_row(
@@ -656,6 +656,92 @@ impl ActionTx<'_> {
             ],
         )?;
         Ok(())
+    }
+
+    /// Stores a proposal (status requested) with its audit entry.
+    pub fn insert(&self, new: &NewAction) -> Result<Result<(), TargetRefusal>, StoreError> {
+        insert_action(&self.tx, new)
+    }
+
+    /// What automation rule `rule` already did for `subject`, if anything.
+    pub fn automation_record(&self, rule: &str, subject: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT outcome FROM automation_proposals WHERE rule = ?1 AND alert_id = ?2",
+                params![rule, subject],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records what automation rule `rule` did for `subject` (once).
+    pub fn set_automation_record(
+        &self,
+        rule: &str,
+        subject: &str,
+        action_id: Option<&str>,
+        outcome: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO automation_proposals (rule, alert_id, action_id, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![rule, subject, action_id, outcome, i64_of(at_ms)],
+        )?;
+        Ok(())
+    }
+
+    /// An action in one of `statuses` with exactly this device, requester and action.
+    pub fn same_action(
+        &self,
+        device: DeviceId,
+        requested_by: &str,
+        action: &Action,
+        statuses: &[Status],
+    ) -> Result<Option<String>, StoreError> {
+        let spec = serde_json::to_string(&ActionSpec::of(action))
+            .map_err(|e| StoreError::Corrupt(format!("action does not encode: {e}")))?;
+        let sql = format!(
+            "SELECT id FROM actions WHERE device_id = ?1 AND requested_by = ?2 AND action = ?3
+               AND status IN ({}) LIMIT 1",
+            placeholders(4, statuses.len())
+        );
+        let (device, requested_by) = (device.to_string(), requested_by.to_string());
+        let names: Vec<&str> = statuses.iter().map(Status::as_str).collect();
+        let args = [&device as &dyn rusqlite::ToSql, &requested_by, &spec]
+            .into_iter()
+            .chain(names.iter().map(|s| s as &dyn rusqlite::ToSql));
+        Ok(self
+            .tx
+            .query_row(&sql, params_from_iter(args), |r| r.get(0))
+            .optional()?)
+    }
+
+    /// What says the device is isolated or being isolated, if anything: an isolate
+    /// in one of `open` statuses, a succeeded isolate not followed by a succeeded
+    /// release, or the device's own report.
+    pub fn isolation_evidence(&self, device: DeviceId, open: &[Status]) -> Result<Option<String>, StoreError> {
+        let sql = format!(
+            "SELECT 'action ' || id FROM actions WHERE device_id = ?1 AND kind = 'isolate' AND status IN ({})
+             UNION ALL
+             SELECT 'action ' || id FROM (SELECT id, kind FROM actions
+                 WHERE device_id = ?1 AND kind IN ('isolate', 'release') AND status = ?2
+                 ORDER BY finished_at_ms DESC, id DESC LIMIT 1) WHERE kind = 'isolate'
+             UNION ALL
+             SELECT 'the device reports it' FROM devices WHERE id = ?1 AND isolation = 'isolated'
+             LIMIT 1",
+            placeholders(3, open.len())
+        );
+        let device = device.to_string();
+        let succeeded = Status::Succeeded.as_str();
+        let names: Vec<&str> = open.iter().map(Status::as_str).collect();
+        let args = [&device as &dyn rusqlite::ToSql, &succeeded]
+            .into_iter()
+            .chain(names.iter().map(|s| s as &dyn rusqlite::ToSql));
+        Ok(self
+            .tx
+            .query_row(&sql, params_from_iter(args), |r| r.get(0))
+            .optional()?)
     }
 
     /// Appends the change's audit entry.

@@ -2,15 +2,14 @@
 //! table read by rowid from a persisted watermark, the incidents that alerts
 //! joined (read from `incident_alerts` by alert rowid, from a second
 //! watermark), and proposals recorded once per rule and subject (an alert, or
-//! an incident and target), in the same transaction as the action they create.
+//! an incident and target), in the same transaction as the action they create
+//! ([`super::ActionTx`]).
 
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 use ward_protocol::{Entity, Severity};
 
-use super::actions::insert_action;
-use super::{NewAction, Store, StoreError};
-use crate::model::action::ActionSpec;
+use super::{Store, StoreError};
 
 /// The watermark row of the alert stream.
 const ALERTS: &str = "alerts";
@@ -80,14 +79,6 @@ pub struct IncidentBatch {
     /// watermark to advance to).
     pub changes: usize,
     pub last_change: Option<i64>,
-}
-
-/// What became of a rule's match.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AutomationOutcome {
-    Proposed,
-    /// Not proposed, and why (already proposed for this alert, or a duplicate).
-    Skipped(String),
 }
 
 /// A process or file entity from its stored JSON view ([`crate::entity::to_json`]).
@@ -336,84 +327,6 @@ impl Store {
             alerts,
         }))
     }
-
-    /// Stores `new`, proposed by automation rule `rule` for `subject` (an alert
-    /// id, or `incident:<id>:<device>[:<target>]`), unless the rule already
-    /// proposed for that subject, the same rule has the
-    /// same action waiting or running on the device, or (for an isolate) the
-    /// device has an isolate pending or in force. Proposal, its record and its
-    /// audit entry are one transaction.
-    pub fn automation_propose(
-        &mut self,
-        rule: &str,
-        subject: &str,
-        new: &NewAction,
-    ) -> Result<AutomationOutcome, StoreError> {
-        let tx = self.conn.transaction()?;
-        let done: Option<String> = tx
-            .query_row(
-                "SELECT outcome FROM automation_proposals WHERE rule = ?1 AND alert_id = ?2",
-                params![rule, subject],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(outcome) = done {
-            return Ok(AutomationOutcome::Skipped(format!(
-                "already handled for {subject}: {outcome}"
-            )));
-        }
-        let device = new.device_id.to_string();
-        let spec = serde_json::to_string(&ActionSpec::of(&new.action))
-            .map_err(|e| StoreError::Corrupt(format!("action does not encode: {e}")))?;
-        let same: Option<String> = tx
-            .query_row(
-                "SELECT id FROM actions WHERE device_id = ?1 AND requested_by = ?2 AND action = ?3
-                   AND status IN ('pending_approval', 'approved', 'dispatched', 'acked') LIMIT 1",
-                params![device, new.requested_by, spec],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let isolated: Option<String> = if new.action.kind() == ward_protocol::ActionKind::Isolate {
-            tx.query_row(
-                "SELECT 'action ' || id FROM actions WHERE device_id = ?1 AND kind = 'isolate'
-                   AND status IN ('pending_approval', 'approved', 'dispatched', 'acked')
-                 UNION ALL
-                 SELECT 'action ' || id FROM (SELECT id, kind FROM actions
-                     WHERE device_id = ?1 AND kind IN ('isolate', 'release') AND status = 'succeeded'
-                     ORDER BY finished_at_ms DESC, id DESC LIMIT 1) WHERE kind = 'isolate'
-                 UNION ALL
-                 SELECT 'the device reports it' FROM devices WHERE id = ?1 AND isolation = 'isolated'
-                 LIMIT 1",
-                params![device],
-                |r| r.get(0),
-            )
-            .optional()?
-        } else {
-            None
-        };
-        let skipped = match (isolated, same) {
-            (Some(by), _) => Some(format!("the device is already isolated or being isolated ({by})")),
-            (None, Some(id)) => Some(format!("the same action {id} is already waiting or running")),
-            (None, None) => None,
-        };
-        let (action_id, outcome) = match skipped {
-            Some(why) => (None, AutomationOutcome::Skipped(why)),
-            None => match insert_action(&tx, new)? {
-                Ok(()) => (Some(new.id.to_string()), AutomationOutcome::Proposed),
-                Err(refusal) => (None, AutomationOutcome::Skipped(refusal.to_string())),
-            },
-        };
-        let text = match &outcome {
-            AutomationOutcome::Proposed => "proposed".to_string(),
-            AutomationOutcome::Skipped(why) => format!("skipped: {why}"),
-        };
-        tx.execute(
-            "INSERT INTO automation_proposals (rule, alert_id, action_id, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![rule, subject, action_id, text, super::i64_of(new.now_ms)],
-        )?;
-        tx.commit()?;
-        Ok(outcome)
-    }
 }
 
 #[cfg(test)]
@@ -447,83 +360,6 @@ mod tests {
         };
         store.enroll(&[1; 32], &new, T0).unwrap().unwrap();
         id
-    }
-
-    fn new_action(device: ward_protocol::DeviceId, action: ward_protocol::Action, by: &str) -> NewAction {
-        NewAction {
-            id: ward_protocol::CommandId::generate(T0, &ring::rand::SystemRandom::new()).unwrap(),
-            device_id: device,
-            action,
-            reason: "r".into(),
-            requested_by: by.into(),
-            now_ms: T0,
-            undo_of: None,
-            expires_at_ms: T0 + 1_000_000,
-            incident_id: None,
-        }
-    }
-
-    #[test]
-    fn one_proposal_per_rule_and_alert_and_no_second_isolate() {
-        use ward_protocol::Action;
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("ward.db")).unwrap();
-        let dev = enrolled(&mut store);
-        let isolate = || Action::Isolate { allow: vec![] };
-        let p = |store: &mut Store, rule: &str, alert: &str, action: Action| {
-            let new = new_action(dev, action, &format!("automation:{rule}"));
-            store.automation_propose(rule, alert, &new).unwrap()
-        };
-        assert_eq!(
-            p(&mut store, "pkg", "a1", Action::CollectPackage),
-            AutomationOutcome::Proposed
-        );
-        // The same rule and alert again (a crash before the watermark moved): skipped.
-        let again = p(&mut store, "pkg", "a1", Action::CollectPackage);
-        assert!(
-            matches!(again, AutomationOutcome::Skipped(ref w) if w.contains("already handled")),
-            "{again:?}"
-        );
-        // The same rule, another alert, the same action still waiting: skipped.
-        let same = p(&mut store, "pkg", "a2", Action::CollectPackage);
-        assert!(
-            matches!(same, AutomationOutcome::Skipped(ref w) if w.contains("same action")),
-            "{same:?}"
-        );
-        // An isolate a person proposed is pending: no isolate from a rule.
-        store
-            .create_action(&new_action(dev, isolate(), "ann"))
-            .unwrap()
-            .unwrap();
-        let iso = p(&mut store, "iso", "a3", isolate());
-        assert!(
-            matches!(iso, AutomationOutcome::Skipped(ref w) if w.contains("isolated")),
-            "{iso:?}"
-        );
-        // Once nothing is pending and the device does not report isolation, it may.
-        store
-            .conn
-            .execute("UPDATE actions SET status = 'rejected' WHERE kind = 'isolate'", [])
-            .unwrap();
-        assert_eq!(p(&mut store, "iso", "a4", isolate()), AutomationOutcome::Proposed);
-        store
-            .conn
-            .execute("UPDATE actions SET status = 'rejected' WHERE kind = 'isolate'", [])
-            .unwrap();
-        store
-            .conn
-            .execute("UPDATE devices SET isolation = 'isolated'", [])
-            .unwrap();
-        let reported = p(&mut store, "iso", "a5", isolate());
-        assert!(
-            matches!(reported, AutomationOutcome::Skipped(ref w) if w.contains("reports")),
-            "{reported:?}"
-        );
-        let recorded: i64 = store
-            .conn
-            .query_row("SELECT COUNT(*) FROM automation_proposals", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(recorded, 5, "one row each for a1..a5; the repeat of a1 adds none");
     }
 
     #[test]

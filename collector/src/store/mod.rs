@@ -20,7 +20,7 @@ pub(crate) mod test_support;
 
 pub use actions::{ActionFilter, ActionRecord, ActionTx, ActionView, NewAction, TargetRefusal};
 pub use audit::{AuditChainReport, AuditEntry};
-pub use automation::{AutomationAlert, AutomationIncident, AutomationOutcome, EvidenceAlert};
+pub use automation::{AutomationAlert, AutomationIncident, EvidenceAlert};
 pub use feeds::{FeedTx, LocatedSignIn};
 pub use fold::Fold;
 pub use gaps::DropReportView;
