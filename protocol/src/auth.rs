@@ -5,35 +5,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::command::{ActionKind, Command};
+use crate::command::{ActionKind, Command, Refusal};
 use crate::error::SignatureError;
 use crate::ids::DeviceId;
 use crate::sign::{PublicKey, SignatureKind, Signed};
-
-/// Why a command was refused. Reported back to the collector, signed.
-#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
-pub enum Refusal {
-    #[error("signed by a key this device has not pinned")]
-    UnknownKey,
-    #[error("signature does not verify")]
-    BadSignature,
-    #[error("payload does not decode")]
-    Malformed,
-    #[error("command is for device {0}, not this one")]
-    WrongDevice(String),
-    #[error("command expired at {expires_at_ms} (now {now_ms})")]
-    Expired { expires_at_ms: u64, now_ms: u64 },
-    #[error("command issued at {issued_at_ms} is in the future (now {now_ms})")]
-    NotYetValid { issued_at_ms: u64, now_ms: u64 },
-    #[error("sequence {seq} already reached (last accepted {last_seq})")]
-    Replayed { seq: u64, last_seq: u64 },
-    #[error("{kind:?} needs {needed} approvals, command has {got}")]
-    InsufficientApprovals { kind: ActionKind, needed: u8, got: u8 },
-    #[error("{0:?} is disabled on this device")]
-    ActionDisabled(ActionKind),
-}
 
 /// The agent's own policy, enforced whatever the collector says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

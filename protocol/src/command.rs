@@ -2,8 +2,8 @@
 //! The set of actions is a closed enum: there is no "run this script" command.
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-use crate::auth::Refusal;
 use crate::ids::{CommandId, DeviceId};
 
 /// What the agent is asked to do.
@@ -162,6 +162,29 @@ pub fn unread_command_id(signed: &crate::sign::Signed) -> CommandId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&d.as_ref()[..16]);
     CommandId(crate::ids::Id128::from_u128(u128::from_be_bytes(id)))
+}
+
+/// Why a command was refused. Reported back to the collector, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum Refusal {
+    #[error("signed by a key this device has not pinned")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("payload does not decode")]
+    Malformed,
+    #[error("command is for device {0}, not this one")]
+    WrongDevice(String),
+    #[error("command expired at {expires_at_ms} (now {now_ms})")]
+    Expired { expires_at_ms: u64, now_ms: u64 },
+    #[error("command issued at {issued_at_ms} is in the future (now {now_ms})")]
+    NotYetValid { issued_at_ms: u64, now_ms: u64 },
+    #[error("sequence {seq} already reached (last accepted {last_seq})")]
+    Replayed { seq: u64, last_seq: u64 },
+    #[error("{kind:?} needs {needed} approvals, command has {got}")]
+    InsufficientApprovals { kind: ActionKind, needed: u8, got: u8 },
+    #[error("{0:?} is disabled on this device")]
+    ActionDisabled(ActionKind),
 }
 
 #[cfg(test)]

@@ -21,9 +21,9 @@ pub mod sign;
 pub mod version;
 
 pub use alert::{Alert, Entity, MAX_ANCESTORS, MatchedField, ProcessNode, RuleRef, Severity};
-pub use auth::{CommandPolicy, Refusal, authorize};
+pub use auth::{CommandPolicy, authorize};
 pub use codec::{FrameDecoder, FrameHeader, decode_frame, encode_frame};
-pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult, unread_command_id};
+pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult, Refusal, unread_command_id};
 pub use enroll::{EnrollEnvelope, EnrollRequest, EnrollResponse, JoinToken, TokenError};
 pub use error::{DecodeError, FrameError, SignatureError};
 pub use fold::fold_key;

@@ -8,17 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::stream::{self, Top};
-
-/// Where a record is in its file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    /// Line of the file where the record starts, from 1 (always known; Option as in
-    /// `Skipped`, whose API field it fills).
-    pub line: Option<u64>,
-    /// Position among the file's records, from 1.
-    pub record: u64,
-}
+use super::stream::{self, Position, Sink, Top, oversize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
@@ -40,9 +30,6 @@ impl Container {
         }
     }
 }
-
-/// One record of the file in order: its JSON value, or why it could not be read.
-pub type Sink<'a> = dyn FnMut(Position, Result<Value, String>) + 'a;
 
 /// Splits a file into records, handing each to `sink` in file order (so a file
 /// of millions of bad lines costs a counter, not a list). Err only when the file
@@ -161,9 +148,6 @@ fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
 }
 
 /// Why a record over `feeds.max_record_bytes` is skipped, whatever its container.
-pub(super) fn oversize(size: usize, max_record_bytes: usize) -> String {
-    format!("record of {size} bytes is over the {max_record_bytes}-byte limit")
-}
 
 fn csv_rows(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Result<(), String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);

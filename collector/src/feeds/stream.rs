@@ -16,7 +16,23 @@ use std::fmt;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::detect::{Position, Sink, oversize};
+/// Where a record is in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Line of the file where the record starts, from 1 (always known; Option as in
+    /// `Skipped`, whose API field it fills).
+    pub line: Option<u64>,
+    /// Position among the file's records, from 1.
+    pub record: u64,
+}
+
+/// One record of the file in order: its JSON value, or why it could not be read.
+pub type Sink<'a> = dyn FnMut(Position, Result<Value, String>) + 'a;
+
+/// Why a record over the limit was skipped.
+pub(super) fn oversize(size: usize, max_record_bytes: usize) -> String {
+    format!("record of {size} bytes is over the {max_record_bytes}-byte limit")
+}
 
 /// What the top-level value turned out to be.
 #[derive(Debug)]
