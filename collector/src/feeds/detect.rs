@@ -147,8 +147,6 @@ fn ndjson(text: &str, max_record_bytes: usize, sink: &mut Sink<'_>) {
     }
 }
 
-/// Why a record over `feeds.max_record_bytes` is skipped, whatever its container.
-
 fn csv_rows(bytes: &[u8], max_record_bytes: usize, sink: &mut Sink<'_>) -> Result<(), String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let headers: Vec<String> = reader

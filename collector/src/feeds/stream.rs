@@ -29,7 +29,7 @@ pub struct Position {
 /// One record of the file in order: its JSON value, or why it could not be read.
 pub type Sink<'a> = dyn FnMut(Position, Result<Value, String>) + 'a;
 
-/// Why a record over the limit was skipped.
+/// Why a record over `feeds.max_record_bytes` is skipped, whatever its container.
 pub(super) fn oversize(size: usize, max_record_bytes: usize) -> String {
     format!("record of {size} bytes is over the {max_record_bytes}-byte limit")
 }
