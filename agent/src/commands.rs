@@ -17,7 +17,6 @@ use ward_protocol::{
     SigningKey, authorize,
 };
 
-use crate::detect::{AggregatedDetection, Detection};
 use crate::identity::{Identity, write_atomic};
 use crate::keys::PinnedKeys;
 use crate::pipeline::{AlertBuilder, Shared};
@@ -26,6 +25,7 @@ use crate::respond::package::{PackageLimits, RecentChange};
 use crate::respond::policy::PathPolicy;
 use crate::respond::{file, package, process};
 use crate::sensor::now_ms;
+use ward_detect::{AggregatedDetection, Detection};
 
 const COMMANDS_FILE: &str = "commands.json";
 /// An investigation package must fit in one result frame with room to spare.

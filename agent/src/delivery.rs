@@ -21,8 +21,8 @@ use crate::identity::Identity;
 use crate::keys::PinnedKeys;
 use crate::link::{LinkError, Session};
 use crate::pipeline::{Rules, Shared};
+use crate::rulepack;
 use crate::sensor::{inventory, now_ms};
-use crate::{detect, rulepack};
 
 pub struct Delivery {
     pub identity: Identity,
@@ -460,7 +460,7 @@ impl Delivery {
         let (local, local_errors) = rulepack::local_rules(&self.config.detection.rules_dir);
         let files = rulepack::compose(local, &pack.rules);
         let version = pack.version;
-        let compiled = tokio::task::spawn_blocking(move || detect::Detector::load(&files)).await;
+        let compiled = tokio::task::spawn_blocking(move || ward_detect::Detector::load(&files)).await;
         let Ok((detector, errors)) = compiled else {
             warn!(version, "rule pack failed to compile; keeping the running rules");
             return;

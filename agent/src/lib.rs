@@ -4,8 +4,6 @@
 pub mod commands;
 pub mod config;
 pub mod delivery;
-pub mod detect;
-pub mod event;
 pub mod identity;
 pub mod keys;
 pub mod lifecycle;

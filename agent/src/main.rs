@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use ward_agent::config::Config;
 use ward_agent::identity::{self, Identity};
 use ward_agent::status::Status;
-use ward_agent::{detect, link, run, sensor};
+use ward_agent::{link, run, sensor};
 
 #[derive(Parser)]
 #[command(name = "ward-agent", version, about = "Ward endpoint agent")]
@@ -135,7 +135,7 @@ fn main() -> Result<()> {
         Command::Rules {
             command: RulesCommand::Test { rules_dir, events },
         } => {
-            let report = detect::rulestest::run(&rules_dir, &events)?;
+            let report = ward_detect::rulestest::run(&rules_dir, &events)?;
             print!("{report}");
             Ok(())
         }

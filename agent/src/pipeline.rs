@@ -9,11 +9,11 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, warn};
 use ward_protocol::{Alert, AlertId, DeviceId, Entity, SignatureKind, SigningKey};
 
-use crate::detect::{AggregatedDetection, Aggregator, AggregatorConfig, Correlator, Detector};
-use crate::event::Event;
 use crate::outbox::Outbox;
 use crate::sensor::now_ms;
 use crate::status::Status;
+use ward_detect::event::Event;
+use ward_detect::{AggregatedDetection, Aggregator, AggregatorConfig, Correlator, Detector};
 
 /// A compiled rule set and the pack version it came from.
 pub struct Rules {
@@ -172,7 +172,7 @@ impl Pending {
     ) {
         self.through_ms = self.through_ms.max(ev.observed_at_ms);
         remember_change(shared, ev);
-        if let crate::event::EventData::File(f) = &ev.data
+        if let ward_detect::event::EventData::File(f) = &ev.data
             && let Some(changed) = f.changed_ms
             && self.files.len() < PENDING_MAX_FILES
         {

@@ -12,7 +12,6 @@ use tracing::{info, warn};
 use crate::commands::Executor;
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::detect::Detector;
 use crate::identity::{Identity, IdentityError};
 use crate::keys::PinnedKeys;
 use crate::lifecycle::{self, PreviousRun};
@@ -22,6 +21,7 @@ use crate::respond::isolate;
 use crate::rulepack;
 use crate::sensor::{inventory, now_ms, run_sensors};
 use crate::status::Status;
+use ward_detect::Detector;
 
 pub const OUTBOX_FILE: &str = "outbox.db";
 
@@ -104,7 +104,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     // The builder owns its own handle on the signing key (ring keys are not Clone).
     let key = Identity::load(&state_dir)?.signing_key;
     let builder = AlertBuilder::new(identity.enrollment.device_id, hostname, key);
-    let (events_tx, events_rx) = mpsc::channel::<crate::event::Event>(4096);
+    let (events_tx, events_rx) = mpsc::channel::<ward_detect::event::Event>(4096);
     let (rules_tx, rules_rx) = mpsc::channel::<Rules>(1);
     let pack_version = rules.version;
 

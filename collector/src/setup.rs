@@ -192,17 +192,17 @@ pub fn revoke_device(data_dir: &Path, id: &str) -> Result<(), SetupError> {
 /// that does not load refuses the whole push, with every reason listed.
 pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupError> {
     let (files, mut errors) =
-        ward_agent::detect::load_dir(dir).map_err(|e| SetupError::Invalid(format!("{}: {e}", dir.display())))?;
+        ward_detect::load_dir(dir).map_err(|e| SetupError::Invalid(format!("{}: {e}", dir.display())))?;
     if files.is_empty() && errors.is_empty() {
         return Err(SetupError::Invalid(format!(
             "{} holds no .yml or .yaml rules",
             dir.display()
         )));
     }
-    let mut all = ward_agent::detect::builtin_rule_files();
+    let mut all = ward_detect::builtin_rule_files();
     all.extend(files.iter().cloned());
     // Duplicates of built-in ids and compile failures count as much as parse errors.
-    errors.extend(ward_agent::detect::Detector::validate(&all));
+    errors.extend(ward_detect::Detector::validate(&all));
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         return Err(SetupError::Invalid(format!(

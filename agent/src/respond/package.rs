@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventData, FileOp};
 use crate::sensor::inventory::parse_utmp;
 use crate::sensor::process::{parse_passwd, read_cmdline, read_exe, read_stat};
+use ward_detect::event::{Event, EventData, FileOp};
 
 /// Identifies the document layout.
 pub const FORMAT: &str = "ward-investigation-package/1";

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError, now_ms};
-use crate::event::{AuditEvent, EventData};
+use ward_detect::event::{AuditEvent, EventData};
 
 /// Why a line is not an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

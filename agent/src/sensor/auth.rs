@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::journal::{self, JournalEntry, JournalError};
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
-use crate::event::{AuthEvent, EventData};
+use ward_detect::event::{AuthEvent, EventData};
 
 /// journalctl matches for the fallback: what rsyslog writes to auth.log (facilities auth
 /// and authpriv), or (`+`) any entry of an auth program, for those that log without one.

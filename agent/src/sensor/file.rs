@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 
 use super::hash::HashCache;
 use super::{SensorConfig, SensorCtx, SensorError};
-use crate::event::{EventData, FileEvent, FileOp};
+use ward_detect::event::{EventData, FileEvent, FileOp};
 
 /// Expands `*` path components (one directory level each) of an absolute pattern.
 /// Paths that do not exist are left out.

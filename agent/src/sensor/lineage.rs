@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use ward_protocol::{MAX_ANCESTORS, ProcessNode};
 
 use super::process::{ProcError, UserNames, read_cmdline, read_exe, read_stat, read_uids};
-use crate::event::Lineage;
+use ward_detect::event::Lineage;
 
 /// Nodes remembered by default (a few hundred bytes each).
 pub const DEFAULT_CACHE_ENTRIES: usize = 1024;

@@ -2,7 +2,7 @@
 //!
 //! Sensors observe and report, nothing else: they must not evaluate rules, block the agent
 //! when one of them fails, or stay silent about what they could not see (that is a
-//! [`SensorGap`](crate::event::SensorGap) event).
+//! [`SensorGap`](ward_detect::event::SensorGap) event).
 //!
 //! # Tasks and the events channel
 //!
@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
-use crate::event::{Event, EventData, SensorGap};
+use ward_detect::event::{Event, EventData, SensorGap};
 
 /// Sensor settings. Every field has a default (shown in its doc); unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

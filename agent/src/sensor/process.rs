@@ -23,7 +23,7 @@ use ward_protocol::ProcessNode;
 use super::hash::HashCache;
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
-use crate::event::{EventData, ProcessEvent};
+use ward_detect::event::{EventData, ProcessEvent};
 
 /// Longest cmdline kept, bytes.
 const MAX_CMDLINE_BYTES: usize = 32 * 1024;
