@@ -318,7 +318,7 @@ pub fn rotate_command_key(data_dir: &Path, overlap_ms: u64) -> Result<Rotation, 
 /// A one-time token that lifts isolation on one device at its console, valid for
 /// `ttl_ms` (at most 7 days), signed with the command key.
 pub fn break_glass_token(data_dir: &Path, id: &str, ttl_ms: u64) -> Result<String, SetupError> {
-    use ward_agent::respond::isolate::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassToken};
+    use ward_protocol::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassToken};
     let device: ward_protocol::DeviceId = id
         .parse()
         .map_err(|_| SetupError::Invalid(format!("{id:?} is not a device id")))?;

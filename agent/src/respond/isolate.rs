@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use ward_protocol::{CommandId, DeviceId, PublicKey, SignatureError, SignatureKind, Signed, SigningKey};
+use ward_protocol::{BreakGlassToken, CommandId, DeviceId, PublicKey};
 
 use crate::identity::{IdentityError, write_atomic};
 
@@ -71,8 +71,6 @@ pub const PRIORITY: i32 = -10;
 pub const STATE_FILE: &str = "isolation.json";
 /// Used break-glass nonces, so a token works once.
 pub const BREAK_GLASS_USED_FILE: &str = "break_glass_used.json";
-/// The longest validity an agent accepts for a break-glass token (MDE uses 3 days).
-pub const BREAK_GLASS_MAX_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Deletes our table if present, in one transaction (creating an empty table is a
 /// no-op when it exists, so the delete never fails on absence). nft 1.0.6 has no
@@ -894,122 +892,12 @@ pub fn release(state_dir: &Path, nft: &Nft) -> Result<(), IsolateError> {
 // Break-glass
 // ---------------------------------------------------------------------------
 
-/// Leads every break-glass payload. Bytes 32.. are 0xFF: at that offset a
-/// `Command` encoding holds its `seq` varint, which can never be ten 0xFF bytes,
-/// so no valid `Command` decodes as a token and no token decodes as a `Command`,
-/// although both are signed with [`SignatureKind::Command`] by the command key.
-pub const BREAK_GLASS_MAGIC: [u8; 48] = {
-    let mut m = [0xFFu8; 48];
-    let tag = b"ward-break-glass-release-v1";
-    let mut i = 0;
-    while i < 32 {
-        m[i] = if i < tag.len() { tag[i] } else { 0 };
-        i += 1;
-    }
-    m
-};
-
-/// An offline release for one device, once, before it expires. Signed by the
-/// collector's command key with [`SignatureKind::Command`] (the protocol has no
-/// kind of its own for it; [`BREAK_GLASS_MAGIC`] keeps it apart from commands).
-/// The token text is base64url (no padding) of the postcard-encoded [`Signed`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BreakGlassToken {
-    #[serde(with = "magic_bytes")]
-    pub magic: [u8; 48],
-    pub device_id: DeviceId,
-    pub expires_at_ms: u64,
-    pub nonce: [u8; 16],
-}
-
-mod magic_bytes {
-    //! serde has no impls for arrays longer than 32: a fixed-size tuple of bytes.
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::ser::SerializeTuple;
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8; 48], s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(48)?;
-        for b in v {
-            t.serialize_element(b)?;
-        }
-        t.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 48], D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = [u8; 48];
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("48 bytes")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 48], A::Error> {
-                let mut out = [0u8; 48];
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self))?;
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_tuple(48, V)
-    }
-}
-
-impl BreakGlassToken {
-    pub fn new(device_id: DeviceId, expires_at_ms: u64, nonce: [u8; 16]) -> BreakGlassToken {
-        BreakGlassToken {
-            magic: BREAK_GLASS_MAGIC,
-            device_id,
-            expires_at_ms,
-            nonce,
-        }
-    }
-
-    /// Signs with the command key and returns the token text (for the collector side).
-    pub fn sign(&self, key: &SigningKey) -> Result<String, BreakGlassError> {
-        let signed = key
-            .sign_value(SignatureKind::Command, self)
-            .map_err(|e| BreakGlassError::Malformed(e.to_string()))?;
-        let bytes = postcard::to_stdvec(&signed).map_err(|e| BreakGlassError::Malformed(e.to_string()))?;
-        Ok(base64url_encode(&bytes))
-    }
-
-    /// Decodes and verifies token text against the pinned command keys.
-    pub fn open(text: &str, command_keys: &[PublicKey]) -> Result<BreakGlassToken, BreakGlassError> {
-        let text = text.trim();
-        if text.len() > 4096 {
-            return Err(BreakGlassError::Malformed("token too long".to_string()));
-        }
-        let bytes = base64url_decode(text).ok_or_else(|| BreakGlassError::Malformed("not base64url".to_string()))?;
-        let (signed, rest): (Signed, &[u8]) =
-            postcard::take_from_bytes(&bytes).map_err(|e| BreakGlassError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(BreakGlassError::Malformed(format!("{} trailing bytes", rest.len())));
-        }
-        let token: BreakGlassToken = signed
-            .open_with(SignatureKind::Command, command_keys)
-            .map_err(BreakGlassError::Signature)?;
-        if token.magic != BREAK_GLASS_MAGIC {
-            return Err(BreakGlassError::NotABreakGlassToken);
-        }
-        Ok(token)
-    }
-}
-
+/// Why an offline break-glass release was refused or failed.
 #[derive(Debug, Error)]
 pub enum BreakGlassError {
-    #[error("break-glass token is malformed: {0}")]
-    Malformed(String),
-    #[error("break-glass token signature refused: {0}")]
-    Signature(SignatureError),
-    #[error("signed payload is not a break-glass token")]
-    NotABreakGlassToken,
-    #[error("break-glass token is for device {token}, this is {this}")]
-    WrongDevice { token: DeviceId, this: DeviceId },
-    #[error("break-glass token expired at {expires_at_ms} (now {now_ms})")]
-    Expired { expires_at_ms: u64, now_ms: u64 },
-    #[error("break-glass token is valid for longer than the agent accepts ({max_ms} ms)")]
-    TooLongLived { max_ms: u64 },
+    /// Not a valid token for this device now (see [`BreakGlassToken::verify`]).
+    #[error(transparent)]
+    Token(#[from] ward_protocol::BreakGlassError),
     #[error("break-glass token was already used")]
     Reused,
     #[error("release failed: {0}")]
@@ -1047,24 +935,7 @@ pub fn break_glass_release_with(
     command_keys: &[PublicKey],
     now_ms: u64,
 ) -> Result<(), BreakGlassError> {
-    let token = BreakGlassToken::open(token_text, command_keys)?;
-    if token.device_id != device_id {
-        return Err(BreakGlassError::WrongDevice {
-            token: token.device_id,
-            this: device_id,
-        });
-    }
-    if token.expires_at_ms <= now_ms {
-        return Err(BreakGlassError::Expired {
-            expires_at_ms: token.expires_at_ms,
-            now_ms,
-        });
-    }
-    if token.expires_at_ms - now_ms > BREAK_GLASS_MAX_VALIDITY_MS {
-        return Err(BreakGlassError::TooLongLived {
-            max_ms: BREAK_GLASS_MAX_VALIDITY_MS,
-        });
-    }
+    let token = BreakGlassToken::verify(token_text, device_id, command_keys, now_ms)?;
     let path = state_dir.join(BREAK_GLASS_USED_FILE);
     let mut used: UsedNonces = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IsolateError::Corrupt {
@@ -1091,53 +962,12 @@ pub fn break_glass_release_with(
     Ok(())
 }
 
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// base64url without padding (RFC 4648 §5).
-pub fn base64url_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(char::from(B64URL[((n >> (18 - 6 * i)) & 0x3f) as usize]));
-        }
-    }
-    out
-}
-
-/// Decodes base64url without padding (trailing `=` tolerated); `None` if invalid.
-pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=').as_bytes();
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    for chunk in text.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            let v = B64URL.iter().position(|x| x == c)? as u32;
-            n |= v << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        let take = chunk.len() - 1;
-        // Non-canonical encodings (stray low bits) are refused.
-        let leftover = (1u32 << (24 - 8 * take as u32)) - 1;
-        if n & leftover != 0 {
-            return None;
-        }
-        out.extend_from_slice(&bytes[1..1 + take]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use ring::rand::SystemRandom;
-    use ward_protocol::{Action, Approval, Command, Id128};
+    use ward_protocol::{BreakGlassError as TokenError, Id128, SignatureError, SigningKey};
 
     fn plan() -> IsolationPlan {
         IsolationPlan {
@@ -1361,20 +1191,6 @@ table inet ward_isolation {
         ));
     }
 
-    #[test]
-    fn base64url_round_trip_and_rejects() {
-        for len in 0..40usize {
-            let data: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37).wrapping_add(250)).collect();
-            let text = base64url_encode(&data);
-            assert!(!text.contains('=') && !text.contains('+') && !text.contains('/'));
-            assert_eq!(base64url_decode(&text).unwrap(), data, "len {len}");
-        }
-        assert_eq!(base64url_encode(b"\xfb\xff"), "-_8");
-        assert!(base64url_decode("A").is_none());
-        assert!(base64url_decode("AB").is_none(), "stray low bits");
-        assert!(base64url_decode("AA*A").is_none());
-    }
-
     fn keys() -> (SigningKey, SigningKey) {
         let rng = SystemRandom::new();
         (
@@ -1415,29 +1231,31 @@ table inet ward_isolation {
         let token = BreakGlassToken::new(device, NOW + 3 * DAY, [9; 16]).sign(&key).unwrap();
         assert!(matches!(
             release(&token, other_device, NOW),
-            Err(BreakGlassError::WrongDevice { .. })
+            Err(BreakGlassError::Token(TokenError::WrongDevice { .. }))
         ));
         assert!(matches!(
             release(&token, device, NOW + 3 * DAY),
-            Err(BreakGlassError::Expired { .. })
+            Err(BreakGlassError::Token(TokenError::Expired { .. }))
         ));
         let foreign = BreakGlassToken::new(device, NOW + DAY, [8; 16])
             .sign(&other_key)
             .unwrap();
         assert!(matches!(
             release(&foreign, device, NOW),
-            Err(BreakGlassError::Signature(SignatureError::UnknownKey))
+            Err(BreakGlassError::Token(TokenError::Signature(
+                SignatureError::UnknownKey
+            )))
         ));
         let long = BreakGlassToken::new(device, NOW + 30 * DAY, [6; 16])
             .sign(&key)
             .unwrap();
         assert!(matches!(
             release(&long, device, NOW),
-            Err(BreakGlassError::TooLongLived { .. })
+            Err(BreakGlassError::Token(TokenError::TooLongLived { .. }))
         ));
         assert!(matches!(
             release("not a token!", device, NOW),
-            Err(BreakGlassError::Malformed(_))
+            Err(BreakGlassError::Token(TokenError::Malformed(_)))
         ));
         let mut tampered = token.clone().into_bytes();
         let mid = tampered.len() / 2;
@@ -1449,41 +1267,5 @@ table inet ward_isolation {
         release(&token, device, NOW).unwrap();
         assert!(!IsolationState::load(dir.path()).unwrap().unwrap().isolated);
         assert!(matches!(release(&token, device, NOW + 1), Err(BreakGlassError::Reused)));
-    }
-
-    #[test]
-    fn break_glass_and_commands_never_decode_as_each_other() {
-        let (key, _) = keys();
-        let pins = [key.public_key()];
-        let command = Command {
-            id: CommandId(Id128([0xFF; 16])),
-            device_id: DeviceId(Id128([0xFF; 16])),
-            seq: u64::MAX,
-            issued_at_ms: u64::MAX,
-            expires_at_ms: u64::MAX,
-            action: Action::Release,
-            approval: Approval {
-                requested_by: String::new(),
-                approved_by: vec![],
-                reason: String::new(),
-            },
-        };
-        let signed_cmd = key.sign_value(SignatureKind::Command, &command).unwrap();
-        let text = base64url_encode(&postcard::to_stdvec(&signed_cmd).unwrap());
-        assert!(matches!(
-            BreakGlassToken::open(&text, &pins),
-            Err(BreakGlassError::Signature(SignatureError::Decode(_)))
-        ));
-
-        let token = BreakGlassToken::new(DeviceId(Id128([1; 16])), NOW, [3; 16]);
-        let signed_token = key.sign_value(SignatureKind::Command, &token).unwrap();
-        assert!(
-            signed_token
-                .open_with::<Command>(SignatureKind::Command, &pins)
-                .is_err()
-        );
-        // The magic as documented.
-        assert_eq!(&BREAK_GLASS_MAGIC[..27], b"ward-break-glass-release-v1");
-        assert!(BREAK_GLASS_MAGIC[32..].iter().all(|b| *b == 0xFF));
     }
 }
