@@ -20,9 +20,10 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::keys::PinnedKeys;
 use crate::link::{LinkError, Session};
-use crate::pipeline::{Rules, Shared};
+use crate::pipeline::Rules;
 use crate::rulepack;
 use crate::sensor::{inventory, now_ms};
+use crate::shared::Shared;
 
 pub struct Delivery {
     pub identity: Identity,
@@ -69,7 +70,7 @@ impl Delivery {
         let mut backoff = min;
         loop {
             let opened = tokio::select! {
-                s = Session::open(&self.identity, self.rule_pack_version, crate::commands::last_seq(&self.state_dir).unwrap_or(0)) => s,
+                s = Session::open(&self.identity, self.rule_pack_version, crate::respond::executor::last_seq(&self.state_dir).unwrap_or(0)) => s,
                 _ = shutdown.changed() => return,
             };
             let reason = match opened {
@@ -238,7 +239,7 @@ impl Delivery {
                     }
                     Some(Ok(CollectorMessage::CommandSequence { last_assigned })) => {
                         // Before any command of this session: written before the next is passed on.
-                        match crate::commands::learn_collector_seq(&self.state_dir, last_assigned) {
+                        match crate::respond::executor::learn_collector_seq(&self.state_dir, last_assigned) {
                             Ok(true) => warn!(last_assigned, "no record of the last command accepted: took the collector's sequence; commands up to it are refused as replays"),
                             Ok(false) => {}
                             Err(e) => warn!(error = %e, "cannot record the collector's command sequence; commands stay refused"),

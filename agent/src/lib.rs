@@ -1,7 +1,7 @@
 //! The Ward endpoint agent: sensors feed detection, detection raises alerts, alerts
 //! are signed and kept in a durable outbox until the collector acknowledges them.
 
-pub mod commands;
+pub mod alert;
 pub mod config;
 pub mod delivery;
 pub mod identity;
@@ -14,4 +14,5 @@ pub mod respond;
 pub mod rulepack;
 pub mod run;
 pub mod sensor;
+pub mod shared;
 pub mod status;

@@ -9,17 +9,19 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::commands::Executor;
+use crate::alert::AlertBuilder;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::identity::{Identity, IdentityError};
 use crate::keys::PinnedKeys;
 use crate::lifecycle::{self, PreviousRun};
 use crate::outbox::Outbox;
-use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
+use crate::pipeline::{Rules, run_detection};
+use crate::respond::executor::Executor;
 use crate::respond::isolate;
 use crate::rulepack;
 use crate::sensor::{inventory, now_ms, run_sensors};
+use crate::shared::Shared;
 use crate::status::Status;
 use ward_detect::Detector;
 
@@ -133,7 +135,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     );
     let mut executor = executor;
     executor.isolation = isolation_control(&state_dir, &shared, &identity)?;
-    let commands = tokio::spawn(crate::commands::run(executor, commands_rx, results_tx));
+    let commands = tokio::spawn(crate::respond::executor::run(executor, commands_rx, results_tx));
     let delivery = Delivery {
         identity,
         keys,
@@ -175,7 +177,7 @@ fn isolation_control(
     state_dir: &Path,
     shared: &Arc<Shared>,
     identity: &Identity,
-) -> Result<Option<crate::commands::IsolationControl>, RunError> {
+) -> Result<Option<crate::respond::isolation_control::IsolationControl>, RunError> {
     let nft = isolate::Nft::new();
     if let Err(e) = nft.version() {
         warn!(error = %e, "nft not usable: network isolation unavailable on this device");
@@ -199,7 +201,7 @@ fn isolation_control(
         };
     }
     let alerts_key = Identity::load(state_dir)?.signing_key;
-    Ok(Some(crate::commands::IsolationControl {
+    Ok(Some(crate::respond::isolation_control::IsolationControl {
         identity: Identity::load(state_dir)?,
         nft,
         guard,

@@ -11,12 +11,13 @@
 //! (a symlink is reported with its target instead, so `~/.ssh/authorized_keys -> /etc/shadow`
 //! leaks nothing), block on a FIFO or read more than the limits allow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -103,6 +104,12 @@ impl RecentChange {
         })
     }
 }
+
+/// Recent file changes kept for investigation packages.
+pub const RECENT_CHANGES: usize = 2000;
+
+/// File changes seen lately, for investigation packages (bounded, oldest dropped).
+pub type RecentChanges = Arc<Mutex<VecDeque<RecentChange>>>;
 
 /// An item that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
