@@ -7,8 +7,8 @@ use tracing::{error, warn};
 use ward_detect::AggregatedDetection;
 use ward_protocol::{Alert, AlertId, DeviceId, Entity, SignatureKind, SigningKey};
 
+use crate::clock::now_ms;
 use crate::outbox::Outbox;
-use crate::sensor::now_ms;
 
 /// Turns detections into signed alerts in the outbox.
 pub struct AlertBuilder {

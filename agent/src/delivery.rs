@@ -16,13 +16,14 @@ use ward_protocol::{
     AgentHealth, AgentMessage, CollectorMessage, DropNotice, EpochAlertBatch, Inventory, IsolationState,
 };
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::keys::PinnedKeys;
 use crate::link::{LinkError, Session};
 use crate::pipeline::Rules;
 use crate::rulepack;
-use crate::sensor::{inventory, now_ms};
+use crate::sensor::inventory;
 use crate::shared::Shared;
 
 pub struct Delivery {
@@ -429,7 +430,7 @@ impl Delivery {
     /// and rule packs that follow it are checked with the new key. The collector
     /// sends every rollover at each connect: one already applied is skipped quietly.
     fn key_rollover(&mut self, signed: &ward_protocol::Signed) {
-        match self.keys.apply(signed, crate::sensor::now_ms()) {
+        match self.keys.apply(signed, crate::clock::now_ms()) {
             Ok(r) => {
                 info!(serial = r.serial, new_key = %hex::encode(r.new_key.0), retire_at_ms = r.retire_at_ms, "command key rollover applied")
             }
@@ -444,7 +445,7 @@ impl Delivery {
 
     /// Verifies, compiles and swaps in a pushed rule pack; keeps the old one on any failure.
     async fn rule_pack(&mut self, signed: &ward_protocol::Signed) {
-        let keys = self.keys.active(crate::sensor::now_ms());
+        let keys = self.keys.active(crate::clock::now_ms());
         let pack = match rulepack::verify(signed, &keys, self.rule_pack_version) {
             Ok(p) => p,
             // Offered again (a push to every session and the session's own offer can

@@ -2,6 +2,7 @@
 //! are signed and kept in a durable outbox until the collector acknowledges them.
 
 pub mod alert;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod identity;
@@ -10,6 +11,7 @@ pub mod lifecycle;
 pub mod link;
 pub mod outbox;
 pub mod pipeline;
+pub mod procfs;
 pub mod respond;
 pub mod rulepack;
 pub mod run;

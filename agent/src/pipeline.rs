@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, warn};
 
 use crate::alert::AlertBuilder;
-use crate::sensor::now_ms;
+use crate::clock::now_ms;
 use crate::shared::Shared;
 use ward_detect::event::Event;
 use ward_detect::{AggregatedDetection, Aggregator, AggregatorConfig, Correlator, Detector};

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::alert::AlertBuilder;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::identity::{Identity, IdentityError};
@@ -20,7 +21,7 @@ use crate::pipeline::{Rules, run_detection};
 use crate::respond::executor::Executor;
 use crate::respond::isolate;
 use crate::rulepack;
-use crate::sensor::{inventory, now_ms, run_sensors};
+use crate::sensor::{inventory, run_sensors};
 use crate::shared::Shared;
 use crate::status::Status;
 use ward_detect::Detector;
@@ -58,7 +59,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     let identity = Identity::load(&state_dir)?;
     // Before any start time is read: the same process keeps the same start time across
     // agent restarts (kill commands and correlation compare it exactly).
-    crate::sensor::process::pin_boot_time(&state_dir);
+    crate::clock::pin_boot_time(&state_dir);
     let mut outbox = Outbox::open(&state_dir.join(OUTBOX_FILE), config.outbox.max_bytes)?;
     let (judged_through, _) = outbox.judged_since(u64::MAX)?;
     let previous = PreviousRun::read(&state_dir, judged_through);

@@ -20,9 +20,9 @@ use super::isolation_control::IsolationControl;
 use super::package::{PackageLimits, RecentChange, RecentChanges};
 use super::policy::PathPolicy;
 use super::{file, package, process};
+use crate::clock::now_ms;
 use crate::identity::write_atomic;
 use crate::keys::PinnedKeys;
-use crate::sensor::now_ms;
 
 const COMMANDS_FILE: &str = "commands.json";
 /// An investigation package must fit in one result frame with room to spare.

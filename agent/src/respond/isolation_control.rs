@@ -12,8 +12,8 @@ use ward_protocol::{Action, Command, CommandId, CommandOutcome};
 
 use super::isolate::{self, AllowEntry, Guard, IsolationPlan, Nft, Reassert, SelfTest};
 use crate::alert::AlertBuilder;
+use crate::clock::now_ms;
 use crate::identity::Identity;
-use crate::sensor::now_ms;
 use crate::shared::Shared;
 
 /// What isolation needs besides the command.

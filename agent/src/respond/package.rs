@@ -24,8 +24,8 @@ use base64::alphabet;
 use base64::engine::general_purpose::{self, GeneralPurpose};
 use serde::{Deserialize, Serialize};
 
-use crate::sensor::inventory::parse_utmp;
-use crate::sensor::process::{parse_passwd, read_cmdline, read_exe, read_stat};
+use crate::procfs::parse_utmp;
+use crate::procfs::{parse_passwd, read_cmdline, read_exe, read_stat};
 use ward_detect::event::{Event, EventData, FileOp};
 
 /// Identifies the document layout.
@@ -302,7 +302,7 @@ pub fn build(
     }
     Ok(Package {
         format: FORMAT,
-        collected_at_ms: crate::sensor::now_ms(),
+        collected_at_ms: crate::clock::now_ms(),
         limits: limits.clone(),
         watched_paths: watched_paths.iter().map(|p| p.display().to_string()).collect(),
         processes: reader.processes(),

@@ -33,12 +33,13 @@ pub mod tail;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::now_ms;
 use ward_detect::event::{Event, EventData, SensorGap};
 
 /// Sensor settings. Every field has a default (shown in its doc); unknown fields are refused.
@@ -172,14 +173,6 @@ impl SensorError {
             source,
         }
     }
-}
-
-/// Unix time now, milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// What a sensor thread uses to report: the events channel, its name and the stop flag.
