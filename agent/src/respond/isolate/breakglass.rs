@@ -97,14 +97,6 @@ mod tests {
     use ring::rand::SystemRandom;
     use ward_protocol::{BreakGlassError as TokenError, Id128, SignatureError, SigningKey};
 
-    fn keys() -> (SigningKey, SigningKey) {
-        let rng = SystemRandom::new();
-        (
-            SigningKey::generate(&rng).unwrap().0,
-            SigningKey::generate(&rng).unwrap().0,
-        )
-    }
-
     const NOW: u64 = 1_800_000_000_000;
     const DAY: u64 = 24 * 3600 * 1000;
 
@@ -115,13 +107,17 @@ mod tests {
         Nft::with_program("sort")
     }
 
+    /// The token's own checks (device, expiry, validity cap, format) are the
+    /// protocol's and tested there; here: a refused token changes nothing, a valid
+    /// one releases once.
     #[test]
-    fn break_glass_works_once_for_its_device_before_expiry() {
-        let (key, other_key) = keys();
+    fn break_glass_works_once_and_refusals_leave_the_device_isolated() {
+        let rng = SystemRandom::new();
+        let key = SigningKey::generate(&rng).unwrap().0;
+        let other_key = SigningKey::generate(&rng).unwrap().0;
         let dir = tempfile::tempdir().unwrap();
         let nft = fake_nft();
         let device = DeviceId(Id128([1; 16]));
-        let other_device = DeviceId(Id128([2; 16]));
         let pins = [key.public_key()];
         IsolationState {
             isolated: true,
@@ -136,12 +132,8 @@ mod tests {
 
         let token = BreakGlassToken::new(device, NOW + 3 * DAY, [9; 16]).sign(&key).unwrap();
         assert!(matches!(
-            release(&token, other_device, NOW),
+            release(&token, DeviceId(Id128([2; 16])), NOW),
             Err(BreakGlassError::Token(TokenError::WrongDevice { .. }))
-        ));
-        assert!(matches!(
-            release(&token, device, NOW + 3 * DAY),
-            Err(BreakGlassError::Token(TokenError::Expired { .. }))
         ));
         let foreign = BreakGlassToken::new(device, NOW + DAY, [8; 16])
             .sign(&other_key)
@@ -152,21 +144,14 @@ mod tests {
                 SignatureError::UnknownKey
             )))
         ));
-        let long = BreakGlassToken::new(device, NOW + 30 * DAY, [6; 16])
-            .sign(&key)
-            .unwrap();
-        assert!(matches!(
-            release(&long, device, NOW),
-            Err(BreakGlassError::Token(TokenError::TooLongLived { .. }))
-        ));
-        assert!(matches!(
-            release("not a token!", device, NOW),
-            Err(BreakGlassError::Token(TokenError::Malformed(_)))
-        ));
         let mut tampered = token.clone().into_bytes();
         let mid = tampered.len() / 2;
         tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
         assert!(release(std::str::from_utf8(&tampered).unwrap(), device, NOW).is_err());
+        assert!(
+            !dir.path().join(BREAK_GLASS_USED_FILE).exists(),
+            "no nonce spent on a refusal"
+        );
 
         // Refusals left the device isolated.
         assert!(IsolationState::load(dir.path()).unwrap().unwrap().isolated);
