@@ -16,13 +16,15 @@ use ward_protocol::{
     AgentHealth, AgentMessage, CollectorMessage, DropNotice, EpochAlertBatch, Inventory, IsolationState,
 };
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::keys::PinnedKeys;
 use crate::link::{LinkError, Session};
-use crate::pipeline::{Rules, Shared};
-use crate::sensor::{inventory, now_ms};
-use crate::{detect, rulepack};
+use crate::pipeline::Rules;
+use crate::rulepack;
+use crate::sensor::inventory;
+use crate::shared::Shared;
 
 pub struct Delivery {
     pub identity: Identity,
@@ -69,7 +71,7 @@ impl Delivery {
         let mut backoff = min;
         loop {
             let opened = tokio::select! {
-                s = Session::open(&self.identity, self.rule_pack_version, crate::commands::last_seq(&self.state_dir).unwrap_or(0)) => s,
+                s = Session::open(&self.identity, self.rule_pack_version, crate::respond::executor::last_seq(&self.state_dir).unwrap_or(0)) => s,
                 _ = shutdown.changed() => return,
             };
             let reason = match opened {
@@ -238,7 +240,7 @@ impl Delivery {
                     }
                     Some(Ok(CollectorMessage::CommandSequence { last_assigned })) => {
                         // Before any command of this session: written before the next is passed on.
-                        match crate::commands::learn_collector_seq(&self.state_dir, last_assigned) {
+                        match crate::respond::executor::learn_collector_seq(&self.state_dir, last_assigned) {
                             Ok(true) => warn!(last_assigned, "no record of the last command accepted: took the collector's sequence; commands up to it are refused as replays"),
                             Ok(false) => {}
                             Err(e) => warn!(error = %e, "cannot record the collector's command sequence; commands stay refused"),
@@ -428,7 +430,7 @@ impl Delivery {
     /// and rule packs that follow it are checked with the new key. The collector
     /// sends every rollover at each connect: one already applied is skipped quietly.
     fn key_rollover(&mut self, signed: &ward_protocol::Signed) {
-        match self.keys.apply(signed, crate::sensor::now_ms()) {
+        match self.keys.apply(signed, crate::clock::now_ms()) {
             Ok(r) => {
                 info!(serial = r.serial, new_key = %hex::encode(r.new_key.0), retire_at_ms = r.retire_at_ms, "command key rollover applied")
             }
@@ -443,7 +445,7 @@ impl Delivery {
 
     /// Verifies, compiles and swaps in a pushed rule pack; keeps the old one on any failure.
     async fn rule_pack(&mut self, signed: &ward_protocol::Signed) {
-        let keys = self.keys.active(crate::sensor::now_ms());
+        let keys = self.keys.active(crate::clock::now_ms());
         let pack = match rulepack::verify(signed, &keys, self.rule_pack_version) {
             Ok(p) => p,
             // Offered again (a push to every session and the session's own offer can
@@ -460,7 +462,7 @@ impl Delivery {
         let (local, local_errors) = rulepack::local_rules(&self.config.detection.rules_dir);
         let files = rulepack::compose(local, &pack.rules);
         let version = pack.version;
-        let compiled = tokio::task::spawn_blocking(move || detect::Detector::load(&files)).await;
+        let compiled = tokio::task::spawn_blocking(move || ward_detect::Detector::load(&files)).await;
         let Ok((detector, errors)) = compiled else {
             warn!(version, "rule pack failed to compile; keeping the running rules");
             return;

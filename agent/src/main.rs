@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use ward_agent::config::Config;
 use ward_agent::identity::{self, Identity};
 use ward_agent::status::Status;
-use ward_agent::{detect, link, run, sensor};
+use ward_agent::{link, run, sensor};
 
 #[derive(Parser)]
 #[command(name = "ward-agent", version, about = "Ward endpoint agent")]
@@ -125,8 +125,8 @@ fn main() -> Result<()> {
                 &state_dir,
                 &token,
                 e.device_id,
-                &e.keys.active(sensor::now_ms()),
-                sensor::now_ms(),
+                &e.keys.active(ward_agent::clock::now_ms()),
+                ward_agent::clock::now_ms(),
             )
             .context("break-glass release")?;
             println!("isolation released; the running agent stops enforcing it within seconds");
@@ -135,7 +135,7 @@ fn main() -> Result<()> {
         Command::Rules {
             command: RulesCommand::Test { rules_dir, events },
         } => {
-            let report = detect::rulestest::run(&rules_dir, &events)?;
+            let report = ward_detect::rulestest::run(&rules_dir, &events)?;
             print!("{report}");
             Ok(())
         }
@@ -208,7 +208,7 @@ fn status(state_dir: &Path) -> Result<u8> {
         e.device_id, e.collector_addr
     );
     Ok(match Status::read(state_dir) {
-        Some(s) if s.is_live(sensor::now_ms(), 2_000) => {
+        Some(s) if s.is_live(ward_agent::clock::now_ms(), 2_000) => {
             let link = if s.connected {
                 "connected".to_string()
             } else {

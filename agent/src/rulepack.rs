@@ -51,7 +51,7 @@ pub fn local_rules(dir: &Path) -> (Vec<RuleFile>, Vec<String>) {
     if !dir.exists() {
         return (Vec::new(), Vec::new());
     }
-    match crate::detect::load_dir(dir) {
+    match ward_detect::load_dir(dir) {
         Ok((files, errors)) => (files, errors.iter().map(ToString::to_string).collect()),
         Err(e) => (Vec::new(), vec![e.to_string()]),
     }
@@ -60,7 +60,7 @@ pub fn local_rules(dir: &Path) -> (Vec<RuleFile>, Vec<String>) {
 /// The rule files the agent runs: the built-in pack, the local rules dir, then
 /// the pushed pack's rules.
 pub fn compose(local: Vec<RuleFile>, pushed: &[RuleFile]) -> Vec<RuleFile> {
-    let mut files = crate::detect::builtin_rule_files();
+    let mut files = ward_detect::builtin_rule_files();
     files.extend(local);
     files.extend(pushed.iter().cloned());
     files

@@ -9,19 +9,22 @@ use thiserror::Error;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::commands::Executor;
+use crate::alert::AlertBuilder;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::detect::Detector;
 use crate::identity::{Identity, IdentityError};
 use crate::keys::PinnedKeys;
 use crate::lifecycle::{self, PreviousRun};
 use crate::outbox::Outbox;
-use crate::pipeline::{AlertBuilder, Rules, Shared, run_detection};
+use crate::pipeline::{Rules, run_detection};
+use crate::respond::executor::Executor;
 use crate::respond::isolate;
 use crate::rulepack;
-use crate::sensor::{inventory, now_ms, run_sensors};
+use crate::sensor::{inventory, run_sensors};
+use crate::shared::Shared;
 use crate::status::Status;
+use ward_detect::Detector;
 
 pub const OUTBOX_FILE: &str = "outbox.db";
 
@@ -56,7 +59,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     let identity = Identity::load(&state_dir)?;
     // Before any start time is read: the same process keeps the same start time across
     // agent restarts (kill commands and correlation compare it exactly).
-    crate::sensor::process::pin_boot_time(&state_dir);
+    crate::clock::pin_boot_time(&state_dir);
     let mut outbox = Outbox::open(&state_dir.join(OUTBOX_FILE), config.outbox.max_bytes)?;
     let (judged_through, _) = outbox.judged_since(u64::MAX)?;
     let previous = PreviousRun::read(&state_dir, judged_through);
@@ -104,7 +107,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     // The builder owns its own handle on the signing key (ring keys are not Clone).
     let key = Identity::load(&state_dir)?.signing_key;
     let builder = AlertBuilder::new(identity.enrollment.device_id, hostname, key);
-    let (events_tx, events_rx) = mpsc::channel::<crate::event::Event>(4096);
+    let (events_tx, events_rx) = mpsc::channel::<ward_detect::event::Event>(4096);
     let (rules_tx, rules_rx) = mpsc::channel::<Rules>(1);
     let pack_version = rules.version;
 
@@ -133,7 +136,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     );
     let mut executor = executor;
     executor.isolation = isolation_control(&state_dir, &shared, &identity)?;
-    let commands = tokio::spawn(crate::commands::run(executor, commands_rx, results_tx));
+    let commands = tokio::spawn(crate::respond::executor::run(executor, commands_rx, results_tx));
     let delivery = Delivery {
         identity,
         keys,
@@ -175,7 +178,7 @@ fn isolation_control(
     state_dir: &Path,
     shared: &Arc<Shared>,
     identity: &Identity,
-) -> Result<Option<crate::commands::IsolationControl>, RunError> {
+) -> Result<Option<crate::respond::isolation_control::IsolationControl>, RunError> {
     let nft = isolate::Nft::new();
     if let Err(e) = nft.version() {
         warn!(error = %e, "nft not usable: network isolation unavailable on this device");
@@ -199,7 +202,7 @@ fn isolation_control(
         };
     }
     let alerts_key = Identity::load(state_dir)?.signing_key;
-    Ok(Some(crate::commands::IsolationControl {
+    Ok(Some(crate::respond::isolation_control::IsolationControl {
         identity: Identity::load(state_dir)?,
         nft,
         guard,

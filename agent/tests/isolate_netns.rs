@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use ward_agent::respond::isolate::{
-    self, AllowEntry, BlockedProbe, BreakGlassError, BreakGlassToken, IsolateError, IsolationPlan, IsolationState, Nft,
-    Reassert, SelfTest, TableStatus,
+    self, AllowEntry, BlockedProbe, BreakGlassError, IsolateError, IsolationPlan, IsolationState, Nft, Reassert,
+    SelfTest, TableStatus,
 };
-use ward_protocol::{DeviceId, Id128, SigningKey};
+use ward_protocol::{BreakGlassToken, DeviceId, Id128, SigningKey};
 
 const IN_NS: &str = "WARD_ISOLATE_TEST_IN_NS";
 const PEER: &str = "WARD_ISOLATE_TEST_PEER";

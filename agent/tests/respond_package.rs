@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use ward_agent::event::FileOp;
 use ward_agent::respond::package::{PackageLimits, RecentChange, collect, collect_under};
+use ward_detect::event::FileOp;
 
 fn write(root: &Path, rel: &str, content: &str) -> PathBuf {
     let p = root.join(rel);

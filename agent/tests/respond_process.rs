@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use ward_agent::procfs::{read_exe, read_stat};
 use ward_agent::respond::process::{ProcessActionError, kill};
-use ward_agent::sensor::process::{read_exe, read_stat};
 
 fn proc() -> &'static Path {
     Path::new("/proc")

@@ -73,7 +73,7 @@ fn parser_matches_go_libaudit_golden_files() {
     assert!(checked_values > 400, "only {checked_values} values checked");
 }
 
-fn reassemble(name: &str, timeout_ms: u64, max_in_flight: usize) -> (Vec<ward_agent::event::AuditEvent>, u64) {
+fn reassemble(name: &str, timeout_ms: u64, max_in_flight: usize) -> (Vec<ward_detect::event::AuditEvent>, u64) {
     let text = std::fs::read_to_string(fixtures().join("testdata").join(name)).unwrap();
     let mut r = Reassembler::new(timeout_ms, max_in_flight);
     let mut out = Vec::new();
@@ -87,7 +87,7 @@ fn reassemble(name: &str, timeout_ms: u64, max_in_flight: usize) -> (Vec<ward_ag
     (out, lost)
 }
 
-fn summary(events: &[ward_agent::event::AuditEvent]) -> Vec<(u64, Vec<String>)> {
+fn summary(events: &[ward_detect::event::AuditEvent]) -> Vec<(u64, Vec<String>)> {
     events.iter().map(|e| (e.serial, e.record_types.clone())).collect()
 }
 

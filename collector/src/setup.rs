@@ -204,17 +204,17 @@ pub fn revoke_device(data_dir: &Path, id: &str) -> Result<(), SetupError> {
 /// that does not load refuses the whole push, with every reason listed.
 pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupError> {
     let (files, mut errors) =
-        ward_agent::detect::load_dir(dir).map_err(|e| SetupError::Invalid(format!("{}: {e}", dir.display())))?;
+        ward_detect::load_dir(dir).map_err(|e| SetupError::Invalid(format!("{}: {e}", dir.display())))?;
     if files.is_empty() && errors.is_empty() {
         return Err(SetupError::Invalid(format!(
             "{} holds no .yml or .yaml rules",
             dir.display()
         )));
     }
-    let mut all = ward_agent::detect::builtin_rule_files();
+    let mut all = ward_detect::builtin_rule_files();
     all.extend(files.iter().cloned());
     // Duplicates of built-in ids and compile failures count as much as parse errors.
-    errors.extend(ward_agent::detect::Detector::validate(&all));
+    errors.extend(ward_detect::Detector::validate(&all));
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         return Err(SetupError::Invalid(format!(
@@ -330,7 +330,7 @@ pub fn rotate_command_key(data_dir: &Path, overlap_ms: u64) -> Result<Rotation, 
 /// A one-time token that lifts isolation on one device at its console, valid for
 /// `ttl_ms` (at most 7 days), signed with the command key.
 pub fn break_glass_token(data_dir: &Path, id: &str, ttl_ms: u64) -> Result<String, SetupError> {
-    use ward_agent::respond::isolate::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassToken};
+    use ward_protocol::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassToken};
     let device: ward_protocol::DeviceId = id
         .parse()
         .map_err(|_| SetupError::Invalid(format!("{id:?} is not a device id")))?;

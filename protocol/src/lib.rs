@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod auth;
+pub mod breakglass;
 pub mod codec;
 pub mod command;
 pub mod enroll;
@@ -22,6 +23,7 @@ pub mod version;
 
 pub use alert::{Alert, Entity, MAX_ANCESTORS, MatchedField, ProcessNode, RuleRef, Severity};
 pub use auth::{CommandPolicy, authorize};
+pub use breakglass::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassError, BreakGlassToken};
 pub use codec::{FrameDecoder, FrameHeader, decode_frame, encode_frame};
 pub use command::{Action, ActionKind, Approval, Command, CommandOutcome, CommandResult, Refusal, unread_command_id};
 pub use enroll::{EnrollEnvelope, EnrollRequest, EnrollResponse, JoinToken, TokenError};

@@ -254,3 +254,30 @@ fn golden_files_decode_to_the_values() {
         lineage_alert()
     );
 }
+
+/// A break-glass token issued before the token moved from the agent to this crate
+/// (text form: base64url, no padding, of the postcard `Signed`) still opens, and the
+/// same token signed with the same key today gives the same text (Ed25519 is
+/// deterministic), so tokens issued by an older collector work on a newer agent and
+/// the other way round.
+#[test]
+fn break_glass_token_text_is_frozen() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1");
+    let text = std::fs::read_to_string(dir.join("break_glass_token.txt")).unwrap();
+    let text = text.trim();
+    let pkcs8 = std::fs::read_to_string(dir.join("break_glass_key.pkcs8.hex")).unwrap();
+    let pkcs8: Vec<u8> = (0..pkcs8.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&pkcs8.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let key = SigningKey::from_pkcs8(&pkcs8).unwrap();
+    let device = DeviceId(Id128::from_u128(42));
+    let want = BreakGlassToken::new(device, 1_760_000_000_000, [0x5a; 16]);
+    assert_eq!(BreakGlassToken::open(text, &[key.public_key()]).unwrap(), want);
+    let now = 1_760_000_000_000 - 3_600_000;
+    assert_eq!(
+        BreakGlassToken::verify(text, device, &[key.public_key()], now).unwrap(),
+        want
+    );
+    assert_eq!(want.sign(&key).unwrap(), text, "the break-glass token text changed");
+}

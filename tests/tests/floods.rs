@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ward_tests::*;
 
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-/// The built-in rule for known-bad file hashes (agent/rules/builtin/lnx_ward_known_bad_file_hash.yml).
+/// The built-in rule for known-bad file hashes (detect/rules/builtin/lnx_ward_known_bad_file_hash.yml).
 const KNOWN_BAD_FILE: &str = "39a5ce10-6434-5895-9602-83e385b7aa40";
 const FILES: i64 = 2_000;
 

@@ -47,7 +47,7 @@ fn agent_alerts_carry_the_built_in_rules_as_they_are() {
             continue;
         }
         let rule = &r.alert.rule;
-        let found = ward_agent::detect::builtin::BUILTIN_RULES.iter().any(|(_, text)| {
+        let found = ward_detect::builtin::BUILTIN_RULES.iter().any(|(_, text)| {
             text.contains(&format!("id: {}", rule.id)) && text.contains(&format!("title: '{}'", rule.title))
         });
         assert!(

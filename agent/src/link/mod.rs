@@ -319,7 +319,7 @@ impl Session {
             rule_pack_version,
             last_command_seq,
         };
-        let asked = crate::sensor::now_ms();
+        let asked = crate::clock::now_ms();
         write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
         match read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME).await {
             Ok(Some(CollectorMessage::Welcome(w))) => Ok(Session {
@@ -327,7 +327,7 @@ impl Session {
                 conn,
                 send,
                 recv,
-                clock_skew_ms: clock_skew(asked, crate::sensor::now_ms(), w.server_time_ms),
+                clock_skew_ms: clock_skew(asked, crate::clock::now_ms(), w.server_time_ms),
                 collector_minor: w.protocol_minor,
             }),
             Ok(Some(CollectorMessage::Goodbye { reason })) => Err(LinkError::Closed(reason)),

@@ -546,7 +546,7 @@ pub fn quarantine(
         mode: v.mode,
         size: v.size,
         sha256: hex::encode(expected_sha256),
-        quarantined_at_ms: crate::sensor::now_ms(),
+        quarantined_at_ms: crate::clock::now_ms(),
         other_links: v.nlink.saturating_sub(1),
     };
     let record_path = quarantine_dir.join(format!("{id}.json"));

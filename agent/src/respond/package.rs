@@ -11,18 +11,22 @@
 //! (a symlink is reported with its target instead, so `~/.ssh/authorized_keys -> /etc/shadow`
 //! leaks nothing), block on a FIFO or read more than the limits allow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::general_purpose::{self, GeneralPurpose};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventData, FileOp};
-use crate::sensor::inventory::parse_utmp;
-use crate::sensor::process::{parse_passwd, read_cmdline, read_exe, read_stat};
+use crate::procfs::parse_utmp;
+use crate::procfs::{parse_passwd, read_cmdline, read_exe, read_stat};
+use ward_detect::event::{Event, EventData, FileOp};
 
 /// Identifies the document layout.
 pub const FORMAT: &str = "ward-investigation-package/1";
@@ -100,6 +104,12 @@ impl RecentChange {
         })
     }
 }
+
+/// Recent file changes kept for investigation packages.
+pub const RECENT_CHANGES: usize = 2000;
+
+/// File changes seen lately, for investigation packages (bounded, oldest dropped).
+pub type RecentChanges = Arc<Mutex<VecDeque<RecentChange>>>;
 
 /// An item that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,7 +302,7 @@ pub fn build(
     }
     Ok(Package {
         format: FORMAT,
-        collected_at_ms: crate::sensor::now_ms(),
+        collected_at_ms: crate::clock::now_ms(),
         limits: limits.clone(),
         watched_paths: watched_paths.iter().map(|p| p.display().to_string()).collect(),
         processes: reader.processes(),
@@ -698,40 +708,20 @@ fn parse_net_line(proto: &'static str, line: &str) -> Option<ConnectionEntry> {
     })
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64 without padding, read as the hand-written codec this replaces
+/// did: trailing `=` trimmed first and stray low bits accepted (OpenSSH's own
+/// encoder never leaves them, but a key is fingerprinted as written).
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    general_purpose::NO_PAD.with_decode_allow_trailing_bits(true),
+);
 
 fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = B64.iter().position(|&b| b == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    B64.decode(s.trim_end_matches('=')).ok()
 }
 
 fn b64_encode_unpadded(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            let idx = (n >> (18 - 6 * i)) & 0x3f;
-            out.push(char::from(B64[idx as usize]));
-        }
-    }
-    out
+    B64.encode(bytes)
 }
 
 fn is_key_type(t: &str) -> bool {
@@ -807,6 +797,10 @@ mod tests {
         assert_eq!(b64_encode_unpadded(b"foobar"), "Zm9vYmFy");
         assert_eq!(b64_encode_unpadded(b"fo"), "Zm8");
         assert!(b64_decode("not*base64").is_none());
+        assert_eq!(b64_decode("Zm8=").unwrap(), b"fo", "padding tolerated");
+        assert_eq!(b64_decode("Zm9=").unwrap(), b"fo", "stray low bits tolerated");
+        assert!(b64_decode("Zm9vY").is_none(), "a dangling character is not base64");
+        assert!(b64_decode("-_8").is_none(), "the URL alphabet is not ssh's");
     }
 
     #[test]

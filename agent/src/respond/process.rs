@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sensor::process::{ProcError, ProcStat, read_exe, read_stat};
+use crate::procfs::{ProcError, ProcStat, read_exe, read_stat};
 
 const PROC: &str = "/proc";
 /// Rescans of the tree while stopping it; a tree still growing after this many is killed

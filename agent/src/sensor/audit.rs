@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::lineage::LineageReader;
-use super::{SensorConfig, SensorCtx, SensorError, now_ms};
-use crate::event::{AuditEvent, EventData};
+use super::{SensorConfig, SensorCtx, SensorError};
+use crate::clock::now_ms;
+use ward_detect::event::{AuditEvent, EventData};
 
 /// Why a line is not an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -576,7 +577,7 @@ mod tests {
         let me = std::process::id();
         let exe = std::fs::read_link("/proc/self/exe").unwrap().display().to_string();
         let line = |pid: u32, exe: &str| {
-            let ts = crate::sensor::now_ms();
+            let ts = crate::clock::now_ms();
             format!(
                 "type=SYSCALL msg=audit({}.{:03}:7): syscall=59 pid={pid} ppid=1 exe=\"{exe}\"",
                 ts / 1000,

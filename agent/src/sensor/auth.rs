@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::journal::{self, JournalEntry, JournalError};
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
-use crate::event::{AuthEvent, EventData};
+use ward_detect::event::{AuthEvent, EventData};
 
 /// journalctl matches for the fallback: what rsyslog writes to auth.log (facilities auth
 /// and authpriv), or (`+`) any entry of an auth program, for those that log without one.
@@ -470,7 +470,7 @@ pub fn run(config: &SensorConfig, lineage: &LineageReader, ctx: &SensorCtx) -> R
         let followed = journal::follow(ctx, JOURNAL_MATCHES, interval, |entry| {
             match parse_journal_entry(&entry) {
                 Some(mut ev) => {
-                    let at = entry.realtime_ms.unwrap_or_else(super::now_ms);
+                    let at = entry.realtime_ms.unwrap_or_else(crate::clock::now_ms);
                     let program = entry.identifier.as_deref().or(entry.comm.as_deref()).unwrap_or("");
                     attach_lineage(&mut ev, tag_program(program.trim()), at, lineage);
                     ctx.emit_at(at, EventData::Auth(ev))
@@ -490,7 +490,7 @@ pub fn run(config: &SensorConfig, lineage: &LineageReader, ctx: &SensorCtx) -> R
                 continue;
             };
             if let Some(s) = parse_syslog(&line) {
-                attach_lineage(&mut ev, s.program, super::now_ms(), lineage);
+                attach_lineage(&mut ev, s.program, crate::clock::now_ms(), lineage);
             }
             if !ctx.emit(EventData::Auth(ev)) {
                 return false;
@@ -540,13 +540,13 @@ mod tests {
             "Jan 15 10:00:00 web1 {name}[{me}]: session opened for user root"
         ))
         .unwrap();
-        attach_lineage(&mut ev, &name, crate::sensor::now_ms(), &reader);
+        attach_lineage(&mut ev, &name, crate::clock::now_ms(), &reader);
         assert_eq!(ev.lineage.as_ref().map(|l| l.process.pid), Some(me));
         let mut ev = parse_auth_line(&format!(
             "Jan 15 10:00:00 web1 sshd[{me}]: session opened for user root"
         ))
         .unwrap();
-        attach_lineage(&mut ev, "sshd", crate::sensor::now_ms(), &reader);
+        attach_lineage(&mut ev, "sshd", crate::clock::now_ms(), &reader);
         assert!(ev.lineage.is_none(), "the pid runs another program");
     }
 

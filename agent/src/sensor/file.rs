@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 
 use super::hash::HashCache;
 use super::{SensorConfig, SensorCtx, SensorError};
-use crate::event::{EventData, FileEvent, FileOp};
+use ward_detect::event::{EventData, FileEvent, FileOp};
 
 /// Expands `*` path components (one directory level each) of an absolute pattern.
 /// Paths that do not exist are left out.
@@ -525,7 +525,7 @@ mod tests {
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::fs::write(root.join("old"), b"x").unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        let since = crate::sensor::now_ms();
+        let since = crate::clock::now_ms();
         std::thread::sleep(Duration::from_millis(30));
         std::fs::write(root.join("sub/new"), b"y").unwrap();
         std::fs::write(root.join("judged"), b"z").unwrap();

@@ -8,13 +8,7 @@ use std::path::Path;
 
 use ward_protocol::Inventory;
 
-/// utmp record size and offsets (glibc, Linux; the same on 32- and 64-bit since the record
-/// uses 32-bit time fields).
-const UTMP_RECORD_BYTES: usize = 384;
-const UT_TYPE_AT: usize = 0;
-const UT_USER_AT: usize = 44;
-const UT_USER_LEN: usize = 32;
-const USER_PROCESS: i16 = 7;
+use crate::procfs::parse_utmp;
 
 /// The PRETTY_NAME of an os-release file's content (quotes removed).
 pub fn parse_os_release(content: &str) -> Option<String> {
@@ -22,30 +16,6 @@ pub fn parse_os_release(content: &str) -> Option<String> {
         let v = l.trim().strip_prefix("PRETTY_NAME=")?;
         Some(v.trim_matches(['"', '\'']).to_string())
     })
-}
-
-/// The users of USER_PROCESS records in utmp content, sorted and without repeats.
-pub fn parse_utmp(bytes: &[u8]) -> Vec<String> {
-    let mut users = BTreeSet::new();
-    for rec in bytes.chunks_exact(UTMP_RECORD_BYTES) {
-        let ty = rec
-            .get(UT_TYPE_AT..UT_TYPE_AT + 2)
-            .map(|b| i16::from_ne_bytes([b[0], b[1]]));
-        if ty != Some(USER_PROCESS) {
-            continue;
-        }
-        let Some(raw) = rec.get(UT_USER_AT..UT_USER_AT + UT_USER_LEN) else {
-            continue;
-        };
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let name = String::from_utf8_lossy(raw.get(..end).unwrap_or_default())
-            .trim()
-            .to_string();
-        if !name.is_empty() {
-            users.insert(name);
-        }
-    }
-    users.into_iter().collect()
 }
 
 /// Non-loopback addresses of all interfaces, sorted.
@@ -90,6 +60,7 @@ pub fn collect_from(os_release: &Path, utmp: &Path, agent_version: &str) -> Inve
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::procfs::{USER_PROCESS, UT_USER_AT, UTMP_RECORD_BYTES};
 
     fn utmp_record(ty: i16, user: &str) -> Vec<u8> {
         let mut r = vec![0u8; UTMP_RECORD_BYTES];

@@ -315,7 +315,7 @@ mod tests {
     fn ctx() -> (
         SensorCtx,
         Arc<AtomicBool>,
-        tokio::sync::mpsc::Receiver<crate::event::Event>,
+        tokio::sync::mpsc::Receiver<ward_detect::event::Event>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let stop = Arc::new(AtomicBool::new(false));

@@ -27,8 +27,9 @@ use std::sync::Mutex;
 
 use ward_protocol::{MAX_ANCESTORS, ProcessNode};
 
-use super::process::{ProcError, UserNames, read_cmdline, read_exe, read_stat, read_uids};
-use crate::event::Lineage;
+use super::process::UserNames;
+use crate::procfs::{ProcError, read_cmdline, read_exe, read_stat, read_uids};
+use ward_detect::event::Lineage;
 
 /// Nodes remembered by default (a few hundred bytes each).
 pub const DEFAULT_CACHE_ENTRIES: usize = 1024;
@@ -348,7 +349,7 @@ mod tests {
             ("/usr/lib/jvm/bin/java", "java -jar tomcat.jar")
         );
         // Start times are boot time plus ticks, to the millisecond.
-        let boot = super::super::process::boot_time_ms();
+        let boot = crate::clock::boot_time_ms();
         assert_eq!(l.process.start_time_ms, boot + 5100 * 1000 / HZ_TICKS_PER_S);
         assert_eq!(java.start_time_ms, boot + 1000);
     }
@@ -487,7 +488,7 @@ mod tests {
         p.add(700, 1, 10, "/usr/sbin/sshd", &["sshd"], 0, UNSET);
         p.add(701, 700, 500, "/usr/bin/cat", &["cat", "/etc/shadow"], 0, 1000);
         let r = p.reader();
-        let start = super::super::process::boot_time_ms() + 5000;
+        let start = crate::clock::boot_time_ms() + 5000;
         assert!(r.lineage_if_same(701, start + 3, Some("/usr/bin/cat")).is_some());
         assert!(r.lineage_if_same(701, start + 3, None).is_some());
         assert!(
@@ -544,7 +545,7 @@ mod tests {
             read_stat(Path::new("/proc"), me.pid).unwrap().start_time_ms
         );
         assert!(parent.start_time_ms >= me.start_time_ms && l.process.start_time_ms >= parent.start_time_ms);
-        let now = super::super::now_ms();
+        let now = crate::clock::now_ms();
         assert!(
             now.abs_diff(l.process.start_time_ms) < 10_000,
             "{} vs now {now}",

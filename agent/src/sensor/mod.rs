@@ -2,7 +2,7 @@
 //!
 //! Sensors observe and report, nothing else: they must not evaluate rules, block the agent
 //! when one of them fails, or stay silent about what they could not see (that is a
-//! [`SensorGap`](crate::event::SensorGap) event).
+//! [`SensorGap`](ward_detect::event::SensorGap) event).
 //!
 //! # Tasks and the events channel
 //!
@@ -33,13 +33,14 @@ pub mod tail;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
-use crate::event::{Event, EventData, SensorGap};
+use crate::clock::now_ms;
+use ward_detect::event::{Event, EventData, SensorGap};
 
 /// Sensor settings. Every field has a default (shown in its doc); unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -172,14 +173,6 @@ impl SensorError {
             source,
         }
     }
-}
-
-/// Unix time now, milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// What a sensor thread uses to report: the events channel, its name and the stop flag.

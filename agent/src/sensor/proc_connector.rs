@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::process::ProcessTracker;
 use super::{SensorCtx, SensorError};
-use crate::event::{EventData, ProcessEvent};
+use ward_detect::event::{EventData, ProcessEvent};
 
 const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;

@@ -105,7 +105,7 @@ fn hex32(s: &str) -> [u8; 32] {
 /// The agent's RuleRef for a built-in rule file (`lnx_ward_<stem>.yml`).
 fn builtin_rules() -> HashMap<String, RuleRef> {
     let mut out = HashMap::new();
-    for (name, text) in ward_agent::detect::builtin::BUILTIN_RULES {
+    for (name, text) in ward_detect::builtin::BUILTIN_RULES {
         let field = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k))
@@ -117,7 +117,7 @@ fn builtin_rules() -> HashMap<String, RuleRef> {
             .filter_map(|l| l.trim().strip_prefix("- attack."))
             .map(|t| format!("attack.{t}"))
             .collect();
-        let (techniques, tactics) = ward_agent::detect::entities::attack_ids(&tags);
+        let (techniques, tactics) = ward_detect::entities::attack_ids(&tags);
         let stem = name
             .trim_start_matches("lnx_ward_")
             .trim_end_matches(".yml")
@@ -382,7 +382,7 @@ impl Gen {
                 sha256: Some(p.sha256),
             },
         ];
-        ward_agent::detect::entities::network_entities(&p.cmd, &mut entities);
+        ward_detect::entities::network_entities(&p.cmd, &mut entities);
         let n = tree.len() - 1;
         let max = ward_protocol::MAX_ANCESTORS;
         let ancestors: Vec<ProcessNode> = tree[..n].iter().rev().take(max).map(|a| self.node(dev, a)).collect();

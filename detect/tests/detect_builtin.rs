@@ -1,14 +1,14 @@
 //! Every built-in rule loads, carries Ward's metadata, fires on its true-positive
-//! events and stays silent on its false-positive events (agent/rules/tests/).
+//! events and stays silent on its false-positive events (detect/rules/tests/).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::Value;
-use ward_agent::detect::rulestest::event_from_partial;
-use ward_agent::detect::{BUILTIN_RULES, Detector, builtin_rule_files};
-use ward_agent::event::Event;
+use ward_detect::event::Event;
+use ward_detect::rulestest::event_from_partial;
+use ward_detect::{BUILTIN_RULES, Detector, builtin_rule_files};
 
 fn detector() -> Detector {
     let (det, errors) = Detector::load(&builtin_rule_files());
@@ -153,7 +153,7 @@ fn brute_force_correlation_counts_per_source_and_window() {
         event(&serde_json::json!({"kind": "auth", "service": "sshd", "source_ip": ip,
             "message": format!("Failed password for root from {ip} port 1 ssh2")}))
     };
-    let brute = |d: &ward_agent::detect::Detection| d.rule.title.starts_with("SSH Brute Force: Many");
+    let brute = |d: &ward_detect::Detection| d.rule.title.starts_with("SSH Brute Force: Many");
     // nine failures, then a ten-minute pause: the window has moved on
     for i in 0..9 {
         assert!(!corr.process(&det, &fail("203.0.113.7"), i * 1000).iter().any(brute));

@@ -1,6 +1,6 @@
 //! The built-in Linux Sigma rule pack, embedded in the binary so the agent detects
-//! with no files on disk. Content only: the rules live in `agent/rules/builtin/`,
-//! each with true- and false-positive events in `agent/rules/tests/`.
+//! with no files on disk. Content only: the rules live in `detect/rules/builtin/`,
+//! each with true- and false-positive events in `detect/rules/tests/`.
 
 use ward_protocol::RuleFile;
 
@@ -8,7 +8,7 @@ macro_rules! builtin {
     ($($name:literal),* $(,)?) => {
         /// `(file name, YAML)` of every built-in rule.
         pub const BUILTIN_RULES: &[(&str, &str)] = &[
-            $(($name, include_str!(concat!("../../rules/builtin/", $name))),)*
+            $(($name, include_str!(concat!("../rules/builtin/", $name))),)*
         ];
     };
 }

@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use ward_agent::detect::rulestest::event_from_partial;
-use ward_agent::detect::{Detector, load_dir};
-use ward_agent::event::Event;
+use ward_detect::event::Event;
+use ward_detect::rulestest::event_from_partial;
+use ward_detect::{Detector, load_dir};
 
-fn sigmahq() -> (Detector, Vec<ward_agent::detect::RuleError>, usize) {
+fn sigmahq() -> (Detector, Vec<ward_detect::RuleError>, usize) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sigma/linux");
     let (files, mut errors) = load_dir(&dir).unwrap();
     let n = files.len();

@@ -2,7 +2,7 @@
 //! the good rules from loading, and never grows past the size guards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ward_agent::detect::{Detector, MAX_RULE_FILE_BYTES, MAX_RULES, RuleErrorKind, builtin_rule_files, load_dir};
+use ward_detect::{Detector, MAX_RULE_FILE_BYTES, MAX_RULES, RuleErrorKind, builtin_rule_files, load_dir};
 use ward_protocol::RuleFile;
 
 fn file(name: &str, yaml: impl Into<String>) -> RuleFile {
@@ -149,6 +149,6 @@ fn detection_state_can_move_across_threads() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<Detector>();
-    send::<ward_agent::detect::Aggregator>();
-    send::<ward_agent::detect::Correlator>();
+    send::<ward_detect::Aggregator>();
+    send::<ward_detect::Correlator>();
 }

@@ -1,13 +1,12 @@
-//! Commands from the collector. Each is checked with `ward_protocol::authorize`
-//! (pinned key, this device, not expired, sequence never reached, approvals)
-//! before anything happens; the accepted sequence is persisted before the action
-//! runs, so a replay after a restart is refused too; the action is carried out by
-//! `respond::*`; and the outcome goes back signed by the device key. There is no
-//! way to run anything but the closed set of actions.
+//! Commands from the collector: authorization and dispatch. Each is checked with
+//! `ward_protocol::authorize` (pinned key, this device, not expired, sequence never
+//! reached, approvals) before anything happens; the accepted sequence is persisted
+//! before the action runs, so a replay after a restart is refused too; the action is
+//! carried out by `respond::*` (isolation by [`super::isolation_control`]); and the
+//! outcome goes back signed by the device key. There is no way to run anything but
+//! the closed set of actions.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -17,29 +16,21 @@ use ward_protocol::{
     SigningKey, authorize,
 };
 
-use crate::detect::{AggregatedDetection, Detection};
-use crate::identity::{Identity, write_atomic};
+use super::isolation_control::IsolationControl;
+use super::package::{PackageLimits, RecentChange, RecentChanges};
+use super::policy::PathPolicy;
+use super::{file, package, process};
+use crate::clock::now_ms;
+use crate::identity::write_atomic;
 use crate::keys::PinnedKeys;
-use crate::pipeline::{AlertBuilder, Shared};
-use crate::respond::isolate::{self, AllowEntry, Guard, IsolationPlan, Nft, Reassert, SelfTest};
-use crate::respond::package::{PackageLimits, RecentChange};
-use crate::respond::policy::PathPolicy;
-use crate::respond::{file, package, process};
-use crate::sensor::now_ms;
 
 const COMMANDS_FILE: &str = "commands.json";
 /// An investigation package must fit in one result frame with room to spare.
 const MAX_PACKAGE_BYTES: usize = 768 * 1024;
-/// Recent file changes kept for investigation packages.
-pub const RECENT_CHANGES: usize = 2000;
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Persisted {
     last_seq: u64,
 }
-
-/// File changes seen lately, for investigation packages (bounded, oldest dropped).
-pub type RecentChanges = Arc<Mutex<VecDeque<RecentChange>>>;
 
 pub struct Executor {
     pub device_id: DeviceId,
@@ -57,17 +48,6 @@ pub struct Executor {
     /// Network isolation: the identity for the collector probe, and the guard of the
     /// applied rule set while isolated. Isolate, release and re-assert all run here.
     pub isolation: Option<IsolationControl>,
-}
-
-/// What isolation needs besides the command.
-pub struct IsolationControl {
-    pub identity: Identity,
-    pub nft: Nft,
-    pub guard: Option<Guard>,
-    pub self_test: SelfTest,
-    pub shared: Arc<Shared>,
-    /// Raises the tamper alert.
-    pub alerts: AlertBuilder,
 }
 
 impl std::fmt::Debug for Executor {
@@ -297,147 +277,6 @@ impl Executor {
     }
 }
 
-impl IsolationControl {
-    async fn execute(&mut self, state_dir: &Path, command: &Command) -> (CommandOutcome, String, Option<Vec<u8>>) {
-        let outcome = match &command.action {
-            Action::Isolate { allow } => self.isolate(state_dir, command.id, allow).await,
-            _ => {
-                let nft = self.nft.clone();
-                let dir = state_dir.to_path_buf();
-                match tokio::task::spawn_blocking(move || isolate::release(&dir, &nft)).await {
-                    Ok(Ok(())) => {
-                        self.guard = None;
-                        self.set_state("none");
-                        Ok("released: Ward's isolation table removed".to_string())
-                    }
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        };
-        match outcome {
-            Ok(detail) => (CommandOutcome::Succeeded, detail, None),
-            Err(reason) => (CommandOutcome::Failed { reason: reason.clone() }, reason, None),
-        }
-    }
-
-    async fn isolate(&mut self, state_dir: &Path, id: CommandId, allow: &[String]) -> Result<String, String> {
-        let plan = plan(&self.identity.enrollment.collector_addr, allow).await?;
-        let identity = &self.identity;
-        let probe = || async move { crate::link::probe(identity).await.map(|_| ()) };
-        match isolate::isolate(state_dir, &self.nft, plan, Some(id), now_ms(), &self.self_test, probe).await {
-            Ok(isolated) => {
-                let detail = format!(
-                    "isolated; collector round trip {} ms after applying; blocked-address probe: {:?}",
-                    isolated.report.collector_round_trip.as_millis(),
-                    isolated.report.blocked
-                );
-                self.guard = Some(isolated.guard);
-                self.set_state("isolated");
-                Ok(detail)
-            }
-            Err(e) => {
-                if let Ok(Some(state)) = isolate::IsolationState::load(state_dir) {
-                    self.set_state(if state.isolated { "isolated" } else { "none" });
-                }
-                Err(e.to_string())
-            }
-        }
-    }
-
-    fn set_state(&self, state: &str) {
-        if let Ok(mut s) = self.shared.status.lock() {
-            s.isolation = state.to_string();
-        }
-    }
-
-    /// Puts the rule set back if it was removed or changed, and raises an alert.
-    pub fn reassert(&mut self) {
-        let Some(guard) = self.guard.as_mut() else { return };
-        match guard.reassert() {
-            Ok(Reassert::Tampered(status)) => {
-                warn!(?status, "isolation rule set was tampered with; restored");
-                self.tamper_alert(&format!("{status:?}"));
-            }
-            Ok(Reassert::Released) => {
-                // Released from outside (break-glass at the console): stop guarding.
-                self.guard = None;
-                self.set_state("none");
-            }
-            Ok(Reassert::Intact) => {}
-            Err(e) => warn!(error = %e, "cannot re-assert isolation"),
-        }
-    }
-
-    fn tamper_alert(&self, status: &str) {
-        let now = now_ms();
-        let detection = Detection {
-            rule: ward_protocol::RuleRef {
-                id: "ward-isolation-tamper".into(),
-                title: "Ward network isolation removed or changed on an isolated device".into(),
-                author: "Ward".into(),
-                severity: ward_protocol::Severity::High,
-                techniques: vec!["T1562.004".into()],
-                tactics: vec!["TA0005".into()],
-            },
-            entities: vec![],
-            matched: vec![ward_protocol::MatchedField {
-                name: "nft_table_status".into(),
-                value: status.into(),
-            }],
-            observed_at_ms: now,
-        };
-        let agg = AggregatedDetection {
-            detection,
-            count: 1,
-            first_observed_ms: now,
-            last_observed_ms: now,
-        };
-        if let Ok(mut outbox) = self.shared.outbox.lock() {
-            self.alerts.store(&mut outbox, &agg);
-        }
-        self.shared.new_alerts.notify_one();
-    }
-}
-
-/// The rule set's inputs: the collector's addresses (both families, pinned now),
-/// the system's resolvers, and the exceptions (domains resolved now).
-async fn plan(collector_addr: &str, allow: &[String]) -> Result<IsolationPlan, String> {
-    let collector: Vec<std::net::SocketAddr> = tokio::net::lookup_host(collector_addr)
-        .await
-        .map_err(|e| format!("cannot resolve the collector {collector_addr}: {e}"))?
-        .collect();
-    let resolvers = std::fs::read_to_string("/etc/resolv.conf")
-        .map(|text| {
-            text.lines()
-                .filter_map(|l| l.trim().strip_prefix("nameserver"))
-                .filter_map(|a| a.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut entries = Vec::new();
-    for a in allow {
-        let entry = AllowEntry::parse(a).map_err(|e| format!("exception {a:?}: {e}"))?;
-        entries.push(match entry {
-            AllowEntry::Domain { name, .. } => {
-                let addrs = tokio::net::lookup_host((name.as_str(), 0))
-                    .await
-                    .map_err(|e| format!("cannot resolve exception {name}: {e}"))?
-                    .map(|s| s.ip())
-                    .collect();
-                AllowEntry::Domain { name, addrs }
-            }
-            other => other,
-        });
-    }
-    Ok(IsolationPlan {
-        collector,
-        resolvers,
-        allow: entries,
-        allow_dhcp: true,
-    })
-}
-
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -476,6 +315,8 @@ pub async fn run(mut executor: Executor, mut commands: mpsc::Receiver<Signed>, r
 mod tests {
     use super::*;
     use ring::rand::SystemRandom;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
     use ward_protocol::{Approval, Id128};
 
     struct Setup {

@@ -1,6 +1,10 @@
-//! Detection: Sigma rules (rsigma) evaluated over sensor events. Pure: no IO at
-//! match time and no clock (`now_ms` is a parameter); reading rule files is the
-//! separate [`load_dir`] / [`rulestest::run`] edge.
+//! Detection, shared by the agent (which runs it on every event) and the collector
+//! (which validates a rule pack with it before pushing it, so both sides agree).
+//!
+//! Sigma rules (rsigma) evaluated over [`event::Event`]s. Pure: no IO at match time
+//! and no clock (`now_ms` is a parameter); reading rule files is the separate
+//! [`load_dir`] / [`rulestest::run`] edge. No async runtime, socket or database crate
+//! among its dependencies (`tests/tests/sans_io.rs` checks `cargo tree`).
 //!
 //! Flow: [`Detector::load`] (built-in pack from [`builtin_rule_files`] + pushed
 //! rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the
@@ -13,6 +17,7 @@ pub mod builtin;
 pub mod correlate;
 pub mod engine;
 pub mod entities;
+pub mod event;
 pub mod mapping;
 pub mod rulestest;
 

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use ward_agent::detect::rulestest::event_from_partial;
-use ward_agent::detect::{Detector, builtin_rule_files, load_dir};
-use ward_agent::event::Event;
+use ward_detect::event::Event;
+use ward_detect::rulestest::event_from_partial;
+use ward_detect::{Detector, builtin_rule_files, load_dir};
 
 fn ev(v: Value) -> Option<Event> {
     let Value::Object(m) = v else { return None };
