@@ -72,48 +72,59 @@ fn is_root() -> bool {
 }
 
 /// The entry point: re-executes this test inside new namespaces and reports its result.
-#[test]
-fn isolation_in_namespaces() {
-    if std::env::var_os(IN_NS).is_some() {
-        agent_host();
-        return;
+/// Needs root or unprivileged user namespaces; `cargo quick` skips it.
+mod privileged {
+    use super::*;
+
+    #[test]
+    fn isolation_in_namespaces() {
+        if std::env::var_os(IN_NS).is_some() {
+            agent_host();
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let mut ns_args = vec!["--net", "--mount"];
+        if !is_root() {
+            ns_args.insert(0, "--map-root-user");
+            ns_args.insert(0, "--user");
+        }
+        let out = Command::new("unshare")
+            .args(&ns_args)
+            .arg(&exe)
+            .args([
+                "--exact",
+                "privileged::isolation_in_namespaces",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(IN_NS, "1")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run unshare to create the test namespaces: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "isolation test in namespaces failed (unshare {}: {}).\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            ns_args.join(" "),
+            out.status
+        );
+        // Guard against a child that exited 0 without running the scenario.
+        assert!(
+            stdout.contains("AGENT HOST SCENARIO COMPLETE"),
+            "the scenario did not run to the end:\n{stdout}\n{stderr}"
+        );
     }
-    let exe = std::env::current_exe().unwrap();
-    let mut ns_args = vec!["--net", "--mount"];
-    if !is_root() {
-        ns_args.insert(0, "--map-root-user");
-        ns_args.insert(0, "--user");
+
+    #[test]
+    fn peer_helper_process() {
+        if std::env::var_os(PEER).is_some() {
+            peer();
+        }
     }
-    let out = Command::new("unshare")
-        .args(&ns_args)
-        .arg(&exe)
-        .args(["--exact", "isolation_in_namespaces", "--nocapture", "--test-threads=1"])
-        .env(IN_NS, "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run unshare to create the test namespaces: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "isolation test in namespaces failed (unshare {}: {}).\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        ns_args.join(" "),
-        out.status
-    );
-    // Guard against a child that exited 0 without running the scenario.
-    assert!(
-        stdout.contains("AGENT HOST SCENARIO COMPLETE"),
-        "the scenario did not run to the end:\n{stdout}\n{stderr}"
-    );
 }
 
 /// Not a test on its own: the peer namespace's servers when started by
 /// [`isolation_in_namespaces`] (with the marker variable); returns at once otherwise.
-#[test]
-fn peer_helper_process() {
-    if std::env::var_os(PEER).is_some() {
-        peer();
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Peer side
@@ -177,7 +188,12 @@ fn start_peer() -> PeerNs {
     let mut child = Command::new("unshare")
         .arg("--net")
         .arg(&exe)
-        .args(["--exact", "peer_helper_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "privileged::peer_helper_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PEER, "1")
         .env_remove(IN_NS)
         .stdin(Stdio::piped())

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `ward` binary's usage: every command of the issue is there, and a missing
 //! URL is a clear error, not a crash. (Also makes `cargo test` build the binary the
-//! end-to-end tests in `tests/tests/cli.rs` run.)
+//! end-to-end tests in `tests/tests/e2e/cli.rs` run.)
 
 use std::process::Command;
 

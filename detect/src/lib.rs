@@ -4,7 +4,7 @@
 //! Sigma rules (rsigma) evaluated over [`event::Event`]s. Pure: no IO at match time
 //! and no clock (`now_ms` is a parameter); reading rule files is the separate
 //! [`load_dir`] / [`rulestest::run`] edge. No async runtime, socket or database crate
-//! among its dependencies (`tests/tests/sans_io.rs` checks `cargo tree`).
+//! among its dependencies (`tests/tests/e2e/sans_io.rs` checks `cargo tree`).
 //!
 //! Flow: [`Detector::load`] (built-in pack from [`builtin_rule_files`] + pushed
 //! rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the

@@ -911,11 +911,22 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The name the test harness gives test function `name` of module `module_path`
+/// (`module_path!()` there): the path without the test binary's crate name, as
+/// `--exact` wants it when a test runs its own binary again.
+pub fn test_path(module_path: &str, name: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_crate, rest)) => format!("{rest}::{name}"),
+        None => name.to_string(),
+    }
+}
+
 /// Runs `scenario` in a network and mount namespace of its own, so that nftables
 /// rules and veth pairs never touch the machine's network: the test binary runs
-/// itself again (only the test named `test`) under `unshare`, as root or inside a
-/// user namespace otherwise, and that run executes `scenario`. Fails with the
-/// reason (unshare missing, no user namespaces, the scenario's panic); never skips.
+/// itself again (only the test named `test`, its full path: [`test_path`]) under
+/// `unshare`, as root or inside a user namespace otherwise, and that run executes
+/// `scenario`. Fails with the reason
+/// (unshare missing, no user namespaces, the scenario's panic); never skips.
 pub fn in_own_namespace<F: std::future::Future<Output = ()>>(test: &str, scenario: impl FnOnce() -> F) {
     const INSIDE: &str = "WARD_TEST_IN_OWN_NAMESPACE";
     const DONE: &str = "WARD NAMESPACE SCENARIO COMPLETE";

@@ -3,6 +3,16 @@
 //! inline script or style, same-origin requests only). The console holds no
 //! secrets and no logic the API does not check again: it signs in with an API
 //! token kept in the browser tab and reads the same API as everyone else.
+//!
+//! State that should survive a reload (the view, the queue's filters, the incident
+//! tab) is in the URL hash. Views poll (queue and incident every 3 s, action centre
+//! 2 s) and redraw only when the answer changed, so typing is never interrupted.
+//! Every value put into HTML goes through `esc()`; the CSP forbids inline code, so a
+//! missed escape cannot run script. The story graph is laid out deterministically
+//! (alerts in time order, entities in a lane per kind) and drawn as one SVG string.
+//! An incident page never loads a whole incident's alerts: totals and evidence come
+//! from SQL aggregates (`store/incident_view`), alerts a page at a time, the process
+//! tree when its tab opens.
 
 use super::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};

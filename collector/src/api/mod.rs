@@ -8,6 +8,9 @@ pub mod error;
 pub mod extract;
 pub mod feeds;
 mod incidents;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod matrix_tests;
 mod process_tree;
 mod routes;
 mod table;

@@ -75,7 +75,7 @@ const fn feed(path: &'static str, handler: fn(MethodFilter) -> MethodRouter<ApiS
 use Role::{Admin, Analyst, Approver, Viewer};
 
 /// Every authenticated route. `/healthz` and the console's static files need no token.
-pub const ROUTES: [Route; 29] = [
+pub static ROUTES: [Route; 29] = [
     route(Method::GET, "/metrics", Viewer, |m| on(m, routes::metrics)),
     route(Method::GET, "/api/v1/whoami", Viewer, |m| on(m, routes::whoami)),
     route(Method::GET, "/api/v1/devices", Viewer, |m| on(m, routes::list_devices)),

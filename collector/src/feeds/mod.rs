@@ -44,6 +44,22 @@
 //! - `ward-mailbox-external-forwarding` (T1114.003 / TA0009): an inbox rule or mailbox
 //!   setting that forwards or redirects mail outside the organisation.
 //!
+//! Import: within `feeds.max_import_bytes` (a file's or a declared Content-Length's
+//! size is checked before it is read; a chunked body is refused once it passes it) and
+//! `feeds.max_record_bytes` per record, records are handed on one at a time in file
+//! order; one that cannot be read is skipped with its line and reason, and records of a
+//! known source that are not sign-ins or mail are counted as ignored. The API parses on
+//! a blocking thread. On the writer, chunk by chunk ([`Import`]: each chunk one
+//! transaction and one writer turn, sized to last about 20 ms, a message's rows never
+//! split, agents' batches stored between chunks), records go into `sign_ins` /
+//! `mail_events` under a natural key (Entra id, Okta uuid, message id + recipient +
+//! part, the audit record's id + mailbox, else a SHA-256 of the record), and the
+//! detections run on the records that were new against everything stored before; the
+//! last chunk writes the audit entry. A chunk that fails stores nothing; the chunks
+//! before it stay, and the audit entry says where the import stopped. Alert ids are
+//! ULID-shaped from the event (or window) time and a hash of rule id and record keys,
+//! so a re-import, in any order, raises nothing twice.
+//!
 //! Entity conventions: `User{name: user principal name lowercased, uid: None}` for
 //! the signing-in user and for mail recipients (the recipient address as the user);
 //! `Ip` (sign-in client IP, sender IP, clicking IP); `Mailbox{address}` lowercased for

@@ -32,6 +32,21 @@
 //!   survivor takes the assignee, classification and "in progress" it lacks from each
 //!   incident it absorbs, so the next one is judged against those.
 //!
+//! Ties are ranked (`Tie`): strong ties before weak ones (the device alone, or a
+//! person on a device the incident already covers), which count only when there is no
+//! strong one and never merge; then a tie that could merge, the best key's kind (a
+//! process tree first), also near on the device, more kinds shared, the more severe
+//! incident, nearer in time, the older. A file's hash or a person alone joins but never
+//! merges two incidents (unrelated attacks use the same tools; a person's own harmless
+//! alerts name them). The process tree, user and image hash of an alert that came in on
+//! the device alone are held weakly (`incident_entities.flags`): they tie no more than
+//! the device, so one build near an attack does not pull in that shell's day; the files
+//! it wrote and the addresses it names stay strong. The device alone does not tie an
+//! alert whose origin differs from the incident's there (another process tree while the
+//! incident holds trees on that device, or other remote addresses). An alert naming
+//! many people (a spray) is not tied through them. Below a terminal emulator or
+//! multiplexer, the tab's shell names the process tree (`Entity::lineage_key`).
+//!
 //! Representation: every key is interned once as a number ([`KeyId`]) in one table
 //! that also holds its prevalence and the incidents holding it; incidents refer to
 //! keys by number, and the strings they share (alert ids, labels, reasons quoted

@@ -489,6 +489,19 @@ fn insert_action(tx: &Transaction<'_>, new: &NewAction) -> Result<Result<(), Tar
     Ok(Ok(()))
 }
 
+/// A status is stored as its name.
+impl rusqlite::ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+/// SQL arguments: `lead`, then `statuses` (numbered after them by `placeholders`).
+fn with_statuses<'a>(lead: &[&'a dyn rusqlite::ToSql], statuses: &'a [Status]) -> Vec<&'a dyn rusqlite::ToSql> {
+    let statuses = statuses.iter().map(|s| s as &dyn rusqlite::ToSql);
+    lead.iter().copied().chain(statuses).collect()
+}
+
 /// `?from, ?from+1, …`: `n` numbered SQL parameters.
 fn placeholders(from: usize, n: usize) -> String {
     (from..from + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
@@ -550,8 +563,7 @@ impl ActionTx<'_> {
             placeholders(2, statuses.len())
         );
         let now = i64_of(now_ms);
-        let names: Vec<&str> = statuses.iter().map(Status::as_str).collect();
-        let args = std::iter::once(&now as &dyn rusqlite::ToSql).chain(names.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let args = with_statuses(&[&now], statuses);
         Ok(self
             .tx
             .prepare_cached(&sql)?
@@ -707,10 +719,7 @@ impl ActionTx<'_> {
             placeholders(4, statuses.len())
         );
         let (device, requested_by) = (device.to_string(), requested_by.to_string());
-        let names: Vec<&str> = statuses.iter().map(Status::as_str).collect();
-        let args = [&device as &dyn rusqlite::ToSql, &requested_by, &spec]
-            .into_iter()
-            .chain(names.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let args = with_statuses(&[&device, &requested_by, &spec], statuses);
         Ok(self
             .tx
             .query_row(&sql, params_from_iter(args), |r| r.get(0))
@@ -734,10 +743,7 @@ impl ActionTx<'_> {
         );
         let device = device.to_string();
         let succeeded = Status::Succeeded.as_str();
-        let names: Vec<&str> = open.iter().map(Status::as_str).collect();
-        let args = [&device as &dyn rusqlite::ToSql, &succeeded]
-            .into_iter()
-            .chain(names.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let args = with_statuses(&[&device, &succeeded], open);
         Ok(self
             .tx
             .query_row(&sql, params_from_iter(args), |r| r.get(0))

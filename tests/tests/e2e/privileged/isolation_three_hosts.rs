@@ -19,8 +19,6 @@
 //! Where namespaces, veth pairs or nftables are unavailable the test fails with
 //! the reason; it never passes without having run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -72,7 +70,7 @@ fn run_in(pid: u32, args: &[&str]) -> String {
 
 #[test]
 fn isolation_across_three_hosts() {
-    in_own_namespace("isolation_across_three_hosts", scenario);
+    in_own_namespace(&test_path(module_path!(), "isolation_across_three_hosts"), scenario);
 }
 
 /// Not a test on its own: the third host's TCP listeners when started by the
@@ -162,7 +160,12 @@ fn start_listener(third: &Host) -> Listener {
     let mut child = Command::new("nsenter")
         .args(["-t", &third.pid().to_string(), "-n", "--"])
         .arg(exe)
-        .args(["--exact", "third_host_listener", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &test_path(module_path!(), "third_host_listener"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(LISTENER, format!("{THIRD_IP}:{PORT},{EXCEPTION_IP}:{PORT}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -185,7 +188,12 @@ fn reachable_from(agent_host: &Host, ip: &str) -> bool {
     let out = Command::new("nsenter")
         .args(["-t", &agent_host.pid().to_string(), "-n", "--"])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "reachability_probe", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &test_path(module_path!(), "reachability_probe"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PROBE, format!("{ip}:{PORT}"))
         .output()
         .expect("cannot run the probe in the agent host");

@@ -4,8 +4,6 @@
 //! with fewer), self-approval where configured, commands that wait for an
 //! offline device until their configured expiry, and actions linked to incidents.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};

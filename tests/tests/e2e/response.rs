@@ -2,8 +2,6 @@
 //! proposes, an approver approves, the agent verifies the signed command, acts,
 //! and its signed result shows in the API.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};

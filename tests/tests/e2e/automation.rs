@@ -8,8 +8,6 @@
 //! isolate of its device, tied to the incident, however many alerts join later;
 //! an analyst's change to an incident (severity raised) is checked like an alert.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};

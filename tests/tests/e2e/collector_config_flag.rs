@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The Debian package's layout: settings in a file outside the data dir (`--config`,
 //! or `WARD_CONFIG`), used by `init`, `serve`, `token create` and `import`, and a
 //! real agent enrolling with the token that layout produces.
@@ -34,7 +33,7 @@ fn text(out: &Output) -> String {
 fn the_packaged_config_outside_the_data_dir_serves_and_enrolls() {
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path().join("etc-collector.toml");
-    let packaged = include_str!("../../packaging/collector.toml");
+    let packaged = include_str!("../../../packaging/collector.toml");
     let config = packaged
         .replace("quic_listen = \"0.0.0.0:4433\"", "quic_listen = \"127.0.0.1:0\"")
         .replace("http_listen = \"127.0.0.1:8080\"", "http_listen = \"127.0.0.1:0\"");
@@ -108,7 +107,7 @@ fn the_packaged_config_outside_the_data_dir_serves_and_enrolls() {
 fn import_reads_the_config_outside_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path().join("etc-collector.toml");
-    let config = include_str!("../../packaging/collector.toml")
+    let config = include_str!("../../../packaging/collector.toml")
         .replace("max_import_bytes = 67108864", "max_import_bytes = 2000")
         .replace("max_record_bytes = 1048576", "max_record_bytes = 2000");
     std::fs::write(&etc, &config).unwrap();

@@ -4,8 +4,6 @@
 //! mount namespace of the test's own) holds alerts in memory, says so in
 //! `ward-agent status`, and delivers or reports every one once space returns.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use ward_tests::*;
@@ -157,125 +155,133 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// A full agent disk: the agent's state dir on a small tmpfs (in a mount namespace of
-/// the test's own), filled up. Alerts wait in memory (bounded), `ward-agent status` and
-/// the collector's device view say the disk is full; once space returns the waiting
-/// alerts arrive and what the bound dropped reaches the collector as a report.
-#[test]
-fn a_full_agent_disk_holds_alerts_in_memory_says_so_and_reports_what_it_dropped() {
-    in_own_namespace(
-        "a_full_agent_disk_holds_alerts_in_memory_says_so_and_reports_what_it_dropped",
-        || async {
-            run("ip", &["link", "set", "lo", "up"]);
-            let collector = Collector::start_with(without_folding).unwrap();
-            let mut agent = Agent::start_with(&collector, |w| {
-                format!(
-                    "{}\n[detection]\naggregate_window_ms = 0\n\n[outbox]\nmemory_queue_max_alerts = 20\n",
-                    Agent::test_config(w)
-                )
-            })
-            .unwrap();
-            agent.wait_connected(Duration::from_secs(15)).unwrap();
-            let dev = agent.device_id.clone();
-            assert!(agent.stop().unwrap().success(), "the agent stops cleanly");
+/// Needs a mount namespace of its own (root, or unprivileged user namespaces).
+mod privileged {
+    use super::*;
 
-            // Move the state dir onto a 2 MiB tmpfs.
-            let state = agent.state_dir();
-            let saved = agent.dir.path().join("state.saved");
-            run("cp", &["-a", state.to_str().unwrap(), saved.to_str().unwrap()]);
-            run(
-                "mount",
-                &[
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    "size=2m",
-                    "ward-test-full",
-                    state.to_str().unwrap(),
-                ],
-            );
-            run(
-                "cp",
-                &["-a", &format!("{}/.", saved.display()), state.to_str().unwrap()],
-            );
-            agent.run().unwrap();
-            agent.wait_connected(Duration::from_secs(15)).unwrap();
+    /// A full agent disk: the agent's state dir on a small tmpfs (in a mount namespace of
+    /// the test's own), filled up. Alerts wait in memory (bounded), `ward-agent status` and
+    /// the collector's device view say the disk is full; once space returns the waiting
+    /// alerts arrive and what the bound dropped reaches the collector as a report.
+    #[test]
+    fn a_full_agent_disk_holds_alerts_in_memory_says_so_and_reports_what_it_dropped() {
+        in_own_namespace(
+            &test_path(
+                module_path!(),
+                "a_full_agent_disk_holds_alerts_in_memory_says_so_and_reports_what_it_dropped",
+            ),
+            || async {
+                run("ip", &["link", "set", "lo", "up"]);
+                let collector = Collector::start_with(without_folding).unwrap();
+                let mut agent = Agent::start_with(&collector, |w| {
+                    format!(
+                        "{}\n[detection]\naggregate_window_ms = 0\n\n[outbox]\nmemory_queue_max_alerts = 20\n",
+                        Agent::test_config(w)
+                    )
+                })
+                .unwrap();
+                agent.wait_connected(Duration::from_secs(15)).unwrap();
+                let dev = agent.device_id.clone();
+                assert!(agent.stop().unwrap().success(), "the agent stops cleanly");
 
-            // Fill the disk, then 50 distinct detections.
-            fill(&state);
-            for i in 0..50 {
-                std::fs::write(agent.watch.join(format!("full-{i:04}.bin")), EICAR).unwrap();
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
+                // Move the state dir onto a 2 MiB tmpfs.
+                let state = agent.state_dir();
+                let saved = agent.dir.path().join("state.saved");
+                run("cp", &["-a", state.to_str().unwrap(), saved.to_str().unwrap()]);
+                run(
+                    "mount",
+                    &[
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        "size=2m",
+                        "ward-test-full",
+                        state.to_str().unwrap(),
+                    ],
+                );
+                run(
+                    "cp",
+                    &["-a", &format!("{}/.", saved.display()), state.to_str().unwrap()],
+                );
+                agent.run().unwrap();
+                agent.wait_connected(Duration::from_secs(15)).unwrap();
+
+                // Fill the disk, then 50 distinct detections.
+                fill(&state);
+                for i in 0..50 {
+                    std::fs::write(agent.watch.join(format!("full-{i:04}.bin")), EICAR).unwrap();
+                }
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let status = agent.status().unwrap();
+                    if status.contains("agent: running")
+                        && status.contains("storage: FAILING")
+                        && status.contains("no space left")
+                        && status.contains("20 alerts waiting in memory, 30 dropped")
+                    {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "status never said the disk is full: {status}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                // The heartbeat told the collector too.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
+                    if device["storage_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("no space left"))
+                    {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the collector never heard of the full disk: {device}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                assert_eq!(
+                    collector.alert_counts(&dev, "full-").unwrap().0,
+                    0,
+                    "nothing was stored yet"
+                );
+
+                // Space returns: the 20 waiting arrive, the 30 dropped are reported.
+                std::fs::remove_file(state.join("filler")).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
+                    let stored = collector.alert_counts(&dev, "full-").unwrap().0;
+                    let reported = device["drop_reports"].as_array().and_then(|r| {
+                        r.iter()
+                            .find(|r| r["reason"].as_str().is_some_and(|s| s.contains("memory queue")))
+                            .cloned()
+                    });
+                    if stored == 20
+                        && let Some(r) = reported
+                        && device["storage_error"].is_null()
+                    {
+                        assert_eq!(r["dropped"], 30, "{r}");
+                        assert!(r["reason"].as_str().unwrap().contains("no space left"), "{r}");
+                        assert_eq!(device["dropped_total"], 30, "{device}");
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "after space returned: {stored} of 20 stored; device {device}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 let status = agent.status().unwrap();
-                if status.contains("agent: running")
-                    && status.contains("storage: FAILING")
-                    && status.contains("no space left")
-                    && status.contains("20 alerts waiting in memory, 30 dropped")
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "status never said the disk is full: {status}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            // The heartbeat told the collector too.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
-                if device["storage_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("no space left"))
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the collector never heard of the full disk: {device}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            assert_eq!(
-                collector.alert_counts(&dev, "full-").unwrap().0,
-                0,
-                "nothing was stored yet"
-            );
-
-            // Space returns: the 20 waiting arrive, the 30 dropped are reported.
-            std::fs::remove_file(state.join("filler")).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
-                let stored = collector.alert_counts(&dev, "full-").unwrap().0;
-                let reported = device["drop_reports"].as_array().and_then(|r| {
-                    r.iter()
-                        .find(|r| r["reason"].as_str().is_some_and(|s| s.contains("memory queue")))
-                        .cloned()
-                });
-                if stored == 20
-                    && let Some(r) = reported
-                    && device["storage_error"].is_null()
-                {
-                    assert_eq!(r["dropped"], 30, "{r}");
-                    assert!(r["reason"].as_str().unwrap().contains("no space left"), "{r}");
-                    assert_eq!(device["dropped_total"], 30, "{device}");
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "after space returned: {stored} of 20 stored; device {device}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let status = agent.status().unwrap();
-            assert!(status.contains("storage: ok"), "{status}");
-            agent.kill9();
-            let _ = std::process::Command::new("umount").arg(&state).status();
-        },
-    );
+                assert!(status.contains("storage: ok"), "{status}");
+                agent.kill9();
+                let _ = std::process::Command::new("umount").arg(&state).status();
+            },
+        );
+    }
 }
 
 /// Waits until `n` alerts naming `needle` are stored.

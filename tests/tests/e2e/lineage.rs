@@ -3,8 +3,6 @@
 //! line, from both process paths: the netlink connector (when run as root) and /proc
 //! polling alone.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use serde_json::Value;

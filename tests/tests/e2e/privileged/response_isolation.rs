@@ -3,8 +3,6 @@
 //! lands on a real agent, the device keeps talking to the collector, a removed
 //! rule set comes back with a tamper alert, and release removes exactly Ward's table.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,7 +11,10 @@ use ward_tests::*;
 
 #[test]
 fn isolate_and_release_through_the_command_path() {
-    in_own_namespace("isolate_and_release_through_the_command_path", scenario);
+    in_own_namespace(
+        &test_path(module_path!(), "isolate_and_release_through_the_command_path"),
+        scenario,
+    );
 }
 
 fn nft_table() -> Option<String> {

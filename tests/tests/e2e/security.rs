@@ -2,8 +2,6 @@
 //! peer or a compromised device can do to everyone else, with the real
 //! binaries on loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,6 @@
 //! stored and acknowledged, nothing lost. The collector's data dir is on a small
 //! tmpfs in a mount namespace of the test's own.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,7 +12,13 @@ use ward_tests::*;
 
 #[test]
 fn a_full_disk_is_reported_and_batches_wait_instead_of_failing() {
-    in_own_namespace("a_full_disk_is_reported_and_batches_wait_instead_of_failing", scenario);
+    in_own_namespace(
+        &test_path(
+            module_path!(),
+            "a_full_disk_is_reported_and_batches_wait_instead_of_failing",
+        ),
+        scenario,
+    );
 }
 
 async fn health(collector: &Collector) -> (u16, serde_json::Value) {

@@ -11,8 +11,6 @@
 //! store from this process, as `ward-collector import` does from another one: the
 //! correlator tails the alerts table, so it picks them up however they arrived.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 

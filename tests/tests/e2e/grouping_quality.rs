@@ -4,8 +4,6 @@
 //! precision (>= 0.95) and recall (>= 0.90) targets and the time cases, on the
 //! committed week and on weeks drawn with other seeds.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::OnceLock;
 
 use ward_tests::corpus::{self, Corpus, Report};

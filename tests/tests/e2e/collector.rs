@@ -2,8 +2,6 @@
 //! API, every refusal with its reason while a good client keeps being served,
 //! and a kill -9 in the middle of a burst.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use ward_protocol::codec::MAX_AGENT_FRAME;

@@ -2,8 +2,6 @@
 //! temporary directory: detections reach the collector's API within 2 s, and
 //! nothing is lost or doubled across a collector outage or an agent kill -9.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use ward_tests::*;

@@ -2,8 +2,6 @@
 //! 10), with the real collector on loopback. In a file of its own: the latency
 //! it measures must not share the machine with another test's flood.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use ward_tests::*;

@@ -5,8 +5,6 @@
 //! nothing); rejections; every route's roles; the audit chain verifies, and
 //! detects an edited entry.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `ward` command line against a running collector: devices, the action
 //! workflow end to end with a real enrolled protocol client, roles, the config
 //! file, and incidents.

@@ -2,8 +2,6 @@
 //! over TLS 1.3 and 1.2, plain HTTP refused, a silent client not blocking others,
 //! a clean shutdown, and a clear startup error for a bad key file.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

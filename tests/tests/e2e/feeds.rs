@@ -3,8 +3,6 @@
 //! happened, the alerts are visible through the alerts API with their source, and
 //! importing the same files again adds nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::PathBuf;
 
 use serde_json::{Value, json};

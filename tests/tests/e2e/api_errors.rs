@@ -2,8 +2,6 @@
 //! also where axum refuses before a handler runs: bodies over the limit (declared or
 //! chunked), a path that is not UTF-8, a method the route does not take.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::{Value, json};
 use ward_tests::Collector;
 

@@ -5,8 +5,6 @@
 //! stranded; after the cut-over a command signed with the old key is refused,
 //! and the action shows it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 

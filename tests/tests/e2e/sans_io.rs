@@ -2,8 +2,6 @@
 //! TLS or database crate among their normal dependencies (and, for detect, none of
 //! the agent's sensor crates), so the collector can link both without the agent.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Command;
 
 /// Crates no sans-IO crate may depend on.

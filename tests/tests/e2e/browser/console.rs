@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The analyst console in a real headless Chromium against the real collector and
 //! a real agent, inside a network namespace of its own (the isolation it approves
 //! touches nftables): an analyst signs in, walks the queue with the keyboard,
@@ -32,7 +31,7 @@ const PAGE: usize = 200;
 fn console_story_in_a_real_browser() {
     // Fails (never skips) with the reason when Chromium is missing.
     chromium_path().unwrap();
-    in_own_namespace("console_story_in_a_real_browser", scenario);
+    in_own_namespace(&test_path(module_path!(), "console_story_in_a_real_browser"), scenario);
 }
 
 /// Captures the page as `name` and checks the capture is a PNG image.
