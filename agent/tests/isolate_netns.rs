@@ -71,11 +71,11 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The entry point: re-executes this test inside new namespaces and reports its result.
 /// Needs root or unprivileged user namespaces; `cargo quick` skips it.
 mod privileged {
     use super::*;
 
+    /// The entry point: re-executes this test inside new namespaces and reports its result.
     #[test]
     fn isolation_in_namespaces() {
         if std::env::var_os(IN_NS).is_some() {
@@ -115,6 +115,8 @@ mod privileged {
         );
     }
 
+    /// Not a test on its own: the peer namespace's servers when started by
+    /// [`isolation_in_namespaces`] (with the marker variable); returns at once otherwise.
     #[test]
     fn peer_helper_process() {
         if std::env::var_os(PEER).is_some() {
@@ -122,9 +124,6 @@ mod privileged {
         }
     }
 }
-
-/// Not a test on its own: the peer namespace's servers when started by
-/// [`isolation_in_namespaces`] (with the marker variable); returns at once otherwise.
 
 // ---------------------------------------------------------------------------
 // Peer side
