@@ -70,6 +70,16 @@ struct Cli {
     /// (a PATCH) against the engine's load from the store.
     #[arg(long)]
     restart: bool,
+    /// Alerts per transaction of the benchmark's inserts (the collector's writer groups
+    /// up to `[ingest] max_batch_alerts` per round; a feed import writes its batches).
+    #[arg(long, default_value_t = 10_000)]
+    insert_batch: u64,
+    /// The inserts' connection as SQLite's defaults leave it (2 MiB page cache, the
+    /// log checkpointed inside its commits) instead of as the collector's writer sets
+    /// its own (`[ingest] writer_cache_mib`, checkpoints on another thread): the
+    /// first two rounds of BENCHMARKS.md measured that way.
+    #[arg(long)]
+    insert_defaults: bool,
 }
 
 const DAY: u64 = 86_400_000;
@@ -476,20 +486,31 @@ async fn collector_run(cli: &Cli) -> Result<()> {
         }
         conn.execute_batch("COMMIT")?;
     }
+    if !cli.insert_defaults {
+        // As the collector's writer sets its connection (`ingest::Writer::start`).
+        store.set_cache_mib(ward_collector::config::Config::default().ingest.writer_cache_mib)?;
+        store.disable_auto_checkpoint()?;
+    }
     let mut g = generator(cli);
     let started = Instant::now();
+    let mut insert_cpu = Duration::ZERO;
     let mut i = 0;
     while i < cli.alerts {
-        let n = 10_000.min(cli.alerts - i);
+        let n = cli.insert_batch.max(1).min(cli.alerts - i);
         let batch: Vec<SourcedAlert> = (i..i + n).map(|k| g.alert(k)).collect();
+        let c = thread_cpu();
         store.insert_sourced_alerts(&batch, ward_tests::now_ms())?;
+        insert_cpu += thread_cpu().saturating_sub(c);
         i += n;
     }
     let written = started.elapsed();
     println!(
-        "stored {} alerts in {:.1} s (the collector correlating meanwhile)",
+        "stored {} alerts in {:.1} s in transactions of {} (the collector correlating meanwhile); the inserts' CPU {:.2} s = {:.1} us per alert",
         cli.alerts,
-        written.as_secs_f64()
+        written.as_secs_f64(),
+        cli.insert_batch,
+        insert_cpu.as_secs_f64(),
+        insert_cpu.as_secs_f64() * 1e6 / cli.alerts.max(1) as f64
     );
     let max_rowid: i64 = store_query(&db, "SELECT MAX(rowid) FROM alerts")?;
     loop {
