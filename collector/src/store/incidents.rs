@@ -457,18 +457,22 @@ impl Store {
         )
     }
 
-    /// Writes what correlating alerts up to `counters.watermark` changed, in one transaction.
+    /// Writes what correlating alerts up to `counters.watermark` changed, in one
+    /// transaction. Returns how long it waited for the write lock (another process's
+    /// transaction: a feed import, the CLI).
     pub fn apply_correlation(
         &mut self,
         changes: &Changes,
         counters: CorrelationCounters,
         now_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<std::time::Duration, StoreError> {
+        let asked = std::time::Instant::now();
         let tx = self.conn.transaction()?;
+        let waited = asked.elapsed();
         write_changes(&tx, changes, now_ms)?;
         save_counters(&tx, counters)?;
         tx.commit()?;
-        Ok(())
+        Ok(waited)
     }
 
     /// Writes a rebuilt incident: its summary and all its keys (the old ones go).
@@ -1010,8 +1014,10 @@ fn activity_of(
     kind: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO incident_activity (incident, at_ms, actor, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![seq, i64_of(now_ms), actor, kind, detail])?;
+    tx.prepare_cached(
+        "INSERT INTO incident_activity (incident, at_ms, actor, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![seq, i64_of(now_ms), actor, kind, detail])?;
     Ok(())
 }
 
