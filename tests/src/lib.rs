@@ -227,8 +227,8 @@ impl Collector {
         loop {
             let found: Option<String> = self.db().ok().and_then(|db| {
                 db.query_row(
-                    "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
-                     WHERE a.id = ?1",
+                    "SELECT i.id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+                     JOIN incidents i ON i.seq = ia.incident WHERE a.id = ?1",
                     [alert],
                     |r| r.get(0),
                 )

@@ -104,6 +104,7 @@ impl Writer {
         store.set_fold(fold)?;
         store.set_cache_mib(cache_mib)?;
         store.disable_auto_checkpoint()?;
+        store.poll_for_write_lock()?;
         let checkpointer = Checkpointer::start(db_path, INLINE_FRAMES)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);

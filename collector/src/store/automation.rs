@@ -208,8 +208,8 @@ impl Store {
             let links: Vec<(i64, String)> = self
                 .conn
                 .prepare_cached(
-                    "SELECT alert_rowid, incident_id FROM incident_alerts WHERE alert_rowid > ?1
-                     ORDER BY alert_rowid LIMIT ?2",
+                    "SELECT ia.alert_rowid, i.id FROM incident_alerts ia JOIN incidents i ON i.seq = ia.incident
+                     WHERE ia.alert_rowid > ?1 ORDER BY ia.alert_rowid LIMIT ?2",
                 )?
                 .query_map(params![mark, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
@@ -222,7 +222,8 @@ impl Store {
             let changes: Vec<(i64, String, String, String)> = self
                 .conn
                 .prepare_cached(
-                    "SELECT id, incident_id, actor, kind FROM incident_activity WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    "SELECT a.id, i.id, a.actor, a.kind FROM incident_activity a JOIN incidents i ON i.seq = a.incident
+                     WHERE a.id > ?1 ORDER BY a.id LIMIT ?2",
                 )?
                 .query_map(params![mark, limit], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -300,7 +301,7 @@ impl Store {
             .prepare_cached(
                 "SELECT a.device_id, a.source, a.severity, a.tactics, a.entities
                  FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
-                 WHERE ia.incident_id = ?1 ORDER BY ia.alert_rowid LIMIT ?2",
+                 WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?1) ORDER BY ia.alert_rowid LIMIT ?2",
             )?
             .query_map(params![id, MAX_INCIDENT_ALERTS], |r| {
                 let entities: String = r.get(4)?;
@@ -424,8 +425,9 @@ mod tests {
             store
                 .conn
                 .execute(
-                    "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms)
-                     SELECT rowid, ?2, 'test', 'correlator', 0 FROM alerts WHERE id = ?1",
+                    "INSERT INTO incident_alerts (alert_rowid, incident, reason, linked_by, linked_at_ms)
+                     SELECT rowid, (SELECT seq FROM incidents WHERE id = ?2), 'test', 'correlator', 0 FROM alerts
+                     WHERE id = ?1",
                     params![alert.id, incident],
                 )
                 .unwrap();

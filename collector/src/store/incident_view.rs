@@ -95,7 +95,7 @@ impl Scope<'_> {
     fn sql_and_key(&self) -> (&'static str, &str) {
         match self {
             Scope::Incident(id) => (
-                "FROM incident_alerts ia JOIN alerts ON alerts.rowid = ia.alert_rowid WHERE ia.incident_id = ?",
+                "FROM incident_alerts ia JOIN alerts ON alerts.rowid = ia.alert_rowid WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?)",
                 id,
             ),
             Scope::Device(id) => ("FROM alerts WHERE alerts.device_id = ?", id),
@@ -249,7 +249,8 @@ impl Store {
         {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT a.rowid, a.device_id, a.observed_at_ms, a.last_observed_at_ms, a.severity, a.source, a.count
-                 FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE ia.incident_id = ?1",
+                 FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+                 WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?1)",
             )?;
             let mut rows = stmt.query(params![id])?;
             while let Some(r) = rows.next()? {
@@ -345,7 +346,8 @@ impl Store {
         };
         let mut stmt = self.conn.prepare_cached(
             "SELECT ae.alert_rowid, ae.kind, ae.value FROM incident_alerts ia
-             JOIN alert_entities ae ON ae.alert_rowid = ia.alert_rowid WHERE ia.incident_id = ?1
+             JOIN alert_entities ae ON ae.alert_rowid = ia.alert_rowid
+             WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?1)
              ORDER BY ae.alert_rowid",
         )?;
         let mut rows = stmt.query(params![id])?;
@@ -409,7 +411,7 @@ impl Store {
     pub fn incident_alert_devices(&self, id: &str, limit: u32) -> Result<(Vec<String>, i64), StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT a.device_id, MIN(a.observed_at_ms) first FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
-             WHERE ia.incident_id = ?1 AND a.device_id IS NOT NULL GROUP BY a.device_id ORDER BY first, a.device_id",
+             WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?1) AND a.device_id IS NOT NULL GROUP BY a.device_id ORDER BY first, a.device_id",
         )?;
         let all = stmt
             .query_map(params![id], |r| r.get::<_, String>(0))?
@@ -427,7 +429,7 @@ impl Store {
                     COALESCE(MIN(CASE WHEN ae.kind = 'lineage' THEN ae.alert_rowid END), MIN(ae.alert_rowid)) sample
              FROM incident_alerts ia JOIN alert_entities ae ON ae.alert_rowid = ia.alert_rowid
              JOIN alerts a ON a.rowid = ia.alert_rowid
-             WHERE ia.incident_id = ?1 AND ae.kind IN ('lineage', 'process')
+             WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?1) AND ae.kind IN ('lineage', 'process')
              GROUP BY a.device_id, ae.value ORDER BY MIN(a.observed_at_ms), sample",
         )?;
         let all = stmt
@@ -448,7 +450,7 @@ impl Store {
             // instead of walking the incident's alerts once per process.
             "SELECT a.id, a.rule_title, a.severity, a.observed_at_ms FROM alert_entities ae
              CROSS JOIN incident_alerts ia ON ia.alert_rowid = ae.alert_rowid CROSS JOIN alerts a ON a.rowid = ae.alert_rowid
-             WHERE ae.kind IN ('lineage', 'process') AND ae.value = ?1 AND ia.incident_id = ?2 AND a.device_id IS ?3
+             WHERE ae.kind IN ('lineage', 'process') AND ae.value = ?1 AND ia.incident = (SELECT seq FROM incidents WHERE id = ?2) AND a.device_id IS ?3
              GROUP BY a.rowid ORDER BY a.observed_at_ms, a.rowid LIMIT ?4",
         )?;
         let mut out = Vec::with_capacity(kept.len());

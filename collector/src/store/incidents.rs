@@ -2,7 +2,7 @@
 //! prevalence, the tail watermark), analyst changes with their activity log, and
 //! the queries behind the incident API.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
@@ -278,9 +278,9 @@ impl Store {
         };
         let mut keys = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, label, via, first_ms, last_ms, last_alert, runs, flags FROM incident_entities WHERE incident_id = ?1",
+            "SELECT key, label, via, first_ms, last_ms, last_alert, runs, flags FROM incident_entities WHERE incident = ?1",
         )?;
-        let rows = stmt.query_map(params![id], |r| {
+        let rows = stmt.query_map(params![seq], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, Option<String>>(1)?,
@@ -343,7 +343,7 @@ impl Store {
     pub fn incidents_holding(&self, keys: &[String], from_ms: u64, to_ms: u64) -> Result<Vec<Incident>, StoreError> {
         let mut ids: Vec<(i64, String)> = Vec::new();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT i.seq, i.id FROM incident_entities ie JOIN incidents i ON i.id = ie.incident_id
+            "SELECT i.seq, i.id FROM incident_entities ie JOIN incidents i ON i.seq = ie.incident
              WHERE ie.key = ?1 AND i.status IN ('active', 'in_progress')
                AND i.last_activity_ms >= ?2 AND i.first_activity_ms <= ?3",
         )?;
@@ -452,31 +452,35 @@ impl Store {
             "SELECT a.rowid, a.id, a.device_id, a.observed_at_ms, a.severity, a.tactics, a.source, a.rule_title,
                     a.entities, a.received_at_ms
              FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
-             WHERE ia.incident_id = ?1 ORDER BY a.rowid",
+             WHERE ia.incident = (SELECT seq FROM incidents WHERE id = ?1) ORDER BY a.rowid",
             params![id],
         )
     }
 
-    /// Writes what correlating alerts up to `counters.watermark` changed, in one transaction.
+    /// Writes what correlating alerts up to `counters.watermark` changed, in one
+    /// transaction. Returns how long it waited for the write lock (another process's
+    /// transaction: a feed import, the CLI).
     pub fn apply_correlation(
         &mut self,
         changes: &Changes,
         counters: CorrelationCounters,
         now_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<std::time::Duration, StoreError> {
+        let asked = std::time::Instant::now();
         let tx = self.conn.transaction()?;
+        let waited = asked.elapsed();
         write_changes(&tx, changes, now_ms)?;
         save_counters(&tx, counters)?;
         tx.commit()?;
-        Ok(())
+        Ok(waited)
     }
 
     /// Writes a rebuilt incident: its summary and all its keys (the old ones go).
     pub fn replace_incident_state(&mut self, row: &IncidentRow, now_ms: u64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "DELETE FROM incident_entities WHERE incident_id = ?1",
-            params![&*row.id],
+            "DELETE FROM incident_entities WHERE incident = ?1",
+            params![i64_of(row.seq)],
         )?;
         upsert_incident(&tx, row, false, now_ms)?;
         upsert_keys(&tx, row)?;
@@ -708,7 +712,7 @@ impl Store {
             .conn
             .query_row(
                 "SELECT a.rowid FROM alerts a JOIN incident_alerts ia ON ia.alert_rowid = a.rowid
-                 WHERE a.id = ?1 AND ia.incident_id = ?2",
+                 WHERE a.id = ?1 AND ia.incident = (SELECT seq FROM incidents WHERE id = ?2)",
                 params![alert_id, from],
                 |r| r.get(0),
             )
@@ -757,9 +761,9 @@ impl Store {
             format!("moved by {actor} from incident {from}: {reason}")
         };
         tx.execute(
-            "UPDATE incident_alerts SET incident_id = ?2, reason = ?3, linked_by = ?4, linked_at_ms = ?5
+            "UPDATE incident_alerts SET incident = ?2, reason = ?3, linked_by = ?4, linked_at_ms = ?5
              WHERE alert_rowid = ?1",
-            params![rowid, dest, why, actor, i64_of(now_ms)],
+            params![rowid, seq_of(&tx, &dest)?, why, actor, i64_of(now_ms)],
         )?;
         activity(
             &tx,
@@ -786,8 +790,8 @@ impl Store {
             &format!("alert {alert_id} → {dest}"),
         )?;
         let left: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM incident_alerts WHERE incident_id = ?1",
-            params![from],
+            "SELECT COUNT(*) FROM incident_alerts WHERE incident = ?1",
+            params![seq_of(&tx, from)?],
             |r| r.get(0),
         )?;
         if left == 0 {
@@ -817,7 +821,7 @@ impl Store {
             Some(keys) => {
                 p.extend(keys.iter().map(|k| k.clone().into()));
                 format!(
-                    "SELECT DISTINCT {SUMMARY_COLUMNS} FROM incident_entities d CROSS JOIN incidents i ON i.id = d.incident_id
+                    "SELECT DISTINCT {SUMMARY_COLUMNS} FROM incident_entities d CROSS JOIN incidents i ON i.seq = d.incident
                      WHERE d.key IN ({}) AND i.last_activity_ms >= ?",
                     vec!["?"; keys.len()].join(",")
                 )
@@ -861,7 +865,7 @@ impl Store {
         for keys in [&f.device_keys, &f.user_keys] {
             if !keys.is_empty() && !driver.is_some_and(|d| std::ptr::eq(d, keys)) {
                 sql.push_str(&format!(
-                    " AND i.id IN (SELECT e.incident_id FROM incident_entities e WHERE e.key IN ({}))",
+                    " AND i.seq IN (SELECT e.incident FROM incident_entities e WHERE e.key IN ({}))",
                     vec!["?"; keys.len()].join(",")
                 ));
                 p.extend(keys.iter().map(|k| k.clone().into()));
@@ -915,8 +919,8 @@ impl Store {
     /// The incident an alert is in and why (tests and tools).
     pub fn incident_alerts_of(&self, alert_id: &str) -> Result<(String, String), StoreError> {
         Ok(self.conn.query_row(
-            "SELECT ia.incident_id, ia.reason FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
-             WHERE a.id = ?1",
+            "SELECT i.id, ia.reason FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+             JOIN incidents i ON i.seq = ia.incident WHERE a.id = ?1",
             params![alert_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?)
@@ -926,7 +930,7 @@ impl Store {
     pub fn incident_device_ids(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT substr(key, 8) AS value FROM incident_entities
-             WHERE incident_id = ?1 AND substr(key, 1, 7) = 'device:' AND substr(key, 8) NOT LIKE 'host/%'
+             WHERE incident = (SELECT seq FROM incidents WHERE id = ?1) AND substr(key, 1, 7) = 'device:' AND substr(key, 8) NOT LIKE 'host/%'
              ORDER BY first_ms, value",
         )?;
         let rows = stmt
@@ -937,7 +941,8 @@ impl Store {
 
     pub fn incident_activity(&self, id: &str) -> Result<Vec<ActivityEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT at_ms, actor, kind, detail FROM incident_activity WHERE incident_id = ?1 ORDER BY at_ms, id",
+            "SELECT at_ms, actor, kind, detail FROM incident_activity
+             WHERE incident = (SELECT seq FROM incidents WHERE id = ?1) ORDER BY at_ms, id",
         )?;
         let rows = stmt
             .query_map(params![id], |r| {
@@ -981,6 +986,14 @@ impl Store {
     }
 }
 
+/// An incident's number (`incidents.seq`): the incident tables name it by that.
+fn seq_of(conn: &rusqlite::Connection, id: &str) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT seq FROM incidents WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("no incident {id}")))
+}
+
 fn activity(
     tx: &Transaction<'_>,
     id: &str,
@@ -989,10 +1002,22 @@ fn activity(
     kind: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
+    activity_of(tx, seq_of(tx, id)?, now_ms, actor, kind, detail)
+}
+
+/// An activity entry of the incident numbered `seq`.
+fn activity_of(
+    tx: &Transaction<'_>,
+    seq: i64,
+    now_ms: u64,
+    actor: &str,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO incident_activity (incident_id, at_ms, actor, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO incident_activity (incident, at_ms, actor, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![id, i64_of(now_ms), actor, kind, detail])?;
+    .execute(params![seq, i64_of(now_ms), actor, kind, detail])?;
     Ok(())
 }
 
@@ -1020,9 +1045,9 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, new: bool, now_ms: u
     if let Some((old, false)) = before
         && sev_num(inc.severity) > old
     {
-        activity(
+        activity_of(
             tx,
-            &inc.id,
+            i64_of(inc.seq),
             now_ms,
             "correlation",
             "severity_raised",
@@ -1097,9 +1122,9 @@ const KEY_ON_DEVICE: i64 = 2;
 /// Saves the keys a row carries.
 fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO incident_entities (incident_id, key, label, via, first_ms, last_ms, last_alert, runs, flags)
+        "INSERT INTO incident_entities (incident, key, label, via, first_ms, last_ms, last_alert, runs, flags)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT(incident_id, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
+         ON CONFLICT(incident, key) DO UPDATE SET via = excluded.via, first_ms = excluded.first_ms,
              last_ms = excluded.last_ms, last_alert = excluded.last_alert, runs = excluded.runs,
              flags = excluded.flags",
     )?;
@@ -1108,7 +1133,7 @@ fn upsert_keys(tx: &Transaction<'_>, inc: &IncidentRow) -> Result<(), StoreError
         // The label only where it is not the value (the key holds that).
         let label = k.label.as_deref().filter(|l| *l != k.value());
         stmt.execute(params![
-            &*inc.id,
+            i64_of(inc.seq),
             &*k.key,
             label,
             k.via.as_deref(),
@@ -1131,16 +1156,21 @@ fn merge_rows(
     actor: &str,
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    let (from_seq, into_seq) = (seq_of(tx, from)?, seq_of(tx, into)?);
     for sql in [
-        "UPDATE incident_alerts SET incident_id = ?2 WHERE incident_id = ?1",
+        "UPDATE incident_alerts SET incident = ?2 WHERE incident = ?1",
+        "UPDATE incident_activity SET incident = ?2 WHERE incident = ?1",
+    ] {
+        tx.prepare_cached(sql)?.execute(params![from_seq, into_seq])?;
+    }
+    for sql in [
         "UPDATE incident_comments SET incident_id = ?2 WHERE incident_id = ?1",
-        "UPDATE incident_activity SET incident_id = ?2 WHERE incident_id = ?1",
         "UPDATE incidents SET redirected_to = ?2 WHERE redirected_to = ?1",
     ] {
         tx.prepare_cached(sql)?.execute(params![from, into])?;
     }
-    tx.prepare_cached("DELETE FROM incident_entities WHERE incident_id = ?1")?
-        .execute(params![from])?;
+    tx.prepare_cached("DELETE FROM incident_entities WHERE incident = ?1")?
+        .execute(params![from_seq])?;
     let tags_of = |id: &str| -> Result<Vec<String>, StoreError> {
         let t: String = tx
             .prepare_cached("SELECT tags FROM incidents WHERE id = ?1")?
@@ -1230,26 +1260,36 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
         .filter(|l| l.created)
         .map(|l| &*l.incident_id)
         .collect();
+    // Every incident a link names is saved here; the tables below name it by number.
+    let mut seqs: HashMap<&str, i64> = HashMap::with_capacity(changes.incidents.len() + changes.merged_away.len());
     for inc in changes.merged_away.iter().chain(&changes.incidents) {
         upsert_incident(tx, inc, opened.remove(&*inc.id), now_ms)?;
+        seqs.insert(&inc.id, i64_of(inc.seq));
     }
+    let seq = |id: &str| -> Result<i64, StoreError> {
+        match seqs.get(id) {
+            Some(&n) => Ok(n),
+            None => seq_of(tx, id),
+        }
+    };
     let mut link = tx.prepare_cached(
-        "INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms, at_ms, clock_note)
+        "INSERT INTO incident_alerts (alert_rowid, incident, reason, linked_by, linked_at_ms, at_ms, clock_note)
          VALUES (?1, ?2, ?3, 'correlation', ?4, ?5, ?6) ON CONFLICT(alert_rowid) DO NOTHING",
     )?;
     for l in &changes.links {
+        let incident = seq(&l.incident_id)?;
         link.execute(params![
             l.alert_rowid,
-            l.incident_id,
+            incident,
             l.reason,
             i64_of(now_ms),
             i64_of(l.at_ms),
             l.clock_note.as_deref()
         ])?;
         if l.created {
-            activity(
+            activity_of(
                 tx,
-                &l.incident_id,
+                incident,
                 now_ms,
                 "correlation",
                 "created",
@@ -1259,17 +1299,17 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
         if let Some(old) = &l.continues {
             tx.prepare_cached("UPDATE incidents SET continues_from = ?2 WHERE id = ?1")?
                 .execute(params![&*l.incident_id, &**old])?;
-            activity(
+            activity_of(
                 tx,
-                &l.incident_id,
+                incident,
                 now_ms,
                 "correlation",
                 "continues",
                 &format!("continues incident {old}, which reached its maximum span"),
             )?;
-            activity(
+            activity_of(
                 tx,
-                old,
+                seq(old)?,
                 now_ms,
                 "correlation",
                 "continued",

@@ -33,7 +33,7 @@ pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID};
 pub use sourced::{AlertSource, SourcedAlert};
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
@@ -226,6 +226,9 @@ fn sev_from(n: i64) -> &'static str {
     Severity::ALL.get(n as usize).map(Severity::as_str).unwrap_or("unknown")
 }
 
+/// How long a connection waits for another's lock before giving up with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -234,7 +237,7 @@ impl Store {
     /// Opens (creating if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -277,6 +280,27 @@ impl Store {
         Ok(())
     }
 
+    /// Waits for another process's write lock (a feed import, the CLI) by trying
+    /// again every millisecond, for at most the same 10 s as the busy timeout.
+    /// SQLite's own wait backs off to 100 ms between tries, so a process that commits
+    /// and begins its next transaction at once took the lock again before this
+    /// connection woke up: the writer (correlation steps, ingest rounds) waited
+    /// behind the other process's whole run.
+    pub fn poll_for_write_lock(&mut self) -> Result<(), StoreError> {
+        let mut since = Instant::now();
+        self.conn.busy_handler(Some(move |tries: i32| {
+            if tries == 0 {
+                since = Instant::now();
+            }
+            if since.elapsed() >= BUSY_TIMEOUT {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            true
+        }))?;
+        Ok(())
+    }
+
     /// Stops SQLite checkpointing the write-ahead log inside this connection's
     /// commits (the writer's: `ingest::checkpoint` does it on another thread).
     pub fn disable_auto_checkpoint(&self) -> Result<(), StoreError> {
@@ -296,7 +320,7 @@ impl Store {
     pub fn open_readonly(path: &Path) -> Result<Store, StoreError> {
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // Whole-incident reads visit every alert of an incident: the file mapped
         // (shared with the OS page cache, no read call per page) and a larger page
         // cache (allocated as used) keep a 100,000-alert incident well under a second.
@@ -1071,4 +1095,41 @@ fn track_sequence(
         }
     }
     Ok(last_seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Store;
+
+    /// The writer's connection takes the write lock within milliseconds of another
+    /// process's commit. SQLite's own wait retries every 100 ms once it has waited
+    /// a while, so it woke up 50 ms late on average, and a process that began its
+    /// next transaction at once kept the lock.
+    #[test]
+    fn the_writer_takes_the_lock_soon_after_another_writer_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let mut store = Store::open(&path).unwrap();
+        store.poll_for_write_lock().unwrap();
+        let mut late = Vec::new();
+        for round in 0..5u64 {
+            let other = rusqlite::Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let hold = Duration::from_millis(400 + round * 37);
+            let release = std::thread::spawn(move || {
+                std::thread::sleep(hold);
+                other.execute_batch("COMMIT").unwrap();
+                Instant::now()
+            });
+            store.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let got = Instant::now();
+            store.conn.execute_batch("COMMIT").unwrap();
+            let released = release.join().unwrap();
+            late.push(got.saturating_duration_since(released));
+        }
+        late.sort();
+        assert!(late[2] < Duration::from_millis(15), "{late:?}");
+    }
 }

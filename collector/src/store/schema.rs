@@ -496,6 +496,62 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX drop_reports_once ON drop_reports(device_id, epoch, report_id) WHERE report_id IS NOT NULL;
     CREATE INDEX drop_reports_by_device ON drop_reports(device_id, id);
     "#,
+    // 22 (correlation write path): the tables a correlation step writes for every
+    // alert name their incident by its number (`incidents.seq`, unique, never
+    // changes) instead of its 26-character text id: a link, each key an incident
+    // holds and each activity entry had that text in a B-tree key (twice for keys),
+    // a link also looked its incident up by it (foreign key). The text id stays the
+    // incident's public id; readers join `incidents` on `seq`. Links keep their
+    // foreign key to `alerts` (an integer lookup of a row just written).
+    r#"
+    CREATE TABLE incident_alerts_new (
+        alert_rowid INTEGER PRIMARY KEY REFERENCES alerts(rowid),
+        incident INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        linked_by TEXT NOT NULL,
+        linked_at_ms INTEGER NOT NULL,
+        at_ms INTEGER,
+        clock_note TEXT
+    );
+    INSERT INTO incident_alerts_new (alert_rowid, incident, reason, linked_by, linked_at_ms, at_ms, clock_note)
+        SELECT ia.alert_rowid, i.seq, ia.reason, ia.linked_by, ia.linked_at_ms, ia.at_ms, ia.clock_note
+        FROM incident_alerts ia JOIN incidents i ON i.id = ia.incident_id;
+    DROP TABLE incident_alerts;
+    ALTER TABLE incident_alerts_new RENAME TO incident_alerts;
+    CREATE INDEX incident_alerts_by_incident ON incident_alerts(incident);
+    CREATE TABLE incident_entities_new (
+        incident INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        label TEXT,
+        via TEXT,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        last_alert TEXT NOT NULL,
+        runs TEXT,
+        flags INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (incident, key)
+    ) WITHOUT ROWID;
+    INSERT INTO incident_entities_new (incident, key, label, via, first_ms, last_ms, last_alert, runs, flags)
+        SELECT i.seq, e.key, e.label, e.via, e.first_ms, e.last_ms, e.last_alert, e.runs, e.flags
+        FROM incident_entities e JOIN incidents i ON i.id = e.incident_id;
+    DROP TABLE incident_entities;
+    ALTER TABLE incident_entities_new RENAME TO incident_entities;
+    CREATE INDEX incident_entities_by_key ON incident_entities(key, incident);
+    CREATE TABLE incident_activity_new (
+        id INTEGER PRIMARY KEY,
+        incident INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    INSERT INTO incident_activity_new (id, incident, at_ms, actor, kind, detail)
+        SELECT a.id, i.seq, a.at_ms, a.actor, a.kind, a.detail
+        FROM incident_activity a JOIN incidents i ON i.id = a.incident_id;
+    DROP TABLE incident_activity;
+    ALTER TABLE incident_activity_new RENAME TO incident_activity;
+    CREATE INDEX incident_activity_by_incident ON incident_activity(incident);
+    "#,
 ];
 
 #[cfg(test)]
@@ -598,6 +654,141 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kind_columns, 0);
+    }
+
+    /// A database made before the incident tables named incidents by number keeps
+    /// every link, key and activity entry (activity ids too: automation tails them),
+    /// and the store reads them by the incident's text id as before.
+    #[test]
+    fn incidents_named_by_number_keep_links_keys_and_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let by_number = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("incident_alerts_new"))
+            .unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..by_number] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {by_number};
+                 INSERT INTO devices (id, hostname, signing_key, cert_sha256, enrolled_at_ms)
+                     VALUES ('d1', 'laptop', x'00', x'01', 1);
+                 INSERT INTO alerts (rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms,
+                     rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched,
+                     signed_payload, signature, source)
+                     VALUES (7, 'a1', 'd1', 1, 10, 10, 11, 'r', 'R', 'me', 3, '[]', '[\"TA0002\"]', 1, '[]', '{{}}',
+                             x'02', x'03', 'agent'),
+                            (8, 'a2', 'd1', 2, 20, 20, 21, 'r', 'R', 'me', 3, '[]', '[]', 1, '[]', '{{}}',
+                             x'02', x'03', 'agent');
+                 INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
+                     first_title, several_titles, first_activity_ms, last_activity_ms, created_at_ms,
+                     updated_at_ms, alert_count, device_count, user_count, mailbox_count)
+                     VALUES ('i-old', 4, 'T', 3, 3, 'redirected', '[\"agent\"]', '[]', 'T', 0, 10, 10, 30, 30, 1, 1,
+                             0, 0),
+                            ('i-new', 9, 'T', 3, 3, 'active', '[\"agent\"]', '[\"TA0002\"]', 'T', 0, 10, 20, 30, 30,
+                             2, 1, 1, 0);
+                 UPDATE incidents SET redirected_to = 'i-new' WHERE id = 'i-old';
+                 INSERT INTO incident_alerts (alert_rowid, incident_id, reason, linked_by, linked_at_ms, at_ms,
+                     clock_note)
+                     VALUES (7, 'i-new', 'first alert', 'correlation', 40, 10, NULL),
+                            (8, 'i-new', 'same user alice', 'correlation', 41, 20, 'clock ahead');
+                 INSERT INTO incident_entities (incident_id, key, label, via, first_ms, last_ms, last_alert, runs,
+                     flags)
+                     VALUES ('i-new', 'device:d1', 'laptop', NULL, 10, 20, 'a2', '[[10,20]]', 2),
+                            ('i-new', 'user:alice', NULL, 'found on d1', 10, 20, 'a2', NULL, 1);
+                 INSERT INTO incident_activity (id, incident_id, at_ms, actor, kind, detail)
+                     VALUES (5, 'i-old', 40, 'correlation', 'created', 'opened by alert a0'),
+                            (6, 'i-new', 40, 'correlation', 'created', 'opened by alert a1'),
+                            (7, 'i-new', 50, 'correlation', 'merged', 'incident i-old merged into this one');
+                 INSERT INTO incident_comments (id, incident_id, at_ms, author, text)
+                     VALUES ('c1', 'i-new', 60, 'ana', 'look');"
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.incident_alerts_of("a2").unwrap(),
+            ("i-new".to_string(), "same user alice".to_string())
+        );
+        let alerts: Vec<i64> = store
+            .incident_stored_alerts("i-new")
+            .unwrap()
+            .iter()
+            .map(|a| a.rowid)
+            .collect();
+        assert_eq!(alerts, vec![7, 8]);
+        let inc = store.load_incident("i-new").unwrap().unwrap();
+        let mut keys: Vec<_> = inc
+            .keys
+            .iter()
+            .map(|k| (k.key.to_string(), k.weakly_held, k.on_device, k.runs.clone()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                ("device:d1".to_string(), false, true, vec![(10, 20)]),
+                ("user:alice".to_string(), true, false, vec![]),
+            ]
+        );
+        assert_eq!(store.incident_device_ids("i-new").unwrap(), vec!["d1".to_string()]);
+        let holding: Vec<String> = store
+            .incidents_holding(&["user:alice".to_string()], 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(holding, vec!["i-new".to_string()]);
+        let activity: Vec<(String, String)> = store
+            .incident_activity("i-new")
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.kind, a.detail))
+            .collect();
+        assert_eq!(
+            activity,
+            vec![
+                ("created".to_string(), "opened by alert a1".to_string()),
+                ("merged".to_string(), "incident i-old merged into this one".to_string())
+            ]
+        );
+        assert_eq!(store.incident_activity("i-old").unwrap().len(), 1);
+        let ids: Vec<i64> = store
+            .conn
+            .prepare("SELECT id FROM incident_activity ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, vec![5, 6, 7]);
+        assert_eq!(store.incident_comments("i-new").unwrap()[0].text, "look");
+        let listed: Vec<String> = store
+            .list_incidents(&crate::store::IncidentFilter {
+                user_keys: vec!["user:alice".into()],
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(listed, vec!["i-new".to_string()]);
+        // No text incident id is left in the tables a correlation step writes.
+        let text_ids: i64 = store
+            .conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM pragma_table_info('incident_alerts') WHERE name = 'incident_id')
+                      + (SELECT COUNT(*) FROM pragma_table_info('incident_entities') WHERE name = 'incident_id')
+                      + (SELECT COUNT(*) FROM pragma_table_info('incident_activity') WHERE name = 'incident_id')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(text_ids, 0);
     }
 
     /// The engine's load finds open incidents through the index by last activity

@@ -127,8 +127,8 @@ pub fn correlate(corpus: &Corpus, settings: Settings, keep: impl Fn(&Record) -> 
     };
     let mut placed: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
     let mut stmt = conn.prepare(
-        "SELECT a.id, ia.incident_id, ia.reason FROM alerts a
-         LEFT JOIN incident_alerts ia ON ia.alert_rowid = a.rowid",
+        "SELECT a.id, i.id, ia.reason FROM alerts a
+         LEFT JOIN incident_alerts ia ON ia.alert_rowid = a.rowid LEFT JOIN incidents i ON i.seq = ia.incident",
     )?;
     for row in stmt.query_map([], |r| {
         Ok((

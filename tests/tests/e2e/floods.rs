@@ -96,7 +96,7 @@ async fn floods_fold_into_one_alert_and_one_incident() {
     let (incident, _) = collector.incident_of(id).await;
     let incidents: i64 = db
         .query_row(
-            "SELECT COUNT(DISTINCT ia.incident_id) FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+            "SELECT COUNT(DISTINCT ia.incident) FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
              WHERE a.device_id = ?1 AND a.rule_id = ?2",
             [&dev, KNOWN_BAD_FILE],
             |r| r.get(0),

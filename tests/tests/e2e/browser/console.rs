@@ -572,7 +572,8 @@ async fn scenario() {
         .db()
         .unwrap()
         .query_row(
-            "SELECT ia.incident_id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid WHERE a.id = ?1",
+            "SELECT i.id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
+             JOIN incidents i ON i.seq = ia.incident WHERE a.id = ?1",
             [&moved],
             |r| r.get(0),
         )
