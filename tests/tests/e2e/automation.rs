@@ -443,7 +443,15 @@ async fn a_rogue_devices_alert_cannot_trigger_automation_on_other_devices() {
     assert_eq!(incident["severity"], "critical", "{incident}");
 
     let rogue_id = devices[2].id().to_string();
-    let acted = wait_actions(&collector, &rogue_id, 1).await;
+    // The proposal and its auto-approval are two commits: wait for the second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let acted = loop {
+        let acted = wait_actions(&collector, &rogue_id, 1).await;
+        if acted[0]["status"] != "pending_approval" || Instant::now() > deadline {
+            break acted;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(acted[0]["requested_by"], "automation:package-critical");
     assert_ne!(acted[0]["status"], "pending_approval", "auto-approved: {:?}", acted[0]);
     // Give automation time for anything else it would have proposed.
