@@ -6,8 +6,9 @@ use std::net::IpAddr;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::audit::append_audit;
 use super::sourced::{SourcedAlert, insert_sourced};
-use super::{InsertOutcome, Store, StoreError, audit, i64_of};
+use super::{InsertOutcome, Store, StoreError, i64_of};
 use crate::model::feed::{MailKind, MailRecord, SignIn, SignInOutcome};
 
 /// An open feed-import transaction.
@@ -276,6 +277,6 @@ impl FeedTx<'_> {
 
     /// Appends the import's audit entry.
     pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), StoreError> {
-        audit(&self.tx, self.now_ms, actor, action, target, detail)
+        append_audit(&self.tx, self.now_ms, actor, action, target, detail)
     }
 }

@@ -9,7 +9,8 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 use ward_protocol::{DeviceId, DropNotice};
 
-use super::{Store, StoreError, audit, i64_of};
+use super::audit::append_audit;
+use super::{Store, StoreError, i64_of};
 
 /// The most characters of an agent's drop reason kept (a device's text, bounded).
 pub const MAX_DROP_REASON_CHARS: usize = 512;
@@ -76,7 +77,7 @@ impl Store {
             "UPDATE devices SET outbox_epoch = ?2, last_seq = 0 WHERE id = ?1",
             params![id, epoch],
         )?;
-        audit(&tx, now_ms, &id, "device.outbox_epoch_changed", &id, &reason)?;
+        append_audit(&tx, now_ms, &id, "device.outbox_epoch_changed", &id, &reason)?;
         tx.commit()?;
         Ok(true)
     }
@@ -126,7 +127,7 @@ impl Store {
             "UPDATE devices SET dropped_total = dropped_total + ?2 WHERE id = ?1",
             params![id, i64_of(notice.report.dropped)],
         )?;
-        audit(
+        append_audit(
             &tx,
             now_ms,
             &id,
@@ -229,7 +230,7 @@ impl Store {
             params![id, error],
         )?;
         let detail = error.as_deref().unwrap_or("storage works again");
-        audit(&tx, now_ms, &id, "device.storage", &id, detail)?;
+        append_audit(&tx, now_ms, &id, "device.storage", &id, detail)?;
         tx.commit()?;
         Ok(())
     }

@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 use ward_protocol::{Entity, Severity};
 
-use super::{AlertView, Store, StoreError, audit, i64_of, sev_from, sev_num};
+use super::audit::append_audit;
+use super::{AlertView, Store, StoreError, i64_of, sev_from, sev_num};
 use crate::entity;
 use crate::incidents::engine::{Changes, Incident, IncidentRow, KeyRow};
 use crate::incidents::keys::{KeyKind, KnownDevice};
@@ -617,7 +618,7 @@ impl Store {
         }
         for (kind, detail) in &changed {
             activity(&tx, id, now_ms, actor, kind, detail)?;
-            audit(&tx, now_ms, actor, "incident.update", id, detail)?;
+            append_audit(&tx, now_ms, actor, "incident.update", id, detail)?;
         }
         tx.commit()?;
         Ok(Ok(()))
@@ -644,7 +645,7 @@ impl Store {
             params![id, i64_of(now_ms)],
         )?;
         activity(&tx, id, now_ms, author, "comment", &format!("comment {comment_id}"))?;
-        audit(&tx, now_ms, author, "incident.comment", id, comment_id)?;
+        append_audit(&tx, now_ms, author, "incident.comment", id, comment_id)?;
         tx.commit()?;
         Ok(Ok(CommentView {
             id: comment_id.into(),
@@ -679,7 +680,7 @@ impl Store {
         for f in from {
             let reason = format!("merged by {actor}");
             merge_rows(&tx, f, into, &reason, actor, now_ms)?;
-            audit(
+            append_audit(
                 &tx,
                 now_ms,
                 actor,
@@ -781,7 +782,7 @@ impl Store {
             "alert_moved",
             &format!("alert {alert_id} moved here from incident {from}"),
         )?;
-        audit(
+        append_audit(
             &tx,
             now_ms,
             actor,

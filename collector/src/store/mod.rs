@@ -5,6 +5,7 @@
 
 mod actions;
 mod audit;
+use audit::append_audit;
 mod automation;
 mod feeds;
 mod fold;
@@ -440,7 +441,7 @@ impl Store {
                 serde_json::to_string(&inv.logged_on_users).unwrap_or_default(),
             ],
         )?;
-        audit(
+        append_audit(
             &tx,
             now_ms,
             "enrollment",
@@ -491,7 +492,7 @@ impl Store {
                 .optional()?
                 .is_some();
         if n == 1 {
-            audit(&tx, now_ms, actor, "device.revoke", id, "")?;
+            append_audit(&tx, now_ms, actor, "device.revoke", id, "")?;
         }
         tx.commit()?;
         Ok(exists)
@@ -589,7 +590,7 @@ impl Store {
             params![id.to_string(), i64_of(dropped)],
         )?;
         self.apply_drops(&tx, id, epoch, seqs, None, &reason, now_ms)?;
-        audit(
+        append_audit(
             &tx,
             now_ms,
             &id.to_string(),
@@ -826,7 +827,7 @@ impl Store {
     /// Appends an operator action to the audit log.
     pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str, now_ms: u64) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        audit(&tx, now_ms, actor, action, target, detail)?;
+        append_audit(&tx, now_ms, actor, action, target, detail)?;
         tx.commit()?;
         Ok(())
     }
@@ -854,7 +855,7 @@ impl Store {
             "INSERT INTO rule_packs (version, created_at_ms, created_by, rule_count, signed) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![i64_of(version), i64_of(now_ms), actor, rule_count as i64, signed],
         )?;
-        audit(
+        append_audit(
             &tx,
             now_ms,
             actor,
@@ -913,7 +914,7 @@ impl Store {
                 params![i64_of(version), i64_of(rollover.created_at_ms), "cli", rule_count as i64, pack],
             )?;
         }
-        audit(
+        append_audit(
             &tx,
             rollover.created_at_ms,
             "cli",
@@ -949,7 +950,7 @@ impl Store {
              ON CONFLICT(name) DO UPDATE SET role = excluded.role, token_sha256 = excluded.token_sha256",
             params![name, role, &token_sha256[..], i64_of(now_ms)],
         )?;
-        audit(&tx, now_ms, "cli", "user.add", name, role)?;
+        append_audit(&tx, now_ms, "cli", "user.add", name, role)?;
         tx.commit()?;
         Ok(())
     }
@@ -978,18 +979,6 @@ impl Store {
             })
             .optional()?)
     }
-}
-
-/// Appends an audit entry chained to the previous one (see [`audit::audit_hash`]).
-fn audit(
-    tx: &Transaction<'_>,
-    now_ms: u64,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-) -> Result<(), StoreError> {
-    audit::append_audit(tx, now_ms, actor, action, target, detail)
 }
 
 /// Inserts one alert and its entities; its rowid, or None if its id was already stored.
