@@ -66,6 +66,7 @@ use ward_protocol::ids::Id128;
 
 use super::keys::{KeyKind, LinkKey};
 use super::severity::incident_severity;
+use super::triage;
 use crate::model::incident::{Classification, Status, TACTICS, tactic_rank};
 
 #[derive(Debug, Clone, Copy)]
@@ -554,17 +555,10 @@ impl Live {
 
     /// Takes in everything of a merged incident; returns the keys new here.
     fn absorb_incident(&mut self, table: &[KeyEntry], other: &Live, proximity_ms: u64) -> Vec<KeyId> {
-        // Triage the survivor lacks comes along (as the store's merge does), so the
-        // next incident a bridge reaches is judged against it.
-        if self.assignee.is_none() {
-            self.assignee.clone_from(&other.assignee);
-        }
-        if self.classification.is_none() {
-            self.classification = other.classification;
-        }
-        if self.status == Status::Active && other.status == Status::InProgress {
-            self.status = Status::InProgress;
-        }
+        // Triage the survivor lacks comes along (`triage`, as in the store's merge).
+        triage::take_missing(&mut self.assignee, other.assignee.as_ref());
+        triage::take_missing(&mut self.classification, other.classification.as_ref());
+        self.status = triage::merged_status(self.status, other.status);
         self.first_ms = self.first_ms.min(other.first_ms);
         self.last_ms = self.last_ms.max(other.last_ms);
         self.alert_severity = self.alert_severity.max(other.alert_severity);

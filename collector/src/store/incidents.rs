@@ -14,6 +14,7 @@ use super::{AlertView, Store, StoreError, i64_of, sev_from, sev_num};
 use crate::entity;
 use crate::incidents::engine::{Changes, Incident, IncidentRow, KeyRow};
 use crate::incidents::keys::{KeyKind, KnownDevice};
+use crate::incidents::triage::{merged_status, take_missing};
 use crate::model::incident::{Classification, Status, severity_from, tactic_name, tactic_rank};
 
 /// An alert as the correlator reads it from the store.
@@ -1207,9 +1208,7 @@ fn merge_rows(
     Ok(())
 }
 
-/// The survivor of a merge takes the other's assignee, classification and
-/// determination where it has none, and "in progress" over "active", so no triage
-/// is lost, and a later bridge sees them (the engine does the same in memory).
+/// The survivor of a merge takes from the other what it lacks (`incidents::triage`).
 fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now_ms: u64) -> Result<(), StoreError> {
     type Triage = (String, Option<String>, Option<String>, Option<String>);
     let triage_of = |id: &str| -> Result<Triage, StoreError> {
@@ -1217,24 +1216,24 @@ fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now
             .prepare_cached("SELECT status, assignee, classification, determination FROM incidents WHERE id = ?1")?
             .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?)
     };
-    let (status, assignee, classification, determination) = triage_of(into)?;
+    let (status, mut assignee, mut classification, mut determination) = triage_of(into)?;
     let (other_status, other_assignee, other_classification, other_determination) = triage_of(from)?;
     let mut taken = Vec::new();
-    let mut take = |mine: Option<String>, theirs: Option<String>, what: &str| match (mine, theirs) {
-        (None, Some(t)) => {
-            taken.push(format!("{what} {t}"));
-            Some(t)
+    for (mine, theirs, what) in [
+        (&mut assignee, &other_assignee, "assignee"),
+        (&mut classification, &other_classification, "classification"),
+        (&mut determination, &other_determination, "determination"),
+    ] {
+        if take_missing(mine, theirs.as_ref()) {
+            taken.push(format!("{what} {}", theirs.as_deref().unwrap_or_default()));
         }
-        (mine, _) => mine,
-    };
-    let assignee = take(assignee, other_assignee, "assignee");
-    let classification = take(classification, other_classification, "classification");
-    let determination = take(determination, other_determination, "determination");
-    let status = if status == "active" && other_status == "in_progress" {
-        taken.push("status in_progress".into());
-        other_status
-    } else {
-        status
+    }
+    let status = match (Status::parse(&status), Status::parse(&other_status)) {
+        (Some(mine), Some(theirs)) if merged_status(mine, theirs) != mine => {
+            taken.push("status in_progress".into());
+            merged_status(mine, theirs).as_str().to_string()
+        }
+        _ => status,
     };
     if taken.is_empty() {
         return Ok(());
