@@ -229,8 +229,13 @@ impl AgentSession {
                     && now >= f.deadline
                 {
                     let waited = since(now, f.sent);
+                    // A slow acknowledgement from a live collector (its writer busy) is
+                    // waited for: reconnecting would send the same batch again and throw
+                    // the collector's work away, and under load that repeats without end
+                    // (the 60 s stall after an agent restart). Live means its QUIC stack
+                    // acknowledged packets since the last look; a heartbeat is the next
+                    // probe. A dead peer, or no ack within SLOW_ACK_LIMIT timeouts, ends it.
                     let limit = timers.ack_timeout_ms.saturating_mul(u64::from(SLOW_ACK_LIMIT));
-                    // A dead peer, or no ack within SLOW_ACK_LIMIT timeouts, ends it.
                     if self.peer_acks == f.peer_acks || waited >= limit {
                         self.end(AgentEnd::NoAck(waited));
                         return;

@@ -231,6 +231,15 @@ impl CollectorSession {
         }
     }
 
+    /// The stream could not be opened or the hello not read (the peer went away,
+    /// finished the stream, or sent a bad frame): closed as its deadline would.
+    pub fn stream_failed(&mut self) {
+        match self.phase {
+            Phase::AwaitingStream { deadline } | Phase::AwaitingHello { deadline } => self.handle_timeout(deadline),
+            _ => {}
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: u64) {
         match self.phase {
             Phase::AwaitingStream { deadline } if now >= deadline => {

@@ -329,6 +329,26 @@ fn the_collector_waits_ten_seconds_for_the_stream_and_ten_more_for_the_hello() {
             ..
         }))
     ));
+    // A stream that fails is closed as its deadline would.
+    let mut c = CollectorSession::new(0, DEVICE);
+    c.stream_failed();
+    assert!(matches!(
+        c.poll_event(),
+        Some(CollectorEvent::Closed(Close {
+            reason: "no session stream",
+            ..
+        }))
+    ));
+    let mut c = CollectorSession::new(0, DEVICE);
+    c.stream_opened(1);
+    c.stream_failed();
+    assert!(matches!(
+        c.poll_event(),
+        Some(CollectorEvent::Closed(Close {
+            reason: "expected hello",
+            ..
+        }))
+    ));
     // Once the hello came no deadline is left.
     let mut c = CollectorSession::new(0, DEVICE);
     c.stream_opened(0);
