@@ -414,7 +414,7 @@ fn an_unacknowledged_batch_ends_the_agents_session_at_the_ack_timeout() {
 }
 
 #[test]
-fn heartbeats_go_every_interval_and_drop_reports_are_retried_with_them() {
+fn heartbeats_go_at_once_and_then_every_interval() {
     let mut p = Pair::new(crate::PROTOCOL_MINOR, 0, world());
     p.settle();
     p.advance_to(0);
