@@ -3,6 +3,10 @@
 //! acknowledgement arrives, sends heartbeats and drop reports, and takes rule packs.
 //! A batch not acknowledged in time means the connection is dead: its lease is
 //! released and everything unacknowledged is sent again on the next session.
+//!
+//! When each of those goes, and what ends a session, is
+//! [`ward_protocol::session::AgentSession`]'s to say; this module drives it with the
+//! outbox, the keys, the rule packs and the executor, over [`crate::link::Live`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,16 +15,16 @@ use std::time::Duration;
 use ring::rand::SecureRandom;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use ward_protocol::message::{AlertBatch, Heartbeat};
-use ward_protocol::{
-    AgentHealth, AgentMessage, CollectorMessage, DropNotice, EpochAlertBatch, Inventory, IsolationState,
-};
+use ward_protocol::message::Heartbeat;
+use ward_protocol::session::agent::DropDelivery;
+use ward_protocol::session::{AgentEvent, AgentSession};
+use ward_protocol::{AgentHealth, AgentMessage, Inventory, IsolationState};
 
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::keys::PinnedKeys;
-use crate::link::{LinkError, Session};
+use crate::link::{Clock, LinkError, Live, Session};
 use crate::pipeline::Rules;
 use crate::rulepack;
 use crate::sensor::inventory;
@@ -40,23 +44,6 @@ pub struct Delivery {
     pub results_rx: mpsc::Receiver<ward_protocol::Signed>,
     /// A result taken from the executor but not yet written to a session.
     pub pending_result: Option<ward_protocol::Signed>,
-    /// Whether this session's collector speaks protocol 1.4 (epochs, acknowledged drop
-    /// reports, health); set per session.
-    pub epochs: bool,
-}
-
-/// How many ack timeouts a live but slow collector is waited for before the batch is
-/// sent again on a new connection.
-const SLOW_ACK_LIMIT: u32 = 12;
-
-/// The batch sent and not yet acknowledged.
-#[derive(Clone, Copy)]
-struct InFlight {
-    batch_id: u64,
-    sent: tokio::time::Instant,
-    deadline: tokio::time::Instant,
-    /// QUIC ACK frames received from the collector when last looked at.
-    peer_acks: u64,
 }
 
 enum End {
@@ -71,7 +58,7 @@ impl Delivery {
         let mut backoff = min;
         loop {
             let opened = tokio::select! {
-                s = Session::open(&self.identity, self.rule_pack_version, crate::respond::executor::last_seq(&self.state_dir).unwrap_or(0)) => s,
+                s = Session::open_with(&self.identity, self.rule_pack_version, crate::respond::executor::last_seq(&self.state_dir).unwrap_or(0), crate::link::timers(&self.config)) => s,
                 _ = shutdown.changed() => return,
             };
             let reason = match opened {
@@ -134,209 +121,158 @@ impl Delivery {
     }
 
     async fn session(&mut self, session: Session, shutdown: &mut watch::Receiver<bool>) -> End {
-        let Session {
-            conn,
-            mut send,
-            mut recv,
-            endpoint: _endpoint,
-            collector_minor,
-            ..
-        } = session;
-        self.epochs = collector_minor >= ward_protocol::MINOR_EPOCHS;
-        let (tx, mut rx) = mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let msg =
-                    crate::link::read_frame::<CollectorMessage>(&mut recv, ward_protocol::codec::MAX_COLLECTOR_FRAME)
-                        .await;
-                let done = !matches!(msg, Ok(Some(_)));
-                let item = match msg {
-                    Ok(Some(m)) => Ok(m),
-                    Ok(None) => Err(LinkError::Closed("collector finished the stream".into())),
-                    Err(e) => Err(e),
-                };
-                if tx.send(item).await.is_err() || done {
-                    return;
-                }
-            }
-        });
-        let end = self.exchange(&conn, &mut send, &mut rx, shutdown).await;
-        reader.abort();
-        conn.close(0u32.into(), b"agent closing");
+        let (mut live, mut machine, clock) = session.live();
+        let end = self.exchange(&mut live, &mut machine, clock, shutdown).await;
+        live.close();
         end
     }
 
     async fn exchange(
         &mut self,
-        conn: &quinn::Connection,
-        send: &mut quinn::SendStream,
-        rx: &mut mpsc::Receiver<Result<CollectorMessage, LinkError>>,
+        live: &mut Live,
+        machine: &mut AgentSession,
+        clock: Clock,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
-        let ack_timeout = Duration::from_millis(self.config.link.ack_timeout_ms);
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.agent.heartbeat_interval_ms));
-        let mut inventory_tick = tokio::time::interval(Duration::from_millis(self.config.agent.inventory_interval_ms));
         let mut last_inventory: Option<Inventory> = None;
-        let mut in_flight: Option<InFlight> = None;
-        let mut drops_sent = false;
-        // The drop report sent and not yet acknowledged (protocol 1.4).
-        let mut drop_in_flight: Option<u64> = None;
-        if self.epochs
-            && let Err(e) = crate::link::write_frame(send, &self.health()).await
-        {
-            return End::Lost(e.to_string());
-        }
         loop {
+            if let Err(end) = self.drive(live, machine, &mut last_inventory).await {
+                return end;
+            }
             if let Some(result) = self.pending_result.take()
-                && let Err(e) = crate::link::write_frame(send, &AgentMessage::CommandResult(result.clone())).await
+                && machine.send_result(result.clone()).is_err()
             {
                 self.pending_result = Some(result);
-                return End::Lost(e.to_string());
             }
-            if in_flight.is_none() {
+            if machine.batch_slot_free() {
                 match self.next_batch() {
-                    Ok(Some((batch_id, msg))) => {
-                        if let Err(e) = crate::link::write_frame(send, &msg).await {
-                            return End::Lost(e.to_string());
-                        }
-                        let now = tokio::time::Instant::now();
-                        in_flight = Some(InFlight {
-                            batch_id,
-                            sent: now,
-                            deadline: now + ack_timeout,
-                            peer_acks: conn.stats().frame_rx.acks,
-                        });
+                    Ok(Some((epoch, batch_id, alerts))) => {
+                        machine.set_peer_acks(live.peer_acks());
+                        let _ = machine.send_batch(clock.now(), epoch, batch_id, alerts);
                     }
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "outbox read failed"),
                 }
             }
-            if !drops_sent {
-                drops_sent = true;
-                if let Some((id, msg)) = self.drop_report(drop_in_flight) {
-                    if let Err(e) = crate::link::write_frame(send, &msg).await {
-                        return End::Lost(e.to_string());
-                    }
-                    drop_in_flight = id;
-                }
+            if let Some(bound) = machine.take_drops_due() {
+                self.drop_report(machine, bound);
             }
-            let deadline = in_flight
-                .map(|f| f.deadline)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            if let Err(end) = self.flush(live, machine).await {
+                return end;
+            }
+            // An hour when nothing is due (the machine always has a heartbeat due).
+            let deadline = clock.at(machine.poll_timeout().unwrap_or(clock.now() + 3_600_000));
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(Ok(CollectorMessage::Ack(ack))) => {
-                        if in_flight.is_some_and(|f| f.batch_id == ack.batch_id) {
-                            in_flight = None;
-                            self.acknowledged(ack.batch_id, u64::from(ack.stored) + u64::from(ack.duplicates));
-                        }
-                    }
-                    Some(Ok(CollectorMessage::RulePack(signed))) => self.rule_pack(&signed).await,
-                    Some(Ok(CollectorMessage::KeyRollover(signed))) => self.key_rollover(&signed),
-                    Some(Ok(CollectorMessage::Command(signed))) => {
-                        if self.commands_tx.try_send(signed).is_err() {
-                            warn!("command queue full: command dropped (the collector resends it on reconnect)");
-                        }
-                    }
-                    Some(Ok(CollectorMessage::CommandSequence { last_assigned })) => {
-                        // Before any command of this session: written before the next is passed on.
-                        match crate::respond::executor::learn_collector_seq(&self.state_dir, last_assigned) {
-                            Ok(true) => warn!(last_assigned, "no record of the last command accepted: took the collector's sequence; commands up to it are refused as replays"),
-                            Ok(false) => {}
-                            Err(e) => warn!(error = %e, "cannot record the collector's command sequence; commands stay refused"),
-                        }
-                    }
-                    Some(Ok(CollectorMessage::DropStored { report_id })) => {
-                        if drop_in_flight == Some(report_id) {
-                            drop_in_flight = None;
-                            self.drop_stored(report_id);
-                            // The next one, if any, goes at once.
-                            drops_sent = false;
-                        }
-                    }
-                    Some(Ok(CollectorMessage::Goodbye { reason })) => return End::Lost(reason),
-                    Some(Ok(_)) => {}
+                msg = live.incoming.recv() => match msg {
+                    Some(Ok(msg)) => machine.handle_message(clock.now(), msg),
                     Some(Err(e)) => return End::Lost(e.to_string()),
                     None => return End::Lost("reader stopped".into()),
                 },
-                _ = self.shared.new_alerts.notified(), if in_flight.is_none() => {}
+                _ = self.shared.new_alerts.notified(), if machine.batch_slot_free() => {}
                 result = self.results_rx.recv() => {
-                    // Written at the top of the loop; kept there if the session dies first.
+                    // Sent at the top of the loop; kept there if the session dies first.
                     self.pending_result = result;
                 }
-                _ = tokio::time::sleep_until(deadline), if in_flight.is_some() => {
-                    let Some(f) = in_flight.as_mut() else { continue };
-                    // A slow acknowledgement from a live collector (its writer busy) is
-                    // waited for: reconnecting would send the same batch again and throw
-                    // the collector's work away, and under load that repeats without end
-                    // (the 60 s stall after an agent restart). Live means its QUIC stack
-                    // acknowledged packets since the last look; a heartbeat is the next
-                    // probe. A dead peer, or no ack within SLOW_ACK_LIMIT timeouts, ends it.
-                    let acks = conn.stats().frame_rx.acks;
-                    let waited = f.sent.elapsed();
-                    if acks == f.peer_acks || waited >= ack_timeout * SLOW_ACK_LIMIT {
-                        return End::Lost(format!(
-                            "no acknowledgement within {} ms",
-                            waited.as_millis()
-                        ));
-                    }
-                    if waited < ack_timeout * 2 {
-                        warn!(batch_id = f.batch_id, waited_ms = waited.as_millis() as u64, "collector slow to acknowledge; still connected, waiting");
-                    }
-                    f.peer_acks = acks;
-                    f.deadline = tokio::time::Instant::now() + ack_timeout;
-                    if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
-                        return End::Lost(e.to_string());
-                    }
-                }
-                _ = inventory_tick.tick() => {
-                    let inv = tokio::task::spawn_blocking(|| inventory::collect(env!("CARGO_PKG_VERSION"))).await.ok();
-                    if inv.is_some() && inv != last_inventory {
-                        last_inventory = inv.clone();
-                        if let Err(e) = crate::link::write_frame(send, &self.heartbeat(inv)).await {
-                            return End::Lost(e.to_string());
-                        }
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if let Err(e) = crate::link::write_frame(send, &self.heartbeat(None)).await {
-                        return End::Lost(e.to_string());
-                    }
-                    if self.epochs
-                        && let Err(e) = crate::link::write_frame(send, &self.health()).await
-                    {
-                        return End::Lost(e.to_string());
-                    }
-                    // Unacknowledged reports (and new ones) go again.
-                    drops_sent = false;
+                _ = tokio::time::sleep_until(deadline) => {
+                    machine.set_peer_acks(live.peer_acks());
+                    machine.handle_timeout(clock.now());
                 }
                 _ = shutdown.changed() => return End::Shutdown,
             }
         }
     }
 
-    fn next_batch(&self) -> Result<Option<(u64, AgentMessage)>, crate::outbox::OutboxError> {
+    /// Does what the machine asks, in order, writing what it queues as it goes.
+    async fn drive(
+        &mut self,
+        live: &mut Live,
+        machine: &mut AgentSession,
+        last_inventory: &mut Option<Inventory>,
+    ) -> Result<(), End> {
+        while let Some(event) = machine.poll_event() {
+            match event {
+                AgentEvent::Welcomed(_) => {}
+                AgentEvent::Heartbeat { heartbeat, health } => {
+                    if heartbeat {
+                        let _ = machine.send_heartbeat(self.heartbeat(None));
+                    }
+                    if health {
+                        let _ = machine.send_health(self.health());
+                    }
+                }
+                AgentEvent::InventoryDue => {
+                    let inv = tokio::task::spawn_blocking(|| inventory::collect(env!("CARGO_PKG_VERSION")))
+                        .await
+                        .ok();
+                    if inv.is_some() && inv != *last_inventory {
+                        last_inventory.clone_from(&inv);
+                        let _ = machine.send_heartbeat(self.heartbeat(inv));
+                    }
+                }
+                AgentEvent::SlowAck {
+                    batch_id,
+                    waited_ms,
+                    first,
+                } => {
+                    if first {
+                        warn!(
+                            batch_id,
+                            waited_ms, "collector slow to acknowledge; still connected, waiting"
+                        );
+                    }
+                }
+                AgentEvent::Acked { batch_id, alerts } => self.acknowledged(batch_id, alerts),
+                AgentEvent::DropStored(id) => self.drop_stored(id),
+                AgentEvent::KeyRollover(signed) => self.key_rollover(&signed),
+                AgentEvent::CommandSequence(last_assigned) => {
+                    // Before any command of this session: written before the next is passed on.
+                    match crate::respond::executor::learn_collector_seq(&self.state_dir, last_assigned) {
+                        Ok(true) => warn!(
+                            last_assigned,
+                            "no record of the last command accepted: took the collector's sequence; commands up to it are refused as replays"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!(error = %e, "cannot record the collector's command sequence; commands stay refused")
+                        }
+                    }
+                }
+                AgentEvent::RulePack(signed) => self.rule_pack(&signed).await,
+                AgentEvent::Command(signed) => {
+                    if self.commands_tx.try_send(signed).is_err() {
+                        warn!("command queue full: command dropped (the collector resends it on reconnect)");
+                    }
+                }
+                AgentEvent::Ended(why) => return Err(End::Lost(why.to_string())),
+            }
+            self.flush(live, machine).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the machine queued; a command result not written is kept for the
+    /// next session.
+    async fn flush(&mut self, live: &mut Live, machine: &mut AgentSession) -> Result<(), End> {
+        while let Some(msg) = machine.poll_transmit() {
+            if let Err(e) = live.write(&msg).await {
+                if let AgentMessage::CommandResult(result) = msg {
+                    self.pending_result = Some(result);
+                }
+                return Err(End::Lost(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next batch to send, leased: its outbox epoch, id and alerts.
+    fn next_batch(&self) -> Result<Option<(u64, u64, Vec<ward_protocol::Signed>)>, crate::outbox::OutboxError> {
         let Ok(mut outbox) = self.shared.outbox.lock() else {
             return Ok(None);
         };
         let max_bytes = u64::from(ward_protocol::codec::MAX_AGENT_FRAME) / 2;
         let lease = outbox.lease(self.config.outbox.batch_max_alerts, max_bytes)?;
         let epoch = outbox.epoch();
-        Ok(lease.map(|l| {
-            let msg = if self.epochs {
-                AgentMessage::EpochAlerts(EpochAlertBatch {
-                    epoch,
-                    batch_id: l.batch_id,
-                    alerts: l.entries,
-                })
-            } else {
-                AgentMessage::Alerts(AlertBatch {
-                    batch_id: l.batch_id,
-                    alerts: l.entries,
-                })
-            };
-            (l.batch_id, msg)
-        }))
+        Ok(lease.map(|l| (epoch, l.batch_id, l.entries)))
     }
 
     fn acknowledged(&self, batch_id: u64, n: u64) {
@@ -352,31 +288,33 @@ impl Delivery {
         }
     }
 
-    /// The oldest pending drop report and its id. With protocol 1.4 it stays in the
-    /// outbox until the collector says it stored it ("reported at least once");
-    /// an older collector cannot say so, and it is cleared once handed to the session.
-    fn drop_report(&self, in_flight: Option<u64>) -> Option<(Option<u64>, AgentMessage)> {
-        let mut outbox = self.shared.outbox.lock().ok()?;
-        let pending = match outbox.pending_drops_upto(in_flight.unwrap_or(u64::MAX)) {
-            Ok(p) => p?,
+    /// Hands the machine the oldest pending drop report (up to `bound`, the one in
+    /// flight). With protocol 1.4 it stays in the outbox until the collector says it
+    /// stored it ("reported at least once"); an older collector cannot say so, and it
+    /// is cleared once handed to the session.
+    fn drop_report(&self, machine: &mut AgentSession, bound: u64) {
+        let Ok(mut outbox) = self.shared.outbox.lock() else {
+            return;
+        };
+        let pending = match outbox.pending_drops_upto(bound) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
             Err(e) => {
                 warn!(error = %e, "cannot read the drop reports");
-                return None;
+                return;
             }
         };
-        if self.epochs {
-            let id = pending.upto;
-            let notice = DropNotice {
-                epoch: outbox.epoch(),
-                report_id: id,
-                seqs_epoch: pending.seqs_epoch,
-                lost_range: pending.lost_range,
-                report: pending.report,
-            };
-            return Some((Some(id), AgentMessage::DropNotice(notice)));
+        let id = pending.upto;
+        let sent = machine.send_drops(
+            id,
+            outbox.epoch(),
+            pending.seqs_epoch,
+            pending.lost_range,
+            pending.report,
+        );
+        if sent == Ok(DropDelivery::ClearNow) {
+            let _ = outbox.clear_drops(id);
         }
-        let _ = outbox.clear_drops(pending.upto);
-        Some((None, AgentMessage::Dropped(pending.report)))
     }
 
     /// The collector stored drop report `id`: its rows go.
@@ -389,7 +327,7 @@ impl Delivery {
         }
     }
 
-    fn health(&self) -> AgentMessage {
+    fn health(&self) -> AgentHealth {
         let epoch = self.shared.outbox.lock().map(|o| o.epoch()).unwrap_or(0);
         let (storage_error, alerts_waiting, alerts_lost) = self
             .shared
@@ -397,15 +335,15 @@ impl Delivery {
             .lock()
             .map(|s| (s.storage_error.clone(), s.alerts_waiting, s.alerts_lost_in_memory))
             .unwrap_or_default();
-        AgentMessage::Health(AgentHealth {
+        AgentHealth {
             epoch,
             storage_error,
             alerts_waiting,
             alerts_lost,
-        })
+        }
     }
 
-    fn heartbeat(&self, inventory: Option<Inventory>) -> AgentMessage {
+    fn heartbeat(&self, inventory: Option<Inventory>) -> Heartbeat {
         let depth = self.shared.outbox.lock().map(|o| o.depth()).unwrap_or(0);
         let isolated = self
             .shared
@@ -413,7 +351,7 @@ impl Delivery {
             .lock()
             .map(|s| s.isolation == "isolated")
             .unwrap_or(false);
-        AgentMessage::Heartbeat(Heartbeat {
+        Heartbeat {
             sent_at_ms: now_ms(),
             inventory,
             isolation: if isolated {
@@ -423,7 +361,7 @@ impl Delivery {
             },
             outbox_depth: depth,
             rule_pack_version: self.rule_pack_version,
-        })
+        }
     }
 
     /// Applies a key rollover before reading the next message, so the commands

@@ -148,7 +148,6 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         commands_tx,
         results_rx,
         pending_result: None,
-        epochs: false,
     };
     let link = tokio::spawn(delivery.run(shutdown.clone()));
 

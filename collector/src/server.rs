@@ -123,14 +123,11 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()
         .map_err(setup("stored key rollover"))?;
 
-    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen).map_err(|source| ServeError::Bind {
-        addr: config.quic_listen,
-        source,
-    })?;
-    let quic_addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.quic_listen,
-        source,
-    })?;
+    let (endpoint, quic_addr) =
+        transport::bind(server_config, config.quic_listen).map_err(|source| ServeError::Bind {
+            addr: config.quic_listen,
+            source,
+        })?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| ServeError::Bind {

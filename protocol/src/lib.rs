@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod message;
 pub mod rollover;
 pub mod rulepack;
+pub mod session;
 pub mod sign;
 pub mod version;
 

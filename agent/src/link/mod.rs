@@ -1,6 +1,11 @@
 //! The QUIC link to the collector: enrollment, and the session that carries
 //! alert batches, heartbeats and results up and acknowledgements, commands and
 //! rule packs down. The only agent module that uses quinn or rustls.
+//!
+//! A session's rules are [`ward_protocol::session::AgentSession`]'s: [`Session::open`]
+//! drives it through hello and welcome, and [`Live`] is the IO its driver
+//! ([`crate::delivery`]) needs afterwards: the frames in, the frames out, and the QUIC
+//! stack's count of acknowledgements (whether a slow collector is alive).
 
 pub mod tls;
 
@@ -12,6 +17,7 @@ use thiserror::Error;
 use ward_protocol::codec::{FrameHeader, HEADER_LEN, MAX_AGENT_FRAME, MAX_COLLECTOR_FRAME, decode_body, encode_frame};
 use ward_protocol::enroll::EnrollEnvelope;
 use ward_protocol::message::Hello;
+use ward_protocol::session::{AgentEnd, AgentEvent, AgentSession, AgentTimers};
 use ward_protocol::{
     AgentMessage, CollectorMessage, EnrollRequest, EnrollResponse, FrameError, Inventory, JoinToken, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, SignatureKind, SigningKey,
@@ -248,7 +254,36 @@ async fn connect_device(
 }
 
 /// How long connecting plus hello/welcome may take.
-pub const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+pub const OPEN_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_millis(ward_protocol::session::agent::OPEN_TIMEOUT_MS);
+
+/// The session machine's clock: milliseconds since the session began opening.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(tokio::time::Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock(tokio::time::Instant::now())
+    }
+
+    pub fn now(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn at(self, ms: u64) -> tokio::time::Instant {
+        self.0 + std::time::Duration::from_millis(ms)
+    }
+}
+
+/// The session clocks of `config`.
+pub fn timers(config: &crate::config::Config) -> AgentTimers {
+    AgentTimers {
+        open_timeout_ms: ward_protocol::session::agent::OPEN_TIMEOUT_MS,
+        ack_timeout_ms: config.link.ack_timeout_ms,
+        heartbeat_interval_ms: config.agent.heartbeat_interval_ms,
+        inventory_interval_ms: config.agent.inventory_interval_ms,
+    }
+}
 
 /// An open session: the QUIC connection and its one long-lived stream.
 pub struct Session {
@@ -262,6 +297,9 @@ pub struct Session {
     /// The collector's protocol minor version (from its welcome): newer messages are
     /// sent only to a collector that reads them.
     pub collector_minor: u8,
+    /// The session's rules, welcomed; [`Session::live`] hands them to a driver.
+    pub machine: AgentSession,
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for Session {
@@ -273,15 +311,41 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Connects with the device's certificate and exchanges hello/welcome.
+    /// Connects with the device's certificate and exchanges hello/welcome, with the
+    /// default session clocks.
     pub async fn open(
         identity: &Identity,
         rule_pack_version: u64,
         last_command_seq: u64,
     ) -> Result<Session, LinkError> {
+        let timers = timers(&crate::config::Config::default());
+        Self::open_with(identity, rule_pack_version, last_command_seq, timers).await
+    }
+
+    /// Like [`Session::open`], with these session clocks.
+    pub async fn open_with(
+        identity: &Identity,
+        rule_pack_version: u64,
+        last_command_seq: u64,
+        timers: AgentTimers,
+    ) -> Result<Session, LinkError> {
         let remote = resolve(&identity.enrollment.collector_addr).await?;
         let endpoint = client_endpoint(&remote)?;
-        Self::open_on(endpoint, remote, identity, rule_pack_version, last_command_seq).await
+        let started = Clock::start();
+        tokio::time::timeout(
+            OPEN_TIMEOUT,
+            Self::handshake(
+                endpoint,
+                remote,
+                identity,
+                rule_pack_version,
+                last_command_seq,
+                timers,
+                started,
+            ),
+        )
+        .await
+        .map_err(|_| LinkError::Connect(format!("no session within {} s", OPEN_TIMEOUT.as_secs())))?
     }
 
     /// Like [`Session::open`], on an existing endpoint to a resolved address.
@@ -293,9 +357,18 @@ impl Session {
         rule_pack_version: u64,
         last_command_seq: u64,
     ) -> Result<Session, LinkError> {
+        let timers = timers(&crate::config::Config::default());
         tokio::time::timeout(
             OPEN_TIMEOUT,
-            Self::handshake(endpoint, remote, identity, rule_pack_version, last_command_seq),
+            Self::handshake(
+                endpoint,
+                remote,
+                identity,
+                rule_pack_version,
+                last_command_seq,
+                timers,
+                Clock::start(),
+            ),
         )
         .await
         .map_err(|_| LinkError::Connect(format!("no session within {} s", OPEN_TIMEOUT.as_secs())))?
@@ -307,10 +380,10 @@ impl Session {
         identity: &Identity,
         rule_pack_version: u64,
         last_command_seq: u64,
+        timers: AgentTimers,
+        clock: Clock,
     ) -> Result<Session, LinkError> {
         let e = &identity.enrollment;
-        let conn = connect_device(&endpoint, remote, identity).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Connect(e.to_string()))?;
         let hello = Hello {
             device_id: e.device_id,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -319,22 +392,77 @@ impl Session {
             rule_pack_version,
             last_command_seq,
         };
+        // Its open deadline is the caller's OPEN_TIMEOUT, counted from the same start.
+        let mut machine = AgentSession::new(clock.now(), timers, hello);
+        let conn = connect_device(&endpoint, remote, identity).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::Connect(e.to_string()))?;
         let asked = crate::clock::now_ms();
-        write_frame(&mut send, &AgentMessage::Hello(hello)).await?;
-        match read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME).await {
-            Ok(Some(CollectorMessage::Welcome(w))) => Ok(Session {
+        while let Some(msg) = machine.poll_transmit() {
+            write_frame(&mut send, &msg).await?;
+        }
+        let deadline = machine.poll_timeout().unwrap_or(0);
+        match tokio::time::timeout_at(
+            clock.at(deadline),
+            read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME),
+        )
+        .await
+        {
+            Ok(Ok(Some(msg))) => machine.handle_message(clock.now(), msg),
+            Ok(Ok(None)) => return Err(LinkError::Closed("stream finished before welcome".into())),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => machine.handle_timeout(clock.now().max(deadline)),
+        }
+        match machine.poll_event() {
+            Some(AgentEvent::Welcomed(w)) => Ok(Session {
                 endpoint,
                 conn,
                 send,
                 recv,
                 clock_skew_ms: clock_skew(asked, crate::clock::now_ms(), w.server_time_ms),
                 collector_minor: w.protocol_minor,
+                machine,
+                clock,
             }),
-            Ok(Some(CollectorMessage::Goodbye { reason })) => Err(LinkError::Closed(reason)),
-            Ok(Some(_)) => Err(LinkError::Protocol("expected welcome".into())),
-            Ok(None) => Err(LinkError::Closed("stream finished before welcome".into())),
-            Err(e) => Err(e),
+            Some(AgentEvent::Ended(AgentEnd::Goodbye(reason))) => Err(LinkError::Closed(reason)),
+            Some(AgentEvent::Ended(end @ AgentEnd::OpenTimedOut(_))) => Err(LinkError::Connect(end.to_string())),
+            _ => Err(LinkError::Protocol("expected welcome".into())),
         }
+    }
+
+    /// Hands the welcomed session to its driver: the machine, its clock, and the IO.
+    pub fn live(self) -> (Live, AgentSession, Clock) {
+        let Session {
+            endpoint,
+            conn,
+            send,
+            mut recv,
+            machine,
+            clock,
+            ..
+        } = self;
+        let (tx, incoming) = tokio::sync::mpsc::channel::<Result<CollectorMessage, LinkError>>(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = read_frame::<CollectorMessage>(&mut recv, MAX_COLLECTOR_FRAME).await;
+                let done = !matches!(msg, Ok(Some(_)));
+                let item = match msg {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => Err(LinkError::Closed("collector finished the stream".into())),
+                    Err(e) => Err(e),
+                };
+                if tx.send(item).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        let live = Live {
+            _endpoint: endpoint,
+            conn,
+            send,
+            reader,
+            incoming,
+        };
+        (live, machine, clock)
     }
 
     pub async fn send(&mut self, msg: &AgentMessage) -> Result<(), LinkError> {
@@ -355,5 +483,33 @@ impl Session {
 
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// A welcomed session's IO, for the driver of its machine.
+pub struct Live {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    reader: tokio::task::JoinHandle<()>,
+    /// The collector's messages, in order; an error (or the stream's end) is the last.
+    pub incoming: tokio::sync::mpsc::Receiver<Result<CollectorMessage, LinkError>>,
+}
+
+impl Live {
+    pub async fn write(&mut self, msg: &AgentMessage) -> Result<(), LinkError> {
+        write_frame(&mut self.send, msg).await
+    }
+
+    /// QUIC ACK frames received from the collector so far: a count that moves shows
+    /// its QUIC stack alive.
+    pub fn peer_acks(&self) -> u64 {
+        self.conn.stats().frame_rx.acks
+    }
+
+    /// Stops reading and closes the connection.
+    pub fn close(self) {
+        self.reader.abort();
+        self.conn.close(0u32.into(), b"agent closing");
     }
 }

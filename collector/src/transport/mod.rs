@@ -110,6 +110,16 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The agent-facing QUIC endpoint on `addr`, and the address it got.
+pub fn bind(
+    config: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<(quinn::Endpoint, std::net::SocketAddr)> {
+    let endpoint = quinn::Endpoint::server(config, addr)?;
+    let local = endpoint.local_addr()?;
+    Ok((endpoint, local))
+}
+
 /// Accepts connections until `shutdown` flips, then waits for sessions to finish
 /// their in-flight batch and closes the endpoint.
 pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {

@@ -3,14 +3,19 @@
 //! long-lived stream; an alert batch is rate-limited, verified on the pool,
 //! committed by the writer and only then acknowledged. A bad frame or signature
 //! closes this connection with a reason and affects no other agent.
-
-use std::time::Duration;
+//!
+//! The session's rules (hello first, what the welcome is followed by and in which
+//! order, when an ack or a drop acknowledgement goes, the deadlines) are
+//! [`ward_protocol::session::CollectorSession`]'s; this driver reads frames into it,
+//! writes what it transmits, and does the work its events ask for with the store,
+//! the verify pool, the rate limits and the deliveries.
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use ward_protocol::codec::MAX_COLLECTOR_FRAME;
-use ward_protocol::message::{Ack, AlertBatch, Welcome, close_code};
-use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, PublicKey};
+use ward_protocol::message::close_code;
+use ward_protocol::session::{Close, CollectorEvent, CollectorSession, Start};
+use ward_protocol::{AgentMessage, CollectorMessage, DeviceId, PublicKey};
 
 use super::limits::{Kind, MAX_DROP_SEQS};
 use super::{Context, ReadError, read_frame, write_frame};
@@ -20,44 +25,137 @@ use crate::store::DeviceState;
 use crate::util::clip_device_text;
 use crate::util::now_ms;
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The protocol minor version that added [`CollectorMessage::KeyRollover`].
-const ROLLOVER_MINOR: u8 = 1;
-/// The protocol minor version that added [`CollectorMessage::CommandSequence`].
-const COMMAND_SEQUENCE_MINOR: u8 = 3;
+/// The session machine's clock: milliseconds since the connection was identified.
+#[derive(Clone, Copy)]
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn now(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(self, ms: u64) -> tokio::time::Instant {
+        self.0 + std::time::Duration::from_millis(ms)
+    }
+}
 
 pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Receiver<bool>) {
     let Some((device, key)) = identify(&conn, ctx).await else {
         return;
     };
-    let Ok(Ok((send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
-        conn.close(close_code::PROTOCOL.into(), b"no session stream");
+    let clock = Clock(tokio::time::Instant::now());
+    let mut machine = CollectorSession::new(clock.now(), device);
+    let Some((send, mut recv)) = open_stream(&conn, ctx, &mut machine, clock).await else {
         return;
     };
-    let (running_pack, last_command_seq, agent_minor) = match tokio::time::timeout(
-        HELLO_TIMEOUT,
-        read_frame::<AgentMessage>(&mut recv, ctx.config.ingest.max_frame_bytes),
-    )
-    .await
-    {
-        Ok(Ok(Some(AgentMessage::Hello(hello)))) if hello.device_id == device => {
-            debug!(%device, version = %hello.agent_version, "session hello");
-            (hello.rule_pack_version, hello.last_command_seq, hello.protocol_minor)
+    let last_command_seq = match machine.poll_event() {
+        Some(CollectorEvent::Hello {
+            agent_version,
+            agent_minor,
+            rule_pack_version,
+            last_command_seq,
+            wants_command_seq,
+        }) => {
+            debug!(%device, version = %agent_version, agent_minor, rule_pack_version, "session hello");
+            let Some(start) = start(ctx, device, last_command_seq, wants_command_seq).await else {
+                return; // The writer stopped: shutting down.
+            };
+            if machine.welcome(start).is_err() {
+                return;
+            }
+            last_command_seq
         }
-        Ok(Ok(Some(AgentMessage::Hello(_)))) => {
-            ctx.metrics.reject("wrong_device");
-            conn.close(close_code::WRONG_DEVICE.into(), b"hello names another device");
+        Some(CollectorEvent::Closed(close)) => {
+            close_with(&conn, ctx, &close);
             return;
         }
-        _ => {
-            ctx.metrics.reject("protocol");
-            conn.close(close_code::PROTOCOL.into(), b"expected hello");
-            return;
+        _ => return,
+    };
+    let (out_tx, out_rx) = mpsc::channel::<CollectorMessage>(64);
+    tokio::spawn(outbound(send, out_rx));
+    while let Some(event) = machine.poll_event() {
+        if let CollectorEvent::TooOldForRollovers { agent_minor } = event {
+            warn!(%device, agent_minor, "agent too old for command-key rollovers: upgrade it, or it refuses commands signed with the new key");
+        }
+    }
+    // Welcome, rollovers and command sequence, before the deliveries know of the session.
+    if flush(&mut machine, &out_tx).await.is_err() {
+        return;
+    }
+    // Commands approved while this session starts wait for `session_ready` below.
+    ctx.deliveries.session_starting(device, conn.stable_id()).await;
+    if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
+        ctx.metrics.identity_conflicts.inc();
+        warn!(%device, remote = %conn.remote_address(), "device connected while its previous connection was alive");
+    }
+    ctx.metrics.connected_agents.inc();
+    info!(%device, remote = %conn.remote_address(), "agent connected");
+    let _ = machine.ready(ctx.newer_rule_pack(machine.pack_sent()));
+    let reason = match flush(&mut machine, &out_tx).await {
+        Ok(()) => {
+            // Approved commands that waited for this device, in sequence order.
+            ctx.deliveries
+                .session_ready(device, conn.stable_id(), last_command_seq, &out_tx)
+                .await;
+            let peer = Peer {
+                conn: &conn,
+                device,
+                key,
+            };
+            run(&peer, ctx, &mut machine, &out_tx, &mut recv, shutdown, clock).await
+        }
+        Err(reason) => reason,
+    };
+    ctx.deliveries.session_ended(device, conn.stable_id()).await;
+    ctx.registry.unregister(device, &conn);
+    ctx.metrics.connected_agents.dec();
+    info!(%device, %reason, "agent session ended");
+    let _ = ctx.writer.run(move |store| store.touch_device(device, now_ms())).await;
+}
+
+/// Waits for the agent's stream and its hello, within the machine's deadlines;
+/// closes the connection as the machine says when either fails.
+async fn open_stream(
+    conn: &quinn::Connection,
+    ctx: &Context,
+    machine: &mut CollectorSession,
+    clock: Clock,
+) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    let deadline = machine.poll_timeout().unwrap_or(0);
+    let streams = match tokio::time::timeout_at(clock.at(deadline), conn.accept_bi()).await {
+        Ok(Ok(streams)) => Some(streams),
+        Ok(Err(_)) => {
+            machine.stream_failed();
+            None
+        }
+        Err(_) => {
+            machine.handle_timeout(clock.now().max(deadline));
+            None
         }
     };
+    if let Some((send, mut recv)) = streams {
+        machine.stream_opened(clock.now());
+        let deadline = machine.poll_timeout().unwrap_or(0);
+        let max = ctx.config.ingest.max_frame_bytes;
+        match tokio::time::timeout_at(clock.at(deadline), read_frame::<AgentMessage>(&mut recv, max)).await {
+            Ok(Ok(Some(msg))) => machine.handle_message(clock.now(), msg),
+            Ok(_) => machine.stream_failed(),
+            Err(_) => machine.handle_timeout(clock.now().max(deadline)),
+        }
+        if !machine.is_closed() {
+            return Some((send, recv));
+        }
+    }
+    if let Some(CollectorEvent::Closed(close)) = machine.poll_event() {
+        close_with(conn, ctx, &close);
+    }
+    None
+}
 
-    // Before the welcome, so a command approved once the session is up is numbered
-    // above what the device has accepted.
+/// What the welcome needs: the device's command sequence checked (before the welcome,
+/// so a command approved once the session is up is numbered above what the device has
+/// accepted) and read, and the rollovers. `None` when the writer stopped.
+async fn start(ctx: &Context, device: DeviceId, last_command_seq: u64, wants_command_seq: bool) -> Option<Start> {
     if last_command_seq > 0 {
         match ctx
             .writer
@@ -72,80 +170,50 @@ pub async fn handle(conn: quinn::Connection, ctx: &Context, shutdown: watch::Rec
             ),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => warn!(%device, error = %e, "command sequence not checked"),
-            Err(_) => return, // The writer stopped: shutting down.
+            Err(_) => return None,
         }
     }
-    let (out_tx, out_rx) = mpsc::channel::<CollectorMessage>(64);
-    tokio::spawn(outbound(send, out_rx));
-    let welcome = Welcome {
-        server_time_ms: now_ms(),
-        protocol_major: PROTOCOL_MAJOR,
-        protocol_minor: PROTOCOL_MINOR,
-    };
-    if out_tx.send(CollectorMessage::Welcome(welcome)).await.is_err() {
-        return;
-    }
-    // Before any command or rule pack, which may be signed with a rolled-over key.
-    // Agents of protocol minor 0 predate rollovers and could not decode one.
-    if agent_minor < ROLLOVER_MINOR && !ctx.key_rollovers.is_empty() {
-        warn!(%device, agent_minor, "agent too old for command-key rollovers: upgrade it, or it refuses commands signed with the new key");
-    }
-    for signed in ctx.key_rollovers.iter().filter(|_| agent_minor >= ROLLOVER_MINOR) {
-        if out_tx
-            .send(CollectorMessage::KeyRollover(signed.clone()))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-    // Before any command: an agent that lost its record of the last command it
-    // accepted refuses commands until it knows ours (replay protection never
-    // falls open).
-    if agent_minor >= COMMAND_SEQUENCE_MINOR {
-        let seq = match ctx.reads.run(move |s| s.command_seq(device)).await {
+    // An agent that lost its record of the last command it accepted refuses commands
+    // until it knows ours (replay protection never falls open).
+    let command_seq = if wants_command_seq {
+        match ctx.reads.run(move |s| s.command_seq(device)).await {
             Ok(Ok(seq)) => Some(seq),
             Ok(Err(e)) | Err(e) => {
                 // The agent keeps refusing commands until a later session tells it.
                 warn!(%device, error = %e, "command sequence not read; not sent");
                 None
             }
-        };
-        if let Some(last_assigned) = seq
-            && out_tx
-                .send(CollectorMessage::CommandSequence { last_assigned })
-                .await
-                .is_err()
-        {
-            return;
         }
-    }
-    // Commands approved while this session starts wait for `session_ready` below.
-    ctx.deliveries.session_starting(device, conn.stable_id()).await;
-    if ctx.registry.register(device, conn.clone(), out_tx.clone()) {
-        ctx.metrics.identity_conflicts.inc();
-        warn!(%device, remote = %conn.remote_address(), "device connected while its previous connection was alive");
-    }
-    ctx.metrics.connected_agents.inc();
-    info!(%device, remote = %conn.remote_address(), "agent connected");
-    let mut pack_sent = running_pack;
-    offer_rule_pack(ctx, &out_tx, &mut pack_sent);
-    // Approved commands that waited for this device, in sequence order.
-    ctx.deliveries
-        .session_ready(device, conn.stable_id(), last_command_seq, &out_tx)
-        .await;
-    let peer = Peer {
-        conn: &conn,
-        device,
-        key,
-        out: &out_tx,
+    } else {
+        None
     };
-    let reason = run(&peer, ctx, &mut recv, shutdown, &mut pack_sent).await;
-    ctx.deliveries.session_ended(device, conn.stable_id()).await;
-    ctx.registry.unregister(device, &conn);
-    ctx.metrics.connected_agents.dec();
-    info!(%device, %reason, "agent session ended");
-    let _ = ctx.writer.run(move |store| store.touch_device(device, now_ms())).await;
+    Some(Start {
+        server_time_ms: now_ms(),
+        rollovers: ctx.key_rollovers.clone(),
+        command_seq,
+    })
+}
+
+/// Hands the machine's transmits to the session's outbound queue, in order. A rule
+/// pack is offered, never waited for: with the queue full it goes at a later heartbeat.
+async fn flush(machine: &mut CollectorSession, out: &mpsc::Sender<CollectorMessage>) -> Result<(), String> {
+    while let Some(msg) = machine.poll_transmit() {
+        if matches!(msg, CollectorMessage::RulePack(_)) {
+            if out.try_send(msg).is_err() {
+                machine.rule_pack_not_queued(machine.pack_sent());
+            }
+            continue;
+        }
+        out.send(msg).await.map_err(|_| "outbound closed".to_string())?;
+    }
+    Ok(())
+}
+
+fn close_with(conn: &quinn::Connection, ctx: &Context, close: &Close) {
+    if let Some(label) = close.reject {
+        ctx.metrics.reject(label);
+    }
+    conn.close(close.code.into(), close.reason.as_bytes());
 }
 
 /// Maps the client certificate to an enrolled, unrevoked device.
@@ -187,7 +255,6 @@ struct Peer<'a> {
     conn: &'a quinn::Connection,
     device: DeviceId,
     key: PublicKey,
-    out: &'a mpsc::Sender<CollectorMessage>,
 }
 
 /// A device clock further from the collector's than the agents' default
@@ -197,21 +264,18 @@ pub const CLOCK_SKEW_WARN_MS: u64 = ward_protocol::auth::DEFAULT_CLOCK_SKEW_MS;
 async fn run(
     peer: &Peer<'_>,
     ctx: &Context,
+    machine: &mut CollectorSession,
+    out: &mpsc::Sender<CollectorMessage>,
     recv: &mut quinn::RecvStream,
     mut shutdown: watch::Receiver<bool>,
-    pack_sent: &mut u64,
+    clock: Clock,
 ) -> String {
-    let Peer { conn, device, out, .. } = *peer;
+    let Peer { conn, device, .. } = *peer;
     // Kept across reconnects: a device cannot buy a fresh burst by reconnecting.
     let limits = ctx.limits.of(device, &ctx.config.ingest);
     let max = ctx.config.ingest.max_frame_bytes;
     // The clock skew last warned about in this session.
     let mut warned_skew = 0i64;
-    let warned_skew = &mut warned_skew;
-    // The outbox epoch this session has made current (protocol 1.4), and the storage
-    // state last recorded, so each is written only when it changes.
-    let mut epoch: Option<u64> = None;
-    let mut storage: Option<Option<String>> = None;
     loop {
         let frame = tokio::select! {
             f = read_frame::<AgentMessage>(recv, max) => f,
@@ -262,114 +326,108 @@ async fn run(
                 }
             }
         }
-        match msg {
-            AgentMessage::Alerts(batch) => {
-                if let Err(reason) = alerts(peer, ctx, batch).await {
-                    return reason;
+        machine.handle_message(clock.now(), msg);
+        while let Some(event) = machine.poll_event() {
+            let done = match event {
+                CollectorEvent::Epoch(epoch) => switch_epoch(ctx, device, epoch).await,
+                CollectorEvent::Batch {
+                    batch_id,
+                    alerts: batch,
+                } => alerts(peer, ctx, batch)
+                    .await
+                    .map(|(stored, dups)| machine.acknowledge(batch_id, stored, dups)),
+                CollectorEvent::Heartbeat(hb) => {
+                    machine.offer_rule_pack(ctx.newer_rule_pack(machine.pack_sent()));
+                    heartbeat(ctx, device, hb, &mut warned_skew);
+                    Ok(())
                 }
-            }
-            AgentMessage::Heartbeat(hb) => {
-                if hb.rule_pack_version < *pack_sent {
-                    // The agent did not take the pack it was sent (or lost it): offer it again.
-                    *pack_sent = hb.rule_pack_version;
+                CollectorEvent::Dropped(report) => {
+                    warn!(%device, dropped = report.dropped, reason = %clip_device_text(&report.reason), "agent dropped alerts");
+                    let seqs: Vec<u64> = report.seqs.into_iter().take(MAX_DROP_SEQS).collect();
+                    let _ = ctx
+                        .writer
+                        .run(move |s| s.record_drops(device, report.dropped, &seqs, &report.reason, now_ms()))
+                        .await;
+                    Ok(())
                 }
-                offer_rule_pack(ctx, out, pack_sent);
-                let now = now_ms();
-                let skew = i64::try_from(hb.sent_at_ms).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX);
-                // Said when it starts or changes by a second, not every heartbeat.
-                if skew.unsigned_abs() > CLOCK_SKEW_WARN_MS && skew.abs_diff(*warned_skew) > 1_000 {
-                    warn!(%device, skew_ms = skew, "device clock differs from the collector's by more than agents allow for commands: they will refuse them");
-                    *warned_skew = skew;
-                }
-                let state = DeviceState {
-                    seen_at_ms: now,
-                    clock_skew_ms: skew,
-                    inventory: hb.inventory,
-                    isolation: hb.isolation,
-                    outbox_depth: hb.outbox_depth,
-                    rule_pack_version: hb.rule_pack_version,
-                };
-                if let Ok(mut pending) = ctx.heartbeats.lock() {
-                    pending.insert(device, state);
-                }
-            }
-            AgentMessage::Dropped(report) => {
-                warn!(%device, dropped = report.dropped, reason = %clip_device_text(&report.reason), "agent dropped alerts");
-                let seqs: Vec<u64> = report.seqs.into_iter().take(MAX_DROP_SEQS).collect();
-                let _ = ctx
-                    .writer
-                    .run(move |s| s.record_drops(device, report.dropped, &seqs, &report.reason, now_ms()))
-                    .await;
-            }
-            AgentMessage::EpochAlerts(batch) => {
-                if let Err(reason) = switch_epoch(ctx, device, batch.epoch, &mut epoch).await {
-                    return reason;
-                }
-                let batch = AlertBatch {
-                    batch_id: batch.batch_id,
-                    alerts: batch.alerts,
-                };
-                if let Err(reason) = alerts(peer, ctx, batch).await {
-                    return reason;
-                }
-            }
-            AgentMessage::DropNotice(notice) => {
-                warn!(%device, dropped = notice.report.dropped, reason = %clip_device_text(&notice.report.reason), "agent dropped alerts");
-                let report_id = notice.report_id;
-                let stored = ctx
-                    .writer
-                    .run(move |s| s.record_drop_notice(device, &notice, now_ms()))
-                    .await;
-                match stored {
-                    // Acknowledged only once stored: until then the agent keeps it.
-                    Ok(Ok(_)) => {
-                        if out.send(CollectorMessage::DropStored { report_id }).await.is_err() {
-                            return "outbound closed".into();
+                CollectorEvent::DropNotice(notice) => {
+                    warn!(%device, dropped = notice.report.dropped, reason = %clip_device_text(&notice.report.reason), "agent dropped alerts");
+                    let report_id = notice.report_id;
+                    let stored = ctx
+                        .writer
+                        .run(move |s| s.record_drop_notice(device, &notice, now_ms()))
+                        .await;
+                    match stored {
+                        // Acknowledged only once stored: until then the agent keeps it.
+                        Ok(Ok(_)) => {
+                            machine.drop_stored(report_id);
+                            Ok(())
                         }
+                        Ok(Err(e)) => {
+                            warn!(%device, error = %e, "drop report not stored; the agent sends it again");
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
                     }
-                    Ok(Err(e)) => warn!(%device, error = %e, "drop report not stored; the agent sends it again"),
-                    Err(e) => return e.to_string(),
                 }
-            }
-            AgentMessage::Health(health) => {
-                if let Err(reason) = switch_epoch(ctx, device, health.epoch, &mut epoch).await {
-                    return reason;
-                }
-                if storage.as_ref() != Some(&health.storage_error) {
-                    if let Some(e) = &health.storage_error {
-                        warn!(%device, error = %e, waiting = health.alerts_waiting, lost = health.alerts_lost, "agent cannot store alerts");
+                CollectorEvent::Storage { error, waiting, lost } => {
+                    if let Some(e) = &error {
+                        warn!(%device, error = %e, waiting, lost, "agent cannot store alerts");
                     }
-                    let error = health.storage_error.clone();
                     let _ = ctx
                         .writer
                         .run(move |s| s.set_storage_error(device, error.as_deref(), now_ms()))
                         .await;
-                    storage = Some(health.storage_error);
+                    Ok(())
                 }
-            }
-            AgentMessage::CommandResult(signed) => {
-                let audit = match limits.lock() {
-                    Ok(mut l) => l.audit(),
-                    Err(p) => p.into_inner().audit(),
-                };
-                if let Err(reason) = command_result(peer, ctx, &signed, audit).await {
-                    return reason;
+                CollectorEvent::CommandResult(signed) => {
+                    let audit = match limits.lock() {
+                        Ok(mut l) => l.audit(),
+                        Err(p) => p.into_inner().audit(),
+                    };
+                    command_result(peer, ctx, &signed, audit).await
                 }
+                CollectorEvent::Closed(close) => {
+                    close_with(conn, ctx, &close);
+                    Err(close.reason.to_string())
+                }
+                // Only before the session is open.
+                CollectorEvent::Hello { .. } | CollectorEvent::TooOldForRollovers { .. } => Ok(()),
+            };
+            if let Err(reason) = done {
+                return reason;
             }
-            AgentMessage::Hello(_) | AgentMessage::Enroll(_) => {
-                ctx.metrics.reject("protocol");
-                conn.close(close_code::PROTOCOL.into(), b"unexpected message in session");
-                return "unexpected message".into();
-            }
+        }
+        if let Err(reason) = flush(machine, out).await {
+            return reason;
         }
     }
 }
 
-/// Makes `new` the device's outbox epoch before anything numbered in it is stored.
-async fn switch_epoch(ctx: &Context, device: DeviceId, new: u64, current: &mut Option<u64>) -> Result<(), String> {
-    if *current == Some(new) {
-        return Ok(());
+/// Records a heartbeat (written in bulk by [`super::write_heartbeats`]) and warns about
+/// the device's clock when its skew starts or changes by a second.
+fn heartbeat(ctx: &Context, device: DeviceId, hb: ward_protocol::Heartbeat, warned_skew: &mut i64) {
+    let now = now_ms();
+    let skew = i64::try_from(hb.sent_at_ms).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX);
+    if skew.unsigned_abs() > CLOCK_SKEW_WARN_MS && skew.abs_diff(*warned_skew) > 1_000 {
+        warn!(%device, skew_ms = skew, "device clock differs from the collector's by more than agents allow for commands: they will refuse them");
+        *warned_skew = skew;
     }
+    let state = DeviceState {
+        seen_at_ms: now,
+        clock_skew_ms: skew,
+        inventory: hb.inventory,
+        isolation: hb.isolation,
+        outbox_depth: hb.outbox_depth,
+        rule_pack_version: hb.rule_pack_version,
+    };
+    if let Ok(mut pending) = ctx.heartbeats.lock() {
+        pending.insert(device, state);
+    }
+}
+
+/// Makes `new` the device's outbox epoch before anything numbered in it is stored.
+async fn switch_epoch(ctx: &Context, device: DeviceId, new: u64) -> Result<(), String> {
     let changed = ctx
         .writer
         .run(move |s| s.switch_epoch(device, new, now_ms()))
@@ -379,17 +437,7 @@ async fn switch_epoch(ctx: &Context, device: DeviceId, new: u64, current: &mut O
     if changed {
         info!(%device, epoch = %format!("{new:016x}"), "device outbox epoch");
     }
-    *current = Some(new);
     Ok(())
-}
-
-/// Sends the newest rule pack if the agent has not been sent it yet.
-fn offer_rule_pack(ctx: &Context, out: &mpsc::Sender<CollectorMessage>, sent: &mut u64) {
-    if let Some((version, signed)) = ctx.newer_rule_pack(*sent)
-        && out.try_send(CollectorMessage::RulePack(signed)).is_ok()
-    {
-        *sent = version;
-    }
 }
 
 fn is_revoked(ctx: &Context, device: &DeviceId) -> bool {
@@ -427,22 +475,11 @@ async fn store_until_stored(
     }
 }
 
-async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch) -> Result<(), String> {
-    let Peer { conn, device, key, out } = *peer;
-    if batch.alerts.is_empty() {
-        // Nothing to store: answered without the writer.
-        let ack = Ack {
-            batch_id: batch.batch_id,
-            stored: 0,
-            duplicates: 0,
-        };
-        return out
-            .send(CollectorMessage::Ack(ack))
-            .await
-            .map_err(|_| "outbound closed".to_string());
-    }
-    ctx.metrics.alerts_received.add(batch.alerts.len() as u64);
-    let verified = match ctx.verify.verify(device, key, batch.alerts).await {
+/// Verifies and stores a non-empty batch; its counts (stored, duplicates) for the ack.
+async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: Vec<ward_protocol::Signed>) -> Result<(u32, u32), String> {
+    let Peer { conn, device, key } = *peer;
+    ctx.metrics.alerts_received.add(batch.len() as u64);
+    let verified = match ctx.verify.verify(device, key, batch).await {
         Ok(Ok(v)) => v,
         Ok(Err(rejection)) => {
             ctx.metrics.reject(rejection.label());
@@ -458,15 +495,8 @@ async fn alerts(peer: &Peer<'_>, ctx: &Context, batch: AlertBatch) -> Result<(),
         Err(e) => return Err(e.to_string()),
     };
     let outcome = store_until_stored(ctx, conn, device, verified).await?;
-    let ack = Ack {
-        batch_id: batch.batch_id,
-        // A folded alert is durably kept too (in the row it was folded into).
-        stored: outcome.stored + outcome.folded,
-        duplicates: outcome.duplicates,
-    };
-    out.send(CollectorMessage::Ack(ack))
-        .await
-        .map_err(|_| "outbound closed".to_string())
+    // A folded alert is durably kept too (in the row it was folded into).
+    Ok((outcome.stored + outcome.folded, outcome.duplicates))
 }
 
 /// Verifies (with the device's enrolled key, before decoding) and stores a
