@@ -64,10 +64,10 @@ use smallvec::SmallVec;
 use ward_protocol::Severity;
 use ward_protocol::ids::Id128;
 
-use super::keys::{KeyKind, LinkKey};
+use super::keys::LinkKey;
 use super::severity::incident_severity;
-use super::triage;
-use crate::model::incident::{Classification, Status, TACTICS, tactic_rank};
+pub use crate::model::correlation::{Changes, Incident, IncidentRow, KeyKind, KeyRow, Link, Merge};
+use crate::model::incident::{self as triage, Classification, Status, TACTICS, tactic_rank};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -95,120 +95,6 @@ pub struct AlertIn {
     /// The device the alert came from (agent and collector alerts).
     pub device: Option<String>,
     pub keys: Vec<LinkKey>,
-}
-
-/// A key as one incident holds it: what the store keeps per incident and key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRow {
-    /// `kind:value` ([`LinkKey::id`]).
-    pub key: Arc<str>,
-    pub kind: KeyKind,
-    /// How a person reads it when that is not its value (a device's hostname).
-    pub label: Option<Arc<str>>,
-    pub via: Option<Arc<str>>,
-    pub first_ms: u64,
-    pub last_ms: u64,
-    /// The latest alert (by time) that carried it.
-    pub last_alert: Arc<str>,
-    /// For device keys: the times of the incident's alerts on the device, as runs
-    /// whose gaps are at most the proximity window (the nearest alert is then within
-    /// the window of a time exactly when the time is within it of a run).
-    pub runs: Vec<(u64, u64)>,
-    /// Only alerts that came in on a weak tie (the device alone) carried it: it ties
-    /// the next alert no more strongly than the device does.
-    pub weakly_held: bool,
-    /// A device's alert named it (an address the device itself talked to).
-    pub on_device: bool,
-}
-
-impl KeyRow {
-    /// The normalized value: the key without its `kind:` prefix.
-    pub fn value(&self) -> &str {
-        self.key.get(self.kind.as_str().len() + 1..).unwrap_or_default()
-    }
-
-    pub fn label(&self) -> &str {
-        self.label.as_deref().unwrap_or_else(|| self.value())
-    }
-}
-
-/// An incident as the store keeps it, for [`Engine::load`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incident {
-    pub id: String,
-    /// Creation order: lower is older.
-    pub seq: u64,
-    pub status: Status,
-    pub assignee: Option<String>,
-    pub classification: Option<Classification>,
-    pub first_ms: u64,
-    pub last_ms: u64,
-    pub alert_severity: Severity,
-    /// Kill-chain ranks of its tactics.
-    pub tactics: BTreeSet<usize>,
-    pub sources: BTreeSet<String>,
-    pub alert_count: u64,
-    pub first_title: String,
-    pub several_titles: bool,
-    pub keys: Vec<KeyRow>,
-}
-
-/// What the store keeps of an incident: its summary and the keys to save.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncidentRow {
-    pub id: Arc<str>,
-    pub seq: u64,
-    pub title: String,
-    pub severity: Severity,
-    pub alert_severity: Severity,
-    pub sources: Vec<Arc<str>>,
-    pub tactics: Vec<&'static str>,
-    pub first_title: Arc<str>,
-    pub several_titles: bool,
-    pub first_ms: u64,
-    pub last_ms: u64,
-    pub alert_count: u64,
-    pub devices: usize,
-    pub users: usize,
-    pub mailboxes: usize,
-    pub keys: Vec<KeyRow>,
-}
-
-/// Why an alert went where it went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub alert_rowid: i64,
-    pub alert_id: Arc<str>,
-    pub incident_id: Arc<str>,
-    pub reason: Arc<str>,
-    /// True when the alert opened the incident.
-    pub created: bool,
-    /// The time it was correlated at (see [`AlertIn::at_ms`]).
-    pub at_ms: u64,
-    pub clock_note: Option<Arc<str>>,
-    /// The incident a new incident continues (the older one reached its maximum span).
-    pub continues: Option<Arc<str>>,
-}
-
-/// An incident merged into an older one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Merge {
-    pub from: Arc<str>,
-    pub into: Arc<str>,
-    pub reason: String,
-}
-
-/// What the store must write after some alerts were correlated.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub links: Vec<Link>,
-    pub merges: Vec<Merge>,
-    /// Incidents merged away, as they were just before (their rows must exist).
-    pub merged_away: Vec<IncidentRow>,
-    /// Incidents whose summary or keys changed (current state).
-    pub incidents: Vec<IncidentRow>,
-    /// Keys whose distinct contexts changed: key id → `d:<device id>` / `user:<name>`.
-    pub prevalence: Vec<(Arc<str>, Vec<Arc<str>>)>,
 }
 
 /// A key's number in the engine's key table.
@@ -555,7 +441,7 @@ impl Live {
 
     /// Takes in everything of a merged incident; returns the keys new here.
     fn absorb_incident(&mut self, table: &[KeyEntry], other: &Live, proximity_ms: u64) -> Vec<KeyId> {
-        // Triage the survivor lacks comes along (`triage`, as in the store's merge).
+        // Triage the survivor lacks comes along (`model::incident`, as in the store's merge).
         triage::take_missing(&mut self.assignee, other.assignee.as_ref());
         triage::take_missing(&mut self.classification, other.classification.as_ref());
         self.status = triage::merged_status(self.status, other.status);

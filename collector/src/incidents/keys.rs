@@ -13,53 +13,7 @@ use std::net::IpAddr;
 
 use ward_protocol::{Entity, ProcessNode};
 
-/// What a key names; its order is the order reasons prefer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum KeyKind {
-    /// A process tree on one device: the strongest device-local link.
-    Process,
-    Device,
-    File,
-    /// A recipient's mailbox (the organisation's own).
-    Mailbox,
-    /// A mail address that is not a recipient: a sender, a forwarding target.
-    Sender,
-    User,
-    Url,
-    Domain,
-    Ip,
-}
-
-impl KeyKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyKind::Process => "process",
-            KeyKind::Device => "device",
-            KeyKind::File => "file",
-            KeyKind::Mailbox => "mailbox",
-            KeyKind::Sender => "sender",
-            KeyKind::User => "user",
-            KeyKind::Url => "url",
-            KeyKind::Domain => "domain",
-            KeyKind::Ip => "ip",
-        }
-    }
-    pub const ALL: [KeyKind; 9] = [
-        KeyKind::Process,
-        KeyKind::Device,
-        KeyKind::File,
-        KeyKind::Mailbox,
-        KeyKind::Sender,
-        KeyKind::User,
-        KeyKind::Url,
-        KeyKind::Domain,
-        KeyKind::Ip,
-    ];
-
-    pub fn parse(s: &str) -> Option<KeyKind> {
-        KeyKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+pub use crate::model::correlation::{KeyKind, KnownDevice};
 
 /// One correlation key of an alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +33,6 @@ impl LinkKey {
     pub fn id(&self) -> String {
         format!("{}:{}", self.kind.as_str(), self.value)
     }
-}
-
-/// An enrolled device as correlation sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownDevice {
-    pub id: String,
-    pub hostname: String,
-    pub addresses: Vec<IpAddr>,
 }
 
 /// What key derivation needs besides the alert: the user map and the devices.

@@ -18,7 +18,6 @@
 pub mod engine;
 pub mod keys;
 pub mod severity;
-pub mod triage;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

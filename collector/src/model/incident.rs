@@ -1,5 +1,6 @@
 //! Incident vocabulary shared by the engine, the store and the API: statuses,
-//! classifications, the MITRE ATT&CK tactics in kill-chain order, stored severities.
+//! classifications, the MITRE ATT&CK tactics in kill-chain order, stored severities,
+//! and how a merge combines two incidents' triage (the engine and the store both merge).
 
 use ward_protocol::Severity;
 
@@ -104,6 +105,28 @@ pub fn severity_from(n: i64) -> Severity {
         .unwrap_or(Severity::Informational)
 }
 
+/// A merge's survivor keeps its own triage and takes from the incident it absorbs
+/// what it lacks (below); the engine (in memory) and the store (on disk) both merge so.
+/// Takes `absorbed`'s value into `survivor` when the survivor has none; says whether it did.
+pub fn take_missing<T: Clone>(survivor: &mut Option<T>, absorbed: Option<&T>) -> bool {
+    match (survivor.is_none(), absorbed) {
+        (true, Some(value)) => {
+            *survivor = Some(value.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The survivor's status after absorbing an incident of status `absorbed`.
+pub fn merged_status(survivor: Status, absorbed: Status) -> Status {
+    if survivor == Status::Active && absorbed == Status::InProgress {
+        Status::InProgress
+    } else {
+        survivor
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +139,18 @@ mod tests {
             vec!["TA0001", "TA0002", "TA0011"]
         );
         assert_eq!(tactic_name("TA0040"), Some("Impact"));
+    }
+
+    #[test]
+    fn the_survivor_keeps_its_own_and_takes_what_it_lacks() {
+        let mut mine = None;
+        assert!(take_missing(&mut mine, Some(&"eve")));
+        assert_eq!(mine, Some("eve"));
+        assert!(!take_missing(&mut mine, Some(&"bob")), "its own assignee stays");
+        assert_eq!(mine, Some("eve"));
+        assert!(!take_missing(&mut mine, None));
+        assert_eq!(merged_status(Status::Active, Status::InProgress), Status::InProgress);
+        assert_eq!(merged_status(Status::InProgress, Status::Active), Status::InProgress);
+        assert_eq!(merged_status(Status::Active, Status::Resolved), Status::Active);
     }
 }

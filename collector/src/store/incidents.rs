@@ -12,10 +12,10 @@ use ward_protocol::{Entity, Severity};
 use super::audit::append_audit;
 use super::{AlertView, Store, StoreError, i64_of, sev_from, sev_num};
 use crate::entity;
-use crate::incidents::engine::{Changes, Incident, IncidentRow, KeyRow};
-use crate::incidents::keys::{KeyKind, KnownDevice};
-use crate::incidents::triage::{merged_status, take_missing};
-use crate::model::incident::{Classification, Status, severity_from, tactic_name, tactic_rank};
+use crate::model::correlation::{Changes, Incident, IncidentRow, KeyKind, KeyRow, KnownDevice};
+use crate::model::incident::{
+    Classification, Status, merged_status, severity_from, tactic_name, tactic_rank, take_missing,
+};
 
 /// An alert as the correlator reads it from the store.
 #[derive(Debug, Clone)]
@@ -1208,7 +1208,7 @@ fn merge_rows(
     Ok(())
 }
 
-/// The survivor of a merge takes from the other what it lacks (`incidents::triage`).
+/// The survivor of a merge takes from the other what it lacks (`model::incident::take_missing`).
 fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now_ms: u64) -> Result<(), StoreError> {
     type Triage = (String, Option<String>, Option<String>, Option<String>);
     let triage_of = |id: &str| -> Result<Triage, StoreError> {

@@ -582,7 +582,7 @@ mod tests {
     /// load as they were saved: kind from the key, the label only where it differs.
     #[test]
     fn slimmed_incident_keys_load_as_saved() {
-        use crate::incidents::keys::KeyKind;
+        use crate::model::correlation::KeyKind;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ward.db");
         let slim = MIGRATIONS
