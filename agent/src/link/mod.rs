@@ -331,21 +331,7 @@ impl Session {
     ) -> Result<Session, LinkError> {
         let remote = resolve(&identity.enrollment.collector_addr).await?;
         let endpoint = client_endpoint(&remote)?;
-        let started = Clock::start();
-        tokio::time::timeout(
-            OPEN_TIMEOUT,
-            Self::handshake(
-                endpoint,
-                remote,
-                identity,
-                rule_pack_version,
-                last_command_seq,
-                timers,
-                started,
-            ),
-        )
-        .await
-        .map_err(|_| LinkError::Connect(format!("no session within {} s", OPEN_TIMEOUT.as_secs())))?
+        Self::open_within(endpoint, remote, identity, rule_pack_version, last_command_seq, timers).await
     }
 
     /// Like [`Session::open`], on an existing endpoint to a resolved address.
@@ -358,6 +344,19 @@ impl Session {
         last_command_seq: u64,
     ) -> Result<Session, LinkError> {
         let timers = timers(&crate::config::Config::default());
+        Self::open_within(endpoint, remote, identity, rule_pack_version, last_command_seq, timers).await
+    }
+
+    /// The handshake, given up after [`OPEN_TIMEOUT`].
+    async fn open_within(
+        endpoint: quinn::Endpoint,
+        remote: SocketAddr,
+        identity: &Identity,
+        rule_pack_version: u64,
+        last_command_seq: u64,
+        timers: AgentTimers,
+    ) -> Result<Session, LinkError> {
+        let started = Clock::start();
         tokio::time::timeout(
             OPEN_TIMEOUT,
             Self::handshake(
@@ -367,7 +366,7 @@ impl Session {
                 rule_pack_version,
                 last_command_seq,
                 timers,
-                Clock::start(),
+                started,
             ),
         )
         .await

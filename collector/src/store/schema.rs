@@ -578,6 +578,17 @@ mod tests {
         assert!(plan.iter().any(|p| p.contains("incidents_by_redirect")), "{plan:?}");
     }
 
+    /// A database at `path` migrated up to, not including, the first migration whose
+    /// SQL contains `marker`: that migration's number and the open connection.
+    fn migrated_before(path: &std::path::Path, marker: &str) -> (usize, Connection) {
+        let at = MIGRATIONS.iter().position(|m| m.contains(marker)).unwrap();
+        let conn = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..at] {
+            conn.execute_batch(sql).unwrap();
+        }
+        (at, conn)
+    }
+
     /// Incident keys saved before their table lost its `kind` and `value` columns
     /// load as they were saved: kind from the key, the label only where it differs.
     #[test]
@@ -585,15 +596,8 @@ mod tests {
         use crate::model::correlation::KeyKind;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ward.db");
-        let slim = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("incident_entities_new"))
-            .unwrap();
         {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..slim] {
-                conn.execute_batch(sql).unwrap();
-            }
+            let (slim, conn) = migrated_before(&path, "incident_entities_new");
             conn.execute_batch(&format!(
                 "PRAGMA user_version = {slim};
                  INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
@@ -663,15 +667,8 @@ mod tests {
     fn incidents_named_by_number_keep_links_keys_and_activity() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ward.db");
-        let by_number = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("incident_alerts_new"))
-            .unwrap();
         {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..by_number] {
-                conn.execute_batch(sql).unwrap();
-            }
+            let (by_number, conn) = migrated_before(&path, "incident_alerts_new");
             conn.execute_batch(&format!(
                 "PRAGMA user_version = {by_number};
                  INSERT INTO devices (id, hostname, signing_key, cert_sha256, enrolled_at_ms)
