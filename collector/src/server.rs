@@ -22,6 +22,7 @@ use crate::pki::{self, Ca};
 use crate::readpool::ReadPool;
 use crate::setup::{COMMAND_KEY, DB_FILE};
 use crate::store::Store;
+use crate::store::prelude::*;
 use crate::transport::{self, Context, Registry, https, tls};
 
 #[derive(Debug, Error)]

@@ -14,6 +14,7 @@ use ward_protocol::{JoinToken, PublicKey, SignatureKind, SigningKey};
 
 use crate::config::{Config, ConfigError};
 use crate::pki::{self, CA_CERT, CA_KEY, PkiError, SERVER_CERT, SERVER_KEY};
+use crate::store::prelude::*;
 use crate::store::{AuditChainReport, Store, StoreError};
 use crate::util::{now_ms, random_secret, sha256};
 

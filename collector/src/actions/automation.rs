@@ -52,6 +52,7 @@ use crate::model::action::ActionSpec;
 use crate::model::action::Status;
 use crate::model::incident::tactic_rank;
 use crate::roles::Role;
+use crate::store::prelude::*;
 use crate::store::{AutomationAlert, AutomationIncident, NewAction, Store, StoreError};
 use crate::util::now_ms;
 

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use ward_protocol::{CollectorMessage, DeviceId, Signed};
 
 use crate::readpool::ReadPool;
+use crate::store::prelude::*;
 use crate::util::now_ms;
 
 /// Where a message for a device's live session goes.

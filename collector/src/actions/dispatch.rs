@@ -33,6 +33,7 @@ use super::transitions::{self, CancelError, DecideError, Decision, DecisionOutco
 use super::workflow::Actor;
 use crate::ingest::Writer;
 use crate::readpool::ReadPool;
+use crate::store::prelude::*;
 use crate::store::{ActionView, NewAction, StoreError, TargetRefusal};
 use crate::util::now_ms;
 

@@ -12,6 +12,7 @@ use ward_protocol::AlertId;
 
 use crate::ingest::Writer;
 use crate::readpool::ReadPool;
+use crate::store::prelude::*;
 use crate::util::now_ms;
 
 /// How often the check runs at most; short offline thresholds are checked faster.

@@ -15,6 +15,7 @@ use ward_protocol::{Action, Approval, Command, CommandId, CommandOutcome, Comman
 use super::policy::Policy;
 use super::workflow::{self, Actor, Event, Facts, UndoRefusal, WorkflowError};
 use crate::model::action::{MAX_DETAIL_BYTES, MAX_TEXT_BYTES, Outcome, Status};
+use crate::store::prelude::*;
 use crate::store::{ActionRecord, ActionTx, ActionView, Store, StoreError};
 use crate::util::clip_marked;
 

@@ -24,6 +24,7 @@ use crate::actions::workflow::{self, Actor, WorkflowError};
 use crate::model::action::ActionSpec;
 use crate::model::action::Status;
 use crate::roles::Role;
+use crate::store::prelude::*;
 use crate::store::{ActionFilter, TargetRefusal};
 
 const MAX_TEXT: usize = 4096;

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::ApiState;
 use super::error::ApiError;
 use crate::roles::Role;
+use crate::store::prelude::*;
 use crate::util::sha256;
 
 /// The authenticated user of a request.

@@ -19,6 +19,7 @@ use super::process_tree::{self, AlertedProcess};
 use crate::entity;
 use crate::model::incident::{Classification, Status};
 use crate::roles::Role;
+use crate::store::prelude::*;
 use crate::store::{
     ActionFilter, ActionView, AlertOrder, AlertPage, AlertPageQuery, AlertTotals, DeviceView, EntityAggregate,
     IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal, IncidentSort, IncidentSummary, Store, StoreError,

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::readpool::ReadPool;
 use crate::roles::Role;
 use crate::store::Store;
+use crate::store::prelude::*;
 use crate::transport::Registry;
 use crate::util::sha256;
 

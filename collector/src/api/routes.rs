@@ -15,6 +15,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Path, Query};
 use crate::roles::Role;
+use crate::store::prelude::*;
 use crate::store::{AlertFilter, DeviceView};
 use crate::util::now_ms;
 

@@ -11,6 +11,7 @@ use ward_protocol::{Entity, Severity};
 use super::alerts::{BRUTE_FORCE, IMPOSSIBLE_TRAVEL, MFA_FATIGUE, PASSWORD_SPRAY, RISKY_SIGN_IN, Raise, Rule, user};
 use super::{SignIn, SignInOutcome};
 use crate::config::FeedsConfig;
+use crate::store::prelude::*;
 use crate::store::{AlertSource, FeedTx, LocatedSignIn, SourcedAlert, StoreError};
 
 /// Risk states that mean the risk was handled.

@@ -15,6 +15,7 @@ use super::alerts::{
     alert_id, domain_of_address, host_of_url, user,
 };
 use super::{MailKind, MailRecord};
+use crate::store::prelude::*;
 use crate::store::{AlertSource, FeedTx, SourcedAlert, StoreError};
 
 /// Most attachments or URLs of one message named as entities.

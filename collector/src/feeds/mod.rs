@@ -86,6 +86,7 @@ use tracing::{info, warn};
 use crate::config::FeedsConfig;
 use crate::metrics::Metrics;
 pub use crate::model::feed::{InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
+use crate::store::prelude::*;
 use crate::store::{Store, StoreError};
 
 /// Which feed a file belongs to.

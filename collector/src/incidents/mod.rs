@@ -32,6 +32,7 @@ use ward_protocol::Id128;
 use crate::ingest::Writer;
 use crate::metrics::Metrics;
 use crate::readpool::ReadPool;
+use crate::store::prelude::*;
 use crate::store::{CorrelationCounters, IncidentPatch, IncidentRefusal, Store, StoreError, StoredAlert};
 use crate::util::now_ms;
 use engine::{AlertIn, Changes, Engine, EngineConfig};

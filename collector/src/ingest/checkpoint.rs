@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::warn;
 
+use crate::store::prelude::*;
 use crate::store::{Store, StoreError};
 
 /// Frames (pages) in the log past which the writer checkpoints itself: 64 MiB of

@@ -26,6 +26,7 @@ use ward_protocol::DeviceId;
 
 use super::checkpoint::{Checkpointer, INLINE_FRAMES};
 use crate::metrics::Metrics;
+use crate::store::prelude::*;
 use crate::store::{Fold, InsertOutcome, Store, StoreError, VerifiedAlert};
 use crate::util::now_ms;
 

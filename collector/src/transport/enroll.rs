@@ -14,6 +14,7 @@ use super::admission::PendingGuard;
 use super::{Context, read_frame, write_frame};
 use crate::pki::fingerprint;
 use crate::store::NewDevice;
+use crate::store::prelude::*;
 use crate::util::{now_ms, sha256};
 
 /// An enrollment request is small; anything larger is refused unread.

@@ -29,6 +29,7 @@ use crate::ingest::{VerifyPool, Writer};
 use crate::metrics::Metrics;
 use crate::pki::Ca;
 use crate::readpool::ReadPool;
+use crate::store::prelude::*;
 pub use registry::Registry;
 
 /// What every connection handler shares.

@@ -22,6 +22,7 @@ use super::{Context, ReadError, read_frame, write_frame};
 use crate::actions;
 use crate::pki::fingerprint;
 use crate::store::DeviceState;
+use crate::store::prelude::*;
 use crate::util::clip_device_text;
 use crate::util::now_ms;
 

@@ -21,6 +21,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use ring::rand::SystemRandom;
 use serde_json::Value;
+use ward_collector::store::prelude::*;
 use ward_collector::store::{AlertSource, SourcedAlert, Store};
 use ward_protocol::{AlertId, Entity, ProcessNode, RuleRef, Severity};
 use ward_tests::browser::Browser;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use ward_collector::store::prelude::*;
 use ward_collector::incidents::engine::{Engine, EngineConfig};
 use ward_collector::incidents::keys::{KeyContext, KnownDevice};
 use ward_collector::incidents::{STEP_ALERTS, alert_in};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use serde_json::{Value, json};
+use ward_collector::store::prelude::*;
 use ward_collector::store::{AlertSource, SourcedAlert, Store};
 use ward_protocol::*;
 use ward_tests::*;

@@ -189,6 +189,7 @@ async fn a_rollover_signed_by_the_retiring_key_cannot_take_over_the_agents() {
     let signed = old.sign_value(SignatureKind::KeyRollover, &forged).unwrap();
     let bytes = ward_protocol::encode_frame(&signed, u32::MAX).unwrap()[ward_protocol::codec::HEADER_LEN..].to_vec();
     collector.stop().unwrap();
+    use ward_collector::store::PublishedStore;
     ward_collector::store::Store::open(&collector.data_dir().join("ward.db"))
         .unwrap()
         .add_key_rollover(&forged, &bytes, None)

@@ -1,6 +1,7 @@
 //! Helpers for the store's and the domain's unit tests: a fresh database and an
 //! enrolled device.
 
+use crate::store::prelude::*;
 use ring::rand::SystemRandom;
 use ward_protocol::{DeviceId, Inventory, SigningKey};
 

@@ -556,6 +556,7 @@ pub const MIGRATIONS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    use crate::store::prelude::*;
     use rusqlite::Connection;
 
     use super::MIGRATIONS;
@@ -798,7 +799,7 @@ mod tests {
             .conn
             .prepare(&format!(
                 "EXPLAIN QUERY PLAN {}",
-                crate::store::incidents::OPEN_INCIDENTS
+                crate::store::sqlite::incidents::OPEN_INCIDENTS
             ))
             .unwrap()
             .query_map([0], |r| r.get::<_, String>(3))
