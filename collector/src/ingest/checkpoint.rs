@@ -154,8 +154,8 @@ mod tests {
     /// The writer's store (migrated, no automatic checkpoints) and a connection
     /// like it for the test's own rows.
     fn open(dir: &Path) -> (Store, Connection) {
-        let store = Store::open(&dir.join("ward.db")).unwrap();
-        store.disable_auto_checkpoint().unwrap();
+        let mut store = Store::open(&dir.join("ward.db")).unwrap();
+        store.become_writer(crate::store::Fold::OFF, 2).unwrap();
         let conn = Connection::open(dir.join("ward.db")).unwrap();
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();

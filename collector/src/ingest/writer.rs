@@ -102,10 +102,7 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let mut store = Store::open(db_path)?;
-        store.set_fold(fold)?;
-        store.set_cache_mib(cache_mib)?;
-        store.disable_auto_checkpoint()?;
-        store.poll_for_write_lock()?;
+        store.become_writer(fold, cache_mib)?;
         let checkpointer = Checkpointer::start(db_path, INLINE_FRAMES)?;
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (rounds_tx, rounds) = watch::channel(0u64);

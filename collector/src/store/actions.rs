@@ -6,12 +6,13 @@
 //! transaction. Which change is allowed is the workflow's (`actions::transitions`);
 //! this module only keeps what it is told.
 
-use super::StoreError;
-use crate::model::action::Status;
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 use ward_protocol::{Action, CommandId, DeviceId, Signed};
+
+use super::StoreError;
+use crate::model::action::Status;
 
 /// A proposal being stored.
 #[derive(Debug, Clone)]
@@ -118,6 +119,8 @@ impl ActionRecord {
     }
 }
 
+/// Response actions: proposing, reading and listing them, and the transaction
+/// ([`ActionOps`]) through which the workflow changes one.
 pub trait ActionStore {
     /// One open transaction of this store.
     type ActionTx<'a>: ActionOps
@@ -161,6 +164,9 @@ pub trait ActionStore {
     fn action_tx(&mut self) -> Result<Self::ActionTx<'_>, StoreError>;
 }
 
+/// One open transaction over actions and command sequences: what the workflow
+/// reads and writes for one change, with the change's audit entry. Dropped without
+/// [`ActionOps::commit`], nothing is kept.
 pub trait ActionOps {
     fn commit(self) -> Result<(), StoreError>;
 

@@ -10,9 +10,10 @@
 //! removing the newest entries leaves a valid (shorter) chain, so the head hash
 //! should be copied elsewhere (a log shipper) to detect truncation.
 
+use serde::Serialize;
+
 use super::StoreError;
 use crate::util::sha256;
-use serde::Serialize;
 
 /// One audit log entry.
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +69,7 @@ pub fn audit_hash(
     sha256(&buf)
 }
 
+/// The hash-chained audit log: appending, listing and verifying the chain.
 pub trait AuditStore {
     /// Audit entries, newest first.
     fn list_audit(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;

@@ -5,8 +5,9 @@
 //! an incident and target), in the same transaction as the action they create
 //! ([`super::ActionTx`]).
 
-use super::StoreError;
 use ward_protocol::{Entity, Severity};
+
+use super::StoreError;
 
 /// Most alerts of one incident read for its targets.
 pub const MAX_INCIDENT_ALERTS: u32 = 2_000;
@@ -69,6 +70,8 @@ pub struct IncidentBatch {
     pub last_change: Option<i64>,
 }
 
+/// What automation tails: new alerts, incident links and incident changes after
+/// its watermarks, and the watermarks themselves.
 pub trait AutomationStore {
     /// The newest alert's rowid (0 when there is none).
     fn newest_alert_rowid(&self) -> Result<i64, StoreError>;

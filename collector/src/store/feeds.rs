@@ -2,9 +2,10 @@
 //! normalized records, answers the detections' window queries, stores the alerts
 //! they raise and the audit entry, and commits them together.
 
+use std::net::IpAddr;
+
 use super::{InsertOutcome, SourcedAlert, StoreError};
 use crate::model::feed::{MailRecord, SignIn, SignInOutcome};
-use std::net::IpAddr;
 
 /// A successful sign-in with coordinates, as impossible travel compares them.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +18,7 @@ pub struct LocatedSignIn {
     pub longitude: f64,
 }
 
+/// Identity and mailbox feed imports, each in one transaction ([`FeedOps`]).
 pub trait FeedStore {
     /// One open transaction of this store.
     type FeedTx<'a>: FeedOps
@@ -31,6 +33,8 @@ pub trait FeedStore {
     ) -> Result<R, StoreError>;
 }
 
+/// One open feed-import transaction: records stored, the detections' window queries
+/// answered, the alerts they raise and the audit entry, committed together.
 pub trait FeedOps {
     /// Stores a sign-in; false when a record with its key is already stored.
     fn insert_sign_in(&self, s: &SignIn) -> Result<bool, StoreError>;

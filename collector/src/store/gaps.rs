@@ -5,9 +5,10 @@
 //! its own start; its numbers are never mixed with the old ones), and the agent's
 //! storage state. Only SQL here; the session decides when to call.
 
-use super::StoreError;
 use serde::Serialize;
 use ward_protocol::{DeviceId, DropNotice};
+
+use super::StoreError;
 
 /// The most characters of an agent's drop reason kept (a device's text, bounded).
 pub const MAX_DROP_REASON_CHARS: usize = 512;
@@ -38,6 +39,8 @@ pub fn epoch_hex(epoch: i64) -> String {
     }
 }
 
+/// Per-device delivery accounting: outbox epochs, drop notices and the storage
+/// errors agents report.
 pub trait GapStore {
     /// Makes `epoch` the device's current outbox epoch. A change from a known epoch is
     /// a reset or rolled-back outbox: recorded as an explained report, and numbering

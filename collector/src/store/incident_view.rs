@@ -2,10 +2,12 @@
 //! stable cursor, totals, evidence aggregated over every alert with SQL (never over a
 //! cut of the alerts), and the processes behind the process tree. Reads only.
 
-use super::{AlertView, IncidentAlert, StoreError};
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+
+use super::{AlertView, IncidentAlert, StoreError};
 
 /// Which end of the time axis a page starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,6 +80,8 @@ pub struct ProcessAlerts {
     pub sample: Vec<(String, String, &'static str, i64)>,
 }
 
+/// Whole-incident and whole-device reads for the API: pages of alerts, totals,
+/// evidence, devices and processes, counted over everything stored.
 pub trait IncidentViews {
     /// A page of an incident's alerts with their link reasons (`known_total`: the
     /// incident's alert count when the caller has it, used when no range is given).

@@ -2,11 +2,12 @@
 //! prevalence, the tail watermark), analyst changes with their activity log, and
 //! the queries behind the incident API.
 
+use serde::Serialize;
+use ward_protocol::{Entity, Severity};
+
 use super::{AlertView, StoreError};
 use crate::model::correlation::{Changes, Incident, IncidentRow, KnownDevice};
 use crate::model::incident::{Classification, Status};
-use serde::Serialize;
-use ward_protocol::{Entity, Severity};
 
 /// An alert as the correlator reads it from the store.
 #[derive(Debug, Clone)]
@@ -147,6 +148,8 @@ pub enum IncidentRefusal {
     Invalid(String),
 }
 
+/// Incidents: the correlator's saved state and steps, and the analyst's triage
+/// (patches, comments, merges and moves), each change with its activity entry.
 pub trait IncidentStore {
     // ---- correlator state ----
 

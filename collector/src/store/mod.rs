@@ -8,6 +8,7 @@
 //!
 //! Each change the domain makes is one transaction: a method is one, and the
 //! workflow's multi-step changes go through [`ActionOps`] and [`FeedOps`], an
+
 //! open transaction that commits as a whole.
 
 pub mod actions;
@@ -61,8 +62,9 @@ use ward_protocol::{Alert, DeviceId, Inventory, IsolationState, PublicKey, Sever
 
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The backend failed; its own error is kept as the source.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("database holds an unexpected value: {0}")]
     Corrupt(String),
     #[error("database schema version {found} is newer than this collector ({known})")]
@@ -221,37 +223,28 @@ pub struct User {
     pub role: String,
 }
 
+/// How a connection is tuned and kept: what the writer sets at start, snapshots for
+/// consistent reads, and copying the write-ahead log. A backend without a setting's
+/// subject (no page cache, no log) accepts it and does nothing.
 pub trait Maintenance {
-    /// Sets how much the page cache may hold, in MiB (SQLite's default is 2 MiB). A
-    /// correlation step rewrites pages all over the incident tables; a cache smaller
-    /// than what one transaction touches spills dirty pages and reads them back.
-    fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError>;
-
-    /// Waits for another process's write lock (a feed import, the CLI) by trying
-    /// again every millisecond, for at most the same 10 s as the busy timeout.
-    /// SQLite's own wait backs off to 100 ms between tries, so a process that commits
-    /// and begins its next transaction at once took the lock again before this
-    /// connection woke up: the writer (correlation steps, ingest rounds) waited
-    /// behind the other process's whole run.
-    fn poll_for_write_lock(&mut self) -> Result<(), StoreError>;
-
-    /// Stops SQLite checkpointing the write-ahead log inside this connection's
-    /// commits (the writer's: `ingest::checkpoint` does it on another thread).
-    fn disable_auto_checkpoint(&self) -> Result<(), StoreError>;
+    /// Makes this connection the collector's one writer: repeats fold as `fold` says
+    /// (into the newest rows stored so far too), the cache holds up to `cache_mib`
+    /// MiB, the write-ahead log is left to [`Maintenance::checkpoint`] on another
+    /// thread, and another process's write lock (a feed import, the CLI) is waited
+    /// for by polling every millisecond, for at most the busy timeout.
+    fn become_writer(&mut self, fold: Fold, cache_mib: u32) -> Result<(), StoreError>;
 
     /// Copies what it can of the write-ahead log into the database, waiting for no
     /// one (PASSIVE); returns the frames in the log and how many are copied.
     fn checkpoint(&self) -> Result<(u64, u64), StoreError>;
-
-    /// Folds repeats from now on as `fold` says (off until set; the writer sets
-    /// `[ingest]`'s), into the newest rows stored so far too.
-    fn set_fold(&mut self, fold: Fold) -> Result<(), StoreError>;
 
     /// Runs `f` on one consistent snapshot of the database (a read transaction), so
     /// several queries see the same commit however other connections write meanwhile.
     fn read_snapshot<R>(&self, f: impl FnOnce(&Self) -> Result<R, StoreError>) -> Result<R, StoreError>;
 }
 
+/// Enrollment and the fleet: tokens, devices, their certificates, revocation and the
+/// state their heartbeats report.
 pub trait DeviceStore {
     // ---- enrollment tokens and devices ----
 
@@ -290,6 +283,8 @@ pub trait DeviceStore {
     fn get_device(&self, id: &str) -> Result<Option<DeviceView>, StoreError>;
 }
 
+/// Agent alerts in, in acknowledged batches with their sequence accounting, and the
+/// alert lists the API shows.
 pub trait AlertStore {
     /// Records alerts an agent before protocol 1.4 says it dropped (an unacknowledged
     /// report, in the device's current epoch), so their gap is explained or created.
@@ -321,6 +316,7 @@ pub trait AlertStore {
     fn count_alerts(&self) -> Result<i64, StoreError>;
 }
 
+/// What the collector publishes to every agent: signed rule packs and key rollovers.
 pub trait PublishedStore {
     /// The next rule-pack version to issue.
     fn next_rule_pack_version(&self) -> Result<u64, StoreError>;
@@ -353,6 +349,7 @@ pub trait PublishedStore {
     fn key_rollovers(&self) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
+/// API users and their token hashes.
 pub trait UserStore {
     // ---- users ----
 
@@ -363,4 +360,92 @@ pub trait UserStore {
     fn list_users(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
 
     fn user_by_token(&self, token_sha256: &[u8; 32]) -> Result<Option<User>, StoreError>;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The store's boundary, read from the source: a second backend replaces
+    //! `sqlite/` and the `Store` alias, and nothing above the store changes.
+
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`, with its path relative to `src/`.
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+                let rel = path.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+
+    /// The file without its unit tests (tests may reach past the interface, for
+    /// example to hold SQLite's write lock from a second connection).
+    fn without_tests(text: &str) -> &str {
+        text.find("\nmod tests {").map_or(text, |i| &text[..i])
+    }
+
+    fn collector_sources() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        sources(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        assert!(out.len() > 50, "collector sources not found: {}", out.len());
+        out
+    }
+
+    #[test]
+    fn sql_and_sqlite_live_only_in_store_sqlite() {
+        let sql = [
+            "\"SELECT ",
+            "\"INSERT ",
+            "\"UPDATE ",
+            "\"DELETE ",
+            "\"CREATE ",
+            "PRAGMA ",
+        ];
+        for (path, text) in collector_sources() {
+            if path.starts_with("store/sqlite/") {
+                continue;
+            }
+            let code = without_tests(&text);
+            assert!(!code.contains("rusqlite"), "{path} uses rusqlite");
+            for s in sql {
+                assert!(!code.contains(s), "{path} holds SQL ({s})");
+            }
+            // Only the alias that names the backend in use may name it.
+            if path != "store/mod.rs" {
+                assert!(
+                    !code.contains("sqlite::") && !code.contains("SqliteStore"),
+                    "{path} names the SQLite backend"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_store_imports_no_domain_module_and_no_http() {
+        let above = [
+            "crate::actions",
+            "crate::incidents",
+            "crate::feeds",
+            "crate::api",
+            "crate::transport",
+            "axum",
+        ];
+        for (path, text) in collector_sources() {
+            if !path.starts_with("store/") {
+                continue;
+            }
+            for a in above {
+                let code = without_tests(&text)
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//"));
+                assert!(!code.clone().any(|l| l.contains(a)), "{path} imports {a}");
+            }
+        }
+    }
 }

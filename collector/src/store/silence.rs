@@ -8,8 +8,9 @@
 //!
 //! Such alerts are stored as unsigned alerts of source `collector` (see `sourced`).
 
-use super::StoreError;
 use ward_protocol::AlertId;
+
+use super::StoreError;
 
 /// Rule id of the alert for an isolated device that went silent.
 pub const SILENT_ISOLATED_RULE_ID: &str = "ward-isolated-device-silent";
@@ -21,6 +22,7 @@ pub struct RaisedAlert {
     pub device_id: String,
 }
 
+/// Isolated devices that stopped reporting, and the alerts raised about them.
 pub trait SilenceStore {
     /// Whether some isolated device has been silent since before `silent_since_ms`
     /// without an alert yet (a cheap read for the periodic check).

@@ -6,8 +6,9 @@
 //! Their ids are chosen by the caller; a feed derives them from the records that
 //! raised them, so importing the same file twice stores each alert once.
 
-use super::{InsertOutcome, StoreError};
 use ward_protocol::{Entity, RuleRef};
+
+use super::{InsertOutcome, StoreError};
 
 /// Where an alert came from, as stored in `alerts.source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,7 @@ pub struct SourcedAlert {
     pub matched: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Alerts the collector raises itself (feeds, silence) and stores beside agent alerts.
 pub trait SourcedStore {
     /// Stores unsigned alerts in one transaction; alerts whose id is already
     /// stored are skipped and counted as duplicates. Nothing folds here (imports,

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use ward_collector::store::prelude::*;
 use ward_collector::incidents::engine::{Engine, EngineConfig};
 use ward_collector::incidents::keys::{KeyContext, KnownDevice};
 use ward_collector::incidents::{STEP_ALERTS, alert_in};
+use ward_collector::store::prelude::*;
 use ward_collector::store::{AlertSource, SourcedAlert, Store, StoredAlert};
 use ward_protocol::{Entity, Id128, RuleRef, Severity};
 use ward_tests::Collector;
@@ -497,8 +497,8 @@ async fn collector_run(cli: &Cli) -> Result<()> {
     }
     if !cli.insert_defaults {
         // As the collector's writer sets its connection (`ingest::Writer::start`).
-        store.set_cache_mib(ward_collector::config::Config::default().ingest.writer_cache_mib)?;
-        store.disable_auto_checkpoint()?;
+        let ingest = ward_collector::config::Config::default().ingest;
+        store.become_writer(ward_collector::store::Fold::OFF, ingest.writer_cache_mib)?;
     }
     let insert_batch = cli
         .insert_batch

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ward_collector::store::prelude::*;
 use ward_collector::incidents::{Correlator, STEP_ALERTS, Settings};
+use ward_collector::store::prelude::*;
 use ward_collector::store::{NewDevice, Store};
 use ward_protocol::{DeviceId, Id128, Inventory, PublicKey};
 

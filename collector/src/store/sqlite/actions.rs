@@ -1,13 +1,14 @@
 //! The SQLite side of [`crate::store::actions`].
 
+use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
+use serde_json::{Value, json};
+use ward_protocol::{Action, CommandId, DeviceId, Signed};
+
 use super::audit::append_audit;
 use super::{SqliteStore, StoreError, i64_of};
 use crate::model::action::{ActionSpec, MAX_TEXT_BYTES, Status, describe};
 use crate::store::actions::*;
 use crate::util::clip_marked;
-use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
-use serde_json::{Value, json};
-use ward_protocol::{Action, CommandId, DeviceId, Signed};
 
 fn load_row(tx: &Transaction<'_>, id: &str) -> Result<Option<ActionRecord>, StoreError> {
     let raw = tx

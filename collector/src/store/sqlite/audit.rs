@@ -1,8 +1,9 @@
 //! The SQLite side of [`crate::store::audit`].
 
+use rusqlite::{OptionalExtension, Transaction, params};
+
 use super::{SqliteStore, StoreError, i64_of};
 use crate::store::audit::*;
-use rusqlite::{OptionalExtension, Transaction, params};
 
 fn hash_of(blob: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, StoreError> {
     blob.map(|b| {

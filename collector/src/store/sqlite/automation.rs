@@ -1,10 +1,11 @@
 //! The SQLite side of [`crate::store::automation`].
 
-use super::{SqliteStore, StoreError};
-use crate::store::automation::*;
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 use ward_protocol::{Entity, Severity};
+
+use super::{SqliteStore, StoreError};
+use crate::store::automation::*;
 
 /// The watermark row of the alert stream.
 const ALERTS: &str = "alerts";

@@ -1,13 +1,15 @@
 //! The SQLite side of [`crate::store::feeds`].
 
+use std::net::IpAddr;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
 use super::audit::append_audit;
 use super::sourced::insert_sourced;
 use super::{InsertOutcome, SqliteStore, StoreError, i64_of};
 use crate::model::feed::{MailKind, MailRecord, SignIn, SignInOutcome};
 use crate::store::feeds::*;
 use crate::store::*;
-use rusqlite::{OptionalExtension, Transaction, params};
-use std::net::IpAddr;
 
 /// An open feed-import transaction.
 pub struct FeedTx<'a> {

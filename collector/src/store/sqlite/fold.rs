@@ -219,10 +219,10 @@ mod tests {
     use ward_protocol::{Alert, AlertId, DeviceId, Id128, Inventory, KeyId, PublicKey, RuleRef, Severity, Signed};
 
     use super::*;
-    use ward_protocol::{Entity, MatchedField};
     use crate::store::sqlite::sourced::insert_sourced;
     use crate::store::{AlertSource, SourcedAlert};
     use crate::store::{InsertOutcome, NewDevice, Store};
+    use ward_protocol::{Entity, MatchedField};
 
     const W: u64 = 300_000;
     const FOLD: Fold = Fold {

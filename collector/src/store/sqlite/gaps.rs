@@ -1,10 +1,11 @@
 //! The SQLite side of [`crate::store::gaps`].
 
+use rusqlite::{OptionalExtension, Transaction, params};
+use ward_protocol::{DeviceId, DropNotice};
+
 use super::audit::append_audit;
 use super::{SqliteStore, StoreError, i64_of};
 use crate::store::gaps::*;
-use rusqlite::{OptionalExtension, Transaction, params};
-use ward_protocol::{DeviceId, DropNotice};
 
 pub(super) fn bounded_reason(reason: &str) -> String {
     reason.chars().take(MAX_DROP_REASON_CHARS).collect()

@@ -1,11 +1,13 @@
 //! The SQLite side of [`crate::store::incident_view`].
 
+use std::collections::{BTreeSet, HashMap};
+
+use rusqlite::{params, params_from_iter};
+use serde_json::Value;
+
 use super::{AlertView, SqliteStore, StoreError, sev_from};
 use crate::store::incident_view::*;
 use crate::store::*;
-use rusqlite::{params, params_from_iter};
-use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
 
 /// Alerts a process lists with itself in the tree.
 const PROCESS_SAMPLE: u32 = 3;

@@ -1,5 +1,11 @@
 //! The SQLite side of [`crate::store::incidents`].
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
+use serde::Serialize;
+use serde_json::Value;
+
 use super::audit::append_audit;
 use super::{SqliteStore, StoreError, i64_of, sev_from, sev_num};
 use crate::entity;
@@ -8,10 +14,6 @@ use crate::model::incident::{
     Classification, Status, merged_status, severity_from, tactic_name, tactic_rank, take_missing,
 };
 use crate::store::incidents::*;
-use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
-use serde::Serialize;
-use serde_json::Value;
-use std::collections::{BTreeSet, HashMap, HashSet};
 
 const SUMMARY_COLUMNS: &str = "i.id, i.title, i.severity, i.status, i.redirected_to, i.assignee, i.classification,
     i.determination, i.tags, i.sources, i.tactics, i.first_activity_ms, i.last_activity_ms, i.created_at_ms,

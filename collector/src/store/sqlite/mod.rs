@@ -1,6 +1,7 @@
 //! The SQLite backend: every store trait implemented on one connection. WAL mode
 //! with `synchronous=FULL`, so a committed transaction survives a crash or power
 //! loss; one writer connection (the ingest writer's thread) and read-only
+
 //! connections for the API.
 
 mod actions;
@@ -27,6 +28,56 @@ use ward_protocol::{DeviceId, Severity};
 use crate::entity;
 use crate::store::*;
 use audit::append_audit;
+
+impl SqliteStore {
+    /// Sets how much the page cache may hold, in MiB (SQLite's default is 2 MiB). A
+    /// correlation step rewrites pages all over the incident tables; a cache smaller
+    /// than what one transaction touches spills dirty pages and reads them back.
+    fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", -(i64::from(mib) * 1024))?;
+        Ok(())
+    }
+
+    /// Waits for another process's write lock (a feed import, the CLI) by trying
+    /// again every millisecond, for at most the same 10 s as the busy timeout.
+    /// SQLite's own wait backs off to 100 ms between tries, so a process that commits
+    /// and begins its next transaction at once took the lock again before this
+    /// connection woke up: the writer (correlation steps, ingest rounds) waited
+    /// behind the other process's whole run.
+    fn poll_for_write_lock(&mut self) -> Result<(), StoreError> {
+        let mut since = Instant::now();
+        self.conn.busy_handler(Some(move |tries: i32| {
+            if tries == 0 {
+                since = Instant::now();
+            }
+            if since.elapsed() >= BUSY_TIMEOUT {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            true
+        }))?;
+        Ok(())
+    }
+
+    /// Stops SQLite checkpointing the write-ahead log inside this connection's
+    /// commits (the writer's: `ingest::checkpoint` does it on another thread).
+    fn disable_auto_checkpoint(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Folds repeats from now on as `fold` says, into the newest rows stored so far too.
+    fn set_fold(&mut self, fold: Fold) -> Result<(), StoreError> {
+        self.fold = fold;
+        self.fold_cache.load(&self.conn)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(Box::new(e))
+    }
+}
 
 pub struct SqliteStore {
     conn: Connection,
@@ -163,40 +214,17 @@ fn track_sequence(
 }
 
 impl Maintenance for SqliteStore {
-    fn set_cache_mib(&self, mib: u32) -> Result<(), StoreError> {
-        self.conn.pragma_update(None, "cache_size", -(i64::from(mib) * 1024))?;
-        Ok(())
-    }
-
-    fn poll_for_write_lock(&mut self) -> Result<(), StoreError> {
-        let mut since = Instant::now();
-        self.conn.busy_handler(Some(move |tries: i32| {
-            if tries == 0 {
-                since = Instant::now();
-            }
-            if since.elapsed() >= BUSY_TIMEOUT {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-            true
-        }))?;
-        Ok(())
-    }
-
-    fn disable_auto_checkpoint(&self) -> Result<(), StoreError> {
-        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        Ok(())
+    fn become_writer(&mut self, fold: Fold, cache_mib: u32) -> Result<(), StoreError> {
+        self.set_fold(fold)?;
+        self.set_cache_mib(cache_mib)?;
+        self.disable_auto_checkpoint()?;
+        self.poll_for_write_lock()
     }
 
     fn checkpoint(&self) -> Result<(u64, u64), StoreError> {
         Ok(self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
         })?)
-    }
-
-    fn set_fold(&mut self, fold: Fold) -> Result<(), StoreError> {
-        self.fold = fold;
-        self.fold_cache.load(&self.conn)
     }
 
     fn read_snapshot<R>(&self, f: impl FnOnce(&SqliteStore) -> Result<R, StoreError>) -> Result<R, StoreError> {
@@ -872,7 +900,6 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::prelude::*;
     use std::time::{Duration, Instant};
 
     use super::SqliteStore;

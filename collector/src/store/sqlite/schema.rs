@@ -1,4 +1,5 @@
 //! Versioned migrations. Each entry runs once, in order, inside a transaction;
+
 //! `PRAGMA user_version` records how far a database has come. Append only.
 
 pub const MIGRATIONS: &[&str] = &[

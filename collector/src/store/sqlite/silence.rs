@@ -1,11 +1,12 @@
 //! The SQLite side of [`crate::store::silence`].
 
+use rusqlite::params;
+use ward_protocol::{AlertId, Entity, RuleRef, Severity};
+
 use super::sourced::insert_sourced;
 use super::{Fold, SqliteStore, StoreError, i64_of};
 use crate::store::silence::*;
 use crate::store::*;
-use rusqlite::params;
-use ward_protocol::{AlertId, Entity, RuleRef, Severity};
 
 const SILENT_ISOLATED_TITLE: &str = "Isolated device went silent";
 

@@ -1,11 +1,12 @@
 //! The SQLite side of [`crate::store::sourced`].
 
+use rusqlite::params;
+
 use super::fold::{self, Evidence, FoldCache, Observed, Placement};
 use super::{InsertOutcome, SqliteStore, StoreError, i64_of, sev_num};
 use crate::entity;
 use crate::store::sourced::*;
 use crate::store::*;
-use rusqlite::params;
 
 /// Inserts into an open transaction (for callers that store more in the same one).
 /// With `fold` on, the collector's own alerts about a device fold like agent alerts
@@ -113,8 +114,8 @@ impl SourcedStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_protocol::{Entity, RuleRef};
     use ward_protocol::Severity;
+    use ward_protocol::{Entity, RuleRef};
 
     fn feed_alert(id: &str) -> SourcedAlert {
         SourcedAlert {

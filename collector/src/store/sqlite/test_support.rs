@@ -1,11 +1,11 @@
 //! Helpers for the store's and the domain's unit tests: a fresh database and an
 //! enrolled device.
 
-use crate::store::prelude::*;
 use ring::rand::SystemRandom;
 use ward_protocol::{DeviceId, Inventory, SigningKey};
 
 use super::{NewDevice, Store};
+use crate::store::prelude::*;
 
 /// A fresh store in a temporary directory (kept while the first value lives).
 pub fn open() -> (tempfile::TempDir, Store) {
