@@ -158,7 +158,7 @@ fn insert_alert(
         return Ok(None);
     }
     let rowid = tx.last_insert_rowid();
-    let mut stmt = tx.prepare_cached("INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
+    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
     for e in &a.entities {
         let (kind, value) = entity::key(e);
         stmt.execute(params![rowid, kind, value])?;

@@ -553,6 +553,67 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE incident_activity_new RENAME TO incident_activity;
     CREATE INDEX incident_activity_by_incident ON incident_activity(incident);
     "#,
+    // 23 (write path): two B-trees fewer to write. An alert's entity rows are keyed
+    // by (alert, kind, value) in a table without rowids: the covering index that
+    // readers used becomes the table, and a row is one insert instead of three
+    // (an entity named twice in one alert is kept once). Incidents are keyed by
+    // their number (`seq`, now the rowid): a new incident is one index insert
+    // fewer, and the `incident = (SELECT seq … WHERE id = ?)` lookups of every
+    // incident table read the id index alone.
+    r#"
+    CREATE TABLE alert_entities_new (
+        alert_rowid INTEGER NOT NULL REFERENCES alerts(rowid),
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (alert_rowid, kind, value)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO alert_entities_new (alert_rowid, kind, value)
+        SELECT alert_rowid, kind, value FROM alert_entities;
+    DROP TABLE alert_entities;
+    ALTER TABLE alert_entities_new RENAME TO alert_entities;
+    CREATE INDEX alert_entities_by_value ON alert_entities(kind, value);
+    CREATE TABLE incidents_new (
+        id TEXT NOT NULL UNIQUE,
+        seq INTEGER PRIMARY KEY,
+        title TEXT NOT NULL,
+        title_manual INTEGER NOT NULL DEFAULT 0,
+        severity INTEGER NOT NULL,
+        severity_manual INTEGER NOT NULL DEFAULT 0,
+        alert_severity INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        redirected_to TEXT,
+        assignee TEXT,
+        classification TEXT,
+        determination TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        sources TEXT NOT NULL,
+        tactics TEXT NOT NULL,
+        first_title TEXT NOT NULL,
+        several_titles INTEGER NOT NULL,
+        first_activity_ms INTEGER NOT NULL,
+        last_activity_ms INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        alert_count INTEGER NOT NULL,
+        device_count INTEGER NOT NULL,
+        user_count INTEGER NOT NULL,
+        mailbox_count INTEGER NOT NULL,
+        continues_from TEXT
+    );
+    INSERT INTO incidents_new (id, seq, title, title_manual, severity, severity_manual, alert_severity, status,
+        redirected_to, assignee, classification, determination, tags, sources, tactics, first_title, several_titles,
+        first_activity_ms, last_activity_ms, created_at_ms, updated_at_ms, alert_count, device_count, user_count,
+        mailbox_count, continues_from)
+        SELECT id, seq, title, title_manual, severity, severity_manual, alert_severity, status,
+        redirected_to, assignee, classification, determination, tags, sources, tactics, first_title, several_titles,
+        first_activity_ms, last_activity_ms, created_at_ms, updated_at_ms, alert_count, device_count, user_count,
+        mailbox_count, continues_from FROM incidents;
+    DROP TABLE incidents;
+    ALTER TABLE incidents_new RENAME TO incidents;
+    CREATE INDEX incidents_by_last ON incidents(last_activity_ms, id);
+    CREATE INDEX incidents_by_severity ON incidents(severity, last_activity_ms, id);
+    CREATE INDEX incidents_by_redirect ON incidents(redirected_to) WHERE redirected_to IS NOT NULL;
+    "#,
 ];
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub(crate) fn insert_sourced(
          ON CONFLICT(id) DO NOTHING",
     )?;
     let mut insert_entity =
-        tx.prepare_cached("INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
+        tx.prepare_cached("INSERT OR IGNORE INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
     for a in alerts {
         let hash = match (&a.device_id, a.source) {
             (Some(device), AlertSource::Collector) => fold.hash(device, &a.rule.id, &a.entities, &[]),
