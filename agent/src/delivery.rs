@@ -135,9 +135,21 @@ impl Delivery {
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
         let mut last_inventory: Option<Inventory> = None;
+        // The board version this session's collector has (sensor states go when they
+        // change, looked at whenever the loop wakes: at the latest every heartbeat).
+        let mut sensors_sent: Option<u64> = None;
+        let mut collector_reads_sensors = true;
         loop {
             if let Err(end) = self.drive(live, machine, &mut last_inventory).await {
                 return end;
+            }
+            if collector_reads_sensors && sensors_sent != Some(self.shared.sensors.version()) {
+                let (version, sensors) = self.shared.sensors.snapshot();
+                if let Ok(sent) = machine.send_sensors(ward_protocol::SensorReport { sensors }) {
+                    // A collector older than 1.5 never reads them: not offered again.
+                    collector_reads_sensors = sent;
+                    sensors_sent = Some(version);
+                }
             }
             if let Some(result) = self.pending_result.take()
                 && machine.send_result(result.clone()).is_err()

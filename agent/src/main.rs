@@ -226,6 +226,9 @@ fn status(state_dir: &Path) -> Result<u8> {
             if let Some(skew) = s.clock_skew_ms {
                 println!("clock: {}", ward_agent::status::describe_skew(skew));
             }
+            for sensor in &s.sensors {
+                println!("sensor {}", ward_agent::sensor::board::describe(sensor));
+            }
             match &s.storage_error {
                 None => println!("storage: ok"),
                 Some(e) => println!(

@@ -21,7 +21,7 @@ use crate::pipeline::{Rules, run_detection};
 use crate::respond::executor::Executor;
 use crate::respond::isolate;
 use crate::rulepack;
-use crate::sensor::{inventory, run_sensors};
+use crate::sensor::{SensorBoard, inventory, run_sensors};
 use crate::shared::Shared;
 use crate::status::Status;
 use ward_detect::Detector;
@@ -69,11 +69,15 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         outbox.report_loss(0, &reason)?;
     }
     let mut config = config;
-    if let Some(since_ms) = previous.rescan_since_ms(max_delay) {
-        let (_, judged) = outbox.judged_since(since_ms)?;
-        config.sensors.file_rescan = Some(crate::sensor::file::Rescan { since_ms, judged });
-    }
     let started_at_ms = now_ms();
+    // What changed while the agent was down (since its last run), or else since this
+    // start: a file written before its directory's watch is in place is still seen.
+    let rescan_since = previous.rescan_since_ms(max_delay).unwrap_or(started_at_ms);
+    let (_, judged) = outbox.judged_since(rescan_since)?;
+    config.sensors.file_rescan = Some(crate::sensor::file::Rescan {
+        since_ms: rescan_since,
+        judged,
+    });
     lifecycle::mark_running(
         &state_dir,
         lifecycle::Marker {
@@ -101,6 +105,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         new_alerts: Notify::new(),
         status: Mutex::new(status),
         recent: Arc::new(Mutex::new(std::collections::VecDeque::new())),
+        sensors: SensorBoard::default(),
     });
 
     let hostname = inventory::collect(env!("CARGO_PKG_VERSION")).hostname;
@@ -111,7 +116,12 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     let (rules_tx, rules_rx) = mpsc::channel::<Rules>(1);
     let pack_version = rules.version;
 
-    let sensors = tokio::spawn(run_sensors(config.sensors.clone(), events_tx, shutdown.clone()));
+    let sensors = tokio::spawn(run_sensors(
+        config.sensors.clone(),
+        events_tx,
+        shutdown.clone(),
+        shared.sensors.clone(),
+    ));
     let detection = tokio::spawn(run_detection(
         rules,
         rules_rx,
@@ -220,10 +230,12 @@ fn isolation_control(
 
 fn write_status(shared: &Shared, state_dir: &Path) {
     let (depth, bytes) = shared.outbox.lock().map(|o| (o.depth(), o.bytes())).unwrap_or((0, 0));
+    let (_, sensors) = shared.sensors.snapshot();
     if let Ok(mut s) = shared.status.lock() {
         s.updated_at_ms = now_ms();
         s.outbox_depth = depth;
         s.outbox_bytes = bytes;
+        s.sensors = sensors;
         s.write(state_dir);
     }
 }

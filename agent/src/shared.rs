@@ -1,7 +1,7 @@
 //! What the agent's tasks share: the outbox and its new-alerts signal (detection and
-//! the isolation guard write, the link reads), the status (written to `status.json`)
-//! and the recent file changes (the file sensor's events, read by investigation
-//! packages). Plain data; the tasks that use it sit above it.
+//! the isolation guard write, the link reads), the status (written to `status.json`),
+//! the recent file changes (the file sensor's events, read by investigation
+//! packages) and the sensors' readiness board. Plain data; the tasks that use it sit above it.
 
 use std::sync::Mutex;
 
@@ -17,4 +17,6 @@ pub struct Shared {
     pub status: Mutex<Status>,
     /// Recent file changes, for investigation packages.
     pub recent: crate::respond::package::RecentChanges,
+    /// What each sensor sees (status, the collector).
+    pub sensors: crate::sensor::SensorBoard,
 }

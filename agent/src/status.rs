@@ -47,6 +47,8 @@ pub struct Status {
     pub alerts_waiting: u64,
     /// Alerts dropped from that memory queue, not yet recorded for the collector.
     pub alerts_lost_in_memory: u64,
+    /// What each sensor sees.
+    pub sensors: Vec<ward_protocol::SensorState>,
 }
 
 /// A clock skew as `status` shows it: "3.2 s ahead of the collector".

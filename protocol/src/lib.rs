@@ -34,9 +34,9 @@ pub use ids::{AlertId, CommandId, DeviceId, Id128};
 pub use inventory::{Inventory, IsolationState};
 pub use message::{
     Ack, AgentHealth, AgentMessage, AlertBatch, CollectorMessage, DropNotice, DropReport, EpochAlertBatch, Heartbeat,
-    Hello, Welcome,
+    Hello, Readiness, SensorReport, SensorState, Welcome,
 };
 pub use rollover::KeyRollover;
 pub use rulepack::{RuleFile, RulePack};
 pub use sign::{KeyId, PublicKey, SignatureKind, Signed, SigningKey};
-pub use version::{MINOR_EPOCHS, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+pub use version::{MINOR_EPOCHS, MINOR_SENSORS, PROTOCOL_MAJOR, PROTOCOL_MINOR};

@@ -111,6 +111,57 @@ pub struct AgentHealth {
     pub alerts_lost: u64,
 }
 
+/// How far a sensor sees (protocol 1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Readiness {
+    /// Starting: placing its watches, opening its source; what happens now may be missed.
+    Starting,
+    /// Seeing everything it is meant to.
+    Ready,
+    /// Seeing part of it (a fallback source, some paths unwatched): `detail` says what not.
+    Degraded,
+    /// Seeing nothing: `detail` says why (no source, failed and waiting to restart).
+    Blind,
+    /// Turned off in the agent's configuration.
+    Off,
+}
+
+impl Readiness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Starting => "starting",
+            Readiness::Ready => "ready",
+            Readiness::Degraded => "degraded",
+            Readiness::Blind => "blind",
+            Readiness::Off => "off",
+        }
+    }
+}
+
+/// One sensor's state (protocol 1.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorState {
+    /// `process`, `process_connector`, `file`, `auth`, `audit`.
+    pub name: String,
+    pub readiness: Readiness,
+    /// What it reads, e.g. `inotify: 11 roots, 5231 watches` or `journal (journald)`.
+    pub source: String,
+    /// Why it is not ready (what it misses and which fallback runs), if it is not.
+    pub detail: Option<String>,
+    /// When it entered this state (the agent's clock).
+    pub since_ms: u64,
+    /// Events it knows it lost since the agent started (e.g. execs gone before
+    /// their details could be read).
+    pub lost: u64,
+}
+
+/// Every sensor's state, sent at session start and whenever one changes
+/// (protocol 1.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorReport {
+    pub sensors: Vec<SensorState>,
+}
+
 /// Agent to collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentMessage {
@@ -127,6 +178,8 @@ pub enum AgentMessage {
     DropNotice(DropNotice),
     /// Protocol 1.4.
     Health(AgentHealth),
+    /// Protocol 1.5.
+    Sensors(SensorReport),
 }
 
 /// Collector to agent.

@@ -5,12 +5,14 @@
 pub const PROTOCOL_MAJOR: u8 = 1;
 /// Compatible additions bump the minor version; peers accept any minor.
 /// 3 added [`crate::CollectorMessage::CommandSequence`]; 4 outbox epochs, acknowledged
-/// drop reports and agent health.
-pub const PROTOCOL_MINOR: u8 = 4;
+/// drop reports and agent health; 5 sensor readiness.
+pub const PROTOCOL_MINOR: u8 = 5;
 /// The first minor version with outbox epochs, acknowledged drop reports and agent
 /// health ([`crate::message::EpochAlertBatch`], [`crate::message::DropNotice`],
 /// [`crate::message::AgentHealth`]): an agent uses them only with a collector at least this new.
 pub const MINOR_EPOCHS: u8 = 4;
+/// The first minor version with sensor readiness ([`crate::message::SensorReport`]).
+pub const MINOR_SENSORS: u8 = 5;
 
 /// ALPN of an enrolled agent's session (mutual TLS).
 pub const ALPN_SESSION: &[u8] = b"ward/1";

@@ -235,6 +235,35 @@ fn v1_4_encodings_are_frozen() {
     assert_eq!(back, notice);
 }
 
+/// Protocol 1.5: sensor readiness, a new variant at the end.
+#[test]
+fn v1_5_encodings_are_frozen() {
+    let report = AgentMessage::Sensors(SensorReport {
+        sensors: vec![
+            SensorState {
+                name: "file".into(),
+                readiness: Readiness::Ready,
+                source: "inotify: 11 roots, 5231 watches".into(),
+                detail: None,
+                since_ms: 1_760_000_000_000,
+                lost: 0,
+            },
+            SensorState {
+                name: "auth".into(),
+                readiness: Readiness::Blind,
+                source: String::new(),
+                detail: Some("no auth log and no journald".into()),
+                since_ms: 1_760_000_000_001,
+                lost: 3,
+            },
+        ],
+    });
+    check("agent_sensors", postcard::to_stdvec(&report).unwrap());
+    let frame = encode_frame(&report, codec::MAX_AGENT_FRAME).unwrap();
+    let (back, _): (AgentMessage, _) = decode_frame(&frame, codec::MAX_AGENT_FRAME).unwrap();
+    assert_eq!(back, report);
+}
+
 fn golden_bytes(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/v1")

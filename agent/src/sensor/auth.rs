@@ -460,6 +460,9 @@ fn parse_auth_message(host: &str, program: &str, tag: &str, msg: &str) -> AuthEv
     }
 }
 
+/// journald's socket: absent on a host where journald does not run.
+const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+
 /// Tails the auth log until the sensor stops; without one, follows the journal if allowed
 /// and journalctl is installed (its failures end the run and the supervisor restarts it).
 pub fn run(config: &SensorConfig, lineage: &LineageReader, ctx: &SensorCtx) -> Result<(), SensorError> {
@@ -467,7 +470,23 @@ pub fn run(config: &SensorConfig, lineage: &LineageReader, ctx: &SensorCtx) -> R
     let no_log = !config.auth_log_paths.iter().any(|p| Path::new(p).exists());
     if config.auth_journal_fallback && no_log {
         tracing::info!(paths = ?config.auth_log_paths, "no auth log: following the journal");
+        // journalctl runs and reads nothing on a host without journald: said at once,
+        // not after the silence it would leave.
+        let journald = Path::new(JOURNALD_SOCKET).exists();
+        let mut seen_entry = false;
+        if journald {
+            ctx.ready("journal (journald)");
+        } else if !ctx.blind(format!(
+            "no auth log among {:?} and journald is not running ({JOURNALD_SOCKET} missing): sign-ins are not seen",
+            config.auth_log_paths
+        )) {
+            return Ok(());
+        }
         let followed = journal::follow(ctx, JOURNAL_MATCHES, interval, |entry| {
+            if !seen_entry && !journald {
+                seen_entry = true;
+                ctx.ready("journal");
+            }
             match parse_journal_entry(&entry) {
                 Some(mut ev) => {
                     let at = entry.realtime_ms.unwrap_or_else(crate::clock::now_ms);

@@ -338,6 +338,59 @@ pub fn rescan(roots: &[PathBuf], what: &Rescan, max_entries: usize) -> (Vec<Read
     (found.into_iter().map(|(_, r)| r).collect(), true)
 }
 
+/// An inode as the kernel names it in inotify's fdinfo: (device, inode number).
+pub type WatchedInode = (u64, u64);
+
+/// The inodes this process's inotify instances watch, read from
+/// `/proc/self/fdinfo` (one `inotify wd:… ino:… sdev:…` line per watch).
+pub fn inotify_watches() -> std::io::Result<HashSet<WatchedInode>> {
+    let mut out = HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(entry) = entry else { continue };
+        let is_inotify = std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:inotify");
+        if !is_inotify {
+            continue;
+        }
+        let info = Path::new("/proc/self/fdinfo").join(entry.file_name());
+        if let Ok(text) = std::fs::read_to_string(info) {
+            out.extend(parse_fdinfo(&text));
+        }
+    }
+    Ok(out)
+}
+
+/// The watches of one inotify fdinfo text.
+pub fn parse_fdinfo(text: &str) -> impl Iterator<Item = WatchedInode> + '_ {
+    text.lines().filter(|l| l.starts_with("inotify ")).filter_map(|line| {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        Some((field("sdev:")?, field("ino:")?))
+    })
+}
+
+/// A path's inode as inotify's fdinfo names it (the kernel's device number,
+/// major << 20 | minor).
+pub fn inode_of(path: &Path) -> Option<WatchedInode> {
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (u64::from(libc::major(dev)), u64::from(libc::minor(dev)));
+    Some(((major << 20) | minor, meta.ino()))
+}
+
+/// Roots whose watch the kernel no longer holds: `checked` are the roots whose watch
+/// was seen right after it was placed (elsewhere, as on some file systems, the
+/// device numbers do not compare and the check cannot tell).
+pub fn lost_roots<'a>(checked: impl IntoIterator<Item = &'a PathBuf>, held: &HashSet<WatchedInode>) -> Vec<PathBuf> {
+    checked
+        .into_iter()
+        .filter(|root| inode_of(root).is_none_or(|i| !held.contains(&i)))
+        .cloned()
+        .collect()
+}
+
 fn watch_error_gap(path: &Path, e: &notify::Error) -> String {
     match &e.kind {
         notify::ErrorKind::MaxFilesWatch => format!(
@@ -345,6 +398,20 @@ fn watch_error_gap(path: &Path, e: &notify::Error) -> String {
             path.display()
         ),
         _ => format!("cannot watch {}: {e}: changes there are not seen", path.display()),
+    }
+}
+
+/// Ready once the configured paths that exist are watched; degraded while some
+/// cannot be (their gaps say why).
+fn report_readiness(ctx: &SensorCtx, watched: &HashSet<PathBuf>, failed: &HashSet<PathBuf>) {
+    let watches = inotify_watches().map_or(0, |w| w.len());
+    let source = format!("inotify: {} roots, {watches} watches", watched.len());
+    if failed.is_empty() {
+        ctx.ready(source);
+    } else {
+        let mut paths: Vec<String> = failed.iter().map(|p| p.display().to_string()).collect();
+        paths.sort();
+        ctx.degraded(source, format!("not watched: {}", paths.join(", ")));
     }
 }
 
@@ -364,9 +431,55 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     let tick = Duration::from_millis((config.file_settle_ms / 3).clamp(5, 50));
     let mut rescan_once = config.file_rescan.clone();
     let mut reported = Reported::default();
+    // Roots whose watch was seen in the kernel's list right after it was placed, and
+    // when the last check found them all held.
+    let mut checked: HashSet<PathBuf> = HashSet::new();
+    let watch_check = Duration::from_millis(config.file_watch_check_ms.max(100));
+    let mut last_watch_check = Instant::now();
+    let mut held_since_ms = crate::clock::now_ms();
     loop {
         if ctx.stopped() {
             return Ok(());
+        }
+        if last_watch_check.elapsed() >= watch_check {
+            last_watch_check = Instant::now();
+            let now_ms = crate::clock::now_ms();
+            let held = inotify_watches().unwrap_or_default();
+            let lost = lost_roots(&checked, &held);
+            for root in &lost {
+                // notify keeps the path's old watch (perhaps on a replaced directory's
+                // inode): dropped, then placed on what the path is now.
+                let _ = watcher.unwatch(root);
+                let again = watcher.watch(root, RecursiveMode::Recursive);
+                let detail = match &again {
+                    Ok(()) => format!(
+                        "the watch on {} was lost (the directory was replaced or unwatched): watched again; \
+                         files changed there since the last check are rescanned",
+                        root.display()
+                    ),
+                    Err(e) => watch_error_gap(root, e),
+                };
+                if again.is_err() {
+                    watched.remove(root);
+                    checked.remove(root);
+                }
+                if !ctx.gap(detail) {
+                    return Ok(());
+                }
+                let since = Rescan {
+                    since_ms: held_since_ms,
+                    judged: HashMap::new(),
+                };
+                let (changed, _) = rescan(std::slice::from_ref(root), &since, RESCAN_MAX_ENTRIES);
+                for r in changed {
+                    let ev = describe(r, &mut hashes);
+                    if reported.is_new(&ev) && !ctx.emit(EventData::File(ev)) {
+                        return Ok(());
+                    }
+                }
+            }
+            held_since_ms = now_ms;
+            report_readiness(ctx, &watched, &failed);
         }
         if last_check.is_none_or(|t| t.elapsed() >= recheck) {
             last_check = Some(Instant::now());
@@ -390,8 +503,15 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                     }
                 }
             }
+            // The watches placed now that the kernel shows (see `lost_roots`).
+            let held = inotify_watches().unwrap_or_default();
+            for root in &watched {
+                if !checked.contains(root) && inode_of(root).is_some_and(|i| held.contains(&i)) {
+                    checked.insert(root.clone());
+                }
+            }
             // Once the watches are up (so nothing falls between the rescan and them):
-            // what changed while the agent was down.
+            // what changed while the agent was down, or since it started.
             if let Some(what) = rescan_once.take() {
                 let roots: Vec<PathBuf> = watched.iter().cloned().collect();
                 let (changed, complete) = rescan(&roots, &what, RESCAN_MAX_ENTRIES);
@@ -413,6 +533,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                     }
                 }
             }
+            report_readiness(ctx, &watched, &failed);
         }
         let mut ready = Vec::new();
         let mut next = rx.recv_timeout(tick);
@@ -706,6 +827,92 @@ mod tests {
             (FileOp::Delete, g.to_str().unwrap(), None)
         );
 
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn fdinfo_lines_name_the_watched_inodes() {
+        let text = "pos:\t0\nflags:\t02004000\nmnt_id:\t15\nino:\t1057\n\
+                    inotify wd:2 ino:1a2b sdev:800001 mask:fce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:2b1a0000\n\
+                    inotify wd:1 ino:2 sdev:fd00000 mask:fce ignored_mask:0\n";
+        let mut got: Vec<WatchedInode> = parse_fdinfo(text).collect();
+        got.sort();
+        assert_eq!(got, vec![(0x80_0001, 0x1a2b), (0xfd0_0000, 2)]);
+        // This process's own watches, read back as the kernel lists them.
+        let dir = tempfile::tempdir().unwrap();
+        let mut watcher = notify::RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
+        watcher.watch(dir.path(), RecursiveMode::Recursive).unwrap();
+        let held = inotify_watches().unwrap();
+        let root = dir.path().to_path_buf();
+        assert!(held.contains(&inode_of(&root).unwrap()), "{held:?}");
+        assert!(lost_roots([&root], &held).is_empty());
+        watcher.unwatch(&root).unwrap();
+        assert_eq!(lost_roots([&root], &inotify_watches().unwrap()), vec![root]);
+    }
+
+    /// A watched root replaced by a new directory (a package upgrade's directory swap)
+    /// takes the watch with the old inode: the check sees the path unwatched, watches
+    /// it again, says so, and reports the file written there meanwhile.
+    #[test]
+    fn a_replaced_root_is_watched_again_and_its_changes_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("watched");
+        std::fs::create_dir(&root).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let board = super::super::SensorBoard::default();
+        let ctx = SensorCtx::new("file", tx, stop.clone()).on_board(board.clone());
+        let config = SensorConfig {
+            file_watch_paths: vec![root.display().to_string()],
+            file_watch_check_ms: 200,
+            ..SensorConfig::default()
+        };
+        let handle = std::thread::spawn(move || run(&config, &ctx));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while board
+            .get("file")
+            .is_none_or(|s| s.readiness != ward_protocol::Readiness::Ready)
+        {
+            assert!(Instant::now() < deadline, "{:?}", board.get("file"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(board.get("file").unwrap().source.starts_with("inotify: 1 roots"));
+
+        std::fs::rename(&root, dir.path().join("watched.old")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        let payload = root.join("payload.sh");
+        std::fs::write(&payload, b"#!/bin/sh\nid\n").unwrap();
+        let (mut gap, mut file) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (gap.is_none() || file.is_none()) && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(ev) => match ev.data {
+                    EventData::Gap(g) if g.detail.contains("was lost") => gap = Some(g.detail),
+                    EventData::File(f) if f.path == payload.display().to_string() => file = Some(f),
+                    _ => {}
+                },
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let gap = gap.expect("no gap for the lost watch");
+        assert!(gap.contains(&root.display().to_string()), "{gap}");
+        assert_eq!(
+            file.expect("the file written meanwhile").sha256,
+            Some(sha(b"#!/bin/sh\nid\n"))
+        );
+        // Watched again: a later write is seen as it happens.
+        let later = root.join("later.sh");
+        std::fs::write(&later, b"x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "the re-armed watch saw nothing");
+            match rx.try_recv() {
+                Ok(ev) if matches!(&ev.data, EventData::File(f) if f.path == later.display().to_string()) => break,
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
         stop.store(true, Ordering::Relaxed);
         handle.join().unwrap().unwrap();
     }

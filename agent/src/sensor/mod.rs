@@ -19,9 +19,19 @@
 //!   instead): it counts what it dropped and reports the count as a gap once there is room.
 //!
 //! Every wait checks the stop flag, so shutdown never hangs on a full channel.
+//!
+//! # Readiness
+//!
+//! Each sensor keeps its state on the [`SensorBoard`]: `starting` until its source is
+//! in place (the file sensor: watches placed and the start-up rescan done), `ready`
+//! with what it reads, `degraded` or `blind` with why, `off` when configured off. The
+//! supervisor marks a failed sensor blind until its restart. `ward-agent status` and
+//! the collector (protocol 1.5) show the board, so a quiet sensor is never mistaken
+//! for a quiet host.
 
 pub mod audit;
 pub mod auth;
+pub mod board;
 pub mod file;
 pub mod hash;
 pub mod inventory;
@@ -41,6 +51,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::now_ms;
 use ward_detect::event::{Event, EventData, SensorGap};
+use ward_protocol::Readiness;
+
+pub use board::SensorBoard;
 
 /// Sensor settings. Every field has a default (shown in its doc); unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -75,6 +88,10 @@ pub struct SensorConfig {
     pub file_max_delay_ms: u64,
     /// How often to look again for watch paths that did not exist, milliseconds. Default: 30000.
     pub file_missing_recheck_ms: u64,
+    /// How often the file sensor checks that the kernel still holds the watch on each
+    /// watched root (a root replaced or unwatched is re-armed, reported as a gap, and
+    /// what changed meanwhile rescanned), milliseconds. Default: 30000.
+    pub file_watch_check_ms: u64,
     /// Not configurable: set at start from the last run's state (see `lifecycle`).
     /// Watched files changed since then are reported once the watches are up.
     #[serde(skip)]
@@ -134,6 +151,7 @@ impl Default for SensorConfig {
             file_settle_ms: 75,
             file_max_delay_ms: 200,
             file_missing_recheck_ms: 30_000,
+            file_watch_check_ms: 30_000,
             file_rescan: None,
             auth_enabled: true,
             auth_log_paths: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
@@ -181,12 +199,54 @@ pub struct SensorCtx {
     events: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
     sensor: &'static str,
+    board: SensorBoard,
 }
 
 impl SensorCtx {
-    /// A context for the sensor named `sensor`.
+    /// A context for the sensor named `sensor`, with a board of its own.
     pub fn new(sensor: &'static str, events: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> Self {
-        SensorCtx { events, stop, sensor }
+        SensorCtx {
+            events,
+            stop,
+            sensor,
+            board: SensorBoard::default(),
+        }
+    }
+
+    /// The same context reporting its readiness on `board`.
+    pub fn on_board(mut self, board: SensorBoard) -> Self {
+        self.board = board;
+        self
+    }
+
+    /// The board this sensor reports its readiness on.
+    pub fn board(&self) -> &SensorBoard {
+        &self.board
+    }
+
+    /// Sees everything it is meant to, reading `source`.
+    pub fn ready(&self, source: impl Into<String>) {
+        self.board.set(self.sensor, Readiness::Ready, Some(source.into()), None);
+    }
+
+    /// Sees only part of it: `detail` says what is missed and which fallback runs.
+    pub fn degraded(&self, source: impl Into<String>, detail: impl Into<String>) {
+        let detail = detail.into();
+        self.board
+            .set(self.sensor, Readiness::Degraded, Some(source.into()), Some(detail));
+    }
+
+    /// Sees nothing: `detail` says why. Reported as a gap too.
+    pub fn blind(&self, detail: impl Into<String>) -> bool {
+        let detail = detail.into();
+        self.board
+            .set(self.sensor, Readiness::Blind, Some(String::new()), Some(detail.clone()));
+        self.gap(detail)
+    }
+
+    /// Counts events this sensor knows it lost.
+    pub fn lost(&self, n: u64) {
+        self.board.add_lost(self.sensor, n);
     }
 
     /// The sensor's name, as used in its gaps.
@@ -272,8 +332,36 @@ type Runner = Arc<dyn Fn(&SensorCtx) -> Result<(), SensorError> + Send + Sync>;
 /// and the sensor is restarted with back-off. A sensor that ends by itself (for example the
 /// netlink connector without privilege, after reporting so) is not restarted. Returns once
 /// every sensor thread has ended.
-pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_sensors(
+    config: SensorConfig,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+    board: SensorBoard,
+) {
     let config = Arc::new(config);
+    let off = |name: &'static str| {
+        board.set(
+            name,
+            Readiness::Off,
+            None,
+            Some("turned off in the configuration".into()),
+        )
+    };
+    if !config.process_enabled {
+        off("process");
+    }
+    if !config.process_enabled || !config.process_connector_enabled {
+        off("process_connector");
+    }
+    if !config.file_enabled {
+        off("file");
+    }
+    if !config.auth_enabled {
+        off("auth");
+    }
+    if !config.audit_enabled {
+        off("audit");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners: Vec<(&'static str, Runner)> = Vec::new();
     let lineage = Arc::new(lineage::LineageReader::new());
@@ -305,7 +393,7 @@ pub async fn run_sensors(config: SensorConfig, events: mpsc::Sender<Event>, mut 
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (name, runner) in runners {
-        let ctx = SensorCtx::new(name, events.clone(), stop.clone());
+        let ctx = SensorCtx::new(name, events.clone(), stop.clone()).on_board(board.clone());
         tasks.spawn(supervise(runner, ctx, config.clone(), shutdown.clone()));
     }
     drop(events);
@@ -331,6 +419,7 @@ async fn supervise(runner: Runner, ctx: SensorCtx, config: Arc<SensorConfig>, mu
     let mut backoff = min;
     loop {
         let started = Instant::now();
+        ctx.board.set(ctx.sensor, Readiness::Starting, None, None);
         let (r, c) = (runner.clone(), ctx.clone());
         let result = tokio::task::spawn_blocking(move || r(&c)).await;
         if ctx.stopped() {
@@ -355,6 +444,7 @@ async fn supervise(runner: Runner, ctx: SensorCtx, config: Arc<SensorConfig>, mu
         }
         let detail = format!("{why}; not observing until restart in {} ms", backoff.as_millis());
         tracing::error!(sensor = ctx.sensor(), %detail, "sensor stopped");
+        ctx.board.set(ctx.sensor, Readiness::Blind, None, Some(detail.clone()));
         let data = gap(ctx.sensor(), detail);
         if ctx
             .events
@@ -436,7 +526,7 @@ mod tests {
             audit_log_path: dir.path().join("audit.log").display().to_string(),
             ..SensorConfig::default()
         };
-        let task = tokio::spawn(run_sensors(config, tx, srx));
+        let task = tokio::spawn(run_sensors(config, tx, srx, SensorBoard::default()));
         tokio::time::sleep(Duration::from_millis(300)).await;
         stx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(10), task)

@@ -229,7 +229,7 @@ pub fn run(tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError>
     let conn = match Connector::open(Duration::from_millis(250)) {
         Ok(c) => c,
         Err(ConnectorError::NoPrivilege(e)) => {
-            ctx.gap(format!(
+            ctx.blind(format!(
                 "netlink process connector unavailable ({e}): falling back to /proc polling only; \
                  processes living shorter than the poll interval may be missed"
             ));
@@ -237,6 +237,7 @@ pub fn run(tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError>
         }
         Err(ConnectorError::Io { what, source }) => return Err(SensorError::io(what, source)),
     };
+    ctx.ready("netlink process connector");
     let mut buf = vec![0u8; 64 * 1024];
     let mut dropped: u64 = 0;
     let mut kernel_overflows: u64 = 0;
@@ -254,14 +255,19 @@ pub fn run(tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError>
             let ev = match tracker.observe(pid) {
                 Ok(Some(ev)) => ev,
                 Ok(None) => continue,
-                // Gone before we could read it: report what the kernel told us.
-                Err(_) => ProcessEvent {
-                    pid,
-                    ..ProcessEvent::default()
-                },
+                // Gone before we could read it: report what the kernel told us, and
+                // count it (its command line and parent are lost).
+                Err(_) => {
+                    ctx.lost(1);
+                    ProcessEvent {
+                        pid,
+                        ..ProcessEvent::default()
+                    }
+                }
             };
             if !ctx.try_emit(EventData::Process(ev)) {
                 dropped += 1;
+                ctx.lost(1);
             }
         }
         if kernel_overflows > 0 {

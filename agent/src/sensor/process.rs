@@ -243,13 +243,18 @@ pub fn run_poller(config: &SensorConfig, tracker: &ProcessTracker, ctx: &SensorC
     )) {
         return Ok(());
     }
-    if !config.process_connector_enabled
-        && !ctx.gap(format!(
+    let source = format!("/proc every {} ms", interval.as_millis());
+    if config.process_connector_enabled {
+        ctx.ready(source);
+    } else {
+        let detail = format!(
             "process poll interval {} ms without the netlink connector: processes living shorter may be missed",
             interval.as_millis()
-        ))
-    {
-        return Ok(());
+        );
+        ctx.degraded(source, detail.clone());
+        if !ctx.gap(detail) {
+            return Ok(());
+        }
     }
     while ctx.sleep(interval) {
         let listed_at = Instant::now();

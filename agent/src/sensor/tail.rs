@@ -217,7 +217,7 @@ pub fn follow(
         }
         if !reported_missing {
             reported_missing = true;
-            if !ctx.gap(format!(
+            if !ctx.blind(format!(
                 "no log file found among {candidates:?}: not observed until one appears"
             )) {
                 return Ok(());
@@ -236,14 +236,21 @@ pub fn follow(
         },
     );
     let mut failing = false;
+    let source = format!("tailing {path}");
+    ctx.ready(source.clone());
     loop {
         let mut lines = Vec::new();
         match tailer.poll(&mut lines) {
-            Ok(_) => failing = false,
+            Ok(_) => {
+                if failing {
+                    ctx.ready(source.clone());
+                }
+                failing = false;
+            }
             Err(e) => {
                 if !failing {
                     failing = true;
-                    if !ctx.gap(format!("{e}: lines are not observed until it is readable again")) {
+                    if !ctx.blind(format!("{e}: lines are not observed until it is readable again")) {
                         return Ok(());
                     }
                 }

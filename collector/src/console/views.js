@@ -270,6 +270,18 @@ function clockSkew(d) {
   return s * 1000 > 120000 ? `<b class="error" title="beyond the 2 min agents allow: commands will be refused">${esc(text)}</b>` : esc(text);
 }
 
+// What each sensor of a device sees, as its agent last said: a sensor that is blind
+// or degraded says why, so a quiet device is never taken for a clean one.
+function sensorsCard(d) {
+  if (!d.sensors || !d.sensors.length) return `<p class="muted">The agent has not reported its sensors (older than protocol 1.5, or never connected).</p>`;
+  const cls = { ready: "ok", degraded: "warn", blind: "error", starting: "muted", off: "muted" };
+  return `<table id="dev-sensors"><thead><tr><th>Sensor</th><th>State</th><th>Source</th><th>Why</th><th>Lost</th><th>Since</th></tr></thead><tbody>
+    ${d.sensors.map((s) => `<tr data-sensor="${esc(s.name)}"><td>${esc(s.name)}</td><td><b class="${cls[s.readiness] || ""}">${esc(s.readiness)}</b></td>
+      <td class="small">${esc(s.source || "—")}</td><td class="small">${esc(s.detail || "")}</td><td>${esc(s.lost || 0)}</td>
+      <td title="${esc(time(s.since_ms))}">${esc(ago(s.since_ms))}</td></tr>`).join("")}</tbody></table>
+    <div class="muted small">reported ${esc(ago(d.sensors_at_ms))}</div>`;
+}
+
 export async function devicesView(root, _args, _q, current) {
   const draw = async () => {
     const { devices } = await api("/api/v1/devices");
@@ -337,7 +349,7 @@ export async function deviceView(root, args, _q, current) {
         <div class="form-row pager"><span class="muted" id="device-alerts-showing">${esc(showing)}</span>
         <button id="dev-newer"${view.stack.length ? "" : " disabled"}>◀ Newer</button><button id="dev-older"${page.next_cursor ? "" : " disabled"}>Older ▶</button></div>
         ${alertTimeline(alerts)}</section>
-      <section class="card"><h3>Open incidents</h3>${incidents == null ? `<p class="muted">No incidents API.</p>`
+      <section class="card"><h3>Sensors</h3>${sensorsCard(d)}<h3>Open incidents</h3>${incidents == null ? `<p class="muted">No incidents API.</p>`
         : incidents.map((i) => `<div>${sev(i.severity)} <a href="#/incident/${esc(i.id)}">${esc(i.title)}</a></div>`).join("") || `<p class="muted">None.</p>`}
       <h3>Actions</h3>${actions.map((a) => `<div>${esc(shortTime(a.updated_at_ms))} ${esc(a.summary)}: <b>${esc(a.status.replace("_", " "))}</b></div>`).join("") || `<p class="muted">None.</p>`}
       </section></div>`;

@@ -153,8 +153,28 @@ pub struct DeviceView {
     pub outbox_epoch: String,
     /// Why the device's outbox cannot store alerts (e.g. its disk is full), as it said.
     pub storage_error: Option<String>,
+    /// What each of its sensors sees, as the agent last said (protocol 1.5; empty before).
+    pub sensors: Vec<SensorView>,
+    /// When the agent last said it.
+    pub sensors_at_ms: Option<i64>,
     /// Filled in by the caller from the live connection table.
     pub online: bool,
+}
+
+/// One sensor of a device, as its agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SensorView {
+    pub name: String,
+    /// `starting`, `ready`, `degraded`, `blind` or `off`.
+    pub readiness: String,
+    /// What it reads.
+    pub source: String,
+    /// Why it is not ready, if it is not.
+    pub detail: Option<String>,
+    /// Since when (the agent's clock).
+    pub since_ms: u64,
+    /// Events it knows it lost since the agent started.
+    pub lost: u64,
 }
 
 /// An alert as the API shows it.
@@ -281,6 +301,9 @@ pub trait DeviceStore {
     fn list_devices(&self) -> Result<Vec<DeviceView>, StoreError>;
 
     fn get_device(&self, id: &str) -> Result<Option<DeviceView>, StoreError>;
+
+    /// Replaces what a device's sensors see with what its agent just reported.
+    fn set_sensors(&self, id: DeviceId, sensors: &[SensorView], now_ms: u64) -> Result<(), StoreError>;
 }
 
 /// Agent alerts in, in acknowledged batches with their sequence accounting, and the

@@ -309,7 +309,7 @@ async fn run(
         let kind = match &msg {
             AgentMessage::Alerts(b) => Some(Kind::Alerts(b.alerts.len())),
             AgentMessage::EpochAlerts(b) => Some(Kind::Alerts(b.alerts.len())),
-            AgentMessage::Heartbeat(_) | AgentMessage::Health(_) => Some(Kind::Heartbeat),
+            AgentMessage::Heartbeat(_) | AgentMessage::Health(_) | AgentMessage::Sensors(_) => Some(Kind::Heartbeat),
             AgentMessage::Dropped(_) | AgentMessage::DropNotice(_) => Some(Kind::Dropped),
             AgentMessage::CommandResult(_) => Some(Kind::Result),
             AgentMessage::Hello(_) | AgentMessage::Enroll(_) => None,
@@ -379,6 +379,14 @@ async fn run(
                         .writer
                         .run(move |s| s.set_storage_error(device, error.as_deref(), now_ms()))
                         .await;
+                    Ok(())
+                }
+                CollectorEvent::Sensors(report) => {
+                    let sensors = sensor_views(report);
+                    for s in sensors.iter().filter(|s| s.readiness == "blind") {
+                        warn!(%device, sensor = %s.name, detail = s.detail.as_deref().unwrap_or(""), "agent sensor blind");
+                    }
+                    let _ = ctx.writer.run(move |s| s.set_sensors(device, &sensors, now_ms())).await;
                     Ok(())
                 }
                 CollectorEvent::CommandResult(signed) => {
@@ -543,4 +551,27 @@ async fn outbound(mut send: quinn::SendStream, mut rx: mpsc::Receiver<CollectorM
         }
     }
     let _ = send.finish();
+}
+
+/// Sensors kept per device, and each text's limit: a report is the device's own
+/// words, bounded before it is stored.
+const MAX_SENSORS: usize = 32;
+const MAX_SENSOR_NAME: usize = 64;
+const MAX_SENSOR_TEXT: usize = 512;
+
+/// A device's sensor report as stored: at most [`MAX_SENSORS`], texts clipped.
+fn sensor_views(report: ward_protocol::SensorReport) -> Vec<crate::store::SensorView> {
+    report
+        .sensors
+        .into_iter()
+        .take(MAX_SENSORS)
+        .map(|s| crate::store::SensorView {
+            name: crate::util::clip_marked(&s.name, MAX_SENSOR_NAME),
+            readiness: s.readiness.as_str().to_string(),
+            source: crate::util::clip_marked(&s.source, MAX_SENSOR_TEXT),
+            detail: s.detail.map(|d| crate::util::clip_marked(&d, MAX_SENSOR_TEXT)),
+            since_ms: s.since_ms,
+            lost: s.lost,
+        })
+        .collect()
 }

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use super::since;
 use crate::message::{AlertBatch, DropNotice, DropReport, EpochAlertBatch, Heartbeat, Hello, Welcome};
-use crate::{AgentHealth, AgentMessage, CollectorMessage, MINOR_EPOCHS, Signed};
+use crate::{AgentHealth, AgentMessage, CollectorMessage, MINOR_EPOCHS, MINOR_SENSORS, SensorReport, Signed};
 
 /// How long connecting plus hello/welcome may take.
 pub const OPEN_TIMEOUT_MS: u64 = 15_000;
@@ -396,6 +396,18 @@ impl AgentSession {
         Ok(())
     }
 
+    /// Sent only to a collector that reads it (minor ≥ 5); false (nothing sent) otherwise.
+    pub fn send_sensors(&mut self, report: SensorReport) -> Result<bool, NotOpen> {
+        if !self.is_open() {
+            return Err(NotOpen::NotOpen);
+        }
+        let reads = matches!(&self.phase, Phase::Open(o) if o.collector_minor >= MINOR_SENSORS);
+        if reads {
+            self.transmits.push_back(AgentMessage::Sensors(report));
+        }
+        Ok(reads)
+    }
+
     pub fn send_result(&mut self, signed: Signed) -> Result<(), NotOpen> {
         self.send(AgentMessage::CommandResult(signed))
     }
@@ -552,6 +564,20 @@ mod tests {
         );
         s.handle_timeout(60_003);
         assert_eq!(events(&mut s).len(), 2, "heartbeat and inventory at 60 s");
+    }
+
+    #[test]
+    fn sensor_states_go_only_to_a_collector_that_reads_them() {
+        let report = SensorReport { sensors: vec![] };
+        for (minor, sent) in [(4, false), (5, true)] {
+            let mut s = AgentSession::new(0, TIMERS, hello());
+            assert_eq!(s.send_sensors(report.clone()), Err(NotOpen::NotOpen));
+            s.poll_transmit();
+            s.handle_message(0, welcome(minor));
+            assert_eq!(s.send_sensors(report.clone()), Ok(sent));
+            let transmitted = std::iter::from_fn(|| s.poll_transmit()).any(|m| matches!(m, AgentMessage::Sensors(_)));
+            assert_eq!(transmitted, sent, "minor {minor}");
+        }
     }
 
     #[test]

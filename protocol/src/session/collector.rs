@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 use crate::message::{Ack, DropNotice, DropReport, Heartbeat, Welcome, close_code};
-use crate::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, Signed};
+use crate::{AgentMessage, CollectorMessage, DeviceId, PROTOCOL_MAJOR, PROTOCOL_MINOR, SensorReport, Signed};
 
 /// How long the agent has to open its stream, and then to send its hello.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
@@ -87,6 +87,8 @@ pub enum CollectorEvent {
         lost: u64,
     },
     CommandResult(Signed),
+    /// Record the agent's sensor states (minor 5).
+    Sensors(SensorReport),
     /// Close the connection; the session is over.
     Closed(Close),
 }
@@ -224,6 +226,7 @@ impl CollectorSession {
                 AgentMessage::Dropped(r) => self.events.push_back(CollectorEvent::Dropped(r)),
                 AgentMessage::DropNotice(n) => self.events.push_back(CollectorEvent::DropNotice(n)),
                 AgentMessage::CommandResult(s) => self.events.push_back(CollectorEvent::CommandResult(s)),
+                AgentMessage::Sensors(r) => self.events.push_back(CollectorEvent::Sensors(r)),
                 AgentMessage::Hello(_) | AgentMessage::Enroll(_) => {
                     self.close(close_code::PROTOCOL, "unexpected message in session", "protocol")
                 }

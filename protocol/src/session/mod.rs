@@ -55,7 +55,8 @@
 //! epoch batch or health first makes its epoch current (once per change). A drop
 //! notice is acknowledged with `DropStored` once stored. A heartbeat whose rule-pack
 //! version is below what was sent means the agent did not take it: it is offered
-//! again. Health is recorded when its storage state changes. A `Hello` or `Enroll`
+//! again. Health is recorded when its storage state changes; sensor states (minor 5)
+//! whenever they arrive. A `Hello` or `Enroll`
 //! inside a session closes it with `PROTOCOL`. Revocation, rate limits, frame
 //! deadlines and signatures are the driver's (they need the store and the pools).
 //!

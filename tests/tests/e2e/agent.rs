@@ -22,6 +22,57 @@ fn rule_title(a: &serde_json::Value) -> String {
     a["rule"]["title"].as_str().unwrap_or_default().to_lowercase()
 }
 
+/// Each sensor says what it sees, in `ward-agent status` and on the collector's
+/// device record (protocol 1.5): the watched directory is ready with its watch count,
+/// the sensors the test turns off say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_report_what_they_see_to_status_and_the_collector() {
+    let collector = Collector::start().unwrap();
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let dev = agent.device_id.clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let device = loop {
+        let (_, device) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
+        let ready = device["sensors"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "file" && s["readiness"] == "ready"));
+        if ready {
+            break device;
+        }
+        assert!(Instant::now() < deadline, "no sensor report: {device}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let sensor = |name: &str| -> serde_json::Value {
+        device["sensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} sensor: {device}"))
+    };
+    assert!(
+        sensor("file")["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("inotify: 1 roots, "),
+        "{device}"
+    );
+    assert_eq!(sensor("process")["readiness"], "ready", "{device}");
+    for off in ["auth", "audit"] {
+        assert_eq!(sensor(off)["readiness"], "off", "{device}");
+        assert_eq!(sensor(off)["detail"], "turned off in the configuration", "{device}");
+    }
+    assert!(device["sensors_at_ms"].as_i64().unwrap() > 0, "{device}");
+    let status = agent.status().unwrap();
+    assert!(status.contains("sensor file: ready (inotify: 1 roots, "), "{status}");
+    assert!(
+        status.contains("sensor auth: off: turned off in the configuration"),
+        "{status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detections_reach_the_api_within_two_seconds() {
     let collector = Collector::start().unwrap();

@@ -158,7 +158,8 @@ fn insert_alert(
         return Ok(None);
     }
     let rowid = tx.last_insert_rowid();
-    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
+    let mut stmt =
+        tx.prepare_cached("INSERT OR IGNORE INTO alert_entities (alert_rowid, kind, value) VALUES (?1, ?2, ?3)")?;
     for e in &a.entities {
         let (kind, value) = entity::key(e);
         stmt.execute(params![rowid, kind, value])?;
@@ -416,6 +417,14 @@ impl DeviceStore for SqliteStore {
     fn get_device(&self, id: &str) -> Result<Option<DeviceView>, StoreError> {
         let sql = format!("SELECT {} FROM devices d WHERE d.id = ?1", Self::DEVICE_COLUMNS);
         Ok(self.conn.query_row(&sql, params![id], Self::device_row).optional()?)
+    }
+
+    fn set_sensors(&self, id: DeviceId, sensors: &[SensorView], now_ms: u64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(sensors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn
+            .prepare_cached("UPDATE devices SET sensors = ?2, sensors_at_ms = ?3 WHERE id = ?1")?
+            .execute(params![id.to_string(), text, i64_of(now_ms)])?;
+        Ok(())
     }
 }
 
@@ -790,6 +799,11 @@ impl SqliteStore {
             clock_skew_ms: r.get(16)?,
             outbox_epoch: crate::store::gaps::epoch_hex(r.get(17)?),
             storage_error: r.get(18)?,
+            sensors: r
+                .get::<_, Option<String>>(19)?
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default(),
+            sensors_at_ms: r.get(20)?,
             online: false,
         })
     }
@@ -798,7 +812,7 @@ impl SqliteStore {
         d.agent_version, d.os, d.kernel, d.addresses, d.logged_on_users, d.isolation, d.outbox_depth,
         d.rule_pack_version, d.last_seq, d.dropped_total,
         (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM sequence_gaps g WHERE g.device_id = d.id),
-        d.clock_skew_ms, d.outbox_epoch, d.storage_error";
+        d.clock_skew_ms, d.outbox_epoch, d.storage_error, d.sensors, d.sensors_at_ms";
 
     fn try_insert_alert_batches(
         &mut self,

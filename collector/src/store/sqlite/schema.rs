@@ -614,6 +614,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX incidents_by_severity ON incidents(severity, last_activity_ms, id);
     CREATE INDEX incidents_by_redirect ON incidents(redirected_to) WHERE redirected_to IS NOT NULL;
     "#,
+    // 24 (sensors): what each sensor of a device sees, as its agent last reported it
+    // (protocol 1.5), JSON; and when.
+    r#"
+    ALTER TABLE devices ADD COLUMN sensors TEXT;
+    ALTER TABLE devices ADD COLUMN sensors_at_ms INTEGER;
+    "#,
 ];
 
 #[cfg(test)]
