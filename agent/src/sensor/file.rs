@@ -528,7 +528,10 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                     return Ok(());
                 }
                 for r in changed {
-                    if !ctx.emit(EventData::File(describe(r, &mut hashes))) {
+                    // Recorded, so the watch's own event for a file the rescan found
+                    // (written as the watches went up) is not a second report.
+                    let ev = describe(r, &mut hashes);
+                    if reported.is_new(&ev) && !ctx.emit(EventData::File(ev)) {
                         return Ok(());
                     }
                 }
