@@ -16,8 +16,10 @@ macro_rules! builtin {
 builtin!(
     "lnx_ward_at_job.yml",
     "lnx_ward_at_spool.yml",
+    "lnx_ward_cloud_credentials_read.yml",
     "lnx_ward_audit_disabled.yml",
     "lnx_ward_base64_decode_exec.yml",
+    "lnx_ward_credential_file_read.yml",
     "lnx_ward_cron_persistence.yml",
     "lnx_ward_crontab_from_stdin.yml",
     "lnx_ward_cryptominer.yml",
@@ -49,6 +51,7 @@ builtin!(
     "lnx_ward_shell_profile_modified.yml",
     "lnx_ward_ssh_auth_failure.yml",
     "lnx_ward_ssh_authorized_keys.yml",
+    "lnx_ward_ssh_private_key_read.yml",
     "lnx_ward_ssh_bruteforce_correlation.yml",
     "lnx_ward_ssh_bruteforce_limit.yml",
     "lnx_ward_ssh_root_login.yml",

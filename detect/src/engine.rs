@@ -91,6 +91,7 @@ pub struct Detector {
     file_event: Engine,
     file_delete: Engine,
     file_rename: Engine,
+    file_access: Engine,
     auth_generic: Engine,
     auth_service: HashMap<String, Engine>,
     audit: Engine,
@@ -127,6 +128,7 @@ impl Default for Detector {
             file_event: new_engine(),
             file_delete: new_engine(),
             file_rename: new_engine(),
+            file_access: new_engine(),
             auth_generic: new_engine(),
             auth_service: HashMap::new(),
             audit: new_engine(),
@@ -430,6 +432,7 @@ impl Detector {
             Bucket::FileEvent => &mut self.file_event,
             Bucket::FileDelete => &mut self.file_delete,
             Bucket::FileRename => &mut self.file_rename,
+            Bucket::FileAccess => &mut self.file_access,
             Bucket::AuthGeneric => &mut self.auth_generic,
             Bucket::AuthService => self
                 .auth_service
@@ -445,6 +448,7 @@ impl Detector {
             Bucket::FileEvent => Some(&self.file_event),
             Bucket::FileDelete => Some(&self.file_delete),
             Bucket::FileRename => Some(&self.file_rename),
+            Bucket::FileAccess => Some(&self.file_access),
             Bucket::AuthGeneric => Some(&self.auth_generic),
             Bucket::AuthService => self.auth_service.get(service?),
             Bucket::Audit => Some(&self.audit),

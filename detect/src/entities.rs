@@ -115,6 +115,30 @@ pub fn entities(event: &Event) -> Vec<Entity> {
                 sha256: f.sha256,
             });
         }
+        EventData::FileAccess(a) => {
+            let p = &a.process;
+            if !p.user.is_empty() || p.uid.is_some() {
+                out.push(Entity::User {
+                    name: p.user.clone(),
+                    uid: p.uid,
+                });
+            }
+            out.push(Entity::Process {
+                pid: p.pid,
+                ppid: p.ppid,
+                start_time_ms: p.start_time_ms,
+                exe: p.exe.clone(),
+                cmdline: p.cmdline.clone(),
+                sha256: p.sha256,
+            });
+            if let Some(l) = &p.lineage {
+                out.push(lineage_entity(l));
+            }
+            out.push(Entity::File {
+                path: a.path.clone(),
+                sha256: None,
+            });
+        }
         EventData::Auth(a) => {
             if let Some(user) = a.user.as_deref().filter(|u| !u.is_empty()) {
                 out.push(Entity::User {

@@ -19,6 +19,8 @@ pub enum EventData {
     File(FileEvent),
     Auth(AuthEvent),
     Audit(AuditEvent),
+    /// A watched sensitive file opened, and the process that opened it.
+    FileAccess(FileAccessEvent),
     /// A sensor's blind spot: it may have missed something (watch limit reached,
     /// unreadable path, a poll too slow for a short-lived process, dropped events).
     Gap(SensorGap),
@@ -85,6 +87,15 @@ pub struct FileEvent {
     /// lets the start-up rescan skip a change whose alert is already in the outbox.
     #[serde(default)]
     pub changed_ms: Option<u64>,
+}
+
+/// A watched sensitive file (credentials, keys, sudoers, PAM) opened by a process
+/// (fanotify). The process is described as a process event is, read when the file
+/// was opened.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FileAccessEvent {
+    pub path: String,
+    pub process: ProcessEvent,
 }
 
 /// An authentication-related log line (auth log or journal), parsed.

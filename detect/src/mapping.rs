@@ -8,6 +8,7 @@
 //! | file create / modify / chmod / rename | `category: file_event` | `TargetFilename`, `SourceFilename` (rename), `Hashes`, `sha256`, `FileSize`, `FileMode` (4-digit octal permission bits), `UserId`, `Operation` |
 //! | file rename | also `category: file_rename` | as above |
 //! | file delete | `category: file_delete` | as above |
+//! | sensitive file opened | `category: file_access` | `TargetFilename`, and the opening process's fields as for process (`Image`, `CommandLine`, `ParentImage`, `User`, ...) |
 //! | auth line | `service: <program>` (sshd, sudo, su, cron, useradd...), and the generic `service: auth` / `service: syslog` | keyword rules search `message`; fields `service`, `action`, `User`, `USER`, `SourceIp`, `success`, `Hostname`, `message` |
 //! | audit | `service: auditd` | every audit field as logged (`a0`..`aN`, `exe`, `comm`, `name`, `key`, `nametype`, `euid`, ...); `type` is every record type of the event; `SYSCALL` falls back to a non-numeric `syscall` |
 //!
@@ -19,7 +20,7 @@ use std::borrow::Cow;
 use rsigma_eval::event::{Event as SigmaEventTrait, EventValue};
 use serde_json::{Map, Value};
 
-use crate::event::{AuditEvent, AuthEvent, Event, EventData, FileEvent, FileOp, ProcessEvent};
+use crate::event::{AuditEvent, AuthEvent, Event, EventData, FileAccessEvent, FileEvent, FileOp, ProcessEvent};
 
 /// Which group of rules an event is evaluated against. A rule lives in exactly one
 /// bucket, except rules with no category and no service, which live in every
@@ -30,6 +31,7 @@ pub enum Bucket {
     FileEvent,
     FileDelete,
     FileRename,
+    FileAccess,
     /// Auth lines of any program: rules with `service: auth` or `service: syslog`.
     AuthGeneric,
     /// Auth lines of one program: rules with `service: <program>`.
@@ -40,10 +42,11 @@ pub enum Bucket {
 impl Bucket {
     /// The buckets that hold rules written for `product: linux` alone. An event
     /// reaches exactly one of them, so such a rule fires at most once per event.
-    pub const PRIMARY: [Bucket; 5] = [
+    pub const PRIMARY: [Bucket; 6] = [
         Bucket::Process,
         Bucket::FileEvent,
         Bucket::FileDelete,
+        Bucket::FileAccess,
         Bucket::AuthGeneric,
         Bucket::Audit,
     ];
@@ -73,6 +76,7 @@ pub fn placement(category: Option<&str>, product: Option<&str>, service: Option<
             "file_event" => Bucket::FileEvent,
             "file_delete" => Bucket::FileDelete,
             "file_rename" => Bucket::FileRename,
+            "file_access" => Bucket::FileAccess,
             other => return Placement::Inactive(format!("category {other}")),
         };
         return Placement::One(bucket, None);
@@ -103,6 +107,7 @@ pub fn buckets(event: &Event) -> (&'static [Bucket], Option<String>) {
             Some(a.service.to_ascii_lowercase()),
         ),
         EventData::Audit(_) => (&[Bucket::Audit], None),
+        EventData::FileAccess(_) => (&[Bucket::FileAccess], None),
         EventData::Gap(_) => (&[], None),
     }
 }
@@ -148,6 +153,20 @@ const FILE_FIELDS: &[&str] = &[
     "FileMode",
     "UserId",
     "Operation",
+];
+const ACCESS_FIELDS: &[&str] = &[
+    "TargetFilename",
+    "Image",
+    "CommandLine",
+    "ParentImage",
+    "ParentCommandLine",
+    "ParentUser",
+    "CurrentDirectory",
+    "User",
+    "UserId",
+    "LogonId",
+    "ProcessId",
+    "ParentProcessId",
 ];
 const AUTH_FIELDS: &[&str] = &[
     "service", "action", "User", "USER", "SourceIp", "success", "Hostname", "message",
@@ -217,6 +236,15 @@ fn file_field<'a>(f: &'a FileEvent, name: &str) -> Option<EventValue<'a>> {
     }
 }
 
+fn access_field<'a>(a: &'a FileAccessEvent, name: &str) -> Option<EventValue<'a>> {
+    match name {
+        "TargetFilename" => s(&a.path),
+        // The file is not the process's image: its hash fields are not offered.
+        "Hashes" | "sha256" | "ImageDeleted" => None,
+        other => process_field(&a.process, other),
+    }
+}
+
 fn auth_field<'a>(a: &'a AuthEvent, name: &str) -> Option<EventValue<'a>> {
     match name {
         "service" => s(&a.service),
@@ -266,6 +294,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::File(f) => file_field(f, path),
             EventData::Auth(a) => auth_field(a, path),
             EventData::Audit(a) => audit_field(a, path),
+            EventData::FileAccess(a) => access_field(a, path),
             EventData::Gap(_) => None,
         }
     }
@@ -291,6 +320,7 @@ impl SigmaEventTrait for SigmaView<'_> {
     fn visit_string_values(&self, visit: &mut dyn FnMut(&str)) {
         match &self.event.data {
             EventData::Process(p) => visit(&p.cmdline),
+            EventData::FileAccess(a) => visit(&a.process.cmdline),
             EventData::Auth(a) => visit(&a.message),
             EventData::Audit(a) => a.fields.values().for_each(|v| visit(v)),
             EventData::File(_) | EventData::Gap(_) => {}
@@ -307,6 +337,7 @@ impl SigmaEventTrait for SigmaView<'_> {
         match &self.event.data {
             EventData::Process(_) => PROCESS_FIELDS.iter().for_each(|k| put(k)),
             EventData::File(_) => FILE_FIELDS.iter().for_each(|k| put(k)),
+            EventData::FileAccess(_) => ACCESS_FIELDS.iter().for_each(|k| put(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| put(k)),
             EventData::Audit(a) => {
                 put("type");
@@ -330,6 +361,7 @@ impl SigmaEventTrait for SigmaView<'_> {
         match &self.event.data {
             EventData::Process(_) => PROCESS_FIELDS.iter().for_each(|k| visit(k)),
             EventData::File(_) => FILE_FIELDS.iter().for_each(|k| visit(k)),
+            EventData::FileAccess(_) => ACCESS_FIELDS.iter().for_each(|k| visit(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| visit(k)),
             EventData::Audit(a) => {
                 visit("type");
@@ -394,6 +426,10 @@ mod tests {
 
     #[test]
     fn placement_follows_logsource() {
+        assert_eq!(
+            placement(Some("file_access"), Some("linux"), None),
+            Placement::One(Bucket::FileAccess, None)
+        );
         assert_eq!(
             placement(Some("process_creation"), Some("linux"), None),
             Placement::One(Bucket::Process, None)

@@ -248,7 +248,7 @@ pub fn event_from_partial(observed_at_ms: u64, mut data: Map<String, Value>) -> 
     let kind = data
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or("missing `kind` (process, file, auth, audit or gap)")?
+        .ok_or("missing `kind` (process, file, file_access, auth, audit or gap)")?
         .to_string();
     let defaults = match kind.as_str() {
         "process" => serde_json::to_value(ProcessEvent::default()),
@@ -256,6 +256,14 @@ pub fn event_from_partial(observed_at_ms: u64, mut data: Map<String, Value>) -> 
             "op": "create", "path": "", "from_path": null, "sha256": null,
             "size": null, "mode": null, "uid": null
         })),
+        "file_access" => {
+            // The opening process is partial too: its fields over a default process.
+            let mut process = serde_json::to_value(ProcessEvent::default()).map_err(|e| e.to_string())?;
+            if let (Value::Object(p), Some(Value::Object(given))) = (&mut process, data.remove("process")) {
+                p.extend(given);
+            }
+            Ok(serde_json::json!({ "path": "", "process": process }))
+        }
         "auth" => serde_json::to_value(AuthEvent::default()),
         "audit" => serde_json::to_value(AuditEvent::default()),
         "gap" => serde_json::to_value(SensorGap::default()),

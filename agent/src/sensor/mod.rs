@@ -29,6 +29,7 @@
 //! the collector (protocol 1.5) show the board, so a quiet sensor is never mistaken
 //! for a quiet host.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod board;
@@ -96,6 +97,18 @@ pub struct SensorConfig {
     /// Watched files changed since then are reported once the watches are up.
     #[serde(skip)]
     pub file_rescan: Option<file::Rescan>,
+    /// Report opens of sensitive files (credentials, keys, sudoers, PAM) with the
+    /// process that opened them (fanotify; needs root). Default: true.
+    pub access_enabled: bool,
+    /// The files, and directories whose files, whose opens are reported; a `*` path
+    /// component is expanded. Default: /etc/shadow, /etc/gshadow, /etc/sudoers,
+    /// /etc/sudoers.d, /etc/pam.d, /etc/ssh (host keys), /root/.ssh, /home/*/.ssh,
+    /// /root/.aws, /home/*/.aws, /root/.kube, /home/*/.kube, /root/.config/gcloud,
+    /// /home/*/.config/gcloud, /root/.docker, /home/*/.docker.
+    pub access_watch_paths: Vec<String>,
+    /// How often those paths are looked at again (a file replaced by a new one, or one
+    /// that appeared, is watched anew), milliseconds. Default: 5000.
+    pub access_recheck_ms: u64,
     /// Tail the authentication log. Default: true.
     pub auth_enabled: bool,
     /// Candidate auth logs; the first that exists is tailed.
@@ -152,6 +165,29 @@ impl Default for SensorConfig {
             file_max_delay_ms: 200,
             file_missing_recheck_ms: 30_000,
             file_watch_check_ms: 30_000,
+            access_enabled: true,
+            access_watch_paths: [
+                "/etc/shadow",
+                "/etc/gshadow",
+                "/etc/sudoers",
+                "/etc/sudoers.d",
+                "/etc/pam.d",
+                "/etc/ssh",
+                "/root/.ssh",
+                "/home/*/.ssh",
+                "/root/.aws",
+                "/home/*/.aws",
+                "/root/.kube",
+                "/home/*/.kube",
+                "/root/.config/gcloud",
+                "/home/*/.config/gcloud",
+                "/root/.docker",
+                "/home/*/.docker",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            access_recheck_ms: 5_000,
             file_rescan: None,
             auth_enabled: true,
             auth_log_paths: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
@@ -359,6 +395,9 @@ pub async fn run_sensors(
     if !config.auth_enabled {
         off("auth");
     }
+    if !config.access_enabled {
+        off("access");
+    }
     if !config.audit_enabled {
         off("audit");
     }
@@ -381,6 +420,10 @@ pub async fn run_sensors(
     if config.file_enabled {
         let c = config.clone();
         runners.push(("file", Arc::new(move |ctx| file::run(&c, ctx))));
+    }
+    if config.access_enabled {
+        let (c, t) = (config.clone(), tracker.clone());
+        runners.push(("access", Arc::new(move |ctx| access::run(&c, &t, ctx))));
     }
     if config.auth_enabled {
         let c = config.clone();

@@ -23,7 +23,7 @@ use ward_protocol::ProcessNode;
 use super::hash::HashCache;
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
-use crate::procfs::{ProcError, parse_passwd, proc_path, read_cmdline, read_exe, read_stat, read_uids};
+use crate::procfs::{ProcError, ProcStat, parse_passwd, proc_path, read_cmdline, read_exe, read_stat, read_uids};
 use ward_detect::event::{EventData, ProcessEvent};
 
 /// User names by uid, from a passwd file, reloaded when the file changes.
@@ -161,6 +161,27 @@ impl ProcessTracker {
                 },
             );
         }
+        Ok(Some(self.describe(pid, stat, exe, exe_deleted)))
+    }
+
+    /// Reads a running process as a process event, whether or not it was reported
+    /// (the process that opened a watched file). `Err` when it is gone. A process
+    /// that already exited (a zombie: no executable left to read) is named by the
+    /// executable recorded when it was reported, if it was.
+    pub fn read(&self, pid: u32) -> Result<ProcessEvent, ProcError> {
+        let stat = read_stat(&self.proc_root, pid)?;
+        let (mut exe, exe_deleted) = read_exe(&self.proc_root, pid);
+        if exe.is_empty()
+            && let Some(s) = lock(&self.seen).get(&pid)
+            && s.start_time_ms == stat.start_time_ms
+        {
+            exe.clone_from(&s.exe);
+        }
+        Ok(self.describe(pid, stat, exe, exe_deleted))
+    }
+
+    fn describe(&self, pid: u32, stat: ProcStat, exe: String, exe_deleted: bool) -> ProcessEvent {
+        let root = &self.proc_root;
         let cmdline = read_cmdline(root, pid);
         let cwd = fs::read_link(proc_path(root, pid, "cwd"))
             .map(|p| p.to_string_lossy().into_owned())
@@ -191,7 +212,7 @@ impl ProcessTracker {
             None if stat.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
             None => (String::new(), String::new()),
         };
-        Ok(Some(ProcessEvent {
+        ProcessEvent {
             pid,
             ppid: stat.ppid,
             start_time_ms: stat.start_time_ms,
@@ -205,7 +226,7 @@ impl ProcessTracker {
             parent_cmdline,
             exe_deleted,
             lineage: Some(Box::new(lineage)),
-        }))
+        }
     }
 
     /// Forgets processes not in `alive` that were recorded before `before` (a process the

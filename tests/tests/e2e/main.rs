@@ -38,6 +38,7 @@ mod security;
 mod privileged {
     mod isolation_three_hosts;
     mod response_isolation;
+    mod sensitive_file_access;
     mod storage_failure;
 }
 
