@@ -143,6 +143,60 @@ const IN_FLIGHT = ["approved", "dispatched", "acked"];
 const UNDOABLE = ["isolate", "quarantine_file"];
 /** Comments typed into pending cards, kept across refreshes. */
 const drafts = new Map();
+/** Actions whose approval is confirmed first: they cut a device off or destroy. */
+const CONFIRMED = ["isolate", "delete_file", "kill_process"];
+
+/** The approvals an action already has, as names and times. */
+function approvalsSoFar(a) {
+  const list = Array.isArray(a.approvals) ? a.approvals : [];
+  return list.map((x) => `${esc(x.by || x.approver || "")} ${x.at_ms ? esc(ago(x.at_ms)) : ""}`.trim());
+}
+
+/**
+ * Restates what approving `a` does before it is done: the device, what it will be
+ * told, why, the incident that led to it (linked, by title), who asked and who
+ * approved so far. Resolves true when the approver confirms.
+ */
+async function confirmApproval(a) {
+  let incident = null;
+  if (a.incident_id) {
+    try {
+      incident = (await api(`/api/v1/incidents/${encodeURIComponent(a.incident_id)}`)).incident;
+    } catch (_) { incident = null; }
+  }
+  let panel = $("#confirm-approval");
+  if (!panel) {
+    panel = document.createElement("div");
+    panel.id = "confirm-approval";
+    panel.className = "card propose-panel";
+    panel.setAttribute("role", "dialog");
+    panel.setAttribute("aria-modal", "true");
+    document.body.appendChild(panel);
+  }
+  const approvals = approvalsSoFar(a);
+  const incidentLine = a.incident_id
+    ? `<a id="confirm-incident" href="#/incident/${esc(a.incident_id)}">${esc(incident ? incident.title : a.incident_id)}</a>
+       ${incident ? `<span class="muted small">${esc(incident.severity)} · ${esc(incident.status)} · ${esc(incident.alert_count)} alerts</span>` : ""}`
+    : `<span class="muted">not tied to an incident</span>`;
+  panel.hidden = false;
+  panel.innerHTML = `<h3>Approve: ${esc(a.summary)}?</h3>
+    <div class="kv"><div>Device</div><div><a href="#/device/${esc(a.device_id)}">${esc(a.device_hostname)}</a>
+      <span class="muted mono">${esc(a.device_id)}</span></div>
+    <div>It will be told</div><div><pre class="mono">${esc(JSON.stringify(a.action, null, 1))}</pre></div>
+    <div>Why</div><div>${esc(a.reason || "—")}</div>
+    <div>Incident</div><div>${incidentLine}</div>
+    <div>Requested by</div><div>${esc(a.requested_by)} ${esc(ago(a.requested_at_ms))}</div>
+    <div>Approved so far</div><div id="confirm-approvals">${approvals.length ? approvals.join(", ") : "nobody yet"}</div></div>
+    <div class="form-row"><button class="danger confirm">Approve ${esc(a.kind.replace("_", " "))} of ${esc(a.device_hostname)}</button>
+      <button class="back">Back</button></div>`;
+  $(".back", panel).focus();
+  return new Promise((resolve) => {
+    const close = (yes) => { panel.hidden = true; resolve(yes); };
+    $(".confirm", panel).onclick = () => close(true);
+    $(".back", panel).onclick = () => close(false);
+    panel.onkeydown = (ev) => { if (ev.key === "Escape") close(false); };
+  });
+}
 
 function actionCard(a) {
   const mayDecide = can("approver") && a.requested_by !== session.me.name;
@@ -152,7 +206,8 @@ function actionCard(a) {
       <span class="muted mono small">${esc(a.device_id)}</span></span>
       <span><span class="k">requested by</span>${esc(a.requested_by)} ${esc(ago(a.requested_at_ms))}</span>
       <span><span class="k">expires</span>${esc(time(a.expires_at_ms))}</span></div>
-    <div><span class="k muted">Reason:</span> ${esc(a.reason)}</div>
+    <div><span class="k muted">Reason:</span> ${esc(a.reason)}${a.incident_id ? ` <a href="#/incident/${esc(a.incident_id)}">(incident)</a>` : ""}</div>
+    ${approvalsSoFar(a).length ? `<div><span class="k muted">Approved so far:</span> ${approvalsSoFar(a).join(", ")}</div>` : ""}
     <div class="muted small">Exactly what the device will be told to do:</div>
     <pre class="mono">${esc(JSON.stringify(a.action, null, 1))}</pre>
     ${mayDecide ? `<div class="form-row"><input type="text" size="50" class="decision-comment" placeholder="comment (required to reject)"
@@ -201,7 +256,11 @@ export function renderActions(root, actions, onChange) {
   for (const card of $$("[data-action]", root)) {
     const id = card.dataset.action;
     $(".decision-comment", card)?.addEventListener("input", (ev) => drafts.set(id, ev.target.value));
-    $(".approve", card)?.addEventListener("click", () => decide(id, "approve", card));
+    $(".approve", card)?.addEventListener("click", async () => {
+      const a = actions.find((x) => x.id === id);
+      if (a && CONFIRMED.includes(a.kind) && !(await confirmApproval(a))) return;
+      decide(id, "approve", card);
+    });
     $(".reject", card)?.addEventListener("click", () => decide(id, "reject", card));
     $(".cancel", card)?.addEventListener("click", () => decide(id, "cancel", card));
     $(".undo", card)?.addEventListener("click", async () => {

@@ -614,6 +614,32 @@ async fn scenario() {
          c.dispatchEvent(new Event('input')); document.querySelector('#pending .approve').click(); true",
     )
     .unwrap();
+    // An isolate is confirmed first: the panel restates the device, the command, the
+    // incident (linked, by its title) and who approved so far; nothing is sent before.
+    b.wait_for(
+        "the approval confirmation",
+        "!!document.querySelector('#confirm-approval:not([hidden]) .confirm')",
+        SECS(10),
+    )
+    .unwrap();
+    let panel = b.eval("document.querySelector('#confirm-approval').innerText").unwrap();
+    let panel = panel.as_str().unwrap().to_string();
+    assert!(
+        panel.contains("\"kind\": \"isolate\"") && panel.contains(&device) && panel.contains("nobody yet"),
+        "{panel}"
+    );
+    let link = b
+        .eval("document.querySelector('#confirm-incident').getAttribute('href')")
+        .unwrap();
+    assert_eq!(link.as_str().unwrap(), format!("#/incident/{story_id}"), "{panel}");
+    let (_, pending) = collector.get("/api/v1/actions?status=pending_approval").await.unwrap();
+    assert_eq!(
+        pending["actions"].as_array().map(Vec::len),
+        Some(1),
+        "still pending: {pending}"
+    );
+    b.eval("document.querySelector('#confirm-approval .confirm').click(); true")
+        .unwrap();
     b.wait_for(
         "the isolate succeeding in the history",
         "[...document.querySelectorAll('#action-history tr')].some(r => r.innerText.includes('succeeded') && r.innerText.includes('isolat'))",
