@@ -277,6 +277,9 @@ async fn run(
     let max = ctx.config.ingest.max_frame_bytes;
     // The clock skew last warned about in this session.
     let mut warned_skew = 0i64;
+    // The sensors last reported blind, and why: a warning when that changes, not
+    // with every report.
+    let mut blind: Vec<(String, Option<String>)> = Vec::new();
     loop {
         let frame = tokio::select! {
             f = read_frame::<AgentMessage>(recv, max) => f,
@@ -383,9 +386,15 @@ async fn run(
                 }
                 CollectorEvent::Sensors(report) => {
                     let sensors = sensor_views(report);
-                    for s in sensors.iter().filter(|s| s.readiness == "blind") {
-                        warn!(%device, sensor = %s.name, detail = s.detail.as_deref().unwrap_or(""), "agent sensor blind");
+                    let now_blind: Vec<(String, Option<String>)> = sensors
+                        .iter()
+                        .filter(|s| s.readiness == "blind")
+                        .map(|s| (s.name.clone(), s.detail.clone()))
+                        .collect();
+                    for (name, detail) in now_blind.iter().filter(|b| !blind.contains(b)) {
+                        warn!(%device, sensor = %name, detail = detail.as_deref().unwrap_or(""), "agent sensor blind");
                     }
+                    blind = now_blind;
                     let _ = ctx.writer.run(move |s| s.set_sensors(device, &sensors, now_ms())).await;
                     Ok(())
                 }
@@ -574,4 +583,36 @@ fn sensor_views(report: ward_protocol::SensorReport) -> Vec<crate::store::Sensor
             lost: s.lost,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use ward_protocol::{Readiness, SensorReport, SensorState};
+
+    use super::*;
+
+    #[test]
+    fn a_sensor_report_is_bounded_before_it_is_stored() {
+        let long = "x".repeat(10_000);
+        let report = SensorReport {
+            sensors: (0..100)
+                .map(|i| SensorState {
+                    name: format!("{i}{long}"),
+                    readiness: Readiness::Blind,
+                    source: long.clone(),
+                    detail: Some(long.clone()),
+                    since_ms: 1,
+                    lost: 2,
+                })
+                .collect(),
+        };
+        let views = sensor_views(report);
+        assert_eq!(views.len(), MAX_SENSORS);
+        for v in &views {
+            assert!(v.name.len() <= MAX_SENSOR_NAME + 3, "{}", v.name.len());
+            assert!(v.source.len() <= MAX_SENSOR_TEXT + 3);
+            assert!(v.detail.as_ref().unwrap().len() <= MAX_SENSOR_TEXT + 3);
+            assert_eq!((v.readiness.as_str(), v.since_ms, v.lost), ("blind", 1, 2));
+        }
+    }
 }
