@@ -212,9 +212,32 @@ function treeTab(tree) {
     <ul class="ptree" id="process-tree">${tree.trees.map(treeNode).join("")}</ul>`;
 }
 
+/** Ids in an activity entry, in words: a comment's text, an alert's title (linked to
+ *  the alerts tab when it is on the page), an incident as a link. */
+function activityWords(detail, text) {
+  const comments = new Map((detail.comments || []).map((c) => [c.id, c]));
+  const alerts = new Map((detail.alerts || []).map((l) => [l.alert.id, l.alert]));
+  return esc(text).replace(/\b(comment|alert|incident) (0[0-9A-HJKMNP-TV-Z]{25})\b/g, (whole, what, id) => {
+    if (what === "comment" && comments.has(id)) return `comment “${esc(comments.get(id).text)}”`;
+    if (what === "alert" && alerts.has(id)) return `alert <a href="#/incident/${esc(detail.incident.id)}?tab=alerts">${esc(alerts.get(id).rule.title)}</a>`;
+    if (what === "incident") return `incident <a href="#/incident/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
+    return whole;
+  });
+}
+
+/** What was done and by whom: the incident's own log with its response actions. */
 function activityTab(detail) {
-  return `<table><thead><tr><th>When</th><th>Who</th><th>What</th><th>Detail</th></tr></thead><tbody>
-    ${detail.activity.map((a) => `<tr><td>${esc(time(a.at_ms))}</td><td>${esc(a.actor)}</td><td>${esc(a.kind)}</td><td>${esc(a.detail)}</td></tr>`).join("")
+  const rows = detail.activity.map((a) => ({ at: a.at_ms, who: a.actor, what: esc(a.kind.replaceAll("_", " ")), detail: activityWords(detail, a.detail) }));
+  for (const x of detail.actions || []) {
+    const result = x.result ? `: ${esc(x.result.outcome)}${x.result.detail ? " — " + esc(x.result.detail) : ""}` : "";
+    rows.push({ at: x.requested_at_ms, who: x.requested_by, what: "action proposed",
+      detail: `${esc(x.summary)} on <a href="#/device/${esc(x.device_id)}">${esc(x.device_hostname)}</a>: ${esc(x.reason)}` });
+    if (x.decided_at_ms) rows.push({ at: x.decided_at_ms, who: x.decided_by || "", what: `action ${esc(x.status.replaceAll("_", " "))}`,
+      detail: `${esc(x.summary)}${result}` });
+  }
+  rows.sort((a, b) => a.at - b.at);
+  return `<table id="activity-log"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Detail</th></tr></thead><tbody>
+    ${rows.map((r) => `<tr><td>${esc(time(r.at))}</td><td>${esc(r.who)}</td><td>${r.what}</td><td>${r.detail}</td></tr>`).join("")
     || `<tr><td colspan="4" class="muted">Nothing yet.</td></tr>`}</tbody></table>`;
 }
 

@@ -663,4 +663,21 @@ async fn scenario() {
         SECS(15),
     )
     .unwrap();
+    // Its activity log says it in words: who opened it with which alert (by title),
+    // and the response action proposed and carried out, with no raw id in sight.
+    b.eval(&format!("location.hash = '#/incident/{story_id}?tab=activity'; true"))
+        .unwrap();
+    b.wait_for(
+        "the activity log with the response action",
+        "(document.querySelector('#activity-log') || {innerText: ''}).innerText.includes('action proposed')",
+        SECS(15),
+    )
+    .unwrap();
+    let log = b.eval("document.querySelector('#activity-log').innerText").unwrap();
+    let log = log.as_str().unwrap();
+    assert!(
+        log.contains("action succeeded") && log.contains("phishing payload ran on this device"),
+        "{log}"
+    );
+    assert!(!log.contains("alert 01"), "an alert named by its id: {log}");
 }
