@@ -586,7 +586,7 @@ fn incident_detail(v: &Value) -> String {
                 .map(|e| {
                     vec![
                         s(&e["kind"]),
-                        s(&e["key"]),
+                        entity_words(e),
                         s(&e["verdict"]),
                         s(&e["remediation"]),
                         e["alert_count"].as_i64().unwrap_or(0).to_string(),
@@ -618,6 +618,36 @@ fn incident_detail(v: &Value) -> String {
         }
     }
     out.join("\n")
+}
+
+/// An entity as an analyst names it: a process by its program, pid and command line
+/// (not its `pid@start` key), a file by its path, a user by name; the key otherwise.
+fn entity_words(e: &Value) -> String {
+    let v = &e["value"];
+    let process = |p: &Value| {
+        let exe = p["exe"].as_str().unwrap_or_default();
+        let cmd: String = p["cmdline"].as_str().unwrap_or_default().chars().take(60).collect();
+        let more = if p["cmdline"].as_str().is_some_and(|c| c.chars().count() > 60) {
+            "…"
+        } else {
+            ""
+        };
+        let name = if exe.is_empty() { "(exited)" } else { exe };
+        format!("{name} (pid {}): {cmd}{more}", p["pid"].as_u64().unwrap_or(0))
+    };
+    let text = match e["kind"].as_str().unwrap_or_default() {
+        "process" => process(v),
+        "lineage" => process(&v["process"]),
+        "file" => s(&v["path"]),
+        "user" => s(&v["name"]),
+        "device" => s(&v["hostname"]),
+        "ip" => s(&v["addr"]),
+        "domain" => s(&v["name"]),
+        "url" => s(&v["url"]),
+        "mailbox" => s(&v["address"]),
+        _ => String::new(),
+    };
+    if text.is_empty() { s(&e["key"]) } else { text }
 }
 
 /// "x40 until <time>" for an alert standing for several detections, else "-".
@@ -824,5 +854,22 @@ mod tests {
         assert!(update_body(None, None, false, None, None, None, None, None).is_err());
         let b = update_body(None, None, true, None, None, Some(vec![]), None, None).unwrap_or_default();
         assert_eq!(b, json!({"assignee": null, "tags": []}));
+    }
+
+    #[test]
+    fn entities_are_named_in_words_not_keys() {
+        let process = json!({"kind": "process", "key": "1430@1796519849350",
+            "value": {"kind": "process", "pid": 1430, "exe": "/usr/bin/bash", "cmdline": "bash -i"}});
+        assert_eq!(entity_words(&process), "/usr/bin/bash (pid 1430): bash -i");
+        let lineage = json!({"kind": "lineage", "key": "1430@1796519849350",
+            "value": {"kind": "lineage", "process": {"pid": 7, "exe": "", "cmdline": "x".repeat(80)}}});
+        assert_eq!(entity_words(&lineage), format!("(exited) (pid 7): {}…", "x".repeat(60)));
+        let file = json!({"kind": "file", "key": "/tmp/a", "value": {"kind": "file", "path": "/tmp/a"}});
+        assert_eq!(entity_words(&file), "/tmp/a");
+        assert_eq!(
+            entity_words(&json!({"kind": "odd", "key": "k"})),
+            "k",
+            "the key when nothing else"
+        );
     }
 }
