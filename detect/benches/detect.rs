@@ -101,7 +101,7 @@ fn detect(c: &mut Criterion) {
     assert!(errors.is_empty());
     bench_pack(c, "detect_builtin", &builtin, &events);
 
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sigma/linux");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/sigmahq/linux");
     let (files, _) = load_dir(&dir).unwrap_or_default();
     let (sigmahq, _) = Detector::load(&files);
     bench_pack(c, "detect_sigmahq_linux", &sigmahq, &events);
