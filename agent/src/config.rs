@@ -88,6 +88,9 @@ pub struct DetectionConfig {
     /// process, the process image and tree, the source IP) within this window
     /// become one alert with a count; 0 turns folding off.
     pub aggregate_window_ms: u64,
+    /// At most this many alerts of one rule for new entities per aggregation window;
+    /// the rest of that window fold into one alert with a count. 0: no limit.
+    pub rule_max_new_alerts_per_window: u32,
     /// Run the vetted SigmaHQ Linux rules shipped with the agent (the default pack's
     /// upstream part, docs/detection-content.md).
     pub sigmahq_enabled: bool,
@@ -150,6 +153,7 @@ impl Default for DetectionConfig {
         DetectionConfig {
             rules_dir: PathBuf::from("/etc/ward/rules.d"),
             aggregate_window_ms: 60_000,
+            rule_max_new_alerts_per_window: 20,
             sigmahq_enabled: true,
             enabled_rules: Vec::new(),
             disabled_rules: Vec::new(),

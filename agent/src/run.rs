@@ -118,7 +118,11 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         events_rx,
         builder,
         Arc::clone(&shared),
-        config.detection.aggregate_window_ms,
+        ward_detect::AggregatorConfig {
+            window_ms: config.detection.aggregate_window_ms,
+            max_new_per_rule: config.detection.rule_max_new_alerts_per_window,
+            ..ward_detect::AggregatorConfig::default()
+        },
         config.outbox.memory_queue_max_alerts,
         shutdown.clone(),
     ));
