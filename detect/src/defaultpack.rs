@@ -163,6 +163,29 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_rule_names_v19_techniques_only() {
+        let (det, _) = Detector::load(&shipped_rule_files());
+        let mut old = Vec::new();
+        for r in det.rules() {
+            for t in &r.techniques {
+                if crate::attack::technique(t).is_none() {
+                    old.push(format!("{}: {t}", r.title));
+                }
+            }
+        }
+        assert!(old.is_empty(), "not ATT&CK v19: {old:#?}");
+        // A pushed rule still tagged with v18 ids is normalised when it loads.
+        let old = "title: t\nid: 6f1b5c1e-0c2e-4d7a-9a57-3f1f1c0a9b01\ntags:\n  - attack.t1562.012\n  - attack.t1148\nlogsource:\n  product: linux\n  category: process_creation\ndetection:\n  sel:\n    Image|endswith: /auditctl\n  condition: sel\n";
+        let (det, errors) = Detector::load(&[RuleFile {
+            name: "old.yml".into(),
+            yaml: old.into(),
+        }]);
+        assert!(errors.is_empty());
+        let r = det.rules().next().unwrap();
+        assert_eq!(r.techniques, vec!["T1685.004".to_string(), "T1690".to_string()]);
+    }
+
+    #[test]
     fn choices_turn_shipped_rules_on_and_off() {
         let low = SIGMAHQ_RULES.iter().find(|r| r.level == "low").unwrap();
         let builtin_id = rule_file_id(BUILTIN_RULES[0].1).to_string();

@@ -13,6 +13,7 @@
 //! knows both Ward's event fields and Sigma's field names.
 
 pub mod aggregate;
+pub mod attack;
 pub mod builtin;
 pub mod correlate;
 pub mod defaultpack;
