@@ -32,7 +32,9 @@ fn main() {
     let mut files = Vec::new();
     collect(&root, &mut files);
     files.sort();
-    let mut code = String::from("/// Every shipped SigmaHQ Linux rule, sorted by path.\npub const SIGMAHQ_RULES: &[ShippedRule] = &[\n");
+    let mut code = String::from(
+        "/// Every shipped SigmaHQ Linux rule, sorted by path.\npub const SIGMAHQ_RULES: &[ShippedRule] = &[\n",
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let text = std::fs::read_to_string(f).unwrap_or_default();

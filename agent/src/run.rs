@@ -47,7 +47,11 @@ pub fn initial_rules(config: &Config, state_dir: &Path, identity: &Identity) -> 
     }
     let pack = rulepack::load(state_dir, &identity.enrollment.keys.active(now_ms()));
     let version = pack.as_ref().map(|p| p.version).unwrap_or(0);
-    let files = rulepack::compose(&config.detection.pack_choice(), local, pack.as_ref().map(|p| p.rules.as_slice()).unwrap_or(&[]));
+    let files = rulepack::compose(
+        &config.detection.pack_choice(),
+        local,
+        pack.as_ref().map(|p| p.rules.as_slice()).unwrap_or(&[]),
+    );
     let (detector, errors) = Detector::load(&files);
     for e in &errors {
         warn!(error = %e, "rule skipped");

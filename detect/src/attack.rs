@@ -28,7 +28,11 @@ pub const TACTICS: &[(&str, &str, &str)] = &[
     ("TA0002", "execution", "Execution"),
     ("TA0003", "persistence", "Persistence"),
     ("TA0004", "privilege-escalation", "Privilege Escalation"),
-    ("TA0005", "stealth", "Stealth / Defense Impairment (Defense Evasion before v19)"),
+    (
+        "TA0005",
+        "stealth",
+        "Stealth / Defense Impairment (Defense Evasion before v19)",
+    ),
     ("TA0006", "credential-access", "Credential Access"),
     ("TA0007", "discovery", "Discovery"),
     ("TA0008", "lateral-movement", "Lateral Movement"),
@@ -64,14 +68,7 @@ fn tables() -> &'static Tables {
     TABLES.get_or_init(|| Tables {
         techniques: rows(TECHNIQUES_TSV)
             .filter_map(|r| match r.as_slice() {
-                [id, name, tactics, ..] => Some((
-                    *id,
-                    Technique {
-                        id,
-                        name,
-                        tactics,
-                    },
-                )),
+                [id, name, tactics, ..] => Some((*id, Technique { id, name, tactics })),
                 _ => None,
             })
             .collect(),
@@ -153,10 +150,7 @@ mod tests {
     #[test]
     fn names_come_beside_ids() {
         assert_eq!(describe_technique("T1059.004"), "T1059.004 Unix Shell");
-        assert_eq!(
-            technique("T1685.004").map(|t| t.tactics),
-            Some("defense-impairment")
-        );
+        assert_eq!(technique("T1685.004").map(|t| t.tactics), Some("defense-impairment"));
         assert_eq!(tactic_name("TA0002"), Some("Execution"));
         assert_eq!(describe_technique("T9999"), "T9999");
     }

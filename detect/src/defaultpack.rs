@@ -29,12 +29,10 @@ include!(concat!(env!("OUT_DIR"), "/sigmahq.rs"));
 
 /// SigmaHQ rules at medium or above that are shipped but off by default, with the
 /// reason (figures in docs/detection-content.md, measured by `ward-noisebench`).
-pub const SIGMAHQ_EXCLUDED: &[(&str, &str)] = &[
-    (
-        "312b42b1-bded-4441-8b58-163a3af58775",
-        "Potentially Suspicious Execution From Tmp Folder: every program under /tmp, build trees included; Ward's tuned rule f6a75cc7 covers /tmp, /var/tmp and /dev/shm without them",
-    ),
-];
+pub const SIGMAHQ_EXCLUDED: &[(&str, &str)] = &[(
+    "312b42b1-bded-4441-8b58-163a3af58775",
+    "Potentially Suspicious Execution From Tmp Folder: every program under /tmp, build trees included; Ward's tuned rule f6a75cc7 covers /tmp, /var/tmp and /dev/shm without them",
+)];
 
 /// Why a shipped SigmaHQ rule is off by default, or `None` when it is on.
 pub fn sigmahq_off_reason(rule: &ShippedRule) -> Option<&'static str> {
@@ -120,7 +118,7 @@ pub fn shipped_rule_files() -> Vec<RuleFile> {
 }
 
 /// Ids in `ids` that name no shipped rule (for config checks).
-pub fn unknown_ids<'a>(ids: &'a [String]) -> Vec<&'a str> {
+pub fn unknown_ids(ids: &[String]) -> Vec<&str> {
     ids.iter()
         .map(String::as_str)
         .filter(|id| {

@@ -534,7 +534,11 @@ mod tests {
             from_path: None,
         };
         let log = describe(ready(logs.join("syslog")), &mut hashes, std::slice::from_ref(&logs));
-        assert_eq!((log.sha256, log.size), (None, Some(0)), "truncation still shows as size 0");
+        assert_eq!(
+            (log.sha256, log.size),
+            (None, Some(0)),
+            "truncation still shows as size 0"
+        );
         let other = describe(ready(dir.path().join("other")), &mut hashes, &[logs]);
         assert_eq!(other.sha256, Some(sha(b"x")));
     }

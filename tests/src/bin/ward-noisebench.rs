@@ -86,9 +86,15 @@ fn project(w: &Path) -> Result<()> {
         app.join("Cargo.toml"),
         "[package]\nname = \"noiseapp\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
     )?;
-    std::fs::write(app.join("build.rs"), "fn main() {\n    println!(\"cargo:rerun-if-changed=build.rs\");\n}\n")?;
+    std::fs::write(
+        app.join("build.rs"),
+        "fn main() {\n    println!(\"cargo:rerun-if-changed=build.rs\");\n}\n",
+    )?;
     std::fs::write(app.join("src/lib.rs"), LIB)?;
-    std::fs::write(app.join("src/main.rs"), "fn main() {\n    println!(\"{}\", noiseapp::add(1, 2));\n}\n")?;
+    std::fs::write(
+        app.join("src/main.rs"),
+        "fn main() {\n    println!(\"{}\", noiseapp::add(1, 2));\n}\n",
+    )?;
     std::fs::write(app.join("NOTES.md"), "# notes\n")?;
     sh(
         "git init -q && git config user.email dev@example.com && git config user.name dev && git add -A && git commit -qm init",
@@ -97,7 +103,10 @@ fn project(w: &Path) -> Result<()> {
     let mk = w.join("mk");
     std::fs::create_dir_all(&mk)?;
     std::fs::write(mk.join("hello.c"), "int main(void) { return 0; }\n")?;
-    std::fs::write(mk.join("Makefile"), "hello: hello.c\n\tcc -o hello hello.c\n\trm -f hello\n")?;
+    std::fs::write(
+        mk.join("Makefile"),
+        "hello: hello.c\n\tcc -o hello hello.c\n\trm -f hello\n",
+    )?;
     Ok(())
 }
 
