@@ -184,6 +184,38 @@ mod tests {
     }
 
     #[test]
+    fn the_whole_pack_matches_what_each_rule_matches_alone() {
+        let files = default_rule_files(&PackChoice::default());
+        let (whole, _) = Detector::load(&files);
+        let events: Vec<crate::event::Event> = [
+            ("/usr/bin/nohup", "nohup sleep 1"),
+            ("/usr/bin/hostname", "hostname"),
+            ("/usr/bin/chmod", "chmod +x /tmp/a/h.sh"),
+            ("/usr/bin/base64", "base64 -d /tmp/a/p.b64"),
+            ("/tmp/.x/kworker", "[kworker/0:1]"),
+        ]
+        .iter()
+        .map(|(exe, cmd)| {
+            let v = serde_json::json!({"kind": "process", "exe": exe, "cmdline": cmd, "parent_exe": "/usr/bin/bash"});
+            let serde_json::Value::Object(m) = v else { unreachable!() };
+            crate::rulestest::event_from_partial(1, m).unwrap()
+        })
+        .collect();
+        let alone: Vec<Detector> = files
+            .iter()
+            .map(|f| Detector::load(std::slice::from_ref(f)).0)
+            .collect();
+        for e in &events {
+            let mut want: Vec<String> = alone.iter().flat_map(|d| d.evaluate(e)).map(|d| d.rule.id).collect();
+            let mut got: Vec<String> = whole.evaluate(e).into_iter().map(|d| d.rule.id).collect();
+            want.sort();
+            got.sort();
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "{e:?}");
+        }
+    }
+
+    #[test]
     fn choices_turn_shipped_rules_on_and_off() {
         let low = SIGMAHQ_RULES.iter().find(|r| r.level == "low").unwrap();
         let builtin_id = rule_file_id(BUILTIN_RULES[0].1).to_string();
