@@ -13,7 +13,7 @@
 //!
 //! Prints two tables per agent: every alert it raised (other people's builds and
 //! tests on a shared machine included), and those the activity caused (the
-//! benchmark's process tree among the alert's ancestors, or its work dir in the
+//! session shell among the alert's ancestors, or its work dir in the
 //! alert): rule, level, alert rows at the collector, events folded into them, and
 //! alert rows per hour.
 
@@ -136,7 +136,7 @@ struct Row {
 }
 
 /// Every alert of `device`, or (with `workload`) only those the activity caused:
-/// its process tree (the benchmark's pid among the ancestors) or its work dir.
+/// its process tree (the session shell's pid among the ancestors) or its work dir.
 fn tally(collector: &Collector, device: &str, workload: Option<(u32, &str)>) -> Result<Vec<Row>> {
     let db = collector.db()?;
     let (pid, dir) = match workload {
@@ -211,32 +211,51 @@ async fn main() -> Result<()> {
     let http = collector.http.to_string();
     let started = Instant::now();
     let until = Duration::from_secs_f64(cli.minutes * 60.0);
-    let mut rounds = 0u64;
-    while started.elapsed() < until {
-        rounds += 1;
-        // On stdin, as typed: the script never sits in one command line (rules
-        // matching `sh -c` with the whole script would measure the harness).
-        let mut child = Command::new("bash")
-            .args(["-s", "--"])
-            .arg(work.path())
-            .arg(&http)
-            .arg(rounds.to_string())
-            .current_dir(work.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("activity round")?;
-        {
-            use std::io::Write as _;
-            let mut stdin = child.stdin.take().context("stdin")?;
-            stdin.write_all(ROUND.as_bytes())?;
-        }
-        let ok = child.wait()?.success();
-        if !ok {
-            eprintln!("round {rounds} had a failing step");
-        }
-        tokio::time::sleep(Duration::from_secs(cli.pause_s)).await;
+    // One terminal session for the whole run, as a developer works: a shell that
+    // leads its own session (setsid), fed on stdin as typed (the script never sits in
+    // one command line), each round a function call, so the commands are children
+    // of that shell as they are of a login shell.
+    let mut session = Command::new("setsid")
+        .args(["bash", "-s", "--"])
+        .arg(work.path())
+        .arg(&http)
+        .current_dir(work.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("the developer's shell")?;
+    let shell_pid = session.id();
+    {
+        use std::io::Write as _;
+        let mut stdin = session.stdin.take().context("stdin")?;
+        let script = format!(
+            "round() {{\n{ROUND}\n}}\nI=0\nwhile :; do I=$((I+1)); round \"$1\" \"$2\" $I; echo round $I; sleep {}; done\n",
+            cli.pause_s
+        );
+        stdin.write_all(script.as_bytes())?;
+        // Kept open: the shell reads the loop and runs it until it is stopped.
+        std::mem::forget(stdin);
     }
+    let stdout = session.stdout.take().context("stdout")?;
+    let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = rounds.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("round ") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::time::sleep(until).await;
+    // The shell leads its own process group: stop it and whatever it runs.
+    // SAFETY: kill has no memory effects; the group is the session this run started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-(shell_pid as i32), libc::SIGTERM);
+    }
+    let _ = session.wait();
+    let rounds = rounds.load(std::sync::atomic::Ordering::Relaxed);
     let elapsed = started.elapsed();
     // Repeats folded in the agents' 60 s windows arrive when the window closes.
     tokio::time::sleep(Duration::from_secs(65)).await;
@@ -246,7 +265,7 @@ async fn main() -> Result<()> {
         elapsed.as_secs_f64() / 60.0
     );
     let mut by_agent = BTreeMap::new();
-    let me = std::process::id();
+    let me = shell_pid;
     let dir = work.path().display().to_string();
     for (name, agent) in [("default pack", &default_agent), ("every shipped rule", &all_agent)] {
         let rows = tally(&collector, &agent.device_id, None)?;
