@@ -29,10 +29,24 @@ include!(concat!(env!("OUT_DIR"), "/sigmahq.rs"));
 
 /// SigmaHQ rules at medium or above that are shipped but off by default, with the
 /// reason (figures in docs/detection-content.md, measured by `ward-noisebench`).
-pub const SIGMAHQ_EXCLUDED: &[(&str, &str)] = &[(
-    "312b42b1-bded-4441-8b58-163a3af58775",
-    "Potentially Suspicious Execution From Tmp Folder: every program under /tmp, build trees included; Ward's tuned rule f6a75cc7 covers /tmp, /var/tmp and /dev/shm without them",
-)];
+pub const SIGMAHQ_EXCLUDED: &[(&str, &str)] = &[
+    (
+        "312b42b1-bded-4441-8b58-163a3af58775",
+        "Potentially Suspicious Execution From Tmp Folder: every program under /tmp, build trees included; Ward's tuned rule f6a75cc7 covers /tmp, /var/tmp and /dev/shm without them",
+    ),
+    (
+        "2aa1440c-9ae9-4d92-84a7-a9e5f5e31695",
+        "Suspicious Activity in Shell Commands (high): its keywords '*base64 -d /tmp/*' and '* /tmp/*.b64 *' fire on any base64 file decoded in /tmp; replaced by the tuned copy 7c0f4e55 without them",
+    ),
+    (
+        "e4ffe466-6ff8-48d4-94bd-e32d1a6061e2",
+        "Nohup Execution: every nohup, an everyday developer command; Suspicious Nohup Execution (457df417, high: nohup of a program in /tmp) stays on",
+    ),
+    (
+        "6419afd1-3742-47a5-a7e6-b50386cd15f8",
+        "Chmod Targeting Sensitive Directories: any chmod of a path in /tmp, /etc or /opt (chmod +x of a script in /tmp); Ward's setuid/setgid rules cover the dangerous modes",
+    ),
+];
 
 /// Why a shipped SigmaHQ rule is off by default, or `None` when it is on.
 pub fn sigmahq_off_reason(rule: &ShippedRule) -> Option<&'static str> {
@@ -185,34 +199,73 @@ mod tests {
 
     #[test]
     fn the_whole_pack_matches_what_each_rule_matches_alone() {
-        let files = default_rule_files(&PackChoice::default());
-        let (whole, _) = Detector::load(&files);
-        let events: Vec<crate::event::Event> = [
-            ("/usr/bin/nohup", "nohup sleep 1"),
-            ("/usr/bin/hostname", "hostname"),
-            ("/usr/bin/chmod", "chmod +x /tmp/a/h.sh"),
-            ("/usr/bin/base64", "base64 -d /tmp/a/p.b64"),
-            ("/tmp/.x/kworker", "[kworker/0:1]"),
-        ]
-        .iter()
-        .map(|(exe, cmd)| {
-            let v = serde_json::json!({"kind": "process", "exe": exe, "cmdline": cmd, "parent_exe": "/usr/bin/bash"});
-            let serde_json::Value::Object(m) = v else { unreachable!() };
-            crate::rulestest::event_from_partial(1, m).unwrap()
-        })
-        .collect();
-        let alone: Vec<Detector> = files
-            .iter()
-            .map(|f| Detector::load(std::slice::from_ref(f)).0)
-            .collect();
-        for e in &events {
-            let mut want: Vec<String> = alone.iter().flat_map(|d| d.evaluate(e)).map(|d| d.rule.id).collect();
-            let mut got: Vec<String> = whole.evaluate(e).into_iter().map(|d| d.rule.id).collect();
-            want.sort();
-            got.sort();
-            assert!(!want.is_empty());
-            assert_eq!(got, want, "{e:?}");
+        // The default pack, and the 197-rule pack of 2026-12-06 (before the last
+        // exclusions) with which rsigma's bloom pre-filter lost these matches.
+        let before = PackChoice {
+            sigmahq: true,
+            enabled: [
+                "2aa1440c-9ae9-4d92-84a7-a9e5f5e31695",
+                "e4ffe466-6ff8-48d4-94bd-e32d1a6061e2",
+                "6419afd1-3742-47a5-a7e6-b50386cd15f8",
+            ]
+            .map(String::from)
+            .to_vec(),
+            disabled: vec!["7c0f4e55-2f2b-4d8e-9a57-5b8d9c1e2a31".into()],
+        };
+        for choice in [PackChoice::default(), before] {
+            let files = default_rule_files(&choice);
+            let (whole, _) = Detector::load(&files);
+            let alone: Vec<Detector> = files
+                .iter()
+                .map(|f| Detector::load(std::slice::from_ref(f)).0)
+                .collect();
+            for (exe, cmd) in [
+                ("/usr/bin/nohup", "nohup sleep 1"),
+                ("/usr/bin/nohup", "nohup /tmp/x/run.sh"),
+                ("/usr/bin/hostname", "hostname"),
+                ("/usr/bin/chmod", "chmod +x /tmp/a/h.sh"),
+                ("/usr/bin/chmod", "chmod u+s /tmp/bash"),
+                ("/tmp/.x/kworker", "[kworker/0:1]"),
+            ] {
+                let v =
+                    serde_json::json!({"kind": "process", "exe": exe, "cmdline": cmd, "parent_exe": "/usr/bin/bash"});
+                let serde_json::Value::Object(m) = v else {
+                    unreachable!()
+                };
+                let e = crate::rulestest::event_from_partial(1, m).unwrap();
+                let mut want: Vec<String> = alone.iter().flat_map(|d| d.evaluate(&e)).map(|d| d.rule.id).collect();
+                let mut got: Vec<String> = whole.evaluate(&e).into_iter().map(|d| d.rule.id).collect();
+                want.sort();
+                got.sort();
+                assert_eq!(got, want, "{} rules, {cmd}", files.len());
+            }
         }
+    }
+
+    #[test]
+    fn exclusions_name_shipped_rules_and_tuned_copies_replace_their_upstream() {
+        for (id, why) in SIGMAHQ_EXCLUDED {
+            let r = SIGMAHQ_RULES.iter().find(|r| r.id == *id);
+            assert!(r.is_some_and(|r| sigmahq_off_reason(r) == Some(why)), "{id}");
+        }
+        // A tuned copy (built-in, `related: derived`) never runs beside its upstream rule.
+        let on: Vec<String> = default_rule_files(&PackChoice::default())
+            .iter()
+            .map(|f| rule_file_id(&f.yaml).to_string())
+            .collect();
+        let mut tuned = 0;
+        for (name, yaml) in BUILTIN_RULES.iter().filter(|(n, _)| n.ends_with("_tuned.yml")) {
+            let upstream = yaml
+                .lines()
+                .skip_while(|l| !l.starts_with("related:"))
+                .find_map(|l| l.trim().strip_prefix("- id:"))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("{name} names no related rule"));
+            assert!(!on.iter().any(|id| id == upstream), "{name}: {upstream} still on");
+            tuned += 1;
+        }
+        assert!(tuned >= 1);
+        assert!(!on.iter().any(|id| id == "e4ffe466-6ff8-48d4-94bd-e32d1a6061e2"));
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl fmt::Debug for Detector {
 /// An rsigma engine with its bloom pre-filter off. The pre-filter (about 1.6x
 /// events/s on the 47 built-in rules) loses matches with the default pack: rsigma-eval
 /// 0.23 with the 197 default rules found no rule for `nohup sleep 1`, `hostname` or
-/// `chmod +x /tmp/…`, which each of those rules alone matches (test
+/// `chmod +x /tmp/…`, which a rule of the pack alone matches (test
 /// `defaultpack::tests::the_whole_pack_matches_what_each_rule_matches_alone`).
 fn new_engine() -> Engine {
     let mut e = Engine::new();
