@@ -21,7 +21,15 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 fn top_level(text: &str, key: &str) -> String {
     text.lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-        .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
+        .map(|v| {
+            v.split(" #")
+                .next()
+                .unwrap_or(v)
+                .trim()
+                .trim_matches('\'')
+                .trim_matches('"')
+                .to_string()
+        })
         .unwrap_or_default()
 }
 

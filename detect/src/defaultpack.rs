@@ -152,6 +152,12 @@ mod tests {
         assert_eq!(SIGMAHQ_RULES.len(), 210);
         for r in SIGMAHQ_RULES {
             assert_eq!(r.id.len(), 36, "{}", r.file);
+            assert!(
+                ["informational", "low", "medium", "high", "critical"].contains(&r.level),
+                "{}: level {:?}",
+                r.file,
+                r.level
+            );
             assert!(!r.level.is_empty(), "{}", r.file);
             assert!(r.yaml.contains("author:"), "{}: the DRL needs the author", r.file);
         }
