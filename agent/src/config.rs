@@ -88,6 +88,28 @@ pub struct DetectionConfig {
     /// process, the process image and tree, the source IP) within this window
     /// become one alert with a count; 0 turns folding off.
     pub aggregate_window_ms: u64,
+    /// At most this many alerts of one rule for new entities per aggregation window;
+    /// the rest of that window fold into one alert with a count. 0: no limit.
+    pub rule_max_new_alerts_per_window: u32,
+    /// Run the vetted SigmaHQ Linux rules shipped with the agent (the default pack's
+    /// upstream part, docs/detection-content.md).
+    pub sigmahq_enabled: bool,
+    /// Shipped rule ids to run although they are off by default (low-level SigmaHQ
+    /// rules, excluded ones).
+    pub enabled_rules: Vec<String>,
+    /// Shipped rule ids (built-in or SigmaHQ) this device does not run.
+    pub disabled_rules: Vec<String>,
+}
+
+impl DetectionConfig {
+    /// Which shipped rules this device runs.
+    pub fn pack_choice(&self) -> ward_detect::PackChoice {
+        ward_detect::PackChoice {
+            sigmahq: self.sigmahq_enabled,
+            enabled: self.enabled_rules.clone(),
+            disabled: self.disabled_rules.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -131,6 +153,10 @@ impl Default for DetectionConfig {
         DetectionConfig {
             rules_dir: PathBuf::from("/etc/ward/rules.d"),
             aggregate_window_ms: 60_000,
+            rule_max_new_alerts_per_window: 20,
+            sigmahq_enabled: true,
+            enabled_rules: Vec::new(),
+            disabled_rules: Vec::new(),
         }
     }
 }
@@ -211,6 +237,17 @@ impl Config {
                 kinds.join(", ")
             ));
         }
+        let d = &config.detection;
+        let unknown: Vec<&str> = [&d.enabled_rules, &d.disabled_rules]
+            .into_iter()
+            .flat_map(|ids| ward_detect::defaultpack::unknown_ids(ids))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "detection.enabled_rules / disabled_rules: no shipped rule has the id {} (see docs/detection-content.md)",
+                unknown.join(", ")
+            ));
+        }
         if config.agent.heartbeat_interval_ms < 1_000 {
             return Err("agent.heartbeat_interval_ms must be at least 1000".into());
         }
@@ -238,6 +275,15 @@ mod tests {
         assert_eq!(p.approvals_needed(ward_protocol::ActionKind::Release), 1);
         let err = Config::parse("[response.min_approvals_by_kind]\nisolat = 2\n").unwrap_err();
         assert!(err.contains("unknown action \"isolat\""), "{err}");
+    }
+
+    #[test]
+    fn shipped_rules_are_chosen_by_id() {
+        let c = Config::parse("[detection]\ndisabled_rules = [\"f6a75cc7-b2be-5da6-b02b-1b770784aa68\"]\n").unwrap();
+        assert!(c.detection.pack_choice().sigmahq);
+        assert_eq!(c.detection.pack_choice().disabled.len(), 1);
+        let err = Config::parse("[detection]\nenabled_rules = [\"no-such-rule\"]\n").unwrap_err();
+        assert!(err.contains("no-such-rule"), "{err}");
     }
 
     #[test]

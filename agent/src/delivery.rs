@@ -410,7 +410,7 @@ impl Delivery {
             }
         };
         let (local, local_errors) = rulepack::local_rules(&self.config.detection.rules_dir);
-        let files = rulepack::compose(local, &pack.rules);
+        let files = rulepack::compose(&self.config.detection.pack_choice(), local, &pack.rules);
         let version = pack.version;
         let compiled = tokio::task::spawn_blocking(move || ward_detect::Detector::load(&files)).await;
         let Ok((detector, errors)) = compiled else {

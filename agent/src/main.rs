@@ -69,8 +69,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RulesCommand {
-    /// Show which rules in RULES_DIR match which events in EVENTS.jsonl.
-    Test { rules_dir: PathBuf, events: PathBuf },
+    /// Show which rules match which events in EVENTS.jsonl, the matches per rule and
+    /// each rule's time alone over the events. With RULES_DIR, the rules in it;
+    /// without, the rules the agent runs (the default pack as `--config` chooses it,
+    /// plus its rules dir).
+    #[command(override_usage = "ward-agent rules test [--config FILE] [RULES_DIR] EVENTS.jsonl")]
+    Test {
+        /// `[RULES_DIR] EVENTS.jsonl`
+        #[arg(num_args = 1..=2, required = true, value_names = ["RULES_DIR", "EVENTS"])]
+        paths: Vec<PathBuf>,
+        /// The agent config whose [detection] choices apply (without RULES_DIR).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -133,9 +144,23 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Rules {
-            command: RulesCommand::Test { rules_dir, events },
+            command: RulesCommand::Test { paths, config },
         } => {
-            let report = ward_detect::rulestest::run(&rules_dir, &events)?;
+            let started = std::time::Instant::now();
+            let mut clock_ns = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let report = match paths.as_slice() {
+                [rules_dir, events] => ward_detect::rulestest::run(rules_dir, events, &mut clock_ns)?,
+                [events] => {
+                    let config = Config::load(config.as_deref())?;
+                    let (local, errors) = ward_agent::rulepack::local_rules(&config.detection.rules_dir);
+                    for e in errors {
+                        eprintln!("local rule skipped: {e}");
+                    }
+                    let files = ward_agent::rulepack::compose(&config.detection.pack_choice(), local, &[]);
+                    ward_detect::rulestest::run_files(&files, Vec::new(), events, &mut clock_ns)?
+                }
+                _ => bail!("give [RULES_DIR] EVENTS"),
+            };
             print!("{report}");
             Ok(())
         }

@@ -187,14 +187,11 @@ pub async fn run_detection(
     mut events: mpsc::Receiver<Event>,
     builder: AlertBuilder,
     shared: Arc<Shared>,
-    window_ms: u64,
+    aggregation: AggregatorConfig,
     memory_queue_max_alerts: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut aggregator = Aggregator::new(AggregatorConfig {
-        window_ms,
-        ..AggregatorConfig::default()
-    });
+    let mut aggregator = Aggregator::new(aggregation);
     let mut correlator: Option<Correlator> = rules.detector.correlator();
     let mut pending = Pending {
         max_alerts: memory_queue_max_alerts,

@@ -57,10 +57,10 @@ pub fn local_rules(dir: &Path) -> (Vec<RuleFile>, Vec<String>) {
     }
 }
 
-/// The rule files the agent runs: the built-in pack, the local rules dir, then
-/// the pushed pack's rules.
-pub fn compose(local: Vec<RuleFile>, pushed: &[RuleFile]) -> Vec<RuleFile> {
-    let mut files = ward_detect::builtin_rule_files();
+/// The rule files the agent runs: the default pack (built-in and vetted SigmaHQ
+/// rules, as `choice` says), the local rules dir, then the pushed pack's rules.
+pub fn compose(choice: &ward_detect::PackChoice, local: Vec<RuleFile>, pushed: &[RuleFile]) -> Vec<RuleFile> {
+    let mut files = ward_detect::default_rule_files(choice);
     files.extend(local);
     files.extend(pushed.iter().cloned());
     files

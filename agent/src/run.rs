@@ -47,7 +47,11 @@ pub fn initial_rules(config: &Config, state_dir: &Path, identity: &Identity) -> 
     }
     let pack = rulepack::load(state_dir, &identity.enrollment.keys.active(now_ms()));
     let version = pack.as_ref().map(|p| p.version).unwrap_or(0);
-    let files = rulepack::compose(local, pack.as_ref().map(|p| p.rules.as_slice()).unwrap_or(&[]));
+    let files = rulepack::compose(
+        &config.detection.pack_choice(),
+        local,
+        pack.as_ref().map(|p| p.rules.as_slice()).unwrap_or(&[]),
+    );
     let (detector, errors) = Detector::load(&files);
     for e in &errors {
         warn!(error = %e, "rule skipped");
@@ -128,7 +132,11 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         events_rx,
         builder,
         Arc::clone(&shared),
-        config.detection.aggregate_window_ms,
+        ward_detect::AggregatorConfig {
+            window_ms: config.detection.aggregate_window_ms,
+            max_new_per_rule: config.detection.rule_max_new_alerts_per_window,
+            ..ward_detect::AggregatorConfig::default()
+        },
         config.outbox.memory_queue_max_alerts,
         shutdown.clone(),
     ));

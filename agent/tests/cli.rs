@@ -33,8 +33,18 @@ fn rules_test_shows_which_rules_match_which_lines() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Whoami Run"), "{text}");
     assert!(text.contains("broken.yml"), "the bad rule is reported: {text}");
-    let whoami_lines: Vec<&str> = text.lines().filter(|l| l.contains("Whoami Run")).collect();
+    // The matches table (before the per-rule sections) names line 1 alone.
+    let matches = text.split("matches per rule:").next().unwrap_or_default();
+    let whoami_lines: Vec<&str> = matches.lines().filter(|l| l.contains("Whoami Run")).collect();
     assert_eq!(whoami_lines.len(), 1, "only line 1 matches: {text}");
+    assert!(whoami_lines[0].trim_start().starts_with("1 "), "{text}");
+    let per_rule = text.split("matches per rule:").nth(1).unwrap_or_default();
+    assert!(
+        per_rule
+            .lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("Whoami Run")),
+        "one match counted for the rule: {text}"
+    );
     assert!(text.contains('3'), "line 3 is reported as unreadable: {text}");
 }
 

@@ -212,9 +212,11 @@ pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupErro
             dir.display()
         )));
     }
-    let mut all = ward_detect::builtin_rule_files();
+    // Compiled by the agent's engine together with every shipped rule (on by default
+    // or not) before anything is signed: duplicates of shipped ids and compile
+    // failures count as much as parse errors.
+    let mut all = ward_detect::shipped_rule_files();
     all.extend(files.iter().cloned());
-    // Duplicates of built-in ids and compile failures count as much as parse errors.
     errors.extend(ward_detect::Detector::validate(&all));
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();

@@ -9,7 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use ward_detect::event::Event;
 use ward_detect::rulestest::event_from_partial;
-use ward_detect::{Detector, builtin_rule_files, load_dir};
+use ward_detect::{Detector, PackChoice, builtin_rule_files, default_rule_files, load_dir};
 
 fn ev(v: Value) -> Option<Event> {
     let Value::Object(m) = v else { return None };
@@ -101,7 +101,7 @@ fn detect(c: &mut Criterion) {
     assert!(errors.is_empty());
     bench_pack(c, "detect_builtin", &builtin, &events);
 
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sigma/linux");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/sigmahq/linux");
     let (files, _) = load_dir(&dir).unwrap_or_default();
     let (sigmahq, _) = Detector::load(&files);
     bench_pack(c, "detect_sigmahq_linux", &sigmahq, &events);
@@ -110,6 +110,10 @@ fn detect(c: &mut Criterion) {
     all.extend(files);
     let (both, _) = Detector::load(&all);
     bench_pack(c, "detect_builtin_plus_sigmahq", &both, &events);
+
+    let (default_pack, errors) = Detector::load(&default_rule_files(&PackChoice::default()));
+    assert!(errors.is_empty());
+    bench_pack(c, "detect_default_pack", &default_pack, &events);
 
     c.bench_function("load_builtin_pack", |b| {
         b.iter(|| Detector::load(black_box(&builtin_rule_files())))

@@ -12,6 +12,12 @@
 //! one folder, or runs one command again and again, becomes one alert per window.
 //! The aggregate keeps the first repeat's entities; the count and the first and last
 //! times say how many there were.
+//!
+//! Per-rule rate limit: a rule passes at most `max_new_per_rule` first occurrences
+//! per window (the window starts at the rule's first pass). Past that, new keys of
+//! that rule fold into one overflow aggregate per rule and window (its first
+//! detection, a count and the times), so a flood spread over many folders or
+//! process trees still gives a bounded number of alerts, with counts.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +32,9 @@ pub struct AggregatorConfig {
     pub window_ms: u64,
     /// At most this many (rule, entities) keys are tracked at once.
     pub max_keys: usize,
+    /// At most this many first occurrences of one rule pass per window; the rest
+    /// fold into one overflow alert. 0 means no limit.
+    pub max_new_per_rule: u32,
 }
 
 impl Default for AggregatorConfig {
@@ -33,6 +42,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             window_ms: 60_000,
             max_keys: 10_000,
+            max_new_per_rule: 20,
         }
     }
 }
@@ -75,6 +85,9 @@ pub struct Aggregator {
     slots: HashMap<String, Slot>,
     by_deadline: BTreeMap<(u64, u64), String>,
     next_seq: u64,
+    /// Per rule id: when its rate window ends and how many first occurrences passed.
+    /// Bounded by the number of loaded rules.
+    rule_windows: HashMap<String, (u64, u32)>,
 }
 
 fn key(d: &Detection) -> String {
@@ -90,10 +103,12 @@ impl Aggregator {
             config: AggregatorConfig {
                 window_ms: config.window_ms,
                 max_keys: config.max_keys.max(1),
+                max_new_per_rule: config.max_new_per_rule,
             },
             slots: HashMap::new(),
             by_deadline: BTreeMap::new(),
             next_seq: 0,
+            rule_windows: HashMap::new(),
         }
     }
 
@@ -107,7 +122,12 @@ impl Aggregator {
     /// early to stay within `max_keys` or whose window had already closed.
     pub fn push(&mut self, detection: Detection, now_ms: u64) -> Vec<AggregatedDetection> {
         let mut out = Vec::new();
-        let k = key(&detection);
+        let mut k = key(&detection);
+        let over = self.over_rule_limit(&detection.rule.id, &k, now_ms);
+        if over {
+            // Past the rule's limit: the new key joins the rule's overflow aggregate.
+            k = format!("{}\u{1f}\u{1f}overflow", detection.rule.id);
+        }
         if let Some(slot) = self.slots.get_mut(&k) {
             if now_ms < slot.deadline_ms {
                 match &mut slot.repeats {
@@ -139,16 +159,42 @@ impl Aggregator {
         self.next_seq += 1;
         let deadline_ms = now_ms.saturating_add(self.config.window_ms);
         self.by_deadline.insert((deadline_ms, seq), k.clone());
+        // An overflow aggregate is never sent at once: the rule already passed its
+        // quota of first occurrences in this window.
+        let (repeats, first) = if over {
+            (Some(AggregatedDetection::single(detection)), None)
+        } else {
+            (None, Some(AggregatedDetection::single(detection)))
+        };
         self.slots.insert(
             k,
             Slot {
                 deadline_ms,
                 seq,
-                repeats: None,
+                repeats,
             },
         );
-        out.push(AggregatedDetection::single(detection));
+        out.extend(first);
         out
+    }
+
+    /// Whether a detection of `rule` with key `k` is over the rule's limit of first
+    /// occurrences in its current window; counts it when it is a new pass.
+    fn over_rule_limit(&mut self, rule: &str, k: &str, now_ms: u64) -> bool {
+        let limit = self.config.max_new_per_rule;
+        if limit == 0 || self.config.window_ms == 0 || self.slots.get(k).is_some_and(|s| now_ms < s.deadline_ms) {
+            return false;
+        }
+        let window = self.config.window_ms;
+        let entry = self.rule_windows.entry(rule.to_string()).or_insert((0, 0));
+        if now_ms >= entry.0 {
+            *entry = (now_ms.saturating_add(window), 0);
+        }
+        if entry.1 >= limit {
+            return true;
+        }
+        entry.1 += 1;
+        false
     }
 
     /// Closes every window that ended at or before `now_ms`; returns the aggregates
@@ -265,6 +311,46 @@ mod tests {
         d
     }
 
+    fn file_in(rule: &str, folder: usize, t: u64) -> Detection {
+        let mut d = det(rule, 1, t);
+        d.entities = vec![Entity::File {
+            path: format!("/tmp/f{folder}/eicar.txt"),
+            sha256: None,
+        }];
+        d
+    }
+
+    #[test]
+    fn a_flood_over_many_keys_gives_a_bounded_number_of_alerts_with_counts() {
+        let mut a = Aggregator::new(AggregatorConfig::default());
+        let mut out = Vec::new();
+        // 10,000 known-bad files, each in its own folder, within one window.
+        for i in 0..10_000u64 {
+            out.extend(a.push(file_in("bad", i as usize, 1000 + i), 1000 + i));
+        }
+        // Another rule keeps its own quota.
+        out.extend(a.push(file_in("other", 0, 5000), 5000));
+        assert_eq!(out.len(), 21, "20 first occurrences of `bad`, 1 of `other`");
+        out.extend(a.flush_all());
+        let bad: Vec<_> = out.iter().filter(|d| d.detection.rule.id == "bad").collect();
+        assert_eq!(bad.len(), 21, "plus one overflow aggregate");
+        assert_eq!(bad.iter().map(|d| u64::from(d.count)).sum::<u64>(), 10_000);
+        let overflow = bad.iter().find(|d| d.count > 1).unwrap();
+        assert_eq!((overflow.count, overflow.first_observed_ms), (9_980, 1020));
+        // The next window has a fresh quota.
+        assert_eq!(a.push(file_in("bad", 1, 200_000), 200_000).len(), 1);
+    }
+
+    #[test]
+    fn no_rule_limit_when_it_is_zero() {
+        let mut a = Aggregator::new(AggregatorConfig {
+            max_new_per_rule: 0,
+            ..AggregatorConfig::default()
+        });
+        let passed: usize = (0..100).map(|i| a.push(file_in("bad", i, 1000), 1000).len()).sum();
+        assert_eq!(passed, 100);
+    }
+
     #[test]
     fn repeats_fold_within_one_process_tree_only() {
         let mut a = Aggregator::new(AggregatorConfig::default());
@@ -295,6 +381,7 @@ mod tests {
         let mut a = Aggregator::new(AggregatorConfig {
             window_ms: 60_000,
             max_keys: 2,
+            max_new_per_rule: 0,
         });
         a.push(det("r", 1, 0), 0);
         a.push(det("r", 1, 1), 1);

@@ -1,6 +1,9 @@
 //! The built-in Linux Sigma rule pack, embedded in the binary so the agent detects
 //! with no files on disk. Content only: the rules live in `detect/rules/builtin/`,
-//! each with true- and false-positive events in `detect/rules/tests/`.
+//! each with true- and false-positive events in `detect/rules/tests/`. A few are
+//! SigmaHQ rules tuned for Ward (`*_tuned.yml`: `related` names the upstream rule,
+//! the author is kept under the Detection Rule License); the upstream rule is then in
+//! `defaultpack::SIGMAHQ_EXCLUDED`.
 
 use ward_protocol::RuleFile;
 
@@ -37,7 +40,9 @@ builtin!(
     "lnx_ward_known_bad_process_hash.yml",
     "lnx_ward_ld_so_preload.yml",
     "lnx_ward_log_file_deleted.yml",
+    "lnx_ward_log_file_truncated.yml",
     "lnx_ward_log_tampering_cmd.yml",
+    "lnx_ward_masquerading_system_name.yml",
     "lnx_ward_pam_config_changed.yml",
     "lnx_ward_rc_local_init_script.yml",
     "lnx_ward_revshell_dev_tcp.yml",
@@ -49,6 +54,7 @@ builtin!(
     "lnx_ward_shadow_read_auditd.yml",
     "lnx_ward_shadow_read_cmdline.yml",
     "lnx_ward_shell_profile_modified.yml",
+    "lnx_ward_shell_susp_commands_tuned.yml",
     "lnx_ward_ssh_auth_failure.yml",
     "lnx_ward_ssh_authorized_keys.yml",
     "lnx_ward_ssh_private_key_read.yml",

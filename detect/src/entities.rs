@@ -36,8 +36,8 @@ pub const TACTICS: &[(&str, &str)] = &[
     ("impact", "TA0040"),
 ];
 
-/// Technique ids (`T1059.004`) and tactic ids (`TA0002`) from Sigma tags, in tag
-/// order, without duplicates. Unknown `attack.*` tags (groups, software) are ignored.
+/// Technique ids (`T1059.004`, normalised to ATT&CK v19 by [`crate::attack`]) and
+/// tactic ids (`TA0002`) from Sigma tags, in tag order, without duplicates. Unknown `attack.*` tags (groups, software) are ignored.
 pub fn attack_ids(tags: &[String]) -> (Vec<String>, Vec<String>) {
     let mut techniques = Vec::new();
     let mut tactics = Vec::new();
@@ -55,7 +55,8 @@ pub fn attack_ids(tags: &[String]) -> (Vec<String>, Vec<String>) {
             && rest[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.')
             && rest[1..5].bytes().all(|b| b.is_ascii_digit());
         if is_technique {
-            let id = rest.to_ascii_uppercase();
+            // One ATT&CK: old, revoked and moved ids become their v19 id.
+            let id = crate::attack::normalize_technique(&rest.to_ascii_uppercase());
             if !techniques.contains(&id) {
                 techniques.push(id);
             }

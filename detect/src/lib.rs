@@ -6,15 +6,17 @@
 //! [`load_dir`] / [`rulestest::run`] edge. No async runtime, socket or database crate
 //! among its dependencies (`tests/tests/e2e/sans_io.rs` checks `cargo tree`).
 //!
-//! Flow: [`Detector::load`] (built-in pack from [`builtin_rule_files`] + pushed
-//! rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the
+//! Flow: [`Detector::load`] (the default pack from [`default_rule_files`]: built-in
+//! and vetted SigmaHQ rules, + local and pushed rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the
 //! rules include Sigma correlations → [`Aggregator::push`] / [`Aggregator::flush`]
 //! folds repeats into one alert with a count. [`mapping`] is the only place that
 //! knows both Ward's event fields and Sigma's field names.
 
 pub mod aggregate;
+pub mod attack;
 pub mod builtin;
 pub mod correlate;
+pub mod defaultpack;
 pub mod engine;
 pub mod entities;
 pub mod event;
@@ -24,6 +26,7 @@ pub mod rulestest;
 pub use aggregate::{AggregatedDetection, Aggregator, AggregatorConfig};
 pub use builtin::{BUILTIN_RULES, builtin_rule_files};
 pub use correlate::Correlator;
+pub use defaultpack::{PackChoice, default_rule_files, shipped_rule_files};
 pub use engine::{
     Detection, Detector, DetectorStats, LoadDirError, MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind,
     load_dir,

@@ -1,7 +1,9 @@
-//! The library behind `ward-agent rules test RULES_DIR EVENTS.jsonl`: which rules
-//! match which event lines, printable as a table. Reading the two inputs is the
-//! only IO ([`run`]); [`test_rules`] and [`parse_event_line`] are pure. A bad line
-//! or a bad rule is reported, never fatal.
+//! The library behind `ward-agent rules test [RULES_DIR] EVENTS.jsonl`: which rules
+//! match which event lines, and per rule its match count and what it cost alone
+//! (each rule file compiled by itself and timed over every event), printable as
+//! tables. Reading the inputs is the only IO ([`run`], [`run_files`]); the clock is
+//! a parameter (`clock_ns`); [`test_rules`], [`rule_costs`] and [`parse_event_line`]
+//! are pure. A bad line or a bad rule is reported, never fatal.
 //!
 //! An event line is one JSON object, in one of three shapes:
 //! - a Ward [`Event`]: `{"observed_at_ms": 1, "data": {"kind": "process", ...}}`;
@@ -28,6 +30,11 @@ use crate::event::{AuditEvent, AuthEvent, Event, ProcessEvent, SensorGap};
 
 /// A line longer than this is reported, not parsed.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// At most this many events are kept in memory to time each rule over them.
+pub const MAX_TIMED_EVENTS: usize = 200_000;
+/// A rule costing more than this per event, on its own, is flagged as over budget
+/// (the 49 built-in rules together cost about 3.8 us per event in a release build).
+pub const RULE_BUDGET_NS_PER_EVENT: u64 = 2_000;
 
 /// One parsed event line.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +73,29 @@ pub struct RulesTestReport {
     pub events: usize,
     pub line_errors: Vec<LineError>,
     pub matches: Vec<LineMatch>,
+    /// Per detection rule: its matches and its time alone, slowest first (empty
+    /// when no clock was given).
+    pub costs: Vec<RuleCost>,
+    /// The events the costs were measured over (at most [`MAX_TIMED_EVENTS`]).
+    pub timed_events: usize,
+}
+
+/// What one rule file's rules cost on their own over the timed events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCost {
+    /// The file's first rule (`rules_in_file` says when there are more).
+    pub rule: RuleRef,
+    pub rules_in_file: usize,
+    pub matches: usize,
+    /// Wall time of evaluating every timed event with this file's rules alone.
+    pub nanos: u64,
+}
+
+impl RuleCost {
+    /// Nanoseconds per event.
+    pub fn ns_per_event(&self, events: usize) -> u64 {
+        self.nanos / (events.max(1) as u64)
+    }
 }
 
 /// Errors that stop `rules test` before it starts.
@@ -77,14 +107,30 @@ pub enum RulesTestError {
     Events { path: String, source: std::io::Error },
 }
 
-/// Reads the rules in `rules_dir` and the events in `events_path`, then tests.
-pub fn run(rules_dir: &Path, events_path: &Path) -> Result<RulesTestReport, RulesTestError> {
-    let (files, mut read_errors) = load_dir(rules_dir)?;
+/// Reads the rules in `rules_dir` and the events in `events_path`, then tests and
+/// times each rule with `clock_ns` (a monotonic clock in nanoseconds).
+pub fn run(
+    rules_dir: &Path,
+    events_path: &Path,
+    clock_ns: &mut dyn FnMut() -> u64,
+) -> Result<RulesTestReport, RulesTestError> {
+    let (files, read_errors) = load_dir(rules_dir)?;
+    run_files(&files, read_errors, events_path, clock_ns)
+}
+
+/// Tests `files` (e.g. the agent's default pack) against the events in
+/// `events_path`; `read_errors` are reported with the rules' own errors.
+pub fn run_files(
+    files: &[RuleFile],
+    mut read_errors: Vec<RuleError>,
+    events_path: &Path,
+    clock_ns: &mut dyn FnMut() -> u64,
+) -> Result<RulesTestReport, RulesTestError> {
     let file = std::fs::File::open(events_path).map_err(|source| RulesTestError::Events {
         path: events_path.display().to_string(),
         source,
     })?;
-    let (detector, rule_errors) = Detector::load(&files);
+    let (detector, rule_errors) = Detector::load(files);
     read_errors.extend(rule_errors);
     let mut report = RulesTestReport {
         rules_loaded: detector.stats().loaded,
@@ -95,13 +141,20 @@ pub fn run(rules_dir: &Path, events_path: &Path) -> Result<RulesTestReport, Rule
     let mut reader = std::io::BufReader::new(file);
     let mut buf = Vec::new();
     let mut line_no = 0;
+    let mut timed = Vec::new();
     loop {
         buf.clear();
         line_no += 1;
         match read_capped_line(&mut reader, &mut buf) {
             Ok(None) => break,
             Ok(Some(true)) => match std::str::from_utf8(&buf) {
-                Ok(line) => test_line(&detector, correlator.as_mut(), line_no, line, &mut report),
+                Ok(line) => {
+                    if let Some(ev) = test_line(&detector, correlator.as_mut(), line_no, line, &mut report)
+                        && timed.len() < MAX_TIMED_EVENTS
+                    {
+                        timed.push(ev);
+                    }
+                }
                 Err(_) => report.line_errors.push(LineError {
                     line: line_no,
                     message: "not UTF-8".into(),
@@ -119,7 +172,50 @@ pub fn run(rules_dir: &Path, events_path: &Path) -> Result<RulesTestReport, Rule
             }
         }
     }
+    report.costs = rule_costs(files, &timed, clock_ns);
+    report.timed_events = timed.len();
     Ok(report)
+}
+
+/// Compiles each rule file alone and times it over `events` with `clock_ns`;
+/// slowest first. Files that do not load alone (a correlation needs the rules it
+/// names; their matches are in the report's matches) are left out.
+pub fn rule_costs(files: &[RuleFile], events: &[EventLine], clock_ns: &mut dyn FnMut() -> u64) -> Vec<RuleCost> {
+    let mut costs = Vec::new();
+    for file in files {
+        let (det, errors) = Detector::load(std::slice::from_ref(file));
+        let Some(first) = det.rules().next().cloned() else {
+            continue;
+        };
+        if !errors.is_empty() || det.stats().correlations > 0 {
+            continue;
+        }
+        // One untimed evaluation first: lazily built matcher state is not the rule's cost.
+        if let Some(EventLine::Ward(e)) = events.first() {
+            det.evaluate(e);
+        }
+        let mut matches = 0;
+        let start = clock_ns();
+        for ev in events {
+            matches += match ev {
+                EventLine::Ward(e) => det.evaluate(e).len(),
+                EventLine::Sigma {
+                    fields,
+                    bucket,
+                    service,
+                } => det.evaluate_sigma_fields(fields, *bucket, service.as_deref()).len(),
+            };
+        }
+        let nanos = clock_ns().saturating_sub(start);
+        costs.push(RuleCost {
+            rule: first,
+            rules_in_file: det.stats().loaded,
+            matches,
+            nanos,
+        });
+    }
+    costs.sort_by(|a, b| b.nanos.cmp(&a.nanos).then_with(|| a.rule.id.cmp(&b.rule.id)));
+    costs
 }
 
 /// Reads one line into `buf`, keeping at most [`MAX_LINE_BYTES`]. `None` at end of
@@ -173,16 +269,28 @@ pub fn test_rules(files: &[RuleFile], events_jsonl: &str) -> RulesTestReport {
     report
 }
 
+/// Match counts per rule id (correlations included), most first.
+pub fn match_counts(matches: &[LineMatch]) -> Vec<(&RuleRef, usize)> {
+    let mut by_id: std::collections::BTreeMap<&str, (&RuleRef, usize)> = std::collections::BTreeMap::new();
+    for m in matches {
+        by_id.entry(m.rule.id.as_str()).or_insert((&m.rule, 0)).1 += 1;
+    }
+    let mut out: Vec<(&RuleRef, usize)> = by_id.into_values().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id)));
+    out
+}
+
+/// Tests one line; returns the parsed event for timing.
 fn test_line(
     detector: &Detector,
     correlator: Option<&mut Correlator>,
     line_no: usize,
     line: &str,
     report: &mut RulesTestReport,
-) {
+) -> Option<EventLine> {
     let trimmed = line.trim();
     if trimmed.is_empty() || trimmed.starts_with('#') {
-        return;
+        return None;
     }
     report.events += 1;
     match parse_event_line(trimmed) {
@@ -197,6 +305,7 @@ fn test_line(
                     rule: d.rule,
                 });
             }
+            Some(EventLine::Ward(event))
         }
         Ok(EventLine::Sigma {
             fields,
@@ -206,8 +315,16 @@ fn test_line(
             for rule in detector.evaluate_sigma_fields(&fields, bucket, service.as_deref()) {
                 report.matches.push(LineMatch { line: line_no, rule });
             }
+            Some(EventLine::Sigma {
+                fields,
+                bucket,
+                service,
+            })
         }
-        Err(message) => report.line_errors.push(LineError { line: line_no, message }),
+        Err(message) => {
+            report.line_errors.push(LineError { line: line_no, message });
+            None
+        }
     }
 }
 
@@ -309,6 +426,54 @@ impl fmt::Display for RulesTestReport {
                     m.rule.severity.as_str(),
                     m.rule.id,
                     m.rule.title
+                )?;
+            }
+        }
+        let counts = match_counts(&self.matches);
+        if !counts.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "matches per rule:")?;
+            writeln!(f, "{:>7}  {:<36}  title", "matches", "rule id")?;
+            for (rule, n) in counts {
+                writeln!(f, "{n:>7}  {:<36}  {}", rule.id, rule.title)?;
+            }
+        }
+        if !self.costs.is_empty() {
+            let over = self
+                .costs
+                .iter()
+                .filter(|c| c.ns_per_event(self.timed_events) > RULE_BUDGET_NS_PER_EVENT)
+                .count();
+            writeln!(f)?;
+            writeln!(
+                f,
+                "time per rule, each alone over {} events (budget {RULE_BUDGET_NS_PER_EVENT} ns/event; {over} over):",
+                self.timed_events
+            )?;
+            writeln!(
+                f,
+                "{:>10}  {:>8}  {:>7}  {:<36}  title",
+                "total us", "ns/event", "matches", "rule id"
+            )?;
+            for c in &self.costs {
+                let per = c.ns_per_event(self.timed_events);
+                let more = if c.rules_in_file > 1 {
+                    format!(" (+{} more rules in its file)", c.rules_in_file - 1)
+                } else {
+                    String::new()
+                };
+                let flag = if per > RULE_BUDGET_NS_PER_EVENT {
+                    "  OVER BUDGET"
+                } else {
+                    ""
+                };
+                writeln!(
+                    f,
+                    "{:>10}  {per:>8}  {:>7}  {:<36}  {}{more}{flag}",
+                    c.nanos / 1000,
+                    c.matches,
+                    c.rule.id,
+                    c.rule.title
                 )?;
             }
         }
@@ -416,6 +581,61 @@ level: high
             .map(|m| m.line)
             .collect();
         assert_eq!(corr_hits, vec![3]);
+    }
+
+    #[test]
+    fn each_rule_is_counted_and_timed_alone() {
+        let slow = RULE
+            .replace(
+                "11111111-1111-1111-1111-111111111111",
+                "33333333-3333-3333-3333-333333333333",
+            )
+            .replace("Whoami", "Slow");
+        let files = vec![
+            RuleFile {
+                name: "a.yml".into(),
+                yaml: RULE.into(),
+            },
+            RuleFile {
+                name: "s.yml".into(),
+                yaml: slow,
+            },
+        ];
+        let events: Vec<EventLine> = ["whoami", "ls", "whoami -a"]
+            .iter()
+            .map(|c| parse_event_line(&format!(r#"{{"kind":"process","cmdline":"{c}"}}"#)).unwrap())
+            .collect();
+        // A fake clock: every reading advances 1 us, so each rule's run costs 1 us.
+        let mut t = 0;
+        let mut clock = || {
+            t += 1_000;
+            t
+        };
+        let costs = rule_costs(&files, &events, &mut clock);
+        assert_eq!(costs.len(), 2);
+        assert!(costs.iter().all(|c| c.matches == 2 && c.nanos == 1_000), "{costs:?}");
+        let report = RulesTestReport {
+            rules_loaded: 2,
+            events: 3,
+            matches: vec![
+                LineMatch {
+                    line: 1,
+                    rule: costs[0].rule.clone(),
+                },
+                LineMatch {
+                    line: 3,
+                    rule: costs[0].rule.clone(),
+                },
+            ],
+            timed_events: 3,
+            costs,
+            ..RulesTestReport::default()
+        };
+        let text = report.to_string();
+        assert!(text.contains("matches per rule:"), "{text}");
+        assert!(text.contains("      2  11111111"), "{text}");
+        assert!(text.contains("ns/event"), "{text}");
+        assert!(!text.contains("OVER BUDGET"), "{text}");
     }
 
     #[test]

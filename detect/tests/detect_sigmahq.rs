@@ -9,7 +9,7 @@ use ward_detect::rulestest::event_from_partial;
 use ward_detect::{Detector, load_dir};
 
 fn sigmahq() -> (Detector, Vec<ward_detect::RuleError>, usize) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sigma/linux");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/sigmahq/linux");
     let (files, mut errors) = load_dir(&dir).unwrap();
     let n = files.len();
     let (det, e) = Detector::load(&files);

@@ -239,10 +239,11 @@ impl Coalescer {
 
 /// Builds the event for a ready change: mode, owner, size and (regular files under the limit)
 /// SHA-256. A file already gone is reported without them.
-pub fn describe(ready: Ready, hashes: &mut HashCache) -> FileEvent {
+pub fn describe(ready: Ready, hashes: &mut HashCache, no_hash: &[PathBuf]) -> FileEvent {
     let meta = std::fs::symlink_metadata(&ready.path).ok();
     let is_file = meta.as_ref().is_some_and(|m| m.is_file());
-    let sha256 = if is_file && ready.op != FileOp::Delete {
+    let skip = no_hash.iter().any(|p| ready.path.starts_with(p));
+    let sha256 = if is_file && ready.op != FileOp::Delete && !skip {
         hashes.hash(&ready.path).ok()
     } else {
         None
@@ -420,6 +421,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
     let mut hashes = HashCache::new(config.hash_cache_entries, config.file_hash_max_bytes);
+    let no_hash: Vec<PathBuf> = config.file_hash_skip_paths.iter().map(PathBuf::from).collect();
     let mut coalescer = Coalescer::new(
         Duration::from_millis(config.file_settle_ms),
         Duration::from_millis(config.file_max_delay_ms),
@@ -472,7 +474,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                 };
                 let (changed, _) = rescan(std::slice::from_ref(root), &since, RESCAN_MAX_ENTRIES);
                 for r in changed {
-                    let ev = describe(r, &mut hashes);
+                    let ev = describe(r, &mut hashes, &no_hash);
                     if reported.is_new(&ev) && !ctx.emit(EventData::File(ev)) {
                         return Ok(());
                     }
@@ -530,7 +532,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                 for r in changed {
                     // Recorded, so the watch's own event for a file the rescan found
                     // (written as the watches went up) is not a second report.
-                    let ev = describe(r, &mut hashes);
+                    let ev = describe(r, &mut hashes, &no_hash);
                     if reported.is_new(&ev) && !ctx.emit(EventData::File(ev)) {
                         return Ok(());
                     }
@@ -573,7 +575,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
         }
         ready.extend(coalescer.due(Instant::now()));
         for r in ready {
-            let ev = describe(r, &mut hashes);
+            let ev = describe(r, &mut hashes, &no_hash);
             if !reported.is_new(&ev) {
                 continue;
             }
@@ -640,6 +642,29 @@ mod tests {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         out
+    }
+
+    #[test]
+    fn files_under_skip_paths_are_described_without_a_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("log");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("syslog"), b"").unwrap();
+        std::fs::write(dir.path().join("other"), b"x").unwrap();
+        let mut hashes = HashCache::new(16, 1024);
+        let ready = |p: PathBuf| Ready {
+            op: FileOp::Modify,
+            path: p,
+            from_path: None,
+        };
+        let log = describe(ready(logs.join("syslog")), &mut hashes, std::slice::from_ref(&logs));
+        assert_eq!(
+            (log.sha256, log.size),
+            (None, Some(0)),
+            "truncation still shows as size 0"
+        );
+        let other = describe(ready(dir.path().join("other")), &mut hashes, &[logs]);
+        assert_eq!(other.sha256, Some(sha(b"x")));
     }
 
     #[test]

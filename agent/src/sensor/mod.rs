@@ -77,8 +77,13 @@ pub struct SensorConfig {
     /// Missing paths are skipped and looked for again every `file_missing_recheck_ms`.
     /// Default: /etc, /root/.ssh, /home/*/.ssh, /tmp, /var/tmp, /dev/shm, /var/spool/cron,
     /// /lib/systemd/system, /usr/lib/systemd/system, /root/.config/systemd/user,
-    /// /home/*/.config/systemd/user (/etc covers /etc/cron.* and /etc/systemd/system).
+    /// /home/*/.config/systemd/user, /var/log (/etc covers /etc/cron.* and
+    /// /etc/systemd/system; /var/log is watched for deleted and truncated logs).
     pub file_watch_paths: Vec<String>,
+    /// Files under these paths are reported without a hash: logs change all the time,
+    /// are never run, and hashing a busy log on every write would cost a core.
+    /// Default: /var/log.
+    pub file_hash_skip_paths: Vec<String>,
     /// Largest file to hash, bytes. Default: 33554432 (32 MiB).
     pub file_hash_max_bytes: u64,
     /// A modified file is reported once writes to it have paused this long, milliseconds.
@@ -156,10 +161,12 @@ impl Default for SensorConfig {
                 "/usr/lib/systemd/system",
                 "/root/.config/systemd/user",
                 "/home/*/.config/systemd/user",
+                "/var/log",
             ]
             .iter()
             .map(|s| s.to_string())
             .collect(),
+            file_hash_skip_paths: vec!["/var/log".into()],
             file_hash_max_bytes: 32 * 1024 * 1024,
             file_settle_ms: 75,
             file_max_delay_ms: 200,

@@ -14,6 +14,11 @@ use super::StoreError;
 
 /// Rule id of the alert for an isolated device that went silent.
 pub const SILENT_ISOLATED_RULE_ID: &str = "ward-isolated-device-silent";
+pub const SILENT_ISOLATED_TITLE: &str = "Isolated device went silent";
+/// MITRE ATT&CK v19: Disable or Modify Tools (v18's T1562 Impair Defenses).
+pub const SILENT_ISOLATED_TECHNIQUE: &str = "T1685";
+/// MITRE ATT&CK: Defense Evasion (v19's defense-impairment has no tactic id yet).
+pub const SILENT_ISOLATED_TACTIC: &str = "TA0005";
 
 /// A collector-raised alert that was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

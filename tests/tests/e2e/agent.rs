@@ -273,6 +273,38 @@ async fn offline_alerts_arrive_once_and_survive_agent_kill() {
     assert_eq!(gaps, 0);
 }
 
+/// With no rule on disk and no pack pushed, the agent runs the default pack: the
+/// vetted SigmaHQ rules alert, with their SigmaHQ author.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_pack_runs_sigmahq_rules_with_their_authors() {
+    let collector = Collector::start().unwrap();
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let status = agent.status().unwrap();
+    let on = ward_detect::defaultpack::SIGMAHQ_RULES
+        .iter()
+        .filter(|r| ward_detect::defaultpack::sigmahq_off_reason(r).is_none())
+        .count();
+    let rules = ward_detect::BUILTIN_RULES.len() + on;
+    assert!(status.contains(&format!("({rules} rules, 0 skipped)")), "{status}");
+
+    // "#!/bin/bash" in base64 on a command line: SigmaHQ's fe2f9663 (medium).
+    let out = std::process::Command::new("/bin/echo")
+        .arg("IyEvYmluL2Jhc2gK-ward-e2e")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let alert = collector
+        .wait_alert(&agent.device_id, Duration::from_secs(10), |a| {
+            a["rule"]["id"] == "fe2f9663-41cb-47e2-b954-8a228f3b9dff"
+                && a["entities"].to_string().contains("IyEvYmluL2Jhc2gK-ward-e2e")
+        })
+        .await
+        .unwrap();
+    assert_eq!(alert["rule"]["author"], "Nasreddine Bencherchali (Nextron Systems)");
+    assert_eq!(alert["rule"]["techniques"], serde_json::json!(["T1140"]));
+}
+
 /// `ward-collector rules push` validates, signs and pushes a pack; the agent
 /// verifies it, swaps it in, keeps it across a restart, and detects with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,6 +320,20 @@ async fn pushed_rule_pack_runs_on_the_agent() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("broken.yml") && err.contains("nothing pushed"), "{err}");
+
+    // A copy of a shipped rule is refused even when it is off by default (a low-level
+    // SigmaHQ rule): turning it on later on a device would collide with the push.
+    let low = ward_detect::defaultpack::SIGMAHQ_RULES
+        .iter()
+        .find(|r| r.level == "low")
+        .unwrap();
+    let dup = tempfile::tempdir().unwrap();
+    std::fs::write(dup.path().join("copy.yml"), low.yaml).unwrap();
+    let err = collector
+        .cli(&["rules", "push", dup.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(low.id) && err.contains("already loaded"), "{err}");
 
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -789,7 +789,7 @@ async fn isolated_device_going_silent_raises_one_alert() {
     };
     assert_eq!(alert["rule"]["id"], "ward-isolated-device-silent");
     assert_eq!(alert["rule"]["author"], "Ward");
-    assert_eq!(alert["rule"]["techniques"], json!(["T1562"]));
+    assert_eq!(alert["rule"]["techniques"], json!(["T1685"]));
     assert_eq!(alert["rule"]["tactics"], json!(["TA0005"]));
     assert_eq!(alert["severity"], "high");
     assert_eq!(alert["source"], "collector");

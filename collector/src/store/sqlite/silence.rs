@@ -8,14 +8,6 @@ use super::{Fold, SqliteStore, StoreError, i64_of};
 use crate::store::silence::*;
 use crate::store::*;
 
-const SILENT_ISOLATED_TITLE: &str = "Isolated device went silent";
-
-/// MITRE ATT&CK: Impair Defenses.
-const TECHNIQUE: &str = "T1562";
-
-/// MITRE ATT&CK: Defense Evasion.
-const TACTIC: &str = "TA0005";
-
 const DUE: &str = "FROM devices
      WHERE isolation = 'isolated' AND revoked_at_ms IS NULL AND last_seen_ms IS NOT NULL AND last_seen_ms < ?1
        AND (silence_alerted_seen_ms IS NULL OR silence_alerted_seen_ms <> last_seen_ms)";
@@ -83,8 +75,8 @@ impl SqliteStore {
                     title: SILENT_ISOLATED_TITLE.into(),
                     author: "Ward".into(),
                     severity: Severity::High,
-                    techniques: vec![TECHNIQUE.into()],
-                    tactics: vec![TACTIC.into()],
+                    techniques: vec![SILENT_ISOLATED_TECHNIQUE.into()],
+                    tactics: vec![SILENT_ISOLATED_TACTIC.into()],
                 },
                 entities: vec![host],
                 count: 1,
