@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ward_protocol::Entity;
 
-use crate::event::{Event, EventData, Lineage};
+use crate::event::{Event, EventData, Lineage, ProcessEvent};
 
 /// Caps so a hostile command line cannot make an alert huge.
 const MAX_NETWORK_ENTITIES: usize = 16;
@@ -80,28 +80,34 @@ pub fn attack_ids(tags: &[String]) -> (Vec<String>, Vec<String>) {
     (techniques, tactics)
 }
 
+/// A process's user, the process and its lineage (a process event, or the opener of
+/// a file access).
+fn process_entities(p: &ProcessEvent, out: &mut Vec<Entity>) {
+    if !p.user.is_empty() || p.uid.is_some() {
+        out.push(Entity::User {
+            name: p.user.clone(),
+            uid: p.uid,
+        });
+    }
+    out.push(Entity::Process {
+        pid: p.pid,
+        ppid: p.ppid,
+        start_time_ms: p.start_time_ms,
+        exe: p.exe.clone(),
+        cmdline: p.cmdline.clone(),
+        sha256: p.sha256,
+    });
+    if let Some(l) = &p.lineage {
+        out.push(lineage_entity(l));
+    }
+}
+
 /// Entities of one event: who, which process or file, and any network indicator.
 pub fn entities(event: &Event) -> Vec<Entity> {
     let mut out = Vec::new();
     match &event.data {
         EventData::Process(p) => {
-            if !p.user.is_empty() || p.uid.is_some() {
-                out.push(Entity::User {
-                    name: p.user.clone(),
-                    uid: p.uid,
-                });
-            }
-            out.push(Entity::Process {
-                pid: p.pid,
-                ppid: p.ppid,
-                start_time_ms: p.start_time_ms,
-                exe: p.exe.clone(),
-                cmdline: p.cmdline.clone(),
-                sha256: p.sha256,
-            });
-            if let Some(l) = &p.lineage {
-                out.push(lineage_entity(l));
-            }
+            process_entities(p, &mut out);
             if !p.exe.is_empty() && p.sha256.is_some() {
                 out.push(Entity::File {
                     path: p.exe.clone(),
@@ -117,24 +123,7 @@ pub fn entities(event: &Event) -> Vec<Entity> {
             });
         }
         EventData::FileAccess(a) => {
-            let p = &a.process;
-            if !p.user.is_empty() || p.uid.is_some() {
-                out.push(Entity::User {
-                    name: p.user.clone(),
-                    uid: p.uid,
-                });
-            }
-            out.push(Entity::Process {
-                pid: p.pid,
-                ppid: p.ppid,
-                start_time_ms: p.start_time_ms,
-                exe: p.exe.clone(),
-                cmdline: p.cmdline.clone(),
-                sha256: p.sha256,
-            });
-            if let Some(l) = &p.lineage {
-                out.push(lineage_entity(l));
-            }
+            process_entities(&a.process, &mut out);
             out.push(Entity::File {
                 path: a.path.clone(),
                 sha256: None,

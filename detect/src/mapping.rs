@@ -128,6 +128,8 @@ pub fn file_op_name(op: FileOp) -> &'static str {
     }
 }
 
+/// A process's fields: who it is and where it runs (also the opener of a file
+/// access), then what its image is (a process event's own).
 const PROCESS_FIELDS: &[&str] = &[
     "Image",
     "CommandLine",
@@ -140,10 +142,8 @@ const PROCESS_FIELDS: &[&str] = &[
     "LogonId",
     "ProcessId",
     "ParentProcessId",
-    "Hashes",
-    "sha256",
-    "ImageDeleted",
 ];
+const IMAGE_FIELDS: &[&str] = &["Hashes", "sha256", "ImageDeleted"];
 const FILE_FIELDS: &[&str] = &[
     "TargetFilename",
     "SourceFilename",
@@ -153,20 +153,6 @@ const FILE_FIELDS: &[&str] = &[
     "FileMode",
     "UserId",
     "Operation",
-];
-const ACCESS_FIELDS: &[&str] = &[
-    "TargetFilename",
-    "Image",
-    "CommandLine",
-    "ParentImage",
-    "ParentCommandLine",
-    "ParentUser",
-    "CurrentDirectory",
-    "User",
-    "UserId",
-    "LogonId",
-    "ProcessId",
-    "ParentProcessId",
 ];
 const AUTH_FIELDS: &[&str] = &[
     "service", "action", "User", "USER", "SourceIp", "success", "Hostname", "message",
@@ -240,7 +226,7 @@ fn access_field<'a>(a: &'a FileAccessEvent, name: &str) -> Option<EventValue<'a>
     match name {
         "TargetFilename" => s(&a.path),
         // The file is not the process's image: its hash fields are not offered.
-        "Hashes" | "sha256" | "ImageDeleted" => None,
+        other if IMAGE_FIELDS.contains(&other) => None,
         other => process_field(&a.process, other),
     }
 }
@@ -335,9 +321,9 @@ impl SigmaEventTrait for SigmaView<'_> {
             }
         };
         match &self.event.data {
-            EventData::Process(_) => PROCESS_FIELDS.iter().for_each(|k| put(k)),
+            EventData::Process(_) => PROCESS_FIELDS.iter().chain(IMAGE_FIELDS).for_each(|k| put(k)),
             EventData::File(_) => FILE_FIELDS.iter().for_each(|k| put(k)),
-            EventData::FileAccess(_) => ACCESS_FIELDS.iter().for_each(|k| put(k)),
+            EventData::FileAccess(_) => ["TargetFilename"].iter().chain(PROCESS_FIELDS).for_each(|k| put(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| put(k)),
             EventData::Audit(a) => {
                 put("type");
@@ -359,9 +345,9 @@ impl SigmaEventTrait for SigmaView<'_> {
 
     fn visit_top_level_keys(&self, visit: &mut dyn FnMut(&str)) -> bool {
         match &self.event.data {
-            EventData::Process(_) => PROCESS_FIELDS.iter().for_each(|k| visit(k)),
+            EventData::Process(_) => PROCESS_FIELDS.iter().chain(IMAGE_FIELDS).for_each(|k| visit(k)),
             EventData::File(_) => FILE_FIELDS.iter().for_each(|k| visit(k)),
-            EventData::FileAccess(_) => ACCESS_FIELDS.iter().for_each(|k| visit(k)),
+            EventData::FileAccess(_) => ["TargetFilename"].iter().chain(PROCESS_FIELDS).for_each(|k| visit(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| visit(k)),
             EventData::Audit(a) => {
                 visit("type");
@@ -391,6 +377,30 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_file_access_shows_the_file_and_its_opener_not_the_openers_image() {
+        let mut process = ProcessEvent {
+            exe: "/usr/bin/cat".into(),
+            cmdline: "cat /etc/shadow".into(),
+            sha256: Some([7; 32]),
+            ..ProcessEvent::default()
+        };
+        process.pid = 42;
+        let e = Event {
+            observed_at_ms: 0,
+            data: EventData::FileAccess(FileAccessEvent {
+                path: "/etc/shadow".into(),
+                process,
+            }),
+        };
+        let json = SigmaView::new(&e).to_json();
+        assert_eq!(json["TargetFilename"], "/etc/shadow");
+        assert_eq!(json["Image"], "/usr/bin/cat");
+        assert_eq!(json["ProcessId"], 42);
+        assert!(json.get("Hashes").is_none() && json.get("sha256").is_none(), "{json}");
+        assert!(SigmaView::new(&e).get_field("Hashes").is_none());
     }
 
     #[test]

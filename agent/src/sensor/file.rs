@@ -404,8 +404,7 @@ fn watch_error_gap(path: &Path, e: &notify::Error) -> String {
 
 /// Ready once the configured paths that exist are watched; degraded while some
 /// cannot be (their gaps say why).
-fn report_readiness(ctx: &SensorCtx, watched: &HashSet<PathBuf>, failed: &HashSet<PathBuf>) {
-    let watches = inotify_watches().map_or(0, |w| w.len());
+fn report_readiness(ctx: &SensorCtx, watched: &HashSet<PathBuf>, failed: &HashSet<PathBuf>, watches: usize) {
     let source = format!("inotify: {} roots, {watches} watches", watched.len());
     if failed.is_empty() {
         ctx.ready(source);
@@ -443,7 +442,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
         if ctx.stopped() {
             return Ok(());
         }
-        if last_watch_check.elapsed() >= watch_check {
+        if !checked.is_empty() && last_watch_check.elapsed() >= watch_check {
             last_watch_check = Instant::now();
             let now_ms = crate::clock::now_ms();
             let held = inotify_watches().unwrap_or_default();
@@ -481,10 +480,18 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                 }
             }
             held_since_ms = now_ms;
-            report_readiness(ctx, &watched, &failed);
+            // The kernel's list is read again only when watches were placed anew.
+            let watches = if lost.is_empty() {
+                held.len()
+            } else {
+                inotify_watches().map_or(0, |w| w.len())
+            };
+            report_readiness(ctx, &watched, &failed, watches);
         }
         if last_check.is_none_or(|t| t.elapsed() >= recheck) {
+            let first = last_check.is_none();
             last_check = Some(Instant::now());
+            let mut placed = false;
             for pattern in &config.file_watch_paths {
                 for path in expand(pattern) {
                     if watched.contains(&path) || failed.contains(&path) {
@@ -493,11 +500,13 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                     match watcher.watch(&path, RecursiveMode::Recursive) {
                         Ok(()) => {
                             watched.insert(path);
+                            placed = true;
                         }
                         Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
                         Err(e) => {
                             let detail = watch_error_gap(&path, &e);
                             failed.insert(path);
+                            placed = true;
                             if !ctx.gap(detail) {
                                 return Ok(());
                             }
@@ -505,8 +514,13 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                     }
                 }
             }
-            // The watches placed now that the kernel shows (see `lost_roots`).
-            let held = inotify_watches().unwrap_or_default();
+            // The watches placed now that the kernel shows (see `lost_roots`); the
+            // kernel's list is read only when something changed.
+            let held = if first || placed {
+                inotify_watches().unwrap_or_default()
+            } else {
+                HashSet::new()
+            };
             for root in &watched {
                 if !checked.contains(root) && inode_of(root).is_some_and(|i| held.contains(&i)) {
                     checked.insert(root.clone());
@@ -538,7 +552,9 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                     }
                 }
             }
-            report_readiness(ctx, &watched, &failed);
+            if first || placed {
+                report_readiness(ctx, &watched, &failed, held.len());
+            }
         }
         let mut ready = Vec::new();
         let mut next = rx.recv_timeout(tick);

@@ -199,6 +199,7 @@ async function confirmApproval(a) {
 }
 
 function actionCard(a) {
+  const approved = approvalsSoFar(a);
   const mayDecide = can("approver") && a.requested_by !== session.me.name;
   const mayCancel = a.requested_by === session.me.name || can("approver");
   return `<div class="action-card" data-action="${esc(a.id)}">
@@ -207,7 +208,7 @@ function actionCard(a) {
       <span><span class="k">requested by</span>${esc(a.requested_by)} ${esc(ago(a.requested_at_ms))}</span>
       <span><span class="k">expires</span>${esc(time(a.expires_at_ms))}</span></div>
     <div><span class="k muted">Reason:</span> ${esc(a.reason)}${a.incident_id ? ` <a href="#/incident/${esc(a.incident_id)}">(incident)</a>` : ""}</div>
-    ${approvalsSoFar(a).length ? `<div><span class="k muted">Approved so far:</span> ${approvalsSoFar(a).join(", ")}</div>` : ""}
+    ${approved.length ? `<div><span class="k muted">Approved so far:</span> ${approved.join(", ")}</div>` : ""}
     <div class="muted small">Exactly what the device will be told to do:</div>
     <pre class="mono">${esc(JSON.stringify(a.action, null, 1))}</pre>
     ${mayDecide ? `<div class="form-row"><input type="text" size="50" class="decision-comment" placeholder="comment (required to reject)"

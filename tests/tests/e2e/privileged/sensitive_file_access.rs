@@ -11,14 +11,7 @@ use ward_tests::*;
 async fn a_shell_reading_the_shadow_file_raises_an_alert_naming_it() {
     // fanotify marks need CAP_SYS_ADMIN in the initial user namespace, which no
     // namespace of the test's own gives: this suite needs real root.
-    let euid = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(str::to_string)
-        .unwrap();
-    assert_eq!(euid, "0", "fanotify needs root: run this suite as root (CI does)");
+    assert!(is_root(), "fanotify needs root: run this suite as root (CI does)");
     let collector = Collector::start().unwrap();
     let agent = Agent::start_with(&collector, |w| {
         Agent::test_config(w).replace(
