@@ -9,6 +9,12 @@ use ward_collector::config::Config;
 use ward_collector::feeds::Feed;
 use ward_collector::{server, setup, util};
 
+/// mimalloc instead of glibc's malloc: allocation and freeing were a third of the
+/// correlation engine's CPU and an eighth of the writer thread's, and the writer
+/// thread is what bounds ingest plus correlation (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ward-collector",

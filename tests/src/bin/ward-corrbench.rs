@@ -23,6 +23,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// The collector's allocator, so the benchmark's inserts cost what the collector's do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
