@@ -104,6 +104,9 @@ fn sev_from(n: i64) -> &'static str {
 /// How long a connection waits for another's lock before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepared statements a connection keeps (see `SqliteStore::open`).
+const STATEMENT_CACHE: usize = 128;
+
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -700,6 +703,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The writer alone runs more distinct statements (ingest, folds, gaps, every
+        // table a correlation step writes) than rusqlite's default 16: a cache that
+        // small evicts them in turn and prepares each again.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut store = SqliteStore {
             conn,
             fold: Fold::OFF,
@@ -741,6 +748,7 @@ impl SqliteStore {
         // cache (allocated as used) keep a 100,000-alert incident well under a second.
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.pragma_update(None, "cache_size", -65_536i64)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(SqliteStore {
             conn,
             fold: Fold::OFF,
