@@ -81,12 +81,31 @@ fn bench(c: &mut Criterion) {
         })
     });
     let batch: Vec<Signed> = (0..250)
-        .map(|_| key.sign_value(SignatureKind::Alert, &alert).expect("encode"))
+        .map(|seq| {
+            let mut a = alert.clone();
+            a.seq = seq;
+            key.sign_value(SignatureKind::Alert, &a).expect("encode")
+        })
         .collect();
     let refs: Vec<&Signed> = batch.iter().collect();
     group.throughput(criterion::Throughput::Elements(250));
     group.bench_function("verify_batch_250", |b| {
         b.iter(|| sign::verify_batch(SignatureKind::Alert, &public, std::hint::black_box(&refs)).expect("verify"))
+    });
+    // What the collector ran before: ed25519-dalek's batch for any keys (2n + 1 points).
+    let messages: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|s| [SignatureKind::Alert.domain_tag(), s.payload.as_slice()].concat())
+        .collect();
+    let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = batch
+        .iter()
+        .map(|s| ed25519_dalek::Signature::from_slice(&s.signature).expect("64 bytes"))
+        .collect();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&public.0).expect("key");
+    let keys = vec![vk; batch.len()];
+    group.bench_function("dalek_verify_batch_250", |b| {
+        b.iter(|| ed25519_dalek::verify_batch(std::hint::black_box(&message_refs), &sigs, &keys).expect("verify"))
     });
     group.finish();
 }

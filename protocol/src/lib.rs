@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod auth;
+pub mod batch;
 pub mod breakglass;
 pub mod codec;
 pub mod command;

@@ -143,24 +143,20 @@ pub fn verify(kind: SignatureKind, key: &PublicKey, signed: &Signed) -> Result<(
         .map_err(|_| SignatureError::Invalid)
 }
 
-/// Checks many signatures of one kind by one key at once (ed25519-dalek's batch
-/// equation, about twice the one-by-one rate). If the batch fails, each item is
-/// checked on its own with [`verify`], which decides, and the first bad index is
-/// returned. Used by the collector's ingest; [`verify`] stays the reference.
+/// Checks many signatures of one kind by one key at once ([`crate::batch`]: one
+/// multiscalar multiplication with the key's terms folded). If the batch fails,
+/// each item is checked on its own with [`verify`], which decides, and the first
+/// bad index is returned. Used by the collector's ingest; [`verify`] stays the reference.
 pub fn verify_batch(kind: SignatureKind, key: &PublicKey, items: &[&Signed]) -> Result<(), (usize, SignatureError)> {
-    if let Some(i) = items.iter().position(|s| s.signature.len() != 64) {
-        return Err((i, SignatureError::BadLength(items[i].signature.len())));
+    let mut sigs = Vec::with_capacity(items.len());
+    for (i, s) in items.iter().enumerate() {
+        match <&[u8; 64]>::try_from(s.signature.as_slice()) {
+            Ok(sig) => sigs.push(sig),
+            Err(_) => return Err((i, SignatureError::BadLength(s.signature.len()))),
+        }
     }
-    let batch_ok = ed25519_dalek::VerifyingKey::from_bytes(&key.0).ok().is_some_and(|vk| {
-        let messages: Vec<Vec<u8>> = items.iter().map(|s| tagged(kind, &s.payload)).collect();
-        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        let sigs: Option<Vec<ed25519_dalek::Signature>> = items
-            .iter()
-            .map(|s| ed25519_dalek::Signature::from_slice(&s.signature).ok())
-            .collect();
-        let keys = vec![vk; items.len()];
-        sigs.is_some_and(|sigs| ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok())
-    });
+    let payloads: Vec<&[u8]> = items.iter().map(|s| s.payload.as_slice()).collect();
+    let batch_ok = crate::batch::verify_one_key(&key.0, kind.domain_tag(), &payloads, &sigs);
     if batch_ok {
         return Ok(());
     }
