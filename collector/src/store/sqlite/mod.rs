@@ -512,28 +512,10 @@ impl AlertStore for SqliteStore {
     }
 
     fn list_alerts(&self, f: &AlertFilter) -> Result<Vec<AlertView>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM alerts
-             WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR severity >= ?2) AND (?3 IS NULL OR rule_id = ?3)
-               AND (?4 IS NULL OR observed_at_ms >= ?4) AND (?5 IS NULL OR observed_at_ms < ?5)
-               AND (?6 IS NULL OR rowid < ?6)
-             ORDER BY rowid DESC LIMIT ?7",
-            Self::ALERT_COLUMNS
-        );
+        let (sql, values) = Self::alert_list_query(f);
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt
-            .query_map(
-                params![
-                    f.device_id,
-                    f.min_severity.map(sev_num),
-                    f.rule_id,
-                    f.since_ms,
-                    f.until_ms,
-                    f.before_rowid,
-                    f.limit
-                ],
-                Self::alert_row,
-            )?
+            .query_map(rusqlite::params_from_iter(values), Self::alert_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -736,6 +718,36 @@ impl SqliteStore {
             }
         }
         Ok(problems)
+    }
+
+    /// The alert list's statement with only the filters given, so SQLite plans for
+    /// them (a device's list reads `alerts_by_device`, not every alert), and its values.
+    fn alert_list_query(f: &AlertFilter) -> (String, Vec<rusqlite::types::Value>) {
+        let mut conditions: Vec<&str> = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut when = |given: Option<rusqlite::types::Value>, condition: &'static str| {
+            if let Some(v) = given {
+                conditions.push(condition);
+                values.push(v);
+            }
+        };
+        when(f.device_id.clone().map(Into::into), "device_id = ?");
+        when(f.min_severity.map(|s| sev_num(s).into()), "severity >= ?");
+        when(f.rule_id.clone().map(Into::into), "rule_id = ?");
+        when(f.since_ms.map(Into::into), "observed_at_ms >= ?");
+        when(f.until_ms.map(Into::into), "observed_at_ms < ?");
+        when(f.before_rowid.map(Into::into), "rowid < ?");
+        values.push(i64::from(f.limit).into());
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {} FROM alerts {filter} ORDER BY rowid DESC LIMIT ?",
+            Self::ALERT_COLUMNS
+        );
+        (sql, values)
     }
 
     /// A read-only connection for the API.

@@ -620,6 +620,16 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN sensors TEXT;
     ALTER TABLE devices ADD COLUMN sensors_at_ms INTEGER;
     "#,
+    // 25 (ingest write path): three indexes of `alerts` that no query reads. The
+    // alert list walks rowids newest first (its filters are checked on the way, or
+    // `alerts_by_device` serves a device's list), the device and incident pages use
+    // `alerts_by_device_time`, and nothing looks alerts up by rule, source or time
+    // alone: each alert stored wrote three B-trees for nothing.
+    r#"
+    DROP INDEX IF EXISTS alerts_by_time;
+    DROP INDEX IF EXISTS alerts_by_rule;
+    DROP INDEX IF EXISTS alerts_by_source;
+    "#,
 ];
 
 #[cfg(test)]
@@ -645,6 +655,45 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(plan.iter().any(|p| p.contains("incidents_by_redirect")), "{plan:?}");
+    }
+
+    /// A device's alert list reads the device's index, newest first, and nothing
+    /// writes the indexes migration 25 dropped.
+    #[test]
+    fn a_devices_alert_list_reads_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let filter = crate::store::AlertFilter {
+            device_id: Some("d1".into()),
+            min_severity: None,
+            rule_id: None,
+            since_ms: None,
+            until_ms: None,
+            before_rowid: Some(10),
+            limit: 50,
+        };
+        let (sql, values) = crate::store::sqlite::SqliteStore::alert_list_query(&filter);
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("alerts_by_device ")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        let indexes: Vec<String> = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'alerts'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for dropped in ["alerts_by_time", "alerts_by_rule", "alerts_by_source"] {
+            assert!(!indexes.iter().any(|i| i == dropped), "{indexes:?}");
+        }
     }
 
     /// A database at `path` migrated up to, not including, the first migration whose
