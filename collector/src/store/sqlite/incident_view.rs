@@ -12,6 +12,15 @@ use crate::store::*;
 /// Alerts a process lists with itself in the tree.
 const PROCESS_SAMPLE: u32 = 3;
 
+/// A few alerts of one process of an incident. CROSS JOIN keeps SQLite on the
+/// entity index (a process names few alerts) instead of walking the incident's
+/// alerts once per process; `kind IN (...)` is written as the partial index's
+/// condition (migration 26), so SQLite may use it.
+pub(crate) const PROCESS_SAMPLE_SQL: &str = "SELECT a.id, a.rule_title, a.severity, a.observed_at_ms FROM alert_entities ae
+     CROSS JOIN incident_alerts ia ON ia.alert_rowid = ae.alert_rowid CROSS JOIN alerts a ON a.rowid = ae.alert_rowid
+     WHERE ae.kind IN ('lineage', 'process') AND ae.value = ?1 AND ia.incident = (SELECT seq FROM incidents WHERE id = ?2) AND a.device_id IS ?3
+     GROUP BY a.rowid ORDER BY a.observed_at_ms, a.rowid LIMIT ?4";
+
 /// What a page query is scoped to.
 enum Scope<'a> {
     Incident(&'a str),
@@ -283,14 +292,7 @@ impl IncidentViews for SqliteStore {
         let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
         let kept: Vec<_> = all.into_iter().take(limit as usize).collect();
         let lists = self.alert_entity_lists(&kept.iter().map(|k| k.3).collect::<Vec<_>>())?;
-        let mut sample = self.conn.prepare_cached(
-            // CROSS JOIN keeps SQLite on the entity index (a process names few alerts)
-            // instead of walking the incident's alerts once per process.
-            "SELECT a.id, a.rule_title, a.severity, a.observed_at_ms FROM alert_entities ae
-             CROSS JOIN incident_alerts ia ON ia.alert_rowid = ae.alert_rowid CROSS JOIN alerts a ON a.rowid = ae.alert_rowid
-             WHERE ae.kind IN ('lineage', 'process') AND ae.value = ?1 AND ia.incident = (SELECT seq FROM incidents WHERE id = ?2) AND a.device_id IS ?3
-             GROUP BY a.rowid ORDER BY a.observed_at_ms, a.rowid LIMIT ?4",
-        )?;
+        let mut sample = self.conn.prepare_cached(PROCESS_SAMPLE_SQL)?;
         let mut out = Vec::with_capacity(kept.len());
         for (device_id, key, alert_count, rowid) in kept {
             let alerts = sample

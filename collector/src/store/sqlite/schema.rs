@@ -630,6 +630,14 @@ pub const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS alerts_by_rule;
     DROP INDEX IF EXISTS alerts_by_source;
     "#,
+    // 26 (ingest write path): alert entity rows are found by value only for
+    // processes (an incident's process tree samples the alerts of one process);
+    // users, addresses, files, mailboxes and domains of every alert went into
+    // that index for nothing.
+    r#"
+    DROP INDEX IF EXISTS alert_entities_by_value;
+    CREATE INDEX alert_entities_by_value ON alert_entities(kind, value) WHERE kind IN ('lineage', 'process');
+    "#,
 ];
 
 #[cfg(test)]
@@ -694,6 +702,35 @@ mod tests {
         for dropped in ["alerts_by_time", "alerts_by_rule", "alerts_by_source"] {
             assert!(!indexes.iter().any(|i| i == dropped), "{indexes:?}");
         }
+    }
+
+    /// The process tree's sample query finds a process's alerts through the partial
+    /// entity index (migration 26), which holds only process and lineage rows.
+    #[test]
+    fn a_process_is_found_through_the_partial_entity_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).unwrap();
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::sqlite::incident_view::PROCESS_SAMPLE_SQL
+            ))
+            .unwrap()
+            .query_map(rusqlite::params!["p", "i", "d", 5], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("alert_entities_by_value")), "{plan:?}");
+        let rows: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'alert_entities_by_value' AND sql LIKE '%WHERE kind IN%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 1);
     }
 
     /// A database at `path` migrated up to, not including, the first migration whose
