@@ -1082,6 +1082,20 @@ mod tests {
                 .all(|k| kinds.contains(&k.to_string())),
             "{kinds:?}"
         );
+        // Both incidents' openings are in the survivor's log, read from the
+        // incidents (no activity row written for them).
+        let log = store.incident_activity(&older).unwrap();
+        let created: Vec<&str> = log
+            .iter()
+            .filter(|a| a.kind == "created")
+            .map(|a| a.detail.as_str())
+            .collect();
+        assert_eq!(created.len(), 2, "{log:?}");
+        assert!(created.iter().all(|d| d.starts_with("opened by alert ")), "{created:?}");
+        assert_eq!(
+            crate::store::sqlite::test_support::written_activity(&store, "created"),
+            0
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The SQLite side of [`crate::store::incidents`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
@@ -116,10 +116,16 @@ fn save_counters(tx: &Transaction<'_>, c: CorrelationCounters) -> Result<(), Sto
     Ok(())
 }
 
-/// Saves an incident's summary; `new` when no row of it can exist yet (opened in
-/// this step and not saved before in it), which spares looking for its old severity.
-fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, new: bool, now_ms: u64) -> Result<(), StoreError> {
-    let before: Option<(i64, bool)> = if new {
+/// Saves an incident's summary; `opened_by` (the alert that opened it) when no row
+/// of it can exist yet (opened in this step and not saved before in it), which
+/// spares looking for its old severity.
+fn upsert_incident(
+    tx: &Transaction<'_>,
+    inc: &IncidentRow,
+    opened_by: Option<&str>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let before: Option<(i64, bool)> = if opened_by.is_some() {
         None
     } else {
         tx.prepare_cached("SELECT severity, severity_manual FROM incidents WHERE id = ?1")?
@@ -146,8 +152,8 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, new: bool, now_ms: u
     tx.prepare_cached(
         "INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics, first_title,
              several_titles, first_activity_ms, last_activity_ms, created_at_ms, updated_at_ms, alert_count,
-             device_count, user_count, mailbox_count)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16)
+             device_count, user_count, mailbox_count, opened_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16, ?17)
          ON CONFLICT(id) DO UPDATE SET
              title = CASE WHEN title_manual THEN title ELSE excluded.title END,
              severity = CASE WHEN severity_manual THEN severity ELSE excluded.severity END,
@@ -175,6 +181,7 @@ fn upsert_incident(tx: &Transaction<'_>, inc: &IncidentRow, new: bool, now_ms: u
         inc.devices as i64,
         inc.users as i64,
         inc.mailboxes as i64,
+        opened_by,
     ])?;
     Ok(())
 }
@@ -336,12 +343,13 @@ fn inherit_triage(tx: &Transaction<'_>, from: &str, into: &str, actor: &str, now
 }
 
 fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result<(), StoreError> {
-    // Incidents opened by this step's alerts have no row until their first save here.
-    let mut opened: HashSet<&str> = changes
+    // Incidents opened by this step's alerts have no row until their first save
+    // here, which records the alert (the activity log's "created" entry).
+    let mut opened: HashMap<&str, &str> = changes
         .links
         .iter()
         .filter(|l| l.created)
-        .map(|l| &*l.incident_id)
+        .map(|l| (&*l.incident_id, &*l.alert_id))
         .collect();
     // Every incident a link names is saved here; the tables below name it by number.
     let mut seqs: HashMap<&str, i64> = HashMap::with_capacity(changes.incidents.len() + changes.merged_away.len());
@@ -369,16 +377,6 @@ fn write_changes(tx: &Transaction<'_>, changes: &Changes, now_ms: u64) -> Result
             i64_of(l.at_ms),
             l.clock_note.as_deref()
         ])?;
-        if l.created {
-            activity_of(
-                tx,
-                incident,
-                now_ms,
-                "correlation",
-                "created",
-                &format!("opened by alert {}", l.alert_id),
-            )?;
-        }
         if let Some(old) = &l.continues {
             tx.prepare_cached("UPDATE incidents SET continues_from = ?2 WHERE id = ?1")?
                 .execute(params![&*l.incident_id, &**old])?;
@@ -651,7 +649,7 @@ impl IncidentStore for SqliteStore {
             "DELETE FROM incident_entities WHERE incident = ?1",
             params![i64_of(row.seq)],
         )?;
-        upsert_incident(&tx, row, false, now_ms)?;
+        upsert_incident(&tx, row, None, now_ms)?;
         upsert_keys(&tx, row)?;
         tx.commit()?;
         Ok(())
@@ -1081,9 +1079,20 @@ impl IncidentStore for SqliteStore {
     }
 
     fn incident_activity(&self, id: &str) -> Result<Vec<ActivityEntry>, StoreError> {
+        // "created" entries of correlation are read from the incidents opened (this
+        // one and those merged into it), first among entries of the same instant.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT at_ms, actor, kind, detail FROM incident_activity
-             WHERE incident = (SELECT seq FROM incidents WHERE id = ?1) ORDER BY at_ms, id",
+            "SELECT at_ms, actor, kind, detail FROM (
+                 SELECT created_at_ms AS at_ms, -1 AS id, 'correlation' AS actor, 'created' AS kind,
+                        'opened by alert ' || opened_by AS detail
+                 FROM incidents WHERE id = ?1 AND opened_by IS NOT NULL
+                 UNION ALL
+                 SELECT created_at_ms, -1, 'correlation', 'created', 'opened by alert ' || opened_by
+                 FROM incidents WHERE redirected_to = ?1 AND opened_by IS NOT NULL
+                 UNION ALL
+                 SELECT at_ms, id, actor, kind, detail FROM incident_activity
+                 WHERE incident = (SELECT seq FROM incidents WHERE id = ?1)
+             ) ORDER BY at_ms, id",
         )?;
         let rows = stmt
             .query_map(params![id], |r| {

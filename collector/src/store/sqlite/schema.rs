@@ -638,6 +638,13 @@ pub const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS alert_entities_by_value;
     CREATE INDEX alert_entities_by_value ON alert_entities(kind, value) WHERE kind IN ('lineage', 'process');
     "#,
+    // 27 (correlation write path): the alert that opened an incident is kept on the
+    // incident's row, and the activity log's "created" entry is read from it instead
+    // of being written as a row of its own (two B-tree inserts for each incident
+    // correlation opens). Incidents opened before keep their written entry.
+    r#"
+    ALTER TABLE incidents ADD COLUMN opened_by TEXT;
+    "#,
 ];
 
 #[cfg(test)]

@@ -37,3 +37,14 @@ pub fn enrolled_device(store: &mut Store, n: u8, at_ms: u64) -> DeviceId {
     store.enroll(&secret, &new, at_ms).unwrap().unwrap();
     id
 }
+
+/// How many activity entries of `kind` are written as rows (some are read from
+/// the incidents instead).
+pub fn written_activity(store: &Store, kind: &str) -> i64 {
+    store
+        .conn
+        .query_row("SELECT COUNT(*) FROM incident_activity WHERE kind = ?1", [kind], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
