@@ -46,6 +46,8 @@ const MAX_TEXT: usize = 4096;
 const MAX_TAGS: usize = 50;
 const MAX_TAG: usize = 64;
 const MAX_MERGE: usize = 50;
+/// Longest free-text search of the incident list (`q`).
+const MAX_SEARCH_CHARS: usize = 200;
 
 impl From<IncidentRefusal> for ApiError {
     fn from(e: IncidentRefusal) -> Self {
@@ -120,9 +122,9 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 15] = [
         "status", "severity", "assignee", "tag", "source", "device", "user", "tactic", "since_ms", "until_ms", "sort",
-        "cursor", "limit", "since",
+        "cursor", "limit", "since", "q",
     ];
     if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
@@ -174,6 +176,15 @@ pub async fn list(
         device_keys: Vec::new(),
         user_keys,
         tactic: q.get("tactic").map(|t| t.to_ascii_uppercase()),
+        text: match q.get("q").map(|t| t.trim()) {
+            None | Some("") => None,
+            Some(t) if t.chars().count() > MAX_SEARCH_CHARS => {
+                return Err(ApiError::bad_request(format!(
+                    "q (free text) must be at most {MAX_SEARCH_CHARS} characters"
+                )));
+            }
+            Some(t) => Some(t.to_string()),
+        },
         since_ms,
         until_ms: parse_i64(&q, "until_ms")?,
         sort,

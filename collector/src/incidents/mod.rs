@@ -972,6 +972,7 @@ mod tests {
     impl IncidentFilterAll {
         fn all() -> crate::store::IncidentFilter {
             crate::store::IncidentFilter {
+                text: None,
                 statuses: vec![Status::Active, Status::InProgress, Status::Resolved, Status::Redirected],
                 since_ms: 0,
                 limit: 10_000,

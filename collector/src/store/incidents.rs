@@ -87,6 +87,9 @@ pub struct IncidentFilter {
     pub device_keys: Vec<String>,
     pub user_keys: Vec<String>,
     pub tactic: Option<String>,
+    /// Free text found in the title or in a key or label of the incident's
+    /// entities (case-insensitive for ASCII).
+    pub text: Option<String>,
     pub since_ms: i64,
     pub until_ms: Option<i64>,
     pub sort: IncidentSort,

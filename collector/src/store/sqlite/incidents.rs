@@ -206,6 +206,18 @@ fn severity_reason(inc: &IncidentRow) -> String {
     )
 }
 
+/// `text` with LIKE's wildcards escaped (escape character `\`).
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `incident_entities.flags` bits (migration 19).
 const KEY_WEAKLY_HELD: i64 = 1;
 
@@ -1003,6 +1015,14 @@ impl IncidentStore for SqliteStore {
                 ));
                 p.push(v.clone().into());
             }
+        }
+        if let Some(text) = &f.text {
+            let like = format!("%{}%", like_escape(text));
+            sql.push_str(
+                " AND (i.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM incident_entities t
+                     WHERE t.incident = i.seq AND (t.key LIKE ? ESCAPE '\\' OR t.label LIKE ? ESCAPE '\\')))",
+            );
+            p.extend([like.clone().into(), like.clone().into(), like.into()]);
         }
         for keys in [&f.device_keys, &f.user_keys] {
             if !keys.is_empty() && !driver.is_some_and(|d| std::ptr::eq(d, keys)) {

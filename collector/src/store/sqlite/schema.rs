@@ -927,6 +927,7 @@ mod tests {
         assert_eq!(store.incident_comments("i-new").unwrap()[0].text, "look");
         let listed: Vec<String> = store
             .list_incidents(&crate::store::IncidentFilter {
+                text: None,
                 user_keys: vec!["user:alice".into()],
                 limit: 10,
                 ..Default::default()
