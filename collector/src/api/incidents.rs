@@ -622,6 +622,8 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
         .collect();
     let s = &rows.summary;
     let n = |k: &str| rows.entity_totals.get(k).copied().unwrap_or(0);
+    let mut alerts = json!(alerts);
+    super::alert_page::name_alerts(&mut alerts);
     json!({
         "incident": s,
         "totals": rows.totals,
@@ -759,7 +761,9 @@ pub async fn alerts(
         .collect();
     let mut body = page_json(&query, &page);
     if let Value::Object(m) = &mut body {
-        m.insert("alerts".into(), json!(page.items));
+        let mut alerts = json!(page.items);
+        super::alert_page::name_alerts(&mut alerts);
+        m.insert("alerts".into(), alerts);
         m.insert("entities".into(), json!(entities));
         m.insert("totals".into(), json!(totals));
     }
