@@ -158,3 +158,78 @@ impl RuleContextStore for SqliteStore {
             .optional()?)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use ward_protocol::{Alert, AlertId, Entity, Id128, KeyId, RuleRef, Severity, Signed};
+
+    use super::*;
+    use crate::store::prelude::*;
+    use crate::store::{Fold, VerifiedAlert, test_support};
+
+    fn alert(device: ward_protocol::DeviceId, n: u128, at: u64) -> VerifiedAlert {
+        VerifiedAlert {
+            alert: Alert {
+                id: AlertId(Id128::from_u128(n)),
+                device_id: device,
+                seq: n as u64,
+                observed_at_ms: at,
+                last_observed_at_ms: at,
+                rule: RuleRef {
+                    id: "r".into(),
+                    title: "t".into(),
+                    author: "a".into(),
+                    severity: Severity::High,
+                    techniques: vec![],
+                    tactics: vec![],
+                },
+                entities: vec![Entity::File {
+                    path: "/w/a".into(),
+                    sha256: Some([7; 32]),
+                }],
+                count: 1,
+                matched: vec![],
+            },
+            signed: Signed {
+                key_id: KeyId([0; 8]),
+                payload: format!("payload {n}").into_bytes(),
+                signature: vec![n as u8; 64],
+            },
+        }
+    }
+
+    /// A folded alert's page reads the row it was folded into, each delivery's own
+    /// signed record, and the list of deliveries.
+    #[test]
+    fn folded_deliveries_and_their_signed_records_are_read_back() {
+        let (_dir, mut store) = test_support::open();
+        store
+            .set_fold(Fold {
+                window_ms: 300_000,
+                max_span_ms: 3_600_000,
+            })
+            .unwrap();
+        let dev = test_support::enrolled_device(&mut store, 1, 1);
+        let alerts: Vec<VerifiedAlert> = (1..=3).map(|n| alert(dev, n, 10_000 + n as u64)).collect();
+        for a in &alerts {
+            store
+                .insert_alert_batches(&[(dev, std::slice::from_ref(a))], 20)
+                .unwrap();
+        }
+        let first = alerts[0].alert.id.to_string();
+        let third = alerts[2].alert.id.to_string();
+        let row = store.get_alert(&third).unwrap().unwrap();
+        assert_eq!(row.id, first, "folded into the first");
+        let (records, total) = store.folded_records(row.rowid, 1).unwrap();
+        assert_eq!((records.len(), total), (1, 2));
+        assert_eq!(records[0].alert_id, alerts[1].alert.id.to_string());
+        let own = store.signed_alert(&third).unwrap().unwrap();
+        assert_eq!(own.payload, b"payload 3");
+        assert!(own.device_key.is_some());
+        assert_eq!(store.signed_alert(&first).unwrap().unwrap().payload, b"payload 1");
+        assert_eq!(store.signed_alert("01JX0000000000000000000000").unwrap(), None);
+        // Not correlated in this test: no incident.
+        assert_eq!(store.alert_incident(row.rowid).unwrap(), None);
+    }
+}
