@@ -75,6 +75,19 @@ pub(super) fn name_alerts(list: &mut Value) {
     }
 }
 
+/// Adds each entity's `role` in the alert (as the incident page names it:
+/// `impacted user`, `sender`, `attachment`, `process tree`...).
+fn with_roles(list: &mut [Value], source: &str) {
+    let all: Vec<Option<ward_protocol::Entity>> = list.iter().map(crate::entity::from_json).collect();
+    let known: Vec<ward_protocol::Entity> = all.iter().flatten().cloned().collect();
+    for (v, e) in list.iter_mut().zip(&all) {
+        if let (Value::Object(m), Some(e)) = (v, e) {
+            let role = super::incidents::role(e, source, super::incidents::is_recipient(e, &known));
+            m.insert("role".into(), json!(role));
+        }
+    }
+}
+
 /// The process ancestry the alert carries: the lineage the agent read (alerted
 /// process, its ancestors parent first, whether the chain reaches its root), or
 /// the process and its parent's pid when no lineage came with it.
@@ -204,6 +217,9 @@ fn page_json(requested: &str, rows: PageRows) -> Value {
     let Value::Object(m) = &mut body else {
         return body;
     };
+    if let Some(Value::Array(list)) = m.get_mut("entities") {
+        with_roles(list, &alert.source);
+    }
     m.insert("requested_id".into(), json!(requested));
     m.insert(
         "folded_into".into(),
@@ -439,6 +455,7 @@ mod tests {
         assert_eq!(p["rule"]["attack"]["tactics"][0]["name"], "Execution");
         assert_eq!(p["device_hostname"], "web-1");
         assert_eq!(p["ancestry"]["process"]["ppid"], 8);
+        assert_eq!(p["entities"][0]["role"], "process");
         assert_eq!(p["raw"]["signature"], "verified");
         assert_eq!(p["raw"]["decoded"]["rule"]["title"], "At Job Scheduled");
         assert_eq!(p["incidents"], json!([]));

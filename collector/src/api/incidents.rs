@@ -405,7 +405,7 @@ struct EntityAcc {
 
 /// An entity's role in one alert from its kind, the alert's source and, for a
 /// mailbox, whether the same alert names it as a user too (a recipient).
-fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
+pub(super) fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
     match (e, source) {
         // The feeds name a recipient as a user and a mailbox, a sender only as a mailbox.
         (Entity::Mailbox { .. }, "mailbox") if recipient => "recipient",
@@ -424,7 +424,7 @@ fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
     }
 }
 
-fn is_recipient(e: &Entity, all: &[Entity]) -> bool {
+pub(super) fn is_recipient(e: &Entity, all: &[Entity]) -> bool {
     matches!(e, Entity::Mailbox { address }
         if all.iter().any(|u| matches!(u, Entity::User { name, .. } if name.eq_ignore_ascii_case(address))))
 }

@@ -4,7 +4,7 @@
 // in and why, its entities and matched fields, the process ancestry the agent sent,
 // what was folded into it, and its signed record checked again by the collector.
 
-import { api, $, esc, time, sev, pills, entityLabel, techniqueLabels, tacticLabels, webUrl } from "./util.js";
+import { api, can, $, esc, time, sev, pills, toast, entityLabel, techniqueLabels, tacticLabels, webUrl } from "./util.js";
 
 const link = (u, text) => (webUrl(u) ? `<a href="${esc(webUrl(u))}" rel="noopener noreferrer" target="_blank">${esc(text ?? u)}</a>` : esc(text ?? u));
 
@@ -38,7 +38,16 @@ function incidentCard(a) {
   if (!a.incidents.length) return `<h3>Incident</h3><p class="muted">Not in an incident (yet).</p>`;
   return `<h3>Incident</h3>${a.incidents.map((i) => `<div id="alert-incident">${sev(i.severity)} <a href="#/incident/${esc(i.redirected_to || i.id)}">${esc(i.title)}</a>
     <span class="muted small">${esc(i.status.replace("_", " "))}</span>
-    <div class="kv"><div>Why linked</div><div>${esc(i.reason)}</div><div>Linked by</div><div>${esc(i.linked_by)} · ${esc(time(i.linked_at_ms))}</div></div></div>`).join("")}`;
+    <div class="kv"><div>Why linked</div><div>${esc(i.reason)}</div><div>Linked by</div><div>${esc(i.linked_by)} · ${esc(time(i.linked_at_ms))}</div></div></div>`).join("")}
+    ${can("analyst") && a.incidents.length ? moveForm(a.incidents[0]) : ""}`;
+}
+
+/** Moving the alert out of its incident: to another by id, or (left empty) to a new one. */
+function moveForm(i) {
+  return `<form id="alert-move" data-incident="${esc(i.redirected_to || i.id)}"><div class="form-row"><label for="alert-move-to">Move to</label>
+    <input type="text" id="alert-move-to" name="to" size="26" placeholder="incident id; empty: a new incident"></div>
+    <div class="form-row"><label for="alert-move-reason">Reason</label><input type="text" id="alert-move-reason" name="reason" size="26">
+    <button class="primary">Move</button></div></form>`;
 }
 
 function entityDetail(e) {
@@ -52,7 +61,7 @@ function entityDetail(e) {
 
 function entitiesCard(a) {
   const matched = Object.entries(a.matched || {});
-  return `<h3>Entities</h3><div class="kvw" id="alert-entities">${a.entities.map((e) => `<div>${esc(e.kind)}</div><div class="mono small">${esc(entityDetail(e))}</div>`).join("")}</div>
+  return `<h3>Entities</h3><div class="kvw" id="alert-entities">${a.entities.map((e) => `<div>${esc(e.role || e.kind)}</div><div class="mono small">${esc(entityDetail(e))}</div>`).join("")}</div>
     <h3>Matched fields</h3>${matched.length ? `<div class="kvw" id="alert-matched">${matched.map(([k, v]) => `<div class="mono">${esc(k)}</div><div class="mono small">${esc(v)}</div>`).join("")}</div>` : `<p class="muted">None recorded.</p>`}`;
 }
 
@@ -106,6 +115,16 @@ export async function alertView(root, args, _q, current) {
       <section class="card">${incidentCard(a)}${attackCard(a)}</section></div>
     <div class="grid2"><section class="card">${ancestryCard(a)}</section><section class="card">${entitiesCard(a)}</section></div>
     ${foldCard(a)}${rawCard(a)}`;
+  $("#alert-move", root)?.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const body = { to: String(f.get("to") || "").trim() || null, reason: String(f.get("reason") || "").trim() };
+    try {
+      const moved = await api(`/api/v1/incidents/${encodeURIComponent(ev.target.dataset.incident)}/alerts/${encodeURIComponent(a.id)}/move`, { method: "POST", body });
+      toast(`Moved to ${moved.incident.id}`);
+      if (current()) await alertView(root, args, _q, current);
+    } catch (e) { toast(e.message, true); }
+  });
   document.body.dataset.alertRendered = id;
   $("#alert-title", root)?.scrollIntoView?.({ block: "nearest" });
 }

@@ -153,6 +153,49 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
     assert!(text(&mut b, "#alert-rule").contains("description cut to 4096 characters"));
     assert!(text(&mut b, "#alert-source").contains("pushed in rule pack 1"));
     no_sideways_scroll(&mut b);
+    assert_eq!(
+        b.eval("!!document.querySelector('#alert-move')").unwrap(),
+        serde_json::json!(false),
+        "a viewer cannot move alerts"
+    );
+
+    // An analyst moves the alert out of its incident into a new one, from its page.
+    let before = page(&collector, &pushed).await["incidents"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ann = collector.user("ann", "analyst").unwrap();
+    b.eval("document.querySelector('#signout').click(); true").unwrap();
+    b.wait_for(
+        "the sign-in form again",
+        "!document.querySelector('#signin').hidden",
+        SECS(10),
+    )
+    .unwrap();
+    b.eval(&format!(
+        "document.querySelector('#token').value = {}; document.querySelector('#signin-button').click(); true",
+        serde_json::to_string(&ann).unwrap()
+    ))
+    .unwrap();
+    b.wait_for(
+        "signed in as ann",
+        "document.querySelector('#who').textContent === 'ann · analyst'",
+        SECS(10),
+    )
+    .unwrap();
+    b.eval(&format!("location.hash = '#/alert/{pushed}'; true")).unwrap();
+    b.wait_for("the move form", "!!document.querySelector('#alert-move')", SECS(10))
+        .unwrap();
+    b.eval("document.querySelector('#alert-move-reason').value = 'not part of this story'; document.querySelector('#alert-move button').click(); true")
+        .unwrap();
+    b.wait_for(
+        "the alert in a new incident",
+        &format!("!!document.querySelector('#alert-incident a') && !document.querySelector('#alert-incident a').getAttribute('href').includes({before:?})"),
+        SECS(10),
+    )
+    .unwrap();
+    let after = page(&collector, &pushed).await;
+    assert_ne!(after["incidents"][0]["id"].as_str(), Some(before.as_str()), "{after}");
 }
 
 /// Nothing runs under a card at 1,280 px: the page does not scroll sideways.
