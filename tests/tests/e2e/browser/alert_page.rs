@@ -56,6 +56,16 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
         .as_str()
         .unwrap()
         .to_string();
+    // An alert of a rule this collector never recorded (put on a device by hand).
+    let join = collector.join_token(1, "1h").unwrap();
+    let mut other = ward_tests::TestDevice::enroll(&join, "hand-ruled").await.unwrap();
+    other.connect().await.unwrap();
+    let mut a = other.next_alert();
+    a.rule.id = "local-rule-0001".into();
+    a.rule.title = "Rule Put On The Device By Hand".into();
+    let unknown = a.id.to_string();
+    let signed = other.sign(&a);
+    other.send_batch(vec![signed]).await.unwrap();
     // A viewer may read the page.
     let vic = collector.user("vic", "viewer").unwrap();
     let base = format!("http://{}", collector.http);
