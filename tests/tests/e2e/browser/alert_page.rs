@@ -169,6 +169,21 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
         "a viewer cannot move alerts"
     );
 
+    // The unknown rule: what the alert carries, and a note saying so.
+    b.eval(&format!("location.hash = '#/alert/{unknown}'; true")).unwrap();
+    b.wait_for(
+        "the unknown rule's alert page",
+        &format!("document.body.dataset.alertRendered === {unknown:?}"),
+        SECS(10),
+    )
+    .unwrap();
+    assert!(text(&mut b, "#alert-rule").contains("Rule Put On The Device By Hand"));
+    assert!(
+        text(&mut b, "#alert-rule-note").contains("knows no rule with this id"),
+        "{}",
+        text(&mut b, "#alert-rule")
+    );
+
     // An analyst moves the alert out of its incident into a new one, from its page.
     let before = page(&collector, &pushed).await["incidents"][0]["id"]
         .as_str()
