@@ -13,6 +13,7 @@ pub mod model;
 pub mod pki;
 pub mod readpool;
 pub mod roles;
+pub mod rule_context;
 pub mod server;
 pub mod setup;
 pub mod store;

@@ -238,8 +238,18 @@ fn main() -> Result<()> {
         Command::Rules {
             command: RulesCommand::Push { dir: rules },
         } => {
-            let (version, count) = setup::push_rules(dir, &rules)?;
-            println!("rule pack {version} with {count} rules signed; connected agents receive it within a second");
+            let pushed = setup::push_rules(dir, &rules)?;
+            println!(
+                "rule pack {} with {} rules signed; connected agents receive it within a second",
+                pushed.version, pushed.rules
+            );
+            let s = pushed.context.stats;
+            if s.clipped + s.dropped > 0 {
+                println!(
+                    "rule context: {} field(s) cut to their size limit, {} reference(s) or item(s) dropped (the alert page says which)",
+                    s.clipped, s.dropped
+                );
+            }
         }
         Command::User {
             command: UserCommand::Add { name, role },

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub correlation_failures: Counter,
     pub correlation_backlog: Gauge,
     pub alert_to_incident: Histogram,
+    /// Rule-context fields cut or dropped to fit their limits (`ward_detect::context`).
+    pub rule_context_limited: Counter,
 }
 
 impl Metrics {
@@ -271,6 +273,11 @@ impl Metrics {
             "ward_device_audit_suppressed_total",
             "Audit rows a device's messages would have caused past its audit budget.",
             self.device_audit_suppressed.get(),
+        );
+        counter(
+            "ward_rule_context_limited_total",
+            "Rule-context fields cut or dropped to fit their limits.",
+            self.rule_context_limited.get(),
         );
         let _ = write!(
             out,

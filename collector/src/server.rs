@@ -20,10 +20,12 @@ use crate::ingest::{VerifyPool, Writer};
 use crate::metrics::Metrics;
 use crate::pki::{self, Ca};
 use crate::readpool::ReadPool;
+use crate::rule_context;
 use crate::setup::{COMMAND_KEY, DB_FILE};
 use crate::store::Store;
 use crate::store::prelude::*;
 use crate::transport::{self, Context, Registry, https, tls};
+use crate::util::now_ms;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -144,7 +146,7 @@ pub async fn run(
     let deliveries = Arc::new(actions::delivery::Deliveries::new(
         reads.clone(),
         Arc::clone(&registry) as Arc<dyn actions::delivery::Outbound>,
-        crate::util::now_ms(),
+        now_ms(),
     ));
     let dispatcher = Arc::new(actions::Dispatcher::new(
         writer.clone(),
@@ -187,6 +189,7 @@ pub async fn run(
         rule_pack: std::sync::RwLock::new(None),
     });
     drop(writer);
+    record_shipped_rule_context(&ctx).await;
 
     info!(%quic_addr, %http_addr, "collector listening");
     on_bound(Bound {
@@ -271,6 +274,62 @@ pub async fn run(
     Ok(())
 }
 
+/// Keeps the context of the shipped rules (descriptions, references... shown on
+/// the alert page). A failure is logged: alerts then show what they carry.
+async fn record_shipped_rule_context(ctx: &Context) {
+    let Ok(rows) = tokio::task::spawn_blocking(rule_context::shipped_rows).await else {
+        return;
+    };
+    let result = ctx.writer.run(move |s| rule_context::record(s, rows, now_ms())).await;
+    note_recorded(ctx, "shipped rules", result);
+}
+
+/// Keeps the context of a pushed pack's rules (`ward-collector rules push` records
+/// them too; this covers packs pushed while the collector was stopped or older).
+async fn record_pack_rule_context(ctx: &Context, version: u64, signed: &ward_protocol::Signed) {
+    let pack = match rule_context::stored_pack(signed) {
+        Ok(p) => p,
+        Err(error) => {
+            warn!(version, %error, "stored rule pack does not decode; its rules get no context");
+            return;
+        }
+    };
+    let Ok(rows) = tokio::task::spawn_blocking(move || rule_context::pack_rows(&pack)).await else {
+        return;
+    };
+    let result = ctx.writer.run(move |s| rule_context::record(s, rows, now_ms())).await;
+    note_recorded(ctx, "rule pack", result);
+}
+
+fn note_recorded(
+    ctx: &Context,
+    what: &str,
+    result: Result<Result<rule_context::Recorded, crate::store::StoreError>, crate::ingest::WriteError>,
+) {
+    match result {
+        Ok(Ok(r)) => {
+            ctx.metrics.rule_context_limited.add(r.limited());
+            if r.limited() > 0 || r.stats.unreadable_files > 0 {
+                warn!(
+                    what,
+                    clipped = r.stats.clipped,
+                    dropped = r.stats.dropped,
+                    unreadable_files = r.stats.unreadable_files,
+                    "rule context over its limits was cut (the alert page names what)"
+                );
+            }
+            info!(
+                what,
+                rules = r.stats.rules,
+                new_versions = r.new,
+                "rule context recorded"
+            );
+        }
+        Ok(Err(error)) => warn!(what, %error, "cannot record rule context; alerts show what they carry"),
+        Err(_) => {}
+    }
+}
+
 /// Picks up what other processes (the CLI) changed: revocations close those
 /// devices' connections; a new rule pack is pushed to every connected agent.
 async fn poll_changes(
@@ -303,6 +362,7 @@ async fn poll_changes(
             if version > current {
                 match ward_protocol::codec::decode_body::<ward_protocol::Signed>(&bytes) {
                     Ok(signed) => {
+                        record_pack_rule_context(&ctx, version, &signed).await;
                         if let Ok(mut slot) = ctx.rule_pack.write() {
                             *slot = Some((version, signed.clone()));
                         }

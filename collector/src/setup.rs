@@ -203,7 +203,7 @@ pub fn revoke_device(data_dir: &Path, id: &str) -> Result<(), SetupError> {
 /// Validates every rule in `dir`, signs them as the next rule pack with the
 /// command key and stores it; a running collector pushes it to agents. Any rule
 /// that does not load refuses the whole push, with every reason listed.
-pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupError> {
+pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<PushedPack, SetupError> {
     let (files, mut errors) =
         ward_detect::load_dir(dir).map_err(|e| SetupError::Invalid(format!("{}: {e}", dir.display())))?;
     if files.is_empty() && errors.is_empty() {
@@ -246,7 +246,24 @@ pub fn push_rules(data_dir: &Path, dir: &Path) -> Result<(u64, usize), SetupErro
         )));
     }
     store.add_rule_pack(version, pack.rules.len(), &bytes, "cli", now_ms())?;
-    Ok((version, pack.rules.len()))
+    // The rules' descriptions, references... for the alert page (the running
+    // collector records them too when it sees the pack).
+    let context = crate::rule_context::record_pack(&store, &pack, now_ms())?;
+    Ok(PushedPack {
+        version,
+        rules: pack.rules.len(),
+        context,
+    })
+}
+
+/// What `rules push` did.
+#[derive(Debug)]
+pub struct PushedPack {
+    pub version: u64,
+    /// Rule files in the pack.
+    pub rules: usize,
+    /// The rules' context as recorded for the alert page, with what was cut.
+    pub context: crate::rule_context::Recorded,
 }
 
 /// What a rotation did.

@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod attack;
 pub mod builtin;
+pub mod context;
 pub mod correlate;
 pub mod defaultpack;
 pub mod engine;

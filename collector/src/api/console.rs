@@ -28,7 +28,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const INDEX: &str = include_str!("../console/index.html");
 
 /// The assets under `/console/`, with their content types.
-const ASSETS: [(&str, &str, &str); 6] = [
+const ASSETS: [(&str, &str, &str); 7] = [
     ("app.css", "text/css; charset=utf-8", include_str!("../console/app.css")),
     (
         "app.js",
@@ -49,6 +49,11 @@ const ASSETS: [(&str, &str, &str); 6] = [
         "incident.js",
         "text/javascript; charset=utf-8",
         include_str!("../console/incident.js"),
+    ),
+    (
+        "alert.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/alert.js"),
     ),
     (
         "graph.js",

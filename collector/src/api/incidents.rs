@@ -416,7 +416,7 @@ struct EntityAcc {
 
 /// An entity's role in one alert from its kind, the alert's source and, for a
 /// mailbox, whether the same alert names it as a user too (a recipient).
-fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
+pub(super) fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
     match (e, source) {
         // The feeds name a recipient as a user and a mailbox, a sender only as a mailbox.
         (Entity::Mailbox { .. }, "mailbox") if recipient => "recipient",
@@ -435,7 +435,7 @@ fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
     }
 }
 
-fn is_recipient(e: &Entity, all: &[Entity]) -> bool {
+pub(super) fn is_recipient(e: &Entity, all: &[Entity]) -> bool {
     matches!(e, Entity::Mailbox { address }
         if all.iter().any(|u| matches!(u, Entity::User { name, .. } if name.eq_ignore_ascii_case(address))))
 }
@@ -633,6 +633,8 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
         .collect();
     let s = &rows.summary;
     let n = |k: &str| rows.entity_totals.get(k).copied().unwrap_or(0);
+    let mut alerts = json!(alerts);
+    super::alert_page::name_alerts(&mut alerts);
     json!({
         "incident": s,
         "totals": rows.totals,
@@ -770,7 +772,9 @@ pub async fn alerts(
         .collect();
     let mut body = page_json(&query, &page);
     if let Value::Object(m) = &mut body {
-        m.insert("alerts".into(), json!(page.items));
+        let mut alerts = json!(page.items);
+        super::alert_page::name_alerts(&mut alerts);
+        m.insert("alerts".into(), alerts);
         m.insert("entities".into(), json!(entities));
         m.insert("totals".into(), json!(totals));
     }

@@ -2,6 +2,7 @@
 //! without a socket. Every route but `/healthz` needs a bearer token.
 
 mod actions;
+mod alert_page;
 pub mod auth;
 mod console;
 pub mod error;
@@ -119,6 +120,7 @@ mod tests {
             ("extract.rs", include_str!("extract.rs")),
             ("error.rs", include_str!("error.rs")),
             ("process_tree.rs", include_str!("process_tree.rs")),
+            ("alert_page.rs", include_str!("alert_page.rs")),
         ];
         for (file, source) in sources {
             let code = source.find("#[cfg(test)]").map_or(source, |end| &source[..end]);

@@ -149,7 +149,9 @@ pub async fn device_alerts(
         .ok_or_else(|| ApiError::not_found("device"))?;
     let mut body = super::incidents::page_json(&query, &page);
     if let Value::Object(m) = &mut body {
-        m.insert("alerts".into(), json!(page.items));
+        let mut alerts = json!(page.items);
+        super::alert_page::name_alerts(&mut alerts);
+        m.insert("alerts".into(), alerts);
         m.insert("totals".into(), json!(totals));
     }
     Ok(Json(body))
@@ -236,23 +238,7 @@ pub async fn list_alerts(
     } else {
         None
     };
+    let mut alerts = json!(alerts);
+    super::alert_page::name_alerts(&mut alerts);
     Ok(Json(json!({ "alerts": alerts, "next_cursor": next_cursor })))
-}
-
-pub async fn get_alert(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    caller.require(Role::Viewer)?;
-    let id: ward_protocol::AlertId = id
-        .parse()
-        .map_err(|_| ApiError::bad_request("alert id must be a 26-character id"))?;
-    let id = id.to_string();
-    let alert = state
-        .reads
-        .run(move |s| s.get_alert(&id))
-        .await??
-        .ok_or_else(|| ApiError::not_found("alert"))?;
-    Ok(Json(serde_json::to_value(alert).unwrap_or(Value::Null)))
 }

@@ -11,7 +11,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::ApiState;
-use super::{actions, feeds, incidents, routes};
+use super::{actions, alert_page, feeds, incidents, routes};
 use crate::roles::Role;
 
 /// Which body limit a route's requests get.
@@ -89,7 +89,7 @@ pub static ROUTES: [Route; 29] = [
         on(m, routes::revoke_device)
     }),
     route(Method::GET, "/api/v1/alerts", Viewer, |m| on(m, routes::list_alerts)),
-    route(Method::GET, "/api/v1/alerts/{id}", Viewer, |m| on(m, routes::get_alert)),
+    route(Method::GET, "/api/v1/alerts/{id}", Viewer, |m| on(m, alert_page::get)),
     route(Method::GET, "/api/v1/incidents", Viewer, |m| on(m, incidents::list)),
     route(Method::GET, "/api/v1/incidents/{id}", Viewer, |m| on(m, incidents::get)),
     route(Method::GET, "/api/v1/incidents/{id}/alerts", Viewer, |m| {

@@ -5,6 +5,7 @@
 import { session, api, $, $$, esc, parseHash, stopPolls, can, toast } from "./util.js";
 import { queueView, devicesView, deviceView, actionsView } from "./views.js";
 import { incidentView } from "./incident.js";
+import { alertView } from "./alert.js";
 
 const ROUTES = {
   incidents: queueView,
@@ -12,6 +13,7 @@ const ROUTES = {
   actions: actionsView,
   devices: devicesView,
   device: deviceView,
+  alert: alertView,
 };
 
 let rendering = 0;

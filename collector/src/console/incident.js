@@ -6,6 +6,7 @@
 
 import {
   session, api, can, $, $$, esc, time, shortTime, ago, sev, pills, poll, toast, KILL_CHAIN, entityLabel, proposeAction,
+  techniqueLabels, tacticLabels,
 } from "./util.js";
 import { drawGraph } from "./graph.js";
 import { renderActions } from "./views.js";
@@ -101,9 +102,9 @@ function alertPanel(detail, id) {
   const link = detail.alerts.find((l) => l.alert.id === id);
   if (!link) return "";
   const a = link.alert;
-  return `<div class="panel"><h3>${sev(a.severity)} ${esc(a.rule.title)}</h3><div class="kv">
+  return `<div class="panel"><h3>${sev(a.severity)} <a href="#/alert/${esc(a.id)}">${esc(a.rule.title)}</a></h3><div class="kv">
     <div>Observed</div><div>${esc(time(a.observed_at_ms))} ${folded(a)}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
-    <div>ATT&amp;CK</div><div>${pills(a.rule.tactics)}${pills(a.rule.techniques)}</div><div>Source</div><div>${esc(a.source)}</div>
+    <div>ATT&amp;CK</div><div>${pills(tacticLabels(a.rule))}${pills(techniqueLabels(a.rule))}</div><div>Source</div><div>${esc(a.source)}</div>
     <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
     <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div>
     ${can("analyst") ? moveForm(a.id) : ""}</div>`;
@@ -151,7 +152,7 @@ function alertsTab(detail, view) {
   const devices = new Map(detail.devices.map((d) => [d.id, d.hostname]));
   return `${pager(detail, view)}<table id="incident-alerts"><thead><tr><th>Observed</th><th>Severity</th><th>Rule</th><th>Source</th><th>Device</th><th>Entities</th><th>Why linked</th></tr></thead><tbody>
     ${detail.alerts.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}<div class="small">${folded(a)}</div></td><td>${sev(a.severity)}</td>
-      <td>${esc(a.rule.title)}<div class="muted small">${esc((a.rule.tactics || []).join(" "))} ${esc((a.rule.techniques || []).join(" "))}</div></td>
+      <td><a href="#/alert/${esc(a.id)}">${esc(a.rule.title)}</a><div class="muted small">${esc(tacticLabels(a.rule).join(", "))}${a.rule.techniques?.length ? " · " : ""}${esc(techniqueLabels(a.rule).join(", "))}</div></td>
       <td>${esc(a.source)}</td><td>${esc(a.device_id ? devices.get(a.device_id) || a.device_id : "—")}</td>
       <td class="small">${a.entities.slice(0, 4).map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
       <td>${esc(reason)} <span class="muted small">${esc(linked_by)}</span></td></tr>`).join("")}</tbody></table>`;

@@ -142,3 +142,22 @@ export function proposeAction({ deviceId, deviceName, action, incidentId, what }
     };
   });
 }
+
+/** ATT&CK technique labels of a rule: "T1059.004 Unix Shell" (bare id when the API names none). */
+export function techniqueLabels(rule) {
+  const named = rule?.attack?.techniques;
+  if (Array.isArray(named)) return named.map((t) => (t.name ? `${t.id} ${t.name}` : t.id));
+  return rule?.techniques || [];
+}
+
+/** ATT&CK tactic labels of a rule: "Execution" (the id when the API names none). */
+export function tacticLabels(rule) {
+  const named = rule?.attack?.tactics;
+  if (Array.isArray(named)) return named.map((t) => t.name || t.id);
+  return rule?.tactics || [];
+}
+
+/** `u` when it is an http(s) URL safe to put in an href, else null (the API drops others too). */
+export function webUrl(u) {
+  return typeof u === "string" && /^https?:\/\/[^\s"'<>`]+$/i.test(u) ? u : null;
+}

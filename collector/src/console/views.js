@@ -2,6 +2,7 @@
 
 import {
   session, api, can, $, $$, esc, time, ago, sev, pills, poll, go, toast, SEVERITIES, proposeAction, shortTime,
+  techniqueLabels, tacticLabels,
 } from "./util.js";
 
 const STATUSES = ["active", "in_progress", "resolved", "redirected"];
@@ -375,8 +376,8 @@ export function alertTimeline(alerts) {
   return `<svg class="strip" viewBox="0 0 ${W} 40" preserveAspectRatio="none"><line class="axis" x1="0" y1="20" x2="${W}" y2="20"></line>${dots}</svg>
     <div class="muted small strip-range"><span>${esc(time(t0))}</span><span>${esc(time(t1))}</span></div>
     <div class="timeline">${alerts.map((a) => `<div class="item" data-alert="${esc(a.id)}"><span title="${esc(time(a.observed_at_ms))}">${esc(shortTime(a.observed_at_ms))}</span>
-      <span>${sev(a.severity)}</span><span>${esc(a.rule.title)} ${a.count > 1 ? `<span class="fold">×${esc(a.count)}, last seen ${esc(time(a.last_observed_at_ms))}</span>` : ""}
-      <span class="muted small">${esc((a.rule.tactics || []).join(" "))}</span></span></div>`).join("")}</div>`;
+      <span>${sev(a.severity)}</span><span><a href="#/alert/${esc(a.id)}">${esc(a.rule.title)}</a> ${a.count > 1 ? `<span class="fold">×${esc(a.count)}, last seen ${esc(time(a.last_observed_at_ms))}</span>` : ""}
+      <span class="muted small">${esc(tacticLabels(a.rule).join(", "))}${a.rule.techniques?.length ? " · " + esc(techniqueLabels(a.rule).join(", ")) : ""}</span></span></div>`).join("")}</div>`;
 }
 
 /** Alerts a device page shows at a time (newest first, paged). */

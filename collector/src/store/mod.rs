@@ -19,6 +19,7 @@ pub mod fold;
 pub mod gaps;
 pub mod incident_view;
 pub mod incidents;
+pub mod rules;
 pub mod silence;
 pub mod sourced;
 pub mod sqlite;
@@ -36,6 +37,9 @@ pub use incidents::{
     ActivityEntry, CommentView, CorrelationCounters, IncidentAlert, IncidentFilter, IncidentPatch, IncidentRefusal,
     IncidentSort, IncidentStore, IncidentSummary, StoredAlert, TacticView,
 };
+pub use rules::{
+    AlertIncidentLink, FoldedRecord, NewRuleContext, RuleContextStore, RuleContextView, SignedAlertRecord,
+};
 pub use silence::{RaisedAlert, SILENT_ISOLATED_RULE_ID, SilenceStore};
 pub use sourced::{AlertSource, SourcedAlert, SourcedStore};
 
@@ -52,7 +56,8 @@ pub type FeedTx<'a> = <Store as FeedStore>::FeedTx<'a>;
 pub mod prelude {
     pub use super::{
         ActionOps, ActionStore, AlertStore, AuditStore, AutomationStore, DeviceStore, FeedOps, FeedStore, GapStore,
-        IncidentStore, IncidentViews, Maintenance, PublishedStore, SilenceStore, SourcedStore, UserStore,
+        IncidentStore, IncidentViews, Maintenance, PublishedStore, RuleContextStore, SilenceStore, SourcedStore,
+        UserStore,
     };
 }
 

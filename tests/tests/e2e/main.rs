@@ -16,6 +16,7 @@
 mod actions_policy;
 mod agent;
 mod agent_durability;
+mod alert_page;
 mod api_errors;
 mod automation;
 mod cli;
@@ -44,5 +45,6 @@ mod privileged {
 
 /// Suites that drive a real headless Chromium.
 mod browser {
+    mod alert_page;
     mod console;
 }

@@ -12,6 +12,7 @@ mod fold;
 mod gaps;
 mod incident_view;
 pub(crate) mod incidents;
+mod rules;
 mod schema;
 mod silence;
 pub(crate) mod sourced;

@@ -645,6 +645,30 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE incidents ADD COLUMN opened_by TEXT;
     "#,
+    // 28 (rule context): one row per rule version, what an analyst reads beside an
+    // alert of that rule (store/rules). Lists are JSON arrays; never updated.
+    r#"
+    CREATE TABLE rule_contexts (
+        rule_id TEXT NOT NULL,
+        content_sha256 TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        pack_version INTEGER,
+        file TEXT NOT NULL,
+        title TEXT NOT NULL,
+        level TEXT NOT NULL,
+        description TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        false_positives TEXT NOT NULL,
+        author TEXT NOT NULL,
+        license TEXT NOT NULL,
+        source_url TEXT,
+        techniques TEXT NOT NULL,
+        tactics TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (rule_id, content_sha256)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 #[cfg(test)]
