@@ -7,7 +7,8 @@ import {
 
 const STATUSES = ["active", "in_progress", "resolved", "redirected"];
 const SOURCES = ["agent", "collector", "identity", "mailbox"];
-const TEXT_FILTERS = ["assignee", "tag", "device", "user", "tactic"];
+const TEXT_FILTERS = ["q", "assignee", "tag", "device", "user", "tactic"];
+const CLASSIFICATIONS = ["true_positive", "informational_expected_activity", "false_positive"];
 /** Query keys the queue passes to the API unchanged. */
 const API_FILTERS = ["status", "severity", "source", "sort", "since_ms", "until_ms", "limit", ...TEXT_FILTERS];
 
@@ -17,19 +18,39 @@ function unavailable(e) {
 
 // ---- incident queue ----
 
-/** Keyboard cursor of the queue, kept across refreshes by incident id. */
-const queue = { cursorId: null, ids: [], seen: new Set() };
+/** Keyboard cursor of the queue, kept across refreshes by incident id; the
+ * incidents ticked for a bulk change, kept across refreshes too. */
+const queue = { cursorId: null, ids: [], seen: new Set(), selected: new Set() };
 
-function queueRows(incidents, fresh) {
+const words = (s) => (s || "").replace(/_/g, " ");
+
+function queueRows(incidents, fresh, selectable) {
   return incidents.map((i) => `<tr class="row${fresh.has(i.id) ? " new" : ""}${i.id === queue.cursorId ? " cursor" : ""}" data-id="${esc(i.id)}">
+    ${selectable ? `<td><input type="checkbox" class="pick" aria-label="select ${esc(i.title)}"${queue.selected.has(i.id) ? " checked" : ""}></td>` : ""}
     <td>${sev(i.severity)}</td>
     <td><a href="#/incident/${esc(i.id)}">${esc(i.title)}</a></td>
-    <td class="st-${esc(i.status)}">${esc(i.status.replace("_", " "))}</td>
+    <td class="st-${esc(i.status)}">${esc(words(i.status))}</td>
+    <td class="classification">${esc(words(i.classification) || "—")}</td>
     <td>${esc(i.assignee || "—")}</td>
+    <td class="alert-count">${esc(i.alert_count)}</td>
     <td>${pills(i.sources)}</td>
     <td>${esc(i.device_count)}</td><td>${esc(i.user_count)}</td>
     <td>${(i.tactics || []).map((t) => `<span class="pill" title="${esc(t.id)}">${esc(t.name)}</span>`).join("")}</td>
+    <td title="${esc(time(i.first_activity_ms))}">${esc(ago(i.first_activity_ms))}</td>
     <td title="${esc(time(i.last_activity_ms))}">${esc(ago(i.last_activity_ms))}</td></tr>`).join("");
+}
+
+/** The bar that changes every ticked incident at once (analysts). */
+function bulkBar() {
+  return `<div id="bulk" class="filters" hidden><strong id="bulk-count"></strong>
+    <label>Assign to <input type="text" id="bulk-assignee"></label><button id="bulk-assign">Assign</button>
+    <label>Status <select id="bulk-status">${["active", "in_progress", "resolved"].map((s) => `<option value="${s}">${words(s)}</option>`).join("")}</select></label>
+    <button id="bulk-set-status">Set status</button>
+    <label>Classification <select id="bulk-classification">${CLASSIFICATIONS.map((c) => `<option value="${c}">${words(c)}</option>`).join("")}</select></label>
+    <button id="bulk-classify">Classify</button>
+    <label>Tag <input type="text" id="bulk-tag"></label><button id="bulk-add-tag">Add tag</button>
+    <button id="bulk-merge" title="into the first ticked incident">Merge</button>
+    <button id="bulk-clear">Clear</button></div>`;
 }
 
 function filterBar(q) {
@@ -42,10 +63,10 @@ function filterBar(q) {
       `<option${q.get("severity") === s ? " selected" : ""}>${s}</option>`).join("")}</select></label>
     <label>Source <select data-filter="source"><option value="">any</option>${SOURCES.map((s) =>
       `<option${q.get("source") === s ? " selected" : ""}>${s}</option>`).join("")}</select></label>
-    ${text("assignee", "Assignee")}${text("tag", "Tag")}${text("device", "Device")}${text("user", "User")}${text("tactic", "Tactic")}
+    ${text("q", "Search")}${text("assignee", "Assignee")}${text("tag", "Tag")}${text("device", "Device")}${text("user", "User")}${text("tactic", "Tactic")}
     <label>Sort <select data-filter="sort">${["last_activity", "severity"].map((s) =>
       `<option${(q.get("sort") || "last_activity") === s ? " selected" : ""} value="${s}">${s.replace("_", " ")}</option>`).join("")}</select></label>
-    <span class="hint">j/k to move, Enter to open</span></div>`;
+    <span class="hint">j/k to move, x to tick, Enter to open</span></div>`;
 }
 
 function readFilters(root, q) {
@@ -90,21 +111,89 @@ export async function queueView(root, _args, q, current) {
   let incidents = data.incidents;
   let next = data.next_cursor;
   queue.seen = new Set(incidents.map((i) => i.id));
-  root.innerHTML = `<section class="card"><h2>Incidents <span id="queue-count" class="muted small"></span></h2>${filterBar(q)}</section>
-    <section class="card"><table id="queue"><thead><tr><th>Severity</th><th>Title</th><th>Status</th><th>Assignee</th>
-    <th>Sources</th><th>Devices</th><th>Users</th><th>Tactics</th><th>Last activity</th></tr></thead><tbody></tbody></table>
+  const selectable = can("analyst");
+  root.innerHTML = `<section class="card"><h2>Incidents <span id="queue-count" class="muted small"></span></h2>${filterBar(q)}
+    ${selectable ? bulkBar() : ""}</section>
+    <section class="card"><table id="queue"><thead><tr>${selectable ? `<th><input type="checkbox" id="pick-all" aria-label="select all shown"></th>` : ""}
+    <th>Severity</th><th>Title</th><th>Status</th><th>Classification</th><th>Assignee</th><th>Alerts</th>
+    <th>Sources</th><th>Devices</th><th>Users</th><th>Tactics</th><th>First activity</th><th>Last activity</th></tr></thead><tbody></tbody></table>
     <p><button id="queue-more" hidden>More</button></p></section>`;
   const draw = (fresh = new Set()) => {
-    $("#queue tbody", root).innerHTML = queueRows(incidents, fresh)
-      || `<tr><td colspan="9" class="muted">No incidents match.</td></tr>`;
+    const shown = new Set(incidents.map((i) => i.id));
+    for (const id of [...queue.selected]) if (!shown.has(id)) queue.selected.delete(id);
+    $("#queue tbody", root).innerHTML = queueRows(incidents, fresh, selectable)
+      || `<tr><td colspan="13" class="muted">No incidents match.</td></tr>`;
     $("#queue-count", root).textContent = incidents.length + (next ? "+" : "") + " shown";
     $("#queue-more", root).hidden = !next;
+    if (selectable) {
+      $("#bulk", root).hidden = queue.selected.size === 0;
+      $("#bulk-count", root).textContent = queue.selected.size + " selected";
+    }
+  };
+  const toggle = (id, on) => {
+    if (on) queue.selected.add(id); else queue.selected.delete(id);
+    draw();
   };
   draw();
   $("#queue tbody", root).addEventListener("click", (ev) => {
     const tr = ev.target.closest("tr.row");
-    if (tr && ev.target.tagName !== "A") go("incident/" + tr.dataset.id);
+    if (!tr) return;
+    if (ev.target.classList.contains("pick")) toggle(tr.dataset.id, ev.target.checked);
+    else if (ev.target.tagName !== "A") go("incident/" + tr.dataset.id);
   });
+  if (selectable) {
+    $("#pick-all", root).addEventListener("change", (ev) => {
+      for (const i of incidents) if (ev.target.checked) queue.selected.add(i.id); else queue.selected.delete(i.id);
+      draw();
+    });
+    // One PATCH per ticked incident (the API's own checks and activity log for
+    // each); a merge goes into the first ticked one.
+    const each = async (what, patchOf) => {
+      const ids = incidents.filter((i) => queue.selected.has(i.id));
+      let failed = 0;
+      for (const i of ids) {
+        try {
+          await api(`/api/v1/incidents/${encodeURIComponent(i.id)}`, { method: "PATCH", body: patchOf(i) });
+        } catch (e) {
+          failed += 1;
+          toast(`${i.title}: ${e.message}`, true);
+        }
+      }
+      if (!failed) toast(`${what}: ${ids.length} incident${ids.length === 1 ? "" : "s"}`);
+      queue.selected.clear();
+      queueView(root, _args, q, current);
+    };
+    $("#bulk-assign", root).addEventListener("click", () => {
+      const who = $("#bulk-assignee", root).value.trim();
+      each(who ? `assigned to ${who}` : "unassigned", () => ({ assignee: who || null }));
+    });
+    $("#bulk-set-status", root).addEventListener("click", () => {
+      const status = $("#bulk-status", root).value;
+      each(`status ${words(status)}`, () => ({ status }));
+    });
+    $("#bulk-classify", root).addEventListener("click", () => {
+      const classification = $("#bulk-classification", root).value;
+      each(`classified ${words(classification)}`, () => ({ classification }));
+    });
+    $("#bulk-add-tag", root).addEventListener("click", () => {
+      const tag = $("#bulk-tag", root).value.trim();
+      if (tag) each(`tagged ${tag}`, (i) => ({ tags: [...new Set([...(i.tags || []), tag])] }));
+    });
+    $("#bulk-merge", root).addEventListener("click", async () => {
+      // In the order they were ticked: the first is kept.
+      const ids = [...queue.selected];
+      if (ids.length < 2) { toast("Tick at least two incidents to merge", true); return; }
+      try {
+        await api(`/api/v1/incidents/${encodeURIComponent(ids[0])}/merge`, { method: "POST", body: { from: ids.slice(1) } });
+        toast(`${ids.length - 1} merged into ${ids[0]}`);
+      } catch (e) {
+        toast(e.message, true);
+      }
+      queue.selected.clear();
+      queueView(root, _args, q, current);
+    });
+    $("#bulk-clear", root).addEventListener("click", () => { queue.selected.clear(); draw(); });
+  }
   for (const el of $$("[data-status], select[data-filter]", root)) el.addEventListener("change", () => go("incidents", readFilters(root, q)));
   for (const el of $$("input[data-filter]", root)) {
     el.addEventListener("keydown", (ev) => { if (ev.key === "Enter") go("incidents", readFilters(root, q)); });
@@ -122,6 +211,7 @@ export async function queueView(root, _args, q, current) {
     if (ev.key === "j" || ev.key === "ArrowDown") { moveCursor(root, 1); ev.preventDefault(); }
     else if (ev.key === "k" || ev.key === "ArrowUp") { moveCursor(root, -1); ev.preventDefault(); }
     else if (ev.key === "Enter" && queue.cursorId) go("incident/" + queue.cursorId);
+    else if (ev.key === "x" && queue.cursorId && selectable) toggle(queue.cursorId, !queue.selected.has(queue.cursorId));
   };
   document.addEventListener("keydown", queueKeys);
   // New and changed incidents appear without a reload; new ones flash.

@@ -24,7 +24,7 @@ use ward_tests::*;
 const MIN: u64 = 60_000;
 const HASH: [u8; 32] = [0x5a; 32];
 
-fn rule(id: &str, title: &str, severity: Severity, technique: &str, tactics: &[&str]) -> RuleRef {
+pub(crate) fn rule(id: &str, title: &str, severity: Severity, technique: &str, tactics: &[&str]) -> RuleRef {
     RuleRef {
         id: id.into(),
         title: title.into(),
@@ -40,13 +40,13 @@ fn new_id(at: u64) -> String {
 }
 
 /// Writes feed alerts into the collector's database from this process.
-fn import(collector: &Collector, alerts: &[SourcedAlert]) {
+pub(crate) fn import(collector: &Collector, alerts: &[SourcedAlert]) {
     let mut store = Store::open(&collector.data_dir().join("ward.db")).unwrap();
     let out = store.insert_sourced_alerts(alerts, now_ms()).unwrap();
     assert_eq!(out.stored as usize, alerts.len());
 }
 
-fn feed(source: AlertSource, at: u64, rule: RuleRef, entities: Vec<Entity>) -> SourcedAlert {
+pub(crate) fn feed(source: AlertSource, at: u64, rule: RuleRef, entities: Vec<Entity>) -> SourcedAlert {
     SourcedAlert {
         id: new_id(at),
         source,
@@ -73,7 +73,7 @@ async fn send(dev: &mut TestDevice, at: u64, rule: RuleRef, entities: Vec<Entity
     id
 }
 
-fn user(name: &str, uid: Option<u32>) -> Entity {
+pub(crate) fn user(name: &str, uid: Option<u32>) -> Entity {
     Entity::User { name: name.into(), uid }
 }
 

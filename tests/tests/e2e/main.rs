@@ -47,4 +47,5 @@ mod privileged {
 mod browser {
     mod alert_page;
     mod console;
+    mod queue;
 }

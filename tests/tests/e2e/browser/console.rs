@@ -66,7 +66,7 @@ fn nft_table() -> Option<String> {
 }
 
 /// Signs in through the form with `token` and waits for the role to show.
-fn sign_in(b: &mut Browser, base: &str, token: &str, expect: &str) {
+pub(crate) fn sign_in(b: &mut Browser, base: &str, token: &str, expect: &str) {
     b.navigate(&format!("{base}/")).unwrap();
     b.wait_for(
         "the sign-in form",
