@@ -5,9 +5,11 @@
 //! per rule version and links alerts to it.
 //!
 //! Pure: parses rule texts, no IO. Rule files are untrusted (an operator's push):
-//! every field is cut to a size limit, references that are not `http(s)` URLs are
-//! dropped (a console must never get a `javascript:` link), and each cut or drop is
-//! counted and named in the context's `notes`. Nothing here panics on any input.
+//! every field is cut to a size limit, references are kept when they are `http(s)`
+//! URLs or plain words with no scheme ("Internal Research", shown as text) and
+//! dropped otherwise (a console must never get a `javascript:` link), and each cut
+//! or drop is counted and named in the context's `notes`. Nothing here panics on
+//! any input.
 
 use rsigma_parser::{Level, SigmaCollection};
 use ward_protocol::RuleFile;
@@ -219,7 +221,7 @@ fn context_of(f: &Fields<'_>, src: &Source<'_>, index: usize, stats: &mut Contex
     let description = b.text("description", f.description, MAX_DESCRIPTION_CHARS);
     let author = b.text("author", f.author, MAX_AUTHOR_CHARS);
     let license = b.text("license", Some(f.license.unwrap_or(src.license)), MAX_LICENSE_CHARS);
-    let references = b.list("references", f.references, is_web_url);
+    let references = b.list("references", f.references, |r| is_web_url(r) || !r.contains(':'));
     let false_positives = b.list("false-positive notes", f.falsepositives, |_| true);
     let (mut techniques, mut tactics) = attack_ids(f.tags);
     if techniques.len() > MAX_ATTACK_IDS || tactics.len() > MAX_ATTACK_IDS {
@@ -375,6 +377,13 @@ mod tests {
     fn every_shipped_rule_has_a_context_with_its_license_and_link() {
         let (all, stats) = shipped_contexts();
         assert_eq!(stats.unreadable_files, 0);
+        // Shipped content needs no cut: plain-word references ("Internal Research")
+        // are kept as text, so a collector's start has nothing to warn about.
+        assert_eq!((stats.clipped, stats.dropped), (0, 0));
+        assert!(
+            all.iter()
+                .any(|c| c.references.iter().any(|r| r == "Internal Research"))
+        );
         assert_eq!(all.len(), crate::BUILTIN_RULES.len() + SIGMAHQ_RULES.len());
         let (det, _) = crate::Detector::load(&crate::shipped_rule_files());
         for r in det.rules() {
