@@ -65,6 +65,10 @@ pub struct IngestConfig {
     pub writer_cache_mib: u32,
     /// Connected agents at most; further connections are refused.
     pub max_connections: u32,
+    /// Receive and send buffers asked of the kernel for the QUIC endpoint's UDP
+    /// socket (a reconnect storm's handshakes), in bytes.
+    pub udp_recv_buffer_bytes: u32,
+    pub udp_send_buffer_bytes: u32,
     /// An alert repeating a stored one (same device, rule and fold key) observed at
     /// most this long after its last (or before its first) observation folds into it:
     /// its count grows, no row is added. 0 turns folding off.
@@ -299,6 +303,8 @@ impl Default for IngestConfig {
             writer_max_batch_alerts: 8_192,
             writer_cache_mib: 256,
             max_connections: 20_000,
+            udp_recv_buffer_bytes: 8 << 20,
+            udp_send_buffer_bytes: 2 << 20,
             // Five agent aggregation windows (60 s): an agent's aggregate, delivered
             // when its window closes, and a backlog delivered in bursts still land
             // in the first alert; a pause longer than that shows as a new alert.
@@ -454,6 +460,13 @@ writer_max_batch_alerts = 8192
 writer_cache_mib = 256
 # Connected agents at most; further connections are refused.
 max_connections = 20000
+# Kernel buffers of the QUIC endpoint's UDP socket, in bytes. A restarted collector
+# meets every agent reconnecting at once: with Linux's default 208 KiB the socket
+# drops their handshake packets and agents wait in retransmission back-off. The
+# kernel caps the request at net.core.rmem_max / wmem_max (the Debian package raises
+# them, /usr/lib/sysctl.d/60-ward-collector.conf); the collector logs what it got.
+udp_recv_buffer_bytes = 8388608
+udp_send_buffer_bytes = 2097152
 # Repeats fold: an alert of the same device, rule and key entity (the file's folder
 # and writing process, the process image and tree, the source IP) observed within
 # this many milliseconds of a stored one is added to its count instead of stored

@@ -126,11 +126,18 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()
         .map_err(setup("stored key rollover"))?;
 
-    let (endpoint, quic_addr) =
-        transport::bind(server_config, config.quic_listen).map_err(|source| ServeError::Bind {
-            addr: config.quic_listen,
-            source,
-        })?;
+    let (endpoint, quic_addr) = transport::bind(
+        server_config,
+        config.quic_listen,
+        transport::SocketBuffers {
+            recv_bytes: config.ingest.udp_recv_buffer_bytes as usize,
+            send_bytes: config.ingest.udp_send_buffer_bytes as usize,
+        },
+    )
+    .map_err(|source| ServeError::Bind {
+        addr: config.quic_listen,
+        source,
+    })?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| ServeError::Bind {

@@ -111,14 +111,55 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// The agent-facing QUIC endpoint on `addr`, and the address it got.
+/// Kernel buffer sizes asked for the endpoint's UDP socket.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketBuffers {
+    pub recv_bytes: usize,
+    pub send_bytes: usize,
+}
+
+/// The agent-facing QUIC endpoint on `addr`, and the address it got. Its UDP socket
+/// asks for `buffers` first: a restart meets every agent's handshake at once, and a
+/// default-sized receive buffer drops them (logged when the kernel gives less).
 pub fn bind(
     config: quinn::ServerConfig,
     addr: std::net::SocketAddr,
+    buffers: SocketBuffers,
 ) -> std::io::Result<(quinn::Endpoint, std::net::SocketAddr)> {
-    let endpoint = quinn::Endpoint::server(config, addr)?;
+    let socket = udp_socket(addr, buffers)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?;
     let local = endpoint.local_addr()?;
     Ok((endpoint, local))
+}
+
+fn udp_socket(addr: std::net::SocketAddr, buffers: SocketBuffers) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // As std binds "[::]": IPv4 agents too where the system allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    // Linux caps each at net.core.[rw]mem_max and reports twice what it keeps.
+    let _ = socket.set_recv_buffer_size(buffers.recv_bytes);
+    let _ = socket.set_send_buffer_size(buffers.send_bytes);
+    let got_recv = socket.recv_buffer_size().unwrap_or(0) / 2;
+    let got_send = socket.send_buffer_size().unwrap_or(0) / 2;
+    if got_recv < buffers.recv_bytes || got_send < buffers.send_bytes {
+        warn!(
+            asked_recv = buffers.recv_bytes,
+            got_recv,
+            asked_send = buffers.send_bytes,
+            got_send,
+            "the kernel gave the QUIC socket smaller buffers than asked (net.core.rmem_max / wmem_max); \
+             a reconnect storm may lose handshakes"
+        );
+    } else {
+        info!(recv = got_recv, send = got_send, "QUIC socket buffers");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Accepts connections until `shutdown` flips, then waits for sessions to finish
@@ -269,4 +310,24 @@ pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T, ma
     send.write_all(&frame)
         .await
         .map_err(|e| ReadError::Stream(e.to_string()))
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    /// The endpoint's socket gets the buffers asked for when the kernel allows them
+    /// (64 KiB is under Linux's default maximum) and is bound where asked.
+    #[test]
+    fn the_udp_socket_gets_its_buffers_and_address() {
+        let buffers = SocketBuffers {
+            recv_bytes: 64 << 10,
+            send_bytes: 48 << 10,
+        };
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap(), buffers).unwrap();
+        let s = socket2::SockRef::from(&socket);
+        assert!(s.recv_buffer_size().unwrap() / 2 >= buffers.recv_bytes);
+        assert!(s.send_buffer_size().unwrap() / 2 >= buffers.send_bytes);
+        assert!(socket.local_addr().unwrap().port() != 0);
+    }
 }
