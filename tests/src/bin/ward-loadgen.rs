@@ -269,10 +269,20 @@ async fn storm(agents: usize, shared_socket: bool) -> Result<()> {
     let devices = enroll_many(&token, agents).await?;
     println!("enrolled {agents} agents in {:.1} s", t.elapsed().as_secs_f64());
     // A shared socket drops the replies of thousands of handshakes itself (its own
-    // receive buffer), which the collector would be blamed for.
-    let endpoints = (0..if shared_socket { 1 } else { agents })
-        .map(|_| link::client_endpoint(&collector.quic))
-        .collect::<Result<Vec<_>, _>>()?;
+    // receive buffer), which the collector would be blamed for. Each agent's own
+    // socket is on its own loopback address (127.0.0.0/8 is all local), as real
+    // agents come from their own hosts: the collector bounds unauthenticated
+    // connections per address, and one address for all would measure that bound.
+    let endpoints = if shared_socket {
+        vec![link::client_endpoint(&collector.quic)?]
+    } else {
+        (0..agents)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::new(127, 1 + (i / 65_536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
+                quinn::Endpoint::client(SocketAddr::from((ip, 0)))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?
+    };
     let baseline = collector.rss_kib().unwrap_or(0);
     let t = Instant::now();
     let devices = connect_all(devices, &endpoints, collector.quic).await;
