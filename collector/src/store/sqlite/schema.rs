@@ -679,20 +679,28 @@ mod tests {
     use super::MIGRATIONS;
     use crate::store::Store;
 
+    /// SQLite's plan for `sql` with `params`, one line per step, on a fresh store.
+    fn plan(sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ward.db")).unwrap();
+        store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// A merge repoints the incidents redirected to the merged one through an index,
     /// not by scanning every incident.
     #[test]
     fn merges_find_redirected_incidents_by_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ward.db")).unwrap();
-        let plan: Vec<String> = store
-            .conn
-            .prepare("EXPLAIN QUERY PLAN UPDATE incidents SET redirected_to = ?2 WHERE redirected_to = ?1")
-            .unwrap()
-            .query_map(["a", "b"], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = plan(
+            "UPDATE incidents SET redirected_to = ?2 WHERE redirected_to = ?1",
+            ["a", "b"],
+        );
         assert!(plan.iter().any(|p| p.contains("incidents_by_redirect")), "{plan:?}");
     }
 
@@ -712,14 +720,7 @@ mod tests {
             limit: 50,
         };
         let (sql, values) = crate::store::sqlite::SqliteStore::alert_list_query(&filter);
-        let plan: Vec<String> = store
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap()
-            .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = plan(&sql, rusqlite::params_from_iter(values));
         assert!(plan.iter().any(|p| p.contains("alerts_by_device ")), "{plan:?}");
         assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
         let indexes: Vec<String> = store
@@ -739,20 +740,13 @@ mod tests {
     /// entity index (migration 26), which holds only process and lineage rows.
     #[test]
     fn a_process_is_found_through_the_partial_entity_index() {
+        let plan = plan(
+            crate::store::sqlite::incident_view::PROCESS_SAMPLE_SQL,
+            rusqlite::params!["p", "i", "d", 5],
+        );
+        assert!(plan.iter().any(|p| p.contains("alert_entities_by_value")), "{plan:?}");
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ward.db")).unwrap();
-        let plan: Vec<String> = store
-            .conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                crate::store::sqlite::incident_view::PROCESS_SAMPLE_SQL
-            ))
-            .unwrap()
-            .query_map(rusqlite::params!["p", "i", "d", 5], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(plan.iter().any(|p| p.contains("alert_entities_by_value")), "{plan:?}");
         let rows: i64 = store
             .conn
             .query_row(
@@ -979,19 +973,7 @@ mod tests {
     /// (there is no index by status: every correlation step would move its entries).
     #[test]
     fn open_incidents_are_found_by_last_activity() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("ward.db")).unwrap();
-        let plan: Vec<String> = store
-            .conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                crate::store::sqlite::incidents::OPEN_INCIDENTS
-            ))
-            .unwrap()
-            .query_map([0], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = plan(crate::store::sqlite::incidents::OPEN_INCIDENTS, [0]);
         assert!(plan.iter().any(|p| p.contains("incidents_by_last")), "{plan:?}");
     }
 

@@ -5,12 +5,12 @@
 //! incident, the ancestry and the signature check. Screenshot into docs/screenshots/
 //! with `WARD_UPDATE_SCREENSHOTS=1`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ward_tests::browser::{Browser, chromium_path};
 
 use crate::alert_page::{page, three_alerts};
+use crate::browser::console::screenshot;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -232,25 +232,4 @@ fn no_sideways_scroll(b: &mut Browser) {
         .eval("Array.from(document.querySelectorAll('#view *')).filter((e) => e.getBoundingClientRect().right > window.innerWidth).slice(0, 5).map((e) => e.tagName + '#' + e.id + '.' + e.className + ': ' + (e.innerText || '').slice(0, 60))")
         .unwrap();
     assert_eq!(wide, serde_json::json!(true), "the alert page scrolls sideways: {over}");
-}
-
-/// Captures the page as `name` (into docs/screenshots/ with WARD_UPDATE_SCREENSHOTS=1).
-fn screenshot(b: &mut Browser, name: &str) {
-    let update = std::env::var_os("WARD_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
-    let path = if update {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../docs/screenshots")
-            .join(name)
-    } else {
-        std::env::temp_dir().join(format!("ward-alert-page-{}-{name}", std::process::id()))
-    };
-    b.screenshot(&path).unwrap();
-    let png = std::fs::read(&path).unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-        "{name} is not a screenshot"
-    );
-    if !update {
-        std::fs::remove_file(&path).unwrap();
-    }
 }

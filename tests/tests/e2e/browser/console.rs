@@ -34,8 +34,9 @@ fn console_story_in_a_real_browser() {
     in_own_namespace(&test_path(module_path!(), "console_story_in_a_real_browser"), scenario);
 }
 
-/// Captures the page as `name` and checks the capture is a PNG image.
-fn screenshot(b: &mut Browser, name: &str) {
+/// Captures the page as `name` and checks the capture is a PNG image (into
+/// docs/screenshots/ with WARD_UPDATE_SCREENSHOTS=1, else a temporary file).
+pub(crate) fn screenshot(b: &mut Browser, name: &str) {
     let update = std::env::var_os("WARD_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1");
     let path = if update {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
