@@ -47,13 +47,17 @@ async fn scenario() {
     // Fill the disk, keeping a file to delete later.
     let spare = collector.data_dir().join("spare");
     std::fs::write(&spare, vec![0u8; 4 << 20]).unwrap();
+    // Down to the last 4 KiB page: a batch written with fewer B-trees fits into
+    // what a coarser fill leaves.
     let mut filler = 0;
-    loop {
-        let path = collector.data_dir().join(format!("filler-{filler}"));
-        if std::fs::write(&path, vec![0u8; 1 << 20]).is_err() {
-            break;
+    for size in [1 << 20, 64 << 10, 4 << 10] {
+        loop {
+            let path = collector.data_dir().join(format!("filler-{filler}"));
+            filler += 1;
+            if std::fs::write(&path, vec![0u8; size]).is_err() {
+                break;
+            }
         }
-        filler += 1;
     }
     // A batch now cannot be committed: no acknowledgement, the session stays.
     let alerts: Vec<_> = (0..200)
