@@ -21,6 +21,9 @@ fn a_full_disk_is_reported_and_batches_wait_instead_of_failing() {
     );
 }
 
+/// Alerts per batch sent once the disk is full.
+const BATCH: usize = 500;
+
 async fn health(collector: &Collector) -> (u16, serde_json::Value) {
     collector.get("/healthz").await.unwrap()
 }
@@ -59,27 +62,41 @@ async fn scenario() {
             }
         }
     }
-    // A batch now cannot be committed: no acknowledgement, the session stays.
-    let alerts: Vec<_> = (0..200)
-        .map(|_| {
-            let a = dev.next_alert();
-            dev.sign(&a)
-        })
-        .collect();
-    let session = dev.session.as_mut().unwrap();
-    session
-        .send(&AgentMessage::Alerts(AlertBatch { batch_id: 900, alerts }))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let failing = loop {
-        let (status, body) = health(&collector).await;
-        if status == 503 {
-            break body;
+    // Batches until one cannot be committed (the log file keeps the space of
+    // earlier commits, so the first may still fit): that one gets no
+    // acknowledgement, health says why, and the session stays.
+    let mut held = None;
+    let mut failing = serde_json::Value::Null;
+    for n in 0..20u64 {
+        let alerts: Vec<_> = (0..BATCH)
+            .map(|_| {
+                let a = dev.next_alert();
+                dev.sign(&a)
+            })
+            .collect();
+        let batch_id = 900 + n;
+        dev.session
+            .as_mut()
+            .unwrap()
+            .send(&AgentMessage::Alerts(AlertBatch { batch_id, alerts }))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && failing.is_null() {
+            let (status, body) = health(&collector).await;
+            if status == 503 {
+                failing = body;
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "healthz stayed {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        if !failing.is_null() {
+            held = Some(batch_id);
+            break;
+        }
+    }
+    let held = held.expect("every batch was stored on a full disk: healthz stayed 200");
+    let session = dev.session.as_mut().unwrap();
     assert_eq!(failing["status"], "failing", "{failing}");
     let why = failing["storage"].as_str().unwrap_or_default().to_lowercase();
     assert!(why.contains("full"), "{failing}");
@@ -95,7 +112,7 @@ async fn scenario() {
     let ack = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match session.recv().await.unwrap() {
-                Some(CollectorMessage::Ack(ack)) if ack.batch_id == 900 => return ack,
+                Some(CollectorMessage::Ack(ack)) if ack.batch_id == held => return ack,
                 Some(_) => continue,
                 None => panic!("session ended"),
             }
@@ -103,7 +120,7 @@ async fn scenario() {
     })
     .await
     .expect("the held batch was acknowledged once space came back");
-    assert_eq!(ack.stored, 200, "{ack:?}");
+    assert_eq!(ack.stored, BATCH as u32, "{ack:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while health(&collector).await.0 != 200 {
         assert!(Instant::now() < deadline, "healthz did not recover");
