@@ -178,6 +178,16 @@ pub fn entities(event: &Event) -> Vec<Entity> {
                 });
             }
         }
+        EventData::Network(n) => {
+            if n.process.pid != 0 {
+                process_entities(&n.process, &mut out);
+            }
+            // The other end links incidents (the collector skips loopback and other
+            // addresses that name no host when it keys incidents on it).
+            if let Some(addr) = n.remote_ip() {
+                out.push(Entity::Ip { addr });
+            }
+        }
         EventData::Gap(_) => {}
     }
     out
