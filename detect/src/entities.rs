@@ -375,6 +375,48 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_names_its_process_and_the_remote_address() {
+        use crate::event::{NetOp, NetworkEvent};
+        let ev = |op, process: ProcessEvent| Event {
+            observed_at_ms: 1,
+            data: EventData::Network(NetworkEvent {
+                op,
+                protocol: "tcp".into(),
+                source_ip: "10.0.0.5".parse().unwrap(),
+                source_port: 40000,
+                destination_ip: Some("203.0.113.7".parse().unwrap()),
+                destination_port: Some(443),
+                established: true,
+                process,
+            }),
+        };
+        let p = ProcessEvent {
+            pid: 9,
+            exe: "/usr/bin/curl".into(),
+            user: "alice".into(),
+            ..Default::default()
+        };
+        let got = entities(&ev(NetOp::Connect, p.clone()));
+        assert!(got.contains(&Entity::Ip {
+            addr: "203.0.113.7".parse().unwrap()
+        }));
+        assert!(got.iter().any(|e| matches!(e, Entity::Process { pid: 9, .. })));
+        // An accept's remote end is its source; an unnamed process gives no process entity.
+        let got = entities(&ev(NetOp::Accept, ProcessEvent::default()));
+        assert_eq!(
+            got,
+            vec![Entity::Ip {
+                addr: "10.0.0.5".parse().unwrap()
+            }]
+        );
+        assert!(
+            !entities(&ev(NetOp::Listen, p))
+                .iter()
+                .any(|e| matches!(e, Entity::Ip { .. }))
+        );
+    }
+
+    #[test]
     fn attack_tags_to_ids() {
         let tags: Vec<String> = [
             "attack.execution",

@@ -419,6 +419,7 @@ impl SigmaEventTrait for SigmaView<'_> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn proc_event() -> Event {
         Event {
@@ -508,9 +509,64 @@ mod tests {
             placement(Some("process_creation"), Some("windows"), None),
             Placement::Inactive(_)
         ));
-        assert!(matches!(
+        assert_eq!(
             placement(Some("network_connection"), Some("linux"), None),
+            Placement::One(Bucket::Network, None)
+        );
+        assert!(matches!(
+            placement(Some("dns_query"), Some("linux"), None),
             Placement::Inactive(_)
         ));
+    }
+
+    #[test]
+    fn network_events_read_as_sysmon_shaped_fields() {
+        let ev = |op, src: &str, dst: Option<&str>| Event {
+            observed_at_ms: 1,
+            data: EventData::Network(NetworkEvent {
+                op,
+                protocol: "tcp".into(),
+                source_ip: src.parse().unwrap(),
+                source_port: 40000,
+                destination_ip: dst.map(|d| d.parse().unwrap()),
+                destination_port: dst.map(|_| 4444),
+                established: true,
+                process: ProcessEvent {
+                    pid: 7,
+                    exe: "/usr/bin/bash".into(),
+                    cmdline: "bash -i".into(),
+                    user: "www-data".into(),
+                    sha256: Some([1; 32]),
+                    ..Default::default()
+                },
+            }),
+        };
+        let connect = ev(NetOp::Connect, "10.0.0.5", Some("2001:db8::7"));
+        let v = SigmaView::new(&connect);
+        let get = |v: &SigmaView<'_>, k: &str| v.get_field(k).map(|x| x.to_json());
+        assert_eq!(get(&v, "Initiated"), Some(json!("true")));
+        assert_eq!(get(&v, "SourceIp"), Some(json!("10.0.0.5")));
+        assert_eq!(get(&v, "SourcePort"), Some(json!(40000)));
+        assert_eq!(get(&v, "DestinationIp"), Some(json!("2001:db8::7")));
+        assert_eq!(get(&v, "DestinationPort"), Some(json!(4444)));
+        assert_eq!(get(&v, "SourceIsIpv6"), Some(json!("false")));
+        assert_eq!(get(&v, "DestinationIsIpv6"), Some(json!("true")));
+        assert_eq!(get(&v, "Protocol"), Some(json!("tcp")));
+        assert_eq!(get(&v, "Operation"), Some(json!("connect")));
+        assert_eq!(get(&v, "Image"), Some(json!("/usr/bin/bash")));
+        assert_eq!(get(&v, "User"), Some(json!("www-data")));
+        assert_eq!(get(&v, "DestinationHostname"), None);
+        assert_eq!(get(&v, "Hashes"), None, "the image's hash is the process event's");
+        assert!(
+            !v.any_string_value(&|s| s.contains("bash")),
+            "no keyword search on connections"
+        );
+        assert_eq!(buckets(&connect).0, &[Bucket::Network]);
+        let listen = ev(NetOp::Listen, "0.0.0.0", None);
+        let v = SigmaView::new(&listen);
+        assert_eq!(get(&v, "Initiated"), Some(json!("false")));
+        assert_eq!((get(&v, "DestinationIp"), get(&v, "DestinationPort")), (None, None));
+        let keys = v.top_level_keys().unwrap();
+        assert!(keys.iter().any(|k| k == "SourcePort") && keys.iter().any(|k| k == "Image"));
     }
 }
