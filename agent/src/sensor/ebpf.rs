@@ -314,8 +314,12 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let more = c.to_string();
+        // aya's messages often repeat their source's text already.
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
         cur = c.source();
     }
     if s.contains("Operation not permitted") {
