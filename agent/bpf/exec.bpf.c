@@ -19,6 +19,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define FLAG_ARGS_CUT 1
 #define FLAG_EXE_CUT 2
 #define FLAG_CWD_CUT 4
+#define FLAG_EXE_DELETED 8 /* the executable has no link left on disk */
 
 #define KIND_EXEC 1
 
@@ -160,6 +161,8 @@ int BPF_PROG(ward_exec, struct task_struct *task, pid_t old_pid, struct linux_bi
 	e->exe_len = walk_path(BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt), e->exe, &cut);
 	if (cut)
 		e->flags |= FLAG_EXE_CUT;
+	if (BPF_CORE_READ(exe, f_path.dentry, d_inode, i_nlink) == 0)
+		e->flags |= FLAG_EXE_DELETED;
 	cut = 0;
 	struct fs_struct *fs = BPF_CORE_READ(task, fs);
 	e->cwd_len = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), e->cwd, &cut);

@@ -50,9 +50,14 @@ struct qstr {
 	const unsigned char *name;
 };
 
+struct inode {
+	unsigned int i_nlink;
+};
+
 struct dentry {
 	struct dentry *d_parent;
 	struct qstr d_name;
+	struct inode *d_inode;
 };
 
 struct vfsmount {

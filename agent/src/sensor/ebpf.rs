@@ -58,6 +58,7 @@ const EXEC_ARGS_CAP: usize = 4096;
 const FLAG_ARGS_CUT: u32 = 1;
 const FLAG_EXE_CUT: u32 = 2;
 const FLAG_CWD_CUT: u32 = 4;
+const FLAG_EXE_DELETED: u32 = 8;
 
 // struct net_event (net.bpf.c).
 const NET_SIZE: usize = 88;
@@ -104,6 +105,8 @@ pub struct ExecRecord {
     pub args_cut: bool,
     /// A path was deeper or longer than kept: only its last components are in it.
     pub path_cut: bool,
+    /// The executable had no link left on disk when it ran (deleted, or a memfd).
+    pub exe_deleted: bool,
 }
 
 impl ExecRecord {
@@ -228,6 +231,7 @@ pub fn decode_exec(b: &[u8]) -> Result<ExecRecord, DecodeError> {
         argv,
         args_cut,
         path_cut: flags & (FLAG_EXE_CUT | FLAG_CWD_CUT) != 0,
+        exe_deleted: flags & FLAG_EXE_DELETED != 0,
     })
 }
 
@@ -458,6 +462,11 @@ impl Probe {
     }
 }
 
+/// After the ring buffer says it has records, wait this long before reading them, so a
+/// stream of events is read (and handed to detection) in batches rather than one
+/// wake-up per event; the ring buffers hold far more than arrives in this time.
+const COALESCE: Duration = Duration::from_millis(10);
+
 /// Counts what it lost and reports it as a gap, at most once a second.
 struct LossReport {
     last: Instant,
@@ -532,9 +541,12 @@ pub fn run_exec(probe: &mut Probe, tracker: &ProcessTracker, ctx: &SensorCtx) ->
     let mut report = LossReport::new();
     let mut pruned = Instant::now();
     while !ctx.stopped() {
-        probe
+        if probe
             .wait(Duration::from_millis(250))
-            .map_err(|e| SensorError::io("eBPF exec ring buffer poll", e))?;
+            .map_err(|e| SensorError::io("eBPF exec ring buffer poll", e))?
+        {
+            std::thread::sleep(COALESCE);
+        }
         let mut records: Vec<ExecRecord> = Vec::new();
         let mut bad = 0u64;
         probe.drain(4096, |b| {
@@ -725,9 +737,12 @@ pub fn run_net(
     let mut folded_shown = 0u64;
     let mut shown_at = Instant::now();
     while !ctx.stopped() {
-        probe
+        if probe
             .wait(Duration::from_millis(250))
-            .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?;
+            .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?
+        {
+            std::thread::sleep(COALESCE);
+        }
         let mut records: Vec<NetRecord> = Vec::new();
         let mut bad = 0u64;
         probe.drain(4096, |b| {
@@ -833,13 +848,21 @@ mod tests {
         assert_eq!(r.cwd, "/home/alice");
         assert_eq!(r.argv, vec!["sh", "-c", "echo hi there"]);
         assert_eq!(r.cmdline(), "sh -c echo hi there");
-        assert!(!r.args_cut && !r.path_cut);
+        assert!(!r.args_cut && !r.path_cut && !r.exe_deleted);
     }
 
     #[test]
     fn cut_and_odd_exec_records() {
         // argv cut mid-argument: the last one is kept as far as it goes.
-        let r = decode_exec(&exec_bytes(&[], &[], "./x", b"x\0aaaa", FLAG_ARGS_CUT | FLAG_CWD_CUT)).unwrap();
+        let r = decode_exec(&exec_bytes(
+            &[],
+            &[],
+            "./x",
+            b"x\0aaaa",
+            FLAG_ARGS_CUT | FLAG_CWD_CUT | FLAG_EXE_DELETED,
+        ))
+        .unwrap();
+        assert!(r.exe_deleted);
         assert_eq!(r.argv, vec!["x", "aaaa"]);
         assert!(r.args_cut && r.path_cut);
         assert_eq!((r.exe.as_str(), r.image(), r.cwd.as_str()), ("", "./x", "/"));
@@ -1006,25 +1029,41 @@ mod tests {
             .unwrap();
         let pid = child.id();
         child.wait().unwrap();
+        // A program deleted before it runs (run through its open descriptor).
+        let script = format!(
+            "cp /bin/true {d}/gone && exec 3<{d}/gone && rm {d}/gone && exec /proc/self/fd/3 ward-deleted",
+            d = dir.path().display()
+        );
+        let mut gone = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let gone_pid = gone.id();
+        assert!(gone.wait().unwrap().success());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let client_port = client.local_addr().unwrap().port();
         let (_server, _) = listener.accept().unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut found = None;
-        while found.is_none() && Instant::now() < deadline {
+        let (mut found, mut deleted) = (None, None);
+        while (found.is_none() || deleted.is_none()) && Instant::now() < deadline {
             exec.wait(Duration::from_millis(100)).unwrap();
             exec.drain(usize::MAX, |b| {
-                if let Ok(r) = decode_exec(b)
-                    && r.tgid == pid
-                {
-                    found = Some(r);
+                if let Ok(r) = decode_exec(b) {
+                    if r.tgid == pid {
+                        found = Some(r);
+                    } else if r.tgid == gone_pid && r.argv.last().is_some_and(|a| a == "ward-deleted") {
+                        deleted = Some(r);
+                    }
                 }
                 true
             });
         }
+        let gone = deleted.expect("the deleted program's exec was not reported");
+        assert!(gone.exe_deleted && gone.exe.ends_with("/gone"), "{gone:?}");
         let r = found.expect("the exec was not reported");
+        assert!(!r.exe_deleted, "{r:?}");
         assert_eq!(r.argv, vec!["/bin/sh", "-c", "exit 0", "ward-test-arg"]);
         assert_eq!(r.ppid, std::process::id());
         assert_eq!(r.filename, "/bin/sh");

@@ -628,6 +628,57 @@ mod tests {
         assert_eq!(c.process_poll_interval_ms, 500);
         assert_eq!(c.file_hash_max_bytes, 32 * 1024 * 1024);
         assert!(toml::from_str::<SensorConfig>("poll = 1").is_err());
+        assert_eq!(c.process_source, ProcessSource::Auto);
+        assert!(c.network_enabled);
+        assert_eq!(c.network_dedup_ms, 1000);
+        for (text, want) in [
+            ("auto", ProcessSource::Auto),
+            ("ebpf", ProcessSource::Ebpf),
+            ("proc", ProcessSource::Proc),
+        ] {
+            let c: SensorConfig = toml::from_str(&format!("process_source = {text:?}")).unwrap();
+            assert_eq!(c.process_source, want);
+        }
+        assert!(toml::from_str::<SensorConfig>("process_source = \"kprobe\"").is_err());
+    }
+
+    /// `process_source = "proc"` runs the netlink connector and the /proc poll, ready,
+    /// and loads no eBPF; the network sensor reports on its own line.
+    #[tokio::test]
+    async fn the_proc_source_is_chosen_by_configuration() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (stx, srx) = watch::channel(false);
+        let dir = tempfile::tempdir().unwrap();
+        let config = SensorConfig {
+            process_source: ProcessSource::Proc,
+            file_enabled: false,
+            access_enabled: false,
+            auth_enabled: false,
+            audit_enabled: false,
+            network_enabled: false,
+            file_watch_paths: vec![dir.path().display().to_string()],
+            ..SensorConfig::default()
+        };
+        let board = SensorBoard::default();
+        let task = tokio::spawn(run_sensors(config, tx, srx, board.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while board.get("process").is_none_or(|s| s.readiness == Readiness::Starting) {
+            assert!(Instant::now() < deadline, "{:?}", board.snapshot());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let process = board.get("process").unwrap();
+        assert_eq!(
+            (process.readiness, process.source.as_str()),
+            (Readiness::Ready, "/proc every 1000 ms")
+        );
+        assert_ne!(board.get("process_connector").unwrap().readiness, Readiness::Off);
+        assert_eq!(board.get("network").unwrap().readiness, Readiness::Off);
+        stx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        while rx.try_recv().is_ok() {}
     }
 
     #[tokio::test]

@@ -232,19 +232,16 @@ impl ProcessTracker {
         }
     }
 
-    /// The event of an exec the kernel reported (eBPF): argv, parent, ids, paths and
-    /// start time come from the kernel as it ran exec, so they are complete even when
-    /// the process is already gone; /proc adds only what the kernel record has not (a
-    /// deleted executable's mark, the hash through /proc/PID/exe while it lives) and
-    /// the ancestors above the parent.
+    /// The event of an exec the kernel reported (eBPF): argv, parent, ids, paths, the
+    /// deleted mark and start time come from the kernel as it ran exec, so they are
+    /// complete even when the process is already gone; /proc adds only the hash (through
+    /// /proc/PID/exe while it lives, else the path) and the ancestors above the parent.
     pub fn from_kernel(&self, rec: &super::ebpf::ExecRecord) -> ProcessEvent {
         let root = &self.proc_root;
         let pid = rec.tgid;
         let start_time_ms = crate::clock::start_time_ms_from_boot_ns(rec.start_ns);
         let exe = rec.image().to_string();
-        let (proc_exe, exe_deleted) = read_exe(root, pid);
-        // The same process still runs the program: /proc's view adds the deleted mark.
-        let exe_deleted = exe_deleted && proc_exe == exe;
+        let exe_deleted = rec.exe_deleted;
         lock(&self.seen).insert(
             pid,
             Seen {
@@ -265,15 +262,20 @@ impl ProcessTracker {
                 .ok()
         };
         let login_user = (rec.loginuid != u32::MAX).then(|| self.lineage.user_name(rec.loginuid));
-        let lineage = self.lineage.lineage_of(ProcessNode {
-            pid,
-            ppid: rec.ppid,
-            start_time_ms,
-            exe: exe.clone(),
-            cmdline: cmdline.clone(),
-            user: Some(self.lineage.user_name(rec.euid)),
-            login_user,
-        });
+        // Ancestors read within the last 250 ms are not read again: a burst of execs
+        // under one shell costs one walk of its chain, not one per exec.
+        let lineage = self.lineage.lineage_of_recent(
+            ProcessNode {
+                pid,
+                ppid: rec.ppid,
+                start_time_ms,
+                exe: exe.clone(),
+                cmdline: cmdline.clone(),
+                user: Some(self.lineage.user_name(rec.euid)),
+                login_user,
+            },
+            Duration::from_millis(250),
+        );
         let (parent_exe, parent_cmdline) = match lineage.ancestors.first() {
             Some(parent) => (parent.exe.clone(), parent.cmdline.clone()),
             None if rec.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),

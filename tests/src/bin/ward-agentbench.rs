@@ -49,6 +49,10 @@ enum Bench {
         /// Seconds of the paced load.
         #[arg(long, default_value_t = 20)]
         secs: u64,
+        /// Only the paced load, with this `process_source` (`ebpf`, or `proc` to
+        /// compare with the netlink connector and /proc).
+        #[arg(long)]
+        cpu_only: Option<String>,
     },
 }
 
@@ -110,7 +114,14 @@ fn main() -> Result<()> {
             connections,
             rate,
             secs,
-        } => kernel(execs, connections, rate, secs),
+            cpu_only,
+        } => match cpu_only {
+            Some(source) => paced(&source, rate, secs),
+            None => {
+                kernel(execs, connections)?;
+                paced("ebpf", rate, secs)
+            }
+        },
     }
 }
 
@@ -305,7 +316,7 @@ fn settle(want: usize, count: impl Fn() -> Result<usize>) -> Result<usize> {
     }
 }
 
-fn kernel(execs: usize, connections: usize, rate: u64, secs: u64) -> Result<()> {
+fn kernel(execs: usize, connections: usize) -> Result<()> {
     if !ward_tests::is_root() {
         bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
     }
@@ -336,7 +347,6 @@ fn kernel(execs: usize, connections: usize, rate: u64, secs: u64) -> Result<()> 
         )
     })?;
     agent.wait_connected(Duration::from_secs(20))?;
-    let pid = agent.pid().context("agent pid")?;
     std::thread::sleep(Duration::from_secs(3));
     let status = agent.status()?;
     if !status.contains("process: ready (eBPF") || !status.contains("network: ready (eBPF") {
@@ -424,9 +434,31 @@ fn kernel(execs: usize, connections: usize, rate: u64, secs: u64) -> Result<()> 
         connections as f64 / conn_secs
     );
 
-    // 3. Agent CPU at `rate` execs/s plus `rate` connections/s (nothing matches a rule
-    // of the bench; the default pack runs on every event).
-    std::thread::sleep(Duration::from_secs(3));
+    drop(agent);
+    drop(collector);
+    Ok(())
+}
+
+/// Agent CPU at `rate` execs/s plus `rate` connections/s, paced by two threads, on a
+/// fresh agent with the default sensors and pack (nothing the load does matches a
+/// rule), files watched in a private directory, and the process source `source`;
+/// every connection is reported (no folding).
+fn paced(source: &str, rate: u64, secs: u64) -> Result<()> {
+    if !ward_tests::is_root() {
+        bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
+    }
+    let collector = Collector::start()?;
+    // Files are watched in a private directory only: on this shared machine other
+    // people's builds write into /tmp all the time, which is not this load.
+    let agent = Agent::start_with(&collector, |w| {
+        format!(
+            "[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nprocess_source = {source:?}\nnetwork_dedup_ms = 0\nfile_watch_paths = [{:?}]\n",
+            w.display().to_string()
+        )
+    })?;
+    agent.wait_connected(Duration::from_secs(20))?;
+    let pid = agent.pid().context("agent pid")?;
+    std::thread::sleep(Duration::from_secs(5));
     let quiet = std::net::TcpListener::bind("127.0.0.1:0")?;
     let quiet_port = quiet.local_addr()?.port();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -434,34 +466,46 @@ fn kernel(execs: usize, connections: usize, rate: u64, secs: u64) -> Result<()> 
     let acceptor = std::thread::spawn(move || {
         quiet.set_nonblocking(true).ok();
         while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            match quiet.accept() {
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            if quiet.accept().is_err() {
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
     });
+    // One pacing thread per kind; each returns how many it did.
+    let pace = |work: Box<dyn Fn() -> bool + Send>, d: Duration| {
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let (mut i, mut done) = (0u64, 0u64);
+            while start.elapsed() < d {
+                let due = start + Duration::from_micros(i * 1_000_000 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if work() {
+                    done += 1;
+                }
+                i += 1;
+            }
+            done
+        })
+    };
     let (mut spawned, mut connected) = (0u64, 0u64);
     let (cpu, rss) = sample(pid, secs, |d| {
-        let start = Instant::now();
-        let mut i: u64 = 0;
-        while start.elapsed() < d {
-            let due = start + Duration::from_micros(i * 1_000_000 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            if std::process::Command::new("/bin/true").arg("paced").status().is_ok() {
-                spawned += 1;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", quiet_port)).is_ok() {
-                connected += 1;
-            }
-            i += 1;
-        }
+        let execs = pace(
+            Box::new(|| std::process::Command::new("/bin/true").arg("paced").status().is_ok()),
+            d,
+        );
+        let conns = pace(
+            Box::new(move || std::net::TcpStream::connect(("127.0.0.1", quiet_port)).is_ok()),
+            d,
+        );
+        spawned = execs.join().unwrap_or(0);
+        connected = conns.join().unwrap_or(0);
     })?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = acceptor.join();
     println!(
-        "paced load: {:.0} execs/s + {:.0} connections/s for {secs} s: agent {cpu:.2} % of one core, RSS {:.1} MiB",
+        "paced load, process_source = {source:?}: {:.0} execs/s + {:.0} connections/s for {secs} s: agent {cpu:.2} % of one core, RSS {:.1} MiB",
         spawned as f64 / secs as f64,
         connected as f64 / secs as f64,
         rss as f64 / 1024.0
