@@ -62,7 +62,7 @@ struct net_event {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1024 * 1024);
+	__uint(max_entries, 512 * 1024);
 } net_events SEC(".maps");
 
 struct {

@@ -332,6 +332,22 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Gives the heap freed after loading back to the system: parsing the kernel's BTF
+/// (several MB of types) leaves tens of MB of freed heap that glibc would otherwise
+/// keep for the agent's whole life.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no
+    // pointers and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
+
 /// A loaded, attached program with its ring buffer and lost-record counter. The
 /// programs stay attached while this lives.
 pub struct Probe {
@@ -378,6 +394,8 @@ impl Probe {
             .take_map(lost)
             .ok_or_else(|| load_err(what)(&format!("no map {lost}")))?;
         let lost = PerCpuArray::try_from(lost_map).map_err(|e| load_err(what)(&chain(&e)))?;
+        drop(btf);
+        release_freed_memory();
         Ok(Probe {
             _ebpf: ebpf,
             ring,
