@@ -379,7 +379,7 @@ mod tests {
         use crate::event::{NetOp, NetworkEvent};
         let ev = |op, process: ProcessEvent| Event {
             observed_at_ms: 1,
-            data: EventData::Network(NetworkEvent {
+            data: EventData::Network(Box::new(NetworkEvent {
                 op,
                 protocol: "tcp".into(),
                 source_ip: "10.0.0.5".parse().unwrap(),
@@ -388,7 +388,7 @@ mod tests {
                 destination_port: Some(443),
                 established: true,
                 process,
-            }),
+            })),
         };
         let p = ProcessEvent {
             pid: 9,

@@ -21,8 +21,9 @@ pub enum EventData {
     Audit(AuditEvent),
     /// A watched sensitive file opened, and the process that opened it.
     FileAccess(FileAccessEvent),
-    /// A TCP connection made, accepted, or a port listened on, and the process.
-    Network(NetworkEvent),
+    /// A TCP connection made, accepted, or a port listened on, and the process (boxed:
+    /// the largest kind, and every event on the channel is as large as it).
+    Network(Box<NetworkEvent>),
     /// A sensor's blind spot: it may have missed something (watch limit reached,
     /// unreadable path, a poll too slow for a short-lived process, dropped events).
     Gap(SensorGap),

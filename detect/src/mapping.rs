@@ -523,7 +523,7 @@ mod tests {
     fn network_events_read_as_sysmon_shaped_fields() {
         let ev = |op, src: &str, dst: Option<&str>| Event {
             observed_at_ms: 1,
-            data: EventData::Network(NetworkEvent {
+            data: EventData::Network(Box::new(NetworkEvent {
                 op,
                 protocol: "tcp".into(),
                 source_ip: src.parse().unwrap(),
@@ -539,7 +539,7 @@ mod tests {
                     sha256: Some([1; 32]),
                     ..Default::default()
                 },
-            }),
+            })),
         };
         let connect = ev(NetOp::Connect, "10.0.0.5", Some("2001:db8::7"));
         let v = SigmaView::new(&connect);

@@ -792,7 +792,7 @@ pub fn run_net(
                 Some(o) => tracker.network_process(o.tgid, o.start_ns, o.uid, &o.comm),
                 None => ProcessEvent::default(),
             };
-            if !ctx.emit(EventData::Network(network_event(&rec, process))) {
+            if !ctx.emit(EventData::Network(Box::new(network_event(&rec, process)))) {
                 return Ok(());
             }
         }
@@ -830,7 +830,7 @@ mod tests {
         put(&mut b, 36, 5);
         b[40..48].copy_from_slice(&123_450_000_000u64.to_le_bytes());
         b[48..56].copy_from_slice(&100_000_000_000u64.to_le_bytes());
-        let mut write_path = |b: &mut Vec<u8>, at: usize, len_at: usize, parts: &[&str]| {
+        let write_path = |b: &mut Vec<u8>, at: usize, len_at: usize, parts: &[&str]| {
             let mut off = 0;
             for p in parts {
                 b[at + off..at + off + p.len()].copy_from_slice(p.as_bytes());
