@@ -17,6 +17,12 @@
 //! When anything is missing, loading fails with the reason and the caller falls back
 //! (see `sensor::run_sensors`).
 //!
+//! A network event's process is read from /proc (cached per process) when the agent
+//! reads the event, a few milliseconds after the kernel wrote it: a process that
+//! execs in between (a shell running its last command in place) is named by its new
+//! program. The kernel record keeps the thread name (`comm`) as it was; carrying the
+//! executable's path in the record is the fix.
+//!
 //! Records are decoded by pure functions ([`decode_exec`], [`decode_net`]) from the
 //! ring buffer's bytes: the layouts are the C structs `exec_event` and `net_event`,
 //! little-endian; change both sides together. Malformed records are counted, never
