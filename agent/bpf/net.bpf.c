@@ -12,16 +12,22 @@
  *   accepting process: it is sent without a process and the agent names the process
  *   that listens on that port (from the listen events, and /proc at start).
  *
- * Layout is `struct net_event` (little-endian, decoded by agent/src/sensor/ebpf.rs;
+ * The connecting or listening process's executable is sent just before, in process
+ * context, as an `exe_event` naming the socket, so a process that execs right after
+ * connecting is still named by the program that connected.
+ *
+ * Layout is `struct net_event` and `struct exe_event` (little-endian, decoded by agent/src/sensor/ebpf.rs;
  * change both together). A full ring buffer is counted in `net_lost`. */
 #include "ward.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "path.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define KIND_NET 2
+#define KIND_NET_EXE 3
 
 #define OP_CONNECT 1
 #define OP_ACCEPT 2
@@ -58,7 +64,24 @@ struct net_event {
 	u8 saddr[16]; /* v4 in the first 4 bytes */
 	u8 daddr[16];
 	struct owner who; /* zero for accept */
+	u64 sk;           /* the socket, to pair with its exe_event */
 };
+
+struct exe_event {
+	u32 kind;
+	u32 exe_len; /* bytes of `exe` used: components leaf first, NUL-ended */
+	u64 sk;
+	u32 tgid;
+	u32 cut; /* the path was deeper or longer than kept */
+	char exe[PATH_MAX_OUT + NAME_READ];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct exe_event);
+} exe_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -98,20 +121,48 @@ static __always_inline void current_owner(struct owner *o)
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
+static __always_inline void count_lost(void)
+{
+	u32 zero = 0;
+	u64 *n = bpf_map_lookup_elem(&net_lost, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* The current process's executable, for the socket `sk`. */
+static __always_inline void send_exe(const struct sock *sk)
+{
+	u32 zero = 0;
+	struct exe_event *e = bpf_map_lookup_elem(&exe_scratch, &zero);
+	if (!e)
+		return;
+	e->kind = KIND_NET_EXE;
+	e->sk = (u64)sk;
+	e->tgid = bpf_get_current_pid_tgid() >> 32;
+	u32 cut = 0;
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	e->exe_len = walk_path(BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt), e->exe, &cut);
+	e->cut = cut;
+	u64 size = __builtin_offsetof(struct exe_event, exe) + (e->exe_len & (PATH_MAX_OUT * 2 - 1));
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&net_events, e, size, 0) != 0)
+		count_lost();
+}
+
 static __always_inline void send(const struct sock *sk, u8 op, u8 flags, const struct owner *who)
 {
 	struct net_event *e = bpf_ringbuf_reserve(&net_events, sizeof(*e), 0);
 	if (!e) {
-		u32 zero = 0;
-		u64 *n = bpf_map_lookup_elem(&net_lost, &zero);
-		if (n)
-			__sync_fetch_and_add(n, 1);
+		count_lost();
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = KIND_NET;
 	e->op = op;
 	e->flags = flags;
+	e->sk = (u64)sk;
 	if (who)
 		__builtin_memcpy(&e->who, who, sizeof(*who));
 	u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -134,6 +185,7 @@ int BPF_PROG(ward_tcp_state, const struct sock *sk, const int oldstate, const in
 {
 	u64 key = (u64)sk;
 	if (newstate == TCP_SYN_SENT) {
+		send_exe(sk);
 		struct owner o = {};
 		current_owner(&o);
 		bpf_map_update_elem(&connecting, &key, &o, 0);
@@ -144,6 +196,7 @@ int BPF_PROG(ward_tcp_state, const struct sock *sk, const int oldstate, const in
 			bpf_map_delete_elem(&connecting, &key);
 		}
 	} else if (newstate == TCP_LISTEN) {
+		send_exe(sk);
 		struct owner o = {};
 		current_owner(&o);
 		send(sk, OP_LISTEN, 0, &o);

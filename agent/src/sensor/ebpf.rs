@@ -18,10 +18,11 @@
 //! (see `sensor::run_sensors`).
 //!
 //! A network event's process is read from /proc (cached per process) when the agent
-//! reads the event, a few milliseconds after the kernel wrote it: a process that
-//! execs in between (a shell running its last command in place) is named by its new
-//! program. The kernel record keeps the thread name (`comm`) as it was; carrying the
-//! executable's path in the record is the fix.
+//! reads the event, a few milliseconds after the kernel wrote it. The kernel sends the
+//! connecting (or listening) process's executable path just before, in its context;
+//! when /proc shows another program by then (the process exec'd right after
+//! connecting: `nc -e /bin/sh`, a shell running its last command in place), the event
+//! names the program that connected, without the new program's command line.
 //!
 //! Records are decoded by pure functions ([`decode_exec`], [`decode_net`]) from the
 //! ring buffer's bytes: the layouts are the C structs `exec_event` and `net_event`,
@@ -51,6 +52,7 @@ static NET_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/net.bpf.o");
 
 const KIND_EXEC: u32 = 1;
 const KIND_NET: u32 = 2;
+const KIND_NET_EXE: u32 = 3;
 
 // struct exec_event (exec.bpf.c): byte offsets.
 const EXEC_EXE_AT: usize = 72;
@@ -67,7 +69,9 @@ const FLAG_CWD_CUT: u32 = 4;
 const FLAG_EXE_DELETED: u32 = 8;
 
 // struct net_event (net.bpf.c).
-const NET_SIZE: usize = 88;
+const NET_SIZE: usize = 96;
+// struct exe_event (net.bpf.c).
+const NET_EXE_AT: usize = 24;
 const NET_FLAG_ESTABLISHED: u8 = 1;
 
 /// Why a ring-buffer record was refused.
@@ -148,6 +152,44 @@ pub struct NetRecord {
     pub remote: SocketAddr,
     /// None for an accept (the kernel completes it outside the accepting process).
     pub owner: Option<NetOwner>,
+    /// The socket (a kernel address): pairs the record with its [`NetExe`].
+    pub sk: u64,
+}
+
+/// The executable of the process connecting or listening on a socket, sent by the
+/// kernel in that process just before the socket's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetExe {
+    pub sk: u64,
+    pub tgid: u32,
+    pub exe: String,
+}
+
+/// One record of the network ring buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetItem {
+    Net(NetRecord),
+    Exe(NetExe),
+}
+
+/// Decodes one record of the network ring buffer (`net_event` or `exe_event`).
+pub fn decode_net_item(b: &[u8]) -> Result<NetItem, DecodeError> {
+    match u32_at(b, 0) {
+        Some(KIND_NET_EXE) => {
+            let len = u32_at(b, 4).ok_or(DecodeError::Short(b.len()))?;
+            let exe = region(b, NET_EXE_AT, EXEC_PATH_CAP, len, "exe")?;
+            Ok(NetItem::Exe(NetExe {
+                sk: u64_at(b, 8).ok_or(DecodeError::Short(b.len()))?,
+                tgid: u32_at(b, 16).ok_or(DecodeError::Short(b.len()))?,
+                exe: if exe.is_empty() {
+                    String::new()
+                } else {
+                    join_components(exe)
+                },
+            }))
+        }
+        _ => decode_net(b).map(NetItem::Net),
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -299,6 +341,7 @@ pub fn decode_net(b: &[u8]) -> Result<NetRecord, DecodeError> {
         local,
         remote,
         owner,
+        sk: u64_at(b, 88).ok_or_else(short)?,
     })
 }
 
@@ -760,6 +803,8 @@ pub fn run_net(
     let mut dedup = Dedup::new(Duration::from_millis(config.network_dedup_ms));
     let mut folded_shown = 0u64;
     let mut shown_at = Instant::now();
+    // The executable sent for each socket, until its record comes.
+    let mut exes: HashMap<u64, String> = HashMap::new();
     while !ctx.stopped() {
         if probe
             .wait(Duration::from_millis(250))
@@ -770,8 +815,14 @@ pub fn run_net(
         let mut records: Vec<NetRecord> = Vec::new();
         let mut bad = 0u64;
         probe.drain(4096, |b| {
-            match decode_net(b) {
-                Ok(r) => records.push(r),
+            match decode_net_item(b) {
+                Ok(NetItem::Net(r)) => records.push(r),
+                Ok(NetItem::Exe(e)) => {
+                    if exes.len() >= 16_384 {
+                        exes.clear();
+                    }
+                    exes.insert(e.sk, e.exe);
+                }
                 Err(e) => {
                     bad += 1;
                     tracing::debug!(error = %e, "malformed eBPF network record");
@@ -790,12 +841,13 @@ pub fn run_net(
                 (Some(o), _) => Some(o.clone()),
                 (None, _) => listeners.owner(rec.local.port()).cloned(),
             };
+            let exe = exes.remove(&rec.sk);
             let tgid = owner.as_ref().map(|o| o.tgid).unwrap_or(0);
             if !dedup.admit(tgid, rec.op, rec.remote, now) {
                 continue;
             }
             let process = match &owner {
-                Some(o) => tracker.network_process(o.tgid, o.start_ns, o.uid, &o.comm),
+                Some(o) => tracker.network_process(o.tgid, o.start_ns, o.uid, &o.comm, exe.as_deref()),
                 None => ProcessEvent::default(),
             };
             if !ctx.emit(EventData::Network(Box::new(network_event(&rec, process)))) {
@@ -930,6 +982,7 @@ mod tests {
         b[56..60].copy_from_slice(&33u32.to_le_bytes());
         b[64..72].copy_from_slice(&5_000_000u64.to_le_bytes());
         b[72..76].copy_from_slice(b"curl");
+        b[88..96].copy_from_slice(&0xffff_8880_1234_5678u64.to_le_bytes());
         b
     }
 
@@ -963,6 +1016,26 @@ mod tests {
     }
 
     #[test]
+    fn decodes_the_executable_sent_for_a_socket() {
+        let mut b = vec![0u8; NET_EXE_AT];
+        b[0..4].copy_from_slice(&KIND_NET_EXE.to_le_bytes());
+        b[8..16].copy_from_slice(&77u64.to_le_bytes());
+        b[16..20].copy_from_slice(&900u32.to_le_bytes());
+        b.extend_from_slice(b"nc\0bin\0usr\0");
+        b[4..8].copy_from_slice(&11u32.to_le_bytes());
+        let want = NetExe {
+            sk: 77,
+            tgid: 900,
+            exe: "/usr/bin/nc".into(),
+        };
+        assert_eq!(decode_net_item(&b), Ok(NetItem::Exe(want)));
+        b[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(matches!(decode_net_item(&b), Err(DecodeError::Length { .. })));
+        let net = net_bytes(1, 4, (&[10, 0, 0, 5], 1), (&[10, 0, 0, 6], 2), 0);
+        assert!(matches!(decode_net_item(&net), Ok(NetItem::Net(_))));
+    }
+
+    #[test]
     fn malformed_network_records_are_refused() {
         let good = net_bytes(3, 4, (&[0, 0, 0, 0], 8080), (&[0, 0, 0, 0], 0), 0);
         assert!(decode_net(&good).is_ok());
@@ -986,6 +1059,7 @@ mod tests {
             local: "10.0.0.5:8080".parse().unwrap(),
             remote: "198.51.100.9:50000".parse().unwrap(),
             owner: None,
+            sk: 1,
         };
         let c = network_event(&rec(NetOp::Connect), ProcessEvent::default());
         assert_eq!(
@@ -1100,14 +1174,17 @@ mod tests {
         assert!(exec.newly_lost() == 0);
 
         let mut got: Vec<NetRecord> = Vec::new();
+        let mut exes: HashMap<u64, NetExe> = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         while got.len() < 3 && Instant::now() < deadline {
             net.wait(Duration::from_millis(100)).unwrap();
             net.drain(usize::MAX, |b| {
-                if let Ok(r) = decode_net(b)
-                    && (r.local.port() == port || r.remote.port() == port)
-                {
-                    got.push(r);
+                match decode_net_item(b) {
+                    Ok(NetItem::Net(r)) if r.local.port() == port || r.remote.port() == port => got.push(r),
+                    Ok(NetItem::Exe(e)) => {
+                        exes.insert(e.sk, e);
+                    }
+                    _ => {}
                 }
                 true
             });
@@ -1117,6 +1194,11 @@ mod tests {
         assert_eq!(listen.owner.as_ref().unwrap().tgid, me);
         let connect = got.iter().find(|r| r.op == NetOp::Connect).expect("connect");
         assert_eq!(connect.owner.as_ref().unwrap().tgid, me);
+        let my_exe = std::fs::read_link("/proc/self/exe").unwrap();
+        for r in [listen, connect] {
+            let sent = exes.get(&r.sk).expect("the executable sent for the socket");
+            assert_eq!((sent.tgid, Path::new(&sent.exe)), (me, my_exe.as_path()));
+        }
         assert!(connect.established);
         assert_eq!((connect.local.port(), connect.remote.port()), (client_port, port));
         let accept = got.iter().find(|r| r.op == NetOp::Accept).expect("accept");

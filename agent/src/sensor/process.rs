@@ -301,13 +301,37 @@ impl ProcessTracker {
     /// The process behind a network event: read from /proc while it lives (its last
     /// reading is reused for a minute, so a busy client costs one read, not one per
     /// connection); once gone, what the exec source recorded for it, else its thread
-    /// name as the kernel gave it.
-    pub fn network_process(&self, tgid: u32, start_ns: u64, uid: u32, comm: &str) -> ProcessEvent {
+    /// name as the kernel gave it. `exe_then` is the executable the kernel saw when the
+    /// process connected or listened: it wins over a later program.
+    pub fn network_process(
+        &self,
+        tgid: u32,
+        start_ns: u64,
+        uid: u32,
+        comm: &str,
+        exe_then: Option<&str>,
+    ) -> ProcessEvent {
         let start_time_ms = crate::clock::start_time_ms_from_boot_ns(start_ns);
+        // The kernel named the program that connected; /proc (or the cache) may show
+        // the one it exec'd since: then that program, whose command line is gone.
+        let exe_then = exe_then.filter(|e| !e.is_empty());
+        let as_then = |ev: ProcessEvent| match exe_then {
+            Some(exe) if ev.exe != exe => ProcessEvent {
+                pid: tgid,
+                ppid: ev.ppid,
+                start_time_ms,
+                exe: exe.to_string(),
+                user: self.lineage.user_name(uid),
+                uid: Some(uid),
+                ..ProcessEvent::default()
+            },
+            _ => ev,
+        };
         {
             let cache = lock(&self.net_cache);
             if let Some((at, ev)) = cache.get(&(tgid, start_time_ms))
                 && at.elapsed() < Duration::from_secs(60)
+                && exe_then.is_none_or(|e| e == ev.exe)
             {
                 return ev.clone();
             }
@@ -339,7 +363,7 @@ impl ProcessTracker {
             }
         }
         cache.insert((tgid, start_time_ms), (Instant::now(), ev.clone()));
-        ev
+        as_then(ev)
     }
 
     /// Forgets processes that have exited and were recorded before `before` (the

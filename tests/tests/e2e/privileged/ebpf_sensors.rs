@@ -192,10 +192,9 @@ async fn a_loopback_connect_and_its_accept_name_their_processes_and_ports() {
     let me = std::process::id();
     let my_exe = std::fs::read_link("/proc/self/exe").unwrap().display().to_string();
     let mut bash = std::process::Command::new("bash")
-        // `; true` keeps bash from replacing itself with sleep: the network sensor
-        // names the process as /proc shows it when the event is read, so a process that
-        // execs right after connecting is named by its new program (see sensor::ebpf).
-        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 1; true")])
+        // bash replaces itself with sleep right after connecting (its last command
+        // runs in place): the connection is still bash's.
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 1")])
         .spawn()
         .unwrap();
     let bash_pid = bash.id();
