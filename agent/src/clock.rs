@@ -164,6 +164,15 @@ pub fn start_time_ms(ticks: u64) -> u64 {
         .saturating_add(ticks.saturating_mul(1000) / clock.ticks_per_s.max(1))
 }
 
+/// A kernel start time in nanoseconds since boot (`task->start_boottime`, as eBPF reads
+/// it) in Unix milliseconds: cut to clock ticks first, exactly as /proc/PID/stat does,
+/// so a process has the same start time whichever source saw it (the kill action and
+/// correlation compare start times exactly).
+pub fn start_time_ms_from_boot_ns(ns: u64) -> u64 {
+    let ticks_per_s = boot_clock().ticks_per_s.max(1);
+    start_time_ms(ns / (1_000_000_000 / ticks_per_s).max(1))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -92,6 +92,7 @@ pub struct Detector {
     file_delete: Engine,
     file_rename: Engine,
     file_access: Engine,
+    network: Engine,
     auth_generic: Engine,
     auth_service: HashMap<String, Engine>,
     audit: Engine,
@@ -131,6 +132,7 @@ impl Default for Detector {
             file_delete: new_engine(),
             file_rename: new_engine(),
             file_access: new_engine(),
+            network: new_engine(),
             auth_generic: new_engine(),
             auth_service: HashMap::new(),
             audit: new_engine(),
@@ -435,6 +437,7 @@ impl Detector {
             Bucket::FileDelete => &mut self.file_delete,
             Bucket::FileRename => &mut self.file_rename,
             Bucket::FileAccess => &mut self.file_access,
+            Bucket::Network => &mut self.network,
             Bucket::AuthGeneric => &mut self.auth_generic,
             Bucket::AuthService => self
                 .auth_service
@@ -451,6 +454,7 @@ impl Detector {
             Bucket::FileDelete => Some(&self.file_delete),
             Bucket::FileRename => Some(&self.file_rename),
             Bucket::FileAccess => Some(&self.file_access),
+            Bucket::Network => Some(&self.network),
             Bucket::AuthGeneric => Some(&self.auth_generic),
             Bucket::AuthService => self.auth_service.get(service?),
             Bucket::Audit => Some(&self.audit),

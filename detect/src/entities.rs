@@ -178,6 +178,16 @@ pub fn entities(event: &Event) -> Vec<Entity> {
                 });
             }
         }
+        EventData::Network(n) => {
+            if n.process.pid != 0 {
+                process_entities(&n.process, &mut out);
+            }
+            // The other end links incidents (the collector skips loopback and other
+            // addresses that name no host when it keys incidents on it).
+            if let Some(addr) = n.remote_ip() {
+                out.push(Entity::Ip { addr });
+            }
+        }
         EventData::Gap(_) => {}
     }
     out
@@ -362,6 +372,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(lineages(EventData::Auth(a)), vec![want]);
+    }
+
+    #[test]
+    fn a_connection_names_its_process_and_the_remote_address() {
+        use crate::event::{NetOp, NetworkEvent};
+        let ev = |op, process: ProcessEvent| Event {
+            observed_at_ms: 1,
+            data: EventData::Network(Box::new(NetworkEvent {
+                op,
+                protocol: "tcp".into(),
+                source_ip: "10.0.0.5".parse().unwrap(),
+                source_port: 40000,
+                destination_ip: Some("203.0.113.7".parse().unwrap()),
+                destination_port: Some(443),
+                established: true,
+                process,
+            })),
+        };
+        let p = ProcessEvent {
+            pid: 9,
+            exe: "/usr/bin/curl".into(),
+            user: "alice".into(),
+            ..Default::default()
+        };
+        let got = entities(&ev(NetOp::Connect, p.clone()));
+        assert!(got.contains(&Entity::Ip {
+            addr: "203.0.113.7".parse().unwrap()
+        }));
+        assert!(got.iter().any(|e| matches!(e, Entity::Process { pid: 9, .. })));
+        // An accept's remote end is its source; an unnamed process gives no process entity.
+        let got = entities(&ev(NetOp::Accept, ProcessEvent::default()));
+        assert_eq!(
+            got,
+            vec![Entity::Ip {
+                addr: "10.0.0.5".parse().unwrap()
+            }]
+        );
+        assert!(
+            !entities(&ev(NetOp::Listen, p))
+                .iter()
+                .any(|e| matches!(e, Entity::Ip { .. }))
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum EventData {
     Audit(AuditEvent),
     /// A watched sensitive file opened, and the process that opened it.
     FileAccess(FileAccessEvent),
+    /// A TCP connection made, accepted, or a port listened on, and the process (boxed:
+    /// the largest kind, and every event on the channel is as large as it).
+    Network(Box<NetworkEvent>),
     /// A sensor's blind spot: it may have missed something (watch limit reached,
     /// unreadable path, a poll too slow for a short-lived process, dropped events).
     Gap(SensorGap),
@@ -96,6 +99,49 @@ pub struct FileEvent {
 pub struct FileAccessEvent {
     pub path: String,
     pub process: ProcessEvent,
+}
+
+/// What a process did on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetOp {
+    /// It connected out (`Initiated: true`).
+    #[default]
+    Connect,
+    /// A connection came in to a port it listens on (`Initiated: false`).
+    Accept,
+    /// It listens on a port.
+    Listen,
+}
+
+/// A network connection or listener (`network_connection` in Sigma). Source is the
+/// side that initiated: for a connect the local end, for an accept the remote end;
+/// a listener has only its local (source) end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkEvent {
+    pub op: NetOp,
+    /// `tcp` (the only protocol reported so far).
+    pub protocol: String,
+    pub source_ip: std::net::IpAddr,
+    pub source_port: u16,
+    pub destination_ip: Option<std::net::IpAddr>,
+    pub destination_port: Option<u16>,
+    /// False for a connect the peer refused or that timed out.
+    pub established: bool,
+    /// The process that connected, accepted or listens (its pid 0 and image empty
+    /// when it could not be named).
+    pub process: ProcessEvent,
+}
+
+impl NetworkEvent {
+    /// The other end's address: the destination of a connect, the source of an accept.
+    pub fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        match self.op {
+            NetOp::Connect => self.destination_ip,
+            NetOp::Accept => Some(self.source_ip),
+            NetOp::Listen => None,
+        }
+    }
 }
 
 /// An authentication-related log line (auth log or journal), parsed.

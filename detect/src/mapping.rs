@@ -9,6 +9,7 @@
 //! | file rename | also `category: file_rename` | as above |
 //! | file delete | `category: file_delete` | as above |
 //! | sensitive file opened | `category: file_access` | `TargetFilename`, and the opening process's fields as for process (`Image`, `CommandLine`, `ParentImage`, `User`, ...) |
+//! | network connection (connect, accept, listen) | `category: network_connection` | `Initiated` (`true` for a connect, `false` for an accept or a listener), `SourceIp`, `SourcePort`, `DestinationIp`, `DestinationPort` (the initiating side is the source; a listener has only its source), `SourceIsIpv6`, `DestinationIsIpv6`, `Protocol` (`tcp`), `Operation` (`connect`, `accept`, `listen`), and the process's fields as for process (`Image`, `CommandLine`, `User`, ...); `DestinationHostname` is absent (no DNS is seen yet) |
 //! | auth line | `service: <program>` (sshd, sudo, su, cron, useradd...), and the generic `service: auth` / `service: syslog` | keyword rules search `message`; fields `service`, `action`, `User`, `USER`, `SourceIp`, `success`, `Hostname`, `message` |
 //! | audit | `service: auditd` | every audit field as logged (`a0`..`aN`, `exe`, `comm`, `name`, `key`, `nametype`, `euid`, ...); `type` is every record type of the event; `SYSCALL` falls back to a non-numeric `syscall` |
 //!
@@ -20,7 +21,9 @@ use std::borrow::Cow;
 use rsigma_eval::event::{Event as SigmaEventTrait, EventValue};
 use serde_json::{Map, Value};
 
-use crate::event::{AuditEvent, AuthEvent, Event, EventData, FileAccessEvent, FileEvent, FileOp, ProcessEvent};
+use crate::event::{
+    AuditEvent, AuthEvent, Event, EventData, FileAccessEvent, FileEvent, FileOp, NetOp, NetworkEvent, ProcessEvent,
+};
 
 /// Which group of rules an event is evaluated against. A rule lives in exactly one
 /// bucket, except rules with no category and no service, which live in every
@@ -32,6 +35,10 @@ pub enum Bucket {
     FileDelete,
     FileRename,
     FileAccess,
+    /// Network connections and listeners. Not a primary bucket: `product: linux`
+    /// keyword rules search command lines, and a process's command line is judged
+    /// once, on its process event, not again on each of its connections.
+    Network,
     /// Auth lines of any program: rules with `service: auth` or `service: syslog`.
     AuthGeneric,
     /// Auth lines of one program: rules with `service: <program>`.
@@ -77,6 +84,7 @@ pub fn placement(category: Option<&str>, product: Option<&str>, service: Option<
             "file_delete" => Bucket::FileDelete,
             "file_rename" => Bucket::FileRename,
             "file_access" => Bucket::FileAccess,
+            "network_connection" => Bucket::Network,
             other => return Placement::Inactive(format!("category {other}")),
         };
         return Placement::One(bucket, None);
@@ -108,6 +116,7 @@ pub fn buckets(event: &Event) -> (&'static [Bucket], Option<String>) {
         ),
         EventData::Audit(_) => (&[Bucket::Audit], None),
         EventData::FileAccess(_) => (&[Bucket::FileAccess], None),
+        EventData::Network(_) => (&[Bucket::Network], None),
         EventData::Gap(_) => (&[], None),
     }
 }
@@ -152,6 +161,17 @@ const FILE_FIELDS: &[&str] = &[
     "FileSize",
     "FileMode",
     "UserId",
+    "Operation",
+];
+const NETWORK_FIELDS: &[&str] = &[
+    "Initiated",
+    "SourceIp",
+    "SourcePort",
+    "DestinationIp",
+    "DestinationPort",
+    "SourceIsIpv6",
+    "DestinationIsIpv6",
+    "Protocol",
     "Operation",
 ];
 const AUTH_FIELDS: &[&str] = &[
@@ -231,6 +251,38 @@ fn access_field<'a>(a: &'a FileAccessEvent, name: &str) -> Option<EventValue<'a>
     }
 }
 
+/// The words Sigma's (Sysmon-shaped) rules compare `Initiated` and `*IsIpv6` with.
+fn bool_word(b: bool) -> Option<EventValue<'static>> {
+    Some(EventValue::Str(Cow::Borrowed(if b { "true" } else { "false" })))
+}
+
+/// The name of a network operation (the `Operation` field).
+pub fn net_op_name(op: NetOp) -> &'static str {
+    match op {
+        NetOp::Connect => "connect",
+        NetOp::Accept => "accept",
+        NetOp::Listen => "listen",
+    }
+}
+
+fn network_field<'a>(n: &'a NetworkEvent, name: &str) -> Option<EventValue<'a>> {
+    let ip = |a: std::net::IpAddr| Some(EventValue::Str(Cow::Owned(a.to_string())));
+    match name {
+        "Initiated" => bool_word(n.op == NetOp::Connect),
+        "SourceIp" => ip(n.source_ip),
+        "SourcePort" => Some(EventValue::Int(i64::from(n.source_port))),
+        "DestinationIp" => n.destination_ip.and_then(ip),
+        "DestinationPort" => n.destination_port.map(|p| EventValue::Int(i64::from(p))),
+        "SourceIsIpv6" => bool_word(n.source_ip.is_ipv6()),
+        "DestinationIsIpv6" => n.destination_ip.and_then(|a| bool_word(a.is_ipv6())),
+        "Protocol" => s(&n.protocol),
+        "Operation" => s(net_op_name(n.op)),
+        // The process's image is not hashed again for each of its connections.
+        other if IMAGE_FIELDS.contains(&other) => None,
+        other => process_field(&n.process, other),
+    }
+}
+
 fn auth_field<'a>(a: &'a AuthEvent, name: &str) -> Option<EventValue<'a>> {
     match name {
         "service" => s(&a.service),
@@ -281,6 +333,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::Auth(a) => auth_field(a, path),
             EventData::Audit(a) => audit_field(a, path),
             EventData::FileAccess(a) => access_field(a, path),
+            EventData::Network(n) => network_field(n, path),
             EventData::Gap(_) => None,
         }
     }
@@ -309,7 +362,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::FileAccess(a) => visit(&a.process.cmdline),
             EventData::Auth(a) => visit(&a.message),
             EventData::Audit(a) => a.fields.values().for_each(|v| visit(v)),
-            EventData::File(_) | EventData::Gap(_) => {}
+            EventData::File(_) | EventData::Network(_) | EventData::Gap(_) => {}
         }
     }
 
@@ -324,6 +377,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::Process(_) => PROCESS_FIELDS.iter().chain(IMAGE_FIELDS).for_each(|k| put(k)),
             EventData::File(_) => FILE_FIELDS.iter().for_each(|k| put(k)),
             EventData::FileAccess(_) => ["TargetFilename"].iter().chain(PROCESS_FIELDS).for_each(|k| put(k)),
+            EventData::Network(_) => NETWORK_FIELDS.iter().chain(PROCESS_FIELDS).for_each(|k| put(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| put(k)),
             EventData::Audit(a) => {
                 put("type");
@@ -348,6 +402,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::Process(_) => PROCESS_FIELDS.iter().chain(IMAGE_FIELDS).for_each(|k| visit(k)),
             EventData::File(_) => FILE_FIELDS.iter().for_each(|k| visit(k)),
             EventData::FileAccess(_) => ["TargetFilename"].iter().chain(PROCESS_FIELDS).for_each(|k| visit(k)),
+            EventData::Network(_) => NETWORK_FIELDS.iter().chain(PROCESS_FIELDS).for_each(|k| visit(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| visit(k)),
             EventData::Audit(a) => {
                 visit("type");
@@ -364,6 +419,7 @@ impl SigmaEventTrait for SigmaView<'_> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn proc_event() -> Event {
         Event {
@@ -453,9 +509,64 @@ mod tests {
             placement(Some("process_creation"), Some("windows"), None),
             Placement::Inactive(_)
         ));
-        assert!(matches!(
+        assert_eq!(
             placement(Some("network_connection"), Some("linux"), None),
+            Placement::One(Bucket::Network, None)
+        );
+        assert!(matches!(
+            placement(Some("dns_query"), Some("linux"), None),
             Placement::Inactive(_)
         ));
+    }
+
+    #[test]
+    fn network_events_read_as_sysmon_shaped_fields() {
+        let ev = |op, src: &str, dst: Option<&str>| Event {
+            observed_at_ms: 1,
+            data: EventData::Network(Box::new(NetworkEvent {
+                op,
+                protocol: "tcp".into(),
+                source_ip: src.parse().unwrap(),
+                source_port: 40000,
+                destination_ip: dst.map(|d| d.parse().unwrap()),
+                destination_port: dst.map(|_| 4444),
+                established: true,
+                process: ProcessEvent {
+                    pid: 7,
+                    exe: "/usr/bin/bash".into(),
+                    cmdline: "bash -i".into(),
+                    user: "www-data".into(),
+                    sha256: Some([1; 32]),
+                    ..Default::default()
+                },
+            })),
+        };
+        let connect = ev(NetOp::Connect, "10.0.0.5", Some("2001:db8::7"));
+        let v = SigmaView::new(&connect);
+        let get = |v: &SigmaView<'_>, k: &str| v.get_field(k).map(|x| x.to_json());
+        assert_eq!(get(&v, "Initiated"), Some(json!("true")));
+        assert_eq!(get(&v, "SourceIp"), Some(json!("10.0.0.5")));
+        assert_eq!(get(&v, "SourcePort"), Some(json!(40000)));
+        assert_eq!(get(&v, "DestinationIp"), Some(json!("2001:db8::7")));
+        assert_eq!(get(&v, "DestinationPort"), Some(json!(4444)));
+        assert_eq!(get(&v, "SourceIsIpv6"), Some(json!("false")));
+        assert_eq!(get(&v, "DestinationIsIpv6"), Some(json!("true")));
+        assert_eq!(get(&v, "Protocol"), Some(json!("tcp")));
+        assert_eq!(get(&v, "Operation"), Some(json!("connect")));
+        assert_eq!(get(&v, "Image"), Some(json!("/usr/bin/bash")));
+        assert_eq!(get(&v, "User"), Some(json!("www-data")));
+        assert_eq!(get(&v, "DestinationHostname"), None);
+        assert_eq!(get(&v, "Hashes"), None, "the image's hash is the process event's");
+        assert!(
+            !v.any_string_value(&|s| s.contains("bash")),
+            "no keyword search on connections"
+        );
+        assert_eq!(buckets(&connect).0, &[Bucket::Network]);
+        let listen = ev(NetOp::Listen, "0.0.0.0", None);
+        let v = SigmaView::new(&listen);
+        assert_eq!(get(&v, "Initiated"), Some(json!("false")));
+        assert_eq!((get(&v, "DestinationIp"), get(&v, "DestinationPort")), (None, None));
+        let keys = v.top_level_keys().unwrap();
+        assert!(keys.iter().any(|k| k == "SourcePort") && keys.iter().any(|k| k == "Image"));
     }
 }

@@ -365,7 +365,7 @@ pub fn event_from_partial(observed_at_ms: u64, mut data: Map<String, Value>) -> 
     let kind = data
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or("missing `kind` (process, file, file_access, auth, audit or gap)")?
+        .ok_or("missing `kind` (process, file, file_access, network, auth, audit or gap)")?
         .to_string();
     let defaults = match kind.as_str() {
         "process" => serde_json::to_value(ProcessEvent::default()),
@@ -380,6 +380,17 @@ pub fn event_from_partial(observed_at_ms: u64, mut data: Map<String, Value>) -> 
                 p.extend(given);
             }
             Ok(serde_json::json!({ "path": "", "process": process }))
+        }
+        "network" => {
+            // The process is partial too, as for file_access.
+            let mut process = serde_json::to_value(ProcessEvent::default()).map_err(|e| e.to_string())?;
+            if let (Value::Object(p), Some(Value::Object(given))) = (&mut process, data.remove("process")) {
+                p.extend(given);
+            }
+            Ok(serde_json::json!({
+                "op": "connect", "protocol": "tcp", "source_ip": "0.0.0.0", "source_port": 0,
+                "destination_ip": null, "destination_port": null, "established": true, "process": process
+            }))
         }
         "auth" => serde_json::to_value(AuthEvent::default()),
         "audit" => serde_json::to_value(AuditEvent::default()),

@@ -23,9 +23,8 @@ fn all_sigmahq_linux_rules_load() {
     assert_eq!(files, 210);
     assert!(errors.is_empty(), "{errors:#?}");
     assert_eq!(det.stats().loaded, 210);
-    // The five `category: network_connection` rules load but Ward has no network
-    // events yet, so they never fire.
-    assert_eq!(det.stats().inactive, 5);
+    // The five `category: network_connection` rules run on the network sensor's events.
+    assert_eq!(det.stats().inactive, 0);
 }
 
 fn event(v: Value) -> Event {
@@ -40,6 +39,12 @@ fn process(exe: &str, cmdline: &str) -> Value {
 
 fn audit(record_type: &str, record_types: &[&str], fields: Value) -> Value {
     json!({"kind": "audit", "serial": 9, "record_type": record_type, "record_types": record_types, "fields": fields})
+}
+
+fn connect(exe: &str, dst: &str, port: u16) -> Value {
+    json!({"kind": "network", "op": "connect", "source_ip": "10.0.0.5", "source_port": 40000,
+           "destination_ip": dst, "destination_port": port,
+           "process": {"pid": 200, "exe": exe, "cmdline": exe, "user": "www-data", "uid": 33}})
 }
 
 /// The one helper: `rule` fires on `tp` and not on `fp`. Mismatches are collected.
@@ -58,6 +63,25 @@ fn chosen_sigmahq_rules_fire_on_matching_events_only() {
     let (det, _, _) = sigmahq();
     let mut failures = Vec::new();
     let mut c = |rule: &str, tp: Value, fp: Value| check(&det, rule, tp, fp, &mut failures);
+
+    // network_connection, from the network sensor's events as they are
+    c(
+        "83dcd9f6-9ca8-4af7-a16e-a1c7a6b51871", // Linux Reverse Shell Indicator
+        connect("/usr/bin/bash", "203.0.113.7", 4242),
+        connect("/usr/bin/bash", "127.0.0.1", 4242),
+    );
+    c(
+        "dbfc7c98-04ab-4ab7-aa94-c74d22aa7376", // Potentially Suspicious Malware Callback Communication
+        connect("/usr/bin/python3", "203.0.113.7", 4444),
+        connect("/usr/bin/python3", "192.168.1.7", 4444),
+    );
+    c(
+        "dbfc7c98-04ab-4ab7-aa94-c74d22aa7376",
+        connect("/usr/bin/python3", "2001:db8::7", 2222),
+        json!({"kind": "network", "op": "accept", "source_ip": "203.0.113.7", "source_port": 51000,
+               "destination_ip": "10.0.0.5", "destination_port": 4444,
+               "process": {"pid": 200, "exe": "/usr/sbin/sshd"}}),
+    );
 
     // process_creation
     c(

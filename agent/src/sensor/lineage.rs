@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ward_protocol::{MAX_ANCESTORS, ProcessNode};
 
@@ -45,6 +46,8 @@ pub struct LineageReader {
     proc_root: PathBuf,
     users: Mutex<UserNames>,
     cache: Mutex<NodeCache>,
+    /// When each pid's /proc entry was last read, and the start time it had then.
+    verified: Mutex<HashMap<u32, (Instant, u64)>>,
 }
 
 /// Nodes by (pid, start time), oldest evicted first.
@@ -123,6 +126,7 @@ impl LineageReader {
                 order: VecDeque::new(),
                 capacity: cache_entries.max(1),
             }),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -165,16 +169,56 @@ impl LineageReader {
     /// parent always as it is now (a process whose parent exits is reparented).
     fn ancestor(&self, pid: u32) -> Result<ProcessNode, ProcError> {
         let stat = read_stat(&self.proc_root, pid)?;
-        if let Some(mut node) = lock(&self.cache).get(pid, stat.start_time_ms) {
+        self.verified_now(pid, stat.start_time_ms);
+        let cached = lock(&self.cache).get(pid, stat.start_time_ms);
+        if let Some(mut node) = cached {
             node.ppid = stat.ppid;
+            // The cache keeps the parent it has now, for walks that trust it.
+            lock(&self.cache).put(&node);
             return Ok(node);
         }
         self.read_node(pid)
     }
 
+    fn verified_now(&self, pid: u32, start_time_ms: u64) {
+        let capacity = lock(&self.cache).capacity;
+        let mut v = lock(&self.verified);
+        if v.len() >= 4 * capacity {
+            v.clear();
+        }
+        v.insert(pid, (Instant::now(), start_time_ms));
+    }
+
+    /// Like [`LineageReader::ancestor`], but an ancestor whose /proc entry was read less
+    /// than `trust` ago is taken from the cache as it was then (a burst of execs under
+    /// one shell reads the shell's chain once, not once per exec).
+    fn ancestor_within(&self, pid: u32, trust: Duration) -> Result<ProcessNode, ProcError> {
+        let recent = lock(&self.verified)
+            .get(&pid)
+            .filter(|(at, _)| at.elapsed() < trust)
+            .map(|(_, start)| *start);
+        if let Some(start) = recent
+            && let Some(node) = lock(&self.cache).get(pid, start)
+        {
+            return Ok(node);
+        }
+        self.ancestor(pid)
+    }
+
     /// The lineage of `process` (a node the caller has just read): its ancestors up to the
     /// root, see the module doc.
-    pub fn lineage_of(&self, mut process: ProcessNode) -> Lineage {
+    pub fn lineage_of(&self, process: ProcessNode) -> Lineage {
+        self.walk(process, None)
+    }
+
+    /// Like [`LineageReader::lineage_of`] for a process the kernel just reported (eBPF):
+    /// ancestors read less than `trust` ago are not read again. A pid reused within
+    /// `trust` could then be named by the process it had before, so keep it short.
+    pub fn lineage_of_recent(&self, process: ProcessNode, trust: Duration) -> Lineage {
+        self.walk(process, Some(trust))
+    }
+
+    fn walk(&self, mut process: ProcessNode, trust: Option<Duration>) -> Lineage {
         process.cmdline = cut(process.cmdline, MAX_NODE_CMDLINE_BYTES);
         lock(&self.cache).put(&process);
         let mut ancestors: Vec<ProcessNode> = Vec::new();
@@ -186,7 +230,11 @@ impl LineageReader {
                 if ancestors.len() >= MAX_ANCESTORS {
                     break false;
                 }
-                let Ok(parent) = self.ancestor(child.0) else {
+                let parent = match trust {
+                    Some(trust) => self.ancestor_within(child.0, trust),
+                    None => self.ancestor(child.0),
+                };
+                let Ok(parent) = parent else {
                     break false;
                 };
                 // A parent younger than its child is a newcomer on a reused pid.
@@ -453,6 +501,26 @@ mod tests {
         p.add(601, 1, 20, "/usr/bin/bash", &["changed"], 1000, 1000);
         let l = r.lineage(603).unwrap();
         assert_eq!((l.ancestors.len(), l.ancestors[0].ppid, l.rooted), (1, 1, true));
+    }
+
+    #[test]
+    fn recently_read_ancestors_are_trusted_only_within_the_window() {
+        let p = FakeProc::new();
+        p.add(500, 1, 10, "/usr/sbin/cron", &["cron"], 0, UNSET);
+        p.add(501, 500, 20, "/bin/sh", &["sh"], 0, UNSET);
+        p.add(502, 501, 30, "/usr/bin/job", &["job"], 0, UNSET);
+        let r = p.reader();
+        let node = |pid| r.read_node(pid).unwrap();
+        let long = Duration::from_secs(60);
+        let ids = |l: Lineage| l.ancestors.iter().map(|n| n.pid).collect::<Vec<u32>>();
+        assert_eq!(ids(r.lineage_of_recent(node(502), long)), vec![501, 500]);
+        let job = node(502);
+        p.remove(500);
+        // Read a moment ago: not read again, so the exit is not seen yet...
+        assert_eq!(ids(r.lineage_of_recent(job.clone(), long)), vec![501, 500]);
+        // ...but it is once the window has passed, and always by the plain walk.
+        assert_eq!(ids(r.lineage_of_recent(job.clone(), Duration::ZERO)), vec![501]);
+        assert_eq!(ids(r.lineage_of(job)), vec![501]);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod board;
+pub mod ebpf;
 pub mod file;
 pub mod hash;
 pub mod inventory;
@@ -67,6 +68,18 @@ pub struct SensorConfig {
     /// Also subscribe to the kernel's netlink process connector (needs root or
     /// CAP_NET_ADMIN; without it the poller alone runs and a gap says so). Default: true.
     pub process_connector_enabled: bool,
+    /// Where process starts come from: `auto` (eBPF, else the netlink connector and
+    /// /proc, with the reason on the board and in a gap), `ebpf` (eBPF only: without
+    /// it the process sensor is blind and says why), `proc` (the netlink connector and
+    /// /proc only). Default: auto.
+    pub process_source: ProcessSource,
+    /// Report TCP connects, accepts and listens with their process (eBPF; without it
+    /// the network sensor is blind and says why). Default: true.
+    pub network_enabled: bool,
+    /// A process's connections to (or from) the same address and port are reported
+    /// once per this window; repeats are counted on the board, milliseconds (0: every
+    /// connection). Default: 1000.
+    pub network_dedup_ms: u64,
     /// Largest executable to hash, bytes. Default: 67108864 (64 MiB).
     pub exe_hash_max_bytes: u64,
     /// Hashes to remember per sensor, entries (about 80 bytes each). Default: 4096.
@@ -146,6 +159,9 @@ impl Default for SensorConfig {
             process_enabled: true,
             process_poll_interval_ms: 1000,
             process_connector_enabled: true,
+            process_source: ProcessSource::Auto,
+            network_enabled: true,
+            network_dedup_ms: 1000,
             exe_hash_max_bytes: 64 * 1024 * 1024,
             hash_cache_entries: 4096,
             file_enabled: true,
@@ -208,6 +224,18 @@ impl Default for SensorConfig {
             restart_backoff_max_ms: 60_000,
         }
     }
+}
+
+/// Where process starts come from (`process_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessSource {
+    /// eBPF when it loads, else the netlink connector and /proc.
+    Auto,
+    /// eBPF only.
+    Ebpf,
+    /// The netlink connector and /proc only.
+    Proc,
 }
 
 /// Why a sensor stopped working (it is then reported and restarted).
@@ -408,6 +436,9 @@ pub async fn run_sensors(
     if !config.audit_enabled {
         off("audit");
     }
+    if !config.network_enabled {
+        off("network");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners: Vec<(&'static str, Runner)> = Vec::new();
     let lineage = Arc::new(lineage::LineageReader::new());
@@ -417,12 +448,83 @@ pub async fn run_sensors(
         lineage.clone(),
     ));
     if config.process_enabled {
-        let (c, t) = (config.clone(), tracker.clone());
-        runners.push(("process", Arc::new(move |ctx| process::run_poller(&c, &t, ctx))));
-        if config.process_connector_enabled {
-            let t = tracker.clone();
-            runners.push(("process_connector", Arc::new(move |ctx| proc_connector::run(&t, ctx))));
+        // eBPF first; the reason it cannot load decides the fallback and is shown.
+        let exec = match config.process_source {
+            ProcessSource::Proc => Err("process_source = \"proc\" in the configuration".to_string()),
+            ProcessSource::Auto | ProcessSource::Ebpf => tokio::task::spawn_blocking(ebpf::Probe::exec)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+        };
+        match exec {
+            Ok(probe) => {
+                tracing::info!("process sensor: eBPF exec source loaded");
+                board.set(
+                    "process_connector",
+                    Readiness::Off,
+                    None,
+                    Some("not needed: the eBPF exec source runs".into()),
+                );
+                let probe = std::sync::Mutex::new(Some(probe));
+                let t = tracker.clone();
+                runners.push((
+                    "process",
+                    Arc::new(move |ctx| {
+                        // The probe loaded at start; a restart loads it again.
+                        let loaded = probe.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        let mut probe = match loaded {
+                            Some(p) => p,
+                            None => ebpf::Probe::exec().map_err(|e| SensorError::Failed(e.to_string()))?,
+                        };
+                        ebpf::run_exec(&mut probe, &t, ctx)
+                    }),
+                ));
+            }
+            Err(why) if config.process_source == ProcessSource::Ebpf => {
+                tracing::error!(%why, "process sensor: eBPF exec source unavailable and process_source = \"ebpf\"");
+                off("process_connector");
+                runners.push((
+                    "process",
+                    Arc::new(move |ctx| {
+                        ctx.blind(format!(
+                            "eBPF exec source unavailable ({why}) and process_source = \"ebpf\": no process is reported"
+                        ));
+                        Ok(())
+                    }),
+                ));
+            }
+            Err(why) => {
+                if config.process_source == ProcessSource::Auto {
+                    tracing::warn!(%why, "process sensor: eBPF exec source unavailable, using the netlink connector and /proc");
+                }
+                let fallback = (config.process_source == ProcessSource::Auto).then_some(why);
+                let (c, t) = (config.clone(), tracker.clone());
+                runners.push((
+                    "process",
+                    Arc::new(move |ctx| process::run_poller(&c, &t, fallback.as_deref(), ctx)),
+                ));
+                if config.process_connector_enabled {
+                    let t = tracker.clone();
+                    runners.push(("process_connector", Arc::new(move |ctx| proc_connector::run(&t, ctx))));
+                }
+            }
         }
+    }
+    if config.network_enabled {
+        let (c, t) = (config.clone(), tracker.clone());
+        runners.push((
+            "network",
+            Arc::new(move |ctx| match ebpf::Probe::net() {
+                Ok(mut probe) => ebpf::run_net(&c, &mut probe, &t, ctx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "network sensor: eBPF unavailable");
+                    ctx.blind(format!(
+                        "eBPF network source unavailable ({e}): no connection is reported"
+                    ));
+                    Ok(())
+                }
+            }),
+        ));
     }
     if config.file_enabled {
         let c = config.clone();
@@ -526,6 +628,57 @@ mod tests {
         assert_eq!(c.process_poll_interval_ms, 500);
         assert_eq!(c.file_hash_max_bytes, 32 * 1024 * 1024);
         assert!(toml::from_str::<SensorConfig>("poll = 1").is_err());
+        assert_eq!(c.process_source, ProcessSource::Auto);
+        assert!(c.network_enabled);
+        assert_eq!(c.network_dedup_ms, 1000);
+        for (text, want) in [
+            ("auto", ProcessSource::Auto),
+            ("ebpf", ProcessSource::Ebpf),
+            ("proc", ProcessSource::Proc),
+        ] {
+            let c: SensorConfig = toml::from_str(&format!("process_source = {text:?}")).unwrap();
+            assert_eq!(c.process_source, want);
+        }
+        assert!(toml::from_str::<SensorConfig>("process_source = \"kprobe\"").is_err());
+    }
+
+    /// `process_source = "proc"` runs the netlink connector and the /proc poll, ready,
+    /// and loads no eBPF; the network sensor reports on its own line.
+    #[tokio::test]
+    async fn the_proc_source_is_chosen_by_configuration() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (stx, srx) = watch::channel(false);
+        let dir = tempfile::tempdir().unwrap();
+        let config = SensorConfig {
+            process_source: ProcessSource::Proc,
+            file_enabled: false,
+            access_enabled: false,
+            auth_enabled: false,
+            audit_enabled: false,
+            network_enabled: false,
+            file_watch_paths: vec![dir.path().display().to_string()],
+            ..SensorConfig::default()
+        };
+        let board = SensorBoard::default();
+        let task = tokio::spawn(run_sensors(config, tx, srx, board.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while board.get("process").is_none_or(|s| s.readiness == Readiness::Starting) {
+            assert!(Instant::now() < deadline, "{:?}", board.snapshot());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let process = board.get("process").unwrap();
+        assert_eq!(
+            (process.readiness, process.source.as_str()),
+            (Readiness::Ready, "/proc every 1000 ms")
+        );
+        assert_ne!(board.get("process_connector").unwrap().readiness, Readiness::Off);
+        assert_eq!(board.get("network").unwrap().readiness, Readiness::Off);
+        stx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        while rx.try_recv().is_ok() {}
     }
 
     #[tokio::test]

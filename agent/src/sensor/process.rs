@@ -90,6 +90,8 @@ pub struct ProcessTracker {
     hashes: Mutex<HashCache>,
     lineage: Arc<LineageReader>,
     proc_root: PathBuf,
+    /// Processes named in network events, by (pid, start time), with when read.
+    net_cache: Mutex<HashMap<(u32, u64), (Instant, ProcessEvent)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +112,7 @@ impl ProcessTracker {
             hashes: Mutex::new(HashCache::new(cache_entries, exe_hash_max_bytes)),
             lineage,
             proc_root: PathBuf::from("/proc"),
+            net_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -229,6 +232,147 @@ impl ProcessTracker {
         }
     }
 
+    /// The event of an exec the kernel reported (eBPF): argv, parent, ids, paths, the
+    /// deleted mark and start time come from the kernel as it ran exec, so they are
+    /// complete even when the process is already gone; /proc adds only the hash (through
+    /// /proc/PID/exe while it lives, else the path) and the ancestors above the parent.
+    pub fn from_kernel(&self, rec: &super::ebpf::ExecRecord) -> ProcessEvent {
+        let root = &self.proc_root;
+        let pid = rec.tgid;
+        let start_time_ms = crate::clock::start_time_ms_from_boot_ns(rec.start_ns);
+        let exe = rec.image().to_string();
+        let exe_deleted = rec.exe_deleted;
+        lock(&self.seen).insert(
+            pid,
+            Seen {
+                start_time_ms,
+                exe: exe.clone(),
+                at: Instant::now(),
+            },
+        );
+        let cmdline = rec.cmdline();
+        let user = self.lineage.user_name(rec.uid);
+        let sha256 = if exe.is_empty() {
+            None
+        } else {
+            let mut hashes = lock(&self.hashes);
+            hashes
+                .hash(&proc_path(root, pid, "exe"))
+                .or_else(|_| hashes.hash(std::path::Path::new(&exe)))
+                .ok()
+        };
+        let login_user = (rec.loginuid != u32::MAX).then(|| self.lineage.user_name(rec.loginuid));
+        // Ancestors read within the last 250 ms are not read again: a burst of execs
+        // under one shell costs one walk of its chain, not one per exec.
+        let lineage = self.lineage.lineage_of_recent(
+            ProcessNode {
+                pid,
+                ppid: rec.ppid,
+                start_time_ms,
+                exe: exe.clone(),
+                cmdline: cmdline.clone(),
+                user: Some(self.lineage.user_name(rec.euid)),
+                login_user,
+            },
+            Duration::from_millis(250),
+        );
+        let (parent_exe, parent_cmdline) = match lineage.ancestors.first() {
+            Some(parent) => (parent.exe.clone(), parent.cmdline.clone()),
+            None if rec.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
+            None => (String::new(), String::new()),
+        };
+        ProcessEvent {
+            pid,
+            ppid: rec.ppid,
+            start_time_ms,
+            exe,
+            cmdline,
+            cwd: rec.cwd.clone(),
+            user,
+            uid: Some(rec.uid),
+            sha256,
+            parent_exe,
+            parent_cmdline,
+            exe_deleted,
+            lineage: Some(Box::new(lineage)),
+        }
+    }
+
+    /// The process behind a network event: read from /proc while it lives (its last
+    /// reading is reused for a minute, so a busy client costs one read, not one per
+    /// connection); once gone, what the exec source recorded for it, else its thread
+    /// name as the kernel gave it. `exe_then` is the executable the kernel saw when the
+    /// process connected or listened: it wins over a later program.
+    pub fn network_process(
+        &self,
+        tgid: u32,
+        start_ns: u64,
+        uid: u32,
+        comm: &str,
+        exe_then: Option<&str>,
+    ) -> ProcessEvent {
+        let start_time_ms = crate::clock::start_time_ms_from_boot_ns(start_ns);
+        // The kernel named the program that connected; /proc (or the cache) may show
+        // the one it exec'd since: then that program, whose command line is gone.
+        let exe_then = exe_then.filter(|e| !e.is_empty());
+        let as_then = |ev: ProcessEvent| match exe_then {
+            Some(exe) if ev.exe != exe => ProcessEvent {
+                pid: tgid,
+                ppid: ev.ppid,
+                start_time_ms,
+                exe: exe.to_string(),
+                user: self.lineage.user_name(uid),
+                uid: Some(uid),
+                ..ProcessEvent::default()
+            },
+            _ => ev,
+        };
+        {
+            let cache = lock(&self.net_cache);
+            if let Some((at, ev)) = cache.get(&(tgid, start_time_ms))
+                && at.elapsed() < Duration::from_secs(60)
+                && exe_then.is_none_or(|e| e == ev.exe)
+            {
+                return ev.clone();
+            }
+        }
+        let ev = match self.read(tgid) {
+            Ok(ev) if ev.start_time_ms == start_time_ms => ev,
+            _ => {
+                let exe = lock(&self.seen)
+                    .get(&tgid)
+                    .filter(|s| s.start_time_ms == start_time_ms)
+                    .map(|s| s.exe.clone())
+                    .unwrap_or_default();
+                ProcessEvent {
+                    pid: tgid,
+                    start_time_ms,
+                    exe,
+                    cmdline: comm.to_string(),
+                    user: self.lineage.user_name(uid),
+                    uid: Some(uid),
+                    ..ProcessEvent::default()
+                }
+            }
+        };
+        let mut cache = lock(&self.net_cache);
+        if cache.len() >= 1024 {
+            cache.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(60));
+            if cache.len() >= 1024 {
+                cache.clear();
+            }
+        }
+        cache.insert((tgid, start_time_ms), (Instant::now(), ev.clone()));
+        as_then(ev)
+    }
+
+    /// Forgets processes that have exited and were recorded before `before` (the
+    /// kernel source reports execs, not exits; this bounds what it remembers).
+    pub fn prune_exited(&self, before: Instant) {
+        let root = self.proc_root.clone();
+        self.prune(&|pid| root.join(pid.to_string()).exists(), before);
+    }
+
     /// Forgets processes not in `alive` that were recorded before `before` (a process the
     /// connector recorded after the poller listed /proc is kept).
     fn prune(&self, alive: &dyn Fn(u32) -> bool, before: Instant) {
@@ -246,8 +390,15 @@ impl ProcessTracker {
     }
 }
 
-/// Polls for new processes until the sensor is stopped.
-pub fn run_poller(config: &SensorConfig, tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError> {
+/// Polls for new processes until the sensor is stopped. `ebpf_unavailable` is why the
+/// eBPF exec source could not be used, when this poll is its fallback: the sensor is
+/// then degraded and says why.
+pub fn run_poller(
+    config: &SensorConfig,
+    tracker: &ProcessTracker,
+    ebpf_unavailable: Option<&str>,
+    ctx: &SensorCtx,
+) -> Result<(), SensorError> {
     let interval = Duration::from_millis(config.process_poll_interval_ms.max(10));
     let mut system = System::new().map_err(|e| SensorError::Failed(format!("sysinfo: {e}")))?;
     // Threads are not processes here, and listing every /proc/PID/task is the poll's main cost.
@@ -265,7 +416,17 @@ pub fn run_poller(config: &SensorConfig, tracker: &ProcessTracker, ctx: &SensorC
         return Ok(());
     }
     let source = format!("/proc every {} ms", interval.as_millis());
-    if config.process_connector_enabled {
+    if let Some(why) = ebpf_unavailable {
+        let detail = format!(
+            "eBPF exec source unavailable ({why}): using the netlink connector and /proc, which \
+             read a process after its exec, so one that exits within a millisecond may arrive \
+             without its command line and parent"
+        );
+        ctx.degraded(source, detail.clone());
+        if !ctx.gap(detail) {
+            return Ok(());
+        }
+    } else if config.process_connector_enabled {
         ctx.ready(source);
     } else {
         let detail = format!(
@@ -336,7 +497,7 @@ mod tests {
         };
         let tracker = Arc::new(ProcessTracker::new(1 << 30, 64));
         let t = tracker.clone();
-        let handle = std::thread::spawn(move || run_poller(&config, &t, &ctx));
+        let handle = std::thread::spawn(move || run_poller(&config, &t, None, &ctx));
         // Wait for the baseline gap before starting the child.
         let first = rx.blocking_recv().unwrap();
         assert!(matches!(first.data, EventData::Gap(ref g) if g.detail.contains("baseline")));

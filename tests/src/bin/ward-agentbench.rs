@@ -6,6 +6,7 @@
 //!   target/release/ward-agentbench resources
 //!   target/release/ward-agentbench actions --kind quarantine --count 200
 //!   target/release/ward-agentbench actions --kind isolate --count 200   (root; runs in its own network namespace)
+//!   target/release/ward-agentbench kernel   (root: the eBPF exec and network sources)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,6 +34,25 @@ enum Bench {
         kind: String,
         #[arg(long, default_value_t = 200)]
         count: usize,
+    },
+    /// The eBPF sources (root): how many of `execs` sub-millisecond execs under load
+    /// arrive with full argv and parent, how many of `connections` loopback connects
+    /// arrive with the right pid and exe, and the agent's CPU at `rate` execs/s plus
+    /// `rate` connections/s.
+    Kernel {
+        #[arg(long, default_value_t = 10_000)]
+        execs: usize,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds of the paced load.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Only the paced load, with this `process_source` (`ebpf`, or `proc` to
+        /// compare with the netlink connector and /proc).
+        #[arg(long)]
+        cpu_only: Option<String>,
     },
 }
 
@@ -89,6 +109,19 @@ fn main() -> Result<()> {
             Ok(())
         }
         Bench::Actions { kind, count } => actions(&kind, count),
+        Bench::Kernel {
+            execs,
+            connections,
+            rate,
+            secs,
+            cpu_only,
+        } => match cpu_only {
+            Some(source) => paced(&source, rate, secs),
+            None => {
+                kernel(execs, connections)?;
+                paced("ebpf", rate, secs)
+            }
+        },
     }
 }
 
@@ -248,5 +281,241 @@ fn resources() -> Result<()> {
         "file created -> alert stored at the collector ({samples} of {} samples): p50 {p50} ms, p99 {p99} ms, max {max} ms",
         written.len()
     );
+    Ok(())
+}
+
+/// Process entities of the alerts whose entities mention `needle`.
+fn alert_processes(collector: &Collector, needle: &str) -> Result<Vec<serde_json::Value>> {
+    let db = collector.db()?;
+    let mut stmt = db.prepare("SELECT entities FROM alerts WHERE entities LIKE ?1")?;
+    let rows = stmt.query_map([format!("%{needle}%")], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let entities: Vec<serde_json::Value> = serde_json::from_str(&row?)?;
+        if let Some(p) = entities.into_iter().find(|e| e["kind"] == "process") {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Polls until `count()` stops growing for 3 s or reaches `want`.
+fn settle(want: usize, count: impl Fn() -> Result<usize>) -> Result<usize> {
+    let mut last = (0usize, Instant::now());
+    loop {
+        let n = count()?;
+        if n >= want {
+            return Ok(n);
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            return Ok(n);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn kernel(execs: usize, connections: usize) -> Result<()> {
+    if !ward_tests::is_root() {
+        bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
+    }
+    let collector = Collector::start_with(ward_tests::without_folding)?;
+    let marker = format!("ward-kbench-{}", std::process::id());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let rules = tempfile::tempdir()?;
+    std::fs::write(
+        rules.path().join("exec.yml"),
+        format!(
+            "title: bench exec\nid: 5b1f8e2c-7a3d-4c6b-9e0f-1a2b3c4d5e6f\nstatus: test\nlogsource:\n    product: linux\n    category: process_creation\ndetection:\n    selection:\n        CommandLine|contains: '{marker}'\n    condition: selection\nlevel: medium\n"
+        ),
+    )?;
+    std::fs::write(
+        rules.path().join("connect.yml"),
+        format!(
+            "title: bench connect\nid: 6c2a9f3d-8b4e-4d7c-8f1a-2b3c4d5e6f70\nstatus: test\nlogsource:\n    product: linux\n    category: network_connection\ndetection:\n    selection:\n        Initiated: 'true'\n        DestinationPort: {port}\n    condition: selection\nlevel: medium\n"
+        ),
+    )?;
+    let rules_dir = rules.path().display().to_string();
+    // The default sensors and pack, eBPF only, every connection reported (no folding
+    // of repeats: the figures are for every connection), every match its own alert.
+    let agent = Agent::start_with(&collector, |_| {
+        format!(
+            "[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nprocess_source = \"ebpf\"\nnetwork_dedup_ms = 0\n\n\
+             [detection]\nrules_dir = {rules_dir:?}\naggregate_window_ms = 0\nrule_max_new_alerts_per_window = 0\n"
+        )
+    })?;
+    agent.wait_connected(Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let status = agent.status()?;
+    if !status.contains("process: ready (eBPF") || !status.contains("network: ready (eBPF") {
+        bail!("the eBPF sources are not running: {status}");
+    }
+
+    // 1. Sub-millisecond execs (/bin/true) from a shell loop, with both cores busy.
+    let burners: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+        })
+        .collect::<std::io::Result<_>>()?;
+    let script = format!("i=0; while [ $i -lt {execs} ]; do /bin/true {marker} $i; i=$((i+1)); done");
+    let t0 = Instant::now();
+    let mut sh = std::process::Command::new("/bin/sh").args(["-c", &script]).spawn()?;
+    let sh_pid = sh.id();
+    sh.wait()?;
+    let exec_secs = t0.elapsed().as_secs_f64();
+    for mut b in burners {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let prefix = format!("/bin/true {marker} ");
+    let complete = || -> Result<usize> {
+        let mut seen = std::collections::HashSet::new();
+        for p in alert_processes(&collector, &prefix)? {
+            let i = p["cmdline"]
+                .as_str()
+                .and_then(|c| c.strip_prefix(&prefix))
+                .and_then(|i| i.parse::<usize>().ok());
+            if let Some(i) = i
+                && p["ppid"] == sh_pid
+                && p["exe"].as_str().is_some_and(|e| e.ends_with("/true"))
+            {
+                seen.insert(i);
+            }
+        }
+        Ok(seen.len())
+    };
+    let got = settle(execs, complete)?;
+    println!(
+        "execs: {got} of {execs} ({:.2} %) arrived with full argv and parent; {:.0} execs/s from one shell loop with 2 busy-looping shells",
+        got as f64 * 100.0 / execs as f64,
+        execs as f64 / exec_secs
+    );
+
+    // 2. Loopback connects by this process, accepted by a thread of it.
+    let me = std::process::id();
+    let my_exe = std::fs::read_link("/proc/self/exe")?.display().to_string();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..connections {
+            if listener.accept().is_err() {
+                break;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    for _ in 0..connections {
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    }
+    let conn_secs = t0.elapsed().as_secs_f64();
+    let _ = acceptor.join();
+    let right = || -> Result<usize> {
+        let db = collector.db()?;
+        let mut stmt = db.prepare("SELECT entities FROM alerts WHERE rule_title = 'bench connect'")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut n = 0;
+        for row in rows {
+            let entities: Vec<serde_json::Value> = serde_json::from_str(&row?)?;
+            if entities
+                .iter()
+                .any(|e| e["kind"] == "process" && e["pid"] == me && e["exe"] == my_exe.as_str())
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    };
+    let got = settle(connections, right)?;
+    println!(
+        "connections: {got} of {connections} ({:.2} %) reported with the right pid and exe; {:.0} connects/s",
+        got as f64 * 100.0 / connections as f64,
+        connections as f64 / conn_secs
+    );
+
+    drop(agent);
+    drop(collector);
+    Ok(())
+}
+
+/// Agent CPU at `rate` execs/s plus `rate` connections/s, paced by two threads, on a
+/// fresh agent with the default sensors and pack (nothing the load does matches a
+/// rule), files watched in a private directory, and the process source `source`;
+/// every connection is reported (no folding).
+fn paced(source: &str, rate: u64, secs: u64) -> Result<()> {
+    if !ward_tests::is_root() {
+        bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
+    }
+    let collector = Collector::start()?;
+    // Files are watched in a private directory only: on this shared machine other
+    // people's builds write into /tmp all the time, which is not this load.
+    let agent = Agent::start_with(&collector, |w| {
+        format!(
+            "[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nprocess_source = {source:?}\nnetwork_dedup_ms = 0\nfile_watch_paths = [{:?}]\n",
+            w.display().to_string()
+        )
+    })?;
+    agent.wait_connected(Duration::from_secs(20))?;
+    let pid = agent.pid().context("agent pid")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let quiet = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let quiet_port = quiet.local_addr()?.port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let acceptor = std::thread::spawn(move || {
+        quiet.set_nonblocking(true).ok();
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            if quiet.accept().is_err() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    // One pacing thread per kind; each returns how many it did.
+    let pace = |work: Box<dyn Fn() -> bool + Send>, d: Duration| {
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let (mut i, mut done) = (0u64, 0u64);
+            while start.elapsed() < d {
+                let due = start + Duration::from_micros(i * 1_000_000 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if work() {
+                    done += 1;
+                }
+                i += 1;
+            }
+            done
+        })
+    };
+    let (mut spawned, mut connected) = (0u64, 0u64);
+    let (cpu, rss) = sample(pid, secs, |d| {
+        let execs = pace(
+            Box::new(|| std::process::Command::new("/bin/true").arg("paced").status().is_ok()),
+            d,
+        );
+        let conns = pace(
+            Box::new(move || std::net::TcpStream::connect(("127.0.0.1", quiet_port)).is_ok()),
+            d,
+        );
+        spawned = execs.join().unwrap_or(0);
+        connected = conns.join().unwrap_or(0);
+    })?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = acceptor.join();
+    println!(
+        "paced load, process_source = {source:?}: {:.0} execs/s + {:.0} connections/s for {secs} s: agent {cpu:.2} % of one core, RSS {:.1} MiB",
+        spawned as f64 / secs as f64,
+        connected as f64 / secs as f64,
+        rss as f64 / 1024.0
+    );
+    let status = agent.status()?;
+    for line in status
+        .lines()
+        .filter(|l| l.contains("process") || l.contains("network"))
+    {
+        println!("  status: {}", line.trim());
+    }
     Ok(())
 }

@@ -59,7 +59,24 @@ async fn sensors_report_what_they_see_to_status_and_the_collector() {
             .starts_with("inotify: 1 roots, "),
         "{device}"
     );
-    assert_eq!(sensor("process")["readiness"], "ready", "{device}");
+    // As root the eBPF exec source runs; without root the /proc fallback says why.
+    if is_root() {
+        assert_eq!(
+            (&sensor("process")["readiness"], &sensor("process")["source"]),
+            (&"ready".into(), &"eBPF sched_process_exec".into()),
+            "{device}"
+        );
+        assert_eq!(sensor("process_connector")["readiness"], "off", "{device}");
+        assert_eq!(sensor("network")["readiness"], "ready", "{device}");
+    } else {
+        assert_eq!(sensor("process")["readiness"], "degraded", "{device}");
+        assert!(
+            sensor("process")["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("eBPF exec source unavailable")),
+            "{device}"
+        );
+    }
     for off in ["auth", "audit"] {
         assert_eq!(sensor(off)["readiness"], "off", "{device}");
         assert_eq!(sensor(off)["detail"], "turned off in the configuration", "{device}");

@@ -34,9 +34,17 @@ async fn process_alerts_carry_the_lineage_with_the_parents_command_line() {
     let collector = Collector::start().unwrap();
     // One agent with the netlink connector (used when the tests run as root), one with
     // /proc polling alone: both must attach the lineage.
-    let connector = Agent::start(&collector).unwrap();
+    // Both on the /proc path (`process_source = "proc"`): the eBPF source has its own
+    // test (privileged::ebpf_sensors), and without it `auto` would pick eBPF for both.
+    let connector = Agent::start_with(&collector, |watch| {
+        Agent::test_config(watch).replace("[sensors]\n", "[sensors]\nprocess_source = \"proc\"\n")
+    })
+    .unwrap();
     let polling = Agent::start_with(&collector, |watch| {
-        Agent::test_config(watch).replace("[sensors]\n", "[sensors]\nprocess_connector_enabled = false\n")
+        Agent::test_config(watch).replace(
+            "[sensors]\n",
+            "[sensors]\nprocess_source = \"proc\"\nprocess_connector_enabled = false\n",
+        )
     })
     .unwrap();
     connector.wait_connected(Duration::from_secs(15)).unwrap();

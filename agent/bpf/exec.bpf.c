@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Exec events for Ward's process sensor: one ring-buffer record per successful exec,
+ * written in the new program's context before it runs a single instruction, so a
+ * process living a microsecond still arrives with its argv, parent, ids and paths.
+ * Layout is `struct exec_event` (little-endian, decoded by agent/src/sensor/ebpf.rs;
+ * change both together). A full ring buffer is counted in `lost`, never waited on. */
+#include "ward.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "path.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define ARGS_MAX 4096     /* argv bytes kept; more is cut and flagged */
+
+#define FLAG_ARGS_CUT 1
+#define FLAG_EXE_CUT 2
+#define FLAG_CWD_CUT 4
+#define FLAG_EXE_DELETED 8 /* the executable has no link left on disk */
+
+#define KIND_EXEC 1
+
+struct exec_event {
+	u32 kind;
+	u32 flags;
+	u32 pid;  /* the thread that called exec (the leader after de_thread) */
+	u32 tgid;
+	u32 ppid; /* real parent's tgid */
+	u32 uid;
+	u32 gid;
+	u32 euid;
+	u32 loginuid;
+	u32 sessionid;
+	u64 start_ns;        /* task start, ns since boot (CLOCK_BOOTTIME) */
+	u64 parent_start_ns; /* the parent's, to tell a reused parent pid */
+	u32 exe_len;         /* bytes of `exe` used: components leaf first, NUL-ended */
+	u32 cwd_len;
+	u32 filename_len; /* the path given to execve, NUL-ended */
+	u32 args_len;     /* argv bytes, NUL-separated */
+	char exe[PATH_MAX_OUT + NAME_READ];
+	char cwd[PATH_MAX_OUT + NAME_READ];
+	char filename[NAME_READ];
+	char args[ARGS_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 2 * 1024 * 1024);
+} events SEC(".maps");
+
+/* Records the ring buffer had no room for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} lost SEC(".maps");
+
+/* The event is built here (too large for the 512-byte stack), then copied out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct exec_event);
+} scratch SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	u32 zero = 0;
+	u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ward_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	u32 zero = 0;
+	struct exec_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	e->kind = KIND_EXEC;
+	e->flags = 0;
+	e->pid = BPF_CORE_READ(task, pid);
+	e->tgid = BPF_CORE_READ(task, tgid);
+	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	/* real_parent is the thread that forked: the process's start is its leader's. */
+	e->parent_start_ns = BPF_CORE_READ(parent, group_leader, start_boottime);
+	e->start_ns = BPF_CORE_READ(task, start_boottime);
+	e->uid = BPF_CORE_READ(task, cred, uid.val);
+	e->gid = BPF_CORE_READ(task, cred, gid.val);
+	e->euid = BPF_CORE_READ(task, cred, euid.val);
+	e->loginuid = BPF_CORE_READ(task, loginuid.val);
+	e->sessionid = BPF_CORE_READ(task, sessionid);
+
+	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	e->filename_len = n > 0 ? n : 0;
+
+	u32 cut = 0;
+	struct file *exe = BPF_CORE_READ(bprm, file);
+	e->exe_len = walk_path(BPF_CORE_READ(exe, f_path.dentry), BPF_CORE_READ(exe, f_path.mnt), e->exe, &cut);
+	if (cut)
+		e->flags |= FLAG_EXE_CUT;
+	if (BPF_CORE_READ(exe, f_path.dentry, d_inode, i_nlink) == 0)
+		e->flags |= FLAG_EXE_DELETED;
+	cut = 0;
+	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	e->cwd_len = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), e->cwd, &cut);
+	if (cut)
+		e->flags |= FLAG_CWD_CUT;
+
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long start = BPF_CORE_READ(mm, arg_start);
+	unsigned long end = BPF_CORE_READ(mm, arg_end);
+	unsigned long len = end > start ? end - start : 0;
+	if (len > ARGS_MAX) {
+		len = ARGS_MAX;
+		e->flags |= FLAG_ARGS_CUT;
+	}
+	u32 args_len = 0;
+	if (len > 0 && bpf_probe_read_user(e->args, len & (ARGS_MAX - 1) ? len & (ARGS_MAX - 1) : ARGS_MAX, (void *)start) == 0)
+		args_len = len;
+	e->args_len = args_len;
+
+	u64 size = __builtin_offsetof(struct exec_event, args) + (args_len & (ARGS_MAX * 2 - 1));
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (bpf_ringbuf_output(&events, e, size, 0) != 0)
+		count_lost();
+	return 0;
+}

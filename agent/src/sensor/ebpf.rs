@@ -1,0 +1,1255 @@
+//! The kernel's own view of execs and TCP connections, through eBPF.
+//!
+//! Two BPF objects, written in C (`agent/bpf/*.bpf.c`), compiled by `agent/bpf/build`
+//! and committed so that ordinary builds need no clang, are loaded here with the
+//! pure-Rust `aya` crate:
+//! - `exec.bpf.o`: the BTF tracepoint `sched_process_exec` writes one record per exec
+//!   (pid, parent, ids, start time, the executable's and the working directory's
+//!   paths, argv up to 4 KiB) before the new program runs, so even a process that
+//!   lives a microsecond arrives complete;
+//! - `net.bpf.o`: the BTF tracepoint `inet_sock_set_state` writes TCP connects (with
+//!   the connecting process), listens (with the listening process) and accepted
+//!   connections (named after the process listening on the port).
+//!
+//! Only BTF tracepoints are used: no kprobes, fentry or tracefs, which some kernels
+//! lack or refuse (this machine's kernel has no kprobes and refuses fentry). Needs BTF
+//! (`/sys/kernel/btf/vmlinux`), `bpf_loop` (5.17+) and CAP_BPF + CAP_PERFMON (or root).
+//! When anything is missing, loading fails with the reason and the caller falls back
+//! (see `sensor::run_sensors`).
+//!
+//! A network event's process is read from /proc (cached per process) when the agent
+//! reads the event, a few milliseconds after the kernel wrote it. The kernel sends the
+//! connecting (or listening) process's executable path just before, in its context;
+//! when /proc shows another program by then (the process exec'd right after
+//! connecting: `nc -e /bin/sh`, a shell running its last command in place), the event
+//! names the program that connected, without the new program's command line.
+//!
+//! Records are decoded by pure functions ([`decode_exec`], [`decode_net`]) from the
+//! ring buffer's bytes: the layouts are the C structs `exec_event` and `net_event`,
+//! little-endian; change both sides together. Malformed records are counted, never
+//! trusted. Records the kernel could not queue (ring buffer full) are counted in a map
+//! and reported as lost with a gap.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use super::process::ProcessTracker;
+use super::{SensorConfig, SensorCtx, SensorError};
+use ward_detect::event::{EventData, NetOp, NetworkEvent, ProcessEvent};
+
+/// The compiled exec program (see agent/bpf/exec.bpf.c).
+static EXEC_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/exec.bpf.o");
+/// The compiled TCP program (see agent/bpf/net.bpf.c).
+static NET_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/net.bpf.o");
+
+const KIND_EXEC: u32 = 1;
+const KIND_NET: u32 = 2;
+const KIND_NET_EXE: u32 = 3;
+
+// struct exec_event (exec.bpf.c): byte offsets.
+const EXEC_EXE_AT: usize = 72;
+const EXEC_PATH_CAP: usize = 1280;
+const EXEC_CWD_AT: usize = EXEC_EXE_AT + EXEC_PATH_CAP;
+const EXEC_FILENAME_AT: usize = EXEC_CWD_AT + EXEC_PATH_CAP;
+const EXEC_FILENAME_CAP: usize = 256;
+const EXEC_ARGS_AT: usize = EXEC_FILENAME_AT + EXEC_FILENAME_CAP;
+const EXEC_ARGS_CAP: usize = 4096;
+
+const FLAG_ARGS_CUT: u32 = 1;
+const FLAG_EXE_CUT: u32 = 2;
+const FLAG_CWD_CUT: u32 = 4;
+const FLAG_EXE_DELETED: u32 = 8;
+
+// struct net_event (net.bpf.c).
+const NET_SIZE: usize = 96;
+// struct exe_event (net.bpf.c).
+const NET_EXE_AT: usize = 24;
+const NET_FLAG_ESTABLISHED: u8 = 1;
+
+/// Why a ring-buffer record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record kind {0} is not the one expected")]
+    Kind(u32),
+    #[error("{field} length {len} is beyond the record")]
+    Length { field: &'static str, len: usize },
+    #[error("unknown network operation {0}")]
+    Op(u8),
+    #[error("unknown address family {0}")]
+    Family(u8),
+}
+
+/// One exec, as the kernel saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecRecord {
+    /// The process (thread group) id.
+    pub tgid: u32,
+    /// The parent's process id.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    /// The login uid (`u32::MAX` when unset).
+    pub loginuid: u32,
+    pub sessionid: u32,
+    /// Start, nanoseconds since boot.
+    pub start_ns: u64,
+    pub parent_start_ns: u64,
+    /// The executable's path, symlinks resolved (empty when the kernel could not name it).
+    pub exe: String,
+    /// The path given to execve (relative, or a symlink, as typed).
+    pub filename: String,
+    pub cwd: String,
+    pub argv: Vec<String>,
+    /// argv was longer than the 4 KiB kept.
+    pub args_cut: bool,
+    /// A path was deeper or longer than kept: only its last components are in it.
+    pub path_cut: bool,
+    /// The executable had no link left on disk when it ran (deleted, or a memfd).
+    pub exe_deleted: bool,
+}
+
+impl ExecRecord {
+    /// The command line: argv joined by spaces, as /proc's reader gives it.
+    pub fn cmdline(&self) -> String {
+        self.argv.join(" ")
+    }
+
+    /// The executable: the kernel's path, else the path given to execve.
+    pub fn image(&self) -> &str {
+        if self.exe.is_empty() { &self.filename } else { &self.exe }
+    }
+}
+
+/// The process behind a network record, as the kernel saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetOwner {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub start_ns: u64,
+    /// The thread's name (15 bytes at most).
+    pub comm: String,
+}
+
+/// One TCP connect, accept or listen, as the kernel saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRecord {
+    pub op: NetOp,
+    /// A connect that completed (false: refused or timed out).
+    pub established: bool,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// None for an accept (the kernel completes it outside the accepting process).
+    pub owner: Option<NetOwner>,
+    /// The socket (a kernel address): pairs the record with its [`NetExe`].
+    pub sk: u64,
+}
+
+/// The executable of the process connecting or listening on a socket, sent by the
+/// kernel in that process just before the socket's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetExe {
+    pub sk: u64,
+    pub tgid: u32,
+    pub exe: String,
+}
+
+/// One record of the network ring buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetItem {
+    Net(NetRecord),
+    Exe(NetExe),
+}
+
+/// Decodes one record of the network ring buffer (`net_event` or `exe_event`).
+pub fn decode_net_item(b: &[u8]) -> Result<NetItem, DecodeError> {
+    match u32_at(b, 0) {
+        Some(KIND_NET_EXE) => {
+            let len = u32_at(b, 4).ok_or(DecodeError::Short(b.len()))?;
+            let exe = region(b, NET_EXE_AT, EXEC_PATH_CAP, len, "exe")?;
+            Ok(NetItem::Exe(NetExe {
+                sk: u64_at(b, 8).ok_or(DecodeError::Short(b.len()))?,
+                tgid: u32_at(b, 16).ok_or(DecodeError::Short(b.len()))?,
+                exe: if exe.is_empty() {
+                    String::new()
+                } else {
+                    join_components(exe)
+                },
+            }))
+        }
+        _ => decode_net(b).map(NetItem::Net),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// Text up to the first NUL.
+fn c_str(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(b.get(..end).unwrap_or_default()).into_owned()
+}
+
+/// A path from its components, leaf first and each NUL-ended (as `walk_path` writes
+/// them): `bin\0usr\0` is `/usr/bin`; none is `/`.
+fn join_components(b: &[u8]) -> String {
+    let parts: Vec<&[u8]> = b.split(|c| *c == 0).filter(|p| !p.is_empty() && *p != b"/").collect();
+    if parts.is_empty() {
+        return "/".to_string();
+    }
+    let mut path = String::new();
+    for p in parts.iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(p));
+    }
+    path
+}
+
+/// A length field, checked against its region's capacity and the record's size.
+fn region<'a>(b: &'a [u8], at: usize, cap: usize, len: u32, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    let len = len as usize;
+    if len > cap {
+        return Err(DecodeError::Length { field, len });
+    }
+    b.get(at..at + len).ok_or(DecodeError::Length { field, len })
+}
+
+/// Decodes one `exec_event` record.
+pub fn decode_exec(b: &[u8]) -> Result<ExecRecord, DecodeError> {
+    let field = |at| u32_at(b, at).ok_or(DecodeError::Short(b.len()));
+    if b.len() < EXEC_ARGS_AT {
+        return Err(DecodeError::Short(b.len()));
+    }
+    let kind = field(0)?;
+    if kind != KIND_EXEC {
+        return Err(DecodeError::Kind(kind));
+    }
+    let flags = field(4)?;
+    let exe = region(b, EXEC_EXE_AT, EXEC_PATH_CAP, field(56)?, "exe")?;
+    let cwd = region(b, EXEC_CWD_AT, EXEC_PATH_CAP, field(60)?, "cwd")?;
+    let filename = region(b, EXEC_FILENAME_AT, EXEC_FILENAME_CAP, field(64)?, "filename")?;
+    let args = region(b, EXEC_ARGS_AT, EXEC_ARGS_CAP, field(68)?, "args")?;
+    let args_cut = flags & FLAG_ARGS_CUT != 0;
+    let mut argv: Vec<String> = args
+        .split(|c| *c == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // argv ends with a NUL: the split leaves one empty string after it (unless cut).
+    if argv.last().is_some_and(|a| a.is_empty()) {
+        argv.pop();
+    }
+    let exe = if exe.is_empty() {
+        String::new()
+    } else {
+        join_components(exe)
+    };
+    Ok(ExecRecord {
+        tgid: field(12)?,
+        ppid: field(16)?,
+        uid: field(20)?,
+        gid: field(24)?,
+        euid: field(28)?,
+        loginuid: field(32)?,
+        sessionid: field(36)?,
+        start_ns: u64_at(b, 40).ok_or(DecodeError::Short(b.len()))?,
+        parent_start_ns: u64_at(b, 48).ok_or(DecodeError::Short(b.len()))?,
+        exe,
+        filename: c_str(filename),
+        cwd: join_components(cwd),
+        argv,
+        args_cut,
+        path_cut: flags & (FLAG_EXE_CUT | FLAG_CWD_CUT) != 0,
+        exe_deleted: flags & FLAG_EXE_DELETED != 0,
+    })
+}
+
+fn addr(family: u8, b: &[u8]) -> Result<IpAddr, DecodeError> {
+    match family {
+        4 => {
+            let o: [u8; 4] = b
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DecodeError::Short(0))?;
+            Ok(IpAddr::V4(Ipv4Addr::from(o)))
+        }
+        6 => {
+            let o: [u8; 16] = b
+                .get(..16)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DecodeError::Short(0))?;
+            let v6 = Ipv6Addr::from(o);
+            // A v4 peer of a dual-stack socket: report it as the v4 address it is.
+            Ok(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+        }
+        other => Err(DecodeError::Family(other)),
+    }
+}
+
+/// Decodes one `net_event` record.
+pub fn decode_net(b: &[u8]) -> Result<NetRecord, DecodeError> {
+    if b.len() < NET_SIZE {
+        return Err(DecodeError::Short(b.len()));
+    }
+    let short = || DecodeError::Short(b.len());
+    let kind = u32_at(b, 0).ok_or_else(short)?;
+    if kind != KIND_NET {
+        return Err(DecodeError::Kind(kind));
+    }
+    let byte = |at: usize| b.get(at).copied().ok_or_else(short);
+    let op = match byte(4)? {
+        1 => NetOp::Connect,
+        2 => NetOp::Accept,
+        3 => NetOp::Listen,
+        other => return Err(DecodeError::Op(other)),
+    };
+    let family = byte(5)?;
+    let flags = byte(6)?;
+    let sport = u16_at(b, 8).ok_or_else(short)?;
+    let dport = u16_at(b, 10).ok_or_else(short)?;
+    let local = SocketAddr::new(addr(family, b.get(16..32).unwrap_or_default())?, sport);
+    let remote = SocketAddr::new(addr(family, b.get(32..48).unwrap_or_default())?, dport);
+    let owner = (op != NetOp::Accept).then(|| NetOwner {
+        pid: u32_at(b, 48).unwrap_or(0),
+        tgid: u32_at(b, 52).unwrap_or(0),
+        uid: u32_at(b, 56).unwrap_or(0),
+        start_ns: u64_at(b, 64).unwrap_or(0),
+        comm: c_str(b.get(72..88).unwrap_or_default()),
+    });
+    Ok(NetRecord {
+        op,
+        established: flags & NET_FLAG_ESTABLISHED != 0,
+        local,
+        remote,
+        owner,
+        sk: u64_at(b, 88).ok_or_else(short)?,
+    })
+}
+
+/// Why a BPF source could not start (shown on the board and in the fallback's gap).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
+    NoBtf(String),
+    #[error("loading {what}: {detail}")]
+    Load { what: &'static str, detail: String },
+}
+
+fn load_err(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> LoadError {
+    move |e| LoadError::Load {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// Full error chain of an aya error (its Display alone often says only "the program
+/// could not be loaded"; the source has the kernel's errno).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let more = c.to_string();
+        // aya's messages often repeat their source's text already.
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        cur = c.source();
+    }
+    if s.contains("Operation not permitted") {
+        s.push_str(" (needs root, or CAP_BPF and CAP_PERFMON)");
+    }
+    s
+}
+
+/// Gives the heap freed after loading back to the system: parsing the kernel's BTF
+/// (several MB of types) leaves tens of MB of freed heap that glibc would otherwise
+/// keep for the agent's whole life.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes no
+    // pointers and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
+
+/// A loaded, attached program with its ring buffer and lost-record counter. The
+/// programs stay attached while this lives.
+pub struct Probe {
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_seen: u64,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("lost_seen", &self.lost_seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Probe {
+    fn load(
+        object: &[u8],
+        what: &'static str,
+        program: &str,
+        tracepoint: &str,
+        ring: &str,
+        lost: &str,
+    ) -> Result<Self, LoadError> {
+        let btf = Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(chain(&e)))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(object)
+            .map_err(|e| load_err(what)(&chain(&e)))?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| load_err(what)(&format!("no program {program} in the object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load_err(what)(&chain(&e)))?;
+        prog.load(tracepoint, &btf).map_err(|e| load_err(what)(&chain(&e)))?;
+        prog.attach().map_err(|e| load_err(what)(&chain(&e)))?;
+        let ring_map = ebpf
+            .take_map(ring)
+            .ok_or_else(|| load_err(what)(&format!("no map {ring}")))?;
+        let ring = RingBuf::try_from(ring_map).map_err(|e| load_err(what)(&chain(&e)))?;
+        let lost_map = ebpf
+            .take_map(lost)
+            .ok_or_else(|| load_err(what)(&format!("no map {lost}")))?;
+        let lost = PerCpuArray::try_from(lost_map).map_err(|e| load_err(what)(&chain(&e)))?;
+        drop(btf);
+        release_freed_memory();
+        Ok(Probe {
+            _ebpf: ebpf,
+            ring,
+            lost,
+            lost_seen: 0,
+        })
+    }
+
+    /// The exec program, attached.
+    pub fn exec() -> Result<Self, LoadError> {
+        Self::load(
+            EXEC_OBJECT,
+            "exec program",
+            "ward_exec",
+            "sched_process_exec",
+            "events",
+            "lost",
+        )
+    }
+
+    /// The TCP program, attached.
+    pub fn net() -> Result<Self, LoadError> {
+        Self::load(
+            NET_OBJECT,
+            "network program",
+            "ward_tcp_state",
+            "inet_sock_set_state",
+            "net_events",
+            "net_lost",
+        )
+    }
+
+    /// Waits up to `timeout` for records. False on timeout.
+    #[allow(unsafe_code)]
+    fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is one live, initialised pollfd and the count passed is 1; poll
+        // writes only its `revents` during the call.
+        let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EINTR) {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n > 0)
+    }
+
+    /// Records the kernel could not queue since the last call.
+    fn newly_lost(&mut self) -> u64 {
+        let total: u64 = self
+            .lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().copied().fold(0u64, u64::saturating_add))
+            .unwrap_or(self.lost_seen);
+        let new = total.saturating_sub(self.lost_seen);
+        self.lost_seen = total;
+        new
+    }
+
+    /// Hands every queued record to `each` (copied out: the kernel may reuse the space
+    /// once `each` returns), up to `max`. Returns how many were handled.
+    fn drain(&mut self, max: usize, mut each: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.ring.next() else {
+                break;
+            };
+            n += 1;
+            if !each(&item) {
+                break;
+            }
+        }
+        n
+    }
+}
+
+/// After the ring buffer says it has records, wait this long before reading them, so a
+/// stream of events is read (and handed to detection) in batches rather than one
+/// wake-up per event; the ring buffers hold far more than arrives in this time.
+const COALESCE: Duration = Duration::from_millis(10);
+
+/// Counts what it lost and reports it as a gap, at most once a second.
+struct LossReport {
+    last: Instant,
+    pending_lost: u64,
+    pending_bad: u64,
+}
+
+impl LossReport {
+    fn new() -> Self {
+        LossReport {
+            last: Instant::now(),
+            pending_lost: 0,
+            pending_bad: 0,
+        }
+    }
+
+    fn tick(&mut self, probe: &mut Probe, ctx: &SensorCtx, what: &str) {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Instant::now();
+        let lost = probe.newly_lost();
+        ctx.lost(lost);
+        self.pending_lost += lost;
+        if self.pending_lost > 0 {
+            let g = super::gap(
+                ctx.sensor(),
+                format!(
+                    "eBPF ring buffer full: {} {what} events lost in the kernel",
+                    self.pending_lost
+                ),
+            );
+            if ctx.try_emit(g) {
+                self.pending_lost = 0;
+            }
+        }
+        if self.pending_bad > 0 {
+            let g = super::gap(
+                ctx.sensor(),
+                format!("{} malformed eBPF {what} records dropped", self.pending_bad),
+            );
+            if ctx.try_emit(g) {
+                self.pending_bad = 0;
+            }
+        }
+    }
+}
+
+fn running_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Reports execs from the loaded exec program until the sensor is stopped.
+pub fn run_exec(probe: &mut Probe, tracker: &ProcessTracker, ctx: &SensorCtx) -> Result<(), SensorError> {
+    if !ctx.gap(format!(
+        "baseline: {} processes already running when the sensor started were not reported as new",
+        running_processes()
+    )) {
+        return Ok(());
+    }
+    ctx.ready("eBPF sched_process_exec");
+    let mut report = LossReport::new();
+    let mut pruned = Instant::now();
+    while !ctx.stopped() {
+        if probe
+            .wait(Duration::from_millis(250))
+            .map_err(|e| SensorError::io("eBPF exec ring buffer poll", e))?
+        {
+            std::thread::sleep(COALESCE);
+        }
+        let mut records: Vec<ExecRecord> = Vec::new();
+        let mut bad = 0u64;
+        probe.drain(4096, |b| {
+            match decode_exec(b) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    bad += 1;
+                    tracing::debug!(error = %e, "malformed eBPF exec record");
+                }
+            }
+            true
+        });
+        report.pending_bad += bad;
+        for rec in records {
+            if !ctx.emit(EventData::Process(tracker.from_kernel(&rec))) {
+                return Ok(());
+            }
+        }
+        report.tick(probe, ctx, "exec");
+        if pruned.elapsed() >= Duration::from_secs(30) {
+            let before = Instant::now();
+            tracker.prune_exited(before);
+            pruned = before;
+        }
+    }
+    Ok(())
+}
+
+/// Who listens on which local port, from listen events and /proc at start: an accepted
+/// connection is the listening process's.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    by_port: HashMap<u16, NetOwner>,
+}
+
+impl Listeners {
+    /// The processes listening on TCP ports now, from /proc/net/tcp{,6} and the
+    /// sockets each process holds.
+    pub fn from_proc(proc_root: &Path) -> Self {
+        let mut inodes: HashMap<u64, u16> = HashMap::new();
+        for table in ["net/tcp", "net/tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(proc_root.join(table)) {
+                inodes.extend(parse_listening(&text));
+            }
+        }
+        let mut by_port = HashMap::new();
+        if inodes.is_empty() {
+            return Listeners { by_port };
+        }
+        let Ok(dir) = std::fs::read_dir(proc_root) else {
+            return Listeners { by_port };
+        };
+        for entry in dir.filter_map(Result::ok) {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.filter_map(Result::ok) {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let inode = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok());
+                if let Some(port) = inode.and_then(|i| inodes.get(&i)) {
+                    by_port.entry(*port).or_insert(NetOwner {
+                        pid,
+                        tgid: pid,
+                        ..NetOwner::default()
+                    });
+                }
+            }
+        }
+        Listeners { by_port }
+    }
+
+    /// Remembers the process listening on `port`.
+    pub fn listen(&mut self, port: u16, owner: NetOwner) {
+        self.by_port.insert(port, owner);
+    }
+
+    /// The process listening on `port`, if known.
+    pub fn owner(&self, port: u16) -> Option<&NetOwner> {
+        self.by_port.get(&port)
+    }
+}
+
+/// (inode, local port) of each listening socket in a /proc/net/tcp table.
+fn parse_listening(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st ... inode (field 9); st 0A is LISTEN.
+        if f.get(3) != Some(&"0A") {
+            return None;
+        }
+        let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        let inode = f.get(9)?.parse().ok()?;
+        Some((inode, port))
+    })
+}
+
+/// Folds repeats of the same (process, operation, remote address and port) within a
+/// window, so one busy process cannot flood the agent; counts what it folded.
+#[derive(Debug)]
+pub struct Dedup {
+    window: Duration,
+    seen: HashMap<(u32, NetOp, IpAddr, u16), Instant>,
+    /// Repeats folded since the start.
+    pub folded: u64,
+}
+
+const DEDUP_MAX_ENTRIES: usize = 65_536;
+
+impl Dedup {
+    /// Folds within `window` (zero: never).
+    pub fn new(window: Duration) -> Self {
+        Dedup {
+            window,
+            seen: HashMap::new(),
+            folded: 0,
+        }
+    }
+
+    /// True when the event is new (to report), false when it repeats one reported
+    /// less than the window ago.
+    pub fn admit(&mut self, tgid: u32, op: NetOp, remote: SocketAddr, now: Instant) -> bool {
+        if self.window.is_zero() {
+            return true;
+        }
+        // Listeners repeat nothing; an accept's remote port is the client's ephemeral
+        // one, so accepts fold on the client's address and the local service.
+        let key = (tgid, op, remote.ip(), remote.port());
+        if let Some(at) = self.seen.get(&key)
+            && now.duration_since(*at) < self.window
+        {
+            self.folded += 1;
+            return false;
+        }
+        if self.seen.len() >= DEDUP_MAX_ENTRIES {
+            let window = self.window;
+            self.seen.retain(|_, at| now.duration_since(*at) < window);
+            if self.seen.len() >= DEDUP_MAX_ENTRIES {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(key, now);
+        true
+    }
+}
+
+/// Turns a kernel record into the event: the process named through the tracker (what
+/// the exec source saw, else /proc), the initiating side as the source.
+fn network_event(rec: &NetRecord, process: ProcessEvent) -> NetworkEvent {
+    let (source, destination) = match rec.op {
+        NetOp::Connect => (rec.local, Some(rec.remote)),
+        NetOp::Accept => (rec.remote, Some(rec.local)),
+        NetOp::Listen => (rec.local, None),
+    };
+    NetworkEvent {
+        op: rec.op,
+        protocol: "tcp".into(),
+        source_ip: source.ip(),
+        source_port: source.port(),
+        destination_ip: destination.map(|d| d.ip()),
+        destination_port: destination.map(|d| d.port()),
+        established: rec.op != NetOp::Connect || rec.established,
+        process,
+    }
+}
+
+/// Reports TCP connects, accepts and listens from the loaded network program until
+/// the sensor is stopped.
+pub fn run_net(
+    config: &SensorConfig,
+    probe: &mut Probe,
+    tracker: &ProcessTracker,
+    ctx: &SensorCtx,
+) -> Result<(), SensorError> {
+    let mut listeners = Listeners::from_proc(Path::new("/proc"));
+    let source = "eBPF inet_sock_set_state (TCP connect, accept, listen)";
+    ctx.ready(source);
+    let mut report = LossReport::new();
+    let mut dedup = Dedup::new(Duration::from_millis(config.network_dedup_ms));
+    let mut folded_shown = 0u64;
+    let mut shown_at = Instant::now();
+    // The executable sent for each socket, until its record comes.
+    let mut exes: HashMap<u64, String> = HashMap::new();
+    while !ctx.stopped() {
+        if probe
+            .wait(Duration::from_millis(250))
+            .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?
+        {
+            std::thread::sleep(COALESCE);
+        }
+        let mut records: Vec<NetRecord> = Vec::new();
+        let mut bad = 0u64;
+        probe.drain(4096, |b| {
+            match decode_net_item(b) {
+                Ok(NetItem::Net(r)) => records.push(r),
+                Ok(NetItem::Exe(e)) => {
+                    if exes.len() >= 16_384 {
+                        exes.clear();
+                    }
+                    exes.insert(e.sk, e.exe);
+                }
+                Err(e) => {
+                    bad += 1;
+                    tracing::debug!(error = %e, "malformed eBPF network record");
+                }
+            }
+            true
+        });
+        report.pending_bad += bad;
+        let now = Instant::now();
+        for rec in records {
+            let owner = match (&rec.owner, rec.op) {
+                (Some(o), NetOp::Listen) => {
+                    listeners.listen(rec.local.port(), o.clone());
+                    Some(o.clone())
+                }
+                (Some(o), _) => Some(o.clone()),
+                (None, _) => listeners.owner(rec.local.port()).cloned(),
+            };
+            let exe = exes.remove(&rec.sk);
+            let tgid = owner.as_ref().map(|o| o.tgid).unwrap_or(0);
+            if !dedup.admit(tgid, rec.op, rec.remote, now) {
+                continue;
+            }
+            let process = match &owner {
+                Some(o) => tracker.network_process(o.tgid, o.start_ns, o.uid, &o.comm, exe.as_deref()),
+                None => ProcessEvent::default(),
+            };
+            if !ctx.emit(EventData::Network(Box::new(network_event(&rec, process)))) {
+                return Ok(());
+            }
+        }
+        report.tick(probe, ctx, "network");
+        if dedup.folded != folded_shown && shown_at.elapsed() >= Duration::from_secs(10) {
+            folded_shown = dedup.folded;
+            shown_at = Instant::now();
+            ctx.ready(format!(
+                "{source}; {folded_shown} repeated connections folded (same process and peer within {} ms)",
+                config.network_dedup_ms
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// An exec record laid out as exec.bpf.c writes it.
+    fn exec_bytes(exe: &[&str], cwd: &[&str], filename: &str, args: &[u8], flags: u32) -> Vec<u8> {
+        let mut b = vec![0u8; EXEC_ARGS_AT];
+        let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut b, 0, KIND_EXEC);
+        put(&mut b, 4, flags);
+        put(&mut b, 8, 4321);
+        put(&mut b, 12, 4321);
+        put(&mut b, 16, 77);
+        put(&mut b, 20, 1000);
+        put(&mut b, 24, 1001);
+        put(&mut b, 28, 0);
+        put(&mut b, 32, 1000);
+        put(&mut b, 36, 5);
+        b[40..48].copy_from_slice(&123_450_000_000u64.to_le_bytes());
+        b[48..56].copy_from_slice(&100_000_000_000u64.to_le_bytes());
+        let write_path = |b: &mut Vec<u8>, at: usize, len_at: usize, parts: &[&str]| {
+            let mut off = 0;
+            for p in parts {
+                b[at + off..at + off + p.len()].copy_from_slice(p.as_bytes());
+                off += p.len() + 1;
+            }
+            put(b, len_at, off as u32);
+        };
+        write_path(&mut b, EXEC_EXE_AT, 56, exe);
+        write_path(&mut b, EXEC_CWD_AT, 60, cwd);
+        b[EXEC_FILENAME_AT..EXEC_FILENAME_AT + filename.len()].copy_from_slice(filename.as_bytes());
+        put(&mut b, 64, filename.len() as u32 + 1);
+        put(&mut b, 68, args.len() as u32);
+        b.extend_from_slice(args);
+        b
+    }
+
+    #[test]
+    fn decodes_an_exec_record() {
+        let b = exec_bytes(
+            &["dash", "bin", "usr"],
+            &["alice", "home"],
+            "/bin/sh",
+            b"sh\0-c\0echo hi there\0",
+            0,
+        );
+        let r = decode_exec(&b).unwrap();
+        assert_eq!((r.tgid, r.ppid, r.uid, r.gid, r.euid), (4321, 77, 1000, 1001, 0));
+        assert_eq!((r.loginuid, r.sessionid), (1000, 5));
+        assert_eq!((r.start_ns, r.parent_start_ns), (123_450_000_000, 100_000_000_000));
+        assert_eq!(r.exe, "/usr/bin/dash");
+        assert_eq!(r.image(), "/usr/bin/dash");
+        assert_eq!(r.filename, "/bin/sh");
+        assert_eq!(r.cwd, "/home/alice");
+        assert_eq!(r.argv, vec!["sh", "-c", "echo hi there"]);
+        assert_eq!(r.cmdline(), "sh -c echo hi there");
+        assert!(!r.args_cut && !r.path_cut && !r.exe_deleted);
+    }
+
+    #[test]
+    fn cut_and_odd_exec_records() {
+        // argv cut mid-argument: the last one is kept as far as it goes.
+        let r = decode_exec(&exec_bytes(
+            &[],
+            &[],
+            "./x",
+            b"x\0aaaa",
+            FLAG_ARGS_CUT | FLAG_CWD_CUT | FLAG_EXE_DELETED,
+        ))
+        .unwrap();
+        assert!(r.exe_deleted);
+        assert_eq!(r.argv, vec!["x", "aaaa"]);
+        assert!(r.args_cut && r.path_cut);
+        assert_eq!((r.exe.as_str(), r.image(), r.cwd.as_str()), ("", "./x", "/"));
+        // Not valid UTF-8: replaced, not refused.
+        let r = decode_exec(&exec_bytes(&["b\u{e9}"], &[], "/b", b"\xff\0", 0)).unwrap();
+        assert_eq!(r.argv, vec!["\u{fffd}"]);
+        assert_eq!(r.exe, "/b\u{e9}");
+    }
+
+    #[test]
+    fn malformed_exec_records_are_refused() {
+        let good = exec_bytes(&["true", "bin"], &[], "/bin/true", b"true\0", 0);
+        assert_eq!(decode_exec(&good[..10]), Err(DecodeError::Short(10)));
+        let mut b = good.clone();
+        b[0] = 9;
+        assert_eq!(decode_exec(&b), Err(DecodeError::Kind(9)));
+        // A length beyond its region, or beyond the bytes received.
+        let mut b = good.clone();
+        b[56..60].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(matches!(decode_exec(&b), Err(DecodeError::Length { field: "exe", .. })));
+        let mut b = good.clone();
+        b[68..72].copy_from_slice(&100u32.to_le_bytes());
+        assert!(matches!(
+            decode_exec(&b),
+            Err(DecodeError::Length { field: "args", .. })
+        ));
+    }
+
+    fn net_bytes(op: u8, family: u8, local: (&[u8], u16), remote: (&[u8], u16), flags: u8) -> Vec<u8> {
+        let mut b = vec![0u8; NET_SIZE];
+        b[0..4].copy_from_slice(&KIND_NET.to_le_bytes());
+        b[4] = op;
+        b[5] = family;
+        b[6] = flags;
+        b[8..10].copy_from_slice(&local.1.to_le_bytes());
+        b[10..12].copy_from_slice(&remote.1.to_le_bytes());
+        b[16..16 + local.0.len()].copy_from_slice(local.0);
+        b[32..32 + remote.0.len()].copy_from_slice(remote.0);
+        b[48..52].copy_from_slice(&900u32.to_le_bytes());
+        b[52..56].copy_from_slice(&900u32.to_le_bytes());
+        b[56..60].copy_from_slice(&33u32.to_le_bytes());
+        b[64..72].copy_from_slice(&5_000_000u64.to_le_bytes());
+        b[72..76].copy_from_slice(b"curl");
+        b[88..96].copy_from_slice(&0xffff_8880_1234_5678u64.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn decodes_network_records() {
+        let r = decode_net(&net_bytes(1, 4, (&[10, 0, 0, 5], 40000), (&[203, 0, 113, 7], 443), 1)).unwrap();
+        assert_eq!(r.op, NetOp::Connect);
+        assert!(r.established);
+        assert_eq!(r.local, "10.0.0.5:40000".parse().unwrap());
+        assert_eq!(r.remote, "203.0.113.7:443".parse().unwrap());
+        let o = r.owner.unwrap();
+        assert_eq!(
+            (o.pid, o.tgid, o.uid, o.start_ns, o.comm.as_str()),
+            (900, 900, 33, 5_000_000, "curl")
+        );
+        // v6, and a v4 peer on a dual-stack socket.
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[192, 0, 2, 1]);
+        let r = decode_net(&net_bytes(2, 6, (&v6, 22), (&mapped, 51000), 0)).unwrap();
+        assert_eq!(r.op, NetOp::Accept);
+        assert_eq!(r.local, "[::1]:22".parse().unwrap());
+        assert_eq!(r.remote, "192.0.2.1:51000".parse().unwrap());
+        assert!(
+            r.owner.is_none(),
+            "an accept's process is the listener's, named by the agent"
+        );
+    }
+
+    #[test]
+    fn decodes_the_executable_sent_for_a_socket() {
+        let mut b = vec![0u8; NET_EXE_AT];
+        b[0..4].copy_from_slice(&KIND_NET_EXE.to_le_bytes());
+        b[8..16].copy_from_slice(&77u64.to_le_bytes());
+        b[16..20].copy_from_slice(&900u32.to_le_bytes());
+        b.extend_from_slice(b"nc\0bin\0usr\0");
+        b[4..8].copy_from_slice(&11u32.to_le_bytes());
+        let want = NetExe {
+            sk: 77,
+            tgid: 900,
+            exe: "/usr/bin/nc".into(),
+        };
+        assert_eq!(decode_net_item(&b), Ok(NetItem::Exe(want)));
+        b[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(matches!(decode_net_item(&b), Err(DecodeError::Length { .. })));
+        let net = net_bytes(1, 4, (&[10, 0, 0, 5], 1), (&[10, 0, 0, 6], 2), 0);
+        assert!(matches!(decode_net_item(&net), Ok(NetItem::Net(_))));
+    }
+
+    #[test]
+    fn malformed_network_records_are_refused() {
+        let good = net_bytes(3, 4, (&[0, 0, 0, 0], 8080), (&[0, 0, 0, 0], 0), 0);
+        assert!(decode_net(&good).is_ok());
+        assert_eq!(decode_net(&good[..40]), Err(DecodeError::Short(40)));
+        let mut b = good.clone();
+        b[4] = 9;
+        assert_eq!(decode_net(&b), Err(DecodeError::Op(9)));
+        let mut b = good.clone();
+        b[5] = 5;
+        assert_eq!(decode_net(&b), Err(DecodeError::Family(5)));
+        let mut b = good;
+        b[0] = 1;
+        assert_eq!(decode_net(&b), Err(DecodeError::Kind(1)));
+    }
+
+    #[test]
+    fn the_initiating_side_is_the_source() {
+        let rec = |op| NetRecord {
+            op,
+            established: true,
+            local: "10.0.0.5:8080".parse().unwrap(),
+            remote: "198.51.100.9:50000".parse().unwrap(),
+            owner: None,
+            sk: 1,
+        };
+        let c = network_event(&rec(NetOp::Connect), ProcessEvent::default());
+        assert_eq!(
+            (c.source_ip.to_string(), c.destination_port),
+            ("10.0.0.5".into(), Some(50000))
+        );
+        assert_eq!(c.remote_ip(), Some("198.51.100.9".parse().unwrap()));
+        let a = network_event(&rec(NetOp::Accept), ProcessEvent::default());
+        assert_eq!((a.source_ip.to_string(), a.source_port), ("198.51.100.9".into(), 50000));
+        assert_eq!((a.destination_port, a.remote_ip()), (Some(8080), Some(a.source_ip)));
+        let l = network_event(&rec(NetOp::Listen), ProcessEvent::default());
+        assert_eq!((l.source_port, l.destination_ip, l.remote_ip()), (8080, None, None));
+        let mut refused = rec(NetOp::Connect);
+        refused.established = false;
+        assert!(!network_event(&refused, ProcessEvent::default()).established);
+    }
+
+    #[test]
+    fn repeats_fold_within_the_window_and_are_counted() {
+        let t0 = Instant::now();
+        let peer: SocketAddr = "198.51.100.9:443".parse().unwrap();
+        let mut d = Dedup::new(Duration::from_millis(1000));
+        assert!(d.admit(7, NetOp::Connect, peer, t0));
+        assert!(!d.admit(7, NetOp::Connect, peer, t0 + Duration::from_millis(10)));
+        assert!(d.admit(8, NetOp::Connect, peer, t0), "another process");
+        assert!(d.admit(7, NetOp::Accept, peer, t0), "another operation");
+        assert!(d.admit(7, NetOp::Connect, "198.51.100.9:80".parse().unwrap(), t0));
+        assert!(d.admit(7, NetOp::Connect, peer, t0 + Duration::from_millis(1000)));
+        assert_eq!(d.folded, 1);
+        let mut off = Dedup::new(Duration::ZERO);
+        assert!(off.admit(7, NetOp::Connect, peer, t0) && off.admit(7, NetOp::Connect, peer, t0));
+    }
+
+    #[test]
+    fn listening_sockets_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0\n   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0 20 4 30 10 -1\n";
+        let got: Vec<(u64, u16)> = parse_listening(text).collect();
+        assert_eq!(got, vec![(4242, 8080)]);
+    }
+
+    fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .map(|v| v.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// The real kernel: an exec of a process that exits at once arrives with its argv,
+    /// parent, paths and the same start time /proc gives; a loopback connect and its
+    /// accept arrive with the right ports and process. Needs root: fails saying so.
+    #[test]
+    fn the_kernel_reports_an_exec_and_a_connection() {
+        assert!(is_root(), "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs");
+        let mut exec = Probe::exec().unwrap();
+        let mut net = Probe::net().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "exit 0", "ward-test-arg"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        // A program deleted before it runs (run through its open descriptor).
+        let script = format!(
+            "cp /bin/true {d}/gone && exec 3<{d}/gone && rm {d}/gone && exec /proc/self/fd/3 ward-deleted",
+            d = dir.path().display()
+        );
+        let mut gone = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let gone_pid = gone.id();
+        assert!(gone.wait().unwrap().success());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let (_server, _) = listener.accept().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut found, mut deleted) = (None, None);
+        while (found.is_none() || deleted.is_none()) && Instant::now() < deadline {
+            exec.wait(Duration::from_millis(100)).unwrap();
+            exec.drain(usize::MAX, |b| {
+                if let Ok(r) = decode_exec(b) {
+                    if r.tgid == pid {
+                        found = Some(r);
+                    } else if r.tgid == gone_pid && r.argv.last().is_some_and(|a| a == "ward-deleted") {
+                        deleted = Some(r);
+                    }
+                }
+                true
+            });
+        }
+        let gone = deleted.expect("the deleted program's exec was not reported");
+        assert!(gone.exe_deleted && gone.exe.ends_with("/gone"), "{gone:?}");
+        let r = found.expect("the exec was not reported");
+        assert!(!r.exe_deleted, "{r:?}");
+        assert_eq!(r.argv, vec!["/bin/sh", "-c", "exit 0", "ward-test-arg"]);
+        assert_eq!(r.ppid, std::process::id());
+        assert_eq!(r.filename, "/bin/sh");
+        assert!(r.exe.starts_with('/') && std::path::Path::new(&r.exe).exists(), "{r:?}");
+        let cwd = dir.path().canonicalize().unwrap();
+        assert_eq!(std::path::Path::new(&r.cwd), cwd);
+        let me = crate::procfs::read_stat(Path::new("/proc"), std::process::id()).unwrap();
+        let parent_ms = crate::clock::start_time_ms_from_boot_ns(r.parent_start_ns);
+        assert_eq!(parent_ms, me.start_time_ms, "the same start time as /proc gives");
+        assert!(exec.newly_lost() == 0);
+
+        let mut got: Vec<NetRecord> = Vec::new();
+        let mut exes: HashMap<u64, NetExe> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 3 && Instant::now() < deadline {
+            net.wait(Duration::from_millis(100)).unwrap();
+            net.drain(usize::MAX, |b| {
+                match decode_net_item(b) {
+                    Ok(NetItem::Net(r)) if r.local.port() == port || r.remote.port() == port => got.push(r),
+                    Ok(NetItem::Exe(e)) => {
+                        exes.insert(e.sk, e);
+                    }
+                    _ => {}
+                }
+                true
+            });
+        }
+        let me = std::process::id();
+        let listen = got.iter().find(|r| r.op == NetOp::Listen).expect("listen");
+        assert_eq!(listen.owner.as_ref().unwrap().tgid, me);
+        let connect = got.iter().find(|r| r.op == NetOp::Connect).expect("connect");
+        assert_eq!(connect.owner.as_ref().unwrap().tgid, me);
+        let my_exe = std::fs::read_link("/proc/self/exe").unwrap();
+        for r in [listen, connect] {
+            let sent = exes.get(&r.sk).expect("the executable sent for the socket");
+            assert_eq!((sent.tgid, Path::new(&sent.exe)), (me, my_exe.as_path()));
+        }
+        assert!(connect.established);
+        assert_eq!((connect.local.port(), connect.remote.port()), (client_port, port));
+        let accept = got.iter().find(|r| r.op == NetOp::Accept).expect("accept");
+        assert_eq!((accept.local.port(), accept.remote.port()), (port, client_port));
+    }
+
+    /// The committed objects are what agent/bpf/build makes from the committed C.
+    #[test]
+    fn committed_objects_match_their_source() {
+        let have_clang = std::process::Command::new("clang").arg("--version").output().is_ok()
+            && std::process::Command::new("llvm-strip")
+                .arg("--version")
+                .output()
+                .is_ok()
+            && Path::new("/usr/include/bpf/bpf_helpers.h").exists();
+        if !have_clang {
+            eprintln!(
+                "SKIPPED committed_objects_match_their_source: clang, llvm-strip or libbpf-dev's headers \
+                 are not installed (apt-get install -y clang llvm libbpf-dev), so the objects cannot be rebuilt here"
+            );
+            return;
+        }
+        let bpf = Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
+        let clang = std::process::Command::new("clang").arg("--version").output().unwrap();
+        let clang = String::from_utf8_lossy(&clang.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let committed_clang = std::fs::read_to_string(bpf.join("clang-version")).unwrap();
+        if clang != committed_clang.trim() {
+            eprintln!(
+                "SKIPPED committed_objects_match_their_source: the objects were built with {:?}, this is {clang:?}; \
+                 another clang makes other bytes",
+                committed_clang.trim()
+            );
+            return;
+        }
+        let out = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(bpf.join("build"))
+            .arg(out.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "agent/bpf/build failed");
+        for name in ["exec.bpf.o", "net.bpf.o"] {
+            let built = std::fs::read(out.path().join(name)).unwrap();
+            let committed = std::fs::read(bpf.join(name)).unwrap();
+            assert!(
+                built == committed,
+                "agent/bpf/{name} is not what agent/bpf/build makes from the source: run agent/bpf/build and commit"
+            );
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! A real agent as root with the eBPF sources on (`process_source = "ebpf"`: no
+//! fallback, so these tests see eBPF or fail saying why): a thousand execs of
+//! `/bin/true` in a tight loop all arrive with their full command line and parent,
+//! and a loopback connect by bash and its accept by this test process arrive with the
+//! right process, ports and remote address. The device record and `ward-agent status`
+//! name the eBPF sources.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use ward_tests::*;
+
+/// A rule file for the agent's rules directory.
+fn rule(id: &str, title: &str, category: &str, selection: &str) -> String {
+    format!(
+        "title: {title}\nid: {id}\nstatus: test\nlogsource:\n    product: linux\n    category: {category}\n\
+         detection:\n    selection:\n{selection}\n    condition: selection\nlevel: medium\n"
+    )
+}
+
+/// An agent with `rules` in its rules directory, eBPF only, every match its own alert.
+fn start_agent(collector: &Collector, rules: &[(&str, String)]) -> (Agent, tempfile::TempDir) {
+    let rules_dir = tempfile::tempdir().unwrap();
+    for (name, text) in rules {
+        std::fs::write(rules_dir.path().join(name), text).unwrap();
+    }
+    let dir = rules_dir.path().display().to_string();
+    let agent = Agent::start_with(collector, |w| {
+        format!(
+            "{}\n[detection]\nrules_dir = {dir:?}\naggregate_window_ms = 0\nrule_max_new_alerts_per_window = 0\nsigmahq_enabled = false\n",
+            Agent::test_config(w).replace("[sensors]\n", "[sensors]\nprocess_source = \"ebpf\"\nnetwork_dedup_ms = 0\n")
+        )
+    })
+    .unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    (agent, rules_dir)
+}
+
+/// Waits until the device record says `sensor` is ready reading `source`.
+async fn wait_source(collector: &Collector, agent: &Agent, sensor: &str, source: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, device) = collector
+            .get(&format!("/api/v1/devices/{}", agent.device_id))
+            .await
+            .unwrap();
+        let ready = device["sensors"].as_array().is_some_and(|s| {
+            s.iter().any(|s| {
+                s["name"] == sensor
+                    && s["readiness"] == "ready"
+                    && s["source"].as_str().is_some_and(|x| x.contains(source))
+            })
+        });
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sensor} not ready on {source}: {device}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The entities of every alert of the device whose entities mention `needle`.
+fn alert_entities(collector: &Collector, device: &str, needle: &str) -> Vec<Vec<Value>> {
+    let db = collector.db().unwrap();
+    let mut stmt = db
+        .prepare("SELECT entities FROM alerts WHERE device_id = ?1 AND entities LIKE ?2")
+        .unwrap();
+    stmt.query_map([device, &format!("%{needle}%")], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|e| serde_json::from_str::<Vec<Value>>(&e.unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_fast_execs_arrive_with_their_command_line_and_parent() {
+    assert!(
+        is_root(),
+        "loading eBPF programs needs root (CAP_BPF and CAP_PERFMON): run this suite as root (CI does)"
+    );
+    let collector = Collector::start_with(without_folding).unwrap();
+    let marker = format!("ward-ebpf-exec-{}", std::process::id());
+    let rules = [(
+        "exec.yml",
+        rule(
+            "6c0b8a9e-2f4d-4c1a-9b7e-0d5f3a2e4b71",
+            "e2e exec marker",
+            "process_creation",
+            &format!("        CommandLine|contains: '{marker}'"),
+        ),
+    )];
+    let (agent, _rules) = start_agent(&collector, &rules);
+    wait_source(&collector, &agent, "process", "eBPF").await;
+    let status = agent.status().unwrap();
+    assert!(status.contains("process: ready (eBPF"), "{status}");
+
+    const N: usize = 1000;
+    let script = format!("i=0; while [ $i -lt {N} ]; do /bin/true {marker} $i; i=$((i+1)); done");
+    let started = Instant::now();
+    let mut sh = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id();
+    assert!(sh.wait().unwrap().success());
+    eprintln!("{N} execs in {:?}", started.elapsed());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut incomplete = Vec::new();
+    while Instant::now() < deadline {
+        seen.clear();
+        incomplete.clear();
+        for entities in alert_entities(&collector, &agent.device_id, &marker) {
+            let Some(p) = entities.iter().find(|e| e["kind"] == "process") else {
+                incomplete.push(format!("no process entity: {entities:?}"));
+                continue;
+            };
+            if p["pid"] == sh_pid {
+                continue; // the loop's shell: its own command line names the marker
+            }
+            let cmdline = p["cmdline"].as_str().unwrap_or_default();
+            let i = cmdline
+                .strip_prefix(&format!("/bin/true {marker} "))
+                .and_then(|i| i.parse::<usize>().ok());
+            match i {
+                Some(i) if p["ppid"] == sh_pid && p["exe"].as_str().is_some_and(|e| e.ends_with("/true")) => {
+                    seen.insert(i);
+                }
+                _ => incomplete.push(format!("{p}")),
+            }
+        }
+        if seen.len() == N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        incomplete.is_empty(),
+        "execs without full argv or parent: {incomplete:?}"
+    );
+    assert_eq!(
+        seen.len(),
+        N,
+        "{} of {N} execs arrived with argv and parent",
+        seen.len()
+    );
+    let status = agent.status().unwrap();
+    assert!(!status.contains("events lost"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_connect_and_its_accept_name_their_processes_and_ports() {
+    assert!(
+        is_root(),
+        "loading eBPF programs needs root (CAP_BPF and CAP_PERFMON): run this suite as root (CI does)"
+    );
+    let collector = Collector::start_with(without_folding).unwrap();
+    // The port is chosen first so the rules can name it.
+    let listener = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let port = listener;
+    let rules = [
+        (
+            "connect.yml",
+            rule(
+                "1d7e4c2a-8b3f-4e6a-9c5d-2f0a1b3c4d51",
+                "e2e outbound connection",
+                "network_connection",
+                &format!("        Initiated: 'true'\n        DestinationPort: {port}"),
+            ),
+        ),
+        (
+            "accept.yml",
+            rule(
+                "2e8f5d3b-9c4a-4f7b-8d6e-3a1b2c4d5e62",
+                "e2e inbound connection",
+                "network_connection",
+                &format!("        Initiated: 'false'\n        DestinationPort: {port}"),
+            ),
+        ),
+    ];
+    let (agent, _rules) = start_agent(&collector, &rules);
+    wait_source(&collector, &agent, "network", "eBPF").await;
+    let status = agent.status().unwrap();
+    assert!(status.contains("network: ready (eBPF"), "{status}");
+
+    // Listen after the sensor is ready, so the listen event names this process.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let me = std::process::id();
+    let my_exe = std::fs::read_link("/proc/self/exe").unwrap().display().to_string();
+    let mut bash = std::process::Command::new("bash")
+        // bash replaces itself with sleep right after connecting (its last command
+        // runs in place): the connection is still bash's.
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 1")])
+        .spawn()
+        .unwrap();
+    let bash_pid = bash.id();
+    let (_conn, peer) = listener.accept().unwrap();
+    assert!(bash.wait().unwrap().success());
+
+    let dev = agent.device_id.clone();
+    let process_of = |a: &Value| -> Option<Value> {
+        a["entities"]
+            .as_array()?
+            .iter()
+            .find(|e| e["kind"] == "process")
+            .cloned()
+    };
+    let has_ip = |a: &Value, ip: &str| {
+        a["entities"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "ip" && e["addr"] == ip))
+    };
+    let connect = collector
+        .wait_alert(&dev, Duration::from_secs(15), |a| {
+            a["rule"]["title"] == "e2e outbound connection" && process_of(a).is_some_and(|p| p["pid"] == bash_pid)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no alert for bash's connect: {e}"));
+    let p = process_of(&connect).unwrap();
+    assert!(p["exe"].as_str().is_some_and(|e| e.ends_with("/bash")), "{connect}");
+    assert!(
+        has_ip(&connect, "127.0.0.1"),
+        "the remote address is an entity: {connect}"
+    );
+    let matched = connect["matched"].to_string();
+    assert!(matched.contains(&port.to_string()), "{connect}");
+
+    let accept = collector
+        .wait_alert(&dev, Duration::from_secs(15), |a| {
+            a["rule"]["title"] == "e2e inbound connection" && process_of(a).is_some_and(|p| p["pid"] == me)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no alert for the accept by this test (pid {me}): {e}"));
+    let p = process_of(&accept).unwrap();
+    assert_eq!(p["exe"], my_exe.as_str(), "{accept}");
+    assert!(has_ip(&accept, "127.0.0.1"), "{accept}");
+    assert_eq!(peer.ip().to_string(), "127.0.0.1");
+}
