@@ -180,7 +180,29 @@ async fn scenario() {
 
     // The synthetic build noise repeats rules and folders; it stands for 500 distinct alerts.
     let collector = Collector::start_with(without_folding).unwrap();
-    let agent = Agent::start(&collector).unwrap();
+    // The agent sees the host's processes (as root through eBPF, every exec in full),
+    // and other tests run discovery commands and attack simulations meanwhile: it
+    // runs only the rule the story needs (a known-bad file), so nothing of theirs
+    // joins the story.
+    let agent = Agent::start_with(&collector, |watch| {
+        let others: Vec<String> = ward_detect::builtin::BUILTIN_RULES
+            .iter()
+            .map(|(_, yaml)| ward_detect::defaultpack::rule_file_id(yaml).to_string())
+            .filter(|id| !id.is_empty())
+            .filter(|id| {
+                let known_bad = ward_detect::builtin::BUILTIN_RULES
+                    .iter()
+                    .find(|(name, _)| name.ends_with("lnx_ward_known_bad_file_hash.yml"))
+                    .map(|(_, yaml)| ward_detect::defaultpack::rule_file_id(yaml));
+                Some(id.as_str()) != known_bad
+            })
+            .collect();
+        format!(
+            "{}\n[detection]\nsigmahq_enabled = false\ndisabled_rules = {others:?}\n",
+            Agent::test_config(watch).replace("[sensors]\n", "[sensors]\nnetwork_enabled = false\n")
+        )
+    })
+    .unwrap();
     agent.wait_connected(SECS(15)).unwrap();
     let device = agent.device_id.clone();
     let ann = collector.user("ann", "analyst").unwrap();
