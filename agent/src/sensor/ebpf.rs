@@ -1100,23 +1100,15 @@ mod tests {
         assert_eq!(got, vec![(4242, 8080)]);
     }
 
-    fn is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .map(|v| v.split_whitespace().nth(1) == Some("0"))
-            })
-            .unwrap_or(false)
-    }
-
     /// The real kernel: an exec of a process that exits at once arrives with its argv,
     /// parent, paths and the same start time /proc gives; a loopback connect and its
     /// accept arrive with the right ports and process. Needs root: fails saying so.
     #[test]
     fn the_kernel_reports_an_exec_and_a_connection() {
-        assert!(is_root(), "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs");
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs"
+        );
         let mut exec = Probe::exec().unwrap();
         let mut net = Probe::net().unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -617,6 +617,19 @@ async fn supervise(runner: Runner, ctx: SensorCtx, config: Arc<SensorConfig>, mu
     }
 }
 
+/// Whether the tests run with effective uid 0 (kernel-facing tests need it).
+#[cfg(test)]
+pub(crate) fn test_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -327,17 +327,6 @@ mod tests {
         assert!(parse_datagram(&bad).is_empty());
     }
 
-    fn is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .map(|v| v.split_whitespace().nth(1) == Some("0"))
-            })
-            .unwrap_or(false)
-    }
-
     #[test]
     fn sees_a_short_lived_exec_or_reports_the_gap() {
         let (tx, mut rx) = mpsc::channel(4096);
@@ -346,7 +335,7 @@ mod tests {
         let tracker = Arc::new(ProcessTracker::new(1 << 30, 64));
         let t = tracker.clone();
         let handle = std::thread::spawn(move || run(&t, &ctx));
-        if !is_root() {
+        if !crate::sensor::test_is_root() {
             let ev = rx.blocking_recv().unwrap();
             assert!(matches!(ev.data, EventData::Gap(ref g) if g.detail.contains("polling")));
             handle.join().unwrap().unwrap();

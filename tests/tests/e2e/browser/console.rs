@@ -185,17 +185,10 @@ async fn scenario() {
     // runs only the rule the story needs (a known-bad file), so nothing of theirs
     // joins the story.
     let agent = Agent::start_with(&collector, |watch| {
-        let others: Vec<String> = ward_detect::builtin::BUILTIN_RULES
+        let others: Vec<&str> = ward_detect::builtin::BUILTIN_RULES
             .iter()
-            .map(|(_, yaml)| ward_detect::defaultpack::rule_file_id(yaml).to_string())
-            .filter(|id| !id.is_empty())
-            .filter(|id| {
-                let known_bad = ward_detect::builtin::BUILTIN_RULES
-                    .iter()
-                    .find(|(name, _)| name.ends_with("lnx_ward_known_bad_file_hash.yml"))
-                    .map(|(_, yaml)| ward_detect::defaultpack::rule_file_id(yaml));
-                Some(id.as_str()) != known_bad
-            })
+            .filter(|(name, _)| *name != "lnx_ward_known_bad_file_hash.yml")
+            .map(|(_, yaml)| ward_detect::defaultpack::rule_file_id(yaml))
             .collect();
         format!(
             "{}\n[detection]\nsigmahq_enabled = false\ndisabled_rules = {others:?}\n",
