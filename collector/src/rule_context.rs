@@ -160,7 +160,7 @@ pub fn resolve(mut versions: Vec<RuleContextView>, title: &str, level: &str, rec
             ),
         };
     }
-    let same = |v: &RuleContextView| v.title == title && v.level == level;
+    let same = |v: &RuleContextView| v.rule.title == title && v.rule.level == level;
     // Newest first: the newest matching version recorded before the alert came, or
     // (recorded later, e.g. after an upgrade) the oldest matching one.
     let exact = versions
@@ -224,7 +224,7 @@ mod tests {
             .rule_contexts_of("369f7b78-7025-48c6-bd55-07cd0cc75228", 10)
             .unwrap();
         assert_eq!(v.len(), 1);
-        assert_eq!(v[0].origin, "builtin");
+        assert_eq!(v[0].rule.origin, "builtin");
         assert_eq!(v[0].first_seen_ms, 10);
     }
 
@@ -239,19 +239,22 @@ mod tests {
         assert_eq!(versions().len(), 2);
         let r = resolve(versions(), "Old", "high", 180);
         assert_eq!(r.how, Match::Exact);
-        assert_eq!(r.context.as_ref().unwrap().description, "d1");
-        assert_eq!(r.context.as_ref().unwrap().pack_version, Some(1));
+        assert_eq!(r.context.as_ref().unwrap().rule.description, "d1");
+        assert_eq!(r.context.as_ref().unwrap().rule.pack_version, Some(1));
         assert!(r.note.unwrap().starts_with("2 versions"));
         let r = resolve(versions(), "New", "high", 250);
-        assert_eq!(r.context.unwrap().description, "d2");
+        assert_eq!(r.context.unwrap().rule.description, "d2");
         // A title no version has: the newest, said so.
         let r = resolve(versions(), "Other", "high", 250);
         assert_eq!(r.how, Match::Newest);
-        assert_eq!(r.context.unwrap().description, "d2");
+        assert_eq!(r.context.unwrap().rule.description, "d2");
         assert!(r.note.unwrap().contains("changed"));
         // Recorded after the alert came (an upgrade): still the matching one.
         let r = resolve(versions(), "New", "high", 50);
-        assert_eq!((r.how, r.context.unwrap().description.as_str()), (Match::Exact, "d2"));
+        assert_eq!(
+            (r.how, r.context.unwrap().rule.description.as_str()),
+            (Match::Exact, "d2")
+        );
         let r = resolve(Vec::new(), "x", "high", 1);
         assert_eq!((r.how, r.versions), (Match::Unknown, 0));
         assert!(r.context.is_none() && r.note.is_some());

@@ -264,33 +264,27 @@ fn file_contexts(yaml: &str, src: &Source<'_>, stats: &mut ContextStats, out: &m
         stats.unreadable_files += 1;
         return;
     };
-    for (i, r) in c.rules.iter().enumerate() {
-        let f = Fields {
-            id: r.id.as_deref(),
-            title: &r.title,
-            level: r.level,
-            description: r.description.as_deref(),
-            references: &r.references,
-            falsepositives: &r.falsepositives,
-            author: r.author.as_deref(),
-            license: r.license.as_deref(),
-            tags: &r.tags,
+    // Detection and correlation rules name these fields alike but are two types.
+    macro_rules! fields {
+        ($r:expr) => {
+            Fields {
+                id: $r.id.as_deref(),
+                title: &$r.title,
+                level: $r.level,
+                description: $r.description.as_deref(),
+                references: &$r.references,
+                falsepositives: &$r.falsepositives,
+                author: $r.author.as_deref(),
+                license: $r.license.as_deref(),
+                tags: &$r.tags,
+            }
         };
-        out.push(context_of(&f, src, i, stats));
+    }
+    for (i, r) in c.rules.iter().enumerate() {
+        out.push(context_of(&fields!(r), src, i, stats));
     }
     for (i, r) in c.correlations.iter().enumerate() {
-        let f = Fields {
-            id: r.id.as_deref(),
-            title: &r.title,
-            level: r.level,
-            description: r.description.as_deref(),
-            references: &r.references,
-            falsepositives: &r.falsepositives,
-            author: r.author.as_deref(),
-            license: r.license.as_deref(),
-            tags: &r.tags,
-        };
-        out.push(context_of(&f, src, c.rules.len() + i, stats));
+        out.push(context_of(&fields!(r), src, c.rules.len() + i, stats));
     }
 }
 

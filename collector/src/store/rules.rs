@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::StoreError;
 
 /// One rule version to keep. Every text is already bounded (`ward_detect::context`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewRuleContext {
     pub rule_id: String,
     /// Hex SHA-256 of the context's fields: the version's identity.
@@ -37,26 +37,11 @@ pub struct NewRuleContext {
     pub notes: Vec<String>,
 }
 
-/// A stored rule version.
+/// A stored rule version: what was kept, and when the collector first recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleContextView {
-    pub rule_id: String,
-    pub content_sha256: String,
-    pub origin: String,
-    pub pack_version: Option<i64>,
-    pub file: String,
-    pub title: String,
-    pub level: String,
-    pub description: String,
-    pub references: Vec<String>,
-    pub false_positives: Vec<String>,
-    pub author: String,
-    pub license: String,
-    pub source_url: Option<String>,
-    pub techniques: Vec<String>,
-    pub tactics: Vec<String>,
-    pub notes: Vec<String>,
-    /// When the collector first recorded this version.
+    #[serde(flatten)]
+    pub rule: NewRuleContext,
     pub first_seen_ms: i64,
 }
 
