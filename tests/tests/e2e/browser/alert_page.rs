@@ -10,7 +10,7 @@ use std::time::Duration;
 use ward_tests::browser::{Browser, chromium_path};
 
 use crate::alert_page::{page, three_alerts};
-use crate::browser::console::screenshot;
+use crate::browser::console::{screenshot, sign_in, sign_out};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -70,24 +70,7 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
     let vic = collector.user("vic", "viewer").unwrap();
     let base = format!("http://{}", collector.http);
     let mut b = Browser::launch().unwrap();
-    b.navigate(&format!("{base}/")).unwrap();
-    b.wait_for(
-        "the sign-in form",
-        "!document.querySelector('#signin').hidden",
-        SECS(10),
-    )
-    .unwrap();
-    b.eval(&format!(
-        "document.querySelector('#token').value = {}; document.querySelector('#signin-button').click(); true",
-        serde_json::to_string(&vic).unwrap()
-    ))
-    .unwrap();
-    b.wait_for(
-        "signed in",
-        "document.querySelector('#who').textContent === 'vic · viewer'",
-        SECS(10),
-    )
-    .unwrap();
+    sign_in(&mut b, &base, &vic, "vic · viewer");
 
     // From the incident's alerts tab, where ATT&CK shows with names.
     b.eval(&format!("location.hash = '#/incident/{incident}?tab=alerts'; true"))
@@ -190,24 +173,8 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
         .unwrap()
         .to_string();
     let ann = collector.user("ann", "analyst").unwrap();
-    b.eval("document.querySelector('#signout').click(); true").unwrap();
-    b.wait_for(
-        "the sign-in form again",
-        "!document.querySelector('#signin').hidden",
-        SECS(10),
-    )
-    .unwrap();
-    b.eval(&format!(
-        "document.querySelector('#token').value = {}; document.querySelector('#signin-button').click(); true",
-        serde_json::to_string(&ann).unwrap()
-    ))
-    .unwrap();
-    b.wait_for(
-        "signed in as ann",
-        "document.querySelector('#who').textContent === 'ann · analyst'",
-        SECS(10),
-    )
-    .unwrap();
+    sign_out(&mut b);
+    sign_in(&mut b, &base, &ann, "ann · analyst");
     b.eval(&format!("location.hash = '#/alert/{pushed}'; true")).unwrap();
     b.wait_for("the move form", "!!document.querySelector('#alert-move')", SECS(10))
         .unwrap();

@@ -91,7 +91,7 @@ pub(crate) fn sign_in(b: &mut Browser, base: &str, token: &str, expect: &str) {
     .unwrap();
 }
 
-fn sign_out(b: &mut Browser) {
+pub(crate) fn sign_out(b: &mut Browser) {
     b.eval("document.querySelector('#signout').click(); true").unwrap();
     b.wait_for(
         "the sign-in form again",
