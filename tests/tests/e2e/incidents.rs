@@ -749,10 +749,11 @@ async fn the_incident_list_filters_sorts_and_pages() {
     assert_eq!(list("severity=high".into()).await, set(&[1, 2, 3, 4]), "high and above");
     assert_eq!(list("user=person2@contoso.com".into()).await, set(&[2]));
     assert_eq!(list("status=active&assignee=ann&tag=vip".into()).await, set(&[1]));
-    // Free text: in titles ("alert 3") or in entities (a user, as correlation names
-    // it), any case; LIKE's wildcards are plain characters.
+    // Free text: in titles ("alert 3") or in entities (a user as correlation names
+    // it, or as the alert wrote it), any case; LIKE's wildcards are plain characters.
     assert_eq!(list("q=ALERT%203".into()).await, set(&[3]));
     assert_eq!(list("q=Person4".into()).await, set(&[4]));
+    assert_eq!(list("q=person4%40contoso.com".into()).await, set(&[4]));
     assert_eq!(list("q=%25".into()).await, set(&[]));
     assert_eq!(list("q=alert&source=mailbox".into()).await, set(&[1, 3, 5]));
     let (s, b) = collector

@@ -1018,11 +1018,16 @@ impl IncidentStore for SqliteStore {
         }
         if let Some(text) = &f.text {
             let like = format!("%{}%", like_escape(text));
+            // The incident's own words and keys first (cheap); then its alerts' rule
+            // titles and entities as stored (file paths, command lines, full user
+            // names), which correlation keys hold only as hashes or short names.
             sql.push_str(
                 " AND (i.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM incident_entities t
-                     WHERE t.incident = i.seq AND (t.key LIKE ? ESCAPE '\\' OR t.label LIKE ? ESCAPE '\\')))",
+                     WHERE t.incident = i.seq AND (t.key LIKE ? ESCAPE '\\' OR t.label LIKE ? ESCAPE '\\'))
+                   OR EXISTS (SELECT 1 FROM incident_alerts ia CROSS JOIN alerts a ON a.rowid = ia.alert_rowid
+                     WHERE ia.incident = i.seq AND (a.rule_title LIKE ? ESCAPE '\\' OR a.entities LIKE ? ESCAPE '\\')))",
             );
-            p.extend([like.clone().into(), like.clone().into(), like.into()]);
+            p.extend(std::iter::repeat_n(like, 5).map(Into::into));
         }
         for keys in [&f.device_keys, &f.user_keys] {
             if !keys.is_empty() && !driver.is_some_and(|d| std::ptr::eq(d, keys)) {
