@@ -77,6 +77,9 @@ pub struct DetectorStats {
     pub inactive: usize,
     /// Loaded correlation rules (counted in `loaded` too).
     pub correlations: usize,
+    /// Wildcard values matched without a regex or respelt so rsigma anchors them
+    /// right (see [`crate::wildcard`]).
+    pub wildcards: crate::wildcard::WildcardStats,
 }
 
 /// One loaded rule: what an alert says about it, and where it sits.
@@ -99,8 +102,8 @@ pub struct Detector {
     rules: HashMap<String, LoadedRule>,
     /// Correlation rules, validated; run by a [`super::Correlator`].
     correlations: Vec<CorrelationRule>,
-    /// The parsed detection rules, kept only while correlations need their ids
-    /// and names (dropped at the end of loading when there is no correlation).
+    /// The parsed detection rules, all of them while loading; once loaded, only
+    /// those a correlation names (a correlator registers them).
     sources: Vec<SigmaRule>,
     stats: DetectorStats,
 }
@@ -118,9 +121,13 @@ impl fmt::Debug for Detector {
 /// 0.23 with the 197 default rules found no rule for `nohup sleep 1`, `hostname` or
 /// `chmod +x /tmp/…`, which a rule of the pack alone matches (test
 /// `defaultpack::tests::the_whole_pack_matches_what_each_rule_matches_alone`).
+///
+/// With the pre-filter off its index is never read, yet rsigma builds it anyway
+/// (up to 1 MB per engine): a zero budget keeps it empty.
 fn new_engine() -> Engine {
     let mut e = Engine::new();
     e.set_bloom_prefilter(false);
+    e.set_bloom_max_bytes(0);
     e
 }
 
@@ -188,9 +195,17 @@ impl Detector {
                 });
             }
         }
-        if det.correlations.is_empty() {
-            det.sources = Vec::new();
-        }
+        // Correlations resolve only the rules they name: keep those, drop the rest
+        // (the whole pack's parsed rules cost as much memory as its compiled form).
+        let named = |s: &SigmaRule| {
+            det.correlations.iter().any(|c| {
+                c.rules
+                    .iter()
+                    .any(|r| s.id.as_deref() == Some(r.as_str()) || s.name.as_deref() == Some(r.as_str()))
+            })
+        };
+        let sources = std::mem::take(&mut det.sources);
+        det.sources = sources.into_iter().filter(|s| named(s)).collect();
         (det, errors)
     }
 
@@ -288,16 +303,17 @@ impl Detector {
             rule.logsource.product.as_deref(),
             rule.logsource.service.as_deref(),
         );
-        // Compile once on a scratch engine first, so a rule that fails leaves no trace.
-        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut scratch = Engine::new();
-            scratch.add_rule(&rule)
-        }));
-        match compiled {
-            Ok(Ok(())) => {}
+        let rewritten = crate::wildcard::normalise(&mut rule);
+        // Compile once, before any engine is touched, so a rule that fails leaves no
+        // trace; each engine then takes the compiled rule. `Engine::add_rule` would
+        // also keep a copy of the rule's lowered form for a restart cache Ward never
+        // writes (about a third of the pack's memory).
+        let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rsigma_eval::compile_rule(&rule)));
+        let compiled = match compiled {
+            Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(RuleErrorKind::Compile(e.to_string())),
             Err(p) => return Err(RuleErrorKind::Panicked(panic_message(p.as_ref()))),
-        }
+        };
         let engines: Vec<&mut Engine> = match &place {
             Placement::Inactive(_) => Vec::new(),
             Placement::One(bucket, service) => vec![self.engine_mut(*bucket, service.as_deref())],
@@ -314,9 +330,7 @@ impl Detector {
             }
         };
         for engine in engines {
-            engine
-                .add_rule(&rule)
-                .map_err(|e| RuleErrorKind::Compile(e.to_string()))?;
+            engine.add_compiled_rule(compiled.clone());
         }
         if matches!(place, Placement::Inactive(_)) {
             self.stats.inactive += 1;
@@ -324,6 +338,8 @@ impl Detector {
         self.register(id, &rule.title, rule.author.as_deref(), rule.level, &rule.tags);
         self.sources.push(rule);
         self.stats.loaded += 1;
+        self.stats.wildcards.plain += rewritten.plain;
+        self.stats.wildcards.reanchored += rewritten.reanchored;
         Ok(())
     }
 

@@ -23,6 +23,7 @@ pub mod entities;
 pub mod event;
 pub mod mapping;
 pub mod rulestest;
+pub mod wildcard;
 
 pub use aggregate::{AggregatedDetection, Aggregator, AggregatorConfig};
 pub use builtin::{BUILTIN_RULES, builtin_rule_files};

@@ -97,9 +97,11 @@ impl Connector {
             });
         }
 
+        // `as _` takes the field types as this libc defines them: musl's `time_t` and
+        // `suseconds_t` aliases are deprecated (they change width in musl 1.2).
         let tv = libc::timeval {
-            tv_sec: recv_timeout.as_secs() as libc::time_t,
-            tv_usec: libc::suseconds_t::from(recv_timeout.subsec_micros() as i32),
+            tv_sec: recv_timeout.as_secs().min(i32::MAX as u64) as _,
+            tv_usec: recv_timeout.subsec_micros() as _,
         };
         set_opt(&fd, libc::SO_RCVTIMEO, &tv, "SO_RCVTIMEO")?;
         // A larger receive buffer rides out bursts of forks; failure only means the default.
