@@ -50,6 +50,17 @@ pub fn parse_stat(content: &str) -> Option<(u32, u64)> {
     Some((ppid, start))
 }
 
+/// The pids of the processes now listed under `root` (threads are not listed there),
+/// or `None` when it cannot be read.
+pub fn live_pids(root: &Path) -> Option<std::collections::HashSet<u32>> {
+    let dir = std::fs::read_dir(root).ok()?;
+    Some(
+        dir.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
+}
+
 /// Reads /proc/PID/stat under `root` (normally /proc).
 pub fn read_stat(root: &Path, pid: u32) -> Result<ProcStat, ProcError> {
     let path = proc_path(root, pid, "stat");
@@ -148,6 +159,17 @@ pub fn parse_utmp(bytes: &[u8]) -> Vec<String> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_pids_lists_numeric_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["1", "42", "self", "net", "007"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let live = live_pids(dir.path()).unwrap();
+        assert_eq!(live, [1, 42, 7].into_iter().collect());
+        assert!(live_pids(&dir.path().join("missing")).is_none());
+    }
 
     #[test]
     fn parses_stat_with_awkward_names() {

@@ -368,9 +368,15 @@ impl ProcessTracker {
 
     /// Forgets processes that have exited and were recorded before `before` (the
     /// kernel source reports execs, not exits; this bounds what it remembers).
+    ///
+    /// /proc is listed once (one directory read) rather than each remembered pid
+    /// looked up: a busy host remembers tens of thousands of pids between prunes. If
+    /// /proc cannot be listed, nothing is forgotten.
     pub fn prune_exited(&self, before: Instant) {
-        let root = self.proc_root.clone();
-        self.prune(&|pid| root.join(pid.to_string()).exists(), before);
+        let Some(live) = crate::procfs::live_pids(&self.proc_root) else {
+            return;
+        };
+        self.prune(&|pid| live.contains(&pid), before);
     }
 
     /// Forgets processes not in `alive` that were recorded before `before` (a process the
@@ -479,6 +485,19 @@ mod tests {
         assert!(!ev.exe_deleted);
         assert_eq!(ev.uid, Some(unsafe_free_uid()));
         assert!(t.observe(me).unwrap().is_none(), "reported twice");
+    }
+
+    #[test]
+    fn pruning_forgets_exited_processes_and_keeps_live_ones() {
+        let t = ProcessTracker::new(1 << 20, 16);
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(t.remember(me) && t.remember(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        t.prune_exited(Instant::now());
+        assert_eq!(t.len(), 1, "only this process is still alive");
+        assert!(!t.remember(child.id()), "the exited child cannot be read again");
     }
 
     fn unsafe_free_uid() -> u32 {
