@@ -637,6 +637,11 @@ pub fn run_exec(probe: &mut Probe, tracker: &ProcessTracker, ctx: &SensorCtx) ->
             let before = Instant::now();
             tracker.prune_exited(before);
             pruned = before;
+            if let Some(detail) = tracker.hash_budget_report()
+                && !ctx.gap(detail)
+            {
+                return Ok(());
+            }
         }
     }
     Ok(())

@@ -8,16 +8,16 @@
 //! consumer forever (it checks the stop flag), or hide what it cannot watch: an exhausted
 //! watch limit, an unreadable path and a kernel queue overflow are gaps.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 
-use super::hash::HashCache;
+use super::hash::{HashBudget, HashCache, HashError, Priority};
 use super::{SensorConfig, SensorCtx, SensorError};
 use ward_detect::event::{EventData, FileEvent, FileOp};
 
@@ -240,16 +240,29 @@ impl Coalescer {
 /// Builds the event for a ready change: mode, owner, size and (regular files under the limit)
 /// SHA-256. A file already gone is reported without them.
 pub fn describe(ready: Ready, hashes: &mut HashCache, no_hash: &[PathBuf]) -> FileEvent {
+    describe_within_budget(ready, hashes, no_hash).0
+}
+
+/// As [`describe`]; also true when the hashing budget refused the hash (the caller may
+/// try again a little later). Files with an execute bit spend the budget first.
+pub fn describe_within_budget(ready: Ready, hashes: &mut HashCache, no_hash: &[PathBuf]) -> (FileEvent, bool) {
     let meta = std::fs::symlink_metadata(&ready.path).ok();
     let is_file = meta.as_ref().is_some_and(|m| m.is_file());
     let skip = no_hash.iter().any(|p| ready.path.starts_with(p));
+    let mut over_budget = false;
     let sha256 = if is_file && ready.op != FileOp::Delete && !skip {
-        hashes.hash(&ready.path).ok()
+        let priority = match &meta {
+            Some(m) if m.mode() & 0o111 != 0 => Priority::Executable,
+            _ => Priority::File,
+        };
+        let hashed = hashes.hash_as(&ready.path, priority);
+        over_budget = matches!(hashed, Err(HashError::OverBudget { .. }));
+        hashed.ok()
     } else {
         None
     };
     let meta = meta.filter(|_| ready.op != FileOp::Delete);
-    FileEvent {
+    let event = FileEvent {
         op: ready.op,
         path: ready.path.to_string_lossy().into_owned(),
         from_path: ready.from_path.map(|p| p.to_string_lossy().into_owned()),
@@ -258,8 +271,21 @@ pub fn describe(ready: Ready, hashes: &mut HashCache, no_hash: &[PathBuf]) -> Fi
         mode: meta.as_ref().map(|m| m.mode() & 0o7777),
         uid: meta.as_ref().map(|m| m.uid()),
         changed_ms: meta.as_ref().map(changed_ms),
-    }
+    };
+    (event, over_budget)
 }
+
+/// Changes whose hash the budget refused, waiting (in order, bounded) for it to refill;
+/// each is reported without a hash, and counted, once its wait is over.
+#[derive(Debug, Default)]
+struct Deferred {
+    queue: VecDeque<(Ready, Instant)>,
+}
+
+/// How long a change waits for the hashing budget at most.
+const HASH_DEFER: Duration = Duration::from_secs(2);
+/// Changes waiting for the budget at most; beyond, a change is reported at once.
+const HASH_DEFER_MAX: usize = 1024;
 
 /// The later of a file's mtime and ctime, Unix ms.
 pub fn changed_ms(meta: &std::fs::Metadata) -> u64 {
@@ -416,10 +442,11 @@ fn report_readiness(ctx: &SensorCtx, watched: &HashSet<PathBuf>, failed: &HashSe
 }
 
 /// Watches the configured paths until the sensor stops.
-pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
+pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> Result<(), SensorError> {
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
-    let mut hashes = HashCache::new(config.hash_cache_entries, config.file_hash_max_bytes);
+    let mut hashes = HashCache::with_budget(config.hash_cache_entries, config.file_hash_max_bytes, budget);
+    let mut deferred = Deferred::default();
     let no_hash: Vec<PathBuf> = config.file_hash_skip_paths.iter().map(PathBuf::from).collect();
     let mut coalescer = Coalescer::new(
         Duration::from_millis(config.file_settle_ms),
@@ -589,15 +616,31 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx) -> Result<(), SensorError> {
                 mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
             });
         }
-        ready.extend(coalescer.due(Instant::now()));
-        for r in ready {
-            let ev = describe(r, &mut hashes, &no_hash);
+        let now = Instant::now();
+        ready.extend(coalescer.due(now));
+        // Changes that waited for the budget go first, in the order they came.
+        let waited = std::mem::take(&mut deferred.queue);
+        let fresh = ready.into_iter().map(|r| (r, now + HASH_DEFER));
+        for (r, deadline) in waited.into_iter().chain(fresh) {
+            let (ev, over_budget) = describe_within_budget(r.clone(), &mut hashes, &no_hash);
+            if over_budget {
+                if now < deadline && deferred.queue.len() < HASH_DEFER_MAX {
+                    deferred.queue.push_back((r, deadline));
+                    continue;
+                }
+                hashes.budget().count_skip(Priority::File);
+            }
             if !reported.is_new(&ev) {
                 continue;
             }
             if !ctx.emit(EventData::File(ev)) {
                 return Ok(());
             }
+        }
+        if let Some(detail) = hashes.budget().report(now)
+            && !ctx.gap(detail)
+        {
+            return Ok(());
         }
     }
 }
@@ -807,6 +850,73 @@ mod tests {
         );
     }
 
+    /// Runs the sensor on a fresh directory with `budget`, writes `files` and collects
+    /// each file's first reported hash and every gap, for `secs`.
+    fn run_with_budget(
+        budget: Arc<HashBudget>,
+        files: &[(&str, Vec<u8>)],
+        secs: u64,
+    ) -> (HashMap<String, Option<[u8; 32]>>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = SensorCtx::new("file", tx, stop.clone());
+        let config = SensorConfig {
+            file_watch_paths: vec![root.display().to_string()],
+            ..SensorConfig::default()
+        };
+        let handle = std::thread::spawn(move || run(&config, &ctx, budget));
+        std::thread::sleep(Duration::from_millis(300));
+        for (name, data) in files {
+            std::fs::write(root.join(name), data).unwrap();
+        }
+        let (mut got, mut gaps) = (HashMap::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(ev) => match ev.data {
+                    EventData::File(f) => {
+                        let name = f.path.rsplit('/').next().unwrap_or_default().to_string();
+                        got.entry(name).or_insert(f.sha256);
+                    }
+                    EventData::Gap(g) => gaps.push(g.detail),
+                    _ => {}
+                },
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        handle.join().unwrap().unwrap();
+        (got, gaps)
+    }
+
+    #[test]
+    fn a_file_over_the_hashing_budget_waits_for_it() {
+        // 4 KiB/s: the first 3,000-byte file is hashed at once, the second once about
+        // 0.7 s have refilled the budget, within its 2 s wait.
+        let files = [("a", vec![b'a'; 3000]), ("b", vec![b'b'; 3000])];
+        let (got, gaps) = run_with_budget(HashBudget::new(4096), &files, 3);
+        for (name, data) in &files {
+            assert_eq!(got.get(*name), Some(&Some(sha(data))), "{name}");
+        }
+        assert!(gaps.iter().all(|g| !g.contains("hashing budget")), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_file_the_budget_cannot_reach_in_time_goes_without_a_hash_and_is_counted() {
+        // A 10,000-byte file is hashed from the full bucket and leaves it 1.4 s in debt;
+        // the small file after it would need 2.4 s: it goes without a hash after 2 s.
+        let files = [("big", vec![b'x'; 10_000]), ("small", vec![b'y'; 3000])];
+        let (got, gaps) = run_with_budget(HashBudget::new(4096), &files, 3);
+        assert_eq!(got.get("big"), Some(&Some(sha(&files[0].1))));
+        assert_eq!(got.get("small"), Some(&None));
+        assert!(
+            gaps.iter().any(|g| g.contains("0 executables and 1 other files")),
+            "{gaps:?}"
+        );
+    }
+
     #[test]
     fn reports_create_modify_chmod_rename_delete_with_hashes() {
         let dir = tempfile::tempdir().unwrap();
@@ -818,7 +928,7 @@ mod tests {
             file_watch_paths: vec![root.display().to_string(), "/nonexistent/ward/test".into()],
             ..SensorConfig::default()
         };
-        let handle = std::thread::spawn(move || run(&config, &ctx));
+        let handle = std::thread::spawn(move || run(&config, &ctx, HashBudget::unlimited()));
         std::thread::sleep(Duration::from_millis(300));
         let mut next = |what: &str| -> FileEvent {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -912,7 +1022,7 @@ mod tests {
             file_watch_check_ms: 200,
             ..SensorConfig::default()
         };
-        let handle = std::thread::spawn(move || run(&config, &ctx));
+        let handle = std::thread::spawn(move || run(&config, &ctx, HashBudget::unlimited()));
         let deadline = Instant::now() + Duration::from_secs(5);
         while board
             .get("file")

@@ -1,13 +1,18 @@
-//! SHA-256 of files, streamed under a size limit, with a small cache keyed by file identity.
+//! SHA-256 of files, streamed under a size limit, with a small cache keyed by file identity
+//! and a per-second budget of bytes hashed shared by the sensors.
 //!
 //! Must not read more than the limit of any file, nor hold file contents in memory, nor grow
-//! without bound: the cache forgets its oldest entries beyond its capacity.
+//! without bound: the cache forgets its oldest entries beyond its capacity. On a build host
+//! fresh test binaries and object files arrive all the time; the budget caps what hashing
+//! them costs, executables first, and every file left unhashed is counted.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why a file could not be hashed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +23,112 @@ pub enum HashError {
     NotRegular { path: String },
     #[error("{path} is larger than the hash limit of {limit_bytes} bytes")]
     TooLarge { path: String, limit_bytes: u64 },
+    #[error("{path}: the hashing budget is spent for now")]
+    OverBudget { path: String },
+}
+
+/// Who asks for a hash: executables (a process's image, or a file with an execute bit)
+/// may spend the whole budget; other files only what is left above a reserve kept for
+/// executables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Executable,
+    File,
+}
+
+/// A token bucket of bytes hashed per second, shared by every hash cache of the agent.
+/// The bucket holds one second of budget; a file larger than that is hashed when the
+/// bucket is full and leaves it in debt, so no size is refused forever.
+#[derive(Debug)]
+pub struct HashBudget {
+    bytes_per_s: u64,
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    tokens: i128,
+    at: Instant,
+    skipped: [u64; 2],
+    reported_at: Option<Instant>,
+}
+
+/// How often at most the budget's skips are reported as a gap.
+const BUDGET_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+impl HashBudget {
+    /// A budget of `bytes_per_s` (0: unlimited).
+    pub fn new(bytes_per_s: u64) -> Arc<Self> {
+        Arc::new(HashBudget {
+            bytes_per_s,
+            state: Mutex::new(BudgetState {
+                tokens: i128::from(bytes_per_s),
+                at: Instant::now(),
+                skipped: [0; 2],
+                reported_at: None,
+            }),
+        })
+    }
+
+    /// An unlimited budget.
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(0)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `bytes` from the budget at `now` if `priority` may.
+    pub fn take(&self, bytes: u64, priority: Priority, now: Instant) -> bool {
+        if self.bytes_per_s == 0 {
+            return true;
+        }
+        let rate = i128::from(self.bytes_per_s);
+        let mut st = self.state();
+        let elapsed = now.saturating_duration_since(st.at);
+        st.at = now;
+        let refill = rate.saturating_mul(elapsed.as_micros() as i128) / 1_000_000;
+        st.tokens = st.tokens.saturating_add(refill).min(rate);
+        // Other files leave a quarter of a second's budget to executables.
+        let reserve = match priority {
+            Priority::Executable => 0,
+            Priority::File => rate / 4,
+        };
+        let need = i128::from(bytes).min(rate - reserve);
+        if st.tokens - reserve >= need {
+            st.tokens -= i128::from(bytes);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts a file reported without a hash because of the budget (once per file: a
+    /// caller that retries counts when it gives up).
+    pub fn count_skip(&self, priority: Priority) {
+        self.state().skipped[priority as usize] += 1;
+    }
+
+    /// A line for the sensor board when files were left unhashed since the last report,
+    /// at most once a minute.
+    pub fn report(&self, now: Instant) -> Option<String> {
+        let mut st = self.state();
+        if st.skipped == [0, 0]
+            || st
+                .reported_at
+                .is_some_and(|t| now.saturating_duration_since(t) < BUDGET_REPORT_EVERY)
+        {
+            return None;
+        }
+        let [exes, files] = std::mem::take(&mut st.skipped);
+        st.reported_at = Some(now);
+        Some(format!(
+            "hashing budget ({} MiB/s) spent: {exes} executables and {files} other files reported without a SHA-256 \
+             since the last report (raise [sensors] hash_budget_bytes_per_s to hash more)",
+            self.bytes_per_s / (1024 * 1024)
+        ))
+    }
 }
 
 /// What identifies one version of a file's content well enough to reuse its hash.
@@ -103,17 +214,30 @@ pub struct HashCache {
     order: VecDeque<FileKey>,
     capacity_entries: usize,
     limit_bytes: u64,
+    budget: Arc<HashBudget>,
 }
 
 impl HashCache {
     /// A cache of at most `capacity_entries` hashes of files no larger than `limit_bytes`.
+    /// Not limited by a budget.
     pub fn new(capacity_entries: usize, limit_bytes: u64) -> Self {
+        Self::with_budget(capacity_entries, limit_bytes, HashBudget::unlimited())
+    }
+
+    /// As [`HashCache::new`], hashing only what `budget` allows (cache hits are free).
+    pub fn with_budget(capacity_entries: usize, limit_bytes: u64, budget: Arc<HashBudget>) -> Self {
         HashCache {
             map: HashMap::new(),
             order: VecDeque::new(),
             capacity_entries: capacity_entries.max(1),
             limit_bytes,
+            budget,
         }
+    }
+
+    /// The budget this cache spends.
+    pub fn budget(&self) -> &Arc<HashBudget> {
+        &self.budget
     }
 
     /// How many hashes are cached.
@@ -128,12 +252,22 @@ impl HashCache {
 
     /// The hash of the file at `path`, from the cache when its identity is unchanged.
     pub fn hash(&mut self, path: &Path) -> Result<[u8; 32], HashError> {
+        self.hash_as(path, Priority::Executable)
+    }
+
+    /// As [`HashCache::hash`], spending the budget as `priority` on a cache miss.
+    pub fn hash_as(&mut self, path: &Path, priority: Priority) -> Result<[u8; 32], HashError> {
         let meta = std::fs::metadata(path).map_err(|source| HashError::Io {
             path: path.display().to_string(),
             source,
         })?;
         if let Some(d) = self.map.get(&FileKey::of(&meta)) {
             return Ok(*d);
+        }
+        if meta.is_file() && meta.len() <= self.limit_bytes && !self.budget.take(meta.len(), priority, Instant::now()) {
+            return Err(HashError::OverBudget {
+                path: path.display().to_string(),
+            });
         }
         let (digest, key) = sha256_file_with_key(path, self.limit_bytes)?;
         self.insert(key, digest);
@@ -199,6 +333,57 @@ mod tests {
         ));
         let mut r: &[u8] = &[1u8; 10];
         assert_eq!(sha256_reader(&mut r, 9).unwrap(), None);
+    }
+
+    #[test]
+    fn the_budget_refills_per_second_and_keeps_a_reserve_for_executables() {
+        let b = HashBudget::new(1000);
+        let t0 = Instant::now();
+        assert!(b.take(700, Priority::File, t0));
+        assert!(
+            !b.take(100, Priority::File, t0),
+            "300 left, 250 of them kept for executables"
+        );
+        assert!(b.take(300, Priority::Executable, t0));
+        assert!(!b.take(1, Priority::Executable, t0));
+        assert!(
+            b.take(500, Priority::File, t0 + Duration::from_millis(800)),
+            "800 refilled"
+        );
+        // Larger than a second's budget: taken from a full bucket, leaving a debt.
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(b.take(5000, Priority::Executable, t1));
+        assert!(!b.take(1, Priority::Executable, t1 + Duration::from_secs(3)));
+        assert!(b.take(1, Priority::Executable, t1 + Duration::from_secs(5)));
+        b.count_skip(Priority::Executable);
+        b.count_skip(Priority::Executable);
+        b.count_skip(Priority::File);
+        let report = b.report(t1).unwrap();
+        assert!(report.contains("2 executables and 1 other files"), "{report}");
+        assert!(b.report(t1).is_none(), "nothing new, and not again within a minute");
+        assert!(HashBudget::unlimited().take(u64::MAX, Priority::File, t0));
+    }
+
+    #[test]
+    fn an_over_budget_file_is_refused_until_the_budget_allows_and_hits_are_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = HashCache::with_budget(8, 1 << 20, HashBudget::new(4096));
+        let a = dir.path().join("a");
+        std::fs::write(&a, vec![1u8; 3000]).unwrap();
+        let b = dir.path().join("b");
+        std::fs::write(&b, vec![2u8; 3000]).unwrap();
+        let ha = cache.hash_as(&a, Priority::File).unwrap();
+        assert!(matches!(
+            cache.hash_as(&b, Priority::File),
+            Err(HashError::OverBudget { .. })
+        ));
+        assert_eq!(
+            cache.hash_as(&a, Priority::File).unwrap(),
+            ha,
+            "a cached hash costs nothing"
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(cache.hash_as(&b, Priority::Executable).is_ok());
     }
 
     #[test]

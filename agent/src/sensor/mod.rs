@@ -39,6 +39,7 @@ pub mod hash;
 pub mod inventory;
 pub mod journal;
 pub mod lineage;
+pub mod pipes;
 pub mod proc_connector;
 pub mod process;
 pub mod tail;
@@ -84,6 +85,9 @@ pub struct SensorConfig {
     pub exe_hash_max_bytes: u64,
     /// Hashes to remember per sensor, entries (about 80 bytes each). Default: 4096.
     pub hash_cache_entries: usize,
+    /// Bytes the agent may hash per second, executables first; files over it are
+    /// reported without a SHA-256 and counted (0: no limit). Default: 33554432 (32 MiB).
+    pub hash_budget_bytes_per_s: u64,
     /// Watch files in `file_watch_paths`. Default: true.
     pub file_enabled: bool,
     /// Paths to watch recursively; a `*` path component is expanded (e.g. `/home/*/.ssh`).
@@ -164,6 +168,7 @@ impl Default for SensorConfig {
             network_dedup_ms: 1000,
             exe_hash_max_bytes: 64 * 1024 * 1024,
             hash_cache_entries: 4096,
+            hash_budget_bytes_per_s: 32 * 1024 * 1024,
             file_enabled: true,
             file_watch_paths: [
                 "/etc",
@@ -442,10 +447,12 @@ pub async fn run_sensors(
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners: Vec<(&'static str, Runner)> = Vec::new();
     let lineage = Arc::new(lineage::LineageReader::new());
+    let hash_budget = hash::HashBudget::new(config.hash_budget_bytes_per_s);
     let tracker = Arc::new(process::ProcessTracker::with_lineage(
         config.exe_hash_max_bytes,
         config.hash_cache_entries,
         lineage.clone(),
+        hash_budget.clone(),
     ));
     if config.process_enabled {
         // eBPF first; the reason it cannot load decides the fallback and is shown.
@@ -528,7 +535,8 @@ pub async fn run_sensors(
     }
     if config.file_enabled {
         let c = config.clone();
-        runners.push(("file", Arc::new(move |ctx| file::run(&c, ctx))));
+        let budget = hash_budget.clone();
+        runners.push(("file", Arc::new(move |ctx| file::run(&c, ctx, budget.clone()))));
     }
     if config.access_enabled {
         let (c, t) = (config.clone(), tracker.clone());

@@ -20,7 +20,7 @@ use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 use ward_protocol::ProcessNode;
 
-use super::hash::HashCache;
+use super::hash::{HashBudget, HashCache, HashError, Priority};
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::procfs::{ProcError, ProcStat, parse_passwd, proc_path, read_cmdline, read_exe, read_stat, read_uids};
@@ -102,14 +102,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ProcessTracker {
     /// A tracker hashing executables up to `exe_hash_max_bytes`, caching `cache_entries` hashes.
     pub fn new(exe_hash_max_bytes: u64, cache_entries: usize) -> Self {
-        Self::with_lineage(exe_hash_max_bytes, cache_entries, Arc::new(LineageReader::new()))
+        Self::with_lineage(
+            exe_hash_max_bytes,
+            cache_entries,
+            Arc::new(LineageReader::new()),
+            HashBudget::unlimited(),
+        )
     }
 
-    /// Like [`ProcessTracker::new`], reading lineages (and user names) through `lineage`.
-    pub fn with_lineage(exe_hash_max_bytes: u64, cache_entries: usize, lineage: Arc<LineageReader>) -> Self {
+    /// Like [`ProcessTracker::new`], reading lineages (and user names) through `lineage`
+    /// and hashing executables within `budget`.
+    pub fn with_lineage(
+        exe_hash_max_bytes: u64,
+        cache_entries: usize,
+        lineage: Arc<LineageReader>,
+        budget: Arc<HashBudget>,
+    ) -> Self {
         ProcessTracker {
             seen: Mutex::new(HashMap::new()),
-            hashes: Mutex::new(HashCache::new(cache_entries, exe_hash_max_bytes)),
+            hashes: Mutex::new(HashCache::with_budget(cache_entries, exe_hash_max_bytes, budget)),
             lineage,
             proc_root: PathBuf::from("/proc"),
             net_cache: Mutex::new(HashMap::new()),
@@ -192,11 +203,7 @@ impl ProcessTracker {
         let uids = read_uids(root, pid);
         let uid = uids.map(|(real, _)| real);
         let user = uid.map(|u| self.lineage.user_name(u)).unwrap_or_default();
-        let sha256 = if exe.is_empty() {
-            None
-        } else {
-            lock(&self.hashes).hash(&proc_path(root, pid, "exe")).ok()
-        };
+        let sha256 = if exe.is_empty() { None } else { self.exe_hash(pid, None) };
         // Read at once, while the parents live; the parent fields come from it (the
         // parent's node is checked against the child's start time, so a reused pid is
         // never taken for the parent).
@@ -255,11 +262,7 @@ impl ProcessTracker {
         let sha256 = if exe.is_empty() {
             None
         } else {
-            let mut hashes = lock(&self.hashes);
-            hashes
-                .hash(&proc_path(root, pid, "exe"))
-                .or_else(|_| hashes.hash(std::path::Path::new(&exe)))
-                .ok()
+            self.exe_hash(pid, Some(&exe))
         };
         let login_user = (rec.loginuid != u32::MAX).then(|| self.lineage.user_name(rec.loginuid));
         // Ancestors read within the last 250 ms are not read again: a burst of execs
@@ -364,6 +367,25 @@ impl ProcessTracker {
         }
         cache.insert((tgid, start_time_ms), (Instant::now(), ev.clone()));
         as_then(ev)
+    }
+
+    /// The SHA-256 of `pid`'s executable (or, once it is gone, of the file at `exe`), within
+    /// the hashing budget; a hash the budget refused is counted.
+    fn exe_hash(&self, pid: u32, exe: Option<&str>) -> Option<[u8; 32]> {
+        let mut hashes = lock(&self.hashes);
+        let mut result = hashes.hash_as(&proc_path(&self.proc_root, pid, "exe"), Priority::Executable);
+        if let (Err(HashError::Io { .. } | HashError::NotRegular { .. }), Some(exe)) = (&result, exe) {
+            result = hashes.hash_as(std::path::Path::new(exe), Priority::Executable);
+        }
+        if matches!(result, Err(HashError::OverBudget { .. })) {
+            hashes.budget().count_skip(Priority::Executable);
+        }
+        result.ok()
+    }
+
+    /// What the hashing budget left unhashed since its last report, at most once a minute.
+    pub fn hash_budget_report(&self) -> Option<String> {
+        lock(&self.hashes).budget().report(Instant::now())
     }
 
     /// Forgets processes that have exited and were recorded before `before` (the
