@@ -457,7 +457,10 @@ mod tests {
         assert_eq!((*pid, *start_time_ms, tty.as_str()), (30, 77, "pts/3"));
         assert_eq!(cwd.len(), MAX_CONTEXT_PATH);
         let user = login_user.as_deref().unwrap();
-        assert!(user.len() <= MAX_CONTEXT_TEXT && user.chars().all(|c| c == '\u{e9}'), "{user}");
+        assert!(
+            user.len() <= MAX_CONTEXT_TEXT && user.chars().all(|c| c == '\u{e9}'),
+            "{user}"
+        );
         assert_eq!(container_id.as_deref().map(str::len), Some(64));
         let access = FileAccessEvent {
             path: "/etc/shadow".into(),

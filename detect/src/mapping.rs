@@ -546,7 +546,10 @@ mod tests {
             };
             p.lineage = Some(Box::new(crate::event::Lineage {
                 process: node(10, "/usr/bin/curl", "curl"),
-                ancestors: vec![node(9, "/usr/bin/bash", "bash"), node(8, "/usr/sbin/sshd", "sshd: alice")],
+                ancestors: vec![
+                    node(9, "/usr/bin/bash", "bash"),
+                    node(8, "/usr/sbin/sshd", "sshd: alice"),
+                ],
                 rooted: true,
             }));
             p.context = crate::event::ProcessContext {
@@ -565,7 +568,11 @@ mod tests {
         let get = |k: &str| v.get_field(k).map(|x| x.to_json());
         assert_eq!(get("GrandparentImage"), Some(json!("/usr/sbin/sshd")));
         assert_eq!(get("GrandparentCommandLine"), Some(json!("sshd: alice")));
-        assert_eq!(get("ParentImage"), Some(json!("")), "the parent fields are the event's own");
+        assert_eq!(
+            get("ParentImage"),
+            Some(json!("")),
+            "the parent fields are the event's own"
+        );
         assert_eq!(get("LogonId"), Some(json!(0)), "LogonId stays the uid");
         assert_eq!(get("LoginUid"), Some(json!(1000)));
         assert_eq!(get("LoginUser"), Some(json!("alice")));

@@ -280,7 +280,8 @@ fn context_alert() -> Alert {
             session_id: Some(12),
             login_uid: Some(1000),
             login_user: Some("alice".into()),
-            cgroup: "/system.slice/docker-4f1c0de2a9b8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918071625.scope".into(),
+            cgroup: "/system.slice/docker-4f1c0de2a9b8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918071625.scope"
+                .into(),
             container_id: Some("4f1c0de2a9b8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918071625".into()),
             mnt_ns: Some(4_026_532_301),
             pid_ns: Some(4_026_532_304),
