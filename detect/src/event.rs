@@ -84,8 +84,8 @@ pub struct ProcessContext {
     /// The pid namespace's inode number (as in `/proc/PID/ns/pid`).
     #[serde(default)]
     pub pid_ns: Option<u32>,
-    /// True when both namespaces are those of pid 1 (the host's, for an agent on the
-    /// host); None when either side is unknown.
+    /// True when both namespaces are the host's (pid 1's, else the agent's own when
+    /// pid 1 cannot be read); None when either side is unknown.
     #[serde(default)]
     pub host_namespaces: Option<bool>,
 }

@@ -140,7 +140,8 @@ pub enum Entity {
         mnt_ns: Option<u32>,
         /// Pid namespace inode number.
         pid_ns: Option<u32>,
-        /// Both namespaces are pid 1's (the host's); None when unknown.
+        /// Both namespaces are the host's (pid 1's, as the agent reads them); None
+        /// when unknown.
         host_namespaces: Option<bool>,
     },
 }

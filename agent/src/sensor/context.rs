@@ -237,13 +237,18 @@ pub fn read_namespaces(proc_root: &Path, pid: u32) -> (Option<u32>, Option<u32>)
     (ns("mnt"), ns("pid"))
 }
 
-/// Pid 1's mount and pid namespaces (the host's, for an agent on the host); None when
-/// they cannot be read (no privilege, a restricted /proc).
+/// The host's mount and pid namespaces: pid 1's, else (pid 1 unreadable: a
+/// restricted /proc, an init that is not dumpable) the agent's own, which are the
+/// host's for an agent installed on it; None when neither can be read.
 pub fn host_namespaces(proc_root: &Path) -> Option<(u32, u32)> {
-    match read_namespaces(proc_root, 1) {
-        (Some(m), Some(p)) => Some((m, p)),
-        _ => None,
-    }
+    let ns = |who: &str, name: &str| {
+        fs::read_link(proc_root.join(who).join("ns").join(name))
+            .ok()
+            .and_then(|t| parse_ns_link(&t.to_string_lossy()))
+    };
+    ["1", "self"]
+        .iter()
+        .find_map(|who| Some((ns(who, "mnt")?, ns(who, "pid")?)))
 }
 
 /// Whether a process's namespaces are the host's; None when either side is unknown.
@@ -554,8 +559,11 @@ mod tests {
         if let Some(uid) = c.login_uid {
             assert_eq!(c.login_user, Some(format!("u{uid}")));
         }
-        if host.is_some() {
-            assert!(c.host_namespaces.is_some());
-        }
+        assert!(host.is_some(), "pid 1's namespaces or the agent's own");
+        assert_eq!(
+            c.host_namespaces,
+            Some(true),
+            "this test runs in the host's (or its own) namespaces"
+        );
     }
 }
