@@ -118,7 +118,7 @@ fn clip(s: &str, max: usize) -> String {
 fn context_entity(p: &ProcessEvent) -> Option<Entity> {
     use ward_protocol::{MAX_CONTEXT_PATH, MAX_CONTEXT_TEXT};
     let c = &p.context;
-    if p.pid == 0 || (c == &crate::event::ProcessContext::default() && p.cwd.is_empty()) {
+    if p.pid == 0 || (**c == crate::event::ProcessContext::default() && p.cwd.is_empty()) {
         return None;
     }
     Some(Entity::ProcessContext {
@@ -426,7 +426,7 @@ mod tests {
             pid: 30,
             start_time_ms: 77,
             cwd: "/srv/".to_string() + &"d".repeat(3000),
-            context: ProcessContext {
+            context: Box::new(ProcessContext {
                 tty: "pts/3".into(),
                 session_id: Some(4),
                 login_uid: Some(1000),
@@ -436,7 +436,7 @@ mod tests {
                 mnt_ns: Some(1),
                 pid_ns: Some(2),
                 host_namespaces: Some(false),
-            },
+            }),
             ..Default::default()
         };
         let got = contexts(EventData::Process(p.clone()));

@@ -50,9 +50,10 @@ pub struct ProcessEvent {
     /// events on the channel are not alerts, keep them small).
     #[serde(default)]
     pub lineage: Option<Box<Lineage>>,
-    /// Where and for whom it runs: terminal, login, session, cgroup, namespaces.
+    /// Where and for whom it runs: terminal, login, session, cgroup, namespaces
+    /// (boxed, as the lineage: every event on the channel is as large as the largest).
     #[serde(default)]
-    pub context: ProcessContext,
+    pub context: Box<ProcessContext>,
 }
 
 /// Where a process runs and for whom, read by the kernel source at exec (else from

@@ -552,7 +552,7 @@ mod tests {
                 ],
                 rooted: true,
             }));
-            p.context = crate::event::ProcessContext {
+            *p.context = crate::event::ProcessContext {
                 tty: "pts/3".into(),
                 session_id: Some(12),
                 login_uid: Some(1000),

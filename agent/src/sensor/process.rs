@@ -222,7 +222,9 @@ impl ProcessTracker {
             None if stat.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
             None => (String::new(), String::new()),
         };
-        let context = context::read_context(root, pid, self.host_ns, &|u| self.lineage.user_name(u));
+        let context = Box::new(context::read_context(root, pid, self.host_ns, &|u| {
+            self.lineage.user_name(u)
+        }));
         ProcessEvent {
             pid,
             ppid: stat.ppid,
@@ -272,7 +274,7 @@ impl ProcessTracker {
         };
         let login_uid = (rec.loginuid != u32::MAX).then_some(rec.loginuid);
         let login_user = login_uid.map(|u| self.lineage.user_name(u));
-        let context = self.kernel_context(rec, login_uid, login_user.clone());
+        let context = Box::new(self.kernel_context(rec, login_uid, login_user.clone()));
         // Ancestors read within the last 250 ms are not read again: a burst of execs
         // under one shell costs one walk of its chain, not one per exec.
         let lineage = self.lineage.lineage_of_recent(
