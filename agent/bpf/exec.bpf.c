@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Exec events for Ward's process sensor: one ring-buffer record per successful exec,
  * written in the new program's context before it runs a single instruction, so a
- * process living a microsecond still arrives with its argv, parent, ids and paths.
+ * process living a microsecond still arrives with its argv, parent, ids and paths, and
+ * where it runs: cgroup, mount and pid namespaces, controlling tty.
  * Layout is `struct exec_event` (little-endian, decoded by agent/src/sensor/ebpf.rs;
  * change both together). A full ring buffer is counted in `lost`, never waited on. */
 #include "ward.h"
@@ -9,10 +10,12 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "path.h"
+#include "context.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define ARGS_MAX 4096     /* argv bytes kept; more is cut and flagged */
+#define TTY_NAME 32       /* the controlling tty's name bytes kept (pts3, ttyS0) */
 
 #define FLAG_ARGS_CUT 1
 #define FLAG_EXE_CUT 2
@@ -38,6 +41,12 @@ struct exec_event {
 	u32 cwd_len;
 	u32 filename_len; /* the path given to execve, NUL-ended */
 	u32 args_len;     /* argv bytes, NUL-separated */
+	u64 cgroup_id;    /* the cgroup v2 id (the cgroup directory's inode number) */
+	u32 mnt_ns;       /* the mount namespace's inode number (as /proc/PID/ns/mnt) */
+	u32 pid_ns;       /* the active pid namespace's (as /proc/PID/ns/pid) */
+	u32 tty_major;    /* the controlling tty's device; 0 and an empty name: none */
+	u32 tty_minor;
+	char tty[TTY_NAME];
 	char exe[PATH_MAX_OUT + NAME_READ];
 	char cwd[PATH_MAX_OUT + NAME_READ];
 	char filename[NAME_READ];
@@ -94,6 +103,28 @@ int BPF_PROG(ward_exec, struct task_struct *task, pid_t old_pid, struct linux_bi
 	e->euid = BPF_CORE_READ(task, cred, euid.val);
 	e->loginuid = BPF_CORE_READ(task, loginuid.val);
 	e->sessionid = BPF_CORE_READ(task, sessionid);
+
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	struct task_struct___ctx *ctask = (void *)task;
+	e->mnt_ns = BPF_CORE_READ(ctask, nsproxy, mnt_ns, ns.inum);
+	/* The active pid namespace is the pid's deepest level (task_active_pid_ns). */
+	struct pid *tp = BPF_CORE_READ(ctask, thread_pid);
+	unsigned int level = BPF_CORE_READ(tp, level);
+	struct upid up = {};
+	if (tp && bpf_core_read(&up, sizeof(up), &tp->numbers[level & 31]) == 0 && up.ns)
+		e->pid_ns = BPF_CORE_READ(up.ns, ns.inum);
+	else
+		e->pid_ns = 0;
+	struct tty_struct *tty = BPF_CORE_READ(ctask, signal, tty);
+	e->tty[0] = 0;
+	if (tty) {
+		e->tty_major = BPF_CORE_READ(tty, driver, major);
+		e->tty_minor = BPF_CORE_READ(tty, driver, minor_start) + BPF_CORE_READ(tty, index);
+		bpf_probe_read_kernel_str(e->tty, sizeof(e->tty), &tty->name);
+	} else {
+		e->tty_major = 0;
+		e->tty_minor = 0;
+	}
 
 	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
 	e->filename_len = n > 0 ? n : 0;

@@ -645,9 +645,33 @@ fn entity_words(e: &Value) -> String {
         "domain" => s(&v["name"]),
         "url" => s(&v["url"]),
         "mailbox" => s(&v["address"]),
+        "process_context" => context_words(v),
         _ => String::new(),
     };
     if text.is_empty() { s(&e["key"]) } else { text }
+}
+
+/// Where a process ran and for whom: working directory, terminal, login, session,
+/// container (its first 12 characters, as docker shows it).
+fn context_words(v: &Value) -> String {
+    let mut parts = Vec::new();
+    let text = |k: &str| v[k].as_str().filter(|t| !t.is_empty());
+    if let Some(cwd) = text("cwd") {
+        parts.push(format!("cwd {cwd}"));
+    }
+    if let Some(tty) = text("tty") {
+        parts.push(format!("tty {tty}"));
+    }
+    if let Some(user) = text("login_user") {
+        parts.push(format!("login {user}"));
+    }
+    if let Some(session) = v["session_id"].as_u64() {
+        parts.push(format!("session {session}"));
+    }
+    if let Some(id) = text("container_id") {
+        parts.push(format!("container {}", id.chars().take(12).collect::<String>()));
+    }
+    parts.join(", ")
 }
 
 /// "x40 until <time>" for an alert standing for several detections, else "-".
@@ -866,6 +890,16 @@ mod tests {
         assert_eq!(entity_words(&lineage), format!("(exited) (pid 7): {}…", "x".repeat(60)));
         let file = json!({"kind": "file", "key": "/tmp/a", "value": {"kind": "file", "path": "/tmp/a"}});
         assert_eq!(entity_words(&file), "/tmp/a");
+        let context = json!({"kind": "process_context", "key": "4f1c0de2a9b8e7d6",
+            "value": {"kind": "process_context", "pid": 7, "cwd": "/srv", "tty": "pts/3",
+                "login_user": "alice", "session_id": 4, "container_id": "4f1c0de2a9b8e7d6"}});
+        assert_eq!(
+            entity_words(&context),
+            "cwd /srv, tty pts/3, login alice, session 4, container 4f1c0de2a9b8"
+        );
+        let bare =
+            json!({"kind": "process_context", "key": "7@1", "value": {"kind": "process_context", "pid": 7, "tty": ""}});
+        assert_eq!(entity_words(&bare), "7@1");
         assert_eq!(
             entity_words(&json!({"kind": "odd", "key": "k"})),
             "k",

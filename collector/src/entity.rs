@@ -19,6 +19,12 @@ pub fn key(entity: &Entity) -> (&'static str, String) {
         Entity::Url { url } => redact_userinfo(url).into_owned(),
         Entity::Mailbox { address } => address.to_ascii_lowercase(),
         Entity::Lineage { process, .. } => format!("{}@{}", process.pid, process.start_time_ms),
+        // A container names where alerts ran (its alerts meet under it on the
+        // incident page); else the process, as `Process` does.
+        Entity::ProcessContext {
+            container_id: Some(id), ..
+        } => id.to_ascii_lowercase(),
+        Entity::ProcessContext { pid, start_time_ms, .. } => format!("{pid}@{start_time_ms}"),
     };
     (entity.kind(), value)
 }
@@ -52,6 +58,25 @@ pub fn to_json(entity: &Entity) -> Value {
         } => json!({
             "kind": "lineage", "process": node_json(process),
             "ancestors": ancestors.iter().map(node_json).collect::<Vec<_>>(), "rooted": rooted,
+        }),
+        Entity::ProcessContext {
+            pid,
+            start_time_ms,
+            cwd,
+            tty,
+            session_id,
+            login_uid,
+            login_user,
+            cgroup,
+            container_id,
+            mnt_ns,
+            pid_ns,
+            host_namespaces,
+        } => json!({
+            "kind": "process_context", "pid": pid, "start_time_ms": start_time_ms, "cwd": cwd,
+            "tty": tty, "session_id": session_id, "login_uid": login_uid, "login_user": login_user,
+            "cgroup": cgroup, "container_id": container_id, "mnt_ns": mnt_ns, "pid_ns": pid_ns,
+            "host_namespaces": host_namespaces,
         }),
     }
 }
@@ -127,6 +152,23 @@ pub fn from_json(v: &Value) -> Option<Entity> {
                 .unwrap_or_default(),
             rooted: v.get("rooted").and_then(Value::as_bool).unwrap_or(false),
         },
+        "process_context" => {
+            let u32_of = |name: &str| int(name).and_then(|u| u32::try_from(u).ok());
+            Entity::ProcessContext {
+                pid: u32_of("pid")?,
+                start_time_ms: int("start_time_ms").unwrap_or(0),
+                cwd: s("cwd").unwrap_or_default(),
+                tty: s("tty").unwrap_or_default(),
+                session_id: u32_of("session_id"),
+                login_uid: u32_of("login_uid"),
+                login_user: s("login_user"),
+                cgroup: s("cgroup").unwrap_or_default(),
+                container_id: s("container_id"),
+                mnt_ns: u32_of("mnt_ns"),
+                pid_ns: u32_of("pid_ns"),
+                host_namespaces: v.get("host_namespaces").and_then(Value::as_bool),
+            }
+        }
         _ => return None,
     })
 }
@@ -134,6 +176,23 @@ pub fn from_json(v: &Value) -> Option<Entity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all_context(container_id: Option<&str>) -> Entity {
+        Entity::ProcessContext {
+            pid: 5,
+            start_time_ms: 9,
+            cwd: String::new(),
+            tty: String::new(),
+            session_id: None,
+            login_uid: None,
+            login_user: None,
+            cgroup: String::new(),
+            container_id: container_id.map(str::to_string),
+            mnt_ns: None,
+            pid_ns: None,
+            host_namespaces: None,
+        }
+    }
 
     #[test]
     fn keys_normalize_case_and_prefer_hashes() {
@@ -182,10 +241,37 @@ mod tests {
             Entity::Mailbox {
                 address: "a@b.c".into(),
             },
+            Entity::ProcessContext {
+                pid: 5,
+                start_time_ms: 9,
+                cwd: "/srv".into(),
+                tty: "pts/3".into(),
+                session_id: Some(4),
+                login_uid: Some(1000),
+                login_user: Some("alice".into()),
+                cgroup: "/docker/AB12AB12AB12".into(),
+                container_id: Some("AB12AB12AB12".into()),
+                mnt_ns: Some(4_026_532_301),
+                pid_ns: None,
+                host_namespaces: Some(false),
+            },
         ];
         for e in all {
             assert_eq!(from_json(&to_json(&e)), Some(e));
         }
+        // A container names the context; without one, the process does.
+        assert_eq!(
+            key(&all_context(Some("AB12AB12AB12"))),
+            ("process_context", "ab12ab12ab12".into())
+        );
+        assert_eq!(key(&all_context(None)), ("process_context", "5@9".into()));
+        // Unset ids stay unset; a malformed one is dropped, not the entity.
+        let mut v = to_json(&all_context(None));
+        v["login_uid"] = serde_json::json!(-3);
+        assert!(matches!(
+            from_json(&v),
+            Some(Entity::ProcessContext { login_uid: None, .. })
+        ));
         assert_eq!(
             key(&Entity::Domain {
                 name: "Evil.Example.".into()

@@ -100,6 +100,41 @@ fn process_entities(p: &ProcessEvent, out: &mut Vec<Entity>) {
     if let Some(l) = &p.lineage {
         out.push(lineage_entity(l));
     }
+    if let Some(c) = context_entity(p) {
+        out.push(c);
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    let mut at = s.len().min(max);
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.get(..at).unwrap_or_default().to_string()
+}
+
+/// Where the process runs and for whom, bounded; None when nothing is known of it.
+fn context_entity(p: &ProcessEvent) -> Option<Entity> {
+    use ward_protocol::{MAX_CONTEXT_PATH, MAX_CONTEXT_TEXT};
+    let c = &p.context;
+    if p.pid == 0 || (**c == crate::event::ProcessContext::default() && p.cwd.is_empty()) {
+        return None;
+    }
+    Some(Entity::ProcessContext {
+        pid: p.pid,
+        start_time_ms: p.start_time_ms,
+        cwd: clip(&p.cwd, MAX_CONTEXT_PATH),
+        tty: clip(&c.tty, MAX_CONTEXT_TEXT),
+        session_id: c.session_id,
+        login_uid: c.login_uid,
+        login_user: c.login_user.as_deref().map(|u| clip(u, MAX_CONTEXT_TEXT)),
+        cgroup: clip(&c.cgroup, MAX_CONTEXT_PATH),
+        container_id: c.container_id.as_deref().map(|i| clip(i, MAX_CONTEXT_TEXT)),
+        mnt_ns: c.mnt_ns,
+        pid_ns: c.pid_ns,
+        host_namespaces: c.host_namespaces,
+    })
 }
 
 /// Entities of one event: who, which process or file, and any network indicator.
@@ -372,6 +407,68 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(lineages(EventData::Auth(a)), vec![want]);
+    }
+
+    #[test]
+    fn a_process_carries_its_context_clipped_and_a_file_access_its_openers() {
+        use crate::event::{FileAccessEvent, ProcessContext, ProcessEvent};
+        use ward_protocol::{MAX_CONTEXT_PATH, MAX_CONTEXT_TEXT};
+        let contexts = |data: EventData| -> Vec<Entity> {
+            entities(&Event {
+                observed_at_ms: 1,
+                data,
+            })
+            .into_iter()
+            .filter(|e| e.kind() == "process_context")
+            .collect()
+        };
+        let p = ProcessEvent {
+            pid: 30,
+            start_time_ms: 77,
+            cwd: "/srv/".to_string() + &"d".repeat(3000),
+            context: Box::new(ProcessContext {
+                tty: "pts/3".into(),
+                session_id: Some(4),
+                login_uid: Some(1000),
+                login_user: Some("\u{e9}".repeat(200)),
+                cgroup: "/kubepods/x".into(),
+                container_id: Some("c".repeat(64)),
+                mnt_ns: Some(1),
+                pid_ns: Some(2),
+                host_namespaces: Some(false),
+            }),
+            ..Default::default()
+        };
+        let got = contexts(EventData::Process(p.clone()));
+        let [
+            Entity::ProcessContext {
+                pid,
+                start_time_ms,
+                cwd,
+                tty,
+                login_user,
+                container_id,
+                ..
+            },
+        ] = got.as_slice()
+        else {
+            panic!("one context entity: {got:?}");
+        };
+        assert_eq!((*pid, *start_time_ms, tty.as_str()), (30, 77, "pts/3"));
+        assert_eq!(cwd.len(), MAX_CONTEXT_PATH);
+        let user = login_user.as_deref().unwrap();
+        assert!(
+            user.len() <= MAX_CONTEXT_TEXT && user.chars().all(|c| c == '\u{e9}'),
+            "{user}"
+        );
+        assert_eq!(container_id.as_deref().map(str::len), Some(64));
+        let access = FileAccessEvent {
+            path: "/etc/shadow".into(),
+            process: p,
+        };
+        assert_eq!(contexts(EventData::FileAccess(access)).len(), 1);
+        // Nothing known (a process that could not be named): no entity.
+        assert!(contexts(EventData::Process(ProcessEvent::default())).is_empty());
     }
 
     #[test]

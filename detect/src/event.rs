@@ -50,6 +50,45 @@ pub struct ProcessEvent {
     /// events on the channel are not alerts, keep them small).
     #[serde(default)]
     pub lineage: Option<Box<Lineage>>,
+    /// Where and for whom it runs: terminal, login, session, cgroup, namespaces
+    /// (boxed, as the lineage: every event on the channel is as large as the largest).
+    #[serde(default)]
+    pub context: Box<ProcessContext>,
+}
+
+/// Where a process runs and for whom, read by the kernel source at exec (else from
+/// /proc): becomes the alert's `Entity::ProcessContext`. Unknown values are empty/None.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProcessContext {
+    /// The controlling terminal (`pts/3`, `tty1`); empty when it has none.
+    #[serde(default)]
+    pub tty: String,
+    /// The audit session id; None when unset (a process no login started).
+    #[serde(default)]
+    pub session_id: Option<u32>,
+    /// The audit login uid (the human behind `sudo`); None when unset.
+    #[serde(default)]
+    pub login_uid: Option<u32>,
+    /// The login uid's user name (its number as text without one).
+    #[serde(default)]
+    pub login_user: Option<String>,
+    /// The cgroup path (v2, else the most specific v1 one), e.g.
+    /// `/system.slice/docker-<id>.scope`.
+    #[serde(default)]
+    pub cgroup: String,
+    /// The container id the cgroup names (docker, containerd, CRI-O, podman), if any.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The mount namespace's inode number (as in `/proc/PID/ns/mnt`).
+    #[serde(default)]
+    pub mnt_ns: Option<u32>,
+    /// The pid namespace's inode number (as in `/proc/PID/ns/pid`).
+    #[serde(default)]
+    pub pid_ns: Option<u32>,
+    /// True when both namespaces are the host's (pid 1's, else the agent's own when
+    /// pid 1 cannot be read); None when either side is unknown.
+    #[serde(default)]
+    pub host_namespaces: Option<bool>,
 }
 
 /// A process and its ancestors, parent first, up to the service or session root (see

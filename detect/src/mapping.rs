@@ -4,7 +4,7 @@
 //!
 //! | Ward event | Sigma logsource | fields |
 //! | --- | --- | --- |
-//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `ParentUser` (the parent's effective user, from the lineage), `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, the closest Linux value), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool) |
+//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `ParentUser` (the parent's effective user, from the lineage), `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, as Sysmon for Linux derives it: see below), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool), `GrandparentImage`, `GrandparentCommandLine` (from the lineage), `LoginUid` (the audit login uid; absent when unset), `LoginUser` (its name), `SessionId` (audit session; absent when unset), `Terminal` (controlling tty, `pts/3`; absent when none), `ContainerId`, `CgroupPath`, `MountNamespace`, `PidNamespace` (inode numbers, as in `/proc/PID/ns/*`) |
 //! | file create / modify / chmod / rename | `category: file_event` | `TargetFilename`, `SourceFilename` (rename), `Hashes`, `sha256`, `FileSize`, `FileMode` (4-digit octal permission bits), `UserId`, `Operation` |
 //! | file rename | also `category: file_rename` | as above |
 //! | file delete | `category: file_delete` | as above |
@@ -12,6 +12,12 @@
 //! | network connection (connect, accept, listen) | `category: network_connection` | `Initiated` (`true` for a connect, `false` for an accept or a listener), `SourceIp`, `SourcePort`, `DestinationIp`, `DestinationPort` (the initiating side is the source; a listener has only its source), `SourceIsIpv6`, `DestinationIsIpv6`, `Protocol` (`tcp`), `Operation` (`connect`, `accept`, `listen`), and the process's fields as for process (`Image`, `CommandLine`, `User`, ...); `DestinationHostname` is absent (no DNS is seen yet) |
 //! | auth line | `service: <program>` (sshd, sudo, su, cron, useradd...), and the generic `service: auth` / `service: syslog` | keyword rules search `message`; fields `service`, `action`, `User`, `USER`, `SourceIp`, `success`, `Hostname`, `message` |
 //! | audit | `service: auditd` | every audit field as logged (`a0`..`aN`, `exe`, `comm`, `name`, `key`, `nametype`, `euid`, ...); `type` is every record type of the event; `SYSCALL` falls back to a non-numeric `syscall` |
+//!
+//! `LogonId` stays the uid: Sysmon for Linux, whose events SigmaHQ's Linux rules are
+//! written against, fills it from the uid (with the tty index in its high half), not
+//! from the audit login uid, and a shipped rule (OMIGOD: `User: root`, `LogonId: 0`)
+//! relies on that for a service's child that has no login uid. The login uid is
+//! `LoginUid`.
 //!
 //! Rules with only `product: linux` see every event kind; their keywords search the
 //! command line (process), the message (auth) or every audit value.
@@ -151,6 +157,16 @@ const PROCESS_FIELDS: &[&str] = &[
     "LogonId",
     "ProcessId",
     "ParentProcessId",
+    "GrandparentImage",
+    "GrandparentCommandLine",
+    "LoginUid",
+    "LoginUser",
+    "SessionId",
+    "Terminal",
+    "ContainerId",
+    "CgroupPath",
+    "MountNamespace",
+    "PidNamespace",
 ];
 const IMAGE_FIELDS: &[&str] = &["Hashes", "sha256", "ImageDeleted"];
 const FILE_FIELDS: &[&str] = &[
@@ -222,6 +238,16 @@ fn process_field<'a>(p: &'a ProcessEvent, name: &str) -> Option<EventValue<'a>> 
         "Hashes" => hashes(&p.sha256),
         "sha256" => sha(&p.sha256),
         "ImageDeleted" => Some(EventValue::Bool(p.exe_deleted)),
+        "GrandparentImage" => s(&p.lineage.as_ref()?.ancestors.get(1)?.exe),
+        "GrandparentCommandLine" => s(&p.lineage.as_ref()?.ancestors.get(1)?.cmdline),
+        "LoginUid" => p.context.login_uid.map(|u| EventValue::Int(i64::from(u))),
+        "LoginUser" => opt_s(p.context.login_user.as_deref()),
+        "SessionId" => p.context.session_id.map(|u| EventValue::Int(i64::from(u))),
+        "Terminal" => Some(&p.context.tty).filter(|t| !t.is_empty()).and_then(|t| s(t)),
+        "ContainerId" => opt_s(p.context.container_id.as_deref()),
+        "CgroupPath" => Some(&p.context.cgroup).filter(|c| !c.is_empty()).and_then(|c| s(c)),
+        "MountNamespace" => p.context.mnt_ns.map(|n| EventValue::Int(i64::from(n))),
+        "PidNamespace" => p.context.pid_ns.map(|n| EventValue::Int(i64::from(n))),
         _ => None,
     }
 }
@@ -488,6 +514,75 @@ mod tests {
             }));
         }
         assert_eq!(SigmaView::new(&e).get_field("ParentUser"), s("root"));
+    }
+
+    #[test]
+    fn context_and_grandparent_fields() {
+        let e = proc_event();
+        let v = SigmaView::new(&e);
+        for absent in [
+            "GrandparentImage",
+            "LoginUid",
+            "LoginUser",
+            "SessionId",
+            "Terminal",
+            "ContainerId",
+            "CgroupPath",
+            "MountNamespace",
+        ] {
+            assert_eq!(v.get_field(absent), None, "{absent} of an event without context");
+        }
+        let mut e = proc_event();
+        if let EventData::Process(p) = &mut e.data {
+            p.uid = Some(0);
+            let node = |pid: u32, exe: &str, cmdline: &str| ward_protocol::ProcessNode {
+                pid,
+                ppid: pid - 1,
+                start_time_ms: 5,
+                exe: exe.into(),
+                cmdline: cmdline.into(),
+                user: None,
+                login_user: None,
+            };
+            p.lineage = Some(Box::new(crate::event::Lineage {
+                process: node(10, "/usr/bin/curl", "curl"),
+                ancestors: vec![
+                    node(9, "/usr/bin/bash", "bash"),
+                    node(8, "/usr/sbin/sshd", "sshd: alice"),
+                ],
+                rooted: true,
+            }));
+            *p.context = crate::event::ProcessContext {
+                tty: "pts/3".into(),
+                session_id: Some(12),
+                login_uid: Some(1000),
+                login_user: Some("alice".into()),
+                cgroup: "/system.slice/docker-ab.scope".into(),
+                container_id: Some("ab".into()),
+                mnt_ns: Some(4_026_531_841),
+                pid_ns: Some(4_026_531_836),
+                host_namespaces: Some(true),
+            };
+        }
+        let v = SigmaView::new(&e);
+        let get = |k: &str| v.get_field(k).map(|x| x.to_json());
+        assert_eq!(get("GrandparentImage"), Some(json!("/usr/sbin/sshd")));
+        assert_eq!(get("GrandparentCommandLine"), Some(json!("sshd: alice")));
+        assert_eq!(
+            get("ParentImage"),
+            Some(json!("")),
+            "the parent fields are the event's own"
+        );
+        assert_eq!(get("LogonId"), Some(json!(0)), "LogonId stays the uid");
+        assert_eq!(get("LoginUid"), Some(json!(1000)));
+        assert_eq!(get("LoginUser"), Some(json!("alice")));
+        assert_eq!(get("SessionId"), Some(json!(12)));
+        assert_eq!(get("Terminal"), Some(json!("pts/3")));
+        assert_eq!(get("ContainerId"), Some(json!("ab")));
+        assert_eq!(get("CgroupPath"), Some(json!("/system.slice/docker-ab.scope")));
+        assert_eq!(get("MountNamespace"), Some(json!(4_026_531_841u32)));
+        assert_eq!(get("PidNamespace"), Some(json!(4_026_531_836u32)));
+        assert!(v.top_level_keys().unwrap().iter().any(|k| k == "Terminal"));
     }
 
     #[test]

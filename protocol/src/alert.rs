@@ -114,7 +114,43 @@ pub enum Entity {
         /// process that had exited.
         rooted: bool,
     },
+    /// Where the alerted process runs and for whom (added in protocol 1.6): terminal,
+    /// audit login and session, cgroup and container, namespaces. Names its process as
+    /// `Process` does (pid and start time). Text is clipped by the agent to the
+    /// `MAX_CONTEXT_*` bounds; a receiver must not rely on it.
+    ProcessContext {
+        pid: u32,
+        /// Process start, Unix milliseconds; with `pid` it names one process.
+        start_time_ms: u64,
+        /// Working directory, at most [`MAX_CONTEXT_PATH`] bytes.
+        cwd: String,
+        /// Controlling terminal (`pts/3`); empty when none.
+        tty: String,
+        /// Audit session id; None when unset.
+        session_id: Option<u32>,
+        /// Audit login uid; None when unset.
+        login_uid: Option<u32>,
+        /// The login uid's user name.
+        login_user: Option<String>,
+        /// Cgroup path, at most [`MAX_CONTEXT_PATH`] bytes.
+        cgroup: String,
+        /// The container id the cgroup names (docker, containerd, CRI-O, podman).
+        container_id: Option<String>,
+        /// Mount namespace inode number.
+        mnt_ns: Option<u32>,
+        /// Pid namespace inode number.
+        pid_ns: Option<u32>,
+        /// Both namespaces are the host's (pid 1's, as the agent reads them); None
+        /// when unknown.
+        host_namespaces: Option<bool>,
+    },
 }
+
+/// Longest path (cwd, cgroup) an [`Entity::ProcessContext`] carries, bytes.
+pub const MAX_CONTEXT_PATH: usize = 1024;
+/// Longest short text (tty, login user, container id) an [`Entity::ProcessContext`]
+/// carries, bytes.
+pub const MAX_CONTEXT_TEXT: usize = 128;
 
 /// How many ancestors a [`Entity::Lineage`] carries at most.
 pub const MAX_ANCESTORS: usize = 8;
@@ -147,6 +183,7 @@ impl Entity {
             Entity::Url { .. } => "url",
             Entity::Mailbox { .. } => "mailbox",
             Entity::Lineage { .. } => "lineage",
+            Entity::ProcessContext { .. } => "process_context",
         }
     }
 

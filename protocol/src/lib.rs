@@ -23,7 +23,9 @@ pub mod session;
 pub mod sign;
 pub mod version;
 
-pub use alert::{Alert, Entity, MAX_ANCESTORS, MatchedField, ProcessNode, RuleRef, Severity};
+pub use alert::{
+    Alert, Entity, MAX_ANCESTORS, MAX_CONTEXT_PATH, MAX_CONTEXT_TEXT, MatchedField, ProcessNode, RuleRef, Severity,
+};
 pub use auth::{CommandPolicy, authorize};
 pub use breakglass::{BREAK_GLASS_MAX_VALIDITY_MS, BreakGlassError, BreakGlassToken};
 pub use codec::{FrameDecoder, FrameHeader, decode_frame, encode_frame};

@@ -5,8 +5,10 @@
 pub const PROTOCOL_MAJOR: u8 = 1;
 /// Compatible additions bump the minor version; peers accept any minor.
 /// 3 added [`crate::CollectorMessage::CommandSequence`]; 4 outbox epochs, acknowledged
-/// drop reports and agent health; 5 sensor readiness.
-pub const PROTOCOL_MINOR: u8 = 5;
+/// drop reports and agent health; 5 sensor readiness; 6 the alert entity
+/// [`crate::Entity::ProcessContext`] (a collector older than 6 refuses alerts carrying it:
+/// upgrade collectors first).
+pub const PROTOCOL_MINOR: u8 = 6;
 /// The first minor version with outbox epochs, acknowledged drop reports and agent
 /// health ([`crate::message::EpochAlertBatch`], [`crate::message::DropNotice`],
 /// [`crate::message::AgentHealth`]): an agent uses them only with a collector at least this new.

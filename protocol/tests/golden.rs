@@ -264,6 +264,43 @@ fn v1_5_encodings_are_frozen() {
     assert_eq!(back, report);
 }
 
+/// An alert with a process's context (protocol 1.6): a shell on a terminal, logged in
+/// as alice, in a docker container's cgroup and namespaces.
+fn context_alert() -> Alert {
+    let mut a = alert();
+    a.entities = vec![
+        Entity::Device {
+            hostname: "web-1".into(),
+        },
+        Entity::ProcessContext {
+            pid: 17801,
+            start_time_ms: 1_760_000_021_350,
+            cwd: "/var/www".into(),
+            tty: "pts/3".into(),
+            session_id: Some(12),
+            login_uid: Some(1000),
+            login_user: Some("alice".into()),
+            cgroup: "/system.slice/docker-4f1c0de2a9b8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918071625.scope"
+                .into(),
+            container_id: Some("4f1c0de2a9b8e7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918071625".into()),
+            mnt_ns: Some(4_026_532_301),
+            pid_ns: Some(4_026_532_304),
+            host_namespaces: Some(false),
+        },
+    ];
+    a
+}
+
+/// Protocol 1.6: the process context entity, a new variant at the end of `Entity`.
+#[test]
+fn v1_6_encodings_are_frozen() {
+    check("alert_context", postcard::to_stdvec(&context_alert()).unwrap());
+    assert_eq!(
+        postcard::from_bytes::<Alert>(&golden_bytes("alert_context")).unwrap(),
+        context_alert()
+    );
+}
+
 fn golden_bytes(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden/v1")

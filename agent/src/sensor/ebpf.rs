@@ -5,7 +5,8 @@
 //! pure-Rust `aya` crate:
 //! - `exec.bpf.o`: the BTF tracepoint `sched_process_exec` writes one record per exec
 //!   (pid, parent, ids, start time, the executable's and the working directory's
-//!   paths, argv up to 4 KiB) before the new program runs, so even a process that
+//!   paths, argv up to 4 KiB, cgroup id, mount and pid namespaces, controlling tty)
+//!   before the new program runs, so even a process that
 //!   lives a microsecond arrives complete;
 //! - `net.bpf.o`: the BTF tracepoint `inet_sock_set_state` writes TCP connects (with
 //!   the connecting process), listens (with the listening process) and accepted
@@ -55,7 +56,14 @@ const KIND_NET: u32 = 2;
 const KIND_NET_EXE: u32 = 3;
 
 // struct exec_event (exec.bpf.c): byte offsets.
-const EXEC_EXE_AT: usize = 72;
+const EXEC_CGROUP_AT: usize = 72;
+const EXEC_MNT_NS_AT: usize = 80;
+const EXEC_PID_NS_AT: usize = 84;
+const EXEC_TTY_MAJOR_AT: usize = 88;
+const EXEC_TTY_MINOR_AT: usize = 92;
+const EXEC_TTY_AT: usize = 96;
+const EXEC_TTY_CAP: usize = 32;
+const EXEC_EXE_AT: usize = EXEC_TTY_AT + EXEC_TTY_CAP;
 const EXEC_PATH_CAP: usize = 1280;
 const EXEC_CWD_AT: usize = EXEC_EXE_AT + EXEC_PATH_CAP;
 const EXEC_FILENAME_AT: usize = EXEC_CWD_AT + EXEC_PATH_CAP;
@@ -117,6 +125,13 @@ pub struct ExecRecord {
     pub path_cut: bool,
     /// The executable had no link left on disk when it ran (deleted, or a memfd).
     pub exe_deleted: bool,
+    /// The cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    /// Mount and pid namespace inode numbers (0: the kernel could not read them).
+    pub mnt_ns: u32,
+    pub pid_ns: u32,
+    /// The controlling tty, named as `ps` names it (`pts/3`); empty when none.
+    pub tty: String,
 }
 
 impl ExecRecord {
@@ -280,6 +295,14 @@ pub fn decode_exec(b: &[u8]) -> Result<ExecRecord, DecodeError> {
         args_cut,
         path_cut: flags & (FLAG_EXE_CUT | FLAG_CWD_CUT) != 0,
         exe_deleted: flags & FLAG_EXE_DELETED != 0,
+        cgroup_id: u64_at(b, EXEC_CGROUP_AT).ok_or(DecodeError::Short(b.len()))?,
+        mnt_ns: field(EXEC_MNT_NS_AT)?,
+        pid_ns: field(EXEC_PID_NS_AT)?,
+        tty: super::context::tty_name(
+            field(EXEC_TTY_MAJOR_AT)?,
+            field(EXEC_TTY_MINOR_AT)?,
+            &c_str(b.get(EXEC_TTY_AT..EXEC_TTY_AT + EXEC_TTY_CAP).unwrap_or_default()),
+        ),
     })
 }
 
@@ -893,6 +916,12 @@ mod tests {
         put(&mut b, 36, 5);
         b[40..48].copy_from_slice(&123_450_000_000u64.to_le_bytes());
         b[48..56].copy_from_slice(&100_000_000_000u64.to_le_bytes());
+        b[EXEC_CGROUP_AT..EXEC_CGROUP_AT + 8].copy_from_slice(&9876u64.to_le_bytes());
+        put(&mut b, EXEC_MNT_NS_AT, 4_026_531_841);
+        put(&mut b, EXEC_PID_NS_AT, 4_026_531_836);
+        put(&mut b, EXEC_TTY_MAJOR_AT, 136);
+        put(&mut b, EXEC_TTY_MINOR_AT, 3);
+        b[EXEC_TTY_AT..EXEC_TTY_AT + 5].copy_from_slice(b"pts3\0");
         let write_path = |b: &mut Vec<u8>, at: usize, len_at: usize, parts: &[&str]| {
             let mut off = 0;
             for p in parts {
@@ -930,6 +959,16 @@ mod tests {
         assert_eq!(r.argv, vec!["sh", "-c", "echo hi there"]);
         assert_eq!(r.cmdline(), "sh -c echo hi there");
         assert!(!r.args_cut && !r.path_cut && !r.exe_deleted);
+        assert_eq!((r.cgroup_id, r.mnt_ns, r.pid_ns), (9876, 4_026_531_841, 4_026_531_836));
+        assert_eq!(r.tty, "pts/3");
+        // No controlling tty: an empty name; a device ps has no name for: the kernel's.
+        let mut b = b.clone();
+        b[EXEC_TTY_MAJOR_AT..EXEC_TTY_AT + EXEC_TTY_CAP].fill(0);
+        assert_eq!(decode_exec(&b).unwrap().tty, "");
+        b[EXEC_TTY_MAJOR_AT..EXEC_TTY_MAJOR_AT + 4].copy_from_slice(&188u32.to_le_bytes());
+        // A name filling its area without a NUL is taken up to the area's end.
+        b[EXEC_TTY_AT..EXEC_TTY_AT + EXEC_TTY_CAP].fill(b'x');
+        assert_eq!(decode_exec(&b).unwrap().tty, "x".repeat(EXEC_TTY_CAP));
     }
 
     #[test]
@@ -1200,6 +1239,79 @@ mod tests {
         assert_eq!((connect.local.port(), connect.remote.port()), (client_port, port));
         let accept = got.iter().find(|r| r.op == NetOp::Accept).expect("accept");
         assert_eq!((accept.local.port(), accept.remote.port()), (port, client_port));
+    }
+
+    /// The real kernel: a process run on a pseudo terminal (`script`), in a cgroup of
+    /// its own named as docker names a container's, in new mount and pid namespaces
+    /// (`unshare`), arrives with that tty, those namespaces and that cgroup (resolved
+    /// to its path by id after the process is gone, and the container id read from
+    /// it). Needs root: fails saying so.
+    #[test]
+    fn the_kernel_reports_a_process_context() {
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs, and to make a cgroup"
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let cg_root = super::super::context::cgroup2_mount(&mountinfo)
+            .expect("no cgroup2 hierarchy mounted: the cgroup part of this test cannot run");
+        let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xc0ffee);
+        let cg = cg_root.join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&cg).unwrap();
+        let mut exec = Probe::exec().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tty_file = dir.path().join("tty");
+        let marker = format!("ward-ctx-{}", std::process::id());
+        let script = format!(
+            "echo $$ > {procs} && exec script -qec 'tty > {tty}; exec unshare -mpf /bin/sh -c \"sleep 2\" {marker}' /dev/null",
+            procs = cg.join("cgroup.procs").display(),
+            tty = tty_file.display(),
+        );
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = None;
+        while found.is_none() && Instant::now() < deadline {
+            exec.wait(Duration::from_millis(100)).unwrap();
+            exec.drain(usize::MAX, |b| {
+                if let Ok(r) = decode_exec(b)
+                    && r.argv.last() == Some(&marker)
+                    && ["/dash", "/sh", "/bash"].iter().any(|sh| r.exe.ends_with(sh))
+                {
+                    found = Some(r);
+                }
+                true
+            });
+        }
+        let r = found.expect("the exec in the namespaces was not reported");
+        // While it sleeps: its namespaces as /proc shows them.
+        let (mnt, pid) = super::super::context::read_namespaces(Path::new("/proc"), r.tgid);
+        let (my_mnt, my_pid) = super::super::context::read_namespaces(Path::new("/proc"), std::process::id());
+        assert!(child.wait().unwrap().success());
+        // The process is gone (its sleep may linger a moment): the cgroup's path is
+        // found by id in the tree, and the container id read from it.
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
+        let paths = super::super::context::CgroupPaths::new(Some(cg_root));
+        let path = paths.path_of(r.cgroup_id, Path::new("/nonexistent-proc"), r.tgid);
+        let _ = std::fs::remove_dir(&cg);
+        assert_eq!(r.cgroup_id, ino, "the cgroup id is the cgroup directory's inode: {r:?}");
+        assert_eq!(path, format!("/docker-{id}.scope"));
+        assert_eq!(super::super::context::container_id(&path), Some(id.clone()));
+        assert_eq!((Some(r.mnt_ns), Some(r.pid_ns)), (mnt, pid), "{r:?}");
+        assert!(
+            Some(r.mnt_ns) != my_mnt && Some(r.pid_ns) != my_pid,
+            "new namespaces: {r:?}"
+        );
+        let tty = std::fs::read_to_string(&tty_file).unwrap();
+        let tty = tty.trim().strip_prefix("/dev/").unwrap_or_default();
+        assert!(tty.starts_with("pts/"), "script's terminal: {tty:?}");
+        assert_eq!(r.tty, tty, "{r:?}");
+        let me = std::fs::read_to_string("/proc/self/loginuid").unwrap();
+        assert_eq!(r.loginuid.to_string(), me.trim(), "the login uid is inherited");
     }
 
     /// The committed objects are what agent/bpf/build makes from the committed C.

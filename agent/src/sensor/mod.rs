@@ -33,6 +33,7 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod board;
+pub mod context;
 pub mod ebpf;
 pub mod file;
 pub mod hash;

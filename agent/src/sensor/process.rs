@@ -20,11 +20,12 @@ use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 use ward_protocol::ProcessNode;
 
+use super::context::{self, CgroupPaths};
 use super::hash::{HashBudget, HashCache, HashError, Priority};
 use super::lineage::LineageReader;
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::procfs::{ProcError, ProcStat, parse_passwd, proc_path, read_cmdline, read_exe, read_stat, read_uids};
-use ward_detect::event::{EventData, ProcessEvent};
+use ward_detect::event::{EventData, ProcessContext, ProcessEvent};
 
 /// User names by uid, from a passwd file, reloaded when the file changes.
 #[derive(Debug)]
@@ -92,6 +93,10 @@ pub struct ProcessTracker {
     proc_root: PathBuf,
     /// Processes named in network events, by (pid, start time), with when read.
     net_cache: Mutex<HashMap<(u32, u64), (Instant, ProcessEvent)>>,
+    /// Cgroup paths by the kernel's cgroup id.
+    cgroups: CgroupPaths,
+    /// Pid 1's mount and pid namespaces, read at start.
+    host_ns: Option<(u32, u32)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +129,8 @@ impl ProcessTracker {
             lineage,
             proc_root: PathBuf::from("/proc"),
             net_cache: Mutex::new(HashMap::new()),
+            cgroups: CgroupPaths::system(),
+            host_ns: context::host_namespaces(std::path::Path::new("/proc")),
         }
     }
 
@@ -222,6 +229,9 @@ impl ProcessTracker {
             None if stat.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
             None => (String::new(), String::new()),
         };
+        let context = Box::new(context::read_context(root, pid, self.host_ns, &|u| {
+            self.lineage.user_name(u)
+        }));
         ProcessEvent {
             pid,
             ppid: stat.ppid,
@@ -236,6 +246,7 @@ impl ProcessTracker {
             parent_cmdline,
             exe_deleted,
             lineage: Some(Box::new(lineage)),
+            context,
         }
     }
 
@@ -264,7 +275,9 @@ impl ProcessTracker {
         } else {
             self.exe_hash(pid, Some(&exe))
         };
-        let login_user = (rec.loginuid != u32::MAX).then(|| self.lineage.user_name(rec.loginuid));
+        let login_uid = (rec.loginuid != u32::MAX).then_some(rec.loginuid);
+        let login_user = login_uid.map(|u| self.lineage.user_name(u));
+        let context = Box::new(self.kernel_context(rec, login_uid, login_user.clone()));
         // Ancestors read within the last 250 ms are not read again: a burst of execs
         // under one shell costs one walk of its chain, not one per exec.
         let lineage = self.lineage.lineage_of_recent(
@@ -298,6 +311,31 @@ impl ProcessTracker {
             parent_cmdline,
             exe_deleted,
             lineage: Some(Box::new(lineage)),
+            context,
+        }
+    }
+
+    /// The context of an exec the kernel reported: its numbers from the record, the
+    /// cgroup's path by id (see [`CgroupPaths::path_of`]).
+    fn kernel_context(
+        &self,
+        rec: &super::ebpf::ExecRecord,
+        login_uid: Option<u32>,
+        login_user: Option<String>,
+    ) -> ProcessContext {
+        let cgroup = self.cgroups.path_of(rec.cgroup_id, &self.proc_root, rec.tgid);
+        let mnt_ns = (rec.mnt_ns != 0).then_some(rec.mnt_ns);
+        let pid_ns = (rec.pid_ns != 0).then_some(rec.pid_ns);
+        ProcessContext {
+            tty: rec.tty.clone(),
+            session_id: (rec.sessionid != u32::MAX).then_some(rec.sessionid),
+            login_uid,
+            login_user,
+            container_id: context::container_id(&cgroup),
+            cgroup,
+            mnt_ns,
+            pid_ns,
+            host_namespaces: context::same_namespaces(mnt_ns, pid_ns, self.host_ns),
         }
     }
 
@@ -506,6 +544,11 @@ mod tests {
         assert!(ev.start_time_ms > 1_500_000_000_000);
         assert!(!ev.exe_deleted);
         assert_eq!(ev.uid, Some(unsafe_free_uid()));
+        // The /proc path fills the context the kernel path does.
+        let (mnt, pid) = context::read_namespaces(std::path::Path::new("/proc"), me);
+        assert_eq!((ev.context.mnt_ns, ev.context.pid_ns), (mnt, pid));
+        assert!(mnt.is_some(), "{:?}", ev.context);
+        assert!(!ev.context.cgroup.is_empty(), "{:?}", ev.context);
         assert!(t.observe(me).unwrap().is_none(), "reported twice");
     }
 

@@ -429,6 +429,7 @@ pub(super) fn role(e: &Entity, source: &str, recipient: bool) -> &'static str {
         (Entity::File { .. }, _) => "file",
         (Entity::Process { .. }, _) => "process",
         (Entity::Lineage { .. }, _) => "process tree",
+        (Entity::ProcessContext { .. }, _) => "process context",
         (Entity::Ip { .. }, "identity") => "sign-in address",
         (Entity::Ip { .. }, _) => "network address",
         (Entity::Domain { .. } | Entity::Url { .. }, _) => "indicator",

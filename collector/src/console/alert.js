@@ -2,7 +2,7 @@
 // description, references, false positives, level, author, license and source, as
 // the collector keeps them per rule version), ATT&CK with names, the incident it is
 // in and why, its entities and matched fields, the process ancestry the agent sent,
-// what was folded into it, and its signed record checked again by the collector.
+// where the process ran (terminal, login, container), what was folded into it, and its signed record checked again by the collector.
 
 import { api, can, $, esc, time, sev, pills, toast, entityLabel, techniqueLabels, tacticLabels, webUrl } from "./util.js";
 
@@ -55,6 +55,7 @@ function entityDetail(e) {
     case "process": return `${e.exe} pid ${e.pid} ppid ${e.ppid}${e.cmdline ? " · " + e.cmdline : ""}`;
     case "file": return e.path + (e.sha256 ? " sha256:" + e.sha256 : "");
     case "lineage": return `${(e.process || {}).exe} pid ${(e.process || {}).pid}, ${(e.ancestors || []).length} ancestors`;
+    case "process_context": return contextLine(e);
     default: return entityLabel(e);
   }
 }
@@ -70,6 +71,31 @@ function node(n, alerted) {
   return `<div class="proc${alerted ? " alerted" : ""}"><span class="mono">${esc(String(n.exe || "?").split("/").pop() || n.exe)}</span>
     <span class="muted small">pid ${esc(n.pid)}${n.ppid != null ? " · ppid " + esc(n.ppid) : ""}${n.start_time_ms ? " · " + esc(time(n.start_time_ms)) : ""}${who ? " · " + esc(who) : ""}</span>
     <div class="mono small muted">${esc(n.cmdline || "")}</div></div>`;
+}
+
+/** Where a process ran and for whom, in one line (the entities list). */
+function contextLine(e) {
+  return [e.cwd && `cwd ${e.cwd}`, e.tty && `tty ${e.tty}`, e.login_user && `login ${e.login_user}`,
+    e.session_id != null && `session ${e.session_id}`, e.container_id && `container ${e.container_id.slice(0, 12)}`]
+    .filter(Boolean).join(" · ") || `pid ${e.pid}`;
+}
+
+/** The alerted process's context (protocol 1.6 agents): working directory, terminal,
+ * login and session, cgroup and container, namespaces. */
+function contextCard(a) {
+  const c = (a.entities || []).find((e) => e.kind === "process_context");
+  if (!c) return "";
+  const row = (k, v, id) => `<div>${k}</div><div class="mono small" id="alert-context-${id}">${v}</div>`;
+  const none = (v, what) => (v != null && v !== "" ? esc(v) : `<span class="muted">${what}</span>`);
+  const ns = c.host_namespaces == null ? "" : c.host_namespaces ? " (the host's)" : " <b>(not the host's)</b>";
+  return `<section class="card"><h3>Where it ran</h3><div class="kv" id="alert-context">
+    ${row("Working directory", none(c.cwd, "unknown"), "cwd")}
+    ${row("Terminal", none(c.tty, "none"), "tty")}
+    ${row("Login user", c.login_user != null ? `${esc(c.login_user)} <span class="muted">uid ${esc(c.login_uid)}</span>` : `<span class="muted">none (not started by a login)</span>`, "login")}
+    ${row("Session", none(c.session_id, "none"), "session")}
+    ${row("Container", none(c.container_id, "none"), "container")}
+    ${row("Cgroup", none(c.cgroup, "unknown"), "cgroup")}
+    ${row("Namespaces", `mnt ${none(c.mnt_ns, "?")} · pid ${none(c.pid_ns, "?")}${ns}`, "ns")}</div></section>`;
 }
 
 function ancestryCard(a) {
@@ -114,7 +140,7 @@ export async function alertView(root, args, _q, current) {
     <div class="grid2"><section class="card" id="alert-rule">${ruleCard(a)}</section>
       <section class="card">${incidentCard(a)}${attackCard(a)}</section></div>
     <div class="grid2"><section class="card">${ancestryCard(a)}</section><section class="card">${entitiesCard(a)}</section></div>
-    ${foldCard(a)}${rawCard(a)}`;
+    ${contextCard(a)}${foldCard(a)}${rawCard(a)}`;
   $("#alert-move", root)?.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = new FormData(ev.target);

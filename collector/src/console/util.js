@@ -60,6 +60,7 @@ export function entityLabel(e) {
     case "file": return e.path;
     case "process": return (e.exe || "?").split("/").pop() + " (" + e.pid + ")";
     case "lineage": return ((e.process || {}).exe || "?").split("/").pop() + " (" + (e.process || {}).pid + ")";
+    case "process_context": return e.container_id ? "container " + e.container_id.slice(0, 12) : [e.tty, e.cwd].filter(Boolean).join(" ") || "pid " + e.pid;
     case "ip": return e.addr;
     case "domain": return e.name;
     case "url": return e.url;

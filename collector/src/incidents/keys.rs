@@ -204,6 +204,12 @@ impl KeyContext {
                     });
                 }
                 Entity::File { sha256: None, .. } | Entity::Process { sha256: None, .. } => {}
+                // Where a process runs links nothing by itself: its process tree
+                // (Lineage, rooted at the container's shim) already ties a container's
+                // processes together on its device, and a container id (or a tty, a
+                // namespace) is local to one device, while one long-lived container
+                // (a web application) raises unrelated alerts for weeks.
+                Entity::ProcessContext { .. } => {}
                 lineage @ Entity::Lineage { ancestors, rooted, .. } => {
                     if let (Some(device), Some(node)) = (device_id, lineage.lineage_key()) {
                         // The tree's parent is named in the label: the service (or the

@@ -54,6 +54,37 @@ pub fn entity() -> impl Strategy<Value = Entity> {
                 rooted
             }
         ),
+        (
+            (any::<u32>(), any::<u64>(), text(), text()),
+            (
+                any::<Option<u32>>(),
+                any::<Option<u32>>(),
+                proptest::option::of(text()),
+                text(),
+                proptest::option::of(text()),
+            ),
+            (any::<Option<u32>>(), any::<Option<u32>>(), any::<Option<bool>>()),
+        )
+            .prop_map(
+                |(
+                    (pid, start_time_ms, cwd, tty),
+                    (session_id, login_uid, login_user, cgroup, container_id),
+                    (mnt_ns, pid_ns, host_namespaces),
+                )| Entity::ProcessContext {
+                    pid,
+                    start_time_ms,
+                    cwd,
+                    tty,
+                    session_id,
+                    login_uid,
+                    login_user,
+                    cgroup,
+                    container_id,
+                    mnt_ns,
+                    pid_ns,
+                    host_namespaces,
+                }
+            ),
     ]
 }
 

@@ -63,6 +63,21 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
     let mut a = other.next_alert();
     a.rule.id = "local-rule-0001".into();
     a.rule.title = "Rule Put On The Device By Hand".into();
+    // Where its process ran (protocol 1.6), shown in its own card.
+    a.entities.push(ward_protocol::Entity::ProcessContext {
+        pid: 4242,
+        start_time_ms: 1_760_000_000_000,
+        cwd: "/var/www".into(),
+        tty: "pts/7".into(),
+        session_id: Some(12),
+        login_uid: Some(1000),
+        login_user: Some("alice".into()),
+        cgroup: "/system.slice/docker-4f1c0de2a9b8e7d6.scope".into(),
+        container_id: Some("4f1c0de2a9b8e7d6".into()),
+        mnt_ns: Some(4_026_532_301),
+        pid_ns: Some(4_026_532_304),
+        host_namespaces: Some(false),
+    });
     let unknown = a.id.to_string();
     let signed = other.sign(&a);
     other.send_batch(vec![signed]).await.unwrap();
@@ -166,6 +181,16 @@ async fn the_alert_page_shows_the_rules_context_in_a_real_browser() {
         "{}",
         text(&mut b, "#alert-rule")
     );
+    assert_eq!(text(&mut b, "#alert-context-tty"), "pts/7");
+    assert_eq!(text(&mut b, "#alert-context-cwd"), "/var/www");
+    assert!(text(&mut b, "#alert-context-login").starts_with("alice"));
+    assert_eq!(text(&mut b, "#alert-context-container"), "4f1c0de2a9b8e7d6");
+    assert!(
+        text(&mut b, "#alert-context-ns").contains("not the host's"),
+        "{}",
+        text(&mut b, "#alert-context")
+    );
+    assert!(text(&mut b, "#alert-entities").contains("tty pts/7"));
 
     // An analyst moves the alert out of its incident into a new one, from its page.
     let before = page(&collector, &pushed).await["incidents"][0]["id"]

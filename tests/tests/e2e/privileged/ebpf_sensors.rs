@@ -240,3 +240,105 @@ async fn a_loopback_connect_and_its_accept_name_their_processes_and_ports() {
     assert!(has_ip(&accept, "127.0.0.1"), "{accept}");
     assert_eq!(peer.ip().to_string(), "127.0.0.1");
 }
+
+/// A process run on a pseudo terminal (`script`), in a cgroup named as docker names a
+/// container's, in new mount and pid namespaces (`unshare`): a rule on its terminal and
+/// container id fires, and the alert at the collector carries its context entity (the
+/// API's JSON: working directory, tty, cgroup, container id, namespaces not the host's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_carries_where_its_process_ran() {
+    assert!(
+        is_root(),
+        "loading eBPF programs and making a cgroup need root: run this suite as root (CI does)"
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cg_root = mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .expect("no cgroup2 hierarchy mounted: this test needs one to put a process in a container's cgroup");
+    let collector = Collector::start_with(without_folding).unwrap();
+    let marker = format!("ward-ctx-e2e-{}", std::process::id());
+    let id = format!("{:064x}", (u128::from(std::process::id()) << 64) | 0xe2e);
+    let rules = [(
+        "context.yml",
+        rule(
+            "8f2d4c6e-1a3b-4d5f-9e7c-2b4a6c8e0f13",
+            "e2e process context",
+            "process_creation",
+            &format!(
+                "        CommandLine|contains: '{marker}'\n        Terminal|startswith: 'pts/'\n        ContainerId: '{id}'"
+            ),
+        ),
+    )];
+    let (agent, _rules) = start_agent(&collector, &rules);
+    wait_source(&collector, &agent, "process", "eBPF").await;
+
+    let cg = std::path::Path::new(&cg_root).join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&cg).unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo $$ > {procs} && exec script -qec 'exec unshare -mpf /bin/sh -c \"sleep 1\" {marker}' /dev/null",
+        procs = cg.join("cgroup.procs").display(),
+    );
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let alert = collector
+        .wait_alert(&agent.device_id, Duration::from_secs(20), |a| {
+            a["rule"]["title"] == "e2e process context"
+        })
+        .await;
+    let _ = std::fs::remove_dir(&cg);
+    assert!(status.success());
+    let alert = alert.unwrap_or_else(|e| panic!("no alert on the terminal and container fields: {e}"));
+    let (code, page) = collector
+        .get(&format!("/api/v1/alerts/{}", alert["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{page}");
+    let ctx = page["entities"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["kind"] == "process_context"))
+        .unwrap_or_else(|| panic!("no process_context entity: {page}"))
+        .clone();
+    let want_cwd = cwd.path().canonicalize().unwrap().display().to_string();
+    assert_eq!(ctx["cwd"], want_cwd.as_str(), "{ctx}");
+    assert!(ctx["tty"].as_str().is_some_and(|t| t.starts_with("pts/")), "{ctx}");
+    assert_eq!(ctx["cgroup"], format!("/docker-{id}.scope").as_str(), "{ctx}");
+    assert_eq!(ctx["container_id"], id.as_str(), "{ctx}");
+    assert_eq!(ctx["host_namespaces"], false, "{ctx}");
+    let ns = |p: &str| {
+        std::fs::read_link(p).ok().and_then(|t| {
+            t.to_string_lossy()
+                .split_once(":[")?
+                .1
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    assert!(
+        ctx["mnt_ns"].as_u64().is_some() && ctx["mnt_ns"].as_u64() != ns("/proc/1/ns/mnt"),
+        "{ctx}"
+    );
+    assert!(
+        ctx["pid_ns"].as_u64().is_some() && ctx["pid_ns"].as_u64() != ns("/proc/1/ns/pid"),
+        "{ctx}"
+    );
+    let process = page["entities"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["kind"] == "process"))
+        .unwrap();
+    assert_eq!(
+        ctx["pid"], process["pid"],
+        "the context names the alerted process: {page}"
+    );
+}
