@@ -49,10 +49,40 @@ struct signal_struct {
 	struct tty_struct *tty;
 };
 
+/* The executable's identity (the hash cache's key without a stat) and the pipes on a
+ * process's stdin and stdout. Flavours again, so that ward.h's `file` and `inode` (read
+ * by the other programs) keep their shape. */
+struct super_block {
+	unsigned int s_dev;
+};
+
+struct inode___ward {
+	unsigned short i_mode;
+	unsigned long i_ino;
+	long long i_size;
+	struct super_block *i_sb;
+	long long i_mtime_sec; /* 6.11+; older kernels: identity left out (flag unset) */
+	unsigned int i_mtime_nsec;
+};
+
+struct file___ward {
+	struct inode___ward *f_inode;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file___ward **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
 struct task_struct___ctx {
 	struct nsproxy *nsproxy;
 	struct signal_struct *signal;
 	struct pid *thread_pid;
+	struct files_struct *files;
 };
 
 #pragma clang attribute pop

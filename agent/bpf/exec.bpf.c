@@ -21,6 +21,10 @@ char LICENSE[] SEC("license") = "GPL";
 #define FLAG_EXE_CUT 2
 #define FLAG_CWD_CUT 4
 #define FLAG_EXE_DELETED 8 /* the executable has no link left on disk */
+#define FLAG_EXE_ID 16     /* exe_dev..exe_mtime_nsec name the executable's version */
+
+#define S_IFMT 00170000
+#define S_IFIFO 0010000
 
 #define KIND_EXEC 1
 
@@ -47,6 +51,13 @@ struct exec_event {
 	u32 tty_major;    /* the controlling tty's device; 0 and an empty name: none */
 	u32 tty_minor;
 	char tty[TTY_NAME];
+	u64 stdin_pipe;  /* the pipe inode on fd 0 (as /proc/PID/fd/0 names it); 0: not a pipe */
+	u64 stdout_pipe; /* and on fd 1 */
+	u64 exe_ino;     /* the executable's inode, size and change time, as stat gives them */
+	u64 exe_size;
+	long long exe_mtime_sec;
+	u32 exe_mtime_nsec;
+	u32 exe_dev;     /* the kernel's dev_t (major << 20 | minor) */
 	char exe[PATH_MAX_OUT + NAME_READ];
 	char cwd[PATH_MAX_OUT + NAME_READ];
 	char filename[NAME_READ];
@@ -80,6 +91,24 @@ static __always_inline void count_lost(void)
 	u64 *n = bpf_map_lookup_elem(&lost, &zero);
 	if (n)
 		__sync_fetch_and_add(n, 1);
+}
+
+/* The inode number of the pipe open on `fd`, or 0 when it is not a pipe. The table is
+ * the new program's (fds are set up before exec), read without the RCU lock: a racing
+ * close gives a stale answer, never a fault (probe reads). */
+static __always_inline u64 pipe_on(struct files_struct *files, unsigned int fd)
+{
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file___ward **fds = BPF_CORE_READ(fdt, fd);
+	struct file___ward *f = 0;
+	if (!fds || bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) != 0 || !f)
+		return 0;
+	struct inode___ward *ino = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFIFO)
+		return 0;
+	return BPF_CORE_READ(ino, i_ino);
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -126,6 +155,10 @@ int BPF_PROG(ward_exec, struct task_struct *task, pid_t old_pid, struct linux_bi
 		e->tty_minor = 0;
 	}
 
+	struct files_struct *files = BPF_CORE_READ(ctask, files);
+	e->stdin_pipe = files ? pipe_on(files, 0) : 0;
+	e->stdout_pipe = files ? pipe_on(files, 1) : 0;
+
 	long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
 	e->filename_len = n > 0 ? n : 0;
 
@@ -136,6 +169,17 @@ int BPF_PROG(ward_exec, struct task_struct *task, pid_t old_pid, struct linux_bi
 		e->flags |= FLAG_EXE_CUT;
 	if (BPF_CORE_READ(exe, f_path.dentry, d_inode, i_nlink) == 0)
 		e->flags |= FLAG_EXE_DELETED;
+	struct inode___ward *ei = BPF_CORE_READ((struct file___ward *)exe, f_inode);
+	e->exe_ino = BPF_CORE_READ(ei, i_ino);
+	e->exe_size = BPF_CORE_READ(ei, i_size);
+	e->exe_dev = BPF_CORE_READ(ei, i_sb, s_dev);
+	e->exe_mtime_sec = 0;
+	e->exe_mtime_nsec = 0;
+	if (bpf_core_field_exists(ei->i_mtime_sec)) {
+		e->exe_mtime_sec = BPF_CORE_READ(ei, i_mtime_sec);
+		e->exe_mtime_nsec = BPF_CORE_READ(ei, i_mtime_nsec);
+		e->flags |= FLAG_EXE_ID;
+	}
 	cut = 0;
 	struct fs_struct *fs = BPF_CORE_READ(task, fs);
 	e->cwd_len = walk_path(BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt), e->cwd, &cut);

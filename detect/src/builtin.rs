@@ -38,6 +38,7 @@ builtin!(
     "lnx_ward_kernel_module_load.yml",
     "lnx_ward_known_bad_file_hash.yml",
     "lnx_ward_known_bad_process_hash.yml",
+    "lnx_ward_pipe_into_shell.yml",
     "lnx_ward_ld_so_preload.yml",
     "lnx_ward_log_file_deleted.yml",
     "lnx_ward_log_file_truncated.yml",

@@ -54,6 +54,28 @@ pub struct ProcessEvent {
     /// (boxed, as the lineage: every event on the channel is as large as the largest).
     #[serde(default)]
     pub context: Box<ProcessContext>,
+    /// The processes writing into its stdin pipe and reading its stdout pipe, when the
+    /// agent saw them start (boxed: most processes have neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipes: Option<Box<PipePeers>>,
+}
+
+/// The other ends of a process's stdin and stdout pipes (`curl … | bash`: bash's
+/// `from` is curl). Only the end that started second learns of the first.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PipePeers {
+    #[serde(default)]
+    pub from: Option<PipeEnd>,
+    #[serde(default)]
+    pub to: Option<PipeEnd>,
+}
+
+/// A process at one end of a pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PipeEnd {
+    pub pid: u32,
+    pub exe: String,
+    pub cmdline: String,
 }
 
 /// Where a process runs and for whom, read by the kernel source at exec (else from

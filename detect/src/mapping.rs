@@ -4,7 +4,7 @@
 //!
 //! | Ward event | Sigma logsource | fields |
 //! | --- | --- | --- |
-//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `ParentUser` (the parent's effective user, from the lineage), `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, as Sysmon for Linux derives it: see below), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool), `GrandparentImage`, `GrandparentCommandLine` (from the lineage), `LoginUid` (the audit login uid; absent when unset), `LoginUser` (its name), `SessionId` (audit session; absent when unset), `Terminal` (controlling tty, `pts/3`; absent when none), `ContainerId`, `CgroupPath`, `MountNamespace`, `PidNamespace` (inode numbers, as in `/proc/PID/ns/*`) |
+//! | process | `product: linux`, `category: process_creation` | `Image`, `CommandLine`, `ParentImage`, `ParentCommandLine`, `ParentUser` (the parent's effective user, from the lineage), `CurrentDirectory`, `User`, `UserId`, `LogonId` (= uid, as Sysmon for Linux derives it: see below), `ProcessId`, `ParentProcessId`, `Hashes` (`SHA256=<hex>`), `sha256`, `ImageDeleted` (bool), `GrandparentImage`, `GrandparentCommandLine` (from the lineage), `LoginUid` (the audit login uid; absent when unset), `LoginUser` (its name), `SessionId` (audit session; absent when unset), `Terminal` (controlling tty, `pts/3`; absent when none), `ContainerId`, `CgroupPath`, `MountNamespace`, `PidNamespace` (inode numbers, as in `/proc/PID/ns/*`), `PipedFromImage`, `PipedFromCommandLine` (the process writing into its stdin pipe), `PipedToImage`, `PipedToCommandLine` (the one reading its stdout pipe): each set on whichever end of a pipe started second |
 //! | file create / modify / chmod / rename | `category: file_event` | `TargetFilename`, `SourceFilename` (rename), `Hashes`, `sha256`, `FileSize`, `FileMode` (4-digit octal permission bits), `UserId`, `Operation` |
 //! | file rename | also `category: file_rename` | as above |
 //! | file delete | `category: file_delete` | as above |
@@ -168,7 +168,15 @@ const PROCESS_FIELDS: &[&str] = &[
     "MountNamespace",
     "PidNamespace",
 ];
-const IMAGE_FIELDS: &[&str] = &["Hashes", "sha256", "ImageDeleted"];
+const IMAGE_FIELDS: &[&str] = &[
+    "Hashes",
+    "sha256",
+    "ImageDeleted",
+    "PipedFromImage",
+    "PipedFromCommandLine",
+    "PipedToImage",
+    "PipedToCommandLine",
+];
 const FILE_FIELDS: &[&str] = &[
     "TargetFilename",
     "SourceFilename",
@@ -248,6 +256,10 @@ fn process_field<'a>(p: &'a ProcessEvent, name: &str) -> Option<EventValue<'a>> 
         "CgroupPath" => Some(&p.context.cgroup).filter(|c| !c.is_empty()).and_then(|c| s(c)),
         "MountNamespace" => p.context.mnt_ns.map(|n| EventValue::Int(i64::from(n))),
         "PidNamespace" => p.context.pid_ns.map(|n| EventValue::Int(i64::from(n))),
+        "PipedFromImage" => s(&p.pipes.as_ref()?.from.as_ref()?.exe),
+        "PipedFromCommandLine" => s(&p.pipes.as_ref()?.from.as_ref()?.cmdline),
+        "PipedToImage" => s(&p.pipes.as_ref()?.to.as_ref()?.exe),
+        "PipedToCommandLine" => s(&p.pipes.as_ref()?.to.as_ref()?.cmdline),
         _ => None,
     }
 }
@@ -583,6 +595,31 @@ mod tests {
         assert_eq!(get("MountNamespace"), Some(json!(4_026_531_841u32)));
         assert_eq!(get("PidNamespace"), Some(json!(4_026_531_836u32)));
         assert!(v.top_level_keys().unwrap().iter().any(|k| k == "Terminal"));
+    }
+
+    #[test]
+    fn pipe_fields_name_the_other_ends() {
+        let mut e = proc_event();
+        assert_eq!(SigmaView::new(&e).get_field("PipedFromImage"), None);
+        if let EventData::Process(p) = &mut e.data {
+            p.pipes = Some(Box::new(crate::event::PipePeers {
+                from: Some(crate::event::PipeEnd {
+                    pid: 9,
+                    exe: "/usr/bin/curl".into(),
+                    cmdline: "curl -s https://example.org/i.sh".into(),
+                }),
+                to: None,
+            }));
+        }
+        let v = SigmaView::new(&e);
+        let get = |k: &str| v.get_field(k).map(|x| x.to_json());
+        assert_eq!(get("PipedFromImage"), Some(json!("/usr/bin/curl")));
+        assert_eq!(
+            get("PipedFromCommandLine"),
+            Some(json!("curl -s https://example.org/i.sh"))
+        );
+        assert_eq!(get("PipedToImage"), None);
+        assert!(v.top_level_keys().unwrap().iter().any(|k| k == "PipedFromImage"));
     }
 
     #[test]

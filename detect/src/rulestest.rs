@@ -39,7 +39,8 @@ pub const RULE_BUDGET_NS_PER_EVENT: u64 = 2_000;
 /// One parsed event line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventLine {
-    Ward(Event),
+    /// A Ward event (boxed: the largest kind by far).
+    Ward(Box<Event>),
     /// Flat Sigma fields for one logsource bucket.
     Sigma {
         fields: Value,
@@ -357,7 +358,7 @@ pub fn parse_event_line(line: &str) -> Result<EventLine, String> {
             obj
         }
     };
-    Ok(EventLine::Ward(event_from_partial(observed_at_ms, data)?))
+    Ok(EventLine::Ward(Box::new(event_from_partial(observed_at_ms, data)?)))
 }
 
 /// Builds a Ward event from a possibly partial `data` object (with `kind`).

@@ -63,7 +63,14 @@ const EXEC_TTY_MAJOR_AT: usize = 88;
 const EXEC_TTY_MINOR_AT: usize = 92;
 const EXEC_TTY_AT: usize = 96;
 const EXEC_TTY_CAP: usize = 32;
-const EXEC_EXE_AT: usize = EXEC_TTY_AT + EXEC_TTY_CAP;
+const EXEC_STDIN_PIPE_AT: usize = 128;
+const EXEC_STDOUT_PIPE_AT: usize = 136;
+const EXEC_EXE_INO_AT: usize = 144;
+const EXEC_EXE_SIZE_AT: usize = 152;
+const EXEC_EXE_MTIME_SEC_AT: usize = 160;
+const EXEC_EXE_MTIME_NSEC_AT: usize = 168;
+const EXEC_EXE_DEV_AT: usize = 172;
+const EXEC_EXE_AT: usize = 176;
 const EXEC_PATH_CAP: usize = 1280;
 const EXEC_CWD_AT: usize = EXEC_EXE_AT + EXEC_PATH_CAP;
 const EXEC_FILENAME_AT: usize = EXEC_CWD_AT + EXEC_PATH_CAP;
@@ -75,6 +82,7 @@ const FLAG_ARGS_CUT: u32 = 1;
 const FLAG_EXE_CUT: u32 = 2;
 const FLAG_CWD_CUT: u32 = 4;
 const FLAG_EXE_DELETED: u32 = 8;
+const FLAG_EXE_ID: u32 = 16;
 
 // struct net_event (net.bpf.c).
 const NET_SIZE: usize = 96;
@@ -132,6 +140,12 @@ pub struct ExecRecord {
     pub pid_ns: u32,
     /// The controlling tty, named as `ps` names it (`pts/3`); empty when none.
     pub tty: String,
+    /// The pipes (inode numbers) on its stdin and stdout, if they are pipes.
+    pub stdin_pipe: Option<u64>,
+    pub stdout_pipe: Option<u64>,
+    /// The executable's version as stat would key it (hash cache), when the kernel has
+    /// the fields (6.11+).
+    pub exe_key: Option<super::hash::FileKey>,
 }
 
 impl ExecRecord {
@@ -252,6 +266,7 @@ fn region<'a>(b: &'a [u8], at: usize, cap: usize, len: u32, field: &'static str)
 /// Decodes one `exec_event` record.
 pub fn decode_exec(b: &[u8]) -> Result<ExecRecord, DecodeError> {
     let field = |at| u32_at(b, at).ok_or(DecodeError::Short(b.len()));
+    let long = |at| u64_at(b, at).ok_or(DecodeError::Short(b.len()));
     if b.len() < EXEC_ARGS_AT {
         return Err(DecodeError::Short(b.len()));
     }
@@ -303,6 +318,21 @@ pub fn decode_exec(b: &[u8]) -> Result<ExecRecord, DecodeError> {
             field(EXEC_TTY_MINOR_AT)?,
             &c_str(b.get(EXEC_TTY_AT..EXEC_TTY_AT + EXEC_TTY_CAP).unwrap_or_default()),
         ),
+        stdin_pipe: Some(long(EXEC_STDIN_PIPE_AT)?).filter(|p| *p != 0),
+        stdout_pipe: Some(long(EXEC_STDOUT_PIPE_AT)?).filter(|p| *p != 0),
+        exe_key: if flags & FLAG_EXE_ID != 0 {
+            let dev = field(EXEC_EXE_DEV_AT)?;
+            Some(super::hash::FileKey {
+                // The kernel's dev_t is major << 20 | minor; stat's is glibc's encoding.
+                dev: libc::makedev(dev >> 20, dev & 0xf_ffff),
+                ino: long(EXEC_EXE_INO_AT)?,
+                mtime_ns: i128::from(long(EXEC_EXE_MTIME_SEC_AT)? as i64) * 1_000_000_000
+                    + i128::from(field(EXEC_EXE_MTIME_NSEC_AT)?),
+                size: long(EXEC_EXE_SIZE_AT)?,
+            })
+        } else {
+            None
+        },
     })
 }
 
@@ -961,6 +991,24 @@ mod tests {
         assert!(!r.args_cut && !r.path_cut && !r.exe_deleted);
         assert_eq!((r.cgroup_id, r.mnt_ns, r.pid_ns), (9876, 4_026_531_841, 4_026_531_836));
         assert_eq!(r.tty, "pts/3");
+        assert_eq!((r.stdin_pipe, r.stdout_pipe, r.exe_key), (None, None, None));
+        // Pipes on stdin and stdout, and the executable's version (with its flag).
+        let mut p = exec_bytes(&["bash", "bin"], &[], "bash", b"bash\0", FLAG_EXE_ID);
+        p[EXEC_STDIN_PIPE_AT..EXEC_STDIN_PIPE_AT + 8].copy_from_slice(&123_456u64.to_le_bytes());
+        p[EXEC_EXE_INO_AT..EXEC_EXE_INO_AT + 8].copy_from_slice(&42u64.to_le_bytes());
+        p[EXEC_EXE_SIZE_AT..EXEC_EXE_SIZE_AT + 8].copy_from_slice(&1_234_376u64.to_le_bytes());
+        p[EXEC_EXE_MTIME_SEC_AT..EXEC_EXE_MTIME_SEC_AT + 8].copy_from_slice(&1_700_000_000i64.to_le_bytes());
+        p[EXEC_EXE_MTIME_NSEC_AT..EXEC_EXE_MTIME_NSEC_AT + 4].copy_from_slice(&5u32.to_le_bytes());
+        // Device 254:1 in the kernel's encoding.
+        p[EXEC_EXE_DEV_AT..EXEC_EXE_DEV_AT + 4].copy_from_slice(&((254u32 << 20) | 1).to_le_bytes());
+        let r = decode_exec(&p).unwrap();
+        assert_eq!((r.stdin_pipe, r.stdout_pipe), (Some(123_456), None));
+        let key = r.exe_key.unwrap();
+        assert_eq!(
+            (key.ino, key.size, key.mtime_ns),
+            (42, 1_234_376, 1_700_000_000_000_000_005)
+        );
+        assert_eq!(key.dev, libc::makedev(254, 1));
         // No controlling tty: an empty name; a device ps has no name for: the kernel's.
         let mut b = b.clone();
         b[EXEC_TTY_MAJOR_AT..EXEC_TTY_AT + EXEC_TTY_CAP].fill(0);
@@ -1147,6 +1195,47 @@ mod tests {
     /// The real kernel: an exec of a process that exits at once arrives with its argv,
     /// parent, paths and the same start time /proc gives; a loopback connect and its
     /// accept arrive with the right ports and process. Needs root: fails saying so.
+    #[test]
+    fn the_kernel_names_a_pipelines_pipes_and_the_executables_version() {
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs"
+        );
+        let mut exec = Probe::exec().unwrap();
+        let marker = format!("ward-pipe-{}", std::process::id());
+        let script = format!("/bin/echo {marker} | /bin/cat > /dev/null");
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (mut writer, mut reader) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (writer.is_none() || reader.is_none()) && Instant::now() < deadline {
+            exec.wait(Duration::from_millis(100)).unwrap();
+            exec.drain(usize::MAX, |b| {
+                if let Ok(r) = decode_exec(b) {
+                    if r.argv == ["/bin/echo", marker.as_str()] {
+                        writer = Some(r);
+                    } else if r.argv == ["/bin/cat"] && r.stdin_pipe.is_some() {
+                        reader = Some(r);
+                    }
+                }
+                true
+            });
+        }
+        let (w, r) = (writer.expect("echo's exec"), reader.expect("cat's exec"));
+        assert!(w.stdout_pipe.is_some(), "{w:?}");
+        assert_eq!(w.stdout_pipe, r.stdin_pipe, "one pipe between them");
+        assert_eq!(r.stdout_pipe, None, "cat writes to /dev/null, not a pipe");
+        let cat = std::fs::metadata(std::fs::canonicalize("/bin/cat").unwrap()).unwrap();
+        assert_eq!(
+            r.exe_key,
+            Some(super::super::hash::FileKey::of(&cat)),
+            "the key stat gives"
+        );
+    }
+
     #[test]
     fn the_kernel_reports_an_exec_and_a_connection() {
         assert!(

@@ -274,6 +274,11 @@ impl HashCache {
         Ok(digest)
     }
 
+    /// The cached hash of the file version `key`, if any (no IO).
+    pub fn cached(&self, key: &FileKey) -> Option<[u8; 32]> {
+        self.map.get(key).copied()
+    }
+
     fn insert(&mut self, key: FileKey, digest: [u8; 32]) {
         if self.map.insert(key, digest).is_none() {
             self.order.push_back(key);

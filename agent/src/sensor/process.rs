@@ -23,9 +23,10 @@ use ward_protocol::ProcessNode;
 use super::context::{self, CgroupPaths};
 use super::hash::{HashBudget, HashCache, HashError, Priority};
 use super::lineage::LineageReader;
+use super::pipes::{PipeBook, pipe_inode_of_link};
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::procfs::{ProcError, ProcStat, parse_passwd, proc_path, read_cmdline, read_exe, read_stat, read_uids};
-use ward_detect::event::{EventData, ProcessContext, ProcessEvent};
+use ward_detect::event::{EventData, PipeEnd, PipePeers, ProcessContext, ProcessEvent};
 
 /// User names by uid, from a passwd file, reloaded when the file changes.
 #[derive(Debug)]
@@ -97,6 +98,8 @@ pub struct ProcessTracker {
     cgroups: CgroupPaths,
     /// Pid 1's mount and pid namespaces, read at start.
     host_ns: Option<(u32, u32)>,
+    /// Recent pipe ends, to tell what feeds a shell (see [`super::pipes`]).
+    pipes: Mutex<PipeBook>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,7 +134,30 @@ impl ProcessTracker {
             net_cache: Mutex::new(HashMap::new()),
             cgroups: CgroupPaths::system(),
             host_ns: context::host_namespaces(std::path::Path::new("/proc")),
+            pipes: Mutex::new(PipeBook::default()),
         }
+    }
+
+    /// Records a new program's stdin and stdout pipes and returns the processes at their
+    /// other ends seen so far.
+    fn pipe_peers(
+        &self,
+        pid: u32,
+        exe: &str,
+        cmdline: &str,
+        stdin: Option<u64>,
+        stdout: Option<u64>,
+    ) -> Option<Box<PipePeers>> {
+        if stdin.is_none() && stdout.is_none() {
+            return None;
+        }
+        let me = PipeEnd {
+            pid,
+            exe: exe.to_string(),
+            cmdline: cmdline.to_string(),
+        };
+        let links = lock(&self.pipes).record(crate::clock::now_ms(), &me, stdin, stdout);
+        (links.from.is_some() || links.to.is_some()).then(|| Box::new(links))
     }
 
     /// Remembers a process as already running, without reporting it. False if it is gone.
@@ -232,6 +258,12 @@ impl ProcessTracker {
         let context = Box::new(context::read_context(root, pid, self.host_ns, &|u| {
             self.lineage.user_name(u)
         }));
+        let pipe = |fd: &str| {
+            fs::read_link(proc_path(root, pid, fd))
+                .ok()
+                .and_then(|l| pipe_inode_of_link(&l.to_string_lossy()))
+        };
+        let pipes = self.pipe_peers(pid, &exe, &cmdline, pipe("fd/0"), pipe("fd/1"));
         ProcessEvent {
             pid,
             ppid: stat.ppid,
@@ -247,6 +279,7 @@ impl ProcessTracker {
             exe_deleted,
             lineage: Some(Box::new(lineage)),
             context,
+            pipes,
         }
     }
 
@@ -273,8 +306,12 @@ impl ProcessTracker {
         let sha256 = if exe.is_empty() {
             None
         } else {
-            self.exe_hash(pid, Some(&exe))
+            // The kernel named the executable's version: a cached hash needs no stat.
+            rec.exe_key
+                .and_then(|key| lock(&self.hashes).cached(&key))
+                .or_else(|| self.exe_hash(pid, Some(&exe)))
         };
+        let pipes = self.pipe_peers(pid, &exe, &cmdline, rec.stdin_pipe, rec.stdout_pipe);
         let login_uid = (rec.loginuid != u32::MAX).then_some(rec.loginuid);
         let login_user = login_uid.map(|u| self.lineage.user_name(u));
         let context = Box::new(self.kernel_context(rec, login_uid, login_user.clone()));
@@ -312,6 +349,7 @@ impl ProcessTracker {
             exe_deleted,
             lineage: Some(Box::new(lineage)),
             context,
+            pipes,
         }
     }
 
@@ -550,6 +588,28 @@ mod tests {
         assert!(mnt.is_some(), "{:?}", ev.context);
         assert!(!ev.context.cgroup.is_empty(), "{:?}", ev.context);
         assert!(t.observe(me).unwrap().is_none(), "reported twice");
+    }
+
+    #[test]
+    fn kernel_execs_sharing_a_pipe_name_each_other() {
+        let t = ProcessTracker::new(1 << 20, 16);
+        let rec = |pid: u32, exe: &str, stdin: Option<u64>, stdout: Option<u64>| super::super::ebpf::ExecRecord {
+            tgid: pid,
+            ppid: 1,
+            exe: exe.into(),
+            argv: vec![exe.rsplit('/').next().unwrap().into()],
+            stdin_pipe: stdin,
+            stdout_pipe: stdout,
+            ..Default::default()
+        };
+        let b64 = t.from_kernel(&rec(900_001, "/usr/bin/base64", Some(1), Some(2)));
+        assert!(b64.pipes.is_none(), "nothing at the other ends yet");
+        let bash = t.from_kernel(&rec(900_002, "/usr/bin/bash", Some(2), None));
+        let from = bash.pipes.and_then(|p| p.from).expect("bash learns what feeds it");
+        assert_eq!(
+            (from.pid, from.exe.as_str(), from.cmdline.as_str()),
+            (900_001, "/usr/bin/base64", "base64")
+        );
     }
 
     #[test]

@@ -342,3 +342,64 @@ async fn an_alert_carries_where_its_process_ran() {
         "the context names the alerted process: {page}"
     );
 }
+
+/// `echo … | base64 -d | bash` run from a script file, so no command line holds the
+/// pipeline: the built-in pipe-into-shell rule fires on the end that started second
+/// (the inner bash, or base64), naming the other (from the pipe inodes the kernel gave
+/// at each exec).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_fed_by_a_decoder_through_a_pipe_raises_the_pipe_rule() {
+    assert!(
+        is_root(),
+        "loading eBPF programs needs root (CAP_BPF and CAP_PERFMON): run this suite as root (CI does)"
+    );
+    const PIPE_RULE: &str = "1ddf3ffc-1977-4ade-a408-4198cea2a98a";
+    let collector = Collector::start_with(without_folding).unwrap();
+    let (agent, _rules) = start_agent(&collector, &[]);
+    wait_source(&collector, &agent, "process", "eBPF").await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("decode.sh");
+    // base64 of "true\n": the inner bash runs `true`.
+    std::fs::write(&script, "echo dHJ1ZQo= | base64 -d | bash\n").unwrap();
+    let mut outer = std::process::Command::new("/bin/bash").arg(&script).spawn().unwrap();
+    let outer_pid = outer.id();
+    assert!(outer.wait().unwrap().success());
+
+    // The pipeline's processes are the script shell's children.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (process, matched) = loop {
+        let hits: Vec<(String, String)> = {
+            let db = collector.db().unwrap();
+            let mut stmt = db
+                .prepare("SELECT entities, matched FROM alerts WHERE device_id = ?1 AND rule_id = ?2")
+                .unwrap();
+            stmt.query_map([agent.device_id.as_str(), PIPE_RULE], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        let ours = hits.into_iter().find_map(|(entities, matched)| {
+            let entities: Vec<Value> = serde_json::from_str(&entities).unwrap();
+            entities
+                .into_iter()
+                .find(|e| e["kind"] == "process" && e["ppid"] == outer_pid)
+                .map(|p| (p, matched))
+        });
+        if let Some(hit) = ours {
+            break hit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pipe-into-shell alert for the children of {outer_pid}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let exe = process["exe"].as_str().unwrap_or_default();
+    let matched: Value = serde_json::from_str(&matched).unwrap();
+    if exe.ends_with("/bash") {
+        assert_eq!(matched["PipedFromImage"], "/usr/bin/base64", "{matched}");
+    } else {
+        assert!(exe.ends_with("/base64"), "{process}");
+        assert_eq!(matched["PipedToImage"], "/usr/bin/bash", "{matched}");
+    }
+}
