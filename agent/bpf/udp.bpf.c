@@ -22,7 +22,8 @@
  *
  * A (process, operation, peer) seen less than `dedup_ns` ago is not sent again (set
  * at load from `network_dedup_ms`): a busy UDP sender costs one map lookup per
- * datagram, not one record.
+ * datagram, not one record. With `report_udp` 0 (UDP events off, DNS on) the socket
+ * hooks only remember who uses each socket.
  *
  * Layouts are `struct udp_event` (as net.bpf.c's `net_event`, the socket's cookie in
  * place of its address), `struct exe_event` (as net.bpf.c's) and `struct dns_event`
@@ -83,6 +84,8 @@ struct __sk_buff {
 #define AF_INET6 10
 
 const volatile u64 dedup_ns = 0;
+/* 0: the socket hooks only keep who uses each socket (for DNS), sending nothing. */
+const volatile u8 report_udp = 1;
 
 struct owner {
 	u32 pid;
@@ -266,7 +269,7 @@ static __always_inline void send_exe(u64 cookie, u32 tgid)
 /* Sends `e` (and the executable before it) unless it repeats a recent one. */
 static __always_inline void send_udp(struct udp_event *e)
 {
-	if (repeated(e))
+	if (!report_udp || repeated(e))
 		return;
 	send_exe(e->cookie, e->who.tgid);
 	if (bpf_ringbuf_output(&udp_events, e, sizeof(*e), 0) != 0)
@@ -463,7 +466,9 @@ static __always_inline void on_skb(struct __sk_buff *skb, u8 dir)
 		__builtin_memcpy(&e->who, o, sizeof(*o));
 	else
 		__builtin_memset(&e->who, 0, sizeof(e->who));
-	/* The verifier needs the length's bounds from this very register. */
+	/* The verifier needs the length's bounds on the very register passed: hide the
+	 * clamp above from clang so the mask is kept. */
+	asm volatile("" : "+r"(n));
 	n &= 0x3ff;
 	if (n == 0 || n > DNS_MAX || bpf_skb_load_bytes(skb, at, e->data, n) < 0) {
 		bpf_ringbuf_discard(e, 0);

@@ -297,7 +297,10 @@ fn dns_field<'a>(d: &'a DnsEvent, name: &str) -> Option<EventValue<'a>> {
         "QueryName" => s(&d.query_name),
         "QueryType" => s(&d.query_type),
         // Absent with no response seen; empty for a response without answers.
-        "QueryResults" => d.status.as_ref().map(|_| EventValue::Str(Cow::Owned(d.answers.join(";")))),
+        "QueryResults" => d
+            .status
+            .as_ref()
+            .map(|_| EventValue::Str(Cow::Owned(d.answers.join(";")))),
         "QueryStatus" => opt_s(d.status.as_deref()),
         other if IMAGE_FIELDS.contains(&other) => None,
         other => process_field(&d.process, other),
@@ -629,7 +632,10 @@ mod tests {
         assert_eq!(get("ProcessId"), Some(json!(9)));
         assert_eq!(get("Hashes"), None);
         assert_eq!(buckets(&e).0, &[Bucket::Dns]);
-        assert!(!v.any_string_value(&|s| s.contains("dig")), "no keyword search on lookups");
+        assert!(
+            !v.any_string_value(&|s| s.contains("dig")),
+            "no keyword search on lookups"
+        );
         let json = v.to_json();
         assert_eq!(json["QueryName"], "x1.tunnel.example");
         assert!(!Bucket::PRIMARY.contains(&Bucket::Dns));
