@@ -1195,6 +1195,13 @@ mod tests {
             r.owner.is_none(),
             "an accept's process is the listener's, named by the agent"
         );
+        assert!(!r.udp);
+        // udp.bpf.c's UDP record: the same layout, its own kind.
+        let mut b = net_bytes(1, 4, (&[0, 0, 0, 0], 0), (&[192, 0, 2, 9], 53), 2);
+        b[0..4].copy_from_slice(&KIND_UDP.to_le_bytes());
+        let r = decode_net(&b).unwrap();
+        assert!(r.udp && r.op == NetOp::Connect);
+        assert_eq!(network_event(&r, ProcessEvent::default(), None).protocol, "udp");
     }
 
     #[test]
@@ -1378,6 +1385,168 @@ mod tests {
         assert_eq!((connect.local.port(), connect.remote.port()), (client_port, port));
         let accept = got.iter().find(|r| r.op == NetOp::Accept).expect("accept");
         assert_eq!((accept.local.port(), accept.remote.port()), (port, client_port));
+    }
+
+    /// Runs the network sensor with `udp` until `done` says what it got is enough
+    /// (or 10 s pass), after `act`; returns the board's network line and the events.
+    fn run_net_with(
+        udp: Option<Result<Probe, LoadError>>,
+        act: impl FnOnce(),
+        done: impl Fn(&[EventData]) -> bool,
+    ) -> (ward_protocol::SensorState, Vec<EventData>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(65_536);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let board = crate::sensor::SensorBoard::default();
+        let ctx = SensorCtx::new("network", tx, stop.clone()).on_board(board.clone());
+        let config = SensorConfig {
+            network_dedup_ms: 0,
+            ..SensorConfig::default()
+        };
+        let mut probe = Probe::net().unwrap();
+        let runner = std::thread::spawn(move || {
+            let tracker = ProcessTracker::new(1 << 20, 64);
+            run_net(&config, &mut probe, udp, &tracker, &ctx).unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while board
+            .get("network")
+            .is_none_or(|s| s.readiness == ward_protocol::Readiness::Starting)
+        {
+            assert!(Instant::now() < deadline, "the network sensor never said it was ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        act();
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&events) && Instant::now() < deadline {
+            while let Ok(e) = rx.try_recv() {
+                events.push(e.data);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runner.join().unwrap();
+        (board.get("network").unwrap(), events)
+    }
+
+    /// Without the cgroup programs the network sensor says it is degraded and why
+    /// (and reports a gap), and TCP connections are still reported. Needs root.
+    #[test]
+    fn without_the_cgroup_programs_tcp_runs_degraded() {
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs"
+        );
+        let why = LoadError::Load {
+            what: "UDP and DNS programs",
+            detail: "no cgroup v2 hierarchy is mounted".into(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tcp_to_port = |e: &EventData| matches!(e, EventData::Network(n) if n.protocol == "tcp" && n.destination_port == Some(port) && n.op == NetOp::Connect);
+        let (state, events) = run_net_with(
+            Some(Err(why)),
+            || {
+                let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                listener.accept().unwrap();
+            },
+            |events| events.iter().any(tcp_to_port),
+        );
+        assert_eq!(state.readiness, ward_protocol::Readiness::Degraded, "{state:?}");
+        let detail = state.detail.unwrap_or_default();
+        assert!(
+            detail.contains("UDP") && detail.contains("no cgroup v2 hierarchy is mounted") && detail.contains("TCP"),
+            "{detail}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, EventData::Gap(g) if g.detail.contains("no cgroup v2")))
+        );
+        assert!(events.iter().any(tcp_to_port), "TCP still reported");
+    }
+
+    /// With the cgroup programs: a DNS lookup by bash to a responder on
+    /// 127.0.83.55:53 arrives as a DNS event with its answer and bash as the process,
+    /// and bash's UDP send to the answered address right after carries the name
+    /// (`DestinationHostname`). Needs root.
+    #[test]
+    fn a_lookup_and_the_connection_it_named_arrive_together() {
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
+        );
+        let udp = super::super::netcg::load(super::super::netcg::Hooks {
+            udp: true,
+            dns: true,
+            dedup: Duration::ZERO,
+        });
+        assert!(udp.is_ok(), "{udp:?}");
+        let dns = std::net::UdpSocket::bind("127.0.83.55:53").expect("binding 127.0.83.55:53");
+        let sink = std::net::UdpSocket::bind("127.0.83.99:0").unwrap();
+        let sink_port = sink.local_addr().unwrap().port();
+        let responder = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = dns.recv_from(&mut buf).unwrap();
+            let q = &buf[..n];
+            // The query with the response flag, one answer: 127.0.83.99 (TTL 60).
+            let mut r = q.to_vec();
+            r[2] |= 0x80;
+            r[7] = 1;
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 83, 99]);
+            dns.send_to(&r, from).unwrap();
+        });
+        // ward-lookup.example A, id 0x4242, as bytes bash can print.
+        let query = "\\x42\\x42\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x0bward-lookup\\x07example\\x00\\x00\\x01\\x00\\x01";
+        let script = format!(
+            "exec 3<>/dev/udp/127.0.83.55/53; printf '{query}' >&3; head -c 1 <&3 >/dev/null; echo hi > /dev/udp/127.0.83.99/{sink_port}"
+        );
+        let mut bash_pid = 0;
+        let got = |events: &[EventData]| {
+            events.iter().any(|e| matches!(e, EventData::Dns(_)))
+                && events
+                    .iter()
+                    .any(|e| matches!(e, EventData::Network(n) if n.destination_port == Some(sink_port)))
+        };
+        let (state, events) = run_net_with(
+            Some(udp),
+            || {
+                let mut bash = std::process::Command::new("bash")
+                    .args(["-c", &script])
+                    .spawn()
+                    .unwrap();
+                bash_pid = bash.id();
+                assert!(bash.wait().unwrap().success());
+            },
+            got,
+        );
+        responder.join().unwrap();
+        assert_eq!(state.readiness, ward_protocol::Readiness::Ready, "{state:?}");
+        assert!(state.source.contains("DNS"), "{state:?}");
+        let d = events
+            .iter()
+            .find_map(|e| match e {
+                EventData::Dns(d) if d.query_name == "ward-lookup.example" => Some(d),
+                _ => None,
+            })
+            .expect("the lookup");
+        assert_eq!((d.query_type.as_str(), d.status.as_deref()), ("A", Some("NOERROR")));
+        assert_eq!(d.answers, vec!["127.0.83.99"]);
+        assert_eq!((d.process.pid, d.server_port), (bash_pid, 53));
+        assert!(d.process.exe.ends_with("/bash"), "{:?}", d.process);
+        let n = events
+            .iter()
+            .find_map(|e| match e {
+                EventData::Network(n) if n.destination_port == Some(sink_port) => Some(n),
+                _ => None,
+            })
+            .expect("the UDP send");
+        assert_eq!(
+            (n.protocol.as_str(), n.op, n.process.pid),
+            ("udp", NetOp::Connect, bash_pid)
+        );
+        assert_eq!(n.destination_hostname.as_deref(), Some("ward-lookup.example"));
+        drop(sink);
     }
 
     /// The committed objects are what agent/bpf/build makes from the committed C.
