@@ -86,6 +86,9 @@ struct __sk_buff {
 const volatile u64 dedup_ns = 0;
 /* 0: the socket hooks only keep who uses each socket (for DNS), sending nothing. */
 const volatile u8 report_udp = 1;
+/* The agent itself: its QUIC link sends a datagram with an address each time, which
+ * would otherwise come back as its own events. */
+const volatile u32 self_tgid = 0;
 
 struct owner {
 	u32 pid;
@@ -269,7 +272,7 @@ static __always_inline void send_exe(u64 cookie, u32 tgid)
 /* Sends `e` (and the executable before it) unless it repeats a recent one. */
 static __always_inline void send_udp(struct udp_event *e)
 {
-	if (!report_udp || repeated(e))
+	if (!report_udp || e->who.tgid == self_tgid || repeated(e))
 		return;
 	send_exe(e->cookie, e->who.tgid);
 	if (bpf_ringbuf_output(&udp_events, e, sizeof(*e), 0) != 0)

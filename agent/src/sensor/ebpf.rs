@@ -1480,6 +1480,7 @@ mod tests {
             udp: true,
             dns: true,
             dedup: Duration::ZERO,
+            ignore_tgid: Some(std::process::id()),
         });
         assert!(udp.is_ok(), "{udp:?}");
         let dns = std::net::UdpSocket::bind("127.0.83.55:53").expect("binding 127.0.83.55:53");

@@ -535,6 +535,7 @@ pub async fn run_sensors(
                             udp: c.network_udp_enabled,
                             dns: c.dns_enabled,
                             dedup: Duration::from_millis(c.network_dedup_ms),
+                            ignore_tgid: Some(std::process::id()),
                         })
                     });
                     ebpf::run_net(&c, &mut probe, udp, &t, ctx)

@@ -90,11 +90,16 @@ pub struct Hooks {
     pub dns: bool,
     /// The kernel sends a (process, operation, peer) once per this window.
     pub dedup: Duration,
+    /// A process whose UDP is not reported: the agent itself (its QUIC link sends a
+    /// datagram with an address each time, which would come back as its own events).
+    pub ignore_tgid: Option<u32>,
 }
 
 /// Loads udp.bpf.o and attaches its programs to the root cgroup v2: the socket hooks
 /// (always: the DNS programs name a message's process by what they saw), the
 /// packet hooks when `hooks.dns`. The programs stay attached while the probe lives.
+/// The UDP of `hooks.ignore_tgid` (the agent's own QUIC link) is not reported; its
+/// DNS lookups are.
 pub fn load(hooks: Hooks) -> Result<Probe, LoadError> {
     let what = "UDP and DNS programs";
     let err = |detail: String| LoadError::Load { what, detail };
@@ -109,6 +114,7 @@ pub fn load(hooks: Hooks) -> Result<Probe, LoadError> {
         .btf(Some(&btf))
         .set_global("dedup_ns", &dedup_ns, true)
         .set_global("report_udp", &report_udp, true)
+        .set_global("self_tgid", &hooks.ignore_tgid.unwrap_or(0), true)
         .load(UDP_OBJECT)
         .map_err(|e| err(super::ebpf::chain(&e)))?;
     // On the kernels these programs load on (5.17+, for bpf_loop) aya attaches through
@@ -930,6 +936,15 @@ mod tests {
             udp: true,
             dns: true,
             dedup: Duration::ZERO,
+            ignore_tgid: None,
+        })
+        .unwrap();
+        // Another copy, as the agent loads it: its own process's UDP is not reported.
+        let mut as_agent = load(Hooks {
+            udp: true,
+            dns: false,
+            dedup: Duration::ZERO,
+            ignore_tgid: Some(std::process::id()),
         })
         .unwrap();
         let me = std::process::id();
@@ -1064,5 +1079,19 @@ mod tests {
             ("NOERROR", vec!["192.0.2.99".to_string()])
         );
         assert_eq!(probe.newly_lost(), 0);
+        let mut seen_by_agent = Vec::new();
+        as_agent.drain(usize::MAX, |b| {
+            if let Ok(UdpItem::Net(NetItem::Net(r))) = decode_udp_item(b)
+                && (r.remote.port() == port || r.local.port() == port)
+            {
+                seen_by_agent.push(r.owner.map(|o| o.tgid));
+            }
+            true
+        });
+        assert_eq!(
+            seen_by_agent,
+            vec![Some(bash_pid)],
+            "only bash's send, not this process's own"
+        );
     }
 }
