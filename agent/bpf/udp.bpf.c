@@ -153,6 +153,16 @@ struct {
 	__type(value, struct exe_event);
 } udp_exe_scratch SEC(".maps");
 
+/* A DNS record is built here and sent as long as its message (most are under 100
+ * bytes): a fixed 608-byte reservation per message filled the ring four times
+ * sooner in the benchmark's burst of lookups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct dns_event);
+} dns_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1024 * 1024);
@@ -450,11 +460,10 @@ static __always_inline void on_skb(struct __sk_buff *skb, u8 dir)
 	u32 n = wire;
 	if (n > DNS_MAX)
 		n = DNS_MAX;
-	struct dns_event *e = bpf_ringbuf_reserve(&udp_events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	u32 zero = 0;
+	struct dns_event *e = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!e)
 		return;
-	}
 	e->kind = KIND_DNS;
 	e->dir = dir;
 	e->family = family;
@@ -473,12 +482,11 @@ static __always_inline void on_skb(struct __sk_buff *skb, u8 dir)
 	 * clamp above from clang so the mask is kept. */
 	asm volatile("" : "+r"(n));
 	n &= 0x3ff;
-	if (n == 0 || n > DNS_MAX || bpf_skb_load_bytes(skb, at, e->data, n) < 0) {
-		bpf_ringbuf_discard(e, 0);
+	if (n == 0 || n > DNS_MAX || bpf_skb_load_bytes(skb, at, e->data, n) < 0)
 		return;
-	}
 	e->len = n;
-	bpf_ringbuf_submit(e, 0);
+	if (bpf_ringbuf_output(&udp_events, e, __builtin_offsetof(struct dns_event, data) + n, 0) != 0)
+		count_lost();
 }
 
 SEC("cgroup_skb/egress")

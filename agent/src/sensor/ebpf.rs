@@ -11,6 +11,11 @@
 //!   the connecting process), listens (with the listening process) and accepted
 //!   connections (named after the process listening on the port).
 //!
+//! UDP connects, sendtos and binds and DNS messages come from a third object,
+//! `udp.bpf.o` (cgroup programs, loaded by `sensor::netcg`); [`run_net`] reads its
+//! ring buffer beside the TCP one, pairs DNS queries with their responses and names a
+//! connection's remote address after the answer that gave it.
+//!
 //! Only BTF tracepoints are used: no kprobes, fentry or tracefs, which some kernels
 //! lack or refuse (this machine's kernel has no kprobes and refuses fentry). Needs BTF
 //! (`/sys/kernel/btf/vmlinux`), `bpf_loop` (5.17+) and CAP_BPF + CAP_PERFMON (or root).
