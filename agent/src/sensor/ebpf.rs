@@ -907,10 +907,13 @@ pub fn run_net(
     let mut exes: HashMap<u64, String> = HashMap::new();
     let mut lookups = super::netcg::Lookups::new(DNS_ANSWER_WAIT);
     let mut hostnames = super::netcg::Hostnames::new(HOSTNAMES);
+    // A drain that stopped at its cap left records behind: read on without waiting.
+    let mut backlog = false;
     while !ctx.stopped() {
-        if probe
-            .wait_with(udp.as_ref(), Duration::from_millis(250))
-            .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?
+        if !backlog
+            && probe
+                .wait_with(udp.as_ref(), Duration::from_millis(250))
+                .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?
         {
             std::thread::sleep(COALESCE);
         }
@@ -923,7 +926,7 @@ pub fn run_net(
             }
             exes.insert(e.sk, e.exe);
         };
-        probe.drain(4096, |b| {
+        backlog = probe.drain(4096, |b| {
             match decode_net_item(b) {
                 Ok(NetItem::Net(r)) => records.push(r),
                 Ok(NetItem::Exe(e)) => keep_exe(e),
@@ -933,11 +936,11 @@ pub fn run_net(
                 }
             }
             true
-        });
+        }) >= 4096;
         report.pending_bad += bad;
         let mut bad_udp = 0u64;
         if let Some(u) = udp.as_mut() {
-            u.drain(4096, |b| {
+            backlog |= u.drain(4096, |b| {
                 match super::netcg::decode_udp_item(b) {
                     Ok(super::netcg::UdpItem::Net(NetItem::Net(r))) => records.push(r),
                     Ok(super::netcg::UdpItem::Net(NetItem::Exe(e))) => keep_exe(e),
@@ -948,7 +951,7 @@ pub fn run_net(
                     }
                 }
                 true
-            });
+            }) >= 4096;
         }
         let now = Instant::now();
         // DNS first: a connection made right after a lookup is named by its answer.

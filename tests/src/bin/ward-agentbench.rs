@@ -49,6 +49,9 @@ enum Bench {
         datagrams: usize,
         #[arg(long, default_value_t = 10_000)]
         lookups: usize,
+        /// DNS lookups per second (0: as fast as they are answered).
+        #[arg(long, default_value_t = 1000)]
+        lookup_rate: u64,
         #[arg(long, default_value_t = 1000)]
         rate: u64,
         /// Seconds of the paced load.
@@ -119,13 +122,14 @@ fn main() -> Result<()> {
             connections,
             datagrams,
             lookups,
+            lookup_rate,
             rate,
             secs,
             cpu_only,
         } => match cpu_only {
             Some(source) => paced(&source, rate, secs),
             None => {
-                kernel(execs, connections, datagrams, lookups)?;
+                kernel(execs, connections, datagrams, lookups, lookup_rate)?;
                 paced("ebpf", rate, secs)
             }
         },
@@ -354,6 +358,31 @@ fn dns_responder(sock: std::net::UdpSocket, stop: std::sync::Arc<std::sync::atom
     }
 }
 
+/// `n` lookups of `name(i)` to 127.0.85.53:53 at `rate` a second (0: as fast as they
+/// are answered), a socket each as a stub resolver makes them; returns how many were
+/// answered.
+fn lookup_burst(n: usize, rate: u64, name: impl Fn(usize) -> String) -> Result<usize> {
+    let t0 = Instant::now();
+    let mut answered = 0;
+    for i in 0..n {
+        if rate > 0 {
+            let due = t0 + Duration::from_micros(i as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        sock.connect("127.0.85.53:53")?;
+        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+        sock.send(&dns_query(i as u16, &name(i)))?;
+        let mut buf = [0u8; 512];
+        if sock.recv(&mut buf).is_ok() {
+            answered += 1;
+        }
+    }
+    Ok(answered)
+}
+
 /// Alerts of rule `title` whose process entity is this process and its executable.
 fn alerts_naming_me(collector: &Collector, title: &str) -> Result<usize> {
     let me = std::process::id();
@@ -374,7 +403,7 @@ fn alerts_naming_me(collector: &Collector, title: &str) -> Result<usize> {
     Ok(n)
 }
 
-fn kernel(execs: usize, connections: usize, datagrams: usize, lookups: usize) -> Result<()> {
+fn kernel(execs: usize, connections: usize, datagrams: usize, lookups: usize, lookup_rate: u64) -> Result<()> {
     if !ward_tests::is_root() {
         bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
     }
@@ -530,27 +559,16 @@ fn kernel(execs: usize, connections: usize, datagrams: usize, lookups: usize) ->
     drop(udp_sink);
 
     // 4. DNS lookups as a stub resolver makes them (a socket each, connect, send,
-    // wait for the answer), to a responder on a loopback address's port 53.
+    // wait for the answer), to a responder on a loopback address's port 53, paced at
+    // `lookup_rate` a second.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let dns = std::net::UdpSocket::bind("127.0.85.53:53").context("binding 127.0.85.53:53")?;
     let s = stop.clone();
     let responder = std::thread::spawn(move || dns_responder(dns, s));
     let cpu0 = cpu_seconds(agent_pid)?;
     let t0 = Instant::now();
-    let mut answered = 0usize;
-    for i in 0..lookups {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        sock.connect("127.0.85.53:53")?;
-        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
-        sock.send(&dns_query(i as u16, &format!("q{i}.{marker}.example")))?;
-        let mut buf = [0u8; 512];
-        if sock.recv(&mut buf).is_ok() {
-            answered += 1;
-        }
-    }
+    let answered = lookup_burst(lookups, lookup_rate, |i| format!("q{i}.{marker}.example"))?;
     let dns_secs = t0.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = responder.join();
     let got = settle(lookups, || alerts_naming_me(&collector, "bench dns"))?;
     let cpu = (cpu_seconds(agent_pid)? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     println!(
@@ -558,6 +576,17 @@ fn kernel(execs: usize, connections: usize, datagrams: usize, lookups: usize) ->
         got as f64 * 100.0 / lookups as f64,
         lookups as f64 / dns_secs
     );
+    // 5. The same lookups for 10 s matching no rule: what seeing them costs, without
+    // the alerts (signing, the outbox's fsync, sending) the part above paid for.
+    let rate = if lookup_rate > 0 { lookup_rate } else { 1000 };
+    let n = (rate * 10) as usize;
+    let cpu0 = cpu_seconds(agent_pid)?;
+    let t0 = Instant::now();
+    lookup_burst(n, rate, |i| format!("q{i}.quiet.example"))?;
+    let cpu = (cpu_seconds(agent_pid)? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    println!("dns, matching no rule: {rate} lookups/s for 10 s: agent {cpu:.2} % of one core");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = responder.join();
     let status = agent.status()?;
     for line in status.lines().filter(|l| l.contains("network")) {
         println!("  status: {}", line.trim());
