@@ -902,6 +902,7 @@ pub fn run_net(
     let mut udp_report = LossReport::new();
     let mut dedup = Dedup::new(Duration::from_millis(config.network_dedup_ms));
     let mut folded_shown = 0u64;
+    let (mut dns_malformed, mut malformed_shown) = (0u64, 0u64);
     let mut shown_at = Instant::now();
     // The executable sent for each socket, until its record comes.
     let mut exes: HashMap<u64, String> = HashMap::new();
@@ -959,12 +960,14 @@ pub fn run_net(
         for d in &dns {
             match super::netcg::parse_dns(&d.payload, d.cut) {
                 Ok(msg) if msg.response == d.response => done.extend(lookups.message(d, msg, now)),
+                // Not DNS (anything may use port 53): counted on the board, not a gap,
+                // since it is no blind spot of the sensor's.
                 Ok(_) => {
-                    bad_udp += 1;
+                    dns_malformed += 1;
                     tracing::debug!("DNS message in the wrong direction for its flag");
                 }
                 Err(e) => {
-                    bad_udp += 1;
+                    dns_malformed += 1;
                     tracing::debug!(error = %e, "malformed DNS message");
                 }
             }
@@ -1007,7 +1010,7 @@ pub fn run_net(
                 exes.remove(&rec.sk)
             };
             let tgid = owner.as_ref().map(|o| o.tgid).unwrap_or(0);
-            if !dedup.admit(tgid, rec.op, rec.remote, now) {
+            if !dedup.admit(tgid, rec.op, dedup_peer(&rec), now) {
                 continue;
             }
             let process = match &owner {
@@ -1028,16 +1031,35 @@ pub fn run_net(
         if let Some(u) = udp.as_mut() {
             udp_report.tick(u, ctx, "UDP and DNS");
         }
-        if dedup.folded != folded_shown && shown_at.elapsed() >= Duration::from_secs(10) {
+        if (dedup.folded != folded_shown || dns_malformed != malformed_shown)
+            && shown_at.elapsed() >= Duration::from_secs(10)
+        {
             folded_shown = dedup.folded;
+            malformed_shown = dns_malformed;
             shown_at = Instant::now();
-            show(&format!(
-                "; {folded_shown} repeated connections folded (same process and peer within {} ms)",
-                config.network_dedup_ms
-            ));
+            let mut extra = String::new();
+            if folded_shown > 0 {
+                extra.push_str(&format!(
+                    "; {folded_shown} repeated connections folded (same process and peer within {} ms)",
+                    config.network_dedup_ms
+                ));
+            }
+            if malformed_shown > 0 {
+                extra.push_str(&format!("; {malformed_shown} malformed DNS messages dropped"));
+            }
+            show(&extra);
         }
     }
     Ok(())
+}
+
+/// What repeats of a record are recognised by: the peer, or for a listener (which
+/// has none) the local address it listens on, so two ports listened on are two events.
+fn dedup_peer(rec: &NetRecord) -> SocketAddr {
+    match rec.op {
+        NetOp::Listen => rec.local,
+        NetOp::Connect | NetOp::Accept => rec.remote,
+    }
 }
 
 /// Turns a paired DNS lookup into the event.
@@ -1287,6 +1309,20 @@ mod tests {
         assert!(d.admit(7, NetOp::Connect, "198.51.100.9:80".parse().unwrap(), t0));
         assert!(d.admit(7, NetOp::Connect, peer, t0 + Duration::from_millis(1000)));
         assert_eq!(d.folded, 1);
+        // Listeners fold on the address they listen on.
+        let listen = |port: u16| NetRecord {
+            op: NetOp::Listen,
+            established: true,
+            local: SocketAddr::new("0.0.0.0".parse().unwrap(), port),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            owner: None,
+            sk: 1,
+            udp: true,
+        };
+        assert!(d.admit(7, NetOp::Listen, dedup_peer(&listen(53)), t0));
+        assert!(d.admit(7, NetOp::Listen, dedup_peer(&listen(5353)), t0), "another port");
+        assert!(!d.admit(7, NetOp::Listen, dedup_peer(&listen(53)), t0));
+        assert_eq!(d.folded, 2);
         let mut off = Dedup::new(Duration::ZERO);
         assert!(off.admit(7, NetOp::Connect, peer, t0) && off.admit(7, NetOp::Connect, peer, t0));
     }
