@@ -365,11 +365,10 @@ fn lookup_burst(n: usize, rate: u64, name: impl Fn(usize) -> String) -> Result<u
     let t0 = Instant::now();
     let mut answered = 0;
     for i in 0..n {
-        if rate > 0 {
-            let due = t0 + Duration::from_micros(i as u64 * 1_000_000 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+        if let Some(us) = (i as u64 * 1_000_000).checked_div(rate)
+            && let Some(wait) = (t0 + Duration::from_micros(us)).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
         }
         let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
         sock.connect("127.0.85.53:53")?;
