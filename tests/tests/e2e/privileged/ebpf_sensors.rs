@@ -4,7 +4,8 @@
 //! and a loopback connect by bash and its accept by this test process arrive with the
 //! right process, ports and remote address; a DNS lookup by bash and its UDP send to
 //! the answered address raise a `dns_query` and a `network_connection` (`Protocol:
-//! udp`, `DestinationHostname`) alert naming bash. The device record and `ward-agent
+//! udp`, `DestinationHostname`) alert naming bash; an agent killed with `kill -9`
+//! leaves none of its cgroup programs loaded. The device record and `ward-agent
 //! status` name the eBPF sources.
 
 use std::collections::HashSet;
@@ -344,4 +345,92 @@ async fn a_dns_lookup_and_the_udp_send_it_named_raise_alerts_naming_bash() {
         "{status}"
     );
     drop(sink);
+}
+
+/// The ids of the BPF programs that `pid`'s cgroup links hold (from its fds' fdinfo).
+fn cgroup_link_programs(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_type:").as_deref() == Some("cgroup")
+            && let Some(id) = field("prog_id:").and_then(|v| v.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Whether the kernel still has BPF program `id` (BPF_PROG_GET_FD_BY_ID).
+fn program_loaded(id: u32) -> bool {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // union bpf_attr's member for *_GET_FD_BY_ID: the id, next_id, open_flags.
+    let attr: [u32; 3] = [id, 0, 0];
+    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes from `attr`, which lives for the
+    // call; it returns a new descriptor we close, or -1.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: `fd` is the descriptor bpf(2) just gave us, closed once.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::close(fd as i32);
+        }
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOENT),
+        "BPF_PROG_GET_FD_BY_ID {id}: {err}"
+    );
+    false
+}
+
+/// The cgroup programs go with the agent's process: after `kill -9` none of those its
+/// links held is loaded any more, and UDP still flows (they allowed everything while
+/// they ran, and nothing is left to ask).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_no_cgroup_program_behind() {
+    assert!(
+        is_root(),
+        "attaching the cgroup programs needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run this suite as root (CI does)"
+    );
+    let collector = Collector::start_with(without_folding).unwrap();
+    let (mut agent, _rules) = start_agent(&collector, &[]);
+    wait_source(&collector, &agent, "network", "DNS").await;
+    let programs = cgroup_link_programs(agent.pid().unwrap());
+    // connect, sendmsg, bind (v4 and v6), post_bind v4 and v6, skb egress and ingress.
+    assert_eq!(programs.len(), 10, "the agent's cgroup links: {programs:?}");
+    assert!(programs.iter().all(|id| program_loaded(*id)));
+    agent.kill9();
+    // Programs are freed after the links close and an RCU grace period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while programs.iter().any(|id| program_loaded(*id)) {
+        assert!(Instant::now() < deadline, "programs left after kill -9: {programs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(b"after", server.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 8];
+    let (n, _) = server
+        .recv_from(&mut buf)
+        .expect("UDP blocked after the agent was killed");
+    assert_eq!(&buf[..n], b"after");
 }
