@@ -1001,6 +1001,36 @@ mod tests {
             .expect("the DNS answer was blocked with the hooks attached");
         assert!(parse_dns(&buf[..n], false).unwrap().response);
         responder.join().unwrap();
+        // The same over IPv6: a bind and a sendto on ::1, a lookup to [::1]:53.
+        let port6 = UdpSocket::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+        let server6 = UdpSocket::bind(("::1", port6)).unwrap();
+        UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .send_to(b"six", ("::1", port6))
+            .unwrap();
+        server6.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        server6
+            .recv_from(&mut buf)
+            .expect("a v6 datagram blocked with the hooks attached");
+        let dns6 = UdpSocket::bind("[::1]:53").expect("binding [::1]:53 (needs root, and nothing else there)");
+        let responder6 = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = dns6.recv_from(&mut buf).unwrap();
+            let q = Packet::parse(&buf[..n]).unwrap();
+            let name = q.questions[0].qname.to_string();
+            let bytes = reply(q.id(), &name, vec![RData::AAAA(AAAA { address: 2 })], RCODE::NoError);
+            dns6.send_to(&bytes, from).unwrap();
+        });
+        let resolver6 = UdpSocket::bind("[::1]:0").unwrap();
+        resolver6.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        resolver6.connect("[::1]:53").unwrap();
+        resolver6
+            .send(&query(0x6666, "ward-test6.example", TYPE::AAAA))
+            .unwrap();
+        resolver6
+            .recv(&mut buf)
+            .expect("the v6 DNS answer was blocked with the hooks attached");
+        responder6.join().unwrap();
 
         let (mut nets, mut exes, mut dnss) = (Vec::new(), HashMap::new(), Vec::new());
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1009,11 +1039,12 @@ mod tests {
                 .filter(|r| r.remote.port() == port || r.local.port() == port)
                 .count()
                 >= 3
-                && dnss
+                && nets
                     .iter()
-                    .filter(|d| d.source.port() == 53 || d.destination.port() == 53)
+                    .filter(|r| r.remote.port() == port6 || r.local.port() == port6)
                     .count()
                     >= 2
+                && dnss.len() >= 4
         };
         while !want(&nets, &dnss) && Instant::now() < deadline {
             probe.wait(Duration::from_millis(100)).unwrap();
@@ -1024,8 +1055,8 @@ mod tests {
                         exes.insert(e.sk, e);
                     }
                     Ok(UdpItem::Dns(d))
-                        if d.destination.ip().to_string() == "127.0.83.53"
-                            || d.source.ip().to_string() == "127.0.83.53" =>
+                        if ["127.0.83.53", "::1"].contains(&d.destination.ip().to_string().as_str())
+                            || ["127.0.83.53", "::1"].contains(&d.source.ip().to_string().as_str()) =>
                     {
                         dnss.push(d)
                     }
@@ -1078,6 +1109,33 @@ mod tests {
             (rm.rcode.as_str(), rm.answers.clone()),
             ("NOERROR", vec!["192.0.2.99".to_string()])
         );
+        let listen6 = nets
+            .iter()
+            .find(|r| r.op == NetOp::Listen && r.local.port() == port6)
+            .expect("the v6 bind");
+        assert_eq!(
+            (listen6.local.ip().to_string(), listen6.owner.as_ref().unwrap().tgid),
+            ("::1".into(), me)
+        );
+        let sendto6 = nets
+            .iter()
+            .find(|r| r.op == NetOp::Connect && r.remote.port() == port6)
+            .expect("the v6 sendto");
+        assert_eq!(
+            (sendto6.remote.ip().to_string(), sendto6.owner.as_ref().unwrap().tgid),
+            ("::1".into(), me)
+        );
+        let q6 = dnss
+            .iter()
+            .find(|d| !d.response && d.destination.ip().is_ipv6())
+            .expect("the v6 query");
+        assert_eq!(q6.owner.as_ref().unwrap().tgid, me);
+        assert_eq!(parse_dns(&q6.payload, q6.cut).unwrap().qtype, "AAAA");
+        let r6 = dnss
+            .iter()
+            .find(|d| d.response && d.source.ip().is_ipv6())
+            .expect("the v6 response");
+        assert_eq!(parse_dns(&r6.payload, r6.cut).unwrap().answers, vec!["::2"]);
         assert_eq!(probe.newly_lost(), 0);
         let mut seen_by_agent = Vec::new();
         as_agent.drain(usize::MAX, |b| {
