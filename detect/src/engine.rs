@@ -99,6 +99,7 @@ pub struct Detector {
     auth_generic: Engine,
     auth_service: HashMap<String, Engine>,
     audit: Engine,
+    dns: Engine,
     rules: HashMap<String, LoadedRule>,
     /// Correlation rules, validated; run by a [`super::Correlator`].
     correlations: Vec<CorrelationRule>,
@@ -143,6 +144,7 @@ impl Default for Detector {
             auth_generic: new_engine(),
             auth_service: HashMap::new(),
             audit: new_engine(),
+            dns: new_engine(),
             rules: HashMap::new(),
             correlations: Vec::new(),
             sources: Vec::new(),
@@ -460,6 +462,7 @@ impl Detector {
                 .entry(service.unwrap_or_default().to_string())
                 .or_insert_with(new_engine),
             Bucket::Audit => &mut self.audit,
+            Bucket::Dns => &mut self.dns,
         }
     }
 
@@ -474,6 +477,7 @@ impl Detector {
             Bucket::AuthGeneric => Some(&self.auth_generic),
             Bucket::AuthService => self.auth_service.get(service?),
             Bucket::Audit => Some(&self.audit),
+            Bucket::Dns => Some(&self.dns),
         }
     }
 

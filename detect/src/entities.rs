@@ -224,6 +224,22 @@ pub fn entities(event: &Event) -> Vec<Entity> {
             }
         }
         EventData::Gap(_) => {}
+        EventData::Dns(d) => {
+            if d.process.pid != 0 {
+                process_entities(&d.process, &mut out);
+            }
+            // The name links incidents; the answers are the addresses it named.
+            if !d.query_name.is_empty() {
+                out.push(Entity::Domain {
+                    name: d.query_name.clone(),
+                });
+            }
+            for a in &d.answers {
+                if let Ok(addr) = a.parse() {
+                    out.push(Entity::Ip { addr });
+                }
+            }
+        }
     }
     out
 }
@@ -485,6 +501,7 @@ mod tests {
                 destination_port: Some(443),
                 established: true,
                 process,
+                destination_hostname: None,
             })),
         };
         let p = ProcessEvent {
@@ -511,6 +528,36 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Entity::Ip { .. }))
         );
+    }
+
+    #[test]
+    fn a_dns_lookup_names_its_process_the_domain_and_the_answers() {
+        let ev = |pid| Event {
+            observed_at_ms: 1,
+            data: EventData::Dns(Box::new(crate::event::DnsEvent {
+                query_name: "c2.example".into(),
+                query_type: "A".into(),
+                status: Some("NOERROR".into()),
+                answers: vec!["alias.example".into(), "192.0.2.7".into()],
+                server_ip: None,
+                server_port: 53,
+                process: ProcessEvent {
+                    pid,
+                    exe: "/usr/bin/curl".into(),
+                    ..Default::default()
+                },
+            })),
+        };
+        let got = entities(&ev(9));
+        assert!(got.iter().any(|e| matches!(e, Entity::Process { pid: 9, .. })));
+        assert!(got.contains(&Entity::Domain {
+            name: "c2.example".into()
+        }));
+        assert!(got.contains(&Entity::Ip {
+            addr: "192.0.2.7".parse().unwrap()
+        }));
+        assert_eq!(got.iter().filter(|e| matches!(e, Entity::Ip { .. })).count(), 1);
+        assert!(!entities(&ev(0)).iter().any(|e| matches!(e, Entity::Process { .. })));
     }
 
     #[test]

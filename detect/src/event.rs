@@ -27,6 +27,9 @@ pub enum EventData {
     /// A sensor's blind spot: it may have missed something (watch limit reached,
     /// unreadable path, a poll too slow for a short-lived process, dropped events).
     Gap(SensorGap),
+    /// A DNS lookup (query and, when seen, its response) and the process that made it
+    /// (boxed, as network events).
+    Dns(Box<DnsEvent>),
 }
 
 /// A process that started.
@@ -181,7 +184,7 @@ pub enum NetOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkEvent {
     pub op: NetOp,
-    /// `tcp` (the only protocol reported so far).
+    /// `tcp` or `udp`.
     pub protocol: String,
     pub source_ip: std::net::IpAddr,
     pub source_port: u16,
@@ -192,6 +195,10 @@ pub struct NetworkEvent {
     /// The process that connected, accepted or listens (its pid 0 and image empty
     /// when it could not be named).
     pub process: ProcessEvent,
+    /// The name the remote address was looked up by, when a DNS answer seen shortly
+    /// before gave it (`DestinationHostname`).
+    #[serde(default)]
+    pub destination_hostname: Option<String>,
 }
 
 impl NetworkEvent {
@@ -203,6 +210,27 @@ impl NetworkEvent {
             NetOp::Listen => None,
         }
     }
+}
+
+/// A DNS lookup seen on the wire (UDP port 53): the question, and the answers when the
+/// response was seen (`dns_query` in Sigma).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DnsEvent {
+    /// The name asked for, without the trailing dot.
+    pub query_name: String,
+    /// The record type asked for: `A`, `AAAA`, `TXT`, ... (`TYPE<n>` for others).
+    pub query_type: String,
+    /// The response's code (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...); None when no
+    /// response was seen.
+    pub status: Option<String>,
+    /// The answers' data in order: addresses, and names for CNAME, PTR, MX, NS.
+    pub answers: Vec<String>,
+    /// The server asked.
+    pub server_ip: Option<std::net::IpAddr>,
+    pub server_port: u16,
+    /// The process whose socket sent the query (pid 0 and image empty when the socket
+    /// was opened before the sensor started).
+    pub process: ProcessEvent,
 }
 
 /// An authentication-related log line (auth log or journal), parsed.

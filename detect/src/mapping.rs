@@ -9,7 +9,8 @@
 //! | file rename | also `category: file_rename` | as above |
 //! | file delete | `category: file_delete` | as above |
 //! | sensitive file opened | `category: file_access` | `TargetFilename`, and the opening process's fields as for process (`Image`, `CommandLine`, `ParentImage`, `User`, ...) |
-//! | network connection (connect, accept, listen) | `category: network_connection` | `Initiated` (`true` for a connect, `false` for an accept or a listener), `SourceIp`, `SourcePort`, `DestinationIp`, `DestinationPort` (the initiating side is the source; a listener has only its source), `SourceIsIpv6`, `DestinationIsIpv6`, `Protocol` (`tcp`), `Operation` (`connect`, `accept`, `listen`), and the process's fields as for process (`Image`, `CommandLine`, `User`, ...); `DestinationHostname` is absent (no DNS is seen yet) |
+//! | network connection (connect, accept, listen) | `category: network_connection` | `Initiated` (`true` for a connect, `false` for an accept or a listener), `SourceIp`, `SourcePort`, `DestinationIp`, `DestinationPort` (the initiating side is the source; a listener has only its source), `SourceIsIpv6`, `DestinationIsIpv6`, `Protocol` (`tcp`, `udp`; a UDP connect or sendto is `connect`, a UDP bind to a named port is `listen`), `Operation` (`connect`, `accept`, `listen`), `DestinationHostname` (the name a DNS answer seen before gave the remote address; absent otherwise), and the process's fields as for process (`Image`, `CommandLine`, `User`, ...) |
+//! | DNS lookup (UDP port 53) | `category: dns_query` | `QueryName` (no trailing dot), `QueryType` (`A`, `AAAA`, `TXT`, ..., `TYPE<n>`), `QueryResults` (the answers' data joined by `;`; absent when no response was seen), `QueryStatus` (the response code: `NOERROR`, `NXDOMAIN`, ...; absent when no response was seen), and the querying process's fields as for process (`Image`, `CommandLine`, `User`, ...) |
 //! | auth line | `service: <program>` (sshd, sudo, su, cron, useradd...), and the generic `service: auth` / `service: syslog` | keyword rules search `message`; fields `service`, `action`, `User`, `USER`, `SourceIp`, `success`, `Hostname`, `message` |
 //! | audit | `service: auditd` | every audit field as logged (`a0`..`aN`, `exe`, `comm`, `name`, `key`, `nametype`, `euid`, ...); `type` is every record type of the event; `SYSCALL` falls back to a non-numeric `syscall` |
 //!
@@ -28,7 +29,8 @@ use rsigma_eval::event::{Event as SigmaEventTrait, EventValue};
 use serde_json::{Map, Value};
 
 use crate::event::{
-    AuditEvent, AuthEvent, Event, EventData, FileAccessEvent, FileEvent, FileOp, NetOp, NetworkEvent, ProcessEvent,
+    AuditEvent, AuthEvent, DnsEvent, Event, EventData, FileAccessEvent, FileEvent, FileOp, NetOp, NetworkEvent,
+    ProcessEvent,
 };
 
 /// Which group of rules an event is evaluated against. A rule lives in exactly one
@@ -50,6 +52,8 @@ pub enum Bucket {
     /// Auth lines of one program: rules with `service: <program>`.
     AuthService,
     Audit,
+    /// DNS lookups. Not primary, for the reason network connections are not.
+    Dns,
 }
 
 impl Bucket {
@@ -91,6 +95,7 @@ pub fn placement(category: Option<&str>, product: Option<&str>, service: Option<
             "file_rename" => Bucket::FileRename,
             "file_access" => Bucket::FileAccess,
             "network_connection" => Bucket::Network,
+            "dns_query" => Bucket::Dns,
             other => return Placement::Inactive(format!("category {other}")),
         };
         return Placement::One(bucket, None);
@@ -124,6 +129,7 @@ pub fn buckets(event: &Event) -> (&'static [Bucket], Option<String>) {
         EventData::FileAccess(_) => (&[Bucket::FileAccess], None),
         EventData::Network(_) => (&[Bucket::Network], None),
         EventData::Gap(_) => (&[], None),
+        EventData::Dns(_) => (&[Bucket::Dns], None),
     }
 }
 
@@ -197,7 +203,9 @@ const NETWORK_FIELDS: &[&str] = &[
     "DestinationIsIpv6",
     "Protocol",
     "Operation",
+    "DestinationHostname",
 ];
+const DNS_FIELDS: &[&str] = &["QueryName", "QueryType", "QueryResults", "QueryStatus"];
 const AUTH_FIELDS: &[&str] = &[
     "service", "action", "User", "USER", "SourceIp", "success", "Hostname", "message",
 ];
@@ -315,9 +323,25 @@ fn network_field<'a>(n: &'a NetworkEvent, name: &str) -> Option<EventValue<'a>> 
         "DestinationIsIpv6" => n.destination_ip.and_then(|a| bool_word(a.is_ipv6())),
         "Protocol" => s(&n.protocol),
         "Operation" => s(net_op_name(n.op)),
+        "DestinationHostname" => opt_s(n.destination_hostname.as_deref()),
         // The process's image is not hashed again for each of its connections.
         other if IMAGE_FIELDS.contains(&other) => None,
         other => process_field(&n.process, other),
+    }
+}
+
+fn dns_field<'a>(d: &'a DnsEvent, name: &str) -> Option<EventValue<'a>> {
+    match name {
+        "QueryName" => s(&d.query_name),
+        "QueryType" => s(&d.query_type),
+        // Absent with no response seen; empty for a response without answers.
+        "QueryResults" => d
+            .status
+            .as_ref()
+            .map(|_| EventValue::Str(Cow::Owned(d.answers.join(";")))),
+        "QueryStatus" => opt_s(d.status.as_deref()),
+        other if IMAGE_FIELDS.contains(&other) => None,
+        other => process_field(&d.process, other),
     }
 }
 
@@ -373,6 +397,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::FileAccess(a) => access_field(a, path),
             EventData::Network(n) => network_field(n, path),
             EventData::Gap(_) => None,
+            EventData::Dns(d) => dns_field(d, path),
         }
     }
 
@@ -400,7 +425,7 @@ impl SigmaEventTrait for SigmaView<'_> {
             EventData::FileAccess(a) => visit(&a.process.cmdline),
             EventData::Auth(a) => visit(&a.message),
             EventData::Audit(a) => a.fields.values().for_each(|v| visit(v)),
-            EventData::File(_) | EventData::Network(_) | EventData::Gap(_) => {}
+            EventData::File(_) | EventData::Network(_) | EventData::Gap(_) | EventData::Dns(_) => {}
         }
     }
 
@@ -425,6 +450,7 @@ impl SigmaEventTrait for SigmaView<'_> {
                 }
             }
             EventData::Gap(_) => {}
+            EventData::Dns(_) => DNS_FIELDS.iter().chain(PROCESS_FIELDS).for_each(|k| put(k)),
         }
         Value::Object(map)
     }
@@ -448,6 +474,7 @@ impl SigmaEventTrait for SigmaView<'_> {
                 a.fields.keys().for_each(|k| visit(k));
             }
             EventData::Gap(_) => {}
+            EventData::Dns(_) => DNS_FIELDS.iter().chain(PROCESS_FIELDS).for_each(|k| visit(k)),
         }
         true
     }
@@ -645,8 +672,12 @@ mod tests {
             placement(Some("network_connection"), Some("linux"), None),
             Placement::One(Bucket::Network, None)
         );
-        assert!(matches!(
+        assert_eq!(
             placement(Some("dns_query"), Some("linux"), None),
+            Placement::One(Bucket::Dns, None)
+        );
+        assert!(matches!(
+            placement(Some("dns"), Some("linux"), None),
             Placement::Inactive(_)
         ));
     }
@@ -663,6 +694,7 @@ mod tests {
                 destination_ip: dst.map(|d| d.parse().unwrap()),
                 destination_port: dst.map(|_| 4444),
                 established: true,
+                destination_hostname: None,
                 process: ProcessEvent {
                     pid: 7,
                     exe: "/usr/bin/bash".into(),
@@ -700,5 +732,74 @@ mod tests {
         assert_eq!((get(&v, "DestinationIp"), get(&v, "DestinationPort")), (None, None));
         let keys = v.top_level_keys().unwrap();
         assert!(keys.iter().any(|k| k == "SourcePort") && keys.iter().any(|k| k == "Image"));
+    }
+
+    #[test]
+    fn dns_lookups_read_as_dns_query_fields() {
+        let e = Event {
+            observed_at_ms: 1,
+            data: EventData::Dns(Box::new(DnsEvent {
+                query_name: "x1.tunnel.example".into(),
+                query_type: "TXT".into(),
+                status: Some("NOERROR".into()),
+                answers: vec!["192.0.2.7".into(), "2001:db8::1".into()],
+                server_ip: Some("127.0.0.53".parse().unwrap()),
+                server_port: 53,
+                process: ProcessEvent {
+                    pid: 9,
+                    exe: "/usr/bin/dig".into(),
+                    cmdline: "dig x1.tunnel.example".into(),
+                    sha256: Some([1; 32]),
+                    ..Default::default()
+                },
+            })),
+        };
+        let v = SigmaView::new(&e);
+        let get = |k: &str| v.get_field(k).map(|x| x.to_json());
+        assert_eq!(get("QueryName"), Some(json!("x1.tunnel.example")));
+        assert_eq!(get("QueryType"), Some(json!("TXT")));
+        assert_eq!(get("QueryResults"), Some(json!("192.0.2.7;2001:db8::1")));
+        assert_eq!(get("QueryStatus"), Some(json!("NOERROR")));
+        assert_eq!(get("Image"), Some(json!("/usr/bin/dig")));
+        assert_eq!(get("ProcessId"), Some(json!(9)));
+        assert_eq!(get("Hashes"), None);
+        assert_eq!(buckets(&e).0, &[Bucket::Dns]);
+        assert!(
+            !v.any_string_value(&|s| s.contains("dig")),
+            "no keyword search on lookups"
+        );
+        let json = v.to_json();
+        assert_eq!(json["QueryName"], "x1.tunnel.example");
+        assert!(!Bucket::PRIMARY.contains(&Bucket::Dns));
+        let mut unanswered = e.clone();
+        if let EventData::Dns(d) = &mut unanswered.data {
+            d.status = None;
+            d.answers.clear();
+        }
+        let v = SigmaView::new(&unanswered);
+        assert_eq!(v.get_field("QueryStatus"), None);
+        assert_eq!(v.get_field("QueryResults"), None);
+    }
+
+    #[test]
+    fn a_connection_carries_the_name_its_address_was_looked_up_by() {
+        let e = Event {
+            observed_at_ms: 1,
+            data: EventData::Network(Box::new(NetworkEvent {
+                op: NetOp::Connect,
+                protocol: "udp".into(),
+                source_ip: "10.0.0.5".parse().unwrap(),
+                source_port: 0,
+                destination_ip: Some("192.0.2.7".parse().unwrap()),
+                destination_port: Some(443),
+                established: true,
+                process: ProcessEvent::default(),
+                destination_hostname: Some("c2.example".into()),
+            })),
+        };
+        let v = SigmaView::new(&e);
+        assert_eq!(v.get_field("DestinationHostname"), s("c2.example"));
+        assert_eq!(v.get_field("Protocol"), s("udp"));
+        assert_eq!(v.to_json()["DestinationHostname"], "c2.example");
     }
 }

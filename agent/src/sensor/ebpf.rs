@@ -12,6 +12,11 @@
 //!   the connecting process), listens (with the listening process) and accepted
 //!   connections (named after the process listening on the port).
 //!
+//! UDP connects, sendtos and binds and DNS messages come from a third object,
+//! `udp.bpf.o` (cgroup programs, loaded by `sensor::netcg`); [`run_net`] reads its
+//! ring buffer beside the TCP one, pairs DNS queries with their responses and names a
+//! connection's remote address after the answer that gave it.
+//!
 //! Only BTF tracepoints are used: no kprobes, fentry or tracefs, which some kernels
 //! lack or refuse (this machine's kernel has no kprobes and refuses fentry). Needs BTF
 //! (`/sys/kernel/btf/vmlinux`), `bpf_loop` (5.17+) and CAP_BPF + CAP_PERFMON (or root).
@@ -44,7 +49,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::process::ProcessTracker;
 use super::{SensorConfig, SensorCtx, SensorError};
-use ward_detect::event::{EventData, NetOp, NetworkEvent, ProcessEvent};
+use ward_detect::event::{DnsEvent, EventData, NetOp, NetworkEvent, ProcessEvent};
 
 /// The compiled exec program (see agent/bpf/exec.bpf.c).
 static EXEC_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/exec.bpf.o");
@@ -54,6 +59,9 @@ static NET_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/net.bpf.o");
 const KIND_EXEC: u32 = 1;
 const KIND_NET: u32 = 2;
 const KIND_NET_EXE: u32 = 3;
+/// A UDP record (udp.bpf.c's `udp_event`: `net_event`'s layout, the socket's cookie
+/// in place of its address).
+const KIND_UDP: u32 = 4;
 
 // struct exec_event (exec.bpf.c): byte offsets.
 const EXEC_CGROUP_AT: usize = 72;
@@ -181,8 +189,11 @@ pub struct NetRecord {
     pub remote: SocketAddr,
     /// None for an accept (the kernel completes it outside the accepting process).
     pub owner: Option<NetOwner>,
-    /// The socket (a kernel address): pairs the record with its [`NetExe`].
+    /// The socket (a kernel address; a UDP socket's cookie): pairs the record with
+    /// its [`NetExe`].
     pub sk: u64,
+    /// A UDP socket (connect, sendto or bind); else TCP.
+    pub udp: bool,
 }
 
 /// The executable of the process connecting or listening on a socket, sent by the
@@ -365,7 +376,7 @@ pub fn decode_net(b: &[u8]) -> Result<NetRecord, DecodeError> {
     }
     let short = || DecodeError::Short(b.len());
     let kind = u32_at(b, 0).ok_or_else(short)?;
-    if kind != KIND_NET {
+    if kind != KIND_NET && kind != KIND_UDP {
         return Err(DecodeError::Kind(kind));
     }
     let byte = |at: usize| b.get(at).copied().ok_or_else(short);
@@ -395,6 +406,7 @@ pub fn decode_net(b: &[u8]) -> Result<NetRecord, DecodeError> {
         remote,
         owner,
         sk: u64_at(b, 88).ok_or_else(short)?,
+        udp: kind == KIND_UDP,
     })
 }
 
@@ -416,7 +428,7 @@ fn load_err(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> LoadError 
 
 /// Full error chain of an aya error (its Display alone often says only "the program
 /// could not be loaded"; the source has the kernel's errno).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -506,6 +518,26 @@ impl Probe {
         })
     }
 
+    /// A loaded object whose programs are attached: its ring buffer `ring` and
+    /// lost-record counter `lost` (other objects than the two above: `sensor::netcg`).
+    pub(super) fn from_loaded(mut ebpf: Ebpf, what: &'static str, ring: &str, lost: &str) -> Result<Self, LoadError> {
+        let ring_map = ebpf
+            .take_map(ring)
+            .ok_or_else(|| load_err(what)(&format!("no map {ring}")))?;
+        let ring = RingBuf::try_from(ring_map).map_err(|e| load_err(what)(&chain(&e)))?;
+        let lost_map = ebpf
+            .take_map(lost)
+            .ok_or_else(|| load_err(what)(&format!("no map {lost}")))?;
+        let lost = PerCpuArray::try_from(lost_map).map_err(|e| load_err(what)(&chain(&e)))?;
+        release_freed_memory();
+        Ok(Probe {
+            _ebpf: ebpf,
+            ring,
+            lost,
+            lost_seen: 0,
+        })
+    }
+
     /// The exec program, attached.
     pub fn exec() -> Result<Self, LoadError> {
         Self::load(
@@ -532,7 +564,7 @@ impl Probe {
 
     /// Waits up to `timeout` for records. False on timeout.
     #[allow(unsafe_code)]
-    fn wait(&self, timeout: Duration) -> io::Result<bool> {
+    pub(super) fn wait(&self, timeout: Duration) -> io::Result<bool> {
         let mut pfd = libc::pollfd {
             fd: self.ring.as_raw_fd(),
             events: libc::POLLIN,
@@ -553,8 +585,35 @@ impl Probe {
         Ok(n > 0)
     }
 
+    /// Waits up to `timeout` for records in this ring buffer or `other`'s. False on
+    /// timeout.
+    #[allow(unsafe_code)]
+    fn wait_with(&self, other: Option<&Probe>, timeout: Duration) -> io::Result<bool> {
+        let Some(other) = other else {
+            return self.wait(timeout);
+        };
+        let mut pfds = [self.ring.as_raw_fd(), other.ring.as_raw_fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfds` is an array of two live, initialised pollfds and the count
+        // passed is its length; poll writes only their `revents` during the call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EINTR) {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n > 0)
+    }
+
     /// Records the kernel could not queue since the last call.
-    fn newly_lost(&mut self) -> u64 {
+    pub(super) fn newly_lost(&mut self) -> u64 {
         let total: u64 = self
             .lost
             .get(&0, 0)
@@ -567,7 +626,7 @@ impl Probe {
 
     /// Hands every queued record to `each` (copied out: the kernel may reuse the space
     /// once `each` returns), up to `max`. Returns how many were handled.
-    fn drain(&mut self, max: usize, mut each: impl FnMut(&[u8]) -> bool) -> usize {
+    pub(super) fn drain(&mut self, max: usize, mut each: impl FnMut(&[u8]) -> bool) -> usize {
         let mut n = 0;
         while n < max {
             let Some(item) = self.ring.next() else {
@@ -828,7 +887,8 @@ impl Dedup {
 
 /// Turns a kernel record into the event: the process named through the tracker (what
 /// the exec source saw, else /proc), the initiating side as the source.
-fn network_event(rec: &NetRecord, process: ProcessEvent) -> NetworkEvent {
+/// `hostname`: the name a DNS answer gave the destination.
+fn network_event(rec: &NetRecord, process: ProcessEvent, hostname: Option<String>) -> NetworkEvent {
     let (source, destination) = match rec.op {
         NetOp::Connect => (rec.local, Some(rec.remote)),
         NetOp::Accept => (rec.remote, Some(rec.local)),
@@ -836,93 +896,245 @@ fn network_event(rec: &NetRecord, process: ProcessEvent) -> NetworkEvent {
     };
     NetworkEvent {
         op: rec.op,
-        protocol: "tcp".into(),
+        protocol: if rec.udp { "udp" } else { "tcp" }.into(),
         source_ip: source.ip(),
         source_port: source.port(),
         destination_ip: destination.map(|d| d.ip()),
         destination_port: destination.map(|d| d.port()),
-        established: rec.op != NetOp::Connect || rec.established,
+        // A UDP "connection" is a datagram sent (or a connect, which sends nothing).
+        established: rec.op != NetOp::Connect || rec.established || rec.udp,
         process,
+        destination_hostname: hostname,
     }
 }
 
-/// Reports TCP connects, accepts and listens from the loaded network program until
-/// the sensor is stopped.
+/// How long a DNS query waits for its response before it is reported alone.
+const DNS_ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// Addresses remembered with the name a DNS answer gave them.
+const HOSTNAMES: usize = 4096;
+
+/// Reports TCP connects, accepts and listens from the loaded network program, and UDP
+/// connects, sends and binds and DNS lookups from the cgroup programs (`udp`: None
+/// when configured off, else loaded or why not), until the sensor is stopped.
 pub fn run_net(
     config: &SensorConfig,
     probe: &mut Probe,
+    mut udp: Option<Result<Probe, LoadError>>,
     tracker: &ProcessTracker,
     ctx: &SensorCtx,
 ) -> Result<(), SensorError> {
     let mut listeners = Listeners::from_proc(Path::new("/proc"));
-    let source = "eBPF inet_sock_set_state (TCP connect, accept, listen)";
-    ctx.ready(source);
+    let tcp_source = "eBPF inet_sock_set_state (TCP connect, accept, listen)";
+    let mut what = Vec::new();
+    if config.network_udp_enabled {
+        what.push("UDP connect, sendto, bind");
+    }
+    if config.dns_enabled {
+        what.push("DNS on UDP port 53");
+    }
+    let source = match &udp {
+        Some(Ok(_)) => format!("{tcp_source}; eBPF cgroup hooks ({})", what.join("; ")),
+        _ => tcp_source.to_string(),
+    };
+    let degraded = match &udp {
+        Some(Err(e)) => {
+            let why = format!("{} not seen ({e}); TCP connections are reported", what.join(" and "));
+            tracing::warn!(%why, "network sensor degraded");
+            if !ctx.gap(why.clone()) {
+                return Ok(());
+            }
+            Some(why)
+        }
+        _ => None,
+    };
+    let show = |extra: &str| match &degraded {
+        Some(why) => ctx.degraded(format!("{source}{extra}"), why.clone()),
+        None => ctx.ready(format!("{source}{extra}")),
+    };
+    show("");
+    let mut udp = match udp.take() {
+        Some(Ok(p)) => Some(p),
+        _ => None,
+    };
     let mut report = LossReport::new();
+    let mut udp_report = LossReport::new();
     let mut dedup = Dedup::new(Duration::from_millis(config.network_dedup_ms));
     let mut folded_shown = 0u64;
+    let (mut dns_malformed, mut malformed_shown) = (0u64, 0u64);
     let mut shown_at = Instant::now();
     // The executable sent for each socket, until its record comes.
     let mut exes: HashMap<u64, String> = HashMap::new();
+    let mut lookups = super::netcg::Lookups::new(DNS_ANSWER_WAIT);
+    let mut hostnames = super::netcg::Hostnames::new(HOSTNAMES);
+    // A drain that stopped at its cap left records behind: read on without waiting.
+    let mut backlog = false;
     while !ctx.stopped() {
-        if probe
-            .wait(Duration::from_millis(250))
-            .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?
+        if !backlog
+            && probe
+                .wait_with(udp.as_ref(), Duration::from_millis(250))
+                .map_err(|e| SensorError::io("eBPF network ring buffer poll", e))?
         {
             std::thread::sleep(COALESCE);
         }
         let mut records: Vec<NetRecord> = Vec::new();
+        let mut dns: Vec<super::netcg::DnsRecord> = Vec::new();
         let mut bad = 0u64;
-        probe.drain(4096, |b| {
+        let mut keep_exe = |e: NetExe| {
+            if exes.len() >= 16_384 {
+                exes.clear();
+            }
+            exes.insert(e.sk, e.exe);
+        };
+        backlog = probe.drain(4096, |b| {
             match decode_net_item(b) {
                 Ok(NetItem::Net(r)) => records.push(r),
-                Ok(NetItem::Exe(e)) => {
-                    if exes.len() >= 16_384 {
-                        exes.clear();
-                    }
-                    exes.insert(e.sk, e.exe);
-                }
+                Ok(NetItem::Exe(e)) => keep_exe(e),
                 Err(e) => {
                     bad += 1;
                     tracing::debug!(error = %e, "malformed eBPF network record");
                 }
             }
             true
-        });
+        }) >= 4096;
         report.pending_bad += bad;
+        let mut bad_udp = 0u64;
+        if let Some(u) = udp.as_mut() {
+            backlog |= u.drain(4096, |b| {
+                match super::netcg::decode_udp_item(b) {
+                    Ok(super::netcg::UdpItem::Net(NetItem::Net(r))) => records.push(r),
+                    Ok(super::netcg::UdpItem::Net(NetItem::Exe(e))) => keep_exe(e),
+                    Ok(super::netcg::UdpItem::Dns(d)) => dns.push(d),
+                    Err(e) => {
+                        bad_udp += 1;
+                        tracing::debug!(error = %e, "malformed eBPF UDP record");
+                    }
+                }
+                true
+            }) >= 4096;
+        }
         let now = Instant::now();
+        // DNS first: a connection made right after a lookup is named by its answer.
+        let mut done = lookups.expired(now);
+        for d in &dns {
+            match super::netcg::parse_dns(&d.payload, d.cut) {
+                Ok(msg) if msg.response == d.response => done.extend(lookups.message(d, msg, now)),
+                // Not DNS (anything may use port 53): counted on the board, not a gap,
+                // since it is no blind spot of the sensor's.
+                Ok(_) => {
+                    dns_malformed += 1;
+                    tracing::debug!("DNS message in the wrong direction for its flag");
+                }
+                Err(e) => {
+                    dns_malformed += 1;
+                    tracing::debug!(error = %e, "malformed DNS message");
+                }
+            }
+        }
+        udp_report.pending_bad += bad_udp;
+        for l in done {
+            hostnames.learn(&l, now);
+            if !config.dns_enabled {
+                continue;
+            }
+            let process = match &l.owner {
+                Some(o) => tracker.network_process(
+                    o.tgid,
+                    o.start_ns,
+                    o.uid,
+                    &o.comm,
+                    exes.get(&l.cookie).map(String::as_str),
+                ),
+                None => ProcessEvent::default(),
+            };
+            if !ctx.emit(EventData::Dns(Box::new(dns_event(&l, process)))) {
+                return Ok(());
+            }
+        }
         for rec in records {
             let owner = match (&rec.owner, rec.op) {
                 (Some(o), NetOp::Listen) => {
-                    listeners.listen(rec.local.port(), o.clone());
+                    if !rec.udp {
+                        listeners.listen(rec.local.port(), o.clone());
+                    }
                     Some(o.clone())
                 }
                 (Some(o), _) => Some(o.clone()),
                 (None, _) => listeners.owner(rec.local.port()).cloned(),
             };
-            let exe = exes.remove(&rec.sk);
+            // A UDP socket's executable stays for its DNS messages (the map is bounded).
+            let exe = if rec.udp {
+                exes.get(&rec.sk).cloned()
+            } else {
+                exes.remove(&rec.sk)
+            };
             let tgid = owner.as_ref().map(|o| o.tgid).unwrap_or(0);
-            if !dedup.admit(tgid, rec.op, rec.remote, now) {
+            if !dedup.admit(tgid, rec.op, dedup_peer(&rec), now) {
                 continue;
             }
             let process = match &owner {
                 Some(o) => tracker.network_process(o.tgid, o.start_ns, o.uid, &o.comm, exe.as_deref()),
                 None => ProcessEvent::default(),
             };
-            if !ctx.emit(EventData::Network(Box::new(network_event(&rec, process)))) {
+            // The destination's name: a connect's remote end (an accept's destination
+            // is this host).
+            let hostname = (rec.op == NetOp::Connect)
+                .then(|| hostnames.get(&rec.remote.ip(), now))
+                .flatten()
+                .map(str::to_string);
+            if !ctx.emit(EventData::Network(Box::new(network_event(&rec, process, hostname)))) {
                 return Ok(());
             }
         }
         report.tick(probe, ctx, "network");
-        if dedup.folded != folded_shown && shown_at.elapsed() >= Duration::from_secs(10) {
+        if let Some(u) = udp.as_mut() {
+            udp_report.tick(u, ctx, "UDP and DNS");
+        }
+        if (dedup.folded != folded_shown || dns_malformed != malformed_shown)
+            && shown_at.elapsed() >= Duration::from_secs(10)
+        {
             folded_shown = dedup.folded;
+            malformed_shown = dns_malformed;
             shown_at = Instant::now();
-            ctx.ready(format!(
-                "{source}; {folded_shown} repeated connections folded (same process and peer within {} ms)",
-                config.network_dedup_ms
-            ));
+            let mut extra = String::new();
+            if folded_shown > 0 {
+                extra.push_str(&format!(
+                    "; {folded_shown} repeated connections folded (same process and peer within {} ms)",
+                    config.network_dedup_ms
+                ));
+            }
+            if malformed_shown > 0 {
+                extra.push_str(&format!("; {malformed_shown} malformed DNS messages dropped"));
+            }
+            show(&extra);
         }
     }
     Ok(())
+}
+
+/// What repeats of a record are recognised by: the peer, or for a listener (which
+/// has none) the local address it listens on, so two ports listened on are two events.
+fn dedup_peer(rec: &NetRecord) -> SocketAddr {
+    match rec.op {
+        NetOp::Listen => rec.local,
+        NetOp::Connect | NetOp::Accept => rec.remote,
+    }
+}
+
+/// Turns a paired DNS lookup into the event.
+fn dns_event(l: &super::netcg::Lookup, process: ProcessEvent) -> DnsEvent {
+    let (status, answers) = match &l.response {
+        Some(r) => (Some(r.rcode.clone()), r.answers.clone()),
+        None => (None, Vec::new()),
+    };
+    DnsEvent {
+        query_name: l.query.name.clone(),
+        query_type: l.query.qtype.clone(),
+        status,
+        answers,
+        server_ip: Some(l.server.ip()),
+        server_port: l.server.port(),
+        process,
+    }
 }
 
 #[cfg(test)]
@@ -1105,6 +1317,13 @@ mod tests {
             r.owner.is_none(),
             "an accept's process is the listener's, named by the agent"
         );
+        assert!(!r.udp);
+        // udp.bpf.c's UDP record: the same layout, its own kind.
+        let mut b = net_bytes(1, 4, (&[0, 0, 0, 0], 0), (&[192, 0, 2, 9], 53), 2);
+        b[0..4].copy_from_slice(&KIND_UDP.to_le_bytes());
+        let r = decode_net(&b).unwrap();
+        assert!(r.udp && r.op == NetOp::Connect);
+        assert_eq!(network_event(&r, ProcessEvent::default(), None).protocol, "udp");
     }
 
     #[test]
@@ -1152,21 +1371,22 @@ mod tests {
             remote: "198.51.100.9:50000".parse().unwrap(),
             owner: None,
             sk: 1,
+            udp: false,
         };
-        let c = network_event(&rec(NetOp::Connect), ProcessEvent::default());
+        let c = network_event(&rec(NetOp::Connect), ProcessEvent::default(), None);
         assert_eq!(
             (c.source_ip.to_string(), c.destination_port),
             ("10.0.0.5".into(), Some(50000))
         );
         assert_eq!(c.remote_ip(), Some("198.51.100.9".parse().unwrap()));
-        let a = network_event(&rec(NetOp::Accept), ProcessEvent::default());
+        let a = network_event(&rec(NetOp::Accept), ProcessEvent::default(), None);
         assert_eq!((a.source_ip.to_string(), a.source_port), ("198.51.100.9".into(), 50000));
         assert_eq!((a.destination_port, a.remote_ip()), (Some(8080), Some(a.source_ip)));
-        let l = network_event(&rec(NetOp::Listen), ProcessEvent::default());
+        let l = network_event(&rec(NetOp::Listen), ProcessEvent::default(), None);
         assert_eq!((l.source_port, l.destination_ip, l.remote_ip()), (8080, None, None));
         let mut refused = rec(NetOp::Connect);
         refused.established = false;
-        assert!(!network_event(&refused, ProcessEvent::default()).established);
+        assert!(!network_event(&refused, ProcessEvent::default(), None).established);
     }
 
     #[test]
@@ -1181,6 +1401,20 @@ mod tests {
         assert!(d.admit(7, NetOp::Connect, "198.51.100.9:80".parse().unwrap(), t0));
         assert!(d.admit(7, NetOp::Connect, peer, t0 + Duration::from_millis(1000)));
         assert_eq!(d.folded, 1);
+        // Listeners fold on the address they listen on.
+        let listen = |port: u16| NetRecord {
+            op: NetOp::Listen,
+            established: true,
+            local: SocketAddr::new("0.0.0.0".parse().unwrap(), port),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            owner: None,
+            sk: 1,
+            udp: true,
+        };
+        assert!(d.admit(7, NetOp::Listen, dedup_peer(&listen(53)), t0));
+        assert!(d.admit(7, NetOp::Listen, dedup_peer(&listen(5353)), t0), "another port");
+        assert!(!d.admit(7, NetOp::Listen, dedup_peer(&listen(53)), t0));
+        assert_eq!(d.folded, 2);
         let mut off = Dedup::new(Duration::ZERO);
         assert!(off.admit(7, NetOp::Connect, peer, t0) && off.admit(7, NetOp::Connect, peer, t0));
     }
@@ -1403,6 +1637,169 @@ mod tests {
         assert_eq!(r.loginuid.to_string(), me.trim(), "the login uid is inherited");
     }
 
+    /// Runs the network sensor with `udp` until `done` says what it got is enough
+    /// (or 10 s pass), after `act`; returns the board's network line and the events.
+    fn run_net_with(
+        udp: Option<Result<Probe, LoadError>>,
+        act: impl FnOnce(),
+        done: impl Fn(&[EventData]) -> bool,
+    ) -> (ward_protocol::SensorState, Vec<EventData>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(65_536);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let board = crate::sensor::SensorBoard::default();
+        let ctx = SensorCtx::new("network", tx, stop.clone()).on_board(board.clone());
+        let config = SensorConfig {
+            network_dedup_ms: 0,
+            ..SensorConfig::default()
+        };
+        let mut probe = Probe::net().unwrap();
+        let runner = std::thread::spawn(move || {
+            let tracker = ProcessTracker::new(1 << 20, 64);
+            run_net(&config, &mut probe, udp, &tracker, &ctx).unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while board
+            .get("network")
+            .is_none_or(|s| s.readiness == ward_protocol::Readiness::Starting)
+        {
+            assert!(Instant::now() < deadline, "the network sensor never said it was ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        act();
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&events) && Instant::now() < deadline {
+            while let Ok(e) = rx.try_recv() {
+                events.push(e.data);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runner.join().unwrap();
+        (board.get("network").unwrap(), events)
+    }
+
+    /// Without the cgroup programs the network sensor says it is degraded and why
+    /// (and reports a gap), and TCP connections are still reported. Needs root.
+    #[test]
+    fn without_the_cgroup_programs_tcp_runs_degraded() {
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs"
+        );
+        let why = LoadError::Load {
+            what: "UDP and DNS programs",
+            detail: "no cgroup v2 hierarchy is mounted".into(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tcp_to_port = |e: &EventData| matches!(e, EventData::Network(n) if n.protocol == "tcp" && n.destination_port == Some(port) && n.op == NetOp::Connect);
+        let (state, events) = run_net_with(
+            Some(Err(why)),
+            || {
+                let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                listener.accept().unwrap();
+            },
+            |events| events.iter().any(tcp_to_port),
+        );
+        assert_eq!(state.readiness, ward_protocol::Readiness::Degraded, "{state:?}");
+        let detail = state.detail.unwrap_or_default();
+        assert!(
+            detail.contains("UDP") && detail.contains("no cgroup v2 hierarchy is mounted") && detail.contains("TCP"),
+            "{detail}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, EventData::Gap(g) if g.detail.contains("no cgroup v2")))
+        );
+        assert!(events.iter().any(tcp_to_port), "TCP still reported");
+    }
+
+    /// With the cgroup programs: a DNS lookup by bash to a responder on
+    /// 127.0.83.55:53 arrives as a DNS event with its answer and bash as the process,
+    /// and bash's UDP send to the answered address right after carries the name
+    /// (`DestinationHostname`). Needs root.
+    #[test]
+    fn a_lookup_and_the_connection_it_named_arrive_together() {
+        assert!(
+            crate::sensor::test_is_root(),
+            "needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
+        );
+        let udp = super::super::netcg::load(super::super::netcg::Hooks {
+            udp: true,
+            dns: true,
+            dedup: Duration::ZERO,
+            ignore_tgid: Some(std::process::id()),
+        });
+        assert!(udp.is_ok(), "{udp:?}");
+        let dns = std::net::UdpSocket::bind("127.0.83.55:53").expect("binding 127.0.83.55:53");
+        let sink = std::net::UdpSocket::bind("127.0.83.99:0").unwrap();
+        let sink_port = sink.local_addr().unwrap().port();
+        let responder = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = dns.recv_from(&mut buf).unwrap();
+            let q = &buf[..n];
+            // The query with the response flag, one answer: 127.0.83.99 (TTL 60).
+            let mut r = q.to_vec();
+            r[2] |= 0x80;
+            r[7] = 1;
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 83, 99]);
+            dns.send_to(&r, from).unwrap();
+        });
+        // ward-lookup.example A, id 0x4242, as bytes bash can print.
+        let query = "\\x42\\x42\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x0bward-lookup\\x07example\\x00\\x00\\x01\\x00\\x01";
+        let script = format!(
+            "exec 3<>/dev/udp/127.0.83.55/53; printf '{query}' >&3; head -c 1 <&3 >/dev/null; echo hi > /dev/udp/127.0.83.99/{sink_port}"
+        );
+        let mut bash_pid = 0;
+        let got = |events: &[EventData]| {
+            events.iter().any(|e| matches!(e, EventData::Dns(_)))
+                && events
+                    .iter()
+                    .any(|e| matches!(e, EventData::Network(n) if n.destination_port == Some(sink_port)))
+        };
+        let (state, events) = run_net_with(
+            Some(udp),
+            || {
+                let mut bash = std::process::Command::new("bash")
+                    .args(["-c", &script])
+                    .spawn()
+                    .unwrap();
+                bash_pid = bash.id();
+                assert!(bash.wait().unwrap().success());
+            },
+            got,
+        );
+        responder.join().unwrap();
+        assert_eq!(state.readiness, ward_protocol::Readiness::Ready, "{state:?}");
+        assert!(state.source.contains("DNS"), "{state:?}");
+        let d = events
+            .iter()
+            .find_map(|e| match e {
+                EventData::Dns(d) if d.query_name == "ward-lookup.example" => Some(d),
+                _ => None,
+            })
+            .expect("the lookup");
+        assert_eq!((d.query_type.as_str(), d.status.as_deref()), ("A", Some("NOERROR")));
+        assert_eq!(d.answers, vec!["127.0.83.99"]);
+        assert_eq!((d.process.pid, d.server_port), (bash_pid, 53));
+        assert!(d.process.exe.ends_with("/bash"), "{:?}", d.process);
+        let n = events
+            .iter()
+            .find_map(|e| match e {
+                EventData::Network(n) if n.destination_port == Some(sink_port) => Some(n),
+                _ => None,
+            })
+            .expect("the UDP send");
+        assert_eq!(
+            (n.protocol.as_str(), n.op, n.process.pid),
+            ("udp", NetOp::Connect, bash_pid)
+        );
+        assert_eq!(n.destination_hostname.as_deref(), Some("ward-lookup.example"));
+        drop(sink);
+    }
+
     /// The committed objects are what agent/bpf/build makes from the committed C.
     #[test]
     fn committed_objects_match_their_source() {
@@ -1441,7 +1838,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success(), "agent/bpf/build failed");
-        for name in ["exec.bpf.o", "net.bpf.o"] {
+        for name in ["exec.bpf.o", "net.bpf.o", "udp.bpf.o"] {
             let built = std::fs::read(out.path().join(name)).unwrap();
             let committed = std::fs::read(bpf.join(name)).unwrap();
             assert!(

@@ -40,6 +40,7 @@ pub mod hash;
 pub mod inventory;
 pub mod journal;
 pub mod lineage;
+pub mod netcg;
 pub mod pipes;
 pub mod proc_connector;
 pub mod process;
@@ -82,6 +83,17 @@ pub struct SensorConfig {
     /// once per this window; repeats are counted on the board, milliseconds (0: every
     /// connection). Default: 1000.
     pub network_dedup_ms: u64,
+    /// Also report UDP: connects, datagrams sent with an address (sendto), and binds
+    /// to a named port (`Operation: listen`), with their process (eBPF cgroup hooks on
+    /// the root cgroup v2; needs CAP_NET_ADMIN besides CAP_BPF and CAP_PERFMON, or
+    /// root; without them the network sensor is degraded and TCP still reported).
+    /// Default: true.
+    pub network_udp_enabled: bool,
+    /// Report DNS lookups on UDP port 53 (name, type, answers, response code and the
+    /// process that asked), and name a connection's remote address after the answer
+    /// that gave it (`DestinationHostname`). Same hooks and needs as
+    /// `network_udp_enabled`. Default: true.
+    pub dns_enabled: bool,
     /// Largest executable to hash, bytes. Default: 67108864 (64 MiB).
     pub exe_hash_max_bytes: u64,
     /// Hashes to remember per sensor, entries (about 80 bytes each). Default: 4096.
@@ -167,6 +179,8 @@ impl Default for SensorConfig {
             process_source: ProcessSource::Auto,
             network_enabled: true,
             network_dedup_ms: 1000,
+            network_udp_enabled: true,
+            dns_enabled: true,
             exe_hash_max_bytes: 64 * 1024 * 1024,
             hash_cache_entries: 4096,
             hash_budget_bytes_per_s: 32 * 1024 * 1024,
@@ -523,7 +537,17 @@ pub async fn run_sensors(
         runners.push((
             "network",
             Arc::new(move |ctx| match ebpf::Probe::net() {
-                Ok(mut probe) => ebpf::run_net(&c, &mut probe, &t, ctx),
+                Ok(mut probe) => {
+                    let udp = (c.network_udp_enabled || c.dns_enabled).then(|| {
+                        netcg::load(netcg::Hooks {
+                            udp: c.network_udp_enabled,
+                            dns: c.dns_enabled,
+                            dedup: Duration::from_millis(c.network_dedup_ms),
+                            ignore_tgid: Some(std::process::id()),
+                        })
+                    });
+                    ebpf::run_net(&c, &mut probe, udp, &t, ctx)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "network sensor: eBPF unavailable");
                     ctx.blind(format!(

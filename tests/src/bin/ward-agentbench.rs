@@ -6,7 +6,7 @@
 //!   target/release/ward-agentbench resources
 //!   target/release/ward-agentbench actions --kind quarantine --count 200
 //!   target/release/ward-agentbench actions --kind isolate --count 200   (root; runs in its own network namespace)
-//!   target/release/ward-agentbench kernel   (root: the eBPF exec and network sources)
+//!   target/release/ward-agentbench kernel   (root: the eBPF exec, network, UDP and DNS sources)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,14 +36,22 @@ enum Bench {
         count: usize,
     },
     /// The eBPF sources (root): how many of `execs` sub-millisecond execs under load
-    /// arrive with full argv and parent, how many of `connections` loopback connects
-    /// arrive with the right pid and exe, and the agent's CPU at `rate` execs/s plus
-    /// `rate` connections/s.
+    /// arrive with full argv and parent, how many of `connections` loopback connects,
+    /// `datagrams` UDP sendtos and `lookups` DNS queries (to a responder on
+    /// 127.0.85.53:53) arrive with the right pid and exe, and the agent's CPU at
+    /// `rate` execs/s plus `rate` connections/s.
     Kernel {
         #[arg(long, default_value_t = 10_000)]
         execs: usize,
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        #[arg(long, default_value_t = 10_000)]
+        datagrams: usize,
+        #[arg(long, default_value_t = 10_000)]
+        lookups: usize,
+        /// DNS lookups per second (0: as fast as they are answered).
+        #[arg(long, default_value_t = 1000)]
+        lookup_rate: u64,
         #[arg(long, default_value_t = 1000)]
         rate: u64,
         /// Seconds of the paced load.
@@ -112,13 +120,16 @@ fn main() -> Result<()> {
         Bench::Kernel {
             execs,
             connections,
+            datagrams,
+            lookups,
+            lookup_rate,
             rate,
             secs,
             cpu_only,
         } => match cpu_only {
             Some(source) => paced(&source, rate, secs),
             None => {
-                kernel(execs, connections)?;
+                kernel(execs, connections, datagrams, lookups, lookup_rate)?;
                 paced("ebpf", rate, secs)
             }
         },
@@ -316,7 +327,82 @@ fn settle(want: usize, count: impl Fn() -> Result<usize>) -> Result<usize> {
     }
 }
 
-fn kernel(execs: usize, connections: usize) -> Result<()> {
+/// A DNS query for `name`, type A, with id `id`.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Answers every query on `sock` with 192.0.2.1 until `stop`.
+fn dns_responder(sock: std::net::UdpSocket, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    sock.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let mut buf = [0u8; 512];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let mut r = buf[..n].to_vec();
+        if r.len() < 12 {
+            continue;
+        }
+        r[2] |= 0x80;
+        r[7] = 1;
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        let _ = sock.send_to(&r, from);
+    }
+}
+
+/// `n` lookups of `name(i)` to 127.0.85.53:53 at `rate` a second (0: as fast as they
+/// are answered), a socket each as a stub resolver makes them; returns how many were
+/// answered.
+fn lookup_burst(n: usize, rate: u64, name: impl Fn(usize) -> String) -> Result<usize> {
+    let t0 = Instant::now();
+    let mut answered = 0;
+    for i in 0..n {
+        if let Some(us) = (i as u64 * 1_000_000).checked_div(rate)
+            && let Some(wait) = (t0 + Duration::from_micros(us)).checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        sock.connect("127.0.85.53:53")?;
+        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+        sock.send(&dns_query(i as u16, &name(i)))?;
+        let mut buf = [0u8; 512];
+        if sock.recv(&mut buf).is_ok() {
+            answered += 1;
+        }
+    }
+    Ok(answered)
+}
+
+/// Alerts of rule `title` whose process entity is this process and its executable.
+fn alerts_naming_me(collector: &Collector, title: &str) -> Result<usize> {
+    let me = std::process::id();
+    let my_exe = std::fs::read_link("/proc/self/exe")?.display().to_string();
+    let db = collector.db()?;
+    let mut stmt = db.prepare("SELECT entities FROM alerts WHERE rule_title = ?1")?;
+    let rows = stmt.query_map([title], |r| r.get::<_, String>(0))?;
+    let mut n = 0;
+    for row in rows {
+        let entities: Vec<serde_json::Value> = serde_json::from_str(&row?)?;
+        if entities
+            .iter()
+            .any(|e| e["kind"] == "process" && e["pid"] == me && e["exe"] == my_exe.as_str())
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn kernel(execs: usize, connections: usize, datagrams: usize, lookups: usize, lookup_rate: u64) -> Result<()> {
     if !ward_tests::is_root() {
         bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
     }
@@ -337,6 +423,20 @@ fn kernel(execs: usize, connections: usize) -> Result<()> {
             "title: bench connect\nid: 6c2a9f3d-8b4e-4d7c-8f1a-2b3c4d5e6f70\nstatus: test\nlogsource:\n    product: linux\n    category: network_connection\ndetection:\n    selection:\n        Initiated: 'true'\n        DestinationPort: {port}\n    condition: selection\nlevel: medium\n"
         ),
     )?;
+    let udp_sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let udp_port = udp_sink.local_addr()?.port();
+    std::fs::write(
+        rules.path().join("udp.yml"),
+        format!(
+            "title: bench udp\nid: 7d3b0a4e-9c5f-4e8d-9a2b-3c4d5e6f7081\nstatus: test\nlogsource:\n    product: linux\n    category: network_connection\ndetection:\n    selection:\n        Protocol: udp\n        DestinationPort: {udp_port}\n    condition: selection\nlevel: medium\n"
+        ),
+    )?;
+    std::fs::write(
+        rules.path().join("dns.yml"),
+        format!(
+            "title: bench dns\nid: 8e4c1b5f-0d6a-4f9e-8b3c-4d5e6f708192\nstatus: test\nlogsource:\n    product: linux\n    category: dns_query\ndetection:\n    selection:\n        QueryName|endswith: '.{marker}.example'\n        QueryResults: '192.0.2.1'\n    condition: selection\nlevel: medium\n"
+        ),
+    )?;
     let rules_dir = rules.path().display().to_string();
     // The default sensors and pack, eBPF only, every connection reported (no folding
     // of repeats: the figures are for every connection), every match its own alert.
@@ -349,9 +449,10 @@ fn kernel(execs: usize, connections: usize) -> Result<()> {
     agent.wait_connected(Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_secs(3));
     let status = agent.status()?;
-    if !status.contains("process: ready (eBPF") || !status.contains("network: ready (eBPF") {
+    if !status.contains("process: ready (eBPF") || !status.contains("network: ready (eBPF") || !status.contains("DNS") {
         bail!("the eBPF sources are not running: {status}");
     }
+    let agent_pid = agent.pid().context("agent pid")?;
 
     // 1. Sub-millisecond execs (/bin/true) from a shell loop, with both cores busy.
     let burners: Vec<std::process::Child> = (0..2)
@@ -433,6 +534,62 @@ fn kernel(execs: usize, connections: usize) -> Result<()> {
         got as f64 * 100.0 / connections as f64,
         connections as f64 / conn_secs
     );
+
+    // 3. UDP datagrams sent with an address (sendto) by this process, each reported
+    // (no folding); the agent's CPU from the first to the last alert stored.
+    let cpu0 = cpu_seconds(agent_pid)?;
+    let t0 = Instant::now();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    for i in 0..datagrams {
+        sender.send_to(&(i as u32).to_le_bytes(), ("127.0.0.1", udp_port))?;
+        // Paced a little, as the sink reads nothing: the socket's buffer stays small.
+        if i % 64 == 63 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let udp_secs = t0.elapsed().as_secs_f64();
+    let got = settle(datagrams, || alerts_naming_me(&collector, "bench udp"))?;
+    let cpu = (cpu_seconds(agent_pid)? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "udp: {got} of {datagrams} ({:.2} %) sendtos reported with the right pid and exe; {:.0} datagrams/s; agent {cpu:.1} % of one core until the last alert was stored",
+        got as f64 * 100.0 / datagrams as f64,
+        datagrams as f64 / udp_secs
+    );
+    drop(udp_sink);
+
+    // 4. DNS lookups as a stub resolver makes them (a socket each, connect, send,
+    // wait for the answer), to a responder on a loopback address's port 53, paced at
+    // `lookup_rate` a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dns = std::net::UdpSocket::bind("127.0.85.53:53").context("binding 127.0.85.53:53")?;
+    let s = stop.clone();
+    let responder = std::thread::spawn(move || dns_responder(dns, s));
+    let cpu0 = cpu_seconds(agent_pid)?;
+    let t0 = Instant::now();
+    let answered = lookup_burst(lookups, lookup_rate, |i| format!("q{i}.{marker}.example"))?;
+    let dns_secs = t0.elapsed().as_secs_f64();
+    let got = settle(lookups, || alerts_naming_me(&collector, "bench dns"))?;
+    let cpu = (cpu_seconds(agent_pid)? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "dns: {got} of {lookups} ({:.2} %) lookups reported with their answer and the right pid and exe ({answered} answered); {:.0} lookups/s; agent {cpu:.1} % of one core until the last alert was stored",
+        got as f64 * 100.0 / lookups as f64,
+        lookups as f64 / dns_secs
+    );
+    // 5. The same lookups for 10 s matching no rule: what seeing them costs, without
+    // the alerts (signing, the outbox's fsync, sending) the part above paid for.
+    let rate = if lookup_rate > 0 { lookup_rate } else { 1000 };
+    let n = (rate * 10) as usize;
+    let cpu0 = cpu_seconds(agent_pid)?;
+    let t0 = Instant::now();
+    lookup_burst(n, rate, |i| format!("q{i}.quiet.example"))?;
+    let cpu = (cpu_seconds(agent_pid)? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    println!("dns, matching no rule: {rate} lookups/s for 10 s: agent {cpu:.2} % of one core");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = responder.join();
+    let status = agent.status()?;
+    for line in status.lines().filter(|l| l.contains("network")) {
+        println!("  status: {}", line.trim());
+    }
 
     drop(agent);
     drop(collector);

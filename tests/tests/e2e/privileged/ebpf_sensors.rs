@@ -2,8 +2,11 @@
 //! fallback, so these tests see eBPF or fail saying why): a thousand execs of
 //! `/bin/true` in a tight loop all arrive with their full command line and parent,
 //! and a loopback connect by bash and its accept by this test process arrive with the
-//! right process, ports and remote address. The device record and `ward-agent status`
-//! name the eBPF sources.
+//! right process, ports and remote address; a DNS lookup by bash and its UDP send to
+//! the answered address raise a `dns_query` and a `network_connection` (`Protocol:
+//! udp`, `DestinationHostname`) alert naming bash; an agent killed with `kill -9`
+//! leaves none of its cgroup programs loaded. The device record and `ward-agent
+//! status` name the eBPF sources.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -402,4 +405,195 @@ async fn a_shell_fed_by_a_decoder_through_a_pipe_raises_the_pipe_rule() {
         assert!(exe.ends_with("/base64"), "{process}");
         assert_eq!(matched["PipedToImage"], "/usr/bin/bash", "{matched}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_lookup_and_the_udp_send_it_named_raise_alerts_naming_bash() {
+    assert!(
+        is_root(),
+        "attaching the cgroup programs needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run this suite as root (CI does)"
+    );
+    let collector = Collector::start_with(without_folding).unwrap();
+    let name = format!("ward-e2e-{}.example", std::process::id());
+    let rules = [
+        (
+            "dns.yml",
+            rule(
+                "3f9a6e4c-0d5b-4a8c-9e7f-4b2c3d5e6f73",
+                "e2e dns lookup",
+                "dns_query",
+                &format!("        QueryName: '{name}'\n        QueryType: 'A'"),
+            ),
+        ),
+        (
+            "udp.yml",
+            rule(
+                "4a0b7f5d-1e6c-4b9d-8f80-5c3d4e6f7a84",
+                "e2e udp send",
+                "network_connection",
+                &format!("        Protocol: 'udp'\n        DestinationHostname: '{name}'"),
+            ),
+        ),
+    ];
+    let (agent, _rules) = start_agent(&collector, &rules);
+    wait_source(&collector, &agent, "network", "DNS").await;
+
+    // A responder on a loopback address's port 53 (root may bind it) answers the
+    // query with 127.0.84.99; bash then sends a datagram there.
+    let dns = std::net::UdpSocket::bind("127.0.84.53:53").expect("binding 127.0.84.53:53");
+    let sink = std::net::UdpSocket::bind("127.0.84.99:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let responder = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let (n, from) = dns.recv_from(&mut buf).unwrap();
+        let mut r = buf[..n].to_vec();
+        r[2] |= 0x80; // a response
+        r[7] = 1; // one answer: the question's name (compressed), A, IN, TTL 60
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 84, 99]);
+        dns.send_to(&r, from).unwrap();
+    });
+    let mut query = String::from("\\x42\\x43\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00");
+    for label in name.split('.') {
+        query.push_str(&format!("\\x{:02x}{label}", label.len()));
+    }
+    query.push_str("\\x00\\x00\\x01\\x00\\x01");
+    let script = format!(
+        "exec 3<>/dev/udp/127.0.84.53/53; printf '{query}' >&3; head -c 1 <&3 >/dev/null; echo hi > /dev/udp/127.0.84.99/{sink_port}"
+    );
+    let mut bash = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let bash_pid = bash.id();
+    assert!(bash.wait().unwrap().success());
+    responder.join().unwrap();
+
+    let dev = agent.device_id.clone();
+    let process_of = |a: &Value| -> Option<Value> {
+        a["entities"]
+            .as_array()?
+            .iter()
+            .find(|e| e["kind"] == "process")
+            .cloned()
+    };
+    let lookup = collector
+        .wait_alert(&dev, Duration::from_secs(15), |a| {
+            a["rule"]["title"] == "e2e dns lookup" && process_of(a).is_some_and(|p| p["pid"] == bash_pid)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no dns_query alert naming bash (pid {bash_pid}): {e}"));
+    let p = process_of(&lookup).unwrap();
+    assert!(p["exe"].as_str().is_some_and(|e| e.ends_with("/bash")), "{lookup}");
+    let entities = lookup["entities"].as_array().unwrap();
+    assert!(
+        entities
+            .iter()
+            .any(|e| e["kind"] == "domain" && e["name"] == name.as_str()),
+        "{lookup}"
+    );
+    assert!(
+        entities.iter().any(|e| e["kind"] == "ip" && e["addr"] == "127.0.84.99"),
+        "the answer is an entity: {lookup}"
+    );
+    let send = collector
+        .wait_alert(&dev, Duration::from_secs(15), |a| {
+            a["rule"]["title"] == "e2e udp send" && process_of(a).is_some_and(|p| p["pid"] == bash_pid)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no udp network_connection alert naming bash: {e}"));
+    assert!(send["matched"].to_string().contains(&name), "{send}");
+    let status = agent.status().unwrap();
+    assert!(
+        status.contains("network: ready (") && status.contains("DNS"),
+        "{status}"
+    );
+    drop(sink);
+}
+
+/// The ids of the BPF programs that `pid`'s cgroup links hold (from its fds' fdinfo).
+fn cgroup_link_programs(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_type:").as_deref() == Some("cgroup")
+            && let Some(id) = field("prog_id:").and_then(|v| v.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Whether the kernel still has BPF program `id` (BPF_PROG_GET_FD_BY_ID).
+fn program_loaded(id: u32) -> bool {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // union bpf_attr's member for *_GET_FD_BY_ID: the id, next_id, open_flags.
+    let attr: [u32; 3] = [id, 0, 0];
+    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes from `attr`, which lives for the
+    // call; it returns a new descriptor we close, or -1.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: `fd` is the descriptor bpf(2) just gave us, closed once.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::close(fd as i32);
+        }
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOENT),
+        "BPF_PROG_GET_FD_BY_ID {id}: {err}"
+    );
+    false
+}
+
+/// The cgroup programs go with the agent's process: after `kill -9` none of those its
+/// links held is loaded any more, and UDP still flows (they allowed everything while
+/// they ran, and nothing is left to ask).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_no_cgroup_program_behind() {
+    assert!(
+        is_root(),
+        "attaching the cgroup programs needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run this suite as root (CI does)"
+    );
+    let collector = Collector::start_with(without_folding).unwrap();
+    let (mut agent, _rules) = start_agent(&collector, &[]);
+    wait_source(&collector, &agent, "network", "DNS").await;
+    let programs = cgroup_link_programs(agent.pid().unwrap());
+    // connect, sendmsg, bind (v4 and v6), post_bind v4 and v6, skb egress and ingress.
+    assert_eq!(programs.len(), 10, "the agent's cgroup links: {programs:?}");
+    assert!(programs.iter().all(|id| program_loaded(*id)));
+    agent.kill9();
+    // Programs are freed after the links close and an RCU grace period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while programs.iter().any(|id| program_loaded(*id)) {
+        assert!(Instant::now() < deadline, "programs left after kill -9: {programs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(b"after", server.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 8];
+    let (n, _) = server
+        .recv_from(&mut buf)
+        .expect("UDP blocked after the agent was killed");
+    assert_eq!(&buf[..n], b"after");
 }
