@@ -73,7 +73,10 @@ pub async fn run(opts: &Options) -> Result<(Vec<TestResult>, Vec<String>)> {
     // The file sensor's start-up scan and first inventory pass before any test.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let default_pack = ward_detect::defaultpack::default_rule_files(&Default::default());
+    let (default_pack, pack_errors) = ward_detect::Detector::load(&ward_detect::default_rule_files(&Default::default()));
+    if !pack_errors.is_empty() {
+        bail!("the default pack does not compile: {pack_errors:?}");
+    }
     let mut pending: Vec<(Planned, Result<(RunWindow, Option<i32>), Outcome>)> = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         eprintln!("[{}/{}] {} {} ({:?})", i + 1, plan.len(), p.technique, p.name, p.mode);
@@ -235,10 +238,7 @@ async fn all_alerts(collector: &Collector, device: &str) -> Result<Vec<Value>> {
 }
 
 fn protected_fingerprint() -> Vec<String> {
-    fingerprint(PROTECTED)
-        .into_iter()
-        .filter(|l| !PROTECTED_SKIP.iter().any(|s| l.starts_with(&format!("{s}/")) || l.starts_with(&format!("{s} "))))
-        .collect()
+    fingerprint(PROTECTED, PROTECTED_SKIP)
 }
 
 /// Absolute paths the live tests name under the volatile host folders (which other

@@ -177,6 +177,7 @@ impl Lab {
             }
         });
         let mut top: Option<(u32, u64)> = None;
+        let mut netns: Option<PathBuf> = None;
         let mut exit: Option<i32> = None;
         let mut launch_error = None;
         loop {
@@ -187,6 +188,7 @@ impl Lab {
                             .map(|s| s.start_time_ms)
                             .unwrap_or(started_ms);
                         top = Some((pid, start));
+                        netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
                     } else if let Some(code) = line.strip_prefix("WARD_EXIT ") {
                         exit = code.trim().parse().ok();
                     }
@@ -211,8 +213,13 @@ impl Lab {
             }
         }
         let ended_ms = crate::now_ms();
-        // Whatever the test left running in its group goes too.
+        // Whatever the test left running goes too: its process group, and whatever
+        // left the group (a new session, as pty.spawn makes) but not its network
+        // namespace, which is the test's alone.
         kill_group(group);
+        if let Some(ns) = &netns {
+            kill_namespace(ns);
+        }
         let stderr = child.wait_with_output().map(|o| o.stderr).unwrap_or_default();
         if let Some(e) = launch_error {
             bail!("{e}: {}", String::from_utf8_lossy(&stderr));
@@ -240,6 +247,20 @@ fn kill_group(group: u32) {
         .status();
 }
 
+/// Kills every process in the network namespace `ns` (a `net:[inode]` link).
+fn kill_namespace(ns: &Path) {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l == ns) {
+            let _ = Command::new("kill").args(["-KILL", pid]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.holder.kill();
@@ -249,8 +270,9 @@ impl Drop for Lab {
 
 /// A fingerprint of the host paths the lab protects: every entry's path, type,
 /// size, mode, owner and modification time, under `roots` (not following
-/// symlinks, not crossing into other file systems). Compared before and after.
-pub fn fingerprint(roots: &[&str]) -> Vec<String> {
+/// symlinks, not crossing into other file systems, not entering `skip`). Compared
+/// before and after.
+pub fn fingerprint(roots: &[&str], skip: &[&str]) -> Vec<String> {
     use std::os::unix::fs::MetadataExt as _;
     let mut out = Vec::new();
     let mut stack: Vec<(PathBuf, u64)> = Vec::new();
@@ -260,6 +282,9 @@ pub fn fingerprint(roots: &[&str]) -> Vec<String> {
         }
     }
     while let Some((p, dev)) = stack.pop() {
+        if skip.iter().any(|s| p == Path::new(s)) {
+            continue;
+        }
         let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
         out.push(format!(
             "{} {:o} {} {} {} {}",

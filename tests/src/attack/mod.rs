@@ -548,21 +548,29 @@ pub fn replay_events(planned: &Planned, at_ms: u64) -> Vec<Value> {
     events
 }
 
-/// Runs replayed events through `rules`; returns the matching rules (one per rule)
-/// and whether one names the test's technique.
-pub fn replay_judge(planned: &Planned, rules: &[ward_protocol::RuleFile], events: &[Value]) -> (Vec<SeenAlert>, bool) {
-    let jsonl: String = events.iter().map(|e| format!("{e}\n")).collect();
-    let report = ward_detect::rulestest::test_rules(rules, &jsonl);
+/// Runs replayed events through `detector` (compile the pack once:
+/// `ward_detect::Detector::load`); returns the matching rules (one per rule) and
+/// whether one names the test's technique.
+pub fn replay_judge(planned: &Planned, detector: &ward_detect::Detector, events: &[Value]) -> (Vec<SeenAlert>, bool) {
+    let rules: Vec<ward_protocol::RuleRef> = events
+        .iter()
+        .filter_map(|e| match ward_detect::rulestest::parse_event_line(&e.to_string()) {
+            Ok(ward_detect::rulestest::EventLine::Ward(event)) => Some(event),
+            _ => None,
+        })
+        .flat_map(|event| detector.evaluate(&event))
+        .map(|d| d.rule)
+        .collect();
     let mut seen: Vec<SeenAlert> = Vec::new();
-    for m in &report.matches {
-        if seen.iter().any(|s| s.rule_id == m.rule.id) {
+    for rule in &rules {
+        if seen.iter().any(|s| s.rule_id == rule.id) {
             continue;
         }
         seen.push(SeenAlert {
-            rule_title: m.rule.title.clone(),
-            rule_id: m.rule.id.clone(),
-            techniques: m.rule.techniques.clone(),
-            matched_technique: m.rule.techniques.iter().any(|t| technique_matches(&planned.technique, t)),
+            rule_title: rule.title.clone(),
+            rule_id: rule.id.clone(),
+            techniques: rule.techniques.clone(),
+            matched_technique: rule.techniques.iter().any(|t| technique_matches(&planned.technique, t)),
             how: None,
             observed_at_ms: 0,
             received_at_ms: 0,
@@ -847,8 +855,9 @@ mod tests {
         let events = replay_events(cron, 1);
         assert!(events.iter().any(|e| e["data"]["kind"] == "file" && e["data"]["path"] == "/etc/cron.d/persistevil"), "{events:?}");
         assert!(!events.iter().any(|e| e["data"]["exe"] == "/usr/bin/echo"), "echo is a builtin: {events:?}");
-        let rules = ward_detect::defaultpack::default_rule_files(&Default::default());
-        let (titles, matched) = replay_judge(cron, &rules, &events);
+        let (detector, errors) = ward_detect::Detector::load(&ward_detect::default_rule_files(&Default::default()));
+        assert!(errors.is_empty(), "{errors:?}");
+        let (titles, matched) = replay_judge(cron, &detector, &events);
         assert!(matched, "the cron rule sees a file in /etc/cron.d: {titles:?}");
     }
 
