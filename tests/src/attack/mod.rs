@@ -289,7 +289,6 @@ const UNSAFE: &[&str] = &[
     "systemctl disable",
     "systemctl daemon-reload",
     "systemd-run",
-    "service ",
     "sysctl",
     "/proc/sys",
     "insmod",
@@ -314,9 +313,17 @@ const UNSAFE: &[&str] = &[
     "setenforce",
 ];
 
-/// Why `command` may not run live, if it may not.
+/// Why `command` may not run live, if it may not. `service NAME start` (or stop,
+/// restart...) on one line reaches the host's init like systemctl does.
 pub fn unsafe_reason(command: &str) -> Option<&'static str> {
-    UNSAFE.iter().copied().find(|p| command.contains(p))
+    if let Some(p) = UNSAFE.iter().copied().find(|p| command.contains(p)) {
+        return Some(p);
+    }
+    const VERBS: &[&str] = &[" start", " stop", " restart", " reload", " enable", " disable"];
+    command
+        .lines()
+        .any(|l| l.contains("service ") && VERBS.iter().any(|v| l.contains(v)))
+        .then_some("service start/stop")
 }
 
 /// Whether an alert's technique counts for a test's: the same technique or the
@@ -521,7 +528,8 @@ pub fn replay_events(planned: &Planned, at_ms: u64) -> Vec<Value> {
             while i < words.len() && (words[i].contains('=') && !words[i].starts_with('=') || words[i] == "sudo") {
                 i += 1;
             }
-            if let Some(w) = words.iter().position(|w| *w == ">" || *w == ">>") {
+            // The last redirection is the shell's (an earlier one may sit in quotes).
+            if let Some(w) = words.iter().rposition(|w| *w == ">" || *w == ">>") {
                 if let Some(path) = words.get(w + 1).filter(|p| p.starts_with('/')) {
                     events.push(json!({"observed_at_ms": at_ms, "data": {"kind": "file", "op": "modify", "path": path.trim_matches('"')}}));
                 }
@@ -709,7 +717,7 @@ mod tests {
         assert_eq!(shadow.technique, "T1003.008");
         assert_eq!(shadow.tactic, "credential-access");
         assert!(shadow.command.contains("sudo cat /etc/shadow > /tmp/T1003.008.txt"), "{}", shadow.command);
-        assert_eq!(shadow.cleanup, "rm -f /tmp/T1003.008.txt");
+        assert_eq!(shadow.cleanup.trim(), "rm -f /tmp/T1003.008.txt");
         // An override replaces the default (grep -ri password / would read every disk).
         let grep = plan.iter().find(|p| p.guid.starts_with("bd4cf0d1")).unwrap();
         assert!(grep.command.starts_with("grep -ri password /etc"), "{}", grep.command);
@@ -738,6 +746,8 @@ mod tests {
         let plan = plan();
         let stop = plan.iter().find(|p| p.guid.starts_with("c3a377f9")).unwrap();
         assert_eq!(unsafe_reason(&stop.command), Some("systemctl stop"));
+        assert_eq!(unsafe_reason("service art-test start"), Some("service start/stop"));
+        assert_eq!(unsafe_reason("service -e; else systemctl --type=service; fi"), None);
     }
 
     #[test]
