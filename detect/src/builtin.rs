@@ -93,6 +93,9 @@ builtin!(
     "lnx_ward_system_language_discovery.yml",
     "lnx_ward_kernel_driver_discovery.yml",
     "lnx_ward_shred_remove.yml",
+    "lnx_ward_base64_decode_cmdline.yml",
+    "lnx_ward_setuid_search.yml",
+    "lnx_ward_shell_history_read.yml",
 );
 
 /// The built-in pack as rule files, ready for [`super::Detector::load`].

@@ -89,6 +89,10 @@ pub async fn run(opts: &Options) -> Result<(Vec<TestResult>, Vec<String>)> {
     }
     tokio::time::sleep(opts.settle).await;
     let alerts = all_alerts(&collector, &agent.device_id).await?;
+    // What the agent lost or could not see, to read the misses by.
+    for line in agent.status()?.lines().filter(|l| l.contains("lost") || l.contains("gap")) {
+        eprintln!("agent status: {}", line.trim());
+    }
 
     let mut results = Vec::new();
     for (p, outcome) in pending {
@@ -192,6 +196,8 @@ async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> Result<(R
     };
     if !p.cleanup.trim().is_empty() && unsafe_reason(&p.cleanup).is_none() {
         let _ = lab.launch(&format!("{i:03}-{short}-cleanup"), &p.executor, &p.cleanup, opts.timeout);
+        // The cleanup's file changes must not land in the next test's window.
+        tokio::time::sleep(opts.settle).await;
     }
     Ok((window, launch.exit))
 }
@@ -207,6 +213,9 @@ fn wait_ready(agent: &Agent, within: Duration) -> Result<()> {
     loop {
         let status = agent.status()?;
         if status.contains("process: ready (eBPF") {
+            if let Some(pack) = status.lines().find(|l| l.contains("rule pack")) {
+                eprintln!("agent {}", pack.trim());
+            }
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {

@@ -203,9 +203,12 @@ impl Lab {
                 if matches!(status.code(), Some(97 | 98)) {
                     launch_error = Some(format!("the test namespace could not be set up ({status})"));
                 }
-                // Drain what is left, then stop.
+                // Drain what is left (a quick test's pid may still be on its way), then stop.
                 while let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                    if let Some(code) = line.strip_prefix("WARD_EXIT ") {
+                    if let Some(pid) = line.strip_prefix("WARD_TOP ").and_then(|p| p.trim().parse::<u32>().ok()) {
+                        // Already gone: its start is about when the launch began.
+                        top = Some((pid, started_ms));
+                    } else if let Some(code) = line.strip_prefix("WARD_EXIT ") {
                         exit = code.trim().parse().ok();
                     }
                 }

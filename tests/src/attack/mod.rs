@@ -523,7 +523,8 @@ pub fn replay_events(planned: &Planned, at_ms: u64) -> Vec<Value> {
         for simple in line.split(['|', ';', '&']).map(str::trim).filter(|s| !s.is_empty()) {
             let simple = simple.trim_start_matches(['(', ')', ' ']).trim();
             let words: Vec<&str> = simple.split_whitespace().collect();
-            let mut i = 0;
+            // `then cmd`, `else cmd`, `do cmd`, `! cmd` run `cmd`.
+            let mut i = usize::from(matches!(words.first(), Some(&("then" | "else" | "do" | "!"))));
             // `VAR=value cmd` and `sudo cmd` run `cmd`.
             while i < words.len() && (words[i].contains('=') && !words[i].starts_with('=') || words[i] == "sudo") {
                 i += 1;
@@ -599,6 +600,15 @@ pub fn quantile(values: &[u64], q: f64) -> Option<u64> {
     Some(v[rank - 1])
 }
 
+/// A failing command says so beside a miss (its target missing here, a bug of the test).
+fn exit_note(status: Option<i32>) -> String {
+    match status {
+        Some(0) => String::new(),
+        Some(n) => format!("; exit {n}"),
+        None => "; timed out".to_string(),
+    }
+}
+
 fn pct(n: usize, of: usize) -> String {
     if of == 0 {
         "-".into()
@@ -649,11 +659,14 @@ pub fn markdown(results: &[TestResult]) -> String {
     for r in results.iter().filter(|r| r.mode != Mode::Replay) {
         let result = match &r.outcome {
             Outcome::Matched => "matched".to_string(),
-            Outcome::WrongTechnique => "wrong technique".to_string(),
-            Outcome::NoAlert => match r.replay_matches {
-                Some(true) => "no alert (replayed lines match: telemetry)".to_string(),
-                _ => "no alert (no rule)".to_string(),
-            },
+            Outcome::WrongTechnique => "wrong technique".to_string() + &exit_note(r.exit_status),
+            Outcome::NoAlert => {
+                let why = match r.replay_matches {
+                    Some(true) => "no alert (replayed lines match: telemetry)",
+                    _ => "no alert (no rule)",
+                };
+                format!("{why}{}", exit_note(r.exit_status))
+            }
             Outcome::Skipped(why) => format!("skipped: {why}"),
             Outcome::Failed(why) => format!("failed: {why}"),
         };
