@@ -12,7 +12,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::lab::{Lab, fingerprint, fingerprint_diff};
-use super::{Mode, Outcome, Planned, RunWindow, TestResult, judge, load_plan, replay_events, replay_judge, unsafe_reason};
+use super::{
+    Mode, Outcome, Planned, RunWindow, TestResult, judge, load_plan, replay_events, replay_judge, unsafe_reason,
+};
 use crate::{Agent, Collector, is_root, without_folding};
 
 /// How to run.
@@ -73,7 +75,8 @@ pub async fn run(opts: &Options) -> Result<(Vec<TestResult>, Vec<String>)> {
     // The file sensor's start-up scan and first inventory pass before any test.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let (default_pack, pack_errors) = ward_detect::Detector::load(&ward_detect::default_rule_files(&Default::default()));
+    let (default_pack, pack_errors) =
+        ward_detect::Detector::load(&ward_detect::default_rule_files(&Default::default()));
     if !pack_errors.is_empty() {
         bail!("the default pack does not compile: {pack_errors:?}");
     }
@@ -90,7 +93,11 @@ pub async fn run(opts: &Options) -> Result<(Vec<TestResult>, Vec<String>)> {
     tokio::time::sleep(opts.settle).await;
     let alerts = all_alerts(&collector, &agent.device_id).await?;
     // What the agent lost or could not see, to read the misses by.
-    for line in agent.status()?.lines().filter(|l| l.contains("lost") || l.contains("gap")) {
+    for line in agent
+        .status()?
+        .lines()
+        .filter(|l| l.contains("lost") || l.contains("gap"))
+    {
         eprintln!("agent status: {}", line.trim());
     }
 
@@ -165,15 +172,25 @@ async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> Result<(R
     let short = &p.guid[..8.min(p.guid.len())];
     for (n, pre) in p.prereqs.iter().enumerate() {
         let check = |tag: &str| {
-            lab.launch(&format!("{i:03}-{short}-pre{n}-{tag}"), &p.prereq_executor, &pre.check, opts.timeout)
-                .map(|l| l.exit == Some(0))
+            lab.launch(
+                &format!("{i:03}-{short}-pre{n}-{tag}"),
+                &p.prereq_executor,
+                &pre.check,
+                opts.timeout,
+            )
+            .map(|l| l.exit == Some(0))
         };
         let met = check("a").map_err(|e| Outcome::Failed(format!("prerequisite check: {e:#}")))?;
         if met {
             continue;
         }
         if p.mode == Mode::LivePrereq {
-            let _ = lab.launch(&format!("{i:03}-{short}-pre{n}-get"), &p.prereq_executor, &pre.get, opts.timeout);
+            let _ = lab.launch(
+                &format!("{i:03}-{short}-pre{n}-get"),
+                &p.prereq_executor,
+                &pre.get,
+                opts.timeout,
+            );
             if check("b").unwrap_or(false) {
                 continue;
             }
@@ -195,7 +212,12 @@ async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> Result<(R
         temp_paths: Vec::new(),
     };
     if !p.cleanup.trim().is_empty() && unsafe_reason(&p.cleanup).is_none() {
-        let _ = lab.launch(&format!("{i:03}-{short}-cleanup"), &p.executor, &p.cleanup, opts.timeout);
+        let _ = lab.launch(
+            &format!("{i:03}-{short}-cleanup"),
+            &p.executor,
+            &p.cleanup,
+            opts.timeout,
+        );
         // The cleanup's file changes must not land in the next test's window.
         tokio::time::sleep(opts.settle).await;
     }
@@ -203,7 +225,11 @@ async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> Result<(R
 }
 
 fn first_line(description: &str, fallback: &str) -> String {
-    let d = if description.trim().is_empty() { fallback } else { description };
+    let d = if description.trim().is_empty() {
+        fallback
+    } else {
+        description
+    };
     d.lines().next().unwrap_or_default().chars().take(120).collect()
 }
 
@@ -253,7 +279,14 @@ fn protected_fingerprint() -> Vec<String> {
 /// Absolute paths the live tests name under the volatile host folders (which other
 /// people's work changes, so they are checked path by path).
 pub fn artefact_paths(plan: &[Planned]) -> Vec<String> {
-    const VOLATILE: &[&str] = &["/tmp/", "/var/tmp/", "/var/log/", "/dev/shm/", "/var/lib/", "/var/mail/"];
+    const VOLATILE: &[&str] = &[
+        "/tmp/",
+        "/var/tmp/",
+        "/var/log/",
+        "/dev/shm/",
+        "/var/lib/",
+        "/var/mail/",
+    ];
     let mut paths: Vec<String> = plan
         .iter()
         .filter(|p| p.mode != Mode::Replay)
@@ -275,7 +308,11 @@ fn stat_all(paths: &[String]) -> Vec<Option<(u64, i64)>> {
     use std::os::unix::fs::MetadataExt as _;
     paths
         .iter()
-        .map(|p| std::fs::symlink_metadata(Path::new(p)).ok().map(|m| (m.len(), m.mtime())))
+        .map(|p| {
+            std::fs::symlink_metadata(Path::new(p))
+                .ok()
+                .map(|m| (m.len(), m.mtime()))
+        })
         .collect()
 }
 

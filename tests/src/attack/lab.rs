@@ -12,8 +12,8 @@
 //! [`super::unsafe_reason`] and replayed instead.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,19 @@ use anyhow::{Context, Result, bail};
 
 /// Host paths the lab overlays.
 pub const OVERLAID: &[&str] = &[
-    "/etc", "/root", "/home", "/tmp", "/var/tmp", "/var/spool", "/var/mail", "/var/log", "/var/lib", "/usr",
-    "/opt", "/srv", "/dev/shm",
+    "/etc",
+    "/root",
+    "/home",
+    "/tmp",
+    "/var/tmp",
+    "/var/spool",
+    "/var/mail",
+    "/var/log",
+    "/var/lib",
+    "/usr",
+    "/opt",
+    "/srv",
+    "/dev/shm",
 ];
 
 /// Mounts the overlays, says `ready`, then holds the namespace. `$1` is the lab dir.
@@ -150,7 +161,9 @@ impl Lab {
         let started = Instant::now();
         let mut child = Command::new("nsenter")
             .args(["-t", &self.pid.to_string(), "-m", "--"])
-            .args(["unshare", "--net", "--mount", "--uts", "--ipc", "--fork", "--", "sh", "-c", LAUNCH, "sh"])
+            .args([
+                "unshare", "--net", "--mount", "--uts", "--ipc", "--fork", "--", "sh", "-c", LAUNCH, "sh",
+            ])
             .arg(executor)
             .arg(&script_path)
             .arg(&out_path)
@@ -183,7 +196,10 @@ impl Lab {
         loop {
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(line) => {
-                    if let Some(pid) = line.strip_prefix("WARD_TOP ").and_then(|p| p.trim().parse::<u32>().ok()) {
+                    if let Some(pid) = line
+                        .strip_prefix("WARD_TOP ")
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                    {
                         let start = ward_agent::procfs::read_stat(Path::new("/proc"), pid)
                             .map(|s| s.start_time_ms)
                             .unwrap_or(started_ms);
@@ -205,7 +221,10 @@ impl Lab {
                 }
                 // Drain what is left (a quick test's pid may still be on its way), then stop.
                 while let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                    if let Some(pid) = line.strip_prefix("WARD_TOP ").and_then(|p| p.trim().parse::<u32>().ok()) {
+                    if let Some(pid) = line
+                        .strip_prefix("WARD_TOP ")
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                    {
                         // Already gone: its start is about when the launch began.
                         top = Some((pid, started_ms));
                     } else if let Some(code) = line.strip_prefix("WARD_EXIT ") {

@@ -116,8 +116,8 @@ pub struct Planned {
 /// Reads the curated list and the atomics it names from `dir`.
 pub fn load_plan(dir: &Path) -> Result<Vec<Planned>> {
     let curated = std::fs::read_to_string(dir.join("curated.tsv")).context("curated.tsv")?;
-    let index = std::fs::read_to_string(dir.join("atomics/Indexes/Indexes-CSV/linux-index.csv"))
-        .context("linux-index.csv")?;
+    let index =
+        std::fs::read_to_string(dir.join("atomics/Indexes/Indexes-CSV/linux-index.csv")).context("linux-index.csv")?;
     let mut files: HashMap<String, AtomicFile> = HashMap::new();
     let mut plan = Vec::new();
     for (n, line) in curated.lines().enumerate() {
@@ -210,7 +210,12 @@ pub fn plan_test(file: &AtomicFile, row: &CuratedRow, index_csv: &str) -> Result
         bail!("{} runs under {}, not sh or bash", row.guid, test.executor.name);
     }
     if file.attack_technique != row.technique {
-        bail!("{} belongs to {}, not {}", row.guid, file.attack_technique, row.technique);
+        bail!(
+            "{} belongs to {}, not {}",
+            row.guid,
+            file.attack_technique,
+            row.technique
+        );
     }
     let tactics = index_tactics(index_csv, &row.guid);
     if !tactics.contains(&row.tactic) {
@@ -472,7 +477,11 @@ pub struct TestResult {
 }
 
 /// Judges a live run's alerts.
-pub fn judge(planned: &Planned, run: &RunWindow, alerts: &[Value]) -> (Outcome, Vec<SeenAlert>, Option<u64>, Option<u64>) {
+pub fn judge(
+    planned: &Planned,
+    run: &RunWindow,
+    alerts: &[Value],
+) -> (Outcome, Vec<SeenAlert>, Option<u64>, Option<u64>) {
     let mut seen: Vec<SeenAlert> = alerts
         .iter()
         .filter_map(|a| {
@@ -505,9 +514,9 @@ pub fn judge(planned: &Planned, run: &RunWindow, alerts: &[Value]) -> (Outcome, 
 
 /// Shell words that are not programs (no exec event of their own).
 const BUILTINS: &[&str] = &[
-    "echo", "printf", "cd", "export", "unset", "set", "if", "then", "else", "elif", "fi", "for", "do", "done",
-    "while", "[", "[[", "test", "true", "false", "exit", "alias", "trap", "history", "local", "read", "eval",
-    "{", "}", "case", "esac", "return", "source", ".", "wait",
+    "echo", "printf", "cd", "export", "unset", "set", "if", "then", "else", "elif", "fi", "for", "do", "done", "while",
+    "[", "[[", "test", "true", "false", "exit", "alias", "trap", "history", "local", "read", "eval", "{", "}", "case",
+    "esac", "return", "source", ".", "wait",
 ];
 
 /// A test's command lines as the process and file events a sensor would report
@@ -626,8 +635,14 @@ pub fn markdown(results: &[TestResult]) -> String {
     let matched = live.iter().filter(|r| r.outcome == Outcome::Matched).count();
     let lat: Vec<u64> = live.iter().filter_map(|r| r.detect_latency_ms).collect();
     let from_start: Vec<u64> = live.iter().filter_map(|r| r.from_start_ms).collect();
-    let skipped = results.iter().filter(|r| matches!(r.outcome, Outcome::Skipped(_))).count();
-    let failed = results.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
+    let skipped = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Skipped(_)))
+        .count();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .count();
     let mut out = String::new();
     let show = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
     let _ = writeln!(
@@ -704,7 +719,13 @@ pub fn markdown(results: &[TestResult]) -> String {
                 r.technique_name,
                 r.tactic,
                 r.name.replace('|', "/"),
-                if r.outcome == Outcome::Matched { "matched" } else if r.alerts.is_empty() { "no rule" } else { "wrong technique" },
+                if r.outcome == Outcome::Matched {
+                    "matched"
+                } else if r.alerts.is_empty() {
+                    "no rule"
+                } else {
+                    "wrong technique"
+                },
                 titles.join("; ").replace('|', "/")
             );
         }
@@ -729,7 +750,11 @@ mod tests {
         let shadow = plan.iter().find(|p| p.guid.starts_with("3723ab77")).unwrap();
         assert_eq!(shadow.technique, "T1003.008");
         assert_eq!(shadow.tactic, "credential-access");
-        assert!(shadow.command.contains("sudo cat /etc/shadow > /tmp/T1003.008.txt"), "{}", shadow.command);
+        assert!(
+            shadow.command.contains("sudo cat /etc/shadow > /tmp/T1003.008.txt"),
+            "{}",
+            shadow.command
+        );
         assert_eq!(shadow.cleanup.trim(), "rm -f /tmp/T1003.008.txt");
         // An override replaces the default (grep -ri password / would read every disk).
         let grep = plan.iter().find(|p| p.guid.starts_with("bd4cf0d1")).unwrap();
@@ -770,8 +795,11 @@ mod tests {
         assert!(CuratedRow::parse(&ok.replace("live", "maybe")).is_err());
         assert!(CuratedRow::parse(&ok.replace("\t-\t", "\tnoequals\t")).is_err());
         assert!(CuratedRow::parse("T1082\tdiscovery").is_err());
-        let index = std::fs::read_to_string(fixtures_dir().join("atomics/Indexes/Indexes-CSV/linux-index.csv")).unwrap();
-        let file = parse_atomic_file(&std::fs::read_to_string(fixtures_dir().join("atomics/T1082/T1082.yaml")).unwrap()).unwrap();
+        let index =
+            std::fs::read_to_string(fixtures_dir().join("atomics/Indexes/Indexes-CSV/linux-index.csv")).unwrap();
+        let file =
+            parse_atomic_file(&std::fs::read_to_string(fixtures_dir().join("atomics/T1082/T1082.yaml")).unwrap())
+                .unwrap();
         let row = CuratedRow::parse(ok).unwrap();
         assert!(plan_test(&file, &row, &index).is_ok());
         let wrong_tactic = CuratedRow::parse(&ok.replace("discovery", "impact")).unwrap();
@@ -817,7 +845,10 @@ mod tests {
             Some(Attribution::ProcessTree)
         );
         // The same pid with another start time is another process (pid reuse).
-        assert_eq!(attribute(&lineage(vec![node(800, 10_500), node(500, 90_000)]), &r), None);
+        assert_eq!(
+            attribute(&lineage(vec![node(800, 10_500), node(500, 90_000)]), &r),
+            None
+        );
         assert_eq!(attribute(&lineage(vec![node(800, 10_500), node(1, 0)]), &r), None);
         // A direct child named only by its process entity, inside the window.
         let child = json!({"observed_at_ms": 11_000, "entities": [
@@ -835,7 +866,10 @@ mod tests {
             attribute(&file("/run/ward-attackbench-1/t/abc/x", 12_000), &r),
             Some(Attribution::TempPath)
         );
-        assert_eq!(attribute(&file("/etc/cron.d/persistevil", 12_000), &r), Some(Attribution::Window));
+        assert_eq!(
+            attribute(&file("/etc/cron.d/persistevil", 12_000), &r),
+            Some(Attribution::Window)
+        );
         assert_eq!(attribute(&file("/etc/cron.d/persistevil", 25_000), &r), None);
         // A file alert of some other process is not the test's.
         let other = json!({"observed_at_ms": 12_000, "entities": [{"kind": "file", "path": "/etc/x"},
@@ -855,7 +889,10 @@ mod tests {
         let (o, seen, lat, from) = judge(
             &p,
             &r,
-            &[alert("other", "T1082", 10_500, 10_520), alert("shadow", "T1003.008", 10_600, 10_611)],
+            &[
+                alert("other", "T1082", 10_500, 10_520),
+                alert("shadow", "T1003.008", 10_600, 10_611),
+            ],
         );
         assert_eq!(o, Outcome::Matched);
         assert_eq!(seen.len(), 2);
@@ -871,13 +908,23 @@ mod tests {
         let audit = plan.iter().find(|p| p.guid.starts_with("33a29ab1")).unwrap();
         let events = replay_events(audit, 1);
         assert!(
-            events.iter().any(|e| e["data"]["cmdline"] == "auditctl -D" && e["data"]["exe"] == "/usr/bin/auditctl"),
+            events
+                .iter()
+                .any(|e| e["data"]["cmdline"] == "auditctl -D" && e["data"]["exe"] == "/usr/bin/auditctl"),
             "{events:?}"
         );
         let cron = plan.iter().find(|p| p.guid.starts_with("078e69eb")).unwrap();
         let events = replay_events(cron, 1);
-        assert!(events.iter().any(|e| e["data"]["kind"] == "file" && e["data"]["path"] == "/etc/cron.d/persistevil"), "{events:?}");
-        assert!(!events.iter().any(|e| e["data"]["exe"] == "/usr/bin/echo"), "echo is a builtin: {events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| e["data"]["kind"] == "file" && e["data"]["path"] == "/etc/cron.d/persistevil"),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e["data"]["exe"] == "/usr/bin/echo"),
+            "echo is a builtin: {events:?}"
+        );
         let (detector, errors) = ward_detect::Detector::load(&ward_detect::default_rule_files(&Default::default()));
         assert!(errors.is_empty(), "{errors:?}");
         let (titles, matched) = replay_judge(cron, &detector, &events);

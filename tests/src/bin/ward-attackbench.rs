@@ -77,7 +77,9 @@ async fn main() -> Result<()> {
                 for c in changed.iter().take(50) {
                     eprintln!("  {c}");
                 }
-                Err(anyhow::anyhow!("the host changed during the run: see the differences above"))
+                Err(anyhow::anyhow!(
+                    "the host changed during the run: see the differences above"
+                ))
             }
         }
         Err(e) => Err(e),

@@ -21,7 +21,10 @@ fn three_atomics_are_attributed_to_their_own_tests() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "ward-attackbench failed: {stderr}");
-    assert!(stderr.contains("host check: the protected paths are unchanged"), "{stderr}");
+    assert!(
+        stderr.contains("host check: the protected paths are unchanged"),
+        "{stderr}"
+    );
     let report: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("attackbench.json")).unwrap()).unwrap();
     assert_eq!(report.len(), 3, "{report:?}");
@@ -50,7 +53,12 @@ fn three_atomics_are_attributed_to_their_own_tests() {
     let mut keys: Vec<(String, u64)> = report
         .iter()
         .flat_map(|r| r["alerts"].as_array().unwrap().iter())
-        .map(|a| (a["rule_id"].as_str().unwrap().to_string(), a["observed_at_ms"].as_u64().unwrap()))
+        .map(|a| {
+            (
+                a["rule_id"].as_str().unwrap().to_string(),
+                a["observed_at_ms"].as_u64().unwrap(),
+            )
+        })
         .collect();
     let n = keys.len();
     keys.sort();
