@@ -89,7 +89,7 @@ pub async fn run(opts: &Options) -> Result<(Vec<TestResult>, Vec<String>)> {
     if !pack_errors.is_empty() {
         bail!("the default pack does not compile: {pack_errors:?}");
     }
-    let mut pending: Vec<(Planned, Result<(RunWindow, Option<i32>), Outcome>)> = Vec::new();
+    let mut pending: Vec<(Planned, LiveRun)> = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         eprintln!("[{}/{}] {} {} ({:?})", i + 1, plan.len(), p.technique, p.name, p.mode);
         if p.mode == Mode::Replay {
@@ -176,8 +176,11 @@ pub async fn run(opts: &Options) -> Result<(Vec<TestResult>, Vec<String>)> {
     Ok((results, changed))
 }
 
+/// A live test's window and exit status, or why it did not run.
+type LiveRun = Result<(RunWindow, Option<i32>), Outcome>;
+
 /// Prerequisites, the command, the settle time, then the cleanup (when it is safe).
-async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> Result<(RunWindow, Option<i32>), Outcome> {
+async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> LiveRun {
     let short = &p.guid[..8.min(p.guid.len())];
     for (n, pre) in p.prereqs.iter().enumerate() {
         let check = |tag: &str| {

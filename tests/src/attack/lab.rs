@@ -317,11 +317,12 @@ pub fn fingerprint(roots: &[&str], skip: &[&str]) -> Vec<String> {
             m.mtime(),
             m.mtime_nsec()
         ));
-        if m.is_dir() && m.dev() == dev {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                for e in rd.flatten() {
-                    stack.push((e.path(), dev));
-                }
+        if m.is_dir()
+            && m.dev() == dev
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            for e in rd.flatten() {
+                stack.push((e.path(), dev));
             }
         }
     }

@@ -539,10 +539,10 @@ pub fn replay_events(planned: &Planned, at_ms: u64) -> Vec<Value> {
                 i += 1;
             }
             // The last redirection is the shell's (an earlier one may sit in quotes).
-            if let Some(w) = words.iter().rposition(|w| *w == ">" || *w == ">>") {
-                if let Some(path) = words.get(w + 1).filter(|p| p.starts_with('/')) {
-                    events.push(json!({"observed_at_ms": at_ms, "data": {"kind": "file", "op": "modify", "path": path.trim_matches('"')}}));
-                }
+            if let Some(w) = words.iter().rposition(|w| *w == ">" || *w == ">>")
+                && let Some(path) = words.get(w + 1).filter(|p| p.starts_with('/'))
+            {
+                events.push(json!({"observed_at_ms": at_ms, "data": {"kind": "file", "op": "modify", "path": path.trim_matches('"')}}));
             }
             let Some(program) = words.get(i) else { continue };
             let program = program.trim_matches(['"', '\'', '(', ')', '`', '$']);
