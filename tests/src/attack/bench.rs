@@ -181,7 +181,7 @@ type LiveRun = Result<(RunWindow, Option<i32>), Outcome>;
 
 /// Prerequisites, the command, the settle time, then the cleanup (when it is safe).
 async fn run_live(lab: &Lab, p: &Planned, i: usize, opts: &Options) -> LiveRun {
-    let short = &p.guid[..8.min(p.guid.len())];
+    let short = p.guid.get(..8).unwrap_or(&p.guid);
     for (n, pre) in p.prereqs.iter().enumerate() {
         let check = |tag: &str| {
             lab.launch(
