@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod attack;
 pub mod browser;
 pub mod corpus;
 

@@ -37,6 +37,7 @@ mod security;
 
 /// Suites that need root or unprivileged user namespaces.
 mod privileged {
+    mod attackbench;
     mod ebpf_sensors;
     mod isolation_three_hosts;
     mod response_isolation;
