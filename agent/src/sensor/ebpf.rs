@@ -232,11 +232,11 @@ pub fn decode_net_item(b: &[u8]) -> Result<NetItem, DecodeError> {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+pub(super) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
@@ -347,7 +347,8 @@ pub fn decode_exec(b: &[u8]) -> Result<ExecRecord, DecodeError> {
     })
 }
 
-fn addr(family: u8, b: &[u8]) -> Result<IpAddr, DecodeError> {
+/// The address of `family` (4 or 6) at the start of `b`; a v4-mapped v6 address as v4.
+pub(super) fn addr(family: u8, b: &[u8]) -> Result<IpAddr, DecodeError> {
     match family {
         4 => {
             let o: [u8; 4] = b
@@ -424,6 +425,34 @@ fn load_err(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> LoadError 
         what,
         detail: e.to_string(),
     }
+}
+
+/// Waits up to `timeout` until one of `fds` (at most two ring buffers) is readable.
+/// False on timeout or a signal.
+#[allow(unsafe_code)]
+fn poll_readable(fds: &[std::os::fd::RawFd], timeout: Duration) -> io::Result<bool> {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 2];
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = *fd;
+    }
+    let used = fds.len().min(pfds.len());
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfds` holds `used` (≤ its length) live, initialised pollfds at its start
+    // and the count passed is `used`; poll writes only their `revents` during the call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), used as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
 }
 
 /// Full error chain of an aya error (its Display alone often says only "the program
@@ -563,53 +592,17 @@ impl Probe {
     }
 
     /// Waits up to `timeout` for records. False on timeout.
-    #[allow(unsafe_code)]
     pub(super) fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `pfd` is one live, initialised pollfd and the count passed is 1; poll
-        // writes only its `revents` during the call.
-        let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::EINTR) {
-                Ok(false)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(n > 0)
+        poll_readable(&[self.ring.as_raw_fd()], timeout)
     }
 
     /// Waits up to `timeout` for records in this ring buffer or `other`'s. False on
     /// timeout.
-    #[allow(unsafe_code)]
     fn wait_with(&self, other: Option<&Probe>, timeout: Duration) -> io::Result<bool> {
-        let Some(other) = other else {
-            return self.wait(timeout);
-        };
-        let mut pfds = [self.ring.as_raw_fd(), other.ring.as_raw_fd()].map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `pfds` is an array of two live, initialised pollfds and the count
-        // passed is its length; poll writes only their `revents` during the call.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::EINTR) {
-                Ok(false)
-            } else {
-                Err(e)
-            };
+        match other {
+            Some(other) => poll_readable(&[self.ring.as_raw_fd(), other.ring.as_raw_fd()], timeout),
+            None => self.wait(timeout),
         }
-        Ok(n > 0)
     }
 
     /// Records the kernel could not queue since the last call.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr};
 use aya::{Btf, EbpfLoader};
 
-use super::ebpf::{DecodeError, LoadError, NetItem, NetOwner, Probe, decode_net_item};
+use super::ebpf::{DecodeError, LoadError, NetItem, NetOwner, Probe, addr, decode_net_item, u32_at, u64_at};
 #[cfg(test)]
 use ward_detect::event::NetOp;
 
@@ -203,35 +203,6 @@ fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-fn ip(family: u8, b: &[u8]) -> Result<IpAddr, DecodeError> {
-    match family {
-        4 => {
-            let o: [u8; 4] = b
-                .get(..4)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(DecodeError::Short(0))?;
-            Ok(IpAddr::V4(Ipv4Addr::from(o)))
-        }
-        6 => {
-            let o: [u8; 16] = b
-                .get(..16)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(DecodeError::Short(0))?;
-            let v6 = Ipv6Addr::from(o);
-            Ok(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
-        }
-        other => Err(DecodeError::Family(other)),
-    }
-}
-
 /// Decodes one record of the UDP ring buffer.
 pub fn decode_udp_item(b: &[u8]) -> Result<UdpItem, DecodeError> {
     if u32_at(b, 0) != Some(KIND_DNS) {
@@ -257,11 +228,11 @@ pub fn decode_udp_item(b: &[u8]) -> Result<UdpItem, DecodeError> {
         other => return Err(DecodeError::Op(other)),
     };
     let source = SocketAddr::new(
-        ip(family, b.get(16..32).unwrap_or_default())?,
+        addr(family, b.get(16..32).unwrap_or_default())?,
         u16_at(b, 8).ok_or_else(short)?,
     );
     let destination = SocketAddr::new(
-        ip(family, b.get(32..48).unwrap_or_default())?,
+        addr(family, b.get(32..48).unwrap_or_default())?,
         u16_at(b, 10).ok_or_else(short)?,
     );
     let tgid = u32_at(b, 52).ok_or_else(short)?;
