@@ -53,6 +53,11 @@ struct BudgetState {
     reported_at: Option<Instant>,
 }
 
+/// An executable this small is always hashed (and still charged): the budget is for
+/// the big fresh binaries of a build host, and a dropped payload must not go unhashed
+/// because a test binary just spent the second's budget.
+pub const SMALL_EXECUTABLE_BYTES: u64 = 1024 * 1024;
+
 /// How often at most the budget's skips are reported as a gap.
 const BUDGET_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -96,7 +101,8 @@ impl HashBudget {
             Priority::File => rate / 4,
         };
         let need = i128::from(bytes).min(rate - reserve);
-        if st.tokens - reserve >= need {
+        let small_executable = priority == Priority::Executable && bytes <= SMALL_EXECUTABLE_BYTES;
+        if small_executable || st.tokens - reserve >= need {
             st.tokens -= i128::from(bytes);
             true
         } else {
@@ -350,7 +356,7 @@ mod tests {
             "300 left, 250 of them kept for executables"
         );
         assert!(b.take(300, Priority::Executable, t0));
-        assert!(!b.take(1, Priority::Executable, t0));
+        assert!(!b.take(1, Priority::File, t0));
         assert!(
             b.take(500, Priority::File, t0 + Duration::from_millis(800)),
             "800 refilled"
@@ -358,8 +364,8 @@ mod tests {
         // Larger than a second's budget: taken from a full bucket, leaving a debt.
         let t1 = t0 + Duration::from_secs(10);
         assert!(b.take(5000, Priority::Executable, t1));
-        assert!(!b.take(1, Priority::Executable, t1 + Duration::from_secs(3)));
-        assert!(b.take(1, Priority::Executable, t1 + Duration::from_secs(5)));
+        assert!(!b.take(1, Priority::File, t1 + Duration::from_secs(3)));
+        assert!(b.take(1, Priority::File, t1 + Duration::from_secs(5)));
         b.count_skip(Priority::Executable);
         b.count_skip(Priority::Executable);
         b.count_skip(Priority::File);
@@ -367,6 +373,19 @@ mod tests {
         assert!(report.contains("2 executables and 1 other files"), "{report}");
         assert!(b.report(t1).is_none(), "nothing new, and not again within a minute");
         assert!(HashBudget::unlimited().take(u64::MAX, Priority::File, t0));
+    }
+
+    #[test]
+    fn a_small_executable_is_hashed_even_when_a_big_one_spent_the_budget() {
+        let b = HashBudget::new(32 * 1024 * 1024);
+        let t0 = Instant::now();
+        assert!(
+            b.take(60 * 1024 * 1024, Priority::Executable, t0),
+            "from the full bucket"
+        );
+        assert!(!b.take(2 * 1024 * 1024, Priority::Executable, t0), "a big one waits");
+        assert!(b.take(SMALL_EXECUTABLE_BYTES, Priority::Executable, t0));
+        assert!(!b.take(4096, Priority::File, t0), "other files still wait");
     }
 
     #[test]

@@ -98,8 +98,9 @@ pub struct SensorConfig {
     pub exe_hash_max_bytes: u64,
     /// Hashes to remember per sensor, entries (about 80 bytes each). Default: 4096.
     pub hash_cache_entries: usize,
-    /// Bytes the agent may hash per second, executables first; files over it are
-    /// reported without a SHA-256 and counted (0: no limit). Default: 33554432 (32 MiB).
+    /// Bytes the agent may hash per second, executables first (up to 1 MiB always);
+    /// files over it are reported without a SHA-256 and counted (0: no limit).
+    /// Default: 33554432 (32 MiB).
     pub hash_budget_bytes_per_s: u64,
     /// Watch files in `file_watch_paths`. Default: true.
     pub file_enabled: bool,
