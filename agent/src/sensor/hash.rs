@@ -256,12 +256,8 @@ impl HashCache {
         self.map.is_empty()
     }
 
-    /// The hash of the file at `path`, from the cache when its identity is unchanged.
-    pub fn hash(&mut self, path: &Path) -> Result<[u8; 32], HashError> {
-        self.hash_as(path, Priority::Executable)
-    }
-
-    /// As [`HashCache::hash`], spending the budget as `priority` on a cache miss.
+    /// The hash of the file at `path`, from the cache when its identity is unchanged,
+    /// else read within the budget as `priority`.
     pub fn hash_as(&mut self, path: &Path, priority: Priority) -> Result<[u8; 32], HashError> {
         let meta = std::fs::metadata(path).map_err(|source| HashError::Io {
             path: path.display().to_string(),
@@ -416,18 +412,18 @@ mod tests {
         let mut cache = HashCache::new(2, 1 << 20);
         let a = dir.path().join("a");
         std::fs::write(&a, b"one").unwrap();
-        let h1 = cache.hash(&a).unwrap();
-        assert_eq!(cache.hash(&a).unwrap(), h1);
+        let h1 = cache.hash_as(&a, Priority::File).unwrap();
+        assert_eq!(cache.hash_as(&a, Priority::File).unwrap(), h1);
         assert_eq!(cache.len(), 1);
         let mut f = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
         f.write_all(b" two").unwrap();
         drop(f);
-        let h2 = cache.hash(&a).unwrap();
+        let h2 = cache.hash_as(&a, Priority::File).unwrap();
         assert_ne!(h1, h2);
         for name in ["b", "c", "d"] {
             let p = dir.path().join(name);
             std::fs::write(&p, name).unwrap();
-            cache.hash(&p).unwrap();
+            cache.hash_as(&p, Priority::File).unwrap();
         }
         assert_eq!(cache.len(), 2);
     }
