@@ -23,6 +23,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "path.h"
+#include "owner.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -42,15 +43,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_LISTEN 10
 
 #define NET_FLAG_ESTABLISHED 1 /* a connect that succeeded */
-
-struct owner {
-	u32 pid;
-	u32 tgid;
-	u32 uid;
-	u32 pad;
-	u64 start_ns; /* the process's start, ns since boot */
-	char comm[16];
-};
 
 struct net_event {
 	u32 kind;
@@ -103,23 +95,6 @@ struct {
 	__type(key, u64);
 	__type(value, struct owner);
 } connecting SEC(".maps");
-
-static __always_inline u16 swap16(u16 v)
-{
-	return (v >> 8) | (v << 8);
-}
-
-static __always_inline void current_owner(struct owner *o)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	o->pid = (u32)id;
-	o->tgid = id >> 32;
-	o->uid = (u32)bpf_get_current_uid_gid();
-	struct task_struct *task = (void *)bpf_get_current_task();
-	/* The process's start (its leader's), not the calling thread's. */
-	o->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
-}
 
 static __always_inline void count_lost(void)
 {

@@ -34,6 +34,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "path.h"
+#include "owner.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -89,15 +90,6 @@ const volatile u8 report_udp = 1;
 /* The agent itself: its QUIC link sends a datagram with an address each time, which
  * would otherwise come back as its own events. */
 const volatile u32 self_tgid = 0;
-
-struct owner {
-	u32 pid;
-	u32 tgid;
-	u32 uid;
-	u32 pad;
-	u64 start_ns;
-	char comm[16];
-};
 
 struct udp_event {
 	u32 kind;
@@ -200,28 +192,12 @@ struct {
 	__type(value, u8);
 } udp_binding SEC(".maps");
 
-static __always_inline u16 swap16(u16 v)
-{
-	return (v >> 8) | (v << 8);
-}
-
 static __always_inline void count_lost(void)
 {
 	u32 zero = 0;
 	u64 *n = bpf_map_lookup_elem(&udp_lost, &zero);
 	if (n)
 		__sync_fetch_and_add(n, 1);
-}
-
-static __always_inline void current_owner(struct owner *o)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	o->pid = (u32)id;
-	o->tgid = id >> 32;
-	o->uid = (u32)bpf_get_current_uid_gid();
-	struct task_struct *task = (void *)bpf_get_current_task();
-	o->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
 /* Remembers who uses the socket (for the DNS programs), writing only on a change. */

@@ -529,22 +529,8 @@ impl Probe {
             .map_err(|e: aya::programs::ProgramError| load_err(what)(&chain(&e)))?;
         prog.load(tracepoint, &btf).map_err(|e| load_err(what)(&chain(&e)))?;
         prog.attach().map_err(|e| load_err(what)(&chain(&e)))?;
-        let ring_map = ebpf
-            .take_map(ring)
-            .ok_or_else(|| load_err(what)(&format!("no map {ring}")))?;
-        let ring = RingBuf::try_from(ring_map).map_err(|e| load_err(what)(&chain(&e)))?;
-        let lost_map = ebpf
-            .take_map(lost)
-            .ok_or_else(|| load_err(what)(&format!("no map {lost}")))?;
-        let lost = PerCpuArray::try_from(lost_map).map_err(|e| load_err(what)(&chain(&e)))?;
         drop(btf);
-        release_freed_memory();
-        Ok(Probe {
-            _ebpf: ebpf,
-            ring,
-            lost,
-            lost_seen: 0,
-        })
+        Self::from_loaded(ebpf, what, ring, lost)
     }
 
     /// A loaded object whose programs are attached: its ring buffer `ring` and

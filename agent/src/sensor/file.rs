@@ -275,13 +275,6 @@ pub fn describe_within_budget(ready: Ready, hashes: &mut HashCache, no_hash: &[P
     (event, over_budget)
 }
 
-/// Changes whose hash the budget refused, waiting (in order, bounded) for it to refill;
-/// each is reported without a hash, and counted, once its wait is over.
-#[derive(Debug, Default)]
-struct Deferred {
-    queue: VecDeque<(Ready, Instant)>,
-}
-
 /// How long a change waits for the hashing budget at most.
 const HASH_DEFER: Duration = Duration::from_secs(2);
 /// Changes waiting for the budget at most; beyond, a change is reported at once.
@@ -446,7 +439,9 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
     let mut hashes = HashCache::with_budget(config.hash_cache_entries, config.file_hash_max_bytes, budget);
-    let mut deferred = Deferred::default();
+    // Changes whose hash the budget refused, in order, with when their wait ends; each
+    // is reported without a hash, and counted, once its wait is over.
+    let mut deferred: VecDeque<(Ready, Instant)> = VecDeque::new();
     let no_hash: Vec<PathBuf> = config.file_hash_skip_paths.iter().map(PathBuf::from).collect();
     let mut coalescer = Coalescer::new(
         Duration::from_millis(config.file_settle_ms),
@@ -619,13 +614,13 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
         let now = Instant::now();
         ready.extend(coalescer.due(now));
         // Changes that waited for the budget go first, in the order they came.
-        let waited = std::mem::take(&mut deferred.queue);
+        let waited = std::mem::take(&mut deferred);
         let fresh = ready.into_iter().map(|r| (r, now + HASH_DEFER));
         for (r, deadline) in waited.into_iter().chain(fresh) {
             let (ev, over_budget) = describe_within_budget(r.clone(), &mut hashes, &no_hash);
             if over_budget {
-                if now < deadline && deferred.queue.len() < HASH_DEFER_MAX {
-                    deferred.queue.push_back((r, deadline));
+                if now < deadline && deferred.len() < HASH_DEFER_MAX {
+                    deferred.push_back((r, deadline));
                     continue;
                 }
                 hashes.budget().count_skip(Priority::File);
