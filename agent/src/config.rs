@@ -99,6 +99,11 @@ pub struct DetectionConfig {
     pub enabled_rules: Vec<String>,
     /// Shipped rule ids (built-in or SigmaHQ) this device does not run.
     pub disabled_rules: Vec<String>,
+    /// Every event detection judges, appended as JSON lines to this file (truncated at
+    /// start) for `ward-agent rules test`; unset: nothing is recorded.
+    pub record_events_path: Option<PathBuf>,
+    /// Recording stops once the file holds this many bytes.
+    pub record_events_max_bytes: u64,
 }
 
 impl DetectionConfig {
@@ -157,6 +162,8 @@ impl Default for DetectionConfig {
             sigmahq_enabled: true,
             enabled_rules: Vec::new(),
             disabled_rules: Vec::new(),
+            record_events_path: None,
+            record_events_max_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod link;
 pub mod outbox;
 pub mod pipeline;
 pub mod procfs;
+pub mod record;
 pub mod respond;
 pub mod rulepack;
 pub mod run;

@@ -9,6 +9,7 @@ use tracing::{error, warn};
 
 use crate::alert::AlertBuilder;
 use crate::clock::now_ms;
+use crate::record::EventRecorder;
 use crate::shared::Shared;
 use ward_detect::event::Event;
 use ward_detect::{AggregatedDetection, Aggregator, AggregatorConfig, Correlator, Detector};
@@ -189,6 +190,7 @@ pub async fn run_detection(
     shared: Arc<Shared>,
     aggregation: AggregatorConfig,
     memory_queue_max_alerts: usize,
+    mut recorder: Option<EventRecorder>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut aggregator = Aggregator::new(aggregation);
@@ -204,12 +206,17 @@ pub async fn run_detection(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => {
+                    record(&mut recorder, &ev);
                     pending.judge(&shared, &ev, &rules, &mut correlator, &mut aggregator);
                     let mut taken = 1;
                     while taken < GROUP_MAX_EVENTS && pending.alerts.len() < GROUP_MAX_ALERTS {
                         let Ok(ev) = events.try_recv() else { break };
+                        record(&mut recorder, &ev);
                         pending.judge(&shared, &ev, &rules, &mut correlator, &mut aggregator);
                         taken += 1;
+                    }
+                    if let Some(r) = recorder.as_mut() {
+                        r.flush();
                     }
                 }
                 None => break,
@@ -231,7 +238,11 @@ pub async fn run_detection(
     }
     // A clean stop judges what is already waiting, so it is not left to the rescan.
     while let Ok(ev) = events.try_recv() {
+        record(&mut recorder, &ev);
         pending.judge(&shared, &ev, &rules, &mut correlator, &mut aggregator);
+    }
+    if let Some(r) = recorder.as_mut() {
+        r.flush();
     }
     // Repeats still being counted are not lost at shutdown.
     pending.push(aggregator.flush_all());
@@ -242,6 +253,12 @@ pub async fn run_detection(
             lost = pending.alerts.len(),
             "stopping with alerts the outbox could not store"
         );
+    }
+}
+
+fn record(recorder: &mut Option<EventRecorder>, event: &Event) {
+    if let Some(r) = recorder.as_mut() {
+        r.record(event);
     }
 }
 

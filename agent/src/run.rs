@@ -126,6 +126,19 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
         shutdown.clone(),
         shared.sensors.clone(),
     ));
+    let recorder = match &config.detection.record_events_path {
+        Some(path) => match crate::record::EventRecorder::create(path, config.detection.record_events_max_bytes) {
+            Ok(r) => {
+                info!(path = %path.display(), "recording every judged event (detection.record_events_path)");
+                Some(r)
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot create the event record; not recording");
+                None
+            }
+        },
+        None => None,
+    };
     let detection = tokio::spawn(run_detection(
         rules,
         rules_rx,
@@ -138,6 +151,7 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
             ..ward_detect::AggregatorConfig::default()
         },
         config.outbox.memory_queue_max_alerts,
+        recorder,
         shutdown.clone(),
     ));
     let (commands_tx, commands_rx) = mpsc::channel(16);

@@ -97,6 +97,7 @@ builtin!(
     "lnx_ward_base64_decode_cmdline.yml",
     "lnx_ward_setuid_search.yml",
     "lnx_ward_shell_history_read.yml",
+    "lnx_ward_renamed_system_binary.yml",
 );
 
 /// The built-in pack as rule files, ready for [`super::Detector::load`].

@@ -61,6 +61,10 @@ pub struct ProcessEvent {
     /// agent saw them start (boxed: most processes have neither).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipes: Option<Box<PipePeers>>,
+    /// The system binary this executable is a renamed copy of, when it runs from
+    /// outside the system directories (Sigma `OriginalImage`; masquerading, T1036.003).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_image: Option<String>,
 }
 
 /// The other ends of a process's stdin and stdout pipes (`curl … | bash`: bash's

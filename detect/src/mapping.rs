@@ -182,6 +182,7 @@ const IMAGE_FIELDS: &[&str] = &[
     "PipedFromCommandLine",
     "PipedToImage",
     "PipedToCommandLine",
+    "OriginalImage",
 ];
 const FILE_FIELDS: &[&str] = &[
     "TargetFilename",
@@ -268,6 +269,7 @@ fn process_field<'a>(p: &'a ProcessEvent, name: &str) -> Option<EventValue<'a>> 
         "PipedFromCommandLine" => s(&p.pipes.as_ref()?.from.as_ref()?.cmdline),
         "PipedToImage" => s(&p.pipes.as_ref()?.to.as_ref()?.exe),
         "PipedToCommandLine" => s(&p.pipes.as_ref()?.to.as_ref()?.cmdline),
+        "OriginalImage" => opt_s(p.original_image.as_deref()),
         _ => None,
     }
 }

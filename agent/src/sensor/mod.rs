@@ -40,6 +40,7 @@ pub mod hash;
 pub mod inventory;
 pub mod journal;
 pub mod lineage;
+pub mod masquerade;
 pub mod netcg;
 pub mod pipes;
 pub mod proc_connector;

@@ -23,6 +23,7 @@ use ward_protocol::ProcessNode;
 use super::context::{self, CgroupPaths};
 use super::hash::{HashBudget, HashCache, HashError, Priority};
 use super::lineage::LineageReader;
+use super::masquerade::{self, SystemBinaries};
 use super::pipes::{PipeBook, pipe_inode_of_link};
 use super::{SensorConfig, SensorCtx, SensorError};
 use crate::procfs::{ProcError, ProcStat, parse_passwd, proc_path, read_cmdline, read_exe, read_stat, read_uids};
@@ -100,6 +101,8 @@ pub struct ProcessTracker {
     host_ns: Option<(u32, u32)>,
     /// Recent pipe ends, to tell what feeds a shell (see [`super::pipes`]).
     pipes: Mutex<PipeBook>,
+    /// System executables by size, to tell a renamed copy (see [`super::masquerade`]).
+    system_binaries: Mutex<SystemBinaries>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,6 +138,7 @@ impl ProcessTracker {
             cgroups: CgroupPaths::system(),
             host_ns: context::host_namespaces(std::path::Path::new("/proc")),
             pipes: Mutex::new(PipeBook::default()),
+            system_binaries: Mutex::new(SystemBinaries::new(masquerade::SYSTEM_DIRS)),
         }
     }
 
@@ -237,6 +241,7 @@ impl ProcessTracker {
         let uid = uids.map(|(real, _)| real);
         let user = uid.map(|u| self.lineage.user_name(u)).unwrap_or_default();
         let sha256 = if exe.is_empty() { None } else { self.exe_hash(pid, None) };
+        let original_image = self.original_image(pid, &exe, None, sha256.as_ref());
         // Read at once, while the parents live; the parent fields come from it (the
         // parent's node is checked against the child's start time, so a reused pid is
         // never taken for the parent).
@@ -280,6 +285,7 @@ impl ProcessTracker {
             lineage: Some(Box::new(lineage)),
             context,
             pipes,
+            original_image,
         }
     }
 
@@ -311,6 +317,7 @@ impl ProcessTracker {
                 .and_then(|key| lock(&self.hashes).cached(&key))
                 .or_else(|| self.exe_hash(pid, Some(&exe)))
         };
+        let original_image = self.original_image(pid, &exe, rec.exe_key.map(|k| k.size), sha256.as_ref());
         let pipes = self.pipe_peers(pid, &exe, &cmdline, rec.stdin_pipe, rec.stdout_pipe);
         let login_uid = (rec.loginuid != u32::MAX).then_some(rec.loginuid);
         let login_user = login_uid.map(|u| self.lineage.user_name(u));
@@ -350,6 +357,7 @@ impl ProcessTracker {
             lineage: Some(Box::new(lineage)),
             context,
             pipes,
+            original_image,
         }
     }
 
@@ -457,6 +465,23 @@ impl ProcessTracker {
             hashes.budget().count_skip(Priority::Executable);
         }
         result.ok()
+    }
+
+    /// The system binary `pid`'s executable `exe` (of `size` bytes, read when `None`) is a
+    /// renamed copy of ([`super::masquerade`]).
+    fn original_image(&self, pid: u32, exe: &str, size: Option<u64>, sha256: Option<&[u8; 32]>) -> Option<String> {
+        let sha256 = sha256?;
+        let mut system = lock(&self.system_binaries);
+        if exe.is_empty() || system.is_system_path(exe) {
+            return None;
+        }
+        let size = size.or_else(|| {
+            fs::metadata(proc_path(&self.proc_root, pid, "exe"))
+                .or_else(|_| fs::metadata(exe))
+                .ok()
+                .map(|m| m.len())
+        })?;
+        system.original_of(exe, size, sha256, &mut lock(&self.hashes), Instant::now())
     }
 
     /// What the hashing budget left unhashed since its last report, at most once a minute.

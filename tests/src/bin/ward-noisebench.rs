@@ -16,6 +16,13 @@
 //! session shell among the alert's ancestors, or its work dir in the
 //! alert): rule, level, alert rows at the collector, events folded into them, and
 //! alert rows per hour.
+//!
+//! The default-pack agent records every event it judges
+//! (`[detection] record_events_path`); at the end `ward-agent rules test` times each
+//! rule of the default pack alone over those events and the benchmark prints the
+//! costliest rules and those over the per-rule budget. Timings come from
+//! target/release/ward-agent when it is built (`cargo build --release -p ward-agent`),
+//! as the budget is set for a release build; otherwise from the debug agent, said so.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +43,9 @@ struct Cli {
     /// Pause between two rounds of activity, seconds.
     #[arg(long, default_value_t = 5)]
     pause_s: u64,
+    /// Rules listed in the per-rule cost table (the costliest first).
+    #[arg(long, default_value_t = 15)]
+    costliest: usize,
 }
 
 /// One round of developer activity; `$1` is the work dir, `$2` the collector's
@@ -196,7 +206,14 @@ async fn main() -> Result<()> {
         .collect();
     // The shipped sensor defaults, with quick status and reconnects for the harness.
     let base = "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n";
-    let default_agent = Agent::start_with(&collector, |_| base.to_string())?;
+    let recorded = tempfile::Builder::new().prefix("ward-noisebench-events-").tempdir()?;
+    let events = recorded.path().join("events.jsonl");
+    let default_agent = Agent::start_with(&collector, |_| {
+        format!(
+            "{base}\n[detection]\nrecord_events_path = {:?}\n",
+            events.display().to_string()
+        )
+    })?;
     let all_agent = Agent::start_with(&collector, |_| {
         format!("{base}\n[detection]\nenabled_rules = [{}]\n", every.join(", "))
     })?;
@@ -279,5 +296,62 @@ async fn main() -> Result<()> {
         .filter(|r| r.level == "high" || r.level == "critical")
         .count();
     println!("\ndefault pack, caused by the activity: {over_medium} rules above medium fired");
+    rule_costs(&default_agent, &events, cli.costliest)
+}
+
+/// Times each rule of the default pack alone over the events the default-pack agent
+/// judged (`ward-agent rules test` with that agent's config) and prints the costliest
+/// and every rule over the budget.
+fn rule_costs(agent: &Agent, events: &Path, costliest: usize) -> Result<()> {
+    let debug = ward_tests::bin("ward-agent");
+    let release = debug
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("release/ward-agent"))
+        .filter(|p| p.exists());
+    let timing = release.clone().unwrap_or(debug);
+    let size = std::fs::metadata(events).map(|m| m.len()).unwrap_or(0);
+    let out = Command::new(&timing)
+        .args(["rules", "test", "--config"])
+        .arg(agent.dir.path().join("agent.toml"))
+        .arg(events)
+        .output()
+        .with_context(|| format!("{} rules test", timing.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} rules test failed: {}",
+            timing.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report = String::from_utf8_lossy(&out.stdout);
+    let Some(costs) = report.split("\ntime per rule").nth(1) else {
+        bail!(
+            "rules test printed no per-rule times over {} ({size} bytes)",
+            events.display()
+        );
+    };
+    let mut lines = costs.lines();
+    let heading = lines.next().unwrap_or_default();
+    println!(
+        "\n## default pack: per-rule cost over the {size} bytes of events it judged ({}{})\n",
+        timing.display(),
+        if release.is_some() {
+            ""
+        } else {
+            "; a debug build: not comparable with the budget, which is for a release build"
+        }
+    );
+    println!("time per rule{heading}");
+    let rows: Vec<&str> = lines.take_while(|l| !l.trim().is_empty()).collect();
+    if let Some((header, body)) = rows.split_first() {
+        println!("{header}");
+        for row in body.iter().take(costliest) {
+            println!("{row}");
+        }
+        for row in body.iter().skip(costliest).filter(|r| r.ends_with("OVER BUDGET")) {
+            println!("{row}");
+        }
+    }
     Ok(())
 }

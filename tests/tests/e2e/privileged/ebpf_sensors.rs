@@ -407,6 +407,67 @@ async fn a_shell_fed_by_a_decoder_through_a_pipe_raises_the_pipe_rule() {
     }
 }
 
+/// `cp /bin/sh DIR/crond; DIR/crond -c true` (Atomic Red Team T1036.003): the
+/// built-in renamed-system-binary rule fires, its `OriginalImage` naming the shell the
+/// copy was made from (found by size, then SHA-256, among the system binaries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_copy_of_the_shell_names_its_original() {
+    assert!(
+        is_root(),
+        "loading eBPF programs needs root (CAP_BPF and CAP_PERFMON): run this suite as root (CI does)"
+    );
+    const RENAMED_RULE: &str = "be562535-458b-4435-a65a-957b9299e75b";
+    let collector = Collector::start_with(without_folding).unwrap();
+    let (agent, _rules) = start_agent(&collector, &[]);
+    wait_source(&collector, &agent, "process", "eBPF").await;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("crond");
+    let original = std::fs::canonicalize("/bin/sh").unwrap();
+    std::fs::copy(&original, &copy).unwrap();
+    let mut run = std::process::Command::new(&copy).args(["-c", "true"]).spawn().unwrap();
+    let pid = run.id();
+    assert!(run.wait().unwrap().success());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let matched = loop {
+        let hits: Vec<(String, String)> = {
+            let db = collector.db().unwrap();
+            let mut stmt = db
+                .prepare("SELECT entities, matched FROM alerts WHERE device_id = ?1 AND rule_id = ?2")
+                .unwrap();
+            stmt.query_map([agent.device_id.as_str(), RENAMED_RULE], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        let ours = hits.into_iter().find_map(|(entities, matched)| {
+            let entities: Vec<Value> = serde_json::from_str(&entities).unwrap();
+            entities
+                .iter()
+                .any(|e| e["kind"] == "process" && e["pid"] == pid)
+                .then_some(matched)
+        });
+        if let Some(matched) = ours {
+            break matched;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renamed-system-binary alert for {} (pid {pid})",
+            copy.display()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let matched: Value = serde_json::from_str(&matched).unwrap();
+    let named = matched["OriginalImage"].as_str().unwrap_or_default();
+    // The first system binary with the shell's content: the shell itself or a hard
+    // link to it, never the copy.
+    assert!(
+        std::fs::canonicalize(named).is_ok_and(|p| std::fs::read(p).ok() == std::fs::read(&original).ok()),
+        "OriginalImage {named:?} is not {}: {matched}",
+        original.display()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_lookup_and_the_udp_send_it_named_raise_alerts_naming_bash() {
     assert!(
