@@ -9,6 +9,7 @@ pub mod identity;
 pub mod keys;
 pub mod lifecycle;
 pub mod link;
+pub mod memory;
 pub mod outbox;
 pub mod pipeline;
 pub mod procfs;

@@ -85,6 +85,7 @@ enum RulesCommand {
 }
 
 fn main() -> Result<()> {
+    ward_agent::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

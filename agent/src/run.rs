@@ -27,6 +27,8 @@ use crate::status::Status;
 use ward_detect::Detector;
 
 pub const OUTBOX_FILE: &str = "outbox.db";
+/// How long after start the agent releases what start-up alone used.
+const STARTUP_SETTLES: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -184,9 +186,19 @@ pub async fn run(config: Config, state_dir: PathBuf, mut shutdown: watch::Receiv
     let link = tokio::spawn(delivery.run(shutdown.clone()));
 
     let mut tick = tokio::time::interval(Duration::from_millis(config.agent.status_interval_ms));
+    // Start-up (rules compiled, eBPF loaded, the first rescan and connect) is over by
+    // then: what it left mapped and freed goes back (see `crate::memory`).
+    let release = tokio::time::sleep(STARTUP_SETTLES);
+    tokio::pin!(release);
+    let mut released = false;
     loop {
         tokio::select! {
             _ = tick.tick() => write_status(&shared, &state_dir),
+            () = &mut release, if !released => {
+                released = true;
+                let bytes = crate::memory::release_startup_memory();
+                info!(image_bytes = bytes, "start-up memory released");
+            }
             _ = shutdown.changed() => break,
         }
     }
