@@ -69,6 +69,9 @@ pub struct IngestConfig {
     /// socket (a reconnect storm's handshakes), in bytes.
     pub udp_recv_buffer_bytes: u32,
     pub udp_send_buffer_bytes: u32,
+    /// With this many connections unauthenticated, a new one from an address not yet
+    /// proven gets a stateless Retry first (0: always).
+    pub retry_unvalidated_above: u32,
     /// An alert repeating a stored one (same device, rule and fold key) observed at
     /// most this long after its last (or before its first) observation folds into it:
     /// its count grows, no row is added. 0 turns folding off.
@@ -305,6 +308,7 @@ impl Default for IngestConfig {
             max_connections: 20_000,
             udp_recv_buffer_bytes: 8 << 20,
             udp_send_buffer_bytes: 2 << 20,
+            retry_unvalidated_above: 128,
             // Five agent aggregation windows (60 s): an agent's aggregate, delivered
             // when its window closes, and a backlog delivered in bursts still land
             // in the first alert; a pause longer than that shows as a new alert.
@@ -467,6 +471,11 @@ max_connections = 20000
 # them, /usr/lib/sysctl.d/60-ward-collector.conf); the collector logs what it got.
 udp_recv_buffer_bytes = 8388608
 udp_send_buffer_bytes = 2097152
+# With this many connections still handshaking or enrolling, a new one from an
+# address that has not proven itself gets a stateless QUIC Retry first: it echoes
+# the token (one round trip) and only then costs a handshake, so a flood from spoofed
+# addresses cannot take the handshake capacity; 0 retries every first connection.
+retry_unvalidated_above = 128
 # Repeats fold: an alert of the same device, rule and key entity (the file's folder
 # and writing process, the process image and tree, the source IP) observed within
 # this many milliseconds of a stored one is added to its count instead of stored

@@ -136,6 +136,8 @@ pub struct Metrics {
     pub alert_to_incident: Histogram,
     /// Rule-context fields cut or dropped to fit their limits (`ward_detect::context`).
     pub rule_context_limited: Counter,
+    /// Stateless Retry packets sent to unproven addresses under load.
+    pub quic_retries: Counter,
 }
 
 impl Metrics {
@@ -213,6 +215,11 @@ impl Metrics {
             "ward_throttled_batches_total",
             "Batches delayed because their agent was over its rate.",
             self.throttled_batches.get(),
+        );
+        counter(
+            "ward_quic_retries_total",
+            "Stateless Retry packets sent to agents' addresses not proven yet, while many handshakes were in flight.",
+            self.quic_retries.get(),
         );
         counter(
             "ward_https_handshake_failures_total",

@@ -121,10 +121,31 @@ impl Admission {
     }
 }
 
+/// Whether a new connection gets a stateless Retry before any handshake work: when
+/// at least `above` connections are unauthenticated and its address is not proven
+/// yet (a Retry's token, echoed, proves it; the collector keeps no state meanwhile).
+/// Under a flood of spoofed sources only proven addresses reach the handshake's
+/// crypto; a real agent pays one round trip.
+pub fn should_retry(address_validated: bool, may_retry: bool, pending: usize, above: u32) -> bool {
+    !address_validated && may_retry && pending >= above as usize
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_only_unproven_addresses_and_only_under_load() {
+        assert!(should_retry(false, true, 128, 128));
+        assert!(!should_retry(false, true, 127, 128), "below the threshold");
+        assert!(
+            !should_retry(true, true, 1_000, 128),
+            "a proven address is never retried again"
+        );
+        assert!(!should_retry(false, false, 1_000, 128), "quinn cannot retry this one");
+        assert!(should_retry(false, true, 0, 0), "0: always");
+    }
 
     #[test]
     fn connections_are_capped_and_given_back() {

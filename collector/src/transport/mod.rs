@@ -177,6 +177,19 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
                     incoming.refuse();
                     continue;
                 };
+                // Under load an unproven address first proves itself (stateless Retry).
+                if admission::should_retry(
+                    incoming.remote_address_validated(),
+                    incoming.may_retry(),
+                    ctx.admission.pending(),
+                    ctx.config.ingest.retry_unvalidated_above,
+                ) {
+                    drop(open);
+                    if incoming.retry().is_ok() {
+                        ctx.metrics.quic_retries.inc();
+                    }
+                    continue;
+                }
                 // Bounded per address before any handshake work is spent on it.
                 let pending = match ctx.admission.try_pending(incoming.remote_address().ip()) {
                     Ok(p) => p,

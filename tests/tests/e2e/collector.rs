@@ -469,3 +469,35 @@ async fn status_exit_codes_and_the_user_list_are_scriptable() {
     assert!(line.contains("viewer") && line.contains(" UTC"), "{list}");
     assert!(!list.contains(&token), "a token in the user list");
 }
+
+/// With `retry_unvalidated_above = 0` every first connection gets a stateless QUIC
+/// Retry: the real agent enrolls and connects through it (echoing the token), its
+/// alerts arrive, and the collector counts the Retries it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_get_through_a_stateless_retry() {
+    let collector = Collector::start_with(|c| {
+        *c = c.replace("retry_unvalidated_above = 128", "retry_unvalidated_above = 0");
+    })
+    .unwrap();
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(20)).unwrap();
+    const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    std::fs::write(agent.watch.join("retry-eicar.bin"), EICAR).unwrap();
+    collector
+        .wait_alert(&agent.device_id, Duration::from_secs(15), |a| {
+            a["entities"].to_string().contains("retry-eicar.bin")
+        })
+        .await
+        .unwrap();
+    let metrics = collector.metrics().await.unwrap();
+    // The enrollment's connection and the session's each proved their address once.
+    assert!(
+        metric(&metrics, "ward_quic_retries_total") >= 2,
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("retr"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
