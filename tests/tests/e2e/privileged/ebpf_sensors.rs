@@ -75,6 +75,18 @@ fn alert_entities(collector: &Collector, device: &str, needle: &str) -> Vec<Vec<
         .collect()
 }
 
+/// `(entities, matched)` JSON of the device's alerts of one rule.
+fn rule_alerts(collector: &Collector, device: &str, rule: &str) -> Vec<(String, String)> {
+    let db = collector.db().unwrap();
+    let mut stmt = db
+        .prepare("SELECT entities, matched FROM alerts WHERE device_id = ?1 AND rule_id = ?2")
+        .unwrap();
+    stmt.query_map([device, rule], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_fast_execs_arrive_with_their_command_line_and_parent() {
     assert!(
@@ -371,16 +383,7 @@ async fn a_shell_fed_by_a_decoder_through_a_pipe_raises_the_pipe_rule() {
     // The pipeline's processes are the script shell's children.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (process, matched) = loop {
-        let hits: Vec<(String, String)> = {
-            let db = collector.db().unwrap();
-            let mut stmt = db
-                .prepare("SELECT entities, matched FROM alerts WHERE device_id = ?1 AND rule_id = ?2")
-                .unwrap();
-            stmt.query_map([agent.device_id.as_str(), PIPE_RULE], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .map(|r| r.unwrap())
-                .collect()
-        };
+        let hits = rule_alerts(&collector, &agent.device_id, PIPE_RULE);
         let ours = hits.into_iter().find_map(|(entities, matched)| {
             let entities: Vec<Value> = serde_json::from_str(&entities).unwrap();
             entities
@@ -430,16 +433,7 @@ async fn a_renamed_copy_of_the_shell_names_its_original() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let matched = loop {
-        let hits: Vec<(String, String)> = {
-            let db = collector.db().unwrap();
-            let mut stmt = db
-                .prepare("SELECT entities, matched FROM alerts WHERE device_id = ?1 AND rule_id = ?2")
-                .unwrap();
-            stmt.query_map([agent.device_id.as_str(), RENAMED_RULE], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .map(|r| r.unwrap())
-                .collect()
-        };
+        let hits = rule_alerts(&collector, &agent.device_id, RENAMED_RULE);
         let ours = hits.into_iter().find_map(|(entities, matched)| {
             let entities: Vec<Value> = serde_json::from_str(&entities).unwrap();
             entities
