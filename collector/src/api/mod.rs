@@ -8,6 +8,7 @@ mod console;
 pub mod error;
 pub mod extract;
 pub mod feeds;
+mod hunt;
 mod incidents;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -121,6 +122,7 @@ mod tests {
             ("error.rs", include_str!("error.rs")),
             ("process_tree.rs", include_str!("process_tree.rs")),
             ("alert_page.rs", include_str!("alert_page.rs")),
+            ("hunt.rs", include_str!("hunt.rs")),
         ];
         for (file, source) in sources {
             let code = source.find("#[cfg(test)]").map_or(source, |end| &source[..end]);
