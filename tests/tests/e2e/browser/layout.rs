@@ -109,30 +109,35 @@ const CONTRAST_JS: &str = r##"(() => {
   return [...new Set(bad)].slice(0, 25);
 })()"##;
 
-/// Visible controls a keyboard user must be able to reach, as names.
+/// Visible controls a keyboard user must be able to reach, as keys: a name and
+/// its rank among controls of that name, so that a control redrawn by a poll
+/// (a new element in the same place) keeps its key.
 const CONTROLS_JS: &str = r##"(() => {
   const name = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
     (typeof el.className === "string" && el.className.trim() ? "." + el.className.trim().split(/\s+/).join(".") : "") +
     (el.dataset && Object.keys(el.dataset).length ? "[" + Object.entries(el.dataset).map(([k, v]) => k + "=" + v).join(",") + "]" : "");
-  const all = [...document.querySelectorAll("a[href], button, input, select, textarea, [tabindex], svg .node")]
+  const controls = () => [...document.querySelectorAll("a[href], button, input, select, textarea, [tabindex], svg .node")]
     .filter((el) => !el.disabled && el.getClientRects().length && getComputedStyle(el).visibility !== "hidden"
       && !el.closest("[hidden]") && el.type !== "hidden");
-  window.__wardControls = all;
-  return all.map(name);
+  window.__wardKey = (el) => {
+    const n = name(el);
+    const same = controls().filter((c) => name(c) === n);
+    return n + " #" + (same.indexOf(el) + 1);
+  };
+  return controls().map(window.__wardKey);
 })()"##;
 
-/// Where focus is after a Tab: its index among the controls (-1: another element,
-/// null: none) and whether it shows a focus indicator.
+/// Where focus is after a Tab: its key (as [`CONTROLS_JS`] names controls), and
+/// whether it shows a focus indicator; null when no element of the page has focus.
 const FOCUS_JS: &str = r##"(() => {
   const el = document.activeElement;
   if (!el || el === document.body || el === document.documentElement) return null;
   const s = getComputedStyle(el);
   const outline = s.outlineStyle !== "none" && parseFloat(s.outlineWidth) > 0;
   const ring = outline || (s.boxShadow && s.boxShadow !== "none");
-  const name = el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
-    (typeof el.className === "string" && el.className.trim() ? "." + el.className.trim().split(/\s+/).join(".") : "");
-  const what = name + (el.type ? `[type=${el.type}]` : "") + ` (outline ${s.outlineStyle} ${s.outlineWidth}, focus-visible ${el.matches(":focus-visible")})`;
-  return { i: (window.__wardControls || []).indexOf(el), ring: !!ring, name, what };
+  const key = window.__wardKey(el);
+  const what = key + (el.type ? `[type=${el.type}]` : "") + ` (outline ${s.outlineStyle} ${s.outlineWidth})`;
+  return { key, ring: !!ring, what };
 })()"##;
 
 /// The most Tab presses one view gets: enough for every view the tests draw.
@@ -154,51 +159,41 @@ pub(crate) fn check_view(b: &mut Browser, view: &str) {
     let controls: Vec<String> = serde_json::from_value(b.eval(CONTROLS_JS).unwrap()).unwrap();
     b.eval("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); true")
         .unwrap();
-    let mut reached = vec![false; controls.len()];
+    let mut reached = std::collections::HashSet::new();
     let mut no_ring = Vec::new();
     let mut off_page = 0;
     // Where focus went, for the failure message.
     let mut walk: Vec<String> = Vec::new();
-    let mut last = None;
+    let mut last: Option<String> = None;
     for _ in 0..MAX_TABS.min(controls.len() * 2 + 10) {
         b.key("Tab").unwrap();
         let f = b.eval(FOCUS_JS).unwrap();
-        walk.push(if f.is_null() {
-            "(none)".into()
-        } else {
-            format!("{}#{}", f["name"].as_str().unwrap_or("?"), f["i"])
-        });
-        if f.is_null() {
+        let Some(key) = f["key"].as_str().map(str::to_string) else {
+            walk.push("(none)".into());
             // Focus left the page (the browser's own UI): past the last control.
             off_page += 1;
-            if reached.iter().any(|r| *r) || off_page > 3 {
+            if !reached.is_empty() || off_page > 3 {
                 break;
             }
             continue;
-        }
+        };
+        walk.push(key.clone());
         if f["ring"] != json!(true) {
             no_ring.push(f["what"].as_str().unwrap_or("?").to_string());
         }
-        if let Some(i) = f["i"].as_i64().filter(|i| *i >= 0) {
-            // Tab walks the parts of a date input one by one: the same element again.
-            if reached[i as usize] && last != Some(i) {
-                break; // came round again
-            }
-            reached[i as usize] = true;
-            last = Some(i);
+        // Tab walks the parts of a date input one by one: the same element again.
+        if reached.contains(&key) && last.as_ref() != Some(&key) {
+            break; // came round again
         }
+        reached.insert(key.clone());
+        last = Some(key);
     }
     no_ring.dedup();
     assert!(
         no_ring.is_empty(),
         "{view}: focused by Tab without a visible focus indicator: {no_ring:?}"
     );
-    let missed: Vec<&String> = controls
-        .iter()
-        .zip(&reached)
-        .filter(|(_, r)| !**r)
-        .map(|(c, _)| c)
-        .collect();
+    let missed: Vec<&String> = controls.iter().filter(|c| !reached.contains(*c)).collect();
     assert!(
         missed.is_empty(),
         "{view}: controls Tab never reaches: {missed:?}\n(Tab went to: {})",
@@ -323,7 +318,16 @@ async fn scenario() {
             "#/hunt?source=alerts&range=all".to_string(),
             "!!document.querySelector('#view').dataset.hunted",
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(["assets", "evidence", "tree", "activity"].map(|tab| {
+        (
+            tab,
+            format!("#/incident/{incident}?tab={tab}"),
+            "document.querySelector('.tabs button.active')?.dataset.tab === location.hash.split('tab=')[1]
+             && document.querySelector('#tab').innerText.trim().length > 0",
+        )
+    })) {
         b.eval(&format!(
             "location.hash = {}; true",
             serde_json::to_string(&hash).unwrap()
@@ -332,4 +336,38 @@ async fn scenario() {
         b.wait_for(&format!("the {view} view"), ready, SECS(30)).unwrap();
         check_view(&mut b, view);
     }
+
+    // A poll that redraws the incident's alert list keeps a keyboard user's place:
+    // focus on an alert's link, a new alert arrives, focus is on a link again.
+    b.eval(&format!("location.hash = '#/incident/{incident}?tab=alerts'; true"))
+        .unwrap();
+    let links = "document.querySelectorAll('#tab a[href^=\"#/alert/\"]')";
+    let before = b
+        .wait_for("the alerts tab", &format!("{links}.length"), SECS(30))
+        .unwrap();
+    b.eval(&format!("{links}[0].focus(); document.activeElement === {links}[0]"))
+        .unwrap();
+    let mut a = dev.next_alert();
+    a.observed_at_ms = now_ms();
+    a.last_observed_at_ms = a.observed_at_ms;
+    a.rule = rule(
+        "susp",
+        "Suspicious shell from web server",
+        Severity::High,
+        "T1059.004",
+        &["TA0002"],
+    );
+    a.entities = vec![Entity::User {
+        name: "www-data".into(),
+        uid: Some(33),
+    }];
+    dev.send_batch(vec![dev.sign(&a)]).await.unwrap();
+    b.wait_for("the new alert drawn", &format!("{links}.length > {before}"), SECS(30))
+        .unwrap();
+    let still = b
+        .eval(&format!(
+            "[...{links}].includes(document.activeElement) || String(document.activeElement && document.activeElement.outerHTML).slice(0, 80)"
+        ))
+        .unwrap();
+    assert_eq!(still, json!(true), "the redraw took focus away to {still}");
 }
