@@ -98,12 +98,11 @@ fn text(b: &mut Browser, selector: &str) -> String {
 fn downloaded(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
     for _ in 0..300 {
-        if path.exists() && !dir.join(format!("{name}.crdownload")).exists() {
-            if let Ok(t) = std::fs::read_to_string(&path) {
-                if t.ends_with('\n') {
-                    return t;
-                }
-            }
+        if !dir.join(format!("{name}.crdownload")).exists()
+            && let Ok(t) = std::fs::read_to_string(&path)
+            && t.ends_with('\n')
+        {
+            return t;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
