@@ -5,6 +5,7 @@ mod actions;
 mod alert_page;
 pub mod auth;
 mod console;
+mod entity;
 pub mod error;
 pub mod extract;
 pub mod feeds;
@@ -123,6 +124,7 @@ mod tests {
             ("process_tree.rs", include_str!("process_tree.rs")),
             ("alert_page.rs", include_str!("alert_page.rs")),
             ("hunt.rs", include_str!("hunt.rs")),
+            ("entity.rs", include_str!("entity.rs")),
         ];
         for (file, source) in sources {
             let code = source.find("#[cfg(test)]").map_or(source, |end| &source[..end]);

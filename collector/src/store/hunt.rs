@@ -34,10 +34,33 @@ pub struct NewSavedHunt {
     pub window_ms: Option<i64>,
 }
 
+/// One alert that names a file (an entity page's sighting of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSighting {
+    pub alert_id: String,
+    pub device_id: Option<String>,
+    pub hostname: Option<String>,
+    pub observed_at_ms: i64,
+    /// The alert's entities as stored (JSON), where the file's paths are.
+    pub entities: String,
+}
+
 pub trait HuntStore {
     /// One page of `q`'s rows, newest first, with the range's count; None when it
     /// ran longer than `time_limit` and was stopped.
     fn hunt(&self, q: &HuntQuery, time_limit: Duration) -> Result<Option<HuntPage>, StoreError>;
+
+    /// The newest `limit` alerts naming a file: by its SHA-256 in hex, or (with
+    /// `by_path`) every alert whose entities hold `key` as JSON text (a path, hashed
+    /// or not; the caller keeps the exact matches). None when it ran longer than
+    /// `time_limit`.
+    fn file_sightings(
+        &self,
+        key: &str,
+        by_path: bool,
+        limit: u32,
+        time_limit: Duration,
+    ) -> Result<Option<Vec<FileSighting>>, StoreError>;
 
     /// `owner`'s saved hunts by name.
     fn saved_hunts(&self, owner: &str) -> Result<Vec<SavedHunt>, StoreError>;

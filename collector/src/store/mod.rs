@@ -31,7 +31,7 @@ pub use automation::{AutomationAlert, AutomationIncident, AutomationStore, Evide
 pub use feeds::{FeedOps, FeedStore, LocatedSignIn};
 pub use fold::Fold;
 pub use gaps::{DropReportView, GapStore};
-pub use hunt::{HuntStore, NewSavedHunt, SavedHunt};
+pub use hunt::{FileSighting, HuntStore, NewSavedHunt, SavedHunt};
 pub use incident_view::{
     AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, IncidentViews, ProcessAlerts,
 };

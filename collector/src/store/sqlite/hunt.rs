@@ -295,8 +295,13 @@ fn saved(r: &rusqlite::Row<'_>) -> rusqlite::Result<SavedHunt> {
 
 const SAVED_COLUMNS: &str = "id, name, source, query, window_ms, created_at_ms, updated_at_ms";
 
-impl HuntStore for SqliteStore {
-    fn hunt(&self, q: &HuntQuery, time_limit: Duration) -> Result<Option<HuntPage>, StoreError> {
+impl SqliteStore {
+    /// Runs `f` on this connection, interrupted once `time_limit` passes (then None).
+    fn within<R>(
+        &self,
+        time_limit: Duration,
+        f: impl FnOnce(&Self) -> Result<R, StoreError>,
+    ) -> Result<Option<R>, StoreError> {
         let handle = self.conn.get_interrupt_handle();
         let (done, wait) = mpsc::channel::<()>();
         let watchdog = std::thread::Builder::new()
@@ -317,16 +322,54 @@ impl HuntStore for SqliteStore {
                 }
             })
             .map_err(|e| StoreError::Database(Box::new(e)))?;
-        let result = self.run_hunt(q);
+        let result = f(self);
         drop(done);
         // Joined before the connection is used again: a late interrupt would stop
         // whatever statement runs next on it.
         let _ = watchdog.join();
         match result {
-            Ok(page) => Ok(Some(page)),
+            Ok(r) => Ok(Some(r)),
             Err(e) if interrupted(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl HuntStore for SqliteStore {
+    fn hunt(&self, q: &HuntQuery, time_limit: Duration) -> Result<Option<HuntPage>, StoreError> {
+        self.within(time_limit, |s| s.run_hunt(q))
+    }
+
+    fn file_sightings(
+        &self,
+        key: &str,
+        by_path: bool,
+        limit: u32,
+        time_limit: Duration,
+    ) -> Result<Option<Vec<FileSighting>>, StoreError> {
+        self.within(time_limit, |s| {
+            let mut stmt = s.conn.prepare_cached(if by_path {
+                "SELECT a.id, a.device_id, d.hostname, a.observed_at_ms, a.entities
+                 FROM alerts a LEFT JOIN devices d ON d.id = a.device_id
+                 WHERE instr(a.entities, ?1) > 0 ORDER BY a.rowid DESC LIMIT ?2"
+            } else {
+                "SELECT a.id, a.device_id, d.hostname, a.observed_at_ms, a.entities
+                 FROM alert_entities e JOIN alerts a ON a.rowid = e.alert_rowid LEFT JOIN devices d ON d.id = a.device_id
+                 WHERE e.kind = 'file' AND e.value = ?1 ORDER BY a.rowid DESC LIMIT ?2"
+            })?;
+            let rows = stmt
+                .query_map(params![key, limit], |r| {
+                    Ok(FileSighting {
+                        alert_id: r.get(0)?,
+                        device_id: r.get(1)?,
+                        hostname: r.get(2)?,
+                        observed_at_ms: r.get(3)?,
+                        entities: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
     }
 
     fn saved_hunts(&self, owner: &str) -> Result<Vec<SavedHunt>, StoreError> {
