@@ -28,7 +28,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const INDEX: &str = include_str!("../console/index.html");
 
 /// The assets under `/console/`, with their content types.
-const ASSETS: [(&str, &str, &str); 8] = [
+const ASSETS: [(&str, &str, &str); 9] = [
     ("app.css", "text/css; charset=utf-8", include_str!("../console/app.css")),
     (
         "app.js",
@@ -64,6 +64,11 @@ const ASSETS: [(&str, &str, &str); 8] = [
         "hunt.js",
         "text/javascript; charset=utf-8",
         include_str!("../console/hunt.js"),
+    ),
+    (
+        "entity.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/entity.js"),
     ),
 ];
 

@@ -7,6 +7,7 @@ import { queueView, devicesView, deviceView, actionsView } from "./views.js";
 import { incidentView } from "./incident.js";
 import { alertView } from "./alert.js";
 import { huntView } from "./hunt.js";
+import { entityView } from "./entity.js";
 
 const ROUTES = {
   incidents: queueView,
@@ -16,6 +17,7 @@ const ROUTES = {
   device: deviceView,
   alert: alertView,
   hunt: huntView,
+  entity: entityView,
 };
 
 let rendering = 0;

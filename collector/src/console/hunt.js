@@ -6,6 +6,7 @@
 // as they come.
 
 import { session, api, $, $$, esc, time, sev, go, toast } from "./util.js";
+import { entityHref } from "./entity.js";
 
 const SOURCES = [["alerts", "Alerts"], ["sign_ins", "Sign-ins"], ["mail", "Mail"]];
 /** Fields a query may name, per source (the collector's list: model/hunt.rs). */
@@ -49,8 +50,18 @@ function params(h, extra = {}) {
   return p.toString();
 }
 
-function cellHtml(column, v) {
+/** Entities that have a page of their own, linked; the rest as text. */
+function entitiesHtml(text) {
+  return String(text).split(" ").map((t) => {
+    const m = /^(user|ip|file)=(.+)$/.exec(t);
+    return m ? `<a href="${esc(entityHref(m[1], m[2]))}">${esc(t)}</a>` : esc(t);
+  }).join(" ");
+}
+
+function cellHtml(column, v, source) {
   if (v == null || v === "") return `<span class="muted">—</span>`;
+  if (column === "entities") return entitiesHtml(v);
+  if (source === "sign_ins" && (column === "user" || column === "ip")) return `<a href="${esc(entityHref(column, v))}">${esc(v)}</a>`;
   if (column === "time") return `<span title="${esc(new Date(v).toISOString())}">${esc(time(v))}</span>`;
   if (column === "severity") return sev(v);
   if (column === "id") return `<a href="#/alert/${esc(v)}">${esc(v)}</a>`;
@@ -115,7 +126,7 @@ export async function huntView(root, _args, q, current) {
   const draw = (page) => {
     const cols = page.columns;
     $("#hunt-results thead", root).innerHTML = `<tr>${cols.map((c) => `<th scope="col">${esc(c.replace(/_/g, " "))}</th>`).join("")}</tr>`;
-    $("#hunt-results tbody", root).innerHTML = page.rows.map((r) => `<tr>${cols.map((c, i) => `<td class="c-${esc(c)}">${cellHtml(c, r[i])}</td>`).join("")}</tr>`).join("")
+    $("#hunt-results tbody", root).innerHTML = page.rows.map((r) => `<tr>${cols.map((c, i) => `<td class="c-${esc(c)}">${cellHtml(c, r[i], h.source)}</td>`).join("")}</tr>`).join("")
       || `<tr><td colspan="${cols.length}" class="muted">Nothing matches.</td></tr>`;
     const total = page.total.toLocaleString("en-US") + (page.total_capped ? "+" : "");
     $("#hunt-count", root).textContent = `(${total} matching)`;

@@ -19,6 +19,8 @@ use crate::browser::console::sign_in;
 use crate::incidents::{feed, import, rule, user};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+/// SHA-256 of the EICAR test file: a file's hash for the file page.
+const EICAR_SHA256: &str = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f";
 
 /// Elements wider than the window, as `tag#id.class (right edge)`; empty when the
 /// page does not scroll sideways.
@@ -250,6 +252,20 @@ async fn scenario() {
         ];
         signed.push(dev.sign(&a));
     }
+    // One file (by its hash) at two paths: two copies, each with its own status.
+    let mut sha = [0u8; 32];
+    hex::decode_to_slice(EICAR_SHA256, &mut sha).unwrap();
+    for (i, path) in ["/tmp/dropper.bin", "/var/tmp/dropper.bin"].iter().enumerate() {
+        let mut a = dev.next_alert();
+        a.observed_at_ms = now - 30_000 + i as u64;
+        a.last_observed_at_ms = a.observed_at_ms;
+        a.rule = rule("bad", "Known-bad file", Severity::Critical, "T1105", &["TA0011"]);
+        a.entities = vec![Entity::File {
+            path: path.to_string(),
+            sha256: Some(sha),
+        }];
+        signed.push(dev.sign(&a));
+    }
     dev.send_batch(signed).await.unwrap();
     import(
         &collector,
@@ -274,6 +290,16 @@ async fn scenario() {
             "/api/v1/actions",
             &ann,
             json!({"device_id": device, "action": {"kind": "collect_package"}, "reason": "triage"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = collector
+        .post_as(
+            "/api/v1/actions",
+            &ann,
+            json!({"device_id": device, "reason": "known bad",
+                "action": {"kind": "quarantine_file", "path": "/tmp/dropper.bin", "sha256": EICAR_SHA256}}),
         )
         .await
         .unwrap();
@@ -320,6 +346,19 @@ async fn scenario() {
         ),
     ]
     .into_iter()
+    .chain([
+        (
+            "file page",
+            format!("#/entity/file?value={EICAR_SHA256}"),
+            "document.querySelectorAll('#entity-copies tr.copy').length === 2",
+        ),
+        (
+            "user page",
+            "#/entity/user?value=www-data".to_string(),
+            // Not the file page's alerts, still on screen while this one loads.
+            "document.querySelector('#entity-value')?.innerText === 'www-data' && !!document.querySelector('#entity-alerts')",
+        ),
+    ])
     .chain(["assets", "evidence", "tree", "activity"].map(|tab| {
         (
             tab,
@@ -336,6 +375,44 @@ async fn scenario() {
         b.wait_for(&format!("the {view} view"), ready, SECS(30)).unwrap();
         check_view(&mut b, view);
     }
+
+    // The file's page: each copy with its own remediation (only one was quarantined).
+    b.eval(&format!("location.hash = '#/entity/file?value={EICAR_SHA256}'; true"))
+        .unwrap();
+    let copies = b
+        .wait_for(
+            "the file's copies",
+            "document.querySelectorAll('#entity-copies tr.copy').length === 2
+             && [...document.querySelectorAll('#entity-copies tr.copy')].map((r) => r.innerText.replace(/\\s+/g, ' ')).join('\\n')",
+            SECS(30),
+        )
+        .unwrap();
+    let copies = copies.as_str().unwrap();
+    let line = |path: &str| {
+        copies
+            .lines()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("no copy at {path}: {copies}"))
+    };
+    assert!(
+        line("/tmp/dropper.bin").contains("pending approval") && line("/tmp/dropper.bin").contains("web-01"),
+        "{copies}"
+    );
+    assert!(line("/var/tmp/dropper.bin").contains("not remediated"), "{copies}");
+    // From a hunt's results to the user's page.
+    b.eval("location.hash = '#/hunt?source=alerts&range=all&q=user%20%3D%20www-data'; true")
+        .unwrap();
+    let link = "document.querySelector('#hunt-results a[href^=\"#/entity/user\"]')";
+    b.wait_for("a user link in the results", &format!("!!{link}"), SECS(30))
+        .unwrap();
+    b.eval(&format!("{link}.click(); true")).unwrap();
+    b.wait_for(
+        "the user's page",
+        "location.hash.startsWith('#/entity/user') && document.querySelector('#entity-value').innerText === 'www-data'
+         && document.querySelectorAll('#entity-alerts tbody tr').length > 0",
+        SECS(30),
+    )
+    .unwrap();
 
     // A poll that redraws the incident's alert list keeps a keyboard user's place:
     // focus on an alert's link, a new alert arrives, focus is on a link again.
