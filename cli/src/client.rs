@@ -70,6 +70,12 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
+        let (_, bytes) = self.send_raw(req).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Sends `req`; the body of a success, or the API's error as the error.
+    async fn send_raw(&self, req: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Vec<u8>)> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             let mut msg = format!("cannot reach the collector at {}: {e}", self.base);
             let mut src = std::error::Error::source(&e);
@@ -87,15 +93,15 @@ impl Client {
         if bytes.len() > MAX_BODY_BYTES {
             bail!("the collector's answer is larger than {MAX_BODY_BYTES} bytes");
         }
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let msg = body["error"]
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| status.to_string());
             bail!("{msg} (HTTP {})", status.as_u16());
         }
-        Ok(body)
+        Ok((status, bytes.to_vec()))
     }
 
     fn url(&self, path: &str) -> String {
@@ -112,5 +118,15 @@ impl Client {
 
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value> {
         self.send(self.http.patch(self.url(path)).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    /// A GET whose answer is text (a CSV export), as it came.
+    pub async fn get_text(&self, path: &str, query: &[(&str, String)]) -> Result<String> {
+        let (_, bytes) = self.send_raw(self.http.get(self.url(path)).query(query)).await?;
+        String::from_utf8(bytes).context("the collector's answer is not UTF-8")
     }
 }

@@ -40,6 +40,9 @@ enum Command {
     /// Enrolled devices: list, show.
     #[command(subcommand)]
     Devices(Devices),
+    /// Hunting over stored alerts, sign-ins and mail records; your saved hunts.
+    #[command(subcommand)]
+    Hunt(crate::hunt::Hunt),
 }
 
 #[derive(Subcommand, Debug)]
@@ -337,6 +340,7 @@ pub async fn run(cli: Cli) -> Result<String> {
             d["latest_alerts"] = alerts["alerts"].clone();
             out(d, device_detail)
         }
+        Command::Hunt(h) => crate::hunt::run(&c, h, json).await?,
     })
 }
 
@@ -435,7 +439,7 @@ fn action_json(a: ProposeKind) -> Value {
 // ---- output ----
 
 /// A JSON value as plain text ("" for null).
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -455,7 +459,7 @@ fn join(v: &Value, field: Option<&str>) -> String {
 }
 
 /// Milliseconds since the epoch as "YYYY-MM-DD HH:MM:SS" UTC.
-fn when(v: &Value) -> String {
+pub(crate) fn when(v: &Value) -> String {
     v.as_i64()
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())

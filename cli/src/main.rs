@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod config;
+mod hunt;
 mod table;
 
 use clap::Parser;

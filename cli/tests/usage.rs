@@ -20,6 +20,7 @@ fn every_command_is_offered() {
         ("incidents", &["list", "show", "update", "comment", "merge"][..]),
         ("actions", &["list", "propose", "approve", "reject"][..]),
         ("devices", &["list", "show"][..]),
+        ("hunt", &["run", "saved", "save", "delete"][..]),
     ] {
         let out = ward(&[group, "--help"]);
         assert!(out.status.success());

@@ -142,6 +142,23 @@ impl Browser {
         }
     }
 
+    /// Sends one CDP command to the browser itself (not the page).
+    pub fn call_browser(&mut self, method: &str, params: Value) -> Result<Value> {
+        let session = std::mem::take(&mut self.session);
+        let r = self.call(method, params);
+        self.session = session;
+        r
+    }
+
+    /// Saves the page's downloads into `dir` (under the names the page gives them).
+    pub fn allow_downloads(&mut self, dir: &Path) -> Result<()> {
+        self.call_browser(
+            "Browser.setDownloadBehavior",
+            json!({"behavior": "allow", "downloadPath": dir.display().to_string()}),
+        )?;
+        Ok(())
+    }
+
     pub fn navigate(&mut self, url: &str) -> Result<()> {
         self.call("Page.navigate", json!({"url": url}))?;
         Ok(())
@@ -187,13 +204,19 @@ impl Browser {
     pub fn key(&mut self, key: &str) -> Result<()> {
         let (code, text) = match key {
             "Enter" => (13, "\r"),
+            "Tab" => (9, ""),
             k if k.len() == 1 => (k.to_ascii_uppercase().as_bytes()[0] as i64, k),
             _ => bail!("unsupported key {key}"),
         };
-        self.call(
-            "Input.dispatchKeyEvent",
-            json!({"type": "keyDown", "key": key, "windowsVirtualKeyCode": code, "text": text}),
-        )?;
+        let mut down = json!({"type": "keyDown", "key": key, "windowsVirtualKeyCode": code});
+        if !text.is_empty() {
+            down["text"] = json!(text);
+        } else {
+            // A key without text (Tab) is a raw key press: focus moves as a user's would.
+            down["type"] = json!("rawKeyDown");
+            down["code"] = json!(key);
+        }
+        self.call("Input.dispatchKeyEvent", down)?;
         self.call(
             "Input.dispatchKeyEvent",
             json!({"type": "keyUp", "key": key, "windowsVirtualKeyCode": code}),

@@ -28,7 +28,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const INDEX: &str = include_str!("../console/index.html");
 
 /// The assets under `/console/`, with their content types.
-const ASSETS: [(&str, &str, &str); 7] = [
+const ASSETS: [(&str, &str, &str); 9] = [
     ("app.css", "text/css; charset=utf-8", include_str!("../console/app.css")),
     (
         "app.js",
@@ -59,6 +59,16 @@ const ASSETS: [(&str, &str, &str); 7] = [
         "graph.js",
         "text/javascript; charset=utf-8",
         include_str!("../console/graph.js"),
+    ),
+    (
+        "hunt.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/hunt.js"),
+    ),
+    (
+        "entity.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../console/entity.js"),
     ),
 ];
 

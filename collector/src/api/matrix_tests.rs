@@ -26,18 +26,18 @@ use crate::store::prelude::*;
 use crate::transport::Registry;
 use crate::util::sha256;
 
-struct Api {
+pub(super) struct Api {
     _dir: tempfile::TempDir,
-    state: ApiState,
+    pub(super) state: ApiState,
 }
 
 const ROLES: [Role; 4] = [Role::Viewer, Role::Analyst, Role::Approver, Role::Admin];
 
-fn token(role: Role) -> String {
+pub(super) fn token(role: Role) -> String {
     format!("ward_test_{role}")
 }
 
-fn api() -> Api {
+pub(super) fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ward.db");
     let store = Store::open(&db).unwrap();
@@ -94,7 +94,13 @@ fn concrete(path: &str) -> String {
         .replace("{alert_id}", "01JX0000000000000000000001")
 }
 
-async fn call(api: &Api, method: Method, path: &str, bearer: Option<&str>, body: &str) -> (StatusCode, String) {
+pub(super) async fn call(
+    api: &Api,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = bearer {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));

@@ -5,9 +5,11 @@ mod actions;
 mod alert_page;
 pub mod auth;
 mod console;
+mod entity;
 pub mod error;
 pub mod extract;
 pub mod feeds;
+mod hunt;
 mod incidents;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -121,6 +123,8 @@ mod tests {
             ("error.rs", include_str!("error.rs")),
             ("process_tree.rs", include_str!("process_tree.rs")),
             ("alert_page.rs", include_str!("alert_page.rs")),
+            ("hunt.rs", include_str!("hunt.rs")),
+            ("entity.rs", include_str!("entity.rs")),
         ];
         for (file, source) in sources {
             let code = source.find("#[cfg(test)]").map_or(source, |end| &source[..end]);

@@ -11,7 +11,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::ApiState;
-use super::{actions, alert_page, feeds, incidents, routes};
+use super::{actions, alert_page, entity, feeds, hunt, incidents, routes};
 use crate::roles::Role;
 
 /// Which body limit a route's requests get.
@@ -75,7 +75,7 @@ const fn feed(path: &'static str, handler: fn(MethodFilter) -> MethodRouter<ApiS
 use Role::{Admin, Analyst, Approver, Viewer};
 
 /// Every authenticated route. `/healthz` and the console's static files need no token.
-pub static ROUTES: [Route; 29] = [
+pub static ROUTES: [Route; 34] = [
     route(Method::GET, "/metrics", Viewer, |m| on(m, routes::metrics)),
     route(Method::GET, "/api/v1/whoami", Viewer, |m| on(m, routes::whoami)),
     route(Method::GET, "/api/v1/devices", Viewer, |m| on(m, routes::list_devices)),
@@ -142,4 +142,12 @@ pub static ROUTES: [Route; 29] = [
     }),
     feed("/api/v1/feeds/identity", |m| on(m, feeds::identity)),
     feed("/api/v1/feeds/mailbox", |m| on(m, feeds::mailbox)),
+    // Hunting reads raw sign-in and mail records: analysts and up.
+    route(Method::GET, "/api/v1/hunt", Analyst, |m| on(m, hunt::run)),
+    route(Method::GET, "/api/v1/hunt/saved", Analyst, |m| on(m, hunt::saved)),
+    route(Method::POST, "/api/v1/hunt/saved", Analyst, |m| on(m, hunt::save)),
+    route(Method::DELETE, "/api/v1/hunt/saved/{id}", Analyst, |m| {
+        on(m, hunt::delete)
+    }),
+    route(Method::GET, "/api/v1/entities/{kind}", Analyst, |m| on(m, entity::get)),
 ];

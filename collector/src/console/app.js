@@ -6,6 +6,8 @@ import { session, api, $, $$, esc, parseHash, stopPolls, can, toast } from "./ut
 import { queueView, devicesView, deviceView, actionsView } from "./views.js";
 import { incidentView } from "./incident.js";
 import { alertView } from "./alert.js";
+import { huntView } from "./hunt.js";
+import { entityView } from "./entity.js";
 
 const ROUTES = {
   incidents: queueView,
@@ -14,6 +16,8 @@ const ROUTES = {
   devices: devicesView,
   device: deviceView,
   alert: alertView,
+  hunt: huntView,
+  entity: entityView,
 };
 
 let rendering = 0;
@@ -58,6 +62,8 @@ async function start() {
   }
   $("#who").textContent = session.me.name + " · " + session.me.role;
   document.body.dataset.role = session.me.role;
+  // Hunting reads raw feed records: analysts and up (the API checks again).
+  $("#nav [data-nav=hunt]").hidden = !can("analyst");
   $("#signin").hidden = true;
   $("#nav").hidden = false;
   $("#view").hidden = false;

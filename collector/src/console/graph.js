@@ -101,12 +101,12 @@ export function drawGraph(box, detail, { onSelectEntity, onSelectAlert }) {
   }
   parts.push(`<path class="edges" d="${pathOf(edges)}"></path><path class="edges-hl" d=""></path>`);
   for (const a of alerts) {
-    parts.push(`<circle class="node alert sevdot-${esc(a.severity)}" data-step="${stepOf.get("a" + a.id)}" data-alert="${esc(a.id)}" cx="${ax.get(a.id).toFixed(1)}" cy="${TOP}" r="6"></circle>`);
+    parts.push(`<circle class="node alert sevdot-${esc(a.severity)}" tabindex="0" role="button" aria-label="${esc(`alert: ${a.rule.title}, ${a.severity}`)}" data-step="${stepOf.get("a" + a.id)}" data-alert="${esc(a.id)}" cx="${ax.get(a.id).toFixed(1)}" cy="${TOP}" r="6"></circle>`);
   }
   for (const n of ents) {
     const label = entityLabel(n.e.value);
     const step = stepOf.get("e" + n.i);
-    parts.push(`<rect class="node entity" data-step="${step}" data-entity="${n.i}" data-kind="${esc(n.e.kind)}" data-label="${esc(label)}" x="${n.x - 6}" y="${n.y - 8}" width="12" height="12" rx="2"></rect>`);
+    parts.push(`<rect class="node entity" tabindex="0" role="button" aria-label="${esc(`${n.e.kind}: ${label}`)}" data-step="${step}" data-entity="${n.i}" data-kind="${esc(n.e.kind)}" data-label="${esc(label)}" x="${n.x - 6}" y="${n.y - 8}" width="12" height="12" rx="2"></rect>`);
     if (labelled[n.lane]) parts.push(`<text class="elabel" data-step="${step}" x="${n.x + 9}" y="${n.y + 2}">${esc(clip(label, 22))}</text>`);
   }
   parts.push("</svg><div class=\"graph-tip\" hidden></div>");
@@ -152,11 +152,16 @@ export function drawGraph(box, detail, { onSelectEntity, onSelectAlert }) {
       hlPath.setAttribute("d", pathOf(edges.filter((e) => e.a === id && e.step <= shown)));
     },
   };
-  svg.addEventListener("click", (ev) => {
-    const el = ev.target.closest(".node");
+  const choose = (el) => {
     if (!el) { ctl.clear(); onSelectEntity(null); return; }
     if (el.dataset.entity !== undefined) { ctl.selectEntity(Number(el.dataset.entity)); onSelectEntity(Number(el.dataset.entity)); }
     else { ctl.selectAlert(el.dataset.alert); onSelectAlert(el.dataset.alert); }
+  };
+  svg.addEventListener("click", (ev) => choose(ev.target.closest(".node")));
+  // Nodes are buttons for the keyboard too (Tab to one, Enter or Space to select).
+  svg.addEventListener("keydown", (ev) => {
+    const el = ev.target.closest(".node");
+    if (el && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); choose(el); }
   });
   // One tooltip for every node, instead of a <title> element per node.
   svg.addEventListener("mouseover", (ev) => {

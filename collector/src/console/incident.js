@@ -405,7 +405,8 @@ export async function incidentView(root, args, q, current) {
     const before = signature(detail);
     detail = fresh;
     if (before !== signature(detail)) { tree = null; drawAll(); }
-    loadEvidence();
+    // Awaited: the poll gives a keyboard user's focus back after this redraw too.
+    await loadEvidence();
   }
   async function loadEvidence() {
     const key = JSON.stringify([detail.totals, detail.incident.updated_at_ms, detail.actions.map((a) => a.status)]);

@@ -80,8 +80,34 @@ export function toast(message, isError = false) {
 
 // Polls of the current view; the router stops them on every navigation.
 const timers = [];
-export function poll(fn, ms) { timers.push(setInterval(() => fn().catch(() => {}), ms)); }
-export function stopPolls() { while (timers.length) clearInterval(timers.pop()); }
+export function poll(fn, ms) { timers.push(setInterval(() => fn().then(restoreFocus, () => {}), ms)); }
+export function stopPolls() {
+  while (timers.length) clearInterval(timers.pop());
+  focused = null;
+}
+
+// A poll that redraws under a keyboard user must not throw their focus back to the
+// top of the page: the element focused last in the view is remembered by its place
+// (child indexes from #view), and when a redraw removed it, focus goes to what now
+// stands in the same place.
+let focused = null;
+const placeOf = (root, el) => {
+  const path = [];
+  for (let e = el; e && e !== root; e = e.parentElement) path.push(Array.prototype.indexOf.call(e.parentElement.children, e));
+  return path.reverse();
+};
+document.addEventListener("focusin", (ev) => {
+  const view = $("#view");
+  focused = view && view.contains(ev.target) ? { el: ev.target, path: placeOf(view, ev.target) } : null;
+});
+function restoreFocus() {
+  const view = $("#view");
+  const now = document.activeElement;
+  if (!focused || !view || focused.el.isConnected || (now && now !== document.body)) return;
+  let e = view;
+  for (const i of focused.path) e = e ? e.children[i] : null;
+  if (e && typeof e.focus === "function") e.focus({ preventScroll: true });
+}
 
 /** Parses "#/path?a=1&b=2" into { path: ["path"], query: URLSearchParams }. */
 export function parseHash() {

@@ -8,4 +8,5 @@
 pub mod action;
 pub mod correlation;
 pub mod feed;
+pub mod hunt;
 pub mod incident;

@@ -17,6 +17,7 @@ pub mod automation;
 pub mod feeds;
 pub mod fold;
 pub mod gaps;
+pub mod hunt;
 pub mod incident_view;
 pub mod incidents;
 pub mod rules;
@@ -30,6 +31,7 @@ pub use automation::{AutomationAlert, AutomationIncident, AutomationStore, Evide
 pub use feeds::{FeedOps, FeedStore, LocatedSignIn};
 pub use fold::Fold;
 pub use gaps::{DropReportView, GapStore};
+pub use hunt::{FileSighting, HuntStore, NewSavedHunt, SavedHunt};
 pub use incident_view::{
     AlertOrder, AlertPage, AlertPageQuery, AlertTotals, EntityAggregate, IncidentViews, ProcessAlerts,
 };
@@ -56,8 +58,8 @@ pub type FeedTx<'a> = <Store as FeedStore>::FeedTx<'a>;
 pub mod prelude {
     pub use super::{
         ActionOps, ActionStore, AlertStore, AuditStore, AutomationStore, DeviceStore, FeedOps, FeedStore, GapStore,
-        IncidentStore, IncidentViews, Maintenance, PublishedStore, RuleContextStore, SilenceStore, SourcedStore,
-        UserStore,
+        HuntStore, IncidentStore, IncidentViews, Maintenance, PublishedStore, RuleContextStore, SilenceStore,
+        SourcedStore, UserStore,
     };
 }
 

@@ -358,3 +358,146 @@ async fn incidents_from_the_command_line() {
     let (ok, _, err) = ward(&collector, &ann, &["incidents", "show", "../../metrics"]).unwrap();
     assert!(!ok && err.contains("26-character id"), "{err}");
 }
+
+/// Entra sign-ins: three failures of different users from one address, and a success.
+fn spray_export(at: u64) -> Vec<u8> {
+    let record = |id: &str, upn: &str, ip: &str, code: u32| {
+        serde_json::json!({"category": "SignInLogs", "resultType": code.to_string(), "callerIpAddress": ip,
+            "time": rfc3339_ms(at), "properties": {"id": id, "userPrincipalName": upn,
+                "createdDateTime": rfc3339_ms(at), "ipAddress": ip, "appDisplayName": "Office 365",
+                "clientAppUsed": "Browser", "status": {"errorCode": code}}})
+    };
+    serde_json::json!({"records": [
+        record("s1", "ann@contoso.com", "203.0.113.9", 50126),
+        record("s2", "bob@contoso.com", "203.0.113.9", 50126),
+        record("s3", "cat@contoso.com", "203.0.113.9", 50126),
+        record("s4", "dan@contoso.com", "198.51.100.4", 0),
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hunting_from_the_command_line() {
+    let collector = Collector::start().unwrap();
+    let ann = collector.user("ann", "analyst").unwrap();
+    let viewer = collector.user("vic", "viewer").unwrap();
+    let token = collector.join_token(1, "1h").unwrap();
+    let mut dev = TestDevice::enroll(&token, "web-01").await.unwrap();
+    dev.connect().await.unwrap();
+    dev.send_new(3).await.unwrap();
+    let (status, report) = collector
+        .post_bytes_as("/api/v1/feeds/identity", &ann, spray_export(now_ms() - 60_000))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+
+    // A table of the failed sign-ins from one address, newest first.
+    let table = ward_ok(
+        &collector,
+        &ann,
+        &[
+            "hunt",
+            "run",
+            "sign_ins",
+            "ip = 203.0.113.9 and outcome = failure",
+            "--since",
+            "1h",
+        ],
+    )
+    .unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("USER"), "{table}");
+    assert_eq!(lines.len(), 5, "{table}");
+    for user in ["ann@", "bob@", "cat@"] {
+        assert!(table.contains(user), "{table}");
+    }
+    assert!(!table.contains("dan@"), "{table}");
+    assert!(
+        lines[4].starts_with("3 shown of 3 matching (ip = 203.0.113.9 and outcome = failure)"),
+        "{table}"
+    );
+
+    // Paging with the printed cursor, and the device's alerts by host.
+    let first = json(
+        &ward_ok(
+            &collector,
+            &ann,
+            &["hunt", "run", "alerts", "host = WEB-01", "--limit", "2", "--json"],
+        )
+        .unwrap(),
+    );
+    assert_eq!(first["total"], 3);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = json(
+        &ward_ok(
+            &collector,
+            &ann,
+            &[
+                "hunt",
+                "run",
+                "alerts",
+                "host = web-01",
+                "--limit",
+                "2",
+                "--cursor",
+                cursor,
+                "--json",
+            ],
+        )
+        .unwrap(),
+    );
+    assert_eq!(rest["rows"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+
+    // CSV, as the console exports it.
+    let csv = ward_ok(
+        &collector,
+        &ann,
+        &["hunt", "run", "sign_ins", "user ~ contoso", "--csv"],
+    )
+    .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "time,user,ip,location,app,client,outcome,result,risk_level,mfa,device,provider"
+    );
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(lines[1].contains(",Office 365,Browser,"), "{csv}");
+
+    // Saved hunts: save with a window, list, run by name, delete.
+    let saved = ward_ok(
+        &collector,
+        &ann,
+        &[
+            "hunt",
+            "save",
+            "spray",
+            "sign_ins",
+            "outcome=failure",
+            "--window",
+            "24h",
+        ],
+    )
+    .unwrap();
+    assert!(saved.contains("saved \"spray\": sign_ins outcome = failure"), "{saved}");
+    let list = ward_ok(&collector, &ann, &["hunt", "saved"]).unwrap();
+    assert!(list.contains("spray") && list.contains("1d"), "{list}");
+    let rerun = ward_ok(&collector, &ann, &["hunt", "run", "--saved", "spray"]).unwrap();
+    assert!(rerun.contains("3 shown of 3 matching"), "{rerun}");
+    ward_ok(&collector, &ann, &["hunt", "delete", "spray"]).unwrap();
+    assert_eq!(
+        ward_ok(&collector, &ann, &["hunt", "saved"]).unwrap().trim(),
+        "no saved hunts"
+    );
+
+    // Refusals are the API's words, with a non-zero exit.
+    let (ok, _, err) = ward(&collector, &ann, &["hunt", "run", "alerts", "rule ~ x or user = y"]).unwrap();
+    assert!(!ok && err.contains("expected \"and\"") && err.contains("400"), "{err}");
+    let (ok, _, err) = ward(&collector, &ann, &["hunt", "run", "alerts", "", "--limit", "501"]).unwrap();
+    assert!(!ok && err.contains("limit must be 1..=500"), "{err}");
+    let (ok, _, err) = ward(&collector, &viewer, &["hunt", "run", "alerts"]).unwrap();
+    assert!(!ok && err.contains("403"), "{err}");
+    let (ok, _, err) = ward(&collector, &ann, &["hunt", "run", "--saved", "nope"]).unwrap();
+    assert!(!ok && err.contains("no saved hunt called \"nope\""), "{err}");
+}

@@ -49,5 +49,7 @@ mod privileged {
 mod browser {
     mod alert_page;
     mod console;
+    mod hunt;
+    mod layout;
     mod queue;
 }

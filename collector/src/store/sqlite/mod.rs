@@ -10,6 +10,7 @@ mod automation;
 mod feeds;
 mod fold;
 mod gaps;
+mod hunt;
 mod incident_view;
 pub(crate) mod incidents;
 mod rules;

@@ -669,6 +669,21 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rule_id, content_sha256)
     ) WITHOUT ROWID;
     "#,
+    // 29 (hunting): each analyst's saved hunts, by name (store/hunt). `window_ms` is
+    // the time range relative to when the hunt is run (NULL: all time).
+    r#"
+    CREATE TABLE saved_hunts (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        query TEXT NOT NULL,
+        window_ms INTEGER,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        UNIQUE (owner, name)
+    );
+    "#,
 ];
 
 #[cfg(test)]
