@@ -91,7 +91,7 @@ fn ocsf_alert(a: &AlertRecord) -> Value {
         "count": a.alert.count,
         "is_alert": true,
         "message": a.alert.rule.title,
-        "metadata": metadata(&a.id, a.alert.received_at_ms, &["host"]),
+        "metadata": metadata(&a.id, a.alert.received_at_ms, &[]),
         "finding_info": {
             "uid": a.alert.id,
             "title": a.alert.rule.title,
@@ -183,8 +183,11 @@ fn ocsf_incident(i: &IncidentRecord) -> Value {
     if !tactics.is_empty() {
         v["attacks"] = Value::Array(tactics);
     }
-    if let Some(a) = &inc.assignee {
-        v["assignee"] = json!({"name": a});
+    // The class needs an assignee or an assignee group: without an analyst on it,
+    // the incident is with the (only) group, the unassigned queue.
+    match &inc.assignee {
+        Some(a) => v["assignee"] = json!({"name": a}),
+        None => v["assignee_group"] = json!({"name": "unassigned"}),
     }
     v
 }
