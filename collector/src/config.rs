@@ -588,6 +588,33 @@ max_clock_skew_ms = 300000
 # not listed map to the part before the "@" ("alice@contoso.com" → "alice").
 [correlation.user_map]
 # "a.smith@contoso.com" = ["asmith", "alice"]
+
+# Export sinks: every stored alert and incident change sent on to a SIEM, a case tool
+# or a webhook, each sink with its own filter, format and durable spool (export.db in
+# the data dir). Kinds: syslog (RFC 5424 or CEF over tls, tcp or udp), webhook
+# (Standard Webhooks signatures; ward or ocsf JSON), splunk_hec, elasticsearch (_bulk,
+# ECS). All settings, formats and failure behaviour: docs/export.md.
+# [[export]]
+# name = "siem"
+# kind = "syslog"
+# transport = "tls"                  # tls, tcp, udp
+# address = "siem.example.com:6514"
+# ca_pem = "export-ca.pem"           # CAs to trust (data dir); default: the system's
+# format = "rfc5424"                 # rfc5424 (Ward JSON message) or cef
+# records = ["alerts", "incidents"]
+# min_severity = "medium"
+# sources = []                       # agent, identity, mailbox, collector; [] = all
+# spool_max_records = 1000000        # past it, new records for this sink are dropped
+# batch_records = 500
+# timeout_ms = 10000
+# retry_initial_ms = 1000            # doubled each failure, jittered
+# retry_max_ms = 300000
+# [[export]]
+# name = "soar"
+# kind = "webhook"
+# url = "https://soar.example.com/hooks/ward"
+# format = "ocsf"                    # ward or ocsf
+# secrets = ["whsec_..."]            # every secret signs: add the new, then drop the old
 "#;
 
 /// One `[[export]]` sink. Which settings a kind needs (and allows) is checked by

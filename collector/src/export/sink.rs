@@ -518,6 +518,36 @@ mod tests {
         refused("[[export]]\nname = \"a b\"\nkind = \"syslog\"", "name must be");
     }
 
+    /// docs/export.md's example configs are accepted as they are (with CA files where
+    /// they name them).
+    #[test]
+    fn the_documented_examples_are_valid() {
+        let docs = include_str!("../../../docs/export.md");
+        let mut text = String::new();
+        let mut inside = false;
+        for line in docs.lines() {
+            match (inside, line.trim()) {
+                (false, "```toml") => inside = true,
+                (true, "```") => inside = false,
+                (true, l) => {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+                _ => {}
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        for f in ["export-ca.pem", "splunk-ca.pem"] {
+            std::fs::write(dir.path().join(f), ca.cert.pem()).unwrap();
+        }
+        let config = crate::config::Config::parse(&text).unwrap();
+        let sinks = check_all(&config.export, dir.path()).unwrap();
+        let kinds: Vec<&str> = config.export.iter().map(|c| c.kind.as_str()).collect();
+        assert_eq!(kinds, ["syslog", "syslog", "webhook", "splunk_hec", "elasticsearch"]);
+        assert_eq!(sinks.len(), 5);
+    }
+
     #[test]
     fn url_hosts() {
         assert_eq!(
