@@ -28,6 +28,7 @@ pub fn ward_json(r: &Record) -> Value {
             "id": i.id,
             "incident": i.incident,
             "changes": i.changes,
+            "omitted_changes": i.omitted_changes,
         }),
     }
 }
@@ -178,6 +179,7 @@ fn ocsf_incident(i: &IncidentRecord) -> Value {
             "user_count": inc.user_count,
             "mailbox_count": inc.mailbox_count,
             "changes": i.changes,
+            "omitted_changes": i.omitted_changes,
         },
     });
     if !tactics.is_empty() {
@@ -286,7 +288,7 @@ pub fn ecs(r: &Record) -> Value {
             "log": {"level": severity.as_str()},
             "threat": {"framework": "MITRE ATT&CK", "tactic": {"id": i.incident.tactics.iter().map(|t| &t.id).collect::<Vec<_>>()}},
             "observer": {"vendor": "Ward", "product": "Ward", "version": PRODUCT_VERSION, "type": "edr"},
-            "ward": {"record_id": i.id, "incident": i.incident, "changes": i.changes},
+            "ward": {"record_id": i.id, "incident": i.incident, "changes": i.changes, "omitted_changes": i.omitted_changes},
         }),
     }
 }
@@ -319,6 +321,7 @@ mod tests {
                 detail: String::new(),
                 alert_id: None,
             }],
+            omitted_changes: 0,
         })
     }
 

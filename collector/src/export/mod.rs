@@ -199,6 +199,7 @@ async fn step(ex: &Exporter, reads: &ReadPool) -> Result<bool, StoreError> {
     let sinks = Arc::clone(&ex.sinks);
     let hostname = Arc::clone(&ex.hostname);
     let caps: Vec<(String, u64)> = sinks.iter().map(|s| (s.name.clone(), s.spool_max_records)).collect();
+    let gauges = ex.metrics.clone();
     let appended = with_spool(&ex.spool, move |s| {
         // Writing the records is CPU work: it runs here, off the async threads.
         let records = record::records(batch);
@@ -212,13 +213,17 @@ async fn step(ex: &Exporter, reads: &ReadPool) -> Result<bool, StoreError> {
                 });
             }
         }
-        s.spool_append(&spooled, marks, &caps, now_ms())
+        let appended = s.spool_append(&spooled, marks, &caps, now_ms())?;
+        // Set under the spool's lock, so a delivery's update cannot be overtaken.
+        for (sink, g) in caps.iter().zip(&gauges) {
+            g.queued.set(s.spool_depth(&sink.0)?.0);
+        }
+        Ok(appended)
     })
     .await?;
     for (i, (sink, added, refused)) in appended.per_sink.iter().enumerate() {
         let m = &ex.metrics[i];
         if *added > 0 {
-            m.queued.set(m.queued.get() + added);
             ex.wake[i].notify_one();
         }
         if *refused > 0 {
@@ -268,6 +273,17 @@ async fn tail(ex: Exporter, reads: ReadPool, mut rounds: watch::Receiver<u64>, m
     }
 }
 
+/// Removes a sink's records through `seq` and sets its queue gauge, under the lock.
+async fn ack(spool: &SharedSpool, sink: &str, seq: i64, m: &Arc<SinkMetrics>) -> Result<(), StoreError> {
+    let (name, m) = (sink.to_string(), Arc::clone(m));
+    with_spool(spool, move |s| {
+        s.spool_ack(&name, seq)?;
+        m.queued.set(s.spool_depth(&name)?.0);
+        Ok(())
+    })
+    .await
+}
+
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
@@ -290,8 +306,11 @@ async fn deliver(
         }
         let name = sink.name.clone();
         let limit = sink.batch_records;
+        let gauge = Arc::clone(&m);
         let peeked = with_spool(&spool, move |s| {
-            Ok((s.spool_peek(&name, limit)?, s.spool_depth(&name)?))
+            let depth = s.spool_depth(&name)?;
+            gauge.queued.set(depth.0);
+            Ok((s.spool_peek(&name, limit)?, depth))
         })
         .await;
         let (records, (queued, oldest)) = match peeked {
@@ -301,7 +320,6 @@ async fn deliver(
                 (Vec::new(), (m.queued.get(), None))
             }
         };
-        m.queued.set(queued);
         m.oldest_age_ms.set(oldest.map_or(0, |t| now_ms().saturating_sub(t)));
         let Some(last) = records.last().map(|r| r.seq) else {
             tokio::select! {
@@ -312,26 +330,50 @@ async fn deliver(
             continue;
         };
         let n = records.len() as u64;
-        let outcome = tokio::time::timeout(sink.timeout, sender.send(&records, now_ms() / 1000)).await;
+        // A webhook sends one request per record, each with its own time limit.
+        let limit = if sender.per_record() {
+            sink.timeout * records.len() as u32
+        } else {
+            sink.timeout
+        };
+        let outcome = tokio::time::timeout(limit, sender.send(&records, now_ms() / 1000)).await;
         let outcome = match outcome {
             Ok(r) => r,
-            Err(_) => Err(send::SendError::Retry(format!("no answer within {:?}", sink.timeout))),
+            Err(_) => Err(send::SendError::Retry(format!("no answer within {limit:?}"))),
         };
+        // Records the receiver took before a failure are done with (webhooks).
+        let taken = if outcome.is_err() {
+            sender.delivered_before_failure().min(records.len())
+        } else {
+            0
+        };
+        if taken > 0 {
+            m.sent.add(taken as u64);
+            if let Err(e) = ack(&spool, &sink.name, records[taken - 1].seq, &m).await {
+                error!(sink = %sink.name, error = %e, "cannot remove delivered records from the export spool");
+            }
+        }
         match outcome {
-            Ok(()) | Err(send::SendError::Refused(_)) => {
-                if let Err(send::SendError::Refused(why)) = &outcome {
-                    m.refused.add(n);
-                    error!(sink = %sink.name, records = n, first = %records[0].id, %why, "export receiver refused records; dropped");
-                } else {
-                    m.sent.add(n);
-                }
-                let name = sink.name.clone();
-                if let Err(e) = with_spool(&spool, move |s| s.spool_ack(&name, last)).await {
+            Ok(()) => {
+                m.sent.add(n);
+                if let Err(e) = ack(&spool, &sink.name, last, &m).await {
                     // They stay spooled and go again: at least once.
                     error!(sink = %sink.name, error = %e, "cannot remove delivered records from the export spool");
                 }
                 if failures > 0 {
                     info!(sink = %sink.name, after_failures = failures, "export sink delivers again");
+                }
+                failures = 0;
+            }
+            Err(send::SendError::Refused(why)) => {
+                // A webhook's refusal is of one record (the next after those taken);
+                // a batch's, of the whole batch.
+                let upto = if sender.per_record() { taken } else { records.len() - 1 };
+                let dropped = (upto + 1 - taken) as u64;
+                m.refused.add(dropped);
+                error!(sink = %sink.name, records = dropped, first = %records[taken].id, %why, "export receiver refused records; dropped");
+                if let Err(e) = ack(&spool, &sink.name, records[upto].seq, &m).await {
+                    error!(sink = %sink.name, error = %e, "cannot remove refused records from the export spool");
                 }
                 failures = 0;
             }

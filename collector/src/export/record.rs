@@ -39,8 +39,16 @@ pub struct Change {
 pub struct IncidentRecord {
     pub id: String,
     pub incident: IncidentSummary,
+    /// The newest [`MAX_CHANGES`] changes, oldest first.
     pub changes: Vec<Change>,
+    /// Changes left out (older ones beyond [`MAX_CHANGES`]; the incident's counts
+    /// say where it stands).
+    pub omitted_changes: usize,
 }
+
+/// Changes one incident record lists at most, so a record stays small (an incident
+/// that thousands of alerts join in one read would otherwise list each).
+pub const MAX_CHANGES: usize = 100;
 
 impl IncidentRecord {
     /// The incident was opened by one of these changes.
@@ -133,10 +141,21 @@ pub fn records(batch: ExportBatch) -> Vec<Record> {
         // Links and entries each come in their own order; a stable sort by time
         // keeps that order for changes made at the same moment.
         changes.sort_by_key(|c| c.at_ms);
+        let omitted_changes = changes.len().saturating_sub(MAX_CHANGES);
+        // Keep the one that opened it (it says what the incident is) and the newest.
+        let opened = changes
+            .iter()
+            .position(|c| c.kind == "created")
+            .filter(|i| *i < omitted_changes);
+        let mut kept: Vec<Change> = opened.map(|i| changes[i].clone()).into_iter().collect();
+        kept.extend(changes.drain(omitted_changes..));
+        let omitted_changes = omitted_changes - usize::from(opened.is_some()).min(omitted_changes);
+        kept.truncate(MAX_CHANGES + 1);
         out.push(Record::Incident(IncidentRecord {
             id: format!("incident-{id}-{link}-{activity}"),
             incident: incident.clone(),
-            changes,
+            changes: kept,
+            omitted_changes,
         }));
     }
     out
@@ -286,6 +305,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_record_lists_the_opening_and_the_newest_changes() {
+        let links = (1..=250).map(|n| link(n, "inc", n == 1, n)).collect();
+        let batch = ExportBatch {
+            links,
+            incidents: vec![incident("inc", "high", &["agent"])],
+            ..Default::default()
+        };
+        let out = records(batch);
+        let Record::Incident(r) = &out[0] else { panic!() };
+        assert_eq!(r.changes.len(), MAX_CHANGES + 1);
+        assert_eq!(r.changes[0].kind, "created");
+        assert_eq!(r.changes[1].at_ms, 151);
+        assert_eq!(r.changes.last().unwrap().at_ms, 250);
+        assert_eq!(r.omitted_changes, 149);
+        assert!(r.opened());
+    }
+
+    #[test]
     fn changes_of_an_incident_no_longer_stored_are_left_out() {
         let batch = ExportBatch {
             links: vec![link(1, "gone", true, 1)],
@@ -308,6 +345,7 @@ pub(crate) mod tests {
                 id: "y".into(),
                 incident: incident("i", sev, srcs),
                 changes: vec![],
+                omitted_changes: 0,
             })
         };
         let all = Filter {

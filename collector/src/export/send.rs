@@ -37,6 +37,9 @@ pub struct Sender {
     /// The open syslog connection (TCP or TLS).
     conn: Option<Box<dyn Stream>>,
     udp: Option<UdpSocket>,
+    /// Records of the last `send` the receiver took before it failed (webhooks send
+    /// one request per record: those before a failure need not go again).
+    delivered: usize,
 }
 
 impl std::fmt::Debug for Sender {
@@ -85,12 +88,14 @@ impl Sender {
             http,
             conn: None,
             udp: None,
+            delivered: 0,
         })
     }
 
     /// Delivers `records` (a sink's oldest, in order). `now_s` is the sending time
     /// (webhook timestamps).
     pub async fn send(&mut self, records: &[Spooled], now_s: u64) -> Result<(), SendError> {
+        self.delivered = 0;
         match self.destination.clone() {
             Destination::Syslog {
                 address,
@@ -108,6 +113,7 @@ impl Sender {
             Destination::Webhook { url, secrets, .. } => {
                 for r in records {
                     self.post_webhook(&url, &secrets, r, now_s).await?;
+                    self.delivered += 1;
                 }
                 Ok(())
             }
@@ -141,6 +147,16 @@ impl Sender {
                 bulk_outcome(&v).map_err(SendError::Refused)
             }
         }
+    }
+
+    /// How many of the records of the last `send` were taken before it failed.
+    pub fn delivered_before_failure(&self) -> usize {
+        self.delivered
+    }
+
+    /// Whether a delivery sends one request per record (its time limit is per record).
+    pub fn per_record(&self) -> bool {
+        matches!(self.destination, Destination::Webhook { .. })
     }
 
     fn client(&self) -> Result<&reqwest::Client, SendError> {

@@ -400,14 +400,12 @@ async fn syslog_reaches_rsyslog_over_tls_and_udp_as_rfc5424_and_cef() {
         .collect();
     assert_eq!(cef_ids, ids);
 
-    let metrics = collector.metrics().await.unwrap();
+    // The counters move just after the receiver has the messages.
     for sink in ["tls-json", "tls-cef", "udp-json"] {
-        assert_eq!(
-            metric(&metrics, &format!("ward_export_sent_total{{sink=\"{sink}\"}}")),
-            30,
-            "{metrics}"
-        );
-        assert_eq!(metric(&metrics, &format!("ward_export_queued{{sink=\"{sink}\"}}")), 0);
+        let sent = format!("ward_export_sent_total{{sink=\"{sink}\"}}");
+        wait_metric(&collector, &sent, Duration::from_secs(5), |v| v == 30).await;
+        let queued = format!("ward_export_queued{{sink=\"{sink}\"}}");
+        wait_metric(&collector, &queued, Duration::from_secs(5), |v| v == 0).await;
     }
 }
 
@@ -960,11 +958,87 @@ async fn splunk_hec_and_elasticsearch_bulk_get_their_documented_wire_formats() {
         }
     }
     assert_eq!(bulk_ids, ids);
+    // A 409 is a redelivery: delivered.
+    let sent = "ward_export_sent_total{sink=\"elastic\"}";
+    wait_metric(&collector, sent, Duration::from_secs(5), |v| v == 12).await;
     let text = collector.metrics().await.unwrap();
-    assert_eq!(
-        metric(&text, "ward_export_sent_total{sink=\"elastic\"}"),
-        12,
-        "a 409 is a redelivery, delivered"
-    );
     assert_eq!(metric(&text, "ward_export_refused_total{sink=\"elastic\"}"), 0);
+}
+
+/// A webhook receiver that refuses one record as malformed (HTTP 400) and fails
+/// once on another (503): the refused one is dropped and counted, the failed one
+/// goes again, and the records before a failure are not sent twice.
+#[tokio::test]
+async fn a_refused_webhook_record_is_dropped_alone_and_earlier_ones_are_not_resent() {
+    let refused = std::sync::Arc::new(std::sync::Mutex::new((String::new(), String::new(), false)));
+    let rule = std::sync::Arc::clone(&refused);
+    let receiver = Receiver::start(Box::new(move |req| {
+        let id = req.headers.get("webhook-id").cloned().unwrap_or_default();
+        let mut r = rule.lock().unwrap();
+        if id == r.0 {
+            return (400, r#"{"error":"bad record"}"#.into());
+        }
+        if id == r.1 && !r.2 {
+            r.2 = true;
+            return (503, "{}".into());
+        }
+        (200, "{}".into())
+    }))
+    .await;
+    let addr = receiver.addr;
+    let secret = whsec(9);
+    let s = secret.clone();
+    let collector = Collector::start_with(move |c| {
+        ward_tests::without_folding(c);
+        c.push_str(&format!(
+            "\n[[export]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{addr}/\"\nsecrets = [\"{s}\"]\nrecords = [\"alerts\"]\nretry_initial_ms = 100\nretry_max_ms = 200\n"
+        ));
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "w-1")
+        .await
+        .unwrap();
+    dev.connect().await.unwrap();
+    // The ids are known once signed: set the receiver's rule before sending.
+    let alerts: Vec<_> = (0..8).map(|_| dev.next_alert()).collect();
+    let ids: Vec<String> = alerts.iter().map(|a| a.id.to_string()).collect();
+    *refused.lock().unwrap() = (format!("alert-{}", ids[2]), format!("alert-{}", ids[5]), false);
+    dev.send_batch(alerts.iter().map(|a| dev.sign(a)).collect())
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_for("7 records taken", Duration::from_secs(20), |rs| rs.len() >= 7)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let taken: Vec<String> = receiver
+        .taken()
+        .iter()
+        .map(|r| r.headers["webhook-id"].trim_start_matches("alert-").to_string())
+        .collect();
+    let mut want = ids.clone();
+    want.remove(2);
+    assert_eq!(
+        taken,
+        want,
+        "each taken once, in order, the refused one left out ({} requests)",
+        got.len()
+    );
+    let all = receiver.requests.lock().unwrap().clone();
+    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 1, "{statuses:?}");
+    for r in &all {
+        verify_standard_webhook(&secret, r, ward_tests::now_ms() / 1000).unwrap();
+    }
+    wait_metric(
+        &collector,
+        "ward_export_sent_total{sink=\"hook\"}",
+        Duration::from_secs(5),
+        |v| v == 7,
+    )
+    .await;
+    let text = collector.metrics().await.unwrap();
+    assert_eq!(metric(&text, "ward_export_refused_total{sink=\"hook\"}"), 1);
+    assert_eq!(metric(&text, "ward_export_failed_total{sink=\"hook\"}"), 1);
 }

@@ -428,6 +428,7 @@ fn every_kind_of_ocsf_record_ward_writes_validates() {
                 detail: "x".into(),
                 alert_id: None,
             }],
+            omitted_changes: 0,
         });
         let v = ocsf(&r);
         assert_eq!(v["activity_id"], activity, "{status}");
