@@ -235,7 +235,7 @@ pub async fn run(
         reads.clone(),
         shutdown.clone(),
     ));
-    let export = tokio::spawn(exporter.run(reads.clone(), ctx.writer.rounds(), shutdown.clone()));
+    let export = exporter.map(|e| tokio::spawn(e.run(reads.clone(), ctx.writer.rounds(), shutdown.clone())));
     let heartbeats = tokio::spawn(transport::write_heartbeats(Arc::clone(&ctx), shutdown.clone()));
     let poller = tokio::spawn(poll_changes(
         reads,
@@ -281,7 +281,9 @@ pub async fn run(
     let _ = expiry.await;
     let _ = silence.await;
     // Export stops at shutdown by itself; what it has not delivered stays spooled.
-    let _ = tokio::time::timeout(Duration::from_secs(5), export).await;
+    if let Some(export) = export {
+        let _ = tokio::time::timeout(Duration::from_secs(5), export).await;
+    }
     // Every writer handle is gone now: the thread finishes what was queued and exits.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("collector stopped");

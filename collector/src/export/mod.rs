@@ -109,8 +109,18 @@ impl Exporter {
     /// Opens the spool (records of sinks no longer configured are removed, and
     /// said so) and registers the sinks' metrics. `hostname` names this collector
     /// in syslog headers and HEC events.
-    pub fn open(data_dir: &Path, sinks: Vec<Sink>, hostname: &str, metrics: &Metrics) -> Result<Exporter, StoreError> {
-        let mut spool = Spool::open(&data_dir.join(SPOOL_FILE))?;
+    /// Without sinks there is nothing to run (`None`), and no spool file is created.
+    pub fn open(
+        data_dir: &Path,
+        sinks: Vec<Sink>,
+        hostname: &str,
+        metrics: &Metrics,
+    ) -> Result<Option<Exporter>, StoreError> {
+        let path = data_dir.join(SPOOL_FILE);
+        if sinks.is_empty() && !path.exists() {
+            return Ok(None);
+        }
+        let mut spool = Spool::open(&path)?;
         let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
         for (sink, n) in spool.spool_forget_others(&names)? {
             warn!(
@@ -133,21 +143,21 @@ impl Exporter {
             m.queued.set(queued);
         }
         let _ = metrics.export.set(per_sink.clone());
-        Ok(Exporter {
+        if sinks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Exporter {
             wake: sinks.iter().map(|_| Arc::new(Notify::new())).collect(),
             sinks: Arc::new(sinks),
             spool: Arc::new(Mutex::new(spool)),
             metrics: per_sink,
             hostname: hostname.into(),
-        })
+        }))
     }
 
     /// Runs the tail and one delivery task per sink until `shutdown` flips.
     /// `rounds` changes after every writer round.
     pub async fn run(self, reads: ReadPool, rounds: watch::Receiver<u64>, shutdown: watch::Receiver<bool>) {
-        if self.sinks.is_empty() {
-            return;
-        }
         info!(sinks = self.sinks.len(), "export sinks configured");
         let mut tasks = Vec::new();
         for (i, sink) in self.sinks.iter().enumerate() {

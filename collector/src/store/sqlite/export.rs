@@ -294,3 +294,61 @@ impl SpoolStore for SqliteSpool {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rec(sink: &str, id: &str) -> NewSpooled {
+        NewSpooled {
+            sink: sink.into(),
+            id: id.into(),
+            body: id.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_spool_keeps_order_bounds_each_sink_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.db");
+        let mut spool = SqliteSpool::open(&path).unwrap();
+        assert_eq!(spool.spool_marks().unwrap(), None);
+        let caps = vec![("a".to_string(), 3), ("b".to_string(), 10)];
+        let marks = ExportMarks {
+            alert: 5,
+            link: 2,
+            activity: 1,
+        };
+        let records: Vec<NewSpooled> = (1..=5)
+            .flat_map(|n| [rec("a", &format!("r{n}")), rec("b", &format!("r{n}"))])
+            .collect();
+        let appended = spool.spool_append(&records, marks, &caps, 1_000).unwrap();
+        assert_eq!(appended.per_sink, [("a".into(), 3, 2), ("b".into(), 5, 0)]);
+        // Records of a sink not configured are not spooled.
+        spool.spool_append(&[rec("gone", "x")], marks, &caps, 1_001).unwrap();
+        let a: Vec<String> = spool.spool_peek("a", 10).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(a, ["r1", "r2", "r3"]);
+        let b = spool.spool_peek("b", 2).unwrap();
+        spool.spool_failed("b", b[1].seq).unwrap();
+        spool.spool_ack("a", spool.spool_peek("a", 2).unwrap()[1].seq).unwrap();
+        assert_eq!(spool.spool_depth("a").unwrap(), (1, Some(1_000)));
+        drop(spool);
+
+        let mut spool = SqliteSpool::open(&path).unwrap();
+        assert_eq!(spool.spool_marks().unwrap(), Some(marks));
+        assert_eq!(spool.spool_depth("a").unwrap().0, 1);
+        assert_eq!(spool.spool_depth("b").unwrap().0, 5);
+        let b = spool.spool_peek("b", 10).unwrap();
+        assert_eq!(b.iter().map(|r| r.attempts).collect::<Vec<_>>(), [1, 1, 0, 0, 0]);
+        assert_eq!(b[0].body, b"r1");
+        // Marks never move back.
+        spool.spool_append(&[], ExportMarks::default(), &caps, 2_000).unwrap();
+        assert_eq!(spool.spool_marks().unwrap(), Some(marks));
+        assert_eq!(
+            spool.spool_forget_others(&["b".to_string()]).unwrap(),
+            [("a".to_string(), 1)]
+        );
+        assert_eq!(spool.spool_depth("a").unwrap(), (0, None));
+    }
+}
