@@ -102,6 +102,7 @@ async fn main() -> Result<()> {
     }
     println!("{} agents, {total} alerts signed; sending", cli.agents);
     let started = Instant::now();
+    let at_ingest_end = Arc::clone(&received);
     let mut tasks = Vec::new();
     for (mut d, batches) in devices {
         tasks.push(tokio::spawn(async move {
@@ -133,13 +134,14 @@ async fn main() -> Result<()> {
         for t in tasks {
             t.await.unwrap();
         }
-        started.elapsed()
+        (started.elapsed(), at_ingest_end.load(Ordering::Relaxed))
     };
     let (ingested, peak) = tokio::join!(ingest, async {
         let p = sampler.await;
         (started.elapsed(), p)
     });
     let (delivered, peak) = peak;
+    let (ingested, delivered_by_then) = ingested;
     peak_queued = peak_queued.max(peak);
     let text = collector.metrics().await?;
     println!(
@@ -155,5 +157,13 @@ async fn main() -> Result<()> {
         metric(&text, "ward_export_failed_total{sink=\"bench\"}"),
         metric(&text, "ward_export_dropped_total{sink=\"bench\"}"),
     );
+    let drain = delivered.saturating_sub(ingested).as_secs_f64();
+    if drain > 0.0 {
+        println!(
+            "after ingest ended: {} alerts left, delivered in {drain:.1} s ({:.0} alerts/s, export alone)",
+            total - delivered_by_then,
+            (total - delivered_by_then) as f64 / drain
+        );
+    }
     Ok(())
 }
