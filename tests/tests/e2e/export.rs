@@ -1042,3 +1042,57 @@ async fn a_refused_webhook_record_is_dropped_alone_and_earlier_ones_are_not_rese
     assert_eq!(metric(&text, "ward_export_refused_total{sink=\"hook\"}"), 1);
     assert_eq!(metric(&text, "ward_export_failed_total{sink=\"hook\"}"), 1);
 }
+
+/// A receiver whose certificate the sink's `ca_pem` does not vouch for gets
+/// nothing: each handshake fails and is counted, records wait; with the right CA
+/// (and a restart, as docs/export.md says) they are delivered.
+#[tokio::test]
+async fn an_untrusted_receiver_certificate_fails_the_handshake_and_records_wait() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = make_pki(certs.path());
+    let other = tempfile::tempdir().unwrap();
+    let wrong = make_pki(other.path());
+    let rsyslog = Rsyslog::start(&pki, free_port(false));
+    let port = rsyslog.tls_port;
+    let wrong_ca = wrong.ca.clone();
+    let mut collector = Collector::start_with(|c| {
+        ward_tests::without_folding(c);
+        c.push_str(&syslog_sink("siem", "tls", port, "rfc5424", &wrong_ca, ""));
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut dev = TestDevice::enroll(&collector.join_token(1, "1h").unwrap(), "tls-1")
+        .await
+        .unwrap();
+    dev.connect().await.unwrap();
+    let ids = send_alerts(&mut dev, 10).await;
+    wait_metric(
+        &collector,
+        "ward_export_failed_total{sink=\"siem\"}",
+        Duration::from_secs(20),
+        |v| v >= 3,
+    )
+    .await;
+    assert_eq!(
+        metric(&collector.metrics().await.unwrap(), "ward_export_queued{sink=\"siem\"}"),
+        10
+    );
+    assert!(
+        rsyslog.received().is_empty(),
+        "nothing may pass an unverified TLS session"
+    );
+
+    collector.stop().unwrap();
+    let path = collector.data_dir().join("collector.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        config.replace(&wrong.ca.display().to_string(), &pki.ca.display().to_string()),
+    )
+    .unwrap();
+    collector.serve().unwrap();
+    let got = rsyslog
+        .wait_for("the 10 waiting", Duration::from_secs(30), |m| m.len() >= 10)
+        .await;
+    assert_eq!(first_occurrences(&got).0, ids);
+}
