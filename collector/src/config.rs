@@ -41,6 +41,9 @@ pub struct Config {
     pub automation: Vec<RuleConfig>,
     pub correlation: CorrelationConfig,
     pub feeds: FeedsConfig,
+    /// `[[export]]` sinks: alerts and incident changes sent on to a SIEM, a case
+    /// tool or a webhook (checked by `export::check_config` at start).
+    pub export: Vec<ExportConfig>,
     /// Set by `serve --skip-integrity-check`, not by the file: run on a database that
     /// fails its quick check (to export what it still holds).
     #[serde(skip)]
@@ -291,6 +294,7 @@ impl Default for Config {
             automation: Vec::new(),
             correlation: CorrelationConfig::default(),
             feeds: FeedsConfig::default(),
+            export: Vec::new(),
             skip_integrity_check: false,
         }
     }
@@ -593,7 +597,124 @@ max_clock_skew_ms = 300000
 # not listed map to the part before the "@" ("alice@contoso.com" → "alice").
 [correlation.user_map]
 # "a.smith@contoso.com" = ["asmith", "alice"]
+
+# Export sinks: every stored alert and incident change sent on to a SIEM, a case tool
+# or a webhook, each sink with its own filter, format and durable spool (export.db in
+# the data dir). Kinds: syslog (RFC 5424 or CEF over tls, tcp or udp), webhook
+# (Standard Webhooks signatures; ward or ocsf JSON), splunk_hec, elasticsearch (_bulk,
+# ECS). All settings, formats and failure behaviour: docs/export.md.
+# [[export]]
+# name = "siem"
+# kind = "syslog"
+# transport = "tls"                  # tls, tcp, udp
+# address = "siem.example.com:6514"
+# ca_pem = "export-ca.pem"           # CAs to trust (data dir); default: the system's
+# format = "rfc5424"                 # rfc5424 (Ward JSON message) or cef
+# records = ["alerts", "incidents"]
+# min_severity = "medium"
+# sources = []                       # agent, identity, mailbox, collector; [] = all
+# spool_max_records = 1000000        # past it, new records for this sink are dropped
+# batch_records = 500
+# timeout_ms = 10000
+# retry_initial_ms = 1000            # doubled each failure, jittered
+# retry_max_ms = 300000
+# [[export]]
+# name = "soar"
+# kind = "webhook"
+# url = "https://soar.example.com/hooks/ward"
+# format = "ocsf"                    # ward or ocsf
+# secrets = ["whsec_..."]            # every secret signs: add the new, then drop the old
 "#;
+
+/// One `[[export]]` sink. Which settings a kind needs (and allows) is checked by
+/// `export::check_config`; every one is documented in docs/export.md.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Names the sink in logs, metrics and its spool; unique.
+    pub name: String,
+    /// `syslog`, `webhook`, `splunk_hec` or `elasticsearch`.
+    pub kind: String,
+    /// What it receives: `alerts`, `incidents` (incident changes), or both.
+    #[serde(default = "default_export_records")]
+    pub records: Vec<String>,
+    /// Alerts (and incidents) of at least this severity; none = all.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+    /// Alert sources (agent, identity, mailbox, collector); an incident passes when
+    /// any of its sources is listed. Empty = all.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// syslog: `rfc5424` (Ward JSON as the message) or `cef`; webhook, splunk_hec:
+    /// `ward` or `ocsf`; elasticsearch: `ecs`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Records the sink's spool holds at most; past it new records for this sink
+    /// are dropped and counted (`ward_export_dropped_total`).
+    #[serde(default = "default_spool_max_records")]
+    pub spool_max_records: u64,
+    /// First wait after a failed delivery, doubled each failure up to `retry_max_ms`
+    /// (each wait jittered between half and all of it).
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// syslog: `host:port` of the receiver.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// syslog: `tls` (RFC 5425), `tcp` (octet counting, RFC 6587) or `udp` (RFC 5426).
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// syslog: facility number, 0-23 (default 13, log audit).
+    #[serde(default)]
+    pub facility: Option<u8>,
+    /// webhook, splunk_hec, elasticsearch: the URL to POST to (http or https).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// TLS (syslog over tls, https URLs): PEM file of the CA certificates to trust
+    /// (relative paths from the data dir). Required for TLS.
+    #[serde(default)]
+    pub ca_pem: Option<PathBuf>,
+    /// TLS: the name the receiver's certificate must carry (default: the host of
+    /// `address` or `url`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// webhook: signing secrets (`whsec_` + base64); every one signs, so a receiver
+    /// can roll to a new secret while the old one still verifies.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// splunk_hec: the HEC token; elasticsearch: an API key (`Authorization: ApiKey`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// elasticsearch: the index (or data stream) documents go to.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Records sent in one delivery (one HTTP request, one burst of syslog messages).
+    #[serde(default = "default_export_batch")]
+    pub batch_records: u32,
+    /// How long one delivery may take before it counts as failed.
+    #[serde(default = "default_export_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_export_records() -> Vec<String> {
+    vec!["alerts".into(), "incidents".into()]
+}
+fn default_spool_max_records() -> u64 {
+    1_000_000
+}
+fn default_retry_initial_ms() -> u64 {
+    1_000
+}
+fn default_retry_max_ms() -> u64 {
+    300_000
+}
+fn default_export_batch() -> u32 {
+    500
+}
+fn default_export_timeout_ms() -> u64 {
+    10_000
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

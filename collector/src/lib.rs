@@ -5,6 +5,7 @@ pub mod actions;
 pub mod api;
 pub mod config;
 pub mod entity;
+pub mod export;
 pub mod feeds;
 pub mod incidents;
 pub mod ingest;

@@ -138,6 +138,25 @@ pub struct Metrics {
     pub rule_context_limited: Counter,
     /// Stateless Retry packets sent to unproven addresses under load.
     pub quic_retries: Counter,
+    /// One entry per `[[export]]` sink, set once at start (`export::run`).
+    pub export: std::sync::OnceLock<Vec<std::sync::Arc<SinkMetrics>>>,
+}
+
+/// One export sink's delivery figures.
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    pub name: String,
+    /// Records in its spool.
+    pub queued: Gauge,
+    /// Age of its oldest spooled record, in milliseconds (0 when empty).
+    pub oldest_age_ms: Gauge,
+    pub sent: Counter,
+    /// Delivery attempts that failed (each retried).
+    pub failed: Counter,
+    /// Records not spooled because its spool was full.
+    pub dropped: Counter,
+    /// Records the receiver refused as malformed (dropped: sending again cannot help).
+    pub refused: Counter,
 }
 
 impl Metrics {
@@ -163,6 +182,56 @@ impl Metrics {
             .position(|r| *r == reason)
             .map(|i| self.rejected[i].get())
             .unwrap_or(0)
+    }
+
+    /// The export sinks' figures, labelled by sink.
+    fn render_export(&self, out: &mut String) {
+        let sinks = self.export.get().map(Vec::as_slice).unwrap_or_default();
+        type Get = fn(&SinkMetrics) -> u64;
+        let rows: [(&str, &str, &str, Get); 6] = [
+            (
+                "ward_export_queued",
+                "gauge",
+                "Records waiting in an export sink's spool.",
+                |m| m.queued.get(),
+            ),
+            (
+                "ward_export_oldest_age_seconds",
+                "gauge",
+                "Age of the oldest record in an export sink's spool (0 when empty).",
+                |m| m.oldest_age_ms.get() / 1000,
+            ),
+            (
+                "ward_export_sent_total",
+                "counter",
+                "Records an export sink delivered.",
+                |m| m.sent.get(),
+            ),
+            (
+                "ward_export_failed_total",
+                "counter",
+                "Delivery attempts of an export sink that failed (retried with back-off).",
+                |m| m.failed.get(),
+            ),
+            (
+                "ward_export_dropped_total",
+                "counter",
+                "Records an export sink did not take because its spool was full.",
+                |m| m.dropped.get(),
+            ),
+            (
+                "ward_export_refused_total",
+                "counter",
+                "Records an export sink's receiver refused as malformed (dropped).",
+                |m| m.refused.get(),
+            ),
+        ];
+        for (name, kind, help, get) in rows {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            for m in sinks {
+                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", m.name, get(m));
+            }
+        }
     }
 
     /// Prometheus text exposition format.
@@ -318,6 +387,7 @@ impl Metrics {
             "# HELP ward_correlation_backlog_alerts Alerts stored and not yet correlated.\n# TYPE ward_correlation_backlog_alerts gauge\nward_correlation_backlog_alerts {}\n",
             self.correlation_backlog.get()
         );
+        self.render_export(&mut out);
         self.batch_commit.render(
             &mut out,
             "ward_batch_commit_seconds",

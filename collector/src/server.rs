@@ -88,6 +88,8 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(https::server_config(&data_dir.join(cert), &data_dir.join(key))?),
         _ => None,
     };
+    // Export sinks are checked (and their CA files read) before anything opens.
+    let export_sinks = crate::export::check_config(&config.export, data_dir).map_err(ServeError::Setup)?;
     let db = data_dir.join(DB_FILE);
     check_integrity(&db, config.skip_integrity_check)?;
     let metrics = Arc::new(Metrics::default());
@@ -198,6 +200,8 @@ pub async fn run(
     drop(writer);
     record_shipped_rule_context(&ctx).await;
 
+    let exporter = crate::export::Exporter::open(data_dir, export_sinks, &host_name(), &ctx.metrics)
+        .map_err(setup("export spool"))?;
     info!(%quic_addr, %http_addr, "collector listening");
     on_bound(Bound {
         quic: quic_addr,
@@ -231,6 +235,7 @@ pub async fn run(
         reads.clone(),
         shutdown.clone(),
     ));
+    let export = exporter.map(|e| tokio::spawn(e.run(reads.clone(), ctx.writer.rounds(), shutdown.clone())));
     let heartbeats = tokio::spawn(transport::write_heartbeats(Arc::clone(&ctx), shutdown.clone()));
     let poller = tokio::spawn(poll_changes(
         reads,
@@ -275,10 +280,23 @@ pub async fn run(
     let _ = correlation.await;
     let _ = expiry.await;
     let _ = silence.await;
+    // Export stops at shutdown by itself; what it has not delivered stays spooled.
+    if let Some(export) = export {
+        let _ = tokio::time::timeout(Duration::from_secs(5), export).await;
+    }
     // Every writer handle is gone now: the thread finishes what was queued and exits.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("collector stopped");
     Ok(())
+}
+
+/// This machine's name, for export records (syslog HOSTNAME, HEC host).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ward-collector".into())
 }
 
 /// Keeps the context of the shipped rules (descriptions, references... shown on

@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod audit;
 pub mod automation;
+pub mod export;
 pub mod feeds;
 pub mod fold;
 pub mod gaps;
@@ -28,6 +29,10 @@ pub mod sqlite;
 pub use actions::{ActionFilter, ActionOps, ActionRecord, ActionStore, ActionView, NewAction, TargetRefusal};
 pub use audit::{AuditChainReport, AuditEntry, AuditStore};
 pub use automation::{AutomationAlert, AutomationIncident, AutomationStore, EvidenceAlert, IncidentBatch};
+pub use export::{
+    Appended, ExportActivity, ExportAlert, ExportBatch, ExportLink, ExportMarks, ExportStore, NewSpooled, SpoolStore,
+    Spooled,
+};
 pub use feeds::{FeedOps, FeedStore, LocatedSignIn};
 pub use fold::Fold;
 pub use gaps::{DropReportView, GapStore};
@@ -47,6 +52,8 @@ pub use sourced::{AlertSource, SourcedAlert, SourcedStore};
 
 /// The backend in use.
 pub type Store = sqlite::SqliteStore;
+/// The export spool's backend (its own file; see [`export`]).
+pub type Spool = sqlite::SqliteSpool;
 #[cfg(test)]
 pub(crate) use sqlite::test_support;
 /// An open action transaction of [`Store`].
@@ -57,9 +64,9 @@ pub type FeedTx<'a> = <Store as FeedStore>::FeedTx<'a>;
 /// The traits, for `use crate::store::prelude::*` where store methods are called.
 pub mod prelude {
     pub use super::{
-        ActionOps, ActionStore, AlertStore, AuditStore, AutomationStore, DeviceStore, FeedOps, FeedStore, GapStore,
-        HuntStore, IncidentStore, IncidentViews, Maintenance, PublishedStore, RuleContextStore, SilenceStore,
-        SourcedStore, UserStore,
+        ActionOps, ActionStore, AlertStore, AuditStore, AutomationStore, DeviceStore, ExportStore, FeedOps, FeedStore,
+        GapStore, HuntStore, IncidentStore, IncidentViews, Maintenance, PublishedStore, RuleContextStore, SilenceStore,
+        SourcedStore, SpoolStore, UserStore,
     };
 }
 

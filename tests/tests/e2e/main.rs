@@ -24,6 +24,8 @@ mod collector;
 mod collector_actions;
 mod collector_config_flag;
 mod collector_https;
+mod export;
+mod export_ocsf;
 mod feeds;
 mod floods;
 mod grouping_quality;

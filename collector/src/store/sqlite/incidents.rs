@@ -15,7 +15,8 @@ use crate::model::incident::{
 };
 use crate::store::incidents::*;
 
-const SUMMARY_COLUMNS: &str = "i.id, i.title, i.severity, i.status, i.redirected_to, i.assignee, i.classification,
+pub(super) const SUMMARY_COLUMNS: &str =
+    "i.id, i.title, i.severity, i.status, i.redirected_to, i.assignee, i.classification,
     i.determination, i.tags, i.sources, i.tactics, i.first_activity_ms, i.last_activity_ms, i.created_at_ms,
     i.updated_at_ms, i.alert_count, i.device_count, i.user_count, i.mailbox_count";
 
@@ -40,7 +41,7 @@ fn tactic_views(ids: &[String]) -> Vec<TacticView> {
         .collect()
 }
 
-fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentSummary> {
+pub(super) fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentSummary> {
     let severity: i64 = r.get(2)?;
     Ok(IncidentSummary {
         id: r.get(0)?,

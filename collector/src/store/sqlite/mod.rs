@@ -7,6 +7,7 @@
 mod actions;
 mod audit;
 mod automation;
+mod export;
 mod feeds;
 mod fold;
 mod gaps;
@@ -30,6 +31,7 @@ use ward_protocol::{DeviceId, Severity};
 use crate::entity;
 use crate::store::*;
 use audit::append_audit;
+pub use export::SqliteSpool;
 
 impl SqliteStore {
     /// Sets how much the page cache may hold, in MiB (SQLite's default is 2 MiB). A
