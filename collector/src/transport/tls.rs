@@ -46,9 +46,15 @@ pub fn server_config(
     // One long-lived stream per agent (plus one spare for a reconnect race).
     transport.max_concurrent_bidi_streams(2u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
     transport.keep_alive_interval(None);
     config.transport_config(Arc::new(transport));
+    // A client that got a Retry keeps resending its Initial with the token, backing
+    // off 1, 2, 4, 8 s while a storm drops datagrams; quinn's 15 s default (14 after
+    // it rounds the issue time down) then refused a real agent's fourth resend with
+    // INVALID_TOKEN, which ends the attempt. The token is bound to the address, so
+    // living as long as an idle connection costs nothing.
+    config.retry_token_lifetime(Duration::from_millis(u64::from(IDLE_TIMEOUT_MS)));
     Ok(config)
 }
 
@@ -56,6 +62,9 @@ pub fn server_config(
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// A connection with nothing on it for this long is closed.
+const IDLE_TIMEOUT_MS: u32 = 60_000;
 
 /// A QUIC + TLS handshake takes a few round trips; one that has not finished by
 /// then is dropped (it holds a place under `max_connections` meanwhile).
