@@ -152,6 +152,9 @@ pub fn entities(event: &Event) -> Vec<Entity> {
             network_entities(&p.cmdline, &mut out);
         }
         EventData::File(f) => {
+            if let Some(writer) = &f.process {
+                process_entities(writer, &mut out);
+            }
             out.push(Entity::File {
                 path: f.path.clone(),
                 sha256: f.sha256,

@@ -158,6 +158,10 @@ pub struct FileEvent {
     /// lets the start-up rescan skip a change whose alert is already in the outbox.
     #[serde(default)]
     pub changed_ms: Option<u64>,
+    /// The process that wrote it (closed it after writing), when the agent saw that
+    /// (fanotify, as root); boxed: most events on the channel have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Box<ProcessEvent>>,
 }
 
 /// A watched sensitive file (credentials, keys, sudoers, PAM) opened by a process

@@ -583,7 +583,7 @@ impl Agent {
     /// the file sensor on `watch` only. Tables may be appended to it.
     pub fn test_config(watch: &std::path::Path) -> String {
         format!(
-            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\naccess_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
+            "[agent]\nstatus_interval_ms = 500\nheartbeat_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = [{:?}]\nauth_enabled = false\naudit_enabled = false\naccess_enabled = false\nfile_writers_enabled = false\nprocess_poll_interval_ms = 250\n\n[link]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nack_timeout_ms = 3000\n",
             watch.display().to_string()
         )
     }

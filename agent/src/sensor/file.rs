@@ -18,6 +18,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind,
 use notify::{RecursiveMode, Watcher};
 
 use super::hash::{HashBudget, HashCache, HashError, Priority};
+use super::writers::WriterBook;
 use super::{SensorConfig, SensorCtx, SensorError};
 use ward_detect::event::{EventData, FileEvent, FileOp};
 
@@ -271,6 +272,7 @@ pub fn describe_within_budget(ready: Ready, hashes: &mut HashCache, no_hash: &[P
         mode: meta.as_ref().map(|m| m.mode() & 0o7777),
         uid: meta.as_ref().map(|m| m.uid()),
         changed_ms: meta.as_ref().map(changed_ms),
+        process: None,
     };
     (event, over_budget)
 }
@@ -435,7 +437,31 @@ fn report_readiness(ctx: &SensorCtx, watched: &HashSet<PathBuf>, failed: &HashSe
 }
 
 /// Watches the configured paths until the sensor stops.
-pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> Result<(), SensorError> {
+/// How long a created or written file waits for its writer's note (fanotify's queue
+/// is read by another thread and may trail inotify's by a moment).
+const WRITER_WAIT: Duration = Duration::from_millis(50);
+/// Changes waiting for their writer at most; past this they go without one.
+const WRITER_WAIT_MAX: usize = 4096;
+
+/// The writer noted for a created or written file, if the writers sensor runs.
+fn attach_writer(ev: &mut FileEvent, writers: Option<&WriterBook>, now: Instant) {
+    if let Some(book) = writers
+        && ev.process.is_none()
+        && matches!(ev.op, FileOp::Create | FileOp::Modify)
+    {
+        ev.process = book.writer_of(&ev.path, now).map(Box::new);
+    }
+}
+
+pub fn run(
+    config: &SensorConfig,
+    ctx: &SensorCtx,
+    budget: Arc<HashBudget>,
+    writers: Option<Arc<WriterBook>>,
+) -> Result<(), SensorError> {
+    let writers = writers.as_deref();
+    // Changes waiting for their writer's note, with when the wait ends.
+    let mut awaiting: VecDeque<(FileEvent, Instant)> = VecDeque::new();
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
     let mut hashes = HashCache::with_budget(config.hash_cache_entries, config.file_hash_max_bytes, budget);
@@ -613,17 +639,36 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
         }
         let now = Instant::now();
         ready.extend(coalescer.due(now));
+        for (mut ev, until) in std::mem::take(&mut awaiting) {
+            attach_writer(&mut ev, writers, now);
+            if ev.process.is_none() && now < until {
+                awaiting.push_back((ev, until));
+                continue;
+            }
+            if reported.is_new(&ev) && !ctx.emit(EventData::File(ev)) {
+                return Ok(());
+            }
+        }
         // Changes that waited for the budget go first, in the order they came.
         let waited = std::mem::take(&mut deferred);
         let fresh = ready.into_iter().map(|r| (r, now + HASH_DEFER));
         for (r, deadline) in waited.into_iter().chain(fresh) {
-            let (ev, over_budget) = describe_within_budget(r.clone(), &mut hashes, &no_hash);
+            let (mut ev, over_budget) = describe_within_budget(r.clone(), &mut hashes, &no_hash);
             if over_budget {
                 if now < deadline && deferred.len() < HASH_DEFER_MAX {
                     deferred.push_back((r, deadline));
                     continue;
                 }
                 hashes.budget().count_skip(Priority::File);
+            }
+            attach_writer(&mut ev, writers, now);
+            if ev.process.is_none()
+                && writers.is_some_and(WriterBook::active)
+                && matches!(ev.op, FileOp::Create | FileOp::Modify)
+                && awaiting.len() < WRITER_WAIT_MAX
+            {
+                awaiting.push_back((ev, now + WRITER_WAIT));
+                continue;
             }
             if !reported.is_new(&ev) {
                 continue;
@@ -764,6 +809,7 @@ mod tests {
             mode: Some(0o644),
             uid: Some(0),
             changed_ms: Some(changed),
+            process: None,
         };
         let mut r = Reported::default();
         assert!(r.is_new(&ev(FileOp::Create, 10, 5)));
@@ -861,7 +907,7 @@ mod tests {
             file_watch_paths: vec![root.display().to_string()],
             ..SensorConfig::default()
         };
-        let handle = std::thread::spawn(move || run(&config, &ctx, budget));
+        let handle = std::thread::spawn(move || run(&config, &ctx, budget, None));
         std::thread::sleep(Duration::from_millis(300));
         for (name, data) in files {
             std::fs::write(root.join(name), data).unwrap();
@@ -923,7 +969,7 @@ mod tests {
             file_watch_paths: vec![root.display().to_string(), "/nonexistent/ward/test".into()],
             ..SensorConfig::default()
         };
-        let handle = std::thread::spawn(move || run(&config, &ctx, HashBudget::unlimited()));
+        let handle = std::thread::spawn(move || run(&config, &ctx, HashBudget::unlimited(), None));
         std::thread::sleep(Duration::from_millis(300));
         let mut next = |what: &str| -> FileEvent {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -1017,7 +1063,7 @@ mod tests {
             file_watch_check_ms: 200,
             ..SensorConfig::default()
         };
-        let handle = std::thread::spawn(move || run(&config, &ctx, HashBudget::unlimited()));
+        let handle = std::thread::spawn(move || run(&config, &ctx, HashBudget::unlimited(), None));
         let deadline = Instant::now() + Duration::from_secs(5);
         while board
             .get("file")

@@ -46,6 +46,7 @@ pub mod pipes;
 pub mod proc_connector;
 pub mod process;
 pub mod tail;
+pub mod writers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,6 +138,9 @@ pub struct SensorConfig {
     /// Report opens of sensitive files (credentials, keys, sudoers, PAM) with the
     /// process that opened them (fanotify; needs root). Default: true.
     pub access_enabled: bool,
+    /// Name the process that wrote a created or modified file (fanotify close-write
+    /// on the watched roots' filesystems; needs root). Default: true.
+    pub file_writers_enabled: bool,
     /// The files, and directories whose files, whose opens are reported; a `*` path
     /// component is expanded. Default: /etc/shadow, /etc/gshadow, /etc/sudoers,
     /// /etc/sudoers.d, /etc/pam.d, /etc/ssh (host keys), /root/.ssh, /home/*/.ssh,
@@ -211,6 +215,7 @@ impl Default for SensorConfig {
             file_missing_recheck_ms: 30_000,
             file_watch_check_ms: 30_000,
             access_enabled: true,
+            file_writers_enabled: true,
             access_watch_paths: [
                 "/etc/shadow",
                 "/etc/gshadow",
@@ -561,9 +566,17 @@ pub async fn run_sensors(
         ));
     }
     if config.file_enabled {
+        let writers = config.file_writers_enabled.then(writers::WriterBook::new);
+        if let Some(book) = &writers {
+            let (c, t, b) = (config.clone(), tracker.clone(), book.clone());
+            runners.push(("file_writers", Arc::new(move |ctx| writers::run(&c, &t, &b, ctx))));
+        }
         let c = config.clone();
         let budget = hash_budget.clone();
-        runners.push(("file", Arc::new(move |ctx| file::run(&c, ctx, budget.clone()))));
+        runners.push((
+            "file",
+            Arc::new(move |ctx| file::run(&c, ctx, budget.clone(), writers.clone())),
+        ));
     }
     if config.access_enabled {
         let (c, t) = (config.clone(), tracker.clone());

@@ -1,0 +1,287 @@
+//! Which process wrote a file (fanotify `FAN_CLOSE_WRITE`), for the file sensor's
+//! events: inotify says what changed, not who changed it.
+//!
+//! Each filesystem holding a watched root is marked once (`FAN_MARK_FILESYSTEM`, so
+//! files in directories created later are covered as inotify's recursive watches
+//! are); a close after writing under a watched root is noted in the [`WriterBook`]
+//! with the process read from /proc at once (it may exit before the change settles
+//! in the file sensor). The file sensor takes the note when it reports the change.
+//! Closes elsewhere on those filesystems cost a readlink and are dropped.
+//!
+//! Needs CAP_SYS_ADMIN (root); without it the file sensor's events go without their
+//! writer and this sensor says it is blind. The fanotify calls are the only
+//! `unsafe` here, each with its proof.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ward_detect::event::ProcessEvent;
+
+use super::access::parse_events;
+use super::file::expand;
+use super::process::ProcessTracker;
+use super::{SensorConfig, SensorCtx, SensorError};
+
+/// How long a writer is kept for the file sensor to take (its settle and max delay
+/// are well within).
+pub const KEEP: Duration = Duration::from_secs(30);
+/// Writers kept at most; the oldest go first.
+pub const BOOK_MAX: usize = 8_192;
+/// A process writing many files is read from /proc once per this.
+const PROCESS_REUSE: Duration = Duration::from_secs(1);
+
+/// The last writer of each recently written path. Shared by this sensor (which
+/// notes) and the file sensor (which takes).
+#[derive(Debug, Default)]
+pub struct WriterBook {
+    inner: Mutex<Book>,
+    /// Set once the filesystems are marked: only then is a writer worth waiting for.
+    active: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    by_path: HashMap<String, (Instant, ProcessEvent)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl WriterBook {
+    pub fn new() -> Arc<WriterBook> {
+        Arc::new(WriterBook::default())
+    }
+
+    /// Whether writers are being noted (the marks are in place).
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Notes that `process` closed `path` after writing, at `now`.
+    pub fn note(&self, path: String, process: ProcessEvent, now: Instant) {
+        let Ok(mut b) = self.inner.lock() else { return };
+        while b.order.len() >= BOOK_MAX || b.order.front().is_some_and(|(t, _)| now.duration_since(*t) > KEEP) {
+            let Some((t, p)) = b.order.pop_front() else { break };
+            if b.by_path.get(&p).is_some_and(|(at, _)| *at == t) {
+                b.by_path.remove(&p);
+            }
+        }
+        b.order.push_back((now, path.clone()));
+        b.by_path.insert(path, (now, process));
+    }
+
+    /// The last writer of `path` noted within [`KEEP`] of `now`.
+    pub fn writer_of(&self, path: &str, now: Instant) -> Option<ProcessEvent> {
+        let b = self.inner.lock().ok()?;
+        let (at, p) = b.by_path.get(path)?;
+        (now.duration_since(*at) <= KEEP).then(|| p.clone())
+    }
+}
+
+/// The fanotify group and the filesystems it marked.
+struct Marks {
+    fd: OwnedFd,
+    devices: HashSet<u64>,
+}
+
+impl Marks {
+    fn open() -> io::Result<Marks> {
+        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+        let event_flags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint;
+        // SAFETY: fanotify_init takes two integer flag words and returns a new file
+        // descriptor or -1; the result is checked before it is used.
+        #[allow(unsafe_code)]
+        let raw = unsafe { libc::fanotify_init(flags, event_flags) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor fanotify_init just created; nothing else owns it.
+        #[allow(unsafe_code)]
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Marks {
+            fd,
+            devices: HashSet::new(),
+        })
+    }
+
+    /// Marks the filesystem holding `root` for closes after writing, once per filesystem.
+    fn mark(&mut self, root: &Path) -> io::Result<()> {
+        let dev = std::fs::metadata(root)?.dev();
+        if self.devices.contains(&dev) {
+            return Ok(());
+        }
+        let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the descriptor is our open fanotify group, `c` a NUL-terminated path
+        // that outlives the call; the result is checked.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+                libc::FAN_CLOSE_WRITE,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.devices.insert(dev);
+        Ok(())
+    }
+}
+
+/// Notes the writers of files under the watched roots until the sensor stops.
+pub fn run(
+    config: &SensorConfig,
+    tracker: &ProcessTracker,
+    book: &WriterBook,
+    ctx: &SensorCtx,
+) -> Result<(), SensorError> {
+    let mut marks = match Marks::open() {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.blind(format!(
+                "fanotify unavailable ({e}; it needs root): file changes are reported without the process that wrote them"
+            ));
+            return Ok(());
+        }
+    };
+    let roots: Vec<PathBuf> = config.file_watch_paths.iter().flat_map(|p| expand(p)).collect();
+    let mut failed = Vec::new();
+    for root in &roots {
+        if let Err(e) = marks.mark(root) {
+            failed.push(format!("{}: {e}", root.display()));
+        }
+    }
+    book.active.store(!marks.devices.is_empty(), Ordering::Relaxed);
+    let source = format!("fanotify: {} filesystems", marks.devices.len());
+    if failed.is_empty() {
+        ctx.ready(source);
+    } else {
+        ctx.degraded(source, format!("writers not seen under {}", failed.join(", ")));
+    }
+    let own_pid = std::process::id() as i32;
+    let mut recent: HashMap<i32, (Instant, ProcessEvent)> = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut lost: u64 = 0;
+    while !ctx.stopped() {
+        let mut pfd = libc::pollfd {
+            fd: marks.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; the result is checked.
+        #[allow(unsafe_code)]
+        let ready = unsafe { libc::poll(&mut pfd, 1, 250) };
+        if ready <= 0 {
+            continue;
+        }
+        // SAFETY: reads at most `buf.len()` bytes into `buf`, which we own; the
+        // result is checked before the bytes are looked at.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::read(marks.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                continue;
+            }
+            return Err(SensorError::io("fanotify read", e));
+        }
+        let now = Instant::now();
+        if recent.len() >= 1024 {
+            recent.retain(|_, (t, _)| now.duration_since(*t) < PROCESS_REUSE);
+        }
+        for ev in parse_events(&buf[..n as usize]) {
+            if ev.fd == libc::FAN_NOFD {
+                if ev.mask & libc::FAN_Q_OVERFLOW != 0 {
+                    lost += 1;
+                }
+                continue;
+            }
+            // SAFETY: the kernel opened this descriptor for us and put it in the
+            // event; it is ours to close, and closed once (dropped with `fd`).
+            #[allow(unsafe_code)]
+            let fd = unsafe { OwnedFd::from_raw_fd(ev.fd) };
+            if ev.pid == own_pid {
+                continue;
+            }
+            let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+                continue;
+            };
+            drop(fd);
+            if !roots.iter().any(|r| path.starts_with(r)) {
+                continue;
+            }
+            let pid = u32::try_from(ev.pid).unwrap_or(0);
+            let process = match recent.get(&ev.pid) {
+                Some((t, p)) if now.duration_since(*t) < PROCESS_REUSE => p.clone(),
+                _ => {
+                    let p = tracker.read(pid).unwrap_or(ProcessEvent {
+                        pid,
+                        ..ProcessEvent::default()
+                    });
+                    recent.insert(ev.pid, (now, p.clone()));
+                    p
+                }
+            };
+            book.note(path.to_string_lossy().into_owned(), process, now);
+        }
+        if lost > 0
+            && ctx.gap(format!(
+                "fanotify queue overflowed {lost} times: some file changes are reported without their writer"
+            ))
+        {
+            lost = 0;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, exe: &str) -> ProcessEvent {
+        ProcessEvent {
+            pid,
+            exe: exe.into(),
+            ..ProcessEvent::default()
+        }
+    }
+
+    #[test]
+    fn the_last_writer_of_a_path_is_kept_for_a_while() {
+        let book = WriterBook::default();
+        let t0 = Instant::now();
+        book.note("/tmp/a".into(), p(1, "/usr/bin/curl"), t0);
+        book.note("/tmp/a".into(), p(2, "/usr/bin/cp"), t0 + Duration::from_millis(5));
+        assert_eq!(book.writer_of("/tmp/a", t0 + Duration::from_secs(1)).unwrap().pid, 2);
+        assert!(book.writer_of("/tmp/b", t0).is_none());
+        assert!(book.writer_of("/tmp/a", t0 + KEEP + Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn the_book_stays_bounded_and_old_notes_go_first() {
+        let book = WriterBook::default();
+        let t0 = Instant::now();
+        for i in 0..(BOOK_MAX + 10) {
+            book.note(format!("/tmp/f{i}"), p(i as u32, "/bin/sh"), t0);
+        }
+        let b = book.inner.lock().unwrap();
+        assert_eq!(b.by_path.len(), BOOK_MAX);
+        assert!(!b.by_path.contains_key("/tmp/f0"));
+        assert!(b.by_path.contains_key(&format!("/tmp/f{}", BOOK_MAX + 9)));
+        drop(b);
+        // Past KEEP everything older is dropped at the next note.
+        book.note("/tmp/new".into(), p(1, "/bin/sh"), t0 + KEEP + Duration::from_secs(1));
+        assert_eq!(book.inner.lock().unwrap().by_path.len(), 1);
+    }
+}
