@@ -437,19 +437,33 @@ fn report_readiness(ctx: &SensorCtx, watched: &HashSet<PathBuf>, failed: &HashSe
 }
 
 /// Watches the configured paths until the sensor stops.
-/// How long a created or written file waits for its writer's note (fanotify's queue
-/// is read by another thread and may trail inotify's by a moment).
-const WRITER_WAIT: Duration = Duration::from_millis(50);
+/// How long a created or written file waits for its writer's note: fanotify's queue
+/// is read by another thread and may trail inotify's by a moment.
+const WRITER_NOTE_WAIT: Duration = Duration::from_millis(50);
+/// How long it waits when the writer exited before /proc could be read: it is named
+/// from its exec, which the process sensor may report a little later under load.
+const WRITER_EXEC_WAIT: Duration = Duration::from_millis(250);
+
+/// Whether a change that began waiting for its writer at `since` may wait on.
+fn may_wait(ev: &FileEvent, since: Instant, now: Instant) -> bool {
+    let limit = if ev.process.is_some() { WRITER_EXEC_WAIT } else { WRITER_NOTE_WAIT };
+    wants_writer(ev) && now.duration_since(since) < limit
+}
 /// Changes waiting for their writer at most; past this they go without one.
 const WRITER_WAIT_MAX: usize = 4096;
+
+/// Whether a file event still waits for (a better name of) its writer.
+fn wants_writer(ev: &FileEvent) -> bool {
+    matches!(ev.op, FileOp::Create | FileOp::Modify) && ev.process.as_ref().is_none_or(|p| p.exe.is_empty())
+}
 
 /// The writer noted for a created or written file, if the writers sensor runs.
 fn attach_writer(ev: &mut FileEvent, writers: Option<&WriterBook>, now: Instant) {
     if let Some(book) = writers
-        && ev.process.is_none()
-        && matches!(ev.op, FileOp::Create | FileOp::Modify)
+        && wants_writer(ev)
+        && let Some(writer) = book.writer_of(&ev.path, now)
     {
-        ev.process = book.writer_of(&ev.path, now).map(Box::new);
+        ev.process = Some(Box::new(writer));
     }
 }
 
@@ -460,7 +474,7 @@ pub fn run(
     writers: Option<Arc<WriterBook>>,
 ) -> Result<(), SensorError> {
     let writers = writers.as_deref();
-    // Changes waiting for their writer's note, with when the wait ends.
+    // Changes waiting for their writer, with when they began to.
     let mut awaiting: VecDeque<(FileEvent, Instant)> = VecDeque::new();
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
@@ -639,10 +653,10 @@ pub fn run(
         }
         let now = Instant::now();
         ready.extend(coalescer.due(now));
-        for (mut ev, until) in std::mem::take(&mut awaiting) {
+        for (mut ev, since) in std::mem::take(&mut awaiting) {
             attach_writer(&mut ev, writers, now);
-            if ev.process.is_none() && now < until {
-                awaiting.push_back((ev, until));
+            if may_wait(&ev, since, now) {
+                awaiting.push_back((ev, since));
                 continue;
             }
             if reported.is_new(&ev) && !ctx.emit(EventData::File(ev)) {
@@ -662,12 +676,8 @@ pub fn run(
                 hashes.budget().count_skip(Priority::File);
             }
             attach_writer(&mut ev, writers, now);
-            if ev.process.is_none()
-                && writers.is_some_and(WriterBook::active)
-                && matches!(ev.op, FileOp::Create | FileOp::Modify)
-                && awaiting.len() < WRITER_WAIT_MAX
-            {
-                awaiting.push_back((ev, now + WRITER_WAIT));
+            if writers.is_some_and(WriterBook::active) && may_wait(&ev, now, now) && awaiting.len() < WRITER_WAIT_MAX {
+                awaiting.push_back((ev, now));
                 continue;
             }
             if !reported.is_new(&ev) {
@@ -796,6 +806,39 @@ mod tests {
         assert_eq!(got.len(), 2, "a change after the judged one is reported");
         let (_, complete) = rescan(&[root], &what, 2);
         assert!(!complete, "a walk cut short says so");
+    }
+
+    #[test]
+    fn a_change_waits_briefly_for_its_writer_and_longer_for_a_gone_ones_exec() {
+        let t0 = Instant::now();
+        let mut ev = FileEvent {
+            op: FileOp::Create,
+            path: "/etc/cron.d/x".into(),
+            from_path: None,
+            sha256: None,
+            size: None,
+            mode: None,
+            uid: None,
+            changed_ms: None,
+            process: None,
+        };
+        assert!(may_wait(&ev, t0, t0 + Duration::from_millis(40)), "no note yet");
+        assert!(!may_wait(&ev, t0, t0 + WRITER_NOTE_WAIT), "none came");
+        ev.process = Some(Box::new(ward_detect::event::ProcessEvent {
+            pid: 7,
+            ..Default::default()
+        }));
+        assert!(may_wait(&ev, t0, t0 + WRITER_NOTE_WAIT), "noted, its exec not yet reported");
+        assert!(!may_wait(&ev, t0, t0 + WRITER_EXEC_WAIT));
+        ev.process = Some(Box::new(ward_detect::event::ProcessEvent {
+            pid: 7,
+            exe: "/usr/bin/cp".into(),
+            ..Default::default()
+        }));
+        assert!(!may_wait(&ev, t0, t0), "named");
+        ev.process = None;
+        ev.op = FileOp::Delete;
+        assert!(!may_wait(&ev, t0, t0), "a delete has no writer");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! (re-reporting them on every agent restart would re-raise old alerts); one gap says how
 //! many were not reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,6 +103,40 @@ pub struct ProcessTracker {
     pipes: Mutex<PipeBook>,
     /// System executables by size, to tell a renamed copy (see [`super::masquerade`]).
     system_binaries: Mutex<SystemBinaries>,
+    /// The newest programs started, as reported: what names a process that exited
+    /// before anyone could read it from /proc (a `cp` that wrote a file).
+    recent: Mutex<RecentExecs>,
+}
+
+/// How many of the newest started programs [`ProcessTracker::recent_exec`] remembers.
+pub const RECENT_EXECS: usize = 1024;
+
+/// The newest exec events by pid, oldest dropped first.
+#[derive(Debug, Default)]
+struct RecentExecs {
+    /// Each pid's newest program, with the number it was kept under.
+    by_pid: HashMap<u32, (u64, ProcessEvent)>,
+    order: VecDeque<(u32, u64)>,
+    next: u64,
+}
+
+impl RecentExecs {
+    fn keep(&mut self, ev: &ProcessEvent) {
+        while self.order.len() >= RECENT_EXECS {
+            let Some((pid, n)) = self.order.pop_front() else { break };
+            // Only when that entry is still the pid's newest program.
+            if self.by_pid.get(&pid).is_some_and(|(kept, _)| *kept == n) {
+                self.by_pid.remove(&pid);
+            }
+        }
+        self.next += 1;
+        self.order.push_back((ev.pid, self.next));
+        self.by_pid.insert(ev.pid, (self.next, ev.clone()));
+    }
+
+    fn get(&self, pid: u32) -> Option<&ProcessEvent> {
+        self.by_pid.get(&pid).map(|(_, ev)| ev)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,7 +173,14 @@ impl ProcessTracker {
             host_ns: context::host_namespaces(std::path::Path::new("/proc")),
             pipes: Mutex::new(PipeBook::default()),
             system_binaries: Mutex::new(SystemBinaries::new(masquerade::SYSTEM_DIRS)),
+            recent: Mutex::new(RecentExecs::default()),
         }
+    }
+
+    /// The newest program reported for `pid` (by the exec source, so complete even
+    /// when the process is gone), if it is among the last [`RECENT_EXECS`].
+    pub fn recent_exec(&self, pid: u32) -> Option<ProcessEvent> {
+        lock(&self.recent).get(pid).cloned()
     }
 
     /// Records a new program's stdin and stdout pipes and returns the processes at their
@@ -212,7 +253,9 @@ impl ProcessTracker {
                 },
             );
         }
-        Ok(Some(self.describe(pid, stat, exe, exe_deleted)))
+        let ev = self.describe(pid, stat, exe, exe_deleted);
+        lock(&self.recent).keep(&ev);
+        Ok(Some(ev))
     }
 
     /// Reads a running process as a process event, whether or not it was reported
@@ -341,7 +384,7 @@ impl ProcessTracker {
             None if rec.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
             None => (String::new(), String::new()),
         };
-        ProcessEvent {
+        let ev = ProcessEvent {
             pid,
             ppid: rec.ppid,
             start_time_ms,
@@ -358,7 +401,9 @@ impl ProcessTracker {
             context,
             pipes,
             original_image,
-        }
+        };
+        lock(&self.recent).keep(&ev);
+        ev
     }
 
     /// The context of an exec the kernel reported: its numbers from the record, the
@@ -635,6 +680,31 @@ mod tests {
             (from.pid, from.exe.as_str(), from.cmdline.as_str()),
             (900_001, "/usr/bin/base64", "base64")
         );
+    }
+
+    #[test]
+    fn a_gone_program_is_named_by_its_exec_until_newer_ones_push_it_out() {
+        let t = ProcessTracker::new(1 << 20, 16);
+        let rec = |pid: u32, exe: &str| super::super::ebpf::ExecRecord {
+            tgid: pid,
+            ppid: 1,
+            exe: exe.into(),
+            argv: vec![exe.into(), "/tmp/a".into()],
+            ..Default::default()
+        };
+        t.from_kernel(&rec(900_010, "/usr/bin/cp"));
+        let cp = t.recent_exec(900_010).expect("kept");
+        assert_eq!((cp.exe.as_str(), cp.cmdline.as_str()), ("/usr/bin/cp", "/usr/bin/cp /tmp/a"));
+        // The same process running a new program: that one is its newest.
+        t.from_kernel(&rec(900_010, "/usr/bin/install"));
+        assert_eq!(t.recent_exec(900_010).unwrap().exe, "/usr/bin/install");
+        for pid in 0..RECENT_EXECS as u32 - 1 {
+            t.from_kernel(&rec(910_000 + pid, "/usr/bin/true"));
+        }
+        assert!(t.recent_exec(900_010).is_some(), "its older entry going did not take the newer");
+        t.from_kernel(&rec(920_000, "/usr/bin/true"));
+        assert!(t.recent_exec(900_010).is_none(), "bounded: the oldest go first");
+        assert!(t.recent_exec(920_000).is_some());
     }
 
     #[test]
