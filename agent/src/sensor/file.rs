@@ -446,7 +446,11 @@ const WRITER_EXEC_WAIT: Duration = Duration::from_millis(250);
 
 /// Whether a change that began waiting for its writer at `since` may wait on.
 fn may_wait(ev: &FileEvent, since: Instant, now: Instant) -> bool {
-    let limit = if ev.process.is_some() { WRITER_EXEC_WAIT } else { WRITER_NOTE_WAIT };
+    let limit = if ev.process.is_some() {
+        WRITER_EXEC_WAIT
+    } else {
+        WRITER_NOTE_WAIT
+    };
     wants_writer(ev) && now.duration_since(since) < limit
 }
 /// Changes waiting for their writer at most; past this they go without one.
@@ -828,7 +832,10 @@ mod tests {
             pid: 7,
             ..Default::default()
         }));
-        assert!(may_wait(&ev, t0, t0 + WRITER_NOTE_WAIT), "noted, its exec not yet reported");
+        assert!(
+            may_wait(&ev, t0, t0 + WRITER_NOTE_WAIT),
+            "noted, its exec not yet reported"
+        );
         assert!(!may_wait(&ev, t0, t0 + WRITER_EXEC_WAIT));
         ev.process = Some(Box::new(ward_detect::event::ProcessEvent {
             pid: 7,

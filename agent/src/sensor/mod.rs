@@ -566,7 +566,9 @@ pub async fn run_sensors(
         ));
     }
     if config.file_enabled {
-        let writers = config.file_writers_enabled.then(|| writers::WriterBook::new(tracker.clone()));
+        let writers = config
+            .file_writers_enabled
+            .then(|| writers::WriterBook::new(tracker.clone()));
         if let Some(book) = &writers {
             let (c, t, b) = (config.clone(), tracker.clone(), book.clone());
             runners.push(("file_writers", Arc::new(move |ctx| writers::run(&c, &t, &b, ctx))));

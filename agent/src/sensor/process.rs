@@ -109,7 +109,7 @@ pub struct ProcessTracker {
 }
 
 /// How many of the newest started programs [`ProcessTracker::recent_exec`] remembers.
-pub const RECENT_EXECS: usize = 1024;
+pub const RECENT_EXECS: usize = 512;
 
 /// The newest exec events by pid, oldest dropped first.
 #[derive(Debug, Default)]
@@ -694,14 +694,20 @@ mod tests {
         };
         t.from_kernel(&rec(900_010, "/usr/bin/cp"));
         let cp = t.recent_exec(900_010).expect("kept");
-        assert_eq!((cp.exe.as_str(), cp.cmdline.as_str()), ("/usr/bin/cp", "/usr/bin/cp /tmp/a"));
+        assert_eq!(
+            (cp.exe.as_str(), cp.cmdline.as_str()),
+            ("/usr/bin/cp", "/usr/bin/cp /tmp/a")
+        );
         // The same process running a new program: that one is its newest.
         t.from_kernel(&rec(900_010, "/usr/bin/install"));
         assert_eq!(t.recent_exec(900_010).unwrap().exe, "/usr/bin/install");
         for pid in 0..RECENT_EXECS as u32 - 1 {
             t.from_kernel(&rec(910_000 + pid, "/usr/bin/true"));
         }
-        assert!(t.recent_exec(900_010).is_some(), "its older entry going did not take the newer");
+        assert!(
+            t.recent_exec(900_010).is_some(),
+            "its older entry going did not take the newer"
+        );
         t.from_kernel(&rec(920_000, "/usr/bin/true"));
         assert!(t.recent_exec(900_010).is_none(), "bounded: the oldest go first");
         assert!(t.recent_exec(920_000).is_some());

@@ -113,7 +113,10 @@ impl WriterBook {
     pub fn writer_of(&self, path: &str, now: Instant) -> Option<ProcessEvent> {
         let noted = {
             let b = self.inner.lock().ok()?;
-            b.by_path.get(path).filter(|n| now.duration_since(n.at) <= KEEP)?.clone()
+            b.by_path
+                .get(path)
+                .filter(|n| now.duration_since(n.at) <= KEEP)?
+                .clone()
         };
         if let Some(p) = noted.process.as_ref().filter(|p| complete(p)) {
             return Some(p.clone());
@@ -279,7 +282,13 @@ pub fn run(
                     p
                 }
             };
-            book.note(path.to_string_lossy().into_owned(), pid, process, now, crate::clock::now_ms());
+            book.note(
+                path.to_string_lossy().into_owned(),
+                pid,
+                process,
+                now,
+                crate::clock::now_ms(),
+            );
         }
         if lost > 0
             && ctx.gap(format!(
@@ -315,7 +324,13 @@ mod tests {
         let book = book();
         let t0 = Instant::now();
         book.note("/tmp/a".into(), 1, p(1, "/usr/bin/curl"), t0, 0);
-        book.note("/tmp/a".into(), 2, p(2, "/usr/bin/cp"), t0 + Duration::from_millis(5), 0);
+        book.note(
+            "/tmp/a".into(),
+            2,
+            p(2, "/usr/bin/cp"),
+            t0 + Duration::from_millis(5),
+            0,
+        );
         assert_eq!(book.writer_of("/tmp/a", t0 + Duration::from_secs(1)).unwrap().pid, 2);
         assert!(book.writer_of("/tmp/b", t0).is_none());
         assert!(book.writer_of("/tmp/a", t0 + KEEP + Duration::from_secs(1)).is_none());
@@ -336,7 +351,10 @@ mod tests {
         let (t0, closed_ms) = (Instant::now(), cp.start_time_ms + 5);
         book.note("/etc/cron.d/x".into(), 900_100, None, t0, closed_ms);
         let w = book.writer_of("/etc/cron.d/x", t0).unwrap();
-        assert_eq!((w.exe.as_str(), w.cmdline.as_str()), ("/usr/bin/cp", "cp /tmp/x /etc/cron.d/x"));
+        assert_eq!(
+            (w.exe.as_str(), w.cmdline.as_str()),
+            ("/usr/bin/cp", "cp /tmp/x /etc/cron.d/x")
+        );
         // A zombie's reading (no command line) gives way to the exec too.
         let zombie = Some(ProcessEvent {
             pid: 900_100,
@@ -344,9 +362,18 @@ mod tests {
             ..ProcessEvent::default()
         });
         book.note("/etc/cron.d/y".into(), 900_100, zombie, t0, closed_ms);
-        assert_eq!(book.writer_of("/etc/cron.d/y", t0).unwrap().cmdline, "cp /tmp/x /etc/cron.d/x");
+        assert_eq!(
+            book.writer_of("/etc/cron.d/y", t0).unwrap().cmdline,
+            "cp /tmp/x /etc/cron.d/x"
+        );
         // A program started on that pid well after the close is not its writer.
-        book.note("/etc/cron.d/z".into(), 900_100, None, t0, closed_ms - START_SLACK_MS - 10);
+        book.note(
+            "/etc/cron.d/z".into(),
+            900_100,
+            None,
+            t0,
+            closed_ms - START_SLACK_MS - 10,
+        );
         let w = book.writer_of("/etc/cron.d/z", t0).unwrap();
         assert_eq!((w.pid, w.exe.as_str()), (900_100, ""), "the pid alone");
     }
@@ -364,7 +391,13 @@ mod tests {
         assert!(b.by_path.contains_key(&format!("/tmp/f{}", BOOK_MAX + 9)));
         drop(b);
         // Past KEEP everything older is dropped at the next note.
-        book.note("/tmp/new".into(), 1, p(1, "/bin/sh"), t0 + KEEP + Duration::from_secs(1), 0);
+        book.note(
+            "/tmp/new".into(),
+            1,
+            p(1, "/bin/sh"),
+            t0 + KEEP + Duration::from_secs(1),
+            0,
+        );
         assert_eq!(book.inner.lock().unwrap().by_path.len(), 1);
     }
 }

@@ -333,8 +333,31 @@ fn build_for_parts(r: Raise, parts: &[&MailRecord]) -> SourcedAlert {
     r.build(id_time, &keys)
 }
 
+/// The one recipient a message's email rows name, if they name exactly one.
+pub fn sole_recipient(records: &[MailRecord]) -> Option<String> {
+    let mut recipients = records
+        .iter()
+        .filter(|r| r.kind == MailKind::Email)
+        .filter_map(|r| r.recipient.as_ref());
+    let first = recipients.next()?;
+    recipients.all(|r| r == first).then(|| first.clone())
+}
+
 fn click_alert(tx: &FeedTx<'_>, m: &MailRecord) -> Result<Option<SourcedAlert>, StoreError> {
     let parts = related(tx, m)?;
+    // A click stored before its message named no account: the message names it now.
+    let filled;
+    let m = if m.recipient.is_none()
+        && let Some(rcpt) = sole_recipient(&parts)
+    {
+        filled = MailRecord {
+            recipient: Some(rcpt),
+            ..m.clone()
+        };
+        &filled
+    } else {
+        m
+    };
     let email = parts
         .iter()
         .find(|p| p.kind == MailKind::Email && p.recipient == m.recipient)

@@ -252,8 +252,10 @@ fn okta_sign_in(v: &Value, event_type: &str) -> Result<SignIn, String> {
         .and_then(|s| risk_in(&s))
         .or_else(|| text(v, &["debugContext.debugData.risk"]).and_then(|s| risk_in(&s)))
         .or_else(|| text(v, &["securityContext.risk.level"]).map(|s| s.to_ascii_lowercase()));
+    // Okta's uuid with the event's time: exports and replays were seen reusing a uuid
+    // for different events, which a key on the uuid alone dropped as duplicates.
     let key = match text(v, &["uuid"]) {
-        Some(id) => format!("okta:{}", id.to_ascii_lowercase()),
+        Some(id) => format!("okta:{}:{time_ms}", id.to_ascii_lowercase()),
         None => format!("okta:sha256:{}", record_hash(v)),
     };
     Ok(SignIn {
@@ -389,8 +391,13 @@ mod tests {
         let (kind, s) = record(event("user.session.start", "FAILURE"));
         assert_eq!(
             (kind, s.key.as_str(), s.user.as_str()),
-            ("okta-systemlog", "okta:u-1", "casey@hey.com")
+            ("okta-systemlog", "okta:u-1:1712085457621", "casey@hey.com")
         );
+        // One uuid at two times is two events; at the same time, one.
+        let mut later = event("user.session.start", "FAILURE");
+        later["published"] = json!("2024-04-02T19:20:00.000Z");
+        assert_ne!(record(later).1.key, s.key);
+        assert_eq!(record(event("user.session.start", "FAILURE")).1.key, s.key);
         assert_eq!(s.outcome, SignInOutcome::Failure);
         assert_eq!(s.risk_level.as_deref(), Some("medium"));
         assert_eq!(s.app.as_deref(), Some("Salesforce"));

@@ -62,7 +62,9 @@ pub(crate) fn normalize(v: &Value) -> Normalized<MailRecord> {
 /// A row without a table name, told by its columns.
 fn by_columns(v: &Value) -> Option<&'static (&'static str, MailKind, &'static str)> {
     let has = |f: &str| lookup(v, f).is_some();
-    let kind = if has("ActionType") && has("Url") && (has("AccountUpn") || has("IsClickedThrough")) {
+    // A column that is there, even empty (a click's `AccountUpn` may be).
+    let column = |f: &str| v.get(f).is_some();
+    let kind = if has("ActionType") && has("Url") && (column("AccountUpn") || has("IsClickedThrough")) {
         MailKind::Click
     } else if has("ActionTrigger") || has("ActionResult") {
         MailKind::PostDelivery
@@ -110,10 +112,16 @@ fn record(row: &Value, kind: MailKind, outer: &Value) -> Result<MailRecord, Stri
             sha256.clone().or(file_name.clone()).ok_or("no SHA256 or FileName")?
         ),
         MailKind::Url => format!("url:{}:{}", need(&nmid, "NetworkMessageId")?, need(&url, "Url")?),
+        // A click with an empty AccountUpn is kept: its message names the recipient
+        // (filled in when stored, see `fill_click_recipient`). The key holds only what
+        // the row says, so it is the same whenever the message arrives.
+        MailKind::Click if recipient.is_none() && nmid.is_none() => {
+            return Err("no AccountUpn or NetworkMessageId".into());
+        }
         MailKind::Click => format!(
             "click:{}:{}:{}:{time_ms}",
             nmid.as_deref().unwrap_or(""),
-            need(&recipient, "AccountUpn")?,
+            recipient.as_deref().unwrap_or(""),
             need(&url, "Url")?
         ),
         MailKind::PostDelivery => format!(
@@ -202,6 +210,14 @@ mod tests {
         assert_eq!(kind, "defender-urlclickevents");
         assert_eq!(c.action.as_deref(), Some("ClickAllowed (clicked through)"));
         assert_eq!(c.recipient.as_deref(), Some("a@b.c"));
+        // An empty AccountUpn: kept, keyed by what the row says.
+        let (kind, c) = record(json!({"Timestamp": "2026-11-20T09:20:00Z", "NetworkMessageId": "m",
+            "Url": "https://evil.example/login", "ActionType": "ClickAllowed", "AccountUpn": ""}));
+        assert_eq!(kind, "defender-urlclickevents");
+        assert_eq!(
+            (c.recipient, c.key.as_str()),
+            (None, "click:m::https://evil.example/login:1795166400000")
+        );
         let (kind, _) = record(json!({"Timestamp": "2026-11-20T09:30:00Z", "NetworkMessageId": "m",
             "RecipientEmailAddress": "a@b.c", "ActionType": "User reported phish", "ActionTrigger": "User"}));
         assert_eq!(kind, "defender-emailpostdeliveryevents");
@@ -215,6 +231,12 @@ mod tests {
             panic!("accepted")
         };
         assert!(why.contains("NetworkMessageId"), "{why}");
+        let Normalized::Bad(why) = normalize(&json!({"Timestamp": "2026-11-20T09:20:00Z",
+            "Url": "https://evil.example/login", "ActionType": "ClickAllowed", "AccountUpn": ""}))
+        else {
+            panic!("a click with neither its account nor its message was accepted")
+        };
+        assert!(why.contains("AccountUpn or NetworkMessageId"), "{why}");
         assert!(matches!(
             normalize(&json!({"category": "AdvancedHunting-DeviceProcessEvents", "properties": {"a": 1}})),
             Normalized::Ignored { .. }

@@ -87,7 +87,7 @@ use crate::config::FeedsConfig;
 use crate::metrics::Metrics;
 pub use crate::model::feed::{InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
 use crate::store::prelude::*;
-use crate::store::{Store, StoreError};
+use crate::store::{FeedTx, Store, StoreError};
 
 /// Which feed a file belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,8 +312,12 @@ impl Import {
         let (feed, report, pending) = match parsed {
             ParsedFeed::Identity(p) => (Feed::Identity, p.report, Pending::Identity(p.items.into_iter())),
             ParsedFeed::Mailbox(mut p) => {
-                // A stable sort: rows of one message together, in file order.
-                p.items.sort_by(|a, b| a.network_message_id.cmp(&b.network_message_id));
+                // A stable sort: rows of one message together, in file order but its
+                // email rows first (a click without its account takes it from them).
+                p.items.sort_by(|a, b| {
+                    (&a.network_message_id, a.kind != MailKind::Email)
+                        .cmp(&(&b.network_message_id, b.kind != MailKind::Email))
+                });
                 (
                     Feed::Mailbox,
                     p.report,
@@ -392,6 +396,7 @@ impl Import {
                     {
                         taken += 1;
                         last.clone_from(&m.network_message_id);
+                        let m = fill_click_recipient(tx, m)?;
                         if tx.insert_mail(&m)? {
                             fresh.push(m);
                         } else {
@@ -431,6 +436,18 @@ impl Import {
             }
         }
     }
+}
+
+/// A click whose row names no account (an empty `AccountUpn`) clicked a message that
+/// went to one recipient: that is who clicked. A message to several stays unnamed.
+fn fill_click_recipient(tx: &FeedTx<'_>, mut m: MailRecord) -> Result<MailRecord, StoreError> {
+    if m.kind == MailKind::Click
+        && m.recipient.is_none()
+        && let Some(id) = &m.network_message_id
+    {
+        m.recipient = alerts_mailbox::sole_recipient(&tx.message_records(id)?);
+    }
+    Ok(m)
 }
 
 fn summary(r: &ImportReport) -> String {

@@ -1090,3 +1090,42 @@ fn a_spray_split_over_chunks_raises_once() {
     assert_eq!((report.imported, steps), (40, 6));
     assert_eq!(alerts(&store, "ward-identity-password-spray").len(), 1);
 }
+
+/// Issue 22 item 6: a click row with an empty `AccountUpn` is kept and takes its
+/// account from the message's recipient, whether the message came in the same file
+/// (after the click) or only later.
+#[test]
+fn a_click_without_its_account_is_kept_and_named_by_its_message() {
+    let (_d, mut store) = store();
+    let email = |id: &str| {
+        json!({"Type": "EmailEvents", "Timestamp": "2026-11-20T10:00:00Z", "NetworkMessageId": id,
+            "RecipientEmailAddress": "Dana@Contoso.com", "SenderFromAddress": "x@evil.example", "ThreatTypes": "Phish",
+            "DeliveryAction": "Delivered", "DeliveryLocation": "Inbox"})
+    };
+    let click = |id: &str| {
+        json!({"Type": "UrlClickEvents", "Timestamp": "2026-11-20T10:05:00Z", "NetworkMessageId": id,
+            "AccountUpn": "", "Url": "https://evil.example/login", "ActionType": "ClickAllowed"})
+    };
+    // The click first in the file, its message after it.
+    let r = mail(&mut store, &[click("m1"), email("m1")]);
+    assert_eq!((r.imported, r.skipped_count), (2, 0), "{r:?}");
+    // The click alone; its message in a later import.
+    assert_eq!(mail(&mut store, &[click("m2")]).imported, 1);
+    assert_eq!(mail(&mut store, &[email("m2")]).imported, 1);
+    let clicks = alerts(&store, "ward-mailbox-malicious-url-click");
+    assert_eq!(clicks.len(), 2, "{clicks:?}");
+    for a in &clicks {
+        assert_eq!(a.matched["account"], "dana@contoso.com", "{:?}", a.matched);
+        assert!(
+            a.entities
+                .as_array()
+                .unwrap()
+                .contains(&json!({"kind": "mailbox", "address": "dana@contoso.com"})),
+            "{}",
+            a.entities
+        );
+    }
+    // The same click again is a duplicate, not a second click.
+    let again = mail(&mut store, &[click("m1")]);
+    assert_eq!((again.imported, again.duplicates), (0, 1));
+}

@@ -29,7 +29,7 @@ impl SignInOutcome {
 /// A normalized sign-in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignIn {
-    /// Natural dedup key: `entra:<id>`, `okta:<uuid>`, or `<provider>:sha256:<hex>`.
+    /// Natural dedup key: `entra:<id>`, `okta:<uuid>:<time ms>`, or `<provider>:sha256:<hex>`.
     pub key: String,
     /// `entra` or `okta`.
     pub provider: &'static str,
