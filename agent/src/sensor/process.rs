@@ -108,33 +108,52 @@ pub struct ProcessTracker {
     recent: Mutex<RecentExecs>,
 }
 
-/// How many of the newest started programs [`ProcessTracker::recent_exec`] remembers.
+/// How many of the newest started programs [`ProcessTracker::recent_exec`] remembers...
 pub const RECENT_EXECS: usize = 512;
+/// ...and for how long: a writer is looked up within a second of its close, and an
+/// event with its ancestry and command lines can weigh kilobytes on a build host.
+pub const RECENT_EXEC_KEEP: Duration = Duration::from_secs(5);
 
 /// The newest exec events by pid, oldest dropped first.
 #[derive(Debug, Default)]
 struct RecentExecs {
     /// Each pid's newest program, with the number it was kept under.
-    by_pid: HashMap<u32, (u64, ProcessEvent)>,
-    order: VecDeque<(u32, u64)>,
+    by_pid: HashMap<u32, (u64, Arc<ProcessEvent>)>,
+    order: VecDeque<(u32, u64, Instant)>,
     next: u64,
 }
 
 impl RecentExecs {
-    fn keep(&mut self, ev: &ProcessEvent) {
+    fn keep(&mut self, ev: &ProcessEvent, now: Instant) {
+        self.expire(now);
         while self.order.len() >= RECENT_EXECS {
-            let Some((pid, n)) = self.order.pop_front() else { break };
-            // Only when that entry is still the pid's newest program.
-            if self.by_pid.get(&pid).is_some_and(|(kept, _)| *kept == n) {
-                self.by_pid.remove(&pid);
-            }
+            self.drop_oldest();
         }
         self.next += 1;
-        self.order.push_back((ev.pid, self.next));
-        self.by_pid.insert(ev.pid, (self.next, ev.clone()));
+        self.order.push_back((ev.pid, self.next, now));
+        self.by_pid.insert(ev.pid, (self.next, Arc::new(ev.clone())));
     }
 
-    fn get(&self, pid: u32) -> Option<&ProcessEvent> {
+    fn expire(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, _, at)| now.duration_since(*at) > RECENT_EXEC_KEEP)
+        {
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some((pid, n, _)) = self.order.pop_front()
+            // Only when that entry is still the pid's newest program.
+            && self.by_pid.get(&pid).is_some_and(|(kept, _)| *kept == n)
+        {
+            self.by_pid.remove(&pid);
+        }
+    }
+
+    fn get(&self, pid: u32) -> Option<&Arc<ProcessEvent>> {
         self.by_pid.get(&pid).map(|(_, ev)| ev)
     }
 }
@@ -178,9 +197,12 @@ impl ProcessTracker {
     }
 
     /// The newest program reported for `pid` (by the exec source, so complete even
-    /// when the process is gone), if it is among the last [`RECENT_EXECS`].
-    pub fn recent_exec(&self, pid: u32) -> Option<ProcessEvent> {
-        lock(&self.recent).get(pid).cloned()
+    /// when the process is gone), if it is among the last [`RECENT_EXECS`] and was
+    /// reported within [`RECENT_EXEC_KEEP`].
+    pub fn recent_exec(&self, pid: u32) -> Option<Arc<ProcessEvent>> {
+        let mut recent = lock(&self.recent);
+        recent.expire(Instant::now());
+        recent.get(pid).cloned()
     }
 
     /// Records a new program's stdin and stdout pipes and returns the processes at their
@@ -254,7 +276,7 @@ impl ProcessTracker {
             );
         }
         let ev = self.describe(pid, stat, exe, exe_deleted);
-        lock(&self.recent).keep(&ev);
+        lock(&self.recent).keep(&ev, Instant::now());
         Ok(Some(ev))
     }
 
@@ -402,7 +424,7 @@ impl ProcessTracker {
             pipes,
             original_image,
         };
-        lock(&self.recent).keep(&ev);
+        lock(&self.recent).keep(&ev, Instant::now());
         ev
     }
 
@@ -711,6 +733,14 @@ mod tests {
         t.from_kernel(&rec(920_000, "/usr/bin/true"));
         assert!(t.recent_exec(900_010).is_none(), "bounded: the oldest go first");
         assert!(t.recent_exec(920_000).is_some());
+        // And only for a while: past RECENT_EXEC_KEEP an exec is forgotten.
+        let mut recent = RecentExecs::default();
+        let t0 = Instant::now();
+        recent.keep(&t.recent_exec(920_000).unwrap(), t0);
+        recent.expire(t0 + RECENT_EXEC_KEEP);
+        assert!(recent.get(920_000).is_some());
+        recent.expire(t0 + RECENT_EXEC_KEEP + Duration::from_millis(1));
+        assert!(recent.get(920_000).is_none() && recent.order.is_empty());
     }
 
     #[test]

@@ -65,8 +65,9 @@ struct Noted {
     /// Wall clock of the close (ms), to tell the writer from a later program on its pid.
     at_ms: u64,
     pid: u32,
-    /// As read from /proc at the close; `None` when it was already gone.
-    process: Option<ProcessEvent>,
+    /// As read from /proc at the close; `None` when it was already gone. Shared by
+    /// every file the process wrote (an event can weigh kilobytes).
+    process: Option<Arc<ProcessEvent>>,
 }
 
 /// Whether a process reading names its program and arguments (a zombie's does not).
@@ -90,7 +91,7 @@ impl WriterBook {
 
     /// Notes that process `pid` (as read then, if it could be) closed `path` after
     /// writing, at `now` (`now_ms` on the wall clock).
-    pub fn note(&self, path: String, pid: u32, process: Option<ProcessEvent>, now: Instant, now_ms: u64) {
+    pub fn note(&self, path: String, pid: u32, process: Option<Arc<ProcessEvent>>, now: Instant, now_ms: u64) {
         let Ok(mut b) = self.inner.lock() else { return };
         while b.order.len() >= BOOK_MAX || b.order.front().is_some_and(|(t, _)| now.duration_since(*t) > KEEP) {
             let Some((t, p)) = b.order.pop_front() else { break };
@@ -119,17 +120,20 @@ impl WriterBook {
                 .clone()
         };
         if let Some(p) = noted.process.as_ref().filter(|p| complete(p)) {
-            return Some(p.clone());
+            return Some(ProcessEvent::clone(p));
         }
         // A program started after the close is not the writer (the pid was reused).
         let exec = self
             .tracker
             .recent_exec(noted.pid)
             .filter(|e| e.start_time_ms <= noted.at_ms + START_SLACK_MS);
-        Some(exec.or(noted.process).unwrap_or(ProcessEvent {
-            pid: noted.pid,
-            ..ProcessEvent::default()
-        }))
+        Some(exec.or(noted.process).map_or_else(
+            || ProcessEvent {
+                pid: noted.pid,
+                ..ProcessEvent::default()
+            },
+            |p| ProcessEvent::clone(&p),
+        ))
     }
 }
 
@@ -221,7 +225,7 @@ pub fn run(
         ctx.degraded(source, format!("writers not seen under {}", failed.join(", ")));
     }
     let own_pid = std::process::id() as i32;
-    let mut recent: HashMap<i32, (Instant, Option<ProcessEvent>)> = HashMap::new();
+    let mut recent: HashMap<i32, (Instant, Option<Arc<ProcessEvent>>)> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut lost: u64 = 0;
     while !ctx.stopped() {
@@ -277,7 +281,7 @@ pub fn run(
                 Some((t, p)) if now.duration_since(*t) < PROCESS_REUSE => p.clone(),
                 _ => {
                     // Gone, or a zombie with no program left: the book names it later.
-                    let p = tracker.read(pid).ok().filter(complete);
+                    let p = tracker.read(pid).ok().filter(complete).map(Arc::new);
                     recent.insert(ev.pid, (now, p.clone()));
                     p
                 }
@@ -306,13 +310,13 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn p(pid: u32, exe: &str) -> Option<ProcessEvent> {
-        Some(ProcessEvent {
+    fn p(pid: u32, exe: &str) -> Option<Arc<ProcessEvent>> {
+        Some(Arc::new(ProcessEvent {
             pid,
             exe: exe.into(),
             cmdline: exe.into(),
             ..ProcessEvent::default()
-        })
+        }))
     }
 
     fn book() -> Arc<WriterBook> {
@@ -356,11 +360,11 @@ mod tests {
             ("/usr/bin/cp", "cp /tmp/x /etc/cron.d/x")
         );
         // A zombie's reading (no command line) gives way to the exec too.
-        let zombie = Some(ProcessEvent {
+        let zombie = Some(Arc::new(ProcessEvent {
             pid: 900_100,
             exe: "/usr/bin/cp".into(),
             ..ProcessEvent::default()
-        });
+        }));
         book.note("/etc/cron.d/y".into(), 900_100, zombie, t0, closed_ms);
         assert_eq!(
             book.writer_of("/etc/cron.d/y", t0).unwrap().cmdline,
