@@ -10,6 +10,7 @@
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -64,12 +65,24 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, LinkError> {
         .ok_or_else(|| LinkError::Resolve(addr.to_string()))
 }
 
+/// The largest UDP payload the agent accepts: an Ethernet frame's. The collector
+/// sends it acknowledgements and commands, never jumbo datagrams; quinn sizes its
+/// receive buffer by this (with its 64 KiB default the buffer was 3 MB, a sixth of
+/// an idle agent's memory budget).
+const MAX_UDP_PAYLOAD: u16 = 1472;
+
 /// A client endpoint (one UDP socket) that many connections can share.
 pub fn client_endpoint(remote: &SocketAddr) -> Result<quinn::Endpoint, LinkError> {
     let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(|_| LinkError::Connect("bind address".into()))?;
-    quinn::Endpoint::client(bind).map_err(|e| LinkError::Connect(e.to_string()))
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| LinkError::Connect(e.to_string()))?;
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    quinn::Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| LinkError::Connect(e.to_string()))
 }
 
 /// Reads one frame from a stream; `Ok(None)` when the peer finished it.
