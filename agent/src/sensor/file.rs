@@ -613,6 +613,9 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
     let mut uncomparable: HashSet<PathBuf> = HashSet::new();
     let mut limit_said = false;
     let confirm = SUSPECT_CONFIRM.min(watch_check);
+    // Directories that appeared, read for the files they hold from when notify watches them.
+    let mut new_dirs: VecDeque<(Ready, Instant)> = VecDeque::new();
+    let settle = Duration::from_millis(config.file_settle_ms);
     loop {
         if ctx.stopped() {
             return Ok(());
@@ -886,6 +889,30 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
         }
         let now = Instant::now();
         ready.extend(coalescer.due(now));
+        // A directory that appeared is read once notify has had time to watch it (it
+        // does so after passing on its event), so nothing falls between the two.
+        for r in &ready {
+            if appeared_dir(r) {
+                new_dirs.push_back((r.clone(), now + settle));
+            }
+        }
+        let mut read_now = Vec::new();
+        while new_dirs.front().is_some_and(|(_, at)| *at <= now) {
+            if let Some((r, _)) = new_dirs.pop_front() {
+                read_now.push(r);
+            }
+        }
+        let (contents, cut) = with_new_dir_contents(read_now, NEW_DIR_MAX_ENTRIES);
+        ready.extend(contents.into_iter().filter(|r| !appeared_dir(r)));
+        for dir in cut {
+            let detail = format!(
+                "{} appeared holding more than {NEW_DIR_MAX_ENTRIES} entries: files past them are not reported",
+                dir.display()
+            );
+            if !ctx.gap(detail) {
+                return Ok(());
+            }
+        }
         // Changes that waited for the budget go first, in the order they came.
         let waited = std::mem::take(&mut deferred);
         let fresh = ready.into_iter().map(|r| (r, now + HASH_DEFER));
@@ -911,6 +938,63 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
             return Ok(());
         }
     }
+}
+
+/// The most entries read in one directory that appeared; past them a gap says so.
+pub const NEW_DIR_MAX_ENTRIES: usize = 10_000;
+
+/// A directory created, moved in or renamed (what [`with_new_dir_contents`] reads).
+fn appeared_dir(r: &Ready) -> bool {
+    matches!(r.op, FileOp::Create | FileOp::Rename) && std::fs::symlink_metadata(&r.path).is_ok_and(|m| m.is_dir())
+}
+
+/// `ready` with, after each directory that appeared (created, moved in, or renamed),
+/// the regular files already in it: notify watches a new directory only once it has
+/// seen it appear, so what was written in it before (`mkdir -p d && echo > d/f`), or
+/// what a directory moved in brings (`mv /elsewhere/d /etc/cron.d`), has no event of its
+/// own. A created or moved-in directory's files are creates; a renamed one's, renames
+/// from their old path. Links are not followed. Also the directories whose walk
+/// `max_entries` stopped.
+pub fn with_new_dir_contents(ready: Vec<Ready>, max_entries: usize) -> (Vec<Ready>, Vec<PathBuf>) {
+    let mut out = Vec::with_capacity(ready.len());
+    let mut cut = Vec::new();
+    for r in ready {
+        if !appeared_dir(&r) {
+            out.push(r);
+            continue;
+        }
+        let (dir, from) = (r.path.clone(), r.from_path.clone());
+        out.push(r);
+        let mut stack = vec![dir.clone()];
+        let mut seen = 0usize;
+        'walk: while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for entry in rd.filter_map(|e| e.ok()) {
+                seen += 1;
+                if seen > max_entries {
+                    cut.push(dir.clone());
+                    break 'walk;
+                }
+                let Ok(kind) = entry.file_type() else { continue };
+                let path = entry.path();
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file() {
+                    let from_path = match (&from, path.strip_prefix(&dir)) {
+                        (Some(from), Ok(rel)) => Some(from.join(rel)),
+                        _ => None,
+                    };
+                    let op = if from_path.is_some() {
+                        FileOp::Rename
+                    } else {
+                        FileOp::Create
+                    };
+                    out.push(Ready { op, path, from_path });
+                }
+            }
+        }
+    }
+    (out, cut)
 }
 
 /// The last change reported per path, so that one change is reported once: when
@@ -1494,12 +1578,12 @@ mod tests {
         for d in ["1", "2", "3/deeper"] {
             std::fs::create_dir_all(root.join("big").join(d)).unwrap();
         }
-        let payload = root.join("big/2/payload.sh");
-        std::fs::write(&payload, b"#!/bin/sh\nid\n").unwrap();
-
         let gap = s
             .gap_with(5, &["are blind", "max_user_watches"])
             .expect("no gap for the blind directories");
+        // Written while blind (what was there before is read as the new directory's).
+        let payload = root.join("big/2/payload.sh");
+        std::fs::write(&payload, b"#!/bin/sh\nid\n").unwrap();
         for d in ["big/1", "big/2", "big/3"] {
             assert!(gap.contains(&root.join(d).display().to_string()), "{gap}");
         }
@@ -1584,5 +1668,101 @@ mod tests {
             "{:?}",
             s.gaps()
         );
+    }
+
+    /// A directory replaced by one built elsewhere and moved in (`mv /tmp/new /etc/cron.d`)
+    /// or built beside it and renamed over it: notify watches it, but the files it holds
+    /// have no event of their own. They are reported, as creates or as renames.
+    #[test]
+    fn files_in_a_directory_that_replaced_a_watched_one_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let (root, outside) = (base.join("etc"), base.join("staging"));
+        std::fs::create_dir_all(root.join("cron.d")).unwrap();
+        std::fs::write(root.join("cron.d/old"), b"old").unwrap();
+        std::fs::create_dir_all(outside.join("new/deeper")).unwrap();
+        std::fs::write(outside.join("new/job"), b"* * * * * root id\n").unwrap();
+        std::fs::write(outside.join("new/deeper/more"), b"more").unwrap();
+        let mut s = Running::start(&root);
+
+        std::fs::remove_dir_all(root.join("cron.d")).unwrap();
+        std::fs::rename(outside.join("new"), root.join("cron.d")).unwrap();
+        let job = s
+            .file(5, &root.join("cron.d/job"))
+            .expect("the moved-in directory's file");
+        assert_eq!(
+            (job.op, job.sha256),
+            (FileOp::Create, Some(sha(b"* * * * * root id\n")))
+        );
+        assert!(
+            s.file(5, &root.join("cron.d/deeper/more")).is_some(),
+            "nor the one below it"
+        );
+
+        // Built beside it, then renamed over it (`rm -rf d; mv d2 d`).
+        std::fs::create_dir(root.join("cron.d2")).unwrap();
+        std::fs::write(root.join("cron.d2/job2"), b"* * * * * root whoami\n").unwrap();
+        std::fs::remove_dir_all(root.join("cron.d")).unwrap();
+        std::fs::rename(root.join("cron.d2"), root.join("cron.d")).unwrap();
+        let job2 = s
+            .file(5, &root.join("cron.d/job2"))
+            .expect("the renamed directory's file");
+        assert_eq!(job2.sha256, Some(sha(b"* * * * * root whoami\n")));
+        if job2.op == FileOp::Rename {
+            assert_eq!(job2.from_path, Some(root.join("cron.d2/job2").display().to_string()));
+        }
+        // Watched: a later write is seen as it happens, once.
+        let later = root.join("cron.d/later");
+        std::fs::write(&later, b"x").unwrap();
+        assert!(s.file(5, &later).is_some());
+        std::thread::sleep(Duration::from_millis(500));
+        s.wait(0, |_| None::<()>);
+        let reports = |p: &Path| {
+            let p = p.display().to_string();
+            s.seen
+                .iter()
+                .filter(|d| matches!(d, EventData::File(f) if f.path == p && f.op != FileOp::Delete))
+                .count()
+        };
+        assert_eq!(reports(&later), 1);
+        assert_eq!(reports(&root.join("cron.d/job")), 1);
+        assert!(s.gaps().is_empty(), "nothing was lost: {:?}", s.gaps());
+    }
+
+    #[test]
+    fn a_new_directory_brings_its_files_and_a_huge_one_says_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::write(root.join("d/f"), b"1").unwrap();
+        std::fs::write(root.join("d/e/g"), b"2").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("d/link")).unwrap();
+        std::fs::write(root.join("plain"), b"3").unwrap();
+        let r = |op, p: &str, from: Option<&str>| Ready {
+            op,
+            path: root.join(p),
+            from_path: from.map(|f| root.join(f)),
+        };
+        let (mut got, cut) = with_new_dir_contents(
+            vec![r(FileOp::Create, "d", None), r(FileOp::Create, "plain", None)],
+            100,
+        );
+        got.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(
+            got,
+            vec![
+                r(FileOp::Create, "d", None),
+                r(FileOp::Create, "d/e/g", None),
+                r(FileOp::Create, "d/f", None),
+                r(FileOp::Create, "plain", None),
+            ]
+        );
+        assert!(cut.is_empty());
+        let (got, _) = with_new_dir_contents(vec![r(FileOp::Rename, "d", Some("old"))], 100);
+        assert!(got.contains(&r(FileOp::Rename, "d/e/g", Some("old/e/g"))), "{got:?}");
+        let (got, _) = with_new_dir_contents(vec![r(FileOp::Modify, "d", None), r(FileOp::Delete, "d", None)], 100);
+        assert_eq!(got.len(), 2, "only a directory that appeared is read");
+        let (_, cut) = with_new_dir_contents(vec![r(FileOp::Create, "d", None)], 2);
+        assert_eq!(cut, vec![root.join("d")]);
     }
 }
