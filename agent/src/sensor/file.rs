@@ -504,20 +504,15 @@ impl SubdirCheck {
     }
 }
 
-/// Why a directory cannot be watched: the limit and how to raise it, or the error.
-fn blind_reason(e: &notify::Error) -> String {
-    match &e.kind {
-        notify::ErrorKind::MaxFilesWatch => {
-            let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-                .map(|v| format!(" ({})", v.trim()))
-                .unwrap_or_default();
-            format!(
-                "the inotify watch limit fs.inotify.max_user_watches{limit} is reached \
-                 (raise it: sysctl -w fs.inotify.max_user_watches=<more>, and in /etc/sysctl.d/)"
-            )
-        }
-        _ => e.to_string(),
-    }
+/// The watch limit, its value and how to raise it.
+fn limit_reason() -> String {
+    let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|v| format!(" ({})", v.trim()))
+        .unwrap_or_default();
+    format!(
+        "the inotify watch limit fs.inotify.max_user_watches{limit} is reached \
+         (raise it: sysctl -w fs.inotify.max_user_watches=<more>, and in /etc/sysctl.d/)"
+    )
 }
 
 fn watch_error_gap(path: &Path, e: &notify::Error) -> String {
@@ -627,6 +622,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
     let mut blind: HashMap<PathBuf, u64> = HashMap::new();
     let mut uncomparable: HashSet<PathBuf> = HashSet::new();
     let mut limit_said = false;
+    let mut sweep_blind = false;
     let confirm = SUSPECT_CONFIRM.min(watch_check);
     // Directories that appeared, read for the files they hold from when notify watches them.
     let mut new_dirs: VecDeque<(Ready, Instant)> = VecDeque::new();
@@ -681,6 +677,9 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
                     suspects.push((path, ino, since, Instant::now()));
                 }
             }
+            // Blind ones are looked at again even when the walk no longer finds them
+            // (removed, or watched again with a directory above them).
+            sweep_blind = !blind.is_empty();
             held_since_ms = now_ms;
             // The kernel's list is read again only when watches were placed anew.
             let watches = if lost.is_empty() {
@@ -690,7 +689,7 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
             };
             report_readiness(ctx, &watched, &failed, &blind, watches);
         }
-        if suspects.first().is_some_and(|s| s.3.elapsed() >= confirm) {
+        if suspects.first().is_some_and(|s| s.3.elapsed() >= confirm) || std::mem::take(&mut sweep_blind) {
             let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut suspects)
                 .into_iter()
                 .partition(|s| s.3.elapsed() >= confirm);
@@ -704,7 +703,8 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
                 .collect();
             due.sort_by_key(|(p, ..)| p.components().count());
             let mut rearmed: Vec<(PathBuf, u64)> = Vec::new();
-            let mut newly_blind: Vec<(PathBuf, String)> = Vec::new();
+            // Newly blind, with why (none: the watch limit).
+            let mut newly_blind: Vec<(PathBuf, Option<String>)> = Vec::new();
             let mut limit_hit = false;
             for (path, _, since) in due {
                 if rearmed.iter().any(|(r, _)| path.starts_with(r)) {
@@ -720,20 +720,19 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
                 match result {
                     Ok(()) => rearmed.push((path, since)),
                     Err(e) => {
-                        limit_hit |= matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                        let at_limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                        limit_hit |= at_limit;
                         if blind.insert(path.clone(), since).is_none() {
-                            newly_blind.push((path, blind_reason(&e)));
+                            newly_blind.push((path, (!at_limit).then(|| e.to_string())));
                         }
                     }
                 }
             }
             let held = inotify_watches().unwrap_or_default();
             // Said once per directory; once for all while the watch limit holds.
-            let limit_reason = limit_hit.then(|| blind_reason(&notify::Error::new(notify::ErrorKind::MaxFilesWatch)));
-            let (at_limit, other): (Vec<_>, Vec<_>) = newly_blind
-                .into_iter()
-                .partition(|(_, r)| Some(r) == limit_reason.as_ref());
+            let (at_limit, other): (Vec<_>, Vec<_>) = newly_blind.into_iter().partition(|(_, r)| r.is_none());
             for (path, reason) in other {
+                let reason = reason.unwrap_or_default();
                 let detail = format!(
                     "{} is blind: the kernel does not watch it and it cannot be watched again: {reason}: \
                      changes there are not seen",
@@ -743,7 +742,8 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
                     return Ok(());
                 }
             }
-            if let (Some(reason), false) = (&limit_reason, at_limit.is_empty() || limit_said) {
+            if !at_limit.is_empty() && !limit_said {
+                let reason = limit_reason();
                 limit_said = true;
                 let mut named: Vec<String> = at_limit.iter().take(5).map(|(p, _)| p.display().to_string()).collect();
                 if at_limit.len() > 5 {
@@ -923,12 +923,12 @@ pub fn run(config: &SensorConfig, ctx: &SensorCtx, budget: Arc<HashBudget>) -> R
                 }
             }
         }
-        let contents = with_new_dir_contents(read_now, NEW_DIR_MAX_ENTRIES);
+        let contents = new_dir_contents(read_now, NEW_DIR_MAX_ENTRIES);
         if read_dirs.len() + contents.read.len() > READ_DIRS_MAX {
             read_dirs.clear();
         }
         read_dirs.extend(contents.read.into_iter().map(|d| (d, now)));
-        ready.extend(contents.ready.into_iter().filter(|r| !appeared_dir(r)));
+        ready.extend(contents.files);
         for dir in contents.cut {
             let detail = format!(
                 "{} appeared holding more than {NEW_DIR_MAX_ENTRIES} entries: files past them are not reported",
@@ -972,29 +972,27 @@ pub const NEW_DIR_MAX_ENTRIES: usize = 10_000;
 /// directory then may be read twice).
 const READ_DIRS_MAX: usize = 8192;
 
-/// A directory created, moved in or renamed (what [`with_new_dir_contents`] reads).
+/// A directory created, moved in or renamed (what [`new_dir_contents`] reads).
 fn appeared_dir(r: &Ready) -> bool {
     matches!(r.op, FileOp::Create | FileOp::Rename) && std::fs::symlink_metadata(&r.path).is_ok_and(|m| m.is_dir())
 }
 
-/// `ready` with, after each directory that appeared (created, moved in, or renamed),
-/// the regular files already in it: notify watches a new directory only once it has
+/// The regular files already in each directory that appeared (created, moved in, or
+/// renamed): notify watches a new directory only once it has
 /// seen it appear, so what was written in it before (`mkdir -p d && echo > d/f`), or
 /// what a directory moved in brings (`mv /elsewhere/d /etc/cron.d`), has no event of its
 /// own. A created or moved-in directory's files are creates; a renamed one's, renames
 /// from their old path. Links are not followed. Also the directories whose walk
 /// `max_entries` stopped.
-pub fn with_new_dir_contents(ready: Vec<Ready>, max_entries: usize) -> NewDirContents {
-    let mut out = Vec::with_capacity(ready.len());
+pub fn new_dir_contents(dirs: Vec<Ready>, max_entries: usize) -> NewDirContents {
+    let mut out = Vec::new();
     let mut cut = Vec::new();
     let mut read = Vec::new();
-    for r in ready {
+    for r in dirs {
         if !appeared_dir(&r) {
-            out.push(r);
             continue;
         }
-        let (dir, from) = (r.path.clone(), r.from_path.clone());
-        out.push(r);
+        let (dir, from) = (r.path, r.from_path);
         let mut stack = vec![dir.clone()];
         let mut seen = 0usize;
         'walk: while let Some(d) = stack.pop() {
@@ -1025,14 +1023,14 @@ pub fn with_new_dir_contents(ready: Vec<Ready>, max_entries: usize) -> NewDirCon
             }
         }
     }
-    NewDirContents { ready: out, cut, read }
+    NewDirContents { files: out, cut, read }
 }
 
-/// What [`with_new_dir_contents`] found.
+/// What [`new_dir_contents`] found.
 #[derive(Debug)]
 pub struct NewDirContents {
-    /// The changes given, each directory followed by its files.
-    pub ready: Vec<Ready>,
+    /// The files, each directory's after each other.
+    pub files: Vec<Ready>,
     /// Directories whose walk the bound stopped.
     pub cut: Vec<PathBuf>,
     /// Every directory read, those below the ones given too.
@@ -1647,15 +1645,38 @@ mod tests {
                 .all(|d| !matches!(d, EventData::File(f) if f.path == payload.display().to_string()))
         );
 
+        // A blind directory removed is no longer blind.
+        std::fs::remove_dir_all(root.join("big/1")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s
+            .board
+            .get("file")
+            .unwrap()
+            .detail
+            .unwrap_or_default()
+            .contains("big/1")
+        {
+            assert!(Instant::now() < deadline, "{:?}", s.board.get("file"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            s.board
+                .get("file")
+                .unwrap()
+                .detail
+                .unwrap_or_default()
+                .contains("big/2")
+        );
+
         set_watch_limit(100);
         let mut again = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..2 {
             let g = s
                 .gap_with(5, &["was lost", "watched again"])
                 .expect("not watched again");
             again.push(g);
         }
-        for d in ["big/1", "big/2", "big/3"] {
+        for d in ["big/2", "big/3"] {
             let d = root.join(d).display().to_string();
             assert_eq!(
                 again.iter().filter(|g| g.contains(&format!("on {d} "))).count(),
@@ -1785,29 +1806,25 @@ mod tests {
             path: root.join(p),
             from_path: from.map(|f| root.join(f)),
         };
-        let c = with_new_dir_contents(
+        let c = new_dir_contents(
             vec![r(FileOp::Create, "d", None), r(FileOp::Create, "plain", None)],
             100,
         );
-        let (mut got, cut, mut read) = (c.ready, c.cut, c.read);
+        let (mut got, cut, mut read) = (c.files, c.cut, c.read);
         got.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(
             got,
-            vec![
-                r(FileOp::Create, "d", None),
-                r(FileOp::Create, "d/e/g", None),
-                r(FileOp::Create, "d/f", None),
-                r(FileOp::Create, "plain", None),
-            ]
+            vec![r(FileOp::Create, "d/e/g", None), r(FileOp::Create, "d/f", None)],
+            "the files of the directory only; links are not followed"
         );
         assert!(cut.is_empty());
         read.sort();
-        assert_eq!(read, vec![root.join("d"), root.join("d/e")], "links are not followed");
-        let got = with_new_dir_contents(vec![r(FileOp::Rename, "d", Some("old"))], 100).ready;
+        assert_eq!(read, vec![root.join("d"), root.join("d/e")]);
+        let got = new_dir_contents(vec![r(FileOp::Rename, "d", Some("old"))], 100).files;
         assert!(got.contains(&r(FileOp::Rename, "d/e/g", Some("old/e/g"))), "{got:?}");
-        let got = with_new_dir_contents(vec![r(FileOp::Modify, "d", None), r(FileOp::Delete, "d", None)], 100).ready;
-        assert_eq!(got.len(), 2, "only a directory that appeared is read");
-        let cut = with_new_dir_contents(vec![r(FileOp::Create, "d", None)], 2).cut;
+        let got = new_dir_contents(vec![r(FileOp::Modify, "d", None), r(FileOp::Delete, "d", None)], 100).files;
+        assert!(got.is_empty(), "only a directory that appeared is read");
+        let cut = new_dir_contents(vec![r(FileOp::Create, "d", None)], 2).cut;
         assert_eq!(cut, vec![root.join("d")]);
     }
 
