@@ -128,8 +128,9 @@ pub struct SensorConfig {
     /// How often to look again for watch paths that did not exist, milliseconds. Default: 30000.
     pub file_missing_recheck_ms: u64,
     /// How often the file sensor checks that the kernel still holds the watch on each
-    /// watched root (a root replaced or unwatched is re-armed, reported as a gap, and
-    /// what changed meanwhile rescanned), milliseconds. Default: 30000.
+    /// watched root and directory below one (one replaced, mounted over or unwatched is
+    /// re-armed, reported as a gap, and what changed meanwhile rescanned), milliseconds.
+    /// Default: 30000.
     pub file_watch_check_ms: u64,
     /// Not configurable: set at start from the last run's state (see `lifecycle`).
     /// Watched files changed since then are reported once the watches are up.
