@@ -69,3 +69,26 @@ const IDLE_TIMEOUT_MS: u32 = 60_000;
 /// A QUIC + TLS handshake takes a few round trips; one that has not finished by
 /// then is dropped (it holds a place under `max_connections` meanwhile).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A Retry token outlives a client's resends of its Initial (1 + 2 + 4 + 8 s of
+    /// back-off while a storm drops datagrams): with quinn's 15 s a real enrollment
+    /// under a silent flood was refused with INVALID_TOKEN in CI.
+    #[test]
+    fn a_retry_token_lives_as_long_as_an_idle_connection() {
+        install_crypto_provider();
+        let generated = crate::pki::generate("ward-collector", "127.0.0.1").unwrap();
+        let config = server_config(
+            vec![CertificateDer::from(generated.server_cert_der.clone())],
+            PrivateKeyDer::try_from(generated.server_key_pkcs8.clone()).unwrap(),
+            &generated.ca_cert_der,
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("retry_token_lifetime: 60s"), "{shown}");
+    }
+}
