@@ -1129,3 +1129,20 @@ fn a_click_without_its_account_is_kept_and_named_by_its_message() {
     let again = mail(&mut store, &[click("m1")]);
     assert_eq!((again.imported, again.duplicates), (0, 1));
 }
+
+/// docs/feeds.md's example imports as the page says.
+#[test]
+fn the_feeds_page_example_imports_as_documented() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/feeds.md")).unwrap();
+    let start = page.find("cat > mail.ndjson <<'EOF'\n").unwrap() + "cat > mail.ndjson <<'EOF'\n".len();
+    let body = &page[start..start + page[start..].find("\nEOF").unwrap()];
+    let (_d, mut store) = store();
+    let r = run(&mut store, Feed::Mailbox, body.as_bytes());
+    assert_eq!(
+        (r.format.as_str(), r.imported, r.alerts_raised),
+        ("defender-emailevents+defender-urlclickevents-ndjson", 2, 2),
+        "{r:?}"
+    );
+    let again = run(&mut store, Feed::Mailbox, body.as_bytes());
+    assert_eq!((again.duplicates, again.alerts_raised), (2, 0));
+}
