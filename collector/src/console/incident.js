@@ -16,6 +16,8 @@ const CLASSIFICATIONS = ["", "true_positive", "informational_expected_activity",
 const TABS = [["alerts", "Alerts"], ["assets", "Assets"], ["evidence", "Evidence and response"], ["tree", "Process tree"], ["activity", "Activity log"]];
 /** Alerts in one page of the alert list and the graph. */
 const PAGE = 200;
+/** A whole play of the story graph takes this long at any size. */
+const PLAY_MS = 4000;
 const num = (n) => Number(n || 0).toLocaleString("en-US");
 
 /** "×40, last seen 10:02:11" for an alert that stands for several detections. */
@@ -98,7 +100,16 @@ function entityPanel(detail, i) {
     <div class="form-row">${entityButtons(detail, i, "page")}</div></div>`;
 }
 
-function alertPanel(detail, id) {
+/** The alerts grouped with the one shown in the graph: their count, time span and links. */
+function groupNote(group) {
+  if (!group || group.length < 2) return "";
+  const first = group[0].observed_at_ms;
+  const last = group[group.length - 1].observed_at_ms;
+  return `<p id="group-note">One of ${esc(num(group.length))} alerts of this rule on the same entity in the graph, ${esc(time(first))} – ${esc(shortTime(last))}:
+    ${group.slice(0, 12).map((g) => `<a href="#/alert/${esc(g.id)}">${esc(shortTime(g.observed_at_ms))}</a>`).join(", ")}${group.length > 12 ? ` and ${esc(num(group.length - 12))} more (alerts tab)` : ""}.</p>`;
+}
+
+function alertPanel(detail, id, group) {
   const link = detail.alerts.find((l) => l.alert.id === id);
   if (!link) return "";
   const a = link.alert;
@@ -107,7 +118,7 @@ function alertPanel(detail, id) {
     <div>ATT&amp;CK</div><div>${pills(tacticLabels(a.rule))}${pills(techniqueLabels(a.rule))}</div><div>Source</div><div>${esc(a.source)}</div>
     <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
     <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div>
-    ${can("analyst") ? moveForm(a.id) : ""}</div>`;
+    ${groupNote(group)}${can("analyst") ? moveForm(a.id) : ""}</div>`;
 }
 
 /** Moving an alert out: to another incident by id, or (id left empty) to a new one. */
@@ -333,8 +344,10 @@ export async function incidentView(root, args, q, current) {
   let selected = null;
   root.innerHTML = `<section class="card" id="incident-summary"></section>
     <div class="grid2"><section class="card"><h3>Attack story</h3>
-      <div class="graph-controls"><button id="play">▶ Play</button><input id="play-step" type="range" min="0" value="0">
-        <span id="play-label" class="muted small"></span><button id="graph-all">Show all</button></div>
+      <div class="graph-controls"><button id="play">▶ Play</button><input id="play-step" type="range" min="0" value="0" aria-label="Story step">
+        <span id="play-label" class="muted small"></span><button id="graph-all">Show all</button>
+        <button id="zoom-out" aria-label="Zoom out" title="Zoom out (−)">−</button><button id="zoom-in" aria-label="Zoom in" title="Zoom in (+)">+</button>
+        <button id="zoom-reset" title="Fit the graph (0)">Reset view</button></div>
       <div class="muted small" id="graph-note"></div><div class="graph-wrap" id="graph-box"></div></section>
       <section class="card"><div id="side"></div><h3>Timeline</h3><div class="timeline" id="incident-timeline"></div></section></div>
     <div class="grid2"><section class="card"><div class="tabs">${TABS.map(([k, l]) => `<button data-tab="${k}">${esc(l)}</button>`).join("")}</div><div id="tab"></div></section>
@@ -344,8 +357,9 @@ export async function incidentView(root, args, q, current) {
   let alertSig = "";
   const side = () => {
     $("#side", root).innerHTML = selected == null ? `<p class="hint">Select an entity in the graph to see its alerts and act on it.</p>`
-      : selected.kind === "entity" ? entityPanel(detail, selected.i) : alertPanel(detail, selected.id);
-    const hl = selected?.kind === "entity" ? new Set(detail.page_entities[selected.i]?.alert_ids || []) : new Set(selected ? [selected.id] : []);
+      : selected.kind === "entity" ? entityPanel(detail, selected.i) : alertPanel(detail, selected.id, graph?.groupOf(selected.id));
+    const hl = selected?.kind === "entity" ? new Set(detail.page_entities[selected.i]?.alert_ids || [])
+      : new Set(selected ? selected.ids || [selected.id] : []);
     for (const el of $$("#incident-timeline .item", root)) el.classList.toggle("hl", hl.has(el.dataset.alert));
   };
   const drawStory = () => {
@@ -360,7 +374,7 @@ export async function incidentView(root, args, q, current) {
       ? `The graph shows this page of alerts (${pageText(detail, detail.view.first)}); page through them in the alerts tab.` : "";
     graph = drawGraph($("#graph-box", root), { alerts: detail.alerts, entities: detail.page_entities }, {
       onSelectEntity: (i) => { selected = i == null ? null : { kind: "entity", i }; side(); },
-      onSelectAlert: (aid) => { selected = { kind: "alert", id: aid }; side(); },
+      onSelectAlert: (aid, ids) => { selected = { kind: "alert", id: aid, ids }; side(); },
     });
     const range = $("#play-step", root);
     range.max = String(graph.steps);
@@ -529,23 +543,31 @@ export async function incidentView(root, args, q, current) {
     } catch (e) { toast(e.message, true); }
   });
 
-  // Play: reveal the story's nodes in time order over about five seconds.
+  // Play: reveal the story's nodes in time order in PLAY_MS whatever their number
+  // (several steps a frame when there are many).
   let player = null;
   const show = (k) => { graph.step(k); $("#play-step", root).value = String(k); $("#play-label", root).textContent = `${k} / ${graph.steps}`; };
   const stop = () => { clearInterval(player); player = null; $("#play", root).textContent = "▶ Play"; };
   $("#play", root).addEventListener("click", () => {
     if (player) { stop(); return; }
-    let k = Number($("#play-step", root).value) >= graph.steps ? 0 : Number($("#play-step", root).value);
+    const from = Number($("#play-step", root).value) >= graph.steps ? 0 : Number($("#play-step", root).value);
     $("#play", root).textContent = "❚❚ Pause";
-    const per = Math.max(15, Math.min(400, 5000 / Math.max(graph.steps, 1)));
-    show(k);
+    const began = performance.now();
+    const span = PLAY_MS * (graph.steps - from) / Math.max(graph.steps, 1);
+    show(from);
     player = setInterval(() => {
       if (!current()) { clearInterval(player); return; }
-      k += 1;
+      const k = Math.min(graph.steps, from + Math.ceil((graph.steps - from) * (performance.now() - began) / Math.max(span, 1)));
       show(k);
-      if (k >= graph.steps) stop();
-    }, per);
+      if (k >= graph.steps) {
+        stop();
+        if (window.wardPerf) window.wardPerf.playMs = performance.now() - began;
+      }
+    }, Math.max(40, Math.min(400, span / Math.max(graph.steps - from, 1))));
   });
+  $("#zoom-in", root).addEventListener("click", () => graph.zoom(1.25));
+  $("#zoom-out", root).addEventListener("click", () => graph.zoom(0.8));
+  $("#zoom-reset", root).addEventListener("click", () => graph.reset());
   $("#play-step", root).addEventListener("input", (ev) => { if (player) stop(); show(Number(ev.target.value)); });
   $("#graph-all", root).addEventListener("click", () => { if (player) stop(); show(graph.steps); });
 
