@@ -53,7 +53,7 @@ function params(h, extra = {}) {
 /** Entities that have a page of their own, linked; the rest as text. */
 function entitiesHtml(text) {
   return String(text).split(" ").map((t) => {
-    const m = /^(user|ip|file)=(.+)$/.exec(t);
+    const m = /^(user|ip|file|mailbox)=(.+)$/.exec(t);
     return m ? `<a href="${esc(entityHref(m[1], m[2]))}">${esc(t)}</a>` : esc(t);
   }).join(" ");
 }
@@ -62,6 +62,7 @@ function cellHtml(column, v, source) {
   if (v == null || v === "") return `<span class="muted">—</span>`;
   if (column === "entities") return entitiesHtml(v);
   if (source === "sign_ins" && (column === "user" || column === "ip")) return `<a href="${esc(entityHref(column, v))}">${esc(v)}</a>`;
+  if (source === "mail" && (column === "sender" || column === "recipient") && String(v).includes("@")) return `<a href="${esc(entityHref("mailbox", v))}">${esc(v)}</a>`;
   if (column === "time") return `<span title="${esc(new Date(v).toISOString())}">${esc(time(v))}</span>`;
   if (column === "severity") return sev(v);
   if (column === "id") return `<a href="#/alert/${esc(v)}">${esc(v)}</a>`;

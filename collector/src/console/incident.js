@@ -10,6 +10,7 @@ import {
 } from "./util.js";
 import { drawGraph } from "./graph.js";
 import { renderActions } from "./views.js";
+import { linkEntity, entityPage } from "./entity.js";
 
 const SEVERITY_ORDER = ["critical", "high", "medium", "low", "informational"];
 const CLASSIFICATIONS = ["", "true_positive", "informational_expected_activity", "false_positive"];
@@ -96,7 +97,8 @@ function entityPanel(detail, i) {
     <div class="kv"><div>Value</div><div class="mono">${esc(entityText(e))}</div><div>Verdict</div><div>${esc(whole.verdict)}</div>
     <div>Remediation</div><div>${esc(whole.remediation || "none")}</div><div>Roles</div><div>${pills(whole.roles)}</div>
     <div>Alerts</div><div>${esc(num(e.alert_ids.length))} on this page${whole !== e ? ` · ${esc(num(whole.alert_count))} in the incident` : ""}</div>
-    <div>Seen</div><div>${esc(time(whole.first_seen_ms))} – ${esc(time(whole.last_seen_ms))}</div></div>
+    <div>Seen</div><div>${esc(time(whole.first_seen_ms))} – ${esc(time(whole.last_seen_ms))}</div>
+    ${entityPage(e.value) ? `<div>Page</div><div><a id="entity-panel-page" href="${esc(entityPage(e.value))}">everything about this ${esc(e.kind)}</a></div>` : ""}</div>
     <div class="form-row">${entityButtons(detail, i, "page")}</div></div>`;
 }
 
@@ -117,7 +119,7 @@ function alertPanel(detail, id, group) {
     <div>Observed</div><div>${esc(time(a.observed_at_ms))} ${folded(a)}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
     <div>ATT&amp;CK</div><div>${pills(tacticLabels(a.rule))}${pills(techniqueLabels(a.rule))}</div><div>Source</div><div>${esc(a.source)}</div>
     <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
-    <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div>
+    <div>Entities</div><div>${a.entities.map((e) => linkEntity(e, esc(e.kind + " " + entityLabel(e)))).join("<br>")}</div></div>
     ${groupNote(group)}${can("analyst") ? moveForm(a.id) : ""}</div>`;
 }
 
@@ -166,7 +168,7 @@ function alertsTab(detail) {
     ${detail.alerts.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}<div class="small">${folded(a)}</div></td><td>${sev(a.severity)}</td>
       <td><a href="#/alert/${esc(a.id)}">${esc(a.rule.title)}</a><div class="muted small">${esc(tacticLabels(a.rule).join(", "))}${a.rule.techniques?.length ? " · " : ""}${esc(techniqueLabels(a.rule).join(", "))}</div></td>
       <td>${esc(a.source)}</td><td>${esc(a.device_id ? devices.get(a.device_id) || a.device_id : "—")}</td>
-      <td class="small">${a.entities.slice(0, 4).map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
+      <td class="small">${a.entities.slice(0, 4).map((e) => linkEntity(e, esc(e.kind + " " + entityLabel(e)))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
       <td>${esc(reason)} <span class="muted small">${esc(linked_by)}</span></td></tr>`).join("")}</tbody></table>`;
 }
 
@@ -188,8 +190,8 @@ function assetsTab(detail) {
     ${detail.devices.map((d) => `<tr><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a></td><td>${d.online ? `<span class="ok">online</span>` : "offline"}</td>
       <td>${esc(d.isolation)}</td><td>${esc(ago(d.last_seen_ms))}</td><td>${isolate(d)}</td></tr>`).join("")}</tbody></table>
     ${detail.devices_total > detail.devices.length ? `<p class="muted small">${esc(num(detail.devices.length))} of ${esc(num(detail.devices_total))} devices listed.</p>` : ""}
-    <h3>Users</h3>${shownOf(detail, "user", "users")}${of("user").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
-    <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+    <h3>Users</h3>${shownOf(detail, "user", "users")}${of("user").map(([e]) => `<div>${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
+    <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div class="asset-mailbox">${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
 }
 
 function evidenceTab(detail) {
@@ -199,7 +201,7 @@ function evidenceTab(detail) {
   const more = Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > detail.entities.filter((e) => e.kind === k).length);
   return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident${more.length
     ? `; the most alerted are listed of ${more.map(([k, n]) => `${esc(num(n))} ${esc(k)}`).join(", ")}` : ""}.</p><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
-    ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${esc(entityText(e))}</td>
+    ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${linkEntity(e.value, esc(entityText(e)))}</td>
       <td>${esc(e.verdict)}</td><td>${esc(e.remediation)}</td><td>${esc(num(e.alert_count))}</td><td>${entityButtons(detail, i)}</td></tr>`).join("")}</tbody></table>
     <h3>Actions</h3><div id="incident-actions"></div>`;
 }

@@ -8,7 +8,9 @@
 //! checkout clean) and reports how long an incident of 500 alerts takes from
 //! navigation to its graph on screen; on that incident it checks that repeats are
 //! grouped (one node with a count per rule on the device), that playing takes under
-//! 5 s, and that the keys, buttons and wheel zoom and pan the graph.
+//! 5 s, and that the keys, buttons and wheel zoom and pan the graph. Last, from the
+//! story's evidence to alice's mailbox page: the mail with its verdict, her click
+//! and the forwarding inbox rule set on her mailbox.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -777,4 +779,76 @@ async fn scenario() {
         "{log}"
     );
     assert!(!log.contains("alert 01"), "an alert named by its id: {log}");
+
+    // Alice's mailbox: she clicked the mail's link and a forwarding inbox rule was set
+    // on her mailbox. From the incident's evidence, her mailbox's page shows the
+    // message with its verdict, the click and the rule.
+    feed(
+        &collector,
+        &ann,
+        "mailbox",
+        &[
+            json!({"Type": "UrlClickEvents", "Timestamp": rfc3339_ms(t0 + 2 * MIN),
+                "NetworkMessageId": "7d1c0f3e-5b2a-4e8f-9c61-2a9e3b4c5d6e", "AccountUpn": "alice@contoso.com",
+                "Url": "https://invoices.example/pay", "ActionType": "ClickAllowed", "IPAddress": "198.51.100.23"}),
+            json!({"Type": "OfficeActivity", "Operation": "New-InboxRule", "OfficeWorkload": "Exchange",
+                "UserId": "alice@contoso.com", "ClientIP": "198.51.100.23:50432", "OfficeId": "4b1e0c9a",
+                "CreationTime": rfc3339_ms(t0 + 6 * MIN),
+                "Parameters": [{"Name": "Name", "Value": "invoices"}, {"Name": "SubjectContainsWords", "Value": "invoice"},
+                    {"Name": "ForwardTo", "Value": "drop@collector.example"}]}),
+        ],
+    )
+    .await;
+    b.eval(&format!("location.hash = '#/incident/{story_id}?tab=evidence'; true"))
+        .unwrap();
+    let mailbox_link = "document.querySelector('#incident-entities a.entity-link[href=\"#/entity/mailbox?value=alice%40contoso.com\"]')";
+    b.wait_for(
+        "the mailbox linked from the evidence",
+        &format!("!!{mailbox_link}"),
+        SECS(15),
+    )
+    .unwrap();
+    // Files and addresses of the evidence have their pages too.
+    for kind in ["file", "ip", "user"] {
+        assert_eq!(
+            b.eval(&format!(
+                "!!document.querySelector('#incident-entities a.entity-link[href^=\"#/entity/{kind}?value=\"]')"
+            ))
+            .unwrap(),
+            json!(true),
+            "no {kind} page linked from the evidence"
+        );
+    }
+    b.eval(&format!("{mailbox_link}.click(); true")).unwrap();
+    let text = |id: &str| format!("(document.querySelector('#{id}') || {{innerText: ''}}).innerText");
+    b.wait_for(
+        "the mailbox page",
+        &format!(
+            "location.hash.startsWith('#/entity/mailbox') && {}.includes('Invoice overdue') && {}.includes('Malware')
+             && {}.includes('invoices.example/pay') && {}.includes('New-InboxRule')",
+            text("mailbox-messages"),
+            text("mailbox-messages"),
+            text("mailbox-clicks"),
+            text("mailbox-rules")
+        ),
+        SECS(15),
+    )
+    .unwrap();
+    let rules = b.eval(&text("mailbox-rules")).unwrap();
+    assert!(
+        rules
+            .as_str()
+            .unwrap()
+            .contains("forwards it to drop@collector.example"),
+        "{rules}"
+    );
+    // Its incidents include the story.
+    assert_eq!(
+        b.eval(&format!(
+            "!!document.querySelector('#view a[href=\"#/incident/{story_id}\"]')"
+        ))
+        .unwrap(),
+        json!(true)
+    );
+    screenshot(&mut b, "mailbox.png");
 }
