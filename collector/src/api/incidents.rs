@@ -281,7 +281,37 @@ struct DetailRows {
     devices_total: i64,
     actions: Vec<ActionView>,
     activity: Vec<crate::store::ActivityEntry>,
+    /// What the ids in the activity log are: `{id: {kind, title}}`.
+    activity_names: BTreeMap<String, Value>,
     comments: Vec<crate::store::CommentView>,
+}
+
+/// Ids named in activity entries that are looked up, at most.
+const MAX_ACTIVITY_NAMES: usize = 100;
+
+/// The ULIDs (26 Crockford base-32 characters) in an activity entry's text.
+fn ulids(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric()).filter(|t| {
+        t.len() == 26
+            && t.starts_with(|c: char| ('0'..='7').contains(&c))
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
+    })
+}
+
+/// Names the alerts and incidents the activity log refers to by id (a rule's title,
+/// an incident's title), so the console can say them in words.
+fn activity_names(s: &Store, activity: &[crate::store::ActivityEntry]) -> Result<BTreeMap<String, Value>, StoreError> {
+    let ids: BTreeSet<&str> = activity.iter().flat_map(|a| ulids(&a.detail)).collect();
+    let mut names = BTreeMap::new();
+    for id in ids.into_iter().take(MAX_ACTIVITY_NAMES) {
+        if let Some(a) = s.get_alert(id)? {
+            names.insert(id.to_string(), json!({"kind": "alert", "title": a.rule.title}));
+        } else if let Some(i) = s.incident_summary(id)? {
+            names.insert(id.to_string(), json!({"kind": "incident", "title": i.title}));
+        }
+    }
+    Ok(names)
 }
 
 /// The entities the page lists in full: the most alerted of each kind (a partial
@@ -373,6 +403,7 @@ fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Re
             actions.insert(a.id.clone(), a);
         }
     }
+    let activity = s.incident_activity(id)?;
     Ok(Some(DetailRows {
         summary,
         query,
@@ -384,7 +415,8 @@ fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Re
         devices,
         devices_total,
         actions: actions.into_values().rev().collect(),
-        activity: s.incident_activity(id)?,
+        activity_names: activity_names(s, &activity)?,
+        activity,
         comments: s.incident_comments(id)?,
     }))
 }
@@ -655,6 +687,7 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
         "devices_total": rows.devices_total,
         "actions": rows.actions,
         "activity": rows.activity,
+        "activity_names": rows.activity_names,
         "comments": rows.comments,
     })
 }
@@ -1029,4 +1062,28 @@ pub async fn move_alert(
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(json!({ "incident": summary })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ulids;
+
+    #[test]
+    fn ids_in_activity_text_are_found() {
+        let text =
+            "merged 01M96MVGCA64BP00EXPGTN0PV5 into 01M96NFVAEF3PNJD2KXWPHGABA: alert 01M96NFVAFVJFJA7TTNNSZVESF → x";
+        assert_eq!(
+            ulids(text).collect::<Vec<_>>(),
+            [
+                "01M96MVGCA64BP00EXPGTN0PV5",
+                "01M96NFVAEF3PNJD2KXWPHGABA",
+                "01M96NFVAFVJFJA7TTNNSZVESF"
+            ]
+        );
+        // Not a ULID: too short, a letter Crockford leaves out, a first character above 7.
+        assert_eq!(
+            ulids("01M96MVGCA64BP00EXPGTN0PV 01M96MVGCA64BP00EXPGTN0PVI 81M96MVGCA64BP00EXPGTN0PV5").count(),
+            0
+        );
+    }
 }

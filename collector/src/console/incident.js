@@ -9,7 +9,7 @@ import {
   techniqueLabels, tacticLabels,
 } from "./util.js";
 import { drawGraph } from "./graph.js";
-import { renderActions } from "./views.js";
+import { renderActions, resultWords } from "./views.js";
 import { linkEntity, entityPage } from "./entity.js";
 
 const SEVERITY_ORDER = ["critical", "high", "medium", "low", "informational"];
@@ -227,28 +227,45 @@ function treeTab(tree) {
     <ul class="ptree" id="process-tree">${tree.trees.map(treeNode).join("")}</ul>`;
 }
 
-/** Ids in an activity entry, in words: a comment's text, an alert's title (linked to
- *  the alerts tab when it is on the page), an incident as a link. */
+/** Ids in an activity entry, in words: a comment's text, an alert by its rule's
+ *  title and an incident by its title (the API names those the log refers to, the
+ *  page's alerts name themselves), each linked to its page; this incident as such. */
 function activityWords(detail, text) {
   const comments = new Map((detail.comments || []).map((c) => [c.id, c]));
-  const alerts = new Map((detail.alerts || []).map((l) => [l.alert.id, l.alert]));
-  return esc(text).replace(/\b(comment|alert|incident) (0[0-9A-HJKMNP-TV-Z]{25})\b/g, (whole, what, id) => {
-    if (what === "comment" && comments.has(id)) return `comment “${esc(comments.get(id).text)}”`;
-    if (what === "alert" && alerts.has(id)) return `alert <a href="#/incident/${esc(detail.incident.id)}?tab=alerts">${esc(alerts.get(id).rule.title)}</a>`;
-    if (what === "incident") return `incident <a href="#/incident/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
-    return whole;
+  const alerts = new Map((detail.alerts || []).map((l) => [l.alert.id, l.alert.rule.title]));
+  const names = detail.activity_names || {};
+  return esc(text).replace(/\b(?:(comment|alert|incident) )?([0-7][0-9A-HJKMNP-TV-Z]{25})\b/g, (whole, what, id) => {
+    if (what === "comment") return comments.has(id) ? `comment “${esc(comments.get(id).text)}”` : whole;
+    if (id === detail.incident.id) return "this incident";
+    const n = names[id];
+    const alert = alerts.get(id) || (n?.kind === "alert" ? n.title : null);
+    if (alert) return `alert <a href="#/alert/${esc(id)}">${esc(alert)}</a>`;
+    if (n?.kind === "incident") return `incident <a href="#/incident/${esc(id)}">${esc(n.title)}</a>`;
+    if (what === "alert") return `alert <a href="#/alert/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
+    return `${what ? "incident " : ""}<a href="#/incident/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
   });
 }
 
 /** What was done and by whom: the incident's own log with its response actions. */
 function activityTab(detail) {
   const rows = detail.activity.map((a) => ({ at: a.at_ms, who: a.actor, what: esc(a.kind.replaceAll("_", " ")), detail: activityWords(detail, a.detail) }));
+  // Each response action as it went: proposed, decided, carried out (by the device's agent).
   for (const x of detail.actions || []) {
-    const result = x.result ? `: ${esc(x.result.outcome)}${x.result.detail ? " — " + esc(x.result.detail) : ""}` : "";
-    rows.push({ at: x.requested_at_ms, who: x.requested_by, what: "action proposed",
-      detail: `${esc(x.summary)} on <a href="#/device/${esc(x.device_id)}">${esc(x.device_hostname)}</a>: ${esc(x.reason)}` });
-    if (x.decided_at_ms) rows.push({ at: x.decided_at_ms, who: x.decided_by || "", what: `action ${esc(x.status.replaceAll("_", " "))}`,
-      detail: `${esc(x.summary)}${result}` });
+    const on = `on <a href="#/device/${esc(x.device_id)}">${esc(x.device_hostname)}</a>`;
+    // The summary names the device by its hostname; the link is added unless it already does.
+    const named = x.summary.includes(` on ${x.device_hostname}`) ? esc(x.summary).replace(` on ${esc(x.device_hostname)}`, ` ${on}`) : `${esc(x.summary)} ${on}`;
+    rows.push({ at: x.requested_at_ms, who: x.requested_by, what: "action proposed", detail: `${named}: ${esc(x.reason)}` });
+    if (x.decided_at_ms) {
+      const rejected = x.status === "rejected";
+      rows.push({ at: x.decided_at_ms, who: x.decided_by || "", what: rejected ? "action rejected" : "action approved",
+        detail: `${esc(x.summary)}${x.decision_comment ? ` — “${esc(x.decision_comment)}”` : ""}` });
+    }
+    if (x.result) {
+      rows.push({ at: x.result.finished_at_ms || x.updated_at_ms, who: `agent on ${x.device_hostname}`, what: `action ${esc(x.result.outcome.replaceAll("_", " "))}`,
+        detail: `<span class="result-words">${resultWords(x)}</span>` });
+    } else if (x.status === "cancelled") {
+      rows.push({ at: x.updated_at_ms, who: x.cancelled_by || "", what: "action cancelled", detail: esc(x.summary) });
+    }
   }
   rows.sort((a, b) => a.at - b.at);
   return `<table id="activity-log"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Detail</th></tr></thead><tbody>

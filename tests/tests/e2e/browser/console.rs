@@ -691,6 +691,27 @@ async fn scenario() {
     let (_, merged) = collector.get(&format!("/api/v1/incidents/{new_id}")).await.unwrap();
     assert_eq!(merged["incident"]["status"], "redirected", "{merged}");
     assert_eq!(merged["incident"]["redirected_to"], big_id.as_str(), "{merged}");
+    // The move and the merge in the activity log, in words: the alert by its rule's
+    // title, the other incident by its title, no id left bare.
+    b.eval(&format!("location.hash = '#/incident/{big_id}?tab=activity'; true"))
+        .unwrap();
+    let log = b
+        .wait_for(
+            "the move and merge in the activity log",
+            "(t => t.includes('merged') && t.includes('moved') && t)((document.querySelector('#activity-log') || {innerText: ''}).innerText)",
+            SECS(10),
+        )
+        .unwrap();
+    let log = log.as_str().unwrap().to_string();
+    println!("activity log of the large incident:\n{log}");
+    assert!(
+        log.contains("alert Build noise") && log.contains("this incident"),
+        "{log}"
+    );
+    let bare = b
+        .eval("(document.querySelector('#activity-log').innerText.match(/\\b[0-7][0-9A-HJKMNP-TV-Z]{25}\\b/) || [null])[0]")
+        .unwrap();
+    assert_eq!(bare, Value::Null, "an id left bare in the activity log: {log}");
     sign_out(&mut b);
 
     // The approver approves with a comment and watches the result arrive live.
@@ -762,8 +783,31 @@ async fn scenario() {
         SECS(15),
     )
     .unwrap();
+    // A quarantine of the story's file on the isolated device (which still reaches the
+    // collector), proposed and approved through the API for the incident.
+    let (status, body) = collector
+        .post_as(
+            "/api/v1/actions",
+            &ann,
+            json!({"device_id": device, "incident_id": story_id, "reason": "the phishing attachment",
+                "action": {"kind": "quarantine_file", "path": agent.watch.join("invoice.docm"), "sha256": EICAR_SHA256}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let quarantine = body["id"].as_str().unwrap().to_string();
+    let (status, body) = collector
+        .post_as(
+            &format!("/api/v1/actions/{quarantine}/approve"),
+            &bob,
+            json!({"comment": "remove it"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
     // Its activity log says it in words: who opened it with which alert (by title),
-    // and the response action proposed and carried out, with no raw id in sight.
+    // and the response actions proposed, approved and carried out (the quarantine as
+    // where the file went), with no raw id in sight.
     b.eval(&format!("location.hash = '#/incident/{story_id}?tab=activity'; true"))
         .unwrap();
     b.wait_for(
@@ -772,10 +816,21 @@ async fn scenario() {
         SECS(15),
     )
     .unwrap();
-    let log = b.eval("document.querySelector('#activity-log').innerText").unwrap();
+    let log = b
+        .wait_for(
+            "the quarantine carried out in the activity log",
+            "(t => t.includes('moved to quarantine id') && t)(document.querySelector('#activity-log').innerText)",
+            SECS(30),
+        )
+        .unwrap();
     let log = log.as_str().unwrap();
+    println!("activity log of the story:\n{log}");
     assert!(
-        log.contains("action succeeded") && log.contains("phishing payload ran on this device"),
+        log.contains("action succeeded")
+            && log.contains("phishing payload ran on this device")
+            && log.contains("action approved")
+            && log.contains("approved in the console")
+            && log.contains("invoice.docm moved to quarantine id"),
         "{log}"
     );
     assert!(!log.contains("alert 01"), "an alert named by its id: {log}");
