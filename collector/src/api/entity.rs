@@ -96,9 +96,12 @@ fn all_of(source: HuntSource, conditions: &[(&str, &str)]) -> Option<HuntQuery> 
     Some(q)
 }
 
+/// Columns shown of a list: (stored column, name shown).
+type Shown = &'static [(&'static str, &'static str)];
+
 /// The lists of a mailbox's page: (name in the answer, mail record kind, the
-/// columns shown as (stored column, name shown)).
-const MAILBOX_LISTS: [(&str, &str, &[(&str, &str)]); 4] = [
+/// columns shown).
+const MAILBOX_LISTS: [(&str, &str, Shown); 4] = [
     (
         "messages",
         "email",
