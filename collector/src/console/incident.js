@@ -194,13 +194,26 @@ function assetsTab(detail) {
     <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div class="asset-mailbox">${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
 }
 
+/** Entities of one kind listed a page at a time (the API gives 100 of a kind). */
+const EVIDENCE_PAGE = 100;
+
+/** Per kind with more entities than one page: which are shown, and buttons to page through them. */
+function evidencePagers(detail) {
+  const offsets = detail.entity_offsets || {};
+  return Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > EVIDENCE_PAGE || offsets[k]).map(([k, n]) => {
+    const at = offsets[k] || 0;
+    const shown = detail.entities.filter((e) => e.kind === k).length;
+    return `<div class="form-row ev-pager" data-kind="${esc(k)}"><span class="ev-showing">${esc(k)}: ${esc(num(at + 1))}–${esc(num(at + shown))} of ${esc(num(n))}, most alerted first</span>
+      <button type="button" class="ev-page" data-kind="${esc(k)}" data-offset="${Math.max(0, at - EVIDENCE_PAGE)}"${at > 0 ? "" : " disabled"}>◀ Previous ${EVIDENCE_PAGE}</button>
+      <button type="button" class="ev-page ev-next" data-kind="${esc(k)}" data-offset="${at + EVIDENCE_PAGE}"${at + shown < n ? "" : " disabled"}>Next ${EVIDENCE_PAGE} ▶</button></div>`;
+  }).join("");
+}
+
 function evidenceTab(detail) {
   if (detail.evidence === "deferred") {
     return `<p class="muted">Reading the evidence of all ${esc(num(detail.totals.alerts))} alerts…</p><h3>Actions</h3><div id="incident-actions"></div>`;
   }
-  const more = Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > detail.entities.filter((e) => e.kind === k).length);
-  return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident${more.length
-    ? `; the most alerted are listed of ${more.map(([k, n]) => `${esc(num(n))} ${esc(k)}`).join(", ")}` : ""}.</p><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
+  return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident.</p>${evidencePagers(detail)}<table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
     ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${linkEntity(e.value, esc(entityText(e)))}</td>
       <td>${esc(e.verdict)}</td><td>${esc(e.remediation)}</td><td>${esc(num(e.alert_count))}</td><td>${entityButtons(detail, i)}</td></tr>`).join("")}</tbody></table>
     <h3>Actions</h3><div id="incident-actions"></div>`;
@@ -329,9 +342,15 @@ export async function incidentView(root, args, q, current) {
   // from `/evidence`, again only when the incident's totals change.
   let evidence = null;
   let evidenceFor = "";
+  // Kinds paged past their first 100 in the evidence tab: kind → { offset, entities }.
+  const kindPages = new Map();
   const withEvidence = (d) => {
-    if (evidence) Object.assign(d, { evidence: "whole", entities: evidence.entities, entity_totals: evidence.entity_totals, scope: evidence.scope,
-      devices: evidence.devices, devices_total: evidence.devices_total });
+    if (!evidence) return d;
+    const kinds = [...new Set(evidence.entities.map((e) => e.kind))];
+    const entities = kinds.flatMap((k) => (kindPages.has(k) ? kindPages.get(k).entities : evidence.entities.filter((e) => e.kind === k)));
+    Object.assign(d, { evidence: "whole", entities, entity_totals: evidence.entity_totals, scope: evidence.scope,
+      devices: evidence.devices, devices_total: evidence.devices_total,
+      entity_offsets: Object.fromEntries([...kindPages].map(([k, p]) => [k, p.offset])) });
     return d;
   };
   // Answers are numbered: one for a page since left, or older than one already
@@ -483,7 +502,24 @@ export async function incidentView(root, args, q, current) {
     if (!device) return;
     proposeAction({ deviceId: device.id, deviceName: device.hostname, action, incidentId: id, what }).then((v) => v && refresh());
   });
-  $("#tab", root).addEventListener("click", (ev) => {
+  $("#tab", root).addEventListener("click", async (ev) => {
+    const more = ev.target.closest("button.ev-page");
+    if (more) {
+      const { kind } = more.dataset;
+      const offset = Number(more.dataset.offset);
+      try {
+        if (offset === 0) kindPages.delete(kind);
+        else {
+          const r = await api(`/api/v1/incidents/${encodeURIComponent(id)}/evidence?kind=${encodeURIComponent(kind)}&offset=${offset}`);
+          if (!current()) return;
+          kindPages.set(kind, { offset, entities: r.entities });
+        }
+        withEvidence(detail);
+        drawTab();
+        $(`.ev-pager[data-kind="${CSS.escape(kind)}"] button.ev-page${offset > 0 ? ".ev-next" : ""}`, root)?.focus();
+      } catch (e) { toast(e.message, true); }
+      return;
+    }
     // From the page on screen, not from one asked for and not yet drawn.
     const shown = detail.view;
     if (ev.target.id === "alerts-next" && detail.alerts_page.next_cursor) {

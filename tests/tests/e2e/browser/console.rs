@@ -712,6 +712,39 @@ async fn scenario() {
         .eval("(document.querySelector('#activity-log').innerText.match(/\\b[0-7][0-9A-HJKMNP-TV-Z]{25}\\b/) || [null])[0]")
         .unwrap();
     assert_eq!(bare, Value::Null, "an id left bare in the activity log: {log}");
+    // The evidence pages through each kind: the 500 processes, 100 at a time.
+    b.eval(&format!(
+        "delete document.body.dataset.evidenceLoaded; location.hash = '#/incident/{big_id}?tab=evidence'; true"
+    ))
+    .unwrap();
+    let pager = ".ev-pager[data-kind=process]";
+    let processes = "[...document.querySelectorAll('#incident-entities tbody tr')].filter(r => r.cells[0].innerText === 'process').map(r => r.cells[1].innerText)";
+    b.wait_for(
+        "the first 100 processes of the evidence",
+        &format!(
+            "!!document.body.dataset.evidenceLoaded && (document.querySelector('{pager} .ev-showing') || {{}}).textContent === 'process: 1–100 of 500, most alerted first'"
+        ),
+        SECS(15),
+    )
+    .unwrap();
+    let first: Vec<String> = serde_json::from_value(b.eval(processes).unwrap()).unwrap();
+    assert_eq!(first.len(), 100, "{first:?}");
+    b.eval(&format!("document.querySelector('{pager} .ev-next').click(); true"))
+        .unwrap();
+    b.wait_for(
+        "the next 100 processes",
+        &format!(
+            "(document.querySelector('{pager} .ev-showing') || {{}}).textContent === 'process: 101–200 of 500, most alerted first'"
+        ),
+        SECS(15),
+    )
+    .unwrap();
+    let second: Vec<String> = serde_json::from_value(b.eval(processes).unwrap()).unwrap();
+    assert_eq!(second.len(), 100, "{second:?}");
+    assert!(
+        second.iter().all(|p| !first.contains(p)),
+        "the second page repeats the first: {second:?}"
+    );
     sign_out(&mut b);
 
     // The approver approves with a comment and watches the result arrive live.
