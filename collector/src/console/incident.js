@@ -266,7 +266,7 @@ function activityTab(detail) {
   for (const x of detail.actions || []) {
     const on = `on <a href="#/device/${esc(x.device_id)}">${esc(x.device_hostname)}</a>`;
     // The summary names the device by its hostname; the link is added unless it already does.
-    const named = x.summary.includes(` on ${x.device_hostname}`) ? esc(x.summary).replace(` on ${esc(x.device_hostname)}`, ` ${on}`) : `${esc(x.summary)} ${on}`;
+    const named = x.summary.includes(` on ${x.device_hostname}`) ? esc(x.summary).replace(` on ${esc(x.device_hostname)}`, () => ` ${on}`) : `${esc(x.summary)} ${on}`;
     rows.push({ at: x.requested_at_ms, who: x.requested_by, what: "action proposed", detail: `${named}: ${esc(x.reason)}` });
     if (x.decided_at_ms) {
       const rejected = x.status === "rejected";
