@@ -562,6 +562,7 @@ fn incident_detail(v: &Value) -> String {
                         when(&a["observed_at_ms"]),
                         s(&a["severity"]),
                         s(&a["rule"]["title"]),
+                        attack_words(&a["rule"]),
                         folded(a),
                         s(&a["source"]),
                         s(&l["reason"]),
@@ -580,7 +581,15 @@ fn incident_detail(v: &Value) -> String {
         _ => format!("\nALERTS ({})", alerts.len()),
     });
     out.push(render(
-        &["observed", "severity", "rule", "repeats", "source", "why linked"],
+        &[
+            "observed",
+            "severity",
+            "rule",
+            "att&ck",
+            "repeats",
+            "source",
+            "why linked",
+        ],
         &alerts,
     ));
     let entities: Vec<Vec<String>> = v["entities"]
@@ -678,6 +687,23 @@ fn context_words(v: &Value) -> String {
     parts.join(", ")
 }
 
+/// A rule's ATT&CK techniques with their names ("T1059.004 Unix Shell"), as the
+/// API names them; bare ids from a collector that does not.
+fn attack_words(rule: &Value) -> String {
+    let named = rule["attack"]["techniques"].as_array();
+    let words: Vec<String> = match named {
+        Some(list) => list
+            .iter()
+            .map(|t| match t["name"].as_str() {
+                Some(name) => format!("{} {name}", s(&t["id"])),
+                None => s(&t["id"]),
+            })
+            .collect(),
+        None => rule["techniques"].as_array().into_iter().flatten().map(s).collect(),
+    };
+    if words.is_empty() { "-".into() } else { words.join(", ") }
+}
+
 /// "x40 until <time>" for an alert standing for several detections, else "-".
 fn folded(a: &Value) -> String {
     match a["count"].as_i64() {
@@ -699,7 +725,7 @@ fn action_table(actions: &Value) -> String {
                         s(&a["device_hostname"]),
                         s(&a["requested_by"]),
                         s(&a["decided_by"]),
-                        s(&a["result"]["detail"]),
+                        result_words(a),
                     ]
                 })
                 .collect()
@@ -709,6 +735,89 @@ fn action_table(actions: &Value) -> String {
         &["id", "status", "kind", "device", "requested by", "decided by", "result"],
         &rows,
     )
+}
+
+/// What an action's result says happened, in words: the agent reports a quarantine,
+/// restore, delete or kill as a JSON record, a package and an isolation as a
+/// sentence. A detail that is not the expected record is printed as it came.
+fn result_words(a: &Value) -> String {
+    let r = &a["result"];
+    if r.is_null() {
+        return String::new();
+    }
+    if r["outcome"] != "succeeded" {
+        let why = [&r["reason"], &r["detail"], &r["outcome"]]
+            .into_iter()
+            .filter_map(Value::as_str)
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
+        return format!("{}: {why}", s(&r["outcome"]));
+    }
+    let detail = r["detail"].as_str().unwrap_or_default();
+    let d: Value = serde_json::from_str(detail).unwrap_or(Value::Null);
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let links = |v: &Value| match n(v) {
+        0 => String::new(),
+        1 => "; 1 other hard link to the same content still on disk".into(),
+        k => format!("; {k} other hard links to the same content still on disk"),
+    };
+    match a["kind"].as_str().unwrap_or_default() {
+        "quarantine_file" if d["id"].is_string() => format!(
+            "file {} moved to quarantine id {} ({} bytes){}",
+            s(&d["original_path"]),
+            s(&d["id"]),
+            n(&d["size"]),
+            links(&d["other_links"])
+        ),
+        "restore_file" if d["original_path"].is_string() => format!(
+            "file restored from quarantine id {} to {}",
+            s(&d["id"]),
+            s(&d["original_path"])
+        ),
+        "delete_file" if d["path"].is_string() => format!(
+            "file {} deleted ({} bytes){}",
+            s(&d["path"]),
+            n(&d["size"]),
+            links(&d["other_links"])
+        ),
+        "kill_process" if d["killed"].is_array() => {
+            let killed: Vec<String> = d["killed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    let exe = k["exe"].as_str().unwrap_or("?");
+                    let name = exe.rsplit('/').next().unwrap_or(exe);
+                    let gone = if k["exited"] == true { " had already exited" } else { "" };
+                    format!("{name} (pid {}){gone}", n(&k["pid"]))
+                })
+                .collect();
+            let what = if a["action"]["tree"] == true {
+                "process tree killed"
+            } else {
+                "process killed"
+            };
+            let skipped = d["skipped"].as_array().map_or(0, Vec::len);
+            let skipped = if skipped > 0 {
+                format!("; {skipped} skipped")
+            } else {
+                String::new()
+            };
+            format!(
+                "{what}: {}{skipped}",
+                if killed.is_empty() {
+                    "none".into()
+                } else {
+                    killed.join(", ")
+                }
+            )
+        }
+        "collect_package" => format!(
+            "{detail}: ready to download (GET /api/v1/actions/{}/package)",
+            s(&a["id"])
+        ),
+        _ => detail.to_string(),
+    }
 }
 
 fn action_line(a: &Value) -> String {
@@ -882,6 +991,29 @@ mod tests {
         assert!(update_body(None, None, false, None, None, None, None, None).is_err());
         let b = update_body(None, None, true, None, None, Some(vec![]), None, None).unwrap_or_default();
         assert_eq!(b, json!({"assignee": null, "tags": []}));
+    }
+
+    #[test]
+    fn action_results_and_attack_ids_are_put_in_words() {
+        let quarantine = json!({"kind": "quarantine_file", "id": "a1", "result": {"outcome": "succeeded",
+            "detail": "{\"id\":\"c4b0\",\"original_path\":\"/tmp/x\",\"size\":68,\"other_links\":0}"}});
+        assert_eq!(
+            result_words(&quarantine),
+            "file /tmp/x moved to quarantine id c4b0 (68 bytes)"
+        );
+        let kill = json!({"kind": "kill_process", "action": {"tree": true}, "result": {"outcome": "succeeded",
+            "detail": "{\"killed\":[{\"pid\":7,\"exe\":\"/bin/sh\",\"exited\":false}],\"skipped\":[]}"}});
+        assert_eq!(result_words(&kill), "process tree killed: sh (pid 7)");
+        let failed =
+            json!({"kind": "delete_file", "result": {"outcome": "failed", "reason": "hash differs", "detail": ""}});
+        assert_eq!(result_words(&failed), "failed: hash differs");
+        let isolate = json!({"kind": "isolate", "result": {"outcome": "succeeded", "detail": "isolated"}});
+        assert_eq!(result_words(&isolate), "isolated");
+        assert_eq!(result_words(&json!({"kind": "isolate", "result": null})), "");
+        let rule =
+            json!({"techniques": ["T1059.004"], "attack": {"techniques": [{"id": "T1059.004", "name": "Unix Shell"}]}});
+        assert_eq!(attack_words(&rule), "T1059.004 Unix Shell");
+        assert_eq!(attack_words(&json!({"techniques": ["T9"]})), "T9");
     }
 
     #[test]

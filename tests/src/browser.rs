@@ -205,6 +205,10 @@ impl Browser {
         let (code, text) = match key {
             "Enter" => (13, "\r"),
             "Tab" => (9, ""),
+            "ArrowLeft" => (37, ""),
+            "ArrowUp" => (38, ""),
+            "ArrowRight" => (39, ""),
+            "ArrowDown" => (40, ""),
             k if k.len() == 1 => (k.to_ascii_uppercase().as_bytes()[0] as i64, k),
             _ => bail!("unsupported key {key}"),
         };
@@ -212,7 +216,7 @@ impl Browser {
         if !text.is_empty() {
             down["text"] = json!(text);
         } else {
-            // A key without text (Tab) is a raw key press: focus moves as a user's would.
+            // A key without text (Tab, arrows) is a raw key press: focus moves as a user's would.
             down["type"] = json!("rawKeyDown");
             down["code"] = json!(key);
         }

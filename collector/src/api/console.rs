@@ -9,7 +9,9 @@
 //! 2 s) and redraw only when the answer changed, so typing is never interrupted.
 //! Every value put into HTML goes through `esc()`; the CSP forbids inline code, so a
 //! missed escape cannot run script. The story graph is laid out deterministically
-//! (alerts in time order, entities in a lane per kind) and drawn as one SVG string.
+//! (alerts in time order, repeats of a rule on one entity grouped into a counted
+//! node, entities in a lane per kind), drawn as one SVG string, zoomed and panned
+//! through one transform.
 //! An incident page never loads a whole incident's alerts: totals and evidence come
 //! from SQL aggregates (`store/incident_view`), alerts a page at a time, the process
 //! tree when its tab opens.

@@ -4,8 +4,11 @@
 //! seen (a file on a device at a path, or a mail attachment), each with its own
 //! remediation status. Built from the hunting queries (the same limits and time
 //! limit) and the incident and action lists. Analysts and up (feed records).
-//! `{kind}` is `user`, `ip` or `file`; the value is a query parameter, so paths
-//! need no escaping in the URL's path.
+//! `{kind}` is `user`, `ip`, `file` or `mailbox`; the value is a query parameter,
+//! so paths need no escaping in the URL's path. A mailbox's page adds what the
+//! mailbox feed stored for it: the messages it received with their verdicts and
+//! delivery, its URL clicks, its inbox-rule and forwarding changes, and what was
+//! done to its mail after delivery (ZAP, moves).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -41,6 +44,8 @@ enum Subject {
     FileHash(String),
     /// An absolute path (files the agent did not hash).
     FilePath(String),
+    /// A mail address, lower case.
+    Mailbox(String),
 }
 
 fn subject(kind: &str, value: &str) -> ApiResult<Subject> {
@@ -58,7 +63,9 @@ fn subject(kind: &str, value: &str) -> ApiResult<Subject> {
         "file" => Err(ApiError::bad_request(
             "value must be a file's SHA-256 (64 hex digits) or its absolute path",
         )),
-        _ => Err(ApiError::bad_request("kind must be user, ip or file")),
+        "mailbox" if value.contains('@') => Ok(Subject::Mailbox(value.to_ascii_lowercase())),
+        "mailbox" => Err(ApiError::bad_request("value must be a mail address")),
+        _ => Err(ApiError::bad_request("kind must be user, ip, file or mailbox")),
     }
 }
 
@@ -77,6 +84,91 @@ fn one(source: HuntSource, field: &str, value: &str) -> Option<HuntQuery> {
         cursor: None,
         limit: ROWS,
     })
+}
+
+/// A hunt of `source` where every `field = value` holds.
+fn all_of(source: HuntSource, conditions: &[(&str, &str)]) -> Option<HuntQuery> {
+    let (first, rest) = conditions.split_first()?;
+    let mut q = one(source, first.0, first.1)?;
+    for (field, value) in rest {
+        q.filters.extend(one(source, field, value)?.filters);
+    }
+    Some(q)
+}
+
+/// Columns shown of a list: (stored column, name shown).
+type Shown = &'static [(&'static str, &'static str)];
+
+/// The lists of a mailbox's page: (name in the answer, mail record kind, the
+/// columns shown).
+const MAILBOX_LISTS: [(&str, &str, Shown); 4] = [
+    (
+        "messages",
+        "email",
+        &[
+            ("time", "time"),
+            ("sender", "sender"),
+            ("subject", "subject"),
+            ("threat_types", "verdict"),
+            ("delivery_action", "delivery"),
+            ("delivery_location", "location"),
+            ("network_message_id", "message_id"),
+        ],
+    ),
+    (
+        "clicks",
+        "click",
+        &[
+            ("time", "time"),
+            ("url", "url"),
+            ("action", "action"),
+            ("ip", "ip"),
+            ("network_message_id", "message_id"),
+        ],
+    ),
+    (
+        "inbox_rules",
+        "inbox_rule",
+        &[
+            ("time", "time"),
+            ("action", "operation"),
+            ("subject", "rule"),
+            ("detection_methods", "conditions"),
+            ("delivery_action", "what_it_does"),
+            ("sender", "changed_by"),
+            ("ip", "ip"),
+        ],
+    ),
+    (
+        "after_delivery",
+        "post_delivery",
+        &[
+            ("time", "time"),
+            ("action", "action"),
+            ("subject", "subject"),
+            ("sender", "sender"),
+            ("network_message_id", "message_id"),
+        ],
+    ),
+];
+
+/// A page of mail records with only `columns` (stored name, name shown), in that order.
+fn projected(page: Option<HuntPage>, columns: &[(&str, &str)]) -> Value {
+    let Some(p) = page else { return page_json(None) };
+    let at: Vec<Option<usize>> = columns
+        .iter()
+        .map(|(c, _)| p.columns.iter().position(|x| x == c))
+        .collect();
+    let rows: Vec<Vec<Value>> = p
+        .rows
+        .iter()
+        .map(|r| {
+            at.iter()
+                .map(|i| i.and_then(|i| r.get(i).cloned()).unwrap_or(Value::Null))
+                .collect()
+        })
+        .collect();
+    json!({"columns": columns.iter().map(|(_, n)| *n).collect::<Vec<_>>(), "rows": rows, "total": p.total, "total_capped": p.total_capped})
 }
 
 fn page_json(page: Option<HuntPage>) -> Value {
@@ -176,7 +268,7 @@ pub async fn get(
     }
     let subject = subject(&kind, q.get("value").map_or("", String::as_str))?;
     let value = match &subject {
-        Subject::User(v) | Subject::FileHash(v) | Subject::FilePath(v) => v.clone(),
+        Subject::User(v) | Subject::FileHash(v) | Subject::FilePath(v) | Subject::Mailbox(v) => v.clone(),
         Subject::Ip(ip) => ip.to_string(),
     };
     let (alert_field, sign_in_field, mail_field, keys) = match &subject {
@@ -190,6 +282,20 @@ pub async fn get(
         Subject::Ip(_) => ("ip", Some("ip"), Some("ip"), vec![format!("ip:{value}")]),
         Subject::FileHash(h) => ("file", None, Some("sha256"), vec![format!("file:{h}")]),
         Subject::FilePath(_) => ("entities", None, None, Vec::new()),
+        // Its own mail is in the lists below; as a sender it is a key of its own.
+        Subject::Mailbox(m) => (
+            "mailbox",
+            None,
+            None,
+            vec![format!("mailbox:{m}"), format!("sender:{m}")],
+        ),
+    };
+    let mailbox_queries: Vec<Option<HuntQuery>> = match &subject {
+        Subject::Mailbox(m) => MAILBOX_LISTS
+            .iter()
+            .map(|(_, kind, _)| all_of(HuntSource::Mail, &[("kind", kind), ("recipient", m)]))
+            .collect(),
+        _ => Vec::new(),
     };
     // A path is found in the alerts' entities as JSON writes it.
     let json_path = serde_json::to_string(&value).unwrap_or_default();
@@ -212,7 +318,7 @@ pub async fn get(
         _ => None,
     };
     let limit = Duration::from_millis(TIME_LIMIT_MS);
-    let (alerts, sign_ins, mail, incidents, sightings) = state
+    let (alerts, sign_ins, mail, incidents, sightings, mailbox) = state
         .reads
         .run(move |s| -> Result<_, crate::store::StoreError> {
             let run = |q: Option<HuntQuery>| q.map(|q| s.hunt(&q, limit)).transpose();
@@ -241,7 +347,15 @@ pub async fn get(
                 Some((k, by_path)) => Some(s.file_sightings(k, *by_path, SIGHTINGS, limit)?),
                 None => None,
             };
-            Ok((run(queries.0)?, run(queries.1)?, run(queries.2)?, incidents, sightings))
+            let mailbox = mailbox_queries.into_iter().map(run).collect::<Result<Vec<_>, _>>()?;
+            Ok((
+                run(queries.0)?,
+                run(queries.1)?,
+                run(queries.2)?,
+                incidents,
+                sightings,
+                mailbox,
+            ))
         })
         .await??;
     // The devices of its newest alerts, and (for a file) each copy's remediation.
@@ -261,6 +375,9 @@ pub async fn get(
         "sign_ins": sign_ins.map(page_json),
         "mail": mail.map(page_json),
     });
+    for ((name, _, columns), page) in MAILBOX_LISTS.iter().zip(mailbox) {
+        body[*name] = page.map_or(Value::Null, |p| projected(p, columns));
+    }
     // Outer None: not a file; inner None: the search for copies was stopped.
     if let Some(found) = sightings {
         let list = found.as_deref().unwrap_or_default();
@@ -319,8 +436,10 @@ mod tests {
 
     use super::super::matrix_tests::{api, call, token};
     use super::*;
+    use crate::model::feed::{MailKind, MailRecord};
     use crate::store::test_support::enrolled_device;
     use crate::store::{AlertSource, SourcedAlert};
+    use crate::store::{FeedOps, FeedStore};
 
     const SHA: &str = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f";
 
@@ -454,7 +573,11 @@ mod tests {
                 "SHA-256 (64 hex digits) or its absolute path",
             ),
             ("/api/v1/entities/ip?value=nope", "IPv4 or IPv6"),
-            ("/api/v1/entities/process?value=1", "kind must be user, ip or file"),
+            (
+                "/api/v1/entities/process?value=1",
+                "kind must be user, ip, file or mailbox",
+            ),
+            ("/api/v1/entities/mailbox?value=alice", "a mail address"),
             ("/api/v1/entities/user", "value is required"),
             ("/api/v1/entities/user?value=a&x=1", "unknown parameter"),
         ] {
@@ -471,5 +594,90 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    fn mail(key: &str, kind: MailKind, recipient: &str, f: impl FnOnce(&mut MailRecord)) -> MailRecord {
+        let mut m = MailRecord {
+            key: key.into(),
+            kind,
+            time_ms: 5_000,
+            network_message_id: Some("m1".into()),
+            sender: Some("billing@invoices.example".into()),
+            recipient: Some(recipient.into()),
+            subject: None,
+            threat_types: None,
+            detection_methods: None,
+            delivery_action: None,
+            delivery_location: None,
+            file_name: None,
+            sha256: None,
+            url: None,
+            action: None,
+            ip: None,
+            rule: None,
+            raw: "{}".into(),
+        };
+        f(&mut m);
+        m
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mailbox_page_lists_its_messages_clicks_and_inbox_rules() {
+        let api = api();
+        api.state
+            .writer
+            .run(|s| {
+                let records = [
+                    mail("e1", MailKind::Email, "alice@contoso.com", |m| {
+                        m.subject = Some("Invoice overdue".into());
+                        m.threat_types = Some("Phish".into());
+                        m.delivery_action = Some("Delivered".into());
+                        m.delivery_location = Some("Inbox/folder".into());
+                    }),
+                    mail("e2", MailKind::Email, "bob@contoso.com", |m| {
+                        m.subject = Some("Lunch".into())
+                    }),
+                    mail("c1", MailKind::Click, "alice@contoso.com", |m| {
+                        m.url = Some("https://invoices.example/pay".into());
+                        m.action = Some("ClickAllowed".into());
+                    }),
+                    mail("r1", MailKind::InboxRule, "alice@contoso.com", |m| {
+                        m.network_message_id = None;
+                        m.sender = None;
+                        m.subject = Some("..".into());
+                        m.action = Some("New-InboxRule".into());
+                        m.delivery_action = Some("forwards it to x@evil.example".into());
+                    }),
+                ];
+                s.feed_import(1, |tx| {
+                    for m in &records {
+                        tx.insert_mail(m)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            })
+            .await
+            .unwrap();
+        let (status, text) = call(
+            &api,
+            Method::GET,
+            "/api/v1/entities/mailbox?value=Alice@Contoso.com",
+            Some(&token(Role::Analyst)),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["value"], "alice@contoso.com");
+        let messages = &v["messages"];
+        assert_eq!(messages["total"], 1, "only alice's own mail: {v}");
+        assert_eq!(messages["columns"][3], "verdict", "{v}");
+        assert_eq!(messages["rows"][0][2], "Invoice overdue", "{v}");
+        assert_eq!(messages["rows"][0][3], "Phish", "{v}");
+        assert_eq!(v["clicks"]["rows"][0][1], "https://invoices.example/pay", "{v}");
+        assert_eq!(v["inbox_rules"]["rows"][0][1], "New-InboxRule", "{v}");
+        assert_eq!(v["inbox_rules"]["rows"][0][4], "forwards it to x@evil.example", "{v}");
+        assert_eq!(v["after_delivery"]["total"], 0, "{v}");
     }
 }

@@ -127,6 +127,20 @@ pub async fn run(
     if csv {
         return Ok(csv_response(query.source, &page));
     }
+    // ATT&CK names of the techniques in the rows, so the console shows them beside the ids.
+    let mut attack = Map::new();
+    if let Some(at) = page.columns.iter().position(|c| *c == "techniques") {
+        for id in page
+            .rows
+            .iter()
+            .filter_map(|r| r.get(at)?.as_str())
+            .flat_map(|t| t.split(','))
+        {
+            if let (false, Some(t)) = (attack.contains_key(id), ward_detect::attack::technique(id)) {
+                attack.insert(id.to_string(), Value::String(t.name.to_string()));
+            }
+        }
+    }
     Ok(Json(json!({
         "source": query.source.as_str(),
         "query": hunt::render(&query.filters),
@@ -138,6 +152,7 @@ pub async fn run(
         "total": page.total,
         "total_capped": page.total_capped,
         "next_cursor": page.next_cursor,
+        "attack": attack,
     }))
     .into_response())
 }

@@ -281,12 +281,43 @@ struct DetailRows {
     devices_total: i64,
     actions: Vec<ActionView>,
     activity: Vec<crate::store::ActivityEntry>,
+    /// What the ids in the activity log are: `{id: {kind, title}}`.
+    activity_names: BTreeMap<String, Value>,
     comments: Vec<crate::store::CommentView>,
 }
 
+/// Ids named in activity entries that are looked up, at most.
+const MAX_ACTIVITY_NAMES: usize = 100;
+
+/// The ULIDs (26 Crockford base-32 characters) in an activity entry's text.
+fn ulids(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_alphanumeric()).filter(|t| {
+        t.len() == 26
+            && t.starts_with(|c: char| ('0'..='7').contains(&c))
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
+    })
+}
+
+/// Names the alerts and incidents the activity log refers to by id (a rule's title,
+/// an incident's title), so the console can say them in words.
+fn activity_names(s: &Store, activity: &[crate::store::ActivityEntry]) -> Result<BTreeMap<String, Value>, StoreError> {
+    let ids: BTreeSet<&str> = activity.iter().flat_map(|a| ulids(&a.detail)).collect();
+    let mut names = BTreeMap::new();
+    for id in ids.into_iter().take(MAX_ACTIVITY_NAMES) {
+        if let Some(a) = s.get_alert(id)? {
+            names.insert(id.to_string(), json!({"kind": "alert", "title": a.rule.title}));
+        } else if let Some(i) = s.incident_summary(id)? {
+            names.insert(id.to_string(), json!({"kind": "incident", "title": i.title}));
+        }
+    }
+    Ok(names)
+}
+
 /// The entities the page lists in full: the most alerted of each kind (a partial
-/// selection per kind, not a sort of every entity).
-fn shown_entities(all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
+/// selection per kind, not a sort of every entity); with `page`, the entities of
+/// one kind from an offset instead (and no other kind).
+fn shown_entities(all: Vec<EntityAggregate>, page: &EvidencePage) -> (Vec<EntityAggregate>, BTreeMap<String, usize>) {
     let mut by_kind: BTreeMap<String, Vec<EntityAggregate>> = BTreeMap::new();
     for e in all {
         match by_kind.get_mut(&e.kind) {
@@ -306,7 +337,14 @@ fn shown_entities(all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<
         ))
     };
     for (kind, mut v) in by_kind {
-        totals.insert(kind, v.len());
+        totals.insert(kind.clone(), v.len());
+        if let Some((k, offset)) = page {
+            if *k == kind {
+                v.sort_by(rank);
+                shown.extend(v.into_iter().skip(*offset).take(MAX_ENTITIES_PER_KIND));
+            }
+            continue;
+        }
         if v.len() > MAX_ENTITIES_PER_KIND {
             v.select_nth_unstable_by(MAX_ENTITIES_PER_KIND, rank);
             v.truncate(MAX_ENTITIES_PER_KIND);
@@ -317,10 +355,20 @@ fn shown_entities(all: Vec<EntityAggregate>) -> (Vec<EntityAggregate>, BTreeMap<
     (shown, totals)
 }
 
+/// One kind of entity from an offset (`/evidence?kind=&offset=`); None: the most
+/// alerted of every kind.
+type EvidencePage = Option<(String, usize)>;
+
 /// Reads the incident page; without `evidence` the whole incident's entities and the
 /// devices of all its alerts are left out (the page's devices are read): the console
 /// draws the page at once and asks `/evidence` for the rest.
-fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Result<Option<DetailRows>, StoreError> {
+fn read_detail(
+    s: &Store,
+    id: &str,
+    query: AlertPageQuery,
+    evidence: bool,
+    evidence_page: &EvidencePage,
+) -> Result<Option<DetailRows>, StoreError> {
     let Some(summary) = s.incident_summary(id)? else {
         return Ok(None);
     };
@@ -330,7 +378,7 @@ fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Re
         (s.incident_alert_totals(id)?, Vec::new())
     };
     let page = s.incident_alert_page(id, &query, Some(totals.alerts))?;
-    let (entities, entity_totals) = shown_entities(aggregates);
+    let (entities, entity_totals) = shown_entities(aggregates, evidence_page);
     let entity_lists = s.alert_entity_lists(&entities.iter().map(|e| e.sample_rowid).collect::<Vec<_>>())?;
     let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
     let (alert_devices, alert_device_total) = if evidence {
@@ -373,6 +421,7 @@ fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Re
             actions.insert(a.id.clone(), a);
         }
     }
+    let activity = s.incident_activity(id)?;
     Ok(Some(DetailRows {
         summary,
         query,
@@ -384,7 +433,8 @@ fn read_detail(s: &Store, id: &str, query: AlertPageQuery, evidence: bool) -> Re
         devices,
         devices_total,
         actions: actions.into_values().rev().collect(),
-        activity: s.incident_activity(id)?,
+        activity_names: activity_names(s, &activity)?,
+        activity,
         comments: s.incident_comments(id)?,
     }))
 }
@@ -655,18 +705,25 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
         "devices_total": rows.devices_total,
         "actions": rows.actions,
         "activity": rows.activity,
+        "activity_names": rows.activity_names,
         "comments": rows.comments,
     })
 }
 
 async fn detail(state: &ApiState, id: String, query: AlertPageQuery) -> ApiResult<Json<Value>> {
-    detail_with(state, id, query, true).await
+    detail_with(state, id, query, true, None).await
 }
 
-async fn detail_with(state: &ApiState, id: String, query: AlertPageQuery, evidence: bool) -> ApiResult<Json<Value>> {
+async fn detail_with(
+    state: &ApiState,
+    id: String,
+    query: AlertPageQuery,
+    evidence: bool,
+    evidence_page: EvidencePage,
+) -> ApiResult<Json<Value>> {
     let rows = state
         .reads
-        .run(move |s| read_detail(s, &id, query, evidence))
+        .run(move |s| read_detail(s, &id, query, evidence, &evidence_page))
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(detail_json(state, rows)))
@@ -690,7 +747,7 @@ pub async fn get(
         Some(_) => return Err(ApiError::bad_request("evidence must be whole or deferred")),
     };
     let query = alert_page_query(&q)?;
-    let mut body = detail_with(&state, id, query, evidence).await?;
+    let mut body = detail_with(&state, id, query, evidence, None).await?;
     if let Value::Object(m) = &mut body.0 {
         m.insert("evidence".into(), json!(if evidence { "whole" } else { "deferred" }));
     }
@@ -698,19 +755,43 @@ pub async fn get(
 }
 
 /// `GET /api/v1/incidents/{id}/evidence`: the whole incident's entities, their
-/// totals, the scope, totals and devices (what `?evidence=deferred` leaves out).
+/// totals, the scope, totals and devices (what `?evidence=deferred` leaves out): the
+/// most alerted 100 of each kind; `?kind=ip&offset=100` the next 100 of one kind
+/// (most alerted first), with `kind` and `offset` in the answer.
 pub async fn evidence(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let id = incident_id(&id)?;
+    if let Some(k) = q.keys().find(|k| !["kind", "offset"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {k:?}; known: kind, offset"
+        )));
+    }
+    let page = match (q.get("kind"), q.get("offset")) {
+        (None, None) => None,
+        (Some(kind), offset) => {
+            let kind = text("kind", kind, true, 32)?;
+            let offset = match offset {
+                None => 0,
+                Some(o) => o
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|o| *o <= 10_000_000)
+                    .ok_or_else(|| ApiError::bad_request("offset must be a whole number up to 10000000"))?,
+            };
+            Some((kind, offset))
+        }
+        (None, Some(_)) => return Err(ApiError::bad_request("offset needs kind")),
+    };
     let query = AlertPageQuery {
         limit: 1,
         ..AlertPageQuery::default()
     };
-    let Json(full) = detail(&state, id, query).await?;
+    let Json(full) = detail_with(&state, id, query, true, page.clone()).await?;
     let keep = [
         "totals",
         "entities",
@@ -719,11 +800,15 @@ pub async fn evidence(
         "devices",
         "devices_total",
     ];
-    Ok(Json(Value::Object(
-        keep.iter()
-            .map(|k| (k.to_string(), full.get(*k).cloned().unwrap_or(Value::Null)))
-            .collect(),
-    )))
+    let mut body: Map<String, Value> = keep
+        .iter()
+        .map(|k| (k.to_string(), full.get(*k).cloned().unwrap_or(Value::Null)))
+        .collect();
+    if let Some((kind, offset)) = page {
+        body.insert("kind".into(), json!(kind));
+        body.insert("offset".into(), json!(offset));
+    }
+    Ok(Json(Value::Object(body)))
 }
 
 /// `GET /api/v1/incidents/{id}/alerts`: a page of the incident's alerts (newest
@@ -1029,4 +1114,28 @@ pub async fn move_alert(
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(json!({ "incident": summary })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ulids;
+
+    #[test]
+    fn ids_in_activity_text_are_found() {
+        let text =
+            "merged 01M96MVGCA64BP00EXPGTN0PV5 into 01M96NFVAEF3PNJD2KXWPHGABA: alert 01M96NFVAFVJFJA7TTNNSZVESF → x";
+        assert_eq!(
+            ulids(text).collect::<Vec<_>>(),
+            [
+                "01M96MVGCA64BP00EXPGTN0PV5",
+                "01M96NFVAEF3PNJD2KXWPHGABA",
+                "01M96NFVAFVJFJA7TTNNSZVESF"
+            ]
+        );
+        // Not a ULID: too short, a letter Crockford leaves out, a first character above 7.
+        assert_eq!(
+            ulids("01M96MVGCA64BP00EXPGTN0PV 01M96MVGCA64BP00EXPGTN0PVI 81M96MVGCA64BP00EXPGTN0PV5").count(),
+            0
+        );
+    }
 }

@@ -5,6 +5,7 @@
 // where the process ran (terminal, login, container), what was folded into it, and its signed record checked again by the collector.
 
 import { api, can, $, esc, time, sev, pills, toast, entityLabel, techniqueLabels, tacticLabels, webUrl } from "./util.js";
+import { linkEntity } from "./entity.js";
 
 const link = (u, text) => (webUrl(u) ? `<a href="${esc(webUrl(u))}" rel="noopener noreferrer" target="_blank">${esc(text ?? u)}</a>` : esc(text ?? u));
 
@@ -62,7 +63,7 @@ function entityDetail(e) {
 
 function entitiesCard(a) {
   const matched = Object.entries(a.matched || {});
-  return `<h3>Entities</h3><div class="kvw" id="alert-entities">${a.entities.map((e) => `<div>${esc(e.role || e.kind)}</div><div class="mono small">${esc(entityDetail(e))}</div>`).join("")}</div>
+  return `<h3>Entities</h3><div class="kvw" id="alert-entities">${a.entities.map((e) => `<div>${esc(e.role || e.kind)}</div><div class="mono small">${linkEntity(e, esc(entityDetail(e)))}</div>`).join("")}</div>
     <h3>Matched fields</h3>${matched.length ? `<div class="kvw" id="alert-matched">${matched.map(([k, v]) => `<div class="mono">${esc(k)}</div><div class="mono small">${esc(v)}</div>`).join("")}</div>` : `<p class="muted">None recorded.</p>`}`;
 }
 

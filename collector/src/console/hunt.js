@@ -53,15 +53,20 @@ function params(h, extra = {}) {
 /** Entities that have a page of their own, linked; the rest as text. */
 function entitiesHtml(text) {
   return String(text).split(" ").map((t) => {
-    const m = /^(user|ip|file)=(.+)$/.exec(t);
+    const m = /^(user|ip|file|mailbox)=(.+)$/.exec(t);
     return m ? `<a href="${esc(entityHref(m[1], m[2]))}">${esc(t)}</a>` : esc(t);
   }).join(" ");
 }
 
+/** ATT&CK technique names of the results on screen (`attack` of the answer). */
+let attackNames = {};
+
 function cellHtml(column, v, source) {
   if (v == null || v === "") return `<span class="muted">—</span>`;
+  if (column === "techniques") return String(v).split(",").map((t) => esc(attackNames[t] ? `${t} ${attackNames[t]}` : t)).join(", ");
   if (column === "entities") return entitiesHtml(v);
   if (source === "sign_ins" && (column === "user" || column === "ip")) return `<a href="${esc(entityHref(column, v))}">${esc(v)}</a>`;
+  if (source === "mail" && (column === "sender" || column === "recipient") && String(v).includes("@")) return `<a href="${esc(entityHref("mailbox", v))}">${esc(v)}</a>`;
   if (column === "time") return `<span title="${esc(new Date(v).toISOString())}">${esc(time(v))}</span>`;
   if (column === "severity") return sev(v);
   if (column === "id") return `<a href="#/alert/${esc(v)}">${esc(v)}</a>`;
@@ -125,6 +130,7 @@ export async function huntView(root, _args, q, current) {
 
   const draw = (page) => {
     const cols = page.columns;
+    attackNames = page.attack || {};
     $("#hunt-results thead", root).innerHTML = `<tr>${cols.map((c) => `<th scope="col">${esc(c.replace(/_/g, " "))}</th>`).join("")}</tr>`;
     $("#hunt-results tbody", root).innerHTML = page.rows.map((r) => `<tr>${cols.map((c, i) => `<td class="c-${esc(c)}">${cellHtml(c, r[i], h.source)}</td>`).join("")}</tr>`).join("")
       || `<tr><td colspan="${cols.length}" class="muted">Nothing matches.</td></tr>`;

@@ -9,13 +9,16 @@ import {
   techniqueLabels, tacticLabels,
 } from "./util.js";
 import { drawGraph } from "./graph.js";
-import { renderActions } from "./views.js";
+import { renderActions, resultWords } from "./views.js";
+import { linkEntity, entityPage } from "./entity.js";
 
 const SEVERITY_ORDER = ["critical", "high", "medium", "low", "informational"];
 const CLASSIFICATIONS = ["", "true_positive", "informational_expected_activity", "false_positive"];
 const TABS = [["alerts", "Alerts"], ["assets", "Assets"], ["evidence", "Evidence and response"], ["tree", "Process tree"], ["activity", "Activity log"]];
 /** Alerts in one page of the alert list and the graph. */
 const PAGE = 200;
+/** A whole play of the story graph takes this long at any size. */
+const PLAY_MS = 4000;
 const num = (n) => Number(n || 0).toLocaleString("en-US");
 
 /** "×40, last seen 10:02:11" for an alert that stands for several detections. */
@@ -94,11 +97,21 @@ function entityPanel(detail, i) {
     <div class="kv"><div>Value</div><div class="mono">${esc(entityText(e))}</div><div>Verdict</div><div>${esc(whole.verdict)}</div>
     <div>Remediation</div><div>${esc(whole.remediation || "none")}</div><div>Roles</div><div>${pills(whole.roles)}</div>
     <div>Alerts</div><div>${esc(num(e.alert_ids.length))} on this page${whole !== e ? ` · ${esc(num(whole.alert_count))} in the incident` : ""}</div>
-    <div>Seen</div><div>${esc(time(whole.first_seen_ms))} – ${esc(time(whole.last_seen_ms))}</div></div>
+    <div>Seen</div><div>${esc(time(whole.first_seen_ms))} – ${esc(time(whole.last_seen_ms))}</div>
+    ${entityPage(e.value) ? `<div>Page</div><div><a id="entity-panel-page" href="${esc(entityPage(e.value))}">everything about this ${esc(e.kind)}</a></div>` : ""}</div>
     <div class="form-row">${entityButtons(detail, i, "page")}</div></div>`;
 }
 
-function alertPanel(detail, id) {
+/** The alerts grouped with the one shown in the graph: their count, time span and links. */
+function groupNote(group) {
+  if (!group || group.length < 2) return "";
+  const first = group[0].observed_at_ms;
+  const last = group[group.length - 1].observed_at_ms;
+  return `<p id="group-note">One of ${esc(num(group.length))} alerts of this rule on the same entity in the graph, ${esc(time(first))} – ${esc(shortTime(last))}:
+    ${group.slice(0, 12).map((g) => `<a href="#/alert/${esc(g.id)}">${esc(shortTime(g.observed_at_ms))}</a>`).join(", ")}${group.length > 12 ? ` and ${esc(num(group.length - 12))} more (alerts tab)` : ""}.</p>`;
+}
+
+function alertPanel(detail, id, group) {
   const link = detail.alerts.find((l) => l.alert.id === id);
   if (!link) return "";
   const a = link.alert;
@@ -106,8 +119,8 @@ function alertPanel(detail, id) {
     <div>Observed</div><div>${esc(time(a.observed_at_ms))} ${folded(a)}</div><div>Rule</div><div>${esc(a.rule.id)} <span class="muted">by ${esc(a.rule.author)}</span></div>
     <div>ATT&amp;CK</div><div>${pills(tacticLabels(a.rule))}${pills(techniqueLabels(a.rule))}</div><div>Source</div><div>${esc(a.source)}</div>
     <div>Linked</div><div>${esc(link.reason)} <span class="muted">(${esc(link.linked_by)})</span></div>
-    <div>Entities</div><div>${a.entities.map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}</div></div>
-    ${can("analyst") ? moveForm(a.id) : ""}</div>`;
+    <div>Entities</div><div>${a.entities.map((e) => linkEntity(e, esc(e.kind + " " + entityLabel(e)))).join("<br>")}</div></div>
+    ${groupNote(group)}${can("analyst") ? moveForm(a.id) : ""}</div>`;
 }
 
 /** Moving an alert out: to another incident by id, or (id left empty) to a new one. */
@@ -155,7 +168,7 @@ function alertsTab(detail) {
     ${detail.alerts.map(({ alert: a, reason, linked_by }) => `<tr data-alert="${esc(a.id)}"><td>${esc(time(a.observed_at_ms))}<div class="small">${folded(a)}</div></td><td>${sev(a.severity)}</td>
       <td><a href="#/alert/${esc(a.id)}">${esc(a.rule.title)}</a><div class="muted small">${esc(tacticLabels(a.rule).join(", "))}${a.rule.techniques?.length ? " · " : ""}${esc(techniqueLabels(a.rule).join(", "))}</div></td>
       <td>${esc(a.source)}</td><td>${esc(a.device_id ? devices.get(a.device_id) || a.device_id : "—")}</td>
-      <td class="small">${a.entities.slice(0, 4).map((e) => esc(e.kind + " " + entityLabel(e))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
+      <td class="small">${a.entities.slice(0, 4).map((e) => linkEntity(e, esc(e.kind + " " + entityLabel(e)))).join("<br>")}${a.entities.length > 4 ? " …" : ""}</td>
       <td>${esc(reason)} <span class="muted small">${esc(linked_by)}</span></td></tr>`).join("")}</tbody></table>`;
 }
 
@@ -177,18 +190,31 @@ function assetsTab(detail) {
     ${detail.devices.map((d) => `<tr><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a></td><td>${d.online ? `<span class="ok">online</span>` : "offline"}</td>
       <td>${esc(d.isolation)}</td><td>${esc(ago(d.last_seen_ms))}</td><td>${isolate(d)}</td></tr>`).join("")}</tbody></table>
     ${detail.devices_total > detail.devices.length ? `<p class="muted small">${esc(num(detail.devices.length))} of ${esc(num(detail.devices_total))} devices listed.</p>` : ""}
-    <h3>Users</h3>${shownOf(detail, "user", "users")}${of("user").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
-    <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div>${esc(entityLabel(e.value))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+    <h3>Users</h3>${shownOf(detail, "user", "users")}${of("user").map(([e]) => `<div>${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
+    <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div class="asset-mailbox">${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+}
+
+/** Entities of one kind listed a page at a time (the API gives 100 of a kind). */
+const EVIDENCE_PAGE = 100;
+
+/** Per kind with more entities than one page: which are shown, and buttons to page through them. */
+function evidencePagers(detail) {
+  const offsets = detail.entity_offsets || {};
+  return Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > EVIDENCE_PAGE || offsets[k]).map(([k, n]) => {
+    const at = offsets[k] || 0;
+    const shown = detail.entities.filter((e) => e.kind === k).length;
+    return `<div class="form-row ev-pager" data-kind="${esc(k)}"><span class="ev-showing">${esc(k)}: ${esc(num(at + 1))}–${esc(num(at + shown))} of ${esc(num(n))}, most alerted first</span>
+      <button type="button" class="ev-page" data-kind="${esc(k)}" data-offset="${Math.max(0, at - EVIDENCE_PAGE)}"${at > 0 ? "" : " disabled"}>◀ Previous ${EVIDENCE_PAGE}</button>
+      <button type="button" class="ev-page ev-next" data-kind="${esc(k)}" data-offset="${at + EVIDENCE_PAGE}"${at + shown < n ? "" : " disabled"}>Next ${EVIDENCE_PAGE} ▶</button></div>`;
+  }).join("");
 }
 
 function evidenceTab(detail) {
   if (detail.evidence === "deferred") {
     return `<p class="muted">Reading the evidence of all ${esc(num(detail.totals.alerts))} alerts…</p><h3>Actions</h3><div id="incident-actions"></div>`;
   }
-  const more = Object.entries(detail.entity_totals || {}).filter(([k, n]) => n > detail.entities.filter((e) => e.kind === k).length);
-  return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident${more.length
-    ? `; the most alerted are listed of ${more.map(([k, n]) => `${esc(num(n))} ${esc(k)}`).join(", ")}` : ""}.</p><table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
-    ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${esc(entityText(e))}</td>
+  return `<h3>Entities</h3><p class="muted small">Over all ${esc(num(detail.totals.alerts))} alerts of the incident.</p>${evidencePagers(detail)}<table id="incident-entities"><thead><tr><th>Kind</th><th>Value</th><th>Verdict</th><th>Remediation</th><th>Alerts</th><th></th></tr></thead><tbody>
+    ${detail.entities.map((e, i) => `<tr data-entity="${i}"><td>${esc(e.kind)}</td><td class="mono small">${linkEntity(e.value, esc(entityText(e)))}</td>
       <td>${esc(e.verdict)}</td><td>${esc(e.remediation)}</td><td>${esc(num(e.alert_count))}</td><td>${entityButtons(detail, i)}</td></tr>`).join("")}</tbody></table>
     <h3>Actions</h3><div id="incident-actions"></div>`;
 }
@@ -214,28 +240,45 @@ function treeTab(tree) {
     <ul class="ptree" id="process-tree">${tree.trees.map(treeNode).join("")}</ul>`;
 }
 
-/** Ids in an activity entry, in words: a comment's text, an alert's title (linked to
- *  the alerts tab when it is on the page), an incident as a link. */
+/** Ids in an activity entry, in words: a comment's text, an alert by its rule's
+ *  title and an incident by its title (the API names those the log refers to, the
+ *  page's alerts name themselves), each linked to its page; this incident as such. */
 function activityWords(detail, text) {
   const comments = new Map((detail.comments || []).map((c) => [c.id, c]));
-  const alerts = new Map((detail.alerts || []).map((l) => [l.alert.id, l.alert]));
-  return esc(text).replace(/\b(comment|alert|incident) (0[0-9A-HJKMNP-TV-Z]{25})\b/g, (whole, what, id) => {
-    if (what === "comment" && comments.has(id)) return `comment “${esc(comments.get(id).text)}”`;
-    if (what === "alert" && alerts.has(id)) return `alert <a href="#/incident/${esc(detail.incident.id)}?tab=alerts">${esc(alerts.get(id).rule.title)}</a>`;
-    if (what === "incident") return `incident <a href="#/incident/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
-    return whole;
+  const alerts = new Map((detail.alerts || []).map((l) => [l.alert.id, l.alert.rule.title]));
+  const names = detail.activity_names || {};
+  return esc(text).replace(/\b(?:(comment|alert|incident) )?([0-7][0-9A-HJKMNP-TV-Z]{25})\b/g, (whole, what, id) => {
+    if (what === "comment") return comments.has(id) ? `comment “${esc(comments.get(id).text)}”` : whole;
+    if (id === detail.incident.id) return "this incident";
+    const n = names[id];
+    const alert = alerts.get(id) || (n?.kind === "alert" ? n.title : null);
+    if (alert) return `alert <a href="#/alert/${esc(id)}">${esc(alert)}</a>`;
+    if (n?.kind === "incident") return `incident <a href="#/incident/${esc(id)}">${esc(n.title)}</a>`;
+    if (what === "alert") return `alert <a href="#/alert/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
+    return `${what ? "incident " : ""}<a href="#/incident/${esc(id)}">${esc(id.slice(0, 10))}…</a>`;
   });
 }
 
 /** What was done and by whom: the incident's own log with its response actions. */
 function activityTab(detail) {
   const rows = detail.activity.map((a) => ({ at: a.at_ms, who: a.actor, what: esc(a.kind.replaceAll("_", " ")), detail: activityWords(detail, a.detail) }));
+  // Each response action as it went: proposed, decided, carried out (by the device's agent).
   for (const x of detail.actions || []) {
-    const result = x.result ? `: ${esc(x.result.outcome)}${x.result.detail ? " — " + esc(x.result.detail) : ""}` : "";
-    rows.push({ at: x.requested_at_ms, who: x.requested_by, what: "action proposed",
-      detail: `${esc(x.summary)} on <a href="#/device/${esc(x.device_id)}">${esc(x.device_hostname)}</a>: ${esc(x.reason)}` });
-    if (x.decided_at_ms) rows.push({ at: x.decided_at_ms, who: x.decided_by || "", what: `action ${esc(x.status.replaceAll("_", " "))}`,
-      detail: `${esc(x.summary)}${result}` });
+    const on = `on <a href="#/device/${esc(x.device_id)}">${esc(x.device_hostname)}</a>`;
+    // The summary names the device by its hostname; the link is added unless it already does.
+    const named = x.summary.includes(` on ${x.device_hostname}`) ? esc(x.summary).replace(` on ${esc(x.device_hostname)}`, () => ` ${on}`) : `${esc(x.summary)} ${on}`;
+    rows.push({ at: x.requested_at_ms, who: x.requested_by, what: "action proposed", detail: `${named}: ${esc(x.reason)}` });
+    if (x.decided_at_ms) {
+      const rejected = x.status === "rejected";
+      rows.push({ at: x.decided_at_ms, who: x.decided_by || "", what: rejected ? "action rejected" : "action approved",
+        detail: `${esc(x.summary)}${x.decision_comment ? ` — “${esc(x.decision_comment)}”` : ""}` });
+    }
+    if (x.result) {
+      rows.push({ at: x.result.finished_at_ms || x.updated_at_ms, who: `agent on ${x.device_hostname}`, what: `action ${esc(x.result.outcome.replaceAll("_", " "))}`,
+        detail: `<span class="result-words">${resultWords(x)}</span>` });
+    } else if (x.status === "cancelled") {
+      rows.push({ at: x.updated_at_ms, who: x.cancelled_by || "", what: "action cancelled", detail: esc(x.summary) });
+    }
   }
   rows.sort((a, b) => a.at - b.at);
   return `<table id="activity-log"><thead><tr><th>When</th><th>Who</th><th>What</th><th>Detail</th></tr></thead><tbody>
@@ -299,9 +342,15 @@ export async function incidentView(root, args, q, current) {
   // from `/evidence`, again only when the incident's totals change.
   let evidence = null;
   let evidenceFor = "";
+  // Kinds paged past their first 100 in the evidence tab: kind → { offset, entities }.
+  const kindPages = new Map();
   const withEvidence = (d) => {
-    if (evidence) Object.assign(d, { evidence: "whole", entities: evidence.entities, entity_totals: evidence.entity_totals, scope: evidence.scope,
-      devices: evidence.devices, devices_total: evidence.devices_total });
+    if (!evidence) return d;
+    const kinds = [...new Set(evidence.entities.map((e) => e.kind))];
+    const entities = kinds.flatMap((k) => (kindPages.has(k) ? kindPages.get(k).entities : evidence.entities.filter((e) => e.kind === k)));
+    Object.assign(d, { evidence: "whole", entities, entity_totals: evidence.entity_totals, scope: evidence.scope,
+      devices: evidence.devices, devices_total: evidence.devices_total,
+      entity_offsets: Object.fromEntries([...kindPages].map(([k, p]) => [k, p.offset])) });
     return d;
   };
   // Answers are numbered: one for a page since left, or older than one already
@@ -333,8 +382,10 @@ export async function incidentView(root, args, q, current) {
   let selected = null;
   root.innerHTML = `<section class="card" id="incident-summary"></section>
     <div class="grid2"><section class="card"><h3>Attack story</h3>
-      <div class="graph-controls"><button id="play">▶ Play</button><input id="play-step" type="range" min="0" value="0">
-        <span id="play-label" class="muted small"></span><button id="graph-all">Show all</button></div>
+      <div class="graph-controls"><button id="play">▶ Play</button><input id="play-step" type="range" min="0" value="0" aria-label="Story step">
+        <span id="play-label" class="muted small"></span><button id="graph-all">Show all</button>
+        <button id="zoom-out" aria-label="Zoom out" title="Zoom out (−)">−</button><button id="zoom-in" aria-label="Zoom in" title="Zoom in (+)">+</button>
+        <button id="zoom-reset" title="Fit the graph (0)">Reset view</button></div>
       <div class="muted small" id="graph-note"></div><div class="graph-wrap" id="graph-box"></div></section>
       <section class="card"><div id="side"></div><h3>Timeline</h3><div class="timeline" id="incident-timeline"></div></section></div>
     <div class="grid2"><section class="card"><div class="tabs">${TABS.map(([k, l]) => `<button data-tab="${k}">${esc(l)}</button>`).join("")}</div><div id="tab"></div></section>
@@ -344,8 +395,9 @@ export async function incidentView(root, args, q, current) {
   let alertSig = "";
   const side = () => {
     $("#side", root).innerHTML = selected == null ? `<p class="hint">Select an entity in the graph to see its alerts and act on it.</p>`
-      : selected.kind === "entity" ? entityPanel(detail, selected.i) : alertPanel(detail, selected.id);
-    const hl = selected?.kind === "entity" ? new Set(detail.page_entities[selected.i]?.alert_ids || []) : new Set(selected ? [selected.id] : []);
+      : selected.kind === "entity" ? entityPanel(detail, selected.i) : alertPanel(detail, selected.id, graph?.groupOf(selected.id));
+    const hl = selected?.kind === "entity" ? new Set(detail.page_entities[selected.i]?.alert_ids || [])
+      : new Set(selected ? selected.ids || [selected.id] : []);
     for (const el of $$("#incident-timeline .item", root)) el.classList.toggle("hl", hl.has(el.dataset.alert));
   };
   const drawStory = () => {
@@ -360,7 +412,7 @@ export async function incidentView(root, args, q, current) {
       ? `The graph shows this page of alerts (${pageText(detail, detail.view.first)}); page through them in the alerts tab.` : "";
     graph = drawGraph($("#graph-box", root), { alerts: detail.alerts, entities: detail.page_entities }, {
       onSelectEntity: (i) => { selected = i == null ? null : { kind: "entity", i }; side(); },
-      onSelectAlert: (aid) => { selected = { kind: "alert", id: aid }; side(); },
+      onSelectAlert: (aid, ids) => { selected = { kind: "alert", id: aid, ids }; side(); },
     });
     const range = $("#play-step", root);
     range.max = String(graph.steps);
@@ -450,7 +502,24 @@ export async function incidentView(root, args, q, current) {
     if (!device) return;
     proposeAction({ deviceId: device.id, deviceName: device.hostname, action, incidentId: id, what }).then((v) => v && refresh());
   });
-  $("#tab", root).addEventListener("click", (ev) => {
+  $("#tab", root).addEventListener("click", async (ev) => {
+    const more = ev.target.closest("button.ev-page");
+    if (more) {
+      const { kind } = more.dataset;
+      const offset = Number(more.dataset.offset);
+      try {
+        if (offset === 0) kindPages.delete(kind);
+        else {
+          const r = await api(`/api/v1/incidents/${encodeURIComponent(id)}/evidence?kind=${encodeURIComponent(kind)}&offset=${offset}`);
+          if (!current()) return;
+          kindPages.set(kind, { offset, entities: r.entities });
+        }
+        withEvidence(detail);
+        drawTab();
+        $(`.ev-pager[data-kind="${CSS.escape(kind)}"] button.ev-page${offset > 0 ? ".ev-next" : ""}`, root)?.focus();
+      } catch (e) { toast(e.message, true); }
+      return;
+    }
     // From the page on screen, not from one asked for and not yet drawn.
     const shown = detail.view;
     if (ev.target.id === "alerts-next" && detail.alerts_page.next_cursor) {
@@ -529,23 +598,31 @@ export async function incidentView(root, args, q, current) {
     } catch (e) { toast(e.message, true); }
   });
 
-  // Play: reveal the story's nodes in time order over about five seconds.
+  // Play: reveal the story's nodes in time order in PLAY_MS whatever their number
+  // (several steps a frame when there are many).
   let player = null;
   const show = (k) => { graph.step(k); $("#play-step", root).value = String(k); $("#play-label", root).textContent = `${k} / ${graph.steps}`; };
   const stop = () => { clearInterval(player); player = null; $("#play", root).textContent = "▶ Play"; };
   $("#play", root).addEventListener("click", () => {
     if (player) { stop(); return; }
-    let k = Number($("#play-step", root).value) >= graph.steps ? 0 : Number($("#play-step", root).value);
+    const from = Number($("#play-step", root).value) >= graph.steps ? 0 : Number($("#play-step", root).value);
     $("#play", root).textContent = "❚❚ Pause";
-    const per = Math.max(15, Math.min(400, 5000 / Math.max(graph.steps, 1)));
-    show(k);
+    const began = performance.now();
+    const span = PLAY_MS * (graph.steps - from) / Math.max(graph.steps, 1);
+    show(from);
     player = setInterval(() => {
       if (!current()) { clearInterval(player); return; }
-      k += 1;
+      const k = Math.min(graph.steps, from + Math.ceil((graph.steps - from) * (performance.now() - began) / Math.max(span, 1)));
       show(k);
-      if (k >= graph.steps) stop();
-    }, per);
+      if (k >= graph.steps) {
+        stop();
+        if (window.wardPerf) window.wardPerf.playMs = performance.now() - began;
+      }
+    }, Math.max(40, Math.min(400, span / Math.max(graph.steps - from, 1))));
   });
+  $("#zoom-in", root).addEventListener("click", () => graph.zoom(1.25));
+  $("#zoom-out", root).addEventListener("click", () => graph.zoom(0.8));
+  $("#zoom-reset", root).addEventListener("click", () => graph.reset());
   $("#play-step", root).addEventListener("input", (ev) => { if (player) stop(); show(Number(ev.target.value)); });
   $("#graph-all", root).addEventListener("click", () => { if (player) stop(); show(graph.steps); });
 

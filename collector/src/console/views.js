@@ -309,8 +309,49 @@ function actionCard(a) {
       ${mayCancel ? `<button class="cancel">Cancel request</button>` : ""}</div>`}</div>`;
 }
 
+const plural = (n, one, many = one + "s") => `${Number(n).toLocaleString("en-US")} ${n === 1 ? one : many}`;
+
+/**
+ * What an action's result says happened, in words (HTML): the agent reports a
+ * quarantine, restore, delete or kill as a JSON record, a package and an isolation
+ * as a sentence. A detail that is not the expected record is shown as it came.
+ */
+export function resultWords(a) {
+  const r = a.result;
+  if (!r) return "";
+  if (r.outcome !== "succeeded") return esc(r.reason || r.detail || r.outcome);
+  let d = null;
+  try { d = JSON.parse(r.detail); } catch { d = null; }
+  const links = (n) => (n > 0 ? `; ${esc(plural(n, "other hard link"))} to the same content still on disk` : "");
+  if (d && typeof d === "object") {
+    switch (a.kind) {
+      case "quarantine_file":
+        if (d.id && d.original_path) return `file <span class="mono">${esc(d.original_path)}</span> moved to quarantine id <span class="mono">${esc(d.id)}</span> (${esc(plural(d.size, "byte"))})${links(d.other_links)}`;
+        break;
+      case "restore_file":
+        if (d.original_path) return `file restored from quarantine id <span class="mono">${esc(d.id)}</span> to <span class="mono">${esc(d.original_path)}</span>`;
+        break;
+      case "delete_file":
+        if (d.path) return `file <span class="mono">${esc(d.path)}</span> deleted (${esc(plural(d.size, "byte"))})${links(d.other_links)}`;
+        break;
+      case "kill_process":
+        if (Array.isArray(d.killed)) {
+          const names = d.killed.map((k) => `${esc(String(k.exe || "?").split("/").pop())} (pid ${esc(k.pid)})${k.exited ? " had already exited" : ""}`);
+          const what = a.action?.tree ? "process tree killed" : "process killed";
+          const skipped = (d.skipped || []).length ? `; ${esc(plural(d.skipped.length, "process", "processes"))} skipped: ${d.skipped.map((k) => `pid ${esc(k.pid)} (${esc(k.reason)})`).join(", ")}` : "";
+          return `${what}: ${names.join(", ") || "none"}${skipped}`;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  if (a.kind === "collect_package") return `${esc(r.detail || "package")}: ready to download${a.package_bytes ? "" : " (not kept)"}`;
+  return esc(r.detail);
+}
+
 function resultCell(a) {
-  if (a.result) return `<span class="${a.result.outcome === "succeeded" ? "ok" : "error"}">${esc(a.result.outcome)}</span> ${esc(a.result.detail)}`;
+  if (a.result) return `<span class="${a.result.outcome === "succeeded" ? "ok" : "error"}">${esc(a.result.outcome)}</span> <span class="result-words">${resultWords(a)}</span>`;
   if (a.status === "rejected") return `rejected by ${esc(a.decided_by)}: ${esc(a.decision_comment)}`;
   if (a.status === "cancelled") return `cancelled by ${esc(a.cancelled_by)}`;
   return "";

@@ -261,16 +261,30 @@ async fn main() -> Result<()> {
         evidence.push(perf["evidenceMs"].as_f64().unwrap_or(f64::MAX));
         let shown = b.eval("(document.querySelector('#alerts-showing') || {}).textContent")?;
         println!(
-            "page: fetch {:.0} ms, render {:.0} ms, total {:.0} ms, whole-incident evidence shown at {:.0} ms; {} graph alerts; \"{}\"",
+            "page: fetch {:.0} ms, render {:.0} ms, total {:.0} ms, whole-incident evidence shown at {:.0} ms; \
+             graph: {} alert nodes (repeats grouped) of {} nodes; \"{}\"",
             perf["fetchMs"].as_f64().unwrap_or(0.0),
             perf["renderMs"].as_f64().unwrap_or(0.0),
             perf["totalMs"].as_f64().unwrap_or(0.0),
             perf["evidenceMs"].as_f64().unwrap_or(0.0),
             b.eval("document.querySelectorAll('#graph circle.alert').length")?,
+            b.eval("document.querySelectorAll('#graph .node').length")?,
             shown.as_str().unwrap_or("")
         );
         totals.push(perf["totalMs"].as_f64().unwrap_or(f64::MAX));
     }
+    // Playing the story graph of the page drawn (4 s by design, at any size).
+    b.eval("window.wardPerf.playMs = 0; document.querySelector('#play').click(); true")?;
+    b.wait_for(
+        "the play over",
+        "document.querySelector('#play').textContent.includes('Play') && window.wardPerf.playMs > 0",
+        Duration::from_secs(60),
+    )?;
+    println!(
+        "graph play: {:.0} ms for {} steps",
+        b.eval("window.wardPerf.playMs")?.as_f64().unwrap_or(0.0),
+        b.eval("document.querySelector('#play-step').max")?
+    );
     println!(
         "incident of {} alerts in the console, navigation to page drawn: median {:.0} ms (page's own clock) / \
          {:.0} ms (seen from the benchmark, including DevTools round trips) of {} runs; \

@@ -166,13 +166,16 @@ async fn scenario() {
     );
     let shown = rows(&mut b);
     assert_eq!(shown.len(), 3, "{shown:?}");
-    let (rule_col, sev_col, ent_col) = (
+    let (rule_col, sev_col, ent_col, technique_col) = (
         column(&mut b, "rule"),
         column(&mut b, "severity"),
         column(&mut b, "entities"),
+        column(&mut b, "techniques"),
     );
     for r in &shown {
         assert_eq!(r[rule_col], "New SSH key for root", "{r:?}");
+        // ATT&CK names beside the ids.
+        assert_eq!(r[technique_col], "T1098.004 SSH Authorized Keys", "{r:?}");
         assert_eq!(r[sev_col].trim(), "high", "{r:?}");
         assert!(r[ent_col].contains("user=root"), "{r:?}");
     }

@@ -363,12 +363,14 @@ async fn scenario() {
         (
             tab,
             format!("#/incident/{incident}?tab={tab}"),
+            // After the whole incident's evidence replaced the first draw's tab (a
+            // device's own Isolate button becomes its entity's buttons).
             "document.querySelector('.tabs button.active')?.dataset.tab === location.hash.split('tab=')[1]
-             && document.querySelector('#tab').innerText.trim().length > 0",
+             && document.querySelector('#tab').innerText.trim().length > 0 && !!document.body.dataset.evidenceLoaded",
         )
     })) {
         b.eval(&format!(
-            "location.hash = {}; true",
+            "delete document.body.dataset.evidenceLoaded; location.hash = {}; true",
             serde_json::to_string(&hash).unwrap()
         ))
         .unwrap();
