@@ -25,10 +25,20 @@ const SIGN_IN_TABLES: [&str; 4] = [
     "AADManagedIdentitySignInLogs",
 ];
 
+/// Defender for Identity's logons on domain controllers and identity providers
+/// (advanced hunting `IdentityLogonEvents`).
+const IDENTITY_LOGONS: &str = "IdentityLogonEvents";
+
 pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
     if let (Some(category), Some(props)) = (text(v, &["category"]), lookup(v, "properties")) {
         if !props.is_object() {
             return Normalized::Bad("`properties` is not an object".into());
+        }
+        if category
+            .strip_prefix("AdvancedHunting-")
+            .is_some_and(|t| t.eq_ignore_ascii_case(IDENTITY_LOGONS))
+        {
+            return identity_logon(&props, v);
         }
         if !SIGN_IN_CATEGORIES.iter().any(|c| c.eq_ignore_ascii_case(&category)) {
             return Normalized::Ignored {
@@ -51,6 +61,13 @@ pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
         return okta(v);
     }
     let table = text(v, &["Type"]);
+    if table
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(IDENTITY_LOGONS))
+        || identity_logon_shaped(v)
+    {
+        return identity_logon(v, v);
+    }
     let is_table = table
         .as_deref()
         .is_some_and(|t| SIGN_IN_TABLES.iter().any(|n| n.eq_ignore_ascii_case(t)));
@@ -79,7 +96,79 @@ pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
             Err(e) => Normalized::Bad(e),
         };
     }
-    Normalized::Bad("not an Entra ID sign-in or an Okta System Log event".into())
+    Normalized::Bad(
+        "not an Entra ID sign-in, an Okta System Log event or a Defender for Identity logon (IdentityLogonEvents)"
+            .into(),
+    )
+}
+
+/// An `IdentityLogonEvents` row without its table name: a logon action with the
+/// account and the protocol or logon type that only that table has together.
+fn identity_logon_shaped(v: &Value) -> bool {
+    text(v, &["ActionType"]).is_some_and(|a| a == "LogonSuccess" || a == "LogonFailed")
+        && text(v, &["AccountUpn", "AccountName"]).is_some()
+        && text(v, &["Protocol", "LogonType"]).is_some()
+}
+
+/// A Defender for Identity logon (`row`: the table row, or a streaming record's
+/// `properties`; `outer`: the whole record) as a sign-in, so the same detections
+/// (spray, brute force, travel) judge on-premises logons too.
+fn identity_logon(row: &Value, outer: &Value) -> Normalized<SignIn> {
+    match identity_logon_sign_in(row, outer) {
+        Ok(item) => Normalized::Record {
+            kind: "defender-identitylogonevents",
+            item,
+        },
+        Err(e) => Normalized::Bad(e),
+    }
+}
+
+fn identity_logon_sign_in(row: &Value, outer: &Value) -> Result<SignIn, String> {
+    let time_ms = time(row, &["Timestamp", "Timestamp [UTC]", "TimeGenerated"])
+        .or_else(|| time(outer, &["time"]))
+        .ok_or("no readable Timestamp")?;
+    // The UPN when the account has one; else DOMAIN\name as Windows writes it.
+    let user = address(text(row, &["AccountUpn"]))
+        .or_else(|| {
+            let name = text(row, &["AccountName"])?;
+            Some(match text(row, &["AccountDomain"]) {
+                Some(domain) => format!("{domain}\\{name}").to_ascii_lowercase(),
+                None => name.to_ascii_lowercase(),
+            })
+        })
+        .ok_or("no AccountUpn or AccountName")?;
+    let action = text(row, &["ActionType"]).ok_or("no ActionType")?;
+    let outcome = match action.as_str() {
+        "LogonSuccess" => SignInOutcome::Success,
+        "LogonFailed" => SignInOutcome::Failure,
+        other => return Err(format!("ActionType {other:?} is not a logon")),
+    };
+    let key = match text(row, &["ReportId"]) {
+        // A report id numbers events per device: with the time and account it is one logon.
+        Some(id) => format!("mdi:{id}:{time_ms}:{user}"),
+        None => format!("mdi:sha256:{}", record_hash(row)),
+    };
+    Ok(SignIn {
+        key,
+        provider: "defender-identity",
+        time_ms,
+        user,
+        ip: text(row, &["IPAddress"]).and_then(|s| s.parse().ok()),
+        location: text(row, &["Location"]),
+        coords: None,
+        // What was logged on to: the application, else the device that took the logon.
+        app: text(row, &["Application", "DestinationDeviceName", "TargetDeviceName"]),
+        client: join(&[text(row, &["Protocol"]), text(row, &["LogonType"])]),
+        outcome,
+        result: action,
+        result_detail: text(row, &["FailureReason"]),
+        risk_level: None,
+        risk_state: None,
+        conditional_access: None,
+        mfa: None,
+        device: text(row, &["DeviceName"]),
+        raw: outer.to_string(),
+    })
 }
 
 /// Entra result types that interrupt a sign-in for more proof rather than refuse it.
@@ -318,6 +407,59 @@ mod tests {
             Normalized::Many { kind, .. } => panic!("several records as {kind}"),
             Normalized::Bad(e) => panic!("bad: {e}"),
         }
+    }
+
+    /// Columns as Microsoft documents `IdentityLogonEvents`
+    /// (defender-xdr/advanced-hunting-identitylogonevents-table.md).
+    fn identity_logon_row() -> Value {
+        json!({"Timestamp": "2026-11-20T08:00:00Z", "ActionType": "LogonFailed", "Application": "Active Directory",
+            "LogonType": "Resource access", "Protocol": "Kerberos", "FailureReason": "WrongPassword",
+            "AccountName": "dana", "AccountDomain": "CONTOSO", "AccountUpn": "Dana@Contoso.com",
+            "AccountSid": "S-1-5-21-1-2-3-1104", "DeviceName": "ws-17.contoso.local", "IPAddress": "10.0.4.17",
+            "DestinationDeviceName": "dc1.contoso.local", "Location": "Seattle, US", "ReportId": "4242"})
+    }
+
+    #[test]
+    fn defender_for_identity_logons_are_sign_ins() {
+        let mut row = identity_logon_row();
+        let (kind, s) = record(row.clone());
+        assert_eq!(kind, "defender-identitylogonevents");
+        assert_eq!(
+            (s.provider, s.user.as_str(), s.outcome, s.result.as_str()),
+            (
+                "defender-identity",
+                "dana@contoso.com",
+                SignInOutcome::Failure,
+                "LogonFailed"
+            )
+        );
+        assert_eq!(s.ip, Some("10.0.4.17".parse().unwrap()));
+        assert_eq!(s.result_detail.as_deref(), Some("WrongPassword"));
+        assert_eq!(s.client.as_deref(), Some("Kerberos, Resource access"));
+        assert_eq!(s.app.as_deref(), Some("Active Directory"));
+        assert_eq!(s.device.as_deref(), Some("ws-17.contoso.local"));
+        assert_eq!(s.key, "mdi:4242:1795161600000:dana@contoso.com");
+        // With its table name, and as a streaming record.
+        row["Type"] = json!("IdentityLogonEvents");
+        assert_eq!(record(row.clone()).1.key, s.key);
+        let streamed = json!({"time": "2026-11-20T08:00:01Z", "category": "AdvancedHunting-IdentityLogonEvents",
+            "properties": identity_logon_row()});
+        assert_eq!(record(streamed).1.key, s.key);
+        // No UPN (an on-premises account): DOMAIN\name.
+        let mut local = identity_logon_row();
+        local["AccountUpn"] = json!("");
+        local["ActionType"] = json!("LogonSuccess");
+        let (_, l) = record(local);
+        assert_eq!((l.user.as_str(), l.outcome), ("contoso\\dana", SignInOutcome::Success));
+        // Neither account column: explained.
+        let mut nobody = identity_logon_row();
+        nobody["Type"] = json!("IdentityLogonEvents");
+        nobody["AccountUpn"] = Value::Null;
+        nobody["AccountName"] = Value::Null;
+        let Normalized::Bad(why) = normalize(&nobody) else {
+            panic!("accepted without an account")
+        };
+        assert!(why.contains("AccountUpn or AccountName"), "{why}");
     }
 
     #[test]

@@ -1146,3 +1146,30 @@ fn the_feeds_page_example_imports_as_documented() {
     let again = run(&mut store, Feed::Mailbox, body.as_bytes());
     assert_eq!((again.duplicates, again.alerts_raised), (2, 0));
 }
+
+/// Issue 22 item 4: Defender for Identity logons (`IdentityLogonEvents`) go in as
+/// sign-ins, so a spray against the domain controllers is the same alert as one
+/// against Entra ID.
+#[test]
+fn a_password_spray_on_domain_controllers_is_seen_in_identity_logon_events() {
+    let (_d, mut store) = store();
+    let rows: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({"Timestamp": format!("2026-11-20T08:{i:02}:00Z"), "ActionType": "LogonFailed",
+                "Application": "Active Directory", "LogonType": "Resource access", "Protocol": "Ntlm",
+                "FailureReason": "WrongPassword", "AccountName": format!("user{i}"), "AccountDomain": "CONTOSO",
+                "AccountUpn": format!("user{i}@contoso.com"), "DeviceName": "kiosk-3", "IPAddress": "10.0.9.9",
+                "DestinationDeviceName": "dc1.contoso.local", "ReportId": format!("{}", 100 + i)})
+        })
+        .collect();
+    let r = run(&mut store, Feed::Identity, &ndjson(&rows));
+    assert_eq!(
+        (r.format.as_str(), r.imported, r.skipped_count, r.alerts_raised),
+        ("defender-identitylogonevents-ndjson", 10, 0, 1),
+        "{r:?}"
+    );
+    let spray = alerts(&store, "ward-identity-password-spray");
+    assert_eq!(spray.len(), 1);
+    assert_eq!(spray[0].matched["ip"], "10.0.9.9");
+    assert_eq!(run(&mut store, Feed::Identity, &ndjson(&rows)).duplicates, 10);
+}

@@ -29,9 +29,9 @@ impl SignInOutcome {
 /// A normalized sign-in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignIn {
-    /// Natural dedup key: `entra:<id>`, `okta:<uuid>:<time ms>`, or `<provider>:sha256:<hex>`.
+    /// Natural dedup key: `entra:<id>`, `okta:<uuid>:<time ms>`, `mdi:<report id>:<time ms>:<user>`, or `<provider>:sha256:<hex>`.
     pub key: String,
-    /// `entra` or `okta`.
+    /// `entra`, `okta` or `defender-identity` (Defender for Identity logons).
     pub provider: &'static str,
     pub time_ms: u64,
     /// User principal name (or service principal), lowercased.
