@@ -43,6 +43,34 @@ pub struct RawEvent {
     pub pid: i32,
 }
 
+/// Waits up to 250 ms for a fanotify group's events and reads them into `buf`:
+/// how many bytes, or `None` when there were none (the wait ended, or a signal).
+pub fn read_events(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; the result is checked.
+    #[allow(unsafe_code)]
+    let ready = unsafe { libc::poll(&mut pfd, 1, 250) };
+    if ready <= 0 {
+        return Ok(None);
+    }
+    // SAFETY: reads at most `buf.len()` bytes into `buf`, which we own; the
+    // result is checked before the bytes are looked at.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(usize::try_from(n).unwrap_or(0)))
+}
+
 /// Splits a read of the fanotify descriptor into its events. Events of another
 /// metadata version, or cut short, end the parse (the kernel writes whole events).
 pub fn parse_events(mut buf: &[u8]) -> Vec<RawEvent> {
@@ -192,30 +220,13 @@ pub fn run(config: &SensorConfig, tracker: &ProcessTracker, ctx: &SensorCtx) -> 
                 ctx.degraded(marks.source(), format!("not watched: {}", paths.join(", ")));
             }
         }
-        let mut pfd = libc::pollfd {
-            fd: marks.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let n = match read_events(&marks.fd, &mut buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => return Err(SensorError::io("fanotify read", e)),
         };
-        // SAFETY: one valid pollfd for the duration of the call; the result is checked.
-        #[allow(unsafe_code)]
-        let ready = unsafe { libc::poll(&mut pfd, 1, 250) };
-        if ready <= 0 {
-            continue;
-        }
-        // SAFETY: reads at most `buf.len()` bytes into `buf`, which we own; the
-        // result is checked before the bytes are looked at.
-        #[allow(unsafe_code)]
-        let n = unsafe { libc::read(marks.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                continue;
-            }
-            return Err(SensorError::io("fanotify read", e));
-        }
         let now = Instant::now();
-        for ev in parse_events(&buf[..n as usize]) {
+        for ev in parse_events(&buf[..n]) {
             if ev.fd == libc::FAN_NOFD {
                 if ev.mask & libc::FAN_Q_OVERFLOW != 0 {
                     ctx.lost(1);

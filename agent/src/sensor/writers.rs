@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ward_detect::event::ProcessEvent;
 
-use super::access::parse_events;
+use super::access::{parse_events, read_events};
 use super::file::expand;
 use super::process::ProcessTracker;
 use super::{SensorConfig, SensorCtx, SensorError};
@@ -229,33 +229,16 @@ pub fn run(
     let mut buf = vec![0u8; 64 * 1024];
     let mut lost: u64 = 0;
     while !ctx.stopped() {
-        let mut pfd = libc::pollfd {
-            fd: marks.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let n = match read_events(&marks.fd, &mut buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => return Err(SensorError::io("fanotify read", e)),
         };
-        // SAFETY: one valid pollfd for the duration of the call; the result is checked.
-        #[allow(unsafe_code)]
-        let ready = unsafe { libc::poll(&mut pfd, 1, 250) };
-        if ready <= 0 {
-            continue;
-        }
-        // SAFETY: reads at most `buf.len()` bytes into `buf`, which we own; the
-        // result is checked before the bytes are looked at.
-        #[allow(unsafe_code)]
-        let n = unsafe { libc::read(marks.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
-                continue;
-            }
-            return Err(SensorError::io("fanotify read", e));
-        }
         let now = Instant::now();
         if recent.len() >= 1024 {
             recent.retain(|_, (t, _)| now.duration_since(*t) < PROCESS_REUSE);
         }
-        for ev in parse_events(&buf[..n as usize]) {
+        for ev in parse_events(&buf[..n]) {
             if ev.fd == libc::FAN_NOFD {
                 if ev.mask & libc::FAN_Q_OVERFLOW != 0 {
                     lost += 1;
