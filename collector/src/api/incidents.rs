@@ -279,6 +279,8 @@ struct DetailRows {
     entity_lists: HashMap<i64, Value>,
     devices: Vec<DeviceView>,
     devices_total: i64,
+    /// Where `devices` starts among the incident's devices (first seen first).
+    device_offset: usize,
     actions: Vec<ActionView>,
     activity: Vec<crate::store::ActivityEntry>,
     /// What the ids in the activity log are: `{id: {kind, title}}`.
@@ -368,6 +370,7 @@ fn read_detail(
     query: AlertPageQuery,
     evidence: bool,
     evidence_page: &EvidencePage,
+    device_offset: usize,
 ) -> Result<Option<DetailRows>, StoreError> {
     let Some(summary) = s.incident_summary(id)? else {
         return Ok(None);
@@ -382,7 +385,10 @@ fn read_detail(
     let entity_lists = s.alert_entity_lists(&entities.iter().map(|e| e.sample_rowid).collect::<Vec<_>>())?;
     let mut device_ids: Vec<String> = s.incident_device_ids(id)?;
     let (alert_devices, alert_device_total) = if evidence {
-        s.incident_alert_devices(id, MAX_DETAIL_DEVICES)?
+        let upto = u32::try_from(device_offset)
+            .unwrap_or(u32::MAX)
+            .saturating_add(MAX_DETAIL_DEVICES);
+        s.incident_alert_devices(id, upto)?
     } else {
         let mut page_devices: Vec<String> = Vec::new();
         for a in &page.items {
@@ -400,7 +406,11 @@ fn read_detail(
         }
     }
     let devices_total = alert_device_total.max(i64::try_from(device_ids.len()).unwrap_or(i64::MAX));
-    device_ids.truncate(MAX_DETAIL_DEVICES as usize);
+    let device_ids: Vec<String> = device_ids
+        .into_iter()
+        .skip(device_offset)
+        .take(MAX_DETAIL_DEVICES as usize)
+        .collect();
     let mut devices = Vec::new();
     let mut actions: BTreeMap<String, ActionView> = BTreeMap::new();
     for d in &device_ids {
@@ -432,6 +442,7 @@ fn read_detail(
         entity_lists,
         devices,
         devices_total,
+        device_offset,
         actions: actions.into_values().rev().collect(),
         activity_names: activity_names(s, &activity)?,
         activity,
@@ -703,6 +714,7 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
         },
         "devices": devices,
         "devices_total": rows.devices_total,
+        "device_offset": rows.device_offset,
         "actions": rows.actions,
         "activity": rows.activity,
         "activity_names": rows.activity_names,
@@ -711,7 +723,7 @@ fn detail_json(state: &ApiState, rows: DetailRows) -> Value {
 }
 
 async fn detail(state: &ApiState, id: String, query: AlertPageQuery) -> ApiResult<Json<Value>> {
-    detail_with(state, id, query, true, None).await
+    detail_with(state, id, query, true, None, 0).await
 }
 
 async fn detail_with(
@@ -720,10 +732,11 @@ async fn detail_with(
     query: AlertPageQuery,
     evidence: bool,
     evidence_page: EvidencePage,
+    device_offset: usize,
 ) -> ApiResult<Json<Value>> {
     let rows = state
         .reads
-        .run(move |s| read_detail(s, &id, query, evidence, &evidence_page))
+        .run(move |s| read_detail(s, &id, query, evidence, &evidence_page, device_offset))
         .await??
         .ok_or_else(|| ApiError::not_found("incident"))?;
     Ok(Json(detail_json(state, rows)))
@@ -747,7 +760,7 @@ pub async fn get(
         Some(_) => return Err(ApiError::bad_request("evidence must be whole or deferred")),
     };
     let query = alert_page_query(&q)?;
-    let mut body = detail_with(&state, id, query, evidence, None).await?;
+    let mut body = detail_with(&state, id, query, evidence, None, 0).await?;
     if let Value::Object(m) = &mut body.0 {
         m.insert("evidence".into(), json!(if evidence { "whole" } else { "deferred" }));
     }
@@ -757,7 +770,8 @@ pub async fn get(
 /// `GET /api/v1/incidents/{id}/evidence`: the whole incident's entities, their
 /// totals, the scope, totals and devices (what `?evidence=deferred` leaves out): the
 /// most alerted 100 of each kind; `?kind=ip&offset=100` the next 100 of one kind
-/// (most alerted first), with `kind` and `offset` in the answer.
+/// (most alerted first), with `kind` and `offset` in the answer; `?device_offset=200`
+/// the devices from the 201st (200 at a time, first seen first).
 pub async fn evidence(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -766,11 +780,22 @@ pub async fn evidence(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let id = incident_id(&id)?;
-    if let Some(k) = q.keys().find(|k| !["kind", "offset"].contains(&k.as_str())) {
+    if let Some(k) = q
+        .keys()
+        .find(|k| !["kind", "offset", "device_offset"].contains(&k.as_str()))
+    {
         return Err(ApiError::bad_request(format!(
-            "unknown parameter {k:?}; known: kind, offset"
+            "unknown parameter {k:?}; known: kind, offset, device_offset"
         )));
     }
+    let device_offset = match q.get("device_offset") {
+        None => 0,
+        Some(o) => o
+            .parse::<usize>()
+            .ok()
+            .filter(|o| *o <= 10_000_000)
+            .ok_or_else(|| ApiError::bad_request("device_offset must be a whole number up to 10000000"))?,
+    };
     let page = match (q.get("kind"), q.get("offset")) {
         (None, None) => None,
         (Some(kind), offset) => {
@@ -791,7 +816,7 @@ pub async fn evidence(
         limit: 1,
         ..AlertPageQuery::default()
     };
-    let Json(full) = detail_with(&state, id, query, true, page.clone()).await?;
+    let Json(full) = detail_with(&state, id, query, true, page.clone(), device_offset).await?;
     let keep = [
         "totals",
         "entities",
@@ -799,6 +824,7 @@ pub async fn evidence(
         "scope",
         "devices",
         "devices_total",
+        "device_offset",
     ];
     let mut body: Map<String, Value> = keep
         .iter()
@@ -1137,5 +1163,111 @@ mod tests {
             ulids("01M96MVGCA64BP00EXPGTN0PV 01M96MVGCA64BP00EXPGTN0PVI 81M96MVGCA64BP00EXPGTN0PV5").count(),
             0
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod device_paging_tests {
+    use axum::http::{Method, StatusCode};
+    use serde_json::Value;
+    use ward_protocol::{Entity, RuleRef, Severity};
+
+    use super::super::matrix_tests::{api, call, token};
+    use crate::roles::Role;
+    use crate::store::test_support::enrolled_device;
+    use crate::store::{AlertSource, IncidentStore, SourcedAlert, SourcedStore};
+
+    /// Issue 20 item 1: an incident on more devices than one page (a worm) lists them
+    /// all, 200 at a time, each once, first seen first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_incidents_devices_are_paged_past_the_first_200() {
+        const DEVICES: u8 = 230;
+        let api = api();
+        // Prevalence would stop a hash on 230 devices from linking: this incident is a worm.
+        let settings = crate::incidents::Settings::from_config(&crate::config::CorrelationConfig {
+            prevalence_threshold: 1_000,
+            ..Default::default()
+        });
+        let correlator = crate::incidents::Correlator::new(settings, Default::default());
+        let (incident, hosts) = api
+            .state
+            .writer
+            .run(move |s| {
+                let devices: Vec<String> = (1..=DEVICES).map(|n| enrolled_device(s, n, 1).to_string()).collect();
+                let alerts: Vec<SourcedAlert> = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| SourcedAlert {
+                        id: format!("w{i}"),
+                        source: AlertSource::Collector,
+                        device_id: Some(d.clone()),
+                        observed_at_ms: 10_000 + i as u64 * 1_000,
+                        last_observed_at_ms: 10_000 + i as u64 * 1_000,
+                        rule: RuleRef {
+                            id: "worm".into(),
+                            title: "Worm binary".into(),
+                            author: "t".into(),
+                            severity: Severity::High,
+                            techniques: vec![],
+                            tactics: vec![],
+                        },
+                        entities: vec![Entity::File {
+                            path: "/tmp/.w".into(),
+                            sha256: Some([7; 32]),
+                        }],
+                        count: 1,
+                        matched: Default::default(),
+                    })
+                    .collect();
+                s.insert_sourced_alerts(&alerts, 1).unwrap();
+                while correlator.step(s, 1_000).unwrap() > 0 {}
+                let hosts: Vec<String> = (1..=DEVICES).map(|n| format!("host-{n}")).collect();
+                (s.incident_alerts_of("w0").unwrap().0, hosts)
+            })
+            .await
+            .unwrap();
+        let viewer = token(Role::Viewer);
+        let page = |offset: Option<usize>| {
+            let path = match offset {
+                Some(o) => format!("/api/v1/incidents/{incident}/evidence?device_offset={o}"),
+                None => format!("/api/v1/incidents/{incident}/evidence"),
+            };
+            let (api, viewer) = (&api, viewer.clone());
+            async move {
+                let (status, text) = call(api, Method::GET, &path, Some(&viewer), "").await;
+                assert_eq!(status, StatusCode::OK, "{text}");
+                serde_json::from_str::<Value>(&text).unwrap()
+            }
+        };
+        let names = |v: &Value| -> Vec<String> {
+            v["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["hostname"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let first = page(None).await;
+        assert_eq!(
+            (first["devices_total"].as_u64(), first["device_offset"].as_u64()),
+            (Some(230), Some(0))
+        );
+        let second = page(Some(200)).await;
+        assert_eq!(second["device_offset"], 200);
+        let mut seen = names(&first);
+        assert_eq!(seen.len(), 200);
+        seen.extend(names(&second));
+        assert_eq!(seen, hosts, "every device once, first seen first");
+        assert!(names(&page(Some(400)).await).is_empty());
+        let (status, text) = call(
+            &api,
+            Method::GET,
+            &format!("/api/v1/incidents/{incident}/evidence?device_offset=-1"),
+            Some(&viewer),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     }
 }

@@ -189,9 +189,22 @@ function assetsTab(detail) {
   return `<h3>Devices</h3><table id="incident-devices"><thead><tr><th>Host</th><th>Online</th><th>Isolation</th><th>Last seen</th><th></th></tr></thead><tbody>
     ${detail.devices.map((d) => `<tr><td><a href="#/device/${esc(d.id)}">${esc(d.hostname)}</a></td><td>${d.online ? `<span class="ok">online</span>` : "offline"}</td>
       <td>${esc(d.isolation)}</td><td>${esc(ago(d.last_seen_ms))}</td><td>${isolate(d)}</td></tr>`).join("")}</tbody></table>
-    ${detail.devices_total > detail.devices.length ? `<p class="muted small">${esc(num(detail.devices.length))} of ${esc(num(detail.devices_total))} devices listed.</p>` : ""}
+    ${devicePager(detail)}
     <h3>Users</h3>${shownOf(detail, "user", "users")}${of("user").map(([e]) => `<div>${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}
     <h3>Mailboxes</h3>${shownOf(detail, "mailbox", "mailboxes")}${of("mailbox").map(([e]) => `<div class="asset-mailbox">${linkEntity(e.value, esc(entityLabel(e.value)))} <span class="muted">${esc(e.roles.join(", "))} · ${esc(num(e.alert_count))} alerts · ${esc(e.verdict)}</span></div>`).join("") || `<p class="muted">None.</p>`}`;
+}
+
+/** Devices listed a page at a time (the API gives 200 from an offset, first seen first). */
+const DEVICE_PAGE = 200;
+
+/** "Devices 201–400 of 1,000" and buttons to page through them, when they are more than a page. */
+function devicePager(detail) {
+  const at = detail.device_offset || 0;
+  const n = detail.devices_total || 0;
+  if (n <= detail.devices.length && at === 0) return "";
+  return `<div class="form-row" id="device-pager"><span id="devices-showing">Devices ${esc(num(Math.min(at + 1, n)))}–${esc(num(at + detail.devices.length))} of ${esc(num(n))}, first seen first</span>
+    <button type="button" class="dev-page" data-offset="${Math.max(0, at - DEVICE_PAGE)}"${at > 0 ? "" : " disabled"}>◀ Previous ${DEVICE_PAGE}</button>
+    <button type="button" class="dev-page dev-next" data-offset="${at + DEVICE_PAGE}"${at + detail.devices.length < n ? "" : " disabled"}>Next ${DEVICE_PAGE} ▶</button></div>`;
 }
 
 /** Entities of one kind listed a page at a time (the API gives 100 of a kind). */
@@ -344,12 +357,14 @@ export async function incidentView(root, args, q, current) {
   let evidenceFor = "";
   // Kinds paged past their first 100 in the evidence tab: kind → { offset, entities }.
   const kindPages = new Map();
+  // Where the assets tab's device list starts (the evidence answer is asked from there).
+  let deviceOffset = 0;
   const withEvidence = (d) => {
     if (!evidence) return d;
     const kinds = [...new Set(evidence.entities.map((e) => e.kind))];
     const entities = kinds.flatMap((k) => (kindPages.has(k) ? kindPages.get(k).entities : evidence.entities.filter((e) => e.kind === k)));
     Object.assign(d, { evidence: "whole", entities, entity_totals: evidence.entity_totals, scope: evidence.scope,
-      devices: evidence.devices, devices_total: evidence.devices_total,
+      devices: evidence.devices, devices_total: evidence.devices_total, device_offset: evidence.device_offset || 0,
       entity_offsets: Object.fromEntries([...kindPages].map(([k, p]) => [k, p.offset])) });
     return d;
   };
@@ -465,7 +480,7 @@ export async function incidentView(root, args, q, current) {
     if (key === evidenceFor) return;
     evidenceFor = key;
     try {
-      evidence = await api(`/api/v1/incidents/${encodeURIComponent(id)}/evidence`);
+      evidence = await api(`/api/v1/incidents/${encodeURIComponent(id)}/evidence${deviceOffset ? `?device_offset=${deviceOffset}` : ""}`);
     } catch (e) { evidenceFor = ""; throw e; }
     if (!current()) return;
     withEvidence(detail);
@@ -503,6 +518,20 @@ export async function incidentView(root, args, q, current) {
     proposeAction({ deviceId: device.id, deviceName: device.hostname, action, incidentId: id, what }).then((v) => v && refresh());
   });
   $("#tab", root).addEventListener("click", async (ev) => {
+    const devices = ev.target.closest("button.dev-page");
+    if (devices) {
+      const offset = Number(devices.dataset.offset);
+      try {
+        const r = await api(`/api/v1/incidents/${encodeURIComponent(id)}/evidence?device_offset=${offset}`);
+        if (!current() || !evidence) return;
+        deviceOffset = offset;
+        Object.assign(evidence, { devices: r.devices, devices_total: r.devices_total, device_offset: r.device_offset });
+        withEvidence(detail);
+        drawTab();
+        $(`#device-pager button.dev-page${offset > 0 ? ".dev-next" : ""}`, root)?.focus();
+      } catch (e) { toast(e.message, true); }
+      return;
+    }
     const more = ev.target.closest("button.ev-page");
     if (more) {
       const { kind } = more.dataset;
