@@ -202,6 +202,8 @@ function devicePager(detail) {
   const at = detail.device_offset || 0;
   const n = detail.devices_total || 0;
   if (n <= detail.devices.length && at === 0) return "";
+  // Until the whole incident's evidence is in, the list holds the alert page's devices.
+  if (detail.evidence !== "whole") return `<p class="muted small">${esc(num(detail.devices.length))} of ${esc(num(n))} devices listed; reading the rest…</p>`;
   return `<div class="form-row" id="device-pager"><span id="devices-showing">Devices ${esc(num(Math.min(at + 1, n)))}–${esc(num(at + detail.devices.length))} of ${esc(num(n))}, first seen first</span>
     <button type="button" class="dev-page" data-offset="${Math.max(0, at - DEVICE_PAGE)}"${at > 0 ? "" : " disabled"}>◀ Previous ${DEVICE_PAGE}</button>
     <button type="button" class="dev-page dev-next" data-offset="${at + DEVICE_PAGE}"${at + detail.devices.length < n ? "" : " disabled"}>Next ${DEVICE_PAGE} ▶</button></div>`;

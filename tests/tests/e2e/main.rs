@@ -51,6 +51,7 @@ mod privileged {
 mod browser {
     mod alert_page;
     mod console;
+    mod devices;
     mod hunt;
     mod layout;
     mod queue;
