@@ -5,7 +5,8 @@
 //! `OriginalImage` (the built-in masquerading rule matches on it).
 //!
 //! Cheap on every exec: the system directories are listed once (and again every
-//! [`RESCAN`]) into executables by size; only an exec outside them whose size
+//! [`RESCAN`], by the process sensors' maintenance tick, outside the lock the exec
+//! path takes: [`listing`]) into executables by size; only an exec outside them whose size
 //! equals a system binary's costs hashes, and those go through the sensor's hash
 //! cache and budget, so each system binary is hashed once per version.
 //!
@@ -58,28 +59,19 @@ impl SystemBinaries {
         self.dirs.iter().any(|d| path.starts_with(d))
     }
 
-    fn list(&mut self, now: Instant) {
-        self.by_size.clear();
-        let mut n = 0;
-        // /bin is /usr/bin on a merged-/usr system: each directory is listed once.
-        let mut listed = Vec::new();
-        for dir in &self.dirs {
-            let Ok(real) = std::fs::canonicalize(dir) else { continue };
-            if listed.contains(&real) {
-                continue;
-            }
-            listed.push(real);
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            for entry in entries.flatten() {
-                // Symlinks are skipped: their target is listed where it lives.
-                let Ok(meta) = entry.metadata() else { continue };
-                if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 || n >= MAX_INDEXED {
-                    continue;
-                }
-                self.by_size.entry(meta.len()).or_default().push(entry.path());
-                n += 1;
-            }
-        }
+    /// The directories indexed.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Whether the index is older than [`RESCAN`] (or was never listed).
+    pub fn due(&self, now: Instant) -> bool {
+        self.listed_at.is_none_or(|at| now.duration_since(at) >= RESCAN)
+    }
+
+    /// Takes a [`listing`] of the directories made at `now`.
+    pub fn install(&mut self, by_size: HashMap<u64, Vec<PathBuf>>, now: Instant) {
+        self.by_size = by_size;
         self.listed_at = Some(now);
     }
 
@@ -97,8 +89,9 @@ impl SystemBinaries {
         if exe.is_empty() || self.is_system_path(exe) {
             return None;
         }
-        if self.listed_at.is_none_or(|at| now.duration_since(at) >= RESCAN) {
-            self.list(now);
+        // Listed here only the first time; later the maintenance tick lists again.
+        if self.listed_at.is_none() {
+            self.install(listing(&self.dirs), now);
         }
         let candidates = self.by_size.get(&size)?;
         let same: Vec<&PathBuf> = candidates
@@ -111,6 +104,32 @@ impl SystemBinaries {
         }
         same.first().map(|c| c.to_string_lossy().into_owned())
     }
+}
+
+/// The executables in `dirs` by size (symlinks skipped: their target is listed
+/// where it lives; /bin is /usr/bin on a merged-/usr system, so each directory is
+/// listed once), at most [`MAX_INDEXED`].
+pub fn listing(dirs: &[PathBuf]) -> HashMap<u64, Vec<PathBuf>> {
+    let mut by_size: HashMap<u64, Vec<PathBuf>> = HashMap::new();
+    let mut n = 0;
+    let mut listed = Vec::new();
+    for dir in dirs {
+        let Ok(real) = std::fs::canonicalize(dir) else { continue };
+        if listed.contains(&real) {
+            continue;
+        }
+        listed.push(real);
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 || n >= MAX_INDEXED {
+                continue;
+            }
+            by_size.entry(meta.len()).or_default().push(entry.path());
+            n += 1;
+        }
+    }
+    by_size
 }
 
 fn file_name(path: &str) -> &str {
@@ -231,6 +250,14 @@ mod tests {
             "listed at t0"
         );
         let later = t0 + RESCAN;
+        assert_eq!(
+            l.index.original_of(&exe, c.len() as u64, &sha(c), &mut l.hashes, later),
+            None,
+            "the exec path does not list again"
+        );
+        assert!(!l.index.due(t0 + RESCAN - Duration::from_secs(1)) && l.index.due(later));
+        let fresh = listing(l.index.dirs());
+        l.index.install(fresh, later);
         assert_eq!(
             l.index.original_of(&exe, c.len() as u64, &sha(c), &mut l.hashes, later),
             Some(l.sys.join("newtool").display().to_string())

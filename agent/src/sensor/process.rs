@@ -563,10 +563,25 @@ impl ProcessTracker {
     /// looked up: a busy host remembers tens of thousands of pids between prunes. If
     /// /proc cannot be listed, nothing is forgotten.
     pub fn prune_exited(&self, before: Instant) {
+        self.refresh_system_binaries(before);
         let Some(live) = crate::procfs::live_pids(&self.proc_root) else {
             return;
         };
         self.prune(&|pid| live.contains(&pid), before);
+    }
+
+    /// Lists the system directories again once the masquerade index is
+    /// [`masquerade::RESCAN`] old, without holding the lock execs take meanwhile.
+    pub fn refresh_system_binaries(&self, now: Instant) {
+        let dirs = {
+            let system = lock(&self.system_binaries);
+            if !system.due(now) {
+                return;
+            }
+            system.dirs().to_vec()
+        };
+        let by_size = masquerade::listing(&dirs);
+        lock(&self.system_binaries).install(by_size, now);
     }
 
     /// Forgets processes not in `alive` that were recorded before `before` (a process the
@@ -650,6 +665,7 @@ pub fn run_poller(
         }
         let procs = system.processes();
         tracker.prune(&|pid| procs.contains_key(&sysinfo::Pid::from_u32(pid)), listed_at);
+        tracker.refresh_system_binaries(listed_at);
     }
     Ok(())
 }
