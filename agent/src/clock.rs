@@ -173,10 +173,43 @@ pub fn start_time_ms_from_boot_ns(ns: u64) -> u64 {
     start_time_ms(ns / (1_000_000_000 / ticks_per_s).max(1))
 }
 
+/// Now, on the clock start times are on (boot time plus CLOCK_BOOTTIME), so it
+/// compares with them even after the wall clock was set since the boot time was taken.
+pub fn now_as_start_time_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer we pass and
+    // reads nothing else; the result is checked.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if r != 0 {
+        return now_ms();
+    }
+    let ms =
+        u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1000) + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000;
+    boot_clock().boot_ms.saturating_add(ms)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_is_on_the_start_times_clock() {
+        // A process started now has a start time within a clock tick of now (the
+        // wall clock is not read: it may have been set since boot).
+        let me = crate::procfs::read_stat(std::path::Path::new("/proc"), std::process::id()).unwrap();
+        let now = now_as_start_time_ms();
+        assert!(me.start_time_ms <= now + 10, "started {} > now {now}", me.start_time_ms);
+        let mut child = std::process::Command::new("sleep").arg("1").spawn().unwrap();
+        let started = crate::procfs::read_stat(std::path::Path::new("/proc"), child.id())
+            .unwrap()
+            .start_time_ms;
+        let after = now_as_start_time_ms();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(started.abs_diff(after) <= 50, "child started {started}, now {after}");
+    }
 
     #[test]
     fn boot_time_is_precise_and_pinned_per_boot() {

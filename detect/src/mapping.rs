@@ -286,35 +286,17 @@ fn file_field<'a>(f: &'a FileEvent, name: &str) -> Option<EventValue<'a>> {
             .map(|m| EventValue::Str(Cow::Owned(format!("{:04o}", m & 0o7777)))),
         "UserId" => f.uid.map(|u| EventValue::Int(i64::from(u))),
         "Operation" => s(file_op_name(f.op)),
-        // The writer's fields (Image, CommandLine, User...); `UserId` stays the owner's.
-        other if WRITER_FIELDS.contains(&other) => process_field(f.process.as_deref()?, other),
+        // The writer's fields (Image, CommandLine, User...); `UserId` matched above.
+        other if PROCESS_FIELDS.contains(&other) => process_field(f.process.as_deref()?, other),
         _ => None,
     }
 }
 
-/// A file event's process fields (its writer's): those a file's own do not name.
-const WRITER_FIELDS: &[&str] = &[
-    "Image",
-    "CommandLine",
-    "ParentImage",
-    "ParentCommandLine",
-    "ParentUser",
-    "CurrentDirectory",
-    "User",
-    "LogonId",
-    "ProcessId",
-    "ParentProcessId",
-    "GrandparentImage",
-    "GrandparentCommandLine",
-    "LoginUid",
-    "LoginUser",
-    "SessionId",
-    "Terminal",
-    "ContainerId",
-    "CgroupPath",
-    "MountNamespace",
-    "PidNamespace",
-];
+/// A file event's process fields (its writer's): the process fields a file's own
+/// do not name (`UserId` stays the owner's).
+fn writer_fields() -> impl Iterator<Item = &'static &'static str> {
+    PROCESS_FIELDS.iter().filter(|k| !FILE_FIELDS.contains(k))
+}
 
 fn access_field<'a>(a: &'a FileAccessEvent, name: &str) -> Option<EventValue<'a>> {
     match name {
@@ -466,7 +448,7 @@ impl SigmaEventTrait for SigmaView<'_> {
         };
         match &self.event.data {
             EventData::Process(_) => PROCESS_FIELDS.iter().chain(IMAGE_FIELDS).for_each(|k| put(k)),
-            EventData::File(_) => FILE_FIELDS.iter().chain(WRITER_FIELDS).for_each(|k| put(k)),
+            EventData::File(_) => FILE_FIELDS.iter().chain(writer_fields()).for_each(|k| put(k)),
             EventData::FileAccess(_) => ["TargetFilename"].iter().chain(PROCESS_FIELDS).for_each(|k| put(k)),
             EventData::Network(_) => NETWORK_FIELDS.iter().chain(PROCESS_FIELDS).for_each(|k| put(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| put(k)),
@@ -492,7 +474,7 @@ impl SigmaEventTrait for SigmaView<'_> {
     fn visit_top_level_keys(&self, visit: &mut dyn FnMut(&str)) -> bool {
         match &self.event.data {
             EventData::Process(_) => PROCESS_FIELDS.iter().chain(IMAGE_FIELDS).for_each(|k| visit(k)),
-            EventData::File(_) => FILE_FIELDS.iter().chain(WRITER_FIELDS).for_each(|k| visit(k)),
+            EventData::File(_) => FILE_FIELDS.iter().chain(writer_fields()).for_each(|k| visit(k)),
             EventData::FileAccess(_) => ["TargetFilename"].iter().chain(PROCESS_FIELDS).for_each(|k| visit(k)),
             EventData::Network(_) => NETWORK_FIELDS.iter().chain(PROCESS_FIELDS).for_each(|k| visit(k)),
             EventData::Auth(_) => AUTH_FIELDS.iter().for_each(|k| visit(k)),

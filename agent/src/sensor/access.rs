@@ -43,6 +43,37 @@ pub struct RawEvent {
     pub pid: i32,
 }
 
+/// A new fanotify notification group (non-blocking; the descriptors in its events
+/// are opened read-only).
+pub fn open_group() -> io::Result<OwnedFd> {
+    let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+    let event_flags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint;
+    // SAFETY: fanotify_init takes two integer flag words and returns a new file
+    // descriptor or -1; the result is checked before it is used.
+    #[allow(unsafe_code)]
+    let raw = unsafe { libc::fanotify_init(flags, event_flags) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor fanotify_init just created; nothing else owns it.
+    #[allow(unsafe_code)]
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Adds `mask` on `path` to the group `fd` (`flags`: `FAN_MARK_ADD`, with
+/// `FAN_MARK_FILESYSTEM` for the whole filesystem holding it).
+pub fn add_mark(fd: &OwnedFd, path: &Path, flags: libc::c_uint, mask: u64) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor is an open fanotify group, `c` a NUL-terminated path that
+    // outlives the call; the result is checked.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::fanotify_mark(fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, c.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits up to 250 ms for a fanotify group's events and reads them into `buf`:
 /// how many bytes, or `None` when there were none (the wait ended, or a signal).
 pub fn read_events(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -104,48 +135,20 @@ struct Marks {
 
 impl Marks {
     fn open() -> io::Result<Marks> {
-        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
-        let event_flags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint;
-        // SAFETY: fanotify_init takes two integer flag words and returns a new file
-        // descriptor or -1; the result is checked before it is used.
-        #[allow(unsafe_code)]
-        let raw = unsafe { libc::fanotify_init(flags, event_flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor fanotify_init just created; nothing else owns it.
-        #[allow(unsafe_code)]
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(Marks {
-            fd,
+            fd: open_group()?,
             marked: HashMap::new(),
             failed: HashMap::new(),
         })
     }
 
     fn mark(&self, path: &Path, dir: bool) -> io::Result<()> {
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mask = if dir {
             libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD
         } else {
             libc::FAN_OPEN
         };
-        // SAFETY: the descriptor is our open fanotify group, `c` a NUL-terminated path
-        // that outlives the call; the result is checked.
-        #[allow(unsafe_code)]
-        let r = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                libc::FAN_MARK_ADD,
-                mask,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        add_mark(&self.fd, path, libc::FAN_MARK_ADD, mask)
     }
 
     /// Marks every configured path that exists and is not marked on its current

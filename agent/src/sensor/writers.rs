@@ -16,10 +16,8 @@
 //! `unsafe` here, each with its proof.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use ward_detect::event::ProcessEvent;
 
-use super::access::{parse_events, read_events};
+use super::access::{add_mark, open_group, parse_events, read_events};
 use super::file::expand;
 use super::process::ProcessTracker;
 use super::{SensorConfig, SensorCtx, SensorError};
@@ -62,7 +60,9 @@ struct Book {
 #[derive(Debug, Clone)]
 struct Noted {
     at: Instant,
-    /// Wall clock of the close (ms), to tell the writer from a later program on its pid.
+    /// When the close was read, on the start times' clock
+    /// ([`crate::clock::now_as_start_time_ms`]), to tell the writer from a later
+    /// program on its pid.
     at_ms: u64,
     pid: u32,
     /// As read from /proc at the close; `None` when it was already gone. Shared by
@@ -90,7 +90,7 @@ impl WriterBook {
     }
 
     /// Notes that process `pid` (as read then, if it could be) closed `path` after
-    /// writing, at `now` (`now_ms` on the wall clock).
+    /// writing, at `now` (`now_ms` on the start times' clock).
     pub fn note(&self, path: String, pid: u32, process: Option<Arc<ProcessEvent>>, now: Instant, now_ms: u64) {
         let Ok(mut b) = self.inner.lock() else { return };
         while b.order.len() >= BOOK_MAX || b.order.front().is_some_and(|(t, _)| now.duration_since(*t) > KEEP) {
@@ -137,8 +137,8 @@ impl WriterBook {
     }
 }
 
-/// Start times are in whole milliseconds from a boot-time clock, the close's time from
-/// the wall clock: a writer may seem to start this much after its own close.
+/// Start times are cut to clock ticks and the close is read a moment after it: a
+/// program started this much after the note is still taken for the writer.
 const START_SLACK_MS: u64 = 1_000;
 
 /// The fanotify group and the filesystems it marked.
@@ -149,20 +149,8 @@ struct Marks {
 
 impl Marks {
     fn open() -> io::Result<Marks> {
-        let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
-        let event_flags = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint;
-        // SAFETY: fanotify_init takes two integer flag words and returns a new file
-        // descriptor or -1; the result is checked before it is used.
-        #[allow(unsafe_code)]
-        let raw = unsafe { libc::fanotify_init(flags, event_flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor fanotify_init just created; nothing else owns it.
-        #[allow(unsafe_code)]
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(Marks {
-            fd,
+            fd: open_group()?,
             devices: HashSet::new(),
         })
     }
@@ -173,22 +161,12 @@ impl Marks {
         if self.devices.contains(&dev) {
             return Ok(());
         }
-        let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: the descriptor is our open fanotify group, `c` a NUL-terminated path
-        // that outlives the call; the result is checked.
-        #[allow(unsafe_code)]
-        let r = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
-                libc::FAN_CLOSE_WRITE,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        add_mark(
+            &self.fd,
+            root,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+            libc::FAN_CLOSE_WRITE,
+        )?;
         self.devices.insert(dev);
         Ok(())
     }
@@ -274,7 +252,7 @@ pub fn run(
                 pid,
                 process,
                 now,
-                crate::clock::now_ms(),
+                crate::clock::now_as_start_time_ms(),
             );
         }
         if lost > 0
