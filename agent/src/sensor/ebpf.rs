@@ -623,7 +623,19 @@ impl Probe {
 /// After the ring buffer says it has records, wait this long before reading them, so a
 /// stream of events is read (and handed to detection) in batches rather than one
 /// wake-up per event; the ring buffers hold far more than arrives in this time.
-const COALESCE: Duration = Duration::from_millis(10);
+const COALESCE: Duration = Duration::from_millis(25);
+
+/// The batch buffers keep their room from one read to the next (growing a fresh
+/// vector per read made glibc consolidate its free lists on every read), but not the
+/// room of a rare burst.
+const BATCH_KEEP: usize = 256;
+
+fn recycle<T>(v: &mut Vec<T>) {
+    v.clear();
+    if v.capacity() > BATCH_KEEP {
+        v.shrink_to(BATCH_KEEP);
+    }
+}
 
 /// Counts what it lost and reports it as a gap, at most once a second.
 struct LossReport {
@@ -698,6 +710,8 @@ pub fn run_exec(probe: &mut Probe, tracker: &ProcessTracker, ctx: &SensorCtx) ->
     ctx.ready("eBPF sched_process_exec");
     let mut report = LossReport::new();
     let mut pruned = Instant::now();
+    let mut records: Vec<ExecRecord> = Vec::new();
+    let mut events: Vec<EventData> = Vec::new();
     while !ctx.stopped() {
         if probe
             .wait(Duration::from_millis(250))
@@ -705,7 +719,6 @@ pub fn run_exec(probe: &mut Probe, tracker: &ProcessTracker, ctx: &SensorCtx) ->
         {
             std::thread::sleep(COALESCE);
         }
-        let mut records: Vec<ExecRecord> = Vec::new();
         let mut bad = 0u64;
         probe.drain(4096, |b| {
             match decode_exec(b) {
@@ -718,11 +731,12 @@ pub fn run_exec(probe: &mut Probe, tracker: &ProcessTracker, ctx: &SensorCtx) ->
             true
         });
         report.pending_bad += bad;
-        for rec in records {
-            if !ctx.emit(EventData::Process(tracker.from_kernel(&rec))) {
-                return Ok(());
-            }
+        events.extend(records.iter().map(|rec| EventData::Process(tracker.from_kernel(rec))));
+        recycle(&mut records);
+        if !ctx.emit_all(events.drain(..)) {
+            return Ok(());
         }
+        recycle(&mut events);
         report.tick(probe, ctx, "exec");
         if pruned.elapsed() >= Duration::from_secs(30) {
             let before = Instant::now();
@@ -947,6 +961,9 @@ pub fn run_net(
     let mut hostnames = super::netcg::Hostnames::new(HOSTNAMES);
     // A drain that stopped at its cap left records behind: read on without waiting.
     let mut backlog = false;
+    let mut records: Vec<NetRecord> = Vec::new();
+    let mut dns: Vec<super::netcg::DnsRecord> = Vec::new();
+    let mut events: Vec<EventData> = Vec::new();
     while !ctx.stopped() {
         if !backlog
             && probe
@@ -955,8 +972,6 @@ pub fn run_net(
         {
             std::thread::sleep(COALESCE);
         }
-        let mut records: Vec<NetRecord> = Vec::new();
-        let mut dns: Vec<super::netcg::DnsRecord> = Vec::new();
         let mut bad = 0u64;
         let mut keep_exe = |e: NetExe| {
             if exes.len() >= 16_384 {
@@ -1025,11 +1040,10 @@ pub fn run_net(
                 ),
                 None => ProcessEvent::default(),
             };
-            if !ctx.emit(EventData::Dns(Box::new(dns_event(&l, process)))) {
-                return Ok(());
-            }
+            events.push(EventData::Dns(Box::new(dns_event(&l, process))));
         }
-        for rec in records {
+        recycle(&mut dns);
+        for rec in records.drain(..) {
             let owner = match (&rec.owner, rec.op) {
                 (Some(o), NetOp::Listen) => {
                     if !rec.udp {
@@ -1060,10 +1074,13 @@ pub fn run_net(
                 .then(|| hostnames.get(&rec.remote.ip(), now))
                 .flatten()
                 .map(str::to_string);
-            if !ctx.emit(EventData::Network(Box::new(network_event(&rec, process, hostname)))) {
-                return Ok(());
-            }
+            events.push(EventData::Network(Box::new(network_event(&rec, process, hostname))));
         }
+        recycle(&mut records);
+        if !ctx.emit_all(events.drain(..)) {
+            return Ok(());
+        }
+        recycle(&mut events);
         report.tick(probe, ctx, "network");
         if let Some(u) = udp.as_mut() {
             udp_report.tick(u, ctx, "UDP and DNS");

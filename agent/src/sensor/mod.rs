@@ -382,6 +382,14 @@ impl SensorCtx {
         }
     }
 
+    /// Sends events read together, after all of them are built: detection wakes once
+    /// for the batch instead of once per event (a wake-up costs more than judging a
+    /// connection). False when the pipeline is gone.
+    pub fn emit_all(&self, batch: impl IntoIterator<Item = EventData>) -> bool {
+        let observed_at_ms = now_ms();
+        batch.into_iter().all(|data| self.emit_at(observed_at_ms, data))
+    }
+
     /// Sends an event only if there is room now. False when it was not sent.
     pub fn try_emit(&self, data: EventData) -> bool {
         self.events
