@@ -7,6 +7,14 @@
 //!   still come from each thread's lock-free tcache). Measured: idle RSS 45.3 → 33.5
 //!   MiB, no CPU difference at 1,000 execs/s + 1,000 connections/s within this
 //!   machine's noise (BENCHMARKS.md).
+//! - glibc raises its mmap threshold each time a large block is freed (up to 32
+//!   MiB), so after start-up (rule compilation frees large blocks) a large
+//!   allocation comes from the heap instead of its own mapping. quinn's receive
+//!   buffer (2.9 MB: 32 datagrams of 64 GRO segments, zeroed with calloc) was then
+//!   zeroed page by page in the heap, all resident, though an agent receives a few
+//!   acknowledgements a second. [`limit_malloc_arenas`] also fixes the threshold at
+//!   glibc's starting value: a large block is its own mapping whose untouched pages
+//!   cost nothing, returned to the system when freed.
 //! - Start-up touches much of the executable (rule compilation, TLS set-up, the
 //!   eBPF loader) and the kernel maps whole page-cache folios around each fault, so
 //!   the image's clean pages stay mapped although the running agent never executes
@@ -19,7 +27,13 @@
 
 use std::path::Path;
 
-/// One malloc arena for all threads. Call first thing in `main`, before any thread.
+/// The allocation size from which glibc maps a block of its own (its default start;
+/// fixed, so no longer raised by frees).
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD_BYTES: libc::c_int = 128 * 1024;
+
+/// One malloc arena for all threads, and a fixed mmap threshold (see the module
+/// doc). Call first thing in `main`, before any thread.
 pub fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     {
@@ -30,6 +44,7 @@ pub fn limit_malloc_arenas() {
         #[allow(unsafe_code)]
         unsafe {
             libc::mallopt(M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
         }
     }
 }

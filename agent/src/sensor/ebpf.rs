@@ -515,11 +515,13 @@ impl Probe {
         program: &str,
         tracepoint: &str,
         ring: &str,
+        ring_bytes: u32,
         lost: &str,
     ) -> Result<Self, LoadError> {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(chain(&e)))?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            .set_max_entries(ring, ring_bytes)
             .load(object)
             .map_err(|e| load_err(what)(&chain(&e)))?;
         let prog: &mut BtfTracePoint = ebpf
@@ -561,6 +563,7 @@ impl Probe {
             "ward_exec",
             "sched_process_exec",
             "events",
+            EXEC_RING_BYTES,
             "lost",
         )
     }
@@ -573,6 +576,7 @@ impl Probe {
             "ward_tcp_state",
             "inet_sock_set_state",
             "net_events",
+            NET_RING_BYTES,
             "net_lost",
         )
     }
@@ -619,6 +623,17 @@ impl Probe {
         n
     }
 }
+
+/// Ring buffer sizes, set at load (the objects' own are larger). The kernel maps a
+/// ring's pages twice into the agent (so a record can wrap), and they all count in
+/// its resident memory: 1 MiB costs 2 MiB of RSS. An exec record is 2.6-7 KB, so the
+/// exec ring holds 150-400 execs, several hundred milliseconds of a busy build host's
+/// execs while the reader waits [`COALESCE`] or is not scheduled; losses are counted
+/// and reported as gaps.
+const EXEC_RING_BYTES: u32 = 1024 * 1024;
+const NET_RING_BYTES: u32 = 512 * 1024;
+/// UDP and DNS records (DNS ones carry up to 512 bytes of the message).
+pub(super) const UDP_RING_BYTES: u32 = 512 * 1024;
 
 /// After the ring buffer says it has records, wait this long before reading them, so a
 /// stream of events is read (and handed to detection) in batches rather than one

@@ -115,6 +115,7 @@ pub fn load(hooks: Hooks) -> Result<Probe, LoadError> {
         .set_global("dedup_ns", &dedup_ns, true)
         .set_global("report_udp", &report_udp, true)
         .set_global("self_tgid", &hooks.ignore_tgid.unwrap_or(0), true)
+        .set_max_entries("udp_events", super::ebpf::UDP_RING_BYTES)
         .load(UDP_OBJECT)
         .map_err(|e| err(super::ebpf::chain(&e)))?;
     // On the kernels these programs load on (5.17+, for bpf_loop) aya attaches through
