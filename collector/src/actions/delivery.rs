@@ -123,7 +123,7 @@ impl Deliveries {
         device: DeviceId,
         conn: usize,
         last_command_seq: u64,
-        out: &mpsc::Sender<CollectorMessage>,
+        out: &mpsc::Sender<Box<CollectorMessage>>,
     ) {
         let slot = self.slot(device);
         let mut state = slot.lock().await;
@@ -135,7 +135,7 @@ impl Deliveries {
         for (seq, signed) in self.pending(device, last_command_seq).await {
             // Counted as pushed before the attempt: a failed send may still have left.
             state.pushed_high = state.pushed_high.max(seq);
-            if out.send(CollectorMessage::Command(signed)).await.is_err() {
+            if out.send(Box::new(CollectorMessage::Command(signed))).await.is_err() {
                 break;
             }
             debug!(%device, seq, "pending command delivered on session start");

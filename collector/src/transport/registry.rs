@@ -10,7 +10,8 @@ use ward_protocol::{CollectorMessage, DeviceId};
 
 struct Entry {
     conn: quinn::Connection,
-    outbound: mpsc::Sender<CollectorMessage>,
+    /// Boxed: see `session::handle`.
+    outbound: mpsc::Sender<Box<CollectorMessage>>,
 }
 
 #[derive(Default)]
@@ -31,7 +32,7 @@ impl Registry {
         &self,
         device: DeviceId,
         conn: quinn::Connection,
-        outbound: mpsc::Sender<CollectorMessage>,
+        outbound: mpsc::Sender<Box<CollectorMessage>>,
     ) -> bool {
         let old = match self.sessions.lock() {
             Ok(mut map) => map.insert(device, Entry { conn, outbound }),
@@ -84,7 +85,7 @@ impl Registry {
             .lock()
             .ok()
             .and_then(|m| m.get(device).map(|e| e.outbound.clone()));
-        tx.is_some_and(|tx| tx.try_send(msg).is_ok())
+        tx.is_some_and(|tx| tx.try_send(Box::new(msg)).is_ok())
     }
 
     /// Queues a message for every connected device; returns how many took it.
@@ -93,7 +94,10 @@ impl Registry {
             Ok(map) => map.values().map(|e| e.outbound.clone()).collect(),
             Err(_) => Vec::new(),
         };
-        senders.iter().filter(|tx| tx.try_send(msg.clone()).is_ok()).count()
+        senders
+            .iter()
+            .filter(|tx| tx.try_send(Box::new(msg.clone())).is_ok())
+            .count()
     }
 
     pub fn close_all(&self, code: u32, reason: &str) {

@@ -21,6 +21,10 @@ use ward_agent::link;
 use ward_protocol::{Entity, JoinToken, Signed};
 use ward_tests::{Collector, TestDevice};
 
+/// The collector's allocator, so the bare server of `idle` is measured on the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -51,10 +55,20 @@ enum Scenario {
         #[arg(long)]
         shared_socket: bool,
     },
-    /// Collector memory with N connected idle agents.
+    /// Collector memory with N connected idle agents, beside the same N connections
+    /// to a bare quinn server with the collector's TLS and transport settings (its
+    /// limit: what QUIC and TLS themselves hold per connection).
     Idle {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+    },
+    /// (Used by `idle`.) A bare quinn server on the collector's TLS and transport
+    /// configuration from the collector data dir: accepts connections and their
+    /// stream, reads and holds them, nothing else. Prints its port.
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
     },
     /// A sustained alert rate for a while, then alert-to-incident times: how long
     /// each alert waited between its commit and its incident link.
@@ -318,17 +332,102 @@ async fn idle(agents: usize) -> Result<()> {
     let collector = Collector::start()?;
     let token = collector.join_token(agents as u32, "1h")?;
     let devices = enroll_many(&token, agents).await?;
+
+    // The limit first: the same devices on a bare quinn server.
+    let mut bare = std::process::Command::new(std::env::current_exe()?)
+        .arg("bare-server")
+        .arg("--data-dir")
+        .arg(collector.data_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bare.stdout.take().expect("piped stdout")),
+        &mut line,
+    )?;
+    let bare_addr: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse()?;
+    let bare_rss = || rss_of(bare.id()).unwrap_or(0);
+    let endpoint = link::client_endpoint(&bare_addr)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bare_base = bare_rss();
+    let mut held = Vec::new();
+    for chunk in devices.chunks(200) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|d| {
+                let e = d.identity.enrollment.clone();
+                let key = d.identity.tls_key_pkcs8.clone();
+                let endpoint = endpoint.clone();
+                tokio::spawn(async move {
+                    let config = link::tls::session_config(&e.ca_cert_der, &e.client_cert_der, &key).ok()?;
+                    let conn = endpoint
+                        .connect_with(config, bare_addr, &e.server_name)
+                        .ok()?
+                        .await
+                        .ok()?;
+                    let (mut send, recv) = conn.open_bi().await.ok()?;
+                    send.write_all(b"hello").await.ok()?;
+                    Some((conn, send, recv))
+                })
+            })
+            .collect();
+        for t in tasks {
+            held.extend(t.await?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bare_per = bare_rss().saturating_sub(bare_base) as f64 / held.len().max(1) as f64;
+    println!(
+        "idle: bare quinn server RSS {} KiB with {} connections (baseline {bare_base} KiB) = {bare_per:.1} KiB per connection",
+        bare_rss(),
+        held.len()
+    );
+    drop(held);
+    let _ = bare.kill();
+    let _ = bare.wait();
+
     let endpoint = link::client_endpoint(&collector.quic)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = collector.rss_kib().unwrap_or(0);
     let devices = connect_all(devices, std::slice::from_ref(&endpoint), collector.quic).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = collector.rss_kib().unwrap_or(0);
+    let per = (rss.saturating_sub(baseline)) as f64 / agents as f64;
     println!(
-        "idle: collector RSS {rss} KiB with {} agents connected (baseline {baseline} KiB) = {:.1} KiB per agent",
+        "idle: collector RSS {rss} KiB with {} agents connected (baseline {baseline} KiB) = {per:.1} KiB per agent, {:.2}x the bare connection",
         devices.len(),
-        (rss.saturating_sub(baseline)) as f64 / agents as f64
+        per / bare_per
     );
+    Ok(())
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The bare server of `idle`: the collector's server TLS and transport settings,
+/// its certificate and CA, and nothing of the collector behind them.
+async fn bare_server(data_dir: &std::path::Path) -> Result<()> {
+    let (chain, key) = ward_collector::pki::server_identity(data_dir)?;
+    let ca = ward_collector::pki::Ca::load(data_dir)?;
+    let config = ward_collector::transport::tls::server_config(chain, key, &ca.cert_der)?;
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    println!("{}", endpoint.local_addr()?.port());
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let Ok((_send, mut recv)) = conn.accept_bi().await else {
+                return;
+            };
+            let mut buf = [0u8; 64];
+            while let Ok(Some(_)) = recv.read(&mut buf).await {}
+            drop(conn);
+        });
+    }
     Ok(())
 }
 
@@ -346,6 +445,7 @@ fn main() -> Result<()> {
             } => ingest(agents, alerts_per_agent, batch, flood).await,
             Scenario::Storm { agents, shared_socket } => storm(agents, shared_socket).await,
             Scenario::Idle { agents } => idle(agents).await,
+            Scenario::BareServer { data_dir } => bare_server(&data_dir).await,
             Scenario::Correlate {
                 agents,
                 rate,
