@@ -3,7 +3,7 @@
 // can be bookmarked and the back button works.
 
 import { session, api, $, $$, esc, parseHash, stopPolls, can, toast } from "./util.js";
-import { queueView, devicesView, deviceView, actionsView } from "./views.js";
+import { queueView, devicesView, deviceView, actionsView, healthView } from "./views.js";
 import { incidentView } from "./incident.js";
 import { alertView } from "./alert.js";
 import { huntView } from "./hunt.js";
@@ -18,6 +18,7 @@ const ROUTES = {
   alert: alertView,
   hunt: huntView,
   entity: entityView,
+  health: healthView,
 };
 
 let rendering = 0;
@@ -64,6 +65,8 @@ async function start() {
   document.body.dataset.role = session.me.role;
   // Hunting reads raw feed records: analysts and up (the API checks again).
   $("#nav [data-nav=hunt]").hidden = !can("analyst");
+  // Sink health names receivers and their errors: admins (the API checks again).
+  $("#nav [data-nav=health]").hidden = !can("admin");
   $("#signin").hidden = true;
   $("#nav").hidden = false;
   $("#view").hidden = false;
