@@ -69,8 +69,10 @@
 
 // Public for the labelled correlation corpus, which builds its feed alerts with these rules.
 pub mod alerts;
+mod alerts_audit;
 mod alerts_identity;
 mod alerts_mailbox;
+mod audit;
 mod detect;
 mod fields;
 mod identity;
@@ -85,7 +87,7 @@ use tracing::{info, warn};
 
 use crate::config::FeedsConfig;
 use crate::metrics::Metrics;
-pub use crate::model::feed::{InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
+pub use crate::model::feed::{AuditEvent, AuditKind, InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
 use crate::store::prelude::*;
 use crate::store::{FeedTx, Store, StoreError};
 
@@ -165,6 +167,8 @@ pub enum FeedError {
 pub struct Parsed<T> {
     pub report: ImportReport,
     pub items: Vec<T>,
+    /// Directory and audit events found in the file (either feed takes them).
+    pub audits: Vec<AuditEvent>,
 }
 
 /// Reads and normalizes a feed file (no storage). Fails only when nothing in it can be read.
@@ -190,6 +194,12 @@ pub(crate) enum Normalized<T> {
         items: Vec<T>,
         bad: Vec<String>,
     },
+    /// A directory or audit event (Entra audit logs, risky users, Okta admin events,
+    /// M365 mailbox operations, Defender cloud-app and directory events).
+    Audit {
+        kind: &'static str,
+        item: AuditEvent,
+    },
     /// A record of a known source that is not a sign-in / mail event.
     Ignored {
         kind: &'static str,
@@ -211,10 +221,12 @@ fn parse_with<T>(
     let mut parsed = Parsed {
         report: ImportReport::default(),
         items: Vec::new(),
+        audits: Vec::new(),
     };
     let mut kinds: Vec<&'static str> = Vec::new();
     let r = &mut parsed.report;
     let items = &mut parsed.items;
+    let audits = &mut parsed.audits;
     let container = detect::split(bytes, cfg.max_record_bytes, &mut |pos, value| {
         r.records += 1;
         let skipped = |reason| Skipped {
@@ -242,6 +254,12 @@ fn parse_with<T>(
                     r.skip(skipped(reason));
                 }
             }
+            Normalized::Audit { kind, item } => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+                audits.push(item);
+            }
             Normalized::Ignored { kind } => {
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
@@ -256,7 +274,7 @@ fn parse_with<T>(
         kinds.push(if r.records == 0 { "empty" } else { "unrecognised" });
     }
     r.format = format!("{}-{}", kinds.join("+"), container.as_str());
-    if parsed.items.is_empty() && r.ignored == 0 && r.records > 0 {
+    if parsed.items.is_empty() && parsed.audits.is_empty() && r.ignored == 0 && r.records > 0 {
         let first = r.skipped.first().map(|s| s.reason.clone()).unwrap_or_default();
         return Err(FeedError::Unreadable(format!(
             "none of the {} records is a {}: {first}",
@@ -302,6 +320,9 @@ pub struct Import {
     actor: String,
     report: ImportReport,
     pending: Pending,
+    /// Directory and audit events, stored after the file's sign-ins or mail (so a
+    /// sequence whose steps are in one file is judged with both stored).
+    audits: std::vec::IntoIter<AuditEvent>,
     raised: alerts_identity::Raised,
     /// Measured cost of a record so far (storing and judging), for sizing chunks.
     per_record: Option<std::time::Duration>,
@@ -309,8 +330,13 @@ pub struct Import {
 
 impl Import {
     pub fn new(parsed: ParsedFeed, actor: &str) -> Import {
-        let (feed, report, pending) = match parsed {
-            ParsedFeed::Identity(p) => (Feed::Identity, p.report, Pending::Identity(p.items.into_iter())),
+        let (feed, report, pending, audits) = match parsed {
+            ParsedFeed::Identity(p) => (
+                Feed::Identity,
+                p.report,
+                Pending::Identity(p.items.into_iter()),
+                p.audits,
+            ),
             ParsedFeed::Mailbox(mut p) => {
                 // A stable sort: rows of one message together, in file order but its
                 // email rows first (a click without its account takes it from them).
@@ -322,6 +348,7 @@ impl Import {
                     Feed::Mailbox,
                     p.report,
                     Pending::Mailbox(Box::new(p.items.into_iter().peekable())),
+                    p.audits,
                 )
             }
         };
@@ -330,6 +357,7 @@ impl Import {
             actor: actor.to_string(),
             report,
             pending,
+            audits: audits.into_iter(),
             raised: alerts_identity::Raised::default(),
             per_record: None,
         }
@@ -368,13 +396,30 @@ impl Import {
         let Import {
             report,
             pending,
+            audits,
             raised,
             ..
         } = self;
         let done = store.feed_import(now_ms, |tx| {
             // Counts go to a copy: a chunk that fails stored nothing.
             let mut r = report.clone();
+            let main_left = match pending {
+                Pending::Identity(items) => items.len() > 0,
+                Pending::Mailbox(items) => items.peek().is_some(),
+            };
             let (alerts, done) = match pending {
+                _ if !main_left && audits.len() > 0 => {
+                    let mut fresh = Vec::new();
+                    for e in audits.by_ref().take(max) {
+                        if tx.insert_audit_event(&e)? {
+                            fresh.push(e);
+                        } else {
+                            r.duplicates += 1;
+                        }
+                    }
+                    r.imported += fresh.len() as u64;
+                    (alerts_audit::detect(tx, &fresh, cfg, raised)?, audits.len() == 0)
+                }
                 Pending::Identity(items) => {
                     let mut fresh = Vec::new();
                     for s in items.by_ref().take(max) {
@@ -385,7 +430,10 @@ impl Import {
                         }
                     }
                     r.imported += fresh.len() as u64;
-                    (alerts_identity::detect(tx, &fresh, cfg, raised)?, items.len() == 0)
+                    (
+                        alerts_identity::detect(tx, &fresh, cfg, raised)?,
+                        items.len() == 0 && audits.len() == 0,
+                    )
                 }
                 Pending::Mailbox(items) => {
                     let mut fresh = Vec::new();
@@ -404,7 +452,10 @@ impl Import {
                         }
                     }
                     r.imported += fresh.len() as u64;
-                    (alerts_mailbox::detect(tx, &fresh)?, items.peek().is_none())
+                    (
+                        alerts_mailbox::detect(tx, &fresh)?,
+                        items.peek().is_none() && audits.len() == 0,
+                    )
                 }
             };
             r.alerts_raised += u64::from(tx.insert_alerts(&alerts)?.stored);
@@ -533,3 +584,6 @@ pub fn import(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests_audit;
