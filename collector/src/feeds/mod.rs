@@ -16,6 +16,11 @@
 //!   (`messagesDelivered`, `messagesBlocked`, `clicksPermitted`, `clicksBlocked`);
 //!   Exchange inbox-rule and mailbox-forwarding changes from the Microsoft 365 audit
 //!   log (Sentinel `OfficeActivity` rows or Management Activity API records).
+//! - directory and audit events, in either feed (`audit`): Entra ID audit logs and
+//!   risky users, Okta admin events (MFA factors, admin grants, policies), Microsoft 365
+//!   mailbox operations, Defender `CloudAppEvents` and `IdentityDirectoryEvents`. They
+//!   are stored in `audit_events` after the file's sign-ins or mail, and judged by
+//!   `alerts_audit` (a successful sign-in is also judged against stored MFA removals).
 //!
 //! Alerts are stored with source `identity` or `mailbox`, no device, author "Ward",
 //! and an id derived from the records that raised them (a re-import raises nothing twice).
@@ -43,6 +48,15 @@
 //!   mail or moves it out of its owner's sight.
 //! - `ward-mailbox-external-forwarding` (T1114.003 / TA0009): an inbox rule or mailbox
 //!   setting that forwards or redirects mail outside the organisation.
+//! - `ward-identity-app-credential-then-mail-access` (T1098.001 + T1114.002 / TA0003 +
+//!   TA0009): a credential added to an application, then mailbox access by it.
+//! - `ward-identity-risky-consent` (T1528 / TA0006): consent or a grant to an unverified
+//!   app or for permissions reaching mail, files or the directory.
+//! - `ward-identity-privileged-role-added` (T1098.003 / TA0003): an admin role or privilege given.
+//! - `ward-identity-mfa-removed-then-sign-in` (T1556.006 / TA0005): an MFA factor
+//!   removed, then a sign-in of its user.
+//! - `ward-identity-risky-user` (T1078 / TA0001): a user at medium or high risk.
+//! - `ward-mailbox-bulk-mail-access` (T1114.002 / TA0009): many mail items read by one actor.
 //!
 //! Import: within `feeds.max_import_bytes` (a file's or a declared Content-Length's
 //! size is checked before it is read; a chunked body is refused once it passes it) and

@@ -616,3 +616,21 @@ fn broken_audit_records_are_skipped_with_their_reason() {
     );
     assert_eq!(r.ignored, 1, "Update user is known and not read");
 }
+
+#[test]
+fn the_feeds_page_directory_example_imports_as_documented() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/feeds.md")).unwrap();
+    let open = "cat > okta.ndjson <<'EOF'\n";
+    let start = page.find(open).unwrap() + open.len();
+    let body = &page[start..start + page[start..].find("\nEOF").unwrap()];
+    let (_d, mut store) = store();
+    let r = run(&mut store, Feed::Identity, body.as_bytes());
+    assert_eq!(
+        (r.format.as_str(), r.imported, r.alerts_raised),
+        ("okta-systemlog-ndjson", 2, 1),
+        "{r:?}"
+    );
+    let a = &alerts(&store, "ward-identity-mfa-removed-then-sign-in")[0];
+    assert_eq!(a.matched["user"], "bob@contoso.com");
+    assert!(has_entity(a, json!({"kind": "ip", "addr": "203.0.113.9"})));
+}
