@@ -77,7 +77,10 @@ pub(crate) fn normalize<T>(v: &Value) -> Option<Normalized<T>> {
         return None;
     };
     Some(match result {
-        Ok(Some((kind, item))) => Normalized::Audit { kind, item },
+        Ok(Some((kind, item))) => Normalized::Audit {
+            kind,
+            item: Box::new(item),
+        },
         Ok(None) => Normalized::Ignored { kind: name },
         Err(e) => Normalized::Bad(e),
     })

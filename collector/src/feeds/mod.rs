@@ -212,7 +212,7 @@ pub(crate) enum Normalized<T> {
     /// M365 mailbox operations, Defender cloud-app and directory events).
     Audit {
         kind: &'static str,
-        item: AuditEvent,
+        item: Box<AuditEvent>,
     },
     /// A record of a known source that is not a sign-in / mail event.
     Ignored {
@@ -272,7 +272,7 @@ fn parse_with<T>(
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
                 }
-                audits.push(item);
+                audits.push(*item);
             }
             Normalized::Ignored { kind } => {
                 if !kinds.contains(&kind) {
