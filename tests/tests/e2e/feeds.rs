@@ -90,7 +90,7 @@ async fn feed_files_import_raise_alerts_once_and_are_audited() {
         (Some(7), Some(7))
     );
     let entra = post("/api/v1/feeds/identity", "panther/entra_diagnostic_records.json").await;
-    assert_eq!(entra["format"], "entra-diagnostic-records");
+    assert_eq!(entra["format"], "entra-auditlogs+entra-diagnostic-records");
     assert!(entra["alerts_raised"].as_u64().unwrap() >= 1, "{entra}");
     let okta = post("/api/v1/feeds/identity", "panther/okta_systemlog.ndjson").await;
     assert_eq!(okta["format"], "okta-systemlog-ndjson");
