@@ -634,3 +634,74 @@ fn the_feeds_page_directory_example_imports_as_documented() {
     assert_eq!(a.matched["user"], "bob@contoso.com");
     assert!(has_entity(a, json!({"kind": "ip", "addr": "203.0.113.9"})));
 }
+
+/// A CSV cell, quoted.
+fn cell(v: &Value) -> String {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
+
+#[test]
+fn entra_audit_rows_read_the_same_from_a_csv_export() {
+    let rows: Vec<Value> = serde_json::from_slice(&fixture("ward/entra_auditlogs.json")).unwrap();
+    let header: Vec<String> = rows[0].as_object().unwrap().keys().cloned().collect();
+    let mut csv = header.join(",") + "\n";
+    for r in &rows {
+        csv += &header.iter().map(|h| cell(&r[h])).collect::<Vec<_>>().join(",");
+        csv += "\n";
+    }
+    let (format, from_csv) = audits(Feed::Identity, csv.as_bytes());
+    assert_eq!(format, "entra-auditlogs-csv");
+    let (_, from_json) = audits(Feed::Identity, &fixture("ward/entra_auditlogs.json"));
+    let strip = |v: Vec<AuditEvent>| -> Vec<AuditEvent> {
+        v.into_iter()
+            .map(|mut e| {
+                e.raw.clear();
+                e
+            })
+            .collect()
+    };
+    assert_eq!(strip(from_csv), strip(from_json));
+}
+
+#[test]
+fn streaming_records_and_graph_objects_are_read_by_shape() {
+    // Defender's streaming API wraps a row in `properties` under its table's category.
+    let rows: Vec<Value> = serde_json::from_slice(&fixture("ward/cloud_app_events.json")).unwrap();
+    let mut row = rows[0].clone();
+    row.as_object_mut().unwrap().remove("Type");
+    let streamed = json!({"time": "2026-11-20T09:35:01Z", "tenantId": "t", "operationName": "Publish",
+        "category": "AdvancedHunting-CloudAppEvents", "properties": row});
+    let (format, events) = audits(Feed::Mailbox, &ndjson(&[streamed]));
+    assert_eq!(format, "defender-cloudappevents-json");
+    assert_eq!(
+        (events[0].kind, events[0].items, events[0].mailbox.as_deref()),
+        (AuditKind::MailAccess, 300, Some("cfo@contoso.com"))
+    );
+    // A Graph directoryAudits object (no table, no category).
+    let graph = json!({"id": "Directory_G1", "category": "RoleManagement", "activityDateTime": "2026-11-20T13:00:00Z",
+        "activityDisplayName": "Add member to role", "loggedByService": "Core Directory", "result": "success",
+        "initiatedBy": {"user": {"userPrincipalName": "admin@contoso.com", "ipAddress": "203.0.113.50"}},
+        "targetResources": [{"type": "Role", "displayName": "Exchange Administrator"},
+            {"type": "User", "userPrincipalName": "Zoe@Contoso.com"}]});
+    let (format, events) = audits(Feed::Identity, &ndjson(&[graph]));
+    assert_eq!(format, "entra-auditlogs-json");
+    assert_eq!(
+        (events[0].target_user.as_deref(), events[0].detail.as_deref()),
+        (Some("zoe@contoso.com"), Some("Exchange Administrator"))
+    );
+    // A Graph riskyUsers object.
+    let risky = json!({"id": "u1", "isDeleted": false, "isProcessing": false, "riskLastUpdatedDateTime": "2026-11-20T14:00:00Z",
+        "riskLevel": "high", "riskState": "confirmedCompromised", "riskDetail": "adminConfirmedUserCompromised",
+        "userDisplayName": "Zoe", "userPrincipalName": "zoe@contoso.com"});
+    let (format, events) = audits(Feed::Identity, &ndjson(&[risky]));
+    assert_eq!(format, "entra-riskyusers-json");
+    assert_eq!(
+        (events[0].risk_level.as_deref(), events[0].target_user.as_deref()),
+        (Some("high"), Some("zoe@contoso.com"))
+    );
+}
