@@ -14,7 +14,8 @@
 //! - Microsoft 365 audit log mailbox operations (`MailItemsAccessed`, `Send`,
 //!   `SendAs`, `SendOnBehalf`, `HardDelete`, `SoftDelete`, `MoveToDeletedItems`,
 //!   mailbox and folder permission changes) as `OfficeActivity` rows or Management
-//!   Activity API records.
+//!   Activity API records, and its Entra ID events (`Workload: AzureActiveDirectory`,
+//!   the operations above with a trailing period).
 //! - Defender XDR `CloudAppEvents` and `IdentityDirectoryEvents` rows or streaming
 //!   records: every row is stored (a known action with its kind, the rest as `other`).
 
@@ -73,6 +74,11 @@ pub(crate) fn normalize<T>(v: &Value) -> Option<Normalized<T>> {
         ("okta-systemlog", okta(v))
     } else if m365_shaped(v) && text(v, &["Operation"]).is_some_and(|o| mailbox_kind(&o).is_some()) {
         ("m365-audit-mailbox", m365(v))
+    } else if m365_shaped(v)
+        && text(v, &["Workload", "OfficeWorkload"]).is_some_and(|w| w.eq_ignore_ascii_case("AzureActiveDirectory"))
+        && text(v, &["Operation"]).is_some_and(|o| entra_kind(o.trim_end_matches('.')).is_some())
+    {
+        ("m365-audit-directory", m365_directory(v))
     } else {
         return None;
     };
@@ -302,22 +308,7 @@ fn entra_audit(row: &Value, outer: &Value) -> Made {
                 .or_else(|| prop("TargetId.ServicePrincipalNames"))
                 .and_then(|s| first_guid(&s))
                 .or_else(|| app.as_ref().and_then(|a| lower(text(a, &["appId", "id"]))));
-            let perms: Vec<String> = [
-                "ConsentAction.Permissions",
-                "DelegatedPermissionGrant.Scope",
-                "AppRole.Value",
-                "AppRole.DisplayName",
-            ]
-            .iter()
-            .filter_map(|n| prop(n))
-            .collect();
-            let admin = prop("ConsentContext.IsAdminConsent").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            let all = prop("ConsentContext.OnBehalfOfAll").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            let mut detail = perms.join(" ");
-            if admin || all {
-                detail = format!("{detail} (admin consent{})", if all { " for all users" } else { "" });
-            }
-            e.detail = Some(detail).filter(|d| !d.trim().is_empty());
+            e.detail = consent_detail(&prop);
             e.publisher_verified = verified(row, &modified);
         }
         AuditKind::RoleAssigned => {
@@ -339,6 +330,102 @@ fn entra_audit(row: &Value, outer: &Value) -> Made {
         e.key = format!("{}:{}", e.key, e.operation.to_ascii_lowercase());
     }
     Ok(Some(("entra-auditlogs", e)))
+}
+
+/// What a consent or grant gave: its permissions, and whether an admin consented
+/// (for all users).
+fn consent_detail(prop: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let perms: Vec<String> = [
+        "ConsentAction.Permissions",
+        "DelegatedPermissionGrant.Scope",
+        "AppRole.Value",
+        "AppRole.DisplayName",
+    ]
+    .iter()
+    .filter_map(|n| prop(n))
+    .collect();
+    let admin = prop("ConsentContext.IsAdminConsent").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let all = prop("ConsentContext.OnBehalfOfAll").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut detail = perms.join(" ");
+    if admin || all {
+        detail = format!("{detail} (admin consent{})", if all { " for all users" } else { "" });
+    }
+    Some(detail).filter(|d| !d.trim().is_empty())
+}
+
+/// An Entra ID event of the Microsoft 365 audit log (Management Activity API,
+/// `Workload: AzureActiveDirectory`; operations end with a period): the same
+/// operations as the Entra audit log, with `Actor[]`, `Target[]` (type 5: a user
+/// principal name; 1: a name) and `ModifiedProperties[]` instead of its columns.
+fn m365_directory(v: &Value) -> Made {
+    let op = text(v, &["Operation"]).unwrap_or_default();
+    let Some(kind) = entra_kind(op.trim_end_matches('.')) else {
+        return Ok(None);
+    };
+    let time_ms = time(v, &["CreationTime", "TimeGenerated"]).ok_or("no readable CreationTime or TimeGenerated")?;
+    let mut e = event("entra", kind, time_ms, op.trim_end_matches('.').to_string(), v);
+    e.failed = text(v, &["ResultStatus"])
+        .is_some_and(|s| s.eq_ignore_ascii_case("failure") || s.eq_ignore_ascii_case("false"));
+    let ids = |name: &str, ty: i64| -> Vec<String> {
+        list(v, name)
+            .iter()
+            .filter(|x| number(x, &["Type"]) == Some(ty as f64))
+            .filter_map(|x| text(x, &["ID"]))
+            .collect()
+    };
+    e.actor = address(text(v, &["UserId"]).filter(|u| u.contains('@')))
+        .or_else(|| address(ids("Actor", 5).into_iter().next()))
+        .or_else(|| lower(ids("Actor", 1).into_iter().next()))
+        .or_else(|| lower(text(v, &["UserId"])));
+    e.ip = ip_of(text(v, &["ActorIpAddress", "ClientIP"]));
+    let modified: Vec<(String, String)> = list(v, "ModifiedProperties")
+        .iter()
+        .filter_map(|m| {
+            let name = text(m, &["Name"])?;
+            let value = text(m, &["NewValue"]).unwrap_or_default();
+            Some((name, value.trim().trim_matches('"').to_string()))
+        })
+        .collect();
+    let prop = |name: &str| {
+        modified
+            .iter()
+            .find(|(n, v)| n.eq_ignore_ascii_case(name) && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    // ExtendedProperties' additionalDetails holds the AppId of credential changes.
+    let extended = list(v, "ExtendedProperties")
+        .iter()
+        .find(|p| text(p, &["Name"]).is_some_and(|n| n.eq_ignore_ascii_case("additionalDetails")))
+        .and_then(|p| text(p, &["Value"]))
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    e.target_user = address(ids("Target", 5).into_iter().next());
+    let name = ids("Target", 1).into_iter().next();
+    match kind {
+        AuditKind::AppCredential => {
+            e.app_name = name;
+            e.app_id = extended
+                .as_ref()
+                .and_then(|x| text(x, &["AppId"]))
+                .or_else(|| prop("AppId"))
+                .and_then(|s| first_guid(&s));
+            e.detail = prop("KeyDescription").or_else(|| prop("Included Updated Properties"));
+        }
+        AuditKind::Consent | AuditKind::PermissionGrant => {
+            e.app_name = prop("ServicePrincipal.DisplayName").or(name);
+            e.app_id = prop("ServicePrincipal.AppId")
+                .or_else(|| prop("TargetId.ServicePrincipalNames"))
+                .and_then(|s| first_guid(&s));
+            e.detail = consent_detail(&prop);
+            e.publisher_verified = verified(v, &modified);
+        }
+        AuditKind::RoleAssigned => e.detail = prop("Role.DisplayName").or(name),
+        _ => e.detail = prop("Included Updated Properties").or(name),
+    }
+    e.key = match text(v, &["Id"]) {
+        Some(id) => format!("m365:{}:", id.to_ascii_lowercase()),
+        None => format!("m365:sha256:{}", record_hash(v)),
+    };
+    Ok(Some(("m365-audit-directory", e)))
 }
 
 /// The value of `key` in the record's `additionalDetails` (`[{"key", "value"}]`).

@@ -705,3 +705,65 @@ fn streaming_records_and_graph_objects_are_read_by_shape() {
         (Some("high"), Some("zoe@contoso.com"))
     );
 }
+
+#[test]
+fn entra_events_of_the_m365_audit_log_are_read_like_the_entra_audit_log() {
+    // Management Activity API records of the AzureActiveDirectory workload, as
+    // Microsoft documents their schema (Actor/Target with ID types, ModifiedProperties).
+    let credential = json!({"CreationTime": "2026-11-20T09:05:00", "Id": "aad-1", "Operation": "Add service principal credentials.",
+        "OrganizationId": "o", "RecordType": 8, "ResultStatus": "Success", "UserKey": "k", "UserType": 0, "Version": 1,
+        "Workload": "AzureActiveDirectory", "ObjectId": "sp-1", "UserId": "admin@contoso.com",
+        "ActorIpAddress": "203.0.113.50", "AzureActiveDirectoryEventType": 1,
+        "Actor": [{"ID": "admin@contoso.com", "Type": 5}, {"ID": "11111111-0000-0000-0000-00000000aaaa", "Type": 2}],
+        "Target": [{"ID": "ServicePrincipal_7d1b9f3e-0000-4000-8000-0000000000a1", "Type": 2}, {"ID": "Contoso Mail Sync", "Type": 1}],
+        "ModifiedProperties": [{"Name": "KeyDescription", "NewValue": "[KeyType=Password, DisplayName=backup]", "OldValue": ""}],
+        "ExtendedProperties": [{"Name": "additionalDetails", "Value": format!("{{\"AppId\":\"{APP}\"}}")}]});
+    let role = json!({"CreationTime": "2026-11-20T09:00:00", "Id": "aad-2", "Operation": "Add member to role.", "RecordType": 8,
+        "ResultStatus": "Success", "Workload": "AzureActiveDirectory", "UserId": "admin@contoso.com",
+        "Actor": [{"ID": "admin@contoso.com", "Type": 5}],
+        "Target": [{"ID": "User_22222222", "Type": 2}, {"ID": "mallory@contoso.com", "Type": 5}],
+        "ModifiedProperties": [{"Name": "Role.DisplayName", "NewValue": "Global Administrator", "OldValue": ""}]});
+    let (format, events) = audits(Feed::Identity, &ndjson(&[credential, role]));
+    assert_eq!(format, "m365-audit-directory-ndjson");
+    assert_eq!(
+        (
+            events[0].kind,
+            events[0].app_id.as_deref(),
+            events[0].app_name.as_deref(),
+            events[0].actor.as_deref()
+        ),
+        (
+            AuditKind::AppCredential,
+            Some(APP),
+            Some("Contoso Mail Sync"),
+            Some("admin@contoso.com")
+        )
+    );
+    assert_eq!(
+        (
+            events[1].kind,
+            events[1].target_user.as_deref(),
+            events[1].detail.as_deref()
+        ),
+        (
+            AuditKind::RoleAssigned,
+            Some("mallory@contoso.com"),
+            Some("Global Administrator")
+        )
+    );
+    // The credential joins the mailbox access of the same app like the Entra row does.
+    let (_d, mut store) = store();
+    run(&mut store, Feed::Identity, &ndjson(&[events_source_credential()]));
+    run(&mut store, Feed::Mailbox, &fixture("ward/office_activity_mailbox.json"));
+    assert_eq!(alerts(&store, "ward-identity-app-credential-then-mail-access").len(), 1);
+    // Panther's AzureActiveDirectory records (sign-ins, "Update user.") are not read.
+    let (_, panther) = audits(Feed::Mailbox, &fixture("panther/m365_audit.ndjson"));
+    assert!(panther.is_empty(), "{panther:?}");
+}
+
+fn events_source_credential() -> Value {
+    json!({"CreationTime": "2026-11-20T09:05:00", "Id": "aad-1", "Operation": "Add service principal credentials.",
+        "RecordType": 8, "ResultStatus": "Success", "Workload": "AzureActiveDirectory", "UserId": "admin@contoso.com",
+        "Target": [{"ID": "Contoso Mail Sync", "Type": 1}],
+        "ExtendedProperties": [{"Name": "additionalDetails", "Value": format!("{{\"AppId\":\"{APP}\"}}")}]})
+}
