@@ -8,7 +8,8 @@ use serde_json::Value;
 use super::fields::{address, compact, lookup, number, record_hash, text, time};
 use super::{Normalized, SignIn, SignInOutcome};
 
-/// Diagnostic categories that hold sign-ins; other categories (AuditLogs, ...) are ignored.
+/// Diagnostic categories that hold sign-ins; audit and risk categories go to `audit`
+/// (read before this), others are ignored.
 const SIGN_IN_CATEGORIES: [&str; 5] = [
     "SignInLogs",
     "NonInteractiveUserSignInLogs",

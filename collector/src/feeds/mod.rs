@@ -66,7 +66,7 @@
 //! a blocking thread. On the writer, chunk by chunk ([`Import`]: each chunk one
 //! transaction and one writer turn, sized to last about 20 ms, a message's rows never
 //! split, agents' batches stored between chunks), records go into `sign_ins` /
-//! `mail_events` under a natural key (Entra id, Okta uuid, message id + recipient +
+//! `mail_events` (then directory events into `audit_events`) under a natural key (Entra id, Okta uuid, message id + recipient +
 //! part, the audit record's id + mailbox, else a SHA-256 of the record), and the
 //! detections run on the records that were new against everything stored before; the
 //! last chunk writes the audit entry. A chunk that fails stores nothing; the chunks
@@ -147,7 +147,8 @@ pub struct ImportReport {
     pub imported: u64,
     /// Rows stored by an earlier import.
     pub duplicates: u64,
-    /// Well-formed records that are not sign-ins or mail events (e.g. Entra audit logs).
+    /// Well-formed records of a known source that Ward does not read (an Entra audit
+    /// operation it does not judge, a Defender process table).
     pub ignored: u64,
     /// Records that could not be read (all counted; the first ones listed).
     pub skipped_count: u64,
