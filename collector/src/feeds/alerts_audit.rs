@@ -194,7 +194,12 @@ fn bulk_access(
     cfg: &FeedsConfig,
 ) -> Result<Option<SourcedAlert>, StoreError> {
     let window = cfg.bulk_mail_access_window_ms.max(1);
-    let (items, records, first, boxes) = tx.mail_items_accessed(actor, e.time_ms.saturating_sub(window), e.time_ms)?;
+    let (items, records, first, boxes) = tx.mail_items_accessed(
+        actor,
+        e.time_ms.saturating_sub(window),
+        e.time_ms,
+        cfg.bulk_mail_access_min_items,
+    )?;
     if items < cfg.bulk_mail_access_min_items {
         return Ok(None);
     }

@@ -105,12 +105,14 @@ pub trait FeedOps {
     ) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// Mail items `actor` accessed in `[from_ms, to_ms]` (successful `MailItemsAccessed`):
-    /// the items, the records, the first record's time and the mailboxes (at most 20).
+    /// the items, the records, the first record's time and, when the items reach
+    /// `min_items`, the mailboxes (at most 20; none below it, which saves the query).
     fn mail_items_accessed(
         &self,
         actor: &str,
         from_ms: u64,
         to_ms: u64,
+        min_items: u64,
     ) -> Result<(u64, u32, Option<u64>, Vec<String>), StoreError>;
 
     /// Stores feed alerts; ids already stored are counted as duplicates.

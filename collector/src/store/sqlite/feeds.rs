@@ -325,6 +325,7 @@ impl FeedOps for FeedTx<'_> {
         actor: &str,
         from_ms: u64,
         to_ms: u64,
+        min_items: u64,
     ) -> Result<(u64, u32, Option<u64>, Vec<String>), StoreError> {
         let args = params![AuditKind::MailAccess.as_str(), actor, i64_of(from_ms), i64_of(to_ms)];
         let (items, records, first): (Option<i64>, u32, Option<i64>) = self
@@ -334,6 +335,10 @@ impl FeedOps for FeedTx<'_> {
                  WHERE kind = ?1 AND failed = 0 AND actor = ?2 AND time_ms BETWEEN ?3 AND ?4",
             )?
             .query_row(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let items = items.map_or(0, ms);
+        if items < min_items {
+            return Ok((items, records, first.map(ms), Vec::new()));
+        }
         let mailboxes = self
             .tx
             .prepare_cached(
@@ -343,7 +348,7 @@ impl FeedOps for FeedTx<'_> {
             )?
             .query_map(args, |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
-        Ok((items.map_or(0, ms), records, first.map(ms), mailboxes))
+        Ok((items, records, first.map(ms), mailboxes))
     }
 
     fn insert_alerts(&self, alerts: &[SourcedAlert]) -> Result<InsertOutcome, StoreError> {
