@@ -802,6 +802,37 @@ mod tests {
             (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
             (d.impossible_travel_max_kmh, d.impossible_travel_min_km)
         );
+        assert_eq!(
+            (
+                f.bulk_mail_access_min_items,
+                f.bulk_mail_access_window_ms,
+                f.follow_up_window_ms
+            ),
+            (
+                d.bulk_mail_access_min_items,
+                d.bulk_mail_access_window_ms,
+                d.follow_up_window_ms
+            )
+        );
+    }
+
+    #[test]
+    fn directory_detection_settings_are_checked() {
+        assert!(
+            Config::parse("[feeds]\nbulk_mail_access_min_items = 1")
+                .unwrap_err()
+                .contains("bulk_mail_access_min_items")
+        );
+        assert!(
+            Config::parse("[feeds]\nfollow_up_window_ms = 0")
+                .unwrap_err()
+                .contains("windows must be above zero")
+        );
+        let c = Config::parse("[feeds]\nbulk_mail_access_min_items = 500\nfollow_up_window_ms = 3600000").unwrap();
+        assert_eq!(
+            (c.feeds.bulk_mail_access_min_items, c.feeds.follow_up_window_ms),
+            (500, 3_600_000)
+        );
     }
 
     #[test]
