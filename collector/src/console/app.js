@@ -51,6 +51,16 @@ async function pendingBadge() {
   b.textContent = String(mine);
 }
 
+/** Admins: how many export sinks are retrying or stopped, on the Health link. */
+async function sinksBadge() {
+  if (!can("admin")) return;
+  const { sinks } = await api("/api/v1/export/sinks");
+  const failing = sinks.filter((s) => s.state === "retrying" || s.state === "stopped").length;
+  const b = $("#sinks-failing");
+  b.hidden = failing === 0;
+  b.textContent = String(failing);
+}
+
 async function start() {
   try {
     session.me = await api("/api/v1/whoami");
@@ -75,7 +85,11 @@ async function start() {
   if (!location.hash) location.hash = "#/incidents";
   else route();
   pendingBadge().catch(() => {});
-  setInterval(() => pendingBadge().catch(() => {}), 5000);
+  sinksBadge().catch(() => {});
+  setInterval(() => {
+    pendingBadge().catch(() => {});
+    sinksBadge().catch(() => {});
+  }, 5000);
 }
 
 $("#signin-form").addEventListener("submit", (ev) => {

@@ -3,7 +3,8 @@
 //! takes everything and one to a port nothing listens on. After alerts are stored,
 //! an admin's Health view lists both: the first idle with every record sent, the
 //! second retrying with its records queued, an oldest-unsent age, failed attempts
-//! and the connection error. An analyst has no Health link and the API refuses them.
+//! and the connection error; the Health link carries a badge with the number of
+//! failing sinks. An analyst has no Health link and the API refuses them.
 //! Takes a screenshot (docs/screenshots/health.png with `WARD_UPDATE_SCREENSHOTS=1`).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -144,6 +145,13 @@ async fn sink_health_shows_a_working_and_a_failing_sink_in_a_real_browser() {
     );
     let mut b = Browser::launch().unwrap();
     sign_in(&mut b, &base, &admin, "ada · admin");
+    // The Health link says one sink is failing, from any page.
+    b.wait_for(
+        "the failing-sinks badge",
+        "!document.querySelector('#sinks-failing').hidden && document.querySelector('#sinks-failing').innerText === '1'",
+        Duration::from_secs(20),
+    )
+    .unwrap();
     b.eval("document.querySelector('#nav [data-nav=health]').click(); true")
         .unwrap();
     b.wait_for(
