@@ -507,6 +507,41 @@ async fn directory_and_mailbox_audit_events_raise_alerts_and_one_incident() {
     for name in ["contoso mail sync", "ceo@contoso.com", "admin@contoso.com"] {
         assert!(text.contains(name), "{name} not in the incident: {text}");
     }
+    // The entity pages list the stored events: what was given to mallory, the
+    // operations on the CEO's mailbox.
+    let (status, page) = c
+        .get("/api/v1/entities/user?value=mallory%40contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{page}");
+    let kinds = |list: &Value| -> Vec<String> {
+        let at = list["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c == "kind")
+            .unwrap();
+        list["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[at].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Newest first: FullAccess to the CEO's mailbox, then Global Administrator.
+    assert_eq!(
+        kinds(&page["directory_about"]),
+        ["mailbox_permission", "role_assigned"],
+        "{page}"
+    );
+    let (_, page) = c.get("/api/v1/entities/mailbox?value=ceo%40contoso.com").await.unwrap();
+    let mut on_mailbox = kinds(&page["directory"]);
+    on_mailbox.sort();
+    assert_eq!(
+        on_mailbox,
+        ["mail_access", "mail_delete", "mail_send", "mailbox_permission"],
+        "{page}"
+    );
     // Both again: nothing new.
     let again: Value = serde_json::from_str(&c.cli(&["import", "identity", entra.to_str().unwrap()]).unwrap()).unwrap();
     assert_eq!(
