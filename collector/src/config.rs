@@ -260,6 +260,13 @@ pub struct FeedsConfig {
     pub impossible_travel_max_kmh: f64,
     /// ... and at least this far apart (nearby places are geolocation noise).
     pub impossible_travel_min_km: f64,
+    /// Bulk mailbox access: this many mail items accessed by one actor (user or app) ...
+    pub bulk_mail_access_min_items: u64,
+    /// ... within this window.
+    pub bulk_mail_access_window_ms: u64,
+    /// An application's new credential followed by mailbox access by that application
+    /// within this window; an MFA factor removed followed by a sign-in of its user, too.
+    pub follow_up_window_ms: u64,
 }
 
 impl Default for FeedsConfig {
@@ -275,6 +282,9 @@ impl Default for FeedsConfig {
             mfa_fatigue_window_ms: 600_000,
             impossible_travel_max_kmh: 900.0,
             impossible_travel_min_km: 500.0,
+            bulk_mail_access_min_items: 1_000,
+            bulk_mail_access_window_ms: 3_600_000,
+            follow_up_window_ms: 86_400_000,
         }
     }
 }
@@ -411,7 +421,15 @@ impl Config {
         if f.spray_min_users < 2 || f.brute_force_min_failures < 2 || f.mfa_fatigue_min_denials < 2 {
             return Err("feeds thresholds (spray_min_users, brute_force_min_failures, mfa_fatigue_min_denials) must be at least 2".into());
         }
-        if f.spray_window_ms == 0 || f.brute_force_window_ms == 0 || f.mfa_fatigue_window_ms == 0 {
+        if f.bulk_mail_access_min_items < 2 {
+            return Err("feeds.bulk_mail_access_min_items must be at least 2".into());
+        }
+        if f.spray_window_ms == 0
+            || f.brute_force_window_ms == 0
+            || f.mfa_fatigue_window_ms == 0
+            || f.bulk_mail_access_window_ms == 0
+            || f.follow_up_window_ms == 0
+        {
             return Err("feeds windows must be above zero".into());
         }
         let kmh_ok = f.impossible_travel_max_kmh.is_finite() && f.impossible_travel_max_kmh > 0.0;
@@ -515,6 +533,13 @@ mfa_fatigue_window_ms = 600000
 # and faster than max_kmh between them (an airliner flies about 900 km/h).
 impossible_travel_max_kmh = 900.0
 impossible_travel_min_km = 500.0
+# Bulk mailbox access: this many mail items accessed (MailItemsAccessed) by one
+# user or application within the window.
+bulk_mail_access_min_items = 1000
+bulk_mail_access_window_ms = 3600000
+# A new credential on an application then mailbox access by it, or an MFA factor
+# removed then a sign-in of its user, within this window (24 h).
+follow_up_window_ms = 86400000
 
 [actions]
 # How long a proposed response action waits for approval before it expires (7 days).
@@ -776,6 +801,37 @@ mod tests {
         assert_eq!(
             (f.impossible_travel_max_kmh, f.impossible_travel_min_km),
             (d.impossible_travel_max_kmh, d.impossible_travel_min_km)
+        );
+        assert_eq!(
+            (
+                f.bulk_mail_access_min_items,
+                f.bulk_mail_access_window_ms,
+                f.follow_up_window_ms
+            ),
+            (
+                d.bulk_mail_access_min_items,
+                d.bulk_mail_access_window_ms,
+                d.follow_up_window_ms
+            )
+        );
+    }
+
+    #[test]
+    fn directory_detection_settings_are_checked() {
+        assert!(
+            Config::parse("[feeds]\nbulk_mail_access_min_items = 1")
+                .unwrap_err()
+                .contains("bulk_mail_access_min_items")
+        );
+        assert!(
+            Config::parse("[feeds]\nfollow_up_window_ms = 0")
+                .unwrap_err()
+                .contains("windows must be above zero")
+        );
+        let c = Config::parse("[feeds]\nbulk_mail_access_min_items = 500\nfollow_up_window_ms = 3600000").unwrap();
+        assert_eq!(
+            (c.feeds.bulk_mail_access_min_items, c.feeds.follow_up_window_ms),
+            (500, 3_600_000)
         );
     }
 

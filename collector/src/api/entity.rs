@@ -312,13 +312,23 @@ pub async fn get(
         sign_in_field.and_then(|f| one(HuntSource::SignIns, f, &value)),
         mail_field.and_then(|f| one(HuntSource::Mail, f, &value)),
     );
+    // Directory and audit events: by and about a user, of a mailbox, from an address.
+    let directory_queries: Vec<Option<HuntQuery>> = match &subject {
+        Subject::User(_) => vec![
+            one(HuntSource::Directory, "actor", &value),
+            one(HuntSource::Directory, "target_user", &value),
+        ],
+        Subject::Mailbox(_) => vec![one(HuntSource::Directory, "mailbox", &value)],
+        Subject::Ip(_) => vec![one(HuntSource::Directory, "ip", &value)],
+        _ => Vec::new(),
+    };
     let file_key = match &subject {
         Subject::FileHash(h) => Some((h.clone(), false)),
         Subject::FilePath(_) => Some((json_path.clone(), true)),
         _ => None,
     };
     let limit = Duration::from_millis(TIME_LIMIT_MS);
-    let (alerts, sign_ins, mail, incidents, sightings, mailbox) = state
+    let (alerts, sign_ins, mail, incidents, sightings, mailbox, directory) = state
         .reads
         .run(move |s| -> Result<_, crate::store::StoreError> {
             let run = |q: Option<HuntQuery>| q.map(|q| s.hunt(&q, limit)).transpose();
@@ -348,6 +358,7 @@ pub async fn get(
                 None => None,
             };
             let mailbox = mailbox_queries.into_iter().map(run).collect::<Result<Vec<_>, _>>()?;
+            let directory = directory_queries.into_iter().map(run).collect::<Result<Vec<_>, _>>()?;
             Ok((
                 run(queries.0)?,
                 run(queries.1)?,
@@ -355,6 +366,7 @@ pub async fn get(
                 incidents,
                 sightings,
                 mailbox,
+                directory,
             ))
         })
         .await??;
@@ -375,6 +387,11 @@ pub async fn get(
         "sign_ins": sign_ins.map(page_json),
         "mail": mail.map(page_json),
     });
+    // `directory` (what it did, or what happened to its mailbox or from its address)
+    // and, for a user, `directory_about` (what was done to it).
+    for (name, page) in ["directory", "directory_about"].iter().zip(directory) {
+        body[*name] = page.map_or(Value::Null, page_json);
+    }
     for ((name, _, columns), page) in MAILBOX_LISTS.iter().zip(mailbox) {
         body[*name] = page.map_or(Value::Null, |p| projected(p, columns));
     }

@@ -416,8 +416,11 @@ mod tests {
         let long = "a".repeat(hunt::MAX_QUERY_BYTES);
         let many = vec!["rule ~ a"; hunt::MAX_CONDITIONS + 1].join(" and ");
         for (query, expected) in [
-            ("q=x", "source is required: one of alerts, sign_ins, mail"),
-            ("source=processes", "source must be one of alerts, sign_ins, mail"),
+            ("q=x", "source is required: one of alerts, sign_ins, mail, directory"),
+            (
+                "source=processes",
+                "source must be one of alerts, sign_ins, mail, directory",
+            ),
             ("source=alerts&q=nope%3D1", "unknown field \"nope\" for alerts; known:"),
             (
                 &format!("source=alerts&q={}", enc(&format!("rule ~ {long}"))),

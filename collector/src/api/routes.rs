@@ -52,6 +52,23 @@ pub async fn metrics(
     ))
 }
 
+/// The export sinks' health (docs/export.md): state, queue, delivery counts, the
+/// oldest unsent record's age and the last error. Admins only: an error as logged
+/// may name the receiver's address.
+pub async fn export_sinks(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    let sinks: Vec<crate::metrics::SinkHealth> = state
+        .metrics
+        .export
+        .get()
+        .map(|all| all.iter().map(|m| m.health()).collect())
+        .unwrap_or_default();
+    Ok(Json(json!({"sinks": sinks, "now_ms": now_ms()})))
+}
+
 pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
     Json(json!({"name": caller.name, "role": caller.role.to_string()}))
 }

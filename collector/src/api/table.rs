@@ -75,7 +75,7 @@ const fn feed(path: &'static str, handler: fn(MethodFilter) -> MethodRouter<ApiS
 use Role::{Admin, Analyst, Approver, Viewer};
 
 /// Every authenticated route. `/healthz` and the console's static files need no token.
-pub static ROUTES: [Route; 34] = [
+pub static ROUTES: [Route; 35] = [
     route(Method::GET, "/metrics", Viewer, |m| on(m, routes::metrics)),
     route(Method::GET, "/api/v1/whoami", Viewer, |m| on(m, routes::whoami)),
     route(Method::GET, "/api/v1/devices", Viewer, |m| on(m, routes::list_devices)),
@@ -150,4 +150,7 @@ pub static ROUTES: [Route; 34] = [
         on(m, hunt::delete)
     }),
     route(Method::GET, "/api/v1/entities/{kind}", Analyst, |m| on(m, entity::get)),
+    route(Method::GET, "/api/v1/export/sinks", Admin, |m| {
+        on(m, routes::export_sinks)
+    }),
 ];

@@ -3,7 +3,7 @@
 // can be bookmarked and the back button works.
 
 import { session, api, $, $$, esc, parseHash, stopPolls, can, toast } from "./util.js";
-import { queueView, devicesView, deviceView, actionsView } from "./views.js";
+import { queueView, devicesView, deviceView, actionsView, healthView } from "./views.js";
 import { incidentView } from "./incident.js";
 import { alertView } from "./alert.js";
 import { huntView } from "./hunt.js";
@@ -18,6 +18,7 @@ const ROUTES = {
   alert: alertView,
   hunt: huntView,
   entity: entityView,
+  health: healthView,
 };
 
 let rendering = 0;
@@ -50,6 +51,16 @@ async function pendingBadge() {
   b.textContent = String(mine);
 }
 
+/** Admins: how many export sinks are retrying or stopped, on the Health link. */
+async function sinksBadge() {
+  if (!can("admin")) return;
+  const { sinks } = await api("/api/v1/export/sinks");
+  const failing = sinks.filter((s) => s.state === "retrying" || s.state === "stopped").length;
+  const b = $("#sinks-failing");
+  b.hidden = failing === 0;
+  b.textContent = String(failing);
+}
+
 async function start() {
   try {
     session.me = await api("/api/v1/whoami");
@@ -64,6 +75,8 @@ async function start() {
   document.body.dataset.role = session.me.role;
   // Hunting reads raw feed records: analysts and up (the API checks again).
   $("#nav [data-nav=hunt]").hidden = !can("analyst");
+  // Sink health names receivers and their errors: admins (the API checks again).
+  $("#nav [data-nav=health]").hidden = !can("admin");
   $("#signin").hidden = true;
   $("#nav").hidden = false;
   $("#view").hidden = false;
@@ -72,7 +85,11 @@ async function start() {
   if (!location.hash) location.hash = "#/incidents";
   else route();
   pendingBadge().catch(() => {});
-  setInterval(() => pendingBadge().catch(() => {}), 5000);
+  sinksBadge().catch(() => {});
+  setInterval(() => {
+    pendingBadge().catch(() => {});
+    sinksBadge().catch(() => {});
+  }, 5000);
 }
 
 $("#signin-form").addEventListener("submit", (ev) => {

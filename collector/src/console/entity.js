@@ -99,5 +99,7 @@ export async function entityView(root, args, q, current) {
       <h3>Devices</h3>${d.devices.map((x) => `<span class="pill">${esc(x.hostname)} · ${esc(x.alerts)} alerts</span>`).join("") || `<p class="muted">None among its newest alerts.</p>`}</section>
     <section class="card"><h3>Alerts</h3>${table("entity-alerts", d.alerts, cell)}</section>
     ${d.sign_ins ? `<section class="card"><h3>Sign-ins</h3>${table("entity-sign-ins", d.sign_ins, cell)}</section>` : ""}
-    ${d.mail ? `<section class="card"><h3>Mail</h3>${table("entity-mail", d.mail, cell)}</section>` : ""}`;
+    ${d.mail ? `<section class="card"><h3>Mail</h3>${table("entity-mail", d.mail, cell)}</section>` : ""}
+    ${d.directory ? `<section class="card"><h3>Directory and audit events${kind === "user" ? " by this user" : ""}</h3>${table("entity-directory", d.directory, cell)}</section>` : ""}
+    ${d.directory_about ? `<section class="card"><h3>Directory and audit events about this user</h3>${table("entity-directory-about", d.directory_about, cell)}</section>` : ""}`;
 }

@@ -8,7 +8,7 @@
 import { session, api, $, $$, esc, time, sev, go, toast } from "./util.js";
 import { entityHref } from "./entity.js";
 
-const SOURCES = [["alerts", "Alerts"], ["sign_ins", "Sign-ins"], ["mail", "Mail"]];
+const SOURCES = [["alerts", "Alerts"], ["sign_ins", "Sign-ins"], ["mail", "Mail"], ["directory", "Directory and audit"]];
 /** Fields a query may name, per source (the collector's list: model/hunt.rs). */
 const FIELDS = {
   alerts: ["id", "host", "device", "severity", "rule", "rule_id", "author", "source", "count", "technique", "tactic",
@@ -17,6 +17,7 @@ const FIELDS = {
     "risk_state", "conditional_access", "mfa", "device", "provider"],
   mail: ["kind", "sender", "recipient", "subject", "threat_types", "detection_methods", "delivery_action",
     "delivery_location", "file_name", "sha256", "url", "action", "ip", "network_message_id"],
+  directory: ["kind", "operation", "actor", "target_user", "app_name", "app_id", "mailbox", "ip", "detail", "items", "provider"],
 };
 const RANGES = [["1h", "Last hour", 3600e3], ["24h", "Last 24 hours", 86400e3], ["7d", "Last 7 days", 7 * 86400e3],
   ["30d", "Last 30 days", 30 * 86400e3], ["all", "All time", null], ["custom", "Custom range", null]];

@@ -564,3 +564,48 @@ export async function deviceView(root, args, _q, current) {
   await draw();
   poll(async () => { if (!$("#propose") || $("#propose").hidden) await draw(); }, 5000);
 }
+
+// ---- health: the export sinks ----
+
+/** An age in milliseconds as text ("—" when nothing waits). */
+function age(ms) {
+  if (!ms) return "—";
+  const s = Math.round(ms / 1000);
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+const SINK_STATES = {
+  idle: ["ok", "Idle: nothing waiting"],
+  delivering: ["ok", "Delivering"],
+  retrying: ["error", "Retrying: the receiver fails"],
+  stopped: ["error", "Stopped: the sink could not start"],
+};
+
+/** Each export sink with its state, queue and last error (admins; docs/export.md). */
+export async function healthView(root, _args, _q, current) {
+  const draw = async () => {
+    const { sinks } = await api("/api/v1/export/sinks");
+    if (!current()) return;
+    const rows = sinks.map((s) => {
+      const [cls, label] = SINK_STATES[s.state] || ["warn", s.state];
+      const lost = s.dropped + s.refused;
+      return `<tr class="sink" data-sink="${esc(s.name)}" data-state="${esc(s.state)}"><td><b>${esc(s.name)}</b></td>
+        <td>${esc(s.kind)} <span class="muted small">${esc(s.format)}</span></td>
+        <td class="sink-state ${cls}" title="${esc(label)}">${esc(s.state)}${s.failures_in_row ? ` <span class="small">(${esc(s.failures_in_row)} in a row)</span>` : ""}</td>
+        <td class="sink-queued">${esc(s.queued)}</td><td class="sink-oldest">${esc(age(s.oldest_unsent_age_ms))}</td>
+        <td class="sink-sent">${esc(s.sent)}</td><td class="sink-failed">${esc(s.failed)}</td>
+        <td class="sink-lost ${lost ? "error" : ""}" title="dropped (spool full) ${esc(s.dropped)}, refused by the receiver ${esc(s.refused)}">${esc(lost)}</td>
+        <td title="${esc(time(s.last_sent_ms))}">${esc(ago(s.last_sent_ms))}</td>
+        <td class="sink-error">${s.last_error ? `<span class="error">${esc(s.last_error)}</span> <span class="muted small" title="${esc(time(s.last_error_ms))}">${esc(ago(s.last_error_ms))}</span>` : "—"}</td></tr>`;
+    }).join("");
+    root.innerHTML = `<section class="card"><h2>Export sinks (${sinks.length})</h2>
+      ${sinks.length ? `<table id="sinks"><thead><tr><th>Sink</th><th>Kind</th><th>State</th><th>Queued</th><th>Oldest unsent</th>
+        <th>Sent</th><th>Failed attempts</th><th>Lost</th><th>Last delivery</th><th>Last error</th></tr></thead><tbody>${rows}</tbody></table>`
+        : `<p class="muted" id="no-sinks">No sinks are configured (<code>[[export]]</code> in collector.toml; see docs/export.md).</p>`}
+      <p class="muted small">Counts since the collector started; queued records are kept on disk and delivered in order when the receiver is back.</p></section>`;
+  };
+  await draw();
+  poll(draw, 3000);
+}

@@ -134,6 +134,8 @@ impl Exporter {
             .map(|s| {
                 Arc::new(SinkMetrics {
                     name: s.name.clone(),
+                    kind: s.destination.label().into(),
+                    format: s.encoding.label().into(),
                     ..Default::default()
                 })
             })
@@ -165,9 +167,13 @@ impl Exporter {
                 Ok(s) => s,
                 Err(e) => {
                     error!(sink = %sink.name, error = %e, "export sink cannot start; its records stay spooled");
+                    self.metrics[i].note_error(now_ms(), &format!("cannot start: {e}"));
                     continue;
                 }
             };
+            self.metrics[i]
+                .running
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tasks.push(tokio::spawn(deliver(
                 sink.clone(),
                 sender,
@@ -359,6 +365,7 @@ async fn deliver(
         };
         if taken > 0 {
             m.sent.add(taken as u64);
+            m.last_sent_ms.set(now_ms());
             if let Err(e) = ack(&spool, &sink.name, records[taken - 1].seq, &m).await {
                 error!(sink = %sink.name, error = %e, "cannot remove delivered records from the export spool");
             }
@@ -366,6 +373,8 @@ async fn deliver(
         match outcome {
             Ok(()) => {
                 m.sent.add(n);
+                m.last_sent_ms.set(now_ms());
+                m.failures_in_row.set(0);
                 if let Err(e) = ack(&spool, &sink.name, last, &m).await {
                     // They stay spooled and go again: at least once.
                     error!(sink = %sink.name, error = %e, "cannot remove delivered records from the export spool");
@@ -381,6 +390,8 @@ async fn deliver(
                 let upto = if sender.per_record() { taken } else { records.len() - 1 };
                 let dropped = (upto + 1 - taken) as u64;
                 m.refused.add(dropped);
+                m.failures_in_row.set(0);
+                m.note_error(now_ms(), &format!("refused by the receiver: {why}"));
                 error!(sink = %sink.name, records = dropped, first = %records[taken].id, %why, "export receiver refused records; dropped");
                 if let Err(e) = ack(&spool, &sink.name, records[upto].seq, &m).await {
                     error!(sink = %sink.name, error = %e, "cannot remove refused records from the export spool");
@@ -390,6 +401,8 @@ async fn deliver(
             Err(send::SendError::Retry(why)) => {
                 failures = failures.saturating_add(1);
                 m.failed.inc();
+                m.failures_in_row.set(u64::from(failures));
+                m.note_error(now_ms(), &why);
                 let wait = sink::backoff(sink.retry_initial, sink.retry_max, failures, random_u64());
                 // Loud once, then at every tenth failure in a row.
                 if failures == 1 || failures.is_multiple_of(10) {

@@ -28,6 +28,22 @@ fn retry(e: impl std::fmt::Display) -> SendError {
     SendError::Retry(e.to_string())
 }
 
+/// An error with its causes (`error sending request: ...: Connection refused`), so
+/// the log and the console say why, not only what failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
@@ -164,7 +180,10 @@ impl Sender {
     }
 
     async fn post(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, SendError> {
-        let resp = req.send().await.map_err(|e| retry(format!("POST: {e}")))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| retry(format!("POST: {}", with_causes(&e))))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| retry(format!("answer: {e}")))?;
         if status.is_success() {

@@ -39,6 +39,17 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Its name as the console shows it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Encoding::SyslogJson { .. } => "rfc5424",
+            Encoding::SyslogCef { .. } => "cef",
+            Encoding::WardJson | Encoding::HecWard => "ward",
+            Encoding::Ocsf | Encoding::HecOcsf => "ocsf",
+            Encoding::Ecs => "ecs",
+        }
+    }
+
     pub fn encode(&self, r: &Record, hostname: &str) -> Vec<u8> {
         let hec = |event: serde_json::Value| {
             let (at, sourcetype) = match r {
@@ -108,6 +119,22 @@ pub enum Destination {
         api_key: Option<String>,
         tls: Option<Tls>,
     },
+}
+
+impl Destination {
+    /// What kind of receiver it is, as the console shows it (no address or secret).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Destination::Syslog { transport, .. } => match transport {
+                SyslogTransport::Tls => "syslog-tls",
+                SyslogTransport::Tcp => "syslog-tcp",
+                SyslogTransport::Udp => "syslog-udp",
+            },
+            Destination::Webhook { .. } => "webhook",
+            Destination::SplunkHec { .. } => "splunk-hec",
+            Destination::Elasticsearch { .. } => "elasticsearch",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -76,6 +76,43 @@ pub const EXTERNAL_FORWARDING: Rule = Rule {
     tactic: "TA0009",
 };
 
+pub const APP_CREDENTIAL_THEN_MAIL_ACCESS: Rule = Rule {
+    id: "ward-identity-app-credential-then-mail-access",
+    title: "New credential on an application, then mailbox access by it",
+    technique: "T1098.001",
+    tactic: "TA0003",
+};
+pub const RISKY_CONSENT: Rule = Rule {
+    id: "ward-identity-risky-consent",
+    title: "Consent or permission grant to an unverified app or for risky permissions",
+    technique: "T1528",
+    tactic: "TA0006",
+};
+pub const PRIVILEGED_ROLE_ADDED: Rule = Rule {
+    id: "ward-identity-privileged-role-added",
+    title: "Privileged role or admin privilege given",
+    technique: "T1098.003",
+    tactic: "TA0003",
+};
+pub const MFA_REMOVED_THEN_SIGN_IN: Rule = Rule {
+    id: "ward-identity-mfa-removed-then-sign-in",
+    title: "MFA factor removed, then a sign-in of its user",
+    technique: "T1556.006",
+    tactic: "TA0005",
+};
+pub const RISKY_USER: Rule = Rule {
+    id: "ward-identity-risky-user",
+    title: "User flagged at risk",
+    technique: "T1078",
+    tactic: "TA0001",
+};
+pub const BULK_MAIL_ACCESS: Rule = Rule {
+    id: "ward-mailbox-bulk-mail-access",
+    title: "Bulk mailbox access by one actor",
+    technique: "T1114.002",
+    tactic: "TA0009",
+};
+
 /// A ULID-shaped id: `time_ms` in the 48-bit time part, then 80 bits of
 /// SHA-256(rule id, keys), so the same records always give the same id.
 pub fn alert_id(time_ms: u64, rule: &str, keys: &[&str]) -> String {
@@ -104,6 +141,8 @@ pub struct Raise {
     pub count: u32,
     pub entities: Vec<Entity>,
     pub matched: Map<String, Value>,
+    /// A second step's technique and tactic (a sequence: persistence, then collection).
+    pub also: Option<(&'static str, &'static str)>,
 }
 
 impl Raise {
@@ -118,6 +157,7 @@ impl Raise {
             count: 1,
             entities: Vec::new(),
             matched: Map::new(),
+            also: None,
         }
     }
 
@@ -150,8 +190,14 @@ impl Raise {
                 title: self.rule.title.into(),
                 author: "Ward".into(),
                 severity: self.severity,
-                techniques: vec![self.technique.unwrap_or(self.rule.technique).into()],
-                tactics: vec![self.rule.tactic.into()],
+                techniques: std::iter::once(self.technique.unwrap_or(self.rule.technique))
+                    .chain(self.also.map(|a| a.0))
+                    .map(Into::into)
+                    .collect(),
+                tactics: std::iter::once(self.rule.tactic)
+                    .chain(self.also.map(|a| a.1))
+                    .map(Into::into)
+                    .collect(),
             },
             entities: self.entities,
             count: self.count,

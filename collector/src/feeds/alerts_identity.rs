@@ -22,7 +22,7 @@ const MAX_LISTED_USERS: u32 = 50;
 /// The window alerts (rule, subject, bucket) an import raised, carried from chunk
 /// to chunk so one burst raises once.
 #[derive(Debug, Default)]
-pub struct Raised(HashSet<(&'static str, String, u64)>);
+pub struct Raised(pub(super) HashSet<(&'static str, String, u64)>);
 
 pub fn detect(
     tx: &FeedTx<'_>,
@@ -96,7 +96,10 @@ pub fn detect(
                     },
                 )?);
             }
-            SignInOutcome::Success => out.extend(travel(tx, s, cfg)?),
+            SignInOutcome::Success => {
+                out.extend(travel(tx, s, cfg)?);
+                out.extend(super::alerts_audit::sign_in_after_removal(tx, s, cfg)?);
+            }
             SignInOutcome::Interrupted => {}
         }
     }

@@ -8,7 +8,8 @@ use serde_json::Value;
 use super::fields::{address, compact, lookup, number, record_hash, text, time};
 use super::{Normalized, SignIn, SignInOutcome};
 
-/// Diagnostic categories that hold sign-ins; other categories (AuditLogs, ...) are ignored.
+/// Diagnostic categories that hold sign-ins; audit and risk categories go to `audit`
+/// (read before this), others are ignored.
 const SIGN_IN_CATEGORIES: [&str; 5] = [
     "SignInLogs",
     "NonInteractiveUserSignInLogs",
@@ -30,6 +31,9 @@ const SIGN_IN_TABLES: [&str; 4] = [
 const IDENTITY_LOGONS: &str = "IdentityLogonEvents";
 
 pub(crate) fn normalize(v: &Value) -> Normalized<SignIn> {
+    if let Some(n) = super::audit::normalize(v) {
+        return n;
+    }
     if let (Some(category), Some(props)) = (text(v, &["category"]), lookup(v, "properties")) {
         if !props.is_object() {
             return Normalized::Bad("`properties` is not an object".into());
@@ -405,6 +409,7 @@ mod tests {
             Normalized::Record { kind, item } => (kind, item),
             Normalized::Ignored { kind } => panic!("ignored as {kind}"),
             Normalized::Many { kind, .. } => panic!("several records as {kind}"),
+            Normalized::Audit { kind, .. } => panic!("an audit event as {kind}"),
             Normalized::Bad(e) => panic!("bad: {e}"),
         }
     }
@@ -493,10 +498,18 @@ mod tests {
 
     #[test]
     fn audit_categories_are_ignored_and_broken_records_explained() {
+        // Audit operations Ward does not read are ignored; one without its operation is explained.
         assert!(matches!(
-            normalize(&json!({"category": "AuditLogs", "properties": {"x": 1}})),
+            normalize(
+                &json!({"category": "AuditLogs", "properties": {"activityDisplayName": "Update user",
+                "activityDateTime": "2026-11-20T12:00:00Z", "targetResources": []}})
+            ),
             Normalized::Ignored { .. }
         ));
+        let Normalized::Bad(why) = normalize(&json!({"category": "AuditLogs", "properties": {"x": 1}})) else {
+            panic!("accepted")
+        };
+        assert!(why.contains("activityDisplayName"), "{why}");
         let Normalized::Bad(why) =
             normalize(&json!({"category": "SignInLogs", "properties": {"userPrincipalName": "a@b"}}))
         else {

@@ -27,7 +27,10 @@ const TABLES: [(&str, MailKind, &str); 5] = [
 ];
 
 pub(crate) fn normalize(v: &Value) -> Normalized<MailRecord> {
-    if let Some(n) = proofpoint::normalize(v).or_else(|| inbox_rules::normalize(v)) {
+    if let Some(n) = proofpoint::normalize(v)
+        .or_else(|| super::audit::normalize(v))
+        .or_else(|| inbox_rules::normalize(v))
+    {
         return n;
     }
     let (row, table) = match (text(v, &["category"]), lookup(v, "properties")) {
@@ -168,6 +171,7 @@ mod tests {
             Normalized::Record { kind, item } => (kind, item),
             Normalized::Ignored { kind } => panic!("ignored as {kind}"),
             Normalized::Many { kind, .. } => panic!("several records as {kind}"),
+            Normalized::Audit { kind, .. } => panic!("an audit event as {kind}"),
             Normalized::Bad(e) => panic!("bad: {e}"),
         }
     }

@@ -16,6 +16,11 @@
 //!   (`messagesDelivered`, `messagesBlocked`, `clicksPermitted`, `clicksBlocked`);
 //!   Exchange inbox-rule and mailbox-forwarding changes from the Microsoft 365 audit
 //!   log (Sentinel `OfficeActivity` rows or Management Activity API records).
+//! - directory and audit events, in either feed (`audit`): Entra ID audit logs and
+//!   risky users, Okta admin events (MFA factors, admin grants, policies), Microsoft 365
+//!   mailbox operations, Defender `CloudAppEvents` and `IdentityDirectoryEvents`. They
+//!   are stored in `audit_events` after the file's sign-ins or mail, and judged by
+//!   `alerts_audit` (a successful sign-in is also judged against stored MFA removals).
 //!
 //! Alerts are stored with source `identity` or `mailbox`, no device, author "Ward",
 //! and an id derived from the records that raised them (a re-import raises nothing twice).
@@ -43,6 +48,15 @@
 //!   mail or moves it out of its owner's sight.
 //! - `ward-mailbox-external-forwarding` (T1114.003 / TA0009): an inbox rule or mailbox
 //!   setting that forwards or redirects mail outside the organisation.
+//! - `ward-identity-app-credential-then-mail-access` (T1098.001 + T1114.002 / TA0003 +
+//!   TA0009): a credential added to an application, then mailbox access by it.
+//! - `ward-identity-risky-consent` (T1528 / TA0006): consent or a grant to an unverified
+//!   app or for permissions reaching mail, files or the directory.
+//! - `ward-identity-privileged-role-added` (T1098.003 / TA0003): an admin role or privilege given.
+//! - `ward-identity-mfa-removed-then-sign-in` (T1556.006 / TA0005): an MFA factor
+//!   removed, then a sign-in of its user.
+//! - `ward-identity-risky-user` (T1078 / TA0001): a user at medium or high risk.
+//! - `ward-mailbox-bulk-mail-access` (T1114.002 / TA0009): many mail items read by one actor.
 //!
 //! Import: within `feeds.max_import_bytes` (a file's or a declared Content-Length's
 //! size is checked before it is read; a chunked body is refused once it passes it) and
@@ -52,7 +66,7 @@
 //! a blocking thread. On the writer, chunk by chunk ([`Import`]: each chunk one
 //! transaction and one writer turn, sized to last about 20 ms, a message's rows never
 //! split, agents' batches stored between chunks), records go into `sign_ins` /
-//! `mail_events` under a natural key (Entra id, Okta uuid, message id + recipient +
+//! `mail_events` (then directory events into `audit_events`) under a natural key (Entra id, Okta uuid, message id + recipient +
 //! part, the audit record's id + mailbox, else a SHA-256 of the record), and the
 //! detections run on the records that were new against everything stored before; the
 //! last chunk writes the audit entry. A chunk that fails stores nothing; the chunks
@@ -69,8 +83,10 @@
 
 // Public for the labelled correlation corpus, which builds its feed alerts with these rules.
 pub mod alerts;
+mod alerts_audit;
 mod alerts_identity;
 mod alerts_mailbox;
+mod audit;
 mod detect;
 mod fields;
 mod identity;
@@ -85,7 +101,7 @@ use tracing::{info, warn};
 
 use crate::config::FeedsConfig;
 use crate::metrics::Metrics;
-pub use crate::model::feed::{InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
+pub use crate::model::feed::{AuditEvent, AuditKind, InboxRule, MailKind, MailRecord, SignIn, SignInOutcome};
 use crate::store::prelude::*;
 use crate::store::{FeedTx, Store, StoreError};
 
@@ -131,7 +147,8 @@ pub struct ImportReport {
     pub imported: u64,
     /// Rows stored by an earlier import.
     pub duplicates: u64,
-    /// Well-formed records that are not sign-ins or mail events (e.g. Entra audit logs).
+    /// Well-formed records of a known source that Ward does not read (an Entra audit
+    /// operation it does not judge, a Defender process table).
     pub ignored: u64,
     /// Records that could not be read (all counted; the first ones listed).
     pub skipped_count: u64,
@@ -165,6 +182,8 @@ pub enum FeedError {
 pub struct Parsed<T> {
     pub report: ImportReport,
     pub items: Vec<T>,
+    /// Directory and audit events found in the file (either feed takes them).
+    pub audits: Vec<AuditEvent>,
 }
 
 /// Reads and normalizes a feed file (no storage). Fails only when nothing in it can be read.
@@ -190,6 +209,12 @@ pub(crate) enum Normalized<T> {
         items: Vec<T>,
         bad: Vec<String>,
     },
+    /// A directory or audit event (Entra audit logs, risky users, Okta admin events,
+    /// M365 mailbox operations, Defender cloud-app and directory events).
+    Audit {
+        kind: &'static str,
+        item: Box<AuditEvent>,
+    },
     /// A record of a known source that is not a sign-in / mail event.
     Ignored {
         kind: &'static str,
@@ -211,10 +236,12 @@ fn parse_with<T>(
     let mut parsed = Parsed {
         report: ImportReport::default(),
         items: Vec::new(),
+        audits: Vec::new(),
     };
     let mut kinds: Vec<&'static str> = Vec::new();
     let r = &mut parsed.report;
     let items = &mut parsed.items;
+    let audits = &mut parsed.audits;
     let container = detect::split(bytes, cfg.max_record_bytes, &mut |pos, value| {
         r.records += 1;
         let skipped = |reason| Skipped {
@@ -242,6 +269,12 @@ fn parse_with<T>(
                     r.skip(skipped(reason));
                 }
             }
+            Normalized::Audit { kind, item } => {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+                audits.push(*item);
+            }
             Normalized::Ignored { kind } => {
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
@@ -256,7 +289,7 @@ fn parse_with<T>(
         kinds.push(if r.records == 0 { "empty" } else { "unrecognised" });
     }
     r.format = format!("{}-{}", kinds.join("+"), container.as_str());
-    if parsed.items.is_empty() && r.ignored == 0 && r.records > 0 {
+    if parsed.items.is_empty() && parsed.audits.is_empty() && r.ignored == 0 && r.records > 0 {
         let first = r.skipped.first().map(|s| s.reason.clone()).unwrap_or_default();
         return Err(FeedError::Unreadable(format!(
             "none of the {} records is a {}: {first}",
@@ -302,6 +335,9 @@ pub struct Import {
     actor: String,
     report: ImportReport,
     pending: Pending,
+    /// Directory and audit events, stored after the file's sign-ins or mail (so a
+    /// sequence whose steps are in one file is judged with both stored).
+    audits: std::vec::IntoIter<AuditEvent>,
     raised: alerts_identity::Raised,
     /// Measured cost of a record so far (storing and judging), for sizing chunks.
     per_record: Option<std::time::Duration>,
@@ -309,8 +345,13 @@ pub struct Import {
 
 impl Import {
     pub fn new(parsed: ParsedFeed, actor: &str) -> Import {
-        let (feed, report, pending) = match parsed {
-            ParsedFeed::Identity(p) => (Feed::Identity, p.report, Pending::Identity(p.items.into_iter())),
+        let (feed, report, pending, audits) = match parsed {
+            ParsedFeed::Identity(p) => (
+                Feed::Identity,
+                p.report,
+                Pending::Identity(p.items.into_iter()),
+                p.audits,
+            ),
             ParsedFeed::Mailbox(mut p) => {
                 // A stable sort: rows of one message together, in file order but its
                 // email rows first (a click without its account takes it from them).
@@ -322,6 +363,7 @@ impl Import {
                     Feed::Mailbox,
                     p.report,
                     Pending::Mailbox(Box::new(p.items.into_iter().peekable())),
+                    p.audits,
                 )
             }
         };
@@ -330,6 +372,7 @@ impl Import {
             actor: actor.to_string(),
             report,
             pending,
+            audits: audits.into_iter(),
             raised: alerts_identity::Raised::default(),
             per_record: None,
         }
@@ -368,13 +411,30 @@ impl Import {
         let Import {
             report,
             pending,
+            audits,
             raised,
             ..
         } = self;
         let done = store.feed_import(now_ms, |tx| {
             // Counts go to a copy: a chunk that fails stored nothing.
             let mut r = report.clone();
+            let main_left = match pending {
+                Pending::Identity(items) => items.len() > 0,
+                Pending::Mailbox(items) => items.peek().is_some(),
+            };
             let (alerts, done) = match pending {
+                _ if !main_left && audits.len() > 0 => {
+                    let mut fresh = Vec::new();
+                    for e in audits.by_ref().take(max) {
+                        if tx.insert_audit_event(&e)? {
+                            fresh.push(e);
+                        } else {
+                            r.duplicates += 1;
+                        }
+                    }
+                    r.imported += fresh.len() as u64;
+                    (alerts_audit::detect(tx, &fresh, cfg, raised)?, audits.len() == 0)
+                }
                 Pending::Identity(items) => {
                     let mut fresh = Vec::new();
                     for s in items.by_ref().take(max) {
@@ -385,7 +445,10 @@ impl Import {
                         }
                     }
                     r.imported += fresh.len() as u64;
-                    (alerts_identity::detect(tx, &fresh, cfg, raised)?, items.len() == 0)
+                    (
+                        alerts_identity::detect(tx, &fresh, cfg, raised)?,
+                        items.len() == 0 && audits.len() == 0,
+                    )
                 }
                 Pending::Mailbox(items) => {
                     let mut fresh = Vec::new();
@@ -404,7 +467,10 @@ impl Import {
                         }
                     }
                     r.imported += fresh.len() as u64;
-                    (alerts_mailbox::detect(tx, &fresh)?, items.peek().is_none())
+                    (
+                        alerts_mailbox::detect(tx, &fresh)?,
+                        items.peek().is_none() && audits.len() == 0,
+                    )
                 }
             };
             r.alerts_raised += u64::from(tx.insert_alerts(&alerts)?.stored);
@@ -533,3 +599,6 @@ pub fn import(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests_audit;

@@ -140,3 +140,107 @@ pub struct InboxRule {
     /// Domains of the owner's organisation (its address and the tenant name).
     pub own_domains: Vec<String>,
 }
+
+/// What a directory or audit event did, as the detections read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    /// A credential (secret or certificate) added to an application or service principal.
+    AppCredential,
+    /// A user or admin consented to an application.
+    Consent,
+    /// A delegated permission grant or an app role assigned to a service principal.
+    PermissionGrant,
+    /// A role or admin privilege given to a user or group.
+    RoleAssigned,
+    /// A user flagged at risk (Entra ID Protection).
+    RiskyUser,
+    /// An MFA factor removed, deactivated or reset.
+    MfaFactorRemoved,
+    /// An authentication policy or rule changed.
+    PolicyChanged,
+    /// Mail items read or synced (`MailItemsAccessed`).
+    MailAccess,
+    /// Mail sent as or on behalf of a mailbox (`Send`, `SendAs`, `SendOnBehalf`).
+    MailSend,
+    /// Mail deleted (`HardDelete`, `SoftDelete`, `MoveToDeletedItems`).
+    MailDelete,
+    /// Mailbox or folder permissions added or changed.
+    MailboxPermission,
+    /// Any other directory or cloud-app event of a known source (stored for hunting).
+    Other,
+}
+
+impl AuditKind {
+    pub const ALL: [AuditKind; 12] = [
+        AuditKind::AppCredential,
+        AuditKind::Consent,
+        AuditKind::PermissionGrant,
+        AuditKind::RoleAssigned,
+        AuditKind::RiskyUser,
+        AuditKind::MfaFactorRemoved,
+        AuditKind::PolicyChanged,
+        AuditKind::MailAccess,
+        AuditKind::MailSend,
+        AuditKind::MailDelete,
+        AuditKind::MailboxPermission,
+        AuditKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::AppCredential => "app_credential",
+            AuditKind::Consent => "consent",
+            AuditKind::PermissionGrant => "permission_grant",
+            AuditKind::RoleAssigned => "role_assigned",
+            AuditKind::RiskyUser => "risky_user",
+            AuditKind::MfaFactorRemoved => "mfa_factor_removed",
+            AuditKind::PolicyChanged => "policy_changed",
+            AuditKind::MailAccess => "mail_access",
+            AuditKind::MailSend => "mail_send",
+            AuditKind::MailDelete => "mail_delete",
+            AuditKind::MailboxPermission => "mailbox_permission",
+            AuditKind::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuditKind> {
+        AuditKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A normalized directory, audit or cloud-app event: an Entra ID audit log entry or
+/// risky-user record, an Okta System Log event that is not a sign-in, a Microsoft 365
+/// mailbox audit record, a Defender `CloudAppEvents` or `IdentityDirectoryEvents` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    /// Natural dedup key: `entra-audit:<id>`, `okta:<uuid>:<time ms>`, `m365:<id>:<mailbox>`, ... or `<provider>:sha256:<hex>`.
+    pub key: String,
+    /// `entra`, `okta`, `m365`, `defender-cloudapps`, `defender-identity`.
+    pub provider: &'static str,
+    pub kind: AuditKind,
+    pub time_ms: u64,
+    /// The operation as the source names it (`Add service principal credentials`, `user.mfa.factor.deactivate`, `MailItemsAccessed`).
+    pub operation: String,
+    /// Who did it: a user principal name (lowercased), else an application's name.
+    pub actor: Option<String>,
+    /// The user acted on (the role's new member, the factor's owner, the risky user), lowercased.
+    pub target_user: Option<String>,
+    /// The application or service principal acted on (credential, consent) or acting (mail access): its app id, lowercased.
+    pub app_id: Option<String>,
+    pub app_name: Option<String>,
+    /// The mailbox acted on, lowercased.
+    pub mailbox: Option<String>,
+    pub ip: Option<IpAddr>,
+    /// What changed: the role, the permissions, the factor, the folders, the risk detail.
+    pub detail: Option<String>,
+    /// Items the event covers (mail items accessed or deleted; 1 otherwise).
+    pub items: u64,
+    /// Whether the source says it failed.
+    pub failed: bool,
+    /// Risk level (risky users), lowercased.
+    pub risk_level: Option<String>,
+    /// Whether the application's publisher is verified, when the record says.
+    pub publisher_verified: Option<bool>,
+    /// The record as it came, compact JSON.
+    pub raw: String,
+}

@@ -41,16 +41,25 @@ pub enum HuntSource {
     SignIns,
     /// Mail records of the mailbox feed (messages, attachments, URLs, clicks, post-delivery events).
     Mail,
+    /// Directory and audit events of the feeds (Entra audit logs and risky users, Okta
+    /// admin events, M365 mailbox operations, Defender cloud-app and directory events).
+    Directory,
 }
 
 impl HuntSource {
-    pub const ALL: [HuntSource; 3] = [HuntSource::Alerts, HuntSource::SignIns, HuntSource::Mail];
+    pub const ALL: [HuntSource; 4] = [
+        HuntSource::Alerts,
+        HuntSource::SignIns,
+        HuntSource::Mail,
+        HuntSource::Directory,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             HuntSource::Alerts => "alerts",
             HuntSource::SignIns => "sign_ins",
             HuntSource::Mail => "mail",
+            HuntSource::Directory => "directory",
         }
     }
 
@@ -64,6 +73,7 @@ impl HuntSource {
             HuntSource::Alerts => ALERT_FIELDS,
             HuntSource::SignIns => SIGN_IN_FIELDS,
             HuntSource::Mail => MAIL_FIELDS,
+            HuntSource::Directory => DIRECTORY_FIELDS,
         }
     }
 
@@ -111,6 +121,20 @@ impl HuntSource {
                 "action",
                 "ip",
                 "network_message_id",
+            ],
+            HuntSource::Directory => &[
+                "time",
+                "kind",
+                "operation",
+                "actor",
+                "target_user",
+                "app_name",
+                "app_id",
+                "mailbox",
+                "ip",
+                "detail",
+                "items",
+                "provider",
             ],
         }
     }
@@ -213,6 +237,28 @@ const MAIL_FIELDS: &[FieldDef] = &[
     f("action", Text, "a click's or post-delivery event's action"),
     f("ip", Text, "a click's or sender's address"),
     f("network_message_id", Text, "the message's id"),
+];
+
+const DIRECTORY_FIELDS: &[FieldDef] = &[
+    f(
+        "kind",
+        Text,
+        "app_credential, consent, permission_grant, role_assigned, risky_user, mfa_factor_removed, policy_changed, mail_access, mail_send, mail_delete, mailbox_permission or other",
+    ),
+    f("operation", Text, "the operation as the source names it"),
+    f("actor", Text, "who did it"),
+    f("target_user", Text, "the user acted on"),
+    f("app_name", Text, "the application acted on or acting"),
+    f("app_id", Text, "its app id"),
+    f("mailbox", Text, "the mailbox acted on"),
+    f("ip", Text, "the actor's address"),
+    f("detail", Text, "the role, permissions, factor, folders or risk"),
+    f("items", Number, "mail items the event covers"),
+    f(
+        "provider",
+        Text,
+        "entra, okta, m365, defender-cloudapps or defender-identity",
+    ),
 ];
 
 /// A comparison.

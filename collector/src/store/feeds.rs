@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{InsertOutcome, SourcedAlert, StoreError};
-use crate::model::feed::{MailRecord, SignIn, SignInOutcome};
+use crate::model::feed::{AuditEvent, AuditKind, MailRecord, SignIn, SignInOutcome};
 
 /// A successful sign-in with coordinates, as impossible travel compares them.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +76,44 @@ pub trait FeedOps {
     /// Every stored record of one message (email rows, attachments, URLs, clicks,
     /// post-delivery events), oldest first, at most 200; `raw` is left empty.
     fn message_records(&self, network_message_id: &str) -> Result<Vec<MailRecord>, StoreError>;
+
+    /// Stores a directory / audit event; false when a record with its key is already stored.
+    fn insert_audit_event(&self, e: &AuditEvent) -> Result<bool, StoreError>;
+
+    /// Successful events of `kind` in `[from_ms, to_ms]` about one application: its
+    /// app id, or (when given) its name without case. Oldest first, at most `limit`;
+    /// `raw` is left empty.
+    fn audit_events_of_app(
+        &self,
+        kind: AuditKind,
+        app_id: Option<&str>,
+        app_name: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Successful events of `kind` in `[from_ms, to_ms]` whose target user is `user`,
+    /// oldest first, at most `limit`; `raw` is left empty.
+    fn audit_events_of_user(
+        &self,
+        kind: AuditKind,
+        user: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Mail items `actor` accessed in `[from_ms, to_ms]` (successful `MailItemsAccessed`):
+    /// the items, the records, the first record's time and, when the items reach
+    /// `min_items`, the mailboxes (at most 20; none below it, which saves the query).
+    fn mail_items_accessed(
+        &self,
+        actor: &str,
+        from_ms: u64,
+        to_ms: u64,
+        min_items: u64,
+    ) -> Result<(u64, u32, Option<u64>, Vec<String>), StoreError>;
 
     /// Stores feed alerts; ids already stored are counted as duplicates.
     fn insert_alerts(&self, alerts: &[SourcedAlert]) -> Result<InsertOutcome, StoreError>;

@@ -90,7 +90,7 @@ async fn feed_files_import_raise_alerts_once_and_are_audited() {
         (Some(7), Some(7))
     );
     let entra = post("/api/v1/feeds/identity", "panther/entra_diagnostic_records.json").await;
-    assert_eq!(entra["format"], "entra-diagnostic-records");
+    assert_eq!(entra["format"], "entra-auditlogs+entra-diagnostic-records");
     assert!(entra["alerts_raised"].as_u64().unwrap() >= 1, "{entra}");
     let okta = post("/api/v1/feeds/identity", "panther/okta_systemlog.ndjson").await;
     assert_eq!(okta["format"], "okta-systemlog-ndjson");
@@ -445,4 +445,119 @@ async fn a_maximum_size_import_does_not_hold_agents_alert_batches() {
     let bound = (quiet[19] * 3).max(std::time::Duration::from_millis(300));
     assert!(p99 < bound, "ack p99 {p99:?} during the import (bound {bound:?})");
     assert!(p99 * 5 < took, "ack p99 {p99:?} against an import of {took:?}");
+}
+
+/// Directory and mailbox audit events through the real collector (issue 22 item 4):
+/// Entra audit rows imported with the CLI, M365 mailbox operations POSTed to the
+/// mailbox feed; the credential-then-mail-access, bulk access, risky consent and
+/// privileged role alerts are in the alerts API, and the app's attack (the admin
+/// who added its credential, the mailbox it read) is one incident.
+#[tokio::test]
+async fn directory_and_mailbox_audit_events_raise_alerts_and_one_incident() {
+    let c = Collector::start().unwrap();
+    let analyst = c.user("alice", "analyst").unwrap();
+    let entra = fixture("ward/entra_auditlogs.json");
+    let report: Value =
+        serde_json::from_str(&c.cli(&["import", "identity", entra.to_str().unwrap()]).unwrap()).unwrap();
+    assert_eq!(report["format"], "entra-auditlogs-json", "{report}");
+    assert_eq!(
+        (
+            report["imported"].as_u64(),
+            report["ignored"].as_u64(),
+            report["alerts_raised"].as_u64()
+        ),
+        (Some(5), Some(1), Some(2)),
+        "{report}"
+    );
+    let (status, report) = c
+        .post_bytes_as(
+            "/api/v1/feeds/mailbox",
+            &analyst,
+            read("ward/office_activity_mailbox.json"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["format"], "m365-audit-mailbox-json", "{report}");
+    // The credential's sequence and the bulk read.
+    assert_eq!(report["alerts_raised"], 2, "{report}");
+    let all = alerts(&c).await;
+    for rule in [
+        "ward-identity-app-credential-then-mail-access",
+        "ward-mailbox-bulk-mail-access",
+        "ward-identity-risky-consent",
+        "ward-identity-privileged-role-added",
+    ] {
+        assert_eq!(count(&all, rule), 1, "{rule}");
+    }
+    let by_rule = |rule: &str| all.iter().find(|a| a["rule"]["id"] == rule).unwrap().clone();
+    let seq = by_rule("ward-identity-app-credential-then-mail-access");
+    assert_eq!(seq["source"], "identity");
+    assert_eq!(seq["rule"]["techniques"], json!(["T1098.001", "T1114.002"]));
+    let bulk = by_rule("ward-mailbox-bulk-mail-access");
+    let (incident, _) = c.incident_of(seq["id"].as_str().unwrap()).await;
+    let (bulk_incident, _) = c.incident_of(bulk["id"].as_str().unwrap()).await;
+    assert_eq!(
+        incident, bulk_incident,
+        "the app's credential and its bulk read are one incident"
+    );
+    let (status, detail) = c.get(&format!("/api/v1/incidents/{incident}")).await.unwrap();
+    assert_eq!(status, 200, "{detail}");
+    let text = detail.to_string();
+    for name in ["contoso mail sync", "ceo@contoso.com", "admin@contoso.com"] {
+        assert!(text.contains(name), "{name} not in the incident: {text}");
+    }
+    // The entity pages list the stored events: what was given to mallory, the
+    // operations on the CEO's mailbox.
+    let (status, page) = c
+        .get("/api/v1/entities/user?value=mallory%40contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{page}");
+    let kinds = |list: &Value| -> Vec<String> {
+        let at = list["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c == "kind")
+            .unwrap();
+        list["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[at].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Newest first: FullAccess to the CEO's mailbox, then Global Administrator.
+    assert_eq!(
+        kinds(&page["directory_about"]),
+        ["mailbox_permission", "role_assigned"],
+        "{page}"
+    );
+    let (_, page) = c.get("/api/v1/entities/mailbox?value=ceo%40contoso.com").await.unwrap();
+    let mut on_mailbox = kinds(&page["directory"]);
+    on_mailbox.sort();
+    assert_eq!(
+        on_mailbox,
+        ["mail_access", "mail_delete", "mail_send", "mailbox_permission"],
+        "{page}"
+    );
+    // Both again: nothing new.
+    let again: Value = serde_json::from_str(&c.cli(&["import", "identity", entra.to_str().unwrap()]).unwrap()).unwrap();
+    assert_eq!(
+        (again["imported"].as_u64(), again["alerts_raised"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let (_, again) = c
+        .post_bytes_as(
+            "/api/v1/feeds/mailbox",
+            &analyst,
+            read("ward/office_activity_mailbox.json"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["duplicates"].as_u64(), again["alerts_raised"].as_u64()),
+        (Some(5), Some(0))
+    );
 }

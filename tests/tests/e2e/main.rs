@@ -52,6 +52,7 @@ mod browser {
     mod alert_page;
     mod console;
     mod devices;
+    mod health;
     mod hunt;
     mod layout;
     mod queue;

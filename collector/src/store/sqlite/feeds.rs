@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::audit::append_audit;
 use super::sourced::insert_sourced;
 use super::{InsertOutcome, SqliteStore, StoreError, i64_of};
-use crate::model::feed::{MailKind, MailRecord, SignIn, SignInOutcome};
+use crate::model::feed::{AuditEvent, AuditKind, MailKind, MailRecord, SignIn, SignInOutcome};
 use crate::store::feeds::*;
 use crate::store::*;
 
@@ -243,6 +243,114 @@ impl FeedOps for FeedTx<'_> {
         Ok(rows)
     }
 
+    fn insert_audit_event(&self, e: &AuditEvent) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO audit_events (record_key, provider, kind, time_ms, operation, actor, target_user, app_id,
+                     app_name, mailbox, ip, detail, items, failed, risk_level, publisher_verified, raw, imported_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                 ON CONFLICT(record_key) DO NOTHING",
+            )?
+            .execute(params![
+                e.key,
+                e.provider,
+                e.kind.as_str(),
+                i64_of(e.time_ms),
+                e.operation,
+                e.actor,
+                e.target_user,
+                e.app_id,
+                e.app_name,
+                e.mailbox,
+                e.ip.map(|ip| ip.to_string()),
+                e.detail,
+                i64_of(e.items),
+                e.failed,
+                e.risk_level,
+                e.publisher_verified,
+                e.raw,
+                i64_of(self.now_ms),
+            ])?;
+        Ok(n == 1)
+    }
+
+    fn audit_events_of_app(
+        &self,
+        kind: AuditKind,
+        app_id: Option<&str>,
+        app_name: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let name = app_name.map(str::to_lowercase);
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "{AUDIT_COLUMNS} WHERE kind = ?1 AND failed = 0 AND time_ms BETWEEN ?2 AND ?3
+               AND ((?4 IS NOT NULL AND app_id = ?4) OR (?5 IS NOT NULL AND lower(app_name) = ?5))
+             ORDER BY time_ms, rowid LIMIT ?6"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![kind.as_str(), i64_of(from_ms), i64_of(to_ms), app_id, name, limit],
+                audit_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn audit_events_of_user(
+        &self,
+        kind: AuditKind,
+        user: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "{AUDIT_COLUMNS} WHERE kind = ?1 AND failed = 0 AND target_user = ?2 AND time_ms BETWEEN ?3 AND ?4
+             ORDER BY time_ms, rowid LIMIT ?5"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![kind.as_str(), user, i64_of(from_ms), i64_of(to_ms), limit],
+                audit_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn mail_items_accessed(
+        &self,
+        actor: &str,
+        from_ms: u64,
+        to_ms: u64,
+        min_items: u64,
+    ) -> Result<(u64, u32, Option<u64>, Vec<String>), StoreError> {
+        let args = params![AuditKind::MailAccess.as_str(), actor, i64_of(from_ms), i64_of(to_ms)];
+        let (items, records, first): (Option<i64>, u32, Option<i64>) = self
+            .tx
+            .prepare_cached(
+                "SELECT SUM(items), COUNT(*), MIN(time_ms) FROM audit_events
+                 WHERE kind = ?1 AND failed = 0 AND actor = ?2 AND time_ms BETWEEN ?3 AND ?4",
+            )?
+            .query_row(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let items = items.map_or(0, ms);
+        if items < min_items {
+            return Ok((items, records, first.map(ms), Vec::new()));
+        }
+        let mailboxes = self
+            .tx
+            .prepare_cached(
+                "SELECT DISTINCT mailbox FROM audit_events
+                 WHERE kind = ?1 AND failed = 0 AND actor = ?2 AND time_ms BETWEEN ?3 AND ?4 AND mailbox IS NOT NULL
+                 ORDER BY mailbox LIMIT 20",
+            )?
+            .query_map(args, |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok((items, records, first.map(ms), mailboxes))
+    }
+
     fn insert_alerts(&self, alerts: &[SourcedAlert]) -> Result<InsertOutcome, StoreError> {
         insert_sourced(
             &self.tx,
@@ -256,4 +364,36 @@ impl FeedOps for FeedTx<'_> {
     fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), StoreError> {
         append_audit(&self.tx, self.now_ms, actor, action, target, detail)
     }
+}
+
+const AUDIT_COLUMNS: &str =
+    "SELECT record_key, provider, kind, time_ms, operation, actor, target_user, app_id, app_name,
+    mailbox, ip, detail, items, failed, risk_level, publisher_verified FROM audit_events";
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
+    let provider: String = r.get(1)?;
+    let kind: String = r.get(2)?;
+    let ip: Option<String> = r.get(10)?;
+    Ok(AuditEvent {
+        key: r.get(0)?,
+        provider: ["entra", "okta", "m365", "defender-cloudapps", "defender-identity"]
+            .into_iter()
+            .find(|p| *p == provider)
+            .unwrap_or("other"),
+        kind: AuditKind::parse(&kind).unwrap_or(AuditKind::Other),
+        time_ms: ms(r.get(3)?),
+        operation: r.get(4)?,
+        actor: r.get(5)?,
+        target_user: r.get(6)?,
+        app_id: r.get(7)?,
+        app_name: r.get(8)?,
+        mailbox: r.get(9)?,
+        ip: ip.and_then(|s| s.parse().ok()),
+        detail: r.get(11)?,
+        items: ms(r.get(12)?),
+        failed: r.get(13)?,
+        risk_level: r.get(14)?,
+        publisher_verified: r.get(15)?,
+        raw: String::new(),
+    })
 }

@@ -52,6 +52,13 @@ fn shape(source: HuntSource) -> Shape {
             select: "m.time_ms, m.kind, m.sender, m.recipient, m.subject, m.threat_types, m.delivery_action,
                 m.delivery_location, m.file_name, m.sha256, m.url, m.action, m.ip, m.network_message_id",
         },
+        HuntSource::Directory => Shape {
+            from: "audit_events v",
+            time: "v.time_ms",
+            rowid: "v.rowid",
+            select: "v.time_ms, v.kind, v.operation, v.actor, v.target_user, v.app_name, v.app_id, v.mailbox, v.ip,
+                v.detail, v.items, v.provider",
+        },
     }
 }
 
@@ -100,6 +107,17 @@ fn column(source: HuntSource, field: &str) -> Option<&'static str> {
         (HuntSource::Mail, "action") => "m.action",
         (HuntSource::Mail, "ip") => "m.ip",
         (HuntSource::Mail, "network_message_id") => "m.network_message_id",
+        (HuntSource::Directory, "kind") => "v.kind",
+        (HuntSource::Directory, "operation") => "v.operation",
+        (HuntSource::Directory, "actor") => "v.actor",
+        (HuntSource::Directory, "target_user") => "v.target_user",
+        (HuntSource::Directory, "app_name") => "v.app_name",
+        (HuntSource::Directory, "app_id") => "v.app_id",
+        (HuntSource::Directory, "mailbox") => "v.mailbox",
+        (HuntSource::Directory, "ip") => "v.ip",
+        (HuntSource::Directory, "detail") => "v.detail",
+        (HuntSource::Directory, "items") => "v.items",
+        (HuntSource::Directory, "provider") => "v.provider",
         _ => return None,
     })
 }
@@ -626,6 +644,32 @@ mod tests {
         assert_eq!(p.total, 3, "a missing location does not contain paris");
         let p = query(&s, HuntSource::Mail, "subject ~ INVOICE", 100);
         assert_eq!(p.rows[0][2], "evil@example.net");
+    }
+
+    #[test]
+    fn directory_events_are_hunted_too() {
+        let (_d, s) = open();
+        for (i, (kind, actor, items)) in [
+            ("mail_access", "contoso mail sync", 1200),
+            ("mail_access", "alice@contoso.com", 20),
+            ("role_assigned", "admin@contoso.com", 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            s.conn
+                .execute(
+                    "INSERT INTO audit_events (record_key, provider, kind, time_ms, operation, actor, items, failed, raw,
+                         imported_at_ms)
+                     VALUES (?1, 'm365', ?2, ?3, 'op', ?4, ?5, 0, '{}', 0)",
+                    params![format!("k{i}"), kind, T0 as i64 + i as i64, actor, items],
+                )
+                .unwrap();
+        }
+        let p = query(&s, HuntSource::Directory, "kind = mail_access and items >= 1000", 100);
+        assert_eq!((p.total, p.rows[0][3].as_str()), (1, Some("contoso mail sync")));
+        let p = query(&s, HuntSource::Directory, "actor ~ CONTOSO.COM", 100);
+        assert_eq!(p.total, 2);
     }
 
     #[test]

@@ -684,6 +684,36 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (owner, name)
     );
     "#,
+    // 30 (feeds: directory and audit events): Entra audit logs and risky users, Okta
+    // admin events, M365 mailbox operations, Defender CloudAppEvents and
+    // IdentityDirectoryEvents (model::feed::AuditEvent), judged by alerts_audit.
+    r#"
+    CREATE TABLE audit_events (
+        rowid INTEGER PRIMARY KEY,
+        record_key TEXT NOT NULL UNIQUE,
+        provider TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        operation TEXT NOT NULL,
+        actor TEXT,
+        target_user TEXT,
+        app_id TEXT,
+        app_name TEXT,
+        mailbox TEXT,
+        ip TEXT,
+        detail TEXT,
+        items INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        risk_level TEXT,
+        publisher_verified INTEGER,
+        raw TEXT NOT NULL,
+        imported_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX audit_events_by_app ON audit_events(kind, app_id, time_ms);
+    CREATE INDEX audit_events_by_app_name ON audit_events(kind, lower(app_name), time_ms);
+    CREATE INDEX audit_events_by_actor ON audit_events(kind, actor, time_ms);
+    CREATE INDEX audit_events_by_target ON audit_events(kind, target_user, time_ms);
+    "#,
 ];
 
 #[cfg(test)]
