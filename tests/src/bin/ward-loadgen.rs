@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,24 @@ enum Scenario {
         /// measured); by default each has its own, as real agents do.
         #[arg(long)]
         shared_socket: bool,
+        /// Load-generator processes sharing the agents (each enrolls and drives its
+        /// part on its own sockets): one process's client handshakes run on one
+        /// tokio runtime, which is then what a storm of 10,000 measures.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+    },
+    /// (Used by `storm --processes`.) One part of a storm: enrolls `agents` with
+    /// `token`, connects them from loopback addresses from `first` on, prints
+    /// `connected`, then for each `restarted EPOCH_MS` line on stdin reconnects them
+    /// all and prints `back MS` (milliseconds from that epoch to the last one back).
+    #[command(hide = true)]
+    StormPart {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        agents: usize,
+        #[arg(long)]
+        first: usize,
     },
     /// Collector memory with N connected idle agents, beside the same N connections
     /// to a bare quinn server with the collector's TLS and transport settings (its
@@ -113,7 +132,6 @@ async fn enroll_many(token: &JoinToken, n: usize) -> Result<Vec<TestDevice>> {
     Ok(devices)
 }
 
-/// Connects every device, retrying with jittered back-off until all are in.
 /// Connects every device, device `i` through `endpoints[i % len]` (one shared
 /// socket, or one socket each as real agents have).
 async fn connect_all(devices: Vec<TestDevice>, endpoints: &[quinn::Endpoint], remote: SocketAddr) -> Vec<TestDevice> {
@@ -276,12 +294,99 @@ async fn correlate(agents: usize, rate: usize, seconds: usize, batches_per_secon
     Ok(())
 }
 
-async fn storm(agents: usize, shared_socket: bool) -> Result<()> {
+/// Each simulated agent's own client socket, on its own loopback address.
+fn agent_endpoints(first: usize, n: usize) -> std::io::Result<Vec<quinn::Endpoint>> {
+    (first..first + n)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(127, 1 + (i / 65_536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
+            quinn::Endpoint::client(SocketAddr::from((ip, 0)))
+        })
+        .collect()
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A child process driving part of a storm (see `Scenario::StormPart`).
+struct Part {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Part {
+    fn start(token: &JoinToken, agents: usize, first: usize) -> Result<Part> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["storm-part", "--token", &token.to_string()])
+            .args(["--agents", &agents.to_string(), "--first", &first.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        Ok(Part { child, stdin, lines })
+    }
+
+    /// The next line that starts with `word`, with the rest of it.
+    fn expect(&mut self, word: &str) -> Result<String> {
+        for line in self.lines.by_ref() {
+            if let Some(rest) = line?.strip_prefix(word) {
+                return Ok(rest.trim().to_string());
+            }
+        }
+        bail!("a storm part ended before saying {word:?}")
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn storm_part(token: &str, agents: usize, first: usize) -> Result<()> {
+    let token: JoinToken = token.parse()?;
+    let remote = ward_agent::link::resolve(&token.collector_addr).await?;
+    let devices = enroll_many(&token, agents).await?;
+    let endpoints = agent_endpoints(first, agents)?;
+    let mut devices = connect_all(devices, &endpoints, remote).await;
+    println!("connected");
+    let mut lines = std::io::BufRead::lines(std::io::stdin().lock());
+    while let Some(line) = lines.next() {
+        let Some(at) = line?.strip_prefix("restarted ").and_then(|v| v.trim().parse::<u64>().ok()) else {
+            continue;
+        };
+        for d in &mut devices {
+            d.session = None;
+        }
+        devices = connect_all(devices, &endpoints, remote).await;
+        println!("back {}", epoch_ms().saturating_sub(at));
+    }
+    Ok(())
+}
+
+async fn storm(agents: usize, shared_socket: bool, processes: usize) -> Result<()> {
     let mut collector = Collector::start()?;
     let token = collector.join_token(agents as u32, "1h")?;
+    let processes = processes.max(1);
+    if processes > 1 && shared_socket {
+        bail!("--shared-socket is one socket for all: it cannot be shared by several processes");
+    }
+    // This process drives the first share; each other process the same share after it.
+    let share = agents.div_ceil(processes);
+    let own = agents - share * (processes - 1);
     let t = Instant::now();
-    let devices = enroll_many(&token, agents).await?;
-    println!("enrolled {agents} agents in {:.1} s", t.elapsed().as_secs_f64());
+    let mut parts = (1..processes)
+        .map(|p| Part::start(&token, share, own + (p - 1) * share))
+        .collect::<Result<Vec<_>>>()?;
+    let devices = enroll_many(&token, own).await?;
+    let agents = own;
     // A shared socket drops the replies of thousands of handshakes itself (its own
     // receive buffer), which the collector would be blamed for. Each agent's own
     // socket is on its own loopback address (127.0.0.0/8 is all local), as real
@@ -290,17 +395,18 @@ async fn storm(agents: usize, shared_socket: bool) -> Result<()> {
     let endpoints = if shared_socket {
         vec![link::client_endpoint(&collector.quic)?]
     } else {
-        (0..agents)
-            .map(|i| {
-                let ip = std::net::Ipv4Addr::new(127, 1 + (i / 65_536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
-                quinn::Endpoint::client(SocketAddr::from((ip, 0)))
-            })
-            .collect::<std::io::Result<Vec<_>>>()?
+        agent_endpoints(0, agents)?
     };
     let baseline = collector.rss_kib().unwrap_or(0);
-    let t = Instant::now();
     let devices = connect_all(devices, &endpoints, collector.quic).await;
-    println!("connected {agents} agents in {:.1} s", t.elapsed().as_secs_f64());
+    for part in &mut parts {
+        part.expect("connected")?;
+    }
+    let agents = own + share * (processes - 1);
+    println!(
+        "enrolled and connected {agents} agents from {processes} process(es) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = collector.rss_kib().unwrap_or(0);
     println!(
@@ -313,18 +419,32 @@ async fn storm(agents: usize, shared_socket: bool) -> Result<()> {
         d.session = None;
     }
     let restarted = Instant::now();
+    let restarted_epoch = epoch_ms();
     collector.serve()?;
+    for part in &mut parts {
+        writeln!(part.stdin, "restarted {restarted_epoch}")?;
+    }
     let devices = connect_all(devices, &endpoints, collector.quic).await;
+    let mut last = restarted.elapsed().as_secs_f64();
+    let mut back = devices.len();
+    for part in &mut parts {
+        let ms: u64 = part.expect("back")?.parse()?;
+        last = last.max(ms as f64 / 1000.0);
+        back += share;
+    }
     println!(
-        "storm: all {} agents reconnected {:.1} s after the collector was restarted (kill -9, restart, jittered back-off from 100 ms to 2 s; {})",
-        devices.len(),
-        restarted.elapsed().as_secs_f64(),
+        "storm: all {back} agents reconnected {last:.1} s after the collector was restarted (kill -9, restart, jittered back-off from 100 ms to 2 s; {}; {processes} load-generator process(es))",
         if shared_socket {
             "one client socket for all"
         } else {
             "one client socket each"
         }
     );
+    // What the restarted collector turned away meanwhile (agents retried each).
+    let metrics = collector.metrics().await.unwrap_or_default();
+    for line in metrics.lines().filter(|l| l.starts_with("ward_rejected") && !l.ends_with(" 0")) {
+        println!("  {line}");
+    }
     Ok(())
 }
 
@@ -443,7 +563,12 @@ fn main() -> Result<()> {
                 batch,
                 flood,
             } => ingest(agents, alerts_per_agent, batch, flood).await,
-            Scenario::Storm { agents, shared_socket } => storm(agents, shared_socket).await,
+            Scenario::Storm {
+                agents,
+                shared_socket,
+                processes,
+            } => storm(agents, shared_socket, processes).await,
+            Scenario::StormPart { token, agents, first } => storm_part(&token, agents, first).await,
             Scenario::Idle { agents } => idle(agents).await,
             Scenario::BareServer { data_dir } => bare_server(&data_dir).await,
             Scenario::Correlate {
