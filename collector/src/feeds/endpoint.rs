@@ -28,6 +28,10 @@ use crate::config::FeedsConfig;
 /// The magic at the start of an EVTX file.
 pub const EVTX_MAGIC: &[u8] = b"ElfFile\0";
 
+/// An EVTX file: a 4 KiB header, then chunks of 64 KiB.
+const EVTX_HEADER_BYTES: usize = 4096;
+const EVTX_CHUNK_BYTES: usize = 65_536;
+
 /// A field value longer than this is cut (Windows bounds a command line at 32 Ki
 /// characters; nothing a rule matches is longer).
 const MAX_FIELD_CHARS: usize = 32 * 1024;
@@ -110,6 +114,26 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
         }
         Ok::<(), FeedError>(())
     }));
+    // A cut file: the reader leaves out a chunk it cannot hold whole, silently.
+    let body = bytes.len().saturating_sub(EVTX_HEADER_BYTES);
+    let partial = body % EVTX_CHUNK_BYTES;
+    if bytes.len() < EVTX_HEADER_BYTES || partial != 0 {
+        let r = &mut parsed.report;
+        r.records += 1;
+        let s = Skipped {
+            line: None,
+            record: r.records,
+            reason: if bytes.len() < EVTX_HEADER_BYTES {
+                format!("the file is cut short: {} bytes, less than the {EVTX_HEADER_BYTES}-byte header", bytes.len())
+            } else {
+                format!(
+                    "the file is cut short: it ends {partial} bytes into chunk {} (of {EVTX_CHUNK_BYTES}); that chunk's records were not read",
+                    body / EVTX_CHUNK_BYTES + 1
+                )
+            },
+        };
+        r.skip(s);
+    }
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
@@ -124,7 +148,10 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
             r.skip(s);
         }
     }
-    if parsed.items.is_empty() && parsed.report.records > 0 && parsed.report.ignored == 0 {
+    if parsed.report.records == 0 {
+        return Err(FeedError::Unreadable("the EVTX file holds no records".into()));
+    }
+    if parsed.items.is_empty() && parsed.report.ignored == 0 {
         let first = parsed.report.skipped.first().map(|s| s.reason.clone()).unwrap_or_default();
         return Err(FeedError::Unreadable(format!(
             "none of the {} EVTX records is readable: {first}",
@@ -564,7 +591,11 @@ pub(crate) mod tests {
         let full = parse(&whole, &cfg).unwrap();
         assert!(!full.items.is_empty());
         for cut in [8, 100, 4096, 4096 + 600, whole.len() / 2, whole.len() - 1] {
-            let _ = parse(&whole[..cut], &cfg);
+            match parse(&whole[..cut], &cfg) {
+                Err(FeedError::Unreadable(reason)) => assert!(reason.contains("EVTX") || reason.contains("cut short"), "{reason}"),
+                Ok(p) => assert!(p.report.skipped.iter().any(|s| s.reason.contains("cut short")), "{:?}", p.report),
+                Err(e) => panic!("{e}"),
+            }
         }
         // Flipped bytes all over the chunk: every outcome is a report or an error.
         let mut mangled = whole.clone();

@@ -255,6 +255,14 @@ fn pid(event: &EndpointEvent, name: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// A file Windows ships (under `C:\Windows\`): its hash is on every host of a
+/// release and names no attack, so it is left out of the entity (correlation would
+/// otherwise tie every `cmd.exe` alert of the fleet together), as Linux system
+/// binaries are.
+fn windows_binary(path: &str) -> bool {
+    path.get(..11).is_some_and(|p| p.eq_ignore_ascii_case("c:\\windows\\"))
+}
+
 /// SHA256=<hex> from Sysmon's `Hashes` (`SHA1=…,MD5=…,SHA256=…,IMPHASH=…`).
 fn sha256_of(hashes: Option<String>) -> Option<[u8; 32]> {
     let h = hashes?;
@@ -276,14 +284,19 @@ pub fn entities(event: &EndpointEvent) -> Vec<Entity> {
         }
     };
     let image = field(event, &["Image", "NewProcessName", "SourceImage"]);
-    if let Some(exe) = image.clone() {
+    if let Some(exe) = image {
+        let sha256 = if windows_binary(&exe) {
+            None
+        } else {
+            sha256_of(field(event, &["Hashes", "Hash"]))
+        };
         push(Entity::Process {
             pid: pid(event, if event.fields.contains_key("ProcessId") { "ProcessId" } else { "NewProcessId" }),
             ppid: pid(event, "ParentProcessId"),
             start_time_ms: event.time_ms,
             exe,
             cmdline: field(event, &["CommandLine"]).unwrap_or_default(),
-            sha256: sha256_of(field(event, &["Hashes", "Hash"])),
+            sha256,
         });
     }
     if let Some(exe) = field(event, &["ParentImage", "ParentProcessName"]) {
@@ -314,7 +327,7 @@ pub fn entities(event: &EndpointEvent) -> Vec<Entity> {
     }
     for name in ["TargetFilename", "ImageLoaded", "TargetImage", "PipeName"] {
         if let Some(path) = field(event, &[name]) {
-            let sha256 = if name == "ImageLoaded" {
+            let sha256 = if name == "ImageLoaded" && !windows_binary(&path) {
                 sha256_of(field(event, &["Hashes"]))
             } else {
                 None
