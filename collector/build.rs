@@ -24,7 +24,9 @@ fn main() {
     let mut files = Vec::new();
     collect(&root, &mut files);
     files.sort();
-    let mut code = String::from("/// Every shipped endpoint-feed rule file: (path under rules/sigmahq, text), sorted.\npub const ENDPOINT_RULES: &[(&str, &str)] = &[\n");
+    let mut code = String::from(
+        "/// Every shipped endpoint-feed rule file: (path under rules/sigmahq, text), sorted.\npub const ENDPOINT_RULES: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let rel = f.strip_prefix(&root).unwrap_or(f).display().to_string();

@@ -13,7 +13,9 @@ use rsigma_eval::event::JsonEvent;
 use rsigma_parser::SigmaRule;
 use ward_protocol::{MatchedField, RuleFile, RuleRef};
 
-use crate::engine::{MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind, cut, new_engine, panic_message, severity};
+use crate::engine::{
+    MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind, cut, new_engine, panic_message, severity,
+};
 use crate::entities::attack_ids;
 
 /// Where an event comes from, in Sigma's terms. An event may belong to several
@@ -155,7 +157,10 @@ impl SourceDetector {
             Ok(Err(e)) => return Err(RuleErrorKind::Compile(e.to_string())),
             Err(p) => return Err(RuleErrorKind::Panicked(panic_message(p.as_ref()))),
         };
-        self.engines.entry(key).or_insert_with(new_engine).add_compiled_rule(compiled);
+        self.engines
+            .entry(key)
+            .or_insert_with(new_engine)
+            .add_compiled_rule(compiled);
         let (techniques, tactics) = attack_ids(&rule.tags);
         self.rules.insert(
             id.clone(),

@@ -48,7 +48,10 @@ pub async fn endpoint(
 /// The hosts the endpoint feed has seen: devices that run no Ward agent (`enrolled`
 /// is true only when an enrolled device carries the same hostname; then `device_id`
 /// names it). Never a target for commands: they are not rows of `devices`.
-pub async fn endpoint_hosts(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+pub async fn endpoint_hosts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Analyst)?;
     let hosts = state.reads.run(|s| s.endpoint_hosts(1000)).await??;
     let hosts: Vec<Value> = hosts

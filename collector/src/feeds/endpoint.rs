@@ -124,7 +124,10 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
             line: None,
             record: r.records,
             reason: if bytes.len() < EVTX_HEADER_BYTES {
-                format!("the file is cut short: {} bytes, less than the {EVTX_HEADER_BYTES}-byte header", bytes.len())
+                format!(
+                    "the file is cut short: {} bytes, less than the {EVTX_HEADER_BYTES}-byte header",
+                    bytes.len()
+                )
             } else {
                 format!(
                     "the file is cut short: it ends {partial} bytes into chunk {} (of {EVTX_CHUNK_BYTES}); that chunk's records were not read",
@@ -152,7 +155,12 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
         return Err(FeedError::Unreadable("the EVTX file holds no records".into()));
     }
     if parsed.items.is_empty() && parsed.report.ignored == 0 {
-        let first = parsed.report.skipped.first().map(|s| s.reason.clone()).unwrap_or_default();
+        let first = parsed
+            .report
+            .skipped
+            .first()
+            .map(|s| s.reason.clone())
+            .unwrap_or_default();
         return Err(FeedError::Unreadable(format!(
             "none of the {} EVTX records is readable: {first}",
             parsed.report.records
@@ -162,7 +170,6 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
 }
 
 fn parse_lines(body: &[u8], cfg: &FeedsConfig) -> Result<Parsed<EndpointEvent>, FeedError> {
-    let text = std::str::from_utf8(body).map_err(|e| FeedError::Unreadable(format!("not UTF-8 text: {e}")))?;
     let mut parsed = Parsed {
         report: ImportReport {
             format: "sysmon-syslog".into(),
@@ -171,8 +178,11 @@ fn parse_lines(body: &[u8], cfg: &FeedsConfig) -> Result<Parsed<EndpointEvent>, 
         items: Vec::new(),
     };
     let r = &mut parsed.report;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    // Line by line, each decoded alone: one line of another program that is not UTF-8
+    // does not cost the file.
+    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         r.records += 1;
@@ -181,11 +191,23 @@ fn parse_lines(body: &[u8], cfg: &FeedsConfig) -> Result<Parsed<EndpointEvent>, 
             record: r.records,
             reason,
         };
-        if line.len() > cfg.max_record_bytes {
-            let s = skipped(super::stream::oversize(line.len(), cfg.max_record_bytes));
+        if raw.len() > cfg.max_record_bytes {
+            let s = skipped(super::stream::oversize(raw.len(), cfg.max_record_bytes));
             r.skip(s);
             continue;
         }
+        let line = match std::str::from_utf8(raw) {
+            Ok(l) => l,
+            Err(e) if memchr_event(raw) => {
+                let s = skipped(format!("not UTF-8 text: {e}"));
+                r.skip(s);
+                continue;
+            }
+            Err(_) => {
+                r.ignored += 1;
+                continue;
+            }
+        };
         let Some(start) = line.find("<Event>").or_else(|| line.find("<Event ")) else {
             // Another program's syslog line.
             r.ignored += 1;
@@ -231,6 +253,11 @@ fn parse_lines(body: &[u8], cfg: &FeedsConfig) -> Result<Parsed<EndpointEvent>, 
         }));
     }
     Ok(parsed)
+}
+
+/// Whether a line that is not text claims to carry an event.
+fn memchr_event(raw: &[u8]) -> bool {
+    raw.windows(6).any(|w| w == b"<Event")
 }
 
 /// The host of a syslog header (`Oct 15 19:41:27 host prog:`, RFC 3339 `ts host prog:`,
@@ -336,7 +363,10 @@ fn build(h: Header, data: Map<String, Value>, whole: &Value) -> Normalized<Endpo
             h.computer.to_ascii_lowercase(),
             h.channel.to_ascii_lowercase()
         ),
-        None => format!("sha256:{}", hex::encode(crate::util::sha256(whole.to_string().as_bytes()))),
+        None => format!(
+            "sha256:{}",
+            hex::encode(crate::util::sha256(whole.to_string().as_bytes()))
+        ),
     };
     Normalized::Record {
         kind: "event",
@@ -387,7 +417,12 @@ fn evtx_json(event: &Map<String, Value>, whole: &Value) -> Result<Normalized<End
     let Some(Value::Object(sys)) = event.get("System") else {
         return Err("an Event without System".into());
     };
-    let attr = |name: &str, a: &str| sys.get(name).and_then(|p| p.get("#attributes")).and_then(|x| x.get(a)).and_then(text);
+    let attr = |name: &str, a: &str| {
+        sys.get(name)
+            .and_then(|p| p.get("#attributes"))
+            .and_then(|x| x.get(a))
+            .and_then(text)
+    };
     let h = Header {
         event_id: event_id_of(sys.get("EventID"))?,
         channel: sys.get("Channel").and_then(text).unwrap_or_default(),
@@ -445,7 +480,9 @@ fn winlogbeat(winlog: &Map<String, Value>, whole: &Value) -> Result<Normalized<E
         provider: winlog.get("provider_name").and_then(text).unwrap_or_default(),
         computer,
         record_id: winlog.get("record_id").and_then(number),
-        time_ms: lookup(whole, "@timestamp").and_then(|t| text(&t)).and_then(|t| parse_time(&t)),
+        time_ms: lookup(whole, "@timestamp")
+            .and_then(|t| text(&t))
+            .and_then(|t| parse_time(&t)),
         user_sid: lookup(whole, "winlog.user.identifier").and_then(|v| text(&v)),
     };
     let mut data = Map::new();
@@ -482,7 +519,10 @@ fn sentinel(v: &Value) -> Result<Normalized<EndpointEvent>, String> {
         return Err("not a JSON object".into());
     };
     let get = |name: &str| lookup(v, name).and_then(|x| text(&x));
-    let provider = get("Source").or_else(|| get("EventSourceName")).or_else(|| get("Provider_Name")).unwrap_or_default();
+    let provider = get("Source")
+        .or_else(|| get("EventSourceName"))
+        .or_else(|| get("Provider_Name"))
+        .unwrap_or_default();
     let is_security = get("Type").is_some_and(|t| t.eq_ignore_ascii_case("SecurityEvent"));
     let channel = get("Channel")
         .or_else(|| get("EventLog"))
@@ -538,7 +578,10 @@ pub(crate) mod tests {
         let p = parse(text.as_bytes(), &FeedsConfig::default()).unwrap();
         assert_eq!((p.report.records, p.report.ignored, p.items.len()), (2, 1, 1));
         let e = &p.items[0];
-        assert_eq!((e.product, e.event_id, e.host.as_str()), ("linux", 1, "ip-172-31-60-25"));
+        assert_eq!(
+            (e.product, e.event_id, e.host.as_str()),
+            ("linux", 1, "ip-172-31-60-25")
+        );
         assert_eq!(e.key, "ip-172-31-60-25|linux-sysmon/operational|75097");
         assert_eq!(e.fields["Image"], "/usr/bin/wget");
         assert_eq!(e.fields["EventID"], 1);
@@ -550,15 +593,29 @@ pub(crate) mod tests {
         let cut = &LINUX_LINE[..LINUX_LINE.len() - 40];
         let broken = LINUX_LINE.replace("</EventID>", "</EventId>");
         let text = format!("{cut}\n{LINUX_LINE}\n{broken}\n");
-        let p = parse(text.as_bytes(), &FeedsConfig::default()).unwrap();
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(b"Nov 24 08:30:02 host kernel: \xff\xfe not text\n");
+        let p = parse(&bytes, &FeedsConfig::default()).unwrap();
+        assert_eq!(p.report.ignored, 1);
         assert_eq!(p.items.len(), 1);
         assert_eq!(p.report.skipped_count, 2);
         assert_eq!(p.report.skipped[0].line, Some(1));
-        assert!(p.report.skipped[0].reason.contains("cut short"), "{:?}", p.report.skipped);
+        assert!(
+            p.report.skipped[0].reason.contains("cut short"),
+            "{:?}",
+            p.report.skipped
+        );
         assert_eq!(p.report.skipped[1].line, Some(3));
-        assert!(p.report.skipped[1].reason.contains("malformed XML"), "{:?}", p.report.skipped);
+        assert!(
+            p.report.skipped[1].reason.contains("malformed XML"),
+            "{:?}",
+            p.report.skipped
+        );
         // Nothing readable at all: refused with the first reason.
-        assert!(matches!(parse(cut.as_bytes(), &FeedsConfig::default()), Err(FeedError::Unreadable(_))));
+        assert!(matches!(
+            parse(cut.as_bytes(), &FeedsConfig::default()),
+            Err(FeedError::Unreadable(_))
+        ));
     }
 
     #[test]
@@ -570,7 +627,10 @@ pub(crate) mod tests {
         let text = format!("{wlb}\n{sentinel}\n{security}\n{bad}\n");
         let p = parse(text.as_bytes(), &FeedsConfig::default()).unwrap();
         assert_eq!(p.items.len(), 3, "{:?}", p.report);
-        assert_eq!(p.items[0].key, "ws01.corp.example|microsoft-windows-sysmon/operational|42");
+        assert_eq!(
+            p.items[0].key,
+            "ws01.corp.example|microsoft-windows-sysmon/operational|42"
+        );
         assert_eq!(p.items[0].fields["CommandLine"], "whoami /all");
         assert_eq!(p.items[1].fields["Image"], "C:\\Windows\\System32\\cmd.exe");
         assert_eq!(p.items[1].channel, "Microsoft-Windows-Sysmon/Operational");
@@ -592,8 +652,14 @@ pub(crate) mod tests {
         assert!(!full.items.is_empty());
         for cut in [8, 100, 4096, 4096 + 600, whole.len() / 2, whole.len() - 1] {
             match parse(&whole[..cut], &cfg) {
-                Err(FeedError::Unreadable(reason)) => assert!(reason.contains("EVTX") || reason.contains("cut short"), "{reason}"),
-                Ok(p) => assert!(p.report.skipped.iter().any(|s| s.reason.contains("cut short")), "{:?}", p.report),
+                Err(FeedError::Unreadable(reason)) => {
+                    assert!(reason.contains("EVTX") || reason.contains("cut short"), "{reason}")
+                }
+                Ok(p) => assert!(
+                    p.report.skipped.iter().any(|s| s.reason.contains("cut short")),
+                    "{:?}",
+                    p.report
+                ),
                 Err(e) => panic!("{e}"),
             }
         }

@@ -137,16 +137,34 @@ const SERVICES: &[(&str, &str)] = &[
     ("microsoft-windows-windows defender/operational", "windefend"),
     ("microsoft-windows-taskscheduler/operational", "taskscheduler"),
     ("microsoft-windows-wmi-activity/operational", "wmi"),
-    ("microsoft-windows-codeintegrity/operational", "codeintegrity-operational"),
+    (
+        "microsoft-windows-codeintegrity/operational",
+        "codeintegrity-operational",
+    ),
     ("microsoft-windows-bits-client/operational", "bits-client"),
     ("microsoft-windows-dns-client/operational", "dns-client"),
     ("dns server", "dns-server"),
-    ("microsoft-windows-windows firewall with advanced security/firewall", "firewall-as"),
+    (
+        "microsoft-windows-windows firewall with advanced security/firewall",
+        "firewall-as",
+    ),
     ("microsoft-windows-ntlm/operational", "ntlm"),
-    ("microsoft-windows-appxdeployment-server/operational", "appxdeployment-server"),
-    ("microsoft-windows-security-mitigations/kernel mode", "security-mitigations"),
-    ("microsoft-windows-security-mitigations/user mode", "security-mitigations"),
-    ("microsoft-windows-terminalservices-localsessionmanager/operational", "terminalservices-localsessionmanager"),
+    (
+        "microsoft-windows-appxdeployment-server/operational",
+        "appxdeployment-server",
+    ),
+    (
+        "microsoft-windows-security-mitigations/kernel mode",
+        "security-mitigations",
+    ),
+    (
+        "microsoft-windows-security-mitigations/user mode",
+        "security-mitigations",
+    ),
+    (
+        "microsoft-windows-terminalservices-localsessionmanager/operational",
+        "terminalservices-localsessionmanager",
+    ),
     ("microsoft-windows-smbserver/connectivity", "smbserver-connectivity"),
     ("msexchange management", "msexchange-management"),
     ("microsoft-windows-applocker/exe and dll", "applocker"),
@@ -171,6 +189,9 @@ pub fn categories(event: &EndpointEvent) -> &'static [&'static str] {
             4103 => &["ps_module"],
             _ => &[],
         },
+        // Process creation audited by Windows itself, as Sigma's windows-audit
+        // pipeline takes it (with Sysmon's field names: `security_4688_fields`).
+        Some("security") if event.event_id == 4688 => &["process_creation"],
         Some("powershell-classic") => match event.event_id {
             400 => &["ps_classic_start"],
             600 => &["ps_classic_provider_start"],
@@ -188,7 +209,7 @@ pub fn judge(detector: &SourceDetector, event: &EndpointEvent) -> Vec<SourcedAle
         categories: categories(event),
         service: service_of(&event.channel),
     };
-    let fields = Value::Object(event.fields.clone());
+    let fields = Value::Object(sigma_fields(event));
     detector
         .evaluate(&source, &fields)
         .into_iter()
@@ -218,6 +239,40 @@ pub fn judge(detector: &SourceDetector, event: &EndpointEvent) -> Vec<SourcedAle
         .collect()
 }
 
+/// The fields rules see: the event's, with a Security 4688's also under Sysmon's names.
+fn sigma_fields(event: &EndpointEvent) -> Map<String, Value> {
+    let mut fields = event.fields.clone();
+    if event.event_id == 4688 && service_of(&event.channel) == Some("security") {
+        security_4688_fields(&mut fields);
+    }
+    fields
+}
+
+/// A Security 4688 event's fields under Sysmon's names, as Sigma's windows-audit
+/// pipeline renames them (`NewProcessName` → `Image`...), where Sysmon's are absent.
+fn security_4688_fields(fields: &mut Map<String, Value>) {
+    for (from, to) in [("NewProcessName", "Image"), ("ParentProcessName", "ParentImage")] {
+        if let Some(v) = fields.get(from).cloned() {
+            fields.entry(to).or_insert(v);
+        }
+    }
+    // 4688's ProcessId is the creator's; the new process's is NewProcessId.
+    if let Some(new) = fields.get("NewProcessId").cloned()
+        && let Some(parent) = fields.insert("ProcessId".into(), new)
+    {
+        fields.entry("ParentProcessId").or_insert(parent);
+    }
+    if !fields.contains_key("User")
+        && let Some(user) = fields.get("SubjectUserName").and_then(Value::as_str)
+    {
+        let user = match fields.get("SubjectDomainName").and_then(Value::as_str) {
+            Some(d) if !d.is_empty() && d != "-" => format!("{d}\\{user}"),
+            _ => user.to_string(),
+        };
+        fields.insert("User".into(), Value::String(user));
+    }
+}
+
 /// What `matched` always says about the event, besides the fields the rule matched.
 const KEY_FIELDS: &[&str] = &[
     "Computer",
@@ -241,12 +296,12 @@ fn as_text(v: &Value) -> Option<String> {
     }
 }
 
-fn field(event: &EndpointEvent, names: &[&str]) -> Option<String> {
-    names.iter().find_map(|n| event.fields.get(*n).and_then(as_text))
+fn field(fields: &Map<String, Value>, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| fields.get(*n).and_then(as_text))
 }
 
-fn pid(event: &EndpointEvent, name: &str) -> u32 {
-    field(event, &[name])
+fn pid(fields: &Map<String, Value>, name: &str) -> u32 {
+    field(fields, &[name])
         .and_then(|s| {
             let s = s.trim();
             s.strip_prefix("0x")
@@ -266,15 +321,18 @@ fn windows_binary(path: &str) -> bool {
 /// SHA256=<hex> from Sysmon's `Hashes` (`SHA1=…,MD5=…,SHA256=…,IMPHASH=…`).
 fn sha256_of(hashes: Option<String>) -> Option<[u8; 32]> {
     let h = hashes?;
-    let hex_text = h
-        .split(',')
-        .find_map(|p| p.trim().strip_prefix("SHA256=").or_else(|| p.trim().strip_prefix("sha256=")))?;
+    let hex_text = h.split(',').find_map(|p| {
+        p.trim()
+            .strip_prefix("SHA256=")
+            .or_else(|| p.trim().strip_prefix("sha256="))
+    })?;
     let bytes = hex::decode(hex_text.trim()).ok()?;
     bytes.try_into().ok()
 }
 
 /// The event's entities: host, process and parent, user, files, addresses, domain.
 pub fn entities(event: &EndpointEvent) -> Vec<Entity> {
+    let f = sigma_fields(event);
     let mut out = vec![Entity::Device {
         hostname: event.host.clone(),
     }];
@@ -283,38 +341,43 @@ pub fn entities(event: &EndpointEvent) -> Vec<Entity> {
             out.push(e);
         }
     };
-    let image = field(event, &["Image", "NewProcessName", "SourceImage"]);
+    let image = field(&f, &["Image", "NewProcessName", "SourceImage"]);
     if let Some(exe) = image {
         let sha256 = if windows_binary(&exe) {
             None
         } else {
-            sha256_of(field(event, &["Hashes", "Hash"]))
+            sha256_of(field(&f, &["Hashes", "Hash"]))
         };
         push(Entity::Process {
-            pid: pid(event, if event.fields.contains_key("ProcessId") { "ProcessId" } else { "NewProcessId" }),
-            ppid: pid(event, "ParentProcessId"),
-            start_time_ms: event.time_ms,
+            pid: pid(&f, "ProcessId"),
+            ppid: pid(&f, "ParentProcessId"),
+            // The event is the process's start only when it is its creation.
+            start_time_ms: if categories(event).contains(&"process_creation") {
+                event.time_ms
+            } else {
+                0
+            },
             exe,
-            cmdline: field(event, &["CommandLine"]).unwrap_or_default(),
+            cmdline: field(&f, &["CommandLine"]).unwrap_or_default(),
             sha256,
         });
     }
-    if let Some(exe) = field(event, &["ParentImage", "ParentProcessName"]) {
+    if let Some(exe) = field(&f, &["ParentImage", "ParentProcessName"]) {
         push(Entity::Process {
-            pid: pid(event, "ParentProcessId"),
+            pid: pid(&f, "ParentProcessId"),
             ppid: 0,
             start_time_ms: 0,
             exe,
-            cmdline: field(event, &["ParentCommandLine"]).unwrap_or_default(),
+            cmdline: field(&f, &["ParentCommandLine"]).unwrap_or_default(),
             sha256: None,
         });
     }
     for name in ["User", "TargetUserName", "SubjectUserName", "SourceUser"] {
-        if let Some(u) = field(event, &[name]).filter(|u| !u.ends_with('$')) {
+        if let Some(u) = field(&f, &[name]).filter(|u| !u.ends_with('$')) {
             let domain = if name == "TargetUserName" {
-                field(event, &["TargetDomainName"])
+                field(&f, &["TargetDomainName"])
             } else if name == "SubjectUserName" {
-                field(event, &["SubjectDomainName"])
+                field(&f, &["SubjectDomainName"])
             } else {
                 None
             };
@@ -326,9 +389,9 @@ pub fn entities(event: &EndpointEvent) -> Vec<Entity> {
         }
     }
     for name in ["TargetFilename", "ImageLoaded", "TargetImage", "PipeName"] {
-        if let Some(path) = field(event, &[name]) {
+        if let Some(path) = field(&f, &[name]) {
             let sha256 = if name == "ImageLoaded" && !windows_binary(&path) {
-                sha256_of(field(event, &["Hashes"]))
+                sha256_of(field(&f, &["Hashes"]))
             } else {
                 None
             };
@@ -336,12 +399,12 @@ pub fn entities(event: &EndpointEvent) -> Vec<Entity> {
         }
     }
     for name in ["DestinationIp", "SourceIp", "IpAddress"] {
-        if let Some(addr) = field(event, &[name]).and_then(|a| a.trim().parse::<IpAddr>().ok()) {
+        if let Some(addr) = field(&f, &[name]).and_then(|a| a.trim().parse::<IpAddr>().ok()) {
             push(Entity::Ip { addr });
         }
     }
     for name in ["QueryName", "DestinationHostname"] {
-        if let Some(d) = field(event, &[name]).filter(|d| d.contains('.')) {
+        if let Some(d) = field(&f, &[name]).filter(|d| d.contains('.')) {
             push(Entity::Domain {
                 name: d.to_ascii_lowercase(),
             });
@@ -418,7 +481,7 @@ pub(crate) mod tests {
         let (mut checked, mut not_shipped, mut failures) = (0, Vec::new(), Vec::new());
         for f in &files {
             let info = std::fs::read_to_string(f.parent().unwrap().join("info.yml")).unwrap();
-            let rule_id = yaml_value(&info.split("rule_metadata:").nth(1).unwrap_or(""), "id").unwrap();
+            let rule_id = yaml_value(info.split("rule_metadata:").nth(1).unwrap_or(""), "id").unwrap();
             let expected: Option<usize> = yaml_value(&info, "match_count").and_then(|c| c.parse().ok());
             if !shipped.contains(&rule_id) {
                 not_shipped.push(rule_id);
@@ -459,8 +522,39 @@ pub(crate) mod tests {
             not_shipped.len(),
             not_shipped
         );
-        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} failures:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
         assert!(checked >= 180, "only {checked} recordings checked");
+    }
+
+    /// A Security 4688 (no Sysmon) meets the process_creation rules under Sysmon's names.
+    #[test]
+    fn a_security_4688_meets_the_process_creation_rules() {
+        let row = r#"{"TimeGenerated":"2024-03-01T10:00:02Z","Computer":"DC01","EventID":4688,"Type":"SecurityEvent","SubjectUserName":"alice","SubjectDomainName":"CORP","NewProcessName":"C:\\Windows\\System32\\findstr.exe","CommandLine":"findstr /i lsass","NewProcessId":"0x1a2c","ParentProcessName":"C:\\Windows\\System32\\cmd.exe","ProcessId":"0x1a00"}"#;
+        let p = super::super::endpoint::parse(row.as_bytes(), &FeedsConfig::default()).unwrap();
+        let alerts = judge(&rules().detector, &p.items[0]);
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.rule.id == "fe63010f-8823-4864-a96b-a7b4a0f7b929"),
+            "{:?}",
+            alerts.iter().map(|a| &a.rule.title).collect::<Vec<_>>()
+        );
+        let a = &alerts[0];
+        assert!(
+            a.entities
+                .iter()
+                .any(|e| matches!(e, Entity::Process { pid: 0x1a2c, exe, .. } if exe.ends_with("findstr.exe")))
+        );
+        assert!(
+            a.entities
+                .iter()
+                .any(|e| matches!(e, Entity::User { name, .. } if name == "CORP\\alice"))
+        );
     }
 
     #[test]
@@ -493,8 +587,16 @@ pub(crate) mod tests {
         assert!(a.entities.contains(&Entity::Device {
             hostname: "ip-172-31-60-25".into()
         }));
-        assert!(a.entities.iter().any(|e| matches!(e, Entity::Process { exe, pid: 3372, .. } if exe == "/usr/bin/wget")));
-        assert!(a.entities.iter().any(|e| matches!(e, Entity::User { name, .. } if name == "root")));
+        assert!(
+            a.entities
+                .iter()
+                .any(|e| matches!(e, Entity::Process { exe, pid: 3372, .. } if exe == "/usr/bin/wget"))
+        );
+        assert!(
+            a.entities
+                .iter()
+                .any(|e| matches!(e, Entity::User { name, .. } if name == "root"))
+        );
         // The same event again: the same alert id.
         assert_eq!(judge(&rules().detector, &p.items[0])[0].id, a.id);
     }

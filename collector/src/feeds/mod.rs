@@ -16,6 +16,10 @@
 //!   (`messagesDelivered`, `messagesBlocked`, `clicksPermitted`, `clicksBlocked`);
 //!   Exchange inbox-rule and mailbox-forwarding changes from the Microsoft 365 audit
 //!   log (Sentinel `OfficeActivity` rows or Management Activity API records).
+//! - endpoint: other sensors' logs (EVTX files, Sysmon for Linux syslog lines,
+//!   evtx-JSON, Winlogbeat and Sentinel rows), read by `endpoint`, judged by SigmaHQ's
+//!   rules for their logsource in `endpoint_detect` (alerts with source `endpoint`, the
+//!   host as a `Device{hostname}` entity, no device id: the host runs no agent).
 //!
 //! Alerts are stored with source `identity` or `mailbox`, no device, author "Ward",
 //! and an id derived from the records that raised them (a re-import raises nothing twice).

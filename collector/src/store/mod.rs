@@ -29,8 +29,8 @@ pub mod sqlite;
 
 pub use actions::{ActionFilter, ActionOps, ActionRecord, ActionStore, ActionView, NewAction, TargetRefusal};
 pub use audit::{AuditChainReport, AuditEntry, AuditStore};
-pub use endpoint::{EndpointHost, EndpointOps, EndpointStore};
 pub use automation::{AutomationAlert, AutomationIncident, AutomationStore, EvidenceAlert, IncidentBatch};
+pub use endpoint::{EndpointHost, EndpointOps, EndpointStore};
 pub use export::{
     Appended, ExportActivity, ExportAlert, ExportBatch, ExportLink, ExportMarks, ExportStore, NewSpooled, SpoolStore,
     Spooled,

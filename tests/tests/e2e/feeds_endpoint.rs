@@ -50,7 +50,11 @@ async fn endpoint_logs_raise_alerts_for_hosts_without_an_agent_once() {
     let viewer = c.user("victor", "viewer").unwrap();
     let post = |file: &'static str, token: String| {
         let c = &c;
-        async move { c.post_bytes_as("/api/v1/feeds/endpoint", &token, read(file)).await.unwrap() }
+        async move {
+            c.post_bytes_as("/api/v1/feeds/endpoint", &token, read(file))
+                .await
+                .unwrap()
+        }
     };
 
     let (status, _) = post("sysmon-linux.log", viewer.clone()).await;
@@ -61,18 +65,29 @@ async fn endpoint_logs_raise_alerts_for_hosts_without_an_agent_once() {
     assert_eq!(status, 200, "{linux}");
     assert_eq!(linux["format"], "sysmon-syslog");
     assert_eq!(
-        (linux["records"].as_u64(), linux["imported"].as_u64(), linux["ignored"].as_u64()),
+        (
+            linux["records"].as_u64(),
+            linux["imported"].as_u64(),
+            linux["ignored"].as_u64()
+        ),
         (Some(6), Some(4), Some(1)),
         "{linux}"
     );
     assert_eq!(linux["skipped"][0]["line"], 6, "{linux}");
-    assert!(linux["skipped"][0]["reason"].as_str().unwrap().contains("cut short"), "{linux}");
+    assert!(
+        linux["skipped"][0]["reason"].as_str().unwrap().contains("cut short"),
+        "{linux}"
+    );
     assert!(linux["alerts_raised"].as_u64().unwrap() >= 1, "{linux}");
 
     // A real EVTX recording, and JSON lines of the same host with a broken line.
     let (status, evtx) = post("findstr-lsass.evtx", analyst.clone()).await;
     assert_eq!(status, 200, "{evtx}");
-    assert_eq!((evtx["format"].as_str(), evtx["imported"].as_u64()), (Some("evtx"), Some(1)), "{evtx}");
+    assert_eq!(
+        (evtx["format"].as_str(), evtx["imported"].as_u64()),
+        (Some("evtx"), Some(1)),
+        "{evtx}"
+    );
     assert_eq!(evtx["alerts_raised"], 1, "{evtx}");
     let (status, json) = post("ar-win-dc.ndjson", analyst.clone()).await;
     assert_eq!(status, 200, "{json}");
@@ -91,7 +106,10 @@ async fn endpoint_logs_raise_alerts_for_hosts_without_an_agent_once() {
         .expect("the findstr lsass rule");
     assert_eq!(findstr["rule"]["title"], "LSASS Process Reconnaissance Via Findstr.EXE");
     assert_eq!(findstr["severity"], "high", "{findstr}");
-    assert!(!findstr["rule"]["author"].as_str().unwrap().is_empty(), "DRL attribution");
+    assert!(
+        !findstr["rule"]["author"].as_str().unwrap().is_empty(),
+        "DRL attribution"
+    );
     assert!(
         findstr["rule"]["techniques"].as_array().is_some_and(|t| !t.is_empty()),
         "{findstr}"
@@ -120,18 +138,29 @@ async fn endpoint_logs_raise_alerts_for_hosts_without_an_agent_once() {
     let hosts = hosts["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 2, "{hosts:?}");
     for h in hosts {
-        assert_eq!((h["enrolled"].as_bool(), h["device_id"].is_null()), (Some(false), true), "{h}");
+        assert_eq!(
+            (h["enrolled"].as_bool(), h["device_id"].is_null()),
+            (Some(false), true),
+            "{h}"
+        );
         assert!(h["alerts"].as_u64().unwrap() >= 1, "{h}");
     }
     let web_host = hosts.iter().find(|h| h["hostname"] == "web-07").unwrap();
-    assert_eq!((web_host["product"].as_str(), web_host["events"].as_u64()), (Some("linux"), Some(4)));
+    assert_eq!(
+        (web_host["product"].as_str(), web_host["events"].as_u64()),
+        (Some("linux"), Some(4))
+    );
     let (_, devices) = c.get("/api/v1/devices").await.unwrap();
     assert!(!devices.to_string().contains("web-07"), "{devices}");
 
     // Again, through the API and the CLI: nothing new.
     let (_, again) = post("findstr-lsass.evtx", analyst.clone()).await;
     assert_eq!(
-        (again["imported"].as_u64(), again["duplicates"].as_u64(), again["alerts_raised"].as_u64()),
+        (
+            again["imported"].as_u64(),
+            again["duplicates"].as_u64(),
+            again["alerts_raised"].as_u64()
+        ),
         (Some(0), Some(1), Some(0)),
         "{again}"
     );
@@ -140,7 +169,11 @@ async fn endpoint_logs_raise_alerts_for_hosts_without_an_agent_once() {
         .unwrap();
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
-        (report["imported"].as_u64(), report["duplicates"].as_u64(), report["alerts_raised"].as_u64()),
+        (
+            report["imported"].as_u64(),
+            report["duplicates"].as_u64(),
+            report["alerts_raised"].as_u64()
+        ),
         (Some(0), Some(4), Some(0)),
         "{report}"
     );
