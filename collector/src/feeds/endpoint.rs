@@ -671,11 +671,13 @@ pub(crate) mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        // Flipped bytes all over the chunk: every outcome is a report or an error.
-        let mut mangled = whole.clone();
-        for i in (4096..mangled.len()).step_by(97) {
-            mangled[i] ^= 0x5a;
+        // Bytes flipped all over the file, 64 ways: every outcome is a report or an error.
+        for seed in 1..=64usize {
+            let mut mangled = whole.clone();
+            for i in (seed * 31 % 4096..mangled.len()).step_by(61 + seed * 7) {
+                mangled[i] ^= (seed as u8).wrapping_mul(37) | 1;
+            }
+            let _ = parse(&mangled, &cfg);
         }
-        let _ = parse(&mangled, &cfg);
     }
 }
