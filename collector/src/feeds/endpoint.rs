@@ -84,7 +84,7 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
     // The parser is foreign code over hostile bytes: a panic in it ends this file's
     // reading (what was read stays), never the collector.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let settings = ParserSettings::new().num_threads(1).separate_json_attributes(false);
+        let settings = ParserSettings::new().separate_json_attributes(false);
         let mut parser = EvtxParser::from_buffer(bytes.to_vec())
             .map_err(|e| FeedError::Unreadable(format!("not a readable EVTX file: {e}")))?
             .with_configuration(settings);
@@ -161,10 +161,7 @@ fn parse_evtx(bytes: &[u8]) -> Result<Parsed<EndpointEvent>, FeedError> {
             .first()
             .map(|s| s.reason.clone())
             .unwrap_or_default();
-        return Err(FeedError::Unreadable(format!(
-            "none of the {} EVTX records is readable: {first}",
-            parsed.report.records
-        )));
+        return Err(FeedError::Unreadable(format!("no EVTX record is readable: {first}")));
     }
     Ok(parsed)
 }
