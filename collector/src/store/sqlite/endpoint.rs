@@ -73,3 +73,39 @@ impl EndpointStore for SqliteStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::test_support::{enrolled_device, open};
+    use crate::store::prelude::*;
+
+    #[test]
+    fn events_are_taken_once_and_hosts_say_whether_a_device_carries_their_name() {
+        let (_d, mut s) = open();
+        let device = enrolled_device(&mut s, 7, 1_000);
+        let (first, again) = s
+            .feed_import(2_000, |tx| {
+                let a = tx.insert_endpoint_event("host-7|security|1", "HOST-7", "windows", 5_000)?;
+                tx.insert_endpoint_event("web|sysmon|1", "web", "linux", 4_000)?;
+                tx.insert_endpoint_event("web|sysmon|2", "web", "linux", 6_000)?;
+                tx.count_endpoint_alerts("WEB", 2)?;
+                let b = tx.insert_endpoint_event("host-7|security|1", "HOST-7", "windows", 5_000)?;
+                Ok((a, b))
+            })
+            .unwrap();
+        assert!(first && !again, "a key is taken once");
+        let hosts = s.endpoint_hosts(10).unwrap();
+        assert_eq!(hosts.len(), 2);
+        // Most recently seen first.
+        let (web, none) = &hosts[0];
+        assert_eq!((web.hostname.as_str(), web.events, web.alerts), ("web", 2, 2));
+        assert_eq!((web.first_seen_ms, web.last_seen_ms), (4_000, 6_000));
+        assert!(!web.enrolled && none.is_none());
+        // An enrolled device named host-7 (case aside): the host is that device.
+        let (h7, id) = &hosts[1];
+        assert_eq!((h7.hostname.as_str(), h7.events), ("HOST-7", 1));
+        assert!(h7.enrolled);
+        assert_eq!(id.as_deref(), Some(device.to_string().as_str()));
+    }
+}
