@@ -212,7 +212,7 @@ pub struct IncidentCondition {
     pub min_severity: Option<String>,
     /// ATT&CK tactic ids (`TA0040`); any of them.
     pub tactics: Vec<String>,
-    /// Alert sources (agent, identity, mailbox, collector); all of them present.
+    /// Alert sources (agent, identity, mailbox, collector, endpoint); all of them present.
     pub sources_all: Vec<String>,
 }
 
@@ -229,7 +229,7 @@ pub struct AlertCondition {
     pub techniques: Vec<String>,
     /// ATT&CK tactic ids (`TA0002`).
     pub tactics: Vec<String>,
-    /// agent, identity, mailbox or collector.
+    /// agent, identity, mailbox, collector or endpoint.
     pub sources: Vec<String>,
     /// Device ids or hostnames.
     pub devices: Vec<String>,
@@ -579,7 +579,7 @@ requester_may_approve = false
 # rule_ids = []
 # techniques = ["T1486"]             # also matches sub-techniques (T1486.001)
 # tactics = []                       # e.g. "TA0040"
-# sources = ["agent"]                # agent, identity, mailbox, collector
+# sources = ["agent"]                # agent, identity, mailbox, collector, endpoint
 # devices = []                       # device ids or hostnames
 # A rule has exactly one condition: [automation.alert] above, or one on incidents,
 # checked each time an alert joins an incident (in its state then; open incidents
@@ -637,7 +637,7 @@ max_clock_skew_ms = 300000
 # format = "rfc5424"                 # rfc5424 (Ward JSON message) or cef
 # records = ["alerts", "incidents"]
 # min_severity = "medium"
-# sources = []                       # agent, identity, mailbox, collector; [] = all
+# sources = []                       # agent, identity, mailbox, collector, endpoint; [] = all
 # spool_max_records = 1000000        # past it, new records for this sink are dropped
 # batch_records = 500
 # timeout_ms = 10000
@@ -666,7 +666,7 @@ pub struct ExportConfig {
     /// Alerts (and incidents) of at least this severity; none = all.
     #[serde(default)]
     pub min_severity: Option<String>,
-    /// Alert sources (agent, identity, mailbox, collector); an incident passes when
+    /// Alert sources (agent, identity, mailbox, collector, endpoint); an incident passes when
     /// any of its sources is listed. Empty = all.
     #[serde(default)]
     pub sources: Vec<String>,

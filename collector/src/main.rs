@@ -100,6 +100,8 @@ enum ImportCommand {
     Identity { file: PathBuf },
     /// Email: Defender EmailEvents, EmailAttachmentInfo, EmailUrlInfo, UrlClickEvents, EmailPostDeliveryEvents.
     Mailbox { file: PathBuf },
+    /// Other sensors' logs judged by Sigma rules: EVTX files, Sysmon for Linux syslog lines, Sentinel or Winlogbeat JSON.
+    Endpoint { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +287,7 @@ fn main() -> Result<()> {
             let (feed, file) = match command {
                 ImportCommand::Identity { file } => (Feed::Identity, file),
                 ImportCommand::Mailbox { file } => (Feed::Mailbox, file),
+                ImportCommand::Endpoint { file } => (Feed::Endpoint, file),
             };
             // Fails (non-zero exit) only when nothing in the file could be read.
             let report = setup::import_feed(dir, &config_path, feed, &file)?;

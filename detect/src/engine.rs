@@ -125,7 +125,7 @@ impl fmt::Debug for Detector {
 ///
 /// With the pre-filter off its index is never read, yet rsigma builds it anyway
 /// (up to 1 MB per engine): a zero budget keeps it empty.
-fn new_engine() -> Engine {
+pub(crate) fn new_engine() -> Engine {
     let mut e = Engine::new();
     e.set_bloom_prefilter(false);
     e.set_bloom_max_bytes(0);
@@ -153,7 +153,7 @@ impl Default for Detector {
     }
 }
 
-fn severity(level: Option<Level>) -> Severity {
+pub(crate) fn severity(level: Option<Level>) -> Severity {
     match level {
         Some(Level::Informational) => Severity::Informational,
         Some(Level::Low) => Severity::Low,
@@ -163,14 +163,14 @@ fn severity(level: Option<Level>) -> Severity {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".to_string())
 }
 
-fn cut(mut s: String) -> String {
+pub(crate) fn cut(mut s: String) -> String {
     if let Some((idx, _)) = s.char_indices().nth(MAX_MATCHED_VALUE_CHARS) {
         s.truncate(idx);
     }

@@ -21,6 +21,7 @@ pub mod defaultpack;
 pub mod engine;
 pub mod entities;
 pub mod event;
+pub mod logsource;
 pub mod mapping;
 pub mod rulestest;
 pub mod wildcard;

@@ -113,7 +113,7 @@ impl Rule {
     }
 }
 
-const SOURCES: [&str; 4] = ["agent", "identity", "mailbox", "collector"];
+const SOURCES: [&str; 5] = ["agent", "identity", "mailbox", "collector", "endpoint"];
 const KINDS: [ActionKind; 4] = [
     ActionKind::Isolate,
     ActionKind::KillProcess,

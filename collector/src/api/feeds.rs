@@ -18,6 +18,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, BodyRejection};
 use crate::feeds::{self, Feed, FeedError, ImportReport};
 use crate::roles::Role;
+use crate::store::prelude::*;
 use crate::util::now_ms;
 
 pub async fn identity(
@@ -34,6 +35,34 @@ pub async fn mailbox(
     body: Result<Body, BodyRejection>,
 ) -> ApiResult<Json<Value>> {
     import(state, caller, Feed::Mailbox, body).await
+}
+
+pub async fn endpoint(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Body, BodyRejection>,
+) -> ApiResult<Json<Value>> {
+    import(state, caller, Feed::Endpoint, body).await
+}
+
+/// The hosts the endpoint feed has seen: devices that run no Ward agent (`enrolled`
+/// is true only when an enrolled device carries the same hostname; then `device_id`
+/// names it). Never a target for commands: they are not rows of `devices`.
+pub async fn endpoint_hosts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Analyst)?;
+    let hosts = state.reads.run(|s| s.endpoint_hosts(1000)).await??;
+    let hosts: Vec<Value> = hosts
+        .into_iter()
+        .map(|(h, device_id)| {
+            let mut v = json!(h);
+            v["device_id"] = json!(device_id);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "hosts": hosts })))
 }
 
 async fn import(

@@ -75,7 +75,7 @@ const fn feed(path: &'static str, handler: fn(MethodFilter) -> MethodRouter<ApiS
 use Role::{Admin, Analyst, Approver, Viewer};
 
 /// Every authenticated route. `/healthz` and the console's static files need no token.
-pub static ROUTES: [Route; 35] = [
+pub static ROUTES: [Route; 37] = [
     route(Method::GET, "/metrics", Viewer, |m| on(m, routes::metrics)),
     route(Method::GET, "/api/v1/whoami", Viewer, |m| on(m, routes::whoami)),
     route(Method::GET, "/api/v1/devices", Viewer, |m| on(m, routes::list_devices)),
@@ -142,6 +142,10 @@ pub static ROUTES: [Route; 35] = [
     }),
     feed("/api/v1/feeds/identity", |m| on(m, feeds::identity)),
     feed("/api/v1/feeds/mailbox", |m| on(m, feeds::mailbox)),
+    feed("/api/v1/feeds/endpoint", |m| on(m, feeds::endpoint)),
+    route(Method::GET, "/api/v1/feeds/endpoint/hosts", Analyst, |m| {
+        on(m, feeds::endpoint_hosts)
+    }),
     // Hunting reads raw sign-in and mail records: analysts and up.
     route(Method::GET, "/api/v1/hunt", Analyst, |m| on(m, hunt::run)),
     route(Method::GET, "/api/v1/hunt/saved", Analyst, |m| on(m, hunt::saved)),

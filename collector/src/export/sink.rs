@@ -298,8 +298,10 @@ fn check_inner(c: &ExportConfig, data_dir: &Path) -> Result<Sink, String> {
         filter.min_severity = Some(Severity::parse(s).ok_or_else(|| format!("min_severity {s:?} is not a severity"))?);
     }
     for s in &c.sources {
-        if !["agent", "identity", "mailbox", "collector"].contains(&s.as_str()) {
-            return Err(format!("sources: {s:?} is not agent, identity, mailbox or collector"));
+        if !["agent", "identity", "mailbox", "collector", "endpoint"].contains(&s.as_str()) {
+            return Err(format!(
+                "sources: {s:?} is not agent, identity, mailbox, collector or endpoint"
+            ));
         }
     }
     if c.spool_max_records == 0 {
@@ -481,10 +483,12 @@ mod tests {
             url = "http://127.0.0.1:9000/ward"
             secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
             records = ["incidents"]
+            sources = ["agent", "endpoint"]
             "#,
         )
         .unwrap();
         assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].filter.sources, ["agent", "endpoint"]);
         assert_eq!(ok[0].encoding, Encoding::SyslogCef { facility: 13 });
         assert_eq!(ok[0].filter.min_severity, Some(Severity::High));
         assert!(!ok[1].filter.alerts && ok[1].filter.incidents);

@@ -21,6 +21,10 @@
 //!   mailbox operations, Defender `CloudAppEvents` and `IdentityDirectoryEvents`. They
 //!   are stored in `audit_events` after the file's sign-ins or mail, and judged by
 //!   `alerts_audit` (a successful sign-in is also judged against stored MFA removals).
+//! - endpoint: other sensors' logs (EVTX files, Sysmon for Linux syslog lines,
+//!   evtx-JSON, Winlogbeat and Sentinel rows), read by `endpoint`, judged by SigmaHQ's
+//!   rules for their logsource in `endpoint_detect` (alerts with source `endpoint`, the
+//!   host as a `Device{hostname}` entity, no device id: the host runs no agent).
 //!
 //! Alerts are stored with source `identity` or `mailbox`, no device, author "Ward",
 //! and an id derived from the records that raised them (a re-import raises nothing twice).
@@ -88,6 +92,9 @@ mod alerts_identity;
 mod alerts_mailbox;
 mod audit;
 mod detect;
+pub mod endpoint;
+pub mod endpoint_detect;
+mod endpoint_xml;
 mod fields;
 mod identity;
 mod inbox_rules;
@@ -110,6 +117,8 @@ use crate::store::{FeedTx, Store, StoreError};
 pub enum Feed {
     Identity,
     Mailbox,
+    /// Other sensors' logs (Sysmon, Windows event logs) judged by Sigma rules.
+    Endpoint,
 }
 
 impl Feed {
@@ -117,6 +126,7 @@ impl Feed {
         match self {
             Feed::Identity => "identity",
             Feed::Mailbox => "mailbox",
+            Feed::Endpoint => "endpoint",
         }
     }
 }
@@ -321,6 +331,7 @@ enum Pending {
     /// Grouped by message, so that no chunk ends inside one: a message and its parts
     /// are judged together (one alert), as in one import.
     Mailbox(Box<std::iter::Peekable<std::vec::IntoIter<MailRecord>>>),
+    Endpoint(std::vec::IntoIter<JudgedEvent>),
 }
 
 /// A parsed file being stored chunk by chunk ([`Import::step`]). Detection judges
@@ -366,6 +377,12 @@ impl Import {
                     p.audits,
                 )
             }
+            ParsedFeed::Endpoint(p) => (
+                Feed::Endpoint,
+                p.report,
+                Pending::Endpoint(p.items.into_iter()),
+                p.audits,
+            ),
         };
         Import {
             feed,
@@ -421,6 +438,7 @@ impl Import {
             let main_left = match pending {
                 Pending::Identity(items) => items.len() > 0,
                 Pending::Mailbox(items) => items.peek().is_some(),
+                Pending::Endpoint(items) => items.len() > 0,
             };
             let (alerts, done) = match pending {
                 _ if !main_left && audits.len() > 0 => {
@@ -471,6 +489,24 @@ impl Import {
                         alerts_mailbox::detect(tx, &fresh)?,
                         items.peek().is_none() && audits.len() == 0,
                     )
+                }
+                Pending::Endpoint(items) => {
+                    // Alerts are stored with their event (judged while parsing).
+                    let alerts = Vec::new();
+                    for j in items.by_ref().take(max) {
+                        let e = &j.event;
+                        if tx.insert_endpoint_event(&e.key, &e.host, e.product, e.time_ms)? {
+                            r.imported += 1;
+                            if !j.alerts.is_empty() {
+                                let stored = tx.insert_alerts(&j.alerts)?.stored;
+                                r.alerts_raised += u64::from(stored);
+                                tx.count_endpoint_alerts(&e.host, u64::from(stored))?;
+                            }
+                        } else {
+                            r.duplicates += 1;
+                        }
+                    }
+                    (alerts, items.len() == 0 && audits.len() == 0)
                 }
             };
             r.alerts_raised += u64::from(tx.insert_alerts(&alerts)?.stored);
@@ -555,6 +591,33 @@ pub fn log_outcome(feed: Feed, actor: &str, result: &Result<ImportReport, FeedEr
 pub enum ParsedFeed {
     Identity(Parsed<SignIn>),
     Mailbox(Parsed<MailRecord>),
+    Endpoint(Parsed<JudgedEvent>),
+}
+
+/// An endpoint event with the alerts the rules raised on it (judged while parsing,
+/// off the writer thread; stored only if the event is new).
+#[derive(Debug)]
+pub struct JudgedEvent {
+    pub event: endpoint::EndpointEvent,
+    pub alerts: Vec<crate::store::SourcedAlert>,
+}
+
+/// Reads an endpoint file and judges its events (no storage).
+pub fn parse_endpoint(bytes: &[u8], cfg: &FeedsConfig) -> Result<Parsed<JudgedEvent>, FeedError> {
+    let parsed = endpoint::parse(bytes, cfg)?;
+    let detector = &endpoint_detect::rules().detector;
+    Ok(Parsed {
+        report: parsed.report,
+        items: parsed
+            .items
+            .into_iter()
+            .map(|event| JudgedEvent {
+                alerts: endpoint_detect::judge(detector, &event),
+                event,
+            })
+            .collect(),
+        audits: parsed.audits,
+    })
 }
 
 /// Reads and normalizes a file of `feed` (no storage; the API runs this off the writer thread).
@@ -562,6 +625,7 @@ pub fn parse(feed: Feed, bytes: &[u8], cfg: &FeedsConfig) -> Result<ParsedFeed, 
     Ok(match feed {
         Feed::Identity => ParsedFeed::Identity(parse_identity(bytes, cfg)?),
         Feed::Mailbox => ParsedFeed::Mailbox(parse_mailbox(bytes, cfg)?),
+        Feed::Endpoint => ParsedFeed::Endpoint(parse_endpoint(bytes, cfg)?),
     })
 }
 

@@ -996,6 +996,7 @@ mod never_panics {
                     let r = match &p {
                         ParsedFeed::Identity(p) => &p.report,
                         ParsedFeed::Mailbox(p) => &p.report,
+                        ParsedFeed::Endpoint(p) => &p.report,
                     };
                     prop_assert!(r.skipped.len() <= MAX_SKIPPED_LISTED);
                     prop_assert!(r.skipped_count + r.ignored <= r.records);

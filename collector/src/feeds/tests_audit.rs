@@ -47,6 +47,7 @@ fn audits(feed: Feed, bytes: &[u8]) -> (String, Vec<AuditEvent>) {
     match parse(feed, bytes, &cfg).unwrap() {
         ParsedFeed::Identity(p) => (p.report.format, p.audits),
         ParsedFeed::Mailbox(p) => (p.report.format, p.audits),
+        ParsedFeed::Endpoint(p) => (p.report.format, p.audits),
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod audit;
 pub mod automation;
+pub mod endpoint;
 pub mod export;
 pub mod feeds;
 pub mod fold;
@@ -29,6 +30,7 @@ pub mod sqlite;
 pub use actions::{ActionFilter, ActionOps, ActionRecord, ActionStore, ActionView, NewAction, TargetRefusal};
 pub use audit::{AuditChainReport, AuditEntry, AuditStore};
 pub use automation::{AutomationAlert, AutomationIncident, AutomationStore, EvidenceAlert, IncidentBatch};
+pub use endpoint::{EndpointHost, EndpointOps, EndpointStore};
 pub use export::{
     Appended, ExportActivity, ExportAlert, ExportBatch, ExportLink, ExportMarks, ExportStore, NewSpooled, SpoolStore,
     Spooled,
@@ -68,6 +70,7 @@ pub mod prelude {
         GapStore, HuntStore, IncidentStore, IncidentViews, Maintenance, PublishedStore, RuleContextStore, SilenceStore,
         SourcedStore, SpoolStore, UserStore,
     };
+    pub use super::{EndpointOps, EndpointStore};
 }
 
 use serde::Serialize;

@@ -21,6 +21,8 @@ pub enum AlertSource {
     Identity,
     /// Raised from the mailbox (email) feed.
     Mailbox,
+    /// Raised by Sigma rules over other sensors' logs (the endpoint feed).
+    Endpoint,
 }
 
 impl AlertSource {
@@ -30,6 +32,7 @@ impl AlertSource {
             AlertSource::Collector => "collector",
             AlertSource::Identity => "identity",
             AlertSource::Mailbox => "mailbox",
+            AlertSource::Endpoint => "endpoint",
         }
     }
 }

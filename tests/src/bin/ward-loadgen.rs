@@ -357,9 +357,11 @@ async fn storm_part(token: &str, agents: usize, first: usize) -> Result<()> {
     let endpoints = agent_endpoints(first, agents)?;
     let mut devices = connect_all(devices, &endpoints, remote).await;
     println!("connected");
-    let mut lines = std::io::BufRead::lines(std::io::stdin().lock());
-    while let Some(line) = lines.next() {
-        let Some(at) = line?.strip_prefix("restarted ").and_then(|v| v.trim().parse::<u64>().ok()) else {
+    for line in std::io::BufRead::lines(std::io::stdin().lock()) {
+        let Some(at) = line?
+            .strip_prefix("restarted ")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
             continue;
         };
         for d in &mut devices {
@@ -442,7 +444,10 @@ async fn storm(agents: usize, shared_socket: bool, processes: usize) -> Result<(
     );
     // What the restarted collector turned away meanwhile (agents retried each).
     let metrics = collector.metrics().await.unwrap_or_default();
-    for line in metrics.lines().filter(|l| l.starts_with("ward_rejected") && !l.ends_with(" 0")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("ward_rejected") && !l.ends_with(" 0"))
+    {
         println!("  {line}");
     }
     Ok(())

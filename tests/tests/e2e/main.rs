@@ -27,6 +27,7 @@ mod collector_https;
 mod export;
 mod export_ocsf;
 mod feeds;
+mod feeds_endpoint;
 mod floods;
 mod grouping_quality;
 mod incidents;

@@ -13,7 +13,7 @@ use crate::store::*;
 
 /// An open feed-import transaction.
 pub struct FeedTx<'a> {
-    tx: Transaction<'a>,
+    pub(super) tx: Transaction<'a>,
     now_ms: u64,
 }
 

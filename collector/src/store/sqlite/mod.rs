@@ -7,6 +7,7 @@
 mod actions;
 mod audit;
 mod automation;
+mod endpoint;
 mod export;
 mod feeds;
 mod fold;

@@ -714,6 +714,26 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_events_by_actor ON audit_events(kind, actor, time_ms);
     CREATE INDEX audit_events_by_target ON audit_events(kind, target_user, time_ms);
     "#,
+    // 31 (endpoint feed): the key of every event the endpoint feed took (EventRecordID
+    // + channel + computer, or a SHA-256 of the record), so a re-import stores nothing
+    // twice; and the hosts its events name, devices that run no Ward agent (never
+    // rows of `devices`: no key, no session, no commands).
+    r#"
+    CREATE TABLE endpoint_events (
+        record_key TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        time_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE endpoint_hosts (
+        host TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        product TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        alerts INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 #[cfg(test)]
