@@ -170,6 +170,42 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".to_string())
 }
 
+/// Parses a rule file within its size bound, a panic in the parser caught: the
+/// file's collection, its parse errors added to `errors`; `None` (the reason in
+/// `errors`) when nothing in it could be read.
+pub(crate) fn parse_rule_file(file: &RuleFile, errors: &mut Vec<RuleError>) -> Option<rsigma_parser::SigmaCollection> {
+    let err = |kind| RuleError {
+        file: file.name.clone(),
+        rule: None,
+        kind,
+    };
+    if file.yaml.len() > MAX_RULE_FILE_BYTES {
+        errors.push(err(RuleErrorKind::FileTooLarge {
+            size: file.yaml.len(),
+            max: MAX_RULE_FILE_BYTES,
+        }));
+        return None;
+    }
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rsigma_parser::parse_sigma_yaml(&file.yaml)
+    }));
+    let collection = match parsed {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            errors.push(err(RuleErrorKind::Parse(e.to_string())));
+            return None;
+        }
+        Err(p) => {
+            errors.push(err(RuleErrorKind::Panicked(panic_message(p.as_ref()))));
+            return None;
+        }
+    };
+    for e in &collection.errors {
+        errors.push(err(RuleErrorKind::Parse(e.clone())));
+    }
+    Some(collection)
+}
+
 pub(crate) fn cut(mut s: String) -> String {
     if let Some((idx, _)) = s.char_indices().nth(MAX_MATCHED_VALUE_CHARS) {
         s.truncate(idx);
@@ -237,33 +273,9 @@ impl Detector {
             rule,
             kind,
         };
-        if file.yaml.len() > MAX_RULE_FILE_BYTES {
-            errors.push(err(
-                None,
-                RuleErrorKind::FileTooLarge {
-                    size: file.yaml.len(),
-                    max: MAX_RULE_FILE_BYTES,
-                },
-            ));
+        let Some(collection) = parse_rule_file(file, errors) else {
             return;
-        }
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rsigma_parser::parse_sigma_yaml(&file.yaml)
-        }));
-        let collection = match parsed {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                errors.push(err(None, RuleErrorKind::Parse(e.to_string())));
-                return;
-            }
-            Err(p) => {
-                errors.push(err(None, RuleErrorKind::Panicked(panic_message(p.as_ref()))));
-                return;
-            }
         };
-        for e in &collection.errors {
-            errors.push(err(None, RuleErrorKind::Parse(e.clone())));
-        }
         let had_correlations = !collection.correlations.is_empty();
         for c in collection.correlations {
             correlations.push((file.name.clone(), c));

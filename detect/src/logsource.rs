@@ -13,9 +13,7 @@ use rsigma_eval::event::JsonEvent;
 use rsigma_parser::SigmaRule;
 use ward_protocol::{MatchedField, RuleFile, RuleRef};
 
-use crate::engine::{
-    MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind, cut, new_engine, panic_message, severity,
-};
+use crate::engine::{MAX_RULES, RuleError, RuleErrorKind, cut, new_engine, panic_message, severity};
 use crate::entities::attack_ids;
 
 /// Where an event comes from, in Sigma's terms. An event may belong to several
@@ -80,33 +78,9 @@ impl SourceDetector {
                 rule,
                 kind,
             };
-            if file.yaml.len() > MAX_RULE_FILE_BYTES {
-                errors.push(err(
-                    None,
-                    RuleErrorKind::FileTooLarge {
-                        size: file.yaml.len(),
-                        max: MAX_RULE_FILE_BYTES,
-                    },
-                ));
+            let Some(collection) = crate::engine::parse_rule_file(file, &mut errors) else {
                 continue;
-            }
-            let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                rsigma_parser::parse_sigma_yaml(&file.yaml)
-            }));
-            let collection = match parsed {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    errors.push(err(None, RuleErrorKind::Parse(e.to_string())));
-                    continue;
-                }
-                Err(p) => {
-                    errors.push(err(None, RuleErrorKind::Panicked(panic_message(p.as_ref()))));
-                    continue;
-                }
             };
-            for e in &collection.errors {
-                errors.push(err(None, RuleErrorKind::Parse(e.clone())));
-            }
             for c in &collection.correlations {
                 errors.push(err(
                     Some(c.title.clone()),
