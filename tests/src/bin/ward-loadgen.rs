@@ -60,6 +60,10 @@ enum Scenario {
         /// tokio runtime, which is then what a storm of 10,000 measures.
         #[arg(long, default_value_t = 1)]
         processes: usize,
+        /// The collector's `[ingest] udp_recv_buffer_bytes` (its default when absent;
+        /// the kernel caps it at `net.core.rmem_max`).
+        #[arg(long)]
+        udp_recv_buffer_bytes: Option<u32>,
     },
     /// (Used by `storm --processes`.) One part of a storm: enrolls `agents` with
     /// `token`, connects them from loopback addresses from `first` on, prints
@@ -373,8 +377,15 @@ async fn storm_part(token: &str, agents: usize, first: usize) -> Result<()> {
     Ok(())
 }
 
-async fn storm(agents: usize, shared_socket: bool, processes: usize) -> Result<()> {
-    let mut collector = Collector::start()?;
+async fn storm(agents: usize, shared_socket: bool, processes: usize, udp_recv_buffer: Option<u32>) -> Result<()> {
+    let mut collector = Collector::start_with(|config| {
+        if let Some(bytes) = udp_recv_buffer {
+            *config = config.replace(
+                "udp_recv_buffer_bytes = 8388608",
+                &format!("udp_recv_buffer_bytes = {bytes}"),
+            );
+        }
+    })?;
     let token = collector.join_token(agents as u32, "1h")?;
     let processes = processes.max(1);
     if processes > 1 && shared_socket {
@@ -449,6 +460,18 @@ async fn storm(agents: usize, shared_socket: bool, processes: usize) -> Result<(
         .filter(|l| l.starts_with("ward_rejected") && !l.ends_with(" 0"))
     {
         println!("  {line}");
+    }
+    // Datagrams the kernel dropped on the collector's socket (its receive queue full).
+    let port = format!(":{:04X}", collector.quic.port());
+    if let Ok(table) = std::fs::read_to_string("/proc/net/udp") {
+        for f in table.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+            if f.get(1).is_some_and(|local| local.ends_with(&port)) {
+                println!(
+                    "  collector socket: {} datagrams dropped by the kernel",
+                    f.last().unwrap_or(&"?")
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -572,7 +595,8 @@ fn main() -> Result<()> {
                 agents,
                 shared_socket,
                 processes,
-            } => storm(agents, shared_socket, processes).await,
+                udp_recv_buffer_bytes,
+            } => storm(agents, shared_socket, processes, udp_recv_buffer_bytes).await,
             Scenario::StormPart { token, agents, first } => storm_part(&token, agents, first).await,
             Scenario::Idle { agents } => idle(agents).await,
             Scenario::BareServer { data_dir } => bare_server(&data_dir).await,
