@@ -624,7 +624,7 @@ impl Probe {
     }
 }
 
-/// Ring buffer sizes, set at load (the objects' own are larger). The kernel maps a
+/// Ring buffer sizes, set at load (the exec and UDP objects say more). The kernel maps a
 /// ring's pages twice into the agent (so a record can wrap), and they all count in
 /// its resident memory: 1 MiB costs 2 MiB of RSS. An exec record is 2.6-7 KB, so the
 /// exec ring holds 150-400 execs, several hundred milliseconds of a busy build host's
