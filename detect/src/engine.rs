@@ -206,6 +206,25 @@ pub(crate) fn parse_rule_file(file: &RuleFile, errors: &mut Vec<RuleError>) -> O
     Some(collection)
 }
 
+/// The fields a detection result matched, as alerts carry them (values cut).
+pub(crate) fn matched_fields(result: &EvaluationResult) -> Vec<MatchedField> {
+    result
+        .as_detection()
+        .map(|d| {
+            d.matched_fields
+                .iter()
+                .map(|m| MatchedField {
+                    name: m.field.clone(),
+                    value: cut(match &m.value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub(crate) fn cut(mut s: String) -> String {
     if let Some((idx, _)) = s.char_indices().nth(MAX_MATCHED_VALUE_CHARS) {
         s.truncate(idx);
@@ -526,21 +545,7 @@ impl Detector {
 
     pub(crate) fn detection(&self, result: &EvaluationResult, event: &Event) -> Option<Detection> {
         let rule = self.rules.get(result.header.rule_id.as_deref()?)?;
-        let matched = result
-            .as_detection()
-            .map(|d| {
-                d.matched_fields
-                    .iter()
-                    .map(|m| MatchedField {
-                        name: m.field.clone(),
-                        value: cut(match &m.value {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        }),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let matched = matched_fields(result);
         Some(Detection {
             rule: rule.rule_ref.as_ref().clone(),
             entities: entities(event),

@@ -13,7 +13,7 @@ use rsigma_eval::event::JsonEvent;
 use rsigma_parser::SigmaRule;
 use ward_protocol::{MatchedField, RuleFile, RuleRef};
 
-use crate::engine::{MAX_RULES, RuleError, RuleErrorKind, cut, new_engine, panic_message, severity};
+use crate::engine::{MAX_RULES, RuleError, RuleErrorKind, new_engine, panic_message, severity};
 use crate::entities::attack_ids;
 
 /// Where an event comes from, in Sigma's terms. An event may belong to several
@@ -194,21 +194,7 @@ impl SourceDetector {
                     if out.iter().any(|m| m.rule.id == rule.id) {
                         continue;
                     }
-                    let matched = r
-                        .as_detection()
-                        .map(|d| {
-                            d.matched_fields
-                                .iter()
-                                .map(|m| MatchedField {
-                                    name: m.field.clone(),
-                                    value: cut(match &m.value {
-                                        serde_json::Value::String(s) => s.clone(),
-                                        other => other.to_string(),
-                                    }),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let matched = crate::engine::matched_fields(&r);
                     out.push(SourceMatch {
                         rule: rule.as_ref().clone(),
                         matched,

@@ -6,13 +6,13 @@ use serde_json::{Value, json};
 use super::*;
 use crate::store::AlertFilter;
 
-fn store() -> (tempfile::TempDir, Store) {
+pub(super) fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ward.db")).unwrap();
     (dir, store)
 }
 
-fn fixture(path: &str) -> Vec<u8> {
+pub(super) fn fixture(path: &str) -> Vec<u8> {
     let full = format!("{}/../tests/fixtures/feeds/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
 }
@@ -21,11 +21,11 @@ fn import_as(store: &mut Store, feed: Feed, bytes: &[u8], cfg: &FeedsConfig) -> 
     import(store, feed, bytes, cfg, "test", 1).unwrap()
 }
 
-fn run(store: &mut Store, feed: Feed, bytes: &[u8]) -> ImportReport {
+pub(super) fn run(store: &mut Store, feed: Feed, bytes: &[u8]) -> ImportReport {
     import_as(store, feed, bytes, &FeedsConfig::default())
 }
 
-fn ndjson(records: &[Value]) -> Vec<u8> {
+pub(super) fn ndjson(records: &[Value]) -> Vec<u8> {
     records
         .iter()
         .map(|r| format!("{r}\n"))
@@ -34,7 +34,7 @@ fn ndjson(records: &[Value]) -> Vec<u8> {
 }
 
 /// Alerts of a rule: (severity, entities, matched).
-fn alerts(store: &Store, rule: &str) -> Vec<crate::store::AlertView> {
+pub(super) fn alerts(store: &Store, rule: &str) -> Vec<crate::store::AlertView> {
     store
         .list_alerts(&AlertFilter {
             rule_id: Some(rule.into()),

@@ -6,41 +6,8 @@
 
 use serde_json::{Value, json};
 
+use super::tests::{alerts, fixture, ndjson, run, store};
 use super::*;
-use crate::store::AlertFilter;
-
-fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("ward.db")).unwrap();
-    (dir, store)
-}
-
-fn fixture(path: &str) -> Vec<u8> {
-    let full = format!("{}/../tests/fixtures/feeds/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
-}
-
-fn run(store: &mut Store, feed: Feed, bytes: &[u8]) -> ImportReport {
-    import(store, feed, bytes, &FeedsConfig::default(), "test", 1).unwrap()
-}
-
-fn ndjson(records: &[Value]) -> Vec<u8> {
-    records
-        .iter()
-        .map(|r| format!("{r}\n"))
-        .collect::<String>()
-        .into_bytes()
-}
-
-fn alerts(store: &Store, rule: &str) -> Vec<crate::store::AlertView> {
-    store
-        .list_alerts(&AlertFilter {
-            rule_id: Some(rule.into()),
-            limit: 100,
-            ..AlertFilter::default()
-        })
-        .unwrap()
-}
 
 fn audits(feed: Feed, bytes: &[u8]) -> (String, Vec<AuditEvent>) {
     let cfg = FeedsConfig::default();
