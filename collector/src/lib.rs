@@ -9,6 +9,7 @@ pub mod export;
 pub mod feeds;
 pub mod incidents;
 pub mod ingest;
+pub mod integrity;
 pub mod metrics;
 pub mod model;
 pub mod pki;

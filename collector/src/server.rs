@@ -22,7 +22,6 @@ use crate::pki::{self, Ca};
 use crate::readpool::ReadPool;
 use crate::rule_context;
 use crate::setup::{COMMAND_KEY, DB_FILE};
-use crate::store::Store;
 use crate::store::prelude::*;
 use crate::transport::{self, Context, Registry, https, tls};
 use crate::util::now_ms;
@@ -50,29 +49,13 @@ pub struct Bound {
     pub https: bool,
 }
 
-/// Refuses to start on a database that fails SQLite's quick check: acknowledging
-/// alerts into a damaged file would promise what it may not keep. The way out
-/// (restore a backup, or start with `--skip-integrity-check` to export what it
-/// holds) is in the message and docs/backup-restore.md.
-fn check_integrity(db: &Path, skip: bool) -> Result<(), ServeError> {
-    if !db.exists() {
-        return Ok(());
+/// The database would not open: when it was not checked yet, its check says
+/// whether it is damaged (with the way out) before the open's own error is given.
+fn opening_failed(data_dir: &Path, db: &Path, checked: bool, skip: bool, e: impl std::fmt::Display) -> ServeError {
+    if !checked && let Err(damaged) = crate::integrity::check_now(data_dir, db, skip) {
+        return ServeError::Setup(damaged);
     }
-    // A file too damaged to check ("database disk image is malformed") is damaged too.
-    let problems = Store::quick_check(db, 10).unwrap_or_else(|e| vec![e.to_string()]);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let listed = problems.join("; ");
-    if skip {
-        tracing::error!(db = %db.display(), problems = %listed, "database fails its integrity check; running on it as asked (--skip-integrity-check)");
-        return Ok(());
-    }
-    Err(ServeError::Setup(format!(
-        "database integrity check: {} is damaged ({listed}): restore the last backup (docs/backup-restore.md), \
-         or start with `serve --skip-integrity-check` to export what it still holds",
-        db.display()
-    )))
+    ServeError::Setup(format!("database: {e}"))
 }
 
 /// Runs the collector until `shutdown` flips. `on_bound` is told the addresses.
@@ -91,7 +74,9 @@ pub async fn run(
     // Export sinks are checked (and their CA files read) before anything opens.
     let export_sinks = crate::export::check_config(&config.export, data_dir).map_err(ServeError::Setup)?;
     let db = data_dir.join(DB_FILE);
-    check_integrity(&db, config.skip_integrity_check)?;
+    // Before listening only when an earlier check failed; otherwise beside serving.
+    let checked_first = crate::integrity::check_before_serving(data_dir, &db, config.skip_integrity_check)
+        .map_err(ServeError::Setup)?;
     let metrics = Arc::new(Metrics::default());
     let (writer, writer_thread) = Writer::start(
         &db,
@@ -100,7 +85,7 @@ pub async fn run(
         config.ingest.writer_cache_mib,
         Arc::clone(&metrics),
     )
-    .map_err(setup("database"))?;
+    .map_err(|e| opening_failed(data_dir, &db, checked_first.is_some(), config.skip_integrity_check, e))?;
     let reads = ReadPool::open(&db, 4).map_err(setup("database"))?;
     let ca = Ca::load(data_dir).map_err(setup("CA"))?;
     let command_pkcs8 = std::fs::read(data_dir.join(COMMAND_KEY)).map_err(setup("command key"))?;
@@ -202,6 +187,10 @@ pub async fn run(
 
     let exporter = crate::export::Exporter::open(data_dir, export_sinks, &host_name(), &ctx.metrics)
         .map_err(setup("export spool"))?;
+    if checked_first.is_none() {
+        crate::integrity::check_beside_serving(data_dir, &db, config.skip_integrity_check)
+            .map_err(setup("integrity check"))?;
+    }
     info!(%quic_addr, %http_addr, "collector listening");
     on_bound(Bound {
         quic: quic_addr,

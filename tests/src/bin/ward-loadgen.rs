@@ -7,6 +7,7 @@
 //!   target/release/ward-loadgen storm --agents 5000
 //!   target/release/ward-loadgen idle --agents 1000
 //!   target/release/ward-loadgen correlate --agents 50 --rate 10000 --seconds 30
+//!   target/release/ward-loadgen restart --alerts 1000000
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +22,9 @@ use tokio::sync::Semaphore;
 use ward_agent::link;
 use ward_protocol::{Entity, JoinToken, Signed};
 use ward_tests::{Collector, TestDevice};
+
+#[path = "../loadgen/restart.rs"]
+mod restart;
 
 /// The collector's allocator, so the bare server of `idle` is measured on the same.
 #[global_allocator]
@@ -106,6 +110,20 @@ enum Scenario {
         /// Batches per agent and second.
         #[arg(long, default_value_t = 4)]
         batches_per_second: usize,
+    },
+    /// Fill the database with N alerts, kill -9 and restart the collector, and time
+    /// its first acknowledged batch, beside the same on an empty database.
+    Restart {
+        #[arg(long, default_value_t = 1_000_000)]
+        alerts: usize,
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 250)]
+        batch: usize,
+        /// Kill the collector as soon as the alerts are stored, correlation still
+        /// behind (by default it waits until every alert is in an incident).
+        #[arg(long)]
+        correlation_behind: bool,
     },
 }
 
@@ -457,7 +475,7 @@ async fn storm(agents: usize, shared_socket: bool, processes: usize, udp_recv_bu
     let metrics = collector.metrics().await.unwrap_or_default();
     for line in metrics
         .lines()
-        .filter(|l| l.starts_with("ward_rejected") && !l.ends_with(" 0"))
+        .filter(|l| (l.starts_with("ward_rejected") || l.starts_with("ward_quic_retries")) && !l.ends_with(" 0"))
     {
         println!("  {line}");
     }
@@ -606,6 +624,12 @@ fn main() -> Result<()> {
                 seconds,
                 batches_per_second,
             } => correlate(agents, rate, seconds, batches_per_second).await,
+            Scenario::Restart {
+                alerts,
+                agents,
+                batch,
+                correlation_behind,
+            } => restart::restart(alerts, agents, batch, correlation_behind).await,
         }
     })
 }

@@ -372,8 +372,9 @@ async fn device_clock_skew_is_shown_where_operators_look() {
     }
 }
 
-/// A database damaged on disk (8 KiB of garbage mid-file) is refused at start with
-/// the way out; `serve --skip-integrity-check` runs on it anyway.
+/// A database damaged on disk (8 KiB of garbage mid-file) stops the collector at
+/// start with the way out, and every start after that refuses before listening;
+/// `serve --skip-integrity-check` runs on it anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_database_is_refused_at_start_with_the_way_out() {
     let mut collector = Collector::start().unwrap();
@@ -405,6 +406,18 @@ async fn a_damaged_database_is_refused_at_start_with_the_way_out() {
         stderr.contains("is damaged") && stderr.contains("--skip-integrity-check") && stderr.contains("backup"),
         "{stderr}"
     );
+    // That check ran beside serving and left its flag: the next start checks before
+    // it listens, and refuses again.
+    let again = std::process::Command::new(bin("ward-collector"))
+        .arg("--data-dir")
+        .arg(collector.data_dir())
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(!again.status.success(), "started again on a damaged database: {stdout}");
+    assert!(!stdout.contains("listening"), "listened before its check: {stdout}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is damaged"));
     // `--skip-integrity-check` goes past the check (what it can still open, it
     // serves; this damage also breaks opening the store, which it then says).
     let mut child = std::process::Command::new(bin("ward-collector"))
