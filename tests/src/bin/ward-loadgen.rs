@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use tokio::sync::Semaphore;
 use ward_agent::link;
@@ -188,7 +188,7 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> R
         .unzip();
     let endpoint = link::client_endpoint(&collector.quic)?;
     let devices = connect_all(devices, std::slice::from_ref(&endpoint), collector.quic).await;
-    let pid = collector.pid().context("collector pid")?;
+    let pid = collector.pid().ok_or_else(|| anyhow::anyhow!("collector pid"))?;
     let cpu_before = (ProcCpu::of(pid), ProcCpu::of_self(), loadavg());
     let started = Instant::now();
     let mut tasks = Vec::new();
