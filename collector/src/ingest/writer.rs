@@ -38,7 +38,7 @@ type Failed = (String, Vec<VerifiedAlert>);
 
 /// A batch's commit succeeded: what happened to it, and the batch back, so that the
 /// session's task frees its alerts rather than the writer thread (freeing them was
-/// an eighth of the writer's time, which no other core can take over).
+/// about 8 % of the writer's time, and no other core can take the writer's work).
 type Stored = (InsertOutcome, Vec<VerifiedAlert>);
 
 enum Job {
