@@ -1,6 +1,7 @@
 //! How an alert's entities are normalized for storage, lookup and display: one
 //! (kind, value) key per entity for correlation indexes, and a JSON view for the API.
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Value, json};
 use ward_protocol::{Entity, ProcessNode};
 
@@ -11,7 +12,7 @@ pub fn key(entity: &Entity) -> (&'static str, String) {
         Entity::User { name, .. } => name.to_ascii_lowercase(),
         Entity::Process { pid, start_time_ms, .. } => format!("{pid}@{start_time_ms}"),
         Entity::File { path, sha256 } => match sha256 {
-            Some(h) => hex::encode(h),
+            Some(h) => Hex(h).with_str(str::to_string),
             None => path.clone(),
         },
         Entity::Ip { addr } => addr.to_string(),
@@ -78,6 +79,188 @@ pub fn to_json(entity: &Entity) -> Value {
             "cgroup": cgroup, "container_id": container_id, "mnt_ns": mnt_ns, "pid_ns": pid_ns,
             "host_namespaces": host_namespaces,
         }),
+    }
+}
+
+/// The stored JSON of an alert's entities, written straight from them: the same
+/// text as `Value::Array(entities.iter().map(to_json).collect()).to_string()`
+/// (each object's keys in the order `serde_json::Map` sorts them), without building
+/// a `Value` tree of maps and strings per entity first. Ingest writes it once per
+/// alert.
+pub fn entities_json(entities: &[Entity]) -> String {
+    // Serializing strings, numbers and options to a String cannot fail.
+    serde_json::to_string(&Entities(entities)).unwrap_or_else(|_| "[]".into())
+}
+
+struct Entities<'a>(&'a [Entity]);
+
+impl Serialize for Entities<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(View))
+    }
+}
+
+/// One entity as [`to_json`] shows it; keys in sorted order.
+struct View<'a>(&'a Entity);
+
+impl<'a> Serialize for View<'a> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hash = |h: &'a Option<[u8; 32]>| h.as_ref().map(Hex);
+        match self.0 {
+            Entity::Device { hostname } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("hostname", hostname)?;
+                m.serialize_entry("kind", "device")?;
+                m.end()
+            }
+            Entity::User { name, uid } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("kind", "user")?;
+                m.serialize_entry("name", name)?;
+                m.serialize_entry("uid", uid)?;
+                m.end()
+            }
+            Entity::Process {
+                pid,
+                ppid,
+                start_time_ms,
+                exe,
+                cmdline,
+                sha256,
+            } => {
+                let mut m = s.serialize_map(Some(7))?;
+                m.serialize_entry("cmdline", &redact_userinfo(cmdline))?;
+                m.serialize_entry("exe", exe)?;
+                m.serialize_entry("kind", "process")?;
+                m.serialize_entry("pid", pid)?;
+                m.serialize_entry("ppid", ppid)?;
+                m.serialize_entry("sha256", &hash(sha256))?;
+                m.serialize_entry("start_time_ms", start_time_ms)?;
+                m.end()
+            }
+            Entity::File { path, sha256 } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("kind", "file")?;
+                m.serialize_entry("path", path)?;
+                m.serialize_entry("sha256", &hash(sha256))?;
+                m.end()
+            }
+            Entity::Ip { addr } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("addr", &addr.to_string())?;
+                m.serialize_entry("kind", "ip")?;
+                m.end()
+            }
+            Entity::Domain { name } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("kind", "domain")?;
+                m.serialize_entry("name", name)?;
+                m.end()
+            }
+            Entity::Url { url } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("kind", "url")?;
+                m.serialize_entry("url", &redact_userinfo(url))?;
+                m.end()
+            }
+            Entity::Mailbox { address } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("address", address)?;
+                m.serialize_entry("kind", "mailbox")?;
+                m.end()
+            }
+            Entity::Lineage {
+                process,
+                ancestors,
+                rooted,
+            } => {
+                let mut m = s.serialize_map(Some(4))?;
+                m.serialize_entry("ancestors", &Nodes(ancestors))?;
+                m.serialize_entry("kind", "lineage")?;
+                m.serialize_entry("process", &Node(process))?;
+                m.serialize_entry("rooted", rooted)?;
+                m.end()
+            }
+            Entity::ProcessContext {
+                pid,
+                start_time_ms,
+                cwd,
+                tty,
+                session_id,
+                login_uid,
+                login_user,
+                cgroup,
+                container_id,
+                mnt_ns,
+                pid_ns,
+                host_namespaces,
+            } => {
+                let mut m = s.serialize_map(Some(13))?;
+                m.serialize_entry("cgroup", cgroup)?;
+                m.serialize_entry("container_id", container_id)?;
+                m.serialize_entry("cwd", cwd)?;
+                m.serialize_entry("host_namespaces", host_namespaces)?;
+                m.serialize_entry("kind", "process_context")?;
+                m.serialize_entry("login_uid", login_uid)?;
+                m.serialize_entry("login_user", login_user)?;
+                m.serialize_entry("mnt_ns", mnt_ns)?;
+                m.serialize_entry("pid", pid)?;
+                m.serialize_entry("pid_ns", pid_ns)?;
+                m.serialize_entry("session_id", session_id)?;
+                m.serialize_entry("start_time_ms", start_time_ms)?;
+                m.serialize_entry("tty", tty)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// A SHA-256 in lowercase hex, as `hex::encode` writes it (which pushes one char
+/// at a time), without allocating.
+struct Hex<'a>(&'a [u8; 32]);
+
+impl Hex<'_> {
+    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Only ASCII digits were written.
+        f(std::str::from_utf8(&out).unwrap_or_default())
+    }
+}
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.with_str(|h| s.serialize_str(h))
+    }
+}
+
+struct Nodes<'a>(&'a [ProcessNode]);
+
+impl Serialize for Nodes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Node))
+    }
+}
+
+/// A lineage's process as [`node_json`] shows it; keys in sorted order.
+struct Node<'a>(&'a ProcessNode);
+
+impl Serialize for Node<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("cmdline", &redact_userinfo(&n.cmdline))?;
+        m.serialize_entry("exe", &n.exe)?;
+        m.serialize_entry("login_user", &n.login_user)?;
+        m.serialize_entry("pid", &n.pid)?;
+        m.serialize_entry("ppid", &n.ppid)?;
+        m.serialize_entry("start_time_ms", &n.start_time_ms)?;
+        m.serialize_entry("user", &n.user)?;
+        m.end()
     }
 }
 
@@ -372,5 +555,129 @@ mod redaction_tests {
             sha256: None,
         };
         assert!(!to_json(&p).to_string().contains("hunter2"));
+        assert!(!entities_json(&[url, p]).contains("hunter2"));
+    }
+
+    fn node(pid: u32, text: &str) -> ProcessNode {
+        ProcessNode {
+            pid,
+            ppid: pid.saturating_sub(1),
+            start_time_ms: u64::from(pid) * 1000,
+            exe: format!("/usr/bin/{text}"),
+            cmdline: format!("{text} --url http://u:p@h/ \"\\"),
+            user: pid.is_multiple_of(2).then(|| text.to_string()),
+            login_user: None,
+        }
+    }
+
+    /// Every kind of entity, with text that needs escaping, as the API's view.
+    fn escaped_entities(text: &str) -> Vec<Entity> {
+        vec![
+            Entity::Device { hostname: text.into() },
+            Entity::User {
+                name: text.into(),
+                uid: None,
+            },
+            Entity::User {
+                name: text.into(),
+                uid: Some(u32::MAX),
+            },
+            Entity::Process {
+                pid: 5,
+                ppid: 1,
+                start_time_ms: u64::MAX,
+                exe: text.into(),
+                cmdline: format!("curl https://user:{text}@h/x {text}"),
+                sha256: Some([0xab; 32]),
+            },
+            Entity::File {
+                path: text.into(),
+                sha256: None,
+            },
+            Entity::Ip {
+                addr: "fe80::1".parse().unwrap(),
+            },
+            Entity::Ip {
+                addr: "10.0.0.5".parse().unwrap(),
+            },
+            Entity::Domain { name: text.into() },
+            Entity::Url {
+                url: format!("https://{text}:pw@evil.example/{text}"),
+            },
+            Entity::Mailbox { address: text.into() },
+            Entity::Lineage {
+                process: node(9, text),
+                ancestors: vec![node(8, text), node(1, "systemd")],
+                rooted: true,
+            },
+            Entity::Lineage {
+                process: node(3, text),
+                ancestors: vec![],
+                rooted: false,
+            },
+            Entity::ProcessContext {
+                pid: 5,
+                start_time_ms: 9,
+                cwd: String::new(),
+                tty: String::new(),
+                session_id: None,
+                login_uid: None,
+                login_user: None,
+                cgroup: String::new(),
+                container_id: Some(text.into()),
+                mnt_ns: None,
+                pid_ns: None,
+                host_namespaces: None,
+            },
+            Entity::ProcessContext {
+                pid: 5,
+                start_time_ms: 9,
+                cwd: text.into(),
+                tty: "pts/3".into(),
+                session_id: Some(4),
+                login_uid: Some(1000),
+                login_user: Some(text.into()),
+                cgroup: text.into(),
+                container_id: None,
+                mnt_ns: Some(4_026_532_301),
+                pid_ns: Some(0),
+                host_namespaces: Some(true),
+            },
+        ]
+    }
+
+    /// The stored text written straight from the entities is, byte for byte, the
+    /// API view's array as `serde_json` writes it.
+    #[test]
+    fn entities_json_is_the_views_text() {
+        for text in [
+            "",
+            "alice",
+            "a\"b\\c\n\t\u{1}\u{7f}",
+            "Ünïcødé ✓ \u{10ffff}",
+            "</script>",
+        ] {
+            let all = escaped_entities(text);
+            let view = Value::Array(all.iter().map(to_json).collect()).to_string();
+            assert_eq!(entities_json(&all), view, "{text:?}");
+            for e in &all {
+                let one = std::slice::from_ref(e);
+                assert_eq!(entities_json(one), Value::Array(vec![to_json(e)]).to_string());
+            }
+        }
+        assert_eq!(entities_json(&[]), "[]");
+        for h in [[0u8; 32], [0xff; 32], std::array::from_fn(|i| (i * 37) as u8)] {
+            assert_eq!(Hex(&h).with_str(str::to_string), hex::encode(h));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn entities_json_is_the_views_text_for_any_text(text in "\\PC{0,40}", control in proptest::char::range('\u{0}', '\u{1f}')) {
+            let text = format!("{text}{control}{text}");
+            let all = escaped_entities(&text);
+            let view = Value::Array(all.iter().map(to_json).collect()).to_string();
+            proptest::prop_assert_eq!(entities_json(&all), view);
+        }
     }
 }

@@ -36,11 +36,16 @@ pub type Task = Box<dyn FnOnce(&mut Store) + Send>;
 /// A batch's commit failed: why, and the batch back, for the session to retry.
 type Failed = (String, Vec<VerifiedAlert>);
 
+/// A batch's commit succeeded: what happened to it, and the batch back, so that the
+/// session's task frees its alerts rather than the writer thread (freeing them was
+/// about 8 % of the writer's time, and no other core can take the writer's work).
+type Stored = (InsertOutcome, Vec<VerifiedAlert>);
+
 enum Job {
     Alerts {
         device: DeviceId,
         alerts: Vec<VerifiedAlert>,
-        reply: oneshot::Sender<Result<InsertOutcome, Failed>>,
+        reply: oneshot::Sender<Result<Stored, Failed>>,
     },
     Task(Task),
     /// Wakes a writer waiting for jobs to run what [`Writer::run_next`] queued.
@@ -187,10 +192,12 @@ impl Writer {
             .send(Job::Alerts { device, alerts, reply })
             .await
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?.map_err(|(error, alerts)| NotStored {
+        let (outcome, alerts) = rx.await.map_err(|_| stopped())?.map_err(|(error, alerts)| NotStored {
             error: WriteError::Commit(error),
             alerts,
-        })
+        })?;
+        drop(alerts);
+        Ok(outcome)
     }
 
     /// Whether alert commits are failing now, since when and why.
@@ -273,12 +280,13 @@ fn run_round(store: &mut Store, round: Vec<Job>, metrics: &Metrics, failing: &Mu
             }
             metrics.batch_commit.observe(started.elapsed());
             let mut stored = false;
-            for (outcome, reply) in outcomes.into_iter().zip(replies) {
+            for ((outcome, reply), (_, alerts)) in outcomes.into_iter().zip(replies).zip(batches) {
                 stored |= outcome.stored > 0;
                 metrics.alerts_stored.add(u64::from(outcome.stored));
                 metrics.alerts_folded.add(u64::from(outcome.folded));
                 metrics.alerts_duplicate.add(u64::from(outcome.duplicates));
-                let _ = reply.send(Ok(outcome));
+                // Should the session be gone, the batch is freed here after all.
+                let _ = reply.send(Ok((outcome, alerts)));
             }
             stored
         }

@@ -47,15 +47,49 @@ impl Fold {
             return None;
         }
         let key = ward_protocol::fold_key(entities, matched);
-        let mut text = String::with_capacity(device_id.len() + rule_id.len() + key.len() + 2);
-        text.push_str(device_id);
-        text.push('\u{1f}');
-        text.push_str(rule_id);
-        text.push('\u{1f}');
-        text.push_str(&key);
-        let digest = crate::util::sha256(text.as_bytes());
+        // SHA-256 over device, rule id and key joined by U+001F, fed in parts.
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [
+            device_id.as_bytes(),
+            b"\x1f",
+            rule_id.as_bytes(),
+            b"\x1f",
+            key.as_bytes(),
+        ] {
+            digest.update(part);
+        }
         let mut out = [0u8; 16];
-        out.copy_from_slice(&digest[..16]);
+        out.copy_from_slice(&digest.finish().as_ref()[..16]);
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fold;
+    use ward_protocol::{Entity, MatchedField};
+
+    /// The key stored with each row (and loaded again after a restart) is the first
+    /// half of SHA-256 over device, rule id and fold key joined by U+001F.
+    #[test]
+    fn the_fold_hash_is_the_digest_of_device_rule_and_key() {
+        let entities = [Entity::File {
+            path: "/tmp/a/b".into(),
+            sha256: Some([7; 32]),
+        }];
+        let matched = [MatchedField {
+            name: "TargetFilename".into(),
+            value: "/tmp/a/b".into(),
+        }];
+        let key = ward_protocol::fold_key(&entities, &matched);
+        let text = format!("dev-1\u{1f}rule-ü\u{1f}{key}");
+        let fold = Fold {
+            window_ms: 1,
+            max_span_ms: 1,
+        };
+        let hash = fold.hash("dev-1", "rule-ü", &entities, &matched).unwrap();
+        assert_eq!(hash[..], crate::util::sha256(text.as_bytes())[..16]);
+        assert_ne!(fold.hash("dev-2", "rule-ü", &entities, &matched), Some(hash));
+        assert_eq!(Fold::OFF.hash("dev-1", "rule-ü", &entities, &matched), None);
     }
 }

@@ -206,6 +206,8 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> R
         .unzip();
     let endpoint = link::client_endpoint(&collector.quic)?;
     let devices = connect_all(devices, std::slice::from_ref(&endpoint), collector.quic).await;
+    let pid = collector.pid().ok_or_else(|| anyhow::anyhow!("collector pid"))?;
+    let cpu_before = (ProcCpu::of(pid), ProcCpu::of_self(), loadavg());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (d, signed) in devices.into_iter().zip(work) {
@@ -220,6 +222,7 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> R
         t.await?;
     }
     let elapsed = started.elapsed();
+    let cpu_after = (ProcCpu::of(pid), ProcCpu::of_self(), loadavg());
     let (rows, stored): (i64, i64) =
         collector
             .db()?
@@ -239,7 +242,103 @@ async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> R
         elapsed.as_secs_f64(),
         stored as f64 / elapsed.as_secs_f64()
     );
+    let correlated: i64 = collector.db()?.query_row(
+        "SELECT COALESCE(MAX(value), 0) FROM correlation_state WHERE name = 'watermark'",
+        [],
+        |r| r.get(0),
+    )?;
+    print_ingest_cpu(&cpu_before, &cpu_after, stored as f64);
+    println!("correlated when measured (also on the writer thread): alerts up to row {correlated} of {rows}");
     Ok(())
+}
+
+/// CPU time (utime + stime, in clock ticks) of a process and of its threads grouped
+/// by name, from /proc.
+#[derive(Default)]
+struct ProcCpu {
+    total: u64,
+    threads: std::collections::BTreeMap<String, u64>,
+}
+
+impl ProcCpu {
+    fn of(pid: u32) -> ProcCpu {
+        let mut cpu = ProcCpu {
+            total: stat_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0),
+            ..ProcCpu::default()
+        };
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = task.path();
+            let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            // ward-verify-0, ward-verify-1 .. are one group.
+            let name = name
+                .trim()
+                .trim_end_matches(|c: char| c.is_ascii_digit())
+                .trim_end_matches('-');
+            let ticks = stat_ticks(&path.join("stat").to_string_lossy()).unwrap_or(0);
+            *cpu.threads.entry(name.to_string()).or_default() += ticks;
+        }
+        cpu
+    }
+
+    fn of_self() -> ProcCpu {
+        ProcCpu {
+            total: stat_ticks("/proc/self/stat").unwrap_or(0),
+            ..ProcCpu::default()
+        }
+    }
+}
+
+/// utime + stime of a /proc stat file, in clock ticks.
+fn stat_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The fields after the command's closing parenthesis: utime and stime are 14 and 15.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The collector's CPU per alert over the measured run, whole and by thread group,
+/// the load generator's own, and the load average at both ends.
+fn print_ingest_cpu(before: &(ProcCpu, ProcCpu, String), after: &(ProcCpu, ProcCpu, String), alerts: f64) {
+    // SAFETY: sysconf has no memory effects; _SC_CLK_TCK is a valid name.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let us = |ticks: u64| ticks as f64 / hz * 1e6 / alerts.max(1.0);
+    let secs = |ticks: u64| ticks as f64 / hz;
+    let collector = after.0.total.saturating_sub(before.0.total);
+    let groups: Vec<String> = after
+        .0
+        .threads
+        .iter()
+        .map(|(name, t)| (name, t.saturating_sub(before.0.threads.get(name).copied().unwrap_or(0))))
+        .filter(|(_, t)| *t > 0)
+        .map(|(name, t)| format!("{name} {:.2} s = {:.1} us", secs(t), us(t)))
+        .collect();
+    println!(
+        "collector CPU: {:.2} s = {:.1} us per alert ({})",
+        secs(collector),
+        us(collector),
+        groups.join(", ")
+    );
+    let own = after.1.total.saturating_sub(before.1.total);
+    println!(
+        "load generator CPU: {:.2} s = {:.1} us per alert; load average {} at the start, {} at the end",
+        secs(own),
+        us(own),
+        before.2,
+        after.2
+    );
 }
 
 async fn correlate(agents: usize, rate: usize, seconds: usize, batches_per_second: usize) -> Result<()> {

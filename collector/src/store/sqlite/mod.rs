@@ -119,20 +119,20 @@ fn i64_of(v: u64) -> i64 {
 /// Inserts one alert and its entities; its rowid, or None if its id was already stored.
 fn insert_alert(
     tx: &Transaction<'_>,
+    id: &str,
     device_id: &str,
     v: &VerifiedAlert,
     fold_hash: Option<&[u8; 16]>,
     now_ms: u64,
 ) -> Result<Option<i64>, StoreError> {
     let a = &v.alert;
-    let entities: Vec<serde_json::Value> = a.entities.iter().map(entity::to_json).collect();
-    let matched: serde_json::Map<String, serde_json::Value> = a
+    // The JSON columns are written straight from the alert (no `serde_json::Value`
+    // in between): the same text, keys sorted and the last of a repeated name kept,
+    // as a `serde_json::Map` would have it.
+    let matched: std::collections::BTreeMap<&str, std::borrow::Cow<'_, str>> = a
         .matched
         .iter()
-        .map(|m| {
-            let value = entity::redact_userinfo(&m.value).into_owned();
-            (m.name.clone(), serde_json::Value::String(value))
-        })
+        .map(|m| (m.name.as_str(), entity::redact_userinfo(&m.value)))
         .collect();
     let inserted = tx
         .prepare_cached(
@@ -143,7 +143,7 @@ fn insert_alert(
              ON CONFLICT(id) DO NOTHING",
         )?
         .execute(params![
-            a.id.to_string(),
+            id,
             device_id,
             i64_of(a.seq),
             i64_of(a.observed_at_ms),
@@ -156,8 +156,8 @@ fn insert_alert(
             serde_json::to_string(&a.rule.techniques).unwrap_or_default(),
             serde_json::to_string(&a.rule.tactics).unwrap_or_default(),
             a.count,
-            serde_json::Value::Array(entities).to_string(),
-            serde_json::Value::Object(matched).to_string(),
+            entity::entities_json(&a.entities),
+            serde_json::to_string(&matched).unwrap_or_else(|_| "{}".into()),
             v.signed.payload,
             v.signed.signature,
             fold_hash.map(|h| &h[..]),
@@ -508,11 +508,20 @@ impl AlertStore for SqliteStore {
         batches: &[(DeviceId, &[VerifiedAlert])],
         now_ms: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
+        // Foreign keys go unchecked in this transaction (a B-tree lookup per row):
+        // its rows cannot break them. Each batch's device row is read first in the
+        // same write transaction (the batch fails without it), entity rows name the
+        // alert row just inserted, a fold names a row the fold cache saw committed
+        // (it is emptied after a rollback), and no alert or device row is ever
+        // deleted. Enforcement can only change outside a transaction.
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
         let result = self.try_insert_alert_batches(batches, now_ms);
+        let restored = self.conn.pragma_update(None, "foreign_keys", "ON");
         if result.is_err() {
             // Rolled back: the fold cache may name rows that were never committed.
             self.fold_cache.clear();
         }
+        restored?;
         result
     }
 
@@ -876,7 +885,7 @@ impl SqliteStore {
                         outcome.folded += 1;
                         true
                     }
-                    fold::Placement::NewRow => match insert_alert(&tx, &device_id, v, hash.as_ref(), now_ms)? {
+                    fold::Placement::NewRow => match insert_alert(&tx, &id, &device_id, v, hash.as_ref(), now_ms)? {
                         Some(rowid) => {
                             if let Some(hash) = hash {
                                 cache.stored(hash, rowid, id, a.observed_at_ms, a.last_observed_at_ms);
@@ -942,6 +951,112 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::SqliteStore;
+    use crate::store::VerifiedAlert;
+    use crate::store::prelude::*;
+    use ward_protocol::{Alert, AlertId, DeviceId, Entity, Id128, KeyId, MatchedField, RuleRef, Severity, Signed};
+
+    fn verified(device: DeviceId, n: u128, seq: u64) -> VerifiedAlert {
+        VerifiedAlert {
+            alert: Alert {
+                id: AlertId(Id128::from_u128(n)),
+                device_id: device,
+                seq,
+                observed_at_ms: 1_000,
+                last_observed_at_ms: 1_000,
+                rule: RuleRef {
+                    id: "r".into(),
+                    title: "R".into(),
+                    author: "Ward".into(),
+                    severity: Severity::High,
+                    techniques: vec!["T1059".into()],
+                    tactics: vec!["TA0002".into()],
+                },
+                entities: vec![
+                    Entity::User {
+                        name: "alice".into(),
+                        uid: Some(1000),
+                    },
+                    Entity::File {
+                        path: format!("/w/{n}/\"x\""),
+                        sha256: Some([7; 32]),
+                    },
+                ],
+                count: 1,
+                matched: vec![
+                    MatchedField {
+                        name: "b".into(),
+                        value: "first".into(),
+                    },
+                    MatchedField {
+                        name: "a".into(),
+                        value: "https://u:pw@h/".into(),
+                    },
+                    MatchedField {
+                        name: "b".into(),
+                        value: "second".into(),
+                    },
+                ],
+            },
+            signed: Signed {
+                key_id: KeyId([0; 8]),
+                payload: vec![1, 2, 3],
+                signature: vec![4; 64],
+            },
+        }
+    }
+
+    /// An ingest round stores its rows without checking foreign keys, and the
+    /// connection checks them again afterwards, whether the round committed or not;
+    /// an alert of a device that is not enrolled is refused all the same.
+    #[test]
+    fn ingest_rounds_leave_foreign_keys_enforced() {
+        let (_dir, mut store) = super::test_support::open();
+        let device = super::test_support::enrolled_device(&mut store, 1, 1);
+        let enforced = |s: &SqliteStore| -> i64 { s.conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap() };
+        let outcome = store
+            .insert_alert_batches(&[(device, &[verified(device, 1, 1), verified(device, 2, 2)][..])], 9)
+            .unwrap();
+        assert_eq!(outcome[0].stored, 2);
+        assert_eq!(enforced(&store), 1);
+        let stranger = DeviceId(Id128::from_u128(99));
+        assert!(
+            store
+                .insert_alert_batches(&[(stranger, &[verified(stranger, 3, 1)][..])], 9)
+                .is_err()
+        );
+        assert_eq!(enforced(&store), 1);
+        let dangling: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(dangling, 0);
+        assert_eq!(store.count_alerts().unwrap(), 2);
+    }
+
+    /// The JSON columns as the API and correlation read them: entities as their
+    /// API view, matched fields by name (sorted, the last of a repeated name kept,
+    /// credentials in URLs redacted).
+    #[test]
+    fn stored_json_columns_are_the_views() {
+        let (_dir, mut store) = super::test_support::open();
+        let device = super::test_support::enrolled_device(&mut store, 1, 1);
+        let v = verified(device, 1, 1);
+        store
+            .insert_alert_batches(&[(device, std::slice::from_ref(&v))], 9)
+            .unwrap();
+        let (entities, matched, techniques): (String, String, String) = store
+            .conn
+            .query_row("SELECT entities, matched, techniques FROM alerts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        let view = serde_json::Value::Array(v.alert.entities.iter().map(crate::entity::to_json).collect());
+        assert_eq!(entities, view.to_string());
+        let a = crate::entity::redact_userinfo("https://u:pw@h/");
+        assert_ne!(a, "https://u:pw@h/");
+        assert_eq!(matched, serde_json::json!({"a": a, "b": "second"}).to_string());
+        assert_eq!(techniques, r#"["T1059"]"#);
+    }
 
     /// The writer's connection takes the write lock within milliseconds of another
     /// process's commit. SQLite's own wait retries every 100 ms once it has waited
