@@ -275,6 +275,11 @@ pub trait Maintenance {
     /// one (PASSIVE); returns the frames in the log and how many are copied.
     fn checkpoint(&self) -> Result<(u64, u64), StoreError>;
 
+    /// Copies the whole log into the database and empties the log file, if no one
+    /// writes or reads an older snapshot right now (it waits for no one); true when
+    /// the log is empty. A restart reads whatever log is left before it can open.
+    fn truncate_log(&self) -> Result<bool, StoreError>;
+
     /// Runs `f` on one consistent snapshot of the database (a read transaction), so
     /// several queries see the same commit however other connections write meanwhile.
     fn read_snapshot<R>(&self, f: impl FnOnce(&Self) -> Result<R, StoreError>) -> Result<R, StoreError>;

@@ -124,6 +124,10 @@ enum Scenario {
         /// behind (by default it waits until every alert is in an incident).
         #[arg(long)]
         correlation_behind: bool,
+        /// Milliseconds the collector stays idle before the kill (the last commit's
+        /// log is emptied after a second without commits).
+        #[arg(long, default_value_t = 0)]
+        idle_before_kill_ms: u64,
     },
 }
 
@@ -728,7 +732,8 @@ fn main() -> Result<()> {
                 agents,
                 batch,
                 correlation_behind,
-            } => restart::restart(alerts, agents, batch, correlation_behind).await,
+                idle_before_kill_ms,
+            } => restart::restart(alerts, agents, batch, correlation_behind, idle_before_kill_ms).await,
         }
     })
 }

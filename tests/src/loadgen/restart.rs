@@ -16,7 +16,13 @@ use super::{connect_all, enroll_many, unthrottled};
 /// acknowledgements settle.
 const FOLLOWING_BATCHES: usize = 10;
 
-pub async fn restart(alerts: usize, agents: usize, batch: usize, correlation_behind: bool) -> Result<()> {
+pub async fn restart(
+    alerts: usize,
+    agents: usize,
+    batch: usize,
+    correlation_behind: bool,
+    idle_before_kill_ms: u64,
+) -> Result<()> {
     let agents = agents.max(1);
     let mut collector = Collector::start_with(unthrottled)?;
     let token = collector.join_token(agents as u32 + 1, "1h")?;
@@ -57,13 +63,14 @@ pub async fn restart(alerts: usize, agents: usize, batch: usize, correlation_beh
             started.elapsed().as_secs_f64()
         );
     }
-    let db_bytes = std::fs::metadata(collector.data_dir().join("ward.db"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(idle_before_kill_ms)).await;
+    let size = |file: &str| std::fs::metadata(collector.data_dir().join(file)).map_or(0, |m| m.len());
+    let (db_bytes, log_bytes) = (size("ward.db"), size("ward.db-wal"));
     let full = restart_and_probe(&mut collector, &mut probe).await?;
     println!(
-        "restart with {stored} alerts ({:.0} MiB database{}): {full}",
+        "restart with {stored} alerts ({:.0} MiB database, {:.1} MiB write-ahead log at the kill, {idle_before_kill_ms} ms idle before it{}): {full}",
         db_bytes as f64 / 1_048_576.0,
+        log_bytes as f64 / 1_048_576.0,
         if correlation_behind { ", correlation behind" } else { "" }
     );
     println!(

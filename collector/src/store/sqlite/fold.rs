@@ -28,9 +28,42 @@ pub(crate) struct Observed {
     pub count: u32,
 }
 
+/// Fold keys and their newest rows read from the database, oldest first.
+pub(crate) type Loaded = Vec<([u8; 16], Head)>;
+
+/// A load of the newest rows' fold keys under way ([`load_in_background`]).
+pub(crate) type Loading = std::sync::mpsc::Receiver<Result<Loaded, StoreError>>;
+
+/// Reads the newest rows' fold keys on a read-only connection and thread of their
+/// own, so a restarted writer stores (and acknowledges) at once. Until the writer
+/// merges the result, a repeat of a key not loaded yet is stored as a row of its own
+/// (and later repeats fold into that row): folding is exact again within the load's
+/// ~50 ms, and nothing is lost either way.
+pub(crate) fn load_in_background(conn: &rusqlite::Connection) -> Result<Loading, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let Some(path) = conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from) else {
+        // An in-memory database has no other connection to read it: read it here.
+        let _ = tx.send(FoldCache::read_newest(conn));
+        return Ok(rx);
+    };
+    std::thread::Builder::new()
+        .name("ward-fold-load".into())
+        .spawn(move || {
+            let read = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(StoreError::from)
+            .and_then(|c| FoldCache::read_newest(&c));
+            let _ = tx.send(read);
+        })
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the fold cache's load: {e}")))?;
+    Ok(rx)
+}
+
 /// The newest row of one fold key.
 #[derive(Debug, Clone)]
-struct Head {
+pub(crate) struct Head {
     rowid: i64,
     id: String,
     first_ms: u64,
@@ -59,9 +92,11 @@ impl FoldCache {
         self.order.clear();
     }
 
-    /// Loads the fold keys of the newest rows (a restarted writer folds into them).
-    pub fn load(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
-        self.clear();
+    /// Reads the fold keys of the newest rows, oldest first (a restarted writer folds
+    /// into them). It reads the rows themselves (there is no index on the hash):
+    /// about 50 ms for the newest 100,000, so it runs on a connection and thread of
+    /// its own ([`load_in_background`]) while the writer already stores.
+    pub fn read_newest(conn: &rusqlite::Connection) -> Result<Loaded, StoreError> {
         let mut stmt = conn.prepare(
             "SELECT rowid, id, fold_hash, observed_at_ms, last_observed_at_ms FROM alerts
              WHERE rowid > (SELECT COALESCE(MAX(rowid), 0) FROM alerts) - ?1 AND fold_hash IS NOT NULL
@@ -76,14 +111,47 @@ impl FoldCache {
                 r.get::<_, i64>(4)?,
             ))
         })?;
+        let mut loaded = Vec::new();
         for row in rows {
             let (rowid, id, hash, first, last) = row?;
             let Ok(hash) = <[u8; 16]>::try_from(hash.as_slice()) else {
                 continue;
             };
-            self.stored(hash, rowid, id, first.max(0) as u64, last.max(0) as u64);
+            let (first_ms, last_ms) = (first.max(0) as u64, last.max(0) as u64);
+            loaded.push((
+                hash,
+                Head {
+                    rowid,
+                    id,
+                    first_ms: first_ms.min(last_ms),
+                    last_ms: last_ms.max(first_ms),
+                },
+            ));
         }
-        Ok(())
+        Ok(loaded)
+    }
+
+    /// Adds rows read from the database before this writer stored anything, oldest
+    /// first. A key the writer stored since keeps its newer row; the loaded keys are
+    /// older than every key already here, so they are evicted first.
+    pub fn merge_older(&mut self, loaded: Loaded) {
+        let mut older = VecDeque::new();
+        let mut merged: HashMap<[u8; 16], Head> = HashMap::new();
+        for (hash, head) in loaded {
+            if self.heads.contains_key(&hash) {
+                continue;
+            }
+            if merged.insert(hash, head).is_none() {
+                older.push_back(hash);
+            }
+        }
+        self.heads.extend(merged);
+        older.append(&mut self.order);
+        self.order = older;
+        while self.heads.len() > Self::CAPACITY {
+            let Some(old) = self.order.pop_front() else { break };
+            self.heads.remove(&old);
+        }
     }
 
     /// Records a new row as the newest of its key.
@@ -468,8 +536,34 @@ mod tests {
         drop(s);
         let mut s = Store::open(&dir.path().join("ward.db")).unwrap();
         s.set_fold(FOLD).unwrap();
+        s.wait_for_fold_load();
         assert_eq!(send(&mut s, dev, &[alert(dev, 2, 2, "/w/b", 6_000, 4)]), (0, 1, 0));
         assert_eq!(rows(&s, dev), vec![(5, 5_000, 6_000, 1)]);
+    }
+
+    /// Rows loaded after the writer stored keep out of its way: a key it stored since
+    /// keeps its newer row, a loaded key repeated keeps its newest row, and the loaded
+    /// keys are evicted before the writer's.
+    #[test]
+    fn loaded_rows_are_older_than_what_the_writer_stored() {
+        let head = |rowid: i64| Head {
+            rowid,
+            id: rowid.to_string(),
+            first_ms: 0,
+            last_ms: 0,
+        };
+        let key = |i: u128| i.to_le_bytes();
+        let mut cache = FoldCache::default();
+        cache.stored(key(1), 100, "100".into(), 0, 0);
+        cache.merge_older(vec![(key(1), head(5)), (key(2), head(6)), (key(2), head(7))]);
+        assert_eq!(cache.heads[&key(1)].rowid, 100, "the writer's newer row");
+        assert_eq!(cache.heads[&key(2)].rowid, 7, "the newest loaded row of its key");
+        assert_eq!(cache.order, VecDeque::from([key(2), key(1)]));
+        for i in 3..(FoldCache::CAPACITY as u128 + 2) {
+            cache.stored(key(i), i as i64 + 100, String::new(), 0, 0);
+        }
+        assert!(!cache.heads.contains_key(&key(2)), "the loaded key went first");
+        assert!(cache.heads.contains_key(&key(1)));
     }
 
     /// The cache holds at most its capacity, evicting the oldest keys.

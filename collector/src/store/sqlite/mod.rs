@@ -74,7 +74,12 @@ impl SqliteStore {
     /// Folds repeats from now on as `fold` says, into the newest rows stored so far too.
     fn set_fold(&mut self, fold: Fold) -> Result<(), StoreError> {
         self.fold = fold;
-        self.fold_cache.load(&self.conn)
+        self.fold_cache.clear();
+        self.fold_loading = None;
+        if fold != Fold::OFF {
+            self.fold_loading = Some(fold::load_in_background(&self.conn)?);
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +95,8 @@ pub struct SqliteStore {
     fold: Fold,
     /// The newest row of each recent fold key (the writer's; empty elsewhere).
     fold_cache: fold::FoldCache,
+    /// The fold keys of the rows stored before the writer started, still being read.
+    fold_loading: Option<fold::Loading>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -234,6 +241,17 @@ impl Maintenance for SqliteStore {
         Ok(self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
         })?)
+    }
+
+    fn truncate_log(&self) -> Result<bool, StoreError> {
+        // No busy wait: TRUNCATE takes the write lock first and would hold the writer
+        // back while it waited for a long reader.
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(busy? == 0)
     }
 
     fn read_snapshot<R>(&self, f: impl FnOnce(&SqliteStore) -> Result<R, StoreError>) -> Result<R, StoreError> {
@@ -707,6 +725,7 @@ impl SqliteStore {
             conn,
             fold: Fold::OFF,
             fold_cache: fold::FoldCache::default(),
+            fold_loading: None,
         };
         // Every transaction takes the write lock when it begins, waiting up to the busy
         // timeout for another process (the CLI) to finish. A deferred one reads first and
@@ -779,6 +798,7 @@ impl SqliteStore {
             conn,
             fold: Fold::OFF,
             fold_cache: fold::FoldCache::default(),
+            fold_loading: None,
         })
     }
 
@@ -848,11 +868,39 @@ impl SqliteStore {
         (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM sequence_gaps g WHERE g.device_id = d.id),
         d.clock_skew_ms, d.outbox_epoch, d.storage_error, d.sensors, d.sensors_at_ms";
 
+    /// Merges the fold keys loaded since the writer started, once they are read
+    /// (waits for them only when `wait`).
+    fn merge_loaded_folds(&mut self, wait: bool) {
+        let Some(loading) = &self.fold_loading else { return };
+        let received = if wait {
+            loading.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+        } else {
+            loading.try_recv()
+        };
+        match received {
+            Ok(Ok(loaded)) => self.fold_cache.merge_older(loaded),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the fold keys of earlier alerts could not be read; their repeats start new rows")
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {}
+        }
+        self.fold_loading = None;
+    }
+
+    /// Waits until the fold keys of the rows stored before the writer started are in
+    /// its cache (tests that need folding into them at once).
+    #[cfg(test)]
+    pub(crate) fn wait_for_fold_load(&mut self) {
+        self.merge_loaded_folds(true);
+    }
+
     fn try_insert_alert_batches(
         &mut self,
         batches: &[(DeviceId, &[VerifiedAlert])],
         now_ms: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.merge_loaded_folds(false);
         let fold = self.fold;
         let cache = &mut self.fold_cache;
         let tx = self.conn.transaction()?;

@@ -43,6 +43,7 @@ impl SqliteStore {
         offline_after_ms: u64,
         new_id: &mut dyn FnMut() -> Option<AlertId>,
     ) -> Result<Vec<RaisedAlert>, StoreError> {
+        self.merge_loaded_folds(false);
         let cache = &mut self.fold_cache;
         let tx = self.conn.transaction()?;
         let sql = format!("SELECT id, hostname, last_seen_ms {DUE}");
