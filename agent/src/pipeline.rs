@@ -199,6 +199,8 @@ pub async fn run_detection(
     // The rules' verdicts for events whose rule-visible fields repeat (bounded; see
     // `ward_detect::memo`): correlation and aggregation still see every event.
     let mut memo = rules.detector.memo();
+    // The memo's counts of the rule sets replaced since start, for status.
+    let (mut remembered_before, mut evaluated_before) = (0u64, 0u64);
     let mut pending = Pending {
         max_alerts: memory_queue_max_alerts,
         ..Pending::default()
@@ -222,12 +224,20 @@ pub async fn run_detection(
                     if let Some(r) = recorder.as_mut() {
                         r.flush();
                     }
+                    let m = memo.stats();
+                    if let Ok(mut s) = shared.status.lock() {
+                        s.verdicts_remembered = remembered_before + m.hits;
+                        s.verdicts_evaluated = evaluated_before + m.misses + m.skipped;
+                    }
                 }
                 None => break,
             },
             new = rules_rx.recv() => {
                 if let Some(new) = new {
                     correlator = new.detector.correlator();
+                    let m = memo.stats();
+                    remembered_before += m.hits;
+                    evaluated_before += m.misses + m.skipped;
                     memo = new.detector.memo();
                     rules = new;
                 }
