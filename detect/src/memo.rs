@@ -20,6 +20,11 @@
 //! or a temporal rule sees each repeat. Aggregation, entities and the alert's time
 //! are made from the event itself afterwards.
 //!
+//! A bucket whose events rarely repeat (file events: every path differs) would only
+//! pay for keys: after [`PROBE_LOOKUPS`] lookups with fewer than one hit in
+//! [`MIN_HIT_RATIO`], the bucket is evaluated directly for the next
+//! [`REST_EVALUATIONS`] events, then probed again.
+//!
 //! Bounds: two generations of at most [`GENERATION_ENTRIES`] keys each (a hit in
 //! the old one moves to the young one; when the young one is full the old one is
 //! dropped), keys of at most [`MAX_KEY_BYTES`] (a longer one is evaluated, not
@@ -40,6 +45,20 @@ use crate::mapping::{Bucket, SigmaView};
 pub const GENERATION_ENTRIES: usize = 512;
 /// A key longer than this (long command lines) is not remembered.
 pub const MAX_KEY_BYTES: usize = 2048;
+/// Lookups of a bucket before its hit rate is judged.
+pub const PROBE_LOOKUPS: u32 = 256;
+/// A bucket with fewer hits than one in this many lookups rests.
+pub const MIN_HIT_RATIO: u32 = 8;
+/// Events of a resting bucket evaluated without the memo.
+pub const REST_EVALUATIONS: u32 = 4096;
+
+/// A bucket's recent lookups and hits, or how long it still rests.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    lookups: u32,
+    hits: u32,
+    resting: u32,
+}
 
 /// What the rules of one bucket read from an event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,6 +146,8 @@ pub struct VerdictMemo {
     old: HashMap<Box<[u8]>, Arc<[EvaluationResult]>>,
     key: Vec<u8>,
     stats: MemoStats,
+    /// Per bucket (by [`bucket_tag`]).
+    probes: [Probe; 11],
 }
 
 impl VerdictMemo {
@@ -170,7 +191,16 @@ impl VerdictMemo {
         out: &mut Vec<EvaluationResult>,
         evaluate: impl FnOnce() -> Vec<EvaluationResult>,
     ) {
-        let Some(reads) = reads.filter(|r| !r.opaque) else {
+        let probe = self.probes.get_mut(usize::from(bucket_tag(bucket)));
+        let resting = probe.is_some_and(|p| {
+            if p.resting > 0 {
+                p.resting -= 1;
+                true
+            } else {
+                false
+            }
+        });
+        let Some(reads) = reads.filter(|r| !r.opaque && !resting) else {
             self.stats.skipped += 1;
             out.extend(evaluate());
             return;
@@ -183,13 +213,28 @@ impl VerdictMemo {
             out.extend(evaluate());
             return;
         }
-        if let Some(found) = self.young.get(key.as_slice()) {
+        let hit = if let Some(found) = self.young.get(key.as_slice()) {
             out.extend(found.iter().cloned());
-            self.stats.hits += 1;
+            true
         } else if let Some((k, found)) = self.old.remove_entry(key.as_slice()) {
             out.extend(found.iter().cloned());
-            self.stats.hits += 1;
             self.insert(k, found);
+            true
+        } else {
+            false
+        };
+        if let Some(p) = self.probes.get_mut(usize::from(bucket_tag(bucket))) {
+            p.lookups += 1;
+            p.hits += u32::from(hit);
+            if p.lookups >= PROBE_LOOKUPS {
+                if p.hits.saturating_mul(MIN_HIT_RATIO) < p.lookups {
+                    p.resting = REST_EVALUATIONS;
+                }
+                (p.lookups, p.hits) = (0, 0);
+            }
+        }
+        if hit {
+            self.stats.hits += 1;
         } else {
             let results: Arc<[EvaluationResult]> = evaluate().into();
             out.extend(results.iter().cloned());
@@ -421,6 +466,32 @@ level: low
     }
 
     #[test]
+    fn a_bucket_whose_events_never_repeat_rests_then_is_probed_again() {
+        let det = detector(&[MARK_RULE]);
+        let mut memo = det.memo();
+        let n = PROBE_LOOKUPS;
+        for i in 0..n {
+            assert!(det.evaluate_with(&mut memo, &exec(i, &format!("cmd {i}"))).is_empty());
+        }
+        assert_eq!(memo.stats().misses, u64::from(n));
+        // Resting: evaluated directly (still right), neither remembered nor looked up.
+        for i in 0..REST_EVALUATIONS {
+            let cmd = if i == 7 {
+                "x memo-mark".to_string()
+            } else {
+                format!("again {i}")
+            };
+            let fired = det.evaluate_with(&mut memo, &exec(i, &cmd));
+            assert_eq!(fired.len(), usize::from(i == 7));
+        }
+        assert_eq!(memo.stats().skipped, u64::from(REST_EVALUATIONS));
+        assert_eq!(memo.stats().misses, u64::from(n));
+        // Then probed again: a repeat of a remembered event is a hit.
+        det.evaluate_with(&mut memo, &exec(1, "cmd 1"));
+        assert_eq!(memo.stats().hits, 1);
+    }
+
+    #[test]
     fn keyword_rules_put_the_searched_strings_in_the_key() {
         let det = detector(&[KEYWORD_RULE]);
         let mut memo = det.memo();
@@ -434,7 +505,9 @@ level: low
     fn the_memo_is_bounded_and_forgets_another_detectors_verdicts() {
         let det = detector(&[MARK_RULE]);
         let mut memo = det.memo();
+        // Each event twice, so the bucket's hit rate keeps it memoized.
         for i in 0..(3 * GENERATION_ENTRIES as u32) {
+            det.evaluate_with(&mut memo, &exec(i, &format!("cmd {i}")));
             det.evaluate_with(&mut memo, &exec(i, &format!("cmd {i}")));
         }
         assert!(memo.len() <= 2 * GENERATION_ENTRIES, "{}", memo.len());
