@@ -708,7 +708,7 @@ fn paced(source: &str, rate: u64, secs: u64, unique_args: bool) -> Result<()> {
     let status = agent.status()?;
     for line in status
         .lines()
-        .filter(|l| l.contains("process") || l.contains("network"))
+        .filter(|l| l.contains("process") || l.contains("network") || l.starts_with("detection"))
     {
         println!("  status: {}", line.trim());
     }
@@ -811,7 +811,10 @@ fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64) -> 
         _ => println!("known-bad file in /tmp during the build: NO alert within 30 s"),
     }
     let status = agent.status()?;
-    for line in status.lines().filter(|l| l.contains("hash") || l.contains("file")) {
+    for line in status
+        .lines()
+        .filter(|l| l.contains("hash") || l.contains("file") || l.starts_with("detection"))
+    {
         println!("  status: {}", line.trim());
     }
     let _ = std::fs::remove_file(&eicar);
