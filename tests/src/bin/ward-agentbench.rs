@@ -80,6 +80,9 @@ enum Bench {
         /// Seconds of the idle sample before the build.
         #[arg(long, default_value_t = 30)]
         idle_secs: u64,
+        /// More `[sensors]` settings for the agent, TOML lines (to compare one setting).
+        #[arg(long, default_value = "")]
+        sensors: String,
     },
 }
 
@@ -157,7 +160,8 @@ fn main() -> Result<()> {
             workspace,
             krate,
             idle_secs,
-        } => build(workspace, &krate, idle_secs),
+            sensors,
+        } => build(workspace, &krate, idle_secs, &sensors),
     }
 }
 
@@ -718,7 +722,7 @@ fn paced(source: &str, rate: u64, secs: u64, unique_args: bool) -> Result<()> {
 /// The agent's CPU while `cargo test -p krate` builds and runs with its target
 /// directory under /tmp, beside the same agent's idle CPU in the same run; an EICAR
 /// file dropped into /tmp halfway must raise its alert as on a quiet host.
-fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64) -> Result<()> {
+fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64, sensors: &str) -> Result<()> {
     let workspace = match workspace {
         Some(w) => w,
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -732,7 +736,7 @@ fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64) -> 
         let defaults = ward_agent::sensor::SensorConfig::default();
         let mut paths = defaults.file_watch_paths.clone();
         paths.push(watch.display().to_string());
-        format!("[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = {paths:?}\n")
+        format!("[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = {paths:?}\n{sensors}\n")
     })?;
     agent.wait_connected(Duration::from_secs(20))?;
     let pid = agent.pid().context("agent pid")?;
