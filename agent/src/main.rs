@@ -249,6 +249,10 @@ fn status(state_dir: &Path) -> Result<u8> {
             );
             println!("isolation: {}", s.isolation);
             println!("alerts: {} raised, {} delivered", s.alerts_raised, s.alerts_delivered);
+            println!(
+                "detection: {} rule verdicts evaluated, {} repeats answered from the verdict memo",
+                s.verdicts_evaluated, s.verdicts_remembered
+            );
             if let Some(skew) = s.clock_skew_ms {
                 println!("clock: {}", ward_agent::status::describe_skew(skew));
             }

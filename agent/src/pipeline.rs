@@ -12,7 +12,7 @@ use crate::clock::now_ms;
 use crate::record::EventRecorder;
 use crate::shared::Shared;
 use ward_detect::event::Event;
-use ward_detect::{AggregatedDetection, Aggregator, AggregatorConfig, Correlator, Detector};
+use ward_detect::{AggregatedDetection, Aggregator, AggregatorConfig, Correlator, Detector, VerdictMemo};
 
 /// A compiled rule set and the pack version it came from.
 pub struct Rules {
@@ -53,6 +53,7 @@ impl Pending {
         ev: &Event,
         rules: &Rules,
         correlator: &mut Option<Correlator>,
+        memo: &mut VerdictMemo,
         aggregator: &mut Aggregator,
     ) {
         self.through_ms = self.through_ms.max(ev.observed_at_ms);
@@ -65,8 +66,8 @@ impl Pending {
         }
         let now = now_ms();
         let detections = match correlator.as_mut() {
-            Some(c) => c.process(&rules.detector, ev, now),
-            None => rules.detector.evaluate(ev),
+            Some(c) => c.process_with(&rules.detector, memo, ev, now),
+            None => rules.detector.evaluate_with(memo, ev),
         };
         for d in detections {
             self.push(aggregator.push(d, now));
@@ -195,6 +196,11 @@ pub async fn run_detection(
 ) {
     let mut aggregator = Aggregator::new(aggregation);
     let mut correlator: Option<Correlator> = rules.detector.correlator();
+    // The rules' verdicts for events whose rule-visible fields repeat (bounded; see
+    // `ward_detect::memo`): correlation and aggregation still see every event.
+    let mut memo = rules.detector.memo();
+    // The memo's counts of the rule sets replaced since start, for status.
+    let (mut remembered_before, mut evaluated_before) = (0u64, 0u64);
     let mut pending = Pending {
         max_alerts: memory_queue_max_alerts,
         ..Pending::default()
@@ -207,16 +213,21 @@ pub async fn run_detection(
             ev = events.recv() => match ev {
                 Some(ev) => {
                     record(&mut recorder, &ev);
-                    pending.judge(&shared, &ev, &rules, &mut correlator, &mut aggregator);
+                    pending.judge(&shared, &ev, &rules, &mut correlator, &mut memo, &mut aggregator);
                     let mut taken = 1;
                     while taken < GROUP_MAX_EVENTS && pending.alerts.len() < GROUP_MAX_ALERTS {
                         let Ok(ev) = events.try_recv() else { break };
                         record(&mut recorder, &ev);
-                        pending.judge(&shared, &ev, &rules, &mut correlator, &mut aggregator);
+                        pending.judge(&shared, &ev, &rules, &mut correlator, &mut memo, &mut aggregator);
                         taken += 1;
                     }
                     if let Some(r) = recorder.as_mut() {
                         r.flush();
+                    }
+                    let m = memo.stats();
+                    if let Ok(mut s) = shared.status.lock() {
+                        s.verdicts_remembered = remembered_before + m.hits;
+                        s.verdicts_evaluated = evaluated_before + m.misses + m.skipped;
                     }
                 }
                 None => break,
@@ -224,6 +235,10 @@ pub async fn run_detection(
             new = rules_rx.recv() => {
                 if let Some(new) = new {
                     correlator = new.detector.correlator();
+                    let m = memo.stats();
+                    remembered_before += m.hits;
+                    evaluated_before += m.misses + m.skipped;
+                    memo = new.detector.memo();
                     rules = new;
                 }
                 continue;
@@ -239,7 +254,7 @@ pub async fn run_detection(
     // A clean stop judges what is already waiting, so it is not left to the rescan.
     while let Ok(ev) = events.try_recv() {
         record(&mut recorder, &ev);
-        pending.judge(&shared, &ev, &rules, &mut correlator, &mut aggregator);
+        pending.judge(&shared, &ev, &rules, &mut correlator, &mut memo, &mut aggregator);
     }
     if let Some(r) = recorder.as_mut() {
         r.flush();

@@ -47,6 +47,12 @@ pub struct Status {
     pub alerts_waiting: u64,
     /// Alerts dropped from that memory queue, not yet recorded for the collector.
     pub alerts_lost_in_memory: u64,
+    /// Rule buckets answered from the verdict memo since start (`ward_detect::memo`).
+    #[serde(default)]
+    pub verdicts_remembered: u64,
+    /// Rule buckets evaluated since start (remembered afterwards or not).
+    #[serde(default)]
+    pub verdicts_evaluated: u64,
     /// What each sensor sees.
     pub sensors: Vec<ward_protocol::SensorState>,
 }

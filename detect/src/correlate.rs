@@ -7,6 +7,7 @@ use rsigma_eval::CorrelationEngine;
 
 use super::engine::{Detection, Detector};
 use super::mapping::SigmaView;
+use super::memo::VerdictMemo;
 use crate::event::Event;
 
 /// Correlation state for one [`Detector`]; make it with [`Detector::correlator`]
@@ -31,8 +32,31 @@ impl Correlator {
     /// Everything [`Detector::evaluate`] returns for `event`, plus the correlation
     /// rules it completes. `now_ms` places the event in the correlation windows.
     pub fn process(&mut self, detector: &Detector, event: &Event, now_ms: u64) -> Vec<Detection> {
+        self.run(detector, event, None, now_ms)
+    }
+
+    /// As [`Correlator::process`], the detection rules' verdicts taken from `memo`
+    /// when the event's rule-visible fields repeat. Every event's detections still
+    /// enter the correlation windows: only the stateless part is remembered.
+    pub fn process_with(
+        &mut self,
+        detector: &Detector,
+        memo: &mut VerdictMemo,
+        event: &Event,
+        now_ms: u64,
+    ) -> Vec<Detection> {
+        self.run(detector, event, Some(memo), now_ms)
+    }
+
+    fn run(
+        &mut self,
+        detector: &Detector,
+        event: &Event,
+        memo: Option<&mut VerdictMemo>,
+        now_ms: u64,
+    ) -> Vec<Detection> {
         let view = SigmaView::new(event);
-        let raw = detector.evaluate_raw(&view, event);
+        let raw = detector.evaluate_raw(&view, event, memo);
         let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         self.engine
             .process_with_detections(&view, raw, secs)

@@ -17,6 +17,7 @@ use ward_protocol::{Entity, MatchedField, RuleFile, RuleRef, Severity};
 
 use super::entities::{attack_ids, entities};
 use super::mapping::{self, Bucket, Placement, SigmaView};
+use super::memo::{Reads, VerdictMemo};
 use crate::event::Event;
 
 /// A rule file larger than this is refused whole.
@@ -107,7 +108,15 @@ pub struct Detector {
     /// those a correlation names (a correlator registers them).
     sources: Vec<SigmaRule>,
     stats: DetectorStats,
+    /// What each bucket's rules read, for [`VerdictMemo`] keys (no entry for
+    /// [`Bucket::AuthService`], whose engines are never memoized).
+    reads: HashMap<Bucket, Reads>,
+    /// Names this detector for a [`VerdictMemo`] (unique in the process).
+    id: u64,
 }
+
+/// Gives each detector its own id, so a memo never answers for another's rules.
+static NEXT_DETECTOR_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl fmt::Debug for Detector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -149,6 +158,8 @@ impl Default for Detector {
             correlations: Vec::new(),
             sources: Vec::new(),
             stats: DetectorStats::default(),
+            reads: HashMap::new(),
+            id: NEXT_DETECTOR_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -347,6 +358,14 @@ impl Detector {
             Ok(Err(e)) => return Err(RuleErrorKind::Compile(e.to_string())),
             Err(p) => return Err(RuleErrorKind::Panicked(panic_message(p.as_ref()))),
         };
+        let buckets: &[Bucket] = match &place {
+            Placement::Inactive(_) => &[],
+            Placement::One(bucket, _) => std::slice::from_ref(bucket),
+            Placement::AllPrimary => &Bucket::PRIMARY,
+        };
+        for b in buckets {
+            self.reads.entry(*b).or_default().add_rule(&compiled);
+        }
         let engines: Vec<&mut Engine> = match &place {
             Placement::Inactive(_) => Vec::new(),
             Placement::One(bucket, service) => vec![self.engine_mut(*bucket, service.as_deref())],
@@ -465,18 +484,44 @@ impl Detector {
         Some(super::Correlator::new(engine))
     }
 
-    /// The rsigma results for `event` (detection rules only), for correlation.
-    pub(crate) fn evaluate_raw(&self, view: &SigmaView<'_>, event: &Event) -> Vec<EvaluationResult> {
+    /// The rsigma results for `event` (detection rules only), for correlation;
+    /// with a memo, repeats of rule-visible fields are answered from it.
+    pub(crate) fn evaluate_raw(
+        &self,
+        view: &SigmaView<'_>,
+        event: &Event,
+        mut memo: Option<&mut VerdictMemo>,
+    ) -> Vec<EvaluationResult> {
         let (buckets, service) = mapping::buckets(event);
         let mut out = Vec::new();
         for bucket in buckets {
-            if let Some(engine) = self.engine(*bucket, service.as_deref())
-                && engine.rule_count() > 0
-            {
-                out.extend(engine.evaluate(view));
+            let Some(engine) = self.engine(*bucket, service.as_deref()) else {
+                continue;
+            };
+            if engine.rule_count() == 0 {
+                continue;
+            }
+            match memo.as_deref_mut() {
+                Some(m) if *bucket != Bucket::AuthService => {
+                    m.bind(self.id);
+                    m.results(*bucket, self.reads.get(bucket), view, &mut out, || {
+                        engine.evaluate(view)
+                    });
+                }
+                _ => out.extend(engine.evaluate(view)),
             }
         }
         out
+    }
+
+    /// An empty verdict memo for this detector (see [`crate::memo`]).
+    pub fn memo(&self) -> VerdictMemo {
+        VerdictMemo::new(self.id)
+    }
+
+    /// What the rules of `bucket` read (`None` when it has no rules).
+    pub fn reads(&self, bucket: Bucket) -> Option<&Reads> {
+        self.reads.get(&bucket)
     }
 
     fn engine_mut(&mut self, bucket: Bucket, service: Option<&str>) -> &mut Engine {
@@ -516,7 +561,17 @@ impl Detector {
     /// Correlation rules need state: use a [`super::Correlator`] for them.
     pub fn evaluate(&self, event: &Event) -> Vec<Detection> {
         let view = SigmaView::new(event);
-        self.evaluate_raw(&view, event)
+        self.evaluate_raw(&view, event, None)
+            .iter()
+            .filter_map(|r| self.detection(r, event))
+            .collect()
+    }
+
+    /// As [`Detector::evaluate`], the rules' verdicts remembered in `memo` for
+    /// events whose rule-visible fields repeat: the same detections, less work.
+    pub fn evaluate_with(&self, memo: &mut VerdictMemo, event: &Event) -> Vec<Detection> {
+        let view = SigmaView::new(event);
+        self.evaluate_raw(&view, event, Some(memo))
             .iter()
             .filter_map(|r| self.detection(r, event))
             .collect()

@@ -410,7 +410,7 @@ mod tests {
         };
         let p = ProcessEvent {
             pid: 30,
-            lineage: Some(lineage.clone()),
+            lineage: Some(std::sync::Arc::new((*lineage).clone())),
             ..Default::default()
         };
         assert_eq!(lineages(EventData::Process(p.clone())), vec![want.clone()]);
@@ -445,7 +445,7 @@ mod tests {
             pid: 30,
             start_time_ms: 77,
             cwd: "/srv/".to_string() + &"d".repeat(3000),
-            context: Box::new(ProcessContext {
+            context: std::sync::Arc::new(ProcessContext {
                 tty: "pts/3".into(),
                 session_id: Some(4),
                 login_uid: Some(1000),

@@ -1,6 +1,8 @@
 //! The events sensors produce and detection consumes. Plain data: no IO here.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use ward_protocol::ProcessNode;
 
 /// One observation from a sensor.
@@ -49,14 +51,15 @@ pub struct ProcessEvent {
     pub parent_cmdline: String,
     /// True when the executable was deleted from disk while the process runs.
     pub exe_deleted: bool,
-    /// The process and its ancestors, read when the event was built (boxed: most
-    /// events on the channel are not alerts, keep them small).
-    #[serde(default)]
-    pub lineage: Option<Box<Lineage>>,
+    /// The process and its ancestors, read when the event was built (shared: most
+    /// events on the channel are not alerts, keep them small; a process's connections
+    /// each carry its event, and a copy is a reference count, not the ancestors' strings).
+    #[serde(default, with = "shared_opt")]
+    pub lineage: Option<Arc<Lineage>>,
     /// Where and for whom it runs: terminal, login, session, cgroup, namespaces
-    /// (boxed, as the lineage: every event on the channel is as large as the largest).
-    #[serde(default)]
-    pub context: Box<ProcessContext>,
+    /// (shared, as the lineage).
+    #[serde(default, with = "shared")]
+    pub context: Arc<ProcessContext>,
     /// The processes writing into its stdin pipe and reading its stdout pipe, when the
     /// agent saw them start (boxed: most processes have neither).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,4 +291,76 @@ pub struct AuditEvent {
 pub struct SensorGap {
     pub sensor: String,
     pub detail: String,
+}
+
+/// Serde for a shared (`Arc`) field, in the same form as the value itself (as a `Box`
+/// is), without serde's `rc` feature for the whole build.
+mod shared {
+    use super::*;
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+        T::serialize(v, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Arc<T>, D::Error> {
+        T::deserialize(d).map(Arc::new)
+    }
+}
+
+/// As [`shared`], for an optional field (the form of `Option<T>`).
+mod shared_opt {
+    use super::*;
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Arc<T>>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_deref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Arc<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(|v| v.map(Arc::new))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Shared fields are written as the values themselves (as they were boxed), so
+    /// recorded events read back the same.
+    #[test]
+    fn shared_fields_keep_their_serialized_form_and_copies_share_them() {
+        let node = ProcessNode {
+            pid: 2,
+            ppid: 1,
+            start_time_ms: 3,
+            exe: "/bin/sh".into(),
+            cmdline: "sh".into(),
+            user: None,
+            login_user: None,
+        };
+        let p = ProcessEvent {
+            pid: 2,
+            lineage: Some(Arc::new(Lineage {
+                process: node.clone(),
+                ancestors: vec![node],
+                rooted: true,
+            })),
+            context: Arc::new(ProcessContext {
+                tty: "pts/1".into(),
+                ..ProcessContext::default()
+            }),
+            ..ProcessEvent::default()
+        };
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["context"]["tty"], "pts/1");
+        assert_eq!(json["lineage"]["ancestors"][0]["exe"], "/bin/sh");
+        let back: ProcessEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, p);
+        let bare: ProcessEvent = serde_json::from_str(r#"{"pid":1,"ppid":0,"start_time_ms":0,"exe":"","cmdline":"","cwd":"","user":"","uid":null,"sha256":null,"parent_exe":"","parent_cmdline":"","exe_deleted":false}"#).unwrap();
+        assert!(bare.lineage.is_none() && bare.context.tty.is_empty());
+        let none = serde_json::to_value(&bare).unwrap();
+        assert!(none["lineage"].is_null(), "{none}");
+        let copy = p.clone();
+        assert!(Arc::ptr_eq(copy.lineage.as_ref().unwrap(), p.lineage.as_ref().unwrap()));
+    }
 }

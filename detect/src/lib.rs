@@ -8,7 +8,8 @@
 //!
 //! Flow: [`Detector::load`] (the default pack from [`default_rule_files`]: built-in
 //! and vetted SigmaHQ rules, + local and pushed rules) → per event [`Detector::evaluate`], or [`Correlator::process`] when the
-//! rules include Sigma correlations → [`Aggregator::push`] / [`Aggregator::flush`]
+//! rules include Sigma correlations (the `_with` forms take a [`VerdictMemo`] that
+//! remembers the rules' verdicts for events whose rule-visible fields repeat) → [`Aggregator::push`] / [`Aggregator::flush`]
 //! folds repeats into one alert with a count. [`mapping`] is the only place that
 //! knows both Ward's event fields and Sigma's field names.
 
@@ -23,6 +24,7 @@ pub mod entities;
 pub mod event;
 pub mod logsource;
 pub mod mapping;
+pub mod memo;
 pub mod rulestest;
 pub mod wildcard;
 
@@ -34,4 +36,5 @@ pub use engine::{
     Detection, Detector, DetectorStats, LoadDirError, MAX_RULE_FILE_BYTES, MAX_RULES, RuleError, RuleErrorKind,
     load_dir,
 };
+pub use memo::{MemoStats, VerdictMemo};
 pub use rulestest::{RulesTestError, RulesTestReport};

@@ -556,7 +556,7 @@ mod tests {
                 user: Some(user.into()),
                 login_user: None,
             };
-            p.lineage = Some(Box::new(crate::event::Lineage {
+            p.lineage = Some(std::sync::Arc::new(crate::event::Lineage {
                 process: node(10, "www-data"),
                 ancestors: vec![node(9, "root")],
                 rooted: true,
@@ -593,7 +593,7 @@ mod tests {
                 user: None,
                 login_user: None,
             };
-            p.lineage = Some(Box::new(crate::event::Lineage {
+            p.lineage = Some(std::sync::Arc::new(crate::event::Lineage {
                 process: node(10, "/usr/bin/curl", "curl"),
                 ancestors: vec![
                     node(9, "/usr/bin/bash", "bash"),
@@ -601,7 +601,7 @@ mod tests {
                 ],
                 rooted: true,
             }));
-            *p.context = crate::event::ProcessContext {
+            p.context = std::sync::Arc::new(crate::event::ProcessContext {
                 tty: "pts/3".into(),
                 session_id: Some(12),
                 login_uid: Some(1000),
@@ -611,7 +611,7 @@ mod tests {
                 mnt_ns: Some(4_026_531_841),
                 pid_ns: Some(4_026_531_836),
                 host_namespaces: Some(true),
-            };
+            });
         }
         let v = SigmaView::new(&e);
         let get = |k: &str| v.get_field(k).map(|x| x.to_json());

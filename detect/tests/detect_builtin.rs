@@ -178,3 +178,100 @@ fn brute_force_correlation_counts_per_source_and_window() {
     assert!(hits[0].entities.iter().any(|e| e.kind() == "ip"));
     assert_eq!(hits[0].rule.severity, ward_protocol::Severity::High);
 }
+
+/// The verdict memo changes nothing: every event of every built-in rule's tests, fed
+/// twice (the second pass answered from the memo) through the default pack (built-in
+/// and SigmaHQ rules), with variants whose pid and time differ, gets the same
+/// detections as without it; the correlation sequences fire as without it.
+#[test]
+fn the_default_pack_decides_the_same_with_the_verdict_memo() {
+    let det = {
+        let (det, errors) = Detector::load(&ward_detect::default_rule_files(&ward_detect::PackChoice::default()));
+        assert!(errors.is_empty(), "{errors:#?}");
+        det
+    };
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/tests");
+    let mut events = Vec::new();
+    let mut sequences = Vec::new();
+    for (name, _) in BUILTIN_RULES {
+        let text = std::fs::read_to_string(tests.join(name)).unwrap();
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        let all: Vec<Value> = ["true_positives", "false_positives"]
+            .iter()
+            .flat_map(|k| doc[*k].as_array().unwrap().clone())
+            .collect();
+        if doc["correlation"].as_bool() == Some(true) {
+            sequences.push(all);
+        } else {
+            events.extend(all.iter().map(event));
+        }
+    }
+    assert!(events.len() > 100, "{}", events.len());
+    // Beside each event, variants that differ in one field rules read: a memo
+    // keyed without that field would hand them the original's verdict.
+    use ward_detect::event::EventData;
+    let variants = |e: &Event| -> Vec<Event> {
+        let edits: [fn(&mut EventData); 3] = [
+            |d| match d {
+                EventData::Process(p) => p.cmdline = "ls".into(),
+                EventData::File(f) => f.path = "/srv/plain.txt".into(),
+                EventData::Network(n) => n.destination_port = Some(443),
+                EventData::Auth(a) => a.message = "session opened".into(),
+                _ => {}
+            },
+            |d| match d {
+                EventData::Process(p) => p.exe = "/usr/bin/ls".into(),
+                EventData::Network(n) => n.process.exe = "/usr/bin/ls".into(),
+                _ => {}
+            },
+            |d| {
+                if let EventData::Process(p) = d {
+                    p.parent_exe = "/usr/sbin/cron".into();
+                    p.parent_cmdline = "/usr/sbin/cron -f".into();
+                }
+            },
+        ];
+        edits
+            .iter()
+            .map(|edit| {
+                let mut v = e.clone();
+                edit(&mut v.data);
+                v
+            })
+            .collect()
+    };
+    let events: Vec<Event> = events
+        .iter()
+        .flat_map(|e| std::iter::once(e.clone()).chain(variants(e)))
+        .collect();
+    let mut memo = det.memo();
+    let mut fired = 0;
+    for pass in 0..2u64 {
+        for e in &events {
+            let mut e = e.clone();
+            e.observed_at_ms += pass * 7;
+            if let ward_detect::event::EventData::Process(p) = &mut e.data {
+                p.pid += pass as u32 * 1000;
+            }
+            let plain = det.evaluate(&e);
+            fired += plain.len();
+            assert_eq!(det.evaluate_with(&mut memo, &e), plain, "pass {pass}: {e:?}");
+        }
+    }
+    assert!(fired > events.len() / 2, "the events fire rules: {fired}");
+    let stats = memo.stats();
+    assert!(stats.hits >= events.len() as u64 / 2, "{stats:?}");
+    for seq in sequences {
+        let (mut plain, mut memoized) = (det.correlator().unwrap(), det.correlator().unwrap());
+        let mut memo = det.memo();
+        for (i, v) in seq.iter().chain(seq.iter()).enumerate() {
+            let e = event(v);
+            let now = e.observed_at_ms + i as u64 * 1000;
+            assert_eq!(
+                memoized.process_with(&det, &mut memo, &e, now),
+                plain.process(&det, &e, now),
+                "{v}"
+            );
+        }
+    }
+}

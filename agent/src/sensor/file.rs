@@ -244,18 +244,62 @@ impl Coalescer {
     }
 }
 
+/// Which changed files are hashed: none under `skip` (logs); under `temp` (temporary
+/// directories, where builds write object files, libraries and caches all the time) a
+/// file without an execute bit only up to `temp_max_bytes`; a larger one is reported
+/// without a SHA-256 and counted (`HashBudget::count_temp_skip`). A file given an execute
+/// bit later is hashed on that change, and a program is hashed when it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashPolicy {
+    pub skip: Vec<PathBuf>,
+    pub temp: Vec<PathBuf>,
+    pub temp_max_bytes: u64,
+}
+
+impl HashPolicy {
+    /// The policy of `[sensors]`.
+    pub fn of(config: &SensorConfig) -> Self {
+        HashPolicy {
+            skip: config.file_hash_skip_paths.iter().map(PathBuf::from).collect(),
+            temp: config.file_hash_temp_paths.iter().map(PathBuf::from).collect(),
+            temp_max_bytes: config.file_hash_temp_max_bytes,
+        }
+    }
+
+    /// Nothing hashed under `skip`; no rule for temporary directories.
+    pub fn skipping(skip: &[PathBuf]) -> Self {
+        HashPolicy {
+            skip: skip.to_vec(),
+            ..HashPolicy::default()
+        }
+    }
+
+    /// A large file without an execute bit under a temporary directory.
+    fn large_temp(&self, path: &Path, meta: &std::fs::Metadata) -> bool {
+        meta.size() > self.temp_max_bytes && meta.mode() & 0o111 == 0 && self.temp.iter().any(|p| path.starts_with(p))
+    }
+}
+
 /// Builds the event for a ready change: mode, owner, size and (regular files under the limit)
 /// SHA-256. A file already gone is reported without them.
-pub fn describe(ready: Ready, hashes: &mut HashCache, no_hash: &[PathBuf]) -> FileEvent {
-    describe_within_budget(ready, hashes, no_hash).0
+pub fn describe(ready: Ready, hashes: &mut HashCache, policy: &HashPolicy) -> FileEvent {
+    describe_within_budget(ready, hashes, policy).0
 }
 
 /// As [`describe`]; also true when the hashing budget refused the hash (the caller may
 /// try again a little later). Files with an execute bit spend the budget first.
-pub fn describe_within_budget(ready: Ready, hashes: &mut HashCache, no_hash: &[PathBuf]) -> (FileEvent, bool) {
+pub fn describe_within_budget(ready: Ready, hashes: &mut HashCache, policy: &HashPolicy) -> (FileEvent, bool) {
     let meta = std::fs::symlink_metadata(&ready.path).ok();
     let is_file = meta.as_ref().is_some_and(|m| m.is_file());
-    let skip = no_hash.iter().any(|p| ready.path.starts_with(p));
+    let mut skip = policy.skip.iter().any(|p| ready.path.starts_with(p));
+    if is_file
+        && !skip
+        && ready.op != FileOp::Delete
+        && meta.as_ref().is_some_and(|m| policy.large_temp(&ready.path, m))
+    {
+        hashes.budget().count_temp_skip();
+        skip = true;
+    }
     let mut over_budget = false;
     let sha256 = if is_file && ready.op != FileOp::Delete && !skip {
         let priority = match &meta {
@@ -569,7 +613,7 @@ fn emit_changed_since(
     dir: &Path,
     since_ms: u64,
     hashes: &mut HashCache,
-    no_hash: &[PathBuf],
+    no_hash: &HashPolicy,
     reported: &mut Reported,
 ) -> bool {
     // File times come from the kernel's coarse clock, up to a tick behind the wall
@@ -639,7 +683,7 @@ pub fn run(
     // Changes whose hash the budget refused, in order, with when their wait ends; each
     // is reported without a hash, and counted, once its wait is over.
     let mut deferred: VecDeque<(Ready, Instant)> = VecDeque::new();
-    let no_hash: Vec<PathBuf> = config.file_hash_skip_paths.iter().map(PathBuf::from).collect();
+    let no_hash = HashPolicy::of(config);
     let mut coalescer = Coalescer::new(
         Duration::from_millis(config.file_settle_ms),
         Duration::from_millis(config.file_max_delay_ms),
@@ -1167,14 +1211,69 @@ mod tests {
             path: p,
             from_path: None,
         };
-        let log = describe(ready(logs.join("syslog")), &mut hashes, std::slice::from_ref(&logs));
+        let log = describe(
+            ready(logs.join("syslog")),
+            &mut hashes,
+            &HashPolicy::skipping(std::slice::from_ref(&logs)),
+        );
         assert_eq!(
             (log.sha256, log.size),
             (None, Some(0)),
             "truncation still shows as size 0"
         );
-        let other = describe(ready(dir.path().join("other")), &mut hashes, &[logs]);
+        let other = describe(
+            ready(dir.path().join("other")),
+            &mut hashes,
+            &HashPolicy::skipping(&[logs]),
+        );
         assert_eq!(other.sha256, Some(sha(b"x")));
+    }
+
+    #[test]
+    fn large_files_under_temporary_directories_are_counted_not_hashed_unless_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let policy = HashPolicy {
+            skip: Vec::new(),
+            temp: vec![tmp.clone()],
+            temp_max_bytes: 4,
+        };
+        let budget = HashBudget::unlimited();
+        let mut hashes = HashCache::with_budget(16, 1024, budget.clone());
+        let ready = |p: PathBuf| Ready {
+            op: FileOp::Create,
+            path: p,
+            from_path: None,
+        };
+        let write = |p: &Path, data: &[u8], mode: u32| {
+            std::fs::write(p, data).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        // Small, under a temporary directory: hashed.
+        write(&tmp.join("small"), b"abcd", 0o644);
+        assert_eq!(
+            describe(ready(tmp.join("small")), &mut hashes, &policy).sha256,
+            Some(sha(b"abcd"))
+        );
+        // Large: reported (size and all) without a hash, and counted.
+        write(&tmp.join("big.o"), b"abcde", 0o644);
+        let big = describe(ready(tmp.join("big.o")), &mut hashes, &policy);
+        assert_eq!((big.sha256, big.size), (None, Some(5)));
+        let report = budget.report(Instant::now()).expect("the skip is reported");
+        assert!(report.contains("1 large files under temporary directories"), "{report}");
+        // Large with an execute bit (a fresh program): hashed.
+        write(&tmp.join("big-run"), b"abcde", 0o755);
+        assert_eq!(
+            describe(ready(tmp.join("big-run")), &mut hashes, &policy).sha256,
+            Some(sha(b"abcde"))
+        );
+        // Large elsewhere: hashed.
+        write(&dir.path().join("big"), b"abcde", 0o644);
+        assert_eq!(
+            describe(ready(dir.path().join("big")), &mut hashes, &policy).sha256,
+            Some(sha(b"abcde"))
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ struct BudgetState {
     tokens: i128,
     at: Instant,
     skipped: [u64; 2],
+    /// Large files under temporary directories left unhashed (`HashPolicy`).
+    temp_skipped: u64,
     reported_at: Option<Instant>,
 }
 
@@ -70,6 +72,7 @@ impl HashBudget {
                 tokens: i128::from(bytes_per_s),
                 at: Instant::now(),
                 skipped: [0; 2],
+                temp_skipped: 0,
                 reported_at: None,
             }),
         })
@@ -116,11 +119,17 @@ impl HashBudget {
         self.state().skipped[priority as usize] += 1;
     }
 
+    /// Counts a large file under a temporary directory reported without a hash (see
+    /// the file sensor's `HashPolicy`): not the budget's doing, but reported with it.
+    pub fn count_temp_skip(&self) {
+        self.state().temp_skipped += 1;
+    }
+
     /// A line for the sensor board when files were left unhashed since the last report,
     /// at most once a minute.
     pub fn report(&self, now: Instant) -> Option<String> {
         let mut st = self.state();
-        if st.skipped == [0, 0]
+        if (st.skipped == [0, 0] && st.temp_skipped == 0)
             || st
                 .reported_at
                 .is_some_and(|t| now.saturating_duration_since(t) < BUDGET_REPORT_EVERY)
@@ -128,10 +137,22 @@ impl HashBudget {
             return None;
         }
         let [exes, files] = std::mem::take(&mut st.skipped);
+        let temp = std::mem::take(&mut st.temp_skipped);
         st.reported_at = Some(now);
+        if exes == 0 && files == 0 {
+            return Some(format!(
+                "{temp} large files under temporary directories (no execute bit, over [sensors] \
+                 file_hash_temp_max_bytes) reported without a SHA-256 since the last report"
+            ));
+        }
+        let temp = if temp == 0 {
+            String::new()
+        } else {
+            format!("; {temp} large files under temporary directories (no execute bit) likewise")
+        };
         Some(format!(
             "hashing budget ({} MiB/s) spent: {exes} executables and {files} other files reported without a SHA-256 \
-             since the last report (raise [sensors] hash_budget_bytes_per_s to hash more)",
+             since the last report (raise [sensors] hash_budget_bytes_per_s to hash more){temp}",
             self.bytes_per_s / (1024 * 1024)
         ))
     }

@@ -119,6 +119,14 @@ pub struct SensorConfig {
     pub file_hash_skip_paths: Vec<String>,
     /// Largest file to hash, bytes. Default: 33554432 (32 MiB).
     pub file_hash_max_bytes: u64,
+    /// Temporary directories, where builds write object files, libraries and caches all
+    /// the time: a file there without an execute bit is hashed only up to
+    /// `file_hash_temp_max_bytes`; a larger one is reported without a SHA-256 and counted
+    /// (a gap line once a minute). It is hashed once given an execute bit, and a program
+    /// is hashed when it runs. Default: /tmp, /var/tmp, /dev/shm.
+    pub file_hash_temp_paths: Vec<String>,
+    /// See `file_hash_temp_paths`, bytes. Default: 1048576 (1 MiB).
+    pub file_hash_temp_max_bytes: u64,
     /// A modified file is reported once writes to it have paused this long, milliseconds.
     /// Default: 75.
     pub file_settle_ms: u64,
@@ -211,6 +219,8 @@ impl Default for SensorConfig {
             .collect(),
             file_hash_skip_paths: vec!["/var/log".into()],
             file_hash_max_bytes: 32 * 1024 * 1024,
+            file_hash_temp_paths: ["/tmp", "/var/tmp", "/dev/shm"].iter().map(|s| s.to_string()).collect(),
+            file_hash_temp_max_bytes: 1024 * 1024,
             file_settle_ms: 75,
             file_max_delay_ms: 200,
             file_missing_recheck_ms: 30_000,

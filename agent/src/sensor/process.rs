@@ -325,7 +325,7 @@ impl ProcessTracker {
             None if stat.ppid == 1 => (read_exe(root, 1).0, read_cmdline(root, 1)),
             None => (String::new(), String::new()),
         };
-        let context = Box::new(context::read_context(root, pid, self.host_ns, &|u| {
+        let context = Arc::new(context::read_context(root, pid, self.host_ns, &|u| {
             self.lineage.user_name(u)
         }));
         let pipe = |fd: &str| {
@@ -347,7 +347,7 @@ impl ProcessTracker {
             parent_exe,
             parent_cmdline,
             exe_deleted,
-            lineage: Some(Box::new(lineage)),
+            lineage: Some(Arc::new(lineage)),
             context,
             pipes,
             original_image,
@@ -386,7 +386,7 @@ impl ProcessTracker {
         let pipes = self.pipe_peers(pid, &exe, &cmdline, rec.stdin_pipe, rec.stdout_pipe);
         let login_uid = (rec.loginuid != u32::MAX).then_some(rec.loginuid);
         let login_user = login_uid.map(|u| self.lineage.user_name(u));
-        let context = Box::new(self.kernel_context(rec, login_uid, login_user.clone()));
+        let context = Arc::new(self.kernel_context(rec, login_uid, login_user.clone()));
         // Ancestors read within the last 250 ms are not read again: a burst of execs
         // under one shell costs one walk of its chain, not one per exec.
         let lineage = self.lineage.lineage_of_recent(
@@ -419,7 +419,7 @@ impl ProcessTracker {
             parent_exe,
             parent_cmdline,
             exe_deleted,
-            lineage: Some(Box::new(lineage)),
+            lineage: Some(Arc::new(lineage)),
             context,
             pipes,
             original_image,

@@ -7,6 +7,7 @@
 //!   target/release/ward-agentbench actions --kind quarantine --count 200
 //!   target/release/ward-agentbench actions --kind isolate --count 200   (root; runs in its own network namespace)
 //!   target/release/ward-agentbench kernel   (root: the eBPF exec, network, UDP and DNS sources)
+//!   target/release/ward-agentbench build    (the agent's CPU while a cargo build and test run under /tmp)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,6 +62,27 @@ enum Bench {
         /// compare with the netlink connector and /proc).
         #[arg(long)]
         cpu_only: Option<String>,
+        /// The paced execs' command lines all differ (`/bin/true paced N`), so no
+        /// two execs look alike to the rules; by default they are identical.
+        #[arg(long)]
+        unique_args: bool,
+    },
+    /// The agent's CPU on a build host, against its own idle CPU in the same run: the
+    /// default sensors (watches on /tmp and /var/tmp among them) while `cargo test
+    /// -p CRATE` builds and runs with its target directory under /tmp; a known-bad file
+    /// dropped into /tmp during the build must still raise its alert.
+    Build {
+        /// The workspace to build from (default: the one this bench was built in).
+        #[arg(long)]
+        workspace: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "ward-protocol")]
+        krate: String,
+        /// Seconds of the idle sample before the build.
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
+        /// More `[sensors]` settings for the agent, TOML lines (to compare one setting).
+        #[arg(long, default_value = "")]
+        sensors: String,
     },
 }
 
@@ -126,13 +148,20 @@ fn main() -> Result<()> {
             rate,
             secs,
             cpu_only,
+            unique_args,
         } => match cpu_only {
-            Some(source) => paced(&source, rate, secs),
+            Some(source) => paced(&source, rate, secs, unique_args),
             None => {
                 kernel(execs, connections, datagrams, lookups, lookup_rate)?;
-                paced("ebpf", rate, secs)
+                paced("ebpf", rate, secs, unique_args)
             }
         },
+        Bench::Build {
+            workspace,
+            krate,
+            idle_secs,
+            sensors,
+        } => build(workspace, &krate, idle_secs, &sensors),
     }
 }
 
@@ -600,7 +629,7 @@ fn kernel(execs: usize, connections: usize, datagrams: usize, lookups: usize, lo
 /// fresh agent with the default sensors and pack (nothing the load does matches a
 /// rule), files watched in a private directory, and the process source `source`;
 /// every connection is reported (no folding).
-fn paced(source: &str, rate: u64, secs: u64) -> Result<()> {
+fn paced(source: &str, rate: u64, secs: u64, unique_args: bool) -> Result<()> {
     if !ward_tests::is_root() {
         bail!("the eBPF sources need root (CAP_BPF and CAP_PERFMON)");
     }
@@ -648,8 +677,16 @@ fn paced(source: &str, rate: u64, secs: u64) -> Result<()> {
     };
     let (mut spawned, mut connected) = (0u64, 0u64);
     let (cpu, rss) = sample(pid, secs, |d| {
+        let n = std::sync::atomic::AtomicU64::new(0);
         let execs = pace(
-            Box::new(|| std::process::Command::new("/bin/true").arg("paced").status().is_ok()),
+            Box::new(move || {
+                let mut cmd = std::process::Command::new("/bin/true");
+                cmd.arg("paced");
+                if unique_args {
+                    cmd.arg(n.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string());
+                }
+                cmd.status().is_ok()
+            }),
             d,
         );
         let conns = pace(
@@ -662,7 +699,12 @@ fn paced(source: &str, rate: u64, secs: u64) -> Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = acceptor.join();
     println!(
-        "paced load, process_source = {source:?}: {:.0} execs/s + {:.0} connections/s for {secs} s: agent {cpu:.2} % of one core, RSS {:.1} MiB",
+        "paced load, process_source = {source:?}{}: {:.0} execs/s + {:.0} connections/s for {secs} s: agent {cpu:.2} % of one core, RSS {:.1} MiB",
+        if unique_args {
+            ", every command line different"
+        } else {
+            ""
+        },
         spawned as f64 / secs as f64,
         connected as f64 / secs as f64,
         rss as f64 / 1024.0
@@ -670,9 +712,133 @@ fn paced(source: &str, rate: u64, secs: u64) -> Result<()> {
     let status = agent.status()?;
     for line in status
         .lines()
-        .filter(|l| l.contains("process") || l.contains("network"))
+        .filter(|l| l.contains("process") || l.contains("network") || l.starts_with("detection"))
     {
         println!("  status: {}", line.trim());
     }
     Ok(())
+}
+
+/// The agent's CPU while `cargo test -p krate` builds and runs with its target
+/// directory under /tmp, beside the same agent's idle CPU in the same run; an EICAR
+/// file dropped into /tmp halfway must raise its alert as on a quiet host.
+fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64, sensors: &str) -> Result<()> {
+    let workspace = match workspace {
+        Some(w) => w,
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("workspace")?
+            .to_path_buf(),
+    };
+    let collector = Collector::start()?;
+    // The default sensors, as `resources` runs them (watches on /tmp and /var/tmp).
+    let agent = Agent::start_with(&collector, |watch| {
+        let defaults = ward_agent::sensor::SensorConfig::default();
+        let mut paths = defaults.file_watch_paths.clone();
+        paths.push(watch.display().to_string());
+        format!("[agent]\nstatus_interval_ms = 2000\n\n[sensors]\nfile_watch_paths = {paths:?}\n{sensors}\n")
+    })?;
+    agent.wait_connected(Duration::from_secs(20))?;
+    let pid = agent.pid().context("agent pid")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let load = |l: &str| {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| l.into())
+    };
+    let (idle, rss) = sample(pid, idle_secs, std::thread::sleep)?;
+    println!(
+        "idle, {idle_secs} s: agent {idle:.2} % of one core, RSS {:.1} MiB (loadavg {})",
+        rss as f64 / 1024.0,
+        load("?")
+    );
+    let target = std::env::temp_dir().join(format!("ward-buildbench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&target);
+    let eicar = std::env::temp_dir().join(format!("ward-buildbench-{}-sample.bin", std::process::id()));
+    let c0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new("cargo")
+        .args(["test", "--offline", "-q", "-p", krate])
+        .current_dir(&workspace)
+        .env("CARGO_TARGET_DIR", &target)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cargo")?;
+    // Halfway through a typical build of the crate, the known-bad file.
+    let mut dropped_at = None;
+    let status = loop {
+        if dropped_at.is_none() && t0.elapsed() > Duration::from_secs(15) {
+            dropped_at = Some(now_ms());
+            std::fs::write(&eicar, EICAR)?;
+        }
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = t0.elapsed().as_secs_f64();
+    let busy = (cpu_seconds(pid)? - c0) / elapsed * 100.0;
+    let written = dir_bytes(&target);
+    println!(
+        "cargo test -p {krate} under {} ({status}, {elapsed:.0} s, {:.0} MiB written): agent {busy:.2} % of one core, RSS {:.1} MiB (loadavg {})",
+        target.display(),
+        written as f64 / 1_048_576.0,
+        rss_kib(pid)? as f64 / 1024.0,
+        load("?")
+    );
+    if dropped_at.is_none() {
+        dropped_at = Some(now_ms());
+        std::fs::write(&eicar, EICAR)?;
+        println!("  (the build ended before 15 s: the known-bad file was dropped after it)");
+    }
+    let name = eicar.file_name().and_then(|n| n.to_str()).context("name")?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut received = None;
+    while received.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        received = collector
+            .db()?
+            .query_row(
+                "SELECT MIN(received_at_ms) FROM alerts WHERE entities LIKE ?1",
+                [format!("%{name}%")],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .ok()
+            .flatten();
+    }
+    match (received, dropped_at) {
+        (Some(r), Some(t)) => println!(
+            "known-bad file in /tmp during the build: alert stored {} ms after the write",
+            r - t as i64
+        ),
+        _ => println!("known-bad file in /tmp during the build: NO alert within 30 s"),
+    }
+    let status = agent.status()?;
+    for line in status
+        .lines()
+        .filter(|l| l.contains("hash") || l.contains("file") || l.starts_with("detection"))
+    {
+        println!("  status: {}", line.trim());
+    }
+    let _ = std::fs::remove_file(&eicar);
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(())
+}
+
+/// Bytes of the regular files under `dir` (what the build left there).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }
