@@ -2,7 +2,7 @@
 //! (kind, value) key per entity for correlation indexes, and a JSON view for the API.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{Value, json};
+use serde_json::Value;
 use ward_protocol::{Entity, ProcessNode};
 
 /// The lookup key of an entity: names that mean the same thing compare equal.
@@ -30,56 +30,11 @@ pub fn key(entity: &Entity) -> (&'static str, String) {
     (entity.kind(), value)
 }
 
-/// The entity as the API shows it: a flat object with a `kind`.
+/// The entity as the API shows it: a flat object with a `kind` (keys sorted, as
+/// [`entities_json`] writes them).
 pub fn to_json(entity: &Entity) -> Value {
-    let hash = |h: &Option<[u8; 32]>| h.as_ref().map(hex::encode);
-    match entity {
-        Entity::Device { hostname } => json!({"kind": "device", "hostname": hostname}),
-        Entity::User { name, uid } => json!({"kind": "user", "name": name, "uid": uid}),
-        Entity::Process {
-            pid,
-            ppid,
-            start_time_ms,
-            exe,
-            cmdline,
-            sha256,
-        } => json!({
-            "kind": "process", "pid": pid, "ppid": ppid, "start_time_ms": start_time_ms,
-            "exe": exe, "cmdline": redact_userinfo(cmdline), "sha256": hash(sha256),
-        }),
-        Entity::File { path, sha256 } => json!({"kind": "file", "path": path, "sha256": hash(sha256)}),
-        Entity::Ip { addr } => json!({"kind": "ip", "addr": addr.to_string()}),
-        Entity::Domain { name } => json!({"kind": "domain", "name": name}),
-        Entity::Url { url } => json!({"kind": "url", "url": redact_userinfo(url)}),
-        Entity::Mailbox { address } => json!({"kind": "mailbox", "address": address}),
-        Entity::Lineage {
-            process,
-            ancestors,
-            rooted,
-        } => json!({
-            "kind": "lineage", "process": node_json(process),
-            "ancestors": ancestors.iter().map(node_json).collect::<Vec<_>>(), "rooted": rooted,
-        }),
-        Entity::ProcessContext {
-            pid,
-            start_time_ms,
-            cwd,
-            tty,
-            session_id,
-            login_uid,
-            login_user,
-            cgroup,
-            container_id,
-            mnt_ns,
-            pid_ns,
-            host_namespaces,
-        } => json!({
-            "kind": "process_context", "pid": pid, "start_time_ms": start_time_ms, "cwd": cwd,
-            "tty": tty, "session_id": session_id, "login_uid": login_uid, "login_user": login_user,
-            "cgroup": cgroup, "container_id": container_id, "mnt_ns": mnt_ns, "pid_ns": pid_ns,
-            "host_namespaces": host_namespaces,
-        }),
-    }
+    // Strings, numbers and options always convert.
+    serde_json::to_value(View(entity)).unwrap_or(Value::Null)
 }
 
 /// The stored JSON of an alert's entities, written straight from them: the same
@@ -246,7 +201,7 @@ impl Serialize for Nodes<'_> {
     }
 }
 
-/// A lineage's process as [`node_json`] shows it; keys in sorted order.
+/// A lineage's process in an entity's view; keys in sorted order.
 struct Node<'a>(&'a ProcessNode);
 
 impl Serialize for Node<'_> {
@@ -262,13 +217,6 @@ impl Serialize for Node<'_> {
         m.serialize_entry("user", &n.user)?;
         m.end()
     }
-}
-
-fn node_json(n: &ProcessNode) -> Value {
-    json!({
-        "pid": n.pid, "ppid": n.ppid, "start_time_ms": n.start_time_ms, "exe": n.exe,
-        "cmdline": redact_userinfo(&n.cmdline), "user": n.user, "login_user": n.login_user,
-    })
 }
 
 fn node_from_json(v: &Value) -> Option<ProcessNode> {
