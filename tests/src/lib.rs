@@ -7,6 +7,7 @@
 pub mod attack;
 pub mod browser;
 pub mod corpus;
+pub mod procfs;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

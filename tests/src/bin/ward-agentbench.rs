@@ -741,16 +741,11 @@ fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64, sen
     agent.wait_connected(Duration::from_secs(20))?;
     let pid = agent.pid().context("agent pid")?;
     std::thread::sleep(Duration::from_secs(5));
-    let load = |l: &str| {
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| l.into())
-    };
     let (idle, rss) = sample(pid, idle_secs, std::thread::sleep)?;
     println!(
         "idle, {idle_secs} s: agent {idle:.2} % of one core, RSS {:.1} MiB (loadavg {})",
         rss as f64 / 1024.0,
-        load("?")
+        ward_tests::procfs::loadavg()
     );
     let target = std::env::temp_dir().join(format!("ward-buildbench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&target);
@@ -785,7 +780,7 @@ fn build(workspace: Option<std::path::PathBuf>, krate: &str, idle_secs: u64, sen
         target.display(),
         written as f64 / 1_048_576.0,
         rss_kib(pid)? as f64 / 1024.0,
-        load("?")
+        ward_tests::procfs::loadavg()
     );
     if dropped_at.is_none() {
         dropped_at = Some(now_ms());

@@ -39,6 +39,7 @@ use ward_collector::store::prelude::*;
 use ward_collector::store::{AlertSource, SourcedAlert, Store, StoredAlert};
 use ward_protocol::{Entity, Id128, RuleRef, Severity};
 use ward_tests::Collector;
+use ward_tests::procfs::{clock_ticks_per_sec, schedstat, stat_ticks, task_dir, thread_cpu};
 
 #[derive(Parser)]
 struct Cli {
@@ -450,19 +451,6 @@ fn digest_changes(h: &mut impl std::hash::Hasher, c: &ward_collector::incidents:
     prevalence.hash(h);
 }
 
-/// CPU time this thread has used: the engine's cost on one core, whatever else runs
-/// on the machine.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own; CLOCK_THREAD_CPUTIME_ID is valid on Linux.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
-}
-
 fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 * p).ceil() as usize).saturating_sub(1);
@@ -692,36 +680,6 @@ async fn restart_run(mut collector: Collector, client: &reqwest::Client, ids: &[
     Ok(())
 }
 
-/// The `ward-writer` thread's directory under /proc.
-fn writer_task(pid: &str) -> Option<std::path::PathBuf> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-        .map(|t| t.path())
-        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "ward-writer"))
-}
-
-/// How long the `ward-writer` thread was ready to run but waited for a core.
-fn writer_waited(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(writer_task(pid)?.join("schedstat")).ok()?;
-    let waited: u64 = stat.split_whitespace().nth(1)?.parse().ok()?;
-    Some(Duration::from_nanos(waited))
-}
-
-/// CPU time (user + system) of the collector's `ward-writer` thread so far.
-fn writer_cpu(pid: &str) -> Option<Duration> {
-    // SAFETY: sysconf has no memory effects.
-    #[allow(unsafe_code)]
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let stat = std::fs::read_to_string(writer_task(pid)?.join("stat")).ok()?;
-    // Fields after the command's closing parenthesis: utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(Duration::from_secs_f64((utime + stime) as f64 / ticks.max(1) as f64))
-}
-
 fn store_query(db: &std::path::Path, sql: &str) -> Result<i64> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -774,4 +732,15 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?
         .block_on(collector_run(&cli))
+}
+
+/// CPU time (user + system) of the collector's `ward-writer` thread so far.
+fn writer_cpu(pid: &str) -> Option<Duration> {
+    let ticks = stat_ticks(&task_dir(pid, "ward-writer")?.join("stat"))?;
+    Some(Duration::from_secs_f64(ticks as f64 / clock_ticks_per_sec()))
+}
+
+/// How long the `ward-writer` thread was ready to run but waited for a core.
+fn writer_waited(pid: &str) -> Option<Duration> {
+    schedstat(&task_dir(pid, "ward-writer")?).map(|(_, waited)| waited)
 }

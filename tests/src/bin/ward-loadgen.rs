@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::Semaphore;
 use ward_agent::link;
 use ward_protocol::{Entity, JoinToken, Signed};
+use ward_tests::procfs::{clock_ticks_per_sec, loadavg, stat_ticks};
 use ward_tests::{Collector, TestDevice};
 
 #[path = "../loadgen/restart.rs"]
@@ -267,7 +268,7 @@ struct ProcCpu {
 impl ProcCpu {
     fn of(pid: u32) -> ProcCpu {
         let mut cpu = ProcCpu {
-            total: stat_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0),
+            total: stat_ticks(format!("/proc/{pid}/stat").as_ref()).unwrap_or(0),
             ..ProcCpu::default()
         };
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -284,7 +285,7 @@ impl ProcCpu {
                 .trim()
                 .trim_end_matches(|c: char| c.is_ascii_digit())
                 .trim_end_matches('-');
-            let ticks = stat_ticks(&path.join("stat").to_string_lossy()).unwrap_or(0);
+            let ticks = stat_ticks(&path.join("stat")).unwrap_or(0);
             *cpu.threads.entry(name.to_string()).or_default() += ticks;
         }
         cpu
@@ -292,32 +293,16 @@ impl ProcCpu {
 
     fn of_self() -> ProcCpu {
         ProcCpu {
-            total: stat_ticks("/proc/self/stat").unwrap_or(0),
+            total: stat_ticks("/proc/self/stat".as_ref()).unwrap_or(0),
             ..ProcCpu::default()
         }
     }
 }
 
-/// utime + stime of a /proc stat file, in clock ticks.
-fn stat_ticks(path: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The fields after the command's closing parenthesis: utime and stime are 14 and 15.
-    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// The collector's CPU per alert over the measured run, whole and by thread group,
 /// the load generator's own, and the load average at both ends.
 fn print_ingest_cpu(before: &(ProcCpu, ProcCpu, String), after: &(ProcCpu, ProcCpu, String), alerts: f64) {
-    // SAFETY: sysconf has no memory effects; _SC_CLK_TCK is a valid name.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = clock_ticks_per_sec();
     let us = |ticks: u64| ticks as f64 / hz * 1e6 / alerts.max(1.0);
     let secs = |ticks: u64| ticks as f64 / hz;
     let collector = after.0.total.saturating_sub(before.0.total);

@@ -22,6 +22,7 @@ use ward_collector::ingest::writer::Writer;
 use ward_collector::store::prelude::*;
 use ward_collector::store::{Fold, NewDevice, Store, VerifiedAlert};
 use ward_protocol::{DeviceId, Id128, Inventory, SigningKey};
+use ward_tests::procfs::{loadavg, schedstat, task_dir, thread_cpu};
 
 /// The collector's allocator (SQLite's too, through the override).
 #[global_allocator]
@@ -116,7 +117,7 @@ fn main() -> Result<()> {
     let (writer, thread) = Writer::start(&db, cli.max_round_alerts, fold, 256, Arc::clone(&metrics))?;
     // A thread takes its name itself once it runs: wait for it, or its CPU is not found.
     let named = Instant::now();
-    while task_dir("ward-writer").is_none() || task_dir("ward-checkpoint").is_none() {
+    while task_dir("self", "ward-writer").is_none() || task_dir("self", "ward-checkpoint").is_none() {
         if named.elapsed() > Duration::from_secs(5) {
             bail!("no ward-writer or ward-checkpoint thread");
         }
@@ -195,7 +196,7 @@ fn main() -> Result<()> {
         per(writer_cpu),
         1e6 / per(writer_cpu),
         per(checkpoint_cpu),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        loadavg()
     );
     println!(
         "writer: {rounds:.0} rounds, {in_rounds:.2} s inside them (insert and commit); {:.2} s runnable but waiting for a core; {:.0} bytes written to storage per alert (this process, /proc/self/io)",
@@ -203,24 +204,6 @@ fn main() -> Result<()> {
         written as f64 / total as f64
     );
     Ok(())
-}
-
-/// CPU time this thread has used.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own; CLOCK_THREAD_CPUTIME_ID is valid on Linux.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
-}
-
-/// How long this process's thread named `name` was runnable but waited for a core.
-fn task_waited(name: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(task_dir(name)?.join("schedstat")).ok()?;
-    Some(Duration::from_nanos(stat.split_whitespace().nth(1)?.parse().ok()?))
 }
 
 /// Bytes this process has caused to be written to storage.
@@ -235,17 +218,12 @@ fn written_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-fn task_dir(name: &str) -> Option<std::path::PathBuf> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .flatten()
-        .map(|t| t.path())
-        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
+/// CPU time of this process's thread named `name`.
+fn task_cpu(name: &str) -> Option<Duration> {
+    schedstat(&task_dir("self", name)?).map(|(on_cpu, _)| on_cpu)
 }
 
-/// CPU time (user + system) of this process's thread named `name`, from
-/// /proc/self/task/TID/schedstat (nanoseconds on the CPU).
-fn task_cpu(name: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(task_dir(name)?.join("schedstat")).ok()?;
-    Some(Duration::from_nanos(stat.split_whitespace().next()?.parse().ok()?))
+/// How long this process's thread named `name` was runnable but waited for a core.
+fn task_waited(name: &str) -> Option<Duration> {
+    schedstat(&task_dir("self", name)?).map(|(_, waited)| waited)
 }
