@@ -101,6 +101,11 @@ pub struct Detector {
     auth_service: HashMap<String, Engine>,
     audit: Engine,
     dns: Engine,
+    /// Rules for `product: linux` alone (mostly keyword rules), evaluated with
+    /// the rules of whichever [`Bucket::PRIMARY`] bucket an event reaches: one
+    /// engine, so their keyword automaton is built once, not once per bucket
+    /// (about 1.1 MiB each).
+    linux_any: Engine,
     rules: HashMap<String, LoadedRule>,
     /// Correlation rules, validated; run by a [`super::Correlator`].
     correlations: Vec<CorrelationRule>,
@@ -141,6 +146,16 @@ pub(crate) fn new_engine() -> Engine {
     e
 }
 
+/// Rebuilds `engine`'s candidate index over all its rules, once they are all in.
+/// rsigma folds rules added one at a time into its index incrementally, except a
+/// rule whose gate is a substring or keyword: that one is a candidate for every
+/// event until the rule count next doubles. Loaded one by one, the last rules of a
+/// bucket (up to half of them) were evaluated against every event.
+pub(crate) fn finish_index(engine: &mut Engine) {
+    // An empty batch: rsigma rebuilds its index at the end of every batch.
+    engine.extend_compiled_rules(std::iter::empty());
+}
+
 impl Default for Detector {
     fn default() -> Self {
         Detector {
@@ -154,6 +169,7 @@ impl Default for Detector {
             auth_service: HashMap::new(),
             audit: new_engine(),
             dns: new_engine(),
+            linux_any: new_engine(),
             rules: HashMap::new(),
             correlations: Vec::new(),
             sources: Vec::new(),
@@ -274,6 +290,7 @@ impl Detector {
         };
         let sources = std::mem::take(&mut det.sources);
         det.sources = sources.into_iter().filter(|s| named(s)).collect();
+        det.engines_mut().for_each(finish_index);
         (det, errors)
     }
 
@@ -366,23 +383,13 @@ impl Detector {
         for b in buckets {
             self.reads.entry(*b).or_default().add_rule(&compiled);
         }
-        let engines: Vec<&mut Engine> = match &place {
-            Placement::Inactive(_) => Vec::new(),
-            Placement::One(bucket, service) => vec![self.engine_mut(*bucket, service.as_deref())],
-            Placement::AllPrimary => {
-                let Detector {
-                    process,
-                    file_event,
-                    file_delete,
-                    auth_generic,
-                    audit,
-                    ..
-                } = self;
-                vec![process, file_event, file_delete, auth_generic, audit]
-            }
+        let engine = match &place {
+            Placement::Inactive(_) => None,
+            Placement::One(bucket, service) => Some(self.engine_mut(*bucket, service.as_deref())),
+            Placement::AllPrimary => Some(&mut self.linux_any),
         };
-        for engine in engines {
-            engine.add_compiled_rule(compiled.clone());
+        if let Some(engine) = engine {
+            engine.add_compiled_rule(compiled);
         }
         if matches!(place, Placement::Inactive(_)) {
             self.stats.inactive += 1;
@@ -495,20 +502,17 @@ impl Detector {
         let (buckets, service) = mapping::buckets(event);
         let mut out = Vec::new();
         for bucket in buckets {
-            let Some(engine) = self.engine(*bucket, service.as_deref()) else {
-                continue;
-            };
-            if engine.rule_count() == 0 {
+            let engines = self.engines(*bucket, service.as_deref());
+            if engines.clone().all(|e| e.rule_count() == 0) {
                 continue;
             }
+            let evaluate = || engines.clone().flat_map(|e| e.evaluate(view)).collect::<Vec<_>>();
             match memo.as_deref_mut() {
                 Some(m) if *bucket != Bucket::AuthService => {
                     m.bind(self.id);
-                    m.results(*bucket, self.reads.get(bucket), view, &mut out, || {
-                        engine.evaluate(view)
-                    });
+                    m.results(*bucket, self.reads.get(bucket), view, &mut out, evaluate);
                 }
-                _ => out.extend(engine.evaluate(view)),
+                _ => out.extend(evaluate()),
             }
         }
         out
@@ -522,6 +526,37 @@ impl Detector {
     /// What the rules of `bucket` read (`None` when it has no rules).
     pub fn reads(&self, bucket: Bucket) -> Option<&Reads> {
         self.reads.get(&bucket)
+    }
+
+    fn engines_mut(&mut self) -> impl Iterator<Item = &mut Engine> {
+        let Detector {
+            process,
+            file_event,
+            file_delete,
+            file_rename,
+            file_access,
+            network,
+            auth_generic,
+            auth_service,
+            audit,
+            dns,
+            linux_any,
+            ..
+        } = self;
+        [
+            process,
+            file_event,
+            file_delete,
+            file_rename,
+            file_access,
+            network,
+            auth_generic,
+            audit,
+            dns,
+            linux_any,
+        ]
+        .into_iter()
+        .chain(auth_service.values_mut())
     }
 
     fn engine_mut(&mut self, bucket: Bucket, service: Option<&str>) -> &mut Engine {
@@ -540,6 +575,13 @@ impl Detector {
             Bucket::Audit => &mut self.audit,
             Bucket::Dns => &mut self.dns,
         }
+    }
+
+    /// The engines whose rules judge an event of `bucket`: its own, and for a
+    /// primary bucket the rules for `product: linux` alone.
+    fn engines(&self, bucket: Bucket, service: Option<&str>) -> impl Iterator<Item = &Engine> + Clone {
+        let linux_any = Bucket::PRIMARY.contains(&bucket).then_some(&self.linux_any);
+        self.engine(bucket, service).into_iter().chain(linux_any)
     }
 
     fn engine(&self, bucket: Bucket, service: Option<&str>) -> Option<&Engine> {
@@ -586,13 +628,9 @@ impl Detector {
         bucket: Bucket,
         service: Option<&str>,
     ) -> Vec<RuleRef> {
-        let Some(engine) = self.engine(bucket, service) else {
-            return Vec::new();
-        };
         let event = JsonEvent::borrow(fields);
-        engine
-            .evaluate(&event)
-            .iter()
+        self.engines(bucket, service)
+            .flat_map(|e| e.evaluate(&event))
             .filter_map(|r| r.header.rule_id.as_deref().and_then(|id| self.rules.get(id)))
             .map(|r| r.rule_ref.as_ref().clone())
             .collect()

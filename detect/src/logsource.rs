@@ -104,6 +104,7 @@ impl SourceDetector {
                 }
             }
         }
+        det.engines.values_mut().for_each(crate::engine::finish_index);
         (det, errors)
     }
 

@@ -152,3 +152,41 @@ fn detection_state_can_move_across_threads() {
     send::<ward_detect::Aggregator>();
     send::<ward_detect::Correlator>();
 }
+
+#[test]
+fn a_rule_for_linux_alone_judges_every_primary_event_once() {
+    use serde_json::{Value, json};
+    use ward_detect::rulestest::event_from_partial;
+    // No category and no service: the rule belongs to every primary bucket, and is
+    // compiled once for all of them.
+    let keyword = "title: K\nid: k-1\nauthor: x\nlogsource: {product: linux}\n\
+                   detection:\n  keywords:\n    - 'evil-needle'\n  condition: keywords\nlevel: high\n";
+    let (det, errors) = Detector::load(&[file("k.yml", keyword), file("p.yml", rule("p-1", "Image"))]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let fired = |v: Value| {
+        let Value::Object(m) = v else { panic!("not a map") };
+        let ev = event_from_partial(1_700_000_000_000, m).unwrap();
+        det.evaluate(&ev).into_iter().map(|d| d.rule.id).collect::<Vec<_>>()
+    };
+    // Keywords search the text each kind carries: a command line (the opener's for
+    // a file access), an auth message, audit fields.
+    let primary = [
+        json!({"kind": "process", "exe": "/usr/bin/x", "cmdline": "x --evil-needle"}),
+        json!({"kind": "file_access", "path": "/etc/shadow", "process": {"exe": "/usr/bin/cat", "cmdline": "cat evil-needle"}}),
+        json!({"kind": "auth", "service": "sshd", "message": "evil-needle here"}),
+        json!({"kind": "audit", "serial": 1, "record_type": "EXECVE", "record_types": ["EXECVE"],
+               "fields": {"a0": "evil-needle"}}),
+    ];
+    for v in primary {
+        assert_eq!(fired(v.clone()), ["k-1"], "{v}");
+    }
+    // Not primary: a connection is judged by network rules only.
+    let conn = json!({"kind": "network", "op": "connect", "destination_ip": "10.0.0.1", "destination_port": 443,
+                      "process": {"exe": "/usr/bin/x", "cmdline": "x --evil-needle"}});
+    assert!(fired(conn).is_empty());
+    // The bucket's own rules run beside it.
+    assert_eq!(
+        fired(json!({"kind": "process", "exe": "x", "cmdline": "evil-needle x"})),
+        ["p-1", "k-1"]
+    );
+}
