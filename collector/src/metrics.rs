@@ -138,6 +138,8 @@ pub struct Metrics {
     pub rule_context_limited: Counter,
     /// Stateless Retry packets sent to unproven addresses under load.
     pub quic_retries: Counter,
+    /// Agents' TLS session tickets opened: handshakes resumed without signatures.
+    pub tls_resumptions: Counter,
     /// One entry per `[[export]]` sink, set once at start (`export::run`).
     pub export: std::sync::OnceLock<Vec<std::sync::Arc<SinkMetrics>>>,
 }
@@ -362,6 +364,11 @@ impl Metrics {
             "ward_quic_retries_total",
             "Stateless Retry packets sent to agents' addresses not proven yet, while many handshakes were in flight.",
             self.quic_retries.get(),
+        );
+        counter(
+            "ward_tls_resumptions_total",
+            "Agents' TLS session tickets accepted: reconnects resumed without a full handshake.",
+            self.tls_resumptions.get(),
         );
         counter(
             "ward_https_handshake_failures_total",

@@ -23,7 +23,7 @@ use crate::readpool::ReadPool;
 use crate::rule_context;
 use crate::setup::{COMMAND_KEY, DB_FILE};
 use crate::store::prelude::*;
-use crate::transport::{self, Context, Registry, https, tls};
+use crate::transport::{self, Context, Registry, https, tickets, tls};
 use crate::util::now_ms;
 
 #[derive(Debug, Error)]
@@ -92,7 +92,9 @@ pub async fn run(
     let command_signer = SigningKey::from_pkcs8(&command_pkcs8).map_err(setup("command key"))?;
     let command_key = command_signer.public_key();
     let (chain, key) = pki::server_identity(data_dir).map_err(setup("server certificate"))?;
-    let server_config = tls::server_config(chain, key, &ca.cert_der).map_err(setup("TLS"))?;
+    let ticketer =
+        tickets::PersistentTicketer::open(data_dir, Arc::clone(&metrics)).map_err(setup("TLS ticket keys"))?;
+    let server_config = tls::server_config(chain, key, &ca.cert_der, Arc::new(ticketer)).map_err(setup("TLS"))?;
 
     let revoked_ids = reads
         .run(|s| s.revoked_devices())

@@ -93,7 +93,36 @@ pub fn enroll_config(ca_pin: [u8; 32]) -> Result<quinn::ClientConfig, LinkError>
 }
 
 /// Client config for a session: the stored CA only, and the device's certificate.
+///
+/// Built once per certificate for the life of the process: rustls keeps the
+/// collector's session tickets in it, so a reconnect (after a cut, or the
+/// collector's restart) resumes the TLS session instead of signing and checking
+/// certificates again. A process holds one entry per device it runs as: the agent
+/// one, a load generator one per simulated device.
 pub fn session_config(
+    ca_der: &[u8],
+    client_cert_der: &[u8],
+    tls_key_pkcs8: &[u8],
+) -> Result<quinn::ClientConfig, LinkError> {
+    static BUILT: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<[u8; 32], quinn::ClientConfig>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut id = digest::Context::new(&digest::SHA256);
+    for part in [ca_der, client_cert_der] {
+        id.update(&(part.len() as u64).to_be_bytes());
+        id.update(part);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(id.finish().as_ref());
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(config) = built.get(&key) {
+        return Ok(config.clone());
+    }
+    let config = build_session_config(ca_der, client_cert_der, tls_key_pkcs8)?;
+    built.insert(key, config.clone());
+    Ok(config)
+}
+
+fn build_session_config(
     ca_der: &[u8],
     client_cert_der: &[u8],
     tls_key_pkcs8: &[u8],

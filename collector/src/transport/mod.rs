@@ -9,6 +9,7 @@ pub mod https;
 pub mod limits;
 pub mod registry;
 mod session;
+pub mod tickets;
 pub mod tls;
 
 use std::sync::Arc;

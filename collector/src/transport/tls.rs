@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ProducesTickets, WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use ward_protocol::version::{ALPN_ENROLL, ALPN_SESSION};
@@ -25,6 +25,7 @@ pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     ca_der: &[u8],
+    ticketer: Arc<dyn ProducesTickets>,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -40,6 +41,10 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN_SESSION.to_vec(), ALPN_ENROLL.to_vec()];
     // No 0-RTT: early data is replayable by design.
     tls.max_early_data_size = 0;
+    // Stateless tickets (see `tickets`): a reconnecting agent resumes, also across a
+    // restart; nothing per agent is held here for it.
+    tls.ticketer = ticketer;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -86,6 +91,13 @@ mod tests {
             vec![CertificateDer::from(generated.server_cert_der.clone())],
             PrivateKeyDer::try_from(generated.server_key_pkcs8.clone()).unwrap(),
             &generated.ca_cert_der,
+            Arc::new(
+                crate::transport::tickets::PersistentTicketer::open(
+                    tempfile::tempdir().unwrap().path(),
+                    Arc::default(),
+                )
+                .unwrap(),
+            ),
         )
         .unwrap();
         let shown = format!("{config:?}");

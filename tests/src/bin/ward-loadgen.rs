@@ -668,7 +668,8 @@ fn rss_of(pid: u32) -> Option<u64> {
 async fn bare_server(data_dir: &std::path::Path) -> Result<()> {
     let (chain, key) = ward_collector::pki::server_identity(data_dir)?;
     let ca = ward_collector::pki::Ca::load(data_dir)?;
-    let config = ward_collector::transport::tls::server_config(chain, key, &ca.cert_der)?;
+    let ticketer = ward_collector::transport::tickets::PersistentTicketer::open(data_dir, Default::default())?;
+    let config = ward_collector::transport::tls::server_config(chain, key, &ca.cert_der, Arc::new(ticketer))?;
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
     println!("{}", endpoint.local_addr()?.port());
     while let Some(incoming) = endpoint.accept().await {

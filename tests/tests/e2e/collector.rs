@@ -274,6 +274,13 @@ async fn kill_9_mid_burst_loses_and_duplicates_nothing() {
         assert_eq!(acked, signed.len());
     }
     eprintln!("done at {:?}", t0.elapsed());
+    // They came back on the tickets the killed process gave them: resumed, not a
+    // full handshake each (the ticket keys are in the data dir).
+    let metrics = collector.metrics().await.unwrap();
+    assert!(
+        metric(&metrics, "ward_tls_resumptions_total") >= CLIENTS as u64,
+        "{metrics}"
+    );
     let db = collector.db().unwrap();
     let (total, distinct): (i64, i64) = db
         .query_row("SELECT COUNT(*), COUNT(DISTINCT id) FROM alerts", [], |r| {
