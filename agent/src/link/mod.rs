@@ -259,10 +259,14 @@ async fn connect_device(
 ) -> Result<quinn::Connection, LinkError> {
     let e = &identity.enrollment;
     let config = tls::session_config(&e.ca_cert_der, &e.client_cert_der, &identity.tls_key_pkcs8)?;
-    endpoint
+    let connecting = endpoint
         .connect_with(config, remote, &e.server_name)
-        .map_err(|e| LinkError::Connect(e.to_string()))?
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    // The collector gives up on a handshake at the same time.
+    let limit = std::time::Duration::from_millis(ward_protocol::session::HANDSHAKE_TIMEOUT_MS);
+    tokio::time::timeout(limit, connecting)
         .await
+        .map_err(|_| LinkError::Connect("handshake timed out".into()))?
         .map_err(|e| LinkError::Connect(e.to_string()))
 }
 

@@ -44,6 +44,9 @@ pub fn server_config(
     // Stateless tickets (see `tickets`): a reconnecting agent resumes, also across a
     // restart; nothing per agent is held here for it.
     tls.ticketer = ticketer;
+    // An agent spends a ticket on every attempt, also one refused before its
+    // handshake (too many pending in a storm): four let it retry resumed.
+    tls.send_tls13_tickets = 4;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -73,7 +76,7 @@ const IDLE_TIMEOUT_MS: u32 = 60_000;
 
 /// A QUIC + TLS handshake takes a few round trips; one that has not finished by
 /// then is dropped (it holds a place under `max_connections` meanwhile).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(ward_protocol::session::HANDSHAKE_TIMEOUT_MS);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

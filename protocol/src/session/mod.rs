@@ -68,6 +68,12 @@ pub mod collector;
 pub use agent::{AgentEnd, AgentEvent, AgentSession, AgentTimers, NotOpen};
 pub use collector::{Close, CollectorEvent, CollectorSession, Start};
 
+/// A QUIC + TLS handshake not finished by then is given up at both ends: the
+/// collector drops it (it held a place among the pending ones), and the agent,
+/// whose attempt is then dead, tries again after its back-off instead of waiting
+/// out [`agent::OPEN_TIMEOUT_MS`] (a lost close left it waiting 15 s in storms).
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
 /// `a - b`, or zero when `b` is later.
 fn since(a: u64, b: u64) -> u64 {
     a.saturating_sub(b)

@@ -162,6 +162,16 @@ async fn enroll_many(token: &JoinToken, n: usize) -> Result<Vec<TestDevice>> {
 /// Connects every device, device `i` through `endpoints[i % len]` (one shared
 /// socket, or one socket each as real agents have).
 async fn connect_all(devices: Vec<TestDevice>, endpoints: &[quinn::Endpoint], remote: SocketAddr) -> Vec<TestDevice> {
+    connect_all_timed(devices, endpoints, remote).await.0
+}
+
+/// As [`connect_all`], with how long each device took to get its session, sorted.
+async fn connect_all_timed(
+    devices: Vec<TestDevice>,
+    endpoints: &[quinn::Endpoint],
+    remote: SocketAddr,
+) -> (Vec<TestDevice>, Vec<u64>) {
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, mut d) in devices.into_iter().enumerate() {
         let endpoint = endpoints[i % endpoints.len()].clone();
@@ -169,7 +179,7 @@ async fn connect_all(devices: Vec<TestDevice>, endpoints: &[quinn::Endpoint], re
             let mut backoff = Duration::from_millis(100);
             loop {
                 match d.connect_on(&endpoint, remote).await {
-                    Ok(()) => return d,
+                    Ok(()) => return (d, started.elapsed().as_millis() as u64),
                     Err(_) => {
                         let jitter = Duration::from_millis((i as u64 * 7919) % (backoff.as_millis() as u64 + 1));
                         tokio::time::sleep(backoff / 2 + jitter / 2).await;
@@ -180,10 +190,14 @@ async fn connect_all(devices: Vec<TestDevice>, endpoints: &[quinn::Endpoint], re
         }));
     }
     let mut out = Vec::new();
+    let mut times = Vec::new();
     for t in tasks {
-        out.push(t.await.expect("connect task"));
+        let (d, ms) = t.await.expect("connect task");
+        out.push(d);
+        times.push(ms);
     }
-    out
+    times.sort_unstable();
+    (out, times)
 }
 
 async fn ingest(agents: usize, per_agent: usize, batch: usize, flood: bool) -> Result<()> {
@@ -477,8 +491,12 @@ async fn storm_part(token: &str, agents: usize, first: usize) -> Result<()> {
         for d in &mut devices {
             d.session = None;
         }
-        devices = connect_all(devices, &endpoints, remote).await;
-        println!("back {}", epoch_ms().saturating_sub(at));
+        let started = epoch_ms().saturating_sub(at);
+        let (back, times) = connect_all_timed(devices, &endpoints, remote).await;
+        devices = back;
+        // Each device's time since the restart, for the percentiles.
+        let times: Vec<String> = times.iter().map(|t| (t + started).to_string()).collect();
+        println!("back {}", times.join(" "));
     }
     Ok(())
 }
@@ -543,14 +561,20 @@ async fn storm(agents: usize, shared_socket: bool, processes: usize, udp_recv_bu
     for part in &mut parts {
         writeln!(part.stdin, "restarted {restarted_epoch}")?;
     }
-    let devices = connect_all(devices, &endpoints, collector.quic).await;
-    let mut last = restarted.elapsed().as_secs_f64();
+    let since_restart = restarted.elapsed().as_millis() as u64;
+    let (devices, mut times) = connect_all_timed(devices, &endpoints, collector.quic).await;
+    times.iter_mut().for_each(|t| *t += since_restart);
+    let last = restarted.elapsed().as_secs_f64();
     let mut back = devices.len();
     for part in &mut parts {
-        let ms: u64 = part.expect("back")?.parse()?;
-        last = last.max(ms as f64 / 1000.0);
+        for ms in part.expect("back")?.split_whitespace() {
+            times.push(ms.parse()?);
+        }
         back += share;
     }
+    times.sort_unstable();
+    let last = last.max(times.last().copied().unwrap_or(0) as f64 / 1000.0);
+    let at = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1] as f64 / 1000.0;
     println!(
         "storm: all {back} agents reconnected {last:.1} s after the collector was restarted (kill -9, restart, jittered back-off from 100 ms to 2 s; {}; {processes} load-generator process(es))",
         if shared_socket {
@@ -559,11 +583,17 @@ async fn storm(agents: usize, shared_socket: bool, processes: usize, udp_recv_bu
             "one client socket each"
         }
     );
+    println!(
+        "  back after the restart: p50 {:.1} s, p90 {:.1} s, p99 {:.1} s",
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
     // What the restarted collector turned away meanwhile (agents retried each).
     let metrics = collector.metrics().await.unwrap_or_default();
     for line in metrics
         .lines()
-        .filter(|l| (l.starts_with("ward_rejected") || l.starts_with("ward_quic_retries")) && !l.ends_with(" 0"))
+        .filter(|l| (l.starts_with("ward_rejected") || l.starts_with("ward_quic_retries") || l.starts_with("ward_tls_resumptions")) && !l.ends_with(" 0"))
     {
         println!("  {line}");
     }
