@@ -176,6 +176,7 @@ fn main() -> Result<()> {
     );
     drop(writer);
     thread.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    let db_bytes = database_bytes(&db)?;
 
     let per = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
     println!(
@@ -203,7 +204,20 @@ fn main() -> Result<()> {
         waited.as_secs_f64(),
         written as f64 / total as f64
     );
+    println!(
+        "database: {db_bytes} bytes after a checkpoint = {:.0} bytes per alert stored",
+        db_bytes as f64 / total as f64
+    );
     Ok(())
+}
+
+/// The database's size once its log is checkpointed into it: pages in use and free.
+fn database_bytes(db: &std::path::Path) -> Result<u64> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(u64::try_from(pages * size).unwrap_or(0))
 }
 
 /// Bytes this process has caused to be written to storage.
