@@ -17,6 +17,21 @@ use ward_protocol::Id128;
 /// letters I, L, O, U as aliases: such a text is not the id's printed form).
 const PRINTED: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// Marks a byte that is not in [`PRINTED`] in [`DIGIT`].
+const NOT_PRINTED: u8 = 0xff;
+
+/// Each byte's value as a digit of [`PRINTED`] (one lookup per character: the
+/// writer converts every alert's id).
+const DIGIT: [u8; 256] = {
+    let mut t = [NOT_PRINTED; 256];
+    let mut i = 0;
+    while i < PRINTED.len() {
+        t[PRINTED[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// An alert id as a statement's parameter, in its stored form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertKey<'a> {
@@ -29,13 +44,25 @@ impl<'a> AlertKey<'a> {
     /// prints, else the text itself (a text that is no id finds nothing).
     pub fn of(id: &'a str) -> AlertKey<'a> {
         let b = id.as_bytes();
-        if b.len() == 26
-            && b.iter().all(|c| PRINTED.contains(c))
-            && let Ok(parsed) = id.parse::<Id128>()
-        {
-            return AlertKey::Bytes(parsed.0);
+        // 26 characters of 5 bits: the first carries the top 3 (`0`-`7`).
+        if b.len() != 26 || b[0] > b'7' {
+            return AlertKey::Text(id);
         }
-        AlertKey::Text(id)
+        let mut v: u128 = 0;
+        for &c in b {
+            let d = DIGIT[usize::from(c)];
+            if d == NOT_PRINTED {
+                return AlertKey::Text(id);
+            }
+            v = (v << 5) | u128::from(d);
+        }
+        AlertKey::Bytes(v.to_be_bytes())
+    }
+}
+
+impl From<Id128> for AlertKey<'static> {
+    fn from(id: Id128) -> Self {
+        AlertKey::Bytes(id.0)
     }
 }
 
@@ -148,6 +175,27 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!((&text, key), (id, b));
+        }
+    }
+
+    /// The stored form is `Id128`'s own: what it parses from the text it prints,
+    /// for every value of each character position and random ids.
+    #[test]
+    fn the_stored_form_is_what_id128_parses() {
+        let rng = SystemRandom::new();
+        let mut ids: Vec<Id128> = (0..1000u64)
+            .map(|n| Id128::generate(n * 1_234_567_891, &rng).unwrap())
+            .collect();
+        ids.extend((0..128).map(|bit| Id128::from_u128(1u128 << bit)));
+        ids.extend((0..128).map(|bit| Id128::from_u128(u128::MAX >> bit)));
+        for id in ids {
+            let text = id.to_string();
+            assert_eq!(
+                AlertKey::of(&text),
+                AlertKey::Bytes(text.parse::<Id128>().unwrap().0),
+                "{text}"
+            );
+            assert_eq!(AlertKey::of(&text), AlertKey::from(id), "{text}");
         }
     }
 

@@ -128,7 +128,7 @@ fn i64_of(v: u64) -> i64 {
 /// Inserts one alert and its entities; its rowid, or None if its id was already stored.
 fn insert_alert(
     tx: &Transaction<'_>,
-    id: &str,
+    id: AlertKey<'_>,
     device_id: &str,
     v: &VerifiedAlert,
     fold_hash: Option<&[u8; 16]>,
@@ -152,7 +152,7 @@ fn insert_alert(
              ON CONFLICT(id) DO NOTHING",
         )?
         .execute(params![
-            AlertKey::of(id),
+            id,
             device_id,
             i64_of(a.seq),
             i64_of(a.observed_at_ms),
@@ -940,16 +940,18 @@ impl SqliteStore {
                         outcome.folded += 1;
                         true
                     }
-                    fold::Placement::NewRow => match insert_alert(&tx, &id, &device_id, v, hash.as_ref(), now_ms)? {
-                        Some(rowid) => {
-                            if let Some(hash) = hash {
-                                cache.stored(hash, rowid, id, a.observed_at_ms, a.last_observed_at_ms);
+                    fold::Placement::NewRow => {
+                        match insert_alert(&tx, AlertKey::from(a.id.0), &device_id, v, hash.as_ref(), now_ms)? {
+                            Some(rowid) => {
+                                if let Some(hash) = hash {
+                                    cache.stored(hash, rowid, id, a.observed_at_ms, a.last_observed_at_ms);
+                                }
+                                outcome.stored += 1;
+                                true
                             }
-                            outcome.stored += 1;
-                            true
+                            None => false,
                         }
-                        None => false,
-                    },
+                    }
                 };
                 if kept {
                     last_seq = track_sequence(&tx, &device_id, epoch, i64_of(a.seq), last_seq, now_ms)?;
