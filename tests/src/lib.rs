@@ -231,7 +231,7 @@ impl Collector {
                 db.query_row(
                     "SELECT i.id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
                      JOIN incidents i ON i.seq = ia.incident WHERE a.id = ?1",
-                    [alert],
+                    [ward_collector::store::sqlite::alert_id::AlertKey::of(alert)],
                     |r| r.get(0),
                 )
                 .ok()

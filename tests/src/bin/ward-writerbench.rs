@@ -176,6 +176,7 @@ fn main() -> Result<()> {
     );
     drop(writer);
     thread.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    let db_bytes = database_bytes(&db)?;
 
     let per = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
     println!(
@@ -203,7 +204,32 @@ fn main() -> Result<()> {
         waited.as_secs_f64(),
         written as f64 / total as f64
     );
+    println!(
+        "database: {} bytes after a checkpoint = {:.0} bytes per alert stored; the alerts table {:.0}, its id index {:.0}",
+        db_bytes.0,
+        db_bytes.0 as f64 / total as f64,
+        db_bytes.1 as f64 / total as f64,
+        db_bytes.2 as f64 / total as f64
+    );
     Ok(())
+}
+
+/// The database's size once its log is checkpointed into it (pages in use and
+/// free), and of it the pages of the alerts table and of its unique index on `id`.
+fn database_bytes(db: &std::path::Path) -> Result<(u64, u64, u64)> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let (table, id_index): (i64, i64) = conn.query_row(
+        "SELECT (SELECT SUM(pgsize) FROM dbstat WHERE name = 'alerts'),
+                (SELECT SUM(pgsize) FROM dbstat WHERE name IN
+                    (SELECT name FROM sqlite_master WHERE tbl_name = 'alerts' AND name LIKE 'sqlite_autoindex_%'))",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let bytes = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok((bytes(pages * size), bytes(table), bytes(id_index)))
 }
 
 /// Bytes this process has caused to be written to storage.

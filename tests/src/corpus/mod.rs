@@ -25,6 +25,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ward_collector::incidents::{Correlator, STEP_ALERTS, Settings};
 use ward_collector::store::prelude::*;
+use ward_collector::store::sqlite::alert_id::AlertIdText;
 use ward_collector::store::{NewDevice, Store};
 use ward_protocol::{DeviceId, Id128, Inventory, PublicKey};
 
@@ -133,7 +134,7 @@ pub fn correlate(corpus: &Corpus, settings: Settings, keep: impl Fn(&Record) -> 
     )?;
     for row in stmt.query_map([], |r| {
         Ok((
-            r.get::<_, String>(0)?,
+            r.get::<_, AlertIdText>(0)?.0,
             r.get::<_, Option<String>>(1)?,
             r.get::<_, Option<String>>(2)?,
         ))

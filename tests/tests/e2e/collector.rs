@@ -54,6 +54,18 @@ async fn enroll_send_and_read_back_through_the_api() {
     assert_eq!(status, 400, "{body}");
     let (status, _) = collector.get("/api/v1/alerts/not-an-id").await.unwrap();
     assert_eq!(status, 400);
+    // Stored as 16 bytes: the id in lower case finds the same alert, an id never
+    // stored finds nothing.
+    let (status, lower) = collector
+        .get(&format!("/api/v1/alerts/{}", alert_id.to_lowercase()))
+        .await
+        .unwrap();
+    assert_eq!((status, lower["id"].as_str()), (200, Some(alert_id)));
+    let (status, _) = collector
+        .get("/api/v1/alerts/01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
 
     let (status, device) = collector.get(&format!("/api/v1/devices/{id}")).await.unwrap();
     assert_eq!(status, 200);

@@ -185,7 +185,7 @@ async fn credentials_in_urls_are_redacted_on_ingest() {
         .unwrap()
         .query_row(
             "SELECT entities || matched FROM alerts WHERE id = ?1",
-            [a.id.to_string()],
+            [ward_collector::store::sqlite::alert_id::AlertKey::of(&a.id.to_string())],
             |r| r.get(0),
         )
         .unwrap();

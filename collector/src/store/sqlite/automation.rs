@@ -81,7 +81,7 @@ impl AutomationStore for SqliteStore {
                 let entities: String = r.get(9)?;
                 Ok(AutomationAlert {
                     rowid: r.get(0)?,
-                    id: r.get(1)?,
+                    id: super::alert_id::alert_id(r, 1)?,
                     device_id: r.get(2)?,
                     hostname: r.get(3)?,
                     source: r.get(4)?,
@@ -356,7 +356,7 @@ mod tests {
                     "INSERT INTO incident_alerts (alert_rowid, incident, reason, linked_by, linked_at_ms)
                      SELECT rowid, (SELECT seq FROM incidents WHERE id = ?2), 'test', 'correlator', 0 FROM alerts
                      WHERE id = ?1",
-                    params![alert.id, incident],
+                    params![super::super::alert_id::AlertKey::of(&alert.id), incident],
                 )
                 .unwrap();
         };

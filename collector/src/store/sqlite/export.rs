@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::alert_id::alert_id;
 use super::incidents::{SUMMARY_COLUMNS, summary_row};
 use super::{BUSY_TIMEOUT, SqliteStore, StoreError};
 use crate::store::Maintenance;
@@ -54,18 +55,21 @@ impl SqliteStore {
         let links: Vec<ExportLink> = self
             .conn
             .prepare_cached(
-                "SELECT ia.alert_rowid, a.id, i.id, ia.reason, ia.linked_at_ms, COALESCE(i.opened_by = a.id, 0)
+                "SELECT ia.alert_rowid, a.id, i.id, ia.reason, ia.linked_at_ms, i.opened_by
                  FROM incident_alerts ia JOIN incidents i ON i.seq = ia.incident JOIN alerts a ON a.rowid = ia.alert_rowid
                  WHERE ia.alert_rowid > ?1 ORDER BY ia.alert_rowid LIMIT ?2",
             )?
             .query_map(params![from.link, limit], |r| {
+                let alert_id = alert_id(r, 1)?;
+                // `opened_by` keeps the text id (correlation writes it).
+                let opened = r.get::<_, Option<String>>(5)?.as_deref() == Some(alert_id.as_str());
                 Ok(ExportLink {
                     alert_rowid: r.get(0)?,
-                    alert_id: r.get(1)?,
+                    alert_id,
                     incident_id: r.get(2)?,
                     reason: r.get(3)?,
                     at_ms: r.get(4)?,
-                    opened: r.get(5)?,
+                    opened,
                 })
             })?
             .collect::<Result<_, _>>()?;

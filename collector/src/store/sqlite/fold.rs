@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::alert_id::AlertKey;
 use super::i64_of;
 use crate::store::{Fold, StoreError, VerifiedAlert};
 
@@ -105,7 +106,7 @@ impl FoldCache {
         let rows = stmt.query_map(params![Self::CAPACITY as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
+                super::alert_id::alert_id(r, 1)?,
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
@@ -197,7 +198,7 @@ pub(crate) fn place(
 ) -> Result<Placement, StoreError> {
     let folded_before = tx
         .prepare_cached("SELECT 1 FROM alert_folds WHERE alert_id = ?1")?
-        .query_row(params![id], |_| Ok(()))
+        .query_row(params![AlertKey::of(id)], |_| Ok(()))
         .optional()?
         .is_some();
     if folded_before {
@@ -215,7 +216,7 @@ pub(crate) fn place(
     let rowid = head.rowid;
     let stored_as_row = tx
         .prepare_cached("SELECT 1 FROM alerts WHERE id = ?1")?
-        .query_row(params![id], |_| Ok(()))
+        .query_row(params![AlertKey::of(id)], |_| Ok(()))
         .optional()?
         .is_some();
     if stored_as_row {
@@ -228,7 +229,7 @@ pub(crate) fn place(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        id,
+        AlertKey::of(id),
         rowid,
         i64_of(evidence.seq),
         i64_of(seen.first_ms),
@@ -420,7 +421,7 @@ mod tests {
             .conn
             .query_row(
                 "SELECT seq, signed_payload FROM alert_folds WHERE alert_id = ?1",
-                params![AlertId(Id128::from_u128(2)).to_string()],
+                params![AlertKey::of(&AlertId(Id128::from_u128(2)).to_string())],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();

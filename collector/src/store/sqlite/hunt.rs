@@ -12,6 +12,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{ErrorCode, OptionalExtension, params};
 use serde_json::Value;
 
+use super::alert_id::alert_id;
 use super::{SqliteStore, StoreError, i64_of, sev_from};
 use crate::model::hunt::{
     FieldKind, Filter, FilterValue, HuntCursor, HuntPage, HuntQuery, HuntSource, MAX_COUNTED, Op,
@@ -33,7 +34,7 @@ fn shape(source: HuntSource) -> Shape {
             from: "alerts a",
             time: "a.observed_at_ms",
             rowid: "a.rowid",
-            select: "a.observed_at_ms, a.id, (SELECT d.hostname FROM devices d WHERE d.id = a.device_id), a.severity,
+            select: "a.observed_at_ms, ward_alert_id(a.id), (SELECT d.hostname FROM devices d WHERE d.id = a.device_id), a.severity,
                 a.rule_title, a.rule_id, a.source, a.count, a.techniques,
                 (SELECT group_concat(e.kind || '=' || e.value, ' ') FROM alert_entities e
                  WHERE e.alert_rowid = a.rowid AND e.kind NOT IN ('lineage', 'process', 'process_context'))",
@@ -66,7 +67,8 @@ fn shape(source: HuntSource) -> Shape {
 /// are looked up in `alert_entities`).
 fn column(source: HuntSource, field: &str) -> Option<&'static str> {
     Some(match (source, field) {
-        (HuntSource::Alerts, "id") => "a.id",
+        // Stored as 16 bytes (store/sqlite/alert_id): filtered as its text.
+        (HuntSource::Alerts, "id") => "ward_alert_id(a.id)",
         (HuntSource::Alerts, "host") => "(SELECT d.hostname FROM devices d WHERE d.id = a.device_id)",
         (HuntSource::Alerts, "device") => "a.device_id",
         (HuntSource::Alerts, "severity") => "a.severity",
@@ -378,7 +380,7 @@ impl HuntStore for SqliteStore {
             let rows = stmt
                 .query_map(params![key, limit], |r| {
                     Ok(FileSighting {
-                        alert_id: r.get(0)?,
+                        alert_id: alert_id(r, 0)?,
                         device_id: r.get(1)?,
                         hostname: r.get(2)?,
                         observed_at_ms: r.get(3)?,
@@ -564,6 +566,51 @@ mod tests {
         assert_eq!(row[3], "high");
         assert_eq!(row[8], "T1078");
         assert!(row[9].as_str().unwrap().contains("user=bob@contoso.com"), "{row:?}");
+    }
+
+    /// Ids stored as 16 bytes (store/sqlite/alert_id) print and filter as their
+    /// text: exact (any case, as before), contains, and not-equal.
+    #[test]
+    fn ids_stored_as_bytes_hunt_as_their_text() {
+        let (_d, mut s) = open();
+        let texts: Vec<String> = (1..=3u128)
+            .map(|n| ward_protocol::Id128::from_u128((0x0190u128 << 112) | n).to_string())
+            .collect();
+        let alerts: Vec<SourcedAlert> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, id)| SourcedAlert {
+                id: id.clone(),
+                ..alert(
+                    i as u64,
+                    "Password spray",
+                    Severity::High,
+                    "alice@contoso.com",
+                    "TA0006",
+                )
+            })
+            .collect();
+        s.insert_sourced_alerts(&alerts, T0).unwrap();
+        let bytes: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM alerts WHERE typeof(id) = 'blob'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(bytes, 3);
+        assert_eq!(
+            ids(&query(&s, HuntSource::Alerts, "", 10)),
+            [texts[2].as_str(), texts[1].as_str(), texts[0].as_str()]
+        );
+        let exact = format!("id = {}", texts[1].to_lowercase());
+        assert_eq!(ids(&query(&s, HuntSource::Alerts, &exact, 10)), [texts[1].as_str()]);
+        let tail = format!("id ~ {}", &texts[0][20..]);
+        assert_eq!(ids(&query(&s, HuntSource::Alerts, &tail, 10)), [texts[0].as_str()]);
+        let not = format!("id != {}", texts[0]);
+        assert_eq!(
+            ids(&query(&s, HuntSource::Alerts, &not, 10)),
+            [texts[2].as_str(), texts[1].as_str()]
+        );
     }
 
     #[test]

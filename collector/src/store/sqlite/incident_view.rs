@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{params, params_from_iter};
 use serde_json::Value;
 
+use super::alert_id::alert_id;
 use super::{AlertView, SqliteStore, StoreError, sev_from};
 use crate::store::incident_view::*;
 use crate::store::*;
@@ -297,7 +298,7 @@ impl IncidentViews for SqliteStore {
         for (device_id, key, alert_count, rowid) in kept {
             let alerts = sample
                 .query_map(params![key, id, device_id, PROCESS_SAMPLE], |r| {
-                    Ok((r.get(0)?, r.get(1)?, sev_from(r.get(2)?), r.get(3)?))
+                    Ok((alert_id(r, 0)?, r.get(1)?, sev_from(r.get(2)?), r.get(3)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             out.push(ProcessAlerts {

@@ -6,6 +6,7 @@ use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::alert_id::{AlertKey, alert_id};
 use super::audit::append_audit;
 use super::{SqliteStore, StoreError, i64_of, sev_from, sev_num};
 use crate::entity;
@@ -868,7 +869,7 @@ impl IncidentStore for SqliteStore {
             .query_row(
                 "SELECT a.rowid FROM alerts a JOIN incident_alerts ia ON ia.alert_rowid = a.rowid
                  WHERE a.id = ?1 AND ia.incident = (SELECT seq FROM incidents WHERE id = ?2)",
-                params![alert_id, from],
+                params![AlertKey::of(alert_id), from],
                 |r| r.get(0),
             )
             .optional()?;
@@ -1087,7 +1088,7 @@ impl IncidentStore for SqliteStore {
         Ok(self.conn.query_row(
             "SELECT i.id, ia.reason FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
              JOIN incidents i ON i.seq = ia.incident WHERE a.id = ?1",
-            params![alert_id],
+            params![AlertKey::of(alert_id)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?)
     }
@@ -1170,7 +1171,7 @@ impl SqliteStore {
                 let received_ms = r.get::<_, i64>(9)?.max(0) as u64;
                 Ok(StoredAlert {
                     rowid: r.get(0)?,
-                    id: r.get(1)?,
+                    id: alert_id(r, 1)?,
                     device_id: r.get(2)?,
                     at_ms: r.get::<_, i64>(3)?.max(0) as u64,
                     received_ms,

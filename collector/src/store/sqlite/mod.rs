@@ -5,6 +5,7 @@
 //! connections for the API.
 
 mod actions;
+pub mod alert_id;
 mod audit;
 mod automation;
 mod endpoint;
@@ -31,6 +32,7 @@ use ward_protocol::{DeviceId, Severity};
 
 use crate::entity;
 use crate::store::*;
+use alert_id::{AlertKey, alert_id};
 use audit::append_audit;
 pub use export::SqliteSpool;
 
@@ -126,7 +128,7 @@ fn i64_of(v: u64) -> i64 {
 /// Inserts one alert and its entities; its rowid, or None if its id was already stored.
 fn insert_alert(
     tx: &Transaction<'_>,
-    id: &str,
+    id: AlertKey<'_>,
     device_id: &str,
     v: &VerifiedAlert,
     fold_hash: Option<&[u8; 16]>,
@@ -561,7 +563,10 @@ impl AlertStore for SqliteStore {
             Self::ALERT_COLUMNS,
             Self::ALERT_COLUMNS
         );
-        Ok(self.conn.query_row(&sql, params![id], Self::alert_row).optional()?)
+        Ok(self
+            .conn
+            .query_row(&sql, params![AlertKey::of(id)], Self::alert_row)
+            .optional()?)
     }
 
     fn count_alerts(&self) -> Result<i64, StoreError> {
@@ -721,6 +726,7 @@ impl SqliteStore {
         // table a correlation step writes) than rusqlite's default 16: a cache that
         // small evicts them in turn and prepares each again.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        alert_id::register(&conn)?;
         let mut store = SqliteStore {
             conn,
             fold: Fold::OFF,
@@ -794,6 +800,7 @@ impl SqliteStore {
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.pragma_update(None, "cache_size", -65_536i64)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        alert_id::register(&conn)?;
         Ok(SqliteStore {
             conn,
             fold: Fold::OFF,
@@ -933,16 +940,18 @@ impl SqliteStore {
                         outcome.folded += 1;
                         true
                     }
-                    fold::Placement::NewRow => match insert_alert(&tx, &id, &device_id, v, hash.as_ref(), now_ms)? {
-                        Some(rowid) => {
-                            if let Some(hash) = hash {
-                                cache.stored(hash, rowid, id, a.observed_at_ms, a.last_observed_at_ms);
+                    fold::Placement::NewRow => {
+                        match insert_alert(&tx, AlertKey::from(a.id.0), &device_id, v, hash.as_ref(), now_ms)? {
+                            Some(rowid) => {
+                                if let Some(hash) = hash {
+                                    cache.stored(hash, rowid, id, a.observed_at_ms, a.last_observed_at_ms);
+                                }
+                                outcome.stored += 1;
+                                true
                             }
-                            outcome.stored += 1;
-                            true
+                            None => false,
                         }
-                        None => false,
-                    },
+                    }
                 };
                 if kept {
                     last_seq = track_sequence(&tx, &device_id, epoch, i64_of(a.seq), last_seq, now_ms)?;
@@ -964,7 +973,7 @@ impl SqliteStore {
         let json = |s: String| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null);
         Ok(AlertView {
             rowid: r.get(0)?,
-            id: r.get(1)?,
+            id: alert_id(r, 1)?,
             device_id: r.get(2)?,
             seq: r.get(3)?,
             observed_at_ms: r.get(4)?,
@@ -1079,6 +1088,27 @@ mod tests {
             .unwrap();
         assert_eq!(dangling, 0);
         assert_eq!(store.count_alerts().unwrap(), 2);
+    }
+
+    /// Ingest stores an agent alert's id as its 16 bytes, and a re-delivery of the
+    /// same id (found through those bytes) stores nothing; reads give the text.
+    #[test]
+    fn ingest_stores_ids_as_sixteen_bytes() {
+        let (_dir, mut store) = super::test_support::open();
+        let device = super::test_support::enrolled_device(&mut store, 1, 1);
+        let n = 0x0190_0000_0000_0000_0000_0000_0000_00ffu128;
+        let v = verified(device, n, 1);
+        let first = store
+            .insert_alert_batches(&[(device, std::slice::from_ref(&v))], 9)
+            .unwrap();
+        let again = store
+            .insert_alert_batches(&[(device, std::slice::from_ref(&v))], 10)
+            .unwrap();
+        assert_eq!((first[0].stored, again[0].stored, again[0].duplicates), (1, 0, 1));
+        let bytes: Vec<u8> = store.conn.query_row("SELECT id FROM alerts", [], |r| r.get(0)).unwrap();
+        assert_eq!(bytes, n.to_be_bytes().to_vec());
+        let text = AlertId(Id128::from_u128(n)).to_string();
+        assert_eq!(store.get_alert(&text).unwrap().unwrap().id, text);
     }
 
     /// The JSON columns as the API and correlation read them: entities as their

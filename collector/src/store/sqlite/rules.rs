@@ -2,6 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::alert_id::{AlertKey, alert_id};
 use super::{SqliteStore, StoreError, i64_of, sev_from};
 use crate::store::rules::*;
 
@@ -126,7 +127,7 @@ impl RuleContextStore for SqliteStore {
         let rows = stmt
             .query_map(params![alert_rowid, limit], |r| {
                 Ok(FoldedRecord {
-                    alert_id: r.get(0)?,
+                    alert_id: alert_id(r, 0)?,
                     seq: r.get(1)?,
                     observed_at_ms: r.get(2)?,
                     last_observed_at_ms: r.get(3)?,
@@ -150,7 +151,7 @@ impl RuleContextStore for SqliteStore {
                  WHERE f.alert_id = ?1
                  LIMIT 1",
             )?
-            .query_row(params![alert_id], |r| {
+            .query_row(params![AlertKey::of(alert_id)], |r| {
                 Ok(SignedAlertRecord {
                     payload: r.get(0)?,
                     signature: r.get(1)?,

@@ -734,6 +734,66 @@ pub const MIGRATIONS: &[&str] = &[
         alerts INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 32 (ingest write path): an alert's id is stored as its 16 bytes (big-endian:
+    // byte order is time order, as the text's was) instead of its 26-character text,
+    // in the row and its unique index, and in `alert_folds` (a folded alert's id, the
+    // table's key). Ids that are not an `Id128` as it prints stay text
+    // (store/sqlite/alert_id; `ward_alert_key` is that conversion, registered on the
+    // connection). Both tables are rebuilt to declare the column BLOB; rows keep
+    // their rowids, so entities, links and folds stay valid.
+    r#"
+    CREATE TABLE alerts_v32 (
+        rowid INTEGER PRIMARY KEY,
+        id BLOB NOT NULL UNIQUE,
+        device_id TEXT REFERENCES devices(id),
+        seq INTEGER NOT NULL,
+        observed_at_ms INTEGER NOT NULL,
+        last_observed_at_ms INTEGER NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        rule_id TEXT NOT NULL,
+        rule_title TEXT NOT NULL,
+        rule_author TEXT NOT NULL,
+        severity INTEGER NOT NULL,
+        techniques TEXT NOT NULL,
+        tactics TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        entities TEXT NOT NULL,
+        matched TEXT NOT NULL,
+        signed_payload BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        source TEXT NOT NULL DEFAULT 'agent',
+        fold_hash BLOB,
+        folds INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO alerts_v32 (rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms, rule_id,
+        rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload, signature,
+        source, fold_hash, folds)
+        SELECT rowid, ward_alert_key(id), device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms, rule_id,
+        rule_title, rule_author, severity, techniques, tactics, count, entities, matched, signed_payload, signature,
+        source, fold_hash, folds FROM alerts ORDER BY rowid;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_v32 RENAME TO alerts;
+    CREATE INDEX alerts_by_device ON alerts(device_id, rowid);
+    CREATE INDEX alerts_by_device_time ON alerts(device_id, observed_at_ms);
+    CREATE TABLE alert_folds_v32 (
+        alert_id BLOB PRIMARY KEY,
+        into_rowid INTEGER NOT NULL REFERENCES alerts(rowid),
+        seq INTEGER NOT NULL,
+        observed_at_ms INTEGER NOT NULL,
+        last_observed_at_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        signed_payload BLOB NOT NULL,
+        signature BLOB NOT NULL
+    );
+    INSERT INTO alert_folds_v32 (alert_id, into_rowid, seq, observed_at_ms, last_observed_at_ms, count, received_at_ms,
+        signed_payload, signature)
+        SELECT ward_alert_key(alert_id), into_rowid, seq, observed_at_ms, last_observed_at_ms, count, received_at_ms,
+        signed_payload, signature FROM alert_folds ORDER BY rowid;
+    DROP TABLE alert_folds;
+    ALTER TABLE alert_folds_v32 RENAME TO alert_folds;
+    CREATE INDEX alert_folds_by_row ON alert_folds(into_rowid);
+    "#,
 ];
 
 #[cfg(test)]
@@ -1032,6 +1092,133 @@ mod tests {
             )
             .unwrap();
         assert_eq!(text_ids, 0);
+    }
+
+    /// A database made before alert ids were stored as 16 bytes keeps every alert,
+    /// fold, entity and link: ids that are an `Id128` as it prints become their
+    /// bytes, others stay text, and the store finds and prints each by its text as
+    /// before (a text that is no stored id finds nothing).
+    #[test]
+    fn alert_ids_become_sixteen_bytes_and_read_as_before() {
+        use ward_protocol::Id128;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        let kept = Id128::from_u128(0x0190_0000_0000_0000_0000_0000_0000_0001).to_string();
+        let folded = Id128::from_u128(0x0190_0000_0000_0000_0000_0000_0000_0002).to_string();
+        let feed = Id128::from_u128(0x0190_0000_0000_0000_0000_0000_0000_0003).to_string();
+        {
+            let (binary, conn) = migrated_before(&path, "alerts_v32");
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {binary};
+                 INSERT INTO devices (id, hostname, signing_key, cert_sha256, enrolled_at_ms)
+                     VALUES ('d1', 'laptop', x'00', x'01', 1);
+                 INSERT INTO alerts (rowid, id, device_id, seq, observed_at_ms, last_observed_at_ms, received_at_ms,
+                     rule_id, rule_title, rule_author, severity, techniques, tactics, count, entities, matched,
+                     signed_payload, signature, source, fold_hash, folds)
+                     VALUES (7, '{kept}', 'd1', 1, 10, 20, 11, 'r', 'R', 'me', 3, '[]', '[]', 2, '[]', '{{}}',
+                             x'02', x'03', 'agent', x'0102030405060708090a0b0c0d0e0f10', 1),
+                            (8, 'made-by-hand', 'd1', 2, 30, 30, 31, 'r', 'R', 'me', 3, '[]', '[]', 1, '[]', '{{}}',
+                             x'02', x'03', 'agent', NULL, 0),
+                            (9, '{feed}', NULL, 0, 40, 40, 41, 'f', 'F', 'feed', 2, '[]', '[]', 1, '[]', '{{}}',
+                             x'', x'', 'identity', NULL, 0);
+                 INSERT INTO alert_entities (alert_rowid, kind, value) VALUES (7, 'user', 'alice');
+                 INSERT INTO alert_folds (alert_id, into_rowid, seq, observed_at_ms, last_observed_at_ms, count,
+                     received_at_ms, signed_payload, signature)
+                     VALUES ('{folded}', 7, 3, 20, 20, 1, 21, x'04', x'05');
+                 INSERT INTO incidents (id, seq, title, severity, alert_severity, status, sources, tactics,
+                     first_title, several_titles, first_activity_ms, last_activity_ms, created_at_ms,
+                     updated_at_ms, alert_count, device_count, user_count, mailbox_count, opened_by)
+                     VALUES ('i1', 1, 'T', 3, 3, 'active', '[\"agent\"]', '[]', 'T', 0, 10, 20, 30, 30, 1, 1, 1, 0,
+                             '{kept}');
+                 INSERT INTO incident_alerts (alert_rowid, incident, reason, linked_by, linked_at_ms)
+                     VALUES (7, 1, 'first alert', 'correlation', 40);"
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let stored: Vec<(i64, String, i64)> = store
+            .conn
+            .prepare("SELECT rowid, typeof(id), length(id) FROM alerts ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            stored,
+            vec![(7, "blob".into(), 16), (8, "text".into(), 12), (9, "blob".into(), 16)]
+        );
+        let (fold_type, declared): (String, String) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT typeof(alert_id) FROM alert_folds),
+                        (SELECT type FROM pragma_table_info('alerts') WHERE name = 'id')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((fold_type.as_str(), declared.as_str()), ("blob", "BLOB"));
+        for (id, rowid) in [(&kept, 7), (&folded, 7), (&"made-by-hand".to_string(), 8), (&feed, 9)] {
+            let alert = store.get_alert(id).unwrap().unwrap();
+            assert_eq!(alert.rowid, rowid, "{id}");
+        }
+        let alert = store.get_alert(&kept).unwrap().unwrap();
+        assert_eq!(
+            (alert.id.as_str(), alert.count, alert.folded_alerts),
+            (kept.as_str(), 2, 1)
+        );
+        for missing in [
+            kept.to_lowercase(),
+            "not an id".to_string(),
+            String::new(),
+            "Z".repeat(26),
+        ] {
+            assert!(store.get_alert(&missing).unwrap().is_none(), "{missing}");
+        }
+        assert_eq!(
+            store.incident_alerts_of(&kept).unwrap(),
+            ("i1".to_string(), "first alert".to_string())
+        );
+        let listed: Vec<String> = store
+            .list_alerts(&crate::store::AlertFilter {
+                device_id: None,
+                min_severity: None,
+                rule_id: None,
+                since_ms: None,
+                until_ms: None,
+                before_rowid: None,
+                limit: 10,
+            })
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(listed, vec![feed.clone(), "made-by-hand".to_string(), kept.clone()]);
+        let (entities, dangling): (i64, i64) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM alert_entities WHERE alert_rowid = 7),
+                        (SELECT COUNT(*) FROM pragma_foreign_key_check)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((entities, dangling), (1, 0));
+        let indexes: Vec<String> = store
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('alerts', 'alert_folds')
+                 AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            vec!["alert_folds_by_row", "alerts_by_device", "alerts_by_device_time"]
+        );
     }
 
     /// The engine's load finds open incidents through the index by last activity

@@ -2,6 +2,7 @@
 
 use rusqlite::params;
 
+use super::alert_id::AlertKey;
 use super::fold::{self, Evidence, FoldCache, Observed, Placement};
 use super::{InsertOutcome, SqliteStore, StoreError, i64_of, sev_num};
 use crate::entity;
@@ -56,7 +57,7 @@ pub(crate) fn insert_sourced(
         }
         let entities: Vec<serde_json::Value> = a.entities.iter().map(entity::to_json).collect();
         let inserted = insert.execute(params![
-            a.id,
+            AlertKey::of(&a.id),
             a.device_id,
             i64_of(a.observed_at_ms),
             i64_of(a.last_observed_at_ms.max(a.observed_at_ms)),

@@ -673,7 +673,7 @@ async fn scenario() {
         .query_row(
             "SELECT i.id FROM incident_alerts ia JOIN alerts a ON a.rowid = ia.alert_rowid
              JOIN incidents i ON i.seq = ia.incident WHERE a.id = ?1",
-            [&moved],
+            [ward_collector::store::sqlite::alert_id::AlertKey::of(&moved)],
             |r| r.get(0),
         )
         .unwrap();
