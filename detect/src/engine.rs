@@ -529,34 +529,20 @@ impl Detector {
     }
 
     fn engines_mut(&mut self) -> impl Iterator<Item = &mut Engine> {
-        let Detector {
-            process,
-            file_event,
-            file_delete,
-            file_rename,
-            file_access,
-            network,
-            auth_generic,
-            auth_service,
-            audit,
-            dns,
-            linux_any,
-            ..
-        } = self;
         [
-            process,
-            file_event,
-            file_delete,
-            file_rename,
-            file_access,
-            network,
-            auth_generic,
-            audit,
-            dns,
-            linux_any,
+            &mut self.process,
+            &mut self.file_event,
+            &mut self.file_delete,
+            &mut self.file_rename,
+            &mut self.file_access,
+            &mut self.network,
+            &mut self.auth_generic,
+            &mut self.audit,
+            &mut self.dns,
+            &mut self.linux_any,
         ]
         .into_iter()
-        .chain(auth_service.values_mut())
+        .chain(self.auth_service.values_mut())
     }
 
     fn engine_mut(&mut self, bucket: Bucket, service: Option<&str>) -> &mut Engine {

@@ -130,17 +130,10 @@ impl std::fmt::Debug for PersistentTicketer {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl PersistentTicketer {
     /// The keys of `data_dir`, created (or replaced, if unreadable) when needed.
     pub fn open(data_dir: &Path, metrics: Arc<Metrics>) -> std::io::Result<PersistentTicketer> {
-        Self::open_with_clock(data_dir, metrics, Box::new(now_ms))
+        Self::open_with_clock(data_dir, metrics, Box::new(crate::util::now_ms))
     }
 
     fn open_with_clock(

@@ -591,10 +591,10 @@ async fn storm(agents: usize, shared_socket: bool, processes: usize, udp_recv_bu
     );
     // What the restarted collector turned away meanwhile (agents retried each).
     let metrics = collector.metrics().await.unwrap_or_default();
-    for line in metrics
-        .lines()
-        .filter(|l| (l.starts_with("ward_rejected") || l.starts_with("ward_quic_retries") || l.starts_with("ward_tls_resumptions")) && !l.ends_with(" 0"))
-    {
+    for line in metrics.lines().filter(|l| {
+        (l.starts_with("ward_rejected") || l.starts_with("ward_quic_retries") || l.starts_with("ward_tls_resumptions"))
+            && !l.ends_with(" 0")
+    }) {
         println!("  {line}");
     }
     // Datagrams the kernel dropped on the collector's socket (its receive queue full).
