@@ -89,10 +89,22 @@ impl Keys {
         })
     }
 
+    /// How old the current key is at `now_ms`. A key dated in the future (the clock
+    /// was set back) counts as one period old, so it is rotated at once: else it
+    /// would seal tickets until the clock caught up with it.
+    fn age(&self, now_ms: u64) -> u64 {
+        let period = ROTATE.as_millis() as u64;
+        if self.created_ms > now_ms {
+            period
+        } else {
+            now_ms - self.created_ms
+        }
+    }
+
     /// The keys as they should be at `now_ms`: rotated once per [`ROTATE`] elapsed,
     /// a key two periods old erased.
     fn at(&self, rng: &dyn SecureRandom, now_ms: u64) -> Option<Keys> {
-        let age = now_ms.saturating_sub(self.created_ms);
+        let age = self.age(now_ms);
         let period = ROTATE.as_millis() as u64;
         if age < period {
             return Some(self.clone());
@@ -175,7 +187,7 @@ impl PersistentTicketer {
     fn keys(&self) -> Keys {
         let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = (self.clock)();
-        if now.saturating_sub(keys.created_ms) >= ROTATE.as_millis() as u64
+        if keys.age(now) >= ROTATE.as_millis() as u64
             && let Some(next) = keys.at(&self.rng, now)
         {
             if let Err(e) = write_keys(&self.path, &next) {
@@ -313,6 +325,24 @@ mod tests {
         // A collector stopped for longer than two periods starts with no old key.
         now.store(20 * period, Ordering::SeqCst);
         assert!(open_at(dir.path(), &now).decrypt(&second).is_none());
+    }
+
+    #[test]
+    fn a_key_dated_in_the_future_is_rotated_when_the_clock_went_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let period = ROTATE.as_millis() as u64;
+        let now = Arc::new(AtomicU64::new(100 * period));
+        let t = open_at(dir.path(), &now);
+        let ahead = t.encrypt(b"a").unwrap();
+        // The clock is corrected by ten periods: a new key seals at once, the one
+        // dated ahead still opens for one period, then never.
+        now.store(90 * period, Ordering::SeqCst);
+        let back = t.encrypt(b"b").unwrap();
+        assert_ne!(ahead[..KEY_ID_LEN], back[..KEY_ID_LEN]);
+        assert_eq!(t.decrypt(&ahead).unwrap(), b"a");
+        now.store(91 * period, Ordering::SeqCst);
+        assert!(t.decrypt(&ahead).is_none());
+        assert_eq!(t.decrypt(&back).unwrap(), b"b");
     }
 
     #[test]
