@@ -80,7 +80,7 @@ export function toast(message, isError = false) {
 
 // Polls of the current view; the router stops them on every navigation.
 const timers = [];
-export function poll(fn, ms) { timers.push(setInterval(() => fn().then(restoreFocus, () => {}), ms)); }
+export function poll(fn, ms) { timers.push(setInterval(() => fn().catch(() => {}), ms)); }
 export function stopPolls() {
   while (timers.length) clearInterval(timers.pop());
   focused = null;
@@ -108,6 +108,10 @@ function restoreFocus() {
   for (const i of focused.path) e = e ? e.children[i] : null;
   if (e && typeof e.focus === "function") e.focus({ preventScroll: true });
 }
+// Every redraw gives focus back, whatever caused it (a poll, evidence arriving after
+// the first draw, a page turn): the observer runs before the browser handles the next
+// key, so a keyboard user never lands at the top of the page in between.
+new MutationObserver(restoreFocus).observe($("#view"), { childList: true, subtree: true });
 
 /** Parses "#/path?a=1&b=2" into { path: ["path"], query: URLSearchParams }. */
 export function parseHash() {

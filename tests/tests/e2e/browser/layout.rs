@@ -424,8 +424,10 @@ async fn scenario() {
     let before = b
         .wait_for("the alerts tab", &format!("{links}.length"), SECS(30))
         .unwrap();
-    b.eval(&format!("{links}[0].focus(); document.activeElement === {links}[0]"))
+    let focused = b
+        .eval(&format!("{links}[0].focus(); document.activeElement === {links}[0]"))
         .unwrap();
+    assert_eq!(focused, json!(true), "the first alert's link took no focus");
     let mut a = dev.next_alert();
     a.observed_at_ms = now_ms();
     a.last_observed_at_ms = a.observed_at_ms;
