@@ -116,6 +116,7 @@ pub async fn run(
         .map_err(setup("stored key rollover"))?;
 
     let (endpoint, quic_addr) = transport::bind(
+        transport::reset::endpoint_config(data_dir).map_err(setup("QUIC reset keys"))?,
         server_config,
         config.quic_listen,
         transport::SocketBuffers {

@@ -8,6 +8,7 @@ mod enroll;
 pub mod https;
 pub mod limits;
 pub mod registry;
+pub mod reset;
 mod session;
 pub mod tickets;
 pub mod tls;
@@ -123,6 +124,7 @@ pub struct SocketBuffers {
 /// asks for `buffers` first: a restart meets every agent's handshake at once, and a
 /// default-sized receive buffer drops them (logged when the kernel gives less).
 pub fn bind(
+    endpoint_config: quinn::EndpointConfig,
     config: quinn::ServerConfig,
     addr: std::net::SocketAddr,
     buffers: SocketBuffers,
@@ -130,7 +132,7 @@ pub fn bind(
     let socket = udp_socket(addr, buffers)?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)?;
     let local = endpoint.local_addr()?;
     Ok((endpoint, local))
 }

@@ -19,8 +19,6 @@
 //! collector. A missing or unreadable file is replaced by fresh keys: tickets issued
 //! before then are refused and those agents do a full handshake, nothing else.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -200,16 +198,7 @@ impl PersistentTicketer {
 }
 
 fn write_keys(path: &Path, keys: &Keys) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&keys.encode())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::util::replace_private_file(path, &keys.encode())
 }
 
 impl rustls::server::ProducesTickets for PersistentTicketer {

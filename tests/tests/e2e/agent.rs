@@ -177,6 +177,41 @@ async fn detections_reach_the_api_within_two_seconds() {
     );
 }
 
+/// A collector killed with SIGKILL sends its agents no close. Its successor answers
+/// the agent's next keep-alive (every 15 s) with a stateless reset the agent accepts,
+/// because the reset keys live in the data dir: the agent is back then, not after its
+/// 60 s idle timeout (75 s in all, as it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_notices_a_killed_collector_at_its_next_keep_alive() {
+    let mut collector = Collector::start().unwrap();
+    let agent = Agent::start(&collector).unwrap();
+    agent.wait_connected(Duration::from_secs(15)).unwrap();
+    let dev = agent.device_id.clone();
+    let online = |d: &serde_json::Value| d["online"] == serde_json::json!(true);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !online(&collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap().1) {
+        assert!(Instant::now() < deadline, "the agent never showed online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    collector.kill9();
+    collector.serve().unwrap();
+    let restarted = Instant::now();
+    loop {
+        let (_, d) = collector.get(&format!("/api/v1/devices/{dev}")).await.unwrap();
+        if online(&d) {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the agent was not back 30 s after the restart (keep-alive 15 s, idle timeout 60 s): {d}\n{}",
+            agent.status().unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("agent back {:?} after the restart", restarted.elapsed());
+}
+
 /// Stop the collector, cause 1,000 alerts, start it again: all 1,000 arrive,
 /// once each. Then kill -9 the agent while it sends: nothing doubles or goes missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
