@@ -79,6 +79,23 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     n.checked_mul(factor).ok_or_else(|| format!("duration too long: {s:?}"))
 }
 
+/// Writes `bytes` to `path` readable by its owner only, through a temporary file
+/// renamed over it: a reader sees the old content or the new, never a part.
+pub fn replace_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,21 +119,4 @@ mod tests {
         assert!(parse_duration_ms("7y").is_err());
         assert!(parse_duration_ms("h").is_err());
     }
-}
-
-/// Writes `bytes` to `path` readable by its owner only, through a temporary file
-/// renamed over it: a reader sees the old content or the new, never a part.
-pub fn replace_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
