@@ -668,6 +668,15 @@ fn attach_writer(ev: &mut FileEvent, writers: Option<&WriterBook>, now: Instant)
     }
 }
 
+/// What the kernel is asked to report: changes and closes after writing, not opens. A
+/// build opens every object and library in its output tree many times; with opens
+/// watched each one woke the watcher thread and the sensor to be thrown away
+/// (notify watches them unless told otherwise).
+fn watch_config() -> notify::Config {
+    notify::Config::default()
+        .with_event_kinds(notify::event::EventKindMask::CORE | notify::event::EventKindMask::ACCESS_CLOSE)
+}
+
 pub fn run(
     config: &SensorConfig,
     ctx: &SensorCtx,
@@ -678,7 +687,7 @@ pub fn run(
     // Changes waiting for their writer, with when they began to.
     let mut awaiting: VecDeque<(FileEvent, Instant)> = VecDeque::new();
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::RecommendedWatcher::new(tx, notify::Config::default())?;
+    let mut watcher = notify::RecommendedWatcher::new(tx, watch_config())?;
     let mut hashes = HashCache::with_budget(config.hash_cache_entries, config.file_hash_max_bytes, budget);
     // Changes whose hash the budget refused, in order, with when their wait ends; each
     // is reported without a hash, and counted, once its wait is over.
@@ -2040,15 +2049,17 @@ mod tests {
         let mut watcher = notify::RecommendedWatcher::new(|_| {}, notify::Config::default()).unwrap();
         watcher.watch(&root, RecursiveMode::Recursive).unwrap();
         let lost = root.join("31/042");
-        watcher.unwatch(&lost).unwrap();
         // This thread's CPU time, for a figure that load elsewhere inflates less.
         let cpu = || {
             let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
             Duration::from_nanos(text.split_whitespace().next().unwrap().parse().unwrap())
         };
         let (started, c0) = (Instant::now(), cpu());
-        let held = inotify_watches().unwrap();
+        let mut held = inotify_watches().unwrap();
         let (read, c1) = (started.elapsed(), cpu());
+        // One directory's watch lost: left out of the kernel's list as read (notify
+        // cannot drop the watch of one directory inside a recursive watch).
+        assert!(held.remove(&inode_of(&lost).unwrap()), "every directory watched");
         let mut check = SubdirCheck::new(7);
         let roots = [root.clone()];
         let (found, bounded) = check.step(&roots, &held, &HashSet::new(), WATCH_CHECK_MAX_ENTRIES, 9);
