@@ -91,6 +91,11 @@ impl Coalescer {
         }
     }
 
+    /// Holds nothing that becomes due later.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.moved_from.is_empty() && self.moved_to.is_empty()
+    }
+
     fn flush_path(&mut self, path: &Path, out: &mut Vec<Ready>) {
         if let Some(p) = self.writes.remove(path) {
             out.push(Ready {
@@ -962,7 +967,14 @@ pub fn run(
             }
         }
         let mut ready = Vec::new();
-        let mut next = rx.recv_timeout(tick);
+        // Nothing waiting on time: no reason to wake each tick.
+        let idle = coalescer.is_empty() && awaiting.is_empty() && deferred.is_empty() && new_dirs.is_empty();
+        let mut next = rx.recv_timeout(if idle { IDLE_WAIT } else { tick });
+        if next.is_ok() {
+            // Let the rest of a burst queue up: one wake-up for it, and the watcher
+            // thread sends without waking this one for each event.
+            std::thread::sleep(BATCH_WAIT);
+        }
         loop {
             let now = Instant::now();
             match next {
@@ -1076,6 +1088,15 @@ pub fn run(
         }
     }
 }
+
+/// How long the sensor waits for an event when nothing it holds is due later; the
+/// watch checks and the stop flag are looked at this often.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// After the first event of a burst, how long the rest is given to arrive before all
+/// are read. A change is reported no sooner than its writes settle (75 ms by
+/// default); a close after writing waits this long at most.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
 
 /// The most entries read in one directory that appeared; past them a gap says so.
 pub const NEW_DIR_MAX_ENTRIES: usize = 10_000;
