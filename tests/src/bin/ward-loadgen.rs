@@ -178,9 +178,17 @@ async fn connect_all_timed(
         tasks.push(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
+                let attempt = Instant::now();
                 match d.connect_on(&endpoint, remote).await {
                     Ok(()) => return (d, started.elapsed().as_millis() as u64),
-                    Err(_) => {
+                    Err(e) => {
+                        if std::env::var_os("WARD_LOADGEN_TRACE").is_some() {
+                            eprintln!(
+                                "attempt {i} failed after {} ms at {} ms: {e}",
+                                attempt.elapsed().as_millis(),
+                                started.elapsed().as_millis()
+                            );
+                        }
                         let jitter = Duration::from_millis((i as u64 * 7919) % (backoff.as_millis() as u64 + 1));
                         tokio::time::sleep(backoff / 2 + jitter / 2).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
