@@ -115,7 +115,11 @@ impl Collector {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("serve")
-            .env("RUST_LOG", "warn")
+            // A benchmark or a test being debugged may ask for more (quinn's handshakes...).
+            .env(
+                "RUST_LOG",
+                std::env::var("WARD_TEST_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;

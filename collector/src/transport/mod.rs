@@ -177,6 +177,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
                 // and not yet welcomed ones too, so they cannot pile up past the cap.
                 let Some(open) = ctx.admission.try_open(ctx.config.ingest.max_connections as usize) else {
                     ctx.metrics.reject("too_many_connections");
+                    debug!(remote = %incoming.remote_address(), "refused: too many connections");
                     incoming.refuse();
                     continue;
                 };
@@ -188,8 +189,10 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
                     ctx.config.ingest.retry_unvalidated_above,
                 ) {
                     drop(open);
+                    let remote = incoming.remote_address();
                     if incoming.retry().is_ok() {
                         ctx.metrics.quic_retries.inc();
+                        debug!(%remote, "asked to retry (address validation under load)");
                     }
                     continue;
                 }
@@ -198,6 +201,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>, mut shutdown: w
                     Ok(p) => p,
                     Err(busy) => {
                         ctx.metrics.reject(busy.as_str());
+                        debug!(remote = %incoming.remote_address(), reason = busy.as_str(), "refused");
                         incoming.refuse();
                         continue;
                     }
@@ -229,7 +233,10 @@ async fn handle(
 ) {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, incoming).await {
-        Ok(Ok(conn)) => conn,
+        Ok(Ok(conn)) => {
+            debug!(%remote, "handshake done");
+            conn
+        }
         Ok(Err(e)) => {
             debug!(%remote, error = %e, "handshake failed");
             return;
